@@ -1,0 +1,3 @@
+from edgeship._cli.main import main
+
+main()

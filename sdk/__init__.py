@@ -1,0 +1,30 @@
+"""edgeship.sdk: what device applications and host tools import.
+
+``Model`` runs an INT8 model (ONNX via onnxruntime, TFLite via LiteRT / tflite-runtime)
+with (de)quantization inside; ``AgentClient`` asks a running agent the same question over
+its local API; releases, keys, deltas and MQTT transfer are the pieces the agent and the
+fleet manager share. Names are imported lazily so that ``import edgeship.sdk`` stays
+cheap on a small device: a runtime is imported only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> private module that defines it
+_EXPORTS: dict[str, str] = {}
+
+__all__ = sorted(_EXPORTS)
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'edgeship.sdk' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
