@@ -22,6 +22,7 @@ Split by who is at fault::
     │   ├── ExpiredError            manifest or key set past its expiry
     │   ├── DigestMismatchError     payload bytes do not match the signed sha256
     │   ├── LengthMismatchError     payload larger / smaller than the signed size
+    │   ├── MalformedError          manifest, key set or offer cannot be parsed
     │   └── MismatchError           release for another model, base, or hardware
     ├── UpdateError                 an update could not be installed
     │   └── HealthCheckError        the new model failed its golden check
@@ -42,6 +43,7 @@ __all__ = [
     "InputError",
     "KeyRevokedError",
     "LengthMismatchError",
+    "MalformedError",
     "MismatchError",
     "ModelLoadError",
     "RollbackError",
@@ -117,6 +119,10 @@ class DigestMismatchError(VerificationError):
 
 class LengthMismatchError(VerificationError):
     """Payload length differs from (or exceeds) the signed size."""
+
+
+class MalformedError(VerificationError):
+    """A manifest, key set or offer is not valid JSON or lacks / mistypes a field."""
 
 
 class MismatchError(VerificationError):
