@@ -13,7 +13,10 @@ import importlib
 from typing import Any
 
 # public name -> private module that defines it
-_EXPORTS: dict[str, str] = {}
+_EXPORTS: dict[str, str] = {
+    "Model": "edgeship.sdk._model",
+    "TensorSpec": "edgeship.sdk._model",
+}
 
 __all__ = sorted(_EXPORTS)
 

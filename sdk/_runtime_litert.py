@@ -1,0 +1,136 @@
+"""LiteRT / tflite-runtime adapter for :class:`edgeship.sdk.Model`.
+
+Uses ``ai_edge_litert.interpreter`` when installed, else ``tflite_runtime.interpreter``
+(the two share one API). Quantized edge tensors (int8/uint8 with a scale) are presented
+to the caller as float32: inputs are quantized and outputs dequantized here with the
+tensor's own parameters, so ``--io int8`` and ``--io float`` models look the same.
+
+A TFLite interpreter is not thread-safe (its tensors are shared buffers), so every
+``run`` holds the interpreter's lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from edgeship.sdk._model import TensorSpec
+
+from edgeship._errors import InferenceError, ModelLoadError
+
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Edge:
+    """One input or output tensor of the interpreter and how to convert it."""
+
+    spec: TensorSpec  # what the caller sees
+    index: int  # interpreter tensor index
+    storage: np.dtype[Any]  # dtype inside the interpreter
+    scale: float  # 0.0 when the tensor is not quantized
+    zero_point: int
+
+
+def interpreter_module() -> ModuleType:
+    """``ai_edge_litert.interpreter`` if installed, else ``tflite_runtime.interpreter``."""
+    try:
+        import ai_edge_litert.interpreter as module
+    except ImportError:
+        try:
+            import tflite_runtime.interpreter as module  # type: ignore[no-redef]
+        except ImportError as exc:
+            raise ModelLoadError(
+                "no TFLite runtime: install ai-edge-litert (or tflite-runtime)"
+            ) from exc
+    return module
+
+
+class LiteRtBackend:
+    """One TFLite interpreter behind a lock; ``run`` takes validated caller arrays."""
+
+    def __init__(self, source: str | bytes, *, device: str, threads: int | None) -> None:
+        module = interpreter_module()
+        self.runtime = "litert" if module.__name__.startswith("ai_edge_litert") else "tflite_runtime"
+        if device not in ("cpu", "edgetpu"):
+            raise ModelLoadError(f"TFLite models run on device 'cpu' or 'edgetpu', not {device!r}")
+        delegates = [_edgetpu_delegate(module)] if device == "edgetpu" else None
+        kwargs: dict[str, Any] = {"num_threads": threads, "experimental_delegates": delegates}
+        if isinstance(source, bytes):
+            kwargs["model_content"] = source
+        else:
+            kwargs["model_path"] = source
+        try:
+            self._interp = module.Interpreter(**kwargs)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"LiteRT cannot load the model: {_first_line(exc)}") from exc
+        self._lock = threading.Lock()
+        self._in = tuple(_edge(d) for d in self._interp.get_input_details())
+        self._out = tuple(_edge(d) for d in self._interp.get_output_details())
+        self.inputs = tuple(e.spec for e in self._in)
+        self.outputs = tuple(e.spec for e in self._out)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            try:
+                for edge in self._in:
+                    self._interp.set_tensor(edge.index, _to_storage(edge, feeds[edge.spec.name]))
+                self._interp.invoke()
+                raw = [(e, self._interp.get_tensor(e.index)) for e in self._out]
+            except (ValueError, RuntimeError) as exc:
+                raise InferenceError(f"LiteRT failed: {_first_line(exc)}") from exc
+        return {e.spec.name: _from_storage(e, value) for e, value in raw}
+
+
+def _edgetpu_delegate(module: ModuleType) -> Any:
+    try:
+        return module.load_delegate(EDGETPU_LIBRARY)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"Edge TPU delegate {EDGETPU_LIBRARY} could not be loaded ({_first_line(exc)}); "
+            "install the Edge TPU runtime (libedgetpu1-std) and plug in the device, "
+            "or load with device='cpu'"
+        ) from exc
+
+
+def _edge(detail: dict[str, Any]) -> _Edge:
+    storage = np.dtype(detail["dtype"])
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    quantized = storage.kind in "iu" and storage.itemsize <= 2 and scale != 0.0
+    signature = detail.get("shape_signature")
+    shape = tuple(int(d) for d in (signature if signature is not None else detail["shape"]))
+    spec = TensorSpec(
+        name=str(detail["name"]),
+        shape=shape,
+        dtype="float32" if quantized else storage.name,
+    )
+    return _Edge(
+        spec=spec,
+        index=int(detail["index"]),
+        storage=storage,
+        scale=float(scale) if quantized else 0.0,
+        zero_point=int(zero_point) if quantized else 0,
+    )
+
+
+def _to_storage(edge: _Edge, value: np.ndarray) -> np.ndarray:
+    if edge.scale == 0.0:
+        return np.ascontiguousarray(value, dtype=edge.storage)
+    info = np.iinfo(edge.storage)
+    q = np.round(value.astype(np.float32) / np.float32(edge.scale)) + edge.zero_point
+    return np.clip(q, info.min, info.max).astype(edge.storage)
+
+
+def _from_storage(edge: _Edge, value: np.ndarray) -> np.ndarray:
+    if edge.scale == 0.0:
+        return value
+    return ((value.astype(np.float32) - edge.zero_point) * np.float32(edge.scale)).astype(np.float32)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
