@@ -1,0 +1,382 @@
+"""A small Open Inference Protocol v2 HTTP server on the standard library.
+
+Both the agent's local API and ``edgeship cloud serve`` are built on it: a
+``http.server.ThreadingHTTPServer`` (one thread per connection, HTTP/1.1 keep-alive,
+``TCP_NODELAY``) with a fixed v2 route table and a few extra routes, so start-up costs
+milliseconds and no web framework is imported.
+
+The contract. A server subclasses :class:`V2Service` and overrides:
+
+- ``live() -> bool`` and ``ready() -> bool``: ``/v2/health/live`` and ``/v2/health/ready``
+  answer 200 or 503.
+- ``metadata(name) -> ModelMetadata | None``: ``GET /v2/models/<name>``; ``None`` -> 404.
+  Its ``inputs`` (when not empty) are used to validate every infer request before
+  ``infer`` sees it (names, datatypes, fixed dimensions -> 400); its ``versions`` decide
+  which ``/versions/<v>/`` URLs exist.
+- ``model_ready(name) -> bool``: ``GET /v2/models/<name>/ready`` (default: ``ready()``).
+- ``infer(name, inputs) -> (outputs, parameters)``: numpy in, numpy out; ``parameters``
+  lands in the response (edgeship puts ``source`` and ``version`` there; ``version`` also
+  becomes ``model_version``). Called from many threads at once.
+- ``routes() -> list[Route]``: extra exact-path routes such as ``GET /metrics``.
+
+Errors raised by a service map to HTTP status codes with a JSON body ``{"error": "..."}``:
+:class:`StatusError` -> its ``status``; ``InputError`` / ``InferenceError`` -> 400;
+``TransportError`` (an upstream such as the cloud is away) -> 503; anything else -> 500
+(message logged, never the traceback on the wire). A body larger than
+``max_request_bytes`` -> 413 before it is read; a body without ``Content-Length`` -> 411.
+With ``api_key`` set every route except ``/v2/health/*`` needs
+``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (else 401).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+from edgeship.sdk._v2 import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    HEADER_LENGTH,
+    ModelMetadata,
+    decode_request,
+    encode_response,
+    parse_header_length,
+    validate_inputs,
+)
+
+from edgeship._errors import EdgeshipError, InferenceError, InputError, TransportError
+
+__all__ = ["Request", "Response", "Route", "StatusError", "V2Server", "V2Service", "serve"]
+
+log = logging.getLogger("edgeship.v2")
+
+_IDLE_TIMEOUT_S = 60.0  # a keep-alive connection that sends nothing this long is closed
+
+
+class StatusError(EdgeshipError):
+    """Raised by a service to answer with a given HTTP status (404, 503 ...)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Request:
+    """What an extra route handler gets."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class Response:
+    """What a route handler returns."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, doc: Any, status: int = 200) -> Response:
+        return cls(status=status, body=json.dumps(doc, separators=(",", ":")).encode())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Route:
+    """An extra route, matched on the exact method and path."""
+
+    method: str
+    path: str
+    handler: Callable[[Request], Response]
+
+
+class V2Service:
+    """Base of a v2 server; see the module docstring for what to override."""
+
+    server_name = "edgeship"
+    server_version = "0.1.0"
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return True
+
+    def metadata(self, name: str) -> ModelMetadata | None:
+        raise NotImplementedError
+
+    def model_ready(self, name: str) -> bool:
+        return self.ready()
+
+    def infer(
+        self, name: str, inputs: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        raise NotImplementedError
+
+    def routes(self) -> list[Route]:
+        return []
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, StatusError):
+        return exc.status
+    if isinstance(exc, InputError | InferenceError):
+        return 400
+    if isinstance(exc, TransportError):
+        return 503
+    return 500
+
+
+def _model_path(parts: list[str]) -> tuple[str, str | None, str] | None:
+    """Split ``models/<name>[/versions/<v>][/ready|/infer]`` into (name, version, action)."""
+    if len(parts) < 2 or parts[0] != "models":
+        return None
+    name, rest = parts[1], parts[2:]
+    version = None
+    if len(rest) >= 2 and rest[0] == "versions":
+        version, rest = rest[1], rest[2:]
+    if len(rest) > 1 or (rest and rest[0] not in ("ready", "infer")):
+        return None
+    return name, version, rest[0] if rest else "metadata"
+
+
+class _Dispatcher:
+    """Pure routing: (method, path, headers, body) -> Response, no sockets."""
+
+    def __init__(self, service: V2Service, *, max_request_bytes: int, api_key: str | None):
+        self.service = service
+        self.max_request_bytes = max_request_bytes
+        self.api_key = api_key
+        self.extra = {(r.method, r.path): r.handler for r in service.routes()}
+
+    def authorized(self, path: str, headers: dict[str, str]) -> bool:
+        if not self.api_key or path.startswith("/v2/health/"):
+            return True
+        auth = headers.get("authorization", "")
+        given = auth[7:] if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
+        return hmac.compare_digest(given.encode(), self.api_key.encode())
+
+    def dispatch(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
+        url = urlsplit(target)
+        if not self.authorized(url.path, headers):
+            return Response(
+                status=401,
+                body=b'{"error":"missing or wrong API key"}',
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        extra = self.extra.get((method, url.path))
+        try:
+            if extra is not None:
+                return extra(
+                    Request(
+                        method=method, path=url.path, query=url.query, headers=headers, body=body
+                    )
+                )
+            return self._v2(method, url.path, headers, body)
+        except Exception as exc:
+            status = _status_of(exc)
+            if status == 500:
+                log.error("internal error on %s %s: %r", method, url.path, exc)
+            return Response.json({"error": str(exc) or type(exc).__name__}, status)
+
+    def _v2(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        if not parts or parts[0] != "v2":
+            raise StatusError(404, f"no route {path}")
+        parts = parts[1:]
+        if method == "GET" and not parts:
+            return Response.json(
+                {
+                    "name": self.service.server_name,
+                    "version": self.service.server_version,
+                    "extensions": ["binary_tensor_data"],
+                }
+            )
+        if method == "GET" and parts[:1] == ["health"] and len(parts) == 2:
+            check = {"live": self.service.live, "ready": self.service.ready}.get(parts[1])
+            if check is None:
+                raise StatusError(404, f"no route {path}")
+            return Response(status=200 if check() else 503)
+        target = _model_path(parts)
+        if target is None:
+            raise StatusError(404, f"no route {path}")
+        name, version, action = target
+        if (method == "POST") != (action == "infer"):
+            raise StatusError(405, f"{method} is not allowed on {path}")
+        meta = self._metadata(name, version)
+        if action == "metadata":
+            return Response.json(meta.to_dict())
+        if action == "ready":
+            return Response(status=200 if self.service.model_ready(name) else 503)
+        return self._infer(meta, headers, body)
+
+    def _metadata(self, name: str, version: str | None) -> ModelMetadata:
+        meta = self.service.metadata(name)
+        if meta is None:
+            raise StatusError(404, f"unknown model {name!r}")
+        if version is not None and version not in meta.versions:
+            raise StatusError(404, f"model {name!r} has no version {version!r}")
+        return meta
+
+    def _infer(self, meta: ModelMetadata, headers: dict[str, str], body: bytes) -> Response:
+        if headers.get("content-encoding", "identity") != "identity":
+            raise StatusError(415, "compressed request bodies are not supported")
+        request = decode_request(
+            body,
+            parse_header_length(headers.get(HEADER_LENGTH.lower())),
+            max_bytes=self.max_request_bytes,
+        )
+        inputs = validate_inputs(request.inputs, meta.inputs) if meta.inputs else request.inputs
+        outputs, params = self.service.infer(meta.name, inputs)
+        version = str(params.get("version") or (meta.versions[-1] if meta.versions else ""))
+        payload, extra_headers = encode_response(
+            outputs, request, model_name=meta.name, model_version=version, parameters=params
+        )
+        return Response(
+            body=payload,
+            content_type=extra_headers.pop("Content-Type"),
+            headers=extra_headers,
+        )
+
+
+# ---------------------------------------------------------------------------- sockets
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall
+    timeout = _IDLE_TIMEOUT_S
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        dispatcher = self.server.dispatcher
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        body, error = self._read_body(headers, dispatcher.max_request_bytes)
+        response = error or dispatcher.dispatch(self.command, self.path, headers, body)
+        self._send(response)
+
+    def _read_body(self, headers: dict[str, str], limit: int) -> tuple[bytes, Response | None]:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self.close_connection = True
+            return b"", Response.json({"error": "chunked bodies are not supported"}, 411)
+        length_text = headers.get("content-length")
+        if length_text is None:
+            if self.command == "POST":
+                return b"", Response.json({"error": "Content-Length is required"}, 411)
+            return b"", None
+        try:
+            length = int(length_text)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            return b"", Response.json({"error": "bad Content-Length"}, 400)
+        if length > limit:
+            self.close_connection = True  # the unread body would poison the connection
+            return b"", Response.json(
+                {"error": f"body of {length} bytes exceeds the limit of {limit} bytes"}, 413
+            )
+        return self.rfile.read(length), None
+
+    def _send(self, response: Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for key, value in response.headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if response.body:
+            self.wfile.write(response.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    dispatcher: _Dispatcher
+
+
+class V2Server:
+    """A running (or ready to run) v2 HTTP server around a :class:`V2Service`."""
+
+    def __init__(self, httpd: _Server) -> None:
+        self._httpd = httpd
+        self._thread: threading.Thread | None = None
+
+    @property
+    def host(self) -> str:
+        return str(self._httpd.server_address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until :meth:`close` is called from another one."""
+        self._httpd.serve_forever(poll_interval=0.2)
+
+    def start(self) -> V2Server:
+        """Serve in a daemon thread; returns self."""
+        self._thread = threading.Thread(target=self.serve_forever, name="v2-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop accepting, wait for the serving loop, release the port."""
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._httpd.server_close()
+
+    def __enter__(self) -> V2Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve(
+    service: V2Service,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    api_key: str | None = None,
+) -> V2Server:
+    """Bind a v2 server (port 0 = any free port); call ``start()`` or ``serve_forever()``.
+
+    Raises :class:`TransportError` if the address cannot be bound.
+    """
+    try:
+        httpd = _Server((host, port), _Handler)
+    except OSError as exc:
+        raise TransportError(f"cannot listen on {host}:{port}: {exc}") from exc
+    httpd.dispatcher = _Dispatcher(service, max_request_bytes=max_request_bytes, api_key=api_key)
+    return V2Server(httpd)

@@ -1,0 +1,346 @@
+"""Open Inference Protocol v2 codec and HTTP layer: round trips, limits, bad bodies, and
+tritonclient.http (JSON and binary modes) against a real server on a free port."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from edgeship.sdk._v2 import (
+    HEADER_LENGTH,
+    InferRequest,
+    ModelMetadata,
+    TensorSpec,
+    datatype_of,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+    numpy_dtype,
+    validate_inputs,
+)
+from edgeship.sdk._v2server import Response, Route, StatusError, V2Service, serve
+
+from edgeship import InputError, TransportError
+
+DTYPES = ["FP32", "FP16", "INT8", "UINT8", "INT32", "INT64", "BOOL"]
+
+
+def _sample(datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    dtype = numpy_dtype(datatype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if dtype.kind == "f":
+        return rng.normal(size=shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(max(info.min, -100), min(info.max, 100), size=shape).astype(dtype)
+
+
+@pytest.mark.parametrize("datatype", DTYPES)
+@pytest.mark.parametrize("binary", [True, False])
+def test_request_and_response_round_trip(datatype: str, binary: bool) -> None:
+    x = _sample(datatype, (2, 3))
+    body, headers = encode_request({"x": x}, binary=binary, request_id="r1")
+    length = headers.get(HEADER_LENGTH)
+    assert (length is not None) == binary
+    request = decode_request(body, int(length) if length else None)
+    assert request.id == "r1" and request.binary_output == binary
+    np.testing.assert_array_equal(request.inputs["x"], x)
+    assert request.inputs["x"].dtype == x.dtype
+
+    y = _sample(datatype, (4,))
+    body, headers = encode_response(
+        {"y": y, "z": x},
+        request,
+        model_name="m",
+        model_version="1.2.3",
+        parameters={"source": "local", "version": "1.2.3"},
+    )
+    length = headers.get(HEADER_LENGTH)
+    response = decode_response(body, int(length) if length else None)
+    assert response.parameters == {"source": "local", "version": "1.2.3"}
+    assert (response.model_name, response.model_version, response.id) == ("m", "1.2.3", "r1")
+    np.testing.assert_array_equal(response.outputs["y"], y)
+    np.testing.assert_array_equal(response.outputs["z"], x)
+
+
+def test_requested_outputs_choose_names_and_encoding() -> None:
+    body, _ = encode_request({"x": np.zeros(2, np.float32)}, binary=False, outputs=["b"])
+    request = decode_request(body, None)
+    out = {"a": np.ones(2, np.float32), "b": np.arange(3, dtype=np.int64)}
+    body, _ = encode_response(out, request, model_name="m")
+    doc = json.loads(body)
+    assert [o["name"] for o in doc["outputs"]] == ["b"]
+    assert doc["outputs"][0]["data"] == [0, 1, 2]
+    with pytest.raises(InputError, match="unknown output"):
+        encode_response({"a": out["a"]}, request, model_name="m")
+
+
+@pytest.mark.parametrize(
+    ("body", "header_length", "match"),
+    [
+        (b"not json", None, "not valid JSON"),
+        (b"[1, 2]", None, "JSON object"),
+        (b'{"inputs": []}', None, "non-empty list"),
+        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2]}]}', None, '"data"'),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "STRING", "shape": [1], "data": [1]}]}',
+            None,
+            "datatype",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]}]}',
+            None,
+            "do not match shape",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}',
+            None,
+            "non-negative",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "INT8", "shape": [1], "data": [300]}]}',
+            None,
+            "do not fit",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ["a"]}]}',
+            None,
+            "do not fit",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1000000000, 1000000000], "data": []}]}',
+            None,
+            "larger than",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}, {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}',
+            None,
+            "twice",
+        ),
+        (b'{"inputs": []}', 999, "does not fit"),
+    ],
+)
+def test_malformed_requests_are_input_errors(
+    body: bytes, header_length: int | None, match: str
+) -> None:
+    with pytest.raises(InputError, match=match):
+        decode_request(body, header_length)
+
+
+def test_binary_sizes_are_checked_exactly() -> None:
+    body, headers = encode_request({"x": np.zeros((2, 2), np.float32)})
+    n = int(headers[HEADER_LENGTH])
+    with pytest.raises(InputError, match="ends after"):
+        decode_request(body[:-1], n)
+    with pytest.raises(InputError, match="not claimed"):
+        decode_request(body + b"\0", n)
+    lying = body[:n].replace(b'"binary_data_size":16', b'"binary_data_size":12')
+    with pytest.raises(InputError, match="does not match shape"):
+        decode_request(lying + body[n:], n)
+
+
+def test_max_bytes_limit() -> None:
+    body, _ = encode_request({"x": np.zeros(1000, np.float32)}, binary=False)
+    with pytest.raises(InputError, match="exceeds the limit"):
+        decode_request(body, None, max_bytes=100)
+    with pytest.raises(TransportError, match="exceeds the limit"):
+        decode_response(body, None, max_bytes=100)
+
+
+def test_malformed_responses_are_transport_errors() -> None:
+    with pytest.raises(TransportError, match="not valid JSON"):
+        decode_response(b"<html>", None)
+    with pytest.raises(TransportError, match="server error: boom"):
+        decode_response(b'{"error": "boom"}', None)
+
+
+def test_datatype_names_and_validation() -> None:
+    assert [datatype_of(numpy_dtype(d)) for d in DTYPES] == DTYPES
+    assert datatype_of(">f4") == "FP32"
+    specs = [TensorSpec(name="x", datatype="FP32", shape=(-1, 3))]
+    validate_inputs({"x": np.zeros((5, 3), np.float32)}, specs)
+    with pytest.raises(InputError, match="shape"):
+        validate_inputs({"x": np.zeros((5, 4), np.float32)}, specs)
+    with pytest.raises(InputError, match="datatype FP64"):
+        validate_inputs({"x": np.zeros((5, 3), np.float64)}, specs)
+    with pytest.raises(InputError, match="missing"):
+        validate_inputs({"y": np.zeros((5, 3), np.float32)}, specs)
+
+
+def test_metadata_round_trip() -> None:
+    meta = ModelMetadata(
+        name="m",
+        versions=("1.0.0",),
+        inputs=(TensorSpec(name="x", datatype="FP32", shape=(-1, 4)),),
+        outputs=(TensorSpec(name="y", datatype="FP32", shape=(-1, 2)),),
+    )
+    assert ModelMetadata.from_dict(json.loads(json.dumps(meta.to_dict()))) == meta
+
+
+# ---------------------------------------------------------------------------- real server
+
+
+class Doubler(V2Service):
+    """y = 2x (+ argmax); fails on demand so every status code can be seen."""
+
+    def __init__(self) -> None:
+        self.is_ready = True
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+    def metadata(self, name: str) -> ModelMetadata | None:
+        if name != "double":
+            return None
+        return ModelMetadata(
+            name="double",
+            versions=("3",),
+            inputs=(TensorSpec(name="x", datatype="FP32", shape=(-1, 4)),),
+            outputs=(
+                TensorSpec(name="y", datatype="FP32", shape=(-1, 4)),
+                TensorSpec(name="k", datatype="INT64", shape=(-1,)),
+            ),
+        )
+
+    def infer(
+        self, name: str, inputs: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        x = inputs["x"]
+        if float(x.sum()) == 13.0:
+            raise RuntimeError("the runtime crashed")
+        if float(x.sum()) == 17.0:
+            raise StatusError(503, "no model yet")
+        return {"y": 2 * x, "k": x.argmax(axis=1)}, {"source": "local", "version": "3"}
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(
+                method="GET",
+                path="/metrics",
+                handler=lambda r: Response(body=b"up 1\n", content_type="text/plain"),
+            )
+        ]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Any]:
+    service = Doubler()
+    with serve(service, max_request_bytes=64 * 1024).start() as srv:
+        srv.service = service  # type: ignore[attr-defined]
+        yield srv
+
+
+def _raw(
+    server: Any,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_against_real_server(server: Any, binary: bool) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(f"{server.host}:{server.port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("double")
+        meta = client.get_model_metadata("double")
+        assert meta["versions"] == ["3"] and meta["inputs"][0]["shape"] == [-1, 4]
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        inp = triton.InferInput("x", [2, 4], "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("y", "k")]
+        for requested in (outputs, None):  # named outputs, and all outputs (binary_data_output)
+            result = client.infer("double", [inp], outputs=requested, request_id="7")
+            np.testing.assert_array_equal(result.as_numpy("y"), 2 * x)
+            np.testing.assert_array_equal(result.as_numpy("k"), [3, 3])
+            response = result.get_response()
+            assert response["parameters"] == {"source": "local", "version": "3"}
+            assert response["model_version"] == "3" and response["id"] == "7"
+        # versioned URL, and errors surface as tritonclient exceptions with our message
+        client.infer("double", [inp], model_version="3")
+        with pytest.raises(triton.InferenceServerException, match="unknown model"):
+            client.infer("nope", [inp])
+        bad = triton.InferInput("x", [2, 2], "FP32")
+        bad.set_data_from_numpy(np.zeros((2, 2), np.float32), binary_data=binary)
+        with pytest.raises(triton.InferenceServerException, match="expects"):
+            client.infer("double", [bad])
+    finally:
+        client.close()
+
+
+def test_status_codes(server: Any) -> None:
+    body, _ = encode_request({"x": np.ones((1, 4), np.float32)}, binary=False)
+    assert _raw(server, "POST", "/v2/models/double/infer", body)[0] == 200
+    assert _raw(server, "POST", "/v2/models/double/infer", b"{oops")[0] == 400
+    assert _raw(server, "POST", "/v2/models/missing/infer", body)[0] == 404
+    assert _raw(server, "GET", "/v2/models/double/versions/9")[0] == 404
+    assert _raw(server, "GET", "/nothing")[0] == 404
+    assert _raw(server, "GET", "/v2/models/double/infer")[0] == 405
+    assert _raw(server, "GET", "/metrics") == (200, b"up 1\n")
+    crash, _ = encode_request({"x": np.array([[13, 0, 0, 0]], np.float32)}, binary=False)
+    status, text = _raw(server, "POST", "/v2/models/double/infer", crash)
+    assert status == 500 and json.loads(text)["error"] == "the runtime crashed"
+    busy, _ = encode_request({"x": np.array([[17, 0, 0, 0]], np.float32)}, binary=False)
+    assert _raw(server, "POST", "/v2/models/double/infer", busy) == (
+        503,
+        b'{"error":"no model yet"}',
+    )
+    too_big = b" " * (64 * 1024 + 1)
+    assert _raw(server, "POST", "/v2/models/double/infer", too_big)[0] == 413
+    server.service.is_ready = False
+    try:
+        assert _raw(server, "GET", "/v2/health/ready")[0] == 503
+        assert _raw(server, "GET", "/v2/health/live")[0] == 200
+    finally:
+        server.service.is_ready = True
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(server: Any) -> None:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+    try:
+        for i in range(20):
+            body, headers = encode_request({"x": np.full((1, 4), i, np.float32)})
+            conn.request("POST", "/v2/models/double/infer", body=body, headers=headers)
+            response = conn.getresponse()
+            out = decode_response(response.read(), int(response.headers[HEADER_LENGTH]))
+            assert out.outputs["y"][0, 0] == 2 * i
+        assert conn.sock is not None  # still the same socket
+    finally:
+        conn.close()
+
+
+def test_api_key() -> None:
+    with serve(Doubler(), api_key="s3cret").start() as srv:
+        assert _raw(srv, "GET", "/v2/health/ready")[0] == 200
+        assert _raw(srv, "GET", "/v2/models/double")[0] == 401
+        assert (
+            _raw(srv, "GET", "/v2/models/double", headers={"Authorization": "Bearer wrong"})[0]
+            == 401
+        )
+        assert (
+            _raw(srv, "GET", "/v2/models/double", headers={"Authorization": "Bearer s3cret"})[0]
+            == 200
+        )
+        assert _raw(srv, "GET", "/v2/models/double", headers={"X-API-Key": "s3cret"})[0] == 200
+
+
+def test_unused_request_fields_are_kept() -> None:
+    request = InferRequest(inputs={}, parameters={"priority": 1})
+    assert request.parameters["priority"] == 1
