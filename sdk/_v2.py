@@ -106,6 +106,11 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
     @classmethod
+    def of(cls, spec: Any) -> TensorSpec:
+        """From anything with ``name``, ``shape`` and a numpy ``dtype`` (e.g. ``Model.inputs``)."""
+        return cls(name=spec.name, datatype=datatype_of(spec.dtype), shape=tuple(spec.shape))
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
         try:
             return cls(

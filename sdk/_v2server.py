@@ -21,7 +21,8 @@ The contract. A server subclasses :class:`V2Service` and overrides:
 
 Errors raised by a service map to HTTP status codes with a JSON body ``{"error": "..."}``:
 :class:`StatusError` -> its ``status``; ``InputError`` / ``InferenceError`` -> 400;
-``TransportError`` (an upstream such as the cloud is away) -> 503; anything else -> 500
+``TransportError`` (an upstream such as the cloud is away) and ``ModelLoadError`` (no model
+to answer with) -> 503; anything else -> 500
 (message logged, never the traceback on the wire). A body larger than
 ``max_request_bytes`` -> 413 before it is read; a body without ``Content-Length`` -> 411.
 With ``api_key`` set every route except ``/v2/health/*`` needs
@@ -51,7 +52,13 @@ from edgeship.sdk._v2 import (
     validate_inputs,
 )
 
-from edgeship._errors import EdgeshipError, InferenceError, InputError, TransportError
+from edgeship._errors import (
+    EdgeshipError,
+    InferenceError,
+    InputError,
+    ModelLoadError,
+    TransportError,
+)
 
 __all__ = ["Request", "Response", "Route", "StatusError", "V2Server", "V2Service", "serve"]
 
@@ -137,7 +144,7 @@ def _status_of(exc: BaseException) -> int:
         return exc.status
     if isinstance(exc, InputError | InferenceError):
         return 400
-    if isinstance(exc, TransportError):
+    if isinstance(exc, TransportError | ModelLoadError):
         return 503
     return 500
 
