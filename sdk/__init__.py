@@ -14,6 +14,26 @@ from typing import Any
 
 # public name -> private module that defines it
 _EXPORTS: dict[str, str] = {
+    # releases, keys, deltas, device trust checks (release engineer)
+    "ArtifactInfo": "edgeship.sdk._manifest",
+    "DeltaInfo": "edgeship.sdk._manifest",
+    "Golden": "edgeship.sdk._manifest",
+    "Manifest": "edgeship.sdk._manifest",
+    "parse_version": "edgeship.sdk._manifest",
+    "KeySet": "edgeship.sdk._keys",
+    "KeyDir": "edgeship.sdk._keydir",
+    "Release": "edgeship.sdk._release",
+    "verify_release": "edgeship.sdk._release",
+    "write_verified": "edgeship.sdk._release",
+    "make_delta": "edgeship.sdk._delta",
+    "apply_delta": "edgeship.sdk._delta",
+    "best_delta": "edgeship.sdk._delta",
+    "MAX_OFFER_SIZE": "edgeship.sdk._trust",
+    "Offer": "edgeship.sdk._trust",
+    "PayloadVerifier": "edgeship.sdk._trust",
+    "TrustedState": "edgeship.sdk._trust",
+    "check_offer": "edgeship.sdk._trust",
+    "check_payload": "edgeship.sdk._trust",
     "Model": "edgeship.sdk._model",
     "TensorSpec": "edgeship.sdk._model",
 }

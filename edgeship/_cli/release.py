@@ -1,0 +1,138 @@
+"""``edgeship keys`` / ``release`` / ``verify``: thin click shells over edgeship.sdk.
+
+Errors are raised as EdgeshipError subclasses; ``_cli/main.py`` prints them as one line
+and exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from edgeship._errors import ConfigError
+
+_PASSPHRASE_HELP = "file holding the private-key passphrase (else $EDGESHIP_KEY_PASSPHRASE)"
+
+
+def _passphrase(path: Path | None) -> bytes | None:
+    from edgeship.sdk._keydir import PASSPHRASE_ENV
+
+    if path is not None:
+        try:
+            text = path.read_bytes()[:4096]
+        except OSError as exc:
+            raise ConfigError(f"--passphrase-file {path}: {exc.strerror}") from exc
+        return text.rstrip(b"\r\n") or None
+    env = os.environ.get(PASSPHRASE_ENV)
+    return env.encode() if env else None
+
+
+_passphrase_option = click.option(
+    "--passphrase-file", type=click.Path(path_type=Path), default=None, help=_PASSPHRASE_HELP
+)
+_days_option = click.option(
+    "--expires", "days", type=click.IntRange(1, 3650), default=365, show_default=True,
+    help="days until the key set expires",
+)
+
+
+@click.group()
+def keys() -> None:
+    """Create, rotate and revoke the root and release keys (Ed25519)."""
+
+
+@keys.command("init")
+@click.argument("keydir", type=click.Path(path_type=Path))
+@_passphrase_option
+@_days_option
+@click.option("--force", is_flag=True, help="replace keys already in KEYDIR")
+def keys_init(keydir: Path, passphrase_file: Path | None, days: int, force: bool) -> None:
+    """Make a root key, a release key and a key set signed by the root in KEYDIR."""
+    from edgeship.sdk._keydir import KeyDir
+
+    kd = KeyDir(keydir)
+    keyset = kd.init(passphrase=_passphrase(passphrase_file), days=days, force=force)
+    release_id = next(iter(keyset.keys))
+    click.echo(f"keys in {keydir}: release key {release_id[:16]}, key set v{keyset.version}; "
+               f"devices trust {kd.root_pub}")
+
+
+@keys.command("rotate")
+@click.argument("keydir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_passphrase_option
+@_days_option
+@click.option("--revoke-old", is_flag=True, help="also revoke the previous release key")
+def keys_rotate(keydir: Path, passphrase_file: Path | None, days: int, revoke_old: bool) -> None:
+    """Replace the release key and re-sign the key set with a higher version."""
+    from edgeship.sdk._keydir import KeyDir
+
+    keyset = KeyDir(keydir).rotate(passphrase=_passphrase(passphrase_file),
+                                   revoke_old=revoke_old, days=days)
+    click.echo(f"new release key {next(iter(keyset.keys))[:16]}, key set v{keyset.version}"
+               f" ({len(keyset.revoked)} revoked)")
+
+
+@keys.command("revoke")
+@click.argument("keydir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("keyid", required=False)
+@_passphrase_option
+@_days_option
+def keys_revoke(keydir: Path, keyid: str | None, passphrase_file: Path | None, days: int) -> None:
+    """Revoke KEYID (default: the current release key, which is then replaced)."""
+    from edgeship.sdk._keydir import KeyDir
+
+    keyset = KeyDir(keydir).revoke(keyid, passphrase=_passphrase(passphrase_file), days=days)
+    click.echo(f"revoked {keyset.revoked[-1][:16]}, key set v{keyset.version}")
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--version", "version", required=True, help="semver X.Y.Z, newer than every base")
+@click.option("--keys", "keydir", required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path))
+@click.option("--base", "bases", multiple=True, type=click.Path(path_type=Path),
+              help="earlier release dir to make a delta from (repeatable)")
+@click.option("--golden", type=click.Path(path_type=Path), default=None,
+              help="GOLDEN.npz: input(s), 'output', optional 'atol'")
+@click.option("--expires", "expires_days", type=click.IntRange(1, 3650), default=90,
+              show_default=True, help="days until the manifest expires")
+@click.option("--model-name", default=None, help="default: the artifact name before its first dot")
+@click.option("--hardware", default="", help="comma-separated hardware targets (default: any)")
+@_passphrase_option
+@click.option("--force", is_flag=True, help="overwrite a release already in --out")
+def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[Path, ...],
+            golden: Path | None, expires_days: int, model_name: str | None, hardware: str,
+            passphrase_file: Path | None, force: bool) -> None:
+    """Sign ARTIFACT as release VERSION in --out, with one delta per --base."""
+    from edgeship.sdk._release import Release
+
+    rel = Release.build(
+        artifact, version=version, keydir=keydir, out=out, bases=bases, golden=golden,
+        expires_days=expires_days, model_name=model_name,
+        hardware=[h for h in hardware.split(",") if h], passphrase=_passphrase(passphrase_file),
+        force=force,
+    )
+    m = rel.manifest
+    deltas = ", ".join(f"{d.base_version}->{d.format} {d.size} B" for d in m.deltas) or "none"
+    click.echo(f"release {m.model} {m.version} in {out}: {m.artifact.name} {m.artifact.size} B; "
+               f"deltas: {deltas}")
+
+
+@click.command()
+@click.argument("reldir", type=click.Path(path_type=Path))
+@click.option("--root", "root", required=True, type=click.Path(path_type=Path),
+              help="root.pub, the key devices trust")
+@click.option("--model-name", default=None, help="also require this model name")
+@click.option("--hardware", default=None, help="also require this hardware target to match")
+@click.option("--base", "bases", multiple=True, type=click.Path(path_type=Path),
+              help="earlier release dir: apply its delta and check the result")
+def verify(reldir: Path, root: Path, model_name: str | None, hardware: str | None,
+           bases: tuple[Path, ...]) -> None:
+    """Check RELDIR as a device would; print one line, exit 0 if trusted, 2 if not."""
+    from edgeship.sdk._release import verify_release
+
+    m = verify_release(reldir, root, model_name=model_name, hardware=hardware, bases=bases)
+    click.echo(f"ok: {m.model} {m.version} {m.artifact.name} ({m.artifact.size} B, "
+               f"{len(m.deltas)} deltas) signed by {m.keyid[:16]}, expires {m.expires}")

@@ -1,0 +1,320 @@
+"""What a device checks before it trusts an update: pure functions on bytes, state and `now`.
+
+This is edgeship's counterpart of python-tuf's ``TrustedMetadataSet``: no files, no
+network, no clock of its own. The agent (and ``edgeship verify``) call exactly these.
+
+Contract for the device agent
+-----------------------------
+1. The fleet sends ONE message on ``edgeship/<fleet>/<device>/ota/offer``: the bytes of
+   :meth:`Offer.to_bytes`, a JSON document
+   ``{"type": "edgeship-offer", "manifest": <manifest envelope>, "keyset": <keyset envelope>}``.
+   Parse it with ``Offer.from_bytes(data, max_size=MAX_OFFER_SIZE)``.
+2. ``manifest = check_offer(offer, root_pub_bytes, state, model_name=..., hardware=..., now=...)``
+   verifies, in this order (each failure its own :class:`~edgeship.VerificationError`):
+
+   - key set signed by the root key (``SignatureError``), well formed (``MalformedError``),
+     version not below the trusted one (``RollbackError``), not expired (``ExpiredError``);
+   - manifest signed by a release key of that key set (``KeyRevokedError`` for a revoked
+     signer, ``SignatureError`` for an unknown key or bad signature), well formed, not
+     expired, for this model name and hardware (``MismatchError``);
+   - version newer than the installed one and not below any version seen under a key
+     that is not revoked (``RollbackError``).
+3. Record it: ``state = state.accept(offer, manifest)`` and persist ``state.to_json()``
+   atomically. Download the artifact (``manifest.artifact``) or, when
+   ``manifest.delta_for(sha256 of the installed artifact)`` names one, that delta.
+   Bound the download by the signed size: feed chunks to :class:`PayloadVerifier`
+   (``LengthMismatchError`` as soon as it grows past the size, ``DigestMismatchError`` at
+   the end).
+4. ``artifact = check_payload(manifest, data, base=installed_bytes_or_None)`` checks the
+   delta or artifact, applies the delta (:func:`edgeship.sdk.apply_delta`) and checks the
+   result's size and sha256 again. Only these returned bytes may be written to a slot.
+5. After the install passed the golden check: ``state = state.installed(manifest)``.
+
+Fast-forward recovery: if a leaked release key signed an absurd version (say 999.0.0),
+``state.seen`` remembers it under that key id; once the root revokes the key in a newer
+key set, versions seen under revoked keys no longer count, so the legitimate next release
+installs again (the role TUF gives to deleting trusted metadata after a key rotation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from edgeship.sdk._keys import (
+    KeySet,
+    canonical_bytes,
+    keyid_of,
+    public_key_from_bytes,
+    verify_envelope,
+)
+from edgeship.sdk._manifest import Manifest, parse_version
+
+from edgeship._errors import (
+    DigestMismatchError,
+    LengthMismatchError,
+    MalformedError,
+    MismatchError,
+    RollbackError,
+    SignatureError,
+)
+
+__all__ = [
+    "MAX_OFFER_SIZE",
+    "Offer",
+    "PayloadVerifier",
+    "TrustedState",
+    "check_offer",
+    "check_payload",
+    "check_sized",
+    "load_json",
+]
+
+MAX_OFFER_SIZE = 4 * 1024 * 1024  # bytes; a golden input is carried inside the manifest
+MAX_STATE_SIZE = 256 * 1024  # bytes
+
+
+def load_json(data: bytes, what: str, *, max_size: int) -> Any:
+    """Parse untrusted JSON bytes with a size bound; only Verification errors escape."""
+    if len(data) > max_size:
+        raise LengthMismatchError(f"{what}: {len(data)} bytes, over the limit of {max_size}")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MalformedError(f"{what}: not valid JSON ({type(exc).__name__})") from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class Offer:
+    """The wire form of "a new release is available": manifest + key set envelopes."""
+
+    manifest: Mapping[str, Any]
+    keyset: Mapping[str, Any]
+
+    def to_bytes(self) -> bytes:
+        doc = {"type": "edgeship-offer", "manifest": self.manifest, "keyset": self.keyset}
+        return canonical_bytes(doc)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, max_size: int = MAX_OFFER_SIZE) -> Offer:
+        doc = load_json(data, "offer", max_size=max_size)
+        if not isinstance(doc, dict) or doc.get("type") != "edgeship-offer":
+            raise MalformedError("offer: not an edgeship offer document")
+        manifest, keyset = doc.get("manifest"), doc.get("keyset")
+        if not isinstance(manifest, dict) or not isinstance(keyset, dict):
+            raise MalformedError("offer: 'manifest' and 'keyset' must be signed envelopes")
+        return cls(manifest=manifest, keyset=keyset)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrustedState:
+    """What a device remembers between offers (persist it atomically with ``to_json``).
+
+    ``seen`` maps a release key id to the highest version verified under that key: the
+    rollback floor. ``model``/``version``/``sha256``/``keyid`` describe the installed
+    release (empty before the first install).
+    """
+
+    keyset_version: int = 0
+    keyset_sha256: str = ""
+    model: str = ""
+    version: str = ""
+    sha256: str = ""
+    keyid: str = ""
+    seen: Mapping[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "keyset_version": self.keyset_version,
+            "keyset_sha256": self.keyset_sha256,
+            "model": self.model,
+            "version": self.version,
+            "sha256": self.sha256,
+            "keyid": self.keyid,
+            "seen": dict(self.seen),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TrustedState:
+        if not isinstance(d, dict):
+            raise MalformedError("trusted state: expected an object")
+        seen = d.get("seen", {})
+        strings = ("keyset_sha256", "model", "version", "sha256", "keyid")
+        if (
+            not isinstance(d.get("keyset_version", 0), int)
+            or not all(isinstance(d.get(k, ""), str) for k in strings)
+            or not isinstance(seen, dict)
+        ):
+            raise MalformedError("trusted state: wrong field types")
+        for version in seen.values():
+            parse_version(version)
+        return cls(
+            keyset_version=d.get("keyset_version", 0),
+            **{k: d.get(k, "") for k in strings},
+            seen=dict(seen),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TrustedState:
+        data = text.encode() if isinstance(text, str) else text
+        return cls.from_dict(load_json(data, "trusted state", max_size=MAX_STATE_SIZE))
+
+    def floor(self, keyset: KeySet) -> tuple[tuple[int, int, int], str]:
+        """Highest version seen under a key that is not revoked, and that version's text."""
+        best, text = (-1, -1, -1), ""
+        for keyid, version in self.seen.items():
+            if keyid not in keyset.revoked and parse_version(version) > best:
+                best, text = parse_version(version), version
+        return best, text
+
+    def accept(self, offer: Offer, manifest: Manifest) -> TrustedState:
+        """The state after ``check_offer(offer, ...)`` returned ``manifest``."""
+        keyset = KeySet.from_dict(offer.keyset["signed"])
+        seen = dict(self.seen)
+        previous = seen.get(manifest.keyid)
+        if previous is None or parse_version(previous) < manifest.version_tuple:
+            seen[manifest.keyid] = manifest.version
+        return replace(
+            self,
+            keyset_version=keyset.version,
+            keyset_sha256=hashlib.sha256(canonical_bytes(offer.keyset["signed"])).hexdigest(),
+            seen=seen,
+        )
+
+    def installed(self, manifest: Manifest) -> TrustedState:
+        """The state after ``manifest``'s artifact was installed and passed its health check."""
+        return replace(
+            self,
+            model=manifest.model,
+            version=manifest.version,
+            sha256=manifest.artifact.sha256,
+            keyid=manifest.keyid,
+        )
+
+
+def check_offer(
+    offer: Offer,
+    root_public_key: bytes,
+    state: TrustedState,
+    *,
+    model_name: str | None,
+    hardware: str | None,
+    now: datetime | None = None,
+) -> Manifest:
+    """Verify an offer against the trusted root key and the device state; see module doc.
+
+    ``model_name`` / ``hardware`` of ``None`` skip that check (host-side ``verify``).
+    """
+    now = now or datetime.now(timezone.utc)
+    keyset = _check_keyset(offer.keyset, root_public_key, state, now)
+    signed, signer = verify_envelope(
+        offer.manifest, keyset.public_keys(), "manifest", revoked=frozenset(keyset.revoked)
+    )
+    manifest = Manifest.from_dict(signed)
+    if manifest.keyid and manifest.keyid != signer:
+        raise SignatureError(f"manifest names key {manifest.keyid[:16]} but is signed by another")
+    manifest = replace(manifest, keyid=signer)
+    manifest.check_not_expired(now)
+    _check_target(manifest, model_name, hardware)
+    _check_version(manifest, state, keyset)
+    return manifest
+
+
+def _check_keyset(envelope: Any, root: bytes, state: TrustedState, now: datetime) -> KeySet:
+    root_key = public_key_from_bytes(root)
+    signed, _ = verify_envelope(envelope, {keyid_of(root_key): root_key}, "key set")
+    keyset = KeySet.from_dict(signed)
+    if keyset.version < state.keyset_version:
+        raise RollbackError(
+            f"key set v{keyset.version} is older than the trusted v{state.keyset_version}"
+        )
+    digest = hashlib.sha256(canonical_bytes(signed)).hexdigest()
+    if keyset.version == state.keyset_version and state.keyset_sha256 not in ("", digest):
+        raise RollbackError(f"key set v{keyset.version} differs from the trusted one")
+    keyset.check_not_expired(now)
+    return keyset
+
+
+def _check_target(manifest: Manifest, model_name: str | None, hardware: str | None) -> None:
+    if model_name is not None and manifest.model != model_name:
+        raise MismatchError(f"release is for model {manifest.model!r}, not {model_name!r}")
+    if hardware is not None and manifest.hardware and hardware not in manifest.hardware:
+        targets = ",".join(manifest.hardware)
+        raise MismatchError(f"release targets hardware {targets}, not {hardware!r}")
+
+
+def _check_version(manifest: Manifest, state: TrustedState, keyset: KeySet) -> None:
+    offered = manifest.version_tuple
+    installed_counts = state.version and state.keyid not in keyset.revoked
+    if installed_counts and offered <= parse_version(state.version):
+        raise RollbackError(
+            f"version {manifest.version} is not newer than installed {state.version}"
+        )
+    floor, text = state.floor(keyset)
+    if offered < floor:
+        raise RollbackError(f"version {manifest.version} is older than {text}, seen before")
+
+
+class PayloadVerifier:
+    """Incremental length + sha256 check for a payload that arrives in chunks."""
+
+    def __init__(self, *, size: int, sha256: str, what: str = "payload") -> None:
+        self._size, self._sha256, self._what = size, sha256, what
+        self._hash = hashlib.sha256()
+        self.received = 0
+
+    def update(self, chunk: bytes) -> None:
+        if self.received + len(chunk) > self._size:
+            raise LengthMismatchError(
+                f"{self._what}: more than the signed {self._size} bytes (endless data)"
+            )
+        self._hash.update(chunk)
+        self.received += len(chunk)
+
+    def finish(self) -> None:
+        if self.received != self._size:
+            raise LengthMismatchError(
+                f"{self._what}: {self.received} bytes, signed size is {self._size}"
+            )
+        if self._hash.hexdigest() != self._sha256:
+            raise DigestMismatchError(f"{self._what}: sha256 does not match the manifest")
+
+
+def check_sized(data: bytes, *, size: int, sha256: str, what: str) -> None:
+    """Length first (cheap, stops endless data), then the digest."""
+    verifier = PayloadVerifier(size=size, sha256=sha256, what=what)
+    verifier.update(data)
+    verifier.finish()
+
+
+def check_payload(manifest: Manifest, data: bytes, *, base: bytes | None = None) -> bytes:
+    """Return the verified artifact bytes from a full payload or a delta on ``base``.
+
+    With ``base`` given, ``data`` is the delta the manifest lists for sha256(base)
+    (``MismatchError`` if it lists none); the delta is checked, applied under a size
+    bound, and the result checked against the artifact's size and sha256.
+    """
+    art = manifest.artifact
+    if base is None:
+        check_sized(data, size=art.size, sha256=art.sha256, what=art.name)
+        return data
+    from edgeship.sdk._delta import apply_delta
+
+    base_sha = hashlib.sha256(base).hexdigest()
+    info = manifest.delta_for(base_sha)
+    if info is None:
+        raise MismatchError(
+            f"release {manifest.version} has no delta for base {base_sha[:16]} "
+            "(delta for another base?)"
+        )
+    check_sized(data, size=info.size, sha256=info.sha256, what=info.name)
+    result = apply_delta(base, data, info.format, max_output=art.size)
+    check_sized(result, size=art.size, sha256=art.sha256, what=f"{art.name} (from delta)")
+    return result
