@@ -1,0 +1,310 @@
+"""The agent's configuration: one TOML file read into frozen dataclasses (pure).
+
+Every value read from the file is checked here, once; a bad value raises one
+:class:`~edgeship.ConfigError` that names the key (``broker.url: ...``). Keys this
+version does not know are ignored, so a newer file still loads. Limits (chunk size,
+queue length, timeouts) have defaults sized for a small device.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edgeship._errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "AgentConfig",
+    "ApiConfig",
+    "BrokerConfig",
+    "FallbackConfig",
+    "ModelConfig",
+    "OtaConfig",
+    "TelemetryConfig",
+    "load_config",
+]
+
+MAX_CONFIG_BYTES = 256 * 1024
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # one MQTT topic level, no wildcards
+_POLICIES = ("no_model", "on_error", "low_confidence")
+
+
+def _get(d: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...],
+         default: Any = ...) -> Any:
+    name = f"{where}.{key}" if where else key
+    if key not in d:
+        if default is ...:
+            raise ConfigError(f"{name}: missing (required)")
+        return default
+    value = d[key]
+    # bool is an int in python; a boolean where a number is wanted is a mistake
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ConfigError(f"{name}: expected {_kind_name(kind)}, got a boolean")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{name}: expected {_kind_name(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({"str": "a string", "int": "an integer", "float": "a number",
+                        "bool": "true/false", "list": "a list", "dict": "a table"}
+                       .get(k.__name__, k.__name__) for k in kinds)
+
+
+def _section(d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = d.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a table [{key}]")
+    return value
+
+
+def _positive(value: float, name: str, *, low: float = 0.0, high: float | None = None) -> None:
+    if value <= low or (high is not None and value > high):
+        bound = f" and <= {high}" if high is not None else ""
+        raise ConfigError(f"{name}: must be > {low}{bound}, got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerConfig:
+    """Where the MQTT broker is and how to log in (TLS with mqtts://)."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str = ""
+    password_file: str = ""
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    keepalive_s: int = 30
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(f"broker.url: {self.url!r} is not mqtt://HOST[:PORT] or mqtts://...")
+        if bool(self.cert) != bool(self.key):
+            raise ConfigError("broker.cert: cert and key must be given together")
+        _positive(self.keepalive_s, "broker.keepalive_s", high=3600)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BrokerConfig:
+        w = "broker"
+        return cls(url=_get(d, "url", w, str, cls.url), username=_get(d, "username", w, str, ""),
+                   password_file=_get(d, "password_file", w, str, ""), ca=_get(d, "ca", w, str, ""),
+                   cert=_get(d, "cert", w, str, ""), key=_get(d, "key", w, str, ""),
+                   keepalive_s=_get(d, "keepalive_s", w, int, 30))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The served model's name and how to run it."""
+
+    name: str = "model"
+    runtime: str = "auto"
+    threads: int = 2
+    initial: str = ""
+
+    def __post_init__(self) -> None:
+        if not _SEGMENT.match(self.name):
+            raise ConfigError(f"model.name: {self.name!r} must be letters, digits, '.', '_', '-'")
+        if self.runtime not in ("auto", "onnxruntime", "litert"):
+            raise ConfigError(f"model.runtime: {self.runtime!r} is not auto, onnxruntime or litert")
+        _positive(self.threads, "model.threads", high=256)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        w = "model"
+        return cls(name=_get(d, "name", w, str, "model"), runtime=_get(d, "runtime", w, str, "auto"),
+                   threads=_get(d, "threads", w, int, 2), initial=_get(d, "initial", w, str, ""))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiConfig:
+    """The local Open Inference Protocol v2 endpoint (loopback by default)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8500
+    max_request_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"api.listen: port {self.port} is out of range")
+        _positive(self.max_request_bytes, "api.max_request_bytes")
+
+    @property
+    def listen(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ApiConfig:
+        listen = _get(d, "listen", "api", str, "127.0.0.1:8500")
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"api.listen: {listen!r} is not HOST:PORT")
+        return cls(host=host, port=int(port),
+                   max_request_bytes=_get(d, "max_request_bytes", "api", int, 16 * 1024 * 1024))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FallbackConfig:
+    """The cloud model asked when the local one cannot answer (see the fallback issue)."""
+
+    url: str
+    model: str = ""
+    deadline_ms: int = 300
+    policy: tuple[str, ...] = _POLICIES
+    confidence: float = 0.6
+    api_key_file: str = ""
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keys for the fallback layer
+
+    def __post_init__(self) -> None:
+        if urlsplit(self.url).scheme not in ("http", "https"):
+            raise ConfigError(f"fallback.url: {self.url!r} is not an http(s) URL")
+        _positive(self.deadline_ms, "fallback.deadline_ms", high=600_000)
+        bad = [p for p in self.policy if p not in _POLICIES]
+        if bad:
+            raise ConfigError(f"fallback.policy: unknown {bad}; choose from {list(_POLICIES)}")
+        if not 0.0 <= self.confidence <= 1.0:
+            raise ConfigError(f"fallback.confidence: must be in [0, 1], got {self.confidence}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FallbackConfig | None:
+        w = "fallback"
+        url = _get(d, "url", w, str, "")
+        if not url:
+            return None
+        policy = _get(d, "policy", w, list, list(_POLICIES))
+        if not all(isinstance(p, str) for p in policy):
+            raise ConfigError("fallback.policy: expected a list of strings")
+        known = {"url", "model", "deadline_ms", "policy", "confidence", "api_key_file", "ca",
+                 "cert", "key"}
+        return cls(url=url, model=_get(d, "model", w, str, ""),
+                   deadline_ms=_get(d, "deadline_ms", w, int, 300), policy=tuple(policy),
+                   confidence=float(_get(d, "confidence", w, (int, float), 0.6)),
+                   api_key_file=_get(d, "api_key_file", w, str, ""), ca=_get(d, "ca", w, str, ""),
+                   cert=_get(d, "cert", w, str, ""), key=_get(d, "key", w, str, ""),
+                   extra={k: v for k, v in d.items() if k not in known})
+
+
+@dataclass(frozen=True, kw_only=True)
+class OtaConfig:
+    """Download and install limits."""
+
+    chunk_size: int = 64 * 1024
+    request_timeout_s: float = 10.0
+    health_timeout_s: float = 60.0
+    max_artifact_bytes: int = 256 * 1024 * 1024
+    max_switch_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        _positive(self.chunk_size, "ota.chunk_size", low=255, high=1024 * 1024)
+        _positive(self.request_timeout_s, "ota.request_timeout_s", high=3600)
+        _positive(self.health_timeout_s, "ota.health_timeout_s", high=3600)
+        _positive(self.max_artifact_bytes, "ota.max_artifact_bytes")
+        _positive(self.max_switch_attempts, "ota.max_switch_attempts", high=100)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OtaConfig:
+        w = "ota"
+        return cls(chunk_size=_get(d, "chunk_size", w, int, 64 * 1024),
+                   request_timeout_s=float(_get(d, "request_timeout_s", w, (int, float), 10.0)),
+                   health_timeout_s=float(_get(d, "health_timeout_s", w, (int, float), 60.0)),
+                   max_artifact_bytes=_get(d, "max_artifact_bytes", w, int, 256 * 1024 * 1024),
+                   max_switch_attempts=_get(d, "max_switch_attempts", w, int, 3))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetryConfig:
+    """Heartbeat period and the bound of the offline queue."""
+
+    interval_s: float = 30.0
+    queue_max_messages: int = 10_000
+
+    def __post_init__(self) -> None:
+        _positive(self.interval_s, "telemetry.interval_s", high=86_400)
+        _positive(self.queue_max_messages, "telemetry.queue_max_messages", high=10_000_000)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TelemetryConfig:
+        w = "telemetry"
+        return cls(interval_s=float(_get(d, "interval_s", w, (int, float), 30.0)),
+                   queue_max_messages=_get(d, "queue_max_messages", w, int, 10_000))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """Everything ``edgeship agent run`` needs; build it with :func:`load_config`."""
+
+    device_id: str
+    fleet: str
+    data_dir: Path
+    root_key: Path
+    hardware: str = "cpu"
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    fallback: FallbackConfig | None = None
+    ota: OtaConfig = field(default_factory=OtaConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+
+    def __post_init__(self) -> None:
+        for key in ("device_id", "fleet"):
+            if not _SEGMENT.match(getattr(self, key)):
+                raise ConfigError(f"{key}: {getattr(self, key)!r} must be 1-64 letters, digits,"
+                                  " '.', '_' or '-' (it is an MQTT topic level)")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, base: Path | None = None) -> AgentConfig:
+        """Build from a parsed TOML table; relative paths are taken from ``base``."""
+        def path(key: str) -> Path:
+            value = Path(_get(d, key, "", str))
+            return value if value.is_absolute() or base is None else base / value
+
+        return cls(device_id=_get(d, "device_id", "", str), fleet=_get(d, "fleet", "", str),
+                   data_dir=path("data_dir"), root_key=path("root_key"),
+                   hardware=_get(d, "hardware", "", str, "cpu"),
+                   broker=BrokerConfig.from_dict(_section(d, "broker")),
+                   model=ModelConfig.from_dict(_section(d, "model")),
+                   api=ApiConfig.from_dict(_section(d, "api")),
+                   fallback=FallbackConfig.from_dict(_section(d, "fallback")),
+                   ota=OtaConfig.from_dict(_section(d, "ota")),
+                   telemetry=TelemetryConfig.from_dict(_section(d, "telemetry")))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain view for logs (no secrets: only file names of keys and passwords)."""
+        from dataclasses import asdict
+
+        out = asdict(self)
+        out["data_dir"], out["root_key"] = str(self.data_dir), str(self.root_key)
+        return out
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and check ``agent.toml``; ConfigError names the file and the key."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {file} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        table = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config {file}: not valid TOML: {exc}") from exc
+    try:
+        return AgentConfig.from_dict(table, base=file.parent.resolve())
+    except ConfigError as exc:
+        raise ConfigError(f"config {file}: {exc}") from exc

@@ -1,0 +1,99 @@
+"""The golden health check: does a newly installed model answer what its release promises?
+
+:func:`run_health_check` runs it in a separate interpreter
+(``python -m edgeship.agent._health MODEL GOLDEN.json``) with a timeout, so a model that
+crashes the runtime, hangs or eats the memory takes down only that child, never the
+agent serving the old model. :func:`golden_check` is the check itself, also used
+in-process when the agent switches to the new model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["golden_check", "run_health_check"]
+
+_MAX_REASON = 500
+
+
+def golden_check(model: Any, golden: dict[str, Any] | None) -> str | None:
+    """None when ``model`` reproduces the golden output within ``atol``, else the reason.
+
+    Without golden data the model must at least run on zeros of its input shapes.
+    """
+    import numpy as np
+    from edgeship.sdk._manifest import Golden
+
+    if golden is None:
+        feeds = {s.name: np.zeros([d if d > 0 else 1 for d in s.shape], dtype=s.dtype)
+                 for s in model.inputs}
+        model.predict_all(feeds)
+        return None
+    inputs, expected = Golden.from_dict(golden).arrays()
+    atol = float(golden["atol"])
+    if len(inputs) == 1 and len(model.inputs) == 1:  # a single input may use any key
+        inputs = {model.inputs[0].name: next(iter(inputs.values()))}
+    got = model.predict_all(inputs)[model.outputs[0].name]
+    if got.shape != expected.shape:
+        return f"output shape {list(got.shape)}, golden output is {list(expected.shape)}"
+    err = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0
+    if not err <= atol:
+        return f"golden output differs by {err:.4g} (atol {atol:.4g})"
+    return None
+
+
+def run_health_check(model_path: Path, golden: dict[str, Any] | None, *, runtime: str = "auto",
+                     threads: int = 1, timeout: float = 60.0) -> tuple[bool, str]:
+    """Check ``model_path`` in a child interpreter; ``(ok, reason)``."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(golden, handle)
+        golden_path = handle.name
+    cmd = [sys.executable, "-m", "edgeship.agent._health", str(model_path), golden_path,
+           runtime, str(threads)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                             stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return False, f"health check did not finish in {timeout:g}s"
+    finally:
+        os.unlink(golden_path)
+    if out.returncode == 0:
+        return True, ""
+    lines = (out.stdout.strip() or out.stderr.strip() or "").splitlines()
+    detail = lines[-1] if lines else ""
+    if out.returncode < 0:
+        detail = f"model crashed the runtime (signal {-out.returncode}) {detail}".strip()
+    return False, (detail or f"health check exited with {out.returncode}")[:_MAX_REASON]
+
+
+def _main(argv: list[str]) -> int:
+    from edgeship.sdk._model import Model
+
+    from edgeship._errors import EdgeshipError
+
+    model_path, golden_path, runtime, threads = argv
+    pause = float(os.environ.get("EDGESHIP_AGENT_PAUSE_HEALTH", "0") or 0)
+    if pause:  # tests: widen the window in which the agent can be killed mid-check
+        import time
+
+        time.sleep(pause)
+    try:
+        golden = json.loads(Path(golden_path).read_text())
+        model = Model.load(model_path, runtime=runtime, threads=int(threads))
+        reason = golden_check(model, golden)
+    except EdgeshipError as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    if reason:
+        print(reason)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,537 @@
+"""The OTA state machine: pure logic that decides from events, persisted state and ``now``.
+
+``step(state, event, now) -> (state, actions)`` does no I/O. The shell (the agent daemon,
+or the fleet simulator) performs the returned actions *in order* and feeds their results
+back as events. Order is what makes it crash safe: a chunk is written and fsynced before
+the state that counts it is persisted; a slot is written before the state that names it;
+the switch to a new slot is one atomic state write (``Persist``) that still remembers the
+old slot until the new model has loaded and the update is committed.
+
+Phases (``OtaState.phase``)::
+
+    idle -> offered -> downloading -> verifying -> installing -> health-checking
+         -> committed | rolled-back | failed
+
+``offered`` is only reported: a verified offer is persisted as ``downloading``. After a
+restart, :class:`Resume` picks the phase up again (resume the download at the last
+verified chunk, verify and install again, re-run the health check, or finish or undo a
+half-done switch). Offers are verified with exactly the sdk's ``check_offer`` and
+payloads with ``check_payload``; nothing here checks a signature by itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from edgeship.sdk._manifest import Manifest
+from edgeship.sdk._transfer import ChunkRequest, chunk_count, decode_chunk
+from edgeship.sdk._trust import Offer, TrustedState, check_offer, check_payload
+
+from edgeship._errors import EdgeshipError, LengthMismatchError, TransportError
+
+__all__ = [
+    "PHASES",
+    "Action",
+    "Chunk",
+    "Connected",
+    "Downloaded",
+    "Event",
+    "HealthChecked",
+    "Installed",
+    "Job",
+    "LoadActive",
+    "Loaded",
+    "LocalRelease",
+    "OfferReceived",
+    "OtaCore",
+    "OtaState",
+    "Persist",
+    "ReadDownload",
+    "Report",
+    "RequestChunk",
+    "Resume",
+    "RunHealthCheck",
+    "SlotInfo",
+    "Tick",
+    "TruncateDownload",
+    "WriteChunk",
+    "WriteSlot",
+]
+
+PHASES = ("idle", "offered", "downloading", "verifying", "installing", "health-checking",
+          "committed", "rolled-back", "failed")
+_BUSY = ("verifying", "installing", "health-checking")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlotInfo:
+    """A verified artifact sitting in slot ``a`` or ``b``."""
+
+    slot: str
+    version: str
+    sha256: str
+    size: int
+    format: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"slot": self.slot, "version": self.version, "sha256": self.sha256,
+                "size": self.size, "format": self.format}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SlotInfo:
+        return cls(slot=d["slot"], version=d["version"], sha256=d["sha256"], size=d["size"],
+                   format=d["format"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """The update in progress: which file is fetched, how far, and the accepted offer."""
+
+    offer: str  # canonical JSON of the verified offer (local storage is trusted)
+    version: str
+    file: str
+    size: int
+    sha256: str
+    delta: bool
+    chunk_size: int
+    received: int = 0  # chunks verified and fsynced
+    slot: str = ""  # slot the new artifact goes to
+    switched: bool = False  # the state already names the new slot as active
+    switch_attempts: int = 0
+
+    @property
+    def chunks(self) -> int:
+        return chunk_count(self.size, self.chunk_size)
+
+    def manifest(self) -> Manifest:
+        return Manifest.from_dict(Offer.from_bytes(self.offer.encode()).manifest["signed"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True, kw_only=True)
+class OtaState:
+    """Everything the device must remember across a restart (persisted as JSON)."""
+
+    phase: str = "idle"
+    active: SlotInfo | None = None
+    previous: SlotInfo | None = None  # the old slot, kept until the new one is committed
+    job: Job | None = None
+    trusted: TrustedState = field(default_factory=TrustedState)
+    error: str = ""
+    target: str = ""  # version of the last update attempt (for status)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "error": self.error, "target": self.target,
+                "active": self.active and self.active.to_dict(),
+                "previous": self.previous and self.previous.to_dict(),
+                "job": self.job and self.job.to_dict(), "trusted": self.trusted.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OtaState:
+        return cls(phase=d["phase"], error=d.get("error", ""), target=d.get("target", ""),
+                   active=d["active"] and SlotInfo.from_dict(d["active"]),
+                   previous=d["previous"] and SlotInfo.from_dict(d["previous"]),
+                   job=d["job"] and Job.from_dict(d["job"]),
+                   trusted=TrustedState.from_dict(d["trusted"]))
+
+
+# ---- events (what happened) -------------------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    pass
+
+
+@dataclass(frozen=True)
+class Resume(Event):
+    """The process (re)started with this persisted state."""
+
+
+@dataclass(frozen=True)
+class OfferReceived(Event):
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class LocalRelease(Event):
+    """A release read from disk (``[model] initial``): offer bytes plus its artifact."""
+
+    offer: bytes
+    artifact: bytes
+
+
+@dataclass(frozen=True)
+class Chunk(Event):
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Connected(Event):
+    """The broker (re)connected: re-ask for the chunk in flight."""
+
+
+@dataclass(frozen=True)
+class Tick(Event):
+    """Time passed with nothing else to do: re-ask for a chunk that is overdue."""
+
+
+@dataclass(frozen=True)
+class Downloaded(Event):
+    """Result of ``ReadDownload``: the downloaded file and (for a delta) the base bytes."""
+
+    payload: bytes
+    base: bytes | None
+
+
+@dataclass(frozen=True)
+class Installed(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class HealthChecked(Event):
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Loaded(Event):
+    """Result of ``LoadActive``: the model in ``slot`` serves (or could not be loaded)."""
+
+    slot: str
+    ok: bool
+    reason: str = ""
+
+
+# ---- actions (what the shell must do, in order) ------------------------------------------
+@dataclass(frozen=True)
+class Action:
+    pass
+
+
+@dataclass(frozen=True)
+class Persist(Action):
+    state: OtaState
+
+
+@dataclass(frozen=True)
+class Report(Action):
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RequestChunk(Action):
+    request: ChunkRequest
+
+
+@dataclass(frozen=True)
+class TruncateDownload(Action):
+    """Cut the download file to ``size`` bytes (0 starts a new download)."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class WriteChunk(Action):
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ReadDownload(Action):
+    """Read the download file (and ``base_slot``'s artifact for a delta) -> ``Downloaded``."""
+
+    base_slot: str | None
+
+
+@dataclass(frozen=True)
+class WriteSlot(Action):
+    """Write ``data`` atomically into ``slot`` as ``model.<format>`` -> ``Installed``."""
+
+    slot: str
+    format: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RunHealthCheck(Action):
+    """Check the model in ``slot`` in a separate interpreter -> ``HealthChecked``."""
+
+    slot: str
+    format: str
+    golden: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class LoadActive(Action):
+    """Load (or hot-swap to) the model in ``slot``, check its sha256 -> ``Loaded``."""
+
+    slot: SlotInfo
+    golden: dict[str, Any] | None = None
+
+
+Step = tuple[OtaState, list[Action]]
+
+
+class OtaCore:
+    """The decisions of one device; holds only configuration, never state."""
+
+    def __init__(self, *, device: str, model: str, root_key: bytes, hardware: str | None = "cpu",
+                 chunk_size: int = 64 * 1024, max_artifact_bytes: int = 256 * 1024 * 1024,
+                 max_switch_attempts: int = 3, report_every: int = 8) -> None:
+        self.device, self.model, self.root_key, self.hardware = device, model, root_key, hardware
+        self.chunk_size, self.max_artifact_bytes = chunk_size, max_artifact_bytes
+        self.max_switch_attempts, self.report_every = max_switch_attempts, report_every
+
+    # -- status ---------------------------------------------------------------------------
+    def status(self, state: OtaState, now: float, *, phase: str | None = None) -> dict[str, Any]:
+        """The JSON published (retained) on ``.../status``."""
+        job = state.job
+        progress = None
+        if job is not None and (phase or state.phase) == "downloading":
+            progress = {"chunks": job.received, "of": job.chunks,
+                        "bytes": min(job.received * job.chunk_size, job.size), "total": job.size}
+        return {"device": self.device, "state": phase or state.phase,
+                "version": state.active.version if state.active else None,
+                "target": job.version if job else (state.target or None),
+                "progress": progress, "error": state.error or None, "ts": round(now, 3)}
+
+    def _report(self, state: OtaState, now: float, phase: str | None = None) -> Report:
+        return Report(self.status(state, now, phase=phase))
+
+    # -- dispatch -------------------------------------------------------------------------
+    def step(self, state: OtaState, event: Event, now: float) -> Step:
+        handler = getattr(self, f"_on_{type(event).__name__}")
+        return handler(state, event, now)  # type: ignore[no-any-return]
+
+    def _on_Resume(self, state: OtaState, event: Resume, now: float) -> Step:
+        load = [LoadActive(state.active)] if state.active else []
+        job = state.job
+        if job is None:
+            return state, [*load, self._report(state, now)]
+        if state.phase == "downloading" and job.received >= job.chunks:
+            state = replace(state, phase="verifying")
+            return state, [*load, Persist(state), self._report(state, now), self._read(state)]
+        if state.phase == "downloading":
+            return state, [*load, TruncateDownload(job.received * job.chunk_size),
+                           self._report(state, now), *self._request(state)]
+        if state.phase in ("verifying", "installing"):
+            return state, [*load, self._report(state, now), self._read(state)]
+        if not job.switched:  # health check of the installed, not yet active, slot
+            return state, [*load, self._report(state, now), self._health(job)]
+        if job.switch_attempts >= self.max_switch_attempts:
+            return self._rollback(state, now, f"new model failed to load {job.switch_attempts}"
+                                  " times (crash on load?)")
+        state = replace(state, job=replace(job, switch_attempts=job.switch_attempts + 1))
+        assert state.active is not None
+        return state, [Persist(state), self._report(state, now),
+                       LoadActive(state.active, golden=self._golden(job))]
+
+    # -- offers ---------------------------------------------------------------------------
+    def _on_OfferReceived(self, state: OtaState, event: OfferReceived, now: float) -> Step:
+        peek = _peek_version(event.raw)
+        if peek is not None and state.job is not None and peek == state.job.version:
+            return state, []  # the same offer again (a retained offer after a reconnect)
+        if peek is not None and state.active is not None and peek == state.active.version \
+                and state.job is None:
+            return state, []
+        if state.phase in _BUSY:
+            return self._refuse(state, now, f"offer of {peek} ignored: busy {state.phase}")
+        try:
+            offer = Offer.from_bytes(event.raw)
+            manifest = check_offer(offer, self.root_key, state.trusted, model_name=self.model,
+                                   hardware=self.hardware, now=_utc(now))
+            job = self._plan(offer, manifest, state.active)
+        except EdgeshipError as exc:
+            return self._refuse(state, now, f"offer rejected: {type(exc).__name__}: {exc}")
+        state = replace(state, phase="downloading", job=job, error="", target=job.version,
+                        trusted=state.trusted.accept(offer, manifest))
+        if job.size == 0:  # nothing to fetch
+            state = replace(state, phase="verifying")
+            return state, [Persist(state), TruncateDownload(0), self._read(state)]
+        return state, [TruncateDownload(0), Persist(state), self._report(state, now, "offered"),
+                       self._report(state, now), *self._request(state)]
+
+    def _on_LocalRelease(self, state: OtaState, event: LocalRelease, now: float) -> Step:
+        try:
+            offer = Offer.from_bytes(event.offer)
+            manifest = check_offer(offer, self.root_key, state.trusted, model_name=self.model,
+                                   hardware=self.hardware, now=_utc(now))
+            job = self._plan(offer, manifest, None)
+        except EdgeshipError as exc:
+            return self._refuse(state, now, f"initial release rejected: {exc}")
+        state = replace(state, phase="verifying", job=job, error="", target=job.version,
+                        trusted=state.trusted.accept(offer, manifest))
+        return self._on_Downloaded(state, Downloaded(payload=event.artifact, base=None), now)
+
+    def _plan(self, offer: Offer, manifest: Manifest, active: SlotInfo | None) -> Job:
+        art = manifest.artifact
+        if art.size > self.max_artifact_bytes:
+            raise LengthMismatchError(f"artifact of {art.size} bytes is over this device's "
+                                      f"limit of {self.max_artifact_bytes}")
+        delta = manifest.delta_for(active.sha256) if active else None
+        chosen = (delta.name, delta.size, delta.sha256) if delta else (art.name, art.size, art.sha256)
+        slot = "b" if active is not None and active.slot == "a" else "a"
+        return Job(offer=offer.to_bytes().decode(), version=manifest.version, file=chosen[0],
+                   size=chosen[1], sha256=chosen[2], delta=delta is not None,
+                   chunk_size=self.chunk_size, slot=slot)
+
+    def _refuse(self, state: OtaState, now: float, reason: str) -> Step:
+        if state.job is not None:  # an update is under way: report, change nothing
+            return state, [Report({**self.status(state, now), "error": reason})]
+        state = replace(state, phase="failed", error=reason)
+        return state, [Persist(state), self._report(state, now)]
+
+    # -- download -------------------------------------------------------------------------
+    def _request(self, state: OtaState) -> list[Action]:
+        job = state.job
+        if job is None or state.phase != "downloading" or job.received >= job.chunks:
+            return []
+        return [RequestChunk(ChunkRequest(device=self.device, model=self.model,
+                                          version=job.version, file=job.file, index=job.received,
+                                          chunk_size=job.chunk_size))]
+
+    def _on_Connected(self, state: OtaState, event: Connected, now: float) -> Step:
+        return state, [self._report(state, now), *self._request(state)]
+
+    def _on_Tick(self, state: OtaState, event: Tick, now: float) -> Step:
+        return state, self._request(state)
+
+    def _on_Chunk(self, state: OtaState, event: Chunk, now: float) -> Step:
+        job = state.job
+        if job is None or state.phase != "downloading":
+            return state, []  # late duplicate
+        try:
+            chunk = decode_chunk(event.raw, index=job.received, chunk_size=job.chunk_size,
+                                 signed_size=job.size)
+        except LengthMismatchError as exc:
+            return self._fail(state, now, f"download: {exc}")
+        except TransportError as exc:
+            if "refused" in str(exc):
+                return self._fail(state, now, str(exc))
+            return state, []  # a stale or damaged chunk: the retry asks again
+        job = replace(job, received=job.received + 1)
+        state = replace(state, job=job)
+        if job.received >= job.chunks:  # one state write: counted and complete
+            state = replace(state, phase="verifying")
+            return state, [WriteChunk(chunk.offset, chunk.data), Persist(state),
+                           self._report(state, now), self._read(state)]
+        actions: list[Action] = [WriteChunk(chunk.offset, chunk.data), Persist(state)]
+        if job.received % self.report_every == 0:
+            actions.append(self._report(state, now))
+        return state, [*actions, *self._request(state)]
+
+    # -- verify, install, check, switch, commit -------------------------------------------
+    def _read(self, state: OtaState) -> ReadDownload:
+        job = state.job
+        assert job is not None
+        return ReadDownload(base_slot=state.active.slot if job.delta and state.active else None)
+
+    def _on_Downloaded(self, state: OtaState, event: Downloaded, now: float) -> Step:
+        job = state.job
+        if job is None or state.phase not in ("verifying", "installing"):
+            return state, []
+        manifest = job.manifest()
+        try:
+            artifact = check_payload(manifest, event.payload, base=event.base)
+        except EdgeshipError as exc:
+            state = replace(state, job=None, phase="failed", error=f"verification: {exc}")
+            return state, [Persist(state), TruncateDownload(0), self._report(state, now)]
+        state = replace(state, phase="installing")
+        return state, [Persist(state), self._report(state, now),
+                       WriteSlot(job.slot, manifest.artifact.format, artifact)]
+
+    def _on_Installed(self, state: OtaState, event: Installed, now: float) -> Step:
+        job = state.job
+        if job is None or state.phase != "installing":
+            return state, []
+        state = replace(state, phase="health-checking")
+        return state, [Persist(state), self._report(state, now), self._health(job)]
+
+    def _golden(self, job: Job) -> dict[str, Any] | None:
+        golden = job.manifest().golden
+        return golden.to_dict() if golden else None
+
+    def _health(self, job: Job) -> RunHealthCheck:
+        manifest = job.manifest()
+        return RunHealthCheck(job.slot, manifest.artifact.format, self._golden(job))
+
+    def _on_HealthChecked(self, state: OtaState, event: HealthChecked, now: float) -> Step:
+        job = state.job
+        if job is None or state.phase != "health-checking" or job.switched:
+            return state, []
+        if not event.ok:
+            return self._rollback(state, now, f"health check failed: {event.reason}")
+        art = job.manifest().artifact
+        new = SlotInfo(slot=job.slot, version=job.version, sha256=art.sha256, size=art.size,
+                       format=art.format)
+        # the switch: one atomic state write names the new slot and still keeps the old one
+        state = replace(state, active=new, previous=state.active,
+                        job=replace(job, switched=True, switch_attempts=1))
+        return state, [Persist(state), LoadActive(new, golden=self._golden(job))]
+
+    def _on_Loaded(self, state: OtaState, event: Loaded, now: float) -> Step:
+        job = state.job
+        switching = job is not None and job.switched and state.phase == "health-checking"
+        if not switching:
+            if event.ok or state.active is None:
+                return state, []
+            if state.previous is not None:  # a committed model that no longer loads
+                return self._rollback(state, now, f"active model fails to load: {event.reason}")
+            state = replace(state, phase="failed", error=f"model fails to load: {event.reason}")
+            return state, [Persist(state), self._report(state, now)]
+        assert job is not None
+        if not event.ok:
+            return self._rollback(state, now, f"new model failed to load: {event.reason}")
+        manifest = job.manifest()
+        state = replace(state, phase="committed", job=None, previous=None, error="",
+                        trusted=state.trusted.installed(manifest))
+        return state, [Persist(state), TruncateDownload(0), self._report(state, now)]
+
+    def _rollback(self, state: OtaState, now: float, reason: str) -> Step:
+        job = state.job
+        switched = job is not None and job.switched
+        active = state.previous if switched else state.active
+        state = replace(state, phase="rolled-back", job=None, active=active, previous=None,
+                        error=reason)
+        actions: list[Action] = [Persist(state), TruncateDownload(0)]
+        if switched and active is not None:
+            actions.append(LoadActive(active))
+        return state, [*actions, self._report(state, now)]
+
+    def _fail(self, state: OtaState, now: float, reason: str) -> Step:
+        state = replace(state, phase="failed", job=None, error=reason)
+        return state, [Persist(state), TruncateDownload(0), self._report(state, now)]
+
+
+def _utc(now: float) -> datetime:
+    return datetime.fromtimestamp(now, tz=timezone.utc)
+
+
+def _peek_version(raw: bytes) -> str | None:
+    """The version an offer *claims* (unverified; used only to skip exact repeats)."""
+    try:
+        offer = Offer.from_bytes(raw)
+        version = offer.manifest["signed"]["version"]
+    except (EdgeshipError, KeyError, TypeError):
+        return None
+    return version if isinstance(version, str) else None
+
+
+def encode_state(state: OtaState) -> bytes:
+    import json
+
+    return json.dumps(state.to_dict(), sort_keys=True).encode()
+
+
+def decode_state(raw: bytes) -> OtaState:
+    import json
+
+    return OtaState.from_dict(json.loads(raw))

@@ -1,0 +1,63 @@
+"""agent.toml: the documented example loads; each bad value names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from edgeship.agent._config import load_config
+
+from edgeship import ConfigError
+
+EXAMPLE = Path(__file__).parents[1] / "agent" / "agent.example.toml"
+
+
+def test_example_config_loads() -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg.device_id and cfg.fleet
+    assert cfg.api.host == "127.0.0.1"
+    assert cfg.broker.url.startswith("mqtt")
+
+
+BASE = 'device_id = "d1"\nfleet = "f"\ndata_dir = "data"\nroot_key = "root.pub"\n'
+
+
+@pytest.mark.parametrize("extra,key", [
+    ('[broker]\nurl = "http://x"\n', "broker.url"),
+    ('[model]\nthreads = 0\n', "model.threads"),
+    ('[model]\nruntime = "tensorrt"\n', "model.runtime"),
+    ('[api]\nlisten = "nonsense"\n', "api.listen"),
+    ('[fallback]\nurl = "http://c"\npolicy = ["sometimes"]\n', "fallback.policy"),
+    ('[fallback]\nurl = "http://c"\nconfidence = 2\n', "fallback.confidence"),
+    ('[ota]\nchunk_size = "big"\n', "ota.chunk_size"),
+    ('[broker]\ncert = "c.pem"\n', "broker.cert"),
+])
+def test_bad_value_names_the_key(tmp_path: Path, extra: str, key: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(BASE + extra)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(path)
+
+
+def test_missing_and_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('fleet = "f"\n')
+    with pytest.raises(ConfigError, match="device_id: missing"):
+        load_config(path)
+    path.write_text('device_id = "a/b"\nfleet = "f"\ndata_dir = "d"\nroot_key = "r"\n')
+    with pytest.raises(ConfigError, match="device_id"):
+        load_config(path)
+    path.write_text("device_id = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_relative_paths_are_from_the_config_dir(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(BASE)
+    cfg = load_config(path)
+    assert cfg.data_dir == tmp_path.resolve() / "data"
+    assert cfg.root_key == tmp_path.resolve() / "root.pub"
+    assert cfg.fallback is None

@@ -1,0 +1,202 @@
+"""Helpers shared by the agent / OTA / fleet-serve tests (no tests here).
+
+Tiny real ONNX models whose output tells which version answers, real signed releases
+(``Release.build``), an in-memory shell for the pure OTA core, and a real agent
+subprocess wrapper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IN, OUT = 64, 16
+
+
+def make_model(path: Path, bias: float, *, seed: int = 0, dim: int = IN) -> Path:
+    """y = x @ W + bias: W fixed by ``seed``, so versions differ only in a few bytes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).standard_normal((dim, OUT)).astype(np.float32)
+    b = np.full((OUT,), bias, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["y"])],
+        "lin",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, OUT])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def expected(bias: float, x: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    w = np.random.default_rng(seed).standard_normal((x.shape[-1], OUT)).astype(np.float32)
+    return (x.astype(np.float32) @ w + np.float32(bias)).astype(np.float32)
+
+
+GOLDEN_X = np.linspace(-1, 1, IN, dtype=np.float32).reshape(1, IN)
+
+
+def make_golden(path: Path, bias: float, *, wrong: bool = False) -> Path:
+    out = expected(bias, GOLDEN_X) + (5.0 if wrong else 0.0)
+    np.savez(path, x=GOLDEN_X, output=out, atol=np.float32(1e-3))
+    return path
+
+
+def version_bias(version: str) -> float:
+    major, minor, patch = (int(p) for p in version.split("."))
+    return float(major * 100 + minor * 10 + patch)
+
+
+def make_keys(tmp: Path) -> Path:
+    from edgeship.sdk._keydir import KeyDir
+
+    keydir = tmp / "keys"
+    KeyDir(keydir).init()
+    return keydir
+
+
+def make_release(tmp: Path, keydir: Path, version: str, *, base: Path | None = None,
+                 bad_golden: bool = False, name: str = "model") -> Path:
+    """A signed release of the linear model whose bias encodes ``version``."""
+    from edgeship.sdk._release import Release
+
+    bias = version_bias(version)
+    work = tmp / "build" / version
+    model = make_model(work / f"{name}.onnx", bias)
+    golden = make_golden(work / "golden.npz", bias, wrong=bad_golden)
+    out = tmp / "releases" / version
+    Release.build(model, version=version, keydir=keydir, out=out, golden=golden,
+                  bases=[base] if base else [], model_name=name)
+    return out
+
+
+def offer_bytes(reldir: Path) -> bytes:
+    from edgeship.sdk._release import Release
+
+    return Release.load(reldir).offer().to_bytes()
+
+
+# ---- a real agent process -----------------------------------------------------------------
+def write_config(tmp: Path, *, broker_url: str, port: int, root_pub: Path, device: str = "dev-1",
+                 fleet: str = "t", initial: Path | None = None, chunk_size: int = 4096,
+                 extra: str = "", fallback: str = "") -> Path:
+    cfg = tmp / f"agent-{device}.toml"
+    cfg.write_text(
+        f'device_id = "{device}"\nfleet = "{fleet}"\ndata_dir = "{tmp / ("data-" + device)}"\n'
+        f'root_key = "{root_pub}"\n\n[broker]\nurl = "{broker_url}"\n\n'
+        f'[model]\nname = "model"\nthreads = 1\ninitial = "{initial or ""}"\n\n'
+        f'[api]\nlisten = "127.0.0.1:{port}"\n\n'
+        f"[ota]\nchunk_size = {chunk_size}\nrequest_timeout_s = 2\nhealth_timeout_s = 30\n\n"
+        f"[telemetry]\ninterval_s = 1\n{extra}\n{fallback}\n"
+    )
+    return cfg
+
+
+class AgentProc:
+    """``edgeship agent run`` as a subprocess; its JSON log lines are collected."""
+
+    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
+        self.config, self.port = config, port
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.log: list[dict[str, Any]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait: bool = True) -> AgentProc:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeship", "agent", "run", "--config", str(self.config)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=self.env)
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        if wait:
+            self.wait_live()
+        return self
+
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = {"event": "raw", "text": raw.decode(errors="replace").rstrip()}
+            self.log.append(line)
+            self.lines.put(line)
+
+    def wait_live(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}: {self.log[-5:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/health/live", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"agent not live after {timeout}s: {self.log[-5:]}")
+
+    def wait_log(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+                 ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if pred(line):
+                return line
+        raise TimeoutError(f"no matching log line in {timeout}s; last: {self.log[-5:]}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def http_json(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def infer_body(x: np.ndarray) -> dict[str, Any]:
+    return {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.flatten().tolist()}]}

@@ -1,0 +1,250 @@
+"""The pure OTA state machine, driven by an in-memory shell with real signed releases,
+real deltas and a real onnxruntime golden check (no MQTT, no files)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from edgeship.agent._health import golden_check
+from edgeship.agent._ota import (
+    Chunk,
+    Connected,
+    Downloaded,
+    Event,
+    HealthChecked,
+    Installed,
+    LoadActive,
+    Loaded,
+    LocalRelease,
+    OfferReceived,
+    OtaCore,
+    OtaState,
+    Persist,
+    ReadDownload,
+    Report,
+    RequestChunk,
+    Resume,
+    RunHealthCheck,
+    TruncateDownload,
+    WriteChunk,
+    WriteSlot,
+    decode_state,
+    encode_state,
+)
+from edgeship.sdk._model import Model
+from edgeship.sdk._release import Release
+from edgeship.sdk._transfer import encode_chunk, serve_request
+from test_agent_support import make_keys, make_release, offer_bytes
+
+NOW = time.time()  # the releases are built now and valid for 90 days
+
+
+class Crash(Exception):
+    pass
+
+
+class MemoryShell:
+    """Performs the core's actions in memory; 'disk' = persisted state, download, slots."""
+
+    def __init__(self, core: OtaCore, releases: list[Path]) -> None:
+        self.core = core
+        self.files: dict[tuple[str, str], bytes] = {}
+        for reldir in releases:
+            rel = Release.load(reldir)
+            self.files[(rel.manifest.version, rel.manifest.artifact.name)] = rel.read_artifact()
+            for d in rel.manifest.deltas:
+                self.files[(rel.manifest.version, d.name)] = rel.read_delta(d)
+        self.state = self.disk_state = OtaState()
+        self.download = bytearray()
+        self.slots: dict[str, bytes] = {}
+        self.serving: str | None = None
+        self.reports: list[dict[str, Any]] = []
+        self.served_bytes = 0
+        self.online = True
+        self.budget: int | None = None  # actions left before a simulated crash
+
+    def run(self, event: Event) -> None:
+        events = [event]
+        while events:
+            self.state, actions = self.core.step(self.state, events.pop(0), NOW)
+            for action in actions:
+                if self.budget is not None:
+                    if self.budget == 0:
+                        raise Crash
+                    self.budget -= 1
+                events.extend(self.perform(action))
+
+    def restart(self) -> None:
+        self.state, self.serving, self.budget = self.disk_state, None, None
+        self.run(Resume())
+
+    def perform(self, action: Any) -> list[Event]:
+        if isinstance(action, Persist):
+            self.disk_state = decode_state(encode_state(action.state))  # a real round trip
+        elif isinstance(action, Report):
+            self.reports.append(action.status)
+        elif isinstance(action, TruncateDownload):
+            del self.download[action.size:]
+        elif isinstance(action, WriteChunk):
+            self.download[action.offset:action.offset + len(action.data)] = action.data
+        elif isinstance(action, RequestChunk):
+            return self._serve(action)
+        elif isinstance(action, ReadDownload):
+            base = self.slots[action.base_slot] if action.base_slot else None
+            return [Downloaded(payload=bytes(self.download), base=base)]
+        elif isinstance(action, WriteSlot):
+            self.slots[action.slot] = action.data
+            return [Installed()]
+        elif isinstance(action, RunHealthCheck):
+            return [self._check(action.slot, action.golden)]
+        elif isinstance(action, LoadActive):
+            ok = hashlib.sha256(self.slots.get(action.slot.slot, b"")).hexdigest() == action.slot.sha256
+            self.serving = action.slot.version if ok else None
+            return [Loaded(action.slot.slot, ok, "" if ok else "sha256 mismatch")]
+        return []
+
+    def _serve(self, action: RequestChunk) -> list[Event]:
+        if not self.online:
+            return []
+        req = action.request
+        raw = encode_request_for(req)
+
+        def lookup(r: Any) -> Any:
+            data = self.files.get((r.version, r.file))
+            return None if data is None else (len(data), lambda o, n: data[o:o + n])
+
+        _, answer = serve_request(raw, lookup)
+        self.served_bytes += len(answer)
+        return [Chunk(answer)]
+
+    def _check(self, slot: str, golden: dict[str, Any] | None) -> HealthChecked:
+        model = Model.from_bytes(self.slots[slot], ".onnx")
+        reason = golden_check(model, golden)
+        return HealthChecked(ok=reason is None, reason=reason or "")
+
+
+def encode_request_for(req: Any) -> bytes:
+    from edgeship.sdk._transfer import encode_request
+
+    return encode_request(req)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("ota")
+    keys = make_keys(tmp)
+    v1 = make_release(tmp, keys, "1.0.0")
+    v2 = make_release(tmp, keys, "2.0.0", base=v1)
+    bad = make_release(tmp, keys, "3.0.0", base=v2, bad_golden=True)
+    root = (keys / "root.pub").read_bytes()
+    return {"v1": v1, "v2": v2, "bad": bad, "root": root, "tmp": tmp}
+
+
+def make_shell(world: dict[str, Any], chunk_size: int = 1024) -> MemoryShell:
+    core = OtaCore(device="d1", model="model", root_key=world["root"], chunk_size=chunk_size)
+    shell = MemoryShell(core, [world["v1"], world["v2"], world["bad"]])
+    rel = Release.load(world["v1"])
+    shell.run(LocalRelease(offer=offer_bytes(world["v1"]), artifact=rel.read_artifact()))
+    return shell
+
+
+def test_initial_release_installs_and_commits(world: dict[str, Any]) -> None:
+    shell = make_shell(world)
+    assert shell.state.phase == "committed"
+    assert shell.state.active is not None and shell.state.active.version == "1.0.0"
+    assert shell.serving == "1.0.0"
+    assert shell.state.trusted.version == "1.0.0"
+
+
+def test_delta_update_downloads_only_the_delta(world: dict[str, Any]) -> None:
+    shell = make_shell(world)
+    shell.run(OfferReceived(offer_bytes(world["v2"])))
+    assert shell.state.phase == "committed", shell.reports[-1]
+    assert shell.serving == "2.0.0" and shell.state.active.slot == "b"
+    delta = Release.load(world["v2"]).manifest.deltas[0]
+    artifact = Release.load(world["v2"]).manifest.artifact
+    assert delta.size < artifact.size
+    assert shell.served_bytes < artifact.size
+    states = [r["state"] for r in shell.reports]
+    for phase in ("offered", "downloading", "verifying", "installing", "health-checking",
+                  "committed"):
+        assert phase in states
+
+
+def test_forged_and_replayed_offers_are_rejected(world: dict[str, Any]) -> None:
+    shell = make_shell(world)
+    forged = offer_bytes(world["v2"]).replace(b'"version":"2.0.0"', b'"version":"9.0.0"')
+    assert forged != offer_bytes(world["v2"])
+    shell.run(OfferReceived(forged))
+    assert shell.state.phase == "failed" and "SignatureError" in shell.state.error
+    shell.run(OfferReceived(offer_bytes(world["v2"])))
+    assert shell.state.phase == "committed" and shell.serving == "2.0.0"
+    shell.run(OfferReceived(offer_bytes(world["v1"])))  # replay of the old release
+    assert "RollbackError" in shell.state.error
+    assert shell.state.active.version == "2.0.0" and shell.serving == "2.0.0"
+
+
+def test_failing_golden_check_rolls_back(world: dict[str, Any]) -> None:
+    shell = make_shell(world)
+    shell.run(OfferReceived(offer_bytes(world["v2"])))
+    shell.run(OfferReceived(offer_bytes(world["bad"])))
+    assert shell.state.phase == "rolled-back"
+    assert "golden output differs" in shell.state.error
+    assert shell.state.active.version == "2.0.0" and shell.serving == "2.0.0"
+    assert shell.reports[-1]["state"] == "rolled-back" and shell.reports[-1]["error"]
+
+
+def test_server_claiming_more_bytes_than_signed_fails(world: dict[str, Any]) -> None:
+    shell = make_shell(world)
+    shell.online = False
+    shell.run(OfferReceived(offer_bytes(world["v2"])))
+    job = shell.state.job
+    assert shell.state.phase == "downloading" and job is not None
+    shell.run(Chunk(encode_chunk(0, 0, job.size + 10, b"x" * job.chunk_size)))
+    assert shell.state.phase == "failed" and "manifest signs" in shell.state.error
+    assert shell.state.active.version == "1.0.0"
+
+
+def test_stale_and_damaged_chunks_are_ignored(world: dict[str, Any]) -> None:
+    shell = make_shell(world)
+    shell.online = False
+    shell.run(OfferReceived(offer_bytes(world["v2"])))
+    job = shell.state.job
+    shell.run(Chunk(encode_chunk(5, 5 * job.chunk_size, job.size, b"y" * job.chunk_size)))
+    damaged = bytearray(encode_chunk(0, 0, job.size, b"z" * job.chunk_size))
+    damaged[-1] ^= 1
+    shell.run(Chunk(bytes(damaged)))
+    assert shell.state.phase == "downloading" and shell.state.job.received == 0
+    shell.online = True
+    shell.run(Connected())
+    assert shell.state.phase == "committed" and shell.serving == "2.0.0"
+
+
+def test_crash_after_every_single_action_recovers(world: dict[str, Any]) -> None:
+    """Crash after k actions for every k of an update; each restart serves a verified
+    model and the update completes."""
+    total = None
+    k = 0
+    while total is None or k <= total:
+        shell = make_shell(world, chunk_size=4096)
+        shell.budget = k
+        try:
+            shell.run(OfferReceived(offer_bytes(world["v2"])))
+            total = k  # finished within budget: all crash points covered
+        except Crash:
+            shell.restart()
+            active = shell.state.active
+            assert active is not None
+            assert hashlib.sha256(shell.slots[active.slot]).hexdigest() == active.sha256
+            if shell.state.phase == "downloading":  # download resumes when the broker is back
+                shell.run(Connected())
+            if shell.state.active.version == "1.0.0":  # the offer was lost: the fleet resends
+                shell.run(OfferReceived(offer_bytes(world["v2"])))
+        assert shell.state.phase == "committed", (k, shell.state.phase, shell.state.error)
+        assert shell.serving == "2.0.0"
+        k += 1
+    assert total is not None and total > 10
