@@ -14,6 +14,12 @@ from typing import Any
 
 # public name -> private module that defines it
 _EXPORTS: dict[str, str] = {
+    # cloud fallback (fallback engineer)
+    "Answer": "edgeship.sdk._fallback",
+    "CircuitBreaker": "edgeship.sdk._fallback",
+    "CloudClient": "edgeship.sdk._cloud",
+    "FallbackModel": "edgeship.sdk._fallback",
+    "FallbackPolicy": "edgeship.sdk._fallback",
     # releases, keys, deltas, device trust checks (release engineer)
     "ArtifactInfo": "edgeship.sdk._manifest",
     "DeltaInfo": "edgeship.sdk._manifest",

@@ -37,8 +37,10 @@ def dynamic_model(path: Path) -> Path:
     return path
 
 
-def start_cloud(model: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
+def start_cloud(
+    model: Path, *args: str, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = port or free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
