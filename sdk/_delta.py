@@ -22,7 +22,7 @@ from edgeship._errors import MalformedError
 __all__ = ["apply_delta", "best_delta", "make_delta"]
 
 _BSDIFF_MAGIC = b"BSDIFF40"
-_BEST_OF = ("bsdiff4",)
+_BEST_OF = ("bsdiff4", "edgeship-tensor")
 _DEFAULT_MAX_OUTPUT = 512 * 1024 * 1024  # bytes; callers pass the signed artifact size
 
 

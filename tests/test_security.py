@@ -29,6 +29,8 @@ from edgeship.sdk import (
     write_verified,
 )
 from edgeship.sdk._keys import sign_envelope
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edgeship import (
     DigestMismatchError,
@@ -340,3 +342,66 @@ def test_manifest_with_bad_field_types_is_rejected(repo: Repo, slot: Path) -> No
     _rejects(MalformedError, slot, _device_install, repo, offer, data, slot)
     with pytest.raises(MalformedError):
         Manifest.from_dict({**rel.manifest_envelope["signed"], "version": "1.0"})
+
+
+# property tests: parsing arbitrary bytes never escapes the VerificationError tree ----------
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids,
+                                                              max_size=4),
+    max_leaves=20,
+)
+_PROPS = settings(max_examples=150, deadline=None,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def signed_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Release, bytes]:
+    tmp = tmp_path_factory.mktemp("props")
+    keys = KeyDir(tmp / "keys")
+    keys.init(now=NOW - timedelta(days=1))
+    rel = Repo(tmp, keys).release("1.0.0", _artifact(1))
+    return rel, keys.root_pub.read_bytes()
+
+
+@_PROPS
+@given(data=st.binary(max_size=2000))
+def test_arbitrary_bytes_as_offer_raise_only_verification_errors(data: bytes) -> None:
+    try:
+        Offer.from_bytes(data)
+    except VerificationError:
+        return
+    raise AssertionError("random bytes parsed as an offer")
+
+
+@_PROPS
+@given(doc=_JSON)
+def test_arbitrary_json_as_manifest_raises_only_malformed(doc: Any) -> None:
+    for candidate in (doc, {"type": "manifest", **doc} if isinstance(doc, dict) else doc):
+        try:
+            Manifest.from_dict(candidate)
+        except MalformedError:
+            continue
+        raise AssertionError(f"accepted {candidate!r}")
+
+
+@_PROPS
+@given(field=st.sampled_from(["model", "version", "artifact", "deltas", "golden", "hardware",
+                              "created", "expires", "keyid", "type", "spec_version"]),
+       value=_JSON)
+def test_any_field_value_parses_or_fails_as_malformed_and_never_verifies(
+        signed_release: tuple[Release, bytes], field: str, value: Any) -> None:
+    rel, root_pub = signed_release
+    signed = {**rel.manifest_envelope["signed"], field: value}
+    try:
+        manifest = Manifest.from_dict(signed)
+    except MalformedError:
+        return
+    assert Manifest.from_dict(manifest.to_dict()) == manifest  # lossless round trip
+    envelope = {**rel.manifest_envelope, "signed": signed}
+    if signed != rel.manifest_envelope["signed"]:
+        with pytest.raises(SignatureError):
+            check_offer(Offer(manifest=envelope, keyset=rel.keyset_envelope),
+                        root_pub, TrustedState(), model_name=None, hardware=None, now=NOW)
