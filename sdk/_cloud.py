@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -35,9 +36,9 @@ from edgeship.sdk._v2 import (
     parse_header_length,
 )
 
-from edgeship._errors import TransportError
+from edgeship._errors import ConfigError, TransportError
 
-__all__ = ["CloudClient", "CloudRejectedError", "check_outputs"]
+__all__ = ["CloudClient", "CloudRejectedError", "check_outputs", "tls_context"]
 
 _MAX_HEADER_BYTES = 64 * 1024
 _MAX_POOL = 4
@@ -49,6 +50,23 @@ class CloudRejectedError(TransportError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+def tls_context(
+    *, ca: str | Path | None = None, cert: str | Path | None = None, key: str | Path | None = None
+) -> ssl.SSLContext:
+    """A client TLS context: trust ``ca`` (else the system store), present ``cert``/``key``
+    for mutual TLS. Raises :class:`ConfigError` naming the file that cannot be used."""
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"fallback.ca: cannot load {ca}: {exc}") from exc
+    if cert:
+        try:
+            context.load_cert_chain(str(cert), str(key) if key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"fallback.cert/key: cannot load {cert}: {exc}") from exc
+    return context
 
 
 class _Deadline:

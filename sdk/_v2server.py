@@ -34,6 +34,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -342,7 +343,8 @@ class V2Server:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if isinstance(self._httpd.socket, ssl.SSLSocket) else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def serve_forever(self) -> None:
         """Serve in this thread until :meth:`close` is called from another one."""
@@ -376,14 +378,21 @@ def serve(
     port: int = 0,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     api_key: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> V2Server:
     """Bind a v2 server (port 0 = any free port); call ``start()`` or ``serve_forever()``.
 
+    With ``ssl_context`` (server side; ``verify_mode=CERT_REQUIRED`` for mutual TLS) the
+    server speaks https; the handshake runs in the connection's thread, not the accept loop.
     Raises :class:`TransportError` if the address cannot be bound.
     """
     try:
         httpd = _Server((host, port), _Handler)
     except OSError as exc:
         raise TransportError(f"cannot listen on {host}:{port}: {exc}") from exc
+    if ssl_context is not None:
+        httpd.socket = ssl_context.wrap_socket(
+            httpd.socket, server_side=True, do_handshake_on_connect=False
+        )
     httpd.dispatcher = _Dispatcher(service, max_request_bytes=max_request_bytes, api_key=api_key)
     return V2Server(httpd)
