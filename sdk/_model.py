@@ -141,15 +141,13 @@ class Model:
 
         if not isinstance(inputs, dict):
             raise InferenceError(f"inputs must be a dict of arrays, not {type(inputs).__name__}")
-        extra = sorted(set(inputs) - {s.name for s in self.inputs})
-        if extra:
-            raise InferenceError(f"unknown input(s) {extra}; the model takes {self._names()}")
-        feeds: dict[str, np.ndarray] = {}
         for spec in self.inputs:
             if spec.name not in inputs:
                 raise InferenceError(f"missing input {spec.name!r}; the model takes {self._names()}")
-            feeds[spec.name] = _convert(spec, inputs[spec.name])
-        return feeds
+        extra = sorted(set(inputs) - {s.name for s in self.inputs})
+        if extra:
+            raise InferenceError(f"unknown input(s) {extra}; the model takes {self._names()}")
+        return {spec.name: _convert(spec, inputs[spec.name]) for spec in self.inputs}
 
     def _batch_rows(self, feeds: dict[str, np.ndarray]) -> int | None:
         """N when every input is a batch of N > 1 for a spec fixed at batch 1, else None."""

@@ -11,6 +11,7 @@ A TFLite interpreter is not thread-safe (its tensors are shared buffers), so eve
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from dataclasses import dataclass
 from types import ModuleType
@@ -88,6 +89,9 @@ class LiteRtBackend:
 
 def _edgetpu_delegate(module: ModuleType) -> Any:
     try:
+        # probe first: LiteRT's Delegate object raises again in __del__ when its library
+        # is missing, which would add a second, confusing error to the first
+        ctypes.CDLL(EDGETPU_LIBRARY)
         return module.load_delegate(EDGETPU_LIBRARY)
     except (ValueError, OSError, RuntimeError) as exc:
         raise ModelLoadError(

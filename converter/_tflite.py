@@ -1,0 +1,166 @@
+"""The TFLite writer: QDQ INT8 ONNX in, fully-integer TFLite flatbuffer out, no TensorFlow.
+
+    info = write_tflite("OUT/model.int8.onnx", "OUT/model.int8.tflite", io="float")
+
+reads the converter's QDQ model (:mod:`._tflite_qdq`), lowers every compute node with the
+rule registered for its op type (:mod:`._tflite_ops`, :mod:`._tflite_ops_shape`) into an
+in-memory graph (:mod:`._tflite_lower`), serializes it (:mod:`._tflite_fb`), checks that
+LiteRT accepts it, and only then writes the file atomically. ``io="float"`` puts
+QUANTIZE / DEQUANTIZE at the edges (float in and out); ``io="int8"`` leaves int8 tensors
+at the edges, as an Edge TPU pipeline wants. The quantization parameters are taken from
+the ONNX model unchanged, so both artifacts of one conversion compute the same thing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from edgeship.converter import _tflite_ops_shape  # noqa: F401  (registers its rules)
+from edgeship.converter._tflite_fb import FbGraph, serialize
+from edgeship.converter._tflite_lower import Lowering
+from edgeship.converter._tflite_ops import RULES
+from edgeship.converter._tflite_qdq import read_qdq
+
+from edgeship._errors import ConversionError, InputError, UnsupportedOpError
+
+__all__ = ["IO_MODES", "TfliteInfo", "build_tflite", "write_tflite"]
+
+IO_MODES = ("float", "int8")
+MAX_ONNX_BYTES = 512 * 1024 * 1024  # protobuf's own limit is 2 GiB; edge models are far smaller
+
+
+@dataclass(frozen=True, kw_only=True)
+class TfliteInfo:
+    """What was written: size, edges, and the op versions used (for the Edge TPU compiler)."""
+
+    path: str
+    size_bytes: int
+    io: str
+    op_versions: dict[str, int]  # TFLite builtin op -> version written
+    op_counts: dict[str, int]
+    inputs: list[dict[str, Any]]  # name, shape, dtype, scale, zero_point
+    outputs: list[dict[str, Any]]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "size_bytes": self.size_bytes, "io": self.io,
+            "op_versions": dict(self.op_versions), "op_counts": dict(self.op_counts),
+            "inputs": list(self.inputs), "outputs": list(self.outputs), "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TfliteInfo:
+        return cls(
+            path=str(data["path"]), size_bytes=int(data["size_bytes"]), io=str(data["io"]),
+            op_versions={str(k): int(v) for k, v in data["op_versions"].items()},
+            op_counts={str(k): int(v) for k, v in data["op_counts"].items()},
+            inputs=list(data["inputs"]), outputs=list(data["outputs"]),
+            seconds=float(data["seconds"]),
+        )
+
+
+def build_tflite(model: onnx.ModelProto | str | os.PathLike[str], *, io: str = "float",
+                 verify: bool = True) -> tuple[bytes, FbGraph, dict[str, int]]:
+    """Lower a QDQ model to TFLite bytes; returns (bytes, graph, op versions). No file I/O
+    except reading ``model`` when it is a path."""
+    if io not in IO_MODES:
+        raise InputError(f"io must be one of {', '.join(IO_MODES)}, not {io!r}")
+    proto = model if isinstance(model, onnx.ModelProto) else _load(Path(model))
+    lowering = Lowering(read_qdq(proto), io=io)
+    lowering.lower_inputs()
+    for node in lowering.qdq.nodes:
+        lowering.node = node
+        rule = RULES.get(node.op_type)
+        if rule is None:
+            raise UnsupportedOpError(node.op_type, node.name, "no TFLite int8 lowering for this op")
+        rule(lowering, node)
+    lowering.lower_outputs()
+    data = serialize(lowering.graph)
+    if verify:
+        _verify(data)
+    return data, lowering.graph, dict(sorted(lowering.versions.items()))
+
+
+def write_tflite(model: onnx.ModelProto | str | os.PathLike[str], out_path: str | os.PathLike[str],
+                 *, io: str = "float") -> TfliteInfo:
+    """Write ``out_path`` atomically from a QDQ INT8 ONNX model; nothing is written on error."""
+    start = time.perf_counter()
+    data, graph, versions = build_tflite(model, io=io)
+    out = Path(out_path)
+    atomic_write(out, data)
+    return TfliteInfo(
+        path=str(out), size_bytes=len(data), io=io, op_versions=versions,
+        op_counts=dict(sorted(Counter(op.opcode for op in graph.ops).items())),
+        inputs=[_edge(graph, i) for i in graph.inputs],
+        outputs=[_edge(graph, i) for i in graph.outputs],
+        seconds=round(time.perf_counter() - start, 4),
+    )
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+    if size > MAX_ONNX_BYTES:
+        raise InputError(f"{path} is {size} bytes, over the limit of {MAX_ONNX_BYTES}")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise InputError(f"{path} is not an ONNX model: {exc}") from exc
+
+
+def _verify(data: bytes) -> None:
+    """LiteRT must accept the flatbuffer (kernels check quantization parameters in Prepare)."""
+    from edgeship.sdk._runtime_litert import interpreter_module
+
+    try:
+        interpreter = interpreter_module().Interpreter(model_content=data, num_threads=1)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise ConversionError(f"LiteRT rejects the written TFLite model: {exc}") from exc
+
+
+def _edge(graph: FbGraph, index: int) -> dict[str, Any]:
+    """Name, shape, dtype of an edge, with the quantization of its int8 side (for a float
+    edge: the tensor its QUANTIZE writes or its DEQUANTIZE reads)."""
+    tensor = graph.tensors[index]
+    quant = tensor.quant
+    for op in graph.ops:
+        if op.opcode == "QUANTIZE" and op.inputs == [index]:
+            quant = graph.tensors[op.outputs[0]].quant
+        elif op.opcode == "DEQUANTIZE" and op.outputs == [index]:
+            quant = graph.tensors[op.inputs[0]].quant
+    return {
+        "name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype,
+        "scale": quant.scales[0] if quant else None,
+        "zero_point": quant.zero_points[0] if quant else None,
+    }

@@ -1,0 +1,104 @@
+"""Lowering rules for ops that move int8 data without new parameters: pooling,
+Flatten / Reshape and Concat (they keep their input's scale and zero point; when the
+ONNX model gives the output other parameters, an explicit requantize is emitted)."""
+
+from __future__ import annotations
+
+import onnx
+from edgeship.converter._tflite_lower import TO_NHWC, Lowering, Val
+from edgeship.converter._tflite_ops import SAME, VALID, _padding, register
+
+
+def _pool_output(ctx: Lowering, x: Val, padding: int, kernel: list[int], strides: list[int]) -> tuple[int, int]:
+    dims = []
+    for size, k, s in zip(x.shape[2:], kernel, strides, strict=True):
+        dims.append(-(-size // s) if padding == SAME else (size - k) // s + 1)
+    return dims[0], dims[1]
+
+
+@register("MaxPool")
+@register("AveragePool")
+def pool(ctx: Lowering, node: onnx.NodeProto) -> None:
+    x = ctx.nhwc(ctx.get(node.input[0]))
+    kernel = list(ctx.attr("kernel_shape"))
+    strides = list(ctx.attr("strides", [1] * len(kernel)))
+    if len(kernel) != 2 or list(ctx.attr("dilations", [1, 1])) != [1, 1]:
+        raise ctx.fail("only 2-D pooling without dilation is supported")
+    is_max = node.op_type == "MaxPool"
+    if len(node.output) > 1 and node.output[1]:
+        raise ctx.fail("MaxPool indices output is not supported")
+    # TFLite SAME skips padding in averages and maxima (count_include_pad=0, -inf pads);
+    # explicit PAD writes the zero point: right for count_include_pad=1, and for MaxPool
+    # only when the zero point is the int8 minimum
+    include_pad = not is_max and bool(ctx.attr("count_include_pad", 0))
+    pad_ok = include_pad or (is_max and x.q.zero_point == -128)
+    padding, x = _padding(ctx, x, kernel, strides, [1, 1], pad_ok=pad_ok, explicit=include_pad)
+    out_shape = ctx.out_shape(node.output[0])
+    if tuple(out_shape[2:]) != _pool_output(ctx, x, padding, kernel, strides):
+        raise ctx.fail(f"output size {list(out_shape)} (ceil_mode?) has no TFLite equivalent")
+    _pool2d(ctx, node, x, "MAX_POOL_2D" if is_max else "AVERAGE_POOL_2D", padding, kernel,
+            strides, out_shape)
+
+
+def _pool2d(ctx: Lowering, node: onnx.NodeProto, x: Val, opcode: str, padding: int,
+            kernel: list[int], strides: list[int], out_shape: tuple[int, ...]) -> None:
+    out_q = ctx.out_q(node.output[0], x.q)
+    # int8 pooling kernels keep the input's parameters; requantize afterwards if needed
+    out = ctx.new_val(node.output[0], out_shape, "nhwc", x.q)
+    options = {"Padding": padding, "StrideW": strides[1], "StrideH": strides[0],
+               "FilterWidth": kernel[1], "FilterHeight": kernel[0],
+               "FusedActivationFunction": 0}
+    ctx.emit(opcode, [x.index], [out.index], ("Pool2DOptions", options))
+    ctx.bind(node.output[0], ctx.requant(out, out_q))
+
+
+@register("GlobalAveragePool")
+def global_average_pool(ctx: Lowering, node: onnx.NodeProto) -> None:
+    x = ctx.nhwc(ctx.get(node.input[0]))
+    if len(x.shape) != 4:
+        raise ctx.fail("GlobalAveragePool needs a 4-D input")
+    _, _, h, w = x.shape
+    _pool2d(ctx, node, x, "AVERAGE_POOL_2D", VALID, [h, w], [1, 1], ctx.out_shape(node.output[0]))
+
+
+@register("Flatten")
+@register("Reshape")
+def reshape(ctx: Lowering, node: onnx.NodeProto) -> None:
+    x = ctx.get(node.input[0])
+    shape = ctx.out_shape(node.output[0])
+    out_q = ctx.out_q(node.output[0], x.q)
+    if x.layout == "nhwc" and len(shape) == 2 and shape[0] == x.shape[0]:
+        n, c, h, w = x.shape
+        layout = "logical" if c == 1 or h * w == 1 else "flat_hwc"  # same order when trivial
+        out = ctx.new_val(node.output[0], shape, layout, x.q)
+        ctx.reshape(Val(x.index, (n, c * h * w), "logical", x.q), out)
+        if layout == "flat_hwc":
+            ctx.flat_source[out.index] = (n, c, h, w)
+    else:
+        x = ctx.logical(x)
+        out = ctx.new_val(node.output[0], shape, "logical", x.q)
+        ctx.reshape(x, out)
+    requantized = ctx.requant(out, out_q)
+    if requantized is not out and out.layout == "flat_hwc":
+        ctx.flat_source[requantized.index] = ctx.flat_source[out.index]
+    ctx.bind(node.output[0], requantized)
+
+
+@register("Concat")
+def concat(ctx: Lowering, node: onnx.NodeProto) -> None:
+    vals = [ctx.get(name) for name in node.input]
+    rank = len(vals[0].shape)
+    axis = int(ctx.attr("axis")) % rank
+    out_q = ctx.out_q(node.output[0], vals[0].q)
+    if rank == 4 and any(v.layout == "nhwc" for v in vals):
+        vals = [ctx.nhwc(v) for v in vals]
+        layout, stored_axis = "nhwc", TO_NHWC.index(axis)
+    else:
+        vals = [ctx.logical(v) for v in vals]
+        layout, stored_axis = "logical", axis
+    # inputs are brought to the output's parameters first: CONCATENATION then copies bytes
+    vals = [ctx.requant(v, out_q) for v in vals]
+    out = ctx.new_val(node.output[0], ctx.out_shape(node.output[0]), layout, out_q)
+    ctx.emit("CONCATENATION", [v.index for v in vals], [out.index],
+             ("ConcatenationOptions", {"Axis": stored_axis, "FusedActivationFunction": 0}))
+    ctx.bind(node.output[0], out)
