@@ -207,7 +207,7 @@ class CloudClient:
             if self._pool:
                 return self._pool.pop(), True
         try:
-            sock = socket.create_connection((self._host, self._port), timeout=deadline.left())
+            sock = _connect(self._host, self._port, deadline)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:
                 sock.settimeout(deadline.left())
@@ -303,6 +303,68 @@ class _Reader:
                 raise TransportError("response exceeds the size limit")
             parts.append(self.exactly(n))
             self.exactly(2)
+
+
+_DNS_TTL_S = 60.0  # resolved addresses are reused this long
+_DNS_FAIL_TTL_S = 5.0  # a failed lookup is not retried for this long
+_dns_lock = threading.Lock()
+_dns_cache: dict[tuple[str, int], tuple[float, list[Any] | OSError]] = {}
+_dns_pending: dict[tuple[str, int], threading.Event] = {}
+
+
+def _lookup(key: tuple[str, int]) -> None:
+    try:
+        result: list[Any] | OSError = socket.getaddrinfo(*key, type=socket.SOCK_STREAM)
+        ttl = _DNS_TTL_S
+    except OSError as exc:
+        result, ttl = exc, _DNS_FAIL_TTL_S
+    with _dns_lock:
+        _dns_cache[key] = (time.monotonic() + ttl, result)
+        _dns_pending.pop(key).set()
+
+
+def _resolve(host: str, port: int, deadline: _Deadline) -> list[Any]:
+    """getaddrinfo bounded by the deadline: it has no timeout of its own, and a dead DNS
+    server can block it for many seconds. The lookup runs in a thread and is cached."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass  # a name, not an address literal
+    key = (host, port)
+    with _dns_lock:
+        cached = _dns_cache.get(key)
+        if cached is None or cached[0] < time.monotonic():
+            event = _dns_pending.get(key)
+            if event is None:
+                event = _dns_pending[key] = threading.Event()
+                threading.Thread(target=_lookup, args=(key,), daemon=True).start()
+            cached = None
+    if cached is None:
+        if not event.wait(deadline.left()):
+            raise TransportError(f"DNS lookup of {host!r} did not finish before the deadline")
+        with _dns_lock:
+            cached = _dns_cache[key]
+    if isinstance(cached[1], OSError):
+        raise TransportError(f"cannot resolve {host!r}: {cached[1]}")
+    return cached[1]
+
+
+def _connect(host: str, port: int, deadline: _Deadline) -> socket.socket:
+    """Try each address in turn, all within one deadline (create_connection gives each
+    address the whole timeout)."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in _resolve(host, port, deadline):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(deadline.left())
+            sock.connect(address)
+            return sock
+        except (OSError, TransportError) as exc:
+            sock.close()
+            if isinstance(exc, TransportError):
+                raise
+            error = exc
+    raise error or TransportError(f"no address for {host!r}")
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:

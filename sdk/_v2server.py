@@ -24,13 +24,15 @@ Errors raised by a service map to HTTP status codes with a JSON body ``{"error":
 ``TransportError`` (an upstream such as the cloud is away) and ``ModelLoadError`` (no model
 to answer with) -> 503; anything else -> 500
 (message logged, never the traceback on the wire). A body larger than
-``max_request_bytes`` -> 413 before it is read; a body without ``Content-Length`` -> 411.
+``max_request_bytes`` -> 413 before it is read; a body without ``Content-Length`` -> 411;
+more than ``max_connections`` open connections -> 503 and close (one thread each).
 With ``api_key`` set every route except ``/v2/health/*`` needs
 ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (else 401).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -66,6 +68,11 @@ __all__ = ["Request", "Response", "Route", "StatusError", "V2Server", "V2Service
 log = logging.getLogger("edgeship.v2")
 
 _IDLE_TIMEOUT_S = 60.0  # a keep-alive connection that sends nothing this long is closed
+_BUSY_BODY = b'{"error":"too many open connections"}'
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
 
 
 class StatusError(EdgeshipError):
@@ -324,6 +331,30 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     dispatcher: _Dispatcher
+    slots: threading.BoundedSemaphore  # one per open connection (= per thread)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            # too many open connections: refuse this one rather than grow threads forever
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that vanished mid-answer is routine; never print a traceback
+        log.debug("connection from %s ended with an error", client_address, exc_info=True)
 
 
 class V2Server:
@@ -377,6 +408,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_connections: int = 64,
     api_key: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> V2Server:
@@ -395,4 +427,5 @@ def serve(
             httpd.socket, server_side=True, do_handshake_on_connect=False
         )
     httpd.dispatcher = _Dispatcher(service, max_request_bytes=max_request_bytes, api_key=api_key)
+    httpd.slots = threading.BoundedSemaphore(max_connections)
     return V2Server(httpd)

@@ -221,6 +221,17 @@ def test_misbehaving_cloud_answers_local_degraded(
             stop(proc)
 
 
+def test_unresolvable_host_is_bounded_by_the_deadline(local: Model, eval_x: np.ndarray) -> None:
+    cloud = CloudClient("http://no-such-host.invalid:8000", "cnn", deadline_ms=300)
+    fm = FallbackModel(local, cloud, FallbackPolicy(low_confidence=True, threshold=1.0))
+    for _ in range(2):  # the second call may use the cached failure
+        began = time.monotonic()
+        answer = fm.answer({"input": eval_x[:1]})
+        assert time.monotonic() - began <= 0.3 + MARGIN_S
+        assert answer.source == "local-degraded"
+        assert "resolve" in answer.reason or "DNS" in answer.reason
+
+
 def test_cloud_client_api_key_and_rejections(tmp_path: Path, eval_x: np.ndarray) -> None:
     key = tmp_path / "key"
     key.write_text("k-42")

@@ -344,3 +344,27 @@ def test_api_key() -> None:
 def test_unused_request_fields_are_kept() -> None:
     request = InferRequest(inputs={}, parameters={"priority": 1})
     assert request.parameters["priority"] == 1
+
+
+def test_connection_limit_refuses_instead_of_growing_threads() -> None:
+    import socket
+    import time
+
+    with serve(Doubler(), max_connections=2).start() as srv:
+        idle = [socket.create_connection((srv.host, srv.port)) for _ in range(2)]
+        try:
+            extra = socket.create_connection((srv.host, srv.port))
+            extra.settimeout(5)
+            assert extra.recv(1024).startswith(b"HTTP/1.1 503")
+            extra.close()
+        finally:
+            idle.pop().close()
+        deadline = time.monotonic() + 5  # the freed slot comes back once its thread ends
+        status = 0
+        while status != 200 and time.monotonic() < deadline:
+            try:
+                status = _raw(srv, "GET", "/v2/health/live")[0]
+            except (ConnectionError, http.client.HTTPException):
+                time.sleep(0.05)
+        assert status == 200
+        idle[0].close()
