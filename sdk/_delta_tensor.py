@@ -2,26 +2,22 @@
 
 Layout::
 
-    b"ESTD" | u8 version (1) | u32 LE header length | zstd(JSON header) | streams...
+    b"ESTD\x01" | u32 LE header length | zstd(JSON header) | stream blobs in _STREAMS order
 
 The header records the base and new sizes, the tensor byte ranges of the base
-(``old_cut``) and of the new file (``regions``: ``[offset, length, width, mode,
-base_offset]``) and the compressed and raw length of each stream. The *skeleton* of a file
-is the file with its tensor ranges cut out (protobuf / flatbuffer framing, names, graph);
-the new skeleton is a bsdiff4 patch of the base skeleton. Each new tensor is either
-``SAME`` (identical to the base tensor), ``DIFF`` (difference to the base tensor) or
-``LIT`` (raw bytes). Differences are element-wise wrapping integer subtraction, so they
-are exact for any dtype, and small for small weight changes:
-
-- 1-byte elements (INT8 weights): significance coding, each a packed bit stream —
-  ``nz`` (d != 0), then for the non-zero ones ``sign`` and ``big`` (|d| > 1), then
-  ``rest`` (|d| - 2, one byte) for the big ones. Typical updates move an int8 weight by 0
-  or ±1, so the cost approaches the entropy of d instead of zstd's 1-bit-per-byte floor;
-- wider elements (int32 bias, float32 scale): zigzag, then split into byte planes so the
-  mostly-zero high bytes compress away.
+(``old_cut``), those of the new file (``regions``: ``[offset, length, width, mode,
+base_offset]``) and, per stream, ``[stored bytes, raw bytes, method (0 raw, 1 zstd),
+mask code (0 packed bits, 1 varint gaps)]``. The *skeleton* of a file is the file with its
+tensor ranges cut out (protobuf / flatbuffer framing, names, graph); the new skeleton is a
+bsdiff4 patch of the base skeleton (stream ``skel``). Each new tensor is ``SAME``
+(identical to the base tensor of that name), ``DIFF`` (difference to it) or ``LIT`` (raw
+bytes, stream ``lit``; chosen when cheaper, e.g. a retrained head). Differences are
+element-wise wrapping integer subtraction, exact for any dtype: 1-byte elements go to the
+significance streams ``nz``/``sign``/``big``/``rest``, wider ones to zigzag byte planes
+(``wide``); see :mod:`edgeship.sdk._delta_codec`.
 
 Decoding needs no model parser; every declared size is checked against ``max_output``
-and against what the regions imply before decompression.
+and against what the regions imply before anything is decompressed.
 """
 
 from __future__ import annotations
@@ -32,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import zstandard
+from edgeship.sdk import _delta_codec as codec
 from edgeship.sdk._delta_parse import Region, find_regions
 
 from edgeship._errors import MalformedError
@@ -40,10 +37,8 @@ __all__ = ["decode", "encode"]
 
 _MAGIC = b"ESTD\x01"
 _SAME, _DIFF, _LIT = 0, 1, 2
-_LEVEL = 19
 _MAX_HEADER = 16 * 1024 * 1024  # bytes, raw JSON
 _STREAMS = ("skel", "nz", "sign", "big", "rest", "wide", "lit")
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def _cut(data: bytes, cuts: list[tuple[int, int]]) -> bytes:
@@ -56,39 +51,8 @@ def _cut(data: bytes, cuts: list[tuple[int, int]]) -> bytes:
 
 
 def _diff(new: bytes, old: bytes, width: int) -> Any:
-    dt = _UINT[width]
+    dt = codec.UINT[width]
     return np.frombuffer(new, dt) - np.frombuffer(old, dt)  # wraps: exact for any dtype
-
-
-def _zigzag_planes(diff: Any, width: int) -> bytes:
-    bits = 8 * width
-    signed = diff.view(np.dtype(f"i{width}"))
-    zz = ((signed << 1) ^ (signed >> (bits - 1))).view(diff.dtype)
-    return np.ascontiguousarray(zz.view(np.uint8).reshape(-1, width).T).tobytes()
-
-
-def _unzigzag_planes(planes: bytes, width: int) -> Any:
-    dt = _UINT[width]
-    zz = np.ascontiguousarray(np.frombuffer(planes, np.uint8).reshape(width, -1).T).view(dt)
-    zz = zz.reshape(-1)
-    return (zz >> dt(1)) ^ (np.zeros_like(zz) - (zz & dt(1)))
-
-
-def _entropy_bits(values: Any) -> float:
-    counts = np.bincount(values.astype(np.int64).ravel())
-    counts = counts[counts > 0]
-    if counts.size <= 1:
-        return 0.0
-    p = counts / counts.sum()
-    return float(-(counts * np.log2(p)).sum())
-
-
-def _int8_cost(d: Any, new: bytes) -> tuple[float, float]:
-    """Estimated bits of (DIFF, LIT) coding for a 1-byte tensor."""
-    nz = d != 0
-    mag = np.abs(d[nz].view(np.int8).astype(np.int16))
-    diff_bits = _entropy_bits(nz) + nz.sum() + _entropy_bits(mag > 1) + _entropy_bits(mag[mag > 1])
-    return diff_bits, _entropy_bits(np.frombuffer(new, np.uint8))
 
 
 class _Encoder:
@@ -105,29 +69,19 @@ class _Encoder:
             return _SAME
         d = _diff(new, old, width)
         if width == 1:
-            diff_bits, lit_bits = _int8_cost(d, new)
+            diff_bits, lit_bits = codec.int8_cost(d, new)
             if lit_bits < diff_bits:
                 self.lit.append(new)
                 return _LIT
             self.int8.append(d)
         else:
-            self.wide.append(_zigzag_planes(d, width))
+            self.wide.append(codec.zigzag_planes(d, width))
         return _DIFF
 
-    def streams(self) -> dict[str, bytes]:
-        d = np.concatenate(self.int8).view(np.int8) if self.int8 else np.zeros(0, np.int8)
-        nz = d != 0
-        v = d[nz].astype(np.int16)
-        mag = np.abs(v)
-        big = mag > 1
-        return {
-            "nz": np.packbits(nz).tobytes(),
-            "sign": np.packbits(v < 0).tobytes(),
-            "big": np.packbits(big).tobytes(),
-            "rest": (mag[big] - 2).astype(np.uint8).tobytes(),
-            "wide": b"".join(self.wide),
-            "lit": b"".join(self.lit),
-        }
+    def streams(self) -> dict[str, codec.Stream]:
+        d = np.concatenate(self.int8) if self.int8 else np.zeros(0, np.uint8)
+        wide, lit = b"".join(self.wide), b"".join(self.lit)
+        return {**codec.encode_int8(d), "wide": codec.compress(wide), "lit": codec.compress(lit)}
 
 
 def encode(old: bytes, new: bytes) -> bytes:
@@ -145,19 +99,22 @@ def encode(old: bytes, new: bytes) -> bytes:
         rows.append([r.offset, r.length, r.width, mode, o.offset if base is not None else -1])
     old_cut = [(r.offset, r.length) for r in old_regions]
     new_skel = _cut(new, [(r.offset, r.length) for r in new_regions])
-    raw = {"skel": bsdiff4.diff(_cut(old, old_cut), new_skel), **enc.streams()}
-    cctx = zstandard.ZstdCompressor(level=_LEVEL)
-    packed = {k: cctx.compress(v) if v else b"" for k, v in raw.items()}
+    skel_patch = bsdiff4.diff(_cut(old, old_cut), new_skel)  # already bz2-compressed
+    streams = {"skel": (0, codec.RAW, skel_patch, len(skel_patch)), **enc.streams()}
     header = {
         "old_size": len(old),
         "new_size": len(new),
         "skel_size": len(new_skel),
         "old_cut": old_cut,
         "regions": rows,
-        "streams": {k: [len(packed[k]), len(raw[k])] for k in _STREAMS},
+        # [stored bytes, raw bytes (the decompression bound), method, mask code]
+        "streams": {k: [len(streams[k][2]), streams[k][3], streams[k][1], streams[k][0]]
+                    for k in _STREAMS},
     }
-    head = cctx.compress(json.dumps(header, separators=(",", ":")).encode())
-    return b"".join([_MAGIC, struct.pack("<I", len(head)), head, *(packed[k] for k in _STREAMS)])
+    head = zstandard.ZstdCompressor(level=19).compress(
+        json.dumps(header, separators=(",", ":")).encode())
+    blobs = [streams[k][2] for k in _STREAMS]
+    return b"".join([_MAGIC, struct.pack("<I", len(head)), head, *blobs])
 
 
 # --- decoding: every number in the header is hostile until checked ------------------------
@@ -212,7 +169,7 @@ def _layout(header: dict[str, Any], base_size: int, max_output: int) -> tuple[
                 for row in rows_raw]
     except (TypeError, ValueError) as exc:
         raise _bad("layout entries malformed") from exc
-    if any(len(r) != 5 or r[2] not in _UINT or r[3] not in (_SAME, _DIFF, _LIT) or r[1] % r[2]
+    if any(len(r) != 5 or r[2] not in codec.UINT or r[3] not in (_SAME, _DIFF, _LIT) or r[1] % r[2]
            for r in rows):
         raise _bad("region entry malformed")
     _check_ranges(cuts, base_size, "base")
@@ -224,49 +181,41 @@ def _layout(header: dict[str, Any], base_size: int, max_output: int) -> tuple[
 
 
 class _Streams:
-    """Decompress each stream lazily with its declared raw size as the hard limit."""
+    """Each stream decompressed with its declared raw size as the hard limit."""
 
     def __init__(self, delta: bytes, start: int, table: Any, max_raw: int) -> None:
         if not isinstance(table, dict):
             raise _bad("stream table missing")
-        self._raw: dict[str, bytes] = {}
+        self.raw: dict[str, tuple[int, bytes]] = {}
         pos = start
-        dctx = zstandard.ZstdDecompressor()
         for name in _STREAMS:
             entry = table.get(name)
-            if not isinstance(entry, list) or len(entry) != 2:
+            if not isinstance(entry, list) or len(entry) != 4:
                 raise _bad(f"stream {name} not declared")
             clen, rlen = _int(entry[0], 0, len(delta), name), _int(entry[1], 0, max_raw, name)
+            method, code = _int(entry[2], 0, 1, name), _int(entry[3], 0, 1, name)
             blob = delta[pos : pos + clen]
             pos += clen
-            try:
-                raw = dctx.decompress(blob, max_output_size=rlen) if clen else b""
-            except zstandard.ZstdError as exc:
-                raise _bad(f"stream {name} corrupt ({exc})") from exc
-            if len(raw) != rlen:
-                raise _bad(f"stream {name} has {len(raw)} bytes, declared {rlen}")
-            self._raw[name] = raw
+            self.raw[name] = (code, self._unpack(name, blob, method, rlen))
         if pos != len(delta):
             raise _bad("trailing or missing stream bytes")
 
+    @staticmethod
+    def _unpack(name: str, blob: bytes, method: int, rlen: int) -> bytes:
+        try:
+            raw = (zstandard.ZstdDecompressor().decompress(blob, max_output_size=rlen)
+                   if method == codec.ZSTD else blob)
+        except zstandard.ZstdError as exc:
+            raise _bad(f"stream {name} corrupt ({exc})") from exc
+        if len(raw) != rlen:
+            raise _bad(f"stream {name} has {len(raw)} bytes, declared {rlen}")
+        return raw
+
     def get(self, name: str, expected: int | None = None) -> bytes:
-        raw = self._raw[name]
+        raw = self.raw[name][1]
         if expected is not None and len(raw) != expected:
             raise _bad(f"stream {name} has {len(raw)} bytes, regions need {expected}")
         return raw
-
-
-def _int8_diffs(streams: _Streams, n: int) -> Any:
-    nz = np.unpackbits(np.frombuffer(streams.get("nz", (n + 7) // 8), np.uint8))[:n].astype(bool)
-    k = int(nz.sum())
-    neg = np.unpackbits(np.frombuffer(streams.get("sign", (k + 7) // 8), np.uint8))[:k]
-    big = np.unpackbits(np.frombuffer(streams.get("big", (k + 7) // 8), np.uint8))[:k]
-    big = big.astype(bool)
-    mag = np.ones(k, np.int16)
-    mag[big] = np.frombuffer(streams.get("rest", int(big.sum())), np.uint8).astype(np.int16) + 2
-    d = np.zeros(n, np.int16)
-    d[nz] = np.where(neg.astype(bool), -mag, mag)
-    return d.astype(np.int8).view(np.uint8)
 
 
 def decode(base: bytes, delta: bytes, *, max_output: int) -> bytes:
@@ -280,7 +229,10 @@ def decode(base: bytes, delta: bytes, *, max_output: int) -> bytes:
     if len(skel) != skel_size:
         raise _bad("skeleton patch gives the wrong size")
     n8 = sum(r[1] for r in rows if r[3] == _DIFF and r[2] == 1)
-    d8 = _int8_diffs(streams, n8)
+    try:
+        d8 = codec.decode_int8(streams.raw, n8)
+    except ValueError as exc:
+        raise _bad(f"int8 streams inconsistent ({exc})") from exc
     wide = streams.get("wide", sum(r[1] for r in rows if r[3] == _DIFF and r[2] > 1))
     lit = streams.get("lit", sum(r[1] for r in rows if r[3] == _LIT))
     out, pos, p8, pw, pl, ps = [], 0, 0, 0, 0, 0
@@ -293,14 +245,14 @@ def decode(base: bytes, delta: bytes, *, max_output: int) -> bytes:
             continue
         if old_off < 0 or old_off + length > len(base):
             raise _bad("region points outside the base")
-        old = np.frombuffer(base, _UINT[width], length // width, old_off)
+        old = np.frombuffer(base, codec.UINT[width], length // width, old_off)
         if mode == _SAME:
             out.append(old.tobytes())
         elif width == 1:
             out.append((old + d8[p8 : p8 + length]).tobytes())
             p8 += length
         else:
-            out.append((old + _unzigzag_planes(wide[pw : pw + length], width)).tobytes())
+            out.append((old + codec.unzigzag_planes(wide[pw : pw + length], width)).tobytes())
             pw += length
     out.append(skel[ps:])
     return b"".join(out)

@@ -151,7 +151,7 @@ class Release:
         envelope = sign_envelope(manifest.to_dict(), signer)
         write_atomic(out / "manifest.json", json.dumps(envelope, indent=1).encode())
         # what a device would say about it, before anyone ships it
-        verify_release(out, keys.root_pub, now=moment)
+        verify_release(out, keys.root_pub, bases=bases, now=moment)
         return cls.load(out)
 
 
