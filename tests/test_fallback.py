@@ -1,14 +1,12 @@
-"""Fallback logic without a network: circuit breaker transitions on a fake clock, the
-confidence measure, policy parsing, and FallbackModel routing with a real local model."""
+"""Fallback logic: circuit breaker transitions on a fake clock, the confidence measure,
+policy parsing, and FallbackModel routing with a real local model and a refused port."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
-from conftest import FIXTURES
-from edgeship.sdk import Answer, CircuitBreaker, FallbackModel, FallbackPolicy, Model
+from conftest import FIXTURES, free_port
+from edgeship.sdk import Answer, CircuitBreaker, CloudClient, FallbackModel, FallbackPolicy, Model
 from edgeship.sdk._fallback import confidence
 
 from edgeship import ConfigError, InferenceError, ModelLoadError, TransportError
@@ -121,32 +119,21 @@ def test_no_cloud_means_local_only() -> None:
     assert fm.stats()["answers"]["local"] == 2
 
 
-class _DeadCloud:
-    """A cloud whose every call fails (the failure a refused connection gives)."""
-
-    deadline_ms = 200.0
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def request(self, inputs: Any, *, deadline_ms: float | None = None) -> Any:
-        self.calls += 1
-        raise TransportError("cloud unreachable: ConnectionRefusedError")
-
-
 def test_routing_and_breaker_with_a_failing_cloud() -> None:
     model = Model.load(FIXTURES / "cnn.onnx")
     x = np.load(FIXTURES / "cnn_eval.npz")["input"][:1].astype(np.float32)
     clock = Clock()
-    cloud = _DeadCloud()
+    cloud = CloudClient(f"http://127.0.0.1:{free_port()}", "cnn", deadline_ms=500)  # refused
     breaker = CircuitBreaker(failures=2, window_s=10, cooldown_s=30, clock=clock)
     policy = FallbackPolicy(low_confidence=True, threshold=1.0)  # always escalate
     fm = FallbackModel(model, cloud, policy, breaker, version="v1", clock=clock)
     sources = [fm.answer({"input": x}).source for _ in range(5)]
     assert sources == ["local-degraded"] * 5
-    assert cloud.calls == 2 and breaker.state == "open"
+    assert breaker.state == "open"
     stats = fm.stats()
-    assert stats["cloud_failures"] == 2 and stats["breaker"]["rejected_total"] == 3
+    assert stats["cloud_requests"] == stats["cloud_failures"] == 2
+    assert stats["breaker"]["rejected_total"] == 3
+    assert "refused" in stats["last_cloud_error"].lower()
     assert stats["escalations"]["low_confidence"] == 5
     # no model and a dead cloud: a clear TransportError, not a hang
     fm.set_local(None)
