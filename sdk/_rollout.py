@@ -1,0 +1,376 @@
+"""Staged rollouts as pure logic: canary group, growing waves, abort on failure rate.
+
+The shape is the one AWS IoT Jobs calls a rollout config with an abort config: a small
+canary group first, then waves that reach a growing share of the fleet; each wave waits
+until its devices report an outcome (or a timeout) and the rollout halts by itself once
+the failure rate of the devices decided so far passes a threshold.
+
+Nothing here does I/O. :func:`step` takes the recorded :class:`Rollout`, the latest
+device statuses (the retained JSON of ``edgeship/<fleet>/<device>/status``) and ``now``,
+and returns the new rollout plus the devices to offer the release to now. The shell
+(:mod:`edgeship.sdk._rollout_run`) publishes the offers *before* it records the new
+state, and re-offers the open wave after a restart (offers are retained and idempotent
+on the device), so a crash never leaves a wave recorded as offered but never sent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
+from typing import Any
+
+from edgeship._errors import ConfigError
+
+__all__ = [
+    "FAILED_OUTCOMES",
+    "Rollout",
+    "RolloutPolicy",
+    "Wave",
+    "classify",
+    "open_wave_devices",
+    "parse_percent",
+    "parse_waves",
+    "plan_waves",
+    "resume",
+    "start_rollout",
+    "step",
+]
+
+# outcome of one device for this rollout
+PENDING, UPDATING = "pending", "updating"  # not offered yet / offered, no verdict yet
+COMMITTED, ROLLED_BACK, FAILED, TIMEOUT = "committed", "rolled-back", "failed", "timeout"
+DONE_OUTCOMES = (COMMITTED, ROLLED_BACK, FAILED, TIMEOUT)
+FAILED_OUTCOMES = (ROLLED_BACK, FAILED, TIMEOUT)
+MAX_DEVICES = 1_000_000
+MAX_WAVES = 100
+
+
+def parse_percent(text: str | float, what: str = "percentage") -> float:
+    """``"10%"``, ``"10"`` or ``0.1`` -> 0.1 (a share in (0, 1])."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {text!r} is not a percentage like 10%") from exc
+    if not raw.endswith("%") and value > 1:  # "25" means 25 %
+        value /= 100
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{what}: {text!r} is not between 0% and 100%")
+    return value
+
+
+def parse_waves(text: str) -> tuple[float, ...]:
+    """``"10%,50%,100%"`` -> (0.1, 0.5, 1.0): cumulative shares, growing, ending at 100 %."""
+    shares = tuple(parse_percent(p, "--waves") for p in text.split(",") if p.strip())
+    if not shares or len(shares) > MAX_WAVES:
+        raise ConfigError(f"--waves: give 1..{MAX_WAVES} shares like 10%,50%,100%")
+    if any(b <= a for a, b in pairwise(shares)) or shares[0] <= 0:
+        raise ConfigError(f"--waves: shares must grow: {text!r}")
+    if shares[-1] < 1:
+        shares = (*shares, 1.0)  # a rollout that completes reaches every device
+    return shares
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutPolicy:
+    """How a rollout grows and when it stops; the last two may change when resuming."""
+
+    canary: float = 0.0  # share of the fleet in the canary group (at least one device if > 0)
+    waves: tuple[float, ...] = (1.0,)  # cumulative shares after the canary
+    max_failure_rate: float = 1.0  # halt when failed / decided devices passes this
+    wave_timeout_s: float = 600.0  # a device with no verdict by then counts as failed
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.canary <= 1:
+            raise ConfigError("--canary must be between 0% and 100%")
+        if not self.waves or self.waves[-1] != 1.0:
+            raise ConfigError("--waves must end at 100%")
+        if not 0 <= self.max_failure_rate <= 1:
+            raise ConfigError("--max-failure-rate must be between 0 and 1")
+        if not self.wave_timeout_s > 0:
+            raise ConfigError("--wave-timeout must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"canary": self.canary, "waves": list(self.waves),
+                "max_failure_rate": self.max_failure_rate, "wave_timeout_s": self.wave_timeout_s}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RolloutPolicy:
+        return cls(canary=float(d["canary"]), waves=tuple(float(w) for w in d["waves"]),
+                   max_failure_rate=float(d["max_failure_rate"]),
+                   wave_timeout_s=float(d["wave_timeout_s"]))
+
+
+def plan_waves(devices: Sequence[str], canary: float, waves: Sequence[float]) -> list[list[str]]:
+    """Split ``devices`` (in order) into the canary group and the growing waves.
+
+    Wave sizes come from cumulative shares, rounded up so no wave is empty while devices
+    remain; empty groups are dropped.
+    """
+    n = len(devices)
+    cuts: list[int] = []
+    if canary > 0 and n:
+        cuts.append(max(1, math.ceil(n * canary - 1e-9)))
+    for share in waves:
+        cuts.append(min(n, max(cuts[-1] + 1 if cuts else 1, math.ceil(n * share - 1e-9))))
+    groups, start = [], 0
+    for cut in cuts:
+        if cut > start:
+            groups.append(list(devices[start:cut]))
+            start = cut
+    return groups
+
+
+@dataclass(frozen=True, kw_only=True)
+class Wave:
+    name: str  # "canary", "wave 1", ...
+    devices: tuple[str, ...]
+    offered_at: float | None = None
+    closed_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "devices": list(self.devices), "offered_at": self.offered_at,
+                "closed_at": self.closed_at}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Wave:
+        return cls(name=d["name"], devices=tuple(d["devices"]), offered_at=d.get("offered_at"),
+                   closed_at=d.get("closed_at"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rollout:
+    """The whole recorded state of one rollout of ``version`` to a fleet."""
+
+    fleet: str
+    model: str
+    version: str
+    reldir: str
+    policy: RolloutPolicy
+    waves: tuple[Wave, ...]
+    outcomes: Mapping[str, str] = field(default_factory=dict)  # device -> outcome
+    errors: Mapping[str, str] = field(default_factory=dict)  # device -> last error
+    status: str = "running"  # running | halted | completed
+    reason: str = ""  # why it halted
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.fleet}/{self.model}/{self.version}"
+
+    @property
+    def current(self) -> int:
+        """Index of the first wave not yet closed (== len(waves) when all are)."""
+        return next((i for i, w in enumerate(self.waves) if w.closed_at is None), len(self.waves))
+
+    def counts(self) -> dict[str, int]:
+        out = {o: 0 for o in (PENDING, UPDATING, *DONE_OUTCOMES)}
+        for outcome in self.outcomes.values():
+            out[outcome] = out.get(outcome, 0) + 1
+        return out
+
+    def failure_rate(self) -> float:
+        c = self.counts()
+        decided = sum(c[o] for o in DONE_OUTCOMES)
+        return sum(c[o] for o in FAILED_OUTCOMES) / decided if decided else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fleet": self.fleet, "model": self.model, "version": self.version,
+                "reldir": self.reldir, "policy": self.policy.to_dict(),
+                "waves": [w.to_dict() for w in self.waves], "outcomes": dict(self.outcomes),
+                "errors": dict(self.errors), "status": self.status, "reason": self.reason,
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Rollout:
+        return cls(fleet=d["fleet"], model=d["model"], version=d["version"], reldir=d["reldir"],
+                   policy=RolloutPolicy.from_dict(d["policy"]),
+                   waves=tuple(Wave.from_dict(w) for w in d["waves"]),
+                   outcomes=dict(d["outcomes"]), errors=dict(d.get("errors", {})),
+                   status=d["status"], reason=d.get("reason", ""),
+                   created_at=float(d.get("created_at", 0)), updated_at=float(d.get("updated_at", 0)))
+
+
+def start_rollout(*, fleet: str, model: str, version: str, reldir: str, devices: Sequence[str],
+                  policy: RolloutPolicy, now: float) -> Rollout:
+    unique = list(dict.fromkeys(devices))
+    if not unique:
+        raise ConfigError("no devices to update (name them with --devices, or none report status)")
+    if len(unique) > MAX_DEVICES:
+        raise ConfigError(f"{len(unique)} devices is over the limit of {MAX_DEVICES}")
+    groups = plan_waves(unique, policy.canary, policy.waves)
+    names = ["canary" if policy.canary > 0 and i == 0 else "" for i in range(len(groups))]
+    first = 0 if policy.canary > 0 else 1
+    waves = tuple(Wave(name=n or f"wave {i + first}", devices=tuple(g))
+                  for i, (n, g) in enumerate(zip(names, groups, strict=True)))
+    return Rollout(fleet=fleet, model=model, version=version, reldir=reldir, policy=policy,
+                   waves=waves, outcomes=dict.fromkeys(unique, PENDING), created_at=now,
+                   updated_at=now)
+
+
+def classify(status: Mapping[str, Any] | None, version: str, offered_at: float,
+             skew_s: float = 5.0) -> str | None:
+    """This rollout's verdict from one device status, or None when there is none yet.
+
+    The agent reports ``{"state", "version" (active), "target" (version tried), "error",
+    "ts"}``; a retained status from before the offer must not count, so a verdict needs
+    the target to be ours, or (for an offer the device refused before it named a target)
+    a timestamp after the offer.
+    """
+    if not status:
+        return None
+    state, active, target = status.get("state"), status.get("version"), status.get("target")
+    if state == COMMITTED and active == version:
+        return COMMITTED
+    if state in (ROLLED_BACK, FAILED):
+        ts = status.get("ts")
+        fresh = isinstance(ts, (int, float)) and ts >= offered_at - skew_s
+        if target == version and (fresh or state == ROLLED_BACK):
+            return str(state)
+        if state == FAILED and fresh and target != version:
+            return FAILED  # e.g. "offer rejected: ..." with the target of an older attempt
+    if active == version and state not in ("downloading", "verifying", "installing",
+                                           "health-checking"):
+        return COMMITTED  # already running this version
+    return None
+
+
+def step(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float
+         ) -> tuple[Rollout, list[str]]:
+    """Take in the latest statuses; return the new rollout and the devices to offer now."""
+    if rollout.status != "running":
+        return rollout, []
+    rollout = _observe(rollout, statuses, now)
+    rollout = _close_timed_out(rollout, now)
+    if _over_threshold(rollout):
+        return _halt(rollout, now), []
+    i = rollout.current
+    if i == len(rollout.waves):
+        return replace(rollout, status="completed", updated_at=now), []
+    wave = rollout.waves[i]
+    if wave.offered_at is None:
+        return _offer(rollout, i, now), list(wave.devices)
+    if all(rollout.outcomes[d] in DONE_OUTCOMES for d in wave.devices):
+        rollout = _close(rollout, i, now)
+        return step(rollout, statuses, now)
+    return rollout, []
+
+
+def _observe(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float) -> Rollout:
+    outcomes, errors = dict(rollout.outcomes), dict(rollout.errors)
+    changed = False
+    for wave in rollout.waves:
+        if wave.offered_at is None:
+            continue
+        for dev in wave.devices:
+            status = statuses.get(dev)
+            verdict = classify(status, rollout.version, wave.offered_at)
+            if verdict is None or verdict == outcomes[dev]:
+                continue
+            if outcomes[dev] == COMMITTED:
+                continue  # a committed device stays counted as a success
+            outcomes[dev], changed = verdict, True
+            if status and status.get("error"):
+                errors[dev] = str(status["error"])[:500]
+    if not changed:
+        return rollout
+    return replace(rollout, outcomes=outcomes, errors=errors, updated_at=now)
+
+
+def _close_timed_out(rollout: Rollout, now: float) -> Rollout:
+    i = rollout.current
+    if i == len(rollout.waves):
+        return rollout
+    wave = rollout.waves[i]
+    if wave.offered_at is None or now - wave.offered_at < rollout.policy.wave_timeout_s:
+        return rollout
+    outcomes, errors = dict(rollout.outcomes), dict(rollout.errors)
+    for dev in wave.devices:
+        if outcomes[dev] not in DONE_OUTCOMES:
+            outcomes[dev] = TIMEOUT
+            errors.setdefault(dev, f"no verdict within {rollout.policy.wave_timeout_s:g}s")
+    return replace(rollout, outcomes=outcomes, errors=errors, updated_at=now)
+
+
+def _over_threshold(rollout: Rollout) -> bool:
+    """Past the threshold now, or bound to be at the end of the open wave whatever happens.
+
+    The second form halts early without waiting for the rest of a wave when its
+    failures alone already decide it; a single early failure with many devices still
+    out does not.
+    """
+    limit = rollout.policy.max_failure_rate
+    c = rollout.counts()
+    failed = sum(c[o] for o in FAILED_OUTCOMES)
+    offered = sum(len(w.devices) for w in rollout.waves if w.offered_at is not None)
+    decided = sum(c[o] for o in DONE_OUTCOMES)
+    if offered == 0 or failed == 0:
+        return False
+    open_wave = rollout.current < len(rollout.waves) and \
+        rollout.waves[rollout.current].offered_at is not None
+    if not open_wave:
+        return failed / decided > limit
+    return failed / offered > limit
+
+
+def _halt(rollout: Rollout, now: float) -> Rollout:
+    c = rollout.counts()
+    failed = sum(c[o] for o in FAILED_OUTCOMES)
+    decided = sum(c[o] for o in DONE_OUTCOMES)
+    reason = (f"failure rate {failed}/{decided} = {rollout.failure_rate():.0%} passed the limit "
+              f"of {rollout.policy.max_failure_rate:.0%}; {c[PENDING]} devices left untouched")
+    return replace(rollout, status="halted", reason=reason, updated_at=now)
+
+
+def _offer(rollout: Rollout, i: int, now: float) -> Rollout:
+    waves = list(rollout.waves)
+    waves[i] = replace(waves[i], offered_at=now)
+    outcomes = dict(rollout.outcomes)
+    for dev in waves[i].devices:
+        if outcomes[dev] == PENDING:
+            outcomes[dev] = UPDATING
+    return replace(rollout, waves=tuple(waves), outcomes=outcomes, updated_at=now)
+
+
+def _close(rollout: Rollout, i: int, now: float) -> Rollout:
+    waves = list(rollout.waves)
+    waves[i] = replace(waves[i], closed_at=now)
+    return replace(rollout, waves=tuple(waves), updated_at=now)
+
+
+def resume(rollout: Rollout, *, max_failure_rate: float | None = None,
+           wave_timeout_s: float | None = None, now: float) -> Rollout:
+    """Continue a recorded rollout, optionally under a new threshold or wave timeout.
+
+    A halted rollout runs again (it halts again at once if still over the threshold);
+    the open wave gets a fresh timeout, since the time the rollout stood still is not
+    the devices' fault.
+    """
+    policy = rollout.policy
+    if max_failure_rate is not None:
+        policy = replace(policy, max_failure_rate=max_failure_rate)
+    if wave_timeout_s is not None:
+        policy = replace(policy, wave_timeout_s=wave_timeout_s)
+    if rollout.status == "completed":
+        return replace(rollout, policy=policy)
+    waves = list(rollout.waves)
+    outcomes = dict(rollout.outcomes)
+    i = rollout.current
+    if i < len(waves) and waves[i].offered_at is not None:
+        waves[i] = replace(waves[i], offered_at=now)
+        for dev in waves[i].devices:  # timed out while we stood still: wait for them again
+            if outcomes[dev] == TIMEOUT:
+                outcomes[dev] = UPDATING
+    return replace(rollout, policy=policy, waves=tuple(waves), outcomes=outcomes,
+                   status="running", reason="", updated_at=now)
+
+
+def open_wave_devices(rollout: Rollout) -> list[str]:
+    """Devices of the offered, still open wave (re-offered after a restart)."""
+    i = rollout.current
+    if i == len(rollout.waves) or rollout.waves[i].offered_at is None:
+        return []
+    return list(rollout.waves[i].devices)
