@@ -1,5 +1,9 @@
 """edgeship.agent: the device daemon: A/B slots, the OTA state machine, the local
-Open Inference Protocol v2 API, cloud fallback and telemetry."""
+Open Inference Protocol v2 API, cloud fallback and telemetry.
+
+``OtaCore`` / ``OtaState`` are the pure OTA state machine (no I/O: a fleet simulator can
+drive it with its own shell); ``Agent`` is the daemon shell behind ``edgeship agent run``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,14 @@ import importlib
 from typing import Any
 
 # public name -> private module that defines it (imported on first use)
-_EXPORTS: dict[str, str] = {}
+_EXPORTS: dict[str, str] = {
+    "Agent": "edgeship.agent._daemon",
+    "AgentConfig": "edgeship.agent._config",
+    "load_config": "edgeship.agent._config",
+    "OtaCore": "edgeship.agent._ota",
+    "OtaState": "edgeship.agent._ota",
+    "Store": "edgeship.agent._store",
+}
 
 __all__ = sorted(_EXPORTS)
 

@@ -179,6 +179,15 @@ class FallbackConfig:
         if not 0.0 <= self.confidence <= 1.0:
             raise ConfigError(f"fallback.confidence: must be in [0, 1], got {self.confidence}")
 
+    def values(self) -> dict[str, Any]:
+        """The ``[fallback]`` table as the sdk's ``build_fallback`` takes it."""
+        out = {**self.extra, "url": self.url, "model": self.model,
+               "deadline_ms": self.deadline_ms, "policy": list(self.policy),
+               "confidence": self.confidence}
+        out.update({k: getattr(self, k) for k in ("api_key_file", "ca", "cert", "key")
+                    if getattr(self, k)})
+        return out
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FallbackConfig | None:
         w = "fallback"

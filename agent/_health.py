@@ -78,11 +78,11 @@ def _main(argv: list[str]) -> int:
     from edgeship._errors import EdgeshipError
 
     model_path, golden_path, runtime, threads = argv
-    pause = float(os.environ.get("EDGESHIP_AGENT_PAUSE_HEALTH", "0") or 0)
-    if pause:  # tests: widen the window in which the agent can be killed mid-check
-        import time
+    for item in os.environ.get("EDGESHIP_AGENT_PAUSE", "").split(","):
+        if item.startswith("health="):  # tests: widen the window to kill the agent mid-check
+            import time
 
-        time.sleep(pause)
+            time.sleep(float(item.partition("=")[2]))
     try:
         golden = json.loads(Path(golden_path).read_text())
         model = Model.load(model_path, runtime=runtime, threads=int(threads))

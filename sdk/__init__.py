@@ -14,6 +14,13 @@ from typing import Any
 
 # public name -> private module that defines it
 _EXPORTS: dict[str, str] = {
+    # local agent client, MQTT edge, chunk transfer, release server (agent engineer)
+    "AgentAnswer": "edgeship.sdk._client",
+    "AgentClient": "edgeship.sdk._client",
+    "MqttEdge": "edgeship.sdk._mqtt",
+    "ChunkRequest": "edgeship.sdk._transfer",
+    "ReleaseServer": "edgeship.sdk._release_server",
+    "push_offer": "edgeship.sdk._release_server",
     # cloud fallback (fallback engineer)
     "Answer": "edgeship.sdk._fallback",
     "CircuitBreaker": "edgeship.sdk._fallback",

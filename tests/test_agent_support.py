@@ -54,8 +54,8 @@ def expected(bias: float, x: np.ndarray, *, seed: int = 0) -> np.ndarray:
 GOLDEN_X = np.linspace(-1, 1, IN, dtype=np.float32).reshape(1, IN)
 
 
-def make_golden(path: Path, bias: float, *, wrong: bool = False) -> Path:
-    out = expected(bias, GOLDEN_X) + (5.0 if wrong else 0.0)
+def make_golden(path: Path, bias: float, *, wrong: bool = False, seed: int = 0) -> Path:
+    out = expected(bias, GOLDEN_X, seed=seed) + (5.0 if wrong else 0.0)
     np.savez(path, x=GOLDEN_X, output=out, atol=np.float32(1e-3))
     return path
 
@@ -74,14 +74,15 @@ def make_keys(tmp: Path) -> Path:
 
 
 def make_release(tmp: Path, keydir: Path, version: str, *, base: Path | None = None,
-                 bad_golden: bool = False, name: str = "model") -> Path:
-    """A signed release of the linear model whose bias encodes ``version``."""
+                 bad_golden: bool = False, name: str = "model", seed: int = 0) -> Path:
+    """A signed release of the linear model whose bias encodes ``version``; a different
+    ``seed`` changes every weight (so a delta is about as large as the model)."""
     from edgeship.sdk._release import Release
 
     bias = version_bias(version)
     work = tmp / "build" / version
-    model = make_model(work / f"{name}.onnx", bias)
-    golden = make_golden(work / "golden.npz", bias, wrong=bad_golden)
+    model = make_model(work / f"{name}.onnx", bias, seed=seed)
+    golden = make_golden(work / "golden.npz", bias, wrong=bad_golden, seed=seed)
     out = tmp / "releases" / version
     Release.build(model, version=version, keydir=keydir, out=out, golden=golden,
                   bases=[base] if base else [], model_name=name)
@@ -144,14 +145,17 @@ class AgentProc:
             self.log.append(line)
             self.lines.put(line)
 
-    def wait_live(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        self.wait_live(timeout, what="ready")
+
+    def wait_live(self, timeout: float = 30.0, what: str = "live") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}: {self.log[-5:]}")
             try:
-                with urllib.request.urlopen(f"{self.url}/v2/health/live", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.url}/v2/health/{what}", timeout=1) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -200,3 +204,56 @@ def http_json(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, An
 def infer_body(x: np.ndarray) -> dict[str, Any]:
     return {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
                         "data": x.flatten().tolist()}]}
+
+
+class Watcher:
+    """Collects the status messages of a fleet (a real MQTT subscriber)."""
+
+    def __init__(self, broker_url: str, fleet: str = "t") -> None:
+        from edgeship.sdk._mqtt import MqttEdge
+
+        self.history: list[dict[str, Any]] = []
+        self.latest: dict[str, dict[str, Any]] = {}
+        self._cond = threading.Condition()
+        self.edge = MqttEdge(broker_url, client_id=f"watch-{os.getpid()}-{id(self)}",
+                             subscriptions=[f"edgeship/{fleet}/+/status"],
+                             on_message=self._on_message)
+        self.edge.start()
+        assert self.edge.wait_connected(10)
+
+    def _on_message(self, msg: Any) -> None:
+        doc = json.loads(msg.payload)
+        with self._cond:
+            self.history.append(doc)
+            self.latest[doc["device"]] = doc
+            self._cond.notify_all()
+
+    def wait(self, pred: Callable[[dict[str, Any]], bool], device: str = "dev-1",
+             timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                doc = self.latest.get(device)
+                if doc is not None and pred(doc):
+                    return doc
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"status never matched; last {doc}")
+                self._cond.wait(left)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        info = self.edge.publish(topic, payload, retain=retain)
+        assert info is not None
+        info.wait_for_publish(5)
+
+    def close(self) -> None:
+        self.edge.stop()
+
+
+def served_version(url: str) -> tuple[str | None, np.ndarray | None]:
+    """Which version answers, and its output for GOLDEN_X (None if nothing serves)."""
+    status, doc = http_json(f"{url}/v2/models/model/infer", infer_body(GOLDEN_X))
+    if status != 200:
+        return None, None
+    y = np.asarray(doc["outputs"][0]["data"], dtype=np.float32).reshape(1, OUT)
+    return doc["parameters"]["version"], y

@@ -1,0 +1,158 @@
+"""The agent's local API: Open Inference Protocol v2 over HTTP plus ``/metrics``.
+
+Built on the sdk's v2 server toolkit. The model that answers is one immutable
+:class:`Serving` value swapped in a single assignment, so a request that started on the
+old model finishes on it while the next one gets the new one (hot swap, no lock on the
+inference path). With ``[fallback]`` configured, answers go through the sdk's
+:class:`~edgeship.sdk._fallback.FallbackModel` (policy, deadline, circuit breaker); every
+answer's ``parameters`` say ``source`` and ``version``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from edgeship.agent._ota import PHASES
+from edgeship.sdk._v2 import ModelMetadata, TensorSpec
+from edgeship.sdk._v2server import Request, Response, Route, StatusError, V2Service
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from edgeship._errors import ModelLoadError
+
+__all__ = ["AgentService", "Metrics", "Serving"]
+
+_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "litert": "tensorflow_lite"}
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A loaded model and what it is (replaced as a whole on a hot swap)."""
+
+    model: Any
+    version: str
+    sha256: str
+    metadata: ModelMetadata
+
+
+def describe(name: str, model: Any, version: str) -> ModelMetadata:
+    return ModelMetadata(name=name, versions=(version,),
+                         platform=_PLATFORMS.get(model.runtime, model.runtime),
+                         inputs=tuple(TensorSpec.of(s) for s in model.inputs),
+                         outputs=tuple(TensorSpec.of(s) for s in model.outputs))
+
+
+class Metrics:
+    """Prometheus metrics of one agent (own registry, so tests can run several)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("edgeship_infer_requests", "Inference requests by source and"
+                                " outcome", ["source", "outcome"], registry=r)
+        self.latency = Histogram("edgeship_infer_latency_seconds", "Inference latency",
+                                 buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5,
+                                          1, 2.5), registry=r)
+        self.phase = Gauge("edgeship_ota_phase", "1 for the current OTA phase", ["phase"],
+                           registry=r)
+        self.version = Gauge("edgeship_model_info", "The serving model version", ["version"],
+                             registry=r)
+        self.updates = Counter("edgeship_ota_updates", "Finished updates by outcome",
+                               ["outcome"], registry=r)
+        self.queue = Gauge("edgeship_outbox_messages", "Messages waiting for the broker",
+                           registry=r)
+        self.connected = Gauge("edgeship_broker_connected", "1 when the broker is connected",
+                               registry=r)
+        self.breaker = Gauge("edgeship_fallback_breaker_state",
+                             "Cloud circuit breaker: 0 closed, 1 open, 2 half-open", registry=r)
+        self.recent: deque[float] = deque(maxlen=2048)  # latencies (ms) for telemetry
+        self._lock = threading.Lock()
+
+    def set_phase(self, phase: str) -> None:
+        for p in PHASES:
+            self.phase.labels(phase=p).set(1 if p == phase else 0)
+
+    def set_version(self, version: str) -> None:
+        self.version.clear()
+        if version:
+            self.version.labels(version=version).set(1)
+
+    def observe(self, source: str, outcome: str, seconds: float) -> None:
+        self.requests.labels(source=source, outcome=outcome).inc()
+        if outcome == "ok":
+            self.latency.observe(seconds)
+            with self._lock:
+                self.recent.append(seconds * 1000)
+
+    def latency_summary(self) -> dict[str, float | int]:
+        with self._lock:
+            values = sorted(self.recent)
+            self.recent.clear()
+        if not values:
+            return {"count": 0}
+        pick = lambda q: round(values[min(len(values) - 1, int(q * len(values)))], 3)  # noqa: E731
+        return {"count": len(values), "p50_ms": pick(0.5), "p99_ms": pick(0.99)}
+
+
+class AgentService(V2Service):
+    """v2 service over the hot-swappable :class:`Serving` and an optional fallback."""
+
+    server_name = "edgeship-agent"
+
+    def __init__(self, name: str, metrics: Metrics, fallback: Any | None = None) -> None:
+        self.name = name
+        self.metrics = metrics
+        self.fallback = fallback
+        self.serving: Serving | None = None
+        self.no_model_reason = "no model installed yet (waiting for a release)"
+
+    def swap(self, serving: Serving | None) -> None:
+        self.serving = serving  # one assignment: requests in flight keep their model
+        self.metrics.set_version(serving.version if serving else "")
+
+    def ready(self) -> bool:
+        return self.serving is not None or self.fallback is not None
+
+    def metadata(self, name: str) -> ModelMetadata | None:
+        if name != self.name:
+            return None
+        serving = self.serving
+        if serving is None:
+            return ModelMetadata(name=name, versions=(), platform="")
+        return serving.metadata
+
+    def infer(self, name: str, inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        start = time.perf_counter()
+        serving = self.serving
+        source = "local"
+        try:
+            if self.fallback is not None:
+                answer = self.fallback.answer(inputs, local=serving and serving.model,
+                                              version=serving.version if serving else "")
+                outputs, source, version = answer.outputs, answer.source, answer.version
+            elif serving is None:
+                raise StatusError(503, f"{self.no_model_reason}; no cloud fallback configured")
+            else:
+                outputs, version = serving.model.predict_all(inputs), serving.version
+        except ModelLoadError as exc:
+            self.metrics.observe(source, "error", time.perf_counter() - start)
+            raise StatusError(503, f"{self.no_model_reason}: {exc}") from exc
+        except Exception:
+            self.metrics.observe(source, "error", time.perf_counter() - start)
+            raise
+        self.metrics.observe(source, "ok", time.perf_counter() - start)
+        return outputs, {"source": source, "version": version}
+
+    def routes(self) -> list[Route]:
+        return [Route(method="GET", path="/metrics", handler=self._metrics)]
+
+    def _metrics(self, request: Request) -> Response:
+        if self.fallback is not None:
+            from edgeship.sdk._fallback import STATE_CODES
+
+            self.metrics.breaker.set(STATE_CODES.get(self.fallback.breaker.state, 0))
+        return Response(body=generate_latest(self.metrics.registry),
+                        content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,360 @@
+"""The agent daemon: the thin shell around the pure OTA core (``edgeship agent run``).
+
+One loop thread owns the OTA state: it takes events (MQTT messages from paho's thread,
+ticks, action results), asks :class:`~edgeship.agent._ota.OtaCore` what to do and does
+it -- files through :class:`~edgeship.agent._store.Store`, messages through
+:class:`~edgeship.sdk._mqtt.MqttEdge` (or the SQLite outbox while the broker is away),
+health checks in a child interpreter, model loads as a hot swap of the local API's
+:class:`~edgeship.agent._api.Serving`. The HTTP API serves on its own threads from the
+first second, with or without a broker or a model. Logs are JSON lines on stderr.
+
+``EDGESHIP_AGENT_PAUSE="chunk=0.05,downloaded=0.3,install=0.3,switch=0.3,health=0.5"``
+(tests only) sleeps at those points so a test can kill the agent inside each window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeship.agent import _ota as ota
+from edgeship.agent._config import AgentConfig
+from edgeship.agent._queue import Outbox
+from edgeship.agent._store import Store
+
+from edgeship._errors import EdgeshipError
+
+__all__ = ["Agent", "log", "pause"]
+
+_log_lock = threading.Lock()
+
+
+def log(event: str, level: str = "info", **fields: Any) -> None:
+    """One JSON line on stderr (structured logs; journald keeps them as they are)."""
+    line = json.dumps({"ts": round(time.time(), 3), "level": level, "event": event, **fields},
+                      default=str)
+    with _log_lock:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def pause(point: str) -> None:
+    """Sleep at ``point`` if ``EDGESHIP_AGENT_PAUSE`` asks for it (crash-window tests)."""
+    spec = os.environ.get("EDGESHIP_AGENT_PAUSE", "")
+    for item in filter(None, spec.split(",")):
+        name, _, seconds = item.partition("=")
+        if name == point and seconds:
+            log("pause", point=point, seconds=float(seconds))
+            time.sleep(float(seconds))
+
+
+def sd_notify(message: str) -> None:
+    """systemd's notify protocol by hand (READY=1, WATCHDOG=1); no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), address)
+    except OSError:
+        pass
+
+
+class Agent:
+    """One device agent; :meth:`run` until :meth:`stop`."""
+
+    _FINAL = ("committed", "rolled-back", "failed")
+
+    def __init__(self, config: AgentConfig, *, clock: Any = time.time) -> None:
+        from edgeship.agent._api import AgentService, Metrics
+        from edgeship.sdk._mqtt import MqttEdge, topics
+
+        self.config, self.clock = config, clock
+        self.store = Store(config.data_dir)
+        self.topics = topics(config.fleet, config.device_id)
+        self.core = ota.OtaCore(device=config.device_id, model=config.model.name,
+                                root_key=_read_root(config.root_key), hardware=config.hardware,
+                                chunk_size=config.ota.chunk_size,
+                                max_artifact_bytes=config.ota.max_artifact_bytes,
+                                max_switch_attempts=config.ota.max_switch_attempts)
+        self.state = self.store.load_state()
+        self.events: queue.Queue[ota.Event] = queue.Queue()
+        self.outbox = Outbox(config.data_dir / "queue.sqlite",
+                             max_messages=config.telemetry.queue_max_messages)
+        self.metrics = Metrics()
+        self.service = AgentService(config.model.name, self.metrics, _fallback(config))
+        b = config.broker
+        self.edge = MqttEdge(b.url, client_id=f"edgeship-{config.fleet}-{config.device_id}",
+                             subscriptions=[self.topics.offer, self.topics.chunk],
+                             on_message=self._on_message, on_connect=self._on_connect,
+                             username=b.username, password=_read_secret(b.password_file),
+                             ca=b.ca, cert=b.cert, key=b.key, keepalive=b.keepalive_s)
+        self._stop = threading.Event()
+        self._last_request = 0.0
+        self.bytes_received = 0
+        self.started = time.monotonic()
+        self._last_state = self.state.phase
+
+    # -- inputs from other threads ---------------------------------------------------------
+    def _on_message(self, msg: Any) -> None:
+        if msg.topic == self.topics.offer and msg.payload:
+            self.events.put(ota.OfferReceived(msg.payload))
+        elif msg.topic == self.topics.chunk:
+            self.bytes_received += len(msg.payload)
+            self.events.put(ota.Chunk(msg.payload))
+
+    def _on_connect(self) -> None:
+        self.events.put(ota.Connected())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        from edgeship.sdk._v2server import serve
+
+        api = serve(self.service, host=self.config.api.host, port=self.config.api.port,
+                    max_request_bytes=self.config.api.max_request_bytes).start()
+        log("started", device=self.config.device_id, api=api.url, broker=self.config.broker.url,
+            phase=self.state.phase, version=self.state.active and self.state.active.version)
+        self.edge.start()
+        try:
+            self._install_initial()
+            self.dispatch(ota.Resume())
+            sd_notify("READY=1")
+            self._loop()
+        finally:
+            log("stopping")
+            api.close()
+            self.edge.stop()
+            self.outbox.close()
+
+    def _loop(self) -> None:
+        next_beat = 0.0
+        while not self._stop.is_set():
+            try:
+                event: ota.Event | None = self.events.get(timeout=0.2)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                self.dispatch(event)
+            now = time.monotonic()
+            if self._overdue(now):
+                self.dispatch(ota.Tick())
+            if now >= next_beat:
+                next_beat = now + self.config.telemetry.interval_s
+                self._heartbeat()
+                sd_notify("WATCHDOG=1")
+            self._flush()
+
+    def _overdue(self, now: float) -> bool:
+        return (self.state.phase == "downloading" and self.edge.connected
+                and now - self._last_request > self.config.ota.request_timeout_s)
+
+    def dispatch(self, event: ota.Event) -> None:
+        pending = [event]
+        while pending:
+            self.state, actions = self.core.step(self.state, pending.pop(0), self.clock())
+            for action in actions:
+                follow = self._perform(action)
+                if follow is not None:
+                    pending.append(follow)
+
+    # -- actions -----------------------------------------------------------------------------
+    def _perform(self, action: ota.Action) -> ota.Event | None:
+        handler = getattr(self, f"_do_{type(action).__name__}")
+        return handler(action)  # type: ignore[no-any-return]
+
+    def _do_Persist(self, action: ota.Persist) -> None:
+        self.store.save_state(action.state)
+
+    def _do_Report(self, action: ota.Report) -> None:
+        status = action.status
+        log("status", **{k: v for k, v in status.items() if k != "device"})
+        self.metrics.set_phase(status["state"])
+        if status["state"] != self._last_state and status["state"] in self._FINAL:
+            self.metrics.updates.labels(outcome=status["state"]).inc()
+        self._last_state = status["state"]
+        self._send(self.topics.status, json.dumps(status).encode(), retain=True, key="status")
+
+    def _do_RequestChunk(self, action: ota.RequestChunk) -> None:
+        from edgeship.sdk._mqtt import request_topic
+        from edgeship.sdk._transfer import encode_request
+
+        req = action.request
+        self._last_request = time.monotonic()
+        self.edge.publish(request_topic(self.config.fleet), encode_request(req),
+                          response_topic=self.topics.chunk,
+                          correlation=f"{req.version}/{req.file}/{req.index}".encode())
+
+    def _do_TruncateDownload(self, action: ota.TruncateDownload) -> None:
+        self.store.truncate_download(action.size)
+
+    def _do_WriteChunk(self, action: ota.WriteChunk) -> None:
+        self.store.write_chunk(action.offset, action.data)
+        pause("chunk")
+
+    def _do_ReadDownload(self, action: ota.ReadDownload) -> ota.Event:
+        pause("downloaded")
+        limit = self.config.ota.max_artifact_bytes
+        base = None
+        active = self.state.active
+        if action.base_slot and active is not None:
+            base = self.store.read_slot(action.base_slot, active.format, max_bytes=limit)
+        return ota.Downloaded(payload=self.store.read_download(max_bytes=limit), base=base)
+
+    def _do_WriteSlot(self, action: ota.WriteSlot) -> ota.Event:
+        spec = os.environ.get("EDGESHIP_AGENT_PAUSE", "")
+        slow = next((float(i.split("=")[1]) for i in spec.split(",") if i.startswith("install=")),
+                    0.0)
+        if slow:
+            log("pause", point="install", seconds=slow)
+        self.store.write_slot(action.slot, action.format, action.data, pause=slow)
+        return ota.Installed()
+
+    def _do_RunHealthCheck(self, action: ota.RunHealthCheck) -> ota.Event:
+        from edgeship.agent._health import run_health_check
+
+        path = self.store.slot_file(action.slot, action.format)
+        log("health_check", slot=action.slot, model=str(path))
+        ok, reason = run_health_check(path, action.golden, runtime=self.config.model.runtime,
+                                      threads=1, timeout=self.config.ota.health_timeout_s)
+        log("health_check_done", ok=ok, reason=reason)
+        return ota.HealthChecked(ok=ok, reason=reason)
+
+    def _do_LoadActive(self, action: ota.LoadActive) -> ota.Event:
+        if self.state.job is not None and self.state.job.switched:
+            pause("switch")
+        slot = action.slot
+        try:
+            serving = self._load(slot, action.golden)
+        except Exception as exc:  # a model that fails to load must not take the agent down
+            log("load_failed", level="error", slot=slot.slot, version=slot.version, error=str(exc))
+            return ota.Loaded(slot.slot, False, f"{type(exc).__name__}: {exc}")
+        self.service.swap(serving)
+        log("serving", slot=slot.slot, version=slot.version)
+        return ota.Loaded(slot.slot, True)
+
+    def _load(self, slot: ota.SlotInfo, golden: dict[str, Any] | None) -> Any:
+        from edgeship.agent._api import Serving, describe
+        from edgeship.agent._health import golden_check
+        from edgeship.sdk._model import Model
+
+        data = self.store.read_slot(slot.slot, slot.format, max_bytes=slot.size)
+        if hashlib.sha256(data).hexdigest() != slot.sha256:
+            raise EdgeshipError(f"slot {slot.slot} does not hold the verified {slot.version}")
+        cfg = self.config.model
+        model = Model.load(self.store.slot_file(slot.slot, slot.format), runtime=cfg.runtime,
+                           threads=cfg.threads)
+        if golden is not None:
+            reason = golden_check(model, golden)
+            if reason:
+                raise EdgeshipError(f"golden check in the agent: {reason}")
+        return Serving(model=model, version=slot.version, sha256=slot.sha256,
+                       metadata=describe(cfg.name, model, slot.version))
+
+    # -- first start, telemetry, outbox --------------------------------------------------------
+    def _install_initial(self) -> None:
+        initial = self.config.model.initial
+        if not initial or self.state.active is not None or self.state.trusted.version:
+            return
+        from edgeship.sdk._release import Release
+
+        try:
+            release = Release.load(initial)
+            event = ota.LocalRelease(offer=release.offer().to_bytes(),
+                                     artifact=release.read_artifact())
+        except EdgeshipError as exc:
+            log("initial_release_unusable", level="error", path=initial, error=str(exc))
+            return
+        log("installing_initial", path=initial, version=release.manifest.version)
+        self.dispatch(event)
+
+    def _heartbeat(self) -> None:
+        active = self.state.active
+        beat: dict[str, Any] = {
+            "device": self.config.device_id, "ts": round(self.clock(), 3),
+            "uptime_s": round(time.monotonic() - self.started, 1), "state": self.state.phase,
+            "version": active.version if active else None, "latency": self.metrics.latency_summary(),
+            "outbox": len(self.outbox), "outbox_dropped": self.outbox.dropped,
+            "ota_bytes_received": self.bytes_received,
+        }
+        if self.service.fallback is not None:
+            beat["fallback"] = self.service.fallback.stats()
+        self.metrics.queue.set(beat["outbox"])
+        self.metrics.connected.set(1 if self.edge.connected else 0)
+        self._send(self.topics.telemetry, json.dumps(beat, default=str).encode())
+
+    def _send(self, topic: str, payload: bytes, *, retain: bool = False, key: str | None = None
+              ) -> None:
+        # straight out only when nothing older waits, so the broker sees them in order
+        if len(self.outbox) == 0 and self.edge.publish(topic, payload, retain=retain) is not None:
+            return
+        self.outbox.put(topic, payload, retain=retain, key=key)
+
+    def _flush(self) -> None:
+        if not self.edge.connected or len(self.outbox) == 0:
+            return
+        sent: list[int] = []
+        for item in self.outbox.peek(100):
+            info = self.edge.publish(item.topic, item.payload, retain=item.retain)
+            if info is None:
+                break
+            info.wait_for_publish(2.0)
+            if not info.is_published():
+                break
+            sent.append(item.id)
+        self.outbox.delete(sent)
+        if sent:
+            log("outbox_flushed", messages=len(sent), left=len(self.outbox))
+
+
+def _read_root(path: Path) -> bytes:
+    from edgeship._errors import ConfigError
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"root_key: cannot read {path}: {exc.strerror}") from exc
+    if not data or len(data) > 16 * 1024:
+        raise ConfigError(f"root_key: {path} is not a public key file")
+    return data
+
+
+def _read_secret(path: str) -> str:
+    if not path:
+        return ""
+    from edgeship._errors import ConfigError
+
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"broker.password_file: cannot read {path}: {exc.strerror}") from exc
+
+
+def _fallback(config: AgentConfig) -> Any | None:
+    if config.fallback is None:
+        return None
+    from edgeship.sdk._fallback_config import build_fallback
+
+    return build_fallback(config.fallback.values(), default_model=config.model.name)
+
+
+def run_agent(config: AgentConfig) -> int:
+    """Run until SIGTERM / SIGINT; returns the exit code."""
+    agent = Agent(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.stop())
+    agent.run()
+    return 0

@@ -1,0 +1,66 @@
+"""The offline outbox: messages that could not be published wait in SQLite, oldest first.
+
+Bounded by ``max_messages`` (the oldest are dropped first when it is full, and counted).
+A message with a ``key`` replaces the waiting one with the same key, so only the latest
+retained status waits, not every intermediate one. Used from one thread (the agent loop).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Outbox", "Queued"]
+
+
+@dataclass(frozen=True)
+class Queued:
+    id: int
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class Outbox:
+    """An on-disk FIFO of MQTT messages; see the module docstring."""
+
+    def __init__(self, path: Path, *, max_messages: int = 10_000) -> None:
+        self.max_messages = max_messages
+        self.dropped = 0
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL, key TEXT)"
+        )
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def put(self, topic: str, payload: bytes, *, retain: bool = False, key: str | None = None
+            ) -> None:
+        with self._db:
+            if key is not None:
+                self._db.execute("DELETE FROM outbox WHERE key = ?", (key,))
+            self._db.execute("INSERT INTO outbox (topic, payload, retain, key) VALUES (?,?,?,?)",
+                             (topic, payload, int(retain), key))
+            excess = len(self) - self.max_messages
+            if excess > 0:
+                self._db.execute("DELETE FROM outbox WHERE id IN "
+                                 "(SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
+                self.dropped += excess
+
+    def peek(self, limit: int = 100) -> list[Queued]:
+        rows = self._db.execute("SELECT id, topic, payload, retain FROM outbox ORDER BY id LIMIT ?",
+                                (limit,)).fetchall()
+        return [Queued(int(r[0]), str(r[1]), bytes(r[2]), bool(r[3])) for r in rows]
+
+    def delete(self, ids: list[int]) -> None:
+        if ids:
+            with self._db:
+                self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+    def close(self) -> None:
+        self._db.close()

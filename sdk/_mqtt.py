@@ -1,0 +1,249 @@
+"""The MQTT edge shared by the agent and the fleet tools: paho-mqtt 2, MQTT 5, QoS 1.
+
+:class:`MqttEdge` is one MQTT session that reconnects by itself with exponential backoff
+and re-subscribes on every (re)connect (sessions start clean, so nothing stale is
+replayed by the broker). It runs either on paho's own thread (:meth:`MqttEdge.start`) or
+is driven by the caller's loop (:meth:`MqttEdge.poll`, or ``socket``/``loop_read``/
+``loop_write``/``loop_misc`` for a select loop over many sessions). paho's exceptions and
+return codes stop here: callers see :class:`~edgeship.TransportError` or a boolean.
+
+Topics are fixed by the design (see :func:`topics`).
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgeship._errors import ConfigError, TransportError
+
+__all__ = ["Message", "MqttEdge", "Topics", "parse_broker_url", "request_topic", "topics"]
+
+MAX_PAYLOAD = 1024 * 1024 + 4096  # one chunk of the largest allowed size plus its header
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The per-device topics of the design."""
+
+    offer: str
+    chunk: str
+    status: str
+    telemetry: str
+
+
+def topics(fleet: str, device: str) -> Topics:
+    base = f"edgeship/{fleet}/{device}"
+    return Topics(offer=f"{base}/ota/offer", chunk=f"{base}/ota/chunk",
+                  status=f"{base}/status", telemetry=f"{base}/telemetry")
+
+
+def request_topic(fleet: str, *, share_group: str | None = None) -> str:
+    """``edgeship/<fleet>/ota/req``; with a group, the ``$share/`` form servers subscribe to."""
+    topic = f"edgeship/{fleet}/ota/req"
+    return f"$share/{share_group}/{topic}" if share_group else topic
+
+
+@dataclass(frozen=True)
+class Message:
+    """An incoming message with the MQTT 5 request/response properties."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """``mqtt://host[:1883]`` / ``mqtts://host[:8883]`` -> ``(host, port, tls)``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"broker url {url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ConfigError(f"broker url {url!r}: {exc}") from exc
+    return parts.hostname, port, tls
+
+
+class MqttEdge:
+    """One MQTT 5 session; see the module docstring."""
+
+    def __init__(self, url: str, *, client_id: str, subscriptions: Sequence[str] = (),
+                 on_message: Callable[[Message], None] | None = None,
+                 on_connect: Callable[[], None] | None = None,
+                 on_disconnect: Callable[[str], None] | None = None,
+                 username: str = "", password: str = "", ca: str = "", cert: str = "",
+                 key: str = "", keepalive: int = 30, min_backoff: float = 0.25,
+                 max_backoff: float = 10.0, will: tuple[str, bytes, bool] | None = None) -> None:
+        self.host, self.port, tls = parse_broker_url(url)
+        self.client_id, self.keepalive = client_id, keepalive
+        self.subscriptions = list(subscriptions)
+        self._on_message, self._on_connect, self._on_disconnect = on_message, on_connect, on_disconnect
+        self.min_backoff, self.max_backoff = min_backoff, max_backoff
+        self._backoff, self._next_try, self._started = min_backoff, 0.0, False
+        self._connected = threading.Event()
+        self.connects = 0  # successful connections so far (reconnects = connects - 1)
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=MQTTProtocolVersion.MQTTv5)
+        if username:
+            client.username_pw_set(username, password or None)
+        if tls:
+            client.tls_set(ca_certs=ca or None, certfile=cert or None, keyfile=key or None,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        if will is not None:
+            client.will_set(will[0], will[1], qos=1, retain=will[2])
+        client.reconnect_delay_set(max(1, int(min_backoff)), max(1, int(max_backoff)))
+        client.max_inflight_messages_set(100)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        client.on_subscribe = self._handle_subscribe
+        self._pending_subs: set[int] = set()
+        self.client = client
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> MqttEdge:
+        """Connect in the background on paho's thread; reconnects forever with backoff."""
+        self._started = True
+        self.client.connect_async(self.host, self.port, self.keepalive, clean_start=True)
+        self.client.loop_start()
+        return self
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def stop(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            if self._started:
+                self.client.loop_stop()
+        self._connected.clear()
+
+    # -- driven by an external loop -------------------------------------------------------
+    def poll(self, timeout: float = 0.0) -> None:
+        """One round of I/O when the caller owns the loop (instead of :meth:`start`)."""
+        if not self.connected and time.monotonic() >= self._next_try:
+            self._try_connect()
+        if self.client.socket() is not None:
+            rc = self.client.loop(timeout)
+            if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+                self._connected.clear()
+        elif timeout:
+            time.sleep(timeout)
+
+    def _try_connect(self) -> None:
+        try:
+            self.client.connect(self.host, self.port, self.keepalive, clean_start=True)
+            self._backoff = self.min_backoff
+        except (TimeoutError, OSError, ssl.SSLError):
+            jitter = random.uniform(0.8, 1.2)
+            self._next_try = time.monotonic() + self._backoff * jitter
+            self._backoff = min(self.max_backoff, self._backoff * 2)
+
+    def socket(self) -> Any:
+        return self.client.socket()
+
+    def want_write(self) -> bool:
+        return bool(self.client.want_write())
+
+    def loop_read(self) -> None:
+        self.client.loop_read()
+
+    def loop_write(self) -> None:
+        self.client.loop_write()
+
+    def loop_misc(self) -> None:
+        self.client.loop_misc()
+
+    # -- messages -------------------------------------------------------------------------
+    def subscribe(self, topic: str) -> None:
+        """Subscribe now (if connected) and on every reconnect."""
+        if topic not in self.subscriptions:
+            self.subscriptions.append(topic)
+        if self.connected:
+            self.client.subscribe(topic, qos=1)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                response_topic: str | None = None, correlation: bytes | None = None,
+                expiry_s: int | None = None) -> paho.MQTTMessageInfo | None:
+        """Publish if connected; None when offline (the caller decides to queue or drop).
+
+        Publishing only while connected keeps paho from queueing stale requests that it
+        would send after a reconnect in addition to the fresh ones.
+        """
+        if not self.connected:
+            return None
+        props = None
+        if response_topic or correlation or expiry_s:
+            props = Properties(PacketTypes.PUBLISH)
+            if response_topic:
+                props.ResponseTopic = response_topic
+            if correlation:
+                props.CorrelationData = correlation
+            if expiry_s:
+                props.MessageExpiryInterval = expiry_s
+        try:
+            info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        except (ValueError, OSError) as exc:
+            raise TransportError(f"cannot publish to {topic}: {exc}") from exc
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            return None
+        return info
+
+    # -- paho callbacks (paho's thread, or the caller's in poll) ---------------------------
+    def _handle_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                        properties: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            return
+        self._pending_subs = {client.subscribe(t, qos=1)[1] for t in self.subscriptions}
+        if not self._pending_subs:
+            self._ready()
+
+    def _handle_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any,
+                          properties: Any) -> None:
+        if mid in self._pending_subs:
+            self._pending_subs.discard(mid)
+            if not self._pending_subs:
+                self._ready()
+
+    def _ready(self) -> None:
+        """Connected *and* subscribed: answers to requests sent now will reach us."""
+        self.connects += 1
+        self._connected.set()
+        if self._on_connect is not None:
+            self._on_connect()
+
+    def _handle_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                           properties: Any) -> None:
+        self._connected.clear()
+        if self._on_disconnect is not None:
+            self._on_disconnect(str(reason))
+
+    def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if len(msg.payload) > MAX_PAYLOAD or self._on_message is None:
+            return
+        props = msg.properties
+        response = getattr(props, "ResponseTopic", None) if props else None
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        self._on_message(Message(topic=msg.topic, payload=bytes(msg.payload),
+                                 retain=bool(msg.retain), response_topic=response,
+                                 correlation=correlation))

@@ -1,0 +1,128 @@
+"""The host-side release server behind ``edgeship fleet serve``, and a plain offer push.
+
+:class:`ReleaseServer` answers chunk requests (:mod:`edgeship.sdk._transfer`) for the
+files of the release directories it was given. It subscribes through
+``$share/<group>/edgeship/<fleet>/ota/req``, so several servers split the requests of a
+fleet between them and any one can die. It serves only files a manifest names (the
+artifact and its deltas), answers only on the requesting device's own chunk topic, and
+keeps counters of what it sent (for tests and benchmarks).
+
+:func:`push_offer` publishes a release's offer, retained, on each named device's offer
+topic; the staged rollout logic builds on it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeship.sdk._mqtt import Message, MqttEdge, request_topic, topics
+from edgeship.sdk._release import Release
+from edgeship.sdk._transfer import ChunkRequest, serve_request
+
+from edgeship._errors import InputError, TransportError
+
+__all__ = ["ReleaseServer", "ServedFile", "push_offer"]
+
+
+@dataclass(frozen=True)
+class ServedFile:
+    path: Path
+    size: int
+
+
+class ReleaseServer:
+    """Serves chunks of the files of ``releases`` to the devices of ``fleet`` ("+": all)."""
+
+    def __init__(self, broker_url: str, releases: Iterable[str | Path], *, fleet: str = "+",
+                 group: str = "edgeship-release-servers", client_id: str | None = None,
+                 username: str = "", password: str = "") -> None:
+        self.fleet = fleet
+        self.files: dict[tuple[str, str, str], ServedFile] = {}
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.bytes_sent = 0
+        self.sent: Counter[tuple[str, str, str, int]] = Counter()  # (device, version, file, index)
+        for reldir in releases:
+            self.add_release(reldir)
+        self.edge = MqttEdge(broker_url, client_id=client_id or f"edgeship-serve-{os.getpid()}",
+                             subscriptions=[request_topic(fleet, share_group=group)],
+                             on_message=self._on_request, username=username, password=password)
+
+    def add_release(self, reldir: str | Path) -> Release:
+        """Serve this release's artifact and deltas (and only those files)."""
+        release = Release.load(reldir)
+        m = release.manifest
+        names = [m.artifact.name, *(d.name for d in m.deltas)]
+        sizes = [m.artifact.size, *(d.size for d in m.deltas)]
+        for name, size in zip(names, sizes, strict=True):
+            path = release.path / name
+            if not path.is_file() or path.stat().st_size != size:
+                raise InputError(f"{path}: missing or not the {size} bytes its manifest signs")
+            with self._lock:
+                self.files[(m.model, m.version, name)] = ServedFile(path=path, size=size)
+        return release
+
+    def start(self) -> ReleaseServer:
+        self.edge.start()
+        return self
+
+    def stop(self) -> None:
+        self.edge.stop()
+
+    def _lookup(self, req: ChunkRequest) -> tuple[int, object] | None:
+        with self._lock:
+            served = self.files.get((req.model, req.version, req.file))
+        if served is None:
+            return None
+
+        def read(offset: int, length: int) -> bytes:
+            with served.path.open("rb") as handle:
+                return os.pread(handle.fileno(), length, offset)
+
+        return served.size, read
+
+    def _on_request(self, msg: Message) -> None:
+        request, answer = serve_request(msg.payload, self._lookup)  # type: ignore[arg-type]
+        fleet = msg.topic.split("/")[1] if msg.topic.count("/") == 3 else ""
+        if request is None or msg.response_topic != topics(fleet, request.device).chunk:
+            return  # answer only on the requester's own chunk topic
+        try:
+            info = self.edge.publish(msg.response_topic, answer, correlation=msg.correlation)
+        except TransportError:
+            return
+        if info is None:
+            return
+        with self._lock:
+            self.requests += 1
+            self.bytes_sent += len(answer)
+            self.sent[(request.device, request.version, request.file, request.index)] += 1
+
+
+def push_offer(broker_url: str, fleet: str, reldir: str | Path, devices: Sequence[str], *,
+               timeout: float = 10.0, username: str = "", password: str = "") -> Release:
+    """Publish ``reldir``'s offer (retained, QoS 1) to each device; wait for the broker."""
+    if not devices:
+        raise InputError("no devices named (use --devices ID,...)")
+    release = Release.load(reldir)
+    payload = release.offer().to_bytes()
+    edge = MqttEdge(broker_url, client_id=f"edgeship-push-{os.getpid()}", username=username,
+                    password=password)
+    edge.start()
+    try:
+        if not edge.wait_connected(timeout):
+            raise TransportError(f"cannot reach the broker at {broker_url} in {timeout:g}s")
+        infos = [edge.publish(topics(fleet, dev).offer, payload, retain=True) for dev in devices]
+        for dev, info in zip(devices, infos, strict=True):
+            if info is None:
+                raise TransportError(f"lost the broker while pushing to {dev}")
+            info.wait_for_publish(timeout)
+            if not info.is_published():
+                raise TransportError(f"the broker did not acknowledge the offer to {dev}")
+    finally:
+        edge.stop()
+    return release
