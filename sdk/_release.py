@@ -140,7 +140,7 @@ class Release:
             artifact=ArtifactInfo(name=artifact.name, sha256=_sha256(data), size=len(data),
                                   format=artifact.suffix.lstrip(".") or "bin"),
             deltas=deltas,
-            golden=None if golden is None else load_golden(Path(golden)),
+            golden=None if golden is None else load_golden(Path(golden), artifact),
             hardware=tuple(hardware),
             created=format_time(moment),
             expires=format_time(moment + timedelta(days=expires_days)),
@@ -184,8 +184,13 @@ def _write_delta(out: Path, new: bytes, version: str, model: str, base_dir: Path
                      size=len(delta), format=fmt)
 
 
-def load_golden(path: Path) -> Golden:
-    """GOLDEN.npz: input array(s) by name, ``output``, optional ``atol``."""
+def load_golden(path: Path, artifact: Path | None = None) -> Golden:
+    """GOLDEN.npz: input array(s) by name, ``output``, optional ``atol``.
+
+    Without ``atol`` the tolerance comes from the artifact itself: it is run on the golden
+    input, and the tolerance is 1.5x its deviation from ``output`` but at least two
+    INT8 steps of the output's magnitude (kernels on another CPU may differ by a step).
+    """
     import numpy as np
 
     try:
@@ -199,10 +204,34 @@ def load_golden(path: Path) -> Golden:
     atol_arr = arrays.pop("atol", None)
     if not arrays:
         raise InputError(f"--golden {path}: needs at least one input array besides 'output'")
-    # default tolerance: 2% of the output's range, about two INT8 steps of a full-range output
-    span = float(np.max(np.abs(output))) if output.size else 1.0
-    atol = float(atol_arr) if atol_arr is not None else max(1e-3, 0.02 * span)
-    return Golden.from_arrays(arrays, output, atol)
+    if atol_arr is not None:
+        return Golden.from_arrays(arrays, output, float(atol_arr))
+    # one INT8 step of an output quantized symmetrically over its magnitude
+    step = max(float(np.max(np.abs(output))) if output.size else 0.0, 1e-3) / 127
+    deviation = _artifact_deviation(artifact, arrays, output) if artifact else None
+    if deviation is None:
+        return Golden.from_arrays(arrays, output, 4 * step)
+    return Golden.from_arrays(arrays, output, max(1.5 * deviation, 2 * step))
+
+
+def _artifact_deviation(artifact: Path, inputs: dict[str, Any], expected: Any) -> float | None:
+    """Max |artifact(inputs) - expected|, or None if the artifact cannot be run here."""
+    import numpy as np
+    from edgeship.sdk._model import Model
+
+    from edgeship._errors import EdgeshipError
+
+    try:
+        model = Model.load(artifact)
+        if len(inputs) == 1 and len(model.inputs) == 1:
+            inputs = {model.inputs[0].name: next(iter(inputs.values()))}
+        got = model.predict_all(inputs)[model.outputs[0].name]
+    except EdgeshipError:
+        return None
+    if got.shape != expected.shape:
+        raise InputError(f"--golden: output shape {list(expected.shape)}, the artifact gives "
+                         f"{list(got.shape)}")
+    return float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0
 
 
 def verify_release(
