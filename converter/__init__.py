@@ -7,7 +7,13 @@ import importlib
 from typing import Any
 
 # public name -> private module that defines it (imported on first use)
-_EXPORTS: dict[str, str] = {}
+_EXPORTS: dict[str, str] = {
+    "ConvertOptions": "edgeship.converter._options",
+    "EvalResult": "edgeship.converter._evaluate",
+    "Report": "edgeship.converter._report",
+    "convert": "edgeship.converter._convert",
+    "default_formats": "edgeship.converter._convert",
+}
 
 __all__ = sorted(_EXPORTS)
 

@@ -1,0 +1,240 @@
+"""Calibration: run the optimized float graph on the calibration set and pick a range
+for every activation tensor.
+
+One pass over the data. Each tensor keeps its min/max and a signed histogram over
+[-R, R] (R a power of two; when a value falls outside, bins are merged in pairs and R
+doubles, so no second pass is needed). Range methods:
+
+- ``minmax``      the observed [min, max];
+- ``percentile``  two-sided percentile of the histogram (default 99.999);
+- ``mse``         [t*min, t*max] for the t in (0.3..1] minimising the expected squared
+                  error of int8 quantization (clipping + rounding) over the histogram.
+
+Default: ``minmax`` — measured on the three fixtures (python hw-bench/bench_converter.py
+--calibration ...; numbers in the closing note of issue 3): percentile and mse did not
+improve int8 accuracy on any fixture, and lost agreement on the Softmax/Sigmoid heads,
+whose logits carry the signal in their tails.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeship._errors import CalibrationError
+
+from ._ir import Graph
+
+BINS = 8192
+
+
+@dataclass
+class TensorStats:
+    """Running statistics of one tensor over the calibration set."""
+
+    histogram: bool = True  # minmax needs none, and skipping it halves calibration time
+    lo: float = math.inf
+    hi: float = -math.inf
+    radius: float = 0.0
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
+
+    def update(self, x: np.ndarray) -> None:
+        x = x.reshape(-1)
+        if x.size == 0:
+            return
+        mn, mx = float(x.min()), float(x.max())
+        self.lo, self.hi = min(self.lo, mn), max(self.hi, mx)
+        if not self.histogram:
+            return
+        a = max(abs(mn), abs(mx))
+        if a == 0.0:
+            self.hist[BINS // 2] += x.size
+            return
+        if self.radius == 0.0:
+            self.radius = 2.0 ** math.ceil(math.log2(a))
+        while a > self.radius:
+            self._grow()
+        idx = ((x.astype(np.float64) + self.radius) * (BINS / (2 * self.radius))).astype(np.int64)
+        np.clip(idx, 0, BINS - 1, out=idx)
+        self.hist += np.bincount(idx, minlength=BINS)
+
+    def _grow(self) -> None:
+        merged = self.hist.reshape(-1, 2).sum(axis=1)
+        pad = np.zeros(BINS // 4, np.int64)
+        self.hist = np.concatenate([pad, merged, pad])
+        self.radius *= 2.0
+
+    def centers(self) -> np.ndarray:
+        edges = np.linspace(-self.radius, self.radius, BINS + 1)
+        return (edges[:-1] + edges[1:]) / 2
+
+
+def range_minmax(st: TensorStats, _: float) -> tuple[float, float]:
+    return st.lo, st.hi
+
+
+def range_percentile(st: TensorStats, pct: float) -> tuple[float, float]:
+    if st.radius == 0.0:
+        return st.lo, st.hi
+    cdf = np.cumsum(st.hist) / st.hist.sum()
+    c = st.centers()
+    tail = (100.0 - pct) / 100.0
+    lo = float(c[np.searchsorted(cdf, tail)])
+    hi = float(c[min(np.searchsorted(cdf, 1.0 - tail), BINS - 1)])
+    return max(st.lo, lo), min(st.hi, hi)
+
+
+def range_mse(st: TensorStats, _: float) -> tuple[float, float]:
+    if st.radius == 0.0:
+        return st.lo, st.hi
+    c, n = st.centers(), st.hist.astype(np.float64)
+    used = n > 0
+    c, n = c[used], n[used]
+    best, best_t = math.inf, 1.0
+    for t in np.linspace(1.0, 0.3, 36):
+        lo, hi = min(st.lo * t, 0.0), max(st.hi * t, 0.0)
+        scale = max(hi - lo, 1e-12) / 255.0
+        q = np.clip(np.round((c - lo) / scale), 0, 255) * scale + lo
+        err = float(np.dot(n, (q - c) ** 2))
+        if err < best - 1e-12 * abs(best):
+            best, best_t = err, float(t)
+    return st.lo * best_t, st.hi * best_t
+
+
+METHODS: dict[str, Callable[[TensorStats, float], tuple[float, float]]] = {
+    "minmax": range_minmax,
+    "percentile": range_percentile,
+    "mse": range_mse,
+}
+
+
+def collect(
+    graph: Graph,
+    feeds: dict[str, np.ndarray],
+    *,
+    histograms: bool = True,
+    progress: bool = False,
+    batch: int = 16,
+) -> dict[str, TensorStats]:
+    """Run the float graph on every sample; returns stats for every activation tensor.
+
+    Samples go through a copy of the graph with a dynamic batch axis, ``batch`` at a
+    time, when that copy gives the same outputs as batch 1 on the first samples (it
+    does not when, e.g., a Reshape hard-codes the batch); else one at a time."""
+    names = graph.activations()
+    sess, fetch = _session(graph, dynamic_batch=False)
+    count = len(next(iter(feeds.values())))
+    if batch > 1 and count > 1:
+        batched = _batched_session(graph, feeds, sess, fetch)
+        if batched is not None:
+            sess = batched
+        else:
+            batch = 1
+    else:
+        batch = 1
+    stats = {n: TensorStats(histogram=histograms) for n in names}
+    with _progress_bar(progress, count) as advance:
+        for i in range(0, count, batch):
+            sample = {k: v[i : i + batch] for k, v in feeds.items()}
+            try:
+                values = sess.run(fetch, sample)
+            except Exception as exc:
+                raise CalibrationError(f"calibration sample {i} fails: {_first_line(exc)}") from exc
+            for k, v in sample.items():
+                if k in stats:
+                    stats[k].update(v)
+            for name, v in zip(fetch, values, strict=True):
+                if name in stats and isinstance(v, np.ndarray) and v.dtype == np.float32:
+                    stats[name].update(v)
+            advance(len(next(iter(sample.values()))))
+    return stats
+
+
+def _session(graph: Graph, *, dynamic_batch: bool) -> tuple[Any, list[str]]:
+    import onnxruntime as ort
+
+    outputs = [n for n in graph.activations() if n not in graph.input_names]
+    model = graph.to_model(extra_outputs=[n for n in outputs if n not in graph.output_names])
+    if dynamic_batch:
+        del model.graph.value_info[:]
+        for v in [*model.graph.input, *model.graph.output]:
+            dims = v.type.tensor_type.shape.dim
+            if len(dims):
+                dims[0].dim_param = "N"
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # one thread: identical ranges, hence identical bytes
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(
+            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        raise CalibrationError(
+            f"onnxruntime cannot run the float model: {_first_line(exc)}"
+        ) from exc
+    return sess, [o.name for o in sess.get_outputs()]
+
+
+def _batched_session(
+    graph: Graph, feeds: dict[str, np.ndarray], single: Any, fetch: list[str]
+) -> Any:
+    try:
+        sess, _ = _session(graph, dynamic_batch=True)
+        two = sess.run(fetch, {k: v[:2] for k, v in feeds.items()})
+    except Exception:
+        return None
+    for i in range(2):
+        one = single.run(fetch, {k: v[i : i + 1] for k, v in feeds.items()})
+        for a, b in zip(one, two, strict=True):
+            if not isinstance(a, np.ndarray) or a.shape[1:] != b.shape[1:] or len(b) != 2:
+                return None
+            if not np.allclose(a[0], b[i], rtol=1e-4, atol=1e-5):
+                return None
+    return sess
+
+
+def ranges(
+    stats: dict[str, TensorStats], method: str, pct: float
+) -> dict[str, tuple[float, float]]:
+    fn = METHODS[method]
+    return {name: fn(st, pct) for name, st in stats.items() if st.lo <= st.hi}
+
+
+class _progress_bar:
+    """A rich progress bar on stderr (or nothing) that yields an ``advance()`` callable."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled, total
+        self.bar = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.bar = Progress(
+            "calibrating",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.bar.start()
+        task = self.bar.add_task("calibrate", total=self.total)
+        bar = self.bar
+        return lambda n: bar.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -1,0 +1,348 @@
+"""``convert()``: the whole conversion, from a float ONNX file to OUT/ (the shell around
+the pure passes: it reads the inputs, times the phases and writes OUT atomically)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgeship._errors import ConversionError, EdgeshipError
+
+from . import _calibrate, _evaluate
+from ._ir import Graph
+from ._load import input_specs, load_arrays, load_model
+from ._optimize import optimize
+from ._options import ConvertOptions
+from ._outdir import atomic_dir, write_file
+from ._plan import Plan, make_plan
+from ._prune import overall_sparsity, prune
+from ._quantize import WeightInfo, WeightPolicy, build_qdq
+from ._report import Report, to_html
+
+MODEL_FILE = "model.int8.onnx"
+TFLITE_FILE = "model.int8.tflite"
+PARAMS_FILE = "quant_params.json"
+ZSTD_LEVEL = 9  # for the report's compressed sizes; higher levels cost seconds on 1 MB
+
+
+def tflite_available() -> bool:
+    """True when the TFLite writer (converter/_tflite.py) is part of this build."""
+    try:
+        from . import _tflite
+    except ImportError:
+        return False
+    return hasattr(_tflite, "write_tflite")
+
+
+def default_formats() -> tuple[str, ...]:
+    return ("onnx", "tflite") if tflite_available() else ("onnx",)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round(self.phases.get(name, 0.0) + now - self.t, 4)
+        self.t = now
+
+
+def convert(
+    model_path: str | Path,
+    calib_path: str | Path,
+    out_dir: str | Path,
+    options: ConvertOptions | None = None,
+    *,
+    eval_path: str | Path | None = None,
+    base_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Report:
+    """Convert ``model_path`` into ``out_dir`` (model.int8.onnx, [model.int8.tflite],
+    quant_params.json, report.json, report.html). Raises an EdgeshipError subclass for
+    every bad input; on any failure ``out_dir`` is left as it was."""
+    opts = options or ConvertOptions(formats=default_formats())
+    clock = _Clock()
+    model_path, calib_path = Path(model_path), Path(calib_path)
+    model = load_model(model_path, max_bytes=opts.max_model_bytes)
+    model_bytes = model_path.read_bytes()
+    specs = input_specs(model)
+    calib, _ = load_arrays(
+        calib_path,
+        specs,
+        what="calibration",
+        max_bytes=opts.max_data_bytes,
+        max_samples=opts.max_calib_samples,
+    )
+    ev = None
+    if eval_path is not None:
+        ev = load_arrays(
+            Path(eval_path),
+            specs,
+            what="eval",
+            max_bytes=opts.max_data_bytes,
+            max_samples=opts.max_eval_samples,
+        )
+    if "tflite" in opts.formats and not tflite_available():
+        raise ConversionError("--format tflite: the TFLite writer is not part of this build")
+    base = _load_base(Path(base_dir), opts) if base_dir is not None else None
+    clock.lap("load")
+
+    graph = Graph.from_model(model)
+    log = optimize(graph)
+    pruned = prune(graph, opts.prune)
+    clock.lap("optimize")
+    stats = _calibrate.collect(
+        graph, calib, histograms=opts.calibration != "minmax", progress=progress
+    )
+    ranges = _calibrate.ranges(stats, opts.calibration, opts.percentile)
+    clock.lap("calibrate")
+
+    pinned, policy = (base.pinned(ranges), base.policy()) if base else (None, WeightPolicy())
+    plan = make_plan(graph, ranges, pinned=pinned)
+    qmodel, weights, tensor_map = build_qdq(graph, plan, policy=policy, io="float")
+    out_model = (
+        qmodel if opts.io == "float" else build_qdq(graph, plan, policy=policy, io="int8")[0]
+    )
+    int8_bytes = out_model.SerializeToString()
+    clock.lap("quantize")
+
+    with atomic_dir(Path(out_dir)) as tmp:
+        write_file(tmp / MODEL_FILE, int8_bytes)
+        write_file(tmp / PARAMS_FILE, _params_json(plan, weights).encode())
+        tflite = _write_tflite(tmp, opts) if "tflite" in opts.formats else None
+        clock.lap("write")
+        sqnr_feeds = _head(ev[0] if ev else calib, opts.sqnr_samples)
+        fp32_ref = graph.to_model()
+        layer_db = _evaluate.layer_sqnr(fp32_ref, qmodel, tensor_map, sqnr_feeds)
+        out_db = _output_sqnr(fp32_ref, qmodel, sqnr_feeds)
+        sizes = _sizes(
+            model_bytes, int8_bytes, tflite, graph, plan, pruned, model_path, calib, opts
+        )
+        clock.lap("measure")
+        conversion_seconds = round(sum(clock.phases.values()), 4)
+        eval_result = None
+        if ev is not None:
+            eval_result = _evaluate.evaluate(
+                model_bytes, qmodel.SerializeToString(), ev[0], ev[1], runs=opts.latency_runs
+            ).to_dict()
+            if pruned:
+                eval_result["pruned_fp32_accuracy"] = _pruned_accuracy(fp32_ref, ev)
+            clock.lap("eval")
+        report = Report(
+            model=model_path.name,
+            model_sha256=hashlib.sha256(model_bytes).hexdigest(),
+            int8_sha256=hashlib.sha256(int8_bytes).hexdigest(),
+            options=opts.to_dict(),
+            sizes=sizes,
+            calibration={"method": opts.calibration, "samples": len(next(iter(calib.values())))},
+            pruning={
+                "mode": "per-layer magnitude",
+                "target": opts.prune,
+                "achieved": overall_sparsity(graph, list(pruned)) if pruned else 0.0,
+            },
+            eval=eval_result,
+            output_sqnr_db=out_db,
+            layers=_layers(graph, plan, layer_db),
+            weights=[_weight_row(w) for w in weights],
+            float_ops=[
+                {"node": n, "op": _op_of(graph, n), "reason": r}
+                for n, r in plan.float_nodes.items()
+            ],
+            fused=[{"activation": a, "into": p} for a, p in plan.fused.items()],
+            optimizations=log,
+            edgetpu=_edgetpu_verdict(graph, plan),
+            base=base.summary(weights, plan) if base else None,
+            tflite=tflite,
+            timings=dict(clock.phases),
+            conversion_seconds=conversion_seconds,
+        )
+        write_file(tmp / "report.json", report.to_json().encode())
+        write_file(tmp / "report.html", to_html(report).encode())
+    return report
+
+
+def _load_base(path: Path, opts: ConvertOptions) -> Any:
+    from ._base import BaseParams
+
+    return BaseParams.load(path, opts)
+
+
+def _head(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    return {k: v[:n] for k, v in feeds.items()}
+
+
+def _output_sqnr(
+    fp32: onnx.ModelProto, int8: onnx.ModelProto, feeds: dict[str, np.ndarray]
+) -> float:
+    a = _evaluate.run_all(_evaluate.session(fp32), feeds)[0]
+    b = _evaluate.run_all(_evaluate.session(int8), feeds)[0]
+    return _evaluate.sqnr_db(a, b)
+
+
+def _pruned_accuracy(
+    fp32: onnx.ModelProto, ev: tuple[dict[str, np.ndarray], np.ndarray | None]
+) -> float | None:
+    if ev[1] is None:
+        return None
+    y = _evaluate.run_all(_evaluate.session(fp32), ev[0])[0]
+    return float(100.0 * np.mean(_evaluate.predictions(y) == ev[1]))
+
+
+def _write_tflite(tmp: Path, opts: ConvertOptions) -> dict[str, Any]:
+    from ._tflite import write_tflite
+
+    try:
+        info = write_tflite(tmp / MODEL_FILE, tmp / TFLITE_FILE, io=opts.io)
+    except EdgeshipError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"TFLite writer failed: {str(exc).strip()[:300]}") from exc
+    d: dict[str, Any] = info.to_dict()
+    d["path"] = TFLITE_FILE
+    return d
+
+
+def _zstd(data: bytes) -> int:
+    import zstandard
+
+    return len(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data))
+
+
+def _sizes(
+    model_bytes: bytes,
+    int8: bytes,
+    tflite: dict[str, Any] | None,
+    graph: Graph,
+    plan: Plan,
+    pruned: dict[str, float],
+    model_path: Path,
+    calib: dict[str, np.ndarray],
+    opts: ConvertOptions,
+) -> dict[str, Any]:
+    fp32 = len(model_bytes)
+    sizes: dict[str, Any] = {
+        "fp32_bytes": fp32,
+        "int8_onnx_bytes": len(int8),
+        "int8_onnx_ratio": round(len(int8) / fp32, 4),
+        "fp32_zstd_bytes": _zstd(model_bytes),
+        "int8_onnx_zstd_bytes": _zstd(int8),
+    }
+    if tflite is not None:
+        sizes["int8_tflite_bytes"] = tflite["size_bytes"]
+        sizes["int8_tflite_ratio"] = round(tflite["size_bytes"] / fp32, 4)
+    if pruned:  # what the same conversion weighs without pruning, same activation params
+        dense = Graph.from_model(load_model(model_path, max_bytes=opts.max_model_bytes))
+        optimize(dense)
+        dense_bytes = build_qdq(dense, plan, io=opts.io)[0].SerializeToString()
+        sizes["unpruned_int8_onnx_zstd_bytes"] = _zstd(dense_bytes)
+        sizes["pruned_zstd_saving"] = round(
+            1.0 - sizes["int8_onnx_zstd_bytes"] / sizes["unpruned_int8_onnx_zstd_bytes"], 4
+        )
+    return sizes
+
+
+def _layers(graph: Graph, plan: Plan, sqnr: dict[str, float]) -> list[dict[str, Any]]:
+    rows = []
+    fused_by_out = {}
+    by_name = {n.name: n for n in graph.nodes}
+    for act in plan.fused:
+        fused_by_out[by_name[act].output[0]] = by_name[act].op_type
+    for t in plan.quantized:
+        prod = graph.producer.get(t)
+        if prod is not None and prod.name in plan.fused:
+            prod = by_name[plan.fused[prod.name]]
+        p, (lo, hi) = plan.params[t], plan.ranges[t]
+        rows.append(
+            {
+                "tensor": t,
+                "op": prod.op_type if prod is not None else "input",
+                "node": prod.name if prod is not None else "",
+                "fused": fused_by_out.get(t, ""),
+                "scale": p.scale,
+                "zero_point": p.zero_point,
+                "lo": lo,
+                "hi": hi,
+                "shares_with": plan.group_of.get(t, t),
+                "sqnr_db": sqnr.get(t),
+            }
+        )
+    return rows
+
+
+def _weight_row(w: WeightInfo) -> dict[str, Any]:
+    return {
+        "name": w.name,
+        "node": w.node,
+        "shape": w.shape,
+        "per_channel": w.per_channel,
+        "sparsity": w.sparsity,
+        "scale_min": min(w.scales),
+        "scale_max": max(w.scales),
+        "kept_scales": w.kept_scales,
+        "kept_values": w.kept_values,
+    }
+
+
+def _op_of(graph: Graph, node_name: str) -> str:
+    return next((n.op_type for n in graph.nodes if n.name == node_name), "?")
+
+
+# Edge TPU (int8 TFLite) ops that map from the ONNX ops edgeship quantizes.
+_EDGETPU_OK = {
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Mul",
+    "Relu",
+    "Clip",
+    "Sigmoid",
+    "Softmax",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Flatten",
+    "Reshape",
+    "Concat",
+}
+
+
+def _edgetpu_verdict(graph: Graph, plan: Plan) -> dict[str, Any]:
+    """Every float node (and any op the Edge TPU lacks) would run on the CPU."""
+    cpu = [
+        {"node": n.name, "op": n.op_type, "reason": plan.float_nodes.get(n.name, "no Edge TPU op")}
+        for n in graph.nodes
+        if n.name in plan.float_nodes or n.op_type not in _EDGETPU_OK
+    ]
+    verdict = (
+        "all ops map to Edge TPU int8 ops"
+        if not cpu
+        else f"{len(cpu)} op(s) would fall back to CPU"
+    )
+    return {
+        "verdict": verdict,
+        "compatible": not cpu,
+        "cpu_ops": cpu,
+        "note": "from the int8 plan; the Edge TPU compiler itself was not run",
+    }
+
+
+def _params_json(plan: Plan, weights: list[WeightInfo]) -> str:
+    """Quantization parameters for a later ``--base`` conversion (int8 values are read
+    back from model.int8.onnx)."""
+    data = {
+        "version": 1,
+        "activations": {t: plan.params[t].to_list() for t in plan.quantized},
+        "ranges": {t: list(plan.ranges[t]) for t in plan.quantized},
+        "groups": {t: plan.group_of[t] for t in plan.quantized},
+        "weights": {w.name: {"per_channel": w.per_channel, "scales": w.scales} for w in weights},
+    }
+    return json.dumps(data, indent=1, sort_keys=True) + "\n"

@@ -1,0 +1,67 @@
+"""Options of one conversion: a frozen, validated, documented dataclass (no string bags)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from edgeship._errors import ConfigError
+
+CALIBRATION_METHODS = ("minmax", "percentile", "mse")
+FORMATS = ("onnx", "tflite")
+IO_TYPES = ("float", "int8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertOptions:
+    """How to convert. Defaults are the measured best (see converter/_calibrate.py).
+
+    Limits (``max_*``) bound everything read from outside: a model or data file larger
+    than its limit is refused before it is parsed.
+    """
+
+    formats: tuple[str, ...] = ("onnx",)
+    calibration: str = "minmax"
+    percentile: float = 99.999  # for calibration="percentile"; two-sided, per tensor
+    prune: float = 0.0  # target sparsity of Conv/Gemm/MatMul weights, per layer
+    io: str = "float"  # model inputs/outputs: float (Q/DQ inside) or int8
+    max_calib_samples: int = 512  # more samples are ignored (first ones kept)
+    max_eval_samples: int = 10_000
+    sqnr_samples: int = 32  # samples used for per-layer SQNR
+    latency_runs: int = 50
+    max_model_bytes: int = 1 << 30  # 1 GiB
+    max_data_bytes: int = 1 << 31  # 2 GiB, uncompressed, per npz file
+    base_scale_tolerance: float = 0.05  # --base: reuse a scale if the new one is within 5%
+    base_weight_tolerance: float = 1.0  # --base: keep old int8 value if within this many steps
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.prune < 1.0:
+            raise ConfigError(f"--prune must be in [0, 1), got {self.prune}")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ConfigError(
+                f"unknown calibration {self.calibration!r}; use one of "
+                + ", ".join(CALIBRATION_METHODS)
+            )
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ConfigError(f"unknown format {','.join(bad) or '(none)'}; use onnx and/or tflite")
+        if self.io not in IO_TYPES:
+            raise ConfigError(f"--io must be float or int8, got {self.io!r}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.max_calib_samples < 1 or self.sqnr_samples < 1 or self.latency_runs < 1:
+            raise ConfigError("sample and run counts must be positive")
+        if self.base_scale_tolerance < 0 or self.base_weight_tolerance < 0:
+            raise ConfigError("--base tolerances must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["formats"] = list(self.formats)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConvertOptions:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "formats" in known:
+            known["formats"] = tuple(known["formats"])
+        return cls(**known)

@@ -1,0 +1,210 @@
+"""Quantization plan: which nodes become int8, which Relu/Clip are folded into their
+producer, which tensors share parameters, and every activation's (scale, zero point).
+
+Pure logic on the graph and the calibrated ranges; no I/O, no onnxruntime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ._ir import Graph
+from ._oprules import OpRule, fusable_clamp, rule_for
+
+QMIN, QMAX = -128, 127
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Per-tensor int8 activation parameters: real = scale * (q - zero_point)."""
+
+    scale: float
+    zero_point: int
+
+    def to_list(self) -> list[float | int]:
+        return [self.scale, self.zero_point]
+
+
+@dataclass
+class Plan:
+    rules: dict[str, OpRule]  # node name -> rule, for every quantized node
+    float_nodes: dict[str, str]  # node name -> reason it stays float
+    fused: dict[str, str]  # activation node name -> producer node name
+    quantized: list[str]  # activation tensors that get Q/DQ, topological order
+    params: dict[str, QParams]
+    ranges: dict[str, tuple[float, float]]  # the range each tensor's params came from
+    group_of: dict[str, str] = field(default_factory=dict)  # tensor -> group root tensor
+
+    def is_quantized_node(self, node: onnx.NodeProto) -> bool:
+        return node.name in self.rules
+
+
+def params_from_range(lo: float, hi: float) -> QParams:
+    """Asymmetric int8 parameters covering [lo, hi] and holding 0.0 exactly."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo < 1e-8:
+        hi = lo + 1e-8
+    scale = float(np.float32((hi - lo) / (QMAX - QMIN)))
+    zp = int(np.clip(round(QMIN - lo / scale), QMIN, QMAX))
+    return QParams(scale, zp)
+
+
+def make_plan(
+    graph: Graph,
+    ranges: dict[str, tuple[float, float]],
+    *,
+    pinned: dict[str, QParams] | None = None,
+) -> Plan:
+    """Build the plan; ``pinned`` activation params (from ``--base``) win when given."""
+    rules: dict[str, OpRule] = {}
+    float_nodes: dict[str, str] = {}
+    for node in graph.nodes:
+        rule, reason = rule_for(node, graph)
+        if rule is None:
+            float_nodes[node.name] = reason or "not quantizable"
+        else:
+            rules[node.name] = rule
+    fused = _find_fusions(graph, rules)
+    while True:
+        quantized = _quantized_tensors(graph, rules, fused)
+        group_of = _groups(graph, rules, fused, quantized)
+        params, used = _group_params(graph, rules, quantized, group_of, ranges, pinned or {})
+        bad = _inexact_fusions(graph, fused, group_of, used)
+        if not bad:
+            break
+        for name in bad:  # keep that Relu/Clip as its own int8 op
+            del fused[name]
+    return Plan(rules, float_nodes, fused, quantized, params, used, group_of)
+
+
+def _find_fusions(graph: Graph, rules: dict[str, OpRule]) -> dict[str, str]:
+    fused: dict[str, str] = {}
+    outputs = set(graph.output_names)
+    for node in graph.nodes:
+        if node.name not in rules or fusable_clamp(node, graph) is None:
+            continue
+        prod = graph.producer.get(node.input[0])
+        if prod is None or prod.name not in rules or not rules[prod.name].can_fuse_activation:
+            continue
+        if prod.op_type == "MatMul" and not graph.is_const(prod.input[1]):
+            continue  # TFLite BATCH_MATMUL has no fused activation
+        if len(graph.consumers.get(node.input[0], [])) != 1 or node.input[0] in outputs:
+            continue
+        fused[node.name] = prod.name
+    return fused
+
+
+def fused_pre_tensors(graph: Graph, fused: dict[str, str]) -> set[str]:
+    """Tensors that vanish when their Relu/Clip is folded into the producer."""
+    by_name = {n.name: n for n in graph.nodes}
+    return {by_name[a].input[0] for a in fused}
+
+
+def _quantized_tensors(graph: Graph, rules: dict[str, OpRule], fused: dict[str, str]) -> list[str]:
+    gone = fused_pre_tensors(graph, fused)
+    result = []
+    for name in graph.activations():
+        if name in gone:
+            continue
+        prod = graph.producer.get(name)
+        q = prod is not None and prod.name in rules
+        if not q:
+            q = any(
+                c.name in rules and _is_activation_input(c, rules[c.name], name, graph)
+                for c in graph.consumers.get(name, [])
+            )
+        if q:
+            result.append(name)
+    return result
+
+
+def _is_activation_input(node: onnx.NodeProto, rule: OpRule, name: str, graph: Graph) -> bool:
+    for i, inp in enumerate(node.input):
+        if inp != name or graph.is_const(inp):
+            continue
+        if rule.activation_inputs is None or i in rule.activation_inputs:
+            return True
+    return False
+
+
+def _groups(
+    graph: Graph, rules: dict[str, OpRule], fused: dict[str, str], quantized: list[str]
+) -> dict[str, str]:
+    parent = {t: t for t in quantized}
+
+    def find(t: str) -> str:
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:  # the earlier tensor (topological) stays the root: deterministic
+            first, second = sorted((ra, rb), key=quantized.index)
+            parent[second] = first
+
+    for node in graph.nodes:
+        rule = rules.get(node.name)
+        if rule is None or rule.output not in ("same", "unify") or node.name in fused:
+            continue
+        out = node.output[0]
+        ins = [i for i in node.input if i in parent]
+        if rule.output == "same":
+            ins = ins[:1]
+        for i in ins:
+            if out in parent:
+                union(i, out)
+    return {t: find(t) for t in quantized}
+
+
+def _group_params(
+    graph: Graph,
+    rules: dict[str, OpRule],
+    quantized: list[str],
+    group_of: dict[str, str],
+    ranges: dict[str, tuple[float, float]],
+    pinned: dict[str, QParams],
+) -> tuple[dict[str, QParams], dict[str, tuple[float, float]]]:
+    fixed: dict[str, tuple[float, int]] = {}
+    span: dict[str, tuple[float, float]] = {}
+    for t in quantized:
+        root = group_of[t]
+        prod = graph.producer.get(t)
+        rule = rules.get(prod.name) if prod is not None else None
+        if rule is not None and rule.output == "fixed" and rule.fixed is not None:
+            fixed[root] = rule.fixed
+        lo, hi = ranges.get(t, (0.0, 0.0))
+        old = span.get(root, (lo, hi))
+        span[root] = (min(old[0], lo), max(old[1], hi))
+    params: dict[str, QParams] = {}
+    used: dict[str, tuple[float, float]] = {}
+    for t in quantized:
+        root = group_of[t]
+        if root in fixed:
+            params[t] = QParams(*fixed[root])
+        elif root in pinned:
+            params[t] = pinned[root]
+        else:
+            params[t] = params_from_range(*span[root])
+        used[t] = span[root]
+    return params, used
+
+
+def _inexact_fusions(
+    graph: Graph,
+    fused: dict[str, str],
+    group_of: dict[str, str],
+    used: dict[str, tuple[float, float]],
+) -> list[str]:
+    """Folded Relu/Clip whose tensor's range does not start at exactly 0."""
+    by_name = {n.name: n for n in graph.nodes}
+    bad = []
+    for act in fused:
+        out = by_name[act].output[0]
+        if out in group_of and used[out][0] < 0.0:
+            bad.append(act)
+    return bad

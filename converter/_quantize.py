@@ -1,0 +1,306 @@
+"""Write the QDQ INT8 ONNX model from the float graph and its quantization plan.
+
+CONTRACT (read by the TFLite writer, ``converter/_tflite*.py``, so that the same
+parameters serve both formats; this is the TFLite INT8 quantization spec):
+
+- Weights are int8 initializers, zero point 0, symmetric in [-127, 127], each feeding a
+  DequantizeLinear. Conv weights (incl. depthwise/grouped) are PER-CHANNEL on axis 0 of
+  the ONNX layout (output channels); Gemm and constant-weight MatMul weights are
+  PER-TENSOR (TFLite FULLY_CONNECTED is per-tensor). Other constant operands (e.g. of
+  Add/Mul) are int8 per-tensor, zero point 0.
+- Every Conv and Gemm has a bias: an int32 initializer with zero point 0 and
+  scale = input scale x weight scale (per channel for Conv), via DequantizeLinear (a zero
+  bias is added where the float model had none).
+- Activations are int8, per-tensor, a QuantizeLinear -> DequantizeLinear pair whose two
+  nodes share one scale and one zero-point initializer.
+- Sigmoid and Softmax outputs: scale 1/256, zero point -128.
+- MaxPool, AveragePool, GlobalAveragePool, Reshape, Flatten: output parameters are
+  exactly the input's. Concat: all inputs and the output share one set.
+- A Relu or Clip(0, x) folded into its producer (Conv, Gemm, MatMul with constant
+  weights, Add) is removed from the graph and made exact by the producer output's range:
+  zero point -128 with range [0, hi] (hi <= x for Clip). Relu/Clip not folded stay as
+  int8 ops with their own output parameters.
+- The model's inputs and outputs stay float (Q after the input, DQ before the output)
+  unless ``io="int8"``, in which case they are int8 with the parameters of their Q/DQ.
+- Nodes that cannot be quantized stay float between DQ and Q (the report says why).
+
+Naming: activation ``T`` -> ``T_q`` (int8) -> ``T_dq`` with ``T_s`` / ``T_z`` (scale / zero
+point); weight ``W`` -> ``W_q`` (int8) + ``W_s`` -> ``W_dq``; the bias of node ``N`` ->
+``N_b_q`` (int32) + ``N_b_s`` -> ``N_b_dq``. Constant DequantizeLinear nodes carry no
+zero-point input (ONNX defines it as 0). Q/DQ nodes are unnamed; graph outputs keep
+their names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ._ir import Graph
+from ._plan import Plan, fused_pre_tensors
+
+INT32_MAX = 2**31 - 1
+
+
+@dataclass
+class WeightInfo:
+    """What happened to one weight tensor (for the report and for ``--base``)."""
+
+    name: str
+    node: str
+    shape: list[int]
+    per_channel: bool
+    scales: list[float]
+    sparsity: float
+    kept_scales: bool = False
+    kept_values: int = 0
+
+
+@dataclass
+class WeightPolicy:
+    """Chooses weight scales and int8 values; ``--base`` swaps in an update-aware one."""
+
+    def scales(self, name: str, w: np.ndarray, axis: int | None) -> np.ndarray:
+        return symmetric_scales(w, axis)
+
+    def round(self, name: str, w: np.ndarray, scales: np.ndarray, axis: int | None) -> np.ndarray:
+        return np.clip(np.round(w / _bcast(scales, w, axis)), -127, 127).astype(np.int8)
+
+    def report(self, name: str) -> tuple[bool, int]:
+        return False, 0
+
+
+def symmetric_scales(w: np.ndarray, axis: int | None) -> np.ndarray:
+    if axis is None:
+        absmax = np.array([np.abs(w).max() if w.size else 0.0])
+    else:
+        absmax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
+    return np.maximum(absmax.astype(np.float64) / 127.0, 1e-12).astype(np.float32)
+
+
+def _bcast(scales: np.ndarray, w: np.ndarray, axis: int | None) -> np.ndarray:
+    if axis is None:
+        return scales.reshape(())
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return scales.reshape(shape)
+
+
+@dataclass
+class _Builder:
+    graph: Graph
+    plan: Plan
+    policy: WeightPolicy
+    io: str
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    inits: dict[str, np.ndarray] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+    weights: list[WeightInfo] = field(default_factory=list)
+    tensor_map: dict[str, str] = field(default_factory=dict)  # fp32 tensor -> int8-model tensor
+    cache: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
+
+    # ---- activations
+    def qdq(self, t: str, src: str) -> None:
+        p = self.plan.params[t]
+        scale, zp = t + "_s", t + "_z"
+        self.inits[scale] = np.array(p.scale, np.float32)
+        self.inits[zp] = np.array(p.zero_point, np.int8)
+        out = t if t in self.graph.output_names else t + "_dq"
+        is_in, is_out = t in self.graph.input_names, t in self.graph.output_names
+        if self.io == "int8" and is_out:
+            self.nodes.append(helper.make_node("QuantizeLinear", [src, scale, zp], [t]))
+        elif self.io == "int8" and is_in:
+            self.nodes.append(helper.make_node("DequantizeLinear", [t, scale, zp], [out]))
+        else:
+            self.nodes.append(helper.make_node("QuantizeLinear", [src, scale, zp], [t + "_q"]))
+            self.nodes.append(helper.make_node("DequantizeLinear", [t + "_q", scale, zp], [out]))
+        self.tensor_map[t] = out
+
+    def src_name(self, t: str) -> str:
+        """The name a producer writes for quantized tensor ``t`` (before its Q)."""
+        return t + "_float" if t in self.graph.output_names else t
+
+    # ---- constants
+    def dq_const(self, q: np.ndarray, scale: np.ndarray, name: str, axis: int | None) -> str:
+        """A constant int8/int32 tensor behind a DequantizeLinear. The zero point input is
+        omitted: ONNX defines it as 0, which keeps ~5 bytes per channel out of the file."""
+        self.inits[name + "_q"] = q
+        self.inits[name + "_s"] = scale.astype(np.float32).reshape(-1 if axis is not None else ())
+        attrs = {"axis": axis} if axis is not None else {}
+        out = name + "_dq"
+        self.nodes.append(
+            helper.make_node("DequantizeLinear", [name + "_q", name + "_s"], [out], **attrs)
+        )
+        return out
+
+    def weight(
+        self, node: onnx.NodeProto, name: str, axis: int | None, floor: np.ndarray | None
+    ) -> tuple[str, np.ndarray]:
+        """Quantize weight ``name``; ``floor`` is the smallest scale that keeps the bias
+        inside int32 (matters only for channels pruned to all zeros)."""
+        if name in self.cache:  # a weight shared by several nodes is quantized once
+            return self.cache[name]
+        w = self.graph.inits[name]
+        scales = self.policy.scales(name, w, axis)
+        if floor is not None:
+            scales = np.maximum(scales, floor if axis is not None else floor.max()).astype(
+                np.float32
+            )
+        q = self.policy.round(name, w, scales, axis)
+        kept_scales, kept_values = self.policy.report(name)
+        self.weights.append(
+            WeightInfo(
+                name=name,
+                node=node.name,
+                shape=list(w.shape),
+                per_channel=axis is not None,
+                scales=[float(s) for s in scales],
+                sparsity=float((w == 0).mean()) if w.size else 0.0,
+                kept_scales=kept_scales,
+                kept_values=kept_values,
+            )
+        )
+        self.cache[name] = (self.dq_const(q, scales, name, axis), scales)
+        return self.cache[name]
+
+    def bias(
+        self, node: onnx.NodeProto, b: np.ndarray, in_scale: float, w_scales: np.ndarray
+    ) -> str:
+        """int32 bias with scale float32(input scale x weight scale), per channel or not."""
+        s = (np.float32(in_scale) * w_scales.astype(np.float32)).astype(np.float32)
+        q = np.clip(np.round(b.astype(np.float64) / s.astype(np.float64)), -INT32_MAX, INT32_MAX)
+        axis = 0 if node.op_type == "Conv" else None
+        return self.dq_const(q.astype(np.int32), s, node.name + "_b", axis)
+
+    def quantized_node(self, node: onnx.NodeProto) -> None:
+        rule = self.plan.rules[node.name]
+        inputs = list(node.input)
+        b = None
+        if rule.bias_input is not None:
+            b_name = inputs[rule.bias_input] if len(inputs) > rule.bias_input else ""
+            n = self._out_channels(node)
+            b = self.graph.inits[b_name] if b_name else np.zeros(n, np.float32)
+            b = np.broadcast_to(b.astype(np.float64).reshape(-1), (n,))
+        w_scales = None
+        for i, name in enumerate(inputs):
+            if not name or i == rule.bias_input:
+                continue
+            if i == rule.weight_input:
+                in_scale = self.plan.params[node.input[0]].scale
+                floor = None if b is None else np.abs(b) / (in_scale * INT32_MAX) * 2
+                inputs[i], w_scales = self.weight(node, name, rule.weight_axis, floor)
+            elif self.graph.is_const(name):
+                if rule.activation_inputs is None or i in rule.activation_inputs:
+                    inputs[i] = self.const_operand(node, name, i, rule)
+            elif name in self.plan.params:
+                inputs[i] = self.tensor_map[name]
+        if b is not None and w_scales is not None and rule.bias_input is not None:
+            bq = self.bias(node, b, self.plan.params[node.input[0]].scale, w_scales)
+            inputs = [*inputs[: rule.bias_input], bq]
+        outputs = [self.out_name(o) for o in node.output]
+        self.nodes.append(
+            helper.make_node(
+                node.op_type, inputs, outputs, name=node.name, domain=node.domain or None
+            )
+        )
+        self.nodes[-1].attribute.extend(node.attribute)
+
+    def _out_channels(self, node: onnx.NodeProto) -> int:
+        w = self.graph.inits[node.input[1]]
+        if node.op_type == "Conv":
+            return w.shape[0]
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        return w.shape[0] if trans_b else w.shape[1]
+
+    def const_operand(self, node: onnx.NodeProto, name: str, i: int, rule: object) -> str:
+        c = self.graph.inits[name].astype(np.float32)
+        out_t = node.output[0]
+        if getattr(rule, "output", "") in ("same", "unify") and out_t in self.plan.params:
+            p = self.plan.params[out_t]
+            q = np.clip(np.round(c / p.scale) + p.zero_point, -128, 127).astype(np.int8)
+            key = f"{node.name}_in{i}"
+            self.inits[key + "_q"] = q
+            self.inits[key + "_s"] = np.array(p.scale, np.float32)
+            self.inits[key + "_z"] = np.array(p.zero_point, np.int8)
+            self.nodes.append(
+                helper.make_node(
+                    "DequantizeLinear", [key + "_q", key + "_s", key + "_z"], [key + "_dq"]
+                )
+            )
+            return key + "_dq"
+        scales = symmetric_scales(c, None)
+        q = np.clip(np.round(c / scales[0]), -127, 127).astype(np.int8)
+        return self.dq_const(q, scales, f"{node.name}_in{i}", None)
+
+    def out_name(self, t: str) -> str:
+        return self.src_name(t) if t in self.plan.params else t
+
+    def float_node(self, node: onnx.NodeProto) -> None:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        for i, name in enumerate(copy.input):
+            if name in self.tensor_map:
+                copy.input[i] = self.tensor_map[name]
+        for i, name in enumerate(copy.output):
+            copy.output[i] = self.out_name(name)
+        self.nodes.append(copy)
+
+    def build(self) -> None:
+        g, plan = self.graph, self.plan
+        by_name = {n.name: n for n in g.nodes}
+        alias = {by_name[a].input[0]: by_name[a].output[0] for a in plan.fused}
+        for t in g.input_names:
+            if t in plan.params:
+                self.qdq(t, t)
+        for node in g.nodes:
+            if node.name in plan.fused:
+                continue
+            if plan.is_quantized_node(node):
+                orig = list(node.output)
+                renamed = onnx.NodeProto()
+                renamed.CopyFrom(node)
+                for i, o in enumerate(renamed.output):
+                    renamed.output[i] = alias.get(o, o)
+                self.quantized_node(renamed)
+                outs = [alias.get(o, o) for o in orig]
+            else:
+                self.float_node(node)
+                outs = list(node.output)
+            for o in outs:
+                if o in plan.params:
+                    self.qdq(o, self.src_name(o))
+
+
+def build_qdq(
+    graph: Graph, plan: Plan, *, policy: WeightPolicy | None = None, io: str = "float"
+) -> tuple[onnx.ModelProto, list[WeightInfo], dict[str, str]]:
+    """The QDQ model, a record per weight, and the fp32 -> int8-model tensor name map."""
+    assert not (fused_pre_tensors(graph, plan.fused) & set(plan.params))
+    b = _Builder(graph, plan, policy or WeightPolicy(), io)
+    b.build()
+    q = Graph(
+        nodes=b.nodes,
+        inits={**{k: v for k, v in graph.inits.items()}, **b.inits},
+        inputs=_io_values(graph.inputs, plan, io),
+        outputs=_io_values(graph.outputs, plan, io),
+        value_info={},
+        opset=graph.opset,
+        ir_version=graph.ir_version,
+        name=graph.name,
+    )
+    q.prune_unused()
+    return q.to_model(), b.weights, b.tensor_map
+
+
+def _io_values(values: list[onnx.ValueInfoProto], plan: Plan, io: str) -> list[onnx.ValueInfoProto]:
+    out = []
+    for v in values:
+        copy = onnx.ValueInfoProto()
+        copy.CopyFrom(v)
+        if io == "int8" and v.name in plan.params:
+            copy.type.tensor_type.elem_type = TensorProto.INT8
+        out.append(copy)
+    return out

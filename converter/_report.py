@@ -1,0 +1,206 @@
+"""The conversion report: a frozen dataclass with to_dict/from_dict, written as
+report.json and as report.html (a summary, a table per layer and an inline SVG plot of
+per-layer SQNR; no plotting library at run time)."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+REPORT_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    """What a conversion produced and what it cost. Unknown keys survive a round trip."""
+
+    model: str
+    model_sha256: str
+    int8_sha256: str
+    options: dict[str, Any]
+    sizes: dict[str, Any]  # fp32_bytes, int8_onnx_bytes, ratios, zstd sizes, tflite_bytes
+    calibration: dict[str, Any]  # method, samples
+    pruning: dict[str, Any]
+    eval: dict[str, Any] | None
+    output_sqnr_db: float | None  # on the SQNR samples (eval set if given, else calibration)
+    layers: list[dict[str, Any]]  # one per quantized activation tensor
+    weights: list[dict[str, Any]]
+    float_ops: list[dict[str, str]]  # nodes left in float, with the reason
+    fused: list[dict[str, str]]
+    optimizations: list[str]
+    edgetpu: dict[str, Any]
+    base: dict[str, Any] | None  # --base: what kept its parameters / values
+    tflite: dict[str, Any] | None
+    timings: dict[str, float]  # seconds per phase
+    conversion_seconds: float  # everything except --eval
+    version: int = REPORT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        return {**extra, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Report:
+        names = set(cls.__dataclass_fields__) - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        return cls(**known, extra={k: v for k, v in d.items() if k not in names})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        return cls.from_dict(json.loads(text))
+
+
+# ---------------------------------------------------------------- HTML
+_CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}.bad{color:#b00}.ok{color:#070}h1{font-size:22px}
+.kv td:first-child{text-align:left;font-weight:600}"""
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return html.escape(str(v))
+
+
+def _kv(rows: list[tuple[str, Any]]) -> str:
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in rows)
+    return f'<table class="kv">{body}</table>'
+
+
+def _table(head: list[str], rows: list[list[Any]], left: int = 1) -> str:
+    th = "".join(
+        f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(head)
+    )
+    trs = []
+    for r in rows:
+        tds = "".join(
+            f'<td class="{"l" if i < left else ""}">{_fmt(v, 4 if isinstance(v, float) and abs(v) < 1 else 2)}</td>'
+            for i, v in enumerate(r)
+        )
+        trs.append(f"<tr>{tds}</tr>")
+    return f"<table><tr>{th}</tr>{''.join(trs)}</table>"
+
+
+def sqnr_svg(layers: list[dict[str, Any]], width: int = 1000, height: int = 260) -> str:
+    """A bar chart of per-layer SQNR (dB), in graph order, as inline SVG."""
+    pts = [(ly["tensor"], ly["sqnr_db"]) for ly in layers if ly.get("sqnr_db") is not None]
+    if not pts:
+        return "<p>No per-layer SQNR measured.</p>"
+    top = max(60.0, max(v for _, v in pts))
+    left, plot_h = 40, height - 40
+    bar_w = (width - left - 10) / len(pts)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="per-layer SQNR">'
+    ]
+    for db in range(0, int(top) + 1, 10):
+        y = 10 + plot_h * (1 - db / top)
+        parts.append(
+            f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
+        )
+        parts.append(
+            f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{db}</text>'
+        )
+    for i, (name, v) in enumerate(pts):
+        h = plot_h * max(v, 0.0) / top
+        x = left + i * bar_w
+        colour = "#c33" if v < 20 else "#e90" if v < 30 else "#3a7"
+        parts.append(
+            f'<rect x="{x + 1:.1f}" y="{10 + plot_h - h:.1f}" width="{max(bar_w - 2, 1):.1f}" '
+            f'height="{h:.1f}" fill="{colour}"><title>{html.escape(name)}: {v:.1f} dB</title></rect>'
+        )
+    parts.append(
+        f'<text x="{left}" y="{height - 4}" font-size="11">layers in graph order → (dB; red &lt; 20, amber &lt; 30)</text>'
+    )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def to_html(r: Report) -> str:
+    s, ev = r.sizes, r.eval or {}
+    summary = _kv(
+        [
+            ("model", r.model),
+            ("fp32 size (bytes)", s.get("fp32_bytes")),
+            ("int8 ONNX size (bytes)", s.get("int8_onnx_bytes")),
+            ("int8 / fp32", s.get("int8_onnx_ratio")),
+            ("int8 ONNX, zstd (bytes)", s.get("int8_onnx_zstd_bytes")),
+            ("int8 TFLite size (bytes)", s.get("int8_tflite_bytes")),
+            (
+                "calibration",
+                f"{r.calibration.get('method')} on {r.calibration.get('samples')} samples",
+            ),
+            (
+                "pruning",
+                f"{r.pruning.get('mode')} target {r.pruning.get('target')}, achieved {_fmt(r.pruning.get('achieved'), 3)}",
+            ),
+            ("fp32 accuracy (%)", ev.get("fp32_accuracy")),
+            ("int8 accuracy (%)", ev.get("int8_accuracy")),
+            ("top-1 agreement (%)", ev.get("agreement")),
+            ("output SQNR (dB)", r.output_sqnr_db),
+            ("fp32 latency (ms)", ev.get("fp32_latency_ms")),
+            ("int8 latency (ms)", ev.get("int8_latency_ms")),
+            ("Edge TPU", r.edgetpu.get("verdict")),
+            ("conversion time (s)", r.conversion_seconds),
+        ]
+    )
+    layers = _table(
+        ["tensor", "op", "fused", "scale", "zero point", "range lo", "range hi", "SQNR dB"],
+        [
+            [
+                ly["tensor"],
+                ly["op"],
+                ly.get("fused") or "",
+                ly["scale"],
+                ly["zero_point"],
+                ly["lo"],
+                ly["hi"],
+                ly.get("sqnr_db"),
+            ]
+            for ly in r.layers
+        ],
+        left=3,
+    )
+    weights = _table(
+        ["weight", "node", "shape", "per-channel", "sparsity", "scale min", "scale max"],
+        [
+            [
+                w["name"],
+                w["node"],
+                "x".join(map(str, w["shape"])),
+                "yes" if w["per_channel"] else "no",
+                w["sparsity"],
+                w["scale_min"],
+                w["scale_max"],
+            ]
+            for w in r.weights
+        ],
+        left=4,
+    )
+    floats = (
+        _table(
+            ["node", "op", "why it stays float"],
+            [[f["node"], f["op"], f["reason"]] for f in r.float_ops],
+            left=3,
+        )
+        if r.float_ops
+        else "<p>Every node is int8.</p>"
+    )
+    base = _kv(sorted(r.base.items())) if r.base else "<p>No --base.</p>"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>edgeship report: {html.escape(r.model)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>edgeship conversion: {html.escape(r.model)}</h1>"
+        f"{summary}<h2>Per-layer SQNR</h2>{sqnr_svg(r.layers)}<h2>Activations</h2>{layers}"
+        f"<h2>Weights</h2>{weights}<h2>Float ops</h2>{floats}<h2>Delta-friendly quantization (--base)</h2>{base}"
+        f"<h2>Graph optimizations</h2><ul>{''.join(f'<li>{html.escape(x)}</li>' for x in r.optimizations)}</ul>"
+        "</body></html>\n"
+    )

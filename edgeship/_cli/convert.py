@@ -1,0 +1,128 @@
+"""``edgeship convert``: parse options, call :func:`edgeship.converter.convert`, print a
+short summary. Every bad input surfaces as one ``error: ...`` line and exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeship._errors import ConfigError
+
+
+def _formats(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = tuple(dict.fromkeys(v.strip().lower() for v in value.split(",") if v.strip()))
+    if not items:
+        raise ConfigError("--format needs at least one of onnx, tflite")
+    return items
+
+
+@click.command(name="convert")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--calib",
+    "calib",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CALIB.npz: calibration inputs keyed by the model's input names.",
+)
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output directory (replaced atomically).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    default=None,
+    metavar="onnx,tflite",
+    help="Artifacts to write [default: onnx,tflite when the TFLite writer is built in].",
+)
+@click.option(
+    "--prune",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Magnitude-prune weights to this sparsity (per layer), in [0, 1).",
+)
+@click.option(
+    "--eval",
+    "eval_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="EVAL.npz: inputs (+ optional label) for accuracy, agreement, latency.",
+)
+@click.option(
+    "--base",
+    "base",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="A previous OUT/: reuse its quantization parameters where they still fit.",
+)
+@click.option(
+    "--calibration",
+    default="minmax",
+    show_default=True,
+    type=click.Choice(["minmax", "percentile", "mse"]),
+    help="Activation range method.",
+)
+@click.option(
+    "--io",
+    default="float",
+    show_default=True,
+    type=click.Choice(["float", "int8"]),
+    help="Model inputs/outputs: float (quantize inside) or int8.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
+def convert(
+    model: Path,
+    calib: Path,
+    out: Path,
+    fmt: str | None,
+    prune: float,
+    eval_path: Path | None,
+    base: Path | None,
+    calibration: str,
+    io: str,
+    quiet: bool,
+) -> None:
+    """Convert a float ONNX MODEL to pruned INT8 (QDQ ONNX and TFLite) with a report."""
+    from edgeship.converter import ConvertOptions, default_formats
+    from edgeship.converter import convert as run
+
+    options = ConvertOptions(
+        formats=_formats(fmt) or default_formats(), prune=prune, calibration=calibration, io=io
+    )
+    report = run(model, calib, out, options, eval_path=eval_path, base_dir=base, progress=not quiet)
+    if quiet:
+        return
+    s = report.sizes
+    click.echo(f"wrote {out}/  ({', '.join(options.formats)})")
+    click.echo(
+        f"  size      fp32 {s['fp32_bytes']} B -> int8 onnx {s['int8_onnx_bytes']} B "
+        f"({s['int8_onnx_ratio']:.3f}x)"
+        + (f", tflite {s['int8_tflite_bytes']} B" if "int8_tflite_bytes" in s else "")
+    )
+    if report.eval:
+        e = report.eval
+        acc = ""
+        if e.get("fp32_accuracy") is not None:
+            acc = f"accuracy fp32 {e['fp32_accuracy']:.2f}% int8 {e['int8_accuracy']:.2f}%, "
+        click.echo(
+            f"  eval      {acc}agreement {e['agreement']:.2f}%, output SQNR {e['output_sqnr_db']:.1f} dB, "
+            f"latency fp32 {e['fp32_latency_ms']:.3f} ms int8 {e['int8_latency_ms']:.3f} ms"
+        )
+    if report.float_ops:
+        click.echo(f"  float ops {len(report.float_ops)} (see report.html)")
+    if report.base:
+        b = report.base
+        click.echo(
+            f"  --base    kept params of {b['tensors_kept']}/{b['tensors_total']} tensors, "
+            f"{b['weights_kept']}/{b['weights_total']} int8 weights unchanged"
+        )
+    click.echo(f"  time      {report.conversion_seconds:.2f} s; report: {out}/report.html")

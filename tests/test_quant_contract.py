@@ -1,0 +1,230 @@
+"""The QDQ model follows the TFLite INT8 contract documented in converter/_quantize.py,
+checked on real conversions (fixtures and tiny onnx.helper models) in onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from edgeship.converter import ConvertOptions, convert
+from onnx import TensorProto, helper, numpy_helper
+
+FIX = Path(__file__).parent / "fixtures"
+ONNX_ONLY = ConvertOptions(formats=("onnx",))
+
+
+class Qdq:
+    """Index of a QDQ model: initializers, producers, consumers."""
+
+    def __init__(self, path: Path) -> None:
+        self.model = onnx.load(path)
+        self.inits = {t.name: numpy_helper.to_array(t) for t in self.model.graph.initializer}
+        self.nodes = list(self.model.graph.node)
+        self.producer = {o: n for n in self.nodes for o in n.output}
+
+    def ops(self, op: str) -> list[onnx.NodeProto]:
+        return [n for n in self.nodes if n.op_type == op]
+
+    def dq_of(self, tensor: str) -> onnx.NodeProto:
+        node = self.producer[tensor]
+        assert node.op_type == "DequantizeLinear", (tensor, node.op_type)
+        return node
+
+    def act_params(self, tensor: str) -> tuple[float, int]:
+        """(scale, zero point) of the activation DequantizeLinear producing ``tensor``."""
+        dq = self.dq_of(tensor)
+        return float(self.inits[dq.input[1]]), int(self.inits[dq.input[2]])
+
+    def in_params(self, node: onnx.NodeProto, i: int = 0) -> tuple[float, int]:
+        return self.act_params(node.input[i])
+
+    def out_params(self, node: onnx.NodeProto) -> tuple[float, int]:
+        q = next(
+            n for n in self.nodes if n.op_type == "QuantizeLinear" and n.input[0] == node.output[0]
+        )
+        return float(self.inits[q.input[1]]), int(self.inits[q.input[2]])
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory: pytest.TempPathFactory) -> Qdq:
+    out = tmp_path_factory.mktemp("c") / "cnn"
+    convert(FIX / "cnn.onnx", FIX / "cnn_calib.npz", out, ONNX_ONLY)
+    return Qdq(out / "model.int8.onnx")
+
+
+def test_weights_int8_symmetric_conv_per_channel_gemm_per_tensor(cnn: Qdq) -> None:
+    for node in cnn.ops("Conv") + cnn.ops("Gemm"):
+        dq = cnn.dq_of(node.input[1])
+        w, s = cnn.inits[dq.input[0]], cnn.inits[dq.input[1]]
+        assert w.dtype == np.int8 and w.min() >= -127 and w.max() <= 127
+        assert len(dq.input) == 2 or not cnn.inits[dq.input[2]].any()  # zero point 0
+        if node.op_type == "Conv":
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            assert axis == 0 and s.shape == (w.shape[0],)
+            assert np.abs(w).reshape(len(w), -1).max(axis=1).min() >= 120  # range used per channel
+        else:
+            assert s.ndim == 0 and np.abs(w).max() == 127
+
+
+def test_bias_int32_with_input_times_weight_scale(cnn: Qdq) -> None:
+    for node in cnn.ops("Conv") + cnn.ops("Gemm"):
+        assert len(node.input) == 3
+        bdq = cnn.dq_of(node.input[2])
+        assert cnn.inits[bdq.input[0]].dtype == np.int32
+        in_scale = cnn.in_params(node)[0]
+        w_scale = cnn.inits[cnn.dq_of(node.input[1]).input[1]]
+        expected = np.float32(in_scale) * w_scale.astype(np.float32)
+        np.testing.assert_allclose(cnn.inits[bdq.input[1]], expected, rtol=1e-6)
+
+
+def test_activation_rules(cnn: Qdq) -> None:
+    assert not cnn.ops("Relu") and not cnn.ops("Clip")  # all folded into their producers
+    folded = [
+        n for n in cnn.ops("Conv") + cnn.ops("Add") if n.output[0].startswith(("relu", "clip"))
+    ]
+    assert len(folded) == 4  # the fixture's 3 Relu and 1 Clip(0, 6)
+    for node in folded:
+        scale, zp = cnn.out_params(node)
+        assert zp == -128  # Relu/Clip made exact by the range
+        if node.output[0].startswith("clip"):
+            assert scale * 255 <= 6.0 + 1e-6
+    for op in ("MaxPool", "AveragePool", "Flatten"):
+        for node in cnn.ops(op):
+            assert cnn.out_params(node) == cnn.in_params(node)
+    (sm,) = cnn.ops("Softmax")
+    assert cnn.out_params(sm) == (1 / 256, -128)
+    graph = cnn.model.graph
+    assert [i.type.tensor_type.elem_type for i in graph.input] == [TensorProto.FLOAT]
+    assert [o.type.tensor_type.elem_type for o in graph.output] == [TensorProto.FLOAT]
+    for q in cnn.ops("QuantizeLinear"):
+        assert cnn.inits[q.input[2]].dtype == np.int8 and cnn.inits[q.input[1]].size == 1
+
+
+def _tiny(
+    path: Path, nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], out_shape: list[int]
+) -> None:
+    g = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, path)
+
+
+def test_concat_reshape_sigmoid_and_a_float_fallback(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    inits = {
+        "w": rng.normal(size=(4, 4, 3, 3)).astype(np.float32),
+        "k": np.full((1, 4, 6, 6), 3.0, np.float32),
+        "shape": np.array([1, -1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Mul", ["x", "k"], ["m"], name="mul"),
+        helper.make_node("Concat", ["c", "m"], ["cat"], axis=1, name="cat"),
+        helper.make_node("Tanh", ["cat"], ["t"], name="tanh"),  # no rule: stays float
+        helper.make_node("Reshape", ["t", "shape"], ["r"], name="reshape"),
+        helper.make_node("Sigmoid", ["r"], ["y"], name="sig"),
+    ]
+    _tiny(tmp_path / "t.onnx", nodes, inits, [1, 288])
+    x = rng.normal(size=(16, 4, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    report = convert(tmp_path / "t.onnx", tmp_path / "c.npz", tmp_path / "out", ONNX_ONLY)
+    assert [(f["node"], f["op"]) for f in report.float_ops] == [("tanh", "Tanh")]
+    assert "no quantization rule" in report.float_ops[0]["reason"]
+    q = Qdq(tmp_path / "out" / "model.int8.onnx")
+    (cat,) = q.ops("Concat")
+    assert q.in_params(cat, 0) == q.in_params(cat, 1) == q.out_params(cat)
+    (reshape,) = q.ops("Reshape")
+    assert q.out_params(reshape) == q.in_params(reshape)
+    (sig,) = q.ops("Sigmoid")
+    assert q.out_params(sig) == (1 / 256, -128)
+    f32, i8 = (
+        ort.InferenceSession(str(p))
+        for p in (tmp_path / "t.onnx", tmp_path / "out" / "model.int8.onnx")
+    )
+    want = np.concatenate([f32.run(None, {"x": x[i : i + 1]})[0] for i in range(4)])
+    got = np.concatenate([i8.run(None, {"x": x[i : i + 1]})[0] for i in range(4)])
+    assert np.abs(got - want).max() < 0.05
+
+
+def test_matmul_add_becomes_gemm_and_bn_folds(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    inits = {
+        "w": rng.normal(size=(4, 4, 1, 1)).astype(np.float32),
+        "g": rng.uniform(0.5, 2, 4).astype(np.float32),
+        "b": rng.normal(size=4).astype(np.float32),
+        "mu": rng.normal(size=4).astype(np.float32),
+        "var": rng.uniform(0.5, 2, 4).astype(np.float32),
+        "shape": np.array([1, 144], np.int64),
+        "fc": rng.normal(size=(144, 3)).astype(np.float32),
+        "fb": rng.normal(size=3).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("BatchNormalization", ["c", "g", "b", "mu", "var"], ["bn"], name="bn"),
+        helper.make_node("Reshape", ["bn", "shape"], ["flat"], name="flat"),
+        helper.make_node("MatMul", ["flat", "fc"], ["mm"], name="mm"),
+        helper.make_node("Add", ["mm", "fb"], ["y"], name="add"),
+    ]
+    _tiny(tmp_path / "t.onnx", nodes, inits, [1, 3])
+    x = rng.normal(size=(32, 4, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    report = convert(
+        tmp_path / "t.onnx",
+        tmp_path / "c.npz",
+        tmp_path / "out",
+        ONNX_ONLY,
+        eval_path=tmp_path / "c.npz",
+    )
+    q = Qdq(tmp_path / "out" / "model.int8.onnx")
+    assert not q.ops("BatchNormalization") and not q.ops("MatMul") and len(q.ops("Gemm")) == 1
+    assert any("BatchNormalization" in line for line in report.optimizations)
+    assert report.eval is not None and report.eval["agreement"] >= 90.0
+    assert report.output_sqnr_db is not None and report.output_sqnr_db > 25.0
+
+
+@pytest.mark.parametrize("method", ["percentile", "mse"])
+def test_robust_calibration_methods(tmp_path: Path, method: str) -> None:
+    opts = ConvertOptions(formats=("onnx",), calibration=method)
+    r = convert(
+        FIX / "cnn.onnx",
+        FIX / "cnn_calib.npz",
+        tmp_path / "o",
+        opts,
+        eval_path=FIX / "cnn_eval.npz",
+    )
+    assert r.calibration["method"] == method
+    assert r.eval is not None and r.eval["int8_accuracy"] >= r.eval["fp32_accuracy"] - 1.0
+    minmax = convert(FIX / "cnn.onnx", FIX / "cnn_calib.npz", tmp_path / "m", ONNX_ONLY)
+    widths = {ly["tensor"]: ly["hi"] - ly["lo"] for ly in minmax.layers}
+    assert all(ly["hi"] - ly["lo"] <= widths[ly["tensor"]] + 1e-6 for ly in r.layers)
+
+
+def test_failed_conversion_leaves_previous_out_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeship.converter import _convert
+
+    out = tmp_path / "out"
+    convert(FIX / "mlp.onnx", FIX / "mlp_calib.npz", out, ONNX_ONLY)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def boom(*_: object) -> str:
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(_convert, "to_html", boom)  # fails after the model was written
+    with pytest.raises(OSError, match="injected"):
+        convert(FIX / "cnn.onnx", FIX / "cnn_calib.npz", out, ONNX_ONLY)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(OSError):
+        convert(FIX / "cnn.onnx", FIX / "cnn_calib.npz", tmp_path / "fresh", ONNX_ONLY)
+    assert not (tmp_path / "fresh").exists()
