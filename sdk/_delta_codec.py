@@ -72,7 +72,7 @@ def unzigzag_planes(planes: bytes, width: int) -> Any:
     return (zz >> dt(1)) ^ (np.zeros_like(zz) - (zz & dt(1)))
 
 
-def _varints(values: Any) -> bytes:
+def varints(values: Any) -> bytes:
     values = np.asarray(values, np.uint64)
     nbytes = np.ones(values.size, np.int64)
     for k in range(1, 10):
@@ -87,7 +87,7 @@ def _varints(values: Any) -> bytes:
     return out.tobytes()
 
 
-def _unvarints(raw: bytes) -> Any:
+def unvarints(raw: bytes) -> Any:
     b = np.frombuffer(raw, np.uint8)
     if b.size and b[-1] & 0x80:
         raise ValueError("truncated varint")
@@ -106,7 +106,7 @@ def _unvarints(raw: bytes) -> Any:
 def pack_mask(mask: Any) -> Stream:
     """The smaller of packed bits and varint gaps for a boolean mask."""
     packed = compress(np.packbits(mask).tobytes(), PACKED)
-    gaps = compress(_varints(np.diff(np.flatnonzero(mask), prepend=-1) - 1), GAPS)
+    gaps = compress(varints(np.diff(np.flatnonzero(mask), prepend=-1) - 1), GAPS)
     return min(packed, gaps, key=lambda c: len(c[2]))
 
 
@@ -117,7 +117,7 @@ def unpack_mask(code: int, raw: bytes, n: int) -> Any:
         return np.unpackbits(np.frombuffer(raw, np.uint8))[:n].astype(bool)
     if code != GAPS:
         raise ValueError("unknown mask code")
-    gaps = _unvarints(raw)
+    gaps = unvarints(raw)
     if gaps.size > n or (gaps.size and gaps.max() >= n):
         raise ValueError("mask gaps overrun the tensor")
     positions = np.cumsum(gaps.astype(np.int64) + 1) - 1
