@@ -11,7 +11,9 @@ the whole file), never an error.
   width from ``data_type`` (field 2).
 - TFLite: ``Model.buffers`` (field 4) -> ``Buffer.data`` (field 0); a buffer is named by
   the first ``SubGraph.tensors[i]`` (field 0) whose ``buffer`` (field 2) points at it,
-  and its element width comes from that tensor's ``type`` (field 1).
+  and its element width comes from that tensor's ``type`` (field 1). Each tensor's
+  ``quantization`` (field 4) ``scale`` (2, float32) and ``zero_point`` (3, int64) vectors
+  are regions too: per-channel scales change with every retrain.
 """
 
 from __future__ import annotations
@@ -44,13 +46,16 @@ def find_regions(data: bytes) -> list[Region]:
         regions = _tflite_regions(data) if data[4:8] == b"TFL3" else _onnx_regions(data)
     except (IndexError, ValueError, struct.error, KeyError):
         return []
-    regions = sorted((r for r in regions if r.length >= _MIN_REGION), key=lambda r: r.offset)
-    end = 0
-    for region in regions:
-        if region.offset < end or region.offset + region.length > len(data):
+    kept, end = [], 0
+    for region in sorted(regions, key=lambda r: r.offset):
+        # a shared or overlapping range stays in the skeleton; bsdiff covers it
+        if region.length < _MIN_REGION or region.offset < end:
+            continue
+        if region.offset + region.length > len(data):
             return []
+        kept.append(region)
         end = region.offset + region.length
-    return _unique_names(regions)
+    return _unique_names(kept)
 
 
 def _unique_names(regions: list[Region]) -> list[Region]:
@@ -186,10 +191,26 @@ def _tensor_names(buf: bytes, model: int) -> dict[int, tuple[str, int]]:
     return names
 
 
+def _quant_regions(buf: bytes, model: int) -> list[Region]:
+    """Per-channel ``scale`` (float32) and ``zero_point`` (int64) vectors of each tensor."""
+    regions = []
+    for g, subgraph in enumerate(_tables(buf, model, 2)):
+        for t, tensor in enumerate(_tables(buf, subgraph, 0)):
+            qpos = _field_pos(buf, tensor, 4)
+            if qpos is None:
+                continue
+            quant = _deref(buf, qpos)
+            for field, suffix, width in ((2, "scale", 4), (3, "zero_point", 8)):
+                vec = _vector(buf, quant, field)
+                if vec is not None and vec[1]:
+                    regions.append(Region(f"q{g}.{t}/{suffix}", vec[0], vec[1] * width, width))
+    return regions
+
+
 def _tflite_regions(data: bytes) -> list[Region]:
     model = _u32(data, 0)
     names = _tensor_names(data, model)
-    regions = []
+    regions = _quant_regions(data, model)
     for i, buffer in enumerate(_tables(data, model, 4)):
         vec = _vector(data, buffer, 0)
         if vec is None or vec[1] == 0:
