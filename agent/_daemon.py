@@ -9,7 +9,8 @@ health checks in a child interpreter, model loads as a hot swap of the local API
 first second, with or without a broker or a model. Logs are JSON lines on stderr.
 
 ``EDGESHIP_AGENT_PAUSE="chunk=0.05,downloaded=0.3,install=0.3,switch=0.3,health=0.5"``
-(tests only) sleeps at those points so a test can kill the agent inside each window.
+(or the same text in the file ``EDGESHIP_AGENT_PAUSE_FILE`` names; tests only) sleeps at
+those points so a test can kill the agent inside each window.
 """
 
 from __future__ import annotations
@@ -48,13 +49,15 @@ def log(event: str, level: str = "info", **fields: Any) -> None:
 
 
 def pause(point: str) -> None:
-    """Sleep at ``point`` if ``EDGESHIP_AGENT_PAUSE`` asks for it (crash-window tests)."""
-    spec = os.environ.get("EDGESHIP_AGENT_PAUSE", "")
-    for item in filter(None, spec.split(",")):
-        name, _, seconds = item.partition("=")
-        if name == point and seconds:
-            log("pause", point=point, seconds=float(seconds))
-            time.sleep(float(seconds))
+    """Sleep at ``point`` if the tests ask for it (see ``_health.pause_seconds``)."""
+    if "EDGESHIP_AGENT_PAUSE" not in os.environ and "EDGESHIP_AGENT_PAUSE_FILE" not in os.environ:
+        return
+    from edgeship.agent._health import pause_seconds
+
+    seconds = pause_seconds(point)
+    if seconds:
+        log("pause", point=point, seconds=seconds)
+        time.sleep(seconds)
 
 
 def sd_notify(message: str) -> None:
@@ -215,10 +218,12 @@ class Agent:
         return ota.Downloaded(payload=self.store.read_download(max_bytes=limit), base=base)
 
     def _do_WriteSlot(self, action: ota.WriteSlot) -> ota.Event:
-        spec = os.environ.get("EDGESHIP_AGENT_PAUSE", "")
-        slow = next((float(i.split("=")[1]) for i in spec.split(",") if i.startswith("install=")),
-                    0.0)
-        if slow:
+        slow = 0.0
+        if "EDGESHIP_AGENT_PAUSE" in os.environ or "EDGESHIP_AGENT_PAUSE_FILE" in os.environ:
+            from edgeship.agent._health import pause_seconds
+
+            slow = pause_seconds("install")
+        if slow:  # the write itself pauses half way, so a kill lands mid-install
             log("pause", point="install", seconds=slow)
         self.store.write_slot(action.slot, action.format, action.data, pause=slow)
         return ota.Installed()

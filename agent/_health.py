@@ -17,9 +17,27 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["golden_check", "run_health_check"]
+__all__ = ["golden_check", "pause_seconds", "run_health_check"]
 
 _MAX_REASON = 500
+
+
+def pause_seconds(point: str) -> float:
+    """Tests only: how long to sleep at ``point``, from ``EDGESHIP_AGENT_PAUSE`` or the file
+    named by ``EDGESHIP_AGENT_PAUSE_FILE`` (read each time, so a test can change it), both
+    like ``"chunk=0.05,install=0.3"``."""
+    spec = os.environ.get("EDGESHIP_AGENT_PAUSE", "")
+    path = os.environ.get("EDGESHIP_AGENT_PAUSE_FILE")
+    if path:
+        try:
+            spec = Path(path).read_text()
+        except OSError:
+            spec = ""
+    for item in spec.replace("\n", ",").split(","):
+        name, _, value = item.strip().partition("=")
+        if name == point and value:
+            return float(value)
+    return 0.0
 
 
 def golden_check(model: Any, golden: dict[str, Any] | None) -> str | None:
@@ -78,11 +96,11 @@ def _main(argv: list[str]) -> int:
     from edgeship._errors import EdgeshipError
 
     model_path, golden_path, runtime, threads = argv
-    for item in os.environ.get("EDGESHIP_AGENT_PAUSE", "").split(","):
-        if item.startswith("health="):  # tests: widen the window to kill the agent mid-check
-            import time
+    seconds = pause_seconds("health")
+    if seconds:  # tests: widen the window in which the agent can be killed mid-check
+        import time
 
-            time.sleep(float(item.partition("=")[2]))
+        time.sleep(seconds)
     try:
         golden = json.loads(Path(golden_path).read_text())
         model = Model.load(model_path, runtime=runtime, threads=int(threads))
