@@ -213,6 +213,8 @@ def check_offer(
     ``model_name`` / ``hardware`` of ``None`` skip that check (host-side ``verify``).
     """
     now = now or datetime.now(timezone.utc)
+    if now.tzinfo is None:  # a naive clock reading is taken as UTC, not compared blindly
+        now = now.replace(tzinfo=timezone.utc)
     keyset = _check_keyset(offer.keyset, root_public_key, state, now)
     signed, signer = verify_envelope(
         offer.manifest, keyset.public_keys(), "manifest", revoked=frozenset(keyset.revoked)

@@ -118,3 +118,13 @@ def test_trusted_state_survives_json_and_rejects_garbage() -> None:
     for bad in ("[]", '{"seen": {"k": "1.2"}}', '{"keyset_version": "3"}', "\xff"):
         with pytest.raises(MalformedError):
             TrustedState.from_json(bad)
+
+
+def test_offer_wire_form_is_canonical_and_round_trips(tmp_path: Path, keys: KeyDir) -> None:
+    rel = Release.build(FIXTURES / "mlp.onnx", version="1.0.0", keydir=keys.path,
+                        out=tmp_path / "r")
+    wire = rel.offer().to_bytes()
+    again = Offer.from_bytes(wire)
+    assert again == rel.offer() and again.to_bytes() == wire
+    assert Release.load(tmp_path / "r").offer().to_bytes() == wire
+    assert b"\n" not in wire and wire.startswith(b'{"keyset":')

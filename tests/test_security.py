@@ -405,3 +405,10 @@ def test_any_field_value_parses_or_fails_as_malformed_and_never_verifies(
         with pytest.raises(SignatureError):
             check_offer(Offer(manifest=envelope, keyset=rel.keyset_envelope),
                         root_pub, TrustedState(), model_name=None, hardware=None, now=NOW)
+
+
+def test_naive_clock_is_read_as_utc(repo: Repo, slot: Path) -> None:
+    data = _artifact(1)
+    rel = repo.release("1.0.0", data, expires_days=3)
+    naive = (NOW + timedelta(days=4)).replace(tzinfo=None)
+    _rejects(ExpiredError, slot, _device_install, repo, rel.offer(), data, slot, now=naive)
