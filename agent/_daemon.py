@@ -184,7 +184,8 @@ class Agent:
 
     def _do_Report(self, action: ota.Report) -> None:
         status = action.status
-        log("status", **{k: v for k, v in status.items() if k != "device"})
+        log("status", **{k: v for k, v in status.items() if k != "device"},
+            ota_bytes_received=self.bytes_received)
         self.metrics.set_phase(status["state"])
         if status["state"] != self._last_state and status["state"] in self._FINAL:
             self.metrics.updates.labels(outcome=status["state"]).inc()

@@ -212,8 +212,15 @@ def test_starts_with_no_broker_and_no_model(tmp_path: Path, rels: dict[str, Path
     port = free_port()
     cfg = write_config(tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}", port=port,
                        root_pub=rels["root"])
-    proc = AgentProc(cfg, port).start()
+    import socket
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # plays systemd's part
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(10)
+    proc = AgentProc(cfg, port, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}).start()
     try:
+        got = {notify.recv(64).decode() for _ in range(2)}
+        assert got == {"READY=1", "WATCHDOG=1"}
         code, doc = http_json(f"{proc.url}/v2/models/model/infer", infer_body(GOLDEN_X))
         assert code == 503 and "no model installed" in doc["error"]
         code, _ = http_json(f"{proc.url}/v2/health/ready")
@@ -221,5 +228,6 @@ def test_starts_with_no_broker_and_no_model(tmp_path: Path, rels: dict[str, Path
         code, meta = http_json(f"{proc.url}/v2/models/model")
         assert code == 200 and meta["versions"] == []
     finally:
+        notify.close()
         assert proc.terminate() == 0  # SIGTERM: a clean exit
     assert any(line.get("event") == "stopping" for line in proc.log)
