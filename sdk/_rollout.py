@@ -24,6 +24,7 @@ from typing import Any
 from edgeship._errors import ConfigError
 
 __all__ = [
+    "DONE_OUTCOMES",
     "FAILED_OUTCOMES",
     "Rollout",
     "RolloutPolicy",
@@ -34,6 +35,7 @@ __all__ = [
     "parse_waves",
     "plan_waves",
     "resume",
+    "rollout_key",
     "start_rollout",
     "step",
 ]
@@ -156,10 +158,12 @@ class Rollout:
     reason: str = ""  # why it halted
     created_at: float = 0.0
     updated_at: float = 0.0
+    release_id: str = ""  # sha256 prefix of the signed manifest: a re-signed release is new
+    broker: str = ""  # host:port; the same fleet name on another broker is another fleet
 
     @property
     def key(self) -> str:
-        return f"{self.fleet}/{self.model}/{self.version}"
+        return rollout_key(self.broker, self.fleet, self.model, self.version, self.release_id)
 
     @property
     def current(self) -> int:
@@ -182,7 +186,8 @@ class Rollout:
                 "reldir": self.reldir, "policy": self.policy.to_dict(),
                 "waves": [w.to_dict() for w in self.waves], "outcomes": dict(self.outcomes),
                 "errors": dict(self.errors), "status": self.status, "reason": self.reason,
-                "created_at": self.created_at, "updated_at": self.updated_at}
+                "created_at": self.created_at, "updated_at": self.updated_at,
+                "release_id": self.release_id, "broker": self.broker}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Rollout:
@@ -191,11 +196,17 @@ class Rollout:
                    waves=tuple(Wave.from_dict(w) for w in d["waves"]),
                    outcomes=dict(d["outcomes"]), errors=dict(d.get("errors", {})),
                    status=d["status"], reason=d.get("reason", ""),
-                   created_at=float(d.get("created_at", 0)), updated_at=float(d.get("updated_at", 0)))
+                   created_at=float(d.get("created_at", 0)), updated_at=float(d.get("updated_at", 0)),
+                   release_id=d.get("release_id", ""), broker=d.get("broker", ""))
+
+
+def rollout_key(broker: str, fleet: str, model: str, version: str, release_id: str) -> str:
+    return f"{broker}|{fleet}/{model}/{version}@{release_id}"
 
 
 def start_rollout(*, fleet: str, model: str, version: str, reldir: str, devices: Sequence[str],
-                  policy: RolloutPolicy, now: float) -> Rollout:
+                  policy: RolloutPolicy, now: float, release_id: str = "", broker: str = ""
+                  ) -> Rollout:
     unique = list(dict.fromkeys(devices))
     if not unique:
         raise ConfigError("no devices to update (name them with --devices, or none report status)")
@@ -208,7 +219,7 @@ def start_rollout(*, fleet: str, model: str, version: str, reldir: str, devices:
                   for i, (n, g) in enumerate(zip(names, groups, strict=True)))
     return Rollout(fleet=fleet, model=model, version=version, reldir=reldir, policy=policy,
                    waves=waves, outcomes=dict.fromkeys(unique, PENDING), created_at=now,
-                   updated_at=now)
+                   updated_at=now, release_id=release_id, broker=broker)
 
 
 def classify(status: Mapping[str, Any] | None, version: str, offered_at: float,

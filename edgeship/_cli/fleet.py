@@ -94,3 +94,14 @@ def push(reldir: str, broker_url: str, username: str, password_file: str | None,
                          password=read_password(password_file))
     m = release.manifest
     click.echo(f"offered {m.model} {m.version} to {len(targets)} device(s) in fleet {fleet_name}")
+
+
+# Staged rollouts, fleet status and broker credentials (edgeship/_cli/fleet_rollout.py).
+# Its push is a superset of the plain push above (same options; without --canary/--waves
+# it offers the release to every named device at once), so it takes the name "push".
+from edgeship._cli.fleet_rollout import credentials, status  # noqa: E402
+from edgeship._cli.fleet_rollout import push as rollout_push  # noqa: E402
+
+fleet.add_command(rollout_push)
+fleet.add_command(status)
+fleet.add_command(credentials)

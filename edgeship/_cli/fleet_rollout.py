@@ -1,0 +1,250 @@
+"""``edgeship fleet push | status | credentials``: staged rollouts, fleet status, broker ACL.
+
+Thin: parse options, call :mod:`edgeship.sdk._rollout_run`, :mod:`edgeship.sdk._fleetstatus`
+or :mod:`edgeship.sdk._acl`, print. ``push`` without rollout options is the plain push
+(one wave, every named device at once), so this ``push`` replaces the plain one.
+Exit codes of ``push``: 0 completed or still running (without ``--wait``), 3 halted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_HALTED = 3
+
+
+def _broker_options(func: F) -> F:
+    func = click.option("--password-file", type=click.Path(exists=True, dir_okay=False),
+                        default=None, help="file holding the broker password")(func)
+    func = click.option("--username", default="", help="broker user name")(func)
+    func = click.option("--broker", "broker_url", required=True, metavar="URL",
+                        help="mqtt://HOST[:PORT] or mqtts://...")(func)
+    return func
+
+
+def _password(path: str | None) -> str:
+    return Path(path).read_text().strip() if path else ""
+
+
+def _devices(text: str | None) -> list[str]:
+    return [d.strip() for d in (text or "").split(",") if d.strip()]
+
+
+@click.command("push")
+@click.argument("reldir", type=click.Path(exists=True, file_okay=False))
+@_broker_options
+@click.option("--fleet", "fleet_name", required=True, help="fleet name")
+@click.option("--devices", default=None, metavar="ID,...",
+              help="devices to update, in rollout order (default: every device with a status)")
+@click.option("--canary", default="0%", show_default=True, metavar="N%",
+              help="share of the devices in the canary group (at least one if > 0)")
+@click.option("--waves", default="100%", show_default=True, metavar="P%,...",
+              help="cumulative shares reached by each wave after the canary, e.g. 10%,50%,100%")
+@click.option("--max-failure-rate", default=None, metavar="R",
+              help="halt when failed/decided devices passes R (0.2 or 20%) [default: never]")
+@click.option("--wave-timeout", default=None, type=float, metavar="S",
+              help="seconds a wave waits for a device's verdict [default: 600]")
+@click.option("--wait/--no-wait", default=False,
+              help="run until the rollout completed or halted (else offer what is due, return)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON report on stdout")
+@click.option("--state", "state_file", default=None, type=click.Path(dir_okay=False),
+              help="rollout state database [default: ~/.local/state/edgeship/fleet.sqlite]")
+def push(reldir: str, broker_url: str, username: str, password_file: str | None,
+         fleet_name: str, devices: str | None, canary: str, waves: str,
+         max_failure_rate: str | None, wave_timeout: float | None, wait: bool, as_json: bool,
+         state_file: str | None) -> None:
+    """Offer the release in RELDIR to a fleet: canary first, then growing waves.
+
+    Re-running it continues the recorded rollout of this release (halted or
+    interrupted) instead of starting over; a new --max-failure-rate or --wave-timeout
+    applies from there on.
+    """
+    from edgeship.sdk._fleetdb import FleetDB, default_state_path
+    from edgeship.sdk._rollout import RolloutPolicy, parse_percent, parse_waves
+    from edgeship.sdk._rollout_run import run_rollout
+
+    rate = parse_percent(max_failure_rate, "--max-failure-rate") if max_failure_rate else None
+    policy = RolloutPolicy(canary=parse_percent(canary, "--canary"), waves=parse_waves(waves),
+                           max_failure_rate=1.0 if rate is None else rate,
+                           wave_timeout_s=600.0 if wave_timeout is None else wave_timeout)
+    tty = sys.stderr.isatty()
+    view = _Progress(enabled=not as_json and tty, plain=not as_json and not tty)
+    with FleetDB(state_file or default_state_path()) as db, view:
+        rollout = run_rollout(broker_url=broker_url, fleet=fleet_name, reldir=reldir, db=db,
+                              policy=policy, devices=_devices(devices) or None,
+                              max_failure_rate=rate, wave_timeout_s=wave_timeout, wait=wait,
+                              username=username, password=_password(password_file),
+                              on_update=view.update)
+    if as_json:
+        click.echo(json.dumps(report(rollout), indent=1))
+    else:
+        _print_summary(rollout)
+    if rollout.status == "halted":
+        sys.exit(EXIT_HALTED)
+
+
+def report(rollout: Any) -> dict[str, Any]:
+    """The ``--json`` document of a rollout."""
+    from edgeship.sdk._rollout import DONE_OUTCOMES, FAILED_OUTCOMES
+
+    waves = []
+    for w in rollout.waves:
+        outcomes = [rollout.outcomes[d] for d in w.devices]
+        waves.append({"name": w.name, "devices": len(w.devices), "offered_at": w.offered_at,
+                      "closed_at": w.closed_at,
+                      "done": sum(o in DONE_OUTCOMES for o in outcomes),
+                      "failed": sum(o in FAILED_OUTCOMES for o in outcomes)})
+    return {"rollout": rollout.key, "fleet": rollout.fleet, "model": rollout.model,
+            "version": rollout.version, "status": rollout.status, "reason": rollout.reason or None,
+            "counts": rollout.counts(), "failure_rate": round(rollout.failure_rate(), 4),
+            "policy": rollout.policy.to_dict(), "waves": waves,
+            "devices": {d: {"outcome": o, "error": rollout.errors.get(d)}
+                        for d, o in rollout.outcomes.items()}}
+
+
+def _print_summary(rollout: Any) -> None:
+    c = rollout.counts()
+    done = sum(1 for w in rollout.waves if w.closed_at is not None)
+    line = (f"rollout of {rollout.model} {rollout.version} to fleet {rollout.fleet}: "
+            f"{rollout.status} (wave {min(done + 1, len(rollout.waves))}/{len(rollout.waves)}); "
+            f"{c['committed']} committed, {c['rolled-back']} rolled back, {c['failed']} failed, "
+            f"{c['timeout']} timed out, {c['updating']} updating, {c['pending']} not offered")
+    click.echo(line)
+    if rollout.status == "halted":
+        click.echo(f"HALTED: {rollout.reason}")
+        click.echo("re-run the same push (optionally with a new --max-failure-rate) to resume")
+    for dev, err in sorted(rollout.errors.items())[:20]:
+        click.echo(f"  {dev}: {err}")
+
+
+class _Progress:
+    """A rich live view of the waves on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool, plain: bool = False) -> None:
+        self.enabled, self.plain = enabled, plain
+        self.live: Any = None
+        self._last = 0.0
+        self._said: tuple[Any, ...] = ()
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(console=Console(stderr=True), refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+    def update(self, rollout: Any) -> None:
+        if self.plain:
+            self._line(rollout)
+        if self.live is None or time.monotonic() - self._last < 0.2:
+            return
+        self._last = time.monotonic()
+        self.live.update(_table(rollout))
+
+
+    def _line(self, rollout: Any) -> None:
+        """Without a terminal: one line on stderr when a wave opens or the status changes."""
+        i = min(rollout.current, len(rollout.waves) - 1)
+        wave = rollout.waves[i]
+        said = (rollout.status, i, wave.offered_at is not None)
+        if said == self._said:
+            return
+        self._said = said
+        c = rollout.counts()
+        click.echo(f"[{time.strftime('%H:%M:%S')}] {rollout.status}: {wave.name} "
+                   f"({len(wave.devices)} devices) {'offered' if said[2] else 'waiting'}; "
+                   f"{c['committed']} committed, {c['rolled-back'] + c['failed'] + c['timeout']}"
+                   f" failed", err=True)
+
+
+def _table(rollout: Any) -> Any:
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+
+    data = report(rollout)
+    table = Table(title=f"{rollout.model} {rollout.version} -> {rollout.fleet}: "
+                  f"{rollout.status}  failure rate {data['failure_rate']:.0%} "
+                  f"(limit {rollout.policy.max_failure_rate:.0%})")
+    for col in ("wave", "devices", "progress", "done", "failed", "state"):
+        table.add_column(col)
+    for w, row in zip(rollout.waves, data["waves"], strict=True):
+        state = "closed" if w.closed_at else ("running" if w.offered_at else "waiting")
+        bar = ProgressBar(total=max(1, row["devices"]), completed=row["done"], width=30)
+        table.add_row(w.name, str(row["devices"]), bar, str(row["done"]), str(row["failed"]),
+                      state)
+    return table
+
+
+@click.command("status")
+@_broker_options
+@click.option("--fleet", "fleet_name", required=True, help="fleet name")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
+@click.option("--timeout", default=10.0, show_default=True, help="seconds to reach the broker")
+def status(broker_url: str, username: str, password_file: str | None, fleet_name: str,
+           as_json: bool, timeout: float) -> None:
+    """One row per device (version, state, last seen, last error) and a version summary,
+    from the retained status topics."""
+    from edgeship.sdk._fleetstatus import collect_status, summarize
+
+    statuses = collect_status(broker_url, fleet_name, username=username,
+                              password=_password(password_file), timeout=timeout)
+    summary = summarize(statuses)
+    if as_json:
+        click.echo(json.dumps({"fleet": fleet_name, "summary": summary,
+                               "devices": [s.to_dict() for _, s in sorted(statuses.items())]},
+                              indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    now = time.time()
+    table = Table(title=f"fleet {fleet_name}: {summary['devices']} devices")
+    for col in ("device", "version", "state", "target", "last seen", "last error"):
+        table.add_column(col)
+    for dev, s in sorted(statuses.items()):
+        seen = f"{max(0.0, now - s.last_seen):.0f}s ago" if s.last_seen else "-"
+        table.add_row(dev, s.version or "-", s.state_text(), s.target or "-", seen,
+                      (s.error or "")[:80])
+    console = Console(width=160)
+    console.print(table)
+    versions = ", ".join(f"{v}: {n}" for v, n in summary["versions"].items()) or "no devices"
+    console.print(f"versions  {versions}")
+
+
+@click.command("credentials")
+@click.option("--fleet", "fleet_name", required=True, help="fleet name")
+@click.option("--devices", required=True, metavar="ID,...", help="device ids (= broker users)")
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
+              help="directory for passwd, acl, mosquitto.conf and secrets/")
+@click.option("--manager-user", default="edgeship-manager", show_default=True)
+@click.option("--server-user", default="edgeship-server", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="describe what was written as JSON")
+def credentials(fleet_name: str, devices: str, out: str, manager_user: str, server_user: str,
+                as_json: bool) -> None:
+    """Per-device broker passwords, a mosquitto password file and an ACL: a device reads
+    only its own offer/chunk topics and publishes only its own status/telemetry and chunk
+    requests; only the manager user publishes offers. Existing passwords are kept."""
+    from edgeship.sdk._acl import write_credentials
+
+    creds = write_credentials(out, fleet_name, _devices(devices), manager=manager_user,
+                              server=server_user)
+    if as_json:
+        click.echo(json.dumps(creds.to_dict(), indent=1))
+        return
+    click.echo(f"wrote {len(creds.users)} users ({creds.hasher} hashes) to {creds.out}:")
+    click.echo(f"  {creds.conf}  (include it in mosquitto.conf)")
+    click.echo(f"  {creds.out / 'secrets'}/<user>.password  (the agent's broker.password_file)")

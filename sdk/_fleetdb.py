@@ -1,0 +1,104 @@
+"""Rollout state in a local SQLite file, so ``fleet push`` resumes where it stopped.
+
+One row per rollout (keyed ``fleet/model/version``) holds the whole
+:class:`~edgeship.sdk._rollout.Rollout` as JSON, replaced in one transaction; an
+append-only ``events`` table keeps what happened (offers, halts) for the record.
+SQLite's journal makes each save all-or-nothing, so a kill at any instant leaves the
+previous or the new state, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeship.sdk._rollout import Rollout
+
+from edgeship._errors import ConfigError
+
+__all__ = ["FleetDB", "default_state_path"]
+
+MAX_STATE_BYTES = 64 * 1024 * 1024
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollouts (
+    key TEXT PRIMARY KEY, fleet TEXT NOT NULL, version TEXT NOT NULL, status TEXT NOT NULL,
+    state TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, ts REAL NOT NULL,
+    kind TEXT NOT NULL, detail TEXT NOT NULL);
+"""
+
+
+def default_state_path() -> Path:
+    """``$EDGESHIP_FLEET_STATE``, else ``~/.local/state/edgeship/fleet.sqlite``."""
+    env = os.environ.get("EDGESHIP_FLEET_STATE")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "edgeship" / "fleet.sqlite"
+
+
+class FleetDB:
+    """The rollout records of one fleet manager (one file, many rollouts)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"--state: cannot use {self.path} as a rollout database: {exc}"
+                              ) from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> FleetDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def load(self, key: str) -> Rollout | None:
+        row = self.conn.execute("SELECT state FROM rollouts WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        if len(row[0]) > MAX_STATE_BYTES:
+            raise ConfigError(f"{self.path}: rollout {key} record is too large")
+        return Rollout.from_dict(json.loads(row[0]))
+
+    def save(self, rollout: Rollout, *, event: str | None = None,
+             detail: dict[str, Any] | None = None) -> None:
+        """Store ``rollout`` (and an event) in one transaction."""
+        state = json.dumps(rollout.to_dict(), sort_keys=True)
+        with self.conn:  # BEGIN ... COMMIT
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute(
+                "INSERT INTO rollouts(key, fleet, version, status, state, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "status = excluded.status, state = excluded.state, updated = excluded.updated",
+                (rollout.key, rollout.fleet, rollout.version, rollout.status, state, time.time()))
+            if event:
+                self.conn.execute("INSERT INTO events(key, ts, kind, detail) VALUES (?, ?, ?, ?)",
+                                  (rollout.key, time.time(), event, json.dumps(detail or {})))
+
+    def events(self, key: str) -> list[tuple[float, str, dict[str, Any]]]:
+        rows = self.conn.execute("SELECT ts, kind, detail FROM events WHERE key = ? ORDER BY id",
+                                 (key,)).fetchall()
+        return [(ts, kind, json.loads(detail)) for ts, kind, detail in rows]
+
+    def list(self, fleet: str | None = None) -> list[tuple[str, str, float]]:
+        """``(key, status, updated)`` of every recorded rollout (of ``fleet``)."""
+        sql = "SELECT key, status, updated FROM rollouts"
+        args: tuple[str, ...] = ()
+        if fleet:
+            sql, args = sql + " WHERE fleet = ?", (fleet,)
+        return [tuple(r) for r in self.conn.execute(sql + " ORDER BY updated", args)]  # type: ignore[misc]

@@ -1,0 +1,183 @@
+"""The fleet as its devices report it: the retained ``edgeship/<fleet>/+/status`` topics.
+
+:class:`DeviceStatus` parses one status message (the JSON the agent's OTA core writes:
+``device, state, version, target, progress, error, ts``) with a size limit and keeps
+unknown keys; :func:`summarize` is the pure aggregation behind ``edgeship fleet
+status``. :class:`FleetWatcher` is one MQTT session subscribed to every device's status
+(and telemetry, for "last seen") that keeps the newest message per device;
+:func:`collect_status` reads the retained messages once and returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeship.sdk._mqtt import Message, MqttEdge
+
+from edgeship._errors import TransportError
+
+__all__ = ["DeviceStatus", "FleetWatcher", "collect_status", "summarize"]
+
+MAX_STATUS_BYTES = 16 * 1024
+MAX_DEVICES = 100_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceStatus:
+    """One device's last retained status, plus when anything was last heard from it."""
+
+    device: str
+    state: str = "unknown"
+    version: str | None = None
+    target: str | None = None
+    error: str | None = None
+    progress: Mapping[str, Any] | None = None
+    ts: float | None = None  # the device's own clock, from its status
+    last_seen: float | None = None  # newest of status ts and telemetry ts
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_payload(cls, device: str, payload: bytes) -> DeviceStatus | None:
+        """None for an empty (cleared) or unusable message."""
+        if not payload or len(payload) > MAX_STATUS_BYTES:
+            return None
+        try:
+            doc = json.loads(payload)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if not isinstance(doc, dict):
+            return None
+        return cls.from_dict({**doc, "device": device})
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DeviceStatus:
+        known = ("device", "state", "version", "target", "error", "progress", "ts", "last_seen")
+        ts = d.get("ts") if isinstance(d.get("ts"), (int, float)) else None
+        progress = d.get("progress") if isinstance(d.get("progress"), dict) else None
+        return cls(device=str(d["device"]), state=str(d.get("state") or "unknown"),
+                   version=_text(d.get("version")), target=_text(d.get("target")),
+                   error=_text(d.get("error")), progress=progress, ts=ts,
+                   last_seen=d.get("last_seen", ts),
+                   extra={k: v for k, v in d.items() if k not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.extra, "device": self.device, "state": self.state, "version": self.version,
+                "target": self.target, "error": self.error, "progress": self.progress,
+                "ts": self.ts, "last_seen": self.last_seen}
+
+    def state_text(self) -> str:
+        p = self.progress
+        if self.state == "downloading" and p:
+            return f"downloading {p.get('chunks', '?')}/{p.get('of', '?')}"
+        return self.state
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)[:500]
+
+
+def summarize(statuses: Mapping[str, DeviceStatus]) -> dict[str, Any]:
+    """Devices per version and per state, for the summary under the table."""
+    versions = Counter(s.version or "none" for s in statuses.values())
+    states = Counter(s.state for s in statuses.values())
+    return {"devices": len(statuses), "versions": dict(versions.most_common()),
+            "states": dict(states.most_common())}
+
+
+class FleetWatcher:
+    """Keeps the newest status of every device of ``fleet`` (one MQTT session)."""
+
+    def __init__(self, broker_url: str, fleet: str, *, username: str = "", password: str = "",
+                 telemetry: bool = True, client_id: str | None = None) -> None:
+        self.fleet = fleet
+        self._lock = threading.Lock()
+        self._statuses: dict[str, DeviceStatus] = {}
+        self._seen: dict[str, float] = {}
+        self.last_message = time.monotonic()
+        subs = [f"edgeship/{fleet}/+/status"]
+        if telemetry:
+            subs.append(f"edgeship/{fleet}/+/telemetry")
+        self.edge = MqttEdge(broker_url, client_id=client_id or f"edgeship-watch-{os.getpid()}"
+                             f"-{id(self) & 0xffff:x}", subscriptions=subs,
+                             on_message=self._on_message, username=username, password=password)
+
+    def start(self, timeout: float = 10.0) -> FleetWatcher:
+        self.edge.start()
+        if not self.edge.wait_connected(timeout):
+            self.edge.stop()
+            raise TransportError(f"cannot reach the broker at {self.edge.host}:{self.edge.port}"
+                                 f" (or it refused us) within {timeout:g}s")
+        self.last_message = time.monotonic()  # retained messages follow the SUBACK
+        return self
+
+    def stop(self) -> None:
+        self.edge.stop()
+
+    def settle(self, quiet: float = 0.3, limit: float = 3.0) -> None:
+        """Wait until the retained messages stopped arriving (quiet for ``quiet`` s)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and time.monotonic() - self.last_message < quiet:
+            time.sleep(0.05)
+
+    def statuses(self) -> dict[str, DeviceStatus]:
+        with self._lock:
+            out = dict(self._statuses)
+            seen = dict(self._seen)
+        for dev, ts in seen.items():
+            s = out.get(dev)
+            if s is not None and (s.last_seen is None or ts > s.last_seen):
+                out[dev] = DeviceStatus.from_dict({**s.to_dict(), "last_seen": ts})
+        return out
+
+    def raw(self) -> dict[str, dict[str, Any]]:
+        """Status dicts as the devices sent them (what the rollout planner reads)."""
+        return {d: s.to_dict() for d, s in self.statuses().items()}
+
+    def _on_message(self, msg: Message) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) != 4 or parts[0] != "edgeship" or parts[1] != self.fleet:
+            return
+        device, kind = parts[2], parts[3]
+        self.last_message = time.monotonic()
+        with self._lock:
+            if device not in self._statuses and len(self._statuses) >= MAX_DEVICES:
+                return
+            if kind == "status":
+                status = DeviceStatus.from_payload(device, msg.payload)
+                if status is None:
+                    self._statuses.pop(device, None)  # a cleared retained status
+                else:
+                    self._statuses[device] = status
+            elif kind == "telemetry":
+                ts = _telemetry_ts(msg.payload)
+                if ts is not None:
+                    self._seen[device] = max(ts, self._seen.get(device, 0.0))
+
+
+def _telemetry_ts(payload: bytes) -> float | None:
+    if len(payload) > MAX_STATUS_BYTES:
+        return None
+    try:
+        ts = json.loads(payload).get("ts")
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return float(ts) if isinstance(ts, (int, float)) else None
+
+
+def collect_status(broker_url: str, fleet: str, *, username: str = "", password: str = "",
+                   timeout: float = 10.0, quiet: float = 0.3) -> dict[str, DeviceStatus]:
+    """Read the retained statuses of ``fleet`` once."""
+    watcher = FleetWatcher(broker_url, fleet, username=username, password=password,
+                           telemetry=False).start(timeout)
+    try:
+        watcher.settle(quiet=quiet)
+        return watcher.statuses()
+    finally:
+        watcher.stop()

@@ -1,0 +1,149 @@
+"""The shell around the rollout planner: MQTT in and out, SQLite for memory.
+
+:func:`run_rollout` watches the fleet's retained statuses (:class:`FleetWatcher`), asks
+:func:`edgeship.sdk._rollout.step` what to do, publishes the signed offer (retained,
+QoS 1, acknowledged by the broker) to the devices of a wave, and then records the new
+state in :class:`FleetDB`. Publishing before recording, and re-offering the open wave on
+every start, mean a kill at any instant at worst repeats an offer, which a device
+ignores (it already has that job, or that version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeship.sdk._fleetdb import FleetDB
+from edgeship.sdk._fleetstatus import FleetWatcher
+from edgeship.sdk._mqtt import MqttEdge, parse_broker_url, topics
+from edgeship.sdk._release import Release
+from edgeship.sdk._rollout import (
+    Rollout,
+    RolloutPolicy,
+    open_wave_devices,
+    resume,
+    rollout_key,
+    start_rollout,
+    step,
+)
+
+from edgeship._errors import InputError, TransportError
+
+__all__ = ["publish_offers", "run_rollout"]
+
+
+def publish_offers(edge: MqttEdge, fleet: str, payload: bytes, devices: Sequence[str], *,
+                   timeout: float = 30.0) -> None:
+    """Publish ``payload`` retained on each device's offer topic; wait for every PUBACK."""
+    infos = []
+    for dev in devices:
+        info = edge.publish(topics(fleet, dev).offer, payload, retain=True)
+        if info is None:
+            raise TransportError(f"lost the broker while offering to {dev}")
+        infos.append((dev, info))
+    deadline = time.monotonic() + timeout
+    for dev, info in infos:
+        info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        if not info.is_published():
+            raise TransportError(f"the broker did not acknowledge the offer to {dev}")
+
+
+def run_rollout(*, broker_url: str, fleet: str, reldir: str | Path, db: FleetDB,
+                policy: RolloutPolicy, devices: Sequence[str] | None = None,
+                max_failure_rate: float | None = None, wave_timeout_s: float | None = None,
+                wait: bool = True, username: str = "", password: str = "",
+                on_update: Callable[[Rollout], None] | None = None, poll_s: float = 0.25,
+                clock: Callable[[], float] = time.time) -> Rollout:
+    """Start or resume the rollout of ``reldir`` to ``fleet``; see the module docstring.
+
+    ``policy`` shapes a new rollout; a recorded one keeps its waves and takes only a
+    given ``max_failure_rate`` / ``wave_timeout_s``. Without ``wait`` it goes as far as
+    it can without waiting for devices (offers the next wave if the last one is done)
+    and returns; with ``wait`` it returns once the rollout completed or halted.
+    """
+    release = Release.load(reldir)
+    manifest = release.manifest
+    payload = release.offer().to_bytes()
+    host, port, _ = parse_broker_url(broker_url)
+    ident = Ident(broker=f"{host}:{port}", fleet=fleet, model=manifest.model,
+                  version=manifest.version, reldir=str(Path(reldir).resolve()),
+                  release_id=hashlib.sha256(
+                      json.dumps(release.manifest_envelope, sort_keys=True).encode()
+                  ).hexdigest()[:16])
+    watcher = FleetWatcher(broker_url, fleet, username=username, password=password,
+                           telemetry=False).start()
+    try:
+        watcher.settle()
+        rollout = _load_or_start(db, watcher, ident, devices=devices, policy=policy, now=clock(),
+                                 max_failure_rate=max_failure_rate, wave_timeout_s=wave_timeout_s)
+        reoffer = open_wave_devices(rollout)
+        if reoffer:  # the last run may have died between recording and publishing
+            publish_offers(watcher.edge, fleet, payload, reoffer)
+        return _drive(rollout, watcher, db, payload, wait=wait, on_update=on_update,
+                      poll_s=poll_s, clock=clock)
+    finally:
+        watcher.stop()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ident:
+    """Which rollout: this signed release, to this fleet, on this broker."""
+
+    broker: str
+    fleet: str
+    model: str
+    version: str
+    reldir: str
+    release_id: str
+
+
+def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
+                   devices: Sequence[str] | None, policy: RolloutPolicy, now: float,
+                   max_failure_rate: float | None, wave_timeout_s: float | None) -> Rollout:
+    recorded = db.load(rollout_key(ident.broker, ident.fleet, ident.model, ident.version,
+                                   ident.release_id))
+    if recorded is not None and recorded.status == "completed" and devices \
+            and set(devices) - set(recorded.outcomes):
+        recorded = None  # done before; now new devices are named: a new rollout
+    if recorded is not None:
+        rollout = resume(recorded, max_failure_rate=max_failure_rate,
+                         wave_timeout_s=wave_timeout_s, now=now)
+        db.save(rollout, event="resumed", detail={"was": recorded.status,
+                                                  "policy": rollout.policy.to_dict()})
+        return rollout
+    targets = list(devices) if devices else sorted(watcher.statuses())
+    if not targets:
+        raise InputError(f"no devices of fleet {ident.fleet!r} report a status; name them with "
+                         "--devices ID,...")
+    rollout = start_rollout(fleet=ident.fleet, model=ident.model, version=ident.version,
+                            reldir=ident.reldir, devices=targets, policy=policy, now=now,
+                            release_id=ident.release_id, broker=ident.broker)
+    db.save(rollout, event="created", detail={"devices": len(targets),
+                                              "waves": [len(w.devices) for w in rollout.waves]})
+    return rollout
+
+
+def _drive(rollout: Rollout, watcher: FleetWatcher, db: FleetDB, payload: bytes, *, wait: bool,
+           on_update: Callable[[Rollout], None] | None, poll_s: float,
+           clock: Callable[[], float]) -> Rollout:
+    while True:
+        new, offer = step(rollout, watcher.raw(), clock())
+        if offer:
+            publish_offers(watcher.edge, rollout.fleet, payload, offer)
+        if new != rollout:
+            wave = new.waves[min(new.current, len(new.waves) - 1)]
+            event = "offered" if offer else (new.status if new.status != rollout.status
+                                             else None)
+            db.save(new, event=event, detail={"wave": wave.name, "devices": offer,
+                                              "reason": new.reason} if event else None)
+        rollout = new
+        if on_update is not None:
+            on_update(rollout)
+        if rollout.status != "running" or (not wait and not offer):
+            return rollout
+        if not offer:
+            time.sleep(poll_s)

@@ -1,0 +1,378 @@
+"""A device simulator for fleet tests and benchmarks: many devices in one process.
+
+Each simulated device is the agent's own pure OTA core
+(:class:`edgeship.agent._ota.OtaCore`, which verifies offers and payloads with the sdk's
+``check_offer`` / ``check_payload``) driven by a small in-memory shell, with its own MQTT
+5 session (:class:`edgeship.sdk._mqtt.MqttEdge`, its own client id and socket). What is
+simulated is only the hardware: slots and the state file live in memory, and the golden
+health check runs the real model once per distinct artifact in the process (a cache: the
+sha256 the core verified pins the bytes). A device made ``broken`` has a faulty
+accelerator: every model other than the one it started with gives outputs off by one, so
+the real golden check fails on it.
+
+All sessions of a process are driven by one epoll loop (paho's ``loop_read`` /
+``loop_write`` / ``loop_misc``). Run as a program::
+
+    python tests/simulator.py --broker mqtt://127.0.0.1:1883 --fleet f --root ROOT.pub \
+        --initial RELDIR --prefix dev- --start 0 --count 100 [--broken dev-003,...]
+
+It prints ``{"ready": N}`` once every device is connected and serving its initial
+release, then runs until SIGTERM/SIGINT and prints its counters as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import selectors
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from edgeship.agent import _ota as ota
+from edgeship.sdk._mqtt import Message, MqttEdge, request_topic, topics
+from edgeship.sdk._transfer import encode_request
+
+
+class HealthLab:
+    """The golden check of each distinct (artifact, golden, faulty) once per process."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[str, str, bool], str | None] = {}
+
+    def check(self, data: bytes, fmt: str, golden: dict[str, Any] | None, faulty: bool
+              ) -> str | None:
+        key = (hashlib.sha256(data).hexdigest(), json.dumps(golden, sort_keys=True), faulty)
+        if key not in self.cache:
+            self.cache[key] = self._run(data, fmt, golden, faulty)
+        return self.cache[key]
+
+    @staticmethod
+    def _run(data: bytes, fmt: str, golden: dict[str, Any] | None, faulty: bool) -> str | None:
+        from edgeship.agent._health import golden_check
+        from edgeship.sdk._model import Model
+
+        try:
+            model: Any = Model.from_bytes(data, fmt, threads=1)
+            if faulty:
+                model = _FaultyAccelerator(model)
+            return golden_check(model, golden)
+        except Exception as exc:  # a model that does not load fails its check
+            return f"{type(exc).__name__}: {exc}"
+
+
+class _FaultyAccelerator:
+    """A model on broken hardware: every output is off by one."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.inputs, self.outputs = model, model.inputs, model.outputs
+
+    def predict_all(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        return {k: v + 1.0 for k, v in self.model.predict_all(feeds).items()}
+
+
+class SimDevice:
+    """One device: the agent's OTA core, memory 'flash', its own MQTT session."""
+
+    def __init__(self, *, device: str, fleet: str, broker_url: str, root_key: bytes,
+                 model: str = "model", broken: bool = False, chunk_size: int = 64 * 1024,
+                 request_timeout_s: float = 2.0, lab: HealthLab, username: str = "",
+                 password: str = "") -> None:
+        self.device, self.fleet, self.broken, self.lab = device, fleet, broken, lab
+        self.core = ota.OtaCore(device=device, model=model, root_key=root_key,
+                                chunk_size=chunk_size)
+        self.state = ota.OtaState()
+        self.flash = b""  # the persisted state file
+        self.download = bytearray()
+        self.slots: dict[str, bytes] = {}
+        self.factory_sha = ""
+        self.topics = topics(fleet, device)
+        self.request_timeout_s = request_timeout_s
+        self.last_request = 0.0
+        self.events: deque[ota.Event] = deque()
+        self.counters = {"msgs_in": 0, "bytes_in": 0, "msgs_out": 0, "bytes_out": 0}
+        self.edge = MqttEdge(broker_url, client_id=f"edgeship-{fleet}-{device}",
+                             subscriptions=[self.topics.offer, self.topics.chunk],
+                             on_message=self._on_message, on_connect=self._on_connect,
+                             username=username, password=password, keepalive=60)
+
+    # -- inputs -------------------------------------------------------------------------
+    def _on_message(self, msg: Message) -> None:
+        self.counters["msgs_in"] += 1
+        self.counters["bytes_in"] += len(msg.payload)
+        if msg.topic == self.topics.offer and msg.payload:
+            self.events.append(ota.OfferReceived(msg.payload))
+        elif msg.topic == self.topics.chunk:
+            self.events.append(ota.Chunk(msg.payload))
+
+    def _on_connect(self) -> None:
+        self.events.append(ota.Connected())
+
+    def install_initial(self, offer: bytes, artifact: bytes) -> None:
+        self.dispatch(ota.LocalRelease(offer=offer, artifact=artifact))
+        if self.state.active is None:
+            raise RuntimeError(f"{self.device}: initial release refused: {self.state.error}")
+        self.factory_sha = self.state.active.sha256
+        self.dispatch(ota.Resume())
+
+    def pump(self, now: float) -> None:
+        while self.events:
+            self.dispatch(self.events.popleft())
+        if (self.state.phase == "downloading" and self.edge.connected
+                and now - self.last_request > self.request_timeout_s):
+            self.dispatch(ota.Tick())
+
+    def dispatch(self, event: ota.Event) -> None:
+        pending = [event]
+        while pending:
+            self.state, actions = self.core.step(self.state, pending.pop(0), time.time())
+            for action in actions:
+                follow = getattr(self, f"_do_{type(action).__name__}")(action)
+                if follow is not None:
+                    pending.append(follow)
+
+    # -- actions (the agent daemon's, in memory) ---------------------------------------------
+    def _publish(self, topic: str, payload: bytes, **kw: Any) -> None:
+        if self.edge.publish(topic, payload, **kw) is not None:
+            self.counters["msgs_out"] += 1
+            self.counters["bytes_out"] += len(payload)
+
+    def _do_Persist(self, action: ota.Persist) -> None:
+        self.flash = ota.encode_state(action.state)
+
+    def _do_Report(self, action: ota.Report) -> None:
+        self._publish(self.topics.status, json.dumps(action.status).encode(), retain=True)
+
+    def _do_RequestChunk(self, action: ota.RequestChunk) -> None:
+        req = action.request
+        self.last_request = time.monotonic()
+        self._publish(request_topic(self.fleet), encode_request(req),
+                      response_topic=self.topics.chunk,
+                      correlation=f"{req.version}/{req.file}/{req.index}".encode())
+
+    def _do_TruncateDownload(self, action: ota.TruncateDownload) -> None:
+        del self.download[action.size:]
+
+    def _do_WriteChunk(self, action: ota.WriteChunk) -> None:
+        if len(self.download) < action.offset:
+            self.download.extend(b"\0" * (action.offset - len(self.download)))
+        self.download[action.offset:action.offset + len(action.data)] = action.data
+
+    def _do_ReadDownload(self, action: ota.ReadDownload) -> ota.Event:
+        base = self.slots.get(action.base_slot) if action.base_slot else None
+        return ota.Downloaded(payload=bytes(self.download), base=base)
+
+    def _do_WriteSlot(self, action: ota.WriteSlot) -> ota.Event:
+        self.slots[action.slot] = action.data
+        return ota.Installed()
+
+    def _faulty(self, data: bytes) -> bool:
+        return self.broken and bool(self.factory_sha) and \
+            hashlib.sha256(data).hexdigest() != self.factory_sha
+
+    def _do_RunHealthCheck(self, action: ota.RunHealthCheck) -> ota.Event:
+        data = self.slots[action.slot]
+        reason = self.lab.check(data, action.format, action.golden, self._faulty(data))
+        return ota.HealthChecked(ok=reason is None, reason=reason or "")
+
+    def _do_LoadActive(self, action: ota.LoadActive) -> ota.Event:
+        slot = action.slot
+        data = self.slots.get(slot.slot, b"")
+        if hashlib.sha256(data).hexdigest() != slot.sha256:
+            return ota.Loaded(slot.slot, False, f"slot {slot.slot} does not hold {slot.version}")
+        if action.golden is not None:
+            reason = self.lab.check(data, slot.format, action.golden, self._faulty(data))
+            if reason:
+                return ota.Loaded(slot.slot, False, reason)
+        return ota.Loaded(slot.slot, True)
+
+
+class Swarm:
+    """Drives the MQTT sessions of many :class:`SimDevice` with one epoll loop."""
+
+    def __init__(self, devices: list[SimDevice]) -> None:
+        self.devices = devices
+        self.sel = selectors.DefaultSelector()
+        self._registered: dict[SimDevice, tuple[Any, int]] = {}
+        self._next_misc = 0.0
+
+    def connect(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        for dev in self.devices:
+            dev.edge.poll(0.0)  # TCP connect + CONNECT; the rest comes through the loop
+        while not all(d.edge.connected for d in self.devices):
+            if time.monotonic() > deadline:
+                missing = [d.device for d in self.devices if not d.edge.connected]
+                raise RuntimeError(f"{len(missing)} devices not connected: {missing[:5]}")
+            self.run_once(0.05)
+
+    def run_once(self, timeout: float = 0.05) -> None:
+        now = time.monotonic()
+        for dev in self.devices:
+            self._register(dev, now)
+        for key, mask in self.sel.select(timeout):
+            dev = key.data
+            if mask & selectors.EVENT_READ:
+                dev.edge.loop_read()
+            if mask & selectors.EVENT_WRITE:
+                dev.edge.loop_write()
+        if now >= self._next_misc:
+            self._next_misc = now + 0.5
+            for dev in self.devices:
+                dev.edge.loop_misc()
+        wall = time.time()
+        for dev in self.devices:
+            dev.pump(wall)
+            if dev.edge.want_write():
+                dev.edge.loop_write()
+
+    def _register(self, dev: SimDevice, now: float) -> None:
+        sock = dev.edge.socket()
+        if sock is None:  # dropped: reconnect with the edge's own backoff
+            old = self._registered.pop(dev, None)
+            if old is not None:
+                self._unregister_quiet(old[0])
+            dev.edge.poll(0.0)
+            sock = dev.edge.socket()
+            if sock is None:
+                return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if dev.edge.want_write() else 0)
+        old = self._registered.get(dev)
+        if old is None or old[0] is not sock:
+            if old is not None:
+                self._unregister_quiet(old[0])
+            self.sel.register(sock, events, dev)
+        elif old[1] != events:
+            self.sel.modify(sock, events, dev)
+        self._registered[dev] = (sock, events)
+
+    def _unregister_quiet(self, sock: Any) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(sock)
+
+    def counters(self) -> dict[str, Any]:
+        total = {"devices": len(self.devices)}
+        for dev in self.devices:
+            for k, v in dev.counters.items():
+                total[k] = total.get(k, 0) + v
+        phases: dict[str, int] = {}
+        for dev in self.devices:
+            phases[dev.state.phase] = phases.get(dev.state.phase, 0) + 1
+        versions: dict[str, int] = {}
+        for dev in self.devices:
+            v = dev.state.active.version if dev.state.active else "none"
+            versions[v] = versions.get(v, 0) + 1
+        return {**total, "phases": phases, "versions": versions}
+
+
+class SwarmProc:
+    """This program as a subprocess (for tests and benchmarks)."""
+
+    def __init__(self, *, broker_url: str, fleet: str, root: Path, initial: Path,
+                 devices: list[str] | None = None, prefix: str = "dev-", start: int = 0,
+                 count: int = 10, broken: list[str] | None = None, chunk_size: int = 64 * 1024,
+                 request_timeout_s: float = 2.0, credentials: Path | None = None) -> None:
+        import subprocess
+
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--broker", broker_url,
+               "--fleet", fleet, "--root", str(root), "--initial", str(initial),
+               "--prefix", prefix, "--start", str(start), "--count", str(count),
+               "--chunk-size", str(chunk_size), "--request-timeout", str(request_timeout_s)]
+        if devices:
+            cmd += ["--devices", ",".join(devices)]
+        if broken:
+            cmd += ["--broken", ",".join(broken)]
+        if credentials:
+            cmd += ["--credentials", str(credentials)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     text=True)
+
+    def wait_ready(self, timeout: float = 120.0) -> int:
+        import select as _select
+
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = _select.select([self.proc.stdout], [], [], 0.5)
+            if ready:
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                return int(json.loads(line)["ready"])
+            if self.proc.poll() is not None:
+                break
+        raise RuntimeError(f"simulator not ready (exit code {self.proc.poll()})")
+
+    def stop(self, timeout: float = 30.0) -> dict[str, Any]:
+        """SIGTERM; the counters it printed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=timeout)
+        lines = [ln for ln in out.splitlines() if ln.strip()]
+        return json.loads(lines[-1]) if lines else {}
+
+
+def build_swarm(args: argparse.Namespace) -> Swarm:
+    from edgeship.sdk._release import Release
+
+    names = args.devices.split(",") if args.devices else \
+        [f"{args.prefix}{i:04d}" for i in range(args.start, args.start + args.count)]
+    broken = set(filter(None, (args.broken or "").split(",")))
+    creds = json.loads(Path(args.credentials).read_text()) if args.credentials else {}
+    release = Release.load(args.initial)
+    offer, artifact = release.offer().to_bytes(), release.read_artifact()
+    root = Path(args.root).read_bytes()
+    lab = HealthLab()
+    devices = []
+    for name in names:
+        dev = SimDevice(device=name, fleet=args.fleet, broker_url=args.broker, root_key=root,
+                        model=release.manifest.model, broken=name in broken,
+                        chunk_size=args.chunk_size, request_timeout_s=args.request_timeout,
+                        lab=lab, username=name if name in creds else "",
+                        password=creds.get(name, ""))
+        dev.install_initial(offer, artifact)
+        devices.append(dev)
+    return Swarm(devices)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--broker", required=True)
+    p.add_argument("--fleet", required=True)
+    p.add_argument("--root", required=True, help="root.pub the devices trust")
+    p.add_argument("--initial", required=True, help="release dir every device starts with")
+    p.add_argument("--devices", default="", help="ID,... (else --prefix/--start/--count)")
+    p.add_argument("--prefix", default="dev-")
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--broken", default="", help="devices with a faulty accelerator")
+    p.add_argument("--chunk-size", type=int, default=64 * 1024)
+    p.add_argument("--request-timeout", type=float, default=2.0)
+    p.add_argument("--credentials", default="", help="JSON {device: password}")
+    args = p.parse_args(argv)
+    stop = False
+
+    def on_signal(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    swarm = build_swarm(args)
+    swarm.connect()
+    print(json.dumps({"ready": len(swarm.devices)}), flush=True)
+    while not stop:
+        swarm.run_once(0.05)
+    print(json.dumps(swarm.counters()), flush=True)
+    for dev in swarm.devices:
+        dev.edge.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
