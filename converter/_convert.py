@@ -158,7 +158,7 @@ def convert(
             ],
             fused=[{"activation": a, "into": p} for a, p in plan.fused.items()],
             optimizations=log,
-            edgetpu=_edgetpu_verdict(graph, plan),
+            edgetpu=_edgetpu_tflite(tmp) if tflite else _edgetpu_verdict(graph, plan),
             base=base.summary(weights, plan) if base else None,
             tflite=tflite,
             timings=dict(clock.phases),
@@ -313,6 +313,16 @@ _EDGETPU_OK = {
     "Reshape",
     "Concat",
 }
+
+
+def _edgetpu_tflite(tmp: Path) -> dict[str, Any]:
+    """Coral's model requirements checked on the written TFLite file (converter/_edgetpu.py):
+    verdict, ops that would run on the CPU and where the compiler would cut the graph."""
+    from ._edgetpu import check_edgetpu
+
+    result = check_edgetpu(tmp / TFLITE_FILE).to_dict()
+    result["compatible"] = result["fully_mappable"]
+    return result
 
 
 def _edgetpu_verdict(graph: Graph, plan: Plan) -> dict[str, Any]:
