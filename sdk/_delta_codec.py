@@ -37,8 +37,10 @@ __all__ = [
 RAW, ZSTD = 0, 1
 PACKED, GAPS = 0, 1
 _LEVEL = 19
+_MAX_WINDOW = 1 << 24  # bytes of decoder memory a frame may ask for
 UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 Stream = tuple[int, int, bytes, int]  # (mask code, method, blob, raw size)
+N_CTX = 8
 
 
 def compress(raw: bytes, code: int = PACKED) -> Stream:
@@ -47,6 +49,25 @@ def compress(raw: bytes, code: int = PACKED) -> Stream:
         return code, RAW, b"", 0
     packed = zstandard.ZstdCompressor(level=_LEVEL).compress(raw)
     return (code, ZSTD, packed, len(raw)) if len(packed) < len(raw) else (code, RAW, raw, len(raw))
+
+
+def decompress(blob: bytes, limit: int) -> bytes:
+    """zstd-decompress at most ``limit`` bytes; ValueError for anything hostile.
+
+    python-zstandard allocates a frame's declared content size, ignoring
+    ``max_output_size``, so the declaration is checked first.
+    """
+    try:
+        params = zstandard.get_frame_parameters(blob)
+        if params.content_size != zstandard.CONTENTSIZE_UNKNOWN and params.content_size > limit:
+            raise ValueError(f"frame declares {params.content_size} bytes, limit {limit}")
+        dctx = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW)
+        out = dctx.decompress(blob, max_output_size=limit)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"zstd frame corrupt ({exc})") from exc
+    if len(out) > limit:
+        raise ValueError("zstd frame larger than declared")
+    return out
 
 
 def entropy_bits(values: Any) -> float:
@@ -128,33 +149,94 @@ def unpack_mask(code: int, raw: bytes, n: int) -> Any:
     return mask
 
 
-def encode_int8(d: Any) -> dict[str, Stream]:
-    """Significance streams of int8 differences by name."""
+def context(old: Any) -> Any:
+    """Per-weight context known to both sides: the base value's magnitude bucket.
+
+    A weight's chance to change grows with its magnitude (a relative move, a rescale,
+    update-aware rounding all act in proportion to |q|), so masks are coded per bucket.
+    """
+    return np.minimum(np.abs(old.view(np.int8).astype(np.int16)) >> 4, N_CTX - 1)
+
+
+def read_varints(data: bytes, pos: int, count: int) -> tuple[list[int], int]:
+    """``count`` LEB128 varints from ``data[pos:]``; ValueError when truncated."""
+    out = []
+    for _ in range(count):
+        value = shift = 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise ValueError("varints truncated")
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        out.append(value)
+    return out, pos
+
+
+def pack_masks(mask: Any, ctx: Any) -> Stream:
+    """One mask per context bucket (or one for all, if smaller): varint table + blobs."""
+    candidates = []
+    for groups in (1, N_CTX):  # context-free statistics may be cheaper than 8 tables
+        parts = [pack_mask(mask if groups == 1 else mask[ctx == k]) for k in range(groups)]
+        table = varints([groups, *(v for code, method, blob, raw in parts
+                                   for v in (code, method, len(blob), raw))])
+        candidates.append(table + b"".join(p[2] for p in parts))
+    data = min(candidates, key=len)
+    return PACKED, RAW, data, len(data)
+
+
+def unpack_masks(raw: bytes, ctx: Any) -> Any:
+    (groups,), pos = read_varints(raw, 0, 1)
+    if groups not in (1, N_CTX):
+        raise ValueError("mask group count out of range")
+    table, pos = read_varints(raw, pos, 4 * groups)
+    mask = np.zeros(ctx.size, bool)
+    for k in range(groups):
+        code, method, clen, rlen = table[4 * k : 4 * k + 4]
+        where = np.arange(ctx.size) if groups == 1 else np.flatnonzero(ctx == k)
+        if method > ZSTD or rlen > 2 * where.size + 64 or pos + clen > len(raw):
+            raise ValueError("mask table out of range")
+        blob = raw[pos : pos + clen]
+        pos += clen
+        data = decompress(blob, rlen) if method == ZSTD else blob
+        if len(data) != rlen:
+            raise ValueError("mask blob has the wrong length")
+        mask[where] = unpack_mask(code, data, where.size)
+    if pos != len(raw):
+        raise ValueError("trailing bytes after the masks")
+    return mask
+
+
+def encode_int8(d: Any, ctx: Any) -> dict[str, Stream]:
+    """Significance streams of int8 differences by name; ``ctx`` from :func:`context`."""
     d = d.view(np.int8)
     nz = d != 0
     v = d[nz].astype(np.int16)
     mag = np.abs(v)
     big = mag > 1
     return {
-        "nz": pack_mask(nz),
+        "nz": pack_masks(nz, ctx),
         "sign": compress(np.packbits(v < 0).tobytes()),
-        "big": pack_mask(big),
+        "big": pack_masks(big, ctx[nz]),
         "rest": compress((mag[big] - 2).astype(np.uint8).tobytes()),
     }
 
 
-def decode_int8(raw: dict[str, tuple[int, bytes]], n: int) -> Any:
+def decode_int8(raw: dict[str, tuple[int, bytes]], ctx: Any) -> Any:
     """Inverse of :func:`encode_int8` given each stream's (code, decompressed bytes)."""
-    nz = unpack_mask(*raw["nz"], n)
+    nz = unpack_masks(raw["nz"][1], ctx)
     k = int(nz.sum())
     neg = unpack_mask(PACKED, raw["sign"][1], k)
-    big = unpack_mask(*raw["big"], k)
+    big = unpack_masks(raw["big"][1], ctx[nz])
     rest = np.frombuffer(raw["rest"][1], np.uint8)
     if rest.size != int(big.sum()):
         raise ValueError("rest stream has the wrong length")
     mag = np.ones(k, np.int16)
     mag[big] = rest.astype(np.int16) + 2
-    d = np.zeros(n, np.int16)
+    d = np.zeros(ctx.size, np.int16)
     d[nz] = np.where(neg, -mag, mag)
     return d.astype(np.int8).view(np.uint8)
 

@@ -2,7 +2,7 @@
 
 Layout::
 
-    b"ESTD\x02" | header: LEB128 varints | stream blobs, in _STREAMS order
+    b"ESTD\x03" | header: LEB128 varints | stream blobs, in _STREAMS order
 
 Header: base size, new size, skeleton size, skeleton mode, number of base and new
 tensors, then per stream ``stored bytes, raw bytes, method (0 raw, 1 zstd), mask code
@@ -17,7 +17,8 @@ almost all zeros), else as a bsdiff4 patch; the smaller wins. Each new tensor is
 
 - ``SAME``: identical to the base tensor of that name (costs nothing);
 - ``SIG``: INT8 difference, mostly zero: significance streams ``nz``/``sign``/``big``/
-  ``rest`` (:mod:`edgeship.sdk._delta_codec`);
+  ``rest``, the masks coded per magnitude bucket of the base weight, a context the
+  device knows (:mod:`edgeship.sdk._delta_codec`);
 - ``ZZ``: difference as zigzag bytes (``zz8``, dense INT8 changes such as a retrained
   head) or zigzag byte planes (``wide``, int32 bias / float32 scale);
 - ``LIT``: raw bytes (``lit``), for new tensors or when cheaper than any difference.
@@ -32,7 +33,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import zstandard
 from edgeship.sdk import _delta_codec as codec
 from edgeship.sdk._delta_parse import find_regions
 
@@ -40,7 +40,7 @@ from edgeship._errors import MalformedError
 
 __all__ = ["decode", "encode"]
 
-_MAGIC = b"ESTD\x02"
+_MAGIC = b"ESTD\x03"
 _SAME, _SIG, _LIT, _ZZ = 0, 1, 2, 3  # how a new tensor is coded
 _BSDIFF, _BYTEDIFF = 0, 1  # how the skeleton is coded
 _STREAMS = ("layout", "skel", "nz", "sign", "big", "rest", "zz8", "wide", "lit")
@@ -73,7 +73,8 @@ def _unzigzag8(z: Any) -> Any:
 
 class _Encoder:
     def __init__(self) -> None:
-        self.parts: dict[str, list[Any]] = {"sig": [], "zz8": [], "wide": [], "lit": []}
+        self.parts: dict[str, list[Any]] = {"sig": [], "ctx": [], "zz8": [], "wide": [],
+                                            "lit": []}
 
     def add(self, new: bytes, old: bytes | None, width: int) -> int:
         if old is None or len(old) != len(new):
@@ -93,14 +94,20 @@ class _Encoder:
         if lit_bits < diff_bits:
             self.parts["lit"].append(new)
             return _LIT
-        self.parts["zz8" if dense else "sig"].append(zz if dense else d)
-        return _ZZ if dense else _SIG
+        if dense:
+            self.parts["zz8"].append(zz)
+            return _ZZ
+        self.parts["sig"].append(d)
+        self.parts["ctx"].append(codec.context(np.frombuffer(old, np.uint8)))
+        return _SIG
 
     def streams(self) -> dict[str, codec.Stream]:
-        sig = self.parts["sig"]
+        sig, ctx = self.parts["sig"], self.parts["ctx"]
         d = np.concatenate(sig) if sig else np.zeros(0, np.uint8)
+        context = np.concatenate(ctx) if ctx else np.zeros(0, np.int16)
         joined = {k: b"".join(bytes(x) for x in self.parts[k]) for k in ("zz8", "wide", "lit")}
-        return {**codec.encode_int8(d), **{k: codec.compress(v) for k, v in joined.items()}}
+        return {**codec.encode_int8(d, context),
+                **{k: codec.compress(v) for k, v in joined.items()}}
 
 
 def _ref_code(i: int | None, k: int, used: bool) -> int:
@@ -169,30 +176,16 @@ def _bad(why: str) -> MalformedError:
     return MalformedError(f"delta: edgeship-tensor {why}")
 
 
-def _read_varints(data: bytes, pos: int, count: int) -> tuple[list[int], int]:
-    out = []
-    for _ in range(count):
-        value = shift = 0
-        while True:
-            if pos >= len(data) or shift > 63:
-                raise _bad("header truncated")
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        out.append(value)
-    return out, pos
-
-
 class _Delta:
     """The parsed, bounds-checked delta: header numbers, streams and layout."""
 
     def __init__(self, delta: bytes, base_size: int, max_output: int) -> None:
         if delta[:5] != _MAGIC:
             raise _bad("bad magic")
-        head, pos = _read_varints(delta, 5, 6 + 4 * len(_STREAMS))
+        try:
+            head, pos = codec.read_varints(delta, 5, 6 + 4 * len(_STREAMS))
+        except ValueError as exc:
+            raise _bad("header truncated") from exc
         old_size, self.new_size, self.skel_size, self.skel_mode, n_old, n_new = head[:6]
         if old_size != base_size:
             raise _bad(f"was made for a base of {old_size} bytes, not {base_size}")
@@ -253,10 +246,9 @@ class _Delta:
 
 def _unpack(name: str, blob: bytes, method: int, rlen: int) -> bytes:
     try:
-        raw = (zstandard.ZstdDecompressor().decompress(blob, max_output_size=rlen)
-               if method == codec.ZSTD else blob)
-    except zstandard.ZstdError as exc:
-        raise _bad(f"stream {name} corrupt ({exc})") from exc
+        raw = codec.decompress(blob, rlen) if method == codec.ZSTD else blob
+    except ValueError as exc:
+        raise _bad(f"stream {name}: {exc}") from exc
     if len(raw) != rlen:
         raise _bad(f"stream {name} has {len(raw)} bytes, declared {rlen}")
     return raw
@@ -281,8 +273,10 @@ def decode(base: bytes, delta: bytes, *, max_output: int) -> bytes:
     """Rebuild the new file from ``base`` and an ``edgeship-tensor`` delta."""
     d = _Delta(delta, len(base), max_output)
     skel = _new_skeleton(d, _cut(base, d.cuts))
+    ctx = [codec.context(np.frombuffer(base, np.uint8, r[1], d.cuts[r[4]][0]))
+           for r in d.rows if r[3] == _SIG]
     try:
-        sig = codec.decode_int8(d.raw, d.total(_SIG))
+        sig = codec.decode_int8(d.raw, np.concatenate(ctx) if ctx else np.zeros(0, np.int16))
     except ValueError as exc:
         raise _bad(f"int8 streams inconsistent ({exc})") from exc
     zz8 = np.frombuffer(d.stream("zz8", d.total(_ZZ, wide=False)), np.uint8)
