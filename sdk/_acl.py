@@ -149,12 +149,24 @@ def write_credentials(out: str | Path, fleet: str, devices: Sequence[str], *,
     _write(root / "secrets.json", json.dumps(users, indent=1).encode(), 0o600)
     for user, password in users.items():
         _write(creds.secret_file(user), (password + "\n").encode(), 0o600)
-    _write(creds.passwd, passwd.encode(), 0o600)
-    _write(creds.acl, acl_text(fleet, devices, manager=manager, server=server).encode(), 0o644)
-    conf = (f"# include in mosquitto.conf (mosquitto 2.x)\nallow_anonymous false\n"
-            f"password_file {creds.passwd.resolve()}\nacl_file {creds.acl.resolve()}\n")
+    _write(creds.passwd, passwd.encode(), 0o640)
+    _write(creds.acl, acl_text(fleet, devices, manager=manager, server=server).encode(), 0o640)
+    for path in (creds.passwd, creds.acl):
+        _give_to_broker_group(path)
+    conf = ("# include in mosquitto.conf (mosquitto 2.x). The broker reads passwd and acl\n"
+            "# after dropping to its own user: keep them readable by it (root:mosquitto 0640).\n"
+            f"allow_anonymous false\npassword_file {creds.passwd.resolve()}\n"
+            f"acl_file {creds.acl.resolve()}\n")
     _write(creds.conf, conf.encode(), 0o644)
     return creds
+
+
+def _give_to_broker_group(path: Path, group: str = "mosquitto") -> None:
+    """Best effort: let the broker's group read ``path`` (works as root, else a no-op)."""
+    import grp
+
+    with contextlib.suppress(KeyError, OSError):
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
 
 
 def _read_secrets(path: Path) -> dict[str, str]:
