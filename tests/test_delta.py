@@ -154,3 +154,14 @@ def test_arbitrary_bytes_as_delta_fail_cleanly(junk: bytes, fmt: str) -> None:
         except MalformedError:
             continue
         assert len(out) <= 1000
+
+
+def test_zstd_frame_declaring_more_than_its_limit_is_refused_before_allocation() -> None:
+    import zstandard
+    from edgeship.sdk._delta_codec import decompress
+
+    bomb = zstandard.ZstdCompressor().compress(bytes(64 * 1024 * 1024))  # ~2 kB on the wire
+    assert len(bomb) < 4096
+    with pytest.raises(ValueError, match="declares"):
+        decompress(bomb, 1000)
+    assert decompress(zstandard.ZstdCompressor().compress(b"x" * 1000), 1000) == b"x" * 1000
