@@ -4,6 +4,7 @@ by ``edgeship convert``, real onnxruntime and LiteRT, real files."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,128 @@ def test_vibration_detect_skips_lines_that_are_not_windows(vibration_model: Path
     assert out[1] == "window    1  skipped: not numbers"
     assert out[2].startswith("window    2  p_fault=") and out[2].endswith("ok")
     assert out[-1].startswith("summary: 1 windows, 0 anomalous, 0 alarm(s), 2 skipped")
+
+
+# ------------------------------------------------------------------ raspberry pi agent
+PI = EXAMPLES / "raspberry-pi-agent"
+
+
+@pytest.fixture(scope="module")
+def device_secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """root.pub from `edgeship keys init`, a device password from `fleet credentials`."""
+    host = tmp_path_factory.mktemp("host")
+    for args in (("keys", "init", host / "keys"),
+                 ("fleet", "credentials", "--fleet", "plant-a", "--devices", "pi-042",
+                  "-o", host / "creds")):
+        proc = run(sys.executable, "-m", "edgeship", *args, cwd=host)
+        assert proc.returncode == 0, proc.stderr
+    (host / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    return host
+
+
+def provision(*args: str | Path, secrets: Path) -> subprocess.CompletedProcess[str]:
+    return run("sh", PI / "provision.sh", "--device-id", "pi-042", "--fleet", "plant-a",
+               "--broker", "mqtts://broker.lan:8883", "--root-pub", secrets / "keys/root.pub",
+               "--password-file", secrets / "creds/secrets/pi-042.password",
+               "--ca", secrets / "ca.crt", "--python", sys.executable, *args, cwd=PI)
+
+
+def test_pi_agent_toml_loads_with_the_agent_config_loader() -> None:
+    from edgeship.agent._config import load_config
+
+    config = load_config(PI / "agent.toml")
+    assert (config.device_id, config.fleet, config.hardware) == ("pi-001", "plant-a", "rpi-arm64")
+    assert str(config.root_key) == "/etc/edgeship/root.pub"
+    assert config.broker.url.startswith("mqtts://")
+    assert config.broker.password_file == "/etc/edgeship/broker.password"
+    assert config.api.listen == "127.0.0.1:8500" and config.telemetry.interval_s < 90 / 2
+
+
+def test_pi_provision_dry_run_changes_nothing(device_secrets: Path, tmp_path: Path) -> None:
+    proc = provision("--root", tmp_path, "--dry-run", secrets=device_secrets)
+    assert proc.returncode == 0, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    steps = [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    assert any(s.endswith(f"{tmp_path}/etc/edgeship/root.pub") for s in steps)
+    assert any("edgeship-agent.service.d/raspberry-pi.conf" in s for s in steps)
+    assert not any("pip" in s or "useradd" in s or "systemctl" in s for s in steps)  # --root
+    assert proc.stdout.rstrip().endswith("(dry run: nothing changed)")
+    # without --root the plan is the full one: venv, user, ownership, service
+    full = provision("--dry-run", secrets=device_secrets)
+    assert full.returncode == 0, full.stderr
+    for step in ("+ python3 -m venv /opt/edgeship/venv", "+ useradd --system",
+                 "+ chown root:edgeship /etc/edgeship/broker.password",
+                 "+ systemctl enable --now edgeship-agent"):
+        assert step in full.stdout, step
+
+
+def test_pi_provision_lays_out_device_files(device_secrets: Path, tmp_path: Path) -> None:
+    from edgeship.agent._config import load_config
+
+    for _ in range(2):  # a second run (re-provisioning) must work the same
+        proc = provision("--root", tmp_path, secrets=device_secrets)
+        assert proc.returncode == 0, proc.stderr
+    assert "agent.toml ok: device pi-042 in fleet plant-a" in proc.stdout
+    etc = tmp_path / "etc/edgeship"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in etc.iterdir()}
+    assert modes == {"agent.toml": 0o644, "root.pub": 0o644, "broker.password": 0o640,
+                     "ca.crt": 0o644}
+    assert (etc / "root.pub").read_bytes() == (device_secrets / "keys/root.pub").read_bytes()
+    assert (etc / "broker.password").read_text() == (
+        device_secrets / "creds/secrets/pi-042.password").read_text()
+    config = load_config(etc / "agent.toml")
+    assert (config.device_id, config.fleet, config.broker.username) == ("pi-042", "plant-a",
+                                                                        "pi-042")
+    assert config.broker.url == "mqtts://broker.lan:8883"
+    assert config.broker.ca == "/etc/edgeship/ca.crt"
+    assert str(config.root_key) == "/etc/edgeship/root.pub"  # the device's path, not the stage
+    assert (tmp_path / "var/lib/edgeship").stat().st_mode & 0o777 == 0o750
+    units = tmp_path / "etc/systemd/system"
+    assert (units / "edgeship-agent.service").read_text() == (
+        ROOT / "agent/edgeship-agent.service").read_text()
+    assert (units / "edgeship-agent.service.d/raspberry-pi.conf").read_text() == (
+        PI / "raspberry-pi.conf").read_text()
+    assert not [p for p in etc.iterdir() if ".tmp." in p.name]
+
+
+def test_pi_provision_refuses_private_key_and_bad_ids(device_secrets: Path,
+                                                      tmp_path: Path) -> None:
+    leaked = tmp_path / "root.pub"
+    leaked.write_text((device_secrets / "keys/root.pub").read_text()
+                      + "-----BEGIN PRIVATE KEY-----\nMC4CAQ\n-----END PRIVATE KEY-----\n")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    proc = provision("--root", stage, "--root-pub", leaked, secrets=device_secrets)
+    assert proc.returncode == 2 and "holds a PRIVATE key" in proc.stderr
+    proc = provision("--root", stage, "--root-pub", device_secrets / "keys/root.key",
+                     secrets=device_secrets)
+    assert proc.returncode == 2 and "is not a PEM public key" in proc.stderr
+    proc = provision("--root", stage, "--device-id", "pi/042", secrets=device_secrets)
+    assert proc.returncode == 2 and "--device-id" in proc.stderr
+    proc = provision("--root", stage, "--broker", "http://x", secrets=device_secrets)
+    assert proc.returncode == 2 and "--broker" in proc.stderr
+    assert list(stage.iterdir()) == []
+
+
+def test_pi_systemd_unit_restarts_always_with_watchdog(tmp_path: Path) -> None:
+    unit = (ROOT / "agent/edgeship-agent.service").read_text()
+    dropin = (PI / "raspberry-pi.conf").read_text()
+    effective = unit + dropin
+    for line in ("Type=notify", "Restart=always", "User=edgeship",
+                 "ExecStart=/opt/edgeship/venv/bin/edgeship agent run --config "
+                 "/etc/edgeship/agent.toml"):
+        assert f"\n{line}\n" in effective, line
+    assert re.search(r"\nWatchdogSec=\d+\n", unit)
+    assert dropin.index("ExecStart=\n") < dropin.index("ExecStart=/opt")  # reset, then set
+    analyze = shutil.which("systemd-analyze")
+    if analyze:  # offline check of every key's section and syntax, where systemd is around
+        (tmp_path / "edgeship-agent.service.d").mkdir()
+        (tmp_path / "edgeship-agent.service").write_text(unit)
+        (tmp_path / "edgeship-agent.service.d/raspberry-pi.conf").write_text(dropin)
+        proc = subprocess.run([analyze, "verify", str(tmp_path / "edgeship-agent.service")],
+                              env={"SYSTEMD_UNIT_PATH": f"{tmp_path}:", "PATH": "/usr/bin:/bin"},
+                              capture_output=True, text=True, timeout=60)
+        complaints = [line for line in (proc.stdout + proc.stderr).splitlines()
+                      if line.strip() and "is not executable" not in line
+                      and "does not start with any known prefix" not in line]
+        assert complaints == []
