@@ -5,8 +5,10 @@ INT8 weight differences of a small update are mostly 0 or ±1 (well under one bi
 entropy per weight), so they are reshaped first into streams whose symbols carry more
 information each:
 
-- *significance*: ``nz`` mask (d != 0), then for non-zero entries ``sign`` bits, a ``big``
-  mask (|d| > 1) and ``rest`` bytes (|d| - 2) for the big ones;
+- *significance*: ``nz`` mask (d != 0), then for non-zero entries ``sign`` bits (relative
+  to the base value's sign), a ``big`` mask (|d| > 1) and ``rest`` bytes (|d| - 2);
+- *context*: the masks are split by the magnitude bucket of the base value (known to the
+  decoder), since large weights change more often than small ones;
 - a mask is stored either as packed bits (dense masks) or as LEB128 varint gaps between
   set positions (sparse masks: the gaps are geometric, for which Huffman is near optimal),
   whichever compresses smaller;
@@ -210,33 +212,38 @@ def unpack_masks(raw: bytes, ctx: Any) -> Any:
     return mask
 
 
-def encode_int8(d: Any, ctx: Any) -> dict[str, Stream]:
-    """Significance streams of int8 differences by name; ``ctx`` from :func:`context`."""
-    d = d.view(np.int8)
+def encode_int8(d: Any, old: Any) -> dict[str, Stream]:
+    """Significance streams of int8 differences ``d`` against base values ``old``.
+
+    The sign is stored relative to the base value's sign: updates that shrink or grow
+    weights (weight decay, a rescale, update-aware rounding) make that bit predictable.
+    """
+    d, ctx, negative = d.view(np.int8), context(old), old.view(np.int8) < 0
     nz = d != 0
     v = d[nz].astype(np.int16)
     mag = np.abs(v)
     big = mag > 1
     return {
         "nz": pack_masks(nz, ctx),
-        "sign": compress(np.packbits(v < 0).tobytes()),
+        "sign": compress(np.packbits((v < 0) ^ negative[nz]).tobytes()),
         "big": pack_masks(big, ctx[nz]),
         "rest": compress((mag[big] - 2).astype(np.uint8).tobytes()),
     }
 
 
-def decode_int8(raw: dict[str, tuple[int, bytes]], ctx: Any) -> Any:
+def decode_int8(raw: dict[str, tuple[int, bytes]], old: Any) -> Any:
     """Inverse of :func:`encode_int8` given each stream's (code, decompressed bytes)."""
+    ctx = context(old)
     nz = unpack_masks(raw["nz"][1], ctx)
     k = int(nz.sum())
-    neg = unpack_mask(PACKED, raw["sign"][1], k)
+    neg = unpack_mask(PACKED, raw["sign"][1], k) ^ (old.view(np.int8)[nz] < 0)
     big = unpack_masks(raw["big"][1], ctx[nz])
     rest = np.frombuffer(raw["rest"][1], np.uint8)
     if rest.size != int(big.sum()):
         raise ValueError("rest stream has the wrong length")
     mag = np.ones(k, np.int16)
     mag[big] = rest.astype(np.int16) + 2
-    d = np.zeros(ctx.size, np.int16)
+    d = np.zeros(old.size, np.int16)
     d[nz] = np.where(neg, -mag, mag)
     return d.astype(np.int8).view(np.uint8)
 

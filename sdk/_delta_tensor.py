@@ -2,7 +2,7 @@
 
 Layout::
 
-    b"ESTD\x03" | header: LEB128 varints | stream blobs, in _STREAMS order
+    b"ESTD\x04" | header: LEB128 varints | stream blobs, in _STREAMS order
 
 Header: base size, new size, skeleton size, skeleton mode, number of base and new
 tensors, then per stream ``stored bytes, raw bytes, method (0 raw, 1 zstd), mask code
@@ -40,7 +40,7 @@ from edgeship._errors import MalformedError
 
 __all__ = ["decode", "encode"]
 
-_MAGIC = b"ESTD\x03"
+_MAGIC = b"ESTD\x04"
 _SAME, _SIG, _LIT, _ZZ = 0, 1, 2, 3  # how a new tensor is coded
 _BSDIFF, _BYTEDIFF = 0, 1  # how the skeleton is coded
 _STREAMS = ("layout", "skel", "nz", "sign", "big", "rest", "zz8", "wide", "lit")
@@ -73,7 +73,7 @@ def _unzigzag8(z: Any) -> Any:
 
 class _Encoder:
     def __init__(self) -> None:
-        self.parts: dict[str, list[Any]] = {"sig": [], "ctx": [], "zz8": [], "wide": [],
+        self.parts: dict[str, list[Any]] = {"sig": [], "old": [], "zz8": [], "wide": [],
                                             "lit": []}
 
     def add(self, new: bytes, old: bytes | None, width: int) -> int:
@@ -98,15 +98,15 @@ class _Encoder:
             self.parts["zz8"].append(zz)
             return _ZZ
         self.parts["sig"].append(d)
-        self.parts["ctx"].append(codec.context(np.frombuffer(old, np.uint8)))
+        self.parts["old"].append(np.frombuffer(old, np.uint8))
         return _SIG
 
     def streams(self) -> dict[str, codec.Stream]:
-        sig, ctx = self.parts["sig"], self.parts["ctx"]
+        sig, old = self.parts["sig"], self.parts["old"]
         d = np.concatenate(sig) if sig else np.zeros(0, np.uint8)
-        context = np.concatenate(ctx) if ctx else np.zeros(0, np.int16)
+        base = np.concatenate(old) if old else np.zeros(0, np.uint8)
         joined = {k: b"".join(bytes(x) for x in self.parts[k]) for k in ("zz8", "wide", "lit")}
-        return {**codec.encode_int8(d, context),
+        return {**codec.encode_int8(d, base),
                 **{k: codec.compress(v) for k, v in joined.items()}}
 
 
@@ -273,10 +273,9 @@ def decode(base: bytes, delta: bytes, *, max_output: int) -> bytes:
     """Rebuild the new file from ``base`` and an ``edgeship-tensor`` delta."""
     d = _Delta(delta, len(base), max_output)
     skel = _new_skeleton(d, _cut(base, d.cuts))
-    ctx = [codec.context(np.frombuffer(base, np.uint8, r[1], d.cuts[r[4]][0]))
-           for r in d.rows if r[3] == _SIG]
+    olds = [np.frombuffer(base, np.uint8, r[1], d.cuts[r[4]][0]) for r in d.rows if r[3] == _SIG]
     try:
-        sig = codec.decode_int8(d.raw, np.concatenate(ctx) if ctx else np.zeros(0, np.int16))
+        sig = codec.decode_int8(d.raw, np.concatenate(olds) if olds else np.zeros(0, np.uint8))
     except ValueError as exc:
         raise _bad(f"int8 streams inconsistent ({exc})") from exc
     zz8 = np.frombuffer(d.stream("zz8", d.total(_ZZ, wide=False)), np.uint8)
