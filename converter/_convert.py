@@ -105,8 +105,8 @@ def convert(
     ranges = _calibrate.ranges(stats, opts.calibration, opts.percentile)
     clock.lap("calibrate")
 
-    pinned, policy = (base.pinned(ranges), base.policy()) if base else (None, WeightPolicy())
-    plan = make_plan(graph, ranges, pinned=pinned)
+    policy = base.policy() if base else WeightPolicy()
+    plan = make_plan(graph, ranges, pin=base)
     qmodel, weights, tensor_map = build_qdq(graph, plan, policy=policy, io="float")
     out_model = (
         qmodel if opts.io == "float" else build_qdq(graph, plan, policy=policy, io="int8")[0]

@@ -33,6 +33,7 @@ class ConvertOptions:
     max_data_bytes: int = 1 << 31  # 2 GiB, uncompressed, per npz file
     base_scale_tolerance: float = 0.05  # --base: reuse a scale if the new one is within 5%
     base_weight_tolerance: float = 1.0  # --base: keep old int8 value if within this many steps
+    base_noise_budget: float = 1.0  # --base: extra rounding error allowed, x round-to-nearest's
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.prune < 1.0:
@@ -51,7 +52,7 @@ class ConvertOptions:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.max_calib_samples < 1 or self.sqnr_samples < 1 or self.latency_runs < 1:
             raise ConfigError("sample and run counts must be positive")
-        if self.base_scale_tolerance < 0 or self.base_weight_tolerance < 0:
+        if min(self.base_scale_tolerance, self.base_weight_tolerance, self.base_noise_budget) < 0:
             raise ConfigError("--base tolerances must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Pure logic on the graph and the calibrated ranges; no I/O, no onnxruntime.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,9 @@ class QParams:
 
     def to_list(self) -> list[float | int]:
         return [self.scale, self.zero_point]
+
+
+Pin = Callable[[str, tuple[float, float]], "QParams | None"]
 
 
 @dataclass
@@ -56,9 +60,10 @@ def make_plan(
     graph: Graph,
     ranges: dict[str, tuple[float, float]],
     *,
-    pinned: dict[str, QParams] | None = None,
+    pin: Pin | None = None,
 ) -> Plan:
-    """Build the plan; ``pinned`` activation params (from ``--base``) win when given."""
+    """Build the plan; ``pin(group root, range)`` may return earlier parameters to keep
+    (``--base``); None means "compute them from the range"."""
     rules: dict[str, OpRule] = {}
     float_nodes: dict[str, str] = {}
     for node in graph.nodes:
@@ -71,8 +76,8 @@ def make_plan(
     while True:
         quantized = _quantized_tensors(graph, rules, fused)
         group_of = _groups(graph, rules, fused, quantized)
-        params, used = _group_params(graph, rules, quantized, group_of, ranges, pinned or {})
-        bad = _inexact_fusions(graph, fused, group_of, used)
+        params, used = _group_params(graph, rules, quantized, group_of, ranges, pin)
+        bad = _inexact_fusions(graph, fused, params)
         if not bad:
             break
         for name in bad:  # keep that Relu/Clip as its own int8 op
@@ -167,7 +172,7 @@ def _group_params(
     quantized: list[str],
     group_of: dict[str, str],
     ranges: dict[str, tuple[float, float]],
-    pinned: dict[str, QParams],
+    pin: Pin | None,
 ) -> tuple[dict[str, QParams], dict[str, tuple[float, float]]]:
     fixed: dict[str, tuple[float, int]] = {}
     span: dict[str, tuple[float, float]] = {}
@@ -180,31 +185,19 @@ def _group_params(
         lo, hi = ranges.get(t, (0.0, 0.0))
         old = span.get(root, (lo, hi))
         span[root] = (min(old[0], lo), max(old[1], hi))
-    params: dict[str, QParams] = {}
-    used: dict[str, tuple[float, float]] = {}
-    for t in quantized:
-        root = group_of[t]
+    chosen: dict[str, QParams] = {}
+    for root in dict.fromkeys(group_of[t] for t in quantized):
         if root in fixed:
-            params[t] = QParams(*fixed[root])
-        elif root in pinned:
-            params[t] = pinned[root]
-        else:
-            params[t] = params_from_range(*span[root])
-        used[t] = span[root]
+            chosen[root] = QParams(*fixed[root])
+            continue
+        kept = pin(root, span[root]) if pin is not None else None
+        chosen[root] = kept or params_from_range(*span[root])
+    params = {t: chosen[group_of[t]] for t in quantized}
+    used = {t: span[group_of[t]] for t in quantized}
     return params, used
 
 
-def _inexact_fusions(
-    graph: Graph,
-    fused: dict[str, str],
-    group_of: dict[str, str],
-    used: dict[str, tuple[float, float]],
-) -> list[str]:
-    """Folded Relu/Clip whose tensor's range does not start at exactly 0."""
+def _inexact_fusions(graph: Graph, fused: dict[str, str], params: dict[str, QParams]) -> list[str]:
+    """Folded Relu/Clip whose output parameters do not put 0.0 at exactly -128."""
     by_name = {n.name: n for n in graph.nodes}
-    bad = []
-    for act in fused:
-        out = by_name[act].output[0]
-        if out in group_of and used[out][0] < 0.0:
-            bad.append(act)
-    return bad
+    return [a for a in fused if params[by_name[a].output[0]].zero_point != QMIN]
