@@ -3,14 +3,20 @@ by ``edgeship convert``, real onnxruntime and LiteRT, real files."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "firmware-examples"
@@ -163,6 +169,97 @@ def test_vibration_detect_skips_lines_that_are_not_windows(vibration_model: Path
     assert out[1] == "window    1  skipped: not numbers"
     assert out[2].startswith("window    2  p_fault=") and out[2].endswith("ok")
     assert out[-1].startswith("summary: 1 windows, 0 anomalous, 0 alarm(s), 2 skipped")
+
+
+# ------------------------------------------------------------------ examples via a real agent
+class Agent:
+    """``edgeship agent run`` serving one signed release (its ``initial``) on loopback."""
+
+    def __init__(self, tmp: Path, artifact: Path, broker_url: str) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        for args in (("keys", "init", tmp / "keys"),
+                     ("release", artifact, "--version", "1.0.0", "--keys", tmp / "keys",
+                      "-o", tmp / "rel", "--model-name", "model")):
+            proc = run(sys.executable, "-m", "edgeship", *args, cwd=tmp)
+            assert proc.returncode == 0, proc.stderr
+        config = tmp / "agent.toml"
+        config.write_text(
+            f'device_id = "dev-1"\nfleet = "examples"\ndata_dir = "{tmp / "data"}"\n'
+            f'root_key = "{tmp / "keys/root.pub"}"\n\n[broker]\nurl = "{broker_url}"\n\n'
+            f'[model]\nname = "model"\nthreads = 1\ninitial = "{tmp / "rel"}"\n\n'
+            f'[api]\nlisten = "127.0.0.1:{self.port}"\n')
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeship", "agent", "run", "--config", str(config)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "agent exited"
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/models/model", timeout=2) as r:
+                    if json.load(r).get("versions"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("agent did not serve its initial release")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path, shared_mosquitto: Any) -> Iterator[Callable[[Path], Agent]]:
+    agents: list[Agent] = []
+
+    def start(artifact: Path) -> Agent:
+        agent = Agent(tmp_path / f"agent{len(agents)}", artifact, shared_mosquitto.url)
+        agents.append(agent)
+        agent.wait_serving()
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()
+
+
+def test_vibration_detector_asks_the_agent_then_falls_back(
+        vibration_model: Path, sensor_csv: str, agent_factory: Callable[[Path], Agent]) -> None:
+    agent = agent_factory(vibration_model / "model.int8.tflite")
+    local = python(VIBRATION / "detect.py", "--model", vibration_model / "model.int8.tflite",
+                   stdin=sensor_csv)
+    served = python(VIBRATION / "detect.py", "--agent", agent.url, stdin=sensor_csv)
+    assert served.returncode == 0, served.stderr
+    assert served.stdout.splitlines()[-1].endswith("model via agent")
+    # the agent serves the same INT8 model: the same verdict for every window
+    verdicts = [line.split("  ")[-1] for line in served.stdout.splitlines()[:50]]
+    assert verdicts == [line.split("  ")[-1] for line in local.stdout.splitlines()[:50]]
+    agent.stop()
+    both = python(VIBRATION / "detect.py", "--agent", agent.url, "--model",
+                  vibration_model / "model.int8.onnx", stdin=sensor_csv)
+    assert both.returncode == 0, both.stderr
+    assert both.stdout.splitlines()[-1].endswith("model via local (agent unreachable)")
+    alone = python(VIBRATION / "detect.py", "--agent", agent.url, stdin=sensor_csv)
+    assert alone.returncode == 2 and alone.stderr.startswith("error: ")
+
+
+def test_image_classifier_asks_the_agent(cnn_int8: Path, digit_images: Path,
+                                         agent_factory: Callable[[Path], Agent]) -> None:
+    agent = agent_factory(cnn_int8 / "model.int8.onnx")
+    proc = python(IMAGES / "classify.py", digit_images, "--agent", agent.url)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert all(LINE.match(line) for line in lines[:30])
+    assert lines[30].startswith(f"classified 30 images with agent {agent.url} (release 1.0.0)")
+    assert int(re.search(r"accuracy (\d+)/30", lines[31]).group(1)) >= 27
 
 
 # ------------------------------------------------------------------ raspberry pi agent

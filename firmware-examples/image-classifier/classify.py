@@ -76,9 +76,11 @@ def make_predictor(args: argparse.Namespace):
     if args.agent:
         from edgeship.sdk import AgentClient
 
-        client = AgentClient(args.agent)
-        shape = tuple(args.input_shape)
-        return client.predict, shape, f"agent {args.agent}"
+        client = AgentClient(args.agent, model=args.agent_model)
+        meta = client.metadata()  # the served model's own input spec, like Model.inputs
+        shape = tuple(d if d > 0 else 1 for d in meta.inputs[0].shape)
+        version = meta.versions[-1] if meta.versions else "?"
+        return client.predict, shape, f"agent {args.agent} (release {version})"
     model = Model.load(args.model, runtime=args.runtime, threads=args.threads)
     shape = tuple(d if d > 0 else 1 for d in model.inputs[0].shape)
     return model.predict, shape, f"{args.model.name} ({model.runtime})"
@@ -89,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--model", type=Path, help="model.int8.onnx or model.int8.tflite")
     parser.add_argument("--agent", help="URL of a running edgeship agent (instead of --model)")
-    parser.add_argument("--input-shape", type=int, nargs=4, default=[1, 1, 8, 8],
-                        help="model input shape when asking the agent (default 1 1 8 8)")
+    parser.add_argument("--agent-model", default="model", help="model name on the agent")
     parser.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "litert"])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
