@@ -117,7 +117,7 @@ class KeyDir:
         """Create root + release keys and the first key set (version 1)."""
         if (self.path / "root.key").exists() and not force:
             raise InputError(f"{self.path} already holds keys (use --force to replace them)")
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         root, release = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
         self._write_key("root", root, passphrase)
         self._write_key("release", release, passphrase)
@@ -202,7 +202,7 @@ class KeyDir:
 
     def _retire(self, key: Ed25519PrivateKey, passphrase: bytes | None) -> None:
         retired = self.path / "retired"
-        retired.mkdir(exist_ok=True)
+        retired.mkdir(mode=0o700, exist_ok=True)
         write_atomic(retired / f"{keyid_of(key)}.key", _private_pem(key, passphrase), mode=0o600)
 
 

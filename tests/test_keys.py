@@ -40,6 +40,7 @@ def test_init_rotate_revoke_versions_and_modes(tmp_path: Path) -> None:
     keys = [*tmp_path.joinpath("k").glob("*.key"), *tmp_path.joinpath("k/retired").glob("*.key")]
     assert len(keys) == 4
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in keys)
+    assert stat.S_IMODE(kd.path.stat().st_mode) & 0o077 == 0
 
 
 def test_passphrase_is_required_and_checked(tmp_path: Path) -> None:
