@@ -26,7 +26,11 @@ MARGIN_S = 0.050
 # A tiny HTTP/1.1 server on raw sockets that misbehaves in one chosen way per process.
 FAULTY_SERVER = r"""
 import json, re, socket, struct, sys, threading, time
-mode, port = sys.argv[1], int(sys.argv[2])
+mode_arg, port = sys.argv[1], int(sys.argv[2])
+out_name, width = (sys.argv[3], int(sys.argv[4])) if len(sys.argv) > 4 else ("probs", 10)
+
+def current_mode():  # "@FILE": the mode is read from FILE at every request
+    return open(mode_arg[1:]).read().strip() if mode_arg.startswith("@") else mode_arg
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("127.0.0.1", port))
@@ -49,16 +53,23 @@ def reply(conn, status, body):
     conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
-def v2(shape, data):
-    return json.dumps({"model_name": "cnn", "outputs": [
-        {"name": "probs", "datatype": "FP32", "shape": shape, "data": data}]}).encode()
+def v2(rows, cols):
+    return json.dumps({"model_name": "m", "outputs": [{"name": out_name, "datatype": "FP32",
+        "shape": [rows, cols], "data": [1.0 / cols] * (rows * cols)}]}).encode()
 
 def handle(conn):
+    try:
+        serve(conn)
+    except OSError:
+        pass  # the client gave up (deadline): expected
+
+def serve(conn):
     with conn:
         while read_request(conn):
+            mode = current_mode()
             if mode == "slow":
                 time.sleep(10)
-                reply(conn, b"200 OK", v2([1, 10], [0.1] * 10))
+                reply(conn, b"200 OK", v2(1, width))
             elif mode == "drip":
                 for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello":
                     conn.sendall(bytes([byte]))
@@ -68,9 +79,11 @@ def handle(conn):
             elif mode == "malformed":
                 reply(conn, b"200 OK", b'{"outputs": [ {"name": "probs", "datat')
             elif mode == "wrong-shape":
-                reply(conn, b"200 OK", v2([1, 3], [0.2, 0.3, 0.5]))
+                reply(conn, b"200 OK", v2(1, 3))
             elif mode == "wrong-rows":
-                reply(conn, b"200 OK", v2([2, 10], [0.1] * 20))
+                reply(conn, b"200 OK", v2(2, width))
+            elif mode == "ok":
+                reply(conn, b"200 OK", v2(1, width))
             elif mode == "reset":
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return
@@ -81,9 +94,11 @@ while True:
 """
 
 
-def start_faulty(mode: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_faulty(mode: str, *output: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A misbehaving server; ``mode`` may be ``@FILE`` (mode read per request from FILE);
+    ``output`` = (name, width) of the one output it answers with (default probs, 10)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", FAULTY_SERVER, mode, str(port)])
+    proc = subprocess.Popen([sys.executable, "-c", FAULTY_SERVER, mode, str(port), *output])
     wait_for_port(port)
     return proc, port
 
