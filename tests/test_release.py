@@ -128,3 +128,41 @@ def test_offer_wire_form_is_canonical_and_round_trips(tmp_path: Path, keys: KeyD
     assert again == rel.offer() and again.to_bytes() == wire
     assert Release.load(tmp_path / "r").offer().to_bytes() == wire
     assert b"\n" not in wire and wire.startswith(b'{"keyset":')
+
+
+def test_release_of_converted_models_ships_the_tensor_delta(tmp_path: Path, keys: KeyDir) -> None:
+    """Two real ``edgeship convert`` outputs: the release keeps the smaller delta per base,
+    here the tensor-aware one, and it rebuilds the TFLite artifact exactly."""
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(FIXTURES / "cnn.onnx")
+    rng = np.random.default_rng(0)
+    for t in model.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.ndim == 4:  # every conv weight moves by ~1%
+            t.CopyFrom(numpy_helper.from_array(
+                (a * (1 + 0.01 * rng.standard_normal(a.shape))).astype(np.float32), t.name))
+    onnx.save(model, tmp_path / "cnn2.onnx")
+    outs = []
+    for i, src in enumerate((FIXTURES / "cnn.onnx", tmp_path / "cnn2.onnx")):
+        out = tmp_path / f"c{i}"
+        done = subprocess.run([sys.executable, "-m", "edgeship", "convert", str(src), "--calib",
+                               str(FIXTURES / "cnn_calib.npz"), "-o", str(out), "-q"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outs.append(out / "model.int8.tflite")
+    r1 = Release.build(outs[0], version="1.0.0", keydir=keys.path, out=tmp_path / "r1")
+    r2 = Release.build(outs[1], version="1.0.1", keydir=keys.path, out=tmp_path / "r2",
+                       bases=[r1.path])
+    (delta,) = r2.manifest.deltas
+    import bsdiff4
+
+    bsdiff = len(bsdiff4.diff(outs[0].read_bytes(), outs[1].read_bytes()))
+    assert delta.format == "edgeship-tensor" and delta.size < bsdiff
+    assert delta.size < 0.5 * r2.manifest.artifact.size
+    rebuilt = check_payload(r2.manifest, r2.read_delta(delta), base=outs[0].read_bytes())
+    assert rebuilt == outs[1].read_bytes()
