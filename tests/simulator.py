@@ -121,6 +121,7 @@ class SimDevice:
         self.dispatch(ota.Resume())
 
     def pump(self, now: float) -> None:
+        """Handle what arrived; re-ask for an overdue chunk (``now``: monotonic seconds)."""
         while self.events:
             self.dispatch(self.events.popleft())
         if (self.state.phase == "downloading" and self.edge.connected
@@ -225,9 +226,9 @@ class Swarm:
             self._next_misc = now + 0.5
             for dev in self.devices:
                 dev.edge.loop_misc()
-        wall = time.time()
+        now = time.monotonic()
         for dev in self.devices:
-            dev.pump(wall)
+            dev.pump(now)
             if dev.edge.want_write():
                 dev.edge.loop_write()
 
