@@ -224,12 +224,16 @@ class _progress_bar:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+        console = Console(stderr=True)
+        if not console.is_terminal:  # keep logs and captured stderr clean
+            return lambda n: None
+
         self.bar = Progress(
             "calibrating",
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=console,
             transient=True,
         )
         self.bar.start()

@@ -228,3 +228,18 @@ def test_failed_conversion_leaves_previous_out_untouched(
     with pytest.raises(OSError):
         convert(FIX / "cnn.onnx", FIX / "cnn_calib.npz", tmp_path / "fresh", ONNX_ONLY)
     assert not (tmp_path / "fresh").exists()
+
+
+def test_io_int8_edges_and_tflite(tmp_path: Path) -> None:
+    from edgeship.converter import default_formats
+
+    opts = ConvertOptions(formats=default_formats(), io="int8")
+    r = convert(FIX / "cnn.onnx", FIX / "cnn_calib.npz", tmp_path / "o", opts, eval_path=FIX / "cnn_eval.npz")
+    q = Qdq(tmp_path / "o" / "model.int8.onnx")
+    assert [i.type.tensor_type.elem_type for i in q.model.graph.input] == [TensorProto.INT8]
+    assert [o.type.tensor_type.elem_type for o in q.model.graph.output] == [TensorProto.INT8]
+    assert q.producer["probs"].op_type == "QuantizeLinear"
+    assert r.eval is not None and r.eval["agreement"] >= 99.0  # evaluated through float edges
+    if "tflite" in default_formats():
+        assert (tmp_path / "o" / "model.int8.tflite").stat().st_size > 0
+        assert r.tflite is not None and r.tflite["io"] == "int8"
