@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from edgeship.sdk._model import TensorSpec
+from edgeship.sdk._runtime_quant import EdgeQuant, from_storage, to_storage
 
 from edgeship._errors import InferenceError, ModelLoadError
 
@@ -31,9 +32,7 @@ class _Edge:
 
     spec: TensorSpec  # what the caller sees
     index: int  # interpreter tensor index
-    storage: np.dtype[Any]  # dtype inside the interpreter
-    scale: float  # 0.0 when the tensor is not quantized
-    zero_point: int
+    quant: EdgeQuant
 
 
 def interpreter_module() -> ModuleType:
@@ -79,12 +78,12 @@ class LiteRtBackend:
         with self._lock:
             try:
                 for edge in self._in:
-                    self._interp.set_tensor(edge.index, _to_storage(edge, feeds[edge.spec.name]))
+                    self._interp.set_tensor(edge.index, to_storage(edge.quant, feeds[edge.spec.name]))
                 self._interp.invoke()
                 raw = [(e, self._interp.get_tensor(e.index)) for e in self._out]
             except (ValueError, RuntimeError) as exc:
                 raise InferenceError(f"LiteRT failed: {_first_line(exc)}") from exc
-        return {e.spec.name: _from_storage(e, value) for e, value in raw}
+        return {e.spec.name: from_storage(e.quant, value) for e, value in raw}
 
 
 def _edgetpu_delegate(module: ModuleType) -> Any:
@@ -105,34 +104,12 @@ def _edge(detail: dict[str, Any]) -> _Edge:
     storage = np.dtype(detail["dtype"])
     scale, zero_point = detail.get("quantization", (0.0, 0))
     quantized = storage.kind in "iu" and storage.itemsize <= 2 and scale != 0.0
+    quant = EdgeQuant(storage=storage, scale=float(scale) if quantized else 0.0,
+                      zero_point=int(zero_point) if quantized else 0)
     signature = detail.get("shape_signature")
     shape = tuple(int(d) for d in (signature if signature is not None else detail["shape"]))
-    spec = TensorSpec(
-        name=str(detail["name"]),
-        shape=shape,
-        dtype="float32" if quantized else storage.name,
-    )
-    return _Edge(
-        spec=spec,
-        index=int(detail["index"]),
-        storage=storage,
-        scale=float(scale) if quantized else 0.0,
-        zero_point=int(zero_point) if quantized else 0,
-    )
-
-
-def _to_storage(edge: _Edge, value: np.ndarray) -> np.ndarray:
-    if edge.scale == 0.0:
-        return np.ascontiguousarray(value, dtype=edge.storage)
-    info = np.iinfo(edge.storage)
-    q = np.round(value.astype(np.float32) / np.float32(edge.scale)) + edge.zero_point
-    return np.clip(q, info.min, info.max).astype(edge.storage)
-
-
-def _from_storage(edge: _Edge, value: np.ndarray) -> np.ndarray:
-    if edge.scale == 0.0:
-        return value
-    return ((value.astype(np.float32) - edge.zero_point) * np.float32(edge.scale)).astype(np.float32)
+    spec = TensorSpec(name=str(detail["name"]), shape=shape, dtype=quant.caller_dtype)
+    return _Edge(spec=spec, index=int(detail["index"]), quant=quant)
 
 
 def _first_line(exc: BaseException) -> str:

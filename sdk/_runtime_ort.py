@@ -2,14 +2,18 @@
 
 Imported only when an ONNX model is loaded, so devices that run TFLite never import
 onnxruntime. An ``InferenceSession`` is thread-safe for ``run``, so no lock here.
+int8 model edges (a model converted with ``io="int8"``) are float32 to the caller, as for
+TFLite: quantized and dequantized here with the parameters of their Q/DQ nodes.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from edgeship.sdk._model import TensorSpec
+from edgeship.sdk._runtime_quant import EdgeQuant, from_storage, to_storage
 
 from edgeship._errors import InferenceError, ModelLoadError
 
@@ -53,15 +57,59 @@ class OrtBackend:
             self._session = ort.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises several private exception types
             raise ModelLoadError(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
-        self.inputs = tuple(_spec(a) for a in self._session.get_inputs())
-        self.outputs = tuple(_spec(a) for a in self._session.get_outputs())
+        raw_in = [_spec(a) for a in self._session.get_inputs()]
+        raw_out = [_spec(a) for a in self._session.get_outputs()]
+        self._quant = _edge_quant(source, raw_in, raw_out)
+        self.inputs = tuple(self._caller(s) for s in raw_in)
+        self.outputs = tuple(self._caller(s) for s in raw_out)
+
+    def _caller(self, spec: TensorSpec) -> TensorSpec:
+        quant = self._quant.get(spec.name)
+        return spec if quant is None else TensorSpec(name=spec.name, shape=spec.shape, dtype="float32")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {k: to_storage(self._quant[k], v) if k in self._quant else v for k, v in feeds.items()}
         try:
             values = self._session.run(None, feeds)
         except Exception as exc:
             raise InferenceError(f"onnxruntime failed: {_first_line(exc)}") from exc
-        return {spec.name: np.asarray(v) for spec, v in zip(self.outputs, values, strict=True)}
+        return {
+            spec.name: from_storage(self._quant[spec.name], np.asarray(v))
+            if spec.name in self._quant else np.asarray(v)
+            for spec, v in zip(self.outputs, values, strict=True)
+        }
+
+
+def _edge_quant(source: str | bytes, inputs: list[TensorSpec],
+                outputs: list[TensorSpec]) -> dict[str, EdgeQuant]:
+    """Scale and zero point of int8/uint8 model edges (a model converted with io="int8":
+    an input feeding DequantizeLinear, an output made by QuantizeLinear). Needs the
+    ``onnx`` package to read the graph; without it such edges stay raw integers."""
+    edges_in = {s.name for s in inputs if s.dtype in ("int8", "uint8")}
+    edges_out = {s.name for s in outputs if s.dtype in ("int8", "uint8")}
+    if not edges_in and not edges_out:
+        return {}
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return {}
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    graph = onnx.load_model_from_string(data).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    found: dict[str, EdgeQuant] = {}
+    for node in graph.node:
+        edge = None
+        if node.op_type == "DequantizeLinear" and node.input[0] in edges_in:
+            edge = node.input[0]
+        elif node.op_type == "QuantizeLinear" and node.output[0] in edges_out:
+            edge = node.output[0]
+        params = [inits.get(n) for n in node.input[1:3]] if edge else []
+        if edge and len(params) == 2 and all(p is not None and p.size == 1 for p in params):
+            scale, zero = params
+            found.setdefault(edge, EdgeQuant(storage=np.dtype(zero.dtype), scale=float(scale.ravel()[0]),
+                                             zero_point=int(zero.ravel()[0])))
+    return found
 
 
 def _providers(ort: Any, device: str) -> list[str]:

@@ -146,3 +146,28 @@ def test_import_sdk_does_not_import_runtimes() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_int8_edged_onnx_is_float_to_the_caller(tmp_path: Path) -> None:
+    """A model converted with io="int8": int8 input -> DequantizeLinear ... QuantizeLinear
+    -> int8 output. Model quantizes and dequantizes with those nodes' parameters."""
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+             numpy_helper.from_array(np.array(-5, np.int8), "z"),
+             numpy_helper.from_array(np.array(0.2, np.float32), "s2"),
+             numpy_helper.from_array(np.array(7, np.int8), "z2")]
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["f"]),
+         helper.make_node("Relu", ["f"], ["r"]),
+         helper.make_node("QuantizeLinear", ["r", "s2", "z2"], ["y"])],
+        "io8", [helper.make_tensor_value_info("x", TensorProto.INT8, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, [2, 3])], inits)
+    path = tmp_path / "io8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    model = Model.load(path)
+    assert model.inputs[0].dtype == "float32" and model.outputs[0].dtype == "float32"
+    x = np.array([[-1.0, 0.0, 0.34], [2.0, 12.9, 100.0]], np.float32)
+    y = model.predict(x)
+    # quantize (round half even, clip to int8), relu, requantize to 0.2/7, dequantize
+    xq = np.clip(np.round(x / 0.1) - 5, -128, 127)
+    yq = np.clip(np.round(np.maximum((xq + 5) * 0.1, 0) / 0.2) + 7, -128, 127)
+    np.testing.assert_allclose(y, (yq - 7) * 0.2, atol=1e-6)
