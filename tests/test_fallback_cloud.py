@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +20,7 @@ from edgeship.sdk import CircuitBreaker, CloudClient, FallbackModel, FallbackPol
 from edgeship.sdk._cloud import CloudRejectedError
 from test_cloud_serve import start_cloud, stop
 
-from edgeship import TransportError
+from edgeship import InferenceError, TransportError
 
 MARGIN_S = 0.050
 
@@ -274,3 +275,64 @@ def test_cloud_client_api_key_and_rejections(tmp_path: Path, eval_x: np.ndarray)
         assert fm.breaker.state == "closed"
     finally:
         stop(proc)
+
+
+def _width_models(tmp: Path) -> tuple[Path, Path]:
+    """local: y = softmax(reshape(x, [1, 4])), which fails at run time for any width but 4;
+    cloud: y = softmax(x[:, :4]), which takes any width >= 4."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def build(path: Path, node: Any, consts: list[Any]) -> Path:
+        graph = helper.make_graph(
+            [node, helper.make_node("Softmax", ["h"], ["y"], axis=-1)],
+            "w",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+            consts,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        onnx.save(model, path)
+        return path
+
+    i64 = lambda v: np.array(v, dtype=np.int64)  # noqa: E731
+    local = build(
+        tmp / "local.onnx",
+        helper.make_node("Reshape", ["x", "shape"], ["h"]),
+        [numpy_helper.from_array(i64([1, 4]), "shape")],
+    )
+    cloud = build(
+        tmp / "wide.onnx",
+        helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["h"]),
+        [numpy_helper.from_array(i64([0]), "starts"), numpy_helper.from_array(i64([4]), "ends"),
+         numpy_helper.from_array(i64([1]), "axes")],
+    )  # fmt: skip
+    return local, cloud
+
+
+def test_local_failure_goes_to_the_cloud(tmp_path: Path) -> None:
+    local_path, cloud_path = _width_models(tmp_path)
+    local = Model.load(local_path)
+    x4 = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    x8 = np.concatenate([x4, x4], axis=1)
+    with pytest.raises(InferenceError):
+        local.predict_all({"x": x8})  # a real runtime failure, not an input check
+    proc, port = start_cloud(cloud_path, "--name", "wide")
+    try:
+        cloud = CloudClient(f"http://127.0.0.1:{port}", "wide", deadline_ms=2000)
+        fm = FallbackModel(local, cloud, FallbackPolicy.from_names(["on_error"]), version="1")
+        assert fm.answer({"x": x4}).source == "local"
+        answer = fm.answer({"x": x8})
+        assert answer.source == "cloud" and "local inference failed" in answer.reason
+        np.testing.assert_allclose(answer.outputs["y"], local.predict_all({"x": x4})["y"], rtol=1e-5)
+        # without on_error the local failure is the answer
+        strict = FallbackModel(local, cloud, FallbackPolicy.from_names(["no_model"]))
+        with pytest.raises(InferenceError):
+            strict.answer({"x": x8})
+    finally:
+        stop(proc)
+    # cloud gone too: the local error stands, raised within the deadline
+    fm.breaker.record_success()
+    with pytest.raises(InferenceError):
+        fm.answer({"x": x8})
