@@ -26,7 +26,7 @@ from edgeship.converter import _tflite_ops_shape  # noqa: F401  (registers its r
 from edgeship.converter._tflite_fb import FbGraph, serialize
 from edgeship.converter._tflite_lower import Lowering
 from edgeship.converter._tflite_ops import RULES
-from edgeship.converter._tflite_qdq import read_qdq
+from edgeship.converter._tflite_qdq import node_label, read_qdq
 
 from edgeship._errors import ConversionError, InputError, UnsupportedOpError
 
@@ -80,7 +80,7 @@ def build_tflite(model: onnx.ModelProto | str | os.PathLike[str], *, io: str = "
         lowering.node = node
         rule = RULES.get(node.op_type)
         if rule is None:
-            raise UnsupportedOpError(node.op_type, node.name, "no TFLite int8 lowering for this op")
+            raise UnsupportedOpError(node.op_type, node_label(node), "no TFLite int8 lowering for this op")
         rule(lowering, node)
     lowering.lower_outputs()
     data = serialize(lowering.graph)

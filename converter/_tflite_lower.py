@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from edgeship.converter._tflite_fb import FbGraph, FbOp, FbQuant, FbTensor
-from edgeship.converter._tflite_qdq import QConst, QdqGraph, QParams
+from edgeship.converter._tflite_qdq import QConst, QdqGraph, QParams, node_label
 
 from edgeship._errors import ConversionError, UnsupportedOpError
 
@@ -76,7 +76,7 @@ class Lowering:
     # ---- errors -------------------------------------------------------------------
     def fail(self, reason: str) -> UnsupportedOpError:
         node = self.node
-        return UnsupportedOpError(node.op_type if node else "?", node.name if node else "?", reason)
+        return UnsupportedOpError(node.op_type if node else "?", node_label(node) if node else "?", reason)
 
     # ---- tensors and ops ----------------------------------------------------------
     def unique(self, name: str) -> str:

@@ -76,6 +76,11 @@ class QdqGraph:
         return shape
 
 
+def node_label(node: onnx.NodeProto) -> str:
+    """The node's name, or its first output when the exporter left it unnamed."""
+    return node.name or f"(unnamed, output {node.output[0] if node.output else '?'})"
+
+
 def read_qdq(model: onnx.ModelProto) -> QdqGraph:
     """Collapse the Q/DQ pairs of ``model``; raises ConversionError on a malformed graph."""
     if len(model.graph.node) > MAX_NODES:
@@ -107,7 +112,7 @@ def read_qdq(model: onnx.ModelProto) -> QdqGraph:
             qparams.setdefault(src, _qparams(node, inits))
         else:
             raise UnsupportedOpError(
-                "DequantizeLinear", node.name, "input is neither a constant, a graph input nor a QuantizeLinear output"
+                "DequantizeLinear", node_label(node), "input is neither a constant, a graph input nor a QuantizeLinear output"
             )
     skip = set(QDQ_OPS) | {"Constant"}
     nodes = [n for n in graph.node if n.op_type not in skip]
@@ -130,16 +135,16 @@ def read_qdq(model: onnx.ModelProto) -> QdqGraph:
 
 def _qparams(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> QParams:
     if len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
-        raise UnsupportedOpError(node.op_type, node.name, "scale and zero point must be constants")
+        raise UnsupportedOpError(node.op_type, node_label(node), "scale and zero point must be constants")
     scale = np.asarray(inits[node.input[1]], dtype=np.float32).ravel()
     zero = inits[node.input[2]]
     if zero.dtype != np.int8:
         raise UnsupportedOpError(
-            node.op_type, node.name,
+            node.op_type, node_label(node),
             f"activations are {zero.dtype}; the TFLite INT8 spec needs int8 activations",
         )
     if scale.size != 1:
-        raise UnsupportedOpError(node.op_type, node.name, "activations must be per-tensor")
+        raise UnsupportedOpError(node.op_type, node_label(node), "activations must be per-tensor")
     return QParams(scale=float(scale[0]), zero_point=int(np.asarray(zero).ravel()[0]))
 
 
@@ -147,7 +152,7 @@ def _qconst(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> QConst:
     values = inits[node.input[0]]
     if values.dtype not in (np.int8, np.int32):
         raise UnsupportedOpError(
-            "DequantizeLinear", node.name, f"constant {node.input[0]!r} is {values.dtype}, not int8/int32"
+            "DequantizeLinear", node_label(node), f"constant {node.input[0]!r} is {values.dtype}, not int8/int32"
         )
     scales = np.asarray(inits[node.input[1]], dtype=np.float32).ravel()
     if len(node.input) > 2 and node.input[2]:

@@ -180,3 +180,13 @@ def test_ops_tflite_cannot_express(tmp_path: Path) -> None:
     path = b.save(tmp_path / "clip.onnx", [1, 8])
     with pytest.raises(UnsupportedOpError, match=r"Clip at node 'Clip_k': Clip\(-0.5, inf\)"):
         write_tflite(path, tmp_path / "clip.tflite")
+
+
+def test_unnamed_node_is_named_by_its_output(tmp_path: Path) -> None:
+    b = QdqBuilder()
+    x = b.qdq("x", 0.04)
+    b.nodes.append(helper.make_node("Tanh", [x], ["t"]))  # exporters often leave names empty
+    b.qdq("t", 1 / 128, out="y")
+    path = b.save(tmp_path / "tanh.onnx", [1, 8])
+    with pytest.raises(UnsupportedOpError, match=r"Tanh at node '\(unnamed, output t\)'"):
+        write_tflite(path, tmp_path / "tanh.tflite")
