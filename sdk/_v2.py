@@ -373,6 +373,8 @@ def _requested_outputs(value: Any) -> tuple[RequestedOutput, ...] | None:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InputError('"outputs" must be a list of objects with a "name"')
         params = entry.get("parameters") or {}
+        if isinstance(params, dict) and params.get("classification"):
+            raise InputError("the classification extension (class_count) is not supported")
         binary = isinstance(params, dict) and params.get("binary_data") is True
         requested.append(RequestedOutput(name=entry["name"], binary=binary))
     return tuple(requested)

@@ -79,6 +79,10 @@ def test_requested_outputs_choose_names_and_encoding() -> None:
     assert doc["outputs"][0]["data"] == [0, 1, 2]
     with pytest.raises(InputError, match="unknown output"):
         encode_response({"a": out["a"]}, request, model_name="m")
+    classify = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],'
+    classify += b' "outputs": [{"name": "a", "parameters": {"classification": 3}}]}'
+    with pytest.raises(InputError, match="classification"):
+        decode_request(classify, None)
 
 
 @pytest.mark.parametrize(
