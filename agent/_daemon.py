@@ -230,12 +230,20 @@ class Agent:
         return ota.Installed()
 
     def _do_RunHealthCheck(self, action: ota.RunHealthCheck) -> ota.Event:
-        from edgeship.agent._health import run_health_check
+        from edgeship.agent._health import HealthCheckInterrupted, run_health_check
 
         path = self.store.slot_file(action.slot, action.format)
         log("health_check", slot=action.slot, model=str(path))
-        ok, reason = run_health_check(path, action.golden, runtime=self.config.model.runtime,
-                                      threads=1, timeout=self.config.ota.health_timeout_s)
+        try:
+            ok, reason = run_health_check(path, action.golden, runtime=self.config.model.runtime,
+                                          threads=1, timeout=self.config.ota.health_timeout_s)
+        except HealthCheckInterrupted as exc:
+            # a stop signal to our process group hits the child too; when it is our own
+            # shutdown, give no verdict: the persisted state re-runs the check after restart
+            if self._stop.wait(timeout=1.0):
+                log("health_check_interrupted", reason=str(exc))
+                return None
+            ok, reason = False, str(exc)
         log("health_check_done", ok=ok, reason=reason)
         return ota.HealthChecked(ok=ok, reason=reason)
 

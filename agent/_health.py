@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["golden_check", "pause_seconds", "run_health_check"]
+__all__ = ["HealthCheckInterrupted", "golden_check", "pause_seconds", "run_health_check"]
+
+
+class HealthCheckInterrupted(Exception):
+    """The check's child was stopped by SIGTERM/SIGINT/SIGHUP: someone is stopping the
+    device (systemd, a shell), which says nothing about the model."""
 
 _MAX_REASON = 500
 
@@ -85,6 +91,8 @@ def run_health_check(model_path: Path, golden: dict[str, Any] | None, *, runtime
         return True, ""
     lines = (out.stdout.strip() or out.stderr.strip() or "").splitlines()
     detail = lines[-1] if lines else ""
+    if -out.returncode in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        raise HealthCheckInterrupted(f"health check stopped by signal {-out.returncode}")
     if out.returncode < 0:
         detail = f"model crashed the runtime (signal {-out.returncode}) {detail}".strip()
     return False, (detail or f"health check exited with {out.returncode}")[:_MAX_REASON]

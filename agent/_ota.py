@@ -350,7 +350,8 @@ class OtaCore:
                                    hardware=self.hardware, now=_utc(now))
             job = self._plan(offer, manifest, state.active)
         except EdgeshipError as exc:
-            return self._refuse(state, now, f"offer rejected: {type(exc).__name__}: {exc}")
+            return self._refuse(state, now, f"offer rejected: {type(exc).__name__}: {exc}",
+                                target=peek)
         state = replace(state, phase="downloading", job=job, error="", target=job.version,
                         trusted=state.trusted.accept(offer, manifest))
         if job.size == 0:  # nothing to fetch
@@ -383,10 +384,13 @@ class OtaCore:
                    size=chosen[1], sha256=chosen[2], delta=delta is not None,
                    chunk_size=self.chunk_size, slot=slot)
 
-    def _refuse(self, state: OtaState, now: float, reason: str) -> Step:
+    def _refuse(self, state: OtaState, now: float, reason: str,
+                target: str | None = None) -> Step:
         if state.job is not None:  # an update is under way: report, change nothing
             return state, [Report({**self.status(state, now), "error": reason})]
-        state = replace(state, phase="failed", error=reason)
+        # the refused offer's (unverified) version names what failed, so a fleet manager
+        # never mistakes this verdict for one about another release
+        state = replace(state, phase="failed", error=reason, target=target)
         return state, [Persist(state), self._report(state, now)]
 
     # -- download -------------------------------------------------------------------------

@@ -241,8 +241,8 @@ def classify(status: Mapping[str, Any] | None, version: str, offered_at: float,
         fresh = isinstance(ts, (int, float)) and ts >= offered_at - skew_s
         if target == version and (fresh or state == ROLLED_BACK):
             return str(state)
-        if state == FAILED and fresh and target != version:
-            return FAILED  # e.g. "offer rejected: ..." with the target of an older attempt
+        if state == FAILED and fresh and target is None:
+            return FAILED  # an offer refused before it could name a version (malformed)
     if active == version and state not in ("downloading", "verifying", "installing",
                                            "health-checking"):
         return COMMITTED  # already running this version

@@ -58,10 +58,16 @@ def test_classify_ignores_statuses_from_before_the_offer() -> None:
                     "1.1.0", t0) == "committed"
     assert classify(status("d", "rolled-back", version="1.0.0", target="1.1.0", ts=t0 + 2),
                     "1.1.0", t0) == "rolled-back"
-    # an old failure of an earlier attempt does not count; a fresh refusal does
+    # an old failure of an earlier attempt does not count, nor a fresh one about another
+    # release (the agent names the refused offer's version); a fresh refusal of ours does
     assert classify(status("d", "failed", version="1.0.0", target="0.9.0", ts=t0 - 100),
                     "1.1.0", t0) is None
-    assert classify(status("d", "failed", version="1.0.0", target="0.9.0", ts=t0 + 3,
+    assert classify(status("d", "failed", version="1.0.0", target="9.0.0", ts=t0 + 1,
+                           error="offer rejected"), "1.1.0", t0) is None
+    assert classify(status("d", "failed", version="1.0.0", target="1.1.0", ts=t0 + 3,
+                           error="offer rejected"), "1.1.0", t0) == "failed"
+    # an offer too malformed to name a version: a fresh failure still counts
+    assert classify(status("d", "failed", version="1.0.0", target=None, ts=t0 + 3,
                            error="offer rejected"), "1.1.0", t0) == "failed"
 
 

@@ -1,0 +1,39 @@
+"""``edgeship demo``: the whole loop on this machine (see edgeship/_demo.py)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("edgeship-demo"), show_default=True,
+              help="Everything the demo writes goes here (replaced on the next run).")
+@click.option("--broker", "broker_url", metavar="URL", default=None,
+              help="Use this MQTT broker instead of starting a private mosquitto.")
+def demo(workdir: Path, broker_url: str | None) -> None:
+    """Train, convert, sign, serve and update a model on this machine, end to end."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeship._demo import run_demo
+
+    console = Console(highlight=False)
+    started = time.monotonic()
+    result = run_demo(workdir, broker_url=broker_url, say=console.print)
+    table = Table(title=f"edgeship demo ({time.monotonic() - started:.0f}s, work dir {workdir})")
+    for column in ("step", "outcome", "detail"):
+        table.add_column(column)
+    for row in result.rows:
+        table.add_row(*row)
+    console.print(table)
+    for check, passed in result.checks.items():
+        console.print(f"{'PASS' if passed else 'FAIL'}  {check}")
+    if not result.ok:
+        click.echo("error: the demo did not go as expected (see FAIL lines, logs in "
+                   f"{workdir / 'logs'})", err=True)
+        sys.exit(1)

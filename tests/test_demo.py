@@ -1,0 +1,52 @@
+"""`edgeship demo` run as CI runs it: a subprocess with no broker or service set up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeship", "demo", "--workdir", str(workdir)],
+        capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    for check in ("delta update committed", "forged update rejected", "bad release rolled back",
+                  "low-confidence answer escalated to the cloud",
+                  "no local model: the cloud answers"):
+        assert f"PASS  {check}" in proc.stdout, proc.stdout[-3000:]
+    assert "FAIL" not in proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert _processes_mentioning(str(workdir)) == []
+    # a second run replaces its own work dir
+    assert (workdir / ".edgeship-demo").exists()
+
+
+def test_demo_refuses_a_foreign_nonempty_workdir(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeship", "demo", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "not empty" in proc.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
