@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,10 @@ def group_by_unit(doc: Mapping[str, Any]) -> dict[str, list[tuple[str, float]]]:
 def plot_generic(doc: Mapping[str, Any], fig: Any) -> None:
     """Horizontal bars of every timed / sized number, one panel per unit."""
     groups = {u: v[:MAX_BARS] for u, v in group_by_unit(doc).items()}
-    if not groups:
-        raise ValueError("no numbers with a unit (*_ms, *bytes, *_s) in the result")
+    if not groups:  # no key says its unit: show every number as it is
+        groups = {"value": list(numeric_leaves(doc))[:MAX_BARS]}
+    if not groups["value" if "value" in groups else next(iter(groups))]:
+        raise ValueError("no numbers in the result")
     tallest = max(len(v) for v in groups.values())
     fig.set_size_inches(10, 1.5 + 0.28 * tallest * len(groups))
     axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
@@ -89,6 +92,143 @@ def plot_generic(doc: Mapping[str, Any], fig: Any) -> None:
             min(v for _, v in items), 1e-9
         ):
             ax.set_xscale("log")
+
+
+def _num(value: Any) -> float:
+    """A plottable number; missing or failed values become NaN (no bar drawn)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return float("nan")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def grouped_bars(ax: Any, groups: list[str], series: dict[str, list[Any]], ylabel: str,
+                 *, log: bool = False, fmt: str | Callable[[float], str] = "{:.3g}") -> None:
+    """One cluster of bars per group, one bar per series, each labelled with its value."""
+    width = 0.8 / max(len(series), 1)
+    for i, (label, values) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ys = [_num(v) for v in values]
+        bars = ax.bar(xs, ys, width=width, label=label)
+        for bar, y in zip(bars, ys, strict=True):
+            if y == y:  # not NaN
+                text = fmt(y) if callable(fmt) else fmt.format(y)
+                ax.annotate(text, (bar.get_x() + bar.get_width() / 2, y),
+                            ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    if log:
+        ax.set_yscale("log")
+    ax.legend(fontsize=7)
+
+
+def _rows(doc: Mapping[str, Any], key: str = "rows") -> list[Mapping[str, Any]]:
+    rows = doc[key]
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, Mapping) for r in rows):
+        raise ValueError(f"'{key}' is not a list of rows")
+    return rows
+
+
+def plot_converter(doc: Mapping[str, Any], fig: Any) -> None:
+    """edgeship vs onnxruntime quantization: accuracy, size, conversion time, latency."""
+    rows = _rows(doc)
+    models = [str(r["model"]) for r in rows]
+    fig.set_size_inches(12, 7)
+    (a, b), (c, d) = fig.subplots(2, 2)
+    grouped_bars(a, models, {"fp32": [r.get("fp32_acc") for r in rows],
+                             "onnxruntime int8": [r.get("ort_int8_acc") for r in rows],
+                             "edgeship int8": [r.get("edgeship_int8_acc") for r in rows]},
+                 "accuracy %", fmt="{:.2f}")
+    a.set_ylim(min(_num(r.get("fp32_acc")) for r in rows) - 5, 101)
+    grouped_bars(b, models, {"onnxruntime": [r.get("ort_size_ratio") for r in rows],
+                             "edgeship": [r.get("edgeship_size_ratio") for r in rows]},
+                 "int8 size / fp32 size")
+    grouped_bars(c, models, {"onnxruntime": [r.get("ort_convert_s") for r in rows],
+                             "edgeship": [r.get("edgeship_convert_s") for r in rows]},
+                 "conversion time, s")
+    grouped_bars(d, models, {"onnxruntime": [r.get("ort_int8_ms") for r in rows],
+                             "edgeship": [r.get("edgeship_int8_ms") for r in rows]},
+                 "int8 latency p50, ms", log=True)
+
+
+def plot_onnx2tf(doc: Mapping[str, Any], fig: Any) -> None:
+    """edgeship vs onnx2tf full-integer TFLite: size, accuracy, time; failures marked."""
+    rows = _rows(doc)
+    models = list(dict.fromkeys(str(r["model"]) for r in rows))
+    tools = list(dict.fromkeys(str(r["tool"]) for r in rows))
+    by = {(str(r["model"]), str(r["tool"])): r for r in rows}
+    fig.set_size_inches(13, 4.5)
+    axes = fig.subplots(1, 3)
+    for ax, key, label, fmt in ((axes[0], "bytes", "TFLite size (log)", human_bytes),
+                                (axes[1], "accuracy", "accuracy %", "{:.3g}"),
+                                (axes[2], "seconds", "conversion time, s", "{:.3g}")):
+        grouped_bars(ax, models, {t: [by.get((m, t), {}).get(key) for m in models]
+                                  for t in tools}, label, log=key == "bytes", fmt=fmt)
+    axes[1].set_ylim(90, 101)
+    failed = [f"{m} / {t}: {by[(m, t)].get('status')}" for m in models for t in tools
+              if (m, t) in by and not str(by[(m, t)].get("status", "")).startswith("ok")]
+    if failed:
+        note = "not ok: " + "; ".join(failed)
+        fig.text(0.01, 0.01, "\n".join(textwrap.wrap(note, 180)), fontsize=7)
+
+
+def plot_runtimes(doc: Mapping[str, Any], fig: Any) -> None:
+    """Latency of fp32 ONNX, INT8 ONNX and INT8 TFLite per model and thread count."""
+    rows = _rows(doc)
+    groups = [f"{r['model']} t{r.get('threads', '?')}" for r in rows]
+    fig.set_size_inches(12, 4.5)
+    a, b = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+    grouped_bars(a, groups, {"fp32 onnx (ORT)": [r.get("fp32_onnx_p50_ms") for r in rows],
+                             "int8 onnx (ORT)": [r.get("int8_onnx_p50_ms") for r in rows],
+                             "int8 tflite (LiteRT)": [r.get("int8_tflite_p50_ms") for r in rows]},
+                 "p50 latency, ms (log)", log=True)
+    sized = [r for r in rows if "fp32_onnx_bytes" in r]
+    grouped_bars(b, [str(r["model"]) for r in sized],
+                 {k: [r.get(f"{k}_bytes") for r in sized]
+                  for k in ("fp32_onnx", "int8_onnx", "int8_tflite")},
+                 "model size (log)", log=True, fmt=human_bytes)
+
+
+def plot_ota_size(doc: Mapping[str, Any], fig: Any) -> None:
+    """Update payload per kind of update: full, zstd, bsdiff4, edgeship delta (+ --base)."""
+    rows = _rows(doc)
+    groups = [f"{r['update']}\n{r.get('format', '')}" for r in rows]
+    keys = [("full_bytes", "full artifact"), ("zstd_bytes", "zstd"),
+            ("bsdiff4_bytes", "bsdiff4"), ("edgeship_bytes", "edgeship delta"),
+            ("edgeship_base_bytes", "edgeship delta, --base")]
+    fig.set_size_inches(12, 4.8)
+    ax = fig.subplots()
+    grouped_bars(ax, groups, {label: [r.get(k) for r in rows] for k, label in keys
+                              if any(k in r for r in rows)}, "bytes sent (log)", log=True,
+                 fmt=human_bytes)
+
+
+def plot_time_vs_n(doc: Mapping[str, Any], fig: Any) -> None:
+    """Rows measured at growing sizes N (devices, servers...): every time column vs N."""
+    rows = _rows(doc)
+    n_key = next(k for k in ("devices", "n", "N", "fleet_size", "size") if k in rows[0])
+    times = [k for k in rows[0] if unit_of(k) in ("s", "ms") and k != n_key]
+    if not times:
+        raise ValueError("no *_s / *_ms columns to plot against N")
+    fig.set_size_inches(9, 4.8)
+    ax = fig.subplots()
+    for series in sorted({str(r.get("mode", r.get("case", ""))) for r in rows}):
+        part = [r for r in rows if str(r.get("mode", r.get("case", ""))) == series]
+        for key in times:
+            pts = sorted((_num(r.get(n_key)), _num(r.get(key))) for r in part)
+            label = f"{series} {key}".strip()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xlabel(n_key)
+    ax.set_ylabel("seconds" if all(unit_of(k) == "s" for k in times) else "time")
+    ax.set_xscale("log")
+    ax.legend(fontsize=7)
 
 
 def plot_fallback(doc: Mapping[str, Any], fig: Any) -> None:
@@ -110,6 +250,11 @@ def plot_fallback(doc: Mapping[str, Any], fig: Any) -> None:
 
 
 PLOTTERS: dict[str, Plotter] = {
+    "converter": plot_converter,
+    "onnx2tf": plot_onnx2tf,
+    "runtimes": plot_runtimes,
+    "ota_size": plot_ota_size,
+    "fleet": plot_time_vs_n,
     "fallback": plot_fallback,
 }
 
@@ -149,7 +294,8 @@ def plot_one(path: Path, out_dir: Path) -> Path:
             fig.clear()
             plot_generic(doc, fig)
         fig.suptitle(f"{name} — {_caption(doc)}", fontsize=9)
-        fig.tight_layout()
+        footer = max((t.get_text().count("\n") + 1 for t in fig.texts), default=0)
+        fig.tight_layout(rect=(0, 0.035 * footer, 1, 1))  # keep a plotter's footnote clear
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / f"{path.stem}.png"
         fig.savefig(out, dpi=110)

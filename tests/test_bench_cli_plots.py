@@ -1,0 +1,88 @@
+"""The charts of ``hw-bench/_plots.py``: each known benchmark's own chart draws from a
+result shaped like the one its script writes; real results in hw-bench/results all plot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _plots() -> Any:
+    spec = importlib.util.spec_from_file_location("hw_plots", ROOT / "hw-bench" / "_plots.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MACHINE = {"cpu": "Test CPU", "cpus": 2}
+SAMPLES: dict[str, dict[str, Any]] = {
+    "converter": {"rows": [
+        {"model": m, "fp32_acc": 99.5, "ort_int8_acc": 99.0, "edgeship_int8_acc": 99.25,
+         "ort_size_ratio": 0.69, "edgeship_size_ratio": 0.4, "ort_convert_s": 0.07,
+         "edgeship_convert_s": 0.04, "ort_int8_ms": 0.037, "edgeship_int8_ms": 0.03}
+        for m in ("cnn", "mlp")]},
+    "onnx2tf": {"rows": [
+        {"model": "cnn", "tool": "edgeship", "status": "ok", "bytes": 12672, "accuracy": 99.25,
+         "seconds": 1.2},
+        {"model": "cnn", "tool": "onnx2tf per-channel", "status": "failed: no TFLite",
+         "seconds": 2.6}]},
+    "runtimes": {"rows": [
+        {"model": "cnn", "threads": 1, "fp32_onnx_p50_ms": 0.012, "int8_onnx_p50_ms": 0.03,
+         "int8_tflite_p50_ms": 0.005, "fp32_onnx_bytes": 29591, "int8_onnx_bytes": 11789,
+         "int8_tflite_bytes": 12672},
+        {"model": "cnn", "threads": 2, "fp32_onnx_p50_ms": 0.013, "int8_onnx_p50_ms": 0.031,
+         "int8_tflite_p50_ms": 0.007}]},
+    "ota_size": {"rows": [
+        {"update": "head-only", "format": "tflite", "full_bytes": 350768, "zstd_bytes": 296853,
+         "bsdiff4_bytes": 2450, "edgeship_bytes": 2313, "edgeship_base_bytes": 2293}]},
+    "fleet": {"rows": [
+        {"devices": n, "mode": "delta", "rollout_s": 0.1 * n, "p99_device_s": 0.05 * n}
+        for n in (1, 10, 100)]},
+    "fallback": {"results": {
+        "local": {"p50_ms": 0.02, "p99_ms": 0.06},
+        "fallback_cloud": {"p50_ms": 0.5, "p99_ms": 2.0}}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_each_known_bench_gets_its_own_chart(name: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    plots = _plots()
+    assert name in plots.PLOTTERS
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"bench": name, "machine": MACHINE, **SAMPLES[name]}))
+    png = plots.plot_one(path, tmp_path / "png")
+    assert png == tmp_path / "png" / f"{name}.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
+    assert "generic chart instead" not in capsys.readouterr().err
+
+
+def test_committed_results_all_plot(tmp_path: Path) -> None:
+    """Whatever results the benchmarks committed, each becomes a PNG (own or generic chart)."""
+    results = sorted((ROOT / "hw-bench" / "results").glob("*.json"))
+    for path in results:
+        shutil.copy(path, tmp_path / path.name)
+    written, problems = _plots().plot_all(tmp_path)
+    assert problems == []
+    assert sorted(p.stem for p in written) == sorted(p.stem for p in results)
+
+
+def test_units_and_numbers_helpers() -> None:
+    plots = _plots()
+    assert plots.unit_of("results.local.p50_ms") == "ms"
+    assert plots.unit_of("rows[cnn].int8_tflite_bytes") == "bytes"
+    assert plots.unit_of("rollout_s") == "s" and plots.unit_of("accuracy") is None
+    leaves = dict(plots.numeric_leaves({"machine": {"cpus": 2}, "ok": True,
+                                        "rows": [{"model": "a", "x_ms": 1}], "y": 2.5}))
+    assert leaves == {"rows[a].x_ms": 1.0, "y": 2.5}
+    assert [plots.human_bytes(n) for n in (999, 12672, 1137937)] == ["999 B", "12.7 KB",
+                                                                      "1.14 MB"]
