@@ -3,6 +3,7 @@ tritonclient.http (JSON and binary modes) against a real server on a free port."
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 from collections.abc import Iterator
@@ -24,6 +25,9 @@ from edgeship.sdk._v2 import (
     validate_inputs,
 )
 from edgeship.sdk._v2server import Response, Route, StatusError, V2Service, serve
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from edgeship import InputError, TransportError
 
@@ -372,3 +376,52 @@ def test_connection_limit_refuses_instead_of_growing_threads() -> None:
                 time.sleep(0.05)
         assert status == 200
         idle[0].close()
+
+
+# ---------------------------------------------------------------------------- fuzzing
+
+
+_arrays = st.sampled_from(DTYPES).flatmap(
+    lambda d: hnp.arrays(numpy_dtype(d), hnp.array_shapes(min_dims=0, max_dims=4, max_side=5))
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays=st.lists(_arrays, min_size=1, max_size=3), binary=st.booleans())
+def test_any_tensor_round_trips(arrays: list[np.ndarray], binary: bool) -> None:
+    inputs = {f"t{i}": a for i, a in enumerate(arrays)}
+    body, headers = encode_request(inputs, binary=binary)
+    length = headers.get(HEADER_LENGTH)
+    decoded = decode_request(body, int(length) if length else None).inputs
+    for name, array in inputs.items():
+        assert decoded[name].dtype == array.dtype and decoded[name].shape == array.shape
+        np.testing.assert_array_equal(decoded[name], array)  # NaN == NaN here
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_bodies_only_ever_raise_input_error(data: st.DataObject) -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    body, headers = encode_request({"x": x}, binary=data.draw(st.booleans()))
+    raw = bytearray(body)
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        raw[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    length = headers.get(HEADER_LENGTH)
+    header_length = data.draw(st.sampled_from([None, int(length) if length else None, 7, 10**9]))
+    with contextlib.suppress(InputError):  # anything else fails the test
+        decode_request(bytes(raw[:cut]), header_length)
+
+
+def test_server_survives_garbage_on_the_wire(server: Any) -> None:
+    import socket
+
+    for junk in (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", b"POST /v2 HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                 b"GET " + b"A" * 70000 + b" HTTP/1.1\r\n\r\n", b"\r\n\r\n"):  # fmt: skip
+        with socket.create_connection((server.host, server.port), timeout=5) as sock:
+            sock.sendall(junk)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):
+                pass
+    assert _raw(server, "GET", "/v2/health/live")[0] == 200
