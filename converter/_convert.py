@@ -117,7 +117,15 @@ def convert(
     with atomic_dir(Path(out_dir)) as tmp:
         write_file(tmp / MODEL_FILE, int8_bytes)
         write_file(tmp / PARAMS_FILE, _params_json(plan, weights).encode())
-        tflite = _write_tflite(tmp, opts) if "tflite" in opts.formats else None
+        tflite, skipped = None, None
+        if "tflite" in opts.formats:
+            try:
+                tflite = _write_tflite(tmp, opts)
+            except ConversionError as exc:  # e.g. a float op that TFLite int8 cannot hold
+                if opts.strict_formats:
+                    raise
+                skipped = {"skipped": str(exc)}
+                (tmp / TFLITE_FILE).unlink(missing_ok=True)
         clock.lap("write")
         sqnr_feeds = _head(ev[0] if ev else calib, opts.sqnr_samples)
         fp32_ref = graph.to_model()
@@ -160,7 +168,7 @@ def convert(
             optimizations=log,
             edgetpu=_edgetpu_tflite(tmp) if tflite else _edgetpu_verdict(graph, plan),
             base=base.summary(weights, plan) if base else None,
-            tflite=tflite,
+            tflite=tflite or skipped,
             timings=dict(clock.phases),
             conversion_seconds=conversion_seconds,
         )

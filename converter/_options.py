@@ -25,6 +25,7 @@ class ConvertOptions:
     percentile: float = 99.999  # for calibration="percentile"; two-sided, per tensor
     prune: float = 0.0  # target sparsity of Conv/Gemm/MatMul weights, per layer
     io: str = "float"  # model inputs/outputs: float (Q/DQ inside) or int8
+    strict_formats: bool = True  # False: a format whose writer rejects the model is skipped
     max_calib_samples: int = 512  # more samples are ignored (first ones kept)
     max_eval_samples: int = 10_000
     sqnr_samples: int = 32  # samples used for per-layer SQNR

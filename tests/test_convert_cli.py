@@ -202,3 +202,30 @@ def test_every_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out-")]
     assert not failures, "\n".join(failures)
     assert not leftovers
+
+
+def test_float_fallback_op_keeps_onnx_and_explains(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4, 3, 3], rng.normal(size=144).astype(np.float32))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Tanh", ["c"], ["t"], name="tanh"),
+        helper.make_node("GlobalAveragePool", ["t"], ["y"], name="gap"),
+    ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=rng.normal(size=(8, 4, 6, 6)).astype(np.float32))
+    res = run_cli(tmp_path / "m.onnx", "--calib", tmp_path / "c.npz", "-o", tmp_path / "o")
+    assert res.returncode == 0, res.stderr
+    r = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [(f["node"], f["op"]) for f in r["float_ops"]] == [("tanh", "Tanh")]
+    assert (tmp_path / "o" / "model.int8.onnx").exists()
+    if r["tflite"] is not None and "skipped" in r["tflite"]:  # the TFLite writer has no float ops
+        assert not (tmp_path / "o" / "model.int8.tflite").exists() and "warning" in res.stderr
+        strict = run_cli(tmp_path / "m.onnx", "--calib", tmp_path / "c.npz", "-o", tmp_path / "s",
+                         "--format", "onnx,tflite", "-q")
+        assert strict.returncode == 2 and len(strict.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "s").exists()

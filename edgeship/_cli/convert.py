@@ -95,14 +95,24 @@ def convert(
     from edgeship.converter import ConvertOptions, default_formats
     from edgeship.converter import convert as run
 
+    # formats left to the default: a model TFLite cannot hold still gets its ONNX
     options = ConvertOptions(
-        formats=_formats(fmt) or default_formats(), prune=prune, calibration=calibration, io=io
+        strict_formats=fmt is not None,
+        formats=_formats(fmt) or default_formats(),
+        prune=prune,
+        calibration=calibration,
+        io=io,
     )
     report = run(model, calib, out, options, eval_path=eval_path, base_dir=base, progress=not quiet)
     if quiet:
         return
     s = report.sizes
-    click.echo(f"wrote {out}/  ({', '.join(options.formats)})")
+    written = [
+        f
+        for f in options.formats
+        if f == "onnx" or (report.tflite and "skipped" not in report.tflite)
+    ]
+    click.echo(f"wrote {out}/  ({', '.join(written)})")
     click.echo(
         f"  size      fp32 {s['fp32_bytes']} B -> int8 onnx {s['int8_onnx_bytes']} B "
         f"({s['int8_onnx_ratio']:.3f}x)"
@@ -117,6 +127,8 @@ def convert(
             f"  eval      {acc}agreement {e['agreement']:.2f}%, output SQNR {e['output_sqnr_db']:.1f} dB, "
             f"latency fp32 {e['fp32_latency_ms']:.3f} ms int8 {e['int8_latency_ms']:.3f} ms"
         )
+    if report.tflite and "skipped" in report.tflite:
+        click.echo(f"  warning   no TFLite file: {report.tflite['skipped']}", err=True)
     if report.float_ops:
         click.echo(f"  float ops {len(report.float_ops)} (see report.html)")
     if report.base:
