@@ -12,7 +12,9 @@ Topics are fixed by the design (see :func:`topics`).
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket as _socket
 import ssl
 import threading
 import time
@@ -214,6 +216,10 @@ class MqttEdge:
                         properties: Any) -> None:
         if getattr(reason, "is_failure", False):
             return
+        sock = client.socket()
+        if isinstance(sock, _socket.socket):  # no Nagle: a request waits for no ACK timer
+            with contextlib.suppress(OSError):
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         self._pending_subs = {client.subscribe(t, qos=1)[1] for t in self.subscriptions}
         if not self._pending_subs:
             self._ready()
