@@ -198,3 +198,31 @@ def test_fixed_batch_model_runs_rows_one_by_one() -> None:
         assert y.shape == (4, 10) and service.runs == 4
     finally:
         service.close()
+
+
+def test_batching_over_http_keeps_answers_apart(tmp_path: Path) -> None:
+    from edgeship.sdk import CloudClient
+
+    model = dynamic_model(tmp_path / "dyn.onnx")
+    proc, port = start_cloud(model, "--batch-window-ms", "5")
+    session = ort.InferenceSession(str(model))
+    failures: list[str] = []
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with CloudClient(f"http://127.0.0.1:{port}", "dyn", deadline_ms=5000) as cloud:
+            for _ in range(15):
+                x = rng.normal(size=(int(rng.integers(1, 4)), 4)).astype(np.float32)
+                y = cloud.infer({"x": x})["y"]
+                if not np.allclose(y, session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6):
+                    failures.append(f"client {seed}: wrong rows for {x.shape}")
+
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        stop(proc)
+    assert not failures, failures[:3]
