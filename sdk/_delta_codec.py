@@ -12,7 +12,8 @@ information each:
 - a mask is stored either as packed bits (dense masks) or as LEB128 varint gaps between
   set positions (sparse masks: the gaps are geometric, for which Huffman is near optimal),
   whichever compresses smaller;
-- wider integers are zigzagged and split into byte planes so near-zero high bytes vanish.
+- wider integers are zigzagged, then split into byte planes so near-zero high bytes
+  vanish, or written as varints, whichever is smaller.
 
 Decoders treat input as hostile: counts and lengths are checked, errors are ValueError
 (the caller turns them into MalformedError).
@@ -83,16 +84,57 @@ def entropy_bits(values: Any) -> float:
 
 
 def zigzag_planes(diff: Any, width: int) -> bytes:
-    signed = diff.view(np.dtype(f"i{width}"))
-    zz = ((signed << 1) ^ (signed >> (8 * width - 1))).view(diff.dtype)
+    zz = zigzag(diff, width)
     return np.ascontiguousarray(zz.view(np.uint8).reshape(-1, width).T).tobytes()
 
 
 def unzigzag_planes(planes: bytes, width: int) -> Any:
-    dt = UINT[width]
     zz = np.ascontiguousarray(np.frombuffer(planes, np.uint8).reshape(width, -1).T)
-    zz = zz.view(dt).reshape(-1)
-    return (zz >> dt(1)) ^ (np.zeros_like(zz) - (zz & dt(1)))
+    return unzigzag(zz.view(UINT[width]).reshape(-1))
+
+
+def zigzag(diff: Any, width: int) -> Any:
+    """Wrapping difference -> unsigned zigzag value (small magnitude, small number)."""
+    signed = diff.view(np.dtype(f"i{width}"))
+    return ((signed << 1) ^ (signed >> (8 * width - 1))).view(diff.dtype)
+
+
+def unzigzag(zz: Any) -> Any:
+    one = zz.dtype.type(1)
+    return (zz >> one) ^ (np.zeros_like(zz) - (zz & one))
+
+
+def encode_wide(diffs: list[Any]) -> Stream:
+    """Differences of wide tensors: zigzag byte planes per tensor, or zigzag varints for all,
+    whichever is smaller (mask-code field: 0 planes, 1 varints)."""
+    planes = compress(b"".join(zigzag_planes(d, d.itemsize) for d in diffs), PACKED)
+    values = [zigzag(d, d.itemsize).astype(np.uint64) for d in diffs]
+    packed = compress(varints(np.concatenate(values) if values else np.zeros(0, np.uint64)),
+                      GAPS)
+    return min(planes, packed, key=lambda c: len(c[2]))
+
+
+def decode_wide(code: int, raw: bytes, shapes: list[tuple[int, int]]) -> list[Any]:
+    """Zigzag-decoded differences for tensors of ``(bytes, width)``, as unsigned arrays."""
+    if code == PACKED:
+        if len(raw) != sum(n for n, _ in shapes):
+            raise ValueError("wide planes have the wrong length")
+        out, pos = [], 0
+        for n, width in shapes:
+            out.append(unzigzag_planes(raw[pos : pos + n], width))
+            pos += n
+        return out
+    values = unvarints(raw)
+    if values.size != sum(n // w for n, w in shapes):
+        raise ValueError("wide varints have the wrong count")
+    out, pos = [], 0
+    for n, width in shapes:
+        chunk = values[pos : pos + n // width]
+        if width < 8 and chunk.size and int(chunk.max()) >> (8 * width):
+            raise ValueError("wide value out of range")
+        out.append(unzigzag(chunk.astype(UINT[width])))
+        pos += n // width
+    return out
 
 
 def varints(values: Any) -> bytes:
@@ -117,7 +159,7 @@ def unvarints(raw: bytes) -> Any:
     ends = np.flatnonzero(b < 0x80)
     starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
     lengths = ends - starts + 1
-    if lengths.size and lengths.max() > 9:
+    if lengths.size and lengths.max() > 10:
         raise ValueError("varint too long")
     group = np.repeat(np.arange(ends.size), lengths)
     shift = (np.arange(b.size) - starts[group]) * 7

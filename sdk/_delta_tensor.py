@@ -2,7 +2,7 @@
 
 Layout::
 
-    b"ESTD\x04" | header: LEB128 varints | stream blobs, in _STREAMS order
+    b"ESTD\x05" | header: LEB128 varints | stream blobs, in _STREAMS order
 
 Header: base size, new size, skeleton size, skeleton mode, number of base and new
 tensors, then per stream ``stored bytes, raw bytes, method (0 raw, 1 zstd), mask code
@@ -20,7 +20,7 @@ almost all zeros), else as a bsdiff4 patch; the smaller wins. Each new tensor is
   ``rest``, the masks coded per magnitude bucket of the base weight, a context the
   device knows (:mod:`edgeship.sdk._delta_codec`);
 - ``ZZ``: difference as zigzag bytes (``zz8``, dense INT8 changes such as a retrained
-  head) or zigzag byte planes (``wide``, int32 bias / float32 scale);
+  head) or, for int32 bias / float32 scale, zigzag byte planes or varints (``wide``);
 - ``LIT``: raw bytes (``lit``), for new tensors or when cheaper than any difference.
 
 Differences are element-wise wrapping integer subtraction, exact for every dtype.
@@ -40,7 +40,7 @@ from edgeship._errors import MalformedError
 
 __all__ = ["decode", "encode"]
 
-_MAGIC = b"ESTD\x04"
+_MAGIC = b"ESTD\x05"
 _SAME, _SIG, _LIT, _ZZ = 0, 1, 2, 3  # how a new tensor is coded
 _BSDIFF, _BYTEDIFF = 0, 1  # how the skeleton is coded
 _STREAMS = ("layout", "skel", "nz", "sign", "big", "rest", "zz8", "wide", "lit")
@@ -84,7 +84,7 @@ class _Encoder:
             return _SAME
         d = _diff(new, old, width)
         if width > 1:
-            self.parts["wide"].append(codec.zigzag_planes(d, width))
+            self.parts["wide"].append(d)
             return _ZZ
         sig_bits, lit_bits = codec.int8_cost(d, new)
         zz = _zigzag8(d)
@@ -105,8 +105,8 @@ class _Encoder:
         sig, old = self.parts["sig"], self.parts["old"]
         d = np.concatenate(sig) if sig else np.zeros(0, np.uint8)
         base = np.concatenate(old) if old else np.zeros(0, np.uint8)
-        joined = {k: b"".join(bytes(x) for x in self.parts[k]) for k in ("zz8", "wide", "lit")}
-        return {**codec.encode_int8(d, base),
+        joined = {k: b"".join(bytes(x) for x in self.parts[k]) for k in ("zz8", "lit")}
+        return {**codec.encode_int8(d, base), "wide": codec.encode_wide(self.parts["wide"]),
                 **{k: codec.compress(v) for k, v in joined.items()}}
 
 
@@ -279,10 +279,14 @@ def decode(base: bytes, delta: bytes, *, max_output: int) -> bytes:
     except ValueError as exc:
         raise _bad(f"int8 streams inconsistent ({exc})") from exc
     zz8 = np.frombuffer(d.stream("zz8", d.total(_ZZ, wide=False)), np.uint8)
-    wide = d.stream("wide", d.total(_ZZ, wide=True))
+    try:
+        wide = iter(codec.decode_wide(*d.raw["wide"], [(r[1], r[2]) for r in d.rows
+                                                       if r[3] == _ZZ and r[2] > 1]))
+    except ValueError as exc:
+        raise _bad(f"wide stream inconsistent ({exc})") from exc
     lit = d.stream("lit", d.total(_LIT))
     out, pos, ps = [], 0, 0
-    used = {"sig": 0, "zz8": 0, "wide": 0, "lit": 0}
+    used = {"sig": 0, "zz8": 0, "lit": 0}
     for off, length, width, mode, ref in d.rows:
         out.append(skel[ps : ps + off - pos])
         ps, pos = ps + off - pos, off + length
@@ -301,8 +305,6 @@ def decode(base: bytes, delta: bytes, *, max_output: int) -> bytes:
             out.append((old + _unzigzag8(zz8[used["zz8"] : used["zz8"] + length])).tobytes())
             used["zz8"] += length
         else:
-            planes = wide[used["wide"] : used["wide"] + length]
-            out.append((old + codec.unzigzag_planes(planes, width)).tobytes())
-            used["wide"] += length
+            out.append((old + next(wide)).tobytes())
     out.append(skel[ps:])
     return b"".join(out)

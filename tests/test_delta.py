@@ -39,6 +39,8 @@ def _int8_model(seed: int, n: int = 20_000) -> dict[str, np.ndarray]:
         "conv.b": rng.integers(-5000, 5000, (64,), dtype=np.int32),
         "conv.scale": rng.random(64).astype(np.float32),
         "head.w": rng.integers(-127, 128, (2560,), dtype=np.int8),
+        "misc.i64": rng.integers(-(2**62), 2**62, (16,), dtype=np.int64),
+        "misc.f16": rng.random(32).astype(np.float16),
     }
 
 
@@ -62,6 +64,8 @@ def test_round_trip_on_onnx_models(seed: int, moved: float, step: int,
     new["conv.w"][mask] = (new["conv.w"][mask].astype(np.int16) + step).astype(np.int8)
     new["conv.b"][:3] += 1
     new["conv.scale"] *= np.float32(1.01)
+    new["misc.i64"][::3] ^= np.int64(-1)  # extreme 64-bit differences
+    new["misc.f16"][1::2] *= np.float16(0.5)
     if resize_head:
         new["head.w"] = rng.integers(-127, 128, (1280,), dtype=np.int8)
     old_bytes, new_bytes = _model(old), _model(new)
@@ -77,7 +81,8 @@ def test_regions_match_the_onnx_initializers() -> None:
     regions = find_regions(data)
     assert {r.name for r in regions} == set(raw)
     widths = {r.name: r.width for r in regions}
-    assert widths == {"conv.w": 1, "conv.b": 4, "conv.scale": 4, "head.w": 1}
+    assert widths == {"conv.w": 1, "conv.b": 4, "conv.scale": 4, "head.w": 1, "misc.i64": 8,
+                      "misc.f16": 2}
     for r in regions:
         assert data[r.offset : r.offset + r.length] == raw[r.name]
 
@@ -165,3 +170,18 @@ def test_zstd_frame_declaring_more_than_its_limit_is_refused_before_allocation()
     with pytest.raises(ValueError, match="declares"):
         decompress(bomb, 1000)
     assert decompress(zstandard.ZstdCompressor().compress(b"x" * 1000), 1000) == b"x" * 1000
+
+
+@pytest.mark.parametrize(("spread", "code"), [(40, 1), (2**31, 0)])
+def test_wide_differences_pick_varints_or_planes(spread: int, code: int) -> None:
+    from edgeship.sdk import _delta_codec as codec
+
+    rng = np.random.default_rng(spread)
+    diffs = [rng.integers(-spread, spread, n).astype(np.int64).astype(dt).view(udt)
+             for n, dt, udt in ((300, np.int32, np.uint32), (40, np.int64, np.uint64),
+                                (64, np.int16, np.uint16))]
+    chosen, method, blob, raw_size = codec.encode_wide(diffs)
+    assert chosen == code
+    raw = codec.decompress(blob, raw_size) if method == codec.ZSTD else blob
+    back = codec.decode_wide(chosen, raw, [(d.nbytes, d.itemsize) for d in diffs])
+    assert all(np.array_equal(a, b) for a, b in zip(back, diffs, strict=True))
