@@ -68,6 +68,9 @@ def test_list_finds_bench_scripts_only(bench_dir: Path) -> None:
 
 def test_runs_named_subset_writes_json_and_png(bench_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
+    committed = bench_dir / "results" / "legacy.json"
+    committed.parent.mkdir()
+    committed.write_text('{"bench": "legacy", "send_s": 9}')
     proc = edgeship("bench", "tiny", "bench_legacy.py", "--dir", str(bench_dir),
                     "--out", str(out), "--quick", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -77,8 +80,10 @@ def test_runs_named_subset_writes_json_and_png(bench_dir: Path, tmp_path: Path) 
     assert doc["bench"] == "tiny" and doc["quick"] is True and doc["was_quick"] is True
     assert doc["machine"]["cpus"] >= 1 and doc["machine"]["python"]
     assert doc["loop"]["n"] == 20 and doc["loop"]["p50_ms"] <= doc["loop"]["p99_ms"]
-    # the legacy script wrote next to itself; the runner copied it to --out
+    # the legacy script wrote next to itself; the runner copied it to --out and put the
+    # committed result back as it was
     assert json.loads((out / "legacy.json").read_text())["recv_s"] == 0.7
+    assert committed.read_text() == '{"bench": "legacy", "send_s": 9}'
     for name in ("tiny", "legacy"):
         png = out / f"{name}.png"
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 2000
@@ -95,6 +100,8 @@ def test_failing_bench_is_reported_and_others_still_run(bench_dir: Path, tmp_pat
     assert "failed (exit 3)" in proc.stdout
     assert (out / "tiny.json").exists() and (out / "legacy.json").exists()
     assert not list(out.glob("*.png"))
+    assert not (bench_dir / "results" / "legacy.json").exists()  # not left behind either
+    assert "=== tiny: ok in " in proc.stderr and " cpus" in proc.stderr  # the machine, named
 
 
 def test_unknown_name_is_a_usage_error(bench_dir: Path) -> None:

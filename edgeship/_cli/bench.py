@@ -11,6 +11,7 @@ part of the installed package).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -74,6 +75,12 @@ def select(available: dict[str, Path], names: tuple[str, ...]) -> dict[str, Path
 def run_one(name: str, script: Path, out: Path, *, quick: bool, timeout: float) -> Outcome:
     """Run one script to completion; its result must appear as ``out/<name>.json``."""
     env = {**os.environ, OUT_ENV: str(out), QUICK_ENV: "1" if quick else "0"}
+    own = script.parent / "results" / f"{name}.json"
+    target = out / f"{name}.json"
+    # a script that ignores EDGESHIP_BENCH_OUT writes its own results/; with --out
+    # elsewhere, that committed file is put back as it was after the run
+    elsewhere = own.resolve() != target.resolve()
+    saved = own.read_bytes() if elsewhere and own.exists() else None
     began_wall, began = time.time(), time.monotonic()
     try:
         proc = subprocess.run([sys.executable, str(script)], cwd=script.parent.parent,
@@ -82,24 +89,34 @@ def run_one(name: str, script: Path, out: Path, *, quick: bool, timeout: float) 
     except subprocess.TimeoutExpired:
         status = "timeout"
     seconds = round(time.monotonic() - began, 1)
-    result = _fresh_result(name, script, out, since=began_wall - 1.0)
+    result = _fresh_result(own, target, since=began_wall - 1.0)
+    if elsewhere and saved is not None and own.read_bytes() != saved:
+        _atomic_write(own, saved)
+    elif elsewhere and saved is None:
+        own.unlink(missing_ok=True)
     if status == "ok" and result is None:
         status = "no result"
     return Outcome(name=name, status=status, seconds=seconds, result=result)
 
 
-def _fresh_result(name: str, script: Path, out: Path, *, since: float) -> Path | None:
-    """The JSON this run wrote. A script that ignores EDGESHIP_BENCH_OUT writes to its
-    own ``results/``; that file is copied to ``out`` so plots see every result."""
-    target = out / f"{name}.json"
+def _fresh_result(own: Path, target: Path, *, since: float) -> Path | None:
+    """The JSON this run wrote, at ``target``; a fresh ``own`` file is copied there."""
     if target.exists() and target.stat().st_mtime >= since:
         return target
-    own = script.parent / "results" / f"{name}.json"
     if own.exists() and own.stat().st_mtime >= since and own.resolve() != target.resolve():
-        out.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(own, target)
         return target
     return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 def load_plots(bench_dir: Path) -> ModuleType:
@@ -126,6 +143,19 @@ def _plot(bench_dir: Path, out: Path, names: list[str] | None) -> None:
         click.echo(f"plot: {png}")
     for problem in problems:
         click.echo(f"plot skipped: {problem}", err=True)
+
+
+def machine_line(result: Path | None) -> str | None:
+    """The machine a result was measured on, from its JSON (every table names it)."""
+    if result is None:
+        return None
+    try:
+        machine = json.loads(result.read_text(encoding="utf-8")).get("machine") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    cpu = machine.get("cpu") or machine.get("platform") or "?"
+    memory = f", {machine['memory_gib']} GiB" if machine.get("memory_gib") else ""
+    return f"{cpu}, {machine.get('cpus', '?')} cpus{memory}, Python {machine.get('python', '?')}"
 
 
 def _summary(outcomes: list[Outcome]) -> None:
@@ -170,7 +200,12 @@ def bench(names: tuple[str, ...], list_only: bool, out: Path | None, bench_dir: 
     outcomes = []
     for name, script in chosen.items():
         click.echo(f"=== bench {name} ({script.name})", err=True)
-        outcomes.append(run_one(name, script, out, quick=quick, timeout=timeout))
+        outcome = run_one(name, script, out, quick=quick, timeout=timeout)
+        outcomes.append(outcome)
+        machine = machine_line(outcome.result)
+        if machine:
+            click.echo(f"=== {name}: {outcome.status} in {outcome.seconds:.1f} s on {machine}",
+                       err=True)
     _summary(outcomes)
     if plot:
         _plot(folder, out, None)
