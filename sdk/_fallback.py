@@ -284,7 +284,7 @@ class FallbackModel:
         self._local: tuple[_LocalModel | None, str] = (local, version)
         self._lock = threading.Lock()
         self._stats = FallbackStats()
-        self._cloud_input: str | None = None
+        self._cloud_meta: Any | None = None
 
     def set_local(self, model: _LocalModel | None, version: str = "") -> None:
         """Serve from ``model`` (None: no local model) from the next answer on."""
@@ -407,17 +407,26 @@ class FallbackModel:
                 s.cloud_failures += 1
                 s.last_cloud_error = error[:300]
 
+    def cloud_metadata(self) -> Any | None:
+        """The cloud model's v2 metadata (cached after the first success), or None when
+        there is no cloud or it cannot tell within the deadline. An agent without a local
+        model can show it at ``/v2/models/<name>``."""
+        if self._cloud_meta is None and self.cloud is not None and self.breaker.state != OPEN:
+            try:
+                self._cloud_meta = self.cloud.metadata(deadline_ms=self.deadline_ms)  # type: ignore[attr-defined]
+            except TransportError:
+                return None
+        return self._cloud_meta
+
     def _input_name(self) -> str:
         model = self.local
         specs = getattr(model, "inputs", None)
         if specs:
             return str(specs[0].name)
-        if self._cloud_input is None and self.cloud is not None:
-            meta = self.cloud.metadata()  # type: ignore[attr-defined]
-            self._cloud_input = meta.inputs[0].name
-        if self._cloud_input is None:
+        meta = self.cloud_metadata()
+        if meta is None or not meta.inputs:
             raise ModelLoadError("no model to tell the input name; pass a dict")
-        return self._cloud_input
+        return str(meta.inputs[0].name)
 
     def stats(self) -> dict[str, Any]:
         """Counters, cloud latency and breaker state, for telemetry and Prometheus."""

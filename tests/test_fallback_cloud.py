@@ -131,6 +131,8 @@ def test_no_local_model_cloud_answers(cloud_port: int, eval_x: np.ndarray) -> No
     expected = np.concatenate([session.run(None, {"input": x[i : i + 1]})[0] for i in range(2)])
     np.testing.assert_allclose(answer.outputs["probs"], expected, rtol=1e-5, atol=1e-6)
     assert fm.predict(x[:1]).shape == (1, 10)  # input name taken from the cloud's metadata
+    meta = fm.cloud_metadata()
+    assert meta is not None and meta.versions == ("cloud-9",) and meta.inputs[0].name == "input"
     assert fm.stats()["answers"]["cloud"] == 2
 
 
