@@ -13,6 +13,10 @@ _EXPORTS: dict[str, str] = {
     "Report": "edgeship.converter._report",
     "convert": "edgeship.converter._convert",
     "default_formats": "edgeship.converter._convert",
+    "EdgeTpuReport": "edgeship.converter._edgetpu",
+    "TfliteInfo": "edgeship.converter._tflite",
+    "check_edgetpu": "edgeship.converter._edgetpu",
+    "write_tflite": "edgeship.converter._tflite",
 }
 
 __all__ = sorted(_EXPORTS)
