@@ -15,8 +15,10 @@ CPU but do not cut the graph (a model written with ``io="int8"`` has none).
 
 To put the result in a conversion report::
 
-    from edgeship.converter._edgetpu import check_edgetpu
+    from edgeship.converter import check_edgetpu
     report["edgetpu"] = check_edgetpu(tflite_path).to_dict()
+
+(``edgeship convert`` does this when it writes a .tflite: converter/_convert.py).
 
 ``to_dict()`` has ``fully_mappable`` (bool), ``verdict`` (one plain sentence),
 ``cpu_ops`` (each with index, op, reasons), ``cut`` (the first unsupported op or None)
