@@ -231,6 +231,31 @@ def plot_time_vs_n(doc: Mapping[str, Any], fig: Any) -> None:
     ax.legend(fontsize=7)
 
 
+def plot_fleet(doc: Mapping[str, Any], fig: Any) -> None:
+    """Fleet update time vs number of devices, with the linear-growth line from the
+    smallest fleet (below it = better than linear)."""
+    rows = sorted(_rows(doc), key=lambda r: _num(r["devices"]))
+    ns = [_num(r["devices"]) for r in rows]
+    fig.set_size_inches(9, 4.8)
+    ax = fig.subplots()
+    for key, label in (("wall_s", "fleet push -> last device committed"),
+                       ("devices_s", "offer -> last committed (devices' side)")):
+        ys = [_num(r.get(key)) for r in rows]
+        if any(y == y for y in ys):
+            ax.plot(ns, ys, marker="o", label=label)
+            for n, y in zip(ns, ys, strict=True):
+                if y == y:
+                    ax.annotate(f"{y:.1f} s", (n, y), textcoords="offset points",
+                                xytext=(4, 4), fontsize=7)
+    first = _num(rows[0].get("wall_s"))
+    if first == first and ns[0] > 0:
+        ax.plot(ns, [first * n / ns[0] for n in ns], "--", color="grey", label="linear growth")
+    ax.set_xlabel("devices updated at once")
+    ax.set_ylabel("seconds")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+
+
 def plot_fallback(doc: Mapping[str, Any], fig: Any) -> None:
     """Latency of local, wrapped, cloud and cloud-down answers (p50 and p99, log scale)."""
     results = doc["results"]
@@ -254,7 +279,7 @@ PLOTTERS: dict[str, Plotter] = {
     "onnx2tf": plot_onnx2tf,
     "runtimes": plot_runtimes,
     "ota_size": plot_ota_size,
-    "fleet": plot_time_vs_n,
+    "fleet": plot_fleet,
     "fallback": plot_fallback,
 }
 

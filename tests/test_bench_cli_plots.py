@@ -45,8 +45,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         {"update": "head-only", "format": "tflite", "full_bytes": 350768, "zstd_bytes": 296853,
          "bsdiff4_bytes": 2450, "edgeship_bytes": 2313, "edgeship_base_bytes": 2293}]},
     "fleet": {"rows": [
-        {"devices": n, "mode": "delta", "rollout_s": 0.1 * n, "p99_device_s": 0.05 * n}
-        for n in (1, 10, 100)]},
+        {"devices": n, "wall_s": 2 + 0.05 * n, "devices_s": 0.05 * n, "setup_s": 1.0}
+        for n in (100, 500, 1000)]},
     "fallback": {"results": {
         "local": {"p50_ms": 0.02, "p99_ms": 0.06},
         "fallback_cloud": {"p50_ms": 0.5, "p99_ms": 2.0}}},
@@ -74,6 +74,15 @@ def test_committed_results_all_plot(tmp_path: Path) -> None:
     written, problems = _plots().plot_all(tmp_path)
     assert problems == []
     assert sorted(p.stem for p in written) == sorted(p.stem for p in results)
+
+
+def test_time_vs_n_chart_for_sized_rows(tmp_path: Path) -> None:
+    plots = _plots()
+    path = tmp_path / "scale.json"
+    path.write_text(json.dumps({"bench": "scale", "rows": [
+        {"n": n, "mode": m, "total_s": 0.1 * n} for n in (1, 10) for m in ("a", "b")]}))
+    plots.PLOTTERS["scale"] = plots.plot_time_vs_n
+    assert plots.plot_one(path, tmp_path).read_bytes()[:8] == PNG_MAGIC
 
 
 def test_units_and_numbers_helpers() -> None:
