@@ -164,6 +164,7 @@ class _BasePolicy(WeightPolicy):
         near = (steps - q) ** 2
         cost = (steps - old_q) ** 2 - near  # extra squared error of keeping the old value
         candidate = same_scale & (q != old_q) & (np.abs(steps - old_q) <= self.base.weight_tol)
+        candidate &= w != 0  # a pruned weight stays exactly zero
         keep = _within_budget(np.where(candidate, cost, np.inf), near, axis, self.base.noise_budget)
         q = np.where(keep | (q == old_q), old_q, q).astype(np.int8)
         self.base.kept_values[name] = int(np.sum(q == old_q))

@@ -131,3 +131,13 @@ def test_quant_params_json_round_trips(v1: Path) -> None:
         np.testing.assert_array_equal(
             np.asarray(w["scales"], np.float32).reshape(-1), model[name + "_s"].reshape(-1)
         )
+
+
+def test_base_never_undoes_pruning(v1: Path, tmp_path: Path) -> None:
+    opts = ConvertOptions(formats=("onnx",), prune=0.5)
+    r = convert(FIX / "mobilenet.onnx", CALIB, tmp_path / "p", opts, base_dir=v1)
+    new = _int8_tensors(tmp_path / "p")
+    for w in r.weights:
+        q = new[w["name"] + "_q"]
+        if q.size > 100:
+            assert np.mean(q == 0) >= 0.5
