@@ -40,10 +40,16 @@ from edgeship.sdk._transfer import encode_request
 
 
 class HealthLab:
-    """The golden check of each distinct (artifact, golden, faulty) once per process."""
+    """The golden check of each distinct (artifact, golden, faulty) once per process, and
+    the process's shared copies of slot contents."""
 
     def __init__(self) -> None:
         self.cache: dict[tuple[str, str, bool], str | None] = {}
+        self.blobs: dict[str, bytes] = {}  # content-addressed: one copy of each artifact
+
+    def store(self, data: bytes) -> bytes:
+        """The shared copy of ``data`` (a thousand devices need not hold a thousand)."""
+        return self.blobs.setdefault(hashlib.sha256(data).hexdigest(), data)
 
     def check(self, data: bytes, fmt: str, golden: dict[str, Any] | None, faulty: bool
               ) -> str | None:
@@ -169,7 +175,7 @@ class SimDevice:
         return ota.Downloaded(payload=bytes(self.download), base=base)
 
     def _do_WriteSlot(self, action: ota.WriteSlot) -> ota.Event:
-        self.slots[action.slot] = action.data
+        self.slots[action.slot] = self.lab.store(action.data)
         return ota.Installed()
 
     def _faulty(self, data: bytes) -> bool:
