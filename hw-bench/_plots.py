@@ -256,6 +256,36 @@ def plot_fleet(doc: Mapping[str, Any], fig: Any) -> None:
     ax.legend(fontsize=7)
 
 
+def plot_agent(doc: Mapping[str, Any], fig: Any) -> None:
+    """The agent: local API vs in-process latency, footprint vs a bare runtime process,
+    and where an OTA update's time goes."""
+    rows = _rows(doc, "latency")
+    foot, update = doc["footprint"], doc["update"]
+    fig.set_size_inches(14, 4.5)
+    a, b, c = fig.subplots(1, 3)
+    grouped_bars(a, [str(r["model"]) for r in rows],
+                 {"in-process p50": [r.get("inprocess_p50_ms") for r in rows],
+                  "local API p50": [r.get("api_p50_ms") for r in rows],
+                  "local API p99": [r.get("api_p99_ms") for r in rows]},
+                 "latency, ms (log)", log=True)
+    grouped_bars(b, ["RSS, MB", "first answer, s"],
+                 {"agent": [foot.get("agent_rss_mb"), foot.get("agent_first_answer_s")],
+                  "bare runtime": [foot.get("bare_rss_mb"), foot.get("bare_first_answer_s")]},
+                 "MB | s", log=True)
+    phases = [("download_s", "download"), ("verify_install_s", "verify + install"),
+              ("health_switch_s", "health check + switch")]
+    bottom = 0.0
+    for key, label in phases:
+        value = _num(update.get(key))
+        if value == value:
+            c.bar(["OTA update"], [value], bottom=bottom, label=f"{label} {value:.2f} s")
+            bottom += value
+    c.set_ylabel("seconds", fontsize=8)
+    c.set_title(f"delta {human_bytes(_num(update.get('delta_bytes')))} of "
+                f"{human_bytes(_num(update.get('artifact_bytes')))}", fontsize=8)
+    c.legend(fontsize=7)
+
+
 def plot_fallback(doc: Mapping[str, Any], fig: Any) -> None:
     """Latency of local, wrapped, cloud and cloud-down answers (p50 and p99, log scale)."""
     results = doc["results"]
@@ -280,6 +310,7 @@ PLOTTERS: dict[str, Plotter] = {
     "runtimes": plot_runtimes,
     "ota_size": plot_ota_size,
     "fleet": plot_fleet,
+    "agent": plot_agent,
     "fallback": plot_fallback,
 }
 

@@ -47,6 +47,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "fleet": {"rows": [
         {"devices": n, "wall_s": 2 + 0.05 * n, "devices_s": 0.05 * n, "setup_s": 1.0}
         for n in (100, 500, 1000)]},
+    "agent": {
+        "latency": [{"model": "mlp", "inprocess_p50_ms": 0.01, "api_p50_ms": 0.3,
+                     "api_p99_ms": 0.6}],
+        "footprint": {"agent_rss_mb": 90.0, "bare_rss_mb": 80.0, "agent_first_answer_s": 0.8,
+                      "bare_first_answer_s": 0.6},
+        "update": {"delta_bytes": 900_000, "artifact_bytes": 1_100_000, "download_s": 1.2,
+                   "verify_install_s": 0.1, "health_switch_s": 0.5}},
     "fallback": {"results": {
         "local": {"p50_ms": 0.02, "p99_ms": 0.06},
         "fallback_cloud": {"p50_ms": 0.5, "p99_ms": 2.0}}},
