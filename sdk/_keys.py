@@ -59,6 +59,8 @@ __all__ = [
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _MAX_SIGNATURES = 16
+_MAX_KEYS = 64  # release keys listed at once
+_MAX_REVOKED = 4096
 
 
 def canonical_bytes(obj: Any) -> bytes:
@@ -203,6 +205,8 @@ class KeySet:
         keys, revoked = signed.get("keys"), signed.get("revoked", [])
         if not isinstance(keys, dict) or not isinstance(revoked, list):
             raise MalformedError("keyset: 'keys' must be an object and 'revoked' a list")
+        if len(keys) > _MAX_KEYS or len(revoked) > _MAX_REVOKED:
+            raise MalformedError(f"keyset: more than {_MAX_KEYS} keys or {_MAX_REVOKED} revoked")
         public: dict[str, str] = {}
         for keyid, entry in keys.items():
             if not isinstance(entry, dict) or entry.get("keytype") != "ed25519":
