@@ -21,6 +21,15 @@ _EXPORTS: dict[str, str] = {
     "ChunkRequest": "edgeship.sdk._transfer",
     "ReleaseServer": "edgeship.sdk._release_server",
     "push_offer": "edgeship.sdk._release_server",
+    # staged rollouts, fleet status, broker credentials (fleet-manager engineer)
+    "Rollout": "edgeship.sdk._rollout",
+    "RolloutPolicy": "edgeship.sdk._rollout",
+    "FleetDB": "edgeship.sdk._fleetdb",
+    "run_rollout": "edgeship.sdk._rollout_run",
+    "DeviceStatus": "edgeship.sdk._fleetstatus",
+    "FleetWatcher": "edgeship.sdk._fleetstatus",
+    "collect_status": "edgeship.sdk._fleetstatus",
+    "write_credentials": "edgeship.sdk._acl",
     # cloud fallback (fallback engineer)
     "Answer": "edgeship.sdk._fallback",
     "CircuitBreaker": "edgeship.sdk._fallback",

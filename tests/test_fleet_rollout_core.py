@@ -150,3 +150,30 @@ def test_policy_rejects_nonsense() -> None:
     with pytest.raises(ConfigError):
         start_rollout(fleet="f", model="m", version="1.0.0", reldir="/r", devices=[],
                       policy=RolloutPolicy(), now=0)
+
+
+def test_state_file_round_trip_and_progress_view(tmp_path: Any) -> None:
+    import io
+
+    from edgeship.sdk._fleetdb import FleetDB
+    from rich.console import Console
+
+    from edgeship._cli.fleet_rollout import _table, report
+
+    policy = RolloutPolicy(canary=0.1, waves=(0.5, 1.0), max_failure_rate=0.3)
+    r = start_rollout(fleet="f", model="model", version="1.1.0", reldir="/r", devices=DEVICES,
+                      policy=policy, now=0, release_id="abc", broker="h:1")
+    r, offer = step(r, {}, 1)
+    path = tmp_path / "state" / "fleet.sqlite"
+    with FleetDB(path) as db:
+        db.save(r, event="offered", detail={"devices": offer})
+    with FleetDB(path) as db:  # a new process reads the same rollout back
+        assert db.load(r.key) == r
+        assert [k for _, k, _ in db.events(r.key)] == ["offered"]
+        assert db.list("f") == [(r.key, "running", pytest.approx(db.list("f")[0][2]))]
+    doc = report(r)
+    assert doc["waves"][0] == {"name": "canary", "devices": 2, "offered_at": 1, "closed_at": None,
+                               "done": 0, "failed": 0}
+    out = io.StringIO()
+    Console(file=out, width=120).print(_table(r))
+    assert "canary" in out.getvalue() and "running" in out.getvalue()
