@@ -214,8 +214,10 @@ def load_golden(path: Path, artifact: Path | None = None) -> Golden:
     return Golden.from_arrays(arrays, output, max(1.5 * deviation, 2 * step))
 
 
-def _artifact_deviation(artifact: Path, inputs: dict[str, Any], expected: Any) -> float | None:
-    """Max |artifact(inputs) - expected|, or None if the artifact cannot be run here."""
+def _artifact_deviation(artifact: Path, inputs: dict[str, Any], expected: Any, *,
+                        strict: bool = False) -> float | None:
+    """Max |artifact(inputs) - expected|; None if the artifact cannot be run here (an
+    InputError naming why, when ``strict``)."""
     import numpy as np
     from edgeship.sdk._model import Model
 
@@ -226,7 +228,9 @@ def _artifact_deviation(artifact: Path, inputs: dict[str, Any], expected: Any) -
         if len(inputs) == 1 and len(model.inputs) == 1:
             inputs = {model.inputs[0].name: next(iter(inputs.values()))}
         got = model.predict_all(inputs)[model.outputs[0].name]
-    except EdgeshipError:
+    except EdgeshipError as exc:
+        if strict:
+            raise InputError(f"cannot run {artifact.name}: {exc}") from exc
         return None
     if got.shape != expected.shape:
         raise InputError(f"--golden: output shape {list(expected.shape)}, the artifact gives "
@@ -242,13 +246,15 @@ def verify_release(
     hardware: str | None = None,
     state: TrustedState | None = None,
     bases: Sequence[str | Path] = (),
+    golden: bool = False,
     now: datetime | None = None,
 ) -> Manifest:
     """Run every device check on a release directory; return the verified manifest.
 
     Each delta is checked against its signed size and sha256; for each ``bases`` entry
     (a release dir of an earlier version) the matching delta is applied and the result
-    checked against the artifact digest.
+    checked against the artifact digest. With ``golden``, the artifact is also run on the
+    manifest's golden input, as the device's health check does (HealthCheckError).
     """
     root = (root_public_key if isinstance(root_public_key, bytes)
             else read_bounded(Path(root_public_key), 16 * 1024, "root key"))
@@ -263,7 +269,25 @@ def verify_release(
         info = manifest.delta_for(_sha256(base))
         data = release.read_delta(info) if info else b""
         check_payload(manifest, data, base=base)
+    if golden and manifest.golden is not None:
+        check_golden(manifest.golden, release.path / manifest.artifact.name)
     return manifest
+
+
+def check_golden(golden: Golden, artifact: Path) -> None:
+    """Run ``artifact`` on the golden input; HealthCheckError when it cannot or differs."""
+    from edgeship._errors import HealthCheckError
+
+    inputs, expected = golden.arrays()
+    try:
+        deviation = _artifact_deviation(artifact, inputs, expected, strict=True)
+    except InputError as exc:
+        raise HealthCheckError(f"golden check: {exc}") from exc
+    if deviation is None:
+        raise HealthCheckError(f"golden check: cannot run {artifact.name}")
+    if not deviation <= golden.atol:
+        raise HealthCheckError(f"golden check: {artifact.name} differs from the golden output "
+                               f"by {deviation:.4g} (atol {golden.atol:.4g})")
 
 
 def write_verified(

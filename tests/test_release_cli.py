@@ -135,3 +135,21 @@ def test_rotate_and_revoke_make_old_releases_untrusted(tmp_path: Path, world: Pa
     # ... but with the current key set (v3) beside it the old key is revoked
     (tmp_path / "r1/keyset.json").write_bytes((keys / "keyset.json").read_bytes())
     _one_line_error(_run("verify", tmp_path / "r1", "--root", keys / "root.pub"), "revoked")
+
+
+def test_verify_runs_the_golden_check_like_a_device(tmp_path: Path, world: Path) -> None:
+    from edgeship.sdk import Model
+
+    fixtures = Path(__file__).parent / "fixtures"
+    x = np.load(fixtures / "mlp_calib.npz")["input"][:2]
+    y = Model.load(fixtures / "mlp.onnx").predict(x)
+    np.savez(tmp_path / "good.npz", input=x, output=y, atol=np.float32(1e-4))
+    np.savez(tmp_path / "bad.npz", input=x, output=y + 0.5, atol=np.float32(1e-4))
+    for name in ("good", "bad"):
+        out = _run("release", fixtures / "mlp.onnx", "--version", "1.0.0", "--keys",
+                   world / "keys", "-o", tmp_path / name, "--golden", tmp_path / f"{name}.npz")
+        assert out.returncode == 0, out.stderr
+    root = world / "keys/root.pub"
+    assert _run("verify", tmp_path / "good", "--root", root).returncode == 0
+    _one_line_error(_run("verify", tmp_path / "bad", "--root", root), "golden", "differs")
+    assert _run("verify", tmp_path / "bad", "--root", root, "--no-golden").returncode == 0

@@ -128,11 +128,14 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
 @click.option("--hardware", default=None, help="also require this hardware target to match")
 @click.option("--base", "bases", multiple=True, type=click.Path(path_type=Path),
               help="earlier release dir: apply its delta and check the result")
+@click.option("--golden/--no-golden", default=True, show_default=True,
+              help="run the artifact on the manifest's golden input, as the device will")
 def verify(reldir: Path, root: Path, model_name: str | None, hardware: str | None,
-           bases: tuple[Path, ...]) -> None:
+           bases: tuple[Path, ...], golden: bool) -> None:
     """Check RELDIR as a device would; print one line, exit 0 if trusted, 2 if not."""
     from edgeship.sdk._release import verify_release
 
-    m = verify_release(reldir, root, model_name=model_name, hardware=hardware, bases=bases)
+    m = verify_release(reldir, root, model_name=model_name, hardware=hardware, bases=bases,
+                       golden=golden)
     click.echo(f"ok: {m.model} {m.version} {m.artifact.name} ({m.artifact.size} B, "
                f"{len(m.deltas)} deltas) signed by {m.keyid[:16]}, expires {m.expires}")
