@@ -74,6 +74,20 @@ def run_rollout(*, broker_url: str, fleet: str, reldir: str | Path, db: FleetDB,
                   release_id=hashlib.sha256(
                       json.dumps(release.manifest_envelope, sort_keys=True).encode()
                   ).hexdigest()[:16])
+    key = rollout_key(ident.broker, ident.fleet, ident.model, ident.version, ident.release_id)
+    with db.lock(key):
+        return _run_locked(db, ident, payload, broker_url=broker_url, username=username,
+                           password=password, devices=devices, policy=policy,
+                           max_failure_rate=max_failure_rate, wave_timeout_s=wave_timeout_s,
+                           wait=wait, on_update=on_update, poll_s=poll_s, clock=clock)
+
+
+def _run_locked(db: FleetDB, ident: Ident, payload: bytes, *, broker_url: str, username: str,
+                password: str, devices: Sequence[str] | None, policy: RolloutPolicy,
+                max_failure_rate: float | None, wave_timeout_s: float | None, wait: bool,
+                on_update: Callable[[Rollout], None] | None, poll_s: float,
+                clock: Callable[[], float]) -> Rollout:
+    fleet = ident.fleet
     watcher = FleetWatcher(broker_url, fleet, username=username, password=password,
                            telemetry=False).start()
     try:

@@ -177,3 +177,18 @@ def test_state_file_round_trip_and_progress_view(tmp_path: Any) -> None:
     out = io.StringIO()
     Console(file=out, width=120).print(_table(r))
     assert "canary" in out.getvalue() and "running" in out.getvalue()
+
+
+def test_one_push_at_a_time_per_rollout(tmp_path: Any) -> None:
+    from edgeship.sdk._fleetdb import FleetDB
+
+    path = tmp_path / "fleet.sqlite"
+    with FleetDB(path) as a, FleetDB(path) as b:
+        with a.lock("h:1|f/model/1.0.0@x"):
+            with pytest.raises(ConfigError, match="another `fleet push` is running"):
+                with b.lock("h:1|f/model/1.0.0@x"):
+                    pass
+            with b.lock("h:1|f/model/2.0.0@y"):  # another rollout is not held up
+                pass
+        with b.lock("h:1|f/model/1.0.0@x"):  # released
+            pass
