@@ -331,15 +331,16 @@ def _resolve(host: str, port: int, deadline: _Deadline) -> list[Any]:
     except socket.gaierror:
         pass  # a name, not an address literal
     key = (host, port)
+    event: threading.Event | None = None
     with _dns_lock:
         cached = _dns_cache.get(key)
         if cached is None or cached[0] < time.monotonic():
-            event = _dns_pending.get(key)
+            cached, event = None, _dns_pending.get(key)
             if event is None:
                 event = _dns_pending[key] = threading.Event()
                 threading.Thread(target=_lookup, args=(key,), daemon=True).start()
-            cached = None
     if cached is None:
+        assert event is not None
         if not event.wait(deadline.left()):
             raise TransportError(f"DNS lookup of {host!r} did not finish before the deadline")
         with _dns_lock:

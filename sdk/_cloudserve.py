@@ -67,7 +67,7 @@ class _Job:
 
     @property
     def rows(self) -> int:
-        return next(iter(self.inputs.values())).shape[0]
+        return int(next(iter(self.inputs.values())).shape[0])
 
     def key(self) -> tuple[Any, ...]:
         return tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(self.inputs.items()))
