@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, print_machine, print_table, write_result
+from _common import ROOT, print_machine, print_table, quick, write_result
 
 FIXTURES = ROOT / "tests" / "fixtures"
 ONNX2TF = "onnx2tf==2.6.9"
@@ -148,7 +148,7 @@ def run_onnx2tf(name: str, work: Path, venv: Path, extra: list[str], label: str)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="cnn,mlp,mobilenet")
+    parser.add_argument("--models", default="cnn" if quick() else "cnn,mlp,mobilenet")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     args = parser.parse_args(argv)
     print_machine()
