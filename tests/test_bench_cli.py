@@ -89,6 +89,9 @@ def test_runs_named_subset_writes_json_and_png(bench_dir: Path, tmp_path: Path) 
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 2000
     assert not (out / "broken.json").exists()
     assert "ok" in proc.stdout and f"plot: {out / 'tiny.png'}" in proc.stdout
+    report = (out / "README.md").read_text()  # the page a forge shows for the folder
+    assert "## tiny" in report and "![tiny](tiny.png)" in report
+    assert "| model | p50_ms | size_bytes |" in report and "| b | 3.25 | 250 |" in report
 
 
 def test_failing_bench_is_reported_and_others_still_run(bench_dir: Path, tmp_path: Path) -> None:

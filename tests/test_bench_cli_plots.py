@@ -102,3 +102,29 @@ def test_units_and_numbers_helpers() -> None:
     assert leaves == {"rows[a].x_ms": 1.0, "y": 2.5}
     assert [plots.human_bytes(n) for n in (999, 12672, 1137937)] == ["999 B", "12.7 KB",
                                                                       "1.14 MB"]
+
+
+def _report() -> Any:
+    spec = importlib.util.spec_from_file_location("hw_report", ROOT / "hw-bench" / "_report.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_has_every_result_with_tables_machine_and_plot(tmp_path: Path) -> None:
+    for name in ("fallback", "ota_size"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"bench": name, "machine": {**MACHINE, "python": "3.11"}, **SAMPLES[name],
+             "summary": {"ratio": 2.5, "ok": True}}))
+    (tmp_path / "ota_size.png").write_bytes(PNG_MAGIC)
+    (tmp_path / "broken.json").write_text("[1, 2]")
+    path, problems = _report().write_report(tmp_path)
+    text = path.read_text()
+    assert path == tmp_path / "README.md" and problems == ["broken.json: not a JSON object"]
+    assert "## fallback\n" in text and "## ota_size\n" in text
+    assert "`edgeship bench ota_size` — Test CPU, 2 cpus, ?, Python 3.11" in text
+    assert "![ota_size](ota_size.png)" in text and "![fallback]" not in text
+    assert "| update | format | full_bytes | zstd_bytes |" in text  # rows -> table
+    assert "| local | 0.02 | 0.06 |" in text  # a mapping of mappings: one row per key
+    assert "| ratio | 2.5 |" in text and "| ok | yes |" in text

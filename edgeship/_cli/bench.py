@@ -5,7 +5,7 @@ its output streamed to the terminal so its table shows as it is measured. The ru
 tells it where to write through ``EDGESHIP_BENCH_OUT`` and asks for a short run with
 ``EDGESHIP_BENCH_QUICK=1`` (see ``hw-bench/_common.py``). Plots come from
 ``hw-bench/_plots.py``, loaded from the benchmark folder on use (it is repo tooling, not
-part of the installed package).
+part of the installed package), and so does ``results/README.md`` (``_report.py``).
 """
 
 from __future__ import annotations
@@ -119,14 +119,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def load_plots(bench_dir: Path) -> ModuleType:
-    """Import ``_plots.py`` from the benchmark folder (or the repository's copy)."""
-    path = bench_dir / "_plots.py"
+def load_helper(bench_dir: Path, name: str) -> ModuleType:
+    """Import ``<name>.py`` (``_plots``, ``_report``) from the benchmark folder, or the
+    repository's copy when that folder has none."""
+    path = bench_dir / f"{name}.py"
     if not path.exists():
-        path = _REPO_BENCH / "_plots.py"
+        path = _REPO_BENCH / f"{name}.py"
     if not path.exists():
-        raise ConfigError(f"cannot plot: no _plots.py in {bench_dir} or {_REPO_BENCH}")
-    spec = importlib.util.spec_from_file_location("edgeship_hw_bench_plots", path)
+        raise ConfigError(f"no {name}.py in {bench_dir} or {_REPO_BENCH}")
+    spec = importlib.util.spec_from_file_location(f"edgeship_hw_bench{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -134,15 +135,17 @@ def load_plots(bench_dir: Path) -> ModuleType:
 
 
 def _plot(bench_dir: Path, out: Path, names: list[str] | None) -> None:
-    plots = load_plots(bench_dir)
+    """PNG per result, then results/README.md with every table and plot."""
     try:
-        written, problems = plots.plot_all(out, out, names)
+        written, problems = load_helper(bench_dir, "_plots").plot_all(out, out, names)
     except RuntimeError as exc:  # matplotlib missing: say how to get it
         raise click.ClickException(str(exc)) from exc
     for png in written:
         click.echo(f"plot: {png}")
     for problem in problems:
         click.echo(f"plot skipped: {problem}", err=True)
+    report, unreadable = load_helper(bench_dir, "_report").write_report(out)
+    click.echo(f"report: {report}" + (f" ({len(unreadable)} unreadable)" if unreadable else ""))
 
 
 def machine_line(result: Path | None) -> str | None:
