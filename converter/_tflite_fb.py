@@ -16,6 +16,7 @@ import numpy as np
 import tflite
 
 SCHEMA_VERSION = 3
+SIGNATURE_KEY = "serving_default"
 _BUFFER_ALIGN = 16  # kernels read constant buffers in place; keep them aligned
 _TYPES = {
     "float32": tflite.TensorType.FLOAT32,
@@ -85,16 +86,19 @@ def serialize(graph: FbGraph) -> bytes:
     operators = [_operator(b, op, codes) for op in graph.ops]
     op_codes = [_opcode(b, name, version) for name, version in codes]
     subgraph = _subgraph(b, graph, tensors, operators)
+    signature = _signature(b, graph)
     description = b.CreateString(graph.description)
     codes_vec = _offsets(b, tflite.ModelStartOperatorCodesVector, op_codes)
     subgraphs_vec = _offsets(b, tflite.ModelStartSubgraphsVector, [subgraph])
     buffers_vec = _offsets(b, tflite.ModelStartBuffersVector, buffers)
+    signatures_vec = _offsets(b, tflite.ModelStartSignatureDefsVector, [signature])
     tflite.ModelStart(b)
     tflite.ModelAddVersion(b, SCHEMA_VERSION)
     tflite.ModelAddOperatorCodes(b, codes_vec)
     tflite.ModelAddSubgraphs(b, subgraphs_vec)
     tflite.ModelAddDescription(b, description)
     tflite.ModelAddBuffers(b, buffers_vec)
+    tflite.ModelAddSignatureDefs(b, signatures_vec)
     b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
     return bytes(b.Output())
 
@@ -184,6 +188,31 @@ def _opcode(b: flatbuffers.Builder, name: str, version: int) -> int:
     tflite.OperatorCodeAddVersion(b, version)
     tflite.OperatorCodeAddBuiltinCode(b, code)
     return tflite.OperatorCodeEnd(b)
+
+
+def _signature(b: flatbuffers.Builder, g: FbGraph) -> int:
+    """A "serving_default" signature naming the edges, as TensorFlow's converter writes:
+    LiteRT's signature runners and mobile APIs look models up by it."""
+
+    def tensor_maps(indices: list[int], start: Any) -> int:
+        maps = []
+        for index in indices:
+            name = b.CreateString(g.tensors[index].name)
+            tflite.TensorMapStart(b)
+            tflite.TensorMapAddName(b, name)
+            tflite.TensorMapAddTensorIndex(b, index)
+            maps.append(tflite.TensorMapEnd(b))
+        return _offsets(b, start, maps)
+
+    inputs = tensor_maps(g.inputs, tflite.SignatureDefStartInputsVector)
+    outputs = tensor_maps(g.outputs, tflite.SignatureDefStartOutputsVector)
+    key = b.CreateString(SIGNATURE_KEY)
+    tflite.SignatureDefStart(b)
+    tflite.SignatureDefAddInputs(b, inputs)
+    tflite.SignatureDefAddOutputs(b, outputs)
+    tflite.SignatureDefAddSignatureKey(b, key)
+    tflite.SignatureDefAddSubgraphIndex(b, 0)
+    return tflite.SignatureDefEnd(b)
 
 
 def _subgraph(b: flatbuffers.Builder, g: FbGraph, tensors: list[int], ops: list[int]) -> int:

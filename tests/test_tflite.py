@@ -170,6 +170,17 @@ def test_cnn_ops_layouts_and_versions(models: dict, tmp_path: Path) -> None:
     assert conv.DeprecatedBuiltinCode() == tflite.BuiltinOperator.CONV_2D and conv.Version() == 3
 
 
+def test_serving_signature(models: dict, tmp_path: Path) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    onnx_path, x = models["mlp"]
+    write_tflite(onnx_path, tmp_path / "m.tflite")
+    interpreter = Interpreter(model_path=str(tmp_path / "m.tflite"))
+    assert interpreter.get_signature_list() == {"serving_default": {"inputs": ["x"], "outputs": ["y"]}}
+    out = interpreter.get_signature_runner("serving_default")(x=x[:1])
+    np.testing.assert_array_equal(out["y"], Model.load(tmp_path / "m.tflite").predict(x[:1]))
+
+
 def test_io_int8_edges(models: dict, tmp_path: Path) -> None:
     onnx_path, x = models["cnn"]
     info = write_tflite(onnx_path, tmp_path / "m8.tflite", io="int8")
