@@ -14,7 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-TINY = f"""
+TINY = f"""\"\"\"Tiny: a fake benchmark.
+
+More text.\"\"\"
 import sys
 sys.path.insert(0, {str(ROOT / "hw-bench")!r})
 from _common import print_machine, print_table, quick, timed, write_result
@@ -62,8 +64,8 @@ def bench_dir(tmp_path: Path) -> Path:
 def test_list_finds_bench_scripts_only(bench_dir: Path) -> None:
     proc = edgeship("bench", "--list", cwd=bench_dir.parent)
     assert proc.returncode == 0, proc.stderr
-    names = [line.split("\t")[0] for line in proc.stdout.splitlines()]
-    assert names == ["broken", "legacy", "tiny"]
+    listed = [line.split("\t") for line in proc.stdout.splitlines()]
+    assert listed == [["broken", ""], ["legacy", ""], ["tiny", "Tiny: a fake benchmark."]]
 
 
 def test_runs_named_subset_writes_json_and_png(bench_dir: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ part of the installed package), and so does ``results/README.md`` (``_report.py`
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -56,6 +57,15 @@ def find_bench_dir(explicit: Path | None) -> Path:
 def discover(bench_dir: Path) -> dict[str, Path]:
     """``{name: script}`` for every ``bench_<name>.py``, sorted by name."""
     return {p.stem[len(PREFIX):]: p for p in sorted(bench_dir.glob(f"{PREFIX}*.py"))}
+
+
+def describe(script: Path) -> str:
+    """The first line of a script's docstring, read without running it."""
+    try:
+        doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8")[:200_000]))
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    return (doc or "").strip().splitlines()[0] if doc else ""
 
 
 def select(available: dict[str, Path], names: tuple[str, ...]) -> dict[str, Path]:
@@ -192,7 +202,7 @@ def bench(names: tuple[str, ...], list_only: bool, out: Path | None, bench_dir: 
     chosen = select(discover(folder), names)
     if list_only:
         for name, script in chosen.items():
-            click.echo(f"{name}\t{script}")
+            click.echo(f"{name}\t{describe(script)}")
         return
     out = (out or folder / "results").resolve()
     if plot_only:
