@@ -163,10 +163,10 @@ def encode(old: bytes, new: bytes) -> bytes:
     skel_mode, skel = _skeleton(old_skel, new_skel)
     streams = {"layout": codec.compress(codec.varints(layout)), "skel": skel, **enc.streams()}
     head = [len(old), len(new), len(new_skel), skel_mode, len(old_regions), len(new_regions)]
-    for k in _STREAMS:  # stored bytes, raw bytes (the decompression bound), method, mask code
-        code, method, blob, raw = streams[k]
+    for name in _STREAMS:  # stored bytes, raw bytes (the decompression bound), method, code
+        code, method, blob, raw = streams[name]
         head += [len(blob), raw, method, code]
-    return b"".join([_MAGIC, codec.varints(head), *(streams[k][2] for k in _STREAMS)])
+    return b"".join([_MAGIC, codec.varints(head), *(streams[name][2] for name in _STREAMS)])
 
 
 # --- decoding: every number in the delta is hostile until checked -------------------------

@@ -216,7 +216,7 @@ class KeySet:
             raise MalformedError("keyset: revoked ids must be strings")
         known = {"type", "version", "keys", "revoked", "created", "expires"}
         return cls(
-            version=signed.get("version"),  # type: ignore[arg-type]  # checked in post_init
+            version=signed.get("version"),  # type: ignore[arg-type]  # checked in __post_init__
             keys=public,
             revoked=tuple(revoked),
             created=str(signed.get("created", "")),

@@ -256,14 +256,14 @@ class Manifest:
         known = {"type", "spec_version", "model", "version", "artifact", "deltas", "golden",
                  "hardware", "created", "expires", "keyid"}
         return cls(
-            model=signed.get("model"),  # type: ignore[arg-type]  # checked in post_init
-            version=signed.get("version"),  # type: ignore[arg-type]
+            model=signed.get("model"),  # checked in __post_init__
+            version=signed.get("version"),
             artifact=ArtifactInfo.from_dict(signed.get("artifact")),
             deltas=tuple(DeltaInfo.from_dict(d) for d in deltas),
             golden=None if golden is None else Golden.from_dict(golden),
             hardware=tuple(hardware),
-            created=signed.get("created"),  # type: ignore[arg-type]
-            expires=signed.get("expires"),  # type: ignore[arg-type]
+            created=signed.get("created"),
+            expires=signed.get("expires"),
             keyid=str(signed.get("keyid", "")),
             spec_version=_spec_version(signed.get("spec_version", 1)),
             unrecognized={k: v for k, v in signed.items() if k not in known},
