@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,32 @@ class _Clock:
         self.t = now
 
 
+@dataclass
+class _Inputs:
+    """Everything read from outside, checked, before any work starts."""
+
+    path: Path
+    model: onnx.ModelProto
+    model_bytes: bytes
+    calib: dict[str, np.ndarray]
+    ev: tuple[dict[str, np.ndarray], np.ndarray | None] | None
+    base: Any  # _base.BaseParams | None
+
+
+@dataclass
+class _Quantized:
+    """The optimized float graph and what quantization made of it."""
+
+    graph: Graph
+    log: list[str]
+    pruned: dict[str, float]
+    plan: Plan
+    qmodel: onnx.ModelProto  # float-io QDQ model (what is measured)
+    weights: list[WeightInfo]
+    tensor_map: dict[str, str]
+    int8_bytes: bytes  # the model written (float or int8 io)
+
+
 def convert(
     model_path: str | Path,
     calib_path: str | Path,
@@ -70,111 +97,138 @@ def convert(
     every bad input; on any failure ``out_dir`` is left as it was."""
     opts = options or ConvertOptions(formats=default_formats())
     clock = _Clock()
-    model_path, calib_path = Path(model_path), Path(calib_path)
+    inp = _read_inputs(Path(model_path), Path(calib_path), eval_path, base_dir, opts)
+    clock.lap("load")
+    q = _quantize(inp, opts, clock, progress)
+    with atomic_dir(Path(out_dir)) as tmp:
+        write_file(tmp / MODEL_FILE, q.int8_bytes)
+        write_file(tmp / PARAMS_FILE, _params_json(q.plan, q.weights).encode())
+        tflite = _write_formats(tmp, opts)
+        clock.lap("write")
+        report = _report(inp, q, opts, tflite, tmp, clock)
+        write_file(tmp / "report.json", report.to_json().encode())
+        write_file(tmp / "report.html", to_html(report).encode())
+    return report
+
+
+def _read_inputs(
+    model_path: Path,
+    calib_path: Path,
+    eval_path: str | Path | None,
+    base_dir: str | Path | None,
+    opts: ConvertOptions,
+) -> _Inputs:
     model = load_model(model_path, max_bytes=opts.max_model_bytes)
-    model_bytes = model_path.read_bytes()
     specs = input_specs(model)
+    limits = {"max_bytes": opts.max_data_bytes}
     calib, _ = load_arrays(
-        calib_path,
-        specs,
-        what="calibration",
-        max_bytes=opts.max_data_bytes,
-        max_samples=opts.max_calib_samples,
+        calib_path, specs, what="calibration", max_samples=opts.max_calib_samples, **limits
     )
     ev = None
     if eval_path is not None:
         ev = load_arrays(
-            Path(eval_path),
-            specs,
-            what="eval",
-            max_bytes=opts.max_data_bytes,
-            max_samples=opts.max_eval_samples,
+            Path(eval_path), specs, what="eval", max_samples=opts.max_eval_samples, **limits
         )
     if "tflite" in opts.formats and not tflite_available():
         raise ConversionError("--format tflite: the TFLite writer is not part of this build")
     base = _load_base(Path(base_dir), opts) if base_dir is not None else None
-    clock.lap("load")
+    return _Inputs(model_path, model, model_path.read_bytes(), calib, ev, base)
 
-    graph = Graph.from_model(model)
+
+def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool) -> _Quantized:
+    graph = Graph.from_model(inp.model)
     log = optimize(graph)
     pruned = prune(graph, opts.prune)
     clock.lap("optimize")
-    stats = _calibrate.collect(
-        graph, calib, histograms=opts.calibration != "minmax", progress=progress
-    )
+    histograms = opts.calibration != "minmax"  # minmax needs no histogram
+    stats = _calibrate.collect(graph, inp.calib, histograms=histograms, progress=progress)
     ranges = _calibrate.ranges(stats, opts.calibration, opts.percentile)
     clock.lap("calibrate")
-
-    policy = base.policy() if base else WeightPolicy()
-    plan = make_plan(graph, ranges, pin=base)
+    policy = inp.base.policy() if inp.base else WeightPolicy()
+    plan = make_plan(graph, ranges, pin=inp.base)
     qmodel, weights, tensor_map = build_qdq(graph, plan, policy=policy, io="float")
     out_model = (
-        qmodel if opts.io == "float" else build_qdq(graph, plan, policy=policy, io="int8")[0]
+        qmodel if opts.io == "float" else build_qdq(graph, plan, policy=policy, io=opts.io)[0]
     )
-    int8_bytes = out_model.SerializeToString()
     clock.lap("quantize")
+    return _Quantized(
+        graph, log, pruned, plan, qmodel, weights, tensor_map, out_model.SerializeToString()
+    )
 
-    with atomic_dir(Path(out_dir)) as tmp:
-        write_file(tmp / MODEL_FILE, int8_bytes)
-        write_file(tmp / PARAMS_FILE, _params_json(plan, weights).encode())
-        tflite, skipped = None, None
-        if "tflite" in opts.formats:
-            try:
-                tflite = _write_tflite(tmp, opts)
-            except ConversionError as exc:  # e.g. a float op that TFLite int8 cannot hold
-                if opts.strict_formats:
-                    raise
-                skipped = {"skipped": str(exc)}
-                (tmp / TFLITE_FILE).unlink(missing_ok=True)
-        clock.lap("write")
-        sqnr_feeds = _head(ev[0] if ev else calib, opts.sqnr_samples)
-        fp32_ref = graph.to_model()
-        layer_db = _evaluate.layer_sqnr(fp32_ref, qmodel, tensor_map, sqnr_feeds)
-        out_db = _output_sqnr(fp32_ref, qmodel, sqnr_feeds)
-        sizes = _sizes(
-            model_bytes, int8_bytes, tflite, graph, plan, pruned, model_path, calib, opts
-        )
-        clock.lap("measure")
-        conversion_seconds = round(sum(clock.phases.values()), 4)
-        eval_result = None
-        if ev is not None:
-            eval_result = _evaluate.evaluate(
-                model_bytes, qmodel.SerializeToString(), ev[0], ev[1], runs=opts.latency_runs
-            ).to_dict()
-            if pruned:
-                eval_result["pruned_fp32_accuracy"] = _pruned_accuracy(fp32_ref, ev)
-            clock.lap("eval")
-        report = Report(
-            model=model_path.name,
-            model_sha256=hashlib.sha256(model_bytes).hexdigest(),
-            int8_sha256=hashlib.sha256(int8_bytes).hexdigest(),
-            options=opts.to_dict(),
-            sizes=sizes,
-            calibration={"method": opts.calibration, "samples": len(next(iter(calib.values())))},
-            pruning={
-                "mode": "per-layer magnitude",
-                "target": opts.prune,
-                "achieved": overall_sparsity(graph, list(pruned)) if pruned else 0.0,
-            },
-            eval=eval_result,
-            output_sqnr_db=out_db,
-            layers=_layers(graph, plan, layer_db),
-            weights=[_weight_row(w) for w in weights],
-            float_ops=[
-                {"node": n, "op": _op_of(graph, n), "reason": r}
-                for n, r in plan.float_nodes.items()
-            ],
-            fused=[{"activation": a, "into": p} for a, p in plan.fused.items()],
-            optimizations=log,
-            edgetpu=_edgetpu_tflite(tmp) if tflite else _edgetpu_verdict(graph, plan),
-            base=base.summary(weights, plan) if base else None,
-            tflite=tflite or skipped,
-            timings=dict(clock.phases),
-            conversion_seconds=conversion_seconds,
-        )
-        write_file(tmp / "report.json", report.to_json().encode())
-        write_file(tmp / "report.html", to_html(report).encode())
-    return report
+
+def _write_formats(tmp: Path, opts: ConvertOptions) -> dict[str, Any] | None:
+    """Write the TFLite file if asked; with ``strict_formats`` off, a model the writer
+    rejects keeps its ONNX and the report says why."""
+    if "tflite" not in opts.formats:
+        return None
+    try:
+        return _write_tflite(tmp, opts)
+    except ConversionError as exc:  # e.g. a float op that TFLite int8 cannot hold
+        if opts.strict_formats:
+            raise
+        (tmp / TFLITE_FILE).unlink(missing_ok=True)
+        return {"skipped": str(exc)}
+
+
+def _report(
+    inp: _Inputs,
+    q: _Quantized,
+    opts: ConvertOptions,
+    tflite: dict[str, Any] | None,
+    tmp: Path,
+    clock: _Clock,
+) -> Report:
+    written = tflite if tflite and "skipped" not in tflite else None
+    calib, ev, graph, plan = inp.calib, inp.ev, q.graph, q.plan
+    sqnr_feeds = _head(ev[0] if ev else calib, opts.sqnr_samples)
+    fp32_ref = graph.to_model()
+    layer_db = _evaluate.layer_sqnr(fp32_ref, q.qmodel, q.tensor_map, sqnr_feeds)
+    out_db = _output_sqnr(fp32_ref, q.qmodel, sqnr_feeds)
+    sizes = _sizes(inp.model_bytes, q.int8_bytes, written, plan, q.pruned, inp.path, opts)
+    clock.lap("measure")
+    conversion_seconds = round(sum(clock.phases.values()), 4)
+    eval_result = _eval(inp, q, fp32_ref, opts) if ev is not None else None
+    if ev is not None:
+        clock.lap("eval")
+    return Report(
+        model=inp.path.name,
+        model_sha256=hashlib.sha256(inp.model_bytes).hexdigest(),
+        int8_sha256=hashlib.sha256(q.int8_bytes).hexdigest(),
+        options=opts.to_dict(),
+        sizes=sizes,
+        calibration={"method": opts.calibration, "samples": len(next(iter(calib.values())))},
+        pruning={
+            "mode": "per-layer magnitude",
+            "target": opts.prune,
+            "achieved": overall_sparsity(graph, list(q.pruned)) if q.pruned else 0.0,
+        },
+        eval=eval_result,
+        output_sqnr_db=out_db,
+        layers=_layers(graph, plan, layer_db),
+        weights=[_weight_row(w) for w in q.weights],
+        float_ops=[
+            {"node": n, "op": _op_of(graph, n), "reason": r} for n, r in plan.float_nodes.items()
+        ],
+        fused=[{"activation": a, "into": p} for a, p in plan.fused.items()],
+        optimizations=q.log,
+        edgetpu=_edgetpu_tflite(tmp) if written else _edgetpu_verdict(graph, plan),
+        base=inp.base.summary(q.weights, plan) if inp.base else None,
+        tflite=tflite,
+        timings=dict(clock.phases),
+        conversion_seconds=conversion_seconds,
+    )
+
+
+def _eval(
+    inp: _Inputs, q: _Quantized, fp32_ref: onnx.ModelProto, opts: ConvertOptions
+) -> dict[str, Any]:
+    assert inp.ev is not None
+    result = _evaluate.evaluate(
+        inp.model_bytes, q.qmodel.SerializeToString(), inp.ev[0], inp.ev[1], runs=opts.latency_runs
+    ).to_dict()
+    if q.pruned:
+        result["pruned_fp32_accuracy"] = _pruned_accuracy(fp32_ref, inp.ev)
+    return result
 
 
 def _load_base(path: Path, opts: ConvertOptions) -> Any:
@@ -228,11 +282,9 @@ def _sizes(
     model_bytes: bytes,
     int8: bytes,
     tflite: dict[str, Any] | None,
-    graph: Graph,
     plan: Plan,
     pruned: dict[str, float],
     model_path: Path,
-    calib: dict[str, np.ndarray],
     opts: ConvertOptions,
 ) -> dict[str, Any]:
     fp32 = len(model_bytes)
