@@ -123,4 +123,5 @@ class FleetDB:
         args: tuple[str, ...] = ()
         if fleet:
             sql, args = sql + " WHERE fleet = ?", (fleet,)
-        return [tuple(r) for r in self.conn.execute(sql + " ORDER BY updated", args)]  # type: ignore[misc]
+        rows = self.conn.execute(sql + " ORDER BY updated", args).fetchall()
+        return [(str(k), str(s), float(u)) for k, s, u in rows]
