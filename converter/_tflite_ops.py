@@ -175,8 +175,11 @@ def gemm(ctx: Lowering, node: onnx.NodeProto) -> None:
         raise ctx.fail("beta != 1 is not supported")
     w = _weight(ctx, node.input[1])
     values, scales = w.values, w.scales
+    out_axis = 0
     if node.op_type == "MatMul" or not ctx.attr("transB", 0):
-        values = values.T  # ONNX [K, N] -> TFLite [N, K]
+        values, out_axis = values.T, 1  # ONNX [K, N] -> TFLite [N, K]
+    if not w.per_tensor and (w.axis != out_axis or w.values.ndim != 2):
+        raise ctx.fail("per-channel weights must be along the output axis")
     _fully_connected(ctx, node, values, scales, bias_index=2 if node.op_type == "Gemm" else None)
 
 

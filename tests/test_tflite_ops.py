@@ -190,3 +190,13 @@ def test_unnamed_node_is_named_by_its_output(tmp_path: Path) -> None:
     path = b.save(tmp_path / "tanh.onnx", [1, 8])
     with pytest.raises(UnsupportedOpError, match=r"Tanh at node '\(unnamed, output t\)'"):
         write_tflite(path, tmp_path / "tanh.tflite")
+
+
+def test_per_channel_matmul_weights_on_the_input_axis_are_refused(tmp_path: Path) -> None:
+    b = QdqBuilder()
+    x = b.qdq("x", 0.04)
+    w, _ = b.weight("w", RNG.normal(size=(16, 5)).astype(np.float32), axis=0)  # [K, N], axis K
+    b.qdq(b.op("MatMul", [x, w], "mm"), OUT_SCALE, out="y")
+    path = b.save(tmp_path / "mm.onnx", [1, 16])
+    with pytest.raises(UnsupportedOpError, match="MatMul at node 'MatMul_mm': per-channel weights"):
+        write_tflite(path, tmp_path / "mm.tflite")
