@@ -17,8 +17,8 @@ Contract for the device agent
    - manifest signed by a release key of that key set (``KeyRevokedError`` for a revoked
      signer, ``SignatureError`` for an unknown key or bad signature), well formed, not
      expired, for this model name and hardware (``MismatchError``);
-   - version newer than the installed one and not below any version seen under a key
-     that is not revoked (``RollbackError``).
+   - version newer than the installed one and not below any version seen before
+     (``RollbackError``) — counting only versions signed by keys the key set still lists.
 3. Record it: ``state = state.accept(offer, manifest)`` and persist ``state.to_json()``
    atomically. Download the artifact (``manifest.artifact``) or, when
    ``manifest.delta_for(sha256 of the installed artifact)`` names one, that delta.
@@ -31,9 +31,12 @@ Contract for the device agent
 5. After the install passed the golden check: ``state = state.installed(manifest)``.
 
 Fast-forward recovery: if a leaked release key signed an absurd version (say 999.0.0),
-``state.seen`` remembers it under that key id; once the root revokes the key in a newer
-key set, versions seen under revoked keys no longer count, so the legitimate next release
-installs again (the role TUF gives to deleting trusted metadata after a key rotation).
+``state.seen`` remembers it under that key id; once the root rotates the key out of a
+newer key set (``keys rotate``, or ``keys revoke`` which also bars it for good), versions
+seen or installed under keys the key set no longer lists stop counting, so the legitimate
+next release installs again. This is what TUF does by deleting its trusted timestamp and
+snapshot after their keys rotate. Rollback protection survives the rotation: releases
+signed by the old key no longer verify, and key sets cannot go back.
 """
 
 from __future__ import annotations
@@ -167,10 +170,10 @@ class TrustedState:
         return cls.from_dict(load_json(data, "trusted state", max_size=MAX_STATE_SIZE))
 
     def floor(self, keyset: KeySet) -> tuple[tuple[int, int, int], str]:
-        """Highest version seen under a key that is not revoked, and that version's text."""
+        """Highest version seen under a key ``keyset`` still lists, and its text."""
         best, text = (-1, -1, -1), ""
         for keyid, version in self.seen.items():
-            if keyid not in keyset.revoked and parse_version(version) > best:
+            if keyid in keyset.keys and parse_version(version) > best:
                 best, text = parse_version(version), version
         return best, text
 
@@ -254,7 +257,7 @@ def _check_target(manifest: Manifest, model_name: str | None, hardware: str | No
 
 def _check_version(manifest: Manifest, state: TrustedState, keyset: KeySet) -> None:
     offered = manifest.version_tuple
-    installed_counts = state.version and state.keyid not in keyset.revoked
+    installed_counts = state.version and state.keyid in keyset.keys
     if installed_counts and offered <= parse_version(state.version):
         raise RollbackError(
             f"version {manifest.version} is not newer than installed {state.version}"

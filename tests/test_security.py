@@ -186,7 +186,9 @@ def test_rollback_of_the_key_set_is_rejected(repo: Repo, slot: Path) -> None:
 # fast-forward -------------------------------------------------------------------------------
 
 
-def test_fast_forward_is_recovered_by_revoking_the_leaked_key(repo: Repo, slot: Path) -> None:
+@pytest.mark.parametrize("recover", ["rotate", "revoke"])
+def test_fast_forward_is_recovered_by_rotating_the_key_set(repo: Repo, slot: Path,
+                                                           recover: str) -> None:
     leaked = repo.keys.release_key(None)
     evil = repo.release("999.0.0", _artifact(9))
     state = _device_install(repo, evil.offer(), _artifact(9), slot)  # the leak succeeded
@@ -194,13 +196,17 @@ def test_fast_forward_is_recovered_by_revoking_the_leaked_key(repo: Repo, slot: 
     good = repo.release("1.2.0", _artifact(2))
     _rejects(RollbackError, slot, _device_install, repo, good.offer(), _artifact(2), slot, state)
 
-    repo.keys.revoke(now=NOW)  # the root revokes the leaked key; a new release key signs
+    # the root rotates the leaked key out (and, with revoke, bars it for good)
+    getattr(repo.keys, recover)(now=NOW)
     good = repo.release("1.2.1", _artifact(2))
     state = _device_install(repo, good.offer(), _artifact(2), slot, state)
-    assert state.version == "1.2.1"
+    assert state.version == "1.2.1" and state.keyset_version == 2
     (slot / "model.int8.onnx").unlink()
     replay = repo.resign(evil, key=leaked, version="999.0.1")
-    _rejects(KeyRevokedError, slot, _device_install, repo, replay, _artifact(9), slot, state)
+    error = KeyRevokedError if recover == "revoke" else SignatureError
+    _rejects(error, slot, _device_install, repo, replay, _artifact(9), slot, state)
+    older = repo.release("1.2.0", _artifact(3), model="net", force=True)
+    _rejects(RollbackError, slot, _device_install, repo, older.offer(), _artifact(3), slot, state)
 
 
 # indefinite freeze --------------------------------------------------------------------------
