@@ -71,6 +71,13 @@ def test_release_round_trip_through_offer_and_delta(tmp_path: Path, keys: KeyDir
                            hardware="cpu")
     assert check_payload(manifest, r2.read_delta(delta), base=v1) == bytes(v2)
     assert verify_release(r2.path, keys.root_pub, bases=[r1.path]).version == "1.1.0"
+    v3 = bytes(v2[:-100]) + bytes(100)
+    (tmp_path / "a/model.onnx").write_bytes(v3)
+    r3 = Release.build(tmp_path / "a/model.onnx", version="1.2.0", keydir=keys.path,
+                       out=tmp_path / "r3", bases=[r1.path, r2.path])
+    assert [d.base_version for d in r3.manifest.deltas] == ["1.0.0", "1.1.0"]
+    for base, info in zip((v1, bytes(v2)), r3.manifest.deltas, strict=True):
+        assert check_payload(r3.manifest, r3.read_delta(info), base=base) == v3
 
 
 def test_verify_release_names_the_broken_file(tmp_path: Path, keys: KeyDir) -> None:
