@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 from edgeship.converter._tflite_fb import FbQuant
-from edgeship.converter._tflite_lower import TO_NHWC, Lowering, Val, qparams_close
+from edgeship.converter._tflite_lower import TO_NHWC, Lowering, Val
 from edgeship.converter._tflite_qdq import QConst, QParams
 
 SAME, VALID = 0, 1  # tflite.Padding
@@ -336,4 +336,4 @@ def register(op_type: str) -> Callable[[Rule], Rule]:
     return wrap
 
 
-__all__ = ["RULES", "fused_activation", "qparams_close", "register"]
+__all__ = ["RULES", "fused_activation", "register"]
