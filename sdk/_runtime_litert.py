@@ -54,7 +54,10 @@ class LiteRtBackend:
 
     def __init__(self, source: str | bytes, *, device: str, threads: int | None) -> None:
         module = interpreter_module()
-        self.runtime = "litert" if module.__name__.startswith("ai_edge_litert") else "tflite_runtime"
+        # "litert" names the runtime kind (the value of Model.load's runtime=), whichever of
+        # the two packages provides it; ``library`` says which one did
+        self.runtime = "litert"
+        self.library = module.__name__.split(".")[0]
         if device not in ("cpu", "edgetpu"):
             raise ModelLoadError(f"TFLite models run on device 'cpu' or 'edgetpu', not {device!r}")
         delegates = [_edgetpu_delegate(module)] if device == "edgetpu" else None
