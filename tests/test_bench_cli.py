@@ -7,6 +7,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,15 @@ BROKEN = """
 import sys
 print("measuring...")
 sys.exit(3)
+"""
+
+
+# starts a grandchild (like a cloud server a benchmark runs), then hangs
+HANG = """
+import pathlib, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+pathlib.Path(sys.argv[0]).with_name("child.pid").write_text(str(child.pid))
+time.sleep(300)
 """
 
 
@@ -152,3 +162,25 @@ def test_common_write_result_and_table(tmp_path: Path, monkeypatch: pytest.Monke
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # no temp file left
     table = common.format_table([{"a": 1, "b": 0.123456}, {"a": 22}], title="t")
     assert table.splitlines() == ["## t", "a   b", "--  ------", "1   0.1235", "22"]
+
+
+def test_timeout_ends_the_benchmark_and_its_children(tmp_path: Path) -> None:
+    folder = tmp_path / "hw-bench"
+    folder.mkdir()
+    (folder / "bench_hang.py").write_text(HANG)
+    proc = edgeship("bench", "--dir", str(folder), "--timeout", "3", "--no-plot", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "hang  timeout" in proc.stdout
+    child = int((folder / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(child), "the benchmark's child process outlived the timeout"
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie (it no longer runs; init reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True

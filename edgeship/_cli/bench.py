@@ -11,10 +11,12 @@ part of the installed package), and so does ``results/README.md`` (``_report.py`
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -92,12 +94,9 @@ def run_one(name: str, script: Path, out: Path, *, quick: bool, timeout: float) 
     elsewhere = own.resolve() != target.resolve()
     saved = own.read_bytes() if elsewhere and own.exists() else None
     began_wall, began = time.time(), time.monotonic()
-    try:
-        proc = subprocess.run([sys.executable, str(script)], cwd=script.parent.parent,
-                              env=env, timeout=timeout, check=False)
-        status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-    except subprocess.TimeoutExpired:
-        status = "timeout"
+    code = _run_group([sys.executable, str(script)], cwd=script.parent.parent, env=env,
+                      timeout=timeout)
+    status = {0: "ok", None: "timeout"}.get(code, f"failed (exit {code})")
     seconds = round(time.monotonic() - began, 1)
     result = _fresh_result(own, target, since=began_wall - 1.0)
     if elsewhere and saved is not None and own.read_bytes() != saved:
@@ -107,6 +106,34 @@ def run_one(name: str, script: Path, out: Path, *, quick: bool, timeout: float) 
     if status == "ok" and result is None:
         status = "no result"
     return Outcome(name=name, status=status, seconds=seconds, result=result)
+
+
+def _run_group(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> int | None:
+    """Run ``argv`` in its own process group; exit code, or None after a timeout. On a
+    timeout or Ctrl-C the whole group goes (a benchmark's servers and brokers too)."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return None
+    except KeyboardInterrupt:
+        _kill_group(proc)
+        raise
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace)
+            # the leader is gone; its children may linger a moment on SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _fresh_result(own: Path, target: Path, *, since: float) -> Path | None:
