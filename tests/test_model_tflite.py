@@ -5,6 +5,8 @@ FULLY_CONNECTED), so the expected answers can be computed by hand."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -110,3 +112,21 @@ def test_tflite_load_errors(tmp_path: Path, fc_path: Path) -> None:
         Model.load(fc_path, device="CUDAExecutionProvider")
     with pytest.raises(ModelLoadError, match="threads must be >= 1"):
         Model.load(fc_path, threads=0)
+
+
+def test_no_tflite_runtime_is_one_clear_error(fc_path: Path) -> None:
+    """Without ai_edge_litert Model falls back to tflite_runtime; without both it says what
+    to install (both imports are blocked in a child process)."""
+    code = (
+        "import sys\n"
+        "sys.modules['ai_edge_litert'] = None\n"
+        "sys.modules['tflite_runtime'] = None\n"
+        "from edgeship import ModelLoadError\n"
+        "from edgeship.sdk import Model\n"
+        "try:\n"
+        f"    Model.load({str(fc_path)!r})\n"
+        "except ModelLoadError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "no TFLite runtime: install ai-edge-litert (or tflite-runtime)"
