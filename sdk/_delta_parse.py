@@ -164,7 +164,10 @@ def _vector(buf: bytes, table: int, index: int) -> tuple[int, int] | None:
     if pos is None:
         return None
     vec = _deref(buf, pos)
-    return vec + 4, _u32(buf, vec)
+    count = _u32(buf, vec)
+    if vec + 4 + count > len(buf):  # elements are at least one byte each
+        raise ValueError("vector overruns the file")
+    return vec + 4, count
 
 
 def _tables(buf: bytes, table: int, index: int) -> list[int]:
@@ -172,6 +175,8 @@ def _tables(buf: bytes, table: int, index: int) -> list[int]:
     if vec is None:
         return []
     start, count = vec
+    if start + 4 * count > len(buf):
+        raise ValueError("table vector overruns the file")
     return [_deref(buf, start + 4 * i) for i in range(count)]
 
 

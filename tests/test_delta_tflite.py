@@ -8,6 +8,8 @@ import numpy as np
 import tflite
 from edgeship.sdk import apply_delta, make_delta
 from edgeship.sdk._delta_parse import find_regions
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 INT8, INT32, FLOAT32 = 9, 2, 0
 
@@ -96,3 +98,16 @@ def test_small_int8_moves_give_a_small_exact_delta() -> None:
     floor = 60_000 * 0.569 / 8
     assert len(delta) < 1.15 * floor
     assert len(delta) < 0.9 * len(make_delta(old_b, new_b, "bsdiff4"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_region_finder_survives_corrupt_flatbuffers(data: st.DataObject) -> None:
+    blob = bytearray(_tflite(_weights(5)[:2]))
+    for _ in range(data.draw(st.integers(1, 8))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    regions = find_regions(bytes(blob))
+    end = 0
+    for r in regions:  # whatever it finds is in bounds and disjoint
+        assert r.offset >= end and r.offset + r.length <= len(blob)
+        end = r.offset + r.length
