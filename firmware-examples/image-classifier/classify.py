@@ -17,6 +17,7 @@ import argparse
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,8 @@ def top1(scores: np.ndarray) -> tuple[int, float]:
     return best, float(row[best])
 
 
-def make_predictor(args: argparse.Namespace):
+def make_predictor(args: argparse.Namespace
+                   ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, ...], str]:
     """(predict function, input shape, description) for a local model or the agent."""
     if args.agent:
         from edgeship.sdk import AgentClient

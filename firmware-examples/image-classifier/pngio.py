@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -22,7 +23,7 @@ class PngError(ValueError):
     """The file is not a PNG this reader handles (says why)."""
 
 
-def _chunks(data: bytes):
+def _chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     pos = len(SIGNATURE)
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])

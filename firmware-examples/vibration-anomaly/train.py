@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -30,7 +31,7 @@ def dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(xs), labels.astype(np.int64)
 
 
-def fit(x: np.ndarray, y: np.ndarray, seed: int):
+def fit(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
     """A small MLP; features arrive z-scored already (``vibration.features``)."""
     from sklearn.neural_network import MLPClassifier
 
@@ -38,7 +39,7 @@ def fit(x: np.ndarray, y: np.ndarray, seed: int):
     return clf.fit(x, y)
 
 
-def to_onnx(clf) -> onnx.ModelProto:
+def to_onnx(clf: Any) -> onnx.ModelProto:
     """Gemm -> Relu -> Gemm -> Softmax, batch 1, opset 13."""
     w1, w2 = (w.astype(np.float32) for w in clf.coefs_)
     b1, b2 = (b.astype(np.float32) for b in clf.intercepts_)
