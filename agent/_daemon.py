@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import queue
 import signal
@@ -255,6 +256,8 @@ class Agent:
             serving = self._load(slot, action.golden)
         except Exception as exc:  # a model that fails to load must not take the agent down
             log("load_failed", level="error", slot=slot.slot, version=slot.version, error=str(exc))
+            if self.service.serving is None:
+                self.service.no_model_reason = f"the installed model cannot be loaded ({exc})"
             return ota.Loaded(slot.slot, False, f"{type(exc).__name__}: {exc}")
         self.service.swap(serving)
         log("serving", slot=slot.slot, version=slot.version)
@@ -365,8 +368,17 @@ def _fallback(config: AgentConfig) -> Any | None:
     return build_fallback(config.fallback.values(), default_model=config.model.name)
 
 
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"ts": round(record.created, 3), "level": record.levelname.lower(),
+                           "event": "log", "logger": record.name, "message": record.getMessage()})
+
+
 def run_agent(config: AgentConfig) -> int:
     """Run until SIGTERM / SIGINT; returns the exit code."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JsonFormatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     agent = Agent(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgeship._errors import InferenceError
+from edgeship._errors import InferenceError, TransportError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,6 +58,8 @@ class AgentClient:
             response = self._http.request(arrays)
         except CloudRejectedError as exc:
             raise InferenceError(str(exc).replace("cloud rejected", "agent rejected")) from exc
+        except TransportError as exc:
+            raise TransportError(f"agent at {self.url}: {exc}".replace("cloud ", "")) from exc
         params = response.parameters
         return AgentAnswer(outputs=response.outputs, source=str(params.get("source", "")),
                            version=str(params.get("version", response.model_version)))

@@ -143,23 +143,29 @@ class MqttEdge:
     # -- driven by an external loop -------------------------------------------------------
     def poll(self, timeout: float = 0.0) -> None:
         """One round of I/O when the caller owns the loop (instead of :meth:`start`)."""
-        if not self.connected and time.monotonic() >= self._next_try:
+        if self.client.socket() is None:  # no connection (yet): try when the backoff allows
+            if time.monotonic() < self._next_try:
+                time.sleep(timeout)
+                return
             self._try_connect()
-        if self.client.socket() is not None:
-            rc = self.client.loop(timeout)
-            if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
-                self._connected.clear()
-        elif timeout:
-            time.sleep(timeout)
+            if self.client.socket() is None:
+                return
+        rc = self.client.loop(timeout)
+        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+            self._connected.clear()
+            self._schedule_retry()
 
     def _try_connect(self) -> None:
         try:
             self.client.connect(self.host, self.port, self.keepalive, clean_start=True)
             self._backoff = self.min_backoff
         except (TimeoutError, OSError, ssl.SSLError):
-            jitter = random.uniform(0.8, 1.2)
-            self._next_try = time.monotonic() + self._backoff * jitter
-            self._backoff = min(self.max_backoff, self._backoff * 2)
+            self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        jitter = random.uniform(0.8, 1.2)  # so that a fleet does not reconnect in lockstep
+        self._next_try = time.monotonic() + self._backoff * jitter
+        self._backoff = min(self.max_backoff, self._backoff * 2)
 
     def socket(self) -> Any:
         return self.client.socket()

@@ -231,3 +231,33 @@ def test_starts_with_no_broker_and_no_model(tmp_path: Path, rels: dict[str, Path
         notify.close()
         assert proc.terminate() == 0  # SIGTERM: a clean exit
     assert any(line.get("event") == "stopping" for line in proc.log)
+
+
+def test_no_model_answers_from_the_cloud_fallback(tmp_path: Path, rels: dict[str, Path]) -> None:
+    from conftest import FIXTURES, wait_for_port
+
+    cloud_port = free_port()
+    cloud = subprocess.Popen([sys.executable, "-m", "edgeship", "cloud", "serve",
+                              str(FIXTURES / "mlp.onnx"), "--name", "model", "--port",
+                              str(cloud_port)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}", port=port,
+                       root_pub=rels["root"],
+                       fallback=f'[fallback]\nurl = "http://127.0.0.1:{cloud_port}"\n'
+                                'deadline_ms = 2000\npolicy = ["no_model", "on_error"]\n')
+    proc = AgentProc(cfg, port).start()
+    try:
+        wait_for_port(cloud_port, timeout=30)
+        proc.wait_ready()  # ready: the cloud can answer although no model is installed
+        x = np.random.default_rng(0).standard_normal((1, 30)).astype(np.float32)
+        answer = AgentClient(proc.url).infer({"input": x})
+        assert answer.source == "cloud"
+        from edgeship.sdk._model import Model
+
+        want = Model.load(FIXTURES / "mlp.onnx").predict(x)
+        np.testing.assert_allclose(next(iter(answer.outputs.values())), want, rtol=1e-4)
+    finally:
+        proc.kill()
+        cloud.terminate()
+        cloud.wait(timeout=10)

@@ -248,3 +248,12 @@ def test_crash_after_every_single_action_recovers(world: dict[str, Any]) -> None
         assert shell.serving == "2.0.0"
         k += 1
     assert total is not None and total > 10
+
+
+def test_full_artifact_when_no_delta_fits_the_installed_base(world: dict[str, Any]) -> None:
+    shell = make_shell(world)  # serves v1; "bad" (3.0.0) only has a delta from 2.0.0
+    shell.online = False
+    shell.run(OfferReceived(offer_bytes(world["bad"])))
+    job = shell.state.job
+    art = Release.load(world["bad"]).manifest.artifact
+    assert job is not None and not job.delta and job.file == art.name and job.size == art.size
