@@ -43,6 +43,7 @@ class FbTensor:
     dtype: str  # key of _TYPES
     buffer: int = 0  # 0 = no data (activation)
     quant: FbQuant | None = None
+    signature: tuple[int, ...] | None = None  # shape with -1 for dynamic dims (else static)
 
 
 @dataclass
@@ -148,8 +149,11 @@ def _tensor(b: flatbuffers.Builder, t: FbTensor) -> int:
     name = b.CreateString(t.name)
     shape = _ints(b, t.shape)
     quant = _quant(b, t.quant) if t.quant is not None else None
+    signature = _ints(b, t.signature) if t.signature is not None else None
     tflite.TensorStart(b)
     tflite.TensorAddShape(b, shape)
+    if signature is not None:
+        tflite.TensorAddShapeSignature(b, signature)
     tflite.TensorAddType(b, _TYPES[t.dtype])
     tflite.TensorAddBuffer(b, t.buffer)
     tflite.TensorAddName(b, name)

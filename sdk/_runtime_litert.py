@@ -73,6 +73,7 @@ class LiteRtBackend:
             raise ModelLoadError(f"LiteRT cannot load the model: {_first_line(exc)}") from exc
         self._lock = threading.Lock()
         self._in = tuple(_edge(d) for d in self._interp.get_input_details())
+        self._shapes = [tuple(int(x) for x in d["shape"]) for d in self._interp.get_input_details()]
         self._out = tuple(_edge(d) for d in self._interp.get_output_details())
         self.inputs = tuple(e.spec for e in self._in)
         self.outputs = tuple(e.spec for e in self._out)
@@ -80,13 +81,26 @@ class LiteRtBackend:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
             try:
-                for edge in self._in:
-                    self._interp.set_tensor(edge.index, to_storage(edge.quant, feeds[edge.spec.name]))
+                values = [to_storage(e.quant, feeds[e.spec.name]) for e in self._in]
+                self._fit_shapes(values)
+                for edge, value in zip(self._in, values, strict=True):
+                    self._interp.set_tensor(edge.index, value)
                 self._interp.invoke()
                 raw = [(e, self._interp.get_tensor(e.index)) for e in self._out]
             except (ValueError, RuntimeError) as exc:
                 raise InferenceError(f"LiteRT failed: {_first_line(exc)}") from exc
         return {e.spec.name: from_storage(e.quant, value) for e, value in raw}
+
+    def _fit_shapes(self, values: list[np.ndarray]) -> None:
+        """Resize dynamic inputs (-1 in the shape signature) to the shapes handed in."""
+        resized = False
+        for i, (edge, value) in enumerate(zip(self._in, values, strict=True)):
+            if self._shapes[i] != value.shape and -1 in edge.spec.shape:
+                self._interp.resize_tensor_input(edge.index, list(value.shape), strict=True)
+                self._shapes[i] = value.shape
+                resized = True
+        if resized:
+            self._interp.allocate_tensors()
 
 
 def _edgetpu_delegate(module: ModuleType) -> Any:

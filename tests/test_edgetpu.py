@@ -119,3 +119,13 @@ def test_not_a_tflite_file(tmp_path: Path) -> None:
     onnx.save(helper.make_model(helper.make_graph([], "g", [], [])), onnx_file)
     with pytest.raises(InputError, match="not a TFLite flatbuffer"):
         check_edgetpu(onnx_file)
+
+
+def test_dynamic_shape_cuts_the_graph() -> None:
+    g = FbGraph()
+    x = g.add_tensor(FbTensor("x", (1, 4), "int8", quant=Q, signature=(-1, 4)))
+    y = _fc(g, x, "y")
+    g.inputs, g.outputs = [x], [y]
+    report = check_edgetpu(serialize(g))
+    assert report.cut is not None and report.cut.op == "FULLY_CONNECTED"
+    assert report.cut.reasons == ("tensor 'x' has a dynamic shape",)

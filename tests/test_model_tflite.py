@@ -130,3 +130,21 @@ def test_no_tflite_runtime_is_one_clear_error(fc_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "no TFLite runtime: install ai-edge-litert (or tflite-runtime)"
+
+
+def test_dynamic_batch_tflite_is_resized_to_the_input(tmp_path: Path) -> None:
+    """A model with -1 in its shape signature (other converters write these) takes any batch."""
+    g = FbGraph()
+    x = g.add_tensor(FbTensor("x", (1, 4), "float32", signature=(-1, 4)))
+    xq = g.add_tensor(FbTensor("x/int8", (1, 4), "int8", quant=FbQuant([X_Q[0]], [X_Q[1]]), signature=(-1, 4)))
+    y = g.add_tensor(FbTensor("y", (1, 4), "float32", signature=(-1, 4)))
+    g.add_op(FbOp("QUANTIZE", 1, [x], [xq]))
+    g.add_op(FbOp("DEQUANTIZE", 2, [xq], [y]))
+    g.inputs, g.outputs = [x], [y]
+    path = tmp_path / "dyn.tflite"
+    path.write_bytes(serialize(g))
+    model = Model.load(path)
+    assert model.inputs[0].shape == (-1, 4)
+    for rows in (5, 2, 5):
+        x_val = np.linspace(-1, 1, rows * 4, dtype=np.float32).reshape(rows, 4)
+        np.testing.assert_allclose(model.predict(x_val), np.round(x_val / X_Q[0]) * X_Q[0], atol=1e-6)
