@@ -198,7 +198,7 @@ def _report(
         sizes=sizes,
         calibration={"method": opts.calibration, "samples": len(next(iter(calib.values())))},
         pruning={
-            "mode": "per-layer magnitude",
+            "mode": "global magnitude (depthwise exempt)",
             "target": opts.prune,
             "achieved": overall_sparsity(graph, list(q.pruned)) if q.pruned else 0.0,
         },

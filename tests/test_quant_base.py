@@ -139,5 +139,5 @@ def test_base_never_undoes_pruning(v1: Path, tmp_path: Path) -> None:
     new = _int8_tensors(tmp_path / "p")
     for w in r.weights:
         q = new[w["name"] + "_q"]
-        if q.size > 100:
-            assert np.mean(q == 0) >= 0.5
+        assert np.mean(q == 0) >= w["sparsity"]  # every pruned (float zero) weight is int8 zero
+    assert r.pruning["achieved"] > 0.49
