@@ -385,3 +385,42 @@ def test_pi_systemd_unit_restarts_always_with_watchdog(tmp_path: Path) -> None:
                       if line.strip() and "is not executable" not in line
                       and "does not start with any known prefix" not in line]
         assert complaints == []
+
+
+# ------------------------------------------------------------------ the READMEs stay true
+def _readme_commands() -> list[tuple[Path, list[str]]]:
+    """(example folder, argv) of every command line in the examples' shell blocks."""
+    found = []
+    for readme in sorted(EXAMPLES.glob("*/README.md")):
+        text = readme.read_text()
+        for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in line.split("#")[0].split("|"):
+                    argv = part.split()
+                    if argv and argv[0] == "sudo":
+                        argv = argv[1:]
+                    if argv and (argv[0] in ("python", "edgeship") or argv[0].endswith(".sh")):
+                        found.append((readme.parent, argv))
+    return found
+
+
+def test_readme_commands_name_real_scripts_commands_and_options() -> None:
+    commands = _readme_commands()
+    assert len(commands) >= 12
+    helps: dict[tuple[str, ...], str] = {}
+    for folder, argv in commands:
+        if argv[0] == "python":
+            key, cmd = (str(folder / argv[1]),), [sys.executable, folder / argv[1], "--help"]
+            assert (folder / argv[1]).exists(), argv
+        elif argv[0] == "edgeship":
+            words = tuple(w for w in argv[1:3] if not w.startswith("-") and "/" not in w
+                          and "." not in w)
+            key, cmd = words, [sys.executable, "-m", "edgeship", *words, "--help"]
+        else:
+            key, cmd = (str(folder / argv[0]),), ["sh", folder / argv[0], "--help"]
+        if key not in helps:
+            proc = run(*cmd, cwd=folder)
+            assert proc.returncode == 0, (argv, proc.stderr)
+            helps[key] = proc.stdout
+        for option in (a.split("=")[0] for a in argv if a.startswith("--")):
+            assert option in helps[key], f"{' '.join(argv)}: {option} is not an option"
