@@ -3,6 +3,10 @@
 The reference is generated, never edited by hand, so it cannot drift from the code:
 ``tests/test_cli_reference.py`` regenerates it and fails when the committed file differs.
 
+If README.md holds the markers ``<!-- cli-commands:start -->`` and
+``<!-- cli-commands:end -->``, the list of commands (one line each, linked to docs/cli.md)
+is written between them too, and checked the same way.
+
 Usage: ``python tools/gen_cli_reference.py`` (write) or ``--check`` (exit 1 if stale).
 """
 
@@ -17,6 +21,8 @@ import click
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "docs" / "cli.md"
+README = ROOT / "README.md"
+START, END = "<!-- cli-commands:start -->", "<!-- cli-commands:end -->"
 WIDTH = 80  # click's own cap on help width; fixed, so the text does not depend on the terminal
 
 HEADER = """\
@@ -53,12 +59,15 @@ def _summary(ctx: click.Context) -> str:
     return ctx.command.get_short_help_str(limit=80)
 
 
-def render() -> str:
-    """The whole reference as Markdown: a table of contents, then each command's help."""
+def _entries() -> list[tuple[str, click.Context]]:
     from edgeship._cli.main import cli
 
-    root = _context(cli, "edgeship", None)
-    entries = list(_walk(cli, root))
+    return list(_walk(cli, _context(cli, "edgeship", None)))
+
+
+def render() -> str:
+    """The whole reference as Markdown: a table of contents, then each command's help."""
+    entries = _entries()
     lines = [HEADER, "## Commands", ""]
     for path, ctx in entries[1:]:
         anchor = path.replace(" ", "-")
@@ -68,24 +77,40 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_readme(readme: str) -> str | None:
+    """``readme`` with the command list between the markers; None if it has no markers."""
+    if START not in readme or END not in readme:
+        return None
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    items = [f"- [`{path}`](docs/cli.md#{path.replace(' ', '-')}) — {_summary(ctx)}"
+             for path, ctx in _entries()[1:]]
+    return head + START + "\n" + "\n".join(items) + "\n" + END + tail
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if docs/cli.md is stale")
     parser.add_argument("-o", "--output", type=Path, default=TARGET)
+    parser.add_argument("--readme", type=Path, default=README)
     args = parser.parse_args(argv)
-    text = render()
+    outputs = {args.output: render()}
+    if args.readme.exists():
+        fresh = render_readme(args.readme.read_text(encoding="utf-8"))
+        if fresh is not None:
+            outputs[args.readme] = fresh
+    stale = [p for p, text in outputs.items()
+             if not p.exists() or p.read_text(encoding="utf-8") != text]
     if args.check:
-        current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
-        if current != text:
-            print(f"{args.output} is stale: run python tools/gen_cli_reference.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(args.output)
-    print(f"wrote {args.output}")
+        for path in stale:
+            print(f"{path} is stale: run python tools/gen_cli_reference.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(outputs[path], encoding="utf-8")
+        tmp.replace(path)
+        print(f"wrote {path}")
     return 0
 
 
