@@ -167,16 +167,11 @@ class Agent:
                 and now - self._last_request > self.config.ota.request_timeout_s)
 
     def dispatch(self, event: ota.Event) -> None:
-        pending = [event]
-        while pending:
-            self.state, actions = self.core.step(self.state, pending.pop(0), self.clock())
-            for action in actions:
-                follow = self._perform(action)
-                if follow is not None:
-                    pending.append(follow)
+        self.state = ota.drive(self.core, self.state, event, self.clock(), self._perform)
 
     # -- actions -----------------------------------------------------------------------------
-    def _perform(self, action: ota.Action) -> ota.Event | None:
+    def _perform(self, action: ota.Action, state: ota.OtaState) -> ota.Event | None:
+        self.state = state  # the state this action belongs to
         handler = getattr(self, f"_do_{type(action).__name__}")
         return handler(action)  # type: ignore[no-any-return]
 

@@ -17,10 +17,19 @@ restart, :class:`Resume` picks the phase up again (resume the download at the la
 verified chunk, verify and install again, re-run the health check, or finish or undo a
 half-done switch). Offers are verified with exactly the sdk's ``check_offer`` and
 payloads with ``check_payload``; nothing here checks a signature by itself.
+
+To drive it (the daemon does exactly this; so can a simulator with an in-memory shell)::
+
+    core = OtaCore(device="dev-1", model="model", root_key=root_pub_bytes)
+    state = drive(core, state, OfferReceived(raw), time.time(), perform)
+
+where ``perform(action, state)`` carries out one action and returns the event it led to
+(``RequestChunk`` -> later a ``Chunk``; ``WriteSlot`` -> ``Installed``; ...) or None.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -58,6 +67,7 @@ __all__ = [
     "TruncateDownload",
     "WriteChunk",
     "WriteSlot",
+    "drive",
 ]
 
 PHASES = ("idle", "offered", "downloading", "verifying", "installing", "health-checking",
@@ -513,6 +523,21 @@ class OtaCore:
     def _fail(self, state: OtaState, now: float, reason: str) -> Step:
         state = replace(state, phase="failed", job=None, error=reason)
         return state, [Persist(state), TruncateDownload(0), self._report(state, now)]
+
+
+def drive(core: OtaCore, state: OtaState, event: Event, now: float,
+          perform: Callable[[Action, OtaState], Event | None]) -> OtaState:
+    """Run ``event`` and every follow-up event to the end; ``perform(action, state)`` does
+    one action (``state`` is the state the action belongs to) and may return the next
+    event. The daemon and a fleet simulator are both just a ``perform``."""
+    pending = [event]
+    while pending:
+        state, actions = core.step(state, pending.pop(0), now)
+        for action in actions:
+            follow = perform(action, state)
+            if follow is not None:
+                pending.append(follow)
+    return state
 
 
 def _utc(now: float) -> datetime:

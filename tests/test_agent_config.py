@@ -61,3 +61,16 @@ def test_relative_paths_are_from_the_config_dir(tmp_path: Path) -> None:
     assert cfg.data_dir == tmp_path.resolve() / "data"
     assert cfg.root_key == tmp_path.resolve() / "root.pub"
     assert cfg.fallback is None
+
+
+def test_agent_start_up_imports_stay_light() -> None:
+    """The daemon's modules load no runtime and never the converter (a model load does)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgeship._cli.agent, edgeship.agent._daemon, edgeship.agent._ota, "
+            "edgeship.agent._store\n"
+            "print(','.join(m for m in ('onnx', 'onnxruntime', 'ai_edge_litert', "
+            "'edgeship.converter') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
