@@ -286,6 +286,24 @@ def plot_agent(doc: Mapping[str, Any], fig: Any) -> None:
     c.legend(fontsize=7)
 
 
+def plot_examples(doc: Mapping[str, Any], fig: Any) -> None:
+    """Firmware examples: per input, the input side (decode, features) stacked under the
+    model's predict, for each artifact form."""
+    rows = _rows(doc)
+    labels = [f"{r['example']}\n{r['model']}" for r in rows]
+    side = [_num(r.get("input_p50_ms")) for r in rows]
+    infer = [_num(r.get("predict_p50_ms")) for r in rows]
+    fig.set_size_inches(11, 4.8)
+    ax = fig.subplots()
+    ax.bar(labels, side, label="input side (decode / features)", color="#8c8c8c")
+    ax.bar(labels, infer, bottom=side, label="Model.predict", color="#4c72b0")
+    for i, (a, b) in enumerate(zip(side, infer, strict=True)):
+        ax.annotate(f"{a + b:.3g} ms", (i, a + b), ha="center", va="bottom", fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_ylabel("ms per input, p50")
+    ax.legend(fontsize=7)
+
+
 def plot_fallback(doc: Mapping[str, Any], fig: Any) -> None:
     """Latency of local, wrapped, cloud and cloud-down answers (p50 and p99, log scale)."""
     results = doc["results"]
@@ -311,6 +329,7 @@ PLOTTERS: dict[str, Plotter] = {
     "ota_size": plot_ota_size,
     "fleet": plot_fleet,
     "agent": plot_agent,
+    "examples": plot_examples,
     "fallback": plot_fallback,
 }
 

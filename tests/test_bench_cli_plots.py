@@ -54,6 +54,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
                       "bare_first_answer_s": 0.6},
         "update": {"delta_bytes": 900_000, "artifact_bytes": 1_100_000, "download_s": 1.2,
                    "verify_install_s": 0.1, "health_switch_s": 0.5}},
+    "examples": {"rows": [
+        {"example": "vibration-anomaly", "input": "20 features", "model": m, "bytes": 1800,
+         "input_p50_ms": 0.15, "predict_p50_ms": 0.02, "loop_p50_ms": 0.17}
+        for m in ("fp32 onnx", "int8 tflite")]},
     "fallback": {"results": {
         "local": {"p50_ms": 0.02, "p99_ms": 0.06},
         "fallback_cloud": {"p50_ms": 0.5, "p99_ms": 2.0}}},
