@@ -3,6 +3,7 @@ model fixtures under tests/fixtures (rebuilt by tests/fixtures/make_models.py)."
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -72,6 +73,19 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _state_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Rollout state and the like go to a temp dir, never to the user's ~/.local/state
+    (children started by the tests inherit it)."""
+    saved = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = saved
 
 
 @pytest.fixture
