@@ -297,6 +297,16 @@ def test_pi_agent_toml_loads_with_the_agent_config_loader() -> None:
     assert config.api.listen == "127.0.0.1:8500" and config.telemetry.interval_s < 90 / 2
 
 
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def test_pi_provision_dry_run_changes_nothing(device_secrets: Path, tmp_path: Path) -> None:
     proc = provision("--root", tmp_path, "--dry-run", secrets=device_secrets)
     assert proc.returncode == 0, proc.stderr
@@ -309,10 +319,11 @@ def test_pi_provision_dry_run_changes_nothing(device_secrets: Path, tmp_path: Pa
     # without --root the plan is the full one: venv, user, ownership, service
     full = provision("--dry-run", secrets=device_secrets)
     assert full.returncode == 0, full.stderr
-    for step in ("+ python3 -m venv /opt/edgeship/venv", "+ useradd --system",
+    for step in ("+ python3 -m venv /opt/edgeship/venv",
                  "+ chown root:edgeship /etc/edgeship/broker.password",
                  "+ systemctl enable --now edgeship-agent"):
         assert step in full.stdout, step
+    assert ("+ useradd --system" in full.stdout) == (not _user_exists("edgeship"))
 
 
 def test_pi_provision_lays_out_device_files(device_secrets: Path, tmp_path: Path) -> None:
