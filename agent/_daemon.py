@@ -85,7 +85,12 @@ class Agent:
         from edgeship.sdk._mqtt import MqttEdge, topics
 
         self.config, self.clock = config, clock
-        self.store = Store(config.data_dir)
+        try:
+            self.store = Store(config.data_dir)
+        except OSError as exc:
+            from edgeship._errors import ConfigError
+
+            raise ConfigError(f"data_dir: cannot use {config.data_dir}: {exc.strerror}") from exc
         self.topics = topics(config.fleet, config.device_id)
         self.core = ota.OtaCore(device=config.device_id, model=config.model.name,
                                 root_key=_read_root(config.root_key), hardware=config.hardware,
@@ -145,7 +150,7 @@ class Agent:
             self.outbox.close()
 
     def _loop(self) -> None:
-        next_beat = 0.0
+        next_beat = next_dog = 0.0
         while not self._stop.is_set():
             try:
                 event: ota.Event | None = self.events.get(timeout=0.2)
@@ -159,6 +164,8 @@ class Agent:
             if now >= next_beat:
                 next_beat = now + self.config.telemetry.interval_s
                 self._heartbeat()
+            if now >= next_dog:  # the loop is alive; a wedged loop gets restarted by systemd
+                next_dog = now + 1.0
                 sd_notify("WATCHDOG=1")
             self._flush()
 
