@@ -175,13 +175,16 @@ def test_vibration_detect_skips_lines_that_are_not_windows(vibration_model: Path
 class Agent:
     """``edgeship agent run`` serving one signed release (its ``initial``) on loopback."""
 
-    def __init__(self, tmp: Path, artifact: Path, broker_url: str) -> None:
+    def __init__(self, tmp: Path, artifact: Path, broker_url: str,
+                 golden: Path | None = None) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         for args in (("keys", "init", tmp / "keys"),
                      ("release", artifact, "--version", "1.0.0", "--keys", tmp / "keys",
-                      "-o", tmp / "rel", "--model-name", "model")):
+                      "-o", tmp / "rel", "--model-name", "model",
+                      *(["--golden", golden] if golden else [])),
+                     ("verify", tmp / "rel", "--root", tmp / "keys/root.pub")):
             proc = run(sys.executable, "-m", "edgeship", *args, cwd=tmp)
             assert proc.returncode == 0, proc.stderr
         config = tmp / "agent.toml"
@@ -217,11 +220,12 @@ class Agent:
 
 
 @pytest.fixture
-def agent_factory(tmp_path: Path, shared_mosquitto: Any) -> Iterator[Callable[[Path], Agent]]:
+def agent_factory(tmp_path: Path, shared_mosquitto: Any
+                  ) -> Iterator[Callable[..., Agent]]:
     agents: list[Agent] = []
 
-    def start(artifact: Path) -> Agent:
-        agent = Agent(tmp_path / f"agent{len(agents)}", artifact, shared_mosquitto.url)
+    def start(artifact: Path, golden: Path | None = None) -> Agent:
+        agent = Agent(tmp_path / f"agent{len(agents)}", artifact, shared_mosquitto.url, golden)
         agents.append(agent)
         agent.wait_serving()
         return agent
@@ -232,8 +236,10 @@ def agent_factory(tmp_path: Path, shared_mosquitto: Any) -> Iterator[Callable[[P
 
 
 def test_vibration_detector_asks_the_agent_then_falls_back(
-        vibration_model: Path, sensor_csv: str, agent_factory: Callable[[Path], Agent]) -> None:
-    agent = agent_factory(vibration_model / "model.int8.tflite")
+        vibration_model: Path, sensor_csv: str, agent_factory: Callable[..., Agent]) -> None:
+    # released with train.py's golden.npz: the agent health-checks it before serving
+    agent = agent_factory(vibration_model / "model.int8.tflite",
+                          vibration_model.parent / "golden.npz")
     local = python(VIBRATION / "detect.py", "--model", vibration_model / "model.int8.tflite",
                    stdin=sensor_csv)
     served = python(VIBRATION / "detect.py", "--agent", agent.url, stdin=sensor_csv)
@@ -252,7 +258,7 @@ def test_vibration_detector_asks_the_agent_then_falls_back(
 
 
 def test_image_classifier_asks_the_agent(cnn_int8: Path, digit_images: Path,
-                                         agent_factory: Callable[[Path], Agent]) -> None:
+                                         agent_factory: Callable[..., Agent]) -> None:
     agent = agent_factory(cnn_int8 / "model.int8.onnx")
     proc = python(IMAGES / "classify.py", digit_images, "--agent", agent.url)
     assert proc.returncode == 0, proc.stderr

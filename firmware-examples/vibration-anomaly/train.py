@@ -3,7 +3,8 @@
 Host-side (numpy + scikit-learn; no torch, no skl2onnx): generates healthy and
 bearing-fault windows (see ``vibration.py``), fits a small MLP on their features
 (20 -> 16 ReLU -> 2 softmax) and writes the graph by hand with ``onnx.helper``. Also writes the calibration and eval data
-that ``edgeship convert`` takes::
+that ``edgeship convert`` takes, and the golden input/output ``edgeship release --golden``
+takes (the health check a device runs before it commits an update)::
 
     python train.py --out model/
     edgeship convert model/vibration.onnx --calib model/calib.npz --eval model/eval.npz -o model/int8
@@ -79,8 +80,14 @@ def main() -> None:
     onnx.save(to_onnx(clf), args.out / "vibration.onnx")
     np.savez(args.out / "calib.npz", **{INPUT: x[:200].reshape(-1, N_FEATURES)})
     np.savez(args.out / "eval.npz", **{INPUT: x_eval, "label": y_eval})
+    # the release health check: a faulty window with the fp32 answer (the softmax of
+    # [-z/2, z/2] is sklearn's sigmoid(z)); `edgeship release` measures the tolerance on
+    # the INT8 artifact itself
+    golden = x_eval[y_eval == 1][:1]
+    np.savez(args.out / "golden.npz", **{INPUT: golden,
+                                         "output": clf.predict_proba(golden).astype(np.float32)})
     print(f"trained on {len(x)} windows; held-out accuracy {accuracy:.1%} on {len(x_eval)}")
-    print(f"wrote {args.out / 'vibration.onnx'}, calib.npz, eval.npz")
+    print(f"wrote {args.out / 'vibration.onnx'}, calib.npz, eval.npz, golden.npz")
 
 
 if __name__ == "__main__":
