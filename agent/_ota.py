@@ -30,13 +30,42 @@ where ``perform(action, state)`` carries out one action and returns the event it
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
+from edgeship.agent._ota_types import (
+    PHASES,
+    Action,
+    Chunk,
+    Connected,
+    Downloaded,
+    Event,
+    HealthChecked,
+    Installed,
+    Job,
+    LoadActive,
+    Loaded,
+    LocalRelease,
+    OfferReceived,
+    OtaState,
+    Persist,
+    ReadDownload,
+    Report,
+    RequestChunk,
+    Resume,
+    RunHealthCheck,
+    SlotInfo,
+    Tick,
+    TruncateDownload,
+    WriteChunk,
+    WriteSlot,
+    decode_state,
+    encode_state,
+)
 from edgeship.sdk._manifest import Manifest
-from edgeship.sdk._transfer import ChunkRequest, chunk_count, decode_chunk
-from edgeship.sdk._trust import Offer, TrustedState, check_offer, check_payload
+from edgeship.sdk._transfer import ChunkRequest, decode_chunk
+from edgeship.sdk._trust import Offer, check_offer, check_payload
 
 from edgeship._errors import EdgeshipError, LengthMismatchError, TransportError
 
@@ -67,225 +96,11 @@ __all__ = [
     "TruncateDownload",
     "WriteChunk",
     "WriteSlot",
+    "decode_state",
     "drive",
+    "encode_state",
 ]
-
-PHASES = ("idle", "offered", "downloading", "verifying", "installing", "health-checking",
-          "committed", "rolled-back", "failed")
 _BUSY = ("verifying", "installing", "health-checking")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SlotInfo:
-    """A verified artifact sitting in slot ``a`` or ``b``."""
-
-    slot: str
-    version: str
-    sha256: str
-    size: int
-    format: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"slot": self.slot, "version": self.version, "sha256": self.sha256,
-                "size": self.size, "format": self.format}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SlotInfo:
-        return cls(slot=d["slot"], version=d["version"], sha256=d["sha256"], size=d["size"],
-                   format=d["format"])
-
-
-@dataclass(frozen=True, kw_only=True)
-class Job:
-    """The update in progress: which file is fetched, how far, and the accepted offer."""
-
-    offer: str  # canonical JSON of the verified offer (local storage is trusted)
-    version: str
-    file: str
-    size: int
-    sha256: str
-    delta: bool
-    chunk_size: int
-    received: int = 0  # chunks verified and fsynced
-    slot: str = ""  # slot the new artifact goes to
-    switched: bool = False  # the state already names the new slot as active
-    switch_attempts: int = 0
-
-    @property
-    def chunks(self) -> int:
-        return chunk_count(self.size, self.chunk_size)
-
-    def manifest(self) -> Manifest:
-        return Manifest.from_dict(Offer.from_bytes(self.offer.encode()).manifest["signed"])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Job:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-
-@dataclass(frozen=True, kw_only=True)
-class OtaState:
-    """Everything the device must remember across a restart (persisted as JSON)."""
-
-    phase: str = "idle"
-    active: SlotInfo | None = None
-    previous: SlotInfo | None = None  # the old slot, kept until the new one is committed
-    job: Job | None = None
-    trusted: TrustedState = field(default_factory=TrustedState)
-    error: str = ""
-    target: str = ""  # version of the last update attempt (for status)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "error": self.error, "target": self.target,
-                "active": self.active and self.active.to_dict(),
-                "previous": self.previous and self.previous.to_dict(),
-                "job": self.job and self.job.to_dict(), "trusted": self.trusted.to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> OtaState:
-        return cls(phase=d["phase"], error=d.get("error", ""), target=d.get("target", ""),
-                   active=d["active"] and SlotInfo.from_dict(d["active"]),
-                   previous=d["previous"] and SlotInfo.from_dict(d["previous"]),
-                   job=d["job"] and Job.from_dict(d["job"]),
-                   trusted=TrustedState.from_dict(d["trusted"]))
-
-
-# ---- events (what happened) -------------------------------------------------------------
-@dataclass(frozen=True)
-class Event:
-    pass
-
-
-@dataclass(frozen=True)
-class Resume(Event):
-    """The process (re)started with this persisted state."""
-
-
-@dataclass(frozen=True)
-class OfferReceived(Event):
-    raw: bytes
-
-
-@dataclass(frozen=True)
-class LocalRelease(Event):
-    """A release read from disk (``[model] initial``): offer bytes plus its artifact."""
-
-    offer: bytes
-    artifact: bytes
-
-
-@dataclass(frozen=True)
-class Chunk(Event):
-    raw: bytes
-
-
-@dataclass(frozen=True)
-class Connected(Event):
-    """The broker (re)connected: re-ask for the chunk in flight."""
-
-
-@dataclass(frozen=True)
-class Tick(Event):
-    """Time passed with nothing else to do: re-ask for a chunk that is overdue."""
-
-
-@dataclass(frozen=True)
-class Downloaded(Event):
-    """Result of ``ReadDownload``: the downloaded file and (for a delta) the base bytes."""
-
-    payload: bytes
-    base: bytes | None
-
-
-@dataclass(frozen=True)
-class Installed(Event):
-    pass
-
-
-@dataclass(frozen=True)
-class HealthChecked(Event):
-    ok: bool
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Loaded(Event):
-    """Result of ``LoadActive``: the model in ``slot`` serves (or could not be loaded)."""
-
-    slot: str
-    ok: bool
-    reason: str = ""
-
-
-# ---- actions (what the shell must do, in order) ------------------------------------------
-@dataclass(frozen=True)
-class Action:
-    pass
-
-
-@dataclass(frozen=True)
-class Persist(Action):
-    state: OtaState
-
-
-@dataclass(frozen=True)
-class Report(Action):
-    status: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class RequestChunk(Action):
-    request: ChunkRequest
-
-
-@dataclass(frozen=True)
-class TruncateDownload(Action):
-    """Cut the download file to ``size`` bytes (0 starts a new download)."""
-
-    size: int
-
-
-@dataclass(frozen=True)
-class WriteChunk(Action):
-    offset: int
-    data: bytes
-
-
-@dataclass(frozen=True)
-class ReadDownload(Action):
-    """Read the download file (and ``base_slot``'s artifact for a delta) -> ``Downloaded``."""
-
-    base_slot: str | None
-
-
-@dataclass(frozen=True)
-class WriteSlot(Action):
-    """Write ``data`` atomically into ``slot`` as ``model.<format>`` -> ``Installed``."""
-
-    slot: str
-    format: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class RunHealthCheck(Action):
-    """Check the model in ``slot`` in a separate interpreter -> ``HealthChecked``."""
-
-    slot: str
-    format: str
-    golden: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class LoadActive(Action):
-    """Load (or hot-swap to) the model in ``slot``, check its sha256 -> ``Loaded``."""
-
-    slot: SlotInfo
-    golden: dict[str, Any] | None = None
-
 
 Step = tuple[OtaState, list[Action]]
 
@@ -554,13 +369,3 @@ def _peek_version(raw: bytes) -> str | None:
     return version if isinstance(version, str) else None
 
 
-def encode_state(state: OtaState) -> bytes:
-    import json
-
-    return json.dumps(state.to_dict(), sort_keys=True).encode()
-
-
-def decode_state(raw: bytes) -> OtaState:
-    import json
-
-    return OtaState.from_dict(json.loads(raw))
