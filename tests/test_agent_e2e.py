@@ -261,3 +261,25 @@ def test_no_model_answers_from_the_cloud_fallback(tmp_path: Path, rels: dict[str
         proc.kill()
         cloud.terminate()
         cloud.wait(timeout=10)
+
+
+def test_a_signed_release_that_is_not_a_model_rolls_back(
+        tmp_path: Path, mosquitto: Mosquitto, agent: AgentProc, rels: dict[str, Path]) -> None:
+    from edgeship.sdk._release import Release
+    from edgeship.sdk._release_server import ReleaseServer, push_offer
+
+    junk = tmp_path / "junk" / "model.onnx"
+    junk.parent.mkdir()
+    junk.write_bytes(b"\x08\x07not an onnx model at all" * 40)
+    rel = tmp_path / "rel-junk"
+    Release.build(junk, version="3.0.0", keydir=rels["root"].parent, out=rel, model_name="model")
+    server = ReleaseServer(mosquitto.url, [rel]).start()
+    watch = Watcher(mosquitto.url)
+    try:
+        push_offer(mosquitto.url, "t", rel, ["dev-1"])
+        status = watch.wait(lambda s: s["state"] == "rolled-back")
+    finally:
+        watch.close()
+        server.stop()
+    assert status["version"] == "1.0.0" and "ModelLoadError" in status["error"]
+    assert served_version(agent.url)[0] == "1.0.0"

@@ -257,3 +257,29 @@ def test_full_artifact_when_no_delta_fits_the_installed_base(world: dict[str, An
     job = shell.state.job
     art = Release.load(world["bad"]).manifest.artifact
     assert job is not None and not job.delta and job.file == art.name and job.size == art.size
+
+
+def test_a_model_that_keeps_crashing_the_agent_on_load_is_rolled_back(
+        world: dict[str, Any]) -> None:
+    """Each restart mid-switch counts one load attempt; after the limit the old slot wins."""
+    shell = make_shell(world)
+    original = shell.perform
+
+    def crash_on_new_model(action: Any) -> list[Event]:
+        if isinstance(action, LoadActive) and action.slot.version == "2.0.0":
+            raise Crash  # the runtime takes the whole process down while loading
+        return original(action)
+
+    shell.perform = crash_on_new_model  # type: ignore[method-assign]
+    for attempt in range(1, 4):
+        with pytest.raises(Crash):
+            if attempt == 1:
+                shell.run(OfferReceived(offer_bytes(world["v2"])))
+            else:
+                shell.restart()
+        job = shell.disk_state.job
+        assert job is not None and job.switched and job.switch_attempts == attempt
+    shell.restart()
+    assert shell.state.phase == "rolled-back" and "failed to load 3 times" in shell.state.error
+    assert shell.state.active.version == "1.0.0" and shell.serving == "1.0.0"
+    assert shell.state.job is None
