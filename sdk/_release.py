@@ -184,12 +184,20 @@ def _write_delta(out: Path, new: bytes, version: str, model: str, base_dir: Path
                      size=len(delta), format=fmt)
 
 
+# INT8 noise against an fp32 reference stays within a few steps of the output's
+# magnitude (softmax outputs: up to ~8 steps measured on the fixtures, see the TFLite tests)
+_MAX_GOLDEN_STEPS = 16
+
+
 def load_golden(path: Path, artifact: Path | None = None) -> Golden:
     """GOLDEN.npz: input array(s) by name, ``output``, optional ``atol``.
 
     Without ``atol`` the tolerance comes from the artifact itself: it is run on the golden
     input, and the tolerance is 1.5x its deviation from ``output`` but at least two
     INT8 steps of the output's magnitude (kernels on another CPU may differ by a step).
+    A deviation beyond quantization noise (more than ``_MAX_GOLDEN_STEPS`` steps) means the
+    golden output belongs to another model: deriving a tolerance from it would make the
+    health check pass anything, so that is refused (give ``atol`` to insist).
     """
     import numpy as np
 
@@ -211,6 +219,10 @@ def load_golden(path: Path, artifact: Path | None = None) -> Golden:
     deviation = _artifact_deviation(artifact, arrays, output) if artifact else None
     if deviation is None:
         return Golden.from_arrays(arrays, output, 4 * step)
+    if deviation > _MAX_GOLDEN_STEPS * step:
+        raise InputError(f"--golden {path}: the artifact's output differs from 'output' by "
+                         f"{deviation:.4g}, {deviation / step:.0f} INT8 steps; is it the "
+                         "golden output of another model? (add 'atol' to the npz to insist)")
     return Golden.from_arrays(arrays, output, max(1.5 * deviation, 2 * step))
 
 

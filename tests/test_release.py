@@ -53,6 +53,16 @@ def test_default_golden_tolerance_comes_from_the_artifact(tmp_path: Path, keys: 
     assert noisy.manifest.golden.atol == pytest.approx(0.015, rel=1e-3)
 
 
+def test_golden_of_another_model_is_refused_not_turned_into_a_tolerance(
+    tmp_path: Path, keys: KeyDir
+) -> None:
+    # 0.5 off on a sigmoid output is ~64 INT8 steps: not quantization noise
+    with pytest.raises(InputError, match="another model"):
+        Release.build(FIXTURES / "mlp.onnx", version="1.0.0", keydir=keys.path,
+                      out=tmp_path / "r1", golden=_mlp_golden(tmp_path, noise=0.5))
+    assert not (tmp_path / "r1" / "manifest.json").exists()
+
+
 def test_release_round_trip_through_offer_and_delta(tmp_path: Path, keys: KeyDir) -> None:
     v1 = (FIXTURES / "mobilenet.onnx").read_bytes()
     v2 = bytearray(v1)
