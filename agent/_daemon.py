@@ -174,7 +174,7 @@ class Agent:
                 and now - self._last_request > self.config.ota.request_timeout_s)
 
     def dispatch(self, event: ota.Event) -> None:
-        self.state = ota.drive(self.core, self.state, event, self.clock(), self._perform)
+        self.state = ota.drive(self.core, self.state, event, self.clock, self._perform)
 
     # -- actions -----------------------------------------------------------------------------
     def _perform(self, action: ota.Action, state: ota.OtaState) -> ota.Event | None:

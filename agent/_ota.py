@@ -340,14 +340,16 @@ class OtaCore:
         return state, [Persist(state), TruncateDownload(0), self._report(state, now)]
 
 
-def drive(core: OtaCore, state: OtaState, event: Event, now: float,
+def drive(core: OtaCore, state: OtaState, event: Event, now: float | Callable[[], float],
           perform: Callable[[Action, OtaState], Event | None]) -> OtaState:
     """Run ``event`` and every follow-up event to the end; ``perform(action, state)`` does
     one action (``state`` is the state the action belongs to) and may return the next
-    event. The daemon and a fleet simulator are both just a ``perform``."""
+    event. The daemon and a fleet simulator are both just a ``perform``. ``now`` is a
+    time or a clock read before each step (follow-ups can take seconds: a health check)."""
+    clock = now if callable(now) else (lambda: now)
     pending = [event]
     while pending:
-        state, actions = core.step(state, pending.pop(0), now)
+        state, actions = core.step(state, pending.pop(0), clock())
         for action in actions:
             follow = perform(action, state)
             if follow is not None:
