@@ -32,7 +32,7 @@ from edgeship._errors import ConfigError, TransportError
 
 __all__ = ["Message", "MqttEdge", "Topics", "parse_broker_url", "request_topic", "topics"]
 
-MAX_PAYLOAD = 1024 * 1024 + 4096  # one chunk of the largest allowed size plus its header
+MAX_PAYLOAD = 4 * 1024 * 1024 + 64 * 1024  # an offer (<= 4 MiB, golden data inside) or a chunk
 
 
 @dataclass(frozen=True)
