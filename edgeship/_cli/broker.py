@@ -51,7 +51,7 @@ class LocalBroker:
         config = Path(self._dir.name) / "mosquitto.conf"
         # set_tcp_nodelay: without it a 64 KiB chunk can wait ~40 ms for a delayed ACK
         config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                          "persistence false\nmax_packet_size 1048576\nset_tcp_nodelay true\n"
+                          "persistence false\nmax_packet_size 5242880\nset_tcp_nodelay true\n"
                           + self.extra_config)
         self.proc = subprocess.Popen([self.binary, "-c", str(config)], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
