@@ -314,6 +314,8 @@ class OtaCore:
                 return state, []
             if state.previous is not None:  # a committed model that no longer loads
                 return self._rollback(state, now, f"active model fails to load: {event.reason}")
+            if state.job is not None:  # an update is under way and may bring a good one
+                return self._refuse(state, now, f"active model fails to load: {event.reason}")
             state = replace(state, phase="failed", error=f"model fails to load: {event.reason}")
             return state, [Persist(state), self._report(state, now)]
         assert job is not None
