@@ -5,8 +5,9 @@
   (target: under 1 ms). Fixtures ``mlp`` (tiny input, pure overhead) and ``mobilenet``.
 - ``footprint``: RSS and start-up time to the first answer of ``edgeship agent run``
   (a restart with the model installed: the normal device boot) vs a bare Python process
-  that only imports numpy, onnxruntime, paho-mqtt and cryptography, loads the same model
-  and answers once (targets: RSS within 1.3x, first answer under 1 s).
+  that only imports numpy, the runtime, paho-mqtt and cryptography, loads the same model
+  and answers once (targets: RSS within 1.3x, first answer under 1 s); for mobilenet as
+  fp32 ONNX (onnxruntime) and as the INT8 TFLite ``edgeship convert`` makes (LiteRT).
 - ``update``: wall time of an OTA update of mobilenet (~1 MB) to a version whose every
   weight changed (a ~1 MB delta) over a loopback mosquitto with ``edgeship fleet serve``:
   push -> committed, split into download / verify + install / health check + switch.
@@ -47,6 +48,20 @@ time.sleep(30)
 """
 
 
+BARE_LITERT = """
+import sys, time, numpy as np, paho.mqtt.client
+import cryptography.hazmat.primitives.asymmetric.ed25519
+from ai_edge_litert.interpreter import Interpreter
+it = Interpreter(model_path=sys.argv[1])
+it.allocate_tensors()
+d = it.get_input_details()[0]
+it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+it.invoke()
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
@@ -55,10 +70,10 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def bare_process(model: Path) -> dict[str, float]:
+def bare_process(model: Path, script: str) -> dict[str, float]:
     began = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", BARE, str(model)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(model)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     first = time.perf_counter() - began
@@ -141,18 +156,19 @@ def latency_rows(name: str, model_path: Path, url: str, n: int) -> dict[str, Any
             "p50_overhead_ms": round(api["p50_ms"] - local["p50_ms"], 4)}
 
 
-def update_run(broker_url: str, agent: Any, v2: Path) -> dict[str, Any]:
+def update_run(broker_url: str, device: str, v2: Path) -> dict[str, Any]:
     from edgeship.sdk._release_server import push_offer
     from test_agent_support import Watcher
 
     watch = Watcher(broker_url)
     began = time.time()
-    push_offer(broker_url, "t", v2, ["dev-1"])
-    watch.wait(lambda s: s["state"] == "committed" and s["version"] == "1.1.0", timeout=120)
+    push_offer(broker_url, "t", v2, [device])
+    watch.wait(lambda s: s["state"] == "committed" and s["version"] == "1.1.0", device=device,
+               timeout=120)
     wall = time.time() - began
     stamps: dict[str, float] = {}
     for s in watch.history:
-        if s.get("target") == "1.1.0":
+        if s.get("target") == "1.1.0" and s["device"] == device:
             stamps.setdefault(s["state"], s["ts"])
     watch.close()
     delta = sum(p.stat().st_size for p in (v2 / "deltas").iterdir())
@@ -163,11 +179,52 @@ def update_run(broker_url: str, agent: Any, v2: Path) -> dict[str, Any]:
             "health_switch_s": round(stamps["committed"] - stamps["health-checking"], 3)}
 
 
-def main() -> None:
-    import argparse
+def single_release(tmp: Path, artifact: Path) -> tuple[Path, Path]:
+    from edgeship.sdk._keydir import KeyDir
+    from edgeship.sdk._release import Release
 
+    tmp.mkdir(parents=True, exist_ok=True)
+    KeyDir(tmp / "keys").init()
+    Release.build(artifact, version="1.0.0", keydir=tmp / "keys", out=tmp / "rel",
+                  model_name="model")
+    return tmp / "keys" / "root.pub", tmp / "rel"
+
+
+def footprint_run(label: str, tmp: Path, broker_url: str, artifact: Path, bare_script: str,
+                  release: tuple[Path, Path] | None = None) -> tuple[dict[str, Any], Any]:
+    """RSS and time to first answer: agent restart vs a bare process with the same runtime."""
     from conftest import free_port
     from test_agent_support import write_config
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    root, rel = release or single_release(tmp, artifact)
+    port = free_port()
+    cfg = write_config(tmp, broker_url=broker_url, port=port, root_pub=root, initial=rel,
+                       chunk_size=64 * 1024, device=f"dev-{label}")
+    agent, first_boot = start_agent(cfg, port)  # first boot: verify + health-check + install
+    agent.terminate()
+    agent, restart = start_agent(cfg, port)  # the normal boot
+    time.sleep(0.5)
+    row: dict[str, Any] = {"runtime": label, "agent_first_answer_s": round(restart, 3),
+                           "agent_first_boot_with_install_s": round(first_boot, 3),
+                           "agent_rss_mb": rss_mb(agent.proc.pid)}
+    bare = bare_process(artifact, bare_script)
+    row.update({"bare_first_answer_s": bare["first_answer_s"], "bare_rss_mb": bare["rss_mb"]})
+    row["rss_ratio"] = round(row["agent_rss_mb"] / bare["rss_mb"], 3)
+    row["first_answer_ratio"] = round(restart / bare["first_answer_s"], 3)
+    return row, agent
+
+
+def convert_tflite(tmp: Path) -> Path:
+    out = tmp / "converted"
+    subprocess.run([sys.executable, "-m", "edgeship", "convert", str(FIXTURES / "mobilenet.onnx"),
+                    "--calib", str(FIXTURES / "mobilenet_calib.npz"), "-o", str(out),
+                    "--format", "tflite"], check=True, capture_output=True)
+    return out / "model.int8.tflite"
+
+
+def main() -> None:
+    import argparse
 
     from edgeship._cli.broker import LocalBroker
 
@@ -181,54 +238,34 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "edgeship", "fleet", "serve", "--broker",
                                broker.url, "--releases", str(v1), str(v2)],
                               stderr=subprocess.DEVNULL)
-    agents = []
+    agents: list[Any] = []
     try:
-        port = free_port()
-        cfg = write_config(tmp, broker_url=broker.url, port=port, root_pub=root, initial=v1,
-                           chunk_size=64 * 1024).read_text()
-        cfg_path = tmp / "agent.toml"
-        cfg_path.write_text(cfg.replace("threads = 1", "threads = 1")
-                            .replace("request_timeout_s = 2", "request_timeout_s = 5"))
-        agent, first_boot = start_agent(cfg_path, port)  # installs + checks v1 first
-        agent.terminate()
-        agent, restart = start_agent(cfg_path, port)  # the normal boot
+        ort_row, agent = footprint_run("onnxruntime", tmp / "ort", broker.url,
+                                       FIXTURES / "mobilenet.onnx", BARE, release=(root, v1))
         agents.append(agent)
-        time.sleep(0.5)
-        footprint = {"agent_first_answer_s": round(restart, 3),
-                     "agent_first_boot_with_install_s": round(first_boot, 3),
-                     "agent_rss_mb": rss_mb(agent.proc.pid)}
-        bare = bare_process(FIXTURES / "mobilenet.onnx")
-        footprint.update({"bare_first_answer_s": bare["first_answer_s"],
-                          "bare_rss_mb": bare["rss_mb"]})
-        footprint["rss_ratio"] = round(footprint["agent_rss_mb"] / bare["rss_mb"], 3)
-        footprint["first_answer_ratio"] = round(restart / bare["first_answer_s"], 3)
-        rows = [latency_rows("mobilenet", FIXTURES / "mobilenet.onnx", agent.url, n // 4)]
-        update = update_run(broker.url, agent, v2)
-        # tiny model: the API's own overhead
-        mlp_port = free_port()
-        mlp_tmp = tmp / "mlp"
-        mlp_tmp.mkdir()
-        from edgeship.sdk._keydir import KeyDir
-        from edgeship.sdk._release import Release
-
-        KeyDir(mlp_tmp / "keys").init()
-        Release.build(FIXTURES / "mlp.onnx", version="1.0.0", keydir=mlp_tmp / "keys",
-                      out=mlp_tmp / "rel", model_name="model")
-        mlp_cfg = write_config(mlp_tmp, broker_url=broker.url, port=mlp_port,
-                               root_pub=mlp_tmp / "keys" / "root.pub", initial=mlp_tmp / "rel",
-                               device="dev-2")
-        mlp_agent, _ = start_agent(mlp_cfg, mlp_port)
+        rows = [latency_rows("mobilenet fp32 onnx", FIXTURES / "mobilenet.onnx", agent.url,
+                             n // 4)]
+        update = update_run(broker.url, "dev-onnxruntime", v2)
+        tflite = convert_tflite(tmp)
+        lite_row, lite_agent = footprint_run("litert", tmp / "litert", broker.url, tflite,
+                                             BARE_LITERT)
+        agents.append(lite_agent)
+        rows.append(latency_rows("mobilenet int8 tflite", tflite, lite_agent.url, n // 4))
+        mlp_root, mlp_rel = single_release(tmp / "mlp", FIXTURES / "mlp.onnx")
+        _, mlp_agent = footprint_run("mlp", tmp / "mlp", broker.url, FIXTURES / "mlp.onnx",
+                                     BARE, release=(mlp_root, mlp_rel))
         agents.append(mlp_agent)
-        rows.insert(0, latency_rows("mlp", FIXTURES / "mlp.onnx", mlp_agent.url, n))
+        rows.insert(0, latency_rows("mlp fp32 onnx", FIXTURES / "mlp.onnx", mlp_agent.url, n))
     finally:
         for a in agents:
             a.terminate()
         server.terminate()
         server.wait()
         broker.stop()
+    footprint = [ort_row, lite_row]
     print_machine()
     print_table(rows, title="local API vs in-process Model.predict (ms)")
-    print_table([footprint], title="agent footprint vs bare runtime process")
+    print_table(footprint, title="agent footprint vs bare runtime process (mobilenet)")
     print_table([update], title="OTA update of mobilenet over loopback MQTT")
     path = write_result("agent", {"latency": rows, "footprint": footprint, "update": update},
                         out_dir=args.out)
