@@ -10,9 +10,14 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   Add/Mul) are int8 per-tensor, zero point 0.
 - Every Conv and Gemm has a bias: an int32 initializer with zero point 0 and
   scale = input scale x weight scale (per channel for Conv), via DequantizeLinear (a zero
-  bias is added where the float model had none).
+  bias is added where the float model had none). A Conv's per-channel bias scale is the
+  output of ``Mul(weight scales, input scale)`` on those two initializers (the same
+  float32 product; readers fold it); a Gemm's is a scalar initializer.
 - Activations are int8, per-tensor, a QuantizeLinear -> DequantizeLinear pair whose two
-  nodes share one scale and one zero-point initializer.
+  nodes share one scale and one zero-point initializer. The file stores that zero point
+  as uint8 = int8 zero point + 128 (the same real values; onnxruntime fuses only pairs
+  whose types agree, see ``_stored_zero_point``); readers subtract 128. At int8 graph
+  edges (``io="int8"``) it stays int8.
 - Sigmoid and Softmax outputs: scale 1/256, zero point -128.
 - MaxPool, AveragePool, GlobalAveragePool, Reshape, Flatten: output parameters are
   exactly the input's. Concat: all inputs and the output share one set.
@@ -26,9 +31,10 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
 
 Naming: activation ``T`` -> ``T_q`` (int8) -> ``T_dq`` with ``T_s`` / ``T_z`` (scale / zero
 point); weight ``W`` -> ``W_q`` (int8) + ``W_s`` -> ``W_dq``; the bias of node ``N`` ->
-``N_b_q`` (int32) + ``N_b_s`` -> ``N_b_dq``. Constant DequantizeLinear nodes carry no
-zero-point input (ONNX defines it as 0). Q/DQ nodes are unnamed; graph outputs keep
-their names.
+``N_b_q`` (int32) + ``N_b_s`` -> ``N_b_dq``. Per-channel and int32 constant
+DequantizeLinear nodes carry no zero-point input (ONNX defines it as 0); per-tensor int8
+ones name the shared ``int8_zero`` (onnxruntime's QGemm fusion needs it explicit). Q/DQ
+nodes are unnamed; graph outputs keep their names.
 """
 
 from __future__ import annotations
@@ -43,6 +49,18 @@ from ._ir import Graph
 from ._plan import Plan, fused_pre_tensors
 
 INT32_MAX = 2**31 - 1
+INT8_ZERO = "int8_zero"  # the one int8 zero point that per-tensor int8 constants share
+
+
+def _stored_zero_point(zero_point: int, *, int8: bool) -> np.ndarray:
+    """An activation zero point as the ONNX file stores it: uint8 (zero point + 128, the
+    same real values) except at int8 graph edges. onnxruntime on x86 rewrites int8
+    Q/DQ pairs to uint8 before fusing, but skips a QuantizeLinear that feeds more than one
+    DequantizeLinear (a tensor with two consumers, e.g. a residual branch), and a node
+    whose inputs and output then differ in type stays float between DQ and Q."""
+    if int8:
+        return np.array(zero_point, np.int8)
+    return np.array(zero_point + 128, np.uint8)
 
 
 @dataclass
@@ -106,10 +124,12 @@ class _Builder:
     def qdq(self, t: str, src: str) -> None:
         p = self.plan.params[t]
         scale, zp = t + "_s", t + "_z"
-        self.inits[scale] = np.array(p.scale, np.float32)
-        self.inits[zp] = np.array(p.zero_point, np.int8)
-        out = t if t in self.graph.output_names else t + "_dq"
         is_in, is_out = t in self.graph.input_names, t in self.graph.output_names
+        self.inits[scale] = np.array(p.scale, np.float32)
+        self.inits[zp] = _stored_zero_point(
+            p.zero_point, int8=self.io == "int8" and (is_in or is_out)
+        )
+        out = t if is_out else t + "_dq"
         if self.io == "int8" and is_out:
             self.nodes.append(helper.make_node("QuantizeLinear", [src, scale, zp], [t]))
         elif self.io == "int8" and is_in:
@@ -124,16 +144,25 @@ class _Builder:
         return t + "_float" if t in self.graph.output_names else t
 
     # ---- constants
-    def dq_const(self, q: np.ndarray, scale: np.ndarray, name: str, axis: int | None) -> str:
-        """A constant int8/int32 tensor behind a DequantizeLinear. The zero point input is
-        omitted: ONNX defines it as 0, which keeps ~5 bytes per channel out of the file."""
+    def dq_const(self, q: np.ndarray, scale: np.ndarray | str, name: str, axis: int | None) -> str:
+        """A constant int8/int32 tensor behind a DequantizeLinear; ``scale`` is an array or
+        the name of a tensor already in the graph. Per-channel and int32 constants carry no
+        zero-point input (ONNX defines it as 0; ~5 bytes per channel kept out of the file);
+        per-tensor int8 ones name the shared int8 zero, because onnxruntime fuses a Gemm or
+        MatMul into QGemm / QLinearMatMul only when the weight's zero point is explicit."""
         self.inits[name + "_q"] = q
-        self.inits[name + "_s"] = scale.astype(np.float32).reshape(-1 if axis is not None else ())
+        scale_name = scale if isinstance(scale, str) else name + "_s"
+        if not isinstance(scale, str):
+            self.inits[scale_name] = scale.astype(np.float32).reshape(
+                -1 if axis is not None else ()
+            )
+        inputs = [name + "_q", scale_name]
+        if axis is None and q.dtype == np.int8:
+            self.inits[INT8_ZERO] = np.array(0, np.int8)
+            inputs.append(INT8_ZERO)
         attrs = {"axis": axis} if axis is not None else {}
         out = name + "_dq"
-        self.nodes.append(
-            helper.make_node("DequantizeLinear", [name + "_q", name + "_s"], [out], **attrs)
-        )
+        self.nodes.append(helper.make_node("DequantizeLinear", inputs, [out], **attrs))
         return out
 
     def weight(
@@ -169,11 +198,18 @@ class _Builder:
     def bias(
         self, node: onnx.NodeProto, b: np.ndarray, in_scale: float, w_scales: np.ndarray
     ) -> str:
-        """int32 bias with scale float32(input scale x weight scale), per channel or not."""
+        """int32 bias with scale float32(input scale x weight scale), per channel or not.
+        A per-channel bias scale is not stored: a Mul of the weight's scale tensor and the
+        input's scale computes it (the same float32 product; onnxruntime folds it at load
+        and the TFLite writer folds it on read), which keeps 4 bytes per channel out."""
         s = (np.float32(in_scale) * w_scales.astype(np.float32)).astype(np.float32)
         q = np.clip(np.round(b.astype(np.float64) / s.astype(np.float64)), -INT32_MAX, INT32_MAX)
-        axis = 0 if node.op_type == "Conv" else None
-        return self.dq_const(q.astype(np.int32), s, node.name + "_b", axis)
+        name = node.name + "_b"
+        if node.op_type != "Conv":
+            return self.dq_const(q.astype(np.int32), s, name, None)
+        w_s, in_s = node.input[1] + "_s", node.input[0] + "_s"
+        self.nodes.append(helper.make_node("Mul", [w_s, in_s], [name + "_s"]))
+        return self.dq_const(q.astype(np.int32), name + "_s", name, 0)
 
     def quantized_node(self, node: onnx.NodeProto) -> None:
         rule = self.plan.rules[node.name]

@@ -88,9 +88,15 @@ def read_qdq(model: onnx.ModelProto) -> QdqGraph:
     model = _with_static_batch(model)
     graph = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    folded: set[str] = set()  # outputs of constant Mul nodes folded into inits
     for node in graph.node:
         if node.op_type == "Constant":
             inits[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Mul" and all(i in inits for i in node.input):
+            # a per-channel bias scale = weight scales x input scale (converter/_quantize.py)
+            a, b = (np.asarray(inits[i], np.float32) for i in node.input)
+            inits[node.output[0]] = (a * b).astype(np.float32)
+            folded.add(node.output[0])
     q_nodes = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear"}
     qparams: dict[str, QParams] = {}
     for node in q_nodes.values():
@@ -115,7 +121,7 @@ def read_qdq(model: onnx.ModelProto) -> QdqGraph:
                 "DequantizeLinear", node_label(node), "input is neither a constant, a graph input nor a QuantizeLinear output"
             )
     skip = set(QDQ_OPS) | {"Constant"}
-    nodes = [n for n in graph.node if n.op_type not in skip]
+    nodes = [n for n in graph.node if n.op_type not in skip and n.output[0] not in folded]
     result = QdqGraph(
         model=model,
         nodes=nodes,
@@ -138,6 +144,8 @@ def _qparams(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> QParams:
         raise UnsupportedOpError(node.op_type, node_label(node), "scale and zero point must be constants")
     scale = np.asarray(inits[node.input[1]], dtype=np.float32).ravel()
     zero = inits[node.input[2]]
+    if zero.dtype == np.uint8:  # the converter stores int8 zero points + 128 (same reals)
+        zero = (np.asarray(zero).astype(np.int16) - 128).astype(np.int8)
     if zero.dtype != np.int8:
         raise UnsupportedOpError(
             node.op_type, node_label(node),

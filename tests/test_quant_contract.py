@@ -23,6 +23,10 @@ class Qdq:
         self.model = onnx.load(path)
         self.inits = {t.name: numpy_helper.to_array(t) for t in self.model.graph.initializer}
         self.nodes = list(self.model.graph.node)
+        for n in self.nodes:  # per-channel bias scales: Mul(weight scales, input scale)
+            if n.op_type == "Mul" and all(i in self.inits for i in n.input):
+                a, b = (self.inits[i].astype(np.float32) for i in n.input)
+                self.inits[n.output[0]] = a * b
         self.producer = {o: n for n in self.nodes for o in n.output}
 
     def ops(self, op: str) -> list[onnx.NodeProto]:
@@ -36,7 +40,12 @@ class Qdq:
     def act_params(self, tensor: str) -> tuple[float, int]:
         """(scale, zero point) of the activation DequantizeLinear producing ``tensor``."""
         dq = self.dq_of(tensor)
-        return float(self.inits[dq.input[1]]), int(self.inits[dq.input[2]])
+        return float(self.inits[dq.input[1]]), self.zero_point(dq.input[2])
+
+    def zero_point(self, name: str) -> int:
+        """An activation zero point in int8 terms (stored as uint8 + 128 inside the graph)."""
+        z = self.inits[name]
+        return int(z) - 128 if z.dtype == np.uint8 else int(z)
 
     def in_params(self, node: onnx.NodeProto, i: int = 0) -> tuple[float, int]:
         return self.act_params(node.input[i])
@@ -45,7 +54,7 @@ class Qdq:
         q = next(
             n for n in self.nodes if n.op_type == "QuantizeLinear" and n.input[0] == node.output[0]
         )
-        return float(self.inits[q.input[1]]), int(self.inits[q.input[2]])
+        return float(self.inits[q.input[1]]), self.zero_point(q.input[2])
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +108,8 @@ def test_activation_rules(cnn: Qdq) -> None:
     graph = cnn.model.graph
     assert [i.type.tensor_type.elem_type for i in graph.input] == [TensorProto.FLOAT]
     assert [o.type.tensor_type.elem_type for o in graph.output] == [TensorProto.FLOAT]
-    for q in cnn.ops("QuantizeLinear"):
-        assert cnn.inits[q.input[2]].dtype == np.int8 and cnn.inits[q.input[1]].size == 1
+    for q in cnn.ops("QuantizeLinear"):  # int8 parameters, stored as uint8 (zero point + 128)
+        assert cnn.inits[q.input[2]].dtype == np.uint8 and cnn.inits[q.input[1]].size == 1
 
 
 def _tiny(
@@ -243,3 +252,20 @@ def test_io_int8_edges_and_tflite(tmp_path: Path) -> None:
     if "tflite" in default_formats():
         assert (tmp_path / "o" / "model.int8.tflite").stat().st_size > 0
         assert r.tflite is not None and r.tflite["io"] == "int8"
+
+
+@pytest.mark.parametrize("name", ["cnn", "mobilenet"])
+def test_onnxruntime_fuses_every_quantized_op(tmp_path: Path, name: str) -> None:
+    """No Conv/Gemm/Add runs in float between DequantizeLinear and QuantizeLinear once
+    onnxruntime has optimized the graph (residual branches included), and the output
+    stays the same. Uses the default session options a user gets."""
+    out = tmp_path / name
+    convert(FIX / f"{name}.onnx", FIX / f"{name}_calib.npz", out, ONNX_ONLY)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(out / "model.int8.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node]
+    assert not {"Conv", "Gemm", "Add", "MatMul", "FusedConv", "FusedGemm"} & set(ops), ops
+    assert ops.count("QLinearConv") == len(Qdq(out / "model.int8.onnx").ops("Conv"))
+    assert ops.count("DequantizeLinear") <= 1 and ops.count("QuantizeLinear") <= 1  # the edges
