@@ -281,6 +281,7 @@ def plot_agent(doc: Mapping[str, Any], fig: Any) -> None:
             c.bar(["OTA update"], [value], bottom=bottom, label=f"{label} {value:.2f} s")
             bottom += value
     c.set_ylabel("seconds", fontsize=8)
+    c.set_ylim(0, max(bottom, 1e-3) * 1.45)  # headroom: the legend sits above the bar
     c.set_title(f"delta {human_bytes(_num(update.get('delta_bytes')))} of "
                 f"{human_bytes(_num(update.get('artifact_bytes')))}", fontsize=8)
     c.legend(fontsize=7)
