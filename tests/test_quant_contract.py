@@ -3,6 +3,7 @@ checked on real conversions (fixtures and tiny onnx.helper models) in onnxruntim
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,10 @@ def test_onnxruntime_fuses_every_quantized_op(tmp_path: Path, name: str) -> None
     assert not {"Conv", "Gemm", "Add", "MatMul", "FusedConv", "FusedGemm"} & set(ops), ops
     assert ops.count("QLinearConv") == len(Qdq(out / "model.int8.onnx").ops("Conv"))
     assert ops.count("DequantizeLinear") <= 1 and ops.count("QuantizeLinear") <= 1  # the edges
+    # uint8 storage holds the plan's int8 parameters (what the TFLite writer reads back)
+    params = json.loads((out / "quant_params.json").read_text())["activations"]
+    q = Qdq(out / "model.int8.onnx")
+    for node in q.ops("QuantizeLinear"):
+        t = node.input[0].removesuffix("_float")
+        assert q.zero_point(node.input[2]) == params[t][1]
+        assert float(q.inits[node.input[1]]) == pytest.approx(params[t][0], rel=1e-7)
