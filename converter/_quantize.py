@@ -7,7 +7,8 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   DequantizeLinear. Conv weights (incl. depthwise/grouped) are PER-CHANNEL on axis 0 of
   the ONNX layout (output channels); Gemm and constant-weight MatMul weights are
   PER-TENSOR (TFLite FULLY_CONNECTED is per-tensor). Other constant operands (e.g. of
-  Add/Mul) are int8 per-tensor, zero point 0.
+  Add/Mul) are int8 per-tensor, zero point 0 (the output's parameters for Concat), stored
+  like activations as uint8 = int8 + 128 with zero point + 128; readers subtract 128.
 - Every Conv and Gemm has a bias: an int32 initializer with zero point 0 and
   scale = input scale x weight scale (per channel for Conv), via DequantizeLinear (a zero
   bias is added where the float model had none). A Conv's per-channel bias scale is the
@@ -252,24 +253,28 @@ class _Builder:
         return w.shape[0] if trans_b else w.shape[1]
 
     def const_operand(self, node: onnx.NodeProto, name: str, i: int, rule: object) -> str:
+        """A constant activation operand (e.g. of Add/Mul/Concat): int8 per tensor, with
+        the output's parameters for ``same``/``unify`` ops, else symmetric (zero point 0).
+        Stored like activations, as uint8 = int8 + 128 with zero point + 128, so that
+        onnxruntime's fusion sees one type on every input of the node."""
         c = self.graph.inits[name].astype(np.float32)
         out_t = node.output[0]
         if getattr(rule, "output", "") in ("same", "unify") and out_t in self.plan.params:
-            p = self.plan.params[out_t]
-            q = np.clip(np.round(c / p.scale) + p.zero_point, -128, 127).astype(np.int8)
-            key = f"{node.name}_in{i}"
-            self.inits[key + "_q"] = q
-            self.inits[key + "_s"] = np.array(p.scale, np.float32)
-            self.inits[key + "_z"] = np.array(p.zero_point, np.int8)
-            self.nodes.append(
-                helper.make_node(
-                    "DequantizeLinear", [key + "_q", key + "_s", key + "_z"], [key + "_dq"]
-                )
+            scale, zp = self.plan.params[out_t].scale, self.plan.params[out_t].zero_point
+            q = np.clip(np.round(c / scale) + zp, -128, 127)
+        else:
+            scale, zp = float(symmetric_scales(c, None)[0]), 0
+            q = np.clip(np.round(c / scale), -127, 127)
+        key = f"{node.name}_in{i}"
+        self.inits[key + "_q"] = (q + 128).astype(np.uint8)
+        self.inits[key + "_s"] = np.array(scale, np.float32)
+        self.inits[key + "_z"] = _stored_zero_point(zp, int8=False)
+        self.nodes.append(
+            helper.make_node(
+                "DequantizeLinear", [key + "_q", key + "_s", key + "_z"], [key + "_dq"]
             )
-            return key + "_dq"
-        scales = symmetric_scales(c, None)
-        q = np.clip(np.round(c / scales[0]), -127, 127).astype(np.int8)
-        return self.dq_const(q, scales, f"{node.name}_in{i}", None)
+        )
+        return key + "_dq"
 
     def out_name(self, t: str) -> str:
         return self.src_name(t) if t in self.plan.params else t

@@ -158,13 +158,16 @@ def _qparams(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> QParams:
 
 def _qconst(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> QConst:
     values = inits[node.input[0]]
+    shift = 128 if values.dtype == np.uint8 else 0  # stored as int8 + 128 (converter)
+    if shift:
+        values = (values.astype(np.int16) - shift).astype(np.int8)
     if values.dtype not in (np.int8, np.int32):
         raise UnsupportedOpError(
             "DequantizeLinear", node_label(node), f"constant {node.input[0]!r} is {values.dtype}, not int8/int32"
         )
     scales = np.asarray(inits[node.input[1]], dtype=np.float32).ravel()
     if len(node.input) > 2 and node.input[2]:
-        zeros = np.asarray(inits[node.input[2]]).astype(np.int64).ravel()
+        zeros = np.asarray(inits[node.input[2]]).astype(np.int64).ravel() - shift
     else:
         zeros = np.zeros_like(scales, dtype=np.int64)
     axis = 1

@@ -277,3 +277,38 @@ def test_onnxruntime_fuses_every_quantized_op(tmp_path: Path, name: str) -> None
         t = node.input[0].removesuffix("_float")
         assert q.zero_point(node.input[2]) == params[t][1]
         assert float(q.inits[node.input[1]]) == pytest.approx(params[t][0], rel=1e-7)
+
+
+def test_constant_operands_fuse_and_reach_tflite(tmp_path: Path) -> None:
+    """Add/Mul with a constant operand run as QLinearAdd/QLinearMul (the constant is stored
+    like an activation), and the TFLite writer reads the same int8 constant back."""
+    from edgeship.converter import default_formats
+
+    rng = np.random.default_rng(3)
+    inits = {
+        "w": rng.normal(size=(4, 4, 3, 3)).astype(np.float32),
+        "k": rng.normal(size=(1, 4, 1, 1)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Add", ["c", "k"], ["a"], name="add"),
+        helper.make_node("Mul", ["a", "k"], ["y"], name="mul"),
+    ]
+    _tiny(tmp_path / "t.onnx", nodes, inits, [1, 4, 6, 6])
+    x = rng.normal(size=(16, 4, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    convert(tmp_path / "t.onnx", tmp_path / "c.npz", tmp_path / "o", ConvertOptions(formats=default_formats()))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(tmp_path / "o" / "model.int8.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node}
+    assert {"QLinearAdd", "QLinearMul"} <= ops and not {"Add", "Mul"} & ops, ops
+    if "tflite" in default_formats():
+        from edgeship.sdk import Model
+
+        want = Model.load(tmp_path / "o" / "model.int8.onnx").predict(x)
+        got = Model.load(tmp_path / "o" / "model.int8.tflite").predict(x)
+        q = Qdq(tmp_path / "o" / "model.int8.onnx")
+        step = float(q.inits[q.ops("QuantizeLinear")[-1].input[1]])
+        assert np.abs(got - want).max() <= 2 * step + 1e-6
