@@ -110,5 +110,6 @@ def test_sigkill_at_random_points_of_30_updates(tmp_path: Path, mosquitto: Mosqu
         agent.kill()
         server.terminate()
         server.wait(timeout=10)
+    print(f"crash test: {kills} kills, {retries} updates offered again after a kill")
     assert kills == UPDATES
     assert retries <= UPDATES // 3, retries  # most updates finish by themselves after a kill

@@ -283,3 +283,17 @@ def test_a_signed_release_that_is_not_a_model_rolls_back(
         server.stop()
     assert status["version"] == "1.0.0" and "ModelLoadError" in status["error"]
     assert served_version(agent.url)[0] == "1.0.0"
+
+
+def test_serves_its_model_with_no_broker(tmp_path: Path, rels: dict[str, Path]) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}", port=port,
+                       root_pub=rels["root"], initial=rels["v1"])
+    proc = AgentProc(cfg, port).start()
+    try:
+        proc.wait_ready()
+        version, y = served_version(proc.url)
+        assert version == "1.0.0"
+        np.testing.assert_allclose(y, expected(100.0, GOLDEN_X), rtol=1e-5)
+    finally:
+        assert proc.terminate() == 0
