@@ -80,6 +80,7 @@ def test_sigkill_at_random_points_of_30_updates(tmp_path: Path, mosquitto: Mosqu
     watch = Watcher(mosquitto.url)
     rng = random.Random(7)
     kills, retries = 0, 0
+    resumed: dict[str, int] = {}  # phase found in state.json at each restart
     try:
         _check_serving(agent, {_version(0)})
         for k in range(1, UPDATES + 1):
@@ -95,6 +96,8 @@ def test_sigkill_at_random_points_of_30_updates(tmp_path: Path, mosquitto: Mosqu
             pause_file.unlink()
             kills += 1
             agent.start()
+            started = agent.wait_log(lambda line: line.get("event") == "started")
+            resumed[started["phase"]] = resumed.get(started["phase"], 0) + 1
             _check_serving(agent, {_version(k - 1), _version(k)})
             status = watch.wait(lambda s, k=k: s["target"] == _version(k) and s["state"] in
                                 ("committed", "rolled-back", "failed"), timeout=60)
@@ -110,6 +113,8 @@ def test_sigkill_at_random_points_of_30_updates(tmp_path: Path, mosquitto: Mosqu
         agent.kill()
         server.terminate()
         server.wait(timeout=10)
-    print(f"crash test: {kills} kills, {retries} updates offered again after a kill")
+    print(f"crash test: {kills} kills, {retries} updates offered again; resumed in {resumed}")
     assert kills == UPDATES
+    for phase in ("downloading", "verifying", "installing", "health-checking"):
+        assert resumed.get(phase, 0) >= 3, resumed  # the kills landed in every window
     assert retries <= UPDATES // 3, retries  # most updates finish by themselves after a kill
