@@ -226,7 +226,8 @@ class MqttEdge:
         if isinstance(sock, _socket.socket):  # no Nagle: a request waits for no ACK timer
             with contextlib.suppress(OSError):
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-        self._pending_subs = {client.subscribe(t, qos=1)[1] for t in self.subscriptions}
+        mids = (client.subscribe(t, qos=1)[1] for t in self.subscriptions)
+        self._pending_subs = {mid for mid in mids if mid is not None}
         if not self._pending_subs:
             self._ready()
 

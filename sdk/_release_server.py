@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +74,7 @@ class ReleaseServer:
     def stop(self) -> None:
         self.edge.stop()
 
-    def _lookup(self, req: ChunkRequest) -> tuple[int, object] | None:
+    def _lookup(self, req: ChunkRequest) -> tuple[int, Callable[[int, int], bytes]] | None:
         with self._lock:
             served = self.files.get((req.model, req.version, req.file))
         if served is None:
@@ -87,7 +87,7 @@ class ReleaseServer:
         return served.size, read
 
     def _on_request(self, msg: Message) -> None:
-        request, answer = serve_request(msg.payload, self._lookup)  # type: ignore[arg-type]
+        request, answer = serve_request(msg.payload, self._lookup)
         fleet = msg.topic.split("/")[1] if msg.topic.count("/") == 3 else ""
         if request is None or msg.response_topic != topics(fleet, request.device).chunk:
             return  # answer only on the requester's own chunk topic
