@@ -15,51 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 from edgeship.agent._ota import OtaState, decode_state, encode_state
+from edgeship.sdk._fileio import fsync_dir, write_atomic
 
 from edgeship._errors import UpdateError
 
 __all__ = ["Store", "fsync_dir", "write_atomic"]
 
 MAX_STATE_BYTES = 8 * 1024 * 1024  # the state holds one offer (with its golden input)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, *, pause: float = 0.0) -> None:
-    """Write ``data`` so that ``path`` holds either the old or the new bytes, never a mix.
-
-    ``pause`` (tests only) sleeps half way through the write to widen the crash window.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            half = len(data) // 2
-            handle.write(data[:half])
-            if pause:
-                handle.flush()
-                import time
-
-                time.sleep(pause)
-            handle.write(data[half:])
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 class Store:

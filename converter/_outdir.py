@@ -10,15 +10,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from edgeship.sdk._fileio import fsync_dir
+
 from edgeship._errors import InputError
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -45,13 +39,13 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; OUT should look like any dir
         yield tmp
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
         if out.exists():  # swap: the old OUT moves aside, the new one takes its name
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
             os.replace(out, old / "out")
         os.replace(tmp, out)
-        _fsync_dir(parent)
+        fsync_dir(parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -14,7 +14,6 @@ the ONNX model unchanged, so both artifacts of one conversion compute the same t
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from edgeship.converter._tflite_fb import FbGraph, serialize
 from edgeship.converter._tflite_lower import Lowering
 from edgeship.converter._tflite_ops import RULES
 from edgeship.converter._tflite_qdq import node_label, read_qdq
+from edgeship.sdk._fileio import write_atomic
 
 from edgeship._errors import ConversionError, InputError, UnsupportedOpError
 
@@ -95,7 +95,7 @@ def write_tflite(model: onnx.ModelProto | str | os.PathLike[str], out_path: str 
     start = time.perf_counter()
     data, graph, versions = build_tflite(model, io=io)
     out = Path(out_path)
-    atomic_write(out, data)
+    write_atomic(out, data)
     return TfliteInfo(
         path=str(out), size_bytes=len(data), io=io, op_versions=versions,
         op_counts=dict(sorted(Counter(op.opcode for op in graph.ops).items())),
@@ -103,26 +103,6 @@ def write_tflite(model: onnx.ModelProto | str | os.PathLike[str], out_path: str 
         outputs=[_edge(graph, i) for i in graph.outputs],
         seconds=round(time.perf_counter() - start, 4),
     )
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _load(path: Path) -> onnx.ModelProto:

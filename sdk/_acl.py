@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeship.sdk._fileio import write_atomic
+
 from edgeship._errors import ConfigError, InputError
 
 __all__ = ["FleetCredentials", "acl_text", "hash_password", "verify_password",
@@ -146,18 +148,18 @@ def write_credentials(out: str | Path, fleet: str, devices: Sequence[str], *,
         "".join(f"{u}:{hash_password(p)}\n" for u, p in users.items())
     creds = FleetCredentials(out=root, fleet=fleet, users=users,
                              hasher="mosquitto_passwd" if binary else "edgeship")
-    _write(root / "secrets.json", json.dumps(users, indent=1).encode(), 0o600)
+    write_atomic(root / "secrets.json", json.dumps(users, indent=1).encode(), mode=0o600)
     for user, password in users.items():
-        _write(creds.secret_file(user), (password + "\n").encode(), 0o600)
-    _write(creds.passwd, passwd.encode(), 0o640)
-    _write(creds.acl, acl_text(fleet, devices, manager=manager, server=server).encode(), 0o640)
+        write_atomic(creds.secret_file(user), (password + "\n").encode(), mode=0o600)
+    write_atomic(creds.passwd, passwd.encode(), mode=0o640)
+    write_atomic(creds.acl, acl_text(fleet, devices, manager=manager, server=server).encode(), mode=0o640)
     for path in (creds.passwd, creds.acl):
         _give_to_broker_group(path)
     conf = ("# include in mosquitto.conf (mosquitto 2.x). The broker reads passwd and acl\n"
             "# after dropping to its own user: keep them readable by it (root:mosquitto 0640).\n"
             f"allow_anonymous false\npassword_file {creds.passwd.resolve()}\n"
             f"acl_file {creds.acl.resolve()}\n")
-    _write(creds.conf, conf.encode(), 0o644)
+    write_atomic(creds.conf, conf.encode(), mode=0o644)
     return creds
 
 
@@ -200,22 +202,3 @@ def _hash_with_binary(binary: str, users: dict[str, str]) -> str:
     return text
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Atomic write (temp in the same dir, fsync, rename, fsync dir) with ``mode``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

@@ -19,7 +19,6 @@ trusting what it revoked.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from edgeship.sdk._fileio import write_atomic
 from edgeship.sdk._keys import (
     KeySet,
     format_time,
@@ -41,34 +41,11 @@ from edgeship._errors import ConfigError, InputError
 __all__ = [
     "PASSPHRASE_ENV",
     "KeyDir",
-    "write_atomic",
 ]
 
 PASSPHRASE_ENV = "EDGESHIP_KEY_PASSPHRASE"
 DEFAULT_KEYSET_DAYS = 365
 _MAX_KEY_FILE = 16 * 1024  # bytes
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Temp file in the same dir, fsync, rename, fsync dir: never a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _private_pem(key: Ed25519PrivateKey, passphrase: bytes | None) -> bytes:

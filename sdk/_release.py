@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeship.sdk._delta import best_delta
-from edgeship.sdk._keydir import KeyDir, write_atomic
+from edgeship.sdk._fileio import write_atomic
+from edgeship.sdk._keydir import KeyDir
 from edgeship.sdk._keys import format_time, keyid_of, sign_envelope
 from edgeship.sdk._manifest import ArtifactInfo, DeltaInfo, Golden, Manifest, parse_version
 from edgeship.sdk._trust import (

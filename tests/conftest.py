@@ -48,6 +48,7 @@ class Mosquitto:
             "allow_anonymous true\n"
             "persistence false\n"
             "max_packet_size 1048576\n"
+            "set_tcp_nodelay true\n"
             + extra_config
         )
         self.proc: subprocess.Popen[bytes] | None = None

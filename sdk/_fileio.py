@@ -1,0 +1,56 @@
+"""Crash-safe file writes shared by every part of edgeship.
+
+A file written with :func:`write_atomic` holds either its old bytes or its new ones after
+a crash or power loss at any instant, never a mix: the data goes to a temp file in the
+same directory, is fsynced, renamed over the target, and the directory is fsynced so the
+rename itself is durable. Slots and state on a device, keys, releases and converter
+output all go through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["fsync_dir", "write_atomic"]
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int | None = None,
+                 pause: float = 0.0) -> None:
+    """Write ``data`` to ``path`` atomically; ``mode`` sets the permissions before the
+    file is visible (e.g. 0o600 for private keys).
+
+    ``pause`` (tests only) sleeps half way through the write to widen the crash window.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644 if mode is None else mode)
+        with os.fdopen(fd, "wb") as handle:
+            half = len(data) // 2
+            handle.write(data[:half])
+            if pause:
+                handle.flush()
+                time.sleep(pause)
+            handle.write(data[half:])
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
