@@ -92,7 +92,7 @@ class LocalBroker:
 @click.option("--port", default=1883, show_default=True, help="port on 127.0.0.1 (0: any)")
 def broker(port: int) -> None:
     """Run a private mosquitto on loopback until Ctrl-C / SIGTERM."""
-    from edgeship._cli.fleet import wait_for_signal
+    from edgeship._cli._options import wait_for_signal
 
     with LocalBroker(port) as local:
         click.echo(local.url)

@@ -1,48 +1,14 @@
 """``edgeship fleet ...``: the host side of updates (thin: parse options, call the sdk, print).
 
-``serve`` answers the devices' chunk requests; ``push`` offers one release to named
-devices. Shared option helpers sit at the top so that more commands (rollouts, status)
-reuse them.
+``serve`` answers the devices' chunk requests; ``push``, ``status`` and ``credentials``
+live in :mod:`edgeship._cli.fleet_rollout` and share the option helpers at the top.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
-
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def broker_options(func: F) -> F:
-    """--broker URL plus optional credentials, for every command that talks MQTT."""
-    func = click.option("--password-file", type=click.Path(exists=True, dir_okay=False),
-                        default=None, help="file holding the broker password")(func)
-    func = click.option("--username", default="", help="broker user name")(func)
-    func = click.option("--broker", "broker_url", required=True, metavar="URL",
-                        help="mqtt://HOST[:PORT] or mqtts://...")(func)
-    return func
-
-
-def read_password(path: str | None) -> str:
-    return Path(path).read_text().strip() if path else ""
-
-
-def parse_devices(text: str | None) -> list[str]:
-    return [d.strip() for d in (text or "").split(",") if d.strip()]
-
-
-def wait_for_signal() -> None:
-    """Block until SIGTERM or Ctrl-C."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
+from edgeship._cli._options import broker_options, read_password, wait_for_signal
 
 
 @click.group()
@@ -79,29 +45,10 @@ def serve(broker_url: str, username: str, password_file: str | None, releases: t
     click.echo(f"served {server.requests} chunks, {server.bytes_sent} bytes", err=True)
 
 
-@fleet.command("push")
-@click.argument("reldir", type=click.Path(exists=True, file_okay=False))
-@broker_options
-@click.option("--fleet", "fleet_name", required=True, help="fleet name")
-@click.option("--devices", default=None, metavar="ID,...", help="devices to offer the release to")
-def push(reldir: str, broker_url: str, username: str, password_file: str | None,
-         fleet_name: str, devices: str | None) -> None:
-    """Offer the release in RELDIR to the named devices (retained offer, QoS 1)."""
-    from edgeship.sdk._release_server import push_offer
+# Staged rollouts, fleet status and broker credentials (edgeship/_cli/fleet_rollout.py;
+# without --canary/--waves its push offers the release to every named device at once).
+from edgeship._cli.fleet_rollout import credentials, push, status  # noqa: E402
 
-    targets = parse_devices(devices)
-    release = push_offer(broker_url, fleet_name, reldir, targets, username=username,
-                         password=read_password(password_file))
-    m = release.manifest
-    click.echo(f"offered {m.model} {m.version} to {len(targets)} device(s) in fleet {fleet_name}")
-
-
-# Staged rollouts, fleet status and broker credentials (edgeship/_cli/fleet_rollout.py).
-# Its push is a superset of the plain push above (same options; without --canary/--waves
-# it offers the release to every named device at once), so it takes the name "push".
-from edgeship._cli.fleet_rollout import credentials, status  # noqa: E402
-from edgeship._cli.fleet_rollout import push as rollout_push  # noqa: E402
-
-fleet.add_command(rollout_push)
+fleet.add_command(push)
 fleet.add_command(status)
 fleet.add_command(credentials)

@@ -11,36 +11,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
+from edgeship._cli._options import broker_options, parse_devices, read_password
+
 EXIT_HALTED = 3
-
-
-def _broker_options(func: F) -> F:
-    func = click.option("--password-file", type=click.Path(exists=True, dir_okay=False),
-                        default=None, help="file holding the broker password")(func)
-    func = click.option("--username", default="", help="broker user name")(func)
-    func = click.option("--broker", "broker_url", required=True, metavar="URL",
-                        help="mqtt://HOST[:PORT] or mqtts://...")(func)
-    return func
-
-
-def _password(path: str | None) -> str:
-    return Path(path).read_text().strip() if path else ""
-
-
-def _devices(text: str | None) -> list[str]:
-    return [d.strip() for d in (text or "").split(",") if d.strip()]
 
 
 @click.command("push")
 @click.argument("reldir", type=click.Path(exists=True, file_okay=False))
-@_broker_options
+@broker_options
 @click.option("--fleet", "fleet_name", required=True, help="fleet name")
 @click.option("--devices", default=None, metavar="ID,...",
               help="devices to update, in rollout order (default: every device with a status)")
@@ -79,9 +61,9 @@ def push(reldir: str, broker_url: str, username: str, password_file: str | None,
     view = _Progress(enabled=not as_json and tty, plain=not as_json and not tty)
     with FleetDB(state_file or default_state_path()) as db, view:
         rollout = run_rollout(broker_url=broker_url, fleet=fleet_name, reldir=reldir, db=db,
-                              policy=policy, devices=_devices(devices) or None,
+                              policy=policy, devices=parse_devices(devices) or None,
                               max_failure_rate=rate, wave_timeout_s=wave_timeout, wait=wait,
-                              username=username, password=_password(password_file),
+                              username=username, password=read_password(password_file),
                               on_update=view.update)
     if as_json:
         click.echo(json.dumps(report(rollout), indent=1))
@@ -190,7 +172,7 @@ def _table(rollout: Any) -> Any:
 
 
 @click.command("status")
-@_broker_options
+@broker_options
 @click.option("--fleet", "fleet_name", required=True, help="fleet name")
 @click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
 @click.option("--timeout", default=10.0, show_default=True, help="seconds to reach the broker")
@@ -201,7 +183,7 @@ def status(broker_url: str, username: str, password_file: str | None, fleet_name
     from edgeship.sdk._fleetstatus import collect_status, summarize
 
     statuses = collect_status(broker_url, fleet_name, username=username,
-                              password=_password(password_file), timeout=timeout)
+                              password=read_password(password_file), timeout=timeout)
     summary = summarize(statuses)
     if as_json:
         click.echo(json.dumps({"fleet": fleet_name, "summary": summary,
@@ -240,7 +222,7 @@ def credentials(fleet_name: str, devices: str, out: str, manager_user: str, serv
     requests; only the manager user publishes offers. Existing passwords are kept."""
     from edgeship.sdk._acl import write_credentials
 
-    creds = write_credentials(out, fleet_name, _devices(devices), manager=manager_user,
+    creds = write_credentials(out, fleet_name, parse_devices(devices), manager=manager_user,
                               server=server_user)
     if as_json:
         click.echo(json.dumps(creds.to_dict(), indent=1))

@@ -1,0 +1,40 @@
+"""Option helpers shared by the commands that talk to a broker (fleet, broker)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def broker_options(func: F) -> F:
+    """--broker URL plus optional credentials, for every command that talks MQTT."""
+    func = click.option("--password-file", type=click.Path(exists=True, dir_okay=False),
+                        default=None, help="file holding the broker password")(func)
+    func = click.option("--username", default="", help="broker user name")(func)
+    func = click.option("--broker", "broker_url", required=True, metavar="URL",
+                        help="mqtt://HOST[:PORT] or mqtts://...")(func)
+    return func
+
+
+def read_password(path: str | None) -> str:
+    return Path(path).read_text().strip() if path else ""
+
+
+def parse_devices(text: str | None) -> list[str]:
+    return [d.strip() for d in (text or "").split(",") if d.strip()]
+
+
+def wait_for_signal() -> None:
+    """Block until SIGTERM or Ctrl-C."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
