@@ -7,8 +7,7 @@ drive it with its own shell); ``Agent`` is the daemon shell behind ``edgeship ag
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgeship._lazy import attach
 
 # public name -> private module that defines it (imported on first use)
 _EXPORTS: dict[str, str] = {
@@ -22,11 +21,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'edgeship.agent' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = attach(__name__, _EXPORTS)

@@ -9,8 +9,7 @@ cheap on a small device: a runtime is imported only when a model is loaded.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgeship._lazy import attach
 
 # public name -> private module that defines it
 _EXPORTS: dict[str, str] = {
@@ -62,14 +61,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'edgeship.sdk' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = attach(__name__, _EXPORTS)
