@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -147,23 +146,11 @@ def timed(fn: Callable[[], Any], n: int, warmup: int = 10) -> dict[str, float]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` so that a crash leaves the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write ``text`` so that a crash leaves the old file or the new one, never half
+    (edgeship's one crash-safe writer; results are world-readable, 0644)."""
+    from edgeship.sdk._fileio import write_atomic
+
+    write_atomic(path, text.encode("utf-8"))
 
 
 def write_result(name: str, data: Mapping[str, Any], out_dir: Path | None = None) -> Path:

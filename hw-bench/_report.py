@@ -113,8 +113,8 @@ def write_report(results: Path) -> tuple[Path, list[str]]:
             lines += section(path)
         except (OSError, ValueError) as exc:
             problems.append(str(exc))
+    from edgeship.sdk._fileio import write_atomic
+
     out = results / "README.md"
-    tmp = results / ".README.md.tmp"
-    tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
-    tmp.replace(out)
+    write_atomic(out, ("\n".join(lines).rstrip() + "\n").encode("utf-8"))
     return out, problems

@@ -27,6 +27,7 @@ from types import ModuleType
 import click
 
 from edgeship._errors import ConfigError
+from edgeship.sdk._fileio import write_atomic
 
 PREFIX = "bench_"
 OUT_ENV = "EDGESHIP_BENCH_OUT"
@@ -100,7 +101,7 @@ def run_one(name: str, script: Path, out: Path, *, quick: bool, timeout: float) 
     seconds = round(time.monotonic() - began, 1)
     result = _fresh_result(own, target, since=began_wall - 1.0)
     if elsewhere and saved is not None and own.read_bytes() != saved:
-        _atomic_write(own, saved)
+        write_atomic(own, saved)
     elif elsewhere and saved is None:
         own.unlink(missing_ok=True)
     if status == "ok" and result is None:
@@ -145,15 +146,6 @@ def _fresh_result(own: Path, target: Path, *, since: float) -> Path | None:
         shutil.copy2(own, target)
         return target
     return None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def load_helper(bench_dir: Path, name: str) -> ModuleType:
