@@ -22,6 +22,10 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
 - Sigmoid and Softmax outputs: scale 1/256, zero point -128.
 - MaxPool, AveragePool, GlobalAveragePool, Reshape, Flatten: output parameters are
   exactly the input's. Concat: all inputs and the output share one set.
+- The scale shared by a GlobalAveragePool's input and output is a float32 for which
+  onnxruntime's kernel rounds an average that is exactly halfway to even, like TFLite's
+  MEAN (moved by a few float32 ulps from the calibrated one when needed; see
+  ``exact_pool_scales``).
 - A Relu or Clip(0, x) folded into its producer (Conv, Gemm, MatMul with constant
   weights, Add) is removed from the graph and made exact by the producer output's range:
   zero point -128 with range [0, hi] (hi <= x for Clip). Relu/Clip not folded stay as
@@ -47,7 +51,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ._ir import Graph
-from ._plan import Plan, fused_pre_tensors
+from ._plan import Plan, QParams, fused_pre_tensors
 
 INT32_MAX = 2**31 - 1
 INT8_ZERO = "int8_zero"  # the one int8 zero point that per-tensor int8 constants share
@@ -320,6 +324,7 @@ def build_qdq(
 ) -> tuple[onnx.ModelProto, list[WeightInfo], dict[str, str]]:
     """The QDQ model, a record per weight, and the fp32 -> int8-model tensor name map."""
     assert not (fused_pre_tensors(graph, plan.fused) & set(plan.params))
+    exact_pool_scales(graph, plan)
     b = _Builder(graph, plan, policy or WeightPolicy(), io)
     b.build()
     q = Graph(
@@ -334,6 +339,59 @@ def build_qdq(
     )
     q.prune_unused()
     return q.to_model(), b.weights, b.tensor_map
+
+
+MAX_POOL_SCALE_ULPS = 64  # how far (float32 steps) a pooled scale may move; 4e-6 relative
+
+
+def ties_round_to_even(scale: float, n: int, zero_point: int) -> bool:
+    """Whether onnxruntime's QLinearGlobalAveragePool (x86: float32 multiplier
+    ``s / (s * n)``, product rounded to float32, then round-half-even) rounds every
+    average of ``n`` int8 values that is exactly halfway to even, as a kernel that
+    divides exactly does. Pure arithmetic, no onnxruntime."""
+    if n % 2:
+        return True  # an odd count has no halfway averages
+    s = np.float32(scale)
+    multiplier = np.float32(s / np.float32(s * np.float32(n)))
+    k = np.arange(-128 - zero_point, 127 - zero_point)
+    sums = k * n + n // 2  # every halfway sum of n values of (q - zero point)
+    got = np.rint(np.float32(sums.astype(np.float32) * multiplier))
+    return bool(np.array_equal(got, np.round(sums / n)))
+
+
+def exact_pool_scales(graph: Graph, plan: Plan) -> None:
+    """Give each GlobalAveragePool's parameter group the float32 scale nearest to its
+    calibrated one for which :func:`ties_round_to_even` holds (updates ``plan.params`` in
+    place, so quant_params.json records what the model uses; idempotent). A move of a
+    few ulps changes no real value that matters, and it makes onnxruntime round the one
+    op that is not exact in integers the way LiteRT's MEAN does."""
+    for node in graph.nodes:
+        if node.op_type != "GlobalAveragePool" or not plan.is_quantized_node(node):
+            continue
+        t = node.input[0]
+        shape = graph.shape(t)
+        if t not in plan.params or not shape or not all(isinstance(d, int) for d in shape[2:]):
+            continue
+        n = int(np.prod(shape[2:]))
+        old = plan.params[t]
+        scale = _tie_exact_scale(old.scale, n, old.zero_point)
+        if scale is None or scale == old.scale:
+            continue
+        root = plan.group_of.get(t, t)
+        for u in plan.params:
+            if plan.group_of.get(u, u) == root and plan.params[u] == old:
+                plan.params[u] = QParams(scale, old.zero_point)
+
+
+def _tie_exact_scale(scale: float, n: int, zero_point: int) -> float | None:
+    up = down = np.float32(scale)
+    for _ in range(MAX_POOL_SCALE_ULPS + 1):
+        for s in (down, up):
+            if ties_round_to_even(float(s), n, zero_point):
+                return float(s)
+        up = np.nextafter(up, np.float32(np.inf))
+        down = np.nextafter(down, np.float32(0))
+    return None
 
 
 def _io_values(values: list[onnx.ValueInfoProto], plan: Plan, io: str) -> list[onnx.ValueInfoProto]:

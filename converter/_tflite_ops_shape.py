@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import onnx
 from edgeship.converter._tflite_lower import TO_NHWC, Lowering, Val
-from edgeship.converter._tflite_ops import SAME, VALID, _padding, register
+from edgeship.converter._tflite_ops import SAME, _padding, register
+from edgeship.converter._tflite_qdq import QParams
 
 
 def _pool_output(ctx: Lowering, x: Val, padding: int, kernel: list[int], strides: list[int]) -> tuple[int, int]:
@@ -54,11 +55,26 @@ def _pool2d(ctx: Lowering, node: onnx.NodeProto, x: Val, opcode: str, padding: i
 
 @register("GlobalAveragePool")
 def global_average_pool(ctx: Lowering, node: onnx.NodeProto) -> None:
+    """MEAN over H and W (keep_dims), not AVERAGE_POOL_2D: an average exactly halfway
+    between two int8 steps is then rounded to even by XNNPACK's int8 MEAN (LiteRT's
+    default delegate), as onnxruntime does with the scale the converter picks
+    (``exact_pool_scales``). AVERAGE_POOL_2D rounds it away from zero on the raw int8
+    values; LiteRT's own MEAN kernel (no XNNPACK) rounds it up."""
     x = ctx.nhwc(ctx.get(node.input[0]))
     if len(x.shape) != 4:
         raise ctx.fail("GlobalAveragePool needs a 4-D input")
-    _, _, h, w = x.shape
-    _pool2d(ctx, node, x, "AVERAGE_POOL_2D", VALID, [h, w], [1, 1], ctx.out_shape(node.output[0]))
+    out_q = ctx.out_q(node.output[0], x.q)
+    mean_q = x.q  # requantized to out_q afterwards if the ONNX model has other parameters
+    if mean_q.zero_point % 2:
+        # XNNPACK's MEAN rounds (average + output zero point) to even: only an even zero
+        # point leaves that equal to rounding the average itself (what onnxruntime does),
+        # so average into zero point - 1 and shift back exactly (costs one int8 QUANTIZE,
+        # and an average of values that are all int8 -128 ends one step high)
+        mean_q = QParams(mean_q.scale, mean_q.zero_point - 1)
+    out = ctx.new_val(node.output[0], ctx.out_shape(node.output[0]), "nhwc", mean_q)
+    ctx.emit("MEAN", [x.index, ctx.int32("axes", [1, 2])], [out.index],
+             ("ReducerOptions", {"KeepDims": True}))
+    ctx.bind(node.output[0], ctx.requant(out, out_q))
 
 
 @register("Flatten")

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from edgeship.converter import ConvertOptions, convert
+from edgeship.converter._quantize import _tie_exact_scale, ties_round_to_even
 from edgeship.converter._tflite import write_tflite
 from edgeship.sdk import Model
 from onnx import TensorProto, helper, numpy_helper
@@ -122,7 +124,47 @@ def test_reshape_to_4d_then_conv_and_padded_pools(tmp_path: Path) -> None:
     path = b.save(tmp_path / "pools.onnx", [1, 128])
     ops = _compare(path, tmp_path, RNG.normal(size=(6, 128)).astype(np.float32), max_steps=1.0)
     assert ops["PAD"] == 2  # count_include_pad=1 and MaxPool's explicit pads: PAD + VALID
-    assert ops["AVERAGE_POOL_2D"] == 2 and ops["MAX_POOL_2D"] == 1
+    assert ops["AVERAGE_POOL_2D"] == 1 and ops["MAX_POOL_2D"] == 1
+    assert ops["MEAN"] == 1  # GlobalAveragePool: MEAN over H, W (rounds halfway to even)
+
+
+def test_halfway_scale_search() -> None:
+    # the mobilenet fixture's pooled scale: onnxruntime's float32 multiplier s / (s * 36)
+    # is one ulp under 1/36, so a halfway average just under k + 0.5 rounds down
+    assert not ties_round_to_even(0.111721470952034, 36, -2)
+    moved = _tie_exact_scale(0.111721470952034, 36, -2)
+    assert moved is not None and ties_round_to_even(moved, 36, -2)
+    assert abs(moved / 0.111721470952034 - 1) < 1e-6
+    assert ties_round_to_even(0.111721470952034, 64, -2)  # a power of two divides exactly
+
+
+def test_global_average_pool_halfway_averages_match_onnxruntime(tmp_path: Path) -> None:
+    """Through the converter: a 6x6 GlobalAveragePool fed int8 values whose channel sums
+    are exactly halfway between two averages gives the same int8 in onnxruntime and in
+    LiteRT, both rounded to even."""
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["g"], name="gap"),
+         helper.make_node("Flatten", ["g"], ["y"], name="flat")], "gap",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "gap.onnx")
+    np.savez(tmp_path / "calib.npz", x=RNG.normal(size=(16, 32, 6, 6)).astype(np.float32) * 3)
+    convert(tmp_path / "gap.onnx", tmp_path / "calib.npz", tmp_path / "out",
+            ConvertOptions(formats=("onnx", "tflite")))
+    int8 = onnx.load(tmp_path / "out" / "model.int8.onnx")
+    inits = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
+    scale, zp = float(inits["x_s"]), int(inits["x_z"]) - 128  # stored as uint8 = int8 + 128
+    assert ties_round_to_even(scale, 36, zp)
+    q = RNG.integers(-128 - zp + 36, 127 - zp - 36, size=(24, 32, 36))  # q - zero point
+    q[..., 0] += 18 - q.sum(-1) % 36  # every channel sum is exactly halfway
+    x = (scale * q.astype(np.float32)).reshape(24, 32, 6, 6)
+    ref = Model.load(tmp_path / "out" / "model.int8.onnx").predict(x)
+    got = Model.load(tmp_path / "out" / "model.int8.tflite").predict(x)
+    expected = np.round(q.sum(-1) / 36)  # to even
+    assert np.abs(ref / scale - expected).max() < 1e-3
+    assert np.abs(got / scale - expected).max() < 1e-3
 
 
 def test_constants_in_add_and_mul(tmp_path: Path) -> None:
