@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeship.sdk._fileio import write_atomic
+from edgeship.sdk._fileio import make_output_dir, write_atomic
 
 from edgeship._errors import ConfigError, InputError
 
@@ -139,8 +139,8 @@ def write_credentials(out: str | Path, fleet: str, devices: Sequence[str], *,
     if len({manager, server, *devices}) != len(devices) + 2:
         raise InputError("a device id may not equal the manager or server user name")
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "secrets").mkdir(mode=0o700, exist_ok=True)
+    make_output_dir(root, "--out")
+    make_output_dir(root / "secrets", "--out", mode=0o700)
     old = _read_secrets(root / "secrets.json")
     users = {u: old.get(u) or secrets.token_urlsafe(24) for u in (manager, server, *devices)}
     binary = shutil.which("mosquitto_passwd") if use_binary else None

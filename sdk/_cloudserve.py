@@ -235,7 +235,8 @@ def _load_session(path: Path, threads: int | None) -> Any:
     import onnxruntime as ort
 
     if not path.is_file():
-        raise ModelLoadError(f"model file {path} does not exist")
+        why = "is not a file" if path.exists() else "does not exist"
+        raise ModelLoadError(f"model file {path} {why}")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

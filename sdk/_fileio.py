@@ -15,7 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_atomic"]
+from edgeship._errors import InputError
+
+__all__ = ["fsync_dir", "make_output_dir", "write_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -25,6 +27,19 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_output_dir(path: Path, what: str, *, mode: int = 0o777) -> None:
+    """Create ``path`` (and parents) and prove a file can be made in it, so that an
+    unwritable output is one :class:`InputError` naming ``what`` before anything is written."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path}: exists and is not a directory")
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what} {path}: cannot write there: {exc.strerror or exc}") from exc
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int | None = None,

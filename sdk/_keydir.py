@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from edgeship.sdk._fileio import write_atomic
+from edgeship.sdk._fileio import make_output_dir, write_atomic
 from edgeship.sdk._keys import (
     KeySet,
     format_time,
@@ -94,7 +94,7 @@ class KeyDir:
         """Create root + release keys and the first key set (version 1)."""
         if (self.path / "root.key").exists() and not force:
             raise InputError(f"{self.path} already holds keys (use --force to replace them)")
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_output_dir(self.path, "key dir", mode=0o700)
         root, release = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
         self._write_key("root", root, passphrase)
         self._write_key("release", release, passphrase)

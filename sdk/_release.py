@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -24,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeship.sdk._delta import best_delta
-from edgeship.sdk._fileio import write_atomic
+from edgeship.sdk._fileio import make_output_dir, write_atomic
 from edgeship.sdk._keydir import KeyDir
-from edgeship.sdk._keys import format_time, keyid_of, sign_envelope
+from edgeship.sdk._keys import format_time, keyid_of, public_key_from_bytes, sign_envelope
 from edgeship.sdk._manifest import ArtifactInfo, DeltaInfo, Golden, Manifest, parse_version
 from edgeship.sdk._trust import (
     MAX_OFFER_SIZE,
@@ -42,6 +43,7 @@ from edgeship._errors import (
     InputError,
     LengthMismatchError,
     MalformedError,
+    SignatureError,
     VerificationError,
 )
 
@@ -133,7 +135,10 @@ class Release:
         _check_signer_listed(keys, keyid_of(signer))
         if (out / "manifest.json").exists() and not force:
             raise InputError(f"{out} already holds a release (use --force to overwrite)")
-        (out / "deltas").mkdir(parents=True, exist_ok=True)
+        # the golden check runs the artifact: a bad --golden must fail before --out is made
+        golden_check = None if golden is None else load_golden(Path(golden), artifact)
+        make_output_dir(out, "--out")
+        (out / "deltas").mkdir(exist_ok=True)
         deltas = tuple(_write_delta(out, data, version, name, Path(b)) for b in bases)
         manifest = Manifest(
             model=name,
@@ -141,7 +146,7 @@ class Release:
             artifact=ArtifactInfo(name=artifact.name, sha256=_sha256(data), size=len(data),
                                   format=artifact.suffix.lstrip(".") or "bin"),
             deltas=deltas,
-            golden=None if golden is None else load_golden(Path(golden), artifact),
+            golden=golden_check,
             hardware=tuple(hardware),
             created=format_time(moment),
             expires=format_time(moment + timedelta(days=expires_days)),
@@ -205,7 +210,7 @@ def load_golden(path: Path, artifact: Path | None = None) -> Golden:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"--golden {path}: not a readable .npz ({exc})") from exc
     if "output" not in arrays:
         raise InputError(f"--golden {path}: needs an 'output' array (keys: {sorted(arrays)})")
@@ -273,6 +278,11 @@ def verify_release(
     """
     root = (root_public_key if isinstance(root_public_key, bytes)
             else read_bounded(Path(root_public_key), 16 * 1024, "root key"))
+    try:
+        public_key_from_bytes(root)
+    except SignatureError as exc:  # name the file: "cannot read public key" alone is a riddle
+        where = "" if isinstance(root_public_key, bytes) else f" {root_public_key}"
+        raise SignatureError(f"root key{where}: {exc}") from exc
     release = Release.load(reldir)
     manifest = check_offer(release.offer(), root, state or TrustedState(),
                            model_name=model_name, hardware=hardware, now=now)

@@ -31,10 +31,11 @@ def parse_devices(text: str | None) -> list[str]:
     return [d.strip() for d in (text or "").split(",") if d.strip()]
 
 
-def wait_for_signal() -> None:
-    """Block until SIGTERM or Ctrl-C."""
+def wait_for_signal(alive: Callable[[], bool] | None = None) -> None:
+    """Block until SIGTERM or Ctrl-C (or until ``alive()`` turns false)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.5):
-        pass
+        if alive is not None and not alive():
+            return

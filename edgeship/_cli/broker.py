@@ -23,6 +23,23 @@ __all__ = ["LocalBroker", "broker"]
 _CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
 
+def _check_port_free(port: int) -> None:
+    """A port someone else listens on would pass the readiness probe: refuse it up front."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as mosquitto does
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise TransportError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
+
+
+def _last_error(stderr: str) -> str:
+    """mosquitto's most telling line (its first 'Error:'), without the timestamp."""
+    lines = [line.split(": ", 1)[-1] for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "rror" in line]
+    return (errors or lines or ["no message"])[0][:300]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -47,6 +64,7 @@ class LocalBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> LocalBroker:
+        _check_port_free(self.port)
         self._dir = tempfile.TemporaryDirectory(prefix="edgeship-broker-")
         config = Path(self._dir.name) / "mosquitto.conf"
         # set_tcp_nodelay: without it a 64 KiB chunk can wait ~40 ms for a delayed ACK
@@ -59,7 +77,8 @@ class LocalBroker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise TransportError(f"mosquitto exited: {err.strip()[-300:]}")
+                self.stop()
+                raise TransportError(f"mosquitto exited: {_last_error(err)}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return self
@@ -89,11 +108,15 @@ class LocalBroker:
 
 
 @click.command()
-@click.option("--port", default=1883, show_default=True, help="port on 127.0.0.1 (0: any)")
+@click.option("--port", default=1883, show_default=True, type=click.IntRange(0, 65535),
+              help="port on 127.0.0.1 (0: any)")
 def broker(port: int) -> None:
     """Run a private mosquitto on loopback until Ctrl-C / SIGTERM."""
     from edgeship._cli._options import wait_for_signal
 
     with LocalBroker(port) as local:
         click.echo(local.url)
-        wait_for_signal()
+        proc = local.proc
+        wait_for_signal(alive=lambda: proc is not None and proc.poll() is None)
+        if proc is not None and proc.poll() is not None:
+            raise TransportError(f"mosquitto stopped on its own (exit code {proc.returncode})")

@@ -22,6 +22,8 @@ def demo(workdir: Path, broker_url: str | None) -> None:
 
     from edgeship._demo import run_demo
 
+    if broker_url is not None:
+        _check_broker(broker_url)
     console = Console(highlight=False)
     started = time.monotonic()
     result = run_demo(workdir, broker_url=broker_url, say=console.print)
@@ -37,3 +39,21 @@ def demo(workdir: Path, broker_url: str | None) -> None:
         click.echo("error: the demo did not go as expected (see FAIL lines, logs in "
                    f"{workdir / 'logs'})", err=True)
         sys.exit(1)
+
+
+def _check_broker(url: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on a malformed or silent --broker, not minutes into the demo."""
+    import socket
+
+    from edgeship._errors import ConfigError, TransportError
+    from edgeship.sdk._mqtt import parse_broker_url
+
+    try:
+        host, port, _tls = parse_broker_url(url)
+    except ConfigError as exc:
+        raise ConfigError(f"--broker: {exc}") from exc
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise TransportError(f"--broker: nothing answers at {host}:{port} "
+                             f"({exc.strerror or exc})") from exc

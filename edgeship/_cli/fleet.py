@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from edgeship._cli._options import broker_options, read_password, wait_for_signal
+from edgeship._errors import TransportError
 
 
 @click.group()
@@ -25,8 +26,10 @@ def fleet() -> None:
               help="serve only this fleet")
 @click.option("--group", default="edgeship-release-servers", show_default=True,
               help="$share group; servers in one group split the requests")
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1),
+              help="seconds to reach the broker at start (later outages are ridden out)")
 def serve(broker_url: str, username: str, password_file: str | None, releases: tuple[str, ...],
-          more: tuple[str, ...], fleet_name: str, group: str) -> None:
+          more: tuple[str, ...], fleet_name: str, group: str, timeout: float) -> None:
     """Answer chunk requests for the files of RELDIR... until SIGTERM / Ctrl-C."""
     from edgeship.sdk._release_server import ReleaseServer
 
@@ -36,6 +39,10 @@ def serve(broker_url: str, username: str, password_file: str | None, releases: t
     server = ReleaseServer(broker_url, dirs, fleet=fleet_name, group=group,
                            username=username, password=read_password(password_file))
     server.start()
+    if not server.edge.wait_connected(timeout):
+        server.stop()
+        raise TransportError(f"cannot reach the broker at {broker_url} (or it refused us) "
+                             f"within {timeout:g}s")
     click.echo(f"serving {len(server.files)} files of {len(dirs)} release(s) on {broker_url}",
                err=True)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from edgeship._errors import ConfigError
+from edgeship._errors import ConfigError, InputError
 
 _PASSPHRASE_HELP = "file holding the private-key passphrase (else $EDGESHIP_KEY_PASSPHRASE)"
 
@@ -106,8 +106,12 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
             golden: Path | None, expires_days: int, model_name: str | None, hardware: str,
             passphrase_file: Path | None, force: bool) -> None:
     """Sign ARTIFACT as release VERSION in --out, with one delta per --base."""
-    from edgeship.sdk._release import Release
+    from edgeship.sdk._artifact import artifact_problem
+    from edgeship.sdk._release import MAX_ARTIFACT_SIZE, Release, read_bounded
 
+    data = read_bounded(artifact, MAX_ARTIFACT_SIZE, "artifact")
+    if not data:
+        raise InputError(f"artifact {artifact} is empty")
     rel = Release.build(
         artifact, version=version, keydir=keydir, out=out, bases=bases, golden=golden,
         expires_days=expires_days, model_name=model_name,
@@ -118,6 +122,12 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
     deltas = ", ".join(f"{d.base_version}->{d.format} {d.size} B" for d in m.deltas) or "none"
     click.echo(f"release {m.model} {m.version} in {out}: {m.artifact.name} {m.artifact.size} B; "
                f"deltas: {deltas}")
+    # a warning, not an error: opaque payloads (and tests of the signing alone) are signed too;
+    # after the build, so that a failing release still says one line
+    problem = artifact_problem(artifact, data)
+    if problem:
+        click.echo(f"warning: {problem}; devices will refuse it at their health check",
+                   err=True)
 
 
 @click.command()
