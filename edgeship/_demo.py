@@ -81,6 +81,20 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
+def _exit_on_termination() -> dict[int, Any]:
+    """Turn SIGTERM/SIGHUP into SystemExit so the ``finally`` that stops the children runs
+    (they live in their own sessions and would outlive a plain kill of the demo)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def leave(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    return {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
 def _prepare_workdir(workdir: Path) -> None:
     if workdir.exists() and any(workdir.iterdir()):
         if not (workdir / _MARKER).exists():
@@ -398,9 +412,12 @@ def run_demo(workdir: Path, *, broker_url: str | None = None, say: Any = print) 
     _prepare_workdir(workdir)
     demo = _Demo(workdir, broker_url, say)
     saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(workdir / "tmp")
+    saved_handlers = _exit_on_termination()
     try:
         demo.run()
     finally:
+        for sig, handler in saved_handlers.items():
+            signal.signal(sig, handler)
         tempfile.tempdir = saved_tempdir
         demo.procs.stop_all()
         if demo.stop_broker is not None:

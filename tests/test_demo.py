@@ -50,3 +50,25 @@ def test_demo_refuses_a_foreign_nonempty_workdir(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "not empty" in proc.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_demo_killed_with_sigterm_stops_its_children(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    workdir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeship", "demo", "--workdir", str(workdir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until the services are up, then stop the demo
+        if "ask the device before it has any model" in line:
+            break
+    assert _processes_mentioning(str(workdir)), "the demo's services should be running now"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while _processes_mentioning(str(workdir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(str(workdir)) == []
