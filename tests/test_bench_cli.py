@@ -168,7 +168,7 @@ def test_timeout_ends_the_benchmark_and_its_children(tmp_path: Path) -> None:
     folder = tmp_path / "hw-bench"
     folder.mkdir()
     (folder / "bench_hang.py").write_text(HANG)
-    proc = edgeship("bench", "--dir", str(folder), "--timeout", "3", "--no-plot", cwd=tmp_path)
+    proc = edgeship("bench", "--dir", str(folder), "--timeout", "6", "--no-plot", cwd=tmp_path)
     assert proc.returncode == 1
     assert "hang  timeout" in proc.stdout
     child = int((folder / "child.pid").read_text())
