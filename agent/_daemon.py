@@ -348,6 +348,14 @@ def _read_root(path: Path) -> bytes:
         raise ConfigError(f"root_key: cannot read {path}: {exc.strerror}") from exc
     if not data or len(data) > 16 * 1024:
         raise ConfigError(f"root_key: {path} is not a public key file")
+    from edgeship.sdk._keys import public_key_from_bytes
+
+    from edgeship._errors import SignatureError
+
+    try:  # a device that cannot read its one trusted key would refuse every update
+        public_key_from_bytes(data)
+    except SignatureError as exc:
+        raise ConfigError(f"root_key: {path}: {exc}") from exc
     return data
 
 

@@ -112,6 +112,9 @@ def load_arrays(
             labels = labels[:, 0]
         if labels.ndim != 1 or len(labels) != n:
             raise CalibrationError(f"'label' in {path} must hold one class id per sample ({n})")
+        if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+            raise CalibrationError(f"'label' in {path} has dtype {labels.dtype}; class ids must "
+                                   "be integers")
         labels = labels[:max_samples].astype(np.int64)
     return arrays, labels
 

@@ -33,7 +33,7 @@ import numpy as np
 from edgeship.sdk._v2 import ModelMetadata, TensorSpec
 from edgeship.sdk._v2server import StatusError, V2Service
 
-from edgeship._errors import InferenceError, ModelLoadError
+from edgeship._errors import ConfigError, InferenceError, ModelLoadError
 
 __all__ = ["OnnxService"]
 
@@ -92,6 +92,10 @@ class OnnxService(V2Service):
             raise ModelLoadError(f"max_batch must be >= 1, not {max_batch}")
         self.path = Path(path)
         self.name = name or self.path.stem
+        if not self.name.isprintable() or any(c in self.name for c in "/?#% "):
+            # it is a path segment of /v2/models/<name>: these would make it unreachable
+            raise ConfigError(f"model name {self.name!r} cannot be a URL path segment "
+                              "(no / ? # % or spaces; set --name)")
         self.version = version
         self.max_batch = max_batch
         self.batch_window_s = batch_window_ms / 1000

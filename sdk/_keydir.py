@@ -36,7 +36,7 @@ from edgeship.sdk._keys import (
     sign_envelope,
 )
 
-from edgeship._errors import ConfigError, InputError
+from edgeship._errors import ConfigError, InputError, MalformedError
 
 __all__ = [
     "PASSPHRASE_ENV",
@@ -149,7 +149,12 @@ class KeyDir:
         except OSError as exc:
             raise InputError(f"{self.keyset_path}: {exc.strerror} (run 'edgeship keys init')") \
                 from exc
-        doc: dict[str, Any] = json.loads(data)
+        try:
+            doc: dict[str, Any] = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedError(f"{self.keyset_path}: not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("signed"), dict):
+            raise MalformedError(f"{self.keyset_path}: not a signed key set envelope")
         return doc
 
     def keyset(self) -> KeySet:

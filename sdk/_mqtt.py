@@ -104,8 +104,12 @@ class MqttEdge:
         if username:
             client.username_pw_set(username, password or None)
         if tls:
-            client.tls_set(ca_certs=ca or None, certfile=cert or None, keyfile=key or None,
-                           cert_reqs=ssl.CERT_REQUIRED)
+            try:
+                client.tls_set(ca_certs=ca or None, certfile=cert or None, keyfile=key or None,
+                               cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError) as exc:  # paho reads the files here
+                raise ConfigError(f"broker TLS files (ca {ca or '-'}, cert {cert or '-'}, key "
+                                  f"{key or '-'}): {exc.strerror or exc}") from exc
         if will is not None:
             client.will_set(will[0], will[1], qos=1, retain=will[2])
         client.reconnect_delay_set(max(1, int(min_backoff)), max(1, int(max_backoff)))

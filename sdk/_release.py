@@ -27,7 +27,14 @@ from typing import Any
 from edgeship.sdk._delta import best_delta
 from edgeship.sdk._fileio import make_output_dir, write_atomic
 from edgeship.sdk._keydir import KeyDir
-from edgeship.sdk._keys import format_time, keyid_of, public_key_from_bytes, sign_envelope
+from edgeship.sdk._keys import (
+    KeySet,
+    format_time,
+    keyid_of,
+    public_key_from_bytes,
+    sign_envelope,
+    verify_envelope,
+)
 from edgeship.sdk._manifest import ArtifactInfo, DeltaInfo, Golden, Manifest, parse_version
 from edgeship.sdk._trust import (
     MAX_OFFER_SIZE,
@@ -297,6 +304,27 @@ def verify_release(
     if golden and manifest.golden is not None:
         check_golden(manifest.golden, release.path / manifest.artifact.name)
     return manifest
+
+
+def self_check(reldir: str | Path) -> Release:
+    """What a host can check of a release without the root key: the manifest is signed
+    by a key of the key set shipped with it, and every payload matches it. Catches a
+    tampered manifest, artifact or delta before it is served or offered to a fleet."""
+    release = Release.load(reldir)
+    keyset_doc = release.keyset_envelope.get("signed")
+    if not isinstance(keyset_doc, Mapping):
+        raise MalformedError(f"{release.path}: key set is not a signed envelope")
+    try:
+        keyset = KeySet.from_dict(keyset_doc)
+        verify_envelope(release.manifest_envelope, keyset.public_keys(), "manifest",
+                        revoked=frozenset(keyset.revoked))
+        check_payload(release.manifest, release.read_artifact())
+        for info in release.manifest.deltas:
+            check_sized(release.read_delta(info), size=info.size, sha256=info.sha256,
+                        what=info.name)
+    except VerificationError as exc:  # same class, but say which release
+        raise type(exc)(f"release {release.path}: {exc}") from exc
+    return release
 
 
 def check_golden(golden: Golden, artifact: Path) -> None:

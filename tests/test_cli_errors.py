@@ -75,6 +75,8 @@ CASES: list[Case] = [
        words=("nan.npz", "NaN"), absent="o12"),
     _c("convert-eval-nan", "convert", _MODEL, "--calib", _CALIB, "--eval", "{w}/nan.npz", "-o",
        "{w}/o13", words=("nan.npz", "eval"), absent="o13"),
+    _c("convert-eval-string-labels", "convert", _MODEL, "--calib", _CALIB, "--eval",
+       "{w}/strlabel.npz", "-o", "{w}/o15", words=("label", "dtype"), absent="o15"),
     _c("convert-out-under-a-file", "convert", _MODEL, "--calib", _CALIB, "-o", "{w}/afile/out",
        words=("afile",)),
     _c("convert-bad-format", "convert", _MODEL, "--calib", _CALIB, "-o", "{w}/o14", "--format",
@@ -90,6 +92,8 @@ CASES: list[Case] = [
     _c("keys-rotate-no-passphrase", "keys", "rotate", "{w}/pkeys", words=("passphrase",)),
     _c("keys-revoke-unknown-id", "keys", "revoke", "{w}/keys", "deadbeef",
        words=("deadbeef",)),
+    _c("keys-rotate-corrupt-keyset", "keys", "rotate", "{w}/ckeys",
+       words=("keyset.json", "JSON")),
     # release
     _c("release-missing-artifact", "release", "{w}/missing.onnx", "--version", "1.0.0", "--keys",
        "{w}/keys", "-o", "{w}/r1", words=("missing.onnx",), absent="r1"),
@@ -113,6 +117,8 @@ CASES: list[Case] = [
     _c("release-force-with-bad-golden-keeps-old", "release", _ART, "--version", "2.0.0",
        "--keys", "{w}/keys", "-o", "{w}/rel1", "--force", "--golden", "{w}/trunc.npz",
        words=("trunc.npz",)),
+    _c("release-corrupt-keyset", "release", _ART, "--version", "1.0.0", "--keys", "{w}/ckeys",
+       "-o", "{w}/r8", words=("keyset.json",), absent="r8"),
     # verify
     _c("verify-missing-dir", "verify", "{w}/nothere", "--root", "{w}/keys/root.pub",
        words=("nothere", "not a release directory")),
@@ -138,6 +144,23 @@ CASES: list[Case] = [
        "{w}/rel1", words=("broker url", "nonsense")),
     _c("fleet-serve-not-a-release", "fleet", "serve", "--broker", _CLOSED, "--releases",
        "{w}/adir", words=("manifest",)),
+    _c("fleet-serve-tampered-release", "fleet", "serve", "--broker", _CLOSED, "--releases",
+       "{w}/tampered", words=("tampered", "signature")),
+    _c("fleet-serve-wildcard-fleet", "fleet", "serve", "--broker", _CLOSED, "--fleet", "a/#",
+       "--releases", "{w}/rel1", words=("--fleet", "a/#")),
+    _c("fleet-serve-bad-group", "fleet", "serve", "--broker", _CLOSED, "--group", "a/b",
+       "--releases", "{w}/rel1", words=("--group", "a/b")),
+    _c("fleet-push-tampered-release", "fleet", "push", "{w}/tampered", "--broker", _CLOSED,
+       "--fleet", "f", "--devices", "d1", "--state", "{w}/st4.sqlite",
+       words=("tampered", "signature")),
+    _c("fleet-push-flipped-payload", "fleet", "push", "{w}/flipped", "--broker", _CLOSED,
+       "--fleet", "f", "--devices", "d1", "--state", "{w}/st5.sqlite",
+       words=("flipped", "sha256")),
+    _c("fleet-push-wildcard-fleet", "fleet", "push", "{w}/rel1", "--broker", _CLOSED, "--fleet",
+       "a/#", "--devices", "d1", "--state", "{w}/st6.sqlite", words=("--fleet", "a/#")),
+    _c("fleet-push-wildcard-device", "fleet", "push", "{w}/rel1", "--broker", _CLOSED,
+       "--fleet", "f", "--devices", "d1,+", "--state", "{w}/st7.sqlite",
+       words=("--devices", "+")),
     _c("fleet-push-nothing-listens", "fleet", "push", "{w}/rel1", "--broker", _CLOSED, "--fleet",
        "f", "--devices", "d1", "--state", "{w}/st1.sqlite", words=("cannot reach the broker",),
        max_s=30),
@@ -149,6 +172,10 @@ CASES: list[Case] = [
        "f", "--devices", "d1", "--state", "{w}/text.onnx", words=("--state", "text.onnx")),
     _c("fleet-status-nothing-listens", "fleet", "status", "--broker", _CLOSED, "--fleet", "f",
        "--timeout", "2", words=("cannot reach the broker",), max_s=15),
+    _c("fleet-status-wildcard-fleet", "fleet", "status", "--broker", _CLOSED, "--fleet", "#",
+       words=("--fleet",)),
+    _c("fleet-status-zero-timeout", "fleet", "status", "--broker", _CLOSED, "--fleet", "f",
+       "--timeout", "0", words=("--timeout",)),
     _c("fleet-credentials-bad-device", "fleet", "credentials", "--fleet", "f", "--devices",
        "ok,a/b", "-o", "{w}/c1", words=("a/b",), absent="c1"),
     _c("fleet-credentials-out-under-a-file", "fleet", "credentials", "--fleet", "f",
@@ -171,6 +198,12 @@ CASES: list[Case] = [
        words=("broker.url",)),
     _c("agent-config-bad-listen", "agent", "run", "--config", "{w}/badlisten.toml",
        words=("api.listen",)),
+    _c("agent-root-key-not-a-key", "agent", "run", "--config", "{w}/roottext.toml",
+       words=("root_key", "afile")),
+    _c("agent-tls-ca-missing", "agent", "run", "--config", "{w}/ca.toml",
+       words=("broker TLS", "nope-ca.pem")),
+    _c("agent-tls-ca-not-a-cert", "agent", "run", "--config", "{w}/cafile.toml",
+       words=("broker TLS", "afile")),
     _c("agent-port-in-use", "agent", "run", "--config", "{w}/busy.toml",
        words=("{busy}", "in use"), max_s=30),
     # cloud
@@ -188,6 +221,8 @@ CASES: list[Case] = [
        words=("{busy}", "in use")),
     _c("cloud-api-key-file-missing", "cloud", "serve", _MODEL, "--port", "0", "--api-key-file",
        "{w}/nofile", words=("--api-key-file", "nofile")),
+    _c("cloud-name-not-a-path-segment", "cloud", "serve", _MODEL, "--port", "0", "--name",
+       "a/b", words=("a/b",)),
     # demo
     _c("demo-malformed-broker", "demo", "--workdir", "{w}/d1", "--broker", "nonsense",
        words=("--broker",), absent="d1", max_s=15),
@@ -229,6 +264,7 @@ def _make_files(w: Path) -> None:
     nan = x.copy()
     nan[0, 0] = np.nan
     np.savez(w / "nan.npz", input=nan)
+    np.savez(w / "strlabel.npz", input=x, label=np.array(["cat"] * len(x)))
     (w / "keep_out").mkdir()
     (w / "keep_out" / "model.int8.onnx").write_bytes(b"an earlier conversion")
     (w / "pass").write_text("right\n")
@@ -245,6 +281,8 @@ def _make_releases(w: Path) -> None:
     shutil.copy(FIXTURES / "mlp.onnx", w / "art" / "model.int8.onnx")
     Release.build(w / "art" / "model.int8.onnx", version="1.0.0", keydir=w / "keys",
                   out=w / "rel1")
+    shutil.copytree(w / "keys", w / "ckeys")
+    (w / "ckeys" / "keyset.json").write_text("{not json")
     for name in ("tampered", "badjson", "flipped"):
         shutil.copytree(w / "rel1", w / name)
     manifest = json.loads((w / "tampered" / "manifest.json").read_text())
@@ -266,6 +304,10 @@ def _make_configs(w: Path, busy: int) -> None:
     _toml(w, "badurl", **{"mqtt://127.0.0.1:1": "ftp://x"})
     _toml(w, "badlisten", '[api]\nlisten = "nonsense"\n')
     _toml(w, "busy", f'[api]\nlisten = "127.0.0.1:{busy}"\n')
+    _toml(w, "roottext", **{"keys/root.pub": "afile"})
+    plain = 'url = "mqtt://127.0.0.1:1"\n'
+    _toml(w, "ca", **{plain: f'url = "mqtts://127.0.0.1:1"\nca = "{w}/nope-ca.pem"\n'})
+    _toml(w, "cafile", **{plain: f'url = "mqtts://127.0.0.1:1"\nca = "{w}/afile"\n'})
 
 
 def _run(case: Case, subs: dict[str, str]) -> dict[str, Any]:

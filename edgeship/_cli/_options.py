@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -23,12 +24,31 @@ def broker_options(func: F) -> F:
     return func
 
 
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def topic_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for a fleet/group name that goes into MQTT topics: one topic level,
+    no wildcards ("+" alone is the any-fleet wildcard where a command allows it)."""
+    if value is None or (value == "+" and param.default == "+"):
+        return value
+    if not _TOPIC_NAME.match(value):
+        raise click.BadParameter(f"{value!r}: use letters, digits, '.', '_' or '-' "
+                                 "(no / + # $)", ctx=ctx, param=param)
+    return value
+
+
 def read_password(path: str | None) -> str:
     return Path(path).read_text().strip() if path else ""
 
 
 def parse_devices(text: str | None) -> list[str]:
-    return [d.strip() for d in (text or "").split(",") if d.strip()]
+    devices = [d.strip() for d in (text or "").split(",") if d.strip()]
+    for device in devices:
+        if not _TOPIC_NAME.match(device):
+            raise click.BadParameter(f"{device!r}: use letters, digits, '.', '_' or '-' "
+                                     "(no / + # $)", param_hint="'--devices'")
+    return devices
 
 
 def wait_for_signal(alive: Callable[[], bool] | None = None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from edgeship._cli._options import broker_options, read_password, wait_for_signal
+from edgeship._cli._options import broker_options, read_password, topic_name, wait_for_signal
 from edgeship._errors import TransportError
 
 
@@ -22,10 +22,10 @@ def fleet() -> None:
 @click.option("--releases", "releases", multiple=True, type=click.Path(exists=True,
               file_okay=False), help="release directories to serve (repeat, or list after)")
 @click.argument("more", nargs=-1, type=click.Path(exists=True, file_okay=False))
-@click.option("--fleet", "fleet_name", default="+", show_default=True,
+@click.option("--fleet", "fleet_name", default="+", show_default=True, callback=topic_name,
               help="serve only this fleet")
 @click.option("--group", default="edgeship-release-servers", show_default=True,
-              help="$share group; servers in one group split the requests")
+              callback=topic_name, help="$share group; servers in one group split the requests")
 @click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1),
               help="seconds to reach the broker at start (later outages are ridden out)")
 def serve(broker_url: str, username: str, password_file: str | None, releases: tuple[str, ...],
@@ -36,6 +36,10 @@ def serve(broker_url: str, username: str, password_file: str | None, releases: t
     dirs = [*releases, *more]
     if not dirs:
         raise click.UsageError("give at least one release directory (--releases RELDIR)")
+    from edgeship.sdk._release import self_check
+
+    for reldir in dirs:  # a tampered release is refused here, not by every device
+        self_check(reldir)
     server = ReleaseServer(broker_url, dirs, fleet=fleet_name, group=group,
                            username=username, password=read_password(password_file))
     server.start()

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from edgeship._cli._options import broker_options, parse_devices, read_password
+from edgeship._cli._options import broker_options, parse_devices, read_password, topic_name
 
 EXIT_HALTED = 3
 
@@ -23,7 +23,8 @@ EXIT_HALTED = 3
 @click.command("push")
 @click.argument("reldir", type=click.Path(exists=True, file_okay=False))
 @broker_options
-@click.option("--fleet", "fleet_name", required=True, help="fleet name")
+@click.option("--fleet", "fleet_name", required=True, help="fleet name",
+              callback=topic_name)
 @click.option("--devices", default=None, metavar="ID,...",
               help="devices to update, in rollout order (default: every device with a status)")
 @click.option("--canary", default="0%", show_default=True, metavar="N%",
@@ -50,8 +51,11 @@ def push(reldir: str, broker_url: str, username: str, password_file: str | None,
     applies from there on.
     """
     from edgeship.sdk._fleetdb import FleetDB, default_state_path
+    from edgeship.sdk._release import self_check
     from edgeship.sdk._rollout import RolloutPolicy, parse_percent, parse_waves
     from edgeship.sdk._rollout_run import run_rollout
+
+    self_check(reldir)  # a tampered release is refused here, not by every device
 
     rate = parse_percent(max_failure_rate, "--max-failure-rate") if max_failure_rate else None
     policy = RolloutPolicy(canary=parse_percent(canary, "--canary"), waves=parse_waves(waves),
@@ -173,9 +177,11 @@ def _table(rollout: Any) -> Any:
 
 @click.command("status")
 @broker_options
-@click.option("--fleet", "fleet_name", required=True, help="fleet name")
+@click.option("--fleet", "fleet_name", required=True, help="fleet name",
+              callback=topic_name)
 @click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
-@click.option("--timeout", default=10.0, show_default=True, help="seconds to reach the broker")
+@click.option("--timeout", default=10.0, show_default=True,
+              type=click.FloatRange(0, min_open=True), help="seconds to reach the broker")
 def status(broker_url: str, username: str, password_file: str | None, fleet_name: str,
            as_json: bool, timeout: float) -> None:
     """One row per device (version, state, last seen, last error) and a version summary,
@@ -208,7 +214,8 @@ def status(broker_url: str, username: str, password_file: str | None, fleet_name
 
 
 @click.command("credentials")
-@click.option("--fleet", "fleet_name", required=True, help="fleet name")
+@click.option("--fleet", "fleet_name", required=True, help="fleet name",
+              callback=topic_name)
 @click.option("--devices", required=True, metavar="ID,...", help="device ids (= broker users)")
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
               help="directory for passwd, acl, mosquitto.conf and secrets/")
