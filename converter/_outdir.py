@@ -22,12 +22,32 @@ def write_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+# what marks a directory as an earlier OUT/ that may be replaced as a whole
+_OUT_MARKERS = ("report.json", "quant_params.json")
+
+
+def _check_replaceable(out: Path) -> None:
+    """OUT is replaced as a whole: refuse a directory holding something else (``-o .``
+    would otherwise move the user's files away and delete them)."""
+    if not out.is_dir() or any((out / name).is_file() for name in _OUT_MARKERS):
+        return
+    try:
+        others = sorted(p.name for p in out.iterdir())
+    except OSError as exc:
+        raise InputError(f"cannot read output directory {out}: {exc.strerror}") from exc
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise InputError(f"output directory {out} is not empty and not an earlier edgeship "
+                         f"convert output ({shown}); give a new or empty directory")
+
+
 @contextlib.contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
     """Yield a temp dir next to ``out``; on success it replaces ``out`` in one rename."""
     out = out.resolve()
     if out.exists() and not out.is_dir():
         raise InputError(f"output path {out} exists and is not a directory")
+    _check_replaceable(out)
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

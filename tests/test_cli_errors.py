@@ -83,6 +83,8 @@ CASES: list[Case] = [
        "pb", words=("format", "pb"), absent="o14"),
     _c("convert-bad-input-keeps-old-output", "convert", _MODEL, "--calib", "{w}/nan.npz", "-o",
        "{w}/keep_out", words=("NaN",)),
+    _c("convert-out-is-a-foreign-dir", "convert", _MODEL, "--calib", _CALIB, "-o",
+       "{w}/foreign", words=("foreign", "not empty", "precious.txt")),
     # keys
     _c("keys-init-over-a-file", "keys", "init", "{w}/afile", words=("afile", "not a directory")),
     _c("keys-init-under-a-file", "keys", "init", "{w}/afile/k", words=("afile/k", "cannot write")),
@@ -231,7 +233,7 @@ CASES: list[Case] = [
 ]
 
 # directories a failing command must leave byte-for-byte as they were
-_KEPT = ("keep_out", "rel1", "keys", "pkeys")
+_KEPT = ("keep_out", "foreign", "rel1", "keys", "pkeys")
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -267,6 +269,9 @@ def _make_files(w: Path) -> None:
     np.savez(w / "strlabel.npz", input=x, label=np.array(["cat"] * len(x)))
     (w / "keep_out").mkdir()
     (w / "keep_out" / "model.int8.onnx").write_bytes(b"an earlier conversion")
+    (w / "keep_out" / "report.json").write_text("{}")
+    (w / "foreign").mkdir()
+    (w / "foreign" / "precious.txt").write_text("not edgeship's to delete\n")
     (w / "pass").write_text("right\n")
     (w / "wrongpass").write_text("wrong\n")
 
@@ -365,5 +370,6 @@ def test_bad_input_is_one_clear_line(results: dict[str, Any], case: Case) -> Non
 def test_failed_commands_lose_nothing(results: dict[str, Any]) -> None:
     for name in _KEPT:
         assert results["after"][name] == results["before"][name], f"{name} changed"
-    assert results["before"]["keep_out"] == {
-        "model.int8.onnx": hashlib.sha256(b"an earlier conversion").hexdigest()}
+    assert results["before"]["keep_out"]["model.int8.onnx"] == hashlib.sha256(
+        b"an earlier conversion").hexdigest()
+    assert list(results["after"]["foreign"]) == ["precious.txt"]
