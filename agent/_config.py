@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from edgeship.sdk._fileio import read_head
+
 from edgeship._errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -304,7 +306,7 @@ def load_config(path: str | Path) -> AgentConfig:
     """Read and check ``agent.toml``; ConfigError names the file and the key."""
     file = Path(path)
     try:
-        raw = file.read_bytes()
+        raw = read_head(file, MAX_CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError(f"cannot read config {file}: {exc.strerror}") from exc
     if len(raw) > MAX_CONFIG_BYTES:

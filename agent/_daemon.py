@@ -32,6 +32,7 @@ from edgeship.agent import _ota as ota
 from edgeship.agent._config import AgentConfig
 from edgeship.agent._queue import Outbox
 from edgeship.agent._store import Store
+from edgeship.sdk._fileio import read_head
 
 from edgeship._errors import EdgeshipError
 
@@ -343,7 +344,7 @@ def _read_root(path: Path) -> bytes:
     from edgeship._errors import ConfigError
 
     try:
-        data = path.read_bytes()
+        data = read_head(path, 16 * 1024)
     except OSError as exc:
         raise ConfigError(f"root_key: cannot read {path}: {exc.strerror}") from exc
     if not data or len(data) > 16 * 1024:
@@ -365,9 +366,15 @@ def _read_secret(path: str) -> str:
     from edgeship._errors import ConfigError
 
     try:
-        return Path(path).read_text().strip()
+        data = read_head(path, 4096)
     except OSError as exc:
         raise ConfigError(f"broker.password_file: cannot read {path}: {exc.strerror}") from exc
+    if len(data) > 4096:
+        raise ConfigError(f"broker.password_file: {path} is larger than 4096 bytes")
+    try:
+        return data.decode().strip()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"broker.password_file: {path} is not UTF-8 text") from exc
 
 
 def _fallback(config: AgentConfig) -> Any | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeship.sdk._fallback import POLICIES, CircuitBreaker, FallbackModel, FallbackPolicy
+from edgeship.sdk._fileio import read_head
 
 from edgeship._errors import ConfigError
 
@@ -31,7 +32,7 @@ MAX_API_KEY_BYTES = 4096
 def read_api_key(path: str | Path, *, where: str = "fallback.api_key_file") -> str:
     """The one key in ``path`` (whitespace stripped); :class:`ConfigError` otherwise."""
     try:
-        data = Path(path).read_bytes()[: MAX_API_KEY_BYTES + 1]
+        data = read_head(path, MAX_API_KEY_BYTES)
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from exc
     key = data.decode(errors="replace").strip()

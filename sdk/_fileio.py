@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgeship._errors import InputError
 
-__all__ = ["fsync_dir", "make_output_dir", "write_atomic"]
+__all__ = ["fsync_dir", "make_output_dir", "read_head", "write_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -27,6 +27,13 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_head(path: str | Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of ``path`` (OSError as usual): the caller compares the
+    length with its limit, and a huge file (or /dev/zero) is never read whole."""
+    with open(path, "rb") as handle:
+        return handle.read(limit + 1)
 
 
 def make_output_dir(path: Path, what: str, *, mode: int = 0o777) -> None:

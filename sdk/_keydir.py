@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from edgeship.sdk._fileio import make_output_dir, write_atomic
+from edgeship.sdk._fileio import make_output_dir, read_head, write_atomic
 from edgeship.sdk._keys import (
     KeySet,
     format_time,
@@ -61,7 +61,7 @@ def _private_pem(key: Ed25519PrivateKey, passphrase: bytes | None) -> bytes:
 
 def _load_private(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
     try:
-        data = path.read_bytes()[: _MAX_KEY_FILE + 1]
+        data = read_head(path, _MAX_KEY_FILE)
     except OSError as exc:
         raise InputError(f"cannot read key {path}: {exc.strerror}") from exc
     try:

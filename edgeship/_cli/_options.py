@@ -6,7 +6,6 @@ import re
 import signal
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -39,7 +38,21 @@ def topic_name(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 def read_password(path: str | None) -> str:
-    return Path(path).read_text().strip() if path else ""
+    """The broker password in ``path`` (at most 4 KiB of UTF-8 text), or ""."""
+    from edgeship._errors import ConfigError
+    from edgeship.sdk._fileio import read_head
+
+    if not path:
+        return ""
+    try:
+        data = read_head(path, 4096)
+        if len(data) > 4096:
+            raise ConfigError(f"--password-file {path}: larger than 4096 bytes")
+        return data.decode().strip()
+    except OSError as exc:
+        raise ConfigError(f"--password-file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--password-file {path}: not UTF-8 text") from exc
 
 
 def parse_devices(text: str | None) -> list[str]:

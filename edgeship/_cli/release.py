@@ -17,11 +17,12 @@ _PASSPHRASE_HELP = "file holding the private-key passphrase (else $EDGESHIP_KEY_
 
 
 def _passphrase(path: Path | None) -> bytes | None:
+    from edgeship.sdk._fileio import read_head
     from edgeship.sdk._keydir import PASSPHRASE_ENV
 
     if path is not None:
         try:
-            text = path.read_bytes()[:4096]
+            text = read_head(path, 4096)[:4096]
         except OSError as exc:
             raise ConfigError(f"--passphrase-file {path}: {exc.strerror}") from exc
         return text.rstrip(b"\r\n") or None
