@@ -134,6 +134,8 @@ def layer_sqnr(
     ref = dict(zip(names, run_all(s32, feeds, names), strict=True)) if names else {}
     ref.update((n, feeds[n]) for n in tensor_map if n in feeds)  # model inputs: the data itself
     order = sorted(ref)
+    if not order:  # nothing was quantized (every op stays float): no layer to compare
+        return {}
     got = run_all(s8, feeds, [tensor_map[n] for n in order])
     return {n: sqnr_db(ref[n], g) for n, g in zip(order, got, strict=True)}
 

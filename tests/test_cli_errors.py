@@ -377,3 +377,25 @@ def test_failed_commands_lose_nothing(results: dict[str, Any]) -> None:
     assert results["before"]["keep_out"]["model.int8.onnx"] == hashlib.sha256(
         b"an earlier conversion").hexdigest()
     assert list(results["after"]["foreign"]) == ["precious.txt"]
+
+
+def test_convert_of_a_model_with_nothing_to_quantize_is_no_internal_error(tmp_path: Path) -> None:
+    """Erf has no INT8 rule: the model stays float, which the report says; it used to end in
+    'internal error: ValueError: zip()' from the per-layer SQNR."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Erf", ["input"], ["y"])], "erf", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "erf.onnx")
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).random((8, 4), np.float32))
+    out = subprocess.run([sys.executable, "-m", "edgeship", "convert", str(tmp_path / "erf.onnx"),
+                          "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "out"),
+                          "--format", "onnx"], capture_output=True, text=True, timeout=120)
+    assert "internal error" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["sizes"]["int8_onnx_bytes"] > 0
