@@ -227,6 +227,10 @@ CASES: list[Case] = [
        words=("{busy}", "in use")),
     _c("cloud-api-key-file-missing", "cloud", "serve", _MODEL, "--port", "0", "--api-key-file",
        "{w}/nofile", words=("--api-key-file", "nofile")),
+    _c("cloud-tls-cert-missing", "cloud", "serve", _MODEL, "--port", "0", "--tls-cert",
+       "{w}/nocert.pem", words=("--tls-cert", "nocert.pem")),
+    _c("cloud-tls-cert-not-pem", "cloud", "serve", _MODEL, "--port", "0", "--tls-cert",
+       "{w}/afile", words=("--tls-cert", "afile", "PEM")),
     _c("cloud-name-not-a-path-segment", "cloud", "serve", _MODEL, "--port", "0", "--name",
        "a/b", words=("a/b",)),
     # demo

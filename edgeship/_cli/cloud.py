@@ -22,14 +22,22 @@ def _server_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> 
         if key or client_ca:
             raise ConfigError("--tls-key and --tls-client-ca need --tls-cert")
         return None
+    for option, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{option} {path}: not a readable file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(str(cert), str(key) if key else None)
-        if client_ca is not None:
-            context.load_verify_locations(cafile=str(client_ca))
-            context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: devices show a certificate
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"--tls-cert/--tls-key/--tls-client-ca: {exc}") from exc
+        raise ConfigError(f"--tls-cert {cert} / --tls-key {key or '(in the cert file)'}: not a "
+                          f"PEM certificate and matching private key ({exc})") from exc
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"--tls-client-ca {client_ca}: not PEM CA certificates ({exc})") \
+                from exc
+        context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: devices show a certificate
     return context
 
 
