@@ -4,14 +4,14 @@ model fixtures under tests/fixtures (rebuilt by tests/fixtures/make_models.py)."
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from edgeship._cli.broker import LocalBroker
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -33,47 +33,13 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-class Mosquitto:
-    """A real mosquitto process on a free loopback port; ``stop``/``start`` simulate outages."""
+class Mosquitto(LocalBroker):
+    """The product's own private broker (``edgeship broker``) on a free loopback port;
+    ``stop()``/``start()`` on the same port simulate an outage."""
 
     def __init__(self, workdir: Path, extra_config: str = "") -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(binary).exists():
-            raise RuntimeError("mosquitto is not installed (apt-get install -y mosquitto)")
-        self.binary = binary
-        self.port = free_port()
-        self.config = workdir / f"mosquitto-{self.port}.conf"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "max_packet_size 1048576\n"
-            "set_tcp_nodelay true\n"
-            + extra_config
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        del workdir  # the broker keeps its generated config in a temp dir of its own
+        super().__init__(0, extra_config=extra_config)
 
 
 @pytest.fixture(autouse=True, scope="session")
