@@ -26,21 +26,22 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import platform
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 FIXTURES = ROOT / "tests" / "fixtures"
+sys.path.insert(0, str(HERE))
+
+from _common import print_machine, print_table, quick, timed, write_result  # noqa: E402
 
 
 def _free_port() -> int:
@@ -58,33 +59,6 @@ def _wait_for(port: int, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"cloud did not start on port {port}")
-
-
-def _timed(fn: Callable[[], Any], n: int, warmup: int = 20) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(n):
-        began = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - began) * 1000)
-    arr = np.array(samples)
-    return {
-        "n": n,
-        "p50_ms": round(float(np.percentile(arr, 50)), 4),
-        "p99_ms": round(float(np.percentile(arr, 99)), 4),
-        "mean_ms": round(float(arr.mean()), 4),
-    }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def run(n: int, deadline_ms: float, name: str = "cnn") -> dict[str, Any]:
@@ -121,14 +95,14 @@ def run(n: int, deadline_ms: float, name: str = "cnn") -> dict[str, Any]:
             model, cloud, FallbackPolicy(low_confidence=True, threshold=1.0), breaker
         )
         assert escalate.answer(x).source == "cloud"
-        results["local"] = _timed(lambda: model.predict_all(x), n)
-        results["fallback_local"] = _timed(lambda: keep_local.answer(x), n)
-        results["fallback_cloud"] = _timed(lambda: escalate.answer(x), n)
-        results["cloud_client"] = _timed(lambda: cloud.infer(x), n)
+        results["local"] = timed(lambda: model.predict_all(x), n)
+        results["fallback_local"] = timed(lambda: keep_local.answer(x), n)
+        results["fallback_cloud"] = timed(lambda: escalate.answer(x), n)
+        results["cloud_client"] = timed(lambda: cloud.infer(x), n)
         client = triton.InferenceServerClient(f"127.0.0.1:{port}")
         inp = triton.InferInput("input", list(x["input"].shape), "FP32")
         inp.set_data_from_numpy(x["input"])
-        results["tritonclient_cloud"] = _timed(lambda: client.infer(name, [inp]), n)
+        results["tritonclient_cloud"] = timed(lambda: client.infer(name, [inp]), n)
         client.close()
     finally:
         cloud_proc.terminate()
@@ -140,7 +114,7 @@ def run(n: int, deadline_ms: float, name: str = "cnn") -> dict[str, Any]:
         "n": len(failing_ms),
         "max_ms": round(max(failing_ms), 4),
     }
-    results["cloud_down_breaker_open"] = _timed(lambda: escalate.answer(x), n)
+    results["cloud_down_breaker_open"] = timed(lambda: escalate.answer(x), n)
     assert escalate.answer(x).source == "local-degraded"
     return results
 
@@ -225,13 +199,13 @@ def run_agent(n: int, name: str) -> dict[str, Any]:
             agents.append(escalate[0])
             assert _agent_ask(keep[1], name, x) == "local"
             assert _agent_ask(escalate[1], name, x) == "cloud"
-            results["agent_local"] = _timed(lambda: _agent_ask(keep[1], name, x), n)
-            results["agent_cloud"] = _timed(lambda: _agent_ask(escalate[1], name, x), n)
+            results["agent_local"] = timed(lambda: _agent_ask(keep[1], name, x), n)
+            results["agent_cloud"] = timed(lambda: _agent_ask(escalate[1], name, x), n)
             cloud_proc.terminate()
             cloud_proc.wait(timeout=10)
             sources = [_agent_ask(escalate[1], name, x) for _ in range(3)]
             assert sources == ["local-degraded"] * 3
-            results["agent_cloud_down_breaker_open"] = _timed(
+            results["agent_cloud_down_breaker_open"] = timed(
                 lambda: _agent_ask(escalate[1], name, x), n
             )
         finally:
@@ -273,31 +247,26 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=400)
+    parser.add_argument("--n", type=int, default=100 if quick() else 400)
     parser.add_argument("--model", choices=["cnn", "mlp", "mobilenet"], default="cnn")
     parser.add_argument("--deadline-ms", type=float, default=300)
     parser.add_argument("--no-agent", action="store_true", help="Skip the agent measurements.")
-    parser.add_argument(
-        "-o", "--output", type=Path, default=ROOT / "hw-bench/results/fallback.json"
-    )
     args = parser.parse_args()
+    print_machine()
     results = run(args.n, args.deadline_ms, args.model)
     if not args.no_agent:
         results.update(run_agent(args.n, args.model))
-    doc = {
-        "bench": "fallback",
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+    summary = summarize(results)
+    print_table([{"path": k, **v} for k, v in results.items()],
+                ["path", "n", "p50_ms", "p99_ms", "mean_ms", "max_ms"],
+                title=f"answer latency, {args.model}, deadline {args.deadline_ms:g} ms")
+    print_table([{"measure": k, "value": v} for k, v in summary.items()], title="summary")
+    write_result("fallback", {
         "model": f"tests/fixtures/{args.model}.onnx (fp32, onnxruntime, 1 thread), batch 1",
         "deadline_ms": args.deadline_ms,
         "results": results,
-        "summary": summarize(results),
-    }
-    _atomic_write(args.output, json.dumps(doc, indent=2) + "\n")
-    print(json.dumps(doc["summary"], indent=2))
+        "summary": summary,
+    })
 
 
 if __name__ == "__main__":
