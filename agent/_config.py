@@ -269,6 +269,9 @@ class AgentConfig:
     fallback: FallbackConfig | None = None
     ota: OtaConfig = field(default_factory=OtaConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    # keys the file has that the agent does not know: more keys are allowed (newer configs
+    # on older agents), but a typo like [fallbak] must not pass silently, so they are logged
+    ignored_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for key in ("device_id", "fleet"):
@@ -291,7 +294,8 @@ class AgentConfig:
                    api=ApiConfig.from_dict(_section(d, "api")),
                    fallback=FallbackConfig.from_dict(_section(d, "fallback")),
                    ota=OtaConfig.from_dict(_section(d, "ota")),
-                   telemetry=TelemetryConfig.from_dict(_section(d, "telemetry")))
+                   telemetry=TelemetryConfig.from_dict(_section(d, "telemetry")),
+                   ignored_keys=unknown_keys(d))
 
     def to_dict(self) -> dict[str, Any]:
         """A plain view for logs (no secrets: only file names of keys and passwords)."""
@@ -300,6 +304,30 @@ class AgentConfig:
         out = asdict(self)
         out["data_dir"], out["root_key"] = str(self.data_dir), str(self.root_key)
         return out
+
+
+# every key agent.toml may hold (see agent.example.toml); [fallback] passes its own extra
+# keys on to the fallback layer, which checks them
+_KNOWN_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"device_id", "fleet", "data_dir", "root_key", "hardware", "broker", "model",
+                   "api", "fallback", "ota", "telemetry"}),
+    "broker": frozenset({"url", "username", "password_file", "ca", "cert", "key", "keepalive_s"}),
+    "model": frozenset({"name", "runtime", "threads", "initial"}),
+    "api": frozenset({"listen", "max_request_bytes"}),
+    "ota": frozenset({"chunk_size", "request_timeout_s", "health_timeout_s",
+                      "max_artifact_bytes", "max_switch_attempts"}),
+    "telemetry": frozenset({"interval_s", "queue_max_messages"}),
+}
+
+
+def unknown_keys(table: Mapping[str, Any]) -> tuple[str, ...]:
+    """Dotted names of the keys in ``table`` that no part of the agent reads."""
+    found = [k for k in table if k not in _KNOWN_KEYS[""]]
+    for section, known in _KNOWN_KEYS.items():
+        sub = table.get(section) if section else None
+        if isinstance(sub, Mapping):
+            found += [f"{section}.{k}" for k in sub if k not in known]
+    return tuple(sorted(found))
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -138,6 +138,8 @@ class Agent:
                     max_request_bytes=self.config.api.max_request_bytes).start()
         log("started", device=self.config.device_id, api=api.url, broker=self.config.broker.url,
             phase=self.state.phase, version=self.state.active and self.state.active.version)
+        if self.config.ignored_keys:
+            log("config_keys_ignored", level="warning", keys=list(self.config.ignored_keys))
         self.edge.start()
         try:
             self._install_initial()

@@ -22,6 +22,14 @@ def test_example_config_loads() -> None:
 BASE = 'device_id = "d1"\nfleet = "f"\ndata_dir = "data"\nroot_key = "root.pub"\n'
 
 
+def test_every_example_key_is_known_and_typos_are_reported(tmp_path: Path) -> None:
+    assert load_config(EXAMPLE).ignored_keys == ()
+    path = tmp_path / "agent.toml"
+    path.write_text(BASE + 'colour = "red"\n[fallbak]\nurl = "http://c"\n'
+                    '[model]\nthreds = 4\n[telemetry]\ninterval_s = 5\n')
+    assert load_config(path).ignored_keys == ("colour", "fallbak", "model.threds")
+
+
 @pytest.mark.parametrize("extra,key", [
     ('[broker]\nurl = "http://x"\n', "broker.url"),
     ('[model]\nthreads = 0\n', "model.threads"),
