@@ -23,7 +23,7 @@ class ConvertOptions:
     formats: tuple[str, ...] = ("onnx",)
     calibration: str = "minmax"
     percentile: float = 99.999  # for calibration="percentile"; two-sided, per tensor
-    prune: float = 0.0  # target sparsity of Conv/Gemm/MatMul weights, per layer
+    prune: float = 0.0  # overall sparsity of Conv/Gemm/MatMul weights (global, see _prune)
     io: str = "float"  # model inputs/outputs: float (Q/DQ inside) or int8
     strict_formats: bool = True  # False: a format whose writer rejects the model is skipped
     max_calib_samples: int = 512  # more samples are ignored (first ones kept)

@@ -48,7 +48,8 @@ def _formats(value: str | None) -> tuple[str, ...] | None:
     type=float,
     default=0.0,
     show_default=True,
-    help="Magnitude-prune weights to this sparsity (per layer), in [0, 1).",
+    help="Magnitude-prune Conv/Gemm/MatMul weights to this overall sparsity (global: the "
+    "smallest |w| model-wide; depthwise convs exempt), in [0, 1).",
 )
 @click.option(
     "--eval",
