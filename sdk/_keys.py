@@ -64,8 +64,17 @@ _MAX_REVOKED = 4096
 
 
 def canonical_bytes(obj: Any) -> bytes:
-    """The exact bytes a signature covers: sorted keys, no spaces, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The exact bytes a signature covers: sorted keys, no spaces, UTF-8.
+
+    JSON lets a string hold a lone UTF-16 surrogate (``"\\ud800"``), which has no UTF-8
+    form: such a document is malformed (it reaches here from the wire before any
+    signature is checked, so it must not escape as a UnicodeEncodeError).
+    """
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise MalformedError("signed document holds a lone surrogate (not UTF-8 text)") from exc
 
 
 def format_time(moment: datetime) -> str:
