@@ -221,7 +221,11 @@ class Agent:
         base = None
         active = self.state.active
         if action.base_slot and active is not None:
-            base = self.store.read_slot(action.base_slot, active.format, max_bytes=limit)
+            try:  # a lost or damaged base: the core fetches the full artifact instead
+                base = self.store.read_slot(action.base_slot, active.format, max_bytes=limit)
+            except (OSError, EdgeshipError) as exc:
+                log("delta_base_unreadable", level="warning", slot=action.base_slot,
+                    error=str(exc))
         return ota.Downloaded(payload=self.store.read_download(max_bytes=limit), base=base)
 
     def _do_WriteSlot(self, action: ota.WriteSlot) -> ota.Event:

@@ -29,6 +29,7 @@ where ``perform(action, state)`` carries out one action and returns the event it
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -268,6 +269,8 @@ class OtaCore:
         if job is None or state.phase not in ("verifying", "installing"):
             return state, []
         manifest = job.manifest()
+        if job.delta and not _base_fits(event.base, state.active):
+            return self._fetch_full(state, manifest, now)
         try:
             artifact = check_payload(manifest, event.payload, base=event.base)
         except EdgeshipError as exc:
@@ -276,6 +279,18 @@ class OtaCore:
         state = replace(state, phase="installing")
         return state, [Persist(state), self._report(state, now),
                        WriteSlot(job.slot, manifest.artifact.format, artifact)]
+
+    def _fetch_full(self, state: OtaState, manifest: Manifest, now: float) -> Step:
+        """The delta's base (the active slot) is gone or damaged on disk: a delta cannot
+        be applied, so fetch the whole artifact instead of failing every retry."""
+        job = state.job
+        assert job is not None
+        art = manifest.artifact
+        job = replace(job, file=art.name, size=art.size, sha256=art.sha256, delta=False,
+                      received=0)
+        state = replace(state, phase="downloading", job=job)
+        return state, [TruncateDownload(0), Persist(state), self._report(state, now),
+                       *self._request(state)]
 
     def _on_Installed(self, state: OtaState, event: Installed, now: float) -> Step:
         job = state.job
@@ -357,6 +372,12 @@ def drive(core: OtaCore, state: OtaState, event: Event, now: float | Callable[[]
             if follow is not None:
                 pending.append(follow)
     return state
+
+
+def _base_fits(base: bytes | None, active: SlotInfo | None) -> bool:
+    """Whether ``base`` really is the verified active model a delta was planned against."""
+    return (base is not None and active is not None
+            and hashlib.sha256(base).hexdigest() == active.sha256)
 
 
 def _utc(now: float) -> datetime:

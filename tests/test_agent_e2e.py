@@ -297,3 +297,21 @@ def test_serves_its_model_with_no_broker(tmp_path: Path, rels: dict[str, Path]) 
         np.testing.assert_allclose(y, expected(100.0, GOLDEN_X), rtol=1e-5)
     finally:
         assert proc.terminate() == 0
+
+
+def test_delta_on_a_deleted_active_slot_fetches_the_full_artifact(
+        tmp_path: Path, mosquitto: Mosquitto, fleet_server: Any, agent: AgentProc,
+        rels: dict[str, Path]) -> None:
+    """The active slot's file is lost on disk while the model serves from memory: the
+    delta's base cannot be read, so the agent must fetch the whole artifact (it crashed
+    on the missing file and then crashed at every restart)."""
+    watch = Watcher(mosquitto.url)
+    try:
+        watch.wait(lambda s: s["state"] == "committed" and s["version"] == "1.0.0")
+        (tmp_path / "data-dev-1" / "slots" / "a" / "model.onnx").unlink()
+        push(mosquitto, rels["v2"])
+        watch.wait(lambda s: s["state"] == "committed" and s["version"] == "2.0.0")
+    finally:
+        watch.close()
+    assert served_version(agent.url)[0] == "2.0.0"
+    assert any(line.get("event") == "delta_base_unreadable" for line in agent.log)

@@ -283,3 +283,31 @@ def test_a_model_that_keeps_crashing_the_agent_on_load_is_rolled_back(
     assert shell.state.phase == "rolled-back" and "failed to load 3 times" in shell.state.error
     assert shell.state.active.version == "1.0.0" and shell.serving == "1.0.0"
     assert shell.state.job is None
+
+
+@pytest.mark.parametrize("damage", ["corrupted", "deleted"])
+def test_delta_on_a_damaged_active_slot_fetches_the_full_artifact(
+        world: dict[str, Any], damage: str) -> None:
+    """The delta's base is the active slot; when that file is damaged or gone on disk the
+    delta cannot apply, and failing would fail every retry of this release: fetch the
+    whole artifact instead."""
+    shell = make_shell(world)
+    active = shell.state.active
+    assert active is not None
+    if damage == "corrupted":
+        shell.slots[active.slot] = b"\x00" + shell.slots[active.slot][1:]
+    else:
+        del shell.slots[active.slot]
+    original = shell.perform
+
+    def read_base_if_there(action: Any) -> list[Event]:
+        if isinstance(action, ReadDownload) and action.base_slot:  # like Store: None if gone
+            base = shell.slots.get(action.base_slot)
+            return [Downloaded(payload=bytes(shell.download), base=base)]
+        return original(action)
+
+    shell.perform = read_base_if_there  # type: ignore[method-assign]
+    shell.run(OfferReceived(offer_bytes(world["v2"])))
+    assert shell.state.phase == "committed", shell.state.error
+    assert shell.serving == "2.0.0"
+    assert shell.served_bytes > Release.load(world["v2"]).manifest.artifact.size
