@@ -49,6 +49,7 @@ DELTA_FORMATS = ("bsdiff4", "edgeship-tensor")
 _SEMVER = re.compile(r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 _MAX_DELTAS = 64
 _MAX_SIZE = 1 << 40
 
@@ -105,8 +106,10 @@ class ArtifactInfo:
         d = _mapping(d, "manifest.artifact")
         name = _relpath(d.get("name"), "manifest.artifact.name")
         fmt = d.get("format")
-        if not isinstance(fmt, str) or not fmt:
-            raise MalformedError("manifest.artifact.format: expected a suffix like 'tflite'")
+        # a device names the installed file model.<format>: no '/', '.', NUL or length
+        if not isinstance(fmt, str) or not _FORMAT.match(fmt):
+            raise MalformedError(f"manifest.artifact.format: {str(fmt)[:40]!r} is not a file "
+                                 "suffix like 'tflite' (letters, digits, '_' or '-')")
         return cls(
             name=name,
             sha256=_sha(d.get("sha256"), "manifest.artifact.sha256"),

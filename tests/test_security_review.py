@@ -10,11 +10,13 @@ end in a :class:`~edgeship.VerificationError` subclass: anything else escapes th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeship.sdk import Offer, TrustedState, check_offer
 from edgeship.sdk._keys import KeySet, canonical_bytes, keyid_of, raw_public, sign_envelope
+from edgeship.sdk._manifest import ArtifactInfo
 
 from edgeship import MalformedError
 
@@ -47,3 +49,60 @@ def test_offer_with_a_lone_surrogate_is_malformed_not_a_crash(where: str) -> Non
 def test_canonical_bytes_refuses_what_utf8_cannot_carry() -> None:
     with pytest.raises(MalformedError, match="surrogate"):
         canonical_bytes({"name": "\udfff"})
+
+
+# --- leaked release key: it may install a model, it must not get more ---------------------
+
+
+def _signed_offer(root: Ed25519PrivateKey, **changes: object) -> Offer:
+    """An offer whose manifest is signed by a valid release key (say, a leaked one)."""
+    release = Ed25519PrivateKey.generate()
+    keyset = KeySet(version=1, keys={keyid_of(release): raw_public(release.public_key()).hex()},
+                    created="2026-01-01T00:00:00Z", expires="2099-01-01T00:00:00Z")
+    signed = {"type": "manifest", "spec_version": 1, "model": "net", "version": "1.0.0",
+              "artifact": {"name": "model.onnx", "sha256": "0" * 64, "size": 10,
+                           "format": "onnx"},
+              "deltas": [], "golden": None, "hardware": [], "created": "2026-01-01T00:00:00Z",
+              "expires": "2099-01-01T00:00:00Z", "keyid": keyid_of(release), **changes}
+    return Offer(manifest=sign_envelope(signed, release),
+                 keyset=sign_envelope(keyset.to_dict(), root))
+
+
+def _check(offer: Offer, root: Ed25519PrivateKey) -> object:
+    return check_offer(Offer.from_bytes(offer.to_bytes()), raw_public(root.public_key()),
+                       TrustedState(), model_name="net", hardware="cpu")
+
+
+def test_signed_offer_helper_is_accepted() -> None:
+    root = Ed25519PrivateKey.generate()
+    assert _check(_signed_offer(root), root).artifact.format == "onnx"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("fmt", ["onnx/../../../../../tmp/evil", "../x", "onnx\x00", "a b",
+                                 "." , "x" * 65])
+def test_artifact_format_cannot_escape_the_slot(fmt: str) -> None:
+    # The agent stores the artifact as slots/<slot>/model.<format>, so a format holding
+    # '/' or '..' wrote a file anywhere the agent may write (a leaked release key turned
+    # into arbitrary file write on every device); NUL made open() raise ValueError.
+    root = Ed25519PrivateKey.generate()
+    artifact = {"name": "model.onnx", "sha256": "0" * 64, "size": 10, "format": fmt}
+    with pytest.raises(MalformedError, match="format"):
+        _check(_signed_offer(root, artifact=artifact), root)
+
+
+def test_agent_store_stays_in_its_dir_for_every_format_a_manifest_can_carry(
+    tmp_path: Path,
+) -> None:
+    # the effect the check above prevents, on the agent's real store
+    from edgeship.agent._store import Store
+
+    store = Store(tmp_path / "device")
+    artifact = {"name": "model.onnx", "sha256": "0" * 64, "size": 10, "format": "onnx"}
+    for fmt in ["onnx", "tflite", "bin", "x/../../../../escaped"]:
+        try:
+            ArtifactInfo.from_dict({**artifact, "format": fmt})
+        except MalformedError:
+            continue
+        store.write_slot("b", fmt, b"model")
+    assert not (tmp_path / "escaped").exists()
+    assert sorted(p.name for p in (tmp_path / "device" / "slots" / "b").iterdir()) == ["model.bin"]
