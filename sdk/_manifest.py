@@ -209,9 +209,28 @@ def _decode_npy(text: str) -> Any:
 
     try:
         raw = base64.b64decode(text, validate=True)
+        _check_npy_size(raw)
         return np.load(io.BytesIO(raw), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise ValueError(str(exc)) from exc
+
+
+def _check_npy_size(raw: bytes) -> None:
+    """The header's shape must fit in the bytes that follow it: numpy allocates the whole
+    declared array before reading, so a 100-byte .npy declaring 4 TiB is a MemoryError."""
+    import numpy as np
+
+    buf = io.BytesIO(raw)
+    major, _ = np.lib.format.read_magic(buf)
+    read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                   else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read_header(buf)
+    count = 1
+    for dim in shape:
+        count *= dim
+    if count * max(dtype.itemsize, 1) > len(raw) - buf.tell():
+        raise ValueError(f"array header declares shape {shape} of {dtype}, larger than "
+                         f"the {len(raw)} bytes given")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -106,3 +106,26 @@ def test_agent_store_stays_in_its_dir_for_every_format_a_manifest_can_carry(
         store.write_slot("b", fmt, b"model")
     assert not (tmp_path / "escaped").exists()
     assert sorted(p.name for p in (tmp_path / "device" / "slots" / "b").iterdir()) == ["model.bin"]
+
+
+@pytest.mark.parametrize("shape", [(1 << 40,), (1 << 20, 1 << 20), (1 << 62, 4)])
+def test_golden_array_declaring_more_than_it_holds_is_malformed(shape: tuple[int, ...]) -> None:
+    # A golden .npy is a header plus data; numpy allocates the declared shape before it
+    # reads, so a few bytes declaring terabytes raised MemoryError out of Golden.arrays()
+    # (the device's health check and `edgeship verify --golden`) instead of MalformedError.
+    import base64
+    import io
+
+    import numpy as np
+    from edgeship.sdk._manifest import Golden
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    bomb = base64.b64encode(header.getvalue() + b"\0" * 64).decode()
+    good = Golden.from_arrays({"x": np.zeros((1, 4), np.float32)}, np.ones(3), 0.1)
+    assert good.arrays()[1].tolist() == [1.0, 1.0, 1.0]
+    for golden in (Golden(inputs={"x": bomb}, output=good.output, atol=0.1),
+                   Golden(inputs=good.inputs, output=bomb, atol=0.1)):
+        with pytest.raises(MalformedError, match="larger than"):
+            golden.arrays()
