@@ -143,7 +143,7 @@ class Agent:
         self.edge.start()
         try:
             self._install_initial()
-            self.dispatch(ota.Resume())
+            self.dispatch(ota.Resume(download_size=self.store.download_size()))
             sd_notify("READY=1")
             self._loop()
         finally:

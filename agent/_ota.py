@@ -142,11 +142,19 @@ class OtaCore:
         job = state.job
         if job is None:
             return state, [*load, self._report(state, now)]
+        lost: list[Action] = []
+        if state.phase in ("downloading", "verifying", "installing") \
+                and event.download_size is not None:
+            kept = _chunks_kept(job, event.download_size)
+            if kept < job.received:  # a power loss took chunks the state counts: fetch again
+                job = replace(job, received=kept)
+                state = replace(state, phase="downloading", job=job)
+                lost = [Persist(state)]
         if state.phase == "downloading" and job.received >= job.chunks:
             state = replace(state, phase="verifying")
             return state, [*load, Persist(state), self._report(state, now), self._read(state)]
         if state.phase == "downloading":
-            return state, [*load, TruncateDownload(job.received * job.chunk_size),
+            return state, [*load, *lost, TruncateDownload(job.received * job.chunk_size),
                            self._report(state, now), *self._request(state)]
         if state.phase in ("verifying", "installing"):
             return state, [*load, self._report(state, now), self._read(state)]
@@ -378,6 +386,13 @@ def _base_fits(base: bytes | None, active: SlotInfo | None) -> bool:
     """Whether ``base`` really is the verified active model a delta was planned against."""
     return (base is not None and active is not None
             and hashlib.sha256(base).hexdigest() == active.sha256)
+
+
+def _chunks_kept(job: Job, download_size: int) -> int:
+    """How many of the job's chunks a download file of ``download_size`` bytes holds."""
+    if download_size >= job.size:
+        return job.chunks
+    return download_size // job.chunk_size
 
 
 def _utc(now: float) -> datetime:

@@ -112,7 +112,10 @@ class Event:
 
 @dataclass(frozen=True)
 class Resume(Event):
-    """The process (re)started with this persisted state."""
+    """The process (re)started with this persisted state; ``download_size`` is the size of
+    the download file as found on disk (None: not looked at)."""
+
+    download_size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,13 @@ class Store:
             handle.truncate(size)
             os.fsync(handle.fileno())
 
+    def download_size(self) -> int:
+        """Bytes in the download file (0 when there is none)."""
+        try:
+            return self.download_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def write_chunk(self, offset: int, data: bytes) -> None:
         mode = "r+b" if self.download_path.exists() else "wb"
         with self.download_path.open(mode) as handle:

@@ -116,3 +116,37 @@ def test_outbox_is_bounded_fifo_with_latest_status(tmp_path: Path) -> None:
     again = Outbox(tmp_path / "q.sqlite", max_messages=5)  # it survives a restart
     assert [i.payload for i in again.peek()] == [b"beat-4", b"beat-5", b"status-2"]
     assert again.peek()[-1].retain
+
+
+def test_download_file_lost_in_a_power_loss_is_fetched_again(tmp_path: Path,
+                                                             mosquitto: Mosquitto) -> None:
+    """The state counts chunks but download.part is gone after the restart (a power loss
+    the OS did not flush, a wiped /var/tmp): the agent starts, fetches the file again and
+    commits. It crashed at every start on the missing file."""
+    keys = make_keys(tmp_path)
+    v1 = make_release(tmp_path, keys, "1.0.0", seed=0)
+    v2 = make_release(tmp_path, keys, "2.0.0", base=v1, seed=1)
+    server = ReleaseServer(mosquitto.url, [v1, v2]).start()
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port, root_pub=keys / "root.pub",
+                       initial=v1, chunk_size=CHUNK)
+    agent = AgentProc(cfg, port, env={"EDGESHIP_AGENT_PAUSE": "chunk=0.1"}).start()
+    try:
+        agent.wait_ready()
+        assert server.edge.wait_connected(10)
+        push_offer(mosquitto.url, "t", v2, ["dev-1"])
+        for _ in range(3):
+            agent.wait_log(lambda line: line.get("event") == "pause")
+        agent.kill()
+        (tmp_path / "data-dev-1" / "download.part").unlink()
+        agent = AgentProc(cfg, port).start()
+        agent.wait_ready()
+        watch = Watcher(mosquitto.url)
+        try:
+            watch.wait(lambda s: s["state"] == "committed" and s["version"] == "2.0.0", timeout=60)
+        finally:
+            watch.close()
+    finally:
+        agent.kill()
+        server.stop()
+    assert server.sent[next(k for k in server.sent if k[3] == 0)] >= 2  # chunk 0 fetched again

@@ -80,7 +80,7 @@ class MemoryShell:
 
     def restart(self) -> None:
         self.state, self.serving, self.budget = self.disk_state, None, None
-        self.run(Resume())
+        self.run(Resume(download_size=len(self.download)))
 
     def perform(self, action: Any) -> list[Event]:
         if isinstance(action, Persist):
@@ -311,3 +311,29 @@ def test_delta_on_a_damaged_active_slot_fetches_the_full_artifact(
     assert shell.state.phase == "committed", shell.state.error
     assert shell.serving == "2.0.0"
     assert shell.served_bytes > Release.load(world["v2"]).manifest.artifact.size
+
+
+@pytest.mark.parametrize("keep", [0, 20, 50])
+def test_download_file_cut_by_a_power_loss_is_fetched_again(
+        world: dict[str, Any], keep: int) -> None:
+    """The state counts chunks the disk lost (download.part gone or short after a power
+    loss): the restart re-fetches from the last chunk the file still holds, instead of
+    resuming past a hole (which failed verification, and crashed the daemon on a missing
+    file)."""
+    shell = make_shell(world, chunk_size=16)
+    shell.online = False
+    shell.run(OfferReceived(offer_bytes(world["v2"])))
+    job = shell.state.job
+    assert job is not None and job.chunks > 4
+    data = shell.files[("2.0.0", job.file)]
+    for i in range(4):
+        shell.run(Chunk(encode_chunk(i, i * 16, job.size, data[i * 16:(i + 1) * 16])))
+    assert shell.disk_state.job is not None and shell.disk_state.job.received == 4
+    del shell.download[keep:]
+    shell.restart()
+    assert shell.state.job is not None and shell.state.job.received == keep // 16
+    assert shell.disk_state.job is not None and shell.disk_state.job.received == keep // 16
+    shell.online = True
+    shell.run(Connected())
+    assert shell.state.phase == "committed", shell.state.error
+    assert shell.serving == "2.0.0"
