@@ -122,7 +122,7 @@ class Agent:
             self.events.put(ota.OfferReceived(msg.payload))
         elif msg.topic == self.topics.chunk:
             self.bytes_received += len(msg.payload)
-            self.events.put(ota.Chunk(msg.payload))
+            self.events.put(ota.Chunk(msg.payload, correlation=msg.correlation))
 
     def _on_connect(self) -> None:
         self.events.put(ota.Connected())
@@ -206,7 +206,7 @@ class Agent:
         self._last_request = time.monotonic()
         self.edge.publish(request_topic(self.config.fleet), encode_request(req),
                           response_topic=self.topics.chunk,
-                          correlation=f"{req.version}/{req.file}/{req.index}".encode())
+                          correlation=ota.correlation(req))
 
     def _do_TruncateDownload(self, action: ota.TruncateDownload) -> None:
         self.store.truncate_download(action.size)

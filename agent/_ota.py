@@ -61,6 +61,7 @@ from edgeship.agent._ota_types import (
     TruncateDownload,
     WriteChunk,
     WriteSlot,
+    correlation,
     decode_state,
     encode_state,
 )
@@ -232,9 +233,11 @@ class OtaCore:
         job = state.job
         if job is None or state.phase != "downloading" or job.received >= job.chunks:
             return []
-        return [RequestChunk(ChunkRequest(device=self.device, model=self.model,
-                                          version=job.version, file=job.file, index=job.received,
-                                          chunk_size=job.chunk_size))]
+        return [RequestChunk(self._chunk_request(job))]
+
+    def _chunk_request(self, job: Job) -> ChunkRequest:
+        return ChunkRequest(device=self.device, model=self.model, version=job.version,
+                            file=job.file, index=job.received, chunk_size=job.chunk_size)
 
     def _on_Connected(self, state: OtaState, event: Connected, now: float) -> Step:
         return state, [self._report(state, now), *self._request(state)]
@@ -246,6 +249,9 @@ class OtaCore:
         job = state.job
         if job is None or state.phase != "downloading":
             return state, []  # late duplicate
+        if event.correlation is not None \
+                and event.correlation != correlation(self._chunk_request(job)):
+            return state, []  # an answer to another request (an older transfer): not ours
         try:
             chunk = decode_chunk(event.raw, index=job.received, chunk_size=job.chunk_size,
                                  signed_size=job.size)

@@ -19,7 +19,8 @@ __all__ = [
     "PHASES", "Action", "Chunk", "Connected", "Downloaded", "Event", "HealthChecked",
     "Installed", "Job", "LoadActive", "Loaded", "LocalRelease", "OfferReceived", "OtaState",
     "Persist", "ReadDownload", "Report", "RequestChunk", "Resume", "RunHealthCheck", "SlotInfo",
-    "Tick", "TruncateDownload", "WriteChunk", "WriteSlot", "decode_state", "encode_state",
+    "Tick", "TruncateDownload", "WriteChunk", "WriteSlot", "correlation", "decode_state",
+    "encode_state",
 ]
 
 PHASES = ("idle", "offered", "downloading", "verifying", "installing", "health-checking",
@@ -133,7 +134,11 @@ class LocalRelease(Event):
 
 @dataclass(frozen=True)
 class Chunk(Event):
+    """A chunk response; ``correlation`` is the MQTT 5 correlation data the server echoed
+    from the request (None when the transport has none)."""
+
     raw: bytes
+    correlation: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,11 @@ class LoadActive(Action):
 
     slot: SlotInfo
     golden: dict[str, Any] | None = None
+
+
+def correlation(request: ChunkRequest) -> bytes:
+    """What names one chunk request of one transfer (sent as MQTT 5 correlation data)."""
+    return f"{request.version}/{request.file}/{request.index}".encode()
 
 
 def encode_state(state: OtaState) -> bytes:

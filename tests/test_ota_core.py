@@ -32,6 +32,7 @@ from edgeship.agent._ota import (
     TruncateDownload,
     WriteChunk,
     WriteSlot,
+    correlation,
     decode_state,
     encode_state,
 )
@@ -119,7 +120,7 @@ class MemoryShell:
 
         _, answer = serve_request(raw, lookup)
         self.served_bytes += len(answer)
-        return [Chunk(answer)]
+        return [Chunk(answer, correlation=correlation(req))]  # echoed like an MQTT 5 server
 
     def _check(self, slot: str, golden: dict[str, Any] | None) -> HealthChecked:
         model = Model.from_bytes(self.slots[slot], ".onnx")
@@ -337,3 +338,28 @@ def test_download_file_cut_by_a_power_loss_is_fetched_again(
     shell.run(Connected())
     assert shell.state.phase == "committed", shell.state.error
     assert shell.serving == "2.0.0"
+
+
+def test_a_late_chunk_of_the_replaced_transfer_does_not_fail_the_new_one(
+        world: dict[str, Any]) -> None:
+    """A newer offer arrives mid-download; a chunk answering the old transfer's request
+    is still in flight and has the index the new transfer waits for. It must be dropped
+    (it named another file size, so it failed the new update as a lying server)."""
+    shell = make_shell(world)
+    shell.online = False
+    shell.run(OfferReceived(offer_bytes(world["v2"])))
+    old = shell.state.job
+    assert old is not None and old.delta
+    stale_request = RequestChunk(shell.core._chunk_request(old))
+    shell.online = True
+    stale = shell._serve(stale_request)[0]
+    shell.online = False
+    shell.run(OfferReceived(offer_bytes(world["bad"])))  # 3.0.0: full artifact from v1
+    new = shell.state.job
+    assert new is not None and new.version == "3.0.0" and new.size != old.size
+    shell.run(stale)
+    assert shell.state.phase == "downloading", shell.state.error
+    assert shell.state.job == new
+    shell.online = True
+    shell.run(Connected())
+    assert shell.state.phase == "rolled-back" and "golden" in shell.state.error  # 3.0.0 is bad
