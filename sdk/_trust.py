@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -79,6 +80,7 @@ __all__ = [
 
 MAX_OFFER_SIZE = 4 * 1024 * 1024  # bytes; a golden input is carried inside the manifest
 MAX_STATE_SIZE = 256 * 1024  # bytes
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def load_json(data: bytes, what: str, *, max_size: int) -> Any:
@@ -155,6 +157,7 @@ class TrustedState:
             raise MalformedError("trusted state: wrong field types")
         for version in seen.values():
             parse_version(version)
+        _check_state_fields(d)
         return cls(
             keyset_version=d.get("keyset_version", 0),
             **{k: d.get(k, "") for k in strings},
@@ -200,6 +203,19 @@ class TrustedState:
             sha256=manifest.artifact.sha256,
             keyid=manifest.keyid,
         )
+
+
+def _check_state_fields(d: Mapping[str, Any]) -> None:
+    """A state that would fail every later offer is refused when read, not at each offer:
+    a garbled installed version made check_offer raise MalformedError forever (a freeze)."""
+    ks_version = d.get("keyset_version", 0)
+    if isinstance(ks_version, bool) or ks_version < 0:
+        raise MalformedError(f"trusted state: keyset_version {ks_version!r} is not >= 0")
+    if d.get("version"):
+        parse_version(d["version"])
+    for name in ("keyset_sha256", "sha256"):
+        if d.get(name) and not _HEX64.match(d[name]):
+            raise MalformedError(f"trusted state: {name} is not a sha256 hex digest")
 
 
 def check_offer(

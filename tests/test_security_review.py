@@ -129,3 +129,21 @@ def test_golden_array_declaring_more_than_it_holds_is_malformed(shape: tuple[int
                    Golden(inputs=good.inputs, output=bomb, atol=0.1)):
         with pytest.raises(MalformedError, match="larger than"):
             golden.arrays()
+
+
+# --- the device's own state on disk -------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", [{"version": "banana"}, {"version": "01.2.3"},
+                                    {"keyset_version": True}, {"keyset_version": -3},
+                                    {"sha256": "not-a-digest"}, {"keyset_sha256": "AB" * 32}])
+def test_garbled_trusted_state_is_refused_when_read(change: dict[str, object]) -> None:
+    # A state whose installed version is not semver used to load, and then every offer
+    # failed with MalformedError in check_offer: the device could never update again.
+    good = TrustedState(keyset_version=2, keyset_sha256="a" * 64, model="net",
+                        version="1.2.3", sha256="b" * 64, keyid="c" * 64,
+                        seen={"c" * 64: "1.2.3"})
+    assert TrustedState.from_json(good.to_json()) == good
+    assert TrustedState.from_json(TrustedState().to_json()) == TrustedState()
+    with pytest.raises(MalformedError, match=r"trusted state|semver"):
+        TrustedState.from_json(json.dumps({**good.to_dict(), **change}))
