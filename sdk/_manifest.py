@@ -46,10 +46,12 @@ __all__ = [
 ]
 
 DELTA_FORMATS = ("bsdiff4", "edgeship-tensor")
-_SEMVER = re.compile(r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+# \Z, not $ ($ also matches before a trailing newline), and [0-9], not \d (which matches
+# any Unicode digit): one version, name or digest has exactly one spelling
+_SEMVER = re.compile(r"^(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\Z")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
 _MAX_DELTAS = 64
 _MAX_SIZE = 1 << 40
 

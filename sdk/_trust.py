@@ -80,7 +80,7 @@ __all__ = [
 
 MAX_OFFER_SIZE = 4 * 1024 * 1024  # bytes; a golden input is carried inside the manifest
 MAX_STATE_SIZE = 256 * 1024  # bytes
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def load_json(data: bytes, what: str, *, max_size: int) -> Any:

@@ -147,3 +147,29 @@ def test_garbled_trusted_state_is_refused_when_read(change: dict[str, object]) -
     assert TrustedState.from_json(TrustedState().to_json()) == TrustedState()
     with pytest.raises(MalformedError, match=r"trusted state|semver"):
         TrustedState.from_json(json.dumps({**good.to_dict(), **change}))
+
+
+# --- one meaning, one spelling ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["1.2.3\n", "1\u0660.0.0", "1.2.3\u0663", "1.\u0662.3"])
+def test_a_version_has_one_spelling(text: str) -> None:
+    # '$' matched before a trailing newline and '\d' matched any Unicode digit, so
+    # "1.2.3\n" and "1.<ARABIC-INDIC TWO>.3" were both version 1.2.3: distinct strings for
+    # one version (the agent compares version strings to skip repeated offers and to name
+    # chunk requests; delta file names embed them).
+    from edgeship.sdk._manifest import parse_version
+
+    with pytest.raises(MalformedError, match="semver"):
+        parse_version(text)
+
+
+@pytest.mark.parametrize(("field", "value"), [("model", "net\n"), ("sha256", "0" * 64 + "\n"),
+                                              ("name", "model.onnx\n"), ("format", "onnx\n")])
+def test_names_and_digests_refuse_a_trailing_newline(field: str, value: str) -> None:
+    root = Ed25519PrivateKey.generate()
+    artifact = {"name": "model.onnx", "sha256": "0" * 64, "size": 10, "format": "onnx"}
+    changes: dict[str, object] = ({"model": value} if field == "model"
+                                  else {"artifact": {**artifact, field: value}})
+    with pytest.raises(MalformedError):
+        _check(_signed_offer(root, **changes), root)
