@@ -31,12 +31,14 @@ from edgeship.sdk._keys import (
     KeySet,
     format_time,
     keyid_of,
+    public_key_from_bytes,
     public_key_pem,
     raw_public,
     sign_envelope,
+    verify_envelope,
 )
 
-from edgeship._errors import ConfigError, InputError, MalformedError
+from edgeship._errors import ConfigError, InputError, MalformedError, VerificationError
 
 __all__ = [
     "PASSPHRASE_ENV",
@@ -158,7 +160,20 @@ class KeyDir:
         return doc
 
     def keyset(self) -> KeySet:
-        return KeySet.from_dict(self.keyset_envelope()["signed"])
+        """The current key set, checked against ``root.pub`` first: rotate/revoke have the
+        root sign what this returns, so an edited keyset.json must never get that far."""
+        envelope = self.keyset_envelope()
+        try:
+            root = public_key_from_bytes(read_head(self.root_pub, _MAX_KEY_FILE)[:_MAX_KEY_FILE])
+        except OSError as exc:
+            raise InputError(f"{self.root_pub}: {exc.strerror} (run 'edgeship keys init')") \
+                from exc
+        try:
+            signed, _ = verify_envelope(envelope, {keyid_of(root): root}, "key set")
+        except VerificationError as exc:
+            raise type(exc)(f"{self.keyset_path}: {exc}; it was changed outside "
+                            "'edgeship keys' (restore it or re-run 'keys init')") from exc
+        return KeySet.from_dict(signed)
 
     def _bump(self, keyset: KeySet, root: Ed25519PrivateKey, *, keys: dict[str, str],
               revoked: tuple[str, ...], days: int, now: datetime | None) -> KeySet:

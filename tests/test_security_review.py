@@ -173,3 +173,35 @@ def test_names_and_digests_refuse_a_trailing_newline(field: str, value: str) -> 
                                   else {"artifact": {**artifact, field: value}})
     with pytest.raises(MalformedError):
         _check(_signed_offer(root, **changes), root)
+
+
+# --- the fleet manager's key dir ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("operation", ["revoke", "rotate", "release"])
+def test_root_never_re_signs_a_tampered_key_set(tmp_path: Path, operation: str) -> None:
+    # keys rotate / revoke load keyset.json, change it and sign the result with the root
+    # key. The file was not checked first, so someone who could write keyset.json (but
+    # not read the passphrase-protected root key) slipped in their own release key, or
+    # struck a revoked one from 'revoked', and the next rotation had the root sign it.
+    from edgeship.sdk import KeyDir
+
+    from edgeship import SignatureError
+
+    keys = KeyDir(tmp_path / "keys")
+    keys.init()
+    keys.rotate(revoke_old=True)  # a revoked key to un-revoke
+    envelope = keys.keyset_envelope()
+    attacker = Ed25519PrivateKey.generate()
+    envelope["signed"]["keys"][keyid_of(attacker)] = {
+        "keytype": "ed25519", "public": raw_public(attacker.public_key()).hex()}
+    envelope["signed"]["revoked"] = []
+    keys.keyset_path.write_text(json.dumps(envelope))
+    with pytest.raises(SignatureError, match=r"keyset\.json"):
+        if operation == "revoke":
+            keys.revoke("ab" * 32)  # any other key: the attacker's stays in
+        elif operation == "rotate":
+            keys.rotate()
+        else:
+            keys.keyset()
+    assert json.loads(keys.keyset_path.read_text()) == envelope  # not re-signed
