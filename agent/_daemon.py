@@ -211,9 +211,13 @@ class Agent:
     def _do_TruncateDownload(self, action: ota.TruncateDownload) -> None:
         self.store.truncate_download(action.size)
 
-    def _do_WriteChunk(self, action: ota.WriteChunk) -> None:
-        self.store.write_chunk(action.offset, action.data)
+    def _do_WriteChunk(self, action: ota.WriteChunk) -> ota.Event | None:
+        try:
+            self.store.write_chunk(action.offset, action.data)
+        except OSError as exc:  # disk full: fail this update, never the agent
+            return _storage_failed("download", exc)
         pause("chunk")
+        return None
 
     def _do_ReadDownload(self, action: ota.ReadDownload) -> ota.Event:
         pause("downloaded")
@@ -236,7 +240,10 @@ class Agent:
             slow = pause_seconds("install")
         if slow:  # the write itself pauses half way, so a kill lands mid-install
             log("pause", point="install", seconds=slow)
-        self.store.write_slot(action.slot, action.format, action.data, pause=slow)
+        try:
+            self.store.write_slot(action.slot, action.format, action.data, pause=slow)
+        except OSError as exc:
+            return _storage_failed(f"slot {action.slot}", exc)
         return ota.Installed()
 
     def _do_RunHealthCheck(self, action: ota.RunHealthCheck) -> ota.Event:
@@ -344,6 +351,11 @@ class Agent:
         self.outbox.delete(sent)
         if sent:
             log("outbox_flushed", messages=len(sent), left=len(self.outbox))
+
+
+def _storage_failed(what: str, exc: OSError) -> ota.Event:
+    log("storage_failed", level="error", what=what, error=str(exc))
+    return ota.StorageFailed(f"cannot write the {what}: {exc.strerror or exc}")
 
 
 def _read_root(path: Path) -> bytes:

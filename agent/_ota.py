@@ -57,6 +57,7 @@ from edgeship.agent._ota_types import (
     Resume,
     RunHealthCheck,
     SlotInfo,
+    StorageFailed,
     Tick,
     TruncateDownload,
     WriteChunk,
@@ -94,6 +95,7 @@ __all__ = [
     "Resume",
     "RunHealthCheck",
     "SlotInfo",
+    "StorageFailed",
     "Tick",
     "TruncateDownload",
     "WriteChunk",
@@ -305,6 +307,12 @@ class OtaCore:
         state = replace(state, phase="downloading", job=job)
         return state, [TruncateDownload(0), Persist(state), self._report(state, now),
                        *self._request(state)]
+
+    def _on_StorageFailed(self, state: OtaState, event: StorageFailed, now: float) -> Step:
+        if state.job is None or state.phase not in ("downloading", "verifying", "installing"):
+            return state, []
+        # the old slot is untouched and keeps serving; dropping the download frees its space
+        return self._fail(state, now, f"storage: {event.reason}")
 
     def _on_Installed(self, state: OtaState, event: Installed, now: float) -> Step:
         job = state.job

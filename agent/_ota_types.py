@@ -19,6 +19,7 @@ __all__ = [
     "PHASES", "Action", "Chunk", "Connected", "Downloaded", "Event", "HealthChecked",
     "Installed", "Job", "LoadActive", "Loaded", "LocalRelease", "OfferReceived", "OtaState",
     "Persist", "ReadDownload", "Report", "RequestChunk", "Resume", "RunHealthCheck", "SlotInfo",
+    "StorageFailed",
     "Tick", "TruncateDownload", "WriteChunk", "WriteSlot", "correlation", "decode_state",
     "encode_state",
 ]
@@ -162,6 +163,13 @@ class Downloaded(Event):
 @dataclass(frozen=True)
 class Installed(Event):
     pass
+
+
+@dataclass(frozen=True)
+class StorageFailed(Event):
+    """Writing the download or a slot failed (disk full, I/O error): ``reason`` says why."""
+
+    reason: str
 
 
 @dataclass(frozen=True)

@@ -315,3 +315,24 @@ def test_delta_on_a_deleted_active_slot_fetches_the_full_artifact(
         watch.close()
     assert served_version(agent.url)[0] == "2.0.0"
     assert any(line.get("event") == "delta_base_unreadable" for line in agent.log)
+
+
+def test_a_slot_that_cannot_be_written_fails_the_update_not_the_agent(
+        tmp_path: Path, mosquitto: Mosquitto, fleet_server: Any, agent: AgentProc,
+        rels: dict[str, Path]) -> None:
+    """An I/O error while installing (disk full, a broken slot dir; here slot b is a file):
+    the update fails with the reason and v1 keeps serving. The error escaped the loop,
+    the agent exited, and every restart retried the install into the same error."""
+    slot_b = tmp_path / "data-dev-1" / "slots" / "b"
+    slot_b.rmdir()
+    slot_b.write_bytes(b"not a directory")
+    watch = Watcher(mosquitto.url)
+    try:
+        watch.wait(lambda s: s["state"] == "committed" and s["version"] == "1.0.0")
+        push(mosquitto, rels["v2"])
+        status = watch.wait(lambda s: s["state"] == "failed")
+    finally:
+        watch.close()
+    assert status["version"] == "1.0.0" and "cannot write the slot b" in status["error"]
+    assert agent.proc is not None and agent.proc.poll() is None
+    assert served_version(agent.url)[0] == "1.0.0"

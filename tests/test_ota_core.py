@@ -29,6 +29,7 @@ from edgeship.agent._ota import (
     RequestChunk,
     Resume,
     RunHealthCheck,
+    StorageFailed,
     TruncateDownload,
     WriteChunk,
     WriteSlot,
@@ -363,3 +364,28 @@ def test_a_late_chunk_of_the_replaced_transfer_does_not_fail_the_new_one(
     shell.online = True
     shell.run(Connected())
     assert shell.state.phase == "rolled-back" and "golden" in shell.state.error  # 3.0.0 is bad
+
+
+def test_disk_full_mid_download_fails_the_update_and_a_retry_works(world: dict[str, Any]) -> None:
+    """The shell reports a failed chunk write (ENOSPC): the update fails with the reason,
+    the download is dropped (its space freed), v1 serves, and the offer can be retried."""
+    shell = make_shell(world, chunk_size=16)
+    original = shell.perform
+    writes = 0
+
+    def disk_full_at_third_chunk(action: Any) -> list[Event]:
+        nonlocal writes
+        if isinstance(action, WriteChunk):
+            writes += 1
+            if writes == 3:
+                return [StorageFailed("cannot write the download: No space left on device")]
+        return original(action)
+
+    shell.perform = disk_full_at_third_chunk  # type: ignore[method-assign]
+    shell.run(OfferReceived(offer_bytes(world["v2"])))
+    assert shell.state.phase == "failed" and "No space left" in shell.state.error
+    assert shell.state.job is None and shell.disk_state.job is None
+    assert shell.download == bytearray() and shell.serving == "1.0.0"
+    shell.perform = original  # type: ignore[method-assign]
+    shell.run(OfferReceived(offer_bytes(world["v2"])))
+    assert shell.state.phase == "committed" and shell.serving == "2.0.0"
