@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from edgeship.sdk._fileio import make_output_dir, read_head, write_atomic
 from edgeship.sdk._keys import (
     KeySet,
@@ -114,7 +114,7 @@ class KeyDir:
         """New release key; the old one leaves the key set (and is revoked if asked)."""
         root = self.root_key(passphrase)
         old = self.release_key(passphrase)
-        keyset = self.keyset()
+        keyset = self.keyset(root.public_key())
         self._retire(old, passphrase)
         new = Ed25519PrivateKey.generate()
         self._write_key("release", new, passphrase)
@@ -128,7 +128,8 @@ class KeyDir:
         current = keyid_of(self.release_key(passphrase))
         if keyid is None or keyid == current:
             return self.rotate(passphrase=passphrase, revoke_old=True, days=days, now=now)
-        keyset = self.keyset()
+        root = self.root_key(passphrase)
+        keyset = self.keyset(root.public_key())
         known = {*keyset.keys, *(p.stem for p in (self.path / "retired").glob("*.key"))}
         matches = sorted(k for k in known if k.startswith(keyid.lower()))
         if len(matches) != 1 and len(keyid) != 64:
@@ -136,7 +137,7 @@ class KeyDir:
         matches = matches or [keyid.lower()]
         keys = {k: v for k, v in keyset.keys.items() if k != matches[0]}
         revoked = (*keyset.revoked, matches[0])
-        return self._bump(keyset, self.root_key(passphrase), keys=keys, revoked=revoked,
+        return self._bump(keyset, root, keys=keys, revoked=revoked,
                           days=days, now=now)
 
     def root_key(self, passphrase: bytes | None) -> Ed25519PrivateKey:
@@ -159,12 +160,15 @@ class KeyDir:
             raise MalformedError(f"{self.keyset_path}: not a signed key set envelope")
         return doc
 
-    def keyset(self) -> KeySet:
-        """The current key set, checked against ``root.pub`` first: rotate/revoke have the
-        root sign what this returns, so an edited keyset.json must never get that far."""
+    def keyset(self, root: Ed25519PublicKey | None = None) -> KeySet:
+        """The current key set, checked against ``root`` (default ``root.pub``) first:
+        rotate/revoke have the root sign what this returns, so an edited keyset.json must
+        never get that far. They pass the root private key's own public half, since
+        whoever can edit keyset.json may have replaced root.pub as well."""
         envelope = self.keyset_envelope()
         try:
-            root = public_key_from_bytes(read_head(self.root_pub, _MAX_KEY_FILE)[:_MAX_KEY_FILE])
+            root = root or public_key_from_bytes(
+                read_head(self.root_pub, _MAX_KEY_FILE)[:_MAX_KEY_FILE])
         except OSError as exc:
             raise InputError(f"{self.root_pub}: {exc.strerror} (run 'edgeship keys init')") \
                 from exc

@@ -178,8 +178,11 @@ def test_names_and_digests_refuse_a_trailing_newline(field: str, value: str) -> 
 # --- the fleet manager's key dir ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("operation", ["revoke", "rotate", "release"])
-def test_root_never_re_signs_a_tampered_key_set(tmp_path: Path, operation: str) -> None:
+@pytest.mark.parametrize(("operation", "fake_root_pub"), [
+    ("revoke", False), ("rotate", False), ("release", False), ("revoke", True),
+    ("rotate", True)])  # a release is signed by the release key, not the root
+def test_root_never_re_signs_a_tampered_key_set(tmp_path: Path, operation: str,
+                                                fake_root_pub: bool) -> None:
     # keys rotate / revoke load keyset.json, change it and sign the result with the root
     # key. The file was not checked first, so someone who could write keyset.json (but
     # not read the passphrase-protected root key) slipped in their own release key, or
@@ -196,6 +199,10 @@ def test_root_never_re_signs_a_tampered_key_set(tmp_path: Path, operation: str) 
     envelope["signed"]["keys"][keyid_of(attacker)] = {
         "keytype": "ed25519", "public": raw_public(attacker.public_key()).hex()}
     envelope["signed"]["revoked"] = []
+    if fake_root_pub:  # who can edit keyset.json may also replace root.pub and re-sign
+        fake_root = Ed25519PrivateKey.generate()
+        keys.root_pub.write_bytes(raw_public(fake_root.public_key()))
+        envelope = sign_envelope(envelope["signed"], fake_root)
     keys.keyset_path.write_text(json.dumps(envelope))
     with pytest.raises(SignatureError, match=r"keyset\.json"):
         if operation == "revoke":
