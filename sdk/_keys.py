@@ -70,7 +70,10 @@ def canonical_bytes(obj: Any) -> bytes:
     form: such a document is malformed (it reaches here from the wire before any
     signature is checked, so it must not escape as a UnicodeEncodeError).
     """
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except RecursionError as exc:
+        raise MalformedError("signed document is nested too deeply") from exc
     try:
         return text.encode()
     except UnicodeEncodeError as exc:

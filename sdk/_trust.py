@@ -80,6 +80,7 @@ __all__ = [
 
 MAX_OFFER_SIZE = 4 * 1024 * 1024  # bytes; a golden input is carried inside the manifest
 MAX_STATE_SIZE = 256 * 1024  # bytes
+MAX_JSON_DEPTH = 32  # a manifest envelope is 5 deep
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
@@ -88,9 +89,26 @@ def load_json(data: bytes, what: str, *, max_size: int) -> Any:
     if len(data) > max_size:
         raise LengthMismatchError(f"{what}: {len(data)} bytes, over the limit of {max_size}")
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        doc = json.loads(data.decode("utf-8"))
+    except RecursionError as exc:
+        raise MalformedError(f"{what}: JSON nested too deeply") from exc
+    except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedError(f"{what}: not valid JSON ({type(exc).__name__})") from exc
+    _check_depth(doc, what)
+    return doc
+
+
+def _check_depth(doc: Any, what: str) -> None:
+    """Refuse nesting deeper than any edgeship document has. json.loads only stops at the
+    recursion limit counted from its caller, so a document just under it would make the
+    json.dumps in canonical_bytes, called a few frames deeper, raise RecursionError."""
+    level: list[Any] = [doc]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [v for c in level if isinstance(c, (dict, list))
+                 for v in (c.values() if isinstance(c, dict) else c)]
+        if not level:
+            return
+    raise MalformedError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 @dataclass(frozen=True, kw_only=True)

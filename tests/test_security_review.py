@@ -212,3 +212,38 @@ def test_root_never_re_signs_a_tampered_key_set(tmp_path: Path, operation: str,
         else:
             keys.keyset()
     assert json.loads(keys.keyset_path.read_text()) == envelope  # not re-signed
+
+
+def _nested_offer(depth: int) -> bytes:
+    nested = "[" * depth + "]" * depth
+    head = ('{"type":"edgeship-offer","manifest":{"signed":{},"signatures":[]},"keyset":'
+            '{"signed":{"x":')
+    return (head + nested + '},"signatures":[{"keyid":"ab","sig":"00"}]}}').encode()
+
+
+def _deeper(frames: int, fn: object) -> object:
+    return fn() if frames == 0 else _deeper(frames - 1, fn)  # type: ignore[operator]
+
+
+def test_deeply_nested_offer_is_malformed_at_any_stack_depth() -> None:
+    # json.loads and json.dumps both stop at the interpreter's recursion limit, counted
+    # from wherever they are called: an offer nested just under the limit parsed in
+    # Offer.from_bytes and then raised RecursionError from check_offer's canonical_bytes
+    # a few frames deeper (broker-only attacker, before any signature check).
+    root = raw_public(Ed25519PrivateKey.generate().public_key())
+    for depth in (100, 400, 900, 980):
+        def attempt(wire: bytes = _nested_offer(depth)) -> None:
+            offer = Offer.from_bytes(wire)
+            _deeper(20, lambda: check_offer(offer, root, TrustedState(), model_name="net",
+                                            hardware="cpu"))
+        with pytest.raises(MalformedError, match="nest"):
+            attempt()
+    with pytest.raises(MalformedError, match="nest"):
+        canonical_bytes(_deep_list(5000))
+
+
+def _deep_list(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth):
+        value = [value]
+    return value
