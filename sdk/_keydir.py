@@ -132,7 +132,7 @@ class KeyDir:
         keyset = self.keyset(root.public_key())
         known = {*keyset.keys, *(p.stem for p in (self.path / "retired").glob("*.key"))}
         matches = sorted(k for k in known if k.startswith(keyid.lower()))
-        if len(matches) != 1 and len(keyid) != 64:
+        if len(matches) != 1 and (len(keyid) != 64 or keyid.strip("0123456789abcdefABCDEF")):
             raise InputError(f"key id {keyid!r} matches {len(matches)} known keys (want one)")
         matches = matches or [keyid.lower()]
         keys = {k: v for k, v in keyset.keys.items() if k != matches[0]}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -61,6 +62,7 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _MAX_SIGNATURES = 16
 _MAX_KEYS = 64  # release keys listed at once
 _MAX_REVOKED = 4096
+_KEYID = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def canonical_bytes(obj: Any) -> bytes:
@@ -224,8 +226,9 @@ class KeySet:
             if not isinstance(entry, dict) or entry.get("keytype") != "ed25519":
                 raise MalformedError(f"keyset: key {str(keyid)[:16]} is not an ed25519 entry")
             public[keyid] = entry.get("public", "")
-        if not all(isinstance(r, str) for r in revoked):
-            raise MalformedError("keyset: revoked ids must be strings")
+        # compared to signer ids byte for byte: only the one spelling keyid_of gives
+        if not all(isinstance(r, str) and _KEYID.match(r) for r in revoked):
+            raise MalformedError("keyset: revoked ids must be key ids (64 lowercase hex)")
         known = {"type", "version", "keys", "revoked", "created", "expires"}
         return cls(
             version=signed.get("version"),  # type: ignore[arg-type]  # checked in __post_init__

@@ -247,3 +247,32 @@ def _deep_list(depth: int) -> list[object]:
     for _ in range(depth):
         value = [value]
     return value
+
+
+def test_a_revoked_key_id_has_one_spelling() -> None:
+    # 'revoked' is compared to signer ids exactly, and the listed-and-revoked check too:
+    # a key set listing key K while revoking K spelled in upper case was accepted, and K
+    # still signed releases (revoked, as far as anyone reading the key set could tell).
+    release = Ed25519PrivateKey.generate()
+    keyid = keyid_of(release)
+    signed = {"type": "keyset", "version": 1, "created": "2026-01-01T00:00:00Z",
+              "expires": "2099-01-01T00:00:00Z",
+              "keys": {keyid: {"keytype": "ed25519",
+                               "public": raw_public(release.public_key()).hex()}}}
+    assert KeySet.from_dict({**signed, "revoked": []}).keys
+    for spelling in (keyid.upper(), keyid + "\n", keyid[:16]):
+        with pytest.raises(MalformedError, match="revoked"):
+            KeySet.from_dict({**signed, "revoked": [spelling]})
+
+
+def test_keys_revoke_refuses_an_id_that_is_not_hex(tmp_path: Path) -> None:
+    from edgeship.sdk import KeyDir
+
+    from edgeship import InputError
+
+    keys = KeyDir(tmp_path / "keys")
+    keys.init()
+    with pytest.raises(InputError, match="matches 0 known keys"):
+        keys.revoke("z" * 64)
+    keys.revoke("AB" * 32)  # an unknown but well-formed id may be barred in advance
+    assert keys.keyset().revoked == ("ab" * 32,)
