@@ -179,6 +179,9 @@ class OtaCore:
         if peek is not None and state.active is not None and peek == state.active.version \
                 and state.job is None:
             return state, []
+        if peek is not None and state.job is None and state.phase == "rolled-back" \
+                and peek == state.target:  # its retained offer after a reconnect: that
+            return state, []  # model failed its check here once, it would again
         if state.phase in _BUSY:
             return self._refuse(state, now, f"offer of {peek} ignored: busy {state.phase}")
         try:

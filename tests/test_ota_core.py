@@ -389,3 +389,18 @@ def test_disk_full_mid_download_fails_the_update_and_a_retry_works(world: dict[s
     shell.perform = original  # type: ignore[method-assign]
     shell.run(OfferReceived(offer_bytes(world["v2"])))
     assert shell.state.phase == "committed" and shell.serving == "2.0.0"
+
+
+def test_a_rolled_back_release_offered_again_is_not_retried(world: dict[str, Any]) -> None:
+    """The broker re-delivers the retained offer of the release that just rolled back at
+    every reconnect (clean session): the device must not download and check it again
+    each time (and flip its status through downloading back to rolled-back)."""
+    shell = make_shell(world)
+    shell.run(OfferReceived(offer_bytes(world["v2"])))
+    shell.run(OfferReceived(offer_bytes(world["bad"])))
+    assert shell.state.phase == "rolled-back"
+    served, reports = shell.served_bytes, len(shell.reports)
+    shell.run(OfferReceived(offer_bytes(world["bad"])))
+    assert shell.state.phase == "rolled-back" and shell.state.target == "3.0.0"
+    assert shell.served_bytes == served and len(shell.reports) == reports
+    assert shell.serving == "2.0.0"
