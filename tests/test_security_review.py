@@ -17,8 +17,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeship.sdk import Offer, TrustedState, check_offer
 from edgeship.sdk._keys import KeySet, canonical_bytes, keyid_of, raw_public, sign_envelope
 from edgeship.sdk._manifest import ArtifactInfo
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from edgeship import MalformedError
+from edgeship import MalformedError, VerificationError
 
 # --- broker attacker: no key at all -------------------------------------------------------
 
@@ -276,3 +278,43 @@ def test_keys_revoke_refuses_an_id_that_is_not_hex(tmp_path: Path) -> None:
         keys.revoke("z" * 64)
     keys.revoke("AB" * 32)  # an unknown but well-formed id may be barred in advance
     assert keys.keyset().revoked == ("ab" * 32,)
+
+
+# --- property: a broker attacker who edits any part of a real offer ------------------------
+
+_ANY_TEXT = st.text(st.characters(blacklist_categories=()), max_size=8)  # surrogates too
+_LEAF = (st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats() | _ANY_TEXT)
+_VALUE = st.recursive(_LEAF, lambda kids: st.lists(kids, max_size=3)
+                      | st.dictionaries(_ANY_TEXT, kids, max_size=3), max_leaves=8)
+
+
+def _paths(doc: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    out = [prefix]
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_any_edit_of_a_real_offer_fails_only_with_verification_errors(data: st.DataObject
+                                                                        ) -> None:
+    root = _ROOT
+    doc = json.loads(_GOOD_OFFER)
+    path = data.draw(st.sampled_from(_paths(doc)[1:]))
+    target = doc
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = data.draw(_VALUE)
+    try:
+        _check(Offer.from_bytes(json.dumps(doc).encode()), root)
+    except VerificationError:
+        return
+
+
+_ROOT = Ed25519PrivateKey.generate()
+_GOOD_OFFER = _signed_offer(_ROOT).to_bytes()
