@@ -314,8 +314,12 @@ class OtaCore:
     def _on_StorageFailed(self, state: OtaState, event: StorageFailed, now: float) -> Step:
         if state.job is None or state.phase not in ("downloading", "verifying", "installing"):
             return state, []
-        # the old slot is untouched and keeps serving; dropping the download frees its space
-        return self._fail(state, now, f"storage: {event.reason}")
+        # the old slot is untouched and keeps serving. Drop the download *before* the state
+        # write, which needs the space on a full disk (a crash in between is safe: Resume
+        # sees the file gone and fetches again)
+        state, actions = self._fail(state, now, f"storage: {event.reason}")
+        return state, [TruncateDownload(0), *(a for a in actions
+                                               if not isinstance(a, TruncateDownload))]
 
     def _on_Installed(self, state: OtaState, event: Installed, now: float) -> Step:
         job = state.job

@@ -404,3 +404,27 @@ def test_a_rolled_back_release_offered_again_is_not_retried(world: dict[str, Any
     assert shell.state.phase == "rolled-back" and shell.state.target == "3.0.0"
     assert shell.served_bytes == served and len(shell.reports) == reports
     assert shell.serving == "2.0.0"
+
+
+def test_disk_full_frees_the_download_before_writing_the_state(world: dict[str, Any]) -> None:
+    """On a full disk the state write itself needs room: the failed update must drop the
+    download first, or the state write fails too and the agent dies at every restart."""
+    shell = make_shell(world, chunk_size=16)
+    original = shell.perform
+    full = False
+
+    def full_disk(action: Any) -> list[Event]:
+        nonlocal full
+        if isinstance(action, WriteChunk) and len(shell.download) >= 32:
+            full = True
+            return [StorageFailed("cannot write the download: No space left on device")]
+        if isinstance(action, TruncateDownload) and action.size == 0:
+            full = False
+        if isinstance(action, Persist) and full and action.state.job is None:
+            raise Crash  # ENOSPC on state.json escapes the loop
+        return original(action)
+
+    shell.perform = full_disk  # type: ignore[method-assign]
+    shell.run(OfferReceived(offer_bytes(world["v2"])))
+    assert shell.disk_state.phase == "failed" and "No space left" in shell.disk_state.error
+    assert shell.serving == "1.0.0"
