@@ -30,7 +30,7 @@ def fleet() -> None:
               help="seconds to reach the broker at start (later outages are ridden out)")
 def serve(broker_url: str, username: str, password_file: str | None, releases: tuple[str, ...],
           more: tuple[str, ...], fleet_name: str, group: str, timeout: float) -> None:
-    """Answer chunk requests for the files of RELDIR... until SIGTERM / Ctrl-C."""
+    """Answer devices' chunk requests for the files of the release dirs until SIGTERM."""
     from edgeship.sdk._release_server import ReleaseServer
 
     dirs = [*releases, *more]
