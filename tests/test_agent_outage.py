@@ -22,10 +22,13 @@ from test_agent_support import (
 CHUNK = 256
 
 
-def test_broker_outage_mid_download_resumes(tmp_path: Path, mosquitto: Mosquitto) -> None:
+def _update_under_way(tmp_path: Path, mosquitto: Mosquitto, *, chunks_in: int
+                      ) -> tuple[Path, ReleaseServer, Path, int, AgentProc]:
+    """An agent on v1 that is slowly downloading v2 (new weights: a big delta), with
+    ``chunks_in`` chunks in; returns (v2, server, config, API port, agent)."""
     keys = make_keys(tmp_path)
     v1 = make_release(tmp_path, keys, "1.0.0", seed=0)
-    v2 = make_release(tmp_path, keys, "2.0.0", base=v1, seed=1)  # new weights: a big delta
+    v2 = make_release(tmp_path, keys, "2.0.0", base=v1, seed=1)
     server = ReleaseServer(mosquitto.url, [v1, v2]).start()
     port = free_port()
     cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port, root_pub=keys / "root.pub",
@@ -35,16 +38,30 @@ def test_broker_outage_mid_download_resumes(tmp_path: Path, mosquitto: Mosquitto
         agent.wait_ready()
         assert server.edge.wait_connected(10)
         push_offer(mosquitto.url, "t", v2, ["dev-1"])
-        for _ in range(4):  # four chunks in, pull the plug
+        for _ in range(chunks_in):
             agent.wait_log(lambda line: line.get("event") == "pause")
+    except BaseException:
+        agent.kill()
+        server.stop()
+        raise
+    return v2, server, cfg, port, agent
+
+
+def _wait_committed(url: str, version: str = "2.0.0") -> None:
+    watch = Watcher(url)
+    try:
+        watch.wait(lambda s: s["state"] == "committed" and s["version"] == version, timeout=60)
+    finally:
+        watch.close()
+
+
+def test_broker_outage_mid_download_resumes(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    v2, server, _, _, agent = _update_under_way(tmp_path, mosquitto, chunks_in=4)
+    try:  # four chunks in, pull the plug
         mosquitto.stop()
         time.sleep(1.5)
         mosquitto.start()
-        watch = Watcher(mosquitto.url)
-        try:
-            watch.wait(lambda s: s["state"] == "committed" and s["version"] == "2.0.0", timeout=60)
-        finally:
-            watch.close()
+        _wait_committed(mosquitto.url)
         final = [line for line in agent.log if line.get("event") == "status"][-1]
     finally:
         agent.kill()
@@ -123,29 +140,13 @@ def test_download_file_lost_in_a_power_loss_is_fetched_again(tmp_path: Path,
     """The state counts chunks but download.part is gone after the restart (a power loss
     the OS did not flush, a wiped /var/tmp): the agent starts, fetches the file again and
     commits. It crashed at every start on the missing file."""
-    keys = make_keys(tmp_path)
-    v1 = make_release(tmp_path, keys, "1.0.0", seed=0)
-    v2 = make_release(tmp_path, keys, "2.0.0", base=v1, seed=1)
-    server = ReleaseServer(mosquitto.url, [v1, v2]).start()
-    port = free_port()
-    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port, root_pub=keys / "root.pub",
-                       initial=v1, chunk_size=CHUNK)
-    agent = AgentProc(cfg, port, env={"EDGESHIP_AGENT_PAUSE": "chunk=0.1"}).start()
+    _, server, cfg, port, agent = _update_under_way(tmp_path, mosquitto, chunks_in=3)
     try:
-        agent.wait_ready()
-        assert server.edge.wait_connected(10)
-        push_offer(mosquitto.url, "t", v2, ["dev-1"])
-        for _ in range(3):
-            agent.wait_log(lambda line: line.get("event") == "pause")
         agent.kill()
         (tmp_path / "data-dev-1" / "download.part").unlink()
         agent = AgentProc(cfg, port).start()
         agent.wait_ready()
-        watch = Watcher(mosquitto.url)
-        try:
-            watch.wait(lambda s: s["state"] == "committed" and s["version"] == "2.0.0", timeout=60)
-        finally:
-            watch.close()
+        _wait_committed(mosquitto.url)
     finally:
         agent.kill()
         server.stop()
