@@ -6,6 +6,11 @@ old model finishes on it while the next one gets the new one (hot swap, no lock 
 inference path). With ``[fallback]`` configured, answers go through the sdk's
 :class:`~edgeship.sdk._fallback.FallbackModel` (policy, deadline, circuit breaker); every
 answer's ``parameters`` say ``source`` and ``version``.
+
+Taps (drift accounting, the shadow model) see every answered request *after* its answer
+is computed: ``tap.observe(inputs, outputs, source=..., version=..., seconds=...)``. A tap
+must be cheap (it runs on the answer path) and must not raise; one that does is counted
+in ``edgeship_tap_errors`` and the answer goes out unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from edgeship.agent._ota import PHASES
 from edgeship.sdk._v2 import ModelMetadata, TensorSpec
@@ -24,9 +29,16 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from edgeship._errors import ModelLoadError
 
-__all__ = ["AgentService", "Metrics", "Serving"]
+__all__ = ["AgentService", "Metrics", "Serving", "Tap"]
 
 _PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "litert": "tensorflow_lite"}
+
+
+class Tap(Protocol):
+    """Something that watches answered requests (see the module docstring)."""
+
+    def observe(self, inputs: dict[str, Any], outputs: dict[str, Any], *, source: str,
+                version: str, seconds: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,8 @@ class Metrics:
                            registry=r)
         self.connected = Gauge("edgeship_broker_connected", "1 when the broker is connected",
                                registry=r)
+        self.tap_errors = Counter("edgeship_tap_errors", "Exceptions raised by request taps"
+                                  " (drift, shadow); answers are unaffected", registry=r)
         self.breaker = Gauge("edgeship_fallback_breaker_state",
                              "Cloud circuit breaker: 0 closed, 1 open, 2 half-open", registry=r)
         self.recent: deque[float] = deque(maxlen=2048)  # latencies (ms) for telemetry
@@ -107,6 +121,7 @@ class AgentService(V2Service):
         self.metrics = metrics
         self.fallback = fallback
         self.serving: Serving | None = None
+        self.taps: tuple[Tap, ...] = ()  # replaced as a whole, like ``serving``
         self.no_model_reason = "no model installed yet (waiting for a release)"
 
     def swap(self, serving: Serving | None) -> None:
@@ -143,7 +158,13 @@ class AgentService(V2Service):
         except Exception:
             self.metrics.observe(source, "error", time.perf_counter() - start)
             raise
-        self.metrics.observe(source, "ok", time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.metrics.observe(source, "ok", seconds)
+        for tap in self.taps:
+            try:
+                tap.observe(inputs, outputs, source=source, version=version, seconds=seconds)
+            except Exception:  # a tap never changes or fails an answer
+                self.metrics.tap_errors.inc()
         return outputs, {"source": source, "version": version}
 
     def routes(self) -> list[Route]:

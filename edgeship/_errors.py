@@ -23,7 +23,9 @@ Split by who is at fault::
     │   ├── DigestMismatchError     payload bytes do not match the signed sha256
     │   ├── LengthMismatchError     payload larger / smaller than the signed size
     │   ├── MalformedError          manifest, key set or offer cannot be parsed
-    │   └── MismatchError           release for another model, base, or hardware
+    │   ├── MismatchError           release for another model, base, or hardware
+    │   └── DecryptionError         an encrypted release this key cannot open (wrong key,
+    │                               tampered ciphertext)
     ├── UpdateError                 an update could not be installed
     │   └── HealthCheckError        the new model failed its golden check
     └── TransportError              broker, HTTP or cloud endpoint unreachable or misbehaving
@@ -35,6 +37,7 @@ __all__ = [
     "CalibrationError",
     "ConfigError",
     "ConversionError",
+    "DecryptionError",
     "DigestMismatchError",
     "EdgeshipError",
     "ExpiredError",
@@ -127,6 +130,11 @@ class MalformedError(VerificationError):
 
 class MismatchError(VerificationError):
     """The release is for another model, base version, or hardware target."""
+
+
+class DecryptionError(VerificationError):
+    """An encrypted artifact cannot be opened with this key: not a recipient, wrong key,
+    or ciphertext that fails its authentication tag."""
 
 
 class UpdateError(EdgeshipError):
