@@ -1,0 +1,458 @@
+"""The shadow model: a candidate release run on live requests, off the answer path.
+
+Public surface (the daemon wires it; H3)::
+
+    tap = ShadowTap(ShadowConfig.from_dict(toml.get("shadow", {})), log=log)
+    tap.start(model_bytes, fmt="onnx", version="1.1.0", runtime="auto", threads=1)
+    service.taps = (*service.taps, tap)        # the Tap protocol of agent/_api.py
+    tap.stats()  # -> {"version", "state": "running"|"crashed"|"stopped", "sampled",
+                 #     "compared", "agreement", "max_abs_diff", "active_p50_ms",
+                 #     "shadow_p50_ms", "dropped", "errors", ...}  (JSON-ready)
+    tap.stop()                                  # on UnloadShadow; idempotent
+
+* ``start`` takes the model's **plaintext bytes in memory** (the agent decrypted them):
+  they go to the child over its stdin pipe and are loaded there from memory, never
+  written to a file. It returns at once; the child starts and loads in the background.
+  Calling ``start`` again replaces the running shadow.
+* ``observe`` is the tap: it only looks at answers with ``source == "local"``, picks a
+  ``sample`` fraction of them, skips while the shadow is over its CPU budget, and puts
+  (inputs, outputs, seconds) on a bounded queue (full: counted in ``dropped``). It takes
+  a lock for a few counters and never blocks on I/O or raises; answers are never changed.
+* A feeder thread sends each queued request to the child
+  (``python -m edgeship.agent._shadow_worker``, framed npy arrays over pipes), compares
+  the answers (top-1 per row when the last dimension is > 1, i.e. class scores; else
+  ``|active - shadow| <= atol``) and accounts the CPU time spent (child + feeder) against
+  ``cpu_budget`` cores of wall time (token bucket): over budget, new samples are skipped
+  (``budget_skipped``) until the time is paid back. The child also runs at ``os.nice``.
+* A child that dies (crash, SIGKILL, load failure) or stops answering within
+  ``timeout_s`` is logged, counted (``crashes``, ``errors``) and restarted after
+  ``backoff_s * 2**n`` seconds, at most ``max_restarts`` times; then the state is
+  ``"crashed"`` and the tap ignores traffic. A model raising on a request is an error
+  reply from a live child (counted in ``errors``), not a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edgeship._errors import ConfigError
+
+__all__ = ["ShadowConfig", "ShadowTap", "compare_outputs"]
+
+_FORMATS = ("onnx", "tflite")
+_LATENCIES = 512  # recent latencies kept for the p50s
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShadowConfig:
+    """The ``[shadow]`` table of agent.toml."""
+
+    sample: float = 0.1  # fraction of local answers also sent to the shadow
+    cpu_budget: float = 0.25  # fraction of one core the shadow may use, on average
+    queue: int = 8  # sampled requests waiting for the shadow; more are dropped
+    atol: float = 1e-3  # agreement tolerance for outputs that are not class scores
+    max_restarts: int = 3
+    backoff_s: float = 1.0
+    timeout_s: float = 10.0  # one shadow inference; longer = the child is hung
+    load_timeout_s: float = 120.0
+    nice: int = 10
+    max_output_bytes: int = 64 << 20  # one answer frame from the child
+
+    def __post_init__(self) -> None:
+        checks = [("sample", 0.0 < self.sample <= 1.0, "in (0, 1]"),
+                  ("cpu_budget", 0.0 < self.cpu_budget <= 64.0, "in (0, 64]"),
+                  ("queue", 1 <= self.queue <= 4096, "in [1, 4096]"),
+                  ("atol", 0.0 <= self.atol < float("inf"), ">= 0"),
+                  ("max_restarts", 0 <= self.max_restarts <= 1000, "in [0, 1000]"),
+                  ("backoff_s", 0.0 <= self.backoff_s <= 3600, "in [0, 3600]"),
+                  ("timeout_s", 0.0 < self.timeout_s <= 3600, "in (0, 3600]"),
+                  ("load_timeout_s", 0.0 < self.load_timeout_s <= 3600, "in (0, 3600]"),
+                  ("nice", 0 <= self.nice <= 19, "in [0, 19]"),
+                  ("max_output_bytes", 1024 <= self.max_output_bytes <= 1 << 30, "in [1 KiB, 1 GiB]")]
+        for key, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"shadow.{key}: must be {want}, got {getattr(self, key)}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ShadowConfig:
+        """Build from the ``[shadow]`` table; unknown keys are ignored (newer files load)."""
+        if not isinstance(d, Mapping):
+            raise ConfigError("shadow: expected a table [shadow]")
+        kwargs: dict[str, Any] = {}
+        for key, default in cls().to_dict().items():
+            if key not in d:
+                continue
+            value = d[key]
+            want = int if isinstance(default, int) else (int, float)
+            if isinstance(value, bool) or not isinstance(value, want):
+                kind = "an integer" if want is int else "a number"
+                raise ConfigError(f"shadow.{key}: expected {kind}, got {type(value).__name__}")
+            kwargs[key] = type(default)(value)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def compare_outputs(active: Mapping[str, Any], shadow: Mapping[str, Any],
+                    atol: float) -> tuple[bool, float | None]:
+    """``(agree, max |active - shadow|)`` over the active model's outputs (pure).
+
+    Class scores (last dimension > 1) agree when every row's top-1 class is the same;
+    other outputs when every element is within ``atol``. A missing output or another
+    shape disagrees, and has no difference (None) unless another output gives one.
+    """
+    import numpy as np
+
+    agree, worst = True, None
+    for name, value in active.items():
+        a = np.asarray(value)
+        s = shadow.get(name)
+        if s is None or np.shape(s) != a.shape:
+            agree = False
+            continue
+        a64, s64 = a.astype(np.float64), np.asarray(s, dtype=np.float64)
+        diff = float(np.max(np.abs(a64 - s64))) if a.size else 0.0
+        if diff != diff:  # NaN
+            diff = float("inf")
+        worst = diff if worst is None else max(worst, diff)
+        if a.ndim >= 1 and a.shape[-1] > 1:
+            agree = agree and bool(np.array_equal(np.argmax(a64, -1), np.argmax(s64, -1)))
+        else:
+            agree = agree and diff <= atol
+    return agree, worst
+
+
+class _Budget:
+    """Token bucket: ``fraction`` seconds of CPU per second of wall time, 1 s of burst."""
+
+    def __init__(self, fraction: float, now: float) -> None:
+        self.fraction = fraction
+        self.cap = fraction * 1.0
+        self.tokens = self.cap
+        self.last = now
+
+    def spend(self, cpu: float, now: float) -> float:
+        """Spend ``cpu`` seconds; the time from which new work fits the budget again."""
+        self.tokens = min(self.cap, self.tokens + (now - self.last) * self.fraction) - cpu
+        self.last = now
+        return now if self.tokens >= 0 else now + (-self.tokens) / self.fraction
+
+
+def _p50(values: deque[float]) -> float | None:
+    ordered = sorted(values)
+    return round(ordered[len(ordered) // 2], 3) if ordered else None
+
+
+def _default_log(event: str, level: str = "info", **fields: Any) -> None:
+    logging.getLogger("edgeship.agent.shadow").log(
+        logging.getLevelName(level.upper()), "%s %s", event, fields)
+
+
+class WorkerDied(Exception):
+    """The child exited, closed its pipe, sent garbage or did not answer in time."""
+
+
+class _Worker:
+    """One child process and its pipes; reads are bounded by deadlines."""
+
+    def __init__(self, config: ShadowConfig) -> None:
+        self.config = config
+        self.proc = subprocess.Popen(  # our own interpreter and module
+            [sys.executable, "-m", "edgeship.agent._shadow_worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        self.buf = bytearray()
+
+    def send(self, frame: bytes) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(frame)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError) as exc:
+            raise WorkerDied(self.describe_exit(f"pipe closed ({exc})")) from exc
+
+    def receive(self, timeout: float, max_blob: int) -> tuple[dict[str, Any], list[bytes]]:
+        from edgeship.agent._shadow_worker import MAX_HEADER, parse_header
+
+        deadline = time.monotonic() + timeout
+        (n,) = struct.unpack(">I", self._read(4, deadline, timeout))
+        if n > MAX_HEADER:
+            raise WorkerDied(f"worker sent a {n}-byte header")
+        try:
+            header, sizes = parse_header(self._read(n, deadline, timeout), max_blob)
+        except ValueError as exc:
+            raise WorkerDied(f"worker sent a malformed frame: {exc}") from exc
+        return header, [self._read(size, deadline, timeout) for size in sizes]
+
+    def _read(self, n: int, deadline: float, timeout: float) -> bytes:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while len(self.buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WorkerDied(f"worker did not answer in {timeout:g}s")
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, max(1 << 16, n - len(self.buf)))
+            if not chunk:
+                raise WorkerDied(self.describe_exit("worker closed its pipe"))
+            self.buf += chunk
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def describe_exit(self, fallback: str) -> str:
+        try:
+            code = self.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return fallback
+        return f"worker killed by signal {-code}" if code < 0 else f"worker exited with {code}"
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()  # EOF: a healthy worker exits by itself
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+class ShadowTap:
+    """Runs a shadow model beside the active one (see the module docstring)."""
+
+    def __init__(self, config: ShadowConfig | None = None, *,
+                 log: Callable[..., None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or ShadowConfig()
+        self._log = log or _default_log
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._worker: _Worker | None = None
+        self._queue: deque[tuple[Any, Any, float]] = deque()
+        self._reset("", "stopped")
+
+    def _reset(self, version: str, state: str) -> None:
+        self.version, self.state = version, state
+        self._ready = False
+        self._acc = 0.0
+        self._resume_at = 0.0
+        self._queue.clear()
+        self._counts = dict.fromkeys(("sampled", "compared", "agreed", "dropped", "errors",
+                                      "crashes", "restarts", "budget_skipped"), 0)
+        self._max_diff: float | None = None
+        self._active_ms: deque[float] = deque(maxlen=_LATENCIES)
+        self._shadow_ms: deque[float] = deque(maxlen=_LATENCIES)
+
+    # -- the daemon's side ------------------------------------------------------------
+
+    def start(self, model: bytes, *, fmt: str, version: str, runtime: str = "auto",
+              threads: int = 1) -> None:
+        """Run ``model`` (plaintext bytes, in memory) as the shadow of ``version``."""
+        if fmt not in _FORMATS:
+            raise ConfigError(f"shadow model format {fmt!r} is not one of {_FORMATS}")
+        self.stop()
+        self._stopping.clear()
+        with self._lock:
+            self._reset(version, "running")
+        self._thread = threading.Thread(
+            target=self._feed, args=(bytes(model), fmt, runtime, max(1, int(threads))),
+            name=f"shadow-{version}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the feeder and the child (idempotent); the stats stay readable."""
+        self._stopping.set()
+        self._wake.set()
+        worker = self._worker
+        if worker is not None and worker.proc.poll() is None:
+            worker.proc.kill()  # unblocks a feeder stuck writing to a hung child
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+            self._thread = None
+        with self._lock:
+            self._ready = False
+            self._queue.clear()
+            if self.state == "running":
+                self.state = "stopped"
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once a child has loaded the model (tests and benchmarks)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self._ready or self.state != "running":
+                return self._ready
+            time.sleep(0.02)
+        return self._ready
+
+    @property
+    def worker_pid(self) -> int | None:
+        worker = self._worker
+        return worker.proc.pid if worker is not None else None
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            c = dict(self._counts)
+            agreed = c.pop("agreed")
+            return {"version": self.version, "state": self.state, **c,
+                    "agreement": round(agreed / c["compared"], 4) if c["compared"] else None,
+                    "max_abs_diff": self._max_diff,
+                    "active_p50_ms": _p50(self._active_ms),
+                    "shadow_p50_ms": _p50(self._shadow_ms)}
+
+    # -- the answer path --------------------------------------------------------------
+
+    def observe(self, inputs: dict[str, Any], outputs: dict[str, Any], *, source: str,
+                version: str, seconds: float) -> None:
+        """The tap: maybe queue this answered request for the shadow; never blocks."""
+        if source != "local" or self.state != "running":
+            return
+        with self._lock:
+            self._acc += self.config.sample
+            if self._acc < 1.0:
+                return
+            self._acc -= 1.0
+            if self._resume_at and self._clock() < self._resume_at:
+                self._counts["budget_skipped"] += 1
+                return
+            self._counts["sampled"] += 1
+            if not self._ready or len(self._queue) >= self.config.queue:
+                self._counts["dropped"] += 1
+                return
+            self._queue.append((inputs, outputs, seconds))
+        self._wake.set()
+
+    # -- the feeder thread ------------------------------------------------------------
+
+    def _feed(self, model: bytes, fmt: str, runtime: str, threads: int) -> None:
+        budget = _Budget(self.config.cpu_budget, self._clock())
+        restarts = 0
+        while not self._stopping.is_set():
+            reason = self._run_worker(model, fmt, runtime, threads, budget)
+            if self._stopping.is_set():
+                break
+            with self._lock:
+                self._counts["crashes"] += 1
+                self._counts["errors"] += 1
+            if restarts >= self.config.max_restarts:
+                self._log("shadow_crashed", level="error", version=self.version,
+                          reason=reason, restarts=restarts)
+                with self._lock:
+                    self.state = "crashed"
+                    self._queue.clear()
+                break
+            delay = self.config.backoff_s * 2 ** restarts
+            restarts += 1
+            self._log("shadow_worker_died", level="warning", version=self.version,
+                      reason=reason, restart=restarts, of=self.config.max_restarts,
+                      delay_s=delay)
+            with self._lock:
+                self._counts["restarts"] += 1
+            if self._stopping.wait(delay):
+                break
+
+    def _run_worker(self, model: bytes, fmt: str, runtime: str, threads: int,
+                    budget: _Budget) -> str:
+        """Serve one child until it dies (the reason) or the tap stops ("")."""
+        from edgeship.agent._shadow_worker import pack_frame
+
+        cfg = self.config
+        try:
+            worker = self._worker = _Worker(cfg)
+        except OSError as exc:
+            return f"cannot start the worker: {exc}"
+        try:
+            worker.send(pack_frame({"op": "load", "fmt": fmt, "runtime": runtime,
+                                    "threads": threads, "nice": cfg.nice,
+                                    "max_blob": 1 << 30}, [model]))
+            header, _ = worker.receive(cfg.load_timeout_s, 0)
+            if header.get("op") != "ready":
+                return f"model did not load: {str(header.get('error', header))[:300]}"
+            self._log("shadow_ready", version=self.version, pid=worker.proc.pid)
+            with self._lock:
+                self._ready = True
+            while not self._stopping.is_set():
+                item = self._next()
+                if item is not None:
+                    self._one(worker, item, budget)
+                elif worker.proc.poll() is not None:
+                    return worker.describe_exit("worker exited")
+            return ""
+        except WorkerDied as exc:
+            return str(exc)
+        finally:
+            with self._lock:
+                self._ready = False
+                self._queue.clear()
+            worker.close()
+
+    def _next(self) -> tuple[Any, Any, float] | None:
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+            self._wake.clear()
+        self._wake.wait(0.5)
+        return None
+
+    def _one(self, worker: _Worker, item: tuple[Any, Any, float], budget: _Budget) -> None:
+        from edgeship.agent._shadow_worker import decode_arrays, encode_arrays, pack_frame
+
+        inputs, outputs, seconds = item
+        own0 = time.thread_time()
+        try:
+            names, blobs = encode_arrays(inputs)
+        except Exception as exc:  # inputs the active model took but npy cannot carry
+            self._error("shadow_input_unsendable", exc)
+            return
+        worker.send(pack_frame({"op": "infer", "names": names}, blobs))
+        header, blobs = worker.receive(self.config.timeout_s, self.config.max_output_bytes)
+        cpu = float(header.get("cpu", 0.0)) if isinstance(header.get("cpu"), float) else 0.0
+        if header.get("op") != "result":
+            self._error("shadow_inference_failed", header.get("error", header))
+        else:
+            try:
+                agree, diff = compare_outputs(outputs, decode_arrays(header.get("names"), blobs),
+                                              self.config.atol)
+            except Exception as exc:
+                raise WorkerDied(f"worker sent unreadable outputs: {exc}") from exc
+            with self._lock:
+                c = self._counts
+                c["compared"] += 1
+                c["agreed"] += agree
+                if diff is not None:
+                    self._max_diff = diff if self._max_diff is None else max(self._max_diff, diff)
+                self._active_ms.append(seconds * 1000)
+                wall = header.get("wall")
+                if isinstance(wall, float):
+                    self._shadow_ms.append(wall * 1000)
+        spent = cpu + (time.thread_time() - own0)
+        resume = budget.spend(spent, self._clock())
+        with self._lock:
+            self._resume_at = resume
+
+    def _error(self, event: str, detail: Any) -> None:
+        with self._lock:
+            self._counts["errors"] += 1
+            first = self._counts["errors"] <= 3
+        if first:  # a model failing on every request would flood the log
+            self._log(event, level="warning", version=self.version, error=str(detail)[:300])

@@ -1,0 +1,156 @@
+"""The shadow model's child process, and the pipe framing both sides speak.
+
+``python -m edgeship.agent._shadow_worker`` is started by :class:`~edgeship.agent._shadow.ShadowTap`.
+It reads frames on stdin and answers on stdout; nothing else:
+
+1. ``{"op": "load", "fmt", "runtime", "threads", "nice"}`` + one blob, the model's bytes
+   (already decrypted by the agent: the plaintext never touches a disk). Answer
+   ``{"op": "ready"}``, or ``{"op": "error", "error"}`` and exit 3.
+2. ``{"op": "infer", "names": [...]}`` + one npy blob per input. Answer
+   ``{"op": "result", "names": [...], "cpu": s, "wall": s}`` + one npy blob per output, or
+   ``{"op": "error", "error"}`` when the model raised (the worker stays up).
+3. EOF on stdin: exit 0 (the agent stopped or died).
+
+A frame is ``>I`` header length, the header (JSON object with ``"sizes"``: the byte length
+of each blob), then the blobs. Every length read is checked against a limit first. The
+child lowers its own priority (``os.nice``) and moves stray prints of the runtime off the
+protocol pipe, so only frames travel on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import struct
+import sys
+import time
+from collections.abc import Mapping
+from typing import IO, Any
+
+__all__ = ["MAX_BLOB", "MAX_HEADER", "decode_arrays", "encode_arrays", "pack_frame",
+           "parse_header", "read_frame"]
+
+MAX_HEADER = 64 * 1024
+MAX_BLOB = 1 << 30  # a model; arrays are far smaller (the caller passes its own limit)
+_LEN = struct.Struct(">I")
+
+
+def pack_frame(header: Mapping[str, Any], blobs: list[bytes] = ()) -> bytes:  # type: ignore[assignment]
+    """One frame: header length, JSON header (with the blob sizes), blobs."""
+    head = json.dumps({**header, "sizes": [len(b) for b in blobs]}).encode()
+    return b"".join([_LEN.pack(len(head)), head, *blobs])
+
+
+def parse_header(raw: bytes, max_blob: int) -> tuple[dict[str, Any], list[int]]:
+    """The header object and its checked blob sizes (ValueError when malformed)."""
+    header = json.loads(raw)
+    sizes = header.get("sizes") if isinstance(header, dict) else None
+    if not isinstance(sizes, list) or not all(
+        type(n) is int and 0 <= n <= max_blob for n in sizes
+    ) or len(sizes) > 256:
+        raise ValueError("frame header without valid blob sizes")
+    return header, sizes
+
+
+def read_frame(stream: IO[bytes], max_blob: int = MAX_BLOB) -> tuple[dict[str, Any], list[bytes]] | None:
+    """Read one frame from a blocking stream; None on a clean EOF."""
+    raw = stream.read(_LEN.size)
+    if not raw:
+        return None
+    (n,) = _LEN.unpack(_exact(stream, raw, _LEN.size))
+    if n > MAX_HEADER:
+        raise ValueError(f"frame header of {n} bytes")
+    header, sizes = parse_header(_exact(stream, b"", n), max_blob)
+    return header, [_exact(stream, b"", size) for size in sizes]
+
+
+def _exact(stream: IO[bytes], got: bytes, n: int) -> bytes:
+    parts = [got]
+    have = len(got)
+    while have < n:
+        chunk = stream.read(n - have)
+        if not chunk:
+            raise EOFError("pipe closed mid-frame")
+        parts.append(chunk)
+        have += len(chunk)
+    return b"".join(parts)
+
+
+def encode_arrays(arrays: Mapping[str, Any]) -> tuple[list[str], list[bytes]]:
+    import numpy as np
+
+    names, blobs = [], []
+    for name, value in arrays.items():
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
+        names.append(str(name))
+        blobs.append(buf.getvalue())
+    return names, blobs
+
+
+def decode_arrays(names: Any, blobs: list[bytes]) -> dict[str, Any]:
+    import numpy as np
+
+    if not isinstance(names, list) or len(names) != len(blobs):
+        raise ValueError("array names do not match the blobs")
+    return {str(n): np.lib.format.read_array(io.BytesIO(b), allow_pickle=False)
+            for n, b in zip(names, blobs, strict=True)}
+
+
+def _load(header: dict[str, Any], blobs: list[bytes]) -> Any:
+    from edgeship.sdk._model import Model
+
+    fmt = str(header.get("fmt", "onnx"))
+    runtime = str(header.get("runtime", "auto"))
+    threads = int(header.get("threads", 1))
+    loader = getattr(Model, "load_bytes", None)
+    if loader is not None:
+        return loader(blobs[0], format=fmt, runtime=runtime, threads=threads)
+    return Model.from_bytes(blobs[0], fmt, runtime=runtime, threads=threads)
+
+
+def _infer(model: Any, header: dict[str, Any], blobs: list[bytes]) -> bytes:
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    try:
+        outputs = model.predict_all(decode_arrays(header.get("names"), blobs))
+        names, out = encode_arrays(outputs)
+    except Exception as exc:  # the shadow model failing is reported, not fatal
+        return pack_frame({"op": "error", "error": f"{type(exc).__name__}: {exc}"[:500]})
+    wall = time.perf_counter() - wall0
+    return pack_frame({"op": "result", "names": names, "wall": wall,
+                       "cpu": time.process_time() - cpu0}, out)
+
+
+def main() -> int:
+    # frames go out on a private copy of stdout; fd 1 then points at stderr, so a print
+    # or a runtime's log line cannot corrupt the protocol
+    proto = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    stdin = sys.stdin.buffer
+    first = read_frame(stdin)
+    if first is None:
+        return 0
+    header, blobs = first
+    with contextlib.suppress(OSError, ValueError):  # best effort; the budget still holds
+        os.nice(int(header.get("nice", 10)))
+    try:
+        if header.get("op") != "load" or len(blobs) != 1:
+            raise ValueError("the first frame must load the model")
+        model = _load(header, blobs)
+    except Exception as exc:
+        proto.write(pack_frame({"op": "error", "error": f"{type(exc).__name__}: {exc}"[:500]}))
+        return 3
+    del blobs, first
+    proto.write(pack_frame({"op": "ready"}))
+    max_blob = int(header.get("max_blob", 64 << 20))
+    while True:
+        frame = read_frame(stdin, max_blob)
+        if frame is None:
+            return 0
+        proto.write(_infer(model, *frame))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
