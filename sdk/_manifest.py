@@ -12,12 +12,18 @@
      "golden": {"inputs": {"input": "<b64 .npy>"}, "output": "<b64 .npy>", "atol": 0.05},
      "hardware": ["cpu"],                                 # empty: any hardware
      "created": "2026-11-24T20:00:00Z", "expires": "2027-11-24T20:00:00Z",
-     "keyid": "<release key id>"}
+     "keyid": "<release key id>",
+     "encryption": {...},                               # optional, see _crypt.py
+     "profile": {...}}                                  # optional, see _profile.py
 
 ``format`` of the artifact is its suffix without the dot (``tflite`` / ``onnx``).
 ``golden`` may be ``null``; when present a device runs the model on ``inputs`` and
 requires ``|y - output| <= atol`` before committing the install (:meth:`Golden.arrays`
-decodes it; numpy is imported only then). Unknown fields are kept on round trip so a
+decodes it; numpy is imported only then). ``encryption`` (an encrypted release: the
+artifact and deltas are ciphertext, their sha256/size are of the encrypted files) and
+``profile`` (the reference input/output distribution for drift monitoring) are written
+only when set, so a plaintext release without a profile is exactly the manifest edgeship
+wrote before they existed; ``null`` for either is refused. Unknown fields are kept on round trip so a
 newer manifest still loads. Versions are semver ``X.Y.Z`` (no pre-release tags) and
 compare numerically.
 """
@@ -30,11 +36,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from edgeship.sdk._crypt import Encryption
 from edgeship.sdk._keys import parse_time
 
 from edgeship._errors import ExpiredError, MalformedError
+
+if TYPE_CHECKING:
+    from edgeship.sdk._profile import Profile
 
 __all__ = [
     "DELTA_FORMATS",
@@ -235,6 +245,26 @@ def _check_npy_size(raw: bytes) -> None:
                          f"the {len(raw)} bytes given")
 
 
+def _optional_encryption(signed: Mapping[str, Any]) -> Encryption | None:
+    if "encryption" not in signed:
+        return None
+    return Encryption.from_dict(signed["encryption"])
+
+
+def _optional_profile(signed: Mapping[str, Any]) -> Profile | None:
+    if "profile" not in signed:
+        return None
+    value = _mapping(signed["profile"], "manifest.profile")
+    from edgeship.sdk._profile import Profile
+
+    try:
+        return Profile.from_dict(value)
+    except MalformedError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:  # whatever the parser lets through
+        raise MalformedError(f"manifest.profile: {exc}") from exc
+
+
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
     """The signed facts about one release; see the module docstring for the JSON."""
@@ -249,6 +279,8 @@ class Manifest:
     expires: str
     keyid: str = ""
     spec_version: int = 1
+    encryption: Encryption | None = None
+    profile: Profile | None = None
     unrecognized: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -261,6 +293,8 @@ class Manifest:
             raise MalformedError(f"manifest.deltas: {len(self.deltas)} (max {_MAX_DELTAS})")
         if not all(isinstance(h, str) and h for h in self.hardware):
             raise MalformedError("manifest.hardware: expected a list of target names")
+        if self.encryption is not None and not isinstance(self.encryption, Encryption):
+            raise MalformedError("manifest.encryption: expected an Encryption")
 
     @property
     def version_tuple(self) -> tuple[int, int, int]:
@@ -278,7 +312,7 @@ class Manifest:
             raise MalformedError(f"manifest.deltas: {len(deltas)} (max {_MAX_DELTAS})")
         golden = signed.get("golden")
         known = {"type", "spec_version", "model", "version", "artifact", "deltas", "golden",
-                 "hardware", "created", "expires", "keyid"}
+                 "hardware", "created", "expires", "keyid", "encryption", "profile"}
         return cls(
             model=signed.get("model"),  # checked in __post_init__
             version=signed.get("version"),
@@ -290,12 +324,20 @@ class Manifest:
             expires=signed.get("expires"),
             keyid=str(signed.get("keyid", "")),
             spec_version=_spec_version(signed.get("spec_version", 1)),
+            encryption=_optional_encryption(signed),
+            profile=_optional_profile(signed),
             unrecognized={k: v for k, v in signed.items() if k not in known},
         )
 
     def to_dict(self) -> dict[str, Any]:
+        optional: dict[str, Any] = {}
+        if self.encryption is not None:
+            optional["encryption"] = self.encryption.to_dict()
+        if self.profile is not None:
+            optional["profile"] = self.profile.to_dict()
         return {
             **self.unrecognized,
+            **optional,
             "type": "manifest",
             "spec_version": self.spec_version,
             "model": self.model,

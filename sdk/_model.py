@@ -59,7 +59,8 @@ class _Backend(Protocol):
 
 
 class Model:
-    """A loaded model. Build it with :meth:`load` or :meth:`from_bytes`."""
+    """A loaded model. Build it with :meth:`load`, or from memory with :meth:`load_bytes`
+    (:meth:`from_bytes` takes the suffix positionally)."""
 
     def __init__(self, backend: _Backend, *, path: Path | None) -> None:
         self._backend = backend
@@ -109,6 +110,23 @@ class Model:
         suffix = suffix if suffix.startswith(".") else f".{suffix}"
         chosen = _choose_runtime(runtime, suffix, data[:8])
         return cls(_backend(chosen, bytes(data), device, threads), path=None)
+
+    @classmethod
+    def load_bytes(
+        cls,
+        data: bytes,
+        *,
+        format: str,  # the manifest's name for it (artifact.format)
+        runtime: str = "auto",
+        device: str = "cpu",
+        threads: int | None = None,
+        max_bytes: int = MAX_MODEL_BYTES,
+    ) -> Model:
+        """Load a model from memory only (a decrypted artifact never touches the disk):
+        onnxruntime gets the bytes, LiteRT ``model_content=``. ``format`` is the
+        manifest's ``artifact.format`` ("onnx" or "tflite")."""
+        return cls.from_bytes(data, format, runtime=runtime, device=device, threads=threads,
+                              max_bytes=max_bytes)
 
     def predict(self, x: Any) -> np.ndarray:
         """Run a single-output model on ``x`` (an array, or a dict keyed by input name)."""

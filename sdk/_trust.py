@@ -28,6 +28,10 @@ Contract for the device agent
 4. ``artifact = check_payload(manifest, data, base=installed_bytes_or_None)`` checks the
    delta or artifact, applies the delta (:func:`edgeship.sdk.apply_delta`) and checks the
    result's size and sha256 again. Only these returned bytes may be written to a slot.
+   For an encrypted release (``manifest.encryption``, see :mod:`edgeship.sdk._crypt`)
+   they are the signed *ciphertext*; a delta needs ``private_key=`` (and
+   ``base_encryption=`` when the installed base is encrypted), and the plaintext lives
+   only in memory: decrypt it with ``unwrap_data_key`` + ``decrypt`` to load the model.
 5. After the install passed the golden check: ``state = state.installed(manifest)``.
 
 Fast-forward recovery: if a leaked release key signed an absurd version (say 999.0.0),
@@ -47,7 +51,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeship.sdk._keys import (
     KeySet,
@@ -56,9 +60,10 @@ from edgeship.sdk._keys import (
     public_key_from_bytes,
     verify_envelope,
 )
-from edgeship.sdk._manifest import Manifest, parse_version
+from edgeship.sdk._manifest import DeltaInfo, Manifest, parse_version
 
 from edgeship._errors import (
+    DecryptionError,
     DigestMismatchError,
     LengthMismatchError,
     MalformedError,
@@ -67,8 +72,12 @@ from edgeship._errors import (
     SignatureError,
 )
 
+if TYPE_CHECKING:
+    from edgeship.sdk._crypt import Encryption
+
 __all__ = [
     "MAX_OFFER_SIZE",
+    "OFFER_MODES",
     "Offer",
     "PayloadVerifier",
     "TrustedState",
@@ -111,15 +120,33 @@ def _check_depth(doc: Any, what: str) -> None:
     raise MalformedError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
 
 
+OFFER_MODES = ("active", "shadow")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Offer:
-    """The wire form of "a new release is available": manifest + key set envelopes."""
+    """The wire form of "a new release is available": manifest + key set envelopes.
+
+    ``mode`` is *not* signed: ``"shadow"`` asks a device to install the release next to
+    the active one and run it off the answer path (a broker-only attacker flipping it can
+    only delay an update, never install what the release key did not sign). It is in the
+    JSON only when not ``"active"``, so active offers are byte for byte as before.
+    """
 
     manifest: Mapping[str, Any]
     keyset: Mapping[str, Any]
+    mode: str = "active"
+
+    def __post_init__(self) -> None:
+        if self.mode not in OFFER_MODES:
+            raise MalformedError(f"offer: mode {str(self.mode)[:40]!r} is not one of "
+                                 f"{', '.join(OFFER_MODES)}")
 
     def to_bytes(self) -> bytes:
-        doc = {"type": "edgeship-offer", "manifest": self.manifest, "keyset": self.keyset}
+        doc: dict[str, Any] = {"type": "edgeship-offer", "manifest": self.manifest,
+                               "keyset": self.keyset}
+        if self.mode != "active":
+            doc["mode"] = self.mode
         return canonical_bytes(doc)
 
     @classmethod
@@ -130,7 +157,10 @@ class Offer:
         manifest, keyset = doc.get("manifest"), doc.get("keyset")
         if not isinstance(manifest, dict) or not isinstance(keyset, dict):
             raise MalformedError("offer: 'manifest' and 'keyset' must be signed envelopes")
-        return cls(manifest=manifest, keyset=keyset)
+        mode = doc.get("mode", "active")
+        if not isinstance(mode, str):
+            raise MalformedError("offer: 'mode' must be a string")
+        return cls(manifest=manifest, keyset=keyset, mode=mode)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -333,19 +363,36 @@ def check_sized(data: bytes, *, size: int, sha256: str, what: str) -> None:
     verifier.finish()
 
 
-def check_payload(manifest: Manifest, data: bytes, *, base: bytes | None = None) -> bytes:
-    """Return the verified artifact bytes from a full payload or a delta on ``base``.
+def check_payload(
+    manifest: Manifest,
+    data: bytes,
+    *,
+    base: bytes | None = None,
+    private_key: Any = None,
+    base_encryption: Encryption | None = None,
+) -> bytes:
+    """Return the verified artifact bytes, as signed, from a full payload or a delta.
 
     With ``base`` given, ``data`` is the delta the manifest lists for sha256(base)
     (``MismatchError`` if it lists none); the delta is checked, applied under a size
     bound, and the result checked against the artifact's size and sha256.
+
+    Encrypted releases (``manifest.encryption``): the result is the *ciphertext* as
+    signed. ``base`` is the base artifact as stored (ciphertext when ``base_encryption``,
+    the base release's section, is given). A delta is decrypted, applied to the base's
+    plaintext, and the result re-encrypted with ``artifact_nonce`` before the digest check,
+    which needs ``private_key`` (this device's X25519 key: object, PEM or raw bytes). A
+    full payload is only digest-checked, and also authenticated when ``private_key`` is
+    given (``DecryptionError`` for a wrong key or corrupt ciphertext).
     """
     art = manifest.artifact
     if base is None:
         check_sized(data, size=art.size, sha256=art.sha256, what=art.name)
-        return data
-    from edgeship.sdk._delta import apply_delta
+        if manifest.encryption is not None and private_key is not None:
+            from edgeship.sdk._crypt import decrypt, unwrap_data_key
 
+            decrypt(data, unwrap_data_key(manifest.encryption, private_key), what=art.name)
+        return data
     base_sha = hashlib.sha256(base).hexdigest()
     info = manifest.delta_for(base_sha)
     if info is None:
@@ -354,6 +401,35 @@ def check_payload(manifest: Manifest, data: bytes, *, base: bytes | None = None)
             "(delta for another base?)"
         )
     check_sized(data, size=info.size, sha256=info.sha256, what=info.name)
-    result = apply_delta(base, data, info.format, max_output=art.size)
+    if manifest.encryption is None and base_encryption is None:
+        result = _apply(base, data, info.format, art.size)
+    else:
+        result = _apply_encrypted(manifest, info, base, data, private_key, base_encryption)
     check_sized(result, size=art.size, sha256=art.sha256, what=f"{art.name} (from delta)")
     return result
+
+
+def _apply(base: bytes, delta: bytes, fmt: str, max_output: int) -> bytes:
+    from edgeship.sdk._delta import apply_delta
+
+    return apply_delta(base, delta, fmt, max_output=max_output)
+
+
+def _apply_encrypted(manifest: Manifest, info: DeltaInfo, base: bytes, delta: bytes,
+                     private_key: Any, base_encryption: Encryption | None) -> bytes:
+    """Decrypt base and delta as needed, apply on plaintext, re-encrypt the result."""
+    from edgeship.sdk._crypt import ENCRYPTION_OVERHEAD, decrypt, encrypt, unwrap_data_key
+
+    if private_key is None:
+        raise DecryptionError(f"{info.name}: applying an encrypted delta needs this "
+                              "device's private key")
+    if base_encryption is not None:
+        base_key = unwrap_data_key(base_encryption, private_key)
+        base = decrypt(base, base_key, what=f"base {info.base_version}")
+    art, enc = manifest.artifact, manifest.encryption
+    if enc is None:
+        return _apply(base, delta, info.format, art.size)
+    key = unwrap_data_key(enc, private_key)
+    plain_delta = decrypt(delta, key, what=info.name)
+    plain = _apply(base, plain_delta, info.format, max(art.size - ENCRYPTION_OVERHEAD, 0))
+    return encrypt(plain, key, enc.nonce)
