@@ -57,6 +57,13 @@ _EXPORTS: dict[str, str] = {
     "check_payload": "edgeship.sdk._trust",
     "Model": "edgeship.sdk._model",
     "TensorSpec": "edgeship.sdk._model",
+    # reference data profiles and drift accounting (drift engineer)
+    "DriftConfig": "edgeship.sdk._profile",
+    "DriftMonitor": "edgeship.sdk._profile",
+    "DriftReport": "edgeship.sdk._profile",
+    "Profile": "edgeship.sdk._profile",
+    "build_profile": "edgeship.sdk._profile",
+    "profile_from_file": "edgeship.sdk._profile",
 }
 
 __all__ = sorted(_EXPORTS)

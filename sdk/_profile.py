@@ -1,0 +1,687 @@
+"""Reference profiles of a model's data and on-device drift accounting (PSI and KS).
+
+A :class:`Profile` is what a release signs about the data its model was built for: per
+feature, reference bin edges and the share of the reference data in each bin. It is pure
+data (parsed and validated without numpy, serialized under 64 KiB) so that it can sit in
+a signed manifest. :func:`build_profile` makes one from arrays, :func:`profile_from_file`
+from a ``profile.json`` or a ``DATA.npz``; :class:`DriftMonitor` counts what a device sees
+into the same bins over a sliding window and reports PSI and KS per feature
+(:class:`DriftReport`).
+
+Features (``TensorLayout`` says how each tensor becomes features; the device applies the
+same rule):
+
+* a tensor ``[N]`` is one feature, ``[N, F]`` is F features (one per column);
+* a higher rank is reduced per channel: the mean over every axis but the channel axis,
+  which is axis 1 (NCHW images: one feature per colour channel) unless the sample shape
+  looks like NHWC (``[H, W, C]`` with ``C <= 4 < H``), then the last axis;
+* more than the tensor's share of 64 features (64 per role, split evenly between the
+  role's tensors) are pooled: contiguous groups of columns averaged into that many;
+* an output ``[N, K]`` with ``K >= 2`` is class scores and gives two features: the
+  predicted class (categorical, K categories; with ``K > 64`` class ids are grouped
+  contiguously into 64) and the top-1 confidence (softmax first when the scores are not
+  probabilities).
+
+Numeric bins are equal-mass: the edges are quantiles of the reference data (so PSI has
+no near-empty reference bin), deduplicated, so ties and constant features give fewer,
+wider bins instead of empty ones. Bin ``i`` holds ``edges[i-1] < x <= edges[i]``.
+PSI = sum((p - q) * ln(p / q)) with both shares floored at ``EPSILON``; KS is the largest
+difference of the two CDFs over the bin edges (a binned KS: a lower bound of the exact
+statistic). numpy is imported only in the functions that compute.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeship._errors import ConfigError, InputError, MalformedError
+
+__all__ = [
+    "DriftConfig",
+    "DriftMonitor",
+    "DriftReport",
+    "FeatureDrift",
+    "FeatureProfile",
+    "Profile",
+    "TensorLayout",
+    "build_profile",
+    "profile_from_file",
+]
+
+PROFILE_VERSION = 1
+MAX_PROFILE_BYTES = 64 * 1024
+MAX_FEATURES = 64  # per role: inputs and outputs each
+MAX_BINS = 64
+MAX_TENSORS = 16
+MAX_NAME = 128
+MAX_RANK = 8
+EPSILON = 1e-4  # floor of a bin's share in PSI (an empty bin would give ln(0))
+DEFAULT_BINS = 10
+_ROLES = ("input", "output")
+_KINDS = ("values", "class_scores")
+
+
+def _fail(what: str, msg: str) -> MalformedError:
+    return MalformedError(f"profile.{what}: {msg}")
+
+
+def _int(v: Any, what: str, lo: int, hi: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise _fail(what, f"expected an integer in [{lo}, {hi}], got {str(v)[:40]!r}")
+    return v
+
+
+def _str(v: Any, what: str) -> str:
+    if not isinstance(v, str) or not 0 < len(v) <= MAX_NAME:
+        raise _fail(what, f"expected a name of 1..{MAX_NAME} characters, got {str(v)[:40]!r}")
+    return v
+
+
+def _floats(v: Any, what: str, max_len: int) -> tuple[float, ...]:
+    if not isinstance(v, (list, tuple)) or len(v) > max_len:
+        raise _fail(what, f"expected a list of at most {max_len} numbers")
+    ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+             for x in v)
+    if not ok:
+        raise _fail(what, "every value must be a finite number")
+    return tuple(float(x) for x in v)
+
+
+def _mapping(v: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(v, dict):
+        raise _fail(what, f"expected an object, got {type(v).__name__}")
+    return v
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorLayout:
+    """How one model tensor becomes features (see the module docstring)."""
+
+    name: str
+    role: str  # "input" | "output"
+    kind: str  # "values" | "class_scores"
+    shape: tuple[int, ...]  # one sample's shape (no batch axis); checked on observe
+    channel_axis: int  # in ``shape``; used when len(shape) >= 2
+    width: int  # columns before pooling (values) or classes (class_scores)
+    groups: int  # features after pooling (values) or categories (class_scores)
+    probabilities: bool = True  # class_scores: rows are already softmax outputs
+
+    def __post_init__(self) -> None:
+        w = f"tensors[{self.name}]"
+        _str(self.name, w + ".name")
+        if self.role not in _ROLES or self.kind not in _KINDS:
+            raise _fail(w, f"role must be one of {_ROLES} and kind one of {_KINDS}")
+        if len(self.shape) > MAX_RANK or any(d < 1 for d in self.shape):
+            raise _fail(w + ".shape", f"{list(self.shape)} is not a sample shape")
+        if self.shape and not 0 <= self.channel_axis < max(len(self.shape), 1):
+            raise _fail(w + ".channel_axis", f"{self.channel_axis} is outside {list(self.shape)}")
+        if self.width != _width(self.shape, self.channel_axis):
+            raise _fail(w + ".width", f"{self.width} does not match shape {list(self.shape)}")
+        if not 1 <= self.groups <= min(self.width, MAX_BINS if self.is_scores else MAX_FEATURES):
+            raise _fail(w + ".groups", f"{self.groups} is not in [1, {self.width}]")
+        if self.is_scores and (self.role != "output" or len(self.shape) != 1 or self.width < 2):
+            raise _fail(w + ".kind", "class_scores needs an output of shape [N, K>=2]")
+
+    @property
+    def is_scores(self) -> bool:
+        return self.kind == "class_scores"
+
+    @property
+    def n_features(self) -> int:
+        return 2 if self.is_scores else self.groups
+
+    def feature_names(self) -> list[str]:
+        if self.is_scores:
+            return [f"{self.name}:class", f"{self.name}:top1"]
+        if self.groups == 1 and self.width == 1:
+            return [self.name]
+        return [f"{self.name}[{i}]" for i in range(self.groups)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "kind": self.kind,
+                "shape": list(self.shape), "channel_axis": self.channel_axis,
+                "width": self.width, "groups": self.groups,
+                "probabilities": self.probabilities}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TensorLayout:
+        d = _mapping(d, "tensors[]")
+        shape = d.get("shape")
+        if not isinstance(shape, list) or len(shape) > MAX_RANK:
+            raise _fail("tensors[].shape", f"expected a list of at most {MAX_RANK} sizes")
+        if not isinstance(d.get("probabilities"), bool):
+            raise _fail("tensors[].probabilities", "expected true or false")
+        return cls(name=_str(d.get("name"), "tensors[].name"), role=d.get("role"),
+                   kind=d.get("kind"),
+                   shape=tuple(_int(s, "tensors[].shape", 1, 1 << 24) for s in shape),
+                   channel_axis=_int(d.get("channel_axis"), "tensors[].channel_axis", 0, 7),
+                   width=_int(d.get("width"), "tensors[].width", 1, 1 << 24),
+                   groups=_int(d.get("groups"), "tensors[].groups", 1, MAX_FEATURES),
+                   probabilities=d["probabilities"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureProfile:
+    """One feature's reference distribution: ``numeric`` (bin edges + shares of the
+    ``len(edges) + 1`` bins) or ``categorical`` (shares of each category)."""
+
+    name: str
+    kind: str  # "numeric" | "categorical"
+    edges: tuple[float, ...]
+    proportions: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        w = f"features[{self.name}]"
+        _str(self.name, w + ".name")
+        if self.kind not in ("numeric", "categorical"):
+            raise _fail(w + ".kind", f"{self.kind!r} is not numeric or categorical")
+        bins = len(self.proportions)
+        if not 1 <= bins <= MAX_BINS:
+            raise _fail(w + ".proportions", f"{bins} bins, expected 1..{MAX_BINS}")
+        if self.kind == "numeric" and len(self.edges) != bins - 1:
+            raise _fail(w + ".edges", f"{len(self.edges)} edges for {bins} bins (want bins-1)")
+        if self.kind == "categorical" and self.edges:
+            raise _fail(w + ".edges", "a categorical feature has no edges")
+        if any(not math.isfinite(x) for x in self.edges + self.proportions):
+            raise _fail(w, "edges and proportions must be finite")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise _fail(w + ".edges", "edges must be strictly increasing")
+        if any(p < 0 for p in self.proportions) or abs(sum(self.proportions) - 1) > 1e-3:
+            raise _fail(w + ".proportions", "shares must be >= 0 and sum to 1")
+
+    @property
+    def bins(self) -> int:
+        return len(self.proportions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "edges": list(self.edges),
+                "proportions": list(self.proportions)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> FeatureProfile:
+        d = _mapping(d, "features[]")
+        return cls(name=_str(d.get("name"), "features[].name"), kind=d.get("kind"),
+                   edges=_floats(d.get("edges"), "features[].edges", MAX_BINS - 1),
+                   proportions=_floats(d.get("proportions"), "features[].proportions",
+                                       MAX_BINS))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profile:
+    """A model's reference data profile (signed in a release manifest as ``profile``).
+
+    ``features`` lists every tensor's features in ``tensors`` order. Unknown top-level
+    keys survive a round trip (``extra``) so a newer profile still loads.
+    """
+
+    samples: int
+    bins: int
+    tensors: tuple[TensorLayout, ...]
+    features: tuple[FeatureProfile, ...]
+    version: int = PROFILE_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _int(self.samples, "samples", 1, 1 << 40)
+        _int(self.bins, "bins", 2, MAX_BINS)
+        _int(self.version, "version", PROFILE_VERSION, PROFILE_VERSION)
+        if not 1 <= len(self.tensors) <= MAX_TENSORS:
+            raise _fail("tensors", f"{len(self.tensors)} tensors, expected 1..{MAX_TENSORS}")
+        if len({t.name for t in self.tensors}) != len(self.tensors):
+            raise _fail("tensors", "tensor names must be unique")
+        for role in _ROLES:
+            n = sum(t.n_features for t in self.tensors if t.role == role)
+            if n > MAX_FEATURES:
+                raise _fail("tensors", f"{n} {role} features, over the limit of {MAX_FEATURES}")
+        if not any(t.role == "input" for t in self.tensors):
+            raise _fail("tensors", "no input tensor")
+        names = [n for t in self.tensors for n in t.feature_names()]
+        if [f.name for f in self.features] != names:
+            raise _fail("features", f"expected features {names[:8]}..., one per tensor feature")
+        kinds = [k for t in self.tensors
+                 for k in (("categorical", "numeric") if t.is_scores else ("numeric",) * t.groups)]
+        if [f.kind for f in self.features] != kinds:
+            raise _fail("features", "feature kinds do not match their tensors")
+        if any(f.bins > self.bins and f.kind == "numeric" for f in self.features):
+            raise _fail("features", f"a numeric feature has more than bins={self.bins} bins")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.extra, "version": self.version, "samples": self.samples,
+                "bins": self.bins, "tensors": [t.to_dict() for t in self.tensors],
+                "features": [f.to_dict() for f in self.features]}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Profile:
+        d = _mapping(d, "(top)")
+        tensors, features = d.get("tensors"), d.get("features")
+        if not isinstance(tensors, list) or len(tensors) > MAX_TENSORS:
+            raise _fail("tensors", f"expected a list of at most {MAX_TENSORS} tensors")
+        if not isinstance(features, list) or len(features) > 2 * MAX_FEATURES:
+            raise _fail("features", f"expected a list of at most {2 * MAX_FEATURES} features")
+        profile = cls(samples=d.get("samples"), bins=d.get("bins"), version=d.get("version"),
+                      tensors=tuple(TensorLayout.from_dict(t) for t in tensors),
+                      features=tuple(FeatureProfile.from_dict(f) for f in features),
+                      extra={k: v for k, v in d.items() if k not in _KEYS})
+        size = len(profile.to_json())
+        if size > MAX_PROFILE_BYTES:
+            raise _fail("(top)", f"{size} bytes serialized, over the limit of {MAX_PROFILE_BYTES}")
+        return profile
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Profile:
+        if len(text) > MAX_PROFILE_BYTES:
+            raise _fail("(top)", f"{len(text)} bytes, over the limit of {MAX_PROFILE_BYTES}")
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _fail("(top)", f"not JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    def features_of(self, role: str) -> list[FeatureProfile]:
+        out, i = [], 0
+        for t in self.tensors:
+            if t.role == role:
+                out.extend(self.features[i:i + t.n_features])
+            i += t.n_features
+        return out
+
+
+_KEYS = ("version", "samples", "bins", "tensors", "features")
+
+
+def _width(shape: tuple[int, ...], channel_axis: int) -> int:
+    if not shape:
+        return 1
+    return shape[0] if len(shape) == 1 else shape[channel_axis]
+
+
+# ------------------------------------------------------------------ building (numpy)
+def _layout(name: str, role: str, array: Any, budget: int) -> TensorLayout:
+    import numpy as np
+
+    shape = tuple(int(d) for d in array.shape[1:])
+    if array.ndim == 0 or array.shape[0] == 0 or len(shape) > MAX_RANK or 0 in shape:
+        raise InputError(f"{role} {name!r}: expected a batch [N, ...] with N >= 1, got "
+                         f"shape {list(array.shape)}")
+    nhwc = len(shape) == 3 and shape[-1] <= 4 < shape[0]
+    axis = len(shape) - 1 if nhwc else 0
+    width = _width(shape, axis)
+    if role == "output" and len(shape) == 1 and width >= 2:
+        rows = array.astype(np.float64)
+        probs = bool(rows.min() >= 0 and rows.max() <= 1
+                     and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
+        return TensorLayout(name=name, role=role, kind="class_scores", shape=shape,
+                            channel_axis=0, width=width, groups=min(width, MAX_BINS),
+                            probabilities=probs)
+    return TensorLayout(name=name, role=role, kind="values", shape=shape, channel_axis=axis,
+                        width=width, groups=min(width, budget))
+
+
+def _columns(layout: TensorLayout, array: Any) -> Any:
+    """``[n, groups]`` float64 feature values of a batch (values tensors)."""
+    import numpy as np
+
+    x = np.asarray(array, dtype=np.float64)
+    n = x.shape[0]
+    if x.ndim == 1:
+        cols = x.reshape(n, 1)
+    elif x.ndim == 2:
+        cols = x
+    else:
+        keep = layout.channel_axis + 1
+        cols = x.mean(axis=tuple(a for a in range(1, x.ndim) if a != keep))
+    if layout.groups < layout.width:
+        starts = (np.arange(layout.groups) * layout.width) // layout.groups
+        sizes = np.diff(np.append(starts, layout.width))
+        cols = np.add.reduceat(cols, starts, axis=1) / sizes
+    return cols
+
+
+def _scores(layout: TensorLayout, array: Any) -> tuple[Any, Any]:
+    """Predicted category and top-1 confidence of a batch of class scores."""
+    import numpy as np
+
+    x = np.asarray(array, dtype=np.float64).reshape(array.shape[0], layout.width)
+    top = x.argmax(axis=1)
+    peak = x[np.arange(len(x)), top]
+    conf = peak if layout.probabilities else 1.0 / np.exp(x - peak[:, None]).sum(axis=1)
+    cat = top if layout.groups == layout.width else (top * layout.groups) // layout.width
+    return cat, conf
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+def _numeric(name: str, values: Any, bins: int) -> FeatureProfile:
+    import numpy as np
+
+    qs = np.quantile(values, np.arange(1, bins) / bins, method="lower")  # data values
+    edges = sorted({_round(float(q)) for q in qs})
+    if values.max() <= edges[0]:  # constant (or nearly): one edge at the value
+        edges = [edges[0]]
+    idx = np.searchsorted(np.asarray(edges), values, side="left")
+    shares = np.bincount(idx, minlength=len(edges) + 1) / len(values)
+    return FeatureProfile(name=name, kind="numeric", edges=tuple(edges),
+                          proportions=tuple(_round(float(s)) for s in shares))
+
+
+def _categorical(name: str, cats: Any, count: int) -> FeatureProfile:
+    import numpy as np
+
+    shares = np.bincount(cats, minlength=count) / len(cats)
+    return FeatureProfile(name=name, kind="categorical", edges=(),
+                          proportions=tuple(_round(float(s)) for s in shares))
+
+
+def build_profile(inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None = None, *,
+                  bins: int = DEFAULT_BINS) -> Profile:
+    """Profile of reference data: ``inputs`` (and the model's ``outputs`` on them), each
+    a mapping of tensor name to a batch ``[N, ...]``; every tensor has the same N."""
+    import numpy as np
+
+    if not 2 <= bins <= MAX_BINS:
+        raise InputError(f"bins must be in [2, {MAX_BINS}], not {bins}")
+    roles = [("input", dict(inputs)), ("output", dict(outputs or {}))]
+    if not roles[0][1] or len(roles[0][1]) + len(roles[1][1]) > MAX_TENSORS:
+        raise InputError(f"a profile needs 1..{MAX_TENSORS} tensors, inputs first")
+    arrays = {k: np.asarray(v) for _, d in roles for k, v in d.items()}
+    counts = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise InputError(f"every tensor needs the same number of samples N >= 1, got {counts}")
+    for name, a in arrays.items():
+        if a.dtype.kind not in "biuf" or (a.dtype.kind == "f" and not np.isfinite(a).all()):
+            raise InputError(f"tensor {name!r}: expected finite numbers, got {a.dtype}")
+    tensors, features = [], []
+    for role, data in roles:
+        budget = max(1, MAX_FEATURES // max(len(data), 1))
+        for name, _ in data.items():
+            layout = _layout(name, role, arrays[name], budget)
+            tensors.append(layout)
+            names = layout.feature_names()
+            if layout.is_scores:
+                cat, conf = _scores(layout, arrays[name])
+                features += [_categorical(names[0], cat, layout.groups),
+                             _numeric(names[1], conf, bins)]
+            else:
+                cols = _columns(layout, arrays[name])
+                features += [_numeric(n, cols[:, i], bins) for i, n in enumerate(names)]
+    profile = Profile(samples=counts.pop(), bins=bins, tensors=tuple(tensors),
+                      features=tuple(features))
+    size = len(profile.to_json())
+    if size > MAX_PROFILE_BYTES:
+        raise InputError(f"the profile is {size} bytes, over {MAX_PROFILE_BYTES}: use fewer bins")
+    return profile
+
+
+def profile_from_file(path: str | Path, model_path: str | Path | None = None, *,
+                      bins: int = DEFAULT_BINS, max_bytes: int = 1 << 30) -> Profile:
+    """A ``profile.json`` as is, or a ``DATA.npz`` of inputs keyed by input name (a
+    ``label`` key is ignored) profiled with the outputs of ``model_path`` on them."""
+    file = Path(path)
+    try:
+        size = file.stat().st_size
+        if file.suffix.lower() == ".json":
+            if size > MAX_PROFILE_BYTES:
+                raise MalformedError(f"{file}: {size} bytes, over the profile limit of "
+                                     f"{MAX_PROFILE_BYTES}")
+            return Profile.from_json(file.read_bytes())
+    except OSError as exc:
+        raise InputError(f"cannot read profile data {file}: {exc.strerror}") from exc
+    if size > max_bytes:
+        raise InputError(f"{file} is {size} bytes, over the limit of {max_bytes}")
+    inputs = _load_npz(file)
+    outputs = None
+    if model_path is not None:
+        from edgeship.sdk._model import Model
+
+        model = Model.load(model_path)
+        names = {s.name for s in model.inputs}
+        if set(inputs) != names:
+            raise InputError(f"{file}: arrays {sorted(inputs)} do not match the model's "
+                             f"inputs {sorted(names)}")
+        outputs = model.predict_all(inputs)
+    return build_profile(inputs, outputs, bins=bins)
+
+
+def _load_npz(file: Path) -> dict[str, Any]:
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k]) for k in data.files if k != "label"}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputError(f"{file}: not a readable .npz of arrays ({exc})") from exc
+    if not arrays:
+        raise InputError(f"{file}: holds no input arrays")
+    return arrays
+
+
+# ------------------------------------------------------------------ drift accounting
+@dataclass(frozen=True, kw_only=True)
+class DriftConfig:
+    """``[drift]`` in agent.toml. ``window`` samples (inputs) make the sliding window,
+    kept as ``slices`` sub-windows of counts; PSI / KS are judged once ``min_samples``
+    are in it."""
+
+    window: int = 1000
+    slices: int = 8
+    psi_alert: float = 0.2
+    ks_alert: float = 0.25
+    min_samples: int = 500  # PSI noise of an unshifted stream is ~(bins-1)/n: small by 500
+    sample: float = 1.0  # fraction of answered requests counted (the tap samples)
+    batch: int = 32  # requests the tap buffers before counting them in one numpy pass
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool]] = [
+            ("window", 10 <= self.window <= 10_000_000),
+            ("slices", 1 <= self.slices <= 64 and self.slices <= self.window),
+            ("psi_alert", 0 < self.psi_alert <= 100),
+            ("ks_alert", 0 < self.ks_alert <= 1),
+            ("min_samples", 1 <= self.min_samples <= self.window),
+            ("sample", 0 < self.sample <= 1),
+            ("batch", 1 <= self.batch <= 4096),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"drift.{name}: {getattr(self, name)!r} is out of range")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DriftConfig:
+        known = cls.__dataclass_fields__
+        for key, value in d.items():
+            if key not in known:
+                raise ConfigError(f"drift.{key}: unknown key (known: {', '.join(known)})")
+            want = int if key in ("window", "slices", "min_samples", "batch") else (int, float)
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise ConfigError(f"drift.{key}: expected a number, got {value!r}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureDrift:
+    name: str
+    kind: str
+    samples: int
+    psi: float | None  # None with no sample yet
+    ks: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "samples": self.samples,
+                "psi": self.psi, "ks": self.ks}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriftReport:
+    """The verdict over the current window. ``alert`` needs ``min_samples`` and a
+    feature over ``psi_alert`` (PSI) or, numeric only, over ``ks_alert`` (KS)."""
+
+    window: int  # input samples now in the window
+    alert: bool
+    max_psi: float
+    max_ks: float
+    worst: str  # the feature with the highest PSI ("" before any sample)
+    features: tuple[FeatureDrift, ...]
+    psi_alert: float
+    ks_alert: float
+    min_samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "alert": self.alert, "max_psi": self.max_psi,
+                "max_ks": self.max_ks, "worst": self.worst, "psi_alert": self.psi_alert,
+                "ks_alert": self.ks_alert, "min_samples": self.min_samples,
+                "features": [f.to_dict() for f in self.features]}
+
+    def status(self) -> dict[str, Any]:
+        return {"alert": self.alert, "max_psi": self.max_psi, "max_ks": self.max_ks,
+                "worst": self.worst, "window": self.window}
+
+
+def psi(reference: Any, current: Any, epsilon: float = EPSILON) -> float:
+    """Population stability index of two share vectors (each floored at ``epsilon``)."""
+    import numpy as np
+
+    p = np.maximum(np.asarray(current, np.float64), epsilon)
+    q = np.maximum(np.asarray(reference, np.float64), epsilon)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def ks(reference: Any, current: Any) -> float:
+    """Largest CDF difference over the bin edges of two share vectors."""
+    import numpy as np
+
+    diff = np.cumsum(np.asarray(current, np.float64) - np.asarray(reference, np.float64))
+    return float(np.max(np.abs(diff[:-1]))) if len(diff) > 1 else 0.0
+
+
+class DriftMonitor:
+    """Counts samples into the profile's bins over a sliding window (a ring of
+    ``config.slices`` count arrays; memory is fixed by the profile, never by traffic)
+    and reports PSI / KS. Not thread-safe: the caller serializes ``observe``/``report``."""
+
+    def __init__(self, profile: Profile, config: DriftConfig | None = None) -> None:
+        import numpy as np
+
+        self._np = np
+        self.profile, self.config = profile, config or DriftConfig()
+        self._plan: list[tuple[TensorLayout, Any, Any]] = []  # layout, padded edges, offset
+        offset = 0
+        feats = iter(profile.features)
+        for t in profile.tensors:
+            fs = [next(feats) for _ in range(t.n_features)]
+            num = [f for f in fs if f.kind == "numeric"]
+            pad = np.full((len(num), max((len(f.edges) for f in num), default=0)), np.inf)
+            for i, f in enumerate(num):
+                pad[i, :len(f.edges)] = f.edges
+            self._plan.append((t, pad, np.cumsum([offset] + [f.bins for f in fs])[:-1]))
+            offset += sum(f.bins for f in fs)
+        self._bins = offset
+        self._ref = np.concatenate([f.proportions for f in profile.features])
+        self._widths = np.array([f.bins for f in profile.features])
+        self._starts = np.cumsum(self._widths) - self._widths
+        self._not_last = np.ones(offset)  # KS is read at the edges: not after the last bin
+        self._not_last[self._starts + self._widths - 1] = 0.0
+        self._slice_size = -(-self.config.window // self.config.slices)
+        self._counts = np.zeros((self.config.slices, offset), np.int64)
+        self._samples = np.zeros(self.config.slices, np.int64)
+        self._slot = 0
+
+    def observe(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None = None
+                ) -> None:
+        """Count a batch: ``inputs`` (and optionally the answers' ``outputs``, which may
+        have fewer rows) by tensor name, each ``[n, *sample shape]``. Tensors the profile
+        lacks are ignored; ``outputs`` alone count nothing (the window is input rows)."""
+        np = self._np
+        rows: list[Any] = []
+        answers: list[Any] = []
+        n = None
+        for layout, pad, offs in self._plan:
+            data = inputs if layout.role == "input" else outputs
+            if data is None or layout.name not in data:
+                continue
+            x = np.asarray(data[layout.name])
+            if x.shape[1:] != layout.shape:
+                raise InputError(f"drift: {layout.name!r} has sample shape {list(x.shape[1:])},"
+                                 f" the profile has {list(layout.shape)}")
+            if layout.role == "input":
+                n = x.shape[0]
+                rows.append(self._bin(layout, pad, offs, x))
+            else:
+                answers.append(self._bin(layout, pad, offs, x).ravel())
+        if n is None:
+            return
+        self._count(np.concatenate(rows, axis=1), n)
+        if answers:
+            self._counts[self._slot] += np.bincount(np.concatenate(answers),
+                                                    minlength=self._bins)
+
+    def _bin(self, layout: TensorLayout, pad: Any, offs: Any, x: Any) -> Any:
+        """Global bin index of every feature of every row: ``[n, features]``."""
+        np = self._np
+        if layout.is_scores:
+            cat, conf = _scores(layout, x)
+            idx = np.stack([cat, (conf[:, None] > pad[0]).sum(axis=1)], axis=1)
+        else:
+            idx = (_columns(layout, x)[:, :, None] > pad[None]).sum(axis=2)
+        return idx + offs
+
+    def _count(self, idx: Any, n: int) -> None:
+        """Add ``n`` input rows to the current slice, moving on to the next (and
+        forgetting its old counts) whenever a slice is full."""
+        while n:
+            room = int(self._slice_size - self._samples[self._slot])
+            take = min(room, n)
+            self._counts[self._slot] += self._np.bincount(idx[:take].ravel(),
+                                                          minlength=self._bins)
+            self._samples[self._slot] += take
+            idx, n = idx[take:], n - take
+            if take == room:
+                self._slot = (self._slot + 1) % self.config.slices
+                self._counts[self._slot] = 0
+                self._samples[self._slot] = 0
+
+    @property
+    def window(self) -> int:
+        return int(self._samples.sum())
+
+    def counts(self) -> Any:
+        """Per-bin counts over the window (all features, concatenated)."""
+        return self._counts.sum(axis=0)
+
+    def report(self) -> DriftReport:
+        np, c = self._np, self.config
+        got, ref, starts = self.counts(), self._ref, self._starts
+        n = np.add.reduceat(got, starts)
+        share = got / np.repeat(np.maximum(n, 1), self._widths)
+        p, q = np.maximum(share, EPSILON), np.maximum(ref, EPSILON)
+        psis = np.add.reduceat((p - q) * np.log(p / q), starts)
+        cum = np.cumsum(share - ref)
+        before = np.repeat(np.concatenate([[0.0], cum[starts[1:] - 1]]), self._widths)
+        kss = np.maximum.reduceat(np.abs(cum - before) * self._not_last, starts)
+        rows = tuple(
+            FeatureDrift(name=f.name, kind=f.kind, samples=int(k),
+                         psi=round(float(a), 4) if k else None,
+                         ks=round(float(b), 4) if k else None)
+            for f, k, a, b in zip(self.profile.features, n, psis, kss, strict=True))
+        judged = [r for r in rows if r.samples >= c.min_samples]
+        max_psi = max((r.psi or 0.0 for r in rows), default=0.0)
+        max_ks = max((r.ks or 0.0 for r in rows if r.kind == "numeric"), default=0.0)
+        worst = max(rows, key=lambda r: r.psi or 0.0).name if self.window else ""
+        alert = any((r.psi or 0) > c.psi_alert or (r.kind == "numeric" and (r.ks or 0) > c.ks_alert)
+                    for r in judged)
+        return DriftReport(window=self.window, alert=alert, max_psi=max_psi, max_ks=max_ks,
+                           worst=worst, features=rows, psi_alert=c.psi_alert,
+                           ks_alert=c.ks_alert, min_samples=c.min_samples)
