@@ -12,6 +12,17 @@ Phases (``OtaState.phase``)::
     idle -> offered -> downloading -> verifying -> installing -> health-checking
          -> committed | rolled-back | failed
 
+A *shadow* offer (``"mode": "shadow"``) takes the same path into the inactive slot but
+ends in ``shadowing`` (``OtaState.shadow``, action ``LoadShadow``) instead of switching;
+a ``{"type": "shadow-discard", "version"}`` message ends it (``shadow-discarded``);
+a normal offer of the shadow's version promotes it without a download (the in-process
+golden check and switch of a normal update, then ``committed``); a normal offer of
+another version unloads the shadow and overwrites its slot.
+
+An encrypted release (manifest ``encryption``) is refused at once unless this device's
+key (``private_key``) is a recipient and unwraps the data key; slots keep ciphertext,
+and ``SlotInfo.encryption`` tells the shell how to decrypt them into memory.
+
 ``offered`` is only reported: a verified offer is persisted as ``downloading``. After a
 restart, :class:`Resume` picks the phase up again (resume the download at the last
 verified chunk, verify and install again, re-run the health check, or finish or undo a
@@ -36,6 +47,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from edgeship.agent._ota_types import (
+    MODES,
     PHASES,
     Action,
     Chunk,
@@ -47,6 +59,7 @@ from edgeship.agent._ota_types import (
     Job,
     LoadActive,
     Loaded,
+    LoadShadow,
     LocalRelease,
     OfferReceived,
     OtaState,
@@ -60,6 +73,7 @@ from edgeship.agent._ota_types import (
     StorageFailed,
     Tick,
     TruncateDownload,
+    UnloadShadow,
     WriteChunk,
     WriteSlot,
     correlation,
@@ -67,10 +81,16 @@ from edgeship.agent._ota_types import (
     encode_state,
 )
 from edgeship.sdk._manifest import Manifest
-from edgeship.sdk._transfer import ChunkRequest, decode_chunk
+from edgeship.sdk._transfer import ChunkRequest, chunk_count, decode_chunk
 from edgeship.sdk._trust import Offer, check_offer, check_payload
 
-from edgeship._errors import EdgeshipError, LengthMismatchError, TransportError
+from edgeship._errors import (
+    DecryptionError,
+    EdgeshipError,
+    LengthMismatchError,
+    MalformedError,
+    TransportError,
+)
 
 __all__ = [
     "PHASES",
@@ -83,6 +103,7 @@ __all__ = [
     "Installed",
     "Job",
     "LoadActive",
+    "LoadShadow",
     "Loaded",
     "LocalRelease",
     "OfferReceived",
@@ -98,6 +119,7 @@ __all__ = [
     "StorageFailed",
     "Tick",
     "TruncateDownload",
+    "UnloadShadow",
     "WriteChunk",
     "WriteSlot",
     "decode_state",
@@ -114,8 +136,10 @@ class OtaCore:
 
     def __init__(self, *, device: str, model: str, root_key: bytes, hardware: str | None = "cpu",
                  chunk_size: int = 64 * 1024, max_artifact_bytes: int = 256 * 1024 * 1024,
-                 max_switch_attempts: int = 3, report_every: int = 8) -> None:
+                 max_switch_attempts: int = 3, report_every: int = 8,
+                 private_key: Any | None = None) -> None:
         self.device, self.model, self.root_key, self.hardware = device, model, root_key, hardware
+        self.private_key = private_key  # X25519 private key of [encryption], or None
         self.chunk_size, self.max_artifact_bytes = chunk_size, max_artifact_bytes
         self.max_switch_attempts, self.report_every = max_switch_attempts, report_every
 
@@ -130,7 +154,9 @@ class OtaCore:
         return {"device": self.device, "state": phase or state.phase,
                 "version": state.active.version if state.active else None,
                 "target": job.version if job else (state.target or None),
-                "progress": progress, "error": state.error or None, "ts": round(now, 3)}
+                "progress": progress, "error": state.error or None,
+                "shadow": {"version": state.shadow.version} if state.shadow else None,
+                "ts": round(now, 3)}
 
     def _report(self, state: OtaState, now: float, phase: str | None = None) -> Report:
         return Report(self.status(state, now, phase=phase))
@@ -141,7 +167,9 @@ class OtaCore:
         return handler(state, event, now)  # type: ignore[no-any-return]
 
     def _on_Resume(self, state: OtaState, event: Resume, now: float) -> Step:
-        load = [LoadActive(state.active)] if state.active else []
+        load: list[Action] = [LoadActive(state.active)] if state.active else []
+        if state.shadow is not None:
+            load.append(LoadShadow(state.shadow))
         job = state.job
         if job is None:
             return state, [*load, self._report(state, now)]
@@ -173,32 +201,57 @@ class OtaCore:
 
     # -- offers ---------------------------------------------------------------------------
     def _on_OfferReceived(self, state: OtaState, event: OfferReceived, now: float) -> Step:
-        peek = _peek_version(event.raw)
-        if peek is not None and state.job is not None and peek == state.job.version:
+        peek, mode = _peek(event.raw)
+        if mode == "shadow-discard":
+            return self._discard(state, peek, now)
+        job = state.job
+        if peek is not None and job is not None and peek == job.version:
+            if mode in MODES and mode != job.mode:  # e.g. promoted while still downloading
+                state = replace(state, job=replace(job, mode=mode))
+                return state, [Persist(state), self._report(state, now)]
             return state, []  # the same offer again (a retained offer after a reconnect)
-        if peek is not None and state.active is not None and peek == state.active.version \
-                and state.job is None:
+        if peek is not None and job is None and self._seen(state, peek, mode):
             return state, []
-        if peek is not None and state.job is None and state.phase == "rolled-back" \
-                and peek == state.target:  # its retained offer after a reconnect: that
-            return state, []  # model failed its check here once, it would again
         if state.phase in _BUSY:
             return self._refuse(state, now, f"offer of {peek} ignored: busy {state.phase}")
         try:
-            offer = Offer.from_bytes(event.raw)
+            offer = Offer.from_bytes(event.raw)  # refuses a mode it does not know
             manifest = check_offer(offer, self.root_key, state.trusted, model_name=self.model,
                                    hardware=self.hardware, now=_utc(now))
-            job = self._plan(offer, manifest, state.active)
+            self._recipient(manifest)  # an offer this device cannot decrypt: refused now
+            mode = offer.mode
+            if mode == "shadow" and state.active is None:
+                raise MalformedError("a shadow release needs an active model to run beside")
+            promote = self._promotes(state, manifest, mode)
+            job = None if promote else self._plan(offer, manifest, state.active, mode)
         except EdgeshipError as exc:
             return self._refuse(state, now, f"offer rejected: {type(exc).__name__}: {exc}",
                                 target=peek)
+        trusted = state.trusted.accept(offer, manifest)
+        if promote:
+            return self._promote(replace(state, trusted=trusted), offer, manifest, now)
+        assert job is not None
+        # the shadow's slot is the inactive one this job writes: stop and forget it first
+        drop: list[Action] = [UnloadShadow()] if state.shadow is not None else []
         state = replace(state, phase="downloading", job=job, error="", target=job.version,
-                        trusted=state.trusted.accept(offer, manifest))
+                        trusted=trusted, shadow=None)
         if job.size == 0:  # nothing to fetch
             state = replace(state, phase="verifying")
-            return state, [Persist(state), TruncateDownload(0), self._read(state)]
-        return state, [TruncateDownload(0), Persist(state), self._report(state, now, "offered"),
-                       self._report(state, now), *self._request(state)]
+            return state, [*drop, Persist(state), TruncateDownload(0), self._read(state)]
+        return state, [*drop, TruncateDownload(0), Persist(state),
+                       self._report(state, now, "offered"), self._report(state, now),
+                       *self._request(state)]
+
+    @staticmethod
+    def _seen(state: OtaState, version: str, mode: str) -> bool:
+        """Whether an offer of ``version`` repeats what this device already did with it
+        (the broker re-delivers retained offers at every reconnect)."""
+        if state.active is not None and version == state.active.version:
+            return True
+        if state.shadow is not None and version == state.shadow.version and mode == "shadow":
+            return True
+        # the offer of a release that failed its check here once: it would fail again
+        return state.phase == "rolled-back" and version == state.target
 
     def _on_LocalRelease(self, state: OtaState, event: LocalRelease, now: float) -> Step:
         try:
@@ -212,7 +265,8 @@ class OtaCore:
                         trusted=state.trusted.accept(offer, manifest))
         return self._on_Downloaded(state, Downloaded(payload=event.artifact, base=None), now)
 
-    def _plan(self, offer: Offer, manifest: Manifest, active: SlotInfo | None) -> Job:
+    def _plan(self, offer: Offer, manifest: Manifest, active: SlotInfo | None,
+              mode: str = "active") -> Job:
         art = manifest.artifact
         if art.size > self.max_artifact_bytes:
             raise LengthMismatchError(f"artifact of {art.size} bytes is over this device's "
@@ -222,7 +276,70 @@ class OtaCore:
         slot = "b" if active is not None and active.slot == "a" else "a"
         return Job(offer=offer.to_bytes().decode(), version=manifest.version, file=chosen[0],
                    size=chosen[1], sha256=chosen[2], delta=delta is not None,
-                   chunk_size=self.chunk_size, slot=slot)
+                   chunk_size=self.chunk_size, slot=slot, mode=mode)
+
+    # -- shadow releases -------------------------------------------------------------------
+    @staticmethod
+    def _promotes(state: OtaState, manifest: Manifest, mode: str) -> bool:
+        """A normal offer of exactly the release the shadow slot holds: switch to it."""
+        shadow = state.shadow
+        return (mode == "active" and shadow is not None and state.active is not None
+                and shadow.version == manifest.version
+                and shadow.sha256 == manifest.artifact.sha256)
+
+    def _promote(self, state: OtaState, offer: Offer, manifest: Manifest, now: float) -> Step:
+        """The shadow slot becomes active with no download: the same switch as after a
+        passed health check (the new model is golden-checked in-process when it loads,
+        the old slot kept as ``previous`` until then)."""
+        shadow = state.shadow
+        assert shadow is not None
+        art = manifest.artifact
+        job = Job(offer=offer.to_bytes().decode(), version=manifest.version, file=art.name,
+                  size=art.size, sha256=art.sha256, delta=False, chunk_size=self.chunk_size,
+                  received=chunk_count(art.size, self.chunk_size), slot=shadow.slot,
+                  switched=True, switch_attempts=1)
+        state = replace(state, phase="health-checking", job=job, active=shadow,
+                        previous=state.active, shadow=None, error="", target=manifest.version)
+        return state, [UnloadShadow(), Persist(state), self._report(state, now),
+                       LoadActive(shadow, golden=self._golden(job))]
+
+    def _discard(self, state: OtaState, version: str | None, now: float) -> Step:
+        """``shadow-discard``: drop the shadow of ``version`` (or its install under way).
+        Anything else (the retained discard seen again, another version) is ignored."""
+        job = state.job
+        if state.shadow is not None and state.shadow.version == version:
+            state = replace(state, phase="shadow-discarded", shadow=None, target=version,
+                            error="")
+            return state, [UnloadShadow(), Persist(state), self._report(state, now)]
+        if job is not None and job.mode == "shadow" and job.version == version:
+            state = replace(state, phase="shadow-discarded", job=None, target=version, error="")
+            return state, [Persist(state), TruncateDownload(0), self._report(state, now)]
+        return state, []
+
+    # -- encryption ------------------------------------------------------------------------
+    def _recipient(self, manifest: Manifest) -> dict[str, Any] | None:
+        """The manifest's ``encryption`` reduced to this device's recipient (None for a
+        plaintext release); DecryptionError when this device cannot open the data key."""
+        encryption = getattr(manifest, "encryption", None)
+        if encryption is None:
+            return None
+        from edgeship.sdk._crypt import keyid_of_public, short, unwrap_data_key
+
+        if self.private_key is None:
+            ids = ", ".join(short(k) for k in encryption.keyids)
+            raise DecryptionError(f"release is encrypted for keys {ids}; this device has no"
+                                  " [encryption] key")
+        unwrap_data_key(encryption, self.private_key)
+        mine = encryption.only(keyid_of_public(self.private_key))
+        return mine.to_dict()  # type: ignore[no-any-return]
+
+    def _slot_info(self, job: Job) -> SlotInfo:
+        manifest = job.manifest()
+        art = manifest.artifact
+        profile = getattr(manifest, "profile", None)
+        return SlotInfo(slot=job.slot, version=job.version, sha256=art.sha256, size=art.size,
+                        format=art.format, encryption=self._recipient(manifest),
+                        profile=profile.to_dict() if profile is not None else None)
 
     def _refuse(self, state: OtaState, now: float, reason: str,
                 target: str | None = None) -> Step:
@@ -291,13 +408,26 @@ class OtaCore:
         if job.delta and not _base_fits(event.base, state.active):
             return self._fetch_full(state, manifest, now)
         try:
-            artifact = check_payload(manifest, event.payload, base=event.base)
+            artifact = check_payload(manifest, event.payload, base=event.base,
+                                     **self._decrypting(manifest, job, state.active))
         except EdgeshipError as exc:
             state = replace(state, job=None, phase="failed", error=f"verification: {exc}")
             return state, [Persist(state), TruncateDownload(0), self._report(state, now)]
         state = replace(state, phase="installing")
         return state, [Persist(state), self._report(state, now),
                        WriteSlot(job.slot, manifest.artifact.format, artifact)]
+
+    def _decrypting(self, manifest: Manifest, job: Job, active: SlotInfo | None
+                    ) -> dict[str, Any]:
+        """check_payload's keywords for an encrypted release (none for a plaintext one)."""
+        if getattr(manifest, "encryption", None) is None:
+            return {}
+        base_encryption = None
+        if job.delta and active is not None and active.encryption is not None:
+            from edgeship.sdk._crypt import Encryption
+
+            base_encryption = Encryption.from_dict(active.encryption)
+        return {"private_key": self.private_key, "base_encryption": base_encryption}
 
     def _fetch_full(self, state: OtaState, manifest: Manifest, now: float) -> Step:
         """The delta's base (the active slot) is gone or damaged on disk: a delta cannot
@@ -334,7 +464,8 @@ class OtaCore:
 
     def _health(self, job: Job) -> RunHealthCheck:
         manifest = job.manifest()
-        return RunHealthCheck(job.slot, manifest.artifact.format, self._golden(job))
+        return RunHealthCheck(job.slot, manifest.artifact.format, self._golden(job),
+                              encryption=self._recipient(manifest))
 
     def _on_HealthChecked(self, state: OtaState, event: HealthChecked, now: float) -> Step:
         job = state.job
@@ -342,9 +473,11 @@ class OtaCore:
             return state, []
         if not event.ok:
             return self._rollback(state, now, f"health check failed: {event.reason}")
-        art = job.manifest().artifact
-        new = SlotInfo(slot=job.slot, version=job.version, sha256=art.sha256, size=art.size,
-                       format=art.format)
+        new = self._slot_info(job)
+        if job.mode == "shadow":  # installed and checked: run it beside the active model
+            state = replace(state, phase="shadowing", job=None, shadow=new, error="")
+            return state, [Persist(state), TruncateDownload(0), LoadShadow(new),
+                           self._report(state, now)]
         # the switch: one atomic state write names the new slot and still keeps the old one
         state = replace(state, active=new, previous=state.active,
                         job=replace(job, switched=True, switch_attempts=1))
@@ -420,13 +553,20 @@ def _utc(now: float) -> datetime:
     return datetime.fromtimestamp(now, tz=timezone.utc)
 
 
-def _peek_version(raw: bytes) -> str | None:
-    """The version an offer *claims* (unverified; used only to skip exact repeats)."""
+def _peek(raw: bytes) -> tuple[str | None, str]:
+    """The version a message on the offer topic *claims* and its kind: an offer's
+    ``mode`` ("active" unless it says otherwise) or "shadow-discard". Unverified: used
+    to skip exact repeats and to route; the offer itself is verified later."""
+    from edgeship.sdk._trust import MAX_OFFER_SIZE, load_json
+
     try:
-        offer = Offer.from_bytes(raw)
-        version = offer.manifest["signed"]["version"]
+        doc = load_json(raw, "offer", max_size=MAX_OFFER_SIZE)
+        if isinstance(doc, dict) and doc.get("type") == "shadow-discard":
+            version, mode = doc.get("version"), "shadow-discard"
+        else:
+            version, mode = doc["manifest"]["signed"]["version"], doc.get("mode", "active")
     except (EdgeshipError, KeyError, TypeError):
-        return None
-    return version if isinstance(version, str) else None
+        return None, "active"
+    return (version if isinstance(version, str) else None), str(mode)
 
 

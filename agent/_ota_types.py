@@ -13,39 +13,79 @@ from typing import Any
 
 from edgeship.sdk._manifest import Manifest
 from edgeship.sdk._transfer import ChunkRequest, chunk_count
-from edgeship.sdk._trust import Offer, TrustedState
+from edgeship.sdk._trust import OFFER_MODES, Offer, TrustedState
 
 __all__ = [
-    "PHASES", "Action", "Chunk", "Connected", "Downloaded", "Event", "HealthChecked",
-    "Installed", "Job", "LoadActive", "Loaded", "LocalRelease", "OfferReceived", "OtaState",
-    "Persist", "ReadDownload", "Report", "RequestChunk", "Resume", "RunHealthCheck", "SlotInfo",
+    "MODES",
+    "PHASES",
+    "Action",
+    "Chunk",
+    "Connected",
+    "Downloaded",
+    "Event",
+    "HealthChecked",
+    "Installed",
+    "Job",
+    "LoadActive",
+    "LoadShadow",
+    "Loaded",
+    "LocalRelease",
+    "OfferReceived",
+    "OtaState",
+    "Persist",
+    "ReadDownload",
+    "Report",
+    "RequestChunk",
+    "Resume",
+    "RunHealthCheck",
+    "SlotInfo",
     "StorageFailed",
-    "Tick", "TruncateDownload", "WriteChunk", "WriteSlot", "correlation", "decode_state",
+    "Tick",
+    "TruncateDownload",
+    "UnloadShadow",
+    "WriteChunk",
+    "WriteSlot",
+    "correlation",
+    "decode_state",
     "encode_state",
 ]
 
 PHASES = ("idle", "offered", "downloading", "verifying", "installing", "health-checking",
-          "committed", "rolled-back", "failed")
+          "committed", "rolled-back", "failed", "shadowing", "shadow-discarded")
+MODES = OFFER_MODES  # an offer's unsigned "mode": replace the model, or run beside it
 
 
 @dataclass(frozen=True, kw_only=True)
 class SlotInfo:
-    """A verified artifact sitting in slot ``a`` or ``b``."""
+    """A verified artifact sitting in slot ``a`` or ``b``.
+
+    ``encryption`` is the signed manifest's ``encryption`` section reduced to this
+    device's recipient (None: a plaintext release); with it and the device key the
+    shell decrypts the slot into memory. ``profile`` is the manifest's drift profile.
+    Both are absent from state files written before they existed.
+    """
 
     slot: str
     version: str
     sha256: str
     size: int
     format: str
+    encryption: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"slot": self.slot, "version": self.version, "sha256": self.sha256,
-                "size": self.size, "format": self.format}
+        out = {"slot": self.slot, "version": self.version, "sha256": self.sha256,
+               "size": self.size, "format": self.format}
+        if self.encryption is not None:
+            out["encryption"] = self.encryption
+        if self.profile is not None:
+            out["profile"] = self.profile
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SlotInfo:
         return cls(slot=d["slot"], version=d["version"], sha256=d["sha256"], size=d["size"],
-                   format=d["format"])
+                   format=d["format"], encryption=d.get("encryption"), profile=d.get("profile"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +103,7 @@ class Job:
     slot: str = ""  # slot the new artifact goes to
     switched: bool = False  # the state already names the new slot as active
     switch_attempts: int = 0
+    mode: str = "active"  # "shadow": ends installed next to the active model, not switched
 
     @property
     def chunks(self) -> int:
@@ -90,20 +131,24 @@ class OtaState:
     trusted: TrustedState = field(default_factory=TrustedState)
     error: str = ""
     target: str = ""  # version of the last update attempt (for status)
+    shadow: SlotInfo | None = None  # a release installed to run beside the active one
 
     def to_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "error": self.error, "target": self.target,
                 "active": self.active and self.active.to_dict(),
                 "previous": self.previous and self.previous.to_dict(),
-                "job": self.job and self.job.to_dict(), "trusted": self.trusted.to_dict()}
+                "job": self.job and self.job.to_dict(), "trusted": self.trusted.to_dict(),
+                "shadow": self.shadow and self.shadow.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OtaState:
+        shadow = d.get("shadow")  # state files from before shadow releases have none
         return cls(phase=d["phase"], error=d.get("error", ""), target=d.get("target", ""),
                    active=d["active"] and SlotInfo.from_dict(d["active"]),
                    previous=d["previous"] and SlotInfo.from_dict(d["previous"]),
                    job=d["job"] and Job.from_dict(d["job"]),
-                   trusted=TrustedState.from_dict(d["trusted"]))
+                   trusted=TrustedState.from_dict(d["trusted"]),
+                   shadow=SlotInfo.from_dict(shadow) if shadow else None)
 
 
 # ---- events (what happened) -------------------------------------------------------------
@@ -239,11 +284,13 @@ class WriteSlot(Action):
 
 @dataclass(frozen=True)
 class RunHealthCheck(Action):
-    """Check the model in ``slot`` in a separate interpreter -> ``HealthChecked``."""
+    """Check the model in ``slot`` in a separate interpreter -> ``HealthChecked``;
+    ``encryption`` (this device's recipient) says the slot holds ciphertext."""
 
     slot: str
     format: str
     golden: dict[str, Any] | None
+    encryption: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -252,6 +299,18 @@ class LoadActive(Action):
 
     slot: SlotInfo
     golden: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class LoadShadow(Action):
+    """Start running the model in ``slot`` beside the active one (off the answer path)."""
+
+    slot: SlotInfo
+
+
+@dataclass(frozen=True)
+class UnloadShadow(Action):
+    """Stop the shadow model (before its slot is overwritten, promoted or discarded)."""
 
 
 def correlation(request: ChunkRequest) -> bytes:
