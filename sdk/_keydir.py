@@ -8,6 +8,10 @@ Layout of ``KEYDIR``::
     release.pub      its public key
     keyset.json      the current key set envelope, signed by root (see _keys.py)
     retired/         earlier release keys, ``<keyid>.key`` (0600), kept for audit
+    archive.key      X25519 key (0600) made by the first encrypted release: every encrypted
+    archive.pub      release also wraps its data key for it, so that ``release --base`` of
+                     an encrypted release (which needs the base's plaintext) works on this
+                     host without any device's private key. It never leaves the host.
 
 ``rotate`` makes a new release key, drops the old one from the key set (optionally
 revoking it) and bumps the key set version; ``revoke`` revokes a key id (by default the
@@ -139,6 +143,18 @@ class KeyDir:
         revoked = (*keyset.revoked, matches[0])
         return self._bump(keyset, root, keys=keys, revoked=revoked,
                           days=days, now=now)
+
+    def archive_key(self, *, create: bool = False) -> Any:
+        """The host's X25519 archive key (see the module docstring); None if there is
+        none yet and not ``create``."""
+        from edgeship.sdk._crypt import private_key_file, write_key_pair
+
+        path = self.path / "archive.key"
+        if not path.exists():
+            if not create:
+                return None
+            write_key_pair(self.path, "archive")
+        return private_key_file(path, "archive key")
 
     def root_key(self, passphrase: bytes | None) -> Ed25519PrivateKey:
         return _load_private(self.path / "root.key", passphrase)

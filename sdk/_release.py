@@ -7,6 +7,13 @@ Layout of ``RELDIR``::
     model.int8.tflite          the artifact, under its own name
     deltas/from-1.1.0.<fmt>    one delta per base version, fmt bsdiff4 | edgeship-tensor
 
+Encrypted releases (``encrypt_for=``, see :mod:`edgeship.sdk._crypt`): the artifact and
+every delta are stored encrypted under one fresh data key, wrapped for each recipient
+public key *and* for the key dir's ``archive.key`` (created on first use), so that a later
+``--base`` of this release can be decrypted on the host to compute the next delta
+without any device's private key. Deltas are computed on plaintext. A plaintext release
+never gets a delta from an encrypted base (the delta would reveal the base model).
+
 :func:`verify_release` runs :func:`~edgeship.sdk._trust.check_offer` and
 :func:`~edgeship.sdk._trust.check_payload` on these files, i.e. exactly what a device
 runs on the bytes it receives. :meth:`Release.offer` gives the wire form the fleet
@@ -22,8 +29,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from edgeship.sdk._crypt import (
+    Encryption,
+    decrypt,
+    encrypt,
+    load_public_key,
+    make_encryption,
+    new_data_key,
+    new_nonce,
+    read_key_file,
+    unwrap_data_key,
+)
 from edgeship.sdk._delta import best_delta
 from edgeship.sdk._fileio import make_output_dir, write_atomic
 from edgeship.sdk._keydir import KeyDir
@@ -47,12 +65,20 @@ from edgeship.sdk._trust import (
 )
 
 from edgeship._errors import (
+    DecryptionError,
     InputError,
     LengthMismatchError,
     MalformedError,
     SignatureError,
     VerificationError,
 )
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+    from edgeship.sdk._profile import Profile
 
 __all__ = ["Release", "verify_release", "write_verified"]
 
@@ -128,8 +154,14 @@ class Release:
         passphrase: bytes | None = None,
         force: bool = False,
         now: datetime | None = None,
+        encrypt_for: Sequence[str | Path | X25519PublicKey] = (),
+        profile: Profile | None = None,
     ) -> Release:
-        """Write a signed release of ``artifact`` to ``out`` (see the module docstring)."""
+        """Write a signed release of ``artifact`` to ``out`` (see the module docstring).
+
+        ``encrypt_for``: X25519 public keys (or their .pub files) the release is encrypted
+        for; ``profile``: the reference profile for drift monitoring (signed, plaintext).
+        """
         artifact, out, moment = Path(artifact), Path(out), now or datetime.now(timezone.utc)
         data = read_bounded(artifact, MAX_ARTIFACT_SIZE, "artifact")
         try:
@@ -144,13 +176,15 @@ class Release:
             raise InputError(f"{out} already holds a release (use --force to overwrite)")
         # the golden check runs the artifact: a bad --golden must fail before --out is made
         golden_check = None if golden is None else load_golden(Path(golden), artifact)
+        seal = _Seal.new(keys, encrypt_for) if encrypt_for else None
         make_output_dir(out, "--out")
         (out / "deltas").mkdir(exist_ok=True)
-        deltas = tuple(_write_delta(out, data, version, name, Path(b)) for b in bases)
+        deltas = tuple(_write_delta(out, data, version, name, Path(b), keys, seal) for b in bases)
+        stored = data if seal is None else seal.artifact(data)
         manifest = Manifest(
             model=name,
             version=version,
-            artifact=ArtifactInfo(name=artifact.name, sha256=_sha256(data), size=len(data),
+            artifact=ArtifactInfo(name=artifact.name, sha256=_sha256(stored), size=len(stored),
                                   format=artifact.suffix.lstrip(".") or "bin"),
             deltas=deltas,
             golden=golden_check,
@@ -158,13 +192,17 @@ class Release:
             created=format_time(moment),
             expires=format_time(moment + timedelta(days=expires_days)),
             keyid=keyid_of(signer),
+            encryption=None if seal is None else seal.encryption,
+            profile=profile,
         )
-        write_atomic(out / artifact.name, data)
+        write_atomic(out / artifact.name, stored)
         write_atomic(out / "keyset.json", json.dumps(keyset_env, indent=1).encode())
         envelope = sign_envelope(manifest.to_dict(), signer)
         write_atomic(out / "manifest.json", json.dumps(envelope, indent=1).encode())
-        # what a device would say about it, before anyone ships it
-        verify_release(out, keys.root_pub, bases=bases, now=moment)
+        # what a device would say about it, before anyone ships it (the archive key opens
+        # this release and any encrypted base made with this key dir)
+        verify_release(out, keys.root_pub, bases=bases, now=moment,
+                       private_key=keys.archive_key())
         return cls.load(out)
 
 
@@ -176,7 +214,39 @@ def _check_signer_listed(keys: KeyDir, keyid: str) -> None:
         )
 
 
-def _write_delta(out: Path, new: bytes, version: str, model: str, base_dir: Path) -> DeltaInfo:
+@dataclass(frozen=True)
+class _Seal:
+    """The data key and manifest section of one encrypted release being built."""
+
+    data_key: bytes
+    encryption: Encryption
+
+    @classmethod
+    def new(cls, keys: KeyDir, recipients: Sequence[Any]) -> _Seal:
+        publics = [_recipient_key(r) for r in recipients]
+        archive = keys.archive_key(create=True).public_key()
+        data_key = new_data_key()
+        return cls(data_key=data_key, encryption=make_encryption(data_key, [*publics, archive]))
+
+    def artifact(self, plaintext: bytes) -> bytes:
+        return encrypt(plaintext, self.data_key, self.encryption.nonce)
+
+    def delta(self, plaintext: bytes) -> bytes:
+        return encrypt(plaintext, self.data_key, new_nonce())
+
+
+def _recipient_key(value: Any) -> X25519PublicKey:
+    if not isinstance(value, (str, Path)):
+        return load_public_key(value)
+    data = read_key_file(value, "--encrypt-for")
+    try:
+        return load_public_key(data)
+    except InputError as exc:
+        raise InputError(f"--encrypt-for {value}: {exc}") from exc
+
+
+def _write_delta(out: Path, new: bytes, version: str, model: str, base_dir: Path,
+                 keys: KeyDir, seal: _Seal | None) -> DeltaInfo:
     base = Release.load(base_dir)
     if base.manifest.model != model:
         raise InputError(f"--base {base_dir} is model {base.manifest.model!r}, not {model!r}")
@@ -189,12 +259,33 @@ def _write_delta(out: Path, new: bytes, version: str, model: str, base_dir: Path
                     sha256=base.manifest.artifact.sha256, what=f"--base {base_dir}")
     except VerificationError as exc:
         raise InputError(str(exc)) from exc
+    if base.manifest.encryption is not None:
+        base_bytes = _base_plaintext(base_dir, base_bytes, base.manifest.encryption, keys, seal)
     fmt, delta = best_delta(base_bytes, new)
+    if seal is not None:
+        delta = seal.delta(delta)
     rel = f"deltas/from-{base.manifest.version}.{fmt}"
     write_atomic(out / rel, delta)
     return DeltaInfo(name=rel, base_version=base.manifest.version,
                      base_sha256=base.manifest.artifact.sha256, sha256=_sha256(delta),
                      size=len(delta), format=fmt)
+
+
+def _base_plaintext(base_dir: Path, stored: bytes, encryption: Encryption, keys: KeyDir,
+                    seal: _Seal | None) -> bytes:
+    """An encrypted base, opened with the key dir's archive key."""
+    if seal is None:
+        raise InputError(f"--base {base_dir} is encrypted: a plaintext release cannot ship a "
+                         "delta from it (the delta would reveal it); add --encrypt-for")
+    archive = keys.archive_key()
+    if archive is None:
+        raise InputError(f"--base {base_dir} is encrypted and {keys.path} has no archive.key "
+                         "to open it (was it released with another key dir?)")
+    try:
+        return decrypt(stored, unwrap_data_key(encryption, archive), what=f"--base {base_dir}")
+    except DecryptionError as exc:
+        raise InputError(f"--base {base_dir}: cannot decrypt with {keys.path}/archive.key: "
+                         f"{exc}") from exc
 
 
 # INT8 noise against an fp32 reference stays within a few steps of the output's
@@ -242,16 +333,18 @@ def load_golden(path: Path, artifact: Path | None = None) -> Golden:
 
 
 def _artifact_deviation(artifact: Path, inputs: dict[str, Any], expected: Any, *,
-                        strict: bool = False) -> float | None:
+                        strict: bool = False, data: bytes | None = None) -> float | None:
     """Max |artifact(inputs) - expected|; None if the artifact cannot be run here (an
-    InputError naming why, when ``strict``)."""
+    InputError naming why, when ``strict``). With ``data`` (a decrypted artifact) the
+    model is loaded from those bytes in memory; ``artifact`` then only names it."""
     import numpy as np
     from edgeship.sdk._model import Model
 
     from edgeship._errors import EdgeshipError
 
     try:
-        model = Model.load(artifact)
+        model = (Model.load(artifact) if data is None
+                 else Model.load_bytes(data, format=artifact.suffix))
         if len(inputs) == 1 and len(model.inputs) == 1:
             inputs = {model.inputs[0].name: next(iter(inputs.values()))}
         got = model.predict_all(inputs)[model.outputs[0].name]
@@ -275,6 +368,7 @@ def verify_release(
     bases: Sequence[str | Path] = (),
     golden: bool = False,
     now: datetime | None = None,
+    private_key: X25519PrivateKey | bytes | None = None,
 ) -> Manifest:
     """Run every device check on a release directory; return the verified manifest.
 
@@ -282,6 +376,12 @@ def verify_release(
     (a release dir of an earlier version) the matching delta is applied and the result
     checked against the artifact digest. With ``golden``, the artifact is also run on the
     manifest's golden input, as the device's health check does (HealthCheckError).
+
+    An encrypted release is checked without a key up to its signature and digests (the
+    golden check is then skipped: it cannot be run). With ``private_key`` (a recipient's
+    X25519 key) the artifact and deltas are also decrypted, deltas from ``bases`` applied
+    on plaintext, and the golden check run on the plaintext in memory (DecryptionError
+    for a key that is not a recipient or ciphertext that fails authentication).
     """
     root = (root_public_key if isinstance(root_public_key, bytes)
             else read_bounded(Path(root_public_key), 16 * 1024, "root key"))
@@ -293,17 +393,34 @@ def verify_release(
     release = Release.load(reldir)
     manifest = check_offer(release.offer(), root, state or TrustedState(),
                            model_name=model_name, hardware=hardware, now=now)
-    check_payload(manifest, release.read_artifact())
+    artifact = check_payload(manifest, release.read_artifact())
+    data_key = None
+    if manifest.encryption is not None and private_key is not None:
+        data_key = unwrap_data_key(manifest.encryption, private_key)
     for info in manifest.deltas:
-        check_sized(release.read_delta(info), size=info.size, sha256=info.sha256, what=info.name)
+        delta = release.read_delta(info)
+        check_sized(delta, size=info.size, sha256=info.sha256, what=info.name)
+        if data_key is not None:
+            decrypt(delta, data_key, what=info.name)
     for base_dir in bases:
-        base = Release.load(base_dir).read_artifact()
-        info = manifest.delta_for(_sha256(base))
-        data = release.read_delta(info) if info else b""
-        check_payload(manifest, data, base=base)
-    if golden and manifest.golden is not None:
-        check_golden(manifest.golden, release.path / manifest.artifact.name)
+        _verify_base(manifest, release, Path(base_dir), private_key)
+    plaintext = None if data_key is None else decrypt(artifact, data_key,
+                                                       what=manifest.artifact.name)
+    if golden and manifest.golden is not None and (manifest.encryption is None or plaintext):
+        check_golden(manifest.golden, release.path / manifest.artifact.name, data=plaintext)
     return manifest
+
+
+def _verify_base(manifest: Manifest, release: Release, base_dir: Path,
+                 private_key: Any) -> None:
+    base_rel = Release.load(base_dir)
+    base, base_enc = base_rel.read_artifact(), base_rel.manifest.encryption
+    info = manifest.delta_for(_sha256(base))
+    data = release.read_delta(info) if info else b""
+    if (manifest.encryption or base_enc) and private_key is None and info is not None:
+        raise InputError(f"--base {base_dir}: applying a delta of an encrypted release needs "
+                         "a recipient's private key (--key)")
+    check_payload(manifest, data, base=base, private_key=private_key, base_encryption=base_enc)
 
 
 def self_check(reldir: str | Path) -> Release:
@@ -327,13 +444,14 @@ def self_check(reldir: str | Path) -> Release:
     return release
 
 
-def check_golden(golden: Golden, artifact: Path) -> None:
-    """Run ``artifact`` on the golden input; HealthCheckError when it cannot or differs."""
+def check_golden(golden: Golden, artifact: Path, *, data: bytes | None = None) -> None:
+    """Run ``artifact`` (or ``data``, its decrypted bytes, in memory) on the golden input;
+    HealthCheckError when it cannot or differs."""
     from edgeship._errors import HealthCheckError
 
     inputs, expected = golden.arrays()
     try:
-        deviation = _artifact_deviation(artifact, inputs, expected, strict=True)
+        deviation = _artifact_deviation(artifact, inputs, expected, strict=True, data=data)
     except InputError as exc:
         raise HealthCheckError(f"golden check: {exc}") from exc
     if deviation is None:
@@ -344,12 +462,15 @@ def check_golden(golden: Golden, artifact: Path) -> None:
 
 
 def write_verified(
-    manifest: Manifest, data: bytes, dest: str | Path, *, base: bytes | None = None
+    manifest: Manifest, data: bytes, dest: str | Path, *, base: bytes | None = None,
+    private_key: Any = None, base_encryption: Encryption | None = None,
 ) -> Path:
-    """Check ``data`` (artifact or delta on ``base``), then write the artifact atomically.
+    """Check ``data`` (artifact or delta on ``base``), then write the artifact atomically
+    (as signed: ciphertext for an encrypted release; see ``check_payload``).
 
     Nothing is written unless every check passes.
     """
-    artifact = check_payload(manifest, data, base=base)
+    artifact = check_payload(manifest, data, base=base, private_key=private_key,
+                             base_encryption=base_encryption)
     write_atomic(Path(dest), artifact)
     return Path(dest)

@@ -293,3 +293,160 @@ def _small_tflite(tmp_path: Path) -> Path:
     path = tmp_path / "fc.tflite"
     path.write_bytes(serialize(g))
     return path
+
+
+# ---------------------------------------------------------------- releases on disk
+
+_OLD_MANIFEST_KEYS = {"type", "spec_version", "model", "version", "artifact", "deltas", "golden",
+                      "hardware", "created", "expires", "keyid"}
+
+
+@pytest.fixture()
+def keys(tmp_path: Path) -> Any:
+    from edgeship.sdk import KeyDir
+
+    kd = KeyDir(tmp_path / "keys")
+    kd.init()
+    return kd
+
+
+def _no_plaintext_window(stored: bytes, plain: bytes, width: int = 64) -> bool:
+    """True when no ``width``-byte run of ``plain`` occurs in ``stored``: any such run
+    contains a whole aligned block of ``width // 2`` plaintext bytes, so checking those
+    against every window of ``stored`` is exhaustive."""
+    half = width // 2
+    windows = {stored[i:i + half] for i in range(len(stored) - half + 1)}
+    return not any(plain[i:i + half] in windows for i in range(0, len(plain) - half + 1, half))
+
+
+def _golden(tmp_path: Path) -> Path:
+    x = np.load(FIXTURES / "mlp_calib.npz")["input"][:1]
+    path = tmp_path / "golden.npz"
+    np.savez(path, input=x, output=Model.load(FIXTURES / "mlp.onnx").predict(x))
+    return path
+
+
+def test_encrypted_release_round_trip_and_no_plaintext_on_disk(tmp_path: Path, keys: Any) -> None:
+    from edgeship.sdk import Release, verify_release
+    from edgeship.sdk._crypt import private_key_file
+
+    fleet_key, fleet_pub, fleet_id = write_key_pair(tmp_path / "fleet", "fleet")
+    rel = Release.build(FIXTURES / "mlp.onnx", version="1.0.0", keydir=keys.path,
+                        out=tmp_path / "r1", golden=_golden(tmp_path), encrypt_for=[fleet_pub])
+    enc = rel.manifest.encryption
+    assert enc is not None and fleet_id in enc.keyids and len(enc.keyids) == 2  # + archive
+    assert stat.S_IMODE((keys.path / "archive.key").stat().st_mode) == 0o600
+    plain = (FIXTURES / "mlp.onnx").read_bytes()
+    for path in rel.path.rglob("*"):
+        if path.is_file():
+            assert _no_plaintext_window(path.read_bytes(), plain), path
+    stored = rel.read_artifact()
+    assert len(stored) == len(plain) + 28 and rel.manifest.artifact.sha256 == _sha(stored)
+    assert rel.manifest.artifact.format == "onnx"
+    # a device: signature and digest first (no key), then decrypt in memory and run
+    assert verify_release(rel.path, keys.root_pub).version == "1.0.0"
+    device = private_key_file(fleet_key, "key")
+    assert verify_release(rel.path, keys.root_pub, golden=True, private_key=device)
+    model = Model.load_bytes(decrypt(stored, unwrap_data_key(enc, device)), format="onnx")
+    x = np.load(FIXTURES / "mlp_calib.npz")["input"][:3]
+    np.testing.assert_array_equal(model.predict(x),
+                                  Model.load(FIXTURES / "mlp.onnx").predict(x))
+    signed = json.loads((rel.path / "manifest.json").read_text())["signed"]
+    assert set(signed) == _OLD_MANIFEST_KEYS | {"encryption"}
+
+
+def test_wrong_key_and_flipped_byte(tmp_path: Path, keys: Any) -> None:
+    from edgeship.sdk import Release, verify_release
+
+    _, fleet_pub, fleet_id = write_key_pair(tmp_path / "fleet", "fleet")
+    rel = Release.build(FIXTURES / "mlp.onnx", version="1.0.0", keydir=keys.path,
+                        out=tmp_path / "r1", encrypt_for=[fleet_pub])
+    stranger, _ = generate_key()
+    with pytest.raises(DecryptionError) as info:
+        verify_release(rel.path, keys.root_pub, private_key=load_private_key(stranger))
+    assert fleet_id[:16] in str(info.value)
+    assert keyid_of_public(stranger)[:16] in str(info.value)
+    art = rel.path / "mlp.onnx"
+    blob = bytearray(art.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    art.write_bytes(bytes(blob))
+    with pytest.raises(DigestMismatchError, match=r"mlp\.onnx"):
+        verify_release(rel.path, keys.root_pub)
+    archive = keys.archive_key()
+    with pytest.raises(DecryptionError, match="tampered or truncated"):
+        decrypt(bytes(blob), unwrap_data_key(rel.manifest.encryption, archive))
+
+
+def test_encrypted_delta_release_from_encrypted_base(tmp_path: Path, keys: Any) -> None:
+    from edgeship.sdk import Offer, Release, TrustedState, check_offer, verify_release
+
+    dev1, dev1_pub, _ = write_key_pair(tmp_path / "devs", "dev-001")
+    dev2, dev2_pub, _ = write_key_pair(tmp_path / "devs", "dev-002")
+    v1 = (FIXTURES / "mobilenet.onnx").read_bytes()
+    v2 = bytearray(v1)
+    v2[-5000:-4000] = bytes(1000)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/model.onnx").write_bytes(bytes(v2))
+    r1 = Release.build(FIXTURES / "mobilenet.onnx", version="1.0.0", keydir=keys.path,
+                       out=tmp_path / "r1", model_name="model", encrypt_for=[dev1_pub, dev2_pub])
+    # the base is opened on this host with archive.key: no device key is needed here
+    r2 = Release.build(tmp_path / "a/model.onnx", version="1.1.0", keydir=keys.path,
+                       out=tmp_path / "r2", bases=[r1.path], encrypt_for=[dev1_pub, dev2_pub])
+    (info,) = r2.manifest.deltas
+    delta = r2.read_delta(info)
+    assert info.size < 10_000 and info.base_sha256 == r1.manifest.artifact.sha256
+    assert _no_plaintext_window(delta, bytes(v2)) and _no_plaintext_window(delta, v1)
+    offer = Offer.from_bytes(r2.offer().to_bytes())
+    manifest = check_offer(offer, keys.root_pub.read_bytes(),
+                           TrustedState().installed(r1.manifest), model_name="model",
+                           hardware=None)
+    for dev in (dev1, dev2):  # each device, from the ciphertext it holds
+        key = load_private_key(dev.read_bytes())
+        got = check_payload(manifest, delta, base=r1.read_artifact(), private_key=key,
+                            base_encryption=r1.manifest.encryption)
+        assert got == r2.read_artifact()
+        assert decrypt(got, unwrap_data_key(manifest.encryption, key)) == bytes(v2)
+    assert verify_release(r2.path, keys.root_pub, bases=[r1.path],
+                          private_key=load_private_key(dev2.read_bytes()))
+    # a plaintext release must not ship a delta from an encrypted base (it would reveal it)
+    with pytest.raises(InputError, match="reveal"):
+        Release.build(tmp_path / "a/model.onnx", version="1.2.0", keydir=keys.path,
+                      out=tmp_path / "r3", bases=[r1.path])
+    # another key dir (no archive key of r1's) cannot open the base: said so
+    from edgeship.sdk import KeyDir
+
+    other = KeyDir(tmp_path / "other")
+    other.init()
+    with pytest.raises(InputError, match="archive"):
+        Release.build(tmp_path / "a/model.onnx", version="1.2.0", keydir=other.path,
+                      out=tmp_path / "r4", bases=[r1.path], encrypt_for=[dev1_pub])
+
+
+def test_plaintext_releases_are_unchanged(tmp_path: Path, keys: Any) -> None:
+    """A plaintext release signs exactly the fields it signed before encryption existed,
+    and an encrypted release can carry a delta from a plaintext base."""
+    from edgeship.sdk import Release, verify_release
+    from edgeship.sdk._crypt import private_key_file
+
+    r1 = Release.build(FIXTURES / "cnn.onnx", version="1.0.0", keydir=keys.path,
+                       out=tmp_path / "r1")
+    signed = json.loads((r1.path / "manifest.json").read_text())["signed"]
+    assert set(signed) == _OLD_MANIFEST_KEYS
+    assert r1.read_artifact() == (FIXTURES / "cnn.onnx").read_bytes()
+    assert verify_release(r1.path, keys.root_pub, golden=True).encryption is None
+    dev, dev_pub, _ = write_key_pair(tmp_path / "devs", "dev")
+    new = bytearray((FIXTURES / "cnn.onnx").read_bytes())
+    new[-200:-100] = bytes(100)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b/cnn.onnx").write_bytes(bytes(new))
+    r2 = Release.build(tmp_path / "b/cnn.onnx", version="1.1.0", keydir=keys.path,
+                       out=tmp_path / "r2", bases=[r1.path], encrypt_for=[dev_pub])
+    (info,) = r2.manifest.deltas
+    got = check_payload(r2.manifest, r2.read_delta(info), base=r1.read_artifact(),
+                        private_key=private_key_file(dev, "key"))
+    assert got == r2.read_artifact()
+    # and plaintext releases made after the archive key exists are still plaintext
+    r3 = Release.build(tmp_path / "b/cnn.onnx", version="1.2.0", keydir=keys.path,
+                       out=tmp_path / "r3", bases=[r1.path])
+    assert set(json.loads((r3.path / "manifest.json").read_text())["signed"]) == \
+        _OLD_MANIFEST_KEYS
