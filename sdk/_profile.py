@@ -470,9 +470,10 @@ def _load_npz(file: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------ drift accounting
 @dataclass(frozen=True, kw_only=True)
 class DriftConfig:
-    """``[drift]`` in agent.toml. ``window`` samples (inputs) make the sliding window,
-    kept as ``slices`` sub-windows of counts; PSI / KS are judged once ``min_samples``
-    are in it."""
+    """``[drift]`` in agent.toml. The sliding window is a ring of ``slices`` (>= 2)
+    count arrays of ``window / slices`` input samples each: it holds between
+    ``window - window / slices`` and ``window`` samples. PSI / KS are judged once
+    ``min_samples`` are in it."""
 
     window: int = 1000
     slices: int = 8
@@ -485,7 +486,7 @@ class DriftConfig:
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool]] = [
             ("window", 10 <= self.window <= 10_000_000),
-            ("slices", 1 <= self.slices <= 64 and self.slices <= self.window),
+            ("slices", 2 <= self.slices <= 64 and self.slices <= self.window),
             ("psi_alert", 0 < self.psi_alert <= 100),
             ("ks_alert", 0 < self.ks_alert <= 1),
             ("min_samples", 1 <= self.min_samples <= self.window),
