@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from edgeship._errors import ConfigError, InputError
+from edgeship._errors import ConfigError, InferenceError, InputError, MalformedError
 
 _PASSPHRASE_HELP = "file holding the private-key passphrase (else $EDGESHIP_KEY_PASSPHRASE)"
 
@@ -41,7 +41,11 @@ _days_option = click.option(
 
 @click.group()
 def keys() -> None:
-    """Create, rotate and revoke the root and release keys (Ed25519)."""
+    """Manage signing and encryption keys.
+
+    Create, rotate and revoke the root and release keys (Ed25519); make encryption
+    keys for devices (X25519, fleet-key).
+    """
 
 
 @keys.command("init")
@@ -88,6 +92,25 @@ def keys_revoke(keydir: Path, keyid: str | None, passphrase_file: Path | None, d
     click.echo(f"revoked {keyset.revoked[-1][:16]}, key set v{keyset.version}")
 
 
+@keys.command("fleet-key")
+@click.argument("keydir", type=click.Path(path_type=Path))
+@click.option("--name", default="fleet", show_default=True,
+              help="file stem: one fleet key, or one per device (dev-001)")
+@click.option("--force", is_flag=True, help="replace a key of that name (devices holding the "
+              "old one can no longer decrypt new releases)")
+def keys_fleet_key(keydir: Path, name: str, force: bool) -> None:
+    """Make an X25519 encryption key pair.
+
+    Writes KEYDIR/NAME.key (private, 0600) and KEYDIR/NAME.pub. NAME.pub is what 'edgeship release --encrypt-for' takes; NAME.key goes to the
+    device(s) (agent.toml [encryption]) and nowhere else.
+    """
+    from edgeship.sdk._crypt import write_key_pair
+
+    key_path, pub_path, keyid = write_key_pair(keydir, name, force=force)
+    click.echo(f"encryption key {keyid[:16]}: {key_path} (private, 0600), {pub_path} "
+               "(for release --encrypt-for)")
+
+
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--version", "version", required=True, help="semver X.Y.Z, newer than every base")
@@ -101,28 +124,53 @@ def keys_revoke(keydir: Path, keyid: str | None, passphrase_file: Path | None, d
               show_default=True, help="days until the manifest expires")
 @click.option("--model-name", default=None, help="default: the artifact name before its first dot")
 @click.option("--hardware", default="", help="comma-separated hardware targets (default: any)")
+@click.option("--encrypt-for", "encrypt_for", multiple=True, type=click.Path(path_type=Path),
+              help="X25519 public key (keys fleet-key) to encrypt for (repeatable)")
+@click.option("--profile", "profile_file", type=click.Path(path_type=Path), default=None,
+              help="drift reference: profile.json or DATA.npz (run through ARTIFACT)")
 @_passphrase_option
 @click.option("--force", is_flag=True, help="overwrite a release already in --out")
 def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[Path, ...],
             golden: Path | None, expires_days: int, model_name: str | None, hardware: str,
+            encrypt_for: tuple[Path, ...], profile_file: Path | None,
             passphrase_file: Path | None, force: bool) -> None:
-    """Sign ARTIFACT as release VERSION in --out, with one delta per --base."""
+    """Sign ARTIFACT as release VERSION in --out, with one delta per --base.
+
+    With --encrypt-for, the artifact and deltas are stored AES-256-GCM encrypted under a
+    fresh data key wrapped for each key given and for KEYS/archive.key (made on first
+    use, never leaves this host): that is how a later --base of an encrypted release is
+    opened here without any device's key. Deltas are computed on plaintext.
+    """
     from edgeship.sdk._artifact import artifact_problem
     from edgeship.sdk._release import MAX_ARTIFACT_SIZE, Release, read_bounded
 
     data = read_bounded(artifact, MAX_ARTIFACT_SIZE, "artifact")
     if not data:
         raise InputError(f"artifact {artifact} is empty")
+    profile = None
+    if profile_file is not None:  # on the plaintext artifact, before it is encrypted
+        from edgeship.sdk._profile import profile_from_file
+
+        try:
+            profile = profile_from_file(profile_file, model_path=artifact)
+        except (MalformedError, InferenceError) as exc:  # a broken profile.json, or data
+            # that does not fit ARTIFACT: the user's input here, and it names the file
+            raise InputError(f"--profile {profile_file}: {exc}") from exc
     rel = Release.build(
         artifact, version=version, keydir=keydir, out=out, bases=bases, golden=golden,
         expires_days=expires_days, model_name=model_name,
         hardware=[h for h in hardware.split(",") if h], passphrase=_passphrase(passphrase_file),
-        force=force,
+        force=force, encrypt_for=encrypt_for, profile=profile,
     )
     m = rel.manifest
     deltas = ", ".join(f"{d.base_version}->{d.format} {d.size} B" for d in m.deltas) or "none"
+    extra = ""
+    if m.encryption is not None:
+        extra += f"; encrypted for {len(m.encryption.recipients) - 1} key(s) + archive"
+    if m.profile is not None:
+        extra += "; drift profile"
     click.echo(f"release {m.model} {m.version} in {out}: {m.artifact.name} {m.artifact.size} B; "
-               f"deltas: {deltas}")
+               f"deltas: {deltas}{extra}")
     # a warning, not an error: opaque payloads (and tests of the signing alone) are signed too;
     # after the build, so that a failing release still says one line
     problem = artifact_problem(artifact, data)
@@ -141,12 +189,27 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
               help="earlier release dir: apply its delta and check the result")
 @click.option("--golden/--no-golden", default=True, show_default=True,
               help="run the artifact on the manifest's golden input, as the device will")
+@click.option("--key", "key_file", type=click.Path(path_type=Path), default=None,
+              help="X25519 private key of a recipient: also decrypt (in memory) and check")
 def verify(reldir: Path, root: Path, model_name: str | None, hardware: str | None,
-           bases: tuple[Path, ...], golden: bool) -> None:
-    """Check RELDIR as a device would; print one line, exit 0 if trusted, 2 if not."""
+           bases: tuple[Path, ...], golden: bool, key_file: Path | None) -> None:
+    """Check RELDIR as a device would; print one line, exit 0 if trusted, 2 if not.
+
+    An encrypted release is checked up to its signature and digests without --key;
+    with --key it is also decrypted, its deltas applied and its golden check run.
+    """
     from edgeship.sdk._release import verify_release
 
+    key = None
+    if key_file is not None:
+        from edgeship.sdk._crypt import private_key_file
+
+        key = private_key_file(key_file, "--key")
     m = verify_release(reldir, root, model_name=model_name, hardware=hardware, bases=bases,
-                       golden=golden)
+                       golden=golden, private_key=key)
+    note = ""
+    if m.encryption is not None:
+        note = (f"; encrypted for {len(m.encryption.recipients)} key(s), " +
+                ("decrypted with --key" if key is not None else "not decrypted (no --key)"))
     click.echo(f"ok: {m.model} {m.version} {m.artifact.name} ({m.artifact.size} B, "
-               f"{len(m.deltas)} deltas) signed by {m.keyid[:16]}, expires {m.expires}")
+               f"{len(m.deltas)} deltas) signed by {m.keyid[:16]}, expires {m.expires}{note}")
