@@ -55,6 +55,9 @@ _EXPORTS: dict[str, str] = {
     "TrustedState": "edgeship.sdk._trust",
     "check_offer": "edgeship.sdk._trust",
     "check_payload": "edgeship.sdk._trust",
+    "Encryption": "edgeship.sdk._crypt",
+    "decrypt": "edgeship.sdk._crypt",
+    "unwrap_data_key": "edgeship.sdk._crypt",
     "Model": "edgeship.sdk._model",
     "TensorSpec": "edgeship.sdk._model",
     # reference data profiles and drift accounting (drift engineer)

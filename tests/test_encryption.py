@@ -450,3 +450,22 @@ def test_plaintext_releases_are_unchanged(tmp_path: Path, keys: Any) -> None:
                        out=tmp_path / "r3", bases=[r1.path])
     assert set(json.loads((r3.path / "manifest.json").read_text())["signed"]) == \
         _OLD_MANIFEST_KEYS
+
+
+def test_release_signs_a_profile_and_it_survives_the_round_trip(tmp_path: Path,
+                                                                keys: Any) -> None:
+    from edgeship.sdk import Release, verify_release
+    from edgeship.sdk._profile import profile_from_file
+
+    profile = profile_from_file(FIXTURES / "mlp_eval.npz", model_path=FIXTURES / "mlp.onnx")
+    _, pub, _ = write_key_pair(tmp_path / "fleet", "fleet")
+    rel = Release.build(FIXTURES / "mlp.onnx", version="1.0.0", keydir=keys.path,
+                        out=tmp_path / "r", profile=profile, encrypt_for=[pub])
+    manifest = verify_release(rel.path, keys.root_pub)
+    assert manifest.profile == profile and Release.load(rel.path).manifest.profile == profile
+    signed = json.loads((rel.path / "manifest.json").read_text())["signed"]
+    assert signed["profile"] == profile.to_dict()
+    with pytest.raises(MalformedError):
+        Manifest.from_dict({**signed, "profile": {"version": 1, "samples": "many"}})
+    with pytest.raises(MalformedError):
+        Manifest.from_dict({**signed, "profile": None})
