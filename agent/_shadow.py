@@ -18,10 +18,11 @@ Public surface (the daemon wires it; H3)::
   ``sample`` fraction of them, skips while the shadow is over its CPU budget, and puts
   (inputs, outputs, seconds) on a bounded queue (full: counted in ``dropped``). It takes
   a lock for a few counters and never blocks on I/O or raises; answers are never changed.
-* A feeder thread sends each queued request to the child
-  (``python -m edgeship.agent._shadow_worker``, framed npy arrays over pipes), compares
-  the answers (top-1 per row when the last dimension is > 1, i.e. class scores; else
-  ``|active - shadow| <= atol``) and accounts the CPU time spent (child + feeder) against
+* A feeder thread sends each queued request with the active answer to the child
+  (``python -m edgeship.agent._shadow_worker``, framed raw arrays over pipes), which runs
+  the shadow and compares there (top-1 per row when the last dimension is > 1, i.e.
+  class scores; else ``|active - shadow| <= atol``), so the agent's GIL is held only to
+  copy bytes; the feeder accounts the CPU time spent (child + feeder) against
   ``cpu_budget`` cores of wall time (token bucket): over budget, new samples are skipped
   (``budget_skipped``) until the time is paid back. The child also runs at ``os.nice``.
 * A child that dies (crash, SIGKILL, load failure) or stops answering within
@@ -67,7 +68,7 @@ class ShadowConfig:
     timeout_s: float = 10.0  # one shadow inference; longer = the child is hung
     load_timeout_s: float = 120.0
     nice: int = 10
-    max_output_bytes: int = 64 << 20  # one answer frame from the child
+    max_request_bytes: int = 16 << 20  # one sampled request; bigger ones are dropped
 
     def __post_init__(self) -> None:
         checks = [("sample", 0.0 < self.sample <= 1.0, "in (0, 1]"),
@@ -79,7 +80,8 @@ class ShadowConfig:
                   ("timeout_s", 0.0 < self.timeout_s <= 3600, "in (0, 3600]"),
                   ("load_timeout_s", 0.0 < self.load_timeout_s <= 3600, "in (0, 3600]"),
                   ("nice", 0 <= self.nice <= 19, "in [0, 19]"),
-                  ("max_output_bytes", 1024 <= self.max_output_bytes <= 1 << 30, "in [1 KiB, 1 GiB]")]
+                  ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30,
+                   "in [1 KiB, 1 GiB]")]
         for key, ok, want in checks:
             if not ok:
                 raise ConfigError(f"shadow.{key}: must be {want}, got {getattr(self, key)}")
@@ -292,7 +294,7 @@ class ShadowTap:
             self._thread = None
         with self._lock:
             self._ready = False
-            self._queue.clear()
+            self._drop_queue()
             if self.state == "running":
                 self.state = "stopped"
 
@@ -359,7 +361,7 @@ class ShadowTap:
                           reason=reason, restarts=restarts)
                 with self._lock:
                     self.state = "crashed"
-                    self._queue.clear()
+                    self._drop_queue()
                 break
             delay = self.config.backoff_s * 2 ** restarts
             restarts += 1
@@ -384,7 +386,7 @@ class ShadowTap:
         try:
             worker.send(pack_frame({"op": "load", "fmt": fmt, "runtime": runtime,
                                     "threads": threads, "nice": cfg.nice,
-                                    "max_blob": 1 << 30}, [model]))
+                                    "max_blob": cfg.max_request_bytes}, [model]))
             header, _ = worker.receive(cfg.load_timeout_s, 0)
             if header.get("op") != "ready":
                 return f"model did not load: {str(header.get('error', header))[:300]}"
@@ -394,7 +396,12 @@ class ShadowTap:
             while not self._stopping.is_set():
                 item = self._next()
                 if item is not None:
-                    self._one(worker, item, budget)
+                    try:
+                        self._one(worker, item, budget)
+                    except WorkerDied:
+                        with self._lock:
+                            self._counts["dropped"] += 1  # the request the child died on
+                        raise
                 elif worker.proc.poll() is not None:
                     return worker.describe_exit("worker exited")
             return ""
@@ -403,8 +410,13 @@ class ShadowTap:
         finally:
             with self._lock:
                 self._ready = False
-                self._queue.clear()
+                self._drop_queue()
             worker.close()
+
+    def _drop_queue(self) -> None:
+        """Count what waited for a child that is gone as dropped (holding the lock)."""
+        self._counts["dropped"] += len(self._queue)
+        self._queue.clear()
 
     def _next(self) -> tuple[Any, Any, float] | None:
         with self._lock:
@@ -415,40 +427,45 @@ class ShadowTap:
         return None
 
     def _one(self, worker: _Worker, item: tuple[Any, Any, float], budget: _Budget) -> None:
-        from edgeship.agent._shadow_worker import decode_arrays, encode_arrays, pack_frame
+        from edgeship.agent._shadow_worker import encode_arrays, pack_frame
 
         inputs, outputs, seconds = item
         own0 = time.thread_time()
         try:
-            names, blobs = encode_arrays(inputs)
-        except Exception as exc:  # inputs the active model took but npy cannot carry
+            specs_in, blobs_in = encode_arrays(inputs)
+            specs_out, blobs_out = encode_arrays(outputs)
+        except Exception as exc:  # inputs the active model took but we cannot send
             self._error("shadow_input_unsendable", exc)
             return
-        worker.send(pack_frame({"op": "infer", "names": names}, blobs))
-        header, blobs = worker.receive(self.config.timeout_s, self.config.max_output_bytes)
-        cpu = float(header.get("cpu", 0.0)) if isinstance(header.get("cpu"), float) else 0.0
+        if sum(map(len, blobs_in)) + sum(map(len, blobs_out)) > self.config.max_request_bytes:
+            with self._lock:
+                self._counts["dropped"] += 1
+            return
+        worker.send(pack_frame({"op": "infer", "inputs": specs_in, "outputs": specs_out,
+                                "atol": self.config.atol}, [*blobs_in, *blobs_out]))
+        header, _ = worker.receive(self.config.timeout_s, 0)
+        cpu = header.get("cpu")
+        spent = (cpu if isinstance(cpu, float) else 0.0) + (time.thread_time() - own0)
+        resume = budget.spend(spent, self._clock())
         if header.get("op") != "result":
             self._error("shadow_inference_failed", header.get("error", header))
-        else:
-            try:
-                agree, diff = compare_outputs(outputs, decode_arrays(header.get("names"), blobs),
-                                              self.config.atol)
-            except Exception as exc:
-                raise WorkerDied(f"worker sent unreadable outputs: {exc}") from exc
-            with self._lock:
-                c = self._counts
-                c["compared"] += 1
-                c["agreed"] += agree
-                if diff is not None:
-                    self._max_diff = diff if self._max_diff is None else max(self._max_diff, diff)
-                self._active_ms.append(seconds * 1000)
-                wall = header.get("wall")
-                if isinstance(wall, float):
-                    self._shadow_ms.append(wall * 1000)
-        spent = cpu + (time.thread_time() - own0)
-        resume = budget.spend(spent, self._clock())
         with self._lock:
             self._resume_at = resume
+            if header.get("op") == "result":
+                self._record(header, seconds)
+
+    def _record(self, header: dict[str, Any], seconds: float) -> None:
+        """Count one compared request (holding the lock)."""
+        c = self._counts
+        c["compared"] += 1
+        c["agreed"] += header.get("agree") is True
+        diff = header.get("diff")
+        if isinstance(diff, (int, float)):
+            self._max_diff = diff if self._max_diff is None else max(self._max_diff, diff)
+        self._active_ms.append(seconds * 1000)
+        wall = header.get("wall")
+        if isinstance(wall, float):
+            self._shadow_ms.append(wall * 1000)
 
     def _error(self, event: str, detail: Any) -> None:
         with self._lock:

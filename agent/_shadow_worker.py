@@ -6,9 +6,11 @@ It reads frames on stdin and answers on stdout; nothing else:
 1. ``{"op": "load", "fmt", "runtime", "threads", "nice"}`` + one blob, the model's bytes
    (already decrypted by the agent: the plaintext never touches a disk). Answer
    ``{"op": "ready"}``, or ``{"op": "error", "error"}`` and exit 3.
-2. ``{"op": "infer", "names": [...]}`` + one npy blob per input. Answer
-   ``{"op": "result", "names": [...], "cpu": s, "wall": s}`` + one npy blob per output, or
-   ``{"op": "error", "error"}`` when the model raised (the worker stays up).
+2. ``{"op": "infer", "inputs": [[name, dtype, shape], ...], "outputs": [...], "atol"}`` +
+   one raw blob per input, then one per output of the *active* model. The worker runs
+   the shadow and compares here (off the agent's GIL). Answer ``{"op": "result", "agree",
+   "diff", "wall" (the shadow's inference), "cpu" (this request's CPU seconds)}``, or
+   ``{"op": "error", "error", "cpu"}`` when the model raised (the worker stays up).
 3. EOF on stdin: exit 0 (the agent stopped or died).
 
 A frame is ``>I`` header length, the header (JSON object with ``"sizes"``: the byte length
@@ -20,7 +22,6 @@ protocol pipe, so only frames travel on it.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import struct
@@ -78,25 +79,33 @@ def _exact(stream: IO[bytes], got: bytes, n: int) -> bytes:
     return b"".join(parts)
 
 
-def encode_arrays(arrays: Mapping[str, Any]) -> tuple[list[str], list[bytes]]:
+def encode_arrays(arrays: Mapping[str, Any]) -> tuple[list[list[Any]], list[bytes]]:
+    """``([[name, dtype, shape], ...], [raw bytes, ...])``: cheap on the agent's side
+    (no npy header to build), checked on the reading side by :func:`decode_arrays`."""
     import numpy as np
 
-    names, blobs = [], []
+    specs, blobs = [], []
     for name, value in arrays.items():
-        buf = io.BytesIO()
-        np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
-        names.append(str(name))
-        blobs.append(buf.getvalue())
-    return names, blobs
+        array = np.ascontiguousarray(value)
+        specs.append([str(name), array.dtype.str, list(array.shape)])
+        blobs.append(array.tobytes())
+    return specs, blobs
 
 
-def decode_arrays(names: Any, blobs: list[bytes]) -> dict[str, Any]:
+def decode_arrays(specs: Any, blobs: list[bytes]) -> dict[str, Any]:
+    """The arrays back; ValueError for anything but numeric arrays that fit their bytes."""
     import numpy as np
 
-    if not isinstance(names, list) or len(names) != len(blobs):
-        raise ValueError("array names do not match the blobs")
-    return {str(n): np.lib.format.read_array(io.BytesIO(b), allow_pickle=False)
-            for n, b in zip(names, blobs, strict=True)}
+    if not isinstance(specs, list) or len(specs) != len(blobs):
+        raise ValueError("array specs do not match the blobs")
+    out = {}
+    for spec, blob in zip(specs, blobs, strict=True):
+        name, dtype, shape = spec
+        kind = np.dtype(str(dtype))
+        if kind.kind not in "biuf" or not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError(f"array {name!r}: unsupported dtype {dtype} or shape {shape}")
+        out[str(name)] = np.frombuffer(blob, dtype=kind).reshape(shape)
+    return out
 
 
 def _load(header: dict[str, Any], blobs: list[bytes]) -> Any:
@@ -112,15 +121,26 @@ def _load(header: dict[str, Any], blobs: list[bytes]) -> Any:
 
 
 def _infer(model: Any, header: dict[str, Any], blobs: list[bytes]) -> bytes:
+    """Run the shadow on the request's inputs and compare with the active model's
+    outputs here, in the niced child, so the agent's feeder does almost nothing."""
+    from edgeship.agent._shadow import compare_outputs
+
     cpu0, wall0 = time.process_time(), time.perf_counter()
     try:
-        outputs = model.predict_all(decode_arrays(header.get("names"), blobs))
-        names, out = encode_arrays(outputs)
+        specs_in = header.get("inputs")
+        n = len(specs_in) if isinstance(specs_in, list) else -1
+        inputs = decode_arrays(specs_in, blobs[:n])
+        active = decode_arrays(header.get("outputs"), blobs[n:])
+        t0 = time.perf_counter()
+        outputs = model.predict_all(inputs)
+        wall = time.perf_counter() - t0
+        agree, diff = compare_outputs(active, outputs, float(header.get("atol", 0.0)))
     except Exception as exc:  # the shadow model failing is reported, not fatal
-        return pack_frame({"op": "error", "error": f"{type(exc).__name__}: {exc}"[:500]})
-    wall = time.perf_counter() - wall0
-    return pack_frame({"op": "result", "names": names, "wall": wall,
-                       "cpu": time.process_time() - cpu0}, out)
+        return pack_frame({"op": "error", "error": f"{type(exc).__name__}: {exc}"[:500],
+                           "cpu": time.process_time() - cpu0})
+    return pack_frame({"op": "result", "agree": agree, "diff": diff, "wall": wall,
+                       "elapsed": time.perf_counter() - wall0,
+                       "cpu": time.process_time() - cpu0})
 
 
 def main() -> int:
