@@ -13,6 +13,7 @@ from edgeship._lazy import attach
 _EXPORTS: dict[str, str] = {
     "Agent": "edgeship.agent._daemon",
     "AgentConfig": "edgeship.agent._config",
+    "DriftTap": "edgeship.agent._drift",
     "load_config": "edgeship.agent._config",
     "OtaCore": "edgeship.agent._ota",
     "OtaState": "edgeship.agent._ota",

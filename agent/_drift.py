@@ -1,0 +1,207 @@
+"""Drift accounting in the agent: a request tap that counts what the device sees into the
+release profile's bins (:class:`~edgeship.sdk._profile.DriftMonitor`) and says when it
+stops looking like the reference data.
+
+Answer path: :meth:`DriftTap.observe` only appends the request's arrays to a bounded
+buffer (no copy, no numpy); every ``config.batch`` requests the request that fills it
+counts the whole buffer in one vectorised pass (a few µs per request, amortised), and the
+heartbeat (:meth:`DriftTap.telemetry`) counts what is left. The buffer holds at most
+``8 * batch`` requests: when the counting falls behind, requests are dropped from the
+accounting (``dropped`` in the telemetry), never delayed. Inputs are always counted;
+outputs only when the local model answered (``local`` / ``local-degraded``): a cloud
+model's answers would mix another model's output distribution into this one's.
+
+The verdict (PSI / KS over the window, :class:`~edgeship.sdk._profile.DriftReport`) is
+computed off the answer path, by :meth:`telemetry` / :meth:`status` / :meth:`report`;
+when it flips, one JSON log line ``drift_alert`` (warning) or ``drift_cleared`` (info) is
+written and ``on_change`` (if given) is called with the compact status. Prometheus:
+``edgeship_drift_psi{feature}``, ``edgeship_drift_ks{feature}``, ``edgeship_drift_alert``,
+``edgeship_drift_window`` on the registry handed in.
+
+``[drift]`` in agent.toml maps onto :class:`DriftConfig` (``window``, ``slices``,
+``psi_alert``, ``ks_alert``, ``min_samples``, ``sample``, ``batch``; see
+``DriftConfig.from_dict``).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from edgeship.sdk._profile import DriftConfig, DriftMonitor, DriftReport, Profile
+
+__all__ = ["LOCAL_SOURCES", "DriftConfig", "DriftTap"]
+
+LOCAL_SOURCES = frozenset({"local", "local-degraded"})  # answers whose outputs are counted
+_PENDING_BATCHES = 8  # the buffer holds this many batches at most (oldest dropped beyond)
+
+# one set of gauges per registry: a tap is rebuilt on every model load, the metric names
+# can be registered only once
+_GAUGES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_GAUGES_LOCK = threading.Lock()
+
+
+def _gauges(registry: Any) -> dict[str, Any]:
+    from prometheus_client import Gauge
+
+    with _GAUGES_LOCK:
+        found = _GAUGES.get(registry)
+        if found is None:
+            found = _GAUGES[registry] = {
+                "psi": Gauge("edgeship_drift_psi", "PSI of each profile feature over the "
+                             "drift window", ["feature"], registry=registry),
+                "ks": Gauge("edgeship_drift_ks", "KS statistic (binned) of each numeric "
+                            "profile feature over the drift window", ["feature"],
+                            registry=registry),
+                "alert": Gauge("edgeship_drift_alert", "1 while the drift verdict is on",
+                               registry=registry),
+                "window": Gauge("edgeship_drift_window", "Input samples in the drift window",
+                                registry=registry),
+            }
+        return found
+
+
+def _default_log(event: str, level: str = "info", **fields: Any) -> None:
+    from edgeship.agent._daemon import log
+
+    log(event, level, **fields)
+
+
+class DriftTap:
+    """The Tap (see :mod:`edgeship.agent._api`) that keeps drift counts for one model."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        config: DriftConfig | None = None,
+        registry: Any | None = None,
+        *,
+        version: str = "",
+        log: Callable[..., None] | None = None,
+        on_change: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config or DriftConfig()
+        self.version = version
+        self.monitor = DriftMonitor(profile, self.config)
+        self._max_pending = self.config.batch * _PENDING_BATCHES
+        self._pending: deque[tuple[Any, Any]] = deque(maxlen=self._max_pending)
+        self._stride = max(1, round(1 / self.config.sample))
+        self._tick = 0
+        self._lock = threading.Lock()  # serializes the monitor (counting and reports)
+        self._log = log or _default_log
+        self._on_change = on_change
+        self._alert = False
+        self._last: DriftReport | None = None
+        self.errors = 0  # requests that could not be counted (the first one is logged)
+        self.dropped = 0  # requests not counted because the buffer was full
+        self._gauges = _gauges(registry) if registry is not None else None
+        if self._gauges is not None:
+            for name in ("psi", "ks"):
+                self._gauges[name].clear()  # the previous model's features
+            self._gauges["alert"].set(0)
+            self._gauges["window"].set(0)
+
+    # -- answer path ---------------------------------------------------------------------
+    def observe(self, inputs: dict[str, Any], outputs: dict[str, Any], *, source: str,
+                version: str, seconds: float) -> None:
+        if self._stride > 1:
+            self._tick += 1  # a lost increment under a race only shifts the sampling
+            if self._tick % self._stride:
+                return
+        if len(self._pending) >= self._max_pending:
+            self.dropped += 1  # the counting thread is behind (never blocks an answer)
+            return
+        self._pending.append((inputs, outputs if source in LOCAL_SOURCES else None))
+        if len(self._pending) >= self.config.batch:
+            self.flush(wait=False)
+
+    def flush(self, *, wait: bool = True) -> None:
+        """Count the buffered requests (``wait=False``: skip if another thread is at it)."""
+        if not self._lock.acquire(blocking=wait):
+            return
+        try:
+            self._count()
+        finally:
+            self._lock.release()
+
+    def _count(self) -> None:
+        for _ in range(_PENDING_BATCHES):  # what arrives meanwhile too, a bounded number of times
+            items = []
+            while self._pending:  # popleft is atomic: requests keep appending meanwhile
+                try:
+                    items.append(self._pending.popleft())
+                except IndexError:
+                    break
+            if not items:
+                return
+            self._observe(items)
+
+    def _observe(self, items: list[tuple[Any, Any]]) -> None:
+        try:
+            self.monitor.observe(*_stack(items))
+        except Exception as exc:  # e.g. a request with another sample shape: one by one
+            for inputs, outputs in items:
+                try:
+                    self.monitor.observe(inputs, outputs)
+                except Exception:
+                    self.errors += 1
+                    if self.errors == 1:
+                        self._log("drift_error", "warning", error=str(exc)[:300])
+
+    # -- off the answer path -------------------------------------------------------------
+    def report(self) -> DriftReport:
+        """Count what is buffered, judge the window, log / call back on a flip."""
+        with self._lock:
+            self._count()
+            report = self.monitor.report()
+            flipped = report.alert != self._alert
+            self._alert, self._last = report.alert, report
+        self._export(report)
+        if flipped:
+            fields = {**report.status(), "version": self.version}
+            if report.alert:
+                self._log("drift_alert", "warning", **fields)
+            else:
+                self._log("drift_cleared", "info", **fields)
+            if self._on_change is not None:
+                self._on_change(report.status())
+        return report
+
+    def telemetry(self) -> dict[str, Any]:
+        """The full report (per-feature PSI / KS) for the heartbeat."""
+        return {**self.report().to_dict(), "version": self.version, "errors": self.errors,
+                "dropped": self.dropped}
+
+    def status(self) -> dict[str, Any] | None:
+        """Compact verdict for the retained status; None before the first sample."""
+        report = self.report()
+        return report.status() if report.window else None
+
+    @property
+    def alert(self) -> bool:
+        return self._alert
+
+    def _export(self, report: DriftReport) -> None:
+        if self._gauges is None:
+            return
+        for f in report.features:
+            if f.psi is not None:
+                self._gauges["psi"].labels(feature=f.name).set(f.psi)
+            if f.ks is not None and f.kind == "numeric":
+                self._gauges["ks"].labels(feature=f.name).set(f.ks)
+        self._gauges["alert"].set(1 if report.alert else 0)
+        self._gauges["window"].set(report.window)
+
+
+def _stack(items: list[tuple[Any, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One batch out of many requests: each tensor concatenated along the batch axis."""
+    import numpy as np
+
+    inputs = {k: np.concatenate([np.asarray(i[k]) for i, _ in items]) for k in items[0][0]}
+    answered = [o for _, o in items if o is not None]
+    if not answered:
+        return inputs, None
+    return inputs, {k: np.concatenate([np.asarray(o[k]) for o in answered]) for k in answered[0]}
