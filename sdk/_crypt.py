@@ -346,7 +346,10 @@ def encrypt(plaintext: bytes, data_key: bytes, nonce: bytes) -> bytes:
     """``nonce || AES-256-GCM(plaintext)``; deterministic for a given key and nonce."""
     if len(nonce) != NONCE_SIZE:
         raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
-    return bytes(nonce) + AESGCM(data_key).encrypt(nonce, plaintext, None)
+    try:
+        return bytes(nonce) + AESGCM(data_key).encrypt(nonce, plaintext, None)
+    except OverflowError as exc:  # cryptography's one-shot AES-GCM stops below 2 GiB
+        raise InputError(f"{len(plaintext)} bytes are too large to encrypt") from exc
 
 
 def decrypt(file_bytes: bytes, data_key: bytes, *, what: str = "ciphertext") -> bytes:

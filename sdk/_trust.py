@@ -421,8 +421,8 @@ def _apply_encrypted(manifest: Manifest, info: DeltaInfo, base: bytes, delta: by
     from edgeship.sdk._crypt import ENCRYPTION_OVERHEAD, decrypt, encrypt, unwrap_data_key
 
     if private_key is None:
-        raise DecryptionError(f"{info.name}: applying an encrypted delta needs this "
-                              "device's private key")
+        raise DecryptionError(f"{info.name}: applying a delta to or from an encrypted "
+                              "release needs this device's private key")
     if base_encryption is not None:
         base_key = unwrap_data_key(base_encryption, private_key)
         base = decrypt(base, base_key, what=f"base {info.base_version}")
