@@ -128,8 +128,9 @@ class Release:
         return cls(path=path, manifest=manifest, manifest_envelope=envelope,
                    keyset_envelope=keyset)
 
-    def offer(self) -> Offer:
-        return Offer(manifest=self.manifest_envelope, keyset=self.keyset_envelope)
+    def offer(self, *, mode: str = "active") -> Offer:
+        """The wire offer; ``mode="shadow"`` asks devices to run it as a shadow."""
+        return Offer(manifest=self.manifest_envelope, keyset=self.keyset_envelope, mode=mode)
 
     def read_artifact(self) -> bytes:
         art = self.manifest.artifact

@@ -463,6 +463,7 @@ def test_release_signs_a_profile_and_it_survives_the_round_trip(tmp_path: Path,
                         out=tmp_path / "r", profile=profile, encrypt_for=[pub])
     manifest = verify_release(rel.path, keys.root_pub)
     assert manifest.profile == profile and Release.load(rel.path).manifest.profile == profile
+    assert Offer.from_bytes(rel.offer(mode="shadow").to_bytes()).mode == "shadow"
     signed = json.loads((rel.path / "manifest.json").read_text())["signed"]
     assert signed["profile"] == profile.to_dict()
     with pytest.raises(MalformedError):
