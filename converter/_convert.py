@@ -29,6 +29,7 @@ from ._report import Report, to_html
 MODEL_FILE = "model.int8.onnx"
 TFLITE_FILE = "model.int8.tflite"
 PARAMS_FILE = "quant_params.json"
+PROFILE_FILE = "profile.json"  # with --eval: the drift reference for `release --profile`
 ZSTD_LEVEL = 9  # for the report's compressed sizes; higher levels cost seconds on 1 MB
 
 
@@ -93,7 +94,9 @@ def convert(
     progress: bool = False,
 ) -> Report:
     """Convert ``model_path`` into ``out_dir`` (model.int8.onnx, [model.int8.tflite],
-    quant_params.json, report.json, report.html). Raises an EdgeshipError subclass for
+    quant_params.json, report.json, report.html; with ``eval_path`` also profile.json: the
+    eval inputs and the INT8 model's outputs on them, see :mod:`edgeship.sdk._profile`).
+    Raises an EdgeshipError subclass for
     every bad input; on any failure ``out_dir`` is left as it was."""
     opts = options or ConvertOptions(formats=default_formats())
     clock = _Clock()
@@ -105,7 +108,9 @@ def convert(
         write_file(tmp / PARAMS_FILE, _params_json(q.plan, q.weights).encode())
         tflite = _write_formats(tmp, opts)
         clock.lap("write")
-        report = _report(inp, q, opts, tflite, tmp, clock)
+        report, profile = _report(inp, q, opts, tflite, tmp, clock)
+        if profile is not None:
+            write_file(tmp / PROFILE_FILE, profile.to_json().encode())
         write_file(tmp / "report.json", report.to_json().encode())
         write_file(tmp / "report.html", to_html(report).encode())
     return report
@@ -177,7 +182,7 @@ def _report(
     tflite: dict[str, Any] | None,
     tmp: Path,
     clock: _Clock,
-) -> Report:
+) -> tuple[Report, Any]:
     written = tflite if tflite and "skipped" not in tflite else None
     calib, ev, graph, plan = inp.calib, inp.ev, q.graph, q.plan
     sqnr_feeds = _head(ev[0] if ev else calib, opts.sqnr_samples)
@@ -188,8 +193,11 @@ def _report(
     clock.lap("measure")
     conversion_seconds = round(sum(clock.phases.values()), 4)
     eval_result = _eval(inp, q, fp32_ref, opts) if ev is not None else None
+    profile = None
     if ev is not None:
         clock.lap("eval")
+        profile = _profile(ev[0], q.qmodel)
+        clock.lap("profile")
     return Report(
         model=inp.path.name,
         model_sha256=hashlib.sha256(inp.model_bytes).hexdigest(),
@@ -216,7 +224,8 @@ def _report(
         tflite=tflite,
         timings=dict(clock.phases),
         conversion_seconds=conversion_seconds,
-    )
+        profile=None if profile is None else _profile_summary(profile),
+    ), profile
 
 
 def _eval(
@@ -229,6 +238,28 @@ def _eval(
     if q.pruned:
         result["pruned_fp32_accuracy"] = _pruned_accuracy(fp32_ref, inp.ev)
     return result
+
+
+def _profile(feeds: dict[str, np.ndarray], qmodel: onnx.ModelProto) -> Any:
+    """Drift reference: the eval inputs and the INT8 model's (float) outputs on them."""
+    from edgeship.sdk._profile import build_profile
+
+    names = [o.name for o in qmodel.graph.output]
+    outputs = _evaluate.run_all(_evaluate.session(qmodel), feeds, names)
+    try:
+        return build_profile(feeds, dict(zip(names, outputs, strict=True)))
+    except EdgeshipError as exc:
+        raise ConversionError(f"--eval: cannot build the drift profile: {exc}") from exc
+
+
+def _profile_summary(profile: Any) -> dict[str, Any]:
+    return {
+        "file": PROFILE_FILE,
+        "samples": profile.samples,
+        "bins": profile.bins,
+        "features": [f.name for f in profile.features],
+        "sha256": hashlib.sha256(profile.to_json().encode()).hexdigest(),
+    }
 
 
 def _load_base(path: Path, opts: ConvertOptions) -> Any:

@@ -35,12 +35,15 @@ class Report:
     tflite: dict[str, Any] | None
     timings: dict[str, float]  # seconds per phase
     conversion_seconds: float  # everything except --eval
+    profile: dict[str, Any] | None = None  # --eval: what profile.json holds (drift reference)
     version: int = REPORT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
+        if d["profile"] is None:  # a report without --eval stays as it was
+            del d["profile"]
         return {**extra, **d}
 
     @classmethod
@@ -154,6 +157,11 @@ def to_html(r: Report) -> str:
             ("fp32 latency (ms)", ev.get("fp32_latency_ms")),
             ("int8 latency (ms)", ev.get("int8_latency_ms")),
             ("Edge TPU", r.edgetpu.get("verdict")),
+            (
+                "drift profile",
+                f"{r.profile['file']}: {len(r.profile['features'])} features, "
+                f"{r.profile['samples']} samples" if r.profile else None,
+            ),
             ("conversion time (s)", r.conversion_seconds),
         ]
     )

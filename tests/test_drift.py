@@ -369,3 +369,34 @@ def test_drift_config_from_an_agent_toml_table() -> None:
         DriftConfig.from_dict({"window": 100, "min_samples": 500})
     with pytest.raises(ConfigError, match=r"drift\.sample"):
         DriftConfig(sample=0.0)
+
+
+def test_convert_eval_writes_a_reproducible_profile(tmp_path: Path) -> None:
+    from edgeship.converter import ConvertOptions, convert
+
+    def run(out: Path) -> dict:
+        report = convert(FIXTURES / "cnn.onnx", FIXTURES / "cnn_calib.npz", out,
+                         ConvertOptions(formats=("onnx",)), eval_path=FIXTURES / "cnn_eval.npz")
+        return report.to_dict()
+
+    first, second = run(tmp_path / "a"), run(tmp_path / "b")
+    data = (tmp_path / "a" / "profile.json").read_bytes()
+    assert data == (tmp_path / "b" / "profile.json").read_bytes()
+    profile = profile_from_file(tmp_path / "a" / "profile.json")
+    assert profile.samples == 400 and first["profile"] == second["profile"]
+    assert first["profile"]["features"] == ["input", "probs:class", "probs:top1"]
+    # the outputs profiled are the INT8 model's: it agrees with the fp32 one on >= 99%
+    ref = profile_from_file(FIXTURES / "cnn_eval.npz", FIXTURES / "cnn.onnx")
+    assert profile.features[0] == ref.features[0]
+    assert psi(ref.features[1].proportions, profile.features[1].proportions) < 0.01
+    monitor = DriftMonitor(profile, DriftConfig(window=1000, min_samples=100))
+    with np.load(FIXTURES / "cnn_eval.npz") as ev:
+        x = ev["input"]
+    from edgeship.sdk._model import Model
+
+    monitor.observe({"input": x}, Model.load(tmp_path / "a" / "model.int8.onnx").predict_all(
+        {"input": x}))
+    assert monitor.report().max_psi < 0.01  # the same data through the same model: no drift
+    no_eval = convert(FIXTURES / "cnn.onnx", FIXTURES / "cnn_calib.npz", tmp_path / "c",
+                      ConvertOptions(formats=("onnx",)))
+    assert "profile" not in no_eval.to_dict() and not (tmp_path / "c" / "profile.json").exists()

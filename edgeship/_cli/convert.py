@@ -56,7 +56,8 @@ def _formats(value: str | None) -> tuple[str, ...] | None:
     "eval_path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="EVAL.npz: inputs (+ optional label) for accuracy, agreement, latency.",
+    help="EVAL.npz: inputs (+ optional label) for accuracy, agreement, latency; also "
+    "writes OUT/profile.json (drift reference for `edgeship release --profile`).",
 )
 @click.option(
     "--base",
@@ -127,6 +128,12 @@ def convert(
         click.echo(
             f"  eval      {acc}agreement {e['agreement']:.2f}%, output SQNR {e['output_sqnr_db']:.1f} dB, "
             f"latency fp32 {e['fp32_latency_ms']:.3f} ms int8 {e['int8_latency_ms']:.3f} ms"
+        )
+    if report.profile:
+        p = report.profile
+        click.echo(
+            f"  profile   {p['file']}: {len(p['features'])} features of {p['samples']} eval "
+            "samples (drift reference: edgeship release --profile)"
         )
     if report.tflite and "skipped" in report.tflite:
         click.echo(f"  warning   no TFLite file: {report.tflite['skipped']}", err=True)
