@@ -29,6 +29,7 @@ __all__ = [
     "AgentConfig",
     "ApiConfig",
     "BrokerConfig",
+    "EncryptionConfig",
     "FallbackConfig",
     "ModelConfig",
     "OtaConfig",
@@ -255,6 +256,81 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EncryptionConfig:
+    """Where this device's X25519 private key comes from (for encrypted releases).
+
+    At most one source: ``key_file`` (a PEM file that must be mode 0600 or stricter),
+    ``key_env`` (the name of an environment variable holding the PEM), ``key_credential``
+    (a systemd credential name, read from ``$CREDENTIALS_DIRECTORY``: how a TPM-sealed
+    ``LoadCredentialEncrypted=`` key arrives) or ``key_command`` (argv of a tool that
+    prints the PEM, e.g. a secure element's CLI). The key is read once, at start.
+    """
+
+    key_file: str = ""
+    key_env: str = ""
+    key_credential: str = ""
+    key_command: tuple[str, ...] = ()
+    command_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("key_file", "key_env", "key_credential", "key_command")
+                 if getattr(self, k)]
+        if len(given) > 1:
+            raise ConfigError(f"encryption: give one key source, not {' and '.join(given)}")
+        if self.key_credential and ("/" in self.key_credential
+                                    or self.key_credential in (".", "..")):
+            raise ConfigError(f"encryption.key_credential: {self.key_credential!r} is a "
+                              "credential name, not a path")
+        _positive(self.command_timeout_s, "encryption.command_timeout_s", high=600)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.key_file or self.key_env or self.key_credential or self.key_command)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, base: Path | None = None) -> EncryptionConfig:
+        w = "encryption"
+        command = _get(d, "key_command", w, list, [])
+        if not all(isinstance(a, str) and a for a in command):
+            raise ConfigError("encryption.key_command: expected a list of strings (argv)")
+        key_file = _get(d, "key_file", w, str, "")
+        if key_file and base is not None and not Path(key_file).is_absolute():
+            key_file = str(base / key_file)
+        return cls(key_file=key_file, key_env=_get(d, "key_env", w, str, ""),
+                   key_credential=_get(d, "key_credential", w, str, ""),
+                   key_command=tuple(command),
+                   command_timeout_s=float(_get(d, "command_timeout_s", w, (int, float), 30.0)))
+
+
+def _drift(d: Mapping[str, Any]) -> Any:
+    """``[drift]`` -> the drift monitor's ``DriftConfig`` (imported only when used)."""
+    from edgeship.agent._drift import DriftConfig
+
+    return _typed(DriftConfig, d, "drift")
+
+
+def _shadow(d: Mapping[str, Any]) -> Any:
+    """``[shadow]`` -> the shadow runtime's ``ShadowConfig`` (imported only when used)."""
+    from edgeship.agent._shadow import ShadowConfig
+
+    return _typed(ShadowConfig, d, "shadow")
+
+
+def _typed(kind: Any, d: Mapping[str, Any], where: str) -> Any:
+    """Build ``kind`` from a table with its own ``from_dict`` (or its fields); errors name
+    the section."""
+    try:
+        if hasattr(kind, "from_dict"):
+            return kind.from_dict(d)
+        return kind(**d)
+    except ConfigError as exc:
+        text = str(exc)
+        raise ConfigError(text if text.startswith(f"{where}.") else f"{where}: {text}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+@dataclass(frozen=True, kw_only=True)
 class AgentConfig:
     """Everything ``edgeship agent run`` needs; build it with :func:`load_config`."""
 
@@ -269,6 +345,9 @@ class AgentConfig:
     fallback: FallbackConfig | None = None
     ota: OtaConfig = field(default_factory=OtaConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    drift: Any = None  # agent._drift.DriftConfig ([drift]); None: its defaults
+    shadow: Any = None  # agent._shadow.ShadowConfig ([shadow]); None: its defaults
     # keys the file has that the agent does not know: more keys are allowed (newer configs
     # on older agents), but a typo like [fallbak] must not pass silently, so they are logged
     ignored_keys: tuple[str, ...] = ()
@@ -295,6 +374,9 @@ class AgentConfig:
                    fallback=FallbackConfig.from_dict(_section(d, "fallback")),
                    ota=OtaConfig.from_dict(_section(d, "ota")),
                    telemetry=TelemetryConfig.from_dict(_section(d, "telemetry")),
+                   encryption=EncryptionConfig.from_dict(_section(d, "encryption"), base=base),
+                   drift=_drift(_section(d, "drift")) if "drift" in d else None,
+                   shadow=_shadow(_section(d, "shadow")) if "shadow" in d else None,
                    ignored_keys=unknown_keys(d))
 
     def to_dict(self) -> dict[str, Any]:
@@ -303,6 +385,9 @@ class AgentConfig:
 
         out = asdict(self)
         out["data_dir"], out["root_key"] = str(self.data_dir), str(self.root_key)
+        for name in ("drift", "shadow"):  # other modules' configs: their own view
+            value = getattr(self, name)
+            out[name] = value.to_dict() if hasattr(value, "to_dict") else value
         return out
 
 
@@ -310,20 +395,34 @@ class AgentConfig:
 # keys on to the fallback layer, which checks them
 _KNOWN_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"device_id", "fleet", "data_dir", "root_key", "hardware", "broker", "model",
-                   "api", "fallback", "ota", "telemetry"}),
+                   "api", "fallback", "ota", "telemetry", "encryption", "drift", "shadow"}),
     "broker": frozenset({"url", "username", "password_file", "ca", "cert", "key", "keepalive_s"}),
     "model": frozenset({"name", "runtime", "threads", "initial"}),
     "api": frozenset({"listen", "max_request_bytes"}),
     "ota": frozenset({"chunk_size", "request_timeout_s", "health_timeout_s",
                       "max_artifact_bytes", "max_switch_attempts"}),
     "telemetry": frozenset({"interval_s", "queue_max_messages"}),
+    "encryption": frozenset({"key_file", "key_env", "key_credential", "key_command",
+                             "command_timeout_s"}),
+    # [drift] and [shadow] are checked whole by their own config classes
 }
+
+
+_OTHER_CONFIGS = {"drift": ("edgeship.agent._drift", "DriftConfig"),
+                  "shadow": ("edgeship.agent._shadow", "ShadowConfig")}
 
 
 def unknown_keys(table: Mapping[str, Any]) -> tuple[str, ...]:
     """Dotted names of the keys in ``table`` that no part of the agent reads."""
+    import importlib
+
     found = [k for k in table if k not in _KNOWN_KEYS[""]]
-    for section, known in _KNOWN_KEYS.items():
+    known_by = dict(_KNOWN_KEYS)
+    for section, (module, name) in _OTHER_CONFIGS.items():
+        if isinstance(table.get(section), Mapping):  # their fields are their keys
+            fields = getattr(importlib.import_module(module), name).__dataclass_fields__
+            known_by[section] = frozenset(fields)
+    for section, known in known_by.items():
         sub = table.get(section) if section else None
         if isinstance(sub, Mapping):
             found += [f"{section}.{k}" for k in sub if k not in known]

@@ -5,8 +5,13 @@ ticks, action results), asks :class:`~edgeship.agent._ota.OtaCore` what to do an
 it -- files through :class:`~edgeship.agent._store.Store`, messages through
 :class:`~edgeship.sdk._mqtt.MqttEdge` (or the SQLite outbox while the broker is away),
 health checks in a child interpreter, model loads as a hot swap of the local API's
-:class:`~edgeship.agent._api.Serving`. The HTTP API serves on its own threads from the
+:class:`~edgeship.agent._api.Serving`, the drift and shadow taps through
+:class:`~edgeship.agent._taps.Taps`. The HTTP API serves on its own threads from the
 first second, with or without a broker or a model. Logs are JSON lines on stderr.
+
+Encrypted releases: slots and the download hold ciphertext only; a model is decrypted
+into memory (active model, shadow, and inside the health-check child, which gets the
+data key over its stdin pipe), with the device key of ``[encryption]``, read once.
 
 ``EDGESHIP_AGENT_PAUSE="chunk=0.05,downloaded=0.3,install=0.3,switch=0.3,health=0.5"``
 (or the same text in the file ``EDGESHIP_AGENT_PAUSE_FILE`` names; tests only) sleeps at
@@ -93,17 +98,27 @@ class Agent:
 
             raise ConfigError(f"data_dir: cannot use {config.data_dir}: {exc.strerror}") from exc
         self.topics = topics(config.fleet, config.device_id)
+        from edgeship.agent._device_key import load_device_key
+
+        self.device_key = load_device_key(config.encryption)
         self.core = ota.OtaCore(device=config.device_id, model=config.model.name,
                                 root_key=_read_root(config.root_key), hardware=config.hardware,
                                 chunk_size=config.ota.chunk_size,
                                 max_artifact_bytes=config.ota.max_artifact_bytes,
-                                max_switch_attempts=config.ota.max_switch_attempts)
+                                max_switch_attempts=config.ota.max_switch_attempts,
+                                private_key=self.device_key)
         self.state = self.store.load_state()
         self.events: queue.Queue[ota.Event] = queue.Queue()
         self.outbox = Outbox(config.data_dir / "queue.sqlite",
                              max_messages=config.telemetry.queue_max_messages)
         self.metrics = Metrics()
         self.service = AgentService(config.model.name, self.metrics, _fallback(config))
+        from edgeship.agent._taps import Taps
+
+        self.taps = Taps(self.service, self.metrics.registry, drift_config=config.drift,
+                         shadow_config=config.shadow, log=log,
+                         on_drift_change=lambda _: self._republish())
+        self._status: dict[str, Any] | None = None  # the core's last status (unmerged)
         b = config.broker
         self.edge = MqttEdge(b.url, client_id=f"edgeship-{config.fleet}-{config.device_id}",
                              subscriptions=[self.topics.offer, self.topics.chunk],
@@ -148,6 +163,7 @@ class Agent:
             self._loop()
         finally:
             log("stopping")
+            self.taps.close()
             api.close()
             self.edge.stop()
             self.outbox.close()
@@ -167,6 +183,8 @@ class Agent:
             if now >= next_beat:
                 next_beat = now + self.config.telemetry.interval_s
                 self._heartbeat()
+                if self.state.shadow is not None:  # fresh shadow figures every beat
+                    self._republish()
             if now >= next_dog:  # the loop is alive; a wedged loop gets restarted by systemd
                 next_dog = now + 1.0
                 sd_notify("WATCHDOG=1")
@@ -189,7 +207,8 @@ class Agent:
         self.store.save_state(action.state)
 
     def _do_Report(self, action: ota.Report) -> None:
-        status = action.status
+        self._status = action.status
+        status = self.taps.status(action.status)
         log("status", **{k: v for k, v in status.items() if k != "device"},
             ota_bytes_received=self.bytes_received)
         self.metrics.set_phase(status["state"])
@@ -197,6 +216,14 @@ class Agent:
             self.metrics.updates.labels(outcome=status["state"]).inc()
         self._last_state = status["state"]
         self._send(self.topics.status, json.dumps(status).encode(), retain=True, key="status")
+
+    def _republish(self) -> None:
+        """The last status again with fresh drift / shadow figures. Its ``ts`` stays the
+        core's: it dates the verdict, which a fleet manager compares to its offers."""
+        if self._status is not None:
+            status = self.taps.status(self._status)
+            self._send(self.topics.status, json.dumps(status).encode(), retain=True,
+                       key="status")
 
     def _do_RequestChunk(self, action: ota.RequestChunk) -> None:
         from edgeship.sdk._mqtt import request_topic
@@ -252,8 +279,13 @@ class Agent:
         path = self.store.slot_file(action.slot, action.format)
         log("health_check", slot=action.slot, model=str(path))
         try:
+            key = self._data_key(action.encryption) if action.encryption else None
+        except EdgeshipError as exc:
+            return ota.HealthChecked(ok=False, reason=f"{type(exc).__name__}: {exc}")
+        try:
             ok, reason = run_health_check(path, action.golden, runtime=self.config.model.runtime,
-                                          threads=1, timeout=self.config.ota.health_timeout_s)
+                                          threads=1, timeout=self.config.ota.health_timeout_s,
+                                          data_key=key)
         except HealthCheckInterrupted as exc:
             # a stop signal to our process group hits the child too; when it is our own
             # shutdown, give no verdict: the persisted state re-runs the check after restart
@@ -276,20 +308,51 @@ class Agent:
                 self.service.no_model_reason = f"the installed model cannot be loaded ({exc})"
             return ota.Loaded(slot.slot, False, f"{type(exc).__name__}: {exc}")
         self.service.swap(serving)
-        log("serving", slot=slot.slot, version=slot.version)
+        self.taps.active_loaded(slot)
+        log("serving", slot=slot.slot, version=slot.version,
+            encrypted=slot.encryption is not None)
         return ota.Loaded(slot.slot, True)
+
+    def _do_LoadShadow(self, action: ota.LoadShadow) -> None:
+        slot = action.slot
+        try:
+            model = self._model_bytes(slot)
+            self.taps.start_shadow(slot, model, runtime=self.config.model.runtime)
+        except Exception as exc:  # a shadow never touches answers, nor the agent
+            log("shadow_load_failed", level="error", slot=slot.slot, version=slot.version,
+                error=str(exc)[:300])
+
+    def _do_UnloadShadow(self, action: ota.UnloadShadow) -> None:
+        self.taps.stop_shadow()
+
+    def _model_bytes(self, slot: ota.SlotInfo) -> bytes:
+        """The verified model of ``slot`` as plaintext, in memory only."""
+        data = self.store.read_slot(slot.slot, slot.format, max_bytes=slot.size)
+        if hashlib.sha256(data).hexdigest() != slot.sha256:
+            raise EdgeshipError(f"slot {slot.slot} does not hold the verified {slot.version}")
+        if slot.encryption is None:
+            return data
+        from edgeship.sdk._crypt import decrypt
+
+        return decrypt(data, self._data_key(slot.encryption), what=f"slot {slot.slot}")
+
+    def _data_key(self, encryption: dict[str, Any]) -> bytes:
+        from edgeship.sdk._crypt import Encryption, unwrap_data_key
+
+        from edgeship._errors import DecryptionError
+
+        if self.device_key is None:
+            raise DecryptionError("the model is encrypted and this agent has no [encryption] key")
+        return unwrap_data_key(Encryption.from_dict(encryption), self.device_key)
 
     def _load(self, slot: ota.SlotInfo, golden: dict[str, Any] | None) -> Any:
         from edgeship.agent._api import Serving, describe
         from edgeship.agent._health import golden_check
         from edgeship.sdk._model import Model
 
-        data = self.store.read_slot(slot.slot, slot.format, max_bytes=slot.size)
-        if hashlib.sha256(data).hexdigest() != slot.sha256:
-            raise EdgeshipError(f"slot {slot.slot} does not hold the verified {slot.version}")
         cfg = self.config.model
-        model = Model.load(self.store.slot_file(slot.slot, slot.format), runtime=cfg.runtime,
-                           threads=cfg.threads)
+        model = Model.load_bytes(self._model_bytes(slot), format=slot.format,
+                                 runtime=cfg.runtime, threads=cfg.threads)
         if golden is not None:
             reason = golden_check(model, golden)
             if reason:
@@ -325,6 +388,7 @@ class Agent:
         }
         if self.service.fallback is not None:
             beat["fallback"] = self.service.fallback.stats()
+        self.taps.heartbeat(beat)
         self.metrics.queue.set(beat["outbox"])
         self.metrics.connected.set(1 if self.edge.connected else 0)
         self._send(self.topics.telemetry, json.dumps(beat, default=str).encode())

@@ -1,9 +1,11 @@
 """The golden health check: does a newly installed model answer what its release promises?
 
 :func:`run_health_check` runs it in a separate interpreter
-(``python -m edgeship.agent._health MODEL GOLDEN.json``) with a timeout, so a model that
-crashes the runtime, hangs or eats the memory takes down only that child, never the
-agent serving the old model. :func:`golden_check` is the check itself, also used
+(``python -m edgeship.agent._health MODEL GOLDEN.json RUNTIME THREADS [encrypted]``) with a
+timeout, so a model that crashes the runtime, hangs or eats the memory takes down only
+that child, never the agent serving the old model. For an encrypted slot the child reads
+the 32-byte data key from its stdin pipe (never argv, environment or a file) and
+decrypts the model into its own memory. :func:`golden_check` is the check itself, also used
 in-process when the agent switches to the new model.
 """
 
@@ -73,23 +75,27 @@ def golden_check(model: Any, golden: dict[str, Any] | None) -> str | None:
 
 
 def run_health_check(model_path: Path, golden: dict[str, Any] | None, *, runtime: str = "auto",
-                     threads: int = 1, timeout: float = 60.0) -> tuple[bool, str]:
-    """Check ``model_path`` in a child interpreter; ``(ok, reason)``."""
+                     threads: int = 1, timeout: float = 60.0,
+                     data_key: bytes | None = None) -> tuple[bool, str]:
+    """Check ``model_path`` in a child interpreter; ``(ok, reason)``. With ``data_key``
+    the file is ciphertext: the key goes to the child over its stdin pipe."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(golden, handle)
         golden_path = handle.name
     cmd = [sys.executable, "-m", "edgeship.agent._health", str(model_path), golden_path,
-           runtime, str(threads)]
+           runtime, str(threads), *(["encrypted"] if data_key is not None else [])]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                             stdin=subprocess.DEVNULL)
+        out = subprocess.run(cmd, capture_output=True, timeout=timeout,
+                             input=data_key or b"")
     except subprocess.TimeoutExpired:
         return False, f"health check did not finish in {timeout:g}s"
     finally:
         os.unlink(golden_path)
     if out.returncode == 0:
         return True, ""
-    lines = (out.stdout.strip() or out.stderr.strip() or "").splitlines()
+    text = (out.stdout.decode(errors="replace").strip()
+            or out.stderr.decode(errors="replace").strip())
+    lines = text.splitlines()
     detail = lines[-1] if lines else ""
     if -out.returncode in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         raise HealthCheckInterrupted(f"health check stopped by signal {-out.returncode}")
@@ -103,7 +109,8 @@ def _main(argv: list[str]) -> int:
 
     from edgeship._errors import EdgeshipError
 
-    model_path, golden_path, runtime, threads = argv
+    model_path, golden_path, runtime, threads = argv[:4]
+    data_key = sys.stdin.buffer.read(33) if argv[4:] == ["encrypted"] else None
     seconds = pause_seconds("health")
     if seconds:  # tests: widen the window in which the agent can be killed mid-check
         import time
@@ -111,7 +118,10 @@ def _main(argv: list[str]) -> int:
         time.sleep(seconds)
     try:
         golden = json.loads(Path(golden_path).read_text())
-        model = Model.load(model_path, runtime=runtime, threads=int(threads))
+        if data_key is None:
+            model = Model.load(model_path, runtime=runtime, threads=int(threads))
+        else:
+            model = _load_encrypted(Path(model_path), data_key, runtime, int(threads))
         reason = golden_check(model, golden)
     except EdgeshipError as exc:
         reason = f"{type(exc).__name__}: {exc}"
@@ -119,6 +129,23 @@ def _main(argv: list[str]) -> int:
         print(reason)
         return 3
     return 0
+
+
+def _load_encrypted(path: Path, data_key: bytes, runtime: str, threads: int) -> Any:
+    """Decrypt ``path`` into memory and load it from there (no plaintext file)."""
+    from edgeship.sdk._crypt import DATA_KEY_SIZE, decrypt
+    from edgeship.sdk._model import MAX_MODEL_BYTES, Model
+
+    from edgeship._errors import DecryptionError
+
+    if len(data_key) != DATA_KEY_SIZE:
+        raise DecryptionError(f"health check got {len(data_key)} key bytes on stdin, "
+                              f"expected {DATA_KEY_SIZE}")
+    with path.open("rb") as handle:
+        data = handle.read(MAX_MODEL_BYTES + 1)
+    plain = decrypt(data, data_key, what=path.name)
+    return Model.load_bytes(plain, format=path.suffix.lstrip("."), runtime=runtime,
+                            threads=threads)
 
 
 if __name__ == "__main__":

@@ -258,6 +258,7 @@ class OtaCore:
             offer = Offer.from_bytes(event.offer)
             manifest = check_offer(offer, self.root_key, state.trusted, model_name=self.model,
                                    hardware=self.hardware, now=_utc(now))
+            self._recipient(manifest)
             job = self._plan(offer, manifest, None)
         except EdgeshipError as exc:
             return self._refuse(state, now, f"initial release rejected: {exc}")

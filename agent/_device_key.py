@@ -1,0 +1,105 @@
+"""This device's X25519 private key for encrypted releases, from the ``[encryption]`` source.
+
+The key only ever lives in this process's memory: read once at start from a 0600 file,
+an environment variable, a systemd credential (``$CREDENTIALS_DIRECTORY``; with
+``LoadCredentialEncrypted=`` systemd unseals it with the TPM) or the stdout of a command
+(a secure element's CLI). Every failure is one :class:`~edgeship.ConfigError` naming the
+source, never the key.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from edgeship.agent._config import EncryptionConfig
+
+from edgeship._errors import ConfigError, EdgeshipError
+
+__all__ = ["MAX_KEY_BYTES", "load_device_key"]
+
+MAX_KEY_BYTES = 16 * 1024  # a PEM private key is ~120 bytes
+
+
+def load_device_key(config: EncryptionConfig) -> Any | None:
+    """The X25519 private key ``config`` names, or None when no source is configured."""
+    if not config.enabled:
+        return None
+    if config.key_file:
+        where, data = f"encryption.key_file {config.key_file}", _from_file(config.key_file)
+    elif config.key_env:
+        where, data = f"encryption.key_env ${config.key_env}", _from_env(config.key_env)
+    elif config.key_credential:
+        where = f"encryption.key_credential {config.key_credential}"
+        data = _from_credential(config.key_credential)
+    else:
+        where = f"encryption.key_command {config.key_command[0]}"
+        data = _from_command(config.key_command, config.command_timeout_s)
+    from edgeship.sdk._crypt import load_private_key
+
+    try:
+        return load_private_key(data.strip())
+    except (EdgeshipError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _read_bounded(path: Path, what: str) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_KEY_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_KEY_BYTES:
+        raise ConfigError(f"{what}: {path} is larger than {MAX_KEY_BYTES} bytes, not a key")
+    return data
+
+
+def _from_file(name: str) -> bytes:
+    path = Path(name)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise ConfigError(f"encryption.key_file: cannot read {path}: {exc.strerror}") from None
+    if mode & 0o077:  # anyone but the owner could copy the key that opens every model
+        raise ConfigError(f"encryption.key_file: {path} has mode {mode:04o}; a private key "
+                          f"must be readable by its owner only (chmod 600 {path})")
+    return _read_bounded(path, "encryption.key_file")
+
+
+def _from_env(variable: str) -> bytes:
+    value = os.environ.get(variable, "")
+    if not value.strip():
+        raise ConfigError(f"encryption.key_env: ${variable} is not set or empty")
+    if len(value) > MAX_KEY_BYTES:
+        raise ConfigError(f"encryption.key_env: ${variable} is larger than {MAX_KEY_BYTES}")
+    return value.encode()
+
+
+def _from_credential(name: str) -> bytes:
+    folder = os.environ.get("CREDENTIALS_DIRECTORY", "")
+    if not folder:
+        raise ConfigError("encryption.key_credential: $CREDENTIALS_DIRECTORY is not set "
+                          "(run the agent from a systemd unit with LoadCredential= or "
+                          f"LoadCredentialEncrypted={name}:...)")
+    return _read_bounded(Path(folder) / name, "encryption.key_credential")
+
+
+def _from_command(argv: tuple[str, ...], timeout: float) -> bytes:
+    what = "encryption.key_command"
+    try:
+        out = subprocess.run(list(argv), capture_output=True, timeout=timeout,
+                             stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{what}: {argv[0]} did not finish in {timeout:g}s") from None
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from None
+    if out.returncode != 0:
+        lines = out.stderr.decode(errors="replace").strip().splitlines()
+        detail = f": {lines[-1][:200]}" if lines else ""
+        raise ConfigError(f"{what}: {argv[0]} exited with {out.returncode}{detail}")
+    if len(out.stdout) > MAX_KEY_BYTES:
+        raise ConfigError(f"{what}: {argv[0]} printed more than {MAX_KEY_BYTES} bytes")
+    return out.stdout
