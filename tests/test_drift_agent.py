@@ -9,17 +9,27 @@ pixel), which moves the per-channel mean and the model's output distribution.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import Mosquitto, free_port
 from edgeship.agent._api import AgentService, Metrics, Serving, describe
 from edgeship.agent._drift import DriftTap
+from edgeship.sdk._client import AgentClient
 from edgeship.sdk._model import Model
 from edgeship.sdk._profile import DriftConfig, profile_from_file
 from prometheus_client import generate_latest
+from test_agent_support import AgentProc, Watcher, make_keys, write_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHIFT = 0.25
@@ -176,3 +186,127 @@ def test_a_new_tap_on_the_same_registry_takes_over_the_gauges(cnn: tuple[Model, 
     DriftTap(profile, DriftConfig(), metrics.registry, log=Events())  # the next model's tap
     text = generate_latest(metrics.registry).decode()
     assert "edgeship_drift_alert 0.0" in text and "edgeship_drift_psi{" not in text
+
+
+# ------------------------------------------------------------------ end to end
+DRIFT_TOML = "[drift]\nwindow = 400\nslices = 4\nmin_samples = 250\nbatch = 16\n"
+
+
+def _cli(*args: str | Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "edgeship", *map(str, args)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.fixture(scope="module")
+def profiled_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """convert --eval (writes profile.json) -> release --profile profile.json, by the CLI."""
+    tmp = tmp_path_factory.mktemp("drift-release")
+    conv = tmp / "conv"
+    _cli("convert", FIXTURES / "cnn.onnx", "--calib", FIXTURES / "cnn_calib.npz",
+         "--eval", FIXTURES / "cnn_eval.npz", "--format", "onnx", "-o", conv, "-q")
+    keys = make_keys(tmp)
+    rel = tmp / "rel"
+    _cli("release", conv / "model.int8.onnx", "--version", "1.0.0", "--keys", keys,
+         "-o", rel, "--model-name", "model", "--profile", conv / "profile.json")
+    signed = json.loads((rel / "manifest.json").read_text())["signed"]
+    assert signed["profile"] == json.loads((conv / "profile.json").read_text())
+    return {"release": rel, "root": keys / "root.pub"}
+
+
+class Telemetry:
+    """Heartbeats of one device (a real MQTT subscriber), with their arrival time."""
+
+    def __init__(self, broker_url: str, device: str = "dev-1", fleet: str = "t") -> None:
+        from edgeship.sdk._mqtt import MqttEdge
+
+        self.beats: list[tuple[float, dict[str, Any]]] = []
+        self._cond = threading.Condition()
+        self.edge = MqttEdge(broker_url, client_id=f"drift-{os.getpid()}-{id(self)}",
+                             subscriptions=[f"edgeship/{fleet}/{device}/telemetry"],
+                             on_message=self._on_message)
+        self.edge.start()
+        assert self.edge.wait_connected(10)
+
+    def _on_message(self, msg: Any) -> None:
+        with self._cond:
+            self.beats.append((time.monotonic(), json.loads(msg.payload)))
+            self._cond.notify_all()
+
+    def next_drift(self, after: float, pred: Callable[[dict[str, Any]], bool],
+                   timeout: float = 30.0) -> dict[str, Any]:
+        """The drift report of the first beat sent after ``after`` that matches."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for at, beat in self.beats:
+                    if at > after and "drift" in beat and pred(beat["drift"]):
+                        return beat["drift"]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    last = [b.get("drift", {}).get("window") for _, b in self.beats[-3:]]
+                    raise TimeoutError(f"no matching drift telemetry; last windows {last}")
+                self._cond.wait(left)
+
+    def close(self) -> None:
+        self.edge.stop()
+
+
+def _send(url: str, images: list[np.ndarray]) -> float:
+    """Ask the agent over its v2 API; the time once every answer is in."""
+    client = AgentClient(url)
+    for x in images:
+        answer = client.infer({"input": x})
+        assert answer.source == "local" and answer.version == "1.0.0"
+        assert answer.outputs["probs"].shape == (1, 10)
+    return time.monotonic()
+
+
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def test_agent_reports_drift_of_a_shifted_stream_over_mqtt(
+        tmp_path: Path, mosquitto: Mosquitto, profiled_release: dict[str, Path]) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port,
+                       root_pub=profiled_release["root"], initial=profiled_release["release"],
+                       extra=DRIFT_TOML)
+    telemetry, status = Telemetry(mosquitto.url), Watcher(mosquitto.url)
+    agent = AgentProc(cfg, port).start()
+    try:
+        agent.wait_ready()
+        agent.wait_log(lambda e: e.get("event") == "drift_watching")
+
+        sent = _send(agent.url, stream(400, seed=11))  # unshifted: the profile's own data
+        calm = telemetry.next_drift(sent, lambda d: d["window"] >= 250)
+        assert calm["alert"] is False and calm["max_psi"] < 0.1, calm
+        assert calm["version"] == "1.0.0"
+        assert {f["name"] for f in calm["features"]} == {"input", "probs:class", "probs:top1"}
+        assert _metric(agent.url, "edgeship_drift_alert") == 0
+        assert not [e for e in agent.log if e.get("event") == "drift_alert"]
+
+        sent = _send(agent.url, stream(400, shift=SHIFT, seed=12))  # brighter images
+        hot = telemetry.next_drift(sent, lambda d: d["window"] >= 250)
+        assert hot["alert"] is True and hot["worst"] == "input", hot
+        by_name = {f["name"]: f for f in hot["features"]}
+        assert by_name["input"]["psi"] > 1.0 and by_name["input"]["ks"] > 0.5
+        line = agent.wait_log(lambda e: e.get("event") == "drift_alert", timeout=10)
+        assert line["level"] == "warning" and line["worst"] == "input"
+        flagged = status.wait(lambda s: (s.get("drift") or {}).get("alert") is True, timeout=10)
+        assert flagged["drift"]["worst"] == "input"
+        assert _metric(agent.url, "edgeship_drift_alert") == 1
+
+        sent = _send(agent.url, stream(500, seed=13))  # the window forgets the shift
+        cleared = telemetry.next_drift(sent, lambda d: d["window"] >= 250)
+        assert cleared["alert"] is False, cleared
+        agent.wait_log(lambda e: e.get("event") == "drift_cleared", timeout=10)
+        status.wait(lambda s: (s.get("drift") or {}).get("alert") is False, timeout=10)
+    finally:
+        agent.kill()
+        telemetry.close()
+        status.close()
