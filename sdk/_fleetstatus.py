@@ -1,8 +1,9 @@
 """The fleet as its devices report it: the retained ``edgeship/<fleet>/+/status`` topics.
 
 :class:`DeviceStatus` parses one status message (the JSON the agent's OTA core writes:
-``device, state, version, target, progress, error, ts``) with a size limit and keeps
-unknown keys; :func:`summarize` is the pure aggregation behind ``edgeship fleet
+``device, state, version, target, progress, error, ts``, and the compact ``shadow``
+figures and ``drift`` verdict the daemon merges in) with a size limit and keeps unknown
+keys; :func:`summarize` is the pure aggregation behind ``edgeship fleet
 status``. :class:`FleetWatcher` is one MQTT session subscribed to every device's status
 (and telemetry, for "last seen") that keeps the newest message per device;
 :func:`collect_status` reads the retained messages once and returns.
@@ -41,6 +42,8 @@ class DeviceStatus:
     progress: Mapping[str, Any] | None = None
     ts: float | None = None  # the device's own clock, from its status
     last_seen: float | None = None  # newest of status ts and telemetry ts
+    shadow: Mapping[str, Any] | None = None  # {"version", "agreement", "compared", ...}
+    drift: Mapping[str, Any] | None = None  # {"alert", "max_psi", "max_ks", "worst", ...}
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -58,19 +61,51 @@ class DeviceStatus:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DeviceStatus:
-        known = ("device", "state", "version", "target", "error", "progress", "ts", "last_seen")
+        known = ("device", "state", "version", "target", "error", "progress", "ts", "last_seen",
+                 "shadow", "drift")
         ts = d.get("ts") if isinstance(d.get("ts"), (int, float)) else None
         progress = d.get("progress") if isinstance(d.get("progress"), dict) else None
         return cls(device=str(d["device"]), state=str(d.get("state") or "unknown"),
                    version=_text(d.get("version")), target=_text(d.get("target")),
                    error=_text(d.get("error")), progress=progress, ts=ts,
                    last_seen=d.get("last_seen", ts),
+                   shadow=d.get("shadow") if isinstance(d.get("shadow"), dict) else None,
+                   drift=d.get("drift") if isinstance(d.get("drift"), dict) else None,
                    extra={k: v for k, v in d.items() if k not in known})
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.extra, "device": self.device, "state": self.state, "version": self.version,
                 "target": self.target, "error": self.error, "progress": self.progress,
-                "ts": self.ts, "last_seen": self.last_seen}
+                "ts": self.ts, "last_seen": self.last_seen, "shadow": self.shadow,
+                "drift": self.drift}
+
+    def shadow_text(self) -> str:
+        """``1.1.0 97.5% of 400`` (agreement of the compared requests), or ``-``."""
+        s = self.shadow
+        if not s or not s.get("version"):
+            return "-"
+        agreement, compared = _number(s.get("agreement")), _number(s.get("compared"))
+        text = str(s["version"])[:40]
+        if agreement is not None:
+            text += f" {agreement:.1%}"
+        if compared is not None:
+            text += f" of {compared:.0f}"
+        if s.get("state") not in (None, "running"):
+            text += f" ({str(s['state'])[:20]})"
+        return text
+
+    def drift_text(self) -> str:
+        """``ALERT psi 0.31 f3`` / ``ok psi 0.02``, or ``-`` without a drift verdict."""
+        d = self.drift
+        if not d:
+            return "-"
+        psi = _number(d.get("max_psi"))
+        text = "ALERT" if d.get("alert") is True else "ok"
+        if psi is not None:
+            text += f" psi {psi:.2f}"
+        if d.get("worst") is not None:
+            text += f" {str(d['worst'])[:24]}"
+        return text
 
     def state_text(self) -> str:
         p = self.progress
@@ -83,12 +118,21 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)[:500]
 
 
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok and value == value else None
+
+
 def summarize(statuses: Mapping[str, DeviceStatus]) -> dict[str, Any]:
-    """Devices per version and per state, for the summary under the table."""
+    """Devices per version, per state and per shadow version; drift alerts."""
     versions = Counter(s.version or "none" for s in statuses.values())
     states = Counter(s.state for s in statuses.values())
+    shadows = Counter(str(s.shadow["version"]) for s in statuses.values()
+                      if s.shadow and s.shadow.get("version"))
+    alerts = sum(1 for s in statuses.values() if s.drift and s.drift.get("alert") is True)
     return {"devices": len(statuses), "versions": dict(versions.most_common()),
-            "states": dict(states.most_common())}
+            "states": dict(states.most_common()), "shadows": dict(shadows.most_common()),
+            "drift_alerts": alerts}
 
 
 class FleetWatcher:

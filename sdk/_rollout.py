@@ -11,6 +11,12 @@ and returns the new rollout plus the devices to offer the release to now. The sh
 (:mod:`edgeship.sdk._rollout_run`) publishes the offers *before* it records the new
 state, and re-offers the open wave after a restart (offers are retained and idempotent
 on the device), so a crash never leaves a wave recorded as offered but never sent.
+
+A *shadow* rollout (``mode="shadow"``: the offer asks devices to run the release beside
+the active model) is the same machine with another success: the device reports
+``shadowing`` that version (outcome ``shadowing``). It is recorded under its own key, so
+promoting the release afterwards (a normal rollout of it) starts a new record.
+:func:`discard_targets` / :func:`discard_verdict` are the pure half of ``fleet discard``.
 """
 
 from __future__ import annotations
@@ -30,12 +36,16 @@ __all__ = [
     "RolloutPolicy",
     "Wave",
     "classify",
+    "discard_payload",
+    "discard_targets",
+    "discard_verdict",
     "open_wave_devices",
     "parse_percent",
     "parse_waves",
     "plan_waves",
     "resume",
     "rollout_key",
+    "shadowing_devices",
     "start_rollout",
     "step",
 ]
@@ -43,7 +53,11 @@ __all__ = [
 # outcome of one device for this rollout
 PENDING, UPDATING = "pending", "updating"  # not offered yet / offered, no verdict yet
 COMMITTED, ROLLED_BACK, FAILED, TIMEOUT = "committed", "rolled-back", "failed", "timeout"
-DONE_OUTCOMES = (COMMITTED, ROLLED_BACK, FAILED, TIMEOUT)
+SHADOWING = "shadowing"  # a shadow rollout's success: the release runs beside the active one
+DONE_OUTCOMES = (COMMITTED, SHADOWING, ROLLED_BACK, FAILED, TIMEOUT)
+SUCCESS_OUTCOMES = (COMMITTED, SHADOWING)
+MODES = ("active", "shadow")
+_BUSY = ("downloading", "verifying", "installing", "health-checking")
 FAILED_OUTCOMES = (ROLLED_BACK, FAILED, TIMEOUT)
 MAX_DEVICES = 1_000_000
 MAX_WAVES = 100
@@ -160,10 +174,16 @@ class Rollout:
     updated_at: float = 0.0
     release_id: str = ""  # sha256 prefix of the signed manifest: a re-signed release is new
     broker: str = ""  # host:port; the same fleet name on another broker is another fleet
+    mode: str = "active"  # "shadow": devices run the release beside the active model
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"rollout mode {self.mode!r} is not one of {MODES}")
 
     @property
     def key(self) -> str:
-        return rollout_key(self.broker, self.fleet, self.model, self.version, self.release_id)
+        return rollout_key(self.broker, self.fleet, self.model, self.version, self.release_id,
+                           self.mode)
 
     @property
     def current(self) -> int:
@@ -187,7 +207,7 @@ class Rollout:
                 "waves": [w.to_dict() for w in self.waves], "outcomes": dict(self.outcomes),
                 "errors": dict(self.errors), "status": self.status, "reason": self.reason,
                 "created_at": self.created_at, "updated_at": self.updated_at,
-                "release_id": self.release_id, "broker": self.broker}
+                "release_id": self.release_id, "broker": self.broker, "mode": self.mode}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Rollout:
@@ -197,16 +217,19 @@ class Rollout:
                    outcomes=dict(d["outcomes"]), errors=dict(d.get("errors", {})),
                    status=d["status"], reason=d.get("reason", ""),
                    created_at=float(d.get("created_at", 0)), updated_at=float(d.get("updated_at", 0)),
-                   release_id=d.get("release_id", ""), broker=d.get("broker", ""))
+                   release_id=d.get("release_id", ""), broker=d.get("broker", ""),
+                   mode=d.get("mode", "active"))
 
 
-def rollout_key(broker: str, fleet: str, model: str, version: str, release_id: str) -> str:
-    return f"{broker}|{fleet}/{model}/{version}@{release_id}"
+def rollout_key(broker: str, fleet: str, model: str, version: str, release_id: str,
+                mode: str = "active") -> str:
+    key = f"{broker}|{fleet}/{model}/{version}@{release_id}"
+    return key if mode == "active" else f"{key}#{mode}"
 
 
 def start_rollout(*, fleet: str, model: str, version: str, reldir: str, devices: Sequence[str],
-                  policy: RolloutPolicy, now: float, release_id: str = "", broker: str = ""
-                  ) -> Rollout:
+                  policy: RolloutPolicy, now: float, release_id: str = "", broker: str = "",
+                  mode: str = "active") -> Rollout:
     unique = list(dict.fromkeys(devices))
     if not unique:
         raise ConfigError("no devices to update (name them with --devices, or none report status)")
@@ -219,11 +242,11 @@ def start_rollout(*, fleet: str, model: str, version: str, reldir: str, devices:
                   for i, (n, g) in enumerate(zip(names, groups, strict=True)))
     return Rollout(fleet=fleet, model=model, version=version, reldir=reldir, policy=policy,
                    waves=waves, outcomes=dict.fromkeys(unique, PENDING), created_at=now,
-                   updated_at=now, release_id=release_id, broker=broker)
+                   updated_at=now, release_id=release_id, broker=broker, mode=mode)
 
 
 def classify(status: Mapping[str, Any] | None, version: str, offered_at: float,
-             skew_s: float = 5.0) -> str | None:
+             skew_s: float = 5.0, mode: str = "active") -> str | None:
     """This rollout's verdict from one device status, or None when there is none yet.
 
     The agent reports ``{"state", "version" (active), "target" (version tried), "error",
@@ -234,6 +257,8 @@ def classify(status: Mapping[str, Any] | None, version: str, offered_at: float,
     if not status:
         return None
     state, active, target = status.get("state"), status.get("version"), status.get("target")
+    if mode == "shadow" and state == SHADOWING and version in (target, _shadow_version(status)):
+        return SHADOWING
     if state == COMMITTED and active == version:
         return COMMITTED
     if state in (ROLLED_BACK, FAILED):
@@ -243,10 +268,46 @@ def classify(status: Mapping[str, Any] | None, version: str, offered_at: float,
             return str(state)
         if state == FAILED and fresh and target is None:
             return FAILED  # an offer refused before it could name a version (malformed)
-    if active == version and state not in ("downloading", "verifying", "installing",
-                                           "health-checking"):
-        return COMMITTED  # already running this version
+    if active == version and state not in _BUSY:
+        return COMMITTED  # already running this version (nothing to shadow either)
     return None
+
+
+def _shadow_version(status: Mapping[str, Any]) -> str | None:
+    shadow = status.get("shadow")
+    return str(shadow.get("version")) if isinstance(shadow, Mapping) else None
+
+
+def shadowing_devices(statuses: Mapping[str, Mapping[str, Any]], version: str) -> list[str]:
+    """Devices that run ``version`` as their shadow (whom ``fleet promote`` offers it to)."""
+    return sorted(d for d, s in statuses.items() if _shadow_version(s) == version)
+
+
+def discard_payload(version: str) -> bytes:
+    """The retained message that ends a shadow on a device's offer topic."""
+    import json
+
+    return json.dumps({"type": "shadow-discard", "version": version}, sort_keys=True).encode()
+
+
+def discard_targets(statuses: Mapping[str, Mapping[str, Any]], version: str) -> list[str]:
+    """Devices whose shadow is ``version``, or that are installing it (maybe as a shadow)."""
+    return sorted(d for d, s in statuses.items()
+                  if _shadow_version(s) == version
+                  or (s.get("target") == version and s.get("state") in (*_BUSY, SHADOWING)))
+
+
+def discard_verdict(status: Mapping[str, Any] | None, version: str) -> str | None:
+    """``discarded`` once the device confirms, ``no-shadow`` when it has no shadow of
+    ``version`` to drop (it ignores the message), None while that is not known yet."""
+    if not status:
+        return None
+    state, target = status.get("state"), status.get("target")
+    if state == "shadow-discarded" and target == version:
+        return "discarded"
+    if _shadow_version(status) == version or (target == version and state in _BUSY):
+        return None
+    return "no-shadow"
 
 
 def step(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float
@@ -278,11 +339,11 @@ def _observe(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: f
             continue
         for dev in wave.devices:
             status = statuses.get(dev)
-            verdict = classify(status, rollout.version, wave.offered_at)
+            verdict = classify(status, rollout.version, wave.offered_at, mode=rollout.mode)
             if verdict is None or verdict == outcomes[dev]:
                 continue
-            if outcomes[dev] == COMMITTED:
-                continue  # a committed device stays counted as a success
+            if outcomes[dev] in SUCCESS_OUTCOMES:
+                continue  # a device that succeeded stays counted as a success
             outcomes[dev], changed = verdict, True
             if status and status.get("error"):
                 errors[dev] = str(status["error"])[:500]

@@ -6,6 +6,11 @@ QoS 1, acknowledged by the broker) to the devices of a wave, and then records th
 state in :class:`FleetDB`. Publishing before recording, and re-offering the open wave on
 every start, mean a kill at any instant at worst repeats an offer, which a device
 ignores (it already has that job, or that version).
+
+``mode="shadow"`` offers the release to run beside the active model (``fleet push
+--shadow``); ``fleet promote`` is a normal rollout of the same release whose default
+devices are the ones running it as their shadow. :func:`discard_shadow` publishes the
+retained ``shadow-discard`` message and waits for the devices to confirm.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from edgeship.sdk._fleetdb import FleetDB
 from edgeship.sdk._fleetstatus import FleetWatcher
@@ -24,6 +30,9 @@ from edgeship.sdk._release import Release
 from edgeship.sdk._rollout import (
     Rollout,
     RolloutPolicy,
+    discard_payload,
+    discard_targets,
+    discard_verdict,
     open_wave_devices,
     resume,
     rollout_key,
@@ -33,7 +42,9 @@ from edgeship.sdk._rollout import (
 
 from edgeship._errors import InputError, TransportError
 
-__all__ = ["publish_offers", "run_rollout"]
+__all__ = ["discard_shadow", "publish_offers", "run_rollout"]
+
+DeviceChooser = Callable[[Mapping[str, Mapping[str, Any]], str], list[str]]
 
 
 def publish_offers(edge: MqttEdge, fleet: str, payload: bytes, devices: Sequence[str], *,
@@ -57,43 +68,50 @@ def run_rollout(*, broker_url: str, fleet: str, reldir: str | Path, db: FleetDB,
                 max_failure_rate: float | None = None, wave_timeout_s: float | None = None,
                 wait: bool = True, username: str = "", password: str = "",
                 on_update: Callable[[Rollout], None] | None = None, poll_s: float = 0.25,
-                clock: Callable[[], float] = time.time) -> Rollout:
+                clock: Callable[[], float] = time.time, mode: str = "active",
+                choose: DeviceChooser | None = None) -> Rollout:
     """Start or resume the rollout of ``reldir`` to ``fleet``; see the module docstring.
 
     ``policy`` shapes a new rollout; a recorded one keeps its waves and takes only a
     given ``max_failure_rate`` / ``wave_timeout_s``. Without ``wait`` it goes as far as
     it can without waiting for devices (offers the next wave if the last one is done)
     and returns; with ``wait`` it returns once the rollout completed or halted.
+    ``choose(statuses, version)`` picks the devices of a new rollout when none are named
+    (default: every device with a status).
     """
     release = Release.load(reldir)
     manifest = release.manifest
-    payload = release.offer().to_bytes()
+    offer = release.offer()
+    payload = (offer if mode == "active" else replace(offer, mode=mode)).to_bytes()
     host, port, _ = parse_broker_url(broker_url)
     ident = Ident(broker=f"{host}:{port}", fleet=fleet, model=manifest.model,
                   version=manifest.version, reldir=str(Path(reldir).resolve()),
                   release_id=hashlib.sha256(
                       json.dumps(release.manifest_envelope, sort_keys=True).encode()
-                  ).hexdigest()[:16])
-    key = rollout_key(ident.broker, ident.fleet, ident.model, ident.version, ident.release_id)
+                  ).hexdigest()[:16], mode=mode)
+    key = rollout_key(ident.broker, ident.fleet, ident.model, ident.version, ident.release_id,
+                      mode)
     with db.lock(key):
         return _run_locked(db, ident, payload, broker_url=broker_url, username=username,
                            password=password, devices=devices, policy=policy,
                            max_failure_rate=max_failure_rate, wave_timeout_s=wave_timeout_s,
-                           wait=wait, on_update=on_update, poll_s=poll_s, clock=clock)
+                           wait=wait, on_update=on_update, poll_s=poll_s, clock=clock,
+                           choose=choose)
 
 
 def _run_locked(db: FleetDB, ident: Ident, payload: bytes, *, broker_url: str, username: str,
                 password: str, devices: Sequence[str] | None, policy: RolloutPolicy,
                 max_failure_rate: float | None, wave_timeout_s: float | None, wait: bool,
                 on_update: Callable[[Rollout], None] | None, poll_s: float,
-                clock: Callable[[], float]) -> Rollout:
+                clock: Callable[[], float], choose: DeviceChooser | None) -> Rollout:
     fleet = ident.fleet
     watcher = FleetWatcher(broker_url, fleet, username=username, password=password,
                            telemetry=False).start()
     try:
         watcher.settle()
         rollout = _load_or_start(db, watcher, ident, devices=devices, policy=policy, now=clock(),
-                                 max_failure_rate=max_failure_rate, wave_timeout_s=wave_timeout_s)
+                                 max_failure_rate=max_failure_rate, wave_timeout_s=wave_timeout_s,
+                                 choose=choose)
         reoffer = open_wave_devices(rollout)
         if reoffer:  # the last run may have died between recording and publishing
             publish_offers(watcher.edge, fleet, payload, reoffer)
@@ -113,15 +131,19 @@ class Ident:
     version: str
     reldir: str
     release_id: str
+    mode: str = "active"
 
 
 def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
                    devices: Sequence[str] | None, policy: RolloutPolicy, now: float,
-                   max_failure_rate: float | None, wave_timeout_s: float | None) -> Rollout:
+                   max_failure_rate: float | None, wave_timeout_s: float | None,
+                   choose: DeviceChooser | None = None) -> Rollout:
     recorded = db.load(rollout_key(ident.broker, ident.fleet, ident.model, ident.version,
-                                   ident.release_id))
-    if recorded is not None and recorded.status == "completed" and devices \
-            and set(devices) - set(recorded.outcomes):
+                                   ident.release_id, ident.mode))
+    wanted = list(devices) if devices else \
+        (choose(watcher.raw(), ident.version) if choose is not None else None)
+    if recorded is not None and recorded.status == "completed" and wanted \
+            and set(wanted) - set(recorded.outcomes):
         recorded = None  # done before; now new devices are named: a new rollout
     if recorded is not None:
         rollout = resume(recorded, max_failure_rate=max_failure_rate,
@@ -129,13 +151,16 @@ def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
         db.save(rollout, event="resumed", detail={"was": recorded.status,
                                                   "policy": rollout.policy.to_dict()})
         return rollout
-    targets = list(devices) if devices else sorted(watcher.statuses())
+    if choose is not None and not wanted:
+        raise InputError(f"no device of fleet {ident.fleet!r} runs {ident.version} as its "
+                         "shadow; name the devices with --devices ID,...")
+    targets = wanted or sorted(watcher.statuses())
     if not targets:
         raise InputError(f"no devices of fleet {ident.fleet!r} report a status; name them with "
                          "--devices ID,...")
     rollout = start_rollout(fleet=ident.fleet, model=ident.model, version=ident.version,
                             reldir=ident.reldir, devices=targets, policy=policy, now=now,
-                            release_id=ident.release_id, broker=ident.broker)
+                            release_id=ident.release_id, broker=ident.broker, mode=ident.mode)
     db.save(rollout, event="created", detail={"devices": len(targets),
                                               "waves": [len(w.devices) for w in rollout.waves]})
     return rollout
@@ -161,3 +186,32 @@ def _drive(rollout: Rollout, watcher: FleetWatcher, db: FleetDB, payload: bytes,
             return rollout
         if not offer:
             time.sleep(poll_s)
+
+
+def discard_shadow(*, broker_url: str, fleet: str, version: str,
+                   devices: Sequence[str] | None = None, timeout: float = 60.0,
+                   username: str = "", password: str = "", poll_s: float = 0.2
+                   ) -> dict[str, str]:
+    """Publish ``shadow-discard`` for ``version`` (retained) on each device's offer topic
+    and wait up to ``timeout`` s for their verdicts: device -> ``discarded``,
+    ``no-shadow`` or ``pending`` (no confirmation in time; 0 = do not wait)."""
+    watcher = FleetWatcher(broker_url, fleet, username=username, password=password,
+                           telemetry=False).start()
+    try:
+        watcher.settle()
+        targets = list(dict.fromkeys(devices)) if devices else \
+            discard_targets(watcher.raw(), version)
+        if not targets:
+            raise InputError(f"no device of fleet {fleet!r} runs or installs {version} as a "
+                             "shadow; name the devices with --devices ID,...")
+        publish_offers(watcher.edge, fleet, discard_payload(version), targets)
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = watcher.raw()
+            verdicts = {d: discard_verdict(statuses.get(d), version) or "pending"
+                        for d in targets}
+            if "pending" not in verdicts.values() or time.monotonic() >= deadline:
+                return verdicts
+            time.sleep(poll_s)
+    finally:
+        watcher.stop()

@@ -10,6 +10,10 @@ sha256 the core verified pins the bytes). A device made ``broken`` has a faulty
 accelerator: every model other than the one it started with gives outputs off by one, so
 the real golden check fails on it.
 
+A shadow release (``LoadShadow``) is "run" by comparing it with the active model on a
+fixed set of random inputs (real models, once per pair in the process); the figures are
+merged into the status's ``shadow`` like the agent daemon's shadow tap does.
+
 All sessions of a process are driven by one epoll loop (paho's ``loop_read`` /
 ``loop_write`` / ``loop_misc``). Run as a program::
 
@@ -46,10 +50,38 @@ class HealthLab:
     def __init__(self) -> None:
         self.cache: dict[tuple[str, str, bool], str | None] = {}
         self.blobs: dict[str, bytes] = {}  # content-addressed: one copy of each artifact
+        self.shadows: dict[tuple[str, str, int], dict[str, Any]] = {}
 
     def store(self, data: bytes) -> bytes:
         """The shared copy of ``data`` (a thousand devices need not hold a thousand)."""
         return self.blobs.setdefault(hashlib.sha256(data).hexdigest(), data)
+
+    def agreement(self, active: bytes, shadow: bytes, fmt: str, rows: int = 64
+                  ) -> dict[str, Any]:
+        """Shadow figures of ``shadow`` beside ``active`` on ``rows`` random requests."""
+        key = (hashlib.sha256(active).hexdigest(), hashlib.sha256(shadow).hexdigest(), rows)
+        if key not in self.shadows:
+            self.shadows[key] = self._compare(active, shadow, fmt, rows)
+        return self.shadows[key]
+
+    @staticmethod
+    def _compare(active: bytes, shadow: bytes, fmt: str, rows: int) -> dict[str, Any]:
+        import numpy as np
+        from edgeship.agent._shadow import compare_outputs
+        from edgeship.sdk._model import Model
+
+        a, s = Model.from_bytes(active, fmt, threads=1), Model.from_bytes(shadow, fmt, threads=1)
+        rng = np.random.default_rng(0)
+        agreed, worst = 0, 0.0
+        for _ in range(rows):
+            feeds = {spec.name: rng.normal(size=[d if d > 0 else 1 for d in spec.shape])
+                     .astype(spec.dtype) for spec in a.inputs}
+            agree, diff = compare_outputs(a.predict_all(feeds), s.predict_all(feeds), 1e-3)
+            agreed += agree
+            worst = max(worst, diff or 0.0)
+        return {"state": "running", "sampled": rows, "compared": rows,
+                "agreement": round(agreed / rows, 4), "max_abs_diff": worst, "dropped": 0,
+                "errors": 0}
 
     def check(self, data: bytes, fmt: str, golden: dict[str, Any] | None, faulty: bool
               ) -> str | None:
@@ -96,6 +128,7 @@ class SimDevice:
         self.flash = b""  # the persisted state file
         self.download = bytearray()
         self.slots: dict[str, bytes] = {}
+        self.shadow_stats: dict[str, Any] | None = None  # the shadow tap's figures
         self.factory_sha = ""
         self.topics = topics(fleet, device)
         self.request_timeout_s = request_timeout_s
@@ -153,7 +186,22 @@ class SimDevice:
         self.flash = ota.encode_state(action.state)
 
     def _do_Report(self, action: ota.Report) -> None:
-        self._publish(self.topics.status, json.dumps(action.status).encode(), retain=True)
+        status = dict(action.status)
+        if status.get("shadow") and self.shadow_stats is not None:  # as the daemon's taps do
+            status["shadow"] = {**self.shadow_stats, **status["shadow"]}
+        self._publish(self.topics.status, json.dumps(status).encode(), retain=True)
+
+    def _do_LoadShadow(self, action: Any) -> None:
+        slot, active = action.slot, self.state.active
+        data = self.slots.get(slot.slot, b"")
+        if active is None or hashlib.sha256(data).hexdigest() != slot.sha256:
+            self.shadow_stats = {"state": "crashed", "sampled": 0, "compared": 0,
+                                 "agreement": None, "errors": 1}
+            return
+        self.shadow_stats = self.lab.agreement(self.slots[active.slot], data, slot.format)
+
+    def _do_UnloadShadow(self, action: Any) -> None:
+        self.shadow_stats = None
 
     def _do_RequestChunk(self, action: ota.RequestChunk) -> None:
         req = action.request

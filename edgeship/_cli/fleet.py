@@ -1,7 +1,7 @@
 """``edgeship fleet ...``: the host side of updates (thin: parse options, call the sdk, print).
 
-``serve`` answers the devices' chunk requests; ``push``, ``status`` and ``credentials``
-live in :mod:`edgeship._cli.fleet_rollout` and share the option helpers at the top.
+``serve`` answers the devices' chunk requests; ``push``, ``promote``, ``discard``,
+``status`` and ``credentials`` live in :mod:`edgeship._cli.fleet_rollout` and share the option helpers at the top.
 """
 
 from __future__ import annotations
@@ -58,8 +58,16 @@ def serve(broker_url: str, username: str, password_file: str | None, releases: t
 
 # Staged rollouts, fleet status and broker credentials (edgeship/_cli/fleet_rollout.py;
 # without --canary/--waves its push offers the release to every named device at once).
-from edgeship._cli.fleet_rollout import credentials, push, status  # noqa: E402
+from edgeship._cli.fleet_rollout import (  # noqa: E402
+    credentials,
+    discard,
+    promote,
+    push,
+    status,
+)
 
 fleet.add_command(push)
+fleet.add_command(promote)
+fleet.add_command(discard)
 fleet.add_command(status)
 fleet.add_command(credentials)

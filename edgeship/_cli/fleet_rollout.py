@@ -1,9 +1,13 @@
-"""``edgeship fleet push | status | credentials``: staged rollouts, fleet status, broker ACL.
+"""``edgeship fleet push | promote | discard | status | credentials``: staged rollouts
+(also of shadow releases), fleet status, broker ACL.
 
 Thin: parse options, call :mod:`edgeship.sdk._rollout_run`, :mod:`edgeship.sdk._fleetstatus`
 or :mod:`edgeship.sdk._acl`, print. ``push`` without rollout options is the plain push
 (one wave, every named device at once), so this ``push`` replaces the plain one.
-Exit codes of ``push``: 0 completed or still running (without ``--wait``), 3 halted.
+``push --shadow`` offers a release to run beside the active model; ``promote`` offers it
+normally to the devices that shadow it; ``discard`` ends the shadow.
+Exit codes of ``push``/``promote``: 0 completed or still running (without ``--wait``),
+3 halted; of ``discard``: 3 when a device did not confirm within ``--timeout``.
 """
 
 from __future__ import annotations
@@ -11,45 +15,98 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from edgeship._cli._options import broker_options, parse_devices, read_password, topic_name
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 EXIT_HALTED = 3
+EXIT_UNCONFIRMED = 3
+
+
+def _rollout_options(devices_help: str) -> Callable[[F], F]:
+    """The options of a staged rollout (push and promote)."""
+
+    def wrap(func: F) -> F:
+        for option in reversed((
+            click.argument("reldir", type=click.Path(exists=True, file_okay=False)),
+            broker_options,
+            click.option("--fleet", "fleet_name", required=True, help="fleet name",
+                         callback=topic_name),
+            click.option("--devices", default=None, metavar="ID,...", help=devices_help),
+            click.option("--canary", default="0%", show_default=True, metavar="N%",
+                         help="share of the devices in the canary group (at least one if > 0)"),
+            click.option("--waves", default="100%", show_default=True, metavar="P%,...",
+                         help="cumulative shares reached by each wave after the canary, "
+                              "e.g. 10%,50%,100%"),
+            click.option("--max-failure-rate", default=None, metavar="R",
+                         help="halt when failed/decided devices passes R (0.2 or 20%) "
+                              "[default: never]"),
+            click.option("--wave-timeout", default=None, type=float, metavar="S",
+                         help="seconds a wave waits for a device's verdict [default: 600]"),
+            click.option("--wait/--no-wait", default=False,
+                         help="run until the rollout completed or halted (else offer what is "
+                              "due, return)"),
+            click.option("--json", "as_json", is_flag=True, help="one JSON report on stdout"),
+            click.option("--state", "state_file", default=None,
+                         type=click.Path(dir_okay=False),
+                         help="rollout state database "
+                              "[default: ~/.local/state/edgeship/fleet.sqlite]"),
+        )):
+            func = option(func)
+        return func
+
+    return wrap
 
 
 @click.command("push")
-@click.argument("reldir", type=click.Path(exists=True, file_okay=False))
-@broker_options
-@click.option("--fleet", "fleet_name", required=True, help="fleet name",
-              callback=topic_name)
-@click.option("--devices", default=None, metavar="ID,...",
-              help="devices to update, in rollout order (default: every device with a status)")
-@click.option("--canary", default="0%", show_default=True, metavar="N%",
-              help="share of the devices in the canary group (at least one if > 0)")
-@click.option("--waves", default="100%", show_default=True, metavar="P%,...",
-              help="cumulative shares reached by each wave after the canary, e.g. 10%,50%,100%")
-@click.option("--max-failure-rate", default=None, metavar="R",
-              help="halt when failed/decided devices passes R (0.2 or 20%) [default: never]")
-@click.option("--wave-timeout", default=None, type=float, metavar="S",
-              help="seconds a wave waits for a device's verdict [default: 600]")
-@click.option("--wait/--no-wait", default=False,
-              help="run until the rollout completed or halted (else offer what is due, return)")
-@click.option("--json", "as_json", is_flag=True, help="one JSON report on stdout")
-@click.option("--state", "state_file", default=None, type=click.Path(dir_okay=False),
-              help="rollout state database [default: ~/.local/state/edgeship/fleet.sqlite]")
+@_rollout_options("devices to update, in rollout order (default: every device with a status)")
+@click.option("--shadow", is_flag=True,
+              help="install it next to the active model and run it on sampled live requests "
+                   "(off the answer path); success = the device reports 'shadowing'")
 def push(reldir: str, broker_url: str, username: str, password_file: str | None,
          fleet_name: str, devices: str | None, canary: str, waves: str,
          max_failure_rate: str | None, wave_timeout: float | None, wait: bool, as_json: bool,
-         state_file: str | None) -> None:
+         state_file: str | None, shadow: bool) -> None:
     """Offer the release in RELDIR to a fleet: canary first, then growing waves.
 
     Re-running it continues the recorded rollout of this release (halted or
     interrupted) instead of starting over; a new --max-failure-rate or --wave-timeout
-    applies from there on.
+    applies from there on. With --shadow the devices run the release beside the active
+    model and report agreement (see fleet status); then promote or discard it.
     """
+    _rollout(reldir, broker_url, username, password_file, fleet_name, devices, canary, waves,
+             max_failure_rate, wave_timeout, wait, as_json, state_file,
+             mode="shadow" if shadow else "active")
+
+
+@click.command("promote")
+@_rollout_options("devices to switch, in rollout order (default: every device that runs "
+                  "this release as its shadow)")
+def promote(reldir: str, broker_url: str, username: str, password_file: str | None,
+            fleet_name: str, devices: str | None, canary: str, waves: str,
+            max_failure_rate: str | None, wave_timeout: float | None, wait: bool,
+            as_json: bool, state_file: str | None) -> None:
+    """Make the shadow release in RELDIR the active model, in waves.
+
+    The same release is offered normally; a device that shadows it switches without a
+    download (golden check, then committed). Exit codes and resuming as for push.
+    """
+    from edgeship.sdk._rollout import shadowing_devices
+
+    _rollout(reldir, broker_url, username, password_file, fleet_name, devices, canary, waves,
+             max_failure_rate, wave_timeout, wait, as_json, state_file, mode="active",
+             choose=shadowing_devices)
+
+
+def _rollout(reldir: str, broker_url: str, username: str, password_file: str | None,
+             fleet_name: str, devices: str | None, canary: str, waves: str,
+             max_failure_rate: str | None, wave_timeout: float | None, wait: bool,
+             as_json: bool, state_file: str | None, *, mode: str, choose: Any = None) -> None:
     from edgeship.sdk._fleetdb import FleetDB, default_state_path
     from edgeship.sdk._release import self_check
     from edgeship.sdk._rollout import RolloutPolicy, parse_percent, parse_waves
@@ -68,7 +125,7 @@ def push(reldir: str, broker_url: str, username: str, password_file: str | None,
                               policy=policy, devices=parse_devices(devices) or None,
                               max_failure_rate=rate, wave_timeout_s=wave_timeout, wait=wait,
                               username=username, password=read_password(password_file),
-                              on_update=view.update)
+                              on_update=view.update, mode=mode, choose=choose)
     if as_json:
         click.echo(json.dumps(report(rollout), indent=1))
     else:
@@ -89,7 +146,7 @@ def report(rollout: Any) -> dict[str, Any]:
                       "done": sum(o in DONE_OUTCOMES for o in outcomes),
                       "failed": sum(o in FAILED_OUTCOMES for o in outcomes)})
     return {"rollout": rollout.key, "fleet": rollout.fleet, "model": rollout.model,
-            "version": rollout.version, "status": rollout.status, "reason": rollout.reason or None,
+            "version": rollout.version, "mode": rollout.mode, "status": rollout.status, "reason": rollout.reason or None,
             "counts": rollout.counts(), "failure_rate": round(rollout.failure_rate(), 4),
             "policy": rollout.policy.to_dict(), "waves": waves,
             "devices": {d: {"outcome": o, "error": rollout.errors.get(d)}
@@ -99,9 +156,11 @@ def report(rollout: Any) -> dict[str, Any]:
 def _print_summary(rollout: Any) -> None:
     c = rollout.counts()
     done = sum(1 for w in rollout.waves if w.closed_at is not None)
-    line = (f"rollout of {rollout.model} {rollout.version} to fleet {rollout.fleet}: "
+    shadowing = f"{c['shadowing']} shadowing, " if rollout.mode == "shadow" else ""
+    line = (f"{'shadow ' if rollout.mode == 'shadow' else ''}rollout of {rollout.model} "
+            f"{rollout.version} to fleet {rollout.fleet}: "
             f"{rollout.status} (wave {min(done + 1, len(rollout.waves))}/{len(rollout.waves)}); "
-            f"{c['committed']} committed, {c['rolled-back']} rolled back, {c['failed']} failed, "
+            f"{shadowing}{c['committed']} committed, {c['rolled-back']} rolled back, {c['failed']} failed, "
             f"{c['timeout']} timed out, {c['updating']} updating, {c['pending']} not offered")
     click.echo(line)
     if rollout.status == "halted":
@@ -153,7 +212,7 @@ class _Progress:
         c = rollout.counts()
         click.echo(f"[{time.strftime('%H:%M:%S')}] {rollout.status}: {wave.name} "
                    f"({len(wave.devices)} devices) {'offered' if said[2] else 'waiting'}; "
-                   f"{c['committed']} committed, {c['rolled-back'] + c['failed'] + c['timeout']}"
+                   f"{c['committed'] + c['shadowing']} done, {c['rolled-back'] + c['failed'] + c['timeout']}"
                    f" failed", err=True)
 
 
@@ -184,8 +243,12 @@ def _table(rollout: Any) -> Any:
               type=click.FloatRange(0, min_open=True), help="seconds to reach the broker")
 def status(broker_url: str, username: str, password_file: str | None, fleet_name: str,
            as_json: bool, timeout: float) -> None:
-    """One row per device (version, state, last seen, last error) and a version summary,
-    from the retained status topics."""
+    """One row per device and a summary, from the retained status topics.
+
+    Columns: version, state, target, shadow, drift, last seen, last error. shadow = the shadow release, its agreement with the active model and how many
+    requests were compared; drift = the drift verdict, the largest PSI and the worst
+    feature (devices with a profile in their release).
+    """
     from edgeship.sdk._fleetstatus import collect_status, summarize
 
     statuses = collect_status(broker_url, fleet_name, username=username,
@@ -201,16 +264,62 @@ def status(broker_url: str, username: str, password_file: str | None, fleet_name
 
     now = time.time()
     table = Table(title=f"fleet {fleet_name}: {summary['devices']} devices")
-    for col in ("device", "version", "state", "target", "last seen", "last error"):
+    for col in ("device", "version", "state", "target", "shadow", "drift", "last seen",
+                "last error"):
         table.add_column(col)
     for dev, s in sorted(statuses.items()):
         seen = f"{max(0.0, now - s.last_seen):.0f}s ago" if s.last_seen else "-"
-        table.add_row(dev, s.version or "-", s.state_text(), s.target or "-", seen,
-                      (s.error or "")[:80])
-    console = Console(width=160)
+        table.add_row(dev, s.version or "-", s.state_text(), s.target or "-", s.shadow_text(),
+                      s.drift_text(), seen, (s.error or "")[:80])
+    console = Console(width=200)
     console.print(table)
     versions = ", ".join(f"{v}: {n}" for v, n in summary["versions"].items()) or "no devices"
     console.print(f"versions  {versions}")
+    if summary["shadows"]:
+        console.print("shadows   " + ", ".join(f"{v}: {n}" for v, n in summary["shadows"].items()))
+    if summary["drift_alerts"]:
+        console.print(f"drift     {summary['drift_alerts']} device(s) alerting")
+
+
+@click.command("discard")
+@click.argument("version")
+@broker_options
+@click.option("--fleet", "fleet_name", required=True, help="fleet name",
+              callback=topic_name)
+@click.option("--devices", default=None, metavar="ID,...",
+              help="devices to tell (default: every device that runs or installs VERSION as "
+                   "a shadow)")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0),
+              help="seconds to wait for the devices to confirm (0: do not wait)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON report on stdout")
+def discard(version: str, broker_url: str, username: str, password_file: str | None,
+            fleet_name: str, devices: str | None, timeout: float, as_json: bool) -> None:
+    """End the shadow release VERSION on a fleet's devices.
+
+    Their answers never changed. Publishes a retained shadow-discard message on each device's offer topic (it replaces
+    the shadow offer) and waits for the devices to report shadow-discarded.
+    """
+    from edgeship.sdk._manifest import parse_version
+    from edgeship.sdk._rollout_run import discard_shadow
+
+    parse_version(version)
+    verdicts = discard_shadow(broker_url=broker_url, fleet=fleet_name, version=version,
+                              devices=parse_devices(devices) or None, timeout=timeout,
+                              username=username, password=read_password(password_file))
+    counts = {v: sum(1 for x in verdicts.values() if x == v)
+              for v in ("discarded", "no-shadow", "pending")}
+    if as_json:
+        click.echo(json.dumps({"fleet": fleet_name, "version": version, "counts": counts,
+                               "devices": verdicts}, indent=1))
+    else:
+        click.echo(f"discard of shadow {version} on fleet {fleet_name}: {counts['discarded']} "
+                   f"discarded, {counts['no-shadow']} had no such shadow, {counts['pending']} "
+                   "not confirmed")
+        for dev, verdict in sorted(verdicts.items()):
+            if verdict == "pending":
+                click.echo(f"  {dev}: no confirmation within {timeout:g}s")
+    if counts["pending"] and timeout > 0:
+        sys.exit(EXIT_UNCONFIRMED)
 
 
 @click.command("credentials")
