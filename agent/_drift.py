@@ -31,7 +31,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from edgeship.sdk._profile import DriftConfig, DriftMonitor, DriftReport, Profile
+from edgeship.sdk._drift_monitor import DriftConfig, DriftMonitor, DriftReport
+from edgeship.sdk._profile import Profile
 
 __all__ = ["LOCAL_SOURCES", "DriftConfig", "DriftTap"]
 

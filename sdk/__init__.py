@@ -61,9 +61,9 @@ _EXPORTS: dict[str, str] = {
     "Model": "edgeship.sdk._model",
     "TensorSpec": "edgeship.sdk._model",
     # reference data profiles and drift accounting (drift engineer)
-    "DriftConfig": "edgeship.sdk._profile",
-    "DriftMonitor": "edgeship.sdk._profile",
-    "DriftReport": "edgeship.sdk._profile",
+    "DriftConfig": "edgeship.sdk._drift_monitor",
+    "DriftMonitor": "edgeship.sdk._drift_monitor",
+    "DriftReport": "edgeship.sdk._drift_monitor",
     "Profile": "edgeship.sdk._profile",
     "build_profile": "edgeship.sdk._profile",
     "profile_from_file": "edgeship.sdk._profile",

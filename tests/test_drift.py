@@ -13,16 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edgeship.sdk._drift_monitor import DriftConfig, DriftMonitor, ks, psi
 from edgeship.sdk._profile import (
     MAX_PROFILE_BYTES,
-    DriftConfig,
-    DriftMonitor,
     FeatureProfile,
     Profile,
     build_profile,
-    ks,
     profile_from_file,
-    psi,
 )
 
 from edgeship import ConfigError, InputError, MalformedError

@@ -26,8 +26,9 @@ from conftest import Mosquitto, free_port
 from edgeship.agent._api import AgentService, Metrics, Serving, describe
 from edgeship.agent._drift import DriftTap
 from edgeship.sdk._client import AgentClient
+from edgeship.sdk._drift_monitor import DriftConfig
 from edgeship.sdk._model import Model
-from edgeship.sdk._profile import DriftConfig, profile_from_file
+from edgeship.sdk._profile import profile_from_file
 from prometheus_client import generate_latest
 from test_agent_support import AgentProc, Watcher, make_keys, write_config
 

@@ -1,0 +1,243 @@
+"""Drift accounting against a :class:`~edgeship.sdk._profile.Profile`: a sliding window
+of per-bin counts (:class:`DriftMonitor`), PSI and KS per feature, and the verdict
+(:class:`DriftReport`) judged with the thresholds of :class:`DriftConfig`.
+
+PSI = sum((p - q) * ln(p / q)) with both shares floored at ``EPSILON``; KS is the
+largest difference of the two CDFs over the bin edges (a binned KS: a lower bound of the
+exact two-sample statistic). Memory is fixed by the profile (``slices`` x bins counts),
+never by traffic; no input is kept. numpy is imported only when a monitor is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edgeship.sdk._profile import Profile, TensorLayout, _columns, _scores
+
+from edgeship._errors import ConfigError, InputError
+
+__all__ = ["EPSILON", "DriftConfig", "DriftMonitor", "DriftReport", "FeatureDrift", "ks", "psi"]
+
+EPSILON = 1e-4  # floor of a bin's share in PSI (an empty bin would give ln(0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriftConfig:
+    """``[drift]`` in agent.toml. The sliding window is a ring of ``slices`` (>= 2)
+    count arrays of ``window / slices`` input samples each: it holds between
+    ``window - window / slices`` and ``window`` samples. PSI / KS are judged once
+    ``min_samples`` are in it."""
+
+    window: int = 1000
+    slices: int = 8
+    psi_alert: float = 0.2
+    ks_alert: float = 0.25
+    min_samples: int = 500  # PSI noise of an unshifted stream is ~(bins-1)/n: small by 500
+    sample: float = 1.0  # fraction of answered requests counted (the tap samples)
+    batch: int = 32  # requests the tap buffers before counting them in one numpy pass
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool]] = [
+            ("window", 10 <= self.window <= 10_000_000),
+            ("slices", 2 <= self.slices <= 64 and self.slices <= self.window),
+            ("psi_alert", 0 < self.psi_alert <= 100),
+            ("ks_alert", 0 < self.ks_alert <= 1),
+            ("min_samples", 1 <= self.min_samples <= self.window),
+            ("sample", 0 < self.sample <= 1),
+            ("batch", 1 <= self.batch <= 4096),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"drift.{name}: {getattr(self, name)!r} is out of range")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DriftConfig:
+        known = cls.__dataclass_fields__
+        for key, value in d.items():
+            if key not in known:
+                raise ConfigError(f"drift.{key}: unknown key (known: {', '.join(known)})")
+            want = int if key in ("window", "slices", "min_samples", "batch") else (int, float)
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise ConfigError(f"drift.{key}: expected a number, got {value!r}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureDrift:
+    name: str
+    kind: str
+    samples: int
+    psi: float | None  # None with no sample yet
+    ks: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "samples": self.samples,
+                "psi": self.psi, "ks": self.ks}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriftReport:
+    """The verdict over the current window. ``alert`` needs ``min_samples`` and a
+    feature over ``psi_alert`` (PSI) or, numeric only, over ``ks_alert`` (KS)."""
+
+    window: int  # input samples now in the window
+    alert: bool
+    max_psi: float
+    max_ks: float
+    worst: str  # the feature with the highest PSI ("" before any sample)
+    features: tuple[FeatureDrift, ...]
+    psi_alert: float
+    ks_alert: float
+    min_samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "alert": self.alert, "max_psi": self.max_psi,
+                "max_ks": self.max_ks, "worst": self.worst, "psi_alert": self.psi_alert,
+                "ks_alert": self.ks_alert, "min_samples": self.min_samples,
+                "features": [f.to_dict() for f in self.features]}
+
+    def status(self) -> dict[str, Any]:
+        return {"alert": self.alert, "max_psi": self.max_psi, "max_ks": self.max_ks,
+                "worst": self.worst, "window": self.window}
+
+
+def psi(reference: Any, current: Any, epsilon: float = EPSILON) -> float:
+    """Population stability index of two share vectors (each floored at ``epsilon``)."""
+    import numpy as np
+
+    p = np.maximum(np.asarray(current, np.float64), epsilon)
+    q = np.maximum(np.asarray(reference, np.float64), epsilon)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def ks(reference: Any, current: Any) -> float:
+    """Largest CDF difference over the bin edges of two share vectors."""
+    import numpy as np
+
+    diff = np.cumsum(np.asarray(current, np.float64) - np.asarray(reference, np.float64))
+    return float(np.max(np.abs(diff[:-1]))) if len(diff) > 1 else 0.0
+
+
+class DriftMonitor:
+    """Counts samples into the profile's bins over a sliding window (a ring of
+    ``config.slices`` count arrays; memory is fixed by the profile, never by traffic)
+    and reports PSI / KS. Not thread-safe: the caller serializes ``observe``/``report``."""
+
+    def __init__(self, profile: Profile, config: DriftConfig | None = None) -> None:
+        import numpy as np
+
+        self._np = np
+        self.profile, self.config = profile, config or DriftConfig()
+        self._plan: list[tuple[TensorLayout, Any, Any]] = []  # layout, padded edges, offset
+        offset = 0
+        feats = iter(profile.features)
+        for t in profile.tensors:
+            fs = [next(feats) for _ in range(t.n_features)]
+            num = [f for f in fs if f.kind == "numeric"]
+            pad = np.full((len(num), max((len(f.edges) for f in num), default=0)), np.inf)
+            for i, f in enumerate(num):
+                pad[i, :len(f.edges)] = f.edges
+            self._plan.append((t, pad, np.cumsum([offset] + [f.bins for f in fs])[:-1]))
+            offset += sum(f.bins for f in fs)
+        self._bins = offset
+        self._ref = np.concatenate([f.proportions for f in profile.features])
+        self._widths = np.array([f.bins for f in profile.features])
+        self._starts = np.cumsum(self._widths) - self._widths
+        self._not_last = np.ones(offset)  # KS is read at the edges: not after the last bin
+        self._not_last[self._starts + self._widths - 1] = 0.0
+        self._slice_size = -(-self.config.window // self.config.slices)
+        self._counts = np.zeros((self.config.slices, offset), np.int64)
+        self._samples = np.zeros(self.config.slices, np.int64)
+        self._slot = 0
+
+    def observe(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None = None
+                ) -> None:
+        """Count a batch: ``inputs`` (and optionally the answers' ``outputs``, which may
+        have fewer rows) by tensor name, each ``[n, *sample shape]``. Tensors the profile
+        lacks are ignored; ``outputs`` alone count nothing (the window is input rows)."""
+        np = self._np
+        rows: list[Any] = []
+        answers: list[Any] = []
+        n = None
+        for layout, pad, offs in self._plan:
+            data = inputs if layout.role == "input" else outputs
+            if data is None or layout.name not in data:
+                continue
+            x = np.asarray(data[layout.name])
+            if x.shape[1:] != layout.shape:
+                raise InputError(f"drift: {layout.name!r} has sample shape {list(x.shape[1:])},"
+                                 f" the profile has {list(layout.shape)}")
+            if layout.role == "input":
+                n = x.shape[0]
+                rows.append(self._bin(layout, pad, offs, x))
+            else:
+                answers.append(self._bin(layout, pad, offs, x).ravel())
+        if n is None:
+            return
+        self._count(np.concatenate(rows, axis=1), n)
+        if answers:
+            self._counts[self._slot] += np.bincount(np.concatenate(answers),
+                                                    minlength=self._bins)
+
+    def _bin(self, layout: TensorLayout, pad: Any, offs: Any, x: Any) -> Any:
+        """Global bin index of every feature of every row: ``[n, features]``."""
+        np = self._np
+        if layout.is_scores:
+            cat, conf = _scores(layout, x)
+            idx = np.stack([cat, (conf[:, None] > pad[0]).sum(axis=1)], axis=1)
+        else:
+            idx = (_columns(layout, x)[:, :, None] > pad[None]).sum(axis=2)
+        return idx + offs
+
+    def _count(self, idx: Any, n: int) -> None:
+        """Add ``n`` input rows to the current slice, moving on to the next (and
+        forgetting its old counts) whenever a slice is full."""
+        while n:
+            room = int(self._slice_size - self._samples[self._slot])
+            take = min(room, n)
+            self._counts[self._slot] += self._np.bincount(idx[:take].ravel(),
+                                                          minlength=self._bins)
+            self._samples[self._slot] += take
+            idx, n = idx[take:], n - take
+            if take == room:
+                self._slot = (self._slot + 1) % self.config.slices
+                self._counts[self._slot] = 0
+                self._samples[self._slot] = 0
+
+    @property
+    def window(self) -> int:
+        return int(self._samples.sum())
+
+    def counts(self) -> Any:
+        """Per-bin counts over the window (all features, concatenated)."""
+        return self._counts.sum(axis=0)
+
+    def report(self) -> DriftReport:
+        np, c = self._np, self.config
+        got, ref, starts = self.counts(), self._ref, self._starts
+        n = np.add.reduceat(got, starts)
+        share = got / np.repeat(np.maximum(n, 1), self._widths)
+        p, q = np.maximum(share, EPSILON), np.maximum(ref, EPSILON)
+        psis = np.add.reduceat((p - q) * np.log(p / q), starts)
+        cum = np.cumsum(share - ref)
+        before = np.repeat(np.concatenate([[0.0], cum[starts[1:] - 1]]), self._widths)
+        kss = np.maximum.reduceat(np.abs(cum - before) * self._not_last, starts)
+        rows = tuple(
+            FeatureDrift(name=f.name, kind=f.kind, samples=int(k),
+                         psi=round(float(a), 4) if k else None,
+                         ks=round(float(b), 4) if k else None)
+            for f, k, a, b in zip(self.profile.features, n, psis, kss, strict=True))
+        judged = [r for r in rows if r.samples >= c.min_samples]
+        max_psi = max((r.psi or 0.0 for r in rows), default=0.0)
+        max_ks = max((r.ks or 0.0 for r in rows if r.kind == "numeric"), default=0.0)
+        worst = max(rows, key=lambda r: r.psi or 0.0).name if self.window else ""
+        alert = any((r.psi or 0) > c.psi_alert or (r.kind == "numeric" and (r.ks or 0) > c.ks_alert)
+                    for r in judged)
+        return DriftReport(window=self.window, alert=alert, max_psi=max_psi, max_ks=max_ks,
+                           worst=worst, features=rows, psi_alert=c.psi_alert,
+                           ks_alert=c.ks_alert, min_samples=c.min_samples)
