@@ -260,3 +260,31 @@ def test_key_from_env_credential_and_command(tmp_path: Path, world: dict[str, An
         EncryptionConfig(key_env="A", key_file="b")
     assert load_device_key(EncryptionConfig()) is None
     assert os.environ.get("EDGESHIP_TEST_DEVICE_KEY") is None
+
+
+def test_config_sections_encryption_drift_shadow(tmp_path: Path) -> None:
+    from edgeship.agent._config import load_config
+
+    base = ('device_id = "d"\nfleet = "f"\ndata_dir = "data"\nroot_key = "root.pub"\n')
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(base + '[encryption]\nkey_file = "keys/device.key"\n'
+                   "[drift]\nwindow = 200\npsi_alert = 0.3\nmin_samples = 100\n"
+                   "[shadow]\nsample = 0.5\ncpu_budget = 1\nqueue = 4\nsampel = 1\n")
+    config = load_config(cfg)
+    assert config.encryption.key_file == str(tmp_path.resolve() / "keys" / "device.key")
+    assert config.drift.window == 200 and config.drift.psi_alert == 0.3
+    assert config.shadow.sample == 0.5 and config.shadow.cpu_budget == 1.0
+    assert config.ignored_keys == ("shadow.sampel",)  # a typo is logged, not silently used
+    assert config.to_dict()["shadow"]["queue"] == 4
+    default = tmp_path / "plain.toml"
+    default.write_text(base)
+    plain = load_config(default)
+    assert plain.drift is None and plain.shadow is None and not plain.encryption.enabled
+    for table, message in (("[shadow]\nsample = 2.0\n", "shadow.sample"),
+                           ("[drift]\nwindow = true\n", "drift.window"),
+                           ('[encryption]\nkey_command = "tool"\n', "encryption.key_command"),
+                           ('[encryption]\nkey_env = "A"\nkey_credential = "c"\n',
+                            "one key source")):
+        cfg.write_text(base + table)
+        with pytest.raises(ConfigError, match=message):
+            load_config(cfg)
