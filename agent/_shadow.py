@@ -171,9 +171,12 @@ class _Worker:
 
     def __init__(self, config: ShadowConfig) -> None:
         self.config = config
+        # the child needs no secret: a PEM key in the agent's environment ([encryption]
+        # key_env) stays out of it (the model arrives decrypted on the pipe)
+        env = {k: v for k, v in os.environ.items() if "PRIVATE KEY" not in v}
         self.proc = subprocess.Popen(  # our own interpreter and module
             [sys.executable, "-m", "edgeship.agent._shadow_worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, env=env)
         self.buf = bytearray()
 
     def send(self, frame: bytes) -> None:
@@ -274,11 +277,14 @@ class ShadowTap:
         if fmt not in _FORMATS:
             raise ConfigError(f"shadow model format {fmt!r} is not one of {_FORMATS}")
         self.stop()
-        self._stopping.clear()
+        # a fresh event per run: a feeder of an earlier run that outlived stop()'s join
+        # still sees its own event set and cannot pick up this run's work
+        self._stopping = threading.Event()
         with self._lock:
             self._reset(version, "running")
         self._thread = threading.Thread(
-            target=self._feed, args=(bytes(model), fmt, runtime, max(1, int(threads))),
+            target=self._feed, args=(bytes(model), fmt, runtime, max(1, int(threads)),
+                                     self._stopping),
             name=f"shadow-{version}", daemon=True)
         self._thread.start()
 
@@ -346,12 +352,13 @@ class ShadowTap:
 
     # -- the feeder thread ------------------------------------------------------------
 
-    def _feed(self, model: bytes, fmt: str, runtime: str, threads: int) -> None:
+    def _feed(self, model: bytes, fmt: str, runtime: str, threads: int,
+              stopping: threading.Event) -> None:
         budget = _Budget(self.config.cpu_budget, self._clock())
         restarts = 0
-        while not self._stopping.is_set():
-            reason = self._run_worker(model, fmt, runtime, threads, budget)
-            if self._stopping.is_set():
+        while not stopping.is_set():
+            reason = self._run_worker(model, fmt, runtime, threads, budget, stopping)
+            if stopping.is_set():
                 break
             with self._lock:
                 self._counts["crashes"] += 1
@@ -370,11 +377,11 @@ class ShadowTap:
                       delay_s=delay)
             with self._lock:
                 self._counts["restarts"] += 1
-            if self._stopping.wait(delay):
+            if stopping.wait(delay):
                 break
 
     def _run_worker(self, model: bytes, fmt: str, runtime: str, threads: int,
-                    budget: _Budget) -> str:
+                    budget: _Budget, stopping: threading.Event) -> str:
         """Serve one child until it dies (the reason) or the tap stops ("")."""
         from edgeship.agent._shadow_worker import pack_frame
 
@@ -384,6 +391,8 @@ class ShadowTap:
         except OSError as exc:
             return f"cannot start the worker: {exc}"
         try:
+            if stopping.is_set():  # stop() came while the child was being spawned
+                return ""
             worker.send(pack_frame({"op": "load", "fmt": fmt, "runtime": runtime,
                                     "threads": threads, "nice": cfg.nice,
                                     "max_blob": cfg.max_request_bytes}, [model]))
@@ -393,7 +402,7 @@ class ShadowTap:
             self._log("shadow_ready", version=self.version, pid=worker.proc.pid)
             with self._lock:
                 self._ready = True
-            while not self._stopping.is_set():
+            while not stopping.is_set():
                 item = self._next()
                 if item is not None:
                     try:
@@ -411,6 +420,8 @@ class ShadowTap:
             with self._lock:
                 self._ready = False
                 self._drop_queue()
+                if self._worker is worker:
+                    self._worker = None
             worker.close()
 
     def _drop_queue(self) -> None:
