@@ -17,6 +17,8 @@ _EXPORTS: dict[str, str] = {
     "load_config": "edgeship.agent._config",
     "OtaCore": "edgeship.agent._ota",
     "OtaState": "edgeship.agent._ota",
+    "ShadowConfig": "edgeship.agent._shadow",
+    "ShadowTap": "edgeship.agent._shadow",
     "Store": "edgeship.agent._store",
 }
 
