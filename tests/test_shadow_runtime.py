@@ -3,6 +3,7 @@ fed from an in-process AgentService (agent/_api.py) answering with a real Model.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -260,3 +261,30 @@ def test_config_from_the_shadow_table() -> None:
             ShadowConfig.from_dict(bad)
     with pytest.raises(ConfigError):
         ShadowTap().start(b"", fmt="pt", version="1.0.0")
+
+
+def test_hung_worker_times_out_and_is_replaced(service: AgentService, rows: np.ndarray,
+                                               taps: list[ShadowTap]) -> None:
+    baseline = answers(service, rows[:30])
+    tap = new_tap(taps, MLP.read_bytes(), timeout_s=0.5, backoff_s=0.05)
+    assert tap.wait_ready(60)
+    hung = tap.worker_pid
+    assert hung is not None
+    os.kill(hung, signal.SIGSTOP)  # alive, but never answers again
+    service.taps = (tap,)
+    try:
+        assert answers(service, rows[:30], pause=0.002) == baseline
+        deadline = time.monotonic() + 30
+        while tap.stats()["compared"] == 0:
+            assert time.monotonic() < deadline, tap.stats()
+            assert answers(service, rows[:5], pause=0.01) == baseline[:5]
+    finally:
+        service.taps = ()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+    stats = tap.stats()
+    assert stats["crashes"] == 1 and stats["state"] == "running" and tap.worker_pid != hung
+    died = [f for e, f in tap.events if e == "shadow_worker_died"]  # type: ignore[attr-defined]
+    assert "did not answer in 0.5s" in died[0]["reason"]
+    with pytest.raises(ProcessLookupError):  # the hung child was killed and reaped
+        os.kill(hung, 0)
