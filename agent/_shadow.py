@@ -35,6 +35,7 @@ Public surface (the daemon wires it; H3)::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 import struct
@@ -471,7 +472,8 @@ class ShadowTap:
         c["compared"] += 1
         c["agreed"] += header.get("agree") is True
         diff = header.get("diff")
-        if isinstance(diff, (int, float)):
+        # a NaN/inf output is a disagreement; the max stays finite (status JSON is strict)
+        if isinstance(diff, (int, float)) and math.isfinite(diff):
             self._max_diff = diff if self._max_diff is None else max(self._max_diff, diff)
         self._active_ms.append(seconds * 1000)
         wall = header.get("wall")
