@@ -103,7 +103,7 @@ class DeviceStatus:
         text = "ALERT" if d.get("alert") is True else "ok"
         if psi is not None:
             text += f" psi {psi:.2f}"
-        if d.get("worst") is not None:
+        if d.get("worst"):  # "" before any sample
             text += f" {str(d['worst'])[:24]}"
         return text
 
