@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Mosquitto
+from conftest import Mosquitto, free_port
 from edgeship.sdk._rollout import (
     COMMITTED,
     SHADOWING,
@@ -28,7 +29,7 @@ from edgeship.sdk._rollout import (
     step,
 )
 from simulator import SwarmProc
-from test_agent_support import make_keys, make_release
+from test_agent_support import AgentProc, make_keys, make_release, served_version, write_config
 
 FLEET = "shadowfleet"
 DEVICES = [f"cam-{i}" for i in range(6)]
@@ -134,6 +135,53 @@ def test_shadow_push_promote_and_discard(mosquitto: Mosquitto, rels: dict[str, P
     assert out.returncode == 2 and "runs or installs 1.2.0 as a shadow" in out.stderr
     out = edgeship("fleet", "discard", "1.2", "--broker", mosquitto.url, "--fleet", FLEET)
     assert out.returncode == 2 and "not semver" in out.stderr
+
+
+def test_fleet_commands_drive_a_real_agent(mosquitto: Mosquitto, rels: dict[str, Path],
+                                          tmp_path: Path) -> None:
+    """The same commands against ``edgeship agent run`` (its shadow in a worker process):
+    fleet status carries the real shadow tap's figures; promote commits."""
+    server = subprocess.Popen([sys.executable, "-m", "edgeship", "fleet", "serve", "--broker",
+                               mosquitto.url, "--releases", str(rels["v1"]), str(rels["v2"])],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port, root_pub=rels["root"],
+                       initial=rels["v1"], extra="\n[shadow]\nsample = 1.0\ncpu_budget = 2.0\n")
+    agent = AgentProc(cfg, port).start()
+    state = tmp_path / "fleet.sqlite"
+
+    def fleet(*args: str) -> subprocess.CompletedProcess[str]:
+        return edgeship("fleet", *args, "--broker", mosquitto.url, "--fleet", "t")
+
+    try:
+        agent.wait_ready()
+        out = fleet("push", str(rels["v2"]), "--shadow", "--state", str(state), "--wait",
+                    "--json", "--wave-timeout", "60")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["counts"]["shadowing"] == 1
+        agent.wait_log(lambda line: line.get("event") == "shadow_ready")
+        deadline = time.monotonic() + 60
+        while True:  # requests until a status carries the compared figures
+            assert [served_version(agent.url)[0] for _ in range(10)] == ["1.0.0"] * 10
+            out = fleet("status", "--json")
+            (dev,) = json.loads(out.stdout)["devices"]
+            if (dev["shadow"] or {}).get("compared", 0) >= 5:
+                break
+            assert time.monotonic() < deadline, dev
+        shadow = dev["shadow"]
+        assert dev["state"] == "shadowing" and shadow["version"] == "1.2.0"
+        assert shadow["state"] == "running" and 0 <= shadow["agreement"] <= 1
+        out = fleet("promote", str(rels["v2"]), "--state", str(state), "--wait", "--json",
+                    "--wave-timeout", "60")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["devices"] == {"dev-1": {"outcome": "committed",
+                                                               "error": None}}
+        assert served_version(agent.url)[0] == "1.2.0"
+    finally:
+        agent.kill()
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def test_status_shows_shadow_and_drift_fields(mosquitto: Mosquitto) -> None:
