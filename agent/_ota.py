@@ -46,6 +46,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
+from edgeship.agent._ota_release import decrypting, peek_offer, recipient, slot_info
 from edgeship.agent._ota_types import (
     MODES,
     PHASES,
@@ -85,7 +86,6 @@ from edgeship.sdk._transfer import ChunkRequest, chunk_count, decode_chunk
 from edgeship.sdk._trust import Offer, check_offer, check_payload
 
 from edgeship._errors import (
-    DecryptionError,
     EdgeshipError,
     LengthMismatchError,
     MalformedError,
@@ -201,7 +201,7 @@ class OtaCore:
 
     # -- offers ---------------------------------------------------------------------------
     def _on_OfferReceived(self, state: OtaState, event: OfferReceived, now: float) -> Step:
-        peek, mode = _peek(event.raw)
+        peek, mode = peek_offer(event.raw)
         if mode == "shadow-discard":
             return self._discard(state, peek, now)
         job = state.job
@@ -218,7 +218,7 @@ class OtaCore:
             offer = Offer.from_bytes(event.raw)  # refuses a mode it does not know
             manifest = check_offer(offer, self.root_key, state.trusted, model_name=self.model,
                                    hardware=self.hardware, now=_utc(now))
-            self._recipient(manifest)  # an offer this device cannot decrypt: refused now
+            recipient(manifest, self.private_key)  # one this device cannot decrypt: refused now
             mode = offer.mode
             if mode == "shadow" and state.active is None:
                 raise MalformedError("a shadow release needs an active model to run beside")
@@ -258,7 +258,7 @@ class OtaCore:
             offer = Offer.from_bytes(event.offer)
             manifest = check_offer(offer, self.root_key, state.trusted, model_name=self.model,
                                    hardware=self.hardware, now=_utc(now))
-            self._recipient(manifest)
+            recipient(manifest, self.private_key)
             job = self._plan(offer, manifest, None)
         except EdgeshipError as exc:
             return self._refuse(state, now, f"initial release rejected: {exc}")
@@ -316,31 +316,6 @@ class OtaCore:
             state = replace(state, phase="shadow-discarded", job=None, target=version, error="")
             return state, [Persist(state), TruncateDownload(0), self._report(state, now)]
         return state, []
-
-    # -- encryption ------------------------------------------------------------------------
-    def _recipient(self, manifest: Manifest) -> dict[str, Any] | None:
-        """The manifest's ``encryption`` reduced to this device's recipient (None for a
-        plaintext release); DecryptionError when this device cannot open the data key."""
-        encryption = getattr(manifest, "encryption", None)
-        if encryption is None:
-            return None
-        from edgeship.sdk._crypt import keyid_of_public, short, unwrap_data_key
-
-        if self.private_key is None:
-            ids = ", ".join(short(k) for k in encryption.keyids)
-            raise DecryptionError(f"release is encrypted for keys {ids}; this device has no"
-                                  " [encryption] key")
-        unwrap_data_key(encryption, self.private_key)
-        mine = encryption.only(keyid_of_public(self.private_key))
-        return mine.to_dict()  # type: ignore[no-any-return]
-
-    def _slot_info(self, job: Job) -> SlotInfo:
-        manifest = job.manifest()
-        art = manifest.artifact
-        profile = getattr(manifest, "profile", None)
-        return SlotInfo(slot=job.slot, version=job.version, sha256=art.sha256, size=art.size,
-                        format=art.format, encryption=self._recipient(manifest),
-                        profile=profile.to_dict() if profile is not None else None)
 
     def _refuse(self, state: OtaState, now: float, reason: str,
                 target: str | None = None) -> Step:
@@ -410,25 +385,13 @@ class OtaCore:
             return self._fetch_full(state, manifest, now)
         try:
             artifact = check_payload(manifest, event.payload, base=event.base,
-                                     **self._decrypting(manifest, job, state.active))
+                                     **decrypting(manifest, job, state.active, self.private_key))
         except EdgeshipError as exc:
             state = replace(state, job=None, phase="failed", error=f"verification: {exc}")
             return state, [Persist(state), TruncateDownload(0), self._report(state, now)]
         state = replace(state, phase="installing")
         return state, [Persist(state), self._report(state, now),
                        WriteSlot(job.slot, manifest.artifact.format, artifact)]
-
-    def _decrypting(self, manifest: Manifest, job: Job, active: SlotInfo | None
-                    ) -> dict[str, Any]:
-        """check_payload's keywords for an encrypted release (none for a plaintext one)."""
-        if getattr(manifest, "encryption", None) is None:
-            return {}
-        base_encryption = None
-        if job.delta and active is not None and active.encryption is not None:
-            from edgeship.sdk._crypt import Encryption
-
-            base_encryption = Encryption.from_dict(active.encryption)
-        return {"private_key": self.private_key, "base_encryption": base_encryption}
 
     def _fetch_full(self, state: OtaState, manifest: Manifest, now: float) -> Step:
         """The delta's base (the active slot) is gone or damaged on disk: a delta cannot
@@ -466,7 +429,7 @@ class OtaCore:
     def _health(self, job: Job) -> RunHealthCheck:
         manifest = job.manifest()
         return RunHealthCheck(job.slot, manifest.artifact.format, self._golden(job),
-                              encryption=self._recipient(manifest))
+                              encryption=recipient(manifest, self.private_key))
 
     def _on_HealthChecked(self, state: OtaState, event: HealthChecked, now: float) -> Step:
         job = state.job
@@ -474,7 +437,7 @@ class OtaCore:
             return state, []
         if not event.ok:
             return self._rollback(state, now, f"health check failed: {event.reason}")
-        new = self._slot_info(job)
+        new = slot_info(job, self.private_key)
         if job.mode == "shadow":  # installed and checked: run it beside the active model
             state = replace(state, phase="shadowing", job=None, shadow=new, error="")
             return state, [Persist(state), TruncateDownload(0), LoadShadow(new),
@@ -552,22 +515,3 @@ def _chunks_kept(job: Job, download_size: int) -> int:
 
 def _utc(now: float) -> datetime:
     return datetime.fromtimestamp(now, tz=timezone.utc)
-
-
-def _peek(raw: bytes) -> tuple[str | None, str]:
-    """The version a message on the offer topic *claims* and its kind: an offer's
-    ``mode`` ("active" unless it says otherwise) or "shadow-discard". Unverified: used
-    to skip exact repeats and to route; the offer itself is verified later."""
-    from edgeship.sdk._trust import MAX_OFFER_SIZE, load_json
-
-    try:
-        doc = load_json(raw, "offer", max_size=MAX_OFFER_SIZE)
-        if isinstance(doc, dict) and doc.get("type") == "shadow-discard":
-            version, mode = doc.get("version"), "shadow-discard"
-        else:
-            version, mode = doc["manifest"]["signed"]["version"], doc.get("mode", "active")
-    except (EdgeshipError, KeyError, TypeError):
-        return None, "active"
-    return (version if isinstance(version, str) else None), str(mode)
-
-

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     v2, p2 = encrypted_release(tmp, keys, "2.0.0", [device_pub], base=v1)
     v3, _ = encrypted_release(tmp, keys, "3.0.0", [other_pub])  # not for this device
     v4, p4 = encrypted_release(tmp, keys, "4.0.0", [device_pub])
+    v5, p5 = encrypted_release(tmp, keys, "5.0.0", [device_pub])  # after 4.0.0: a shadow
     tampered = tmp / "tampered" / "4.0.0"  # a byte of it is flipped once it is served
     shutil.copytree(v4, tampered)
     return {"tmp": tmp, "root": keys / "root.pub", "key": device_key, "other_id": other_id,
-            "v1": v1, "v2": v2, "v3": v3, "tampered": tampered,
-            "plain": {"1.0.0": p1, "2.0.0": p2, "4.0.0": p4}}
+            "v1": v1, "v2": v2, "v3": v3, "v5": v5, "tampered": tampered,
+            "plain": {"1.0.0": p1, "2.0.0": p2, "4.0.0": p4, "5.0.0": p5}}
 
 
 def windows(data: bytes) -> set[bytes]:
@@ -167,7 +169,7 @@ def test_encrypted_release_and_delta_serve_with_no_plaintext_on_disk(
 
 def test_wrong_key_and_flipped_ciphertext_are_refused_old_model_serves(
         tmp_path: Path, mosquitto: Mosquitto, world: dict[str, Any]) -> None:
-    server = serve(mosquitto, world["v1"], world["v3"], world["tampered"])
+    server = serve(mosquitto, world["v1"], world["v3"], world["v5"], world["tampered"])
     agent = start_agent(tmp_path, mosquitto, world)
     watch = Watcher(mosquitto.url)
     topic = "edgeship/t/dev-1/ota/offer"
@@ -195,6 +197,15 @@ def test_wrong_key_and_flipped_ciphertext_are_refused_old_model_serves(
         version, y = served_version(agent.url)
         assert version == "1.0.0"
         np.testing.assert_allclose(y, expected(100.0, GOLDEN_X), rtol=1e-5)
+
+        # an encrypted shadow: decrypted into memory and handed to its worker over a pipe
+        shadow = replace(Release.load(world["v5"]).offer(), mode="shadow").to_bytes()
+        watch.publish(topic, shadow, retain=True)
+        watch.wait(lambda s: s["state"] == "shadowing" and s["target"] == "5.0.0")
+        agent.wait_log(lambda line: line.get("event") == "shadow_ready")
+        assert served_version(agent.url)[0] == "1.0.0"
+        assert plaintext_hits(tmp_path / "data-dev-1",
+                              [world["plain"]["1.0.0"], world["plain"]["5.0.0"]]) == []
     finally:
         watch.close()
         agent.kill()
@@ -288,3 +299,56 @@ def test_config_sections_encryption_drift_shadow(tmp_path: Path) -> None:
         cfg.write_text(base + table)
         with pytest.raises(ConfigError, match=message):
             load_config(cfg)
+
+
+# ---- the pure core with encrypted releases (in-memory shell of test_ota_core) -------------
+def core_shell(world: dict[str, Any], *, key: bool = True) -> Any:
+    from edgeship.agent._health import golden_check
+    from edgeship.agent._ota import HealthChecked, LocalRelease, OtaCore, RunHealthCheck
+    from edgeship.sdk._crypt import Encryption, decrypt, load_private_key, unwrap_data_key
+    from edgeship.sdk._model import Model
+    from test_ota_core import MemoryShell
+
+    private = load_private_key(world["key"].read_bytes()) if key else None
+
+    class DecryptingShell(MemoryShell):
+        def perform(self, action: Any) -> list[Any]:
+            if isinstance(action, RunHealthCheck) and action.encryption is not None:
+                data_key = unwrap_data_key(Encryption.from_dict(action.encryption), private)
+                plain = decrypt(self.slots[action.slot], data_key)
+                reason = golden_check(Model.load_bytes(plain, format=action.format),
+                                      action.golden)
+                return [HealthChecked(ok=reason is None, reason=reason or "")]
+            return super().perform(action)
+
+    core = OtaCore(device="d1", model="model", root_key=world["root"].read_bytes(),
+                   chunk_size=1024, private_key=private)
+    shell = DecryptingShell(core, [world["v1"], world["v2"], world["v3"]])
+    rel = Release.load(world["v1"])
+    shell.run(LocalRelease(offer=offer_bytes(world["v1"]), artifact=rel.read_artifact()))
+    return shell
+
+
+def test_core_encrypted_delta_and_refusals(world: dict[str, Any]) -> None:
+    from edgeship.agent._ota import OfferReceived
+
+    shell = core_shell(world)
+    assert shell.state.phase == "committed" and shell.serving == "1.0.0"
+    active = shell.state.active
+    assert active.encryption is not None and len(active.encryption["recipients"]) == 1
+    assert active.encryption["recipients"][0]["keyid"] == keyid_of_public(
+        world["key"].read_bytes())  # reduced to this device (the release also lists others)
+    assert len(Release.load(world["v1"]).manifest.encryption.recipients) > 1
+    shell.run(OfferReceived(offer_bytes(world["v3"])))  # not for this device's key
+    assert shell.state.phase == "failed" and "DecryptionError" in shell.state.error
+    assert shell.served_bytes == 0 and shell.state.job is None
+    assert shell.state.trusted.seen == shell.disk_state.trusted.seen
+    shell.run(OfferReceived(offer_bytes(world["v2"])))
+    assert shell.state.phase == "committed", shell.state.error
+    assert shell.serving == "2.0.0"
+    assert shell.slots["b"] == Release.load(world["v2"]).read_artifact()  # ciphertext kept
+    assert shell.served_bytes < Release.load(world["v2"]).manifest.artifact.size // 4  # delta
+
+    keyless = core_shell(world, key=False)  # no [encryption] key: refused, nothing fetched
+    assert keyless.state.phase == "failed" and "no [encryption] key" in keyless.state.error
+    assert keyless.slots == {}

@@ -1,0 +1,75 @@
+"""What the OTA core needs to know about one release for this device (pure, no I/O).
+
+Split from :mod:`edgeship.agent._ota` to keep the state machine short: reading what
+arrives on the offer topic (an offer and its unsigned ``mode``, or a shadow-discard
+message), and what an encrypted release asks of this device's key (is it a recipient,
+what the slot keeps, the keywords ``check_payload`` needs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeship.agent._ota_types import Job, SlotInfo
+from edgeship.sdk._manifest import Manifest
+
+from edgeship._errors import DecryptionError, EdgeshipError
+
+__all__ = ["decrypting", "peek_offer", "recipient", "slot_info"]
+
+
+def peek_offer(raw: bytes) -> tuple[str | None, str]:
+    """The version a message on the offer topic *claims* and its kind: an offer's
+    ``mode`` ("active" unless it says otherwise) or "shadow-discard". Unverified: used
+    to skip exact repeats and to route; an offer itself is verified later."""
+    from edgeship.sdk._trust import MAX_OFFER_SIZE, load_json
+
+    try:
+        doc = load_json(raw, "offer", max_size=MAX_OFFER_SIZE)
+        if isinstance(doc, dict) and doc.get("type") == "shadow-discard":
+            version, mode = doc.get("version"), "shadow-discard"
+        else:
+            version, mode = doc["manifest"]["signed"]["version"], doc.get("mode", "active")
+    except (EdgeshipError, KeyError, TypeError):
+        return None, "active"
+    return (version if isinstance(version, str) else None), str(mode)
+
+
+def recipient(manifest: Manifest, private_key: Any | None) -> dict[str, Any] | None:
+    """The manifest's ``encryption`` reduced to this device's recipient (None for a
+    plaintext release); DecryptionError when ``private_key`` cannot open the data key."""
+    encryption = manifest.encryption
+    if encryption is None:
+        return None
+    from edgeship.sdk._crypt import keyid_of_public, short, unwrap_data_key
+
+    if private_key is None:
+        ids = ", ".join(short(k) for k in encryption.keyids)
+        raise DecryptionError(f"release is encrypted for keys {ids}; this device has no"
+                              " [encryption] key")
+    unwrap_data_key(encryption, private_key)
+    return encryption.only(keyid_of_public(private_key)).to_dict()
+
+
+def slot_info(job: Job, private_key: Any | None) -> SlotInfo:
+    """The slot ``job`` installed, as the state remembers it."""
+    manifest = job.manifest()
+    art = manifest.artifact
+    profile = manifest.profile
+    return SlotInfo(slot=job.slot, version=job.version, sha256=art.sha256, size=art.size,
+                    format=art.format, encryption=recipient(manifest, private_key),
+                    profile=profile.to_dict() if profile is not None else None)
+
+
+def decrypting(manifest: Manifest, job: Job, active: SlotInfo | None,
+               private_key: Any | None) -> dict[str, Any]:
+    """``check_payload``'s keywords for an encrypted release (none for a plaintext one);
+    a delta's base is the active slot's ciphertext, opened with its own section."""
+    if manifest.encryption is None:
+        return {}
+    base_encryption = None
+    if job.delta and active is not None and active.encryption is not None:
+        from edgeship.sdk._crypt import Encryption
+
+        base_encryption = Encryption.from_dict(active.encryption)
+    return {"private_key": private_key, "base_encryption": base_encryption}
