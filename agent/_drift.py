@@ -198,11 +198,10 @@ class DriftTap:
 
 
 def _stack(items: list[tuple[Any, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """One batch out of many requests: each tensor concatenated along the batch axis."""
-    import numpy as np
-
-    inputs = {k: np.concatenate([np.asarray(i[k]) for i, _ in items]) for k in items[0][0]}
+    """One batch out of many requests: per tensor, the list of the requests' arrays (the
+    monitor reduces large ones one by one instead of copying them into one array)."""
+    inputs = {k: [i[k] for i, _ in items] for k in items[0][0]}
     answered = [o for _, o in items if o is not None]
     if not answered:
         return inputs, None
-    return inputs, {k: np.concatenate([np.asarray(o[k]) for o in answered]) for k in answered[0]}
+    return inputs, {k: [o[k] for o in answered] for k in answered[0]}

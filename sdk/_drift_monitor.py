@@ -10,17 +10,19 @@ never by traffic; no input is kept. numpy is imported only when a monitor is bui
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgeship.sdk._profile import Profile, TensorLayout, _columns, _scores
+from edgeship.sdk._profile import Profile, TensorLayout, _columns, _pool, _scores
 
 from edgeship._errors import ConfigError, InputError
 
 __all__ = ["EPSILON", "DriftConfig", "DriftMonitor", "DriftReport", "FeatureDrift", "ks", "psi"]
 
 EPSILON = 1e-4  # floor of a bin's share in PSI (an empty bin would give ln(0))
+_REDUCE_EACH = 1024  # values per sample from which list parts are reduced one by one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,41 +160,64 @@ class DriftMonitor:
     def observe(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None = None
                 ) -> None:
         """Count a batch: ``inputs`` (and optionally the answers' ``outputs``, which may
-        have fewer rows) by tensor name, each ``[n, *sample shape]``. Tensors the profile
-        lacks are ignored; ``outputs`` alone count nothing (the window is input rows)."""
+        have fewer rows) by tensor name, each a batch ``[n, *sample shape]`` or a list of
+        such batches (counted together without joining large tensors first). Tensors the
+        profile lacks are ignored; ``outputs`` alone count nothing (the window is input
+        rows)."""
         np = self._np
         rows: list[Any] = []
         answers: list[Any] = []
-        n = None
         for layout, pad, offs in self._plan:
             data = inputs if layout.role == "input" else outputs
             if data is None or layout.name not in data:
                 continue
-            x = np.asarray(data[layout.name])
+            idx = self._bin(layout, pad, offs, self._parts(layout, data[layout.name]))
+            (rows if layout.role == "input" else answers).append(idx)
+        if not rows:
+            return
+        self._count(np.concatenate(rows, axis=1), len(rows[0]))
+        if answers:
+            self._counts[self._slot] += np.bincount(np.concatenate([a.ravel() for a in answers]),
+                                                    minlength=self._bins)
+
+    def _parts(self, layout: TensorLayout, value: Any) -> list[Any]:
+        np = self._np
+        parts = [np.asarray(v) for v in value] if isinstance(value, (list, tuple)) else [
+            np.asarray(value)]
+        for x in parts:
             if x.shape[1:] != layout.shape:
                 raise InputError(f"drift: {layout.name!r} has sample shape {list(x.shape[1:])},"
                                  f" the profile has {list(layout.shape)}")
-            if layout.role == "input":
-                n = x.shape[0]
-                rows.append(self._bin(layout, pad, offs, x))
-            else:
-                answers.append(self._bin(layout, pad, offs, x).ravel())
-        if n is None:
-            return
-        self._count(np.concatenate(rows, axis=1), n)
-        if answers:
-            self._counts[self._slot] += np.bincount(np.concatenate(answers),
-                                                    minlength=self._bins)
+        return parts
 
-    def _bin(self, layout: TensorLayout, pad: Any, offs: Any, x: Any) -> Any:
+    def _bin(self, layout: TensorLayout, pad: Any, offs: Any, parts: list[Any]) -> Any:
         """Global bin index of every feature of every row: ``[n, features]``."""
         np = self._np
         if layout.is_scores:
-            cat, conf = _scores(layout, x)
+            cat, conf = _scores(layout, parts[0] if len(parts) == 1 else np.concatenate(parts))
             idx = np.stack([cat, (conf[:, None] > pad[0]).sum(axis=1)], axis=1)
         else:
-            idx = (_columns(layout, x)[:, :, None] > pad[None]).sum(axis=2)
+            if len(parts) == 1:
+                cols = _columns(layout, parts[0])
+            elif len(layout.shape) >= 2 and math.prod(layout.shape) >= _REDUCE_EACH:
+                cols = self._channel_means(layout, parts)  # no copy of the large inputs
+            else:
+                cols = _columns(layout, np.concatenate(parts))
+            idx = (cols[:, :, None] > pad[None]).sum(axis=2)
         return idx + offs
+
+    def _channel_means(self, layout: TensorLayout, parts: list[Any]) -> Any:
+        """``_columns`` of many image batches: each summed where it lies into one array."""
+        np = self._np
+        k = layout.channel_axis
+        before, after = math.prod(layout.shape[:k]), math.prod(layout.shape[k + 1 :])
+        sums = np.empty((sum(len(p) for p in parts), layout.width), np.float64)
+        row = 0
+        for p in parts:
+            view = p.reshape(len(p), before, layout.width, after)
+            sums[row : row + len(p)] = np.einsum("nacb->nc", view)
+            row += len(p)
+        return _pool(layout, sums / (before * after))
 
     def _count(self, idx: Any, n: int) -> None:
         """Add ``n`` input rows to the current slice, moving on to the next (and

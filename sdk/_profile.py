@@ -323,20 +323,29 @@ def _columns(layout: TensorLayout, array: Any) -> Any:
     """``[n, groups]`` float64 feature values of a batch (values tensors)."""
     import numpy as np
 
-    x = np.asarray(array, dtype=np.float64)
+    x = np.asarray(array)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float32)  # e.g. uint8 images: sums must not wrap
     n = x.shape[0]
-    if x.ndim == 1:
-        cols = x.reshape(n, 1)
-    elif x.ndim == 2:
-        cols = x
-    else:
-        keep = layout.channel_axis + 1
-        cols = x.mean(axis=tuple(a for a in range(1, x.ndim) if a != keep))
-    if layout.groups < layout.width:
-        starts = (np.arange(layout.groups) * layout.width) // layout.groups
-        sizes = np.diff(np.append(starts, layout.width))
-        cols = np.add.reduceat(cols, starts, axis=1) / sizes
-    return cols
+    if x.ndim <= 2:
+        cols = x.reshape(n, -1).astype(np.float64)
+    else:  # mean over all but the channel axis; einsum sums in place (no float64 copy)
+        k = layout.channel_axis + 1
+        before, after = math.prod(x.shape[1:k]), math.prod(x.shape[k + 1 :])
+        sums = np.einsum("nacb->nc", x.reshape(n, before, x.shape[k], after))
+        cols = sums.astype(np.float64) / (before * after)
+    return _pool(layout, cols)
+
+
+def _pool(layout: TensorLayout, cols: Any) -> Any:
+    """More columns than features: contiguous groups of columns averaged."""
+    import numpy as np
+
+    if layout.groups == layout.width:
+        return cols
+    starts = (np.arange(layout.groups) * layout.width) // layout.groups
+    sizes = np.diff(np.append(starts, layout.width))
+    return np.add.reduceat(cols, starts, axis=1) / sizes
 
 
 def _scores(layout: TensorLayout, array: Any) -> tuple[Any, Any]:
