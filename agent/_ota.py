@@ -206,7 +206,9 @@ class OtaCore:
             return self._discard(state, peek, now)
         job = state.job
         if peek is not None and job is not None and peek == job.version:
-            if mode in MODES and mode != job.mode:  # e.g. promoted while still downloading
+            if mode in MODES and mode != job.mode and not job.switched:
+                # the fleet changed its mind before the install ended (e.g. promoted while
+                # the shadow still downloads): the latest offer's mode decides the ending
                 state = replace(state, job=replace(job, mode=mode))
                 return state, [Persist(state), self._report(state, now)]
             return state, []  # the same offer again (a retained offer after a reconnect)
