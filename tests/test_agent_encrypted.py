@@ -352,3 +352,19 @@ def test_core_encrypted_delta_and_refusals(world: dict[str, Any]) -> None:
     keyless = core_shell(world, key=False)  # no [encryption] key: refused, nothing fetched
     assert keyless.state.phase == "failed" and "no [encryption] key" in keyless.state.error
     assert keyless.slots == {}
+
+
+def test_health_check_child_decrypts_with_the_key_from_its_pipe(world: dict[str, Any]) -> None:
+    from edgeship.agent._health import run_health_check
+    from edgeship.sdk._crypt import load_private_key, unwrap_data_key
+
+    rel = Release.load(world["v1"])
+    path = rel.path / rel.manifest.artifact.name
+    golden = rel.manifest.golden.to_dict()
+    data_key = unwrap_data_key(rel.manifest.encryption,
+                               load_private_key(world["key"].read_bytes()))
+    assert run_health_check(path, golden, data_key=data_key, timeout=60) == (True, "")
+    ok, reason = run_health_check(path, golden, data_key=bytes(32), timeout=60)
+    assert not ok and "DecryptionError" in reason and "fails authentication" in reason
+    ok, reason = run_health_check(path, golden, timeout=60)  # ciphertext is no model
+    assert not ok and reason
