@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,11 @@ def test_encrypted_release_and_delta_serve_with_no_plaintext_on_disk(
             agent.wait_log(lambda line, p=point: line.get("event") == "pause"
                            and line.get("point") == p)
             names = {p.name for p in data_dir.rglob("*")}
+            deadline = time.monotonic() + 1.0  # the install pauses half way through the write
+            while point == "install" and not any(n.endswith(".tmp") for n in names) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.02)
+                names = {p.name for p in data_dir.rglob("*")}
             assert "download.part" in names
             if point == "install":
                 assert any(n.endswith(".tmp") for n in names), names  # the slot being written
