@@ -86,7 +86,7 @@ def run_health_check(model_path: Path, golden: dict[str, Any] | None, *, runtime
            runtime, str(threads), *(["encrypted"] if data_key is not None else [])]
     try:
         out = subprocess.run(cmd, capture_output=True, timeout=timeout,
-                             input=data_key or b"")
+                             input=data_key or b"", env=_child_env())
     except subprocess.TimeoutExpired:
         return False, f"health check did not finish in {timeout:g}s"
     finally:
@@ -102,6 +102,12 @@ def run_health_check(model_path: Path, golden: dict[str, Any] | None, *, runtime
     if out.returncode < 0:
         detail = f"model crashed the runtime (signal {-out.returncode}) {detail}".strip()
     return False, (detail or f"health check exited with {out.returncode}")[:_MAX_REASON]
+
+
+def _child_env() -> dict[str, str]:
+    """Our environment minus any PEM private key (``[encryption] key_env`` puts the
+    device key there): the child needs one data key, never the key that opens them all."""
+    return {k: v for k, v in os.environ.items() if "PRIVATE KEY-----" not in v}
 
 
 def _main(argv: list[str]) -> int:
