@@ -46,7 +46,13 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
-from edgeship.agent._ota_release import decrypting, peek_offer, recipient, slot_info
+from edgeship.agent._ota_release import (
+    base_opens,
+    decrypting,
+    peek_offer,
+    recipient,
+    slot_info,
+)
 from edgeship.agent._ota_types import (
     MODES,
     PHASES,
@@ -274,7 +280,8 @@ class OtaCore:
         if art.size > self.max_artifact_bytes:
             raise LengthMismatchError(f"artifact of {art.size} bytes is over this device's "
                                       f"limit of {self.max_artifact_bytes}")
-        delta = manifest.delta_for(active.sha256) if active else None
+        opens = active is not None and base_opens(active, self.private_key)
+        delta = manifest.delta_for(active.sha256) if active is not None and opens else None
         chosen = (delta.name, delta.size, delta.sha256) if delta else (art.name, art.size, art.sha256)
         slot = "b" if active is not None and active.slot == "a" else "a"
         return Job(offer=offer.to_bytes().decode(), version=manifest.version, file=chosen[0],

@@ -15,7 +15,7 @@ from edgeship.sdk._manifest import Manifest
 
 from edgeship._errors import DecryptionError, EdgeshipError
 
-__all__ = ["decrypting", "peek_offer", "recipient", "slot_info"]
+__all__ = ["base_opens", "decrypting", "peek_offer", "recipient", "slot_info"]
 
 
 def peek_offer(raw: bytes) -> tuple[str | None, str]:
@@ -59,6 +59,22 @@ def slot_info(job: Job, private_key: Any | None) -> SlotInfo:
     return SlotInfo(slot=job.slot, version=job.version, sha256=art.sha256, size=art.size,
                     format=art.format, encryption=recipient(manifest, private_key),
                     profile=profile.to_dict() if profile is not None else None)
+
+
+def base_opens(active: SlotInfo, private_key: Any | None) -> bool:
+    """Whether this device's key opens the ``active`` slot, the base a delta is applied
+    to. Not after a device key change: that slot is encrypted for the old key, so an
+    encrypted delta from it would fail its check at every offer; fetch the artifact."""
+    if active.encryption is None:
+        return True
+    if private_key is None:
+        return False
+    from edgeship.sdk._crypt import keyid_of_public
+
+    listed = active.encryption.get("recipients")
+    mine = keyid_of_public(private_key)
+    return isinstance(listed, list) and any(isinstance(r, dict) and r.get("keyid") == mine
+                                            for r in listed)
 
 
 def decrypting(manifest: Manifest, job: Job, active: SlotInfo | None,
