@@ -175,6 +175,7 @@ class _Worker:
         # the child needs no secret: a PEM key in the agent's environment ([encryption]
         # key_env) stays out of it (the model arrives decrypted on the pipe)
         env = {k: v for k, v in os.environ.items() if "PRIVATE KEY" not in v}
+        env["EDGESHIP_SHADOW_PARENT"] = str(os.getpid())  # the child dies with us
         self.proc = subprocess.Popen(  # our own interpreter and module
             [sys.executable, "-m", "edgeship.agent._shadow_worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, env=env)
