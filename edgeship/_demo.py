@@ -1,9 +1,11 @@
 """``edgeship demo``: the whole loop on this machine, with nothing set up beforehand.
 
 Trains a small model on scikit-learn's digits, converts two versions to INT8 ONNX and
-TFLite, makes keys, signs releases, starts a private mosquitto, a cloud model, a release
-server and one device agent, then pushes v1, a delta update to v2, a forged update and a
-release whose health check fails, and asks the agent questions between the steps.
+TFLite, makes keys, signs releases (encrypted for the device's key, with drift profiles),
+starts a private mosquitto, a cloud model, a release server and one device agent, then
+pushes v1, v2 as a delta into a shadow that is compared on live requests and promoted, a
+forged update and a release whose health check fails, asks the agent questions between
+the steps, and ends with inputs unlike the training data (a drift alert).
 
 Every step goes through the same command line a user types (``python -m edgeship ...``)
 so the demo shows the real tools; the long-running parts are child processes that are
@@ -159,6 +161,7 @@ class _Demo:
 
         keys, rel = self.work / "keys", self.work / "releases"
         self.cli("keys", "init", str(keys))
+        self.cli("keys", "fleet-key", str(keys), "--name", "device")  # the device's own key
         self.cli("keys", "init", str(self.work / "attacker-keys"))
         x = self.data.x_test[:1]
         for name, onnx_path in (("golden-v1", "digits-v1.onnx"), ("golden-v2", "digits-v2.onnx")):
@@ -168,11 +171,14 @@ class _Demo:
         wrong = np.roll(_fp32_output(self.work / "models" / "digits-v2.onnx", x), 3, axis=-1)
         np.savez(self.work / "golden-bad.npz", **{INPUT_NAME: x, "output": wrong, "atol": 0.05})
         art = "model.int8.tflite"
-        self._release(self.work / "out-v1" / art, "1.0.0", keys, rel / "v1", "golden-v1")
+        sealed = ["--encrypt-for", str(keys / "device.pub")]  # only this device can open them
+        self._release(self.work / "out-v1" / art, "1.0.0", keys, rel / "v1", "golden-v1",
+                      extra=[*sealed, "--profile", str(self.work / "out-v1" / "profile.json")])
         self._release(self.work / "out-v2" / art, "1.1.0", keys, rel / "v2", "golden-v2",
-                      base=rel / "v1")
+                      base=rel / "v1",
+                      extra=[*sealed, "--profile", str(self.work / "out-v2" / "profile.json")])
         self._release(self.work / "out-v2" / art, "1.2.0", keys, rel / "bad", "golden-bad",
-                      base=rel / "v2")
+                      base=rel / "v2", extra=sealed)
         self._release(self.work / "out-v2" / art, "9.0.0", self.work / "attacker-keys",
                       rel / "forged", "golden-v2")
         self.cli("verify", str(rel / "v2"), "--root", str(keys / "root.pub"))
@@ -183,13 +189,14 @@ class _Demo:
         delta = min(d["size"] for d in manifest["deltas"])
         full = manifest["artifact"]["size"]
         self.result.add("sign", "ok", f"v1.0.0, v1.1.0 (delta {delta} B = {delta / full:.1%} "
-                        f"of {full} B), a bad 1.2.0, and a forged 9.0.0")
+                        f"of {full} B), a bad 1.2.0 (all encrypted for the device's key, "
+                        "with drift profiles), and a forged 9.0.0")
 
     def _release(self, artifact: Path, version: str, keys: Path, out: Path, golden: str,
-                 base: Path | None = None) -> None:
+                 base: Path | None = None, extra: list[str] | None = None) -> None:
         args = ["release", str(artifact), "--version", version, "--keys", str(keys),
                 "-o", str(out), "--model-name", MODEL_NAME,
-                "--golden", str(self.work / f"{golden}.npz")]
+                "--golden", str(self.work / f"{golden}.npz"), *(extra or [])]
         self.cli(*args, *(["--base", str(base)] if base else []))
 
     def start_services(self) -> None:
@@ -236,7 +243,17 @@ chunk_size = 16384
 health_timeout_s = 30
 
 [telemetry]
-interval_s = 5
+interval_s = 1
+
+[encryption]
+key_file = "{self.work / 'keys' / 'device.key'}"
+
+[drift]
+window = 400
+min_samples = 200
+
+[shadow]
+sample = 1.0
 
 [fallback]
 url = "http://127.0.0.1:{cloud_port}"
@@ -258,10 +275,12 @@ confidence = 0.6
              self.start_services),
             ("ask the device before it has any model", self.ask_without_model),
             ("push v1.0.0 (full artifact)", self.push_v1),
-            ("push v1.1.0 (signed delta)", self.push_v2),
+            ("push v1.1.0 as a shadow (signed, encrypted delta) and compare", self.shadow_v2),
+            ("promote the shadow v1.1.0", self.promote_v2),
             ("push a forged 9.0.0 signed by an unknown key", self.push_forged),
             ("push 1.2.0 whose health check fails", self.push_bad),
             ("ask an easy and a hard question", self.escalate),
+            ("feed the device inputs unlike the training data", self.drift),
         ]
         for i, (title, step) in enumerate(steps, 1):
             started = time.monotonic()
@@ -286,8 +305,9 @@ confidence = 0.6
         self.result.add("no model yet", answer.source, f"digit {_digit(answer)} from the "
                         f"{answer.source} (truth {self.data.y_test[0]})")
 
-    def push_and_check(self, reldir: str, version: str, expected: str, check: str) -> str:
-        report = self.push(reldir)
+    def push_and_check(self, reldir: str, version: str, expected: str, check: str,
+                       *flags: str, command: str = "push") -> str:
+        report = self.push(reldir, *flags, command=command)
         device = report["devices"].get(DEVICE, {})
         outcome = str(device.get("outcome"))
         with self.client() as client:
@@ -304,9 +324,63 @@ confidence = 0.6
         self.result.checks["v1.0.0 serves locally"] = (
             serving == "1.0.0" and self.ask(self.data.x_test[1]).source == "local")
 
-    def push_v2(self) -> None:
-        serving = self.push_and_check("v2", "1.1.0", "committed", "delta update committed")
-        self.result.checks["v1.1.0 serves after the delta"] = serving == "1.1.0"
+    def shadow_v2(self) -> None:
+        serving = self.push_and_check("v2", "1.1.0", "shadowing", "delta update installed as a "
+                                      "shadow", "--shadow")
+        answers: list[Any] = []
+        stats: dict[str, Any] = {}
+        deadline = time.monotonic() + 30
+        # live traffic until the shadow (loading in its own process) has compared enough
+        while (stats.get("compared") or 0) < 50 and time.monotonic() < deadline:
+            start = len(answers) % len(self.data.x_test)
+            answers += [self.ask(x) for x in self.data.x_test[start:start + 25]]
+            stats = self.wait_status(lambda s: True).get("shadow") or {}
+        local = {a.version for a in answers if a.source == "local"}  # (doubtful: cloud)
+        self.result.checks["answers come from v1.0.0 while v1.1.0 shadows"] = (
+            serving == "1.0.0" and local == {"1.0.0"})
+        self.result.checks["the shadow reports agreement on live requests"] = (
+            stats.get("agreement") is not None)
+        self.result.add("shadow", "agreement", f"v1.1.0 agrees with v1.0.0 on "
+                        f"{stats.get('agreement', 0):.0%} of {stats.get('compared')} requests")
+        plain = [(self.work / f"out-{v}" / "model.int8.tflite").read_bytes() for v in ("v1", "v2")]
+        self.result.checks["no plaintext model on the device's disk"] = not any(
+            _holds_any_window(path.read_bytes(), model) for model in plain
+            for path in (self.work / "device").rglob("*") if path.is_file())
+
+    def promote_v2(self) -> None:
+        serving = self.push_and_check("v2", "1.1.0", "committed", "promoted shadow committed",
+                                      command="promote")
+        self.result.checks["v1.1.0 serves after the promotion"] = serving == "1.1.0"
+
+    def drift(self) -> None:
+        import numpy as np
+
+        if (self.wait_status(lambda s: True).get("drift") or {}).get("alert"):
+            self.result.checks["no drift alert on data like the training data"] = False
+        rng = np.random.default_rng(7)
+        for x in self.data.x_test[:300]:  # a dirty lens: dimmer, with speckles
+            self.ask(np.clip(x * 0.4 + rng.uniform(0, 8, x.shape), 0, 16).astype(np.float32))
+        status = self.wait_status(lambda s: bool((s.get("drift") or {}).get("alert")))
+        drift = status.get("drift") or {}
+        self.result.checks["drift alert raised on shifted inputs"] = bool(drift.get("alert"))
+        self.result.add("drift", "alert" if drift.get("alert") else "none",
+                        f"PSI {drift.get('max_psi')} on {drift.get('worst')} over "
+                        f"{drift.get('window')} requests")
+
+    def wait_status(self, done: Any, timeout: float = 15.0) -> dict[str, Any]:
+        """The device's retained status from `fleet status --json`, once ``done`` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self.cli("fleet", "status", "--broker", str(self.broker_url), "--fleet",
+                            FLEET, "--json", check=False)
+            try:
+                devices = json.loads(proc.stdout).get("devices", [])
+            except json.JSONDecodeError:
+                devices = []
+            status = next((d for d in devices if d.get("device") == DEVICE), {})
+            if done(status) or time.monotonic() > deadline:
+                return status
+            time.sleep(0.5)
 
     def push_forged(self) -> None:
         serving = self.push_and_check("forged", "9.0.0", "failed", "forged update rejected")
@@ -325,17 +399,26 @@ confidence = 0.6
         self.result.add("escalation", hard.source, f"easy digit {_digit(easy)} from "
                         f"{easy.source}; a blurred blend from {hard.source}")
 
-    def push(self, reldir: str) -> dict[str, Any]:
-        proc = self.cli("fleet", "push", str(self.work / "releases" / reldir), "--broker",
+    def push(self, reldir: str, *flags: str, command: str = "push") -> dict[str, Any]:
+        proc = self.cli("fleet", command, str(self.work / "releases" / reldir), "--broker",
                         str(self.broker_url), "--fleet", FLEET, "--devices", DEVICE, "--wait",
                         "--wave-timeout", "60", "--json", "--state",
-                        str(self.work / "fleet.sqlite"), check=False)
+                        str(self.work / "fleet.sqlite"), *flags, check=False)
         try:
             report: dict[str, Any] = json.loads(proc.stdout)
         except json.JSONDecodeError as exc:
             last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise UpdateError(f"fleet push {reldir}: {last}") from exc
         return report
+
+
+def _holds_any_window(data: bytes, plaintext: bytes, window: int = 64) -> bool:
+    """Whether ``data`` contains any ``window``-byte run of ``plaintext`` (every aligned
+    run of half the size is looked up: any ``window``-long match contains one). Runs of
+    a few distinct bytes (zero padding) are in any file and prove nothing: skipped."""
+    step = window // 2
+    runs = (plaintext[i:i + step] for i in range(0, len(plaintext) - step, step))
+    return any(run in data for run in runs if len(set(run)) >= step // 2)
 
 
 def _free_port() -> int:

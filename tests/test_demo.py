@@ -30,7 +30,10 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path: Path) -> 
         env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    for check in ("delta update committed", "forged update rejected", "bad release rolled back",
+    for check in ("delta update installed as a shadow", "promoted shadow committed",
+                  "the shadow reports agreement on live requests",
+                  "no plaintext model on the device's disk", "drift alert raised on shifted inputs",
+                  "forged update rejected", "bad release rolled back",
                   "low-confidence answer escalated to the cloud",
                   "no local model: the cloud answers"):
         assert f"PASS  {check}" in proc.stdout, proc.stdout[-3000:]
