@@ -58,15 +58,39 @@ def _read_bounded(path: Path, what: str) -> bytes:
 
 
 def _from_file(name: str) -> bytes:
-    path = Path(name)
+    """The key file's bytes. Checked on the open file itself (fstat), not by name before
+    opening it, so a file swapped in between is not read unchecked; opened non-blocking,
+    so a FIFO or device named by mistake fails at once instead of hanging the start."""
+    path, what = Path(name), "encryption.key_file"
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise ConfigError(f"encryption.key_file: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        problem = key_file_problem(os.fstat(fd), os.geteuid())
+        if problem:
+            raise ConfigError(f"{what}: {path} {problem}")
+        try:
+            data = handle.read(MAX_KEY_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_KEY_BYTES:
+        raise ConfigError(f"{what}: {path} is larger than {MAX_KEY_BYTES} bytes, not a key")
+    return data
+
+
+def key_file_problem(st: os.stat_result, euid: int) -> str | None:
+    """Why a private key file with this stat must not be used (None: it may)."""
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:  # anyone but the owner could copy the key that opens every model
-        raise ConfigError(f"encryption.key_file: {path} has mode {mode:04o}; a private key "
-                          f"must be readable by its owner only (chmod 600 {path})")
-    return _read_bounded(path, "encryption.key_file")
+        return (f"has mode {mode:04o}; a private key must be readable by its owner only "
+                f"(chmod 600)")
+    if st.st_uid not in (euid, 0):  # its owner (another account) can read or replace it
+        return (f"belongs to uid {st.st_uid}, not to this agent's user (uid {euid}) or root"
+                " (chown it)")
+    return None
 
 
 def _from_env(variable: str) -> bytes:

@@ -4,11 +4,15 @@ manifests with unusual encryption sections. Real agent subprocesses, real mosqui
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Mosquitto, free_port
+from edgeship.agent._config import EncryptionConfig
+from edgeship.agent._device_key import key_file_problem, load_device_key
 from edgeship.sdk._crypt import keyid_of_public, write_key_pair
 from edgeship.sdk._release import Release
 from test_agent_encrypted import encrypted_release, serve
@@ -20,6 +24,8 @@ from test_agent_support import (
     served_version,
     write_config,
 )
+
+from edgeship import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +79,37 @@ def test_device_key_changed_under_an_encrypted_model_then_a_release_for_the_new_
         agent.kill()
         server.terminate()
         server.wait(timeout=10)
+
+
+# ---- [encryption] key_file: what is actually opened is what is checked ------------------
+def test_key_file_fifo_other_owner_and_symlink(tmp_path: Path, fleet: dict[str, Any]) -> None:
+    pem = fleet["new_key"].read_bytes()
+    fifo = tmp_path / "device.key.fifo"
+    os.mkfifo(fifo, 0o600)  # nobody writes to it: reading it by mistake would hang
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_device_key(EncryptionConfig(key_file=str(fifo)))
+    assert time.monotonic() - started < 10
+
+    key = tmp_path / "device.key"
+    key.write_bytes(pem)
+    key.chmod(0o600)
+    link = tmp_path / "link.key"  # a symlink is followed; its target is what is checked
+    link.symlink_to(key)
+    assert keyid_of_public(load_device_key(EncryptionConfig(key_file=str(link)))) \
+        == fleet["new_id"]
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match="mode 0644"):
+        load_device_key(EncryptionConfig(key_file=str(link)))
+    key.chmod(0o600)
+
+    other = os.stat(key)
+    fake = os.stat_result((other.st_mode, 0, 0, 1, os.geteuid() + 4242, 0, 0, 0, 0, 0))
+    assert "belongs to uid" in (key_file_problem(fake, os.geteuid()) or "")
+    root_owned = os.stat_result((other.st_mode, 0, 0, 1, 0, 0, 0, 0, 0, 0))
+    assert key_file_problem(root_owned, os.geteuid()) is None
+    if os.geteuid() == 0:  # as root, a real file of another account, mode 0600
+        os.chown(key, 4242, 4242)
+        with pytest.raises(ConfigError, match="belongs to uid 4242") as info:
+            load_device_key(EncryptionConfig(key_file=str(key)))
+        assert "PRIVATE" not in str(info.value)
