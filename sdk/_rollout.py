@@ -45,6 +45,7 @@ __all__ = [
     "plan_waves",
     "resume",
     "rollout_key",
+    "shadow_ended",
     "shadowing_devices",
     "start_rollout",
     "step",
@@ -281,6 +282,24 @@ def _shadow_version(status: Mapping[str, Any]) -> str | None:
 def shadowing_devices(statuses: Mapping[str, Mapping[str, Any]], version: str) -> list[str]:
     """Devices that run ``version`` as their shadow (whom ``fleet promote`` offers it to)."""
     return sorted(d for d, s in statuses.items() if _shadow_version(s) == version)
+
+
+def shadow_ended(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether a completed shadow rollout no longer describes the fleet: a device it
+    counted as ``shadowing`` now reports neither that shadow, nor that version active,
+    nor an install of it (e.g. after ``fleet discard``). Pushing the release as a shadow
+    again must then offer it again, not report the old rollout as done."""
+    if rollout.mode != "shadow" or rollout.status != "completed":
+        return False
+    for dev, outcome in rollout.outcomes.items():
+        status = statuses.get(dev)
+        if outcome != SHADOWING or not status:
+            continue
+        installing = status.get("target") == rollout.version and status.get("state") in _BUSY
+        if rollout.version not in (_shadow_version(status), status.get("version")) \
+                and not installing:
+            return True
+    return False
 
 
 def discard_payload(version: str) -> bytes:

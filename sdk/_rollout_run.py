@@ -36,6 +36,7 @@ from edgeship.sdk._rollout import (
     open_wave_devices,
     resume,
     rollout_key,
+    shadow_ended,
     start_rollout,
     step,
 )
@@ -145,6 +146,8 @@ def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
     if recorded is not None and recorded.status == "completed" and wanted \
             and set(wanted) - set(recorded.outcomes):
         recorded = None  # done before; now new devices are named: a new rollout
+    if recorded is not None and shadow_ended(recorded, watcher.raw()):
+        recorded = None  # the shadow was discarded since: pushing it again offers it again
     if recorded is not None:
         rollout = resume(recorded, max_failure_rate=max_failure_rate,
                          wave_timeout_s=wave_timeout_s, now=now)

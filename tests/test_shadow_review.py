@@ -101,3 +101,49 @@ def test_a_hung_shadow_worker_dies_with_a_killed_agent(world: tuple[AgentProc, W
     finally:
         if not gone(pid, 0.0):
             os.kill(pid, signal.SIGKILL)
+
+
+def fleet(url: str, state_home: Path, *args: str, timeout: float = 120.0
+          ) -> subprocess.CompletedProcess[str]:
+    """``edgeship fleet ARGS --broker URL --fleet t`` with its own rollout database."""
+    return subprocess.run([sys.executable, "-m", "edgeship", "fleet", *args, "--broker", url,
+                           "--fleet", "t"], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "XDG_STATE_HOME": str(state_home)})
+
+
+def test_a_discarded_shadow_can_be_pushed_again(world: tuple[AgentProc, Watcher],
+                                               mosquitto: Mosquitto, rels: dict[str, Path],
+                                               tmp_path: Path) -> None:
+    """push --shadow, discard, push --shadow of the same release: the second push used
+    to resume the recorded (completed) rollout, offer nothing and still print
+    '1 shadowing' while the device reported shadow-discarded."""
+    agent, watch = world
+    push = ("push", str(rels["v2"]), "--shadow", "--wait", "--wave-timeout", "60")
+    first = fleet(mosquitto.url, tmp_path, *push)
+    assert first.returncode == 0 and "1 shadowing" in first.stdout, first.stderr
+    gone_ = fleet(mosquitto.url, tmp_path, "discard", "2.0.0", "--timeout", "30")
+    assert gone_.returncode == 0 and "1 discarded" in gone_.stdout, gone_.stderr
+    watch.wait(lambda s: s["state"] == "shadow-discarded" and s["shadow"] is None)
+    again = fleet(mosquitto.url, tmp_path, *push)
+    assert again.returncode == 0 and "1 shadowing" in again.stdout, again.stderr
+    status = watch.wait(lambda s: s["state"] == "shadowing", timeout=10)
+    assert status["shadow"]["version"] == "2.0.0" and status["version"] == "1.0.0"
+    assert served_version(agent.url)[0] == "1.0.0"
+
+
+def test_shadow_ended_is_pure_and_only_for_completed_shadow_rollouts() -> None:
+    from edgeship.sdk._rollout import RolloutPolicy, shadow_ended, start_rollout
+
+    policy = RolloutPolicy(canary=0.0, waves=(1.0,), max_failure_rate=1.0, wave_timeout_s=60)
+    ro = start_rollout(fleet="t", model="m", version="2.0.0", reldir="r", devices=["a", "b"],
+                       policy=policy, now=0.0, mode="shadow")
+    done = replace(ro, status="completed", outcomes={"a": "shadowing", "b": "shadowing"})
+    shadowing = {"state": "shadowing", "version": "1.0.0", "shadow": {"version": "2.0.0"}}
+    dropped = {"state": "shadow-discarded", "version": "1.0.0", "target": "2.0.0",
+               "shadow": None}
+    promoted = {"state": "committed", "version": "2.0.0", "shadow": None}
+    assert not shadow_ended(done, {"a": shadowing, "b": promoted})
+    assert shadow_ended(done, {"a": shadowing, "b": dropped})
+    assert not shadow_ended(done, {"a": shadowing})  # b silent: nothing known
+    assert not shadow_ended(replace(done, status="running"), {"a": dropped, "b": dropped})
+    assert not shadow_ended(replace(done, mode="active"), {"a": dropped, "b": dropped})
