@@ -323,7 +323,32 @@ def plot_fallback(doc: Mapping[str, Any], fig: Any) -> None:
     ax.legend()
 
 
+def plot_device_features(doc: Mapping[str, Any], fig: Any) -> None:
+    """Cost ratios on the device: encrypted load, drift tap and shadow at the local API."""
+    fig.set_size_inches(10, 4.5)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2]})
+    loads = _rows(doc, "load")
+    grouped_bars(left, [str(r["model"]).replace(" ", "\n", 1) for r in loads],
+                 {"encrypted / plaintext load": [r["load_ratio"] for r in loads]},
+                 "ratio", fmt="{:.2f}x")
+    left.axhline(1.0, color="grey", linewidth=0.8)
+    lat = _rows(doc, "latency")
+    series = {label: [r.get(key) for r in lat] for label, key in (
+        ("drift", "drift_p50_ratio_median_of_rounds"),
+        ("shadow (10% sampled)", "shadow_p50_ratio_median_of_rounds"),
+        ("shadow (every answer)", "shadow_all_p50_ratio_median_of_rounds"))}
+    grouped_bars(right, [str(r["model"]) for r in lat], series, "p50 ratio to no tap",
+                 fmt="{:.3f}")
+    targets = doc.get("targets") or {}
+    for key, color in (("drift_p50_ratio", "#4c72b0"), ("shadow_p50_ratio", "#dd8452")):
+        if key in targets:
+            right.axhline(targets[key], color=color, linestyle="--", linewidth=0.8)
+    right.set_ylim(0.8, max(1.2, *(_num(v) for vs in series.values() for v in vs
+                                    if _num(v) == _num(v))) * 1.05)
+
+
 PLOTTERS: dict[str, Plotter] = {
+    "device_features": plot_device_features,
     "converter": plot_converter,
     "onnx2tf": plot_onnx2tf,
     "runtimes": plot_runtimes,
