@@ -44,10 +44,15 @@ class Taps:
         if slot.profile is not None:
             try:
                 from edgeship.agent._drift import DriftTap
-                from edgeship.sdk._profile import Profile
+                from edgeship.sdk._profile import Profile, check_model
 
-                self.drift = DriftTap(Profile.from_dict(slot.profile), self.drift_config,
-                                      self.registry, version=slot.version, log=self.log,
+                profile = Profile.from_dict(slot.profile)
+                serving = self.service.serving
+                if serving is not None and serving.version == slot.version:
+                    # a signed profile of another model would fail on every request
+                    check_model(profile, serving.model.inputs, serving.model.outputs)
+                self.drift = DriftTap(profile, self.drift_config, self.registry,
+                                      version=slot.version, log=self.log,
                                       on_change=self._drift_changed)
             except Exception as exc:  # a profile we cannot use must not stop serving
                 self.log("drift_unavailable", "warning", version=slot.version,

@@ -45,6 +45,7 @@ __all__ = [
     "Profile",
     "TensorLayout",
     "build_profile",
+    "check_model",
     "profile_from_file",
 ]
 
@@ -436,7 +437,11 @@ def profile_from_file(path: str | Path, model_path: str | Path | None = None, *,
             if size > MAX_PROFILE_BYTES:
                 raise MalformedError(f"{file}: {size} bytes, over the profile limit of "
                                      f"{MAX_PROFILE_BYTES}")
-            return Profile.from_json(file.read_bytes())
+            profile = Profile.from_json(file.read_bytes())
+            if model_path is not None:  # a profile of another model would count nothing
+                model = _load_model(model_path)
+                check_model(profile, model.inputs, model.outputs, what=str(file))
+            return profile
     except OSError as exc:
         raise InputError(f"cannot read profile data {file}: {exc.strerror}") from exc
     if size > max_bytes:
@@ -444,15 +449,48 @@ def profile_from_file(path: str | Path, model_path: str | Path | None = None, *,
     inputs = _load_npz(file)
     outputs = None
     if model_path is not None:
-        from edgeship.sdk._model import Model
-
-        model = Model.load(model_path)
+        model = _load_model(model_path)
         names = {s.name for s in model.inputs}
         if set(inputs) != names:
             raise InputError(f"{file}: arrays {sorted(inputs)} do not match the model's "
                              f"inputs {sorted(names)}")
         outputs = model.predict_all(inputs)
     return build_profile(inputs, outputs, bins=bins)
+
+
+def _load_model(model_path: str | Path) -> Any:
+    from edgeship.sdk._model import Model
+
+    from edgeship._errors import ModelLoadError
+
+    try:
+        return Model.load(model_path)
+    except ModelLoadError as exc:
+        raise InputError(f"a drift profile needs a model to check it against: {exc}") from exc
+
+
+def check_model(profile: Profile, inputs: Any, outputs: Any, *, what: str = "profile") -> None:
+    """InputError unless every tensor of ``profile`` is one of the model's (``inputs`` /
+    ``outputs``: specs with ``name`` and ``shape``, ``-1`` = any size) with the same sample
+    shape, and the profile covers every model input: otherwise a device would count no
+    request (or not the features the profile describes)."""
+    specs = {"input": {s.name: tuple(s.shape) for s in inputs},
+             "output": {s.name: tuple(s.shape) for s in outputs}}
+    names = {t.name for t in profile.tensors if t.role == "input"}
+    if names != set(specs["input"]):
+        raise InputError(f"{what}: profile inputs {sorted(names)} do not match the model's "
+                         f"inputs {sorted(specs['input'])} (a profile of another model?)")
+    for t in profile.tensors:
+        shape = specs[t.role].get(t.name)
+        if shape is None:
+            raise InputError(f"{what}: profile {t.role} {t.name!r} is not one of the model's "
+                             f"{t.role}s {sorted(specs[t.role])}")
+        sample = shape[1:]
+        if len(sample) != len(t.shape) or any(w not in (-1, g) for w, g in
+                                               zip(sample, t.shape, strict=True)):
+            raise InputError(f"{what}: profile {t.role} {t.name!r} has sample shape "
+                             f"{list(t.shape)}, the model's is {list(sample)} "
+                             "(a profile of another model?)")
 
 
 def _load_npz(file: Path) -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""Review of drift monitoring: defects found by trying to break it (each test fails without
+its fix). Real onnxruntime models from the fixtures, real CLI subprocesses, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from edgeship.agent._api import AgentService, Metrics, Serving, describe
+from edgeship.agent._ota_types import SlotInfo
+from edgeship.agent._taps import Taps
+from edgeship.sdk._drift_monitor import DriftConfig
+from edgeship.sdk._model import Model
+from edgeship.sdk._profile import profile_from_file
+from test_agent_support import make_keys
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class Events:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __call__(self, event: str, level: str = "info", **fields: Any) -> None:
+        self.lines.append((event, level, fields))
+
+    @property
+    def names(self) -> list[str]:
+        return [e for e, _, _ in self.lines]
+
+
+@pytest.fixture(scope="module")
+def cnn_profile() -> Any:
+    return profile_from_file(FIXTURES / "cnn_eval.npz", FIXTURES / "cnn.onnx")
+
+
+def _service(model: Model, version: str) -> AgentService:
+    service = AgentService("model", Metrics())
+    service.swap(Serving(model=model, version=version, sha256="0" * 64,
+                         metadata=describe("model", model, version)))
+    return service
+
+
+def _slot(version: str, profile: Any) -> SlotInfo:
+    return SlotInfo(slot="a", version=version, sha256="0" * 64, size=1, format="onnx",
+                    profile=None if profile is None else profile.to_dict())
+
+
+def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeship", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_release_refuses_a_profile_json_of_another_model(tmp_path: Path,
+                                                         cnn_profile: Any) -> None:
+    """`release --profile profile.json` checked the JSON against nothing: a cnn profile was
+    signed into an mlp release, whose devices then could count no request."""
+    keys = make_keys(tmp_path)
+    (tmp_path / "profile.json").write_text(cnn_profile.to_json())
+    res = _run("release", FIXTURES / "mlp.onnx", "--version", "1.0.0", "--keys", keys,
+               "-o", tmp_path / "rel", "--profile", tmp_path / "profile.json")
+    assert res.returncode == 2, res.stdout
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "another model" in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "rel" / "manifest.json").exists()
+    ok = _run("release", FIXTURES / "cnn.onnx", "--version", "1.0.0", "--keys", keys,
+              "-o", tmp_path / "rel", "--profile", tmp_path / "profile.json")
+    assert ok.returncode == 0, ok.stderr
+    signed = json.loads((tmp_path / "rel" / "manifest.json").read_text())["signed"]
+    assert signed["profile"] == cnn_profile.to_dict()
+
+
+def test_agent_ignores_a_signed_profile_of_another_model(cnn_profile: Any) -> None:
+    """A release signed with a profile of another model (built before the release-time
+    check, or by hand): the agent says so once and installs no tap, answers unchanged."""
+    model = Model.load(FIXTURES / "mlp.onnx", threads=1)
+    service, events = _service(model, "2.0.0"), Events()
+    taps = Taps(service, service.metrics.registry, drift_config=DriftConfig(), log=events)
+    taps.active_loaded(_slot("2.0.0", cnn_profile))
+    assert taps.drift is None and service.taps == ()
+    assert events.names == ["drift_unavailable"]
+    assert "another model" in events.lines[0][2]["error"]
+    x = np.random.default_rng(0).normal(size=(3, 30)).astype(np.float32)
+    outputs, params = service.infer("model", {"input": x})
+    np.testing.assert_array_equal(outputs["probs"], model.predict_all({"input": x})["probs"])
+    assert params["source"] == "local"
