@@ -34,7 +34,7 @@ from typing import Any
 from edgeship.sdk._drift_monitor import DriftConfig, DriftMonitor, DriftReport
 from edgeship.sdk._profile import Profile
 
-__all__ = ["LOCAL_SOURCES", "DriftConfig", "DriftTap"]
+__all__ = ["LOCAL_SOURCES", "DriftConfig", "DriftTap", "reset_gauges"]
 
 LOCAL_SOURCES = frozenset({"local", "local-degraded"})  # answers whose outputs are counted
 _PENDING_BATCHES = 8  # the buffer holds this many batches at most (oldest dropped beyond)
@@ -63,6 +63,19 @@ def _gauges(registry: Any) -> dict[str, Any]:
                                 registry=registry),
             }
         return found
+
+
+def reset_gauges(registry: Any) -> None:
+    """No drift tap any more (a model without a profile): the previous model's figures and
+    alert must not stay on /metrics. Gauges never registered stay absent."""
+    with _GAUGES_LOCK:
+        found = _GAUGES.get(registry)
+    if found is None:
+        return
+    for name in ("psi", "ks"):
+        found[name].clear()
+    found["alert"].set(0)
+    found["window"].set(0)
 
 
 def _default_log(event: str, level: str = "info", **fields: Any) -> None:

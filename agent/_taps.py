@@ -57,6 +57,10 @@ class Taps:
             except Exception as exc:  # a profile we cannot use must not stop serving
                 self.log("drift_unavailable", "warning", version=slot.version,
                          error=str(exc)[:300])
+        if self.drift is None and self.registry is not None:
+            from edgeship.agent._drift import reset_gauges
+
+            reset_gauges(self.registry)  # not the previous model's figures and alert
         self._set(old, self.drift)
         if self.drift is not None:
             self.log("drift_watching", version=slot.version)

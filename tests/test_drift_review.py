@@ -17,6 +17,7 @@ from edgeship.agent._taps import Taps
 from edgeship.sdk._drift_monitor import DriftConfig
 from edgeship.sdk._model import Model
 from edgeship.sdk._profile import profile_from_file
+from prometheus_client import generate_latest
 from test_agent_support import make_keys
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -90,3 +91,31 @@ def test_agent_ignores_a_signed_profile_of_another_model(cnn_profile: Any) -> No
     outputs, params = service.infer("model", {"input": x})
     np.testing.assert_array_equal(outputs["probs"], model.predict_all({"input": x})["probs"])
     assert params["source"] == "local"
+
+
+def test_next_model_without_a_profile_clears_the_drift_gauges(cnn_profile: Any) -> None:
+    """The gauges of an alerting model stayed on /metrics (edgeship_drift_alert 1) after a
+    switch to a release without a profile."""
+    model = Model.load(FIXTURES / "cnn.onnx", threads=1)
+    service, events = _service(model, "1.0.0"), Events()
+    config = DriftConfig(window=200, slices=4, min_samples=100, batch=8)
+    taps = Taps(service, service.metrics.registry, drift_config=config, log=events)
+    taps.active_loaded(_slot("1.0.0", cnn_profile))
+    with np.load(FIXTURES / "cnn_eval.npz") as data:
+        images = data["input"][:200] + np.float32(0.5)  # far brighter: alert
+    for i in range(0, 200, 4):
+        service.infer("model", {"input": images[i : i + 4]})
+    beat: dict[str, Any] = {}
+    taps.heartbeat(beat)
+    assert beat["drift"]["alert"] is True
+    assert "edgeship_drift_alert 1.0" in generate_latest(service.metrics.registry).decode()
+
+    service.swap(Serving(model=model, version="1.1.0", sha256="1" * 64,
+                         metadata=describe("model", model, "1.1.0")))
+    taps.active_loaded(_slot("1.1.0", None))
+    metrics = generate_latest(service.metrics.registry).decode()
+    assert "edgeship_drift_alert 0.0" in metrics and "edgeship_drift_window 0.0" in metrics
+    assert "edgeship_drift_psi{" not in metrics and "edgeship_drift_ks{" not in metrics
+    beat = {}
+    taps.heartbeat(beat)
+    assert "drift" not in beat and "drift" not in taps.status({"state": "idle"})
