@@ -155,7 +155,8 @@ class DriftTap:
 
     def _observe(self, items: list[tuple[Any, Any]]) -> None:
         try:
-            self.monitor.observe(*_stack(items))
+            inputs, outputs, rows = _stack(items)
+            self.monitor.observe(inputs, outputs, answered=rows)
         except Exception as exc:  # e.g. a request with another sample shape: one by one
             for inputs, outputs in items:
                 try:
@@ -210,11 +211,17 @@ class DriftTap:
         self._gauges["window"].set(report.window)
 
 
-def _stack(items: list[tuple[Any, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _stack(items: list[tuple[Any, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None,
+                                                  list[bool] | None]:
     """One batch out of many requests: per tensor, the list of the requests' arrays (the
-    monitor reduces large ones one by one instead of copying them into one array)."""
+    monitor reduces large ones one by one instead of copying them into one array), and
+    which input rows the answers belong to (so they share the window of their inputs)."""
     inputs = {k: [i[k] for i, _ in items] for k in items[0][0]}
     answered = [o for _, o in items if o is not None]
     if not answered:
-        return inputs, None
-    return inputs, {k: [o[k] for o in answered] for k in answered[0]}
+        return inputs, None, None
+    outputs = {k: [o[k] for o in answered] for k in answered[0]}
+    if len(answered) == len(items):
+        return inputs, outputs, None  # row by row
+    first = next(iter(items[0][0]))
+    return inputs, outputs, [o is not None for i, o in items for _ in range(len(i[first]))]

@@ -157,13 +157,15 @@ class DriftMonitor:
         self._samples = np.zeros(self.config.slices, np.int64)
         self._slot = 0
 
-    def observe(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None = None
-                ) -> None:
+    def observe(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None = None,
+                *, answered: Any = None) -> None:
         """Count a batch: ``inputs`` (and optionally the answers' ``outputs``, which may
         have fewer rows) by tensor name, each a batch ``[n, *sample shape]`` or a list of
         such batches (counted together without joining large tensors first). Tensors the
         profile lacks are ignored; ``outputs`` alone count nothing (the window is input
-        rows)."""
+        rows). Output rows share the window of their input rows: row by row when there
+        are as many, or ``answered`` (one bool per input row, true for the rows the
+        outputs answer, in order) says which input rows they belong to."""
         np = self._np
         rows: list[Any] = []
         answers: list[Any] = []
@@ -175,8 +177,18 @@ class DriftMonitor:
             (rows if layout.role == "input" else answers).append(idx)
         if not rows:
             return
-        self._count(np.concatenate(rows, axis=1), len(rows[0]))
-        if answers:
+        n = len(rows[0])
+        if answers and answered is not None:
+            mask = np.asarray(answered, bool)
+            if mask.shape == (n,) and all(len(a) == mask.sum() for a in answers):
+                full = np.full((n, sum(a.shape[1] for a in answers)), self._bins)  # not counted
+                full[mask] = np.concatenate(answers, axis=1)
+                answers = [full]
+        if answers and all(len(a) == n for a in answers):  # row by row: the same window
+            self._count(np.concatenate(rows + answers, axis=1), n)
+            return
+        self._count(np.concatenate(rows, axis=1), n)
+        if answers:  # fewer answer rows than inputs: counted into the current slice
             self._counts[self._slot] += np.bincount(np.concatenate([a.ravel() for a in answers]),
                                                     minlength=self._bins)
 
@@ -225,8 +237,8 @@ class DriftMonitor:
         while n:
             room = int(self._slice_size - self._samples[self._slot])
             take = min(room, n)
-            self._counts[self._slot] += self._np.bincount(idx[:take].ravel(),
-                                                          minlength=self._bins)
+            self._counts[self._slot] += self._np.bincount(  # index _bins: a row not answered
+                idx[:take].ravel(), minlength=self._bins + 1)[: self._bins]
             self._samples[self._slot] += take
             idx, n = idx[take:], n - take
             if take == room:

@@ -14,9 +14,9 @@ import pytest
 from edgeship.agent._api import AgentService, Metrics, Serving, describe
 from edgeship.agent._ota_types import SlotInfo
 from edgeship.agent._taps import Taps
-from edgeship.sdk._drift_monitor import DriftConfig
+from edgeship.sdk._drift_monitor import DriftConfig, DriftMonitor
 from edgeship.sdk._model import Model
-from edgeship.sdk._profile import profile_from_file
+from edgeship.sdk._profile import build_profile, profile_from_file
 from prometheus_client import generate_latest
 from test_agent_support import make_keys
 
@@ -119,3 +119,43 @@ def test_next_model_without_a_profile_clears_the_drift_gauges(cnn_profile: Any) 
     beat = {}
     taps.heartbeat(beat)
     assert "drift" not in beat and "drift" not in taps.status({"state": "idle"})
+
+
+def test_answers_share_the_window_of_their_inputs() -> None:
+    """Outputs of a large batch were all added to the current slice: the output features
+    counted every row ever seen in one flush (1000 of them) while the window held 75."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(2000, 3)).astype(np.float32)
+    profile = build_profile({"x": ref}, {"y": ref[:, :1] * 2})
+    monitor = DriftMonitor(profile, DriftConfig(window=100, slices=4, min_samples=10))
+    x = rng.normal(size=(1000, 3)).astype(np.float32)
+    monitor.observe({"x": x}, {"y": x[:, :1] * 2})
+    report = monitor.report()
+    assert {f.name: f.samples for f in report.features} == {
+        "x[0]": report.window, "x[1]": report.window, "x[2]": report.window,
+        "y": report.window}
+    assert report.window <= 100
+    # the shifted output rows of the last batch are what the window judges: all of them
+    monitor.observe({"x": x[:100]}, {"y": x[:100, :1] * 2 + 10})
+    assert {f.name: f.psi for f in monitor.report().features}["y"] > 5
+
+
+def test_tap_keeps_local_answers_in_the_window_when_cloud_answers_mix_in(
+        cnn_profile: Any) -> None:
+    from edgeship.agent._drift import DriftTap
+
+    model = Model.load(FIXTURES / "cnn.onnx", threads=1)
+    tap = DriftTap(cnn_profile, DriftConfig(window=64, slices=4, min_samples=10, batch=32),
+                   log=Events())
+    with np.load(FIXTURES / "cnn_eval.npz") as data:
+        images = data["input"][:256]
+    for i in range(0, 256, 8):  # batches of 8 rows: one flush holds 256 rows
+        x = images[i : i + 8]
+        source = "cloud" if i % 16 else "local"
+        tap.observe({"input": x}, model.predict_all({"input": x}), source=source,
+                    version="1.0.0", seconds=0.001)
+    telemetry = tap.telemetry()
+    samples = {f["name"]: f["samples"] for f in telemetry["features"]}
+    assert samples["input"] == telemetry["window"] <= 64
+    assert 0 < samples["probs:class"] <= telemetry["window"], samples
+    assert tap.errors == 0
