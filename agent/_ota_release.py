@@ -41,12 +41,11 @@ def recipient(manifest: Manifest, private_key: Any | None) -> dict[str, Any] | N
     encryption = manifest.encryption
     if encryption is None:
         return None
-    from edgeship.sdk._crypt import keyid_of_public, short, unwrap_data_key
+    from edgeship.sdk._crypt import keyid_of_public, listed_keys, unwrap_data_key
 
     if private_key is None:
-        ids = ", ".join(short(k) for k in encryption.keyids)
-        raise DecryptionError(f"release is encrypted for keys {ids}; this device has no"
-                              " [encryption] key")
+        raise DecryptionError(f"release is encrypted for keys {listed_keys(encryption)}; "
+                              "this device has no [encryption] key")
     unwrap_data_key(encryption, private_key)
     return encryption.only(keyid_of_public(private_key)).to_dict()
 

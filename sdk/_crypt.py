@@ -205,14 +205,16 @@ def load_private_key(data: bytes | str | X25519PrivateKey) -> X25519PrivateKey:
     raw = data.encode() if isinstance(data, str) else bytes(data)
     if len(raw) == 32:
         return X25519PrivateKey.from_private_bytes(raw)
+    if b"PUBLIC KEY-----" in raw:
+        raise InputError("this is a public key; decrypting needs the private key (.key)")
     try:
         key = serialization.load_pem_private_key(raw, password=None)
     except (TypeError, ValueError) as exc:
         raise InputError("not an X25519 private key (PEM PKCS#8 without passphrase, or 32 "
                          "raw bytes)") from exc
     if not isinstance(key, X25519PrivateKey):
-        raise InputError(f"not an X25519 private key ({type(key).__name__[1:]}); make one "
-                         "with 'edgeship keys fleet-key'")
+        raise InputError(f"not an X25519 private key ({type(key).__name__.lstrip('_')}); "
+                         "make one with 'edgeship keys fleet-key'")
     return key
 
 
@@ -223,6 +225,9 @@ def load_public_key(data: bytes | str | X25519PublicKey) -> X25519PublicKey:
     raw = data.encode() if isinstance(data, str) else bytes(data)
     if len(raw) == 32:
         return X25519PublicKey.from_public_bytes(raw)
+    if b"PRIVATE KEY-----" in raw:  # the .key given for the .pub: say so, name no bytes
+        raise InputError("this is a private key; give its public half (the .pub beside "
+                         "it): a private key is never needed here")
     try:
         key = serialization.load_pem_public_key(raw)
     except (TypeError, ValueError) as exc:
@@ -309,11 +314,17 @@ def make_encryption(data_key: bytes, public_keys: Iterable[X25519PublicKey | byt
                       recipients=tuple(_wrap(data_key, k) for k in keys.values()))
 
 
-def _not_for_me(encryption: Encryption, keyid: str) -> str:
+def listed_keys(encryption: Encryption) -> str:
+    """The recipients' short key ids for a message: at most five, then a count (a
+    release may list thousands of device keys; a status line must stay short)."""
     ids = encryption.keyids
-    listed = ", ".join(short(k) for k in ids[:5]) + (f" and {len(ids) - 5} more"
-                                                     if len(ids) > 5 else "")
-    return f"release is encrypted for keys {listed}; this device's key is {short(keyid)}"
+    return ", ".join(short(k) for k in ids[:5]) + (f" and {len(ids) - 5} more"
+                                                   if len(ids) > 5 else "")
+
+
+def _not_for_me(encryption: Encryption, keyid: str) -> str:
+    return (f"release is encrypted for keys {listed_keys(encryption)}; this device's key "
+            f"is {short(keyid)}")
 
 
 def unwrap_data_key(encryption: Encryption,

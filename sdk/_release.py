@@ -177,6 +177,8 @@ class Release:
             raise InputError(f"{out} already holds a release (use --force to overwrite)")
         # the golden check runs the artifact: a bad --golden must fail before --out is made
         golden_check = None if golden is None else load_golden(Path(golden), artifact)
+        if encrypt_for:  # before _Seal.new, which makes an archive key if there is none
+            _check_archive(keys, bases)
         seal = _Seal.new(keys, encrypt_for) if encrypt_for else None
         make_output_dir(out, "--out")
         (out / "deltas").mkdir(exist_ok=True)
@@ -272,6 +274,19 @@ def _write_delta(out: Path, new: bytes, version: str, model: str, base_dir: Path
                      size=len(delta), format=fmt)
 
 
+def _check_archive(keys: KeyDir, bases: Sequence[str | Path]) -> None:
+    """An encrypted ``--base`` needs the archive key that release was made with: refuse
+    early when this key dir has none (a copy without archive.key) instead of silently
+    making a new one that opens no earlier release."""
+    if (keys.path / "archive.key").exists():
+        return
+    for base_dir in bases:
+        if Release.load(Path(base_dir)).manifest.encryption is not None:
+            raise InputError(f"--base {base_dir} is encrypted and {keys.path} has no "
+                             "archive.key to open it: copy archive.key (and archive.pub) "
+                             "from the key dir that released it")
+
+
 def _base_plaintext(base_dir: Path, stored: bytes, encryption: Encryption, keys: KeyDir,
                     seal: _Seal | None) -> bytes:
     """An encrypted base, opened with the key dir's archive key."""
@@ -285,6 +300,12 @@ def _base_plaintext(base_dir: Path, stored: bytes, encryption: Encryption, keys:
     try:
         return decrypt(stored, unwrap_data_key(encryption, archive), what=f"--base {base_dir}")
     except DecryptionError as exc:
+        from edgeship.sdk._crypt import keyid_of_public, short
+
+        if encryption.recipient(keyid_of_public(archive)) is None:
+            raise InputError(f"--base {base_dir} was not released with this key dir's "
+                             f"archive key ({short(keyid_of_public(archive))}): use the key "
+                             "dir (and archive.key) that released it") from exc
         raise InputError(f"--base {base_dir}: cannot decrypt with {keys.path}/archive.key: "
                          f"{exc}") from exc
 

@@ -5,12 +5,16 @@ manifests with unusual encryption sections. Real agent subprocesses, real mosqui
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Mosquitto, free_port
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from edgeship.agent._config import EncryptionConfig
 from edgeship.agent._device_key import key_file_problem, load_device_key
 from edgeship.sdk._crypt import keyid_of_public, write_key_pair
@@ -20,6 +24,7 @@ from test_agent_support import (
     AgentProc,
     Watcher,
     make_keys,
+    make_model,
     offer_bytes,
     served_version,
     write_config,
@@ -36,8 +41,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     new_key, new_pub, new_id = write_key_pair(tmp / "device-keys", "new")
     v1, _ = encrypted_release(tmp, keys, "1.0.0", [old_pub])
     v2, _ = encrypted_release(tmp, keys, "2.0.0", [new_pub], base=v1)  # has a delta from v1
-    return {"tmp": tmp, "root": keys / "root.pub", "old_key": old_key, "new_key": new_key,
-            "new_id": new_id, "v1": v1, "v2": v2}
+    many = [X25519PrivateKey.generate().public_key() for _ in range(12)]
+    v3 = tmp / "releases" / "3.0.0"  # for twelve device keys, none of them this device's
+    Release.build(make_model(tmp / "build" / "m3.onnx", 3.0), version="3.0.0", keydir=keys,
+                  out=v3, model_name="model", encrypt_for=many)
+    return {"tmp": tmp, "keys": keys, "root": keys / "root.pub", "old_key": old_key,
+            "new_key": new_key, "new_id": new_id, "v1": v1, "v2": v2, "v3": v3}
 
 
 def _agent(tmp: Path, mosquitto: Mosquitto, fleet: dict[str, Any], key: Path,
@@ -113,3 +122,76 @@ def test_key_file_fifo_other_owner_and_symlink(tmp_path: Path, fleet: dict[str, 
         with pytest.raises(ConfigError, match="belongs to uid 4242") as info:
             load_device_key(EncryptionConfig(key_file=str(key)))
         assert "PRIVATE" not in str(info.value)
+
+
+def test_keyless_device_refuses_a_release_for_many_keys_in_one_short_line(
+        tmp_path: Path, mosquitto: Mosquitto, fleet: dict[str, Any]) -> None:
+    """A device without [encryption] gets a release encrypted for thousands of device keys:
+    refused before any download, with a status line that lists a few ids and a count."""
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port, root_pub=fleet["root"])
+    agent = AgentProc(cfg, port).start()
+    watch = Watcher(mosquitto.url)
+    try:
+        watch.publish("edgeship/t/dev-1/ota/offer", offer_bytes(fleet["v3"]), retain=True)
+        status = watch.wait(lambda s: s["state"] == "failed" and s["target"] == "3.0.0")
+        error = status["error"]
+        assert "no [encryption] key" in error and "and 8 more" in error  # 13 with archive
+        assert len(error) < 300 and "\n" not in error
+        assert agent.proc is not None and agent.proc.poll() is None
+    finally:
+        watch.close()
+        agent.kill()
+
+
+# ---- operator mistakes on the host ---------------------------------------------------------
+def _edgeship(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeship", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _one_line(out: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert out.returncode == 2 and out.stderr.startswith("error: "), out
+    assert out.stderr.strip().count("\n") == 0 and "PRIVATE KEY" not in out.stderr, out.stderr
+    for word in words:
+        assert word in out.stderr, (word, out.stderr)
+
+
+def test_wrong_key_files_given_to_release_verify_and_fleet_key(
+        tmp_path: Path, fleet: dict[str, Any]) -> None:
+    keys, model = fleet["keys"], make_model(tmp_path / "m.onnx", 4.0)
+    # the device's private key given to --encrypt-for instead of its .pub
+    _one_line(_edgeship("release", model, "--version", "4.0.0", "--keys", keys, "-o",
+                        tmp_path / "r", "--encrypt-for", fleet["new_key"]),
+              "--encrypt-for", "private key", ".pub")
+    assert not (tmp_path / "r").exists()
+    # verify --key: the .pub instead of the .key; a signing key instead of an X25519 one
+    _one_line(_edgeship("verify", fleet["v2"], "--root", fleet["root"], "--key",
+                        fleet["new_key"].with_suffix(".pub")), "public key", "(.key)")
+    _one_line(_edgeship("verify", fleet["v2"], "--root", fleet["root"], "--key",
+                        keys / "release.key"), "(Ed25519PrivateKey)")
+    # keys fleet-key --force with a name of the key dir's own keys would destroy them
+    before = {name: (keys / name).read_bytes() for name in
+              ("root.key", "release.key", "archive.key")}
+    for name in ("root", "release", "archive"):
+        _one_line(_edgeship("keys", "fleet-key", keys, "--name", name, "--force"),
+                  f"--name {name}", "key dir")
+    assert {name: (keys / name).read_bytes() for name in before} == before
+
+
+def test_key_dir_copied_without_archive_key(tmp_path: Path, fleet: dict[str, Any]) -> None:
+    """release --base of an encrypted release from a key dir without its archive.key:
+    refused at once, and no new archive key is made (it would open no earlier release)."""
+    copy = tmp_path / "keys"
+    shutil.copytree(fleet["keys"], copy)
+    (copy / "archive.key").unlink()
+    (copy / "archive.pub").unlink()
+    model = make_model(tmp_path / "m.onnx", 5.0)
+    args = ("release", model, "--version", "5.0.0", "--keys", copy, "-o", tmp_path / "r",
+            "--model-name", "model",
+            "--base", fleet["v2"], "--encrypt-for", fleet["new_key"].with_suffix(".pub"))
+    _one_line(_edgeship(*args), "no archive.key", "copy archive.key")
+    assert not (copy / "archive.key").exists() and not (tmp_path / "r").exists()
+    # another key dir's archive key in its place: said so, not "this device's key is"
+    write_key_pair(copy, "archive")
+    _one_line(_edgeship(*args), "not released with this key dir's archive key")

@@ -92,6 +92,10 @@ def keys_revoke(keydir: Path, keyid: str | None, passphrase_file: Path | None, d
     click.echo(f"revoked {keyset.revoked[-1][:16]}, key set v{keyset.version}")
 
 
+# KEYDIR's own files (sdk/_keydir.py): root/release signing keys, the host's archive key
+_KEYDIR_NAMES = frozenset({"root", "release", "archive", "keyset"})
+
+
 @keys.command("fleet-key")
 @click.argument("keydir", type=click.Path(path_type=Path))
 @click.option("--name", default="fleet", show_default=True,
@@ -106,6 +110,9 @@ def keys_fleet_key(keydir: Path, name: str, force: bool) -> None:
     """
     from edgeship.sdk._crypt import write_key_pair
 
+    if name.lower() in _KEYDIR_NAMES:  # --force would destroy a signing or archive key
+        raise InputError(f"--name {name}: that name belongs to the key dir's own keys "
+                         f"({', '.join(sorted(_KEYDIR_NAMES))}); choose another")
     key_path, pub_path, keyid = write_key_pair(keydir, name, force=force)
     click.echo(f"encryption key {keyid[:16]}: {key_path} (private, 0600), {pub_path} "
                "(for release --encrypt-for)")
