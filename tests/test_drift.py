@@ -323,7 +323,7 @@ def test_profile_size_and_shape_limits() -> None:
     with pytest.raises(InputError, match="finite"):
         build_profile({"x": np.array([[1.0], [np.nan]])})
     with pytest.raises(InputError, match="fewer bins"):  # 64 features x 64 bins of noise
-        build_profile({"x": np.random.default_rng(0).random((400, 64))}, bins=64)
+        build_profile({"x": np.random.default_rng(0).random((1300, 64))}, bins=64)
 
 
 def test_profile_from_file_runs_the_model_on_an_npz(tmp_path: Path) -> None:
