@@ -188,7 +188,7 @@ class DriftTap:
     def telemetry(self) -> dict[str, Any]:
         """The full report (per-feature PSI / KS) for the heartbeat."""
         return {**self.report().to_dict(), "version": self.version, "errors": self.errors,
-                "dropped": self.dropped}
+                "dropped": self.dropped, "nan_values": self.monitor.nan_values}
 
     def status(self) -> dict[str, Any] | None:
         """Compact verdict for the retained status; None before the first sample."""

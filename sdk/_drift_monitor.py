@@ -4,7 +4,8 @@ of per-bin counts (:class:`DriftMonitor`), PSI and KS per feature, and the verdi
 
 PSI = sum((p - q) * ln(p / q)) with both shares floored at ``EPSILON``; KS is the
 largest difference of the two CDFs over the bin edges (a binned KS: a lower bound of the
-exact two-sample statistic). Memory is fixed by the profile (``slices`` x bins counts),
+exact two-sample statistic). A NaN feature value (e.g. inputs a cloud fallback answered)
+is counted in no bin, only in ``nan_values``: it is not the lowest value. Memory is fixed by the profile (``slices`` x bins counts),
 never by traffic; no input is kept. numpy is imported only when a monitor is built.
 """
 
@@ -156,6 +157,7 @@ class DriftMonitor:
         self._counts = np.zeros((self.config.slices, offset), np.int64)
         self._samples = np.zeros(self.config.slices, np.int64)
         self._slot = 0
+        self.nan_values = 0  # feature values that were NaN (counted in no bin)
 
     def observe(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None = None,
                 *, answered: Any = None) -> None:
@@ -190,7 +192,7 @@ class DriftMonitor:
         self._count(np.concatenate(rows, axis=1), n)
         if answers:  # fewer answer rows than inputs: counted into the current slice
             self._counts[self._slot] += np.bincount(np.concatenate([a.ravel() for a in answers]),
-                                                    minlength=self._bins)
+                                                    minlength=self._bins + 1)[: self._bins]
 
     def _parts(self, layout: TensorLayout, value: Any) -> list[Any]:
         np = self._np
@@ -208,6 +210,7 @@ class DriftMonitor:
         if layout.is_scores:
             cat, conf = _scores(layout, parts[0] if len(parts) == 1 else np.concatenate(parts))
             idx = np.stack([cat, (conf[:, None] > pad[0]).sum(axis=1)], axis=1)
+            nan = np.repeat(np.isnan(conf)[:, None], 2, axis=1)  # argmax picks a NaN
         else:
             if len(parts) == 1:
                 cols = _columns(layout, parts[0])
@@ -216,7 +219,12 @@ class DriftMonitor:
             else:
                 cols = _columns(layout, np.concatenate(parts))
             idx = (cols[:, :, None] > pad[None]).sum(axis=2)
-        return idx + offs
+            nan = np.isnan(cols)
+        idx = idx + offs
+        if nan.any():  # no bin: NaN is not the lowest value (+-inf are the extremes, binned)
+            idx[nan] = self._bins
+            self.nan_values += int(nan.sum())
+        return idx
 
     def _channel_means(self, layout: TensorLayout, parts: list[Any]) -> Any:
         """``_columns`` of many image batches: each summed where it lies into one array."""

@@ -178,3 +178,29 @@ def test_a_small_reference_does_not_alert_on_its_own_distribution(samples: int) 
         monitor.observe({"x": rng.normal(1.0, 1.0, size=(1000, 8)).astype(np.float32)})
         shifted += monitor.report().alert
     assert calm >= 9 and shifted == 10, (calm, shifted)
+
+
+def test_nan_values_are_not_counted_as_the_lowest_bin() -> None:
+    """NaN compared false with every edge and landed in bin 0: half the rows of a sensor
+    gone NaN (inputs a cloud fallback still answers) read as a shift to low values."""
+    from edgeship.agent._drift import DriftTap
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(2000, 3)).astype(np.float32)
+    profile = build_profile({"x": ref}, {"y": np.stack([ref[:, 0], -ref[:, 0]], axis=1)})
+    tap = DriftTap(profile, DriftConfig(window=1000, min_samples=200, batch=16), log=Events())
+    for i in range(600):
+        x = rng.normal(size=(1, 3)).astype(np.float32)
+        y = np.stack([x[:, 0], -x[:, 0]], axis=1)
+        if i % 2:
+            x[0, 0] = np.nan
+            y[0, 0] = np.nan
+        tap.observe({"x": x}, {"y": y}, source="local" if i % 3 else "cloud", version="1",
+                    seconds=0.0)
+    t = tap.telemetry()
+    by_name = {f["name"]: f for f in t["features"]}
+    assert t["alert"] is False, by_name
+    assert by_name["x[0]"]["samples"] == 300 and by_name["x[1]"]["samples"] == 600
+    assert by_name["y:class"]["samples"] == by_name["y:top1"]["samples"] < 400 // 2 + 1
+    assert t["nan_values"] == 300 + 2 * (400 - by_name["y:class"]["samples"]) and t["errors"] == 0
+    assert json.dumps(t, allow_nan=False)
