@@ -479,6 +479,10 @@ def run_agent(config: AgentConfig) -> int:
     handler.setFormatter(_JsonFormatter())
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     agent = Agent(config)
+    if agent.device_key is not None:  # no core file may hold the key or a decrypted model
+        from edgeship.agent._device_key import no_core_dumps
+
+        log("core_dumps_off", done=no_core_dumps())
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
     agent.run()

@@ -9,7 +9,9 @@ source, never the key.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import resource
 import stat
 import subprocess
 from pathlib import Path
@@ -19,7 +21,7 @@ from edgeship.agent._config import EncryptionConfig
 
 from edgeship._errors import ConfigError, EdgeshipError
 
-__all__ = ["MAX_KEY_BYTES", "load_device_key"]
+__all__ = ["MAX_KEY_BYTES", "load_device_key", "no_core_dumps"]
 
 MAX_KEY_BYTES = 16 * 1024  # a PEM private key is ~120 bytes
 
@@ -127,3 +129,30 @@ def _from_command(argv: tuple[str, ...], timeout: float) -> bytes:
     if len(out.stdout) > MAX_KEY_BYTES:
         raise ConfigError(f"{what}: {argv[0]} printed more than {MAX_KEY_BYTES} bytes")
     return out.stdout
+
+
+_PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+
+
+def no_core_dumps() -> list[str]:
+    """Keep this process's memory (the device key, decrypted models) out of core files.
+
+    RLIMIT_CORE 0, soft and hard, is inherited by the health-check child and the shadow
+    worker, which hold plaintext too (systemd-coredump and apport honour it as well);
+    ``PR_SET_DUMPABLE`` 0 also stops other processes of the same user from reading this
+    one's memory through ptrace or /proc (it is reset at exec, so only for this process).
+    Best effort: returns what was done. Swap is not covered (encrypt it, or turn it off).
+    """
+    done = []
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        done.append("rlimit_core")
+    except (OSError, ValueError):
+        pass
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
+            done.append("not_dumpable")
+    except (OSError, AttributeError):  # not Linux
+        pass
+    return done

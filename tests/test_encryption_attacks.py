@@ -195,3 +195,28 @@ def test_key_dir_copied_without_archive_key(tmp_path: Path, fleet: dict[str, Any
     # another key dir's archive key in its place: said so, not "this device's key is"
     write_key_pair(copy, "archive")
     _one_line(_edgeship(*args), "not released with this key dir's archive key")
+
+
+def test_agent_with_a_device_key_makes_no_core_dumps(
+        tmp_path: Path, mosquitto: Mosquitto, fleet: dict[str, Any]) -> None:
+    """A core file of the agent would hold the device key and the decrypted model: with
+    [encryption] the agent turns core dumps off (inherited by its children) and is not
+    dumpable."""
+    port = free_port()
+    agent = _agent(tmp_path, mosquitto, fleet, fleet["old_key"], port)
+    try:
+        agent.wait_ready()
+        line = agent.wait_log(lambda li: li.get("event") == "core_dumps_off")
+        assert line["done"] == ["rlimit_core", "not_dumpable"]
+        assert agent.proc is not None
+        limits = Path(f"/proc/{agent.proc.pid}/limits").read_text()
+        core = next(li for li in limits.splitlines() if li.startswith("Max core file size"))
+        assert core.split()[4:6] == ["0", "0"], core
+        child = subprocess.run(  # what the health-check child and shadow worker inherit
+            [sys.executable, "-c", "import resource, sys; from edgeship.agent._device_key "
+             "import no_core_dumps; print(no_core_dumps(), resource.getrlimit("
+             "resource.RLIMIT_CORE)); import ctypes; print(ctypes.CDLL(None).prctl(3,0,0,0,0))"],
+            capture_output=True, text=True, timeout=60, check=True)
+        assert child.stdout.split("\n")[:2] == ["['rlimit_core', 'not_dumpable'] (0, 0)", "0"]
+    finally:
+        agent.kill()
