@@ -57,7 +57,8 @@ MAX_PROFILE_BYTES = 64 * 1024
 MAX_FEATURES = 64  # per role: inputs and outputs each
 MAX_BINS = 64
 MAX_TENSORS = 16
-MAX_NAME = 128
+MAX_NAME = 128  # a tensor's name
+MAX_FEATURE_NAME = MAX_NAME + 8  # its name + ":class", ":top1" or "[63]"
 MAX_RANK = 8
 DEFAULT_BINS = 10
 SAMPLES_PER_BIN = 20  # reference samples per numeric bin, at least (2 bins at least)
@@ -75,9 +76,9 @@ def _int(v: Any, what: str, lo: int, hi: int) -> int:
     return v
 
 
-def _str(v: Any, what: str) -> str:
-    if not isinstance(v, str) or not 0 < len(v) <= MAX_NAME:
-        raise _fail(what, f"expected a name of 1..{MAX_NAME} characters, got {str(v)[:40]!r}")
+def _str(v: Any, what: str, limit: int = MAX_NAME) -> str:
+    if not isinstance(v, str) or not 0 < len(v) <= limit:
+        raise _fail(what, f"expected a name of 1..{limit} characters, got {str(v)[:40]!r}")
     return v
 
 
@@ -111,7 +112,7 @@ class TensorLayout:
     probabilities: bool = True  # class_scores: rows are already softmax outputs
 
     def __post_init__(self) -> None:
-        w = f"tensors[{self.name}]"
+        w = f"tensors[{str(self.name)[:MAX_NAME]}]"
         _str(self.name, w + ".name")
         if self.role not in _ROLES or self.kind not in _KINDS:
             raise _fail(w, f"role must be one of {_ROLES} and kind one of {_KINDS}")
@@ -175,8 +176,8 @@ class FeatureProfile:
     proportions: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        w = f"features[{self.name}]"
-        _str(self.name, w + ".name")
+        w = f"features[{str(self.name)[:MAX_FEATURE_NAME]}]"
+        _str(self.name, w + ".name", MAX_FEATURE_NAME)
         if self.kind not in ("numeric", "categorical"):
             raise _fail(w + ".kind", f"{self.kind!r} is not numeric or categorical")
         bins = len(self.proportions)
@@ -204,7 +205,8 @@ class FeatureProfile:
     @classmethod
     def from_dict(cls, d: Any) -> FeatureProfile:
         d = _mapping(d, "features[]")
-        return cls(name=_str(d.get("name"), "features[].name"), kind=d.get("kind"),
+        return cls(name=_str(d.get("name"), "features[].name", MAX_FEATURE_NAME),
+                   kind=d.get("kind"),
                    edges=_floats(d.get("edges"), "features[].edges", MAX_BINS - 1),
                    proportions=_floats(d.get("proportions"), "features[].proportions",
                                        MAX_BINS))

@@ -16,9 +16,11 @@ from edgeship.agent._ota_types import SlotInfo
 from edgeship.agent._taps import Taps
 from edgeship.sdk._drift_monitor import DriftConfig, DriftMonitor
 from edgeship.sdk._model import Model
-from edgeship.sdk._profile import build_profile, profile_from_file
+from edgeship.sdk._profile import Profile, build_profile, profile_from_file
 from prometheus_client import generate_latest
 from test_agent_support import make_keys
+
+from edgeship._errors import MalformedError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -204,3 +206,21 @@ def test_nan_values_are_not_counted_as_the_lowest_bin() -> None:
     assert by_name["y:class"]["samples"] == by_name["y:top1"]["samples"] < 400 // 2 + 1
     assert t["nan_values"] == 300 + 2 * (400 - by_name["y:class"]["samples"]) and t["errors"] == 0
     assert json.dumps(t, allow_nan=False)
+
+
+def test_tensor_names_up_to_the_limit_make_a_profile() -> None:
+    """A tensor name of 123..128 characters is valid, but its feature names (":class",
+    "[63]" added) went over the same limit: build_profile (and so `convert --eval`) failed
+    with a MalformedError about a name it had made itself."""
+    rng = np.random.default_rng(0)
+    long_in, long_out = "i" * 128, "o" * 128
+    profile = build_profile({long_in: rng.normal(size=(400, 64)).astype(np.float32)},
+                            {long_out: rng.random(size=(400, 10)).astype(np.float32)})
+    names = [f.name for f in profile.features]
+    assert names[0] == f"{long_in}[0]" and names[-2:] == [f"{long_out}:class", f"{long_out}:top1"]
+    assert Profile.from_json(profile.to_json()) == profile
+    tap_status = DriftMonitor(profile, DriftConfig(min_samples=10))
+    tap_status.observe({long_in: rng.normal(size=(50, 64)).astype(np.float32)})
+    assert len(json.dumps(tap_status.report().status())) < 400  # the retained status stays small
+    with pytest.raises(MalformedError, match="128 characters"):  # over the limit: one clear error
+        build_profile({"x" * 129: np.zeros((40, 1), np.float32)})
