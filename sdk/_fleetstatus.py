@@ -150,7 +150,8 @@ class FleetWatcher:
             subs.append(f"edgeship/{fleet}/+/telemetry")
         self.edge = MqttEdge(broker_url, client_id=client_id or f"edgeship-watch-{os.getpid()}"
                              f"-{id(self) & 0xffff:x}", subscriptions=subs,
-                             on_message=self._on_message, username=username, password=password)
+                             on_message=self._on_message, username=username, password=password,
+                             subscribe_qos=0)  # QoS 1 would get only ~1000 retained statuses
 
     def start(self, timeout: float = 10.0) -> FleetWatcher:
         self.edge.start()

@@ -90,10 +90,14 @@ class MqttEdge:
                  on_disconnect: Callable[[str], None] | None = None,
                  username: str = "", password: str = "", ca: str = "", cert: str = "",
                  key: str = "", keepalive: int = 30, min_backoff: float = 0.25,
-                 max_backoff: float = 10.0, will: tuple[str, bytes, bool] | None = None) -> None:
+                 max_backoff: float = 10.0, will: tuple[str, bytes, bool] | None = None,
+                 subscribe_qos: int = 1) -> None:
         self.host, self.port, tls = parse_broker_url(url)
         self.client_id, self.keepalive = client_id, keepalive
         self.subscriptions = list(subscriptions)
+        # 0 for a reader of many retained topics: a broker queues at most
+        # max_queued_messages (mosquitto: 1000) QoS 1 messages per client, drops the rest
+        self.subscribe_qos = subscribe_qos
         self._on_message, self._on_connect, self._on_disconnect = on_message, on_connect, on_disconnect
         self.min_backoff, self.max_backoff = min_backoff, max_backoff
         self._backoff, self._next_try, self._started = min_backoff, 0.0, False
@@ -192,7 +196,7 @@ class MqttEdge:
         if topic not in self.subscriptions:
             self.subscriptions.append(topic)
         if self.connected:
-            self.client.subscribe(topic, qos=1)
+            self.client.subscribe(topic, qos=self.subscribe_qos)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                 response_topic: str | None = None, correlation: bytes | None = None,
@@ -230,7 +234,7 @@ class MqttEdge:
         if isinstance(sock, _socket.socket):  # no Nagle: a request waits for no ACK timer
             with contextlib.suppress(OSError):
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-        mids = (client.subscribe(t, qos=1)[1] for t in self.subscriptions)
+        mids = (client.subscribe(t, qos=self.subscribe_qos)[1] for t in self.subscriptions)
         self._pending_subs = {mid for mid in mids if mid is not None}
         if not self._pending_subs:
             self._ready()

@@ -147,3 +147,41 @@ def test_shadow_ended_is_pure_and_only_for_completed_shadow_rollouts() -> None:
     assert not shadow_ended(done, {"a": shadowing})  # b silent: nothing known
     assert not shadow_ended(replace(done, status="running"), {"a": dropped, "b": dropped})
     assert not shadow_ended(replace(done, mode="active"), {"a": dropped, "b": dropped})
+
+
+def test_fleet_status_sees_every_device_of_a_large_fleet(mosquitto: Mosquitto) -> None:
+    """With QoS 1 subscriptions a stock mosquitto (max_queued_messages 1000) delivered
+    only ~1020 of the retained statuses: fleet status, and the device lists of push and
+    promote, silently missed the rest of the fleet."""
+    import json
+
+    from edgeship.sdk._mqtt import MqttEdge
+
+    n = 1500
+    edge = MqttEdge(mosquitto.url, client_id="many-devices")
+    edge.start()
+    try:
+        assert edge.wait_connected(10)
+        infos = []
+        for i in range(n):
+            status = {"device": f"d{i:04d}", "state": "shadowing", "version": "1.0.0",
+                      "target": "2.0.0", "error": None, "progress": None, "ts": time.time(),
+                      "shadow": {"version": "2.0.0", "state": "running", "agreement": 0.99,
+                                 "compared": 100}}
+            info = edge.publish(f"edgeship/t/d{i:04d}/status", json.dumps(status).encode(),
+                                retain=True)
+            assert info is not None
+            infos.append(info)
+        for info in infos:
+            info.wait_for_publish(10)
+            assert info.is_published()
+    finally:
+        edge.stop()
+    out = subprocess.run([sys.executable, "-m", "edgeship", "fleet", "status", "--broker",
+                          mosquitto.url, "--fleet", "t", "--json"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["summary"]["devices"] == n
+    assert doc["summary"]["shadows"] == {"2.0.0": n}
+    assert len(doc["devices"]) == n
