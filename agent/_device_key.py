@@ -43,7 +43,9 @@ def load_device_key(config: EncryptionConfig) -> Any | None:
     from edgeship.sdk._crypt import load_private_key
 
     try:
-        return load_private_key(data.strip())
+        # PEM may come with blank lines around it; 32 raw bytes are the key itself, and
+        # one in twenty starts or ends with a byte strip() would take
+        return load_private_key(data if len(data) == 32 else data.strip())
     except (EdgeshipError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 

@@ -220,3 +220,16 @@ def test_agent_with_a_device_key_makes_no_core_dumps(
         assert child.stdout.split("\n")[:2] == ["['rlimit_core', 'not_dumpable'] (0, 0)", "0"]
     finally:
         agent.kill()
+
+
+def test_raw_32_byte_key_with_whitespace_bytes_loads(tmp_path: Path) -> None:
+    """A raw X25519 key is any 32 bytes: one beginning with a space or ending with a
+    newline byte is still the key (stripping it as if it were PEM broke ~5% of keys)."""
+    raw = b" " + os.urandom(30) + b"\n"
+    want = keyid_of_public(X25519PrivateKey.from_private_bytes(raw))
+    key = tmp_path / "raw.key"
+    key.write_bytes(raw)
+    key.chmod(0o600)
+    assert keyid_of_public(load_device_key(EncryptionConfig(key_file=str(key)))) == want
+    argv = (sys.executable, "-c", f"import sys; sys.stdout.buffer.write({raw!r})")
+    assert keyid_of_public(load_device_key(EncryptionConfig(key_command=argv))) == want
