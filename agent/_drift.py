@@ -18,6 +18,10 @@ written and ``on_change`` (if given) is called with the compact status. Promethe
 ``edgeship_drift_psi{feature}``, ``edgeship_drift_ks{feature}``, ``edgeship_drift_alert``,
 ``edgeship_drift_window`` on the registry handed in.
 
+The window lives in memory only: an agent restart (or any new load of the model) starts
+it empty, and nothing is judged until it holds ``min_samples`` again; the retained status
+then carries the first verdict (``on_change`` is called once for it).
+
 ``[drift]`` in agent.toml maps onto :class:`DriftConfig` (``window``, ``slices``,
 ``psi_alert``, ``ks_alert``, ``min_samples``, ``sample``, ``batch``; see
 ``DriftConfig.from_dict``).
@@ -108,6 +112,7 @@ class DriftTap:
         self._log = log or _default_log
         self._on_change = on_change
         self._alert = False
+        self._judged = False  # the window has held min_samples once (a first verdict exists)
         self._last: DriftReport | None = None
         self.errors = 0  # requests that could not be counted (the first one is logged)
         self.dropped = 0  # requests not counted because the buffer was full
@@ -168,12 +173,16 @@ class DriftTap:
 
     # -- off the answer path -------------------------------------------------------------
     def report(self) -> DriftReport:
-        """Count what is buffered, judge the window, log / call back on a flip."""
+        """Count what is buffered, judge the window, log / call back on a flip. The first
+        verdict (the window holds ``min_samples``) is called back too, without a log line:
+        a calm device's status then says "watched, no drift" rather than nothing."""
         with self._lock:
             self._count()
             report = self.monitor.report()
             flipped = report.alert != self._alert
+            first = not self._judged and report.window >= self.config.min_samples
             self._alert, self._last = report.alert, report
+            self._judged = self._judged or first
         self._export(report)
         if flipped:
             fields = {**report.status(), "version": self.version}
@@ -181,8 +190,8 @@ class DriftTap:
                 self._log("drift_alert", "warning", **fields)
             else:
                 self._log("drift_cleared", "info", **fields)
-            if self._on_change is not None:
-                self._on_change(report.status())
+        if (flipped or first) and self._on_change is not None:
+            self._on_change(report.status())
         return report
 
     def telemetry(self) -> dict[str, Any]:

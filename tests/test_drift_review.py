@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import free_port
 from edgeship.agent._api import AgentService, Metrics, Serving, describe
 from edgeship.agent._ota_types import SlotInfo
 from edgeship.agent._taps import Taps
@@ -224,3 +225,45 @@ def test_tensor_names_up_to_the_limit_make_a_profile() -> None:
     assert len(json.dumps(tap_status.report().status())) < 400  # the retained status stays small
     with pytest.raises(MalformedError, match="128 characters"):  # over the limit: one clear error
         build_profile({"x" * 129: np.zeros((40, 1), np.float32)})
+
+
+def test_a_calm_device_reports_its_first_verdict_and_a_restart_starts_a_new_window(
+        tmp_path: Path, mosquitto: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The retained status carried drift only when the alert flipped: a device watching a
+    calm stream said `"drift": null` forever (fleet status "-", as if it had no profile).
+    The first verdict is published too; a restart starts an empty window (documented)."""
+    from test_agent_support import AgentProc, Watcher, write_config
+    from test_drift_agent import DRIFT_TOML, Telemetry, _send, stream
+
+    tmp = tmp_path_factory.mktemp("calm-release")
+    keys = make_keys(tmp)
+    assert _run("convert", FIXTURES / "cnn.onnx", "--calib", FIXTURES / "cnn_calib.npz", "--eval",
+                FIXTURES / "cnn_eval.npz", "--format", "onnx", "-o", tmp / "c", "-q").returncode == 0
+    assert _run("release", tmp / "c" / "model.int8.onnx", "--version", "1.0.0", "--keys", keys,
+                "-o", tmp / "rel", "--model-name", "model",
+                "--profile", tmp / "c" / "profile.json").returncode == 0
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port, root_pub=keys / "root.pub",
+                       initial=tmp / "rel", extra=DRIFT_TOML)
+    telemetry, status = Telemetry(mosquitto.url), Watcher(mosquitto.url)
+    agent = AgentProc(cfg, port).start()
+    try:
+        agent.wait_ready()
+        agent.wait_log(lambda e: e.get("event") == "drift_watching")
+        sent = _send(agent.url, stream(300, seed=21))
+        telemetry.next_drift(sent, lambda d: d["window"] >= 250)
+        calm = status.wait(lambda s: isinstance(s.get("drift"), dict), timeout=10)
+        assert calm["drift"]["alert"] is False and calm["drift"]["window"] >= 250, calm
+        assert calm["drift"]["max_psi"] < 0.1
+        assert not [e for e in agent.log if e.get("event") in ("drift_alert", "drift_cleared")]
+
+        assert agent.terminate() == 0
+        agent = AgentProc(cfg, port).start()
+        agent.wait_ready()
+        sent = _send(agent.url, stream(20, seed=22))
+        fresh = telemetry.next_drift(sent, lambda d: True)
+        assert fresh["window"] <= 20 and fresh["alert"] is False  # a new, empty window
+    finally:
+        agent.kill()
+        telemetry.close()
+        status.close()
