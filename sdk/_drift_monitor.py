@@ -29,9 +29,10 @@ _REDUCE_EACH = 1024  # values per sample from which list parts are reduced one b
 @dataclass(frozen=True, kw_only=True)
 class DriftConfig:
     """``[drift]`` in agent.toml. The sliding window is a ring of ``slices`` (>= 2)
-    count arrays of ``window / slices`` input samples each: it holds between
-    ``window - window / slices`` and ``window`` samples. PSI / KS are judged once
-    ``min_samples`` are in it."""
+    count arrays of ``ceil(window / slices)`` input samples each: once full it holds
+    between ``held = (slices - 1) * ceil(window / slices)`` (a slice just forgotten) and
+    ``held + ceil(window / slices) - 1`` samples. PSI / KS are judged once ``min_samples``
+    are in it, so ``min_samples`` must be at most ``held`` (else no verdict, ever)."""
 
     window: int = 1000
     slices: int = 8
@@ -54,6 +55,12 @@ class DriftConfig:
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"drift.{name}: {getattr(self, name)!r} is out of range")
+        held = (self.slices - 1) * -(-self.window // self.slices)
+        if self.min_samples > held:
+            raise ConfigError(
+                f"drift.min_samples: {self.min_samples} is more than the {held} samples the "
+                f"window keeps once it slides (window {self.window} in {self.slices} slices): "
+                "it would never give a verdict")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DriftConfig:

@@ -267,3 +267,23 @@ def test_a_calm_device_reports_its_first_verdict_and_a_restart_starts_a_new_wind
         agent.kill()
         telemetry.close()
         status.close()
+
+
+def test_min_samples_the_sliding_window_never_holds_is_refused() -> None:
+    """window=400, slices=4, min_samples=400 was accepted, but once a slice fills the
+    next one is cleared: the window never holds more than 350 of 50-row batches, so a
+    fully shifted stream never raised the alert."""
+    from edgeship._errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"drift\.min_samples: 400 .* 300 samples"):
+        DriftConfig.from_dict({"window": 400, "slices": 4, "min_samples": 400})
+    with pytest.raises(ConfigError, match=r"drift\.min_samples"):
+        DriftConfig(window=100, slices=2, min_samples=60)
+    config = DriftConfig(window=400, slices=4, min_samples=300)  # the most it allows
+    rng = np.random.default_rng(0)
+    monitor = DriftMonitor(build_profile({"x": rng.normal(size=(2000, 2))}), config)
+    verdicts = []
+    for _ in range(20):
+        monitor.observe({"x": rng.normal(3.0, 1.0, size=(50, 2))})
+        verdicts.append(monitor.report().alert)
+    assert verdicts[5:] == [True] * 15  # from 300 samples on, and it never flaps off
