@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeship.sdk._crypt import (
+    MAX_RECIPIENTS,
     Encryption,
     decrypt,
     encrypt,
+    keyid_of_public,
     load_public_key,
     make_encryption,
     new_data_key,
@@ -227,6 +229,11 @@ class _Seal:
     @classmethod
     def new(cls, keys: KeyDir, recipients: Sequence[Any]) -> _Seal:
         publics = [_recipient_key(r) for r in recipients]
+        distinct = {keyid_of_public(p) for p in publics}
+        if len(distinct) >= MAX_RECIPIENTS:  # the archive key takes one more wrap
+            raise InputError(f"--encrypt-for: {len(distinct)} keys, at most "
+                             f"{MAX_RECIPIENTS - 1} (one more wrap is for the archive key); "
+                             "encrypt for a fleet key instead")
         archive = keys.archive_key(create=True).public_key()
         data_key = new_data_key()
         return cls(data_key=data_key, encryption=make_encryption(data_key, [*publics, archive]))
@@ -300,7 +307,7 @@ def _base_plaintext(base_dir: Path, stored: bytes, encryption: Encryption, keys:
     try:
         return decrypt(stored, unwrap_data_key(encryption, archive), what=f"--base {base_dir}")
     except DecryptionError as exc:
-        from edgeship.sdk._crypt import keyid_of_public, short
+        from edgeship.sdk._crypt import short
 
         if encryption.recipient(keyid_of_public(archive)) is None:
             raise InputError(f"--base {base_dir} was not released with this key dir's "

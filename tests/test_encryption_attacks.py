@@ -233,3 +233,19 @@ def test_raw_32_byte_key_with_whitespace_bytes_loads(tmp_path: Path) -> None:
     assert keyid_of_public(load_device_key(EncryptionConfig(key_file=str(key)))) == want
     argv = (sys.executable, "-c", f"import sys; sys.stdout.buffer.write({raw!r})")
     assert keyid_of_public(load_device_key(EncryptionConfig(key_command=argv))) == want
+
+
+def test_release_for_too_many_keys_says_how_many_fit(tmp_path: Path,
+                                                      fleet: dict[str, Any]) -> None:
+    """MAX_RECIPIENTS counts the archive key's wrap too: 10000 device keys are refused as
+    the user's input, naming the limit they can use, before any output is made."""
+    from edgeship.sdk._crypt import MAX_RECIPIENTS
+
+    from edgeship import InputError
+
+    publics = [X25519PrivateKey.generate().public_key() for _ in range(MAX_RECIPIENTS)]
+    with pytest.raises(InputError, match=f"{MAX_RECIPIENTS} keys, at most {MAX_RECIPIENTS - 1}"):
+        Release.build(make_model(tmp_path / "m.onnx", 6.0), version="6.0.0",
+                      keydir=fleet["keys"], out=tmp_path / "r", model_name="model",
+                      encrypt_for=publics)
+    assert not (tmp_path / "r").exists()
