@@ -3,7 +3,8 @@ release profile's bins (:class:`~edgeship.sdk._profile.DriftMonitor`) and says w
 stops looking like the reference data.
 
 Answer path: :meth:`DriftTap.observe` only appends the request's arrays to a bounded
-buffer (no copy, no numpy); every ``config.batch`` requests the request that fills it
+buffer (no copy, no numpy); every ``config.batch`` requests (fewer for inputs so large
+that a batch would hold over 8 MiB of float32 samples) the request that fills it
 counts the whole buffer in one vectorised pass (a few µs per request, amortised), and the
 heartbeat (:meth:`DriftTap.telemetry`) counts what is left. The buffer holds at most
 ``8 * batch`` requests: when the counting falls behind, requests are dropped from the
@@ -29,6 +30,7 @@ then carries the first verdict (``on_change`` is called once for it).
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections import deque
@@ -42,6 +44,7 @@ __all__ = ["LOCAL_SOURCES", "DriftConfig", "DriftTap", "reset_gauges"]
 
 LOCAL_SOURCES = frozenset({"local", "local-degraded"})  # answers whose outputs are counted
 _PENDING_BATCHES = 8  # the buffer holds this many batches at most (oldest dropped beyond)
+_PENDING_BYTES = 8 << 20  # a batch holds at most about this much input (float32 samples)
 
 # one set of gauges per registry: a tap is rebuilt on every model load, the metric names
 # can be registered only once
@@ -104,7 +107,11 @@ class DriftTap:
         self.config = config or DriftConfig()
         self.version = version
         self.monitor = DriftMonitor(profile, self.config)
-        self._max_pending = self.config.batch * _PENDING_BATCHES
+        # large inputs: fewer requests held before counting (the buffer keeps references
+        # to whole requests: 32 full-HD float images would be 800 MB)
+        sample_bytes = sum(4 * math.prod(t.shape) for t in profile.tensors if t.role == "input")
+        self._batch = max(1, min(self.config.batch, _PENDING_BYTES // max(sample_bytes, 1)))
+        self._max_pending = self._batch * _PENDING_BATCHES
         self._pending: deque[tuple[Any, Any]] = deque(maxlen=self._max_pending)
         self._stride = max(1, round(1 / self.config.sample))
         self._tick = 0
@@ -134,7 +141,7 @@ class DriftTap:
             self.dropped += 1  # the counting thread is behind (never blocks an answer)
             return
         self._pending.append((inputs, outputs if source in LOCAL_SOURCES else None))
-        if len(self._pending) >= self.config.batch:
+        if len(self._pending) >= self._batch:
             self.flush(wait=False)
 
     def flush(self, *, wait: bool = True) -> None:

@@ -287,3 +287,20 @@ def test_min_samples_the_sliding_window_never_holds_is_refused() -> None:
         monitor.observe({"x": rng.normal(3.0, 1.0, size=(50, 2))})
         verdicts.append(monitor.report().alert)
     assert verdicts[5:] == [True] * 15  # from 300 samples on, and it never flaps off
+
+
+def test_large_inputs_are_counted_before_many_of_them_pile_up() -> None:
+    """The tap holds references to whole requests until a batch of 32 is counted: with
+    3 MB images that is ~100 MB held per tap (full-HD float images: 800 MB). A batch now
+    holds at most ~8 MiB of input."""
+    from edgeship.agent._drift import DriftTap
+
+    rng = np.random.default_rng(0)
+    images = rng.random((40, 3, 512, 512), dtype=np.float32)  # 3 MiB each
+    profile = build_profile({"img": images})
+    tap = DriftTap(profile, DriftConfig(window=1000, min_samples=10), log=Events())
+    for i, x in enumerate(images[:20]):
+        tap.observe({"img": x[None]}, {}, source="local", version="1", seconds=0.0)
+        held = i + 1 - tap.monitor.window
+        assert held * x.nbytes <= 8 << 20, held
+    assert tap.telemetry()["window"] == 20 and tap.errors == 0
