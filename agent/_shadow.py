@@ -16,7 +16,8 @@ Public surface (the daemon wires it; H3)::
   Calling ``start`` again replaces the running shadow.
 * ``observe`` is the tap: it only looks at answers with ``source == "local"``, picks a
   ``sample`` fraction of them, skips while the shadow is over its CPU budget, and puts
-  (inputs, outputs, seconds) on a bounded queue (full: counted in ``dropped``). It takes
+  (inputs, outputs, seconds) on a queue bounded in count (``queue``) and bytes
+  (``max_queue_bytes``; full or too big: counted in ``dropped``). It takes
   a lock for a few counters and never blocks on I/O or raises; answers are never changed.
 * A feeder thread sends each queued request with the active answer to the child
   (``python -m edgeship.agent._shadow_worker``, framed raw arrays over pipes), which runs
@@ -70,6 +71,8 @@ class ShadowConfig:
     load_timeout_s: float = 120.0
     nice: int = 10
     max_request_bytes: int = 16 << 20  # one sampled request; bigger ones are dropped
+    # what the waiting requests may hold in memory together (big inputs: fewer wait)
+    max_queue_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
         checks = [("sample", 0.0 < self.sample <= 1.0, "in (0, 1]"),
@@ -82,7 +85,9 @@ class ShadowConfig:
                   ("load_timeout_s", 0.0 < self.load_timeout_s <= 3600, "in (0, 3600]"),
                   ("nice", 0 <= self.nice <= 19, "in [0, 19]"),
                   ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30,
-                   "in [1 KiB, 1 GiB]")]
+                   "in [1 KiB, 1 GiB]"),
+                  ("max_queue_bytes", 1024 <= self.max_queue_bytes <= 1 << 34,
+                   "in [1 KiB, 16 GiB]")]
         for key, ok, want in checks:
             if not ok:
                 raise ConfigError(f"shadow.{key}: must be {want}, got {getattr(self, key)}")
@@ -151,6 +156,11 @@ class _Budget:
         self.tokens = min(self.cap, self.tokens + (now - self.last) * self.fraction) - cpu
         self.last = now
         return now if self.tokens >= 0 else now + (-self.tokens) / self.fraction
+
+
+def _nbytes(arrays: Mapping[str, Any]) -> int:
+    """The bytes ``arrays`` hold (numpy arrays; anything else counts 0): a few us."""
+    return sum(getattr(v, "nbytes", 0) for v in arrays.values())
 
 
 def _p50(values: deque[float]) -> float | None:
@@ -256,7 +266,8 @@ class ShadowTap:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._worker: _Worker | None = None
-        self._queue: deque[tuple[Any, Any, float]] = deque()
+        self._queue: deque[tuple[Any, Any, float, int]] = deque()
+        self._queued_bytes = 0
         self._reset("", "stopped")
 
     def _reset(self, version: str, state: str) -> None:
@@ -265,6 +276,7 @@ class ShadowTap:
         self._acc = 0.0
         self._resume_at = 0.0
         self._queue.clear()
+        self._queued_bytes = 0
         self._counts = dict.fromkeys(("sampled", "compared", "agreed", "dropped", "errors",
                                       "crashes", "restarts", "budget_skipped"), 0)
         self._max_diff: float | None = None
@@ -346,10 +358,15 @@ class ShadowTap:
                 self._counts["budget_skipped"] += 1
                 return
             self._counts["sampled"] += 1
-            if not self._ready or len(self._queue) >= self.config.queue:
+            # the queue keeps the arrays alive: bound it in bytes too, not only in count
+            size = _nbytes(inputs) + _nbytes(outputs)
+            if not self._ready or len(self._queue) >= self.config.queue \
+                    or size > self.config.max_request_bytes \
+                    or (self._queue and self._queued_bytes + size > self.config.max_queue_bytes):
                 self._counts["dropped"] += 1
                 return
-            self._queue.append((inputs, outputs, seconds))
+            self._queue.append((inputs, outputs, seconds, size))
+            self._queued_bytes += size
         self._wake.set()
 
     # -- the feeder thread ------------------------------------------------------------
@@ -430,19 +447,23 @@ class ShadowTap:
         """Count what waited for a child that is gone as dropped (holding the lock)."""
         self._counts["dropped"] += len(self._queue)
         self._queue.clear()
+        self._queued_bytes = 0
 
-    def _next(self) -> tuple[Any, Any, float] | None:
+    def _next(self) -> tuple[Any, Any, float, int] | None:
         with self._lock:
             if self._queue:
-                return self._queue.popleft()
+                item = self._queue.popleft()
+                self._queued_bytes -= item[3]
+                return item
             self._wake.clear()
         self._wake.wait(0.5)
         return None
 
-    def _one(self, worker: _Worker, item: tuple[Any, Any, float], budget: _Budget) -> None:
+    def _one(self, worker: _Worker, item: tuple[Any, Any, float, int],
+             budget: _Budget) -> None:
         from edgeship.agent._shadow_worker import encode_arrays, pack_frame
 
-        inputs, outputs, seconds = item
+        inputs, outputs, seconds, _ = item
         own0 = time.thread_time()
         try:
             specs_in, blobs_in = encode_arrays(inputs)

@@ -185,3 +185,35 @@ def test_fleet_status_sees_every_device_of_a_large_fleet(mosquitto: Mosquitto) -
     assert doc["summary"]["devices"] == n
     assert doc["summary"]["shadows"] == {"2.0.0": n}
     assert len(doc["devices"]) == n
+
+
+def test_the_shadow_queue_is_bounded_in_bytes() -> None:
+    """A slow or hung shadow keeps the queued requests' arrays alive: with big inputs a
+    queue of N requests held N x 16 MiB in the agent. Now what waits is bounded in bytes
+    (max_queue_bytes) and a request over max_request_bytes is not queued at all."""
+    from edgeship.agent._shadow import ShadowConfig, ShadowTap
+
+    mlp = Path(__file__).parent / "fixtures" / "mlp.onnx"
+    tap = ShadowTap(ShadowConfig(sample=1.0, cpu_budget=8.0, queue=64, max_queue_bytes=4 << 20,
+                                 max_request_bytes=2 << 20), log=lambda *a, **k: None)
+    tap.start(mlp.read_bytes(), fmt="onnx", version="2.0.0", runtime="onnxruntime")
+    try:
+        assert tap.wait_ready(60), tap.stats()
+        pid = tap.worker_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # hung: nothing leaves the queue
+        big = {"input": np.zeros((1, 1 << 18), np.float32)}  # 1 MiB
+        out = {"probs": np.zeros((1, 10), np.float32)}
+        for _ in range(20):
+            tap.observe(big, out, source="local", version="1.0.0", seconds=0.001)
+        stats = tap.stats()
+        assert stats["sampled"] == 20
+        assert stats["dropped"] >= 15, stats  # at most 4 MiB wait (+1 taken by the feeder)
+        huge = {"input": np.zeros((1, 3 << 18), np.float32)}  # 3 MiB > max_request_bytes
+        tap.stop()
+        tap.start(mlp.read_bytes(), fmt="onnx", version="2.0.0", runtime="onnxruntime")
+        assert tap.wait_ready(60)
+        tap.observe(huge, out, source="local", version="1.0.0", seconds=0.001)
+        assert tap.stats()["dropped"] == 1
+    finally:
+        tap.stop()
