@@ -113,8 +113,7 @@ class DriftTap:
         self._batch = max(1, min(self.config.batch, _PENDING_BYTES // max(sample_bytes, 1)))
         self._max_pending = self._batch * _PENDING_BATCHES
         self._pending: deque[tuple[Any, Any]] = deque(maxlen=self._max_pending)
-        self._stride = max(1, round(1 / self.config.sample))
-        self._tick = 0
+        self._credit = 0.0  # sampling: + sample per request, one counted per whole unit
         self._lock = threading.Lock()  # serializes the monitor (counting and reports)
         self._log = log or _default_log
         self._on_change = on_change
@@ -133,10 +132,12 @@ class DriftTap:
     # -- answer path ---------------------------------------------------------------------
     def observe(self, inputs: dict[str, Any], outputs: dict[str, Any], *, source: str,
                 version: str, seconds: float) -> None:
-        if self._stride > 1:
-            self._tick += 1  # a lost increment under a race only shifts the sampling
-            if self._tick % self._stride:
+        if self.config.sample < 1:  # exactly `sample` of the requests (0.7 counted all)
+            credit = self._credit + self.config.sample  # a race only shifts the sampling
+            if credit < 1.0:
+                self._credit = credit
                 return
+            self._credit = credit - 1.0
         if len(self._pending) >= self._max_pending:
             self.dropped += 1  # the counting thread is behind (never blocks an answer)
             return

@@ -304,3 +304,18 @@ def test_large_inputs_are_counted_before_many_of_them_pile_up() -> None:
         held = i + 1 - tap.monitor.window
         assert held * x.nbytes <= 8 << 20, held
     assert tap.telemetry()["window"] == 20 and tap.errors == 0
+
+
+@pytest.mark.parametrize(("sample", "counted"), [(0.7, 700), (0.4, 400), (0.25, 250)])
+def test_sample_counts_that_fraction_of_the_requests(sample: float, counted: int) -> None:
+    """sample was turned into a stride round(1/sample): 0.7 counted every request, 0.4
+    one in two."""
+    from edgeship.agent._drift import DriftTap
+
+    profile = build_profile({"x": np.random.default_rng(0).normal(size=(400, 2))})
+    tap = DriftTap(profile, DriftConfig(window=10_000, min_samples=10, sample=sample, batch=8),
+                   log=Events())
+    x = np.zeros((1, 2), np.float32)
+    for _ in range(1000):
+        tap.observe({"x": x}, {}, source="local", version="1", seconds=0.0)
+    assert abs(tap.telemetry()["window"] - counted) <= 1
