@@ -426,9 +426,12 @@ def verify_release(
     data_key = None
     if manifest.encryption is not None and private_key is not None:
         data_key = unwrap_data_key(manifest.encryption, private_key)
+    nonces = {artifact[:12]: manifest.artifact.name}
     for info in manifest.deltas:
         delta = release.read_delta(info)
         check_sized(delta, size=info.size, sha256=info.sha256, what=info.name)
+        if manifest.encryption is not None:
+            _unique_nonce(nonces, delta[:12], info.name)
         if data_key is not None:
             decrypt(delta, data_key, what=info.name)
     for base_dir in bases:
@@ -438,6 +441,16 @@ def verify_release(
     if golden and manifest.golden is not None and (manifest.encryption is None or plaintext):
         check_golden(manifest.golden, release.path / manifest.artifact.name, data=plaintext)
     return manifest
+
+
+def _unique_nonce(seen: dict[bytes, str], nonce: bytes, name: str) -> None:
+    """Two files under one data key with one nonce give away the XOR of their plaintexts
+    (and GCM's authentication key): refuse such a release before it ships (a tool other
+    than this one, or a broken random source, could make it)."""
+    if nonce in seen:
+        raise MalformedError(f"{name} is encrypted with the same nonce as {seen[nonce]} "
+                             "under the same data key: rebuild the release")
+    seen[nonce] = name
 
 
 def _verify_base(manifest: Manifest, release: Release, base_dir: Path,

@@ -249,3 +249,35 @@ def test_release_for_too_many_keys_says_how_many_fit(tmp_path: Path,
                       keydir=fleet["keys"], out=tmp_path / "r", model_name="model",
                       encrypt_for=publics)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_delta_encrypted_with_the_artifact_nonce_is_refused_before_shipping(
+        tmp_path: Path, fleet: dict[str, Any]) -> None:
+    """A release whose delta reuses the artifact's nonce under the same data key (another
+    tool, a broken random source) gives away the XOR of both plaintexts to anyone on the
+    broker: verify (run by release before anything ships) refuses it."""
+    import hashlib
+    import json
+
+    from edgeship.sdk._crypt import decrypt, encrypt, unwrap_data_key
+    from edgeship.sdk._keydir import KeyDir
+    from edgeship.sdk._keys import sign_envelope
+    from edgeship.sdk._release import verify_release
+
+    from edgeship import MalformedError
+
+    reldir = tmp_path / "2.0.0"
+    shutil.copytree(fleet["v2"], reldir)
+    rel, keys = Release.load(reldir), KeyDir(fleet["keys"])
+    enc, info = rel.manifest.encryption, rel.manifest.deltas[0]
+    data_key = unwrap_data_key(enc, keys.archive_key())
+    reused = encrypt(decrypt(rel.read_delta(info), data_key), data_key, enc.nonce)
+    (reldir / info.name).write_bytes(reused)
+    signed = json.loads(json.dumps(rel.manifest_envelope["signed"]))
+    signed["deltas"][0].update(sha256=hashlib.sha256(reused).hexdigest(), size=len(reused))
+    (reldir / "manifest.json").write_text(json.dumps(sign_envelope(signed,
+                                                                   keys.release_key(None))))
+    with pytest.raises(MalformedError, match="same nonce as"):
+        verify_release(reldir, fleet["root"])
+    _one_line(_edgeship("verify", reldir, "--root", fleet["root"]), "same nonce", info.name)
+    verify_release(fleet["v2"], fleet["root"])  # the release as built passes
