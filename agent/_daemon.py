@@ -321,6 +321,7 @@ class Agent:
         except Exception as exc:  # a shadow never touches answers, nor the agent
             log("shadow_load_failed", level="error", slot=slot.slot, version=slot.version,
                 error=str(exc)[:300])
+            self.taps.shadow_failed(slot, f"{type(exc).__name__}: {exc}")
 
     def _do_UnloadShadow(self, action: ota.UnloadShadow) -> None:
         self.taps.stop_shadow()

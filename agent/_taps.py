@@ -32,6 +32,8 @@ class Taps:
         self.drift: Any | None = None
         self.shadow: Any | None = None
         self.drift_status: dict[str, Any] | None = None  # last compact verdict
+        self.shadow_error: str | None = None  # why the OTA state's shadow does not run
+        self.failed_version = ""
 
     def _set(self, old: Any | None, new: Any | None) -> None:
         kept = tuple(t for t in self.service.taps if t is not old)
@@ -73,6 +75,7 @@ class Taps:
     # -- shadow: follows OtaState.shadow -------------------------------------------------
     def start_shadow(self, slot: SlotInfo, model: bytes, *, runtime: str) -> None:
         """Run ``model`` (verified plaintext, in memory) as the shadow of ``slot``."""
+        self.shadow_error = None
         if self.shadow is None:
             from edgeship.agent._shadow import ShadowTap
 
@@ -82,7 +85,14 @@ class Taps:
         self._set(self.shadow, self.shadow)
         self.log("shadow_started", version=slot.version, slot=slot.slot)
 
+    def shadow_failed(self, slot: SlotInfo, error: str) -> None:
+        """The shadow could not be loaded (its slot unreadable, damaged, or not for this
+        device's key): say so in the status instead of a shadow that looks idle."""
+        self.stop_shadow()
+        self.shadow_error, self.failed_version = error[:200], slot.version
+
     def stop_shadow(self) -> None:
+        self.shadow_error = None
         if self.shadow is None:
             return
         self._set(self.shadow, None)
@@ -99,6 +109,9 @@ class Taps:
             self.drift_status = self.drift.status()
         if self.shadow is not None:
             beat["shadow"] = self.shadow.stats()
+        elif self.shadow_error is not None:
+            beat["shadow"] = {"version": self.failed_version, "state": "failed",
+                              "error": self.shadow_error}
 
     def status(self, status: dict[str, Any]) -> dict[str, Any]:
         """The core's status with the compact drift verdict and shadow stats merged in."""
@@ -109,6 +122,8 @@ class Taps:
             stats = self.shadow.stats()
             out["shadow"] = {**out["shadow"], **{k: stats.get(k) for k in _SHADOW_STATUS_KEYS
                                                  if k != "version"}}
+        elif out.get("shadow") and self.shadow_error is not None:
+            out["shadow"] = {**out["shadow"], "state": "failed", "error": self.shadow_error}
         return out
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from test_agent_support import (
     expected,
     make_keys,
     make_release,
+    offer_bytes,
     served_version,
     write_config,
 )
@@ -217,3 +218,36 @@ def test_the_shadow_queue_is_bounded_in_bytes() -> None:
         assert tap.stats()["dropped"] == 1
     finally:
         tap.stop()
+
+
+def test_a_shadow_that_cannot_load_says_failed(world: tuple[AgentProc, Watcher],
+                                              rels: dict[str, Path], tmp_path: Path,
+                                              mosquitto: Mosquitto) -> None:
+    """The shadow slot damaged on disk (SD card) while the agent was down: the shadow no
+    longer runs, but the status used to show it as a healthy shadow with no figures yet,
+    so an operator could promote a release that never ran. Now its state is 'failed'
+    (status, heartbeat, fleet status); answers stay v1's, and a promote rolls back."""
+    import json
+
+    agent, watch = world
+    watch.publish(TOPIC, shadow_offer(rels["v2"]), retain=True)
+    watch.wait(lambda s: s["state"] == "shadowing" and s["target"] == "2.0.0")
+    started = agent.wait_log(lambda line: line.get("event") == "shadow_started")
+    agent.wait_log(lambda line: line.get("event") == "shadow_ready")
+    agent.kill()
+    slot = tmp_path / "data-dev-1" / "slots" / started["slot"] / "model.onnx"
+    data = bytearray(slot.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    slot.write_bytes(bytes(data))
+    agent.start()
+    agent.wait_ready()
+    agent.wait_log(lambda line: line.get("event") == "shadow_load_failed")
+    status = watch.wait(lambda s: (s.get("shadow") or {}).get("state") == "failed")
+    assert status["shadow"]["version"] == "2.0.0" and "does not hold" in status["shadow"]["error"]
+    assert len(json.dumps(status)) < 2048
+    assert served_version(agent.url)[0] == "1.0.0"
+    out = fleet(mosquitto.url, tmp_path, "status")
+    assert out.returncode == 0 and "2.0.0 (failed)" in out.stdout, out.stdout + out.stderr
+    watch.publish(TOPIC, offer_bytes(rels["v2"]), retain=True)  # promote anyway
+    status = watch.wait(lambda s: s["state"] == "rolled-back")
+    assert status["version"] == "1.0.0" and served_version(agent.url)[0] == "1.0.0"
