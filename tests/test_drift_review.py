@@ -319,3 +319,51 @@ def test_sample_counts_that_fraction_of_the_requests(sample: float, counted: int
     for _ in range(1000):
         tap.observe({"x": x}, {}, source="local", version="1", seconds=0.0)
     assert abs(tap.telemetry()["window"] - counted) <= 1
+
+
+def test_tflite_release_with_the_converters_profile_on_a_real_agent(
+        tmp_path: Path, mosquitto: Any) -> None:
+    """The profile `convert --eval` builds on the INT8 ONNX model, signed into a release of
+    the INT8 TFLite model (now checked at release time against the TFLite model's tensors):
+    a real agent (LiteRT) counts the same features, answers unchanged, a calm verdict.
+    (The v2 API takes only the model's own batch size, 1 here: batches are covered in
+    process above.)"""
+    from edgeship.sdk._client import AgentClient
+    from test_agent_support import AgentProc, write_config
+    from test_drift_agent import Telemetry
+
+    keys = make_keys(tmp_path)
+    assert _run("convert", FIXTURES / "cnn.onnx", "--calib", FIXTURES / "cnn_calib.npz",
+                "--eval", FIXTURES / "cnn_eval.npz", "-o", tmp_path / "c", "-q").returncode == 0
+    res = _run("release", tmp_path / "c" / "model.int8.tflite", "--version", "1.0.0",
+               "--keys", keys, "-o", tmp_path / "rel", "--model-name", "model",
+               "--profile", tmp_path / "c" / "profile.json")
+    assert res.returncode == 0, res.stderr
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port,
+                       root_pub=keys / "root.pub", initial=tmp_path / "rel",
+                       extra="[drift]\nwindow = 400\nslices = 4\nmin_samples = 250\n")
+    telemetry = Telemetry(mosquitto.url)
+    agent = AgentProc(cfg, port).start()
+    try:
+        agent.wait_ready()
+        agent.wait_log(lambda e: e.get("event") == "drift_watching")
+        client = AgentClient(agent.url)
+        with np.load(FIXTURES / "cnn_eval.npz") as data:
+            images = data["input"]
+        local = Model.load(tmp_path / "c" / "model.int8.tflite")
+        for i in range(280):
+            answer = client.infer({"input": images[i : i + 1]})
+            assert answer.source == "local"
+            np.testing.assert_allclose(answer.outputs["probs"],
+                                       local.predict_all({"input": images[i : i + 1]})["probs"],
+                                       atol=1e-6)
+        beat = telemetry.next_drift(0.0, lambda d: d["window"] >= 250)
+        assert beat["alert"] is False and beat["max_psi"] < 0.1, beat
+        assert {f["name"] for f in beat["features"]} == {"input", "probs:class", "probs:top1"}
+        by_name = {f["name"]: f["samples"] for f in beat["features"]}
+        assert by_name["probs:class"] == by_name["input"] == beat["window"]
+        assert beat["errors"] == 0
+    finally:
+        agent.kill()
+        telemetry.close()
