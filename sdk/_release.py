@@ -235,6 +235,10 @@ class _Seal:
                              f"{MAX_RECIPIENTS - 1} (one more wrap is for the archive key); "
                              "encrypt for a fleet key instead")
         archive = keys.archive_key(create=True).public_key()
+        if distinct == {keyid_of_public(archive)}:  # archive.pub given as --encrypt-for
+            raise InputError("--encrypt-for: only this key dir's archive key, which never "
+                             "leaves this host: no device could decrypt the release; give "
+                             "the fleet's or the devices' .pub")
         data_key = new_data_key()
         return cls(data_key=data_key, encryption=make_encryption(data_key, [*publics, archive]))
 

@@ -281,3 +281,13 @@ def test_a_delta_encrypted_with_the_artifact_nonce_is_refused_before_shipping(
         verify_release(reldir, fleet["root"])
     _one_line(_edgeship("verify", reldir, "--root", fleet["root"]), "same nonce", info.name)
     verify_release(fleet["v2"], fleet["root"])  # the release as built passes
+
+
+def test_release_encrypted_only_for_the_archive_key_is_refused(
+        tmp_path: Path, fleet: dict[str, Any]) -> None:
+    """--encrypt-for KEYS/archive.pub alone makes a release no device can open."""
+    out = _edgeship("release", make_model(tmp_path / "m.onnx", 7.0), "--version", "7.0.0",
+                    "--keys", fleet["keys"], "-o", tmp_path / "r", "--model-name", "model",
+                    "--encrypt-for", fleet["keys"] / "archive.pub")
+    _one_line(out, "archive key", "no device could decrypt")
+    assert not (tmp_path / "r").exists()
