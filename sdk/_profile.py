@@ -436,7 +436,8 @@ def build_profile(inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None =
 def profile_from_file(path: str | Path, model_path: str | Path | None = None, *,
                       bins: int = DEFAULT_BINS, max_bytes: int = 1 << 30) -> Profile:
     """A ``profile.json`` as is, or a ``DATA.npz`` of inputs keyed by input name (a
-    ``label`` key is ignored) profiled with the outputs of ``model_path`` on them."""
+    ``label`` key is ignored; a single-input model takes any one key) profiled with the
+    outputs of ``model_path`` on them."""
     file = Path(path)
     try:
         size = file.stat().st_size
@@ -458,6 +459,8 @@ def profile_from_file(path: str | Path, model_path: str | Path | None = None, *,
     if model_path is not None:
         model = _load_model(model_path)
         names = {s.name for s in model.inputs}
+        if len(inputs) == 1 and len(names) == 1:  # as CALIB / EVAL: any one key will do
+            inputs = {next(iter(names)): next(iter(inputs.values()))}
         if set(inputs) != names:
             raise InputError(f"{file}: arrays {sorted(inputs)} do not match the model's "
                              f"inputs {sorted(names)}")

@@ -339,9 +339,14 @@ def test_profile_from_file_runs_the_model_on_an_npz(tmp_path: Path) -> None:
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="not a readable"):
         profile_from_file(tmp_path / "bad.npz")
-    np.savez(tmp_path / "wrong.npz", other=np.zeros((4, 1, 8, 8), np.float32))
+    np.savez(tmp_path / "wrong.npz", other=np.zeros((4, 1, 8, 8), np.float32),
+             more=np.zeros((4, 1, 8, 8), np.float32))
     with pytest.raises(InputError, match="do not match the model"):
         profile_from_file(tmp_path / "wrong.npz", FIXTURES / "cnn.onnx")
+    # one array for a single-input model is that input, whatever its key (as CALIB / EVAL)
+    with np.load(FIXTURES / "cnn_eval.npz") as data:
+        np.savez(tmp_path / "anykey.npz", pixels=data["input"])
+    assert profile_from_file(tmp_path / "anykey.npz", FIXTURES / "cnn.onnx") == profile
     (tmp_path / "big.json").write_text(" " * (MAX_PROFILE_BYTES + 1))
     with pytest.raises(MalformedError, match="limit"):
         profile_from_file(tmp_path / "big.json")
