@@ -431,6 +431,11 @@ def verify_release(
     if manifest.encryption is not None and private_key is not None:
         data_key = unwrap_data_key(manifest.encryption, private_key)
     nonces = {artifact[:12]: manifest.artifact.name}
+    if manifest.encryption is not None and artifact[:12] != manifest.encryption.nonce:
+        # a device rebuilding the artifact from a delta encrypts with artifact_nonce: every
+        # delta update would fail its digest check
+        raise MalformedError(f"{manifest.artifact.name} does not start with the manifest's "
+                             "encryption.artifact_nonce: rebuild the release")
     for info in manifest.deltas:
         delta = release.read_delta(info)
         check_sized(delta, size=info.size, sha256=info.sha256, what=info.name)

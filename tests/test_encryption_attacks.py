@@ -282,6 +282,19 @@ def test_a_delta_encrypted_with_the_artifact_nonce_is_refused_before_shipping(
     _one_line(_edgeship("verify", reldir, "--root", fleet["root"]), "same nonce", info.name)
     verify_release(fleet["v2"], fleet["root"])  # the release as built passes
 
+    # the artifact under another nonce than artifact_nonce: every delta update would fail
+    shutil.rmtree(reldir)
+    shutil.copytree(fleet["v2"], reldir)
+    art = reldir / rel.manifest.artifact.name
+    other = encrypt(decrypt(art.read_bytes(), data_key), data_key, os.urandom(12))
+    art.write_bytes(other)
+    signed = json.loads(json.dumps(rel.manifest_envelope["signed"]))
+    signed["artifact"].update(sha256=hashlib.sha256(other).hexdigest())
+    (reldir / "manifest.json").write_text(json.dumps(sign_envelope(signed,
+                                                                   keys.release_key(None))))
+    with pytest.raises(MalformedError, match="artifact_nonce"):
+        verify_release(reldir, fleet["root"])
+
 
 def test_release_encrypted_only_for_the_archive_key_is_refused(
         tmp_path: Path, fleet: dict[str, Any]) -> None:
