@@ -14,7 +14,8 @@ Public surface (the daemon wires it; H3)::
   they go to the child over its stdin pipe and are loaded there from memory, never
   written to a file. It returns at once; the child starts and loads in the background.
   Calling ``start`` again replaces the running shadow.
-* ``observe`` is the tap: it only looks at answers with ``source == "local"``, picks a
+* ``observe`` is the tap: it only looks at the active model's own answers (``source``
+  ``local``, or ``local-degraded``: the local answer stood, the cloud was away), picks a
   ``sample`` fraction of them, skips while the shadow is over its CPU budget, and puts
   (inputs, outputs, seconds) on a queue bounded in count (``queue``) and bytes
   (``max_queue_bytes``; full or too big: counted in ``dropped``). It takes
@@ -55,6 +56,7 @@ __all__ = ["ShadowConfig", "ShadowTap", "compare_outputs"]
 
 _FORMATS = ("onnx", "tflite")
 _LATENCIES = 512  # recent latencies kept for the p50s
+_LOCAL = ("local", "local-degraded")  # answers that are the active model's outputs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -347,7 +349,7 @@ class ShadowTap:
     def observe(self, inputs: dict[str, Any], outputs: dict[str, Any], *, source: str,
                 version: str, seconds: float) -> None:
         """The tap: maybe queue this answered request for the shadow; never blocks."""
-        if source != "local" or self.state != "running":
+        if source not in _LOCAL or self.state != "running":
             return
         with self._lock:
             self._acc += self.config.sample

@@ -251,3 +251,41 @@ def test_a_shadow_that_cannot_load_says_failed(world: tuple[AgentProc, Watcher],
     watch.publish(TOPIC, offer_bytes(rels["v2"]), retain=True)  # promote anyway
     status = watch.wait(lambda s: s["state"] == "rolled-back")
     assert status["version"] == "1.0.0" and served_version(agent.url)[0] == "1.0.0"
+
+
+def test_local_answers_of_a_fallback_agent_reach_the_shadow(
+        tmp_path: Path, mosquitto: Mosquitto, rels: dict[str, Path]) -> None:
+    """An agent with a cloud fallback that is away answers from its own model
+    ('local-degraded'): those are the active model's outputs, yet the shadow ignored
+    them (the drift tap counts them), so it compared nothing during a cloud outage."""
+    from test_agent_support import http_json, infer_body
+
+    server = subprocess.Popen([sys.executable, "-m", "edgeship", "fleet", "serve", "--broker",
+                               mosquitto.url, "--releases", str(rels["v1"]), str(rels["v2"])],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    port = free_port()
+    fallback = (f'[fallback]\nurl = "http://127.0.0.1:{free_port()}"\ndeadline_ms = 300\n'
+                'policy = ["low_confidence"]\nconfidence = 0.999\nfailures = 3\n'
+                "cooldown_s = 0.5\n")
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port, root_pub=rels["root"],
+                       initial=rels["v1"], extra=SHADOW, fallback=fallback)
+    agent = AgentProc(cfg, port).start()
+    watch = Watcher(mosquitto.url)
+    try:
+        watch.wait(lambda s: s["state"] == "committed" and s["version"] == "1.0.0")
+        watch.publish(TOPIC, shadow_offer(rels["v2"]), retain=True)
+        watch.wait(lambda s: s["state"] == "shadowing" and s["target"] == "2.0.0")
+        agent.wait_log(lambda line: line.get("event") == "shadow_ready")
+        for _ in range(10):
+            code, doc = http_json(f"{agent.url}/v2/models/model/infer", infer_body(GOLDEN_X))
+            assert code == 200 and doc["parameters"]["source"] == "local-degraded", doc
+            y = np.asarray(doc["outputs"][0]["data"], dtype=np.float32).reshape(1, -1)
+            np.testing.assert_allclose(y, expected(100.0, GOLDEN_X), rtol=1e-5)
+        status = watch.wait(lambda s: (s.get("shadow") or {}).get("compared", 0) >= 10)
+        assert status["shadow"]["agreement"] == 1.0
+    finally:
+        watch.close()
+        agent.kill()
+        server.terminate()
+        server.wait(timeout=10)
