@@ -304,3 +304,48 @@ def test_release_encrypted_only_for_the_archive_key_is_refused(
                     "--encrypt-for", fleet["keys"] / "archive.pub")
     _one_line(out, "archive key", "no device could decrypt")
     assert not (tmp_path / "r").exists()
+
+
+def test_signed_corrupt_ciphertext_fails_verification_and_old_model_serves(
+        tmp_path: Path, mosquitto: Mosquitto, fleet: dict[str, Any]) -> None:
+    """A release key signed a ciphertext that does not authenticate (a broken build, a
+    leaked key): the digest passes, the decrypt at verification fails, the update ends
+    before the slot is written, the old model keeps serving and the agent stays up."""
+    import hashlib
+    import json
+
+    from edgeship.sdk._keydir import KeyDir
+    from edgeship.sdk._keys import sign_envelope
+
+    reldir, _ = encrypted_release(tmp_path, fleet["keys"], "2.0.0",
+                                  [fleet["old_key"].with_suffix(".pub")])
+    rel = Release.load(reldir)
+    art = reldir / rel.manifest.artifact.name
+    data = bytearray(art.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    art.write_bytes(bytes(data))
+    signed = json.loads(json.dumps(rel.manifest_envelope["signed"]))
+    signed["artifact"]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (reldir / "manifest.json").write_text(json.dumps(
+        sign_envelope(signed, KeyDir(fleet["keys"]).release_key(None))))
+
+    port = free_port()
+    agent = _agent(tmp_path, mosquitto, fleet, fleet["old_key"], port)
+    server = serve(mosquitto, reldir)
+    watch = Watcher(mosquitto.url)
+    try:
+        agent.wait_ready()
+        watch.publish("edgeship/t/dev-1/ota/offer", offer_bytes(reldir), retain=True)
+        status = watch.wait(lambda s: s["target"] == "2.0.0"
+                            and s["state"] in ("committed", "failed", "rolled-back"), timeout=60)
+        # authenticated in memory at verification, before anything is written to a slot
+        assert status["state"] == "failed", status
+        assert status["error"].startswith("verification: ") and \
+            "fails authentication" in status["error"], status
+        assert status["version"] == "1.0.0" and served_version(agent.url)[0] == "1.0.0"
+        assert agent.proc is not None and agent.proc.poll() is None
+    finally:
+        watch.close()
+        agent.kill()
+        server.terminate()
+        server.wait(timeout=10)
