@@ -243,16 +243,19 @@ class TelemetryConfig:
 
     interval_s: float = 30.0
     queue_max_messages: int = 10_000
+    queue_max_bytes: int = 16 << 20  # payload bytes; heartbeats with drift are ~10 KB
 
     def __post_init__(self) -> None:
         _positive(self.interval_s, "telemetry.interval_s", high=86_400)
         _positive(self.queue_max_messages, "telemetry.queue_max_messages", high=10_000_000)
+        _positive(self.queue_max_bytes, "telemetry.queue_max_bytes", high=1 << 40)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TelemetryConfig:
         w = "telemetry"
         return cls(interval_s=float(_get(d, "interval_s", w, (int, float), 30.0)),
-                   queue_max_messages=_get(d, "queue_max_messages", w, int, 10_000))
+                   queue_max_messages=_get(d, "queue_max_messages", w, int, 10_000),
+                   queue_max_bytes=_get(d, "queue_max_bytes", w, int, 16 << 20))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -401,7 +404,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
     "api": frozenset({"listen", "max_request_bytes"}),
     "ota": frozenset({"chunk_size", "request_timeout_s", "health_timeout_s",
                       "max_artifact_bytes", "max_switch_attempts"}),
-    "telemetry": frozenset({"interval_s", "queue_max_messages"}),
+    "telemetry": frozenset({"interval_s", "queue_max_messages", "queue_max_bytes"}),
     "encryption": frozenset({"key_file", "key_env", "key_credential", "key_command",
                              "command_timeout_s"}),
     # [drift] and [shadow] are checked whole by their own config classes

@@ -110,7 +110,8 @@ class Agent:
         self.state = self.store.load_state()
         self.events: queue.Queue[ota.Event] = queue.Queue()
         self.outbox = Outbox(config.data_dir / "queue.sqlite",
-                             max_messages=config.telemetry.queue_max_messages)
+                             max_messages=config.telemetry.queue_max_messages,
+                             max_bytes=config.telemetry.queue_max_bytes)
         self.metrics = Metrics()
         self.service = AgentService(config.model.name, self.metrics, _fallback(config))
         from edgeship.agent._taps import Taps

@@ -1,6 +1,8 @@
 """The offline outbox: messages that could not be published wait in SQLite, oldest first.
 
-Bounded by ``max_messages`` (the oldest are dropped first when it is full, and counted).
+Bounded by ``max_messages`` and by ``max_bytes`` of payload (the oldest are dropped
+first when either is passed, and counted): a heartbeat with drift figures is ~10 KB, and a
+device offline for weeks must not fill its disk with them.
 A message with a ``key`` replaces the waiting one with the same key, so only the latest
 retained status waits, not every intermediate one. Used from one thread (the agent loop).
 """
@@ -25,8 +27,9 @@ class Queued:
 class Outbox:
     """An on-disk FIFO of MQTT messages; see the module docstring."""
 
-    def __init__(self, path: Path, *, max_messages: int = 10_000) -> None:
-        self.max_messages = max_messages
+    def __init__(self, path: Path, *, max_messages: int = 10_000,
+                 max_bytes: int = 16 << 20) -> None:
+        self.max_messages, self.max_bytes = max_messages, max_bytes
         self.dropped = 0
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -51,6 +54,24 @@ class Outbox:
                 self._db.execute("DELETE FROM outbox WHERE id IN "
                                  "(SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
                 self.dropped += excess
+            self._trim_bytes()
+
+    def _trim_bytes(self) -> None:
+        """Drop the oldest messages until the payloads fit in ``max_bytes`` (the newest
+        message always stays, however large)."""
+        total = int(self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
+                                     ).fetchone()[0])
+        if total <= self.max_bytes:
+            return
+        rows = self._db.execute("SELECT id, LENGTH(payload) FROM outbox ORDER BY id").fetchall()
+        doomed = []
+        for row_id, size in rows[:-1]:
+            if total <= self.max_bytes:
+                break
+            doomed.append((row_id,))
+            total -= int(size)
+        self._db.executemany("DELETE FROM outbox WHERE id = ?", doomed)
+        self.dropped += len(doomed)
 
     def peek(self, limit: int = 100) -> list[Queued]:
         rows = self._db.execute("SELECT id, topic, payload, retain FROM outbox ORDER BY id LIMIT ?",

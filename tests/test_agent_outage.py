@@ -135,6 +135,19 @@ def test_outbox_is_bounded_fifo_with_latest_status(tmp_path: Path) -> None:
     assert again.peek()[-1].retain
 
 
+def test_outbox_is_bounded_in_bytes_too(tmp_path: Path) -> None:
+    """Heartbeats with drift figures are ~10 KB: weeks offline must not fill the disk."""
+    box = Outbox(tmp_path / "q.sqlite", max_messages=1000, max_bytes=35_000)
+    for i in range(10):
+        box.put("t", bytes([i]) * 10_000)
+    sizes = [len(i.payload) for i in box.peek()]
+    assert sum(sizes) <= 35_000 and len(sizes) == 3 and box.dropped == 7
+    assert [i.payload[0] for i in box.peek()] == [7, 8, 9]  # the newest kept
+    box.put("t", b"x" * 50_000)  # one message over the bound alone is still kept
+    assert [len(i.payload) for i in box.peek()] == [50_000] and box.dropped == 10
+    box.close()
+
+
 def test_download_file_lost_in_a_power_loss_is_fetched_again(tmp_path: Path,
                                                              mosquitto: Mosquitto) -> None:
     """The state counts chunks but download.part is gone after the restart (a power loss
