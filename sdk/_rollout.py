@@ -258,7 +258,10 @@ def classify(status: Mapping[str, Any] | None, version: str, offered_at: float,
     if not status:
         return None
     state, active, target = status.get("state"), status.get("version"), status.get("target")
-    if mode == "shadow" and state == SHADOWING and version in (target, _shadow_version(status)):
+    if mode == "shadow" and (_shadow_version(status) == version
+                             or (state == SHADOWING and target == version)):
+        # the shadow runs whatever the phase says: a later refused offer leaves "failed"
+        # beside it, and the device ignores a repeat of the offer it already shadows
         return SHADOWING
     if state == COMMITTED and active == version:
         return COMMITTED

@@ -289,3 +289,31 @@ def test_local_answers_of_a_fallback_agent_reach_the_shadow(
         agent.kill()
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_shadow_push_counts_a_device_that_already_shadows_it(
+        world: tuple[AgentProc, Watcher], mosquitto: Mosquitto, rels: dict[str, Path],
+        tmp_path: Path) -> None:
+    """A device shadowing v2 whose last offer was refused reports state 'failed' with
+    its shadow still v2. A shadow push of v2 (it ignores the repeat) waited for a
+    'shadowing' state that never came and timed the device out."""
+    agent, watch = world
+    watch.publish(TOPIC, shadow_offer(rels["v2"]), retain=True)
+    watch.wait(lambda s: s["state"] == "shadowing" and s["target"] == "2.0.0")
+    watch.publish(TOPIC, b'{"manifest": "garbage"}', retain=True)
+    status = watch.wait(lambda s: s["state"] == "failed")
+    assert status["shadow"]["version"] == "2.0.0"
+    out = fleet(mosquitto.url, tmp_path / "fresh", "push", str(rels["v2"]), "--shadow",
+                "--wait", "--wave-timeout", "15")
+    assert out.returncode == 0 and "1 shadowing" in out.stdout, out.stdout + out.stderr
+    assert served_version(agent.url)[0] == "1.0.0"
+
+
+def test_classify_trusts_the_shadow_over_the_phase() -> None:
+    from edgeship.sdk._rollout import classify
+
+    failed_beside = {"state": "failed", "version": "1.0.0", "target": None, "ts": 100.0,
+                     "error": "offer rejected", "shadow": {"version": "2.0.0"}}
+    assert classify(failed_beside, "2.0.0", 99.0, mode="shadow") == "shadowing"
+    assert classify(failed_beside, "3.0.0", 99.0, mode="shadow") == "failed"
+    assert classify(failed_beside, "2.0.0", 99.0) == "failed"  # a normal push: not a shadow
