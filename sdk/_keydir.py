@@ -154,6 +154,10 @@ class KeyDir:
             if not create:
                 return None
             write_key_pair(self.path, "archive")
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:  # it opens every encrypted release ever made with this key dir
+            raise InputError(f"{path} has mode {mode:04o}; it opens every encrypted "
+                             f"release: make it readable by its owner only (chmod 600 {path})")
         return private_key_file(path, "archive key")
 
     def root_key(self, passphrase: bytes | None) -> Ed25519PrivateKey:

@@ -349,3 +349,22 @@ def test_signed_corrupt_ciphertext_fails_verification_and_old_model_serves(
         agent.kill()
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_archive_key_readable_by_others_is_refused(tmp_path: Path,
+                                                  fleet: dict[str, Any]) -> None:
+    """archive.key opens every encrypted release of the key dir: a copy that lost its
+    mode (a checkout, an archive) is refused with the fix, like a device key file."""
+    copy = tmp_path / "keys"
+    shutil.copytree(fleet["keys"], copy)
+    (copy / "archive.key").chmod(0o644)
+    out = _edgeship("release", make_model(tmp_path / "m.onnx", 8.0), "--version", "8.0.0",
+                    "--keys", copy, "-o", tmp_path / "r", "--model-name", "model",
+                    "--encrypt-for", fleet["new_key"].with_suffix(".pub"))
+    _one_line(out, "mode 0644", "chmod 600")
+    assert not (tmp_path / "r").exists()
+    (copy / "archive.key").chmod(0o600)
+    ok = _edgeship("release", make_model(tmp_path / "m.onnx", 8.0), "--version", "8.0.0",
+                   "--keys", copy, "-o", tmp_path / "r", "--model-name", "model",
+                   "--encrypt-for", fleet["new_key"].with_suffix(".pub"))
+    assert ok.returncode == 0, ok.stderr
