@@ -80,7 +80,8 @@ class DeviceStatus:
                 "drift": self.drift}
 
     def shadow_text(self) -> str:
-        """``1.1.0 97.5% of 400`` (agreement of the compared requests), or ``-``."""
+        """``1.1.0 97.5% of 400`` (agreement of the compared requests; ``, N errors`` when
+        the shadow failed on some), or ``-``."""
         s = self.shadow
         if not s or not s.get("version"):
             return "-"
@@ -90,6 +91,9 @@ class DeviceStatus:
             text += f" {agreement:.1%}"
         if compared is not None:
             text += f" of {compared:.0f}"
+        errors = _number(s.get("errors"))
+        if errors:  # e.g. a shadow that takes other inputs: it compares nothing, never idle
+            text += f", {errors:.0f} errors"
         if s.get("state") not in (None, "running"):
             text += f" ({str(s['state'])[:20]})"
         return text

@@ -317,3 +317,18 @@ def test_classify_trusts_the_shadow_over_the_phase() -> None:
     assert classify(failed_beside, "2.0.0", 99.0, mode="shadow") == "shadowing"
     assert classify(failed_beside, "3.0.0", 99.0, mode="shadow") == "failed"
     assert classify(failed_beside, "2.0.0", 99.0) == "failed"  # a normal push: not a shadow
+
+
+def test_fleet_status_shows_a_shadow_that_fails_every_request() -> None:
+    """A shadow taking other inputs than the active model fails on every request: it
+    showed as '2.0.0 of 0', like one that had no traffic yet."""
+    from edgeship.sdk._fleetstatus import DeviceStatus
+
+    failing = DeviceStatus.from_dict({"device": "d", "shadow": {
+        "version": "2.0.0", "state": "running", "compared": 0, "agreement": None,
+        "errors": 40}})
+    assert failing.shadow_text() == "2.0.0 of 0, 40 errors"
+    fine = DeviceStatus.from_dict({"device": "d", "shadow": {
+        "version": "2.0.0", "state": "running", "compared": 10, "agreement": 1.0,
+        "errors": 0}})
+    assert fine.shadow_text() == "2.0.0 100.0% of 10"
