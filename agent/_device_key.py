@@ -9,9 +9,11 @@ source, never the key.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import resource
+import signal
 import stat
 import subprocess
 from pathlib import Path
@@ -98,7 +100,10 @@ def key_file_problem(st: os.stat_result, euid: int) -> str | None:
 
 
 def _from_env(variable: str) -> bytes:
-    value = os.environ.get(variable, "")
+    """The variable's value, taken *out* of this process's environment: every child (the
+    health check, the shadow worker, a key command) inherits the environment, and needs
+    no key (the health check gets one data key over its pipe), raw or PEM."""
+    value = os.environ.pop(variable, "")
     if not value.strip():
         raise ConfigError(f"encryption.key_env: ${variable} is not set or empty")
     if len(value) > MAX_KEY_BYTES:
@@ -116,21 +121,29 @@ def _from_credential(name: str) -> bytes:
 
 
 def _from_command(argv: tuple[str, ...], timeout: float) -> bytes:
+    """The command's stdout. It runs in its own process group, so a timeout stops the
+    helpers it started too (a wrapper script's hung secure-element tool, say), not only
+    the command itself."""
     what = "encryption.key_command"
     try:
-        out = subprocess.run(list(argv), capture_output=True, timeout=timeout,
-                             stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        raise ConfigError(f"{what}: {argv[0]} did not finish in {timeout:g}s") from None
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         raise ConfigError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from None
-    if out.returncode != 0:
-        lines = out.stderr.decode(errors="replace").strip().splitlines()
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise ConfigError(f"{what}: {argv[0]} did not finish in {timeout:g}s") from None
+    if proc.returncode != 0:
+        lines = stderr.decode(errors="replace").strip().splitlines()
         detail = f": {lines[-1][:200]}" if lines else ""
-        raise ConfigError(f"{what}: {argv[0]} exited with {out.returncode}{detail}")
-    if len(out.stdout) > MAX_KEY_BYTES:
+        raise ConfigError(f"{what}: {argv[0]} exited with {proc.returncode}{detail}")
+    if len(stdout) > MAX_KEY_BYTES:
         raise ConfigError(f"{what}: {argv[0]} printed more than {MAX_KEY_BYTES} bytes")
-    return out.stdout
+    return stdout
 
 
 _PR_SET_DUMPABLE = 4  # <linux/prctl.h>

@@ -247,6 +247,14 @@ def test_agent_refuses_to_start_with_a_readable_key_file(tmp_path: Path,
     assert "PRIVATE KEY" not in out.stderr
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_key_from_env_credential_and_command(tmp_path: Path, world: dict[str, Any],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     pem = world["key"].read_bytes()
@@ -254,6 +262,8 @@ def test_key_from_env_credential_and_command(tmp_path: Path, world: dict[str, An
     monkeypatch.setenv("EDGESHIP_TEST_DEVICE_KEY", pem.decode())
     assert keyid_of_public(load_device_key(EncryptionConfig(key_env="EDGESHIP_TEST_DEVICE_KEY"))) \
         == want
+    # taken out of the environment: no child of the agent inherits the key
+    assert "EDGESHIP_TEST_DEVICE_KEY" not in os.environ
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "edgeship-device-key").write_bytes(pem)
@@ -267,7 +277,19 @@ def test_key_from_env_credential_and_command(tmp_path: Path, world: dict[str, An
                                                       "import sys; sys.exit(3)")))
     with pytest.raises(ConfigError, match="not an X25519 private key"):
         load_device_key(EncryptionConfig(key_command=(sys.executable, "-c", "print('junk')")))
-    monkeypatch.delenv("EDGESHIP_TEST_DEVICE_KEY")
+    # a key command that hangs is stopped with what it started (its process group)
+    marker = tmp_path / "grandchild.pid"
+    hang = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(60)']); open(sys.argv[1], 'w').write(str(p.pid)); "
+            "time.sleep(60)")
+    with pytest.raises(ConfigError, match="did not finish"):
+        load_device_key(EncryptionConfig(key_command=(sys.executable, "-c", hang, str(marker)),
+                                         command_timeout_s=2))
+    grandchild = int(marker.read_text())
+    deadline = time.monotonic() + 5
+    while _running(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(grandchild)
     with pytest.raises(ConfigError, match="not set"):
         load_device_key(EncryptionConfig(key_env="EDGESHIP_TEST_DEVICE_KEY"))
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
