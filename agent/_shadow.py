@@ -29,8 +29,9 @@ Public surface (the daemon wires it; H3)::
   (``budget_skipped``) until the time is paid back. The child also runs at ``os.nice``.
 * A child that dies (crash, SIGKILL, load failure) or stops answering within
   ``timeout_s`` is logged, counted (``crashes``, ``errors``) and restarted after
-  ``backoff_s * 2**n`` seconds, at most ``max_restarts`` times; then the state is
-  ``"crashed"`` and the tap ignores traffic. A model raising on a request is an error
+  ``backoff_s * 2**n`` seconds, at most ``max_restarts`` times in a row (a child that
+  served ``healthy_s`` seconds clears the count: a shadow run for days is not ended by
+  rare crashes); then the state is ``"crashed"`` and the tap ignores traffic. A model raising on a request is an error
   reply from a live child (counted in ``errors``), not a crash.
 """
 
@@ -69,6 +70,7 @@ class ShadowConfig:
     atol: float = 1e-3  # agreement tolerance for outputs that are not class scores
     max_restarts: int = 3
     backoff_s: float = 1.0
+    healthy_s: float = 600.0  # a child that served this long clears the restart count
     timeout_s: float = 10.0  # one shadow inference; longer = the child is hung
     load_timeout_s: float = 120.0
     nice: int = 10
@@ -83,6 +85,7 @@ class ShadowConfig:
                   ("atol", 0.0 <= self.atol < float("inf"), ">= 0"),
                   ("max_restarts", 0 <= self.max_restarts <= 1000, "in [0, 1000]"),
                   ("backoff_s", 0.0 <= self.backoff_s <= 3600, "in [0, 3600]"),
+                  ("healthy_s", 0.0 < self.healthy_s <= 1e6, "in (0, 1e6]"),
                   ("timeout_s", 0.0 < self.timeout_s <= 3600, "in (0, 3600]"),
                   ("load_timeout_s", 0.0 < self.load_timeout_s <= 3600, "in (0, 3600]"),
                   ("nice", 0 <= self.nice <= 19, "in [0, 19]"),
@@ -269,6 +272,7 @@ class ShadowTap:
         self._thread: threading.Thread | None = None
         self._worker: _Worker | None = None
         self._queue: deque[tuple[Any, Any, float, int]] = deque()
+        self._ready_at: float | None = None  # when the current child became ready
         self._queued_bytes = 0
         self._reset("", "stopped")
 
@@ -378,9 +382,13 @@ class ShadowTap:
         budget = _Budget(self.config.cpu_budget, self._clock())
         restarts = 0
         while not stopping.is_set():
+            self._ready_at = None
             reason = self._run_worker(model, fmt, runtime, threads, budget, stopping)
             if stopping.is_set():
                 break
+            ready_at = self._ready_at
+            if ready_at is not None and time.monotonic() - ready_at >= self.config.healthy_s:
+                restarts = 0  # it served well for a long time: a fresh start, short backoff
             with self._lock:
                 self._counts["crashes"] += 1
                 self._counts["errors"] += 1
@@ -423,6 +431,7 @@ class ShadowTap:
             self._log("shadow_ready", version=self.version, pid=worker.proc.pid)
             with self._lock:
                 self._ready = True
+            self._ready_at = time.monotonic()
             while not stopping.is_set():
                 item = self._next()
                 if item is not None:

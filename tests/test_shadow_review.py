@@ -332,3 +332,37 @@ def test_fleet_status_shows_a_shadow_that_fails_every_request() -> None:
         "version": "2.0.0", "state": "running", "compared": 10, "agreement": 1.0,
         "errors": 0}})
     assert fine.shadow_text() == "2.0.0 100.0% of 10"
+
+
+def test_rare_worker_crashes_do_not_end_a_long_shadow() -> None:
+    """max_restarts counted every crash of the shadow's life: a shadow run for days
+    ended 'crashed' for good after a few rare crashes (an OOM kill a day). A worker
+    that served healthy_s seconds now clears the count."""
+    from edgeship.agent._shadow import ShadowConfig, ShadowTap
+
+    mlp = Path(__file__).parent / "fixtures" / "mlp.onnx"
+    tap = ShadowTap(ShadowConfig(sample=1.0, max_restarts=1, backoff_s=0.05, healthy_s=1.0),
+                    log=lambda *a, **k: None)
+    tap.start(mlp.read_bytes(), fmt="onnx", version="2.0.0", runtime="onnxruntime")
+    try:
+        for crash in range(3):  # each after more than healthy_s of service
+            assert tap.wait_ready(60), tap.stats()
+            time.sleep(1.3)
+            pid = tap.worker_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while tap.stats()["restarts"] <= crash and tap.stats()["state"] == "running" \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert tap.stats()["state"] == "running", (crash, tap.stats())
+        assert tap.wait_ready(60) and tap.stats()["crashes"] == 3
+        pid = tap.worker_pid  # a crash right after the restart: twice in a row, it ends
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while tap.stats()["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tap.stats()["state"] == "crashed"
+    finally:
+        tap.stop()
