@@ -274,12 +274,18 @@ class EncryptionConfig:
     key_credential: str = ""
     key_command: tuple[str, ...] = ()
     command_timeout_s: float = 30.0
+    # refuse plaintext releases: a release built without --encrypt-for would otherwise
+    # put the model on this device's disk in the clear
+    require: bool = False
 
     def __post_init__(self) -> None:
         given = [k for k in ("key_file", "key_env", "key_credential", "key_command")
                  if getattr(self, k)]
         if len(given) > 1:
             raise ConfigError(f"encryption: give one key source, not {' and '.join(given)}")
+        if self.require and not given:
+            raise ConfigError("encryption.require: needs a key source (key_file, key_env, "
+                              "key_credential or key_command)")
         if self.key_credential and ("/" in self.key_credential
                                     or self.key_credential in (".", "..")):
             raise ConfigError(f"encryption.key_credential: {self.key_credential!r} is a "
@@ -302,7 +308,8 @@ class EncryptionConfig:
         return cls(key_file=key_file, key_env=_get(d, "key_env", w, str, ""),
                    key_credential=_get(d, "key_credential", w, str, ""),
                    key_command=tuple(command),
-                   command_timeout_s=float(_get(d, "command_timeout_s", w, (int, float), 30.0)))
+                   command_timeout_s=float(_get(d, "command_timeout_s", w, (int, float), 30.0)),
+                   require=_get(d, "require", w, bool, False))
 
 
 def _drift(d: Mapping[str, Any]) -> Any:
@@ -406,7 +413,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
                       "max_artifact_bytes", "max_switch_attempts"}),
     "telemetry": frozenset({"interval_s", "queue_max_messages", "queue_max_bytes"}),
     "encryption": frozenset({"key_file", "key_env", "key_credential", "key_command",
-                             "command_timeout_s"}),
+                             "command_timeout_s", "require"}),
     # [drift] and [shadow] are checked whole by their own config classes
 }
 

@@ -106,7 +106,8 @@ class Agent:
                                 chunk_size=config.ota.chunk_size,
                                 max_artifact_bytes=config.ota.max_artifact_bytes,
                                 max_switch_attempts=config.ota.max_switch_attempts,
-                                private_key=self.device_key)
+                                private_key=self.device_key,
+                                require_encryption=config.encryption.require)
         self.state = self.store.load_state()
         self.events: queue.Queue[ota.Event] = queue.Queue()
         self.outbox = Outbox(config.data_dir / "queue.sqlite",

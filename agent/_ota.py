@@ -143,9 +143,10 @@ class OtaCore:
     def __init__(self, *, device: str, model: str, root_key: bytes, hardware: str | None = "cpu",
                  chunk_size: int = 64 * 1024, max_artifact_bytes: int = 256 * 1024 * 1024,
                  max_switch_attempts: int = 3, report_every: int = 8,
-                 private_key: Any | None = None) -> None:
+                 private_key: Any | None = None, require_encryption: bool = False) -> None:
         self.device, self.model, self.root_key, self.hardware = device, model, root_key, hardware
         self.private_key = private_key  # X25519 private key of [encryption], or None
+        self.require_encryption = require_encryption  # refuse plaintext releases
         self.chunk_size, self.max_artifact_bytes = chunk_size, max_artifact_bytes
         self.max_switch_attempts, self.report_every = max_switch_attempts, report_every
 
@@ -226,7 +227,8 @@ class OtaCore:
             offer = Offer.from_bytes(event.raw)  # refuses a mode it does not know
             manifest = check_offer(offer, self.root_key, state.trusted, model_name=self.model,
                                    hardware=self.hardware, now=_utc(now))
-            recipient(manifest, self.private_key)  # one this device cannot decrypt: refused now
+            # one this device cannot decrypt (or must not take in the clear): refused now
+            recipient(manifest, self.private_key, required=self.require_encryption)
             mode = offer.mode
             if mode == "shadow" and state.active is None:
                 raise MalformedError("a shadow release needs an active model to run beside")
@@ -266,7 +268,7 @@ class OtaCore:
             offer = Offer.from_bytes(event.offer)
             manifest = check_offer(offer, self.root_key, state.trusted, model_name=self.model,
                                    hardware=self.hardware, now=_utc(now))
-            recipient(manifest, self.private_key)
+            recipient(manifest, self.private_key, required=self.require_encryption)
             job = self._plan(offer, manifest, None)
         except EdgeshipError as exc:
             return self._refuse(state, now, f"initial release rejected: {exc}")

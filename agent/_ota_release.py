@@ -13,7 +13,7 @@ from typing import Any
 from edgeship.agent._ota_types import Job, SlotInfo
 from edgeship.sdk._manifest import Manifest
 
-from edgeship._errors import DecryptionError, EdgeshipError
+from edgeship._errors import DecryptionError, EdgeshipError, MismatchError
 
 __all__ = ["base_opens", "decrypting", "peek_offer", "recipient", "slot_info"]
 
@@ -35,11 +35,16 @@ def peek_offer(raw: bytes) -> tuple[str | None, str]:
     return (version if isinstance(version, str) else None), str(mode)
 
 
-def recipient(manifest: Manifest, private_key: Any | None) -> dict[str, Any] | None:
+def recipient(manifest: Manifest, private_key: Any | None, *,
+              required: bool = False) -> dict[str, Any] | None:
     """The manifest's ``encryption`` reduced to this device's recipient (None for a
-    plaintext release); DecryptionError when ``private_key`` cannot open the data key."""
+    plaintext release); DecryptionError when ``private_key`` cannot open the data key,
+    MismatchError for a plaintext release when this device takes encrypted ones only."""
     encryption = manifest.encryption
     if encryption is None:
+        if required:
+            raise MismatchError(f"release {manifest.version} is not encrypted; this device "
+                                "takes encrypted releases only ([encryption] require)")
         return None
     from edgeship.sdk._crypt import keyid_of_public, listed_keys, unwrap_data_key
 

@@ -330,7 +330,7 @@ def test_config_sections_encryption_drift_shadow(tmp_path: Path) -> None:
 
 
 # ---- the pure core with encrypted releases (in-memory shell of test_ota_core) -------------
-def core_shell(world: dict[str, Any], *, key: bool = True) -> Any:
+def core_shell(world: dict[str, Any], *, key: bool = True, require: bool = False) -> Any:
     from edgeship.agent._health import golden_check
     from edgeship.agent._ota import HealthChecked, LocalRelease, OtaCore, RunHealthCheck
     from edgeship.sdk._crypt import Encryption, decrypt, load_private_key, unwrap_data_key
@@ -350,11 +350,35 @@ def core_shell(world: dict[str, Any], *, key: bool = True) -> Any:
             return super().perform(action)
 
     core = OtaCore(device="d1", model="model", root_key=world["root"].read_bytes(),
-                   chunk_size=1024, private_key=private)
+                   chunk_size=1024, private_key=private, require_encryption=require)
     shell = DecryptingShell(core, [world["v1"], world["v2"], world["v3"]])
     rel = Release.load(world["v1"])
     shell.run(LocalRelease(offer=offer_bytes(world["v1"]), artifact=rel.read_artifact()))
     return shell
+
+
+def test_core_refuses_plaintext_releases_when_encryption_is_required(
+        world: dict[str, Any], tmp_path: Path) -> None:
+    """A release built without --encrypt-for would put the model on the disk in the
+    clear: with ``[encryption] require`` the device refuses it before downloading."""
+    from edgeship.agent._config import EncryptionConfig
+    from edgeship.agent._ota import OfferReceived
+
+    work = tmp_path / "build"
+    model = make_model(work / "model.onnx", version_bias("6.0.0"))
+    plain = Release.build(model, version="6.0.0", keydir=world["root"].parent,
+                          out=tmp_path / "6.0.0", model_name="model")
+    shell = core_shell(world, require=True)  # the encrypted 1.0.0 is taken
+    assert shell.state.phase == "committed" and shell.serving == "1.0.0"
+    shell.run(OfferReceived(offer_bytes(plain.path)))
+    assert shell.state.phase == "failed" and shell.serving == "1.0.0"
+    assert "MismatchError" in shell.state.error and "not encrypted" in shell.state.error
+    assert shell.served_bytes == 0 and shell.state.job is None
+    lax = core_shell(world)  # without require the same offer is taken (download starts)
+    lax.run(OfferReceived(offer_bytes(plain.path)))
+    assert "not encrypted" not in lax.state.error and lax.state.target == "6.0.0"
+    with pytest.raises(ConfigError, match="needs a key source"):
+        EncryptionConfig(require=True)
 
 
 def test_core_encrypted_delta_and_refusals(world: dict[str, Any]) -> None:
