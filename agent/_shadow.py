@@ -196,11 +196,25 @@ class _Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, env=env)
         self.buf = bytearray()
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, timeout: float) -> None:
+        """Write ``frame`` within ``timeout`` s: a hung child stops reading, and a frame
+        larger than the pipe (64 KiB) would block the feeder forever (never restarted)."""
+        assert self.proc.stdin is not None
+        view = memoryview(frame)
+        deadline = time.monotonic() + timeout
         try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(frame)
-            self.proc.stdin.flush()
+            fd = self.proc.stdin.fileno()
+            os.set_blocking(fd, False)  # written here only, never through the buffer
+            while view:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorkerDied(f"worker took no input for {timeout:g}s")
+                _, ready, _ = select.select([], [fd], [], left)
+                if ready:
+                    try:
+                        view = view[os.write(fd, view[:1 << 20]):]
+                    except BlockingIOError:
+                        continue
         except (BrokenPipeError, OSError, ValueError) as exc:
             raise WorkerDied(self.describe_exit(f"pipe closed ({exc})")) from exc
 
@@ -424,7 +438,8 @@ class ShadowTap:
                 return ""
             worker.send(pack_frame({"op": "load", "fmt": fmt, "runtime": runtime,
                                     "threads": threads, "nice": cfg.nice,
-                                    "max_blob": cfg.max_request_bytes}, [model]))
+                                    "max_blob": cfg.max_request_bytes}, [model]),
+                        cfg.load_timeout_s)
             header, _ = worker.receive(cfg.load_timeout_s, 0)
             if header.get("op") != "ready":
                 return f"model did not load: {str(header.get('error', header))[:300]}"
@@ -487,7 +502,8 @@ class ShadowTap:
                 self._counts["dropped"] += 1
             return
         worker.send(pack_frame({"op": "infer", "inputs": specs_in, "outputs": specs_out,
-                                "atol": self.config.atol}, [*blobs_in, *blobs_out]))
+                                "atol": self.config.atol}, [*blobs_in, *blobs_out]),
+                    self.config.timeout_s)
         header, _ = worker.receive(self.config.timeout_s, 0)
         cpu = header.get("cpu")
         spent = (cpu if isinstance(cpu, float) else 0.0) + (time.thread_time() - own0)

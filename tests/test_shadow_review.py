@@ -366,3 +366,31 @@ def test_rare_worker_crashes_do_not_end_a_long_shadow() -> None:
         assert tap.stats()["state"] == "crashed"
     finally:
         tap.stop()
+
+
+def test_a_hung_worker_is_replaced_also_with_big_requests() -> None:
+    """The hang deadline covered only the reply: a request larger than the pipe (64 KiB,
+    any image) written to a hung worker blocked the feeder forever; the shadow stayed
+    'running' and compared nothing again, and no restart came."""
+    from edgeship.agent._shadow import ShadowConfig, ShadowTap
+
+    mlp = Path(__file__).parent / "fixtures" / "mlp.onnx"
+    tap = ShadowTap(ShadowConfig(sample=1.0, timeout_s=1.0, backoff_s=0.05),
+                    log=lambda *a, **k: None)
+    tap.start(mlp.read_bytes(), fmt="onnx", version="2.0.0", runtime="onnxruntime")
+    try:
+        assert tap.wait_ready(60), tap.stats()
+        hung = tap.worker_pid
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)
+        big = {"input": np.zeros((1, 1 << 18), np.float32)}  # 1 MiB
+        tap.observe(big, {"probs": np.zeros((1, 10), np.float32)}, source="local",
+                    version="1.0.0", seconds=0.001)
+        deadline = time.monotonic() + 30
+        while tap.stats()["crashes"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tap.stats()["crashes"] == 1 and tap.stats()["state"] == "running", tap.stats()
+        assert tap.wait_ready(60) and tap.worker_pid not in (None, hung)
+        assert gone(hung)
+    finally:
+        tap.stop()
