@@ -59,6 +59,7 @@ DONE_OUTCOMES = (COMMITTED, SHADOWING, ROLLED_BACK, FAILED, TIMEOUT)
 SUCCESS_OUTCOMES = (COMMITTED, SHADOWING)
 MODES = ("active", "shadow")
 _BUSY = ("downloading", "verifying", "installing", "health-checking")
+_BROKEN_SHADOW = ("crashed", "failed")  # shadow states in which it compares nothing
 FAILED_OUTCOMES = (ROLLED_BACK, FAILED, TIMEOUT)
 MAX_DEVICES = 1_000_000
 MAX_WAVES = 100
@@ -283,8 +284,12 @@ def _shadow_version(status: Mapping[str, Any]) -> str | None:
 
 
 def shadowing_devices(statuses: Mapping[str, Mapping[str, Any]], version: str) -> list[str]:
-    """Devices that run ``version`` as their shadow (whom ``fleet promote`` offers it to)."""
-    return sorted(d for d, s in statuses.items() if _shadow_version(s) == version)
+    """Devices that run ``version`` as their shadow (whom ``fleet promote`` offers it to).
+
+    Not those whose shadow crashed or failed to load: the comparison that promoting
+    rests on never ran there (the operator can still name them with ``--devices``)."""
+    return sorted(d for d, s in statuses.items() if _shadow_version(s) == version
+                  and (s.get("shadow") or {}).get("state") not in _BROKEN_SHADOW)
 
 
 def shadow_ended(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]]) -> bool:

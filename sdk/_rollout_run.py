@@ -156,7 +156,8 @@ def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
         return rollout
     if choose is not None and not wanted:
         raise InputError(f"no device of fleet {ident.fleet!r} runs {ident.version} as its "
-                         "shadow; name the devices with --devices ID,...")
+                         "shadow (one that crashed or failed to load is promoted only where "
+                         "named); name the devices with --devices ID,...")
     targets = wanted or sorted(watcher.statuses())
     if not targets:
         raise InputError(f"no devices of fleet {ident.fleet!r} report a status; name them with "

@@ -394,3 +394,35 @@ def test_a_hung_worker_is_replaced_also_with_big_requests() -> None:
         assert gone(hung)
     finally:
         tap.stop()
+
+
+def test_promote_skips_devices_whose_shadow_crashed(
+        world: tuple[AgentProc, Watcher], mosquitto: Mosquitto, rels: dict[str, Path],
+        tmp_path: Path) -> None:
+    """fleet promote (no --devices) offered the release to every device whose status
+    named it as the shadow, also where the shadow worker had crashed for good: the
+    comparison promoting rests on never ran there (and the model may crash the agent).
+    Named with --devices it is still promoted."""
+    from edgeship.sdk._rollout import shadowing_devices
+
+    assert shadowing_devices({"a": {"shadow": {"version": "2.0.0", "state": "running"}},
+                              "b": {"shadow": {"version": "2.0.0", "state": "crashed"}},
+                              "c": {"shadow": {"version": "2.0.0", "state": "failed"}},
+                              "d": {"shadow": {"version": "2.0.0"}}}, "2.0.0") == ["a", "d"]
+    agent, watch = world
+    agent.kill()  # restart with a shadow worker that can never run: it crashes at once
+    agent.config.write_text(agent.config.read_text().replace(
+        "queue = 64\n", "queue = 64\nmax_restarts = 0\nload_timeout_s = 0.001\n"))
+    agent.start()
+    agent.wait_ready()
+    watch.publish(TOPIC, shadow_offer(rels["v2"]), retain=True)
+    watch.wait(lambda s: (s.get("shadow") or {}).get("state") == "crashed")
+    out = fleet(mosquitto.url, tmp_path, "promote", str(rels["v2"]), "--wait",
+                "--wave-timeout", "30")
+    assert out.returncode == 2 and "crashed or failed" in out.stderr, out.stdout + out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert served_version(agent.url)[0] == "1.0.0"
+    out = fleet(mosquitto.url, tmp_path, "promote", str(rels["v2"]), "--devices", "dev-1",
+                "--wait", "--wave-timeout", "30")
+    assert out.returncode == 0 and "1 committed" in out.stdout, out.stdout + out.stderr
+    assert served_version(agent.url)[0] == "2.0.0"
