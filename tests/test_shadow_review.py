@@ -426,3 +426,33 @@ def test_promote_skips_devices_whose_shadow_crashed(
                 "--wait", "--wave-timeout", "30")
     assert out.returncode == 0 and "1 committed" in out.stdout, out.stdout + out.stderr
     assert served_version(agent.url)[0] == "2.0.0"
+
+
+def test_fleet_status_prints_device_text_as_text(mosquitto: Mosquitto) -> None:
+    """A device's status text was read as rich markup: one error or version holding
+    '[/]' made 'fleet status' fail for the whole fleet (internal error, exit 1)."""
+    import json
+
+    from edgeship.sdk._mqtt import MqttEdge
+
+    docs = {"d1": {"state": "failed", "version": "1.0.0", "ts": 1.0,
+                   "error": "model at /data/[/x] unreadable"},
+            "d2": {"state": "shadowing", "version": "1.0.0[/]", "ts": 1.0,
+                   "shadow": {"version": "2.0.0[bold]", "compared": 3, "agreement": 1.0}}}
+    edge = MqttEdge(mosquitto.url, client_id="markup-statuses")
+    edge.start()
+    try:
+        assert edge.wait_connected(10)
+        for dev, doc in docs.items():
+            info = edge.publish(f"edgeship/t/{dev}/status", json.dumps(doc).encode(),
+                                retain=True)
+            assert info is not None
+            info.wait_for_publish(10)
+    finally:
+        edge.stop()
+    out = subprocess.run([sys.executable, "-m", "edgeship", "fleet", "status", "--broker",
+                          mosquitto.url, "--fleet", "t"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "/data/[/x] unreadable" in out.stdout and "2.0.0[bold] 100.0% of 3" in out.stdout
+    assert "versions  1.0.0: 1, 1.0.0[/]: 1" in out.stdout

@@ -260,6 +260,7 @@ def status(broker_url: str, username: str, password_file: str | None, fleet_name
                               indent=1))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     now = time.time()
@@ -269,16 +270,19 @@ def status(broker_url: str, username: str, password_file: str | None, fleet_name
         table.add_column(col)
     for dev, s in sorted(statuses.items()):
         seen = f"{max(0.0, now - s.last_seen):.0f}s ago" if s.last_seen else "-"
-        table.add_row(dev, s.version or "-", s.state_text(), s.target or "-", s.shadow_text(),
-                      s.drift_text(), seen, (s.error or "")[:80])
+        # every cell is the device's own text: '[/]' in it is no markup (it crashed the table)
+        table.add_row(*(escape(cell) for cell in (
+            dev, s.version or "-", s.state_text(), s.target or "-", s.shadow_text(),
+            s.drift_text(), seen, (s.error or "")[:80])))
     console = Console(width=200)
     console.print(table)
     versions = ", ".join(f"{v}: {n}" for v, n in summary["versions"].items()) or "no devices"
-    console.print(f"versions  {versions}")
+    console.print(f"versions  {versions}", markup=False)
     if summary["shadows"]:
-        console.print("shadows   " + ", ".join(f"{v}: {n}" for v, n in summary["shadows"].items()))
+        console.print("shadows   " + ", ".join(f"{v}: {n}" for v, n in summary["shadows"].items()),
+                      markup=False)
     if summary["drift_alerts"]:
-        console.print(f"drift     {summary['drift_alerts']} device(s) alerting")
+        console.print(f"drift     {summary['drift_alerts']} device(s) alerting", markup=False)
 
 
 @click.command("discard")
