@@ -18,6 +18,9 @@ from edgeship._errors import DecryptionError, EdgeshipError, MismatchError
 __all__ = ["base_opens", "decrypting", "peek_offer", "recipient", "slot_info"]
 
 
+MAX_PEEKED_VERSION = 64  # an X.Y.Z version is far shorter
+
+
 def peek_offer(raw: bytes) -> tuple[str | None, str]:
     """The version a message on the offer topic *claims* and its kind: an offer's
     ``mode`` ("active" unless it says otherwise) or "shadow-discard". Unverified: used
@@ -32,7 +35,10 @@ def peek_offer(raw: bytes) -> tuple[str | None, str]:
             version, mode = doc["manifest"]["signed"]["version"], doc.get("mode", "active")
     except (EdgeshipError, KeyError, TypeError):
         return None, "active"
-    return (version if isinstance(version, str) else None), str(mode)
+    # it names the refused offer in the retained status: an absurd one (30 KB) made the
+    # status too big for fleet status, which then lost the device
+    ok = isinstance(version, str) and len(version) <= MAX_PEEKED_VERSION
+    return (version if ok else None), str(mode)
 
 
 def recipient(manifest: Manifest, private_key: Any | None, *,

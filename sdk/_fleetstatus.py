@@ -49,8 +49,11 @@ class DeviceStatus:
     @classmethod
     def from_payload(cls, device: str, payload: bytes) -> DeviceStatus | None:
         """None for an empty (cleared) or unusable message."""
-        if not payload or len(payload) > MAX_STATUS_BYTES:
+        if not payload:
             return None
+        if len(payload) > MAX_STATUS_BYTES:  # still a device of the fleet: show it
+            return cls(device=device, error=f"status of {len(payload)} bytes is over the "
+                                            f"limit of {MAX_STATUS_BYTES}; not read")
         try:
             doc = json.loads(payload)
         except (UnicodeDecodeError, ValueError):

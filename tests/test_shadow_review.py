@@ -456,3 +456,42 @@ def test_fleet_status_prints_device_text_as_text(mosquitto: Mosquitto) -> None:
     assert out.returncode == 0, out.stderr
     assert "/data/[/x] unreadable" in out.stdout and "2.0.0[bold] 100.0% of 3" in out.stdout
     assert "versions  1.0.0: 1, 1.0.0[/]: 1" in out.stdout
+
+
+def test_an_absurd_offer_version_cannot_hide_a_device(world: tuple[AgentProc, Watcher],
+                                                     mosquitto: Mosquitto,
+                                                     rels: dict[str, Path]) -> None:
+    """The refused offer's unverified version went into the retained status as its
+    target: a 30 KB version made a 30 KB status, and fleet status (16 KB limit) dropped
+    the device from the fleet. Now the device names no such target, and a status over
+    the limit still shows the device."""
+    import json
+
+    from edgeship.sdk._mqtt import MqttEdge
+
+    agent, watch = world
+    doc = json.loads(offer_bytes(rels["v2"]))
+    doc["manifest"]["signed"]["version"] = "9" * 30000
+    watch.publish(TOPIC, json.dumps(doc).encode(), retain=True)
+    status = watch.wait(lambda s: s["state"] == "failed")
+    assert status["target"] is None and len(json.dumps(status)) < 2048
+    assert served_version(agent.url)[0] == "1.0.0"
+    edge = MqttEdge(mosquitto.url, client_id="huge-status")  # a device with a huge status
+    edge.start()
+    try:
+        assert edge.wait_connected(10)
+        huge = {"device": "dev-huge", "state": "committed", "version": "1.0.0",
+                "error": "x" * 20000}
+        info = edge.publish("edgeship/t/dev-huge/status", json.dumps(huge).encode(),
+                            retain=True)
+        assert info is not None
+        info.wait_for_publish(10)
+    finally:
+        edge.stop()
+    out = subprocess.run([sys.executable, "-m", "edgeship", "fleet", "status", "--broker",
+                          mosquitto.url, "--fleet", "t", "--json"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    devices = {d["device"]: d for d in json.loads(out.stdout)["devices"]}
+    assert devices["dev-1"]["state"] == "failed"
+    assert "over the limit" in devices["dev-huge"]["error"]
