@@ -52,15 +52,15 @@ def load_device_key(config: EncryptionConfig) -> Any | None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _read_bounded(path: Path, what: str) -> bytes:
+def _read_key(handle: Any, path: Path, what: str) -> bytes:
+    """At most MAX_KEY_BYTES from an open key file (ConfigError beyond: not a key)."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_KEY_BYTES + 1)
+        data = handle.read(MAX_KEY_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
     if len(data) > MAX_KEY_BYTES:
         raise ConfigError(f"{what}: {path} is larger than {MAX_KEY_BYTES} bytes, not a key")
-    return data
+    return bytes(data)
 
 
 def _from_file(name: str) -> bytes:
@@ -76,13 +76,7 @@ def _from_file(name: str) -> bytes:
         problem = key_file_problem(os.fstat(fd), os.geteuid())
         if problem:
             raise ConfigError(f"{what}: {path} {problem}")
-        try:
-            data = handle.read(MAX_KEY_BYTES + 1)
-        except OSError as exc:
-            raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
-    if len(data) > MAX_KEY_BYTES:
-        raise ConfigError(f"{what}: {path} is larger than {MAX_KEY_BYTES} bytes, not a key")
-    return data
+        return _read_key(handle, path, what)
 
 
 def key_file_problem(st: os.stat_result, euid: int) -> str | None:
@@ -117,7 +111,12 @@ def _from_credential(name: str) -> bytes:
         raise ConfigError("encryption.key_credential: $CREDENTIALS_DIRECTORY is not set "
                           "(run the agent from a systemd unit with LoadCredential= or "
                           f"LoadCredentialEncrypted={name}:...)")
-    return _read_bounded(Path(folder) / name, "encryption.key_credential")
+    path, what = Path(folder) / name, "encryption.key_credential"
+    try:
+        with path.open("rb") as handle:
+            return _read_key(handle, path, what)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
 
 
 def _from_command(argv: tuple[str, ...], timeout: float) -> bytes:

@@ -175,3 +175,16 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def convert_mobilenet_tflite(tmp: Path) -> Path:
+    """``edgeship convert`` of the mobilenet fixture to INT8 TFLite in ``tmp/converted``."""
+    import subprocess
+    import sys
+
+    out = tmp / "converted"
+    subprocess.run([sys.executable, "-m", "edgeship", "convert",
+                    str(ROOT / "tests" / "fixtures" / "mobilenet.onnx"),
+                    "--calib", str(ROOT / "tests" / "fixtures" / "mobilenet_calib.npz"),
+                    "-o", str(out), "--format", "tflite"], check=True, capture_output=True)
+    return out / "model.int8.tflite"

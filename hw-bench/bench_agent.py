@@ -33,7 +33,14 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _common import print_machine, print_table, quick, timed, write_result  # noqa: E402
+from _common import (  # noqa: E402
+    convert_mobilenet_tflite,
+    print_machine,
+    print_table,
+    quick,
+    timed,
+    write_result,
+)
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -215,14 +222,6 @@ def footprint_run(label: str, tmp: Path, broker_url: str, artifact: Path, bare_s
     return row, agent
 
 
-def convert_tflite(tmp: Path) -> Path:
-    out = tmp / "converted"
-    subprocess.run([sys.executable, "-m", "edgeship", "convert", str(FIXTURES / "mobilenet.onnx"),
-                    "--calib", str(FIXTURES / "mobilenet_calib.npz"), "-o", str(out),
-                    "--format", "tflite"], check=True, capture_output=True)
-    return out / "model.int8.tflite"
-
-
 def main() -> None:
     import argparse
 
@@ -246,7 +245,7 @@ def main() -> None:
         rows = [latency_rows("mobilenet fp32 onnx", FIXTURES / "mobilenet.onnx", agent.url,
                              n // 4)]
         update = update_run(broker.url, "dev-onnxruntime", v2)
-        tflite = convert_tflite(tmp)
+        tflite = convert_mobilenet_tflite(tmp)
         lite_row, lite_agent = footprint_run("litert", tmp / "litert", broker.url, tflite,
                                              BARE_LITERT)
         agents.append(lite_agent)

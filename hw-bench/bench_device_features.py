@@ -39,7 +39,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _common import print_machine, print_table, quick, write_result  # noqa: E402
+from _common import (  # noqa: E402
+    convert_mobilenet_tflite,
+    print_machine,
+    print_table,
+    quick,
+    write_result,
+)
 
 FIXTURES = ROOT / "tests" / "fixtures"
 VARIANTS = ("none", "drift", "shadow", "shadow-all")
@@ -83,14 +89,6 @@ def serve(variant: str, model_path: Path, profile_path: Path) -> None:
 
 
 # -- load time ------------------------------------------------------------------------------
-def convert_tflite(tmp: Path) -> Path:
-    out = tmp / "converted"
-    subprocess.run([sys.executable, "-m", "edgeship", "convert", str(FIXTURES / "mobilenet.onnx"),
-                    "--calib", str(FIXTURES / "mobilenet_calib.npz"), "-o", str(out),
-                    "--format", "tflite"], check=True, capture_output=True)
-    return out / "model.int8.tflite"
-
-
 def encrypted_release(tmp: Path, artifact: Path, name: str) -> tuple[Path, Any, Path]:
     """A real encrypted release of ``artifact``: its artifact file, its Encryption, the
     device key that opens it."""
@@ -267,7 +265,7 @@ def main() -> None:
         return
     print_machine()
     tmp = Path(tempfile.mkdtemp(prefix="bench-device-features-"))
-    tflite = convert_tflite(tmp)
+    tflite = convert_mobilenet_tflite(tmp)
     n_load = 5 if quick() else 20
     loads = [load_row("mobilenet fp32 onnx", tmp, FIXTURES / "mobilenet.onnx", n_load),
              load_row("mobilenet int8 tflite", tmp, tflite, n_load)]

@@ -20,22 +20,13 @@ from edgeship.sdk._model import Model
 from edgeship.sdk._profile import Profile, build_profile, profile_from_file
 from prometheus_client import generate_latest
 from test_agent_support import make_keys
+from test_drift_agent import Events
 
 from edgeship._errors import MalformedError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-class Events:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def __call__(self, event: str, level: str = "info", **fields: Any) -> None:
-        self.lines.append((event, level, fields))
-
-    @property
-    def names(self) -> list[str]:
-        return [e for e, _, _ in self.lines]
 
 
 @pytest.fixture(scope="module")
