@@ -165,6 +165,11 @@ def _die_with_parent() -> None:
 
 def main() -> int:
     _die_with_parent()
+    # the agent owns this process (EOF or kill) and it dies with the agent: a stop signal
+    # to the whole group (systemctl stop, Ctrl-C) is the agent's to act on, not ours
+    # (it made every clean stop log a "shadow worker died" warning)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     # frames go out on a private copy of stdout; fd 1 then points at stderr, so a print
     # or a runtime's log line cannot corrupt the protocol
     proto = os.fdopen(os.dup(1), "wb", buffering=0)

@@ -495,3 +495,44 @@ def test_an_absurd_offer_version_cannot_hide_a_device(world: tuple[AgentProc, Wa
     devices = {d["device"]: d for d in json.loads(out.stdout)["devices"]}
     assert devices["dev-1"]["state"] == "failed"
     assert "over the limit" in devices["dev-huge"]["error"]
+
+
+def test_a_stop_signal_to_the_whole_group_stops_the_shadow_quietly(
+        world: tuple[AgentProc, Watcher], rels: dict[str, Path]) -> None:
+    """systemctl stop (KillMode=control-group) and Ctrl-C signal the agent and its
+    shadow worker at once: the worker died first and every clean stop logged a
+    'shadow_worker_died' warning. The agent stops it; no worker is left."""
+    import threading
+
+    agent, watch = world
+    agent.kill()
+    assert agent.proc is not None
+    agent.proc = subprocess.Popen(  # its own process group, as systemd's cgroup
+        [sys.executable, "-m", "edgeship", "agent", "run", "--config", str(agent.config)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=agent.env, start_new_session=True)
+    threading.Thread(target=agent._pump, args=(agent.proc,), daemon=True).start()
+    agent.wait_ready()
+    watch.publish(TOPIC, shadow_offer(rels["v2"]), retain=True)
+    watch.wait(lambda s: s["state"] == "shadowing" and s["target"] == "2.0.0")
+    pid = agent.wait_log(lambda line: line.get("event") == "shadow_ready")["pid"]
+    mark = len(agent.log)
+    busy = threading.Event()
+
+    def traffic() -> None:  # a busy device: the shadow is mid-request when the signal lands
+        while not busy.is_set():
+            try:
+                served_version(agent.url)
+            except OSError:  # the agent is gone
+                return
+
+    load = threading.Thread(target=traffic, daemon=True)
+    load.start()
+    time.sleep(1.0)
+    os.killpg(agent.proc.pid, signal.SIGTERM)
+    assert agent.proc.wait(timeout=30) == 0
+    busy.set()
+    load.join(timeout=10)
+    assert gone(pid)
+    events = [line.get("event") for line in agent.log[mark:]]
+    assert "shadow_stopped" in events and "shadow_worker_died" not in events, events
