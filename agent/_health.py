@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgeship.agent._child import child_env
+
 __all__ = ["HealthCheckInterrupted", "golden_check", "pause_seconds", "run_health_check"]
 
 
@@ -86,7 +88,7 @@ def run_health_check(model_path: Path, golden: dict[str, Any] | None, *, runtime
            runtime, str(threads), *(["encrypted"] if data_key is not None else [])]
     try:
         out = subprocess.run(cmd, capture_output=True, timeout=timeout,
-                             input=data_key or b"", env=_child_env())
+                             input=data_key or b"", env=child_env())
     except subprocess.TimeoutExpired:
         return False, f"health check did not finish in {timeout:g}s"
     finally:
@@ -104,17 +106,13 @@ def run_health_check(model_path: Path, golden: dict[str, Any] | None, *, runtime
     return False, (detail or f"health check exited with {out.returncode}")[:_MAX_REASON]
 
 
-def _child_env() -> dict[str, str]:
-    """Our environment minus any PEM private key (``[encryption] key_env`` puts the
-    device key there): the child needs one data key, never the key that opens them all."""
-    return {k: v for k, v in os.environ.items() if "PRIVATE KEY-----" not in v}
-
-
 def _main(argv: list[str]) -> int:
+    from edgeship.agent._child import die_with_parent
     from edgeship.sdk._model import Model
 
     from edgeship._errors import EdgeshipError
 
+    die_with_parent()  # a check hung in the runtime must not outlive a killed agent
     model_path, golden_path, runtime, threads = argv[:4]
     data_key = sys.stdin.buffer.read(33) if argv[4:] == ["encrypted"] else None
     seconds = pause_seconds("health")

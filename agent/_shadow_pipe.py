@@ -2,7 +2,7 @@
 bounded by deadlines (split from :mod:`edgeship.agent._shadow`, which drives it).
 
 The child is ``python -m edgeship.agent._shadow_worker``; the frames are that module's.
-It dies with the agent (``EDGESHIP_SHADOW_PARENT``, see ``_shadow_worker``).
+It dies with the agent (see :mod:`edgeship.agent._child`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING, Any
+
+from edgeship.agent._child import child_env
 
 if TYPE_CHECKING:
     from edgeship.agent._shadow import ShadowConfig
@@ -32,8 +34,7 @@ class Worker:
         self.config = config
         # the child needs no secret: a PEM key in the agent's environment ([encryption]
         # key_env) stays out of it (the model arrives decrypted on the pipe)
-        env = {k: v for k, v in os.environ.items() if "PRIVATE KEY" not in v}
-        env["EDGESHIP_SHADOW_PARENT"] = str(os.getpid())  # the child dies with us
+        env = child_env()  # no device key; the child dies with us
         self.proc = subprocess.Popen(  # our own interpreter and module
             [sys.executable, "-m", "edgeship.agent._shadow_worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, env=env)

@@ -144,27 +144,10 @@ def _infer(model: Any, header: dict[str, Any], blobs: list[bytes]) -> bytes:
                        "cpu": time.process_time() - cpu0})
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this child when the agent's thread that started it ends.
-
-    A worker hung inside the runtime (or stopped) never reads the EOF the agent's death
-    leaves on stdin; without this, a SIGKILLed agent left it behind forever, and every
-    restart could add one more. ``EDGESHIP_SHADOW_PARENT`` closes the race of an agent
-    that died before the request was made."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: EOF on stdin is all there is
-        return
-    parent = os.environ.get("EDGESHIP_SHADOW_PARENT", "")
-    if parent.isdigit() and os.getppid() != int(parent):
-        os._exit(0)
-
-
 def main() -> int:
-    _die_with_parent()
+    from edgeship.agent._child import die_with_parent
+
+    die_with_parent()
     # the agent owns this process (EOF or kill) and it dies with the agent: a stop signal
     # to the whole group (systemctl stop, Ctrl-C) is the agent's to act on, not ours
     # (it made every clean stop log a "shadow worker died" warning)

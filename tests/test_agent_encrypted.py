@@ -408,11 +408,12 @@ def test_core_encrypted_delta_and_refusals(world: dict[str, Any]) -> None:
 
 def test_health_check_child_decrypts_with_the_key_from_its_pipe(
         world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgeship.agent._health import _child_env, run_health_check
+    from edgeship.agent._child import child_env
+    from edgeship.agent._health import run_health_check
 
     monkeypatch.setenv("EDGESHIP_TEST_DEVICE_KEY", world["key"].read_text())  # key_env
     monkeypatch.setenv("EDGESHIP_TEST_OTHER", "kept")
-    env = _child_env()
+    env = child_env()
     assert "EDGESHIP_TEST_DEVICE_KEY" not in env and env["EDGESHIP_TEST_OTHER"] == "kept"
     from edgeship.sdk._crypt import load_private_key, unwrap_data_key
 

@@ -536,3 +536,56 @@ def test_a_stop_signal_to_the_whole_group_stops_the_shadow_quietly(
     assert gone(pid)
     events = [line.get("event") for line in agent.log[mark:]]
     assert "shadow_stopped" in events and "shadow_worker_died" not in events, events
+
+
+def _health_children(config: Path) -> list[int]:
+    """Pids of health-check children, told apart by the golden file's folder (our tmp)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"edgeship.agent._health" in cmd and str(config).encode() in env:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_hung_health_check_dies_with_a_killed_agent(tmp_path: Path, mosquitto: Mosquitto,
+                                                      rels: dict[str, Path]) -> None:
+    """The health-check child, stuck (here: paused) in the runtime, used to outlive a
+    SIGKILLed agent until its own work ended: a hung one for good."""
+    server = subprocess.Popen([sys.executable, "-m", "edgeship", "fleet", "serve", "--broker",
+                               mosquitto.url, "--releases", str(rels["v1"]), str(rels["v2"])],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    pause = tmp_path / "pause"
+    pause.write_text("")
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port, root_pub=rels["root"],
+                       initial=rels["v1"])
+    agent = AgentProc(cfg, port, env={"EDGESHIP_AGENT_PAUSE_FILE": str(pause),
+                                      "EDGESHIP_TEST_CONFIG": str(cfg)}).start()
+    watch = Watcher(mosquitto.url)
+    try:
+        watch.wait(lambda s: s["state"] == "committed" and s["version"] == "1.0.0")
+        pause.write_text("health=120")
+        watch.publish(TOPIC, Release.load(rels["v2"]).offer().to_bytes(), retain=True)
+        watch.wait(lambda s: s["state"] == "health-checking" and s["target"] == "2.0.0")
+        deadline = time.monotonic() + 20
+        while not _health_children(cfg) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        children = _health_children(cfg)
+        assert len(children) == 1, children
+        agent.kill()
+        assert gone(children[0]), "the health check outlived its SIGKILLed agent"
+    finally:
+        for pid in _health_children(cfg):
+            os.kill(pid, signal.SIGKILL)
+        watch.close()
+        agent.kill()
+        server.terminate()
+        server.wait(timeout=10)
