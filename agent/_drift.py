@@ -2,8 +2,11 @@
 release profile's bins (:class:`~edgeship.sdk._profile.DriftMonitor`) and says when it
 stops looking like the reference data.
 
-Answer path: :meth:`DriftTap.observe` only appends the request's arrays to a bounded
-buffer (no copy, no numpy); every ``config.batch`` requests (fewer for inputs so large
+Answer path: :meth:`DriftTap.observe` appends the request to a bounded buffer; an image
+input the profile reduces per channel is reduced first (one numpy pass, a few µs), so the
+buffer never keeps the request's own array alive (holding 32 decoded request bodies
+cost the agent's API more than the counting: fresh memory for every request); every
+``config.batch`` requests (fewer for inputs so large
 that a batch would hold over 8 MiB of float32 samples) the request that fills it
 counts the whole buffer in one vectorised pass (a few µs per request, amortised), and the
 heartbeat (:meth:`DriftTap.telemetry`) counts what is left. The buffer holds at most
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -108,12 +112,15 @@ class DriftTap:
         self.version = version
         self.monitor = DriftMonitor(profile, self.config)
         # large inputs: fewer requests held before counting (the buffer keeps references
-        # to whole requests: 32 full-HD float images would be 800 MB)
+        # to whole requests: 32 full-HD float images would be 800 MB; images the profile
+        # reduces per channel are reduced on arrival and hold only their means)
         sample_bytes = sum(4 * math.prod(t.shape) for t in profile.tensors if t.role == "input")
         self._batch = max(1, min(self.config.batch, _PENDING_BYTES // max(sample_bytes, 1)))
         self._max_pending = self._batch * _PENDING_BATCHES
         self._pending: deque[tuple[Any, Any]] = deque(maxlen=self._max_pending)
         self._credit = 0.0  # sampling: + sample per request, one counted per whole unit
+        self._tokens, self._refilled = 1.0, time.monotonic()  # the max_rate bucket
+        self.skipped = 0  # requests not counted because of max_rate (by design)
         self._lock = threading.Lock()  # serializes the monitor (counting and reports)
         self._log = log or _default_log
         self._on_change = on_change
@@ -138,12 +145,33 @@ class DriftTap:
                 self._credit = credit
                 return
             self._credit = credit - 1.0
+        if self.config.max_rate and not self._take_token():
+            self.skipped += 1
+            return
         if len(self._pending) >= self._max_pending:
             self.dropped += 1  # the counting thread is behind (never blocks an answer)
             return
-        self._pending.append((inputs, outputs if source in LOCAL_SOURCES else None))
+        try:  # large images: a few channel means now, not the request's array until later
+            reduced = self.monitor.reduce(inputs)
+        except Exception as exc:  # e.g. another sample shape than the profile's
+            self._error(exc)
+            return
+        self._pending.append((reduced, outputs if source in LOCAL_SOURCES else None))
         if len(self._pending) >= self._batch:
             self.flush(wait=False)
+
+    def _take_token(self) -> bool:
+        """One of ``max_rate`` counts per second (a burst of one second's worth); a race
+        between request threads only lets one more through."""
+        now = time.monotonic()
+        rate = self.config.max_rate
+        tokens = min(rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
 
     def flush(self, *, wait: bool = True) -> None:
         """Count the buffered requests (``wait=False``: skip if another thread is at it)."""
@@ -175,9 +203,13 @@ class DriftTap:
                 try:
                     self.monitor.observe(inputs, outputs)
                 except Exception:
-                    self.errors += 1
-                    if self.errors == 1:
-                        self._log("drift_error", "warning", error=str(exc)[:300])
+                    self._error(exc)
+
+    def _error(self, exc: Exception) -> None:
+        """A request that cannot be counted: counted as such; the first one is logged."""
+        self.errors += 1
+        if self.errors == 1:
+            self._log("drift_error", "warning", error=str(exc)[:300])
 
     # -- off the answer path -------------------------------------------------------------
     def report(self) -> DriftReport:
@@ -205,7 +237,8 @@ class DriftTap:
     def telemetry(self) -> dict[str, Any]:
         """The full report (per-feature PSI / KS) for the heartbeat."""
         return {**self.report().to_dict(), "version": self.version, "errors": self.errors,
-                "dropped": self.dropped, "nan_values": self.monitor.nan_values}
+                "dropped": self.dropped, "skipped": self.skipped,
+                "nan_values": self.monitor.nan_values}
 
     def status(self) -> dict[str, Any] | None:
         """Compact verdict for the retained status; None before the first sample."""

@@ -77,7 +77,7 @@ def test_tap_in_the_service_flags_a_shifted_stream_and_clears(cnn: tuple[Model, 
     model, profile = cnn
     service = _service(model)
     events, changes = Events(), []
-    config = DriftConfig(window=400, slices=4, min_samples=250, batch=16)
+    config = DriftConfig(max_rate=0, window=400, slices=4, min_samples=250, batch=16)
     tap = DriftTap(profile, config, service.metrics.registry, version="1.0.0", log=events,
                    on_change=changes.append)
     service.taps = (tap,)
@@ -114,7 +114,7 @@ def test_tap_in_the_service_flags_a_shifted_stream_and_clears(cnn: tuple[Model, 
 
 def test_cloud_answers_count_inputs_but_not_outputs(cnn: tuple[Model, Any]) -> None:
     model, profile = cnn
-    tap = DriftTap(profile, DriftConfig(window=1000, min_samples=10, batch=8), log=Events())
+    tap = DriftTap(profile, DriftConfig(max_rate=0, window=1000, min_samples=10, batch=8), log=Events())
     images = stream(40, seed=4)
     y = model.predict_all({"input": images[0]})
     for i, x in enumerate(images):
@@ -126,7 +126,7 @@ def test_cloud_answers_count_inputs_but_not_outputs(cnn: tuple[Model, Any]) -> N
 
 def test_sampling_counts_a_fraction_and_the_buffer_stays_bounded(cnn: tuple[Model, Any]) -> None:
     model, profile = cnn
-    tap = DriftTap(profile, DriftConfig(window=10_000, min_samples=10, sample=0.25, batch=16),
+    tap = DriftTap(profile, DriftConfig(max_rate=0, window=10_000, min_samples=10, sample=0.25, batch=16),
                    log=Events())
     x = stream(1, seed=5)[0]
     y = model.predict_all({"input": x})
@@ -136,10 +136,31 @@ def test_sampling_counts_a_fraction_and_the_buffer_stays_bounded(cnn: tuple[Mode
     assert tap.telemetry()["window"] == 1000
 
 
+def test_max_rate_bounds_the_requests_counted_per_second(cnn: tuple[Model, Any]) -> None:
+    """A busy device counts a steady ``max_rate`` per second (its accounting's CPU is
+    bounded whatever the traffic); a quiet one counts every request."""
+    model, profile = cnn
+    tap = DriftTap(profile, DriftConfig(window=10_000, min_samples=10, max_rate=50, batch=4),
+                   log=Events())
+    x = stream(1, seed=9)[0]
+    y = model.predict_all({"input": x})
+    began = time.monotonic()
+    for _ in range(3000):  # a burst, far over 50/s
+        tap.observe({"input": x}, y, source="local", version="1", seconds=0.0)
+    burst = tap.telemetry()
+    allowed = 1 + 50 * (time.monotonic() - began)  # the first token, then 50 per second
+    assert 1 <= burst["window"] <= allowed + 1
+    assert burst["skipped"] == 3000 - burst["window"]
+    for _ in range(5):  # quiet: one request every 50 ms is under the rate, all counted
+        time.sleep(0.05)
+        tap.observe({"input": x}, y, source="local", version="1", seconds=0.0)
+    assert tap.telemetry()["window"] == burst["window"] + 5
+
+
 def test_concurrent_requests_are_all_accounted_for(cnn: tuple[Model, Any]) -> None:
     model, profile = cnn
     service = _service(model)
-    tap = DriftTap(profile, DriftConfig(window=100_000, min_samples=10, batch=8), log=Events())
+    tap = DriftTap(profile, DriftConfig(max_rate=0, window=100_000, min_samples=10, batch=8), log=Events())
     service.taps = (tap,)
     x = stream(1, seed=6)[0]
 
@@ -162,7 +183,7 @@ def test_a_request_the_profile_cannot_count_is_an_error_not_a_failure(
         cnn: tuple[Model, Any]) -> None:
     model, profile = cnn
     events = Events()
-    tap = DriftTap(profile, DriftConfig(window=1000, min_samples=10, batch=4), log=events)
+    tap = DriftTap(profile, DriftConfig(max_rate=0, window=1000, min_samples=10, batch=4), log=events)
     good = stream(6, seed=7)
     y = model.predict_all({"input": good[0]})
     for x in good[:3]:
@@ -177,20 +198,20 @@ def test_a_request_the_profile_cannot_count_is_an_error_not_a_failure(
 def test_a_new_tap_on_the_same_registry_takes_over_the_gauges(cnn: tuple[Model, Any]) -> None:
     model, profile = cnn
     metrics = Metrics()
-    first = DriftTap(profile, DriftConfig(window=100, min_samples=10, batch=4),
+    first = DriftTap(profile, DriftConfig(max_rate=0, window=100, min_samples=10, batch=4),
                      metrics.registry, log=Events())
     y = model.predict_all({"input": stream(1)[0]})
     for x in stream(50, shift=SHIFT, seed=8):
         first.observe({"input": x}, y, source="local", version="1", seconds=0.0)
     assert first.status()["alert"] is True
     assert "edgeship_drift_alert 1.0" in generate_latest(metrics.registry).decode()
-    DriftTap(profile, DriftConfig(), metrics.registry, log=Events())  # the next model's tap
+    DriftTap(profile, DriftConfig(max_rate=0), metrics.registry, log=Events())  # the next model's tap
     text = generate_latest(metrics.registry).decode()
     assert "edgeship_drift_alert 0.0" in text and "edgeship_drift_psi{" not in text
 
 
 # ------------------------------------------------------------------ end to end
-DRIFT_TOML = "[drift]\nwindow = 400\nslices = 4\nmin_samples = 250\nbatch = 16\n"
+DRIFT_TOML = "[drift]\nmax_rate = 0\nwindow = 400\nslices = 4\nmin_samples = 250\nbatch = 16\n"
 
 
 def _cli(*args: str | Path) -> None:

@@ -76,7 +76,7 @@ def test_agent_ignores_a_signed_profile_of_another_model(cnn_profile: Any) -> No
     check, or by hand): the agent says so once and installs no tap, answers unchanged."""
     model = Model.load(FIXTURES / "mlp.onnx", threads=1)
     service, events = _service(model, "2.0.0"), Events()
-    taps = Taps(service, service.metrics.registry, drift_config=DriftConfig(), log=events)
+    taps = Taps(service, service.metrics.registry, drift_config=DriftConfig(max_rate=0), log=events)
     taps.active_loaded(_slot("2.0.0", cnn_profile))
     assert taps.drift is None and service.taps == ()
     assert events.names == ["drift_unavailable"]
@@ -92,7 +92,7 @@ def test_next_model_without_a_profile_clears_the_drift_gauges(cnn_profile: Any) 
     switch to a release without a profile."""
     model = Model.load(FIXTURES / "cnn.onnx", threads=1)
     service, events = _service(model, "1.0.0"), Events()
-    config = DriftConfig(window=200, slices=4, min_samples=100, batch=8)
+    config = DriftConfig(max_rate=0, window=200, slices=4, min_samples=100, batch=8)
     taps = Taps(service, service.metrics.registry, drift_config=config, log=events)
     taps.active_loaded(_slot("1.0.0", cnn_profile))
     with np.load(FIXTURES / "cnn_eval.npz") as data:
@@ -121,7 +121,7 @@ def test_answers_share_the_window_of_their_inputs() -> None:
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(2000, 3)).astype(np.float32)
     profile = build_profile({"x": ref}, {"y": ref[:, :1] * 2})
-    monitor = DriftMonitor(profile, DriftConfig(window=100, slices=4, min_samples=10))
+    monitor = DriftMonitor(profile, DriftConfig(max_rate=0, window=100, slices=4, min_samples=10))
     x = rng.normal(size=(1000, 3)).astype(np.float32)
     monitor.observe({"x": x}, {"y": x[:, :1] * 2})
     report = monitor.report()
@@ -139,7 +139,7 @@ def test_tap_keeps_local_answers_in_the_window_when_cloud_answers_mix_in(
     from edgeship.agent._drift import DriftTap
 
     model = Model.load(FIXTURES / "cnn.onnx", threads=1)
-    tap = DriftTap(cnn_profile, DriftConfig(window=64, slices=4, min_samples=10, batch=32),
+    tap = DriftTap(cnn_profile, DriftConfig(max_rate=0, window=64, slices=4, min_samples=10, batch=32),
                    log=Events())
     with np.load(FIXTURES / "cnn_eval.npz") as data:
         images = data["input"][:256]
@@ -165,10 +165,10 @@ def test_a_small_reference_does_not_alert_on_its_own_distribution(samples: int) 
         rng = np.random.default_rng(seed)
         profile = build_profile({"x": rng.normal(size=(samples, 8)).astype(np.float32)})
         assert all(f.bins <= max(2, samples // 20) for f in profile.features)
-        monitor = DriftMonitor(profile, DriftConfig())
+        monitor = DriftMonitor(profile, DriftConfig(max_rate=0))
         monitor.observe({"x": rng.normal(size=(1000, 8)).astype(np.float32)})
         calm += not monitor.report().alert
-        monitor = DriftMonitor(profile, DriftConfig())
+        monitor = DriftMonitor(profile, DriftConfig(max_rate=0))
         monitor.observe({"x": rng.normal(1.0, 1.0, size=(1000, 8)).astype(np.float32)})
         shifted += monitor.report().alert
     assert calm >= 9 and shifted == 10, (calm, shifted)
@@ -182,7 +182,7 @@ def test_nan_values_are_not_counted_as_the_lowest_bin() -> None:
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(2000, 3)).astype(np.float32)
     profile = build_profile({"x": ref}, {"y": np.stack([ref[:, 0], -ref[:, 0]], axis=1)})
-    tap = DriftTap(profile, DriftConfig(window=1000, min_samples=200, batch=16), log=Events())
+    tap = DriftTap(profile, DriftConfig(max_rate=0, window=1000, min_samples=200, batch=16), log=Events())
     for i in range(600):
         x = rng.normal(size=(1, 3)).astype(np.float32)
         y = np.stack([x[:, 0], -x[:, 0]], axis=1)
@@ -211,7 +211,7 @@ def test_tensor_names_up_to_the_limit_make_a_profile() -> None:
     names = [f.name for f in profile.features]
     assert names[0] == f"{long_in}[0]" and names[-2:] == [f"{long_out}:class", f"{long_out}:top1"]
     assert Profile.from_json(profile.to_json()) == profile
-    tap_status = DriftMonitor(profile, DriftConfig(min_samples=10))
+    tap_status = DriftMonitor(profile, DriftConfig(max_rate=0, min_samples=10))
     tap_status.observe({long_in: rng.normal(size=(50, 64)).astype(np.float32)})
     assert len(json.dumps(tap_status.report().status())) < 400  # the retained status stays small
     with pytest.raises(MalformedError, match="128 characters"):  # over the limit: one clear error
@@ -269,8 +269,8 @@ def test_min_samples_the_sliding_window_never_holds_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"drift\.min_samples: 400 .* 300 samples"):
         DriftConfig.from_dict({"window": 400, "slices": 4, "min_samples": 400})
     with pytest.raises(ConfigError, match=r"drift\.min_samples"):
-        DriftConfig(window=100, slices=2, min_samples=60)
-    config = DriftConfig(window=400, slices=4, min_samples=300)  # the most it allows
+        DriftConfig(max_rate=0, window=100, slices=2, min_samples=60)
+    config = DriftConfig(max_rate=0, window=400, slices=4, min_samples=300)  # the most it allows
     rng = np.random.default_rng(0)
     monitor = DriftMonitor(build_profile({"x": rng.normal(size=(2000, 2))}), config)
     verdicts = []
@@ -289,7 +289,7 @@ def test_large_inputs_are_counted_before_many_of_them_pile_up() -> None:
     rng = np.random.default_rng(0)
     images = rng.random((40, 3, 512, 512), dtype=np.float32)  # 3 MiB each
     profile = build_profile({"img": images})
-    tap = DriftTap(profile, DriftConfig(window=1000, min_samples=10), log=Events())
+    tap = DriftTap(profile, DriftConfig(max_rate=0, window=1000, min_samples=10), log=Events())
     for i, x in enumerate(images[:20]):
         tap.observe({"img": x[None]}, {}, source="local", version="1", seconds=0.0)
         held = i + 1 - tap.monitor.window
@@ -304,7 +304,7 @@ def test_sample_counts_that_fraction_of_the_requests(sample: float, counted: int
     from edgeship.agent._drift import DriftTap
 
     profile = build_profile({"x": np.random.default_rng(0).normal(size=(400, 2))})
-    tap = DriftTap(profile, DriftConfig(window=10_000, min_samples=10, sample=sample, batch=8),
+    tap = DriftTap(profile, DriftConfig(max_rate=0, window=10_000, min_samples=10, sample=sample, batch=8),
                    log=Events())
     x = np.zeros((1, 2), np.float32)
     for _ in range(1000):
@@ -333,7 +333,7 @@ def test_tflite_release_with_the_converters_profile_on_a_real_agent(
     port = free_port()
     cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port,
                        root_pub=keys / "root.pub", initial=tmp_path / "rel",
-                       extra="[drift]\nwindow = 400\nslices = 4\nmin_samples = 250\n")
+                       extra="[drift]\nmax_rate = 0\nwindow = 400\nslices = 4\nmin_samples = 250\n")
     telemetry = Telemetry(mosquitto.url)
     agent = AgentProc(cfg, port).start()
     try:
