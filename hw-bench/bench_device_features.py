@@ -7,15 +7,15 @@ ratios against a baseline measured in the same run (compare ratios, not absolute
   ONNX (onnxruntime) and as the INT8 TFLite ``edgeship convert`` makes (LiteRT). The
   encrypted artifact comes from a real ``Release.build(encrypt_for=...)``.
 - ``latency``: p50 / p99 of the agent's local v2 API (``AgentClient``, binary tensors,
-  keep-alive) with no tap, with the drift tap (the release profile of the model's eval
-  data; default ``[drift]``, which counts at most 100 requests a second, and with no
-  rate limit: every request counted, the worst case), and with a shadow model (default ``[shadow]``: 10% of
-  answers sampled; and every answer sampled, the worst case). Each variant is its own
-  server process running the agent's ``AgentService`` and v2 server on the same model;
-  they are measured in small interleaved blocks (25 requests, rotating order) so that a
-  change in the machine's speed hits all of them alike, drift and the shadows in two
-  groups each with its own no-tap server (a busy shadow worker would slow the others); besides the pooled p50 ratio, the median over rounds of each
-  round's p50 ratio is reported (robust to a burst of load in one round).
+  keep-alive) with no tap; with the drift tap (the release profile of the model's eval
+  data) as configured by default (at most 100 requests counted a second) and counting
+  every request (``max_rate = 0``, the worst case); with a shadow of the same model as
+  configured by default (10% of answers) and sampling every answer (the worst case). One
+  server process runs the agent's ``AgentService`` and v2 server and switches its taps
+  between blocks (a process per variant lands on a 2-core machine's cores unevenly: a
+  bias of several percent); blocks are small (25 requests, rotating order) so that a
+  change in the machine's speed hits every variant alike. Besides the pooled p50 ratio,
+  the median over rounds of each round's ratio is kept in the JSON.
 - ``inprocess``: the same answer path without HTTP and its noise, ``AgentService.infer``
   with no tap, the drift tap and the default shadow: p50, mean and p99 ratios (the drift
   tap counts its buffered requests in one pass every ``batch`` requests: that shows in
@@ -50,14 +50,36 @@ from _common import (  # noqa: E402
 )
 
 FIXTURES = ROOT / "tests" / "fixtures"
-# measured in two groups, each against its own no-tap server: a shadow worker busy in
-# the background (every answer sampled) must not slow the drift server's turns
-GROUPS = (("none", "drift", "drift-all"), ("none", "shadow", "shadow-all"))
+VARIANTS = ("none", "drift", "drift-all", "shadow", "shadow-all")
 
 
 # -- the server side (this file re-run with --serve) ----------------------------------------
-def serve(variant: str, model_path: Path, profile_path: Path) -> None:
-    """One agent API on ``model_path`` with the taps of ``variant``; prints its URL."""
+def make_taps(model_path: Path, profile_path: Path, registry: Any) -> dict[str, tuple[Any, ...]]:
+    """The taps of each variant: default drift, drift counting every request, the
+    default shadow (10% sampled) and a shadow of every request (same model as the shadow)."""
+    from edgeship.agent._drift import DriftTap
+    from edgeship.agent._shadow import ShadowConfig, ShadowTap
+    from edgeship.sdk._profile import DriftConfig, Profile
+
+    quiet = {"log": lambda *a, **k: None}
+    profile = Profile.from_json(profile_path.read_bytes())
+    shadows = {}
+    for name, config in (("shadow", ShadowConfig()), ("shadow-all", ShadowConfig(sample=1.0))):
+        tap = ShadowTap(config, **quiet)
+        tap.start(model_path.read_bytes(), fmt=model_path.suffix.lstrip("."), version="1.1.0")
+        if not tap.wait_ready(60):
+            raise SystemExit(f"{name} did not start: {tap.stats()}")
+        shadows[name] = (tap,)
+    return {"none": (), "drift": (DriftTap(profile, DriftConfig(), registry, **quiet),),
+            "drift-all": (DriftTap(profile, DriftConfig(max_rate=0), registry, **quiet),),
+            **shadows}
+
+
+def serve(model_path: Path, profile_path: Path) -> None:
+    """One agent API on ``model_path``; prints its URL, then switches its taps to the
+    variant named on each stdin line (answering ``ok``); at EOF prints what the taps saw.
+    One process for every variant: on a 2-core machine, separate server processes land
+    on cores unevenly, a bias of several percent between them."""
     from edgeship.agent._api import AgentService, Metrics, Serving, describe
     from edgeship.sdk._model import Model
     from edgeship.sdk._v2server import serve as v2_serve
@@ -67,30 +89,18 @@ def serve(variant: str, model_path: Path, profile_path: Path) -> None:
     service = AgentService("model", metrics)
     service.swap(Serving(model=model, version="1.0.0", sha256="",
                          metadata=describe("model", model, "1.0.0")))
-    if variant.startswith("drift"):
-        from edgeship.agent._drift import DriftTap
-        from edgeship.sdk._profile import DriftConfig, Profile
-
-        profile = Profile.from_json(profile_path.read_bytes())
-        config = DriftConfig(max_rate=0) if variant == "drift-all" else DriftConfig()
-        service.taps = (DriftTap(profile, config, registry=metrics.registry,
-                                 log=lambda *a, **k: None),)
-    elif variant.startswith("shadow"):
-        from edgeship.agent._shadow import ShadowConfig, ShadowTap
-
-        config = ShadowConfig(sample=1.0) if variant == "shadow-all" else ShadowConfig()
-        tap = ShadowTap(config, log=lambda *a, **k: None)
-        tap.start(model_path.read_bytes(), fmt=model_path.suffix.lstrip("."), version="1.1.0")
-        if not tap.wait_ready(60):
-            raise SystemExit(f"shadow did not start: {tap.stats()}")
-        service.taps = (tap,)
+    taps = make_taps(model_path, profile_path, metrics.registry)
     server = v2_serve(service, port=0).start()
     print(server.url, flush=True)
-    sys.stdin.read()  # until the bench closes our stdin
-    if service.taps and hasattr(service.taps[0], "stats"):
-        print(json.dumps(service.taps[0].stats()), flush=True)
-    elif service.taps:
-        print(json.dumps(service.taps[0].telemetry()["window"]), flush=True)  # rows counted
+    for line in sys.stdin:
+        service.taps = taps[line.strip()]
+        print("ok", flush=True)
+    seen = {"drift": taps["drift"][0].telemetry()["window"],
+            "drift-all": taps["drift-all"][0].telemetry()["window"],
+            "shadow": taps["shadow"][0].stats(), "shadow-all": taps["shadow-all"][0].stats()}
+    print(json.dumps(seen), flush=True)
+    for name in ("shadow", "shadow-all"):
+        taps[name][0].stop()
     server.close()
 
 
@@ -153,46 +163,43 @@ def write_profile(tmp: Path, model_path: Path, eval_npz: Path) -> Path:
     return path
 
 
-def start_server(variant: str, model: Path, profile: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", variant, str(model),
-                             str(profile)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+def start_server(model: Path, profile: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(model), str(profile)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
     if not url.startswith("http"):
-        raise RuntimeError(f"{variant} server did not start")
+        raise RuntimeError("the bench server did not start")
     return proc, url
+
+
+def switch(proc: subprocess.Popen[str], variant: str) -> None:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(variant + "\n")
+    proc.stdin.flush()
+    if proc.stdout.readline().strip() != "ok":
+        raise RuntimeError(f"the bench server did not switch to {variant}")
 
 
 def latency_row(label: str, tmp: Path, model: Path, eval_npz: Path, rounds: int,
                 block: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"model": label}
-    detail: dict[str, Any] = {}
-    for group in GROUPS:
-        part = latency_group(group, tmp, model, eval_npz, rounds, block)
-        detail.update(part.pop("detail"))
-        row.update({k: v for k, v in part.items() if k not in row})
-    row["detail"] = detail  # (a nested mapping: kept in the JSON, not in the tables)
-    return row
-
-
-def latency_group(variants: tuple[str, ...], tmp: Path, model: Path, eval_npz: Path,
-                  rounds: int, block: int) -> dict[str, Any]:
     from edgeship.sdk._client import AgentClient
 
     profile = write_profile(tmp, model, eval_npz)
     with np.load(eval_npz) as data:
         xs = data[next(k for k in data.files if k != "label")].astype(np.float32)
-    servers = {v: start_server(v, model, profile) for v in variants}
-    clients = {v: AgentClient(url) for v, (_, url) in servers.items()}
-    samples: dict[str, list[float]] = {v: [] for v in variants}
-    round_p50: dict[str, list[float]] = {v: [] for v in variants}
-    first = clients["none"].predict(xs[:1])
-    for v in variants:  # the same answers from every variant: taps never change one
-        np.testing.assert_array_equal(clients[v].predict(xs[:1]), first)
+    proc, url = start_server(model, profile)
+    client = AgentClient(url)
+    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    round_p50: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    answers = {}
+    for v in VARIANTS:  # the same answers with every variant: taps never change one
+        switch(proc, v)
+        answers[v] = client.predict(xs[:1])
+        np.testing.assert_array_equal(answers[v], answers["none"])
     for r in range(rounds):
-        for v in variants[r % len(variants):] + variants[:r % len(variants)]:
-            client = clients[v]
+        for v in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:
+            switch(proc, v)
             block_ms = []
             for i in range(block):
                 x = xs[(r * block + i) % len(xs)][None]
@@ -201,33 +208,27 @@ def latency_group(variants: tuple[str, ...], tmp: Path, model: Path, eval_npz: P
                 block_ms.append((time.perf_counter() - began) * 1000)
             samples[v].extend(block_ms)
             round_p50[v].append(float(np.median(block_ms)))
-    tap_stats = {}
-    for v, (proc, _) in servers.items():
-        clients[v].close()
-        out, _ = proc.communicate("", timeout=60)
-        tap_stats[v] = out.strip().splitlines()[-1] if v != "none" and out.strip() else None
+    client.close()
+    out, _ = proc.communicate("", timeout=60)
+    seen = json.loads(out.strip().splitlines()[-1])
     p50 = {v: float(np.percentile(s, 50)) for v, s in samples.items()}
     p99 = {v: float(np.percentile(s, 99)) for v, s in samples.items()}
-    row: dict[str, Any] = {"n_per_variant": len(samples["none"]),
+    row: dict[str, Any] = {"model": label, "n_per_variant": len(samples["none"]),
                            "none_p50_ms": round(p50["none"], 4)}
-    detail: dict[str, Any] = {f"none_p99_ms_with_{variants[1]}": round(p99["none"], 4)}
-    for v in variants[1:]:
+    detail: dict[str, Any] = {"none_p99_ms": round(p99["none"], 4)}
+    for v in VARIANTS[1:]:
         key = v.replace("-", "_")
+        row[f"{key}_p50_ratio"] = round(p50[v] / p50["none"], 4)
         # the median over rounds of each round's ratio: a burst of load from elsewhere on
         # the machine spoils one round, not the verdict
         per_round = np.array(round_p50[v]) / np.array(round_p50["none"])
         detail[f"{key}_p50_ratio_median_of_rounds"] = round(float(np.median(per_round)), 4)
-        row[f"{key}_p50_ratio"] = round(p50[v] / p50["none"], 4)
         detail[f"{key}_p50_ms"] = round(p50[v], 4)
         detail[f"{key}_p99_ratio"] = round(p99[v] / p99["none"], 4)
-    if "shadow-all" in variants:
-        shadow = json.loads(tap_stats["shadow-all"]) if tap_stats.get("shadow-all") else {}
-        row["shadow_all_compared"] = shadow.get("compared")
-        detail["shadow_all_budget_skipped"] = shadow.get("budget_skipped")
-    for v in ("drift", "drift-all"):
-        if v in variants and tap_stats.get(v):
-            detail[f"{v.replace('-', '_')}_counted"] = int(tap_stats[v])
-    row["detail"] = detail
+    row["shadow_all_compared"] = seen["shadow-all"].get("compared")
+    detail["shadow_all_budget_skipped"] = seen["shadow-all"].get("budget_skipped")
+    detail["drift_counted"], detail["drift_all_counted"] = seen["drift"], seen["drift-all"]
+    row["detail"] = detail  # (a nested mapping: kept in the JSON, not in the tables)
     return row
 
 
@@ -282,10 +283,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("-o", "--out", type=Path, default=None)
-    parser.add_argument("--serve", nargs=3, metavar=("VARIANT", "MODEL", "PROFILE"))
+    parser.add_argument("--serve", nargs=2, metavar=("MODEL", "PROFILE"))
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve[0], Path(args.serve[1]), Path(args.serve[2]))
+        serve(Path(args.serve[0]), Path(args.serve[1]))
         return
     print_machine()
     tmp = Path(tempfile.mkdtemp(prefix="bench-device-features-"))
