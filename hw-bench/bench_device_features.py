@@ -227,7 +227,7 @@ def latency_row(label: str, tmp: Path, model: Path, eval_npz: Path, rounds: int,
         detail[f"{key}_p99_ratio"] = round(p99[v] / p99["none"], 4)
     row["shadow_all_compared"] = seen["shadow-all"].get("compared")
     detail["shadow_all_budget_skipped"] = seen["shadow-all"].get("budget_skipped")
-    detail["drift_counted"], detail["drift_all_counted"] = seen["drift"], seen["drift-all"]
+    detail["drift_window"], detail["drift_all_window"] = seen["drift"], seen["drift-all"]
     row["detail"] = detail  # (a nested mapping: kept in the JSON, not in the tables)
     return row
 
