@@ -31,6 +31,7 @@ from test_agent_support import (
     make_model,
     offer_bytes,
     served_version,
+    start_fleet_serve,
     version_bias,
     write_config,
 )
@@ -102,10 +103,7 @@ def start_agent(tmp: Path, mosquitto: Mosquitto, world: dict[str, Any], *,
 
 
 def serve(mosquitto: Mosquitto, *reldirs: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "edgeship", "fleet", "serve", "--broker",
-                             mosquitto.url, "--releases", *map(str, reldirs)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return start_fleet_serve(mosquitto.url, *reldirs)
 
 
 def test_search_finds_plaintext_where_it_is(world: dict[str, Any], tmp_path: Path) -> None:

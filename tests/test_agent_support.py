@@ -250,6 +250,15 @@ class Watcher:
         self.edge.stop()
 
 
+def start_fleet_serve(broker_url: str, *reldirs: Path, fleet: str | None = None
+                      ) -> subprocess.Popen[bytes]:
+    """``edgeship fleet serve`` of ``reldirs`` as a subprocess (terminate it when done)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgeship", "fleet", "serve", "--broker", broker_url,
+         *(["--fleet", fleet] if fleet else []), "--releases", *map(str, reldirs)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def served_version(url: str) -> tuple[str | None, np.ndarray | None]:
     """Which version answers, and its output for GOLDEN_X (None if nothing serves)."""
     status, doc = http_json(f"{url}/v2/models/model/infer", infer_body(GOLDEN_X))

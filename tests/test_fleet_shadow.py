@@ -29,7 +29,14 @@ from edgeship.sdk._rollout import (
     step,
 )
 from simulator import SwarmProc
-from test_agent_support import AgentProc, make_keys, make_release, served_version, write_config
+from test_agent_support import (
+    AgentProc,
+    make_keys,
+    make_release,
+    served_version,
+    start_fleet_serve,
+    write_config,
+)
 
 FLEET = "shadowfleet"
 DEVICES = [f"cam-{i}" for i in range(6)]
@@ -51,10 +58,7 @@ def edgeship(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
 
 @pytest.fixture
 def fleet(mosquitto: Mosquitto, rels: dict[str, Path]) -> Iterator[SwarmProc]:
-    server = subprocess.Popen([sys.executable, "-m", "edgeship", "fleet", "serve", "--broker",
-                               mosquitto.url, "--fleet", FLEET, "--releases", str(rels["v1"]),
-                               str(rels["v2"])], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_fleet_serve(mosquitto.url, rels["v1"], rels["v2"], fleet=FLEET)
     sim = SwarmProc(broker_url=mosquitto.url, fleet=FLEET, root=rels["root"],
                     initial=rels["v1"], devices=DEVICES, chunk_size=2048,
                     request_timeout_s=1.0)
@@ -141,10 +145,7 @@ def test_fleet_commands_drive_a_real_agent(mosquitto: Mosquitto, rels: dict[str,
                                           tmp_path: Path) -> None:
     """The same commands against ``edgeship agent run`` (its shadow in a worker process):
     fleet status carries the real shadow tap's figures; promote commits."""
-    server = subprocess.Popen([sys.executable, "-m", "edgeship", "fleet", "serve", "--broker",
-                               mosquitto.url, "--releases", str(rels["v1"]), str(rels["v2"])],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = start_fleet_serve(mosquitto.url, rels["v1"], rels["v2"])
     port = free_port()
     cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port, root_pub=rels["root"],
                        initial=rels["v1"], extra="\n[shadow]\nsample = 1.0\ncpu_budget = 2.0\n")

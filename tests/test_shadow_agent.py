@@ -7,8 +7,6 @@ a restart brings the shadow back, promote switches without a download, discard d
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -28,6 +26,7 @@ from test_agent_support import (
     make_release,
     offer_bytes,
     served_version,
+    start_fleet_serve,
     write_config,
 )
 
@@ -90,10 +89,7 @@ def gone(pid: int) -> bool:
 
 def test_shadow_push_restart_promote_and_discard(tmp_path: Path, mosquitto: Mosquitto,
                                                  rels: dict[str, Path]) -> None:
-    server = subprocess.Popen([sys.executable, "-m", "edgeship", "fleet", "serve", "--broker",
-                               mosquitto.url, "--releases", str(rels["v1"]), str(rels["v2"]),
-                               str(rels["v3"])], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_fleet_serve(mosquitto.url, rels["v1"], rels["v2"], rels["v3"])
     port = free_port()
     cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port, root_pub=rels["root"],
                        initial=rels["v1"],

@@ -26,6 +26,7 @@ from test_agent_support import (
     make_release,
     offer_bytes,
     served_version,
+    start_fleet_serve,
     write_config,
 )
 
@@ -63,10 +64,7 @@ def rels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def world(tmp_path: Path, mosquitto: Mosquitto, rels: dict[str, Path]
           ) -> Iterator[tuple[AgentProc, Watcher]]:
     """A fleet server, an agent serving v1 (shadow sampling every request), a watcher."""
-    server = subprocess.Popen([sys.executable, "-m", "edgeship", "fleet", "serve", "--broker",
-                               mosquitto.url, "--releases", str(rels["v1"]), str(rels["v2"])],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = start_fleet_serve(mosquitto.url, rels["v1"], rels["v2"])
     port = free_port()
     cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port, root_pub=rels["root"],
                        initial=rels["v1"], extra=SHADOW)
@@ -260,10 +258,7 @@ def test_local_answers_of_a_fallback_agent_reach_the_shadow(
     them (the drift tap counts them), so it compared nothing during a cloud outage."""
     from test_agent_support import http_json, infer_body
 
-    server = subprocess.Popen([sys.executable, "-m", "edgeship", "fleet", "serve", "--broker",
-                               mosquitto.url, "--releases", str(rels["v1"]), str(rels["v2"])],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = start_fleet_serve(mosquitto.url, rels["v1"], rels["v2"])
     port = free_port()
     fallback = (f'[fallback]\nurl = "http://127.0.0.1:{free_port()}"\ndeadline_ms = 300\n'
                 'policy = ["low_confidence"]\nconfidence = 0.999\nfailures = 3\n'
@@ -558,10 +553,7 @@ def test_a_hung_health_check_dies_with_a_killed_agent(tmp_path: Path, mosquitto:
                                                       rels: dict[str, Path]) -> None:
     """The health-check child, stuck (here: paused) in the runtime, used to outlive a
     SIGKILLed agent until its own work ended: a hung one for good."""
-    server = subprocess.Popen([sys.executable, "-m", "edgeship", "fleet", "serve", "--broker",
-                               mosquitto.url, "--releases", str(rels["v1"]), str(rels["v2"])],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = start_fleet_serve(mosquitto.url, rels["v1"], rels["v2"])
     pause = tmp_path / "pause"
     pause.write_text("")
     port = free_port()
