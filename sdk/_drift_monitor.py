@@ -69,14 +69,15 @@ class DriftConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DriftConfig:
+        """From the ``[drift]`` table. Keys this version does not know are skipped, as
+        everywhere in agent.toml (a newer file still loads; the agent logs them)."""
         known = cls.__dataclass_fields__
-        for key, value in d.items():
-            if key not in known:
-                raise ConfigError(f"drift.{key}: unknown key (known: {', '.join(known)})")
+        values = {k: v for k, v in d.items() if k in known}
+        for key, value in values.items():
             want = int if key in ("window", "slices", "min_samples", "batch") else (int, float)
             if not isinstance(value, want) or isinstance(value, bool):
                 raise ConfigError(f"drift.{key}: expected a number, got {value!r}")
-        return cls(**d)
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

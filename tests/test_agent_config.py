@@ -28,6 +28,12 @@ def test_every_example_key_is_known_and_typos_are_reported(tmp_path: Path) -> No
     path.write_text(BASE + 'colour = "red"\n[fallbak]\nurl = "http://c"\n'
                     '[model]\nthreds = 4\n[telemetry]\ninterval_s = 5\n')
     assert load_config(path).ignored_keys == ("colour", "fallbak", "model.threds")
+    # [drift] and [shadow] alike: a key this version does not know is reported, not fatal
+    path.write_text(BASE + '[drift]\nwindw = 500\nwindow = 400\nmin_samples = 300\n'
+                    '[shadow]\nsampel = 0.5\n')
+    config = load_config(path)
+    assert config.ignored_keys == ("drift.windw", "shadow.sampel")
+    assert config.drift.window == 400 and config.shadow.sample == 0.1
 
 
 @pytest.mark.parametrize("extra,key", [

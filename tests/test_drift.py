@@ -363,8 +363,7 @@ def test_drift_config_from_an_agent_toml_table() -> None:
     c = DriftConfig.from_dict({"window": 500, "psi_alert": 0.3, "min_samples": 100})
     assert (c.window, c.psi_alert, c.min_samples, c.ks_alert) == (500, 0.3, 100, 0.25)
     assert DriftConfig.from_dict(c.to_dict()) == c
-    with pytest.raises(ConfigError, match=r"drift\.windw: unknown key"):
-        DriftConfig.from_dict({"windw": 5})
+    assert DriftConfig.from_dict({"windw": 5}) == DriftConfig()  # skipped; the agent logs it
     with pytest.raises(ConfigError, match=r"drift\.window"):
         DriftConfig.from_dict({"window": "big"})
     with pytest.raises(ConfigError, match=r"drift\.min_samples"):
