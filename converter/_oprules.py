@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
+from . import _oprules_move as move
 from ._ir import Graph
 
 Check = Callable[[onnx.NodeProto, Graph], "str | None"]
@@ -74,14 +75,6 @@ def _check_matmul(node: onnx.NodeProto, g: Graph) -> str | None:
     return None
 
 
-def _check_softmax(node: onnx.NodeProto, g: Graph) -> str | None:
-    shape = g.shape(node.input[0])
-    axis = int(attr(node, "axis", -1))  # type: ignore[arg-type]
-    if shape is not None and axis not in (-1, len(shape) - 1):
-        return "Softmax over a non-last axis (TFLite SOFTMAX works on the last axis)"
-    return None
-
-
 def _check_clip(node: onnx.NodeProto, g: Graph) -> str | None:
     bounds = [i for i in node.input[1:] if i]
     if not all(g.is_const(i) for i in bounds):
@@ -132,13 +125,31 @@ REGISTRY: dict[str, OpRule] = {
     "Relu": OpRule(),
     "Clip": OpRule(activation_inputs=(0,), check=_check_clip),
     "Sigmoid": OpRule(output="fixed", fixed=SOFTMAX_SIGMOID_PARAMS),
-    "Softmax": OpRule(output="fixed", fixed=SOFTMAX_SIGMOID_PARAMS, check=_check_softmax),
+    "Softmax": OpRule(output="fixed", fixed=SOFTMAX_SIGMOID_PARAMS, check=move.check_softmax),
     "MaxPool": OpRule(output="same", check=_check_pool),
     "AveragePool": OpRule(output="same", check=_check_pool),
     "GlobalAveragePool": OpRule(output="same", check=_check_pool),
     "Flatten": OpRule(output="same"),
     "Reshape": OpRule(output="same", activation_inputs=(0,), check=_check_reshape),
     "Concat": OpRule(output="unify"),
+    # ---- data movement (issue 14)
+    "Split": OpRule(output="same", activation_inputs=(0,), check=move.check_split),
+    "Slice": OpRule(output="same", activation_inputs=(0,), check=move.check_slice),
+    "Transpose": OpRule(output="same"),
+    "Squeeze": OpRule(output="same", activation_inputs=(0,), check=move.check_axes_input),
+    "Unsqueeze": OpRule(output="same", activation_inputs=(0,), check=move.check_axes_input),
+    "Resize": OpRule(output="same", activation_inputs=(0,), check=move.check_resize),
+    "ConvTranspose": OpRule(
+        weight_input=1,
+        weight_axis=1,
+        bias_input=2,
+        activation_inputs=(0,),
+        can_fuse_activation=True,
+        check=move.check_conv_transpose,
+    ),
+    "Pad": OpRule(output="same", activation_inputs=(0,), check=move.check_pad),
+    "ReduceMean": OpRule(output="same", activation_inputs=(0,), check=move.check_reduce_mean),
+    "Gather": OpRule(output="same", activation_inputs=(0,), check=move.check_gather),
 }
 
 

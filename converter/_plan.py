@@ -156,13 +156,14 @@ def _groups(
         rule = rules.get(node.name)
         if rule is None or rule.output not in ("same", "unify") or node.name in fused:
             continue
-        out = node.output[0]
         ins = [i for i in node.input if i in parent]
-        if rule.output == "same":
-            ins = ins[:1]
+        outs = [node.output[0]]
+        if rule.output == "same":  # every output of a "same" op (Split has several)
+            ins, outs = ins[:1], list(node.output)
         for i in ins:
-            if out in parent:
-                union(i, out)
+            for out in outs:
+                if out in parent:
+                    union(i, out)
     return {t: find(t) for t in quantized}
 
 
@@ -185,6 +186,9 @@ def _group_params(
         lo, hi = ranges.get(t, (0.0, 0.0))
         old = span.get(root, (lo, hi))
         span[root] = (min(old[0], lo), max(old[1], hi))
+    for root, (lo, hi) in _constant_spans(graph, rules, group_of).items():
+        if root in span:  # a constant Concat operand shares the group's parameters
+            span[root] = (min(span[root][0], lo), max(span[root][1], hi))
     chosen: dict[str, QParams] = {}
     for root in dict.fromkeys(group_of[t] for t in quantized):
         if root in fixed:
@@ -195,6 +199,25 @@ def _group_params(
     params = {t: chosen[group_of[t]] for t in quantized}
     used = {t: span[group_of[t]] for t in quantized}
     return params, used
+
+
+def _constant_spans(
+    graph: Graph, rules: dict[str, OpRule], group_of: dict[str, str]
+) -> dict[str, tuple[float, float]]:
+    """The range of the constant operands of ``unify`` ops (anchors or a class token in a
+    Concat): they are quantized with the output's parameters, so those must cover them."""
+    spans: dict[str, tuple[float, float]] = {}
+    for node in graph.nodes:
+        rule = rules.get(node.name)
+        if rule is None or rule.output != "unify" or node.output[0] not in group_of:
+            continue
+        root = group_of[node.output[0]]
+        for name in node.input:
+            if name and graph.is_const(name) and graph.inits[name].size:
+                c = graph.inits[name].astype(np.float64)
+                lo, hi = spans.get(root, (float(c.min()), float(c.max())))
+                spans[root] = (min(lo, float(c.min())), max(hi, float(c.max())))
+    return spans
 
 
 def _inexact_fusions(graph: Graph, fused: dict[str, str], params: dict[str, QParams]) -> list[str]:

@@ -9,7 +9,9 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   PER-TENSOR (TFLite FULLY_CONNECTED is per-tensor). Other constant operands (e.g. of
   Add/Mul) are int8 per-tensor, zero point 0 (the output's parameters for Concat), stored
   like activations as uint8 = int8 + 128 with zero point + 128; readers subtract 128.
-- Every Conv and Gemm has a bias: an int32 initializer with zero point 0 and
+- ConvTranspose weights (ONNX [I, O, kh, kw], group 1) are PER-CHANNEL on axis 1 (output
+  channels) and get a per-channel bias like a Conv's.
+- Every Conv, ConvTranspose and Gemm has a bias: an int32 initializer with zero point 0 and
   scale = input scale x weight scale (per channel for Conv), via DequantizeLinear (a zero
   bias is added where the float model had none). A Conv's per-channel bias scale is the
   output of ``Mul(weight scales, input scale)`` on those two initializers (the same
@@ -20,13 +22,15 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   whose types agree, see ``_stored_zero_point``); readers subtract 128. At int8 graph
   edges (``io="int8"``) it stays int8.
 - Sigmoid and Softmax outputs: scale 1/256, zero point -128.
-- MaxPool, AveragePool, GlobalAveragePool, Reshape, Flatten: output parameters are
-  exactly the input's. Concat: all inputs and the output share one set.
+- MaxPool, AveragePool, GlobalAveragePool, Reshape, Flatten and the data-movement ops
+  (Split: every output, Slice, Transpose, Squeeze, Unsqueeze, Resize, Pad, ReduceMean,
+  Gather): output parameters are exactly the input's. Concat: all inputs and the output
+  share one set; a constant input is quantized with them (its range is part of theirs).
 - The scale shared by a GlobalAveragePool's input and output is a float32 for which
   onnxruntime's kernel rounds an average that is exactly halfway to even, like TFLite's
   MEAN (moved by a few float32 ulps from the calibrated one when needed; see
   ``exact_pool_scales``).
-- A Relu or Clip(0, x) folded into its producer (Conv, Gemm, MatMul with constant
+- A Relu or Clip(0, x) folded into its producer (Conv, ConvTranspose, Gemm, MatMul with constant
   weights, Add) is removed from the graph and made exact by the producer output's range:
   zero point -128 with range [0, hi] (hi <= x for Clip). Relu/Clip not folded stay as
   int8 ops with their own output parameters.
@@ -54,6 +58,7 @@ from ._ir import Graph
 from ._plan import Plan, QParams, fused_pre_tensors
 
 INT32_MAX = 2**31 - 1
+PER_CHANNEL_BIAS_OPS = ("Conv", "ConvTranspose")
 INT8_ZERO = "int8_zero"  # the one int8 zero point that per-tensor int8 constants share
 
 
@@ -210,7 +215,7 @@ class _Builder:
         s = (np.float32(in_scale) * w_scales.astype(np.float32)).astype(np.float32)
         q = np.clip(np.round(b.astype(np.float64) / s.astype(np.float64)), -INT32_MAX, INT32_MAX)
         name = node.name + "_b"
-        if node.op_type != "Conv":
+        if node.op_type not in PER_CHANNEL_BIAS_OPS:
             return self.dq_const(q.astype(np.int32), s, name, None)
         w_s, in_s = node.input[1] + "_s", node.input[0] + "_s"
         self.nodes.append(helper.make_node("Mul", [w_s, in_s], [name + "_s"]))
@@ -253,6 +258,8 @@ class _Builder:
         w = self.graph.inits[node.input[1]]
         if node.op_type == "Conv":
             return w.shape[0]
+        if node.op_type == "ConvTranspose":  # ONNX weight [I, O / group, kh, kw]
+            return w.shape[1] * int(next((a.i for a in node.attribute if a.name == "group"), 1))
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
         return w.shape[0] if trans_b else w.shape[1]
 

@@ -31,6 +31,10 @@ OP_VERSIONS = {
     "MEAN": 2, "RESHAPE": 1, "SOFTMAX": 2, "LOGISTIC": 2, "CONCATENATION": 2, "PAD": 2,
     "TRANSPOSE": 2, "SPLIT": 2, "RELU": 2, "RELU6": 2, "RELU_N1_TO_1": 1, "MAXIMUM": 2,
     "MINIMUM": 2,
+    # data movement (issue 14): int8 kernels; a higher version is passed where the
+    # op's options or rank need one (TRANSPOSE 5-D: 4, RESIZE half-pixel: 3, ...)
+    "SPLIT_V": 2, "STRIDED_SLICE": 2, "SLICE": 2, "GATHER": 2, "MIRROR_PAD": 2,
+    "RESIZE_NEAREST_NEIGHBOR": 2, "RESIZE_BILINEAR": 2, "TRANSPOSE_CONV": 3,
 }
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)

@@ -310,8 +310,18 @@ def softmax(ctx: Lowering, node: onnx.NodeProto) -> None:
         x = ctx.nhwc(x)  # channels are last in NHWC
     elif axis == rank - 1:
         x = ctx.logical(x)
-    else:
-        raise ctx.fail(f"softmax over axis {axis} of a rank-{rank} tensor")
+    else:  # SOFTMAX works on the last axis: move the axis there and back
+        x = ctx.logical(x)
+        perm = [a for a in range(rank) if a != axis] + [axis]
+        back = [perm.index(a) for a in range(rank)]
+        moved = ctx.new_val(f"{node.output[0]}/in", tuple(x.shape[p] for p in perm), "logical", x.q)
+        ctx.emit("TRANSPOSE", [x.index, ctx.int32("perm", perm)], [moved.index])
+        soft = ctx.new_val(f"{node.output[0]}/last", moved.shape, "logical", q)
+        ctx.emit("SOFTMAX", [moved.index], [soft.index], ("SoftmaxOptions", {"Beta": 1.0}))
+        out = ctx.new_val(node.output[0], x.shape, "logical", q)
+        ctx.emit("TRANSPOSE", [soft.index, ctx.int32("perm", back)], [out.index])
+        ctx.bind(node.output[0], out)
+        return
     _unary(ctx, node, "SOFTMAX", x, q, ("SoftmaxOptions", {"Beta": 1.0}))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import onnx
 from edgeship.converter._tflite_lower import TO_NHWC, Lowering, Val
-from edgeship.converter._tflite_ops import SAME, _padding, register
+from edgeship.converter._tflite_ops import SAME, _operand, _padding, register
 from edgeship.converter._tflite_qdq import QParams
 
 
@@ -102,7 +102,13 @@ def reshape(ctx: Lowering, node: onnx.NodeProto) -> None:
 
 @register("Concat")
 def concat(ctx: Lowering, node: onnx.NodeProto) -> None:
-    vals = [ctx.get(name) for name in node.input]
+    # a constant input (anchors, a class token) is an int8 constant with the output's
+    # parameters (converter/_quantize.py const_operand); it takes the layout of the first
+    # activation input
+    first = next((ctx.get(n) for n in node.input if ctx.qdq.source(n) in ctx.values), None)
+    if first is None:
+        raise ctx.fail("every input is a constant (fold it first)")
+    vals = [_operand(ctx, name, first) for name in node.input]
     rank = len(vals[0].shape)
     axis = int(ctx.attr("axis")) % rank
     out_q = ctx.out_q(node.output[0], vals[0].q)
