@@ -403,6 +403,18 @@ _EDGETPU_OK = {
     "Flatten",
     "Reshape",
     "Concat",
+    # data movement (issue 14): SPLIT / STRIDED_SLICE, TRANSPOSE, RESHAPE, RESIZE_*,
+    # TRANSPOSE_CONV, PAD, MEAN are on Coral's list (Gather only when it becomes a
+    # STRIDED_SLICE, so not listed; Pad reflect/edge becomes MIRROR_PAD, which is not)
+    "Split",
+    "Slice",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Resize",
+    "ConvTranspose",
+    "Pad",
+    "ReduceMean",
 }
 
 

@@ -305,3 +305,49 @@ def test_softmax_any_axis_and_yolov8_dfl(tmp_path: Path) -> None:
     mid = g.op("Softmax", ["x"], axis=1)[0]  # a middle axis of a 3-D tensor
     r = run(tmp_path, g, [dist, mid], {"Softmax", "Transpose", "Conv"}, onnx_steps=6)
     assert r["ops"]["SOFTMAX"] == 2
+
+
+# ---- the plan: every output of a "same" op, constant Concat operands -------------------
+def test_plan_split_outputs_share_the_input_params_and_constants_widen_concat() -> None:
+    from edgeship.converter._ir import Graph
+    from edgeship.converter._plan import make_plan
+
+    g = G([1, 6, 4, 4])
+    a, b, c = g.op("Split", ["x"], 3, axis=1)
+    anchors = g.const(np.array([[[[-9.0]]], [[[40.0]]]]).reshape(1, 2, 1, 1).repeat(4, 2).repeat(4, 3),
+                      np.float32)
+    cat = g.op("Concat", [c, anchors], axis=1)[0]
+    model = onnx.shape_inference.infer_shapes(helper.make_model(helper.make_graph(
+        g.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 4, 4])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in (a, b, cat)],
+        g.inits), opset_imports=[helper.make_opsetid("", 13)]))
+    graph = Graph.from_model(model)
+    ranges = {"x": (-2.0, 3.0), a: (-1.0, 1.0), b: (-2.0, 0.5), c: (0.0, 3.0), cat: (-1.0, 2.0)}
+    plan = make_plan(graph, ranges)
+    assert {plan.group_of[t] for t in ("x", a, b, c)} == {"x"}
+    assert plan.params[a] == plan.params[b] == plan.params[c] == plan.params["x"]
+    lo, hi = plan.ranges[cat]
+    assert lo <= -9.0 and hi >= 40.0  # the anchors are not clipped
+
+
+def test_fpn_and_dbnet_style_head_is_edge_tpu_mappable(tmp_path: Path) -> None:
+    """Resize 2x + Concat (FPN), ConvTranspose 2x (DBNet), Pad, Split: all on the TPU."""
+    g = G([1, 3, 16, 16])
+    c1 = g.op("Relu", [g.conv("x", 3, 8, strides=[2, 2])])[0]  # 8x8
+    c2 = g.op("Relu", [g.conv(c1, 8, 8, strides=[2, 2])])[0]  # 4x4
+    up = g.op("Resize", [c2, "", g.const([1, 1, 2, 2], np.float32)], mode="nearest",
+              coordinate_transformation_mode="asymmetric", nearest_mode="floor")[0]
+    cat = g.op("Concat", [c1, up], axis=1)[0]
+    w = g.const(g.rng.normal(size=(16, 4, 2, 2)) * 0.3, np.float32)
+    tc = g.op("ConvTranspose", [cat, w], kernel_shape=[2, 2], strides=[2, 2])[0]  # 16x16
+    padded = g.op("Pad", [tc, g.const([0, 0, 1, 1, 0, 0, 1, 1])])[0]
+    left, right = g.op("Split", [padded, g.const([2, 2])], 2, axis=1)
+    outs = [g.conv(left, 2, 1, pads=[0] * 4), g.conv(right, 2, 1, pads=[0] * 4)]
+    outputs = _rename_outputs(g, outs)
+    model = g.save(tmp_path / "m.onnx", outputs)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(2).normal(size=(8, 3, 16, 16)).astype(np.float32))
+    report = convert(model, tmp_path / "calib.npz", tmp_path / "out",
+                     ConvertOptions(formats=("onnx", "tflite"), io="int8"))
+    assert not report.float_ops
+    assert report.edgetpu["fully_mappable"], report.edgetpu["verdict"]
+    assert {"RESIZE_NEAREST_NEIGHBOR", "TRANSPOSE_CONV", "PAD", "SPLIT"} <= set(report.tflite["op_counts"])
