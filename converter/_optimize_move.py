@@ -1,5 +1,8 @@
 """Float rewrites for the data-movement ops (issue 14), run with the other float passes.
 
+A per-channel Add and a BatchNormalization after a ConvTranspose are folded into it (the
+generic BatchNormalization fold handles Conv and Gemm only): no float island in DBNet's head.
+
 A ReduceMean over H and W of a 4-D tensor (torch's default exporter writes it for
 ``x.mean((2, 3))``, ResNet's head) is a GlobalAveragePool (followed by a Flatten when
 keepdims=0): the same function, and onnxruntime then runs it as QLinearGlobalAveragePool
@@ -9,6 +12,7 @@ onnxruntime runs an int8 ReduceMean in float between DQ and Q.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -25,6 +29,70 @@ def _spatial_axes(node: onnx.NodeProto, graph: Graph) -> bool:
             return False
         axes = [int(a) for a in graph.inits[node.input[1]].ravel()]
     return axes is not None and sorted(a % 4 for a in axes) == [2, 3]
+
+
+def _single_user(graph: Graph, tensor: str) -> onnx.NodeProto | None:
+    users = graph.consumers.get(tensor, [])
+    return users[0] if len(users) == 1 and tensor not in graph.output_names else None
+
+
+def _channel_vector(graph: Graph, name: str, channels: int) -> np.ndarray | None:
+    """A constant that adds or scales per channel of an NCHW tensor, as a [C] vector."""
+    if not graph.is_const(name):
+        return None
+    c = graph.inits[name]
+    if c.size == channels and (c.ndim == 1 or (c.ndim == 4 and c.shape[1] == channels)
+                               or (c.ndim == 3 and c.shape[0] == channels)):
+        return c.reshape(-1).astype(np.float64)
+    return None
+
+
+def fold_into_conv_transpose(graph: Graph, log: list[str]) -> None:
+    """Fold a per-channel constant Add and a BatchNormalization that follow a ConvTranspose
+    (Paddle2ONNX writes DBNet's upsampling head as ConvTranspose -> Add(bias) -> BN) into
+    its weight (ONNX [I, O, kh, kw], output channels on axis 1) and bias."""
+    for node in list(graph.nodes):
+        if node.op_type != "ConvTranspose" or not graph.is_const(node.input[1]):
+            continue
+        if graph.inits[node.input[1]].ndim != 4 or any(
+            a.name == "group" and a.i != 1 for a in node.attribute
+        ):
+            continue
+        has_bias = len(node.input) > 2 and node.input[2]
+        if has_bias and not graph.is_const(node.input[2]):
+            continue
+        channels = graph.inits[node.input[1]].shape[1]
+        w = graph.inits[node.input[1]].astype(np.float64)
+        b = graph.inits[node.input[2]].astype(np.float64) if has_bias else np.zeros(channels)
+        changed = False
+        while (user := _single_user(graph, node.output[0])) is not None:
+            if user.op_type == "Add" and len(user.input) == 2:
+                other = user.input[1] if user.input[0] == node.output[0] else user.input[0]
+                add = _channel_vector(graph, other, channels)
+                if add is None:
+                    break
+                b = b + add
+            elif user.op_type == "BatchNormalization":
+                from ._optimize import _bn_scale_shift  # here: _optimize imports this module
+
+                ss = _bn_scale_shift(graph, user)
+                if ss is None:
+                    break
+                w, b = w * ss[0].reshape(1, -1, 1, 1), b * ss[0] + ss[1]
+            else:
+                break
+            node.output[0] = user.output[0]
+            graph.remove_node(user)
+            graph.reindex()
+            log.append(f"folded {user.op_type} {user.name} into ConvTranspose {node.name}")
+            changed = True
+        if changed:
+            graph.inits[node.name + "_w"] = w.astype(np.float32)
+            graph.inits[node.name + "_b"] = b.astype(np.float32)
+            new_inputs = [node.input[0], node.name + "_w", node.name + "_b"]
+            del node.input[:]
+            node.input.extend(new_inputs)
+    graph.reindex()
 
 
 def spatial_mean_to_pool(graph: Graph, log: list[str]) -> None:

@@ -233,6 +233,22 @@ def test_conv_transpose_stride2(tmp_path: Path, k: int, pads: list[int], out_pad
     assert r["report"].tflite["op_versions"]["TRANSPOSE_CONV"] == 3
 
 
+def test_conv_transpose_add_batchnorm_are_folded(tmp_path: Path) -> None:
+    """Paddle2ONNX's DBNet head: ConvTranspose (no bias) -> Add(bias) -> BN -> Relu."""
+    g = G([1, 3, 5, 5])
+    c = g.conv("x", 3, 6)
+    w = g.const(g.rng.normal(size=(6, 4, 2, 2)) * 0.3, np.float32)
+    up = g.op("ConvTranspose", [c, w], kernel_shape=[2, 2], strides=[2, 2])[0]
+    added = g.op("Add", [up, g.const(g.rng.normal(size=(1, 4, 1, 1)), np.float32)])[0]
+    bn = [g.const(v, np.float32) for v in (g.rng.uniform(0.5, 2, 4), g.rng.normal(size=4),
+                                             g.rng.normal(size=4), g.rng.uniform(0.5, 2, 4))]
+    normed = g.op("BatchNormalization", [added, *bn])[0]
+    r = run(tmp_path, g, [g.op("Relu", [normed])[0]], {"ConvTranspose", "Add", "BatchNormalization"})
+    folded = [line for line in r["report"].optimizations if "into ConvTranspose" in line]
+    assert len(folded) == 2, r["report"].optimizations
+    assert r["ops"].keys() >= {"TRANSPOSE_CONV"} and "ADD" not in r["ops"]
+
+
 # ---- Pad ----------------------------------------------------------------------------
 @pytest.mark.parametrize(("mode", "pads"), [("constant", [0, 0, 1, 2, 0, 0, 2, 1]),
                                             ("reflect", [0, 0, 2, 1, 0, 0, 1, 2]),
