@@ -61,9 +61,11 @@ def _bias(ctx: Lowering, node: onnx.NodeProto, index: int, scales: np.ndarray, n
 
 
 def _padding(ctx: Lowering, x: Val, kernel: list[int], strides: list[int],
-             dilations: list[int], *, pad_ok: bool = True, explicit: bool = False) -> tuple[int, Val]:
+             dilations: list[int], *, pad_ok: bool = True, explicit: bool = False,
+             extra_end: tuple[int, int] = (0, 0)) -> tuple[int, Val]:
     """TFLite padding for a NHWC input; inserts a PAD (with the zero point) when needed,
-    or always for non-zero pads when ``explicit``."""
+    or always for non-zero pads when ``explicit``; ``extra_end`` rows / columns are
+    padded after the pads (MaxPool's ceil_mode)."""
     _, _, h, w = x.shape
     auto = ctx.attr("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else str(auto)
@@ -78,6 +80,9 @@ def _padding(ctx: Lowering, x: Val, kernel: list[int], strides: list[int],
         pads = same_pads
     elif auto == "SAME_LOWER":
         pads = [same[0][1], same[1][1], same[0][0], same[1][0]]
+    if any(extra_end):
+        pads = [pads[0], pads[1], pads[2] + extra_end[0], pads[3] + extra_end[1]]
+        explicit = True
     if pads == same_pads and any(pads) and not explicit:
         return SAME, x
     if auto == "VALID" or not any(pads):

@@ -33,12 +33,30 @@ def pool(ctx: Lowering, node: onnx.NodeProto) -> None:
     # only when the zero point is the int8 minimum
     include_pad = not is_max and bool(ctx.attr("count_include_pad", 0))
     pad_ok = include_pad or (is_max and x.q.zero_point == -128)
-    padding, x = _padding(ctx, x, kernel, strides, [1, 1], pad_ok=pad_ok, explicit=include_pad)
     out_shape = ctx.out_shape(node.output[0])
+    extra = _ceil_extra(ctx, x, kernel, strides, out_shape) if is_max else (0, 0)
+    if any(extra) and not pad_ok:
+        raise ctx.fail("ceil_mode=1 reads past the input; exact in int8 only when the input's "
+                       f"zero point is -128 (a ReLU'd input), not {x.q.zero_point}")
+    padding, x = _padding(ctx, x, kernel, strides, [1, 1], pad_ok=pad_ok, explicit=include_pad,
+                          extra_end=extra)
     if tuple(out_shape[2:]) != _pool_output(ctx, x, padding, kernel, strides):
         raise ctx.fail(f"output size {list(out_shape)} (ceil_mode?) has no TFLite equivalent")
     _pool2d(ctx, node, x, "MAX_POOL_2D" if is_max else "AVERAGE_POOL_2D", padding, kernel,
             strides, out_shape)
+
+
+def _ceil_extra(ctx: Lowering, x: Val, kernel: list[int], strides: list[int],
+                out_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Rows / columns that ceil_mode=1 reads past the pads: a MaxPool window there sees
+    only real values, which PAD with the zero point keeps exact when that is the int8
+    minimum (a ReLU'd input), like the explicit pads."""
+    auto = ctx.attr("auto_pad", b"NOTSET")
+    if not ctx.attr("ceil_mode", 0) or (auto.decode() if isinstance(auto, bytes) else auto) != "NOTSET":
+        return 0, 0
+    pads = list(ctx.attr("pads", [0, 0, 0, 0]))
+    return tuple(max((o - 1) * s + k - (size + pads[d] + pads[d + 2]), 0)  # type: ignore[return-value]
+                 for d, (o, s, k, size) in enumerate(zip(out_shape[2:], strides, kernel, x.shape[2:], strict=True)))
 
 
 def _pool2d(ctx: Lowering, node: onnx.NodeProto, x: Val, opcode: str, padding: int,

@@ -208,8 +208,8 @@ def test_int8_graph_edges_and_per_tensor_matmul(tmp_path: Path) -> None:
 
 def test_ops_tflite_cannot_express(tmp_path: Path) -> None:
     b = QdqBuilder()
-    x = b.qdq("x", 0.04, -128)
-    b.qdq(b.op("MaxPool", [x], "m", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1), 0.04, -128, out="y")
+    x = b.qdq("x", 0.04, 3)  # ceil_mode pads past the input: exact only at zero point -128
+    b.qdq(b.op("MaxPool", [x], "m", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1), 0.04, 3, out="y")
     path = b.save(tmp_path / "ceil.onnx", [1, 2, 5, 5])
     with pytest.raises(UnsupportedOpError, match=r"MaxPool at node 'MaxPool_m'.*ceil_mode"):
         write_tflite(path, tmp_path / "ceil.tflite")

@@ -367,3 +367,14 @@ def test_fpn_and_dbnet_style_head_is_edge_tpu_mappable(tmp_path: Path) -> None:
     assert not report.float_ops
     assert report.edgetpu["fully_mappable"], report.edgetpu["verdict"]
     assert {"RESIZE_NEAREST_NEIGHBOR", "TRANSPOSE_CONV", "PAD", "SPLIT"} <= set(report.tflite["op_counts"])
+
+
+# ---- MaxPool ceil_mode ----------------------------------------------------------------
+@pytest.mark.parametrize(("k", "s", "pads", "size"), [(2, 2, [0, 0, 0, 0], 7), (3, 2, [0, 0, 0, 0], 8),
+                                                       (3, 2, [1, 1, 1, 1], 6)])
+def test_maxpool_ceil_mode_after_relu(tmp_path: Path, k: int, s: int, pads: list[int], size: int) -> None:
+    g = G([1, 3, size, size])
+    r = g.op("Relu", [g.conv("x", 3, 4)])[0]
+    p = g.op("MaxPool", [r], kernel_shape=[k, k], strides=[s, s], pads=pads, ceil_mode=1)[0]
+    out = run(tmp_path, g, [p], {"MaxPool"}, tflite_steps=0)
+    assert out["ops"]["PAD"] >= 1
