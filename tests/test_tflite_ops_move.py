@@ -179,7 +179,11 @@ def test_squeeze_unsqueeze(tmp_path: Path) -> None:
     p = g.op("GlobalAveragePool", [g.conv("x", 3, 4)])[0]
     s = g.op("Squeeze", [p, g.const([2, 3])])[0]
     u = g.op("Unsqueeze", [s, g.const([1])])[0]
-    run(tmp_path, g, [u], {"Squeeze", "Unsqueeze"}, tflite_steps=0)
+    c = g.conv("x", 3, 4)
+    f2 = g.op("Flatten", [c], axis=2)[0]  # [4, 36] from an NHWC-stored value
+    f3 = g.op("Flatten", [g.op("Reshape", [c, g.const([1, 4, 36])])[0]], axis=1)[0]  # of a 3-D
+    r = run(tmp_path, g, [u, f2, f3], {"Squeeze", "Unsqueeze", "Flatten"}, tflite_steps=0)
+    assert r["worst"] == {"y0": 0.0, "y1": 0.0, "y2": 0.0}
 
 
 # ---- Resize -------------------------------------------------------------------------
