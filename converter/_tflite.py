@@ -26,6 +26,7 @@ from edgeship.converter import (
     _tflite_ops_shape,  # noqa: F401  (registers its rules)
 )
 from edgeship.converter._tflite_fb import FbGraph, serialize
+from edgeship.converter._tflite_fold import fold_transposes
 from edgeship.converter._tflite_lower import Lowering
 from edgeship.converter._tflite_ops import RULES
 from edgeship.converter._tflite_qdq import node_label, read_qdq
@@ -86,10 +87,14 @@ def build_tflite(model: onnx.ModelProto | str | os.PathLike[str], *, io: str = "
             raise UnsupportedOpError(node.op_type, node_label(node), "no TFLite int8 lowering for this op")
         rule(lowering, node)
     lowering.lower_outputs()
+    fold_transposes(lowering.graph)
     data = serialize(lowering.graph)
     if verify:
         _verify(data)
-    return data, lowering.graph, dict(sorted(lowering.versions.items()))
+    versions: dict[str, int] = {}
+    for op in lowering.graph.ops:  # the ops that are left
+        versions[op.opcode] = max(op.version, versions.get(op.opcode, 0))
+    return data, lowering.graph, dict(sorted(versions.items()))
 
 
 def write_tflite(model: onnx.ModelProto | str | os.PathLike[str], out_path: str | os.PathLike[str],

@@ -325,6 +325,18 @@ def test_softmax_any_axis_and_yolov8_dfl(tmp_path: Path) -> None:
     mid = g.op("Softmax", ["x"], axis=1)[0]  # a middle axis of a 3-D tensor
     r = run(tmp_path, g, [dist, mid], {"Softmax", "Transpose", "Conv"}, onnx_steps=6)
     assert r["ops"]["SOFTMAX"] == 2
+    # DFL: the model's Transpose and the one to NHWC are one TRANSPOSE; the conv's output
+    # back to logical; the middle-axis softmax: there and back
+    assert r["ops"]["TRANSPOSE"] == 4
+
+
+def test_transposes_that_cancel_out_are_dropped(tmp_path: Path) -> None:
+    g = G([1, 3, 4, 5])
+    there = g.op("Transpose", ["x"], perm=[0, 2, 3, 1])[0]
+    back = g.op("Transpose", [there], perm=[0, 3, 1, 2])[0]
+    r = run(tmp_path, g, [g.conv(back, 3, 2)], {"Transpose"})
+    assert r["ops"]["TRANSPOSE"] == 2  # x to NHWC for the conv, its output back to NCHW
+    assert r["report"].tflite["op_versions"]["TRANSPOSE"] == 2
 
 
 # ---- the plan: every output of a "same" op, constant Concat operands -------------------
