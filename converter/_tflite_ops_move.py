@@ -340,6 +340,9 @@ def resize(ctx: Lowering, node: onnx.NodeProto) -> None:
         opcode, table = "RESIZE_BILINEAR", "ResizeBilinearOptions"
     else:
         raise ctx.fail(f"mode {mode!r} has no TFLite resize")
+    if flags is None and mode == "nearest" and all(w is not None for w in want):
+        _gather_rows_and_columns(ctx, node, ctx.nhwc(x), want, out_shape)  # exact, not Edge TPU
+        return
     if flags is None:
         raise ctx.fail(f"{mode} resize with coordinate_transformation_mode={coord!r}"
                        + (f", nearest_mode={nearest!r}" if mode == "nearest" else "")
@@ -351,6 +354,20 @@ def resize(ctx: Lowering, node: onnx.NodeProto) -> None:
     version = 3 if half or (align and mode == "nearest") else 2
     ctx.emit(opcode, [x.index, ctx.int32("size", list(out_shape[2:]))], [out.index],
              (table, {"AlignCorners": align, "HalfPixelCenters": half}), version=version)
+    _finish(ctx, node.output[0], out)
+
+
+def _gather_rows_and_columns(ctx: Lowering, node: onnx.NodeProto, x: Val,
+                             index: list[np.ndarray | None], out_shape: tuple[int, ...]) -> None:
+    """A nearest resize that no RESIZE_NEAREST_NEIGHBOR flags give: GATHER the input rows,
+    then the columns, that ONNX reads for each output pixel."""
+    n, c = x.shape[:2]
+    rows = ctx.new_val(f"{node.output[0]}/rows", (n, c, out_shape[2], x.shape[3]), "nhwc", x.q)
+    ctx.emit("GATHER", [x.index, ctx.int32("rows", [int(i) for i in index[0]])], [rows.index],
+             ("GatherOptions", {"Axis": 1}))
+    out = ctx.new_val(node.output[0], out_shape, "nhwc", x.q)
+    ctx.emit("GATHER", [rows.index, ctx.int32("columns", [int(i) for i in index[1]])],
+             [out.index], ("GatherOptions", {"Axis": 2}))
     _finish(ctx, node.output[0], out)
 
 

@@ -213,12 +213,35 @@ def test_resize(tmp_path: Path, mode: str, coord: str, nearest: str, given: str,
     assert ("RESIZE_NEAREST_NEIGHBOR" if mode == "nearest" else "RESIZE_BILINEAR") in r["ops"]
 
 
-def test_resize_tflite_cannot_express(tmp_path: Path) -> None:
+@pytest.mark.parametrize("coord", ["asymmetric", "half_pixel", "pytorch_half_pixel",
+                                   "align_corners", "tf_half_pixel_for_nn"])
+@pytest.mark.parametrize("nearest", ["floor", "ceil", "round_prefer_floor", "round_prefer_ceil"])
+def test_resize_nearest_every_mode_is_exact(tmp_path: Path, coord: str, nearest: str) -> None:
+    """Up 5 -> 8 and down 6 -> 4: RESIZE_NEAREST_NEIGHBOR when its flags give ONNX's
+    index map, else two GATHERs; either way LiteRT equals onnxruntime."""
+    g = G([1, 2, 5, 6])
+    c = g.conv("x", 2, 3)
+    up = g.op("Resize", [c, "", "", g.const([1, 3, 8, 4])], mode="nearest",
+              coordinate_transformation_mode=coord, nearest_mode=nearest)[0]
+    run(tmp_path, g, [up], {"Resize"}, tflite_steps=0)
+
+
+def test_resize_nearest_without_tflite_flags_gathers_rows_and_columns(tmp_path: Path) -> None:
     g = G([1, 3, 4, 4])
     c = g.conv("x", 3, 4)
     up = g.op("Resize", [c, "", g.const([1, 1, 3, 3], np.float32)], mode="nearest",
               coordinate_transformation_mode="asymmetric", nearest_mode="round_prefer_ceil")[0]
-    refused(tmp_path, g, [up], r"Resize at node 'Resize_\d+': nearest resize with .*round_prefer_ceil")
+    r = run(tmp_path, g, [up], {"Resize"}, tflite_steps=0)
+    assert r["ops"]["GATHER"] == 2 and "RESIZE_NEAREST_NEIGHBOR" not in r["ops"]
+
+
+def test_resize_tflite_cannot_express(tmp_path: Path) -> None:
+    g = G([1, 3, 4, 4])
+    c = g.conv("x", 3, 4)
+    up = g.op("Resize", [c, "", g.const([1, 1, 2.5, 2.5], np.float32)], mode="linear",
+              coordinate_transformation_mode="tf_half_pixel_for_nn")[0]
+    refused(tmp_path, g, [up], r"Resize at node 'Resize_\d+': linear resize with "
+            r"coordinate_transformation_mode='tf_half_pixel_for_nn'")
 
 
 # ---- ConvTranspose ------------------------------------------------------------------
