@@ -10,7 +10,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ._ir import Graph
-from ._optimize_move import fold_into_conv_transpose, spatial_mean_to_pool
+from ._optimize_move import (
+    channel_shuffle_to_gather,
+    fold_into_conv_transpose,
+    spatial_mean_to_pool,
+)
 
 # ops that must not be constant-folded (random, or too large to be worth it)
 _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
@@ -30,6 +34,7 @@ def optimize(graph: Graph) -> list[str]:
     _normalize_gemm(graph, log)
     fold_into_conv_transpose(graph, log)
     spatial_mean_to_pool(graph, log)
+    channel_shuffle_to_gather(graph, log)
     graph.prune_unused()
     return log
 

@@ -121,3 +121,51 @@ def spatial_mean_to_pool(graph: Graph, log: list[str]) -> None:
         graph.nodes[at : at + 1] = new
         log.append(f"ReduceMean {node.name} over H, W -> GlobalAveragePool")
     graph.reindex()
+
+
+def _shuffle_groups(graph: Graph, first: onnx.NodeProto) -> tuple[onnx.NodeProto, onnx.NodeProto, int] | None:
+    """(Transpose, last Reshape, groups) when ``first`` starts a channel shuffle:
+    Reshape [N, C, H, W] -> [N, g, C/g, H, W], Transpose(0, 2, 1, 3, 4), Reshape back."""
+    src, mid = graph.shape(first.input[0]), graph.shape(first.output[0])
+    if src is None or mid is None or len(src) != 4 or len(mid) != 5:
+        return None
+    if not all(isinstance(d, int) for d in (*src[1:], *mid[1:])):
+        return None
+    g, c = mid[1], src[1]
+    if list(mid[3:]) != list(src[2:]) or g * mid[2] != c or g in (1, c):
+        return None
+    transpose = _single_user(graph, first.output[0])
+    if transpose is None or transpose.op_type != "Transpose":
+        return None
+    if next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None) != [0, 2, 1, 3, 4]:
+        return None
+    last = _single_user(graph, transpose.output[0])
+    if last is None or last.op_type != "Reshape" or graph.shape(last.output[0]) != src:
+        return None
+    return transpose, last, g
+
+
+def channel_shuffle_to_gather(graph: Graph, log: list[str]) -> None:
+    """ShuffleNet's channel shuffle (Reshape -> Transpose -> Reshape through a 5-D tensor)
+    is a fixed permutation of channels: one Gather on axis 1 with constant indices. The
+    same values; lowered to TFLite as one GATHER of NHWC channels instead of two layout
+    TRANSPOSEs around a 5-D TRANSPOSE."""
+    for first in list(graph.nodes):
+        if first.op_type != "Reshape" or first not in graph.nodes:
+            continue
+        found = _shuffle_groups(graph, first)
+        if found is None:
+            continue
+        transpose, last, g = found
+        c = graph.shape(first.input[0])[1]  # type: ignore[index]
+        per_group = c // g  # type: ignore[operator]
+        indices = first.name + "_shuffle"
+        graph.inits[indices] = np.array([(k % g) * per_group + k // g for k in range(c)], np.int64)
+        at = graph.nodes.index(first)
+        gather = helper.make_node("Gather", [first.input[0], indices], [last.output[0]],
+                                  name=first.name, axis=1)
+        graph.nodes[at] = gather
+        graph.remove_node(transpose)
+        graph.remove_node(last)
+        graph.reindex()
+        log.append(f"channel shuffle {first.name} -> {transpose.name} -> {last.name} -> Gather")

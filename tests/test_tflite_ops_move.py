@@ -159,8 +159,15 @@ def test_transpose_yolo_head_and_channel_shuffle_are_exact(tmp_path: Path) -> No
     shuffled = g.op("Reshape", [d, g.const([1, 2, 4, 4, 4])])[0]
     shuffled = g.op("Transpose", [shuffled], perm=[0, 2, 1, 3, 4])[0]
     shuffled = g.op("Reshape", [shuffled, g.const([1, 8, 4, 4])])[0]
-    r = run(tmp_path, g, [head, g.conv(shuffled, 8, 3)], {"Transpose", "Reshape"})
-    assert r["worst"]["y0"] == 0.0  # moving bytes is exact
+    five = g.op("Reshape", [d, g.const([1, 2, 4, 4, 4])])[0]
+    five = g.op("Transpose", [five], perm=[0, 3, 1, 4, 2])[0]  # any 5-D transpose
+    r = run(tmp_path, g, [head, g.conv(shuffled, 8, 3), five, shuffled],
+            {"Transpose", "Reshape", "Gather"})
+    assert r["worst"]["y0"] == r["worst"]["y2"] == r["worst"]["y3"] == 0.0  # moving bytes
+    # the shuffle is one Gather of channels (a GATHER of NHWC channels in TFLite)
+    assert any("channel shuffle" in line for line in r["report"].optimizations)
+    assert r["ops"]["GATHER"] == 1
+    assert r["report"].tflite["op_versions"]["TRANSPOSE"] == 4  # 5-D
 
 
 def test_transpose_of_nhwc_stored_value_and_nhwc_input(tmp_path: Path) -> None:
