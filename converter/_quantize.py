@@ -30,8 +30,8 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   onnxruntime's kernel rounds an average that is exactly halfway to even, like TFLite's
   MEAN (moved by a few float32 ulps from the calibrated one when needed; see
   ``exact_pool_scales``).
-- A Relu or Clip(0, x) folded into its producer (Conv, ConvTranspose, Gemm, MatMul with constant
-  weights, Add) is removed from the graph and made exact by the producer output's range:
+- A Relu or Clip(0, x) folded into its producer (Conv, ConvTranspose, Gemm, MatMul with
+  constant weights, Add) is removed from the graph and made exact by the producer output's range:
   zero point -128 with range [0, hi] (hi <= x for Clip). Relu/Clip not folded stay as
   int8 ops with their own output parameters.
 - The model's inputs and outputs stay float (Q after the input, DQ before the output)

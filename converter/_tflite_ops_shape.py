@@ -55,8 +55,11 @@ def _ceil_extra(ctx: Lowering, x: Val, kernel: list[int], strides: list[int],
     if not ctx.attr("ceil_mode", 0) or (auto.decode() if isinstance(auto, bytes) else auto) != "NOTSET":
         return 0, 0
     pads = list(ctx.attr("pads", [0, 0, 0, 0]))
-    return tuple(max((o - 1) * s + k - (size + pads[d] + pads[d + 2]), 0)  # type: ignore[return-value]
-                 for d, (o, s, k, size) in enumerate(zip(out_shape[2:], strides, kernel, x.shape[2:], strict=True)))
+    extra = []
+    for d, (out, stride, k, size) in enumerate(
+            zip(out_shape[2:], strides, kernel, x.shape[2:], strict=True)):
+        extra.append(max((out - 1) * stride + k - (size + pads[d] + pads[d + 2]), 0))
+    return extra[0], extra[1]
 
 
 def _pool2d(ctx: Lowering, node: onnx.NodeProto, x: Val, opcode: str, padding: int,

@@ -328,8 +328,11 @@ def test_concat_with_constant_inputs(tmp_path: Path) -> None:
     boxes = g.op("Concat", [flat, anchors], axis=2)[0]
     token = g.const(np.full((1, 1, 16), 0.5), np.float32)  # a class token
     tokens = g.op("Concat", [token, flat], axis=1)[0]
-    r = run(tmp_path, g, [boxes, tokens], {"Concat"}, tflite_steps=0)
-    assert r["worst"] == {"y0": 0.0, "y1": 0.0}
+    c = g.conv("x", 3, 2)  # stored NHWC: the constant is written NHWC too
+    plane = g.const(np.linspace(-1.0, 1.0, 32).reshape(1, 2, 4, 4), np.float32)
+    planes = g.op("Concat", [plane, c], axis=1)[0]
+    r = run(tmp_path, g, [boxes, tokens, g.conv(planes, 4, 2)], {"Concat"}, tflite_steps=0)
+    assert r["worst"] == {"y0": 0.0, "y1": 0.0, "y2": 0.0}
 
 
 # ---- Gather -------------------------------------------------------------------------
