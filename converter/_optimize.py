@@ -13,6 +13,7 @@ from ._ir import Graph
 from ._optimize_move import (
     channel_shuffle_to_gather,
     fold_into_conv_transpose,
+    fold_pad_into_conv,
     spatial_mean_to_pool,
 )
 
@@ -35,6 +36,7 @@ def optimize(graph: Graph) -> list[str]:
     fold_into_conv_transpose(graph, log)
     spatial_mean_to_pool(graph, log)
     channel_shuffle_to_gather(graph, log)
+    fold_pad_into_conv(graph, log)
     graph.prune_unused()
     return log
 

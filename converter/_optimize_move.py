@@ -169,3 +169,49 @@ def channel_shuffle_to_gather(graph: Graph, log: list[str]) -> None:
         graph.remove_node(last)
         graph.reindex()
         log.append(f"channel shuffle {first.name} -> {transpose.name} -> {last.name} -> Gather")
+
+
+def _zero_spatial_pads(node: onnx.NodeProto, graph: Graph) -> list[int] | None:
+    """[top, left, bottom, right] of a Pad that adds only zeros around H and W of a 4-D
+    tensor, else None."""
+    mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
+    shape = graph.shape(node.input[0])
+    if mode != b"constant" or shape is None or len(shape) != 4:
+        return None
+    extra = [i for i in node.input[1:] if i]
+    if not all(graph.is_const(i) for i in extra):
+        return None
+    if len(node.input) > 2 and node.input[2] and graph.inits[node.input[2]].any():
+        return None  # a non-zero padding value
+    if len(node.input) > 3 and node.input[3]:
+        return None  # axes (opset 18): rare; left as a Pad
+    pads = next((list(a.ints) for a in node.attribute if a.name == "pads"), None)
+    if pads is None and len(node.input) > 1 and node.input[1]:
+        pads = [int(p) for p in graph.inits[node.input[1]].ravel()]
+    if pads is None or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+        return None
+    return [pads[2], pads[3], pads[6], pads[7]]
+
+
+def fold_pad_into_conv(graph: Graph, log: list[str]) -> None:
+    """A zero Pad of H and W whose only reader is a Conv becomes the Conv's own pads (TF
+    exporters write explicit Pads): no DQ/Q island in onnxruntime (it has no int8 Pad
+    fusion) and no separate PAD in TFLite."""
+    for node in list(graph.nodes):
+        if node.op_type != "Pad":
+            continue
+        pads = _zero_spatial_pads(node, graph)
+        conv = _single_user(graph, node.output[0]) if pads is not None else None
+        if conv is None or conv.op_type != "Conv" or conv.input[0] != node.output[0]:
+            continue
+        if any(a.name == "auto_pad" and a.s not in (b"", b"NOTSET") for a in conv.attribute):
+            continue
+        old = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
+        merged = [a + b for a, b in zip(old, pads, strict=True)]  # type: ignore[arg-type]
+        keep = [a for a in conv.attribute if a.name != "pads"]
+        del conv.attribute[:]
+        conv.attribute.extend([*keep, helper.make_attribute("pads", merged)])
+        conv.input[0] = node.input[0]
+        graph.remove_node(node)
+        graph.reindex()
+        log.append(f"folded Pad {node.name} into Conv {conv.name}")

@@ -290,8 +290,16 @@ def test_conv_transpose_add_batchnorm_are_folded(tmp_path: Path) -> None:
 def test_pad(tmp_path: Path, mode: str, pads: list[int]) -> None:
     g = G([1, 3, 6, 6])
     p = g.op("Pad", [g.conv("x", 3, 4), g.const(pads)], mode=mode)[0]
-    r = run(tmp_path, g, [g.conv(p, 4, 2, pads=[0] * 4)], {"Pad"})
+    r = run(tmp_path, g, [p], {"Pad"}, tflite_steps=0)
     assert ("PAD" if mode == "constant" else "MIRROR_PAD") in r["ops"]
+
+
+def test_zero_pad_before_a_conv_is_folded_into_it(tmp_path: Path) -> None:
+    g = G([1, 3, 6, 6])
+    p = g.op("Pad", [g.conv("x", 3, 4), g.const([0, 0, 1, 0, 0, 0, 2, 1])])[0]
+    r = run(tmp_path, g, [g.conv(p, 4, 2, pads=[1, 1, 1, 1])], {"Pad", "Conv"})
+    assert any(line.startswith("folded Pad") for line in r["report"].optimizations)
+    assert not any(f["op"] == "Pad" for f in r["report"].layers if "op" in f)
 
 
 def test_pad_edge_wider_than_one_is_refused(tmp_path: Path) -> None:
