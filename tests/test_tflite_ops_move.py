@@ -435,3 +435,19 @@ def test_maxpool_ceil_mode_after_relu(tmp_path: Path, k: int, s: int, pads: list
     p = g.op("MaxPool", [r], kernel_shape=[k, k], strides=[s, s], pads=pads, ceil_mode=1)[0]
     out = run(tmp_path, g, [p], {"MaxPool"}, tflite_steps=0)
     assert out["ops"]["PAD"] >= 1
+
+
+def test_node_left_float_by_the_plan_is_named_with_its_reason(tmp_path: Path) -> None:
+    """A grouped ConvTranspose stays float (the report says why); TFLite refuses it by
+    name rather than failing on a detail of the float node."""
+    g = G([1, 4, 5, 5])
+    w = g.const(g.rng.normal(size=(4, 2, 2, 2)), np.float32)
+    up = g.op("ConvTranspose", [g.conv("x", 4, 4), w], kernel_shape=[2, 2], strides=[2, 2],
+              group=2)[0]
+    outputs = _rename_outputs(g, [up])
+    model = g.save(tmp_path / "m.onnx", outputs)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).normal(size=(4, 4, 5, 5)).astype(np.float32))
+    report = convert(model, tmp_path / "calib.npz", tmp_path / "o1", ConvertOptions(formats=("onnx",)))
+    assert [(f["op"], f["reason"]) for f in report.float_ops] == [("ConvTranspose", "group > 1")]
+    with pytest.raises(UnsupportedOpError, match=r"ConvTranspose at node 'ConvTranspose_\d+'.*stayed float"):
+        convert(model, tmp_path / "calib.npz", tmp_path / "o2", ConvertOptions(formats=("onnx", "tflite")))
