@@ -150,6 +150,8 @@ REGISTRY: dict[str, OpRule] = {
     "Pad": OpRule(output="same", activation_inputs=(0,), check=move.check_pad),
     "ReduceMean": OpRule(output="same", activation_inputs=(0,), check=move.check_reduce_mean),
     "Gather": OpRule(output="same", activation_inputs=(0,), check=move.check_gather),
+    "Expand": OpRule(output="same", activation_inputs=(0,), check=move.check_expand_tile),
+    "Tile": OpRule(output="same", activation_inputs=(0,), check=move.check_expand_tile),
 }
 
 

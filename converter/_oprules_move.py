@@ -1,5 +1,6 @@
 """Checks for the data-movement and structural ops (issue 14): Split, Slice, Transpose,
-Squeeze / Unsqueeze, Resize, ConvTranspose, Pad, ReduceMean, Gather, Softmax on any axis.
+Squeeze / Unsqueeze, Resize, ConvTranspose, Pad, ReduceMean, Gather, Expand / Tile,
+Softmax on any axis.
 
 Each check returns why a node stays float (or None). They only ask what the int8 QDQ
 model needs (constant axes, sizes and indices; a padding value that int8 holds exactly);
@@ -34,6 +35,10 @@ def _non_const(node: onnx.NodeProto, g: Graph, positions: range, what: str) -> s
 
 def check_split(node: onnx.NodeProto, g: Graph) -> str | None:
     return _non_const(node, g, range(1, 2), "split sizes")
+
+
+def check_expand_tile(node: onnx.NodeProto, g: Graph) -> str | None:
+    return _non_const(node, g, range(1, 2), "shape/repeats")
 
 
 def check_slice(node: onnx.NodeProto, g: Graph) -> str | None:

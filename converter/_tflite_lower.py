@@ -35,6 +35,7 @@ OP_VERSIONS = {
     # op's options or rank need one (TRANSPOSE 5-D: 4, RESIZE half-pixel: 3, ...)
     "SPLIT_V": 2, "STRIDED_SLICE": 2, "SLICE": 2, "GATHER": 2, "MIRROR_PAD": 2,
     "RESIZE_NEAREST_NEIGHBOR": 2, "RESIZE_BILINEAR": 2, "TRANSPOSE_CONV": 3,
+    "BROADCAST_TO": 3, "TILE": 3,
 }
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)

@@ -1,5 +1,5 @@
 """Lowering rules for the data-movement and structural ops (issue 14): Split, Slice,
-Transpose, Squeeze / Unsqueeze, Resize, ConvTranspose, Pad, ReduceMean, Gather.
+Transpose, Squeeze / Unsqueeze, Resize, ConvTranspose, Pad, ReduceMean, Gather, Expand, Tile.
 
 Except ConvTranspose they keep their input's int8 parameters (the plan gives their
 outputs exactly the input's; when the ONNX model says otherwise an explicit requantize
@@ -210,6 +210,32 @@ def gather(ctx: Lowering, node: onnx.NodeProto) -> None:
     out = ctx.new_val(node.output[0], out_shape, x.layout, x.q)
     ctx.emit("GATHER", [x.index, ctx.int32("indices", idx)], [out.index],
              ("GatherOptions", {"Axis": _order(x).index(axis)}))
+    _finish(ctx, node.output[0], out)
+
+
+# ---- Expand / Tile ---------------------------------------------------------------------
+@register("Expand")
+@register("Tile")
+def expand_or_tile(ctx: Lowering, node: onnx.NodeProto) -> None:
+    """Expand -> BROADCAST_TO, Tile -> TILE (int8 kernels: version 3; not on the Edge TPU),
+    on the stored layout; an input of lower rank is first reshaped to the output's."""
+    _int8_outputs(ctx, node)
+    x = _data(ctx, node.input[0])
+    out_shape = ctx.out_shape(node.output[0])
+    if len(x.shape) != len(out_shape):
+        wide = ctx.new_val(f"{node.output[0]}/rank",
+                           (1,) * (len(out_shape) - len(x.shape)) + tuple(x.shape), "logical", x.q)
+        ctx.reshape(ctx.logical(x), wide)
+        x = wide
+    order = _order(x)
+    out = ctx.new_val(node.output[0], out_shape, x.layout, x.q)
+    if node.op_type == "Expand":
+        ctx.emit("BROADCAST_TO", [x.index, ctx.int32("shape", list(out.stored))], [out.index],
+                 version=3)
+    else:
+        repeats = _ints(ctx, _input(node, 1)) or []
+        ctx.emit("TILE", [x.index, ctx.int32("multiples", [repeats[a] for a in order])],
+                 [out.index], version=3)
     _finish(ctx, node.output[0], out)
 
 

@@ -451,3 +451,16 @@ def test_node_left_float_by_the_plan_is_named_with_its_reason(tmp_path: Path) ->
     assert [(f["op"], f["reason"]) for f in report.float_ops] == [("ConvTranspose", "group > 1")]
     with pytest.raises(UnsupportedOpError, match=r"ConvTranspose at node 'ConvTranspose_\d+'.*stayed float"):
         convert(model, tmp_path / "calib.npz", tmp_path / "o2", ConvertOptions(formats=("onnx", "tflite")))
+
+
+# ---- Expand / Tile --------------------------------------------------------------------
+def test_expand_and_tile(tmp_path: Path) -> None:
+    g = G([1, 3, 4, 4])
+    p = g.op("GlobalAveragePool", [g.conv("x", 3, 4)])[0]  # [1, 4, 1, 1], stored NHWC
+    wide = g.op("Expand", [p, g.const([1, 4, 4, 4])])[0]
+    flat = g.op("Reshape", [p, g.const([1, 4])])[0]
+    ranked = g.op("Expand", [flat, g.const([2, 1, 4])])[0]  # a rank-2 input to rank 3
+    tiled = g.op("Tile", [g.conv("x", 3, 2), g.const([1, 2, 1, 3])])[0]
+    r = run(tmp_path, g, [wide, ranked, tiled], {"Expand", "Tile"}, tflite_steps=0)
+    assert r["worst"] == {"y0": 0.0, "y1": 0.0, "y2": 0.0}
+    assert r["ops"]["BROADCAST_TO"] == 2 and r["ops"]["TILE"] == 1
