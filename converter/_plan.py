@@ -14,6 +14,7 @@ import onnx
 
 from ._ir import Graph
 from ._oprules import OpRule, fusable_clamp, rule_for
+from ._tail import float_tails
 
 QMIN, QMAX = -128, 127
 
@@ -72,6 +73,9 @@ def make_plan(
             float_nodes[node.name] = reason or "not quantizable"
         else:
             rules[node.name] = rule
+    for name, reason in float_tails(graph, set(rules), ranges).items():
+        rules.pop(name, None)
+        float_nodes[name] = reason
     fused = _find_fusions(graph, rules)
     while True:
         quantized = _quantized_tensors(graph, rules, fused)

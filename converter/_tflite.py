@@ -26,6 +26,7 @@ from edgeship.converter import (
     _tflite_ops_shape,  # noqa: F401  (registers its rules)
 )
 from edgeship.converter._tflite_fb import FbGraph, serialize
+from edgeship.converter._tflite_float import FLOAT_RULES, is_float_node
 from edgeship.converter._tflite_fold import fold_transposes
 from edgeship.converter._tflite_lower import Lowering
 from edgeship.converter._tflite_ops import RULES
@@ -82,10 +83,7 @@ def build_tflite(model: onnx.ModelProto | str | os.PathLike[str], *, io: str = "
     lowering.lower_inputs()
     for node in lowering.qdq.nodes:
         lowering.node = node
-        rule = RULES.get(node.op_type)
-        if rule is None:
-            raise UnsupportedOpError(node.op_type, node_label(node), "no TFLite int8 lowering for this op")
-        rule(lowering, node)
+        _rule_for(lowering, node)(lowering, node)
     lowering.lower_outputs()
     fold_transposes(lowering.graph)
     data = serialize(lowering.graph)
@@ -95,6 +93,22 @@ def build_tflite(model: onnx.ModelProto | str | os.PathLike[str], *, io: str = "
     for op in lowering.graph.ops:  # the ops that are left
         versions[op.opcode] = max(op.version, versions.get(op.opcode, 0))
     return data, lowering.graph, dict(sorted(versions.items()))
+
+
+def _rule_for(lowering: Lowering, node: onnx.NodeProto) -> Any:
+    """The int8 lowering; the float one only for a node in an output tail that the
+    converter kept in float (its outputs carry no QuantizeLinear): everything before a
+    tail stays fully integer."""
+    if is_float_node(lowering, node):
+        rule = FLOAT_RULES.get(node.op_type)
+        if rule is None:
+            raise UnsupportedOpError(node.op_type, node_label(node),
+                                     "left in float by the quantizer and no float TFLite lowering")
+        return rule
+    rule = RULES.get(node.op_type)
+    if rule is None:
+        raise UnsupportedOpError(node.op_type, node_label(node), "no TFLite int8 lowering for this op")
+    return rule
 
 
 def write_tflite(model: onnx.ModelProto | str | os.PathLike[str], out_path: str | os.PathLike[str],

@@ -16,6 +16,7 @@ are the lowest that express the int8 kernels, which the Edge TPU compiler 16 acc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -71,6 +72,7 @@ class Lowering:
         self.io = io
         self.graph = FbGraph(description="edgeship QDQ->TFLite int8")
         self.values: dict[str, Val] = {}
+        self.float_values: dict[str, Any] = {}  # ONNX name -> _tflite_float.FloatVal
         self.versions: dict[str, int] = {}
         self.node: onnx.NodeProto | None = None
         self._layouts: dict[tuple[int, str], Val] = {}
@@ -92,10 +94,11 @@ class Lowering:
         self._names.add(name)
         return name
 
-    def act(self, name: str, shape: tuple[int, ...], q: QParams, dtype: str = "int8",
+    def act(self, name: str, shape: tuple[int, ...], q: QParams | None, dtype: str = "int8",
             *, edge: bool = False) -> int:
-        """A new activation tensor; ``edge`` names it exactly (a graph input/output name)."""
-        quant = FbQuant([q.scale], [q.zero_point]) if dtype == "int8" else None
+        """A new activation tensor (``q`` None for a float one); ``edge`` names it exactly
+        (a graph input/output name)."""
+        quant = FbQuant([q.scale], [q.zero_point]) if dtype == "int8" and q else None
         name = name if edge else self.unique(name)
         return self.graph.add_tensor(FbTensor(name, tuple(shape), dtype, quant=quant))
 
@@ -218,6 +221,8 @@ class Lowering:
     def lower_outputs(self) -> None:
         for name in self.qdq.outputs:
             self.node = None
+            if self._float_output(name):
+                continue
             value = self.values.get(self.qdq.source(name))
             if value is None:
                 raise ConversionError(
@@ -231,3 +236,14 @@ class Lowering:
                 out = self.act(name, value.shape, value.q, dtype="float32", edge=True)
                 self.emit("DEQUANTIZE", [value.index], [out])
                 self.graph.outputs.append(out)
+
+    def _float_output(self, name: str) -> bool:
+        """A graph output computed in float (a tail the converter kept in float) is
+        written as float32 whatever ``io`` says: int8 could not hold it."""
+        value = self.float_values.get(name)
+        if value is None or self.qdq.source(name) in self.values:
+            return False
+        self.graph.tensors[value.index].name = name
+        self._names.add(name)
+        self.graph.outputs.append(value.index)
+        return True
