@@ -103,7 +103,7 @@ def _rule_for(lowering: Lowering, node: onnx.NodeProto) -> Any:
         rule = FLOAT_RULES.get(node.op_type)
         if rule is None:
             raise UnsupportedOpError(node.op_type, node_label(node),
-                                     "left in float by the quantizer and no float TFLite lowering")
+                                     "the op stayed float (the report's float_ops says why) and has no float TFLite lowering")
         return rule
     rule = RULES.get(node.op_type)
     if rule is None:
