@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from edgeship.converter import _tflite_ops_shape  # noqa: F401  (registers its rules)
+from edgeship.converter import _tflite_ops_math, _tflite_ops_shape  # noqa: F401  (register their rules)
 from edgeship.converter._tflite_fb import FbGraph, serialize
 from edgeship.converter._tflite_lower import Lowering
 from edgeship.converter._tflite_ops import RULES

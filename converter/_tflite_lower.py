@@ -31,6 +31,9 @@ OP_VERSIONS = {
     "MEAN": 2, "RESHAPE": 1, "SOFTMAX": 2, "LOGISTIC": 2, "CONCATENATION": 2, "PAD": 2,
     "TRANSPOSE": 2, "SPLIT": 2, "RELU": 2, "RELU6": 2, "RELU_N1_TO_1": 1, "MAXIMUM": 2,
     "MINIMUM": 2,
+    # arithmetic and activations (issue 14)
+    "HARD_SWISH": 1, "SUB": 2, "TANH": 2, "LEAKY_RELU": 1, "PRELU": 1, "GELU": 2,
+    "BATCH_MATMUL": 2, "RSQRT": 2, "SQUARED_DIFFERENCE": 2,
 }
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)

@@ -1,0 +1,160 @@
+"""Lowering rules for arithmetic and activation ops (issue 14): HardSwish, HardSigmoid,
+Sub, Tanh, LeakyRelu, PRelu, Gelu, MatMul of two activations, LayerNormalization, and
+the ops TFLite has no int8 kernel for (one clear reason each).
+
+All kernels are TFLite's int8 builtins at the lowest version with the int8 kernel
+(``OP_VERSIONS`` in :mod:`._tflite_lower`; tensorflow/lite/tools/versioning/op_version.cc).
+Element-wise ops keep their input's layout (NHWC or logical), so no TRANSPOSE is added.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from edgeship.converter._oprules_math import (
+    NO_INT8_DIV,
+    NO_INT8_ERF,
+    NO_INT8_POW,
+    NO_INT8_RECIPROCAL,
+    NO_INT8_SQRT,
+    RECURRENT,
+    TANH_PARAMS,
+)
+from edgeship.converter._tflite_fb import FbQuant
+from edgeship.converter._tflite_lower import Lowering, Val
+from edgeship.converter._tflite_ops import RULES, Rule, _operand, fused_activation, gemm, register
+from edgeship.converter._tflite_qdq import QParams
+
+TANH_OUTPUT = QParams(*TANH_PARAMS)
+
+
+def _elementwise(ctx: Lowering, node: onnx.NodeProto, opcode: str, x: Val,
+                 options: tuple[str, dict[str, object]] | None = None) -> None:
+    out = ctx.new_val(node.output[0], x.shape, x.layout, ctx.out_q(node.output[0]))
+    ctx.emit(opcode, [x.index], [out.index], options)
+    ctx.bind(node.output[0], out)
+
+
+@register("HardSwish")
+def hard_swish(ctx: Lowering, node: onnx.NodeProto) -> None:
+    _elementwise(ctx, node, "HARD_SWISH", ctx.get(node.input[0]))
+
+
+@register("LeakyRelu")
+def leaky_relu(ctx: Lowering, node: onnx.NodeProto) -> None:
+    alpha = float(ctx.attr("alpha", 0.01))
+    _elementwise(ctx, node, "LEAKY_RELU", ctx.get(node.input[0]), ("LeakyReluOptions", {"Alpha": alpha}))
+
+
+@register("Gelu")
+def gelu(ctx: Lowering, node: onnx.NodeProto) -> None:
+    approximate = ctx.attr("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else str(approximate)
+    _elementwise(ctx, node, "GELU", ctx.get(node.input[0]),
+                 ("GeluOptions", {"Approximate": approximate == "tanh"}))
+
+
+@register("Tanh")
+def tanh(ctx: Lowering, node: onnx.NodeProto) -> None:
+    q = ctx.out_q(node.output[0])
+    if q.zero_point != 0 or abs(q.scale * 128.0 - 1.0) > 1e-3:
+        raise ctx.fail(
+            "TANH int8 output must have scale 1/128 and zero point 0 (TFLite INT8 spec), "
+            f"got scale {q.scale:.6g}, zero point {q.zero_point}"
+        )
+    x = ctx.get(node.input[0])
+    out = ctx.new_val(node.output[0], x.shape, x.layout, TANH_OUTPUT)
+    ctx.emit("TANH", [x.index], [out.index])
+    ctx.bind(node.output[0], out)
+
+
+def _scalar_const(ctx: Lowering, name: str, value: float, like: Val) -> int:
+    """``value`` as a one-element int8 constant, exact (q = +-127 or 0), broadcastable to
+    ``like``'s stored shape."""
+    scale = abs(value) / 127.0 if value else 1.0
+    q = np.full((1,) * len(like.stored), 127 if value > 0 else (-127 if value < 0 else 0), np.int8)
+    return ctx.const(name, q, FbQuant([scale], [0]))
+
+
+@register("HardSigmoid")
+def hard_sigmoid(ctx: Lowering, node: onnx.NodeProto) -> None:
+    """clip(alpha*x + beta, 0, 1) as MUL(x, alpha) -> ADD(beta). TFLite has no
+    HARD_SIGMOID. The MUL output is given the scale ``alpha * input scale`` and the
+    input's zero point, so it only relabels the int8 values (multiplier exactly 1/127 x
+    127: no rounding). The ADD then rounds once into the output parameters, whose range
+    lies in [0, 1] with zero point -128: saturation is the clip, as onnxruntime's Q does."""
+    x = ctx.get(node.input[0])
+    alpha, beta = float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5))
+    if alpha <= 0:
+        raise ctx.fail(f"HardSigmoid alpha {alpha} <= 0 has no int8 lowering")
+    name = ctx.graph.tensors[x.index].name
+    scaled = ctx.new_val(f"{node.output[0]}/alpha_x", x.shape, x.layout,
+                         QParams(x.q.scale * alpha, x.q.zero_point))
+    ctx.emit("MUL", [x.index, _scalar_const(ctx, f"{name}/alpha", alpha, x)], [scaled.index],
+             ("MulOptions", {"FusedActivationFunction": 0}))
+    out_q = ctx.out_q(node.output[0])
+    out = ctx.new_val(node.output[0], x.shape, x.layout, out_q)
+    ctx.emit("ADD", [scaled.index, _scalar_const(ctx, f"{name}/beta", beta, x)], [out.index],
+             ("AddOptions", {"FusedActivationFunction": fused_activation(out_q)}))
+    ctx.bind(node.output[0], out)
+
+
+@register("Sub")
+def sub(ctx: Lowering, node: onnx.NodeProto) -> None:
+    acts = [n for n in node.input if ctx.qdq.source(n) in ctx.values]
+    if not acts:
+        raise ctx.fail("both operands are constants (fold them first)")
+    first = ctx.get(acts[0])
+    vals = [_operand(ctx, n, first) for n in node.input]
+    if len({len(v.shape) for v in vals}) == 1 and any(v.layout == "nhwc" for v in vals):
+        vals, layout = [ctx.nhwc(v) for v in vals], "nhwc"
+    else:
+        vals, layout = [ctx.logical(v) for v in vals], "logical"
+    out_q = ctx.out_q(node.output[0])
+    out = ctx.new_val(node.output[0], ctx.out_shape(node.output[0]), layout, out_q)
+    broadcast = vals[0].stored != vals[1].stored
+    version = 3 if broadcast and max(len(v.stored) for v in vals) > 4 else None
+    ctx.emit("SUB", [v.index for v in vals], [out.index],
+             ("SubOptions", {"FusedActivationFunction": fused_activation(out_q)}), version=version)
+    ctx.bind(node.output[0], out)
+
+
+@register("PRelu")
+def prelu(ctx: Lowering, node: onnx.NodeProto) -> None:
+    x = ctx.get(node.input[0])
+    slope = _operand(ctx, node.input[1], x)  # a constant, stored in x's layout
+    _elementwise_two(ctx, node, "PRELU", x, slope)
+
+
+def _elementwise_two(ctx: Lowering, node: onnx.NodeProto, opcode: str, a: Val, b: Val) -> None:
+    out = ctx.new_val(node.output[0], ctx.out_shape(node.output[0]), a.layout, ctx.out_q(node.output[0]))
+    ctx.emit(opcode, [a.index, b.index], [out.index])
+    ctx.bind(node.output[0], out)
+
+
+@register("MatMul")
+def matmul(ctx: Lowering, node: onnx.NodeProto) -> None:
+    """A constant weight -> FULLY_CONNECTED (the existing rule); two activations ->
+    BATCH_MATMUL (int8 v2; it has no fused activation)."""
+    if node.input[1] in ctx.qdq.qconsts:
+        gemm(ctx, node)
+        return
+    a, b = (ctx.logical(ctx.get(n)) for n in node.input)
+    if len(a.shape) < 2 or len(b.shape) < 2 or max(len(a.shape), len(b.shape)) > 5:
+        raise ctx.fail(f"BATCH_MATMUL needs ranks 2..5, got {len(a.shape)} and {len(b.shape)}")
+    out = ctx.new_val(node.output[0], ctx.out_shape(node.output[0]), "logical", ctx.out_q(node.output[0]))
+    ctx.emit("BATCH_MATMUL", [a.index, b.index], [out.index],
+             ("BatchMatMulOptions", {"AdjX": False, "AdjY": False, "AsymmetricQuantizeInputs": False}))
+    ctx.bind(node.output[0], out)
+
+
+def _refuse(reason: str) -> Rule:
+    def rule(ctx: Lowering, node: onnx.NodeProto) -> None:
+        raise ctx.fail(reason.format(op=node.op_type))
+
+    return rule
+
+
+for _op, _reason in (("Div", NO_INT8_DIV), ("Sqrt", NO_INT8_SQRT), ("Reciprocal", NO_INT8_RECIPROCAL),
+                     ("Pow", NO_INT8_POW), ("Erf", NO_INT8_ERF), ("LSTM", RECURRENT), ("GRU", RECURRENT)):
+    RULES.setdefault(_op, _refuse(_reason))
