@@ -403,6 +403,13 @@ _EDGETPU_OK = {
     "Flatten",
     "Reshape",
     "Concat",
+    # issue 14: ops lowered to documented Edge TPU ops (SUB, TANH, PRELU; HardSigmoid as
+    # MUL + ADD). HardSwish -> HARD_SWISH, LeakyRelu, Gelu and BATCH_MATMUL are not in
+    # Coral's supported-operations table, so they stay off this list.
+    "Sub",
+    "Tanh",
+    "PRelu",
+    "HardSigmoid",
 }
 
 

@@ -19,7 +19,17 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   as uint8 = int8 zero point + 128 (the same real values; onnxruntime fuses only pairs
   whose types agree, see ``_stored_zero_point``); readers subtract 128. At int8 graph
   edges (``io="int8"``) it stays int8.
-- Sigmoid and Softmax outputs: scale 1/256, zero point -128.
+- Sigmoid and Softmax outputs: scale 1/256, zero point -128. Tanh output: scale 1/128,
+  zero point 0.
+- HardSwish, HardSigmoid, LeakyRelu, Gelu, Sub, PRelu (constant slope, an int8 per-tensor
+  constant operand like Add/Mul's), MatMul of two activations (both per-tensor int8):
+  int8 input(s), own calibrated output parameters. Decomposed HardSwish / Gelu /
+  LayerNorm patterns and Div by a constant reach this writer already fused
+  (converter/_fuse.py), so they follow the rules of the fused op.
+- LayerNormalization: int8 input and output; scale and bias stay float initializers
+  (onnxruntime runs DQ -> LayerNormalization -> Q).
+- Div by a tensor, Sqrt, Reciprocal, Pow (exponent != 2), Erf, LSTM and GRU stay float
+  (no int8 TFLite kernel, or, for LSTM/GRU, per-gate scales that are not calibrated).
 - MaxPool, AveragePool, GlobalAveragePool, Reshape, Flatten: output parameters are
   exactly the input's. Concat: all inputs and the output share one set.
 - The scale shared by a GlobalAveragePool's input and output is a float32 for which
