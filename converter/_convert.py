@@ -15,7 +15,7 @@ import onnx
 
 from edgeship._errors import ConversionError, EdgeshipError
 
-from . import _calibrate, _evaluate
+from . import _calibrate, _evaluate, _layernorm
 from ._ir import Graph
 from ._load import input_specs, load_arrays, load_model
 from ._optimize import optimize
@@ -155,6 +155,8 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     out_model = (
         qmodel if opts.io == "float" else build_qdq(graph, plan, policy=policy, io=opts.io)[0]
     )
+    ln_params = _layernorm.layernorm_params(graph, plan, inp.calib)  # for the TFLite writer
+    out_model = _layernorm.attach(out_model, ln_params)
     clock.lap("quantize")
     return _Quantized(
         graph, log, pruned, plan, qmodel, weights, tensor_map, out_model.SerializeToString()

@@ -27,7 +27,10 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   LayerNorm patterns and Div by a constant reach this writer already fused
   (converter/_fuse.py), so they follow the rules of the fused op.
 - LayerNormalization: int8 input and output; scale and bias stay float initializers
-  (onnxruntime runs DQ -> LayerNormalization -> Q).
+  (onnxruntime runs DQ -> LayerNormalization -> Q). The int8 parameters of its
+  intermediates (mean, centered, squared, variance, variance_eps, rstd, normalized,
+  scaled), calibrated by converter/_layernorm.py, are in the model's metadata_props
+  ``edgeship.layernorm`` (JSON: node name -> intermediate -> [scale, zero point]).
 - Div by a tensor, Sqrt, Reciprocal, Pow (exponent != 2), Erf, LSTM and GRU stay float
   (no int8 TFLite kernel, or, for LSTM/GRU, per-gate scales that are not calibrated).
 - MaxPool, AveragePool, GlobalAveragePool, Reshape, Flatten: output parameters are

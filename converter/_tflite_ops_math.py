@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from edgeship.converter import _layernorm
 from edgeship.converter._oprules_math import (
     NO_INT8_DIV,
     NO_INT8_ERF,
@@ -158,3 +159,79 @@ def _refuse(reason: str) -> Rule:
 for _op, _reason in (("Div", NO_INT8_DIV), ("Sqrt", NO_INT8_SQRT), ("Reciprocal", NO_INT8_RECIPROCAL),
                      ("Pow", NO_INT8_POW), ("Erf", NO_INT8_ERF), ("LSTM", RECURRENT), ("GRU", RECURRENT)):
     RULES.setdefault(_op, _refuse(_reason))
+
+
+# ---- LayerNormalization -----------------------------------------------------------------
+def _const_vector(ctx: Lowering, name: str, values: np.ndarray) -> int:
+    """A float vector as an int8 per-tensor symmetric constant (zero -> scale 1)."""
+    peak = float(np.abs(values).max()) if values.size else 0.0
+    scale = peak / 127.0 if peak > 0 else 1.0
+    q = np.clip(np.round(values / scale), -127, 127).astype(np.int8)
+    return ctx.const(name, q, FbQuant([scale], [0]))
+
+
+def _mul_version(a: QParams, b_scale: float, out: QParams) -> int | None:
+    return 3 if a.scale * b_scale / out.scale >= 1.0 else None  # op_version.cc, as binary()
+
+
+@register("LayerNormalization")
+def layer_norm(ctx: Lowering, node: onnx.NodeProto) -> None:
+    """MEAN, SUB, SQUARED_DIFFERENCE, MEAN, ADD(eps), RSQRT, MUL, MUL(gamma), ADD(beta)
+    over the last axis, each int8 with the parameters calibrated for that intermediate
+    (converter/_layernorm.py, carried in the QDQ model's metadata)."""
+    params = _layernorm.read(ctx.qdq.model).get(node.name)
+    if params is None:
+        raise ctx.fail("LayerNormalization needs calibrated parameters for its intermediates "
+                       f"(QDQ model metadata {_layernorm.METADATA_KEY!r}, written by edgeship convert)")
+    x = ctx.logical(ctx.get(node.input[0]))
+    rank = len(x.shape)
+    if int(ctx.attr("axis", -1)) % rank != rank - 1:
+        raise ctx.fail("only LayerNormalization over the last axis has an int8 lowering")
+    q = {k: QParams(float(v[0]), int(v[1])) for k, v in params.items()}
+    width = x.shape[-1]
+    gamma = _ln_const(ctx, node, 1, width, 1.0)
+    beta = _ln_const(ctx, node, 2, width, 0.0)
+    base = node.output[0]
+    reduced = (*x.shape[:-1], 1)
+    axes = ctx.int32(f"{base}/axes", [rank - 1])
+
+    def val(key: str, shape: tuple[int, ...]) -> Val:
+        return ctx.new_val(f"{base}/{key}", shape, "logical", q[key])
+
+    mean, centered, squared = val("mean", reduced), val("centered", x.shape), val("squared", x.shape)
+    ctx.emit("MEAN", [x.index, axes], [mean.index], ("ReducerOptions", {"KeepDims": True}))
+    ctx.emit("SUB", [x.index, mean.index], [centered.index],
+             ("SubOptions", {"FusedActivationFunction": 0}), version=3 if rank > 4 else None)
+    ctx.emit("SQUARED_DIFFERENCE", [x.index, mean.index], [squared.index])
+    variance, variance_eps, rstd = val("variance", reduced), val("variance_eps", reduced), val("rstd", reduced)
+    ctx.emit("MEAN", [squared.index, axes], [variance.index], ("ReducerOptions", {"KeepDims": True}))
+    eps = float(ctx.attr("epsilon", 1e-5))
+    ctx.emit("ADD", [variance.index, _scalar_const(ctx, f"{base}/eps", eps, variance)], [variance_eps.index],
+             ("AddOptions", {"FusedActivationFunction": 0}))
+    ctx.emit("RSQRT", [variance_eps.index], [rstd.index])
+    normalized, scaled = val("normalized", x.shape), val("scaled", x.shape)
+    ctx.emit("MUL", [centered.index, rstd.index], [normalized.index],
+             ("MulOptions", {"FusedActivationFunction": 0}),
+             version=_mul_version(centered.q, rstd.q.scale, normalized.q))
+    gamma_t = _const_vector(ctx, f"{base}/gamma", gamma)
+    gamma_scale = ctx.graph.tensors[gamma_t].quant.scales[0]
+    ctx.emit("MUL", [normalized.index, gamma_t], [scaled.index], ("MulOptions", {"FusedActivationFunction": 0}),
+             version=_mul_version(normalized.q, gamma_scale, scaled.q))
+    out_q = ctx.out_q(node.output[0])
+    out = ctx.new_val(node.output[0], x.shape, "logical", out_q)
+    ctx.emit("ADD", [scaled.index, _const_vector(ctx, f"{base}/beta", beta)], [out.index],
+             ("AddOptions", {"FusedActivationFunction": fused_activation(out_q)}))
+    ctx.bind(node.output[0], out)
+
+
+def _ln_const(ctx: Lowering, node: onnx.NodeProto, index: int, width: int, default: float) -> np.ndarray:
+    if len(node.input) <= index or not node.input[index]:
+        return np.full(width, default, np.float32)
+    name = node.input[index]
+    if name in ctx.qdq.qconsts:
+        values = ctx.qdq.qconsts[name].dequantized()
+    elif name in ctx.qdq.initializers:
+        values = np.asarray(ctx.qdq.initializers[name], np.float32)
+    else:
+        raise ctx.fail(f"LayerNormalization input {name!r} must be a constant")
+    return np.broadcast_to(values.reshape(-1), (width,)).astype(np.float32)

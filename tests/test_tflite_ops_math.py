@@ -37,6 +37,10 @@ class Net:
         self.inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
         return name
 
+    def const_i64(self, name: str, value: list[int]) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
+        return name
+
     def conv(self, x: str, cin: int, cout: int, out: str, k: int = 3) -> str:
         w = self.const(f"{out}_w", RNG.normal(size=(cout, cin, k, k)) * (0.6 / np.sqrt(cin * k * k)) * 2)
         b = self.const(f"{out}_b", RNG.normal(size=cout) * 0.3)
@@ -328,3 +332,51 @@ def test_lstm_stays_float_in_onnx_and_tflite_names_the_reason(tmp_path: Path) ->
     assert np.abs(r.int8 - r.fp32).max() <= 4 * r.y_scale  # quantized around the float LSTM
     with pytest.raises(UnsupportedOpError, match=r"LSTM at node 'lstm'.*use --format onnx"):
         _convert(tmp_path / "both", net, inputs=inputs)
+
+
+# ---- LayerNormalization -----------------------------------------------------------------
+LN_INPUTS = {"x": [1, 12, 32]}
+
+
+def _layernorm_net(decomposed: bool, *, axes_input: bool = False) -> Net:
+    """Tokens x width, normalized over the width as PP-OCRv4's SVTR mixer exports it."""
+    net = Net()
+    a = net.op("Add", ["x", net.const("shift", RNG.normal(size=32) * 0.5)], "a")
+    gamma = net.const("gamma", 1.0 + RNG.normal(size=32) * 0.2)
+    beta = net.const("beta", RNG.normal(size=32) * 0.1)
+    if decomposed:
+        mean_attrs = {} if axes_input else {"axes": [-1]}
+
+        def mean(x: str, out: str) -> str:
+            inputs = [x, net.const_i64(f"{out}_axes", [-1])] if axes_input else [x]
+            return net.op("ReduceMean", inputs, out, **mean_attrs)
+
+        m = mean(a, "mu")
+        d = net.op("Sub", [a, m], "d")
+        p = net.op("Pow", [d, net.const("two", 2.0)], "p")
+        v = mean(p, "var")
+        e = net.op("Add", [v, net.const("eps", 1e-5)], "ve")
+        s = net.op("Sqrt", [e], "sd")
+        n = net.op("Div", [d, s], "n")
+        g = net.op("Mul", [n, gamma], "g")
+        ln = net.op("Add", [g, beta], "ln")
+    else:
+        ln = net.op("LayerNormalization", [a, gamma, beta], "ln", axis=-1, epsilon=1e-5)
+    net.op("Mul", [ln, net.const("gain", RNG.normal(size=32))], "y")
+    return net
+
+
+@pytest.mark.parametrize("decomposed,opset", [(False, 17), (True, 13), (True, 18)])
+def test_layernorm_is_one_int8_op_and_int8_builtins_in_tflite(tmp_path: Path, decomposed: bool, opset: int) -> None:
+    net = _layernorm_net(decomposed, axes_input=opset >= 18)
+    if decomposed:
+        graph, log = _fused_matches(net.save(tmp_path / "fp32.onnx", opset=opset, inputs=LN_INPUTS), LN_INPUTS)
+        assert [n.op_type for n in graph.nodes] == ["Add", "LayerNormalization", "Mul"], log
+        assert graph.opset == max(opset, 17)
+    r = _convert(tmp_path / "c", _layernorm_net(decomposed, axes_input=opset >= 18), opset=opset, inputs=LN_INPUTS)
+    assert not _float_ops(r), r.report["float_ops"]
+    assert "LayerNormalization" in _ops(r.out / "model.int8.onnx")
+    # the int8 chain rounds eight intermediates; onnxruntime computes LN in float between Q/DQ
+    _check(r, "LayerNormalization", tflite_steps=4.0)
+    ops = _tflite_ops(r)
+    assert ops["MEAN"] == 2 and ops["RSQRT"] == 1 and ops["SQUARED_DIFFERENCE"] == 1, ops
