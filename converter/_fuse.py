@@ -287,9 +287,9 @@ def _last_axis_mean(graph: Graph, node: onnx.NodeProto | None, rank: int | None)
     axes = _attr(node, "axes", None)
     if axes is None and len(node.input) > 1 and graph.is_const(node.input[1]):
         axes = graph.inits[node.input[1]].reshape(-1).tolist()
-    if axes is None or len(axes) != 1 or rank is None:
+    if axes is None or len(axes) != 1:
         return False
-    return int(axes[0]) in (-1, rank - 1)
+    return int(axes[0]) == -1 or (rank is not None and int(axes[0]) == rank - 1)
 
 
 def _layernorm_at(graph: Graph, mean: onnx.NodeProto) -> tuple[list[onnx.NodeProto], list[str], float] | None:
@@ -344,7 +344,9 @@ def _fuse_layernorm(graph: Graph, log: list[str]) -> None:
         nodes, gamma_beta, eps = found
         shape = graph.shape(mean.input[0])
         width = shape[-1] if shape else None
-        if not isinstance(width, int) or not bump_opset(graph, 17):
+        if not isinstance(width, int) and gamma_beta:  # shape unknown: the affine's size
+            width = int(graph.inits[gamma_beta[0]].size)
+        if not isinstance(width, int) or width < 2 or not bump_opset(graph, 17):
             continue
         names = []
         for i, default in enumerate((1.0, 0.0)):
