@@ -3,6 +3,10 @@ and divisions rewritten as the one op an int8 kernel exists for.
 
 - ``x * Relu6(x + 3) / 6`` (MobileNetV3, PP-OCR; the /6 as Div or Mul(1/6), before or
   after the product) and ``x * HardSigmoid(x)`` with alpha 1/6, beta 0.5 -> ``HardSwish``;
+  on an NCHW tensor, HardSwish is then written as ``x * Clip(DepthwiseConv1x1(x), 0, 1)``
+  (int8 in onnxruntime, TFLite and the Edge TPU; see :func:`_hardswish_as_gate`);
+- Conv -> Add(per-channel constant) -> the Conv's bias;
+- ``Pow(x, 2)`` -> ``Mul(x, x)``;
 - ``Div(x, c)`` by a constant -> ``Mul(x, 1/c)`` (int8 MUL exists, int8 DIV does not);
 - ``x * 0.5 * (1 + Erf(x / sqrt 2))`` -> ``Gelu`` (opset >= 20 only: Gelu is an opset-20
   op and bumping an older graph that far changes other ops' signatures);
@@ -37,6 +41,7 @@ def fuse(graph: Graph, log: list[str]) -> None:
     """Run every fusion in place (the graph is reindexed after each rewrite)."""
     _conv_add_to_bias(graph, log)
     _fuse_hardswish(graph, log)
+    _hardswish_as_gate(graph, log)
     _fuse_layernorm(graph, log)
     _fuse_gelu(graph, log)
     _div_by_constant(graph, log)
@@ -211,6 +216,38 @@ def _fuse_hardswish(graph: Graph, log: list[str]) -> None:
         node = helper.make_node("HardSwish", [x], [nodes[-1].output[0]], name=nodes[-1].name)
         _replace(graph, nodes[-1], nodes, node)
         log.append(f"fused {'+'.join(n.op_type for n in nodes)} ({nodes[0].name}) -> HardSwish")
+
+
+def _hardswish_as_gate(graph: Graph, log: list[str]) -> None:
+    """HardSwish(x) on an NCHW tensor -> x * Clip(DepthwiseConv1x1(x; 1/6, +0.5), 0, 1).
+
+    The same function (x * hard_sigmoid(x)), written with ops that are int8 in every
+    target: onnxruntime runs it as QLinearConv + QLinearMul (a float HardSwish between
+    DQ and Q costs two extra passes and made MobileNetV3 slower in INT8 than in fp32),
+    TFLite as DEPTHWISE_CONV_2D + MUL, which the Edge TPU maps (HARD_SWISH it does not).
+    The gate's range is [0, 1] (the Clip folds into the conv, zero point -128)."""
+    for node in list(graph.nodes):
+        shape = graph.shape(node.input[0]) if node.op_type == "HardSwish" else None
+        if shape is None or len(shape) != 4 or not isinstance(shape[1], int):
+            continue
+        x, c, base = node.input[0], shape[1], node.name
+        graph.inits[f"{base}_gate_w"] = np.full((c, 1, 1, 1), 1.0 / 6.0, np.float32)
+        graph.inits[f"{base}_gate_b"] = np.full(c, 0.5, np.float32)
+        graph.inits[f"{base}_gate_lo"] = np.array(0.0, np.float32)
+        graph.inits[f"{base}_gate_hi"] = np.array(1.0, np.float32)
+        gate = [
+            helper.make_node("Conv", [x, f"{base}_gate_w", f"{base}_gate_b"], [f"{base}_gate_lin"],
+                             name=f"{base}_gate", group=c, kernel_shape=[1, 1]),
+            helper.make_node("Clip", [f"{base}_gate_lin", f"{base}_gate_lo", f"{base}_gate_hi"],
+                             [f"{base}_gate_out"], name=f"{base}_gate_clip"),
+            helper.make_node("Mul", [x, f"{base}_gate_out"], [node.output[0]], name=base),
+        ]
+        for name in (f"{base}_gate_lin", f"{base}_gate_out"):  # typed: the plan quantizes floats
+            graph.value_info[name] = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
+        at = next(i for i, n in enumerate(graph.nodes) if n is node)
+        graph.nodes[at : at + 1] = gate
+        log.append(f"HardSwish {base} -> x * Clip(depthwise 1x1 conv (x/6 + 1/2), 0, 1) (int8 everywhere)")
+    graph.reindex()
 
 
 # ---- Div by a constant ----------------------------------------------------------------

@@ -176,14 +176,33 @@ def _hardswish_net(form: str) -> Net:
 
 
 @pytest.mark.parametrize("form", ["native", "div", "mul_first", "hardsigmoid"])
-def test_hardswish_forms_become_one_int8_hard_swish(tmp_path: Path, form: str) -> None:
+def test_hardswish_forms_become_an_int8_gate_on_nchw(tmp_path: Path, form: str) -> None:
+    """Every form fuses to HardSwish; on an NCHW tensor that is then written as
+    x * Clip(depthwise 1x1 conv, 0, 1): QLinearConv + QLinearMul in onnxruntime (no
+    float island), DEPTHWISE_CONV_2D + MUL in TFLite (Edge TPU ops)."""
     net = _hardswish_net(form)
     opset = 14 if form == "native" else 13
     graph, log = _fused_matches(net.save(tmp_path / "fp32.onnx", opset=opset))
-    assert [n.op_type for n in graph.nodes] == ["Conv", "HardSwish", "Conv"], log
-    r = _convert(tmp_path, _hardswish_net(form), opset=opset)
+    assert [n.op_type for n in graph.nodes] == ["Conv", "Conv", "Clip", "Mul", "Conv"], log
+    assert form == "native" or any(line.endswith("-> HardSwish") for line in log), log
+    r = _convert(tmp_path / "c", _hardswish_net(form), opset=opset)
+    _check(r, "Mul")
+    assert not _float_ops(r) and "HARD_SWISH" not in _tflite_ops(r)
+    assert _tflite_ops(r)["DEPTHWISE_CONV_2D"] == 1 and _tflite_ops(r)["MUL"] == 1
+    assert r.report["edgetpu"]["compatible"], r.report["edgetpu"]
+    gate = next(row for row in r.report["layers"] if row["tensor"].endswith("_gate_out"))
+    assert gate["fused"] == "Clip" and gate["zero_point"] == -128  # the clip is exact
+
+
+def test_hardswish_on_tokens_is_tflite_hard_swish(tmp_path: Path) -> None:
+    net = Net()
+    inputs = {"x": [1, 12, 32]}
+    a = net.op("Add", ["x", net.const("shift", RNG.normal(size=32))], "a")
+    h = net.op("HardSwish", [a], "h")
+    net.op("Mul", [h, net.const("gain", RNG.normal(size=32))], "y")
+    r = _convert(tmp_path, net, opset=14, inputs=inputs)
     _check(r, "HardSwish")
-    assert _tflite_ops(r).get("HARD_SWISH") == 1
+    assert _tflite_ops(r)["HARD_SWISH"] == 1
     assert r.report["tflite"]["op_versions"]["HARD_SWISH"] == 1
 
 
