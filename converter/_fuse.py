@@ -4,7 +4,8 @@ and divisions rewritten as the one op an int8 kernel exists for.
 - ``x * Relu6(x + 3) / 6`` (MobileNetV3, PP-OCR; the /6 as Div or Mul(1/6), before or
   after the product) and ``x * HardSigmoid(x)`` with alpha 1/6, beta 0.5 -> ``HardSwish``;
   on an NCHW tensor, HardSwish is then written as ``x * Clip(DepthwiseConv1x1(x), 0, 1)``
-  (int8 in onnxruntime, TFLite and the Edge TPU; see :func:`_hardswish_as_gate`);
+  and HardSigmoid as ``Clip(DepthwiseConv1x1(x), 0, 1)`` (int8 in onnxruntime, TFLite and
+  the Edge TPU; see :func:`_hardswish_as_gate`);
 - Conv -> Add(per-channel constant) -> the Conv's bias;
 - ``Pow(x, 2)`` -> ``Mul(x, x)``;
 - ``Div(x, c)`` by a constant -> ``Mul(x, 1/c)`` (int8 MUL exists, int8 DIV does not);
@@ -219,34 +220,43 @@ def _fuse_hardswish(graph: Graph, log: list[str]) -> None:
 
 
 def _hardswish_as_gate(graph: Graph, log: list[str]) -> None:
-    """HardSwish(x) on an NCHW tensor -> x * Clip(DepthwiseConv1x1(x; 1/6, +0.5), 0, 1).
+    """HardSwish(x) on an NCHW tensor -> x * Clip(DepthwiseConv1x1(x; 1/6, +0.5), 0, 1),
+    and HardSigmoid(x; alpha, beta) -> Clip(DepthwiseConv1x1(x; alpha, beta), 0, 1).
 
-    The same function (x * hard_sigmoid(x)), written with ops that are int8 in every
-    target: onnxruntime runs it as QLinearConv + QLinearMul (a float HardSwish between
-    DQ and Q costs two extra passes and made MobileNetV3 slower in INT8 than in fp32),
-    TFLite as DEPTHWISE_CONV_2D + MUL, which the Edge TPU maps (HARD_SWISH it does not).
-    The gate's range is [0, 1] (the Clip folds into the conv, zero point -128)."""
+    The same functions, written with ops that are int8 in every target: onnxruntime runs
+    them as QLinearConv (+ QLinearMul) (a float HardSwish between DQ and Q costs extra
+    passes and made MobileNetV3 slower in INT8 than in fp32), TFLite as
+    DEPTHWISE_CONV_2D (+ MUL), which the Edge TPU maps (HARD_SWISH it does not). The
+    gate's range is [0, 1]: the Clip folds into the conv with zero point -128."""
     for node in list(graph.nodes):
-        shape = graph.shape(node.input[0]) if node.op_type == "HardSwish" else None
+        if node.op_type not in ("HardSwish", "HardSigmoid"):
+            continue
+        shape = graph.shape(node.input[0])
         if shape is None or len(shape) != 4 or not isinstance(shape[1], int):
             continue
+        swish = node.op_type == "HardSwish"
+        alpha = 1.0 / 6.0 if swish else float(_attr(node, "alpha", 0.2))
+        beta = 0.5 if swish else float(_attr(node, "beta", 0.5))
         x, c, base = node.input[0], shape[1], node.name
-        graph.inits[f"{base}_gate_w"] = np.full((c, 1, 1, 1), 1.0 / 6.0, np.float32)
-        graph.inits[f"{base}_gate_b"] = np.full(c, 0.5, np.float32)
+        gate_out = f"{base}_gate_out" if swish else node.output[0]
+        graph.inits[f"{base}_gate_w"] = np.full((c, 1, 1, 1), alpha, np.float32)
+        graph.inits[f"{base}_gate_b"] = np.full(c, beta, np.float32)
         graph.inits[f"{base}_gate_lo"] = np.array(0.0, np.float32)
         graph.inits[f"{base}_gate_hi"] = np.array(1.0, np.float32)
-        gate = [
+        nodes = [
             helper.make_node("Conv", [x, f"{base}_gate_w", f"{base}_gate_b"], [f"{base}_gate_lin"],
                              name=f"{base}_gate", group=c, kernel_shape=[1, 1]),
             helper.make_node("Clip", [f"{base}_gate_lin", f"{base}_gate_lo", f"{base}_gate_hi"],
-                             [f"{base}_gate_out"], name=f"{base}_gate_clip"),
-            helper.make_node("Mul", [x, f"{base}_gate_out"], [node.output[0]], name=base),
+                             [gate_out], name=f"{base}_gate_clip" if swish else base),
         ]
-        for name in (f"{base}_gate_lin", f"{base}_gate_out"):  # typed: the plan quantizes floats
+        if swish:
+            nodes.append(helper.make_node("Mul", [x, gate_out], [node.output[0]], name=base))
+        for name in (f"{base}_gate_lin", gate_out):  # typed: the plan quantizes floats
             graph.value_info[name] = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
         at = next(i for i, n in enumerate(graph.nodes) if n is node)
-        graph.nodes[at : at + 1] = gate
-        log.append(f"HardSwish {base} -> x * Clip(depthwise 1x1 conv (x/6 + 1/2), 0, 1) (int8 everywhere)")
+        graph.nodes[at : at + 1] = nodes
+        log.append(f"{node.op_type} {base} -> {'x * ' if swish else ''}Clip(depthwise 1x1 conv, 0, 1) "
+                   "(int8 in every target)")
     graph.reindex()
 
 

@@ -214,12 +214,25 @@ def test_hardswish_pattern_with_a_shared_inner_tensor_is_not_fused(tmp_path: Pat
 
 
 @pytest.mark.parametrize("alpha,beta", [(0.2, 0.5), (1 / 6, 0.5)])
-def test_hardsigmoid_is_mul_add_with_a_saturating_output(tmp_path: Path, alpha: float, beta: float) -> None:
+def test_hardsigmoid_on_nchw_is_a_clipped_depthwise_conv(tmp_path: Path, alpha: float, beta: float) -> None:
     net = Net()
     a = net.conv("x", 3, C, "a")
     s = net.op("HardSigmoid", [a], "s", alpha=alpha, beta=beta)
     net.conv(s, C, C, "y", k=1)
-    r = _convert(tmp_path, net)
+    graph, _ = _fused_matches(net.save(tmp_path / "fp32.onnx"))
+    assert [n.op_type for n in graph.nodes] == ["Conv", "Conv", "Clip", "Conv"]
+    r = _convert(tmp_path / "c", net)
+    _check(r, "Clip")
+    assert not _float_ops(r) and _tflite_ops(r)["DEPTHWISE_CONV_2D"] == 1
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.2, 0.5), (1 / 6, 0.5)])
+def test_hardsigmoid_on_tokens_is_mul_add_with_a_saturating_output(tmp_path: Path, alpha: float, beta: float) -> None:
+    net = Net()
+    a = net.op("Add", ["x", net.const("shift", RNG.normal(size=32))], "a")
+    s = net.op("HardSigmoid", [a], "s", alpha=alpha, beta=beta)
+    net.op("Mul", [s, net.const("gain", RNG.normal(size=32))], "y")
+    r = _convert(tmp_path, net, inputs={"x": [1, 12, 32]})
     _check(r, "HardSigmoid")
     assert {"MUL", "ADD"} <= set(_tflite_ops(r))
 
