@@ -23,7 +23,15 @@ from edgeship.converter._oprules_math import (
 )
 from edgeship.converter._tflite_fb import FbQuant
 from edgeship.converter._tflite_lower import Lowering, Val
-from edgeship.converter._tflite_ops import RULES, Rule, _operand, fused_activation, gemm, register
+from edgeship.converter._tflite_ops import (
+    RULES,
+    Rule,
+    _operand,
+    _weight,
+    fused_activation,
+    gemm,
+    register,
+)
 from edgeship.converter._tflite_qdq import QParams
 
 TANH_OUTPUT = QParams(*TANH_PARAMS)
@@ -138,7 +146,10 @@ def matmul(ctx: Lowering, node: onnx.NodeProto) -> None:
     """A constant weight -> FULLY_CONNECTED (the existing rule); two activations ->
     BATCH_MATMUL (int8 v2; it has no fused activation)."""
     if node.input[1] in ctx.qdq.qconsts:
-        gemm(ctx, node)
+        if len(ctx.get(node.input[0]).shape) > 2:
+            _matmul_rows(ctx, node)
+        else:
+            gemm(ctx, node)
         return
     a, b = (ctx.logical(ctx.get(n)) for n in node.input)
     if len(a.shape) < 2 or len(b.shape) < 2 or max(len(a.shape), len(b.shape)) > 5:
@@ -146,6 +157,36 @@ def matmul(ctx: Lowering, node: onnx.NodeProto) -> None:
     out = ctx.new_val(node.output[0], ctx.out_shape(node.output[0]), "logical", ctx.out_q(node.output[0]))
     ctx.emit("BATCH_MATMUL", [a.index, b.index], [out.index],
              ("BatchMatMulOptions", {"AdjX": False, "AdjY": False, "AsymmetricQuantizeInputs": False}))
+    ctx.bind(node.output[0], out)
+
+
+def _matmul_rows(ctx: Lowering, node: onnx.NodeProto) -> None:
+    """[..., K] x constant [K, N] (a token-wise linear layer, e.g. SVTR's): RESHAPE to
+    rows, FULLY_CONNECTED (v4, as the Edge TPU compiler wants; keep_num_dims needs v5),
+    RESHAPE back."""
+    w = _weight(ctx, node.input[1])
+    if w.values.ndim != 2:
+        raise ctx.fail("constant MatMul weight must be 2-D")
+    if not w.per_tensor and w.axis != 1:
+        raise ctx.fail("per-channel weights must be along the output axis")
+    values = np.ascontiguousarray(w.values.T)  # ONNX [K, N] -> TFLite [N, K]
+    n, k = values.shape
+    x = ctx.logical(ctx.get(node.input[0]))
+    rows = int(np.prod(x.shape[:-1]))
+    base = node.output[0]
+    flat = ctx.new_val(f"{base}/rows", (rows, k), "logical", x.q)
+    ctx.reshape(x, flat)
+    out_q = ctx.out_q(node.output[0])
+    w_scales = np.broadcast_to(w.scales, (n,)) if not w.per_tensor else w.scales
+    b_scales = np.broadcast_to(w.scales, (n,)).astype(np.float32) * np.float32(x.q.scale)
+    filt = ctx.const(f"{base}/weights", values, FbQuant([float(v) for v in w_scales], [0] * len(w_scales)))
+    bias = ctx.const(f"{base}/bias", np.zeros(n, np.int32), FbQuant([float(v) for v in b_scales], [0] * n))
+    fc = ctx.new_val(f"{base}/fc", (rows, n), "logical", out_q)
+    ctx.emit("FULLY_CONNECTED", [flat.index, filt, bias], [fc.index],
+             ("FullyConnectedOptions", {"FusedActivationFunction": fused_activation(out_q),
+                                        "WeightsFormat": 0, "KeepNumDims": False}))
+    out = ctx.new_val(node.output[0], ctx.out_shape(node.output[0]), "logical", out_q)
+    ctx.reshape(fc, out)
     ctx.bind(node.output[0], out)
 
 

@@ -317,6 +317,16 @@ def test_matmul_of_two_activations_is_batch_matmul(tmp_path: Path) -> None:
     assert r.report["tflite"]["op_versions"]["BATCH_MATMUL"] == 2
 
 
+def test_token_wise_matmul_with_constant_weight_is_fully_connected(tmp_path: Path) -> None:
+    net = Net()
+    inputs = {"x": [1, 12, 32]}
+    m = net.op("MatMul", ["x", net.const("w", RNG.normal(size=(32, 16)) * 0.2)], "m")
+    net.op("Add", [m, net.const("bias", RNG.normal(size=16) * 0.1)], "y")
+    r = _convert(tmp_path, net, inputs=inputs)
+    _check(r, "MatMul")
+    assert _tflite_ops(r)["FULLY_CONNECTED"] == 1 and r.report["tflite"]["op_versions"]["FULLY_CONNECTED"] == 4
+
+
 # ---- Gelu -----------------------------------------------------------------------------
 def _gelu_net(erf: bool) -> Net:
     net = Net()
