@@ -155,8 +155,8 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     out_model = (
         qmodel if opts.io == "float" else build_qdq(graph, plan, policy=policy, io=opts.io)[0]
     )
-    ln_params = _layernorm.layernorm_params(graph, plan, inp.calib)  # for the TFLite writer
-    out_model = _layernorm.attach(out_model, ln_params)
+    if "tflite" in opts.formats:  # LayerNorm internals, for the TFLite writer only
+        out_model = _layernorm.attach(out_model, _layernorm.layernorm_params(graph, plan, inp.calib))
     clock.lap("quantize")
     return _Quantized(
         graph, log, pruned, plan, qmodel, weights, tensor_map, out_model.SerializeToString()

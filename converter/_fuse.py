@@ -103,6 +103,8 @@ def bump_opset(graph: Graph, target: int) -> bool:
         if old != new:
             return False
     graph.opset = target
+    # IR 8 is the first to carry opsets 15..18 (onnx/docs/Versioning.md)
+    graph.ir_version = max(graph.ir_version, 8 if target >= 15 else 7)
     return True
 
 
@@ -279,7 +281,9 @@ def _div_by_constant(graph: Graph, log: list[str]) -> None:
 def _square_to_mul(graph: Graph, log: list[str]) -> None:
     """Pow(x, 2) -> Mul(x, x): the same float32 product, and an int8 MUL exists."""
     for node in graph.nodes:
-        if node.op_type != "Pow" or not _near(scalar(graph, node.input[1]), 2.0, 0.0):
+        if node.op_type != "Pow" or not graph.is_float(node.input[0]):
+            continue
+        if not _near(scalar(graph, node.input[1]), 2.0, 0.0):
             continue
         node.op_type = "Mul"
         node.input[1] = node.input[0]

@@ -17,7 +17,7 @@ from ._ir import Graph
 TANH_PARAMS = (1.0 / 128.0, 0)  # TFLite INT8 spec: TANH output scale 1/128, zero point 0
 
 # why these ops stay float (in the report, and the TFLite writer's error)
-NO_INT8_DIV = "Div by a tensor: TFLite has no int8 DIV kernel (Div by a constant becomes Mul)"
+NO_INT8_DIV = "TFLite has no int8 DIV kernel (a Div by a nonzero float constant becomes Mul)"
 NO_INT8_SQRT = "TFLite SQRT has no int8 kernel (a decomposed LayerNorm around it is fused)"
 NO_INT8_RECIPROCAL = "no int8 reciprocal in TFLite (Div/Reciprocal stay float)"
 NO_INT8_POW = "Pow with an exponent other than 2 (x*x) has no int8 kernel"
