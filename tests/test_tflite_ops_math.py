@@ -359,21 +359,58 @@ def test_erf_pattern_below_opset_20_stays_float_with_a_reason(tmp_path: Path) ->
 
 
 # ---- LSTM -----------------------------------------------------------------------------------
-def test_lstm_stays_float_in_onnx_and_tflite_names_the_reason(tmp_path: Path) -> None:
+@pytest.mark.parametrize("op,gates", [("LSTM", 4), ("GRU", 3)])
+def test_recurrent_stays_float_in_onnx_and_tflite_names_the_reason(tmp_path: Path, op: str, gates: int) -> None:
     net = Net()
     hidden, width = 6, 8
     inputs = {"x": [1, 5, width]}  # [seq, batch, features]
     s = net.op("Mul", ["x", net.const("gain", 0.5)], "s")
-    w = net.const("W", RNG.normal(size=(1, 4 * hidden, width)) * 0.3)
-    rw = net.const("R", RNG.normal(size=(1, 4 * hidden, hidden)) * 0.3)
-    net.nodes.append(helper.make_node("LSTM", [s, w, rw], ["seq"], name="lstm", hidden_size=hidden))
+    w = net.const("W", RNG.normal(size=(1, gates * hidden, width)) * 0.3)
+    rw = net.const("R", RNG.normal(size=(1, gates * hidden, hidden)) * 0.3)
+    net.nodes.append(helper.make_node(op, [s, w, rw], ["seq"], name="rnn", hidden_size=hidden))
     net.op("Add", ["seq", net.const("bias", 0.1)], "y")
     r = _convert(tmp_path / "onnx", net, inputs=inputs, formats=("onnx",))
     reasons = {f["node"]: f["reason"] for f in r.report["float_ops"]}
-    assert "per-gate intermediate scales" in reasons["lstm"]
-    assert np.abs(r.int8 - r.fp32).max() <= 4 * r.y_scale  # quantized around the float LSTM
-    with pytest.raises(UnsupportedOpError, match=r"LSTM at node 'lstm'.*use --format onnx"):
+    assert reasons["rnn"].startswith(f"{op}: full-integer {op} needs per-gate intermediate scales")
+    assert np.abs(r.int8 - r.fp32).max() <= 4 * r.y_scale  # quantized around the float node
+    with pytest.raises(UnsupportedOpError, match=rf"{op} at node 'rnn'.*use --format onnx"):
         _convert(tmp_path / "both", net, inputs=inputs)
+
+
+# ---- float-graph passes -------------------------------------------------------------------
+def test_conv_then_add_of_a_channel_constant_becomes_the_conv_bias(tmp_path: Path) -> None:
+    net = Net()
+    a = net.conv("x", 3, C, "a")
+    b = net.op("Add", [a, net.const("se_bias", RNG.normal(size=(1, C, 1, 1)))], "b")
+    w = net.const("w_nobias", RNG.normal(size=(C, C, 1, 1)) * 0.3)
+    c = net.op("Conv", [b, w], "c")
+    d = net.op("Add", [net.const("scalar", 0.25), c], "d")
+    net.op("Add", [d, net.const("lastaxis", RNG.normal(size=8))], "y")  # [8]: broadcasts on W
+    graph, log = _fused_matches(net.save(tmp_path / "fp32.onnx"))
+    assert [n.op_type for n in graph.nodes] == ["Conv", "Conv", "Add"], log
+
+
+def test_constant_subgraphs_fold(tmp_path: Path) -> None:
+    """Reshape of constants (Paddle's SE biases) folds to an initializer (onnxruntime
+    1.2x refuses the untyped outputs the folding pass used to declare)."""
+    net = Net()
+    a = net.conv("x", 3, C, "a")
+    r = net.op("Reshape", [net.const("flat_bias", RNG.normal(size=C)), net.const_i64("to4d", [1, C, 1, 1])], "rb")
+    net.op("Add", [a, r], "y")
+    graph, log = _fused_matches(net.save(tmp_path / "fp32.onnx"))
+    assert any(line.startswith("folded constant Reshape") for line in log), log
+    assert [n.op_type for n in graph.nodes] == ["Conv"], log  # and the Add became its bias
+
+
+def test_opset_is_not_raised_over_an_op_whose_meaning_changes() -> None:
+    from edgeship.converter._fuse import bump_opset
+
+    graph = Graph.from_model(helper.make_model(
+        helper.make_graph([helper.make_node("RoiAlign", ["x", "r", "i"], ["y"])], "g", [], []),
+        opset_imports=[helper.make_opsetid("", 13)]))
+    assert not bump_opset(graph, 17) and graph.opset == 13  # RoiAlign-16 changed a default
+    graph.nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    assert bump_opset(graph, 17) and graph.opset == 17 and graph.ir_version >= 8
 
 
 # ---- LayerNormalization -----------------------------------------------------------------
