@@ -7,7 +7,7 @@ and divisions rewritten as the one op an int8 kernel exists for.
   and HardSigmoid as ``Clip(DepthwiseConv1x1(x), 0, 1)`` (int8 in onnxruntime, TFLite and
   the Edge TPU; see :func:`_hardswish_as_gate`);
 - Conv -> Add(per-channel constant) -> the Conv's bias;
-- ``Pow(x, 2)`` -> ``Mul(x, x)``;
+- ``Pow(x, 2)`` -> ``Mul(x, x)``; ``Sub(x, c)`` -> ``Add(x, -c)``;
 - ``Div(x, c)`` by a constant -> ``Mul(x, 1/c)`` (int8 MUL exists, int8 DIV does not);
 - ``x * 0.5 * (1 + Erf(x / sqrt 2))`` -> ``Gelu`` (opset >= 20 only: Gelu is an opset-20
   op and bumping an older graph that far changes other ops' signatures);
@@ -40,6 +40,7 @@ _ATOL = 1e-6
 
 def fuse(graph: Graph, log: list[str]) -> None:
     """Run every fusion in place (the graph is reindexed after each rewrite)."""
+    _sub_constant_to_add(graph, log)  # first: a Conv's Sub(c) then folds into its bias
     _conv_add_to_bias(graph, log)
     _fuse_hardswish(graph, log)
     _hardswish_as_gate(graph, log)
@@ -275,6 +276,23 @@ def _div_by_constant(graph: Graph, log: list[str]) -> None:
         node.op_type = "Mul"
         node.input[1] = name
         log.append(f"Div {node.name} by a constant -> Mul by its reciprocal")
+    graph.reindex()
+
+
+def _sub_constant_to_add(graph: Graph, log: list[str]) -> None:
+    """Sub(x, c) -> Add(x, -c): exact (negation is), and onnxruntime has a QLinearAdd but
+    no quantized Sub, so the int8 model keeps no float island there (YOLO box decode)."""
+    for node in graph.nodes:
+        if node.op_type != "Sub" or graph.is_const(node.input[0]) or not graph.is_const(node.input[1]):
+            continue
+        c = graph.inits[node.input[1]]
+        if c.dtype != np.float32:
+            continue
+        name = node.input[1] + "_negated"
+        graph.inits[name] = -c
+        node.op_type = "Add"
+        node.input[1] = name
+        log.append(f"Sub {node.name} of a constant -> Add of its negation")
     graph.reindex()
 
 

@@ -262,6 +262,29 @@ def test_sub_by_tensor_and_by_constant(tmp_path: Path) -> None:
     assert r.report["tflite"]["op_versions"]["SUB"] == 2
 
 
+def test_sub_of_a_constant_is_an_add_that_onnxruntime_runs_in_int8(tmp_path: Path) -> None:
+    net = Net()
+    a = net.conv("x", 3, C, "a")
+    d = net.op("Sub", [a, net.const("anchor", RNG.normal(size=(1, C, 1, 1)))], "d")
+    net.conv(d, C, C, "y", k=1)
+    graph, log = _fused_matches(net.save(tmp_path / "fp32.onnx"))
+    assert [n.op_type for n in graph.nodes] == ["Conv", "Conv"], log  # into the conv bias
+
+    net = Net()
+    r = net.op("Relu", ["x"], "r")
+    d = net.op("Sub", [r, net.const("anchor", RNG.normal(size=(1, 3, 1, 1)))], "d")
+    net.conv(d, 3, C, "y", k=1)
+    graph, log = _fused_matches(net.save(tmp_path / "fp32.onnx"))
+    assert [n.op_type for n in graph.nodes] == ["Relu", "Add", "Conv"], log
+    r = _convert(tmp_path / "c", net)
+    _check(r, "Add")
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(r.out / "model.int8.onnx"), opts, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node}
+    assert "QLinearAdd" in ops and "Sub" not in ops, ops
+
+
 def test_div_by_constant_becomes_mul(tmp_path: Path) -> None:
     net = Net()
     a = net.conv("x", 3, C, "a")
