@@ -412,6 +412,7 @@ _EDGETPU_OK = {
     "Tanh",
     "PRelu",
     "HardSigmoid",
+    "LayerNormalization",  # MEAN, SUB, SQUARED_DIFFERENCE, ADD, RSQRT, MUL: all documented
 }
 
 

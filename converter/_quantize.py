@@ -27,7 +27,8 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   LayerNorm patterns and Div by a constant reach this writer already fused
   (converter/_fuse.py), so they follow the rules of the fused op. A HardSwish on an
   NCHW tensor arrives as ``x * Clip(depthwise 1x1 Conv(x; 1/6, 1/2), 0, 1)``: a Conv with
-  its Clip folded (gate parameters [0, 1], zero point -128) and a Mul.
+  its Clip folded (gate parameters [0, 1], zero point -128) and a Mul; a HardSigmoid on
+  an NCHW tensor as ``Clip(depthwise 1x1 Conv(x; alpha, beta), 0, 1)``.
 - LayerNormalization: int8 input and output; scale and bias stay float initializers
   (onnxruntime runs DQ -> LayerNormalization -> Q). The int8 parameters of its
   intermediates (mean, centered, squared, variance, variance_eps, rstd, normalized,

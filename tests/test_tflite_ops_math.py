@@ -310,6 +310,21 @@ def test_div_by_tensor_stays_float_with_a_reason_and_tflite_names_it(tmp_path: P
         _convert(tmp_path / "both", net)
 
 
+@pytest.mark.parametrize("op,extra,reason", [
+    ("Sqrt", None, "SQRT has no int8"), ("Reciprocal", None, "no int8 reciprocal"),
+    ("Pow", 3.0, "exponent other than 2"), ("Erf", None, "Gelu pattern")])
+def test_ops_without_int8_kernels_stay_float_and_tflite_names_them(
+        tmp_path: Path, op: str, extra: float | None, reason: str) -> None:
+    net = Net()
+    a = net.op("Sigmoid", [net.conv("x", 3, C, "a")], "pos")  # positive: Sqrt/Reciprocal defined
+    inputs = [a] + ([net.const("e", extra)] if extra is not None else [])
+    net.conv(net.op(op, inputs, "f"), C, C, "y", k=1)
+    r = _convert(tmp_path / "onnx", net, formats=("onnx",))
+    assert reason in {f["node"]: f["reason"] for f in r.report["float_ops"]}["f"]
+    with pytest.raises(UnsupportedOpError, match=rf"{op} at node 'f'.*{reason}"):
+        _convert(tmp_path / "both", net)
+
+
 # ---- Tanh, LeakyRelu, PRelu ------------------------------------------------------------
 @pytest.mark.parametrize("op", ["Tanh", "LeakyRelu", "PRelu"])
 def test_unary_activations(tmp_path: Path, op: str) -> None:
