@@ -9,8 +9,9 @@ and divisions rewritten as the one op an int8 kernel exists for.
 - Conv -> Add(per-channel constant) -> the Conv's bias;
 - ``Pow(x, 2)`` -> ``Mul(x, x)``; ``Sub(x, c)`` -> ``Add(x, -c)``;
 - ``Div(x, c)`` by a constant -> ``Mul(x, 1/c)`` (int8 MUL exists, int8 DIV does not);
-- ``x * 0.5 * (1 + Erf(x / sqrt 2))`` -> ``Gelu`` (opset >= 20 only: Gelu is an opset-20
-  op and bumping an older graph that far changes other ops' signatures);
+- ``x * 0.5 * (1 + Erf(x / sqrt 2))`` -> ``Gelu`` (an opset-20 op: only where the graph's
+  opset can be raised to 20 without changing another op, e.g. not over a ReduceMean
+  with an ``axes`` attribute);
 - the decomposed LayerNorm (ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul
   gamma, Add beta) -> one ``LayerNormalization`` (opset 17).
 
@@ -28,13 +29,21 @@ from onnx import defs, helper
 
 from ._ir import Graph
 
-# ops whose newer versions up to opset 17 only add types or optional features with
-# defaults that keep the old behaviour (onnx/docs/Changelog.md), so an opset bump is safe
-_BENIGN_UPTO_17 = {
-    "Add", "Sub", "Mul", "Div", "Relu", "Reshape", "Identity", "BatchNormalization",
-    "CumSum", "GRU", "LSTM", "RNN", "Pow", "Shape", "LeakyRelu", "PRelu", "Where",
-    "GreaterOrEqual", "LessOrEqual", "If", "Loop", "ScatterND", "ScatterElements",
+# op -> the lowest opset from which its newer versions (up to opset 20) only add types or
+# optional inputs/attributes whose defaults keep the old behaviour (onnx/docs/Changelog.md),
+# so raising the graph's opset cannot change what the node computes. Ops not listed must
+# keep the same version across the bump (checked with onnx.defs).
+_BENIGN_FROM = {
+    **dict.fromkeys((
+        "Add", "Sub", "Mul", "Div", "Relu", "Reshape", "Identity", "BatchNormalization",
+        "CumSum", "GRU", "LSTM", "RNN", "Pow", "Shape", "LeakyRelu", "PRelu", "Where",
+        "GreaterOrEqual", "LessOrEqual", "If", "Loop", "Scan", "ScatterND", "ScatterElements",
+        "Cast", "CastLike", "Constant", "ConstantOfShape", "Equal", "Size", "IsInf", "IsNaN",
+        "Pad", "Resize", "AveragePool", "Split", "QuantizeLinear", "DequantizeLinear",
+    ), 13),
+    "ReduceMax": 18, "ReduceMin": 18,  # axes became an input at 18
 }
+MAX_BUMP = 20
 _ATOL = 1e-6
 
 
@@ -88,13 +97,15 @@ def _scaled_by(graph: Graph, node: onnx.NodeProto, tensor: str, factor: float) -
 
 
 def bump_opset(graph: Graph, target: int) -> bool:
-    """Raise the graph's opset to ``target`` (<= 17) if that changes no op's meaning."""
+    """Raise the graph's opset to ``target`` (<= 20) if that changes no op's meaning."""
     if graph.opset >= target:
         return True
-    if target > 17:
+    if target > MAX_BUMP:
         return False
     for node in graph.nodes:
-        if node.domain not in ("", "ai.onnx") or node.op_type in _BENIGN_UPTO_17:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if graph.opset >= _BENIGN_FROM.get(node.op_type, MAX_BUMP + 1):
             continue
         try:
             old = defs.get_schema(node.op_type, graph.opset).since_version
@@ -104,8 +115,8 @@ def bump_opset(graph: Graph, target: int) -> bool:
         if old != new:
             return False
     graph.opset = target
-    # IR 8 is the first to carry opsets 15..18 (onnx/docs/Versioning.md)
-    graph.ir_version = max(graph.ir_version, 8 if target >= 15 else 7)
+    # the IR version that first carries the opset (onnx/docs/Versioning.md)
+    graph.ir_version = max(graph.ir_version, 9 if target >= 19 else 8 if target >= 15 else 7)
     return True
 
 
@@ -338,10 +349,10 @@ def _gelu_at(graph: Graph, erf: onnx.NodeProto) -> tuple[str, list[onnx.NodeProt
 
 def _fuse_gelu(graph: Graph, log: list[str]) -> None:
     for erf in list(graph.nodes):
-        if erf.op_type != "Erf" or graph.producer.get(erf.output[0]) is not erf or graph.opset < 20:
+        if erf.op_type != "Erf" or graph.producer.get(erf.output[0]) is not erf:
             continue
         found = _gelu_at(graph, erf)
-        if found is None:
+        if found is None or not bump_opset(graph, 20):
             continue
         x, nodes = found
         node = helper.make_node("Gelu", [x], [nodes[-1].output[0]], name=nodes[-1].name)

@@ -390,8 +390,18 @@ def test_gelu_and_its_erf_pattern_are_int8_gelu(tmp_path: Path, erf: bool) -> No
     assert r.report["tflite"]["op_versions"]["GELU"] == 2
 
 
-def test_erf_pattern_below_opset_20_stays_float_with_a_reason(tmp_path: Path) -> None:
-    r = _convert(tmp_path, _gelu_net(True), formats=("onnx",))
+def test_erf_pattern_of_an_opset_17_graph_fuses_with_an_opset_bump(tmp_path: Path) -> None:
+    graph, log = _fused_matches(_gelu_net(True).save(tmp_path / "fp32.onnx", opset=17))
+    assert [n.op_type for n in graph.nodes] == ["Conv", "Gelu", "Conv"] and graph.opset == 20, log
+
+
+def test_erf_pattern_stays_float_where_the_opset_cannot_be_raised(tmp_path: Path) -> None:
+    net = _gelu_net(True)
+    net.nodes.append(helper.make_node("ReduceMax", ["y"], ["y_max"], axes=[1], name="max"))  # axes: attr
+    net.nodes[-2].output[0] = "y0"
+    net.nodes[-1].input[0] = "y0"
+    net.op("Sub", ["y0", "y_max"], "y")
+    r = _convert(tmp_path, net, formats=("onnx",))
     reasons = {f["op"]: f["reason"] for f in r.report["float_ops"]}
     assert "Gelu pattern" in reasons["Erf"]
 
