@@ -39,7 +39,7 @@ _BENIGN_FROM = {
         "CumSum", "GRU", "LSTM", "RNN", "Pow", "Shape", "LeakyRelu", "PRelu", "Where",
         "GreaterOrEqual", "LessOrEqual", "If", "Loop", "Scan", "ScatterND", "ScatterElements",
         "Cast", "CastLike", "Constant", "ConstantOfShape", "Equal", "Size", "IsInf", "IsNaN",
-        "Pad", "Resize", "AveragePool", "Split", "QuantizeLinear", "DequantizeLinear",
+        "Pad", "Resize", "AveragePool", "QuantizeLinear", "DequantizeLinear",
     ), 13),
     "ReduceMax": 18, "ReduceMin": 18,  # axes became an input at 18
 }
