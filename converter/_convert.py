@@ -15,7 +15,7 @@ import onnx
 
 from edgeship._errors import ConversionError, EdgeshipError
 
-from . import _calibrate, _evaluate
+from . import _calibrate, _evaluate, _layernorm
 from ._ir import Graph
 from ._load import input_specs, load_arrays, load_model
 from ._optimize import optimize
@@ -155,6 +155,8 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     out_model = (
         qmodel if opts.io == "float" else build_qdq(graph, plan, policy=policy, io=opts.io)[0]
     )
+    if "tflite" in opts.formats:  # LayerNorm internals, for the TFLite writer only
+        out_model = _layernorm.attach(out_model, _layernorm.layernorm_params(graph, plan, inp.calib))
     clock.lap("quantize")
     return _Quantized(
         graph, log, pruned, plan, qmodel, weights, tensor_map, out_model.SerializeToString()
@@ -415,6 +417,14 @@ _EDGETPU_OK = {
     "ConvTranspose",
     "Pad",
     "ReduceMean",
+    # issue 14: ops lowered to documented Edge TPU ops (SUB, TANH, PRELU; HardSigmoid as
+    # MUL + ADD). HardSwish -> HARD_SWISH, LeakyRelu, Gelu and BATCH_MATMUL are not in
+    # Coral's supported-operations table, so they stay off this list.
+    "Sub",
+    "Tanh",
+    "PRelu",
+    "HardSigmoid",
+    "LayerNormalization",  # MEAN, SUB, SQUARED_DIFFERENCE, ADD, RSQRT, MUL: all documented
 }
 
 

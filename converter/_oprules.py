@@ -17,6 +17,19 @@ from onnx import helper
 
 from . import _oprules_move as move
 from ._ir import Graph
+from ._oprules_math import (
+    NO_INT8_ERF,
+    NO_INT8_POW,
+    NO_INT8_RECIPROCAL,
+    NO_INT8_SQRT,
+    RECURRENT,
+    TANH_PARAMS,
+    check_div,
+    check_layernorm,
+    check_prelu,
+    check_sub,
+    stays_float,
+)
 
 Check = Callable[[onnx.NodeProto, Graph], "str | None"]
 
@@ -152,6 +165,22 @@ REGISTRY: dict[str, OpRule] = {
     "Gather": OpRule(output="same", activation_inputs=(0,), check=move.check_gather),
     "Expand": OpRule(output="same", activation_inputs=(0,), check=move.check_expand_tile),
     "Tile": OpRule(output="same", activation_inputs=(0,), check=move.check_expand_tile),
+    # ---- arithmetic and activations (issue 14)
+    "HardSwish": OpRule(),
+    "HardSigmoid": OpRule(),
+    "Sub": OpRule(check=check_sub),
+    "Tanh": OpRule(output="fixed", fixed=TANH_PARAMS),
+    "LeakyRelu": OpRule(),
+    "PRelu": OpRule(check=check_prelu),
+    "Gelu": OpRule(),
+    "LayerNormalization": OpRule(activation_inputs=(0,), check=check_layernorm),
+    "Div": OpRule(check=check_div),
+    "Sqrt": OpRule(check=stays_float(NO_INT8_SQRT)),
+    "Reciprocal": OpRule(check=stays_float(NO_INT8_RECIPROCAL)),
+    "Pow": OpRule(check=stays_float(NO_INT8_POW)),
+    "Erf": OpRule(check=stays_float(NO_INT8_ERF)),
+    "LSTM": OpRule(check=stays_float(RECURRENT)),
+    "GRU": OpRule(check=stays_float(RECURRENT)),
 }
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ._fuse import fuse
 from ._ir import Graph
 from ._optimize_move import (
     channel_shuffle_to_gather,
@@ -31,6 +32,7 @@ def optimize(graph: Graph) -> list[str]:
     _drop_identity(graph, log)
     _fold_constants(graph, log)
     _fold_batchnorm(graph, log)
+    fuse(graph, log)  # HardSwish, LayerNorm, Gelu patterns; Div by constants
     _matmul_add_to_gemm(graph, log)
     _normalize_gemm(graph, log)
     fold_into_conv_transpose(graph, log)
@@ -85,7 +87,8 @@ def _fold_constants(graph: Graph, log: list[str]) -> None:
                 helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
                 for i, a in feeds.items()
             ],
-            [helper.make_tensor_value_info(o, 0, None) for o in node.output if o],
+            # untyped outputs: onnxruntime >= 1.2x refuses elem_type 0 (UNDEFINED)
+            [helper.make_empty_tensor_value_info(o) for o in node.output if o],
         )
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", graph.opset)])
         m.ir_version = graph.ir_version

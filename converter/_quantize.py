@@ -21,11 +21,28 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   as uint8 = int8 zero point + 128 (the same real values; onnxruntime fuses only pairs
   whose types agree, see ``_stored_zero_point``); readers subtract 128. At int8 graph
   edges (``io="int8"``) it stays int8.
-- Sigmoid and Softmax outputs: scale 1/256, zero point -128.
+- Sigmoid and Softmax outputs: scale 1/256, zero point -128. Tanh output: scale 1/128,
+  zero point 0.
 - MaxPool, AveragePool, GlobalAveragePool, Reshape, Flatten and the data-movement ops
   (Split: every output, Slice, Transpose, Squeeze, Unsqueeze, Resize, Pad, ReduceMean,
-  Gather): output parameters are exactly the input's. Concat: all inputs and the output
-  share one set; a constant input is quantized with them (its range is part of theirs).
+  Gather, Expand, Tile): output parameters are exactly the input's. Concat: all inputs
+  and the output share one set; a constant input is quantized with them (its range is
+  part of theirs).
+- HardSwish, HardSigmoid, LeakyRelu, Gelu, Sub, PRelu (constant slope, an int8 per-tensor
+  constant operand like Add/Mul's), MatMul of two activations (both per-tensor int8):
+  int8 input(s), own calibrated output parameters. Decomposed HardSwish / Gelu /
+  LayerNorm patterns and Div by a constant reach this writer already fused
+  (converter/_fuse.py), so they follow the rules of the fused op. A HardSwish on an
+  NCHW tensor arrives as ``x * Clip(depthwise 1x1 Conv(x; 1/6, 1/2), 0, 1)``: a Conv with
+  its Clip folded (gate parameters [0, 1], zero point -128) and a Mul; a HardSigmoid on
+  an NCHW tensor as ``Clip(depthwise 1x1 Conv(x; alpha, beta), 0, 1)``.
+- LayerNormalization: int8 input and output; scale and bias stay float initializers
+  (onnxruntime runs DQ -> LayerNormalization -> Q). The int8 parameters of its
+  intermediates (mean, centered, squared, variance, variance_eps, rstd, normalized,
+  scaled), calibrated by converter/_layernorm.py, are in the model's metadata_props
+  ``edgeship.layernorm`` (JSON: node name -> intermediate -> [scale, zero point]).
+- Div by a tensor, Sqrt, Reciprocal, Pow (exponent != 2), Erf, LSTM and GRU stay float
+  (no int8 TFLite kernel, or, for LSTM/GRU, per-gate scales that are not calibrated).
 - The scale shared by a GlobalAveragePool's input and output is a float32 for which
   onnxruntime's kernel rounds an average that is exactly halfway to even, like TFLite's
   MEAN (moved by a few float32 ulps from the calibrated one when needed; see

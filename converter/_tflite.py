@@ -22,6 +22,7 @@ from typing import Any
 
 import onnx
 from edgeship.converter import (
+    _tflite_ops_math,  # noqa: F401  (registers its rules)
     _tflite_ops_move,  # noqa: F401  (registers its rules)
     _tflite_ops_shape,  # noqa: F401  (registers its rules)
 )

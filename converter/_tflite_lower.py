@@ -37,6 +37,9 @@ OP_VERSIONS = {
     "SPLIT_V": 2, "STRIDED_SLICE": 2, "SLICE": 2, "GATHER": 2, "MIRROR_PAD": 2,
     "RESIZE_NEAREST_NEIGHBOR": 2, "RESIZE_BILINEAR": 2, "TRANSPOSE_CONV": 3,
     "BROADCAST_TO": 3, "TILE": 3,
+    # arithmetic and activations (issue 14)
+    "HARD_SWISH": 1, "SUB": 2, "TANH": 2, "LEAKY_RELU": 1, "PRELU": 1, "GELU": 2,
+    "BATCH_MATMUL": 2, "RSQRT": 2, "SQUARED_DIFFERENCE": 2,
 }
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)

@@ -139,7 +139,7 @@ def test_concat_reshape_sigmoid_and_a_float_fallback(tmp_path: Path) -> None:
         helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
         helper.make_node("Mul", ["x", "k"], ["m"], name="mul"),
         helper.make_node("Concat", ["c", "m"], ["cat"], axis=1, name="cat"),
-        helper.make_node("Tanh", ["cat"], ["t"], name="tanh"),  # no rule: stays float
+        helper.make_node("Neg", ["cat"], ["t"], name="neg"),  # no rule: stays float
         helper.make_node("Reshape", ["t", "shape"], ["r"], name="reshape"),
         helper.make_node("Sigmoid", ["r"], ["y"], name="sig"),
     ]
@@ -147,7 +147,7 @@ def test_concat_reshape_sigmoid_and_a_float_fallback(tmp_path: Path) -> None:
     x = rng.normal(size=(16, 4, 6, 6)).astype(np.float32)
     np.savez(tmp_path / "c.npz", x=x)
     report = convert(tmp_path / "t.onnx", tmp_path / "c.npz", tmp_path / "out", ONNX_ONLY)
-    assert [(f["node"], f["op"]) for f in report.float_ops] == [("tanh", "Tanh")]
+    assert [(f["node"], f["op"]) for f in report.float_ops] == [("neg", "Neg")]
     assert "no quantization rule" in report.float_ops[0]["reason"]
     q = Qdq(tmp_path / "out" / "model.int8.onnx")
     (cat,) = q.ops("Concat")
@@ -291,8 +291,9 @@ def test_constant_operands_fuse_and_reach_tflite(tmp_path: Path) -> None:
     }
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-        helper.make_node("Add", ["c", "k"], ["a"], name="add"),
-        helper.make_node("Mul", ["a", "k"], ["y"], name="mul"),
+        # Mul first: a Conv followed by Add of a per-channel constant folds into its bias
+        helper.make_node("Mul", ["c", "k"], ["a"], name="mul"),
+        helper.make_node("Add", ["a", "k"], ["y"], name="add"),
     ]
     _tiny(tmp_path / "t.onnx", nodes, inits, [1, 4, 6, 6])
     x = rng.normal(size=(16, 4, 6, 6)).astype(np.float32)
