@@ -189,9 +189,13 @@ def _session(graph: Graph, *, dynamic_batch: bool) -> tuple[Any, list[str]]:
 def _batched_session(
     graph: Graph, feeds: dict[str, np.ndarray], single: Any, fetch: list[str]
 ) -> Any:
+    import onnxruntime as ort
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # fatal only: a failing probe (batch hard-coded) is expected
     try:
         sess, _ = _session(graph, dynamic_batch=True)
-        two = sess.run(fetch, {k: v[:2] for k, v in feeds.items()})
+        two = sess.run(fetch, {k: v[:2] for k, v in feeds.items()}, quiet)
     except Exception:
         return None
     for i in range(2):
