@@ -72,9 +72,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: InputShapes) -> list[str]:
             dim.dim_value = want
         notes.append(f"input {name} shape {was} fixed to {format_shape(dims)} (--input-shape)")
     if notes:
-        del model.graph.value_info[:]
-        for out in model.graph.output:  # outputs follow from the fixed inputs
-            out.type.tensor_type.ClearField("shape")
+        del model.graph.value_info[:]  # inference writes it again from the fixed inputs
     return notes
 
 

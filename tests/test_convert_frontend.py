@@ -230,6 +230,7 @@ def test_input_shape_fixes_a_dynamic_width_and_tflite_is_written(tmp_path: Path)
                           latency_runs=1, sqnr_samples=4)
     report = convert(model, _calib(tmp_path / "c.npz", (3, 8, 12)), tmp_path / "o", opts)
     assert "input x shape batchx3x8xwidth fixed to 1x3x8x12 (--input-shape)" in report.optimizations
+    assert not any("onnx.checker" in line for line in report.optimizations)  # still valid
     assert report.options["input_shapes"] == [["x", [1, 3, 8, 12]]] or report.options[
         "input_shapes"
     ] == (("x", (1, 3, 8, 12)),)
@@ -429,3 +430,25 @@ def test_strict_shape_inference_failure_falls_back_when_onnxruntime_runs_it(
     assert any(n.startswith("strict shape inference: ") for n in loaded.notes), loaded.notes
     report = convert(model, _calib(tmp_path / "c.npz", (3, 8, 8)), tmp_path / "o", ONNX_ONLY)
     assert any(n.startswith("strict shape inference: ") for n in report.optimizations)
+
+
+def test_scalar_computed_from_a_dynamic_shape_calibrates(tmp_path: Path) -> None:
+    """x * float(height): a 0-d activation made from the input's shape (YOLO-style box
+    scaling) used to crash the batched-calibration probe with 'len() of unsized object'."""
+    idx = numpy_helper.from_array(np.array(2, np.int64), "two")
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Gather", ["s", "two"], ["h"], axis=0, name="gather"),
+        helper.make_node("Cast", ["h"], ["hf"], to=TensorProto.FLOAT, name="cast"),
+        helper.make_node("Relu", ["hf"], ["hr"], name="scalar_relu"),
+        helper.make_node("Mul", ["x", "hr"], ["y"], name="mul"),
+    ]
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", 8])], [idx],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    onnx.save(m, tmp_path / "m.onnx")
+    convert(tmp_path / "m.onnx", _calib(tmp_path / "c.npz", (3, 8, 8)), tmp_path / "o", ONNX_ONLY)
+    _int8_close(tmp_path / "o", tmp_path / "m.onnx", RNG.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32))
