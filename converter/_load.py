@@ -155,10 +155,12 @@ def _failed_op(model: onnx.ModelProto, exc: BaseException) -> str:
     """Name the op the version converter stopped at, from its message."""
     text = _first_line(exc)
     text = re.sub(r"^\S*\.(h|cc):\d+: ", "", text)  # the C++ source location
-    for node in model.graph.node:
-        if re.search(rf"\b{re.escape(node.op_type)}\b", text):
-            where = f" at node {_label(node)}" if node.name and node.name in text else ""
-            return f"failed on {node.op_type}{where}: {text[:200]}"
+    # longest first: ConvTranspose before Conv; the converter glues numbers to the op name
+    for node in sorted(model.graph.node, key=lambda n: -len(n.op_type)):
+        if re.search(rf"(?<![A-Za-z]){re.escape(node.op_type)}(?![a-z])", text):
+            same = [n for n in model.graph.node if n.op_type == node.op_type]
+            named = next((n for n in same if n.name and n.name in text), same[0])
+            return f"failed on {node.op_type} at node {_label(named)}: {text[:200]}"
     return f"failed: {text[:200]}"
 
 

@@ -452,3 +452,39 @@ def test_scalar_computed_from_a_dynamic_shape_calibrates(tmp_path: Path) -> None
     onnx.save(m, tmp_path / "m.onnx")
     convert(tmp_path / "m.onnx", _calib(tmp_path / "c.npz", (3, 8, 8)), tmp_path / "o", ONNX_ONLY)
     _int8_close(tmp_path / "o", tmp_path / "m.onnx", RNG.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32))
+
+
+def test_version_converter_failure_names_the_op(tmp_path: Path) -> None:
+    """Scatter (opset 10) with too few inputs: onnx.version_converter stops on it."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Scatter", ["r"], ["y"], name="scatter_7")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 10)])
+    m.ir_version = 5
+    onnx.save(m, tmp_path / "m.onnx")
+    with pytest.raises(ConversionError) as err:
+        read_model(tmp_path / "m.onnx", max_bytes=1 << 20)
+    text = str(err.value)
+    assert "cannot upgrade opset 10 -> 13 with onnx.version_converter (failed on Scatter at " \
+        "node scatter_7: " in text and "\n" not in text, text
+
+
+def test_custom_domain_op_keeps_its_opset_import(tmp_path: Path) -> None:
+    """A float com.microsoft op (Gelu) onnx cannot check but onnxruntime runs: it stays
+    float and the written models still import com.microsoft."""
+    w = numpy_helper.from_array(RNG.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Gelu", ["c"], ["y"], name="gelu", domain="com.microsoft")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13),
+                                            helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 7
+    onnx.save(m, tmp_path / "m.onnx")
+    report = convert(tmp_path / "m.onnx", _calib(tmp_path / "c.npz", (3, 8, 8)), tmp_path / "o",
+                     ONNX_ONLY)
+    assert [f["op"] for f in report.float_ops] == ["Gelu"]
+    q = onnx.load(tmp_path / "o" / "model.int8.onnx")
+    assert ("com.microsoft", 1) in [(o.domain, o.version) for o in q.opset_import]
+    _int8_close(tmp_path / "o", tmp_path / "m.onnx", RNG.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32))
