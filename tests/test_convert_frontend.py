@@ -488,3 +488,27 @@ def test_custom_domain_op_keeps_its_opset_import(tmp_path: Path) -> None:
     q = onnx.load(tmp_path / "o" / "model.int8.onnx")
     assert ("com.microsoft", 1) in [(o.domain, o.version) for o in q.opset_import]
     _int8_close(tmp_path / "o", tmp_path / "m.onnx", RNG.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32))
+
+
+def test_dynamic_width_skips_tflite_with_the_option_when_formats_are_default(tmp_path: Path) -> None:
+    model = _conv_model(tmp_path / "m.onnx", shape=["batch", 3, 8, "width"])
+    opts = ConvertOptions(formats=("onnx", "tflite"), strict_formats=False, latency_runs=1)
+    report = convert(model, _calib(tmp_path / "c.npz", (3, 8, 12)), tmp_path / "o", opts)
+    assert report.tflite is not None
+    assert report.tflite["skipped"] == (
+        "input 'x' has dynamic dimension 3 ('width'); TFLite needs static shapes: "
+        "fix it with --input-shape x=1x3x8x?"
+    )
+    assert (tmp_path / "o" / "model.int8.onnx").exists()
+
+
+def test_no_onnxruntime_error_log_in_a_conversion_that_succeeds(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The folded Reshape [1, -1] makes the batch-2 calibration probe fail inside
+    onnxruntime; that failure is expected and must not print a red error."""
+    model = _shape_subgraph_model(tmp_path / "m.onnx")
+    opts = ConvertOptions(formats=("onnx",), input_shapes=(("x", (1, 3, 8, 8)),), latency_runs=1)
+    convert(model, _calib(tmp_path / "c.npz", (3, 8, 8)), tmp_path / "o", opts)
+    err = capfd.readouterr().err
+    assert "onnxruntime" not in err, err
