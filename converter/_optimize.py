@@ -74,14 +74,30 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
 def _drop_identity(graph: Graph, log: list[str]) -> None:
     outputs = set(graph.output_names)
     for node in list(graph.nodes):
-        if node.op_type not in ("Identity", "Dropout") or node.output[0] in outputs:
+        if node.op_type not in ("Identity", "Dropout"):
             continue
         if node.op_type == "Dropout" and len([o for o in node.output if o]) > 1:
             continue
-        graph.rename_input(node.output[0], node.input[0])
+        if node.output[0] in outputs:
+            if not _rename_producer_output(graph, node, outputs):
+                continue
+        else:
+            graph.rename_input(node.output[0], node.input[0])
         graph.remove_node(node)
         log.append(f"removed {node.op_type} {node.name}")
     graph.reindex()
+
+
+def _rename_producer_output(graph: Graph, node: onnx.NodeProto, outputs: set[str]) -> bool:
+    """An Identity that names a graph output (tf2onnx, Paddle2ONNX write them): its
+    producer writes the output name directly, when nothing else reads the old name."""
+    src = node.input[0]
+    prod = graph.producer.get(src)
+    if prod is None or src in outputs or len(graph.consumers.get(src, [])) != 1:
+        return False
+    prod.output[list(prod.output).index(src)] = node.output[0]
+    graph.producer[node.output[0]] = prod
+    return True
 
 
 def _fold_constants(graph: Graph, log: list[str]) -> None:

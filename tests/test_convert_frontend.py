@@ -512,3 +512,21 @@ def test_no_onnxruntime_error_log_in_a_conversion_that_succeeds(
     convert(model, _calib(tmp_path / "c.npz", (3, 8, 8)), tmp_path / "o", opts)
     err = capfd.readouterr().err
     assert "onnxruntime" not in err, err
+
+
+def test_identity_naming_a_graph_output_is_removed(tmp_path: Path) -> None:
+    """tf2onnx and Paddle2ONNX end graphs with Identity nodes that name the outputs."""
+    w = numpy_helper.from_array(RNG.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Identity", ["c"], ["y"], name="out")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    onnx.save(m, tmp_path / "m.onnx")
+    report = convert(tmp_path / "m.onnx", _calib(tmp_path / "c.npz", (3, 8, 8)), tmp_path / "o",
+                     ONNX_ONLY)
+    assert "removed Identity out" in report.optimizations and report.float_ops == []
+    q = onnx.load(tmp_path / "o" / "model.int8.onnx")
+    assert [o.name for o in q.graph.output] == ["y"]
+    _int8_close(tmp_path / "o", tmp_path / "m.onnx", RNG.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32))
