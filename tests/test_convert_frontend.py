@@ -127,6 +127,18 @@ def test_external_data_limit_counts_the_data_file(tmp_path: Path) -> None:
         read_model(model, max_bytes=limit)
 
 
+def test_external_data_file_missing_or_short_is_one_clear_error(tmp_path: Path) -> None:
+    model = _external(tmp_path)
+    data = model.parent / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:100])  # truncated: offsets point past the end
+    with pytest.raises(InputError) as err:
+        read_model(model, max_bytes=1 << 20)
+    assert "cannot read its external data" in str(err.value) and "\n" not in str(err.value)
+    data.unlink()
+    with pytest.raises(InputError, match=r"external data file model\.onnx\.data not found"):
+        read_model(model, max_bytes=1 << 20)
+
+
 def test_external_data_path_traversal_is_refused(tmp_path: Path) -> None:
     model = _external(tmp_path)
     m = onnx.load(model, load_external_data=False)
