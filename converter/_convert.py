@@ -127,7 +127,8 @@ def _read_inputs(
     opts: ConvertOptions,
 ) -> _Inputs:
     loaded = read_model(
-        model_path, max_bytes=opts.max_model_bytes, input_shapes=opts.input_shapes
+        model_path, max_bytes=opts.max_model_bytes, input_shapes=opts.input_shapes,
+        static_batch="tflite" in opts.formats,
     )
     model = loaded.model
     specs = input_specs(model)
@@ -362,7 +363,8 @@ def _sizes(
         sizes["int8_tflite_ratio"] = round(tflite["size_bytes"] / fp32, 4)
     if pruned:  # what the same conversion weighs without pruning, same activation params
         # read again: the passes edited inp.model's nodes in place
-        again = read_model(inp.path, max_bytes=opts.max_model_bytes, input_shapes=opts.input_shapes)
+        again = read_model(inp.path, max_bytes=opts.max_model_bytes, input_shapes=opts.input_shapes,
+                           static_batch="tflite" in opts.formats)
         dense = Graph.from_model(again.model)
         optimize(dense)
         dense_bytes = build_qdq(dense, plan, io=opts.io)[0].SerializeToString()

@@ -15,7 +15,7 @@ from onnx.external_data_helper import load_external_data_for_model
 
 from edgeship._errors import CalibrationError, ConversionError, InputError
 
-from ._shapes import InputShapes, fix_input_shapes, normalize_dims
+from ._shapes import InputShapes, fix_input_shapes, normalize_dims, pin_batch_for_shape_reads
 
 MIN_OPSET = 13  # what the passes and the quantizer are written for; older ones are upgraded
 PROTOBUF_LIMIT = (1 << 31) - 1  # one serialized ModelProto; larger models need external data
@@ -42,9 +42,12 @@ def load_model(path: Path, *, max_bytes: int) -> onnx.ModelProto:
     return read_model(path, max_bytes=max_bytes).model
 
 
-def read_model(path: Path, *, max_bytes: int, input_shapes: InputShapes = ()) -> LoadedModel:
+def read_model(
+    path: Path, *, max_bytes: int, input_shapes: InputShapes = (), static_batch: bool = False
+) -> LoadedModel:
     """Read ``path`` (and its external data), refuse what cannot be converted with one
-    clear error, upgrade an old opset and pin the ``input_shapes`` the user gave."""
+    clear error, upgrade an old opset and pin the ``input_shapes`` the user gave (and,
+    with ``static_batch``, a dynamic batch the graph reads, see pin_batch_for_shape_reads)."""
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
     size = path.stat().st_size
@@ -65,6 +68,8 @@ def read_model(path: Path, *, max_bytes: int, input_shapes: InputShapes = ()) ->
     model, notes = _upgrade_opset(model, path)
     normalize_dims(model)
     notes += fix_input_shapes(model, input_shapes)
+    if static_batch:
+        notes += pin_batch_for_shape_reads(model)
     model, checked = _check_and_infer(model, path)
     return LoadedModel(model, data, disk_bytes, notes + checked)
 

@@ -76,6 +76,29 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: InputShapes) -> list[str]:
     return notes
 
 
+def pin_batch_for_shape_reads(model: onnx.ModelProto) -> list[str]:
+    """Batch 1 for every dynamic-batch input of a graph that reads shapes at run time
+    (``Shape``/``Size``): TFLite runs batch 1 anyway, and only a static batch lets the
+    shape subgraphs fold (torch's ``x.view(x.size(0), -1)``)."""
+    if not any(n.op_type in ("Shape", "Size") for n in model.graph.node):
+        return []
+    inits = {t.name for t in model.graph.initializer}
+    notes = []
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name in inits or not dims:
+            continue
+        if not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            was = dims[0].dim_param or "?"
+            dims[0].Clear()
+            dims[0].dim_value = 1
+            notes.append(f"input {value.name} batch {was} fixed to 1 (TFLite; the graph reads "
+                         "its shapes at run time)")
+    if notes:
+        del model.graph.value_info[:]
+    return notes
+
+
 def dynamic_dims(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
     """(input, dimension index, dimension name) of every dynamic non-batch input dim."""
     inits = {t.name for t in model.graph.initializer}

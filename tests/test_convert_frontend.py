@@ -542,3 +542,25 @@ def test_identity_naming_a_graph_output_is_removed(tmp_path: Path) -> None:
     q = onnx.load(tmp_path / "o" / "model.int8.onnx")
     assert [o.name for o in q.graph.output] == ["y"]
     _int8_close(tmp_path / "o", tmp_path / "m.onnx", RNG.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32))
+
+
+def test_tflite_pins_a_dynamic_batch_the_graph_reads(tmp_path: Path) -> None:
+    """torch's x.view(x.size(0), -1) with a dynamic batch: for TFLite (batch 1) the batch
+    is pinned, the shape subgraph folds and the file is written without --input-shape."""
+    model = _shape_subgraph_model(tmp_path / "m.onnx")
+    opts = ConvertOptions(formats=("onnx", "tflite"), latency_runs=1, sqnr_samples=4)
+    report = convert(model, _calib(tmp_path / "c.npz", (3, 8, 8)), tmp_path / "o", opts)
+    assert "input x batch N fixed to 1 (TFLite; the graph reads its shapes at run time)" \
+        in report.optimizations
+    assert (tmp_path / "o" / "model.int8.tflite").exists()
+    q = onnx.load(tmp_path / "o" / "model.int8.onnx")
+    assert "Shape" not in [n.op_type for n in q.graph.node]
+
+
+def test_onnx_only_keeps_a_dynamic_batch(tmp_path: Path) -> None:
+    model = _shape_subgraph_model(tmp_path / "m.onnx")
+    convert(model, _calib(tmp_path / "c.npz", (3, 8, 8)), tmp_path / "o", ONNX_ONLY)
+    q = onnx.load(tmp_path / "o" / "model.int8.onnx")
+    assert q.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    x = RNG.uniform(-1, 1, (3, 3, 8, 8)).astype(np.float32)  # batch 3 runs
+    assert _ort(tmp_path / "o" / "model.int8.onnx", {"x": x})[0].shape == (3, 5)
