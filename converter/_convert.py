@@ -17,7 +17,7 @@ from edgeship._errors import ConversionError, EdgeshipError
 
 from . import _calibrate, _evaluate
 from ._ir import Graph
-from ._load import InputSpec, input_specs, load_arrays, read_model
+from ._load import InputSpec, LoadedModel, input_specs, load_arrays, read_model
 from ._optimize import optimize
 from ._options import ConvertOptions
 from ._outdir import atomic_dir, write_file
@@ -126,10 +126,7 @@ def _read_inputs(
     base_dir: str | Path | None,
     opts: ConvertOptions,
 ) -> _Inputs:
-    loaded = read_model(
-        model_path, max_bytes=opts.max_model_bytes, input_shapes=opts.input_shapes,
-        static_batch="tflite" in opts.formats,
-    )
+    loaded = _read_model(model_path, opts)
     model = loaded.model
     specs = input_specs(model)
     limits = {"max_bytes": opts.max_data_bytes}
@@ -149,6 +146,13 @@ def _read_inputs(
     return _Inputs(
         model_path, model, loaded.model_bytes, calib, ev, base,
         fp32_disk_bytes=loaded.disk_bytes, notes=tuple(loaded.notes),
+    )
+
+
+def _read_model(path: Path, opts: ConvertOptions) -> LoadedModel:
+    return read_model(
+        path, max_bytes=opts.max_model_bytes, input_shapes=opts.input_shapes,
+        static_batch="tflite" in opts.formats,  # TFLite runs batch 1
     )
 
 
@@ -363,9 +367,7 @@ def _sizes(
         sizes["int8_tflite_ratio"] = round(tflite["size_bytes"] / fp32, 4)
     if pruned:  # what the same conversion weighs without pruning, same activation params
         # read again: the passes edited inp.model's nodes in place
-        again = read_model(inp.path, max_bytes=opts.max_model_bytes, input_shapes=opts.input_shapes,
-                           static_batch="tflite" in opts.formats)
-        dense = Graph.from_model(again.model)
+        dense = Graph.from_model(_read_model(inp.path, opts).model)
         optimize(dense)
         dense_bytes = build_qdq(dense, plan, io=opts.io)[0].SerializeToString()
         sizes["unpruned_int8_onnx_zstd_bytes"] = _zstd(dense_bytes)
