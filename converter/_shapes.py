@@ -10,7 +10,7 @@ chains into constant ``Reshape`` shapes (what TFLite and the int8 plan need).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -112,10 +112,9 @@ def dynamic_dims(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
     return found
 
 
-def _describe(dims: object) -> str:
+def _describe(dims: Iterable[onnx.TensorShapeProto.Dimension]) -> str:
     return "x".join(
-        str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
-        for d in dims  # type: ignore[attr-defined]
+        str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims
     )
 
 
@@ -135,8 +134,12 @@ def fold_shapes(graph: Graph, log: list[str], fold: Callable[[Graph, list[str]],
 
 def infer_graph_shapes(graph: Graph) -> bool:
     """Refresh ``graph.value_info`` from onnx shape inference; False when it fails."""
+    model = graph.to_model()
+    del model.graph.value_info[:]  # from the inputs and constants only: a wrong declared
+    for out in model.graph.output:  # shape (onnxruntime runs such models) folds nothing
+        out.type.tensor_type.ClearField("shape")
     try:
-        inferred = shape_inference.infer_shapes(graph.to_model(), strict_mode=False)
+        inferred = shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:  # an op onnx cannot infer: keep what we have, fold no further
         return False
     g = inferred.graph

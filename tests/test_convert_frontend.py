@@ -564,3 +564,22 @@ def test_onnx_only_keeps_a_dynamic_batch(tmp_path: Path) -> None:
     assert q.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
     x = RNG.uniform(-1, 1, (3, 3, 8, 8)).astype(np.float32)  # batch 3 runs
     assert _ort(tmp_path / "o" / "model.int8.onnx", {"x": x})[0].shape == (3, 5)
+
+
+def test_a_wrong_declared_output_shape_is_not_folded(tmp_path: Path) -> None:
+    """Shape of a graph output whose declared shape is wrong: the folded constant comes
+    from inference on the inputs, not from the declaration."""
+    w = numpy_helper.from_array(RNG.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Shape", ["c"], ["s"], name="shape"),
+             helper.make_node("Reshape", ["c", "s"], ["y"], name="reshape")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6]),
+                           helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 4, 6, 7])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    onnx.save(m, tmp_path / "m.onnx")
+    graph = Graph.from_model(read_model(tmp_path / "m.onnx", max_bytes=1 << 20).model)
+    optimize(graph)
+    reshape = next(n for n in graph.nodes if n.op_type == "Reshape")
+    assert graph.inits[reshape.input[1]].tolist() == [1, 4, 6, 6]
