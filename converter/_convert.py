@@ -17,7 +17,7 @@ from edgeship._errors import ConversionError, EdgeshipError
 
 from . import _calibrate, _evaluate, _layernorm
 from ._ir import Graph
-from ._load import input_specs, load_arrays, load_model
+from ._load import InputSpec, LoadedModel, input_specs, load_arrays, read_model
 from ._optimize import optimize
 from ._options import ConvertOptions
 from ._outdir import atomic_dir, write_file
@@ -25,6 +25,7 @@ from ._plan import Plan, make_plan
 from ._prune import overall_sparsity, prune
 from ._quantize import WeightInfo, WeightPolicy, build_qdq
 from ._report import Report, to_html
+from ._shapes import dynamic_dims, format_shape
 
 MODEL_FILE = "model.int8.onnx"
 TFLITE_FILE = "model.int8.tflite"
@@ -62,11 +63,13 @@ class _Inputs:
     """Everything read from outside, checked, before any work starts."""
 
     path: Path
-    model: onnx.ModelProto
-    model_bytes: bytes
+    model: onnx.ModelProto  # checked, opset >= 13, --input-shape applied, shapes inferred
+    model_bytes: bytes  # the fp32 model as one protobuf (external data embedded)
     calib: dict[str, np.ndarray]
     ev: tuple[dict[str, np.ndarray], np.ndarray | None] | None
     base: Any  # _base.BaseParams | None
+    fp32_disk_bytes: int = 0  # the model file plus its external data files, as shipped
+    notes: tuple[str, ...] = ()  # what loading changed (opset upgrade, fixed shapes ...)
 
 
 @dataclass
@@ -123,7 +126,8 @@ def _read_inputs(
     base_dir: str | Path | None,
     opts: ConvertOptions,
 ) -> _Inputs:
-    model = load_model(model_path, max_bytes=opts.max_model_bytes)
+    loaded = _read_model(model_path, opts)
+    model = loaded.model
     specs = input_specs(model)
     limits = {"max_bytes": opts.max_data_bytes}
     calib, _ = load_arrays(
@@ -136,13 +140,45 @@ def _read_inputs(
         )
     if "tflite" in opts.formats and not tflite_available():
         raise ConversionError("--format tflite: the TFLite writer is not part of this build")
+    if "tflite" in opts.formats and opts.strict_formats:
+        _require_static(model, specs, calib)  # fail now, not after calibration
     base = _load_base(Path(base_dir), opts) if base_dir is not None else None
-    return _Inputs(model_path, model, model_path.read_bytes(), calib, ev, base)
+    return _Inputs(
+        model_path, model, loaded.model_bytes, calib, ev, base,
+        fp32_disk_bytes=loaded.disk_bytes, notes=tuple(loaded.notes),
+    )
+
+
+def _read_model(path: Path, opts: ConvertOptions) -> LoadedModel:
+    return read_model(
+        path, max_bytes=opts.max_model_bytes, input_shapes=opts.input_shapes,
+        static_batch="tflite" in opts.formats,  # TFLite runs batch 1
+    )
+
+
+def _require_static(
+    model: onnx.ModelProto, specs: list[InputSpec], calib: dict[str, np.ndarray]
+) -> None:
+    """TFLite needs static shapes: name the first dynamic input dimension and the option
+    that fixes it (with the calibration data's shape as the suggestion)."""
+    dynamic = dynamic_dims(model)
+    if not dynamic:
+        return
+    name, pos, dim = dynamic[0]
+    arr = calib.get(name)
+    spec = next(s for s in specs if s.name == name)
+    shape = (1, *arr.shape[1:]) if arr is not None else tuple(
+        d if isinstance(d, int) else "?" for d in (1, *spec.shape[1:])
+    )
+    raise ConversionError(
+        f"input {name!r} has dynamic dimension {pos} ({dim!r}); TFLite needs static shapes: "
+        f"fix it with --input-shape {name}={format_shape(shape)}"
+    )
 
 
 def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool) -> _Quantized:
     graph = Graph.from_model(inp.model)
-    log = optimize(graph)
+    log = [*inp.notes, *optimize(graph)]
     pruned = prune(graph, opts.prune)
     clock.lap("optimize")
     histograms = opts.calibration != "minmax"  # minmax needs no histogram
@@ -191,7 +227,7 @@ def _report(
     fp32_ref = graph.to_model()
     layer_db = _evaluate.layer_sqnr(fp32_ref, q.qmodel, q.tensor_map, sqnr_feeds)
     out_db = _output_sqnr(fp32_ref, q.qmodel, sqnr_feeds)
-    sizes = _sizes(inp.model_bytes, q.int8_bytes, written, plan, q.pruned, inp.path, opts)
+    sizes = _sizes(inp, q.int8_bytes, written, plan, q.pruned, opts)
     clock.lap("measure")
     conversion_seconds = round(sum(clock.phases.values()), 4)
     eval_result = _eval(inp, q, fp32_ref, opts) if ev is not None else None
@@ -312,15 +348,15 @@ def _zstd(data: bytes) -> int:
 
 
 def _sizes(
-    model_bytes: bytes,
+    inp: _Inputs,
     int8: bytes,
     tflite: dict[str, Any] | None,
     plan: Plan,
     pruned: dict[str, float],
-    model_path: Path,
     opts: ConvertOptions,
 ) -> dict[str, Any]:
-    fp32 = len(model_bytes)
+    model_bytes = inp.model_bytes
+    fp32 = inp.fp32_disk_bytes or len(model_bytes)  # counts external data files
     sizes: dict[str, Any] = {
         "fp32_bytes": fp32,
         "int8_onnx_bytes": len(int8),
@@ -332,7 +368,8 @@ def _sizes(
         sizes["int8_tflite_bytes"] = tflite["size_bytes"]
         sizes["int8_tflite_ratio"] = round(tflite["size_bytes"] / fp32, 4)
     if pruned:  # what the same conversion weighs without pruning, same activation params
-        dense = Graph.from_model(load_model(model_path, max_bytes=opts.max_model_bytes))
+        # read again: the passes edited inp.model's nodes in place
+        dense = Graph.from_model(_read_model(inp.path, opts).model)
         optimize(dense)
         dense_bytes = build_qdq(dense, plan, io=opts.io)[0].SerializeToString()
         sizes["unpruned_int8_onnx_zstd_bytes"] = _zstd(dense_bytes)

@@ -28,6 +28,8 @@ class Graph:
     name: str = "graph"
     producer: dict[str, onnx.NodeProto] = field(default_factory=dict)
     consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
+    # custom-domain opsets the model imports (com.microsoft ...): kept for nodes that use them
+    domains: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_model(cls, model: onnx.ModelProto) -> Graph:
@@ -44,6 +46,8 @@ class Graph:
             opset=opset,
             ir_version=model.ir_version,
             name=g.name or "graph",
+            domains={o.domain: o.version for o in model.opset_import
+                     if o.domain not in ("", "ai.onnx")},
         )
         graph.reindex()
         return graph
@@ -134,9 +138,11 @@ class Graph:
         graph.value_info.extend(
             v for k, v in self.value_info.items() if k in live and k not in keep
         )
+        used = sorted({n.domain for n in self.nodes} - {"", "ai.onnx"})
         model = helper.make_model(
             graph,
-            opset_imports=[helper.make_opsetid("", self.opset)],
+            opset_imports=[helper.make_opsetid("", self.opset)]
+            + [helper.make_opsetid(d, self.domains.get(d, 1)) for d in used],
             producer_name="edgeship",
         )
         model.ir_version = self.ir_version

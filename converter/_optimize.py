@@ -17,6 +17,7 @@ from ._optimize_move import (
     fold_pad_into_conv,
     spatial_mean_to_pool,
 )
+from ._shapes import fold_shapes
 
 # ops that must not be constant-folded (random, or too large to be worth it)
 _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
@@ -25,12 +26,11 @@ _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformL
 def optimize(graph: Graph) -> list[str]:
     """Run every pass in place; returns a log line per change for the report."""
     log: list[str] = []
-    for i, node in enumerate(graph.nodes):
-        if not node.name:  # names key the quantization plan and the report
-            node.name = f"{node.op_type}_{i}"
+    _unique_names(graph, log)
     _constants_to_inits(graph, log)
     _drop_identity(graph, log)
     _fold_constants(graph, log)
+    fold_shapes(graph, log, _fold_constants)
     _fold_batchnorm(graph, log)
     fuse(graph, log)  # HardSwish, LayerNorm, Gelu patterns; Div by constants
     _matmul_add_to_gemm(graph, log)
@@ -43,36 +43,81 @@ def optimize(graph: Graph) -> list[str]:
     return log
 
 
+def _unique_names(graph: Graph, log: list[str]) -> None:
+    """Names key the quantization plan and the report: name unnamed nodes, rename repeats."""
+    seen: set[str] = set()
+    for i, node in enumerate(graph.nodes):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        if node.name and name != node.name:
+            log.append(f"renamed duplicate node name {node.name} -> {name}")
+        node.name = name
+        seen.add(name)
+
+
 def _constants_to_inits(graph: Graph, log: list[str]) -> None:
     for node in list(graph.nodes):
-        if (
-            node.op_type == "Constant"
-            and len(node.attribute) == 1
-            and node.attribute[0].name == "value"
-        ):
-            graph.inits[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-            graph.remove_node(node)
-            log.append(f"constant {node.output[0]} -> initializer")
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        value = _constant_value(node)
+        if value is None:
+            continue
+        graph.inits[node.output[0]] = value
+        graph.remove_node(node)
+        log.append(f"constant {node.output[0]} -> initializer")
     graph.reindex()
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a Constant in any of its forms (value, value_float(s), value_int(s))."""
+    if len(node.attribute) != 1:
+        return None
+    a = node.attribute[0]
+    if a.name == "value":
+        return numpy_helper.to_array(a.t)
+    dtypes = {"value_float": np.float32, "value_floats": np.float32,
+              "value_int": np.int64, "value_ints": np.int64}
+    if a.name not in dtypes:  # sparse_value, strings: leave the node to the runtime
+        return None
+    return np.asarray(helper.get_attribute_value(a), dtypes[a.name])
 
 
 def _drop_identity(graph: Graph, log: list[str]) -> None:
     outputs = set(graph.output_names)
     for node in list(graph.nodes):
-        if node.op_type not in ("Identity", "Dropout") or node.output[0] in outputs:
+        if node.op_type not in ("Identity", "Dropout"):
             continue
         if node.op_type == "Dropout" and len([o for o in node.output if o]) > 1:
             continue
-        graph.rename_input(node.output[0], node.input[0])
+        if node.output[0] in outputs:
+            if not _rename_producer_output(graph, node, outputs):
+                continue
+        else:
+            graph.rename_input(node.output[0], node.input[0])
         graph.remove_node(node)
         log.append(f"removed {node.op_type} {node.name}")
     graph.reindex()
+
+
+def _rename_producer_output(graph: Graph, node: onnx.NodeProto, outputs: set[str]) -> bool:
+    """An Identity that names a graph output (tf2onnx, Paddle2ONNX write them): its
+    producer writes the output name directly, when nothing else reads the old name."""
+    src = node.input[0]
+    prod = graph.producer.get(src)
+    if prod is None or src in outputs or len(graph.consumers.get(src, [])) != 1:
+        return False
+    prod.output[list(prod.output).index(src)] = node.output[0]
+    graph.producer[node.output[0]] = prod
+    return True
 
 
 def _fold_constants(graph: Graph, log: list[str]) -> None:
     """Evaluate nodes whose inputs are all constant with onnxruntime, one node at a time."""
     import onnxruntime as ort
 
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # fatal only: a node ORT refuses stays as it is, silently
     for node in list(graph.nodes):
         ins = [i for i in node.input if i]
         if node.op_type in _NO_FOLD or node.domain not in ("", "ai.onnx") or not ins:
@@ -87,13 +132,15 @@ def _fold_constants(graph: Graph, log: list[str]) -> None:
                 helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
                 for i, a in feeds.items()
             ],
-            # untyped outputs: onnxruntime >= 1.2x refuses elem_type 0 (UNDEFINED)
-            [helper.make_empty_tensor_value_info(o) for o in node.output if o],
+            # outputs without a type: onnxruntime refuses elem_type 0 (UNDEFINED)
+            [onnx.ValueInfoProto(name=o) for o in node.output if o],
         )
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", graph.opset)])
         m.ir_version = graph.ir_version
         try:
-            sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(
+                m.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            )
             values = sess.run(None, feeds)
         except Exception:  # leave the node as it is; the runtime will evaluate it
             continue

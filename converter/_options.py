@@ -35,6 +35,9 @@ class ConvertOptions:
     base_scale_tolerance: float = 0.05  # --base: reuse a scale if the new one is within 5%
     base_weight_tolerance: float = 1.0  # --base: keep old int8 value if within this many steps
     base_noise_budget: float = 1.0  # --base: extra rounding error allowed, x round-to-nearest's
+    # --input-shape NAME=1x3x48x320: pins the dynamic dims of that input before shape
+    # inference and folding (TFLite needs static shapes; calibration data must match)
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.prune < 1.0:
@@ -55,6 +58,7 @@ class ConvertOptions:
             raise ConfigError("sample and run counts must be positive")
         if min(self.base_scale_tolerance, self.base_weight_tolerance, self.base_noise_budget) < 0:
             raise ConfigError("--base tolerances must be >= 0")
+        _check_input_shapes(self.input_shapes)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -66,4 +70,23 @@ class ConvertOptions:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if "formats" in known:
             known["formats"] = tuple(known["formats"])
+        if "input_shapes" in known:  # JSON lists back to the typed tuples
+            known["input_shapes"] = tuple(
+                (str(name), tuple(int(d) for d in dims)) for name, dims in known["input_shapes"]
+            )
         return cls(**known)
+
+
+def _check_input_shapes(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> None:
+    seen = set()
+    for name, dims in shapes:
+        text = "x".join(map(str, dims))
+        if not name:
+            raise ConfigError(f"--input-shape ={text}: the input name is empty (use NAME=1x3x224x224)")
+        if name in seen:
+            raise ConfigError(f"--input-shape {name}: given twice")
+        seen.add(name)
+        if not dims:
+            raise ConfigError(f"--input-shape {name}=: no dimensions (use {name}=1x3x224x224)")
+        if any(not isinstance(d, int) or isinstance(d, bool) or d <= 0 for d in dims):
+            raise ConfigError(f"--input-shape {name}={text}: every dimension must be a positive integer")

@@ -190,9 +190,15 @@ def _with_static_batch(model: onnx.ModelProto) -> onnx.ModelProto:
             if dim.HasField("dim_value") and dim.dim_value > 0:
                 continue
             if pos != 0:
+                dims = value.type.tensor_type.shape.dim
+                shape = "x".join(
+                    "1" if i == 0 else str(d.dim_value) if d.dim_value > 0 else "?"
+                    for i, d in enumerate(dims)
+                )
                 raise ConversionError(
-                    f"input {value.name!r} has a dynamic dimension {pos}; "
-                    "TFLite output needs static shapes"
+                    f"input {value.name!r} has dynamic dimension {pos} "
+                    f"({dim.dim_param or '?'!r}); TFLite needs static shapes: "
+                    f"fix it with --input-shape {value.name}={shape}"
                 )
             dim.Clear()
             dim.dim_value = 1

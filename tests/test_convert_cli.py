@@ -126,7 +126,7 @@ def test_prune_reports_sparsity_and_compressed_saving(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- bad input: exit 2, one line
-def _old_opset_model(path: Path) -> None:
+def _future_opset_model(path: Path) -> None:
     node = helper.make_node("Relu", ["input"], ["probs"])
     g = helper.make_graph(
         [node],
@@ -134,8 +134,8 @@ def _old_opset_model(path: Path) -> None:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 4])],
     )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)])
-    m.ir_version = 6
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 99)])
+    m.ir_version = 8
     onnx.save(m, path)
 
 
@@ -149,14 +149,14 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
     nan, inf = good.copy(), good.copy()
     nan[3, 0, 2, 2], inf[1, 0, 0, 0] = np.nan, np.inf
     (tmp / "junk.onnx").write_bytes(b"this is not a protobuf \x00\xff" * 10)
-    _old_opset_model(tmp / "old.onnx")
+    _future_opset_model(tmp / "future.onnx")  # old opsets are upgraded (converter/_load.py)
     cnn, calib = FIX / "cnn.onnx", FIX / "cnn_calib.npz"
     return {
         "not onnx": ([tmp / "junk.onnx", "--calib", calib], "not an ONNX model"),
         "missing model": ([tmp / "nope.onnx", "--calib", calib], "not found"),
-        "old opset": (
-            [tmp / "old.onnx", "--calib", _npz(tmp / "o.npz", input=np.ones((2, 4), np.float32))],
-            "opset 11",
+        "future opset": (
+            [tmp / "future.onnx", "--calib", _npz(tmp / "o.npz", input=np.ones((2, 4), np.float32))],
+            "opset 99",
         ),
         "wrong key": ([cnn, "--calib", _npz(tmp / "k.npz", image=good, other=good)], "keys"),
         "wrong shape": (

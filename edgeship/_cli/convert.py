@@ -19,6 +19,21 @@ def _formats(value: str | None) -> tuple[str, ...] | None:
     return items
 
 
+def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``NAME=1x3x48x320`` (repeatable) -> ((NAME, (1, 3, 48, 320)), ...)."""
+    shapes = []
+    for value in values:
+        name, sep, dims = value.rpartition("=")
+        parts = dims.lower().replace(",", "x").split("x")
+        if not sep or not name.strip() or not all(p.strip().isdigit() for p in parts):
+            raise ConfigError(
+                f"--input-shape {value!r}: expected NAME=DIMS with positive integers, "
+                "e.g. x=1x3x48x320"
+            )
+        shapes.append((name.strip(), tuple(int(p) for p in parts)))
+    return tuple(shapes)
+
+
 @click.command(name="convert")
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
@@ -80,6 +95,13 @@ def _formats(value: str | None) -> tuple[str, ...] | None:
     type=click.Choice(["float", "int8"]),
     help="Model inputs/outputs: float (quantize inside) or int8.",
 )
+@click.option(
+    "--input-shape",
+    "input_shape",
+    multiple=True,
+    metavar="NAME=1x3x224x224",
+    help="Fix the dynamic dimensions of input NAME (repeatable); TFLite needs static shapes.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 def convert(
     model: Path,
@@ -91,6 +113,7 @@ def convert(
     base: Path | None,
     calibration: str,
     io: str,
+    input_shape: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Convert a float ONNX MODEL to pruned INT8 (QDQ ONNX and TFLite) with a report."""
@@ -104,6 +127,7 @@ def convert(
         prune=prune,
         calibration=calibration,
         io=io,
+        input_shapes=_input_shapes(input_shape),
     )
     report = run(model, calib, out, options, eval_path=eval_path, base_dir=base, progress=not quiet)
     if quiet:
