@@ -348,6 +348,29 @@ def plot_device_features(doc: Mapping[str, Any], fig: Any) -> None:
                                     if _num(v) == _num(v))) * 1.05)
 
 
+def plot_realworld(doc: Mapping[str, Any], fig: Any) -> None:
+    """Real models: task metric vs fp32, peak RSS and INT8/fp32 latency per tool; the
+    models edgeship wrote no file for are named under the chart."""
+    rows = _rows(doc)
+    models = list(dict.fromkeys(str(r["model"]) for r in rows))
+    tools = list(dict.fromkeys(str(r["tool"]) for r in rows))
+    by = {(str(r["model"]), str(r["tool"])): r for r in rows}
+    fig.set_size_inches(14, 10)
+    axes = fig.subplots(3, 1)
+    for ax, key, label, log in ((axes[0], "metric", "task metric vs fp32, %", False),
+                                (axes[1], "peak_rss_mb", "peak RSS of the conversion, MB (log)", True),
+                                (axes[2], "latency_ratio", "INT8 / fp32 latency (onnxruntime)", False)):
+        grouped_bars(ax, models, {t: [by.get((m, t), {}).get(key) for m in models] for t in tools},
+                     label, log=log, fmt="{:.3g}")
+        ax.tick_params(axis="x", labelrotation=20)
+    axes[1].axhline(2048, color="red", linestyle="--", linewidth=0.8)
+    axes[2].axhline(1.0, color="red", linestyle="--", linewidth=0.8)
+    nothing = [m for m in models if by.get((m, "edgeship"), {}).get("formats", "-") == "-"]
+    if nothing:
+        note = "edgeship wrote no file for: " + ", ".join(nothing)
+        fig.text(0.01, 0.01, "\n".join(textwrap.wrap(note, 180)), fontsize=7)
+
+
 PLOTTERS: dict[str, Plotter] = {
     "device_features": plot_device_features,
     "converter": plot_converter,
@@ -358,6 +381,7 @@ PLOTTERS: dict[str, Plotter] = {
     "agent": plot_agent,
     "examples": plot_examples,
     "fallback": plot_fallback,
+    "realworld": plot_realworld,
 }
 
 
