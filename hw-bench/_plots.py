@@ -351,16 +351,20 @@ def plot_device_features(doc: Mapping[str, Any], fig: Any) -> None:
 def plot_realworld(doc: Mapping[str, Any], fig: Any) -> None:
     """Real models: task metric vs fp32, peak RSS and INT8/fp32 latency per tool; the
     models edgeship wrote no file for are named under the chart."""
-    rows = _rows(doc)
-    models = list(dict.fromkeys(str(r["model"]) for r in rows))
-    tools = list(dict.fromkeys(str(r["tool"]) for r in rows))
-    by = {(str(r["model"]), str(r["tool"])): r for r in rows}
+    tools = [t for t in ("edgeship", "ort", "nncf") if isinstance(doc.get(t), list) and doc[t]]
+    if not tools:
+        raise ValueError("no edgeship/ort/nncf rows")
+    by = {(str(r["model"]), t): r for t in tools for r in _rows(doc, t)}
+    models = list(dict.fromkeys(m for m, _ in by))
     fig.set_size_inches(14, 10)
     axes = fig.subplots(3, 1)
     for ax, key, label, log in ((axes[0], "metric", "task metric vs fp32, %", False),
                                 (axes[1], "peak_rss_mb", "peak RSS of the conversion, MB (log)", True),
                                 (axes[2], "latency_ratio", "INT8 / fp32 latency (onnxruntime)", False)):
-        grouped_bars(ax, models, {t: [by.get((m, t), {}).get(key) for m in models] for t in tools},
+        # a run that wrote no file has no memory figure worth a bar (it stopped early)
+        grouped_bars(ax, models, {t: [by.get((m, t), {}).get(key)
+                                      if by.get((m, t), {}).get("formats", "-") != "-" else None
+                                      for m in models] for t in tools},
                      label, log=log, fmt="{:.3g}")
         ax.tick_params(axis="x", labelrotation=20)
     axes[1].axhline(2048, color="red", linestyle="--", linewidth=0.8)

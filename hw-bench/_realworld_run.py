@@ -99,12 +99,14 @@ def measured(argv: Sequence[str], *, timeout: float, rss_cap_mb: float,
                                     cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=lambda: os.nice(5))
             done = threading.Event()
+            seen = [0.0]  # the largest RSS the watcher saw: the peak when the launcher is killed
 
             def watch() -> None:
                 while not done.wait(0.2):
+                    seen[0] = max(seen[0], _tree_rss_mb(proc.pid))
                     if time.monotonic() - began > timeout:
                         stopped.append(f"stopped by the bench after {timeout:.0f} s")
-                    elif _tree_rss_mb(proc.pid) > rss_cap_mb:
+                    elif seen[0] > rss_cap_mb:
                         stopped.append(f"stopped by the bench: RSS over the {rss_cap_mb / 1024:.1f} GB cap")
                     else:
                         continue
@@ -121,7 +123,7 @@ def measured(argv: Sequence[str], *, timeout: float, rss_cap_mb: float,
             log.seek(0)
             output = log.read().decode("utf-8", "replace")
         code_text, _, rss_kb = (report.read_text().partition(" ") if report.exists()
-                                else (str(proc.returncode), "", "0"))
+                                else (str(proc.returncode), "", str(int(seen[0] * 1024))))
     code = None if stopped else int(code_text)
     return Measured(code=code, seconds=round(seconds, 2), peak_rss_mb=round(int(rss_kb) / 1024.0, 1),
                     output=output, stopped=stopped[0] if stopped else None)

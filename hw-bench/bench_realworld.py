@@ -120,10 +120,13 @@ def run_tool(tool: str, spec: Spec, model: Path, calib: Path, work: Path, dynami
     result = run.measured(tool_argv(tool, spec, model, calib, out, dynamic), timeout=opts.timeout,
                           rss_cap_mb=opts.rss_cap_gb * 1024, cwd=ROOT)
     formats = [f for f in ("onnx", "tflite") if (out / f"model.int8.{f}").exists()]
-    row = {"model": spec.name, "tool": tool, "exit": result.code, "formats": ",".join(formats) or "-",
-           "convert_s": result.seconds, "peak_rss_mb": result.peak_rss_mb,
-           "error": result.error_line() or (note_line(result.output) if tool == "edgeship"
-                                            and "tflite" not in formats else None)}
+    # the order of the keys is the order of the results/README.md columns (12 at most)
+    row = dict.fromkeys(ROW_KEYS)
+    row.update({"model": spec.name, "tool": tool, "exit": result.code,
+                "formats": ",".join(formats) or "-", "convert_s": result.seconds,
+                "peak_rss_mb": result.peak_rss_mb,
+                "error": result.error_line() or (note_line(result.output) if tool == "edgeship"
+                                                 and "tflite" not in formats else None)})
     return row, out
 
 
@@ -187,6 +190,13 @@ def edgeship_targets(row: dict[str, Any], ort_row: dict[str, Any] | None) -> dic
             "speed": verdict(ratio is not None and ratio <= 1.0)}
 
 
+def expected_refusal(row: dict[str, Any]) -> dict[str, str]:
+    """An already-quantized graph must be refused with one error that says so."""
+    refused = row.get("formats") == "-" and "quantized" in str(row.get("error") or "").lower()
+    return {"both_formats": "n/a", "rss": "n/a", "litert": "n/a", "speed": "n/a",
+            "refusal": "PASS" if refused else "FAIL"}
+
+
 # ----------------------------------------------------------------------------- one model
 def bench_model(spec: Spec, opts: argparse.Namespace, work: Path) -> tuple[dict[str, Any], list[dict]]:
     info: dict[str, Any] = {"model": spec.name, "what": spec.what, "weights": spec.weights,
@@ -235,7 +245,9 @@ def bench_model(spec: Spec, opts: argparse.Namespace, work: Path) -> tuple[dict[
               flush=True)
     ort_row = next((r for r in rows if r["tool"] == "ort"), None)
     for row in rows:
-        if row["tool"] == "edgeship":
+        if row["tool"] == "edgeship" and spec.expect:
+            row.update(expected_refusal(row))
+        elif row["tool"] == "edgeship":
             row.update(edgeship_targets(row, ort_row))
     if not opts.keep:
         shutil.rmtree(mwork, ignore_errors=True)
@@ -243,8 +255,15 @@ def bench_model(spec: Spec, opts: argparse.Namespace, work: Path) -> tuple[dict[
 
 
 # ----------------------------------------------------------------------------- output
+ROW_KEYS = ("model", "formats", "sqnr_db", "metric", "litert_agreement", "latency_ratio",
+            "size_ratio", "convert_s", "peak_rss_mb", "exit", "error", "tool")
 COLUMNS = ["tool", "exit", "formats", "sqnr_db", "metric", "litert_agreement", "latency_ratio",
-           "size_ratio", "convert_s", "peak_rss_mb", "both_formats", "rss", "litert", "speed", "error"]
+           "size_ratio", "convert_s", "peak_rss_mb", "both_formats", "rss", "litert", "speed", "refusal",
+           "error"]
+
+
+INFO_KEYS = ("model", "weights", "opset", "dynamic_input", "input_shape", "fp32_bytes", "fp32_ms",
+             "fp32_note", "metric", "error", "what", "expect", "calib_samples", "eval_samples")
 
 
 def print_model(info: dict[str, Any], rows: list[dict[str, Any]]) -> None:
@@ -267,8 +286,9 @@ def summary(infos: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dic
         by = {r["tool"]: r for r in rows if r["model"] == info["model"]}
         es = by.get("edgeship", {})
         lines.append({
-            "model": info["model"], "weights": "real" if info["weights"].startswith("real") else "random",
-            "edgeship": es.get("formats") if es else info.get("error", "-")[:60],
+            "model": info["model"],
+            "edgeship": (f"refusal {es['refusal']}" if "refusal" in es else es.get("formats")) if es
+            else info.get("error", "-"),
             "both_formats": es.get("both_formats"), "rss": es.get("rss"),
             "litert": es.get("litert"), "speed": es.get("speed"),
             "es_metric": es.get("metric"), "ort_metric": by.get("ort", {}).get("metric"),
@@ -289,7 +309,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep each tool's output in the work dir")
     parser.add_argument("--work", type=Path, default=None, help="work dir [default: a temp dir]")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one tool may run")
-    parser.add_argument("--rss-cap-gb", type=float, default=8.0,
+    parser.add_argument("--rss-cap-gb", type=float, default=10.0,
                         help="a tool whose RSS passes this is stopped (the target is 2 GB)")
     opts = parser.parse_args(argv)
     chosen = [m for m in opts.models.split(",") if m]
@@ -332,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     minutes = round((time.monotonic() - began) / 60.0, 1)
     print(f"took {minutes} min", flush=True)
     command = "python hw-bench/bench_realworld.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
+    # one table per tool: results/README.md shows at most 40 rows of 12 columns a table
+    per_tool = {tool: [r for r in rows if r["tool"] == tool] for tool in opts.tools}
     write_result("realworld", {
-        "command": command, "minutes": minutes, "models": infos, "rows": rows, "summary": lines,
+        "command": command, "minutes": minutes, "summary": lines, **per_tool,
+        "models": [{k: info.get(k) for k in INFO_KEYS if k in info} for info in infos],
         "targets": {"both_formats": "model.int8.onnx and model.int8.tflite written",
                     "rss": f"peak RSS < {TARGET_RSS_MB / 1024:.0f} GB and <= 2x onnxruntime's",
                     "litert": f"LiteRT agrees with edgeship's INT8 ONNX >= {TARGET_LITERT}%",

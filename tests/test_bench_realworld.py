@@ -129,3 +129,22 @@ def test_measured_reports_the_child_own_peak_rss_and_error_line() -> None:
     capped = run.measured([sys.executable, "-c", grab.replace("sys.exit", "import time; time.sleep(30); sys.exit")],
                           timeout=60, rss_cap_mb=200)
     assert capped.code is None and "RSS over" in capped.error_line()
+    assert capped.peak_rss_mb > 200  # what the watcher saw before it stopped it
+
+
+def test_edgeship_targets_pass_and_fail() -> None:
+    bench = _load("bench_realworld")
+    ort_row = {"exit": 0, "peak_rss_mb": 900.0}
+    good = {"formats": "onnx,tflite", "exit": 0, "peak_rss_mb": 1500.0, "litert_agreement": 100.0,
+            "latency_ratio": 0.8}
+    assert bench.edgeship_targets(good, ort_row) == {"both_formats": "PASS", "rss": "PASS",
+                                                     "litert": "PASS", "speed": "PASS"}
+    # over 2x onnxruntime's memory, ONNX only, LiteRT disagrees, slower than fp32
+    bad = {**good, "formats": "onnx", "peak_rss_mb": 1900.0, "litert_agreement": 98.9,
+           "latency_ratio": 1.2}
+    assert set(bench.edgeship_targets(bad, ort_row).values()) == {"FAIL"}
+    nothing = {"formats": "-", "exit": 2, "peak_rss_mb": 16.0, "error": "error: uses opset 11"}
+    assert bench.edgeship_targets(nothing, ort_row)["rss"] == "FAIL"  # wrote nothing: no pass
+    refused = {**nothing, "error": "error: model.onnx is already quantized (QDQ)"}
+    assert bench.expected_refusal(refused)["refusal"] == "PASS"
+    assert bench.expected_refusal(nothing)["refusal"] == "FAIL"
