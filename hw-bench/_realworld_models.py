@@ -193,6 +193,11 @@ def torch_missing() -> str | None:
     return (lines[-1] if lines else "torch not importable") + " (pip install torch torchvision onnxscript)"
 
 
+def export_cached(spec: Spec, cache: Path) -> bool:
+    """True when an earlier run exported this model (then torch is not needed)."""
+    return (cache / "exports" / f"{spec.name}.onnx").exists()
+
+
 def exported(spec: Spec, cache: Path) -> Path:
     """``spec.export`` exported by torch's default exporter in a subprocess, cached."""
     dest = cache / "exports" / f"{spec.name}.onnx"

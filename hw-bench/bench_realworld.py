@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import logging
 import math
 import shutil
@@ -328,6 +329,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.ERROR)
     opts = parse_args(argv)
+    missing = [name for name, module in (("scikit-image", "skimage"), ("Pillow", "PIL"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        print(f"bench_realworld needs {' and '.join(missing)}: pip install 'edgeship[bench]'",
+              file=sys.stderr)
+        return 2
     print_machine()
     began = time.monotonic()
     torch_why = models.torch_missing() if any(s.export for s in opts.specs) else None
@@ -338,12 +345,17 @@ def main(argv: list[str] | None = None) -> int:
         work = opts.work or Path(tmp)
         for spec in opts.specs:
             print(f"=== {spec.name}", flush=True)
-            if spec.export and torch_why:
+            if spec.export and torch_why and not models.export_cached(spec, opts.cache):
                 info, model_rows = ({"model": spec.name, "what": spec.what, "weights": spec.weights,
                                      "metric": METRIC_NAMES[spec.task],
                                      "error": f"skipped: {torch_why}"}, [])
             else:
-                info, model_rows = bench_model(spec, opts, work)
+                try:
+                    info, model_rows = bench_model(spec, opts, work)
+                except Exception as exc:  # one model's surprise is its row, not the run's end
+                    info, model_rows = ({"model": spec.name, "what": spec.what,
+                                         "weights": spec.weights, "metric": METRIC_NAMES[spec.task],
+                                         "error": f"bench failed: {type(exc).__name__}: {short(exc)}"}, [])
             infos.append(info)
             rows.extend(model_rows)
             print_model(info, model_rows)
