@@ -348,6 +348,33 @@ def plot_device_features(doc: Mapping[str, Any], fig: Any) -> None:
                                     if _num(v) == _num(v))) * 1.05)
 
 
+def plot_realworld(doc: Mapping[str, Any], fig: Any) -> None:
+    """Real models: task metric vs fp32, peak RSS and INT8/fp32 latency per tool; the
+    models edgeship wrote no file for are named under the chart."""
+    tools = [t for t in ("edgeship", "ort", "nncf") if isinstance(doc.get(t), list) and doc[t]]
+    if not tools:
+        raise ValueError("no edgeship/ort/nncf rows")
+    by = {(str(r["model"]), t): r for t in tools for r in _rows(doc, t)}
+    models = list(dict.fromkeys(m for m, _ in by))
+    fig.set_size_inches(14, 10)
+    axes = fig.subplots(3, 1)
+    for ax, key, label, log in ((axes[0], "metric", "task metric vs fp32, %", False),
+                                (axes[1], "peak_rss_mb", "peak RSS of the conversion, MB (log)", True),
+                                (axes[2], "latency_ratio", "INT8 / fp32 latency (onnxruntime)", False)):
+        # a run that wrote no file has no memory figure worth a bar (it stopped early)
+        grouped_bars(ax, models, {t: [by.get((m, t), {}).get(key)
+                                      if by.get((m, t), {}).get("formats", "-") != "-" else None
+                                      for m in models] for t in tools},
+                     label, log=log, fmt="{:.3g}")
+        ax.tick_params(axis="x", labelrotation=20)
+    axes[1].axhline(2048, color="red", linestyle="--", linewidth=0.8)
+    axes[2].axhline(1.0, color="red", linestyle="--", linewidth=0.8)
+    nothing = [m for m in models if by.get((m, "edgeship"), {}).get("formats", "-") == "-"]
+    if nothing:
+        note = "edgeship wrote no file for: " + ", ".join(nothing)
+        fig.text(0.01, 0.01, "\n".join(textwrap.wrap(note, 180)), fontsize=7)
+
+
 PLOTTERS: dict[str, Plotter] = {
     "device_features": plot_device_features,
     "converter": plot_converter,
@@ -358,6 +385,7 @@ PLOTTERS: dict[str, Plotter] = {
     "agent": plot_agent,
     "examples": plot_examples,
     "fallback": plot_fallback,
+    "realworld": plot_realworld,
 }
 
 
