@@ -81,6 +81,8 @@ class _Quantized:
     weights: list[WeightInfo]
     tensor_map: dict[str, str]
     int8_bytes: bytes  # the model written (float or int8 io)
+    calib_batch: int  # samples per calibration run (bounded by activation bytes)
+    tensor_bytes: dict[str, int]  # one sample of each float activation, from calibration
 
 
 def convert(
@@ -146,8 +148,8 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     pruned = prune(graph, opts.prune)
     clock.lap("optimize")
     histograms = opts.calibration != "minmax"  # minmax needs no histogram
-    stats = _calibrate.collect(graph, inp.calib, histograms=histograms, progress=progress)
-    ranges = _calibrate.ranges(stats, opts.calibration, opts.percentile)
+    calib = _calibrate.collect(graph, inp.calib, histograms=histograms, progress=progress)
+    ranges = _calibrate.ranges(calib.stats, opts.calibration, opts.percentile)
     clock.lap("calibrate")
     policy = inp.base.policy() if inp.base else WeightPolicy()
     plan = make_plan(graph, ranges, pin=inp.base)
@@ -157,7 +159,16 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     )
     clock.lap("quantize")
     return _Quantized(
-        graph, log, pruned, plan, qmodel, weights, tensor_map, out_model.SerializeToString()
+        graph,
+        log,
+        pruned,
+        plan,
+        qmodel,
+        weights,
+        tensor_map,
+        out_model.SerializeToString(),
+        calib.batch,
+        calib.tensor_bytes,
     )
 
 
@@ -187,7 +198,9 @@ def _report(
     calib, ev, graph, plan = inp.calib, inp.ev, q.graph, q.plan
     sqnr_feeds = _head(ev[0] if ev else calib, opts.sqnr_samples)
     fp32_ref = graph.to_model()
-    layer_db = _evaluate.layer_sqnr(fp32_ref, q.qmodel, q.tensor_map, sqnr_feeds)
+    layer_db = _evaluate.layer_sqnr(
+        fp32_ref, q.qmodel, q.tensor_map, sqnr_feeds, tensor_bytes=q.tensor_bytes
+    )
     out_db = _output_sqnr(fp32_ref, q.qmodel, sqnr_feeds)
     sizes = _sizes(inp.model_bytes, q.int8_bytes, written, plan, q.pruned, inp.path, opts)
     clock.lap("measure")
@@ -204,7 +217,11 @@ def _report(
         int8_sha256=hashlib.sha256(q.int8_bytes).hexdigest(),
         options=opts.to_dict(),
         sizes=sizes,
-        calibration={"method": opts.calibration, "samples": len(next(iter(calib.values())))},
+        calibration={
+            "method": opts.calibration,
+            "samples": len(next(iter(calib.values()))),
+            "batch": q.calib_batch,
+        },
         pruning={
             "mode": "global magnitude (depthwise exempt)",
             "target": opts.prune,
@@ -275,9 +292,9 @@ def _head(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
 def _output_sqnr(
     fp32: onnx.ModelProto, int8: onnx.ModelProto, feeds: dict[str, np.ndarray]
 ) -> float:
-    a = _evaluate.run_all(_evaluate.session(fp32), feeds)[0]
-    b = _evaluate.run_all(_evaluate.session(int8), feeds)[0]
-    return _evaluate.sqnr_db(a, b)
+    """The first output's SQNR in plain sessions (with the int8 model's tensors exposed,
+    as in :func:`_evaluate.layer_sqnr`, onnxruntime would not fuse its QDQ kernels)."""
+    return _evaluate.compare_outputs(_evaluate.session(fp32), _evaluate.session(int8), feeds)[2]
 
 
 def _pruned_accuracy(
@@ -285,8 +302,13 @@ def _pruned_accuracy(
 ) -> float | None:
     if ev[1] is None:
         return None
-    y = _evaluate.run_all(_evaluate.session(fp32), ev[0])[0]
-    return float(100.0 * np.mean(_evaluate.predictions(y) == ev[1]))
+    sess = _evaluate.session(fp32)
+    name = sess.get_outputs()[0].name
+    pred = [
+        _evaluate.predictions(np.asarray(sess.run([name], feed)[0]).reshape(1, -1))
+        for feed in _evaluate.samples(ev[0])
+    ]
+    return float(100.0 * np.mean(np.concatenate(pred) == ev[1]))
 
 
 def _write_tflite(tmp: Path, opts: ConvertOptions) -> dict[str, Any]:
