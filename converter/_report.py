@@ -120,7 +120,7 @@ def sqnr_svg(layers: list[dict[str, Any]], width: int = 1000, height: int = 380)
     if not pts:
         return "<p>No per-layer SQNR measured.</p>"
     top = max(60.0, max(v for _, _, v in pts))
-    left, right, pad_top, names_h, caption_h = 58, 12, 12, 150, 40
+    left, right, pad_top, names_h, caption_h = 84, 12, 12, 150, 40
     plot_h = height - pad_top - names_h - caption_h
     bar_w = max(_MIN_BAR, (width - left - right) / len(pts))
     width = round(left + right + bar_w * len(pts))
@@ -140,12 +140,6 @@ def sqnr_svg(layers: list[dict[str, Any]], width: int = 1000, height: int = 380)
         parts.append(
             f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{db}</text>'
         )
-    for db, colour in ((20, "#c33"), (30, "#e90")):
-        y = y_of(db)
-        parts.append(
-            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" '
-            f'stroke="{colour}" stroke-dasharray="4 3" stroke-width="1"/>'
-        )
     for i, (name, op, v) in enumerate(pts):
         x = left + i * bar_w
         colour = "#c33" if v < 20 else "#e90" if v < 30 else "#3a7"
@@ -160,14 +154,20 @@ def sqnr_svg(layers: list[dict[str, Any]], width: int = 1000, height: int = 380)
             f'transform="rotate(-60 {cx:.1f} {ty:.1f})">{html.escape(_short(name))}'
             f"<title>{tip}</title></text>"
         )
+    for db, colour in ((20, "#c33"), (30, "#e90")):
+        y = y_of(db)
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" '
+            f'stroke="{colour}" stroke-dasharray="4 3" stroke-width="1"/>'
+        )
     parts.append(
         f'<line x1="{left}" x2="{left}" y1="{pad_top}" y2="{base_y:.1f}" stroke="#888"/>'
         f'<line x1="{left}" x2="{width - right}" y1="{base_y:.1f}" y2="{base_y:.1f}" stroke="#888"/>'
     )
     mid_y = pad_top + plot_h / 2
     parts.append(
-        f'<text class="axis" x="14" y="{mid_y:.1f}" font-size="12" text-anchor="middle" '
-        f'transform="rotate(-90 14 {mid_y:.1f})">SQNR (dB)</text>'
+        f'<text class="axis" x="40" y="{mid_y:.1f}" font-size="12" text-anchor="middle" '
+        f'transform="rotate(-90 40 {mid_y:.1f})">SQNR (dB)</text>'
     )
     parts.append(
         f'<text class="axis" x="{left}" y="{height - 22}" font-size="12">'
