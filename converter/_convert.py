@@ -238,8 +238,9 @@ def _report(
     calib, ev, graph, plan = inp.calib, inp.ev, q.graph, q.plan
     sqnr_feeds = _head(ev[0] if ev else calib, opts.sqnr_samples)
     fp32_ref = graph.to_model()
+    layer_n = _evaluate.layer_samples(opts.sqnr_samples, sum(q.tensor_bytes.values()))
     layer_db = _evaluate.layer_sqnr(
-        fp32_ref, q.qmodel, q.tensor_map, sqnr_feeds, tensor_bytes=q.tensor_bytes
+        fp32_ref, q.qmodel, q.tensor_map, _head(sqnr_feeds, layer_n), tensor_bytes=q.tensor_bytes
     )
     out_db = _output_sqnr(fp32_ref, q.qmodel, sqnr_feeds)
     sizes = _sizes(inp, q.int8_bytes, written, plan, q.pruned, opts)
@@ -283,6 +284,7 @@ def _report(
         conversion_seconds=conversion_seconds,
         profile=None if profile is None else _profile_summary(profile),
         formats=_formats(opts, tflite, not_written),
+        extra={"layer_sqnr_samples": min(layer_n, len(next(iter(sqnr_feeds.values()))))},
     ), profile
 
 

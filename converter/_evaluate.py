@@ -17,6 +17,7 @@ from edgeship._errors import InferenceError
 
 SQNR_CAP_DB = 120.0  # reported when the int8 tensor equals the float one exactly
 CHUNK = 1 << 20  # elements per float64 slice when summing a large tensor's power
+LAYER_SQNR_BYTES = 4 << 30  # fp32 activations per-layer SQNR compares (bounds its time)
 GROUP_BYTES = 384 << 20  # fp32 tensors of one SQNR run per sample (the int8 model's as many)
 
 
@@ -163,6 +164,14 @@ def evaluate(
         fp32_latency_ms=latency_ms(s32, first, runs),
         int8_latency_ms=latency_ms(s8, first, runs),
     )
+
+
+def layer_samples(requested: int, sample_bytes: int) -> int:
+    """Samples for per-layer SQNR: ``requested``, fewer when their activations would
+    pass ``LAYER_SQNR_BYTES`` (a 640x640 detector's 700 MB a sample made it minutes),
+    never fewer than 4. Memory does not depend on it (one sample at a time)."""
+    fit = LAYER_SQNR_BYTES // max(sample_bytes, 1)
+    return int(min(requested, max(4, fit)))
 
 
 def layer_sqnr(

@@ -196,6 +196,16 @@ def _format_rows(r: Report) -> list[tuple[str, Any]]:
     return rows
 
 
+def _layer_note(r: Report) -> str:
+    n = r.extra.get("layer_sqnr_samples")
+    if n is None:
+        return ""
+    return (
+        f"<p>Each quantized tensor of the int8 model against the same tensor of its float "
+        f"graph, over {int(n)} sample(s).</p>"
+    )
+
+
 def to_html(r: Report) -> str:
     s, ev = r.sizes, r.eval or {}
     fp32_label = "fp32 size (bytes)"
@@ -283,7 +293,7 @@ def to_html(r: Report) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>edgeship report: {html.escape(r.model)}</title>"
         f"<style>{_CSS}</style></head><body><h1>edgeship conversion: {html.escape(r.model)}</h1>"
-        f"{summary}<h2>Per-layer SQNR</h2>{sqnr_svg(r.layers)}<h2>Activations</h2>{layers}"
+        f"{summary}<h2>Per-layer SQNR</h2>{_layer_note(r)}{sqnr_svg(r.layers)}<h2>Activations</h2>{layers}"
         f"<h2>Weights</h2>{weights}<h2>Float ops</h2>{floats}<h2>Delta-friendly quantization (--base)</h2>{base}"
         f"<h2>Graph optimizations</h2><ul>{''.join(f'<li>{html.escape(x)}</li>' for x in r.optimizations)}</ul>"
         "</body></html>\n"

@@ -150,3 +150,13 @@ def test_layer_sqnr_in_groups_equals_one_group(
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["calibration"]["batch"] == 16  # the fixture's activations are small
+    assert report["layer_sqnr_samples"] == 32
+    assert "over 32 sample(s)" in (tmp_path / "a" / "report.html").read_text()
+
+
+def test_layer_sqnr_samples_shrink_for_large_activations() -> None:
+    gib = 1 << 30
+    assert _evaluate.layer_samples(32, 1000) == 32
+    assert _evaluate.layer_samples(32, gib // 2) == 8  # 4 GiB of activations
+    assert _evaluate.layer_samples(32, 3 * gib) == 4  # never fewer than 4
+    assert _evaluate.layer_samples(2, 3 * gib) == 2  # nor more than asked
