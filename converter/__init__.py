@@ -9,6 +9,7 @@ from edgeship._lazy import attach
 _EXPORTS: dict[str, str] = {
     "ConvertOptions": "edgeship.converter._options",
     "EvalResult": "edgeship.converter._evaluate",
+    "FormatsNotWritten": "edgeship.converter._convert",
     "Report": "edgeship.converter._report",
     "convert": "edgeship.converter._convert",
     "default_formats": "edgeship.converter._convert",

@@ -37,6 +37,8 @@ from edgeship._errors import CalibrationError
 from ._ir import Graph
 
 BINS = 8192
+BATCH_BYTES = 256 << 20  # activations of one calibration run (sum over fetched tensors)
+CHUNK = 1 << 20  # elements per float64 slice when a large tensor is binned
 
 
 @dataclass
@@ -65,9 +67,12 @@ class TensorStats:
             self.radius = 2.0 ** math.ceil(math.log2(a))
         while a > self.radius:
             self._grow()
-        idx = ((x.astype(np.float64) + self.radius) * (BINS / (2 * self.radius))).astype(np.int64)
-        np.clip(idx, 0, BINS - 1, out=idx)
-        self.hist += np.bincount(idx, minlength=BINS)
+        per_bin = BINS / (2 * self.radius)
+        for start in range(0, x.size, CHUNK):  # bounded float64/int64 temporaries
+            part = x[start : start + CHUNK].astype(np.float64)
+            idx = ((part + self.radius) * per_bin).astype(np.int64)
+            np.clip(idx, 0, BINS - 1, out=idx)
+            self.hist += np.bincount(idx, minlength=BINS)
 
     def _grow(self) -> None:
         merged = self.hist.reshape(-1, 2).sum(axis=1)
@@ -119,6 +124,27 @@ METHODS: dict[str, Callable[[TensorStats, float], tuple[float, float]]] = {
 }
 
 
+@dataclass
+class Collected:
+    """Statistics of every activation tensor, and how calibration batched the samples."""
+
+    stats: dict[str, TensorStats]
+    batch: int  # samples per onnxruntime run
+    tensor_bytes: dict[str, int]  # bytes of one sample of each activation tensor
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one sample's activations (every fetched tensor)."""
+        return sum(self.tensor_bytes.values())
+
+
+def batch_size(sample_bytes: int, count: int, max_batch: int, batch_bytes: int) -> int:
+    """Samples per run so that one run's activations stay within ``batch_bytes``
+    (1 when one sample is already over it)."""
+    fit = batch_bytes // max(sample_bytes, 1)
+    return int(max(1, min(max_batch, count, fit)))
+
+
 def collect(
     graph: Graph,
     feeds: dict[str, np.ndarray],
@@ -126,39 +152,65 @@ def collect(
     histograms: bool = True,
     progress: bool = False,
     batch: int = 16,
-) -> dict[str, TensorStats]:
+    batch_bytes: int = BATCH_BYTES,
+) -> Collected:
     """Run the float graph on every sample; returns stats for every activation tensor.
 
-    Samples go through a copy of the graph with a dynamic batch axis, ``batch`` at a
-    time, when that copy gives the same outputs as batch 1 on the first samples (it
-    does not when, e.g., a Reshape hard-codes the batch); else one at a time."""
+    Memory is bounded by one run's activations: the first sample runs alone to measure
+    them, then samples go ``n`` at a time with ``n <= batch`` chosen so that ``n``
+    samples' activations fit in ``batch_bytes``, and each tensor's statistics are
+    updated (running min/max, histogram) before the next run. Runs of ``n > 1`` use a
+    copy of the graph with a dynamic batch axis, when that copy gives the same outputs
+    as batch 1 on the first samples (it does not when, e.g., a Reshape hard-codes the
+    batch); else samples go one at a time."""
     names = graph.activations()
+    stats = {n: TensorStats(histogram=histograms) for n in names}
     sess, fetch = _session(graph, dynamic_batch=False)
     count = len(next(iter(feeds.values())))
-    if batch > 1 and count > 1:
+    first = _run(sess, fetch, {k: v[:1] for k, v in feeds.items()}, 0)
+    tensor_bytes = {k: v[:1].nbytes for k, v in feeds.items()}
+    tensor_bytes.update(
+        (name, v.nbytes) for name, v in zip(fetch, first, strict=True) if isinstance(v, np.ndarray)
+    )
+    batch = batch_size(sum(tensor_bytes.values()), count, batch, batch_bytes)
+    if batch > 1:
         batched = _batched_session(graph, feeds, sess, fetch)
-        if batched is not None:
-            sess = batched
-        else:
+        if batched is None:
             batch = 1
-    else:
-        batch = 1
-    stats = {n: TensorStats(histogram=histograms) for n in names}
+        else:  # every sample goes through the batched copy, the first one too
+            sess, first = batched, None
     with _progress_bar(progress, count) as advance:
         for i in range(0, count, batch):
             sample = {k: v[i : i + batch] for k, v in feeds.items()}
-            try:
-                values = sess.run(fetch, sample)
-            except Exception as exc:
-                raise CalibrationError(f"calibration sample {i} fails: {_first_line(exc)}") from exc
-            for k, v in sample.items():
-                if k in stats:
-                    stats[k].update(v)
-            for name, v in zip(fetch, values, strict=True):
-                if name in stats and isinstance(v, np.ndarray) and v.dtype == np.float32:
-                    stats[name].update(v)
+            values = first if i == 0 and first is not None else _run(sess, fetch, sample, i)
+            first = None
+            _update(stats, fetch, sample, values)
+            del values  # before the next run allocates its outputs
             advance(len(next(iter(sample.values()))))
-    return stats
+    return Collected(stats, batch, tensor_bytes)
+
+
+def _run(sess: Any, fetch: list[str], sample: dict[str, np.ndarray], i: int) -> list[Any]:
+    try:
+        return list(sess.run(fetch, sample))
+    except Exception as exc:
+        raise CalibrationError(f"calibration sample {i} fails: {_first_line(exc)}") from exc
+
+
+def _update(
+    stats: dict[str, TensorStats],
+    fetch: list[str],
+    sample: dict[str, np.ndarray],
+    values: list[Any],
+) -> None:
+    for k, v in sample.items():
+        if k in stats:
+            stats[k].update(v)
+    for j, name in enumerate(fetch):
+        v = values[j]
+        values[j] = None  # each tensor is freed once counted
+        if name in stats and isinstance(v, np.ndarray) and v.dtype == np.float32:
+            stats[name].update(v)
 
 
 def _session(graph: Graph, *, dynamic_batch: bool) -> tuple[Any, list[str]]:
@@ -175,6 +227,7 @@ def _session(graph: Graph, *, dynamic_batch: bool) -> tuple[Any, list[str]]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1  # one thread: identical ranges, hence identical bytes
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = False  # the arena would keep the peak of a run for good
     try:
         sess = ort.InferenceSession(
             model.SerializeToString(), opts, providers=["CPUExecutionProvider"]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgeship._errors import ConversionError, EdgeshipError
+from edgeship._errors import ConversionError, EdgeshipError, UnsupportedOpError
 
 from . import _calibrate, _evaluate, _layernorm
 from ._ir import Graph
@@ -24,14 +24,30 @@ from ._outdir import atomic_dir, write_file
 from ._plan import Plan, make_plan
 from ._prune import overall_sparsity, prune
 from ._quantize import WeightInfo, WeightPolicy, build_qdq
-from ._report import Report, to_html
+from ._report import Report, not_written_line, to_html
 from ._shapes import dynamic_dims, format_shape
+from ._sizes import report_sizes, zstd_bytes
 
 MODEL_FILE = "model.int8.onnx"
 TFLITE_FILE = "model.int8.tflite"
 PARAMS_FILE = "quant_params.json"
 PROFILE_FILE = "profile.json"  # with --eval: the drift reference for `release --profile`
-ZSTD_LEVEL = 9  # for the report's compressed sizes; higher levels cost seconds on 1 MB
+
+
+class FormatsNotWritten(ConversionError):
+    """A requested format (e.g. TFLite) could not be written. Raised by :func:`convert`
+    *after* ``out_dir`` was written with everything else (the INT8 ONNX model, the
+    report saying why), so the caller keeps the ONNX. ``report`` is that report,
+    ``out_dir`` the directory, ``not_written`` maps each missing format to its reason
+    (``reason``, and ``op`` / ``node`` when one op blocked it)."""
+
+    def __init__(self, report: Report, out_dir: Path, not_written: dict[str, dict[str, str]]):
+        self.report, self.out_dir, self.not_written = report, out_dir, not_written
+        lines = [not_written_line(fmt, why) for fmt, why in sorted(not_written.items())]
+        super().__init__(
+            f"{'; '.join(lines)} (the INT8 ONNX is in {out_dir}/; "
+            "pass --format onnx to ask for ONNX only)"
+        )
 
 
 def tflite_available() -> bool:
@@ -68,7 +84,6 @@ class _Inputs:
     calib: dict[str, np.ndarray]
     ev: tuple[dict[str, np.ndarray], np.ndarray | None] | None
     base: Any  # _base.BaseParams | None
-    fp32_disk_bytes: int = 0  # the model file plus its external data files, as shipped
     notes: tuple[str, ...] = ()  # what loading changed (opset upgrade, fixed shapes ...)
 
 
@@ -84,6 +99,8 @@ class _Quantized:
     weights: list[WeightInfo]
     tensor_map: dict[str, str]
     int8_bytes: bytes  # the model written (float or int8 io)
+    calib_batch: int  # samples per calibration run (bounded by activation bytes)
+    tensor_bytes: dict[str, int]  # one sample of each float activation, from calibration
 
 
 def convert(
@@ -99,8 +116,15 @@ def convert(
     """Convert ``model_path`` into ``out_dir`` (model.int8.onnx, [model.int8.tflite],
     quant_params.json, report.json, report.html; with ``eval_path`` also profile.json: the
     eval inputs and the INT8 model's outputs on them, see :mod:`edgeship.sdk._profile`).
-    Raises an EdgeshipError subclass for
-    every bad input; on any failure ``out_dir`` is left as it was."""
+    Raises an EdgeshipError subclass for every bad input; on any failure ``out_dir`` is
+    left as it was.
+
+    A requested format that cannot be written (the TFLite writer refuses an op, say) is
+    not such a failure: ``out_dir`` is written with the INT8 ONNX model and a report
+    whose ``formats["not_written"]`` says, per format, why (the op and node that blocked
+    it). Then, with ``options.strict_formats`` (the default), :class:`FormatsNotWritten`
+    is raised carrying that report; without, the report is returned and the caller
+    reads ``report.formats``. ``edgeship convert`` turns the exception into exit code 2."""
     opts = options or ConvertOptions(formats=default_formats())
     clock = _Clock()
     inp = _read_inputs(Path(model_path), Path(calib_path), eval_path, base_dir, opts)
@@ -109,13 +133,15 @@ def convert(
     with atomic_dir(Path(out_dir)) as tmp:
         write_file(tmp / MODEL_FILE, q.int8_bytes)
         write_file(tmp / PARAMS_FILE, _params_json(q.plan, q.weights).encode())
-        tflite = _write_formats(tmp, opts)
+        tflite, not_written = _write_formats(tmp, opts)
         clock.lap("write")
-        report, profile = _report(inp, q, opts, tflite, tmp, clock)
+        report, profile = _report(inp, q, opts, tflite, not_written, tmp, clock)
         if profile is not None:
             write_file(tmp / PROFILE_FILE, profile.to_json().encode())
         write_file(tmp / "report.json", report.to_json().encode())
         write_file(tmp / "report.html", to_html(report).encode())
+    if not_written and opts.strict_formats:
+        raise FormatsNotWritten(report, Path(out_dir), not_written)
     return report
 
 
@@ -145,7 +171,7 @@ def _read_inputs(
     base = _load_base(Path(base_dir), opts) if base_dir is not None else None
     return _Inputs(
         model_path, model, loaded.model_bytes, calib, ev, base,
-        fp32_disk_bytes=loaded.disk_bytes, notes=tuple(loaded.notes),
+        notes=tuple(loaded.notes),
     )
 
 
@@ -172,7 +198,8 @@ def _require_static(
     )
     raise ConversionError(
         f"input {name!r} has dynamic dimension {pos} ({dim!r}); TFLite needs static shapes: "
-        f"fix it with --input-shape {name}={format_shape(shape)}"
+        f"fix it with --input-shape {name}={format_shape(shape)} "
+        "(or pass --format onnx to keep it dynamic in an ONNX-only conversion)"
     )
 
 
@@ -182,8 +209,8 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     pruned = prune(graph, opts.prune)
     clock.lap("optimize")
     histograms = opts.calibration != "minmax"  # minmax needs no histogram
-    stats = _calibrate.collect(graph, inp.calib, histograms=histograms, progress=progress)
-    ranges = _calibrate.ranges(stats, opts.calibration, opts.percentile)
+    calib = _calibrate.collect(graph, inp.calib, histograms=histograms, progress=progress)
+    ranges = _calibrate.ranges(calib.stats, opts.calibration, opts.percentile)
     clock.lap("calibrate")
     policy = inp.base.policy() if inp.base else WeightPolicy()
     plan = make_plan(graph, ranges, pin=inp.base)
@@ -195,22 +222,45 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         out_model = _layernorm.attach(out_model, _layernorm.layernorm_params(graph, plan, inp.calib))
     clock.lap("quantize")
     return _Quantized(
-        graph, log, pruned, plan, qmodel, weights, tensor_map, out_model.SerializeToString()
+        graph,
+        log,
+        pruned,
+        plan,
+        qmodel,
+        weights,
+        tensor_map,
+        out_model.SerializeToString(),
+        calib.batch,
+        calib.tensor_bytes,
     )
 
 
-def _write_formats(tmp: Path, opts: ConvertOptions) -> dict[str, Any] | None:
-    """Write the TFLite file if asked; with ``strict_formats`` off, a model the writer
-    rejects keeps its ONNX and the report says why."""
+def _write_formats(
+    tmp: Path, opts: ConvertOptions
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, str]]]:
+    """Write the TFLite file if asked. Returns its info (``{"skipped": message}`` when
+    the writer rejected the model) and, per format not written, why."""
     if "tflite" not in opts.formats:
-        return None
+        return None, {}
     try:
-        return _write_tflite(tmp, opts)
+        return _write_tflite(tmp, opts), {}
     except ConversionError as exc:  # e.g. a float op that TFLite int8 cannot hold
-        if opts.strict_formats:
-            raise
         (tmp / TFLITE_FILE).unlink(missing_ok=True)
-        return {"skipped": str(exc)}
+        return {"skipped": str(exc)}, {"tflite": _why(exc)}
+
+
+def _why(exc: ConversionError) -> dict[str, str]:
+    if isinstance(exc, UnsupportedOpError):
+        reason = getattr(exc, "reason", "") or str(exc).split(": ", 1)[-1]
+        return {"op": exc.op_type, "node": exc.node_name, "reason": reason}
+    return {"reason": str(exc)}
+
+
+def _formats(
+    opts: ConvertOptions, tflite: dict[str, Any] | None, not_written: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    written = ["onnx"] + (["tflite"] if tflite is not None and "skipped" not in tflite else [])
+    return {"requested": list(opts.formats), "written": written, "not_written": not_written}
 
 
 def _report(
@@ -218,6 +268,7 @@ def _report(
     q: _Quantized,
     opts: ConvertOptions,
     tflite: dict[str, Any] | None,
+    not_written: dict[str, dict[str, str]],
     tmp: Path,
     clock: _Clock,
 ) -> tuple[Report, Any]:
@@ -225,7 +276,10 @@ def _report(
     calib, ev, graph, plan = inp.calib, inp.ev, q.graph, q.plan
     sqnr_feeds = _head(ev[0] if ev else calib, opts.sqnr_samples)
     fp32_ref = graph.to_model()
-    layer_db = _evaluate.layer_sqnr(fp32_ref, q.qmodel, q.tensor_map, sqnr_feeds)
+    layer_n = _evaluate.layer_samples(opts.sqnr_samples, sum(q.tensor_bytes.values()))
+    layer_db = _evaluate.layer_sqnr(
+        fp32_ref, q.qmodel, q.tensor_map, _head(sqnr_feeds, layer_n), tensor_bytes=q.tensor_bytes
+    )
     out_db = _output_sqnr(fp32_ref, q.qmodel, sqnr_feeds)
     sizes = _sizes(inp, q.int8_bytes, written, plan, q.pruned, opts)
     clock.lap("measure")
@@ -242,7 +296,11 @@ def _report(
         int8_sha256=hashlib.sha256(q.int8_bytes).hexdigest(),
         options=opts.to_dict(),
         sizes=sizes,
-        calibration={"method": opts.calibration, "samples": len(next(iter(calib.values())))},
+        calibration={
+            "method": opts.calibration,
+            "samples": len(next(iter(calib.values()))),
+            "batch": q.calib_batch,
+        },
         pruning={
             "mode": "global magnitude (depthwise exempt)",
             "target": opts.prune,
@@ -263,6 +321,8 @@ def _report(
         timings=dict(clock.phases),
         conversion_seconds=conversion_seconds,
         profile=None if profile is None else _profile_summary(profile),
+        formats=_formats(opts, tflite, not_written),
+        extra={"layer_sqnr_samples": min(layer_n, len(next(iter(sqnr_feeds.values()))))},
     ), profile
 
 
@@ -313,9 +373,9 @@ def _head(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
 def _output_sqnr(
     fp32: onnx.ModelProto, int8: onnx.ModelProto, feeds: dict[str, np.ndarray]
 ) -> float:
-    a = _evaluate.run_all(_evaluate.session(fp32), feeds)[0]
-    b = _evaluate.run_all(_evaluate.session(int8), feeds)[0]
-    return _evaluate.sqnr_db(a, b)
+    """The first output's SQNR in plain sessions (with the int8 model's tensors exposed,
+    as in :func:`_evaluate.layer_sqnr`, onnxruntime would not fuse its QDQ kernels)."""
+    return _evaluate.compare_outputs(_evaluate.session(fp32), _evaluate.session(int8), feeds)[2]
 
 
 def _pruned_accuracy(
@@ -323,8 +383,13 @@ def _pruned_accuracy(
 ) -> float | None:
     if ev[1] is None:
         return None
-    y = _evaluate.run_all(_evaluate.session(fp32), ev[0])[0]
-    return float(100.0 * np.mean(_evaluate.predictions(y) == ev[1]))
+    sess = _evaluate.session(fp32)
+    name = sess.get_outputs()[0].name
+    pred = [
+        _evaluate.predictions(np.asarray(sess.run([name], feed)[0]).reshape(1, -1))
+        for feed in _evaluate.samples(ev[0])
+    ]
+    return float(100.0 * np.mean(np.concatenate(pred) == ev[1]))
 
 
 def _write_tflite(tmp: Path, opts: ConvertOptions) -> dict[str, Any]:
@@ -341,12 +406,6 @@ def _write_tflite(tmp: Path, opts: ConvertOptions) -> dict[str, Any]:
     return d
 
 
-def _zstd(data: bytes) -> int:
-    import zstandard
-
-    return len(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data))
-
-
 def _sizes(
     inp: _Inputs,
     int8: bytes,
@@ -355,24 +414,14 @@ def _sizes(
     pruned: dict[str, float],
     opts: ConvertOptions,
 ) -> dict[str, Any]:
-    model_bytes = inp.model_bytes
-    fp32 = inp.fp32_disk_bytes or len(model_bytes)  # counts external data files
-    sizes: dict[str, Any] = {
-        "fp32_bytes": fp32,
-        "int8_onnx_bytes": len(int8),
-        "int8_onnx_ratio": round(len(int8) / fp32, 4),
-        "fp32_zstd_bytes": _zstd(model_bytes),
-        "int8_onnx_zstd_bytes": _zstd(int8),
-    }
-    if tflite is not None:
-        sizes["int8_tflite_bytes"] = tflite["size_bytes"]
-        sizes["int8_tflite_ratio"] = round(tflite["size_bytes"] / fp32, 4)
+    tflite_bytes = None if tflite is None else tflite["size_bytes"]
+    sizes = report_sizes(inp.path, inp.model, inp.model_bytes, int8, tflite_bytes)
     if pruned:  # what the same conversion weighs without pruning, same activation params
         # read again: the passes edited inp.model's nodes in place
         dense = Graph.from_model(_read_model(inp.path, opts).model)
         optimize(dense)
         dense_bytes = build_qdq(dense, plan, io=opts.io)[0].SerializeToString()
-        sizes["unpruned_int8_onnx_zstd_bytes"] = _zstd(dense_bytes)
+        sizes["unpruned_int8_onnx_zstd_bytes"] = zstd_bytes(dense_bytes)
         sizes["pruned_zstd_saving"] = round(
             1.0 - sizes["int8_onnx_zstd_bytes"] / sizes["unpruned_int8_onnx_zstd_bytes"], 4
         )

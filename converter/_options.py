@@ -25,7 +25,7 @@ class ConvertOptions:
     percentile: float = 99.999  # for calibration="percentile"; two-sided, per tensor
     prune: float = 0.0  # overall sparsity of Conv/Gemm/MatMul weights (global, see _prune)
     io: str = "float"  # model inputs/outputs: float (Q/DQ inside) or int8
-    strict_formats: bool = True  # False: a format whose writer rejects the model is skipped
+    strict_formats: bool = True  # a format not written: raise FormatsNotWritten (OUT/ written)
     max_calib_samples: int = 512  # more samples are ignored (first ones kept)
     max_eval_samples: int = 10_000
     sqnr_samples: int = 32  # samples used for per-layer SQNR

@@ -36,6 +36,8 @@ class Report:
     timings: dict[str, float]  # seconds per phase
     conversion_seconds: float  # everything except --eval
     profile: dict[str, Any] | None = None  # --eval: what profile.json holds (drift reference)
+    # requested / written format names, and per format not written: reason (+ op, node)
+    formats: dict[str, Any] | None = None
     version: int = REPORT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -44,6 +46,8 @@ class Report:
         extra = d.pop("extra")
         if d["profile"] is None:  # a report without --eval stays as it was
             del d["profile"]
+        if d["formats"] is None:  # a report made before formats were recorded
+            del d["formats"]
         return {**extra, **d}
 
     @classmethod
@@ -94,46 +98,124 @@ def _table(head: list[str], rows: list[list[Any]], left: int = 1) -> str:
     return f"<table><tr>{th}</tr>{''.join(trs)}</table>"
 
 
-def sqnr_svg(layers: list[dict[str, Any]], width: int = 1000, height: int = 260) -> str:
-    """A bar chart of per-layer SQNR (dB), in graph order, as inline SVG."""
-    pts = [(ly["tensor"], ly["sqnr_db"]) for ly in layers if ly.get("sqnr_db") is not None]
+_NAME_CHARS = 28  # a layer name under its bar is cut to this (the tooltip has it whole)
+_MIN_BAR = 12  # px per layer: below this the names would overlap, so the chart widens
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= _NAME_CHARS else "…" + name[-(_NAME_CHARS - 1) :]
+
+
+def sqnr_svg(layers: list[dict[str, Any]], width: int = 1000, height: int = 380) -> str:
+    """A bar chart of per-layer SQNR (dB), in graph order, as inline SVG: a y axis in dB
+    with its label, one bar per quantized tensor with the tensor's name under it (cut
+    to its last characters; the tooltip has the whole name and op), an x-axis label and
+    the 20 / 30 dB thresholds the colours stand for. Many layers widen the chart (the
+    page scrolls it) rather than overlap the names."""
+    pts = [
+        (ly["tensor"], ly.get("op") or "", float(ly["sqnr_db"]))
+        for ly in layers
+        if ly.get("sqnr_db") is not None
+    ]
     if not pts:
         return "<p>No per-layer SQNR measured.</p>"
-    top = max(60.0, max(v for _, v in pts))
-    left, plot_h = 40, height - 40
-    bar_w = (width - left - 10) / len(pts)
+    top = max(60.0, max(v for _, _, v in pts))
+    left, right, pad_top, names_h, caption_h = 84, 12, 12, 150, 40
+    plot_h = height - pad_top - names_h - caption_h
+    bar_w = max(_MIN_BAR, (width - left - right) / len(pts))
+    width = round(left + right + bar_w * len(pts))
+    base_y = pad_top + plot_h
+
+    def y_of(db: float) -> float:
+        return pad_top + plot_h * (1 - max(db, 0.0) / top)
+
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="per-layer SQNR">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'role="img" aria-label="per-layer SQNR in dB, one bar per quantized tensor" '
+        'font-family="system-ui,sans-serif">'
     ]
     for db in range(0, int(top) + 1, 10):
-        y = 10 + plot_h * (1 - db / top)
+        y = y_of(db)
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
         parts.append(
-            f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{db}</text>'
         )
-        parts.append(
-            f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{db}</text>'
-        )
-    for i, (name, v) in enumerate(pts):
-        h = plot_h * max(v, 0.0) / top
+    for i, (name, op, v) in enumerate(pts):
         x = left + i * bar_w
         colour = "#c33" if v < 20 else "#e90" if v < 30 else "#3a7"
+        tip = html.escape(f"{name} ({op}): {v:.1f} dB" if op else f"{name}: {v:.1f} dB")
         parts.append(
-            f'<rect x="{x + 1:.1f}" y="{10 + plot_h - h:.1f}" width="{max(bar_w - 2, 1):.1f}" '
-            f'height="{h:.1f}" fill="{colour}"><title>{html.escape(name)}: {v:.1f} dB</title></rect>'
+            f'<rect x="{x + 1:.1f}" y="{y_of(v):.1f}" width="{max(bar_w - 2, 1):.1f}" '
+            f'height="{base_y - y_of(v):.1f}" fill="{colour}"><title>{tip}</title></rect>'
+        )
+        cx, ty = x + bar_w / 2 + 3, base_y + 8
+        parts.append(
+            f'<text class="layer" x="{cx:.1f}" y="{ty:.1f}" font-size="10" text-anchor="end" '
+            f'transform="rotate(-60 {cx:.1f} {ty:.1f})">{html.escape(_short(name))}'
+            f"<title>{tip}</title></text>"
+        )
+    for db, colour in ((20, "#c33"), (30, "#e90")):
+        y = y_of(db)
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" '
+            f'stroke="{colour}" stroke-dasharray="4 3" stroke-width="1"/>'
         )
     parts.append(
-        f'<text x="{left}" y="{height - 4}" font-size="11">layers in graph order → (dB; red &lt; 20, amber &lt; 30)</text>'
+        f'<line x1="{left}" x2="{left}" y1="{pad_top}" y2="{base_y:.1f}" stroke="#888"/>'
+        f'<line x1="{left}" x2="{width - right}" y1="{base_y:.1f}" y2="{base_y:.1f}" stroke="#888"/>'
+    )
+    mid_y = pad_top + plot_h / 2
+    parts.append(
+        f'<text class="axis" x="40" y="{mid_y:.1f}" font-size="12" text-anchor="middle" '
+        f'transform="rotate(-90 40 {mid_y:.1f})">SQNR (dB)</text>'
+    )
+    parts.append(
+        f'<text class="axis" x="{left}" y="{height - 22}" font-size="12">'
+        "layer (quantized tensor, in graph order)</text>"
+        f'<text x="{left}" y="{height - 6}" font-size="11" fill="#555">'
+        "red: below 20 dB, amber: below 30 dB (dashed lines), green: 30 dB or more</text>"
     )
     parts.append("</svg>")
-    return "".join(parts)
+    return f'<div style="overflow-x:auto">{"".join(parts)}</div>'
+
+
+def not_written_line(fmt: str, why: dict[str, Any]) -> str:
+    """``TFLite not written: Split node split_3: <reason>`` (or the writer's message)."""
+    label = {"tflite": "TFLite", "onnx": "ONNX"}.get(fmt, fmt)
+    if why.get("op"):
+        return f"{label} not written: {why['op']} node {why['node']}: {why['reason']}"
+    return f"{label} not written: {why['reason']}"
+
+
+def _format_rows(r: Report) -> list[tuple[str, Any]]:
+    if not r.formats:
+        return []
+    rows: list[tuple[str, Any]] = [("formats written", ", ".join(r.formats.get("written", [])))]
+    for fmt, why in sorted(r.formats.get("not_written", {}).items()):
+        rows.append(("not written", not_written_line(fmt, why)))
+    return rows
+
+
+def _layer_note(r: Report) -> str:
+    n = r.extra.get("layer_sqnr_samples")
+    if n is None:
+        return ""
+    return (
+        f"<p>Each quantized tensor of the int8 model against the same tensor of its float "
+        f"graph, over {int(n)} sample(s).</p>"
+    )
 
 
 def to_html(r: Report) -> str:
     s, ev = r.sizes, r.eval or {}
+    fp32_label = "fp32 size (bytes)"
+    if s.get("fp32_external_files"):
+        fp32_label = f"fp32 size (bytes, model + {s['fp32_external_files']} external data file(s))"
     summary = _kv(
         [
             ("model", r.model),
-            ("fp32 size (bytes)", s.get("fp32_bytes")),
+            *_format_rows(r),
+            (fp32_label, s.get("fp32_bytes")),
             ("int8 ONNX size (bytes)", s.get("int8_onnx_bytes")),
             ("int8 / fp32", _fmt(s.get("int8_onnx_ratio"), 4)),
             ("int8 ONNX, zstd (bytes)", s.get("int8_onnx_zstd_bytes")),
@@ -211,7 +293,7 @@ def to_html(r: Report) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>edgeship report: {html.escape(r.model)}</title>"
         f"<style>{_CSS}</style></head><body><h1>edgeship conversion: {html.escape(r.model)}</h1>"
-        f"{summary}<h2>Per-layer SQNR</h2>{sqnr_svg(r.layers)}<h2>Activations</h2>{layers}"
+        f"{summary}<h2>Per-layer SQNR</h2>{_layer_note(r)}{sqnr_svg(r.layers)}<h2>Activations</h2>{layers}"
         f"<h2>Weights</h2>{weights}<h2>Float ops</h2>{floats}<h2>Delta-friendly quantization (--base)</h2>{base}"
         f"<h2>Graph optimizations</h2><ul>{''.join(f'<li>{html.escape(x)}</li>' for x in r.optimizations)}</ul>"
         "</body></html>\n"

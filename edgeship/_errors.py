@@ -84,6 +84,7 @@ class UnsupportedOpError(ConversionError):
     def __init__(self, op_type: str, node_name: str, reason: str = "") -> None:
         self.op_type = op_type
         self.node_name = node_name
+        self.reason = reason
         detail = f": {reason}" if reason else ""
         super().__init__(f"unsupported op {op_type} at node {node_name!r}{detail}")
 

@@ -221,14 +221,18 @@ def test_float_fallback_op_keeps_onnx_and_explains(tmp_path: Path) -> None:
     m.ir_version = 8
     onnx.save(m, tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", x=rng.normal(size=(8, 4, 6, 6)).astype(np.float32))
-    res = run_cli(tmp_path / "m.onnx", "--calib", tmp_path / "c.npz", "-o", tmp_path / "o")
+    res = run_cli(tmp_path / "m.onnx", "--calib", tmp_path / "c.npz", "-o", tmp_path / "o",
+                  "--format", "onnx")
     assert res.returncode == 0, res.stderr
     r = json.loads((tmp_path / "o" / "report.json").read_text())
     assert [(f["node"], f["op"]) for f in r["float_ops"]] == [("neg", "Neg")]
     assert (tmp_path / "o" / "model.int8.onnx").exists()
-    if r["tflite"] is not None and "skipped" in r["tflite"]:  # the TFLite writer has no float ops
-        assert not (tmp_path / "o" / "model.int8.tflite").exists() and "warning" in res.stderr
-        strict = run_cli(tmp_path / "m.onnx", "--calib", tmp_path / "c.npz", "-o", tmp_path / "s",
-                         "--format", "onnx,tflite", "-q")
-        assert strict.returncode == 2 and len(strict.stderr.strip().splitlines()) == 1
-        assert not (tmp_path / "s").exists()
+    # TFLite requested too (the default): a float op it cannot hold is exit 2 naming the
+    # node, with OUT/ (the ONNX, the report saying why) written all the same
+    both = run_cli(tmp_path / "m.onnx", "--calib", tmp_path / "c.npz", "-o", tmp_path / "s", "-q")
+    assert both.returncode == 2 and len(both.stderr.strip().splitlines()) == 1, both.stderr
+    assert "TFLite not written: Tanh node tanh" in both.stderr
+    assert (tmp_path / "s" / "model.int8.onnx").exists()
+    assert not (tmp_path / "s" / "model.int8.tflite").exists()
+    why = json.loads((tmp_path / "s" / "report.json").read_text())["formats"]["not_written"]
+    assert why["tflite"]["node"] == "tanh"

@@ -4,6 +4,7 @@ short summary. Every bad input surfaces as one ``error: ...`` line and exit code
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -56,7 +57,9 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     "fmt",
     default=None,
     metavar="onnx,tflite",
-    help="Artifacts to write [default: onnx,tflite when the TFLite writer is built in].",
+    help="Artifacts to write [default: onnx,tflite when the TFLite writer is built in]. "
+    "One that cannot be written is exit 2, naming the op and node (OUT/ still gets the "
+    "INT8 ONNX and the report); --format onnx asks for ONNX only.",
 )
 @click.option(
     "--prune",
@@ -117,30 +120,41 @@ def convert(
     quiet: bool,
 ) -> None:
     """Convert a float ONNX MODEL to pruned INT8 (QDQ ONNX and TFLite) with a report."""
-    from edgeship.converter import ConvertOptions, default_formats
+    from edgeship.converter import ConvertOptions, FormatsNotWritten, default_formats
     from edgeship.converter import convert as run
 
-    # formats left to the default: a model TFLite cannot hold still gets its ONNX
     options = ConvertOptions(
-        strict_formats=fmt is not None,
         formats=_formats(fmt) or default_formats(),
         prune=prune,
         calibration=calibration,
         io=io,
         input_shapes=_input_shapes(input_shape),
     )
-    report = run(model, calib, out, options, eval_path=eval_path, base_dir=base, progress=not quiet)
-    if quiet:
-        return
+    try:
+        report = run(
+            model, calib, out, options, eval_path=eval_path, base_dir=base, progress=not quiet
+        )
+    except FormatsNotWritten as exc:  # OUT/ was written: say what it holds, then exit 2
+        if not quiet:
+            _summary(exc.report, out)
+        raise
+    if not quiet:
+        _summary(report, out)
+
+
+def _summary(report: Any, out: Path) -> None:
+    from edgeship.converter._report import not_written_line
+
     s = report.sizes
-    written = [
-        f
-        for f in options.formats
-        if f == "onnx" or (report.tflite and "skipped" not in report.tflite)
-    ]
-    click.echo(f"wrote {out}/  ({', '.join(written)})")
+    formats = report.formats or {"written": ["onnx"], "not_written": {}}
+    click.echo(f"wrote {out}/  ({', '.join(formats['written'])})")
+    for fmt, why in sorted(formats["not_written"].items()):
+        click.echo(f"  {not_written_line(fmt, why)}")
+    fp32 = f"fp32 {s['fp32_bytes']} B"
+    if s.get("fp32_external_files"):
+        fp32 += f" (with {s['fp32_external_files']} external data file(s))"
     click.echo(
-        f"  size      fp32 {s['fp32_bytes']} B -> int8 onnx {s['int8_onnx_bytes']} B "
+        f"  size      {fp32} -> int8 onnx {s['int8_onnx_bytes']} B "
         f"({s['int8_onnx_ratio']:.3f}x)"
         + (f", tflite {s['int8_tflite_bytes']} B" if "int8_tflite_bytes" in s else "")
     )
@@ -159,8 +173,6 @@ def convert(
             f"  profile   {p['file']}: {len(p['features'])} features of {p['samples']} eval "
             "samples (drift reference: edgeship release --profile)"
         )
-    if report.tflite and "skipped" in report.tflite:
-        click.echo(f"  warning   no TFLite file: {report.tflite['skipped']}", err=True)
     if report.float_ops:
         click.echo(f"  float ops {len(report.float_ops)} (see report.html)")
     if report.base:
