@@ -180,10 +180,11 @@ def sqnr_svg(layers: list[dict[str, Any]], width: int = 1000, height: int = 380)
 
 
 def not_written_line(fmt: str, why: dict[str, Any]) -> str:
-    """``TFLite not written: Split node split_3: <reason>`` (or the writer's message)."""
+    """``TFLite not written: Split at node 'split_3': <reason>`` (or the writer's message),
+    worded like :class:`UnsupportedOpError`."""
     label = {"tflite": "TFLite", "onnx": "ONNX"}.get(fmt, fmt)
     if why.get("op"):
-        return f"{label} not written: {why['op']} node {why['node']}: {why['reason']}"
+        return f"{label} not written: {why['op']} at node '{why['node']}': {why['reason']}"
     return f"{label} not written: {why['reason']}"
 
 

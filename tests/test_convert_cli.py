@@ -231,8 +231,8 @@ def test_float_fallback_op_keeps_onnx_and_explains(tmp_path: Path) -> None:
     # node, with OUT/ (the ONNX, the report saying why) written all the same
     both = run_cli(tmp_path / "m.onnx", "--calib", tmp_path / "c.npz", "-o", tmp_path / "s", "-q")
     assert both.returncode == 2 and len(both.stderr.strip().splitlines()) == 1, both.stderr
-    assert "TFLite not written: Tanh node tanh" in both.stderr
+    assert "TFLite not written: Neg at node 'neg'" in both.stderr
     assert (tmp_path / "s" / "model.int8.onnx").exists()
     assert not (tmp_path / "s" / "model.int8.tflite").exists()
     why = json.loads((tmp_path / "s" / "report.json").read_text())["formats"]["not_written"]
-    assert why["tflite"]["node"] == "tanh"
+    assert why["tflite"]["node"] == "neg"

@@ -71,7 +71,7 @@ def test_tflite_not_written_exits_2_and_keeps_the_onnx(tmp_path: Path, fmt: str 
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: TFLite not written: Atan node atan: ")
+    assert lines[0].startswith("error: TFLite not written: Atan at node 'atan': ")
     assert f"the INT8 ONNX is in {out}/; pass --format onnx to ask for ONNX only" in lines[0]
     assert (out / "model.int8.onnx").is_file() and not (out / "model.int8.tflite").exists()
     report = json.loads((out / "report.json").read_text())
@@ -80,7 +80,7 @@ def test_tflite_not_written_exits_2_and_keeps_the_onnx(tmp_path: Path, fmt: str 
     assert report["formats"]["written"] == ["onnx"]
     assert report["formats"]["requested"] == ["onnx", "tflite"]
     assert "wrote" in res.stdout and "(onnx)" in res.stdout
-    assert "TFLite not written: Atan node atan" in res.stdout
+    assert "TFLite not written: Atan at node 'atan'" in res.stdout
     assert "TFLite not written" in (out / "report.html").read_text()
 
 
@@ -96,7 +96,7 @@ def test_quiet_prints_only_the_error_line(tmp_path: Path) -> None:
     model, calib = atan_model(tmp_path)
     res = run_cli(model, "--calib", calib, "-o", tmp_path / "o", "-q")
     assert res.returncode == 2 and res.stdout == ""
-    assert len(res.stderr.strip().splitlines()) == 1 and "Atan node atan" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Atan at node 'atan'" in res.stderr
 
 
 def test_api_raises_after_writing_or_returns_when_not_strict(tmp_path: Path) -> None:

@@ -272,7 +272,8 @@ def test_dynamic_width_blocking_tflite_names_the_option(tmp_path: Path) -> None:
         convert(model, _calib(tmp_path / "c.npz", (3, 8, 12)), tmp_path / "o", opts)
     assert str(err.value) == (
         "input 'x' has dynamic dimension 3 ('width'); TFLite needs static shapes: "
-        "fix it with --input-shape x=1x3x8x12"
+        "fix it with --input-shape x=1x3x8x12 "
+        "(or pass --format onnx to keep it dynamic in an ONNX-only conversion)"
     )
     assert not (tmp_path / "o").exists()
 

@@ -14,12 +14,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from edgeship.converter import ConvertOptions, convert
+from edgeship.converter import ConvertOptions, FormatsNotWritten, convert
 from edgeship.converter._ir import Graph
 from edgeship.converter._optimize import optimize
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeship import UnsupportedOpError
+
+REFUSED = (UnsupportedOpError, FormatsNotWritten)  # write_tflite / convert
 
 RNG = np.random.default_rng(14)
 C = 4
@@ -306,7 +308,7 @@ def test_div_by_tensor_stays_float_with_a_reason_and_tflite_names_it(tmp_path: P
     r = _convert(tmp_path, net, formats=("onnx",))
     reasons = {f["node"]: f["reason"] for f in r.report["float_ops"]}
     assert "no int8 DIV" in reasons["q"]
-    with pytest.raises(UnsupportedOpError, match=r"Div at node 'q'.*no int8 DIV"):
+    with pytest.raises(REFUSED, match=r"Div at node 'q'.*no int8 DIV"):
         _convert(tmp_path / "both", net)
 
 
@@ -321,7 +323,7 @@ def test_ops_without_int8_kernels_stay_float_and_tflite_names_them(
     net.conv(net.op(op, inputs, "f"), C, C, "y", k=1)
     r = _convert(tmp_path / "onnx", net, formats=("onnx",))
     assert reason in {f["node"]: f["reason"] for f in r.report["float_ops"]}["f"]
-    with pytest.raises(UnsupportedOpError, match=rf"{op} at node 'f'.*{reason}"):
+    with pytest.raises(REFUSED, match=rf"{op} at node 'f'.*{reason}"):
         _convert(tmp_path / "both", net)
 
 
@@ -421,7 +423,7 @@ def test_recurrent_stays_float_in_onnx_and_tflite_names_the_reason(tmp_path: Pat
     reasons = {f["node"]: f["reason"] for f in r.report["float_ops"]}
     assert reasons["rnn"].startswith(f"{op}: full-integer {op} needs per-gate intermediate scales")
     assert np.abs(r.int8 - r.fp32).max() <= 4 * r.y_scale  # quantized around the float node
-    with pytest.raises(UnsupportedOpError, match=rf"{op} at node 'rnn'.*use --format onnx"):
+    with pytest.raises(REFUSED, match=rf"{op} at node 'rnn'.*use --format onnx"):
         _convert(tmp_path / "both", net, inputs=inputs)
 
 
