@@ -54,6 +54,8 @@ class BaseParams:
     clip_tol: float = 0.0  # activations: how far (x range) a new range may exceed the old
     kept_scales: dict[str, int] = field(default_factory=dict)  # weight -> channels kept
     kept_values: dict[str, int] = field(default_factory=dict)  # weight -> int8 values kept
+    # cross-layer equalization scales per pair (converter/_equalize.py pair_key)
+    equalization: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path, opts: ConvertOptions) -> BaseParams:
@@ -73,6 +75,9 @@ class BaseParams:
             data = json.loads(params_file.read_text())
             acts = {t: QParams(float(v[0]), int(v[1])) for t, v in data["activations"].items()}
             scales = {w: np.asarray(v["scales"], np.float32) for w, v in data["weights"].items()}
+            equalization = {
+                k: np.asarray(v, np.float64) for k, v in data.get("equalization", {}).items()
+            }
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise InputError(f"--base {path}: quant_params.json is malformed ({exc})") from exc
         try:
@@ -94,6 +99,7 @@ class BaseParams:
             opts.base_scale_tolerance,
             opts.base_weight_tolerance,
             opts.base_noise_budget,
+            equalization=equalization,
         )
 
     # ---- activations (called by make_plan for every parameter group)

@@ -15,7 +15,7 @@ import onnx
 
 from edgeship._errors import ConversionError, EdgeshipError, UnsupportedOpError
 
-from . import _calibrate, _evaluate, _layernorm
+from . import _accuracy, _calibrate, _evaluate, _layernorm
 from ._ir import Graph
 from ._load import InputSpec, LoadedModel, input_specs, load_arrays, read_model
 from ._optimize import optimize
@@ -101,6 +101,7 @@ class _Quantized:
     int8_bytes: bytes  # the model written (float or int8 io)
     calib_batch: int  # samples per calibration run (bounded by activation bytes)
     tensor_bytes: dict[str, int]  # one sample of each float activation, from calibration
+    equalization: dict[str, np.ndarray]  # cross-layer equalization scales per pair
 
 
 def convert(
@@ -132,7 +133,7 @@ def convert(
     q = _quantize(inp, opts, clock, progress)
     with atomic_dir(Path(out_dir)) as tmp:
         write_file(tmp / MODEL_FILE, q.int8_bytes)
-        write_file(tmp / PARAMS_FILE, _params_json(q.plan, q.weights).encode())
+        write_file(tmp / PARAMS_FILE, _params_json(q.plan, q.weights, q.equalization).encode())
         tflite, not_written = _write_formats(tmp, opts)
         clock.lap("write")
         report, profile = _report(inp, q, opts, tflite, not_written, tmp, clock)
@@ -207,6 +208,12 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     graph = Graph.from_model(inp.model)
     log = [*inp.notes, *optimize(graph)]
     pruned = prune(graph, opts.prune)
+    equalized: dict[str, np.ndarray] = {}
+    if opts.equalize:
+        fixed = inp.base.equalization if inp.base else None
+        eq = _accuracy.equalize(graph, inp.calib, fixed)
+        log += eq.log
+        equalized = eq.scales
     clock.lap("optimize")
     histograms = opts.calibration != "minmax"  # minmax needs no histogram
     calib = _calibrate.collect(graph, inp.calib, histograms=histograms, progress=progress)
@@ -232,6 +239,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         out_model.SerializeToString(),
         calib.batch,
         calib.tensor_bytes,
+        equalized,
     )
 
 
@@ -544,14 +552,18 @@ def _edgetpu_verdict(graph: Graph, plan: Plan) -> dict[str, Any]:
     }
 
 
-def _params_json(plan: Plan, weights: list[WeightInfo]) -> str:
+def _params_json(
+    plan: Plan, weights: list[WeightInfo], equalization: dict[str, np.ndarray]
+) -> str:
     """Quantization parameters for a later ``--base`` conversion (int8 values are read
-    back from model.int8.onnx)."""
-    data = {
+    back from model.int8.onnx; equalization scales are reused so the weights line up)."""
+    data: dict[str, Any] = {
         "version": 1,
         "activations": {t: plan.params[t].to_list() for t in plan.quantized},
         "ranges": {t: list(plan.ranges[t]) for t in plan.quantized},
         "groups": {t: plan.group_of[t] for t in plan.quantized},
         "weights": {w.name: {"per_channel": w.per_channel, "scales": w.scales} for w in weights},
     }
+    if equalization:
+        data["equalization"] = {k: [float(x) for x in v] for k, v in equalization.items()}
     return json.dumps(data, indent=1, sort_keys=True) + "\n"

@@ -105,6 +105,13 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     metavar="NAME=1x3x224x224",
     help="Fix the dynamic dimensions of input NAME (repeatable); TFLite needs static shapes.",
 )
+@click.option(
+    "--equalize/--no-equalize",
+    default=True,
+    show_default=True,
+    help="Cross-layer equalization: rescale channels between Conv/Gemm pairs (same float "
+    "function) so one large channel no longer sets the int8 scales of its neighbours.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 def convert(
     model: Path,
@@ -117,6 +124,7 @@ def convert(
     calibration: str,
     io: str,
     input_shape: tuple[str, ...],
+    equalize: bool,
     quiet: bool,
 ) -> None:
     """Convert a float ONNX MODEL to pruned INT8 (QDQ ONNX and TFLite) with a report."""
@@ -129,6 +137,7 @@ def convert(
         calibration=calibration,
         io=io,
         input_shapes=_input_shapes(input_shape),
+        equalize=equalize,
     )
     try:
         report = run(
