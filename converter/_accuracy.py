@@ -58,3 +58,14 @@ def _session(graph: Graph, tensors: list[str]) -> Any:
     opts.intra_op_num_threads = 1  # deterministic, like calibration
     opts.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def corrected_layers(graph: Graph) -> frozenset[str]:
+    """Inputs of the layers bias correction touches (their means are collected)."""
+    from ._bias_correct import CORRECTED_OPS
+
+    return frozenset(
+        n.input[0]
+        for n in graph.nodes
+        if n.op_type in CORRECTED_OPS and len(n.input) > 1 and graph.is_const(n.input[1])
+    )

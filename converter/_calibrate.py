@@ -131,6 +131,8 @@ class Collected:
     stats: dict[str, TensorStats]
     batch: int  # samples per onnxruntime run
     tensor_bytes: dict[str, int]  # bytes of one sample of each activation tensor
+    # per-position mean over the samples (batch axis dropped) of the tensors asked for
+    means: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def sample_bytes(self) -> int:
@@ -153,6 +155,7 @@ def collect(
     progress: bool = False,
     batch: int = 16,
     batch_bytes: int = BATCH_BYTES,
+    mean_of: frozenset[str] = frozenset(),
 ) -> Collected:
     """Run the float graph on every sample; returns stats for every activation tensor.
 
@@ -162,9 +165,11 @@ def collect(
     updated (running min/max, histogram) before the next run. Runs of ``n > 1`` use a
     copy of the graph with a dynamic batch axis, when that copy gives the same outputs
     as batch 1 on the first samples (it does not when, e.g., a Reshape hard-codes the
-    batch); else samples go one at a time."""
+    batch); else samples go one at a time. ``mean_of``: tensors whose mean over the
+    samples is kept too (bias correction's inputs; float32 sums, one sample's size)."""
     names = graph.activations()
     stats = {n: TensorStats(histogram=histograms) for n in names}
+    sums: dict[str, np.ndarray] = {}
     sess, fetch = _session(graph, dynamic_batch=False)
     count = len(next(iter(feeds.values())))
     first = _run(sess, fetch, {k: v[:1] for k, v in feeds.items()}, 0)
@@ -184,10 +189,34 @@ def collect(
             sample = {k: v[i : i + batch] for k, v in feeds.items()}
             values = first if i == 0 and first is not None else _run(sess, fetch, sample, i)
             first = None
+            _accumulate(sums, mean_of, fetch, sample, values)
             _update(stats, fetch, sample, values)
             del values  # before the next run allocates its outputs
             advance(len(next(iter(sample.values()))))
-    return Collected(stats, batch, tensor_bytes)
+    means = {k: (v / count).astype(np.float32) for k, v in sums.items()}
+    return Collected(stats, batch, tensor_bytes, means)
+
+
+def _accumulate(
+    sums: dict[str, np.ndarray],
+    mean_of: frozenset[str],
+    fetch: list[str],
+    sample: dict[str, np.ndarray],
+    values: list[Any],
+) -> None:
+    """Add this run's samples of the ``mean_of`` tensors to their running sums."""
+    if not mean_of:
+        return
+    found = [(k, v) for k, v in sample.items() if k in mean_of]
+    found += [(n, values[j]) for j, n in enumerate(fetch) if n in mean_of]
+    for name, v in found:
+        if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.ndim == 0:
+            continue
+        part = v.sum(axis=0, dtype=np.float64)
+        if name in sums and sums[name].shape == part.shape:
+            sums[name] += part
+        elif name not in sums:
+            sums[name] = part
 
 
 def _run(sess: Any, fetch: list[str], sample: dict[str, np.ndarray], i: int) -> list[Any]:

@@ -216,14 +216,22 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         equalized = eq.scales
     clock.lap("optimize")
     histograms = opts.calibration != "minmax"  # minmax needs no histogram
-    calib = _calibrate.collect(graph, inp.calib, histograms=histograms, progress=progress)
+    mean_of = _accuracy.corrected_layers(graph) if opts.bias_correction else frozenset()
+    calib = _calibrate.collect(
+        graph, inp.calib, histograms=histograms, progress=progress, mean_of=mean_of
+    )
     ranges = _calibrate.ranges(calib.stats, opts.calibration, opts.percentile)
     clock.lap("calibrate")
     policy = inp.base.policy() if inp.base else WeightPolicy()
     plan = make_plan(graph, ranges, pin=inp.base)
-    qmodel, weights, tensor_map = build_qdq(graph, plan, policy=policy, io="float")
+    means = calib.means if opts.bias_correction else None
+    qmodel, weights, tensor_map = build_qdq(
+        graph, plan, policy=policy, io="float", input_means=means
+    )
     out_model = (
-        qmodel if opts.io == "float" else build_qdq(graph, plan, policy=policy, io=opts.io)[0]
+        qmodel
+        if opts.io == "float"
+        else build_qdq(graph, plan, policy=policy, io=opts.io, input_means=means)[0]
     )
     if "tflite" in opts.formats:  # LayerNorm internals, for the TFLite writer only
         out_model = _layernorm.attach(out_model, _layernorm.layernorm_params(graph, plan, inp.calib))

@@ -25,8 +25,12 @@ class ConvertOptions:
     percentile: float = 99.999  # for calibration="percentile"; two-sided, per tensor
     prune: float = 0.0  # overall sparsity of Conv/Gemm/MatMul weights (global, see _prune)
     io: str = "float"  # model inputs/outputs: float (Q/DQ inside) or int8
-    # accuracy steps (converter/_equalize.py); defaults measured, see hw-bench/bench_accuracy.py
+    # accuracy steps (converter/_equalize.py, converter/_bias_correct.py); defaults measured,
+    # see hw-bench/bench_accuracy.py
     equalize: bool = True  # cross-layer equalization before calibration
+    # int32 biases absorb the mean shift of rounded weights: opt-in, measured mixed
+    # (yolov8n +0.7 dB, ppocr_cls -1.6 dB, fixtures +0.5..1.6 dB; see converter/_bias_correct.py)
+    bias_correction: bool = False
     strict_formats: bool = True  # a format not written: raise FormatsNotWritten (OUT/ written)
     max_calib_samples: int = 512  # more samples are ignored (first ones kept)
     max_eval_samples: int = 10_000

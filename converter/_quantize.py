@@ -71,6 +71,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ._bias_correct import bias_shift
 from ._ir import Graph
 from ._plan import Plan, QParams, fused_pre_tensors
 
@@ -146,6 +147,9 @@ class _Builder:
     weights: list[WeightInfo] = field(default_factory=list)
     tensor_map: dict[str, str] = field(default_factory=dict)  # fp32 tensor -> int8-model tensor
     cache: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
+    # bias correction: per-sample mean of each corrected layer's float input (None: off)
+    input_means: dict[str, np.ndarray] | None = None
+    bias_shifts: dict[str, np.ndarray] = field(default_factory=dict)  # node -> subtracted
 
     # ---- activations
     def qdq(self, t: str, src: str) -> None:
@@ -261,6 +265,7 @@ class _Builder:
             elif name in self.plan.params:
                 inputs[i] = self.tensor_map[name]
         if b is not None and w_scales is not None and rule.bias_input is not None:
+            b = self._corrected(node, b, rule.weight_axis, w_scales)
             bq = self.bias(node, b, self.plan.params[node.input[0]].scale, w_scales)
             inputs = [*inputs[: rule.bias_input], bq]
         outputs = [self.out_name(o) for o in node.output]
@@ -270,6 +275,21 @@ class _Builder:
             )
         )
         self.nodes[-1].attribute.extend(node.attribute)
+
+    def _corrected(
+        self, node: onnx.NodeProto, b: np.ndarray, axis: int | None, w_scales: np.ndarray
+    ) -> np.ndarray:
+        """The bias minus the mean shift its int8 weight causes (converter/_bias_correct)."""
+        mean = None if self.input_means is None else self.input_means.get(node.input[0])
+        if mean is None:
+            return b
+        w = self.graph.inits[node.input[1]]
+        w_dq = self.inits[node.input[1] + "_q"].astype(np.float64) * _bcast(w_scales, w, axis)
+        shift = bias_shift(node, w, w_dq, mean)
+        if shift is None or shift.shape != b.shape or not np.all(np.isfinite(shift)):
+            return b
+        self.bias_shifts[node.name] = shift
+        return b - shift
 
     def _out_channels(self, node: onnx.NodeProto) -> int:
         w = self.graph.inits[node.input[1]]
@@ -344,12 +364,20 @@ class _Builder:
 
 
 def build_qdq(
-    graph: Graph, plan: Plan, *, policy: WeightPolicy | None = None, io: str = "float"
+    graph: Graph,
+    plan: Plan,
+    *,
+    policy: WeightPolicy | None = None,
+    io: str = "float",
+    input_means: dict[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, list[WeightInfo], dict[str, str]]:
-    """The QDQ model, a record per weight, and the fp32 -> int8-model tensor name map."""
+    """The QDQ model, a record per weight, and the fp32 -> int8-model tensor name map.
+    ``input_means`` (per-sample mean of Conv/Gemm inputs on the calibration data) turns
+    on bias correction: each such layer's int32 bias absorbs the mean shift its rounded
+    weights cause (converter/_bias_correct.py)."""
     assert not (fused_pre_tensors(graph, plan.fused) & set(plan.params))
     exact_pool_scales(graph, plan)
-    b = _Builder(graph, plan, policy or WeightPolicy(), io)
+    b = _Builder(graph, plan, policy or WeightPolicy(), io, input_means=input_means)
     b.build()
     q = Graph(
         nodes=b.nodes,

@@ -27,8 +27,10 @@ from rescaled_mlp import rescaled_mlp  # noqa: E402
 
 MODELS = ("cnn", "mlp", "mlp_rescaled", "mobilenet")
 CONFIGS: dict[str, dict[str, bool]] = {
-    "none": {"equalize": False},
-    "cle": {"equalize": True},
+    "none": {"equalize": False, "bias_correction": False},
+    "cle": {"equalize": True, "bias_correction": False},
+    "bc": {"equalize": False, "bias_correction": True},
+    "cle+bc": {"equalize": True, "bias_correction": True},
 }
 
 

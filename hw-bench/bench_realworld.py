@@ -29,6 +29,8 @@ import dataclasses
 import importlib.util
 import logging
 import math
+import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -100,7 +102,8 @@ def tool_argv(tool: str, spec: Spec, model: Path, calib: Path, out: Path, dynami
                 "-o", str(out)]
         if dynamic:
             argv += ["--input-shape", f"{spec.input_name}={'x'.join(map(str, spec.shape))}"]
-        return argv
+        # ablations of the accuracy steps, e.g. "--no-equalize --no-bias-correction"
+        return argv + shlex.split(os.environ.get("EDGESHIP_BENCH_CONVERT_ARGS", ""))
     return [sys.executable, str(Path(run.__file__)), tool, str(model), str(calib),
             str(out / "model.int8.onnx")]
 

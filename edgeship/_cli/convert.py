@@ -112,6 +112,13 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     help="Cross-layer equalization: rescale channels between Conv/Gemm pairs (same float "
     "function) so one large channel no longer sets the int8 scales of its neighbours.",
 )
+@click.option(
+    "--bias-correction/--no-bias-correction",
+    default=False,
+    show_default=True,
+    help="Shift each Conv/Gemm int32 bias by the mean error its rounded weights cause on "
+    "the calibration data (helps some models, costs others; see hw-bench/results).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 def convert(
     model: Path,
@@ -125,6 +132,7 @@ def convert(
     io: str,
     input_shape: tuple[str, ...],
     equalize: bool,
+    bias_correction: bool,
     quiet: bool,
 ) -> None:
     """Convert a float ONNX MODEL to pruned INT8 (QDQ ONNX and TFLite) with a report."""
@@ -138,6 +146,7 @@ def convert(
         io=io,
         input_shapes=_input_shapes(input_shape),
         equalize=equalize,
+        bias_correction=bias_correction,
     )
     try:
         report = run(
