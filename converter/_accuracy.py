@@ -3,6 +3,7 @@ converter/_bias_correct.py): what each step needs measured on the calibration da
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from edgeship._errors import CalibrationError
 
 from . import _equalize
+from ._calibrate import TensorStats
 from ._ir import Graph
 
 MAXIMA_SAMPLES = 256  # calibration samples that bound a Clip pair's channels
@@ -69,3 +71,121 @@ def corrected_layers(graph: Graph) -> frozenset[str]:
         for n in graph.nodes
         if n.op_type in CORRECTED_OPS and len(n.input) > 1 and graph.is_const(n.input[1])
     )
+
+
+PROBE_SAMPLES = 8  # calibration samples the range choice measures the output error on
+
+
+class RangeProbe:
+    """The output error of the QDQ model for a set of activation ranges, without
+    rebuilding it: one session of the plan's QDQ model whose activation scales and zero
+    points are graph inputs (unfused, so onnxruntime runs exact Q/DQ around float ops)."""
+
+    def __init__(self, graph: Graph, plan: Any, feeds: dict[str, np.ndarray]) -> None:
+        from ._quantize import build_qdq
+
+        self.graph = graph
+        self.shape = _structure(plan)
+        qmodel = build_qdq(graph, plan)[0]
+        self.model = _with_scale_inputs(qmodel, plan.quantized)
+        n = min(PROBE_SAMPLES, len(next(iter(feeds.values()))))
+        self.samples = [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(n)]
+        self.sess = _plain_session(self.model)
+        ref = _plain_session(graph.to_model())
+        self.outputs = [o.name for o in ref.get_outputs()]
+        self.refs = [ref.run(self.outputs, s) for s in self.samples]
+
+    def error(self, ranges: dict[str, tuple[float, float]]) -> float | None:
+        """Mean relative squared error of the outputs (None: these ranges change which
+        tensors are quantized or fused, so this model cannot measure them)."""
+        from ._plan import make_plan
+        from ._quantize import _stored_zero_point, exact_pool_scales
+
+        plan = make_plan(self.graph, ranges)
+        if _structure(plan) != self.shape:
+            return None
+        exact_pool_scales(self.graph, plan)
+        params = {}
+        for t in plan.quantized:
+            p = plan.params[t]
+            params[t + "_s"] = np.array(p.scale, np.float32)
+            params[t + "_z"] = _stored_zero_point(p.zero_point, int8=False)
+        num = np.zeros(len(self.outputs))
+        den = np.zeros(len(self.outputs))
+        for sample, ref in zip(self.samples, self.refs, strict=True):
+            got = self.sess.run(self.outputs, {**sample, **params})
+            for j, (a, b) in enumerate(zip(got, ref, strict=True)):
+                num[j] += float(np.sum((np.asarray(a, np.float64) - b) ** 2))
+                den[j] += float(np.sum(np.asarray(b, np.float64) ** 2))
+        return float(np.mean(num / np.maximum(den, 1e-30)))
+
+
+def _structure(plan: Any) -> tuple[Any, ...]:
+    return (tuple(plan.quantized), tuple(sorted(plan.fused)), tuple(sorted(plan.float_nodes)))
+
+
+def _with_scale_inputs(model: Any, tensors: list[str]) -> Any:
+    """``model`` with each activation's scale / zero point initializer turned into a graph
+    input; a Conv bias scale computed from its input's scale (a Mul) is frozen first, so the
+    int32 bias keeps its real value whatever scale is fed."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    frozen = []
+    for node in list(g.node):
+        if (
+            node.op_type == "Mul"
+            and node.output[0].endswith("_b_s")
+            and all(i in inits for i in node.input)
+        ):
+            a, b = (numpy_helper.to_array(inits[i]) for i in node.input)
+            frozen.append(numpy_helper.from_array((a * b).astype(np.float32), node.output[0]))
+            g.node.remove(node)
+    g.initializer.extend(frozen)
+    names = {t + "_s" for t in tensors} | {t + "_z" for t in tensors}
+    moved = [t for t in g.initializer if t.name in names]
+    for t in moved:
+        g.initializer.remove(t)
+        g.input.append(helper.make_tensor_value_info(t.name, t.data_type, []))
+    return model
+
+
+def _plain_session(model: Any) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # the same errors every run: the same choice, same bytes
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def choose_ranges(
+    graph: Graph,
+    stats: dict[str, TensorStats],
+    start: dict[str, tuple[float, float]],
+    feeds: dict[str, np.ndarray],
+    percentile: float,
+) -> tuple[dict[str, tuple[float, float]], str]:
+    """``--calibration auto``: each parameter group's range method chosen by the output
+    error it causes (converter/_range_choice.py). Returns the ranges and a log line."""
+    from ._plan import make_plan
+    from ._range_choice import candidates, choose
+
+    t0 = time.perf_counter()
+    plan = make_plan(graph, start)
+    groups: dict[str, list[str]] = {}
+    for t in plan.quantized:
+        groups.setdefault(plan.group_of.get(t, t), []).append(t)
+    roots = list(groups)
+    options = candidates(stats, groups, percentile, start)
+    probe = RangeProbe(graph, plan, feeds)
+    choice = choose(start, options, roots, probe.error)
+    counts = {m: list(choice.methods.values()).count(m) for m in ("percentile", "mse")}
+    gain = 10.0 * np.log10(max(choice.error_before, 1e-30) / max(choice.error_after, 1e-30))
+    line = (
+        f"calibration auto: {len(roots)} group(s), {choice.tried} range(s) tried, "
+        f"{counts['percentile']} percentile and {counts['mse']} mse kept, output error down "
+        f"{gain:.2f} dB on {len(probe.samples)} samples ({time.perf_counter() - t0:.1f} s)"
+    )
+    return choice.ranges, line

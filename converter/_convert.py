@@ -220,7 +220,13 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     calib = _calibrate.collect(
         graph, inp.calib, histograms=histograms, progress=progress, mean_of=mean_of
     )
-    ranges = _calibrate.ranges(calib.stats, opts.calibration, opts.percentile)
+    method = "minmax" if opts.calibration == "auto" else opts.calibration
+    ranges = _calibrate.ranges(calib.stats, method, opts.percentile)
+    if opts.calibration == "auto":
+        ranges, chosen = _accuracy.choose_ranges(
+            graph, calib.stats, ranges, inp.calib, opts.percentile
+        )
+        log.append(chosen)
     clock.lap("calibrate")
     policy = inp.base.policy() if inp.base else WeightPolicy()
     plan = make_plan(graph, ranges, pin=inp.base)

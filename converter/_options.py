@@ -7,7 +7,7 @@ from typing import Any
 
 from edgeship._errors import ConfigError
 
-CALIBRATION_METHODS = ("minmax", "percentile", "mse")
+CALIBRATION_METHODS = ("minmax", "percentile", "mse", "auto")  # auto: per tensor
 FORMATS = ("onnx", "tflite")
 IO_TYPES = ("float", "int8")
 
