@@ -229,6 +229,12 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         log.append(chosen)
     clock.lap("calibrate")
     policy = inp.base.policy() if inp.base else WeightPolicy()
+    if opts.learned_rounding and inp.base is None:
+        from ._learned import LearnedRounding, collect_grams
+
+        policy = LearnedRounding(layers=collect_grams(graph, inp.calib))
+    elif opts.learned_rounding:
+        log.append("learned rounding skipped: --base keeps the previous int8 values")
     plan = make_plan(graph, ranges, pin=inp.base)
     means = calib.means if opts.bias_correction else None
     qmodel, weights, tensor_map = build_qdq(
@@ -239,6 +245,8 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         if opts.io == "float"
         else build_qdq(graph, plan, policy=policy, io=opts.io, input_means=means)[0]
     )
+    if hasattr(policy, "summary"):
+        log.append(policy.summary())
     if "tflite" in opts.formats:  # LayerNorm internals, for the TFLite writer only
         out_model = _layernorm.attach(out_model, _layernorm.layernorm_params(graph, plan, inp.calib))
     clock.lap("quantize")

@@ -31,6 +31,8 @@ class ConvertOptions:
     # int32 biases absorb the mean shift of rounded weights: opt-in, measured mixed
     # (yolov8n +0.7 dB, ppocr_cls -1.6 dB, fixtures +0.5..1.6 dB; see converter/_bias_correct.py)
     bias_correction: bool = False
+    # up/down rounding of each weight by its layer's output error (converter/_adaround.py)
+    learned_rounding: bool = False
     strict_formats: bool = True  # a format not written: raise FormatsNotWritten (OUT/ written)
     max_calib_samples: int = 512  # more samples are ignored (first ones kept)
     max_eval_samples: int = 10_000

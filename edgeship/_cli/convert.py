@@ -120,6 +120,12 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     help="Shift each Conv/Gemm int32 bias by the mean error its rounded weights cause on "
     "the calibration data (helps some models, costs others; see hw-bench/results).",
 )
+@click.option(
+    "--learned-rounding",
+    is_flag=True,
+    help="Round each Conv/Gemm/MatMul weight up or down by the layer's output error on the "
+    "calibration data (AdaRound-style; slower; not with --base).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 def convert(
     model: Path,
@@ -134,6 +140,7 @@ def convert(
     input_shape: tuple[str, ...],
     equalize: bool,
     bias_correction: bool,
+    learned_rounding: bool,
     quiet: bool,
 ) -> None:
     """Convert a float ONNX MODEL to pruned INT8 (QDQ ONNX and TFLite) with a report."""
@@ -148,6 +155,7 @@ def convert(
         input_shapes=_input_shapes(input_shape),
         equalize=equalize,
         bias_correction=bias_correction,
+        learned_rounding=learned_rounding,
     )
     try:
         report = run(

@@ -1,0 +1,142 @@
+"""The shell of learned rounding (``--learned-rounding``; the math is converter/_adaround.py):
+one float run over the calibration samples accumulates ``H = E[x x^T]`` of every Conv /
+Gemm / MatMul input, then a :class:`WeightPolicy` rounds each weight against it."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ._adaround import MAX_POSITIONS, damped, output_error, patches, round_rows
+from ._ir import Graph
+from ._oprules import attr
+from ._quantize import WeightPolicy
+
+MIN_ROWS_PER_INPUT = 2  # H of K inputs is estimated from at least 2K rows, else nearest
+
+
+@dataclass
+class _Layer:
+    node: onnx.NodeProto
+    groups: int  # Conv groups (1 for Gemm / MatMul)
+    rows_last: bool  # the weight's output axis is 1 (Gemm transB=0, MatMul)
+    gram: np.ndarray | None = None  # [groups, K, K]
+    rows: int = 0  # input rows (patches, vectors) that went into it
+
+
+def _layers(graph: Graph) -> dict[str, _Layer]:
+    """Weight name -> layer, for weights used by exactly one Conv / Gemm / MatMul."""
+    found: dict[str, _Layer] = {}
+    for node in graph.nodes:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        name = node.input[1]
+        if not graph.is_const(name) or len(graph.consumers.get(name, [])) != 1:
+            continue
+        w = graph.inits[name]
+        if node.op_type == "Conv" and w.ndim == 4:
+            found[name] = _Layer(node, int(attr(node, "group", 1)), False)
+        elif node.op_type in ("Gemm", "MatMul") and w.ndim == 2 and not attr(node, "transA", 0):
+            rows_last = node.op_type == "MatMul" or not attr(node, "transB", 0)
+            found[name] = _Layer(node, 1, rows_last)
+    return found
+
+
+def _sample_rows(
+    x: np.ndarray, layer: _Layer, w: np.ndarray, keep: int, rng: Any
+) -> np.ndarray | None:
+    """The layer's input rows for one sample: im2col patches (Conv) or feature vectors."""
+    if layer.node.op_type == "Conv":
+        if x.ndim != 3:
+            return None
+        rows = patches(layer.node, x, (w.shape[2], w.shape[3]))
+    else:
+        rows = x.reshape(-1, x.shape[-1])
+    if rows is None:
+        return None
+    if len(rows) > keep:
+        rows = rows[np.sort(rng.choice(len(rows), keep, replace=False))]
+    return rows.astype(np.float64)
+
+
+def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Layer]:
+    """Run the float graph on the calibration samples; ``H`` per layer (per group)."""
+    import onnxruntime as ort
+
+    graph.reindex()
+    layers = _layers(graph)
+    inputs = sorted({ly.node.input[0] for ly in layers.values()})
+    model = graph.to_model(extra_outputs=[t for t in inputs if t not in graph.output_names])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    count = len(next(iter(feeds.values())))
+    keep = max(1, math.ceil(MAX_POSITIONS / count))
+    rng = np.random.default_rng(0)  # the same positions every run: the same bytes
+    for i in range(count):
+        values = dict(
+            zip(inputs, sess.run(inputs, {k: v[i : i + 1] for k, v in feeds.items()}), strict=True)
+        )
+        for name, layer in layers.items():
+            w = graph.inits[name]
+            rows = _sample_rows(np.asarray(values[layer.node.input[0]])[0], layer, w, keep, rng)
+            if rows is None:
+                continue
+            per = rows.reshape(len(rows), layer.groups, -1)
+            g = np.einsum("pgk,pgl->gkl", per, per)
+            layer.gram = g if layer.gram is None else layer.gram + g
+            layer.rows += len(rows)
+    return {n: ly for n, ly in layers.items() if ly.gram is not None}
+
+
+@dataclass
+class LearnedRounding(WeightPolicy):
+    """Rounds each weight with a Gram matrix by :func:`round_rows`; the others to nearest."""
+
+    layers: dict[str, _Layer] = field(default_factory=dict)
+    errors: dict[str, tuple[float, float]] = field(default_factory=dict)  # nearest, learned
+    seconds: float = 0.0
+
+    def round(self, name: str, w: np.ndarray, scales: np.ndarray, axis: int | None) -> np.ndarray:
+        layer = self.layers.get(name)
+        if (
+            layer is None
+            or layer.gram is None
+            or layer.rows < MIN_ROWS_PER_INPUT * layer.gram.shape[1]
+        ):
+            return super().round(name, w, scales, axis)  # too few samples to trust H
+        t0 = time.perf_counter()
+        rows = w.T if layer.rows_last else w
+        out_c = rows.shape[0]
+        s = np.broadcast_to(scales.reshape(-1), (out_c,)) if scales.size in (1, out_c) else None
+        if s is None or out_c % layer.groups:
+            return super().round(name, w, scales, axis)
+        flat = rows.reshape(out_c, -1)
+        per = out_c // layer.groups
+        q = np.empty(flat.shape, np.int8)
+        near = learned = 0.0
+        for g in range(layer.groups):
+            sl = slice(g * per, (g + 1) * per)
+            q[sl] = round_rows(flat[sl], s[sl], damped(layer.gram[g]))
+            nearest = np.clip(np.round(flat[sl] / s[sl, None]), -127, 127)
+            near += output_error(flat[sl], nearest, s[sl], layer.gram[g])
+            learned += output_error(flat[sl], q[sl], s[sl], layer.gram[g])
+        self.errors[name] = (near, learned)
+        self.seconds += time.perf_counter() - t0
+        q = q.reshape(rows.shape)
+        return q.T.copy() if layer.rows_last else q
+
+    def summary(self) -> str:
+        near = sum(e[0] for e in self.errors.values())
+        learned = sum(e[1] for e in self.errors.values())
+        db = 10.0 * np.log10(max(near, 1e-30) / max(learned, 1e-30))
+        return (
+            f"learned rounding: {len(self.errors)} weight(s), layer output error of the "
+            f"rounding down {db:.2f} dB in total ({self.seconds:.1f} s)"
+        )
