@@ -189,3 +189,44 @@ def choose_ranges(
         f"{gain:.2f} dB on {len(probe.samples)} samples ({time.perf_counter() - t0:.1f} s)"
     )
     return choice.ranges, line
+
+
+def meet_target(inp: Any, q: Any, opts: Any) -> Any:
+    """``--max-drop``: measure the drop, rank the layers, keep the most sensitive float
+    until the target holds (converter/_mixed.py); ``q`` ends up as the best attempt."""
+    from . import _evaluate
+    from ._mixed import drop_points, rank_layers, search
+
+    feeds, labels = (inp.ev[0], inp.ev[1]) if inp.ev is not None else (inp.calib, None)
+    fp32_model = q.graph.to_model()
+    fp32 = _evaluate.session(fp32_model)
+
+    def drop_of_model(qmodel: Any) -> float:
+        p32, p8, _ = _evaluate.compare_outputs(fp32, _evaluate.session(qmodel), feeds)
+        return drop_points(p32, p8, labels)
+
+    assert opts.max_drop is not None
+    metric = "accuracy" if labels is not None else "agreement"
+    drop_int8 = drop_of_model(q.qmodel)
+    ranked: list[dict[str, Any]] = []
+    if drop_int8 > opts.max_drop:
+        n = _evaluate.layer_samples(opts.sqnr_samples, sum(q.tensor_bytes.values()))
+        layer_db = _evaluate.layer_sqnr(
+            fp32_model,
+            q.qmodel,
+            q.tensor_map,
+            {k: v[:n] for k, v in feeds.items()},
+            tensor_bytes=q.tensor_bytes,
+        )
+        ranked = rank_layers(q.graph, q.plan.rules, q.plan.fused, layer_db)
+    builds: dict[tuple[str, ...], Any] = {}
+
+    def drop_of(keep: dict[str, str]) -> float:
+        built = q.rebuild(keep)
+        builds[tuple(keep)] = built
+        return drop_of_model(built.qmodel)
+
+    result, keep = search(opts.max_drop, ranked, drop_int8, drop_of, metric)
+    if keep:
+        q.use(builds[tuple(keep)])
+    return result

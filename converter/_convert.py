@@ -18,6 +18,7 @@ from edgeship._errors import ConversionError, EdgeshipError, UnsupportedOpError
 from . import _accuracy, _calibrate, _evaluate, _layernorm
 from ._ir import Graph
 from ._load import InputSpec, LoadedModel, input_specs, load_arrays, read_model
+from ._mixed import TargetNotMet
 from ._optimize import optimize
 from ._options import ConvertOptions
 from ._outdir import atomic_dir, write_file
@@ -102,6 +103,22 @@ class _Quantized:
     calib_batch: int  # samples per calibration run (bounded by activation bytes)
     tensor_bytes: dict[str, int]  # one sample of each float activation, from calibration
     equalization: dict[str, np.ndarray]  # cross-layer equalization scales per pair
+    rebuild: Any = None  # keep_float -> _Built: the same conversion with more float nodes
+
+    def use(self, built: _Built) -> None:
+        self.plan, self.qmodel, self.weights = built.plan, built.qmodel, built.weights
+        self.tensor_map, self.int8_bytes = built.tensor_map, built.int8_bytes
+
+
+@dataclass
+class _Built:
+    """One plan and the QDQ model written from it."""
+
+    plan: Plan
+    qmodel: onnx.ModelProto
+    weights: list[WeightInfo]
+    tensor_map: dict[str, str]
+    int8_bytes: bytes
 
 
 def convert(
@@ -131,16 +148,23 @@ def convert(
     inp = _read_inputs(Path(model_path), Path(calib_path), eval_path, base_dir, opts)
     clock.lap("load")
     q = _quantize(inp, opts, clock, progress)
+    mixed = _accuracy.meet_target(inp, q, opts) if opts.max_drop is not None else None
+    if mixed is not None:
+        clock.lap("mixed precision")
     with atomic_dir(Path(out_dir)) as tmp:
         write_file(tmp / MODEL_FILE, q.int8_bytes)
         write_file(tmp / PARAMS_FILE, _params_json(q.plan, q.weights, q.equalization).encode())
         tflite, not_written = _write_formats(tmp, opts)
         clock.lap("write")
         report, profile = _report(inp, q, opts, tflite, not_written, tmp, clock)
+        if mixed is not None:
+            report.extra["mixed_precision"] = mixed.to_dict()
         if profile is not None:
             write_file(tmp / PROFILE_FILE, profile.to_json().encode())
         write_file(tmp / "report.json", report.to_json().encode())
         write_file(tmp / "report.html", to_html(report).encode())
+    if mixed is not None and not mixed.met:
+        raise TargetNotMet(report, Path(out_dir), mixed.target, mixed.drop, mixed.metric)
     if not_written and opts.strict_formats:
         raise FormatsNotWritten(report, Path(out_dir), not_written)
     return report
@@ -235,33 +259,40 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         policy = LearnedRounding(layers=collect_grams(graph, inp.calib))
     elif opts.learned_rounding:
         log.append("learned rounding skipped: --base keeps the previous int8 values")
-    plan = make_plan(graph, ranges, pin=inp.base)
     means = calib.means if opts.bias_correction else None
-    qmodel, weights, tensor_map = build_qdq(
-        graph, plan, policy=policy, io="float", input_means=means
-    )
-    out_model = (
-        qmodel
-        if opts.io == "float"
-        else build_qdq(graph, plan, policy=policy, io=opts.io, input_means=means)[0]
-    )
+
+    def build(keep_float: dict[str, str]) -> _Built:
+        plan = make_plan(graph, ranges, pin=inp.base, keep_float=keep_float)
+        qmodel, weights, tensor_map = build_qdq(
+            graph, plan, policy=policy, io="float", input_means=means
+        )
+        out_model = (
+            qmodel
+            if opts.io == "float"
+            else build_qdq(graph, plan, policy=policy, io=opts.io, input_means=means)[0]
+        )
+        if "tflite" in opts.formats:  # LayerNorm internals, for the TFLite writer only
+            params = _layernorm.layernorm_params(graph, plan, inp.calib)
+            out_model = _layernorm.attach(out_model, params)
+        return _Built(plan, qmodel, weights, tensor_map, out_model.SerializeToString())
+
+    built = build({})
     if hasattr(policy, "summary"):
         log.append(policy.summary())
-    if "tflite" in opts.formats:  # LayerNorm internals, for the TFLite writer only
-        out_model = _layernorm.attach(out_model, _layernorm.layernorm_params(graph, plan, inp.calib))
     clock.lap("quantize")
     return _Quantized(
         graph,
         log,
         pruned,
-        plan,
-        qmodel,
-        weights,
-        tensor_map,
-        out_model.SerializeToString(),
+        built.plan,
+        built.qmodel,
+        built.weights,
+        built.tensor_map,
+        built.int8_bytes,
         calib.batch,
         calib.tensor_bytes,
         equalized,
+        build,
     )
 
 
@@ -574,9 +605,7 @@ def _edgetpu_verdict(graph: Graph, plan: Plan) -> dict[str, Any]:
     }
 
 
-def _params_json(
-    plan: Plan, weights: list[WeightInfo], equalization: dict[str, np.ndarray]
-) -> str:
+def _params_json(plan: Plan, weights: list[WeightInfo], equalization: dict[str, np.ndarray]) -> str:
     """Quantization parameters for a later ``--base`` conversion (int8 values are read
     back from model.int8.onnx; equalization scales are reused so the weights line up)."""
     data: dict[str, Any] = {

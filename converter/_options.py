@@ -33,6 +33,9 @@ class ConvertOptions:
     bias_correction: bool = False
     # up/down rounding of each weight by its layer's output error (converter/_adaround.py)
     learned_rounding: bool = False
+    # --max-drop: points of accuracy (or agreement) the INT8 model may lose; the most
+    # sensitive layers stay float until it holds (converter/_mixed.py); None: off
+    max_drop: float | None = None
     strict_formats: bool = True  # a format not written: raise FormatsNotWritten (OUT/ written)
     max_calib_samples: int = 512  # more samples are ignored (first ones kept)
     max_eval_samples: int = 10_000
@@ -66,6 +69,8 @@ class ConvertOptions:
             raise ConfigError("sample and run counts must be positive")
         if min(self.base_scale_tolerance, self.base_weight_tolerance, self.base_noise_budget) < 0:
             raise ConfigError("--base tolerances must be >= 0")
+        if self.max_drop is not None and not 0.0 <= self.max_drop <= 100.0:
+            raise ConfigError(f"--max-drop must be in [0, 100] points, got {self.max_drop}")
         _check_input_shapes(self.input_shapes)
 
     def to_dict(self) -> dict[str, Any]:

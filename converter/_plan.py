@@ -62,9 +62,11 @@ def make_plan(
     ranges: dict[str, tuple[float, float]],
     *,
     pin: Pin | None = None,
+    keep_float: dict[str, str] | None = None,
 ) -> Plan:
     """Build the plan; ``pin(group root, range)`` may return earlier parameters to keep
-    (``--base``); None means "compute them from the range"."""
+    (``--base``); None means "compute them from the range". ``keep_float``: node name ->
+    why it stays float although it could be int8 (``--max-drop``)."""
     rules: dict[str, OpRule] = {}
     float_nodes: dict[str, str] = {}
     for node in graph.nodes:
@@ -76,6 +78,10 @@ def make_plan(
     for name, reason in float_tails(graph, set(rules), ranges).items():
         rules.pop(name, None)
         float_nodes[name] = reason
+    for name, reason in (keep_float or {}).items():
+        if name in rules:
+            del rules[name]
+            float_nodes[name] = reason
     fused = _find_fusions(graph, rules)
     while True:
         quantized = _quantized_tensors(graph, rules, fused)

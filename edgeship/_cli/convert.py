@@ -126,6 +126,15 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     help="Round each Conv/Gemm/MatMul weight up or down by the layer's output error on the "
     "calibration data (AdaRound-style; slower; not with --base).",
 )
+@click.option(
+    "--max-drop",
+    "max_drop",
+    type=float,
+    default=None,
+    help="Largest accuracy drop in points (on --eval labels; else top-1 disagreement) the "
+    "INT8 model may have: the most sensitive layers stay float until it holds. Exit 3 "
+    "when it cannot be met (OUT/ holds the best attempt).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 def convert(
     model: Path,
@@ -141,11 +150,13 @@ def convert(
     equalize: bool,
     bias_correction: bool,
     learned_rounding: bool,
+    max_drop: float | None,
     quiet: bool,
 ) -> None:
     """Convert a float ONNX MODEL to pruned INT8 (QDQ ONNX and TFLite) with a report."""
     from edgeship.converter import ConvertOptions, FormatsNotWritten, default_formats
     from edgeship.converter import convert as run
+    from edgeship.converter._mixed import TargetNotMet
 
     options = ConvertOptions(
         formats=_formats(fmt) or default_formats(),
@@ -156,6 +167,7 @@ def convert(
         equalize=equalize,
         bias_correction=bias_correction,
         learned_rounding=learned_rounding,
+        max_drop=max_drop,
     )
     try:
         report = run(
@@ -165,11 +177,17 @@ def convert(
         if not quiet:
             _summary(exc.report, out)
         raise
+    except TargetNotMet as exc:  # OUT/ holds the best attempt: say so, then exit 3
+        if not quiet:
+            _summary(exc.report, out)
+        click.echo(f"error: {exc}", err=True)
+        raise click.exceptions.Exit(3) from exc
     if not quiet:
         _summary(report, out)
 
 
 def _summary(report: Any, out: Path) -> None:
+    from edgeship.converter._mixed import verdict_line
     from edgeship.converter._report import not_written_line
 
     s = report.sizes
@@ -209,3 +227,4 @@ def _summary(report: Any, out: Path) -> None:
             f"{b['weights_kept']}/{b['weights_total']} int8 weights unchanged"
         )
     click.echo(f"  time      {report.conversion_seconds:.2f} s; report: {out}/report.html")
+    click.echo(verdict_line(report))

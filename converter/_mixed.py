@@ -1,0 +1,177 @@
+"""``--max-drop X``: keep the fewest, most sensitive layers in float until the INT8 model is
+within X points of fp32, or say it cannot be done (exit 3).
+
+The drop is accuracy points on ``--eval`` when it has labels (fp32 accuracy minus INT8
+accuracy), else top-1 disagreement in points (100 - agreement) on ``--eval`` or, without
+it, on the calibration set.
+
+Sensitivity: each weight layer's own share of the output noise, read from the per-layer
+SQNR of the first INT8 model: the relative noise power of its output minus that of its
+input (``10^(-SQNR/10)``), so a layer is not blamed for the noise it inherits. The most
+sensitive layers go to float first, 1, 2, 3, 5, 8 ... at a time, each step a rebuild
+and one evaluation. A layer kept float runs as DQ -> float op -> Q in the ONNX; the TFLite
+writer has no float Conv, so a conversion that needs one writes the ONNX and names the
+node that blocked the TFLite (exit 2), like any op TFLite int8 cannot hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeship._errors import ConversionError
+
+from ._ir import Graph
+
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+MAX_STEPS = 12  # rebuilds at most
+
+
+class TargetNotMet(ConversionError):
+    """``--max-drop`` not reached; raised after OUT/ was written with the best attempt."""
+
+    def __init__(self, report: Any, out_dir: Any, target: float, reached: float, metric: str):
+        self.report, self.out_dir = report, out_dir
+        super().__init__(
+            f"--max-drop {target:g}: the best {metric} drop reached is {reached:.2f} points "
+            f"(OUT/ holds that conversion: {out_dir})"
+        )
+
+
+@dataclass
+class MixedResult:
+    target: float
+    metric: str  # "accuracy" | "agreement"
+    drop_int8: float  # the all-int8 model's drop
+    drop: float  # the drop of the model kept
+    met: bool
+    ranking: list[dict[str, Any]]
+    kept_float: list[str] = field(default_factory=list)
+    tried: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "metric": self.metric,
+            "drop_all_int8": round(self.drop_int8, 4),
+            "drop": round(self.drop, 4),
+            "met": self.met,
+            "kept_float": self.kept_float,
+            "ranking": self.ranking[:20],
+            "tried": self.tried,
+        }
+
+
+def rank_layers(
+    graph: Graph, rules: dict[str, Any], fused: dict[str, str], layer_db: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Weight layers, most sensitive first: the noise each adds (relative power)."""
+    by_name = {n.name: n for n in graph.nodes}
+    out_of = {prod: by_name[act].output[0] for act, prod in fused.items()}  # folded Relu/Clip
+    ranked = []
+    for node in graph.nodes:
+        if node.name not in rules or node.op_type not in WEIGHT_OPS:
+            continue
+        if len(node.input) < 2 or not graph.is_const(node.input[1]):
+            continue
+        out_t = out_of.get(node.name, node.output[0])
+        db_out, db_in = layer_db.get(out_t), layer_db.get(node.input[0])
+        if db_out is None:
+            continue
+        added = 10 ** (-db_out / 10) - (10 ** (-db_in / 10) if db_in is not None else 0.0)
+        ranked.append(
+            {
+                "node": node.name,
+                "op": node.op_type,
+                "sqnr_db": round(db_out, 2),
+                "added_noise": float(added),
+                # its folded Relu/Clip goes float with it (else the tensor between two
+                # float layers would still be quantized)
+                "with": [act for act, prod in fused.items() if prod == node.name],
+            }
+        )
+    ranked.sort(key=lambda r: -r["added_noise"])
+    return ranked
+
+
+def steps(n: int) -> list[int]:
+    """How many of the ranked layers each attempt keeps float: 1, 2, 3, 5, 8, ... n."""
+    out, k = [], 1
+    while k < n and len(out) < MAX_STEPS - 1:
+        out.append(k)
+        k = max(k + 1, round(k * 1.6))
+    return [*out, n] if n else []
+
+
+def search(
+    target: float,
+    ranked: list[dict[str, Any]],
+    drop_int8: float,
+    drop_of: Callable[[dict[str, str]], float],
+    metric: str,
+) -> tuple[MixedResult, dict[str, str]]:
+    """Keep the top k ranked layers float for growing k until ``drop_of(keep) <= target``.
+    Returns the result and the keep-float map of the best attempt (empty: all int8)."""
+    result = MixedResult(target, metric, drop_int8, drop_int8, drop_int8 <= target, ranked)
+    best_keep: dict[str, str] = {}
+    if result.met:
+        return result, best_keep
+    for k in steps(len(ranked)):
+        keep = {
+            name: f"kept float by --max-drop {target:g} (sensitivity rank {i + 1})"
+            for i, r in enumerate(ranked[:k])
+            for name in [r["node"], *r.get("with", [])]
+        }
+        drop = drop_of(keep)
+        result.tried.append({"float_layers": k, "drop": round(drop, 4)})
+        if drop < result.drop:
+            result.drop, best_keep = drop, keep
+        if drop <= target:
+            result.met = True
+            break
+    result.kept_float = [r["node"] for r in ranked if r["node"] in best_keep]
+    return result, best_keep
+
+
+def drop_points(p32: np.ndarray, p8: np.ndarray, labels: np.ndarray | None) -> float:
+    if labels is not None:
+        return float(100.0 * (np.mean(p32 == labels) - np.mean(p8 == labels)))
+    return float(100.0 * (1.0 - np.mean(p32 == p8)))
+
+
+def verdict_line(report: Any) -> str:
+    """One line: the fidelity reached (against the --max-drop target) and the steps that
+    ran; the CLI summary and the report end with it."""
+    opts, mixed = report.options, report.extra.get("mixed_precision")
+    parts = []
+    if report.eval:
+        e = report.eval
+        if e.get("fp32_accuracy") is not None:
+            drop = e["fp32_accuracy"] - e["int8_accuracy"]
+            parts.append(
+                f"accuracy {e['int8_accuracy']:.2f}% vs fp32 {e['fp32_accuracy']:.2f}% "
+                f"(drop {drop:.2f} points)"
+            )
+        parts.append(f"agreement {e['agreement']:.2f}%, output SQNR {e['output_sqnr_db']:.1f} dB")
+    else:
+        parts.append(f"output SQNR {report.output_sqnr_db:.1f} dB on calibration samples")
+    if mixed:
+        state = "met" if mixed["met"] else "NOT met"
+        parts.append(
+            f"--max-drop {mixed['target']:g} ({mixed['metric']}): {state} at "
+            f"{mixed['drop']:.2f}, {len(mixed['kept_float'])} layer(s) float"
+        )
+    ran = [
+        name
+        for key, name in (
+            ("equalize", "equalization"),
+            ("bias_correction", "bias correction"),
+            ("learned_rounding", "learned rounding"),
+        )
+        if opts.get(key)
+    ]
+    ran.append(f"{opts.get('calibration', 'minmax')} ranges")
+    return "verdict: " + "; ".join(parts) + "; steps: " + ", ".join(ran)
