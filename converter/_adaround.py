@@ -29,9 +29,17 @@ QMIN, QMAX = -127, 127
 DAMPING = 0.01
 
 
-def patches(node: onnx.NodeProto, x: np.ndarray, kernel: tuple[int, int]) -> np.ndarray | None:
+def patches(
+    node: onnx.NodeProto,
+    x: np.ndarray,
+    kernel: tuple[int, int],
+    keep: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray | None:
     """im2col of one sample ``x`` [C, H, W] for a Conv: [positions, C * kh * kw], each row
-    ordered like the flattened weight (channel, kernel row, kernel column)."""
+    ordered like the flattened weight (channel, kernel row, kernel column). ``keep``: at
+    most that many output positions, drawn by ``rng`` before any patch is built (a
+    640x640 input has 10^5 positions; H needs a few thousand)."""
     strides = tuple(attr(node, "strides", [1, 1]))  # type: ignore[arg-type]
     dil = tuple(attr(node, "dilations", [1, 1]))  # type: ignore[arg-type]
     hw = (int(x.shape[1]), int(x.shape[2]))
@@ -44,19 +52,16 @@ def patches(node: onnx.NodeProto, x: np.ndarray, kernel: tuple[int, int]) -> np.
     out_w = (hw[1] + left + right - ((kernel[1] - 1) * dil[1] + 1)) // strides[1] + 1
     if out_h < 1 or out_w < 1:
         return None
-    taps = []
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            r0, c0 = i * dil[0], j * dil[1]
-            taps.append(
-                padded[
-                    :,
-                    r0 : r0 + (out_h - 1) * strides[0] + 1 : strides[0],
-                    c0 : c0 + (out_w - 1) * strides[1] + 1 : strides[1],
-                ]
-            )
-    cols = np.stack(taps, axis=1)  # [C, kh*kw, out_h, out_w]
-    return cols.reshape(x.shape[0] * kernel[0] * kernel[1], -1).T
+    pos = np.arange(out_h * out_w)
+    if keep is not None and len(pos) > keep:
+        pos = np.sort((rng or np.random.default_rng(0)).choice(len(pos), keep, replace=False))
+    rows, cols = (pos // out_w) * strides[0], (pos % out_w) * strides[1]
+    taps = [
+        padded[:, rows + i * dil[0], cols + j * dil[1]]  # [C, P]
+        for i in range(kernel[0])
+        for j in range(kernel[1])
+    ]
+    return np.stack(taps, axis=1).reshape(x.shape[0] * kernel[0] * kernel[1], -1).T
 
 
 def damped(h: np.ndarray) -> np.ndarray:

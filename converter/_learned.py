@@ -54,14 +54,15 @@ def _sample_rows(
     if layer.node.op_type == "Conv":
         if x.ndim != 3:
             return None
-        rows = patches(layer.node, x, (w.shape[2], w.shape[3]))
-    else:
-        rows = x.reshape(-1, x.shape[-1])
-    if rows is None:
-        return None
+        return _as_float(patches(layer.node, x, (w.shape[2], w.shape[3]), keep, rng))
+    rows = x.reshape(-1, x.shape[-1])
     if len(rows) > keep:
         rows = rows[np.sort(rng.choice(len(rows), keep, replace=False))]
     return rows.astype(np.float64)
+
+
+def _as_float(rows: np.ndarray | None) -> np.ndarray | None:
+    return None if rows is None else rows.astype(np.float64)
 
 
 def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Layer]:
@@ -88,8 +89,11 @@ def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Laye
             rows = _sample_rows(np.asarray(values[layer.node.input[0]])[0], layer, w, keep, rng)
             if rows is None:
                 continue
-            per = rows.reshape(len(rows), layer.groups, -1)
-            g = np.einsum("pgk,pgl->gkl", per, per)
+            if layer.groups == 1:  # one BLAS product (einsum would not use BLAS here)
+                g = (rows.T @ rows)[None]
+            else:
+                per = rows.reshape(len(rows), layer.groups, -1)
+                g = np.einsum("pgk,pgl->gkl", per, per)
             layer.gram = g if layer.gram is None else layer.gram + g
             layer.rows += len(rows)
     return {n: ly for n, ly in layers.items() if ly.gram is not None}

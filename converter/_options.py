@@ -28,8 +28,8 @@ class ConvertOptions:
     # accuracy steps (converter/_equalize.py, converter/_bias_correct.py); defaults measured,
     # see hw-bench/bench_accuracy.py
     equalize: bool = True  # cross-layer equalization before calibration
-    # int32 biases absorb the mean shift of rounded weights: opt-in, measured mixed
-    # (yolov8n +0.7 dB, ppocr_cls -1.6 dB, fixtures +0.5..1.6 dB; see converter/_bias_correct.py)
+    # int32 biases absorb the mean shift of rounded weights: opt-in (why: the docstring of
+    # converter/_bias_correct.py)
     bias_correction: bool = False
     # up/down rounding of each weight by its layer's output error (converter/_adaround.py)
     learned_rounding: bool = False
