@@ -108,7 +108,9 @@ class Agent:
                                 max_switch_attempts=config.ota.max_switch_attempts,
                                 private_key=self.device_key,
                                 require_encryption=config.encryption.require)
-        self.state = self.store.load_state()
+        from edgeship.agent._recover import load_or_recover
+
+        self.state, _ = load_or_recover(self.store, self.core, log)  # damaged: recovered
         self.events: queue.Queue[ota.Event] = queue.Queue()
         self.outbox = Outbox(config.data_dir / "queue.sqlite",
                              max_messages=config.telemetry.queue_max_messages,
@@ -270,7 +272,8 @@ class Agent:
         if slow:  # the write itself pauses half way, so a kill lands mid-install
             log("pause", point="install", seconds=slow)
         try:
-            self.store.write_slot(action.slot, action.format, action.data, pause=slow)
+            self.store.write_slot(action.slot, action.format, action.data, offer=action.offer,
+                                  pause=slow)
         except OSError as exc:
             return _storage_failed(f"slot {action.slot}", exc)
         return ota.Installed()

@@ -402,7 +402,8 @@ class OtaCore:
             return state, [Persist(state), TruncateDownload(0), self._report(state, now)]
         state = replace(state, phase="installing")
         return state, [Persist(state), self._report(state, now),
-                       WriteSlot(job.slot, manifest.artifact.format, artifact)]
+                       WriteSlot(job.slot, manifest.artifact.format, artifact,
+                                 offer=job.offer.encode())]
 
     def _fetch_full(self, state: OtaState, manifest: Manifest, now: float) -> Step:
         """The delta's base (the active slot) is gone or damaged on disk: a delta cannot

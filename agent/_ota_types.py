@@ -275,11 +275,13 @@ class ReadDownload(Action):
 
 @dataclass(frozen=True)
 class WriteSlot(Action):
-    """Write ``data`` atomically into ``slot`` as ``model.<format>`` -> ``Installed``."""
+    """Write ``data`` atomically into ``slot`` as ``model.<format>`` -> ``Installed``;
+    ``offer`` (the signed offer) is kept beside it, to rebuild a lost state from."""
 
     slot: str
     format: str
     data: bytes
+    offer: bytes = b""
 
 
 @dataclass(frozen=True)
