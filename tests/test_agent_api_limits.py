@@ -1,0 +1,82 @@
+"""Issue 16, defects 4 and 3: the local API of a real agent process against hostile input
+and hostile connections. Bad input is a 400 with one line that says what was wrong (never
+a 500); the bytes the API holds are bounded; idle and slowloris connections cannot lock a
+normal client out."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import Mosquitto, free_port
+from test_agent_support import (
+    AgentProc,
+    make_keys,
+    make_release,
+    write_config,
+)
+
+BIG = 10**20
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory,
+          shared_mosquitto: Mosquitto) -> Iterator[AgentProc]:
+    tmp = tmp_path_factory.mktemp("api-limits")
+    keys = make_keys(tmp)
+    rel = make_release(tmp, keys, "1.0.0")
+    port = free_port()
+    cfg = write_config(tmp, broker_url=shared_mosquitto.url, port=port,
+                       root_pub=keys / "root.pub", initial=rel, fleet="limits")
+    proc = AgentProc(cfg, port).start()
+    proc.wait_ready()
+    yield proc
+    proc.terminate()
+
+
+def _post(port: int, body: bytes, headers: dict[str, str] | None = None,
+          timeout: float = 10.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/v2/models/model/infer", body=body,
+                     headers={"Content-Type": "application/json", **(headers or {})})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def _tensor(**fields: Any) -> bytes:
+    return json.dumps({"inputs": [{"name": "x", "datatype": "FP32", **fields}]}).encode()
+
+
+def _binary(shape: list[int]) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": shape,
+                                     "parameters": {"binary_data_size": 0}}]}).encode()
+    return header, {"Inference-Header-Content-Length": str(len(header))}
+
+
+BAD: dict[str, tuple[bytes, dict[str, str]]] = {
+    "json_shape_0_1e20": (_tensor(shape=[0, BIG], data=[]), {}),
+    "binary_shape_0_2e62": _binary([0, 2**62]),
+    "nested_100000": (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {}),
+    "int_5000_digits": (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], '
+                        b'"data": [' + b"9" * 5000 + b"]}]}", {}),
+    "shape_5000_digits": (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, '
+                          + b"9" * 5000 + b'], "data": []}]}', {}),
+    "data_nested_deep": (_tensor(shape=[1, 64], data=json.loads("[" * 500 + "]" * 500)), {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_400(case: str, agent: AgentProc) -> None:
+    body, headers = BAD[case]
+    status, reply = _post(agent.port, body, headers)
+    assert status == 400, (case, status, reply[:300])
+    error = json.loads(reply)["error"]
+    assert "\n" not in error and 0 < len(error) <= 300, error
+    status, _ = _post(agent.port, _tensor(shape=[1, 64], data=[0.0] * 64))
+    assert status == 200  # and the agent still answers
