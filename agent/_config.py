@@ -137,11 +137,15 @@ class ApiConfig:
     host: str = "127.0.0.1"
     port: int = 8500
     max_request_bytes: int = 16 * 1024 * 1024
+    # memory the requests in flight may cost together (a JSON body costs ~16x its size
+    # while decoded): bounds the API's RSS, not only each request's size
+    max_inflight_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"api.listen: port {self.port} is out of range")
         _positive(self.max_request_bytes, "api.max_request_bytes")
+        _positive(self.max_inflight_bytes, "api.max_inflight_bytes")
 
     @property
     def listen(self) -> str:
@@ -154,7 +158,9 @@ class ApiConfig:
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"api.listen: {listen!r} is not HOST:PORT")
         return cls(host=host, port=int(port),
-                   max_request_bytes=_get(d, "max_request_bytes", "api", int, 16 * 1024 * 1024))
+                   max_request_bytes=_get(d, "max_request_bytes", "api", int, 16 * 1024 * 1024),
+                   max_inflight_bytes=_get(d, "max_inflight_bytes", "api", int,
+                                           64 * 1024 * 1024))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -408,7 +414,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
                    "api", "fallback", "ota", "telemetry", "encryption", "drift", "shadow"}),
     "broker": frozenset({"url", "username", "password_file", "ca", "cert", "key", "keepalive_s"}),
     "model": frozenset({"name", "runtime", "threads", "initial"}),
-    "api": frozenset({"listen", "max_request_bytes"}),
+    "api": frozenset({"listen", "max_request_bytes", "max_inflight_bytes"}),
     "ota": frozenset({"chunk_size", "request_timeout_s", "health_timeout_s",
                       "max_artifact_bytes", "max_switch_attempts"}),
     "telemetry": frozenset({"interval_s", "queue_max_messages", "queue_max_bytes"}),

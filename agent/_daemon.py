@@ -154,7 +154,8 @@ class Agent:
         from edgeship.sdk._v2server import serve
 
         api = serve(self.service, host=self.config.api.host, port=self.config.api.port,
-                    max_request_bytes=self.config.api.max_request_bytes).start()
+                    max_request_bytes=self.config.api.max_request_bytes,
+                    max_inflight_bytes=self.config.api.max_inflight_bytes).start()
         log("started", device=self.config.device_id, api=api.url, broker=self.config.broker.url,
             phase=self.state.phase, version=self.state.active and self.state.active.version)
         if self.config.ignored_keys:

@@ -25,7 +25,8 @@ Errors raised by a service map to HTTP status codes with a JSON body ``{"error":
 to answer with) -> 503; anything else -> 500
 (message logged, never the traceback on the wire). A body larger than
 ``max_request_bytes`` -> 413 before it is read; a body without ``Content-Length`` -> 411;
-more than ``max_connections`` open connections -> 503 and close (one thread each).
+more than ``max_connections`` open connections -> 503 and close (one thread each);
+a request whose decoding cost does not fit ``max_inflight_bytes`` in 10 s -> 503.
 With ``api_key`` set every route except ``/v2/health/*`` needs
 ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (else 401).
 """
@@ -63,7 +64,17 @@ from edgeship._errors import (
     TransportError,
 )
 
-__all__ = ["Request", "Response", "Route", "StatusError", "V2Server", "V2Service", "serve"]
+__all__ = [
+    "ByteBudget",
+    "Request",
+    "Response",
+    "Route",
+    "StatusError",
+    "V2Server",
+    "V2Service",
+    "request_cost",
+    "serve",
+]
 
 log = logging.getLogger("edgeship.v2")
 
@@ -272,6 +283,42 @@ class _Dispatcher:
 # ---------------------------------------------------------------------------- sockets
 
 
+# what a request body costs in memory while it is decoded and answered, per body byte:
+# JSON numbers become Python floats in lists, then an array (a 16 MiB JSON body held ~200
+# MB); a binary tail is the body plus its array and the output
+JSON_COST, BINARY_COST = 16, 3
+
+
+def request_cost(length: int, header_length: int | None) -> int:
+    """Bytes of memory a body of ``length`` bytes may hold (``header_length``: the JSON
+    part of a binary-tensor request)."""
+    json_part = length if header_length is None else min(max(header_length, 0), length)
+    return json_part * JSON_COST + (length - json_part) * BINARY_COST
+
+
+class ByteBudget:
+    """Bytes of requests in flight across all connections: a request waits for its cost
+    (at most the whole budget, so one request always fits) or is refused."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._cond = threading.Condition()
+
+    def acquire(self, cost: int, timeout: float) -> int | None:
+        """The cost held (capped at the limit), or None when it did not fit in time."""
+        cost = min(cost, self.limit)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.used + cost <= self.limit, timeout):
+                return None
+            self.used += cost
+        return cost
+
+    def release(self, cost: int) -> None:
+        with self._cond:
+            self.used -= cost
+            self._cond.notify_all()
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall
@@ -287,9 +334,32 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         dispatcher = self.server.dispatcher
         headers = {k.lower(): v for k, v in self.headers.items()}
-        body, error = self._read_body(headers, dispatcher.max_request_bytes)
-        response = error or dispatcher.dispatch(self.command, self.path, headers, body)
-        self._send(response)
+        held = self._reserve(headers)
+        if held is None:
+            self.close_connection = True  # its body stays unread
+            self._send(Response.json({"error": "busy: too many request bytes in flight, "
+                                      "retry later"}, 503))
+            return
+        try:
+            body, error = self._read_body(headers, dispatcher.max_request_bytes)
+            response = error or dispatcher.dispatch(self.command, self.path, headers, body)
+            del body
+            self._send(response)
+        finally:
+            self.server.budget.release(held)
+
+    def _reserve(self, headers: dict[str, str]) -> int | None:
+        """Hold the memory this request may cost before its body is read (0 for none)."""
+        try:
+            length = max(int(headers.get("content-length", "0")), 0)
+            header_length = int(headers[HEADER_LENGTH.lower()]) \
+                if HEADER_LENGTH.lower() in headers else None
+        except ValueError:
+            return 0  # refused by _read_body / decode_request, unread
+        if length == 0 or length > self.server.dispatcher.max_request_bytes:
+            return 0
+        return self.server.budget.acquire(request_cost(length, header_length),
+                                          self.server.budget_wait_s)
 
     def _read_body(self, headers: dict[str, str], limit: int) -> tuple[bytes, Response | None]:
         if "chunked" in headers.get("transfer-encoding", "").lower():
@@ -332,6 +402,8 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     dispatcher: _Dispatcher
     slots: threading.BoundedSemaphore  # one per open connection (= per thread)
+    budget: ByteBudget  # memory of the requests in flight
+    budget_wait_s: float = 10.0  # how long a request waits for room before a 503
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
@@ -411,8 +483,13 @@ def serve(
     max_connections: int = 64,
     api_key: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    max_inflight_bytes: int | None = None,
 ) -> V2Server:
     """Bind a v2 server (port 0 = any free port); call ``start()`` or ``serve_forever()``.
+
+    ``max_inflight_bytes`` bounds the memory all requests in flight may cost together
+    (:func:`request_cost`; default: what two requests of the largest size cost); a request
+    that does not fit waits up to 10 s, then gets 503.
 
     With ``ssl_context`` (server side; ``verify_mode=CERT_REQUIRED`` for mutual TLS) the
     server speaks https; the handshake runs in the connection's thread, not the accept loop.
@@ -428,4 +505,5 @@ def serve(
         )
     httpd.dispatcher = _Dispatcher(service, max_request_bytes=max_request_bytes, api_key=api_key)
     httpd.slots = threading.BoundedSemaphore(max_connections)
+    httpd.budget = ByteBudget(max_inflight_bytes or 2 * request_cost(max_request_bytes, None))
     return V2Server(httpd)

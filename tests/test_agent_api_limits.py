@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import Mosquitto, free_port
 from test_agent_support import (
@@ -80,3 +83,42 @@ def test_bad_input_is_one_line_400(case: str, agent: AgentProc) -> None:
     assert "\n" not in error and 0 < len(error) <= 300, error
     status, _ = _post(agent.port, _tensor(shape=[1, 64], data=[0.0] * 64))
     assert status == 200  # and the agent still answers
+
+
+def _peak_rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in text.splitlines()
+                    if line.startswith("VmHWM:"))) / 1024
+
+
+def test_bytes_in_flight_bound_the_memory(tmp_path: Path, shared_mosquitto: Mosquitto) -> None:
+    """Eight 15 MiB JSON float bodies at once: decoded together they cost several hundred
+    MB; with max_inflight_bytes = 64 MiB they are decoded one at a time (each answered)."""
+    keys = make_keys(tmp_path)
+    rel = make_release(tmp_path, keys, "1.0.0")
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=shared_mosquitto.url, port=port,
+                       root_pub=keys / "root.pub", initial=rel, fleet="inflight")
+    cfg.write_text(cfg.read_text().replace("[api]\n", "[api]\nmax_inflight_bytes = 67108864\n"))
+    proc = AgentProc(cfg, port).start()
+    rows = 12_000  # 12 000 x 64 distinct floats ~ 15 MiB of JSON
+    data = np.random.default_rng(0).random(rows * 64).tolist()
+    body = _tensor(shape=[rows, 64], data=data)
+    assert 14 * 2**20 < len(body) < 16 * 2**20
+    try:
+        proc.wait_ready()
+        assert proc.proc is not None
+        before = _peak_rss_mb(proc.proc.pid)
+        results: list[int] = []
+        threads = [threading.Thread(target=lambda: results.append(
+            _post(port, body, timeout=60)[0])) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        grown = _peak_rss_mb(proc.proc.pid) - before
+    finally:
+        proc.terminate()
+    print(f"peak RSS grew by {grown:.0f} MB for 8 concurrent 15 MiB JSON bodies")
+    assert results == [400] * 8  # decoded, then refused: the model takes [1, 64]
+    assert grown < 150, grown  # one at a time: ~60 MB; all at once: ~250 MB
