@@ -27,17 +27,17 @@ import os
 import queue
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from edgeship.agent import _ota as ota
 from edgeship.agent._config import AgentConfig
 from edgeship.agent._queue import Outbox
+from edgeship.agent._startup import fallback_of, read_root, read_secret
 from edgeship.agent._store import Store
-from edgeship.sdk._fileio import read_head
 
 from edgeship._errors import EdgeshipError
 
@@ -102,7 +102,7 @@ class Agent:
 
         self.device_key = load_device_key(config.encryption)
         self.core = ota.OtaCore(device=config.device_id, model=config.model.name,
-                                root_key=_read_root(config.root_key), hardware=config.hardware,
+                                root_key=read_root(config.root_key), hardware=config.hardware,
                                 chunk_size=config.ota.chunk_size,
                                 max_artifact_bytes=config.ota.max_artifact_bytes,
                                 max_switch_attempts=config.ota.max_switch_attempts,
@@ -116,7 +116,7 @@ class Agent:
                              max_messages=config.telemetry.queue_max_messages,
                              max_bytes=config.telemetry.queue_max_bytes)
         self.metrics = Metrics()
-        self.service = AgentService(config.model.name, self.metrics, _fallback(config))
+        self.service = AgentService(config.model.name, self.metrics, fallback_of(config))
         from edgeship.agent._taps import Taps
 
         self.taps = Taps(self.service, self.metrics.registry, drift_config=config.drift,
@@ -127,7 +127,7 @@ class Agent:
         self.edge = MqttEdge(b.url, client_id=f"edgeship-{config.fleet}-{config.device_id}",
                              subscriptions=[self.topics.offer, self.topics.chunk],
                              on_message=self._on_message, on_connect=self._on_connect,
-                             username=b.username, password=_read_secret(b.password_file),
+                             username=b.username, password=read_secret(b.password_file),
                              ca=b.ca, cert=b.cert, key=b.key, keepalive=b.keepalive_s)
         self._stop = threading.Event()
         self._last_request = 0.0
@@ -208,8 +208,12 @@ class Agent:
         handler = getattr(self, f"_do_{type(action).__name__}")
         return handler(action)  # type: ignore[no-any-return]
 
-    def _do_Persist(self, action: ota.Persist) -> None:
-        self.store.save_state(action.state)
+    def _do_Persist(self, action: ota.Persist) -> ota.Event | None:
+        try:
+            self.store.save_state(action.state)
+        except OSError as exc:  # disk full: the update fails (the core ignores a repeat)
+            return _storage_failed("state", exc)
+        return None
 
     def _do_Report(self, action: ota.Report) -> None:
         self._status = action.status
@@ -240,8 +244,12 @@ class Agent:
                           response_topic=self.topics.chunk,
                           correlation=ota.correlation(req))
 
-    def _do_TruncateDownload(self, action: ota.TruncateDownload) -> None:
-        self.store.truncate_download(action.size)
+    def _do_TruncateDownload(self, action: ota.TruncateDownload) -> ota.Event | None:
+        try:
+            self.store.truncate_download(action.size)
+        except OSError as exc:
+            return _storage_failed("download", exc)
+        return None
 
     def _do_WriteChunk(self, action: ota.WriteChunk) -> ota.Event | None:
         try:
@@ -405,7 +413,10 @@ class Agent:
         # straight out only when nothing older waits, so the broker sees them in order
         if len(self.outbox) == 0 and self.edge.publish(topic, payload, retain=retain) is not None:
             return
-        self.outbox.put(topic, payload, retain=retain, key=key)
+        try:
+            self.outbox.put(topic, payload, retain=retain, key=key)
+        except (OSError, sqlite3.Error) as exc:  # disk full: this message is lost, not the agent
+            log("outbox_write_failed", level="error", topic=topic, error=str(exc)[:200])
 
     def _flush(self) -> None:
         if not self.edge.connected or len(self.outbox) == 0:
@@ -427,51 +438,6 @@ class Agent:
 def _storage_failed(what: str, exc: OSError) -> ota.Event:
     log("storage_failed", level="error", what=what, error=str(exc))
     return ota.StorageFailed(f"cannot write the {what}: {exc.strerror or exc}")
-
-
-def _read_root(path: Path) -> bytes:
-    from edgeship._errors import ConfigError
-
-    try:
-        data = read_head(path, 16 * 1024)
-    except OSError as exc:
-        raise ConfigError(f"root_key: cannot read {path}: {exc.strerror}") from exc
-    if not data or len(data) > 16 * 1024:
-        raise ConfigError(f"root_key: {path} is not a public key file")
-    from edgeship.sdk._keys import public_key_from_bytes
-
-    from edgeship._errors import SignatureError
-
-    try:  # a device that cannot read its one trusted key would refuse every update
-        public_key_from_bytes(data)
-    except SignatureError as exc:
-        raise ConfigError(f"root_key: {path}: {exc}") from exc
-    return data
-
-
-def _read_secret(path: str) -> str:
-    if not path:
-        return ""
-    from edgeship._errors import ConfigError
-
-    try:
-        data = read_head(path, 4096)
-    except OSError as exc:
-        raise ConfigError(f"broker.password_file: cannot read {path}: {exc.strerror}") from exc
-    if len(data) > 4096:
-        raise ConfigError(f"broker.password_file: {path} is larger than 4096 bytes")
-    try:
-        return data.decode().strip()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"broker.password_file: {path} is not UTF-8 text") from exc
-
-
-def _fallback(config: AgentConfig) -> Any | None:
-    if config.fallback is None:
-        return None
-    from edgeship.sdk._fallback_config import build_fallback
-
-    return build_fallback(config.fallback.values(), default_model=config.model.name)
 
 
 class _JsonFormatter(logging.Formatter):

@@ -36,6 +36,9 @@ To drive it (the daemon does exactly this; so can a simulator with an in-memory 
 
 where ``perform(action, state)`` carries out one action and returns the event it led to
 (``RequestChunk`` -> later a ``Chunk``; ``WriteSlot`` -> ``Installed``; ...) or None.
+A write that fails (``WriteChunk``, ``Persist``, ``WriteSlot``: disk full) returns
+:class:`StorageFailed`; the rest of that step's actions are skipped and the update fails,
+freeing its download, while the active model keeps serving.
 """
 
 from __future__ import annotations
@@ -422,10 +425,9 @@ class OtaCore:
             return state, []
         # the old slot is untouched and keeps serving. Drop the download *before* the state
         # write, which needs the space on a full disk (a crash in between is safe: Resume
-        # sees the file gone and fetches again)
-        state, actions = self._fail(state, now, f"storage: {event.reason}")
-        return state, [TruncateDownload(0), *(a for a in actions
-                                               if not isinstance(a, TruncateDownload))]
+        # sees the file gone and fetches again); report first: that write may fail too
+        state, _ = self._fail(state, now, f"storage: {event.reason}")
+        return state, [TruncateDownload(0), self._report(state, now), Persist(state)]
 
     def _on_Installed(self, state: OtaState, event: Installed, now: float) -> Step:
         job = state.job
@@ -509,6 +511,8 @@ def drive(core: OtaCore, state: OtaState, event: Event, now: float | Callable[[]
             follow = perform(action, state)
             if follow is not None:
                 pending.append(follow)
+            if isinstance(follow, StorageFailed):
+                break  # the rest of this step counted on that write (a chunk, the state)
     return state
 
 
