@@ -367,6 +367,9 @@ class AgentConfig:
     # keys the file has that the agent does not know: more keys are allowed (newer configs
     # on older agents), but a typo like [fallbak] must not pass silently, so they are logged
     ignored_keys: tuple[str, ...] = ()
+    # unknown [sections]: a typo like [brokr] leaves a whole table at its defaults (the
+    # default broker), so these are warned about on stderr and are errors for agent check
+    unknown_sections: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for key in ("device_id", "fleet"):
@@ -393,7 +396,19 @@ class AgentConfig:
                    encryption=EncryptionConfig.from_dict(_section(d, "encryption"), base=base),
                    drift=_drift(_section(d, "drift")) if "drift" in d else None,
                    shadow=_shadow(_section(d, "shadow")) if "shadow" in d else None,
-                   ignored_keys=unknown_keys(d))
+                   ignored_keys=unknown_keys(d),
+                   unknown_sections=tuple(sorted(k for k, v in d.items()
+                                                 if isinstance(v, Mapping)
+                                                 and k not in _KNOWN_KEYS[""])))
+
+    def section_hint(self, section: str) -> str:
+        """``[brokr]`` -> "unknown section [brokr] (did you mean [broker]?)"."""
+        import difflib
+
+        known = [k for k in _KNOWN_KEYS if k] + list(_OTHER_CONFIGS)
+        close = difflib.get_close_matches(section, known, n=1)
+        return f"unknown section [{section}]" + (f" (did you mean [{close[0]}]?)" if close else
+                                                 " (ignored)")
 
     def to_dict(self) -> dict[str, Any]:
         """A plain view for logs (no secrets: only file names of keys and passwords)."""

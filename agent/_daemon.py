@@ -127,9 +127,15 @@ class Agent:
         self.edge = MqttEdge(b.url, client_id=f"edgeship-{config.fleet}-{config.device_id}",
                              subscriptions=[self.topics.offer, self.topics.chunk],
                              on_message=self._on_message, on_connect=self._on_connect,
+                             on_connect_fail=self._on_connect_fail,
+                             on_disconnect=self._on_disconnect,
                              username=b.username, password=read_secret(b.password_file),
                              ca=b.ca, cert=b.cert, key=b.key, keepalive=b.keepalive_s)
         self._stop = threading.Event()
+        from edgeship.agent._ratelimit import Backoff
+
+        self._broker_log = Backoff(first_s=1.0, max_s=300.0)
+        self._broker_down_since: float | None = None
         self._last_request = 0.0
         self.bytes_received = 0
         self.started = time.monotonic()
@@ -144,7 +150,28 @@ class Agent:
             self.events.put(ota.Chunk(msg.payload, correlation=msg.correlation))
 
     def _on_connect(self) -> None:
+        if self._broker_log.suppressed or self._broker_down_since is not None:
+            log("broker_connected", url=self.config.broker.url,
+                failed_attempts=self._broker_log.take_suppressed() + 1)
+        self._broker_log.reset()
+        self._broker_down_since = None
         self.events.put(ota.Connected())
+
+    def _on_connect_fail(self, reason: str) -> None:
+        """paho's thread, at every failed attempt: logged at 0, 1, 2, 4 ... 300 s."""
+        now = time.monotonic()
+        if self._broker_down_since is None:
+            self._broker_down_since = now
+        if self._broker_log.due(now):
+            log("broker_unreachable", level="warning", url=self.config.broker.url,
+                reason=reason, down_s=round(now - self._broker_down_since, 1),
+                attempts_since_last_line=self._broker_log.take_suppressed() + 1)
+
+    def _on_disconnect(self, reason: str) -> None:
+        if self._broker_down_since is None:
+            self._broker_down_since = time.monotonic()
+            log("broker_disconnected", level="warning", url=self.config.broker.url,
+                reason=reason)
 
     def stop(self) -> None:
         self._stop.set()
@@ -158,6 +185,9 @@ class Agent:
                     max_inflight_bytes=self.config.api.max_inflight_bytes).start()
         log("started", device=self.config.device_id, api=api.url, broker=self.config.broker.url,
             phase=self.state.phase, version=self.state.active and self.state.active.version)
+        for section in self.config.unknown_sections:  # a typo'd table runs on defaults
+            log("config_section_unknown", level="warning", section=section,
+                message=self.config.section_hint(section))
         if self.config.ignored_keys:
             log("config_keys_ignored", level="warning", keys=list(self.config.ignored_keys))
         self.edge.start()
