@@ -140,12 +140,22 @@ class ApiConfig:
     # memory the requests in flight may cost together (a JSON body costs ~16x its size
     # while decoded): bounds the API's RSS, not only each request's size
     max_inflight_bytes: int = 64 * 1024 * 1024
+    # connections (one thread each): a waiting one is closed at its deadline or to make
+    # room for a newcomer, so idle and slowloris peers cannot lock clients out
+    max_connections: int = 64
+    max_per_peer: int = 32
+    header_timeout_s: float = 10.0  # idle keep-alive or a request line + headers
+    body_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"api.listen: port {self.port} is out of range")
         _positive(self.max_request_bytes, "api.max_request_bytes")
         _positive(self.max_inflight_bytes, "api.max_inflight_bytes")
+        _positive(self.max_connections, "api.max_connections", high=4096)
+        _positive(self.max_per_peer, "api.max_per_peer", high=4096)
+        _positive(self.header_timeout_s, "api.header_timeout_s", high=3600)
+        _positive(self.body_timeout_s, "api.body_timeout_s", high=3600)
 
     @property
     def listen(self) -> str:
@@ -160,7 +170,11 @@ class ApiConfig:
         return cls(host=host, port=int(port),
                    max_request_bytes=_get(d, "max_request_bytes", "api", int, 16 * 1024 * 1024),
                    max_inflight_bytes=_get(d, "max_inflight_bytes", "api", int,
-                                           64 * 1024 * 1024))
+                                           64 * 1024 * 1024),
+                   max_connections=_get(d, "max_connections", "api", int, 64),
+                   max_per_peer=_get(d, "max_per_peer", "api", int, 32),
+                   header_timeout_s=float(_get(d, "header_timeout_s", "api", (int, float), 10.0)),
+                   body_timeout_s=float(_get(d, "body_timeout_s", "api", (int, float), 30.0)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -429,7 +443,8 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
                    "api", "fallback", "ota", "telemetry", "encryption", "drift", "shadow"}),
     "broker": frozenset({"url", "username", "password_file", "ca", "cert", "key", "keepalive_s"}),
     "model": frozenset({"name", "runtime", "threads", "initial"}),
-    "api": frozenset({"listen", "max_request_bytes", "max_inflight_bytes"}),
+    "api": frozenset({"listen", "max_request_bytes", "max_inflight_bytes", "max_connections",
+                      "max_per_peer", "header_timeout_s", "body_timeout_s"}),
     "ota": frozenset({"chunk_size", "request_timeout_s", "health_timeout_s",
                       "max_artifact_bytes", "max_switch_attempts"}),
     "telemetry": frozenset({"interval_s", "queue_max_messages", "queue_max_bytes"}),

@@ -178,11 +178,15 @@ class Agent:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
+        from edgeship.sdk._v2conns import Limits
         from edgeship.sdk._v2server import serve
 
-        api = serve(self.service, host=self.config.api.host, port=self.config.api.port,
-                    max_request_bytes=self.config.api.max_request_bytes,
-                    max_inflight_bytes=self.config.api.max_inflight_bytes).start()
+        a = self.config.api
+        api = serve(self.service, host=a.host, port=a.port,
+                    max_request_bytes=a.max_request_bytes, max_inflight_bytes=a.max_inflight_bytes,
+                    max_connections=a.max_connections,
+                    limits=Limits(max_per_peer=a.max_per_peer, header_timeout_s=a.header_timeout_s,
+                                  body_timeout_s=a.body_timeout_s)).start()
         log("started", device=self.config.device_id, api=api.url, broker=self.config.broker.url,
             phase=self.state.phase, version=self.state.active and self.state.active.version)
         for section in self.config.unknown_sections:  # a typo'd table runs on defaults

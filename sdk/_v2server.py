@@ -25,7 +25,8 @@ Errors raised by a service map to HTTP status codes with a JSON body ``{"error":
 to answer with) -> 503; anything else -> 500
 (message logged, never the traceback on the wire). A body larger than
 ``max_request_bytes`` -> 413 before it is read; a body without ``Content-Length`` -> 411;
-more than ``max_connections`` open connections -> 503 and close (one thread each);
+more than ``max_connections`` open connections: the one waiting longest for a request
+is closed to make room, 503 only when all are working (one thread each; see _v2conns);
 a request whose decoding cost does not fit ``max_inflight_bytes`` in 10 s -> 503.
 With ``api_key`` set every route except ``/v2/health/*`` needs
 ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (else 401).
@@ -40,7 +41,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -55,6 +56,7 @@ from edgeship.sdk._v2 import (
     parse_header_length,
     validate_inputs,
 )
+from edgeship.sdk._v2conns import ByteBudget, Connections, Limits, request_cost
 
 from edgeship._errors import (
     EdgeshipError,
@@ -78,7 +80,7 @@ __all__ = [
 
 log = logging.getLogger("edgeship.v2")
 
-_IDLE_TIMEOUT_S = 60.0  # a keep-alive connection that sends nothing this long is closed
+_SOCKET_TIMEOUT_S = 30.0  # backstop for one read or write; the phase deadlines are in _v2conns
 _BUSY_BODY = b'{"error":"too many open connections"}'
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -283,47 +285,15 @@ class _Dispatcher:
 # ---------------------------------------------------------------------------- sockets
 
 
-# what a request body costs in memory while it is decoded and answered, per body byte:
-# JSON numbers become Python floats in lists, then an array (a 16 MiB JSON body held ~200
-# MB); a binary tail is the body plus its array and the output
-JSON_COST, BINARY_COST = 16, 3
-
-
-def request_cost(length: int, header_length: int | None) -> int:
-    """Bytes of memory a body of ``length`` bytes may hold (``header_length``: the JSON
-    part of a binary-tensor request)."""
-    json_part = length if header_length is None else min(max(header_length, 0), length)
-    return json_part * JSON_COST + (length - json_part) * BINARY_COST
-
-
-class ByteBudget:
-    """Bytes of requests in flight across all connections: a request waits for its cost
-    (at most the whole budget, so one request always fits) or is refused."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used = limit, 0
-        self._cond = threading.Condition()
-
-    def acquire(self, cost: int, timeout: float) -> int | None:
-        """The cost held (capped at the limit), or None when it did not fit in time."""
-        cost = min(cost, self.limit)
-        with self._cond:
-            if not self._cond.wait_for(lambda: self.used + cost <= self.limit, timeout):
-                return None
-            self.used += cost
-        return cost
-
-    def release(self, cost: int) -> None:
-        with self._cond:
-            self.used -= cost
-            self._cond.notify_all()
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall
-    timeout = _IDLE_TIMEOUT_S
+    timeout = _SOCKET_TIMEOUT_S
     server: _Server
+
+    def handle_one_request(self) -> None:
+        self.server.conns.phase(self.server.conn_id(), "waiting")  # idle or headers: deadline
+        super().handle_one_request()
 
     def do_GET(self) -> None:
         self._handle()
@@ -341,7 +311,9 @@ class _Handler(BaseHTTPRequestHandler):
                                       "retry later"}, 503))
             return
         try:
+            self.server.conns.phase(self.server.conn_id(), "reading")
             body, error = self._read_body(headers, dispatcher.max_request_bytes)
+            self.server.conns.phase(self.server.conn_id(), "working")
             response = error or dispatcher.dispatch(self.command, self.path, headers, body)
             del body
             self._send(response)
@@ -400,29 +372,36 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of connects is queued, not reset
     dispatcher: _Dispatcher
-    slots: threading.BoundedSemaphore  # one per open connection (= per thread)
+    conns: Connections  # open connections, their phases and deadlines (one thread each)
+    _local: threading.local
     budget: ByteBudget  # memory of the requests in flight
     budget_wait_s: float = 10.0  # how long a request waits for room before a 503
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            # too many open connections: refuse this one rather than grow threads forever
+        conn_id = self.conns.admit(request, str(client_address[0]))
+        if conn_id is None:  # every connection is busy working: refuse, never queue forever
             with contextlib.suppress(OSError):
                 request.sendall(_BUSY)
             self.shutdown_request(request)
             return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
+        threading.Thread(target=self._serve_connection, args=(request, client_address, conn_id),
+                         name="v2-conn", daemon=True).start()
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _serve_connection(self, request: Any, client_address: Any, conn_id: int) -> None:
+        self._local.conn_id = conn_id
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
-            self.slots.release()
+            self.conns.leave(conn_id)
+            self.shutdown_request(request)
+
+    def conn_id(self) -> int:
+        """The connection the calling thread serves."""
+        return int(self._local.conn_id)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client that vanished mid-answer is routine; never print a traceback
@@ -465,6 +444,7 @@ class V2Server:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
             self._thread = None
+        self._httpd.conns.close()
         self._httpd.server_close()
 
     def __enter__(self) -> V2Server:
@@ -484,12 +464,15 @@ def serve(
     api_key: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     max_inflight_bytes: int | None = None,
+    limits: Limits | None = None,
 ) -> V2Server:
     """Bind a v2 server (port 0 = any free port); call ``start()`` or ``serve_forever()``.
 
     ``max_inflight_bytes`` bounds the memory all requests in flight may cost together
     (:func:`request_cost`; default: what two requests of the largest size cost); a request
-    that does not fit waits up to 10 s, then gets 503.
+    that does not fit waits up to 10 s, then gets 503. ``limits`` (:class:`Limits`: per
+    peer, header and body deadlines) defend the connections; ``max_connections`` is its
+    total.
 
     With ``ssl_context`` (server side; ``verify_mode=CERT_REQUIRED`` for mutual TLS) the
     server speaks https; the handshake runs in the connection's thread, not the accept loop.
@@ -504,6 +487,7 @@ def serve(
             httpd.socket, server_side=True, do_handshake_on_connect=False
         )
     httpd.dispatcher = _Dispatcher(service, max_request_bytes=max_request_bytes, api_key=api_key)
-    httpd.slots = threading.BoundedSemaphore(max_connections)
+    httpd.conns = Connections(replace(limits or Limits(), max_connections=max_connections))
+    httpd._local = threading.local()
     httpd.budget = ByteBudget(max_inflight_bytes or 2 * request_cost(max_request_bytes, None))
     return V2Server(httpd)
