@@ -36,6 +36,7 @@ from typing import Any
 from edgeship.agent import _ota as ota
 from edgeship.agent._config import AgentConfig
 from edgeship.agent._queue import Outbox
+from edgeship.agent._ratelimit import Backoff, TokenBucket
 from edgeship.agent._startup import fallback_of, read_root, read_secret
 from edgeship.agent._store import Store
 
@@ -128,13 +129,13 @@ class Agent:
                              subscriptions=[self.topics.offer, self.topics.chunk],
                              on_message=self._on_message, on_connect=self._on_connect,
                              on_connect_fail=self._on_connect_fail,
+                             on_oversize=self._on_oversize,
                              on_disconnect=self._on_disconnect,
                              username=b.username, password=read_secret(b.password_file),
                              ca=b.ca, cert=b.cert, key=b.key, keepalive=b.keepalive_s)
         self._stop = threading.Event()
-        from edgeship.agent._ratelimit import Backoff
-
         self._broker_log = Backoff(first_s=1.0, max_s=300.0)
+        self._reject_log: dict[str, TokenBucket] = {}  # per topic
         self._broker_down_since: float | None = None
         self._last_request = 0.0
         self.bytes_received = 0
@@ -148,6 +149,11 @@ class Agent:
         elif msg.topic == self.topics.chunk:
             self.bytes_received += len(msg.payload)
             self.events.put(ota.Chunk(msg.payload, correlation=msg.correlation))
+
+    def _on_oversize(self, topic: str, size: int) -> None:
+        """paho's thread: a message over the MQTT payload limit, dropped unread."""
+        kind = "offer" if topic == self.topics.offer else "chunk"
+        self._do_Rejected(ota.Rejected(kind, "over the payload size limit", size))
 
     def _on_connect(self) -> None:
         if self._broker_log.suppressed or self._broker_down_since is not None:
@@ -248,6 +254,12 @@ class Agent:
         except OSError as exc:  # disk full: the update fails (the core ignores a repeat)
             return _storage_failed("state", exc)
         return None
+
+    def _do_Rejected(self, action: ota.Rejected) -> None:
+        bucket = self._reject_log.setdefault(action.topic, TokenBucket(rate=2.0, burst=10.0))
+        if bucket.due(time.monotonic()):
+            log("message_rejected", level="warning", topic=action.topic, bytes=action.size,
+                reason=action.reason[:200], suppressed_before=bucket.take_suppressed())
 
     def _do_Report(self, action: ota.Report) -> None:
         self._status = action.status

@@ -75,6 +75,7 @@ from edgeship.agent._ota_types import (
     OtaState,
     Persist,
     ReadDownload,
+    Rejected,
     Report,
     RequestChunk,
     Resume,
@@ -120,6 +121,7 @@ __all__ = [
     "OtaState",
     "Persist",
     "ReadDownload",
+    "Rejected",
     "Report",
     "RequestChunk",
     "Resume",
@@ -225,7 +227,9 @@ class OtaCore:
         if peek is not None and job is None and self._seen(state, peek, mode):
             return state, []
         if state.phase in _BUSY:
-            return self._refuse(state, now, f"offer of {peek} ignored: busy {state.phase}")
+            state, actions = self._refuse(state, now,
+                                          f"offer of {peek} ignored: busy {state.phase}")
+            return state, [Rejected("offer", f"busy {state.phase}", len(event.raw)), *actions]
         try:
             offer = Offer.from_bytes(event.raw)  # refuses a mode it does not know
             manifest = check_offer(offer, self.root_key, state.trusted, model_name=self.model,
@@ -238,8 +242,11 @@ class OtaCore:
             promote = self._promotes(state, manifest, mode)
             job = None if promote else self._plan(offer, manifest, state.active, mode)
         except EdgeshipError as exc:
-            return self._refuse(state, now, f"offer rejected: {type(exc).__name__}: {exc}",
-                                target=peek)
+            state, actions = self._refuse(state, now,
+                                          f"offer rejected: {type(exc).__name__}: {exc}",
+                                          target=peek)
+            return state, [Rejected("offer", f"{type(exc).__name__}: {exc}", len(event.raw)),
+                           *actions]
         trusted = state.trusted.accept(offer, manifest)
         if promote:
             return self._promote(replace(state, trusted=trusted), offer, manifest, now)
@@ -359,11 +366,13 @@ class OtaCore:
 
     def _on_Chunk(self, state: OtaState, event: Chunk, now: float) -> Step:
         job = state.job
-        if job is None or state.phase != "downloading":
-            return state, []  # late duplicate
+        size = len(event.raw)
+        if job is None or state.phase != "downloading":  # late duplicate, or garbage
+            return state, [Rejected("chunk", "no download in progress", size)]
         if event.correlation is not None \
                 and event.correlation != correlation(self._chunk_request(job)):
-            return state, []  # an answer to another request (an older transfer): not ours
+            # an answer to another request (an older transfer, a retry answered twice)
+            return state, [Rejected("chunk", "answers another request", size)]
         try:
             chunk = decode_chunk(event.raw, index=job.received, chunk_size=job.chunk_size,
                                  signed_size=job.size)
@@ -372,7 +381,8 @@ class OtaCore:
         except TransportError as exc:
             if "refused" in str(exc):
                 return self._fail(state, now, str(exc))
-            return state, []  # a stale or damaged chunk: the retry asks again
+            # a stale, damaged or forged chunk: the retry asks again
+            return state, [Rejected("chunk", str(exc), size)]
         job = replace(job, received=job.received + 1)
         state = replace(state, job=job)
         if job.received >= job.chunks:  # one state write: counted and complete

@@ -34,6 +34,7 @@ __all__ = [
     "OtaState",
     "Persist",
     "ReadDownload",
+    "Rejected",
     "Report",
     "RequestChunk",
     "Resume",
@@ -241,6 +242,16 @@ class Action:
 @dataclass(frozen=True)
 class Persist(Action):
     state: OtaState
+
+
+@dataclass(frozen=True)
+class Rejected(Action):
+    """A message was dropped (``topic``: "offer" or "chunk") for ``reason``: the shell logs
+    it, rate-limited, so a flood of garbage leaves a trace but cannot fill the disk."""
+
+    topic: str
+    reason: str
+    size: int = 0
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ class MqttEdge:
                  on_connect: Callable[[], None] | None = None,
                  on_disconnect: Callable[[str], None] | None = None,
                  on_connect_fail: Callable[[str], None] | None = None,
+                 on_oversize: Callable[[str, int], None] | None = None,
                  username: str = "", password: str = "", ca: str = "", cert: str = "",
                  key: str = "", keepalive: int = 30, min_backoff: float = 0.25,
                  max_backoff: float = 10.0, will: tuple[str, bytes, bool] | None = None,
@@ -101,6 +102,7 @@ class MqttEdge:
         self.subscribe_qos = subscribe_qos
         self._on_message, self._on_connect, self._on_disconnect = on_message, on_connect, on_disconnect
         self._on_connect_fail = on_connect_fail  # a connect attempt failed (refused, timeout...)
+        self._on_oversize = on_oversize  # (topic, bytes) of a message dropped for its size
         self.min_backoff, self.max_backoff = min_backoff, max_backoff
         self._backoff, self._next_try, self._started = min_backoff, 0.0, False
         self._connected = threading.Event()
@@ -269,7 +271,11 @@ class MqttEdge:
             self._on_disconnect(str(reason))
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        if len(msg.payload) > MAX_PAYLOAD or self._on_message is None:
+        if self._on_message is None:
+            return
+        if len(msg.payload) > MAX_PAYLOAD:
+            if self._on_oversize is not None:
+                self._on_oversize(msg.topic, len(msg.payload))
             return
         props = msg.properties
         response = getattr(props, "ResponseTopic", None) if props else None

@@ -185,6 +185,9 @@ class SimDevice:
     def _do_Persist(self, action: ota.Persist) -> None:
         self.flash = ota.encode_state(action.state)
 
+    def _do_Rejected(self, action: Any) -> None:
+        pass
+
     def _do_Report(self, action: ota.Report) -> None:
         status = dict(action.status)
         if status.get("shadow") and self.shadow_stats is not None:  # as the daemon's taps do

@@ -1,0 +1,73 @@
+"""Issue 16, defects 7 and 8: what a flood on a device's topics costs. A real agent and a
+real broker: every rejected message leaves one structured line, rate-limited (garbage on
+the chunk topic, a 4.5 MiB offer, a forged chunk); a flood of rejected offers writes
+nothing to the flash and a legitimate offer is not stuck behind it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Mosquitto, free_port
+from edgeship.sdk._transfer import encode_chunk
+from test_agent_support import (
+    AgentProc,
+    Watcher,
+    make_keys,
+    make_release,
+    offer_bytes,
+    write_config,
+)
+
+OFFER, CHUNK = "edgeship/t/dev-1/ota/offer", "edgeship/t/dev-1/ota/chunk"
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("floods")
+    keys = make_keys(tmp)
+    return {"root": keys / "root.pub", "v0": make_release(tmp, keys, "1.0.0"),
+            "v1": make_release(tmp, keys, "1.0.1", seed=1),
+            "other": make_release(tmp, keys, "1.0.2", name="other")}
+
+
+def _rejected(agent: AgentProc, topic: str) -> list[dict[str, Any]]:
+    return [line for line in agent.log
+            if line.get("event") == "message_rejected" and line.get("topic") == topic]
+
+
+def test_rejected_messages_are_logged_rate_limited(tmp_path: Path, mosquitto: Mosquitto,
+                                                   releases: dict[str, Any]) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port,
+                       root_pub=releases["root"], initial=releases["v0"])
+    agent = AgentProc(cfg, port).start()
+    watch = Watcher(mosquitto.url)
+    try:
+        agent.wait_ready()
+        watch.publish(CHUNK, b"garbage on the chunk topic")
+        line = agent.wait_log(lambda x: x.get("event") == "message_rejected", timeout=10)
+        assert line["topic"] == "chunk" and line["bytes"] == 26
+        watch.publish(OFFER, b"{" + b" " * (4_500_000) + b"}")
+        line = agent.wait_log(lambda x: x.get("event") == "message_rejected", timeout=10)
+        assert line["topic"] == "offer" and line["bytes"] > 4_000_000, line
+        # a download that no server answers; a forged chunk 0 (its digest does not match)
+        watch.publish(OFFER, offer_bytes(releases["v1"]))
+        watch.wait(lambda s: s["state"] == "downloading", timeout=10)
+        forged = bytearray(encode_chunk(0, 0, 4000, b"x" * 4000))
+        forged[-1] ^= 1
+        watch.publish(CHUNK, bytes(forged))
+        line = agent.wait_log(lambda x: x.get("event") == "message_rejected", timeout=10)
+        assert line["topic"] == "chunk" and "damaged" in line["reason"], line
+        # a flood of 500 garbage chunks: a bounded number of lines, the count kept
+        for _ in range(500):
+            watch.edge.publish(CHUNK, b"garbage")
+        time.sleep(3)
+    finally:
+        watch.close()
+        agent.terminate()
+    lines = _rejected(agent, "chunk")
+    assert 3 <= len(lines) <= 25, len(lines)
+    assert sum(x["suppressed_before"] for x in lines) > 400 or len(lines) < 25
