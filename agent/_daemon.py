@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import signal
 import socket
 import sqlite3
@@ -35,8 +34,9 @@ from typing import Any
 
 from edgeship.agent import _ota as ota
 from edgeship.agent._config import AgentConfig
+from edgeship.agent._inbox import BrokerHealth, Inbox
 from edgeship.agent._queue import Outbox
-from edgeship.agent._ratelimit import Backoff, TokenBucket
+from edgeship.agent._ratelimit import TokenBucket
 from edgeship.agent._startup import fallback_of, read_root, read_secret
 from edgeship.agent._store import Store
 
@@ -44,7 +44,9 @@ from edgeship._errors import EdgeshipError
 
 __all__ = ["Agent", "log", "pause"]
 
+
 _log_lock = threading.Lock()
+REFUSAL_REPORT_S = 0.5  # a flood of refused offers rewrites the retained status this often
 
 
 def log(event: str, level: str = "info", **fields: Any) -> None:
@@ -112,7 +114,8 @@ class Agent:
         from edgeship.agent._recover import load_or_recover
 
         self.state, _ = load_or_recover(self.store, self.core, log)  # damaged: recovered
-        self.events: queue.Queue[ota.Event] = queue.Queue()
+        # bounded: a flood on the device's topics drops messages (logged), never grows memory
+        self.inbox = Inbox(on_dropped=self._do_Rejected)
         self.outbox = Outbox(config.data_dir / "queue.sqlite",
                              max_messages=config.telemetry.queue_max_messages,
                              max_bytes=config.telemetry.queue_max_bytes)
@@ -128,15 +131,16 @@ class Agent:
         self.edge = MqttEdge(b.url, client_id=f"edgeship-{config.fleet}-{config.device_id}",
                              subscriptions=[self.topics.offer, self.topics.chunk],
                              on_message=self._on_message, on_connect=self._on_connect,
-                             on_connect_fail=self._on_connect_fail,
+                             on_connect_fail=lambda r: self.broker_health.connect_failed(r),
                              on_oversize=self._on_oversize,
-                             on_disconnect=self._on_disconnect,
+                             on_disconnect=lambda r: self.broker_health.disconnected(r),
                              username=b.username, password=read_secret(b.password_file),
                              ca=b.ca, cert=b.cert, key=b.key, keepalive=b.keepalive_s)
         self._stop = threading.Event()
-        self._broker_log = Backoff(first_s=1.0, max_s=300.0)
+        self.broker_health = BrokerHealth(config.broker.url, log)
+        self._held_report: ota.Report | None = None  # a refusal's status, sent at most ...
+        self._reported_at = 0.0  # ... every REFUSAL_REPORT_S after the previous status
         self._reject_log: dict[str, TokenBucket] = {}  # per topic
-        self._broker_down_since: float | None = None
         self._last_request = 0.0
         self.bytes_received = 0
         self.started = time.monotonic()
@@ -145,10 +149,10 @@ class Agent:
     # -- inputs from other threads ---------------------------------------------------------
     def _on_message(self, msg: Any) -> None:
         if msg.topic == self.topics.offer and msg.payload:
-            self.events.put(ota.OfferReceived(msg.payload))
+            self.inbox.put_message(ota.OfferReceived(msg.payload), "offer")
         elif msg.topic == self.topics.chunk:
             self.bytes_received += len(msg.payload)
-            self.events.put(ota.Chunk(msg.payload, correlation=msg.correlation))
+            self.inbox.put_message(ota.Chunk(msg.payload, correlation=msg.correlation), "chunk")
 
     def _on_oversize(self, topic: str, size: int) -> None:
         """paho's thread: a message over the MQTT payload limit, dropped unread."""
@@ -156,28 +160,8 @@ class Agent:
         self._do_Rejected(ota.Rejected(kind, "over the payload size limit", size))
 
     def _on_connect(self) -> None:
-        if self._broker_log.suppressed or self._broker_down_since is not None:
-            log("broker_connected", url=self.config.broker.url,
-                failed_attempts=self._broker_log.take_suppressed() + 1)
-        self._broker_log.reset()
-        self._broker_down_since = None
-        self.events.put(ota.Connected())
-
-    def _on_connect_fail(self, reason: str) -> None:
-        """paho's thread, at every failed attempt: logged at 0, 1, 2, 4 ... 300 s."""
-        now = time.monotonic()
-        if self._broker_down_since is None:
-            self._broker_down_since = now
-        if self._broker_log.due(now):
-            log("broker_unreachable", level="warning", url=self.config.broker.url,
-                reason=reason, down_s=round(now - self._broker_down_since, 1),
-                attempts_since_last_line=self._broker_log.take_suppressed() + 1)
-
-    def _on_disconnect(self, reason: str) -> None:
-        if self._broker_down_since is None:
-            self._broker_down_since = time.monotonic()
-            log("broker_disconnected", level="warning", url=self.config.broker.url,
-                reason=reason)
+        self.broker_health.connected()
+        self.inbox.put(ota.Connected())
 
     def stop(self) -> None:
         self._stop.set()
@@ -216,12 +200,13 @@ class Agent:
     def _loop(self) -> None:
         next_beat = next_dog = 0.0
         while not self._stop.is_set():
-            try:
-                event: ota.Event | None = self.events.get(timeout=0.2)
-            except queue.Empty:
-                event = None
+            event = self.inbox.get(timeout=0.2)
             if event is not None:
                 self.dispatch(event)
+            held = self._held_report
+            if held is not None and time.monotonic() - self._reported_at >= REFUSAL_REPORT_S:
+                self._reported_at = 0.0
+                self._do_Report(held)
             now = time.monotonic()
             if self._overdue(now):
                 self.dispatch(ota.Tick())
@@ -262,6 +247,13 @@ class Agent:
                 reason=action.reason[:200], suppressed_before=bucket.take_suppressed())
 
     def _do_Report(self, action: ota.Report) -> None:
+        if self._status is not None and _same_status(self._status, action.status):
+            return  # a repeat (a flood of refused offers): no log line, no retained rewrite
+        now = time.monotonic()
+        if action.status["state"] == "failed" and now - self._reported_at < REFUSAL_REPORT_S:
+            self._held_report = action  # a flood of refusals: the latest goes out later
+            return
+        self._held_report, self._reported_at = None, now
         self._status = action.status
         status = self.taps.status(action.status)
         log("status", **{k: v for k, v in status.items() if k != "device"},
@@ -479,6 +471,10 @@ class Agent:
         self.outbox.delete(sent)
         if sent:
             log("outbox_flushed", messages=len(sent), left=len(self.outbox))
+
+
+def _same_status(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return {**a, "ts": None} == {**b, "ts": None}
 
 
 def _storage_failed(what: str, exc: OSError) -> ota.Event:

@@ -344,8 +344,12 @@ class OtaCore:
             return state, [Report({**self.status(state, now), "error": reason})]
         # the refused offer's (unverified) version names what failed, so a fleet manager
         # never mistakes this verdict for one about another release
-        state = replace(state, phase="failed", error=reason, target=target)
-        return state, [Persist(state), self._report(state, now)]
+        refused = replace(state, phase="failed", error=reason, target=target)
+        if refused == state:  # the same refusal again (a flood): nothing new to say
+            return state, []
+        # nothing the device keeps (model, floor, job) changed: reported, never written, so
+        # a flood of bad offers costs no flash (after a restart the offer is judged again)
+        return refused, [self._report(refused, now)]
 
     # -- download -------------------------------------------------------------------------
     def _request(self, state: OtaState) -> list[Action]:

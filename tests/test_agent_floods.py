@@ -71,3 +71,65 @@ def test_rejected_messages_are_logged_rate_limited(tmp_path: Path, mosquitto: Mo
     lines = _rejected(agent, "chunk")
     assert 3 <= len(lines) <= 25, len(lines)
     assert sum(x["suppressed_before"] for x in lines) > 400 or len(lines) < 25
+
+
+def _io(pid: int) -> dict[str, int]:
+    text = Path(f"/proc/{pid}/io").read_text()
+    return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
+
+
+def test_a_flood_of_refused_offers_writes_nothing(tmp_path: Path, mosquitto: Mosquitto,
+                                                  releases: dict[str, Any]) -> None:
+    """1 000 refused offers a second (a release for another model, and garbage): state.json
+    is not rewritten, the agent makes few write calls, and a legitimate offer published in
+    the middle of the flood is taken at once."""
+    from test_agent_support import start_fleet_serve
+
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port,
+                       root_pub=releases["root"], initial=releases["v0"])
+    agent = AgentProc(cfg, port).start()
+    server = start_fleet_serve(mosquitto.url, releases["v1"])
+    watch = Watcher(mosquitto.url)
+    state = tmp_path / "data-dev-1" / "state.json"
+    bad = [offer_bytes(releases["other"]), b'{"type": "edgeship-offer", "manifest": 1}']
+    try:
+        agent.wait_ready()
+        watch.wait(lambda s: s["state"] == "committed")
+        time.sleep(1.0)
+        assert agent.proc is not None
+        before, io_before = state.stat(), _io(agent.proc.pid)
+        start = time.monotonic()
+        sent = 0
+        while time.monotonic() - start < 2.5:  # 1 000 a second
+            watch.edge.publish(OFFER, bad[sent % 2])
+            sent += 1
+            time.sleep(max(0.0, start + sent / 1000 - time.monotonic()))
+        time.sleep(0.5)
+        after, io_after = state.stat(), _io(agent.proc.pid)
+        legit_at = time.monotonic()
+        watch.publish(OFFER, offer_bytes(releases["v1"]), retain=True)
+        while time.monotonic() - start < 5.0:  # the flood goes on
+            watch.edge.publish(OFFER, bad[sent % 2])
+            sent += 1
+            time.sleep(max(0.0, start + sent / 1000 - time.monotonic()))
+        legit_wall = time.time() - (time.monotonic() - legit_at)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                s["version"] == "1.0.1" and s["state"] == "committed" for s in watch.history):
+            time.sleep(0.1)
+        taken = [s for s in watch.history if s["target"] == "1.0.1"]
+        assert taken and any(s["state"] == "committed" for s in taken), watch.history[-3:]
+        taken_s = taken[0]["ts"] - legit_wall
+    finally:
+        watch.close()
+        agent.terminate()
+        server.terminate()
+        server.wait(timeout=10)
+    writes = io_after["syscw"] - io_before["syscw"]
+    written = io_after["wchar"] - io_before["wchar"]
+    print(f"{sent} refused offers: {writes} write calls, {written} bytes written during the "
+          f"first 2.5 s; legitimate offer taken after {taken_s:.2f} s")
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert writes < 300, writes
+    assert taken_s < 3.0
