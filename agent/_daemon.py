@@ -429,6 +429,12 @@ class Agent:
             return
         log("installing_initial", path=initial, version=release.manifest.version)
         self.dispatch(event)
+        if self.state.active is None:  # refused (expired, wrong key...): say why it serves nothing
+            reason = self.state.error or "refused"
+            log("initial_release_rejected", level="error", path=initial,
+                version=release.manifest.version, error=reason)
+            self.service.no_model_reason = (f"no model: the initial release {release.manifest.version}"
+                                            f" was refused ({reason}); waiting for an update")
 
     def _heartbeat(self) -> None:
         active = self.state.active

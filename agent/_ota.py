@@ -281,7 +281,8 @@ class OtaCore:
             recipient(manifest, self.private_key, required=self.require_encryption)
             job = self._plan(offer, manifest, None)
         except EdgeshipError as exc:
-            return self._refuse(state, now, f"initial release rejected: {exc}")
+            return self._refuse(state, now,
+                                f"initial release rejected: {type(exc).__name__}: {exc}")
         state = replace(state, phase="verifying", job=job, error="", target=job.version,
                         trusted=state.trusted.accept(offer, manifest))
         return self._on_Downloaded(state, Downloaded(payload=event.artifact, base=None), now)

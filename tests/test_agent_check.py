@@ -92,3 +92,36 @@ def test_run_warns_about_a_typod_section_and_an_unreachable_broker(
         agent.wait_log(lambda line: line.get("event") == "broker_connected", timeout=30)
     finally:
         agent.terminate()
+
+
+def test_expired_initial_release_is_said_in_status_logs_and_503(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Issue 16, defect 12: a device imaged with a release that expired on the shelf."""
+    from datetime import datetime, timedelta, timezone
+
+    from edgeship.sdk._release import Release
+    from test_agent_support import GOLDEN_X, Watcher, http_json, infer_body, make_golden, make_model
+
+    keys = make_keys(tmp_path)
+    work = tmp_path / "build"
+    model = make_model(work / "model.onnx", 100.0)
+    golden = make_golden(work / "golden.npz", 100.0)
+    rel = tmp_path / "expired"
+    Release.build(model, version="1.0.0", keydir=keys, out=rel, golden=golden,
+                  model_name="model", expires_days=30,
+                  now=datetime.now(timezone.utc) - timedelta(days=40))
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port,
+                       root_pub=keys / "root.pub", initial=rel)
+    watch = Watcher(mosquitto.url)
+    agent = AgentProc(cfg, port).start()
+    try:
+        line = agent.wait_log(lambda x: x.get("event") == "initial_release_rejected")
+        assert "Expired" in line["error"], line
+        status = watch.wait(lambda s: s["state"] == "failed", timeout=15)
+        assert "initial release" in status["error"] and "Expired" in status["error"]
+        code, doc = http_json(f"{agent.url}/v2/models/model/infer", infer_body(GOLDEN_X))
+        assert code == 503 and "initial release 1.0.0 was refused" in doc["error"], doc
+    finally:
+        watch.close()
+        agent.terminate()
