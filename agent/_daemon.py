@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -110,7 +111,8 @@ class Agent:
                                 max_artifact_bytes=config.ota.max_artifact_bytes,
                                 max_switch_attempts=config.ota.max_switch_attempts,
                                 private_key=self.device_key,
-                                require_encryption=config.encryption.require)
+                                require_encryption=config.encryption.require,
+                                nonce=lambda: secrets.token_hex(8))
         from edgeship.agent._recover import load_or_recover
 
         self.state, _ = load_or_recover(self.store, self.core, log)  # damaged: recovered
@@ -280,7 +282,7 @@ class Agent:
         self._last_request = time.monotonic()
         self.edge.publish(request_topic(self.config.fleet), encode_request(req),
                           response_topic=self.topics.chunk,
-                          correlation=ota.correlation(req))
+                          correlation=action.correlation or ota.correlation(req))
 
     def _do_TruncateDownload(self, action: ota.TruncateDownload) -> ota.Event | None:
         try:

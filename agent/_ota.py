@@ -148,12 +148,15 @@ class OtaCore:
     def __init__(self, *, device: str, model: str, root_key: bytes, hardware: str | None = "cpu",
                  chunk_size: int = 64 * 1024, max_artifact_bytes: int = 256 * 1024 * 1024,
                  max_switch_attempts: int = 3, report_every: int = 8,
-                 private_key: Any | None = None, require_encryption: bool = False) -> None:
+                 private_key: Any | None = None, require_encryption: bool = False,
+                 nonce: Callable[[], str] | None = None) -> None:
         self.device, self.model, self.root_key, self.hardware = device, model, root_key, hardware
         self.private_key = private_key  # X25519 private key of [encryption], or None
         self.require_encryption = require_encryption  # refuse plaintext releases
         self.chunk_size, self.max_artifact_bytes = chunk_size, max_artifact_bytes
         self.max_switch_attempts, self.report_every = max_switch_attempts, report_every
+        # a random name per transfer for its chunk requests (the shell's entropy; None: none)
+        self._nonce = nonce or (lambda: "")
 
     # -- status ---------------------------------------------------------------------------
     def status(self, state: OtaState, now: float, *, phase: str | None = None) -> dict[str, Any]:
@@ -299,7 +302,7 @@ class OtaCore:
         slot = "b" if active is not None and active.slot == "a" else "a"
         return Job(offer=offer.to_bytes().decode(), version=manifest.version, file=chosen[0],
                    size=chosen[1], sha256=chosen[2], delta=delta is not None,
-                   chunk_size=self.chunk_size, slot=slot, mode=mode)
+                   chunk_size=self.chunk_size, slot=slot, mode=mode, nonce=self._nonce())
 
     # -- shadow releases -------------------------------------------------------------------
     @staticmethod
@@ -357,7 +360,8 @@ class OtaCore:
         job = state.job
         if job is None or state.phase != "downloading" or job.received >= job.chunks:
             return []
-        return [RequestChunk(self._chunk_request(job))]
+        request = self._chunk_request(job)
+        return [RequestChunk(request, correlation(request, job.nonce))]
 
     def _chunk_request(self, job: Job) -> ChunkRequest:
         return ChunkRequest(device=self.device, model=self.model, version=job.version,
@@ -374,8 +378,8 @@ class OtaCore:
         size = len(event.raw)
         if job is None or state.phase != "downloading":  # late duplicate, or garbage
             return state, [Rejected("chunk", "no download in progress", size)]
-        if event.correlation is not None \
-                and event.correlation != correlation(self._chunk_request(job)):
+        expected = correlation(self._chunk_request(job), job.nonce)
+        if (event.correlation is not None or job.nonce) and event.correlation != expected:
             # an answer to another request (an older transfer, a retry answered twice)
             return state, [Rejected("chunk", "answers another request", size)]
         try:

@@ -105,6 +105,7 @@ class Job:
     switched: bool = False  # the state already names the new slot as active
     switch_attempts: int = 0
     mode: str = "active"  # "shadow": ends installed next to the active model, not switched
+    nonce: str = ""  # random, names this transfer's chunk requests (see correlation)
 
     @property
     def chunks(self) -> int:
@@ -261,7 +262,10 @@ class Report(Action):
 
 @dataclass(frozen=True)
 class RequestChunk(Action):
+    """Ask for a chunk; ``correlation`` goes with it (MQTT 5) and must come back."""
+
     request: ChunkRequest
+    correlation: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -326,9 +330,12 @@ class UnloadShadow(Action):
     """Stop the shadow model (before its slot is overwritten, promoted or discarded)."""
 
 
-def correlation(request: ChunkRequest) -> bytes:
-    """What names one chunk request of one transfer (sent as MQTT 5 correlation data)."""
-    return f"{request.version}/{request.file}/{request.index}".encode()
+def correlation(request: ChunkRequest, nonce: str = "") -> bytes:
+    """What names one chunk request of one transfer (sent as MQTT 5 correlation data):
+    everything the device asked for, and the job's random ``nonce``, so an answer to a
+    request another device made in this device's name (another chunk size) is not taken."""
+    text = f"{request.version}/{request.file}/{request.index}/{request.chunk_size}"
+    return f"{text}/{nonce}".encode() if nonce else text.encode()
 
 
 def encode_state(state: OtaState) -> bytes:

@@ -211,7 +211,7 @@ class SimDevice:
         self.last_request = time.monotonic()
         self._publish(request_topic(self.fleet), encode_request(req),
                       response_topic=self.topics.chunk,
-                      correlation=f"{req.version}/{req.file}/{req.index}".encode())
+                      correlation=action.correlation or ota.correlation(req))
 
     def _do_TruncateDownload(self, action: ota.TruncateDownload) -> None:
         del self.download[action.size:]

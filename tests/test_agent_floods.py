@@ -133,3 +133,52 @@ def test_a_flood_of_refused_offers_writes_nothing(tmp_path: Path, mosquitto: Mos
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert writes < 300, writes
     assert taken_s < 3.0
+
+
+def test_another_devices_requests_cannot_abort_an_update(tmp_path: Path, mosquitto: Mosquitto,
+                                                         releases: dict[str, Any]) -> None:
+    """Issue 16, defect 5: while dev-1 downloads, another client keeps asking the release
+    server for dev-1's chunks with another chunk size, answered on dev-1's chunk topic and
+    with the correlation dev-1 would use (without its random nonce). dev-1 drops them
+    (logged) and its update commits."""
+    from edgeship.sdk._manifest import Manifest
+    from edgeship.sdk._transfer import ChunkRequest, encode_request
+    from edgeship.sdk._trust import Offer
+    from test_agent_support import start_fleet_serve
+
+    offer = offer_bytes(releases["v1"])
+    manifest = Manifest.from_dict(Offer.from_bytes(offer).manifest["signed"])
+    art = manifest.artifact
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port, chunk_size=256,
+                       root_pub=releases["root"], initial=releases["v0"])
+    pause = tmp_path / "pause"
+    pause.write_text("chunk=0.05")
+    agent = AgentProc(cfg, port, env={"EDGESHIP_AGENT_PAUSE_FILE": str(pause)}).start()
+    server = start_fleet_serve(mosquitto.url, releases["v1"])
+    watch = Watcher(mosquitto.url)
+    try:
+        agent.wait_ready()
+        watch.publish(OFFER, offer, retain=True)
+        watch.wait(lambda s: s["state"] == "downloading", timeout=15)
+        stop = time.monotonic() + 60
+        while time.monotonic() < stop and not any(
+                s["state"] in ("committed", "failed") and s["target"] == "1.0.1"
+                for s in watch.history):
+            for index in range(art.size // 300):
+                forged = ChunkRequest(device="dev-1", model="model", version="1.0.1",
+                                      file=art.name, index=index, chunk_size=300)
+                for corr in (f"1.0.1/{art.name}/{index}".encode(),
+                             f"1.0.1/{art.name}/{index}/256".encode()):
+                    watch.edge.publish("edgeship/t/ota/req", encode_request(forged),
+                                       response_topic=CHUNK, correlation=corr)
+            time.sleep(0.05)
+        final = [s for s in watch.history if s["state"] in ("committed", "failed")
+                 and s["target"] == "1.0.1"]
+        assert final and final[0]["state"] == "committed", final[:1]
+    finally:
+        watch.close()
+        agent.terminate()
+        server.terminate()
+        server.wait(timeout=10)
+    assert _rejected(agent, "chunk"), "the forged answers were dropped without a trace"
