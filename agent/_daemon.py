@@ -20,7 +20,6 @@ those points so a test can kill the agent inside each window.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,8 +35,9 @@ from typing import Any
 from edgeship.agent import _ota as ota
 from edgeship.agent._config import AgentConfig
 from edgeship.agent._inbox import BrokerHealth, Inbox
+from edgeship.agent._loading import data_key, load_serving, model_bytes
 from edgeship.agent._queue import Outbox
-from edgeship.agent._ratelimit import TokenBucket
+from edgeship.agent._ratelimit import Backoff, TokenBucket
 from edgeship.agent._startup import fallback_of, read_root, read_secret
 from edgeship.agent._store import Store
 
@@ -112,7 +112,8 @@ class Agent:
                                 max_switch_attempts=config.ota.max_switch_attempts,
                                 private_key=self.device_key,
                                 require_encryption=config.encryption.require,
-                                nonce=lambda: secrets.token_hex(8))
+                                nonce=lambda: secrets.token_hex(8),
+                                stall_after_s=3 * config.ota.request_timeout_s)
         from edgeship.agent._recover import load_or_recover
 
         self.state, _ = load_or_recover(self.store, self.core, log)  # damaged: recovered
@@ -140,6 +141,8 @@ class Agent:
                              ca=b.ca, cert=b.cert, key=b.key, keepalive=b.keepalive_s)
         self._stop = threading.Event()
         self.broker_health = BrokerHealth(config.broker.url, log)
+        self._progress: tuple[Any, float] = (None, time.monotonic())  # last download step
+        self._stall_log = Backoff(first_s=10.0, max_s=600.0)
         self._held_report: ota.Report | None = None  # a refusal's status, sent at most ...
         self._reported_at = 0.0  # ... every REFUSAL_REPORT_S after the previous status
         self._reject_log: dict[str, TokenBucket] = {}  # per topic
@@ -211,7 +214,11 @@ class Agent:
                 self._do_Report(held)
             now = time.monotonic()
             if self._overdue(now):
-                self.dispatch(ota.Tick())
+                stalled = now - self._progress[1]
+                if stalled >= self.core.stall_after_s and self._stall_log.due(now):
+                    log("download_stalled", level="warning", seconds=round(stalled),
+                        target=self.state.job and self.state.job.version)
+                self.dispatch(ota.Tick(stalled_s=stalled))
             if now >= next_beat:
                 next_beat = now + self.config.telemetry.interval_s
                 self._heartbeat()
@@ -228,6 +235,11 @@ class Agent:
 
     def dispatch(self, event: ota.Event) -> None:
         self.state = ota.drive(self.core, self.state, event, self.clock, self._perform)
+        job = self.state.job
+        mark = (job.version, job.file, job.received) if job is not None else None
+        if mark != self._progress[0]:  # a chunk landed, or another transfer began
+            self._progress = (mark, time.monotonic())
+            self._stall_log.reset()
 
     # -- actions -----------------------------------------------------------------------------
     def _perform(self, action: ota.Action, state: ota.OtaState) -> ota.Event | None:
@@ -381,39 +393,13 @@ class Agent:
         self.taps.stop_shadow()
 
     def _model_bytes(self, slot: ota.SlotInfo) -> bytes:
-        """The verified model of ``slot`` as plaintext, in memory only."""
-        data = self.store.read_slot(slot.slot, slot.format, max_bytes=slot.size)
-        if hashlib.sha256(data).hexdigest() != slot.sha256:
-            raise EdgeshipError(f"slot {slot.slot} does not hold the verified {slot.version}")
-        if slot.encryption is None:
-            return data
-        from edgeship.sdk._crypt import decrypt
-
-        return decrypt(data, self._data_key(slot.encryption), what=f"slot {slot.slot}")
+        return model_bytes(self.store, slot, self.device_key)
 
     def _data_key(self, encryption: dict[str, Any]) -> bytes:
-        from edgeship.sdk._crypt import Encryption, unwrap_data_key
-
-        from edgeship._errors import DecryptionError
-
-        if self.device_key is None:
-            raise DecryptionError("the model is encrypted and this agent has no [encryption] key")
-        return unwrap_data_key(Encryption.from_dict(encryption), self.device_key)
+        return data_key(encryption, self.device_key)
 
     def _load(self, slot: ota.SlotInfo, golden: dict[str, Any] | None) -> Any:
-        from edgeship.agent._api import Serving, describe
-        from edgeship.agent._health import golden_check
-        from edgeship.sdk._model import Model
-
-        cfg = self.config.model
-        model = Model.load_bytes(self._model_bytes(slot), format=slot.format,
-                                 runtime=cfg.runtime, threads=cfg.threads)
-        if golden is not None:
-            reason = golden_check(model, golden)
-            if reason:
-                raise EdgeshipError(f"golden check in the agent: {reason}")
-        return Serving(model=model, version=slot.version, sha256=slot.sha256,
-                       metadata=describe(cfg.name, model, slot.version))
+        return load_serving(self._model_bytes(slot), slot, golden, self.config.model)
 
     # -- first start, telemetry, outbox --------------------------------------------------------
     def _install_initial(self) -> None:

@@ -56,6 +56,7 @@ from edgeship.agent._ota_release import (
     recipient,
     slot_info,
 )
+from edgeship.agent._ota_shadow import ShadowSteps
 from edgeship.agent._ota_types import (
     MODES,
     PHASES,
@@ -92,7 +93,7 @@ from edgeship.agent._ota_types import (
     encode_state,
 )
 from edgeship.sdk._manifest import Manifest
-from edgeship.sdk._transfer import ChunkRequest, chunk_count, decode_chunk
+from edgeship.sdk._transfer import ChunkRequest, decode_chunk
 from edgeship.sdk._trust import Offer, check_offer, check_payload
 
 from edgeship._errors import (
@@ -102,54 +103,27 @@ from edgeship._errors import (
     TransportError,
 )
 
-__all__ = [
-    "PHASES",
-    "Action",
-    "Chunk",
-    "Connected",
-    "Downloaded",
-    "Event",
-    "HealthChecked",
-    "Installed",
-    "Job",
-    "LoadActive",
-    "LoadShadow",
-    "Loaded",
-    "LocalRelease",
-    "OfferReceived",
-    "OtaCore",
-    "OtaState",
-    "Persist",
-    "ReadDownload",
-    "Rejected",
-    "Report",
-    "RequestChunk",
-    "Resume",
-    "RunHealthCheck",
-    "SlotInfo",
-    "StorageFailed",
-    "Tick",
-    "TruncateDownload",
-    "UnloadShadow",
-    "WriteChunk",
-    "WriteSlot",
-    "decode_state",
-    "drive",
-    "encode_state",
+__all__ = [  # the types are re-exported: shells import everything from here
+    "PHASES", "Action", "Chunk", "Connected", "Downloaded", "Event", "HealthChecked",
+    "Installed", "Job", "LoadActive", "LoadShadow", "Loaded", "LocalRelease", "OfferReceived",
+    "OtaCore", "OtaState", "Persist", "ReadDownload", "Rejected", "Report", "RequestChunk",
+    "Resume", "RunHealthCheck", "SlotInfo", "StorageFailed", "Tick", "TruncateDownload",
+    "UnloadShadow", "WriteChunk", "WriteSlot", "decode_state", "drive", "encode_state",
 ]
 _BUSY = ("verifying", "installing", "health-checking")
 
 Step = tuple[OtaState, list[Action]]
 
 
-class OtaCore:
+class OtaCore(ShadowSteps):
     """The decisions of one device; holds only configuration, never state."""
 
     def __init__(self, *, device: str, model: str, root_key: bytes, hardware: str | None = "cpu",
                  chunk_size: int = 64 * 1024, max_artifact_bytes: int = 256 * 1024 * 1024,
                  max_switch_attempts: int = 3, report_every: int = 8,
                  private_key: Any | None = None, require_encryption: bool = False,
-                 nonce: Callable[[], str] | None = None) -> None:
+                 nonce: Callable[[], str] | None = None, stall_after_s: float = 30.0,
+                 max_refusals: int = 8) -> None:
         self.device, self.model, self.root_key, self.hardware = device, model, root_key, hardware
         self.private_key = private_key  # X25519 private key of [encryption], or None
         self.require_encryption = require_encryption  # refuse plaintext releases
@@ -157,6 +131,7 @@ class OtaCore:
         self.max_switch_attempts, self.report_every = max_switch_attempts, report_every
         # a random name per transfer for its chunk requests (the shell's entropy; None: none)
         self._nonce = nonce or (lambda: "")
+        self.stall_after_s, self.max_refusals = stall_after_s, max_refusals
 
     # -- status ---------------------------------------------------------------------------
     def status(self, state: OtaState, now: float, *, phase: str | None = None) -> dict[str, Any]:
@@ -304,44 +279,6 @@ class OtaCore:
                    size=chosen[1], sha256=chosen[2], delta=delta is not None,
                    chunk_size=self.chunk_size, slot=slot, mode=mode, nonce=self._nonce())
 
-    # -- shadow releases -------------------------------------------------------------------
-    @staticmethod
-    def _promotes(state: OtaState, manifest: Manifest, mode: str) -> bool:
-        """A normal offer of exactly the release the shadow slot holds: switch to it."""
-        shadow = state.shadow
-        return (mode == "active" and shadow is not None and state.active is not None
-                and shadow.version == manifest.version
-                and shadow.sha256 == manifest.artifact.sha256)
-
-    def _promote(self, state: OtaState, offer: Offer, manifest: Manifest, now: float) -> Step:
-        """The shadow slot becomes active with no download: the same switch as after a
-        passed health check (the new model is golden-checked in-process when it loads,
-        the old slot kept as ``previous`` until then)."""
-        shadow = state.shadow
-        assert shadow is not None
-        art = manifest.artifact
-        job = Job(offer=offer.to_bytes().decode(), version=manifest.version, file=art.name,
-                  size=art.size, sha256=art.sha256, delta=False, chunk_size=self.chunk_size,
-                  received=chunk_count(art.size, self.chunk_size), slot=shadow.slot,
-                  switched=True, switch_attempts=1)
-        state = replace(state, phase="health-checking", job=job, active=shadow,
-                        previous=state.active, shadow=None, error="", target=manifest.version)
-        return state, [UnloadShadow(), Persist(state), self._report(state, now),
-                       LoadActive(shadow, golden=self._golden(job))]
-
-    def _discard(self, state: OtaState, version: str | None, now: float) -> Step:
-        """``shadow-discard``: drop the shadow of ``version`` (or its install under way).
-        Anything else (the retained discard seen again, another version) is ignored."""
-        job = state.job
-        if state.shadow is not None and state.shadow.version == version:
-            state = replace(state, phase="shadow-discarded", shadow=None, target=version,
-                            error="")
-            return state, [UnloadShadow(), Persist(state), self._report(state, now)]
-        if job is not None and job.mode == "shadow" and job.version == version:
-            state = replace(state, phase="shadow-discarded", job=None, target=version, error="")
-            return state, [Persist(state), TruncateDownload(0), self._report(state, now)]
-        return state, []
-
     def _refuse(self, state: OtaState, now: float, reason: str,
                 target: str | None = None) -> Step:
         if state.job is not None:  # an update is under way: report, change nothing
@@ -371,7 +308,12 @@ class OtaCore:
         return state, [self._report(state, now), *self._request(state)]
 
     def _on_Tick(self, state: OtaState, event: Tick, now: float) -> Step:
-        return state, self._request(state)
+        again = self._request(state)
+        if not again or event.stalled_s < self.stall_after_s:
+            return state, again
+        # no server answers (gone, or none holds the file): say so, and keep asking
+        stalled = f"download stalled: no chunk for {int(event.stalled_s)} s; still asking"
+        return state, [Report({**self.status(state, now), "error": stalled}), *again]
 
     def _on_Chunk(self, state: OtaState, event: Chunk, now: float) -> Step:
         job = state.job
@@ -389,10 +331,10 @@ class OtaCore:
             return self._fail(state, now, f"download: {exc}")
         except TransportError as exc:
             if "refused" in str(exc):
-                return self._fail(state, now, str(exc))
+                return self._refused_chunk(state, now, str(exc), size)
             # a stale, damaged or forged chunk: the retry asks again
             return state, [Rejected("chunk", str(exc), size)]
-        job = replace(job, received=job.received + 1)
+        job = replace(job, received=job.received + 1, refusals=0)
         state = replace(state, job=job)
         if job.received >= job.chunks:  # one state write: counted and complete
             state = replace(state, phase="verifying")
@@ -402,6 +344,17 @@ class OtaCore:
         if job.received % self.report_every == 0:
             actions.append(self._report(state, now))
         return state, [*actions, *self._request(state)]
+
+    def _refused_chunk(self, state: OtaState, now: float, reason: str, size: int) -> Step:
+        """A release server has no such file (or range): servers share the requests, so
+        ask again (a sibling may hold it); fail only after ``max_refusals`` in a row."""
+        job = state.job
+        assert job is not None
+        job = replace(job, refusals=job.refusals + 1)
+        if job.refusals >= self.max_refusals:
+            return self._fail(state, now, f"{reason} ({job.refusals} times)")
+        state = replace(state, job=job)
+        return state, [Rejected("chunk", reason, size), *self._request(state)]
 
     # -- verify, install, check, switch, commit -------------------------------------------
     def _read(self, state: OtaState) -> ReadDownload:

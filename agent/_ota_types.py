@@ -106,6 +106,7 @@ class Job:
     switch_attempts: int = 0
     mode: str = "active"  # "shadow": ends installed next to the active model, not switched
     nonce: str = ""  # random, names this transfer's chunk requests (see correlation)
+    refusals: int = 0  # "no such file" answers to the chunk in flight (a sibling may have it)
 
     @property
     def chunks(self) -> int:
@@ -196,7 +197,10 @@ class Connected(Event):
 
 @dataclass(frozen=True)
 class Tick(Event):
-    """Time passed with nothing else to do: re-ask for a chunk that is overdue."""
+    """Time passed with nothing else to do: re-ask for a chunk that is overdue;
+    ``stalled_s``: seconds since the download last made progress."""
+
+    stalled_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,8 @@ def _job_problem(d: Any) -> str | None:
         return f"job: received {str(received)[:20]} is not in 0..{chunks}"
     if d.get("slot", "") not in ("a", "b") or d.get("mode", "active") not in MODES:
         return "job: slot or mode is malformed"
+    if not _is_size(d.get("refusals", 0)):
+        return "job: refusals is malformed"
     if not isinstance(d.get("nonce", ""), str) or len(d.get("nonce", "")) > 64:
         return "job: nonce is malformed"
     if not isinstance(d.get("switched", False), bool) or not _is_size(d.get("switch_attempts", 0)):
