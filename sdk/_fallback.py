@@ -395,7 +395,8 @@ class FallbackModel:
             return "circuit breaker open"
         began = self._clock()
         try:
-            response = self.cloud.request(feeds, deadline_ms=left_ms)
+            response = self.cloud.request(feeds, deadline_ms=left_ms,
+                                          max_response_bytes=answer_limit(model, feeds))
             _check_outputs(response.outputs, model)
         except TransportError as exc:
             self._record(began, error=str(exc), rejected=getattr(exc, "status", 0) // 100 == 4)
@@ -454,6 +455,28 @@ class FallbackModel:
                 "last_cloud_error": s.last_cloud_error,
                 "breaker": self.breaker.snapshot(),
             }
+
+
+JSON_BYTES_PER_VALUE = 32  # "-1.2345678901234567e-308, " and then some
+ANSWER_SLACK = 64 * 1024  # names, parameters, headers of the JSON
+
+
+def answer_limit(model: Any, feeds: Mapping[str, Any]) -> int | None:
+    """The most bytes a cloud answer can need for the outputs ``model`` has (a dynamic
+    dimension counts as the request's batch rows); None without a model (the client's
+    own bound applies). A [1, 3000000] answer for a [1, 16] model is refused unread."""
+    specs = getattr(model, "outputs", ())
+    if not specs:
+        return None
+    first = next(iter(feeds.values()), None)
+    rows = int(first.shape[0]) if first is not None and getattr(first, "ndim", 0) else 1
+    values = 0
+    for spec in specs:
+        count = 1
+        for dim in getattr(spec, "shape", ()):
+            count *= dim if isinstance(dim, int) and dim > 0 else max(rows, 1)
+        values += count
+    return values * JSON_BYTES_PER_VALUE + ANSWER_SLACK
 
 
 def _cloud_inputs(inputs: Mapping[str, Any], model: Any) -> dict[str, Any]:
