@@ -261,8 +261,10 @@ class Agent:
                 reason=action.reason[:200], suppressed_before=bucket.take_suppressed())
 
     def _do_Report(self, action: ota.Report) -> None:
-        if self._status is not None and _same_status(self._status, action.status):
+        if self._status is not None and _same_status(self._status, action.status) \
+                and not isinstance(self.inbox.last_taken, ota.Connected):
             return  # a repeat (a flood of refused offers): no log line, no retained rewrite
+        # (after a reconnect the same status goes out again: the broker may have lost it)
         now = time.monotonic()
         if action.status["state"] == "failed" and now - self._reported_at < REFUSAL_REPORT_S:
             self._held_report = action  # a flood of refusals: the latest goes out later

@@ -31,6 +31,7 @@ class Inbox:
         self._queue: queue.Queue[ota.Event] = queue.Queue(maxsize=MAX_PENDING_EVENTS)
         self._bytes, self._lock = 0, threading.Lock()
         self._on_dropped = on_dropped
+        self.last_taken: ota.Event | None = None  # the event the loop is handling
 
     def put(self, event: ota.Event) -> None:
         """A control event (connected): waits for room rather than being lost."""
@@ -54,8 +55,10 @@ class Inbox:
         try:
             event = self._queue.get(timeout=timeout)
         except queue.Empty:
+            self.last_taken = None
             return None
         self._release(_size(event))
+        self.last_taken = event
         return event
 
     def _release(self, size: int) -> None:

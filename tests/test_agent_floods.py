@@ -242,3 +242,29 @@ def test_a_sibling_server_without_the_file_does_not_fail_the_update(
             server.wait(timeout=10)
     refused = [x for x in _rejected(agent, "chunk") if "refused" in x["reason"]]
     assert refused, "the sibling without the file was never asked: the test proves nothing"
+
+
+def test_status_is_published_again_after_the_broker_lost_it(
+        tmp_path: Path, mosquitto: Mosquitto, releases: dict[str, Any]) -> None:
+    """Repeated statuses are not re-sent (floods), but after a reconnect the same status
+    goes out again: a restarted broker without persistence lost the retained one."""
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port,
+                       root_pub=releases["root"], initial=releases["v0"])
+    agent = AgentProc(cfg, port).start()
+    try:
+        agent.wait_ready()
+        watch = Watcher(mosquitto.url)
+        watch.wait(lambda s: s["state"] == "committed")
+        watch.close()
+        mosquitto.stop()
+        time.sleep(1.0)
+        mosquitto.start()
+        watch = Watcher(mosquitto.url)  # sees only what is retained now, or sent later
+        try:
+            status = watch.wait(lambda s: s["state"] == "committed", timeout=20)
+            assert status["version"] == "1.0.0"
+        finally:
+            watch.close()
+    finally:
+        agent.terminate()
