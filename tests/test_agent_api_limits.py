@@ -206,3 +206,49 @@ def test_a_burst_of_connects_is_queued_not_dropped(agent: AgentProc) -> None:
     slowest = max(t for _, t in results)
     print(f"burst of 64 connects: slowest answer {slowest * 1000:.0f} ms")
     assert slowest < 0.9
+
+
+def test_64_keep_alive_clients_of_one_host_are_all_served(agent: AgentProc) -> None:
+    """The per-peer bound (64 by default) leaves 64 concurrent keep-alive clients of one
+    host alone: no connection of theirs is closed between requests, no error."""
+    body = _tensor(shape=[1, 64], data=[0.0] * 64)
+    errors: list[str] = []
+    gate = threading.Barrier(64)
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=10)
+        try:
+            gate.wait()
+            for _ in range(10):
+                conn.request("POST", "/v2/models/model/infer", body=body,
+                             headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    errors.append(str(resp.status))
+                time.sleep(0.05)
+        except (OSError, http.client.HTTPException) as exc:
+            errors.append(repr(exc))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+
+
+def test_choose_victim_per_peer_and_in_total() -> None:
+    from edgeship.sdk._v2conns import REFUSE, Conn, Limits, choose_victim
+
+    limits = Limits(max_connections=4, max_per_peer=2)
+    a1 = Conn(1, "a", None, "waiting", since=1.0)
+    a2 = Conn(2, "a", None, "working", since=0.5)
+    b3 = Conn(3, "b", None, "waiting", since=0.1)
+    assert choose_victim([a1, b3], "a", limits) is None  # room
+    assert choose_victim([a1, a2, b3], "a", limits) == 1  # a's own waiting one, not b's
+    assert choose_victim([a2, Conn(4, "a", None, "working")], "a", limits) == REFUSE
+    full = [a1, a2, b3, Conn(5, "c", None, "reading", since=0.0)]
+    assert choose_victim(full, "d", limits) == 3  # the longest waiting of all
