@@ -38,7 +38,7 @@ from edgeship.agent._inbox import BrokerHealth, Inbox
 from edgeship.agent._loading import data_key, load_serving, model_bytes
 from edgeship.agent._queue import Outbox
 from edgeship.agent._ratelimit import Backoff, TokenBucket
-from edgeship.agent._startup import fallback_of, read_root, read_secret
+from edgeship.agent._startup import fallback_of, initial_offer, read_root, read_secret
 from edgeship.agent._store import Store
 
 from edgeship._errors import EdgeshipError
@@ -116,7 +116,8 @@ class Agent:
                                 stall_after_s=3 * config.ota.request_timeout_s)
         from edgeship.agent._recover import load_or_recover
 
-        self.state, _ = load_or_recover(self.store, self.core, log)  # damaged: recovered
+        self.state, _ = load_or_recover(self.store, self.core, log,  # damaged: recovered
+                                        known=lambda: initial_offer(config))
         # bounded: a flood on the device's topics drops messages (logged), never grows memory
         self.inbox = Inbox(on_dropped=self._do_Rejected)
         self.outbox = Outbox(config.data_dir / "queue.sqlite",

@@ -92,23 +92,32 @@ def _raised(trusted: TrustedState, slot: VerifiedSlot) -> TrustedState:
     return accepted
 
 
-def verified_slots(store: Store, core: OtaCore) -> list[VerifiedSlot]:
+def verified_slots(store: Store, core: OtaCore, known: tuple[bytes, ...] = ()
+                   ) -> list[VerifiedSlot]:
     """Every slot whose stored offer verifies against the root key; servable (``info``)
-    when its model file has the signed size and sha256 and this device can open it."""
+    when its model file has the signed size and sha256 and this device can open it.
+    A slot without a stored offer (installed by an agent older than this) is tried
+    against the ``known`` offers (the initial release's) and counts only if it matches."""
     found = []
     for slot in ("a", "b"):
         raw = store.slot_offer(slot)
-        if raw is None:
-            continue
-        try:
-            offer = Offer.from_bytes(raw)
-            manifest = check_installed(offer, core.root_key, model_name=core.model,
-                                       hardware=core.hardware)
-        except EdgeshipError:
-            continue
-        found.append(VerifiedSlot(info=_servable(store, slot, manifest, core),
-                                  manifest=manifest, offer=offer))
+        for candidate in [raw] if raw is not None else known:
+            verified = _verify(store, core, slot, candidate)
+            if verified is not None and (raw is not None or verified.info is not None):
+                found.append(verified)
+                break
     return found
+
+
+def _verify(store: Store, core: OtaCore, slot: str, raw: bytes) -> VerifiedSlot | None:
+    try:
+        offer = Offer.from_bytes(raw)
+        manifest = check_installed(offer, core.root_key, model_name=core.model,
+                                   hardware=core.hardware)
+    except EdgeshipError:
+        return None
+    return VerifiedSlot(info=_servable(store, slot, manifest, core), manifest=manifest,
+                        offer=offer)
 
 
 def _servable(store: Store, slot: str, manifest: Manifest, core: OtaCore) -> SlotInfo | None:
@@ -126,15 +135,17 @@ def _servable(store: Store, slot: str, manifest: Manifest, core: OtaCore) -> Slo
                     profile=profile.to_dict() if profile is not None else None)
 
 
-def load_or_recover(store: Store, core: OtaCore,
-                    log: Callable[..., None]) -> tuple[OtaState, dict[str, Any] | None]:
-    """The persisted state, or (when it is damaged) the recovered one and what happened."""
+def load_or_recover(store: Store, core: OtaCore, log: Callable[..., None],
+                    known: Callable[[], tuple[bytes, ...]] = tuple,
+                    ) -> tuple[OtaState, dict[str, Any] | None]:
+    """The persisted state, or (when it is damaged) the recovered one and what happened;
+    ``known()`` gives offers to try for slots without a stored one (see verified_slots)."""
     try:
         return store.load_state(), None
     except StateDamaged as exc:
         damage = exc
     kept = store.set_aside_state()
-    slots = verified_slots(store, core)
+    slots = verified_slots(store, core, known())
     state = recovered_state(slots, salvaged_trusted(damage.raw), "")
     active = state.active
     serving = f"serving slot {active.slot} ({active.version})" if active \

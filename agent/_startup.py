@@ -9,7 +9,7 @@ from typing import Any
 from edgeship.agent._config import AgentConfig
 from edgeship.sdk._fileio import read_head
 
-__all__ = ["fallback_of", "read_root", "read_secret"]
+__all__ = ["fallback_of", "initial_offer", "read_root", "read_secret"]
 
 
 def read_root(path: Path) -> bytes:
@@ -55,3 +55,19 @@ def fallback_of(config: AgentConfig) -> Any | None:
     from edgeship.sdk._fallback_config import build_fallback
 
     return build_fallback(config.fallback.values(), default_model=config.model.name)
+
+
+def initial_offer(config: AgentConfig) -> tuple[bytes, ...]:
+    """The signed offer of ``[model] initial`` (none when unset or unreadable): what a slot
+    installed before slots kept their offer can be verified against."""
+    if not config.model.initial:
+        return ()
+    from edgeship.sdk._release import Release
+
+    from edgeship._errors import EdgeshipError
+
+    try:
+        return (Release.load(config.model.initial).offer().to_bytes(),)
+    except EdgeshipError:
+        return ()
+

@@ -188,3 +188,27 @@ def test_tampered_slot_is_not_served(tmp_path: Path, shared_mosquitto: Mosquitto
     note = next(line for line in agent.log if line.get("event") == "state_damaged")
     assert note["slot"] == "a" and note["version"] == "1.0.0"
     assert "1.0.1" in note["floor"].values()
+
+
+def test_slot_of_an_older_agent_is_verified_against_the_initial_release(
+        tmp_path: Path, shared_mosquitto: Mosquitto, template: dict[str, Any]) -> None:
+    """Slots installed by an agent that did not keep offers: slot a holds exactly the
+    initial release, so it verifies against that root-signed offer and is served; slot b
+    (an OTA install) has nothing to verify against and is not."""
+    data = tmp_path / "data-dev-1"
+    shutil.copytree(template["data"], data)
+    for offer in data.glob("slots/*/offer.json"):
+        offer.unlink()
+    (data / "state.json").write_bytes(b"\0" * 64)
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=shared_mosquitto.url, port=port,
+                       root_pub=template["root"], initial=template["rel0"], fleet="v-older")
+    agent = AgentProc(cfg, port).start()
+    try:
+        agent.wait_ready()
+        assert served_version(agent.url)[0] == "1.0.0"
+    finally:
+        agent.terminate()
+    note = next(line for line in agent.log if line.get("event") == "state_damaged")
+    assert note["slot"] == "a" and note["version"] == "1.0.0"
+    assert not any(line.get("event") == "installing_initial" for line in agent.log)
