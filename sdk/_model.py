@@ -68,6 +68,8 @@ class Model:
         self.runtime: str = backend.runtime
         self.inputs: tuple[TensorSpec, ...] = backend.inputs
         self.outputs: tuple[TensorSpec, ...] = backend.outputs
+        # output name -> quantization step of a quantized (INT8) output, dequantized here
+        self.output_steps: dict[str, float] = dict(getattr(backend, "output_steps", {}))
 
     def __repr__(self) -> str:
         return f"Model(path={str(self.path)!r}, runtime={self.runtime!r})"

@@ -88,6 +88,8 @@ class MqttEdge:
                  on_message: Callable[[Message], None] | None = None,
                  on_connect: Callable[[], None] | None = None,
                  on_disconnect: Callable[[str], None] | None = None,
+                 on_connect_fail: Callable[[str], None] | None = None,
+                 on_oversize: Callable[[str, int], None] | None = None,
                  username: str = "", password: str = "", ca: str = "", cert: str = "",
                  key: str = "", keepalive: int = 30, min_backoff: float = 0.25,
                  max_backoff: float = 10.0, will: tuple[str, bytes, bool] | None = None,
@@ -99,6 +101,8 @@ class MqttEdge:
         # max_queued_messages (mosquitto: 1000) QoS 1 messages per client, drops the rest
         self.subscribe_qos = subscribe_qos
         self._on_message, self._on_connect, self._on_disconnect = on_message, on_connect, on_disconnect
+        self._on_connect_fail = on_connect_fail  # a connect attempt failed (refused, timeout...)
+        self._on_oversize = on_oversize  # (topic, bytes) of a message dropped for its size
         self.min_backoff, self.max_backoff = min_backoff, max_backoff
         self._backoff, self._next_try, self._started = min_backoff, 0.0, False
         self._connected = threading.Event()
@@ -120,6 +124,7 @@ class MqttEdge:
         client.max_inflight_messages_set(100)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
+        client.on_connect_fail = self._handle_connect_fail
         client.on_message = self._handle_message
         client.on_subscribe = self._handle_subscribe
         self._pending_subs: set[int] = set()
@@ -226,9 +231,15 @@ class MqttEdge:
         return info
 
     # -- paho callbacks (paho's thread, or the caller's in poll) ---------------------------
+    def _handle_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        if self._on_connect_fail is not None:
+            self._on_connect_fail(f"cannot connect to {self.host}:{self.port}")
+
     def _handle_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                         properties: Any) -> None:
         if getattr(reason, "is_failure", False):
+            if self._on_connect_fail is not None:  # refused by the broker (auth, ACL ...)
+                self._on_connect_fail(f"broker refused the connection: {reason}")
             return
         sock = client.socket()
         if isinstance(sock, _socket.socket):  # no Nagle: a request waits for no ACK timer
@@ -260,7 +271,11 @@ class MqttEdge:
             self._on_disconnect(str(reason))
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        if len(msg.payload) > MAX_PAYLOAD or self._on_message is None:
+        if self._on_message is None:
+            return
+        if len(msg.payload) > MAX_PAYLOAD:
+            if self._on_oversize is not None:
+                self._on_oversize(msg.topic, len(msg.payload))
             return
         props = msg.properties
         response = getattr(props, "ResponseTopic", None) if props else None

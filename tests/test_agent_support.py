@@ -114,8 +114,11 @@ def write_config(tmp: Path, *, broker_url: str, port: int, root_pub: Path, devic
 class AgentProc:
     """``edgeship agent run`` as a subprocess; its JSON log lines are collected."""
 
-    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None,
+                 launcher: list[str] | None = None) -> None:
         self.config, self.port = config, port
+        # argv that runs the agent, "run" included (a test wrapper may inject faults)
+        self.launcher = launcher or [sys.executable, "-m", "edgeship", "agent", "run"]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -127,7 +130,7 @@ class AgentProc:
 
     def start(self, *, wait: bool = True) -> AgentProc:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeship", "agent", "run", "--config", str(self.config)],
+            [*self.launcher, "--config", str(self.config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env=self.env)
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()

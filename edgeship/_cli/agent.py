@@ -1,4 +1,5 @@
-"""``edgeship agent run --config agent.toml``: the device daemon (thin: parse, call, exit)."""
+"""``edgeship agent run --config agent.toml``: the device daemon; ``edgeship agent check
+--config agent.toml``: validate a config (thin: parse, call, exit)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,20 @@ def run(config_path: Path) -> None:
     from edgeship.agent._daemon import run_agent
 
     run_agent(load_config(config_path))
+
+
+@agent.command("check")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="agent.toml to validate")
+def check(config_path: Path) -> None:
+    """Validate a config: every error and warning, exit 1 on errors."""
+    from edgeship.agent._check import check_config
+
+    errors, warnings = check_config(config_path)
+    for text in warnings:
+        click.echo(f"warning: {text}", err=True)
+    for text in errors:
+        click.echo(f"error: {text}", err=True)
+    if errors:
+        raise SystemExit(1)
+    click.echo(f"ok: {config_path}")
