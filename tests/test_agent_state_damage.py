@@ -167,6 +167,24 @@ def test_damaged_state_serves_newest_verified_slot(variant: str, tmp_path: Path,
     assert not (data / "download.part").exists()
 
 
+def _serves_slot_a(tmp_path: Path, broker: Mosquitto, root_pub: Path, *, fleet: str,
+                   initial: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Start a real agent on the damaged copy in ``tmp_path``: it must serve 1.0.0 from
+    slot a and say so in one state_damaged line. Returns that line and the agent's log."""
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=broker.url, port=port, root_pub=root_pub,
+                       initial=initial, fleet=fleet)
+    agent = AgentProc(cfg, port).start()
+    try:
+        agent.wait_ready()
+        assert served_version(agent.url)[0] == "1.0.0"
+    finally:
+        agent.terminate()
+    note = next(line for line in agent.log if line.get("event") == "state_damaged")
+    assert note["slot"] == "a" and note["version"] == "1.0.0"
+    return note, agent.log
+
+
 def test_tampered_slot_is_not_served(tmp_path: Path, shared_mosquitto: Mosquitto,
                                      template: dict[str, Any]) -> None:
     """Slot b's model changed on disk: only slot a is served, and the floor still holds
@@ -176,17 +194,7 @@ def test_tampered_slot_is_not_served(tmp_path: Path, shared_mosquitto: Mosquitto
     (data / "state.json").write_bytes(b"")
     model_b = data / "slots" / "b" / "model.onnx"
     model_b.write_bytes(model_b.read_bytes()[:-1] + b"\x01")
-    port = free_port()
-    cfg = write_config(tmp_path, broker_url=shared_mosquitto.url, port=port,
-                       root_pub=template["root"], fleet="v-tampered")
-    agent = AgentProc(cfg, port).start()
-    try:
-        agent.wait_ready()
-        assert served_version(agent.url)[0] == "1.0.0"
-    finally:
-        agent.terminate()
-    note = next(line for line in agent.log if line.get("event") == "state_damaged")
-    assert note["slot"] == "a" and note["version"] == "1.0.0"
+    note, _ = _serves_slot_a(tmp_path, shared_mosquitto, template["root"], fleet="v-tampered")
     assert "1.0.1" in note["floor"].values()
 
 
@@ -200,15 +208,6 @@ def test_slot_of_an_older_agent_is_verified_against_the_initial_release(
     for offer in data.glob("slots/*/offer.json"):
         offer.unlink()
     (data / "state.json").write_bytes(b"\0" * 64)
-    port = free_port()
-    cfg = write_config(tmp_path, broker_url=shared_mosquitto.url, port=port,
-                       root_pub=template["root"], initial=template["rel0"], fleet="v-older")
-    agent = AgentProc(cfg, port).start()
-    try:
-        agent.wait_ready()
-        assert served_version(agent.url)[0] == "1.0.0"
-    finally:
-        agent.terminate()
-    note = next(line for line in agent.log if line.get("event") == "state_damaged")
-    assert note["slot"] == "a" and note["version"] == "1.0.0"
-    assert not any(line.get("event") == "installing_initial" for line in agent.log)
+    _, log = _serves_slot_a(tmp_path, shared_mosquitto, template["root"], fleet="v-older",
+                            initial=template["rel0"])
+    assert not any(line.get("event") == "installing_initial" for line in log)
