@@ -10,7 +10,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,15 @@ def test_bad_input_is_one_line_400(case: str, agent: AgentProc) -> None:
     assert status == 200  # and the agent still answers
 
 
+def _in_threads(work: Callable[[], None], count: int) -> None:
+    """Run ``work`` in ``count`` threads at once and wait for all of them."""
+    threads = [threading.Thread(target=work) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def _peak_rss_mb(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(next(line.split()[1] for line in text.splitlines()
@@ -112,12 +121,7 @@ def test_bytes_in_flight_bound_the_memory(tmp_path: Path, shared_mosquitto: Mosq
         assert proc.proc is not None
         before = _peak_rss_mb(proc.proc.pid)
         results: list[int] = []
-        threads = [threading.Thread(target=lambda: results.append(
-            _post(port, body, timeout=60)[0])) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _in_threads(lambda: results.append(_post(port, body, timeout=60)[0]), 8)
         grown = _peak_rss_mb(proc.proc.pid) - before
     finally:
         proc.terminate()
@@ -197,11 +201,7 @@ def test_a_burst_of_connects_is_queued_not_dropped(agent: AgentProc) -> None:
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=one) for _ in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(one, 64)
     assert [s for s, _ in results] == [200] * 64
     slowest = max(t for _, t in results)
     print(f"burst of 64 connects: slowest answer {slowest * 1000:.0f} ms")
@@ -232,11 +232,7 @@ def test_64_keep_alive_clients_of_one_host_are_all_served(agent: AgentProc) -> N
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=client) for _ in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(client, 64)
     assert not errors, errors[:5]
 
 
