@@ -1,18 +1,18 @@
 """The agent's local API under attack (issue 16), for bench_agent.py: what a normal client
 sees while 200 slowloris connections are open, and the agent's RSS under 8 concurrent
-16 MiB JSON requests. Loopback only; each run bounded in count and time."""
+16 MiB JSON requests. Loopback only; each run bounded in count and time. The slowloris
+attacker is the one tests/test_agent_api_limits.py runs (tests/test_agent_support.py)."""
 
 from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from test_agent_support import peak_rss_mb, slowloris  # tests/ is on sys.path (bench_agent.py)
 
 
 def _post(port: int, body: bytes, timeout: float = 30.0) -> int:
@@ -27,39 +27,13 @@ def _post(port: int, body: bytes, timeout: float = 30.0) -> int:
         conn.close()
 
 
-def _slow(port: int) -> socket.socket | None:
-    try:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=2)
-        sock.sendall(b"POST /v2/models/model/infer HTTP/1.1\r\nHost: x\r\n")
-        return sock
-    except OSError:
-        return None
-
-
 def slowloris_run(port: int, body: bytes, *, peers: int = 200, seconds: float = 10.0
                   ) -> dict[str, Any]:
     """A normal client's answers (a fresh connection each, 5 a second) while ``peers``
     connections send a header byte a second and reconnect when closed.
     Target: p99 under 100 ms."""
-    slow = [_slow(port) for _ in range(peers)]
-    stop = threading.Event()
-
-    def trickle() -> None:
-        while not stop.wait(1.0):
-            for i, sock in enumerate(slow):
-                try:
-                    if sock is None:
-                        raise OSError
-                    sock.sendall(b"X")
-                except OSError:
-                    if sock is not None:
-                        sock.close()
-                    slow[i] = _slow(port)
-
-    attacker = threading.Thread(target=trickle, daemon=True)
-    attacker.start()
     took, failed = [], 0
-    try:
+    with slowloris(port, peers):
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             start = time.monotonic()
@@ -69,24 +43,11 @@ def slowloris_run(port: int, body: bytes, *, peers: int = 200, seconds: float = 
                 failed += 1
             took.append((time.monotonic() - start) * 1000)
             time.sleep(0.2)
-    finally:
-        stop.set()
-        attacker.join(timeout=10)
-        for sock in slow:
-            if sock is not None:
-                sock.close()
     ms = np.array(took)
     return {"slowloris_peers": peers, "answers": len(took), "failed": failed,
             "p50_ms": round(float(np.percentile(ms, 50)), 2),
             "p99_ms": round(float(np.percentile(ms, 99)), 2),
             "max_ms": round(float(ms.max()), 2)}
-
-
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def inflight_rss_run(pid: int, port: int, *, requests: int = 8,
@@ -97,7 +58,7 @@ def inflight_rss_run(pid: int, port: int, *, requests: int = 8,
     data = np.random.default_rng(0).random(rows * 64).tolist()
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 64],
                                    "data": data}]}).encode()
-    before = _peak_rss_mb(pid)
+    before = peak_rss_mb(pid)
     codes: list[int] = []
     start = time.monotonic()
     threads = [threading.Thread(target=lambda: codes.append(_post(port, body)))
@@ -108,4 +69,4 @@ def inflight_rss_run(pid: int, port: int, *, requests: int = 8,
         t.join()
     return {"requests": requests, "body_mib": round(len(body) / 2**20, 1),
             "statuses": sorted(set(codes)), "seconds": round(time.monotonic() - start, 2),
-            "peak_rss_growth_mb": round(_peak_rss_mb(pid) - before, 1)}
+            "peak_rss_growth_mb": round(peak_rss_mb(pid) - before, 1)}

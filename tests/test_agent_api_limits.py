@@ -21,6 +21,8 @@ from test_agent_support import (
     AgentProc,
     make_keys,
     make_release,
+    peak_rss_mb,
+    slowloris,
     write_config,
 )
 
@@ -96,12 +98,6 @@ def _in_threads(work: Callable[[], None], count: int) -> None:
         t.join()
 
 
-def _peak_rss_mb(pid: int) -> float:
-    text = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in text.splitlines()
-                    if line.startswith("VmHWM:"))) / 1024
-
-
 def test_bytes_in_flight_bound_the_memory(tmp_path: Path, shared_mosquitto: Mosquitto) -> None:
     """Eight 15 MiB JSON float bodies at once: decoded together they cost several hundred
     MB; with max_inflight_bytes = 64 MiB they are decoded one at a time (each answered)."""
@@ -119,24 +115,15 @@ def test_bytes_in_flight_bound_the_memory(tmp_path: Path, shared_mosquitto: Mosq
     try:
         proc.wait_ready()
         assert proc.proc is not None
-        before = _peak_rss_mb(proc.proc.pid)
+        before = peak_rss_mb(proc.proc.pid)
         results: list[int] = []
         _in_threads(lambda: results.append(_post(port, body, timeout=60)[0]), 8)
-        grown = _peak_rss_mb(proc.proc.pid) - before
+        grown = peak_rss_mb(proc.proc.pid) - before
     finally:
         proc.terminate()
     print(f"peak RSS grew by {grown:.0f} MB for 8 concurrent 15 MiB JSON bodies")
     assert results == [400] * 8  # decoded, then refused: the model takes [1, 64]
     assert grown < 150, grown  # one at a time: ~60 MB; all at once: ~250 MB
-
-
-def _slow_socket(port: int) -> socket.socket | None:
-    try:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=2)
-        sock.sendall(b"POST /v2/models/model/infer HTTP/1.1\r\nHost: x\r\n")
-        return sock
-    except OSError:
-        return None
 
 
 def test_idle_and_slowloris_connections_do_not_starve_a_client(agent: AgentProc) -> None:
@@ -145,39 +132,20 @@ def test_idle_and_slowloris_connections_do_not_starve_a_client(agent: AgentProc)
     (the 100 ms target is measured in hw-bench)."""
     port = agent.port
     idle = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(64)]
-    slow: list[socket.socket | None] = [_slow_socket(port) for _ in range(200)]
-    stop = threading.Event()
-
-    def trickle() -> None:
-        while not stop.wait(1.0):
-            for i, sock in enumerate(slow):
-                try:
-                    if sock is None:
-                        raise OSError("closed")
-                    sock.sendall(b"X")
-                except OSError:
-                    if sock is not None:
-                        sock.close()
-                    slow[i] = _slow_socket(port)
-
-    attacker = threading.Thread(target=trickle, daemon=True)
-    attacker.start()
     latencies: list[float] = []
     statuses: list[int] = []
     try:
-        body = _tensor(shape=[1, 64], data=[0.0] * 64)
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline:
-            start = time.monotonic()
-            statuses.append(_post(port, body, timeout=5)[0])
-            latencies.append(time.monotonic() - start)
-            time.sleep(0.2)
+        with slowloris(port, 200):
+            body = _tensor(shape=[1, 64], data=[0.0] * 64)
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                start = time.monotonic()
+                statuses.append(_post(port, body, timeout=5)[0])
+                latencies.append(time.monotonic() - start)
+                time.sleep(0.2)
     finally:
-        stop.set()
-        attacker.join(timeout=10)
-        for sock in [*idle, *slow]:
-            if sock is not None:
-                sock.close()
+        for sock in idle:
+            sock.close()
     latencies.sort()
     print(f"normal client under 64 idle + 200 slowloris: {len(latencies)} answers, "
           f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")

@@ -11,12 +11,14 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +271,51 @@ def served_version(url: str) -> tuple[str | None, np.ndarray | None]:
         return None, None
     y = np.asarray(doc["outputs"][0]["data"], dtype=np.float32).reshape(1, OUT)
     return doc["parameters"]["version"], y
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _slow_socket(port: int) -> socket.socket | None:
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+        sock.sendall(b"POST /v2/models/model/infer HTTP/1.1\r\nHost: x\r\n")
+        return sock
+    except OSError:
+        return None
+
+
+@contextmanager
+def slowloris(port: int, peers: int) -> Iterator[None]:
+    """``peers`` slowloris connections to the agent API on ``port`` while the block runs:
+    each sends a header byte a second, and reconnects when closed. (Also hw-bench's attack.)"""
+    slow = [_slow_socket(port) for _ in range(peers)]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(1.0):
+            for i, sock in enumerate(slow):
+                try:
+                    if sock is None:
+                        raise OSError("closed")
+                    sock.sendall(b"X")
+                except OSError:
+                    if sock is not None:
+                        sock.close()
+                    slow[i] = _slow_socket(port)
+
+    attacker = threading.Thread(target=trickle, daemon=True)
+    attacker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        attacker.join(timeout=10)
+        for sock in slow:
+            if sock is not None:
+                sock.close()
