@@ -155,6 +155,17 @@ def _fuse_patterns(graph: Graph, anchors: tuple[str, ...],
     return fused
 
 
+def fold_into(graph: Graph, node: onnx.NodeProto, inputs: list[str],
+              folded: onnx.NodeProto) -> None:
+    """``node`` (its weights/bias now holding what ``folded`` computed) reads ``inputs`` and
+    writes ``folded``'s output; ``folded`` leaves the graph."""
+    del node.input[:]
+    node.input.extend(inputs)
+    node.output[0] = folded.output[0]
+    graph.remove_node(folded)
+    graph.reindex()
+
+
 # ---- Conv + Add(constant) -----------------------------------------------------------
 def _channel_constant(graph: Graph, name: str, channels: int, rank: int) -> np.ndarray | None:
     """A constant that adds one value per channel of a rank-``rank`` NCHW tensor."""
@@ -189,12 +200,7 @@ def _conv_add_to_bias(graph: Graph, log: list[str]) -> None:
         bias = graph.inits[conv.input[2]].astype(np.float64) if has_bias else 0.0
         name = f"{conv.name}_bias_add"
         graph.inits[name] = (bias + extra.astype(np.float64)).astype(np.float32)
-        inputs = [conv.input[0], conv.input[1], name]
-        del conv.input[:]
-        conv.input.extend(inputs)
-        conv.output[0] = add.output[0]
-        graph.remove_node(add)
-        graph.reindex()
+        fold_into(graph, conv, [conv.input[0], conv.input[1], name], add)
         log.append(f"folded Add {add.name} (a per-channel constant) into the bias of Conv {conv.name}")
 
 
