@@ -97,6 +97,28 @@ def offer_bytes(reldir: Path) -> bytes:
     return Release.load(reldir).offer().to_bytes()
 
 
+def shadow_offer(reldir: Path) -> bytes:
+    """The release's root-signed offer, pushed as a shadow (``mode = "shadow"``)."""
+    from dataclasses import replace
+
+    from edgeship.sdk._release import Release
+
+    return replace(Release.load(reldir).offer(), mode="shadow").to_bytes()
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether ``pid`` exits (or is a zombie) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "Z (zombie)" in Path(f"/proc/{pid}/status").read_text():
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 # ---- a real agent process -----------------------------------------------------------------
 def write_config(tmp: Path, *, broker_url: str, port: int, root_pub: Path, device: str = "dev-1",
                  fleet: str = "t", initial: Path | None = None, chunk_size: int = 4096,
