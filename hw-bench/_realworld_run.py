@@ -147,17 +147,12 @@ def run_onnx(path: Path, name: str, inputs: np.ndarray, threads: int = 1) -> lis
 
 
 def latency_ms(path: Path, name: str, sample: np.ndarray, runs: int, threads: int = 1) -> float:
-    """Median wall time (ms) of ``runs`` single-sample runs after 3 warm-ups."""
-    session = ort_session(path, threads)
+    """Median wall time (ms) of ``runs`` single-sample runs after 3 warm-ups (timed as the
+    converter's own evaluation times fp32 against int8)."""
+    from edgeship.converter._evaluate import latency_ms as median_run_ms
+
     feed = {name: sample[None] if sample.ndim == 3 else sample}
-    for _ in range(3):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - began) * 1000.0)
-    return float(np.median(times))
+    return median_run_ms(ort_session(path, threads), feed, runs)
 
 
 def run_tflite(path: Path, inputs: np.ndarray, reference_shapes: Sequence[tuple[int, ...]],
