@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from edgeship._cli._options import verbose_option
 from edgeship._errors import ConfigError
 
 
@@ -106,6 +107,7 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     help="Fix the dynamic dimensions of input NAME (repeatable); TFLite needs static shapes.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
+@verbose_option
 def convert(
     model: Path,
     calib: Path,

@@ -14,6 +14,7 @@ import sys
 import click
 
 from edgeship import EdgeshipError, __version__
+from edgeship._cli._options import verbose_option
 
 # command name -> "module:attribute"; the module is imported only when the command runs.
 _COMMANDS: dict[str, str] = {
@@ -59,6 +60,7 @@ def _unavailable(name: str) -> click.Command:
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeship")
+@verbose_option
 def cli() -> None:
     """edgeship: convert, sign, ship and serve INT8 models on a fleet of small devices."""
 

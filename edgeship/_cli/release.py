@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from edgeship._cli._options import verbose_option
 from edgeship._errors import ConfigError, InferenceError, InputError, MalformedError
 
 _PASSPHRASE_HELP = "file holding the private-key passphrase (else $EDGESHIP_KEY_PASSPHRASE)"
@@ -137,6 +138,7 @@ def keys_fleet_key(keydir: Path, name: str, force: bool) -> None:
               help="drift reference: profile.json or DATA.npz (run through ARTIFACT)")
 @_passphrase_option
 @click.option("--force", is_flag=True, help="overwrite a release already in --out")
+@verbose_option
 def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[Path, ...],
             golden: Path | None, expires_days: int, model_name: str | None, hardware: str,
             encrypt_for: tuple[Path, ...], profile_file: Path | None,
@@ -198,6 +200,7 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
               help="run the artifact on the manifest's golden input, as the device will")
 @click.option("--key", "key_file", type=click.Path(path_type=Path), default=None,
               help="X25519 private key of a recipient: also decrypt (in memory) and check")
+@verbose_option
 def verify(reldir: Path, root: Path, model_name: str | None, hardware: str | None,
            bases: tuple[Path, ...], golden: bool, key_file: Path | None) -> None:
     """Check RELDIR as a device would; print one line, exit 0 if trusted, 2 if not.
