@@ -31,7 +31,8 @@ def _one_line_error(out: subprocess.CompletedProcess[str], *words: str) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """keys + release 1.0.0 + release 1.1.0 with a delta from 1.0.0 (built by the CLI)."""
+    """keys + release 1.0.0 + release 1.1.0 with a delta from 1.0.0 (built by the CLI);
+    their payloads are random bytes, signed deliberately with --any-file."""
     tmp = tmp_path_factory.mktemp("cli")
     rng = np.random.default_rng(0)
     v1 = rng.integers(-128, 128, 50_000, dtype=np.int8).tobytes()
@@ -45,10 +46,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert _run("keys", "init", tmp / "keys").returncode == 0
     out = _run("release", tmp / "v1/model.int8.tflite", "--version", "1.0.0", "--keys",
                tmp / "keys", "-o", tmp / "r1", "--golden", tmp / "golden.npz",
-               "--hardware", "cpu,edgetpu")
+               "--hardware", "cpu,edgetpu", "--any-file")
     assert out.returncode == 0, out.stderr
     out = _run("release", tmp / "v2/model.int8.tflite", "--version", "1.1.0", "--keys",
-               tmp / "keys", "-o", tmp / "r2", "--base", tmp / "r1")
+               tmp / "keys", "-o", tmp / "r2", "--base", tmp / "r1", "--any-file")
     assert out.returncode == 0, out.stderr
     assert "1.0.0->" in out.stdout
     return tmp
@@ -100,9 +101,10 @@ def test_release_errors_are_one_line(world: Path) -> None:
     _one_line_error(_run("release", world / "nope.tflite", "--version", "1.0.0", "--keys", keys,
                          "-o", world / "x"), "nope.tflite")
     _one_line_error(_run("release", world / "v2/model.int8.tflite", "--version", "1.0", "--keys",
-                         keys, "-o", world / "x"), "semver")
+                         keys, "-o", world / "x", "--any-file"), "semver")
     _one_line_error(_run("release", world / "v2/model.int8.tflite", "--version", "0.9.0",
-                         "--keys", keys, "-o", world / "x", "--base", world / "r1"), "not older")
+                         "--keys", keys, "-o", world / "x", "--base", world / "r1", "--any-file"),
+                    "not older")
     _one_line_error(_run("verify", world / "missing", "--root", keys / "root.pub"), "missing")
 
 
@@ -113,7 +115,7 @@ def test_passphrase_protected_keys(tmp_path: Path, world: Path) -> None:
     assert _run("keys", "init", keys, "--passphrase-file", secret).returncode == 0
     assert b"ENCRYPTED" in (keys / "release.key").read_bytes()
     args = ("release", world / "v1/model.int8.tflite", "--version", "1.0.0", "--keys", keys,
-            "-o", tmp_path / "r")
+            "-o", tmp_path / "r", "--any-file")
     _one_line_error(_run(*args), "passphrase")
     _one_line_error(_run(*args, env={"EDGESHIP_KEY_PASSPHRASE": "wrong"}), "passphrase")
     assert _run(*args, env={"EDGESHIP_KEY_PASSPHRASE": "correct horse"}).returncode == 0
@@ -124,7 +126,7 @@ def test_rotate_and_revoke_make_old_releases_untrusted(tmp_path: Path, world: Pa
     assert _run("keys", "init", keys).returncode == 0
     old_release = json.loads((keys / "keyset.json").read_text())["signed"]["keys"]
     out = _run("release", world / "v1/model.int8.tflite", "--version", "1.0.0", "--keys", keys,
-               "-o", tmp_path / "r1")
+               "-o", tmp_path / "r1", "--any-file")
     assert out.returncode == 0, out.stderr
     out = _run("keys", "rotate", keys)
     assert out.returncode == 0 and "key set v2" in out.stdout
@@ -153,3 +155,43 @@ def test_verify_runs_the_golden_check_like_a_device(tmp_path: Path, world: Path)
     assert _run("verify", tmp_path / "good", "--root", root).returncode == 0
     _one_line_error(_run("verify", tmp_path / "bad", "--root", root), "golden", "differs")
     assert _run("verify", tmp_path / "bad", "--root", root, "--no-golden").returncode == 0
+
+
+def _unknown_op_onnx(path: Path) -> Path:
+    """A well-formed ONNX file whose op no runtime knows: it parses, onnxruntime refuses it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_release_refuses_an_artifact_no_runtime_loads(world: Path, tmp_path: Path) -> None:
+    fixtures = Path(__file__).parent / "fixtures"
+    truncated = tmp_path / "model.int8.tflite"
+    converted = _run("convert", fixtures / "mlp.onnx", "--calib", fixtures / "mlp_calib.npz",
+                     "-o", tmp_path / "conv", "-q")
+    assert converted.returncode == 0, converted.stderr
+    real = tmp_path / "conv" / "model.int8.tflite"
+    truncated.write_bytes(real.read_bytes()[:3000])
+    keys = world / "keys"
+    cases = {"calib": (fixtures / "mlp_calib.npz", "not a model file"),
+             "truncated": (truncated, "truncated or corrupt"),
+             "unknown-op": (_unknown_op_onnx(tmp_path / "odd.onnx"), "does not load")}
+    for name, (artifact, words) in cases.items():
+        out = tmp_path / f"rel-{name}"
+        _one_line_error(_run("release", artifact, "--version", "1.0.0", "--keys", keys,
+                             "-o", out), str(artifact), words, "--any-file")
+        assert not out.exists(), name  # refused before anything was written
+    ok = _run("release", fixtures / "mlp_calib.npz", "--version", "1.0.0", "--keys", keys,
+              "-o", tmp_path / "rel-any", "--any-file")
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    assert (tmp_path / "rel-any" / "mlp_calib.npz").exists()
+    for artifact in (real, fixtures / "mlp.onnx"):
+        out = _run("release", artifact, "--version", "1.0.0", "--keys", keys,
+                   "-o", tmp_path / f"rel-{artifact.suffix[1:]}")
+        assert out.returncode == 0 and out.stderr == "", out.stderr  # no warning, no INFO line

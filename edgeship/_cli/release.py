@@ -138,24 +138,33 @@ def keys_fleet_key(keydir: Path, name: str, force: bool) -> None:
               help="drift reference: profile.json or DATA.npz (run through ARTIFACT)")
 @_passphrase_option
 @click.option("--force", is_flag=True, help="overwrite a release already in --out")
+@click.option("--any-file", is_flag=True,
+              help="sign ARTIFACT even if no runtime here loads it (a deliberate non-model "
+              "payload)")
 @verbose_option
 def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[Path, ...],
             golden: Path | None, expires_days: int, model_name: str | None, hardware: str,
             encrypt_for: tuple[Path, ...], profile_file: Path | None,
-            passphrase_file: Path | None, force: bool) -> None:
+            passphrase_file: Path | None, force: bool, any_file: bool) -> None:
     """Sign ARTIFACT as release VERSION in --out, with one delta per --base.
 
     With --encrypt-for, the artifact and deltas are stored AES-256-GCM encrypted under a
     fresh data key wrapped for each key given and for KEYS/archive.key (made on first
     use, never leaves this host): that is how a later --base of an encrypted release is
     opened here without any device's key. Deltas are computed on plaintext.
+
+    ARTIFACT must load in onnxruntime (.onnx) or LiteRT (.tflite) here, as devices will
+    load it (an Edge TPU model is checked by its structure); --any-file signs any file.
     """
-    from edgeship.sdk._artifact import artifact_problem
+    from edgeship.sdk._artifact import load_problem
     from edgeship.sdk._release import MAX_ARTIFACT_SIZE, Release, read_bounded
 
     data = read_bounded(artifact, MAX_ARTIFACT_SIZE, "artifact")
     if not data:
         raise InputError(f"artifact {artifact} is empty")
+    problem = "" if any_file else load_problem(artifact, data)
+    if problem:  # before anything is written: devices would download it and roll back
+        raise InputError(f"{problem}; devices could not run it (--any-file signs it anyway)")
     profile = None
     if profile_file is not None:  # on the plaintext artifact, before it is encrypted
         from edgeship.sdk._profile import profile_from_file
@@ -180,12 +189,6 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
         extra += "; drift profile"
     click.echo(f"release {m.model} {m.version} in {out}: {m.artifact.name} {m.artifact.size} B; "
                f"deltas: {deltas}{extra}")
-    # a warning, not an error: opaque payloads (and tests of the signing alone) are signed too;
-    # after the build, so that a failing release still says one line
-    problem = artifact_problem(artifact, data)
-    if problem:
-        click.echo(f"warning: {problem}; devices will refuse it at their health check",
-                   err=True)
 
 
 @click.command()
