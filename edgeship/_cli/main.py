@@ -14,6 +14,7 @@ import sys
 import click
 
 from edgeship import EdgeshipError, __version__
+from edgeship._cli import begin, end
 from edgeship._cli._options import verbose_option
 
 # command name -> "module:attribute"; the module is imported only when the command runs.
@@ -67,6 +68,7 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI with the one error boundary described in the module docstring."""
+    begin()
     try:
         exit_code = cli.main(args=argv, prog_name="edgeship", standalone_mode=False)
     except click.exceptions.Abort:
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
+    finally:
+        end()
     sys.exit(exit_code if isinstance(exit_code, int) else 0)
 
 
