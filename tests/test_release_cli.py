@@ -195,3 +195,24 @@ def test_release_refuses_an_artifact_no_runtime_loads(world: Path, tmp_path: Pat
         out = _run("release", artifact, "--version", "1.0.0", "--keys", keys,
                    "-o", tmp_path / f"rel-{artifact.suffix[1:]}")
         assert out.returncode == 0 and out.stderr == "", out.stderr  # no warning, no INFO line
+
+
+def test_golden_from_an_eval_set_signs_a_working_health_check(world: Path, tmp_path: Path
+                                                                ) -> None:
+    fixtures = Path(__file__).parent / "fixtures"
+    keys = world / "keys"
+    out = _run("release", fixtures / "mlp.onnx", "--version", "1.0.0", "--keys", keys,
+               "-o", tmp_path / "rel", "--golden-from", fixtures / "mlp_eval.npz")
+    assert out.returncode == 0, out.stderr
+    assert "golden check (atol" in out.stdout
+    golden = json.loads((tmp_path / "rel" / "manifest.json").read_text())["signed"]["golden"]
+    assert set(golden["inputs"]) == {"input"} and golden["atol"] > 0
+    assert _run("verify", tmp_path / "rel", "--root", keys / "root.pub").returncode == 0
+    np.savez(tmp_path / "other.npz", features=np.ones((3, 30), np.float32))
+    _one_line_error(_run("release", fixtures / "mlp.onnx", "--version", "1.0.0", "--keys", keys,
+                         "-o", tmp_path / "r2", "--golden-from", tmp_path / "other.npz"),
+                    "other.npz", "no array for input(s) ['input']")
+    _one_line_error(_run("release", fixtures / "mlp.onnx", "--version", "1.0.0", "--keys", keys,
+                         "-o", tmp_path / "r3", "--golden-from", fixtures / "mlp_eval.npz",
+                         "--golden", tmp_path / "other.npz"), "not both")
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()

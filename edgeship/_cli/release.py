@@ -7,6 +7,7 @@ and exits 2.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import click
@@ -128,6 +129,9 @@ def keys_fleet_key(keydir: Path, name: str, force: bool) -> None:
               help="earlier release dir to make a delta from (repeatable)")
 @click.option("--golden", type=click.Path(path_type=Path), default=None,
               help="GOLDEN.npz: input(s), 'output', optional 'atol'")
+@click.option("--golden-from", "golden_from", type=click.Path(path_type=Path), default=None,
+              help="DATA.npz (e.g. the eval set): its first sample, run through ARTIFACT "
+              "here, becomes the golden input and output")
 @click.option("--expires", "expires_days", type=click.IntRange(1, 3650), default=90,
               show_default=True, help="days until the manifest expires")
 @click.option("--model-name", default=None, help="default: the artifact name before its first dot")
@@ -143,7 +147,7 @@ def keys_fleet_key(keydir: Path, name: str, force: bool) -> None:
               "payload)")
 @verbose_option
 def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[Path, ...],
-            golden: Path | None, expires_days: int, model_name: str | None, hardware: str,
+            golden: Path | None, golden_from: Path | None, expires_days: int, model_name: str | None, hardware: str,
             encrypt_for: tuple[Path, ...], profile_file: Path | None,
             passphrase_file: Path | None, force: bool, any_file: bool) -> None:
     """Sign ARTIFACT as release VERSION in --out, with one delta per --base.
@@ -174,12 +178,21 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
         except (MalformedError, InferenceError) as exc:  # a broken profile.json, or data
             # that does not fit ARTIFACT: the user's input here, and it names the file
             raise InputError(f"--profile {profile_file}: {exc}") from exc
-    rel = Release.build(
-        artifact, version=version, keydir=keydir, out=out, bases=bases, golden=golden,
-        expires_days=expires_days, model_name=model_name,
-        hardware=[h for h in hardware.split(",") if h], passphrase=_passphrase(passphrase_file),
-        force=force, encrypt_for=encrypt_for, profile=profile,
-    )
+    if golden is not None and golden_from is not None:
+        raise InputError("give --golden or --golden-from, not both")
+    with tempfile.TemporaryDirectory(prefix="edgeship-golden-") as tmp:
+        if golden_from is not None:
+            from edgeship._cli._golden import write_golden_from
+
+            golden = Path(tmp) / "golden.npz"
+            write_golden_from(golden_from, artifact, golden)
+        rel = Release.build(
+            artifact, version=version, keydir=keydir, out=out, bases=bases, golden=golden,
+            expires_days=expires_days, model_name=model_name,
+            hardware=[h for h in hardware.split(",") if h],
+            passphrase=_passphrase(passphrase_file), force=force, encrypt_for=encrypt_for,
+            profile=profile,
+        )
     m = rel.manifest
     deltas = ", ".join(f"{d.base_version}->{d.format} {d.size} B" for d in m.deltas) or "none"
     extra = ""
@@ -187,6 +200,8 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
         extra += f"; encrypted for {len(m.encryption.recipients) - 1} key(s) + archive"
     if m.profile is not None:
         extra += "; drift profile"
+    if m.golden is not None:
+        extra += f"; golden check (atol {m.golden.atol:.3g})"
     click.echo(f"release {m.model} {m.version} in {out}: {m.artifact.name} {m.artifact.size} B; "
                f"deltas: {deltas}{extra}")
 
