@@ -3,7 +3,13 @@ imported only when it runs, so ``edgeship agent run`` never pays for the convert
 
 from __future__ import annotations
 
+import os
 import time
+
+# onnxruntime (1.2x on Linux) writes a telemetry device id and event store under
+# ~/.cache/Microsoft/DeveloperTools as soon as it is imported; an edgeship command writes only
+# where it is told to (set ORT_DISABLE_TELEMETRY=0 to keep onnxruntime's default)
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 _IMPORTED = time.monotonic()  # this package is the first part of edgeship a command imports
 _first_run = True
