@@ -61,6 +61,7 @@ def tflite_available() -> bool:
 
 
 def default_formats() -> tuple[str, ...]:
+    """The formats ``convert`` writes unless told: ONNX, and TFLite when its writer is built in."""
     return ("onnx", "tflite") if tflite_available() else ("onnx",)
 
 
