@@ -62,6 +62,7 @@ class FleetDB:
                               ) from exc
 
     def close(self) -> None:
+        """Close the database."""
         self.conn.close()
 
     def __enter__(self) -> FleetDB:
@@ -90,6 +91,7 @@ class FleetDB:
             os.close(fd)
 
     def load(self, key: str) -> Rollout | None:
+        """The recorded rollout ``key``, or None if there is none."""
         row = self.conn.execute("SELECT state FROM rollouts WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
@@ -113,6 +115,7 @@ class FleetDB:
                                   (rollout.key, time.time(), event, json.dumps(detail or {})))
 
     def events(self, key: str) -> list[tuple[float, str, dict[str, Any]]]:
+        """What happened in rollout ``key``, oldest first: ``(time, kind, detail)``."""
         rows = self.conn.execute("SELECT ts, kind, detail FROM events WHERE key = ? ORDER BY id",
                                  (key,)).fetchall()
         return [(ts, kind, json.loads(detail)) for ts, kind, detail in rows]

@@ -30,6 +30,24 @@ def test_every_public_name_has_an_api_entry_and_a_docstring() -> None:
             obj = getattr(module, name)
             if inspect.isclass(obj) or inspect.isfunction(obj):
                 assert (obj.__doc__ or "").strip(), f"{package}.{name} has no docstring"
+            if inspect.isclass(obj):
+                for method in _public_methods(obj):
+                    assert (method.__doc__ or "").strip(), f"{package}.{name}.{method.__name__}"
+
+
+# (de)serialization of a dataclass: the name says it all, the fields are documented above
+_SELF_EXPLAINING = {"to_dict", "to_json", "to_bytes", "from_dict", "from_json", "from_bytes"}
+
+
+def _public_methods(cls: type) -> list:
+    found = []
+    for attr, value in vars(cls).items():
+        if attr.startswith("_") or attr in _SELF_EXPLAINING:
+            continue
+        func = value.fget if isinstance(value, property) else getattr(value, "__func__", value)
+        if inspect.isfunction(func):
+            found.append(func)
+    return found
 
 
 def test_every_page_is_in_the_nav_and_ci_builds_the_site_strict() -> None:
