@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from typing import IO
 
 __all__ = ["VERBOSE_ENV", "ort_log_level", "runtime_chatter_filtered", "set_verbose", "verbose"]
 
@@ -58,22 +59,36 @@ def runtime_chatter_filtered() -> Iterator[None]:
         yield
         return
     with _FD2_LOCK:
-        try:
-            saved = os.dup(2)
-        except OSError:  # no stderr at all: nothing to keep clean
+        redirect = _redirect_fd2()
+        if redirect is None:  # no stderr, or no writable temp dir: run unfiltered
             yield
             return
-        with tempfile.TemporaryFile() as capture:
+        capture, saved = redirect
+        try:
+            yield
+        finally:
             _flush_stderr()
-            os.dup2(capture.fileno(), 2)
-            try:
-                yield
-            finally:
-                _flush_stderr()
-                os.dup2(saved, 2)
-                os.close(saved)
-                capture.seek(0)
-                _write_back(capture.read())
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            _write_back(capture.read())
+            capture.close()
+
+
+def _redirect_fd2() -> tuple[IO[bytes], int] | None:
+    """Point fd 2 at a fresh temporary file; the file and a copy of the old fd 2."""
+    try:
+        capture = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the caller
+    except OSError:
+        return None
+    try:
+        saved = os.dup(2)
+    except OSError:
+        capture.close()
+        return None
+    _flush_stderr()
+    os.dup2(capture.fileno(), 2)
+    return capture, saved
 
 
 def _flush_stderr() -> None:

@@ -66,3 +66,15 @@ def test_filter_drops_info_keeps_errors_and_honours_verbose() -> None:
     loud = subprocess.run([sys.executable, "-c", _FILTER_SCRIPT], capture_output=True,
                           text=True, timeout=60, env={**env, "EDGESHIP_VERBOSE": "1"})
     assert loud.stderr.count("\n") == 4 and "XNNPACK" in loud.stderr
+
+
+def test_a_process_without_stderr_still_loads_models(tmp_path: Path) -> None:
+    conv = _run("convert", FIXTURES / "mlp.onnx", "--calib", FIXTURES / "mlp_calib.npz",
+                "-o", tmp_path / "out", "-q")
+    assert conv.returncode == 0, conv.stderr
+    script = ("import os, sys\nos.close(2)\nfrom edgeship.sdk import Model\n"
+              f"m = Model.load({str(tmp_path / 'out' / 'model.int8.tflite')!r})\n"
+              "print('loaded', m.runtime)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "loaded litert\n", proc
