@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -216,3 +217,94 @@ def test_golden_from_an_eval_set_signs_a_working_health_check(world: Path, tmp_p
                          "-o", tmp_path / "r3", "--golden-from", fixtures / "mlp_eval.npz",
                          "--golden", tmp_path / "other.npz"), "not both")
     assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+
+
+def _custom_op_tflite(path: Path, custom_code: str) -> Path:
+    """A well-formed TFLite file of one CUSTOM op, as the Edge TPU compiler writes them
+    (its whole graph becomes one ``edgetpu-custom-op``): LiteRT on the host has no kernel."""
+    import flatbuffers
+    import tflite
+
+    b = flatbuffers.Builder(1024)
+    tflite.BufferStart(b)
+    buffer = tflite.BufferEnd(b)
+    tensors = []
+    for name in ("x", "y"):
+        label = b.CreateString(name)
+        tflite.TensorStartShapeVector(b, 2)
+        for dim in (4, 1):  # prepended: reads [1, 4]
+            b.PrependInt32(dim)
+        shape = b.EndVector()
+        tflite.TensorStart(b)
+        tflite.TensorAddShape(b, shape)
+        tflite.TensorAddType(b, tflite.TensorType.INT8)
+        tflite.TensorAddBuffer(b, 0)
+        tflite.TensorAddName(b, label)
+        tensors.append(tflite.TensorEnd(b))
+
+    def ints(start: Any, values: list[int]) -> int:
+        start(b, len(values))
+        for v in reversed(values):
+            b.PrependInt32(v)
+        return b.EndVector()
+
+    def offsets(start: Any, items: list[int]) -> int:
+        start(b, len(items))
+        for item in reversed(items):
+            b.PrependUOffsetTRelative(item)
+        return b.EndVector()
+
+    op_in, op_out = ints(tflite.OperatorStartInputsVector, [0]), ints(
+        tflite.OperatorStartOutputsVector, [1])
+    tflite.OperatorStart(b)
+    tflite.OperatorAddOpcodeIndex(b, 0)
+    tflite.OperatorAddInputs(b, op_in)
+    tflite.OperatorAddOutputs(b, op_out)
+    operator = tflite.OperatorEnd(b)
+    code_name = b.CreateString(custom_code)
+    tflite.OperatorCodeStart(b)
+    tflite.OperatorCodeAddDeprecatedBuiltinCode(b, tflite.BuiltinOperator.CUSTOM)
+    tflite.OperatorCodeAddBuiltinCode(b, tflite.BuiltinOperator.CUSTOM)
+    tflite.OperatorCodeAddCustomCode(b, code_name)
+    tflite.OperatorCodeAddVersion(b, 1)
+    opcode = tflite.OperatorCodeEnd(b)
+    sg_tensors = offsets(tflite.SubGraphStartTensorsVector, tensors)
+    sg_in, sg_out = ints(tflite.SubGraphStartInputsVector, [0]), ints(
+        tflite.SubGraphStartOutputsVector, [1])
+    sg_ops = offsets(tflite.SubGraphStartOperatorsVector, [operator])
+    tflite.SubGraphStart(b)
+    tflite.SubGraphAddTensors(b, sg_tensors)
+    tflite.SubGraphAddInputs(b, sg_in)
+    tflite.SubGraphAddOutputs(b, sg_out)
+    tflite.SubGraphAddOperators(b, sg_ops)
+    subgraph = tflite.SubGraphEnd(b)
+    codes = offsets(tflite.ModelStartOperatorCodesVector, [opcode])
+    subgraphs = offsets(tflite.ModelStartSubgraphsVector, [subgraph])
+    buffers = offsets(tflite.ModelStartBuffersVector, [buffer])
+    tflite.ModelStart(b)
+    tflite.ModelAddVersion(b, 3)
+    tflite.ModelAddOperatorCodes(b, codes)
+    tflite.ModelAddSubgraphs(b, subgraphs)
+    tflite.ModelAddBuffers(b, buffers)
+    b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
+    path.write_bytes(bytes(b.Output()))
+    return path
+
+
+def test_release_takes_an_edge_tpu_model_the_host_cannot_run(world: Path, tmp_path: Path
+                                                              ) -> None:
+    from edgeship.sdk import Model
+
+    from edgeship._errors import ModelLoadError
+
+    tpu = _custom_op_tflite(tmp_path / "model_edgetpu.tflite", "edgetpu-custom-op")
+    other = _custom_op_tflite(tmp_path / "other.tflite", "MyVendorOp")
+    for model in (tpu, other):  # neither runs here: no kernel for the custom op
+        with pytest.raises(ModelLoadError):
+            Model.load(model)
+    keys = world / "keys"
+    ok = _run("release", tpu, "--version", "1.0.0", "--keys", keys, "-o", tmp_path / "r-tpu",
+              "--hardware", "edgetpu")
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    _one_line_error(_run("release", other, "--version", "1.0.0", "--keys", keys,
+                         "-o", tmp_path / "r-other"), "other.tflite", "does not load")
