@@ -10,6 +10,7 @@ previous or the new state, never a mix.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -60,6 +61,26 @@ class FleetDB:
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"--state: cannot use {self.path} as a rollout database: {exc}"
                               ) from exc
+        self._sweep_stale_locks()
+
+    def _sweep_stale_locks(self) -> None:
+        """Remove lock files no push holds (left by a killed push, or by versions that
+        never removed them): taken like a lock, so one in use is left alone."""
+        import fcntl
+
+        for path in self.path.parent.glob(f"{glob.escape(self.path.name)}.*.lock"):
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    path.unlink()
+            except OSError:  # held by a running push, or already gone
+                pass
+            finally:
+                os.close(fd)
 
     def close(self) -> None:
         """Close the database."""

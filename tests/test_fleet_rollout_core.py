@@ -221,3 +221,21 @@ def test_rollout_lock_left_by_a_killed_push_is_taken_and_removed(tmp_path: Any) 
         finally:
             os.close(stale)
     assert not lock.exists()
+
+
+def test_stale_lock_files_are_swept_but_a_held_one_is_kept(tmp_path: Any) -> None:
+    from edgeship.sdk._fleetdb import FleetDB
+
+    path = tmp_path / "fleet.sqlite"
+    stale = [tmp_path / f"fleet.sqlite.{i:012x}.lock" for i in range(3)]
+    for lock in stale:  # what older versions left, one per rollout ever pushed
+        lock.write_bytes(b"")
+    other = tmp_path / "other.sqlite.000000000000.lock"  # another database's: not ours
+    other.write_bytes(b"")
+    with FleetDB(path) as db, db.lock("h:1|f/model/1.0.0@x"):
+        held = list(tmp_path.glob("fleet.sqlite.*.lock"))
+        assert len(held) == 1  # the stale ones are gone, ours is there
+        with FleetDB(path):  # a second manager opening the database keeps the held one
+            assert list(tmp_path.glob("fleet.sqlite.*.lock")) == held
+    assert list(tmp_path.glob("fleet.sqlite.*.lock")) == []
+    assert other.exists()
