@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,18 +61,22 @@ def tflite_available() -> bool:
 
 
 def default_formats() -> tuple[str, ...]:
+    """The formats ``convert`` writes unless told: ONNX, and TFLite when its writer is built in."""
     return ("onnx", "tflite") if tflite_available() else ("onnx",)
 
 
 class _Clock:
-    def __init__(self) -> None:
+    def __init__(self, on_lap: Callable[[str], None] | None = None) -> None:
         self.t = time.perf_counter()
         self.phases: dict[str, float] = {}
+        self.on_lap = on_lap
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
         self.phases[name] = round(self.phases.get(name, 0.0) + now - self.t, 4)
         self.t = now
+        if self.on_lap is not None:
+            self.on_lap(name)
 
 
 @dataclass
@@ -112,6 +117,7 @@ def convert(
     eval_path: str | Path | None = None,
     base_dir: str | Path | None = None,
     progress: bool = False,
+    on_phase: Callable[[str], None] | None = None,
 ) -> Report:
     """Convert ``model_path`` into ``out_dir`` (model.int8.onnx, [model.int8.tflite],
     quant_params.json, report.json, report.html; with ``eval_path`` also profile.json: the
@@ -124,9 +130,12 @@ def convert(
     whose ``formats["not_written"]`` says, per format, why (the op and node that blocked
     it). Then, with ``options.strict_formats`` (the default), :class:`FormatsNotWritten`
     is raised carrying that report; without, the report is returned and the caller
-    reads ``report.formats``. ``edgeship convert`` turns the exception into exit code 2."""
+    reads ``report.formats``. ``edgeship convert`` turns the exception into exit code 2.
+
+    ``on_phase(name)`` is called as each phase ends (load, optimize, calibrate, quantize,
+    write, measure, then eval and profile with ``eval_path``): a caller's progress line."""
     opts = options or ConvertOptions(formats=default_formats())
-    clock = _Clock()
+    clock = _Clock(on_phase)
     inp = _read_inputs(Path(model_path), Path(calib_path), eval_path, base_dir, opts)
     clock.lap("load")
     q = _quantize(inp, opts, clock, progress)

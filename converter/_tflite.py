@@ -144,11 +144,13 @@ def _load(path: Path) -> onnx.ModelProto:
 
 def _verify(data: bytes) -> None:
     """LiteRT must accept the flatbuffer (kernels check quantization parameters in Prepare)."""
+    from edgeship.sdk._quiet import runtime_chatter_filtered
     from edgeship.sdk._runtime_litert import interpreter_module
 
     try:
-        interpreter = interpreter_module().Interpreter(model_content=data, num_threads=1)
-        interpreter.allocate_tensors()
+        with runtime_chatter_filtered():
+            interpreter = interpreter_module().Interpreter(model_content=data, num_threads=1)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ConversionError(f"LiteRT rejects the written TFLite model: {exc}") from exc
 

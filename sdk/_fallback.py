@@ -94,10 +94,13 @@ class CircuitBreaker:
             return False
 
     def record_success(self) -> None:
+        """A call to the cloud succeeded: close the breaker and forget past failures."""
         with self._lock:
             self._state, self._recent, self._probe_at = CLOSED, [], None
 
     def record_failure(self) -> None:
+        """A call to the cloud failed: count it; enough within the window (or one while
+        half-open) opens the breaker."""
         with self._lock:
             now = self._clock()
             if self._state == HALF_OPEN:
@@ -112,6 +115,7 @@ class CircuitBreaker:
         self.opened_total += 1
 
     def snapshot(self) -> dict[str, Any]:
+        """State, its numeric code and the counters, for metrics and status."""
         state = self.state
         return {
             "state": state,
@@ -175,7 +179,8 @@ class FallbackPolicy:
 
     def confidence(self, outputs: Mapping[str, Any],
                    steps: Mapping[str, float] | None = None) -> float:
-        """``steps``: the model's quantization step per output (``Model.output_steps``)."""
+        """The top-1 confidence of ``outputs`` under this policy's output and activation;
+        ``steps``: the model's quantization step per output (``Model.output_steps``)."""
         name = self.output or next(iter(outputs), "")
         return confidence(outputs, output=self.output, activation=self.activation,
                           step=(steps or {}).get(name, 0.0))
@@ -304,10 +309,12 @@ class FallbackModel:
 
     @property
     def local(self) -> _LocalModel | None:
+        """The local model answering now (None: every answer comes from the cloud)."""
         return self._local[0]
 
     @property
     def version(self) -> str:
+        """The version of the local model ("" without one)."""
         return self._local[1]
 
     # -- answering
@@ -318,6 +325,7 @@ class FallbackModel:
         return next(iter(answer.outputs.values()))
 
     def predict_all(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """The outputs of :meth:`answer` (local or cloud), by output name."""
         return self.answer(inputs).outputs
 
     def answer(self, inputs: Mapping[str, Any], *, local: Any = _KEEP, version: str = "") -> Answer:

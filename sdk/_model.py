@@ -45,6 +45,7 @@ class TensorSpec:
                    dtype=str(data["dtype"]))
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
+        """Whether an array of ``shape`` fits this tensor (-1 dimensions take any size)."""
         return len(shape) == len(self.shape) and all(
             want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
         )

@@ -133,6 +133,7 @@ class MqttEdge:
     # -- lifecycle ------------------------------------------------------------------------
     @property
     def connected(self) -> bool:
+        """Whether the client is connected now."""
         return self._connected.is_set()
 
     def start(self) -> MqttEdge:
@@ -143,9 +144,11 @@ class MqttEdge:
         return self
 
     def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the connection; True once connected."""
         return self._connected.wait(timeout)
 
     def stop(self) -> None:
+        """Disconnect and stop the network loop."""
         try:
             self.client.disconnect()
         finally:
@@ -181,18 +184,23 @@ class MqttEdge:
         self._backoff = min(self.max_backoff, self._backoff * 2)
 
     def socket(self) -> Any:
+        """The client's socket, for a caller that runs its own select loop."""
         return self.client.socket()
 
     def want_write(self) -> bool:
+        """Whether the client has data to write (select on writable)."""
         return bool(self.client.want_write())
 
     def loop_read(self) -> None:
+        """Read from the socket (own select loop)."""
         self.client.loop_read()
 
     def loop_write(self) -> None:
+        """Write to the socket (own select loop)."""
         self.client.loop_write()
 
     def loop_misc(self) -> None:
+        """Keepalive and retries (own select loop, about once a second)."""
         self.client.loop_misc()
 
     # -- messages -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from edgeship.sdk._model import TensorSpec
+from edgeship.sdk._quiet import runtime_chatter_filtered
 from edgeship.sdk._runtime_quant import EdgeQuant, from_storage, to_storage
 
 from edgeship._errors import InferenceError, ModelLoadError
@@ -67,8 +68,9 @@ class LiteRtBackend:
         else:
             kwargs["model_path"] = source
         try:
-            self._interp = module.Interpreter(**kwargs)
-            self._interp.allocate_tensors()
+            with runtime_chatter_filtered():  # LiteRT's "INFO: Created ... XNNPACK delegate"
+                self._interp = module.Interpreter(**kwargs)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"LiteRT cannot load the model: {_first_line(exc)}") from exc
         self._lock = threading.Lock()

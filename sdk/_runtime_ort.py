@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from edgeship.sdk._model import TensorSpec
+from edgeship.sdk._quiet import ort_log_level
 from edgeship.sdk._runtime_quant import EdgeQuant, from_storage, to_storage
 
 from edgeship._errors import InferenceError, ModelLoadError
@@ -50,6 +51,7 @@ class OrtBackend:
 
         providers = _providers(ort, device)
         options = ort.SessionOptions()
+        options.log_severity_level = ort_log_level()
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

@@ -360,6 +360,7 @@ class PayloadVerifier:
         self.received = 0
 
     def update(self, chunk: bytes) -> None:
+        """Hash the next ``chunk``; more bytes than signed is a LengthMismatchError."""
         if self.received + len(chunk) > self._size:
             raise LengthMismatchError(
                 f"{self._what}: more than the signed {self._size} bytes (endless data)"
@@ -368,6 +369,7 @@ class PayloadVerifier:
         self.received += len(chunk)
 
     def finish(self) -> None:
+        """Check the whole payload: its size and sha256 must be the signed ones."""
         if self.received != self._size:
             raise LengthMismatchError(
                 f"{self._what}: {self.received} bytes, signed size is {self._size}"

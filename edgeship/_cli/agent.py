@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from edgeship._cli._options import verbose_option
+
 
 @click.group()
 def agent() -> None:
@@ -16,6 +18,7 @@ def agent() -> None:
 @agent.command("run")
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
               help="agent.toml (see agent/agent.example.toml)")
+@verbose_option
 def run(config_path: Path) -> None:
     """Run the agent until SIGTERM / Ctrl-C."""
     from edgeship.agent._config import load_config
