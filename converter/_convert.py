@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from ._quantize import WeightInfo, WeightPolicy, build_qdq
 from ._report import Report, not_written_line, to_html
 from ._shapes import dynamic_dims, format_shape
 from ._sizes import report_sizes, zstd_bytes
+from ._targets import TargetsNotCompiled, check_available, run_for_convert
 
 MODEL_FILE = "model.int8.onnx"
 TFLITE_FILE = "model.int8.tflite"
@@ -126,6 +127,7 @@ def convert(
     is raised carrying that report; without, the report is returned and the caller
     reads ``report.formats``. ``edgeship convert`` turns the exception into exit code 2."""
     opts = options or ConvertOptions(formats=default_formats())
+    check_available(opts.targets)  # a missing compiler: one error naming its extra, now
     clock = _Clock()
     inp = _read_inputs(Path(model_path), Path(calib_path), eval_path, base_dir, opts)
     clock.lap("load")
@@ -135,13 +137,19 @@ def convert(
         write_file(tmp / PARAMS_FILE, _params_json(q.plan, q.weights).encode())
         tflite, not_written = _write_formats(tmp, opts)
         clock.lap("write")
+        targets = run_for_convert(opts, tmp, MODEL_FILE, TFLITE_FILE, inp.ev[0] if inp.ev else inp.calib)
+        clock.lap("targets")
         report, profile = _report(inp, q, opts, tflite, not_written, tmp, clock)
+        report = replace(report, targets=targets or None)
         if profile is not None:
             write_file(tmp / PROFILE_FILE, profile.to_json().encode())
         write_file(tmp / "report.json", report.to_json().encode())
         write_file(tmp / "report.html", to_html(report).encode())
     if not_written and opts.strict_formats:
         raise FormatsNotWritten(report, Path(out_dir), not_written)
+    failed = {n: r["error"] for n, r in (targets or {}).items() if not r["compiled"]}
+    if failed and opts.strict_formats:
+        raise TargetsNotCompiled(report, Path(out_dir), failed)
     return report
 
 

@@ -105,6 +105,23 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     metavar="NAME=1x3x224x224",
     help="Fix the dynamic dimensions of input NAME (repeatable); TFLite needs static shapes.",
 )
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="NAME",
+    help="Also compile for this NPU with its own compiler (repeatable; see --list-targets): "
+    "its artifact goes next to the INT8 models, what runs on the NPU into the report. "
+    "One not compiled is exit 2 (OUT/ is still written).",
+)
+@click.option(
+    "--list-targets",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=lambda ctx, _param, value: _list_targets(ctx) if value else None,
+    help="Print the NPU targets, what each compiles and the extra that brings its compiler.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 def convert(
     model: Path,
@@ -117,11 +134,13 @@ def convert(
     calibration: str,
     io: str,
     input_shape: tuple[str, ...],
+    targets: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Convert a float ONNX MODEL to pruned INT8 (QDQ ONNX and TFLite) with a report."""
     from edgeship.converter import ConvertOptions, FormatsNotWritten, default_formats
     from edgeship.converter import convert as run
+    from edgeship.converter._targets import TargetsNotCompiled
 
     options = ConvertOptions(
         formats=_formats(fmt) or default_formats(),
@@ -129,17 +148,44 @@ def convert(
         calibration=calibration,
         io=io,
         input_shapes=_input_shapes(input_shape),
+        targets=tuple(t.strip().lower() for t in targets),
     )
     try:
         report = run(
             model, calib, out, options, eval_path=eval_path, base_dir=base, progress=not quiet
         )
-    except FormatsNotWritten as exc:  # OUT/ was written: say what it holds, then exit 2
+    except (FormatsNotWritten, TargetsNotCompiled) as exc:  # OUT/ was written: say what it holds, exit 2
         if not quiet:
             _summary(exc.report, out)
         raise
     if not quiet:
         _summary(report, out)
+
+
+def _list_targets(ctx: click.Context) -> None:
+    from edgeship.converter._targets import TARGETS
+
+    for t in TARGETS.values():
+        click.echo(f"{t.name:<15} {t.compiles:<7} {t.summary}; needs {t.install_hint()}")
+    ctx.exit(0)
+
+
+def _targets_summary(report: Any) -> None:
+    from edgeship.converter._compat import compat_rows
+
+    rows = compat_rows(report.edgetpu, report.targets)
+    if not report.targets:
+        return
+    click.echo("  targets   (on the accelerator | MACs | speed | artifact)")
+    for row, result in zip(rows[1:], report.targets.values(), strict=True):
+        where = row["on the accelerator"]
+        if result["compiled"]:
+            click.echo(f"    {row['target']:<14} {where} | {row['MACs on it']} | {row['speed']}"
+                       f" | {result.get('artifact') or '-'}")
+            if result.get("cpu_ops"):
+                click.echo(f"    {'':<14} CPU: {row['falls back to the CPU']}")
+        else:
+            click.echo(f"    {row['target']:<14} not compiled: {result['error']}")
 
 
 def _summary(report: Any, out: Path) -> None:
@@ -181,4 +227,5 @@ def _summary(report: Any, out: Path) -> None:
             f"  --base    kept params of {b['tensors_kept']}/{b['tensors_total']} tensors, "
             f"{b['weights_kept']}/{b['weights_total']} int8 weights unchanged"
         )
+    _targets_summary(report)
     click.echo(f"  time      {report.conversion_seconds:.2f} s; report: {out}/report.html")
