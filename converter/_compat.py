@@ -46,6 +46,10 @@ def _share(on: int, total: int) -> str:
     return f"{on}/{total} ({100.0 * on / total:.1f}%)" if total else "–"
 
 
+def _percent(on: int | None, total: int | None) -> str:
+    return f"{100.0 * on / total:.1f}%" if on is not None and total else "–"
+
+
 def _fallback(rows: Sequence[dict[str, Any]], limit: int = 4) -> str:
     if not rows:
         return "nothing"
@@ -56,7 +60,7 @@ def _fallback(rows: Sequence[dict[str, Any]], limit: int = 4) -> str:
 
 def edgetpu_row(edgetpu: dict[str, Any]) -> dict[str, str]:
     """The Edge TPU's row from the rules check (a TFLite check or the plan's verdict)."""
-    cpu = [{"op": c.get("op", "?"), "node": c.get("node", f"#{c.get('index', '?')}"),
+    cpu = [{"op": c.get("op", "?"), "node": c.get("node", f"op #{c.get('index', '?')}"),
             "reason": "; ".join(c.get("reasons", [])) or c.get("reason", "")}
            for c in edgetpu.get("cpu_ops", [])]
     edge = edgetpu.get("edge_ops", [])
@@ -68,7 +72,7 @@ def edgetpu_row(edgetpu: dict[str, Any]) -> dict[str, str]:
         "checked by": "Coral's documented rules (compiler not run)",
         "on the accelerator": _share(on, total - len(edge)) if total is not None else
         ("all ops" if edgetpu.get("compatible") else "–"),
-        "MACs on it": "–",
+        "MACs on it": _percent(edgetpu.get("macs_on_tpu"), edgetpu.get("macs_total")),
         "falls back to the CPU": _fallback(cpu),
         "cut points": f"{cut['op']} (op #{cut['index']})" if cut else "none",
         "speed": "–",
@@ -86,12 +90,11 @@ def target_row(result: dict[str, Any]) -> dict[str, str]:
             "falls back to the CPU": result.get("error") or "", "cut points": "–",
             "speed": "–", "change that would help": "–",
         }
-    mac_share = result.get("mac_share")
     return {
         "target": result["target"],
         "checked by": result.get("compiler", ""),
         "on the accelerator": _share(result["ops_on_npu"], result["ops_total"]),
-        "MACs on it": "–" if mac_share is None else f"{100.0 * mac_share:.1f}%",
+        "MACs on it": _percent(result.get("macs_on_npu"), result.get("macs_total")),
         "falls back to the CPU": _fallback(result.get("cpu_ops", [])),
         "cut points": ", ".join(result.get("cut_points", [])) or "none",
         "speed": speed(result),

@@ -28,6 +28,7 @@ from ._report import Report, not_written_line, to_html
 from ._shapes import dynamic_dims, format_shape
 from ._sizes import report_sizes, zstd_bytes
 from ._targets import TargetsNotCompiled, check_available, run_for_convert
+from ._tflite_macs import read_ops
 
 MODEL_FILE = "model.int8.onnx"
 TFLITE_FILE = "model.int8.tflite"
@@ -529,6 +530,9 @@ def _edgetpu_tflite(tmp: Path) -> dict[str, Any]:
 
     result = check_edgetpu(tmp / TFLITE_FILE).to_dict()
     result["compatible"] = result["fully_mappable"]
+    macs = [op.macs for op in read_ops((tmp / TFLITE_FILE).read_bytes())]  # for the compat table
+    result["macs_total"] = sum(macs)
+    result["macs_on_tpu"] = sum(macs) - sum(macs[op["index"]] for op in result["cpu_ops"])
     return result
 
 

@@ -145,6 +145,13 @@ def test_an_op_vela_leaves_on_the_cpu_is_named_with_its_reason_and_cut(tmp_path:
     assert u55["mac_share"] == 1.0  # both convs are on the NPU
     assert u55["npu_partitions"] == 2 and len(u55["cut_points"]) == 1
     assert "GATHER" in u55["advice"] and "splits" in u55["advice"]
+    # the compatibility table: the Edge TPU (by rules) cuts at GATHER and loses the second
+    # conv's MACs to the CPU; Vela runs the GATHER alone on the CPU
+    rows = {r["target"]: r for r in compat_rows(report.edgetpu, report.targets)}
+    assert rows["edgetpu"]["cut points"].startswith("GATHER")
+    assert 0 < float(rows["edgetpu"]["MACs on it"].rstrip("%")) < 100.0
+    assert rows["ethos-u55-128"]["MACs on it"] == "100.0%"
+    assert rows["ethos-u55-128"]["cut points"] == "GATHER 'g'"
     # the compiled file really runs GATHER outside the two ethos-u ops
     ops = [op.op for op in read_ops((tmp_path / "out" / "model.int8.ethos-u55-128.tflite").read_bytes())]
     assert ops.count("ethos-u") == 2 and "GATHER" in ops

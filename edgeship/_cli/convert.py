@@ -171,21 +171,22 @@ def _list_targets(ctx: click.Context) -> None:
 
 
 def _targets_summary(report: Any) -> None:
+    """With --target: the report's compatibility table (Edge TPU by rules, each target by
+    its compiler), one line per target plus what falls back to the CPU."""
     from edgeship.converter._compat import compat_rows
 
-    rows = compat_rows(report.edgetpu, report.targets)
     if not report.targets:
         return
-    click.echo("  targets   (on the accelerator | MACs | speed | artifact)")
-    for row, result in zip(rows[1:], report.targets.values(), strict=True):
-        where = row["on the accelerator"]
-        if result["compiled"]:
-            click.echo(f"    {row['target']:<14} {where} | {row['MACs on it']} | {row['speed']}"
-                       f" | {result.get('artifact') or '-'}")
-            if result.get("cpu_ops"):
-                click.echo(f"    {'':<14} CPU: {row['falls back to the CPU']}")
-        else:
+    click.echo("  compat    target: on the accelerator | MACs on it | speed | artifact")
+    results = [report.edgetpu, *report.targets.values()]
+    for row, result in zip(compat_rows(report.edgetpu, report.targets), results, strict=True):
+        if row["on the accelerator"] == "not compiled":
             click.echo(f"    {row['target']:<14} not compiled: {result['error']}")
+            continue
+        click.echo(f"    {row['target']:<14} {row['on the accelerator']} | {row['MACs on it']} | "
+                   f"{row['speed']} | {result.get('artifact') or '-'}")
+        if row["falls back to the CPU"] != "nothing":
+            click.echo(f"    {'':<14} CPU: {row['falls back to the CPU']}")
 
 
 def _summary(report: Any, out: Path) -> None:
