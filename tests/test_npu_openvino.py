@@ -12,7 +12,7 @@ from pathlib import Path
 
 import openvino as ov
 import pytest
-from edgeship.converter._target_openvino import INT8, compute_layers
+from edgeship.converter._target_openvino import INT8, compute_nodes, node_precisions
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -48,10 +48,12 @@ def test_the_int8_check_sees_a_float_model_as_float() -> None:
     """The same check on the fp32 fixture: its convolutions run in f32 (so a QDQ model
     whose INT8 path were not taken would be reported, not passed)."""
     compiled = ov.Core().compile_model(str(FIX / "cnn.onnx"), "CPU")
-    layers = compute_layers(compiled.get_runtime_model())
-    assert len(layers) >= 5
-    assert all(precision not in INT8 for _, _, precision in layers)
-    assert {kind for _, kind, _ in layers} >= {"Convolution", "FullyConnected"}
+    nodes = compute_nodes(FIX / "cnn.onnx")
+    assert {op for _, op in nodes} == {"Conv", "Gemm"} and len(nodes) >= 5
+    rows = node_precisions(compiled.get_runtime_model(), nodes)
+    assert [r[0] for r in rows] == [n for n, _ in nodes]
+    assert all(precision not in INT8 for _, _, precision, _ in rows)
+    assert all("not int8" in why or "not found" in why for *_, why in rows)
 
 
 def test_openvino_npu_without_a_device_is_not_compiled_exit_2(tmp_path: Path) -> None:
