@@ -57,6 +57,7 @@ def compile_openvino(target: Target, inputs: TargetInputs) -> OpenVinoResult:
         model = core.read_model(str(inputs.onnx))
         compiled = core.compile_model(model, device, {
             "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+            "INFERENCE_PRECISION_HINT": "f32",  # float parts as in onnxruntime, not bf16
         } if device == "CPU" else {"PERFORMANCE_HINT": "LATENCY"})
     except Exception as exc:  # OpenVINO's own message, one line
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
