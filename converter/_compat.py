@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 COLUMNS = ("target", "checked by", "on the accelerator", "MACs on it", "falls back to the CPU",
-           "cut points", "speed", "change that would help")
+           "cut points", "speed", "memory", "change that would help")
 
 
 def advise(
@@ -76,6 +76,7 @@ def edgetpu_row(edgetpu: dict[str, Any]) -> dict[str, str]:
         "falls back to the CPU": _fallback(cpu),
         "cut points": f"{cut['op']} (op #{cut['index']})" if cut else "none",
         "speed": "–",
+        "memory": "–",
         "change that would help": advise("the Edge TPU", cpu, edge,
                                          [_label(cpu[0])] if cut and cpu else [], []),
     }
@@ -88,7 +89,7 @@ def target_row(result: dict[str, Any]) -> dict[str, str]:
             "target": result["target"], "checked by": result.get("compiler", ""),
             "on the accelerator": "not compiled", "MACs on it": "–",
             "falls back to the CPU": result.get("error") or "", "cut points": "–",
-            "speed": "–", "change that would help": "–",
+            "speed": "–", "memory": "–", "change that would help": "–",
         }
     return {
         "target": result["target"],
@@ -98,6 +99,7 @@ def target_row(result: dict[str, Any]) -> dict[str, str]:
         "falls back to the CPU": _fallback(result.get("cpu_ops", [])),
         "cut points": ", ".join(result.get("cut_points", [])) or "none",
         "speed": speed(result),
+        "memory": memory(result),
         "change that would help": result.get("advice", ""),
     }
 
@@ -112,6 +114,13 @@ def speed(result: dict[str, Any]) -> str:
         versus = f" vs onnxruntime {ort:.3f} ms" if ort is not None else ""
         return f"{result['latency_ms']:.3f} ms{versus} (this CPU, 1 thread)"
     return "–"
+
+
+def memory(result: dict[str, Any]) -> str:
+    parts = [f"{label} {result[key] / 1024:,.1f} KiB"
+             for key, label in (("sram_bytes", "SRAM"), ("flash_bytes", "flash"), ("dram_bytes", "DRAM"))
+             if result.get(key)]
+    return ", ".join(parts) or "–"
 
 
 def compat_rows(edgetpu: dict[str, Any] | None, targets: dict[str, Any] | None) -> list[dict[str, str]]:

@@ -87,6 +87,8 @@ def test_u85_is_faster_than_u55_and_report_html_has_one_table(cnn_u55) -> None:
     section = html.split("<h2>Compatibility</h2>")[1].split("<h2>")[0]
     assert section.count("<tr>") == 4  # header, Edge TPU, two Ethos-U targets
     assert "edgetpu" in section and "ethos-u85-256" in section and "inf/s est." in section
+    sram = targets["ethos-u55-128"]["sram_bytes"] / 1024
+    assert f"SRAM {sram:,.1f} KiB" in section  # the memory column, from Vela's summary
 
 
 def test_mobilenet_all_ethos_u_targets(tmp_path: Path) -> None:
