@@ -530,9 +530,11 @@ def _edgetpu_tflite(tmp: Path) -> dict[str, Any]:
 
     result = check_edgetpu(tmp / TFLITE_FILE).to_dict()
     result["compatible"] = result["fully_mappable"]
-    macs = [op.macs for op in read_ops((tmp / TFLITE_FILE).read_bytes())]  # for the compat table
-    result["macs_total"] = sum(macs)
-    result["macs_on_tpu"] = sum(macs) - sum(macs[op["index"]] for op in result["cpu_ops"])
+    ops = read_ops((tmp / TFLITE_FILE).read_bytes())  # for the compatibility table
+    for row in result["cpu_ops"]:  # named by its output tensor, as the NPU compilers' rows
+        row["node"] = ops[row["index"]].outputs[0] if ops[row["index"]].outputs else ""
+    result["macs_total"] = sum(op.macs for op in ops)
+    result["macs_on_tpu"] = result["macs_total"] - sum(ops[r["index"]].macs for r in result["cpu_ops"])
     return result
 
 
