@@ -62,7 +62,9 @@ def compile_openvino(target: Target, inputs: TargetInputs) -> OpenVinoResult:
     except Exception as exc:  # OpenVINO's own message, one line
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         raise ConversionError(f"OpenVINO cannot compile the INT8 ONNX for {device}: {detail[:300]}") from exc
-    layers = node_precisions(compiled.get_runtime_model(), compute_nodes(inputs.onnx))
+    nodes = _compute_nodes(inputs.onnx)
+    layers = node_precisions(compiled.get_runtime_model(), [(n, op) for n, op, _ in nodes],
+                             {w: n for n, _, w in nodes if w})
     float_rows = tuple(
         {"op": op, "node": node, "reason": reason}
         for node, op, precision, reason in layers if precision not in INT8
@@ -81,18 +83,27 @@ def compile_openvino(target: Target, inputs: TargetInputs) -> OpenVinoResult:
 
 def compute_nodes(onnx_path: Any) -> list[tuple[str, str]]:
     """(node name, op type) of the ONNX model's compute nodes."""
+    return [(name, op) for name, op, _ in _compute_nodes(onnx_path)]
+
+
+def _compute_nodes(onnx_path: Any) -> list[tuple[str, str, str]]:
+    """(node name, op type, the int8 weight initializer behind its DequantizeLinear)."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
-    return [(n.name, n.op_type) for n in model.graph.node if n.op_type in COMPUTE_OPS]
+    dq_source = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return [(n.name, n.op_type, dq_source.get(n.input[1], n.input[1]) if len(n.input) > 1 else "")
+            for n in model.graph.node if n.op_type in COMPUTE_OPS]
 
 
 def node_precisions(
-    runtime_model: Any, nodes: list[tuple[str, str]]
+    runtime_model: Any, nodes: list[tuple[str, str]], weights: dict[str, str] | None = None
 ) -> list[tuple[str, str, str, str]]:
     """Where each ONNX compute node ran in OpenVINO's executed graph: (node, op, runtime
     precision, why not int8). A layer lists the ONNX nodes fused into it in
     ``originalLayersNames`` (``conv_3/WithoutBiases``, ``conv_3``, ...)."""
+    wanted = {name for name, _ in nodes}
+    by_weight = dict(weights or {})  # weight initializer -> node, when OpenVINO renamed the layer
     placed: dict[str, tuple[str, str]] = {}
     for op in runtime_model.get_ordered_ops():
         info = op.get_rt_info()
@@ -101,7 +112,13 @@ def node_precisions(
             continue
         precision = _text(info, "runtimePrecision").lower() or "?"
         for original in _text(info, "originalLayersNames").split(","):
-            placed.setdefault(original.split("/")[0], (kind, precision))
+            node = _node_of(original, wanted)
+            if node is not None:
+                placed.setdefault(node, (kind, precision))
+        for value in op.inputs():  # a fused layer renamed: known by the weights it reads
+            node = by_weight.get(value.get_source_output().get_node().get_friendly_name())
+            if node is not None:
+                placed.setdefault(node, (kind, precision))
     rows = []
     for name, op_type in nodes:
         kind, precision = placed.get(name, ("", "?"))
@@ -113,6 +130,18 @@ def node_precisions(
             why = f"{kind} runs in {precision}, not int8"
         rows.append((name, op_type, precision, why))
     return rows
+
+
+def _node_of(original: str, wanted: set[str]) -> str | None:
+    """The ONNX node an OpenVINO name came from: the name itself or its longest prefix
+    before a '/' (``conv_3/WithoutBiases``; node names may hold '/' themselves, as
+    torch's ``/model.0/conv/Conv``)."""
+    name = original
+    while name:
+        if name in wanted:
+            return name
+        name = name.rpartition("/")[0]
+    return None
 
 
 def _text(info: Any, key: str) -> str:
