@@ -70,3 +70,14 @@ def test_openvino_npu_without_a_device_is_not_compiled_exit_2(tmp_path: Path) ->
     assert targets["openvino-npu"]["compiled"] is False
     assert (out / "model.int8.onnx").is_file()
     assert "not compiled" in (out / "report.html").read_text()
+
+
+def test_openvino_names_map_back_to_onnx_nodes() -> None:
+    from edgeship.converter._target_openvino import _node_of
+
+    wanted = {"conv_3_node", "/model.0/conv/Conv", "p2o.Conv.1"}
+    assert _node_of("conv_3_node/WithoutBiases", wanted) == "conv_3_node"
+    assert _node_of("/model.0/conv/Conv/WithoutBiases", wanted) == "/model.0/conv/Conv"
+    assert _node_of("/model.0/conv/Conv", wanted) == "/model.0/conv/Conv"
+    assert _node_of("p2o.Conv.1", wanted) == "p2o.Conv.1"
+    assert _node_of("Multiply_5477", wanted) is None and _node_of("/model.0", wanted) is None
