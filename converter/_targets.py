@@ -186,6 +186,10 @@ def check_available(names: tuple[str, ...]) -> None:
             )
 
 
+def compiler_installed(target: Target) -> bool:
+    return not _missing(target.module)
+
+
 def _missing(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is None

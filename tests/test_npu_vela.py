@@ -181,8 +181,10 @@ def test_list_targets_needs_no_model() -> None:
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert [ln.split()[0] for ln in lines] == list(TARGETS)
-    assert "pip install 'edgeship[vela]'" in lines[0] and "tflite" in lines[0]
-    assert "pip install 'edgeship[openvino]'" in res.stdout
+    assert "pip install 'edgeship[vela]' (installed)" in lines[0] and "tflite" in lines[0]
+    assert "pip install 'edgeship[openvino]' (installed)" in res.stdout
+    hidden = run_cli("--list-targets", python_prefix="import sys; sys.modules['ethosu'] = None; ")
+    assert "pip install 'edgeship[vela]' (not installed)" in hidden.stdout.splitlines()[0]
 
 
 @pytest.mark.parametrize(("args", "words"), [

@@ -163,10 +163,11 @@ def convert(
 
 
 def _list_targets(ctx: click.Context) -> None:
-    from edgeship.converter._targets import TARGETS
+    from edgeship.converter._targets import TARGETS, compiler_installed
 
     for t in TARGETS.values():
-        click.echo(f"{t.name:<15} {t.compiles:<7} {t.summary}; needs {t.install_hint()}")
+        state = "installed" if compiler_installed(t) else "not installed"
+        click.echo(f"{t.name:<15} {t.compiles:<7} {t.summary}; {t.install_hint()} ({state})")
     ctx.exit(0)
 
 
