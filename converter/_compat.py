@@ -34,8 +34,27 @@ def advise(
         best = cut_index if cut_index is not None else 0
         gain = "it splits the accelerator's work" if cut_index is not None else "it runs on the CPU"
     row = cpu_ops[best]
+    if _is_float(row) and macs and not any(macs):  # every MAC is already on the accelerator
+        return (f"none for the MACs: {row['op']} at '{row['node']}' is in the float tail "
+                f"(post-processing edgeship keeps in float; why: {row['reason']})")
+    hint = _HINTS.get(row["op"], "")
     return (f"replace {row['op']} at '{row['node']}' with an op {target} supports "
-            f"({gain}; why: {row['reason']})")
+            f"({gain}; why: {row['reason']})" + (f"; {hint}" if hint else ""))
+
+
+# the usual way around an op an NPU compiler leaves on the CPU
+_HINTS = {
+    "GATHER": "a channel shuffle (Reshape-Transpose-Reshape or a fixed Gather) can be a 1x1 "
+              "convolution with a 0/1 permutation matrix, which NPUs run",
+    "STRIDED_SLICE": "a strided slice on the channel or batch axis (e.g. a Focus/space-to-depth "
+                     "stem) can be a stride-2 convolution",
+    "BATCH_MATMUL": "an activation x activation MatMul (attention) maps on Ethos-U85, not U55/U65",
+}
+
+
+def _is_float(row: dict[str, Any]) -> bool:
+    reason = str(row.get("reason", ""))
+    return row["op"] in ("DEQUANTIZE", "QUANTIZE") or "Float32" in reason or "float" in reason
 
 
 def _label(row: dict[str, Any]) -> str:

@@ -224,3 +224,7 @@ def test_advice_picks_the_cpu_op_with_most_macs() -> None:
     assert "BATCH_MATMUL at 'mm'" in text and "4,096 MACs" in text
     assert "GATHER at 'g'" in advise("x", rows, [], ["GATHER 'g'"], [0, 0])
     assert advise("x", [], [], [], []).startswith("none")
+    assert "permutation matrix" in advise("x", rows[:1], [], [], [0])  # the known way around
+    tail = [{"op": "CONCATENATION", "node": "boxes",
+             "reason": "Operation has tensor with unsupported DataType Float32 (boxes)"}]
+    assert advise("x", tail, [], [], [0]).startswith("none for the MACs")
