@@ -119,8 +119,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not _SEGMENT.match(self.name):
             raise ConfigError(f"model.name: {self.name!r} must be letters, digits, '.', '_', '-'")
-        if self.runtime not in ("auto", "onnxruntime", "litert"):
-            raise ConfigError(f"model.runtime: {self.runtime!r} is not auto, onnxruntime or litert")
+        if self.runtime not in ("auto", "onnxruntime", "litert", "openvino"):
+            raise ConfigError(
+                f"model.runtime: {self.runtime!r} is not auto, onnxruntime, litert or openvino")
         _positive(self.threads, "model.threads", high=256)
 
     @classmethod

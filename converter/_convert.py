@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from ._quantize import WeightInfo, WeightPolicy, build_qdq
 from ._report import Report, not_written_line, to_html
 from ._shapes import dynamic_dims, format_shape
 from ._sizes import report_sizes, zstd_bytes
+from ._targets import TargetsNotCompiled, check_available, run_for_convert
+from ._tflite_macs import read_ops
 
 MODEL_FILE = "model.int8.onnx"
 TFLITE_FILE = "model.int8.tflite"
@@ -135,6 +137,7 @@ def convert(
     ``on_phase(name)`` is called as each phase ends (load, optimize, calibrate, quantize,
     write, measure, then eval and profile with ``eval_path``): a caller's progress line."""
     opts = options or ConvertOptions(formats=default_formats())
+    check_available(opts.targets)  # a missing compiler: one error naming its extra, now
     clock = _Clock(on_phase)
     inp = _read_inputs(Path(model_path), Path(calib_path), eval_path, base_dir, opts)
     clock.lap("load")
@@ -144,13 +147,19 @@ def convert(
         write_file(tmp / PARAMS_FILE, _params_json(q.plan, q.weights).encode())
         tflite, not_written = _write_formats(tmp, opts)
         clock.lap("write")
+        targets = run_for_convert(opts, tmp, MODEL_FILE, TFLITE_FILE, inp.ev[0] if inp.ev else inp.calib)
+        clock.lap("targets")
         report, profile = _report(inp, q, opts, tflite, not_written, tmp, clock)
+        report = replace(report, targets=targets or None)
         if profile is not None:
             write_file(tmp / PROFILE_FILE, profile.to_json().encode())
         write_file(tmp / "report.json", report.to_json().encode())
         write_file(tmp / "report.html", to_html(report).encode())
     if not_written and opts.strict_formats:
         raise FormatsNotWritten(report, Path(out_dir), not_written)
+    failed = {n: r["error"] for n, r in (targets or {}).items() if not r["compiled"]}
+    if failed and opts.strict_formats:
+        raise TargetsNotCompiled(report, Path(out_dir), failed)
     return report
 
 
@@ -530,6 +539,11 @@ def _edgetpu_tflite(tmp: Path) -> dict[str, Any]:
 
     result = check_edgetpu(tmp / TFLITE_FILE).to_dict()
     result["compatible"] = result["fully_mappable"]
+    ops = read_ops((tmp / TFLITE_FILE).read_bytes())  # for the compatibility table
+    for row in result["cpu_ops"]:  # named by its output tensor, as the NPU compilers' rows
+        row["node"] = ops[row["index"]].outputs[0] if ops[row["index"]].outputs else ""
+    result["macs_total"] = sum(op.macs for op in ops)
+    result["macs_on_tpu"] = result["macs_total"] - sum(ops[r["index"]].macs for r in result["cpu_ops"])
     return result
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Model", "TensorSpec"]
 
-RUNTIMES = ("auto", "onnxruntime", "litert")
+RUNTIMES = ("auto", "onnxruntime", "litert", "openvino")  # openvino: ONNX only, asked for
 MAX_MODEL_BYTES = 1 << 30  # a model larger than 1 GiB is not an edge model
 _SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".tflite": "litert"}
 
@@ -227,8 +227,8 @@ def _choose_runtime(runtime: str, suffix: str, head: bytes) -> str:
     chosen = by_suffix if runtime == "auto" else runtime
     if chosen == "litert" and not is_tflite:
         raise ModelLoadError("not a TFLite flatbuffer (no 'TFL3' identifier)")
-    if chosen == "onnxruntime" and is_tflite:
-        raise ModelLoadError("this is a TFLite model; onnxruntime cannot run it")
+    if chosen in ("onnxruntime", "openvino") and is_tflite:
+        raise ModelLoadError(f"this is a TFLite model; {chosen} cannot run it here")
     return chosen
 
 
@@ -239,6 +239,10 @@ def _backend(runtime: str, source: str | bytes, device: str, threads: int | None
         from edgeship.sdk._runtime_litert import LiteRtBackend
 
         return LiteRtBackend(source, device=device, threads=threads)
+    if runtime == "openvino":
+        from edgeship.sdk._runtime_openvino import OpenVinoBackend
+
+        return OpenVinoBackend(source, device=device, threads=threads)
     from edgeship.sdk._runtime_ort import OrtBackend
 
     return OrtBackend(source, device=device, threads=threads)

@@ -16,7 +16,8 @@ _NEXT: dict[str, str | None] = {
     "optimize": None,
     "calibrate": "quantizing",
     "quantize": "writing the INT8 model(s)",
-    "write": "measuring: per-layer and output SQNR",
+    "write": "compiling for the --target NPUs",
+    "targets": "measuring: per-layer and output SQNR",
     "eval": "drift profile of the eval set",
     "profile": "writing the report",
 }

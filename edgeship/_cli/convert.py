@@ -107,6 +107,23 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     metavar="NAME=1x3x224x224",
     help="Fix the dynamic dimensions of input NAME (repeatable); TFLite needs static shapes.",
 )
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="NAME",
+    help="Also compile for this NPU with its own compiler (repeatable; see --list-targets): "
+    "its artifact goes next to the INT8 models, what runs on the NPU into the report. "
+    "One not compiled is exit 2 (OUT/ is still written).",
+)
+@click.option(
+    "--list-targets",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=lambda ctx, _param, value: _list_targets(ctx) if value else None,
+    help="Print the NPU targets, what each compiles and the extra that brings its compiler.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @verbose_option
 def convert(
@@ -120,6 +137,7 @@ def convert(
     calibration: str,
     io: str,
     input_shape: tuple[str, ...],
+    targets: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Convert a float ONNX MODEL to pruned INT8 (QDQ ONNX and TFLite) with a report."""
@@ -128,6 +146,7 @@ def convert(
     from edgeship._cli._phases import PhaseSpinner
     from edgeship.converter import ConvertOptions, FormatsNotWritten, default_formats
     from edgeship.converter import convert as run
+    from edgeship.converter._targets import TargetsNotCompiled
 
     options = ConvertOptions(
         formats=_formats(fmt) or default_formats(),
@@ -135,17 +154,46 @@ def convert(
         calibration=calibration,
         io=io,
         input_shapes=_input_shapes(input_shape),
+        targets=tuple(t.strip().lower() for t in targets),
     )
     try:
         with PhaseSpinner(not quiet, evaluating=eval_path is not None) as spinner:
             report = run(model, calib, out, options, eval_path=eval_path, base_dir=base,
                          progress=not quiet, on_phase=spinner)
-    except FormatsNotWritten as exc:  # OUT/ was written: say what it holds, then exit 2
+    except (FormatsNotWritten, TargetsNotCompiled) as exc:  # OUT/ was written: say what it holds, exit 2
         if not quiet:
             _summary(exc.report, out, wall_seconds(entered))
         raise
     if not quiet:
         _summary(report, out, wall_seconds(entered))
+
+
+def _list_targets(ctx: click.Context) -> None:
+    from edgeship.converter._targets import TARGETS, compiler_installed
+
+    for t in TARGETS.values():
+        state = "installed" if compiler_installed(t) else "not installed"
+        click.echo(f"{t.name:<15} {t.compiles:<7} {t.summary}; {t.install_hint()} ({state})")
+    ctx.exit(0)
+
+
+def _targets_summary(report: Any) -> None:
+    """With --target: the report's compatibility table (Edge TPU by rules, each target by
+    its compiler), one line per target plus what falls back to the CPU."""
+    from edgeship.converter._compat import compat_rows
+
+    if not report.targets:
+        return
+    click.echo("  compat    target: on the accelerator | MACs on it | speed | artifact")
+    results = [report.edgetpu, *report.targets.values()]
+    for row, result in zip(compat_rows(report.edgetpu, report.targets), results, strict=True):
+        if row["on the accelerator"] == "not compiled":
+            click.echo(f"    {row['target']:<14} not compiled: {result['error']}")
+            continue
+        click.echo(f"    {row['target']:<14} {row['on the accelerator']} | {row['MACs on it']} | "
+                   f"{row['speed']} | {result.get('artifact') or '-'}")
+        if row["falls back to the CPU"] != "nothing":
+            click.echo(f"    {'':<14} CPU: {row['falls back to the CPU']}")
 
 
 def _summary(report: Any, out: Path, wall_s: float) -> None:
@@ -187,6 +235,7 @@ def _summary(report: Any, out: Path, wall_s: float) -> None:
             f"  --base    kept params of {b['tensors_kept']}/{b['tensors_total']} tensors, "
             f"{b['weights_kept']}/{b['weights_total']} int8 weights unchanged"
         )
+    _targets_summary(report)
     # wall-clock from the command's start (start-up, imports, --eval and writing included);
     # the report's phase timings are in report.json
     click.echo(f"  time      {wall_s:.2f} s; report: {out}/report.html")
