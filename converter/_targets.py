@@ -75,10 +75,12 @@ class TargetResult:
 
     @property
     def op_share(self) -> float | None:
+        """Share of the model's ops that run on the accelerator (None: not compiled)."""
         return self.ops_on_npu / self.ops_total if self.ops_total else None
 
     @property
     def mac_share(self) -> float | None:
+        """Share of the model's multiply-accumulates on the accelerator (None: unknown)."""
         return self.macs_on_npu / self.macs_total if self.macs_total else None
 
     def to_dict(self) -> dict[str, Any]:
