@@ -31,7 +31,7 @@ from edgeship._errors import ModelLoadError
 
 __all__ = ["AgentService", "Metrics", "Serving", "Tap"]
 
-_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "litert": "tensorflow_lite"}
+_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "litert": "tensorflow_lite", "openvino": "openvino_onnx"}
 
 
 class Tap(Protocol):

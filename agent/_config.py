@@ -119,8 +119,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not _SEGMENT.match(self.name):
             raise ConfigError(f"model.name: {self.name!r} must be letters, digits, '.', '_', '-'")
-        if self.runtime not in ("auto", "onnxruntime", "litert"):
-            raise ConfigError(f"model.runtime: {self.runtime!r} is not auto, onnxruntime or litert")
+        if self.runtime not in ("auto", "onnxruntime", "litert", "openvino"):
+            raise ConfigError(
+                f"model.runtime: {self.runtime!r} is not auto, onnxruntime, litert or openvino")
         _positive(self.threads, "model.threads", high=256)
 
     @classmethod
@@ -137,11 +138,25 @@ class ApiConfig:
     host: str = "127.0.0.1"
     port: int = 8500
     max_request_bytes: int = 16 * 1024 * 1024
+    # memory the requests in flight may cost together (a JSON body costs ~16x its size
+    # while decoded): bounds the API's RSS, not only each request's size
+    max_inflight_bytes: int = 64 * 1024 * 1024
+    # connections (one thread each): a waiting one is closed at its deadline or to make
+    # room for a newcomer, so idle and slowloris peers cannot lock clients out
+    max_connections: int = 128  # a thread each, mostly idle: ~100 KB of RSS apiece
+    max_per_peer: int = 64  # 64 keep-alive clients on one host (a gateway) are not evicted
+    header_timeout_s: float = 10.0  # idle keep-alive or a request line + headers
+    body_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"api.listen: port {self.port} is out of range")
         _positive(self.max_request_bytes, "api.max_request_bytes")
+        _positive(self.max_inflight_bytes, "api.max_inflight_bytes")
+        _positive(self.max_connections, "api.max_connections", high=4096)
+        _positive(self.max_per_peer, "api.max_per_peer", high=4096)
+        _positive(self.header_timeout_s, "api.header_timeout_s", high=3600)
+        _positive(self.body_timeout_s, "api.body_timeout_s", high=3600)
 
     @property
     def listen(self) -> str:
@@ -154,7 +169,13 @@ class ApiConfig:
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"api.listen: {listen!r} is not HOST:PORT")
         return cls(host=host, port=int(port),
-                   max_request_bytes=_get(d, "max_request_bytes", "api", int, 16 * 1024 * 1024))
+                   max_request_bytes=_get(d, "max_request_bytes", "api", int, 16 * 1024 * 1024),
+                   max_inflight_bytes=_get(d, "max_inflight_bytes", "api", int,
+                                           64 * 1024 * 1024),
+                   max_connections=_get(d, "max_connections", "api", int, 128),
+                   max_per_peer=_get(d, "max_per_peer", "api", int, 64),
+                   header_timeout_s=float(_get(d, "header_timeout_s", "api", (int, float), 10.0)),
+                   body_timeout_s=float(_get(d, "body_timeout_s", "api", (int, float), 30.0)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -361,6 +382,9 @@ class AgentConfig:
     # keys the file has that the agent does not know: more keys are allowed (newer configs
     # on older agents), but a typo like [fallbak] must not pass silently, so they are logged
     ignored_keys: tuple[str, ...] = ()
+    # unknown [sections]: a typo like [brokr] leaves a whole table at its defaults (the
+    # default broker), so these are warned about on stderr and are errors for agent check
+    unknown_sections: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for key in ("device_id", "fleet"):
@@ -387,7 +411,19 @@ class AgentConfig:
                    encryption=EncryptionConfig.from_dict(_section(d, "encryption"), base=base),
                    drift=_drift(_section(d, "drift")) if "drift" in d else None,
                    shadow=_shadow(_section(d, "shadow")) if "shadow" in d else None,
-                   ignored_keys=unknown_keys(d))
+                   ignored_keys=unknown_keys(d),
+                   unknown_sections=tuple(sorted(k for k, v in d.items()
+                                                 if isinstance(v, Mapping)
+                                                 and k not in _KNOWN_KEYS[""])))
+
+    def section_hint(self, section: str) -> str:
+        """``[brokr]`` -> "unknown section [brokr] (did you mean [broker]?)"."""
+        import difflib
+
+        known = [k for k in _KNOWN_KEYS if k] + list(_OTHER_CONFIGS)
+        close = difflib.get_close_matches(section, known, n=1)
+        return f"unknown section [{section}]" + (f" (did you mean [{close[0]}]?)" if close else
+                                                 " (ignored)")
 
     def to_dict(self) -> dict[str, Any]:
         """A plain view for logs (no secrets: only file names of keys and passwords)."""
@@ -408,7 +444,8 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
                    "api", "fallback", "ota", "telemetry", "encryption", "drift", "shadow"}),
     "broker": frozenset({"url", "username", "password_file", "ca", "cert", "key", "keepalive_s"}),
     "model": frozenset({"name", "runtime", "threads", "initial"}),
-    "api": frozenset({"listen", "max_request_bytes"}),
+    "api": frozenset({"listen", "max_request_bytes", "max_inflight_bytes", "max_connections",
+                      "max_per_peer", "header_timeout_s", "body_timeout_s"}),
     "ota": frozenset({"chunk_size", "request_timeout_s", "health_timeout_s",
                       "max_artifact_bytes", "max_switch_attempts"}),
     "telemetry": frozenset({"interval_s", "queue_max_messages", "queue_max_bytes"}),

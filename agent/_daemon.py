@@ -20,30 +20,34 @@ those points so a test can kill the agent inside each window.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import queue
+import secrets
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from edgeship.agent import _ota as ota
 from edgeship.agent._config import AgentConfig
+from edgeship.agent._inbox import BrokerHealth, Inbox
+from edgeship.agent._loading import data_key, load_serving, model_bytes
 from edgeship.agent._queue import Outbox
+from edgeship.agent._ratelimit import Backoff, TokenBucket
+from edgeship.agent._startup import fallback_of, initial_offer, read_root, read_secret
 from edgeship.agent._store import Store
-from edgeship.sdk._fileio import read_head
 
 from edgeship._errors import EdgeshipError
 
 __all__ = ["Agent", "log", "pause"]
 
+
 _log_lock = threading.Lock()
+REFUSAL_REPORT_S = 0.5  # a flood of refused offers rewrites the retained status this often
 
 
 def log(event: str, level: str = "info", **fields: Any) -> None:
@@ -102,19 +106,25 @@ class Agent:
 
         self.device_key = load_device_key(config.encryption)
         self.core = ota.OtaCore(device=config.device_id, model=config.model.name,
-                                root_key=_read_root(config.root_key), hardware=config.hardware,
+                                root_key=read_root(config.root_key), hardware=config.hardware,
                                 chunk_size=config.ota.chunk_size,
                                 max_artifact_bytes=config.ota.max_artifact_bytes,
                                 max_switch_attempts=config.ota.max_switch_attempts,
                                 private_key=self.device_key,
-                                require_encryption=config.encryption.require)
-        self.state = self.store.load_state()
-        self.events: queue.Queue[ota.Event] = queue.Queue()
+                                require_encryption=config.encryption.require,
+                                nonce=lambda: secrets.token_hex(8),
+                                stall_after_s=3 * config.ota.request_timeout_s)
+        from edgeship.agent._recover import load_or_recover
+
+        self.state, _ = load_or_recover(self.store, self.core, log,  # damaged: recovered
+                                        known=lambda: initial_offer(config))
+        # bounded: a flood on the device's topics drops messages (logged), never grows memory
+        self.inbox = Inbox(on_dropped=self._do_Rejected)
         self.outbox = Outbox(config.data_dir / "queue.sqlite",
                              max_messages=config.telemetry.queue_max_messages,
                              max_bytes=config.telemetry.queue_max_bytes)
         self.metrics = Metrics()
-        self.service = AgentService(config.model.name, self.metrics, _fallback(config))
+        self.service = AgentService(config.model.name, self.metrics, fallback_of(config))
         from edgeship.agent._taps import Taps
 
         self.taps = Taps(self.service, self.metrics.registry, drift_config=config.drift,
@@ -125,9 +135,18 @@ class Agent:
         self.edge = MqttEdge(b.url, client_id=f"edgeship-{config.fleet}-{config.device_id}",
                              subscriptions=[self.topics.offer, self.topics.chunk],
                              on_message=self._on_message, on_connect=self._on_connect,
-                             username=b.username, password=_read_secret(b.password_file),
+                             on_connect_fail=lambda r: self.broker_health.connect_failed(r),
+                             on_oversize=self._on_oversize,
+                             on_disconnect=lambda r: self.broker_health.disconnected(r),
+                             username=b.username, password=read_secret(b.password_file),
                              ca=b.ca, cert=b.cert, key=b.key, keepalive=b.keepalive_s)
         self._stop = threading.Event()
+        self.broker_health = BrokerHealth(config.broker.url, log)
+        self._progress: tuple[Any, float] = (None, time.monotonic())  # last download step
+        self._stall_log = Backoff(first_s=10.0, max_s=600.0)
+        self._held_report: ota.Report | None = None  # a refusal's status, sent at most ...
+        self._reported_at = 0.0  # ... every REFUSAL_REPORT_S after the previous status
+        self._reject_log: dict[str, TokenBucket] = {}  # per topic
         self._last_request = 0.0
         self.bytes_received = 0
         self.started = time.monotonic()
@@ -136,25 +155,39 @@ class Agent:
     # -- inputs from other threads ---------------------------------------------------------
     def _on_message(self, msg: Any) -> None:
         if msg.topic == self.topics.offer and msg.payload:
-            self.events.put(ota.OfferReceived(msg.payload))
+            self.inbox.put_message(ota.OfferReceived(msg.payload), "offer")
         elif msg.topic == self.topics.chunk:
             self.bytes_received += len(msg.payload)
-            self.events.put(ota.Chunk(msg.payload, correlation=msg.correlation))
+            self.inbox.put_message(ota.Chunk(msg.payload, correlation=msg.correlation), "chunk")
+
+    def _on_oversize(self, topic: str, size: int) -> None:
+        """paho's thread: a message over the MQTT payload limit, dropped unread."""
+        kind = "offer" if topic == self.topics.offer else "chunk"
+        self._do_Rejected(ota.Rejected(kind, "over the payload size limit", size))
 
     def _on_connect(self) -> None:
-        self.events.put(ota.Connected())
+        self.broker_health.connected()
+        self.inbox.put(ota.Connected())
 
     def stop(self) -> None:
         self._stop.set()
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
+        from edgeship.sdk._v2conns import Limits
         from edgeship.sdk._v2server import serve
 
-        api = serve(self.service, host=self.config.api.host, port=self.config.api.port,
-                    max_request_bytes=self.config.api.max_request_bytes).start()
+        a = self.config.api
+        api = serve(self.service, host=a.host, port=a.port,
+                    max_request_bytes=a.max_request_bytes, max_inflight_bytes=a.max_inflight_bytes,
+                    max_connections=a.max_connections,
+                    limits=Limits(max_per_peer=a.max_per_peer, header_timeout_s=a.header_timeout_s,
+                                  body_timeout_s=a.body_timeout_s)).start()
         log("started", device=self.config.device_id, api=api.url, broker=self.config.broker.url,
             phase=self.state.phase, version=self.state.active and self.state.active.version)
+        for section in self.config.unknown_sections:  # a typo'd table runs on defaults
+            log("config_section_unknown", level="warning", section=section,
+                message=self.config.section_hint(section))
         if self.config.ignored_keys:
             log("config_keys_ignored", level="warning", keys=list(self.config.ignored_keys))
         self.edge.start()
@@ -173,15 +206,20 @@ class Agent:
     def _loop(self) -> None:
         next_beat = next_dog = 0.0
         while not self._stop.is_set():
-            try:
-                event: ota.Event | None = self.events.get(timeout=0.2)
-            except queue.Empty:
-                event = None
+            event = self.inbox.get(timeout=0.2)
             if event is not None:
                 self.dispatch(event)
+            held = self._held_report
+            if held is not None and time.monotonic() - self._reported_at >= REFUSAL_REPORT_S:
+                self._reported_at = 0.0
+                self._do_Report(held)
             now = time.monotonic()
             if self._overdue(now):
-                self.dispatch(ota.Tick())
+                stalled = now - self._progress[1]
+                if stalled >= self.core.stall_after_s and self._stall_log.due(now):
+                    log("download_stalled", level="warning", seconds=round(stalled),
+                        target=self.state.job and self.state.job.version)
+                self.dispatch(ota.Tick(stalled_s=stalled))
             if now >= next_beat:
                 next_beat = now + self.config.telemetry.interval_s
                 self._heartbeat()
@@ -198,6 +236,11 @@ class Agent:
 
     def dispatch(self, event: ota.Event) -> None:
         self.state = ota.drive(self.core, self.state, event, self.clock, self._perform)
+        job = self.state.job
+        mark = (job.version, job.file, job.received) if job is not None else None
+        if mark != self._progress[0]:  # a chunk landed, or another transfer began
+            self._progress = (mark, time.monotonic())
+            self._stall_log.reset()
 
     # -- actions -----------------------------------------------------------------------------
     def _perform(self, action: ota.Action, state: ota.OtaState) -> ota.Event | None:
@@ -205,10 +248,29 @@ class Agent:
         handler = getattr(self, f"_do_{type(action).__name__}")
         return handler(action)  # type: ignore[no-any-return]
 
-    def _do_Persist(self, action: ota.Persist) -> None:
-        self.store.save_state(action.state)
+    def _do_Persist(self, action: ota.Persist) -> ota.Event | None:
+        try:
+            self.store.save_state(action.state)
+        except OSError as exc:  # disk full: the update fails (the core ignores a repeat)
+            return _storage_failed("state", exc)
+        return None
+
+    def _do_Rejected(self, action: ota.Rejected) -> None:
+        bucket = self._reject_log.setdefault(action.topic, TokenBucket(rate=2.0, burst=10.0))
+        if bucket.due(time.monotonic()):
+            log("message_rejected", level="warning", topic=action.topic, bytes=action.size,
+                reason=action.reason[:200], suppressed_before=bucket.take_suppressed())
 
     def _do_Report(self, action: ota.Report) -> None:
+        if self._status is not None and _same_status(self._status, action.status) \
+                and not isinstance(self.inbox.last_taken, ota.Connected):
+            return  # a repeat (a flood of refused offers): no log line, no retained rewrite
+        # (after a reconnect the same status goes out again: the broker may have lost it)
+        now = time.monotonic()
+        if action.status["state"] == "failed" and now - self._reported_at < REFUSAL_REPORT_S:
+            self._held_report = action  # a flood of refusals: the latest goes out later
+            return
+        self._held_report, self._reported_at = None, now
         self._status = action.status
         status = self.taps.status(action.status)
         log("status", **{k: v for k, v in status.items() if k != "device"},
@@ -235,10 +297,14 @@ class Agent:
         self._last_request = time.monotonic()
         self.edge.publish(request_topic(self.config.fleet), encode_request(req),
                           response_topic=self.topics.chunk,
-                          correlation=ota.correlation(req))
+                          correlation=action.correlation or ota.correlation(req))
 
-    def _do_TruncateDownload(self, action: ota.TruncateDownload) -> None:
-        self.store.truncate_download(action.size)
+    def _do_TruncateDownload(self, action: ota.TruncateDownload) -> ota.Event | None:
+        try:
+            self.store.truncate_download(action.size)
+        except OSError as exc:
+            return _storage_failed("download", exc)
+        return None
 
     def _do_WriteChunk(self, action: ota.WriteChunk) -> ota.Event | None:
         try:
@@ -270,7 +336,8 @@ class Agent:
         if slow:  # the write itself pauses half way, so a kill lands mid-install
             log("pause", point="install", seconds=slow)
         try:
-            self.store.write_slot(action.slot, action.format, action.data, pause=slow)
+            self.store.write_slot(action.slot, action.format, action.data, offer=action.offer,
+                                  pause=slow)
         except OSError as exc:
             return _storage_failed(f"slot {action.slot}", exc)
         return ota.Installed()
@@ -329,39 +396,13 @@ class Agent:
         self.taps.stop_shadow()
 
     def _model_bytes(self, slot: ota.SlotInfo) -> bytes:
-        """The verified model of ``slot`` as plaintext, in memory only."""
-        data = self.store.read_slot(slot.slot, slot.format, max_bytes=slot.size)
-        if hashlib.sha256(data).hexdigest() != slot.sha256:
-            raise EdgeshipError(f"slot {slot.slot} does not hold the verified {slot.version}")
-        if slot.encryption is None:
-            return data
-        from edgeship.sdk._crypt import decrypt
-
-        return decrypt(data, self._data_key(slot.encryption), what=f"slot {slot.slot}")
+        return model_bytes(self.store, slot, self.device_key)
 
     def _data_key(self, encryption: dict[str, Any]) -> bytes:
-        from edgeship.sdk._crypt import Encryption, unwrap_data_key
-
-        from edgeship._errors import DecryptionError
-
-        if self.device_key is None:
-            raise DecryptionError("the model is encrypted and this agent has no [encryption] key")
-        return unwrap_data_key(Encryption.from_dict(encryption), self.device_key)
+        return data_key(encryption, self.device_key)
 
     def _load(self, slot: ota.SlotInfo, golden: dict[str, Any] | None) -> Any:
-        from edgeship.agent._api import Serving, describe
-        from edgeship.agent._health import golden_check
-        from edgeship.sdk._model import Model
-
-        cfg = self.config.model
-        model = Model.load_bytes(self._model_bytes(slot), format=slot.format,
-                                 runtime=cfg.runtime, threads=cfg.threads)
-        if golden is not None:
-            reason = golden_check(model, golden)
-            if reason:
-                raise EdgeshipError(f"golden check in the agent: {reason}")
-        return Serving(model=model, version=slot.version, sha256=slot.sha256,
-                       metadata=describe(cfg.name, model, slot.version))
+        return load_serving(self._model_bytes(slot), slot, golden, self.config.model)
 
     # -- first start, telemetry, outbox --------------------------------------------------------
     def _install_initial(self) -> None:
@@ -379,6 +420,12 @@ class Agent:
             return
         log("installing_initial", path=initial, version=release.manifest.version)
         self.dispatch(event)
+        if self.state.active is None:  # refused (expired, wrong key...): say why it serves nothing
+            reason = self.state.error or "refused"
+            log("initial_release_rejected", level="error", path=initial,
+                version=release.manifest.version, error=reason)
+            self.service.no_model_reason = (f"no model: the initial release {release.manifest.version}"
+                                            f" was refused ({reason}); waiting for an update")
 
     def _heartbeat(self) -> None:
         active = self.state.active
@@ -401,7 +448,10 @@ class Agent:
         # straight out only when nothing older waits, so the broker sees them in order
         if len(self.outbox) == 0 and self.edge.publish(topic, payload, retain=retain) is not None:
             return
-        self.outbox.put(topic, payload, retain=retain, key=key)
+        try:
+            self.outbox.put(topic, payload, retain=retain, key=key)
+        except (OSError, sqlite3.Error) as exc:  # disk full: this message is lost, not the agent
+            log("outbox_write_failed", level="error", topic=topic, error=str(exc)[:200])
 
     def _flush(self) -> None:
         if not self.edge.connected or len(self.outbox) == 0:
@@ -420,54 +470,13 @@ class Agent:
             log("outbox_flushed", messages=len(sent), left=len(self.outbox))
 
 
+def _same_status(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return {**a, "ts": None} == {**b, "ts": None}
+
+
 def _storage_failed(what: str, exc: OSError) -> ota.Event:
     log("storage_failed", level="error", what=what, error=str(exc))
     return ota.StorageFailed(f"cannot write the {what}: {exc.strerror or exc}")
-
-
-def _read_root(path: Path) -> bytes:
-    from edgeship._errors import ConfigError
-
-    try:
-        data = read_head(path, 16 * 1024)
-    except OSError as exc:
-        raise ConfigError(f"root_key: cannot read {path}: {exc.strerror}") from exc
-    if not data or len(data) > 16 * 1024:
-        raise ConfigError(f"root_key: {path} is not a public key file")
-    from edgeship.sdk._keys import public_key_from_bytes
-
-    from edgeship._errors import SignatureError
-
-    try:  # a device that cannot read its one trusted key would refuse every update
-        public_key_from_bytes(data)
-    except SignatureError as exc:
-        raise ConfigError(f"root_key: {path}: {exc}") from exc
-    return data
-
-
-def _read_secret(path: str) -> str:
-    if not path:
-        return ""
-    from edgeship._errors import ConfigError
-
-    try:
-        data = read_head(path, 4096)
-    except OSError as exc:
-        raise ConfigError(f"broker.password_file: cannot read {path}: {exc.strerror}") from exc
-    if len(data) > 4096:
-        raise ConfigError(f"broker.password_file: {path} is larger than 4096 bytes")
-    try:
-        return data.decode().strip()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"broker.password_file: {path} is not UTF-8 text") from exc
-
-
-def _fallback(config: AgentConfig) -> Any | None:
-    if config.fallback is None:
-        return None
-    from edgeship.sdk._fallback_config import build_fallback
-
-    return build_fallback(config.fallback.values(), default_model=config.model.name)
 
 
 class _JsonFormatter(logging.Formatter):

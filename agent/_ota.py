@@ -36,6 +36,9 @@ To drive it (the daemon does exactly this; so can a simulator with an in-memory 
 
 where ``perform(action, state)`` carries out one action and returns the event it led to
 (``RequestChunk`` -> later a ``Chunk``; ``WriteSlot`` -> ``Installed``; ...) or None.
+A write that fails (``WriteChunk``, ``Persist``, ``WriteSlot``: disk full) returns
+:class:`StorageFailed`; the rest of that step's actions are skipped and the update fails,
+freeing its download, while the active model keeps serving.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from edgeship.agent._ota_release import (
     recipient,
     slot_info,
 )
+from edgeship.agent._ota_shadow import ShadowSteps
 from edgeship.agent._ota_types import (
     MODES,
     PHASES,
@@ -72,6 +76,7 @@ from edgeship.agent._ota_types import (
     OtaState,
     Persist,
     ReadDownload,
+    Rejected,
     Report,
     RequestChunk,
     Resume,
@@ -88,7 +93,7 @@ from edgeship.agent._ota_types import (
     encode_state,
 )
 from edgeship.sdk._manifest import Manifest
-from edgeship.sdk._transfer import ChunkRequest, chunk_count, decode_chunk
+from edgeship.sdk._transfer import ChunkRequest, decode_chunk
 from edgeship.sdk._trust import Offer, check_offer, check_payload
 
 from edgeship._errors import (
@@ -98,57 +103,35 @@ from edgeship._errors import (
     TransportError,
 )
 
-__all__ = [
-    "PHASES",
-    "Action",
-    "Chunk",
-    "Connected",
-    "Downloaded",
-    "Event",
-    "HealthChecked",
-    "Installed",
-    "Job",
-    "LoadActive",
-    "LoadShadow",
-    "Loaded",
-    "LocalRelease",
-    "OfferReceived",
-    "OtaCore",
-    "OtaState",
-    "Persist",
-    "ReadDownload",
-    "Report",
-    "RequestChunk",
-    "Resume",
-    "RunHealthCheck",
-    "SlotInfo",
-    "StorageFailed",
-    "Tick",
-    "TruncateDownload",
-    "UnloadShadow",
-    "WriteChunk",
-    "WriteSlot",
-    "decode_state",
-    "drive",
-    "encode_state",
+__all__ = [  # the types are re-exported: shells import everything from here
+    "PHASES", "Action", "Chunk", "Connected", "Downloaded", "Event", "HealthChecked",
+    "Installed", "Job", "LoadActive", "LoadShadow", "Loaded", "LocalRelease", "OfferReceived",
+    "OtaCore", "OtaState", "Persist", "ReadDownload", "Rejected", "Report", "RequestChunk",
+    "Resume", "RunHealthCheck", "SlotInfo", "StorageFailed", "Tick", "TruncateDownload",
+    "UnloadShadow", "WriteChunk", "WriteSlot", "decode_state", "drive", "encode_state",
 ]
 _BUSY = ("verifying", "installing", "health-checking")
 
 Step = tuple[OtaState, list[Action]]
 
 
-class OtaCore:
+class OtaCore(ShadowSteps):
     """The decisions of one device; holds only configuration, never state."""
 
     def __init__(self, *, device: str, model: str, root_key: bytes, hardware: str | None = "cpu",
                  chunk_size: int = 64 * 1024, max_artifact_bytes: int = 256 * 1024 * 1024,
                  max_switch_attempts: int = 3, report_every: int = 8,
-                 private_key: Any | None = None, require_encryption: bool = False) -> None:
+                 private_key: Any | None = None, require_encryption: bool = False,
+                 nonce: Callable[[], str] | None = None, stall_after_s: float = 30.0,
+                 max_refusals: int = 8) -> None:
         self.device, self.model, self.root_key, self.hardware = device, model, root_key, hardware
         self.private_key = private_key  # X25519 private key of [encryption], or None
         self.require_encryption = require_encryption  # refuse plaintext releases
         self.chunk_size, self.max_artifact_bytes = chunk_size, max_artifact_bytes
         self.max_switch_attempts, self.report_every = max_switch_attempts, report_every
+        # a random name per transfer for its chunk requests (the shell's entropy; None: none)
+        self._nonce = nonce or (lambda: "")
+        self.stall_after_s, self.max_refusals = stall_after_s, max_refusals
 
     # -- status ---------------------------------------------------------------------------
     def status(self, state: OtaState, now: float, *, phase: str | None = None) -> dict[str, Any]:
@@ -222,7 +205,9 @@ class OtaCore:
         if peek is not None and job is None and self._seen(state, peek, mode):
             return state, []
         if state.phase in _BUSY:
-            return self._refuse(state, now, f"offer of {peek} ignored: busy {state.phase}")
+            state, actions = self._refuse(state, now,
+                                          f"offer of {peek} ignored: busy {state.phase}")
+            return state, [Rejected("offer", f"busy {state.phase}", len(event.raw)), *actions]
         try:
             offer = Offer.from_bytes(event.raw)  # refuses a mode it does not know
             manifest = check_offer(offer, self.root_key, state.trusted, model_name=self.model,
@@ -235,8 +220,11 @@ class OtaCore:
             promote = self._promotes(state, manifest, mode)
             job = None if promote else self._plan(offer, manifest, state.active, mode)
         except EdgeshipError as exc:
-            return self._refuse(state, now, f"offer rejected: {type(exc).__name__}: {exc}",
-                                target=peek)
+            state, actions = self._refuse(state, now,
+                                          f"offer rejected: {type(exc).__name__}: {exc}",
+                                          target=peek)
+            return state, [Rejected("offer", f"{type(exc).__name__}: {exc}", len(event.raw)),
+                           *actions]
         trusted = state.trusted.accept(offer, manifest)
         if promote:
             return self._promote(replace(state, trusted=trusted), offer, manifest, now)
@@ -271,7 +259,8 @@ class OtaCore:
             recipient(manifest, self.private_key, required=self.require_encryption)
             job = self._plan(offer, manifest, None)
         except EdgeshipError as exc:
-            return self._refuse(state, now, f"initial release rejected: {exc}")
+            return self._refuse(state, now,
+                                f"initial release rejected: {type(exc).__name__}: {exc}")
         state = replace(state, phase="verifying", job=job, error="", target=job.version,
                         trusted=state.trusted.accept(offer, manifest))
         return self._on_Downloaded(state, Downloaded(payload=event.artifact, base=None), now)
@@ -288,45 +277,7 @@ class OtaCore:
         slot = "b" if active is not None and active.slot == "a" else "a"
         return Job(offer=offer.to_bytes().decode(), version=manifest.version, file=chosen[0],
                    size=chosen[1], sha256=chosen[2], delta=delta is not None,
-                   chunk_size=self.chunk_size, slot=slot, mode=mode)
-
-    # -- shadow releases -------------------------------------------------------------------
-    @staticmethod
-    def _promotes(state: OtaState, manifest: Manifest, mode: str) -> bool:
-        """A normal offer of exactly the release the shadow slot holds: switch to it."""
-        shadow = state.shadow
-        return (mode == "active" and shadow is not None and state.active is not None
-                and shadow.version == manifest.version
-                and shadow.sha256 == manifest.artifact.sha256)
-
-    def _promote(self, state: OtaState, offer: Offer, manifest: Manifest, now: float) -> Step:
-        """The shadow slot becomes active with no download: the same switch as after a
-        passed health check (the new model is golden-checked in-process when it loads,
-        the old slot kept as ``previous`` until then)."""
-        shadow = state.shadow
-        assert shadow is not None
-        art = manifest.artifact
-        job = Job(offer=offer.to_bytes().decode(), version=manifest.version, file=art.name,
-                  size=art.size, sha256=art.sha256, delta=False, chunk_size=self.chunk_size,
-                  received=chunk_count(art.size, self.chunk_size), slot=shadow.slot,
-                  switched=True, switch_attempts=1)
-        state = replace(state, phase="health-checking", job=job, active=shadow,
-                        previous=state.active, shadow=None, error="", target=manifest.version)
-        return state, [UnloadShadow(), Persist(state), self._report(state, now),
-                       LoadActive(shadow, golden=self._golden(job))]
-
-    def _discard(self, state: OtaState, version: str | None, now: float) -> Step:
-        """``shadow-discard``: drop the shadow of ``version`` (or its install under way).
-        Anything else (the retained discard seen again, another version) is ignored."""
-        job = state.job
-        if state.shadow is not None and state.shadow.version == version:
-            state = replace(state, phase="shadow-discarded", shadow=None, target=version,
-                            error="")
-            return state, [UnloadShadow(), Persist(state), self._report(state, now)]
-        if job is not None and job.mode == "shadow" and job.version == version:
-            state = replace(state, phase="shadow-discarded", job=None, target=version, error="")
-            return state, [Persist(state), TruncateDownload(0), self._report(state, now)]
-        return state, []
+                   chunk_size=self.chunk_size, slot=slot, mode=mode, nonce=self._nonce())
 
     def _refuse(self, state: OtaState, now: float, reason: str,
                 target: str | None = None) -> Step:
@@ -334,15 +285,20 @@ class OtaCore:
             return state, [Report({**self.status(state, now), "error": reason})]
         # the refused offer's (unverified) version names what failed, so a fleet manager
         # never mistakes this verdict for one about another release
-        state = replace(state, phase="failed", error=reason, target=target)
-        return state, [Persist(state), self._report(state, now)]
+        refused = replace(state, phase="failed", error=reason, target=target)
+        if refused == state:  # the same refusal again (a flood): nothing new to say
+            return state, []
+        # nothing the device keeps (model, floor, job) changed: reported, never written, so
+        # a flood of bad offers costs no flash (after a restart the offer is judged again)
+        return refused, [self._report(refused, now)]
 
     # -- download -------------------------------------------------------------------------
     def _request(self, state: OtaState) -> list[Action]:
         job = state.job
         if job is None or state.phase != "downloading" or job.received >= job.chunks:
             return []
-        return [RequestChunk(self._chunk_request(job))]
+        request = self._chunk_request(job)
+        return [RequestChunk(request, correlation(request, job.nonce))]
 
     def _chunk_request(self, job: Job) -> ChunkRequest:
         return ChunkRequest(device=self.device, model=self.model, version=job.version,
@@ -352,15 +308,22 @@ class OtaCore:
         return state, [self._report(state, now), *self._request(state)]
 
     def _on_Tick(self, state: OtaState, event: Tick, now: float) -> Step:
-        return state, self._request(state)
+        again = self._request(state)
+        if not again or event.stalled_s < self.stall_after_s:
+            return state, again
+        # no server answers (gone, or none holds the file): say so, and keep asking
+        stalled = f"download stalled: no chunk for {int(event.stalled_s)} s; still asking"
+        return state, [Report({**self.status(state, now), "error": stalled}), *again]
 
     def _on_Chunk(self, state: OtaState, event: Chunk, now: float) -> Step:
         job = state.job
-        if job is None or state.phase != "downloading":
-            return state, []  # late duplicate
-        if event.correlation is not None \
-                and event.correlation != correlation(self._chunk_request(job)):
-            return state, []  # an answer to another request (an older transfer): not ours
+        size = len(event.raw)
+        if job is None or state.phase != "downloading":  # late duplicate, or garbage
+            return state, [Rejected("chunk", "no download in progress", size)]
+        expected = correlation(self._chunk_request(job), job.nonce)
+        if (event.correlation is not None or job.nonce) and event.correlation != expected:
+            # an answer to another request (an older transfer, a retry answered twice)
+            return state, [Rejected("chunk", "answers another request", size)]
         try:
             chunk = decode_chunk(event.raw, index=job.received, chunk_size=job.chunk_size,
                                  signed_size=job.size)
@@ -368,9 +331,10 @@ class OtaCore:
             return self._fail(state, now, f"download: {exc}")
         except TransportError as exc:
             if "refused" in str(exc):
-                return self._fail(state, now, str(exc))
-            return state, []  # a stale or damaged chunk: the retry asks again
-        job = replace(job, received=job.received + 1)
+                return self._refused_chunk(state, now, str(exc), size)
+            # a stale, damaged or forged chunk: the retry asks again
+            return state, [Rejected("chunk", str(exc), size)]
+        job = replace(job, received=job.received + 1, refusals=0)
         state = replace(state, job=job)
         if job.received >= job.chunks:  # one state write: counted and complete
             state = replace(state, phase="verifying")
@@ -380,6 +344,17 @@ class OtaCore:
         if job.received % self.report_every == 0:
             actions.append(self._report(state, now))
         return state, [*actions, *self._request(state)]
+
+    def _refused_chunk(self, state: OtaState, now: float, reason: str, size: int) -> Step:
+        """A release server has no such file (or range): servers share the requests, so
+        ask again (a sibling may hold it); fail only after ``max_refusals`` in a row."""
+        job = state.job
+        assert job is not None
+        job = replace(job, refusals=job.refusals + 1)
+        if job.refusals >= self.max_refusals:
+            return self._fail(state, now, f"{reason} ({job.refusals} times)")
+        state = replace(state, job=job)
+        return state, [Rejected("chunk", reason, size), *self._request(state)]
 
     # -- verify, install, check, switch, commit -------------------------------------------
     def _read(self, state: OtaState) -> ReadDownload:
@@ -402,7 +377,8 @@ class OtaCore:
             return state, [Persist(state), TruncateDownload(0), self._report(state, now)]
         state = replace(state, phase="installing")
         return state, [Persist(state), self._report(state, now),
-                       WriteSlot(job.slot, manifest.artifact.format, artifact)]
+                       WriteSlot(job.slot, manifest.artifact.format, artifact,
+                                 offer=job.offer.encode())]
 
     def _fetch_full(self, state: OtaState, manifest: Manifest, now: float) -> Step:
         """The delta's base (the active slot) is gone or damaged on disk: a delta cannot
@@ -421,10 +397,9 @@ class OtaCore:
             return state, []
         # the old slot is untouched and keeps serving. Drop the download *before* the state
         # write, which needs the space on a full disk (a crash in between is safe: Resume
-        # sees the file gone and fetches again)
-        state, actions = self._fail(state, now, f"storage: {event.reason}")
-        return state, [TruncateDownload(0), *(a for a in actions
-                                               if not isinstance(a, TruncateDownload))]
+        # sees the file gone and fetches again); report first: that write may fail too
+        state, _ = self._fail(state, now, f"storage: {event.reason}")
+        return state, [TruncateDownload(0), self._report(state, now), Persist(state)]
 
     def _on_Installed(self, state: OtaState, event: Installed, now: float) -> Step:
         job = state.job
@@ -508,6 +483,8 @@ def drive(core: OtaCore, state: OtaState, event: Event, now: float | Callable[[]
             follow = perform(action, state)
             if follow is not None:
                 pending.append(follow)
+            if isinstance(follow, StorageFailed):
+                break  # the rest of this step counted on that write (a chunk, the state)
     return state
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "OtaState",
     "Persist",
     "ReadDownload",
+    "Rejected",
     "Report",
     "RequestChunk",
     "Resume",
@@ -104,6 +105,8 @@ class Job:
     switched: bool = False  # the state already names the new slot as active
     switch_attempts: int = 0
     mode: str = "active"  # "shadow": ends installed next to the active model, not switched
+    nonce: str = ""  # random, names this transfer's chunk requests (see correlation)
+    refusals: int = 0  # "no such file" answers to the chunk in flight (a sibling may have it)
 
     @property
     def chunks(self) -> int:
@@ -194,7 +197,10 @@ class Connected(Event):
 
 @dataclass(frozen=True)
 class Tick(Event):
-    """Time passed with nothing else to do: re-ask for a chunk that is overdue."""
+    """Time passed with nothing else to do: re-ask for a chunk that is overdue;
+    ``stalled_s``: seconds since the download last made progress."""
+
+    stalled_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -244,13 +250,26 @@ class Persist(Action):
 
 
 @dataclass(frozen=True)
+class Rejected(Action):
+    """A message was dropped (``topic``: "offer" or "chunk") for ``reason``: the shell logs
+    it, rate-limited, so a flood of garbage leaves a trace but cannot fill the disk."""
+
+    topic: str
+    reason: str
+    size: int = 0
+
+
+@dataclass(frozen=True)
 class Report(Action):
     status: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class RequestChunk(Action):
+    """Ask for a chunk; ``correlation`` goes with it (MQTT 5) and must come back."""
+
     request: ChunkRequest
+    correlation: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -275,11 +294,13 @@ class ReadDownload(Action):
 
 @dataclass(frozen=True)
 class WriteSlot(Action):
-    """Write ``data`` atomically into ``slot`` as ``model.<format>`` -> ``Installed``."""
+    """Write ``data`` atomically into ``slot`` as ``model.<format>`` -> ``Installed``;
+    ``offer`` (the signed offer) is kept beside it, to rebuild a lost state from."""
 
     slot: str
     format: str
     data: bytes
+    offer: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -313,9 +334,12 @@ class UnloadShadow(Action):
     """Stop the shadow model (before its slot is overwritten, promoted or discarded)."""
 
 
-def correlation(request: ChunkRequest) -> bytes:
-    """What names one chunk request of one transfer (sent as MQTT 5 correlation data)."""
-    return f"{request.version}/{request.file}/{request.index}".encode()
+def correlation(request: ChunkRequest, nonce: str = "") -> bytes:
+    """What names one chunk request of one transfer (sent as MQTT 5 correlation data):
+    everything the device asked for, and the job's random ``nonce``, so an answer to a
+    request another device made in this device's name (another chunk size) is not taken."""
+    text = f"{request.version}/{request.file}/{request.index}/{request.chunk_size}"
+    return f"{text}/{nonce}".encode() if nonce else text.encode()
 
 
 def encode_state(state: OtaState) -> bytes:

@@ -3,7 +3,9 @@
 Layout of ``data_dir``::
 
     state.json              OtaState, replaced atomically (temp, fsync, rename, fsync dir)
+    state.json.damaged-<t>  a state file that could not be read, kept aside for diagnosis
     slots/a/model.<fmt>     slot A; slots/b/... slot B; a slot is written only while inactive
+    slots/a/offer.json      the signed offer of the release in slot A (to rebuild a lost state)
     download.part           the file being downloaded; only verified chunks, fsynced in order
     queue.sqlite            the offline message queue (see _queue.py)
 
@@ -14,17 +16,29 @@ is the one ``os.replace`` of ``state.json``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import time
 from pathlib import Path
 
 from edgeship.agent._ota import OtaState, decode_state, encode_state
-from edgeship.sdk._fileio import fsync_dir, write_atomic
+from edgeship.agent._state_check import state_problem
+from edgeship.sdk._fileio import fsync_dir, read_head, write_atomic
 
-from edgeship._errors import UpdateError
+from edgeship._errors import EdgeshipError, UpdateError
 
-__all__ = ["Store", "fsync_dir", "write_atomic"]
+__all__ = ["StateDamaged", "Store", "fsync_dir", "write_atomic"]
 
 MAX_STATE_BYTES = 8 * 1024 * 1024  # the state holds one offer (with its golden input)
+MAX_SLOT_OFFER_BYTES = 4 * 1024 * 1024  # an offer (sdk._trust.MAX_OFFER_SIZE)
+
+
+class StateDamaged(UpdateError):
+    """``state.json`` exists but cannot be used; ``raw`` holds what could be read of it."""
+
+    def __init__(self, message: str, raw: bytes = b"") -> None:
+        super().__init__(message)
+        self.raw = raw
 
 
 class Store:
@@ -47,16 +61,42 @@ class Store:
 
     # -- state --------------------------------------------------------------------------
     def load_state(self) -> OtaState:
+        """The persisted state (a fresh one when there is none); StateDamaged when the
+        file is unreadable, malformed or names things that cannot be."""
         try:
             raw = self.state_path.read_bytes()
         except FileNotFoundError:
             return OtaState()
+        except OSError as exc:  # a directory in its place, an I/O error
+            raise StateDamaged(f"cannot read it: {exc.strerror or exc}") from exc
         if len(raw) > MAX_STATE_BYTES:
-            raise UpdateError(f"{self.state_path} is larger than {MAX_STATE_BYTES} bytes")
+            raise StateDamaged(f"larger than {MAX_STATE_BYTES} bytes")
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise StateDamaged(f"not JSON ({type(exc).__name__})", raw) from exc
+        problem = state_problem(doc)
+        if problem is not None:
+            raise StateDamaged(problem, raw)
         try:
             return decode_state(raw)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UpdateError(f"{self.state_path} is unreadable: {exc}") from exc
+        except (ValueError, KeyError, TypeError, EdgeshipError) as exc:
+            raise StateDamaged(f"{type(exc).__name__}: {exc}"[:200], raw) from exc
+
+    def set_aside_state(self) -> Path | None:
+        """Rename a damaged state file (or whatever sits in its place) out of the way,
+        kept for diagnosis; None when it could not be moved."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        target = self.root / f"state.json.damaged-{stamp}"
+        n = 1
+        while target.exists():
+            target, n = self.root / f"state.json.damaged-{stamp}-{n}", n + 1
+        try:
+            os.rename(self.state_path, target)
+            fsync_dir(self.root)
+        except OSError:
+            return None
+        return target
 
     def save_state(self, state: OtaState) -> None:
         write_atomic(self.state_path, encode_state(state))
@@ -67,13 +107,29 @@ class Store:
             raise UpdateError(f"unknown slot {slot!r}")
         return self.root / "slots" / slot / f"model.{fmt}"
 
-    def write_slot(self, slot: str, fmt: str, data: bytes, *, pause: float = 0.0) -> Path:
+    def write_slot(self, slot: str, fmt: str, data: bytes, *, offer: bytes = b"",
+                   pause: float = 0.0) -> Path:
+        """The model first, then the signed ``offer`` it came with: a slot whose two
+        files do not match fails verification when a lost state is rebuilt."""
         target = self.slot_file(slot, fmt)
         for old in target.parent.glob("model.*"):  # another format from an older release
             if old != target:
                 old.unlink()
+        offer_path = target.parent / "offer.json"
+        with contextlib.suppress(FileNotFoundError):
+            offer_path.unlink()  # names the old model until the new one is in place
         write_atomic(target, data, pause=pause)
+        if offer:
+            write_atomic(offer_path, offer)
         return target
+
+    def slot_offer(self, slot: str) -> bytes | None:
+        """The signed offer stored with ``slot``'s model (None: none, or unreadable)."""
+        try:
+            raw = read_head(self.root / "slots" / slot / "offer.json", MAX_SLOT_OFFER_BYTES)
+        except OSError:
+            return None
+        return raw if len(raw) <= MAX_SLOT_OFFER_BYTES else None
 
     def read_slot(self, slot: str, fmt: str, *, max_bytes: int) -> bytes:
         path = self.slot_file(slot, fmt)

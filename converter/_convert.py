@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from ._quantize import WeightInfo, WeightPolicy, build_qdq
 from ._report import Report, not_written_line, to_html
 from ._shapes import dynamic_dims, format_shape
 from ._sizes import report_sizes, zstd_bytes
+from ._targets import TargetsNotCompiled, check_available, run_for_convert
+from ._tflite_macs import read_ops
 
 MODEL_FILE = "model.int8.onnx"
 TFLITE_FILE = "model.int8.tflite"
@@ -61,18 +64,22 @@ def tflite_available() -> bool:
 
 
 def default_formats() -> tuple[str, ...]:
+    """The formats ``convert`` writes unless told: ONNX, and TFLite when its writer is built in."""
     return ("onnx", "tflite") if tflite_available() else ("onnx",)
 
 
 class _Clock:
-    def __init__(self) -> None:
+    def __init__(self, on_lap: Callable[[str], None] | None = None) -> None:
         self.t = time.perf_counter()
         self.phases: dict[str, float] = {}
+        self.on_lap = on_lap
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
         self.phases[name] = round(self.phases.get(name, 0.0) + now - self.t, 4)
         self.t = now
+        if self.on_lap is not None:
+            self.on_lap(name)
 
 
 @dataclass
@@ -130,6 +137,7 @@ def convert(
     eval_path: str | Path | None = None,
     base_dir: str | Path | None = None,
     progress: bool = False,
+    on_phase: Callable[[str], None] | None = None,
 ) -> Report:
     """Convert ``model_path`` into ``out_dir`` (model.int8.onnx, [model.int8.tflite],
     quant_params.json, report.json, report.html; with ``eval_path`` also profile.json: the
@@ -142,9 +150,13 @@ def convert(
     whose ``formats["not_written"]`` says, per format, why (the op and node that blocked
     it). Then, with ``options.strict_formats`` (the default), :class:`FormatsNotWritten`
     is raised carrying that report; without, the report is returned and the caller
-    reads ``report.formats``. ``edgeship convert`` turns the exception into exit code 2."""
+    reads ``report.formats``. ``edgeship convert`` turns the exception into exit code 2.
+
+    ``on_phase(name)`` is called as each phase ends (load, optimize, calibrate, quantize,
+    write, measure, then eval and profile with ``eval_path``): a caller's progress line."""
     opts = options or ConvertOptions(formats=default_formats())
-    clock = _Clock()
+    check_available(opts.targets)  # a missing compiler: one error naming its extra, now
+    clock = _Clock(on_phase)
     inp = _read_inputs(Path(model_path), Path(calib_path), eval_path, base_dir, opts)
     clock.lap("load")
     q = _quantize(inp, opts, clock, progress)
@@ -156,7 +168,10 @@ def convert(
         write_file(tmp / PARAMS_FILE, _params_json(q.plan, q.weights, q.equalization).encode())
         tflite, not_written = _write_formats(tmp, opts)
         clock.lap("write")
+        targets = run_for_convert(opts, tmp, MODEL_FILE, TFLITE_FILE, inp.ev[0] if inp.ev else inp.calib)
+        clock.lap("targets")
         report, profile = _report(inp, q, opts, tflite, not_written, tmp, clock)
+        report = replace(report, targets=targets or None)
         if mixed is not None:
             report.extra["mixed_precision"] = mixed.to_dict()
         if profile is not None:
@@ -167,6 +182,9 @@ def convert(
         raise TargetNotMet(report, Path(out_dir), mixed.target, mixed.drop, mixed.metric)
     if not_written and opts.strict_formats:
         raise FormatsNotWritten(report, Path(out_dir), not_written)
+    failed = {n: r["error"] for n, r in (targets or {}).items() if not r["compiled"]}
+    if failed and opts.strict_formats:
+        raise TargetsNotCompiled(report, Path(out_dir), failed)
     return report
 
 
@@ -582,6 +600,11 @@ def _edgetpu_tflite(tmp: Path) -> dict[str, Any]:
 
     result = check_edgetpu(tmp / TFLITE_FILE).to_dict()
     result["compatible"] = result["fully_mappable"]
+    ops = read_ops((tmp / TFLITE_FILE).read_bytes())  # for the compatibility table
+    for row in result["cpu_ops"]:  # named by its output tensor, as the NPU compilers' rows
+        row["node"] = ops[row["index"]].outputs[0] if ops[row["index"]].outputs else ""
+    result["macs_total"] = sum(op.macs for op in ops)
+    result["macs_on_tpu"] = result["macs_total"] - sum(ops[r["index"]].macs for r in result["cpu_ops"])
     return result
 
 

@@ -23,6 +23,8 @@ its meaning across the bump (:func:`bump_opset`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import defs, helper
@@ -130,6 +132,40 @@ def _replace(graph: Graph, first: onnx.NodeProto, gone: list[onnx.NodeProto],
     graph.reindex()
 
 
+Match = tuple[str, list[onnx.NodeProto]]  # (the pattern's input, its nodes, output node last)
+
+
+def _fuse_patterns(graph: Graph, anchors: tuple[str, ...],
+                   match: Callable[[Graph, onnx.NodeProto], Match | None],
+                   op_type: str, opset: int) -> list[tuple[onnx.NodeProto, list[onnx.NodeProto]]]:
+    """Replace each pattern ``match`` finds at a node of ``anchors`` by one ``op_type`` node
+    on the pattern's input (when the graph may be raised to ``opset``, where the op exists).
+    Returns (anchor, replaced nodes) for each fusion, in graph order."""
+    fused = []
+    for anchor in list(graph.nodes):
+        if anchor.op_type not in anchors or graph.producer.get(anchor.output[0]) is not anchor:
+            continue
+        found = match(graph, anchor)
+        if found is None or not bump_opset(graph, opset):
+            continue
+        x, nodes = found
+        node = helper.make_node(op_type, [x], [nodes[-1].output[0]], name=nodes[-1].name)
+        _replace(graph, nodes[-1], nodes, node)
+        fused.append((anchor, nodes))
+    return fused
+
+
+def fold_into(graph: Graph, node: onnx.NodeProto, inputs: list[str],
+              folded: onnx.NodeProto) -> None:
+    """``node`` (its weights/bias now holding what ``folded`` computed) reads ``inputs`` and
+    writes ``folded``'s output; ``folded`` leaves the graph."""
+    del node.input[:]
+    node.input.extend(inputs)
+    node.output[0] = folded.output[0]
+    graph.remove_node(folded)
+    graph.reindex()
+
+
 # ---- Conv + Add(constant) -----------------------------------------------------------
 def _channel_constant(graph: Graph, name: str, channels: int, rank: int) -> np.ndarray | None:
     """A constant that adds one value per channel of a rank-``rank`` NCHW tensor."""
@@ -164,12 +200,7 @@ def _conv_add_to_bias(graph: Graph, log: list[str]) -> None:
         bias = graph.inits[conv.input[2]].astype(np.float64) if has_bias else 0.0
         name = f"{conv.name}_bias_add"
         graph.inits[name] = (bias + extra.astype(np.float64)).astype(np.float32)
-        inputs = [conv.input[0], conv.input[1], name]
-        del conv.input[:]
-        conv.input.extend(inputs)
-        conv.output[0] = add.output[0]
-        graph.remove_node(add)
-        graph.reindex()
+        fold_into(graph, conv, [conv.input[0], conv.input[1], name], add)
         log.append(f"folded Add {add.name} (a per-channel constant) into the bias of Conv {conv.name}")
 
 
@@ -221,15 +252,7 @@ def _hardswish_at(graph: Graph, gate: onnx.NodeProto) -> tuple[str, list[onnx.No
 
 
 def _fuse_hardswish(graph: Graph, log: list[str]) -> None:
-    for gate in list(graph.nodes):
-        if gate.op_type not in ("Clip", "HardSigmoid") or graph.producer.get(gate.output[0]) is not gate:
-            continue
-        found = _hardswish_at(graph, gate)
-        if found is None or not bump_opset(graph, 14):
-            continue
-        x, nodes = found
-        node = helper.make_node("HardSwish", [x], [nodes[-1].output[0]], name=nodes[-1].name)
-        _replace(graph, nodes[-1], nodes, node)
+    for _, nodes in _fuse_patterns(graph, ("Clip", "HardSigmoid"), _hardswish_at, "HardSwish", 14):
         log.append(f"fused {'+'.join(n.op_type for n in nodes)} ({nodes[0].name}) -> HardSwish")
 
 
@@ -348,15 +371,7 @@ def _gelu_at(graph: Graph, erf: onnx.NodeProto) -> tuple[str, list[onnx.NodeProt
 
 
 def _fuse_gelu(graph: Graph, log: list[str]) -> None:
-    for erf in list(graph.nodes):
-        if erf.op_type != "Erf" or graph.producer.get(erf.output[0]) is not erf:
-            continue
-        found = _gelu_at(graph, erf)
-        if found is None or not bump_opset(graph, 20):
-            continue
-        x, nodes = found
-        node = helper.make_node("Gelu", [x], [nodes[-1].output[0]], name=nodes[-1].name)
-        _replace(graph, nodes[-1], nodes, node)
+    for erf, _ in _fuse_patterns(graph, ("Erf",), _gelu_at, "Gelu", 20):
         log.append(f"fused Erf pattern ({erf.name}) -> Gelu")
 
 

@@ -18,6 +18,7 @@ from onnx import helper
 from . import _oprules_move as move
 from ._ir import Graph
 from ._oprules_math import (
+    FLOAT_LSTM,
     NO_INT8_ERF,
     NO_INT8_POW,
     NO_INT8_RECIPROCAL,
@@ -179,7 +180,7 @@ REGISTRY: dict[str, OpRule] = {
     "Reciprocal": OpRule(check=stays_float(NO_INT8_RECIPROCAL)),
     "Pow": OpRule(check=stays_float(NO_INT8_POW)),
     "Erf": OpRule(check=stays_float(NO_INT8_ERF)),
-    "LSTM": OpRule(check=stays_float(RECURRENT)),
+    "LSTM": OpRule(check=stays_float(FLOAT_LSTM)),
     "GRU": OpRule(check=stays_float(RECURRENT)),
 }
 

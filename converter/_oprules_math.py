@@ -28,6 +28,10 @@ RECURRENT = (
     "edgeship does not calibrate yet; it stays float in the ONNX (quantized around it); "
     "use --format onnx"
 )
+FLOAT_LSTM = (
+    "LSTM stays float (a full-integer LSTM needs calibrated per-gate scales): the ONNX "
+    "quantizes around it; the TFLite runs it unrolled in float32 (on the CPU, not an NPU)"
+)
 
 
 def _binary_consts(node: onnx.NodeProto, g: Graph) -> str | None:

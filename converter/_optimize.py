@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ._fuse import fuse
+from ._fuse import fold_into, fuse
 from ._ir import Graph
 from ._optimize_move import (
     channel_shuffle_to_gather,
@@ -198,12 +198,7 @@ def _fold_batchnorm(graph: Graph, log: list[str]) -> None:
         )
         graph.inits[wname] = w.astype(np.float32)
         graph.inits[bname] = bias.astype(np.float32)
-        new_inputs = [prod.input[0], wname, bname]
-        del prod.input[:]
-        prod.input.extend(new_inputs)
-        prod.output[0] = bn.output[0]
-        graph.remove_node(bn)
-        graph.reindex()
+        fold_into(graph, prod, [prod.input[0], wname, bname], bn)
         log.append(f"folded BatchNormalization {bn.name} into {prod.op_type} {prod.name}")
 
 

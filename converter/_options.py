@@ -49,6 +49,8 @@ class ConvertOptions:
     # --input-shape NAME=1x3x48x320: pins the dynamic dims of that input before shape
     # inference and folding (TFLite needs static shapes; calibration data must match)
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # --target NAME: NPU compilers run on the written models (converter/_targets.py)
+    targets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.prune < 1.0:
@@ -72,17 +74,22 @@ class ConvertOptions:
         if self.max_drop is not None and not 0.0 <= self.max_drop <= 100.0:
             raise ConfigError(f"--max-drop must be in [0, 100] points, got {self.max_drop}")
         _check_input_shapes(self.input_shapes)
+        from ._targets import check_names
+
+        check_names(self.targets, self.formats)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["formats"] = list(self.formats)
+        d["targets"] = list(self.targets)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ConvertOptions:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "formats" in known:
-            known["formats"] = tuple(known["formats"])
+        for key in ("formats", "targets"):
+            if key in known:
+                known[key] = tuple(known[key])
         if "input_shapes" in known:  # JSON lists back to the typed tuples
             known["input_shapes"] = tuple(
                 (str(name), tuple(int(d) for d in dims)) for name, dims in known["input_shapes"]

@@ -38,6 +38,8 @@ class Report:
     profile: dict[str, Any] | None = None  # --eval: what profile.json holds (drift reference)
     # requested / written format names, and per format not written: reason (+ op, node)
     formats: dict[str, Any] | None = None
+    # --target NAME: each NPU compiler's result (converter/_targets.py TargetResult.to_dict)
+    targets: dict[str, Any] | None = None
     version: int = REPORT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -48,6 +50,8 @@ class Report:
             del d["profile"]
         if d["formats"] is None:  # a report made before formats were recorded
             del d["formats"]
+        if d["targets"] is None:  # no --target: the report stays as it was
+            del d["targets"]
         return {**extra, **d}
 
     @classmethod
@@ -207,6 +211,17 @@ def _layer_note(r: Report) -> str:
     )
 
 
+def _compat_html(r: Report) -> str:
+    """One table across targets: the Edge TPU by rules, each --target by its compiler."""
+    from ._compat import COLUMNS, compat_rows
+
+    rows = compat_rows(r.edgetpu, r.targets)
+    if not rows:
+        return ""
+    table = _table(list(COLUMNS), [[row[c] for c in COLUMNS] for row in rows], left=len(COLUMNS))
+    return f"<h2>Compatibility</h2>{table}"
+
+
 def to_html(r: Report) -> str:
     s, ev = r.sizes, r.eval or {}
     fp32_label = "fp32 size (bytes)"
@@ -294,7 +309,7 @@ def to_html(r: Report) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>edgeship report: {html.escape(r.model)}</title>"
         f"<style>{_CSS}</style></head><body><h1>edgeship conversion: {html.escape(r.model)}</h1>"
-        f"{summary}<h2>Per-layer SQNR</h2>{_layer_note(r)}{sqnr_svg(r.layers)}<h2>Activations</h2>{layers}"
+        f"{summary}{_compat_html(r)}<h2>Per-layer SQNR</h2>{_layer_note(r)}{sqnr_svg(r.layers)}<h2>Activations</h2>{layers}"
         f"<h2>Weights</h2>{weights}<h2>Float ops</h2>{floats}<h2>Delta-friendly quantization (--base)</h2>{base}"
         f"<h2>Graph optimizations</h2><ul>{''.join(f'<li>{html.escape(x)}</li>' for x in r.optimizations)}</ul>"
         "</body></html>\n"

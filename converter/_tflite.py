@@ -22,12 +22,13 @@ from typing import Any
 
 import onnx
 from edgeship.converter import (
+    _tflite_float_rnn,  # noqa: F401  (registers its rules)
     _tflite_ops_math,  # noqa: F401  (registers its rules)
     _tflite_ops_move,  # noqa: F401  (registers its rules)
     _tflite_ops_shape,  # noqa: F401  (registers its rules)
 )
 from edgeship.converter._tflite_fb import FbGraph, serialize
-from edgeship.converter._tflite_float import FLOAT_RULES, is_float_node
+from edgeship.converter._tflite_float import FLOAT_ISLANDS, FLOAT_RULES, is_float_node
 from edgeship.converter._tflite_fold import fold_transposes
 from edgeship.converter._tflite_lower import Lowering
 from edgeship.converter._tflite_ops import RULES
@@ -97,10 +98,10 @@ def build_tflite(model: onnx.ModelProto | str | os.PathLike[str], *, io: str = "
 
 
 def _rule_for(lowering: Lowering, node: onnx.NodeProto) -> Any:
-    """The int8 lowering; the float one only for a node in an output tail that the
-    converter kept in float (its outputs carry no QuantizeLinear): everything before a
-    tail stays fully integer."""
-    if is_float_node(lowering, node):
+    """The int8 lowering; the float one for a node in an output tail that the converter
+    kept in float (its outputs carry no QuantizeLinear) and for the ops that have no int8
+    kernel and run as a float island (LSTM): everything else stays fully integer."""
+    if is_float_node(lowering, node) or node.op_type in FLOAT_ISLANDS:
         rule = FLOAT_RULES.get(node.op_type)
         if rule is None:
             raise UnsupportedOpError(node.op_type, node_label(node),
@@ -143,11 +144,13 @@ def _load(path: Path) -> onnx.ModelProto:
 
 def _verify(data: bytes) -> None:
     """LiteRT must accept the flatbuffer (kernels check quantization parameters in Prepare)."""
+    from edgeship.sdk._quiet import runtime_chatter_filtered
     from edgeship.sdk._runtime_litert import interpreter_module
 
     try:
-        interpreter = interpreter_module().Interpreter(model_content=data, num_threads=1)
-        interpreter.allocate_tensors()
+        with runtime_chatter_filtered():
+            interpreter = interpreter_module().Interpreter(model_content=data, num_threads=1)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ConversionError(f"LiteRT rejects the written TFLite model: {exc}") from exc
 

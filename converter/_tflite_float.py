@@ -61,7 +61,7 @@ def float_input(ctx: Lowering, name: str) -> FloatVal:
         return cache[source]
     if source in ctx.values:
         value = ctx.logical(ctx.values[source])
-        out = _float_tensor(ctx, f"{_tensor_name(ctx, value)}/float", value.shape)
+        out = float_tensor(ctx, f"{_tensor_name(ctx, value)}/float", value.shape)
         ctx.emit("DEQUANTIZE", [value.index], [out.index])
         cache[source] = out
         return out
@@ -89,7 +89,7 @@ def bind_float(ctx: Lowering, name: str, value: FloatVal) -> None:
         ctx.bind(name, out)
 
 
-def _float_tensor(ctx: Lowering, name: str, shape: tuple[int, ...]) -> FloatVal:
+def float_tensor(ctx: Lowering, name: str, shape: tuple[int, ...]) -> FloatVal:
     return FloatVal(ctx.act(name, shape, None, dtype="float32"), tuple(shape))
 
 
@@ -99,10 +99,10 @@ def _tensor_name(ctx: Lowering, value: Val | FloatVal) -> str:
 
 def _out(ctx: Lowering, node: onnx.NodeProto, i: int = 0) -> FloatVal:
     name = node.output[i]
-    return _float_tensor(ctx, name, ctx.out_shape(name))
+    return float_tensor(ctx, name, ctx.out_shape(name))
 
 
-def _emit_float(ctx: Lowering, opcode: str, inputs: list[int], outputs: list[int],
+def emit_float(ctx: Lowering, opcode: str, inputs: list[int], outputs: list[int],
                 options: tuple[str, dict[str, object]] | None = None) -> None:
     ctx.emit(opcode, inputs, outputs, options, version=FLOAT_VERSION)
 
@@ -116,7 +116,7 @@ def binary(ctx: Lowering, node: onnx.NodeProto) -> None:
     a, b = (float_input(ctx, n) for n in node.input[:2])
     out = _out(ctx, node)
     opcode = _BINARY[node.op_type]
-    _emit_float(ctx, opcode, [a.index, b.index], [out.index],
+    emit_float(ctx, opcode, [a.index, b.index], [out.index],
                 (f"{node.op_type}Options", {"FusedActivationFunction": 0}))
     bind_float(ctx, node.output[0], out)
 
@@ -126,7 +126,7 @@ def unary(ctx: Lowering, node: onnx.NodeProto) -> None:
     x = float_input(ctx, node.input[0])
     out = _out(ctx, node)
     opcode = {"Sigmoid": "LOGISTIC", "Tanh": "TANH", "Relu": "RELU"}[node.op_type]
-    _emit_float(ctx, opcode, [x.index], [out.index])
+    emit_float(ctx, opcode, [x.index], [out.index])
     bind_float(ctx, node.output[0], out)
 
 
@@ -135,7 +135,7 @@ def concat(ctx: Lowering, node: onnx.NodeProto) -> None:
     vals = [float_input(ctx, n) for n in node.input]
     out = _out(ctx, node)
     axis = int(ctx.attr("axis")) % len(out.shape)
-    _emit_float(ctx, "CONCATENATION", [v.index for v in vals], [out.index],
+    emit_float(ctx, "CONCATENATION", [v.index for v in vals], [out.index],
                 ("ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": 0}))
     bind_float(ctx, node.output[0], out)
 
@@ -145,7 +145,7 @@ def reshape(ctx: Lowering, node: onnx.NodeProto) -> None:
     x = float_input(ctx, node.input[0])
     out = _out(ctx, node)
     shape = list(out.shape)
-    _emit_float(ctx, "RESHAPE", [x.index, ctx.int32("shape", shape)], [out.index],
+    emit_float(ctx, "RESHAPE", [x.index, ctx.int32("shape", shape)], [out.index],
                 ("ReshapeOptions", {"NewShape": shape}))
     bind_float(ctx, node.output[0], out)
 
@@ -155,7 +155,7 @@ def transpose(ctx: Lowering, node: onnx.NodeProto) -> None:
     x = float_input(ctx, node.input[0])
     perm = list(ctx.attr("perm", list(range(len(x.shape)))[::-1]))
     out = _out(ctx, node)
-    _emit_float(ctx, "TRANSPOSE", [x.index, ctx.int32("perm", perm)], [out.index])
+    emit_float(ctx, "TRANSPOSE", [x.index, ctx.int32("perm", perm)], [out.index])
     bind_float(ctx, node.output[0], out)
 
 
@@ -166,8 +166,11 @@ def softmax(ctx: Lowering, node: onnx.NodeProto) -> None:
     if axis != len(x.shape) - 1:
         raise ctx.fail(f"float softmax over axis {axis} (only the last axis is lowered)")
     out = _out(ctx, node)
-    _emit_float(ctx, "SOFTMAX", [x.index], [out.index], ("SoftmaxOptions", {"Beta": 1.0}))
+    emit_float(ctx, "SOFTMAX", [x.index], [out.index], ("SoftmaxOptions", {"Beta": 1.0}))
     bind_float(ctx, node.output[0], out)
 
 
-__all__ = ["FLOAT_RULES", "FloatVal", "bind_float", "float_input", "float_rule", "is_float_node"]
+FLOAT_ISLANDS = frozenset({"LSTM"})  # no int8 kernel: float between DEQUANTIZE and QUANTIZE
+
+__all__ = ["FLOAT_ISLANDS", "FLOAT_RULES", "FloatVal", "bind_float", "emit_float", "float_input",
+           "float_rule", "float_tensor", "is_float_node"]

@@ -198,7 +198,7 @@ def _refuse(reason: str) -> Rule:
 
 
 for _op, _reason in (("Div", NO_INT8_DIV), ("Sqrt", NO_INT8_SQRT), ("Reciprocal", NO_INT8_RECIPROCAL),
-                     ("Pow", NO_INT8_POW), ("Erf", NO_INT8_ERF), ("LSTM", RECURRENT), ("GRU", RECURRENT)):
+                     ("Pow", NO_INT8_POW), ("Erf", NO_INT8_ERF), ("GRU", RECURRENT)):
     RULES.setdefault(_op, _refuse(_reason))
 
 

@@ -471,7 +471,11 @@ def _hard_input(model_path: Path, x_test: Any) -> Any:
 def _fp32_output(onnx_path: Path, x: Any) -> Any:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    from edgeship.sdk._quiet import ort_log_level
+
+    options = ort.SessionOptions()
+    options.log_severity_level = ort_log_level()
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 

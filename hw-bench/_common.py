@@ -188,3 +188,28 @@ def convert_mobilenet_tflite(tmp: Path) -> Path:
                     "--calib", str(ROOT / "tests" / "fixtures" / "mobilenet_calib.npz"),
                     "-o", str(out), "--format", "tflite"], check=True, capture_output=True)
     return out / "model.int8.tflite"
+
+
+def ort_quantize_static(model: Path, out: Path, feeds: Iterable[Mapping[str, Any]]) -> None:
+    """The onnxruntime baseline every bench compares with: ``quantize_static`` to QDQ,
+    per-channel, int8 weights and activations (S8S8, what its docs recommend first for QDQ
+    on x86), MinMax calibration over ``feeds`` (one input dict a sample), its default
+    settings otherwise."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(feeds)
+
+        def get_next(self) -> Mapping[str, Any] | None:
+            return next(self.feeds, None)
+
+    quantize_static(str(model), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)

@@ -130,17 +130,22 @@ def _xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
 
 
+def _best_class_nms(boxes: np.ndarray, scores: np.ndarray, conf: float, iou: float) -> Detections:
+    """Each anchor's best class (cx,cy,w,h ``boxes``, per-class ``scores``), those scoring
+    at least ``conf``, NMS'd -> (n, 6) x1,y1,x2,y2,score,class detections."""
+    cls = scores.argmax(1)
+    best = scores[np.arange(len(cls)), cls]
+    keep = best >= conf
+    dets = np.concatenate([_xywh_to_xyxy(boxes[keep]), best[keep, None],
+                           cls[keep, None].astype(np.float64)], axis=1)
+    return nms(dets, iou)
+
+
 def decode_yolov8(output: np.ndarray, conf: float = 0.25, iou: float = 0.45) -> Detections:
     """Ultralytics YOLOv8 head output (1, 4+classes, anchors), boxes cx,cy,w,h in input
     pixels -> NMS'd (n, 6) detections."""
     pred = np.asarray(output, np.float64)[0].T  # (anchors, 4 + classes)
-    scores = pred[:, 4:]
-    cls = scores.argmax(1)
-    best = scores[np.arange(len(cls)), cls]
-    keep = best >= conf
-    dets = np.concatenate([_xywh_to_xyxy(pred[keep, :4]), best[keep, None],
-                           cls[keep, None].astype(np.float64)], axis=1)
-    return nms(dets, iou)
+    return _best_class_nms(pred[:, :4], pred[:, 4:], conf, iou)
 
 
 def decode_yolox(output: np.ndarray, size: tuple[int, int], conf: float = 0.1,
@@ -157,13 +162,7 @@ def decode_yolox(output: np.ndarray, size: tuple[int, int], conf: float = 0.1,
     grid, stride_col = np.concatenate(grids), np.concatenate(expanded)
     pred[:, :2] = (pred[:, :2] + grid) * stride_col
     pred[:, 2:4] = np.exp(np.clip(pred[:, 2:4], -20, 20)) * stride_col
-    scores = pred[:, 4:5] * pred[:, 5:]
-    cls = scores.argmax(1)
-    best = scores[np.arange(len(cls)), cls]
-    keep = best >= conf
-    dets = np.concatenate([_xywh_to_xyxy(pred[keep, :4]), best[keep, None],
-                           cls[keep, None].astype(np.float64)], axis=1)
-    return nms(dets, iou)
+    return _best_class_nms(pred[:, :4], pred[:, 4:5] * pred[:, 5:], conf, iou)
 
 
 def box_recall(reference: Sequence[Detections], test: Sequence[Detections],

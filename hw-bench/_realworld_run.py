@@ -147,17 +147,12 @@ def run_onnx(path: Path, name: str, inputs: np.ndarray, threads: int = 1) -> lis
 
 
 def latency_ms(path: Path, name: str, sample: np.ndarray, runs: int, threads: int = 1) -> float:
-    """Median wall time (ms) of ``runs`` single-sample runs after 3 warm-ups."""
-    session = ort_session(path, threads)
+    """Median wall time (ms) of ``runs`` single-sample runs after 3 warm-ups (timed as the
+    converter's own evaluation times fp32 against int8)."""
+    from edgeship.converter._evaluate import latency_ms as median_run_ms
+
     feed = {name: sample[None] if sample.ndim == 3 else sample}
-    for _ in range(3):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - began) * 1000.0)
-    return float(np.median(times))
+    return median_run_ms(ort_session(path, threads), feed, runs)
 
 
 def run_tflite(path: Path, inputs: np.ndarray, reference_shapes: Sequence[tuple[int, ...]],
@@ -195,30 +190,13 @@ def _samples(calib: Path) -> tuple[str, list[np.ndarray]]:
 
 
 def ort_quantize(model: Path, calib: Path, out: Path) -> None:
-    """onnxruntime ``quantize_static``: QDQ, per-channel, int8 weights and activations
-    (S8S8, what its docs recommend first for QDQ on x86), MinMax calibration, its default
-    settings otherwise. (Not ``CalibMaxIntermediateOutputs``: in onnxruntime 1.32 reaching
-    it drops the collected samples instead of merging their ranges.)"""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    """onnxruntime ``quantize_static`` as every bench runs it (_common.ort_quantize_static).
+    (Not ``CalibMaxIntermediateOutputs``: in onnxruntime 1.32 reaching it drops the
+    collected samples instead of merging their ranges.)"""
+    from _common import ort_quantize_static
 
     name, samples = _samples(calib)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.feeds = iter({name: s} for s in samples)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.feeds, None)
-
-    quantize_static(str(model), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    ort_quantize_static(model, out, ({name: s} for s in samples))
 
 
 def nncf_quantize(model: Path, calib: Path, out: Path) -> None:

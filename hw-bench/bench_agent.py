@@ -11,6 +11,9 @@
 - ``update``: wall time of an OTA update of mobilenet (~1 MB) to a version whose every
   weight changed (a ~1 MB delta) over a loopback mosquitto with ``edgeship fleet serve``:
   push -> committed, split into download / verify + install / health check + switch.
+- ``attacks`` (issue 16, on the mlp agent): a normal client's p50/p99 while 200 slowloris
+  connections are open (target: p99 under 100 ms, no failure), and the agent's peak RSS
+  growth under 8 concurrent ~15 MiB JSON requests (bounded by ``[api] max_inflight_bytes``).
 
 Usage: ``python hw-bench/bench_agent.py [-o DIR]``; writes ``agent.json``.
 """
@@ -222,6 +225,19 @@ def footprint_run(label: str, tmp: Path, broker_url: str, artifact: Path, bare_s
     return row, agent
 
 
+def attack_rows(agent: Any) -> list[dict[str, Any]]:
+    """Issue 16's attacks on a running agent (see _attacks.py)."""
+    from _attacks import inflight_rss_run, slowloris_run
+
+    x = np.random.default_rng(0).random((1, 30)).astype(np.float32)  # the mlp's input
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30],
+                                   "data": x.ravel().tolist()}]}).encode()
+    slow = slowloris_run(agent.port, body, seconds=5.0 if quick() else 15.0)
+    rss = inflight_rss_run(agent.proc.pid, agent.port)
+    return [{"attack": "200 slowloris connections", **slow},
+            {"attack": "8 concurrent 15 MiB JSON requests", **rss}]
+
+
 def main() -> None:
     import argparse
 
@@ -255,6 +271,7 @@ def main() -> None:
                                      BARE, release=(mlp_root, mlp_rel))
         agents.append(mlp_agent)
         rows.insert(0, latency_rows("mlp fp32 onnx", FIXTURES / "mlp.onnx", mlp_agent.url, n))
+        attacks = attack_rows(mlp_agent)
     finally:
         for a in agents:
             a.terminate()
@@ -266,9 +283,11 @@ def main() -> None:
     print_table(rows, title="local API vs in-process Model.predict (ms)")
     print_table(footprint, title="agent footprint vs bare runtime process (mobilenet)")
     print_table([update], title="OTA update of mobilenet over loopback MQTT")
+    print_table(attacks, title="local API under attack (mlp agent)")
     # "footprint" stays the onnxruntime row (what the plot reads); every runtime is listed too
     path = write_result("agent", {"latency": rows, "footprint": ort_row,
-                                  "footprint_by_runtime": footprint, "update": update},
+                                  "footprint_by_runtime": footprint, "update": update,
+                                  "attacks": attacks},
                         out_dir=args.out)
     print(json.dumps({"written": str(path)}))
 

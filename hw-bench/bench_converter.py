@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, print_machine, print_table, quick, timed, write_result
+from _common import (
+    ROOT,
+    ort_quantize_static,
+    print_machine,
+    print_table,
+    quick,
+    timed,
+    write_result,
+)
 
 FIX = ROOT / "tests" / "fixtures"
 MODELS = ("cnn", "mlp", "mobilenet")
@@ -58,22 +66,7 @@ def latency_ms(path: Path, x: np.ndarray, n: int) -> float:
 
 
 def ort_quantize(model: Path, calib: np.ndarray, out: Path) -> None:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{"input": calib[i : i + 1]} for i in range(len(calib))])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.it, None)
-
-    quantize_static(str(model), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    ort_quantize_static(model, out, [{"input": calib[i : i + 1]} for i in range(len(calib))])
 
 
 def edgeship_quantize(model: Path, calib_path: Path, out: Path, method: str = "minmax",

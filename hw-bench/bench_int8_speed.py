@@ -30,7 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_machine, print_table, quick, write_result
+from _common import ort_quantize_static, print_machine, print_table, quick, write_result
 
 REAL_DIR = Path(os.environ.get("EDGESHIP_REALMODELS", "/work/realmodels"))
 CLS_MODEL = "ch_ppocr_mobile_v2.0_cls_infer.onnx"
@@ -129,23 +129,8 @@ def edgeship_int8(fp32: Path, calib: Path, out: Path) -> Path:
 def ort_int8(fp32: Path, data: np.ndarray, out: Path) -> Path:
     import logging
 
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.rows = iter([{"x": row[None]} for row in data])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.rows, None)
-
     logging.getLogger().setLevel(logging.ERROR)
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    ort_quantize_static(fp32, out, [{"x": row[None]} for row in data])
     return out
 
 

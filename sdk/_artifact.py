@@ -4,6 +4,12 @@ Signing is cheap and shipping a file that is not a model is expensive (every dev
 downloads it, fails its health check and rolls back), so ``edgeship release`` names an
 empty, truncated or mislabelled artifact up front. The check is structural only (it does
 not run the model: an Edge TPU model cannot run on the host).
+
+:func:`load_problem` goes further, for ``edgeship release``: the artifact must be a file
+a runtime of this host loads (onnxruntime for ``.onnx``, LiteRT for ``.tflite``), so a
+``calib.npz`` signed by mistake is refused before anything is written. A TFLite model
+compiled for the Edge TPU (its ``edgetpu-custom-op`` needs the accelerator) passes on its
+structure alone.
 """
 
 from __future__ import annotations
@@ -12,9 +18,43 @@ from pathlib import Path
 
 from edgeship._errors import InputError
 
-__all__ = ["artifact_problem"]
+__all__ = ["MODEL_SUFFIXES", "artifact_problem", "load_problem"]
 
 _TFLITE_ID = b"TFL3"
+MODEL_SUFFIXES = (".onnx", ".tflite")
+_EDGETPU_OP = b"edgetpu-custom-op"
+
+
+def load_problem(path: Path, data: bytes) -> str:
+    """Why no runtime here can load ``data`` (read from ``path``) as a model, or ""."""
+    problem = artifact_problem(path, data)
+    if problem:
+        return problem
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        return (f"artifact {path} is not a model file (.onnx for onnxruntime or .tflite for "
+                "LiteRT)")
+    if suffix == ".tflite" and _needs_edgetpu(data):
+        return ""
+    from edgeship.sdk._model import Model
+
+    from edgeship._errors import ModelLoadError
+
+    try:
+        Model.load_bytes(data, format=suffix)
+    except ModelLoadError as exc:
+        return f"artifact {path} does not load: {exc}"
+    return ""
+
+
+def _needs_edgetpu(data: bytes) -> bool:
+    try:
+        import tflite
+    except ImportError:
+        return False
+    model = tflite.Model.GetRootAsModel(data, 0)
+    return any(model.OperatorCodes(i).CustomCode() == _EDGETPU_OP
+               for i in range(model.OperatorCodesLength()))
 
 
 def artifact_problem(path: Path, data: bytes) -> str:

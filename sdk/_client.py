@@ -46,6 +46,7 @@ class AgentClient:
         return self._http.metadata()
 
     def ready(self) -> bool:
+        """Whether the agent says it is ready to answer (``/v2/health/ready``)."""
         return self._http.ready()
 
     def infer(self, inputs: Mapping[str, Any]) -> AgentAnswer:
@@ -76,6 +77,7 @@ class AgentClient:
         return next(iter(self.infer(x).outputs.values()))
 
     def close(self) -> None:
+        """Close its pooled HTTP connections (a later call opens new ones)."""
         self._http.close()
 
     def __enter__(self) -> AgentClient:

@@ -79,6 +79,9 @@ class _Deadline:
             raise TransportError("cloud deadline exceeded")
         return left
 
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
 
 class CloudClient:
     """A v2 client for one model with a hard per-call deadline (see module docstring)."""
@@ -122,19 +125,30 @@ class CloudClient:
         return self.request(inputs, deadline_ms=deadline_ms).outputs
 
     def request(
-        self, inputs: Mapping[str, np.ndarray], *, deadline_ms: float | None = None
+        self, inputs: Mapping[str, np.ndarray], *, deadline_ms: float | None = None,
+        max_response_bytes: int | None = None,
     ) -> InferResponse:
-        """Like :meth:`infer` but with the response's model version and parameters."""
+        """Like :meth:`infer` but with the response's model version and parameters.
+
+        ``max_response_bytes`` lowers the client's bound for this answer (what the
+        expected outputs can take); the answer is read *and decoded* within the deadline:
+        one that is bigger is refused as its header arrives, one decoded too late raises."""
         deadline = _Deadline((self.deadline_ms if deadline_ms is None else deadline_ms) / 1000)
+        limit = min(self.max_response_bytes, max_response_bytes or self.max_response_bytes)
         body, headers = encode_request(inputs, binary=self.binary)
         path = f"/v2/models/{quote(self.model, safe='')}/infer"
-        status, reply_headers, reply = self._exchange("POST", path, body, headers, deadline)
+        status, reply_headers, reply = self._exchange("POST", path, body, headers, deadline,
+                                                      limit)
         _check_status(status, reply)
+        deadline.left()  # read in time; decoding must be too
         response = decode_response(
             reply,
             parse_header_length(reply_headers.get(HEADER_LENGTH.lower()), TransportError),
-            max_bytes=self.max_response_bytes,
+            max_bytes=limit,
         )
+        del reply
+        if deadline.expired():
+            raise TransportError("cloud deadline exceeded (decoding the answer)")
         _check_rows(inputs, response.outputs)
         check_outputs(response.outputs, self.expected_outputs)
         return response
@@ -177,7 +191,8 @@ class CloudClient:
     # -- HTTP/1.1 on a socket
 
     def _exchange(
-        self, method: str, path: str, body: bytes, headers: Mapping[str, str], deadline: _Deadline
+        self, method: str, path: str, body: bytes, headers: Mapping[str, str], deadline: _Deadline,
+        limit: int | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         head = self._head(method, self._prefix + path, len(body), headers)
         for attempt in (0, 1):
@@ -186,7 +201,8 @@ class CloudClient:
             try:
                 sock.settimeout(deadline.left())
                 sock.sendall(head + body)
-                status, reply_headers, reply, keep = self._read(sock, deadline, got_bytes)
+                status, reply_headers, reply, keep = self._read(
+                    sock, deadline, got_bytes, limit or self.max_response_bytes)
             except (OSError, TransportError) as exc:
                 sock.close()
                 if attempt == 0 and reused and not got_bytes[0] and _time_left(deadline):
@@ -224,22 +240,22 @@ class CloudClient:
         sock.close()
 
     def _read(
-        self, sock: socket.socket, deadline: _Deadline, got_bytes: list[bool]
+        self, sock: socket.socket, deadline: _Deadline, got_bytes: list[bool], limit: int
     ) -> tuple[int, dict[str, str], bytes, bool]:
-        reader = _Reader(sock, deadline, self.max_response_bytes + _MAX_HEADER_BYTES, got_bytes)
+        reader = _Reader(sock, deadline, limit + _MAX_HEADER_BYTES, got_bytes)
         status, headers = _parse_head(reader.until(b"\r\n\r\n", _MAX_HEADER_BYTES))
         keep = headers.get("connection", "").lower() != "close"
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            return status, headers, reader.chunked(self.max_response_bytes), keep
+            return status, headers, reader.chunked(limit), keep
         length_text = headers.get("content-length")
         if length_text is None:
-            return status, headers, reader.rest(self.max_response_bytes), False
+            return status, headers, reader.rest(limit), False
         try:
             length = int(length_text)
         except ValueError:
             raise TransportError(f"bad Content-Length {length_text[:40]!r}") from None
-        if not 0 <= length <= self.max_response_bytes:
-            raise TransportError(f"response of {length} bytes exceeds the limit")
+        if not 0 <= length <= limit:
+            raise TransportError(f"response of {length} bytes exceeds the limit of {limit}")
         return status, headers, reader.exactly(length), keep
 
 

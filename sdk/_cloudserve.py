@@ -241,7 +241,10 @@ def _load_session(path: Path, threads: int | None) -> Any:
     if not path.is_file():
         why = "is not a file" if path.exists() else "does not exist"
         raise ModelLoadError(f"model file {path} {why}")
+    from edgeship.sdk._quiet import ort_log_level
+
     options = ort.SessionOptions()
+    options.log_severity_level = ort_log_level()
     if threads:
         options.intra_op_num_threads = threads
     try:

@@ -158,13 +158,16 @@ class Encryption:
 
     @property
     def nonce(self) -> bytes:
+        """The artifact's AES-GCM nonce, decoded."""
         return base64.b64decode(self.artifact_nonce)
 
     @property
     def keyids(self) -> tuple[str, ...]:
+        """Ids of the X25519 keys the data key is wrapped for."""
         return tuple(r.keyid for r in self.recipients)
 
     def recipient(self, keyid: str) -> Recipient | None:
+        """The wrapped data key for ``keyid``, or None if the release is not encrypted for it."""
         return next((r for r in self.recipients if r.keyid == keyid), None)
 
     def only(self, keyid: str) -> Encryption:

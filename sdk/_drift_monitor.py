@@ -118,6 +118,8 @@ class DriftReport:
                 "features": [f.to_dict() for f in self.features]}
 
     def status(self) -> dict[str, Any]:
+        """The short form carried in a device's status: alert, worst PSI / KS, worst feature,
+        window."""
         return {"alert": self.alert, "max_psi": self.max_psi, "max_ks": self.max_ks,
                 "worst": self.worst, "window": self.window}
 
@@ -317,6 +319,7 @@ class DriftMonitor:
 
     @property
     def window(self) -> int:
+        """Samples counted in the current window."""
         return int(self._samples.sum())
 
     def counts(self) -> Any:
@@ -324,6 +327,7 @@ class DriftMonitor:
         return self._counts.sum(axis=0)
 
     def report(self) -> DriftReport:
+        """PSI and KS per feature over the current window, and whether they raise an alert."""
         np, c = self._np, self.config
         got, ref, starts = self.counts(), self._ref, self._starts
         n = np.add.reduceat(got, starts)

@@ -94,10 +94,13 @@ class CircuitBreaker:
             return False
 
     def record_success(self) -> None:
+        """A call to the cloud succeeded: close the breaker and forget past failures."""
         with self._lock:
             self._state, self._recent, self._probe_at = CLOSED, [], None
 
     def record_failure(self) -> None:
+        """A call to the cloud failed: count it; enough within the window (or one while
+        half-open) opens the breaker."""
         with self._lock:
             now = self._clock()
             if self._state == HALF_OPEN:
@@ -112,6 +115,7 @@ class CircuitBreaker:
         self.opened_total += 1
 
     def snapshot(self) -> dict[str, Any]:
+        """State, its numeric code and the counters, for metrics and status."""
         state = self.state
         return {
             "state": state,
@@ -173,18 +177,28 @@ class FallbackPolicy:
             activation=str(data.get("activation", "auto")),
         )
 
-    def confidence(self, outputs: Mapping[str, Any]) -> float:
-        return confidence(outputs, output=self.output, activation=self.activation)
+    def confidence(self, outputs: Mapping[str, Any],
+                   steps: Mapping[str, float] | None = None) -> float:
+        """The top-1 confidence of ``outputs`` under this policy's output and activation;
+        ``steps``: the model's quantization step per output (``Model.output_steps``)."""
+        name = self.output or next(iter(outputs), "")
+        return confidence(outputs, output=self.output, activation=self.activation,
+                          step=(steps or {}).get(name, 0.0))
+
+
+MAX_PROBABILITY_STEP = 1 / 64  # a coarser output step is no probability output
 
 
 def confidence(
-    outputs: Mapping[str, Any], *, output: str | None = None, activation: str = "auto"
+    outputs: Mapping[str, Any], *, output: str | None = None, activation: str = "auto",
+    step: float = 0.0,
 ) -> float:
     """How sure a classifier is, in [0, 1]; for a batch, its least sure row.
 
     Multi-class (last dim > 1): the top class probability. ``auto`` takes the values as
-    probabilities when each row is already a distribution (in [0, 1], sums to 1), else
-    applies softmax. Binary (last dim 1, or a scalar per row): ``max(p, 1 - p)``, the
+    probabilities when each row is already a distribution (in [0, 1], sums to 1 within
+    1e-3, or for a quantized output of quantization ``step`` within half a step per
+    class: an INT8 softmax sums to 0.996), else applies softmax. Binary (last dim 1, or a scalar per row): ``max(p, 1 - p)``, the
     sigmoid margin, where ``auto`` takes ``p`` as is when it lies in [0, 1], else
     ``sigmoid(p)``.
     """
@@ -202,7 +216,10 @@ def confidence(
         use_sigmoid = activation == "sigmoid" or (activation == "auto" and not in_unit)
         p = 1 / (1 + np.exp(-rows[:, 0])) if use_sigmoid else rows[:, 0]
         return float(np.maximum(p, 1 - p).min())
-    is_dist = in_unit and bool(np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
+    # a quantized output (INT8 softmax: step 1/256) sums to 1 only within its rounding:
+    # up to half a step per class, so 0.996 is a distribution, not logits
+    atol = max(1e-3, rows.shape[1] * min(step, MAX_PROBABILITY_STEP) / 2)
+    is_dist = in_unit and bool(np.allclose(rows.sum(axis=1), 1.0, atol=atol))
     if activation == "softmax" or (activation == "auto" and not is_dist):
         shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
         rows = shifted / shifted.sum(axis=1, keepdims=True)
@@ -292,10 +309,12 @@ class FallbackModel:
 
     @property
     def local(self) -> _LocalModel | None:
+        """The local model answering now (None: every answer comes from the cloud)."""
         return self._local[0]
 
     @property
     def version(self) -> str:
+        """The version of the local model ("" without one)."""
         return self._local[1]
 
     # -- answering
@@ -306,6 +325,7 @@ class FallbackModel:
         return next(iter(answer.outputs.values()))
 
     def predict_all(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """The outputs of :meth:`answer` (local or cloud), by output name."""
         return self.answer(inputs).outputs
 
     def answer(self, inputs: Mapping[str, Any], *, local: Any = _KEEP, version: str = "") -> Answer:
@@ -324,7 +344,7 @@ class FallbackModel:
                 raise
             return self._finish(reply, start, reason=f"local inference failed: {exc}")
         if self.policy.low_confidence and self.cloud is not None:
-            sure = self.policy.confidence(outputs)
+            sure = self.policy.confidence(outputs, getattr(model, "output_steps", None))
             if sure < self.policy.threshold:
                 reply = self._ask_cloud(inputs, start, "low_confidence", model)
                 reason = f"confidence {sure:.3f} < {self.policy.threshold}"
@@ -383,7 +403,8 @@ class FallbackModel:
             return "circuit breaker open"
         began = self._clock()
         try:
-            response = self.cloud.request(feeds, deadline_ms=left_ms)
+            response = self.cloud.request(feeds, deadline_ms=left_ms,
+                                          max_response_bytes=answer_limit(model, feeds))
             _check_outputs(response.outputs, model)
         except TransportError as exc:
             self._record(began, error=str(exc), rejected=getattr(exc, "status", 0) // 100 == 4)
@@ -442,6 +463,28 @@ class FallbackModel:
                 "last_cloud_error": s.last_cloud_error,
                 "breaker": self.breaker.snapshot(),
             }
+
+
+JSON_BYTES_PER_VALUE = 32  # "-1.2345678901234567e-308, " and then some
+ANSWER_SLACK = 64 * 1024  # names, parameters, headers of the JSON
+
+
+def answer_limit(model: Any, feeds: Mapping[str, Any]) -> int | None:
+    """The most bytes a cloud answer can need for the outputs ``model`` has (a dynamic
+    dimension counts as the request's batch rows); None without a model (the client's
+    own bound applies). A [1, 3000000] answer for a [1, 16] model is refused unread."""
+    specs = getattr(model, "outputs", ())
+    if not specs:
+        return None
+    first = next(iter(feeds.values()), None)
+    rows = int(first.shape[0]) if first is not None and getattr(first, "ndim", 0) else 1
+    values = 0
+    for spec in specs:
+        count = 1
+        for dim in getattr(spec, "shape", ()):
+            count *= dim if isinstance(dim, int) and dim > 0 else max(rows, 1)
+        values += count
+    return values * JSON_BYTES_PER_VALUE + ANSWER_SLACK
 
 
 def _cloud_inputs(inputs: Mapping[str, Any], model: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ without the agent can use the same keys. Keys (all but ``url`` optional)::
     headers = { "X-Tenant" = "acme" }          # extra HTTP headers
     failures = 3  window_s = 30  cooldown_s = 5            # circuit breaker
     activation = "auto"  output = "probs"                  # how confidence is read
+    max_answer_bytes = 4194304                             # largest answer taken (no model)
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ def build_fallback(
         raise ConfigError("fallback.key: given without fallback.cert")
     context = tls_context(ca=ca, cert=cert, key=key) if (ca or cert) else None
     deadline_ms = _number(values, "deadline_ms", 300)
-    cloud = CloudClient(url, model, deadline_ms=deadline_ms, headers=headers, ssl_context=context)
+    # without a local model nothing says how big an answer may be: this does (a JSON answer
+    # takes ~16x its size in memory while decoded, and time the deadline does not have)
+    max_answer = int(_number(values, "max_answer_bytes", 4 * 1024 * 1024))
+    cloud = CloudClient(url, model, deadline_ms=deadline_ms, headers=headers, ssl_context=context,
+                        max_response_bytes=max_answer)
     names = values.get("policy", list(POLICIES[:2]))
     policy = FallbackPolicy.from_names(
         list(names),

@@ -10,6 +10,7 @@ previous or the new state, never a mix.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -60,8 +61,29 @@ class FleetDB:
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"--state: cannot use {self.path} as a rollout database: {exc}"
                               ) from exc
+        self._sweep_stale_locks()
+
+    def _sweep_stale_locks(self) -> None:
+        """Remove lock files no push holds (left by a killed push, or by versions that
+        never removed them): taken like a lock, so one in use is left alone."""
+        import fcntl
+
+        for path in self.path.parent.glob(f"{glob.escape(self.path.name)}.*.lock"):
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    path.unlink()
+            except OSError:  # held by a running push, or already gone
+                pass
+            finally:
+                os.close(fd)
 
     def close(self) -> None:
+        """Close the database."""
         self.conn.close()
 
     def __enter__(self) -> FleetDB:
@@ -73,23 +95,24 @@ class FleetDB:
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """Hold rollout ``key`` for this process: two pushes of one rollout would offer
-        waves twice as fast as planned. Released when the process dies, too."""
-        import fcntl
+        waves twice as fast as planned. Released when the process dies, too.
 
+        The lock file is removed on release, so none pile up beside the database. That is
+        safe because a holder removes it while still holding it, and a process that locked
+        a file already removed (it opened the path just before) sees that the path no
+        longer names its file and tries again on the new one."""
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         path = self.path.with_name(f"{self.path.name}.{digest}.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _lock_file(path, key)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise ConfigError(f"another `fleet push` is running this rollout ({key}); "
-                                  f"lock {path}") from exc
             yield
         finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
             os.close(fd)
 
     def load(self, key: str) -> Rollout | None:
+        """The recorded rollout ``key``, or None if there is none."""
         row = self.conn.execute("SELECT state FROM rollouts WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
@@ -113,6 +136,7 @@ class FleetDB:
                                   (rollout.key, time.time(), event, json.dumps(detail or {})))
 
     def events(self, key: str) -> list[tuple[float, str, dict[str, Any]]]:
+        """What happened in rollout ``key``, oldest first: ``(time, kind, detail)``."""
         rows = self.conn.execute("SELECT ts, kind, detail FROM events WHERE key = ? ORDER BY id",
                                  (key,)).fetchall()
         return [(ts, kind, json.loads(detail)) for ts, kind, detail in rows]
@@ -125,3 +149,25 @@ class FleetDB:
             sql, args = sql + " WHERE fleet = ?", (fleet,)
         rows = self.conn.execute(sql + " ORDER BY updated", args).fetchall()
         return [(str(k), str(s), float(u)) for k, s, u in rows]
+
+
+def _lock_file(path: Path, key: str) -> int:
+    """An fd holding an exclusive flock on the file that ``path`` names right now."""
+    import fcntl
+
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise ConfigError(f"another `fleet push` is running this rollout ({key}); "
+                              f"lock {path}") from exc
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:  # removed by the holder we waited for
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+    raise ConfigError(f"cannot take the rollout lock {path} (it keeps being replaced)")

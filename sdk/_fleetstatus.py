@@ -115,6 +115,7 @@ class DeviceStatus:
         return text
 
     def state_text(self) -> str:
+        """The state as a table shows it (with chunk progress while downloading)."""
         p = self.progress
         if self.state == "downloading" and p:
             return f"downloading {p.get('chunks', '?')}/{p.get('of', '?')}"
@@ -161,6 +162,7 @@ class FleetWatcher:
                              subscribe_qos=0)  # QoS 1 would get only ~1000 retained statuses
 
     def start(self, timeout: float = 10.0) -> FleetWatcher:
+        """Connect and subscribe; a broker not reached within ``timeout`` s is a TransportError."""
         self.edge.start()
         if not self.edge.wait_connected(timeout):
             self.edge.stop()
@@ -170,6 +172,7 @@ class FleetWatcher:
         return self
 
     def stop(self) -> None:
+        """Disconnect from the broker."""
         self.edge.stop()
 
     def settle(self, quiet: float = 0.3, limit: float = 3.0) -> None:
@@ -179,6 +182,7 @@ class FleetWatcher:
             time.sleep(0.05)
 
     def statuses(self) -> dict[str, DeviceStatus]:
+        """The latest status of every device seen, by device id (last seen from telemetry too)."""
         with self._lock:
             out = dict(self._statuses)
             seen = dict(self._seen)

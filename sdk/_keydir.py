@@ -89,10 +89,12 @@ class KeyDir:
 
     @property
     def root_pub(self) -> Path:
+        """The root public key devices trust."""
         return self.path / "root.pub"
 
     @property
     def keyset_path(self) -> Path:
+        """The root-signed key set."""
         return self.path / "keyset.json"
 
     def init(self, *, passphrase: bytes | None = None, days: int = DEFAULT_KEYSET_DAYS,
@@ -161,12 +163,15 @@ class KeyDir:
         return private_key_file(path, "archive key")
 
     def root_key(self, passphrase: bytes | None) -> Ed25519PrivateKey:
+        """The root signing key (decrypted with ``passphrase`` if it is encrypted)."""
         return _load_private(self.path / "root.key", passphrase)
 
     def release_key(self, passphrase: bytes | None) -> Ed25519PrivateKey:
+        """The current release signing key (decrypted with ``passphrase`` if it is encrypted)."""
         return _load_private(self.path / "release.key", passphrase)
 
     def keyset_envelope(self) -> dict[str, Any]:
+        """The signed key set as stored (``signed`` and ``signature``)."""
         try:
             data = self.keyset_path.read_bytes()
         except OSError as exc:

@@ -251,12 +251,15 @@ class KeySet:
         }
 
     def public_keys(self) -> dict[str, Ed25519PublicKey]:
+        """The release public keys, by key id."""
         return {k: public_key_from_bytes(bytes.fromhex(v)) for k, v in self.keys.items()}
 
     def expires_at(self) -> datetime:
+        """When the key set expires."""
         return parse_time(self.expires, "keyset.expires")
 
     def check_not_expired(self, now: datetime) -> None:
+        """Raise ExpiredError if the key set has expired at ``now``."""
         if now >= self.expires_at():
             raise ExpiredError(f"key set v{self.version} expired at {self.expires}")
 

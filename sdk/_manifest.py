@@ -194,6 +194,7 @@ class Golden:
 
     @classmethod
     def from_arrays(cls, inputs: Mapping[str, Any], output: Any, atol: float) -> Golden:
+        """A golden check from numpy arrays (stored as base64 .npy)."""
         return cls(
             inputs={k: _encode_npy(v) for k, v in inputs.items()},
             output=_encode_npy(output),
@@ -298,6 +299,7 @@ class Manifest:
 
     @property
     def version_tuple(self) -> tuple[int, int, int]:
+        """The version as ``(major, minor, patch)``, for comparisons."""
         return parse_version(self.version)
 
     @classmethod
@@ -352,9 +354,11 @@ class Manifest:
         }
 
     def expires_at(self) -> datetime:
+        """When the manifest expires."""
         return parse_time(self.expires, "manifest.expires")
 
     def check_not_expired(self, now: datetime) -> None:
+        """Raise ExpiredError if the manifest has expired at ``now``."""
         if now >= self.expires_at():
             raise ExpiredError(f"manifest {self.model} {self.version} expired at {self.expires}")
 

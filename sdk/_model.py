@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Model", "TensorSpec"]
 
-RUNTIMES = ("auto", "onnxruntime", "litert")
+RUNTIMES = ("auto", "onnxruntime", "litert", "openvino")  # openvino: ONNX only, asked for
 MAX_MODEL_BYTES = 1 << 30  # a model larger than 1 GiB is not an edge model
 _SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".tflite": "litert"}
 
@@ -45,6 +45,7 @@ class TensorSpec:
                    dtype=str(data["dtype"]))
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
+        """Whether an array of ``shape`` fits this tensor (-1 dimensions take any size)."""
         return len(shape) == len(self.shape) and all(
             want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
         )
@@ -68,6 +69,8 @@ class Model:
         self.runtime: str = backend.runtime
         self.inputs: tuple[TensorSpec, ...] = backend.inputs
         self.outputs: tuple[TensorSpec, ...] = backend.outputs
+        # output name -> quantization step of a quantized (INT8) output, dequantized here
+        self.output_steps: dict[str, float] = dict(getattr(backend, "output_steps", {}))
 
     def __repr__(self) -> str:
         return f"Model(path={str(self.path)!r}, runtime={self.runtime!r})"
@@ -224,8 +227,8 @@ def _choose_runtime(runtime: str, suffix: str, head: bytes) -> str:
     chosen = by_suffix if runtime == "auto" else runtime
     if chosen == "litert" and not is_tflite:
         raise ModelLoadError("not a TFLite flatbuffer (no 'TFL3' identifier)")
-    if chosen == "onnxruntime" and is_tflite:
-        raise ModelLoadError("this is a TFLite model; onnxruntime cannot run it")
+    if chosen in ("onnxruntime", "openvino") and is_tflite:
+        raise ModelLoadError(f"this is a TFLite model; {chosen} cannot run it here")
     return chosen
 
 
@@ -236,6 +239,10 @@ def _backend(runtime: str, source: str | bytes, device: str, threads: int | None
         from edgeship.sdk._runtime_litert import LiteRtBackend
 
         return LiteRtBackend(source, device=device, threads=threads)
+    if runtime == "openvino":
+        from edgeship.sdk._runtime_openvino import OpenVinoBackend
+
+        return OpenVinoBackend(source, device=device, threads=threads)
     from edgeship.sdk._runtime_ort import OrtBackend
 
     return OrtBackend(source, device=device, threads=threads)

@@ -88,6 +88,8 @@ class MqttEdge:
                  on_message: Callable[[Message], None] | None = None,
                  on_connect: Callable[[], None] | None = None,
                  on_disconnect: Callable[[str], None] | None = None,
+                 on_connect_fail: Callable[[str], None] | None = None,
+                 on_oversize: Callable[[str, int], None] | None = None,
                  username: str = "", password: str = "", ca: str = "", cert: str = "",
                  key: str = "", keepalive: int = 30, min_backoff: float = 0.25,
                  max_backoff: float = 10.0, will: tuple[str, bytes, bool] | None = None,
@@ -99,6 +101,8 @@ class MqttEdge:
         # max_queued_messages (mosquitto: 1000) QoS 1 messages per client, drops the rest
         self.subscribe_qos = subscribe_qos
         self._on_message, self._on_connect, self._on_disconnect = on_message, on_connect, on_disconnect
+        self._on_connect_fail = on_connect_fail  # a connect attempt failed (refused, timeout...)
+        self._on_oversize = on_oversize  # (topic, bytes) of a message dropped for its size
         self.min_backoff, self.max_backoff = min_backoff, max_backoff
         self._backoff, self._next_try, self._started = min_backoff, 0.0, False
         self._connected = threading.Event()
@@ -120,6 +124,7 @@ class MqttEdge:
         client.max_inflight_messages_set(100)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
+        client.on_connect_fail = self._handle_connect_fail
         client.on_message = self._handle_message
         client.on_subscribe = self._handle_subscribe
         self._pending_subs: set[int] = set()
@@ -128,6 +133,7 @@ class MqttEdge:
     # -- lifecycle ------------------------------------------------------------------------
     @property
     def connected(self) -> bool:
+        """Whether the client is connected now."""
         return self._connected.is_set()
 
     def start(self) -> MqttEdge:
@@ -138,9 +144,11 @@ class MqttEdge:
         return self
 
     def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the connection; True once connected."""
         return self._connected.wait(timeout)
 
     def stop(self) -> None:
+        """Disconnect and stop the network loop."""
         try:
             self.client.disconnect()
         finally:
@@ -176,18 +184,23 @@ class MqttEdge:
         self._backoff = min(self.max_backoff, self._backoff * 2)
 
     def socket(self) -> Any:
+        """The client's socket, for a caller that runs its own select loop."""
         return self.client.socket()
 
     def want_write(self) -> bool:
+        """Whether the client has data to write (select on writable)."""
         return bool(self.client.want_write())
 
     def loop_read(self) -> None:
+        """Read from the socket (own select loop)."""
         self.client.loop_read()
 
     def loop_write(self) -> None:
+        """Write to the socket (own select loop)."""
         self.client.loop_write()
 
     def loop_misc(self) -> None:
+        """Keepalive and retries (own select loop, about once a second)."""
         self.client.loop_misc()
 
     # -- messages -------------------------------------------------------------------------
@@ -226,9 +239,15 @@ class MqttEdge:
         return info
 
     # -- paho callbacks (paho's thread, or the caller's in poll) ---------------------------
+    def _handle_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        if self._on_connect_fail is not None:
+            self._on_connect_fail(f"cannot connect to {self.host}:{self.port}")
+
     def _handle_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                         properties: Any) -> None:
         if getattr(reason, "is_failure", False):
+            if self._on_connect_fail is not None:  # refused by the broker (auth, ACL ...)
+                self._on_connect_fail(f"broker refused the connection: {reason}")
             return
         sock = client.socket()
         if isinstance(sock, _socket.socket):  # no Nagle: a request waits for no ACK timer
@@ -260,7 +279,11 @@ class MqttEdge:
             self._on_disconnect(str(reason))
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        if len(msg.payload) > MAX_PAYLOAD or self._on_message is None:
+        if self._on_message is None:
+            return
+        if len(msg.payload) > MAX_PAYLOAD:
+            if self._on_oversize is not None:
+                self._on_oversize(msg.topic, len(msg.payload))
             return
         props = msg.properties
         response = getattr(props, "ResponseTopic", None) if props else None

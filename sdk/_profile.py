@@ -287,6 +287,7 @@ class Profile:
         return cls.from_dict(data)
 
     def features_of(self, role: str) -> list[FeatureProfile]:
+        """The feature profiles of the ``role`` ("input" or "output") tensors, in order."""
         out, i = [], 0
         for t in self.tensors:
             if t.role == role:

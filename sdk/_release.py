@@ -115,6 +115,7 @@ class Release:
 
     @classmethod
     def load(cls, reldir: str | Path, *, max_size: int = MAX_OFFER_SIZE) -> Release:
+        """Read the release in ``reldir`` (manifest and key set; nothing is verified here)."""
         path = Path(reldir)
         if not path.is_dir():
             raise InputError(f"{path} is not a release directory")
@@ -135,10 +136,12 @@ class Release:
         return Offer(manifest=self.manifest_envelope, keyset=self.keyset_envelope, mode=mode)
 
     def read_artifact(self) -> bytes:
+        """The artifact's bytes (at most its signed size)."""
         art = self.manifest.artifact
         return read_bounded(self.path / art.name, art.size, art.name)
 
     def read_delta(self, info: DeltaInfo) -> bytes:
+        """The bytes of the delta ``info`` (at most its signed size)."""
         return read_bounded(self.path / info.name, info.size, info.name)
 
     @classmethod

@@ -68,10 +68,12 @@ class ReleaseServer:
         return release
 
     def start(self) -> ReleaseServer:
+        """Connect to the broker and start answering chunk requests."""
         self.edge.start()
         return self
 
     def stop(self) -> None:
+        """Stop answering and disconnect."""
         self.edge.stop()
 
     def _lookup(self, req: ChunkRequest) -> tuple[int, Callable[[int, int], bytes]] | None:

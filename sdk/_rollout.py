@@ -184,6 +184,8 @@ class Rollout:
 
     @property
     def key(self) -> str:
+        """The rollout's key in the state database (broker, fleet, model, version, release,
+        mode)."""
         return rollout_key(self.broker, self.fleet, self.model, self.version, self.release_id,
                            self.mode)
 
@@ -193,12 +195,14 @@ class Rollout:
         return next((i for i, w in enumerate(self.waves) if w.closed_at is None), len(self.waves))
 
     def counts(self) -> dict[str, int]:
+        """How many devices are in each outcome (pending, updating, committed, failed ...)."""
         out = {o: 0 for o in (PENDING, UPDATING, *DONE_OUTCOMES)}
         for outcome in self.outcomes.values():
             out[outcome] = out.get(outcome, 0) + 1
         return out
 
     def failure_rate(self) -> float:
+        """Failed devices over decided ones (0.0 before any is decided)."""
         c = self.counts()
         decided = sum(c[o] for o in DONE_OUTCOMES)
         return sum(c[o] for o in FAILED_OUTCOMES) / decided if decided else 0.0

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from edgeship.sdk._model import TensorSpec
+from edgeship.sdk._quiet import runtime_chatter_filtered
 from edgeship.sdk._runtime_quant import EdgeQuant, from_storage, to_storage
 
 from edgeship._errors import InferenceError, ModelLoadError
@@ -67,8 +68,9 @@ class LiteRtBackend:
         else:
             kwargs["model_path"] = source
         try:
-            self._interp = module.Interpreter(**kwargs)
-            self._interp.allocate_tensors()
+            with runtime_chatter_filtered():  # LiteRT's "INFO: Created ... XNNPACK delegate"
+                self._interp = module.Interpreter(**kwargs)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"LiteRT cannot load the model: {_first_line(exc)}") from exc
         self._lock = threading.Lock()
@@ -77,6 +79,9 @@ class LiteRtBackend:
         self._out = tuple(_edge(d) for d in self._interp.get_output_details())
         self.inputs = tuple(e.spec for e in self._in)
         self.outputs = tuple(e.spec for e in self._out)
+        # the step of each quantized output (dequantized values are multiples of it)
+        self.output_steps = {e.spec.name: e.quant.scale for e in self._out if e.quant.quantized}
+        self.output_steps.update(_dequantized_steps(self._interp, self._out))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
@@ -127,6 +132,28 @@ def _edge(detail: dict[str, Any]) -> _Edge:
     shape = tuple(int(d) for d in (signature if signature is not None else detail["shape"]))
     spec = TensorSpec(name=str(detail["name"]), shape=shape, dtype=quant.caller_dtype)
     return _Edge(spec=spec, index=int(detail["index"]), quant=quant)
+
+
+def _dequantized_steps(interp: Any, outputs: tuple[_Edge, ...]) -> dict[str, float]:
+    """The step of each float output made from one int8/uint8 tensor (a DEQUANTIZE at the
+    end of a fully-integer model: an INT8 softmax has step 1/256), read from the op list;
+    empty when this interpreter does not list its ops."""
+    try:
+        ops = interp._get_ops_details()
+        tensors = {int(d["index"]): d for d in interp.get_tensor_details()}
+    except Exception:  # a private API of LiteRT / tflite-runtime: only a hint
+        return {}
+    steps = {}
+    for edge in outputs:
+        if edge.quant.quantized:
+            continue
+        maker = next((op for op in ops if edge.index in [int(i) for i in op["outputs"]]), None)
+        sources = [tensors.get(int(i)) for i in maker["inputs"]] if maker else []
+        if len(sources) == 1 and sources[0] is not None:
+            scale = float(sources[0].get("quantization", (0.0, 0))[0])
+            if scale > 0.0 and np.dtype(sources[0]["dtype"]).kind in "iu":
+                steps[edge.spec.name] = scale
+    return steps
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from edgeship.sdk._model import TensorSpec
+from edgeship.sdk._quiet import ort_log_level
 from edgeship.sdk._runtime_quant import EdgeQuant, from_storage, to_storage
 
 from edgeship._errors import InferenceError, ModelLoadError
@@ -50,6 +51,7 @@ class OrtBackend:
 
         providers = _providers(ort, device)
         options = ort.SessionOptions()
+        options.log_severity_level = ort_log_level()
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
@@ -62,6 +64,10 @@ class OrtBackend:
         self._quant = _edge_quant(source, raw_in, raw_out)
         self.inputs = tuple(self._caller(s) for s in raw_in)
         self.outputs = tuple(self._caller(s) for s in raw_out)
+        self.output_steps = {n: q.scale for n, q in self._quant.items()
+                             if n in {s.name for s in raw_out}}
+        if not self.output_steps:  # a QDQ model's float outputs: made by DequantizeLinear
+            self.output_steps = _dequantized_steps(source, {s.name for s in raw_out})
 
     def _caller(self, spec: TensorSpec) -> TensorSpec:
         quant = self._quant.get(spec.name)
@@ -110,6 +116,33 @@ def _edge_quant(source: str | bytes, inputs: list[TensorSpec],
             found.setdefault(edge, EdgeQuant(storage=np.dtype(zero.dtype), scale=float(scale.ravel()[0]),
                                              zero_point=int(zero.ravel()[0])))
     return found
+
+
+def _dequantized_steps(source: str | bytes, outputs: set[str]) -> dict[str, float]:
+    """The scale of each graph output made by a per-tensor DequantizeLinear (its values are
+    multiples of it: the confidence fallback reads an INT8 softmax by it). Empty without
+    the ``onnx`` package or for a model it cannot parse."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return {}
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        graph = onnx.load_model_from_string(data).graph
+    except Exception:  # onnxruntime loaded it; this is only a hint
+        return {}
+    producers = {n.output[0]: n for n in graph.node
+                 if n.op_type == "DequantizeLinear" and n.output and n.output[0] in outputs}
+    scales = {i.name: i for i in graph.initializer
+              if any(len(n.input) > 1 and n.input[1] == i.name for n in producers.values())}
+    steps = {}
+    for name, node in producers.items():
+        scale = scales.get(node.input[1])
+        value = numpy_helper.to_array(scale) if scale is not None else None
+        if value is not None and value.size == 1:
+            steps[name] = float(value.ravel()[0])
+    return steps
 
 
 def _providers(ort: Any, device: str) -> list[str]:

@@ -151,8 +151,9 @@ def encode_error(status: int, index: int, reason: str) -> bytes:
 def decode_chunk(raw: bytes, *, index: int, chunk_size: int, signed_size: int) -> Chunk:
     """Check a response against the request and the signed size; return its payload.
 
-    TransportError for a damaged or mismatched message or a server-side refusal;
-    LengthMismatchError when the server claims a file size other than the signed one.
+    TransportError for a damaged message, one that does not match the request (index,
+    offset, length) or a server-side refusal; LengthMismatchError when the server claims
+    a file size other than the signed one.
     """
     if len(raw) < HEADER_SIZE:
         raise TransportError(f"chunk response of {len(raw)} bytes is shorter than its header")
@@ -171,8 +172,11 @@ def decode_chunk(raw: bytes, *, index: int, chunk_size: int, signed_size: int) -
         raise LengthMismatchError(f"server file is {total} bytes, the manifest signs {signed_size}")
     want_offset, want_length = chunk_span(signed_size, chunk_size, index)
     if offset != want_offset or length != want_length:
-        raise LengthMismatchError(
-            f"chunk {index}: got {length} bytes at {offset}, expected {want_length} at {want_offset}"
+        # an answer to a request with another chunk size (another device's, forged): not
+        # this device's chunk, dropped; never written, so the signed size still bounds it
+        raise TransportError(
+            f"chunk {index}: got {length} bytes at {offset}, expected {want_length} at "
+            f"{want_offset} (does not match the request)"
         )
     return Chunk(index=index, offset=offset, total=total, data=payload)
 

@@ -81,6 +81,7 @@ __all__ = [
     "Offer",
     "PayloadVerifier",
     "TrustedState",
+    "check_installed",
     "check_offer",
     "check_payload",
     "check_sized",
@@ -296,6 +297,25 @@ def check_offer(
     return manifest
 
 
+def check_installed(offer: Offer, root_public_key: bytes, *, model_name: str | None,
+                    hardware: str | None) -> Manifest:
+    """The signatures and target of a release that was installed before: key set signed by
+    the root key, manifest by a key of it that is not revoked, for this model and hardware.
+
+    Unlike :func:`check_offer` it ignores expiry and the version floor: a device rebuilding
+    its lost state from what its slots hold (the agent's recovery) asks only "did the root
+    key sign this?"; the caller compares the slot's bytes with ``manifest.artifact``."""
+    root_key = public_key_from_bytes(root_public_key)
+    signed, _ = verify_envelope(offer.keyset, {keyid_of(root_key): root_key}, "key set")
+    keyset = KeySet.from_dict(signed)
+    signed, signer = verify_envelope(
+        offer.manifest, keyset.public_keys(), "manifest", revoked=frozenset(keyset.revoked)
+    )
+    manifest = replace(Manifest.from_dict(signed), keyid=signer)
+    _check_target(manifest, model_name, hardware)
+    return manifest
+
+
 def _check_keyset(envelope: Any, root: bytes, state: TrustedState, now: datetime) -> KeySet:
     root_key = public_key_from_bytes(root)
     signed, _ = verify_envelope(envelope, {keyid_of(root_key): root_key}, "key set")
@@ -340,6 +360,7 @@ class PayloadVerifier:
         self.received = 0
 
     def update(self, chunk: bytes) -> None:
+        """Hash the next ``chunk``; more bytes than signed is a LengthMismatchError."""
         if self.received + len(chunk) > self._size:
             raise LengthMismatchError(
                 f"{self._what}: more than the signed {self._size} bytes (endless data)"
@@ -348,6 +369,7 @@ class PayloadVerifier:
         self.received += len(chunk)
 
     def finish(self) -> None:
+        """Check the whole payload: its size and sha256 must be the signed ones."""
         if self.received != self._size:
             raise LengthMismatchError(
                 f"{self._what}: {self.received} bytes, signed size is {self._size}"

@@ -201,11 +201,23 @@ def _split(
         header, tail = body[:header_length], body[header_length:]
     try:
         doc = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise err(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise err("body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # also a 5000-digit integer (int_max_str_digits), bad UTF-8
+        raise err(f"body is not valid JSON: {_one_line(exc)}") from None
     if not isinstance(doc, dict):
         raise err("body must be a JSON object")
     return doc, tail
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_header_length(value: str | None, err: type[Exception] = InputError) -> int | None:
@@ -222,9 +234,10 @@ def _shape(value: Any, name: str, max_elements: int, err: type[Exception]) -> tu
     if not isinstance(value, list) or len(value) > _MAX_RANK:
         raise err(f"tensor {name!r}: shape must be a list of at most {_MAX_RANK} integers")
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
-        raise err(f"tensor {name!r}: shape {value!r} must hold non-negative integers")
-    if math.prod(value) > max_elements:
-        raise err(f"tensor {name!r}: shape {value!r} is larger than the body allows")
+        raise err(f"tensor {name!r}: shape {_short(value)} must hold non-negative integers")
+    # each dimension too: [0, 10**20] holds no element but no array can have that shape
+    if math.prod(value) > max_elements or any(d > max_elements for d in value):
+        raise err(f"tensor {name!r}: shape {_short(value)} is larger than the body allows")
     return tuple(value)
 
 

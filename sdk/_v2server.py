@@ -25,7 +25,9 @@ Errors raised by a service map to HTTP status codes with a JSON body ``{"error":
 to answer with) -> 503; anything else -> 500
 (message logged, never the traceback on the wire). A body larger than
 ``max_request_bytes`` -> 413 before it is read; a body without ``Content-Length`` -> 411;
-more than ``max_connections`` open connections -> 503 and close (one thread each).
+more than ``max_connections`` open connections: the one waiting longest for a request
+is closed to make room, 503 only when all are working (one thread each; see _v2conns);
+a request whose decoding cost does not fit ``max_inflight_bytes`` in 10 s -> 503.
 With ``api_key`` set every route except ``/v2/health/*`` needs
 ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (else 401).
 """
@@ -39,7 +41,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -54,6 +56,7 @@ from edgeship.sdk._v2 import (
     parse_header_length,
     validate_inputs,
 )
+from edgeship.sdk._v2conns import ByteBudget, Connections, Limits, request_cost
 
 from edgeship._errors import (
     EdgeshipError,
@@ -63,11 +66,21 @@ from edgeship._errors import (
     TransportError,
 )
 
-__all__ = ["Request", "Response", "Route", "StatusError", "V2Server", "V2Service", "serve"]
+__all__ = [
+    "ByteBudget",
+    "Request",
+    "Response",
+    "Route",
+    "StatusError",
+    "V2Server",
+    "V2Service",
+    "request_cost",
+    "serve",
+]
 
 log = logging.getLogger("edgeship.v2")
 
-_IDLE_TIMEOUT_S = 60.0  # a keep-alive connection that sends nothing this long is closed
+_SOCKET_TIMEOUT_S = 30.0  # backstop for one read or write; the phase deadlines are in _v2conns
 _BUSY_BODY = b'{"error":"too many open connections"}'
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -275,8 +288,12 @@ class _Dispatcher:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall
-    timeout = _IDLE_TIMEOUT_S
+    timeout = _SOCKET_TIMEOUT_S
     server: _Server
+
+    def handle_one_request(self) -> None:
+        self.server.conns.phase(self.server.conn_id(), "waiting")  # idle or headers: deadline
+        super().handle_one_request()
 
     def do_GET(self) -> None:
         self._handle()
@@ -287,9 +304,34 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         dispatcher = self.server.dispatcher
         headers = {k.lower(): v for k, v in self.headers.items()}
-        body, error = self._read_body(headers, dispatcher.max_request_bytes)
-        response = error or dispatcher.dispatch(self.command, self.path, headers, body)
-        self._send(response)
+        held = self._reserve(headers)
+        if held is None:
+            self.close_connection = True  # its body stays unread
+            self._send(Response.json({"error": "busy: too many request bytes in flight, "
+                                      "retry later"}, 503))
+            return
+        try:
+            self.server.conns.phase(self.server.conn_id(), "reading")
+            body, error = self._read_body(headers, dispatcher.max_request_bytes)
+            self.server.conns.phase(self.server.conn_id(), "working")
+            response = error or dispatcher.dispatch(self.command, self.path, headers, body)
+            del body
+            self._send(response)
+        finally:
+            self.server.budget.release(held)
+
+    def _reserve(self, headers: dict[str, str]) -> int | None:
+        """Hold the memory this request may cost before its body is read (0 for none)."""
+        try:
+            length = max(int(headers.get("content-length", "0")), 0)
+            header_length = int(headers[HEADER_LENGTH.lower()]) \
+                if HEADER_LENGTH.lower() in headers else None
+        except ValueError:
+            return 0  # refused by _read_body / decode_request, unread
+        if length == 0 or length > self.server.dispatcher.max_request_bytes:
+            return 0
+        return self.server.budget.acquire(request_cost(length, header_length),
+                                          self.server.budget_wait_s)
 
     def _read_body(self, headers: dict[str, str], limit: int) -> tuple[bytes, Response | None]:
         if "chunked" in headers.get("transfer-encoding", "").lower():
@@ -330,27 +372,36 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of connects is queued, not reset
     dispatcher: _Dispatcher
-    slots: threading.BoundedSemaphore  # one per open connection (= per thread)
+    conns: Connections  # open connections, their phases and deadlines (one thread each)
+    _local: threading.local
+    budget: ByteBudget  # memory of the requests in flight
+    budget_wait_s: float = 10.0  # how long a request waits for room before a 503
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            # too many open connections: refuse this one rather than grow threads forever
+        conn_id = self.conns.admit(request, str(client_address[0]))
+        if conn_id is None:  # every connection is busy working: refuse, never queue forever
             with contextlib.suppress(OSError):
                 request.sendall(_BUSY)
             self.shutdown_request(request)
             return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
+        threading.Thread(target=self._serve_connection, args=(request, client_address, conn_id),
+                         name="v2-conn", daemon=True).start()
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _serve_connection(self, request: Any, client_address: Any, conn_id: int) -> None:
+        self._local.conn_id = conn_id
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
-            self.slots.release()
+            self.conns.leave(conn_id)
+            self.shutdown_request(request)
+
+    def conn_id(self) -> int:
+        """The connection the calling thread serves."""
+        return int(self._local.conn_id)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client that vanished mid-answer is routine; never print a traceback
@@ -393,6 +444,7 @@ class V2Server:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
             self._thread = None
+        self._httpd.conns.close()
         self._httpd.server_close()
 
     def __enter__(self) -> V2Server:
@@ -411,8 +463,16 @@ def serve(
     max_connections: int = 64,
     api_key: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    max_inflight_bytes: int | None = None,
+    limits: Limits | None = None,
 ) -> V2Server:
     """Bind a v2 server (port 0 = any free port); call ``start()`` or ``serve_forever()``.
+
+    ``max_inflight_bytes`` bounds the memory all requests in flight may cost together
+    (:func:`request_cost`; default: what two requests of the largest size cost); a request
+    that does not fit waits up to 10 s, then gets 503. ``limits`` (:class:`Limits`: per
+    peer, header and body deadlines) defend the connections; ``max_connections`` is its
+    total.
 
     With ``ssl_context`` (server side; ``verify_mode=CERT_REQUIRED`` for mutual TLS) the
     server speaks https; the handshake runs in the connection's thread, not the accept loop.
@@ -427,5 +487,7 @@ def serve(
             httpd.socket, server_side=True, do_handshake_on_connect=False
         )
     httpd.dispatcher = _Dispatcher(service, max_request_bytes=max_request_bytes, api_key=api_key)
-    httpd.slots = threading.BoundedSemaphore(max_connections)
+    httpd.conns = Connections(replace(limits or Limits(), max_connections=max_connections))
+    httpd._local = threading.local()
+    httpd.budget = ByteBudget(max_inflight_bytes or 2 * request_cost(max_request_bytes, None))
     return V2Server(httpd)

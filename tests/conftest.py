@@ -1,10 +1,13 @@
 """Shared fixtures: a real mosquitto broker on a free loopback port, and the committed
-model fixtures under tests/fixtures (rebuilt by tests/fixtures/make_models.py)."""
+model fixtures under tests/fixtures (rebuilt by tests/fixtures/make_models.py), and
+``run_cli`` (``edgeship convert`` in a subprocess)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +17,18 @@ import pytest
 from edgeship._cli.broker import LocalBroker
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``edgeship convert ARGS`` in a fresh interpreter (no debug tracebacks)."""
+    env = {**os.environ, "EDGESHIP_DEBUG": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "edgeship", "convert", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
 
 
 def free_port() -> int:

@@ -185,6 +185,9 @@ class SimDevice:
     def _do_Persist(self, action: ota.Persist) -> None:
         self.flash = ota.encode_state(action.state)
 
+    def _do_Rejected(self, action: Any) -> None:
+        pass
+
     def _do_Report(self, action: ota.Report) -> None:
         status = dict(action.status)
         if status.get("shadow") and self.shadow_stats is not None:  # as the daemon's taps do
@@ -208,7 +211,7 @@ class SimDevice:
         self.last_request = time.monotonic()
         self._publish(request_topic(self.fleet), encode_request(req),
                       response_topic=self.topics.chunk,
-                      correlation=f"{req.version}/{req.file}/{req.index}".encode())
+                      correlation=action.correlation or ota.correlation(req))
 
     def _do_TruncateDownload(self, action: ota.TruncateDownload) -> None:
         del self.download[action.size:]

@@ -11,12 +11,14 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,28 @@ def offer_bytes(reldir: Path) -> bytes:
     return Release.load(reldir).offer().to_bytes()
 
 
+def shadow_offer(reldir: Path) -> bytes:
+    """The release's root-signed offer, pushed as a shadow (``mode = "shadow"``)."""
+    from dataclasses import replace
+
+    from edgeship.sdk._release import Release
+
+    return replace(Release.load(reldir).offer(), mode="shadow").to_bytes()
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether ``pid`` exits (or is a zombie) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "Z (zombie)" in Path(f"/proc/{pid}/status").read_text():
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 # ---- a real agent process -----------------------------------------------------------------
 def write_config(tmp: Path, *, broker_url: str, port: int, root_pub: Path, device: str = "dev-1",
                  fleet: str = "t", initial: Path | None = None, chunk_size: int = 4096,
@@ -114,8 +138,11 @@ def write_config(tmp: Path, *, broker_url: str, port: int, root_pub: Path, devic
 class AgentProc:
     """``edgeship agent run`` as a subprocess; its JSON log lines are collected."""
 
-    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None,
+                 launcher: list[str] | None = None) -> None:
         self.config, self.port = config, port
+        # argv that runs the agent, "run" included (a test wrapper may inject faults)
+        self.launcher = launcher or [sys.executable, "-m", "edgeship", "agent", "run"]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -127,7 +154,7 @@ class AgentProc:
 
     def start(self, *, wait: bool = True) -> AgentProc:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeship", "agent", "run", "--config", str(self.config)],
+            [*self.launcher, "--config", str(self.config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env=self.env)
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
@@ -266,3 +293,51 @@ def served_version(url: str) -> tuple[str | None, np.ndarray | None]:
         return None, None
     y = np.asarray(doc["outputs"][0]["data"], dtype=np.float32).reshape(1, OUT)
     return doc["parameters"]["version"], y
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _slow_socket(port: int) -> socket.socket | None:
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+        sock.sendall(b"POST /v2/models/model/infer HTTP/1.1\r\nHost: x\r\n")
+        return sock
+    except OSError:
+        return None
+
+
+@contextmanager
+def slowloris(port: int, peers: int) -> Iterator[None]:
+    """``peers`` slowloris connections to the agent API on ``port`` while the block runs:
+    each sends a header byte a second, and reconnects when closed. (Also hw-bench's attack.)"""
+    slow = [_slow_socket(port) for _ in range(peers)]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(1.0):
+            for i, sock in enumerate(slow):
+                try:
+                    if sock is None:
+                        raise OSError("closed")
+                    sock.sendall(b"X")
+                except OSError:
+                    if sock is not None:
+                        sock.close()
+                    slow[i] = _slow_socket(port)
+
+    attacker = threading.Thread(target=trickle, daemon=True)
+    attacker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        attacker.join(timeout=10)
+        for sock in slow:
+            if sock is not None:
+                sock.close()

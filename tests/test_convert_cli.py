@@ -4,29 +4,16 @@ contents, determinism, atomic output and every bad-input case of issue 3."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import run_cli
 from onnx import TensorProto, helper
 
 FIX = Path(__file__).parent / "fixtures"
-
-
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EDGESHIP_DEBUG": ""}
-    return subprocess.run(
-        [sys.executable, "-m", "edgeship", "convert", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-    )
 
 
 def fixture_args(name: str, out: Path, *extra: str | Path) -> list[str | Path]:

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from conftest import run_cli
 from edgeship.converter import ConvertOptions, FormatsNotWritten, convert
 from edgeship.converter._report import sqnr_svg
 from edgeship.converter._sizes import external_data_files, fp32_disk_bytes
@@ -24,17 +22,6 @@ from edgeship._errors import ConversionError
 
 FIX = Path(__file__).parent / "fixtures"
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EDGESHIP_DEBUG": ""}
-    return subprocess.run(
-        [sys.executable, "-m", "edgeship", "convert", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-    )
 
 
 def atan_model(tmp: Path) -> tuple[Path, Path]:

@@ -23,11 +23,14 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path: Path) -> None:
-    workdir = tmp_path / "demo"
+    workdir, home = tmp_path / "demo", tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XDG_STATE_HOME", "XDG_CACHE_HOME", "EDGESHIP_VERBOSE")}
     proc = subprocess.run(
         [sys.executable, "-m", "edgeship", "demo", "--workdir", str(workdir)],
         capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**env, "COLUMNS": "200", "HOME": str(home)}, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     for check in ("delta update installed as a shadow", "promoted shadow committed",
@@ -40,6 +43,14 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path: Path) -> 
     assert "FAIL" not in proc.stdout
     assert "Traceback" not in proc.stderr
     assert _processes_mentioning(str(workdir)) == []
+    # it writes only in its folder (nothing in HOME, no rollout lock files left), and no
+    # runtime's INFO chatter reaches the user or the service logs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "home"]
+    assert list(home.rglob("*")) == []
+    assert list(workdir.rglob("*.lock")) == []
+    for text in (proc.stdout, proc.stderr,
+                 *(log.read_text() for log in (workdir / "logs").glob("*.log"))):
+        assert "INFO: " not in text
     # a second run replaces its own work dir
     assert (workdir / ".edgeship-demo").exists()
 

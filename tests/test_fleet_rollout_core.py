@@ -192,3 +192,50 @@ def test_one_push_at_a_time_per_rollout(tmp_path: Any) -> None:
                 pass
         with b.lock("h:1|f/model/1.0.0@x"):  # released
             pass
+    # no lock file is left beside the database (they used to pile up, one per rollout)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".lock")) == []
+
+
+def test_rollout_lock_left_by_a_killed_push_is_taken_and_removed(tmp_path: Any) -> None:
+    import fcntl
+    import hashlib
+    import os
+
+    from edgeship.sdk._fleetdb import FleetDB
+
+    path = tmp_path / "fleet.sqlite"
+    key = "h:1|f/model/1.0.0@x"
+    lock = tmp_path / f"fleet.sqlite.{hashlib.sha256(key.encode()).hexdigest()[:12]}.lock"
+    lock.write_bytes(b"")  # a SIGKILLed push leaves its (unlocked) file behind
+    with FleetDB(path) as db:
+        with db.lock(key):
+            assert lock.exists()
+            # a second process that opened the path before the holder removed it, and
+            # locks that old file afterwards, must not count as holding the rollout
+            stale = os.open(lock, os.O_RDWR)
+        fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # it gets the removed file ...
+        try:
+            assert not lock.exists()
+            with db.lock(key):  # ... and a new push still takes the rollout
+                pass
+        finally:
+            os.close(stale)
+    assert not lock.exists()
+
+
+def test_stale_lock_files_are_swept_but_a_held_one_is_kept(tmp_path: Any) -> None:
+    from edgeship.sdk._fleetdb import FleetDB
+
+    path = tmp_path / "fleet.sqlite"
+    stale = [tmp_path / f"fleet.sqlite.{i:012x}.lock" for i in range(3)]
+    for lock in stale:  # what older versions left, one per rollout ever pushed
+        lock.write_bytes(b"")
+    other = tmp_path / "other.sqlite.000000000000.lock"  # another database's: not ours
+    other.write_bytes(b"")
+    with FleetDB(path) as db, db.lock("h:1|f/model/1.0.0@x"):
+        held = list(tmp_path.glob("fleet.sqlite.*.lock"))
+        assert len(held) == 1  # the stale ones are gone, ours is there
+        with FleetDB(path):  # a second manager opening the database keeps the held one
+            assert list(tmp_path.glob("fleet.sqlite.*.lock")) == held
+    assert list(tmp_path.glob("fleet.sqlite.*.lock")) == []
+    assert other.exists()

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,7 +32,8 @@ def _one_line_error(out: subprocess.CompletedProcess[str], *words: str) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """keys + release 1.0.0 + release 1.1.0 with a delta from 1.0.0 (built by the CLI)."""
+    """keys + release 1.0.0 + release 1.1.0 with a delta from 1.0.0 (built by the CLI);
+    their payloads are random bytes, signed deliberately with --any-file."""
     tmp = tmp_path_factory.mktemp("cli")
     rng = np.random.default_rng(0)
     v1 = rng.integers(-128, 128, 50_000, dtype=np.int8).tobytes()
@@ -45,10 +47,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert _run("keys", "init", tmp / "keys").returncode == 0
     out = _run("release", tmp / "v1/model.int8.tflite", "--version", "1.0.0", "--keys",
                tmp / "keys", "-o", tmp / "r1", "--golden", tmp / "golden.npz",
-               "--hardware", "cpu,edgetpu")
+               "--hardware", "cpu,edgetpu", "--any-file")
     assert out.returncode == 0, out.stderr
     out = _run("release", tmp / "v2/model.int8.tflite", "--version", "1.1.0", "--keys",
-               tmp / "keys", "-o", tmp / "r2", "--base", tmp / "r1")
+               tmp / "keys", "-o", tmp / "r2", "--base", tmp / "r1", "--any-file")
     assert out.returncode == 0, out.stderr
     assert "1.0.0->" in out.stdout
     return tmp
@@ -100,9 +102,10 @@ def test_release_errors_are_one_line(world: Path) -> None:
     _one_line_error(_run("release", world / "nope.tflite", "--version", "1.0.0", "--keys", keys,
                          "-o", world / "x"), "nope.tflite")
     _one_line_error(_run("release", world / "v2/model.int8.tflite", "--version", "1.0", "--keys",
-                         keys, "-o", world / "x"), "semver")
+                         keys, "-o", world / "x", "--any-file"), "semver")
     _one_line_error(_run("release", world / "v2/model.int8.tflite", "--version", "0.9.0",
-                         "--keys", keys, "-o", world / "x", "--base", world / "r1"), "not older")
+                         "--keys", keys, "-o", world / "x", "--base", world / "r1", "--any-file"),
+                    "not older")
     _one_line_error(_run("verify", world / "missing", "--root", keys / "root.pub"), "missing")
 
 
@@ -113,7 +116,7 @@ def test_passphrase_protected_keys(tmp_path: Path, world: Path) -> None:
     assert _run("keys", "init", keys, "--passphrase-file", secret).returncode == 0
     assert b"ENCRYPTED" in (keys / "release.key").read_bytes()
     args = ("release", world / "v1/model.int8.tflite", "--version", "1.0.0", "--keys", keys,
-            "-o", tmp_path / "r")
+            "-o", tmp_path / "r", "--any-file")
     _one_line_error(_run(*args), "passphrase")
     _one_line_error(_run(*args, env={"EDGESHIP_KEY_PASSPHRASE": "wrong"}), "passphrase")
     assert _run(*args, env={"EDGESHIP_KEY_PASSPHRASE": "correct horse"}).returncode == 0
@@ -124,7 +127,7 @@ def test_rotate_and_revoke_make_old_releases_untrusted(tmp_path: Path, world: Pa
     assert _run("keys", "init", keys).returncode == 0
     old_release = json.loads((keys / "keyset.json").read_text())["signed"]["keys"]
     out = _run("release", world / "v1/model.int8.tflite", "--version", "1.0.0", "--keys", keys,
-               "-o", tmp_path / "r1")
+               "-o", tmp_path / "r1", "--any-file")
     assert out.returncode == 0, out.stderr
     out = _run("keys", "rotate", keys)
     assert out.returncode == 0 and "key set v2" in out.stdout
@@ -153,3 +156,155 @@ def test_verify_runs_the_golden_check_like_a_device(tmp_path: Path, world: Path)
     assert _run("verify", tmp_path / "good", "--root", root).returncode == 0
     _one_line_error(_run("verify", tmp_path / "bad", "--root", root), "golden", "differs")
     assert _run("verify", tmp_path / "bad", "--root", root, "--no-golden").returncode == 0
+
+
+def _unknown_op_onnx(path: Path) -> Path:
+    """A well-formed ONNX file whose op no runtime knows: it parses, onnxruntime refuses it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_release_refuses_an_artifact_no_runtime_loads(world: Path, tmp_path: Path) -> None:
+    fixtures = Path(__file__).parent / "fixtures"
+    truncated = tmp_path / "model.int8.tflite"
+    converted = _run("convert", fixtures / "mlp.onnx", "--calib", fixtures / "mlp_calib.npz",
+                     "-o", tmp_path / "conv", "-q")
+    assert converted.returncode == 0, converted.stderr
+    real = tmp_path / "conv" / "model.int8.tflite"
+    truncated.write_bytes(real.read_bytes()[:3000])
+    keys = world / "keys"
+    cases = {"calib": (fixtures / "mlp_calib.npz", "not a model file"),
+             "truncated": (truncated, "truncated or corrupt"),
+             "unknown-op": (_unknown_op_onnx(tmp_path / "odd.onnx"), "does not load")}
+    for name, (artifact, words) in cases.items():
+        out = tmp_path / f"rel-{name}"
+        _one_line_error(_run("release", artifact, "--version", "1.0.0", "--keys", keys,
+                             "-o", out), str(artifact), words, "--any-file")
+        assert not out.exists(), name  # refused before anything was written
+    ok = _run("release", fixtures / "mlp_calib.npz", "--version", "1.0.0", "--keys", keys,
+              "-o", tmp_path / "rel-any", "--any-file")
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    assert (tmp_path / "rel-any" / "mlp_calib.npz").exists()
+    for artifact in (real, fixtures / "mlp.onnx"):
+        out = _run("release", artifact, "--version", "1.0.0", "--keys", keys,
+                   "-o", tmp_path / f"rel-{artifact.suffix[1:]}")
+        assert out.returncode == 0 and out.stderr == "", out.stderr  # no warning, no INFO line
+
+
+def test_golden_from_an_eval_set_signs_a_working_health_check(world: Path, tmp_path: Path
+                                                                ) -> None:
+    fixtures = Path(__file__).parent / "fixtures"
+    keys = world / "keys"
+    out = _run("release", fixtures / "mlp.onnx", "--version", "1.0.0", "--keys", keys,
+               "-o", tmp_path / "rel", "--golden-from", fixtures / "mlp_eval.npz")
+    assert out.returncode == 0, out.stderr
+    assert "golden check (atol" in out.stdout
+    golden = json.loads((tmp_path / "rel" / "manifest.json").read_text())["signed"]["golden"]
+    assert set(golden["inputs"]) == {"input"} and golden["atol"] > 0
+    assert _run("verify", tmp_path / "rel", "--root", keys / "root.pub").returncode == 0
+    np.savez(tmp_path / "other.npz", features=np.ones((3, 30), np.float32))
+    _one_line_error(_run("release", fixtures / "mlp.onnx", "--version", "1.0.0", "--keys", keys,
+                         "-o", tmp_path / "r2", "--golden-from", tmp_path / "other.npz"),
+                    "other.npz", "no array for input(s) ['input']")
+    _one_line_error(_run("release", fixtures / "mlp.onnx", "--version", "1.0.0", "--keys", keys,
+                         "-o", tmp_path / "r3", "--golden-from", fixtures / "mlp_eval.npz",
+                         "--golden", tmp_path / "other.npz"), "not both")
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+
+
+def _custom_op_tflite(path: Path, custom_code: str) -> Path:
+    """A well-formed TFLite file of one CUSTOM op, as the Edge TPU compiler writes them
+    (its whole graph becomes one ``edgetpu-custom-op``): LiteRT on the host has no kernel."""
+    import flatbuffers
+    import tflite
+
+    b = flatbuffers.Builder(1024)
+    tflite.BufferStart(b)
+    buffer = tflite.BufferEnd(b)
+    tensors = []
+    for name in ("x", "y"):
+        label = b.CreateString(name)
+        tflite.TensorStartShapeVector(b, 2)
+        for dim in (4, 1):  # prepended: reads [1, 4]
+            b.PrependInt32(dim)
+        shape = b.EndVector()
+        tflite.TensorStart(b)
+        tflite.TensorAddShape(b, shape)
+        tflite.TensorAddType(b, tflite.TensorType.INT8)
+        tflite.TensorAddBuffer(b, 0)
+        tflite.TensorAddName(b, label)
+        tensors.append(tflite.TensorEnd(b))
+
+    def ints(start: Any, values: list[int]) -> int:
+        start(b, len(values))
+        for v in reversed(values):
+            b.PrependInt32(v)
+        return b.EndVector()
+
+    def offsets(start: Any, items: list[int]) -> int:
+        start(b, len(items))
+        for item in reversed(items):
+            b.PrependUOffsetTRelative(item)
+        return b.EndVector()
+
+    op_in, op_out = ints(tflite.OperatorStartInputsVector, [0]), ints(
+        tflite.OperatorStartOutputsVector, [1])
+    tflite.OperatorStart(b)
+    tflite.OperatorAddOpcodeIndex(b, 0)
+    tflite.OperatorAddInputs(b, op_in)
+    tflite.OperatorAddOutputs(b, op_out)
+    operator = tflite.OperatorEnd(b)
+    code_name = b.CreateString(custom_code)
+    tflite.OperatorCodeStart(b)
+    tflite.OperatorCodeAddDeprecatedBuiltinCode(b, tflite.BuiltinOperator.CUSTOM)
+    tflite.OperatorCodeAddBuiltinCode(b, tflite.BuiltinOperator.CUSTOM)
+    tflite.OperatorCodeAddCustomCode(b, code_name)
+    tflite.OperatorCodeAddVersion(b, 1)
+    opcode = tflite.OperatorCodeEnd(b)
+    sg_tensors = offsets(tflite.SubGraphStartTensorsVector, tensors)
+    sg_in, sg_out = ints(tflite.SubGraphStartInputsVector, [0]), ints(
+        tflite.SubGraphStartOutputsVector, [1])
+    sg_ops = offsets(tflite.SubGraphStartOperatorsVector, [operator])
+    tflite.SubGraphStart(b)
+    tflite.SubGraphAddTensors(b, sg_tensors)
+    tflite.SubGraphAddInputs(b, sg_in)
+    tflite.SubGraphAddOutputs(b, sg_out)
+    tflite.SubGraphAddOperators(b, sg_ops)
+    subgraph = tflite.SubGraphEnd(b)
+    codes = offsets(tflite.ModelStartOperatorCodesVector, [opcode])
+    subgraphs = offsets(tflite.ModelStartSubgraphsVector, [subgraph])
+    buffers = offsets(tflite.ModelStartBuffersVector, [buffer])
+    tflite.ModelStart(b)
+    tflite.ModelAddVersion(b, 3)
+    tflite.ModelAddOperatorCodes(b, codes)
+    tflite.ModelAddSubgraphs(b, subgraphs)
+    tflite.ModelAddBuffers(b, buffers)
+    b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
+    path.write_bytes(bytes(b.Output()))
+    return path
+
+
+def test_release_takes_an_edge_tpu_model_the_host_cannot_run(world: Path, tmp_path: Path
+                                                              ) -> None:
+    from edgeship.sdk import Model
+
+    from edgeship._errors import ModelLoadError
+
+    tpu = _custom_op_tflite(tmp_path / "model_edgetpu.tflite", "edgetpu-custom-op")
+    other = _custom_op_tflite(tmp_path / "other.tflite", "MyVendorOp")
+    for model in (tpu, other):  # neither runs here: no kernel for the custom op
+        with pytest.raises(ModelLoadError):
+            Model.load(model)
+    keys = world / "keys"
+    ok = _run("release", tpu, "--version", "1.0.0", "--keys", keys, "-o", tmp_path / "r-tpu",
+              "--hardware", "edgetpu")
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    _one_line_error(_run("release", other, "--version", "1.0.0", "--keys", keys,
+                         "-o", tmp_path / "r-other"), "other.tflite", "does not load")

@@ -22,33 +22,18 @@ from test_agent_support import (
     AgentProc,
     Watcher,
     expected,
+    gone,
     make_keys,
     make_release,
     offer_bytes,
     served_version,
+    shadow_offer,
     start_fleet_serve,
     write_config,
 )
 
 TOPIC = "edgeship/t/dev-1/ota/offer"
 SHADOW = "\n[shadow]\nsample = 1.0\ncpu_budget = 2.0\nqueue = 64\n"
-
-
-def shadow_offer(reldir: Path) -> bytes:
-    return replace(Release.load(reldir).offer(), mode="shadow").to_bytes()
-
-
-def gone(pid: int, timeout: float = 10.0) -> bool:
-    """Whether ``pid`` exits (or is a zombie) within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if "Z (zombie)" in Path(f"/proc/{pid}/status").read_text():
-                return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture(scope="module")

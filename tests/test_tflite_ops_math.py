@@ -409,7 +409,7 @@ def test_erf_pattern_stays_float_where_the_opset_cannot_be_raised(tmp_path: Path
 
 
 # ---- LSTM -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("op,gates", [("LSTM", 4), ("GRU", 3)])
+@pytest.mark.parametrize("op,gates", [("GRU", 3)])  # LSTM: a TFLite float island (test_tflite_lstm)
 def test_recurrent_stays_float_in_onnx_and_tflite_names_the_reason(tmp_path: Path, op: str, gates: int) -> None:
     net = Net()
     hidden, width = 6, 8

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -354,28 +356,51 @@ def test_unused_request_fields_are_kept() -> None:
     assert request.parameters["priority"] == 1
 
 
-def test_connection_limit_refuses_instead_of_growing_threads() -> None:
-    import socket
-    import time
+class Blocker(Doubler):
+    """Doubler whose infer waits for ``release`` (a connection stuck *working*)."""
 
-    with serve(Doubler(), max_connections=2).start() as srv:
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def infer(
+        self, name: str, inputs: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        self.release.wait(10)
+        return super().infer(name, inputs)
+
+
+def test_connection_limit_evicts_idle_then_refuses_instead_of_growing_threads() -> None:
+    """Full of idle connections: the one idle longest is closed and the newcomer served.
+    Full of connections that are working: the newcomer is refused (503), no new thread."""
+    import socket
+
+    service = Blocker()
+    with serve(service, max_connections=2).start() as srv:
         idle = [socket.create_connection((srv.host, srv.port)) for _ in range(2)]
+        time.sleep(0.1)
+        assert _raw(srv, "GET", "/v2/health/live")[0] == 200
+        idle[0].settimeout(5)
+        assert idle[0].recv(1024) == b""  # the oldest idle connection was closed
+        for sock in idle:
+            sock.close()
+        body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                       "data": [1, 2, 3, 4]}]}).encode()
+        workers = [threading.Thread(target=_raw, args=(srv, "POST", "/v2/models/double/infer",
+                                                       body)) for _ in range(2)]
+        for t in workers:
+            t.start()
+        time.sleep(0.5)  # both are inside infer now
         try:
             extra = socket.create_connection((srv.host, srv.port))
             extra.settimeout(5)
             assert extra.recv(1024).startswith(b"HTTP/1.1 503")
             extra.close()
         finally:
-            idle.pop().close()
-        deadline = time.monotonic() + 5  # the freed slot comes back once its thread ends
-        status = 0
-        while status != 200 and time.monotonic() < deadline:
-            try:
-                status = _raw(srv, "GET", "/v2/health/live")[0]
-            except (ConnectionError, http.client.HTTPException):
-                time.sleep(0.05)
-        assert status == 200
-        idle[0].close()
+            service.release.set()
+            for t in workers:
+                t.join()
+        assert _raw(srv, "GET", "/v2/health/live")[0] == 200
 
 
 # ---------------------------------------------------------------------------- fuzzing

@@ -72,3 +72,17 @@ def wait_for_signal(alive: Callable[[], bool] | None = None) -> None:
     while not stop.wait(0.5):
         if alive is not None and not alive():
             return
+
+
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from edgeship.sdk._quiet import set_verbose
+
+        set_verbose()  # an environment variable: the agent's child processes inherit it
+
+
+def verbose_option(func: F) -> F:
+    """-v: also show the runtimes' own log lines (LiteRT's INFO lines, onnxruntime's warnings)."""
+    return click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True,
+                        callback=_set_verbose,
+                        help="Also show LiteRT's and onnxruntime's own log lines.")(func)

@@ -1,10 +1,13 @@
-"""``edgeship agent run --config agent.toml``: the device daemon (thin: parse, call, exit)."""
+"""``edgeship agent run --config agent.toml``: the device daemon; ``edgeship agent check
+--config agent.toml``: validate a config (thin: parse, call, exit)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+
+from edgeship._cli._options import verbose_option
 
 
 @click.group()
@@ -15,9 +18,27 @@ def agent() -> None:
 @agent.command("run")
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
               help="agent.toml (see agent/agent.example.toml)")
+@verbose_option
 def run(config_path: Path) -> None:
     """Run the agent until SIGTERM / Ctrl-C."""
     from edgeship.agent._config import load_config
     from edgeship.agent._daemon import run_agent
 
     run_agent(load_config(config_path))
+
+
+@agent.command("check")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="agent.toml to validate")
+def check(config_path: Path) -> None:
+    """Validate a config: every error and warning, exit 1 on errors."""
+    from edgeship.agent._check import check_config
+
+    errors, warnings = check_config(config_path)
+    for text in warnings:
+        click.echo(f"warning: {text}", err=True)
+    for text in errors:
+        click.echo(f"error: {text}", err=True)
+    if errors:
+        raise SystemExit(1)
+    click.echo(f"ok: {config_path}")

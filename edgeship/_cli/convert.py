@@ -3,11 +3,13 @@ short summary. Every bad input surfaces as one ``error: ...`` line and exit code
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
+from edgeship._cli._options import verbose_option
 from edgeship._errors import ConfigError
 
 
@@ -135,7 +137,25 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     "INT8 model may have: the most sensitive layers stay float until it holds. Exit 3 "
     "when it cannot be met (OUT/ holds the best attempt).",
 )
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="NAME",
+    help="Also compile for this NPU with its own compiler (repeatable; see --list-targets): "
+    "its artifact goes next to the INT8 models, what runs on the NPU into the report. "
+    "One not compiled is exit 2 (OUT/ is still written).",
+)
+@click.option(
+    "--list-targets",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=lambda ctx, _param, value: _list_targets(ctx) if value else None,
+    help="Print the NPU targets, what each compiles and the extra that brings its compiler.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
+@verbose_option
 def convert(
     model: Path,
     calib: Path,
@@ -151,12 +171,17 @@ def convert(
     bias_correction: bool,
     learned_rounding: bool,
     max_drop: float | None,
+    targets: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Convert a float ONNX MODEL to pruned INT8 (QDQ ONNX and TFLite) with a report."""
+    entered = time.monotonic()
+    from edgeship._cli import wall_seconds
+    from edgeship._cli._phases import PhaseSpinner
     from edgeship.converter import ConvertOptions, FormatsNotWritten, default_formats
     from edgeship.converter import convert as run
     from edgeship.converter._mixed import TargetNotMet
+    from edgeship.converter._targets import TargetsNotCompiled
 
     options = ConvertOptions(
         formats=_formats(fmt) or default_formats(),
@@ -168,25 +193,54 @@ def convert(
         bias_correction=bias_correction,
         learned_rounding=learned_rounding,
         max_drop=max_drop,
+        targets=tuple(t.strip().lower() for t in targets),
     )
     try:
-        report = run(
-            model, calib, out, options, eval_path=eval_path, base_dir=base, progress=not quiet
-        )
-    except FormatsNotWritten as exc:  # OUT/ was written: say what it holds, then exit 2
+        with PhaseSpinner(not quiet, evaluating=eval_path is not None) as spinner:
+            report = run(model, calib, out, options, eval_path=eval_path, base_dir=base,
+                         progress=not quiet, on_phase=spinner)
+    except (FormatsNotWritten, TargetsNotCompiled) as exc:  # OUT/ was written: say what it holds, exit 2
         if not quiet:
-            _summary(exc.report, out)
+            _summary(exc.report, out, wall_seconds(entered))
         raise
     except TargetNotMet as exc:  # OUT/ holds the best attempt: say so, then exit 3
         if not quiet:
-            _summary(exc.report, out)
+            _summary(exc.report, out, wall_seconds(entered))
         click.echo(f"error: {exc}", err=True)
         raise click.exceptions.Exit(3) from exc
     if not quiet:
-        _summary(report, out)
+        _summary(report, out, wall_seconds(entered))
 
 
-def _summary(report: Any, out: Path) -> None:
+def _list_targets(ctx: click.Context) -> None:
+    from edgeship.converter._targets import TARGETS, compiler_installed
+
+    for t in TARGETS.values():
+        state = "installed" if compiler_installed(t) else "not installed"
+        click.echo(f"{t.name:<15} {t.compiles:<7} {t.summary}; {t.install_hint()} ({state})")
+    ctx.exit(0)
+
+
+def _targets_summary(report: Any) -> None:
+    """With --target: the report's compatibility table (Edge TPU by rules, each target by
+    its compiler), one line per target plus what falls back to the CPU."""
+    from edgeship.converter._compat import compat_rows
+
+    if not report.targets:
+        return
+    click.echo("  compat    target: on the accelerator | MACs on it | speed | artifact")
+    results = [report.edgetpu, *report.targets.values()]
+    for row, result in zip(compat_rows(report.edgetpu, report.targets), results, strict=True):
+        if row["on the accelerator"] == "not compiled":
+            click.echo(f"    {row['target']:<14} not compiled: {result['error']}")
+            continue
+        click.echo(f"    {row['target']:<14} {row['on the accelerator']} | {row['MACs on it']} | "
+                   f"{row['speed']} | {result.get('artifact') or '-'}")
+        if row["falls back to the CPU"] != "nothing":
+            click.echo(f"    {'':<14} CPU: {row['falls back to the CPU']}")
+
+
+def _summary(report: Any, out: Path, wall_s: float) -> None:
     from edgeship.converter._mixed import verdict_line
     from edgeship.converter._report import not_written_line
 
@@ -226,5 +280,8 @@ def _summary(report: Any, out: Path) -> None:
             f"  --base    kept params of {b['tensors_kept']}/{b['tensors_total']} tensors, "
             f"{b['weights_kept']}/{b['weights_total']} int8 weights unchanged"
         )
-    click.echo(f"  time      {report.conversion_seconds:.2f} s; report: {out}/report.html")
+    _targets_summary(report)
+    # wall-clock from the command's start (start-up, imports, --eval and writing included);
+    # the report's phase timings are in report.json
+    click.echo(f"  time      {wall_s:.2f} s; report: {out}/report.html")
     click.echo(verdict_line(report))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from edgeship._cli._options import verbose_option
+
 
 @click.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
@@ -15,6 +17,7 @@ import click
               help="Everything the demo writes goes here (replaced on the next run).")
 @click.option("--broker", "broker_url", metavar="URL", default=None,
               help="Use this MQTT broker instead of starting a private mosquitto.")
+@verbose_option
 def demo(workdir: Path, broker_url: str | None) -> None:
     """Train, convert, sign, serve and update a model on this machine, end to end."""
     from rich.console import Console

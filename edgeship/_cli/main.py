@@ -14,6 +14,8 @@ import sys
 import click
 
 from edgeship import EdgeshipError, __version__
+from edgeship._cli import begin, end
+from edgeship._cli._options import verbose_option
 
 # command name -> "module:attribute"; the module is imported only when the command runs.
 _COMMANDS: dict[str, str] = {
@@ -59,12 +61,14 @@ def _unavailable(name: str) -> click.Command:
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeship")
+@verbose_option
 def cli() -> None:
     """edgeship: convert, sign, ship and serve INT8 models on a fleet of small devices."""
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI with the one error boundary described in the module docstring."""
+    begin()
     try:
         exit_code = cli.main(args=argv, prog_name="edgeship", standalone_mode=False)
     except click.exceptions.Abort:
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
+    finally:
+        end()
     sys.exit(exit_code if isinstance(exit_code, int) else 0)
 
 

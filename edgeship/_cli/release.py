@@ -7,10 +7,12 @@ and exits 2.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import click
 
+from edgeship._cli._options import verbose_option
 from edgeship._errors import ConfigError, InferenceError, InputError, MalformedError
 
 _PASSPHRASE_HELP = "file holding the private-key passphrase (else $EDGESHIP_KEY_PASSPHRASE)"
@@ -127,6 +129,9 @@ def keys_fleet_key(keydir: Path, name: str, force: bool) -> None:
               help="earlier release dir to make a delta from (repeatable)")
 @click.option("--golden", type=click.Path(path_type=Path), default=None,
               help="GOLDEN.npz: input(s), 'output', optional 'atol'")
+@click.option("--golden-from", "golden_from", type=click.Path(path_type=Path), default=None,
+              help="DATA.npz (e.g. the eval set): its first sample, run through ARTIFACT "
+              "here, becomes the golden input and output")
 @click.option("--expires", "expires_days", type=click.IntRange(1, 3650), default=90,
               show_default=True, help="days until the manifest expires")
 @click.option("--model-name", default=None, help="default: the artifact name before its first dot")
@@ -137,23 +142,33 @@ def keys_fleet_key(keydir: Path, name: str, force: bool) -> None:
               help="drift reference: profile.json or DATA.npz (run through ARTIFACT)")
 @_passphrase_option
 @click.option("--force", is_flag=True, help="overwrite a release already in --out")
+@click.option("--any-file", is_flag=True,
+              help="sign ARTIFACT even if no runtime here loads it (a deliberate non-model "
+              "payload)")
+@verbose_option
 def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[Path, ...],
-            golden: Path | None, expires_days: int, model_name: str | None, hardware: str,
+            golden: Path | None, golden_from: Path | None, expires_days: int, model_name: str | None, hardware: str,
             encrypt_for: tuple[Path, ...], profile_file: Path | None,
-            passphrase_file: Path | None, force: bool) -> None:
+            passphrase_file: Path | None, force: bool, any_file: bool) -> None:
     """Sign ARTIFACT as release VERSION in --out, with one delta per --base.
 
     With --encrypt-for, the artifact and deltas are stored AES-256-GCM encrypted under a
     fresh data key wrapped for each key given and for KEYS/archive.key (made on first
     use, never leaves this host): that is how a later --base of an encrypted release is
     opened here without any device's key. Deltas are computed on plaintext.
+
+    ARTIFACT must load in onnxruntime (.onnx) or LiteRT (.tflite) here, as devices will
+    load it (an Edge TPU model is checked by its structure); --any-file signs any file.
     """
-    from edgeship.sdk._artifact import artifact_problem
+    from edgeship.sdk._artifact import load_problem
     from edgeship.sdk._release import MAX_ARTIFACT_SIZE, Release, read_bounded
 
     data = read_bounded(artifact, MAX_ARTIFACT_SIZE, "artifact")
     if not data:
         raise InputError(f"artifact {artifact} is empty")
+    problem = "" if any_file else load_problem(artifact, data)
+    if problem:  # before anything is written: devices would download it and roll back
+        raise InputError(f"{problem}; devices could not run it (--any-file signs it anyway)")
     profile = None
     if profile_file is not None:  # on the plaintext artifact, before it is encrypted
         from edgeship.sdk._profile import profile_from_file
@@ -163,12 +178,21 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
         except (MalformedError, InferenceError) as exc:  # a broken profile.json, or data
             # that does not fit ARTIFACT: the user's input here, and it names the file
             raise InputError(f"--profile {profile_file}: {exc}") from exc
-    rel = Release.build(
-        artifact, version=version, keydir=keydir, out=out, bases=bases, golden=golden,
-        expires_days=expires_days, model_name=model_name,
-        hardware=[h for h in hardware.split(",") if h], passphrase=_passphrase(passphrase_file),
-        force=force, encrypt_for=encrypt_for, profile=profile,
-    )
+    if golden is not None and golden_from is not None:
+        raise InputError("give --golden or --golden-from, not both")
+    with tempfile.TemporaryDirectory(prefix="edgeship-golden-") as tmp:
+        if golden_from is not None:
+            from edgeship._cli._golden import write_golden_from
+
+            golden = Path(tmp) / "golden.npz"
+            write_golden_from(golden_from, artifact, golden)
+        rel = Release.build(
+            artifact, version=version, keydir=keydir, out=out, bases=bases, golden=golden,
+            expires_days=expires_days, model_name=model_name,
+            hardware=[h for h in hardware.split(",") if h],
+            passphrase=_passphrase(passphrase_file), force=force, encrypt_for=encrypt_for,
+            profile=profile,
+        )
     m = rel.manifest
     deltas = ", ".join(f"{d.base_version}->{d.format} {d.size} B" for d in m.deltas) or "none"
     extra = ""
@@ -176,14 +200,10 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
         extra += f"; encrypted for {len(m.encryption.recipients) - 1} key(s) + archive"
     if m.profile is not None:
         extra += "; drift profile"
+    if m.golden is not None:
+        extra += f"; golden check (atol {m.golden.atol:.3g})"
     click.echo(f"release {m.model} {m.version} in {out}: {m.artifact.name} {m.artifact.size} B; "
                f"deltas: {deltas}{extra}")
-    # a warning, not an error: opaque payloads (and tests of the signing alone) are signed too;
-    # after the build, so that a failing release still says one line
-    problem = artifact_problem(artifact, data)
-    if problem:
-        click.echo(f"warning: {problem}; devices will refuse it at their health check",
-                   err=True)
 
 
 @click.command()
@@ -198,6 +218,7 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
               help="run the artifact on the manifest's golden input, as the device will")
 @click.option("--key", "key_file", type=click.Path(path_type=Path), default=None,
               help="X25519 private key of a recipient: also decrypt (in memory) and check")
+@verbose_option
 def verify(reldir: Path, root: Path, model_name: str | None, hardware: str | None,
            bases: tuple[Path, ...], golden: bool, key_file: Path | None) -> None:
     """Check RELDIR as a device would; print one line, exit 0 if trusted, 2 if not.

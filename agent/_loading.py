@@ -1,0 +1,55 @@
+"""A verified slot into a served model, in memory only (split from ``_daemon``).
+
+The slot's bytes are checked against the sha256 the state names, decrypted with the
+device key when the release is encrypted, loaded, and golden-checked in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from edgeship.agent._config import ModelConfig
+from edgeship.agent._ota import SlotInfo
+from edgeship.agent._store import Store
+
+from edgeship._errors import DecryptionError, EdgeshipError
+
+__all__ = ["data_key", "load_serving", "model_bytes"]
+
+
+def model_bytes(store: Store, slot: SlotInfo, device_key: Any | None) -> bytes:
+    """The verified model of ``slot`` as plaintext, in memory only."""
+    data = store.read_slot(slot.slot, slot.format, max_bytes=slot.size)
+    if hashlib.sha256(data).hexdigest() != slot.sha256:
+        raise EdgeshipError(f"slot {slot.slot} does not hold the verified {slot.version}")
+    if slot.encryption is None:
+        return data
+    from edgeship.sdk._crypt import decrypt
+
+    return decrypt(data, data_key(slot.encryption, device_key), what=f"slot {slot.slot}")
+
+
+def data_key(encryption: dict[str, Any], device_key: Any | None) -> bytes:
+    from edgeship.sdk._crypt import Encryption, unwrap_data_key
+
+    if device_key is None:
+        raise DecryptionError("the model is encrypted and this agent has no [encryption] key")
+    return unwrap_data_key(Encryption.from_dict(encryption), device_key)
+
+
+def load_serving(model: bytes, slot: SlotInfo, golden: dict[str, Any] | None,
+                 cfg: ModelConfig) -> Any:
+    """The model loaded and golden-checked, as the API's ``Serving``."""
+    from edgeship.agent._api import Serving, describe
+    from edgeship.agent._health import golden_check
+    from edgeship.sdk._model import Model
+
+    loaded = Model.load_bytes(model, format=slot.format, runtime=cfg.runtime,
+                              threads=cfg.threads)
+    if golden is not None:
+        reason = golden_check(loaded, golden)
+        if reason:
+            raise EdgeshipError(f"golden check in the agent: {reason}")
+    return Serving(model=loaded, version=slot.version, sha256=slot.sha256,
+                   metadata=describe(cfg.name, loaded, slot.version))

@@ -1,0 +1,186 @@
+"""OpenVINO targets (pip ``openvino``, extra ``openvino``): OpenVINO reads the QDQ ONNX
+itself, so there is no artifact to write; what is checked is that it takes the INT8 path
+and how fast it is here.
+
+- ``openvino-cpu``: compile for this machine's CPU and read the compiled model's
+  executed graph: every ONNX compute node (Conv, Gemm, MatMul ...) is found in the layer
+  it was fused into, whose ``runtimePrecision`` says the path taken (u8/i8 is INT8; f32,
+  or a fused f32 "Subgraph", is not).
+  Latency (1 thread, median) is measured against onnxruntime on the same INT8 ONNX, and
+  the outputs of both on the same inputs are compared.
+- ``openvino-npu``: the same on an Intel NPU; a machine without one (OpenVINO lists its
+  devices) gets ``compiled=False`` and says so.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeship._errors import ConversionError
+
+from . import _evaluate
+from ._compat import advise
+from ._targets import Target, TargetInputs, TargetResult
+
+# the ONNX ops that hold the MACs: each must land in an int8 layer of the executed graph
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul"})
+INT8 = frozenset({"u8", "i8"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenVinoResult(TargetResult):
+    device: str = "CPU"
+    openvino_version: str = ""
+    int8_path: bool = False  # every compute layer runs in u8/i8
+    latency_ms: float | None = None  # OpenVINO, 1 thread, median
+    onnxruntime_latency_ms: float | None = None  # same INT8 ONNX, same inputs, 1 thread
+    speedup: float | None = None  # onnxruntime / OpenVINO
+    max_abs_diff: float | None = None  # first output, OpenVINO vs onnxruntime INT8
+    top1_agreement: float | None = None  # % of samples with the same argmax
+    samples: int = 0
+
+
+def compile_openvino(target: Target, inputs: TargetInputs) -> OpenVinoResult:
+    import openvino as ov
+
+    device = target.settings["device"]
+    core = ov.Core()
+    if device not in core.available_devices:
+        seen = ", ".join(core.available_devices) or "none"
+        raise ConversionError(f"no {device} device on this machine (OpenVINO sees: {seen})")
+    try:
+        model = core.read_model(str(inputs.onnx))
+        compiled = core.compile_model(model, device, {
+            "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+            "INFERENCE_PRECISION_HINT": "f32",  # float parts as in onnxruntime, not bf16
+        } if device == "CPU" else {"PERFORMANCE_HINT": "LATENCY"})
+    except Exception as exc:  # OpenVINO's own message, one line
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise ConversionError(f"OpenVINO cannot compile the INT8 ONNX for {device}: {detail[:300]}") from exc
+    nodes = _compute_nodes(inputs.onnx)
+    layers = node_precisions(compiled.get_runtime_model(), [(n, op) for n, op, _ in nodes],
+                             {w: n for n, _, w in nodes if w})
+    float_rows = tuple(
+        {"op": op, "node": node, "reason": reason}
+        for node, op, precision, reason in layers if precision not in INT8
+    )
+    timing = _compare(compiled, inputs)
+    return OpenVinoResult(
+        target=target.name, compiler=f"openvino {ov.get_version().split('-')[0]}", compiled=True,
+        ops_total=len(layers), ops_on_npu=len(layers) - len(float_rows),
+        cpu_ops=float_rows,
+        advice=advise(target.name, float_rows, [], [], []) if float_rows else
+        "none: every compute layer runs in int8",
+        settings=dict(target.settings), device=device, openvino_version=ov.get_version(),
+        int8_path=bool(layers) and not float_rows, **timing,
+    )
+
+
+def compute_nodes(onnx_path: Any) -> list[tuple[str, str]]:
+    """(node name, op type) of the ONNX model's compute nodes."""
+    return [(name, op) for name, op, _ in _compute_nodes(onnx_path)]
+
+
+def _compute_nodes(onnx_path: Any) -> list[tuple[str, str, str]]:
+    """(node name, op type, the int8 weight initializer behind its DequantizeLinear)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dq_source = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return [(n.name, n.op_type, dq_source.get(n.input[1], n.input[1]) if len(n.input) > 1 else "")
+            for n in model.graph.node if n.op_type in COMPUTE_OPS]
+
+
+def node_precisions(
+    runtime_model: Any, nodes: list[tuple[str, str]], weights: dict[str, str] | None = None
+) -> list[tuple[str, str, str, str]]:
+    """Where each ONNX compute node ran in OpenVINO's executed graph: (node, op, runtime
+    precision, why not int8). A layer lists the ONNX nodes fused into it in
+    ``originalLayersNames`` (``conv_3/WithoutBiases``, ``conv_3``, ...)."""
+    wanted = {name for name, _ in nodes}
+    by_weight = dict(weights or {})  # weight initializer -> node, when OpenVINO renamed the layer
+    placed: dict[str, tuple[str, str]] = {}
+    for op in runtime_model.get_ordered_ops():
+        info = op.get_rt_info()
+        kind = _text(info, "layerType")
+        if kind in ("Const", "Input", "Output"):
+            continue
+        precision = _text(info, "runtimePrecision").lower() or "?"
+        for original in _text(info, "originalLayersNames").split(","):
+            node = _node_of(original, wanted)
+            if node is not None:
+                placed.setdefault(node, (kind, precision))
+        for value in op.inputs():  # a fused layer renamed: known by the weights it reads
+            node = by_weight.get(value.get_source_output().get_node().get_friendly_name())
+            if node is not None:
+                placed.setdefault(node, (kind, precision))
+    rows = []
+    for name, op_type in nodes:
+        kind, precision = placed.get(name, ("", "?"))
+        if not kind:
+            why = "not found in OpenVINO's executed graph"
+        elif kind == "Subgraph":
+            why = f"fused into a {precision} subgraph (OpenVINO snippets), not an int8 kernel"
+        else:
+            why = f"{kind} runs in {precision}, not int8"
+        rows.append((name, op_type, precision, why))
+    return rows
+
+
+def _node_of(original: str, wanted: set[str]) -> str | None:
+    """The ONNX node an OpenVINO name came from: the name itself or its longest prefix
+    before a '/' (``conv_3/WithoutBiases``; node names may hold '/' themselves, as
+    torch's ``/model.0/conv/Conv``)."""
+    name = original
+    while name:
+        if name in wanted:
+            return name
+        name = name.rpartition("/")[0]
+    return None
+
+
+def _text(info: Any, key: str) -> str:
+    return info[key].astype(str) if key in info else ""
+
+
+def _compare(compiled: Any, inputs: TargetInputs) -> dict[str, Any]:
+    """Latency of both runtimes on the first sample, outputs of both on every sample."""
+    feeds = list(_evaluate.samples(inputs.samples))
+    if not feeds:
+        return {}
+    session = _evaluate.session(inputs.onnx.read_bytes(), threads=1)
+    request = compiled.create_infer_request()
+    names = [i.name for i in session.get_inputs()]
+    ort_out, ov_out = [], []
+    for feed in feeds:
+        ort_out.append(np.asarray(session.run(None, feed)[0], np.float32))
+        result = request.infer({name: feed[name] for name in names}, share_inputs=True)
+        ov_out.append(np.array(result[compiled.output(0)], np.float32))
+    a, b = np.concatenate(ort_out), np.concatenate(ov_out)
+    agree = _evaluate.predictions(a) == _evaluate.predictions(b)
+    ort_ms = _evaluate.latency_ms(session, feeds[0], inputs.latency_runs)
+    ov_ms = _latency_ms(request, {name: feeds[0][name] for name in names}, inputs.latency_runs)
+    return {
+        "latency_ms": round(ov_ms, 4), "onnxruntime_latency_ms": round(ort_ms, 4),
+        "speedup": round(ort_ms / ov_ms, 3) if ov_ms > 0 else None,
+        "max_abs_diff": float(np.abs(a - b).max()) if a.shape == b.shape else None,
+        "top1_agreement": round(100.0 * float(np.mean(agree)), 2), "samples": len(feeds),
+    }
+
+
+def _latency_ms(request: Any, feed: dict[str, np.ndarray], runs: int) -> float:
+    # shared inputs and outputs: no copies around the call (onnxruntime's run copies none
+    # of the input either)
+    for _ in range(3):
+        request.infer(feed, share_inputs=True, share_outputs=True)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        request.infer(feed, share_inputs=True, share_outputs=True)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(statistics.median(times))

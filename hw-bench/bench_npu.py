@@ -1,0 +1,192 @@
+"""NPU targets: what each NPU's own compiler makes of edgeship's INT8 models (issue 22).
+
+    python hw-bench/bench_npu.py                        # fixtures + every real model
+    python hw-bench/bench_npu.py --models cnn,mobilenet,resnet18 --quick
+
+For the repository's fixtures (tests/fixtures) and the real models of bench_realworld.py
+(fetched and cached the same way, ``~/.cache/edgeship-bench``), one ``edgeship convert
+--target ...`` per model (a subprocess, as a user runs it), then from its report.json per
+target: ops and MACs on the accelerator, what fell back to the CPU and why; for Ethos-U
+(Arm's Vela) the estimated cycles and inferences/s at the configuration's clock and the
+SRAM / flash use; for OpenVINO on this CPU, whether the INT8 path is taken and its
+latency vs onnxruntime on the same INT8 ONNX (1 thread, median). The Edge TPU row is
+Coral's rules (its compiler is not run). openvino-npu is left out unless asked for: it
+needs an Intel NPU (this bench says whether OpenVINO sees one).
+
+Targets checked (issue 22): Vela maps >= 95% of the MACs to the NPU for every classifier
+and detector; OpenVINO INT8 is at least as fast as onnxruntime INT8 on this CPU.
+Writes results/npu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, print_machine, print_table, quick, write_result
+
+FIXTURES = ("cnn", "mlp", "mobilenet")
+VELA_TARGETS = ("ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256")
+TARGETS = (*VELA_TARGETS, "openvino-cpu")
+TARGET_MAC_SHARE = 0.95
+SKIP_REAL = {"ddddocr_old"}  # already quantized: edgeship refuses it on purpose
+COLUMNS = ["model", "target", "ops_on_acc", "macs_on_acc", "est_inf_s", "sram_kib", "flash_kib",
+           "ov_ms", "ort_ms", "ov_speedup", "int8_path", "cpu_ops", "met"]
+
+
+def fixture_inputs(name: str, work: Path) -> tuple[Path, Path, list[str]]:
+    fix = ROOT / "tests" / "fixtures"
+    return fix / f"{name}.onnx", fix / f"{name}_calib.npz", []
+
+
+def real_inputs(spec: Any, work: Path, samples: int, cache: Path) -> tuple[Path, Path, list[str]]:
+    import _realworld_models as models
+    from _realworld_inputs import CALIB
+
+    model = models.float_model(spec, cache)
+    name = models.input_name(model)
+    calib = work / f"{spec.name}_calib.npz"
+    np.savez(calib, **{name: spec.make(CALIB, samples).astype(np.float32)})
+    extra = []
+    if models.dynamic_input(model):
+        extra = ["--input-shape", f"{name}={'x'.join(map(str, spec.shape))}"]
+    return model, calib, extra
+
+
+def convert(model: Path, calib: Path, out: Path, extra: list[str], targets: tuple[str, ...],
+            timeout: float) -> tuple[int, float, str, dict[str, Any] | None]:
+    argv = [sys.executable, "-m", "edgeship", "convert", str(model), "--calib", str(calib),
+            "-o", str(out), "-q", *extra, *(a for t in targets for a in ("--target", t))]
+    began = time.monotonic()
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return -1, timeout, f"timed out after {timeout:.0f} s", None
+    seconds = round(time.monotonic() - began, 1)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+    return proc.returncode, seconds, (lines[-1][7:] if lines else ""), report
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100.0 * value:.1f}%"
+
+
+def rows_of(model: str, task: str, report: dict[str, Any]) -> list[dict[str, Any]]:
+    from edgeship.converter._compat import edgetpu_row
+
+    tpu = edgetpu_row(report["edgetpu"])
+    rows = [{"model": model, "target": "edgetpu (rules)", "ops_on_acc": tpu["on the accelerator"],
+             "macs_on_acc": tpu["MACs on it"], "cpu_ops": tpu["falls back to the CPU"][:60]}]
+    for name, t in (report.get("targets") or {}).items():
+        row: dict[str, Any] = {"model": model, "target": name}
+        if not t["compiled"]:
+            row.update(cpu_ops=f"not compiled: {t['error']}"[:80], met="FAIL")
+            rows.append(row)
+            continue
+        row.update(ops_on_acc=_pct(t["op_share"]), macs_on_acc=_pct(t["mac_share"]),
+                   cpu_ops=", ".join(f"{c['op']} ({c['reason'][:40]})" for c in t["cpu_ops"][:3])
+                   or "none", mac_share=t["mac_share"], op_share=t["op_share"])
+        if "inferences_per_second" in t:
+            row.update(est_inf_s=round(t["inferences_per_second"], 1), cycles=t["cycles"],
+                       sram_kib=round(t["sram_bytes"] / 1024, 1),
+                       flash_kib=round((t["flash_bytes"] + t["dram_bytes"]) / 1024, 1),
+                       met="PASS" if (t["mac_share"] or 0) >= TARGET_MAC_SHARE else "FAIL")
+        else:
+            row.update(ov_ms=t["latency_ms"], ort_ms=t["onnxruntime_latency_ms"],
+                       ov_speedup=t["speedup"], int8_path=t["int8_path"],
+                       agreement=t["top1_agreement"],
+                       met="PASS" if t["int8_path"] and (t["speedup"] or 0) >= 1.0 else "FAIL")
+        rows.append(row)
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    import _realworld_models as models
+
+    names = [*FIXTURES, *(s.name for s in models.SPECS if s.name not in SKIP_REAL)]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="", help=f"comma-separated subset of: {','.join(names)}")
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help="comma-separated edgeship targets (edgeship convert --list-targets)")
+    parser.add_argument("--quick", action="store_true", help="16 calibration samples (else 32)")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgeship-bench")
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds one convert may run")
+    opts = parser.parse_args(argv)
+    chosen = [m for m in opts.models.split(",") if m] or names
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(names)}")
+    opts.names = chosen
+    opts.specs = {s.name: s for s in models.SPECS}
+    opts.targets = tuple(t for t in opts.targets.split(",") if t)
+    opts.samples = 16 if (opts.quick or quick()) else 32
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    missing = [p for p, m in (("ethos-u-vela", "ethosu"), ("openvino", "openvino"))
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"bench_npu needs {', '.join(missing)}: pip install 'edgeship[vela,openvino,bench]'",
+              file=sys.stderr)
+        return 2
+    import openvino as ov
+
+    print_machine()
+    devices = ov.Core().available_devices
+    print(f"OpenVINO devices: {', '.join(devices)}" + ("" if "NPU" in devices else
+          " (no Intel NPU: openvino-npu cannot be checked here)"), flush=True)
+    began, rows, models_info = time.monotonic(), [], []
+    with tempfile.TemporaryDirectory(prefix="edgeship-npu-") as tmp:
+        for name in opts.names:
+            work = Path(tmp) / name
+            work.mkdir()
+            info: dict[str, Any] = {"model": name}
+            try:
+                if name in FIXTURES:
+                    model, calib, extra = fixture_inputs(name, work)
+                    info["what"] = f"tests/fixtures/{name}.onnx"
+                else:
+                    spec = opts.specs[name]
+                    info["what"] = spec.what
+                    model, calib, extra = real_inputs(spec, work, opts.samples, opts.cache)
+            except Exception as exc:  # a model that cannot be fetched is its row
+                info["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                models_info.append(info)
+                print(f"=== {name}: {info['error']}", flush=True)
+                continue
+            code, seconds, error, report = convert(model, calib, work / "out", extra,
+                                                   opts.targets, opts.timeout)
+            info.update(exit=code, convert_s=seconds, error=error or None)
+            if report is not None:
+                info["tflite_written"] = "tflite" in (report.get("formats") or {}).get("written", [])
+                rows.extend(rows_of(name, "", report))
+            models_info.append(info)
+            print(f"=== {name}: exit {code}, {seconds} s" + (f" — {error}" if error else ""),
+                  flush=True)
+    print_table(rows, COLUMNS, title="NPU targets: share on the accelerator, speed, memory")
+    minutes = round((time.monotonic() - began) / 60.0, 1)
+    command = "python hw-bench/bench_npu.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
+    write_result("npu", {
+        "command": command, "minutes": minutes, "rows": rows, "models": models_info,
+        "openvino_devices": devices, "calib_samples": opts.samples,
+        "targets": {"vela": f"MACs on the NPU >= {TARGET_MAC_SHARE:.0%} (every classifier and detector)",
+                    "openvino-cpu": "every compute layer int8 and latency <= onnxruntime INT8's"},
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""OpenVINO as a runtime (issue 22): ``Model.load(..., runtime="openvino")`` on the
+converter's INT8 QDQ ONNX agrees with onnxruntime (float and int8 model edges), and a
+real agent process with ``[model] runtime = "openvino"`` installs and serves a release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import free_port
+from edgeship.converter import ConvertOptions, convert
+from edgeship.sdk import Model
+from test_agent_support import (
+    GOLDEN_X,
+    AgentProc,
+    expected,
+    http_json,
+    make_keys,
+    make_release,
+    served_version,
+    write_config,
+)
+
+from edgeship._errors import ModelLoadError
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def cnn_int8(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ov")
+    outs = {}
+    for io in ("float", "int8"):
+        convert(FIX / "cnn.onnx", FIX / "cnn_calib.npz", root / io,
+                ConvertOptions(formats=("onnx", "tflite"), io=io))
+        outs[io] = root / io
+    return outs
+
+
+@pytest.mark.parametrize("io", ["float", "int8"])
+def test_openvino_model_agrees_with_onnxruntime(cnn_int8: dict[str, Path], io: str) -> None:
+    """(--io int8 loads only with f32 for the float parts: OpenVINO 2026.4's bf16 default on
+    this AMX CPU finds no kernel for it, 'No suitable implementations')"""
+    path = cnn_int8[io] / "model.int8.onnx"
+    ov_model = Model.load(path, runtime="openvino", threads=1)
+    ort_model = Model.load(path)
+    assert ov_model.runtime == "openvino"
+    assert [s.to_dict() for s in ov_model.inputs] == [s.to_dict() for s in ort_model.inputs]
+    assert ov_model.inputs[0].dtype == "float32"  # int8 edges are float32 to the caller
+    x = np.load(FIX / "cnn_eval.npz")["input"][:16]
+    for i in range(len(x)):
+        a = ort_model.predict(x[i : i + 1])
+        b = ov_model.predict(x[i : i + 1])
+        assert b.dtype == np.float32 and b.shape == a.shape
+        assert np.abs(a - b).max() <= 2.0 / 256 + 1e-6  # at most two steps of the output grid
+
+
+def test_openvino_refuses_what_it_cannot_run(cnn_int8: dict[str, Path]) -> None:
+    with pytest.raises(ModelLoadError, match="TFLite model; openvino cannot run it"):
+        Model.load(cnn_int8["float"] / "model.int8.tflite", runtime="openvino")
+    import openvino as ov
+
+    if "NPU" not in ov.Core().available_devices:
+        with pytest.raises(ModelLoadError, match="no NPU device here"):
+            Model.load(cnn_int8["float"] / "model.int8.onnx", runtime="openvino", device="npu")
+
+
+def test_agent_serves_a_release_with_the_openvino_runtime(tmp_path: Path) -> None:
+    keys = make_keys(tmp_path)
+    release = make_release(tmp_path, keys, "1.0.0")
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}", port=port,
+                       root_pub=keys / "root.pub", initial=release)
+    text = cfg.read_text()
+    assert "threads = 1" in text
+    cfg.write_text(text.replace("threads = 1", 'runtime = "openvino"\nthreads = 1', 1))
+    proc = AgentProc(cfg, port).start()
+    try:
+        proc.wait_ready()
+        version, y = served_version(proc.url)
+        assert version == "1.0.0"  # the golden health check ran in OpenVINO too
+        np.testing.assert_allclose(y, expected(100.0, GOLDEN_X), rtol=1e-5)
+        status, meta = http_json(f"{proc.url}/v2/models/model")
+        assert status == 200 and meta["platform"] == "openvino_onnx"
+    finally:
+        assert proc.terminate() == 0
