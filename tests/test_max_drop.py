@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 FIX = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIX))
+from conftest import run_cli  # noqa: E402
 from rescaled_mlp import rescaled_mlp  # noqa: E402
 
 
@@ -136,24 +137,8 @@ def test_unreachable_target_exits_3_with_out_written(tmp_path: Path) -> None:
 
 
 def test_summary_ends_with_the_verdict(tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "edgeship",
-        "convert",
-        str(FIX / "cnn.onnx"),
-        "--calib",
-        str(FIX / "cnn_calib.npz"),
-        "-o",
-        str(tmp_path / "o"),
-        "--eval",
-        str(FIX / "cnn_eval.npz"),
-        "--format",
-        "onnx",
-        "--max-drop",
-        "0.5",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = run_cli(FIX / "cnn.onnx", "--calib", FIX / "cnn_calib.npz", "-o", tmp_path / "o",
+                   "--eval", FIX / "cnn_eval.npz", "--format", "onnx", "--max-drop", "0.5")
     assert done.returncode == 0, done.stderr
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("verdict: accuracy ") and "--max-drop 0.5 (accuracy): met" in last
