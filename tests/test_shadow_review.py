@@ -236,6 +236,10 @@ def test_a_shadow_that_cannot_load_says_failed(world: tuple[AgentProc, Watcher],
     assert status["version"] == "1.0.0" and served_version(agent.url)[0] == "1.0.0"
 
 
+def _seen(shadow: dict[str, int]) -> int:
+    return shadow.get("compared", 0) + shadow.get("dropped", 0)
+
+
 def test_local_answers_of_a_fallback_agent_reach_the_shadow(
         tmp_path: Path, mosquitto: Mosquitto, rels: dict[str, Path]) -> None:
     """An agent with a cloud fallback that is away answers from its own model
@@ -262,8 +266,9 @@ def test_local_answers_of_a_fallback_agent_reach_the_shadow(
             assert code == 200 and doc["parameters"]["source"] == "local-degraded", doc
             y = np.asarray(doc["outputs"][0]["data"], dtype=np.float32).reshape(1, -1)
             np.testing.assert_allclose(y, expected(100.0, GOLDEN_X), rtol=1e-5)
-        status = watch.wait(lambda s: (s.get("shadow") or {}).get("compared", 0) >= 10)
-        assert status["shadow"]["agreement"] == 1.0
+        # a sample the niced worker's CPU budget drops on a busy machine is counted as such
+        status = watch.wait(lambda s: _seen(s.get("shadow") or {}) >= 10)
+        assert status["shadow"]["compared"] >= 8 and status["shadow"]["agreement"] == 1.0
     finally:
         watch.close()
         agent.kill()
