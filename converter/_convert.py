@@ -93,6 +93,7 @@ class _Inputs:
     ev: tuple[dict[str, np.ndarray], np.ndarray | None] | None
     base: Any  # _base.BaseParams | None
     notes: tuple[str, ...] = ()  # what loading changed (opset upgrade, fixed shapes ...)
+    external_files: tuple[Path, ...] = ()  # the model's external data files, as read
 
 
 @dataclass
@@ -214,7 +215,7 @@ def _read_inputs(
     base = _load_base(Path(base_dir), opts) if base_dir is not None else None
     return _Inputs(
         model_path, model, loaded.model_bytes, calib, ev, base,
-        notes=tuple(loaded.notes),
+        notes=tuple(loaded.notes), external_files=tuple(loaded.external_files),
     )
 
 
@@ -494,7 +495,8 @@ def _sizes(
     opts: ConvertOptions,
 ) -> dict[str, Any]:
     tflite_bytes = None if tflite is None else tflite["size_bytes"]
-    sizes = report_sizes(inp.path, inp.model, inp.model_bytes, int8, tflite_bytes)
+    sizes = report_sizes(inp.path, list(inp.external_files), inp.model_bytes, int8,
+                         tflite_bytes)
     if pruned:  # what the same conversion weighs without pruning, same activation params
         # read again: the passes edited inp.model's nodes in place
         dense = Graph.from_model(_read_model(inp.path, opts).model)

@@ -33,7 +33,7 @@ class LoadedModel:
 
     model: onnx.ModelProto
     model_bytes: bytes  # the file as given, or (external data) serialized with weights inside
-    disk_bytes: int  # the model file plus its external data files
+    external_files: list[Path]  # the external data files it references (each once)
     notes: list[str] = field(default_factory=list)  # what loading changed, for the report
 
 
@@ -62,7 +62,7 @@ def read_model(
         raise InputError(f"{path} is not an ONNX model (no graph nodes or opset)")
     _refuse_quantized(model, path)
     external = _external_files(model, path)
-    disk_bytes = size + _load_external(model, external, path, size, max_bytes)
+    _load_external(model, external, path, size, max_bytes)
     if external:  # one protobuf with the weights inside: onnxruntime sessions from bytes
         data = _serialized(model, path)
     model, notes = _upgrade_opset(model, path)
@@ -71,15 +71,15 @@ def read_model(
     if static_batch:
         notes += pin_batch_for_shape_reads(model)
     model, checked = _check_and_infer(model, path)
-    return LoadedModel(model, data, disk_bytes, notes + checked)
+    return LoadedModel(model, data, external, notes + checked)
 
 
 def _load_external(
     model: onnx.ModelProto, files: list[Path], path: Path, size: int, max_bytes: int
-) -> int:
-    """Read the external data ``files`` into ``model``; returns their total size."""
+) -> None:
+    """Read the external data ``files`` into ``model`` (together under ``max_bytes``)."""
     if not files:
-        return 0
+        return
     total = 0
     for file in files:
         if not file.is_file():
@@ -94,7 +94,6 @@ def _load_external(
         load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
         raise InputError(f"{path}: cannot read its external data ({_first_line(exc)})") from exc
-    return total
 
 
 def _external_files(model: onnx.ModelProto, path: Path) -> list[Path]:

@@ -14,8 +14,9 @@ import onnx
 import pytest
 from conftest import run_cli
 from edgeship.converter import ConvertOptions, FormatsNotWritten, convert
+from edgeship.converter._load import read_model
 from edgeship.converter._report import sqnr_svg
-from edgeship.converter._sizes import external_data_files, fp32_disk_bytes
+from edgeship.converter._sizes import fp32_disk_bytes
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeship._errors import ConversionError
@@ -136,6 +137,12 @@ def _two_weight_model() -> onnx.ModelProto:
     return m
 
 
+def _disk_bytes(path: Path) -> int:
+    """fp32 size as the report computes it: the model file plus the external data files
+    the loader read."""
+    return fp32_disk_bytes(path, read_model(path, max_bytes=1 << 30).external_files)
+
+
 def test_fp32_size_counts_each_external_data_file_once(tmp_path: Path) -> None:
     one = tmp_path / "one"
     one.mkdir()
@@ -144,25 +151,20 @@ def test_fp32_size_counts_each_external_data_file_once(tmp_path: Path) -> None:
     data = one / "m.onnx.data"
     assert data.stat().st_size >= 2 * 4096 * 4  # both weights are in it
     expected = (one / "m.onnx").stat().st_size + data.stat().st_size
-    assert fp32_disk_bytes(one / "m.onnx") == expected
-    loaded = onnx.load(str(one / "m.onnx"))  # weights pulled in: references cleared
-    assert fp32_disk_bytes(one / "m.onnx", loaded) == expected
-    header = onnx.load(str(one / "m.onnx"), load_external_data=False)
-    assert external_data_files(header, one) == [data]
+    assert _disk_bytes(one / "m.onnx") == expected
+    assert read_model(one / "m.onnx", max_bytes=1 << 30).external_files == [data.resolve()]
 
     many = tmp_path / "many"
     many.mkdir()
     onnx.save(_two_weight_model(), many / "m.onnx", save_as_external_data=True,
               all_tensors_to_one_file=False, size_threshold=0)
-    files = external_data_files(onnx.load(str(many / "m.onnx"), load_external_data=False), many)
+    files = read_model(many / "m.onnx", max_bytes=1 << 30).external_files
     assert sorted(f.name for f in files) == ["a", "b"]
-    assert fp32_disk_bytes(many / "m.onnx") == sum(
-        p.stat().st_size for p in many.iterdir()
-    )
+    assert _disk_bytes(many / "m.onnx") == sum(p.stat().st_size for p in many.iterdir())
 
     inline = tmp_path / "inline.onnx"
     onnx.save(_two_weight_model(), inline)
-    assert fp32_disk_bytes(inline) == inline.stat().st_size
+    assert _disk_bytes(inline) == inline.stat().st_size
 
 
 # ---------------------------------------------------------------- chart
