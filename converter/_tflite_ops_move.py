@@ -54,14 +54,6 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _int8_outputs(ctx: Lowering, node: onnx.NodeProto) -> None:
-    """A node the quantizer left in float (the report's float_ops says why) is refused
-    here, before any other check could blame something else."""
-    for name in node.output:
-        if name:
-            ctx.out_q(name)  # raises "... has no QuantizeLinear (the op stayed float)"
-
-
 def _finish(ctx: Lowering, name: str, out: Val) -> None:
     ctx.bind(name, ctx.requant(out, ctx.out_q(name, out.q)))
 
@@ -89,7 +81,6 @@ def _slice_axis(ctx: Lowering, x: Val, out: Val, axis: int, start: int, stop: in
 def split(ctx: Lowering, node: onnx.NodeProto) -> None:
     """Sizes are read from the output shapes (any form: equal, ``split`` attribute or
     input, ``num_outputs``): equal -> SPLIT, unequal -> one STRIDED_SLICE per output."""
-    _int8_outputs(ctx, node)
     x = _data(ctx, node.input[0])
     axis = int(ctx.attr("axis", 0)) % len(x.shape)  # type: ignore[call-overload]
     names = list(node.output)
@@ -126,7 +117,6 @@ def _clamp_slice(start: int, end: int, step: int, dim: int) -> tuple[int, int, b
 
 @register("Slice")
 def slice_(ctx: Lowering, node: onnx.NodeProto) -> None:
-    _int8_outputs(ctx, node)
     x = _data(ctx, node.input[0])
     rank = len(x.shape)
     starts = _ints(ctx, _input(node, 1)) or []
@@ -156,7 +146,6 @@ def slice_(ctx: Lowering, node: onnx.NodeProto) -> None:
 def transpose(ctx: Lowering, node: onnx.NodeProto) -> None:
     """Composed with the stored layout: one TRANSPOSE from what is stored to the logical
     output, none when the composition is the identity (e.g. NHWC input -> NCHW)."""
-    _int8_outputs(ctx, node)
     x = _data(ctx, node.input[0])
     rank = len(x.shape)
     perm = [int(p) % rank for p in ctx.attr("perm", list(range(rank))[::-1])]  # type: ignore[call-overload]
@@ -180,7 +169,6 @@ def transpose(ctx: Lowering, node: onnx.NodeProto) -> None:
 def gather(ctx: Lowering, node: onnx.NodeProto) -> None:
     """Constant indices: one index or an evenly spaced run -> STRIDED_SLICE (+ RESHAPE
     for a scalar index); any other list -> GATHER."""
-    _int8_outputs(ctx, node)
     x = _data(ctx, node.input[0])
     rank = len(x.shape)
     axis = int(ctx.attr("axis", 0)) % rank  # type: ignore[call-overload]
@@ -219,7 +207,6 @@ def gather(ctx: Lowering, node: onnx.NodeProto) -> None:
 def expand_or_tile(ctx: Lowering, node: onnx.NodeProto) -> None:
     """Expand -> BROADCAST_TO, Tile -> TILE (int8 kernels: version 3; not on the Edge TPU),
     on the stored layout; an input of lower rank is first reshaped to the output's."""
-    _int8_outputs(ctx, node)
     x = _data(ctx, node.input[0])
     out_shape = ctx.out_shape(node.output[0])
     if len(x.shape) != len(out_shape):
@@ -244,7 +231,6 @@ def expand_or_tile(ctx: Lowering, node: onnx.NodeProto) -> None:
 def pad(ctx: Lowering, node: onnx.NodeProto) -> None:
     """constant (0.0) -> PAD with the zero point; reflect -> MIRROR_PAD REFLECT; edge with
     pads <= 1 -> MIRROR_PAD SYMMETRIC (the same values)."""
-    _int8_outputs(ctx, node)
     x = _data(ctx, node.input[0])
     rank = len(x.shape)
     pads = ctx.attr("pads")
@@ -278,7 +264,6 @@ def pad(ctx: Lowering, node: onnx.NodeProto) -> None:
 def reduce_mean(ctx: Lowering, node: onnx.NodeProto) -> None:
     """MEAN over the mapped axes. (A mean over H and W of a 4-D tensor arrives here as a
     GlobalAveragePool: the converter rewrites it, see converter/_optimize_move.py.)"""
-    _int8_outputs(ctx, node)
     x = _data(ctx, node.input[0])
     rank = len(x.shape)
     axes = ctx.attr("axes")
@@ -355,7 +340,6 @@ def _resize_scales(ctx: Lowering, node: onnx.NodeProto, x: Val, out_shape: tuple
 
 @register("Resize")
 def resize(ctx: Lowering, node: onnx.NodeProto) -> None:
-    _int8_outputs(ctx, node)
     x = ctx.get(node.input[0])
     out_shape = ctx.out_shape(node.output[0])
     if len(x.shape) != 4 or tuple(out_shape[:2]) != x.shape[:2]:
@@ -419,7 +403,6 @@ def conv_transpose(ctx: Lowering, node: onnx.NodeProto) -> None:
     """TRANSPOSE_CONV v3 (int8, per-channel weights [O, kh, kw, I], int32 bias input;
     Edge TPU compiler 16 maps it). Pads that TFLite SAME/VALID do not give are a VALID
     transpose conv followed by a STRIDED_SLICE crop."""
-    _int8_outputs(ctx, node)
     x = ctx.nhwc(ctx.get(node.input[0]))
     w = _weight(ctx, node.input[1])
     if w.values.ndim != 4 or len(x.shape) != 4:
