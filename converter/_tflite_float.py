@@ -107,6 +107,25 @@ def emit_float(ctx: Lowering, opcode: str, inputs: list[int], outputs: list[int]
     ctx.emit(opcode, inputs, outputs, options, version=FLOAT_VERSION)
 
 
+_OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}
+
+
+def emit_binary(ctx: Lowering, opcode: str, a: FloatVal, b: FloatVal, out: FloatVal) -> None:
+    emit_float(ctx, opcode, [a.index, b.index], [out.index],
+               (_OPTIONS[opcode], {"FusedActivationFunction": 0}))
+
+
+def emit_concat(ctx: Lowering, vals: list[FloatVal], out: FloatVal, axis: int) -> None:
+    emit_float(ctx, "CONCATENATION", [v.index for v in vals], [out.index],
+               ("ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": 0}))
+
+
+def emit_reshape(ctx: Lowering, src: FloatVal, dst: FloatVal) -> None:
+    shape = list(dst.shape)
+    emit_float(ctx, "RESHAPE", [src.index, ctx.int32("shape", shape)], [dst.index],
+               ("ReshapeOptions", {"NewShape": shape}))
+
+
 # ---- rules ----------------------------------------------------------------------------
 _BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV"}
 
@@ -115,9 +134,7 @@ _BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV"}
 def binary(ctx: Lowering, node: onnx.NodeProto) -> None:
     a, b = (float_input(ctx, n) for n in node.input[:2])
     out = _out(ctx, node)
-    opcode = _BINARY[node.op_type]
-    emit_float(ctx, opcode, [a.index, b.index], [out.index],
-                (f"{node.op_type}Options", {"FusedActivationFunction": 0}))
+    emit_binary(ctx, _BINARY[node.op_type], a, b, out)
     bind_float(ctx, node.output[0], out)
 
 
@@ -134,9 +151,7 @@ def unary(ctx: Lowering, node: onnx.NodeProto) -> None:
 def concat(ctx: Lowering, node: onnx.NodeProto) -> None:
     vals = [float_input(ctx, n) for n in node.input]
     out = _out(ctx, node)
-    axis = int(ctx.attr("axis")) % len(out.shape)
-    emit_float(ctx, "CONCATENATION", [v.index for v in vals], [out.index],
-                ("ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": 0}))
+    emit_concat(ctx, vals, out, int(ctx.attr("axis")) % len(out.shape))  # type: ignore[call-overload]
     bind_float(ctx, node.output[0], out)
 
 
@@ -144,9 +159,7 @@ def concat(ctx: Lowering, node: onnx.NodeProto) -> None:
 def reshape(ctx: Lowering, node: onnx.NodeProto) -> None:
     x = float_input(ctx, node.input[0])
     out = _out(ctx, node)
-    shape = list(out.shape)
-    emit_float(ctx, "RESHAPE", [x.index, ctx.int32("shape", shape)], [out.index],
-                ("ReshapeOptions", {"NewShape": shape}))
+    emit_reshape(ctx, x, out)
     bind_float(ctx, node.output[0], out)
 
 
@@ -172,5 +185,6 @@ def softmax(ctx: Lowering, node: onnx.NodeProto) -> None:
 
 FLOAT_ISLANDS = frozenset({"LSTM"})  # no int8 kernel: float between DEQUANTIZE and QUANTIZE
 
-__all__ = ["FLOAT_ISLANDS", "FLOAT_RULES", "FloatVal", "bind_float", "emit_float", "float_input",
-           "float_rule", "float_tensor", "is_float_node"]
+__all__ = ["FLOAT_ISLANDS", "FLOAT_RULES", "FloatVal", "bind_float", "emit_binary", "emit_concat",
+           "emit_float", "emit_reshape", "float_input", "float_rule", "float_tensor",
+           "is_float_node"]

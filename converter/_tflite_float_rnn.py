@@ -25,7 +25,10 @@ import onnx
 from edgeship.converter._tflite_float import (
     FloatVal,
     bind_float,
+    emit_binary,
+    emit_concat,
     emit_float,
+    emit_reshape,
     float_input,
     float_rule,
     float_tensor,
@@ -50,10 +53,9 @@ def lstm(ctx: Lowering, node: onnx.NodeProto) -> None:
     name = node.output[0]
     y = float_tensor(ctx, name, (steps, len(directions), batch, hidden))
     if len(outs) == 1:
-        _reshape(ctx, outs[0], y)
+        emit_reshape(ctx, outs[0], y)
     else:
-        emit_float(ctx, "CONCATENATION", [o.index for o in outs], [y.index],
-                   ("ConcatenationOptions", {"Axis": 1, "FusedActivationFunction": 0}))
+        emit_concat(ctx, outs, y, axis=1)
     bind_float(ctx, name, y)
 
 
@@ -109,7 +111,7 @@ def _direction_y(ctx: Lowering, node: onnx.NodeProto, x: FloatVal,
     hidden = r.shape[1]
     tag = f"{node.output[0]}/d{d}"
     flat = float_tensor(ctx, f"{tag}/x2d", (steps * batch, x.shape[2]))
-    _reshape(ctx, x, flat)
+    emit_reshape(ctx, x, flat)
     projected = _fully_connected(ctx, f"{tag}/xw", flat, w, bias, (steps * batch, 4 * hidden))
     rows = [float_tensor(ctx, f"{tag}/xw{t}", (batch, 4 * hidden)) for t in range(steps)]
     emit_float(ctx, "SPLIT", [ctx.int32("axis", [0]), projected.index], [v.index for v in rows],
@@ -122,10 +124,9 @@ def _direction_y(ctx: Lowering, node: onnx.NodeProto, x: FloatVal,
         h, c = _step(ctx, f"{tag}/t{t}", rows[t], h, c, r_index, hidden)
         states[t] = h
     y = float_tensor(ctx, f"{tag}/y", (steps * batch, hidden))
-    emit_float(ctx, "CONCATENATION", [states[t].index for t in range(steps)], [y.index],
-               ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}))
+    emit_concat(ctx, [states[t] for t in range(steps)], y, axis=0)
     y4 = float_tensor(ctx, f"{tag}/y4", (steps, 1, batch, hidden))
-    _reshape(ctx, y, y4)
+    emit_reshape(ctx, y, y4)
     return y4
 
 
@@ -161,9 +162,7 @@ def _fully_connected(ctx: Lowering, name: str, x: FloatVal, w: np.ndarray, bias:
 def _binary(ctx: Lowering, opcode: str, name: str, a: FloatVal, b: FloatVal,
             shape: tuple[int, ...]) -> FloatVal:
     out = float_tensor(ctx, name, shape)
-    options = "AddOptions" if opcode == "ADD" else "MulOptions"
-    emit_float(ctx, opcode, [a.index, b.index], [out.index],
-               (options, {"FusedActivationFunction": 0}))
+    emit_binary(ctx, opcode, a, b, out)
     return out
 
 
@@ -171,12 +170,6 @@ def _unary(ctx: Lowering, opcode: str, x: FloatVal) -> FloatVal:
     out = float_tensor(ctx, f"{ctx.graph.tensors[x.index].name}/{opcode.lower()}", x.shape)
     emit_float(ctx, opcode, [x.index], [out.index])
     return out
-
-
-def _reshape(ctx: Lowering, src: FloatVal, dst: FloatVal) -> None:
-    shape = list(dst.shape)
-    emit_float(ctx, "RESHAPE", [src.index, ctx.int32("shape", shape)], [dst.index],
-               ("ReshapeOptions", {"NewShape": shape}))
 
 
 __all__ = ["MAX_UNROLLED_STEPS", "lstm"]
