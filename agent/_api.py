@@ -4,7 +4,7 @@ Built on the sdk's v2 server toolkit. The model that answers is one immutable
 :class:`Serving` value swapped in a single assignment, so a request that started on the
 old model finishes on it while the next one gets the new one (hot swap, no lock on the
 inference path). With ``[fallback]`` configured, answers go through the sdk's
-:class:`~edgeship.sdk._fallback.FallbackModel` (policy, deadline, circuit breaker); every
+:class:`~edgeship.sdk.serving._fallback.FallbackModel` (policy, deadline, circuit breaker); every
 answer's ``parameters`` say ``source`` and ``version``.
 
 Taps (drift accounting, the shadow model) see every answered request *after* its answer
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edgeship.agent._ota import PHASES
-from edgeship.sdk._v2 import ModelMetadata, TensorSpec
-from edgeship.sdk._v2server import Request, Response, Route, StatusError, V2Service
+from edgeship.sdk.serving._v2 import ModelMetadata, TensorSpec
+from edgeship.sdk.serving._v2server import Request, Response, Route, StatusError, V2Service
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -172,7 +172,7 @@ class AgentService(V2Service):
 
     def _metrics(self, request: Request) -> Response:
         if self.fallback is not None:
-            from edgeship.sdk._fallback import STATE_CODES
+            from edgeship.sdk.serving._fallback import STATE_CODES
 
             self.metrics.breaker.set(STATE_CODES.get(self.fallback.breaker.state, 0))
         return Response(body=generate_latest(self.metrics.registry),

@@ -79,7 +79,7 @@ def _data_dir(config: AgentConfig) -> str | None:
 
 def _initial(config: AgentConfig) -> None:
     if config.model.initial:
-        from edgeship.sdk._release import Release
+        from edgeship.sdk.release._release import Release
 
         Release.load(config.model.initial)
 

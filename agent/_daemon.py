@@ -3,7 +3,7 @@
 One loop thread owns the OTA state: it takes events (MQTT messages from paho's thread,
 ticks, action results), asks :class:`~edgeship.agent._ota.OtaCore` what to do and does
 it -- files through :class:`~edgeship.agent._store.Store`, messages through
-:class:`~edgeship.sdk._mqtt.MqttEdge` (or the SQLite outbox while the broker is away),
+:class:`~edgeship.sdk.transport._mqtt.MqttEdge` (or the SQLite outbox while the broker is away),
 health checks in a child interpreter, model loads as a hot swap of the local API's
 :class:`~edgeship.agent._api.Serving`, the drift and shadow taps through
 :class:`~edgeship.agent._taps.Taps`. The HTTP API serves on its own threads from the
@@ -92,7 +92,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig, *, clock: Any = time.time) -> None:
         from edgeship.agent._api import AgentService, Metrics
-        from edgeship.sdk._mqtt import MqttEdge, topics
+        from edgeship.sdk.transport._mqtt import MqttEdge, topics
 
         self.config, self.clock = config, clock
         try:
@@ -174,8 +174,8 @@ class Agent:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
-        from edgeship.sdk._v2conns import Limits
-        from edgeship.sdk._v2server import serve
+        from edgeship.sdk.serving._v2conns import Limits
+        from edgeship.sdk.serving._v2server import serve
 
         a = self.config.api
         api = serve(self.service, host=a.host, port=a.port,
@@ -290,8 +290,8 @@ class Agent:
                        key="status")
 
     def _do_RequestChunk(self, action: ota.RequestChunk) -> None:
-        from edgeship.sdk._mqtt import request_topic
-        from edgeship.sdk._transfer import encode_request
+        from edgeship.sdk.transport._mqtt import request_topic
+        from edgeship.sdk.transport._transfer import encode_request
 
         req = action.request
         self._last_request = time.monotonic()
@@ -409,7 +409,7 @@ class Agent:
         initial = self.config.model.initial
         if not initial or self.state.active is not None or self.state.trusted.version:
             return
-        from edgeship.sdk._release import Release
+        from edgeship.sdk.release._release import Release
 
         try:
             release = Release.load(initial)

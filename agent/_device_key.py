@@ -42,7 +42,7 @@ def load_device_key(config: EncryptionConfig) -> Any | None:
     else:
         where = f"encryption.key_command {config.key_command[0]}"
         data = _from_command(config.key_command, config.command_timeout_s)
-    from edgeship.sdk._crypt import load_private_key
+    from edgeship.sdk.release._crypt import load_private_key
 
     try:
         # PEM may come with blank lines around it; 32 raw bytes are the key itself, and

@@ -1,5 +1,5 @@
 """Drift accounting in the agent: a request tap that counts what the device sees into the
-release profile's bins (:class:`~edgeship.sdk._profile.DriftMonitor`) and says when it
+release profile's bins (:class:`~edgeship.sdk.monitor._profile.DriftMonitor`) and says when it
 stops looking like the reference data.
 
 Answer path: :meth:`DriftTap.observe` appends the request to a bounded buffer; an image
@@ -15,7 +15,7 @@ accounting (``dropped`` in the telemetry), never delayed. Inputs are always coun
 outputs only when the local model answered (``local`` / ``local-degraded``): a cloud
 model's answers would mix another model's output distribution into this one's.
 
-The verdict (PSI / KS over the window, :class:`~edgeship.sdk._profile.DriftReport`) is
+The verdict (PSI / KS over the window, :class:`~edgeship.sdk.monitor._profile.DriftReport`) is
 computed off the answer path, by :meth:`telemetry` / :meth:`status` / :meth:`report`;
 when it flips, one JSON log line ``drift_alert`` (warning) or ``drift_cleared`` (info) is
 written and ``on_change`` (if given) is called with the compact status. Prometheus:
@@ -41,8 +41,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from edgeship.sdk._drift_monitor import DriftConfig, DriftMonitor, DriftReport
-from edgeship.sdk._profile import Profile
+from edgeship.sdk.monitor._drift_monitor import DriftConfig, DriftMonitor, DriftReport
+from edgeship.sdk.monitor._profile import Profile
 
 __all__ = ["LOCAL_SOURCES", "DriftConfig", "DriftTap", "reset_gauges"]
 

@@ -56,7 +56,7 @@ def golden_check(model: Any, golden: dict[str, Any] | None) -> str | None:
     Without golden data the model must at least run on zeros of its input shapes.
     """
     import numpy as np
-    from edgeship.sdk._manifest import Golden
+    from edgeship.sdk.release._manifest import Golden
 
     if golden is None:
         feeds = {s.name: np.zeros([d if d > 0 else 1 for d in s.shape], dtype=s.dtype)
@@ -108,7 +108,7 @@ def run_health_check(model_path: Path, golden: dict[str, Any] | None, *, runtime
 
 def _main(argv: list[str]) -> int:
     from edgeship.agent._child import die_with_parent
-    from edgeship.sdk._model import Model
+    from edgeship.sdk.runtime._model import Model
 
     from edgeship._errors import EdgeshipError
 
@@ -137,8 +137,8 @@ def _main(argv: list[str]) -> int:
 
 def _load_encrypted(path: Path, data_key: bytes, runtime: str, threads: int) -> Any:
     """Decrypt ``path`` into memory and load it from there (no plaintext file)."""
-    from edgeship.sdk._crypt import DATA_KEY_SIZE, decrypt
-    from edgeship.sdk._model import MAX_MODEL_BYTES, Model
+    from edgeship.sdk.release._crypt import DATA_KEY_SIZE, decrypt
+    from edgeship.sdk.runtime._model import MAX_MODEL_BYTES, Model
 
     from edgeship._errors import DecryptionError
 

@@ -25,13 +25,13 @@ def model_bytes(store: Store, slot: SlotInfo, device_key: Any | None) -> bytes:
         raise EdgeshipError(f"slot {slot.slot} does not hold the verified {slot.version}")
     if slot.encryption is None:
         return data
-    from edgeship.sdk._crypt import decrypt
+    from edgeship.sdk.release._crypt import decrypt
 
     return decrypt(data, data_key(slot.encryption, device_key), what=f"slot {slot.slot}")
 
 
 def data_key(encryption: dict[str, Any], device_key: Any | None) -> bytes:
-    from edgeship.sdk._crypt import Encryption, unwrap_data_key
+    from edgeship.sdk.release._crypt import Encryption, unwrap_data_key
 
     if device_key is None:
         raise DecryptionError("the model is encrypted and this agent has no [encryption] key")
@@ -43,7 +43,7 @@ def load_serving(model: bytes, slot: SlotInfo, golden: dict[str, Any] | None,
     """The model loaded and golden-checked, as the API's ``Serving``."""
     from edgeship.agent._api import Serving, describe
     from edgeship.agent._health import golden_check
-    from edgeship.sdk._model import Model
+    from edgeship.sdk.runtime._model import Model
 
     loaded = Model.load_bytes(model, format=slot.format, runtime=cfg.runtime,
                               threads=cfg.threads)

@@ -92,9 +92,9 @@ from edgeship.agent._ota_types import (
     decode_state,
     encode_state,
 )
-from edgeship.sdk._manifest import Manifest
-from edgeship.sdk._transfer import ChunkRequest, decode_chunk
-from edgeship.sdk._trust import Offer, check_offer, check_payload
+from edgeship.sdk.release._manifest import Manifest
+from edgeship.sdk.release._trust import Offer, check_offer, check_payload
+from edgeship.sdk.transport._transfer import ChunkRequest, decode_chunk
 
 from edgeship._errors import (
     EdgeshipError,

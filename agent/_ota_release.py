@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgeship.agent._ota_types import Job, SlotInfo
-from edgeship.sdk._manifest import Manifest
+from edgeship.sdk.release._manifest import Manifest
 
 from edgeship._errors import DecryptionError, EdgeshipError, MismatchError
 
@@ -25,7 +25,7 @@ def peek_offer(raw: bytes) -> tuple[str | None, str]:
     """The version a message on the offer topic *claims* and its kind: an offer's
     ``mode`` ("active" unless it says otherwise) or "shadow-discard". Unverified: used
     to skip exact repeats and to route; an offer itself is verified later."""
-    from edgeship.sdk._trust import MAX_OFFER_SIZE, load_json
+    from edgeship.sdk.release._trust import MAX_OFFER_SIZE, load_json
 
     try:
         doc = load_json(raw, "offer", max_size=MAX_OFFER_SIZE)
@@ -52,7 +52,7 @@ def recipient(manifest: Manifest, private_key: Any | None, *,
             raise MismatchError(f"release {manifest.version} is not encrypted; this device "
                                 "takes encrypted releases only ([encryption] require)")
         return None
-    from edgeship.sdk._crypt import keyid_of_public, listed_keys, unwrap_data_key
+    from edgeship.sdk.release._crypt import keyid_of_public, listed_keys, unwrap_data_key
 
     if private_key is None:
         raise DecryptionError(f"release is encrypted for keys {listed_keys(encryption)}; "
@@ -79,7 +79,7 @@ def base_opens(active: SlotInfo, private_key: Any | None) -> bool:
         return True
     if private_key is None:
         return False
-    from edgeship.sdk._crypt import keyid_of_public
+    from edgeship.sdk.release._crypt import keyid_of_public
 
     listed = active.encryption.get("recipients")
     mine = keyid_of_public(private_key)
@@ -95,7 +95,7 @@ def decrypting(manifest: Manifest, job: Job, active: SlotInfo | None,
         return {}
     base_encryption = None
     if job.delta and active is not None and active.encryption is not None:
-        from edgeship.sdk._crypt import Encryption
+        from edgeship.sdk.release._crypt import Encryption
 
         base_encryption = Encryption.from_dict(active.encryption)
     return {"private_key": private_key, "base_encryption": base_encryption}

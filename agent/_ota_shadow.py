@@ -20,9 +20,9 @@ from edgeship.agent._ota_types import (
     TruncateDownload,
     UnloadShadow,
 )
-from edgeship.sdk._manifest import Manifest
-from edgeship.sdk._transfer import chunk_count
-from edgeship.sdk._trust import Offer
+from edgeship.sdk.release._manifest import Manifest
+from edgeship.sdk.release._trust import Offer
+from edgeship.sdk.transport._transfer import chunk_count
 
 __all__ = ["ShadowSteps"]
 

@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeship.sdk._manifest import Manifest
-from edgeship.sdk._transfer import ChunkRequest, chunk_count
-from edgeship.sdk._trust import OFFER_MODES, Offer, TrustedState
+from edgeship.sdk.release._manifest import Manifest
+from edgeship.sdk.release._trust import OFFER_MODES, Offer, TrustedState
+from edgeship.sdk.transport._transfer import ChunkRequest, chunk_count
 
 __all__ = [
     "MODES",

@@ -6,7 +6,7 @@ stop it. The agent then:
 
 1. keeps the damaged file aside (``state.json.damaged-<time>``) for diagnosis;
 2. verifies each slot against the root key: the signed offer stored beside the model
-   (``slots/<s>/offer.json``) must verify (:func:`~edgeship.sdk._trust.check_installed`)
+   (``slots/<s>/offer.json``) must verify (:func:`~edgeship.sdk.release._trust.check_installed`)
    and the model's size and sha256 must be the signed ones;
 3. serves the newest verified slot, drops any update in progress (it starts again
    at the next offer) and writes a fresh state;
@@ -31,8 +31,8 @@ from typing import Any
 from edgeship.agent._ota import OtaCore, OtaState, SlotInfo
 from edgeship.agent._ota_release import recipient
 from edgeship.agent._store import StateDamaged, Store
-from edgeship.sdk._manifest import Manifest, parse_version
-from edgeship.sdk._trust import Offer, TrustedState, check_installed
+from edgeship.sdk.release._manifest import Manifest, parse_version
+from edgeship.sdk.release._trust import Offer, TrustedState, check_installed
 
 from edgeship._errors import EdgeshipError
 

@@ -110,7 +110,7 @@ def decode_arrays(specs: Any, blobs: list[bytes]) -> dict[str, Any]:
 
 
 def _load(header: dict[str, Any], blobs: list[bytes]) -> Any:
-    from edgeship.sdk._model import Model
+    from edgeship.sdk.runtime._model import Model
 
     fmt = str(header.get("fmt", "onnx"))
     runtime = str(header.get("runtime", "auto"))

@@ -21,7 +21,7 @@ def read_root(path: Path) -> bytes:
         raise ConfigError(f"root_key: cannot read {path}: {exc.strerror}") from exc
     if not data or len(data) > 16 * 1024:
         raise ConfigError(f"root_key: {path} is not a public key file")
-    from edgeship.sdk._keys import public_key_from_bytes
+    from edgeship.sdk.release._keys import public_key_from_bytes
 
     from edgeship._errors import SignatureError
 
@@ -52,7 +52,7 @@ def read_secret(path: str) -> str:
 def fallback_of(config: AgentConfig) -> Any | None:
     if config.fallback is None:
         return None
-    from edgeship.sdk._fallback_config import build_fallback
+    from edgeship.sdk.serving._fallback_config import build_fallback
 
     return build_fallback(config.fallback.values(), default_model=config.model.name)
 
@@ -62,7 +62,7 @@ def initial_offer(config: AgentConfig) -> tuple[bytes, ...]:
     installed before slots kept their offer can be verified against."""
     if not config.model.initial:
         return ()
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._release import Release
 
     from edgeship._errors import EdgeshipError
 

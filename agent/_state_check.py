@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from edgeship.agent._ota_types import MODES, PHASES
-from edgeship.sdk._manifest import parse_version
+from edgeship.sdk.release._manifest import parse_version
 
 from edgeship._errors import EdgeshipError
 

@@ -46,7 +46,7 @@ class Taps:
         if slot.profile is not None:
             try:
                 from edgeship.agent._drift import DriftTap
-                from edgeship.sdk._profile import Profile, check_model
+                from edgeship.sdk.monitor._profile import Profile, check_model
 
                 profile = Profile.from_dict(slot.profile)
                 serving = self.service.serving

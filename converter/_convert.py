@@ -142,7 +142,7 @@ def convert(
 ) -> Report:
     """Convert ``model_path`` into ``out_dir`` (model.int8.onnx, [model.int8.tflite],
     quant_params.json, report.json, report.html; with ``eval_path`` also profile.json: the
-    eval inputs and the INT8 model's outputs on them, see :mod:`edgeship.sdk._profile`).
+    eval inputs and the INT8 model's outputs on them, see :mod:`edgeship.sdk.monitor._profile`).
     Raises an EdgeshipError subclass for every bad input; on any failure ``out_dir`` is
     left as it was.
 
@@ -420,7 +420,7 @@ def _eval(
 
 def _profile(feeds: dict[str, np.ndarray], qmodel: onnx.ModelProto) -> Any:
     """Drift reference: the eval inputs and the INT8 model's (float) outputs on them."""
-    from edgeship.sdk._profile import build_profile
+    from edgeship.sdk.monitor._profile import build_profile
 
     names = [o.name for o in qmodel.graph.output]
     outputs = _evaluate.run_all(_evaluate.session(qmodel), feeds, names)

@@ -145,7 +145,7 @@ def _load(path: Path) -> onnx.ModelProto:
 def _verify(data: bytes) -> None:
     """LiteRT must accept the flatbuffer (kernels check quantization parameters in Prepare)."""
     from edgeship.sdk._quiet import runtime_chatter_filtered
-    from edgeship.sdk._runtime_litert import interpreter_module
+    from edgeship.sdk.runtime._runtime_litert import interpreter_module
 
     try:
         with runtime_chatter_filtered():

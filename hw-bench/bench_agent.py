@@ -97,8 +97,8 @@ def bare_process(model: Path, script: str) -> dict[str, float]:
 def make_release_chain(tmp: Path) -> tuple[Path, Path, Path]:
     """mobilenet v1.0.0, and v1.1.0 with every weight changed (a delta near the model size)."""
     import onnx
-    from edgeship.sdk._keydir import KeyDir
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._keydir import KeyDir
+    from edgeship.sdk.release._release import Release
     from onnx import numpy_helper
 
     keys = tmp / "keys"
@@ -123,7 +123,7 @@ def make_release_chain(tmp: Path) -> tuple[Path, Path, Path]:
 
 def start_agent(cfg: Path, port: int) -> tuple[Any, float]:
     """Start ``edgeship agent run``; seconds from exec to the first 200 answer."""
-    from edgeship.sdk._client import AgentClient
+    from edgeship.sdk.serving._client import AgentClient
     from test_agent_support import AgentProc, served_version  # noqa: F401
 
     agent = AgentProc(cfg, port)
@@ -149,8 +149,8 @@ def start_agent(cfg: Path, port: int) -> tuple[Any, float]:
 
 
 def latency_rows(name: str, model_path: Path, url: str, n: int) -> dict[str, Any]:
-    from edgeship.sdk._client import AgentClient
-    from edgeship.sdk._model import Model
+    from edgeship.sdk.runtime._model import Model
+    from edgeship.sdk.serving._client import AgentClient
 
     model = Model.load(model_path, threads=1)
     spec = model.inputs[0]
@@ -167,7 +167,7 @@ def latency_rows(name: str, model_path: Path, url: str, n: int) -> dict[str, Any
 
 
 def update_run(broker_url: str, device: str, v2: Path) -> dict[str, Any]:
-    from edgeship.sdk._release_server import push_offer
+    from edgeship.sdk.fleet._release_server import push_offer
     from test_agent_support import Watcher
 
     watch = Watcher(broker_url)
@@ -190,8 +190,8 @@ def update_run(broker_url: str, device: str, v2: Path) -> dict[str, Any]:
 
 
 def single_release(tmp: Path, artifact: Path) -> tuple[Path, Path]:
-    from edgeship.sdk._keydir import KeyDir
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._keydir import KeyDir
+    from edgeship.sdk.release._release import Release
 
     tmp.mkdir(parents=True, exist_ok=True)
     KeyDir(tmp / "keys").init()

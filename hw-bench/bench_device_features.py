@@ -61,7 +61,7 @@ def make_taps(model_path: Path, profile_path: Path, registry: Any) -> dict[str, 
     default shadow (10% sampled) and a shadow of every request (same model as the shadow)."""
     from edgeship.agent._drift import DriftTap
     from edgeship.agent._shadow import ShadowConfig, ShadowTap
-    from edgeship.sdk._profile import DriftConfig, Profile
+    from edgeship.sdk.monitor._profile import DriftConfig, Profile
 
     quiet = {"log": lambda *a, **k: None}
     profile = Profile.from_json(profile_path.read_bytes())
@@ -83,8 +83,8 @@ def serve(model_path: Path, profile_path: Path) -> None:
     One process for every variant: on a 2-core machine, separate server processes land
     on cores unevenly, a bias of several percent between them."""
     from edgeship.agent._api import AgentService, Metrics, Serving, describe
-    from edgeship.sdk._model import Model
-    from edgeship.sdk._v2server import serve as v2_serve
+    from edgeship.sdk.runtime._model import Model
+    from edgeship.sdk.serving._v2server import serve as v2_serve
 
     model = Model.load(model_path, threads=1)
     metrics = Metrics()
@@ -110,9 +110,9 @@ def serve(model_path: Path, profile_path: Path) -> None:
 def encrypted_release(tmp: Path, artifact: Path, name: str) -> tuple[Path, Any, Path]:
     """A real encrypted release of ``artifact``: its artifact file, its Encryption, the
     device key that opens it."""
-    from edgeship.sdk._crypt import write_key_pair
-    from edgeship.sdk._keydir import KeyDir
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._crypt import write_key_pair
+    from edgeship.sdk.release._keydir import KeyDir
+    from edgeship.sdk.release._release import Release
 
     keys = tmp / f"keys-{name}"
     KeyDir(keys).init()
@@ -124,8 +124,8 @@ def encrypted_release(tmp: Path, artifact: Path, name: str) -> tuple[Path, Any, 
 
 
 def load_row(label: str, tmp: Path, artifact: Path, n: int) -> dict[str, Any]:
-    from edgeship.sdk._crypt import decrypt, load_private_key, unwrap_data_key
-    from edgeship.sdk._model import Model
+    from edgeship.sdk.release._crypt import decrypt, load_private_key, unwrap_data_key
+    from edgeship.sdk.runtime._model import Model
 
     cipher_path, encryption, key_path = encrypted_release(tmp, artifact, label)
     fmt = artifact.suffix.lstrip(".")
@@ -158,7 +158,7 @@ def load_row(label: str, tmp: Path, artifact: Path, n: int) -> dict[str, Any]:
 
 # -- API latency ----------------------------------------------------------------------------
 def write_profile(tmp: Path, model_path: Path, eval_npz: Path) -> Path:
-    from edgeship.sdk._profile import profile_from_file
+    from edgeship.sdk.monitor._profile import profile_from_file
 
     path = tmp / f"{model_path.stem}.profile.json"
     path.write_text(profile_from_file(eval_npz, model_path).to_json())
@@ -185,7 +185,7 @@ def switch(proc: subprocess.Popen[str], variant: str) -> None:
 
 def latency_row(label: str, tmp: Path, model: Path, eval_npz: Path, rounds: int,
                 block: int) -> dict[str, Any]:
-    from edgeship.sdk._client import AgentClient
+    from edgeship.sdk.serving._client import AgentClient
 
     profile = write_profile(tmp, model, eval_npz)
     with np.load(eval_npz) as data:
@@ -260,8 +260,8 @@ def inprocess_row(label: str, tmp: Path, model_path: Path, eval_npz: Path, round
     from edgeship.agent._api import AgentService, Metrics, Serving, describe
     from edgeship.agent._drift import DriftTap
     from edgeship.agent._shadow import ShadowConfig, ShadowTap
-    from edgeship.sdk._model import Model
-    from edgeship.sdk._profile import DriftConfig, Profile
+    from edgeship.sdk.monitor._profile import DriftConfig, Profile
+    from edgeship.sdk.runtime._model import Model
 
     model = Model.load(model_path, threads=1)
     service = AgentService("model", Metrics())

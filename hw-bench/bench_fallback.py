@@ -125,8 +125,8 @@ def run(n: int, deadline_ms: float, name: str = "cnn") -> dict[str, Any]:
 def _release(tmp: Path, name: str) -> tuple[Path, Path]:
     """A signed v1.0.0 release of the fixture (golden from onnxruntime) and its root.pub."""
     import onnxruntime as ort
-    from edgeship.sdk._keydir import KeyDir
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._keydir import KeyDir
+    from edgeship.sdk.release._release import Release
 
     KeyDir(tmp / "keys").init()
     x = np.load(FIXTURES / f"{name}_eval.npz")["input"][:1].astype(np.float32)
@@ -167,7 +167,7 @@ def _start_agent(tmp: Path, name: str, rel: Path, root: Path, cloud_port: int, c
 
 
 def _agent_ask(conn: http.client.HTTPConnection, name: str, x: dict[str, np.ndarray]) -> str:
-    from edgeship.sdk._v2 import HEADER_LENGTH, decode_response, encode_request
+    from edgeship.sdk.serving._v2 import HEADER_LENGTH, decode_response, encode_request
 
     body, headers = encode_request(x)
     conn.request("POST", f"/v2/models/{name}/infer", body=body, headers=headers)

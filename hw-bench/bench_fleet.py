@@ -63,8 +63,8 @@ def make_model(path: Path, w1: np.ndarray, w2: np.ndarray) -> Path:
 
 def build_releases(tmp: Path) -> dict[str, Any]:
     """v1, and v2 = v1 fine-tuned (3% of the weights moved a little), signed with a delta."""
-    from edgeship.sdk._keydir import KeyDir
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._keydir import KeyDir
+    from edgeship.sdk.release._release import Release
 
     keys = tmp / "keys"
     KeyDir(keys).init()
@@ -115,7 +115,7 @@ class Broker:
         self.url = f"mqtt://127.0.0.1:{self.port}"
         self.sys: dict[str, float] = {}
         self._updated = threading.Event()
-        from edgeship.sdk._mqtt import MqttEdge
+        from edgeship.sdk.transport._mqtt import MqttEdge
 
         self.edge = MqttEdge(self.url, client_id="bench-sys", on_message=self._on_sys,
                              subscriptions=["$SYS/broker/messages/+", "$SYS/broker/bytes/+",
@@ -184,7 +184,7 @@ def run_size(n: int, rels: dict[str, Any], tmp: Path, procs: int) -> dict[str, A
 
 def _devices_time(tmp: Path, n: int, rep: dict[str, Any]) -> float | None:
     """Offer to the last verdict, from the rollout record (no CLI start-up in it)."""
-    from edgeship.sdk._fleetdb import FleetDB
+    from edgeship.sdk.fleet._fleetdb import FleetDB
 
     with FleetDB(tmp / f"state-{n}.sqlite") as db:
         key = db.list(FLEET)[0][0]

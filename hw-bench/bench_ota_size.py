@@ -114,8 +114,8 @@ def convert(model: Path, out: Path, base: Path | None = None) -> dict[str, Any] 
 
 def _floor(old: bytes, new: bytes) -> int:
     """Order-0 entropy (bytes) of the INT8 weight differences, summed per tensor."""
-    from edgeship.sdk._delta_codec import entropy_bits
-    from edgeship.sdk._delta_parse import find_regions
+    from edgeship.sdk.release._delta_codec import entropy_bits
+    from edgeship.sdk.release._delta_parse import find_regions
 
     before = {r.name: r for r in find_regions(old)}
     bits = 0.0

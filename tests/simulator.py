@@ -3,7 +3,7 @@
 Each simulated device is the agent's own pure OTA core
 (:class:`edgeship.agent._ota.OtaCore`, which verifies offers and payloads with the sdk's
 ``check_offer`` / ``check_payload``) driven by a small in-memory shell, with its own MQTT
-5 session (:class:`edgeship.sdk._mqtt.MqttEdge`, its own client id and socket). What is
+5 session (:class:`edgeship.sdk.transport._mqtt.MqttEdge`, its own client id and socket). What is
 simulated is only the hardware: slots and the state file live in memory, and the golden
 health check runs the real model once per distinct artifact in the process (a cache: the
 sha256 the core verified pins the bytes). A device made ``broken`` has a faulty
@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeship.agent import _ota as ota
-from edgeship.sdk._mqtt import Message, MqttEdge, request_topic, topics
-from edgeship.sdk._transfer import encode_request
+from edgeship.sdk.transport._mqtt import Message, MqttEdge, request_topic, topics
+from edgeship.sdk.transport._transfer import encode_request
 
 
 class HealthLab:
@@ -68,7 +68,7 @@ class HealthLab:
     def _compare(active: bytes, shadow: bytes, fmt: str, rows: int) -> dict[str, Any]:
         import numpy as np
         from edgeship.agent._shadow import compare_outputs
-        from edgeship.sdk._model import Model
+        from edgeship.sdk.runtime._model import Model
 
         a, s = Model.from_bytes(active, fmt, threads=1), Model.from_bytes(shadow, fmt, threads=1)
         rng = np.random.default_rng(0)
@@ -93,7 +93,7 @@ class HealthLab:
     @staticmethod
     def _run(data: bytes, fmt: str, golden: dict[str, Any] | None, faulty: bool) -> str | None:
         from edgeship.agent._health import golden_check
-        from edgeship.sdk._model import Model
+        from edgeship.sdk.runtime._model import Model
 
         try:
             model: Any = Model.from_bytes(data, fmt, threads=1)
@@ -376,7 +376,7 @@ class SwarmProc:
 
 
 def build_swarm(args: argparse.Namespace) -> Swarm:
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._release import Release
 
     names = args.devices.split(",") if args.devices else \
         [f"{args.prefix}{i:04d}" for i in range(args.start, args.start + args.count)]

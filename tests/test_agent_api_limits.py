@@ -205,7 +205,7 @@ def test_64_keep_alive_clients_of_one_host_are_all_served(agent: AgentProc) -> N
 
 
 def test_choose_victim_per_peer_and_in_total() -> None:
-    from edgeship.sdk._v2conns import REFUSE, Conn, Limits, choose_victim
+    from edgeship.sdk.serving._v2conns import REFUSE, Conn, Limits, choose_victim
 
     limits = Limits(max_connections=4, max_per_peer=2)
     a1 = Conn(1, "a", None, "waiting", since=1.0)

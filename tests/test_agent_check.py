@@ -99,7 +99,7 @@ def test_expired_initial_release_is_said_in_status_logs_and_503(
     """Issue 16, defect 12: a device imaged with a release that expired on the shelf."""
     from datetime import datetime, timedelta, timezone
 
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._release import Release
     from test_agent_support import GOLDEN_X, Watcher, http_json, infer_body, make_golden, make_model
 
     keys = make_keys(tmp_path)

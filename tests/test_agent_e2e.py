@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import Mosquitto, free_port
-from edgeship.sdk._client import AgentClient
+from edgeship.sdk.serving._client import AgentClient
 from test_agent_support import (
     GOLDEN_X,
     AgentProc,
@@ -253,7 +253,7 @@ def test_no_model_answers_from_the_cloud_fallback(tmp_path: Path, rels: dict[str
         x = np.random.default_rng(0).standard_normal((1, 30)).astype(np.float32)
         answer = AgentClient(proc.url).infer({"input": x})
         assert answer.source == "cloud"
-        from edgeship.sdk._model import Model
+        from edgeship.sdk.runtime._model import Model
 
         want = Model.load(FIXTURES / "mlp.onnx").predict(x)
         np.testing.assert_allclose(next(iter(answer.outputs.values())), want, rtol=1e-4)
@@ -265,8 +265,8 @@ def test_no_model_answers_from_the_cloud_fallback(tmp_path: Path, rels: dict[str
 
 def test_a_signed_release_that_is_not_a_model_rolls_back(
         tmp_path: Path, mosquitto: Mosquitto, agent: AgentProc, rels: dict[str, Path]) -> None:
-    from edgeship.sdk._release import Release
-    from edgeship.sdk._release_server import ReleaseServer, push_offer
+    from edgeship.sdk.fleet._release_server import ReleaseServer, push_offer
+    from edgeship.sdk.release._release import Release
 
     junk = tmp_path / "junk" / "model.onnx"
     junk.parent.mkdir()

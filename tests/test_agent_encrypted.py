@@ -19,8 +19,8 @@ import pytest
 from conftest import Mosquitto, free_port
 from edgeship.agent._config import EncryptionConfig
 from edgeship.agent._device_key import load_device_key
-from edgeship.sdk._crypt import keyid_of_public, write_key_pair
-from edgeship.sdk._release import Release
+from edgeship.sdk.release._crypt import keyid_of_public, write_key_pair
+from edgeship.sdk.release._release import Release
 from test_agent_support import (
     GOLDEN_X,
     AgentProc,
@@ -331,8 +331,8 @@ def test_config_sections_encryption_drift_shadow(tmp_path: Path) -> None:
 def core_shell(world: dict[str, Any], *, key: bool = True, require: bool = False) -> Any:
     from edgeship.agent._health import golden_check
     from edgeship.agent._ota import HealthChecked, LocalRelease, OtaCore, RunHealthCheck
-    from edgeship.sdk._crypt import Encryption, decrypt, load_private_key, unwrap_data_key
-    from edgeship.sdk._model import Model
+    from edgeship.sdk.release._crypt import Encryption, decrypt, load_private_key, unwrap_data_key
+    from edgeship.sdk.runtime._model import Model
     from test_ota_core import MemoryShell
 
     private = load_private_key(world["key"].read_bytes()) if key else None
@@ -413,7 +413,7 @@ def test_health_check_child_decrypts_with_the_key_from_its_pipe(
     monkeypatch.setenv("EDGESHIP_TEST_OTHER", "kept")
     env = child_env()
     assert "EDGESHIP_TEST_DEVICE_KEY" not in env and env["EDGESHIP_TEST_OTHER"] == "kept"
-    from edgeship.sdk._crypt import load_private_key, unwrap_data_key
+    from edgeship.sdk.release._crypt import load_private_key, unwrap_data_key
 
     rel = Release.load(world["v1"])
     path = rel.path / rel.manifest.artifact.name

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import Mosquitto, free_port
-from edgeship.sdk._transfer import encode_chunk
+from edgeship.sdk.transport._transfer import encode_chunk
 from test_agent_support import (
     AgentProc,
     Watcher,
@@ -142,9 +142,9 @@ def test_another_devices_requests_cannot_abort_an_update(tmp_path: Path, mosquit
     server for dev-1's chunks with another chunk size, answered on dev-1's chunk topic and
     with the correlation dev-1 would use (without its random nonce). dev-1 drops them
     (logged) and its update commits."""
-    from edgeship.sdk._manifest import Manifest
-    from edgeship.sdk._transfer import ChunkRequest, encode_request
-    from edgeship.sdk._trust import Offer
+    from edgeship.sdk.release._manifest import Manifest
+    from edgeship.sdk.release._trust import Offer
+    from edgeship.sdk.transport._transfer import ChunkRequest, encode_request
     from test_agent_support import start_fleet_serve
 
     offer = offer_bytes(releases["v1"])

@@ -9,8 +9,8 @@ from typing import Any
 
 from conftest import Mosquitto, free_port
 from edgeship.agent._queue import Outbox
-from edgeship.sdk._mqtt import MqttEdge
-from edgeship.sdk._release_server import ReleaseServer, push_offer
+from edgeship.sdk.fleet._release_server import ReleaseServer, push_offer
+from edgeship.sdk.transport._mqtt import MqttEdge
 from test_agent_support import (
     AgentProc,
     Watcher,

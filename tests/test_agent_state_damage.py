@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import Mosquitto, free_port
-from edgeship.sdk._manifest import parse_version
+from edgeship.sdk.release._manifest import parse_version
 from test_agent_support import (
     GOLDEN_X,
     AgentProc,

@@ -68,7 +68,7 @@ def version_bias(version: str) -> float:
 
 
 def make_keys(tmp: Path) -> Path:
-    from edgeship.sdk._keydir import KeyDir
+    from edgeship.sdk.release._keydir import KeyDir
 
     keydir = tmp / "keys"
     KeyDir(keydir).init()
@@ -79,7 +79,7 @@ def make_release(tmp: Path, keydir: Path, version: str, *, base: Path | None = N
                  bad_golden: bool = False, name: str = "model", seed: int = 0) -> Path:
     """A signed release of the linear model whose bias encodes ``version``; a different
     ``seed`` changes every weight (so a delta is about as large as the model)."""
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._release import Release
 
     bias = version_bias(version)
     work = tmp / "build" / version
@@ -92,7 +92,7 @@ def make_release(tmp: Path, keydir: Path, version: str, *, base: Path | None = N
 
 
 def offer_bytes(reldir: Path) -> bytes:
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._release import Release
 
     return Release.load(reldir).offer().to_bytes()
 
@@ -101,7 +101,7 @@ def shadow_offer(reldir: Path) -> bytes:
     """The release's root-signed offer, pushed as a shadow (``mode = "shadow"``)."""
     from dataclasses import replace
 
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._release import Release
 
     return replace(Release.load(reldir).offer(), mode="shadow").to_bytes()
 
@@ -237,7 +237,7 @@ class Watcher:
     """Collects the status messages of a fleet (a real MQTT subscriber)."""
 
     def __init__(self, broker_url: str, fleet: str = "t") -> None:
-        from edgeship.sdk._mqtt import MqttEdge
+        from edgeship.sdk.transport._mqtt import MqttEdge
 
         self.history: list[dict[str, Any]] = []
         self.latest: dict[str, dict[str, Any]] = {}

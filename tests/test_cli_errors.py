@@ -285,8 +285,8 @@ def _make_files(w: Path) -> None:
 
 
 def _make_releases(w: Path) -> None:
-    from edgeship.sdk._keydir import KeyDir
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._keydir import KeyDir
+    from edgeship.sdk.release._release import Release
 
     KeyDir(w / "keys").init()
     KeyDir(w / "pkeys").init(passphrase=b"right")

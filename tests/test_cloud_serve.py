@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import FIXTURES, free_port, wait_for_port
-from edgeship.sdk._cloudserve import OnnxService
+from edgeship.sdk.serving._cloudserve import OnnxService
 from onnx import TensorProto, helper
 
 

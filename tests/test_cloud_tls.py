@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from edgeship.sdk._fallback_config import build_fallback
+from edgeship.sdk.serving._fallback_config import build_fallback
 from test_cloud_serve import start_cloud, stop
 
 from edgeship import ConfigError, TransportError

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from edgeship.sdk import apply_delta, best_delta, make_delta
-from edgeship.sdk._delta_parse import find_regions
+from edgeship.sdk.release._delta_parse import find_regions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -163,7 +163,7 @@ def test_arbitrary_bytes_as_delta_fail_cleanly(junk: bytes, fmt: str) -> None:
 
 def test_zstd_frame_declaring_more_than_its_limit_is_refused_before_allocation() -> None:
     import zstandard
-    from edgeship.sdk._delta_codec import decompress
+    from edgeship.sdk.release._delta_codec import decompress
 
     bomb = zstandard.ZstdCompressor().compress(bytes(64 * 1024 * 1024))  # ~2 kB on the wire
     assert len(bomb) < 4096
@@ -174,7 +174,7 @@ def test_zstd_frame_declaring_more_than_its_limit_is_refused_before_allocation()
 
 @pytest.mark.parametrize(("spread", "code"), [(40, 1), (2**31, 0)])
 def test_wide_differences_pick_varints_or_planes(spread: int, code: int) -> None:
-    from edgeship.sdk import _delta_codec as codec
+    from edgeship.sdk.release import _delta_codec as codec
 
     rng = np.random.default_rng(spread)
     diffs = [rng.integers(-spread, spread, n).astype(np.int64).astype(dt).view(udt)

@@ -7,7 +7,7 @@ import flatbuffers
 import numpy as np
 import tflite
 from edgeship.sdk import apply_delta, make_delta
-from edgeship.sdk._delta_parse import find_regions
+from edgeship.sdk.release._delta_parse import find_regions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edgeship.sdk._drift_monitor import DriftConfig, DriftMonitor, ks, psi
-from edgeship.sdk._profile import (
+from edgeship.sdk.monitor._drift_monitor import DriftConfig, DriftMonitor, ks, psi
+from edgeship.sdk.monitor._profile import (
     MAX_PROFILE_BYTES,
     FeatureProfile,
     Profile,
@@ -393,7 +393,7 @@ def test_convert_eval_writes_a_reproducible_profile(tmp_path: Path) -> None:
     monitor = DriftMonitor(profile, DriftConfig(window=1000, min_samples=100))
     with np.load(FIXTURES / "cnn_eval.npz") as ev:
         x = ev["input"]
-    from edgeship.sdk._model import Model
+    from edgeship.sdk.runtime._model import Model
 
     monitor.observe({"input": x}, Model.load(tmp_path / "a" / "model.int8.onnx").predict_all(
         {"input": x}))

@@ -25,10 +25,10 @@ import pytest
 from conftest import Mosquitto, free_port
 from edgeship.agent._api import AgentService, Metrics, Serving, describe
 from edgeship.agent._drift import DriftTap
-from edgeship.sdk._client import AgentClient
-from edgeship.sdk._drift_monitor import DriftConfig
-from edgeship.sdk._model import Model
-from edgeship.sdk._profile import profile_from_file
+from edgeship.sdk.monitor._drift_monitor import DriftConfig
+from edgeship.sdk.monitor._profile import profile_from_file
+from edgeship.sdk.runtime._model import Model
+from edgeship.sdk.serving._client import AgentClient
 from prometheus_client import generate_latest
 from test_agent_support import AgentProc, Watcher, make_keys, write_config
 
@@ -240,7 +240,7 @@ class Telemetry:
     """Heartbeats of one device (a real MQTT subscriber), with their arrival time."""
 
     def __init__(self, broker_url: str, device: str = "dev-1", fleet: str = "t") -> None:
-        from edgeship.sdk._mqtt import MqttEdge
+        from edgeship.sdk.transport._mqtt import MqttEdge
 
         self.beats: list[tuple[float, dict[str, Any]]] = []
         self._cond = threading.Condition()

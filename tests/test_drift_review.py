@@ -15,9 +15,9 @@ from conftest import free_port
 from edgeship.agent._api import AgentService, Metrics, Serving, describe
 from edgeship.agent._ota_types import SlotInfo
 from edgeship.agent._taps import Taps
-from edgeship.sdk._drift_monitor import DriftConfig, DriftMonitor
-from edgeship.sdk._model import Model
-from edgeship.sdk._profile import Profile, build_profile, profile_from_file
+from edgeship.sdk.monitor._drift_monitor import DriftConfig, DriftMonitor
+from edgeship.sdk.monitor._profile import Profile, build_profile, profile_from_file
+from edgeship.sdk.runtime._model import Model
 from prometheus_client import generate_latest
 from test_agent_support import make_keys
 from test_drift_agent import Events
@@ -319,7 +319,7 @@ def test_tflite_release_with_the_converters_profile_on_a_real_agent(
     a real agent (LiteRT) counts the same features, answers unchanged, a calm verdict.
     (The v2 API takes only the model's own batch size, 1 here: batches are covered in
     process above.)"""
-    from edgeship.sdk._client import AgentClient
+    from edgeship.sdk.serving._client import AgentClient
     from test_agent_support import AgentProc, write_config
     from test_drift_agent import Telemetry
 

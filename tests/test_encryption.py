@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from edgeship.sdk import Manifest, Model, Offer, check_payload
-from edgeship.sdk._crypt import (
+from edgeship.sdk.release._crypt import (
     SCHEME,
     Encryption,
     decrypt,
@@ -29,8 +29,8 @@ from edgeship.sdk._crypt import (
     unwrap_data_key,
     write_key_pair,
 )
-from edgeship.sdk._delta import best_delta
-from edgeship.sdk._manifest import ArtifactInfo, DeltaInfo
+from edgeship.sdk.release._delta import best_delta
+from edgeship.sdk.release._manifest import ArtifactInfo, DeltaInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -328,7 +328,7 @@ def _golden(tmp_path: Path) -> Path:
 
 def test_encrypted_release_round_trip_and_no_plaintext_on_disk(tmp_path: Path, keys: Any) -> None:
     from edgeship.sdk import Release, verify_release
-    from edgeship.sdk._crypt import private_key_file
+    from edgeship.sdk.release._crypt import private_key_file
 
     fleet_key, fleet_pub, fleet_id = write_key_pair(tmp_path / "fleet", "fleet")
     rel = Release.build(FIXTURES / "mlp.onnx", version="1.0.0", keydir=keys.path,
@@ -426,7 +426,7 @@ def test_plaintext_releases_are_unchanged(tmp_path: Path, keys: Any) -> None:
     """A plaintext release signs exactly the fields it signed before encryption existed,
     and an encrypted release can carry a delta from a plaintext base."""
     from edgeship.sdk import Release, verify_release
-    from edgeship.sdk._crypt import private_key_file
+    from edgeship.sdk.release._crypt import private_key_file
 
     r1 = Release.build(FIXTURES / "cnn.onnx", version="1.0.0", keydir=keys.path,
                        out=tmp_path / "r1")
@@ -455,7 +455,7 @@ def test_plaintext_releases_are_unchanged(tmp_path: Path, keys: Any) -> None:
 def test_release_signs_a_profile_and_it_survives_the_round_trip(tmp_path: Path,
                                                                 keys: Any) -> None:
     from edgeship.sdk import Release, verify_release
-    from edgeship.sdk._profile import profile_from_file
+    from edgeship.sdk.monitor._profile import profile_from_file
 
     profile = profile_from_file(FIXTURES / "mlp_eval.npz", model_path=FIXTURES / "mlp.onnx")
     _, pub, _ = write_key_pair(tmp_path / "fleet", "fleet")

@@ -17,8 +17,8 @@ from conftest import Mosquitto, free_port
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from edgeship.agent._config import EncryptionConfig
 from edgeship.agent._device_key import key_file_problem, load_device_key
-from edgeship.sdk._crypt import keyid_of_public, write_key_pair
-from edgeship.sdk._release import Release
+from edgeship.sdk.release._crypt import keyid_of_public, write_key_pair
+from edgeship.sdk.release._release import Release
 from test_agent_encrypted import encrypted_release, serve
 from test_agent_support import (
     AgentProc,
@@ -239,7 +239,7 @@ def test_release_for_too_many_keys_says_how_many_fit(tmp_path: Path,
                                                       fleet: dict[str, Any]) -> None:
     """MAX_RECIPIENTS counts the archive key's wrap too: 10000 device keys are refused as
     the user's input, naming the limit they can use, before any output is made."""
-    from edgeship.sdk._crypt import MAX_RECIPIENTS
+    from edgeship.sdk.release._crypt import MAX_RECIPIENTS
 
     from edgeship import InputError
 
@@ -259,10 +259,10 @@ def test_a_delta_encrypted_with_the_artifact_nonce_is_refused_before_shipping(
     import hashlib
     import json
 
-    from edgeship.sdk._crypt import decrypt, encrypt, unwrap_data_key
-    from edgeship.sdk._keydir import KeyDir
-    from edgeship.sdk._keys import sign_envelope
-    from edgeship.sdk._release import verify_release
+    from edgeship.sdk.release._crypt import decrypt, encrypt, unwrap_data_key
+    from edgeship.sdk.release._keydir import KeyDir
+    from edgeship.sdk.release._keys import sign_envelope
+    from edgeship.sdk.release._release import verify_release
 
     from edgeship import MalformedError
 
@@ -314,8 +314,8 @@ def test_signed_corrupt_ciphertext_fails_verification_and_old_model_serves(
     import hashlib
     import json
 
-    from edgeship.sdk._keydir import KeyDir
-    from edgeship.sdk._keys import sign_envelope
+    from edgeship.sdk.release._keydir import KeyDir
+    from edgeship.sdk.release._keys import sign_envelope
 
     reldir, _ = encrypted_release(tmp_path, fleet["keys"], "2.0.0",
                                   [fleet["old_key"].with_suffix(".pub")])

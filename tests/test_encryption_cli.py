@@ -98,7 +98,7 @@ def test_verify_with_and_without_key(world: Path) -> None:
                          world / "r1"), "--key")
     stranger = _run("verify", world / "r1", "--root", world / "keys/root.pub", "--key",
                     world / "fleet/stranger.key")
-    from edgeship.sdk._crypt import keyid_of_public
+    from edgeship.sdk.release._crypt import keyid_of_public
 
     fleet_id = keyid_of_public((world / "fleet/fleet.pub").read_bytes())[:16]
     stranger_id = keyid_of_public((world / "fleet/stranger.pub").read_bytes())[:16]

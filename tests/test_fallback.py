@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, free_port
 from edgeship.sdk import Answer, CircuitBreaker, CloudClient, FallbackModel, FallbackPolicy, Model
-from edgeship.sdk._fallback import confidence
+from edgeship.sdk.serving._fallback import confidence
 
 from edgeship import ConfigError, InferenceError, ModelLoadError, TransportError
 

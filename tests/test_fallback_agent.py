@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import free_port
-from edgeship.sdk._client import AgentClient
+from edgeship.sdk.serving._client import AgentClient
 from test_agent_support import (
     GOLDEN_X,
     IN,

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from conftest import FIXTURES, free_port, wait_for_port
 from edgeship.sdk import CircuitBreaker, CloudClient, FallbackModel, FallbackPolicy, Model
-from edgeship.sdk._cloud import CloudRejectedError
+from edgeship.sdk.serving._cloud import CloudRejectedError
 from test_cloud_serve import start_cloud, stop
 
 from edgeship import InferenceError, TransportError

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from edgeship.sdk import CloudClient, FallbackModel, FallbackPolicy, Model
-from edgeship.sdk._fallback import confidence
+from edgeship.sdk.serving._fallback import confidence
 from test_cloud_serve import start_cloud, stop
 
 IN, CLASSES = 16, 10

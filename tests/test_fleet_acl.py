@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 from conftest import Mosquitto
-from edgeship.sdk._acl import hash_password, verify_password, write_credentials
+from edgeship.sdk.fleet._acl import hash_password, verify_password, write_credentials
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from simulator import SwarmProc
 from test_agent_support import make_keys, make_release
@@ -196,7 +196,7 @@ def test_rollout_under_acl_and_forged_offer_rejected_by_device(
         evil_keys = make_keys(tmp_path / "attacker")
         forged = make_release(tmp_path / "attacker", evil_keys, "9.0.0")
         probe = Probe(secure_broker, "edgeship-manager", creds["secrets"]["edgeship-manager"])
-        from edgeship.sdk._release import Release
+        from edgeship.sdk.release._release import Release
 
         offer = Release.load(forged).offer().to_bytes()
         assert probe.publish(f"edgeship/{FLEET}/dev-b/ota/offer", offer, retain=True) in (0, 0x10)

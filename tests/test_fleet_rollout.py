@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import Mosquitto
-from edgeship.sdk._fleetdb import FleetDB
+from edgeship.sdk.fleet._fleetdb import FleetDB
 from simulator import SwarmProc
 from test_agent_support import make_keys, make_release
 
@@ -67,7 +67,7 @@ def fleet_status(mosquitto: Mosquitto) -> dict[str, dict[str, Any]]:
 
 def retained_offers(mosquitto: Mosquitto) -> set[str]:
     """Devices that have a retained offer waiting on their offer topic."""
-    from edgeship.sdk._mqtt import MqttEdge
+    from edgeship.sdk.transport._mqtt import MqttEdge
 
     got: set[str] = set()
     edge = MqttEdge(mosquitto.url, client_id="test-offers",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from edgeship.sdk._rollout import (
+from edgeship.sdk.fleet._rollout import (
     Rollout,
     RolloutPolicy,
     classify,
@@ -155,7 +155,7 @@ def test_policy_rejects_nonsense() -> None:
 def test_state_file_round_trip_and_progress_view(tmp_path: Any) -> None:
     import io
 
-    from edgeship.sdk._fleetdb import FleetDB
+    from edgeship.sdk.fleet._fleetdb import FleetDB
     from rich.console import Console
 
     from edgeship._cli.fleet_rollout import _table, report
@@ -180,7 +180,7 @@ def test_state_file_round_trip_and_progress_view(tmp_path: Any) -> None:
 
 
 def test_one_push_at_a_time_per_rollout(tmp_path: Any) -> None:
-    from edgeship.sdk._fleetdb import FleetDB
+    from edgeship.sdk.fleet._fleetdb import FleetDB
 
     path = tmp_path / "fleet.sqlite"
     with FleetDB(path) as a, FleetDB(path) as b:
@@ -201,7 +201,7 @@ def test_rollout_lock_left_by_a_killed_push_is_taken_and_removed(tmp_path: Any) 
     import hashlib
     import os
 
-    from edgeship.sdk._fleetdb import FleetDB
+    from edgeship.sdk.fleet._fleetdb import FleetDB
 
     path = tmp_path / "fleet.sqlite"
     key = "h:1|f/model/1.0.0@x"
@@ -224,7 +224,7 @@ def test_rollout_lock_left_by_a_killed_push_is_taken_and_removed(tmp_path: Any) 
 
 
 def test_stale_lock_files_are_swept_but_a_held_one_is_kept(tmp_path: Any) -> None:
-    from edgeship.sdk._fleetdb import FleetDB
+    from edgeship.sdk.fleet._fleetdb import FleetDB
 
     path = tmp_path / "fleet.sqlite"
     stale = [tmp_path / f"fleet.sqlite.{i:012x}.lock" for i in range(3)]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from conftest import Mosquitto
-from edgeship.sdk._fleetstatus import FleetWatcher
+from edgeship.sdk.fleet._fleetstatus import FleetWatcher
 from simulator import SwarmProc
 from test_agent_support import expected, make_keys, make_model
 
@@ -25,7 +25,7 @@ CHUNK = 4096
 
 
 def build(tmp: Path, keys: Path, version: str, bias: float) -> Path:
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._release import Release
 
     work = tmp / "build" / version
     model = make_model(work / "model.onnx", bias, dim=DIM)
@@ -81,7 +81,7 @@ def test_rollout_completes_when_a_release_server_dies(mosquitto: Mosquitto,
             served += int(found.group(1)) if found else 0
     # every device fetched all 64+ chunks; the two survivors sent only part of them, so
     # the killed server had its share of the requests before it died
-    from edgeship.sdk._release import Release
+    from edgeship.sdk.release._release import Release
 
     chunks = -(-Release.load(v2).manifest.artifact.size // CHUNK)
     assert chunks >= 64

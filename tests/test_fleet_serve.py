@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 from conftest import Mosquitto, wait_for_port
-from edgeship.sdk._mqtt import Message, MqttEdge, request_topic, topics
-from edgeship.sdk._release import Release
-from edgeship.sdk._release_server import ReleaseServer
-from edgeship.sdk._transfer import (
+from edgeship.sdk.fleet._release_server import ReleaseServer
+from edgeship.sdk.release._release import Release
+from edgeship.sdk.transport._mqtt import Message, MqttEdge, request_topic, topics
+from edgeship.sdk.transport._transfer import (
     ChunkRequest,
     chunk_count,
     decode_chunk,

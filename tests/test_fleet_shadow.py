@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import Mosquitto, free_port
-from edgeship.sdk._rollout import (
+from edgeship.sdk.fleet._rollout import (
     COMMITTED,
     SHADOWING,
     Rollout,
@@ -188,7 +188,7 @@ def test_fleet_commands_drive_a_real_agent(mosquitto: Mosquitto, rels: dict[str,
 def test_status_shows_shadow_and_drift_fields(mosquitto: Mosquitto) -> None:
     """Statuses as the agent daemon publishes them (compact shadow stats and drift verdict
     merged in, per the issue's contract), retained on the broker."""
-    from edgeship.sdk._mqtt import MqttEdge
+    from edgeship.sdk.transport._mqtt import MqttEdge
 
     docs = {
         "d-drift": {"state": "committed", "version": "1.0.0", "target": "1.0.0", "ts": 1.0,

@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeship.sdk import KeyDir, KeySet
-from edgeship.sdk._keys import keyid_of, public_key_from_bytes, sign_envelope, verify_envelope
+from edgeship.sdk.release._keys import (
+    keyid_of,
+    public_key_from_bytes,
+    sign_envelope,
+    verify_envelope,
+)
 
 from edgeship import ConfigError, InputError, MalformedError, SignatureError
 

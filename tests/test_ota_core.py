@@ -37,9 +37,9 @@ from edgeship.agent._ota import (
     decode_state,
     encode_state,
 )
-from edgeship.sdk._model import Model
-from edgeship.sdk._release import Release
-from edgeship.sdk._transfer import encode_chunk, serve_request
+from edgeship.sdk.release._release import Release
+from edgeship.sdk.runtime._model import Model
+from edgeship.sdk.transport._transfer import encode_chunk, serve_request
 from test_agent_support import make_keys, make_release, offer_bytes
 
 NOW = time.time()  # the releases are built now and valid for 90 days
@@ -130,7 +130,7 @@ class MemoryShell:
 
 
 def encode_request_for(req: Any) -> bytes:
-    from edgeship.sdk._transfer import encode_request
+    from edgeship.sdk.transport._transfer import encode_request
 
     return encode_request(req)
 

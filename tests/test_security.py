@@ -28,7 +28,7 @@ from edgeship.sdk import (
     check_offer,
     write_verified,
 )
-from edgeship.sdk._keys import sign_envelope
+from edgeship.sdk.release._keys import sign_envelope
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -80,7 +80,7 @@ class Repo:
         signed = {**copy.deepcopy(dict(rel.manifest_envelope["signed"])), **changes}
         key = key or self.keys.release_key(None)
         if "keyid" not in changes:
-            from edgeship.sdk._keys import keyid_of
+            from edgeship.sdk.release._keys import keyid_of
 
             signed["keyid"] = keyid_of(key)
         return Offer(manifest=sign_envelope(signed, key), keyset=self.keys.keyset_envelope())

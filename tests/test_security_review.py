@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeship.sdk import Offer, TrustedState, check_offer
-from edgeship.sdk._keys import KeySet, canonical_bytes, keyid_of, raw_public, sign_envelope
-from edgeship.sdk._manifest import ArtifactInfo
+from edgeship.sdk.release._keys import KeySet, canonical_bytes, keyid_of, raw_public, sign_envelope
+from edgeship.sdk.release._manifest import ArtifactInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,7 +119,7 @@ def test_golden_array_declaring_more_than_it_holds_is_malformed(shape: tuple[int
     import io
 
     import numpy as np
-    from edgeship.sdk._manifest import Golden
+    from edgeship.sdk.release._manifest import Golden
 
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
@@ -160,7 +160,7 @@ def test_a_version_has_one_spelling(text: str) -> None:
     # "1.2.3\n" and "1.<ARABIC-INDIC TWO>.3" were both version 1.2.3: distinct strings for
     # one version (the agent compares version strings to skip repeated offers and to name
     # chunk requests; delta file names embed them).
-    from edgeship.sdk._manifest import parse_version
+    from edgeship.sdk.release._manifest import parse_version
 
     with pytest.raises(MalformedError, match="semver"):
         parse_version(text)

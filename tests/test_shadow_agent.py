@@ -47,7 +47,7 @@ class Telemetry:
     """The device's heartbeats (a real MQTT subscriber)."""
 
     def __init__(self, url: str) -> None:
-        from edgeship.sdk._mqtt import MqttEdge
+        from edgeship.sdk.transport._mqtt import MqttEdge
 
         self.beats: list[dict[str, Any]] = []
         self._lock = threading.Lock()

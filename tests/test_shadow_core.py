@@ -23,7 +23,7 @@ from edgeship.agent._ota import (
     encode_state,
 )
 from edgeship.agent._ota_types import Chunk, Connected, Event, LocalRelease
-from edgeship.sdk._release import Release
+from edgeship.sdk.release._release import Release
 from test_agent_support import make_keys, make_release, offer_bytes
 from test_ota_core import Crash, MemoryShell
 
@@ -257,7 +257,7 @@ def test_discard_while_the_shadow_still_downloads(world: dict[str, Any]) -> None
 
 
 def encode(index: int, job: Any, data: bytes) -> bytes:
-    from edgeship.sdk._transfer import encode_chunk
+    from edgeship.sdk.transport._transfer import encode_chunk
 
     size = job.chunk_size
     return encode_chunk(index, index * size, job.size, data[index * size:(index + 1) * size])

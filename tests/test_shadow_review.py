@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Mosquitto, free_port
-from edgeship.sdk._release import Release
+from edgeship.sdk.release._release import Release
 from test_agent_support import (
     GOLDEN_X,
     AgentProc,
@@ -116,7 +116,7 @@ def test_a_discarded_shadow_can_be_pushed_again(world: tuple[AgentProc, Watcher]
 
 
 def test_shadow_ended_is_pure_and_only_for_completed_shadow_rollouts() -> None:
-    from edgeship.sdk._rollout import RolloutPolicy, shadow_ended, start_rollout
+    from edgeship.sdk.fleet._rollout import RolloutPolicy, shadow_ended, start_rollout
 
     policy = RolloutPolicy(canary=0.0, waves=(1.0,), max_failure_rate=1.0, wave_timeout_s=60)
     ro = start_rollout(fleet="t", model="m", version="2.0.0", reldir="r", devices=["a", "b"],
@@ -139,7 +139,7 @@ def test_fleet_status_sees_every_device_of_a_large_fleet(mosquitto: Mosquitto) -
     promote, silently missed the rest of the fleet."""
     import json
 
-    from edgeship.sdk._mqtt import MqttEdge
+    from edgeship.sdk.transport._mqtt import MqttEdge
 
     n = 1500
     edge = MqttEdge(mosquitto.url, client_id="many-devices")
@@ -295,7 +295,7 @@ def test_a_shadow_push_counts_a_device_that_already_shadows_it(
 
 
 def test_classify_trusts_the_shadow_over_the_phase() -> None:
-    from edgeship.sdk._rollout import classify
+    from edgeship.sdk.fleet._rollout import classify
 
     failed_beside = {"state": "failed", "version": "1.0.0", "target": None, "ts": 100.0,
                      "error": "offer rejected", "shadow": {"version": "2.0.0"}}
@@ -307,7 +307,7 @@ def test_classify_trusts_the_shadow_over_the_phase() -> None:
 def test_fleet_status_shows_a_shadow_that_fails_every_request() -> None:
     """A shadow taking other inputs than the active model fails on every request: it
     showed as '2.0.0 of 0', like one that had no traffic yet."""
-    from edgeship.sdk._fleetstatus import DeviceStatus
+    from edgeship.sdk.fleet._fleetstatus import DeviceStatus
 
     failing = DeviceStatus.from_dict({"device": "d", "shadow": {
         "version": "2.0.0", "state": "running", "compared": 0, "agreement": None,
@@ -388,7 +388,7 @@ def test_promote_skips_devices_whose_shadow_crashed(
     named it as the shadow, also where the shadow worker had crashed for good: the
     comparison promoting rests on never ran there (and the model may crash the agent).
     Named with --devices it is still promoted."""
-    from edgeship.sdk._rollout import shadowing_devices
+    from edgeship.sdk.fleet._rollout import shadowing_devices
 
     assert shadowing_devices({"a": {"shadow": {"version": "2.0.0", "state": "running"}},
                               "b": {"shadow": {"version": "2.0.0", "state": "crashed"}},
@@ -418,7 +418,7 @@ def test_fleet_status_prints_device_text_as_text(mosquitto: Mosquitto) -> None:
     '[/]' made 'fleet status' fail for the whole fleet (internal error, exit 1)."""
     import json
 
-    from edgeship.sdk._mqtt import MqttEdge
+    from edgeship.sdk.transport._mqtt import MqttEdge
 
     docs = {"d1": {"state": "failed", "version": "1.0.0", "ts": 1.0,
                    "error": "model at /data/[/x] unreadable"},
@@ -452,7 +452,7 @@ def test_an_absurd_offer_version_cannot_hide_a_device(world: tuple[AgentProc, Wa
     the limit still shows the device."""
     import json
 
-    from edgeship.sdk._mqtt import MqttEdge
+    from edgeship.sdk.transport._mqtt import MqttEdge
 
     agent, watch = world
     doc = json.loads(offer_bytes(rels["v2"]))

@@ -16,7 +16,7 @@ import onnx
 import pytest
 from edgeship.agent._api import AgentService, Metrics, Serving, describe
 from edgeship.agent._shadow import ShadowConfig, ShadowTap, compare_outputs
-from edgeship.sdk._model import Model
+from edgeship.sdk.runtime._model import Model
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeship import ConfigError

@@ -90,7 +90,7 @@ def _run(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _litert(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    from edgeship.sdk._runtime_litert import interpreter_module
+    from edgeship.sdk.runtime._runtime_litert import interpreter_module
 
     interp = interpreter_module().Interpreter(model_path=str(path), num_threads=1)
     interp.allocate_tensors()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from edgeship.sdk._transfer import (
+from edgeship.sdk.transport._transfer import (
     HEADER_SIZE,
     ChunkRequest,
     chunk_count,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Mosquitto
-from edgeship.sdk._mqtt import Message, MqttEdge
+from edgeship.sdk.transport._mqtt import Message, MqttEdge
 
 
 def _drive(edges: list[MqttEdge], until: Any, timeout: float = 10.0) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edgeship.sdk._v2 import (
+from edgeship.sdk.serving._v2 import (
     HEADER_LENGTH,
     InferRequest,
     ModelMetadata,
@@ -26,7 +26,7 @@ from edgeship.sdk._v2 import (
     numpy_dtype,
     validate_inputs,
 )
-from edgeship.sdk._v2server import Response, Route, StatusError, V2Service, serve
+from edgeship.sdk.serving._v2server import Response, Route, StatusError, V2Service, serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp

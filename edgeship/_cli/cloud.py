@@ -67,9 +67,9 @@ def serve(
     tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
 ) -> None:  # fmt: skip
     """Serve MODEL.onnx (fp32, onnxruntime) over Open Inference Protocol v2."""
-    from edgeship.sdk._cloudserve import OnnxService, describe
-    from edgeship.sdk._fallback_config import read_api_key
-    from edgeship.sdk._v2server import serve as v2_serve
+    from edgeship.sdk.serving._cloudserve import OnnxService, describe
+    from edgeship.sdk.serving._fallback_config import read_api_key
+    from edgeship.sdk.serving._v2server import serve as v2_serve
 
     api_key = read_api_key(api_key_file, where="--api-key-file") if api_key_file else None
     context = _server_tls(tls_cert, tls_key, tls_client_ca)

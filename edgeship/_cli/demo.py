@@ -49,7 +49,7 @@ def _check_broker(url: str, timeout: float = 5.0) -> None:
     import socket
 
     from edgeship._errors import ConfigError, TransportError
-    from edgeship.sdk._mqtt import parse_broker_url
+    from edgeship.sdk.transport._mqtt import parse_broker_url
 
     try:
         host, port, _tls = parse_broker_url(url)

@@ -31,12 +31,12 @@ def fleet() -> None:
 def serve(broker_url: str, username: str, password_file: str | None, releases: tuple[str, ...],
           more: tuple[str, ...], fleet_name: str, group: str, timeout: float) -> None:
     """Answer devices' chunk requests for the files of the release dirs until SIGTERM."""
-    from edgeship.sdk._release_server import ReleaseServer
+    from edgeship.sdk.fleet._release_server import ReleaseServer
 
     dirs = [*releases, *more]
     if not dirs:
         raise click.UsageError("give at least one release directory (--releases RELDIR)")
-    from edgeship.sdk._release import self_check
+    from edgeship.sdk.release._release import self_check
 
     for reldir in dirs:  # a tampered release is refused here, not by every device
         self_check(reldir)

@@ -1,8 +1,8 @@
 """``edgeship fleet push | promote | discard | status | credentials``: staged rollouts
 (also of shadow releases), fleet status, broker ACL.
 
-Thin: parse options, call :mod:`edgeship.sdk._rollout_run`, :mod:`edgeship.sdk._fleetstatus`
-or :mod:`edgeship.sdk._acl`, print. ``push`` without rollout options is the plain push
+Thin: parse options, call :mod:`edgeship.sdk.fleet._rollout_run`, :mod:`edgeship.sdk.fleet._fleetstatus`
+or :mod:`edgeship.sdk.fleet._acl`, print. ``push`` without rollout options is the plain push
 (one wave, every named device at once), so this ``push`` replaces the plain one.
 ``push --shadow`` offers a release to run beside the active model; ``promote`` offers it
 normally to the devices that shadow it; ``discard`` ends the shadow.
@@ -96,7 +96,7 @@ def promote(reldir: str, broker_url: str, username: str, password_file: str | No
     The same release is offered normally; a device that shadows it switches without a
     download (golden check, then committed). Exit codes and resuming as for push.
     """
-    from edgeship.sdk._rollout import shadowing_devices
+    from edgeship.sdk.fleet._rollout import shadowing_devices
 
     _rollout(reldir, broker_url, username, password_file, fleet_name, devices, canary, waves,
              max_failure_rate, wave_timeout, wait, as_json, state_file, mode="active",
@@ -107,10 +107,10 @@ def _rollout(reldir: str, broker_url: str, username: str, password_file: str | N
              fleet_name: str, devices: str | None, canary: str, waves: str,
              max_failure_rate: str | None, wave_timeout: float | None, wait: bool,
              as_json: bool, state_file: str | None, *, mode: str, choose: Any = None) -> None:
-    from edgeship.sdk._fleetdb import FleetDB, default_state_path
-    from edgeship.sdk._release import self_check
-    from edgeship.sdk._rollout import RolloutPolicy, parse_percent, parse_waves
-    from edgeship.sdk._rollout_run import run_rollout
+    from edgeship.sdk.fleet._fleetdb import FleetDB, default_state_path
+    from edgeship.sdk.fleet._rollout import RolloutPolicy, parse_percent, parse_waves
+    from edgeship.sdk.fleet._rollout_run import run_rollout
+    from edgeship.sdk.release._release import self_check
 
     self_check(reldir)  # a tampered release is refused here, not by every device
 
@@ -136,7 +136,7 @@ def _rollout(reldir: str, broker_url: str, username: str, password_file: str | N
 
 def report(rollout: Any) -> dict[str, Any]:
     """The ``--json`` document of a rollout."""
-    from edgeship.sdk._rollout import DONE_OUTCOMES, FAILED_OUTCOMES
+    from edgeship.sdk.fleet._rollout import DONE_OUTCOMES, FAILED_OUTCOMES
 
     waves = []
     for w in rollout.waves:
@@ -249,7 +249,7 @@ def status(broker_url: str, username: str, password_file: str | None, fleet_name
     requests were compared; drift = the drift verdict, the largest PSI and the worst
     feature (devices with a profile in their release).
     """
-    from edgeship.sdk._fleetstatus import collect_status, summarize
+    from edgeship.sdk.fleet._fleetstatus import collect_status, summarize
 
     statuses = collect_status(broker_url, fleet_name, username=username,
                               password=read_password(password_file), timeout=timeout)
@@ -303,8 +303,8 @@ def discard(version: str, broker_url: str, username: str, password_file: str | N
     Their answers never changed. Publishes a retained shadow-discard message on each device's offer topic (it replaces
     the shadow offer) and waits for the devices to report shadow-discarded.
     """
-    from edgeship.sdk._manifest import parse_version
-    from edgeship.sdk._rollout_run import discard_shadow
+    from edgeship.sdk.fleet._rollout_run import discard_shadow
+    from edgeship.sdk.release._manifest import parse_version
 
     parse_version(version)
     verdicts = discard_shadow(broker_url=broker_url, fleet=fleet_name, version=version,
@@ -340,7 +340,7 @@ def credentials(fleet_name: str, devices: str, out: str, manager_user: str, serv
     """Per-device broker passwords, a mosquitto password file and an ACL: a device reads
     only its own offer/chunk topics and publishes only its own status/telemetry and chunk
     requests; only the manager user publishes offers. Existing passwords are kept."""
-    from edgeship.sdk._acl import write_credentials
+    from edgeship.sdk.fleet._acl import write_credentials
 
     creds = write_credentials(out, fleet_name, parse_devices(devices), manager=manager_user,
                               server=server_user)

@@ -20,7 +20,7 @@ _PASSPHRASE_HELP = "file holding the private-key passphrase (else $EDGESHIP_KEY_
 
 def _passphrase(path: Path | None) -> bytes | None:
     from edgeship.sdk._fileio import read_head
-    from edgeship.sdk._keydir import PASSPHRASE_ENV
+    from edgeship.sdk.release._keydir import PASSPHRASE_ENV
 
     if path is not None:
         try:
@@ -57,7 +57,7 @@ def keys() -> None:
 @click.option("--force", is_flag=True, help="replace keys already in KEYDIR")
 def keys_init(keydir: Path, passphrase_file: Path | None, days: int, force: bool) -> None:
     """Make a root key, a release key and a key set signed by the root in KEYDIR."""
-    from edgeship.sdk._keydir import KeyDir
+    from edgeship.sdk.release._keydir import KeyDir
 
     kd = KeyDir(keydir)
     keyset = kd.init(passphrase=_passphrase(passphrase_file), days=days, force=force)
@@ -73,7 +73,7 @@ def keys_init(keydir: Path, passphrase_file: Path | None, days: int, force: bool
 @click.option("--revoke-old", is_flag=True, help="also revoke the previous release key")
 def keys_rotate(keydir: Path, passphrase_file: Path | None, days: int, revoke_old: bool) -> None:
     """Replace the release key and re-sign the key set with a higher version."""
-    from edgeship.sdk._keydir import KeyDir
+    from edgeship.sdk.release._keydir import KeyDir
 
     keyset = KeyDir(keydir).rotate(passphrase=_passphrase(passphrase_file),
                                    revoke_old=revoke_old, days=days)
@@ -88,13 +88,13 @@ def keys_rotate(keydir: Path, passphrase_file: Path | None, days: int, revoke_ol
 @_days_option
 def keys_revoke(keydir: Path, keyid: str | None, passphrase_file: Path | None, days: int) -> None:
     """Revoke KEYID (default: the current release key, which is then replaced)."""
-    from edgeship.sdk._keydir import KeyDir
+    from edgeship.sdk.release._keydir import KeyDir
 
     keyset = KeyDir(keydir).revoke(keyid, passphrase=_passphrase(passphrase_file), days=days)
     click.echo(f"revoked {keyset.revoked[-1][:16]}, key set v{keyset.version}")
 
 
-# KEYDIR's own files (sdk/_keydir.py): root/release signing keys, the host's archive key
+# KEYDIR's own files (sdk/release/_keydir.py): root/release signing keys, the host's archive key
 _KEYDIR_NAMES = frozenset({"root", "release", "archive", "keyset"})
 
 
@@ -110,7 +110,7 @@ def keys_fleet_key(keydir: Path, name: str, force: bool) -> None:
     Writes KEYDIR/NAME.key (private, 0600) and KEYDIR/NAME.pub. NAME.pub is what 'edgeship release --encrypt-for' takes; NAME.key goes to the
     device(s) (agent.toml [encryption]) and nowhere else.
     """
-    from edgeship.sdk._crypt import write_key_pair
+    from edgeship.sdk.release._crypt import write_key_pair
 
     if name.lower() in _KEYDIR_NAMES:  # --force would destroy a signing or archive key
         raise InputError(f"--name {name}: that name belongs to the key dir's own keys "
@@ -160,8 +160,8 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
     ARTIFACT must load in onnxruntime (.onnx) or LiteRT (.tflite) here, as devices will
     load it (an Edge TPU model is checked by its structure); --any-file signs any file.
     """
-    from edgeship.sdk._artifact import load_problem
-    from edgeship.sdk._release import MAX_ARTIFACT_SIZE, Release, read_bounded
+    from edgeship.sdk.release._artifact import load_problem
+    from edgeship.sdk.release._release import MAX_ARTIFACT_SIZE, Release, read_bounded
 
     data = read_bounded(artifact, MAX_ARTIFACT_SIZE, "artifact")
     if not data:
@@ -171,7 +171,7 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
         raise InputError(f"{problem}; devices could not run it (--any-file signs it anyway)")
     profile = None
     if profile_file is not None:  # on the plaintext artifact, before it is encrypted
-        from edgeship.sdk._profile import profile_from_file
+        from edgeship.sdk.monitor._profile import profile_from_file
 
         try:
             profile = profile_from_file(profile_file, model_path=artifact)
@@ -226,11 +226,11 @@ def verify(reldir: Path, root: Path, model_name: str | None, hardware: str | Non
     An encrypted release is checked up to its signature and digests without --key;
     with --key it is also decrypted, its deltas applied and its golden check run.
     """
-    from edgeship.sdk._release import verify_release
+    from edgeship.sdk.release._release import verify_release
 
     key = None
     if key_file is not None:
-        from edgeship.sdk._crypt import private_key_file
+        from edgeship.sdk.release._crypt import private_key_file
 
         key = private_key_file(key_file, "--key")
     m = verify_release(reldir, root, model_name=model_name, hardware=hardware, bases=bases,

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgeship.sdk._model import TensorSpec
 from edgeship.sdk._quiet import ort_log_level
-from edgeship.sdk._runtime_quant import EdgeQuant, from_storage, to_storage
+from edgeship.sdk.runtime._model import TensorSpec
+from edgeship.sdk.runtime._runtime_quant import EdgeQuant, from_storage, to_storage
 
 from edgeship._errors import InferenceError, ModelLoadError
 

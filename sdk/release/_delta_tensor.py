@@ -18,7 +18,7 @@ almost all zeros), else as a bsdiff4 patch; the smaller wins. Each new tensor is
 - ``SAME``: identical to the base tensor of that name (costs nothing);
 - ``SIG``: INT8 difference, mostly zero: significance streams ``nz``/``sign``/``big``/
   ``rest``, the masks coded per magnitude bucket of the base weight, a context the
-  device knows (:mod:`edgeship.sdk._delta_codec`);
+  device knows (:mod:`edgeship.sdk.release._delta_codec`);
 - ``ZZ``: difference as zigzag bytes (``zz8``, dense INT8 changes such as a retrained
   head) or, for int32 bias / float32 scale, zigzag byte planes or varints (``wide``);
 - ``LIT``: raw bytes (``lit``), for new tensors or when cheaper than any difference.
@@ -33,8 +33,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from edgeship.sdk import _delta_codec as codec
-from edgeship.sdk._delta_parse import find_regions
+from edgeship.sdk.release import _delta_codec as codec
+from edgeship.sdk.release._delta_parse import find_regions
 
 from edgeship._errors import MalformedError
 
@@ -255,7 +255,7 @@ def _unpack(name: str, blob: bytes, method: int, rlen: int) -> bytes:
 
 
 def _new_skeleton(d: _Delta, old_skel: bytes) -> bytes:
-    from edgeship.sdk._delta import bspatch
+    from edgeship.sdk.release._delta import bspatch
 
     if d.skel_mode == _BSDIFF:
         skel = bspatch(old_skel, d.raw["skel"][1], max_output=d.skel_size)

@@ -490,7 +490,7 @@ def answer_limit(model: Any, feeds: Mapping[str, Any]) -> int | None:
 def _cloud_inputs(inputs: Mapping[str, Any], model: Any) -> dict[str, Any]:
     """Inputs as the local model would take them (float64 -> float32 when unknown)."""
     import numpy as np
-    from edgeship.sdk._v2 import datatype_of
+    from edgeship.sdk.serving._v2 import datatype_of
 
     dtypes = {s.name: s.dtype for s in getattr(model, "inputs", ())}
     out = {}
@@ -504,6 +504,6 @@ def _cloud_inputs(inputs: Mapping[str, Any], model: Any) -> dict[str, Any]:
 
 def _check_outputs(outputs: Mapping[str, Any], model: Any) -> None:
     """The cloud must answer with the local model's outputs, same trailing shapes."""
-    from edgeship.sdk._cloud import check_outputs
+    from edgeship.sdk.serving._cloud import check_outputs
 
     check_outputs(outputs, getattr(model, "outputs", ()))

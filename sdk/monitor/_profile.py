@@ -6,7 +6,7 @@ data (parsed and validated without numpy, serialized under 64 KiB) so that it ca
 a signed manifest. :func:`build_profile` makes one from arrays, :func:`profile_from_file`
 from a ``profile.json`` or a ``DATA.npz``; :class:`DriftMonitor` counts what a device sees
 into the same bins over a sliding window and reports PSI and KS per feature
-(:class:`DriftReport`); those three live in :mod:`edgeship.sdk._drift_monitor` and are
+(:class:`DriftReport`); those three live in :mod:`edgeship.sdk.monitor._drift_monitor` and are
 importable from here too.
 
 Features (``TensorLayout`` says how each tensor becomes features; the device applies the
@@ -470,7 +470,7 @@ def profile_from_file(path: str | Path, model_path: str | Path | None = None, *,
 
 
 def _load_model(model_path: str | Path) -> Any:
-    from edgeship.sdk._model import Model
+    from edgeship.sdk.runtime._model import Model
 
     from edgeship._errors import ModelLoadError
 
@@ -528,5 +528,5 @@ def __getattr__(name: str) -> Any:
     if name in _MONITOR_NAMES:
         import importlib
 
-        return getattr(importlib.import_module("edgeship.sdk._drift_monitor"), name)
+        return getattr(importlib.import_module("edgeship.sdk.monitor._drift_monitor"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

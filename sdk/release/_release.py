@@ -7,15 +7,15 @@ Layout of ``RELDIR``::
     model.int8.tflite          the artifact, under its own name
     deltas/from-1.1.0.<fmt>    one delta per base version, fmt bsdiff4 | edgeship-tensor
 
-Encrypted releases (``encrypt_for=``, see :mod:`edgeship.sdk._crypt`): the artifact and
+Encrypted releases (``encrypt_for=``, see :mod:`edgeship.sdk.release._crypt`): the artifact and
 every delta are stored encrypted under one fresh data key, wrapped for each recipient
 public key *and* for the key dir's ``archive.key`` (created on first use), so that a later
 ``--base`` of this release can be decrypted on the host to compute the next delta
 without any device's private key. Deltas are computed on plaintext. A plaintext release
 never gets a delta from an encrypted base (the delta would reveal the base model).
 
-:func:`verify_release` runs :func:`~edgeship.sdk._trust.check_offer` and
-:func:`~edgeship.sdk._trust.check_payload` on these files, i.e. exactly what a device
+:func:`verify_release` runs :func:`~edgeship.sdk.release._trust.check_offer` and
+:func:`~edgeship.sdk.release._trust.check_payload` on these files, i.e. exactly what a device
 runs on the bytes it receives. :meth:`Release.offer` gives the wire form the fleet
 server sends (``Offer.to_bytes()``).
 """
@@ -31,7 +31,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeship.sdk._crypt import (
+from edgeship.sdk._fileio import make_output_dir, write_atomic
+from edgeship.sdk.release._crypt import (
     MAX_RECIPIENTS,
     Encryption,
     decrypt,
@@ -44,10 +45,9 @@ from edgeship.sdk._crypt import (
     read_key_file,
     unwrap_data_key,
 )
-from edgeship.sdk._delta import best_delta
-from edgeship.sdk._fileio import make_output_dir, write_atomic
-from edgeship.sdk._keydir import KeyDir
-from edgeship.sdk._keys import (
+from edgeship.sdk.release._delta import best_delta
+from edgeship.sdk.release._keydir import KeyDir
+from edgeship.sdk.release._keys import (
     KeySet,
     format_time,
     keyid_of,
@@ -55,8 +55,8 @@ from edgeship.sdk._keys import (
     sign_envelope,
     verify_envelope,
 )
-from edgeship.sdk._manifest import ArtifactInfo, DeltaInfo, Golden, Manifest, parse_version
-from edgeship.sdk._trust import (
+from edgeship.sdk.release._manifest import ArtifactInfo, DeltaInfo, Golden, Manifest, parse_version
+from edgeship.sdk.release._trust import (
     MAX_OFFER_SIZE,
     Offer,
     TrustedState,
@@ -80,7 +80,7 @@ if TYPE_CHECKING:
         X25519PrivateKey,
         X25519PublicKey,
     )
-    from edgeship.sdk._profile import Profile
+    from edgeship.sdk.monitor._profile import Profile
 
 __all__ = ["Release", "verify_release", "write_verified"]
 
@@ -314,7 +314,7 @@ def _base_plaintext(base_dir: Path, stored: bytes, encryption: Encryption, keys:
     try:
         return decrypt(stored, unwrap_data_key(encryption, archive), what=f"--base {base_dir}")
     except DecryptionError as exc:
-        from edgeship.sdk._crypt import short
+        from edgeship.sdk.release._crypt import short
 
         if encryption.recipient(keyid_of_public(archive)) is None:
             raise InputError(f"--base {base_dir} was not released with this key dir's "
@@ -374,7 +374,7 @@ def _artifact_deviation(artifact: Path, inputs: dict[str, Any], expected: Any, *
     InputError naming why, when ``strict``). With ``data`` (a decrypted artifact) the
     model is loaded from those bytes in memory; ``artifact`` then only names it."""
     import numpy as np
-    from edgeship.sdk._model import Model
+    from edgeship.sdk.runtime._model import Model
 
     from edgeship._errors import EdgeshipError
 

@@ -18,7 +18,7 @@ from edgeship._errors import InferenceError, TransportError
 
 if TYPE_CHECKING:
     import numpy as np
-    from edgeship.sdk._v2 import ModelMetadata
+    from edgeship.sdk.serving._v2 import ModelMetadata
 
 __all__ = ["AgentAnswer", "AgentClient"]
 
@@ -35,7 +35,7 @@ class AgentClient:
 
     def __init__(self, url: str = "http://127.0.0.1:8500", *, model: str = "model",
                  timeout: float = 10.0, binary: bool = True) -> None:
-        from edgeship.sdk._cloud import CloudClient
+        from edgeship.sdk.serving._cloud import CloudClient
 
         self.url, self.model = url, model
         self._http = CloudClient(url, model, deadline_ms=timeout * 1000, binary=binary)
@@ -52,7 +52,7 @@ class AgentClient:
     def infer(self, inputs: Mapping[str, Any]) -> AgentAnswer:
         """Outputs by name, and who answered with which version."""
         import numpy as np
-        from edgeship.sdk._cloud import CloudRejectedError
+        from edgeship.sdk.serving._cloud import CloudRejectedError
 
         arrays = {k: np.asarray(v) for k, v in inputs.items()}
         try:

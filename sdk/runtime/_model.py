@@ -236,13 +236,13 @@ def _backend(runtime: str, source: str | bytes, device: str, threads: int | None
     if threads is not None and threads < 1:
         raise ModelLoadError(f"threads must be >= 1, not {threads}")
     if runtime == "litert":
-        from edgeship.sdk._runtime_litert import LiteRtBackend
+        from edgeship.sdk.runtime._runtime_litert import LiteRtBackend
 
         return LiteRtBackend(source, device=device, threads=threads)
     if runtime == "openvino":
-        from edgeship.sdk._runtime_openvino import OpenVinoBackend
+        from edgeship.sdk.runtime._runtime_openvino import OpenVinoBackend
 
         return OpenVinoBackend(source, device=device, threads=threads)
-    from edgeship.sdk._runtime_ort import OrtBackend
+    from edgeship.sdk.runtime._runtime_ort import OrtBackend
 
     return OrtBackend(source, device=device, threads=threads)

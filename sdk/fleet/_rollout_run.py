@@ -1,7 +1,7 @@
 """The shell around the rollout planner: MQTT in and out, SQLite for memory.
 
 :func:`run_rollout` watches the fleet's retained statuses (:class:`FleetWatcher`), asks
-:func:`edgeship.sdk._rollout.step` what to do, publishes the signed offer (retained,
+:func:`edgeship.sdk.fleet._rollout.step` what to do, publishes the signed offer (retained,
 QoS 1, acknowledged by the broker) to the devices of a wave, and then records the new
 state in :class:`FleetDB`. Publishing before recording, and re-offering the open wave on
 every start, mean a kill at any instant at worst repeats an offer, which a device
@@ -23,11 +23,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgeship.sdk._fleetdb import FleetDB
-from edgeship.sdk._fleetstatus import FleetWatcher
-from edgeship.sdk._mqtt import MqttEdge, parse_broker_url, topics
-from edgeship.sdk._release import Release
-from edgeship.sdk._rollout import (
+from edgeship.sdk.fleet._fleetdb import FleetDB
+from edgeship.sdk.fleet._fleetstatus import FleetWatcher
+from edgeship.sdk.fleet._rollout import (
     Rollout,
     RolloutPolicy,
     discard_payload,
@@ -40,6 +38,8 @@ from edgeship.sdk._rollout import (
     start_rollout,
     step,
 )
+from edgeship.sdk.release._release import Release
+from edgeship.sdk.transport._mqtt import MqttEdge, parse_broker_url, topics
 
 from edgeship._errors import InputError, TransportError
 

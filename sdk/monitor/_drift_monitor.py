@@ -1,4 +1,4 @@
-"""Drift accounting against a :class:`~edgeship.sdk._profile.Profile`: a sliding window
+"""Drift accounting against a :class:`~edgeship.sdk.monitor._profile.Profile`: a sliding window
 of per-bin counts (:class:`DriftMonitor`), PSI and KS per feature, and the verdict
 (:class:`DriftReport`) judged with the thresholds of :class:`DriftConfig`.
 
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgeship.sdk._profile import Profile, TensorLayout, _columns, _pool, _scores
+from edgeship.sdk.monitor._profile import Profile, TensorLayout, _columns, _pool, _scores
 
 from edgeship._errors import ConfigError, InputError
 

@@ -13,9 +13,9 @@ import threading
 from typing import Any
 
 import numpy as np
-from edgeship.sdk._model import TensorSpec
-from edgeship.sdk._runtime_ort import _edge_quant
-from edgeship.sdk._runtime_quant import from_storage, to_storage
+from edgeship.sdk.runtime._model import TensorSpec
+from edgeship.sdk.runtime._runtime_ort import _edge_quant
+from edgeship.sdk.runtime._runtime_quant import from_storage, to_storage
 
 from edgeship._errors import InferenceError, ModelLoadError
 

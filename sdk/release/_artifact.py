@@ -36,7 +36,7 @@ def load_problem(path: Path, data: bytes) -> str:
                 "LiteRT)")
     if suffix == ".tflite" and _needs_edgetpu(data):
         return ""
-    from edgeship.sdk._model import Model
+    from edgeship.sdk.runtime._model import Model
 
     from edgeship._errors import ModelLoadError
 

@@ -28,7 +28,7 @@ Contract for the device agent
 4. ``artifact = check_payload(manifest, data, base=installed_bytes_or_None)`` checks the
    delta or artifact, applies the delta (:func:`edgeship.sdk.apply_delta`) and checks the
    result's size and sha256 again. Only these returned bytes may be written to a slot.
-   For an encrypted release (``manifest.encryption``, see :mod:`edgeship.sdk._crypt`)
+   For an encrypted release (``manifest.encryption``, see :mod:`edgeship.sdk.release._crypt`)
    they are the signed *ciphertext*; a delta needs ``private_key=`` (and
    ``base_encryption=`` when the installed base is encrypted), and the plaintext lives
    only in memory: decrypt it with ``unwrap_data_key`` + ``decrypt`` to load the model.
@@ -53,14 +53,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from edgeship.sdk._keys import (
+from edgeship.sdk.release._keys import (
     KeySet,
     canonical_bytes,
     keyid_of,
     public_key_from_bytes,
     verify_envelope,
 )
-from edgeship.sdk._manifest import DeltaInfo, Manifest, parse_version
+from edgeship.sdk.release._manifest import DeltaInfo, Manifest, parse_version
 
 from edgeship._errors import (
     DecryptionError,
@@ -73,7 +73,7 @@ from edgeship._errors import (
 )
 
 if TYPE_CHECKING:
-    from edgeship.sdk._crypt import Encryption
+    from edgeship.sdk.release._crypt import Encryption
 
 __all__ = [
     "MAX_OFFER_SIZE",
@@ -411,7 +411,7 @@ def check_payload(
     if base is None:
         check_sized(data, size=art.size, sha256=art.sha256, what=art.name)
         if manifest.encryption is not None and private_key is not None:
-            from edgeship.sdk._crypt import decrypt, unwrap_data_key
+            from edgeship.sdk.release._crypt import decrypt, unwrap_data_key
 
             decrypt(data, unwrap_data_key(manifest.encryption, private_key), what=art.name)
         return data
@@ -432,7 +432,7 @@ def check_payload(
 
 
 def _apply(base: bytes, delta: bytes, fmt: str, max_output: int) -> bytes:
-    from edgeship.sdk._delta import apply_delta
+    from edgeship.sdk.release._delta import apply_delta
 
     return apply_delta(base, delta, fmt, max_output=max_output)
 
@@ -440,7 +440,7 @@ def _apply(base: bytes, delta: bytes, fmt: str, max_output: int) -> bytes:
 def _apply_encrypted(manifest: Manifest, info: DeltaInfo, base: bytes, delta: bytes,
                      private_key: Any, base_encryption: Encryption | None) -> bytes:
     """Decrypt base and delta as needed, apply on plaintext, re-encrypt the result."""
-    from edgeship.sdk._crypt import ENCRYPTION_OVERHEAD, decrypt, encrypt, unwrap_data_key
+    from edgeship.sdk.release._crypt import ENCRYPTION_OVERHEAD, decrypt, encrypt, unwrap_data_key
 
     if private_key is None:
         raise DecryptionError(f"{info.name}: applying a delta to or from an encrypted "

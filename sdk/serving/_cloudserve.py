@@ -1,6 +1,6 @@
 """The reference cloud model: an fp32 ONNX model behind Open Inference Protocol v2.
 
-``edgeship cloud serve`` runs :class:`OnnxService` on the :mod:`edgeship.sdk._v2server`
+``edgeship cloud serve`` runs :class:`OnnxService` on the :mod:`edgeship.sdk.serving._v2server`
 toolkit, so ``tritonclient.http``, KServe/MLServer clients and the edgeship fallback all
 talk to it unchanged.
 
@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgeship.sdk._v2 import ModelMetadata, TensorSpec
-from edgeship.sdk._v2server import StatusError, V2Service
+from edgeship.sdk.serving._v2 import ModelMetadata, TensorSpec
+from edgeship.sdk.serving._v2server import StatusError, V2Service
 
 from edgeship._errors import ConfigError, InferenceError, ModelLoadError
 

@@ -1,6 +1,6 @@
 """The release manifest: what a release key signs about one model version (pure data).
 
-``manifest.json`` is an envelope (see :mod:`edgeship.sdk._keys`) whose ``signed`` part is::
+``manifest.json`` is an envelope (see :mod:`edgeship.sdk.release._keys`) whose ``signed`` part is::
 
     {"type": "manifest", "spec_version": 1,
      "model": "mobilenet", "version": "1.2.0",
@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from edgeship.sdk._crypt import Encryption
-from edgeship.sdk._keys import parse_time
+from edgeship.sdk.release._crypt import Encryption
+from edgeship.sdk.release._keys import parse_time
 
 from edgeship._errors import ExpiredError, MalformedError
 
 if TYPE_CHECKING:
-    from edgeship.sdk._profile import Profile
+    from edgeship.sdk.monitor._profile import Profile
 
 __all__ = [
     "DELTA_FORMATS",
@@ -256,7 +256,7 @@ def _optional_profile(signed: Mapping[str, Any]) -> Profile | None:
     if "profile" not in signed:
         return None
     value = _mapping(signed["profile"], "manifest.profile")
-    from edgeship.sdk._profile import Profile
+    from edgeship.sdk.monitor._profile import Profile
 
     try:
         return Profile.from_dict(value)

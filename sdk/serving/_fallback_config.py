@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgeship.sdk._fallback import POLICIES, CircuitBreaker, FallbackModel, FallbackPolicy
 from edgeship.sdk._fileio import read_head
+from edgeship.sdk.serving._fallback import POLICIES, CircuitBreaker, FallbackModel, FallbackPolicy
 
 from edgeship._errors import ConfigError
 
@@ -53,7 +53,7 @@ def build_fallback(
     values: Mapping[str, Any], *, default_model: str = "", local: Any = None, version: str = ""
 ) -> FallbackModel:
     """A ready :class:`FallbackModel` for the ``[fallback]`` table ``values``."""
-    from edgeship.sdk._cloud import CloudClient, tls_context
+    from edgeship.sdk.serving._cloud import CloudClient, tls_context
 
     url = values.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):

@@ -31,7 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from edgeship.sdk._fileio import make_output_dir, read_head, write_atomic
-from edgeship.sdk._keys import (
+from edgeship.sdk.release._keys import (
     KeySet,
     format_time,
     keyid_of,
@@ -149,7 +149,7 @@ class KeyDir:
     def archive_key(self, *, create: bool = False) -> Any:
         """The host's X25519 archive key (see the module docstring); None if there is
         none yet and not ``create``."""
-        from edgeship.sdk._crypt import private_key_file, write_key_pair
+        from edgeship.sdk.release._crypt import private_key_file, write_key_pair
 
         path = self.path / "archive.key"
         if not path.exists():

@@ -8,7 +8,7 @@ the failure rate of the devices decided so far passes a threshold.
 Nothing here does I/O. :func:`step` takes the recorded :class:`Rollout`, the latest
 device statuses (the retained JSON of ``edgeship/<fleet>/<device>/status``) and ``now``,
 and returns the new rollout plus the devices to offer the release to now. The shell
-(:mod:`edgeship.sdk._rollout_run`) publishes the offers *before* it records the new
+(:mod:`edgeship.sdk.fleet._rollout_run`) publishes the offers *before* it records the new
 state, and re-offers the open wave after a restart (offers are retained and idempotent
 on the device), so a crash never leaves a wave recorded as offered but never sent.
 

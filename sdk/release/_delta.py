@@ -6,9 +6,9 @@ exact inverses: ``apply_delta(base, make_delta(base, new, f), f) == new`` byte f
 ``max_output`` (the artifact size the signed manifest promises) *before* anything is
 decompressed, so a delta cannot make a device allocate more than that ("endless data").
 A delta that cannot be decoded raises :class:`~edgeship.MalformedError`. The caller still
-checks the result's sha256 (``check_payload`` in :mod:`edgeship.sdk._trust` does).
+checks the result's sha256 (``check_payload`` in :mod:`edgeship.sdk.release._trust` does).
 
-``edgeship-tensor`` (see :mod:`edgeship.sdk._delta_tensor`) needs no model parser on the
+``edgeship-tensor`` (see :mod:`edgeship.sdk.release._delta_tensor`) needs no model parser on the
 device: the layout is in the delta itself.
 """
 
@@ -33,7 +33,7 @@ def make_delta(base: bytes, new: bytes, fmt: str = "edgeship-tensor") -> bytes:
 
         return bytes(bsdiff4.diff(base, new))
     if fmt == "edgeship-tensor":
-        from edgeship.sdk._delta_tensor import encode
+        from edgeship.sdk.release._delta_tensor import encode
 
         return encode(base, new)
     raise ValueError(f"unknown delta format {fmt!r}")
@@ -46,7 +46,7 @@ def apply_delta(
     if fmt == "bsdiff4":
         return bspatch(base, delta, max_output=max_output)
     if fmt == "edgeship-tensor":
-        from edgeship.sdk._delta_tensor import decode
+        from edgeship.sdk.release._delta_tensor import decode
 
         return decode(base, delta, max_output=max_output)
     raise MalformedError(f"unknown delta format {fmt!r}")

@@ -1,7 +1,7 @@
 """Rollout state in a local SQLite file, so ``fleet push`` resumes where it stopped.
 
 One row per rollout (keyed ``fleet/model/version``) holds the whole
-:class:`~edgeship.sdk._rollout.Rollout` as JSON, replaced in one transaction; an
+:class:`~edgeship.sdk.fleet._rollout.Rollout` as JSON, replaced in one transaction; an
 append-only ``events`` table keeps what happened (offers, halts) for the record.
 SQLite's journal makes each save all-or-nothing, so a kill at any instant leaves the
 previous or the new state, never a mix.
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgeship.sdk._rollout import Rollout
+from edgeship.sdk.fleet._rollout import Rollout
 
 from edgeship._errors import ConfigError
 

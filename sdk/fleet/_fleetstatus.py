@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeship.sdk._mqtt import Message, MqttEdge
+from edgeship.sdk.transport._mqtt import Message, MqttEdge
 
 from edgeship._errors import TransportError
 

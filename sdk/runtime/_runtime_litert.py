@@ -18,9 +18,9 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from edgeship.sdk._model import TensorSpec
 from edgeship.sdk._quiet import runtime_chatter_filtered
-from edgeship.sdk._runtime_quant import EdgeQuant, from_storage, to_storage
+from edgeship.sdk.runtime._model import TensorSpec
+from edgeship.sdk.runtime._runtime_quant import EdgeQuant, from_storage, to_storage
 
 from edgeship._errors import InferenceError, ModelLoadError
 

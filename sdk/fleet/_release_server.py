@@ -1,6 +1,6 @@
 """The host-side release server behind ``edgeship fleet serve``, and a plain offer push.
 
-:class:`ReleaseServer` answers chunk requests (:mod:`edgeship.sdk._transfer`) for the
+:class:`ReleaseServer` answers chunk requests (:mod:`edgeship.sdk.transport._transfer`) for the
 files of the release directories it was given. It subscribes through
 ``$share/<group>/edgeship/<fleet>/ota/req``, so several servers split the requests of a
 fleet between them and any one can die. It serves only files a manifest names (the
@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeship.sdk._mqtt import Message, MqttEdge, request_topic, topics
-from edgeship.sdk._release import Release
-from edgeship.sdk._transfer import ChunkRequest, serve_request
+from edgeship.sdk.release._release import Release
+from edgeship.sdk.transport._mqtt import Message, MqttEdge, request_topic, topics
+from edgeship.sdk.transport._transfer import ChunkRequest, serve_request
 
 from edgeship._errors import InputError, TransportError
 

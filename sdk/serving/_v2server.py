@@ -47,7 +47,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
-from edgeship.sdk._v2 import (
+from edgeship.sdk.serving._v2 import (
     DEFAULT_MAX_REQUEST_BYTES,
     HEADER_LENGTH,
     ModelMetadata,
@@ -56,7 +56,7 @@ from edgeship.sdk._v2 import (
     parse_header_length,
     validate_inputs,
 )
-from edgeship.sdk._v2conns import ByteBudget, Connections, Limits, request_cost
+from edgeship.sdk.serving._v2conns import ByteBudget, Connections, Limits, request_cost
 
 from edgeship._errors import (
     EdgeshipError,
