@@ -38,6 +38,7 @@ from edgeship.sdk.fleet._rollout import (
     start_rollout,
     step,
 )
+from edgeship.sdk.fleet._rollout_control import Control, RolloutControls
 from edgeship.sdk.release._release import Release
 from edgeship.sdk.transport._mqtt import MqttEdge, parse_broker_url, topics
 
@@ -173,7 +174,25 @@ def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
 def _drive(rollout: Rollout, watcher: FleetWatcher, db: FleetDB, payload: bytes, *, wait: bool,
            on_update: Callable[[Rollout], None] | None, poll_s: float,
            clock: Callable[[], float]) -> Rollout:
+    controls = RolloutControls(db.conn)
+    paused = False
     while True:
+        control = controls.get(rollout.key)
+        if control is not None and control.state == "cancelled":
+            return _cancel(rollout, db, controls, control, clock())
+        if control is not None and control.state == "paused":
+            if not paused:
+                db.save(rollout, event="paused", detail={"who": control.who})
+            paused = True
+            if on_update is not None:
+                on_update(rollout)
+            if not wait:
+                return rollout
+            time.sleep(poll_s)
+            continue
+        if paused:  # the open wave waited for the operator, not for its devices
+            paused, rollout = False, resume(rollout, now=clock())
+            db.save(rollout, event="unpaused", detail={})
         new, offer = step(rollout, watcher.raw(), clock())
         if offer:
             publish_offers(watcher.edge, rollout.fleet, payload, offer)
@@ -190,6 +209,18 @@ def _drive(rollout: Rollout, watcher: FleetWatcher, db: FleetDB, payload: bytes,
             return rollout
         if not offer:
             time.sleep(poll_s)
+
+
+def _cancel(rollout: Rollout, db: FleetDB, controls: RolloutControls, control: Control,
+            now: float) -> Rollout:
+    """Record a cancelled rollout as halted (a re-run of the push resumes it) and consume
+    the control row."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(control.ts))
+    halted = replace(rollout, status="halted", updated_at=now,
+                     reason=f"cancelled by {control.who} at {when}")
+    db.save(halted, event="halted", detail={"reason": halted.reason, "who": control.who})
+    controls.set(rollout.key, None, control.who)
+    return halted
 
 
 def discard_shadow(*, broker_url: str, fleet: str, version: str,
