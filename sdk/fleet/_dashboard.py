@@ -120,7 +120,11 @@ class Dashboard:
         return f"{scheme}://{host}:{port}"
 
     def start(self, timeout: float = 10.0) -> Dashboard:
-        self.live.start(timeout)
+        try:
+            self.live.start(timeout)
+        except BaseException:
+            self.httpd.server_close()
+            raise
         self._thread.start()
         return self
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from html import escape
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -293,7 +294,7 @@ def releases_page(releases: Sequence[ReleaseView], shadows: Mapping[str, tuple[i
             f"<td>{_size(r.size)} {_e(r.fmt)}</td><td>{deltas}</td><td><code>{_e(r.keyid[:16])}"
             f'</code></td><td class="{"bad" if r.expired else ""}">{_e(r.expires)}</td>'
             f"<td>{'yes' if r.encrypted else 'no'}</td><td>{'yes' if r.profile else 'no'}</td>"
-            f"<td title=\"{_e(r.path)}\">{_e(r.path[-40:])}</td></tr>")
+            f"<td title=\"{_e(r.path)}\">{_e(Path(r.path).name)}</td></tr>")
     shadow_rows = []
     for version, (n, agreement) in sorted(shadows.items()):
         buttons = (_action("promote", {"version": version}, csrf, "promote")

@@ -226,7 +226,7 @@ def changes(device: str, before: Mapping[str, Any] | None, after: Mapping[str, A
     was = (old.get("drift") or {}).get("alert") if isinstance(old.get("drift"), Mapping) else None
     if isinstance(alert, bool) and alert != bool(was) and (alert or was is not None):
         drift = after["drift"]
-        out.append(DeviceEvent(device=device, ts=ts,
+        out.append(DeviceEvent(device=device, ts=now,  # the status's ts is the OTA core's
                                kind="drift-alert" if alert else "drift-cleared",
                                version=None if version is None else str(version),
                                detail={"worst": drift.get("worst"),
