@@ -63,9 +63,9 @@ def dashboard(broker_url: str, username: str, password_file: str | None, fleet_n
     telemetry topics; rollouts and telemetry history from the fleet database (history
     older than --history-days is dropped). Read-only unless --allow-actions.
     """
+    from edgeship._cli.cloud import _server_tls
     from edgeship.sdk.fleet._dashboard import Dashboard, DashboardConfig
     from edgeship.sdk.fleet._dashboard_auth import read_tokens
-    from edgeship.sdk.serving._cloudserve import _server_tls
 
     config = DashboardConfig(
         broker_url=broker_url, fleet=fleet_name, db_path=_db_path(db_url), host=listen[0],
