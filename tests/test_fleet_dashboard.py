@@ -164,6 +164,26 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
     raise AssertionError(f"{what}: not seen within {timeout}s (last: {last!r})")
 
 
+def retry(act: Callable[[], Any], tries: int = 50) -> Any:
+    """Do ``act`` again when the live update replaced the element it found."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(tries - 1):
+        try:
+            return act()
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    return act()
+
+
+def text(driver: Any, css: str) -> str:
+    """The text of the first element matching ``css``, read in one script."""
+    got = driver.execute_script("const e = document.querySelector(arguments[0]);"
+                                "return e ? e.innerText : null;", css)
+    assert got is not None, f"nothing matches {css}"
+    return str(got)
+
+
 def rows(driver: Any) -> dict[str, dict[str, str]]:
     """The devices table as the browser shows it: device -> {version, phase, drift} (read
     in one script: the live update may replace the table between two reads)."""
@@ -210,12 +230,10 @@ def test_devices_table_shows_every_device_with_its_version(fleet: Fleet) -> None
     assert sorted(table) == sorted([*SIMS, AGENT])
     assert {table[s]["version"] for s in SIMS} == {"1.0.0"}
     assert table[AGENT]["version"] == "1.0.0"
-    assert d.find_element(By.ID, "count").text == "21"
+    assert text(d, "#count") == "21"
     # the filter narrows the table on the server, as you type
-    box = d.find_element(By.ID, "q")
-    box.send_keys("dev-001")
+    retry(lambda: d.find_element(By.ID, "q").send_keys("dev-001"))
     wait_for("filtered to dev-0010..0019", lambda: sorted(rows(d)) == SIMS[10:])
-    box.clear()
     d.get(fleet.url + "/")
 
 
@@ -262,9 +280,10 @@ def test_a_failing_canary_shows_as_halted_with_its_reason(fleet: Fleet) -> None:
     assert push.returncode == 3 and json.loads(out)["status"] == "halted"
     # the device's page has the failure and the device's own reason
     d.get(f"{fleet.url}/device/{BROKEN}")
-    events = wait_for("the failure in the device history", lambda: [
-        e.text for e in d.find_elements(By.CSS_SELECTOR, "#events tr.rolled-back")])
-    assert "golden output differs" in events[0] and "1.2.0" in events[0]
+    wait_for("the failure in the device history",
+             lambda: d.find_elements(By.CSS_SELECTOR, "#events tr.rolled-back"))
+    event = text(d, "#events tr.rolled-back")
+    assert "golden output differs" in event and "1.2.0" in event
 
 
 def test_a_drift_alert_on_the_real_agent_appears_on_its_row(fleet: Fleet) -> None:
@@ -293,6 +312,12 @@ def test_a_drift_alert_on_the_real_agent_appears_on_its_row(fleet: Fleet) -> Non
     d.save_screenshot(str(SHOTS / "dashboard-device.png"))
 
 
+def sign_in(driver: Any, who: str, token: str) -> None:
+    retry(lambda: driver.find_element(By.NAME, "who").send_keys(who))
+    retry(lambda: driver.find_element(By.NAME, "token").send_keys(token))
+    retry(lambda: driver.find_element(By.ID, "login").click())
+
+
 def _post_without_form(fleet: Fleet, sid: str, key: str) -> int:
     req = urllib.request.Request(f"{fleet.url}/action", method="POST",
                                  data=f"action=cancel&key={key}&csrf=guess".encode(),
@@ -312,20 +337,17 @@ def test_an_action_is_refused_without_the_token_and_done_with_it(fleet: Fleet) -
         wait_for("the 1.3.0 rollout running", lambda: (c := card(d, "1.3.0")) and
                  c["status"] == "running")
         click(d, "1.3.0", "pause")
-        refused = wait_for("the refusal", lambda: d.find_elements(By.ID, "refused"))
-        assert "sign in with the dashboard token" in refused[0].text
+        wait_for("the refusal", lambda: d.find_elements(By.ID, "refused"))
+        assert "sign in with the dashboard token" in text(d, "#refused")
         d.get(fleet.url + "/rollouts")
         assert card(d, "1.3.0")["status"] == "running"  # type: ignore[index]
 
-        d.find_element(By.NAME, "who").send_keys("alice")
-        d.find_element(By.NAME, "token").send_keys("not-the-token-at-all")
-        d.find_element(By.ID, "login").click()
-        assert "wrong token" in wait_for("refusal", lambda: d.find_elements(By.ID, "refused"))[0].text
+        sign_in(d, "alice", "not-the-token-at-all")
+        wait_for("the refusal", lambda: d.find_elements(By.ID, "refused"))
+        assert "wrong token" in text(d, "#refused")
         d.get(fleet.url + "/rollouts")
-        d.find_element(By.NAME, "who").send_keys("alice")
-        d.find_element(By.NAME, "token").send_keys(TOKEN)
-        d.find_element(By.ID, "login").click()
-        wait_for("signed in", lambda: "alice" in d.find_element(By.ID, "who").text)
+        sign_in(d, "alice", TOKEN)
+        wait_for("signed in", lambda: "alice" in text(d, "#who"))
 
         # a request from elsewhere with the session cookie but not the form's CSRF token
         key = card(d, "1.3.0")["key"]  # type: ignore[index]
@@ -340,7 +362,8 @@ def test_an_action_is_refused_without_the_token_and_done_with_it(fleet: Fleet) -
         c = wait_for("halted on the page", lambda: (c := card(d, "1.3.0")) and
                      c["status"] == "halted" and c)
         assert "cancelled by alice (tester)" in c["reason"]
-        audit = [tr.text for tr in d.find_elements(By.CSS_SELECTOR, "#audit tbody tr")]
+        audit = d.execute_script("return [...document.querySelectorAll('#audit tbody tr')]"
+                             ".map(tr => tr.innerText);")
         assert any("pause" in a and "refused" in a and "anonymous" in a for a in audit), audit
         assert any("cancel" in a and "alice (tester)" in a and "cancelled" in a for a in audit)
         assert any("cancel" in a and "CSRF" in a for a in audit), audit
@@ -356,8 +379,8 @@ def test_the_releases_page_lists_sizes_deltas_and_profiles(fleet: Fleet) -> None
     d = fleet.driver
     d.get(fleet.url + "/releases")
     by_version: dict[str, list[str]] = {}
-    for tr in d.find_elements(By.CSS_SELECTOR, "#releases tbody tr"):
-        cells = [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+    for cells in d.execute_script("return [...document.querySelectorAll('#releases tbody tr')]"
+                                  ".map(tr => [...tr.cells].map(c => c.innerText));"):
         by_version.setdefault(cells[1], []).append(" | ".join(cells))
     assert sorted(by_version) == ["1.0.0", "1.1.0", "1.2.0", "1.3.0"]
     assert "from 1.0.0:" in by_version["1.1.0"][0]
@@ -377,7 +400,7 @@ def test_a_shadow_is_listed_and_discarded_from_the_page(fleet: Fleet) -> None:
     d.save_screenshot(str(SHOTS / "dashboard-releases.png"))
     d.execute_script("document.querySelector(\"tr[data-shadow='1.3.0'] "
                      "button[data-action='discard']\").click();")
-    flash = wait_for("the flash", lambda: d.find_elements(By.ID, "flash"))
-    assert "discard of shadow 1.3.0 started" in flash[0].text
+    wait_for("the flash", lambda: d.find_elements(By.ID, "flash"))
+    assert "discard of shadow 1.3.0 started" in text(d, "#flash")
     wait_for("the shadow gone from the page", lambda: d.execute_script(
         "return !document.querySelector(\"tr[data-shadow='1.3.0']\");"), timeout=60)

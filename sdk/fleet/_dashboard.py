@@ -115,11 +115,13 @@ class Dashboard:
 
     @property
     def url(self) -> str:
+        """Where the dashboard answers (``http://HOST:PORT``, https with TLS)."""
         host, port = str(self.httpd.server_address[0]), int(self.httpd.server_address[1])
         scheme = "https" if self.config.ssl_context else "http"
         return f"{scheme}://{host}:{port}"
 
     def start(self, timeout: float = 10.0) -> Dashboard:
+        """Connect to the broker (TransportError after ``timeout`` s), then serve."""
         try:
             self.live.start(timeout)
         except BaseException:
@@ -129,6 +131,7 @@ class Dashboard:
         return self
 
     def stop(self) -> None:
+        """Stop serving and leave the broker."""
         self.stopping.set()
         self.live.stop()
         self.httpd.shutdown()
@@ -136,6 +139,7 @@ class Dashboard:
 
     # -- pages --------------------------------------------------------------------------------
     def devices(self, params: Mapping[str, str]) -> tuple[str, str]:
+        """The devices page (title, main HTML) for the URL's query ``params``."""
         statuses, figures = self.live.snapshot()
         query = DeviceQuery.from_params(params)
         rows, total, pages = device_rows(statuses, figures, query)
@@ -143,6 +147,7 @@ class Dashboard:
                                             time.time())
 
     def device(self, device: str) -> tuple[str, str]:
+        """One device's page: its status, charts of its heartbeats, its history."""
         statuses, figures = self.live.snapshot()
         status = statuses.get(device)
         row = make_row(status, figures.get(device)) if status else None
@@ -158,6 +163,7 @@ class Dashboard:
         return device, html.device_page(row, device, samples, events, outcomes, time.time())
 
     def rollouts(self, session: Session) -> tuple[str, str]:
+        """The rollouts page: the fleet's newest recorded rollouts and the audit log."""
         with self.store.use() as (db, history, controls):
             marks = controls.all()
             views = []
@@ -170,6 +176,7 @@ class Dashboard:
                                               log, time.time())
 
     def releases(self, session: Session) -> tuple[str, str]:
+        """The releases page: the --releases directories and the shadows on the fleet."""
         statuses, _ = self.live.snapshot()
         shadows: dict[str, list[float]] = {}
         counts: dict[str, int] = {}
@@ -392,6 +399,7 @@ class _Handler(BaseHTTPRequestHandler):
                                 "sign-in", "-")
         if not self.dash.sessions.sign_in(s, form.get("token", ""), form.get("who", "").strip()):
             return self._refuse(session, "wrong token", "sign-in", "-")
+        self._audit(f"{s.who} ({self.client_address[0]})", "sign-in", "-", f"signed in as {s.who}")
         self._redirect(session, f"signed in as {s.who}")
 
     def _action(self, session: tuple[Session, bool], form: Mapping[str, str]) -> None:

@@ -59,6 +59,7 @@ class Store:
         self.open()  # a database that cannot be opened is an error at start, not per page
 
     def open(self) -> tuple[FleetDB, History, RolloutControls]:
+        """This thread's database, history tables and rollout controls."""
         got: tuple[FleetDB, History, RolloutControls] | None = getattr(self._local, "db", None)
         if got is None:
             db = FleetDB(self.path)
@@ -68,6 +69,7 @@ class Store:
 
     @contextlib.contextmanager
     def use(self) -> Iterator[tuple[FleetDB, History, RolloutControls]]:
+        """``with store.use() as (db, history, controls)``: this thread's connection."""
         yield self.open()
 
 
@@ -107,6 +109,7 @@ class LiveFleet:
         return self
 
     def stop(self) -> None:
+        """Leave the broker and stop recording (what is queued is written first)."""
         self._stop.set()
         self.edge.stop()
         with self._changed:
@@ -116,6 +119,7 @@ class LiveFleet:
 
     # -- what the pages read ------------------------------------------------------------------
     def snapshot(self) -> tuple[dict[str, DeviceStatus], dict[str, Figures]]:
+        """Copies of every device's status and heartbeat figures."""
         with self._lock:
             return dict(self.statuses), dict(self.figures)
 
@@ -188,7 +192,9 @@ class LiveFleet:
     # -- the recorder thread --------------------------------------------------------------------
     def _recorder(self) -> None:
         next_prune = 0.0
-        while not self._stop.wait(0.5):
+        stopping = False
+        while not stopping:
+            stopping = self._stop.wait(0.5)
             with self._lock:
                 samples, self._samples = self._samples, []
                 events, self._events = self._events, []
