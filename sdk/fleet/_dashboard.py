@@ -202,17 +202,31 @@ class Dashboard:
         raise ConfigError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
 
     def _control(self, who: str, action: str, key: str) -> str:
+        """Pause and resume set the control row the push reads; cancel does too while a
+        push drives the rollout, else it records the rollout halted here (a row left for a
+        push that is not running would halt its next re-run instead)."""
+        from edgeship.sdk.fleet._rollout_run import record_cancel
+
+        verb = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
         with self.store.use() as (db, _, controls):
             rollout = db.load(key)
             if rollout is None:
                 raise ConfigError(f"no rollout {key!r} in the fleet database")
             if rollout.status != "running":
                 raise ConfigError(f"the rollout of {rollout.version} is {rollout.status}; "
-                                  f"only a running one can be {action}d")
-            state = {"pause": "paused", "resume": None, "cancel": "cancelled"}[action]
-            controls.set(key, state, who)
+                                  f"only a running one can be {verb}")
+            if action == "cancel":
+                try:
+                    with db.lock(key):  # no push holds it: nobody else writes the record
+                        record_cancel(db, rollout, who, asked=time.time(), now=time.time())
+                        controls.set(key, None, who)
+                        self.live.touch()
+                        return f"rollout of {rollout.version} cancelled (no push was running it)"
+                except ConfigError:  # a push runs it: it applies the control row
+                    pass
+            controls.set(key, {"pause": "paused", "resume": None, "cancel": "cancelled"}[action],
+                         who)
         self.live.touch()
-        verb = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
         return f"rollout of {rollout.version} {verb} (the push applies it within a second)"
 
     def _shadow(self, who: str, action: str, version: str) -> str:
@@ -362,7 +376,9 @@ class _Handler(BaseHTTPRequestHandler):
                     seen = now
                     self.wfile.write(f"event: change\ndata: {now}\n\n".encode())
                 self.wfile.flush()
-                time.sleep(0.25)  # a burst of messages is one refresh
+                # a burst of messages is one refresh; a big fleet changes all the time, and
+                # every refresh renders a page: fewer of them
+                time.sleep(0.25 if len(self.dash.live.statuses) < 2000 else 1.0)
         except (BrokenPipeError, ConnectionResetError, OSError):
             pass
 

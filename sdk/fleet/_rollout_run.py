@@ -44,7 +44,7 @@ from edgeship.sdk.transport._mqtt import MqttEdge, parse_broker_url, topics
 
 from edgeship._errors import InputError, TransportError
 
-__all__ = ["discard_shadow", "publish_offers", "run_rollout"]
+__all__ = ["discard_shadow", "publish_offers", "record_cancel", "run_rollout"]
 
 DeviceChooser = Callable[[Mapping[str, Mapping[str, Any]], str], list[str]]
 
@@ -213,13 +213,20 @@ def _drive(rollout: Rollout, watcher: FleetWatcher, db: FleetDB, payload: bytes,
 
 def _cancel(rollout: Rollout, db: FleetDB, controls: RolloutControls, control: Control,
             now: float) -> Rollout:
-    """Record a cancelled rollout as halted (a re-run of the push resumes it) and consume
-    the control row."""
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(control.ts))
-    halted = replace(rollout, status="halted", updated_at=now,
-                     reason=f"cancelled by {control.who} at {when}")
-    db.save(halted, event="halted", detail={"reason": halted.reason, "who": control.who})
+    """Record a cancelled rollout as halted and consume the control row."""
+    halted = record_cancel(db, rollout, control.who, asked=control.ts, now=now)
     controls.set(rollout.key, None, control.who)
+    return halted
+
+
+def record_cancel(db: FleetDB, rollout: Rollout, who: str, *, asked: float, now: float
+                  ) -> Rollout:
+    """Record ``rollout`` as halted, "cancelled by WHO at TIME" (a re-run of the push
+    resumes it like any halted rollout). Only the holder of the rollout's lock may."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(asked))
+    halted = replace(rollout, status="halted", updated_at=now,
+                     reason=f"cancelled by {who} at {when}")
+    db.save(halted, event="halted", detail={"reason": halted.reason, "who": who})
     return halted
 
 
