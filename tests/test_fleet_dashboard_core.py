@@ -6,13 +6,17 @@ on a real broker."""
 
 from __future__ import annotations
 
+import http.client
+import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import Mosquitto
+from conftest import Mosquitto, free_port, wait_for_port
 from edgeship.sdk.fleet._dashboard import Dashboard, DashboardConfig
 from edgeship.sdk.fleet._dashboard_auth import read_tokens
 from edgeship.sdk.fleet._dashboard_data import DeviceQuery, device_rows
@@ -189,3 +193,42 @@ def test_csrf_and_origin_checks_on_a_real_server(tmp_path: Path,
     assert [(a.action, a.result.split(":")[0]) for a in reversed(log)] == [
         ("sign-in", "refused"), ("sign-in", "refused"), ("sign-in", "signed in as eve (ops)"),
         ("pause", "refused")]
+
+
+def _dashboard_cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "edgeship", "fleet", "dashboard", *args],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_the_cli_serves_https_and_refuses_plain_http_beyond_loopback(
+        tmp_path: Path, shared_mosquitto: Mosquitto) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from test_cloud_tls import _cert, _write
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("dashboard test CA", ca_key, None, ca=True)
+    ca_file = _write(tmp_path, "ca", ca, ca_key)[0]
+    cert, key_file = _write(tmp_path, "server", _cert("server", key, (ca.subject, ca_key)), key)
+    common = ["--broker", shared_mosquitto.url, "--fleet", "tls", "--db",
+              str(tmp_path / "db.sqlite")]
+    refused = _dashboard_cli(*common, "--listen", "0.0.0.0:0")
+    _, err = refused.communicate(timeout=60)
+    assert refused.returncode != 0 and err.strip().splitlines() == [
+        "error: --listen 0.0.0.0: serving the dashboard beyond this machine needs --tls-cert "
+        "and --tls-key"]
+    port = free_port()
+    proc = _dashboard_cli(*common, "--listen", f"127.0.0.1:{port}", "--tls-cert", cert,
+                          "--tls-key", key_file)
+    try:
+        wait_for_port(port, timeout=30)
+        context = ssl.create_default_context(cafile=ca_file)
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/", context=context,
+                                    timeout=10) as resp:
+            assert resp.status == 200 and "Secure" in resp.headers["Set-Cookie"]
+            assert 'id="count">0<' in resp.read().decode()
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

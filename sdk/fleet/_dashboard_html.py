@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from edgeship.sdk.fleet._dashboard_data import (
     SORT_KEYS,
@@ -119,7 +119,7 @@ def devices_page(rows: Sequence[DeviceRow], total: int, pages: int, query: Devic
     body = []
     for r in rows:
         body.append(
-            f'<tr data-device="{_e(r.device)}"><td><a href="/device/{_e(r.device)}">'
+            f'<tr data-device="{_e(r.device)}"><td><a href="/device/{_e(quote(r.device, safe=""))}">'
             f"{_e(r.device)}</a></td><td class=version>{_e(r.version)}</td>"
             f"<td class=phase>{_phase(r)}</td><td>{_ago(r.last_seen, now)}</td>"
             f"<td class=drift>{_drift(r)}</td><td>{_e(r.shadow)}</td>"
