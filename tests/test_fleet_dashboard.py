@@ -177,11 +177,10 @@ def retry(act: Callable[[], Any], tries: int = 50) -> Any:
 
 
 def text(driver: Any, css: str) -> str:
-    """The text of the first element matching ``css``, read in one script."""
-    got = driver.execute_script("const e = document.querySelector(arguments[0]);"
-                                "return e ? e.innerText : null;", css)
-    assert got is not None, f"nothing matches {css}"
-    return str(got)
+    """The text of the first element matching ``css``, read in one script ("" when none
+    does yet)."""
+    return str(driver.execute_script("const e = document.querySelector(arguments[0]);"
+                                     "return e ? e.innerText : '';", css))
 
 
 def rows(driver: Any) -> dict[str, dict[str, str]]:
@@ -368,7 +367,9 @@ def test_an_action_is_refused_without_the_token_and_done_with_it(fleet: Fleet) -
         assert any("cancel" in a and "alice (tester)" in a and "cancelled" in a for a in audit)
         assert any("cancel" in a and "CSRF" in a for a in audit), audit
         d.get(fleet.url + "/rollouts")
+        d.set_window_size(1400, 1200)  # down to the audit log
         d.save_screenshot(str(SHOTS / "dashboard-rollouts.png"))
+        d.set_window_size(1400, 900)
     finally:
         if push.poll() is None:
             push.kill()

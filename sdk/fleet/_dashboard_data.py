@@ -177,7 +177,8 @@ def rollout_view(rollout: Rollout, updated: float, control: Any | None = None) -
         counts: dict[str, int] = {}
         for o in outcomes:
             counts[o] = counts.get(o, 0) + 1
-        phase = "closed" if w.closed_at else ("running" if w.offered_at else "waiting")
+        phase = "closed" if w.closed_at else "waiting" if not w.offered_at else \
+            "running" if rollout.status == "running" else "stopped"
         waves.append(WaveView(name=w.name, devices=len(w.devices), counts=counts,
                               done=sum(o in DONE_OUTCOMES for o in outcomes),
                               failed=sum(o in FAILED_OUTCOMES for o in outcomes), state=phase))

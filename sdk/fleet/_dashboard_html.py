@@ -209,8 +209,8 @@ def device_page(row: DeviceRow | None, device: str, samples: Sequence[Sample],
                 "</dd></dl>")
     charts = (line_chart("latency", [("p50", _series(samples, "p50_ms")),
                                      ("p99", _series(samples, "p99_ms"))], unit="ms")
-              + line_chart("drift (largest PSI)", [("psi", _series(samples, "drift_psi"))],
-                           limit=0.25)
+              + line_chart("drift (largest PSI; dashed: the agent's default alert level)",
+                           [("psi", _series(samples, "drift_psi"))], limit=0.2)
               + line_chart("shadow agreement and fallback share",
                            [("agreement", _series(samples, "shadow_agreement")),
                             ("fallback", _series(samples, "fallback_share"))]))
