@@ -25,7 +25,8 @@ from edgeship.sdk.fleet._dashboard_live import Figures
 from edgeship.sdk.fleet._fleetdb import FleetDB
 from edgeship.sdk.fleet._fleetstatus import DeviceStatus, summarize
 from edgeship.sdk.fleet._history import Action, History, changes, sample_from_telemetry
-from edgeship.sdk.fleet._rollout_control import RolloutControls
+from edgeship.sdk.fleet._rollout_flags import RolloutFlags
+from edgeship.sdk.fleet._sqlengine import engine_of
 
 from edgeship._errors import ConfigError
 
@@ -63,7 +64,7 @@ def test_heartbeat_figures() -> None:
 
 def test_history_in_the_fleet_database_is_bounded_by_age(tmp_path: Path) -> None:
     with FleetDB(tmp_path / "fleet.sqlite") as db:
-        history = History(db.conn)
+        history = History(engine_of(db))
         old = sample_from_telemetry("d", {"ts": 100.0, "latency": {"p50_ms": 1, "p99_ms": 2}}, 0)
         new = sample_from_telemetry("d", {"ts": 200.0, "latency": {"p50_ms": 3, "p99_ms": 4}}, 0)
         events = changes("d", None, {"state": "committed", "version": "1.0.0", "ts": 150.0}, 0)
@@ -78,11 +79,11 @@ def test_history_in_the_fleet_database_is_bounded_by_age(tmp_path: Path) -> None
         assert history.events("f", "d") == []
         assert [a.who for a in history.actions()] == ["alice"]  # the audit log stays
     with FleetDB(tmp_path / "fleet.sqlite") as db:  # and it is all on disk
-        controls = RolloutControls(db.conn)
+        controls = RolloutFlags(engine_of(db))
         controls.set("k", "paused", "alice", now=5.0)
         assert controls.get("k") is not None and controls.get("k").state == "paused"  # type: ignore[union-attr]
         controls.set("k", None, "alice")
-        assert controls.get("k") is None and History(db.conn).samples("f", "d")
+        assert controls.get("k") is None and History(engine_of(db)).samples("f", "d")
 
 
 def fleet_of(n: int) -> tuple[dict[str, DeviceStatus], dict[str, Figures]]:
@@ -189,7 +190,7 @@ def test_csrf_and_origin_checks_on_a_real_server(tmp_path: Path,
     finally:
         dash.stop()
     with FleetDB(tmp_path / "db.sqlite") as db:
-        log = History(db.conn).actions()
+        log = History(engine_of(db)).actions()
     assert [(a.action, a.result.split(":")[0]) for a in reversed(log)] == [
         ("sign-in", "refused"), ("sign-in", "refused"), ("sign-in", "signed in as eve (ops)"),
         ("pause", "refused")]

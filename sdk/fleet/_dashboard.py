@@ -155,8 +155,8 @@ class Dashboard:
 
     def rollouts(self, session: Session) -> tuple[str, str]:
         """The rollouts page: the fleet's newest recorded rollouts and the audit log."""
-        with self.store.use() as (db, history, controls):
-            marks = controls.all()
+        with self.store.use() as (db, history, flags):
+            marks = flags.all()
             views = []
             for key, _, updated in reversed(db.list(self.config.fleet)[-MAX_ROLLOUTS_SHOWN:]):
                 rollout = db.load(key)
@@ -193,13 +193,13 @@ class Dashboard:
         raise ConfigError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
 
     def _control(self, who: str, action: str, key: str) -> str:
-        """Pause and resume set the control row the push reads; cancel does too while a
+        """Pause and resume set the flag the push reads; cancel does too while a
         push drives the rollout, else it records the rollout halted here (a row left for a
         push that is not running would halt its next re-run instead)."""
         from edgeship.sdk.fleet._rollout_run import record_cancel
 
         verb = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
-        with self.store.use() as (db, _, controls):
+        with self.store.use() as (db, _, flags):
             rollout = db.load(key)
             if rollout is None:
                 raise ConfigError(f"no rollout {key!r} in the fleet database")
@@ -210,12 +210,12 @@ class Dashboard:
                 try:
                     with db.lock(key):  # no push holds it: nobody else writes the record
                         record_cancel(db, rollout, who, asked=time.time(), now=time.time())
-                        controls.set(key, None, who)
+                        flags.set(key, None, who)
                         self.live.touch()
                         return f"rollout of {rollout.version} cancelled (no push was running it)"
-                except ConfigError:  # a push runs it: it applies the control row
+                except ConfigError:  # a push runs it: it applies the flag
                     pass
-            controls.set(key, {"pause": "paused", "resume": None, "cancel": "cancelled"}[action],
+            flags.set(key, {"pause": "paused", "resume": None, "cancel": "cancelled"}[action],
                          who)
         self.live.touch()
         return f"rollout of {rollout.version} {verb} (the push applies it within a second)"

@@ -258,7 +258,7 @@ def rollouts_page(views: Sequence[RolloutView], actions: bool, csrf: str,
             buttons = (_action("resume" if v.status == "paused" else "pause", {"key": v.key},
                                csrf, "resume" if v.status == "paused" else "pause")
                        + _action("cancel", {"key": v.key}, csrf, "cancel"))
-        reason = f'<p class="reason bad">halted: {_e(v.reason)}</p>' if v.reason else ""
+        reason = f'<p class="reason bad">{_e(v.status)}: {_e(v.reason)}</p>' if v.reason else ""
         paused = f'<p class="muted">paused by {_e(v.control_who)}</p>' \
             if v.control == "paused" else ""
         cards.append(

@@ -30,7 +30,8 @@ from edgeship.sdk.fleet._history import (
     changes,
     sample_from_telemetry,
 )
-from edgeship.sdk.fleet._rollout_control import RolloutControls
+from edgeship.sdk.fleet._rollout_flags import RolloutFlags
+from edgeship.sdk.fleet._sqlengine import engine_of
 from edgeship.sdk.transport._mqtt import Message, MqttEdge
 
 from edgeship._errors import TransportError
@@ -58,18 +59,19 @@ class Store:
         self._local = threading.local()
         self.open()  # a database that cannot be opened is an error at start, not per page
 
-    def open(self) -> tuple[FleetDB, History, RolloutControls]:
-        """This thread's database, history tables and rollout controls."""
-        got: tuple[FleetDB, History, RolloutControls] | None = getattr(self._local, "db", None)
+    def open(self) -> tuple[FleetDB, History, RolloutFlags]:
+        """This thread's database, history tables and rollout flags."""
+        got: tuple[FleetDB, History, RolloutFlags] | None = getattr(self._local, "db", None)
         if got is None:
             db = FleetDB(self.path)
-            got = (db, History(db.conn), RolloutControls(db.conn))
+            engine = engine_of(db)
+            got = (db, History(engine), RolloutFlags(engine))
             self._local.db = got
         return got
 
     @contextlib.contextmanager
-    def use(self) -> Iterator[tuple[FleetDB, History, RolloutControls]]:
-        """``with store.use() as (db, history, controls)``: this thread's connection."""
+    def use(self) -> Iterator[tuple[FleetDB, History, RolloutFlags]]:
+        """``with store.use() as (db, history, flags)``: this thread's connection."""
         yield self.open()
 
 
@@ -199,12 +201,12 @@ class LiveFleet:
                 samples, self._samples = self._samples, []
                 events, self._events = self._events, []
             try:
-                with self.store.use() as (db, history, controls):
+                with self.store.use() as (db, history, flags):
                     history.record(self.fleet, samples, events)
                     if time.monotonic() >= next_prune:
                         history.prune(self.clock() - self.retention_s)
                         next_prune = time.monotonic() + 3600
-                    mark = self._rollout_mark(db, controls)
+                    mark = self._rollout_mark(db, flags)
             except Exception as exc:  # a locked or full database: keep serving what we have
                 _warn(f"history not recorded: {exc}")
                 continue
@@ -212,9 +214,9 @@ class LiveFleet:
                 self._rollouts_mark = mark
                 self.touch()
 
-    def _rollout_mark(self, db: FleetDB, controls: RolloutControls) -> tuple[Any, ...]:
-        row = db.conn.execute("SELECT COUNT(*), MAX(updated) FROM rollouts").fetchone()
-        return (*row, tuple(sorted((k, c.state) for k, c in controls.all().items())))
+    def _rollout_mark(self, db: FleetDB, flags: RolloutFlags) -> tuple[Any, ...]:
+        (row,) = engine_of(db).execute("SELECT COUNT(*), MAX(updated) FROM rollouts")
+        return (*row, tuple(sorted((k, c.state) for k, c in flags.all().items())))
 
 
 def _warn(text: str) -> None:

@@ -10,9 +10,9 @@ MQTT so a device page can show it over time:
 - ``dashboard_actions``: who did what from the dashboard, and when.
 
 Rows older than the retention are pruned (:meth:`History.prune`). The tables sit beside
-the rollout records in the same database (``FleetDB.conn``) but in their own module, with
-plain SQL (``?`` placeholders turned into ``%s`` for a driver that wants them, no
-SQLite-only types), so the same code serves a PostgreSQL fleet database.
+the rollout records in the same database but in their own module, with plain SQL through
+:class:`~edgeship.sdk.fleet._sqlengine.SqlEngine` (``?`` placeholders, no SQLite-only
+types), so the same code serves a PostgreSQL fleet database.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgeship.sdk.fleet._rollout_control import sql
+from edgeship.sdk.fleet._sqlengine import SqlEngine
 
 __all__ = ["Action", "DeviceEvent", "History", "Sample", "changes", "sample_from_telemetry"]
 
@@ -121,16 +121,12 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 class History:
-    """The history tables in a fleet database connection (``FleetDB.conn``)."""
+    """The history tables in a fleet database (``engine_of(FleetDB)``)."""
 
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
+    def __init__(self, engine: SqlEngine) -> None:
+        self.engine = engine
         for statement in _SCHEMA:
-            self.conn.execute(statement)
-
-    def _commit(self) -> None:
-        if hasattr(self.conn, "commit"):
-            self.conn.commit()
+            self.engine.execute(statement)
 
     def record(self, fleet: str, samples: Iterable[Sample], events: Iterable[DeviceEvent]
                ) -> None:
@@ -140,29 +136,22 @@ class History:
                       for e in events]
         if not sample_rows and not event_rows:
             return
-        self.conn.execute("BEGIN")
-        try:
-            if sample_rows:
-                self.conn.executemany(sql(self.conn, (
-                    "INSERT INTO device_samples(fleet, device, ts, version, p50_ms, p99_ms, "
-                    "fallback_share, drift_psi, drift_alert, shadow_agreement) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")), sample_rows)
-            if event_rows:
-                self.conn.executemany(sql(self.conn, (
-                    "INSERT INTO device_events(fleet, device, ts, kind, version, detail) "
-                    "VALUES (?, ?, ?, ?, ?, ?)")), event_rows)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+        with self.engine.transaction() as db:
+            db.executemany(
+                "INSERT INTO device_samples(fleet, device, ts, version, p50_ms, p99_ms, "
+                "fallback_share, drift_psi, drift_alert, shadow_agreement) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", sample_rows)
+            db.executemany(
+                "INSERT INTO device_events(fleet, device, ts, kind, version, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?)", event_rows)
 
     def samples(self, fleet: str, device: str, since: float = 0.0) -> list[Sample]:
         """The device's heartbeats since ``since``, oldest first (the newest
         :data:`MAX_ROWS_READ`)."""
-        rows = self.conn.execute(sql(self.conn, (
+        rows = self.engine.execute(
             "SELECT ts, version, p50_ms, p99_ms, fallback_share, drift_psi, drift_alert, "
             "shadow_agreement FROM device_samples WHERE fleet = ? AND device = ? AND ts >= ? "
-            f"ORDER BY ts DESC LIMIT {MAX_ROWS_READ}")), (fleet, device, since)).fetchall()
+            f"ORDER BY ts DESC LIMIT {MAX_ROWS_READ}", (fleet, device, since))
         return [Sample(device=device, ts=float(r[0]), version=r[1], p50_ms=r[2], p99_ms=r[3],
                        fallback_share=r[4], drift_psi=r[5],
                        drift_alert=None if r[6] is None else bool(r[6]), shadow_agreement=r[7])
@@ -170,36 +159,30 @@ class History:
 
     def events(self, fleet: str, device: str, limit: int = 200) -> list[DeviceEvent]:
         """The device's events, newest first."""
-        rows = self.conn.execute(sql(self.conn, (
+        rows = self.engine.execute(
             "SELECT ts, kind, version, detail FROM device_events WHERE fleet = ? AND device = ? "
-            f"ORDER BY ts DESC LIMIT {int(limit)}")), (fleet, device)).fetchall()
+            f"ORDER BY ts DESC LIMIT {int(limit)}", (fleet, device))
         return [DeviceEvent(device=device, ts=float(ts), kind=str(kind), version=version,
                             detail=json.loads(detail)) for ts, kind, version, detail in rows]
 
     def log_action(self, action: Action) -> None:
         """Append a dashboard action to the audit log."""
-        self.conn.execute(sql(self.conn, "INSERT INTO dashboard_actions(ts, who, action, target, "
-                                         "result) VALUES (?, ?, ?, ?, ?)"),
-                          (action.ts, action.who, action.action, action.target, action.result))
-        self._commit()
+        self.engine.execute("INSERT INTO dashboard_actions(ts, who, action, target, result) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (action.ts, action.who, action.action, action.target, action.result))
 
     def actions(self, limit: int = 50) -> list[Action]:
         """The newest dashboard actions, newest first."""
-        rows = self.conn.execute("SELECT ts, who, action, target, result FROM dashboard_actions "
-                                 f"ORDER BY ts DESC LIMIT {int(limit)}").fetchall()
+        rows = self.engine.execute("SELECT ts, who, action, target, result FROM "
+                                   f"dashboard_actions ORDER BY ts DESC LIMIT {int(limit)}")
         return [Action(ts=float(r[0]), who=r[1], action=r[2], target=r[3], result=r[4])
                 for r in rows]
 
     def prune(self, older_than: float) -> int:
         """Forget samples and events from before ``older_than`` (the audit log of actions
         is kept); the number of rows removed."""
-        removed = 0
-        for table in ("device_samples", "device_events"):
-            cur = self.conn.execute(sql(self.conn, f"DELETE FROM {table} WHERE ts < ?"),
-                                    (older_than,))
-            removed += max(0, cur.rowcount or 0)
-        self._commit()
-        return removed
+        return sum(self.engine.rowcount(f"DELETE FROM {table} WHERE ts < ?", (older_than,))
+                   for table in ("device_samples", "device_events"))
 
 
 def changes(device: str, before: Mapping[str, Any] | None, after: Mapping[str, Any],

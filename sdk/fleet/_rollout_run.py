@@ -38,7 +38,8 @@ from edgeship.sdk.fleet._rollout import (
     start_rollout,
     step,
 )
-from edgeship.sdk.fleet._rollout_control import Control, RolloutControls
+from edgeship.sdk.fleet._rollout_flags import Flag, RolloutFlags
+from edgeship.sdk.fleet._sqlengine import engine_of
 from edgeship.sdk.release._release import Release
 from edgeship.sdk.transport._mqtt import MqttEdge, parse_broker_url, topics
 
@@ -174,12 +175,12 @@ def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
 def _drive(rollout: Rollout, watcher: FleetWatcher, db: FleetDB, payload: bytes, *, wait: bool,
            on_update: Callable[[Rollout], None] | None, poll_s: float,
            clock: Callable[[], float]) -> Rollout:
-    controls = RolloutControls(db.conn)
+    flags = RolloutFlags(engine_of(db))
     paused = False
     while True:
-        control = controls.get(rollout.key)
+        control = flags.get(rollout.key)
         if control is not None and control.state == "cancelled":
-            return _cancel(rollout, db, controls, control, clock())
+            return _cancel(rollout, db, flags, control, clock())
         if control is not None and control.state == "paused":
             if not paused:
                 db.save(rollout, event="paused", detail={"who": control.who})
@@ -211,11 +212,11 @@ def _drive(rollout: Rollout, watcher: FleetWatcher, db: FleetDB, payload: bytes,
             time.sleep(poll_s)
 
 
-def _cancel(rollout: Rollout, db: FleetDB, controls: RolloutControls, control: Control,
+def _cancel(rollout: Rollout, db: FleetDB, flags: RolloutFlags, control: Flag,
             now: float) -> Rollout:
-    """Record a cancelled rollout as halted and consume the control row."""
+    """Record a cancelled rollout as halted and consume its flag."""
     halted = record_cancel(db, rollout, control.who, asked=control.ts, now=now)
-    controls.set(rollout.key, None, control.who)
+    flags.set(rollout.key, None, control.who)
     return halted
 
 

@@ -1,5 +1,5 @@
 """Pause, resume and cancel of a rollout from outside its push: ``run_rollout`` (in this
-process, on a real mosquitto, with real signed releases) honours the control row in the
+process, on a real mosquitto, with real signed releases) honours the flag row in the
 fleet database, and the dashboard cancels a rollout no push is driving by recording it
 halted itself."""
 
@@ -15,8 +15,9 @@ from conftest import Mosquitto
 from edgeship.sdk.fleet._dashboard import Dashboard, DashboardConfig
 from edgeship.sdk.fleet._fleetdb import FleetDB
 from edgeship.sdk.fleet._rollout import Rollout, RolloutPolicy
-from edgeship.sdk.fleet._rollout_control import RolloutControls
+from edgeship.sdk.fleet._rollout_flags import RolloutFlags
 from edgeship.sdk.fleet._rollout_run import run_rollout
+from edgeship.sdk.fleet._sqlengine import engine_of
 from test_agent_support import make_keys, make_release
 
 from edgeship._errors import ConfigError
@@ -65,7 +66,7 @@ def test_a_paused_rollout_offers_nothing_until_resumed(shared_mosquitto: Mosquit
     first = rollout(shared_mosquitto, rels["2.0.0"], state, wait=False)  # wave 1 offered
     assert first.waves[0].offered_at is not None and first.waves[1].offered_at is None
     with FleetDB(state) as db:
-        RolloutControls(db.conn).set(first.key, "paused", "alice")
+        RolloutFlags(engine_of(db)).set(first.key, "paused", "alice")
     thread, out = in_thread(lambda: rollout(shared_mosquitto, rels["2.0.0"], state, wait=True))
     wait_event(state, first.key, "paused")
     time.sleep(1.0)  # twice the wave timeout: running, ghost-1 would have timed out by now
@@ -73,7 +74,7 @@ def test_a_paused_rollout_offers_nothing_until_resumed(shared_mosquitto: Mosquit
         held = db.load(first.key)
         assert held is not None and held.outcomes["ghost-1"] == "updating"
         assert held.waves[1].offered_at is None
-        RolloutControls(db.conn).set(first.key, None, "alice")
+        RolloutFlags(engine_of(db)).set(first.key, None, "alice")
     thread.join(timeout=20)
     assert out and out[0].status == "completed"
     assert out[0].outcomes == {"ghost-1": "timeout", "ghost-2": "timeout"}
@@ -89,11 +90,11 @@ def test_cancel_halts_the_running_push_with_who_and_when(shared_mosquitto: Mosqu
                                             wave_timeout_s=60))
     wait_event(state, first.key, "resumed")
     with FleetDB(state) as db:
-        RolloutControls(db.conn).set(first.key, "cancelled", "bob")
+        RolloutFlags(engine_of(db)).set(first.key, "cancelled", "bob")
     thread.join(timeout=20)
     assert out and out[0].status == "halted" and out[0].reason.startswith("cancelled by bob at ")
     with FleetDB(state) as db:
-        assert RolloutControls(db.conn).get(first.key) is None  # consumed: a re-run resumes
+        assert RolloutFlags(engine_of(db)).get(first.key) is None  # consumed: a re-run resumes
     again = rollout(shared_mosquitto, rels["2.1.0"], state, wait=False)
     assert again.status == "running"
 
@@ -119,4 +120,4 @@ def test_the_dashboard_cancels_a_rollout_no_push_runs(shared_mosquitto: Mosquitt
         halted = db.load(first.key)
         assert halted is not None and halted.status == "halted"
         assert halted.reason.startswith("cancelled by carol (127.0.0.1) at ")
-        assert RolloutControls(db.conn).get(first.key) is None
+        assert RolloutFlags(engine_of(db)).get(first.key) is None
