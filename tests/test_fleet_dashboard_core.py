@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Mosquitto, free_port, wait_for_port
@@ -202,7 +203,18 @@ def _dashboard_cli(*args: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_the_cli_serves_https_and_refuses_plain_http_beyond_loopback(
+def _https(url: str, context: ssl.SSLContext, data: str | None = None,
+           headers: dict[str, str] | None = None) -> tuple[int, str, Any]:
+    req = urllib.request.Request(url, data=None if data is None else data.encode(),
+                                 headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, context=context, timeout=10) as resp:
+            return resp.status, resp.read().decode(), resp.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(), exc.headers
+
+
+def test_beyond_loopback_the_cli_serves_https_to_signed_in_people_only(
         tmp_path: Path, shared_mosquitto: Mosquitto) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from test_cloud_tls import _cert, _write
@@ -213,21 +225,32 @@ def test_the_cli_serves_https_and_refuses_plain_http_beyond_loopback(
     cert, key_file = _write(tmp_path, "server", _cert("server", key, (ca.subject, ca_key)), key)
     common = ["--broker", shared_mosquitto.url, "--fleet", "tls", "--db",
               str(tmp_path / "db.sqlite")]
-    refused = _dashboard_cli(*common, "--listen", "0.0.0.0:0")
-    _, err = refused.communicate(timeout=60)
-    assert refused.returncode != 0 and err.strip().splitlines() == [
-        "error: --listen 0.0.0.0: serving the dashboard beyond this machine needs --tls-cert "
-        "and --tls-key"]
+    for extra, why in (([], "needs --tls-cert and --tls-key"),
+                       (["--tls-cert", cert, "--tls-key", key_file], "say who may look")):
+        refused = _dashboard_cli(*common, "--listen", "0.0.0.0:0", *extra)
+        _, err = refused.communicate(timeout=60)
+        lines = err.strip().splitlines()
+        assert refused.returncode != 0 and len(lines) == 1 and why in lines[0], err
+    (tmp_path / "tokens").write_text("ops:a-token-of-enough-length\n")
     port = free_port()
-    proc = _dashboard_cli(*common, "--listen", f"127.0.0.1:{port}", "--tls-cert", cert,
-                          "--tls-key", key_file)
+    proc = _dashboard_cli(*common, "--listen", f"0.0.0.0:{port}", "--tls-cert", cert,
+                          "--tls-key", key_file, "--token-file", str(tmp_path / "tokens"))
     try:
         wait_for_port(port, timeout=30)
         context = ssl.create_default_context(cafile=ca_file)
-        with urllib.request.urlopen(f"https://127.0.0.1:{port}/", context=context,
-                                    timeout=10) as resp:
-            assert resp.status == 200 and "Secure" in resp.headers["Set-Cookie"]
-            assert 'id="count">0<' in resp.read().decode()
+        url = f"https://127.0.0.1:{port}"
+        status, page, headers = _https(url + "/", context)
+        assert status == 401 and 'id="signin"' in page and 'id="count"' not in page
+        assert "Secure" in headers["Set-Cookie"]
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert _https(url + "/events", context, headers={"Cookie": cookie})[0] == 401
+        csrf = page.split('name="csrf" value="')[1].split('"')[0]
+        status, page, _ = _https(url + "/login", context,
+                                 f"who=&token=a-token-of-enough-length&csrf={csrf}",
+                                 {"Cookie": cookie, "Origin": f"https://127.0.0.1:{port}"})
+        assert status == 200 and 'id="who">signed in as ops' in page  # after the 303
+        status, page, _ = _https(url + "/", context, headers={"Cookie": cookie})
+        assert status == 200 and 'id="count">0<' in page
         with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
     finally:

@@ -38,14 +38,16 @@ def _db_path(value: str | None) -> Path:
               help="fleet database (rollouts, history): a path or sqlite:///PATH "
                    "[default: ~/.local/state/edgeship/fleet.sqlite]")
 @click.option("--listen", default="127.0.0.1:8600", show_default=True, callback=_listen,
-              help="HOST:PORT; an address beyond loopback needs --tls-cert/--tls-key")
+              help="HOST:PORT; an address beyond loopback needs --tls-cert/--tls-key and "
+                   "--token-file or --tls-client-ca")
 @click.option("--releases", "releases", multiple=True,
               type=click.Path(exists=True, file_okay=False),
               help="release directory, or a directory of them, for the releases page (repeat)")
 @click.option("--allow-actions", is_flag=True,
               help="offer pause/resume/cancel of rollouts and promote/discard of shadows")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="who may act: NAME:TOKEN (or TOKEN) per line, 16+ characters")
+              help="who may sign in (to act; beyond loopback, to look at all): NAME:TOKEN "
+                   "(or TOKEN) per line, 16+ characters")
 @click.option("--history-days", default=7.0, show_default=True, type=click.FloatRange(0.01),
               help="days of telemetry history kept in the fleet database")
 @click.option("--tls-cert", type=click.Path(path_type=Path), default=None, help="Serve https.")
@@ -72,7 +74,8 @@ def dashboard(broker_url: str, username: str, password_file: str | None, fleet_n
         port=listen[1], releases=releases, allow_actions=allow_actions,
         tokens=read_tokens(token_file) if token_file else {}, username=username,
         password=read_password(password_file), retention_s=history_days * 86400,
-        ssl_context=_server_tls(tls_cert, tls_key, tls_client_ca))
+        ssl_context=_server_tls(tls_cert, tls_key, tls_client_ca),
+        client_certs=tls_client_ca is not None)
     dash = Dashboard(config).start()
     click.echo(f"dashboard of fleet {fleet_name} on {dash.url}", err=True)
     try:

@@ -62,13 +62,24 @@ class DashboardConfig:
     password: str = ""
     retention_s: float = 7 * 86400.0
     ssl_context: ssl.SSLContext | None = None
+    client_certs: bool = False  # the TLS context requires client certificates
 
     def __post_init__(self) -> None:
         if self.allow_actions and not self.tokens:
             raise ConfigError("--allow-actions needs --token-file (who may act)")
-        if not _loopback(self.host) and self.ssl_context is None:
+        if _loopback(self.host):
+            return
+        if self.ssl_context is None:
             raise ConfigError(f"--listen {self.host}: serving the dashboard beyond this machine "
                               "needs --tls-cert and --tls-key")
+        if not self.tokens and not self.client_certs:
+            raise ConfigError(f"--listen {self.host}: beyond this machine, say who may look: "
+                              "--token-file (everyone signs in) or --tls-client-ca")
+
+    @property
+    def sign_in_to_view(self) -> bool:
+        """Beyond loopback with tokens, every page needs a signed-in session."""
+        return bool(self.tokens) and not _loopback(self.host)
 
 
 def _loopback(host: str) -> bool:

@@ -53,16 +53,17 @@ def _when(ts: float) -> str:
 
 
 def layout(*, title: str, active: str, fleet: str, body: str, who: str | None,
-           actions: bool, csrf: str, message: str = "") -> str:
+           actions: bool, csrf: str, message: str = "", can_sign_in: bool | None = None
+           ) -> str:
     """The whole page around ``body`` (the part live updates replace)."""
     nav = "".join(f'<a href="{href}" class="{"on" if name == active else ""}">{label}</a>'
                   for name, href, label in (("devices", "/", "Devices"),
                                             ("rollouts", "/rollouts", "Rollouts"),
                                             ("releases", "/releases", "Releases")))
-    if not actions:
-        user = '<span class="muted">read-only (actions off)</span>'
-    elif who:
+    if who:
         user = f'<span id="who">signed in as {_e(who)}</span>'
+    elif not (actions if can_sign_in is None else can_sign_in):
+        user = '<span class="muted">read-only (actions off)</span>'
     else:
         user = ('<form method="post" action="/login" class="login">'
                 f'<input type="hidden" name="csrf" value="{_e(csrf)}">'

@@ -74,7 +74,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
             text = html.layout(title=title, active=active, fleet=self.dash.config.fleet,
                                body=body, who=session[0].who,
                                actions=self.dash.config.allow_actions, csrf=session[0].csrf,
-                               message=message)
+                               message=message, can_sign_in=bool(self.dash.config.tokens))
         self._send(status, text.encode(), "text/html; charset=utf-8", session)
 
     # -- GET ----------------------------------------------------------------------------------
@@ -85,9 +85,12 @@ class DashboardHandler(BaseHTTPRequestHandler):
         try:
             if path.startswith("/static/"):
                 return self._static(path[len("/static/"):])
+            session = self._session()
+            if self.dash.config.sign_in_to_view and session[0].who is None:
+                body = '<p id="signin">Sign in with your dashboard token to see the fleet.</p>'
+                return self._page(401, "sign in", body, "", session)
             if path == "/events":
                 return self._events()
-            session = self._session()
             message = params.get("msg", "")[:300]
             if path == "/":
                 title, body = self.dash.devices(params)
@@ -162,9 +165,9 @@ class DashboardHandler(BaseHTTPRequestHandler):
 
     def _login(self, session: tuple[Session, bool], form: Mapping[str, str]) -> None:
         s = session[0]
-        if not self.dash.config.allow_actions:
-            return self._refuse(session, "actions are off (start the dashboard with "
-                                         "--allow-actions)", "sign-in", "-")
+        if not self.dash.config.tokens:
+            return self._refuse(session, "nobody signs in here (no --token-file)", "sign-in",
+                                "-")
         if not self._same_origin() or not Sessions.csrf_ok(s, form.get("csrf", "")):
             return self._refuse(session, "the form is stale or from another site (CSRF check)",
                                 "sign-in", "-")
