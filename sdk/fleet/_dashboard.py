@@ -101,6 +101,7 @@ class Dashboard:
                               username=config.username, password=config.password,
                               retention_s=config.retention_s)
         self.sessions = Sessions(tokens=config.tokens)
+        self._summary: tuple[int, dict[str, Any]] = (-1, {})
         self.stopping = threading.Event()
         handler = type("Handler", (DashboardHandler,), {"dash": self})
         try:
@@ -142,11 +143,15 @@ class Dashboard:
     # -- pages --------------------------------------------------------------------------------
     def devices(self, params: Mapping[str, str]) -> tuple[str, str]:
         """The devices page (title, main HTML) for the URL's query ``params``."""
+        version = self.live.version  # before the snapshot: a summary is never newer
         statuses, figures = self.live.snapshot()
         query = DeviceQuery.from_params(params)
         rows, total, pages = device_rows(statuses, figures, query)
-        return "Devices", html.devices_page(rows, total, pages, query, summarize(statuses),
-                                            time.time())
+        seen, summary = self._summary
+        if seen != version:  # every open page refreshes on a change: count the fleet once
+            summary = summarize(statuses)
+            self._summary = (version, summary)
+        return "Devices", html.devices_page(rows, total, pages, query, summary, time.time())
 
     def device(self, device: str) -> tuple[str, str]:
         """One device's page: its status, charts of its heartbeats, its history."""
