@@ -71,6 +71,7 @@ def test_history_in_the_fleet_database_is_bounded_by_age(tmp_path: Path) -> None
         events = changes("d", None, {"state": "committed", "version": "1.0.0", "ts": 150.0}, 0)
         history.record("f", [old, new], events)
         history.record("other", [old], [])
+        history.record("f", [new], events)  # a second dashboard on the same database
         assert [s.p50_ms for s in history.samples("f", "d")] == [1.0, 3.0]
         assert [e.kind for e in history.events("f", "d")] == ["version"]
         history.log_action(Action(ts=1.0, who="alice", action="pause", target="k",

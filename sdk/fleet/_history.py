@@ -32,10 +32,13 @@ _SCHEMA = (
     "ts DOUBLE PRECISION NOT NULL, version TEXT, p50_ms DOUBLE PRECISION, "
     "p99_ms DOUBLE PRECISION, fallback_share DOUBLE PRECISION, drift_psi DOUBLE PRECISION, "
     "drift_alert INTEGER, shadow_agreement DOUBLE PRECISION)",
-    "CREATE INDEX IF NOT EXISTS device_samples_by_device ON device_samples (fleet, device, ts)",
+    # unique: two dashboards on one database record a heartbeat once
+    "CREATE UNIQUE INDEX IF NOT EXISTS device_samples_by_device "
+    "ON device_samples (fleet, device, ts)",
     "CREATE TABLE IF NOT EXISTS device_events (fleet TEXT NOT NULL, device TEXT NOT NULL, "
     "ts DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, version TEXT, detail TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS device_events_by_device ON device_events (fleet, device, ts)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS device_events_by_device "
+    "ON device_events (fleet, device, ts, kind)",
     "CREATE TABLE IF NOT EXISTS dashboard_actions (ts DOUBLE PRECISION NOT NULL, "
     "who TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, result TEXT NOT NULL)",
 )
@@ -140,10 +143,10 @@ class History:
             db.executemany(
                 "INSERT INTO device_samples(fleet, device, ts, version, p50_ms, p99_ms, "
                 "fallback_share, drift_psi, drift_alert, shadow_agreement) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", sample_rows)
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", sample_rows)
             db.executemany(
                 "INSERT INTO device_events(fleet, device, ts, kind, version, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?)", event_rows)
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", event_rows)
 
     def samples(self, fleet: str, device: str, since: float = 0.0) -> list[Sample]:
         """The device's heartbeats since ``since``, oldest first (the newest
