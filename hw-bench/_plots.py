@@ -375,7 +375,23 @@ def plot_realworld(doc: Mapping[str, Any], fig: Any) -> None:
         fig.text(0.01, 0.01, "\n".join(textwrap.wrap(note, 180)), fontsize=7)
 
 
+def plot_dashboard(doc: Mapping[str, Any], fig: Any) -> None:
+    """Dashboard pages in headless chromium: time to first byte, DOM ready, a live update."""
+    rows = _rows(doc)
+    fig.set_size_inches(11, 4.2)
+    ax = fig.subplots(1, 1)
+    grouped_bars(ax, [str(r["page"]).replace(" (", "\n(").replace(" by ", "\nby ") for r in rows],
+                 {"first byte": [r.get("ttfb_ms") for r in rows],
+                  "DOM ready": [r.get("dom_ready_ms") for r in rows],
+                  "live update (fragment)": [r.get("fragment_ms") for r in rows]},
+                 f"ms, median of {doc.get('repeat', '?')} loads", fmt="{:.0f}")
+    ax.axhline(1000, color="#b42318", linestyle="--", linewidth=1)
+    ax.set_title(f"fleet dashboard, {doc.get('devices', '?')} devices (target: DOM ready "
+                 "< 1000 ms, dashed)", fontsize=9)
+
+
 PLOTTERS: dict[str, Plotter] = {
+    "dashboard": plot_dashboard,
     "device_features": plot_device_features,
     "converter": plot_converter,
     "onnx2tf": plot_onnx2tf,

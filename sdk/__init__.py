@@ -29,6 +29,9 @@ _EXPORTS: dict[str, str] = {
     "FleetWatcher": "edgeship.sdk.fleet._fleetstatus",
     "collect_status": "edgeship.sdk.fleet._fleetstatus",
     "write_credentials": "edgeship.sdk.fleet._acl",
+    "Dashboard": "edgeship.sdk.fleet._dashboard",
+    "DashboardConfig": "edgeship.sdk.fleet._dashboard",
+    "History": "edgeship.sdk.fleet._history",
     # cloud fallback (fallback engineer)
     "Answer": "edgeship.sdk.serving._fallback",
     "CircuitBreaker": "edgeship.sdk.serving._fallback",

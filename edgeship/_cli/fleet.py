@@ -71,3 +71,7 @@ fleet.add_command(promote)
 fleet.add_command(discard)
 fleet.add_command(status)
 fleet.add_command(credentials)
+
+from edgeship._cli.fleet_dashboard import dashboard  # noqa: E402
+
+fleet.add_command(dashboard)

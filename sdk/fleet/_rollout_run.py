@@ -38,12 +38,14 @@ from edgeship.sdk.fleet._rollout import (
     start_rollout,
     step,
 )
+from edgeship.sdk.fleet._rollout_flags import Flag, RolloutFlags
+from edgeship.sdk.fleet._sqlengine import engine_of
 from edgeship.sdk.release._release import Release
 from edgeship.sdk.transport._mqtt import MqttEdge, parse_broker_url, topics
 
 from edgeship._errors import InputError, TransportError
 
-__all__ = ["discard_shadow", "publish_offers", "run_rollout"]
+__all__ = ["discard_shadow", "publish_offers", "record_cancel", "run_rollout"]
 
 DeviceChooser = Callable[[Mapping[str, Mapping[str, Any]], str], list[str]]
 
@@ -173,7 +175,25 @@ def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
 def _drive(rollout: Rollout, watcher: FleetWatcher, db: FleetDB, payload: bytes, *, wait: bool,
            on_update: Callable[[Rollout], None] | None, poll_s: float,
            clock: Callable[[], float]) -> Rollout:
+    flags = RolloutFlags(engine_of(db))
+    paused = False
     while True:
+        control = flags.get(rollout.key)
+        if control is not None and control.state == "cancelled":
+            return _cancel(rollout, db, flags, control, clock())
+        if control is not None and control.state == "paused":
+            if not paused:
+                db.save(rollout, event="paused", detail={"who": control.who})
+            paused = True
+            if on_update is not None:
+                on_update(rollout)
+            if not wait:
+                return rollout
+            time.sleep(poll_s)
+            continue
+        if paused:  # the open wave waited for the operator, not for its devices
+            paused, rollout = False, resume(rollout, now=clock())
+            db.save(rollout, event="unpaused", detail={})
         new, offer = step(rollout, watcher.raw(), clock())
         if offer:
             publish_offers(watcher.edge, rollout.fleet, payload, offer)
@@ -190,6 +210,25 @@ def _drive(rollout: Rollout, watcher: FleetWatcher, db: FleetDB, payload: bytes,
             return rollout
         if not offer:
             time.sleep(poll_s)
+
+
+def _cancel(rollout: Rollout, db: FleetDB, flags: RolloutFlags, control: Flag,
+            now: float) -> Rollout:
+    """Record a cancelled rollout as halted and consume its flag."""
+    halted = record_cancel(db, rollout, control.who, asked=control.ts, now=now)
+    flags.set(rollout.key, None, control.who)
+    return halted
+
+
+def record_cancel(db: FleetDB, rollout: Rollout, who: str, *, asked: float, now: float
+                  ) -> Rollout:
+    """Record ``rollout`` as halted, "cancelled by WHO at TIME" (a re-run of the push
+    resumes it like any halted rollout). Only the holder of the rollout's lock may."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(asked))
+    halted = replace(rollout, status="halted", updated_at=now,
+                     reason=f"cancelled by {who} at {when}")
+    db.save(halted, event="halted", detail={"reason": halted.reason, "who": who})
+    return halted
 
 
 def discard_shadow(*, broker_url: str, fleet: str, version: str,
