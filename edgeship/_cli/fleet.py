@@ -71,3 +71,10 @@ fleet.add_command(promote)
 fleet.add_command(discard)
 fleet.add_command(status)
 fleet.add_command(credentials)
+
+# The fleet database: rollouts, pause/resume/cancel, recording statuses and heartbeats
+# (edgeship/_cli/fleet_db.py).
+from edgeship._cli.fleet_db import cancel, pause, record, resume, rollouts  # noqa: E402
+
+for _command in (rollouts, pause, resume, cancel, record):
+    fleet.add_command(_command)

@@ -24,7 +24,7 @@ from edgeship.sdk.transport._mqtt import Message, MqttEdge
 
 from edgeship._errors import TransportError
 
-__all__ = ["DeviceStatus", "FleetWatcher", "collect_status", "summarize"]
+__all__ = ["DeviceStatus", "FleetWatcher", "collect_status", "merge_recorded", "summarize"]
 
 MAX_STATUS_BYTES = 16 * 1024
 MAX_DEVICES = 100_000
@@ -141,6 +141,25 @@ def summarize(statuses: Mapping[str, DeviceStatus]) -> dict[str, Any]:
     return {"devices": len(statuses), "versions": dict(versions.most_common()),
             "states": dict(states.most_common()), "shadows": dict(shadows.most_common()),
             "drift_alerts": alerts}
+
+
+def merge_recorded(live: Mapping[str, DeviceStatus], recorded: Mapping[str, Mapping[str, Any]]
+                   ) -> dict[str, DeviceStatus]:
+    """The broker's statuses, completed from the fleet database: a device the broker no
+    longer has a status for is shown as recorded (``source: database``), and ``last_seen``
+    is the newest of both (the database holds heartbeats the retained topics do not)."""
+    out: dict[str, DeviceStatus] = {}
+    for dev, doc in recorded.items():
+        status = live.get(dev)
+        seen = doc.get("last_seen")
+        if status is None:
+            out[dev] = DeviceStatus.from_dict({**doc, "device": dev, "source": "database"})
+        elif isinstance(seen, (int, float)) and (status.last_seen is None
+                                                 or seen > status.last_seen):
+            out[dev] = DeviceStatus.from_dict({**status.to_dict(), "last_seen": seen})
+    for dev, status in live.items():
+        out.setdefault(dev, status)
+    return out
 
 
 class FleetWatcher:

@@ -170,7 +170,7 @@ class Rollout:
     waves: tuple[Wave, ...]
     outcomes: Mapping[str, str] = field(default_factory=dict)  # device -> outcome
     errors: Mapping[str, str] = field(default_factory=dict)  # device -> last error
-    status: str = "running"  # running | halted | completed
+    status: str = "running"  # running | halted | completed | paused | cancelled
     reason: str = ""  # why it halted
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -365,19 +365,20 @@ def step(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float
 def _observe(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float) -> Rollout:
     outcomes, errors = dict(rollout.outcomes), dict(rollout.errors)
     changed = False
+    offered_at: dict[str, float] = {}  # a device retried in a later wave: its latest offer
     for wave in rollout.waves:
-        if wave.offered_at is None:
+        if wave.offered_at is not None:
+            offered_at.update(dict.fromkeys(wave.devices, wave.offered_at))
+    for dev, since in offered_at.items():
+        status = statuses.get(dev)
+        verdict = classify(status, rollout.version, since, mode=rollout.mode)
+        if verdict is None or verdict == outcomes[dev]:
             continue
-        for dev in wave.devices:
-            status = statuses.get(dev)
-            verdict = classify(status, rollout.version, wave.offered_at, mode=rollout.mode)
-            if verdict is None or verdict == outcomes[dev]:
-                continue
-            if outcomes[dev] in SUCCESS_OUTCOMES:
-                continue  # a device that succeeded stays counted as a success
-            outcomes[dev], changed = verdict, True
-            if status and status.get("error"):
-                errors[dev] = str(status["error"])[:500]
+        if outcomes[dev] in SUCCESS_OUTCOMES:
+            continue  # a device that succeeded stays counted as a success
+        outcomes[dev], changed = verdict, True
+        if status and status.get("error"):
+            errors[dev] = str(status["error"])[:500]
     if not changed:
         return rollout
     return replace(rollout, outcomes=outcomes, errors=errors, updated_at=now)
