@@ -343,7 +343,12 @@ def discard_verdict(status: Mapping[str, Any] | None, version: str) -> str | Non
 
 def step(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float
          ) -> tuple[Rollout, list[str]]:
-    """Take in the latest statuses; return the new rollout and the devices to offer now."""
+    """Take in the latest statuses; return the new rollout and the devices to offer now.
+
+    A paused rollout still takes in verdicts (devices already offered go on) but opens,
+    times out and halts nothing."""
+    if rollout.status == "paused":
+        return _observe(rollout, statuses, now), []
     if rollout.status != "running":
         return rollout, []
     rollout = _observe(rollout, statuses, now)
