@@ -151,6 +151,7 @@ class Agent:
         self.bytes_received = 0
         self.started = time.monotonic()
         self._last_state = self.state.phase
+        self.local_files: dict[str, bytes] | None = None  # set by `agent install` (a bundle)
 
     # -- inputs from other threads ---------------------------------------------------------
     def _on_message(self, msg: Any) -> None:
@@ -289,15 +290,20 @@ class Agent:
             self._send(self.topics.status, json.dumps(status).encode(), retain=True,
                        key="status")
 
-    def _do_RequestChunk(self, action: ota.RequestChunk) -> None:
+    def _do_RequestChunk(self, action: ota.RequestChunk) -> ota.Event | None:
         from edgeship.sdk.transport._mqtt import request_topic
         from edgeship.sdk.transport._transfer import encode_request
 
         req = action.request
+        if self.local_files is not None:  # an offline bundle answers as a release server would
+            from edgeship.agent._install import answer_locally
+
+            return answer_locally(self.local_files, action)
         self._last_request = time.monotonic()
         self.edge.publish(request_topic(self.config.fleet), encode_request(req),
                           response_topic=self.topics.chunk,
                           correlation=action.correlation or ota.correlation(req))
+        return None
 
     def _do_TruncateDownload(self, action: ota.TruncateDownload) -> ota.Event | None:
         try:
@@ -497,5 +503,8 @@ def run_agent(config: AgentConfig) -> int:
         log("core_dumps_off", done=no_core_dumps())
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
-    agent.run()
+    from edgeship.agent._install import data_dir_lock
+
+    with data_dir_lock(config.data_dir):  # `agent install` of a bundle must not run beside
+        agent.run()
     return 0
