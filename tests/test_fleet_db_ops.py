@@ -192,3 +192,39 @@ def _wait_for(db: str, ok: Any, timeout: float = 60) -> Any:
             return rollout
         time.sleep(0.05)
     raise AssertionError("the rollout never got there")
+
+
+def test_ongoing_rollout_offers_devices_that_join_later(
+        mosquitto: Mosquitto, rels: dict[str, Path], server: None, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'fleet.sqlite'}"
+    first, later = DEVICES[:4], DEVICES[4:6]
+    sim = swarm(mosquitto, rels, first)
+    late = None
+    push = subprocess.Popen(
+        [sys.executable, "-m", "edgeship", "fleet", "push", str(rels["v2"]), "--broker",
+         mosquitto.url, "--fleet", FLEET, "--db", db, "--canary", "25%", "--waves", "100%",
+         "--ongoing", "--wait", "--json"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # the planned waves end; an ongoing rollout stays running
+        rollout = _wait_for(db, lambda r: all(w.closed_at for w in r.waves)
+                            and r.counts()["committed"] == len(first))
+        assert rollout.status == "running" and sorted(rollout.outcomes) == first
+        late = swarm(mosquitto, rels, later)  # two devices join the fleet
+        rollout = _wait_for(db, lambda r: r.counts()["committed"] == len(first) + len(later))
+        assert [w.name for w in rollout.waves] == ["canary", "wave 1", "joined 1"]
+        assert sorted(rollout.waves[-1].devices) == later
+        out = edgeship("fleet", "cancel", "--db", db, f"{FLEET}/model/1.1.0")
+        assert out.returncode == 0, out.stderr
+        out_s, err = push.communicate(timeout=60)
+        assert push.returncode == 3, err  # cancelled: the way an ongoing rollout ends
+        rep = json.loads(out_s)
+        assert rep["ongoing"] is True and rep["status"] == "cancelled"
+        assert rep["waves"][-1] == {**rep["waves"][-1], "name": "joined 1", "devices": 2,
+                                    "done": 2, "failed": 0}
+    finally:
+        if push.poll() is None:
+            push.kill()
+        sim.stop()
+        if late is not None:
+            late.stop()

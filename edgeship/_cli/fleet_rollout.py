@@ -78,6 +78,9 @@ def _rollout_options(devices_help: str) -> Callable[[F], F]:
 @click.option("--shadow", is_flag=True,
               help="install it next to the active model and run it on sampled live requests "
                    "(off the answer path); success = the device reports 'shadowing'")
+@click.option("--ongoing", is_flag=True,
+              help="after the last wave, keep offering the release to devices that join "
+                   "the fleet or come online later (waves 'joined N'; until fleet cancel)")
 @click.option("--retry-failed", is_flag=True,
               help="offer the release again to the devices of its rollout that failed or "
                    "timed out (a last wave 'retry N')")
@@ -85,7 +88,7 @@ def push(reldir: str, broker_url: str, username: str, password_file: str | None,
          fleet_name: str, devices: str | None, canary: str, waves: str,
          max_failure_rate: str | None, wave_timeout: float | None, wait: bool, as_json: bool,
          state_file: str | None, db_url: str | None, lease_s: float, shadow: bool,
-         retry_failed: bool) -> None:
+         ongoing: bool, retry_failed: bool) -> None:
     """Offer the release in RELDIR to a fleet: canary first, then growing waves.
 
     Re-running it continues the recorded rollout of this release (halted or
@@ -99,7 +102,8 @@ def push(reldir: str, broker_url: str, username: str, password_file: str | None,
     """
     _rollout(reldir, broker_url, username, password_file, fleet_name, devices, canary, waves,
              max_failure_rate, wave_timeout, wait, as_json, state_file or db_url,
-             mode="shadow" if shadow else "active", lease_s=lease_s, retry=retry_failed)
+             mode="shadow" if shadow else "active", lease_s=lease_s, retry=retry_failed,
+             ongoing=ongoing)
 
 
 @click.command("promote")
@@ -125,7 +129,7 @@ def _rollout(reldir: str, broker_url: str, username: str, password_file: str | N
              fleet_name: str, devices: str | None, canary: str, waves: str,
              max_failure_rate: str | None, wave_timeout: float | None, wait: bool,
              as_json: bool, db_url: str | None, *, mode: str, choose: Any = None,
-             lease_s: float = 15.0, retry: bool = False) -> None:
+             lease_s: float = 15.0, retry: bool = False, ongoing: bool = False) -> None:
     from edgeship.sdk.fleet._fleetdb import FleetDB
     from edgeship.sdk.fleet._rollout import RolloutPolicy, parse_percent, parse_waves
     from edgeship.sdk.fleet._rollout_run import run_rollout
@@ -149,7 +153,8 @@ def _rollout(reldir: str, broker_url: str, username: str, password_file: str | N
                               max_failure_rate=rate, wave_timeout_s=wave_timeout, wait=wait,
                               username=username, password=read_password(password_file),
                               on_update=view.update, mode=mode, choose=choose,
-                              lease_s=lease_s, retry_failed=retry, on_standby=standing_by)
+                              lease_s=lease_s, retry_failed=retry, on_standby=standing_by,
+                              ongoing=ongoing)
     if as_json:
         click.echo(json.dumps(report(rollout), indent=1))
     else:
@@ -170,7 +175,8 @@ def report(rollout: Any) -> dict[str, Any]:
                       "done": sum(o in DONE_OUTCOMES for o in outcomes),
                       "failed": sum(o in FAILED_OUTCOMES for o in outcomes)})
     return {"rollout": rollout.key, "fleet": rollout.fleet, "model": rollout.model,
-            "version": rollout.version, "mode": rollout.mode, "status": rollout.status, "reason": rollout.reason or None,
+            "version": rollout.version, "mode": rollout.mode, "ongoing": rollout.ongoing,
+            "status": rollout.status, "reason": rollout.reason or None,
             "counts": rollout.counts(), "failure_rate": round(rollout.failure_rate(), 4),
             "policy": rollout.policy.to_dict(), "waves": waves,
             "devices": {d: {"outcome": o, "error": rollout.errors.get(d)}

@@ -177,6 +177,7 @@ class Rollout:
     release_id: str = ""  # sha256 prefix of the signed manifest: a re-signed release is new
     broker: str = ""  # host:port; the same fleet name on another broker is another fleet
     mode: str = "active"  # "shadow": devices run the release beside the active model
+    ongoing: bool = False  # after the last wave, offer it to devices that join ("joined N")
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -213,7 +214,8 @@ class Rollout:
                 "waves": [w.to_dict() for w in self.waves], "outcomes": dict(self.outcomes),
                 "errors": dict(self.errors), "status": self.status, "reason": self.reason,
                 "created_at": self.created_at, "updated_at": self.updated_at,
-                "release_id": self.release_id, "broker": self.broker, "mode": self.mode}
+                "release_id": self.release_id, "broker": self.broker, "mode": self.mode,
+                "ongoing": self.ongoing}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Rollout:
@@ -224,7 +226,7 @@ class Rollout:
                    status=d["status"], reason=d.get("reason", ""),
                    created_at=float(d.get("created_at", 0)), updated_at=float(d.get("updated_at", 0)),
                    release_id=d.get("release_id", ""), broker=d.get("broker", ""),
-                   mode=d.get("mode", "active"))
+                   mode=d.get("mode", "active"), ongoing=bool(d.get("ongoing", False)))
 
 
 def rollout_key(broker: str, fleet: str, model: str, version: str, release_id: str,
@@ -235,7 +237,7 @@ def rollout_key(broker: str, fleet: str, model: str, version: str, release_id: s
 
 def start_rollout(*, fleet: str, model: str, version: str, reldir: str, devices: Sequence[str],
                   policy: RolloutPolicy, now: float, release_id: str = "", broker: str = "",
-                  mode: str = "active") -> Rollout:
+                  mode: str = "active", ongoing: bool = False) -> Rollout:
     unique = list(dict.fromkeys(devices))
     if not unique:
         raise ConfigError("no devices to update (name them with --devices, or none report status)")
@@ -248,7 +250,8 @@ def start_rollout(*, fleet: str, model: str, version: str, reldir: str, devices:
                   for i, (n, g) in enumerate(zip(names, groups, strict=True)))
     return Rollout(fleet=fleet, model=model, version=version, reldir=reldir, policy=policy,
                    waves=waves, outcomes=dict.fromkeys(unique, PENDING), created_at=now,
-                   updated_at=now, release_id=release_id, broker=broker, mode=mode)
+                   updated_at=now, release_id=release_id, broker=broker, mode=mode,
+                   ongoing=ongoing)
 
 
 def classify(status: Mapping[str, Any] | None, version: str, offered_at: float,
@@ -356,6 +359,9 @@ def step(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float
     if _over_threshold(rollout):
         return _halt(rollout, now), []
     i = rollout.current
+    if i == len(rollout.waves) and rollout.ongoing:
+        joined = _joined(rollout, statuses, now)
+        return (step(joined, statuses, now) if joined is not rollout else (rollout, []))
     if i == len(rollout.waves):
         return replace(rollout, status="completed", updated_at=now), []
     wave = rollout.waves[i]
@@ -365,6 +371,27 @@ def step(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float
         rollout = _close(rollout, i, now)
         return step(rollout, statuses, now)
     return rollout, []
+
+
+def _joined(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float
+            ) -> Rollout:
+    """An ongoing rollout whose waves are done: devices that reported since, and are not
+    in it, become a wave of their own (``joined N``); those already on the version count
+    as committed without an offer. The same rollout when nobody joined."""
+    new = sorted(d for d in statuses if d not in rollout.outcomes)
+    new = new[:max(0, MAX_DEVICES - len(rollout.outcomes))]
+    if not new:
+        return rollout
+    there = [d for d in new if classify(statuses[d], rollout.version, now,
+                                        mode=rollout.mode) in SUCCESS_OUTCOMES]
+    outcomes = {**rollout.outcomes, **dict.fromkeys(there, COMMITTED), **{
+        d: PENDING for d in new if d not in there}}
+    waves = rollout.waves
+    if len(there) < len(new):
+        n = 1 + sum(1 for w in waves if w.name.startswith("joined "))
+        waves = (*waves, Wave(name=f"joined {n}", devices=tuple(d for d in new
+                                                                if d not in there)))
+    return replace(rollout, waves=waves, outcomes=outcomes, updated_at=now)
 
 
 def _observe(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float) -> Rollout:

@@ -79,7 +79,8 @@ def run_rollout(*, broker_url: str, fleet: str, reldir: str | Path, db: FleetDB,
                 clock: Callable[[], float] = time.time, mode: str = "active",
                 choose: DeviceChooser | None = None, lease_s: float = 15.0,
                 standby: bool | None = None, retry_failed: bool = False,
-                on_standby: Callable[[str, float], None] | None = None) -> Rollout:
+                on_standby: Callable[[str, float], None] | None = None,
+                ongoing: bool = False) -> Rollout:
     """Start or resume the rollout of ``reldir`` to ``fleet``; see the module docstring.
 
     ``policy`` shapes a new rollout; a recorded one keeps its waves and takes only a
@@ -92,7 +93,9 @@ def run_rollout(*, broker_url: str, fleet: str, reldir: str | Path, db: FleetDB,
     The worker holds the rollout's lease (``lease_s`` to live, renewed by a heartbeat)
     while it runs; held by another worker, it stands by until that lease expires when
     ``standby`` (default: ``wait``), else it refuses. ``retry_failed`` offers the release
-    again to the devices that failed or timed out (a last wave ``retry N``).
+    again to the devices that failed or timed out (a last wave ``retry N``). An
+    ``ongoing`` rollout does not complete: once its waves are done it offers the release
+    to every device that reports a status later (waves ``joined N``), until cancelled.
     """
     release = Release.load(reldir)
     manifest = release.manifest
@@ -113,7 +116,8 @@ def run_rollout(*, broker_url: str, fleet: str, reldir: str | Path, db: FleetDB,
                    username=username, password=password)
         return run.go(devices=devices, policy=policy, max_failure_rate=max_failure_rate,
                       wave_timeout_s=wave_timeout_s, wait=wait, on_update=on_update,
-                      poll_s=poll_s, clock=clock, choose=choose, retry=retry_failed)
+                      poll_s=poll_s, clock=clock, choose=choose, retry=retry_failed,
+                      ongoing=ongoing)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,7 +153,8 @@ class _Run:
     def go(self, *, devices: Sequence[str] | None, policy: RolloutPolicy,
            max_failure_rate: float | None, wave_timeout_s: float | None, wait: bool,
            on_update: Callable[[Rollout], None] | None, poll_s: float,
-           clock: Callable[[], float], choose: DeviceChooser | None, retry: bool) -> Rollout:
+           clock: Callable[[], float], choose: DeviceChooser | None, retry: bool,
+           ongoing: bool = False) -> Rollout:
         watcher = FleetWatcher(self.broker_url, self.ident.fleet, username=self.username,
                                password=self.password, telemetry=False).start()
         try:
@@ -158,7 +163,7 @@ class _Run:
                                      policy=policy, now=clock(),
                                      max_failure_rate=max_failure_rate,
                                      wave_timeout_s=wave_timeout_s, choose=choose,
-                                     taken_from=self.lease.previous)
+                                     taken_from=self.lease.previous, ongoing=ongoing)
             if retry:
                 rollout = self.db.change(self.key, lambda r: retry_failed(r, clock()),
                                          "retry-failed")
@@ -239,7 +244,8 @@ class _Run:
 def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
                    devices: Sequence[str] | None, policy: RolloutPolicy, now: float,
                    max_failure_rate: float | None, wave_timeout_s: float | None,
-                   choose: DeviceChooser | None = None, taken_from: str = "") -> Rollout:
+                   choose: DeviceChooser | None = None, taken_from: str = "",
+                   ongoing: bool = False) -> Rollout:
     recorded = db.load(rollout_key(ident.broker, ident.fleet, ident.model, ident.version,
                                    ident.release_id, ident.mode))
     wanted = list(devices) if devices else \
@@ -254,8 +260,9 @@ def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
     if recorded is not None and recorded.status == "paused":
         return recorded  # an operator paused it: only `fleet resume` goes on
     if recorded is not None:
-        rollout = resume(recorded, max_failure_rate=max_failure_rate,
-                         wave_timeout_s=wave_timeout_s, now=now)
+        rollout = resume(replace(recorded, ongoing=recorded.ongoing or ongoing),
+                         max_failure_rate=max_failure_rate, wave_timeout_s=wave_timeout_s,
+                         now=now)
         db.save(rollout, event="resumed", detail={"was": recorded.status, "from": taken_from,
                                                   "policy": rollout.policy.to_dict()})
         return rollout
@@ -269,7 +276,8 @@ def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
                          "--devices ID,...")
     rollout = start_rollout(fleet=ident.fleet, model=ident.model, version=ident.version,
                             reldir=ident.reldir, devices=targets, policy=policy, now=now,
-                            release_id=ident.release_id, broker=ident.broker, mode=ident.mode)
+                            release_id=ident.release_id, broker=ident.broker, mode=ident.mode,
+                            ongoing=ongoing)
     db.save(rollout, event="created", detail={"devices": len(targets),
                                               "waves": [len(w.devices) for w in rollout.waves]})
     return rollout
