@@ -228,3 +228,50 @@ def test_ongoing_rollout_offers_devices_that_join_later(
         sim.stop()
         if late is not None:
             late.stop()
+
+
+def test_max_concurrent_caps_devices_updating_at_once(
+        mosquitto: Mosquitto, rels: dict[str, Path], server: None, tmp_path: Path) -> None:
+    """A subscriber sees the offers and the devices' statuses in the order the broker got
+    them: whenever an offer goes out, at most two offered devices lack a verdict."""
+    import threading
+
+    db = f"sqlite:///{tmp_path / 'fleet.sqlite'}"
+    sim = swarm(mosquitto, rels, DEVICES)
+    lock = threading.Lock()
+    offered: list[str] = []
+    done: set[str] = set()
+    peak = [0]
+
+    def on_message(msg: Any) -> None:
+        _, _, dev, *kind = msg.topic.split("/")
+        with lock:
+            if kind == ["ota", "offer"] and msg.payload and not msg.retain:
+                offered.append(dev)
+                peak[0] = max(peak[0], len(set(offered) - done))
+            elif kind == ["status"] and msg.payload:
+                doc = json.loads(msg.payload)
+                if doc.get("state") in ("committed", "rolled-back", "failed"):
+                    done.add(dev)
+
+    edge = MqttEdge(mosquitto.url, client_id="test-watch-cap", on_message=on_message,
+                    subscriptions=[f"edgeship/{FLEET}/+/ota/offer", f"edgeship/{FLEET}/+/status"])
+    edge.start()
+    try:
+        assert edge.wait_connected(10)
+        time.sleep(0.5)
+        with lock:
+            done.clear()  # the retained statuses from before (committed to 1.0.0)
+        out = edgeship("fleet", "push", str(rels["v2"]), "--broker", mosquitto.url, "--fleet",
+                       FLEET, "--db", db, "--max-concurrent", "2", "--wave-timeout", "60",
+                       "--wait", "--json")
+        assert out.returncode == 0, out.stderr
+        rep = json.loads(out.stdout)
+        assert rep["status"] == "completed" and rep["counts"]["committed"] == len(DEVICES)
+        assert rep["policy"]["max_concurrent"] == 2
+        time.sleep(0.3)
+    finally:
+        edge.stop()
+        sim.stop()
+    assert sorted(offered) == DEVICES  # each once
+    assert peak[0] == 2, peak  # the cap was reached and never passed

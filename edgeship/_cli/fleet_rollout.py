@@ -54,6 +54,10 @@ def _rollout_options(devices_help: str) -> Callable[[F], F]:
                               "[default: never]"),
             click.option("--wave-timeout", default=None, type=float, metavar="S",
                          help="seconds a wave waits for a device's verdict [default: 600]"),
+            click.option("--max-concurrent", default=0, show_default=True,
+                         type=click.IntRange(0, 1_000_000), metavar="N",
+                         help="at most N devices updating at once (offered, no verdict "
+                              "yet); a wave's other devices wait their turn (0: no limit)"),
             click.option("--wait/--no-wait", default=False,
                          help="run until the rollout completed or halted (else offer what is "
                               "due, return)"),
@@ -86,9 +90,9 @@ def _rollout_options(devices_help: str) -> Callable[[F], F]:
                    "timed out (a last wave 'retry N')")
 def push(reldir: str, broker_url: str, username: str, password_file: str | None,
          fleet_name: str, devices: str | None, canary: str, waves: str,
-         max_failure_rate: str | None, wave_timeout: float | None, wait: bool, as_json: bool,
-         state_file: str | None, db_url: str | None, lease_s: float, shadow: bool,
-         ongoing: bool, retry_failed: bool) -> None:
+         max_failure_rate: str | None, wave_timeout: float | None, max_concurrent: int,
+         wait: bool, as_json: bool, state_file: str | None, db_url: str | None,
+         lease_s: float, shadow: bool, ongoing: bool, retry_failed: bool) -> None:
     """Offer the release in RELDIR to a fleet: canary first, then growing waves.
 
     Re-running it continues the recorded rollout of this release (halted or
@@ -103,7 +107,7 @@ def push(reldir: str, broker_url: str, username: str, password_file: str | None,
     _rollout(reldir, broker_url, username, password_file, fleet_name, devices, canary, waves,
              max_failure_rate, wave_timeout, wait, as_json, state_file or db_url,
              mode="shadow" if shadow else "active", lease_s=lease_s, retry=retry_failed,
-             ongoing=ongoing)
+             ongoing=ongoing, max_concurrent=max_concurrent)
 
 
 @click.command("promote")
@@ -111,8 +115,9 @@ def push(reldir: str, broker_url: str, username: str, password_file: str | None,
                   "this release as its shadow)")
 def promote(reldir: str, broker_url: str, username: str, password_file: str | None,
             fleet_name: str, devices: str | None, canary: str, waves: str,
-            max_failure_rate: str | None, wave_timeout: float | None, wait: bool,
-            as_json: bool, state_file: str | None, db_url: str | None, lease_s: float) -> None:
+            max_failure_rate: str | None, wave_timeout: float | None, max_concurrent: int,
+            wait: bool, as_json: bool, state_file: str | None, db_url: str | None,
+            lease_s: float) -> None:
     """Make the shadow release in RELDIR the active model, in waves.
 
     The same release is offered normally; a device that shadows it switches without a
@@ -122,14 +127,16 @@ def promote(reldir: str, broker_url: str, username: str, password_file: str | No
 
     _rollout(reldir, broker_url, username, password_file, fleet_name, devices, canary, waves,
              max_failure_rate, wave_timeout, wait, as_json, state_file or db_url,
-             mode="active", choose=shadowing_devices, lease_s=lease_s)
+             mode="active", choose=shadowing_devices, lease_s=lease_s,
+             max_concurrent=max_concurrent)
 
 
 def _rollout(reldir: str, broker_url: str, username: str, password_file: str | None,
              fleet_name: str, devices: str | None, canary: str, waves: str,
              max_failure_rate: str | None, wave_timeout: float | None, wait: bool,
              as_json: bool, db_url: str | None, *, mode: str, choose: Any = None,
-             lease_s: float = 15.0, retry: bool = False, ongoing: bool = False) -> None:
+             lease_s: float = 15.0, retry: bool = False, ongoing: bool = False,
+             max_concurrent: int = 0) -> None:
     from edgeship.sdk.fleet._fleetdb import FleetDB
     from edgeship.sdk.fleet._rollout import RolloutPolicy, parse_percent, parse_waves
     from edgeship.sdk.fleet._rollout_run import run_rollout
@@ -140,7 +147,8 @@ def _rollout(reldir: str, broker_url: str, username: str, password_file: str | N
     rate = parse_percent(max_failure_rate, "--max-failure-rate") if max_failure_rate else None
     policy = RolloutPolicy(canary=parse_percent(canary, "--canary"), waves=parse_waves(waves),
                            max_failure_rate=1.0 if rate is None else rate,
-                           wave_timeout_s=600.0 if wave_timeout is None else wave_timeout)
+                           wave_timeout_s=600.0 if wave_timeout is None else wave_timeout,
+                           max_concurrent=max_concurrent)
     tty = sys.stderr.isatty()
     view = _Progress(enabled=not as_json and tty, plain=not as_json and not tty)
     def standing_by(holder: str, left: float) -> None:

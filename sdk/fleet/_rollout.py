@@ -99,6 +99,7 @@ class RolloutPolicy:
     waves: tuple[float, ...] = (1.0,)  # cumulative shares after the canary
     max_failure_rate: float = 1.0  # halt when failed / decided devices passes this
     wave_timeout_s: float = 600.0  # a device with no verdict by then counts as failed
+    max_concurrent: int = 0  # devices updating at once (offered, no verdict yet); 0 = all
 
     def __post_init__(self) -> None:
         if not 0 <= self.canary <= 1:
@@ -109,16 +110,20 @@ class RolloutPolicy:
             raise ConfigError("--max-failure-rate must be between 0 and 1")
         if not self.wave_timeout_s > 0:
             raise ConfigError("--wave-timeout must be positive")
+        if self.max_concurrent < 0:
+            raise ConfigError("--max-concurrent must be 0 (no limit) or more")
 
     def to_dict(self) -> dict[str, Any]:
         return {"canary": self.canary, "waves": list(self.waves),
-                "max_failure_rate": self.max_failure_rate, "wave_timeout_s": self.wave_timeout_s}
+                "max_failure_rate": self.max_failure_rate, "wave_timeout_s": self.wave_timeout_s,
+                "max_concurrent": self.max_concurrent}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RolloutPolicy:
         return cls(canary=float(d["canary"]), waves=tuple(float(w) for w in d["waves"]),
                    max_failure_rate=float(d["max_failure_rate"]),
-                   wave_timeout_s=float(d["wave_timeout_s"]))
+                   wave_timeout_s=float(d["wave_timeout_s"]),
+                   max_concurrent=int(d.get("max_concurrent", 0)))
 
 
 def plan_waves(devices: Sequence[str], canary: float, waves: Sequence[float]) -> list[list[str]]:
@@ -178,6 +183,9 @@ class Rollout:
     broker: str = ""  # host:port; the same fleet name on another broker is another fleet
     mode: str = "active"  # "shadow": devices run the release beside the active model
     ongoing: bool = False  # after the last wave, offer it to devices that join ("joined N")
+    # when each device was offered, where it differs from its wave's offered_at (a wave
+    # offered a few devices at a time under --max-concurrent, or re-timed by a resume)
+    offer_times: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -215,7 +223,7 @@ class Rollout:
                 "errors": dict(self.errors), "status": self.status, "reason": self.reason,
                 "created_at": self.created_at, "updated_at": self.updated_at,
                 "release_id": self.release_id, "broker": self.broker, "mode": self.mode,
-                "ongoing": self.ongoing}
+                "ongoing": self.ongoing, "offer_times": dict(self.offer_times)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Rollout:
@@ -226,7 +234,9 @@ class Rollout:
                    status=d["status"], reason=d.get("reason", ""),
                    created_at=float(d.get("created_at", 0)), updated_at=float(d.get("updated_at", 0)),
                    release_id=d.get("release_id", ""), broker=d.get("broker", ""),
-                   mode=d.get("mode", "active"), ongoing=bool(d.get("ongoing", False)))
+                   mode=d.get("mode", "active"), ongoing=bool(d.get("ongoing", False)),
+                   offer_times={str(k): float(v)
+                                for k, v in dict(d.get("offer_times", {})).items()})
 
 
 def rollout_key(broker: str, fleet: str, model: str, version: str, release_id: str,
@@ -366,7 +376,10 @@ def step(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float
         return replace(rollout, status="completed", updated_at=now), []
     wave = rollout.waves[i]
     if wave.offered_at is None:
-        return _offer(rollout, i, now), list(wave.devices)
+        rollout = _open(rollout, i, now)
+    rollout, more = _fill(rollout, i, now)
+    if more:
+        return rollout, more
     if all(rollout.outcomes[d] in DONE_OUTCOMES for d in wave.devices):
         rollout = _close(rollout, i, now)
         return step(rollout, statuses, now)
@@ -401,7 +414,10 @@ def _observe(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: f
     for wave in rollout.waves:
         if wave.offered_at is not None:
             offered_at.update(dict.fromkeys(wave.devices, wave.offered_at))
+    offered_at.update({d: t for d, t in rollout.offer_times.items() if d in offered_at})
     for dev, since in offered_at.items():
+        if outcomes[dev] == PENDING:
+            continue  # queued under --max-concurrent: not offered yet
         status = statuses.get(dev)
         verdict = classify(status, rollout.version, since, mode=rollout.mode)
         if verdict is None or verdict == outcomes[dev]:
@@ -421,13 +437,17 @@ def _close_timed_out(rollout: Rollout, now: float) -> Rollout:
     if i == len(rollout.waves):
         return rollout
     wave = rollout.waves[i]
-    if wave.offered_at is None or now - wave.offered_at < rollout.policy.wave_timeout_s:
+    if wave.offered_at is None:
+        return rollout
+    limit = rollout.policy.wave_timeout_s
+    late = [d for d in wave.devices if rollout.outcomes[d] == UPDATING
+            and now - rollout.offer_times.get(d, wave.offered_at) >= limit]
+    if not late:
         return rollout
     outcomes, errors = dict(rollout.outcomes), dict(rollout.errors)
-    for dev in wave.devices:
-        if outcomes[dev] not in DONE_OUTCOMES:
-            outcomes[dev] = TIMEOUT
-            errors.setdefault(dev, f"no verdict within {rollout.policy.wave_timeout_s:g}s")
+    for dev in late:
+        outcomes[dev] = TIMEOUT
+        errors.setdefault(dev, f"no verdict within {limit:g}s")
     return replace(rollout, outcomes=outcomes, errors=errors, updated_at=now)
 
 
@@ -441,7 +461,8 @@ def _over_threshold(rollout: Rollout) -> bool:
     limit = rollout.policy.max_failure_rate
     c = rollout.counts()
     failed = sum(c[o] for o in FAILED_OUTCOMES)
-    offered = sum(len(w.devices) for w in rollout.waves if w.offered_at is not None)
+    offered = sum(1 for w in rollout.waves if w.offered_at is not None for d in w.devices
+                  if rollout.outcomes[d] != PENDING)
     decided = sum(c[o] for o in DONE_OUTCOMES)
     if offered == 0 or failed == 0:
         return False
@@ -461,14 +482,30 @@ def _halt(rollout: Rollout, now: float) -> Rollout:
     return replace(rollout, status="halted", reason=reason, updated_at=now)
 
 
-def _offer(rollout: Rollout, i: int, now: float) -> Rollout:
+def _open(rollout: Rollout, i: int, now: float) -> Rollout:
     waves = list(rollout.waves)
     waves[i] = replace(waves[i], offered_at=now)
-    outcomes = dict(rollout.outcomes)
-    for dev in waves[i].devices:
-        if outcomes[dev] == PENDING:
-            outcomes[dev] = UPDATING
-    return replace(rollout, waves=tuple(waves), outcomes=outcomes, updated_at=now)
+    return replace(rollout, waves=tuple(waves), updated_at=now)
+
+
+def _fill(rollout: Rollout, i: int, now: float) -> tuple[Rollout, list[str]]:
+    """Offer the open wave's queued devices, as many as ``max_concurrent`` leaves room
+    for (devices offered and still without a verdict count against it)."""
+    wave = rollout.waves[i]
+    queued = [d for d in wave.devices if rollout.outcomes[d] == PENDING]
+    if not queued:
+        return rollout, []
+    cap = rollout.policy.max_concurrent
+    if cap:
+        busy = sum(1 for o in rollout.outcomes.values() if o == UPDATING)
+        queued = queued[:max(0, cap - busy)]
+        if not queued:
+            return rollout, []
+    outcomes = {**rollout.outcomes, **dict.fromkeys(queued, UPDATING)}
+    times = dict(rollout.offer_times)
+    if cap or wave.offered_at != now:
+        times.update(dict.fromkeys(queued, now))
+    return replace(rollout, outcomes=outcomes, offer_times=times, updated_at=now), queued
 
 
 def _close(rollout: Rollout, i: int, now: float) -> Rollout:
@@ -478,7 +515,8 @@ def _close(rollout: Rollout, i: int, now: float) -> Rollout:
 
 
 def resume(rollout: Rollout, *, max_failure_rate: float | None = None,
-           wave_timeout_s: float | None = None, now: float) -> Rollout:
+           wave_timeout_s: float | None = None, max_concurrent: int | None = None,
+           now: float) -> Rollout:
     """Continue a recorded rollout, optionally under a new threshold or wave timeout.
 
     A halted rollout runs again (it halts again at once if still over the threshold);
@@ -490,23 +528,29 @@ def resume(rollout: Rollout, *, max_failure_rate: float | None = None,
         policy = replace(policy, max_failure_rate=max_failure_rate)
     if wave_timeout_s is not None:
         policy = replace(policy, wave_timeout_s=wave_timeout_s)
+    if max_concurrent is not None:
+        policy = replace(policy, max_concurrent=max_concurrent)
     if rollout.status == "completed":
         return replace(rollout, policy=policy)
     waves = list(rollout.waves)
     outcomes = dict(rollout.outcomes)
+    times = dict(rollout.offer_times)
     i = rollout.current
     if i < len(waves) and waves[i].offered_at is not None:
         waves[i] = replace(waves[i], offered_at=now)
         for dev in waves[i].devices:  # timed out while we stood still: wait for them again
             if outcomes[dev] == TIMEOUT:
                 outcomes[dev] = UPDATING
+            if dev in times and outcomes[dev] == UPDATING:
+                times[dev] = now
     return replace(rollout, policy=policy, waves=tuple(waves), outcomes=outcomes,
-                   status="running", reason="", updated_at=now)
+                   offer_times=times, status="running", reason="", updated_at=now)
 
 
 def open_wave_devices(rollout: Rollout) -> list[str]:
-    """Devices of the offered, still open wave (re-offered after a restart)."""
+    """Devices of the offered, still open wave that were offered (not those still queued
+    under ``max_concurrent``): re-offered after a restart if their offer is missing."""
     i = rollout.current
     if i == len(rollout.waves) or rollout.waves[i].offered_at is None:
         return []
-    return list(rollout.waves[i].devices)
+    return [d for d in rollout.waves[i].devices if rollout.outcomes[d] != PENDING]

@@ -262,7 +262,7 @@ def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
     if recorded is not None:
         rollout = resume(replace(recorded, ongoing=recorded.ongoing or ongoing),
                          max_failure_rate=max_failure_rate, wave_timeout_s=wave_timeout_s,
-                         now=now)
+                         max_concurrent=policy.max_concurrent or None, now=now)
         db.save(rollout, event="resumed", detail={"was": recorded.status, "from": taken_from,
                                                   "policy": rollout.policy.to_dict()})
         return rollout
