@@ -172,6 +172,7 @@ class FleetWatcher:
         self._statuses: dict[str, DeviceStatus] = {}
         self._seen: dict[str, float] = {}
         self.last_message = time.monotonic()
+        self.changes = 0  # messages taken in so far (a reader skips work when unchanged)
         subs = [f"edgeship/{fleet}/+/status"]
         if telemetry:
             subs.append(f"edgeship/{fleet}/+/telemetry")
@@ -222,6 +223,7 @@ class FleetWatcher:
         device, kind = parts[2], parts[3]
         self.last_message = time.monotonic()
         with self._lock:
+            self.changes += 1
             if device not in self._statuses and len(self._statuses) >= MAX_DEVICES:
                 return
             if kind == "status":

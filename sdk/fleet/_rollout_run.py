@@ -199,8 +199,13 @@ class _Run:
                clock: Callable[[], float]) -> Rollout:
         recorded_every, next_record = 2.0, 0.0
         recorded: dict[str, Any] = {}
+        seen, next_look = -1, 0.0
         while True:
             self.lease.check()
+            if watcher.changes == seen and time.monotonic() < next_look:
+                time.sleep(poll_s)  # no status came in: only timeouts and operators change
+                continue  # things, so a full look once a second is enough for those
+            seen, next_look = watcher.changes, time.monotonic() + 1.0
             statuses = watcher.raw()
             if time.monotonic() >= next_record:  # the fleet's last status, in the database
                 next_record = time.monotonic() + recorded_every
