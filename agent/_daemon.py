@@ -47,6 +47,7 @@ __all__ = ["Agent", "log", "pause"]
 
 
 _log_lock = threading.Lock()
+WINDOW_CHECK_S = 15.0  # how often a downloaded update looks whether its install window opened
 REFUSAL_REPORT_S = 0.5  # a flood of refused offers rewrites the retained status this often
 
 
@@ -113,7 +114,8 @@ class Agent:
                                 private_key=self.device_key,
                                 require_encryption=config.encryption.require,
                                 nonce=lambda: secrets.token_hex(8),
-                                stall_after_s=3 * config.ota.request_timeout_s)
+                                stall_after_s=3 * config.ota.request_timeout_s,
+                                install_window=config.ota.install_window)
         from edgeship.agent._recover import load_or_recover
 
         self.state, _ = load_or_recover(self.store, self.core, log,  # damaged: recovered
@@ -205,7 +207,7 @@ class Agent:
             self.outbox.close()
 
     def _loop(self) -> None:
-        next_beat = next_dog = 0.0
+        next_beat = next_dog = next_window = 0.0
         while not self._stop.is_set():
             event = self.inbox.get(timeout=0.2)
             if event is not None:
@@ -221,6 +223,9 @@ class Agent:
                     log("download_stalled", level="warning", seconds=round(stalled),
                         target=self.state.job and self.state.job.version)
                 self.dispatch(ota.Tick(stalled_s=stalled))
+            if self.state.phase == "downloaded" and now >= next_window:
+                next_window = now + WINDOW_CHECK_S  # waiting for the install window
+                self.dispatch(ota.Tick())
             if now >= next_beat:
                 next_beat = now + self.config.telemetry.interval_s
                 self._heartbeat()

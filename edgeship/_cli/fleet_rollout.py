@@ -82,6 +82,9 @@ def _rollout_options(devices_help: str) -> Callable[[F], F]:
 @click.option("--shadow", is_flag=True,
               help="install it next to the active model and run it on sampled live requests "
                    "(off the answer path); success = the device reports 'shadowing'")
+@click.option("--install-window", default="", metavar="HH:MM-HH:MM",
+              help="devices download now and install inside this window of their local "
+                   "time (e.g. 02:00-04:00; give a --wave-timeout that covers the wait)")
 @click.option("--ongoing", is_flag=True,
               help="after the last wave, keep offering the release to devices that join "
                    "the fleet or come online later (waves 'joined N'; until fleet cancel)")
@@ -92,7 +95,8 @@ def push(reldir: str, broker_url: str, username: str, password_file: str | None,
          fleet_name: str, devices: str | None, canary: str, waves: str,
          max_failure_rate: str | None, wave_timeout: float | None, max_concurrent: int,
          wait: bool, as_json: bool, state_file: str | None, db_url: str | None,
-         lease_s: float, shadow: bool, ongoing: bool, retry_failed: bool) -> None:
+         lease_s: float, shadow: bool, install_window: str, ongoing: bool,
+         retry_failed: bool) -> None:
     """Offer the release in RELDIR to a fleet: canary first, then growing waves.
 
     Re-running it continues the recorded rollout of this release (halted or
@@ -107,7 +111,7 @@ def push(reldir: str, broker_url: str, username: str, password_file: str | None,
     _rollout(reldir, broker_url, username, password_file, fleet_name, devices, canary, waves,
              max_failure_rate, wave_timeout, wait, as_json, state_file or db_url,
              mode="shadow" if shadow else "active", lease_s=lease_s, retry=retry_failed,
-             ongoing=ongoing, max_concurrent=max_concurrent)
+             ongoing=ongoing, max_concurrent=max_concurrent, install_window=install_window)
 
 
 @click.command("promote")
@@ -136,14 +140,17 @@ def _rollout(reldir: str, broker_url: str, username: str, password_file: str | N
              max_failure_rate: str | None, wave_timeout: float | None, wait: bool,
              as_json: bool, db_url: str | None, *, mode: str, choose: Any = None,
              lease_s: float = 15.0, retry: bool = False, ongoing: bool = False,
-             max_concurrent: int = 0) -> None:
+             max_concurrent: int = 0, install_window: str = "") -> None:
     from edgeship.sdk.fleet._fleetdb import FleetDB
     from edgeship.sdk.fleet._rollout import RolloutPolicy, parse_percent, parse_waves
     from edgeship.sdk.fleet._rollout_run import run_rollout
     from edgeship.sdk.release._release import self_check
 
     self_check(reldir)  # a tampered release is refused here, not by every device
+    if install_window:
+        from edgeship.sdk.release._window import parse_window
 
+        parse_window(install_window)
     rate = parse_percent(max_failure_rate, "--max-failure-rate") if max_failure_rate else None
     policy = RolloutPolicy(canary=parse_percent(canary, "--canary"), waves=parse_waves(waves),
                            max_failure_rate=1.0 if rate is None else rate,
@@ -162,7 +169,7 @@ def _rollout(reldir: str, broker_url: str, username: str, password_file: str | N
                               username=username, password=read_password(password_file),
                               on_update=view.update, mode=mode, choose=choose,
                               lease_s=lease_s, retry_failed=retry, on_standby=standing_by,
-                              ongoing=ongoing)
+                              ongoing=ongoing, install_window=install_window)
     if as_json:
         click.echo(json.dumps(report(rollout), indent=1))
     else:

@@ -119,6 +119,10 @@ class DeviceStatus:
         p = self.progress
         if self.state == "downloading" and p:
             return f"downloading {p.get('chunks', '?')}/{p.get('of', '?')}"
+        if self.state == "downloaded":  # complete, installs inside its maintenance window
+            window = self.extra.get("window")
+            return f"downloaded, waiting for window {str(window)[:20]}" if window else \
+                "downloaded, waiting for window"
         return self.state
 
 

@@ -80,7 +80,7 @@ def run_rollout(*, broker_url: str, fleet: str, reldir: str | Path, db: FleetDB,
                 choose: DeviceChooser | None = None, lease_s: float = 15.0,
                 standby: bool | None = None, retry_failed: bool = False,
                 on_standby: Callable[[str, float], None] | None = None,
-                ongoing: bool = False) -> Rollout:
+                ongoing: bool = False, install_window: str = "") -> Rollout:
     """Start or resume the rollout of ``reldir`` to ``fleet``; see the module docstring.
 
     ``policy`` shapes a new rollout; a recorded one keeps its waves and takes only a
@@ -96,11 +96,13 @@ def run_rollout(*, broker_url: str, fleet: str, reldir: str | Path, db: FleetDB,
     again to the devices that failed or timed out (a last wave ``retry N``). An
     ``ongoing`` rollout does not complete: once its waves are done it offers the release
     to every device that reports a status later (waves ``joined N``), until cancelled.
+    ``install_window`` ("02:00-04:00", device-local) goes into the offer: devices download
+    now and install inside the window (give a ``wave_timeout_s`` that covers the wait).
     """
     release = Release.load(reldir)
     manifest = release.manifest
     offer = release.offer()
-    payload = (offer if mode == "active" else replace(offer, mode=mode)).to_bytes()
+    payload = replace(offer, mode=mode, install_window=install_window).to_bytes()
     host, port, _ = parse_broker_url(broker_url)
     ident = Ident(broker=f"{host}:{port}", fleet=fleet, model=manifest.model,
                   version=manifest.version, reldir=str(Path(reldir).resolve()),
