@@ -511,7 +511,8 @@ def window_open(window: str, now: float) -> bool:
         return True
     from edgeship.sdk.release._window import in_window
 
-    return in_window(window, now)
+    opened: bool = in_window(window, now)
+    return opened
 
 
 def _base_fits(base: bytes | None, active: SlotInfo | None) -> bool:
