@@ -150,6 +150,9 @@ class Agent:
         self._reported_at = 0.0  # ... every REFUSAL_REPORT_S after the previous status
         self._reject_log: dict[str, TokenBucket] = {}  # per topic
         self._last_request = 0.0
+        # [ota] max_rate_kbps: a chunk request waits until the bytes asked so far fit the rate
+        self._next_request_at = 0.0
+        self._deferred: ota.RequestChunk | None = None
         self.bytes_received = 0
         self.started = time.monotonic()
         self._last_state = self.state.phase
@@ -223,6 +226,11 @@ class Agent:
                     log("download_stalled", level="warning", seconds=round(stalled),
                         target=self.state.job and self.state.job.version)
                 self.dispatch(ota.Tick(stalled_s=stalled))
+            deferred = self._deferred
+            if deferred is not None and self.state.phase != "downloading":
+                self._deferred = None  # that download ended (replaced, failed)
+            elif deferred is not None and now >= self._next_request_at:
+                self._do_RequestChunk(deferred)
             if self.state.phase == "downloaded" and now >= next_window:
                 next_window = now + WINDOW_CHECK_S  # waiting for the install window
                 self.dispatch(ota.Tick())
@@ -238,6 +246,7 @@ class Agent:
 
     def _overdue(self, now: float) -> bool:
         return (self.state.phase == "downloading" and self.edge.connected
+                and self._deferred is None
                 and now - self._last_request > self.config.ota.request_timeout_s)
 
     def dispatch(self, event: ota.Event) -> None:
@@ -300,6 +309,15 @@ class Agent:
         from edgeship.sdk.transport._transfer import encode_request
 
         req = action.request
+        rate = self.config.ota.max_rate_kbps
+        if rate and self.local_files is None:
+            now = time.monotonic()
+            if now < self._next_request_at:
+                self._deferred = action  # sent by the loop when the rate allows it
+                return None
+            self._next_request_at = max(now, self._next_request_at) + \
+                req.chunk_size * 8 / (rate * 1000)
+            self._deferred = None
         if self.local_files is not None:  # an offline bundle answers as a release server would
             from edgeship.agent._install import answer_locally
 
