@@ -311,19 +311,33 @@ def status(broker_url: str, username: str, password_file: str | None, fleet_name
     with a profile in their release). last seen = the newest heartbeat or status
     (heartbeats are recorded by `fleet record` and `fleet push`).
     """
-    from edgeship._errors import TransportError
+    from edgeship._errors import ConfigError, TransportError
     from edgeship.sdk.fleet._fleetdb import FleetDB
     from edgeship.sdk.fleet._fleetstatus import collect_status, merge_recorded, summarize
 
-    with FleetDB(db_url) as db:
+    try:
+        db: FleetDB | None = FleetDB(db_url)
+    except ConfigError as exc:
+        if db_url:  # named: the operator wants that database
+            raise
+        click.echo(f"warning: {exc}; the broker alone answers", err=True)
+        db = None
+    try:
         try:
             live = collect_status(broker_url, fleet_name, username=username,
                                   password=read_password(password_file), timeout=timeout)
         except TransportError as exc:
+            if db is None:
+                raise
             click.echo(f"warning: {exc}; answering from the fleet database", err=True)
             live = {}
-        db.record_devices(fleet_name, {d: s.to_dict() for d, s in live.items()})
-        statuses = merge_recorded(live, db.devices(fleet_name))
+        statuses = dict(live)
+        if db is not None:
+            db.record_devices(fleet_name, {d: s.to_dict() for d, s in live.items()})
+            statuses = merge_recorded(live, db.devices(fleet_name))
+    finally:
+        if db is not None:
+            db.close()
     summary = summarize(statuses)
     if as_json:
         click.echo(json.dumps({"fleet": fleet_name, "summary": summary,

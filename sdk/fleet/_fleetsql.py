@@ -54,7 +54,7 @@ def default_url() -> str:
     if not path:
         base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
         path = str(base / "edgeship" / "fleet.sqlite")
-    return f"sqlite:///{Path(path).resolve()}"
+    return f"sqlite://{Path(path).resolve()}"
 
 
 def describe(url: str) -> str:
@@ -156,7 +156,9 @@ def connect(url: str) -> Engine:
     if scheme in ("postgresql", "postgres"):
         engine = _connect_postgres(url)
     elif scheme in ("", "sqlite"):
-        engine = _connect_sqlite(Path(unquote(url[len("sqlite://"):])) if scheme else Path(url))
+        # sqlite:///abs/path (and sqlite:////abs/path, SQLAlchemy's spelling); or a plain path
+        path = "/" + unquote(url[len("sqlite://"):]).lstrip("/") if scheme else url
+        engine = _connect_sqlite(Path(path))
     else:
         raise ConfigError(f"--db {describe(url)}: not a fleet database URL (use "
                           "sqlite:///path or postgresql://user@host:port/dbname)")
