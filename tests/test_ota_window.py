@@ -142,3 +142,13 @@ def test_bad_windows_are_refused() -> None:
     for text in ("2-4", "25:00-03:00", "02:00-02:00", "02:00"):
         with pytest.raises(MalformedError):
             Offer(manifest={}, keyset={}, install_window=text)
+
+
+def test_fleet_status_says_the_device_waits_for_its_window(rels: dict[str, Path]) -> None:
+    from edgeship.sdk.fleet._fleetstatus import DeviceStatus
+
+    dev = device(rels)
+    dev.dispatch(ota.OfferReceived(offer(rels, "02:00-04:00")))
+    status = DeviceStatus.from_payload("dev-1", json.dumps(dev.statuses[-1]).encode())
+    assert status is not None
+    assert status.state_text() == "downloaded, waiting for window 02:00-04:00"
