@@ -240,9 +240,22 @@ class OtaConfig:
     health_timeout_s: float = 60.0
     max_artifact_bytes: int = 256 * 1024 * 1024
     max_switch_attempts: int = 3
+    install_window: str = ""  # "02:00-04:00" local time: install only then (download any time)
+    max_rate_kbps: float = 0.0  # cap on the download rate (kilobits per second); 0 = none
 
     def __post_init__(self) -> None:
         _positive(self.chunk_size, "ota.chunk_size", low=255, high=1024 * 1024)
+        if self.max_rate_kbps:
+            _positive(self.max_rate_kbps, "ota.max_rate_kbps", high=10_000_000)
+        if self.install_window:
+            from edgeship.sdk.release._window import parse_window
+
+            from edgeship._errors import EdgeshipError
+
+            try:
+                parse_window(self.install_window)
+            except EdgeshipError as exc:
+                raise ConfigError(f"ota.install_window: {exc}") from exc
         _positive(self.request_timeout_s, "ota.request_timeout_s", high=3600)
         _positive(self.health_timeout_s, "ota.health_timeout_s", high=3600)
         _positive(self.max_artifact_bytes, "ota.max_artifact_bytes")
@@ -255,7 +268,9 @@ class OtaConfig:
                    request_timeout_s=float(_get(d, "request_timeout_s", w, (int, float), 10.0)),
                    health_timeout_s=float(_get(d, "health_timeout_s", w, (int, float), 60.0)),
                    max_artifact_bytes=_get(d, "max_artifact_bytes", w, int, 256 * 1024 * 1024),
-                   max_switch_attempts=_get(d, "max_switch_attempts", w, int, 3))
+                   max_switch_attempts=_get(d, "max_switch_attempts", w, int, 3),
+                   install_window=_get(d, "install_window", w, str, ""),
+                   max_rate_kbps=float(_get(d, "max_rate_kbps", w, (int, float), 0.0)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -446,7 +461,8 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
     "model": frozenset({"name", "runtime", "threads", "initial"}),
     "api": frozenset({"listen", "max_request_bytes", "max_inflight_bytes", "max_connections",
                       "max_per_peer", "header_timeout_s", "body_timeout_s"}),
-    "ota": frozenset({"chunk_size", "request_timeout_s", "health_timeout_s",
+    "ota": frozenset({"chunk_size", "request_timeout_s", "health_timeout_s", "install_window",
+                      "max_rate_kbps",
                       "max_artifact_bytes", "max_switch_attempts"}),
     "telemetry": frozenset({"interval_s", "queue_max_messages", "queue_max_bytes"}),
     "encryption": frozenset({"key_file", "key_env", "key_credential", "key_command",

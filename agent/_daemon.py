@@ -47,6 +47,7 @@ __all__ = ["Agent", "log", "pause"]
 
 
 _log_lock = threading.Lock()
+WINDOW_CHECK_S = 15.0  # how often a downloaded update looks whether its install window opened
 REFUSAL_REPORT_S = 0.5  # a flood of refused offers rewrites the retained status this often
 
 
@@ -113,7 +114,8 @@ class Agent:
                                 private_key=self.device_key,
                                 require_encryption=config.encryption.require,
                                 nonce=lambda: secrets.token_hex(8),
-                                stall_after_s=3 * config.ota.request_timeout_s)
+                                stall_after_s=3 * config.ota.request_timeout_s,
+                                install_window=config.ota.install_window)
         from edgeship.agent._recover import load_or_recover
 
         self.state, _ = load_or_recover(self.store, self.core, log,  # damaged: recovered
@@ -148,9 +150,13 @@ class Agent:
         self._reported_at = 0.0  # ... every REFUSAL_REPORT_S after the previous status
         self._reject_log: dict[str, TokenBucket] = {}  # per topic
         self._last_request = 0.0
+        # [ota] max_rate_kbps: a chunk request waits until the bytes asked so far fit the rate
+        self._next_request_at = 0.0
+        self._deferred: ota.RequestChunk | None = None
         self.bytes_received = 0
         self.started = time.monotonic()
         self._last_state = self.state.phase
+        self.local_files: dict[str, bytes] | None = None  # set by `agent install` (a bundle)
 
     # -- inputs from other threads ---------------------------------------------------------
     def _on_message(self, msg: Any) -> None:
@@ -204,7 +210,7 @@ class Agent:
             self.outbox.close()
 
     def _loop(self) -> None:
-        next_beat = next_dog = 0.0
+        next_beat = next_dog = next_window = 0.0
         while not self._stop.is_set():
             event = self.inbox.get(timeout=0.2)
             if event is not None:
@@ -220,6 +226,14 @@ class Agent:
                     log("download_stalled", level="warning", seconds=round(stalled),
                         target=self.state.job and self.state.job.version)
                 self.dispatch(ota.Tick(stalled_s=stalled))
+            deferred = self._deferred
+            if deferred is not None and self.state.phase != "downloading":
+                self._deferred = None  # that download ended (replaced, failed)
+            elif deferred is not None and now >= self._next_request_at:
+                self._do_RequestChunk(deferred)
+            if self.state.phase == "downloaded" and now >= next_window:
+                next_window = now + WINDOW_CHECK_S  # waiting for the install window
+                self.dispatch(ota.Tick())
             if now >= next_beat:
                 next_beat = now + self.config.telemetry.interval_s
                 self._heartbeat()
@@ -232,6 +246,7 @@ class Agent:
 
     def _overdue(self, now: float) -> bool:
         return (self.state.phase == "downloading" and self.edge.connected
+                and self._deferred is None
                 and now - self._last_request > self.config.ota.request_timeout_s)
 
     def dispatch(self, event: ota.Event) -> None:
@@ -289,15 +304,29 @@ class Agent:
             self._send(self.topics.status, json.dumps(status).encode(), retain=True,
                        key="status")
 
-    def _do_RequestChunk(self, action: ota.RequestChunk) -> None:
+    def _do_RequestChunk(self, action: ota.RequestChunk) -> ota.Event | None:
         from edgeship.sdk.transport._mqtt import request_topic
         from edgeship.sdk.transport._transfer import encode_request
 
         req = action.request
+        rate = self.config.ota.max_rate_kbps
+        if rate and self.local_files is None:
+            now = time.monotonic()
+            if now < self._next_request_at:
+                self._deferred = action  # sent by the loop when the rate allows it
+                return None
+            self._next_request_at = max(now, self._next_request_at) + \
+                req.chunk_size * 8 / (rate * 1000)
+            self._deferred = None
+        if self.local_files is not None:  # an offline bundle answers as a release server would
+            from edgeship.agent._install import answer_locally
+
+            return answer_locally(self.local_files, action)
         self._last_request = time.monotonic()
         self.edge.publish(request_topic(self.config.fleet), encode_request(req),
                           response_topic=self.topics.chunk,
                           correlation=action.correlation or ota.correlation(req))
+        return None
 
     def _do_TruncateDownload(self, action: ota.TruncateDownload) -> ota.Event | None:
         try:
@@ -497,5 +526,8 @@ def run_agent(config: AgentConfig) -> int:
         log("core_dumps_off", done=no_core_dumps())
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
-    agent.run()
+    from edgeship.agent._install import data_dir_lock
+
+    with data_dir_lock(config.data_dir):  # `agent install` of a bundle must not run beside
+        agent.run()
     return 0

@@ -123,7 +123,7 @@ class OtaCore(ShadowSteps):
                  max_switch_attempts: int = 3, report_every: int = 8,
                  private_key: Any | None = None, require_encryption: bool = False,
                  nonce: Callable[[], str] | None = None, stall_after_s: float = 30.0,
-                 max_refusals: int = 8) -> None:
+                 max_refusals: int = 8, install_window: str = "") -> None:
         self.device, self.model, self.root_key, self.hardware = device, model, root_key, hardware
         self.private_key = private_key  # X25519 private key of [encryption], or None
         self.require_encryption = require_encryption  # refuse plaintext releases
@@ -132,6 +132,7 @@ class OtaCore(ShadowSteps):
         # a random name per transfer for its chunk requests (the shell's entropy; None: none)
         self._nonce = nonce or (lambda: "")
         self.stall_after_s, self.max_refusals = stall_after_s, max_refusals
+        self.install_window = install_window  # [ota] install_window; an offer's wins
 
     # -- status ---------------------------------------------------------------------------
     def status(self, state: OtaState, now: float, *, phase: str | None = None) -> dict[str, Any]:
@@ -141,7 +142,9 @@ class OtaCore(ShadowSteps):
         if job is not None and (phase or state.phase) == "downloading":
             progress = {"chunks": job.received, "of": job.chunks,
                         "bytes": min(job.received * job.chunk_size, job.size), "total": job.size}
-        return {"device": self.device, "state": phase or state.phase,
+        waiting = {"window": job.window} if job is not None and state.phase == "downloaded" \
+            else {}
+        return {**waiting, "device": self.device, "state": phase or state.phase,
                 "version": state.active.version if state.active else None,
                 "target": job.version if job else (state.target or None),
                 "progress": progress, "error": state.error or None,
@@ -164,16 +167,15 @@ class OtaCore(ShadowSteps):
         if job is None:
             return state, [*load, self._report(state, now)]
         lost: list[Action] = []
-        if state.phase in ("downloading", "verifying", "installing") \
+        if state.phase in ("downloading", "downloaded", "verifying", "installing") \
                 and event.download_size is not None:
             kept = _chunks_kept(job, event.download_size)
             if kept < job.received:  # a power loss took chunks the state counts: fetch again
                 job = replace(job, received=kept)
                 state = replace(state, phase="downloading", job=job)
                 lost = [Persist(state)]
-        if state.phase == "downloading" and job.received >= job.chunks:
-            state = replace(state, phase="verifying")
-            return state, [*load, Persist(state), self._report(state, now), self._read(state)]
+        if state.phase in ("downloading", "downloaded") and job.received >= job.chunks:
+            return self._downloaded(state, now, load)
         if state.phase == "downloading":
             return state, [*load, *lost, TruncateDownload(job.received * job.chunk_size),
                            self._report(state, now), *self._request(state)]
@@ -277,7 +279,8 @@ class OtaCore(ShadowSteps):
         slot = "b" if active is not None and active.slot == "a" else "a"
         return Job(offer=offer.to_bytes().decode(), version=manifest.version, file=chosen[0],
                    size=chosen[1], sha256=chosen[2], delta=delta is not None,
-                   chunk_size=self.chunk_size, slot=slot, mode=mode, nonce=self._nonce())
+                   chunk_size=self.chunk_size, slot=slot, mode=mode, nonce=self._nonce(),
+                   window=offer.install_window or self.install_window)
 
     def _refuse(self, state: OtaState, now: float, reason: str,
                 target: str | None = None) -> Step:
@@ -308,6 +311,11 @@ class OtaCore(ShadowSteps):
         return state, [self._report(state, now), *self._request(state)]
 
     def _on_Tick(self, state: OtaState, event: Tick, now: float) -> Step:
+        if state.phase == "downloaded":  # waiting for the install window: is it open?
+            job = state.job
+            if job is not None and window_open(job.window, now):
+                return self._downloaded(state, now, [])
+            return state, []
         again = self._request(state)
         if not again or event.stalled_s < self.stall_after_s:
             return state, again
@@ -337,9 +345,7 @@ class OtaCore(ShadowSteps):
         job = replace(job, received=job.received + 1, refusals=0)
         state = replace(state, job=job)
         if job.received >= job.chunks:  # one state write: counted and complete
-            state = replace(state, phase="verifying")
-            return state, [WriteChunk(chunk.offset, chunk.data), Persist(state),
-                           self._report(state, now), self._read(state)]
+            return self._downloaded(state, now, [WriteChunk(chunk.offset, chunk.data)])
         actions: list[Action] = [WriteChunk(chunk.offset, chunk.data), Persist(state)]
         if job.received % self.report_every == 0:
             actions.append(self._report(state, now))
@@ -357,6 +363,17 @@ class OtaCore(ShadowSteps):
         return state, [Rejected("chunk", reason, size), *self._request(state)]
 
     # -- verify, install, check, switch, commit -------------------------------------------
+    def _downloaded(self, state: OtaState, now: float, first: list[Action]) -> Step:
+        """The download is complete: verify and install now, or, outside the job's install
+        window, wait as ``downloaded`` (a Tick inside the window goes on)."""
+        job = state.job
+        assert job is not None
+        if not window_open(job.window, now):
+            state = replace(state, phase="downloaded")
+            return state, [*first, Persist(state), self._report(state, now)]
+        state = replace(state, phase="verifying")
+        return state, [*first, Persist(state), self._report(state, now), self._read(state)]
+
     def _read(self, state: OtaState) -> ReadDownload:
         job = state.job
         assert job is not None
@@ -486,6 +503,16 @@ def drive(core: OtaCore, state: OtaState, event: Event, now: float | Callable[[]
             if isinstance(follow, StorageFailed):
                 break  # the rest of this step counted on that write (a chunk, the state)
     return state
+
+
+def window_open(window: str, now: float) -> bool:
+    """No window, or ``now`` inside it (device-local time)."""
+    if not window:
+        return True
+    from edgeship.sdk.release._window import in_window
+
+    opened: bool = in_window(window, now)
+    return opened
 
 
 def _base_fits(base: bytes | None, active: SlotInfo | None) -> bool:

@@ -51,7 +51,8 @@ __all__ = [
     "encode_state",
 ]
 
-PHASES = ("idle", "offered", "downloading", "verifying", "installing", "health-checking",
+PHASES = ("idle", "offered", "downloading", "downloaded", "verifying", "installing",
+          "health-checking",
           "committed", "rolled-back", "failed", "shadowing", "shadow-discarded")
 MODES = OFFER_MODES  # an offer's unsigned "mode": replace the model, or run beside it
 
@@ -107,6 +108,7 @@ class Job:
     mode: str = "active"  # "shadow": ends installed next to the active model, not switched
     nonce: str = ""  # random, names this transfer's chunk requests (see correlation)
     refusals: int = 0  # "no such file" answers to the chunk in flight (a sibling may have it)
+    window: str = ""  # install window ("02:00-04:00"): a complete download waits for it
 
     @property
     def chunks(self) -> int:

@@ -21,7 +21,7 @@ __all__ = ["state_problem"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _FORMAT = re.compile(r"^[a-z0-9]{1,16}\Z")  # a slot file is model.<format>
-_WORKING = ("downloading", "verifying", "installing", "health-checking")
+_WORKING = ("downloading", "downloaded", "verifying", "installing", "health-checking")
 _SLOT_KEYS = ("slot", "version", "sha256", "size", "format")
 _JOB_KEYS = ("offer", "version", "file", "size", "sha256", "delta", "chunk_size")
 

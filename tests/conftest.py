@@ -90,3 +90,7 @@ def shared_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosqu
         yield broker
     finally:
         broker.stop()
+
+
+# a throwaway PostgreSQL cluster (session) and a fresh database per test: tests/pgcluster.py
+from pgcluster import pg_cluster, pg_url  # noqa: E402, F401

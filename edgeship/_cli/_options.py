@@ -23,6 +23,14 @@ def broker_options(func: F) -> F:
     return func
 
 
+def db_option(func: F) -> F:
+    """--db URL (or $EDGESHIP_FLEET_DB): the fleet database of every stateful fleet command."""
+    return click.option("--db", "db_url", default=None, metavar="URL", envvar="EDGESHIP_FLEET_DB",
+                        help="fleet database: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
+                             "[env EDGESHIP_FLEET_DB; default: "
+                             "sqlite:///~/.local/state/edgeship/fleet.sqlite]")(func)
+
+
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 

@@ -1,5 +1,6 @@
 """``edgeship agent run --config agent.toml``: the device daemon; ``edgeship agent check
---config agent.toml``: validate a config (thin: parse, call, exit)."""
+--config agent.toml``: validate a config; ``edgeship agent install FILE.esb --config
+agent.toml``: an offline bundle through the OTA path (thin: parse, call, exit)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,30 @@ def check(config_path: Path) -> None:
     if errors:
         raise SystemExit(1)
     click.echo(f"ok: {config_path}")
+
+
+@agent.command("install")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="the device's agent.toml")
+@click.option("--json", "as_json", is_flag=True, help="one JSON line on stdout")
+def install(bundle: Path, config_path: Path, as_json: bool) -> None:
+    """Install an offline bundle (edgeship release bundle) with the agent stopped.
+
+    Exactly an OTA update's checks and steps: signature, key set, version floor, model
+    and hardware, then download from the bundle, payload hash, slot, health check and
+    switch, rolled back if the new model fails. Exit 0 installed (or already active).
+    """
+    import json
+
+    from edgeship.agent._config import load_config
+    from edgeship.agent._install import install_bundle
+
+    result = install_bundle(load_config(config_path), bundle)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    elif result.already:
+        click.echo(f"{result.version} is already the active model; nothing to do")
+    else:
+        click.echo(f"installed {result.version} (slot {result.slot}); it serves at the "
+                   "agent's next start")

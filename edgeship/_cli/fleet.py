@@ -75,3 +75,9 @@ fleet.add_command(credentials)
 from edgeship._cli.fleet_dashboard import dashboard  # noqa: E402
 
 fleet.add_command(dashboard)
+# The fleet database: rollouts, pause/resume/cancel, recording statuses and heartbeats
+# (edgeship/_cli/fleet_db.py).
+from edgeship._cli.fleet_db import cancel, pause, record, resume, rollouts  # noqa: E402
+
+for _command in (rollouts, pause, resume, cancel, record):
+    fleet.add_command(_command)

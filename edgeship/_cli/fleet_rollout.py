@@ -6,7 +6,7 @@ or :mod:`edgeship.sdk.fleet._acl`, print. ``push`` without rollout options is th
 (one wave, every named device at once), so this ``push`` replaces the plain one.
 ``push --shadow`` offers a release to run beside the active model; ``promote`` offers it
 normally to the devices that shadow it; ``discard`` ends the shadow.
-Exit codes of ``push``/``promote``: 0 completed or still running (without ``--wait``),
+Exit codes of ``push``/``promote``: 0 completed, paused or still running (without ``--wait``),
 3 halted; of ``discard``: 3 when a device did not confirm within ``--timeout``.
 """
 
@@ -20,7 +20,13 @@ from typing import Any, TypeVar
 
 import click
 
-from edgeship._cli._options import broker_options, parse_devices, read_password, topic_name
+from edgeship._cli._options import (
+    broker_options,
+    db_option,
+    parse_devices,
+    read_password,
+    topic_name,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,14 +54,22 @@ def _rollout_options(devices_help: str) -> Callable[[F], F]:
                               "[default: never]"),
             click.option("--wave-timeout", default=None, type=float, metavar="S",
                          help="seconds a wave waits for a device's verdict [default: 600]"),
+            click.option("--max-concurrent", default=0, show_default=True,
+                         type=click.IntRange(0, 1_000_000), metavar="N",
+                         help="at most N devices updating at once (offered, no verdict "
+                              "yet); a wave's other devices wait their turn (0: no limit)"),
             click.option("--wait/--no-wait", default=False,
                          help="run until the rollout completed or halted (else offer what is "
                               "due, return)"),
             click.option("--json", "as_json", is_flag=True, help="one JSON report on stdout"),
             click.option("--state", "state_file", default=None,
                          type=click.Path(dir_okay=False),
-                         help="rollout state database "
-                              "[default: ~/.local/state/edgeship/fleet.sqlite]"),
+                         help="a SQLite fleet database file (the same as --db sqlite:///PATH)"),
+            db_option,
+            click.option("--lease", "lease_s", default=15.0, show_default=True,
+                         type=click.FloatRange(1, 3600),
+                         help="seconds another worker waits after this one stops renewing "
+                              "its lease on the rollout (it died) before taking it over"),
         )):
             func = option(func)
         return func
@@ -68,20 +82,36 @@ def _rollout_options(devices_help: str) -> Callable[[F], F]:
 @click.option("--shadow", is_flag=True,
               help="install it next to the active model and run it on sampled live requests "
                    "(off the answer path); success = the device reports 'shadowing'")
+@click.option("--install-window", default="", metavar="HH:MM-HH:MM",
+              help="devices download now and install inside this window of their local "
+                   "time (e.g. 02:00-04:00; give a --wave-timeout that covers the wait)")
+@click.option("--ongoing", is_flag=True,
+              help="after the last wave, keep offering the release to devices that join "
+                   "the fleet or come online later (waves 'joined N'; until fleet cancel)")
+@click.option("--retry-failed", is_flag=True,
+              help="offer the release again to the devices of its rollout that failed or "
+                   "timed out (a last wave 'retry N')")
 def push(reldir: str, broker_url: str, username: str, password_file: str | None,
          fleet_name: str, devices: str | None, canary: str, waves: str,
-         max_failure_rate: str | None, wave_timeout: float | None, wait: bool, as_json: bool,
-         state_file: str | None, shadow: bool) -> None:
+         max_failure_rate: str | None, wave_timeout: float | None, max_concurrent: int,
+         wait: bool, as_json: bool, state_file: str | None, db_url: str | None,
+         lease_s: float, shadow: bool, install_window: str, ongoing: bool,
+         retry_failed: bool) -> None:
     """Offer the release in RELDIR to a fleet: canary first, then growing waves.
 
     Re-running it continues the recorded rollout of this release (halted or
     interrupted) instead of starting over; a new --max-failure-rate or --wave-timeout
     applies from there on. With --shadow the devices run the release beside the active
     model and report agreement (see fleet status); then promote or discard it.
+
+    Several pushes of one rollout (on one or several hosts, with a shared --db
+    postgresql://...) take turns: one holds the rollout's lease; another with --wait
+    stands by and takes over once the holder stops renewing it.
     """
     _rollout(reldir, broker_url, username, password_file, fleet_name, devices, canary, waves,
-             max_failure_rate, wave_timeout, wait, as_json, state_file,
-             mode="shadow" if shadow else "active")
+             max_failure_rate, wave_timeout, wait, as_json, state_file or db_url,
+             mode="shadow" if shadow else "active", lease_s=lease_s, retry=retry_failed,
+             ongoing=ongoing, max_concurrent=max_concurrent, install_window=install_window)
 
 
 @click.command("promote")
@@ -89,8 +119,9 @@ def push(reldir: str, broker_url: str, username: str, password_file: str | None,
                   "this release as its shadow)")
 def promote(reldir: str, broker_url: str, username: str, password_file: str | None,
             fleet_name: str, devices: str | None, canary: str, waves: str,
-            max_failure_rate: str | None, wave_timeout: float | None, wait: bool,
-            as_json: bool, state_file: str | None) -> None:
+            max_failure_rate: str | None, wave_timeout: float | None, max_concurrent: int,
+            wait: bool, as_json: bool, state_file: str | None, db_url: str | None,
+            lease_s: float) -> None:
     """Make the shadow release in RELDIR the active model, in waves.
 
     The same release is offered normally; a device that shadows it switches without a
@@ -99,38 +130,51 @@ def promote(reldir: str, broker_url: str, username: str, password_file: str | No
     from edgeship.sdk.fleet._rollout import shadowing_devices
 
     _rollout(reldir, broker_url, username, password_file, fleet_name, devices, canary, waves,
-             max_failure_rate, wave_timeout, wait, as_json, state_file, mode="active",
-             choose=shadowing_devices)
+             max_failure_rate, wave_timeout, wait, as_json, state_file or db_url,
+             mode="active", choose=shadowing_devices, lease_s=lease_s,
+             max_concurrent=max_concurrent)
 
 
 def _rollout(reldir: str, broker_url: str, username: str, password_file: str | None,
              fleet_name: str, devices: str | None, canary: str, waves: str,
              max_failure_rate: str | None, wave_timeout: float | None, wait: bool,
-             as_json: bool, state_file: str | None, *, mode: str, choose: Any = None) -> None:
-    from edgeship.sdk.fleet._fleetdb import FleetDB, default_state_path
+             as_json: bool, db_url: str | None, *, mode: str, choose: Any = None,
+             lease_s: float = 15.0, retry: bool = False, ongoing: bool = False,
+             max_concurrent: int = 0, install_window: str = "") -> None:
+    from edgeship.sdk.fleet._fleetdb import FleetDB
     from edgeship.sdk.fleet._rollout import RolloutPolicy, parse_percent, parse_waves
     from edgeship.sdk.fleet._rollout_run import run_rollout
     from edgeship.sdk.release._release import self_check
 
     self_check(reldir)  # a tampered release is refused here, not by every device
+    if install_window:
+        from edgeship.sdk.release._window import parse_window
 
+        parse_window(install_window)
     rate = parse_percent(max_failure_rate, "--max-failure-rate") if max_failure_rate else None
     policy = RolloutPolicy(canary=parse_percent(canary, "--canary"), waves=parse_waves(waves),
                            max_failure_rate=1.0 if rate is None else rate,
-                           wave_timeout_s=600.0 if wave_timeout is None else wave_timeout)
+                           wave_timeout_s=600.0 if wave_timeout is None else wave_timeout,
+                           max_concurrent=max_concurrent)
     tty = sys.stderr.isatty()
     view = _Progress(enabled=not as_json and tty, plain=not as_json and not tty)
-    with FleetDB(state_file or default_state_path()) as db, view:
+    def standing_by(holder: str, left: float) -> None:
+        if not as_json:
+            view.note(f"standing by: {holder} drives this rollout (lease {left:.0f}s left)")
+
+    with FleetDB(db_url) as db, view:
         rollout = run_rollout(broker_url=broker_url, fleet=fleet_name, reldir=reldir, db=db,
                               policy=policy, devices=parse_devices(devices) or None,
                               max_failure_rate=rate, wave_timeout_s=wave_timeout, wait=wait,
                               username=username, password=read_password(password_file),
-                              on_update=view.update, mode=mode, choose=choose)
+                              on_update=view.update, mode=mode, choose=choose,
+                              lease_s=lease_s, retry_failed=retry, on_standby=standing_by,
+                              ongoing=ongoing, install_window=install_window)
     if as_json:
         click.echo(json.dumps(report(rollout), indent=1))
     else:
         _print_summary(rollout)
-    if rollout.status == "halted":
+    if rollout.status in ("halted", "cancelled"):
         sys.exit(EXIT_HALTED)
 
 
@@ -146,7 +190,8 @@ def report(rollout: Any) -> dict[str, Any]:
                       "done": sum(o in DONE_OUTCOMES for o in outcomes),
                       "failed": sum(o in FAILED_OUTCOMES for o in outcomes)})
     return {"rollout": rollout.key, "fleet": rollout.fleet, "model": rollout.model,
-            "version": rollout.version, "mode": rollout.mode, "status": rollout.status, "reason": rollout.reason or None,
+            "version": rollout.version, "mode": rollout.mode, "ongoing": rollout.ongoing,
+            "status": rollout.status, "reason": rollout.reason or None,
             "counts": rollout.counts(), "failure_rate": round(rollout.failure_rate(), 4),
             "policy": rollout.policy.to_dict(), "waves": waves,
             "devices": {d: {"outcome": o, "error": rollout.errors.get(d)}
@@ -163,6 +208,8 @@ def _print_summary(rollout: Any) -> None:
             f"{shadowing}{c['committed']} committed, {c['rolled-back']} rolled back, {c['failed']} failed, "
             f"{c['timeout']} timed out, {c['updating']} updating, {c['pending']} not offered")
     click.echo(line)
+    if rollout.status in ("paused", "cancelled"):
+        click.echo(f"{rollout.status.upper()}: {rollout.reason}")
     if rollout.status == "halted":
         click.echo(f"HALTED: {rollout.reason}")
         click.echo("re-run the same push (optionally with a new --max-failure-rate) to resume")
@@ -191,6 +238,14 @@ class _Progress:
     def __exit__(self, *exc: object) -> None:
         if self.live is not None:
             self.live.__exit__(None, None, None)
+
+    def note(self, text: str) -> None:
+        """One line on stderr (at most every 5 s)."""
+        if time.monotonic() - self._noted >= 5.0:
+            self._noted = time.monotonic()
+            click.echo(f"[{time.strftime('%H:%M:%S')}] {text}", err=True)
+
+    _noted = 0.0
 
     def update(self, rollout: Any) -> None:
         if self.plain:
@@ -241,18 +296,48 @@ def _table(rollout: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
 @click.option("--timeout", default=10.0, show_default=True,
               type=click.FloatRange(0, min_open=True), help="seconds to reach the broker")
+@db_option
 def status(broker_url: str, username: str, password_file: str | None, fleet_name: str,
-           as_json: bool, timeout: float) -> None:
-    """One row per device and a summary, from the retained status topics.
+           as_json: bool, timeout: float, db_url: str | None) -> None:
+    """One row per device and a summary, from the retained status topics and the fleet
+    database.
 
-    Columns: version, state, target, shadow, drift, last seen, last error. shadow = the shadow release, its agreement with the active model and how many
-    requests were compared; drift = the drift verdict, the largest PSI and the worst
-    feature (devices with a profile in their release).
+    The statuses read from the broker are recorded in the database; devices whose
+    retained status is gone (a broker restarted without persistence, or capped) are
+    shown as recorded, and with the broker unreachable the database alone answers.
+    Columns: version, state, target, shadow, drift, last seen, last error. shadow = the
+    shadow release, its agreement with the active model and how many requests were
+    compared; drift = the drift verdict, the largest PSI and the worst feature (devices
+    with a profile in their release). last seen = the newest heartbeat or status
+    (heartbeats are recorded by `fleet record` and `fleet push`).
     """
-    from edgeship.sdk.fleet._fleetstatus import collect_status, summarize
+    from edgeship._errors import ConfigError, TransportError
+    from edgeship.sdk.fleet._fleetdb import FleetDB
+    from edgeship.sdk.fleet._fleetstatus import collect_status, merge_recorded, summarize
 
-    statuses = collect_status(broker_url, fleet_name, username=username,
-                              password=read_password(password_file), timeout=timeout)
+    try:
+        db: FleetDB | None = FleetDB(db_url)
+    except ConfigError as exc:
+        if db_url:  # named: the operator wants that database
+            raise
+        click.echo(f"warning: {exc}; the broker alone answers", err=True)
+        db = None
+    try:
+        try:
+            live = collect_status(broker_url, fleet_name, username=username,
+                                  password=read_password(password_file), timeout=timeout)
+        except TransportError as exc:
+            if db is None:
+                raise
+            click.echo(f"warning: {exc}; answering from the fleet database", err=True)
+            live = {}
+        statuses = dict(live)
+        if db is not None:
+            db.record_devices(fleet_name, {d: s.to_dict() for d, s in live.items()})
+            statuses = merge_recorded(live, db.devices(fleet_name))
+    finally:
+        if db is not None:
+            db.close()
     summary = summarize(statuses)
     if as_json:
         click.echo(json.dumps({"fleet": fleet_name, "summary": summary,

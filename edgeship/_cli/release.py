@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -120,7 +121,18 @@ def keys_fleet_key(keydir: Path, name: str, force: bool) -> None:
                "(for release --encrypt-for)")
 
 
-@click.command()
+class _ReleaseCommand(click.Command):
+    """``release ARTIFACT ...`` that also answers ``release bundle RELDIR -o FILE.esb``."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        if args[:1] == ["bundle"]:
+            return bundle.make_context("release bundle", args[1:], parent=parent, **extra)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
+@click.command(cls=_ReleaseCommand, epilog="edgeship release bundle RELDIR -o FILE.esb: one "
+               "file for an offline device (see `edgeship release bundle --help`).")
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--version", "version", required=True, help="semver X.Y.Z, newer than every base")
 @click.option("--keys", "keydir", required=True, type=click.Path(path_type=Path))
@@ -241,3 +253,25 @@ def verify(reldir: Path, root: Path, model_name: str | None, hardware: str | Non
                 ("decrypted with --key" if key is not None else "not decrypted (no --key)"))
     click.echo(f"ok: {m.model} {m.version} {m.artifact.name} ({m.artifact.size} B, "
                f"{len(m.deltas)} deltas) signed by {m.keyid[:16]}, expires {m.expires}{note}")
+
+
+@click.command("bundle")
+@click.argument("reldir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="the bundle file to write (FILE.esb)")
+@click.option("--from", "bases", multiple=True, metavar="VERSION",
+              help="carry only the delta from VERSION (repeatable; default: every delta)")
+@click.option("--no-artifact", is_flag=True,
+              help="leave the full artifact out (only devices on a --from version can "
+                   "install it)")
+def bundle(reldir: Path, out: Path, bases: tuple[str, ...], no_artifact: bool) -> None:
+    """Write the release in RELDIR as one file for an offline device: its signed manifest
+    and key set, the artifact and/or deltas. Install it with `edgeship agent install`."""
+    from edgeship.sdk.release._bundle import write_bundle
+    from edgeship.sdk.release._release import self_check
+
+    self_check(reldir)  # a tampered release is refused here, not by every device
+    made = write_bundle(reldir, out, bases=list(bases) or None, artifact=not no_artifact)
+    size = out.stat().st_size
+    click.echo(f"wrote {out} ({made.model} {made.version}, {len(made.files)} file(s), "
+               f"{size} bytes)")

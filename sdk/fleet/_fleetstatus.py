@@ -24,7 +24,7 @@ from edgeship.sdk.transport._mqtt import Message, MqttEdge
 
 from edgeship._errors import TransportError
 
-__all__ = ["DeviceStatus", "FleetWatcher", "collect_status", "summarize"]
+__all__ = ["DeviceStatus", "FleetWatcher", "collect_status", "merge_recorded", "summarize"]
 
 MAX_STATUS_BYTES = 16 * 1024
 MAX_DEVICES = 100_000
@@ -119,6 +119,10 @@ class DeviceStatus:
         p = self.progress
         if self.state == "downloading" and p:
             return f"downloading {p.get('chunks', '?')}/{p.get('of', '?')}"
+        if self.state == "downloaded":  # complete, installs inside its maintenance window
+            window = self.extra.get("window")
+            return f"downloaded, waiting for window {str(window)[:20]}" if window else \
+                "downloaded, waiting for window"
         return self.state
 
 
@@ -143,6 +147,25 @@ def summarize(statuses: Mapping[str, DeviceStatus]) -> dict[str, Any]:
             "drift_alerts": alerts}
 
 
+def merge_recorded(live: Mapping[str, DeviceStatus], recorded: Mapping[str, Mapping[str, Any]]
+                   ) -> dict[str, DeviceStatus]:
+    """The broker's statuses, completed from the fleet database: a device the broker no
+    longer has a status for is shown as recorded (``source: database``), and ``last_seen``
+    is the newest of both (the database holds heartbeats the retained topics do not)."""
+    out: dict[str, DeviceStatus] = {}
+    for dev, doc in recorded.items():
+        status = live.get(dev)
+        seen = doc.get("last_seen")
+        if status is None:
+            out[dev] = DeviceStatus.from_dict({**doc, "device": dev, "source": "database"})
+        elif isinstance(seen, (int, float)) and (status.last_seen is None
+                                                 or seen > status.last_seen):
+            out[dev] = DeviceStatus.from_dict({**status.to_dict(), "last_seen": seen})
+    for dev, status in live.items():
+        out.setdefault(dev, status)
+    return out
+
+
 class FleetWatcher:
     """Keeps the newest status of every device of ``fleet`` (one MQTT session)."""
 
@@ -153,6 +176,7 @@ class FleetWatcher:
         self._statuses: dict[str, DeviceStatus] = {}
         self._seen: dict[str, float] = {}
         self.last_message = time.monotonic()
+        self.changes = 0  # messages taken in so far (a reader skips work when unchanged)
         subs = [f"edgeship/{fleet}/+/status"]
         if telemetry:
             subs.append(f"edgeship/{fleet}/+/telemetry")
@@ -203,6 +227,7 @@ class FleetWatcher:
         device, kind = parts[2], parts[3]
         self.last_message = time.monotonic()
         with self._lock:
+            self.changes += 1
             if device not in self._statuses and len(self._statuses) >= MAX_DEVICES:
                 return
             if kind == "status":

@@ -58,7 +58,7 @@ SHADOWING = "shadowing"  # a shadow rollout's success: the release runs beside t
 DONE_OUTCOMES = (COMMITTED, SHADOWING, ROLLED_BACK, FAILED, TIMEOUT)
 SUCCESS_OUTCOMES = (COMMITTED, SHADOWING)
 MODES = ("active", "shadow")
-_BUSY = ("downloading", "verifying", "installing", "health-checking")
+_BUSY = ("downloading", "downloaded", "verifying", "installing", "health-checking")
 _BROKEN_SHADOW = ("crashed", "failed")  # shadow states in which it compares nothing
 FAILED_OUTCOMES = (ROLLED_BACK, FAILED, TIMEOUT)
 MAX_DEVICES = 1_000_000
@@ -99,6 +99,7 @@ class RolloutPolicy:
     waves: tuple[float, ...] = (1.0,)  # cumulative shares after the canary
     max_failure_rate: float = 1.0  # halt when failed / decided devices passes this
     wave_timeout_s: float = 600.0  # a device with no verdict by then counts as failed
+    max_concurrent: int = 0  # devices updating at once (offered, no verdict yet); 0 = all
 
     def __post_init__(self) -> None:
         if not 0 <= self.canary <= 1:
@@ -109,16 +110,20 @@ class RolloutPolicy:
             raise ConfigError("--max-failure-rate must be between 0 and 1")
         if not self.wave_timeout_s > 0:
             raise ConfigError("--wave-timeout must be positive")
+        if self.max_concurrent < 0:
+            raise ConfigError("--max-concurrent must be 0 (no limit) or more")
 
     def to_dict(self) -> dict[str, Any]:
         return {"canary": self.canary, "waves": list(self.waves),
-                "max_failure_rate": self.max_failure_rate, "wave_timeout_s": self.wave_timeout_s}
+                "max_failure_rate": self.max_failure_rate, "wave_timeout_s": self.wave_timeout_s,
+                "max_concurrent": self.max_concurrent}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RolloutPolicy:
         return cls(canary=float(d["canary"]), waves=tuple(float(w) for w in d["waves"]),
                    max_failure_rate=float(d["max_failure_rate"]),
-                   wave_timeout_s=float(d["wave_timeout_s"]))
+                   wave_timeout_s=float(d["wave_timeout_s"]),
+                   max_concurrent=int(d.get("max_concurrent", 0)))
 
 
 def plan_waves(devices: Sequence[str], canary: float, waves: Sequence[float]) -> list[list[str]]:
@@ -170,13 +175,17 @@ class Rollout:
     waves: tuple[Wave, ...]
     outcomes: Mapping[str, str] = field(default_factory=dict)  # device -> outcome
     errors: Mapping[str, str] = field(default_factory=dict)  # device -> last error
-    status: str = "running"  # running | halted | completed
+    status: str = "running"  # running | halted | completed | paused | cancelled
     reason: str = ""  # why it halted
     created_at: float = 0.0
     updated_at: float = 0.0
     release_id: str = ""  # sha256 prefix of the signed manifest: a re-signed release is new
     broker: str = ""  # host:port; the same fleet name on another broker is another fleet
     mode: str = "active"  # "shadow": devices run the release beside the active model
+    ongoing: bool = False  # after the last wave, offer it to devices that join ("joined N")
+    # when each device was offered, where it differs from its wave's offered_at (a wave
+    # offered a few devices at a time under --max-concurrent, or re-timed by a resume)
+    offer_times: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -213,7 +222,8 @@ class Rollout:
                 "waves": [w.to_dict() for w in self.waves], "outcomes": dict(self.outcomes),
                 "errors": dict(self.errors), "status": self.status, "reason": self.reason,
                 "created_at": self.created_at, "updated_at": self.updated_at,
-                "release_id": self.release_id, "broker": self.broker, "mode": self.mode}
+                "release_id": self.release_id, "broker": self.broker, "mode": self.mode,
+                "ongoing": self.ongoing, "offer_times": dict(self.offer_times)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Rollout:
@@ -224,7 +234,9 @@ class Rollout:
                    status=d["status"], reason=d.get("reason", ""),
                    created_at=float(d.get("created_at", 0)), updated_at=float(d.get("updated_at", 0)),
                    release_id=d.get("release_id", ""), broker=d.get("broker", ""),
-                   mode=d.get("mode", "active"))
+                   mode=d.get("mode", "active"), ongoing=bool(d.get("ongoing", False)),
+                   offer_times={str(k): float(v)
+                                for k, v in dict(d.get("offer_times", {})).items()})
 
 
 def rollout_key(broker: str, fleet: str, model: str, version: str, release_id: str,
@@ -235,7 +247,7 @@ def rollout_key(broker: str, fleet: str, model: str, version: str, release_id: s
 
 def start_rollout(*, fleet: str, model: str, version: str, reldir: str, devices: Sequence[str],
                   policy: RolloutPolicy, now: float, release_id: str = "", broker: str = "",
-                  mode: str = "active") -> Rollout:
+                  mode: str = "active", ongoing: bool = False) -> Rollout:
     unique = list(dict.fromkeys(devices))
     if not unique:
         raise ConfigError("no devices to update (name them with --devices, or none report status)")
@@ -248,7 +260,8 @@ def start_rollout(*, fleet: str, model: str, version: str, reldir: str, devices:
                   for i, (n, g) in enumerate(zip(names, groups, strict=True)))
     return Rollout(fleet=fleet, model=model, version=version, reldir=reldir, policy=policy,
                    waves=waves, outcomes=dict.fromkeys(unique, PENDING), created_at=now,
-                   updated_at=now, release_id=release_id, broker=broker, mode=mode)
+                   updated_at=now, release_id=release_id, broker=broker, mode=mode,
+                   ongoing=ongoing)
 
 
 def classify(status: Mapping[str, Any] | None, version: str, offered_at: float,
@@ -343,7 +356,12 @@ def discard_verdict(status: Mapping[str, Any] | None, version: str) -> str | Non
 
 def step(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float
          ) -> tuple[Rollout, list[str]]:
-    """Take in the latest statuses; return the new rollout and the devices to offer now."""
+    """Take in the latest statuses; return the new rollout and the devices to offer now.
+
+    A paused rollout still takes in verdicts (devices already offered go on) but opens,
+    times out and halts nothing."""
+    if rollout.status == "paused":
+        return _observe(rollout, statuses, now), []
     if rollout.status != "running":
         return rollout, []
     rollout = _observe(rollout, statuses, now)
@@ -351,33 +369,64 @@ def step(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float
     if _over_threshold(rollout):
         return _halt(rollout, now), []
     i = rollout.current
+    if i == len(rollout.waves) and rollout.ongoing:
+        joined = _joined(rollout, statuses, now)
+        return (step(joined, statuses, now) if joined is not rollout else (rollout, []))
     if i == len(rollout.waves):
         return replace(rollout, status="completed", updated_at=now), []
     wave = rollout.waves[i]
     if wave.offered_at is None:
-        return _offer(rollout, i, now), list(wave.devices)
+        rollout = _open(rollout, i, now)
+    rollout, more = _fill(rollout, i, now)
+    if more:
+        return rollout, more
     if all(rollout.outcomes[d] in DONE_OUTCOMES for d in wave.devices):
         rollout = _close(rollout, i, now)
         return step(rollout, statuses, now)
     return rollout, []
 
 
+def _joined(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float
+            ) -> Rollout:
+    """An ongoing rollout whose waves are done: devices that reported since, and are not
+    in it, become a wave of their own (``joined N``); those already on the version count
+    as committed without an offer. The same rollout when nobody joined."""
+    new = sorted(d for d in statuses if d not in rollout.outcomes)
+    new = new[:max(0, MAX_DEVICES - len(rollout.outcomes))]
+    if not new:
+        return rollout
+    there = [d for d in new if classify(statuses[d], rollout.version, now,
+                                        mode=rollout.mode) in SUCCESS_OUTCOMES]
+    outcomes = {**rollout.outcomes, **dict.fromkeys(there, COMMITTED), **{
+        d: PENDING for d in new if d not in there}}
+    waves = rollout.waves
+    if len(there) < len(new):
+        n = 1 + sum(1 for w in waves if w.name.startswith("joined "))
+        waves = (*waves, Wave(name=f"joined {n}", devices=tuple(d for d in new
+                                                                if d not in there)))
+    return replace(rollout, waves=waves, outcomes=outcomes, updated_at=now)
+
+
 def _observe(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float) -> Rollout:
     outcomes, errors = dict(rollout.outcomes), dict(rollout.errors)
     changed = False
+    offered_at: dict[str, float] = {}  # a device retried in a later wave: its latest offer
     for wave in rollout.waves:
-        if wave.offered_at is None:
+        if wave.offered_at is not None:
+            offered_at.update(dict.fromkeys(wave.devices, wave.offered_at))
+    offered_at.update({d: t for d, t in rollout.offer_times.items() if d in offered_at})
+    for dev, since in offered_at.items():
+        if outcomes[dev] == PENDING:
+            continue  # queued under --max-concurrent: not offered yet
+        status = statuses.get(dev)
+        verdict = classify(status, rollout.version, since, mode=rollout.mode)
+        if verdict is None or verdict == outcomes[dev]:
             continue
-        for dev in wave.devices:
-            status = statuses.get(dev)
-            verdict = classify(status, rollout.version, wave.offered_at, mode=rollout.mode)
-            if verdict is None or verdict == outcomes[dev]:
-                continue
-            if outcomes[dev] in SUCCESS_OUTCOMES:
-                continue  # a device that succeeded stays counted as a success
-            outcomes[dev], changed = verdict, True
-            if status and status.get("error"):
-                errors[dev] = str(status["error"])[:500]
+        if outcomes[dev] in SUCCESS_OUTCOMES:
+            continue  # a device that succeeded stays counted as a success
+        outcomes[dev], changed = verdict, True
+        if status and status.get("error"):
+            errors[dev] = str(status["error"])[:500]
     if not changed:
         return rollout
     return replace(rollout, outcomes=outcomes, errors=errors, updated_at=now)
@@ -388,13 +437,17 @@ def _close_timed_out(rollout: Rollout, now: float) -> Rollout:
     if i == len(rollout.waves):
         return rollout
     wave = rollout.waves[i]
-    if wave.offered_at is None or now - wave.offered_at < rollout.policy.wave_timeout_s:
+    if wave.offered_at is None:
+        return rollout
+    limit = rollout.policy.wave_timeout_s
+    late = [d for d in wave.devices if rollout.outcomes[d] == UPDATING
+            and now - rollout.offer_times.get(d, wave.offered_at) >= limit]
+    if not late:
         return rollout
     outcomes, errors = dict(rollout.outcomes), dict(rollout.errors)
-    for dev in wave.devices:
-        if outcomes[dev] not in DONE_OUTCOMES:
-            outcomes[dev] = TIMEOUT
-            errors.setdefault(dev, f"no verdict within {rollout.policy.wave_timeout_s:g}s")
+    for dev in late:
+        outcomes[dev] = TIMEOUT
+        errors.setdefault(dev, f"no verdict within {limit:g}s")
     return replace(rollout, outcomes=outcomes, errors=errors, updated_at=now)
 
 
@@ -408,7 +461,8 @@ def _over_threshold(rollout: Rollout) -> bool:
     limit = rollout.policy.max_failure_rate
     c = rollout.counts()
     failed = sum(c[o] for o in FAILED_OUTCOMES)
-    offered = sum(len(w.devices) for w in rollout.waves if w.offered_at is not None)
+    offered = sum(1 for w in rollout.waves if w.offered_at is not None for d in w.devices
+                  if rollout.outcomes[d] != PENDING)
     decided = sum(c[o] for o in DONE_OUTCOMES)
     if offered == 0 or failed == 0:
         return False
@@ -428,14 +482,30 @@ def _halt(rollout: Rollout, now: float) -> Rollout:
     return replace(rollout, status="halted", reason=reason, updated_at=now)
 
 
-def _offer(rollout: Rollout, i: int, now: float) -> Rollout:
+def _open(rollout: Rollout, i: int, now: float) -> Rollout:
     waves = list(rollout.waves)
     waves[i] = replace(waves[i], offered_at=now)
-    outcomes = dict(rollout.outcomes)
-    for dev in waves[i].devices:
-        if outcomes[dev] == PENDING:
-            outcomes[dev] = UPDATING
-    return replace(rollout, waves=tuple(waves), outcomes=outcomes, updated_at=now)
+    return replace(rollout, waves=tuple(waves), updated_at=now)
+
+
+def _fill(rollout: Rollout, i: int, now: float) -> tuple[Rollout, list[str]]:
+    """Offer the open wave's queued devices, as many as ``max_concurrent`` leaves room
+    for (devices offered and still without a verdict count against it)."""
+    wave = rollout.waves[i]
+    queued = [d for d in wave.devices if rollout.outcomes[d] == PENDING]
+    if not queued:
+        return rollout, []
+    cap = rollout.policy.max_concurrent
+    if cap:
+        busy = sum(1 for o in rollout.outcomes.values() if o == UPDATING)
+        queued = queued[:max(0, cap - busy)]
+        if not queued:
+            return rollout, []
+    outcomes = {**rollout.outcomes, **dict.fromkeys(queued, UPDATING)}
+    times = dict(rollout.offer_times)
+    if cap or wave.offered_at != now:
+        times.update(dict.fromkeys(queued, now))
+    return replace(rollout, outcomes=outcomes, offer_times=times, updated_at=now), queued
 
 
 def _close(rollout: Rollout, i: int, now: float) -> Rollout:
@@ -445,7 +515,8 @@ def _close(rollout: Rollout, i: int, now: float) -> Rollout:
 
 
 def resume(rollout: Rollout, *, max_failure_rate: float | None = None,
-           wave_timeout_s: float | None = None, now: float) -> Rollout:
+           wave_timeout_s: float | None = None, max_concurrent: int | None = None,
+           now: float) -> Rollout:
     """Continue a recorded rollout, optionally under a new threshold or wave timeout.
 
     A halted rollout runs again (it halts again at once if still over the threshold);
@@ -457,23 +528,29 @@ def resume(rollout: Rollout, *, max_failure_rate: float | None = None,
         policy = replace(policy, max_failure_rate=max_failure_rate)
     if wave_timeout_s is not None:
         policy = replace(policy, wave_timeout_s=wave_timeout_s)
+    if max_concurrent is not None:
+        policy = replace(policy, max_concurrent=max_concurrent)
     if rollout.status == "completed":
         return replace(rollout, policy=policy)
     waves = list(rollout.waves)
     outcomes = dict(rollout.outcomes)
+    times = dict(rollout.offer_times)
     i = rollout.current
     if i < len(waves) and waves[i].offered_at is not None:
         waves[i] = replace(waves[i], offered_at=now)
         for dev in waves[i].devices:  # timed out while we stood still: wait for them again
             if outcomes[dev] == TIMEOUT:
                 outcomes[dev] = UPDATING
+            if dev in times and outcomes[dev] == UPDATING:
+                times[dev] = now
     return replace(rollout, policy=policy, waves=tuple(waves), outcomes=outcomes,
-                   status="running", reason="", updated_at=now)
+                   offer_times=times, status="running", reason="", updated_at=now)
 
 
 def open_wave_devices(rollout: Rollout) -> list[str]:
-    """Devices of the offered, still open wave (re-offered after a restart)."""
+    """Devices of the offered, still open wave that were offered (not those still queued
+    under ``max_concurrent``): re-offered after a restart if their offer is missing."""
     i = rollout.current
     if i == len(rollout.waves) or rollout.waves[i].offered_at is None:
         return []
-    return list(rollout.waves[i].devices)
+    return [d for d in rollout.waves[i].devices if rollout.outcomes[d] != PENDING]

@@ -1,11 +1,14 @@
-"""The shell around the rollout planner: MQTT in and out, SQLite for memory.
+"""The shell around the rollout planner: MQTT in and out, the fleet database for memory.
 
-:func:`run_rollout` watches the fleet's retained statuses (:class:`FleetWatcher`), asks
-:func:`edgeship.sdk.fleet._rollout.step` what to do, publishes the signed offer (retained,
-QoS 1, acknowledged by the broker) to the devices of a wave, and then records the new
-state in :class:`FleetDB`. Publishing before recording, and re-offering the open wave on
-every start, mean a kill at any instant at worst repeats an offer, which a device
-ignores (it already has that job, or that version).
+:func:`run_rollout` takes the rollout's lease (:class:`~edgeship.sdk.fleet._fleetlease.Lease`:
+one worker drives a rollout; another stands by and takes over once the holder's heartbeat
+stops), watches the fleet's retained statuses (:class:`FleetWatcher`) and asks
+:func:`edgeship.sdk.fleet._rollout.step` what to do. Each wave decision is one
+transaction (:meth:`FleetDB.decide`: re-read under a row lock, lease checked, the offers
+recorded as ``due``); then the signed offer is published (retained, QoS 1, acknowledged
+by the broker) and the offers are marked ``sent``. A worker that starts or takes over
+publishes the open wave's ``due`` offers only to devices whose retained offer is not
+this release's, so a kill at any instant neither loses an offer nor sends one twice.
 
 ``mode="shadow"`` offers the release to run beside the active model (``fleet push
 --shadow``); ``fleet promote`` is a normal rollout of the same release whose default
@@ -17,13 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgeship.sdk.fleet._fleetdb import FleetDB
+from edgeship.sdk.fleet._fleetdb import Decision, FleetDB
+from edgeship.sdk.fleet._fleetlease import Lease
 from edgeship.sdk.fleet._fleetstatus import FleetWatcher
 from edgeship.sdk.fleet._rollout import (
     Rollout,
@@ -38,14 +44,13 @@ from edgeship.sdk.fleet._rollout import (
     start_rollout,
     step,
 )
-from edgeship.sdk.fleet._rollout_flags import Flag, RolloutFlags
-from edgeship.sdk.fleet._sqlengine import engine_of
+from edgeship.sdk.fleet._rollout_control import retry_failed, wave_attempt
 from edgeship.sdk.release._release import Release
-from edgeship.sdk.transport._mqtt import MqttEdge, parse_broker_url, topics
+from edgeship.sdk.transport._mqtt import Message, MqttEdge, parse_broker_url, topics
 
 from edgeship._errors import InputError, TransportError
 
-__all__ = ["discard_shadow", "publish_offers", "record_cancel", "run_rollout"]
+__all__ = ["discard_shadow", "publish_offers", "retained_offers", "run_rollout"]
 
 DeviceChooser = Callable[[Mapping[str, Mapping[str, Any]], str], list[str]]
 
@@ -72,20 +77,32 @@ def run_rollout(*, broker_url: str, fleet: str, reldir: str | Path, db: FleetDB,
                 wait: bool = True, username: str = "", password: str = "",
                 on_update: Callable[[Rollout], None] | None = None, poll_s: float = 0.25,
                 clock: Callable[[], float] = time.time, mode: str = "active",
-                choose: DeviceChooser | None = None) -> Rollout:
+                choose: DeviceChooser | None = None, lease_s: float = 15.0,
+                standby: bool | None = None, retry_failed: bool = False,
+                on_standby: Callable[[str, float], None] | None = None,
+                ongoing: bool = False, install_window: str = "") -> Rollout:
     """Start or resume the rollout of ``reldir`` to ``fleet``; see the module docstring.
 
     ``policy`` shapes a new rollout; a recorded one keeps its waves and takes only a
     given ``max_failure_rate`` / ``wave_timeout_s``. Without ``wait`` it goes as far as
     it can without waiting for devices (offers the next wave if the last one is done)
-    and returns; with ``wait`` it returns once the rollout completed or halted.
-    ``choose(statuses, version)`` picks the devices of a new rollout when none are named
-    (default: every device with a status).
+    and returns; with ``wait`` it returns once the rollout completed, halted or was
+    cancelled (a paused one is waited out). ``choose(statuses, version)`` picks the
+    devices of a new rollout when none are named (default: every device with a status).
+
+    The worker holds the rollout's lease (``lease_s`` to live, renewed by a heartbeat)
+    while it runs; held by another worker, it stands by until that lease expires when
+    ``standby`` (default: ``wait``), else it refuses. ``retry_failed`` offers the release
+    again to the devices that failed or timed out (a last wave ``retry N``). An
+    ``ongoing`` rollout does not complete: once its waves are done it offers the release
+    to every device that reports a status later (waves ``joined N``), until cancelled.
+    ``install_window`` ("02:00-04:00", device-local) goes into the offer: devices download
+    now and install inside the window (give a ``wave_timeout_s`` that covers the wait).
     """
     release = Release.load(reldir)
     manifest = release.manifest
     offer = release.offer()
-    payload = (offer if mode == "active" else replace(offer, mode=mode)).to_bytes()
+    payload = replace(offer, mode=mode, install_window=install_window).to_bytes()
     host, port, _ = parse_broker_url(broker_url)
     ident = Ident(broker=f"{host}:{port}", fleet=fleet, model=manifest.model,
                   version=manifest.version, reldir=str(Path(reldir).resolve()),
@@ -94,34 +111,15 @@ def run_rollout(*, broker_url: str, fleet: str, reldir: str | Path, db: FleetDB,
                   ).hexdigest()[:16], mode=mode)
     key = rollout_key(ident.broker, ident.fleet, ident.model, ident.version, ident.release_id,
                       mode)
-    with db.lock(key):
-        return _run_locked(db, ident, payload, broker_url=broker_url, username=username,
-                           password=password, devices=devices, policy=policy,
-                           max_failure_rate=max_failure_rate, wave_timeout_s=wave_timeout_s,
-                           wait=wait, on_update=on_update, poll_s=poll_s, clock=clock,
-                           choose=choose)
-
-
-def _run_locked(db: FleetDB, ident: Ident, payload: bytes, *, broker_url: str, username: str,
-                password: str, devices: Sequence[str] | None, policy: RolloutPolicy,
-                max_failure_rate: float | None, wave_timeout_s: float | None, wait: bool,
-                on_update: Callable[[Rollout], None] | None, poll_s: float,
-                clock: Callable[[], float], choose: DeviceChooser | None) -> Rollout:
-    fleet = ident.fleet
-    watcher = FleetWatcher(broker_url, fleet, username=username, password=password,
-                           telemetry=False).start()
-    try:
-        watcher.settle()
-        rollout = _load_or_start(db, watcher, ident, devices=devices, policy=policy, now=clock(),
-                                 max_failure_rate=max_failure_rate, wave_timeout_s=wave_timeout_s,
-                                 choose=choose)
-        reoffer = open_wave_devices(rollout)
-        if reoffer:  # the last run may have died between recording and publishing
-            publish_offers(watcher.edge, fleet, payload, reoffer)
-        return _drive(rollout, watcher, db, payload, wait=wait, on_update=on_update,
-                      poll_s=poll_s, clock=clock)
-    finally:
-        watcher.stop()
+    lease = Lease(db, key, ttl_s=lease_s).acquire(
+        standby=wait if standby is None else standby, on_wait=on_standby)
+    with lease:
+        run = _Run(db=db, lease=lease, ident=ident, payload=payload, broker_url=broker_url,
+                   username=username, password=password)
+        return run.go(devices=devices, policy=policy, max_failure_rate=max_failure_rate,
+                      wave_timeout_s=wave_timeout_s, wait=wait, on_update=on_update,
+                      poll_s=poll_s, clock=clock, choose=choose, retry=retry_failed,
+                      ongoing=ongoing)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,10 +135,124 @@ class Ident:
     mode: str = "active"
 
 
+@dataclass(kw_only=True)
+class _Run:
+    """One worker driving one rollout while it holds the lease."""
+
+    db: FleetDB
+    lease: Lease
+    ident: Ident
+    payload: bytes
+    broker_url: str
+    username: str
+    password: str
+
+    @property
+    def key(self) -> str:
+        key: str = self.lease.key
+        return key
+
+    def go(self, *, devices: Sequence[str] | None, policy: RolloutPolicy,
+           max_failure_rate: float | None, wave_timeout_s: float | None, wait: bool,
+           on_update: Callable[[Rollout], None] | None, poll_s: float,
+           clock: Callable[[], float], choose: DeviceChooser | None, retry: bool,
+           ongoing: bool = False) -> Rollout:
+        watcher = FleetWatcher(self.broker_url, self.ident.fleet, username=self.username,
+                               password=self.password, telemetry=False).start()
+        try:
+            watcher.settle()
+            rollout = _load_or_start(self.db, watcher, self.ident, devices=devices,
+                                     policy=policy, now=clock(),
+                                     max_failure_rate=max_failure_rate,
+                                     wave_timeout_s=wave_timeout_s, choose=choose,
+                                     taken_from=self.lease.previous, ongoing=ongoing)
+            if retry:
+                rollout = self.db.change(self.key, lambda r: retry_failed(r, clock()),
+                                         "retry-failed")
+            self._recover(watcher, rollout)
+            return self._drive(rollout, watcher, wait=wait, on_update=on_update,
+                               poll_s=poll_s, clock=clock)
+        finally:
+            watcher.stop()
+
+    def _recover(self, watcher: FleetWatcher, rollout: Rollout) -> None:
+        """Offers of the open wave that were decided but maybe never published (the last
+        worker died between its decision and the broker's acknowledgement): publish those
+        whose device's retained offer is not this release's, so none is offered twice."""
+        i = rollout.current
+        if rollout.status != "running" or i == len(rollout.waves):
+            return
+        attempt = wave_attempt(rollout.waves[i])
+        sent = self.db.offered(self.key, attempt)
+        due = [d for d in open_wave_devices(rollout) if sent.get(d) != "sent"]
+        if not due:
+            return
+        if attempt == 0:
+            retained = retained_offers(self.broker_url, self.ident.fleet, due,
+                                       username=self.username, password=self.password)
+            missing = [d for d in due if retained.get(d) != self.payload]
+        else:  # a retry repeats an offer the device still holds: only a new publish counts
+            missing = due
+        publish_offers(watcher.edge, self.ident.fleet, self.payload, missing)
+        self.db.mark_sent(self.key, attempt, due, holder=self.lease.holder)
+
+    def _drive(self, rollout: Rollout, watcher: FleetWatcher, *, wait: bool,
+               on_update: Callable[[Rollout], None] | None, poll_s: float,
+               clock: Callable[[], float]) -> Rollout:
+        recorded_every, next_record = 2.0, 0.0
+        recorded: dict[str, Any] = {}
+        seen, next_look = -1, 0.0
+        while True:
+            self.lease.check()
+            if watcher.changes == seen and time.monotonic() < next_look:
+                time.sleep(poll_s)  # no status came in: only timeouts and operators change
+                continue  # things, so a full look once a second is enough for those
+            seen, next_look = watcher.changes, time.monotonic() + 1.0
+            statuses = watcher.raw()
+            if time.monotonic() >= next_record:  # the fleet's last status, in the database
+                next_record = time.monotonic() + recorded_every
+                self.db.record_devices(self.ident.fleet, {
+                    d: s for d, s in statuses.items() if recorded.get(d) != s})
+                recorded = dict(statuses)
+            now = clock()
+            local, offer = step(rollout, statuses, now)
+            outside = self.db.status_of(self.key)
+            if local != rollout or offer or outside != rollout.status:
+                rollout, offer = self._decide(watcher, statuses, now)
+            if on_update is not None:
+                on_update(rollout)
+            done = rollout.status not in ("running", "paused")
+            if done or (not wait and not offer):
+                return rollout
+            if not offer:
+                time.sleep(poll_s)
+
+    def _decide(self, watcher: FleetWatcher, statuses: Mapping[str, Mapping[str, Any]],
+                now: float) -> tuple[Rollout, list[str]]:
+        """One wave decision in one transaction, then the offers it made, published."""
+
+        def decide(current: Rollout) -> Decision:
+            new, offer = step(current, statuses, now)
+            wave = new.waves[min(new.current, len(new.waves) - 1)]
+            event = "offered" if offer else (new.status if new.status != current.status
+                                             else None)
+            detail = {"wave": wave.name, "devices": offer, "reason": new.reason} \
+                if event else None
+            return new, offer, event, detail
+
+        rollout, offer, attempt = self.db.decide(self.key, self.lease.holder,
+                                                 self.lease.ttl_s, decide)
+        if offer:
+            publish_offers(watcher.edge, self.ident.fleet, self.payload, offer)
+            self.db.mark_sent(self.key, attempt, offer, holder=self.lease.holder)
+        return rollout, offer
+
+
 def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
                    devices: Sequence[str] | None, policy: RolloutPolicy, now: float,
                    max_failure_rate: float | None, wave_timeout_s: float | None,
-                   choose: DeviceChooser | None = None) -> Rollout:
+                   choose: DeviceChooser | None = None, taken_from: str = "",
+                   ongoing: bool = False) -> Rollout:
     recorded = db.load(rollout_key(ident.broker, ident.fleet, ident.model, ident.version,
                                    ident.release_id, ident.mode))
     wanted = list(devices) if devices else \
@@ -150,10 +262,15 @@ def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
         recorded = None  # done before; now new devices are named: a new rollout
     if recorded is not None and shadow_ended(recorded, watcher.raw()):
         recorded = None  # the shadow was discarded since: pushing it again offers it again
+    if recorded is not None and recorded.status == "cancelled":
+        recorded = None  # pushing a cancelled rollout's release again starts it over
+    if recorded is not None and recorded.status == "paused":
+        return recorded  # an operator paused it: only `fleet resume` goes on
     if recorded is not None:
-        rollout = resume(recorded, max_failure_rate=max_failure_rate,
-                         wave_timeout_s=wave_timeout_s, now=now)
-        db.save(rollout, event="resumed", detail={"was": recorded.status,
+        rollout = resume(replace(recorded, ongoing=recorded.ongoing or ongoing),
+                         max_failure_rate=max_failure_rate, wave_timeout_s=wave_timeout_s,
+                         max_concurrent=policy.max_concurrent or None, now=now)
+        db.save(rollout, event="resumed", detail={"was": recorded.status, "from": taken_from,
                                                   "policy": rollout.policy.to_dict()})
         return rollout
     if choose is not None and not wanted:
@@ -166,69 +283,43 @@ def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
                          "--devices ID,...")
     rollout = start_rollout(fleet=ident.fleet, model=ident.model, version=ident.version,
                             reldir=ident.reldir, devices=targets, policy=policy, now=now,
-                            release_id=ident.release_id, broker=ident.broker, mode=ident.mode)
+                            release_id=ident.release_id, broker=ident.broker, mode=ident.mode,
+                            ongoing=ongoing)
     db.save(rollout, event="created", detail={"devices": len(targets),
                                               "waves": [len(w.devices) for w in rollout.waves]})
     return rollout
 
 
-def _drive(rollout: Rollout, watcher: FleetWatcher, db: FleetDB, payload: bytes, *, wait: bool,
-           on_update: Callable[[Rollout], None] | None, poll_s: float,
-           clock: Callable[[], float]) -> Rollout:
-    flags = RolloutFlags(engine_of(db))
-    paused = False
-    while True:
-        control = flags.get(rollout.key)
-        if control is not None and control.state == "cancelled":
-            return _cancel(rollout, db, flags, control, clock())
-        if control is not None and control.state == "paused":
-            if not paused:
-                db.save(rollout, event="paused", detail={"who": control.who})
-            paused = True
-            if on_update is not None:
-                on_update(rollout)
-            if not wait:
-                return rollout
-            time.sleep(poll_s)
-            continue
-        if paused:  # the open wave waited for the operator, not for its devices
-            paused, rollout = False, resume(rollout, now=clock())
-            db.save(rollout, event="unpaused", detail={})
-        new, offer = step(rollout, watcher.raw(), clock())
-        if offer:
-            publish_offers(watcher.edge, rollout.fleet, payload, offer)
-        if new != rollout:
-            wave = new.waves[min(new.current, len(new.waves) - 1)]
-            event = "offered" if offer else (new.status if new.status != rollout.status
-                                             else None)
-            db.save(new, event=event, detail={"wave": wave.name, "devices": offer,
-                                              "reason": new.reason} if event else None)
-        rollout = new
-        if on_update is not None:
-            on_update(rollout)
-        if rollout.status != "running" or (not wait and not offer):
-            return rollout
-        if not offer:
-            time.sleep(poll_s)
 
+def retained_offers(broker_url: str, fleet: str, devices: Sequence[str], *, username: str = "",
+                    password: str = "", timeout: float = 10.0) -> dict[str, bytes]:
+    """The offers the broker keeps (retained) for ``devices``: device -> payload."""
+    wanted, found = set(devices), {}
+    lock = threading.Lock()
+    last = [time.monotonic()]
 
-def _cancel(rollout: Rollout, db: FleetDB, flags: RolloutFlags, control: Flag,
-            now: float) -> Rollout:
-    """Record a cancelled rollout as halted and consume its flag."""
-    halted = record_cancel(db, rollout, control.who, asked=control.ts, now=now)
-    flags.set(rollout.key, None, control.who)
-    return halted
+    def on_message(msg: Message) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) == 5 and parts[2] in wanted and msg.payload:
+            with lock:
+                found[parts[2]] = msg.payload
+        last[0] = time.monotonic()
 
-
-def record_cancel(db: FleetDB, rollout: Rollout, who: str, *, asked: float, now: float
-                  ) -> Rollout:
-    """Record ``rollout`` as halted, "cancelled by WHO at TIME" (a re-run of the push
-    resumes it like any halted rollout). Only the holder of the rollout's lock may."""
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(asked))
-    halted = replace(rollout, status="halted", updated_at=now,
-                     reason=f"cancelled by {who} at {when}")
-    db.save(halted, event="halted", detail={"reason": halted.reason, "who": who})
-    return halted
+    edge = MqttEdge(broker_url, client_id=f"edgeship-offers-{os.getpid()}-{id(wanted) & 0xffff:x}",
+                    subscriptions=[f"edgeship/{fleet}/+/ota/offer"], on_message=on_message,
+                    username=username, password=password, subscribe_qos=0)
+    edge.start()
+    try:
+        if not edge.wait_connected(timeout):
+            raise TransportError(f"cannot reach the broker at {broker_url} within {timeout:g}s")
+        last[0] = time.monotonic()
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and time.monotonic() - last[0] < 0.5:
+            time.sleep(0.05)
+        with lock:
+            return dict(found)
+    finally:
+        edge.stop()
 
 
 def discard_shadow(*, broker_url: str, fleet: str, version: str,

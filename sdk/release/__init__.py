@@ -12,6 +12,7 @@ from edgeship._lazy import attach
 
 _EXPORTS: dict[str, str] = {
     "ArtifactInfo": "edgeship.sdk.release._manifest",
+    "Bundle": "edgeship.sdk.release._bundle",
     "DeltaInfo": "edgeship.sdk.release._manifest",
     "Encryption": "edgeship.sdk.release._crypt",
     "Golden": "edgeship.sdk.release._manifest",
@@ -30,8 +31,10 @@ _EXPORTS: dict[str, str] = {
     "decrypt": "edgeship.sdk.release._crypt",
     "make_delta": "edgeship.sdk.release._delta",
     "parse_version": "edgeship.sdk.release._manifest",
+    "read_bundle": "edgeship.sdk.release._bundle",
     "unwrap_data_key": "edgeship.sdk.release._crypt",
     "verify_release": "edgeship.sdk.release._release",
+    "write_bundle": "edgeship.sdk.release._bundle",
     "write_verified": "edgeship.sdk.release._release",
 }
 

@@ -137,17 +137,24 @@ class Offer:
     manifest: Mapping[str, Any]
     keyset: Mapping[str, Any]
     mode: str = "active"
+    install_window: str = ""  # "02:00-04:00" device-local (unsigned, like mode); "" = now
 
     def __post_init__(self) -> None:
         if self.mode not in OFFER_MODES:
             raise MalformedError(f"offer: mode {str(self.mode)[:40]!r} is not one of "
                                  f"{', '.join(OFFER_MODES)}")
+        if self.install_window:
+            from edgeship.sdk.release._window import parse_window
+
+            parse_window(self.install_window)
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {"type": "edgeship-offer", "manifest": self.manifest,
                                "keyset": self.keyset}
         if self.mode != "active":
             doc["mode"] = self.mode
+        if self.install_window:
+            doc["install_window"] = self.install_window
         return canonical_bytes(doc)
 
     @classmethod
@@ -161,7 +168,10 @@ class Offer:
         mode = doc.get("mode", "active")
         if not isinstance(mode, str):
             raise MalformedError("offer: 'mode' must be a string")
-        return cls(manifest=manifest, keyset=keyset, mode=mode)
+        window = doc.get("install_window", "")
+        if not isinstance(window, str):
+            raise MalformedError("offer: 'install_window' must be a string")
+        return cls(manifest=manifest, keyset=keyset, mode=mode, install_window=window)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,122 @@
+"""``edgeship agent install FILE.esb``: an offline bundle through the agent's own OTA path.
+
+The bundle's offer goes to the OTA core exactly as one from the broker would
+(``OfferReceived``: ``check_offer``, the version floor, model and hardware, encryption),
+and the core's chunk requests are answered from the bundle's files in the release
+server's own encoding (:func:`edgeship.sdk.transport._transfer.serve_request`), so the
+download, ``check_payload``, the slot write, the health check, the switch and a rollback
+are the daemon's own code (:class:`edgeship.agent._daemon.Agent`), not a copy.
+
+The daemon must not run meanwhile (both would write the same state and slots): the
+install holds the data dir's lock that ``agent run`` takes too. The statuses the install
+reports wait in the agent's outbox and reach the fleet at the daemon's next start; its
+log lines go to ``<data_dir>/install.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeship.agent import _ota as ota
+
+from edgeship._errors import ConfigError, UpdateError
+
+__all__ = ["InstallResult", "answer_locally", "data_dir_lock", "install_bundle"]
+
+LOCK_NAME = "agent.lock"
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """How an install ended: ``phase`` committed (installed), or already active."""
+
+    version: str
+    phase: str
+    active: str | None
+    slot: str | None
+    already: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "phase": self.phase, "active": self.active,
+                "slot": self.slot, "already": self.already}
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold ``data_dir``'s agent lock (one daemon or one install at a time)."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ConfigError(f"an agent runs on {data_dir} (its lock is held): stop it "
+                              "before installing a bundle") from exc
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _logs_to(path: Path) -> Iterator[None]:
+    """The agent's JSON log lines go to ``path`` (appended), not over the command's answer."""
+    import sys
+
+    with path.open("a", encoding="utf-8") as handle:
+        saved, sys.stderr = sys.stderr, handle
+        try:
+            yield
+        finally:
+            sys.stderr = saved
+
+
+def answer_locally(files: dict[str, bytes], action: ota.RequestChunk) -> ota.Event:
+    """The chunk a release server would send for ``action``, from the bundle's files."""
+    from edgeship.sdk.transport._transfer import encode_request, serve_request
+
+    def lookup(req: Any) -> Any:
+        data = files.get(req.file)
+        if data is None:
+            return None
+        return len(data), lambda offset, length: data[offset:offset + length]
+
+    _, answer = serve_request(encode_request(action.request), lookup)
+    return ota.Chunk(answer, correlation=action.correlation or ota.correlation(action.request))
+
+
+def install_bundle(config: Any, path: str | Path) -> InstallResult:
+    """Install the bundle at ``path`` on the device ``config`` describes; a refused or
+    rolled-back install is an :class:`UpdateError` saying why."""
+    from edgeship.agent._daemon import Agent
+    from edgeship.sdk.release._bundle import read_bundle
+
+    bundle = read_bundle(path, max_file_bytes=config.ota.max_artifact_bytes)
+    data_dir = Path(config.data_dir)
+    with data_dir_lock(data_dir), _logs_to(data_dir / "install.log"):
+        agent = Agent(config)
+        try:
+            agent._install_initial()  # a device that never ran: its factory model first
+            agent.dispatch(ota.Resume(download_size=agent.store.download_size()))
+            before = agent.state
+            agent.local_files = bundle.files
+            agent.dispatch(ota.OfferReceived(bundle.offer))
+            state = agent.state
+        finally:
+            agent.taps.close()
+            agent.outbox.close()
+    active = state.active.version if state.active else None
+    slot = state.active.slot if state.active else None
+    if state == before and active == bundle.version:
+        return InstallResult(bundle.version, state.phase, active, slot, already=True)
+    if state.phase != "committed" or active != bundle.version:
+        reason = state.error or f"the device ended in {state.phase}"
+        raise UpdateError(f"bundle {Path(path).name} ({bundle.model} {bundle.version}) not "
+                          f"installed: {reason}; {active or 'no model'} stays active")
+    return InstallResult(bundle.version, state.phase, active, slot)
