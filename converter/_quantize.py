@@ -54,6 +54,15 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
 - The model's inputs and outputs stay float (Q after the input, DQ before the output)
   unless ``io="int8"``, in which case they are int8 with the parameters of their Q/DQ.
 - Nodes that cannot be quantized stay float between DQ and Q (the report says why).
+- The file written (``model.int8.onnx``) then gets onnxruntime's pass
+  (converter/_ort_layout.py), which keeps every real channel's integers: a depthwise Conv
+  region whose width is not a multiple of 16 is padded to one (extra channels: zero
+  weights, zero bias, zero kernels; the bounding Convs read them with zero weights), and a
+  HardSwish/HardSigmoid 1x1 gate whose channels all compute ``alpha x + beta`` becomes
+  ``Add(x, beta / alpha)`` whose QuantizeLinear has scale ``s / alpha`` while its
+  DequantizeLinear keeps the gate's ``s`` -- the only Q/DQ pair with two scales. The TFLite
+  file is written from the model before that pass; a reader of the written file turns such
+  a gate back into its 1x1 Conv (``gates_as_conv``) and keeps the padded channels.
 
 Naming: activation ``T`` -> ``T_q`` (int8) -> ``T_dq`` with ``T_s`` / ``T_z`` (scale / zero
 point); weight ``W`` -> ``W_q`` (int8) + ``W_s`` -> ``W_dq``; the bias of node ``N`` ->
