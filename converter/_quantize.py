@@ -43,6 +43,10 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   ``edgeship.layernorm`` (JSON: node name -> intermediate -> [scale, zero point]).
 - Div by a tensor, Sqrt, Reciprocal, Pow (exponent != 2), Erf, LSTM and GRU stay float
   (no int8 TFLite kernel, or, for LSTM/GRU, per-gate scales that are not calibrated).
+- An AveragePool with full windows (no pads) of n values whose output feeds ops with
+  their own parameters has the output scale input scale / (1 + 1/(1024 n)), zero point
+  unchanged: no average is then halfway between two steps, and the TFLite writer computes
+  it as DEPTHWISE_CONV_2D with weights 1/n (``converter/_pool_ties.py``).
 - The scale shared by a GlobalAveragePool's input and output is a float32 for which
   onnxruntime's kernel rounds an average that is exactly halfway to even, like TFLite's
   MEAN (moved by a few float32 ulps from the calibrated one when needed; see
@@ -83,6 +87,7 @@ from onnx import TensorProto, helper
 from ._bias_correct import bias_shift
 from ._ir import Graph
 from ._plan import Plan, QParams, fused_pre_tensors
+from ._pool_ties import tie_free_pool_scales
 
 INT32_MAX = 2**31 - 1
 PER_CHANNEL_BIAS_OPS = ("Conv", "ConvTranspose")
@@ -386,6 +391,7 @@ def build_qdq(
     weights cause (converter/_bias_correct.py)."""
     assert not (fused_pre_tensors(graph, plan.fused) & set(plan.params))
     exact_pool_scales(graph, plan)
+    tie_free_pool_scales(graph, plan)
     b = _Builder(graph, plan, policy or WeightPolicy(), io, input_means=input_means)
     b.build()
     q = Graph(
