@@ -22,6 +22,7 @@ from ._load import InputSpec, LoadedModel, input_specs, load_arrays, read_model
 from ._mixed import TargetNotMet
 from ._optimize import optimize
 from ._options import ConvertOptions
+from ._ort_layout import for_onnxruntime
 from ._outdir import atomic_dir, write_file
 from ._plan import Plan, make_plan
 from ._prune import overall_sparsity, prune
@@ -107,7 +108,8 @@ class _Quantized:
     qmodel: onnx.ModelProto  # float-io QDQ model (what is measured)
     weights: list[WeightInfo]
     tensor_map: dict[str, str]
-    int8_bytes: bytes  # the model written (float or int8 io)
+    int8_bytes: bytes  # the model written (float or int8 io; after the onnxruntime pass)
+    tflite_source: bytes  # that model before the onnxruntime pass (the TFLite writer reads it)
     calib_batch: int  # samples per calibration run (bounded by activation bytes)
     tensor_bytes: dict[str, int]  # one sample of each float activation, from calibration
     equalization: dict[str, np.ndarray]  # cross-layer equalization scales per pair
@@ -116,6 +118,7 @@ class _Quantized:
     def use(self, built: _Built) -> None:
         self.plan, self.qmodel, self.weights = built.plan, built.qmodel, built.weights
         self.tensor_map, self.int8_bytes = built.tensor_map, built.int8_bytes
+        self.tflite_source = built.tflite_source
 
 
 @dataclass
@@ -127,6 +130,7 @@ class _Built:
     weights: list[WeightInfo]
     tensor_map: dict[str, str]
     int8_bytes: bytes
+    tflite_source: bytes  # the same model before the onnxruntime pass (the TFLite reads it)
 
 
 def convert(
@@ -167,7 +171,7 @@ def convert(
     with atomic_dir(Path(out_dir)) as tmp:
         write_file(tmp / MODEL_FILE, q.int8_bytes)
         write_file(tmp / PARAMS_FILE, _params_json(q.plan, q.weights, q.equalization).encode())
-        tflite, not_written = _write_formats(tmp, opts)
+        tflite, not_written = _write_formats(tmp, opts, q.tflite_source)
         clock.lap("write")
         targets = run_for_convert(opts, tmp, MODEL_FILE, TFLITE_FILE, inp.ev[0] if inp.ev else inp.calib)
         clock.lap("targets")
@@ -279,6 +283,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     elif opts.learned_rounding:
         log.append("learned rounding skipped: --base keeps the previous int8 values")
     means = calib.means if opts.bias_correction else None
+    ort_log: list[str] = []  # what the onnxruntime pass changed (the last build's)
 
     def build(keep_float: dict[str, str]) -> _Built:
         plan = make_plan(graph, ranges, pin=inp.base, keep_float=keep_float)
@@ -293,9 +298,13 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         if "tflite" in opts.formats:  # LayerNorm internals, for the TFLite writer only
             params = _layernorm.layernorm_params(graph, plan, inp.calib)
             out_model = _layernorm.attach(out_model, params)
-        return _Built(plan, qmodel, weights, tensor_map, out_model.SerializeToString())
+        # the file gets onnxruntime's fast int8 kernels (same integers, converter/_ort_layout)
+        written, ort_log[:] = for_onnxruntime(out_model)
+        return _Built(plan, qmodel, weights, tensor_map, written.SerializeToString(),
+                      out_model.SerializeToString())
 
     built = build({})
+    log += ort_log
     if hasattr(policy, "summary"):
         log.append(policy.summary())
     clock.lap("quantize")
@@ -308,6 +317,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         built.weights,
         built.tensor_map,
         built.int8_bytes,
+        built.tflite_source,
         calib.batch,
         calib.tensor_bytes,
         equalized,
@@ -316,14 +326,15 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
 
 
 def _write_formats(
-    tmp: Path, opts: ConvertOptions
+    tmp: Path, opts: ConvertOptions, source: bytes
 ) -> tuple[dict[str, Any] | None, dict[str, dict[str, str]]]:
-    """Write the TFLite file if asked. Returns its info (``{"skipped": message}`` when
-    the writer rejected the model) and, per format not written, why."""
+    """Write the TFLite file, from the QDQ model ``source``, if asked. Returns its info
+    (``{"skipped": message}`` when the writer rejected the model) and, per format not
+    written, why."""
     if "tflite" not in opts.formats:
         return None, {}
     try:
-        return _write_tflite(tmp, opts), {}
+        return _write_tflite(tmp, opts, source), {}
     except ConversionError as exc:  # e.g. a float op that TFLite int8 cannot hold
         (tmp / TFLITE_FILE).unlink(missing_ok=True)
         return {"skipped": str(exc)}, {"tflite": _why(exc)}
@@ -411,7 +422,9 @@ def _eval(
 ) -> dict[str, Any]:
     assert inp.ev is not None
     result = _evaluate.evaluate(
-        inp.model_bytes, q.qmodel.SerializeToString(), inp.ev[0], inp.ev[1], runs=opts.latency_runs
+        # the latency of the model as written (the onnxruntime pass changes no output)
+        inp.model_bytes, for_onnxruntime(q.qmodel)[0].SerializeToString(), inp.ev[0], inp.ev[1],
+        runs=opts.latency_runs
     ).to_dict()
     if q.pruned:
         result["pruned_fp32_accuracy"] = _pruned_accuracy(fp32_ref, inp.ev)
@@ -472,11 +485,13 @@ def _pruned_accuracy(
     return float(100.0 * np.mean(np.concatenate(pred) == ev[1]))
 
 
-def _write_tflite(tmp: Path, opts: ConvertOptions) -> dict[str, Any]:
+def _write_tflite(tmp: Path, opts: ConvertOptions, source: bytes) -> dict[str, Any]:
+    """The TFLite file from the QDQ model before the onnxruntime pass: its depthwise
+    channels unpadded (no extra MACs on the Edge TPU), its gates the 1x1 Convs it maps."""
     from ._tflite import write_tflite
 
     try:
-        info = write_tflite(tmp / MODEL_FILE, tmp / TFLITE_FILE, io=opts.io)
+        info = write_tflite(onnx.ModelProto.FromString(source), tmp / TFLITE_FILE, io=opts.io)
     except EdgeshipError:
         raise
     except Exception as exc:

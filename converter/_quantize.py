@@ -43,6 +43,10 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   ``edgeship.layernorm`` (JSON: node name -> intermediate -> [scale, zero point]).
 - Div by a tensor, Sqrt, Reciprocal, Pow (exponent != 2), Erf, LSTM and GRU stay float
   (no int8 TFLite kernel, or, for LSTM/GRU, per-gate scales that are not calibrated).
+- An AveragePool with full windows (no pads) of n values whose output feeds ops with
+  their own parameters has the output scale input scale / (1 + 1/(1024 n)), zero point
+  unchanged: no average is then halfway between two steps, and the TFLite writer computes
+  it as DEPTHWISE_CONV_2D with weights 1/n (``converter/_pool_ties.py``).
 - The scale shared by a GlobalAveragePool's input and output is a float32 for which
   onnxruntime's kernel rounds an average that is exactly halfway to even, like TFLite's
   MEAN (moved by a few float32 ulps from the calibrated one when needed; see
@@ -54,6 +58,15 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
 - The model's inputs and outputs stay float (Q after the input, DQ before the output)
   unless ``io="int8"``, in which case they are int8 with the parameters of their Q/DQ.
 - Nodes that cannot be quantized stay float between DQ and Q (the report says why).
+- The file written (``model.int8.onnx``) then gets onnxruntime's pass
+  (converter/_ort_layout.py), which keeps every real channel's integers: a depthwise Conv
+  region whose width is not a multiple of 16 is padded to one (extra channels: zero
+  weights, zero bias, zero kernels; the bounding Convs read them with zero weights), and a
+  HardSwish/HardSigmoid 1x1 gate whose channels all compute ``alpha x + beta`` becomes
+  ``Add(x, beta / alpha)`` whose QuantizeLinear has scale ``s / alpha`` while its
+  DequantizeLinear keeps the gate's ``s`` -- the only Q/DQ pair with two scales. The TFLite
+  file is written from the model before that pass; a reader of the written file turns such
+  a gate back into its 1x1 Conv (``gates_as_conv``) and keeps the padded channels.
 
 Naming: activation ``T`` -> ``T_q`` (int8) -> ``T_dq`` with ``T_s`` / ``T_z`` (scale / zero
 point); weight ``W`` -> ``W_q`` (int8) + ``W_s`` -> ``W_dq``; the bias of node ``N`` ->
@@ -74,6 +87,7 @@ from onnx import TensorProto, helper
 from ._bias_correct import bias_shift
 from ._ir import Graph
 from ._plan import Plan, QParams, fused_pre_tensors
+from ._pool_ties import tie_free_pool_scales
 
 INT32_MAX = 2**31 - 1
 PER_CHANNEL_BIAS_OPS = ("Conv", "ConvTranspose")
@@ -377,6 +391,7 @@ def build_qdq(
     weights cause (converter/_bias_correct.py)."""
     assert not (fused_pre_tensors(graph, plan.fused) & set(plan.params))
     exact_pool_scales(graph, plan)
+    tie_free_pool_scales(graph, plan)
     b = _Builder(graph, plan, policy or WeightPolicy(), io, input_means=input_means)
     b.build()
     q = Graph(

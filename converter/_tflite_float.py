@@ -188,3 +188,45 @@ FLOAT_ISLANDS = frozenset({"LSTM"})  # no int8 kernel: float between DEQUANTIZE 
 __all__ = ["FLOAT_ISLANDS", "FLOAT_RULES", "FloatVal", "bind_float", "emit_binary", "emit_concat",
            "emit_float", "emit_reshape", "float_input", "float_rule", "float_tensor",
            "is_float_node"]
+
+
+@float_rule("LayerNormalization")
+def layer_norm(ctx: Lowering, node: onnx.NodeProto) -> None:
+    """LayerNormalization over the last axis in float32, as onnxruntime computes it
+    between its DequantizeLinear and QuantizeLinear: MEAN, SUB, MUL, MEAN, ADD(eps),
+    RSQRT, MUL, MUL(gamma), ADD(beta)."""
+    x = float_input(ctx, node.input[0])
+    rank = len(x.shape)
+    if int(ctx.attr("axis", -1)) % rank != rank - 1:
+        raise ctx.fail("only LayerNormalization over the last axis is lowered")
+    base, reduced = node.output[0], (*x.shape[:-1], 1)
+    axes = ctx.int32(f"{base}/axes", [rank - 1])
+
+    def tensor(key: str, shape: tuple[int, ...]) -> FloatVal:
+        return float_tensor(ctx, f"{base}/{key}", shape)
+
+    def mean(src: FloatVal, key: str) -> FloatVal:
+        out = tensor(key, reduced)
+        emit_float(ctx, "MEAN", [src.index, axes], [out.index], ("ReducerOptions", {"KeepDims": True}))
+        return out
+
+    mu = mean(x, "mean")
+    centered = tensor("centered", x.shape)
+    emit_binary(ctx, "SUB", x, mu, centered)
+    squared = tensor("squared", x.shape)
+    emit_binary(ctx, "MUL", centered, centered, squared)
+    var_eps = tensor("variance_eps", reduced)
+    eps = float(ctx.attr("epsilon", 1e-5))
+    emit_binary(ctx, "ADD", mean(squared, "variance"),
+                FloatVal(ctx.const(f"{base}/eps", np.array([eps], np.float32)), (1,)), var_eps)
+    rstd = tensor("rstd", reduced)
+    emit_float(ctx, "RSQRT", [var_eps.index], [rstd.index])
+    normalized = tensor("normalized", x.shape)
+    emit_binary(ctx, "MUL", centered, rstd, normalized)
+    result = normalized
+    for index, opcode in ((1, "MUL"), (2, "ADD")):
+        if len(node.input) > index and node.input[index]:
+            nxt = tensor("scaled" if opcode == "MUL" else "shifted", x.shape)
+            emit_binary(ctx, opcode, result, float_input(ctx, node.input[index]), nxt)
+            result = nxt
+    bind_float(ctx, node.output[0], result)

@@ -4,8 +4,10 @@ ONNX model gives the output other parameters, an explicit requantize is emitted)
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
-from edgeship.converter._tflite_lower import TO_NHWC, Lowering, Val
+from edgeship.converter._tflite_fb import FbQuant
+from edgeship.converter._tflite_lower import TO_NHWC, Lowering, Val, qparams_close
 from edgeship.converter._tflite_ops import SAME, _operand, _padding, register
 from edgeship.converter._tflite_qdq import QParams
 
@@ -26,6 +28,9 @@ def pool(ctx: Lowering, node: onnx.NodeProto) -> None:
     if len(kernel) != 2 or list(ctx.attr("dilations", [1, 1])) != [1, 1]:
         raise ctx.fail("only 2-D pooling without dilation is supported")
     is_max = node.op_type == "MaxPool"
+    if not is_max and not qparams_close(ctx.out_q(node.output[0], x.q), x.q):
+        _average_as_depthwise(ctx, node, x, kernel, strides)
+        return
     if len(node.output) > 1 and node.output[1]:
         raise ctx.fail("MaxPool indices output is not supported")
     # TFLite SAME skips padding in averages and maxima (count_include_pad=0, -inf pads);
@@ -44,6 +49,30 @@ def pool(ctx: Lowering, node: onnx.NodeProto) -> None:
         raise ctx.fail(f"output size {list(out_shape)} (ceil_mode?) has no TFLite equivalent")
     _pool2d(ctx, node, x, "MAX_POOL_2D" if is_max else "AVERAGE_POOL_2D", padding, kernel,
             strides, out_shape)
+
+
+def _average_as_depthwise(ctx: Lowering, node: onnx.NodeProto, x: Val, kernel: list[int],
+                          strides: list[int]) -> None:
+    """An AveragePool whose output scale differs from its input's (converter/_pool_ties.py)
+    as DEPTHWISE_CONV_2D with weights 1 / n: one rounding of the average at the output
+    scale, as onnxruntime's QLinearAveragePool does (AVERAGE_POOL_2D + a requantize would
+    round twice)."""
+    if any(int(p) for p in ctx.attr("pads", [0, 0, 0, 0])) or ctx.attr("ceil_mode", 0):
+        raise ctx.fail("a requantizing AveragePool needs full windows (no pads, no ceil_mode)")
+    c, n = x.shape[1], kernel[0] * kernel[1]
+    out_q = ctx.out_q(node.output[0], x.q)
+    w_scales = np.full(c, 1.0 / (127.0 * n), np.float32)
+    b_scales = (w_scales * np.float32(x.q.scale)).astype(np.float32)
+    padding, x = _padding(ctx, x, kernel, strides, [1, 1])
+    out = ctx.new_val(node.output[0], ctx.out_shape(node.output[0]), "nhwc", out_q)
+    name = node.output[0]
+    filt = ctx.const(f"{name}/filter", np.full((1, kernel[0], kernel[1], c), 127, np.int8),
+                     FbQuant([float(s) for s in w_scales], [0] * c, axis=3))
+    bias = ctx.const(f"{name}/bias", np.zeros(c, np.int32), FbQuant([float(s) for s in b_scales], [0] * c))
+    options = {"Padding": padding, "StrideW": strides[1], "StrideH": strides[0], "DepthMultiplier": 1,
+               "FusedActivationFunction": 0, "DilationWFactor": 1, "DilationHFactor": 1}
+    ctx.emit("DEPTHWISE_CONV_2D", [x.index, filt, bias], [out.index], ("DepthwiseConv2DOptions", options))
+    ctx.bind(node.output[0], out)
 
 
 def _ceil_extra(ctx: Lowering, x: Val, kernel: list[int], strides: list[int],

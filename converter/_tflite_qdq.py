@@ -18,6 +18,8 @@ from onnx import numpy_helper, shape_inference
 
 from edgeship._errors import ConversionError, UnsupportedOpError
 
+from ._ort_layout import gates_as_conv
+
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 MAX_NODES = 100_000  # a bound on what we walk; edge models are far smaller
 
@@ -86,6 +88,10 @@ def read_qdq(model: onnx.ModelProto) -> QdqGraph:
     if len(model.graph.node) > MAX_NODES:
         raise ConversionError(f"model has {len(model.graph.node)} nodes, over {MAX_NODES}")
     model = _with_static_batch(model)
+    try:  # a gate the onnxruntime pass wrote as Add (converter/_ort_layout.py), as its Conv
+        model = gates_as_conv(model)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from exc
     graph = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     folded: set[str] = set()  # outputs of constant Mul nodes folded into inits

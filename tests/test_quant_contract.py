@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from edgeship.converter import ConvertOptions, convert
+from edgeship.converter._pool_ties import tie_free_eps
 from onnx import TensorProto, helper, numpy_helper
 
 FIX = Path(__file__).parent / "fixtures"
@@ -101,9 +102,13 @@ def test_activation_rules(cnn: Qdq) -> None:
         assert zp == -128  # Relu/Clip made exact by the range
         if node.output[0].startswith("clip"):
             assert scale * 255 <= 6.0 + 1e-6
-    for op in ("MaxPool", "AveragePool", "Flatten"):
+    for op in ("MaxPool", "Flatten"):
         for node in cnn.ops(op):
             assert cnn.out_params(node) == cnn.in_params(node)
+    for node in cnn.ops("AveragePool"):  # full windows of n: scale / (1 + eps), no halves
+        (out_s, out_z), (in_s, in_z) = cnn.out_params(node), cnn.in_params(node)
+        kernel = next(a.ints for a in node.attribute if a.name == "kernel_shape")
+        assert out_z == in_z and np.isclose(in_s / out_s, 1 + tie_free_eps(kernel[0] * kernel[1]), rtol=1e-6)
     (sm,) = cnn.ops("Softmax")
     assert cnn.out_params(sm) == (1 / 256, -128)
     graph = cnn.model.graph

@@ -509,3 +509,20 @@ def test_layernorm_is_one_int8_op_and_int8_builtins_in_tflite(tmp_path: Path, de
     _check(r, "LayerNormalization", tflite_steps=4.0)
     ops = _tflite_ops(r)
     assert ops["MEAN"] == 2 and ops["RSQRT"] == 1 and ops["SQUARED_DIFFERENCE"] == 1, ops
+
+
+def test_float_layernorm_computes_what_onnxruntime_computes(tmp_path: Path) -> None:
+    """``float_layernorm``: the LayerNormalization as a float island in TFLite, the float
+    LayerNormalization onnxruntime runs between DQ and Q; LiteRT then agrees with the INT8
+    ONNX to one step (a float32 rounding at a half), where the int8 chain needs four."""
+    from edgeship.converter._tflite import write_tflite
+
+    r = _convert(tmp_path / "c", _layernorm_net(False), opset=17, inputs=LN_INPUTS)
+    info = write_tflite(r.out / "model.int8.onnx", tmp_path / "float_ln.tflite", float_layernorm=True)
+    chain = _tflite_ops(r)  # the default: one DEQUANTIZE, at the float output
+    assert "SQUARED_DIFFERENCE" not in info.op_counts
+    assert info.op_counts["DEQUANTIZE"] == chain["DEQUANTIZE"] + 1  # into the island
+    feeds = {k: v[:8] for k, v in _data(LN_INPUTS, 32, 0).items()}
+    gap = np.abs(_litert(tmp_path / "float_ln.tflite", feeds) - r.int8).max() / r.y_scale
+    chain_gap = np.abs(r.tflite - r.int8).max() / r.y_scale
+    assert gap <= 1.0 + 1e-3 and gap < chain_gap, (gap, chain_gap)
