@@ -261,10 +261,30 @@ def test_ethos_u_device_without_the_delegate_is_one_clear_error(
     from edgeship._errors import ModelLoadError
 
     monkeypatch.setenv("EDGESHIP_ETHOSU_DELEGATE", "/nonexistent/libethosu_delegate.so")
-    with pytest.raises(ModelLoadError, match="Ethos-U delegate /nonexistent/libethosu_delegate.so "
-                                             "could not be loaded") as caught:
+    with pytest.raises(ModelLoadError, match=r"Ethos-U delegate /nonexistent/libethosu_delegate\.so "
+                                             r"could not be loaded") as caught:
         Model.load(files[VELA], device="ethos-u")
     assert "\n" not in str(caught.value)
     # on the CPU the Vela file does not run either: its NPU part is a command stream
     with pytest.raises(ModelLoadError):
         Model.load(files[VELA])
+
+
+def test_a_rockchip_device_without_rknn_lite_takes_the_generic_artifact() -> None:
+    """rknn-toolkit-lite2 exists only for aarch64/armhf boards: here the agent's probe
+    finds it missing, says so once and installs generic artifacts (the hardware boundary;
+    the .rknn load itself is in test_npu_rknn.py)."""
+    from edgeship.agent._config import ModelConfig
+    from edgeship.agent._loading import runtime_for, usable_variants
+
+    lines: list[dict[str, object]] = []
+    assert usable_variants("rk3588", lambda event, **kw: lines.append({"event": event, **kw})) \
+        == frozenset()
+    assert len(lines) == 1 and lines[0]["event"] == "variant_runtime_missing"
+    assert "rknn-toolkit-lite2" in str(lines[0]["reason"])
+    assert usable_variants("cpu", lambda *a, **k: lines.append({})) == frozenset()
+    assert usable_variants("openvino-cpu", lambda *a, **k: lines.append({})) == {"openvino-cpu"}
+    assert len(lines) == 1
+    assert runtime_for("rk3588", ModelConfig()) == ("rknn", "npu")
+    assert runtime_for(VELA, ModelConfig()) == ("litert", "ethos-u")
+    assert runtime_for(None, ModelConfig(runtime="litert")) == ("litert", "cpu")
