@@ -8,9 +8,11 @@ live in edgeship's environment: it runs in its own virtualenv, named by
 converter/_rknn_worker.py. Our own quantization parameters are kept: the toolkit is
 given the QDQ ONNX with ``build(do_quantization=False)`` (it reads the scales and zero
 points of the Q/DQ pairs; its TFLite loader needs TensorFlow, so the TFLite is not used).
-Two rewrites make our QDQ ONNX readable by it, neither changing a number: the bias scale
-products (``Mul`` of two scale initializers) are folded into initializers, and every
-Q/DQ gets an explicit zero point (the toolkit indexes a third input).
+Three rewrites make our QDQ ONNX readable by it, none changing a number: the bias scale
+products (``Mul`` of two scale initializers) are folded into initializers, every Q/DQ
+gets an explicit zero point (the toolkit indexes a third input), and the opset is
+declared as at most 19 (the toolkit's limit; torch exports 20, whose changes touch no
+op of an INT8 conv net).
 
 What runs where comes from the toolkit's own per-op table (its verbose build log: op,
 target NPU/CPU, shapes, estimated cycles); agreement is the top-1 agreement and the
@@ -41,6 +43,7 @@ from ._targets import Target, TargetInputs, TargetResult
 
 PYTHON_ENV = "EDGESHIP_RKNN_PYTHON"
 TIMEOUT_S = 900
+MAX_OPSET = 19  # rknn-toolkit2 2.5: "Unsupport onnx opset 20, need <= 19"
 WORKER = Path(__file__).with_name("_rknn_worker.py")
 SETUP = (f"rknn-toolkit2 pins torch 2.4 / numpy 1.26 / onnx 1.18, so it lives in its own "
          f"environment: python3.11 -m venv ~/rknn && ~/rknn/bin/pip install rknn-toolkit2, "
@@ -176,6 +179,9 @@ def toolkit_ready_onnx(src: Path, dst: Path) -> None:
     del graph.node[:]
     graph.node.extend(kept)
     model.ir_version = min(model.ir_version, 10)  # the toolkit's onnx 1.18 reads up to 11
+    for opset in model.opset_import:  # the toolkit reads opset <= 19 (torch exports 20):
+        if opset.domain in ("", "ai.onnx"):  # the ops of an INT8 conv net read the same
+            opset.version = min(opset.version, MAX_OPSET)
     onnx.save(model, str(dst))
 
 

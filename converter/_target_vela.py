@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +51,51 @@ def compile_vela(target: Target, inputs: TargetInputs) -> VelaResult:
     assert inputs.tflite is not None
     artifact = f"model.int8.{target.name}.tflite"
     with tempfile.TemporaryDirectory(prefix="edgeship-vela-") as tmp:
-        log = _run(inputs.tflite, Path(tmp), target.settings)
+        source, shuffles = _npu_tflite(inputs, Path(tmp))
+        log = _run(source, Path(tmp), target.settings)
         compiled = _one(Path(tmp), "*_vela.tflite")
         summary = _read_csv(_one(Path(tmp), "*_summary_*.csv"))
         shutil.copyfile(compiled, inputs.out_dir / artifact)
-    before = read_ops(inputs.tflite.read_bytes())
+        before = read_ops(source.read_bytes())
     after = read_ops((inputs.out_dir / artifact).read_bytes())
-    return _result(target, artifact, before, after, _cpu_reasons(log), summary, log)
+    result = _result(target, artifact, before, after, _cpu_reasons(log), summary, log)
+    if shuffles:
+        settings = {**result.settings, "channel_shuffle": f"{shuffles} as 1x1 permutation CONV_2D"}
+        result = replace(result, settings=settings)
+    return result
+
+
+def _npu_tflite(inputs: TargetInputs, tmp: Path) -> tuple[Path, int]:
+    """The TFLite Vela compiles, and how many channel shuffles it writes as a 1x1
+    permutation conv: the generic TFLite, unless the model has channel-permutation
+    Gathers (ShuffleNet), which Vela leaves on the CPU as GATHER; then the same QDQ
+    model lowered in NPU form (same values, see _tflite_ops_move._permutation_conv)."""
+    assert inputs.tflite is not None
+    shuffles = channel_permutations(inputs.onnx)
+    if not shuffles:
+        return inputs.tflite, 0
+    from ._tflite import build_tflite
+
+    data, _, _ = build_tflite(inputs.onnx, io=inputs.io, npu=True)
+    path = tmp / "model.int8.npu.tflite"
+    path.write_bytes(data)
+    return path, shuffles
+
+
+def channel_permutations(onnx_path: Path) -> int:
+    """Gathers on axis 1 of a 4-D tensor with a constant permutation of all channels."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    count = 0
+    for node in model.graph.node:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        idx = inits.get(node.input[1]) if node.op_type == "Gather" and len(node.input) > 1 else None
+        if idx is not None and axis == 1 and idx.ndim == 1 and sorted(idx.tolist()) == list(range(idx.size)):
+            count += 1
+    return count
 
 
 def vela_version() -> str:

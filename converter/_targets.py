@@ -48,6 +48,7 @@ class TargetInputs:
     tflite: Path | None  # OUT/model.int8.tflite, None when it was not written
     samples: dict[str, np.ndarray]
     latency_runs: int = 50
+    io: str = "float"  # the TFLite's edges (--io), for a target that builds its own TFLite
     # more samples for a target that checks agreement on a simulator (RKNN); None: samples
     check_samples: dict[str, np.ndarray] | None = None
 
@@ -266,7 +267,7 @@ def run_for_convert(
     inputs = TargetInputs(
         out_dir=out_dir, onnx=out_dir / onnx_file, tflite=tflite if tflite.is_file() else None,
         samples={k: v[:SAMPLES] for k, v in feeds.items()}, latency_runs=opts.latency_runs,
-        check_samples={k: v[:CHECK_SAMPLES] for k, v in feeds.items()},
+        io=opts.io, check_samples={k: v[:CHECK_SAMPLES] for k, v in feeds.items()},
     )
     return {n: r.to_dict() for n, r in compile_targets(opts.targets, inputs).items()}
 

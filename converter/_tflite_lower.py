@@ -70,9 +70,12 @@ def qparams_close(a: QParams, b: QParams) -> bool:
 class Lowering:
     """Builds one FbGraph from one QdqGraph; ops call back into it."""
 
-    def __init__(self, qdq: QdqGraph, *, io: str) -> None:
+    def __init__(self, qdq: QdqGraph, *, io: str, npu: bool = False) -> None:
         self.qdq = qdq
         self.io = io
+        # a TFLite for an NPU compiler (Vela): ops it leaves on the CPU are written as
+        # ops it maps, where that keeps every value (a channel GATHER -> 1x1 CONV_2D)
+        self.npu = npu
         self.graph = FbGraph(description="edgeship QDQ->TFLite int8")
         self.values: dict[str, Val] = {}
         self.float_values: dict[str, Any] = {}  # ONNX name -> _tflite_float.FloatVal

@@ -195,9 +195,35 @@ def gather(ctx: Lowering, node: onnx.NodeProto) -> None:
             piece = out
         _finish(ctx, node.output[0], piece)
         return
+    if ctx.npu and rank == 4 and axis == 1 and sorted(idx) == list(range(dim)):
+        _permutation_conv(ctx, node, x, idx, out_shape)
+        return
     out = ctx.new_val(node.output[0], out_shape, x.layout, x.q)
     ctx.emit("GATHER", [x.index, ctx.int32("indices", idx)], [out.index],
              ("GatherOptions", {"Axis": _order(x).index(axis)}))
+    _finish(ctx, node.output[0], out)
+
+
+def _permutation_conv(ctx: Lowering, node: onnx.NodeProto, x: Val, perm: list[int],
+                      out_shape: tuple[int, ...]) -> None:
+    """A channel permutation (ShuffleNet's shuffle) as a 1x1 CONV_2D whose weights are a
+    0/1 permutation matrix, for NPUs that run convolutions but not GATHER (Vela leaves
+    GATHER on the CPU). Exact: weight 1 at scale 1.0, no bias, output parameters equal to
+    the input's, so the requantization multiplier is exactly 1 and every int8 value
+    passes through unchanged. Costs C x C MACs per pixel, which an NPU runs at full
+    rate; a CPU would not, so only the NPU's TFLite gets it (ctx.npu)."""
+    x = ctx.nhwc(x)
+    c = len(perm)
+    weights = np.zeros((c, 1, 1, c), np.int8)  # OHWI
+    weights[np.arange(c), 0, 0, perm] = 1
+    name = ctx.graph.tensors[x.index].name
+    filt = ctx.const(f"{name}/permutation", weights, FbQuant([1.0], [0], axis=0))
+    bias = ctx.const(f"{name}/permutation_bias", np.zeros(c, np.int32),
+                     FbQuant([float(x.q.scale)], [0]))
+    out = ctx.new_val(node.output[0], out_shape, "nhwc", x.q)
+    ctx.emit("CONV_2D", [x.index, filt, bias], [out.index], ("Conv2DOptions", {
+        "Padding": VALID, "StrideW": 1, "StrideH": 1, "FusedActivationFunction": 0,
+        "DilationWFactor": 1, "DilationHFactor": 1}))
     _finish(ctx, node.output[0], out)
 
 
