@@ -75,14 +75,14 @@ class TfliteInfo:
 
 
 def build_tflite(model: onnx.ModelProto | str | os.PathLike[str], *, io: str = "float",
-                 verify: bool = True, npu: bool = False) -> tuple[bytes, FbGraph, dict[str, int]]:
+                 verify: bool = True, npu_shuffle: str = "") -> tuple[bytes, FbGraph, dict[str, int]]:
     """Lower a QDQ model to TFLite bytes; returns (bytes, graph, op versions). No file I/O
-    except reading ``model`` when it is a path. ``npu``: the form an NPU compiler maps
-    (see Lowering.npu), for a target's own TFLite."""
+    except reading ``model`` when it is a path. ``npu_shuffle``: how a channel shuffle is
+    written for an NPU compiler (see Lowering.npu_shuffle), for a target's own TFLite."""
     if io not in IO_MODES:
         raise InputError(f"io must be one of {', '.join(IO_MODES)}, not {io!r}")
     proto = model if isinstance(model, onnx.ModelProto) else _load(Path(model))
-    lowering = Lowering(read_qdq(proto), io=io, npu=npu)
+    lowering = Lowering(read_qdq(proto), io=io, npu_shuffle=npu_shuffle)
     lowering.lower_inputs()
     for node in lowering.qdq.nodes:
         lowering.node = node

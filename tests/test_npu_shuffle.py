@@ -1,7 +1,7 @@
 """ShuffleNet's channel shuffle on Ethos-U (issue 22): the generic TFLite writes it as a
 GATHER of channels, which Vela leaves on the CPU; the TFLite Vela compiles writes it as
-a 1x1 CONV_2D with a 0/1 permutation matrix, which the NPU runs. Same values: the two
-TFLite files give identical int8 outputs in LiteRT."""
+RESHAPE/TRANSPOSE (U55/U65) or a 1x1 CONV_2D with a 0/1 permutation matrix (U85), which
+the NPU runs. Same values: the TFLite files give identical int8 outputs in LiteRT."""
 
 from __future__ import annotations
 
@@ -51,18 +51,19 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.savez(calib, x=np.random.default_rng(4).uniform(-1, 1, (32, 3, HW, HW)).astype(np.float32))
     out = root / "out"
     convert(shuffle_model(root / "shuffle.onnx"), calib, out,
-            ConvertOptions(formats=("onnx", "tflite"), targets=("ethos-u55-128",)))
+            ConvertOptions(formats=("onnx", "tflite"), targets=("ethos-u55-128", "ethos-u85-256")))
     return out
 
 
-def test_the_npu_tflite_writes_the_shuffle_as_a_permutation_conv_with_the_same_values(
-        converted: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("form", "convs"), [("transpose", 2), ("conv", 3)])
+def test_the_npu_tflite_writes_the_shuffle_in_a_form_vela_maps_with_the_same_values(
+        converted: Path, tmp_path: Path, form: str, convs: int) -> None:
     generic = converted / "model.int8.tflite"
     ops = [op.op for op in read_ops(generic.read_bytes())]
     assert "GATHER" in ops and ops.count("CONV_2D") == 2
-    data, _, _ = build_tflite(converted / "model.int8.onnx", npu=True)
+    data, _, _ = build_tflite(converted / "model.int8.onnx", npu_shuffle=form)
     npu_ops = [op.op for op in read_ops(data)]
-    assert "GATHER" not in npu_ops and npu_ops.count("CONV_2D") == 3
+    assert "GATHER" not in npu_ops and npu_ops.count("CONV_2D") == convs
     (tmp_path / "npu.tflite").write_bytes(data)
     a, b = Model.load(generic), Model.load(tmp_path / "npu.tflite")
     x = np.random.default_rng(5).uniform(-1, 1, (64, 1, 3, HW, HW)).astype(np.float32)
@@ -76,6 +77,8 @@ def test_vela_maps_the_shuffled_model_entirely_to_the_npu(converted: Path) -> No
     result = json.loads((converted / "report.json").read_text())["targets"]["ethos-u55-128"]
     assert result["compiled"] and result["cpu_ops"] == []
     assert result["op_share"] == 1.0 and result["mac_share"] == 1.0
-    assert result["settings"]["channel_shuffle"] == "1 as 1x1 permutation CONV_2D"
+    assert result["settings"]["channel_shuffle"] == "1 as RESHAPE/TRANSPOSE"  # U55: no MACs added
+    u85 = json.loads((converted / "report.json").read_text())["targets"]["ethos-u85-256"]
+    assert u85["cpu_ops"] == [] and u85["settings"]["channel_shuffle"] == "1 as 1x1 permutation CONV_2D"
     # the generic TFLite keeps its GATHER for CPUs (a C x C conv per pixel would be slower)
     assert "GATHER" in [op.op for op in read_ops((converted / "model.int8.tflite").read_bytes())]
