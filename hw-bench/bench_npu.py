@@ -50,7 +50,7 @@ TARGET_RKNN_AGREEMENT = 99.0  # % top-1, simulator vs our INT8 ONNX
 EVAL_SAMPLES = 100
 SKIP_REAL = {"ddddocr_old"}  # already quantized: edgeship refuses it on purpose
 COLUMNS = ["model", "target", "ops_on_acc", "macs_on_acc", "est_inf_s", "sram_kib", "flash_kib",
-           "ov_ms", "ort_ms", "ov_speedup", "int8_path", "sim_top1", "sim_steps", "cpu_ops", "met"]
+           "ov_ms", "ort_ms", "ov_speedup", "int8_path", "sim_top1", "sim_tie1", "sim_steps", "cpu_ops", "met"]
 
 
 def fixture_inputs(name: str, work: Path) -> tuple[Path, Path, list[str]]:
@@ -115,7 +115,8 @@ def rows_of(model: str, task: str, report: dict[str, Any]) -> list[dict[str, Any
                    or "none", mac_share=t["mac_share"], op_share=t["op_share"])
         if "toolkit_version" in t:  # RKNN: the x86 simulator against our INT8 ONNX
             agree = t.get("top1_agreement")
-            row.update(sim_top1=agree, sim_steps=t.get("max_diff_steps"), cycles=t.get("cycles"),
+            row.update(sim_top1=agree, sim_tie1=t.get("top1_within_step"),
+                       sim_steps=t.get("max_diff_steps"), cycles=t.get("cycles"),
                        met="PASS" if agree is not None and agree >= TARGET_RKNN_AGREEMENT else "FAIL")
         elif "inferences_per_second" in t:
             row.update(est_inf_s=round(t["inferences_per_second"], 1), cycles=t["cycles"],
