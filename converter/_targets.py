@@ -115,6 +115,7 @@ class Target:
     # "module:function" -> why the compiler cannot run here, or None; for a compiler that
     # lives outside edgeship's environment (rknn-toolkit2), instead of importing ``module``
     probe: str = ""
+    hint: str = ""  # how to install the compiler, when it is not a pip extra of edgeship
 
     def problem(self) -> str | None:
         """Why this target's compiler cannot run here (None: it can)."""
@@ -127,7 +128,7 @@ class Target:
         return None
 
     def install_hint(self) -> str:
-        return f"pip install 'edgeship[{self.extra}]'"
+        return self.hint or f"pip install 'edgeship[{self.extra}]'"
 
     def run(self, inputs: TargetInputs) -> TargetResult:
         module_name, attr = self.runner.split(":")
@@ -147,6 +148,7 @@ def _rockchip(name: str, what: str) -> Target:
         compiler="Rockchip's rknn-toolkit2 (in its own environment, EDGESHIP_RKNN_PYTHON)",
         summary=f"Rockchip {name.upper()} NPU, {what} (rknn-toolkit2)",
         settings={"target_platform": name}, probe=f"{_RKNN}:toolkit_problem",
+        hint="rknn-toolkit2 in its own venv, EDGESHIP_RKNN_PYTHON=<its python>",
     )
 
 
