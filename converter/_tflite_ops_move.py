@@ -197,7 +197,9 @@ def gather(ctx: Lowering, node: onnx.NodeProto) -> None:
         return
     if ctx.npu_shuffle and rank == 4 and axis == 1 and sorted(idx) == list(range(dim)):
         groups = _shuffle_groups(idx)
-        if groups and ctx.npu_shuffle == "transpose":
+        pixels = x.shape[2] * x.shape[3]
+        # Vela's tensor dimensions stop at 65535: a larger [P*Cg, g] goes the conv way
+        if groups and ctx.npu_shuffle == "transpose" and pixels * dim // groups <= MAX_DIM:
             _shuffle_transposes(ctx, node, x, groups, out_shape)
         else:
             _permutation_conv(ctx, node, x, idx, out_shape)
@@ -206,6 +208,9 @@ def gather(ctx: Lowering, node: onnx.NodeProto) -> None:
     ctx.emit("GATHER", [x.index, ctx.int32("indices", idx)], [out.index],
              ("GatherOptions", {"Axis": _order(x).index(axis)}))
     _finish(ctx, node.output[0], out)
+
+
+MAX_DIM = 65535  # Vela: "Tensor dimensions must be in the range [1, 65535]"
 
 
 def _shuffle_groups(idx: list[int]) -> int | None:

@@ -19,13 +19,13 @@ from onnx import TensorProto, helper, numpy_helper
 C, G, HW = 8, 2, 6
 
 
-def shuffle_model(path: Path) -> Path:
+def shuffle_model(path: Path, hw: int = HW) -> Path:
     """Conv -> channel shuffle (Reshape 5-D, Transpose, Reshape) -> Conv -> Relu."""
     rng = np.random.default_rng(3)
     w1 = numpy_helper.from_array(rng.standard_normal((C, 3, 3, 3)).astype(np.float32) * 0.3, "w1")
     w2 = numpy_helper.from_array(rng.standard_normal((C, C, 1, 1)).astype(np.float32) * 0.3, "w2")
-    s5 = numpy_helper.from_array(np.array([1, G, C // G, HW, HW], np.int64), "s5")
-    s4 = numpy_helper.from_array(np.array([1, C, HW, HW], np.int64), "s4")
+    s5 = numpy_helper.from_array(np.array([1, G, C // G, hw, hw], np.int64), "s5")
+    s4 = numpy_helper.from_array(np.array([1, C, hw, hw], np.int64), "s4")
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["a"], ["b"], name="relu1"),
@@ -36,8 +36,8 @@ def shuffle_model(path: Path) -> Path:
         helper.make_node("Relu", ["f"], ["y"], name="relu2"),
     ]
     graph = helper.make_graph(
-        nodes, "shuffle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, HW, HW])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, HW, HW])], [w1, w2, s5, s4])
+        nodes, "shuffle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, hw, hw])], [w1, w2, s5, s4])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -82,3 +82,16 @@ def test_vela_maps_the_shuffled_model_entirely_to_the_npu(converted: Path) -> No
     assert u85["cpu_ops"] == [] and u85["settings"]["channel_shuffle"] == "1 as 1x1 permutation CONV_2D"
     # the generic TFLite keeps its GATHER for CPUs (a C x C conv per pixel would be slower)
     assert "GATHER" in [op.op for op in read_ops((converted / "model.int8.tflite").read_bytes())]
+
+
+def test_a_shuffle_too_large_for_vela_transposes_takes_the_conv_form(tmp_path: Path) -> None:
+    """Vela's tensor dimensions stop at 65535: [P*Cg, g] with 128x128 pixels and Cg = 4
+    is 65536 long, so even the U55's form is the permutation conv there."""
+    big = 128
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(6).uniform(-1, 1, (4, 3, big, big)).astype(np.float32))
+    convert(shuffle_model(tmp_path / "big.onnx", big), calib, tmp_path / "out",
+            ConvertOptions(formats=("onnx",)))
+    data, _, _ = build_tflite(tmp_path / "out" / "model.int8.onnx", npu_shuffle="transpose")
+    ops = [op.op for op in read_ops(data)]
+    assert "GATHER" not in ops and ops.count("CONV_2D") == 3
