@@ -35,7 +35,13 @@ from typing import Any
 from edgeship.agent import _ota as ota
 from edgeship.agent._config import AgentConfig
 from edgeship.agent._inbox import BrokerHealth, Inbox
-from edgeship.agent._loading import data_key, load_serving, model_bytes
+from edgeship.agent._loading import (
+    data_key,
+    load_serving,
+    model_bytes,
+    runtime_for,
+    usable_variants,
+)
 from edgeship.agent._queue import Outbox
 from edgeship.agent._ratelimit import Backoff, TokenBucket
 from edgeship.agent._startup import fallback_of, initial_offer, read_root, read_secret
@@ -115,7 +121,8 @@ class Agent:
                                 require_encryption=config.encryption.require,
                                 nonce=lambda: secrets.token_hex(8),
                                 stall_after_s=3 * config.ota.request_timeout_s,
-                                install_window=config.ota.install_window)
+                                install_window=config.ota.install_window,
+                                variants=usable_variants(config.hardware, log))
         from edgeship.agent._recover import load_or_recover
 
         self.state, _ = load_or_recover(self.store, self.core, log,  # damaged: recovered
@@ -381,7 +388,8 @@ class Agent:
         except EdgeshipError as exc:
             return ota.HealthChecked(ok=False, reason=f"{type(exc).__name__}: {exc}")
         try:
-            ok, reason = run_health_check(path, action.golden, runtime=self.config.model.runtime,
+            runtime, device = runtime_for(action.variant, self.config.model)
+            ok, reason = run_health_check(path, action.golden, runtime=runtime, device=device,
                                           threads=1, timeout=self.config.ota.health_timeout_s,
                                           data_key=key)
         except HealthCheckInterrupted as exc:
@@ -415,7 +423,9 @@ class Agent:
         slot = action.slot
         try:
             model = self._model_bytes(slot)
-            self.taps.start_shadow(slot, model, runtime=self.config.model.runtime)
+            # a variant's shadow runs on its accelerator's runtime (on its default device)
+            self.taps.start_shadow(slot, model,
+                                   runtime=runtime_for(slot.variant, self.config.model)[0])
         except Exception as exc:  # a shadow never touches answers, nor the agent
             log("shadow_load_failed", level="error", slot=slot.slot, version=slot.version,
                 error=str(exc)[:300])
@@ -442,8 +452,10 @@ class Agent:
 
         try:
             release = Release.load(initial)
+            _, variant = self.core.select(release.manifest)  # this device's file of it
             event = ota.LocalRelease(offer=release.offer().to_bytes(),
-                                     artifact=release.read_artifact())
+                                     artifact=release.read_variant(variant) if variant
+                                     else release.read_artifact())
         except EdgeshipError as exc:
             log("initial_release_unusable", level="error", path=initial, error=str(exc))
             return

@@ -1,7 +1,7 @@
 """The golden health check: does a newly installed model answer what its release promises?
 
 :func:`run_health_check` runs it in a separate interpreter
-(``python -m edgeship.agent._health MODEL GOLDEN.json RUNTIME THREADS [encrypted]``) with a
+(``python -m edgeship.agent._health MODEL GOLDEN.json RUNTIME THREADS [device=D] [encrypted]``) with a
 timeout, so a model that crashes the runtime, hangs or eats the memory takes down only
 that child, never the agent serving the old model. For an encrypted slot the child reads
 the 32-byte data key from its stdin pipe (never argv, environment or a file) and
@@ -77,7 +77,7 @@ def golden_check(model: Any, golden: dict[str, Any] | None) -> str | None:
 
 
 def run_health_check(model_path: Path, golden: dict[str, Any] | None, *, runtime: str = "auto",
-                     threads: int = 1, timeout: float = 60.0,
+                     threads: int = 1, timeout: float = 60.0, device: str = "cpu",
                      data_key: bytes | None = None) -> tuple[bool, str]:
     """Check ``model_path`` in a child interpreter; ``(ok, reason)``. With ``data_key``
     the file is ciphertext: the key goes to the child over its stdin pipe."""
@@ -85,7 +85,8 @@ def run_health_check(model_path: Path, golden: dict[str, Any] | None, *, runtime
         json.dump(golden, handle)
         golden_path = handle.name
     cmd = [sys.executable, "-m", "edgeship.agent._health", str(model_path), golden_path,
-           runtime, str(threads), *(["encrypted"] if data_key is not None else [])]
+           runtime, str(threads), *([f"device={device}"] if device != "cpu" else []),
+           *(["encrypted"] if data_key is not None else [])]
     try:
         out = subprocess.run(cmd, capture_output=True, timeout=timeout,
                              input=data_key or b"", env=child_env())
@@ -114,7 +115,8 @@ def _main(argv: list[str]) -> int:
 
     die_with_parent()  # a check hung in the runtime must not outlive a killed agent
     model_path, golden_path, runtime, threads = argv[:4]
-    data_key = sys.stdin.buffer.read(33) if argv[4:] == ["encrypted"] else None
+    device = next((a.removeprefix("device=") for a in argv[4:] if a.startswith("device=")), "cpu")
+    data_key = sys.stdin.buffer.read(33) if "encrypted" in argv[4:] else None
     seconds = pause_seconds("health")
     if seconds:  # tests: widen the window in which the agent can be killed mid-check
         import time
@@ -123,9 +125,9 @@ def _main(argv: list[str]) -> int:
     try:
         golden = json.loads(Path(golden_path).read_text())
         if data_key is None:
-            model = Model.load(model_path, runtime=runtime, threads=int(threads))
+            model = Model.load(model_path, runtime=runtime, device=device, threads=int(threads))
         else:
-            model = _load_encrypted(Path(model_path), data_key, runtime, int(threads))
+            model = _load_encrypted(Path(model_path), data_key, runtime, int(threads), device)
         reason = golden_check(model, golden)
     except EdgeshipError as exc:
         reason = f"{type(exc).__name__}: {exc}"
@@ -135,7 +137,8 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
-def _load_encrypted(path: Path, data_key: bytes, runtime: str, threads: int) -> Any:
+def _load_encrypted(path: Path, data_key: bytes, runtime: str, threads: int,
+                    device: str = "cpu") -> Any:
     """Decrypt ``path`` into memory and load it from there (no plaintext file)."""
     from edgeship.sdk.release._crypt import DATA_KEY_SIZE, decrypt
     from edgeship.sdk.runtime._model import MAX_MODEL_BYTES, Model
@@ -149,7 +152,7 @@ def _load_encrypted(path: Path, data_key: bytes, runtime: str, threads: int) -> 
         data = handle.read(MAX_MODEL_BYTES + 1)
     plain = decrypt(data, data_key, what=path.name)
     return Model.load_bytes(plain, format=path.suffix.lstrip("."), runtime=runtime,
-                            threads=threads)
+                            device=device, threads=threads)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ device key when the release is encrypted, loaded, and golden-checked in-process.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from edgeship.agent._config import ModelConfig
@@ -15,7 +16,7 @@ from edgeship.agent._store import Store
 
 from edgeship._errors import DecryptionError, EdgeshipError
 
-__all__ = ["data_key", "load_serving", "model_bytes"]
+__all__ = ["data_key", "load_serving", "model_bytes", "runtime_for", "usable_variants"]
 
 
 def model_bytes(store: Store, slot: SlotInfo, device_key: Any | None) -> bytes:
@@ -38,14 +39,42 @@ def data_key(encryption: dict[str, Any], device_key: Any | None) -> bytes:
     return unwrap_data_key(Encryption.from_dict(encryption), device_key)
 
 
+def usable_variants(hardware: str, log: Callable[..., None]) -> frozenset[str]:
+    """The hardware targets whose per-target artifacts this device installs: its own
+    ``hardware`` when that names an accelerator whose runtime is here. When the runtime
+    is missing, one log line says so: releases' variants for it are then passed over
+    and the generic artifact installed."""
+    from edgeship.sdk.runtime._accel import accelerator, missing_runtime
+
+    acc = accelerator(hardware)
+    if acc is None:
+        return frozenset()
+    why = missing_runtime(acc)
+    if why is not None:
+        log("variant_runtime_missing", level="warning", hardware=hardware, reason=why,
+            needs=acc.needs, installs="the generic artifact of each release")
+        return frozenset()
+    return frozenset({hardware})
+
+
+def runtime_for(variant: str | None, cfg: ModelConfig) -> tuple[str, str]:
+    """(runtime, device) for a slot: a variant's accelerator, else ``[model] runtime``."""
+    from edgeship.sdk.runtime._accel import accelerator
+
+    acc = accelerator(variant) if variant else None
+    return (acc.runtime, acc.device) if acc is not None else (cfg.runtime, "cpu")
+
+
 def load_serving(model: bytes, slot: SlotInfo, golden: dict[str, Any] | None,
                  cfg: ModelConfig) -> Any:
-    """The model loaded and golden-checked, as the API's ``Serving``."""
+    """The model loaded (with its accelerator's runtime for a variant) and golden-checked,
+    as the API's ``Serving``."""
     from edgeship.agent._api import Serving, describe
     from edgeship.agent._health import golden_check
     from edgeship.sdk.runtime._model import Model
 
-    loaded = Model.load_bytes(model, format=slot.format, runtime=cfg.runtime,
+    runtime, device = runtime_for(slot.variant, cfg)
+    loaded = Model.load_bytes(model, format=slot.format, runtime=runtime, device=device,
                               threads=cfg.threads)
     if golden is not None:
         reason = golden_check(loaded, golden)

@@ -54,6 +54,7 @@ from edgeship.agent._ota_release import (
     decrypting,
     peek_offer,
     recipient,
+    select,
     slot_info,
 )
 from edgeship.agent._ota_shadow import ShadowSteps
@@ -123,8 +124,12 @@ class OtaCore(ShadowSteps):
                  max_switch_attempts: int = 3, report_every: int = 8,
                  private_key: Any | None = None, require_encryption: bool = False,
                  nonce: Callable[[], str] | None = None, stall_after_s: float = 30.0,
-                 max_refusals: int = 8, install_window: str = "") -> None:
+                 max_refusals: int = 8, install_window: str = "",
+                 variants: frozenset[str] = frozenset()) -> None:
         self.device, self.model, self.root_key, self.hardware = device, model, root_key, hardware
+        # hardware targets whose per-target artifact this device installs: its own, when
+        # the shell found that accelerator's runtime here (else the generic artifact)
+        self.variants = variants
         self.private_key = private_key  # X25519 private key of [encryption], or None
         self.require_encryption = require_encryption  # refuse plaintext releases
         self.chunk_size, self.max_artifact_bytes = chunk_size, max_artifact_bytes
@@ -219,7 +224,8 @@ class OtaCore(ShadowSteps):
             mode = offer.mode
             if mode == "shadow" and state.active is None:
                 raise MalformedError("a shadow release needs an active model to run beside")
-            promote = self._promotes(state, manifest, mode)
+            installs, variant = self.select(manifest)
+            promote = self._promotes(state, installs, mode)
             job = None if promote else self._plan(offer, manifest, state.active, mode)
         except EdgeshipError as exc:
             state, actions = self._refuse(state, now,
@@ -229,7 +235,8 @@ class OtaCore(ShadowSteps):
                            *actions]
         trusted = state.trusted.accept(offer, manifest)
         if promote:
-            return self._promote(replace(state, trusted=trusted), offer, manifest, now)
+            return self._promote(replace(state, trusted=trusted), offer, installs, now,
+                                 variant=variant)
         assert job is not None
         # the shadow's slot is the inactive one this job writes: stop and forget it first
         drop: list[Action] = [UnloadShadow()] if state.shadow is not None else []
@@ -267,8 +274,13 @@ class OtaCore(ShadowSteps):
                         trusted=state.trusted.accept(offer, manifest))
         return self._on_Downloaded(state, Downloaded(payload=event.artifact, base=None), now)
 
+    def select(self, manifest: Manifest) -> tuple[Manifest, str]:
+        """``manifest`` as this device installs it and its variant ("": generic)."""
+        return select(manifest, self.hardware, self.variants)
+
     def _plan(self, offer: Offer, manifest: Manifest, active: SlotInfo | None,
               mode: str = "active") -> Job:
+        manifest, variant = self.select(manifest)
         art = manifest.artifact
         if art.size > self.max_artifact_bytes:
             raise LengthMismatchError(f"artifact of {art.size} bytes is over this device's "
@@ -280,7 +292,7 @@ class OtaCore(ShadowSteps):
         return Job(offer=offer.to_bytes().decode(), version=manifest.version, file=chosen[0],
                    size=chosen[1], sha256=chosen[2], delta=delta is not None,
                    chunk_size=self.chunk_size, slot=slot, mode=mode, nonce=self._nonce(),
-                   window=offer.install_window or self.install_window)
+                   window=offer.install_window or self.install_window, variant=variant)
 
     def _refuse(self, state: OtaState, now: float, reason: str,
                 target: str | None = None) -> Step:
@@ -432,7 +444,8 @@ class OtaCore(ShadowSteps):
     def _health(self, job: Job) -> RunHealthCheck:
         manifest = job.manifest()
         return RunHealthCheck(job.slot, manifest.artifact.format, self._golden(job),
-                              encryption=recipient(manifest, self.private_key))
+                              encryption=recipient(manifest, self.private_key),
+                              variant=job.variant or None)
 
     def _on_HealthChecked(self, state: OtaState, event: HealthChecked, now: float) -> Step:
         job = state.job

@@ -15,7 +15,7 @@ from edgeship.sdk.release._manifest import Manifest
 
 from edgeship._errors import DecryptionError, EdgeshipError, MismatchError
 
-__all__ = ["base_opens", "decrypting", "peek_offer", "recipient", "slot_info"]
+__all__ = ["base_opens", "decrypting", "peek_offer", "recipient", "select", "slot_info"]
 
 
 MAX_PEEKED_VERSION = 64  # an X.Y.Z version is far shorter
@@ -68,7 +68,17 @@ def slot_info(job: Job, private_key: Any | None) -> SlotInfo:
     profile = manifest.profile
     return SlotInfo(slot=job.slot, version=job.version, sha256=art.sha256, size=art.size,
                     format=art.format, encryption=recipient(manifest, private_key),
-                    profile=profile.to_dict() if profile is not None else None)
+                    profile=profile.to_dict() if profile is not None else None,
+                    variant=job.variant or None)
+
+
+def select(manifest: Manifest, hardware: str | None, usable: frozenset[str]) -> tuple[Manifest, str]:
+    """The manifest as this device installs it, and the variant's target ("" for the
+    generic artifact): the per-target artifact when the release has one for this
+    device's ``hardware`` and its runtime is here (``usable``), else the generic one."""
+    if hardware and hardware in usable and hardware in manifest.variants:
+        return manifest.select(hardware), hardware
+    return manifest, ""
 
 
 def base_opens(active: SlotInfo, private_key: Any | None) -> bool:

@@ -48,7 +48,8 @@ class ShadowSteps:
                 and shadow.version == manifest.version
                 and shadow.sha256 == manifest.artifact.sha256)
 
-    def _promote(self, state: OtaState, offer: Offer, manifest: Manifest, now: float) -> Step:
+    def _promote(self, state: OtaState, offer: Offer, manifest: Manifest, now: float, *,
+                 variant: str = "") -> Step:
         """The shadow slot becomes active with no download: the same switch as after a
         passed health check (the new model is golden-checked in-process when it loads,
         the old slot kept as ``previous`` until then)."""
@@ -58,7 +59,7 @@ class ShadowSteps:
         job = Job(offer=offer.to_bytes().decode(), version=manifest.version, file=art.name,
                   size=art.size, sha256=art.sha256, delta=False, chunk_size=self.chunk_size,
                   received=chunk_count(art.size, self.chunk_size), slot=shadow.slot,
-                  switched=True, switch_attempts=1)
+                  switched=True, switch_attempts=1, variant=variant)
         state = replace(state, phase="health-checking", job=job, active=shadow,
                         previous=state.active, shadow=None, error="", target=manifest.version)
         return state, [UnloadShadow(), Persist(state), self._report(state, now),

@@ -64,7 +64,9 @@ class SlotInfo:
     ``encryption`` is the signed manifest's ``encryption`` section reduced to this
     device's recipient (None: a plaintext release); with it and the device key the
     shell decrypts the slot into memory. ``profile`` is the manifest's drift profile.
-    Both are absent from state files written before they existed.
+    ``variant`` names the hardware target whose per-target artifact the slot holds (run
+    with that accelerator's runtime; None: the generic artifact). All three are absent
+    from state files written before they existed.
     """
 
     slot: str
@@ -74,10 +76,13 @@ class SlotInfo:
     format: str
     encryption: dict[str, Any] | None = None
     profile: dict[str, Any] | None = None
+    variant: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"slot": self.slot, "version": self.version, "sha256": self.sha256,
                "size": self.size, "format": self.format}
+        if self.variant is not None:
+            out["variant"] = self.variant
         if self.encryption is not None:
             out["encryption"] = self.encryption
         if self.profile is not None:
@@ -87,7 +92,8 @@ class SlotInfo:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SlotInfo:
         return cls(slot=d["slot"], version=d["version"], sha256=d["sha256"], size=d["size"],
-                   format=d["format"], encryption=d.get("encryption"), profile=d.get("profile"))
+                   format=d["format"], encryption=d.get("encryption"), profile=d.get("profile"),
+                   variant=d.get("variant"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,13 +115,16 @@ class Job:
     nonce: str = ""  # random, names this transfer's chunk requests (see correlation)
     refusals: int = 0  # "no such file" answers to the chunk in flight (a sibling may have it)
     window: str = ""  # install window ("02:00-04:00"): a complete download waits for it
+    variant: str = ""  # the hardware target whose per-target artifact is fetched ("": generic)
 
     @property
     def chunks(self) -> int:
         return chunk_count(self.size, self.chunk_size)
 
     def manifest(self) -> Manifest:
-        return Manifest.from_dict(Offer.from_bytes(self.offer.encode()).manifest["signed"])
+        """The offer's manifest as this job installs it (the variant as its artifact)."""
+        manifest = Manifest.from_dict(Offer.from_bytes(self.offer.encode()).manifest["signed"])
+        return manifest.select(self.variant) if self.variant else manifest
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -314,6 +323,7 @@ class RunHealthCheck(Action):
     format: str
     golden: dict[str, Any] | None
     encryption: dict[str, Any] | None = None
+    variant: str | None = None  # run with this hardware target's accelerator runtime
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,17 @@ def _verify(store: Store, core: OtaCore, slot: str, raw: bytes) -> VerifiedSlot 
 
 
 def _servable(store: Store, slot: str, manifest: Manifest, core: OtaCore) -> SlotInfo | None:
+    """The slot as the state names it, when it holds what this device installs of
+    ``manifest`` (its per-target variant, or the generic artifact) intact."""
+    installs, variant = core.select(manifest)
+    found = _holds(store, slot, installs, core)
+    if found is None and variant:  # installed before the accelerator's runtime was here
+        installs, variant = manifest, ""
+        found = _holds(store, slot, installs, core)
+    return None if found is None else replace(found, variant=variant or None)
+
+
+def _holds(store: Store, slot: str, manifest: Manifest, core: OtaCore) -> SlotInfo | None:
     art = manifest.artifact
     try:
         data = store.read_slot(slot, art.format, max_bytes=art.size)

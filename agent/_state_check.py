@@ -21,6 +21,7 @@ __all__ = ["state_problem"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _FORMAT = re.compile(r"^[a-z0-9]{1,16}\Z")  # a slot file is model.<format>
+_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _WORKING = ("downloading", "downloaded", "verifying", "installing", "health-checking")
 _SLOT_KEYS = ("slot", "version", "sha256", "size", "format")
 _JOB_KEYS = ("offer", "version", "file", "size", "sha256", "delta", "chunk_size")
@@ -58,6 +59,8 @@ def _slot_problem(d: Any) -> str | None:
         return "version, sha256 or size is malformed"
     if not isinstance(d["format"], str) or not _FORMAT.match(d["format"]):
         return "format is malformed"
+    if d.get("variant") is not None and not _is_target(d["variant"]):
+        return "variant is malformed"
     return None
 
 
@@ -83,7 +86,14 @@ def _job_problem(d: Any) -> str | None:
         return "job: nonce is malformed"
     if not isinstance(d.get("switched", False), bool) or not _is_size(d.get("switch_attempts", 0)):
         return "job: switched or switch_attempts is malformed"
+    if d.get("variant", "") != "" and not _is_target(d["variant"]):
+        return "job: variant is malformed"
     return None
+
+
+def _is_target(value: Any) -> bool:
+    """A hardware target name as a manifest's ``variants`` spells it."""
+    return isinstance(value, str) and bool(_TARGET.match(value))
 
 
 def _is_size(value: Any) -> bool:

@@ -132,12 +132,17 @@ def speed(result: dict[str, Any]) -> str:
         ort = result.get("onnxruntime_latency_ms")
         versus = f" vs onnxruntime {ort:.3f} ms" if ort is not None else ""
         return f"{result['latency_ms']:.3f} ms{versus} (this CPU, 1 thread)"
+    if result.get("cycles"):  # RKNN: the toolkit's per-layer estimate, no clock given
+        agree = result.get("top1_agreement")
+        sim = f"; simulator top-1 agreement {agree:.1f}%" if agree is not None else ""
+        return f"{result['cycles']:,} cycles est.{sim}"
     return "–"
 
 
 def memory(result: dict[str, Any]) -> str:
     parts = [f"{label} {result[key] / 1024:,.1f} KiB"
-             for key, label in (("sram_bytes", "SRAM"), ("flash_bytes", "flash"), ("dram_bytes", "DRAM"))
+             for key, label in (("sram_bytes", "SRAM"), ("flash_bytes", "flash"), ("dram_bytes", "DRAM"),
+                                ("weight_bytes", "weights"), ("internal_bytes", "feature maps"))
              if result.get(key)]
     return ", ".join(parts) or "–"
 

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +51,62 @@ def compile_vela(target: Target, inputs: TargetInputs) -> VelaResult:
     assert inputs.tflite is not None
     artifact = f"model.int8.{target.name}.tflite"
     with tempfile.TemporaryDirectory(prefix="edgeship-vela-") as tmp:
-        log = _run(inputs.tflite, Path(tmp), target.settings)
+        source, shuffles = _npu_tflite(inputs, Path(tmp), shuffle_form(target))
+        log = _run(source, Path(tmp), target.settings)
         compiled = _one(Path(tmp), "*_vela.tflite")
         summary = _read_csv(_one(Path(tmp), "*_summary_*.csv"))
         shutil.copyfile(compiled, inputs.out_dir / artifact)
-    before = read_ops(inputs.tflite.read_bytes())
+        before = read_ops(source.read_bytes())
     after = read_ops((inputs.out_dir / artifact).read_bytes())
-    return _result(target, artifact, before, after, _cpu_reasons(log), summary, log)
+    result = _result(target, artifact, before, after, _cpu_reasons(log), summary, log)
+    if shuffles:
+        form = SHUFFLE_FORMS[shuffle_form(target)]
+        result = replace(result, settings={**result.settings, "channel_shuffle": f"{shuffles} as {form}"})
+    return result
+
+
+SHUFFLE_FORMS = {"transpose": "RESHAPE/TRANSPOSE", "conv": "1x1 permutation CONV_2D"}
+
+
+def shuffle_form(target: Target) -> str:
+    """How a channel shuffle is written for this Ethos-U: Vela's estimate on ShuffleNet
+    V2 (hw-bench/bench_npu.py) has the TRANSPOSE form fastest on U55/U65 (U55-128: 100
+    vs 85 inf/s for the conv), and the 1x1 conv on U85, whose TRANSPOSE is hundreds of
+    times slower there (1.6 vs 275 inf/s)."""
+    return "conv" if target.name.startswith("ethos-u85") else "transpose"
+
+
+def _npu_tflite(inputs: TargetInputs, tmp: Path, form: str) -> tuple[Path, int]:
+    """The TFLite Vela compiles, and how many channel shuffles it writes in ``form``:
+    the generic TFLite, unless the model has channel-permutation Gathers (ShuffleNet),
+    which Vela leaves on the CPU as GATHER; then the same QDQ model lowered with the
+    shuffles in a form Vela maps (same values, see _tflite_ops_move)."""
+    assert inputs.tflite is not None
+    shuffles = channel_permutations(inputs.onnx)
+    if not shuffles:
+        return inputs.tflite, 0
+    from ._tflite import build_tflite
+
+    data, _, _ = build_tflite(inputs.onnx, io=inputs.io, npu_shuffle=form)
+    path = tmp / "model.int8.npu.tflite"
+    path.write_bytes(data)
+    return path, shuffles
+
+
+def channel_permutations(onnx_path: Path) -> int:
+    """Gathers on axis 1 of a 4-D tensor with a constant permutation of all channels."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    count = 0
+    for node in model.graph.node:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        idx = inits.get(node.input[1]) if node.op_type == "Gather" and len(node.input) > 1 else None
+        if idx is not None and axis == 1 and idx.ndim == 1 and sorted(idx.tolist()) == list(range(idx.size)):
+            count += 1
+    return count
 
 
 def vela_version() -> str:

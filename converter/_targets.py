@@ -48,6 +48,9 @@ class TargetInputs:
     tflite: Path | None  # OUT/model.int8.tflite, None when it was not written
     samples: dict[str, np.ndarray]
     latency_runs: int = 50
+    io: str = "float"  # the TFLite's edges (--io), for a target that builds its own TFLite
+    # more samples for a target that checks agreement on a simulator (RKNN); None: samples
+    check_samples: dict[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,9 +112,23 @@ class Target:
     compiler: str  # who makes it and its pip package, for messages
     summary: str
     settings: Mapping[str, str] = field(default_factory=dict)
+    # "module:function" -> why the compiler cannot run here, or None; for a compiler that
+    # lives outside edgeship's environment (rknn-toolkit2), instead of importing ``module``
+    probe: str = ""
+    hint: str = ""  # how to install the compiler, when it is not a pip extra of edgeship
+
+    def problem(self) -> str | None:
+        """Why this target's compiler cannot run here (None: it can)."""
+        if self.probe:
+            module_name, attr = self.probe.split(":")
+            found: str | None = getattr(importlib.import_module(module_name), attr)()
+            return found
+        if _missing(self.module):
+            return f"--target {self.name} needs {self.compiler}, which is not installed: {self.install_hint()}"
+        return None
 
     def install_hint(self) -> str:
-        return f"pip install 'edgeship[{self.extra}]'"
+        return self.hint or f"pip install 'edgeship[{self.extra}]'"
 
     def run(self, inputs: TargetInputs) -> TargetResult:
         module_name, attr = self.runner.split(":")
@@ -122,6 +139,17 @@ class Target:
 _VELA = "edgeship.converter._target_vela:compile_vela"
 _OPENVINO = "edgeship.converter._target_openvino:compile_openvino"
 _OV = "Intel's OpenVINO runtime (openvino)"
+_RKNN = "edgeship.converter._target_rknn"
+
+
+def _rockchip(name: str, what: str) -> Target:
+    return Target(
+        name=name, compiles="onnx", extra="rknn", module="rknn", runner=f"{_RKNN}:compile_rknn",
+        compiler="Rockchip's rknn-toolkit2 (in its own environment, EDGESHIP_RKNN_PYTHON)",
+        summary=f"Rockchip {name.upper()} NPU, {what} (rknn-toolkit2)",
+        settings={"target_platform": name}, probe=f"{_RKNN}:toolkit_problem",
+        hint="rknn-toolkit2 in its own venv, EDGESHIP_RKNN_PYTHON=<its python>",
+    )
 
 
 def _ethos_u(name: str, system: str, memory: str, what: str) -> Target:
@@ -151,6 +179,13 @@ TARGETS: dict[str, Target] = {
         Target(name="openvino-npu", compiles="onnx", extra="openvino", module="openvino",
                runner=_OPENVINO, compiler=_OV, summary="Intel OpenVINO on an Intel NPU (Core Ultra)",
                settings={"device": "NPU"}),
+        _rockchip("rk3588", "6 TOPS"),
+        _rockchip("rk3576", "6 TOPS"),
+        _rockchip("rk3568", "1 TOPS"),
+        _rockchip("rk3566", "1 TOPS"),
+        _rockchip("rk3562", "1 TOPS"),
+        _rockchip("rv1106", "0.5 TOPS"),
+        _rockchip("rv1103", "0.5 TOPS"),
     )
 }
 
@@ -179,17 +214,18 @@ def check_names(names: tuple[str, ...], formats: tuple[str, ...]) -> None:
 
 def check_available(names: tuple[str, ...]) -> None:
     """One clear error, before any work, when a target's compiler is not installed."""
+    checked: dict[str, str | None] = {}  # one probe per compiler (rk3588 and rk3566 share one)
     for name in names:
         target = TARGETS[name]
-        if _missing(target.module):
-            raise ConfigError(
-                f"--target {name} needs {target.compiler}, which is not installed: "
-                f"{target.install_hint()}"
-            )
+        key = target.probe or target.module
+        if key not in checked:
+            checked[key] = target.problem()
+        if checked[key]:
+            raise ConfigError(str(checked[key]))
 
 
 def compiler_installed(target: Target) -> bool:
-    return not _missing(target.module)
+    return target.problem() is None
 
 
 def _missing(module: str) -> bool:
@@ -219,6 +255,7 @@ def compile_targets(names: tuple[str, ...], inputs: TargetInputs) -> dict[str, T
 
 
 SAMPLES = 8  # inputs handed to a target for latency and agreement
+CHECK_SAMPLES = 100  # inputs for a simulator's agreement check (RKNN's x86 simulator)
 
 
 def run_for_convert(
@@ -232,6 +269,7 @@ def run_for_convert(
     inputs = TargetInputs(
         out_dir=out_dir, onnx=out_dir / onnx_file, tflite=tflite if tflite.is_file() else None,
         samples={k: v[:SAMPLES] for k, v in feeds.items()}, latency_runs=opts.latency_runs,
+        io=opts.io, check_samples={k: v[:CHECK_SAMPLES] for k, v in feeds.items()},
     )
     return {n: r.to_dict() for n, r in compile_targets(opts.targets, inputs).items()}
 

@@ -75,18 +75,20 @@ class TfliteInfo:
 
 
 def build_tflite(model: onnx.ModelProto | str | os.PathLike[str], *, io: str = "float",
-                 verify: bool = True, float_layernorm: bool = False) -> tuple[bytes, FbGraph, dict[str, int]]:
+                 verify: bool = True, float_layernorm: bool = False,
+                 npu_shuffle: str = "") -> tuple[bytes, FbGraph, dict[str, int]]:
     """Lower a QDQ model to TFLite bytes; returns (bytes, graph, op versions). No file I/O
     except reading ``model`` when it is a path. ``float_layernorm``: each LayerNormalization
     as a float island (DEQUANTIZE, float32 ops, QUANTIZE), which computes what onnxruntime
     computes for the QDQ model's float LayerNormalization, instead of the fully-integer chain
     of nine int8 ops (whose roundings differ from it: PP-OCRv4's recognizer, LiteRT vs INT8
     ONNX string agreement 96.9 % int8, 100 % float). The Edge TPU then stops at the first
-    LayerNormalization."""
+    LayerNormalization. ``npu_shuffle``: how a channel shuffle is written for an NPU
+    compiler (see Lowering.npu_shuffle), for a target's own TFLite."""
     if io not in IO_MODES:
         raise InputError(f"io must be one of {', '.join(IO_MODES)}, not {io!r}")
     proto = model if isinstance(model, onnx.ModelProto) else _load(Path(model))
-    lowering = Lowering(read_qdq(proto), io=io)
+    lowering = Lowering(read_qdq(proto), io=io, npu_shuffle=npu_shuffle)
     lowering.lower_inputs()
     islands = FLOAT_ISLANDS | ({"LayerNormalization"} if float_layernorm else set())
     for node in lowering.qdq.nodes:

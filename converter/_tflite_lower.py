@@ -70,9 +70,15 @@ def qparams_close(a: QParams, b: QParams) -> bool:
 class Lowering:
     """Builds one FbGraph from one QdqGraph; ops call back into it."""
 
-    def __init__(self, qdq: QdqGraph, *, io: str) -> None:
+    def __init__(self, qdq: QdqGraph, *, io: str, npu_shuffle: str = "") -> None:
         self.qdq = qdq
         self.io = io
+        # a TFLite for an NPU compiler (Vela): a channel permutation, which it leaves on
+        # the CPU as GATHER, written as "transpose" (RESHAPE/TRANSPOSE) or "conv" (a 1x1
+        # permutation CONV_2D): same values; "" writes GATHER (best on a CPU)
+        if npu_shuffle not in ("", "transpose", "conv"):
+            raise ValueError(f"npu_shuffle: {npu_shuffle!r}")
+        self.npu_shuffle = npu_shuffle
         self.graph = FbGraph(description="edgeship QDQ->TFLite int8")
         self.values: dict[str, Val] = {}
         self.float_values: dict[str, Any] = {}  # ONNX name -> _tflite_float.FloatVal

@@ -195,9 +195,79 @@ def gather(ctx: Lowering, node: onnx.NodeProto) -> None:
             piece = out
         _finish(ctx, node.output[0], piece)
         return
+    if ctx.npu_shuffle and rank == 4 and axis == 1 and sorted(idx) == list(range(dim)):
+        groups = _shuffle_groups(idx)
+        pixels = x.shape[2] * x.shape[3]
+        # Vela's tensor dimensions stop at 65535: a larger [P*Cg, g] goes the conv way
+        if groups and ctx.npu_shuffle == "transpose" and pixels * dim // groups <= MAX_DIM:
+            _shuffle_transposes(ctx, node, x, groups, out_shape)
+        else:
+            _permutation_conv(ctx, node, x, idx, out_shape)
+        return
     out = ctx.new_val(node.output[0], out_shape, x.layout, x.q)
     ctx.emit("GATHER", [x.index, ctx.int32("indices", idx)], [out.index],
              ("GatherOptions", {"Axis": _order(x).index(axis)}))
+    _finish(ctx, node.output[0], out)
+
+
+MAX_DIM = 65535  # Vela: "Tensor dimensions must be in the range [1, 65535]"
+
+
+def _shuffle_groups(idx: list[int]) -> int | None:
+    """g when ``idx`` is a channel shuffle of g groups (output k <- input
+    (k % g) * C/g + k // g), else None."""
+    c = len(idx)
+    if c < 2 or idx[0] != 0 or idx[1] < 1 or c % idx[1]:
+        return None
+    per_group = idx[1]
+    g = c // per_group
+    return g if idx == [(k % g) * per_group + k // g for k in range(c)] else None
+
+
+def _shuffle_transposes(ctx: Lowering, node: onnx.NodeProto, x: Val, g: int,
+                        out_shape: tuple[int, ...]) -> None:
+    """The shuffle as RESHAPE/TRANSPOSE forms Vela maps to the NPU (no MACs): with P
+    pixels and C = g * Cg, [P, g, Cg] -> [g, P, Cg] (HxWxC -> WxHxC) -> [g, P*Cg] ->
+    [P*Cg, g] (WxC -> CxW) -> [P, Cg, g] = [1, H, W, C]: out[p, b*g + a] = in[p, a*Cg + b]."""
+    x = ctx.nhwc(x)
+    _, c, h, w = x.shape
+    p, per_group = h * w, c // g
+    name = ctx.graph.tensors[x.index].name
+    steps = [((p, g, per_group), None), ((g, p, per_group), (1, 0, 2)),
+             ((g, p * per_group), None), ((p * per_group, g), (1, 0))]
+    value = x
+    for k, (shape, perm) in enumerate(steps):
+        nxt = ctx.new_val(f"{name}/shuffle_{k}", shape, "logical", x.q)
+        if perm is None:
+            ctx.reshape(value, nxt)
+        else:
+            ctx.emit("TRANSPOSE", [value.index, ctx.int32("perm", perm)], [nxt.index])
+        value = nxt
+    out = ctx.new_val(node.output[0], out_shape, "nhwc", x.q)
+    ctx.reshape(value, out)
+    _finish(ctx, node.output[0], out)
+
+
+def _permutation_conv(ctx: Lowering, node: onnx.NodeProto, x: Val, perm: list[int],
+                      out_shape: tuple[int, ...]) -> None:
+    """A channel permutation (ShuffleNet's shuffle) as a 1x1 CONV_2D whose weights are a
+    0/1 permutation matrix, for NPUs that run convolutions but not GATHER (Vela leaves
+    GATHER on the CPU). Exact: weight 1 at scale 1.0, no bias, output parameters equal to
+    the input's, so the requantization multiplier is exactly 1 and every int8 value
+    passes through unchanged. Costs C x C MACs per pixel, which an NPU runs at full
+    rate; a CPU would not, so only the NPU's TFLite gets it (ctx.npu_shuffle)."""
+    x = ctx.nhwc(x)
+    c = len(perm)
+    weights = np.zeros((c, 1, 1, c), np.int8)  # OHWI
+    weights[np.arange(c), 0, 0, perm] = 1
+    name = ctx.graph.tensors[x.index].name
+    filt = ctx.const(f"{name}/permutation", weights, FbQuant([1.0], [0], axis=0))
+    bias = ctx.const(f"{name}/permutation_bias", np.zeros(c, np.int32),
+                     FbQuant([float(x.q.scale)], [0]))
+    out = ctx.new_val(node.output[0], out_shape, "nhwc", x.q)
+    ctx.emit("CONV_2D", [x.index, filt, bias], [out.index], ("Conv2DOptions", {
+        "Padding": VALID, "StrideW": 1, "StrideH": 1, "FusedActivationFunction": 0,
+        "DilationWFactor": 1, "DilationHFactor": 1}))
     _finish(ctx, node.output[0], out)
 
 

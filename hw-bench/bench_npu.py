@@ -11,11 +11,16 @@ target: ops and MACs on the accelerator, what fell back to the CPU and why; for 
 SRAM / flash use; for OpenVINO on this CPU, whether the INT8 path is taken and its
 latency vs onnxruntime on the same INT8 ONNX (1 thread, median). The Edge TPU row is
 Coral's rules (its compiler is not run). openvino-npu is left out unless asked for: it
-needs an Intel NPU (this bench says whether OpenVINO sees one).
+needs an Intel NPU (this bench says whether OpenVINO sees one). Rockchip (rk3588 by
+default; ``--targets`` adds rk3566, rv1106 ...) runs when ``EDGESHIP_RKNN_PYTHON`` names
+rknn-toolkit2's own environment (it pins torch 2.4 / numpy 1.26, see
+converter/_target_rknn.py): ops and MACs on its NPU from the toolkit's layer table and
+the x86 simulator's top-1 agreement with our INT8 ONNX on up to 100 eval samples
+(``--eval``: the fixtures' eval sets, the real models' EVAL split).
 
 Targets checked (issue 22): Vela maps >= 95% of the MACs to the NPU for every classifier
-and detector; OpenVINO INT8 is at least as fast as onnxruntime INT8 on this CPU.
-Writes results/npu.json.
+and detector; RKNN simulator agreement >= 99% top-1; OpenVINO INT8 is at least as fast as
+onnxruntime INT8 on this CPU. Writes results/npu.json.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,29 +43,39 @@ from _common import ROOT, print_machine, print_table, quick, write_result
 
 FIXTURES = ("cnn", "mlp", "mobilenet")
 VELA_TARGETS = ("ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256")
-TARGETS = (*VELA_TARGETS, "openvino-cpu")
+RKNN_TARGETS = ("rk3588",)  # with EDGESHIP_RKNN_PYTHON set
+TARGETS = (*VELA_TARGETS, "openvino-cpu", *(RKNN_TARGETS if os.environ.get("EDGESHIP_RKNN_PYTHON") else ()))
 TARGET_MAC_SHARE = 0.95
+TARGET_RKNN_AGREEMENT = 99.0  # % top-1, simulator vs our INT8 ONNX
+EVAL_SAMPLES = 100
 SKIP_REAL = {"ddddocr_old"}  # already quantized: edgeship refuses it on purpose
 COLUMNS = ["model", "target", "ops_on_acc", "macs_on_acc", "est_inf_s", "sram_kib", "flash_kib",
-           "ov_ms", "ort_ms", "ov_speedup", "int8_path", "cpu_ops", "met"]
+           "ov_ms", "ort_ms", "ov_speedup", "int8_path", "sim_top1", "sim_tie1", "sim_steps", "cpu_ops", "met"]
 
 
 def fixture_inputs(name: str, work: Path) -> tuple[Path, Path, list[str]]:
     fix = ROOT / "tests" / "fixtures"
-    return fix / f"{name}.onnx", fix / f"{name}_calib.npz", []
+    evaluation = fix / f"{name}_eval.npz"
+    return fix / f"{name}.onnx", fix / f"{name}_calib.npz", (
+        ["--eval", str(evaluation)] if evaluation.exists() else [])
 
 
-def real_inputs(spec: Any, work: Path, samples: int, cache: Path) -> tuple[Path, Path, list[str]]:
+def real_inputs(spec: Any, work: Path, samples: int, cache: Path,
+                with_eval: bool = False) -> tuple[Path, Path, list[str]]:
     import _realworld_models as models
-    from _realworld_inputs import CALIB
+    from _realworld_inputs import CALIB, EVAL
 
     model = models.float_model(spec, cache)
     name = models.input_name(model)
     calib = work / f"{spec.name}_calib.npz"
     np.savez(calib, **{name: spec.make(CALIB, samples).astype(np.float32)})
     extra = []
+    if with_eval:  # the RKNN simulator's check data
+        evaluation = work / f"{spec.name}_eval.npz"
+        np.savez(evaluation, **{name: spec.make(EVAL, EVAL_SAMPLES).astype(np.float32)})
+        extra = ["--eval", str(evaluation)]
     if models.dynamic_input(model):
-        extra = ["--input-shape", f"{name}={'x'.join(map(str, spec.shape))}"]
+        extra += ["--input-shape", f"{name}={'x'.join(map(str, spec.shape))}"]
     return model, calib, extra
 
 
@@ -97,7 +113,12 @@ def rows_of(model: str, task: str, report: dict[str, Any]) -> list[dict[str, Any
         row.update(ops_on_acc=_pct(t["op_share"]), macs_on_acc=_pct(t["mac_share"]),
                    cpu_ops=", ".join(f"{c['op']} ({c['reason'][:40]})" for c in t["cpu_ops"][:3])
                    or "none", mac_share=t["mac_share"], op_share=t["op_share"])
-        if "inferences_per_second" in t:
+        if "toolkit_version" in t:  # RKNN: the x86 simulator against our INT8 ONNX
+            agree = t.get("top1_agreement")
+            row.update(sim_top1=agree, sim_tie1=t.get("top1_within_step"),
+                       sim_steps=t.get("max_diff_steps"), cycles=t.get("cycles"),
+                       met="PASS" if agree is not None and agree >= TARGET_RKNN_AGREEMENT else "FAIL")
+        elif "inferences_per_second" in t:
             row.update(est_inf_s=round(t["inferences_per_second"], 1), cycles=t["cycles"],
                        sram_kib=round(t["sram_bytes"] / 1024, 1),
                        flash_kib=round((t["flash_bytes"] + t["dram_bytes"]) / 1024, 1),
@@ -122,6 +143,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="16 calibration samples (else 32)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgeship-bench")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds one convert may run")
+    parser.add_argument("--result", default="npu",
+                        help="results/<RESULT>.json (e.g. npu_rknn for a Rockchip-only run)")
     opts = parser.parse_args(argv)
     chosen = [m for m in opts.models.split(",") if m] or names
     unknown = sorted(set(chosen) - set(names))
@@ -161,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     spec = opts.specs[name]
                     info["what"] = spec.what
-                    model, calib, extra = real_inputs(spec, work, opts.samples, opts.cache)
+                    rknn = any(t.startswith(("rk", "rv")) for t in opts.targets)
+                    model, calib, extra = real_inputs(spec, work, opts.samples, opts.cache, rknn)
             except Exception as exc:  # a model that cannot be fetched is its row
                 info["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
                 models_info.append(info)
@@ -179,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, COLUMNS, title="NPU targets: share on the accelerator, speed, memory")
     minutes = round((time.monotonic() - began) / 60.0, 1)
     command = "python hw-bench/bench_npu.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
-    write_result("npu", {
+    write_result(opts.result, {
         "command": command, "minutes": minutes, "rows": rows, "models": models_info,
         "openvino_devices": devices, "calib_samples": opts.samples,
         "targets": {"vela": f"MACs on the NPU >= {TARGET_MAC_SHARE:.0%} (every classifier and detector)",
+                    "rknn": f"simulator top-1 agreement >= {TARGET_RKNN_AGREEMENT:.0f}%",
                     "openvino-cpu": "every compute layer int8 and latency <= onnxruntime INT8's"},
     })
     return 0

@@ -108,7 +108,7 @@ def test_tflite_load_errors(tmp_path: Path, fc_path: Path) -> None:
         Model.load(broken)
     with pytest.raises(ModelLoadError, match="onnxruntime cannot run it"):
         Model.load(fc_path, runtime="onnxruntime")
-    with pytest.raises(ModelLoadError, match="device 'cpu' or 'edgetpu'"):
+    with pytest.raises(ModelLoadError, match="device 'cpu', 'edgetpu' or 'ethos-u'"):
         Model.load(fc_path, device="CUDAExecutionProvider")
     with pytest.raises(ModelLoadError, match="threads must be >= 1"):
         Model.load(fc_path, threads=0)

@@ -107,8 +107,9 @@ def test_mobilenet_all_ethos_u_targets(tmp_path: Path) -> None:
 
 
 def gather_model(tmp: Path) -> tuple[Path, Path]:
-    """Conv -> Relu -> Gather (a channel shuffle: TFLite GATHER) -> Conv -> Relu. Vela has
-    no Ethos-U55 GATHER, so it cuts the NPU's work in two around it."""
+    """Conv -> Relu -> Gather (channels picked with a repeat: TFLite GATHER) -> Conv -> Relu.
+    Vela has no Ethos-U55 GATHER, so it cuts the NPU's work in two around it (a channel
+    permutation is written as a 1x1 conv for Vela instead: test_npu_shuffle.py)."""
     rng = np.random.default_rng(0)
 
     def weight(name: str, shape: list[int]) -> onnx.TensorProto:
@@ -122,7 +123,7 @@ def gather_model(tmp: Path) -> tuple[Path, Path]:
         helper.make_node("Conv", ["g", "w2"], ["c2"], name="conv2"),
         helper.make_node("Relu", ["c2"], ["y"], name="relu2"),
     ]
-    idx = helper.make_tensor("idx", TensorProto.INT64, [8], [7, 0, 3, 2, 5, 1, 6, 4])
+    idx = helper.make_tensor("idx", TensorProto.INT64, [8], [7, 0, 3, 3, 5, 1, 6, 4])
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],

@@ -148,6 +148,10 @@ class _ReleaseCommand(click.Command):
               show_default=True, help="days until the manifest expires")
 @click.option("--model-name", default=None, help="default: the artifact name before its first dot")
 @click.option("--hardware", default="", help="comma-separated hardware targets (default: any)")
+@click.option("--variant", "variants", multiple=True, metavar="TARGET=FILE",
+              help="the artifact compiled for a hardware target (e.g. ethos-u55-128="
+              "OUT/model.int8.ethos-u55-128.tflite): devices of that hardware install it, "
+              "others ARTIFACT (repeatable)")
 @click.option("--encrypt-for", "encrypt_for", multiple=True, type=click.Path(path_type=Path),
               help="X25519 public key (keys fleet-key) to encrypt for (repeatable)")
 @click.option("--profile", "profile_file", type=click.Path(path_type=Path), default=None,
@@ -160,7 +164,7 @@ class _ReleaseCommand(click.Command):
 @verbose_option
 def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[Path, ...],
             golden: Path | None, golden_from: Path | None, expires_days: int, model_name: str | None, hardware: str,
-            encrypt_for: tuple[Path, ...], profile_file: Path | None,
+            variants: tuple[str, ...], encrypt_for: tuple[Path, ...], profile_file: Path | None,
             passphrase_file: Path | None, force: bool, any_file: bool) -> None:
     """Sign ARTIFACT as release VERSION in --out, with one delta per --base.
 
@@ -171,9 +175,15 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
 
     ARTIFACT must load in onnxruntime (.onnx) or LiteRT (.tflite) here, as devices will
     load it (an Edge TPU model is checked by its structure); --any-file signs any file.
+    A --variant needs its NPU to run: it is checked by its format and structure.
     """
     from edgeship.sdk.release._artifact import load_problem
     from edgeship.sdk.release._release import MAX_ARTIFACT_SIZE, Release, read_bounded
+    from edgeship.sdk.release._variants import parse_variant
+
+    by_target = dict(parse_variant(v) for v in variants)
+    if len(by_target) != len(variants):
+        raise InputError("--variant: a target is given twice")
 
     data = read_bounded(artifact, MAX_ARTIFACT_SIZE, "artifact")
     if not data:
@@ -203,7 +213,7 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
             expires_days=expires_days, model_name=model_name,
             hardware=[h for h in hardware.split(",") if h],
             passphrase=_passphrase(passphrase_file), force=force, encrypt_for=encrypt_for,
-            profile=profile,
+            profile=profile, variants=by_target,
         )
     m = rel.manifest
     deltas = ", ".join(f"{d.base_version}->{d.format} {d.size} B" for d in m.deltas) or "none"
@@ -214,6 +224,8 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
         extra += "; drift profile"
     if m.golden is not None:
         extra += f"; golden check (atol {m.golden.atol:.3g})"
+    for target, info in sorted(m.variants.items()):
+        extra += f"; {target}: {info.name} {info.size} B"
     click.echo(f"release {m.model} {m.version} in {out}: {m.artifact.name} {m.artifact.size} B; "
                f"deltas: {deltas}{extra}")
 

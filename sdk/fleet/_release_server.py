@@ -4,8 +4,8 @@
 files of the release directories it was given. It subscribes through
 ``$share/<group>/edgeship/<fleet>/ota/req``, so several servers split the requests of a
 fleet between them and any one can die. It serves only files a manifest names (the
-artifact and its deltas), answers only on the requesting device's own chunk topic, and
-keeps counters of what it sent (for tests and benchmarks).
+artifact, its deltas and per-target variants), answers only on the requesting device's
+own chunk topic, and keeps counters of what it sent (for tests and benchmarks).
 
 :func:`push_offer` publishes a release's offer, retained, on each named device's offer
 topic; the staged rollout logic builds on it.
@@ -54,12 +54,11 @@ class ReleaseServer:
                              on_message=self._on_request, username=username, password=password)
 
     def add_release(self, reldir: str | Path) -> Release:
-        """Serve this release's artifact and deltas (and only those files)."""
+        """Serve this release's artifact, deltas and per-target variants (only those)."""
         release = Release.load(reldir)
         m = release.manifest
-        names = [m.artifact.name, *(d.name for d in m.deltas)]
-        sizes = [m.artifact.size, *(d.size for d in m.deltas)]
-        for name, size in zip(names, sizes, strict=True):
+        files = [m.artifact, *m.deltas, *m.variants.values()]
+        for name, size in ((f.name, f.size) for f in files):
             path = release.path / name
             if not path.is_file() or path.stat().st_size != size:
                 raise InputError(f"{path}: missing or not the {size} bytes its manifest signs")

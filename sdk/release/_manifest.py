@@ -14,7 +14,10 @@
      "created": "2026-11-24T20:00:00Z", "expires": "2027-11-24T20:00:00Z",
      "keyid": "<release key id>",
      "encryption": {...},                               # optional, see _crypt.py
-     "profile": {...}}                                  # optional, see _profile.py
+     "profile": {...},                                  # optional, see _profile.py
+     "variants": {"ethos-u55-128": {"name": "model.int8.ethos-u55-128.tflite",
+                                    "sha256": "<hex>", "size": 524288,
+                                    "format": "tflite"}}}   # optional
 
 ``format`` of the artifact is its suffix without the dot (``tflite`` / ``onnx``).
 ``golden`` may be ``null``; when present a device runs the model on ``inputs`` and
@@ -23,7 +26,13 @@ decodes it; numpy is imported only then). ``encryption`` (an encrypted release: 
 artifact and deltas are ciphertext, their sha256/size are of the encrypted files) and
 ``profile`` (the reference input/output distribution for drift monitoring) are written
 only when set, so a plaintext release without a profile is exactly the manifest edgeship
-wrote before they existed; ``null`` for either is refused. Unknown fields are kept on round trip so a
+wrote before they existed; ``null`` for either is refused. ``variants`` (optional, written
+only when a release has any) maps a hardware target (``ethos-u55-128``, ``rk3588``, ...)
+to an artifact compiled for that accelerator (a Vela TFLite, an ``.rknn``): a device whose
+``hardware`` is one of them installs that file instead of ``artifact`` (see
+:meth:`Manifest.select`); every other device, and every agent older than the field (it
+keeps unknown fields and reads ``artifact``), installs ``artifact``. Deltas are between
+generic artifacts only: a variant is always fetched whole. Unknown fields are kept on round trip so a
 newer manifest still loads. Versions are semver ``X.Y.Z`` (no pre-release tags) and
 compare numerically.
 """
@@ -34,14 +43,14 @@ import base64
 import io
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from edgeship.sdk.release._crypt import Encryption
 from edgeship.sdk.release._keys import parse_time
 
-from edgeship._errors import ExpiredError, MalformedError
+from edgeship._errors import ExpiredError, MalformedError, MismatchError
 
 if TYPE_CHECKING:
     from edgeship.sdk.monitor._profile import Profile
@@ -63,6 +72,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
 _MAX_DELTAS = 64
+_MAX_VARIANTS = 16
 _MAX_SIZE = 1 << 40
 
 
@@ -246,6 +256,23 @@ def _check_npy_size(raw: bytes) -> None:
                          f"the {len(raw)} bytes given")
 
 
+def _variants(value: Any) -> dict[str, ArtifactInfo]:
+    """``manifest.variants``: hardware target -> its artifact (a plain file name each)."""
+    value = _mapping(value, "manifest.variants")
+    if not value or len(value) > _MAX_VARIANTS:
+        raise MalformedError(f"manifest.variants: 1 to {_MAX_VARIANTS} targets, "
+                             f"got {len(value)}")
+    out = {}
+    for target, info in value.items():
+        if not isinstance(target, str) or not _NAME.match(target):
+            raise MalformedError(f"manifest.variants: {str(target)[:40]!r} is not a target name")
+        try:
+            out[target] = ArtifactInfo.from_dict(info)
+        except MalformedError as exc:
+            raise MalformedError(f"manifest.variants.{target}: {exc}") from exc
+    return out
+
+
 def _optional_encryption(signed: Mapping[str, Any]) -> Encryption | None:
     if "encryption" not in signed:
         return None
@@ -282,6 +309,7 @@ class Manifest:
     spec_version: int = 1
     encryption: Encryption | None = None
     profile: Profile | None = None
+    variants: Mapping[str, ArtifactInfo] = field(default_factory=dict)
     unrecognized: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -296,6 +324,11 @@ class Manifest:
             raise MalformedError("manifest.hardware: expected a list of target names")
         if self.encryption is not None and not isinstance(self.encryption, Encryption):
             raise MalformedError("manifest.encryption: expected an Encryption")
+        names = [self.artifact.name, *(d.name for d in self.deltas),
+                 *(v.name for v in self.variants.values())]
+        if len(set(names)) != len(names):  # one file in the release dir, two meanings
+            raise MalformedError("manifest: the artifact, deltas and variants must have "
+                                 "distinct file names")
 
     @property
     def version_tuple(self) -> tuple[int, int, int]:
@@ -314,7 +347,8 @@ class Manifest:
             raise MalformedError(f"manifest.deltas: {len(deltas)} (max {_MAX_DELTAS})")
         golden = signed.get("golden")
         known = {"type", "spec_version", "model", "version", "artifact", "deltas", "golden",
-                 "hardware", "created", "expires", "keyid", "encryption", "profile"}
+                 "hardware", "created", "expires", "keyid", "encryption", "profile",
+                 "variants"}
         return cls(
             model=signed.get("model"),  # checked in __post_init__
             version=signed.get("version"),
@@ -328,6 +362,7 @@ class Manifest:
             spec_version=_spec_version(signed.get("spec_version", 1)),
             encryption=_optional_encryption(signed),
             profile=_optional_profile(signed),
+            variants=_variants(signed["variants"]) if "variants" in signed else {},
             unrecognized={k: v for k, v in signed.items() if k not in known},
         )
 
@@ -337,6 +372,8 @@ class Manifest:
             optional["encryption"] = self.encryption.to_dict()
         if self.profile is not None:
             optional["profile"] = self.profile.to_dict()
+        if self.variants:
+            optional["variants"] = {t: v.to_dict() for t, v in sorted(self.variants.items())}
         return {
             **self.unrecognized,
             **optional,
@@ -365,3 +402,13 @@ class Manifest:
     def delta_for(self, base_sha256: str) -> DeltaInfo | None:
         """The delta whose base is the artifact with this sha256, if the release has one."""
         return next((d for d in self.deltas if d.base_sha256 == base_sha256), None)
+
+    def select(self, target: str) -> Manifest:
+        """This manifest as a device of hardware ``target`` installs it: with that target's
+        variant as the artifact (no deltas: they apply to the generic artifact only; no
+        variants: it is one device's view).
+        MismatchError when the release has no variant for ``target``."""
+        variant = self.variants.get(target)
+        if variant is None:
+            raise MismatchError(f"release {self.version} has no variant for {target!r}")
+        return replace(self, artifact=variant, deltas=(), variants={})

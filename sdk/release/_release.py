@@ -65,6 +65,7 @@ from edgeship.sdk.release._trust import (
     check_sized,
     load_json,
 )
+from edgeship.sdk.release._variants import load_variants, write_variants
 
 from edgeship._errors import (
     DecryptionError,
@@ -140,6 +141,11 @@ class Release:
         art = self.manifest.artifact
         return read_bounded(self.path / art.name, art.size, art.name)
 
+    def read_variant(self, target: str) -> bytes:
+        """The bytes of the artifact compiled for hardware ``target`` (at most its size)."""
+        art = self.manifest.select(target).artifact
+        return read_bounded(self.path / art.name, art.size, art.name)
+
     def read_delta(self, info: DeltaInfo) -> bytes:
         """The bytes of the delta ``info`` (at most its signed size)."""
         return read_bounded(self.path / info.name, info.size, info.name)
@@ -162,11 +168,14 @@ class Release:
         now: datetime | None = None,
         encrypt_for: Sequence[str | Path | X25519PublicKey] = (),
         profile: Profile | None = None,
+        variants: Mapping[str, str | Path] | None = None,
     ) -> Release:
         """Write a signed release of ``artifact`` to ``out`` (see the module docstring).
 
         ``encrypt_for``: X25519 public keys (or their .pub files) the release is encrypted
-        for; ``profile``: the reference profile for drift monitoring (signed, plaintext).
+        for; ``profile``: the reference profile for drift monitoring (signed, plaintext);
+        ``variants``: hardware target -> the file compiled for it (manifest ``variants``;
+        a non-empty ``hardware`` list gets the variants' targets added).
         """
         artifact, out, moment = Path(artifact), Path(out), now or datetime.now(timezone.utc)
         data = read_bounded(artifact, MAX_ARTIFACT_SIZE, "artifact")
@@ -182,6 +191,12 @@ class Release:
             raise InputError(f"{out} already holds a release (use --force to overwrite)")
         # the golden check runs the artifact: a bad --golden must fail before --out is made
         golden_check = None if golden is None else load_golden(Path(golden), artifact)
+        loaded = load_variants(variants or {})
+        if loaded and encrypt_for:
+            raise InputError("--variant with --encrypt-for: per-target artifacts are not "
+                             "encrypted yet; release them in the clear or without variants")
+        if hardware and loaded:
+            hardware = [*hardware, *(t for t, _, _ in loaded if t not in hardware)]
         if encrypt_for:  # before _Seal.new, which makes an archive key if there is none
             _check_archive(keys, bases)
         seal = _Seal.new(keys, encrypt_for) if encrypt_for else None
@@ -189,6 +204,7 @@ class Release:
         (out / "deltas").mkdir(exist_ok=True)
         deltas = tuple(_write_delta(out, data, version, name, Path(b), keys, seal) for b in bases)
         stored = data if seal is None else seal.artifact(data)
+        taken = {artifact.name, *(d.name for d in deltas)}
         manifest = Manifest(
             model=name,
             version=version,
@@ -202,6 +218,7 @@ class Release:
             keyid=keyid_of(signer),
             encryption=None if seal is None else seal.encryption,
             profile=profile,
+            variants=write_variants(out, loaded, taken),
         )
         write_atomic(out / artifact.name, stored)
         write_atomic(out / "keyset.json", json.dumps(keyset_env, indent=1).encode())
@@ -448,6 +465,8 @@ def verify_release(
             decrypt(delta, data_key, what=info.name)
     for base_dir in bases:
         _verify_base(manifest, release, Path(base_dir), private_key)
+    for target in manifest.variants:  # what a device of that hardware downloads
+        check_payload(manifest.select(target), release.read_variant(target))
     plaintext = None if data_key is None else decrypt(artifact, data_key,
                                                        what=manifest.artifact.name)
     if golden and manifest.golden is not None and (manifest.encryption is None or plaintext):
@@ -490,6 +509,8 @@ def self_check(reldir: str | Path) -> Release:
         verify_envelope(release.manifest_envelope, keyset.public_keys(), "manifest",
                         revoked=frozenset(keyset.revoked))
         check_payload(release.manifest, release.read_artifact())
+        for target in release.manifest.variants:
+            check_payload(release.manifest.select(target), release.read_variant(target))
         for info in release.manifest.deltas:
             check_sized(release.read_delta(info), size=info.size, sha256=info.sha256,
                         what=info.name)

@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Model", "TensorSpec"]
 
-RUNTIMES = ("auto", "onnxruntime", "litert", "openvino")  # openvino: ONNX only, asked for
+# openvino: ONNX only, asked for; rknn: a .rknn file on a Rockchip NPU (rknn-toolkit-lite2)
+RUNTIMES = ("auto", "onnxruntime", "litert", "openvino", "rknn")
 MAX_MODEL_BYTES = 1 << 30  # a model larger than 1 GiB is not an edge model
-_SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".tflite": "litert"}
+_SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".tflite": "litert", ".rknn": "rknn"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,13 +223,17 @@ def _choose_runtime(runtime: str, suffix: str, head: bytes) -> str:
     if runtime not in RUNTIMES:
         raise ModelLoadError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     is_tflite = head[4:8] == b"TFL3"
-    by_content = "litert" if is_tflite else "onnxruntime"
+    is_rknn = head[:4] == b"RKNN"
+    by_content = "litert" if is_tflite else "rknn" if is_rknn else "onnxruntime"
     by_suffix = _SUFFIX_RUNTIME.get(suffix.lower(), by_content)
     chosen = by_suffix if runtime == "auto" else runtime
     if chosen == "litert" and not is_tflite:
         raise ModelLoadError("not a TFLite flatbuffer (no 'TFL3' identifier)")
     if chosen in ("onnxruntime", "openvino") and is_tflite:
         raise ModelLoadError(f"this is a TFLite model; {chosen} cannot run it here")
+    if (chosen == "rknn") != is_rknn:
+        raise ModelLoadError("an RKNN model runs with runtime 'rknn' only" if is_rknn
+                             else "not an RKNN model (no 'RKNN' header)")
     return chosen
 
 
@@ -243,6 +248,10 @@ def _backend(runtime: str, source: str | bytes, device: str, threads: int | None
         from edgeship.sdk.runtime._runtime_openvino import OpenVinoBackend
 
         return OpenVinoBackend(source, device=device, threads=threads)
+    if runtime == "rknn":
+        from edgeship.sdk.runtime._runtime_rknn import RknnBackend
+
+        return RknnBackend(source, device=device, threads=threads)
     from edgeship.sdk.runtime._runtime_ort import OrtBackend
 
     return OrtBackend(source, device=device, threads=threads)

@@ -59,10 +59,12 @@ class LiteRtBackend:
         # the two packages provides it; ``library`` says which one did
         self.runtime = "litert"
         self.library = module.__name__.split(".")[0]
-        if device not in ("cpu", "edgetpu"):
-            raise ModelLoadError(f"TFLite models run on device 'cpu' or 'edgetpu', not {device!r}")
-        delegates = [_edgetpu_delegate(module)] if device == "edgetpu" else None
-        kwargs: dict[str, Any] = {"num_threads": threads, "experimental_delegates": delegates}
+        if device not in ("cpu", "edgetpu", "ethos-u"):
+            raise ModelLoadError("TFLite models run on device 'cpu', 'edgetpu' or 'ethos-u', "
+                                 f"not {device!r}")
+        delegate = {"edgetpu": _edgetpu_delegate, "ethos-u": _ethosu_delegate}.get(device)
+        kwargs: dict[str, Any] = {"num_threads": threads,
+                                  "experimental_delegates": delegate and [delegate(module)]}
         if isinstance(source, bytes):
             kwargs["model_content"] = source
         else:
@@ -120,6 +122,24 @@ def _edgetpu_delegate(module: ModuleType) -> Any:
             "install the Edge TPU runtime (libedgetpu1-std) and plug in the device, "
             "or load with device='cpu'"
         ) from exc
+
+
+def _ethosu_delegate(module: ModuleType) -> Any:
+    """Arm's Ethos-U delegate (a Vela-compiled model's ``ethos-u`` ops go to the NPU
+    driver through it). The hardware boundary: past this load only the NPU can run it."""
+    from edgeship.sdk.runtime._accel import ETHOSU_DELEGATE_ENV, ethosu_delegate_path
+
+    path = ethosu_delegate_path()
+    if path is None:
+        raise ModelLoadError("no Ethos-U delegate library (libethosu_delegate.so) found: "
+                             f"install the board's Ethos-U delegate or set {ETHOSU_DELEGATE_ENV}")
+    try:
+        ctypes.CDLL(str(path))  # probe first, as for the Edge TPU
+        return module.load_delegate(str(path))
+    # AttributeError: a library without the delegate entry points (LiteRT looks them up)
+    except (ValueError, OSError, RuntimeError, AttributeError) as exc:
+        raise ModelLoadError(f"Ethos-U delegate {path} could not be loaded "
+                             f"({_first_line(exc)})") from exc
 
 
 def _edge(detail: dict[str, Any]) -> _Edge:
