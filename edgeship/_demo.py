@@ -200,7 +200,7 @@ class _Demo:
         self.cli(*args, *(["--base", str(base)] if base else []))
 
     def start_services(self) -> None:
-        from edgeship._cli.broker import LocalBroker
+        from edgeship.sdk.transport._broker import LocalBroker
 
         if self.broker_url is None:
             broker = LocalBroker()
