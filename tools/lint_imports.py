@@ -1,10 +1,8 @@
 """Run ``lint-imports`` (import-linter) on the contracts in ``pyproject.toml``.
 
-import-linter finds a package's modules by walking its directory, but ``edgeship`` is
-assembled from four directories (``package-dir`` maps converter/, sdk/ and agent/ under
-it), so walking edgeship/ alone finds none of them. This script lays the package out as it
-is installed: a temporary ``edgeship/`` of symlinks to edgeship/'s entries and to the
-mapped directories, put first on ``PYTHONPATH``; the code checked is the checkout's own.
+import-linter finds modules by walking the package's directory, which for ``edgeship``
+holds none of converter/, sdk/, agent/ (``package-dir`` maps them in): the check runs on
+the package laid out as installed (tools/_layout.py), first on ``PYTHONPATH``.
 
 Usage: ``python tools/lint_imports.py [lint-imports options]`` (``.ci/run`` runs it).
 """
@@ -18,31 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def package_dirs() -> dict[str, Path]:
-    """Subpackage name under ``edgeship`` -> its directory, from pyproject's package-dir."""
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    mapping = config["tool"]["setuptools"]["package-dir"]
-    return {name.removeprefix("edgeship."): ROOT / path
-            for name, path in mapping.items() if name.startswith("edgeship.")}
-
-
-def lay_out(tree: Path) -> None:
-    """``tree/edgeship``: edgeship/'s own entries plus each mapped directory, as symlinks."""
-    package = tree / "edgeship"
-    package.mkdir()
-    for entry in (ROOT / "edgeship").iterdir():
-        if entry.name != "__pycache__":
-            (package / entry.name).symlink_to(entry)
-    for name, directory in package_dirs().items():
-        (package / name).symlink_to(directory)
+from _layout import ROOT, lay_out
 
 
 def main(argv: list[str]) -> int:

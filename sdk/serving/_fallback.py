@@ -254,7 +254,8 @@ class _LocalModel(Protocol):
 class _Cloud(Protocol):
     deadline_ms: float
 
-    def request(self, inputs: Mapping[str, Any], *, deadline_ms: float | None = None) -> Any: ...
+    def request(self, inputs: Mapping[str, Any], *, deadline_ms: float | None = None,
+                max_response_bytes: int | None = None) -> Any: ...
 
 
 @dataclass
@@ -477,7 +478,7 @@ def answer_limit(model: Any, feeds: Mapping[str, Any]) -> int | None:
     if not specs:
         return None
     first = next(iter(feeds.values()), None)
-    rows = int(first.shape[0]) if first is not None and getattr(first, "ndim", 0) else 1
+    rows = int(first.shape[0]) if first is not None and getattr(first, "ndim", 0) != 0 else 1
     values = 0
     for spec in specs:
         count = 1
