@@ -36,6 +36,7 @@ from edgeship.agent import _ota as ota
 from edgeship.agent._config import AgentConfig
 from edgeship.agent._inbox import BrokerHealth, Inbox
 from edgeship.agent._loading import data_key, load_serving, model_bytes
+from edgeship.agent._ota_types import correlation
 from edgeship.agent._queue import Outbox
 from edgeship.agent._ratelimit import Backoff, TokenBucket
 from edgeship.agent._startup import fallback_of, initial_offer, read_root, read_secret
@@ -297,7 +298,7 @@ class Agent:
         self._last_request = time.monotonic()
         self.edge.publish(request_topic(self.config.fleet), encode_request(req),
                           response_topic=self.topics.chunk,
-                          correlation=action.correlation or ota.correlation(req))
+                          correlation=action.correlation or correlation(req))
 
     def _do_TruncateDownload(self, action: ota.TruncateDownload) -> ota.Event | None:
         try:
@@ -342,7 +343,7 @@ class Agent:
             return _storage_failed(f"slot {action.slot}", exc)
         return ota.Installed()
 
-    def _do_RunHealthCheck(self, action: ota.RunHealthCheck) -> ota.Event:
+    def _do_RunHealthCheck(self, action: ota.RunHealthCheck) -> ota.Event | None:
         from edgeship.agent._health import HealthCheckInterrupted, run_health_check
 
         path = self.store.slot_file(action.slot, action.format)

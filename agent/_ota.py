@@ -285,7 +285,7 @@ class OtaCore(ShadowSteps):
             return state, [Report({**self.status(state, now), "error": reason})]
         # the refused offer's (unverified) version names what failed, so a fleet manager
         # never mistakes this verdict for one about another release
-        refused = replace(state, phase="failed", error=reason, target=target)
+        refused = replace(state, phase="failed", error=reason, target=target or "")
         if refused == state:  # the same refusal again (a flood): nothing new to say
             return state, []
         # nothing the device keeps (model, floor, job) changed: reported, never written, so
