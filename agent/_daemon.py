@@ -30,6 +30,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from edgeship.agent import _ota as ota
@@ -246,8 +247,9 @@ class Agent:
     # -- actions -----------------------------------------------------------------------------
     def _perform(self, action: ota.Action, state: ota.OtaState) -> ota.Event | None:
         self.state = state  # the state this action belongs to
-        handler = getattr(self, f"_do_{type(action).__name__}")
-        return handler(action)  # type: ignore[no-any-return]
+        handler: Callable[[ota.Action], ota.Event | None] = getattr(
+            self, f"_do_{type(action).__name__}")
+        return handler(action)
 
     def _do_Persist(self, action: ota.Persist) -> ota.Event | None:
         try:

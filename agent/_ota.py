@@ -153,8 +153,9 @@ class OtaCore(ShadowSteps):
 
     # -- dispatch -------------------------------------------------------------------------
     def step(self, state: OtaState, event: Event, now: float) -> Step:
-        handler = getattr(self, f"_on_{type(event).__name__}")
-        return handler(state, event, now)  # type: ignore[no-any-return]
+        handler: Callable[[OtaState, Event, float], Step] = getattr(
+            self, f"_on_{type(event).__name__}")
+        return handler(state, event, now)
 
     def _on_Resume(self, state: OtaState, event: Resume, now: float) -> Step:
         load: list[Action] = [LoadActive(state.active)] if state.active else []

@@ -257,6 +257,8 @@ class _Cloud(Protocol):
     def request(self, inputs: Mapping[str, Any], *, deadline_ms: float | None = None,
                 max_response_bytes: int | None = None) -> Any: ...
 
+    def metadata(self, *, deadline_ms: float | None = None) -> Any: ...
+
 
 @dataclass
 class FallbackStats:
@@ -435,7 +437,7 @@ class FallbackModel:
         model can show it at ``/v2/models/<name>``."""
         if self._cloud_meta is None and self.cloud is not None and self.breaker.state != OPEN:
             try:
-                self._cloud_meta = self.cloud.metadata(deadline_ms=self.deadline_ms)  # type: ignore[attr-defined]
+                self._cloud_meta = self.cloud.metadata(deadline_ms=self.deadline_ms)
             except TransportError:
                 return None
         return self._cloud_meta
