@@ -241,7 +241,7 @@ def attack_rows(agent: Any) -> list[dict[str, Any]]:
 def main() -> None:
     import argparse
 
-    from edgeship.sdk.transport._broker import LocalBroker
+    from edgeship._cli.broker import LocalBroker
 
     parser = argparse.ArgumentParser()
     parser.add_argument("-o", "--out", type=Path, default=None)
