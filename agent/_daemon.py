@@ -30,14 +30,12 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from edgeship.agent import _ota as ota
 from edgeship.agent._config import AgentConfig
 from edgeship.agent._inbox import BrokerHealth, Inbox
 from edgeship.agent._loading import data_key, load_serving, model_bytes
-from edgeship.agent._ota_types import correlation
 from edgeship.agent._queue import Outbox
 from edgeship.agent._ratelimit import Backoff, TokenBucket
 from edgeship.agent._startup import fallback_of, initial_offer, read_root, read_secret
@@ -247,9 +245,9 @@ class Agent:
     # -- actions -----------------------------------------------------------------------------
     def _perform(self, action: ota.Action, state: ota.OtaState) -> ota.Event | None:
         self.state = state  # the state this action belongs to
-        handler: Callable[[ota.Action], ota.Event | None] = getattr(
-            self, f"_do_{type(action).__name__}")
-        return handler(action)
+        handler = getattr(self, f"_do_{type(action).__name__}")
+        event: ota.Event | None = handler(action)
+        return event
 
     def _do_Persist(self, action: ota.Persist) -> ota.Event | None:
         try:
@@ -300,7 +298,7 @@ class Agent:
         self._last_request = time.monotonic()
         self.edge.publish(request_topic(self.config.fleet), encode_request(req),
                           response_topic=self.topics.chunk,
-                          correlation=action.correlation or correlation(req))
+                          correlation=action.correlation or ota.correlation(req))
 
     def _do_TruncateDownload(self, action: ota.TruncateDownload) -> ota.Event | None:
         try:

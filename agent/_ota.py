@@ -108,7 +108,8 @@ __all__ = [  # the types are re-exported: shells import everything from here
     "Installed", "Job", "LoadActive", "LoadShadow", "Loaded", "LocalRelease", "OfferReceived",
     "OtaCore", "OtaState", "Persist", "ReadDownload", "Rejected", "Report", "RequestChunk",
     "Resume", "RunHealthCheck", "SlotInfo", "StorageFailed", "Tick", "TruncateDownload",
-    "UnloadShadow", "WriteChunk", "WriteSlot", "decode_state", "drive", "encode_state",
+    "UnloadShadow", "WriteChunk", "WriteSlot", "correlation", "decode_state", "drive",
+    "encode_state",
 ]
 _BUSY = ("verifying", "installing", "health-checking")
 
