@@ -107,7 +107,10 @@ class Metrics:
             self.recent.clear()
         if not values:
             return {"count": 0}
-        pick = lambda q: round(values[min(len(values) - 1, int(q * len(values)))], 3)  # noqa: E731
+
+        def pick(q: float) -> float:
+            return round(values[min(len(values) - 1, int(q * len(values)))], 3)
+
         return {"count": len(values), "p50_ms": pick(0.5), "p99_ms": pick(0.99)}
 
 

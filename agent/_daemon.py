@@ -268,7 +268,8 @@ class Agent:
     def _perform(self, action: ota.Action, state: ota.OtaState) -> ota.Event | None:
         self.state = state  # the state this action belongs to
         handler = getattr(self, f"_do_{type(action).__name__}")
-        return handler(action)  # type: ignore[no-any-return]
+        event: ota.Event | None = handler(action)
+        return event
 
     def _do_Persist(self, action: ota.Persist) -> ota.Event | None:
         try:
@@ -378,7 +379,7 @@ class Agent:
             return _storage_failed(f"slot {action.slot}", exc)
         return ota.Installed()
 
-    def _do_RunHealthCheck(self, action: ota.RunHealthCheck) -> ota.Event:
+    def _do_RunHealthCheck(self, action: ota.RunHealthCheck) -> ota.Event | None:
         from edgeship.agent._health import HealthCheckInterrupted, run_health_check
 
         path = self.store.slot_file(action.slot, action.format)

@@ -109,7 +109,8 @@ __all__ = [  # the types are re-exported: shells import everything from here
     "Installed", "Job", "LoadActive", "LoadShadow", "Loaded", "LocalRelease", "OfferReceived",
     "OtaCore", "OtaState", "Persist", "ReadDownload", "Rejected", "Report", "RequestChunk",
     "Resume", "RunHealthCheck", "SlotInfo", "StorageFailed", "Tick", "TruncateDownload",
-    "UnloadShadow", "WriteChunk", "WriteSlot", "decode_state", "drive", "encode_state",
+    "UnloadShadow", "WriteChunk", "WriteSlot", "correlation", "decode_state", "drive",
+    "encode_state",
 ]
 _BUSY = ("verifying", "installing", "health-checking")
 
@@ -161,8 +162,9 @@ class OtaCore(ShadowSteps):
 
     # -- dispatch -------------------------------------------------------------------------
     def step(self, state: OtaState, event: Event, now: float) -> Step:
-        handler = getattr(self, f"_on_{type(event).__name__}")
-        return handler(state, event, now)  # type: ignore[no-any-return]
+        handler: Callable[[OtaState, Event, float], Step] = getattr(
+            self, f"_on_{type(event).__name__}")
+        return handler(state, event, now)
 
     def _on_Resume(self, state: OtaState, event: Resume, now: float) -> Step:
         load: list[Action] = [LoadActive(state.active)] if state.active else []
@@ -300,7 +302,7 @@ class OtaCore(ShadowSteps):
             return state, [Report({**self.status(state, now), "error": reason})]
         # the refused offer's (unverified) version names what failed, so a fleet manager
         # never mistakes this verdict for one about another release
-        refused = replace(state, phase="failed", error=reason, target=target)
+        refused = replace(state, phase="failed", error=reason, target=target or "")
         if refused == state:  # the same refusal again (a flood): nothing new to say
             return state, []
         # nothing the device keeps (model, floor, job) changed: reported, never written, so

@@ -28,7 +28,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 __all__ = ["MAX_BLOB", "MAX_HEADER", "decode_arrays", "encode_arrays", "pack_frame",
@@ -39,7 +39,7 @@ MAX_BLOB = 1 << 30  # a model; arrays are far smaller (the caller passes its own
 _LEN = struct.Struct(">I")
 
 
-def pack_frame(header: Mapping[str, Any], blobs: list[bytes] = ()) -> bytes:  # type: ignore[assignment]
+def pack_frame(header: Mapping[str, Any], blobs: Sequence[bytes] = ()) -> bytes:
     """One frame: header length, JSON header (with the blob sizes), blobs."""
     head = json.dumps({**header, "sizes": [len(b) for b in blobs]}).encode()
     return b"".join([_LEN.pack(len(head)), head, *blobs])

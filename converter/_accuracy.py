@@ -53,7 +53,8 @@ def channel_maxima(
 
 def _per_channel_max(v: np.ndarray) -> np.ndarray:
     axis = 1 if v.ndim == 4 else v.ndim - 1
-    return np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1).max(axis=1).astype(np.float64)
+    peaks: np.ndarray = np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1).max(axis=1)
+    return peaks.astype(np.float64)
 
 
 def _session(graph: Graph, tensors: list[str]) -> Any:

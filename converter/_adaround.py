@@ -40,10 +40,10 @@ def patches(
     ordered like the flattened weight (channel, kernel row, kernel column). ``keep``: at
     most that many output positions, drawn by ``rng`` before any patch is built (a
     640x640 input has 10^5 positions; H needs a few thousand)."""
-    strides = tuple(attr(node, "strides", [1, 1]))  # type: ignore[arg-type]
-    dil = tuple(attr(node, "dilations", [1, 1]))  # type: ignore[arg-type]
+    strides = tuple(attr(node, "strides", [1, 1]))
+    dil = tuple(attr(node, "dilations", [1, 1]))
     hw = (int(x.shape[1]), int(x.shape[2]))
-    pads = _conv_pads(node, hw, kernel, strides, dil)  # type: ignore[arg-type]
+    pads = _conv_pads(node, hw, kernel, strides, dil)
     if pads is None:
         return None
     top, left, bottom, right = pads

@@ -51,7 +51,7 @@ def _conv_pads(
     mode = attr(node, "auto_pad", b"NOTSET")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     if mode == "NOTSET":
-        pads = list(attr(node, "pads", [0, 0, 0, 0]))  # type: ignore[arg-type]
+        pads = list(attr(node, "pads", [0, 0, 0, 0]))
         return pads if len(pads) == 4 else None
     if mode == "VALID":
         return [0, 0, 0, 0]
@@ -72,9 +72,9 @@ def tap_means(
     """``S[c, i, j]`` for a Conv whose input mean is ``mean_x`` [C, H, W] (None when the
     node's padding mode is unknown)."""
     hw = (int(mean_x.shape[1]), int(mean_x.shape[2]))
-    strides = tuple(attr(node, "strides", [1, 1]))  # type: ignore[arg-type]
-    dil = tuple(attr(node, "dilations", [1, 1]))  # type: ignore[arg-type]
-    pads = _conv_pads(node, hw, kernel, strides, dil)  # type: ignore[arg-type]
+    strides = tuple(attr(node, "strides", [1, 1]))
+    dil = tuple(attr(node, "dilations", [1, 1]))
+    pads = _conv_pads(node, hw, kernel, strides, dil)
     if pads is None:
         return None
     top, left, bottom, right = pads
@@ -101,7 +101,7 @@ def conv_shift(node: onnx.NodeProto, dw: np.ndarray, mean_x: np.ndarray) -> np.n
     if dw.ndim != 4 or mean_x.ndim != 3:
         return None
     out_c, cg, kh, kw = dw.shape
-    group = int(attr(node, "group", 1))  # type: ignore[arg-type]
+    group = int(attr(node, "group", 1))
     if mean_x.shape[0] != cg * group or out_c % group:
         return None
     taps = tap_means(node, mean_x, (kh, kw))
@@ -109,7 +109,7 @@ def conv_shift(node: onnx.NodeProto, dw: np.ndarray, mean_x: np.ndarray) -> np.n
         return None
     per_group = dw.astype(np.float64).reshape(group, out_c // group, cg, kh, kw)
     shift = np.einsum("gocij,gcij->go", per_group, taps.reshape(group, cg, kh, kw))
-    return shift.reshape(out_c)
+    return np.asarray(shift).reshape(out_c)
 
 
 def gemm_shift(node: onnx.NodeProto, dw: np.ndarray, mean_x: np.ndarray) -> np.ndarray | None:
@@ -127,7 +127,8 @@ def mean_for(op_type: str, per_sample_mean: np.ndarray) -> np.ndarray:
     [C, H, W] for a Conv, the mean row [K] for a Gemm."""
     if op_type == "Conv":
         return per_sample_mean
-    return per_sample_mean.reshape(-1, per_sample_mean.shape[-1]).mean(axis=0)
+    mean: np.ndarray = per_sample_mean.reshape(-1, per_sample_mean.shape[-1]).mean(axis=0)
+    return mean
 
 
 def bias_shift(

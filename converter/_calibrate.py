@@ -96,7 +96,7 @@ def range_percentile(st: TensorStats, pct: float) -> tuple[float, float]:
     c = st.centers()
     tail = (100.0 - pct) / 100.0
     lo = float(c[np.searchsorted(cdf, tail)])
-    hi = float(c[min(np.searchsorted(cdf, 1.0 - tail), BINS - 1)])
+    hi = float(c[min(int(np.searchsorted(cdf, 1.0 - tail)), BINS - 1)])
     return max(st.lo, lo), min(st.hi, hi)
 
 
@@ -172,10 +172,10 @@ def collect(
     sums: dict[str, np.ndarray] = {}
     sess, fetch = _session(graph, dynamic_batch=False)
     count = len(next(iter(feeds.values())))
-    first = _run(sess, fetch, {k: v[:1] for k, v in feeds.items()}, 0)
+    first: list[Any] | None = _run(sess, fetch, {k: v[:1] for k, v in feeds.items()}, 0)
     tensor_bytes = {k: v[:1].nbytes for k, v in feeds.items()}
     tensor_bytes.update(
-        (name, v.nbytes) for name, v in zip(fetch, first, strict=True) if isinstance(v, np.ndarray)
+        (name, v.nbytes) for name, v in zip(fetch, first or [], strict=True) if isinstance(v, np.ndarray)
     )
     batch = batch_size(sum(tensor_bytes.values()), count, batch, batch_bytes)
     if batch > 1:
@@ -306,7 +306,7 @@ class _progress_bar:
 
     def __init__(self, enabled: bool, total: int) -> None:
         self.enabled, self.total = enabled, total
-        self.bar = None
+        self.bar: Any = None  # a rich Progress while shown
 
     def __enter__(self) -> Callable[[int], None]:
         if not self.enabled:

@@ -89,7 +89,7 @@ def edgetpu_row(edgetpu: dict[str, Any]) -> dict[str, str]:
     return {
         "target": "edgetpu",
         "checked by": "Coral's documented rules (compiler not run)",
-        "on the accelerator": _share(on, total - len(edge)) if total is not None else
+        "on the accelerator": _share(on, total - len(edge)) if total is not None and on is not None else
         ("all ops" if edgetpu.get("compatible") else "–"),
         "MACs on it": _percent(edgetpu.get("macs_on_tpu"), edgetpu.get("macs_total")),
         "falls back to the CPU": _fallback(cpu),

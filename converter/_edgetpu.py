@@ -275,7 +275,7 @@ _OP_RULES: dict[str, Callable[[_Graph, Any, list[int], list[int]], list[str]]] =
 
 def _type_name(code: int) -> str:
     names = {v: k for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
-    return names.get(code, str(code)).lower()
+    return str(names.get(code, code)).lower()
 
 
 def _report(results: list[tuple[EdgeTpuOp, bool]], ctx: _Graph) -> EdgeTpuReport:

@@ -150,13 +150,15 @@ def _channels(graph: Graph, node: onnx.NodeProto, kind: str | None, *, out: bool
 
 
 def _ranges(w: np.ndarray, axis: int) -> np.ndarray:
-    return np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1).astype(np.float64)
+    peaks: np.ndarray = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
+    return peaks.astype(np.float64)
 
 
 def _scale_axis(w: np.ndarray, axis: int, s: np.ndarray) -> np.ndarray:
     shape = [1] * w.ndim
     shape[axis] = -1
-    return (w.astype(np.float64) * s.reshape(shape)).astype(np.float32)
+    scaled: np.ndarray = w.astype(np.float64) * s.reshape(shape)
+    return scaled.astype(np.float32)
 
 
 def pair_scales(
@@ -164,7 +166,7 @@ def pair_scales(
 ) -> np.ndarray:
     """Nagel's ``s = sqrt(r1 / r2)``, 1 where a range is 0, within the Clip's limits."""
     live = (r1 > 0) & (r2 > 0)
-    s = np.ones_like(r1)
+    s: np.ndarray = np.ones_like(r1)
     s[live] = np.sqrt(r1[live] / r2[live])
     s = np.clip(s, S_MIN, S_MAX)
     if clip is None:
@@ -172,7 +174,7 @@ def pair_scales(
     assert channel_max is not None
     seen = CLIP_MARGIN * np.maximum(channel_max, 0.0)
     s[seen >= clip] = 1.0  # near or at the clip level: only s = 1 is safe
-    return np.maximum(s, np.minimum(1.0, seen / clip))
+    return np.asarray(np.maximum(s, np.minimum(1.0, seen / clip)))
 
 
 def apply_pair(graph: Graph, pair: Pair, s: np.ndarray) -> None:

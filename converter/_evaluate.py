@@ -64,7 +64,7 @@ def predictions(outputs: np.ndarray) -> np.ndarray:
     flat = outputs.reshape(len(outputs), -1)
     if flat.shape[1] == 1:
         return (flat[:, 0] > 0.5).astype(np.int64)
-    return flat.argmax(axis=1)
+    return np.asarray(flat.argmax(axis=1))
 
 
 def samples(feeds: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:

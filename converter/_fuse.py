@@ -24,6 +24,7 @@ its meaning across the bump (:func:`bump_opset`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -86,7 +87,7 @@ def _only_user(graph: Graph, tensor: str) -> onnx.NodeProto | None:
 
 def _other(node: onnx.NodeProto, name: str) -> str:
     """The other input of a binary node."""
-    return node.input[1] if node.input[0] == name else node.input[0]
+    return str(node.input[1] if node.input[0] == name else node.input[0])
 
 
 def _scaled_by(graph: Graph, node: onnx.NodeProto, tensor: str, factor: float) -> bool:
@@ -216,7 +217,7 @@ def _relu6_of_x_plus_3(graph: Graph, clip: onnx.NodeProto) -> str | None:
         return None
     for x in add.input:
         if not graph.is_const(x) and _near(scalar(graph, _other(add, x)), 3.0):
-            return x
+            return str(x)
     return None
 
 
@@ -404,7 +405,7 @@ def _layernorm_at(graph: Graph, mean: onnx.NodeProto) -> tuple[list[onnx.NodePro
     if len(users) != 2 or pow_ is None or div is None or not _near(scalar(graph, pow_.input[1]), 2.0):
         return None
     var = _only_user(graph, pow_.output[0])
-    if not _last_axis_mean(graph, var, rank):
+    if var is None or not _last_axis_mean(graph, var, rank):
         return None
     add = _only_user(graph, var.output[0])
     if add is None or add.op_type != "Add":
@@ -413,7 +414,7 @@ def _layernorm_at(graph: Graph, mean: onnx.NodeProto) -> tuple[list[onnx.NodePro
     sqrt = _only_user(graph, add.output[0])
     if eps is None or sqrt is None or sqrt.op_type != "Sqrt" or _only_user(graph, sqrt.output[0]) is not div:
         return None
-    nodes = [mean, sub, pow_, var, add, sqrt, div]
+    nodes: list[onnx.NodeProto] = [mean, sub, pow_, var, add, sqrt, div]
     gamma_beta: list[str] = []
     tail = div
     for op in ("Mul", "Add"):
@@ -457,7 +458,7 @@ def _fuse_layernorm(graph: Graph, log: list[str]) -> None:
         log.append(f"fused decomposed LayerNorm ({mean.name}, {len(nodes)} nodes) -> LayerNormalization")
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)

@@ -133,8 +133,8 @@ class LearnedRounding(WeightPolicy):
             learned += output_error(flat[sl], q[sl], s[sl], layer.gram[g])
         self.errors[name] = (near, learned)
         self.seconds += time.perf_counter() - t0
-        q = q.reshape(rows.shape)
-        return q.T.copy() if layer.rows_last else q
+        shaped = q.reshape(rows.shape)
+        return shaped.T.copy() if layer.rows_last else shaped
 
     def summary(self) -> str:
         near = sum(e[0] for e in self.errors.values())

@@ -119,7 +119,7 @@ def _serialized(model: onnx.ModelProto, path: Path) -> bytes:
     if model.ByteSize() > PROTOBUF_LIMIT:
         raise InputError(f"model {path} with its weights is over 2 GB; edgeship converts "
                          "models that fit one protobuf")
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 def _refuse_quantized(model: onnx.ModelProto, path: Path) -> None:
@@ -304,6 +304,7 @@ def _npz_entries(
 ) -> dict[str, np.ndarray]:
     total = 0
     out = {}
+    assert npz.zip is not None  # open until the caller's with-block ends
     for key in sorted(npz.files):
         info = npz.zip.getinfo(key + ".npy" if key + ".npy" in npz.zip.namelist() else key)
         total += info.file_size

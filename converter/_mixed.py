@@ -71,7 +71,7 @@ def rank_layers(
     """Weight layers, most sensitive first: the noise each adds (relative power)."""
     by_name = {n.name: n for n in graph.nodes}
     out_of = {prod: by_name[act].output[0] for act, prod in fused.items()}  # folded Relu/Clip
-    ranked = []
+    ranked: list[dict[str, Any]] = []
     for node in graph.nodes:
         if node.name not in rules or node.op_type not in WEIGHT_OPS:
             continue
@@ -99,7 +99,8 @@ def rank_layers(
 
 def steps(n: int) -> list[int]:
     """How many of the ranked layers each attempt keeps float: 1, 2, 3, 5, 8, ... n."""
-    out, k = [], 1
+    out: list[int] = []
+    k = 1
     while k < n and len(out) < MAX_STEPS - 1:
         out.append(k)
         k = max(k + 1, round(k * 1.6))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 from onnx import helper
@@ -49,7 +50,9 @@ class OpRule:
     check: Check | None = None
 
 
-def attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
+def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """Attribute ``name``'s value (its type is the op schema's: int, float, bytes, a list of
+    them, a tensor), or ``default``; the caller converts it to what it expects."""
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)

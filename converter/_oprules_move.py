@@ -9,13 +9,15 @@ what TFLite cannot express is refused by the TFLite lowering, with its own reaso
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 
 from ._ir import Graph
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
+def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
@@ -68,13 +70,13 @@ def check_conv_transpose(node: onnx.NodeProto, g: Graph) -> str | None:
         return "weight is not a constant 4-D tensor (only 2-D ConvTranspose is quantized)"
     if len(node.input) > 2 and node.input[2] and not g.is_const(node.input[2]):
         return "bias is not a constant"
-    if int(_attr(node, "group", 1)) != 1:  # type: ignore[call-overload]
+    if int(_attr(node, "group", 1)) != 1:
         return "group > 1"
     if _attr(node, "output_shape") is not None:
         return "the output_shape attribute (give pads instead)"
     if _text(_attr(node, "auto_pad", "NOTSET")) != "NOTSET":
         return "auto_pad (give explicit pads instead)"
-    if any(d != 1 for d in _attr(node, "dilations", [1, 1])):  # type: ignore[attr-defined]
+    if any(d != 1 for d in _attr(node, "dilations", [1, 1])):
         return "dilation"
     return None
 
@@ -113,7 +115,7 @@ def check_gather(node: onnx.NodeProto, g: Graph) -> str | None:
 
 def check_softmax(node: onnx.NodeProto, g: Graph) -> str | None:
     shape = g.shape(node.input[0])
-    axis = int(_attr(node, "axis", -1 if g.opset >= 13 else 1))  # type: ignore[call-overload]
+    axis = int(_attr(node, "axis", -1 if g.opset >= 13 else 1))
     if g.opset < 13 and shape is not None and axis % len(shape) != len(shape) - 1:
         return "Softmax before opset 13 over a non-last axis (flattens the trailing axes)"
     return None

@@ -131,8 +131,8 @@ def _shuffle_groups(graph: Graph, first: onnx.NodeProto) -> tuple[onnx.NodeProto
         return None
     if not all(isinstance(d, int) for d in (*src[1:], *mid[1:])):
         return None
-    g, c = mid[1], src[1]
-    if list(mid[3:]) != list(src[2:]) or g * mid[2] != c or g in (1, c):
+    g, c = int(mid[1]), int(src[1])
+    if list(mid[3:]) != list(src[2:]) or g * int(mid[2]) != c or g in (1, c):
         return None
     transpose = _single_user(graph, first.output[0])
     if transpose is None or transpose.op_type != "Transpose":
@@ -157,8 +157,10 @@ def channel_shuffle_to_gather(graph: Graph, log: list[str]) -> None:
         if found is None:
             continue
         transpose, last, g = found
-        c = graph.shape(first.input[0])[1]  # type: ignore[index]
-        per_group = c // g  # type: ignore[operator]
+        shape = graph.shape(first.input[0])
+        assert shape is not None  # _shuffle_groups found it 4-D
+        c = int(shape[1])
+        per_group = c // g
         indices = first.name + "_shuffle"
         graph.inits[indices] = np.array([(k % g) * per_group + k // g for k in range(c)], np.int64)
         at = graph.nodes.index(first)
@@ -202,12 +204,12 @@ def fold_pad_into_conv(graph: Graph, log: list[str]) -> None:
             continue
         pads = _zero_spatial_pads(node, graph)
         conv = _single_user(graph, node.output[0]) if pads is not None else None
-        if conv is None or conv.op_type != "Conv" or conv.input[0] != node.output[0]:
+        if pads is None or conv is None or conv.op_type != "Conv" or conv.input[0] != node.output[0]:
             continue
         if any(a.name == "auto_pad" and a.s not in (b"", b"NOTSET") for a in conv.attribute):
             continue
         old = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
-        merged = [a + b for a, b in zip(old, pads, strict=True)]  # type: ignore[arg-type]
+        merged = [a + b for a, b in zip(old, pads, strict=True)]
         keep = [a for a in conv.attribute if a.name != "pads"]
         del conv.attribute[:]
         conv.attribute.extend([*keep, helper.make_attribute("pads", merged)])

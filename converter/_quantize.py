@@ -79,6 +79,7 @@ nodes are unnamed; graph outputs keep their names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -127,7 +128,8 @@ class WeightPolicy:
         return symmetric_scales(w, axis)
 
     def round(self, name: str, w: np.ndarray, scales: np.ndarray, axis: int | None) -> np.ndarray:
-        return np.clip(np.round(w / _bcast(scales, w, axis)), -127, 127).astype(np.int8)
+        q: np.ndarray = np.clip(np.round(w / _bcast(scales, w, axis)), -127, 127)
+        return q.astype(np.int8)
 
     def report(self, name: str) -> tuple[bool, int]:
         return False, 0
@@ -205,7 +207,7 @@ class _Builder:
         if axis is None and q.dtype == np.int8:
             self.inits[INT8_ZERO] = np.array(0, np.int8)
             inputs.append(INT8_ZERO)
-        attrs = {"axis": axis} if axis is not None else {}
+        attrs: dict[str, Any] = {"axis": axis} if axis is not None else {}
         out = name + "_dq"
         self.nodes.append(helper.make_node("DequantizeLinear", inputs, [out], **attrs))
         return out
@@ -303,16 +305,16 @@ class _Builder:
         if shift is None or shift.shape != b.shape or not np.all(np.isfinite(shift)):
             return b
         self.bias_shifts[node.name] = shift
-        return b - shift
+        return np.asarray(b - shift)
 
     def _out_channels(self, node: onnx.NodeProto) -> int:
         w = self.graph.inits[node.input[1]]
         if node.op_type == "Conv":
-            return w.shape[0]
+            return int(w.shape[0])
         if node.op_type == "ConvTranspose":  # ONNX weight [I, O / group, kh, kw]
-            return w.shape[1] * int(next((a.i for a in node.attribute if a.name == "group"), 1))
+            return int(w.shape[1]) * int(next((a.i for a in node.attribute if a.name == "group"), 1))
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-        return w.shape[0] if trans_b else w.shape[1]
+        return int(w.shape[0] if trans_b else w.shape[1])
 
     def const_operand(self, node: onnx.NodeProto, name: str, i: int, rule: object) -> str:
         """A constant activation operand (e.g. of Add/Mul/Concat): int8 per tensor, with
@@ -439,7 +441,7 @@ def exact_pool_scales(graph: Graph, plan: Plan) -> None:
         shape = graph.shape(t)
         if t not in plan.params or not shape or not all(isinstance(d, int) for d in shape[2:]):
             continue
-        n = int(np.prod(shape[2:]))
+        n = int(np.prod([int(d) for d in shape[2:]]))
         old = plan.params[t]
         scale = _tie_exact_scale(old.scale, n, old.zero_point)
         if scale is None or scale == old.scale:

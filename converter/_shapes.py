@@ -10,7 +10,7 @@ chains into constant ``Reshape`` shapes (what TFLite and the int8 plan need).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -25,7 +25,7 @@ MAX_FOLD_ROUNDS = 8  # each round exposes one more level of Shape; real models n
 InputShapes = tuple[tuple[str, tuple[int, ...]], ...]
 
 
-def format_shape(dims: tuple[int, ...] | list[int]) -> str:
+def format_shape(dims: Sequence[int | str]) -> str:
     return "x".join(str(d) for d in dims)
 
 
@@ -174,7 +174,7 @@ def _shape_value(node: onnx.NodeProto, dims: list[int | str]) -> np.ndarray | No
     if node.op_type == "Size":
         if not all(_known(d) for d in dims):
             return None
-        return np.array(int(np.prod(dims, dtype=np.int64)), np.int64)
+        return np.array(int(np.prod([int(d) for d in dims], dtype=np.int64)), np.int64)
     start, end = 0, len(dims)
     for a in node.attribute:  # opset 15: Shape(start, end), negative counts from the end
         if a.name == "start":

@@ -115,11 +115,11 @@ def _offsets(b: flatbuffers.Builder, start: Any, items: list[int]) -> int:
     start(b, len(items))
     for item in reversed(items):
         b.PrependUOffsetTRelative(item)
-    return b.EndVector()
+    return int(b.EndVector())
 
 
 def _ints(b: flatbuffers.Builder, values: list[int] | tuple[int, ...]) -> int:
-    return b.CreateNumpyVector(np.asarray(values, dtype=np.int32))
+    return int(b.CreateNumpyVector(np.asarray(values, dtype=np.int32)))
 
 
 def _buffer(b: flatbuffers.Builder, data: bytes) -> int:
@@ -132,7 +132,7 @@ def _buffer(b: flatbuffers.Builder, data: bytes) -> int:
     tflite.BufferStart(b)
     if vec is not None:
         tflite.BufferAddData(b, vec)
-    return tflite.BufferEnd(b)
+    return int(tflite.BufferEnd(b))
 
 
 def _quant(b: flatbuffers.Builder, q: FbQuant) -> int:
@@ -142,7 +142,7 @@ def _quant(b: flatbuffers.Builder, q: FbQuant) -> int:
     tflite.QuantizationParametersAddScale(b, scale)
     tflite.QuantizationParametersAddZeroPoint(b, zero)
     tflite.QuantizationParametersAddQuantizedDimension(b, q.axis)
-    return tflite.QuantizationParametersEnd(b)
+    return int(tflite.QuantizationParametersEnd(b))
 
 
 def _tensor(b: flatbuffers.Builder, t: FbTensor) -> int:
@@ -159,7 +159,7 @@ def _tensor(b: flatbuffers.Builder, t: FbTensor) -> int:
     tflite.TensorAddName(b, name)
     if quant is not None:
         tflite.TensorAddQuantization(b, quant)
-    return tflite.TensorEnd(b)
+    return int(tflite.TensorEnd(b))
 
 
 def _options(b: flatbuffers.Builder, table: str, values: dict[str, Any]) -> int:
@@ -181,7 +181,7 @@ def _operator(b: flatbuffers.Builder, op: FbOp, codes: list[tuple[str, int]]) ->
     if op.options is not None:
         tflite.OperatorAddBuiltinOptionsType(b, getattr(tflite.BuiltinOptions, op.options[0]))
         tflite.OperatorAddBuiltinOptions(b, options)
-    return tflite.OperatorEnd(b)
+    return int(tflite.OperatorEnd(b))
 
 
 def _opcode(b: flatbuffers.Builder, name: str, version: int) -> int:
@@ -191,7 +191,7 @@ def _opcode(b: flatbuffers.Builder, name: str, version: int) -> int:
     tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
     tflite.OperatorCodeAddVersion(b, version)
     tflite.OperatorCodeAddBuiltinCode(b, code)
-    return tflite.OperatorCodeEnd(b)
+    return int(tflite.OperatorCodeEnd(b))
 
 
 def _signature(b: flatbuffers.Builder, g: FbGraph) -> int:
@@ -216,7 +216,7 @@ def _signature(b: flatbuffers.Builder, g: FbGraph) -> int:
     tflite.SignatureDefAddOutputs(b, outputs)
     tflite.SignatureDefAddSignatureKey(b, key)
     tflite.SignatureDefAddSubgraphIndex(b, 0)
-    return tflite.SignatureDefEnd(b)
+    return int(tflite.SignatureDefEnd(b))
 
 
 def _subgraph(b: flatbuffers.Builder, g: FbGraph, tensors: list[int], ops: list[int]) -> int:
@@ -231,4 +231,4 @@ def _subgraph(b: flatbuffers.Builder, g: FbGraph, tensors: list[int], ops: list[
     tflite.SubGraphAddOutputs(b, outputs)
     tflite.SubGraphAddOperators(b, ops_vec)
     tflite.SubGraphAddName(b, name)
-    return tflite.SubGraphEnd(b)
+    return int(tflite.SubGraphEnd(b))

@@ -53,7 +53,7 @@ def is_float_node(ctx: Lowering, node: onnx.NodeProto) -> bool:
 def float_input(ctx: Lowering, name: str) -> FloatVal:
     """``name`` as a float32 tensor: a float value, a DEQUANTIZE of an int8 one, or a
     constant (float initializer or dequantized integer constant)."""
-    cache = ctx.float_values
+    cache: dict[str, FloatVal] = ctx.float_values
     if name in cache:
         return cache[name]
     source = ctx.qdq.source(name)
@@ -151,7 +151,7 @@ def unary(ctx: Lowering, node: onnx.NodeProto) -> None:
 def concat(ctx: Lowering, node: onnx.NodeProto) -> None:
     vals = [float_input(ctx, n) for n in node.input]
     out = _out(ctx, node)
-    emit_concat(ctx, vals, out, int(ctx.attr("axis")) % len(out.shape))  # type: ignore[call-overload]
+    emit_concat(ctx, vals, out, int(ctx.attr("axis")) % len(out.shape))
     bind_float(ctx, node.output[0], out)
 
 

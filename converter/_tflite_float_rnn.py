@@ -43,7 +43,7 @@ def lstm(ctx: Lowering, node: onnx.NodeProto) -> None:
     _check(ctx, node)
     x = float_input(ctx, node.input[0])
     steps, batch, _ = x.shape
-    hidden = int(ctx.attr("hidden_size"))  # type: ignore[call-overload]
+    hidden = int(ctx.attr("hidden_size"))
     weights = _weights(ctx, node, hidden)
     directions = [False, True] if len(weights[0]) == 2 else [_direction(ctx) == "reverse"]
     outs = []
@@ -65,11 +65,11 @@ def _direction(ctx: Lowering) -> str:
 
 
 def _check(ctx: Lowering, node: onnx.NodeProto) -> None:
-    if int(ctx.attr("layout", 0)) != 0:  # type: ignore[call-overload]
+    if int(ctx.attr("layout", 0)) != 0:
         raise ctx.fail("LSTM with layout=1 (batch first) is not lowered")
     if ctx.attr("activations") is not None or ctx.attr("clip") is not None:
         raise ctx.fail("LSTM with custom activations or a cell clip is not lowered")
-    if int(ctx.attr("input_forget", 0)):  # type: ignore[call-overload]
+    if int(ctx.attr("input_forget", 0)):
         raise ctx.fail("LSTM with input_forget=1 is not lowered")
     optional = list(node.input[4:5]) + list(node.input[7:8])  # sequence_lens, peepholes
     if any(optional):

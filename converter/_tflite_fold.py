@@ -18,7 +18,7 @@ def _perm(graph: FbGraph, op: FbOp) -> list[int] | None:
     tensor = graph.tensors[op.inputs[1]]
     if not tensor.buffer:
         return None
-    return np.frombuffer(graph.buffers[tensor.buffer], np.int32).tolist()
+    return [int(p) for p in np.frombuffer(graph.buffers[tensor.buffer], np.int32)]
 
 
 def _same_quant(graph: FbGraph, a: int, b: int) -> bool:

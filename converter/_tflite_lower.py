@@ -153,7 +153,8 @@ class Lowering:
             raise self.fail(f"{name!r} must be a quantized constant (integer initializer + DequantizeLinear)")
         return const
 
-    def attr(self, name: str, default: object = None) -> object:
+    def attr(self, name: str, default: Any = None) -> Any:
+        """The current node's attribute ``name`` (typed as its op schema says), or ``default``."""
         assert self.node is not None
         for attribute in self.node.attribute:
             if attribute.name == name:

@@ -59,7 +59,7 @@ def _op_name(fb: Any, op: Any) -> str:
     builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
     if builtin == tflite.BuiltinOperator.CUSTOM:
         return (code.CustomCode() or b"CUSTOM").decode(errors="replace")
-    return _NAMES.get(builtin, f"BUILTIN_{builtin}")
+    return str(_NAMES.get(builtin, f"BUILTIN_{builtin}"))
 
 
 def _shape(graph: Any, index: int) -> list[int]:

@@ -91,6 +91,7 @@ def _padding(ctx: Lowering, x: Val, kernel: list[int], strides: list[int],
         raise ctx.fail(f"explicit pads {pads} have no TFLite equivalent for this op")
     t, left, b, r = pads
     out_shape = (x.shape[0], x.shape[1], h + t + b, w + left + r)
+    assert ctx.node is not None  # set while a node is lowered
     padded = ctx.new_val(f"{ctx.node.output[0]}/pad", out_shape, "nhwc", x.q)
     paddings = np.array([[0, 0], [t, b], [left, r], [0, 0]], np.int32)
     ctx.emit("PAD", [x.index, ctx.const("paddings", paddings)], [padded.index])
@@ -119,7 +120,7 @@ def conv(ctx: Lowering, node: onnx.NodeProto) -> None:
     bias = _bias(ctx, node, 2, scales, o)
     padding, x = _padding(ctx, x, [kh, kw], strides, dilations)
     out = ctx.new_val(node.output[0], out_shape, "nhwc", out_q)
-    geometry = {"Padding": padding, "StrideW": strides[1], "StrideH": strides[0],
+    geometry: dict[str, object] = {"Padding": padding, "StrideW": strides[1], "StrideH": strides[0],
                 "FusedActivationFunction": fused_activation(out_q),
                 "DilationWFactor": dilations[1], "DilationHFactor": dilations[0]}
     c = x.shape[1]
@@ -158,6 +159,7 @@ def _grouped(ctx: Lowering, x: Val, w: QConst, bias: np.ndarray, b_scales: np.nd
     if c % group or o % group:
         raise ctx.fail(f"group {group} does not divide {c} input / {o} output channels")
     ci, co = c // group, o // group
+    assert ctx.node is not None  # set while a node is lowered
     parts = [ctx.new_val(f"{ctx.node.output[0]}/in{g}", (n, ci, h, wd), "nhwc", x.q) for g in range(group)]
     ctx.emit("SPLIT", [ctx.int32("axis", [3]), x.index], [p.index for p in parts],
              ("SplitOptions", {"NumSplits": group}))
@@ -208,7 +210,7 @@ def _fully_connected(ctx: Lowering, node: onnx.NodeProto, weights: np.ndarray,
     filt = ctx.const(f"{node.output[0]}/weights", np.ascontiguousarray(weights),
                      FbQuant(per_axis, [0] * len(per_axis), axis=0))
     bias_t = ctx.const(f"{node.output[0]}/bias", bias, FbQuant([float(s) for s in b_scales], [0] * n))
-    options = {"FusedActivationFunction": fused_activation(out_q), "WeightsFormat": 0,
+    options: dict[str, object] = {"FusedActivationFunction": fused_activation(out_q), "WeightsFormat": 0,
                "KeepNumDims": False}
     ctx.emit("FULLY_CONNECTED", [x.index, filt, bias_t], [out.index],
              ("FullyConnectedOptions", options))

@@ -255,7 +255,9 @@ def layer_norm(ctx: Lowering, node: onnx.NodeProto) -> None:
              ("MulOptions", {"FusedActivationFunction": 0}),
              version=_mul_version(centered.q, rstd.q.scale, normalized.q))
     gamma_t = _const_vector(ctx, f"{base}/gamma", gamma)
-    gamma_scale = ctx.graph.tensors[gamma_t].quant.scales[0]
+    gamma_quant = ctx.graph.tensors[gamma_t].quant
+    assert gamma_quant is not None  # _const_vector quantizes it
+    gamma_scale = gamma_quant.scales[0]
     ctx.emit("MUL", [normalized.index, gamma_t], [scaled.index], ("MulOptions", {"FusedActivationFunction": 0}),
              version=_mul_version(normalized.q, gamma_scale, scaled.q))
     out_q = ctx.out_q(node.output[0])

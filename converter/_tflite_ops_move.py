@@ -82,7 +82,7 @@ def split(ctx: Lowering, node: onnx.NodeProto) -> None:
     """Sizes are read from the output shapes (any form: equal, ``split`` attribute or
     input, ``num_outputs``): equal -> SPLIT, unequal -> one STRIDED_SLICE per output."""
     x = _data(ctx, node.input[0])
-    axis = int(ctx.attr("axis", 0)) % len(x.shape)  # type: ignore[call-overload]
+    axis = int(ctx.attr("axis", 0)) % len(x.shape)
     names = list(node.output)
     if not all(names):
         raise ctx.fail("an unused (empty) Split output")
@@ -148,7 +148,7 @@ def transpose(ctx: Lowering, node: onnx.NodeProto) -> None:
     output, none when the composition is the identity (e.g. NHWC input -> NCHW)."""
     x = _data(ctx, node.input[0])
     rank = len(x.shape)
-    perm = [int(p) % rank for p in ctx.attr("perm", list(range(rank))[::-1])]  # type: ignore[call-overload]
+    perm = [int(p) % rank for p in ctx.attr("perm", list(range(rank))[::-1])]
     order = _order(x)
     stored_perm = [order.index(p) for p in perm]  # stored axis holding output axis j
     shape = tuple(x.shape[p] for p in perm)
@@ -171,7 +171,7 @@ def gather(ctx: Lowering, node: onnx.NodeProto) -> None:
     for a scalar index); any other list -> GATHER."""
     x = _data(ctx, node.input[0])
     rank = len(x.shape)
-    axis = int(ctx.attr("axis", 0)) % rank  # type: ignore[call-overload]
+    axis = int(ctx.attr("axis", 0)) % rank
     raw = ctx.qdq.initializers.get(node.input[1])
     if raw is None or np.ndim(raw) > 1:
         raise ctx.fail("indices must be a constant scalar or 1-D list")
@@ -304,7 +304,7 @@ def pad(ctx: Lowering, node: onnx.NodeProto) -> None:
     x = _data(ctx, node.input[0])
     rank = len(x.shape)
     pads = ctx.attr("pads")
-    pads = list(pads) if pads is not None else _ints(ctx, _input(node, 1))  # type: ignore[call-overload]
+    pads = list(pads) if pads is not None else _ints(ctx, _input(node, 1))
     axes = _ints(ctx, _input(node, 3)) or list(range(rank))
     if pads is None or len(pads) != 2 * len(axes) or min(pads) < 0:
         raise ctx.fail(f"pads {pads} must be {2 * len(axes)} values >= 0")
@@ -320,7 +320,7 @@ def pad(ctx: Lowering, node: onnx.NodeProto) -> None:
     if mode == "constant":
         ctx.emit("PAD", [x.index, ctx.const("paddings", paddings)], [out.index])
     elif mode == "reflect" or (mode == "edge" and paddings.max() <= 1):
-        options = {"Mode": 0 if mode == "reflect" else 1}  # tflite.MirrorPadMode
+        options: dict[str, object] = {"Mode": 0 if mode == "reflect" else 1}  # tflite.MirrorPadMode
         ctx.emit("MIRROR_PAD", [x.index, ctx.const("paddings", paddings)], [out.index],
                  ("MirrorPadOptions", options))
     else:
@@ -337,7 +337,7 @@ def reduce_mean(ctx: Lowering, node: onnx.NodeProto) -> None:
     x = _data(ctx, node.input[0])
     rank = len(x.shape)
     axes = ctx.attr("axes")
-    axes = list(axes) if axes is not None else _ints(ctx, _input(node, 1))  # type: ignore[call-overload]
+    axes = list(axes) if axes is not None else _ints(ctx, _input(node, 1))
     if not axes:
         if ctx.attr("noop_with_empty_axes", 0):
             raise ctx.fail("noop_with_empty_axes=1 with no axes (an identity)")
@@ -388,7 +388,7 @@ def _tflite_nearest(size: int, out: int, align: bool, half: bool) -> np.ndarray:
     y = np.arange(out, dtype=np.float32) + np.float32(0.5 if half else 0.0)
     v = y * scale
     idx = np.trunc(v + np.float32(0.5)) if align else np.floor(v)  # round half away (v >= 0)
-    return np.clip(idx, 0, size - 1).astype(np.int64)
+    return np.asarray(np.clip(idx, 0, size - 1)).astype(np.int64)
 
 
 def _resize_scales(ctx: Lowering, node: onnx.NodeProto, x: Val, out_shape: tuple[int, ...]) -> list[float]:
@@ -399,7 +399,7 @@ def _resize_scales(ctx: Lowering, node: onnx.NodeProto, x: Val, out_shape: tuple
         axes = ctx.attr("axes")
         if axes is not None:
             full = [1.0] * 4
-            for a, s in zip(axes, scales, strict=True):  # type: ignore[call-overload]
+            for a, s in zip(axes, scales, strict=True):
                 full[int(a) % 4] = s
             scales = full
         if scales[:2] != [1.0, 1.0]:
@@ -437,7 +437,8 @@ def resize(ctx: Lowering, node: onnx.NodeProto) -> None:
     else:
         raise ctx.fail(f"mode {mode!r} has no TFLite resize")
     if flags is None and mode == "nearest" and all(w is not None for w in want):
-        _gather_rows_and_columns(ctx, node, ctx.nhwc(x), want, out_shape)  # exact, not Edge TPU
+        _gather_rows_and_columns(ctx, node, ctx.nhwc(x), [w for w in want if w is not None],
+                                 out_shape)  # exact, not Edge TPU
         return
     if flags is None:
         raise ctx.fail(f"{mode} resize with coordinate_transformation_mode={coord!r}"
@@ -454,7 +455,7 @@ def resize(ctx: Lowering, node: onnx.NodeProto) -> None:
 
 
 def _gather_rows_and_columns(ctx: Lowering, node: onnx.NodeProto, x: Val,
-                             index: list[np.ndarray | None], out_shape: tuple[int, ...]) -> None:
+                             index: list[np.ndarray], out_shape: tuple[int, ...]) -> None:
     """A nearest resize that no RESIZE_NEAREST_NEIGHBOR flags give: GATHER the input rows,
     then the columns, that ONNX reads for each output pixel."""
     n, c = x.shape[:2]
@@ -477,15 +478,15 @@ def conv_transpose(ctx: Lowering, node: onnx.NodeProto) -> None:
     w = _weight(ctx, node.input[1])
     if w.values.ndim != 4 or len(x.shape) != 4:
         raise ctx.fail("only 2-D ConvTranspose (4-D tensors) is supported")
-    if int(ctx.attr("group", 1)) != 1 or list(ctx.attr("dilations", [1, 1])) != [1, 1]:  # type: ignore[call-overload]
+    if int(ctx.attr("group", 1)) != 1 or list(ctx.attr("dilations", [1, 1])) != [1, 1]:
         raise ctx.fail("group > 1 or dilation has no TFLite TRANSPOSE_CONV equivalent")
     if ctx.attr("output_shape") is not None or _text(ctx.attr("auto_pad", "NOTSET")) != "NOTSET":
         raise ctx.fail("output_shape / auto_pad: give explicit pads")
     _, o, kh, kw = w.values.shape
     if not w.per_tensor and w.axis != 1:
         raise ctx.fail("per-channel weights must be along the output-channel axis 1")
-    strides = [int(s) for s in ctx.attr("strides", [1, 1])]  # type: ignore[attr-defined]
-    begin = [int(p) for p in ctx.attr("pads", [0, 0, 0, 0])][:2]  # type: ignore[call-overload]
+    strides = [int(s) for s in ctx.attr("strides", [1, 1])]
+    begin = [int(p) for p in ctx.attr("pads", [0, 0, 0, 0])][:2]
     out_shape = ctx.out_shape(node.output[0])
     out_q = ctx.out_q(node.output[0])
     w_scales = np.broadcast_to(w.scales, (o,)).astype(np.float32)

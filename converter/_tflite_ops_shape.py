@@ -96,7 +96,7 @@ def _pool2d(ctx: Lowering, node: onnx.NodeProto, x: Val, opcode: str, padding: i
     out_q = ctx.out_q(node.output[0], x.q)
     # int8 pooling kernels keep the input's parameters; requantize afterwards if needed
     out = ctx.new_val(node.output[0], out_shape, "nhwc", x.q)
-    options = {"Padding": padding, "StrideW": strides[1], "StrideH": strides[0],
+    options: dict[str, object] = {"Padding": padding, "StrideW": strides[1], "StrideH": strides[0],
                "FilterWidth": kernel[1], "FilterHeight": kernel[0],
                "FusedActivationFunction": 0}
     ctx.emit(opcode, [x.index], [out.index], ("Pool2DOptions", options))

@@ -51,7 +51,8 @@ class QConst:
             shape[self.axis] = -1
         zp = self.zero_points.reshape(shape) if not self.per_tensor else self.zero_points[0]
         sc = self.scales.reshape(shape) if not self.per_tensor else self.scales[0]
-        return ((self.values.astype(np.float64) - zp) * sc).astype(np.float32)
+        real: np.ndarray = (self.values.astype(np.float64) - zp) * sc
+        return real.astype(np.float32)
 
 
 @dataclass

@@ -200,7 +200,7 @@ class _Demo:
         self.cli(*args, *(["--base", str(base)] if base else []))
 
     def start_services(self) -> None:
-        from edgeship._cli.broker import LocalBroker
+        from edgeship.sdk.transport._broker import LocalBroker
 
         if self.broker_url is None:
             broker = LocalBroker()
@@ -378,7 +378,7 @@ confidence = 0.6
                 devices = json.loads(proc.stdout).get("devices", [])
             except json.JSONDecodeError:
                 devices = []
-            status = next((d for d in devices if d.get("device") == DEVICE), {})
+            status: dict[str, Any] = next((d for d in devices if d.get("device") == DEVICE), {})
             if done(status) or time.monotonic() > deadline:
                 return status
             time.sleep(0.5)

@@ -204,7 +204,7 @@ def release(artifact: Path, version: str, keydir: Path, out: Path, bases: tuple[
         raise InputError("give --golden or --golden-from, not both")
     with tempfile.TemporaryDirectory(prefix="edgeship-golden-") as tmp:
         if golden_from is not None:
-            from edgeship._cli._golden import write_golden_from
+            from edgeship.sdk.release._golden import write_golden_from
 
             golden = Path(tmp) / "golden.npz"
             write_golden_from(golden_from, artifact, golden)

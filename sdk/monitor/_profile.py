@@ -288,7 +288,8 @@ class Profile:
 
     def features_of(self, role: str) -> list[FeatureProfile]:
         """The feature profiles of the ``role`` ("input" or "output") tensors, in order."""
-        out, i = [], 0
+        out: list[FeatureProfile] = []
+        i = 0
         for t in self.tensors:
             if t.role == role:
                 out.extend(self.features[i:i + t.n_features])

@@ -60,7 +60,7 @@ def best_delta(base: bytes, new: bytes) -> tuple[str, bytes]:
 
 def _decode_offt(raw: bytes) -> int:
     # bsdiff's sign-magnitude little-endian int64
-    value = struct.unpack("<Q", raw)[0]
+    value: int = struct.unpack("<Q", raw)[0]
     return -(value & ~(1 << 63)) if value >> 63 else value
 
 

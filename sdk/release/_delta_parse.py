@@ -19,6 +19,7 @@ the whole file), never an error.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = ["Region", "find_regions"]
@@ -84,7 +85,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(buf: bytes, start: int, end: int):  # type: ignore[no-untyped-def]
+def _fields(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
     """Yield ``(field number, wire type, value or start, end)`` for one message."""
     pos = start
     while pos < end:

@@ -230,12 +230,14 @@ class KeySet:
         if not all(isinstance(r, str) and _KEYID.match(r) for r in revoked):
             raise MalformedError("keyset: revoked ids must be key ids (64 lowercase hex)")
         known = {"type", "version", "keys", "revoked", "created", "expires"}
+        version: Any = signed.get("version")  # JSON: __post_init__ checks both
+        expires: Any = signed.get("expires")
         return cls(
-            version=signed.get("version"),  # type: ignore[arg-type]  # checked in __post_init__
+            version=version,
             keys=public,
             revoked=tuple(revoked),
             created=str(signed.get("created", "")),
-            expires=signed.get("expires"),  # type: ignore[arg-type]
+            expires=expires,
             unrecognized={k: v for k, v in signed.items() if k not in known},
         )
 

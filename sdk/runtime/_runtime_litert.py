@@ -12,6 +12,7 @@ A TFLite interpreter is not thread-safe (its tensors are shared buffers), so eve
 from __future__ import annotations
 
 import ctypes
+import importlib
 import threading
 from dataclasses import dataclass
 from types import ModuleType
@@ -39,10 +40,10 @@ class _Edge:
 def interpreter_module() -> ModuleType:
     """``ai_edge_litert.interpreter`` if installed, else ``tflite_runtime.interpreter``."""
     try:
-        import ai_edge_litert.interpreter as module
+        module = importlib.import_module("ai_edge_litert.interpreter")
     except ImportError:
         try:
-            import tflite_runtime.interpreter as module  # type: ignore[no-redef]
+            module = importlib.import_module("tflite_runtime.interpreter")
         except ImportError as exc:
             raise ModelLoadError(
                 "no TFLite runtime: install ai-edge-litert (or tflite-runtime)"

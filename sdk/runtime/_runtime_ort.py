@@ -111,8 +111,8 @@ def _edge_quant(source: str | bytes, inputs: list[TensorSpec],
         elif node.op_type == "QuantizeLinear" and node.output[0] in edges_out:
             edge = node.output[0]
         params = [inits.get(n) for n in node.input[1:3]] if edge else []
-        if edge and len(params) == 2 and all(p is not None and p.size == 1 for p in params):
-            scale, zero = params
+        scale, zero = params if len(params) == 2 else (None, None)
+        if edge and scale is not None and zero is not None and scale.size == zero.size == 1:
             found.setdefault(edge, EdgeQuant(storage=np.dtype(zero.dtype), scale=float(scale.ravel()[0]),
                                              zero_point=int(zero.ravel()[0])))
     return found

@@ -254,7 +254,10 @@ class _LocalModel(Protocol):
 class _Cloud(Protocol):
     deadline_ms: float
 
-    def request(self, inputs: Mapping[str, Any], *, deadline_ms: float | None = None) -> Any: ...
+    def request(self, inputs: Mapping[str, Any], *, deadline_ms: float | None = None,
+                max_response_bytes: int | None = None) -> Any: ...
+
+    def metadata(self, *, deadline_ms: float | None = None) -> Any: ...
 
 
 @dataclass
@@ -434,7 +437,7 @@ class FallbackModel:
         model can show it at ``/v2/models/<name>``."""
         if self._cloud_meta is None and self.cloud is not None and self.breaker.state != OPEN:
             try:
-                self._cloud_meta = self.cloud.metadata(deadline_ms=self.deadline_ms)  # type: ignore[attr-defined]
+                self._cloud_meta = self.cloud.metadata(deadline_ms=self.deadline_ms)
             except TransportError:
                 return None
         return self._cloud_meta
@@ -477,7 +480,7 @@ def answer_limit(model: Any, feeds: Mapping[str, Any]) -> int | None:
     if not specs:
         return None
     first = next(iter(feeds.values()), None)
-    rows = int(first.shape[0]) if first is not None and getattr(first, "ndim", 0) else 1
+    rows = int(first.shape[0]) if first is not None and getattr(first, "ndim", 0) != 0 else 1
     values = 0
     for spec in specs:
         count = 1

@@ -256,7 +256,8 @@ def _tensors(
         if name in arrays:
             raise err(f"tensor {name!r} appears twice")
         try:
-            dtype = numpy_dtype(entry.get("datatype"))  # type: ignore[arg-type]
+            datatype: Any = entry.get("datatype")  # JSON: numpy_dtype refuses a non-name
+            dtype = numpy_dtype(datatype)
         except InputError as exc:
             raise err(f"tensor {name!r}: {exc}") from None
         shape = _shape(entry.get("shape"), name, max_bytes, err)

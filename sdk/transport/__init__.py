@@ -1,7 +1,8 @@
 """edgeship.sdk.transport: moving bytes over MQTT.
 
-The paho-mqtt edge (MQTT 5, QoS 1, reconnect with backoff) and the chunk-transfer protocol
-both ends of an OTA download speak. Imported by the agent and by ``sdk.fleet``.
+The paho-mqtt edge (MQTT 5, QoS 1, reconnect with backoff), the chunk-transfer protocol
+both ends of an OTA download speak, and a private mosquitto on loopback (``_broker``) for a
+laptop, the demo and the tests. Imported by the agent and by ``sdk.fleet``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``release --golden-from DATA.npz``: the health check made from one sample of a data set.
+"""A golden file made from one sample of a data set (``edgeship release --golden-from``).
 
 A GOLDEN.npz needs the model's input and the output it must give; a new user has an eval
 set but no such file. This takes the first sample of DATA.npz (the eval set of ``convert
@@ -19,8 +19,7 @@ from edgeship._errors import EdgeshipError, InputError
 def write_golden_from(data_path: Path, artifact: Path, golden_path: Path) -> None:
     """Write ``golden_path`` from the first sample of ``data_path`` run through ``artifact``."""
     import numpy as np
-
-    from edgeship.sdk import Model
+    from edgeship.sdk.runtime._model import Model
 
     try:
         with np.load(data_path, allow_pickle=False) as npz:
