@@ -69,7 +69,7 @@ def _average_as_depthwise(ctx: Lowering, node: onnx.NodeProto, x: Val, kernel: l
     filt = ctx.const(f"{name}/filter", np.full((1, kernel[0], kernel[1], c), 127, np.int8),
                      FbQuant([float(s) for s in w_scales], [0] * c, axis=3))
     bias = ctx.const(f"{name}/bias", np.zeros(c, np.int32), FbQuant([float(s) for s in b_scales], [0] * c))
-    options = {"Padding": padding, "StrideW": strides[1], "StrideH": strides[0], "DepthMultiplier": 1,
+    options: dict[str, object] = {"Padding": padding, "StrideW": strides[1], "StrideH": strides[0], "DepthMultiplier": 1,
                "FusedActivationFunction": 0, "DilationWFactor": 1, "DilationHFactor": 1}
     ctx.emit("DEPTHWISE_CONV_2D", [x.index, filt, bias], [out.index], ("DepthwiseConv2DOptions", options))
     ctx.bind(node.output[0], out)

@@ -56,7 +56,7 @@ def rollouts(db_url: str | None, fleet_name: str | None, as_json: bool) -> None:
                    f"{' (shadow)' if row['mode'] == 'shadow' else ''}  {row['status']}  "
                    f"wave {row['wave']}/{row['waves']}  {row['done']}/{row['devices']} done, "
                    f"{row['failed']} failed  "
-                   f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row['updated']))}")
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(row['updated'] or 0)))}")
 
 
 def _control(db_url: str | None, ref: str, change: Callable[[Any, float], Any], event: str

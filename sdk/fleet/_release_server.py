@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeship.sdk.release._manifest import ArtifactInfo, DeltaInfo
 from edgeship.sdk.release._release import Release
 from edgeship.sdk.transport._mqtt import Message, MqttEdge, request_topic, topics
 from edgeship.sdk.transport._transfer import ChunkRequest, serve_request
@@ -57,7 +58,7 @@ class ReleaseServer:
         """Serve this release's artifact, deltas and per-target variants (only those)."""
         release = Release.load(reldir)
         m = release.manifest
-        files = [m.artifact, *m.deltas, *m.variants.values()]
+        files: list[ArtifactInfo | DeltaInfo] = [m.artifact, *m.deltas, *m.variants.values()]
         for name, size in ((f.name, f.size) for f in files):
             path = release.path / name
             if not path.is_file() or path.stat().st_size != size:
