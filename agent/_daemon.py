@@ -464,10 +464,11 @@ class Agent:
         self.dispatch(event)
         if self.state.active is None:  # refused (expired, wrong key...): say why it serves nothing
             reason = self.state.error or "refused"
-            log("initial_release_rejected", level="error", path=initial,
-                version=release.manifest.version, error=reason)
+            # the reason first: a client that reads the log line may ask at once
             self.service.no_model_reason = (f"no model: the initial release {release.manifest.version}"
                                             f" was refused ({reason}); waiting for an update")
+            log("initial_release_rejected", level="error", path=initial,
+                version=release.manifest.version, error=reason)
 
     def _heartbeat(self) -> None:
         active = self.state.active
