@@ -260,7 +260,7 @@ def rollouts_page(views: Sequence[RolloutView], actions: bool, csrf: str,
             go_on = "pause" if v.status == "running" else "resume"
             buttons = (_action(go_on, {"key": v.key}, csrf, go_on)
                        + _action("cancel", {"key": v.key}, csrf, "cancel"))
-        tone = "muted" if v.status == "paused" else "bad"
+        tone = "muted" if v.status in ("paused", "cancelled") else "bad"  # asked for
         reason = f'<p class="reason {tone}">{_e(v.status)}: {_e(v.reason)}</p>' \
             if v.reason else ""
         cards.append(
