@@ -238,8 +238,8 @@ class LiveFleet:
                 samples, self._samples = self._samples, []
                 events, self._events = self._events, []
                 dirty, self._dirty = self._dirty, set()
-                devices = {d: _recordable(self.statuses[d]) for d in dirty
-                           if d in self.statuses}
+                changed = [self.statuses[d] for d in dirty if d in self.statuses]
+            devices = {s.device: _recordable(s) for s in changed}  # outside the lock
             try:
                 with self.store.use() as (db, history):
                     history.record(self.fleet, samples, events)
