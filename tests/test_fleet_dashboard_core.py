@@ -26,8 +26,6 @@ from edgeship.sdk.fleet._dashboard_live import Figures
 from edgeship.sdk.fleet._fleetdb import FleetDB
 from edgeship.sdk.fleet._fleetstatus import DeviceStatus, summarize
 from edgeship.sdk.fleet._history import Action, History, changes, sample_from_telemetry
-from edgeship.sdk.fleet._rollout_flags import RolloutFlags
-from edgeship.sdk.fleet._sqlengine import engine_of
 
 from edgeship._errors import ConfigError
 
@@ -65,7 +63,7 @@ def test_heartbeat_figures() -> None:
 
 def test_history_in_the_fleet_database_is_bounded_by_age(tmp_path: Path) -> None:
     with FleetDB(tmp_path / "fleet.sqlite") as db:
-        history = History(engine_of(db))
+        history = History(db.db)
         old = sample_from_telemetry("d", {"ts": 100.0, "latency": {"p50_ms": 1, "p99_ms": 2}}, 0)
         new = sample_from_telemetry("d", {"ts": 200.0, "latency": {"p50_ms": 3, "p99_ms": 4}}, 0)
         events = changes("d", None, {"state": "committed", "version": "1.0.0", "ts": 150.0}, 0)
@@ -81,11 +79,7 @@ def test_history_in_the_fleet_database_is_bounded_by_age(tmp_path: Path) -> None
         assert history.events("f", "d") == []
         assert [a.who for a in history.actions()] == ["alice"]  # the audit log stays
     with FleetDB(tmp_path / "fleet.sqlite") as db:  # and it is all on disk
-        controls = RolloutFlags(engine_of(db))
-        controls.set("k", "paused", "alice", now=5.0)
-        assert controls.get("k") is not None and controls.get("k").state == "paused"  # type: ignore[union-attr]
-        controls.set("k", None, "alice")
-        assert controls.get("k") is None and History(engine_of(db)).samples("f", "d")
+        assert History(db.db).samples("f", "d") and History(db.db).actions()
 
 
 def fleet_of(n: int) -> tuple[dict[str, DeviceStatus], dict[str, Figures]]:
@@ -145,7 +139,7 @@ def test_token_files(tmp_path: Path) -> None:
 
 
 def test_beyond_loopback_needs_tls_and_actions_need_tokens(tmp_path: Path) -> None:
-    base = {"broker_url": "mqtt://127.0.0.1:1", "fleet": "f", "db_path": tmp_path / "db"}
+    base = {"broker_url": "mqtt://127.0.0.1:1", "fleet": "f", "db": tmp_path / "db"}
     with pytest.raises(ConfigError, match="needs --tls-cert"):
         DashboardConfig(**base, host="0.0.0.0")
     with pytest.raises(ConfigError, match="needs --token-file"):
@@ -167,7 +161,7 @@ def test_csrf_and_origin_checks_on_a_real_server(tmp_path: Path,
                                                 shared_mosquitto: Mosquitto) -> None:
     token = "a-token-of-enough-length"
     dash = Dashboard(DashboardConfig(broker_url=shared_mosquitto.url, fleet="csrf",
-                                     db_path=tmp_path / "db.sqlite", port=0,
+                                     db=tmp_path / "db.sqlite", port=0,
                                      allow_actions=True, tokens={token: "ops"})).start()
     try:
         with urllib.request.urlopen(dash.url + "/rollouts", timeout=5) as resp:
@@ -192,7 +186,7 @@ def test_csrf_and_origin_checks_on_a_real_server(tmp_path: Path,
     finally:
         dash.stop()
     with FleetDB(tmp_path / "db.sqlite") as db:
-        log = History(engine_of(db)).actions()
+        log = History(db.db).actions()
     assert [(a.action, a.result.split(":")[0]) for a in reversed(log)] == [
         ("sign-in", "refused"), ("sign-in", "refused"), ("sign-in", "signed in as eve (ops)"),
         ("pause", "refused")]

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from edgeship._cli._options import broker_options, read_password, topic_name, wait_for_signal
+from edgeship._cli._options import (
+    broker_options,
+    db_option,
+    read_password,
+    topic_name,
+    wait_for_signal,
+)
 
 
 def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
@@ -17,26 +23,10 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _db_path(value: str | None) -> Path:
-    from edgeship._errors import ConfigError
-    from edgeship.sdk.fleet._fleetdb import default_state_path
-
-    if not value:
-        return Path(default_state_path())
-    if value.startswith("sqlite:///"):
-        return Path(value[len("sqlite://"):])
-    if "://" in value:
-        raise ConfigError(f"--db {value.split('://')[0]}://...: this dashboard reads SQLite "
-                          "fleet databases (a path or sqlite:///PATH)")
-    return Path(value)
-
-
 @click.command("dashboard")
 @broker_options
 @click.option("--fleet", "fleet_name", required=True, help="fleet name", callback=topic_name)
-@click.option("--db", "db_url", default=None, metavar="URL",
-              help="fleet database (rollouts, history): a path or sqlite:///PATH "
-                   "[default: ~/.local/state/edgeship/fleet.sqlite]")
+@db_option
 @click.option("--listen", default="127.0.0.1:8600", show_default=True, callback=_listen,
               help="HOST:PORT; an address beyond loopback needs --tls-cert/--tls-key and "
                    "--token-file or --tls-client-ca")
@@ -62,15 +52,17 @@ def dashboard(broker_url: str, username: str, password_file: str | None, fleet_n
     """A live web page of the fleet: devices, rollouts, releases, history.
 
     Devices and their phase, drift, shadow and latency come from the broker's status and
-    telemetry topics; rollouts and telemetry history from the fleet database (history
-    older than --history-days is dropped). Read-only unless --allow-actions.
+    telemetry topics and the fleet database's devices table (which it keeps up to date,
+    like `fleet record`); rollouts and telemetry history from the fleet database
+    (SQLite or PostgreSQL, --db; history older than --history-days is dropped).
+    Read-only unless --allow-actions; pause/resume/cancel are `fleet pause|resume|cancel`.
     """
     from edgeship._cli.cloud import _server_tls
     from edgeship.sdk.fleet._dashboard import Dashboard, DashboardConfig
     from edgeship.sdk.fleet._dashboard_auth import read_tokens
 
     config = DashboardConfig(
-        broker_url=broker_url, fleet=fleet_name, db_path=_db_path(db_url), host=listen[0],
+        broker_url=broker_url, fleet=fleet_name, db=db_url, host=listen[0],
         port=listen[1], releases=releases, allow_actions=allow_actions,
         tokens=read_tokens(token_file) if token_file else {}, username=username,
         password=read_password(password_file), retention_s=history_days * 86400,

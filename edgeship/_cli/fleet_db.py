@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -59,13 +58,12 @@ def rollouts(db_url: str | None, fleet_name: str | None, as_json: bool) -> None:
                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(row['updated'] or 0)))}")
 
 
-def _control(db_url: str | None, ref: str, change: Callable[[Any, float], Any], event: str
-             ) -> None:
+def _control(db_url: str | None, ref: str, action: str) -> None:
     from edgeship.sdk.fleet._fleetdb import FleetDB, short_id
+    from edgeship.sdk.fleet._rollout_control import operate
 
     with FleetDB(db_url) as db:
-        found = db.find(ref)
-        new = db.change(found.key, lambda r: change(r, time.time()), event)
+        new = operate(db, db.find(ref).key, action)
     click.echo(f"rollout {short_id(new.key)} ({new.fleet} {new.model} {new.version}): "
                f"{new.status}")
 
@@ -76,9 +74,7 @@ def _control(db_url: str | None, ref: str, change: Callable[[Any, float], Any], 
 def pause(rollout: str, db_url: str | None) -> None:
     """Stop offering waves of ROLLOUT (id, key or FLEET/MODEL/VERSION); devices already
     offered go on. The worker driving it keeps watching until `fleet resume`."""
-    from edgeship.sdk.fleet._rollout_control import pause as do_pause
-
-    _control(db_url, rollout, do_pause, "paused")
+    _control(db_url, rollout, "pause")
 
 
 @click.command("resume")
@@ -87,15 +83,7 @@ def pause(rollout: str, db_url: str | None) -> None:
 def resume(rollout: str, db_url: str | None) -> None:
     """Go on with a paused or halted ROLLOUT (its open wave gets a fresh timeout). A
     worker standing by (`fleet push --wait`) drives it on; else re-run the push."""
-    from edgeship._errors import ConfigError
-    from edgeship.sdk.fleet._rollout import resume as do_resume
-
-    def go_on(r: Any, now: float) -> Any:
-        if r.status in ("completed", "cancelled"):
-            raise ConfigError(f"rollout is {r.status}; nothing to resume")
-        return do_resume(r, now=now)
-
-    _control(db_url, rollout, go_on, "resumed")
+    _control(db_url, rollout, "resume")
 
 
 @click.command("cancel")
@@ -104,9 +92,7 @@ def resume(rollout: str, db_url: str | None) -> None:
 def cancel(rollout: str, db_url: str | None) -> None:
     """Offer nothing more of ROLLOUT, for good (offers already made stay; pushing the
     release again starts a new rollout)."""
-    from edgeship.sdk.fleet._rollout_control import cancel as do_cancel
-
-    _control(db_url, rollout, do_cancel, "cancelled")
+    _control(db_url, rollout, "cancel")
 
 
 @click.command("record")

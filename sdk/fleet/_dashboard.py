@@ -52,7 +52,7 @@ class DashboardConfig:
 
     broker_url: str
     fleet: str
-    db_path: Path
+    db: str | Path | None = None  # the fleet database: a URL or a SQLite path (None: default)
     host: str = "127.0.0.1"
     port: int = 8600
     releases: Sequence[str] = ()
@@ -96,7 +96,7 @@ class Dashboard:
 
     def __init__(self, config: DashboardConfig) -> None:
         self.config = config
-        self.store = Store(config.db_path)
+        self.store = Store(config.db)
         self.live = LiveFleet(config.broker_url, config.fleet, self.store,
                               username=config.username, password=config.password,
                               retention_s=config.retention_s)
@@ -129,6 +129,7 @@ class Dashboard:
             self.live.start(timeout)
         except BaseException:
             self.httpd.server_close()
+            self.store.close()
             raise
         self._thread.start()
         return self
@@ -139,6 +140,7 @@ class Dashboard:
         self.live.stop()
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.store.close()
 
     # -- pages --------------------------------------------------------------------------------
     def devices(self, params: Mapping[str, str]) -> tuple[str, str]:
@@ -158,7 +160,7 @@ class Dashboard:
         statuses, figures = self.live.snapshot()
         status = statuses.get(device)
         row = make_row(status, figures.get(device)) if status else None
-        with self.store.use() as (db, history, _):
+        with self.store.use() as (db, history):
             samples = history.samples(self.config.fleet, device)
             events = history.events(self.config.fleet, device)
             outcomes = []
@@ -171,13 +173,12 @@ class Dashboard:
 
     def rollouts(self, session: Session) -> tuple[str, str]:
         """The rollouts page: the fleet's newest recorded rollouts and the audit log."""
-        with self.store.use() as (db, history, flags):
-            marks = flags.all()
+        with self.store.use() as (db, history):
             views = []
             for key, _, updated in reversed(db.list(self.config.fleet)[-MAX_ROLLOUTS_SHOWN:]):
                 rollout = db.load(key)
                 if rollout is not None:
-                    views.append(rollout_view(rollout, updated, marks.get(key)))
+                    views.append(rollout_view(rollout, updated))
             log = history.actions(20)
         return "Rollouts", html.rollouts_page(views, self.config.allow_actions, session.csrf,
                                               log, time.time())
@@ -209,32 +210,18 @@ class Dashboard:
         raise ConfigError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
 
     def _control(self, who: str, action: str, key: str) -> str:
-        """Pause and resume set the flag the push reads; cancel does too while a
-        push drives the rollout, else it records the rollout halted here (a row left for a
-        push that is not running would halt its next re-run instead)."""
-        from edgeship.sdk.fleet._rollout_run import record_cancel
+        """The fleet's own pause / resume / cancel (what ``fleet pause|resume|cancel`` do):
+        one transaction on the rollout's record, which the push driving it follows."""
+        from edgeship.sdk.fleet._rollout_control import operate
 
-        verb = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
-        with self.store.use() as (db, _, flags):
+        with self.store.use() as (db, _):
             rollout = db.load(key)
-            if rollout is None:
-                raise ConfigError(f"no rollout {key!r} in the fleet database")
-            if rollout.status != "running":
-                raise ConfigError(f"the rollout of {rollout.version} is {rollout.status}; "
-                                  f"only a running one can be {verb}")
-            if action == "cancel":
-                try:
-                    with db.lock(key):  # no push holds it: nobody else writes the record
-                        record_cancel(db, rollout, who, asked=time.time(), now=time.time())
-                        flags.set(key, None, who)
-                        self.live.touch()
-                        return f"rollout of {rollout.version} cancelled (no push was running it)"
-                except ConfigError:  # a push runs it: it applies the flag
-                    pass
-            flags.set(key, {"pause": "paused", "resume": None, "cancel": "cancelled"}[action],
-                         who)
+            if rollout is None or rollout.fleet != self.config.fleet:
+                raise ConfigError(f"no rollout {key!r} of fleet {self.config.fleet} in the "
+                                  "fleet database")
+            new = operate(db, key, action, by=who)
         self.live.touch()
-        return f"rollout of {rollout.version} {verb} (the push applies it within a second)"
+        return f"rollout of {new.version} {new.status}"
 
     def _shadow(self, who: str, action: str, version: str) -> str:
         from edgeship.sdk.release._manifest import parse_version
@@ -258,7 +245,7 @@ class Dashboard:
             result = run() if action == "promote" else run(version)
         except EdgeshipError as exc:
             result = f"failed: {exc}"
-        with self.store.use() as (_, history, _):
+        with self.store.use() as (_, history):
             history.log_action(Action(ts=time.time(), who=who, action=f"{action} (done)",
                                       target=version, result=str(result)[:300]))
         self.live.touch()
@@ -269,7 +256,7 @@ class Dashboard:
         from edgeship.sdk.fleet._rollout_run import run_rollout
 
         c = self.config
-        with FleetDB(c.db_path) as db:
+        with FleetDB(c.db) as db:
             rollout = run_rollout(broker_url=c.broker_url, fleet=c.fleet, reldir=reldir, db=db,
                                   policy=RolloutPolicy(), wait=True, username=c.username,
                                   password=c.password, choose=shadowing_devices)

@@ -153,12 +153,16 @@ def device_rows(statuses: Mapping[str, DeviceStatus], figures: Mapping[str, Any]
 
 @dataclass(frozen=True, kw_only=True)
 class WaveView:
+    """One wave: planned (canary, wave N), ``retry N`` (``fleet push --retry-failed``) or
+    ``joined N`` (devices that joined an ``--ongoing`` rollout)."""
+
     name: str
+    kind: str  # planned | retry | joined
     devices: int
     counts: Mapping[str, int]
     done: int
     failed: int
-    state: str  # waiting | running | closed
+    state: str  # waiting | running | paused | stopped | closed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,8 +174,9 @@ class RolloutView:
     model: str
     version: str
     mode: str
-    status: str  # running | paused | halted | completed
-    reason: str
+    status: str  # running | paused | halted | completed | cancelled (the fleet's own)
+    reason: str  # why it is paused, halted or cancelled (and by whom)
+    ongoing: bool
     failure_rate: float
     limit: float
     counts: Mapping[str, int]
@@ -179,13 +184,16 @@ class RolloutView:
     devices: int
     done: int
     updated: float
-    control: str | None = None
-    control_who: str | None = None
     errors: Mapping[str, str] = field(default_factory=dict)
 
 
-def rollout_view(rollout: Rollout, updated: float, control: Any | None = None) -> RolloutView:
-    """Counts per phase, overall and per wave; ``control``: a pause or cancel asked for."""
+def _wave_kind(name: str) -> str:
+    first = name.split(" ", 1)[0]
+    return first if first in ("retry", "joined") else "planned"
+
+
+def rollout_view(rollout: Rollout, updated: float) -> RolloutView:
+    """Counts per phase, overall and per wave, with the rollout's recorded status."""
     waves = []
     for w in rollout.waves:
         outcomes = [rollout.outcomes.get(d, "pending") for d in w.devices]
@@ -193,21 +201,19 @@ def rollout_view(rollout: Rollout, updated: float, control: Any | None = None) -
         for o in outcomes:
             counts[o] = counts.get(o, 0) + 1
         phase = "closed" if w.closed_at else "waiting" if not w.offered_at else \
-            "running" if rollout.status == "running" else "stopped"
-        waves.append(WaveView(name=w.name, devices=len(w.devices), counts=counts,
+            rollout.status if rollout.status in ("running", "paused") else "stopped"
+        waves.append(WaveView(name=w.name, kind=_wave_kind(w.name), devices=len(w.devices),
+                              counts=counts,
                               done=sum(o in DONE_OUTCOMES for o in outcomes),
                               failed=sum(o in FAILED_OUTCOMES for o in outcomes), state=phase))
-    status = rollout.status
-    state: str | None = getattr(control, "state", None)
-    if status == "running" and state == "paused":
-        status = "paused"
     return RolloutView(key=rollout.key, fleet=rollout.fleet, model=rollout.model,
-                       version=rollout.version, mode=rollout.mode, status=status,
-                       reason=rollout.reason, failure_rate=rollout.failure_rate(),
+                       version=rollout.version, mode=rollout.mode, status=rollout.status,
+                       reason=rollout.reason, ongoing=rollout.ongoing,
+                       failure_rate=rollout.failure_rate(),
                        limit=rollout.policy.max_failure_rate, counts=rollout.counts(),
                        waves=waves, devices=len(rollout.outcomes),
-                       done=sum(w.done for w in waves), updated=updated, control=state,
-                       control_who=getattr(control, "who", None), errors=dict(rollout.errors))
+                       done=sum(w.done for w in waves), updated=updated,
+                       errors=dict(rollout.errors))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -248,30 +248,32 @@ def rollouts_page(views: Sequence[RolloutView], actions: bool, csrf: str,
     cards = []
     for v in views:
         rows = "".join(
-            f"<tr><td>{_e(w.name)}</td><td>{w.devices}</td><td>{_e(w.state)}</td>"
+            f'<tr class="wave {_e(w.kind)} {_e(w.state)}"><td>{_e(w.name)}</td>'
+            f"<td>{w.devices}</td><td>{_e(w.state)}</td>"
             f'<td><progress max="{max(1, w.devices)}" value="{w.done}"></progress> '
             f"{w.done}/{w.devices}</td><td>"
             + ", ".join(f"{_e(k)} {n}" for k, n in sorted(w.counts.items()))
             + "</td></tr>" for w in v.waves)
         over = v.failure_rate > v.limit
         buttons = ""
-        if actions and v.status in ("running", "paused"):
-            buttons = (_action("resume" if v.status == "paused" else "pause", {"key": v.key},
-                               csrf, "resume" if v.status == "paused" else "pause")
+        if actions and v.status in ("running", "paused", "halted"):
+            go_on = "pause" if v.status == "running" else "resume"
+            buttons = (_action(go_on, {"key": v.key}, csrf, go_on)
                        + _action("cancel", {"key": v.key}, csrf, "cancel"))
-        reason = f'<p class="reason bad">{_e(v.status)}: {_e(v.reason)}</p>' if v.reason else ""
-        paused = f'<p class="muted">paused by {_e(v.control_who)}</p>' \
-            if v.control == "paused" else ""
+        tone = "muted" if v.status in ("paused", "cancelled") else "bad"  # asked for
+        reason = f'<p class="reason {tone}">{_e(v.status)}: {_e(v.reason)}</p>' \
+            if v.reason else ""
         cards.append(
             f'<article class="rollout {_e(v.status)}" data-key="{_e(v.key)}" '
             f'data-version="{_e(v.version)}"><h2>{_e(v.model)} {_e(v.version)}'
-            f'{" (shadow)" if v.mode == "shadow" else ""} <span class="status">'
+            f'{" (shadow)" if v.mode == "shadow" else ""}'
+            f'{" (ongoing)" if v.ongoing else ""} <span class="status">'
             f"{_e(v.status)}</span></h2>"
             f'<p><progress max="{max(1, v.devices)}" value="{v.done}"></progress> '
             f'<span class="done">{v.done}</span>/{v.devices} decided · '
             f'<span class="committed">{v.counts.get("committed", 0)}</span> committed · '
             f'failure rate <span class="{"bad" if over else ""}">{v.failure_rate:.0%}</span> '
-            f"(limit {v.limit:.0%}) · updated {_ago(v.updated, now)}</p>{reason}{paused}"
+            f"(limit {v.limit:.0%}) · updated {_ago(v.updated, now)}</p>{reason}"
             "<table><thead><tr><th>wave</th><th>devices</th><th>state</th><th>progress</th>"
             f"<th>per phase</th></tr></thead><tbody>{rows}</tbody></table>{buttons}</article>")
     audit = "".join(f"<tr><td>{_when(a.ts)}</td><td>{_e(a.who)}</td><td>{_e(a.action)}</td>"

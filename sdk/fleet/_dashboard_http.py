@@ -198,7 +198,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
         self._redirect(session, result)
 
     def _audit(self, who: str, action: str, target: str, result: str) -> None:
-        with self.dash.store.use() as (_, history, _):
+        with self.dash.store.use() as (_, history):
             history.log_action(Action(ts=time.time(), who=who, action=action, target=target,
                                       result=result[:300]))
 

@@ -2,11 +2,14 @@
 the fleet database watched for rollout changes, and history written as it comes.
 
 :class:`LiveFleet` keeps the newest status and heartbeat figures of every device in
-memory (the devices table is served from here, so 10 000 devices cost no query), queues
-heartbeats and status changes for a recorder thread that writes them to the history
-tables once a second (one transaction, not one per message), prunes history older than
-the retention, and bumps :attr:`LiveFleet.version` whenever something a page shows has
-changed, which the server-sent event streams wait on.
+memory (the devices table is served from here, so 10 000 devices cost no query). It
+starts from the fleet database's ``devices`` table (devices whose retained status the
+broker lost are still listed, as in ``fleet status``) and queues heartbeats and status
+changes for a recorder thread that writes them once a second (one transaction, not one
+per message): the history tables, and the changed devices' status and "last seen" back
+into ``devices``, as ``fleet record`` does. It prunes history older than the retention
+and bumps :attr:`LiveFleet.version` whenever something a page shows has changed, which
+the server-sent event streams wait on.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from edgeship.sdk.fleet._fleetdb import FleetDB
-from edgeship.sdk.fleet._fleetstatus import MAX_DEVICES, MAX_STATUS_BYTES, DeviceStatus
+from edgeship.sdk.fleet._fleetstatus import (
+    MAX_DEVICES,
+    MAX_STATUS_BYTES,
+    DeviceStatus,
+    merge_recorded,
+)
 from edgeship.sdk.fleet._history import (
     DeviceEvent,
     History,
@@ -30,8 +38,6 @@ from edgeship.sdk.fleet._history import (
     changes,
     sample_from_telemetry,
 )
-from edgeship.sdk.fleet._rollout_flags import RolloutFlags
-from edgeship.sdk.fleet._sqlengine import engine_of
 from edgeship.sdk.transport._mqtt import Message, MqttEdge
 
 from edgeship._errors import TransportError
@@ -51,28 +57,49 @@ class Figures:
 
 
 class Store:
-    """The fleet database, one connection per thread (sqlite3 connections stay in the
-    thread that opened them)."""
+    """The fleet database for the dashboard's threads: a few connections, each used by one
+    thread at a time (the HTTP server runs a thread per request, and one connection is
+    one transaction at a time), kept open between requests."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._local = threading.local()
-        self.open()  # a database that cannot be opened is an error at start, not per page
+    MAX_IDLE = 4
 
-    def open(self) -> tuple[FleetDB, History, RolloutFlags]:
-        """This thread's database, history tables and rollout flags."""
-        got: tuple[FleetDB, History, RolloutFlags] | None = getattr(self._local, "db", None)
-        if got is None:
-            db = FleetDB(self.path)
-            engine = engine_of(db)
-            got = (db, History(engine), RolloutFlags(engine))
-            self._local.db = got
-        return got
+    def __init__(self, url: str | Path | None) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._idle = [self._open()]  # a database that cannot be opened fails at start
+
+    def _open(self) -> tuple[FleetDB, History]:
+        db = FleetDB(self.url)
+        try:
+            return db, History(db.db)
+        except BaseException:
+            db.close()
+            raise
 
     @contextlib.contextmanager
-    def use(self) -> Iterator[tuple[FleetDB, History, RolloutFlags]]:
-        """``with store.use() as (db, history, flags)``: this thread's connection."""
-        yield self.open()
+    def use(self) -> Iterator[tuple[FleetDB, History]]:
+        """``with store.use() as (db, history)``: a connection for this thread alone."""
+        with self._lock:
+            got = self._idle.pop() if self._idle else None
+        if got is None:
+            got = self._open()
+        try:
+            yield got
+        except BaseException:
+            got[0].close()  # in an unknown state (a lost server, a failed statement)
+            raise
+        with self._lock:
+            if len(self._idle) < self.MAX_IDLE:
+                self._idle.append(got)
+                return
+        got[0].close()
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for db, _ in idle:
+            db.close()
 
 
 class LiveFleet:
@@ -88,6 +115,7 @@ class LiveFleet:
         self.figures: dict[str, Figures] = {}
         self._samples: list[Sample] = []
         self._events: list[DeviceEvent] = []
+        self._dirty: set[str] = set()  # devices whose status or last_seen the database lacks
         self.version = 0
         self._stop = threading.Event()
         self._rollouts_mark: tuple[Any, ...] = ()
@@ -101,7 +129,13 @@ class LiveFleet:
                              password=password, subscribe_qos=0)
 
     def start(self, timeout: float = 10.0) -> LiveFleet:
-        """Connect to the broker (a TransportError after ``timeout`` s) and start recording."""
+        """Start from the devices recorded in the fleet database (``fleet record``, ``fleet
+        push``, another dashboard), connect to the broker (a TransportError after ``timeout``
+        s) and start recording."""
+        with self.store.use() as (db, _):
+            recorded = db.devices(self.fleet)
+        with self._lock:
+            self.statuses = merge_recorded(self.statuses, recorded)
         self.edge.start()
         if not self.edge.wait_connected(timeout):
             self.edge.stop()
@@ -160,10 +194,12 @@ class LiveFleet:
         old = self.statuses.get(device)
         if status is None:
             self.statuses.pop(device, None)
+            self._dirty.discard(device)
             return
         seen = max(filter(None, (status.last_seen, old.last_seen if old else None)),
                    default=None)
         self.statuses[device] = DeviceStatus.from_dict({**status.to_dict(), "last_seen": seen})
+        self._dirty.add(device)
         self._events.extend(changes(device, old.to_dict() if old else None, status.to_dict(),
                                     now))
 
@@ -190,6 +226,7 @@ class LiveFleet:
         if status is not None and (status.last_seen or 0) < sample.ts:
             self.statuses[device] = DeviceStatus.from_dict({**status.to_dict(),
                                                             "last_seen": sample.ts})
+            self._dirty.add(device)
 
     # -- the recorder thread --------------------------------------------------------------------
     def _recorder(self) -> None:
@@ -200,13 +237,17 @@ class LiveFleet:
             with self._lock:
                 samples, self._samples = self._samples, []
                 events, self._events = self._events, []
+                dirty, self._dirty = self._dirty, set()
+                changed = [self.statuses[d] for d in dirty if d in self.statuses]
+            devices = {s.device: _recordable(s) for s in changed}  # outside the lock
             try:
-                with self.store.use() as (db, history, flags):
+                with self.store.use() as (db, history):
                     history.record(self.fleet, samples, events)
+                    db.record_devices(self.fleet, devices)
                     if time.monotonic() >= next_prune:
                         history.prune(self.clock() - self.retention_s)
                         next_prune = time.monotonic() + 3600
-                    mark = self._rollout_mark(db, flags)
+                    mark = self._rollout_mark(db)
             except Exception as exc:  # a locked or full database: keep serving what we have
                 _warn(f"history not recorded: {exc}")
                 continue
@@ -214,9 +255,16 @@ class LiveFleet:
                 self._rollouts_mark = mark
                 self.touch()
 
-    def _rollout_mark(self, db: FleetDB, flags: RolloutFlags) -> tuple[Any, ...]:
-        (row,) = engine_of(db).execute("SELECT COUNT(*), MAX(updated) FROM rollouts")
-        return (*row, tuple(sorted((k, c.state) for k, c in flags.all().items())))
+    def _rollout_mark(self, db: FleetDB) -> tuple[Any, ...]:
+        """Changes when a rollout is recorded or changed (a wave, a pause, a cancel)."""
+        (row,) = db.db.execute("SELECT COUNT(*), MAX(updated) FROM rollouts WHERE fleet = ?",
+                               (self.fleet,))
+        return tuple(row)
+
+
+def _recordable(status: DeviceStatus) -> dict[str, Any]:
+    """A status as the fleet's ``devices`` table keeps it (what the device said)."""
+    return {k: v for k, v in status.to_dict().items() if k != "source"}
 
 
 def _warn(text: str) -> None:

@@ -186,14 +186,17 @@ class FleetDB:
         assert rollout is not None
         return rollout
 
-    def change(self, key: str, change: Callable[[Rollout], Rollout], event: str) -> Rollout:
-        """Apply ``change`` to the recorded rollout in one transaction (pause, cancel...)."""
+    def change(self, key: str, change: Callable[[Rollout], Rollout], event: str, *,
+               by: str | None = None) -> Rollout:
+        """Apply ``change`` to the recorded rollout in one transaction (pause, cancel...);
+        ``by``, who asked, goes into the event."""
         with self.db.transaction():
             current = self.load(key, lock=True)
             if current is None:
                 raise ConfigError(f"no rollout {key} in {self.db.where}")
             new = change(current)
-            self._write(new, event, {"was": current.status, "now": new.status})
+            detail = {"was": current.status, "now": new.status}
+            self._write(new, event, detail if by is None else {**detail, "by": by})
         return new
 
     # -- leases: one worker drives a rollout ------------------------------------------------

@@ -138,6 +138,21 @@ class Engine:
         self._depth = 0
         self.execute("COMMIT")
 
+    def create(self, statements: Sequence[str]) -> None:
+        """Create tables and indexes (``CREATE ... IF NOT EXISTS``; ``{serial}`` is an
+        auto-numbered primary key). On PostgreSQL under a lock: two workers creating the
+        same table at once would clash."""
+        serial = "BIGSERIAL PRIMARY KEY" if self.dialect == "postgresql" else \
+            "INTEGER PRIMARY KEY AUTOINCREMENT"
+        if self.dialect != "postgresql":
+            for stmt in statements:
+                self.execute(stmt.replace("{serial}", serial))
+            return
+        with self.transaction():
+            self.execute("SELECT pg_advisory_xact_lock(7317001)")
+            for stmt in statements:
+                self.execute(stmt.replace("{serial}", serial))
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.conn.close()
@@ -162,16 +177,7 @@ def connect(url: str) -> Engine:
     else:
         raise ConfigError(f"--db {describe(url)}: not a fleet database URL (use "
                           "sqlite:///path or postgresql://user@host:port/dbname)")
-    serial = "BIGSERIAL PRIMARY KEY" if engine.dialect == "postgresql" else \
-        "INTEGER PRIMARY KEY AUTOINCREMENT"
-    if engine.dialect == "postgresql":  # two workers creating the tables at once would clash
-        with engine.transaction():
-            engine.execute("SELECT pg_advisory_xact_lock(7317001)")
-            for stmt in _TABLES:
-                engine.execute(stmt.replace("{serial}", serial))
-    else:
-        for stmt in _TABLES:
-            engine.execute(stmt.replace("{serial}", serial))
+    engine.create(_TABLES)
     return engine
 
 

@@ -10,9 +10,9 @@ MQTT so a device page can show it over time:
 - ``dashboard_actions``: who did what from the dashboard, and when.
 
 Rows older than the retention are pruned (:meth:`History.prune`). The tables sit beside
-the rollout records in the same database but in their own module, with plain SQL through
-:class:`~edgeship.sdk.fleet._sqlengine.SqlEngine` (``?`` placeholders, no SQLite-only
-types), so the same code serves a PostgreSQL fleet database.
+the rollout records in the same database but in their own module, written once through
+the fleet database's :class:`~edgeship.sdk.fleet._fleetsql.Engine` (``FleetDB.db``), so
+the same code serves a SQLite and a PostgreSQL fleet database.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgeship.sdk.fleet._sqlengine import SqlEngine
+from edgeship.sdk.fleet._fleetsql import Engine
 
 __all__ = ["Action", "DeviceEvent", "History", "Sample", "changes", "sample_from_telemetry"]
 
@@ -124,12 +124,11 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 class History:
-    """The history tables in a fleet database (``engine_of(FleetDB)``)."""
+    """The history tables in a fleet database (``History(FleetDB(url).db)``)."""
 
-    def __init__(self, engine: SqlEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        for statement in _SCHEMA:
-            self.engine.execute(statement)
+        engine.create(_SCHEMA)
 
     def record(self, fleet: str, samples: Iterable[Sample], events: Iterable[DeviceEvent]
                ) -> None:

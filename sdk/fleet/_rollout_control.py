@@ -1,22 +1,31 @@
 """What an operator does to a recorded rollout, as pure functions: pause, cancel, resume
-(:func:`edgeship.sdk.fleet._rollout.resume`) and retry the failed devices.
+and retry the failed devices; and :func:`operate`, the one way pause / resume / cancel
+reach the fleet database (``fleet pause|resume|cancel`` and the dashboard's buttons).
 
-``fleet pause`` / ``cancel`` / ``resume`` change the record in the fleet database in one
-transaction (:meth:`FleetDB.change`); the worker driving the rollout reads the record in
-every wave decision, so it stops offering at once and goes on after a resume. A
-cancelled rollout offers nothing more (devices already offered keep their offer and may
-still install it); pushing the same release again starts a new rollout.
+:func:`operate` changes the record in the fleet database in one transaction
+(:meth:`FleetDB.change`); the worker driving the rollout reads the record in every wave
+decision, so it stops offering at once and goes on after a resume. A cancelled rollout
+offers nothing more (devices already offered keep their offer and may still install
+it); pushing the same release again starts a new rollout.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from edgeship.sdk.fleet._rollout import FAILED, PENDING, TIMEOUT, Rollout, Wave
+from edgeship.sdk.fleet._rollout import resume as _resume
 
 from edgeship._errors import ConfigError
 
-__all__ = ["FINAL", "RETRY_OUTCOMES", "cancel", "pause", "retry_failed", "wave_attempt"]
+if TYPE_CHECKING:
+    from edgeship.sdk.fleet._fleetdb import FleetDB
+
+__all__ = ["CONTROLS", "FINAL", "RETRY_OUTCOMES", "cancel", "operate", "pause", "resume",
+           "retry_failed", "wave_attempt"]
 
 FINAL = ("completed", "cancelled")
 # a device that rolled back ignores the same release for good (its health check failed
@@ -24,20 +33,45 @@ FINAL = ("completed", "cancelled")
 RETRY_OUTCOMES = (FAILED, TIMEOUT)
 
 
-def pause(rollout: Rollout, now: float) -> Rollout:
-    """Stop offering waves; devices already offered go on with their update."""
+def pause(rollout: Rollout, now: float, by: str = "the operator") -> Rollout:
+    """Stop offering waves; devices already offered go on with their update (pausing
+    twice is harmless). ``by``, who asked, goes into the rollout's reason."""
     if rollout.status in FINAL:
         raise ConfigError(f"rollout is {rollout.status}; nothing to pause")
-    return replace(rollout, status="paused", reason="paused by the operator", updated_at=now)
+    return replace(rollout, status="paused", reason=f"paused by {by}", updated_at=now)
 
 
-def cancel(rollout: Rollout, now: float) -> Rollout:
+def resume(rollout: Rollout, now: float, by: str = "the operator") -> Rollout:
+    """Go on with a paused or halted rollout (its open wave gets a fresh timeout)."""
+    del by  # a running rollout has no reason to show
+    if rollout.status in FINAL:
+        raise ConfigError(f"rollout is {rollout.status}; nothing to resume")
+    return _resume(rollout, now=now)
+
+
+def cancel(rollout: Rollout, now: float, by: str = "the operator") -> Rollout:
     """Offer nothing more, for good."""
     if rollout.status in FINAL:
         raise ConfigError(f"rollout is already {rollout.status}")
     left = sum(1 for o in rollout.outcomes.values() if o == PENDING)
     return replace(rollout, status="cancelled", updated_at=now,
-                   reason=f"cancelled by the operator; {left} devices never offered")
+                   reason=f"cancelled by {by}; {left} devices never offered")
+
+
+# action -> (the change, the event recorded with it)
+CONTROLS: dict[str, tuple[Callable[[Rollout, float, str], Rollout], str]] = {
+    "pause": (pause, "paused"), "resume": (resume, "resumed"), "cancel": (cancel, "cancelled")}
+
+
+def operate(db: FleetDB, key: str, action: str, *, by: str = "the operator",
+            now: float | None = None) -> Rollout:
+    """Pause, resume or cancel rollout ``key`` in the fleet database (one transaction; the
+    worker driving it follows within its next decision). The changed rollout."""
+    if action not in CONTROLS:
+        raise ConfigError(f"unknown rollout action {action!r}; one of {', '.join(CONTROLS)}")
+    change, event = CONTROLS[action]
+    when = time.time() if now is None else now
+    return db.change(key, lambda r: change(r, when, by), event, by=by)
 
 
 def retry_failed(rollout: Rollout, now: float) -> Rollout:
