@@ -47,6 +47,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
+from edgeship.sdk.serving._memory import keep_large_blocks_mapped
 from edgeship.sdk.serving._v2 import (
     DEFAULT_MAX_REQUEST_BYTES,
     HEADER_LENGTH,
@@ -476,8 +477,10 @@ def serve(
 
     With ``ssl_context`` (server side; ``verify_mode=CERT_REQUIRED`` for mutual TLS) the
     server speaks https; the handshake runs in the connection's thread, not the accept loop.
-    Raises :class:`TransportError` if the address cannot be bound.
+    Raises :class:`TransportError` if the address cannot be bound. Large bodies' memory
+    goes back to the system when freed (:func:`~._memory.keep_large_blocks_mapped`).
     """
+    keep_large_blocks_mapped()
     try:
         httpd = _Server((host, port), _Handler)
     except OSError as exc:
