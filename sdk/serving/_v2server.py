@@ -51,6 +51,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -90,6 +91,7 @@ __all__ = [
 
 log = logging.getLogger("edgeship.v2")
 
+_ONE_WRITE = 64 * 1024  # a body up to this size leaves with its headers in one write
 _SOCKET_TIMEOUT_S = 30.0  # backstop for one read or write; the phase deadlines are in _v2conns
 _BUSY_BODY = b'{"error":"too many open connections"}'
 _BUSY = (
@@ -367,17 +369,36 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length), None
 
     def _send(self, response: Response) -> None:
-        self.send_response(response.status)
-        self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
+        """Status line, headers and a small body in one write (one segment, one wake-up
+        of the client; send_response + end_headers + write took two and formatted a log
+        line per request even with logging off)."""
+        if log.isEnabledFor(logging.DEBUG):
+            self.log_request(response.status, len(response.body))
+        lines = [f"{self.protocol_version} {response.status} {_reason(response.status)}",
+                 f"Server: {self.version_string()}", f"Date: {self.date_time_string()}",
+                 f"Content-Type: {response.content_type}",
+                 f"Content-Length: {len(response.body)}"]
         for key, value in response.headers.items():
-            self.send_header(key, value)
-        self.end_headers()
-        if response.body:
+            lines.append(f"{key}: {value}")
+            if key.lower() == "connection" and value.lower() == "close":
+                self.close_connection = True
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if len(response.body) <= _ONE_WRITE:
+            self.wfile.write(head + response.body)
+        else:  # a large body is not copied to join it
+            self.wfile.write(head)
             self.wfile.write(response.body)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", self.address_string(), format % args)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 class _Server(ThreadingHTTPServer):
