@@ -57,7 +57,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
-from edgeship.sdk.serving._memory import keep_large_blocks_mapped
+from edgeship.sdk.serving._memory import keep_large_blocks_mapped, trim
 from edgeship.sdk.serving._v2 import (
     DEFAULT_MAX_REQUEST_BYTES,
     HEADER_LENGTH,
@@ -91,6 +91,7 @@ __all__ = [
 
 log = logging.getLogger("edgeship.v2")
 
+_TRIM_AFTER = 1 << 20  # a request or answer this large: the heaps are trimmed after it
 _ONE_WRITE = 64 * 1024  # a body up to this size leaves with its headers in one write
 _SOCKET_TIMEOUT_S = 30.0  # backstop for one read or write; the phase deadlines are in _v2conns
 _BUSY_BODY = b'{"error":"too many open connections"}'
@@ -327,10 +328,14 @@ class _Handler(BaseHTTPRequestHandler):
             body, error = self._read_body(headers, dispatcher.max_request_bytes)
             self.server.conns.phase(self.server.conn_id(), "working")
             response = error or dispatcher.dispatch(self.command, self.path, headers, body)
+            large = max(len(body), len(response.body)) >= _TRIM_AFTER
             del body
             self._send(response)
+            del response
         finally:
             self.server.budget.release(held)
+        if large:  # what the heaps kept of a large request or answer goes back (issue 16)
+            trim()
 
     def _reserve(self, headers: dict[str, str]) -> int | None:
         """Hold the memory this request may cost before its body is read (0 for none)."""
