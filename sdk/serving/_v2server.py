@@ -347,8 +347,9 @@ class _Handler(BaseHTTPRequestHandler):
             return 0  # refused by _read_body / decode_request, unread
         if length == 0 or length > self.server.dispatcher.max_request_bytes:
             return 0
-        return self.server.budget.acquire(request_cost(length, header_length),
-                                          self.server.budget_wait_s)
+        held: int | None = self.server.budget.acquire(request_cost(length, header_length),
+                                                      self.server.budget_wait_s)
+        return held
 
     def _read_body(self, headers: dict[str, str], limit: int) -> tuple[bytes, Response | None]:
         if "chunked" in headers.get("transfer-encoding", "").lower():
