@@ -20,7 +20,7 @@ names (``parameters.version``): a version never released, or an output that diff
 that version's model, is a wrong answer. After the last kill the agent runs until it
 serves the last offered release.
 
-Usage: ``python hw-bench/soak_sigkill.py [--kills 200] [--versions 8] [--update-every 5]
+Usage: ``python hw-bench/soak_sigkill.py [--kills 200] [--versions N] [--update-every 5]
 [--seed 0] [-o DIR]``; writes ``soak_sigkill.json``; exits 1 on any failure.
 """
 
@@ -203,6 +203,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     client = Client(port, {v: i for i, (v, _) in enumerate(releases)})
     client.thread.start()
     offered, failures = 0, []
+    agent: AgentProc | None = None
     phases: Counter[str] = Counter()  # the moment chosen for each kill
     states: Counter[str] = Counter()  # the agent's last OTA state logged before the kill
     began = time.monotonic()
@@ -247,6 +248,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                                         "120 s", "log": agent.log[-5:]})
         agent.terminate()
     finally:
+        if agent is not None:
+            agent.kill()  # interrupted mid-round: no agent outlives the soak
         client.stop.set()
         client.thread.join(timeout=10)
         server.terminate()
@@ -263,11 +266,14 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=200)
-    parser.add_argument("--versions", type=int, default=8)
+    parser.add_argument("--versions", type=int, default=None,
+                        help="releases in the chain (default: one per --update-every kills)")
     parser.add_argument("--update-every", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.versions is None:  # updates go on for the whole soak
+        args.versions = args.kills // args.update_every + 1
     result = soak(args)
     print_machine()
     print_table([{k: v for k, v in result.items() if k not in ("wrong", "failures",
