@@ -113,9 +113,10 @@ class ModelConfig:
 
     name: str = "model"
     runtime: str = "auto"
-    # 1: measured (hw-bench/bench_http_stack.py, mobilenet, binary) 1020 vs 540 inferences/s
-    # on 1 core and 1136 vs 400 on 2 busy cores against 2 threads, p50 equal; the API
-    # answers 482 vs 344 req/s. Raise it for a large model on an otherwise idle device.
+    # 1: measured (hw-bench/bench_http_stack.py, mobilenet, binary; two runs) 679-1020 vs
+    # 463-540 inferences/s on 1 core and 842-1136 vs 400-446 on 2 busy cores against 2
+    # threads, p50 equal; the API answered 482-558 vs 303-344 req/s on 2 cores. Raise it
+    # for a large model on an otherwise idle device (4 cores could not be measured here).
     threads: int = 1
     initial: str = ""
 

@@ -5,14 +5,17 @@ Both the agent's local API and ``edgeship cloud serve`` are built on it: a
 ``TCP_NODELAY``) with a fixed v2 route table and a few extra routes, so start-up costs
 milliseconds and no web framework is imported.
 
-Why this and not uvicorn (issue 16, ``hw-bench/bench_http_stack.py``, the agent's own
-service on mobilenet, median of interleaved rounds on a busy 2-core machine): against
-uvicorn + httptools with a raw ASGI app over the same dispatcher it answered 689 vs
-407-492 binary req/s and 350 vs 209-228 JSON req/s at concurrency 1, the same at 8, and
-imports in 40 ms / 144 modules vs 141 ms / 260 (RSS 88.6 vs 89.4 MB). uvicorn's asyncio
-keeps a better p99 at concurrency 64 (185 vs 604 ms) and shrugs off slowloris by itself,
-but has no header deadline, per-peer bound or bytes-in-flight budget; here those are
-_v2conns, and a normal client under 200 slowloris connections got p99 59 ms.
+Why this and not uvicorn (issue 16, ``hw-bench/bench_http_stack.py``, results/
+http_stack.json: the agent's own service on mobilenet, 1 runtime thread, median of
+interleaved rounds on a 2-core machine shared with other jobs): against uvicorn + httptools
+with a raw ASGI app over the same dispatcher (inference on the loop / in the pool) it
+answered binary tensors at 1217 vs 934 / 829 req/s at concurrency 1, 1127 vs 692 / 996 at
+8, 1007 vs 880 / 949 at 64 (0 connection errors each); JSON tensors 136 vs 206 / 298 at 1
+(an earlier run: 350 vs 228 / 209; decoding dominates and the order flips between runs
+here), 307 vs 147 / 254 at 8, 244 vs 116 / 281 at 64. It imports in 40-90 ms / 144
+modules vs 140-300 ms / 260, same RSS (82 MB). uvicorn's asyncio shrugs off slowloris by
+itself but has no header deadline, per-peer bound or bytes-in-flight budget; here those are
+_v2conns: a normal client under 200 slowloris connections got p99 59-84 ms.
 
 The contract. A server subclasses :class:`V2Service` and overrides:
 
