@@ -113,7 +113,11 @@ class ModelConfig:
 
     name: str = "model"
     runtime: str = "auto"
-    threads: int = 2
+    # 1: measured (hw-bench/bench_http_stack.py, mobilenet, binary; two runs) 679-1020 vs
+    # 463-540 inferences/s on 1 core and 842-1136 vs 400-446 on 2 busy cores against 2
+    # threads, p50 equal; the API answered 482-558 vs 303-344 req/s on 2 cores. Raise it
+    # for a large model on an otherwise idle device (4 cores could not be measured here).
+    threads: int = 1
     initial: str = ""
 
     def __post_init__(self) -> None:
@@ -128,7 +132,7 @@ class ModelConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
         w = "model"
         return cls(name=_get(d, "name", w, str, "model"), runtime=_get(d, "runtime", w, str, "auto"),
-                   threads=_get(d, "threads", w, int, 2), initial=_get(d, "initial", w, str, ""))
+                   threads=_get(d, "threads", w, int, 1), initial=_get(d, "initial", w, str, ""))
 
 
 @dataclass(frozen=True, kw_only=True)

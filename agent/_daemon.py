@@ -123,10 +123,14 @@ class Agent:
                                 stall_after_s=3 * config.ota.request_timeout_s,
                                 install_window=config.ota.install_window,
                                 variants=usable_variants(config.hardware, log))
-        from edgeship.agent._recover import load_or_recover
+        from edgeship.agent._recover import OfferBackfill, load_or_recover
 
         self.state, _ = load_or_recover(self.store, self.core, log,  # damaged: recovered
                                         known=lambda: initial_offer(config))
+        self.backfill = OfferBackfill(self.store, self.core, log)  # an older agent's slot
+        self.backfill.check(self.state.active)
+        for raw in initial_offer(config) if self.backfill.slot else ():
+            self.backfill.offer(raw, self.state.active)
         # bounded: a flood on the device's topics drops messages (logged), never grows memory
         self.inbox = Inbox(on_dropped=self._do_Rejected)
         self.outbox = Outbox(config.data_dir / "queue.sqlite",
@@ -257,6 +261,8 @@ class Agent:
                 and now - self._last_request > self.config.ota.request_timeout_s)
 
     def dispatch(self, event: ota.Event) -> None:
+        if isinstance(event, ota.OfferReceived) and self.backfill.slot:
+            self.backfill.offer(event.raw, self.state.active)
         self.state = ota.drive(self.core, self.state, event, self.clock, self._perform)
         job = self.state.job
         mark = (job.version, job.file, job.received) if job is not None else None

@@ -36,8 +36,8 @@ from edgeship.sdk.release._trust import Offer, TrustedState, check_installed
 
 from edgeship._errors import EdgeshipError
 
-__all__ = ["VerifiedSlot", "load_or_recover", "newest_servable", "recovered_state",
-           "salvaged_trusted"]
+__all__ = ["OfferBackfill", "VerifiedSlot", "load_or_recover", "names_slot",
+           "newest_servable", "recovered_state", "salvaged_trusted"]
 
 
 @dataclass(frozen=True)
@@ -176,3 +176,46 @@ def load_or_recover(store: Store, core: OtaCore, log: Callable[..., None],
             "floor": dict(state.trusted.seen)}
     log("state_damaged", level="error", **what)
     return state, what
+
+
+def names_slot(raw: bytes, active: SlotInfo, core: OtaCore) -> bool:
+    """Whether ``raw`` is a root-signed offer of exactly ``active``'s model (its version,
+    size and sha256)."""
+    try:
+        manifest = check_installed(Offer.from_bytes(raw), core.root_key, model_name=core.model,
+                                   hardware=core.hardware)
+    except EdgeshipError:
+        return False
+    art = manifest.artifact
+    return (manifest.version, art.sha256, art.size) == (active.version, active.sha256,
+                                                        active.size)
+
+
+class OfferBackfill:
+    """An active slot installed by an agent older than stored offers has none, so a lost
+    state could not verify it again (only the initial release's slot could be). The first
+    root-signed offer of exactly its model that reaches the agent (the initial release's
+    at start, or the retained offer the broker re-delivers at every connect) is stored
+    beside it. Nothing is written for any other offer (floods must not wear the flash)."""
+
+    def __init__(self, store: Store, core: OtaCore, log: Callable[..., None]) -> None:
+        self.store, self.core, self.log = store, core, log
+        self.slot: str | None = None  # the active slot still without its offer
+
+    def check(self, active: SlotInfo | None) -> None:
+        missing = active is not None and self.store.slot_offer(active.slot) is None
+        self.slot = active.slot if missing and active is not None else None
+
+    def offer(self, raw: bytes, active: SlotInfo | None) -> None:
+        if self.slot is None or active is None or active.slot != self.slot:
+            return
+        if not names_slot(raw, active, self.core):
+            return
+        try:
+            self.store.write_slot_offer(active.slot, raw)
+        except OSError as exc:  # the next matching offer tries again
+            self.log("slot_offer_not_stored", level="warning", slot=active.slot,
+                     error=exc.strerror or str(exc))
+            return
+        self.slot = None
+        self.log("slot_offer_restored", slot=active.slot, version=active.version)

@@ -123,6 +123,11 @@ class Store:
             write_atomic(offer_path, offer)
         return target
 
+    def write_slot_offer(self, slot: str, offer: bytes) -> None:
+        """Store the signed offer of the model already in ``slot`` (one verified to name
+        exactly that model: a slot installed by an agent that did not keep offers)."""
+        write_atomic(self.slot_file(slot, "onnx").parent / "offer.json", offer)
+
     def slot_offer(self, slot: str) -> bytes | None:
         """The signed offer stored with ``slot``'s model (None: none, or unreadable)."""
         try:

@@ -11,11 +11,19 @@
 - ``update``: wall time of an OTA update of mobilenet (~1 MB) to a version whose every
   weight changed (a ~1 MB delta) over a loopback mosquitto with ``edgeship fleet serve``:
   push -> committed, split into download / verify + install / health check + switch.
+- ``serving`` (issue 16): req/s and p50/p99 at concurrency 1/8/64, binary and JSON
+  tensors, of the mobilenet agent against peers started here on the same model and
+  thread count (``_peers.py``: a minimal FastAPI/uvicorn v2 endpoint, MLServer; JSON only)
+  and in-process onnxruntime as the floor (c=1), in interleaved rounds (median); start to
+  first answer and RSS against a bare runtime process answering over HTTP.
 - ``attacks`` (issue 16, on the mlp agent): a normal client's p50/p99 while 200 slowloris
   connections are open (target: p99 under 100 ms, no failure), and the agent's peak RSS
   growth under 8 concurrent ~15 MiB JSON requests (bounded by ``[api] max_inflight_bytes``).
 
-Usage: ``python hw-bench/bench_agent.py [-o DIR]``; writes ``agent.json``.
+The issue's targets are printed as ratios measured in this run (``targets`` in the JSON).
+
+Usage: ``python hw-bench/bench_agent.py [--only serving,attacks,...] [--rounds N] [-o DIR]``;
+writes ``agent.json``.
 """
 
 from __future__ import annotations
@@ -238,14 +246,158 @@ def attack_rows(agent: Any) -> list[dict[str, Any]]:
             {"attack": "8 concurrent 15 MiB JSON requests", **rss}]
 
 
+def _median_rows(runs: dict[tuple[str, str, int], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    import statistics
+
+    rows = []
+    for (peer, kind, c), got in runs.items():
+        rows.append({"peer": peer, "tensors": kind, "c": c,
+                     "req_s": round(statistics.median(r["req_s"] for r in got), 1),
+                     "p50_ms": statistics.median(r["p50_ms"] or 0 for r in got),
+                     "p99_ms": statistics.median(r["p99_ms"] or 0 for r in got),
+                     "conn_errors": sum(r["conn_errors"] for r in got),
+                     "non_200": sum(r.get("non_200", 0) for r in got)})
+    return sorted(rows, key=lambda r: (r["tensors"], r["c"], r["peer"]))
+
+
+def inprocess_floor(model: Path, x: np.ndarray, seconds: float) -> dict[str, Any]:
+    """onnxruntime called in this process (1 thread, like every peer): answers per second."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x}
+    for _ in range(20):
+        session.run(None, feed)
+    took = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        began = time.perf_counter()
+        session.run(None, feed)
+        took.append(time.perf_counter() - began)
+    ms = np.array(took) * 1000
+    return {"c": 1, "req_s": round(len(took) / seconds, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3), "conn_errors": 0}
+
+
+def serving_run(agent: Any, model: Path, rounds: int, seconds: float) -> dict[str, Any]:
+    """The agent's API against FastAPI, MLServer and the in-process floor (see the top)."""
+    from _load import http_request, run_load
+    from _peers import Peer
+    from edgeship.sdk.serving._v2 import encode_request
+
+    x = np.random.default_rng(2).standard_normal((1, 3, 96, 96)).astype(np.float32)
+    path = "/v2/models/model/infer"
+    reqs = {kind: http_request(path, *encode_request({"input": x}, binary=kind == "binary"))
+            for kind in ("binary", "json")}
+    ports = {"agent": agent.port}
+    peers, skipped = [], {}
+    for kind in ("fastapi", "mlserver"):
+        peer = Peer(kind, model)
+        try:
+            peers.append(peer.start(reqs["json"]))
+            ports[kind] = peer.port
+        except Exception as exc:  # MLServer is an optional install
+            peer.close()
+            skipped[kind] = f"{type(exc).__name__}: {exc}"
+    runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    try:
+        for port in ports.values():  # warm-up
+            run_load(port, reqs["json"], concurrency=1, seconds=0.3)
+        for _ in range(rounds):
+            for kind in ("binary", "json"):
+                if kind == "binary":
+                    runs.setdefault(("in-process", kind, 1), []).append(
+                        inprocess_floor(model, x, seconds))
+                for c in (1, 8, 64):
+                    for name, port in ports.items():
+                        if name == "mlserver" and kind == "binary":
+                            continue  # MLServer's REST API has no binary tensors
+                        runs.setdefault((name, kind, c), []).append(
+                            run_load(port, reqs[kind], concurrency=c, seconds=seconds))
+        bare = Peer("bare", model).start(reqs["binary"])
+        peers.append(bare)
+        time.sleep(0.3)
+        bare_row = {"first_answer_s": round(bare.first_answer_s, 3),
+                    "rss_mb": rss_mb(bare.proc.pid)}  # type: ignore[union-attr]
+        peer_rss = {p.kind: rss_mb(p.proc.pid) for p in peers if p.proc is not None}
+    finally:
+        for peer in peers:
+            peer.close()
+    return {"rows": _median_rows(runs), "skipped": skipped, "bare_http": bare_row,
+            "peer_rss_mb": peer_rss, "agent_rss_mb": rss_mb(agent.proc.pid),
+            "request": reqs["binary"]}
+
+
+def agent_first_answer(cfg: Path, port: int, request: bytes) -> tuple[Any, float]:
+    """Restart the agent (model installed): seconds from exec to its first 200 answer to
+    ``request`` (polled like the bare process)."""
+    from _peers import wait_answer
+    from test_agent_support import AgentProc
+
+    agent = AgentProc(cfg, port)
+    began = time.perf_counter()
+    agent.start(wait=False)
+    return agent, wait_answer(port, request, began, agent.proc)
+
+
+def _row(rows: list[dict[str, Any]], peer: str, kind: str, c: int) -> dict[str, Any] | None:
+    return next((r for r in rows if (r["peer"], r["tensors"], r["c"]) == (peer, kind, c)), None)
+
+
+def targets(serving: dict[str, Any] | None, attacks: list[dict[str, Any]] | None,
+            inflight_limit_mb: float) -> list[dict[str, Any]]:
+    """The issue's targets as ratios measured in this run."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, goal: str, ok: bool | None) -> None:
+        out.append({"target": name, "value": None if value is None else round(value, 3),
+                    "goal": goal, "met": ok})
+
+    if serving:
+        rows = serving["rows"]
+        agent_json, fast_json = _row(rows, "agent", "json", 1), _row(rows, "fastapi", "json", 1)
+        agent_bin, floor = _row(rows, "agent", "binary", 1), _row(rows, "in-process", "binary", 1)
+        if agent_json and fast_json:
+            ratio = agent_json["req_s"] / fast_json["req_s"]
+            add("JSON req/s c=1, agent / FastAPI", ratio, ">= 1", ratio >= 1)
+        if agent_bin and floor:
+            ratio = agent_bin["req_s"] / floor["req_s"]
+            add("binary req/s c=1, agent / in-process", ratio, ">= 0.7", ratio >= 0.7)
+        errors = sum(r["conn_errors"] for r in rows if r["peer"] == "agent" and r["c"] == 64)
+        add("agent connection errors at c=64", errors, "0", errors == 0)
+        first = serving.get("first_answer_ratio")
+        if first is not None:
+            add("start to first answer, agent / bare HTTP process", first, "<= 1.3", first <= 1.3)
+        rss = serving["agent_rss_mb"] / serving["bare_http"]["rss_mb"]
+        add("RSS, agent / bare HTTP process", rss, "<= 1.2", rss <= 1.2)
+    for row in attacks or []:
+        if "slowloris_peers" in row:
+            add("normal client p99 under 200 slowloris (ms)", row["p99_ms"], "< 100",
+                row["p99_ms"] < 100 and row["failed"] == 0)
+        if "peak_rss_growth_mb" in row:
+            add("peak RSS growth, 8 x 15 MiB JSON (MB) vs max_inflight_bytes",
+                row["peak_rss_growth_mb"], f"<= {inflight_limit_mb:.0f}",
+                row["peak_rss_growth_mb"] <= inflight_limit_mb)
+    return out
+
+
 def main() -> None:
     import argparse
 
     from edgeship._cli.broker import LocalBroker
 
+    sections = ("latency", "footprint", "update", "serving", "attacks")
     parser = argparse.ArgumentParser()
     parser.add_argument("-o", "--out", type=Path, default=None)
+    parser.add_argument("--only", default=",".join(sections),
+                        help=f"comma-separated sections: {', '.join(sections)}")
+    parser.add_argument("--rounds", type=int, default=2 if quick() else 3)
+    parser.add_argument("--seconds", type=float, default=1.5 if quick() else 3.0)
     args = parser.parse_args()
+    only = set(args.only.split(","))
     n = 200 if quick() else 2000
     tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     broker = LocalBroker().start()  # what `edgeship broker` runs (TCP_NODELAY on)
@@ -254,44 +406,94 @@ def main() -> None:
                                broker.url, "--releases", str(v1), str(v2)],
                               stderr=subprocess.DEVNULL)
     agents: list[Any] = []
+    result: dict[str, Any] = {"load_average_at_start": os.getloadavg()}
+    rows: list[dict[str, Any]] = []
+    footprint: list[dict[str, Any]] = []
+    serving = attacks = update = None
     try:
         ort_row, agent = footprint_run("onnxruntime", tmp / "ort", broker.url,
                                        FIXTURES / "mobilenet.onnx", BARE, release=(root, v1))
         agents.append(agent)
-        rows = [latency_rows("mobilenet fp32 onnx", FIXTURES / "mobilenet.onnx", agent.url,
-                             n // 4)]
-        update = update_run(broker.url, "dev-onnxruntime", v2)
-        tflite = convert_mobilenet_tflite(tmp)
-        lite_row, lite_agent = footprint_run("litert", tmp / "litert", broker.url, tflite,
-                                             BARE_LITERT)
-        agents.append(lite_agent)
-        rows.append(latency_rows("mobilenet int8 tflite", tflite, lite_agent.url, n // 4))
-        mlp_root, mlp_rel = single_release(tmp / "mlp", FIXTURES / "mlp.onnx")
-        _, mlp_agent = footprint_run("mlp", tmp / "mlp", broker.url, FIXTURES / "mlp.onnx",
-                                     BARE, release=(mlp_root, mlp_rel))
-        agents.append(mlp_agent)
-        rows.insert(0, latency_rows("mlp fp32 onnx", FIXTURES / "mlp.onnx", mlp_agent.url, n))
-        attacks = attack_rows(mlp_agent)
+        footprint.append(ort_row)
+        if "latency" in only:
+            rows.append(latency_rows("mobilenet fp32 onnx", FIXTURES / "mobilenet.onnx",
+                                     agent.url, n // 4))
+        if "serving" in only:
+            serving = serving_run(agent, FIXTURES / "mobilenet.onnx", args.rounds, args.seconds)
+            agent.terminate()
+            agents.remove(agent)
+            agent, first = agent_first_answer(agent.config, agent.port, serving.pop("request"))
+            agents.append(agent)
+            time.sleep(0.5)
+            serving["agent_first_answer_s"] = round(first, 3)
+            serving["agent_rss_mb"] = rss_mb(agent.proc.pid)
+            serving["first_answer_ratio"] = round(first / serving["bare_http"]["first_answer_s"], 3)
+        if "update" in only:
+            update = update_run(broker.url, "dev-onnxruntime", v2)
+        if "footprint" in only or "latency" in only:
+            tflite = convert_mobilenet_tflite(tmp)
+            lite_row, lite_agent = footprint_run("litert", tmp / "litert", broker.url, tflite,
+                                                 BARE_LITERT)
+            agents.append(lite_agent)
+            footprint.append(lite_row)
+            if "latency" in only:
+                rows.append(latency_rows("mobilenet int8 tflite", tflite, lite_agent.url, n // 4))
+        if "attacks" in only or "latency" in only:
+            mlp_root, mlp_rel = single_release(tmp / "mlp", FIXTURES / "mlp.onnx")
+            _, mlp_agent = footprint_run("mlp", tmp / "mlp", broker.url, FIXTURES / "mlp.onnx",
+                                         BARE, release=(mlp_root, mlp_rel))
+            agents.append(mlp_agent)
+            if "latency" in only:
+                rows.insert(0, latency_rows("mlp fp32 onnx", FIXTURES / "mlp.onnx",
+                                            mlp_agent.url, n))
+            if "attacks" in only:
+                attacks = attack_rows(mlp_agent)
     finally:
         for a in agents:
             a.terminate()
         server.terminate()
         server.wait()
         broker.stop()
-    footprint = [ort_row, lite_row]
     print_machine()
-    print_table(rows, title="local API vs in-process Model.predict (ms)")
-    print_table(footprint, title="agent footprint vs bare runtime process (mobilenet)")
-    print_table([update], title="OTA update of mobilenet over loopback MQTT")
-    print_table(attacks, title="local API under attack (mlp agent)")
-    # "footprint" stays the onnxruntime row (what the plot reads); every runtime is listed too
-    path = write_result("agent", {"latency": rows, "footprint": ort_row,
-                                  "footprint_by_runtime": footprint, "update": update,
-                                  "attacks": attacks},
-                        out_dir=args.out)
+    print(f"load average at start: {result['load_average_at_start']} (2 cores shared with "
+          "other workers: compare the ratios of this run, not absolutes)")
+    if rows:
+        print_table(rows, title="local API vs in-process Model.predict (ms)")
+        result["latency"] = rows
+    if "footprint" in only:
+        print_table(footprint, title="agent footprint vs bare runtime process (mobilenet)")
+        # "footprint" stays the onnxruntime row (what the plot reads); every runtime too
+        result.update(footprint=footprint[0], footprint_by_runtime=footprint)
+    if update:
+        print_table([update], title="OTA update of mobilenet over loopback MQTT")
+        result["update"] = update
+    if serving:
+        print_table(serving["rows"], title=f"serving mobilenet, median of {args.rounds} "
+                    "interleaved rounds (threads = 1 everywhere)")
+        if serving["skipped"]:
+            print(f"skipped peers: {serving['skipped']}")
+        print_table([{"process": "agent", "first_answer_s": serving["agent_first_answer_s"],
+                      "rss_mb": serving["agent_rss_mb"]},
+                     {"process": "bare runtime + http.server", **serving["bare_http"]},
+                     *({"process": k, "rss_mb": v} for k, v in serving["peer_rss_mb"].items()
+                       if k != "bare")],
+                    title="start to first answer and RSS")
+        result["serving"] = serving
+    if attacks:
+        print_table(attacks, title="local API under attack (mlp agent)")
+        result["attacks"] = attacks
+    goals = targets(serving, attacks, inflight_limit_mb=64 * 2**20 / 1e6)
+    if goals:
+        print_table(goals, title="issue 16 targets (ratios of this run)")
+        result["targets"] = goals
+    path = write_result("agent", result, out_dir=args.out)
     print(json.dumps({"written": str(path)}))
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # a pip-installed agent runs from compiled bytecode; with PYTHONDONTWRITEBYTECODE set
+    # (as on the machine this was written on) every agent start compiled its ~130 modules
+    # again (0.47 s of a 1.9 s start), which no device pays: the first boot writes them
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     main()

@@ -103,3 +103,60 @@ def test_a_huge_cloud_answer_is_refused_within_the_deadline(
         else:
             assert code == 503, (code, str(doc)[:300])
             assert "exceeds the limit" in doc["error"], doc
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_memory_of_large_cloud_answers_goes_back(tmp_path: Path,
+                                                 release: dict[str, Path]) -> None:
+    """Defect 6's last part: allowed (max_answer_bytes = 32 MiB) ~13 MB answers relayed
+    by an agent without a model leave its RSS where it was, not hundreds of MB higher."""
+    width = 1_200_000
+    body = json.dumps({"model_name": "model", "model_version": "9", "outputs": [
+        {"name": "y", "datatype": "FP32", "shape": [1, width],
+         "data": [0.1234567] * width}]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    cloud = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=cloud.serve_forever, daemon=True).start()
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}", port=port,
+                       root_pub=release["root"], fallback=(
+                           f'[fallback]\nurl = "http://127.0.0.1:{cloud.server_address[1]}"\n'
+                           'deadline_ms = 20000\nmax_answer_bytes = 33554432\n'))
+    agent = AgentProc(cfg, port).start()
+    try:
+        agent.wait_ready()
+        assert agent.proc is not None
+        before = _rss_mb(agent.proc.pid)
+        for _ in range(3):
+            code, doc = http_json(f"{agent.url}/v2/models/model/infer", {"inputs": [
+                {"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]},
+                timeout=60)
+            assert code == 200 and len(doc["outputs"][0]["data"]) == width, str(doc)[:200]
+            del doc
+        time.sleep(0.5)
+        grown = _rss_mb(agent.proc.pid) - before
+    finally:
+        agent.terminate()
+        cloud.shutdown()
+        cloud.server_close()
+    print(f"RSS after 3 answers of {len(body) / 1e6:.0f} MB: +{grown:.0f} MB")
+    assert grown < 30, grown  # measured: +4 MB; without the release +52 MB

@@ -63,6 +63,7 @@ def template(tmp_path_factory: pytest.TempPathFactory,
         server.wait(timeout=10)
     data = tmp / "data-dev-1"
     return {"data": data, "root": keys / "root.pub", "rel0": rel0, "offer2": offer_bytes(rel2),
+            "offer1": offer_bytes(rel1),
             "state": json.loads((data / "state.json").read_bytes())}
 
 
@@ -211,3 +212,42 @@ def test_slot_of_an_older_agent_is_verified_against_the_initial_release(
     _, log = _serves_slot_a(tmp_path, shared_mosquitto, template["root"], fleet="v-older",
                             initial=template["rel0"])
     assert not any(line.get("event") == "installing_initial" for line in log)
+
+
+def test_an_older_agents_ota_slot_gets_its_offer_back_and_survives_state_loss(
+        tmp_path: Path, shared_mosquitto: Mosquitto, template: dict[str, Any]) -> None:
+    """Slot b (1.0.1, active) was installed OTA by an agent that kept no offers. The
+    retained offer of 1.0.1 the broker re-delivers is root-signed and names exactly that
+    model: it is stored beside it, so after state.json is lost the device still serves
+    1.0.1 instead of falling back to the initial release's 1.0.0."""
+    data = tmp_path / "data-dev-1"
+    shutil.copytree(template["data"], data)
+    for offer in data.glob("slots/*/offer.json"):
+        offer.unlink()
+    fleet = "v-backfill"
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=shared_mosquitto.url, port=port,
+                       root_pub=template["root"], initial=template["rel0"], fleet=fleet)
+    watch = Watcher(shared_mosquitto.url, fleet=fleet)
+    topic = f"edgeship/{fleet}/dev-1/ota/offer"
+    try:
+        agent = AgentProc(cfg, port).start()
+        agent.wait_ready()
+        assert not (data / "slots" / "b" / "offer.json").exists()
+        watch.publish(topic, template["offer1"], retain=True)
+        line = agent.wait_log(lambda x: x.get("event") == "slot_offer_restored")
+        assert line["slot"] == "b" and line["version"] == "1.0.1"
+        assert (data / "slots" / "b" / "offer.json").read_bytes() == template["offer1"]
+        agent.terminate()
+        watch.publish(topic, b"", retain=True)
+    finally:
+        watch.close()
+    (data / "state.json").write_bytes(b"{")
+    agent = AgentProc(cfg, port).start()
+    try:
+        agent.wait_ready()
+        version, y = served_version(agent.url)
+    finally:
+        agent.terminate()
+    assert version == "1.0.1"
+    np.testing.assert_allclose(y, expected(version_bias("1.0.1"), GOLDEN_X, seed=1), atol=1e-4)

@@ -171,3 +171,13 @@ def test_int8_edged_onnx_is_float_to_the_caller(tmp_path: Path) -> None:
     xq = np.clip(np.round(x / 0.1) - 5, -128, 127)
     yq = np.clip(np.round(np.maximum((xq + 5) * 0.1, 0) / 0.2) + 7, -128, 127)
     np.testing.assert_allclose(y, (yq - 7) * 0.2, atol=1e-6)
+
+
+def test_a_float_onnx_model_loads_without_importing_onnx(tmp_path: Path) -> None:
+    # the agent boots on onnxruntime alone: onnx (~180 ms, ~15 MB) only for QDQ outputs
+    code = ("import sys; from edgeship.sdk.runtime._model import Model; "
+            f"m = Model.load({str(Path(__file__).parent / 'fixtures' / 'mobilenet.onnx')!r}); "
+            "print('onnx' in sys.modules, m.output_steps)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "{}"]

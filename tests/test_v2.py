@@ -450,3 +450,27 @@ def test_server_survives_garbage_on_the_wire(server: Any) -> None:
             while sock.recv(65536):
                 pass
     assert _raw(server, "GET", "/v2/health/live")[0] == 200
+
+
+def test_a_million_deep_body_is_refused_not_a_crash() -> None:
+    # orjson before 3.10 crashed the process on this 2 MB body; the codec refuses it
+    depth = 10**6
+    body = b'{"inputs": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(InputError, match="not valid JSON"):
+        decode_request(body, None)
+
+
+def test_json_tensors_with_nan_and_inf_still_round_trip_through_the_fast_parser() -> None:
+    x = np.array([[np.nan, np.inf, -np.inf, 0.1]], np.float32)
+    body, _ = encode_request({"x": x}, binary=False)
+    assert b"Infinity" in body  # written by the standard library, which orjson cannot read
+    np.testing.assert_array_equal(decode_request(body, None).inputs["x"], x)
+    finite, _ = encode_request({"x": x[:, 3:]}, binary=False)
+    assert finite.endswith(b'"data":[0.1]}]}')  # float32 in its shortest form
+
+
+def test_large_blocks_are_unmapped_when_freed_on_glibc() -> None:
+    from edgeship.sdk.serving._memory import keep_large_blocks_mapped, trim
+
+    assert keep_large_blocks_mapped() and keep_large_blocks_mapped()  # glibc here; idempotent
+    trim()  # callable at any time

@@ -264,7 +264,9 @@ class _Reader:
 
     def __init__(self, sock: socket.socket, deadline: _Deadline, limit: int, got: list[bool]):
         self.sock, self.deadline, self.limit, self.got = sock, deadline, limit, got
-        self.buf = b""
+        # a bytearray grows in place: ``bytes +=`` copied the whole answer on every 256 KiB
+        # read (an 18 MB answer: ~650 MB copied)
+        self.buf = bytearray()
         self.total = 0
 
     def _fill(self) -> bool:
@@ -287,20 +289,21 @@ class _Reader:
             if len(self.buf) > limit or not self._fill():
                 raise TransportError("connection closed or header too long before a response")
         head, _, self.buf = self.buf.partition(marker)
-        return head
+        return bytes(head)
 
     def exactly(self, n: int) -> bytes:
         while len(self.buf) < n:
             if not self._fill():
                 raise TransportError(f"connection closed after {len(self.buf)} of {n} bytes")
-        data, self.buf = self.buf[:n], self.buf[n:]
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
         return data
 
     def rest(self, limit: int) -> bytes:
         while self._fill():
             if len(self.buf) > limit:
                 raise TransportError("response exceeds the size limit")
-        return self.buf
+        return bytes(self.buf)
 
     def chunked(self, limit: int) -> bytes:
         parts: list[bytes] = []

@@ -5,6 +5,18 @@ Both the agent's local API and ``edgeship cloud serve`` are built on it: a
 ``TCP_NODELAY``) with a fixed v2 route table and a few extra routes, so start-up costs
 milliseconds and no web framework is imported.
 
+Why this and not uvicorn (issue 16, ``hw-bench/bench_http_stack.py``, results/
+http_stack.json: the agent's own service on mobilenet, 1 runtime thread, median of
+interleaved rounds on a 2-core machine shared with other jobs): against uvicorn + httptools
+with a raw ASGI app over the same dispatcher (inference on the loop / in the pool) it
+answered binary tensors at 1217 vs 934 / 829 req/s at concurrency 1, 1127 vs 692 / 996 at
+8, 1007 vs 880 / 949 at 64 (0 connection errors each); JSON tensors 136 vs 206 / 298 at 1
+(an earlier run: 350 vs 228 / 209; decoding dominates and the order flips between runs
+here), 307 vs 147 / 254 at 8, 244 vs 116 / 281 at 64. It imports in 40-90 ms / 144
+modules vs 140-300 ms / 260, same RSS (82 MB). uvicorn's asyncio shrugs off slowloris by
+itself but has no header deadline, per-peer bound or bytes-in-flight budget; here those are
+_v2conns: a normal client under 200 slowloris connections got p99 59-84 ms.
+
 The contract. A server subclasses :class:`V2Service` and overrides:
 
 - ``live() -> bool`` and ``ready() -> bool``: ``/v2/health/live`` and ``/v2/health/ready``
@@ -42,11 +54,13 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
+from edgeship.sdk.serving._memory import keep_large_blocks_mapped, trim
 from edgeship.sdk.serving._v2 import (
     DEFAULT_MAX_REQUEST_BYTES,
     HEADER_LENGTH,
@@ -80,6 +94,8 @@ __all__ = [
 
 log = logging.getLogger("edgeship.v2")
 
+_TRIM_AFTER = 1 << 20  # a request or answer this large: the heaps are trimmed after it
+_ONE_WRITE = 64 * 1024  # a body up to this size leaves with its headers in one write
 _SOCKET_TIMEOUT_S = 30.0  # backstop for one read or write; the phase deadlines are in _v2conns
 _BUSY_BODY = b'{"error":"too many open connections"}'
 _BUSY = (
@@ -315,10 +331,14 @@ class _Handler(BaseHTTPRequestHandler):
             body, error = self._read_body(headers, dispatcher.max_request_bytes)
             self.server.conns.phase(self.server.conn_id(), "working")
             response = error or dispatcher.dispatch(self.command, self.path, headers, body)
+            large = max(len(body), len(response.body)) >= _TRIM_AFTER
             del body
             self._send(response)
+            del response
         finally:
             self.server.budget.release(held)
+        if large:  # what the heaps kept of a large request or answer goes back (issue 16)
+            trim()
 
     def _reserve(self, headers: dict[str, str]) -> int | None:
         """Hold the memory this request may cost before its body is read (0 for none)."""
@@ -330,8 +350,9 @@ class _Handler(BaseHTTPRequestHandler):
             return 0  # refused by _read_body / decode_request, unread
         if length == 0 or length > self.server.dispatcher.max_request_bytes:
             return 0
-        return self.server.budget.acquire(request_cost(length, header_length),
-                                          self.server.budget_wait_s)
+        held: int | None = self.server.budget.acquire(request_cost(length, header_length),
+                                                      self.server.budget_wait_s)
+        return held
 
     def _read_body(self, headers: dict[str, str], limit: int) -> tuple[bytes, Response | None]:
         if "chunked" in headers.get("transfer-encoding", "").lower():
@@ -357,17 +378,36 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length), None
 
     def _send(self, response: Response) -> None:
-        self.send_response(response.status)
-        self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
+        """Status line, headers and a small body in one write (one segment, one wake-up
+        of the client; send_response + end_headers + write took two and formatted a log
+        line per request even with logging off)."""
+        if log.isEnabledFor(logging.DEBUG):
+            self.log_request(response.status, len(response.body))
+        lines = [f"{self.protocol_version} {response.status} {_reason(response.status)}",
+                 f"Server: {self.version_string()}", f"Date: {self.date_time_string()}",
+                 f"Content-Type: {response.content_type}",
+                 f"Content-Length: {len(response.body)}"]
         for key, value in response.headers.items():
-            self.send_header(key, value)
-        self.end_headers()
-        if response.body:
+            lines.append(f"{key}: {value}")
+            if key.lower() == "connection" and value.lower() == "close":
+                self.close_connection = True
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if len(response.body) <= _ONE_WRITE:
+            self.wfile.write(head + response.body)
+        else:  # a large body is not copied to join it
+            self.wfile.write(head)
             self.wfile.write(response.body)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", self.address_string(), format % args)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 class _Server(ThreadingHTTPServer):
@@ -460,7 +500,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-    max_connections: int = 64,
+    max_connections: int = 128,
     api_key: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     max_inflight_bytes: int | None = None,
@@ -476,8 +516,10 @@ def serve(
 
     With ``ssl_context`` (server side; ``verify_mode=CERT_REQUIRED`` for mutual TLS) the
     server speaks https; the handshake runs in the connection's thread, not the accept loop.
-    Raises :class:`TransportError` if the address cannot be bound.
+    Raises :class:`TransportError` if the address cannot be bound. Large bodies' memory
+    goes back to the system when freed (:func:`~._memory.keep_large_blocks_mapped`).
     """
+    keep_large_blocks_mapped()
     try:
         httpd = _Server((host, port), _Handler)
     except OSError as exc:
