@@ -29,6 +29,7 @@ from ._quantize import WeightInfo, WeightPolicy, build_qdq
 from ._report import Report, not_written_line, to_html
 from ._shapes import dynamic_dims, format_shape
 from ._sizes import report_sizes, zstd_bytes
+from ._steps import Steps, guarded_bias_correction, guarded_equalize
 from ._targets import TargetsNotCompiled, check_available, run_for_convert
 from ._tflite_macs import read_ops
 
@@ -112,6 +113,7 @@ class _Quantized:
     tensor_bytes: dict[str, int]  # one sample of each float activation, from calibration
     equalization: dict[str, np.ndarray]  # cross-layer equalization scales per pair
     rebuild: Any = None  # keep_float -> _Built: the same conversion with more float nodes
+    steps: Steps | None = None  # which accuracy steps ran, and why (converter/_steps.py)
 
     def use(self, built: _Built) -> None:
         self.plan, self.qmodel, self.weights = built.plan, built.qmodel, built.weights
@@ -251,25 +253,44 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     graph = Graph.from_model(inp.model)
     log = [*inp.notes, *optimize(graph)]
     pruned = prune(graph, opts.prune)
-    equalized: dict[str, np.ndarray] = {}
-    if opts.equalize:
-        fixed = inp.base.equalization if inp.base else None
-        eq = _accuracy.equalize(graph, inp.calib, fixed)
-        log += eq.log
-        equalized = eq.scales
     clock.lap("optimize")
     histograms = opts.calibration != "minmax"  # minmax needs no histogram
-    mean_of = _accuracy.corrected_layers(graph) if opts.bias_correction else frozenset()
-    calib = _calibrate.collect(
-        graph, inp.calib, histograms=histograms, progress=progress, mean_of=mean_of
-    )
+    wants_bc = opts.bias_correction is not False and (inp.base is None or opts.bias_correction)
+    mean_of = _accuracy.corrected_layers(graph) if wants_bc else frozenset()
     method = "minmax" if opts.calibration == "auto" else opts.calibration
-    ranges = _calibrate.ranges(calib.stats, method, opts.percentile)
+
+    def calibrate(feeds: dict[str, np.ndarray]) -> tuple[Any, dict[str, tuple[float, float]]]:
+        calib = _calibrate.collect(
+            graph, feeds, histograms=histograms, progress=progress, mean_of=mean_of
+        )
+        return calib, _calibrate.ranges(calib.stats, method, opts.percentile)
+
+    steps = Steps()
+    equalized: dict[str, np.ndarray] = {}
+    fit_means = None  # bias correction's held-out check: means of the first half
+    if opts.equalize and inp.base is not None:  # the previous release's pairs, as they were
+        eq = _accuracy.equalize(graph, inp.calib, inp.base.equalization)
+        log += eq.log
+        equalized = eq.scales
+        steps.equalize = "as --base" if equalized else "off"
+        calib, ranges = calibrate(inp.calib)
+    elif opts.equalize:
+        chosen = guarded_equalize(graph, inp.calib, calibrate, steps)
+        log += chosen.log
+        equalized, calib, ranges = chosen.scales, chosen.collected, chosen.ranges
+        fit_means = chosen.fit_means
+    else:
+        calib, ranges = calibrate(inp.calib)
     if opts.calibration == "auto":
-        ranges, chosen = _accuracy.choose_ranges(
+        ranges, chosen_ranges = _accuracy.choose_ranges(
             graph, calib.stats, ranges, inp.calib, opts.percentile
         )
-        log.append(chosen)
+        log.append(chosen_ranges)
+    steps.bias_correction = bool(opts.bias_correction) or (
+        opts.bias_correction is None
+        and wants_bc
+        and guarded_bias_correction(graph, inp.calib, ranges, mean_of, steps, fit_means)
+    )
     clock.lap("calibrate")
     policy = inp.base.policy() if inp.base else WeightPolicy()
     if opts.learned_rounding and inp.base is None:
@@ -278,7 +299,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         policy = LearnedRounding(layers=collect_grams(graph, inp.calib))
     elif opts.learned_rounding:
         log.append("learned rounding skipped: --base keeps the previous int8 values")
-    means = calib.means if opts.bias_correction else None
+    means = calib.means if steps.bias_correction else None
 
     def build(keep_float: dict[str, str]) -> _Built:
         plan = make_plan(graph, ranges, pin=inp.base, keep_float=keep_float)
@@ -312,6 +333,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         calib.tensor_bytes,
         equalized,
         build,
+        steps,
     )
 
 
@@ -402,7 +424,10 @@ def _report(
         conversion_seconds=conversion_seconds,
         profile=None if profile is None else _profile_summary(profile),
         formats=_formats(opts, tflite, not_written),
-        extra={"layer_sqnr_samples": min(layer_n, len(next(iter(sqnr_feeds.values()))))},
+        extra={
+            "layer_sqnr_samples": min(layer_n, len(next(iter(sqnr_feeds.values())))),
+            **({"steps": q.steps.to_dict()} if q.steps is not None else {}),
+        },
     ), profile
 
 

@@ -1,0 +1,193 @@
+"""Which accuracy steps run: guards for the steps that help some models and cost others.
+
+Cross-layer equalization (converter/_equalize.py) is exact in float but changes every
+activation range between the pairs it rescales; on EfficientNet-Lite0 (ReLU6 between
+depthwise and pointwise layers) it lowered top-1 agreement 90.6 -> 81.3 % while it raised
+ppocr_rec's string match 25 -> 37.5 %. So the default tries it and keeps it only where
+the INT8 model's output SQNR on calibration samples does not go down: the graph is
+calibrated as it is, with every pair equalized, and (when the model has both) with only
+the pairs not through a Clip equalized; the best of these wins, the plain graph on a tie.
+
+Bias correction (converter/_bias_correct.py) subtracts a mean measured on the calibration
+set: with few samples the mean is noise. By default (``bias_correction=None``) it runs
+only with at least ``BC_MIN_SAMPLES`` calibration samples and only when a correction
+measured on the first half of them raises the output SQNR on the second half (held out,
+so the check cannot be won by fitting the samples it is judged on).
+
+Both checks fit on the first half of the calibration samples and judge on up to
+``GUARD_SAMPLES`` of the second half (fewer than ``2 * GUARD_SAMPLES`` samples: fit on all,
+judge in-sample); then the chosen variant is calibrated on every sample.
+
+Everything here is measured with onnxruntime on the QDQ model (float io, unfused), one
+sample at a time; the per-step decisions are returned as :class:`Steps` for the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _accuracy, _calibrate, _equalize, _evaluate
+from ._ir import Graph
+
+GUARD_SAMPLES = 16  # calibration samples the output SQNR of each candidate is measured on
+BC_MIN_SAMPLES = 32  # fewer calibration samples: their mean is too noisy to correct by
+# a step must gain at least this much (dB) on the check to run: a tie or noise keeps the
+# simpler model
+MIN_GAIN_DB = 0.1
+
+
+@dataclass
+class Steps:
+    """What ran, and why (one phrase per step, for report.json and the verdict line)."""
+
+    equalize: str = "off"  # off | all pairs | pairs not through Clip
+    bias_correction: bool = False
+    notes: dict[str, str] = field(default_factory=dict)  # step -> why (measured)
+    # the equalization guard's output SQNR (dB) per variant tried
+    equalize_db: dict[str, float] = field(default_factory=dict)
+
+    def ran(self) -> list[str]:
+        names = []
+        if self.equalize != "off":
+            names.append(f"equalization ({self.equalize})")
+        if self.bias_correction:
+            names.append("bias correction")
+        return names
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "equalize": self.equalize,
+            "bias_correction": self.bias_correction,
+            "notes": dict(self.notes),
+            "equalize_db": {k: round(v, 3) for k, v in self.equalize_db.items()},
+        }
+
+
+@dataclass
+class Calibrated:
+    """One candidate graph's weights and its calibration."""
+
+    inits: dict[str, np.ndarray]
+    collected: Any  # _calibrate.Collected
+    ranges: dict[str, tuple[float, float]]
+    scales: dict[str, np.ndarray]  # equalization scales per pair (empty: none)
+    log: list[str]
+    fit_means: dict[str, np.ndarray] | None = None  # bias correction's inputs, first half
+
+
+def output_sqnr(
+    graph: Graph,
+    ranges: dict[str, tuple[float, float]],
+    feeds: dict[str, np.ndarray],
+    *,
+    means: dict[str, np.ndarray] | None = None,
+    reference: Any = None,
+) -> float:
+    """Output SQNR (dB) of the QDQ model of ``graph`` with these ranges against its float
+    graph, over ``feeds`` (``means``: bias correction on; ``reference``: a session of the
+    float graph, when the caller already has one)."""
+    from ._plan import make_plan
+    from ._quantize import build_qdq
+
+    plan = make_plan(graph, ranges)
+    qmodel = build_qdq(graph, plan, io="float", input_means=means)[0]
+    ref = reference if reference is not None else _evaluate.session(graph.to_model())
+    return float(_evaluate.compare_outputs(ref, _evaluate.session(qmodel), feeds)[2])
+
+
+def _head(feeds: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    return {k: v[start:stop] for k, v in feeds.items()}
+
+
+def split(feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(fit, judge): the first half of the calibration samples and up to ``GUARD_SAMPLES``
+    of the rest (held out). Under ``2 * GUARD_SAMPLES`` samples there is no rest to spare:
+    fit on all, judge on the first ones."""
+    n = len(next(iter(feeds.values())))
+    if n < 2 * GUARD_SAMPLES:
+        return feeds, _head(feeds, 0, min(n, GUARD_SAMPLES))
+    half = n // 2
+    return _head(feeds, 0, half), _head(feeds, half, half + GUARD_SAMPLES)
+
+
+Calibrate = Callable[[dict[str, np.ndarray]], tuple[Any, dict[str, tuple[float, float]]]]
+
+
+def guarded_equalize(
+    graph: Graph, feeds: dict[str, np.ndarray], calibrate: Calibrate, steps: Steps
+) -> Calibrated:
+    """Equalize ``graph`` in place only as far as it helps (see the module docstring):
+    each variant is calibrated on the first half of the samples (``calibrate(feeds)``
+    calibrates ``graph`` as it stands) and judged on held-out ones; the winner is
+    calibrated on all of them. Returns the winner, applied; its ``fit_means`` are the
+    first half's means (bias correction's held-out check reuses them)."""
+    plain = dict(graph.inits)
+    every = _accuracy.equalize(graph, feeds)
+    if not every.scales:
+        graph.inits = plain
+        collected, ranges = calibrate(feeds)
+        steps.notes["equalize"] = "no equalizable pair"
+        return Calibrated(plain, collected, ranges, {}, [])
+    pairs = _equalize.find_pairs(graph)
+    variants = {"off": (plain, _equalize.Equalized([], {})), "all pairs": (dict(graph.inits), every)}
+    if any(p.clip is not None for p in pairs) and any(p.clip is None for p in pairs):
+        graph.inits = dict(plain)
+        unclipped = _equalize.equalize(graph)  # Clip pairs need maxima: left alone
+        variants["pairs not through Clip"] = (dict(graph.inits), unclipped)
+    fit, judge = split(feeds)
+    reference = None
+    scores: dict[str, float] = {}
+    fit_means: dict[str, Any] = {}
+    for name, (inits, _) in variants.items():
+        graph.inits = dict(inits)
+        collected, ranges = calibrate(fit)
+        fit_means[name] = collected.means
+        if reference is None:  # the same float function for every variant (up to 1e-4)
+            reference = _evaluate.session(graph.to_model())
+        scores[name] = output_sqnr(graph, ranges, judge, reference=reference)
+    best = max(scores, key=lambda k: (scores[k] - (0.0 if k == "off" else MIN_GAIN_DB), k == "off"))
+    steps.equalize, steps.equalize_db = best, scores
+    measured = ", ".join(f"{k} {v:.2f} dB" for k, v in scores.items())
+    held = "held-out" if len(next(iter(fit.values()))) < len(next(iter(feeds.values()))) else ""
+    steps.notes["equalize"] = (
+        f"output SQNR on {len(next(iter(judge.values())))} {held} calibration samples: {measured}"
+    ).replace("  ", " ")
+    inits, eq = variants[best]
+    graph.inits = dict(inits)
+    collected, ranges = calibrate(feeds)
+    return Calibrated(graph.inits, collected, ranges, eq.scales, eq.log, fit_means[best])
+
+
+def guarded_bias_correction(
+    graph: Graph,
+    feeds: dict[str, np.ndarray],
+    ranges: dict[str, tuple[float, float]],
+    mean_of: frozenset[str],
+    steps: Steps,
+    fit_means: dict[str, np.ndarray] | None = None,
+) -> bool:
+    """Whether the default runs bias correction: enough samples, and a correction fitted on
+    the first half of them raises the output SQNR on held-out ones (``fit_means``: the
+    first half's means when the caller has them)."""
+    n = len(next(iter(feeds.values())))
+    if not mean_of:
+        steps.notes["bias_correction"] = "no Conv/Gemm with constant weights"
+        return False
+    if n < BC_MIN_SAMPLES:
+        steps.notes["bias_correction"] = f"{n} calibration samples < {BC_MIN_SAMPLES}"
+        return False
+    fit, judge = split(feeds)
+    if fit_means is None:
+        fit_means = _calibrate.collect(graph, fit, histograms=False, mean_of=mean_of).means
+    reference = _evaluate.session(graph.to_model())
+    without = output_sqnr(graph, ranges, judge, reference=reference)
+    with_bc = output_sqnr(graph, ranges, judge, means=fit_means, reference=reference)
+    steps.notes["bias_correction"] = (
+        f"fitted on {len(next(iter(fit.values())))} calibration samples, output SQNR on "
+        f"{len(next(iter(judge.values())))} others {without:.2f} dB off, {with_bc:.2f} dB on"
+    )
+    return with_bc - without > MIN_GAIN_DB

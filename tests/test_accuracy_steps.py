@@ -1,0 +1,125 @@
+"""The guards that decide the default accuracy steps (converter/_steps.py) and the verdict
+line report.html ends with (converter/_report.py): real conversions of small models."""
+
+from __future__ import annotations
+
+import html
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from edgeship.converter import ConvertOptions, convert
+from onnx import TensorProto, helper, numpy_helper
+
+FIX = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIX))
+from rescaled_mlp import rescaled_mlp  # noqa: E402
+
+
+def _data_blind_trap(path: Path, rng: np.random.Generator) -> Path:
+    """1x1 conv 8->8, Relu, 1x1 conv 8->4. Channel 0 of the first conv is its bias (1.0;
+    its weights are 1e-4): as large as its neighbours, but equalization sees only the tiny
+    weights, divides the channel by ~50 and makes it 50x larger than every other channel
+    of the int8 activation between the convs (no bias absorption here)."""
+    w1 = rng.normal(size=(8, 8, 1, 1)) * 0.3
+    w1[0] = rng.normal(size=(8, 1, 1)) * 1e-4
+    b1 = np.zeros(8)
+    b1[0] = 1.0
+    w2 = rng.normal(size=(4, 8, 1, 1))
+    inits = [
+        numpy_helper.from_array(w1.astype(np.float32), "w1"),
+        numpy_helper.from_array(b1.astype(np.float32), "b1"),
+        numpy_helper.from_array(w2.astype(np.float32), "w2"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "b2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="c1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["y"], name="c2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "trap",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _trap_inputs(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.normal(size=(n, 8, 4, 4)).astype(np.float32)
+
+
+def test_equalization_is_dropped_where_it_lowers_the_output_sqnr(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    model = _data_blind_trap(tmp_path / "trap.onnx", rng)
+    np.savez(tmp_path / "calib.npz", x=_trap_inputs(rng, 48))
+    opts = ConvertOptions(formats=("onnx",), latency_runs=1, bias_correction=False)
+    report = convert(model, tmp_path / "calib.npz", tmp_path / "out", opts)
+    steps = report.extra["steps"]
+    assert steps["equalize_db"]["all pairs"] < steps["equalize_db"]["off"] - 3.0
+    assert steps["equalize"] == "off"
+    off = convert(
+        model,
+        tmp_path / "calib.npz",
+        tmp_path / "plain",
+        ConvertOptions(formats=("onnx",), latency_runs=1, bias_correction=False, equalize=False),
+    )
+    assert report.int8_sha256 == off.int8_sha256  # the guarded default is the plain model
+
+
+def test_equalization_is_kept_where_it_helps(tmp_path: Path) -> None:
+    model = rescaled_mlp(FIX / "mlp.onnx", tmp_path / "r.onnx")
+    opts = ConvertOptions(formats=("onnx",), latency_runs=1)
+    report = convert(model, FIX / "mlp_calib.npz", tmp_path / "out", opts)
+    steps = report.extra["steps"]
+    assert steps["equalize"] == "all pairs"
+    assert steps["equalize_db"]["all pairs"] > steps["equalize_db"]["off"] + 20.0
+
+
+def test_bias_correction_needs_enough_samples_and_a_held_out_gain(tmp_path: Path) -> None:
+    calib = np.load(FIX / "cnn_calib.npz")
+    np.savez(tmp_path / "few.npz", input=calib["input"][:16])
+    opts = ConvertOptions(formats=("onnx",), latency_runs=1)
+    few = convert(FIX / "cnn.onnx", tmp_path / "few.npz", tmp_path / "few", opts)
+    assert few.extra["steps"]["bias_correction"] is False
+    assert "16 calibration samples < 32" in few.extra["steps"]["notes"]["bias_correction"]
+    full = convert(FIX / "cnn.onnx", FIX / "cnn_calib.npz", tmp_path / "full", opts)
+    note = full.extra["steps"]["notes"]["bias_correction"]
+    off_db, on_db = (float(v) for v in re.findall(r"([-\d.]+) dB", note))
+    assert full.extra["steps"]["bias_correction"] is (on_db - off_db > 0.1)
+    forced = ConvertOptions(formats=("onnx",), latency_runs=1, bias_correction=True)
+    on = convert(FIX / "cnn.onnx", tmp_path / "few.npz", tmp_path / "on", forced)
+    assert on.extra["steps"]["bias_correction"] is True  # an explicit choice is kept
+
+
+@pytest.mark.parametrize("with_eval", [True, False])
+def test_report_html_ends_with_the_verdict(tmp_path: Path, with_eval: bool) -> None:
+    model = rescaled_mlp(FIX / "mlp.onnx", tmp_path / "r.onnx")
+    out = tmp_path / "out"
+    report = convert(
+        model,
+        FIX / "mlp_calib.npz",
+        out,
+        ConvertOptions(formats=("onnx",), latency_runs=1),
+        eval_path=FIX / "mlp_eval.npz" if with_eval else None,
+    )
+    page = (out / "report.html").read_text()
+    last = re.findall(r"<p id=\"verdict\">(.*?)</p>", page)
+    assert len(last) == 1 and page.rstrip().endswith(f"{last[0]}</p></body></html>")
+    line = html.unescape(last[0])
+    assert line.startswith("verdict: ") and "no --max-drop target" in line
+    assert "steps: equalization (all pairs)" in line and "minmax ranges" in line
+    if with_eval:
+        assert f"agreement {report.eval['agreement']:.2f}%" in line
+        assert f"drop {report.eval['fp32_accuracy'] - report.eval['int8_accuracy']:.2f}" in line
+    else:
+        assert f"output SQNR {report.output_sqnr_db:.1f} dB on calibration samples" in line
+    assert "Accuracy steps" in page and "output SQNR on 16 held-out calibration samples" in page
