@@ -267,18 +267,17 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
 
     steps = Steps()
     equalized: dict[str, np.ndarray] = {}
-    fit_means = None  # bias correction's held-out check: means of the first half
-    if opts.equalize and inp.base is not None:  # the previous release's pairs, as they were
-        eq = _accuracy.equalize(graph, inp.calib, inp.base.equalization)
+    if opts.equalize is not False and (inp.base is not None or opts.equalize):
+        # --base: the previous release's pairs, as they were; --equalize: every pair
+        eq = _accuracy.equalize(graph, inp.calib, inp.base.equalization if inp.base else None)
         log += eq.log
         equalized = eq.scales
-        steps.equalize = "as --base" if equalized else "off"
+        steps.equalize = ("as --base" if inp.base else "all pairs") if equalized else "off"
         calib, ranges = calibrate(inp.calib)
-    elif opts.equalize:
+    elif opts.equalize is None:
         chosen = guarded_equalize(graph, inp.calib, calibrate, steps)
         log += chosen.log
         equalized, calib, ranges = chosen.scales, chosen.collected, chosen.ranges
-        fit_means = chosen.fit_means
     else:
         calib, ranges = calibrate(inp.calib)
     if opts.calibration == "auto":
@@ -289,7 +288,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     steps.bias_correction = bool(opts.bias_correction) or (
         opts.bias_correction is None
         and wants_bc
-        and guarded_bias_correction(graph, inp.calib, ranges, mean_of, steps, fit_means)
+        and guarded_bias_correction(graph, inp.calib, ranges, mean_of, steps)
     )
     clock.lap("calibrate")
     policy = inp.base.policy() if inp.base else WeightPolicy()

@@ -27,9 +27,10 @@ class ConvertOptions:
     io: str = "float"  # model inputs/outputs: float (Q/DQ inside) or int8
     # accuracy steps (converter/_equalize.py, converter/_bias_correct.py); defaults measured,
     # see hw-bench/bench_accuracy.py
-    # cross-layer equalization before calibration, kept only where it does not lower the
-    # calibration-set output SQNR (converter/_steps.py)
-    equalize: bool = True
+    # cross-layer equalization before calibration; None (default): kept only where it does
+    # not lower the output SQNR on held-out calibration samples (converter/_steps.py);
+    # True / False: every pair / never
+    equalize: bool | None = None
     # int32 biases absorb the mean shift of rounded weights; None (default): on only with
     # enough calibration samples and where a held-out check shows it helps
     # (converter/_steps.py); True / False: always / never

@@ -6,7 +6,9 @@ depthwise and pointwise layers) it lowered top-1 agreement 90.6 -> 81.3 % while 
 ppocr_rec's string match 25 -> 37.5 %. So the default tries it and keeps it only where
 the INT8 model's output SQNR on calibration samples does not go down: the graph is
 calibrated as it is, with every pair equalized, and (when the model has both) with only
-the pairs not through a Clip equalized; the best of these wins, the plain graph on a tie.
+the pairs not through a Clip equalized; the best of these wins, the plain graph on a tie
+(a variant must gain ``MIN_GAIN_DB``). One calibration serves every variant (see
+:func:`pair_ranges`), so the guard costs little more than equalization itself.
 
 Bias correction (converter/_bias_correct.py) subtracts a mean measured on the calibration
 set: with few samples the mean is noise. By default (``bias_correction=None``) it runs
@@ -14,9 +16,10 @@ only with at least ``BC_MIN_SAMPLES`` calibration samples and only when a correc
 measured on the first half of them raises the output SQNR on the second half (held out,
 so the check cannot be won by fitting the samples it is judged on).
 
-Both checks fit on the first half of the calibration samples and judge on up to
-``GUARD_SAMPLES`` of the second half (fewer than ``2 * GUARD_SAMPLES`` samples: fit on all,
-judge in-sample); then the chosen variant is calibrated on every sample.
+The equalization check judges on the first ``GUARD_SAMPLES`` calibration samples (every
+variant's ranges come from all of them); the bias-correction check fits on the first half
+and judges on up to ``GUARD_SAMPLES`` of the second half (fewer than ``2 * GUARD_SAMPLES``
+samples: fit on all, judge in-sample).
 
 Everything here is measured with onnxruntime on the QDQ model (float io, unfused), one
 sample at a time; the per-step decisions are returned as :class:`Steps` for the report.
@@ -30,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _accuracy, _calibrate, _equalize, _evaluate
+from . import _accuracy, _equalize, _evaluate
 from ._ir import Graph
 
 GUARD_SAMPLES = 16  # calibration samples the output SQNR of each candidate is measured on
@@ -76,7 +79,6 @@ class Calibrated:
     ranges: dict[str, tuple[float, float]]
     scales: dict[str, np.ndarray]  # equalization scales per pair (empty: none)
     log: list[str]
-    fit_means: dict[str, np.ndarray] | None = None  # bias correction's inputs, first half
 
 
 def output_sqnr(
@@ -115,51 +117,93 @@ def split(feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str
 
 
 Calibrate = Callable[[dict[str, np.ndarray]], tuple[Any, dict[str, tuple[float, float]]]]
+Ranges = dict[str, tuple[float, float]]
+
+
+def _act_after(graph: Graph, tensor: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]] | None:
+    """The Relu / LeakyRelu / Clip between a pair: its output and its (monotone) function."""
+    from ._oprules import attr, fusable_clamp
+
+    users = graph.consumers.get(tensor, [])
+    if len(users) != 1 or users[0].op_type not in ("Relu", "LeakyRelu", "Clip"):
+        return None
+    node = users[0]
+    if node.op_type == "LeakyRelu":
+        alpha = float(attr(node, "alpha", 0.01))  # type: ignore[arg-type]
+        return node.output[0], lambda x: np.where(x >= 0, x, alpha * x)
+    bounds = fusable_clamp(node, graph)
+    lo, hi = bounds if bounds is not None else (0.0, float("inf"))
+    return node.output[0], lambda x: np.clip(x, lo, hi)
+
+
+def pair_ranges(
+    graph: Graph,
+    pairs: list[_equalize.Pair],
+    low: dict[str, np.ndarray],
+    high: dict[str, np.ndarray],
+    scales: dict[str, np.ndarray],
+) -> Ranges:
+    """The min/max range of each tensor between a pair (and of its activation's output)
+    after equalization by ``scales``, from the per-channel min/max on the plain graph:
+    equalization divides channel i of that tensor by ``s_i`` and changes no other tensor,
+    and Relu / LeakyRelu / Clip are monotone, so no second calibration is needed to judge it."""
+    out: Ranges = {}
+    for p in pairs:
+        s = np.asarray(scales.get(_equalize.pair_key(p), np.ones_like(low[p.tensor])))
+        lo, hi = low[p.tensor] / s, high[p.tensor] / s
+        out[p.tensor] = (float(lo.min()), float(hi.max()))
+        act = _act_after(graph, p.tensor)
+        if act is not None:
+            name, fn = act
+            out[name] = (float(fn(lo).min()), float(fn(hi).max()))
+    return out
 
 
 def guarded_equalize(
     graph: Graph, feeds: dict[str, np.ndarray], calibrate: Calibrate, steps: Steps
 ) -> Calibrated:
-    """Equalize ``graph`` in place only as far as it helps (see the module docstring):
-    each variant is calibrated on the first half of the samples (``calibrate(feeds)``
-    calibrates ``graph`` as it stands) and judged on held-out ones; the winner is
-    calibrated on all of them. Returns the winner, applied; its ``fit_means`` are the
-    first half's means (bias correction's held-out check reuses them)."""
+    """Equalize ``graph`` in place only as far as it helps (see the module docstring).
+    ``calibrate(feeds)`` calibrates ``graph`` as it stands. The plain graph is calibrated
+    once; each variant's ranges between its pairs follow from per-channel minima and
+    maxima (:func:`pair_ranges`), so a variant costs one QDQ build and the judge runs;
+    only an equalized winner is calibrated again. Returns the winner, applied."""
     plain = dict(graph.inits)
-    every = _accuracy.equalize(graph, feeds)
-    if not every.scales:
-        graph.inits = plain
+    pairs = _equalize.find_pairs(graph)
+    if not pairs:
         collected, ranges = calibrate(feeds)
         steps.notes["equalize"] = "no equalizable pair"
         return Calibrated(plain, collected, ranges, {}, [])
-    pairs = _equalize.find_pairs(graph)
-    variants = {"off": (plain, _equalize.Equalized([], {})), "all pairs": (dict(graph.inits), every)}
+    tensors = sorted({p.tensor for p in pairs})
+    low, high = _accuracy.channel_minmax(graph, feeds, tensors)
+    maxima = {p.tensor: high[p.tensor] for p in pairs if p.clip is not None}
+    variants = {"off": (plain, _equalize.Equalized([], {}))}
+    every = _equalize.equalize(graph, maxima)
+    variants["all pairs"] = (dict(graph.inits), every)
     if any(p.clip is not None for p in pairs) and any(p.clip is None for p in pairs):
         graph.inits = dict(plain)
         unclipped = _equalize.equalize(graph)  # Clip pairs need maxima: left alone
         variants["pairs not through Clip"] = (dict(graph.inits), unclipped)
-    fit, judge = split(feeds)
-    reference = None
+    graph.inits = dict(plain)
+    collected, ranges = calibrate(feeds)
+    n = len(next(iter(feeds.values())))
+    judge = _head(feeds, 0, min(n, GUARD_SAMPLES))
+    reference = _evaluate.session(graph.to_model())
     scores: dict[str, float] = {}
-    fit_means: dict[str, Any] = {}
-    for name, (inits, _) in variants.items():
+    for name, (inits, eq) in variants.items():
         graph.inits = dict(inits)
-        collected, ranges = calibrate(fit)
-        fit_means[name] = collected.means
-        if reference is None:  # the same float function for every variant (up to 1e-4)
-            reference = _evaluate.session(graph.to_model())
-        scores[name] = output_sqnr(graph, ranges, judge, reference=reference)
+        trial = {**ranges, **pair_ranges(graph, pairs, low, high, eq.scales)}
+        scores[name] = output_sqnr(graph, trial, judge, reference=reference)
     best = max(scores, key=lambda k: (scores[k] - (0.0 if k == "off" else MIN_GAIN_DB), k == "off"))
     steps.equalize, steps.equalize_db = best, scores
     measured = ", ".join(f"{k} {v:.2f} dB" for k, v in scores.items())
-    held = "held-out" if len(next(iter(fit.values()))) < len(next(iter(feeds.values()))) else ""
     steps.notes["equalize"] = (
-        f"output SQNR on {len(next(iter(judge.values())))} {held} calibration samples: {measured}"
-    ).replace("  ", " ")
+        f"output SQNR on {len(next(iter(judge.values())))} calibration samples: {measured}"
+    )
     inits, eq = variants[best]
     graph.inits = dict(inits)
-    collected, ranges = calibrate(feeds)
-    return Calibrated(graph.inits, collected, ranges, eq.scales, eq.log, fit_means[best])
+    if best != "off":
+        collected, ranges = calibrate(feeds)
+    return Calibrated(graph.inits, collected, ranges, eq.scales, eq.log)
 
 
 def guarded_bias_correction(
@@ -168,11 +212,9 @@ def guarded_bias_correction(
     ranges: dict[str, tuple[float, float]],
     mean_of: frozenset[str],
     steps: Steps,
-    fit_means: dict[str, np.ndarray] | None = None,
 ) -> bool:
     """Whether the default runs bias correction: enough samples, and a correction fitted on
-    the first half of them raises the output SQNR on held-out ones (``fit_means``: the
-    first half's means when the caller has them)."""
+    the first half of them raises the output SQNR on held-out ones."""
     n = len(next(iter(feeds.values())))
     if not mean_of:
         steps.notes["bias_correction"] = "no Conv/Gemm with constant weights"
@@ -181,8 +223,7 @@ def guarded_bias_correction(
         steps.notes["bias_correction"] = f"{n} calibration samples < {BC_MIN_SAMPLES}"
         return False
     fit, judge = split(feeds)
-    if fit_means is None:
-        fit_means = _calibrate.collect(graph, fit, histograms=False, mean_of=mean_of).means
+    fit_means = _accuracy.input_means(graph, fit, mean_of)
     reference = _evaluate.session(graph.to_model())
     without = output_sqnr(graph, ranges, judge, reference=reference)
     with_bc = output_sqnr(graph, ranges, judge, means=fit_means, reference=reference)

@@ -18,6 +18,8 @@ FIX = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIX))
 from rescaled_mlp import rescaled_mlp  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+
 
 def _data_blind_trap(path: Path, rng: np.random.Generator) -> Path:
     """1x1 conv 8->8, Relu, 1x1 conv 8->4. Channel 0 of the first conv is its bias (1.0;
@@ -73,6 +75,14 @@ def test_equalization_is_dropped_where_it_lowers_the_output_sqnr(tmp_path: Path)
         ConvertOptions(formats=("onnx",), latency_runs=1, bias_correction=False, equalize=False),
     )
     assert report.int8_sha256 == off.int8_sha256  # the guarded default is the plain model
+    forced = convert(
+        model,
+        tmp_path / "calib.npz",
+        tmp_path / "forced",
+        ConvertOptions(formats=("onnx",), latency_runs=1, bias_correction=False, equalize=True),
+    )
+    assert forced.extra["steps"]["equalize"] == "all pairs"  # --equalize: every pair
+    assert forced.output_sqnr_db < report.output_sqnr_db - 3.0
 
 
 def test_equalization_is_kept_where_it_helps(tmp_path: Path) -> None:
@@ -122,4 +132,29 @@ def test_report_html_ends_with_the_verdict(tmp_path: Path, with_eval: bool) -> N
         assert f"drop {report.eval['fp32_accuracy'] - report.eval['int8_accuracy']:.2f}" in line
     else:
         assert f"output SQNR {report.output_sqnr_db:.1f} dB on calibration samples" in line
-    assert "Accuracy steps" in page and "output SQNR on 16 held-out calibration samples" in page
+    assert "Accuracy steps" in page and "output SQNR on 16 calibration samples" in page
+
+
+@pytest.mark.parametrize("act", ["Relu", "Clip", "LeakyRelu"])
+def test_pair_ranges_equal_a_calibration_of_the_equalized_graph(act: str) -> None:
+    """The guard judges each variant without calibrating it: the ranges between its pairs
+    follow from per-channel min/max on the plain graph. They match a real calibration."""
+    from edgeship.converter import _accuracy, _calibrate, _equalize
+    from edgeship.converter._ir import Graph
+    from edgeship.converter._steps import pair_ranges
+    from test_equalize import _conv_chain
+
+    rng = np.random.default_rng(5)
+    graph = Graph.from_model(_conv_chain(rng, act))
+    x = {"x": rng.normal(size=(12, 3, 6, 6)).astype(np.float32)}
+    pairs = _equalize.find_pairs(graph)
+    low, high = _accuracy.channel_minmax(graph, x, sorted({p.tensor for p in pairs}))
+    maxima = {p.tensor: high[p.tensor] for p in pairs if p.clip is not None}
+    eq = _equalize.equalize(graph, maxima)
+    assert max(float(np.max(s) / np.min(s)) for s in eq.scales.values()) > 10  # it did rescale
+    derived = pair_ranges(graph, pairs, low, high, eq.scales)
+    real = _calibrate.ranges(_calibrate.collect(graph, x, histograms=False).stats, "minmax", 99.9)
+    assert len(derived) == 4  # c1, its activation, c2, its activation
+    for name, (lo, hi) in derived.items():
+        assert lo == pytest.approx(real[name][0], rel=1e-4, abs=1e-5)
+        assert hi == pytest.approx(real[name][1], rel=1e-4, abs=1e-5)

@@ -110,11 +110,11 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
 )
 @click.option(
     "--equalize/--no-equalize",
-    default=True,
-    show_default=True,
+    default=None,
     help="Cross-layer equalization: rescale channels between Conv/Gemm pairs (same float "
-    "function) so one large channel no longer sets the int8 scales of its neighbours; "
-    "kept only where it does not lower the output SQNR on calibration samples.",
+    "function) so one large channel no longer sets the int8 scales of its neighbours. "
+    "Default: kept only where it does not lower the output SQNR on held-out calibration "
+    "samples; --equalize: every pair.",
 )
 @click.option(
     "--bias-correction/--no-bias-correction",
@@ -168,7 +168,7 @@ def convert(
     calibration: str,
     io: str,
     input_shape: tuple[str, ...],
-    equalize: bool,
+    equalize: bool | None,
     bias_correction: bool | None,
     learned_rounding: bool,
     max_drop: float | None,
