@@ -19,7 +19,9 @@ input is dynamic), onnxruntime ``quantize_static`` (QDQ, per-channel, S8S8, MinM
 metric vs fp32 (top-1 agreement, CTC string match, recall of fp32 boxes at IoU 0.5 same
 class, text-map IoU at 0.3), INT8/fp32 latency in onnxruntime (1 thread, median), INT8/fp32
 size (external data counted), and for edgeship the agreement of LiteRT with its INT8 ONNX.
-A failure is one line (its error) and the bench goes on. Writes results/realworld.json.
+A failure is one line (its error) and the bench goes on. Writes results/realworld.json
+(with --accuracy: results/realworld_accuracy.json and the issue-15 accuracy table, see
+_realworld_accuracy.py).
 """
 
 from __future__ import annotations
@@ -387,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python hw-bench/bench_realworld.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     # one table per tool: results/README.md shows at most 40 rows of 12 columns a table
     per_tool = {tool: [r for r in rows if r["tool"] == tool] for tool in opts.tools}
-    write_result("realworld", {
+    # --accuracy: its own file, so a subset run leaves the op-coverage table (realworld.json) alone
+    write_result("realworld_accuracy" if opts.accuracy else "realworld", {
         "command": command, "minutes": minutes, "summary": lines, "accuracy": table, **per_tool,
         "models": [{k: info.get(k) for k in INFO_KEYS if k in info} for info in infos],
         "targets": {"both_formats": "model.int8.onnx and model.int8.tflite written",
