@@ -113,8 +113,8 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     default=None,
     help="Cross-layer equalization: rescale channels between Conv/Gemm pairs (same float "
     "function) so one large channel no longer sets the int8 scales of its neighbours. "
-    "Default: kept only where it does not lower the output SQNR on held-out calibration "
-    "samples; --equalize: every pair.",
+    "Default: kept only where it raises the INT8 output SQNR on calibration samples; "
+    "--equalize: every pair.",
 )
 @click.option(
     "--bias-correction/--no-bias-correction",
