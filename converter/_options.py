@@ -28,7 +28,7 @@ class ConvertOptions:
     # accuracy steps (converter/_equalize.py, converter/_bias_correct.py); defaults measured,
     # see hw-bench/bench_accuracy.py
     # cross-layer equalization before calibration; None (default): kept only where it does
-    # not lower the output SQNR on held-out calibration samples (converter/_steps.py);
+    # not lower the output SQNR on calibration samples (converter/_steps.py);
     # True / False: every pair / never
     equalize: bool | None = None
     # int32 biases absorb the mean shift of rounded weights; None (default): on only with
