@@ -56,52 +56,6 @@ def _per_channel_max(v: np.ndarray) -> np.ndarray:
     return np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1).max(axis=1).astype(np.float64)
 
 
-def channel_minmax(
-    graph: Graph, feeds: dict[str, np.ndarray], tensors: list[str]
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per-channel minimum and maximum of each tensor (channel axis as in
-    :func:`channel_maxima`), over the first ``MAXIMA_SAMPLES`` samples: one run per
-    sample that fetches only these tensors."""
-    sess = _session(graph, tensors)
-    count = min(MAXIMA_SAMPLES, len(next(iter(feeds.values()))))
-    low: dict[str, np.ndarray] = {}
-    high: dict[str, np.ndarray] = {}
-    for i in range(count):
-        try:
-            values = sess.run(tensors, {k: v[i : i + 1] for k, v in feeds.items()})
-        except Exception as exc:
-            raise CalibrationError(f"calibration sample {i} fails: {exc}") from exc
-        for name, v in zip(tensors, values, strict=True):
-            v = np.asarray(v)
-            mx, mn = _per_channel_max(v), -_per_channel_max(-v)
-            high[name] = mx if name not in high else np.maximum(high[name], mx)
-            low[name] = mn if name not in low else np.minimum(low[name], mn)
-    return low, high
-
-
-def input_means(
-    graph: Graph, feeds: dict[str, np.ndarray], tensors: frozenset[str]
-) -> dict[str, np.ndarray]:
-    """The per-position mean over ``feeds`` of each tensor (as the calibration's
-    ``mean_of`` means, for bias correction), fetching only these tensors."""
-    inside = sorted(t for t in tensors if t not in feeds)
-    sess = _session(graph, inside) if inside else None
-    count = len(next(iter(feeds.values())))
-    sums: dict[str, np.ndarray] = {}
-    for i in range(count):
-        sample = {k: v[i : i + 1] for k, v in feeds.items()}
-        values = sess.run(inside, sample) if sess is not None else []
-        found = [(k, v) for k, v in sample.items() if k in tensors]
-        found += list(zip(inside, values, strict=True))
-        for name, v in found:
-            v = np.asarray(v)
-            if v.dtype != np.float32 or v.ndim == 0:
-                continue
-            part = v.sum(axis=0, dtype=np.float64)
-            sums[name] = part if name not in sums else sums[name] + part
-    return {k: (v / count).astype(np.float32) for k, v in sums.items()}
-
-
 def _session(graph: Graph, tensors: list[str]) -> Any:
     import onnxruntime as ort
 

@@ -29,7 +29,7 @@ from ._quantize import WeightInfo, WeightPolicy, build_qdq
 from ._report import Report, not_written_line, to_html
 from ._shapes import dynamic_dims, format_shape
 from ._sizes import report_sizes, zstd_bytes
-from ._steps import Steps, guarded_bias_correction, guarded_equalize
+from ._steps import Steps, fit_count, guarded_bias_correction, guarded_equalize
 from ._targets import TargetsNotCompiled, check_available, run_for_convert
 from ._tflite_macs import read_ops
 
@@ -259,9 +259,12 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     mean_of = _accuracy.corrected_layers(graph) if wants_bc else frozenset()
     method = "minmax" if opts.calibration == "auto" else opts.calibration
 
-    def calibrate(feeds: dict[str, np.ndarray]) -> tuple[Any, dict[str, tuple[float, float]]]:
+    def calibrate(
+        feeds: dict[str, np.ndarray], channels_of: frozenset[str] = frozenset()
+    ) -> tuple[Any, dict[str, tuple[float, float]]]:
         calib = _calibrate.collect(
-            graph, feeds, histograms=histograms, progress=progress, mean_of=mean_of
+            graph, feeds, histograms=histograms, progress=progress, mean_of=mean_of,
+            mean_split=fit_count(len(next(iter(feeds.values())))), channels_of=channels_of,
         )
         return calib, _calibrate.ranges(calib.stats, method, opts.percentile)
 
@@ -288,7 +291,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     steps.bias_correction = bool(opts.bias_correction) or (
         opts.bias_correction is None
         and wants_bc
-        and guarded_bias_correction(graph, inp.calib, ranges, mean_of, steps)
+        and guarded_bias_correction(graph, inp.calib, ranges, mean_of, steps, calib.head_means)
     )
     clock.lap("calibrate")
     policy = inp.base.policy() if inp.base else WeightPolicy()

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _accuracy, _equalize, _evaluate
+from . import _equalize, _evaluate
 from ._ir import Graph
 
 GUARD_SAMPLES = 16  # calibration samples the output SQNR of each candidate is measured on
@@ -110,13 +110,20 @@ def split(feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str
     of the rest (held out). Under ``2 * GUARD_SAMPLES`` samples there is no rest to spare:
     fit on all, judge on the first ones."""
     n = len(next(iter(feeds.values())))
-    if n < 2 * GUARD_SAMPLES:
+    half = fit_count(n)
+    if half == n:
         return feeds, _head(feeds, 0, min(n, GUARD_SAMPLES))
-    half = n // 2
     return _head(feeds, 0, half), _head(feeds, half, half + GUARD_SAMPLES)
 
 
-Calibrate = Callable[[dict[str, np.ndarray]], tuple[Any, dict[str, tuple[float, float]]]]
+# calibrate(feeds, channels_of=...) -> (collected, ranges): calibrates the graph as it stands
+# with its mean_split set to fit_count(samples)
+Calibrate = Callable[..., tuple[Any, dict[str, tuple[float, float]]]]
+
+
+def fit_count(n: int) -> int:
+    """How many of ``n`` calibration samples a held-out check fits on (see :func:`split`)."""
+    return n // 2 if n >= 2 * GUARD_SAMPLES else n
 Ranges = dict[str, tuple[float, float]]
 
 
@@ -167,16 +174,18 @@ def guarded_equalize(
     once; each variant's ranges between its pairs follow from per-channel minima and
     maxima (:func:`pair_ranges`), so a variant costs one QDQ build and the judge runs;
     only an equalized winner is calibrated again. Returns the winner, applied."""
+    from ._equalize import Equalized
+
     plain = dict(graph.inits)
     pairs = _equalize.find_pairs(graph)
     if not pairs:
         collected, ranges = calibrate(feeds)
         steps.notes["equalize"] = "no equalizable pair"
         return Calibrated(plain, collected, ranges, {}, [])
-    tensors = sorted({p.tensor for p in pairs})
-    low, high = _accuracy.channel_minmax(graph, feeds, tensors)
+    collected, ranges = calibrate(feeds, channels_of=frozenset(p.tensor for p in pairs))
+    low, high = collected.channel_lo, collected.channel_hi
     maxima = {p.tensor: high[p.tensor] for p in pairs if p.clip is not None}
-    variants = {"off": (plain, _equalize.Equalized([], {}))}
+    variants = {"off": (plain, Equalized([], {}))}
     every = _equalize.equalize(graph, maxima)
     variants["all pairs"] = (dict(graph.inits), every)
     if any(p.clip is not None for p in pairs) and any(p.clip is None for p in pairs):
@@ -184,7 +193,6 @@ def guarded_equalize(
         unclipped = _equalize.equalize(graph)  # Clip pairs need maxima: left alone
         variants["pairs not through Clip"] = (dict(graph.inits), unclipped)
     graph.inits = dict(plain)
-    collected, ranges = calibrate(feeds)
     n = len(next(iter(feeds.values())))
     judge = _head(feeds, 0, min(n, GUARD_SAMPLES))
     reference = _evaluate.session(graph.to_model())
@@ -212,9 +220,11 @@ def guarded_bias_correction(
     ranges: dict[str, tuple[float, float]],
     mean_of: frozenset[str],
     steps: Steps,
+    fit_means: dict[str, np.ndarray],
 ) -> bool:
     """Whether the default runs bias correction: enough samples, and a correction fitted on
-    the first half of them raises the output SQNR on held-out ones."""
+    the first half of them (``fit_means``: the calibration's ``head_means``) raises the
+    output SQNR on held-out ones."""
     n = len(next(iter(feeds.values())))
     if not mean_of:
         steps.notes["bias_correction"] = "no Conv/Gemm with constant weights"
@@ -223,7 +233,6 @@ def guarded_bias_correction(
         steps.notes["bias_correction"] = f"{n} calibration samples < {BC_MIN_SAMPLES}"
         return False
     fit, judge = split(feeds)
-    fit_means = _accuracy.input_means(graph, fit, mean_of)
     reference = _evaluate.session(graph.to_model())
     without = output_sqnr(graph, ranges, judge, reference=reference)
     with_bc = output_sqnr(graph, ranges, judge, means=fit_means, reference=reference)

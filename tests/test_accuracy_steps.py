@@ -139,7 +139,7 @@ def test_report_html_ends_with_the_verdict(tmp_path: Path, with_eval: bool) -> N
 def test_pair_ranges_equal_a_calibration_of_the_equalized_graph(act: str) -> None:
     """The guard judges each variant without calibrating it: the ranges between its pairs
     follow from per-channel min/max on the plain graph. They match a real calibration."""
-    from edgeship.converter import _accuracy, _calibrate, _equalize
+    from edgeship.converter import _calibrate, _equalize
     from edgeship.converter._ir import Graph
     from edgeship.converter._steps import pair_ranges
     from test_equalize import _conv_chain
@@ -148,13 +148,38 @@ def test_pair_ranges_equal_a_calibration_of_the_equalized_graph(act: str) -> Non
     graph = Graph.from_model(_conv_chain(rng, act))
     x = {"x": rng.normal(size=(12, 3, 6, 6)).astype(np.float32)}
     pairs = _equalize.find_pairs(graph)
-    low, high = _accuracy.channel_minmax(graph, x, sorted({p.tensor for p in pairs}))
+    plain = _calibrate.collect(graph, x, histograms=False, channels_of=frozenset(p.tensor for p in pairs))
+    low, high = plain.channel_lo, plain.channel_hi
     maxima = {p.tensor: high[p.tensor] for p in pairs if p.clip is not None}
     eq = _equalize.equalize(graph, maxima)
     assert max(float(np.max(s) / np.min(s)) for s in eq.scales.values()) > 10  # it did rescale
     derived = pair_ranges(graph, pairs, low, high, eq.scales)
     real = _calibrate.ranges(_calibrate.collect(graph, x, histograms=False).stats, "minmax", 99.9)
+    unchanged = pair_ranges(graph, pairs, low, high, {})  # no scales: the plain graph's ranges
+    plain_ranges = _calibrate.ranges(plain.stats, "minmax", 99.9)
+    assert all(unchanged[t] == pytest.approx(plain_ranges[t]) for t in unchanged)
     assert len(derived) == 4  # c1, its activation, c2, its activation
     for name, (lo, hi) in derived.items():
         assert lo == pytest.approx(real[name][0], rel=1e-4, abs=1e-5)
         assert hi == pytest.approx(real[name][1], rel=1e-4, abs=1e-5)
+
+
+def test_calibration_keeps_first_half_means_and_channel_ranges() -> None:
+    """The guards' statistics come from the one calibration pass, batched or not."""
+    from edgeship.converter import _calibrate
+    from edgeship.converter._ir import Graph
+    from test_equalize import _conv_chain
+
+    rng = np.random.default_rng(6)
+    graph = Graph.from_model(_conv_chain(rng, "Relu"))
+    x = {"x": rng.normal(size=(10, 3, 6, 6)).astype(np.float32)}
+    for batch in (1, 4):
+        got = _calibrate.collect(graph, x, histograms=False, batch=batch, mean_of=frozenset({"a1"}),
+                                 mean_split=5, channels_of=frozenset({"c1"}))
+        head = _calibrate.collect(graph, {"x": x["x"][:5]}, histograms=False,
+                                  mean_of=frozenset({"a1"}))
+        np.testing.assert_allclose(got.head_means["a1"], head.means["a1"], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(got.means["a1"], got.head_means["a1"])
+        assert got.channel_hi["c1"].shape == (8,)
+        assert float(got.channel_hi["c1"].max()) == pytest.approx(got.stats["c1"].hi)
+        assert float(got.channel_lo["c1"].min()) == pytest.approx(got.stats["c1"].lo)
