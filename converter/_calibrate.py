@@ -133,6 +133,11 @@ class Collected:
     tensor_bytes: dict[str, int]  # bytes of one sample of each activation tensor
     # per-position mean over the samples (batch axis dropped) of the tensors asked for
     means: dict[str, np.ndarray] = field(default_factory=dict)
+    # the same means over the first ``mean_split`` samples only (a held-out check's fit)
+    head_means: dict[str, np.ndarray] = field(default_factory=dict)
+    # per-channel minimum / maximum of the tensors asked for (``channels_of``)
+    channel_lo: dict[str, np.ndarray] = field(default_factory=dict)
+    channel_hi: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def sample_bytes(self) -> int:
@@ -156,6 +161,8 @@ def collect(
     batch: int = 16,
     batch_bytes: int = BATCH_BYTES,
     mean_of: frozenset[str] = frozenset(),
+    mean_split: int = 0,
+    channels_of: frozenset[str] = frozenset(),
 ) -> Collected:
     """Run the float graph on every sample; returns stats for every activation tensor.
 
@@ -166,7 +173,10 @@ def collect(
     copy of the graph with a dynamic batch axis, when that copy gives the same outputs
     as batch 1 on the first samples (it does not when, e.g., a Reshape hard-codes the
     batch); else samples go one at a time. ``mean_of``: tensors whose mean over the
-    samples is kept too (bias correction's inputs; float32 sums, one sample's size)."""
+    samples is kept too (bias correction's inputs; float32 sums, one sample's size), and
+    with ``mean_split`` also their mean over the first ``mean_split`` samples;
+    ``channels_of``: tensors whose per-channel min / max is kept (axis 1 of a 4-D tensor,
+    else the last axis; the cross-layer equalization guard)."""
     names = graph.activations()
     stats = {n: TensorStats(histogram=histograms) for n in names}
     sums: dict[str, np.ndarray] = {}
@@ -184,17 +194,43 @@ def collect(
             batch = 1
         else:  # every sample goes through the batched copy, the first one too
             sess, first = batched, None
+    starts = sorted({*range(0, count, batch), *([mean_split] if 0 < mean_split < count else [])})
+    head: dict[str, np.ndarray] = {}
+    lo: dict[str, np.ndarray] = {}
+    hi: dict[str, np.ndarray] = {}
     with _progress_bar(progress, count) as advance:
-        for i in range(0, count, batch):
-            sample = {k: v[i : i + batch] for k, v in feeds.items()}
+        for i, end in zip(starts, [*starts[1:], count], strict=True):
+            sample = {k: v[i:end] for k, v in feeds.items()}
             values = first if i == 0 and first is not None else _run(sess, fetch, sample, i)
             first = None
             _accumulate(sums, mean_of, fetch, sample, values)
+            _channel_range(lo, hi, channels_of, fetch, values)
             _update(stats, fetch, sample, values)
             del values  # before the next run allocates its outputs
-            advance(len(next(iter(sample.values()))))
+            if end == mean_split:
+                head = {k: (v / mean_split).astype(np.float32) for k, v in sums.items()}
+            advance(end - i)
     means = {k: (v / count).astype(np.float32) for k, v in sums.items()}
-    return Collected(stats, batch, tensor_bytes, means)
+    return Collected(stats, batch, tensor_bytes, means, head or means, lo, hi)
+
+
+def _channel_range(
+    lo: dict[str, np.ndarray],
+    hi: dict[str, np.ndarray],
+    channels_of: frozenset[str],
+    fetch: list[str],
+    values: list[Any],
+) -> None:
+    """Per-channel running min / max of the ``channels_of`` tensors in this run."""
+    for j, name in enumerate(fetch):
+        v = values[j]
+        if name not in channels_of or not isinstance(v, np.ndarray) or v.ndim < 2:
+            continue
+        axis = 1 if v.ndim == 4 else v.ndim - 1
+        flat = np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1)
+        mn, mx = flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
+        lo[name] = mn if name not in lo else np.minimum(lo[name], mn)
+        hi[name] = mx if name not in hi else np.maximum(hi[name], mx)
 
 
 def _accumulate(

@@ -30,6 +30,7 @@ from ._quantize import WeightInfo, WeightPolicy, build_qdq
 from ._report import Report, not_written_line, to_html
 from ._shapes import dynamic_dims, format_shape
 from ._sizes import report_sizes, zstd_bytes
+from ._steps import Steps, fit_count, guarded_bias_correction, guarded_equalize
 from ._targets import TargetsNotCompiled, check_available, run_for_convert
 from ._tflite_macs import read_ops
 
@@ -114,6 +115,7 @@ class _Quantized:
     tensor_bytes: dict[str, int]  # one sample of each float activation, from calibration
     equalization: dict[str, np.ndarray]  # cross-layer equalization scales per pair
     rebuild: Any = None  # keep_float -> _Built: the same conversion with more float nodes
+    steps: Steps | None = None  # which accuracy steps ran, and why (converter/_steps.py)
 
     def use(self, built: _Built) -> None:
         self.plan, self.qmodel, self.weights = built.plan, built.qmodel, built.weights
@@ -255,25 +257,46 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     graph = Graph.from_model(inp.model)
     log = [*inp.notes, *optimize(graph)]
     pruned = prune(graph, opts.prune)
-    equalized: dict[str, np.ndarray] = {}
-    if opts.equalize:
-        fixed = inp.base.equalization if inp.base else None
-        eq = _accuracy.equalize(graph, inp.calib, fixed)
-        log += eq.log
-        equalized = eq.scales
     clock.lap("optimize")
     histograms = opts.calibration != "minmax"  # minmax needs no histogram
-    mean_of = _accuracy.corrected_layers(graph) if opts.bias_correction else frozenset()
-    calib = _calibrate.collect(
-        graph, inp.calib, histograms=histograms, progress=progress, mean_of=mean_of
-    )
+    wants_bc = opts.bias_correction is not False and (inp.base is None or opts.bias_correction)
+    mean_of = _accuracy.corrected_layers(graph) if wants_bc else frozenset()
     method = "minmax" if opts.calibration == "auto" else opts.calibration
-    ranges = _calibrate.ranges(calib.stats, method, opts.percentile)
+
+    def calibrate(
+        feeds: dict[str, np.ndarray], channels_of: frozenset[str] = frozenset()
+    ) -> tuple[Any, dict[str, tuple[float, float]]]:
+        calib = _calibrate.collect(
+            graph, feeds, histograms=histograms, progress=progress, mean_of=mean_of,
+            mean_split=fit_count(len(next(iter(feeds.values())))), channels_of=channels_of,
+        )
+        return calib, _calibrate.ranges(calib.stats, method, opts.percentile)
+
+    steps = Steps()
+    equalized: dict[str, np.ndarray] = {}
+    if opts.equalize is not False and (inp.base is not None or opts.equalize):
+        # --base: the previous release's pairs, as they were; --equalize: every pair
+        eq = _accuracy.equalize(graph, inp.calib, inp.base.equalization if inp.base else None)
+        log += eq.log
+        equalized = eq.scales
+        steps.equalize = ("as --base" if inp.base else "all pairs") if equalized else "off"
+        calib, ranges = calibrate(inp.calib)
+    elif opts.equalize is None:
+        chosen = guarded_equalize(graph, inp.calib, calibrate, steps)
+        log += chosen.log
+        equalized, calib, ranges = chosen.scales, chosen.collected, chosen.ranges
+    else:
+        calib, ranges = calibrate(inp.calib)
     if opts.calibration == "auto":
-        ranges, chosen = _accuracy.choose_ranges(
+        ranges, chosen_ranges = _accuracy.choose_ranges(
             graph, calib.stats, ranges, inp.calib, opts.percentile
         )
-        log.append(chosen)
+        log.append(chosen_ranges)
+    steps.bias_correction = bool(opts.bias_correction) or bool(
+        opts.bias_correction is None
+        and wants_bc
+        and guarded_bias_correction(graph, inp.calib, ranges, mean_of, steps, calib.head_means)
+    )
     clock.lap("calibrate")
     policy = inp.base.policy() if inp.base else WeightPolicy()
     if opts.learned_rounding and inp.base is None:
@@ -282,7 +305,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         policy = LearnedRounding(layers=collect_grams(graph, inp.calib))
     elif opts.learned_rounding:
         log.append("learned rounding skipped: --base keeps the previous int8 values")
-    means = calib.means if opts.bias_correction else None
+    means = calib.means if steps.bias_correction else None
     ort_log: list[str] = []  # what the onnxruntime pass changed (the last build's)
 
     def build(keep_float: dict[str, str]) -> _Built:
@@ -322,6 +345,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         calib.tensor_bytes,
         equalized,
         build,
+        steps,
     )
 
 
@@ -413,7 +437,10 @@ def _report(
         conversion_seconds=conversion_seconds,
         profile=None if profile is None else _profile_summary(profile),
         formats=_formats(opts, tflite, not_written),
-        extra={"layer_sqnr_samples": min(layer_n, len(next(iter(sqnr_feeds.values()))))},
+        extra={
+            "layer_sqnr_samples": min(layer_n, len(next(iter(sqnr_feeds.values())))),
+            **({"steps": q.steps.to_dict()} if q.steps is not None else {}),
+        },
     ), profile
 
 

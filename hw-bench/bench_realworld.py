@@ -19,7 +19,9 @@ input is dynamic), onnxruntime ``quantize_static`` (QDQ, per-channel, S8S8, MinM
 metric vs fp32 (top-1 agreement, CTC string match, recall of fp32 boxes at IoU 0.5 same
 class, text-map IoU at 0.3), INT8/fp32 latency in onnxruntime (1 thread, median), INT8/fp32
 size (external data counted), and for edgeship the agreement of LiteRT with its INT8 ONNX.
-A failure is one line (its error) and the bench goes on. Writes results/realworld.json.
+A failure is one line (its error) and the bench goes on. Writes results/realworld.json
+(with --accuracy: results/realworld_accuracy.json and the issue-15 accuracy table, see
+_realworld_accuracy.py).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _realworld_accuracy as accuracy
 import _realworld_metrics as metrics
 import _realworld_models as models
 import _realworld_run as run
@@ -48,7 +51,8 @@ from _common import ROOT, print_machine, print_table, quick, write_result
 from _realworld_inputs import CALIB, EVAL
 from _realworld_models import Spec
 
-TOOLS = ("edgeship", "ort", "nncf")
+TOOLS = ("edgeship", "edgeship_md1", "ort", "nncf")  # edgeship_md1: edgeship --max-drop 1
+DEFAULT_TOOLS = ("edgeship", "ort", "nncf")
 TARGET_RSS_MB = 2048.0
 TARGET_LITERT = 99.0
 METRIC_NAMES = {"classify": "top-1 agreement %", "ctc": "string match %",
@@ -104,6 +108,8 @@ def tool_argv(tool: str, spec: Spec, model: Path, calib: Path, out: Path, dynami
             argv += ["--input-shape", f"{spec.input_name}={'x'.join(map(str, spec.shape))}"]
         # ablations of the accuracy steps, e.g. "--no-equalize --no-bias-correction"
         return argv + shlex.split(os.environ.get("EDGESHIP_BENCH_CONVERT_ARGS", ""))
+    if tool == "edgeship_md1":
+        return [*tool_argv("edgeship", spec, model, calib, out, dynamic), "--max-drop", "1"]
     return [sys.executable, str(Path(run.__file__)), tool, str(model), str(calib),
             str(out / "model.int8.onnx")]
 
@@ -119,7 +125,7 @@ def run_tool(tool: str, spec: Spec, model: Path, calib: Path, work: Path, dynami
              opts: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     out = work / tool
     shutil.rmtree(out, ignore_errors=True)
-    if tool != "edgeship":
+    if not tool.startswith("edgeship"):
         out.mkdir(parents=True)
     result = run.measured(tool_argv(tool, spec, model, calib, out, dynamic), timeout=opts.timeout,
                           rss_cap_mb=opts.rss_cap_gb * 1024, cwd=ROOT)
@@ -129,7 +135,7 @@ def run_tool(tool: str, spec: Spec, model: Path, calib: Path, work: Path, dynami
     row.update({"model": spec.name, "tool": tool, "exit": result.code,
                 "formats": ",".join(formats) or "-", "convert_s": result.seconds,
                 "peak_rss_mb": result.peak_rss_mb,
-                "error": result.error_line() or (note_line(result.output) if tool == "edgeship"
+                "error": result.error_line() or (note_line(result.output) if tool.startswith("edgeship")
                                                  and "tflite" not in formats else None)})
     return row, out
 
@@ -156,7 +162,9 @@ def measure_int8(spec: Spec, row: dict[str, Any], out: Path, ref: dict[str, Any]
     if tflite.exists():
         try:
             lite = run.run_tflite(tflite, eval_x, [o.shape for o in outputs[0]])
-            row["litert_agreement"] = _round(task_metric(spec, view, task_view(spec, lite)))
+            lite_view = task_view(spec, lite)
+            row["litert_agreement"] = _round(task_metric(spec, view, lite_view))
+            row["tflite_metric"] = _round(task_metric(spec, ref["view"], lite_view))
         except Exception as exc:
             row["litert_agreement"] = None
             row["error"] = f"LiteRT cannot run the TFLite: {short(exc)}"
@@ -241,6 +249,8 @@ def bench_model(spec: Spec, opts: argparse.Namespace, work: Path) -> tuple[dict[
     info["fp32_ms"] = round(ref["fp32_ms"], 3)
     rows = []
     for tool in opts.tools:
+        if tool == "edgeship_md1" and spec.task != "classify":
+            continue  # without labels --max-drop counts top-1 agreement: a classifier's metric
         row, out = run_tool(tool, spec, model, calib, mwork, dynamic, opts)
         measure_int8(spec, row, out, ref, eval_x, opts)
         rows.append(row)
@@ -253,17 +263,20 @@ def bench_model(spec: Spec, opts: argparse.Namespace, work: Path) -> tuple[dict[
             row.update(expected_refusal(row))
         elif row["tool"] == "edgeship":
             row.update(edgeship_targets(row, ort_row))
+        if ort_row and ort_row.get("convert_s") and row["tool"].startswith("edgeship"):
+            row["time_vs_ort"] = round(row["convert_s"] / ort_row["convert_s"], 2)
     if not opts.keep:
         shutil.rmtree(mwork, ignore_errors=True)
     return info, rows
 
 
 # ----------------------------------------------------------------------------- output
-ROW_KEYS = ("model", "formats", "sqnr_db", "metric", "litert_agreement", "latency_ratio",
-            "size_ratio", "convert_s", "peak_rss_mb", "exit", "error", "tool")
-COLUMNS = ["tool", "exit", "formats", "sqnr_db", "metric", "litert_agreement", "latency_ratio",
-           "size_ratio", "convert_s", "peak_rss_mb", "both_formats", "rss", "litert", "speed", "refusal",
-           "error"]
+ROW_KEYS = ("model", "formats", "sqnr_db", "metric", "tflite_metric", "litert_agreement",
+            "latency_ratio", "size_ratio", "convert_s", "time_vs_ort", "peak_rss_mb", "exit", "error",
+            "tool")
+COLUMNS = ["tool", "exit", "formats", "sqnr_db", "metric", "tflite_metric", "litert_agreement",
+           "latency_ratio", "size_ratio", "convert_s", "time_vs_ort", "peak_rss_mb", "both_formats",
+           "rss", "litert", "speed", "refusal", "error"]
 
 
 INFO_KEYS = ("model", "weights", "opset", "dynamic_input", "input_shape", "fp32_bytes", "fp32_ms",
@@ -306,7 +319,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     names = [s.name for s in models.SPECS]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="", help=f"comma-separated subset of: {','.join(names)}")
-    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of edgeship,ort,nncf")
+    parser.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
+                        help=f"comma-separated subset of {','.join(TOOLS)} (edgeship_md1: edgeship "
+                        "--max-drop 1; with --accuracy by default)")
+    parser.add_argument("--accuracy", action="store_true",
+                        help="issue 15's accuracy table: every tool incl. edgeship --max-drop 1, "
+                        "the task metric of ONNX and TFLite against each target")
     parser.add_argument("--quick", action="store_true", help="16 calibration / 8 eval samples")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgeship-bench",
                         help="wheels and exported models (kept between runs)")
@@ -322,6 +340,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(names)}")
     opts.specs = [s for s in models.SPECS if not chosen or s.name in chosen]
     opts.tools = [t for t in opts.tools.split(",") if t]
+    if opts.accuracy and "--tools" not in " ".join(argv if argv is not None else sys.argv):
+        opts.tools = list(TOOLS)
     if set(opts.tools) - set(TOOLS):
         parser.error(f"--tools takes {','.join(TOOLS)}")
     opts.quick = opts.quick or quick()
@@ -364,13 +384,16 @@ def main(argv: list[str] | None = None) -> int:
             print_model(info, model_rows)
     lines = summary(infos, rows)
     print_table(lines, title="edgeship targets (PASS/FAIL) and the task metric of each tool vs fp32")
+    table = accuracy.table(infos, rows, models.SPECS)
+    print_table(table, title=accuracy.TITLE)
     minutes = round((time.monotonic() - began) / 60.0, 1)
     print(f"took {minutes} min", flush=True)
     command = "python hw-bench/bench_realworld.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     # one table per tool: results/README.md shows at most 40 rows of 12 columns a table
     per_tool = {tool: [r for r in rows if r["tool"] == tool] for tool in opts.tools}
-    write_result("realworld", {
-        "command": command, "minutes": minutes, "summary": lines, **per_tool,
+    # --accuracy: its own file, so a subset run leaves the op-coverage table (realworld.json) alone
+    write_result("realworld_accuracy" if opts.accuracy else "realworld", {
+        "command": command, "minutes": minutes, "summary": lines, "accuracy": table, **per_tool,
         "models": [{k: info.get(k) for k in INFO_KEYS if k in info} for info in infos],
         "targets": {"both_formats": "model.int8.onnx and model.int8.tflite written",
                     "rss": f"peak RSS < {TARGET_RSS_MB / 1024:.0f} GB and <= 2x onnxruntime's",

@@ -148,3 +148,27 @@ def test_edgeship_targets_pass_and_fail() -> None:
     refused = {**nothing, "error": "error: model.onnx is already quantized (QDQ)"}
     assert bench.expected_refusal(refused)["refusal"] == "PASS"
     assert bench.expected_refusal(nothing)["refusal"] == "FAIL"
+
+
+def test_accuracy_table_judges_both_formats_against_target_and_tools() -> None:
+    acc = _load("_realworld_accuracy")
+    bench = _load("bench_realworld")
+    infos = [{"model": "ppocr_cls", "weights": "real: x"}, {"model": "resnet18", "weights": "random"},
+             {"model": "yolov8n_nudenet", "weights": "real: y"}]
+    rows = [
+        {"model": "ppocr_cls", "tool": "edgeship", "metric": 100.0, "tflite_metric": 96.9,
+         "time_vs_ort": 1.5},
+        {"model": "ppocr_cls", "tool": "edgeship_md1", "metric": 100.0, "tflite_metric": 100.0},
+        {"model": "ppocr_cls", "tool": "ort", "metric": 87.5},
+        {"model": "ppocr_cls", "tool": "nncf", "metric": 93.8},
+        {"model": "resnet18", "tool": "edgeship", "metric": 50.0},
+        {"model": "yolov8n_nudenet", "tool": "edgeship", "metric": 91.0, "tflite_metric": None},
+        {"model": "yolov8n_nudenet", "tool": "nncf", "metric": 95.0},
+    ]
+    table = acc.table(infos, rows, bench.models.SPECS)
+    assert [r["model"] for r in table] == ["ppocr_cls", "yolov8n_nudenet"]  # real weights only
+    cls, yolo = table
+    assert cls["target"] == ">= 99" and cls["es_verdict"] == "FAIL: tflite<target"
+    assert cls["md1_verdict"] == "PASS" and cls["es_time_x_ort"] == 1.5
+    assert yolo["target"] == ">= 90" and yolo["es_verdict"] == "FAIL: onnx<NNCF, no tflite"
+    assert yolo["md1_verdict"] == "-" and len(cls) <= 12

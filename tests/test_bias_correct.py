@@ -144,15 +144,17 @@ def test_correction_removes_the_mean_error_in_both_formats(tmp_path: Path) -> No
 
 
 def test_cli_flag_turns_it_on(tmp_path: Path) -> None:
-    """Off by default; ``--bias-correction`` changes the int32 biases, not the weights."""
+    """``--no-bias-correction`` / ``--bias-correction`` (the default decides by a held-out
+    check, tests/test_accuracy_steps.py): the flag changes the int32 biases, not the weights."""
     import json
     import subprocess
     import sys
 
     fix = Path(__file__).parent / "fixtures"
     ints = {}
-    for flag in ([], ["--bias-correction"]):
-        out = tmp_path / ("on" if flag else "off")
+    for flag in (["--no-bias-correction"], ["--bias-correction"]):
+        on = flag == ["--bias-correction"]
+        out = tmp_path / ("on" if on else "off")
         cmd = [
             sys.executable,
             "-m",
@@ -171,9 +173,9 @@ def test_cli_flag_turns_it_on(tmp_path: Path) -> None:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         options = json.loads((out / "report.json").read_text())["options"]
-        assert options["bias_correction"] is bool(flag)
+        assert options["bias_correction"] is on
         model = onnx.load(out / "model.int8.onnx")
-        ints[bool(flag)] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        ints[on] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     biases = [k for k in ints[True] if k.endswith("_b_q")]
     assert biases and any(not np.array_equal(ints[True][k], ints[False][k]) for k in biases)
     weights = [k for k in ints[True] if k.endswith("_q") and k not in biases]

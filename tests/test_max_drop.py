@@ -3,6 +3,7 @@ most sensitive kept float until the drop holds; exit 3 with OUT/ written when it
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -101,6 +102,10 @@ def test_max_drop_keeps_sensitive_layers_float(tmp_path: Path) -> None:
     assert report["eval"]["int8_accuracy"] >= report["eval"]["fp32_accuracy"] - 1.0
     floats = {f["node"] for f in report["float_ops"] if "--max-drop" in f["reason"]}
     assert set(mixed["kept_float"]) <= floats
+    page = (out / "report.html").read_text()  # the ranking and what was kept, in the page
+    assert "<h2>Mixed precision (--max-drop 1)</h2>" in page
+    assert all(html.escape(node) in page for node in mixed["kept_float"])
+    assert f"mixed precision ({len(mixed['kept_float'])} float)" in page
 
 
 def test_unreachable_target_exits_3_with_out_written(tmp_path: Path) -> None:
@@ -141,5 +146,9 @@ def test_summary_ends_with_the_verdict(tmp_path: Path) -> None:
                    "--eval", FIX / "cnn_eval.npz", "--format", "onnx", "--max-drop", "0.5")
     assert done.returncode == 0, done.stderr
     last = done.stdout.strip().splitlines()[-1]
-    assert last.startswith("verdict: accuracy ") and "--max-drop 0.5 (accuracy): met" in last
-    assert last.endswith("steps: equalization, minmax ranges")
+    assert last.startswith("verdict: accuracy ")
+    assert "target --max-drop 0.5 points of accuracy: met at " in last
+    # the guard measured equalization and kept the plain cnn (no gain on calibration samples)
+    assert last.endswith("steps: minmax ranges")
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert page.rstrip().endswith(f'<p id="verdict">{html.escape(last)}</p></body></html>')
