@@ -24,7 +24,8 @@ from ._optimize import optimize
 from ._options import ConvertOptions
 from ._outdir import atomic_dir, write_file
 from ._plan import Plan, make_plan
-from ._prune import overall_sparsity, prune
+from ._prune import overall_sparsity
+from ._prune_refit import prune_and_refit
 from ._quantize import WeightInfo, WeightPolicy, build_qdq
 from ._report import Report, not_written_line, to_html
 from ._shapes import dynamic_dims, format_shape
@@ -112,6 +113,7 @@ class _Quantized:
     tensor_bytes: dict[str, int]  # one sample of each float activation, from calibration
     equalization: dict[str, np.ndarray]  # cross-layer equalization scales per pair
     rebuild: Any = None  # keep_float -> _Built: the same conversion with more float nodes
+    refit: Any = None  # _prune_refit.Refit: what reconstruction after pruning did
 
     def use(self, built: _Built) -> None:
         self.plan, self.qmodel, self.weights = built.plan, built.qmodel, built.weights
@@ -250,7 +252,12 @@ def _require_static(
 def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool) -> _Quantized:
     graph = Graph.from_model(inp.model)
     log = [*inp.notes, *optimize(graph)]
-    pruned = prune(graph, opts.prune)
+    pruned_by = prune_and_refit(
+        graph, inp.calib, opts.prune, reconstruct=opts.reconstruct, measure_on=inp.ev
+    )
+    pruned = pruned_by.sparsity
+    if pruned_by.refit is not None:
+        log.append(pruned_by.refit.summary())
     equalized: dict[str, np.ndarray] = {}
     if opts.equalize:
         fixed = inp.base.equalization if inp.base else None
@@ -312,6 +319,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         calib.tensor_bytes,
         equalized,
         build,
+        pruned_by.refit,
     )
 
 
@@ -381,11 +389,7 @@ def _report(
             "samples": len(next(iter(calib.values()))),
             "batch": q.calib_batch,
         },
-        pruning={
-            "mode": "global magnitude (depthwise exempt)",
-            "target": opts.prune,
-            "achieved": overall_sparsity(graph, list(q.pruned)) if q.pruned else 0.0,
-        },
+        pruning=_pruning(graph, q, opts),
         eval=eval_result,
         output_sqnr_db=out_db,
         layers=_layers(graph, plan, layer_db),
@@ -404,6 +408,18 @@ def _report(
         formats=_formats(opts, tflite, not_written),
         extra={"layer_sqnr_samples": min(layer_n, len(next(iter(sqnr_feeds.values()))))},
     ), profile
+
+
+def _pruning(graph: Graph, q: _Quantized, opts: ConvertOptions) -> dict[str, Any]:
+    mode = "global magnitude (depthwise exempt)"
+    result: dict[str, Any] = {
+        "mode": mode + (", remaining weights refit to the fp32 layer outputs" if q.refit else ""),
+        "target": opts.prune,
+        "achieved": overall_sparsity(graph, list(q.pruned)) if q.pruned else 0.0,
+    }
+    if q.refit is not None:
+        result["reconstruction"] = q.refit.to_dict()
+    return result
 
 
 def _eval(
