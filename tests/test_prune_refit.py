@@ -26,21 +26,27 @@ def _problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return x, w, kept, x.T @ x
 
 
-def test_exact_refit_is_the_least_squares_fit_over_the_kept_weights() -> None:
+def test_exact_refit_is_the_least_squares_fit_over_the_kept_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     x, w, kept, h = _problem()
+    monkeypatch.setattr(_reconstruct, "DAMPING", 1e-9)  # no ridge: plain least squares
     fitted = _reconstruct.refit(w, kept, h)
     assert fitted is not None
-    for o in range(len(w)):  # lstsq of the dense outputs on the kept inputs (ridge aside)
+    for o in range(len(w)):  # lstsq of the dense outputs on the kept inputs
         s = kept[o]
         ref = np.linalg.lstsq(x[:, s], x @ w[o], rcond=None)[0]
-        np.testing.assert_allclose(fitted[o, s], ref, rtol=0.05, atol=0.05)
+        np.testing.assert_allclose(fitted[o, s], ref, rtol=1e-5, atol=1e-6)
     assert np.all(fitted[~kept] == 0.0)
+    monkeypatch.setattr(_reconstruct, "DAMPING", 1e6)  # all ridge: magnitude pruning
+    np.testing.assert_allclose(_reconstruct.refit(w, kept, h), w * kept, atol=1e-4)
 
 
 def test_both_solvers_lower_output_error_and_keep_the_zeros(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, w, kept, h = _problem(1)
+    monkeypatch.setattr(_reconstruct, "DAMPING", 0.01)  # the solvers, not the ridge
     exact = _reconstruct.refit(w, kept, h)
     monkeypatch.setattr(_reconstruct, "EXACT_FLOPS", 0.0)  # the OBS sweep for large layers
     sweep = _reconstruct.refit(w, kept, h)
