@@ -413,7 +413,11 @@ def _report(
 def _pruning(graph: Graph, q: _Quantized, opts: ConvertOptions) -> dict[str, Any]:
     mode = "global magnitude (depthwise exempt)"
     result: dict[str, Any] = {
-        "mode": mode + (", remaining weights refit to the fp32 layer outputs" if q.refit else ""),
+        "mode": mode + (
+            ", remaining weights refit to the fp32 layer outputs"
+            if q.refit is not None and not q.refit.reverted
+            else ""
+        ),
         "target": opts.prune,
         "achieved": overall_sparsity(graph, list(q.pruned)) if q.pruned else 0.0,
     }

@@ -134,3 +134,29 @@ def test_report_says_what_reconstruction_recovered(tmp_path: Path) -> None:
                   ConvertOptions(formats=("onnx",), prune=0.5, reconstruct=False, latency_runs=1))
     assert "reconstruction" not in off.pruning
     assert off.pruning["achieved"] == pytest.approx(r.pruning["achieved"])
+
+
+def test_a_refit_model_further_from_the_dense_one_is_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The whole-model guard: when the refit model's output is further from the dense
+    model's than magnitude pruning's, every weight and bias goes back to magnitude."""
+    from edgeship.converter import _prune_refit
+
+    _, magnitude, _, calib = _graphs("cnn", 0.5)
+    seen: list[tuple[float, float]] = []
+    real = _prune_refit._worse
+
+    def judged(*args: object) -> bool:
+        seen.append((0.0, 0.0))
+        assert real(*args) is False  # on this model the refit is closer to the dense one
+        return True  # as if it were not
+
+    monkeypatch.setattr(_prune_refit, "_worse", judged)
+    g = Graph.from_model(onnx.load(FIX / "cnn.onnx"))
+    optimize(g)
+    result = prune_and_refit(g, calib, 0.5)
+    assert seen and result.refit is not None and result.refit.reverted
+    assert result.refit.to_dict()["kept"].startswith("magnitude only")
+    for name, value in magnitude.inits.items():
+        np.testing.assert_array_equal(g.inits[name], value)
