@@ -25,7 +25,8 @@ from ._options import ConvertOptions
 from ._ort_layout import for_onnxruntime
 from ._outdir import atomic_dir, write_file
 from ._plan import Plan, make_plan
-from ._prune import overall_sparsity, prune
+from ._prune import overall_sparsity
+from ._prune_refit import prune_and_refit
 from ._quantize import WeightInfo, WeightPolicy, build_qdq
 from ._report import Report, not_written_line, to_html
 from ._shapes import dynamic_dims, format_shape
@@ -116,6 +117,7 @@ class _Quantized:
     equalization: dict[str, np.ndarray]  # cross-layer equalization scales per pair
     rebuild: Any = None  # keep_float -> _Built: the same conversion with more float nodes
     steps: Steps | None = None  # which accuracy steps ran, and why (converter/_steps.py)
+    refit: Any = None  # _prune_refit.Refit: what reconstruction after pruning did
 
     def use(self, built: _Built) -> None:
         self.plan, self.qmodel, self.weights = built.plan, built.qmodel, built.weights
@@ -256,7 +258,12 @@ def _require_static(
 def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool) -> _Quantized:
     graph = Graph.from_model(inp.model)
     log = [*inp.notes, *optimize(graph)]
-    pruned = prune(graph, opts.prune)
+    pruned_by = prune_and_refit(
+        graph, inp.calib, opts.prune, reconstruct=opts.reconstruct, measure_on=inp.ev
+    )
+    pruned = pruned_by.sparsity
+    if pruned_by.refit is not None:
+        log.append(pruned_by.refit.summary())
     clock.lap("optimize")
     histograms = opts.calibration != "minmax"  # minmax needs no histogram
     wants_bc = opts.bias_correction is not False and (inp.base is None or opts.bias_correction)
@@ -346,6 +353,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         equalized,
         build,
         steps,
+        pruned_by.refit,
     )
 
 
@@ -416,11 +424,7 @@ def _report(
             "samples": len(next(iter(calib.values()))),
             "batch": q.calib_batch,
         },
-        pruning={
-            "mode": "global magnitude (depthwise exempt)",
-            "target": opts.prune,
-            "achieved": overall_sparsity(graph, list(q.pruned)) if q.pruned else 0.0,
-        },
+        pruning=_pruning(graph, q, opts),
         eval=eval_result,
         output_sqnr_db=out_db,
         layers=_layers(graph, plan, layer_db),
@@ -442,6 +446,22 @@ def _report(
             **({"steps": q.steps.to_dict()} if q.steps is not None else {}),
         },
     ), profile
+
+
+def _pruning(graph: Graph, q: _Quantized, opts: ConvertOptions) -> dict[str, Any]:
+    mode = "global magnitude (depthwise exempt)"
+    result: dict[str, Any] = {
+        "mode": mode + (
+            ", remaining weights refit to the fp32 layer outputs"
+            if q.refit is not None and not q.refit.reverted
+            else ""
+        ),
+        "target": opts.prune,
+        "achieved": overall_sparsity(graph, list(q.pruned)) if q.pruned else 0.0,
+    }
+    if q.refit is not None:
+        result["reconstruction"] = q.refit.to_dict()
+    return result
 
 
 def _eval(

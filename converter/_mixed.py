@@ -9,9 +9,10 @@ Sensitivity: each weight layer's own share of the output noise, read from the pe
 SQNR of the first INT8 model: the relative noise power of its output minus that of its
 input (``10^(-SQNR/10)``), so a layer is not blamed for the noise it inherits. The most
 sensitive layers go to float first, 1, 2, 3, 5, 8 ... at a time, each step a rebuild
-and one evaluation. A layer kept float runs as DQ -> float op -> Q in the ONNX; the TFLite
-writer has no float Conv, so a conversion that needs one writes the ONNX and names the
-node that blocked the TFLite (exit 2), like any op TFLite int8 cannot hold.
+and one evaluation. A layer kept float runs as DQ -> float op -> Q in the ONNX and as
+DEQUANTIZE -> float CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED -> QUANTIZE in the TFLite
+(converter/_tflite_float_layers.py); on the Edge TPU that island runs on the CPU, and the
+report's Edge TPU section names the cut.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ class ConvertOptions:
     calibration: str = "minmax"
     percentile: float = 99.999  # for calibration="percentile"; two-sided, per tensor
     prune: float = 0.0  # overall sparsity of Conv/Gemm/MatMul weights (global, see _prune)
+    # --prune: refit each pruned layer's remaining weights to its fp32 output on the
+    # calibration data (converter/_reconstruct.py); off: magnitude pruning only
+    reconstruct: bool = True
     io: str = "float"  # model inputs/outputs: float (Q/DQ inside) or int8
     # accuracy steps (converter/_equalize.py, converter/_bias_correct.py); defaults measured,
     # see hw-bench/bench_accuracy.py

@@ -3,7 +3,8 @@ the smallest |w| (over the whole model, ties broken by position, so the result i
 deterministic) is set to zero. Depthwise convolutions are exempt — each 3x3 kernel is a
 whole channel, and they hold ~3% of a MobileNet's weights — and the count is taken so
 that the overall sparsity is still S. Runs after BatchNorm folding, on the weights that
-will be deployed, and before calibration.
+will be deployed, and before calibration. The weights that stay are then refit to the
+dense layer outputs (converter/_prune_refit.py; ``--no-reconstruct`` skips it).
 
 Why global: measured on the MobileNet fixture (pruned fp32 eval accuracy, no
 fine-tuning; unpruned 98.75%): per-layer pruning gives 90.75% at S=0.3 and collapses

@@ -222,6 +222,21 @@ def _compat_html(r: Report) -> str:
     return f"<h2>Compatibility</h2>{table}"
 
 
+def _reconstruction_line(rec: dict[str, Any] | None) -> str | None:
+    """Pruned fp32 model vs the dense one, magnitude only -> refit (converter/_prune_refit.py)."""
+    if not rec:
+        return None
+    line = f"{rec['layers']} layer(s) refit, layer output error down {rec['layer_error_gain_db']} dB"
+    if "magnitude_sqnr_db" in rec:
+        line += (
+            f"; output SQNR {rec['magnitude_sqnr_db']} -> {rec['reconstructed_sqnr_db']} dB, "
+            f"agreement {rec['magnitude_agreement']} -> {rec['reconstructed_agreement']}%"
+        )
+    if "magnitude_accuracy" in rec:
+        line += f", accuracy {rec['magnitude_accuracy']} -> {rec['reconstructed_accuracy']}%"
+    return line
+
+
 def to_html(r: Report) -> str:
     s, ev = r.sizes, r.eval or {}
     fp32_label = "fp32 size (bytes)"
@@ -246,6 +261,7 @@ def to_html(r: Report) -> str:
                 "pruning",
                 f"{r.pruning.get('mode')} target {r.pruning.get('target')}, achieved {_fmt(r.pruning.get('achieved'), 3)}",
             ),
+            ("pruning reconstruction", _reconstruction_line(r.pruning.get("reconstruction"))),
             ("fp32 accuracy (%)", ev.get("fp32_accuracy")),
             ("pruned fp32 accuracy (%)", ev.get("pruned_fp32_accuracy")),
             ("int8 accuracy (%)", ev.get("int8_accuracy")),

@@ -22,6 +22,7 @@ from typing import Any
 
 import onnx
 from edgeship.converter import (
+    _tflite_float_layers,  # noqa: F401  (registers its rules)
     _tflite_float_rnn,  # noqa: F401  (registers its rules)
     _tflite_ops_math,  # noqa: F401  (registers its rules)
     _tflite_ops_move,  # noqa: F401  (registers its rules)
@@ -109,7 +110,12 @@ def _rule_for(lowering: Lowering, node: onnx.NodeProto, islands: frozenset[str] 
     """The int8 lowering; the float one for a node in an output tail that the converter
     kept in float (its outputs carry no QuantizeLinear) and for the ops that have no int8
     kernel and run as a float island (LSTM): everything else stays fully integer."""
-    if is_float_node(lowering, node) or node.op_type in islands:
+    if (
+        is_float_node(lowering, node)
+        or node.op_type in islands
+        or _float_weights(lowering, node)
+        or (node.op_type in FLOAT_RULES and _reads_float(lowering, node))
+    ):
         rule = FLOAT_RULES.get(node.op_type)
         if rule is None:
             raise UnsupportedOpError(node.op_type, node_label(node),
@@ -119,6 +125,26 @@ def _rule_for(lowering: Lowering, node: onnx.NodeProto, islands: frozenset[str] 
     if rule is None:
         raise UnsupportedOpError(node.op_type, node_label(node), "no TFLite int8 lowering for this op")
     return rule
+
+
+def _float_weights(lowering: Lowering, node: onnx.NodeProto) -> bool:
+    """A weight layer whose weight is a float constant: kept float (``--max-drop``); it
+    runs as a float op and its output is quantized again when the ONNX does."""
+    return (
+        node.op_type in ("Conv", "Gemm", "MatMul")
+        and len(node.input) > 1
+        and node.input[1] in lowering.qdq.initializers
+        and node.input[1] not in lowering.qdq.qconsts
+    )
+
+
+def _reads_float(lowering: Lowering, node: onnx.NodeProto) -> bool:
+    """An input computed in float and never quantized (the Relu after a float layer whose
+    output an int8 op reads): the op runs in float, its output is quantized after it."""
+    return any(
+        name and name in lowering.float_values and lowering.qdq.source(name) not in lowering.values
+        for name in node.input
+    )
 
 
 def write_tflite(model: onnx.ModelProto | str | os.PathLike[str], out_path: str | os.PathLike[str],

@@ -215,6 +215,9 @@ class Lowering:
     def lower_inputs(self) -> None:
         for name in self.qdq.inputs:
             q = self.qdq.qparams.get(name)
+            if q is None and self.io == "float":  # read by a float layer (--max-drop)
+                self._float_input(name)
+                continue
             if q is None:
                 raise ConversionError(f"graph input {name!r} is not quantized (no QuantizeLinear)")
             shape = self.qdq.shape(name)
@@ -227,6 +230,14 @@ class Lowering:
                 value = self.new_val(f"{name}/int8", shape, "logical", q)
                 self.emit("QUANTIZE", [index], [value.index])
             self.bind(name, value)
+
+    def _float_input(self, name: str) -> None:
+        from edgeship.converter._tflite_float import FloatVal
+
+        shape = self.qdq.shape(name)
+        index = self.act(name, shape, None, dtype="float32", edge=True)
+        self.graph.inputs.append(index)
+        self.float_values[name] = FloatVal(index, tuple(shape))
 
     def lower_outputs(self) -> None:
         for name in self.qdq.outputs:

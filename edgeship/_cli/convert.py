@@ -72,6 +72,13 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     "smallest |w| model-wide; depthwise convs exempt), in [0, 1).",
 )
 @click.option(
+    "--reconstruct/--no-reconstruct",
+    default=True,
+    show_default=True,
+    help="With --prune: refit each pruned layer's remaining weights (least squares) to its "
+    "fp32 output on the calibration data, so the same sparsity costs less accuracy.",
+)
+@click.option(
     "--eval",
     "eval_path",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -163,6 +170,7 @@ def convert(
     out: Path,
     fmt: str | None,
     prune: float,
+    reconstruct: bool,
     eval_path: Path | None,
     base: Path | None,
     calibration: str,
@@ -187,6 +195,7 @@ def convert(
     options = ConvertOptions(
         formats=_formats(fmt) or default_formats(),
         prune=prune,
+        reconstruct=reconstruct,
         calibration=calibration,
         io=io,
         input_shapes=_input_shapes(input_shape),
