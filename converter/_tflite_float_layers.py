@@ -83,7 +83,7 @@ def conv(ctx: Lowering, node: onnx.NodeProto) -> None:
         raise ctx.fail("only 2-D convolutions (4-D tensors) are supported")
     o, ig, kh, kw = w.shape
     c = x.shape[1]
-    group = int(ctx.attr("group", 1))  # type: ignore[call-overload]
+    group = int(ctx.attr("group", 1))
     depthwise = group == c and ig == 1 and group > 1
     if group != 1 and not depthwise:
         raise ctx.fail("a float grouped convolution (other than depthwise) is not lowered")
