@@ -8,37 +8,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from conftest import Mosquitto, free_port
 from test_agent_support import (
     AgentProc,
     Watcher,
-    expected,
+    build_whole_release,
     make_keys,
-    make_model,
     start_fleet_serve,
     write_config,
 )
 
-DIM = 4096  # a 256 KiB weight matrix
-
-
-def build(tmp: Path, keys: Path, version: str, bias: float) -> Path:
-    from edgeship.sdk.release._release import Release
-
-    work = tmp / "build" / version
-    model = make_model(work / "model.onnx", bias, dim=DIM)
-    x = np.linspace(-1, 1, DIM, dtype=np.float32).reshape(1, DIM)
-    np.savez(work / "golden.npz", x=x, output=expected(bias, x), atol=np.float32(1e-2))
-    out = tmp / "releases" / version
-    Release.build(model, version=version, keydir=keys, out=out, golden=work / "golden.npz",
-                  model_name="model")  # no base: the whole artifact goes over the wire
-    return out
-
 
 def test_download_rate_is_capped(mosquitto: Mosquitto, tmp_path: Path) -> None:
     keys = make_keys(tmp_path)
-    v1, v2 = build(tmp_path, keys, "1.0.0", 1.0), build(tmp_path, keys, "2.0.0", 2.0)
+    v1, v2 = build_whole_release(tmp_path, keys, "1.0.0", 1.0), build_whole_release(tmp_path, keys, "2.0.0", 2.0)
     size = (v2 / "model.onnx").stat().st_size
     rate_kbps = 512.0  # 64 KB/s: the artifact needs >= 4 s
     port = free_port()

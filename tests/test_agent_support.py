@@ -277,6 +277,22 @@ class Watcher:
         self.edge.stop()
 
 
+def build_whole_release(tmp: Path, keys: Path, version: str, bias: float, *,
+                        dim: int = 4096) -> Path:
+    """A release of a ``dim``-wide model (4096: a 256 KiB weight matrix) with its golden
+    check and no base: every device fetches the whole artifact."""
+    from edgeship.sdk.release._release import Release
+
+    work = tmp / "build" / version
+    model = make_model(work / "model.onnx", bias, dim=dim)
+    x = np.linspace(-1, 1, dim, dtype=np.float32).reshape(1, dim)
+    np.savez(work / "golden.npz", x=x, output=expected(bias, x), atol=np.float32(1e-2))
+    out = tmp / "releases" / version
+    Release.build(model, version=version, keydir=keys, out=out, golden=work / "golden.npz",
+                  model_name="model")
+    return out
+
+
 def start_fleet_serve(broker_url: str, *reldirs: Path, fleet: str | None = None
                       ) -> subprocess.Popen[bytes]:
     """``edgeship fleet serve`` of ``reldirs`` as a subprocess (terminate it when done)."""

@@ -22,7 +22,7 @@ from edgeship.sdk.fleet._fleetdb import FleetDB
 from edgeship.sdk.fleet._rollout import RolloutPolicy, start_rollout, step
 from edgeship.sdk.transport._mqtt import MqttEdge
 from simulator import SwarmProc
-from test_agent_support import make_keys, make_release
+from test_agent_support import make_keys, make_release, start_fleet_serve
 
 from edgeship._errors import ConfigError
 
@@ -197,10 +197,7 @@ class OfferCounter:
 
 @pytest.fixture
 def fleet_env(mosquitto: Mosquitto, rels: dict[str, Path]) -> Iterator[SwarmProc]:
-    server = subprocess.Popen([sys.executable, "-m", "edgeship", "fleet", "serve", "--broker",
-                               mosquitto.url, "--fleet", FLEET, "--releases", str(rels["v2"])],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = start_fleet_serve(mosquitto.url, rels["v2"], fleet=FLEET)
     sim = SwarmProc(broker_url=mosquitto.url, fleet=FLEET, root=rels["root"],
                     initial=rels["v1"], devices=DEVICES, chunk_size=512,
                     request_timeout_s=1.0)

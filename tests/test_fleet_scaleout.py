@@ -12,35 +12,22 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from conftest import Mosquitto
 from edgeship.sdk.fleet._fleetstatus import FleetWatcher
 from simulator import SwarmProc
-from test_agent_support import expected, make_keys, make_model
+from test_agent_support import build_whole_release, make_keys
 
 FLEET = "big"
 DEVICES = [f"dev-{i:04d}" for i in range(20)]
-DIM = 4096  # a 256 KiB weight matrix: 64 chunks of 4 KiB per device
 CHUNK = 4096
 
 
-def build(tmp: Path, keys: Path, version: str, bias: float) -> Path:
-    from edgeship.sdk.release._release import Release
-
-    work = tmp / "build" / version
-    model = make_model(work / "model.onnx", bias, dim=DIM)
-    x = np.linspace(-1, 1, DIM, dtype=np.float32).reshape(1, DIM)
-    np.savez(work / "golden.npz", x=x, output=expected(bias, x), atol=np.float32(1e-2))
-    out = tmp / "releases" / version
-    Release.build(model, version=version, keydir=keys, out=out, golden=work / "golden.npz",
-                  model_name="model")  # no base: every device fetches the whole artifact
-    return out
 
 
 def test_rollout_completes_when_a_release_server_dies(mosquitto: Mosquitto,
                                                       tmp_path: Path) -> None:
     keys = make_keys(tmp_path)
-    v1, v2 = build(tmp_path, keys, "1.0.0", 1.0), build(tmp_path, keys, "2.0.0", 2.0)
+    v1, v2 = build_whole_release(tmp_path, keys, "1.0.0", 1.0), build_whole_release(tmp_path, keys, "2.0.0", 2.0)
     servers = [subprocess.Popen(
         [sys.executable, "-m", "edgeship", "fleet", "serve", "--broker", mosquitto.url,
          "--fleet", FLEET, "--releases", str(v2)],
