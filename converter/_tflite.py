@@ -89,6 +89,10 @@ def build_tflite(model: onnx.ModelProto | str | os.PathLike[str], *, io: str = "
     if io not in IO_MODES:
         raise InputError(f"io must be one of {', '.join(IO_MODES)}, not {io!r}")
     proto = model if isinstance(model, onnx.ModelProto) else _load(Path(model))
+    if not any(n.op_type == "QuantizeLinear" for n in proto.graph.node):
+        # float islands are for the parts an INT8 model keeps float, not a whole float model
+        raise ConversionError("the model is not quantized (no QuantizeLinear): convert it "
+                              "with `edgeship convert` first")
     lowering = Lowering(read_qdq(proto), io=io, npu_shuffle=npu_shuffle)
     lowering.lower_inputs()
     islands = FLOAT_ISLANDS | ({"LayerNormalization"} if float_layernorm else set())
