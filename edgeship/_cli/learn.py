@@ -86,15 +86,15 @@ def serve(reldir: Path, fp32: Path, converted: Path, calib: Path, heldout: Path,
         click.echo(f"  round {r.round}: held-out accuracy {r.accuracy:.2f}%")
     if result.epsilon is not None:
         click.echo(f"  differential privacy: epsilon {result.epsilon:.2f} at delta {plan.delta:g}")
-    new = _convert_and_release(fp32, workdir, calib, converted, result, suffix, keydir,
-                               version, reldir)
+    new = _convert_and_release(fp32, workdir, calib, converted, result, base.manifest.model,
+                               suffix, keydir, version, reldir)
     click.echo(f"release {version} in {new}: review learn-report.json, then "
                f"`edgeship fleet push {new} ...` (or as a shadow first)")
 
 
 def _convert_and_release(fp32: Path, workdir: Path, calib: Path, converted: Path,
-                         result: LearningResult, suffix: str, keydir: Path, version: str,
-                         reldir: Path) -> Path:
+                         result: LearningResult, model_name: str, suffix: str, keydir: Path,
+                         version: str, reldir: Path) -> Path:
     from edgeship.converter import ConvertOptions, convert
     from edgeship.sdk.learning._federation import write_finetuned
     from edgeship.sdk.release._release import Release
@@ -107,7 +107,7 @@ def _convert_and_release(fp32: Path, workdir: Path, calib: Path, converted: Path
     if not artifact.exists():
         raise InputError(f"the new conversion wrote no {artifact.name}")
     rel = Release.build(artifact, version=version, keydir=keydir, out=workdir / "release",
-                        bases=[reldir], force=True)
+                        bases=[reldir], model_name=model_name, force=True)
     sizes = ", ".join(f"delta from {d.base_version} {d.size} B" for d in rel.manifest.deltas)
     click.echo(f"  artifact {rel.manifest.artifact.size} B; {sizes or 'no delta'}")
     return workdir / "release"
