@@ -80,8 +80,7 @@ def run_config(root: Path, name: str, overrides: dict[str, Any], model: Path,
     work = root / name
     plan = LearningPlan(rounds=rounds, min_devices=len(stores), **overrides)
     spec = prepare_run(work, plan, FIXTURES / "cnn.onnx", model, root / "heldout.npz")
-    (work / "spec-device.json").write_text(spec.to_json())
-    devices = [{"store": s, "model": model, "spec": work / "spec-device.json"} for s in stores]
+    devices = [{"store": s, "model": model} for s in stores]
     started = time.monotonic()
     with federation(work, devices, relay_device=0) as (superlink, relay):
         submit_run(work, superlink, timeout_s=3600)

@@ -78,8 +78,7 @@ def test_rounds_on_skewed_devices_raise_accuracy_and_ship_as_a_head_delta(
     root = released
     stores = skewed_stores(root)
     model = root / "out" / "model.int8.onnx"
-    (root / "spec.json").write_text(find_head(onnx.load(FIXTURES / "cnn.onnx")).to_json())
-    devices = [{"store": s, "model": model, "spec": root / "spec.json"} for s in stores]
+    devices = [{"store": s, "model": model} for s in stores]
     with federation(root, devices, relay_device=0) as (superlink, relay):
         proc = edgeship("learn", "serve", "--release", root / "rel-1.0.0",
                         "--model", FIXTURES / "cnn.onnx", "--converted", root / "out",
@@ -105,7 +104,7 @@ def test_rounds_on_skewed_devices_raise_accuracy_and_ship_as_a_head_delta(
     # update sent in the clear would be found the same way
     weight, _ = read_head(onnx.load(FIXTURES / "cnn.onnx"), find_head(onnx.load(FIXTURES / "cnn.onnx")))
     assert weight.astype(np.float32).tobytes()[:64] in relay.received
-    _assert_nothing_private_was_sent(bytes(relay.sent), stores[0], model, root / "spec.json")
+    _assert_nothing_private_was_sent(bytes(relay.sent), stores[0], model)
 
 
 def _changed_tensors(before: Path, after: Path) -> set[str]:
@@ -114,10 +113,7 @@ def _changed_tensors(before: Path, after: Path) -> set[str]:
     return {t.name for t in new.graph.initializer if kept.get(t.name) != t.SerializeToString()}
 
 
-def _assert_nothing_private_was_sent(sent: bytes, store_dir: Path, model: Path,
-                                     spec_file: Path) -> None:
-    from edgeship.sdk.learning._head import HeadSpec
-
+def _assert_nothing_private_was_sent(sent: bytes, store_dir: Path, model: Path) -> None:
     examples = ExampleStore(store_dir).examples()
     for example in examples:  # no sample's pixels, in any 32-byte run
         pixels = example.inputs["input"].tobytes()
@@ -125,7 +121,7 @@ def _assert_nothing_private_was_sent(sent: bytes, store_dir: Path, model: Path,
     labels = np.asarray([e.label for e in examples], dtype=np.int64)
     assert labels.tobytes()[:64] not in sent
     # round 1's local update, recomputed exactly as the device did: masked, never sent
-    spec = HeadSpec.from_json(spec_file.read_text())
+    spec = find_head(onnx.load(FIXTURES / "cnn.onnx"))
     weight, bias = read_head(onnx.load(FIXTURES / "cnn.onnx"), spec)
     features, y = example_features(model, spec, examples)
     local = train_head(weight, bias, features, y, TrainConfig(epochs=5, learning_rate=0.05))

@@ -44,12 +44,12 @@ class HeadClient(NumPyClient):  # type: ignore[misc]
     def __init__(self, node_config: dict[str, Any]) -> None:
         self._store = ExampleStore(str(node_config["store"]))
         self._model = str(node_config["model"])
-        self._spec = HeadSpec.from_json(Path(str(node_config["spec"])).read_text())
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]
             ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         os.nice(int(config.get("nice", 10)))  # training never competes with answers
-        features, labels = example_features(self._model, self._spec, self._store.labelled())
+        spec = HeadSpec.from_json(str(config["head-spec"]))  # the server's: one per run
+        features, labels = example_features(self._model, spec, self._store.labelled())
         update = train_head(parameters[0], parameters[1], features, labels, TrainConfig(
             epochs=int(config["local-epochs"]), learning_rate=float(config["learning-rate"]),
             proximal_mu=float(config.get("proximal_mu", 0.0))))
@@ -95,6 +95,7 @@ def _server_main(grid: Any, context: Context) -> None:
 
 
 def _strategy(plan: LearningPlan, workdir: Path) -> Strategy:
+    spec_json = (workdir / "spec.json").read_text()
     with np.load(workdir / "initial.npz") as initial:
         start = [initial["weight"], initial["bias"]]
     common: dict[str, Any] = {
@@ -103,7 +104,8 @@ def _strategy(plan: LearningPlan, workdir: Path) -> Strategy:
         "initial_parameters": ndarrays_to_parameters(start),
         "evaluate_fn": _held_out_evaluator(workdir),
         "on_fit_config_fn": lambda _round: {"local-epochs": plan.local_epochs,
-                                            "learning-rate": plan.learning_rate},
+                                            "learning-rate": plan.learning_rate,
+                                            "head-spec": spec_json},
     }
     strategy: Strategy = (FedProx(proximal_mu=plan.proximal_mu, **common)
                           if plan.strategy == "fedprox" else FedAvg(**common))
