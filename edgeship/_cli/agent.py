@@ -42,3 +42,19 @@ def check(config_path: Path) -> None:
     if errors:
         raise SystemExit(1)
     click.echo(f"ok: {config_path}")
+
+
+@agent.command("wipe-examples")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="agent.toml of the device")
+def wipe_examples(config_path: Path) -> None:
+    """Remove every example [learning] kept on this device (the agent may be running;
+    its in-memory answers for feedback by id go with DELETE /v2/models/<name>/examples)."""
+    from edgeship.agent._config import load_config
+    from edgeship.agent._learning import LearningConfig
+    from edgeship.sdk.learning._store import ExampleStore
+
+    config = load_config(config_path)
+    directory = (config.learning or LearningConfig()).store_dir(config.data_dir)
+    removed = ExampleStore(directory).wipe() if directory.is_dir() else 0
+    click.echo(f"removed {removed} examples from {directory}")

@@ -42,7 +42,9 @@ class HeadClient(NumPyClient):  # type: ignore[misc]
     """Trains the head on this device's stored examples; sends back only the weights."""
 
     def __init__(self, node_config: dict[str, Any]) -> None:
-        self._store = ExampleStore(str(node_config["store"]))
+        key = os.environ.get("EDGESHIP_LEARNING_KEY")  # the agent's, for a sealed store
+        self._store = ExampleStore(str(node_config["store"]),
+                                   key=bytes.fromhex(key) if key else None)
         self._model = str(node_config["model"])
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]
