@@ -85,6 +85,9 @@ class SuperNode:
         from edgeship.agent._child import child_env
 
         env = child_env()
+        # the SuperNode starts flwr-clientapp by name: the one installed beside it
+        env["PATH"] = os.pathsep.join([str(Path(str(self.binary)).parent),
+                                       env.get("PATH", os.defpath)])
         if self.key is not None:
             env[KEY_ENV] = self.key.hex()
         log_file = self.store_dir.parent / "supernode.log"
