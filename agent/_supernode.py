@@ -43,6 +43,7 @@ class SuperNode:
         self.config, self.store_dir, self.key, self.log = config, store_dir, key, log
         self.proc: subprocess.Popen[bytes] | None = None
         self.model: Path | None = None
+        self.version = ""
         self.binary = self._find()
 
     def _find(self) -> str | None:
@@ -62,6 +63,9 @@ class SuperNode:
         """The model of ``slot`` (at ``model_file``) now answers: run the SuperNode on it."""
         if self.binary is None:
             return
+        running = self.proc is not None and self.proc.poll() is None
+        if running and (self.model, self.version) == (model_file, slot.version):
+            return  # the same model loaded again (a resume): the SuperNode keeps its session
         self.stop()
         if slot.encryption is not None:
             self.log("supernode_not_started", "warning", version=slot.version,
@@ -99,7 +103,7 @@ class SuperNode:
         except OSError as exc:
             self.log("supernode_failed", "error", error=str(exc)[:200])
             return
-        self.model = model_file
+        self.model, self.version = model_file, version
         self.log("supernode_started", pid=self.proc.pid, superlink=self.config.superlink,
                  version=version, log=str(log_file))
 

@@ -224,7 +224,9 @@ def test_supernode_follows_the_active_model_and_dies_with_the_agent(
     agent = _agent(tmp_path, world, f'superlink = "{superlink}"\n')
     try:
         # logged just before "serving", which _agent waited for
-        pid = next(e["pid"] for e in agent.log if e["event"] == "supernode_started")
+        started = [e["pid"] for e in agent.log if e["event"] == "supernode_started"]
+        assert len(started) == 1, agent.log  # loaded once, started once
+        pid = started[0]
         deadline = time.monotonic() + 20
         cmdline = ""
         while "flower-supernode" not in cmdline and time.monotonic() < deadline:
@@ -265,3 +267,22 @@ def test_a_full_queue_drops_and_counts_and_drift_inputs_are_kept(tmp_path: Path)
     tap.close()
     sources = [(e.source, e.label) for e in tap.store.examples()]
     assert sources == [("cloud", 5)] * (10 - int(dropped)) + [("drift", None)]
+
+
+def test_an_encrypted_model_gets_no_supernode(tmp_path: Path, world: dict[str, Path]) -> None:
+    """The SuperNode would need the model in the clear on disk: not started, said why."""
+    pytest.importorskip("flwr")
+    from edgeship.sdk.release._crypt import write_key_pair
+    from test_agent_encrypted import encrypted_release
+
+    key_file, device_pub, _ = write_key_pair(tmp_path / "device-keys", "dev-1")
+    sealed, _ = encrypted_release(tmp_path, world["root"].parent, "2.0.0", [device_pub])
+    agent = _agent(tmp_path, {**world, "v1": sealed}, f'superlink = "127.0.0.1:{free_port()}"\n',
+                   extra=f'\n[encryption]\nkey_file = "{key_file}"\n')
+    try:
+        refused = [e for e in agent.log if e["event"] == "supernode_not_started"]
+        assert refused and "encrypted" in refused[0]["reason"]
+        assert not any(e["event"] == "supernode_started" for e in agent.log)
+        assert http_json(f"{agent.url}/v2/models/model")[1]["versions"] == ["2.0.0"]
+    finally:
+        agent.terminate()
