@@ -160,7 +160,7 @@ class LearningTap:
             for row, label in enumerate(labels):
                 self._enqueue(_row(inputs, row), label, "cloud")
             return
-        if self.config.low_confidence > 0 and source == "local":
+        if self.config.low_confidence > 0 and source in ("local", "local-degraded"):
             for row, sure in enumerate(self._confidences(outputs)):
                 if sure < self.config.low_confidence:
                     self._enqueue(_row(inputs, row), None, "low_confidence")

@@ -286,3 +286,23 @@ def test_an_encrypted_model_gets_no_supernode(tmp_path: Path, world: dict[str, P
         assert http_json(f"{agent.url}/v2/models/model")[1]["versions"] == ["2.0.0"]
     finally:
         agent.terminate()
+
+
+def test_the_client_app_opens_a_sealed_store_with_the_key_the_agent_passes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SuperNode's ClientApp gets the store key in its environment (KEY_ENV)."""
+    pytest.importorskip("flwr")
+    from edgeship.agent._supernode import KEY_ENV
+    from edgeship.sdk.learning._apps import HeadClient
+    from edgeship.sdk.learning._store import Example, ExampleStore
+
+    key = bytes(range(32))
+    ExampleStore(tmp_path / "examples", key=key).add(
+        Example(inputs={"x": np.ones((1, IN), np.float32)}, label=4, source="feedback"))
+    import shutil
+
+    shutil.copytree(tmp_path / "examples", tmp_path / "copy")
+    assert ExampleStore(tmp_path / "copy").examples() == []  # the control: no key, nothing
+    monkeypatch.setenv(KEY_ENV, key.hex())
+    client = HeadClient({"store": str(tmp_path / "examples"), "model": "unused.onnx"})
+    assert [e.label for e in client._store.labelled()] == [4]
