@@ -38,9 +38,9 @@ import contextlib
 import hmac
 import json
 import logging
+import secrets
 import ssl
 import threading
-import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -287,7 +287,7 @@ class _Dispatcher:
         )
         inputs = validate_inputs(request.inputs, meta.inputs) if meta.inputs else request.inputs
         if request.id is None and self.service.assign_ids:
-            request = replace(request, id=uuid.uuid4().hex)
+            request = replace(request, id=secrets.token_hex(16))
         token = _REQUEST_ID.set(request.id)
         try:
             outputs, params = self.service.infer(meta.name, inputs)
