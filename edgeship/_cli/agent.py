@@ -48,8 +48,10 @@ def check(config_path: Path) -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
               help="agent.toml of the device")
 def wipe_examples(config_path: Path) -> None:
-    """Remove every example [learning] kept on this device (the agent may be running;
-    its in-memory answers for feedback by id go with DELETE /v2/models/<name>/examples)."""
+    """Remove every example [learning] kept on this device.
+
+    The agent may be running. Its recent answers kept in memory for feedback by id go
+    with DELETE /v2/models/<name>/examples instead."""
     from edgeship.agent._config import load_config
     from edgeship.agent._learning import LearningConfig
     from edgeship.sdk.learning._store import ExampleStore
