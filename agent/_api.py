@@ -118,6 +118,7 @@ class AgentService(V2Service):
     """v2 service over the hot-swappable :class:`Serving` and an optional fallback."""
 
     server_name = "edgeship-agent"
+    assign_ids = True  # every answer carries an id (feedback refers to it)
 
     def __init__(self, name: str, metrics: Metrics, fallback: Any | None = None) -> None:
         self.name = name
@@ -125,6 +126,7 @@ class AgentService(V2Service):
         self.fallback = fallback
         self.serving: Serving | None = None
         self.taps: tuple[Tap, ...] = ()  # replaced as a whole, like ``serving``
+        self.extra_routes: list[Route] = []  # e.g. [learning]'s feedback; set before serving
         self.no_model_reason = "no model installed yet (waiting for a release)"
 
     def swap(self, serving: Serving | None) -> None:
@@ -171,7 +173,7 @@ class AgentService(V2Service):
         return outputs, {"source": source, "version": version}
 
     def routes(self) -> list[Route]:
-        return [Route(method="GET", path="/metrics", handler=self._metrics)]
+        return [Route(method="GET", path="/metrics", handler=self._metrics), *self.extra_routes]
 
     def _metrics(self, request: Request) -> Response:
         if self.fallback is not None:

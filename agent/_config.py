@@ -366,6 +366,13 @@ def _shadow(d: Mapping[str, Any]) -> Any:
     return _typed(ShadowConfig, d, "shadow")
 
 
+def _learning(d: Mapping[str, Any]) -> Any:
+    """``[learning]`` -> ``LearningConfig`` (imported only when the table is there)."""
+    from edgeship.agent._learning import LearningConfig
+
+    return _typed(LearningConfig, d, "learning")
+
+
 def _typed(kind: Any, d: Mapping[str, Any], where: str) -> Any:
     """Build ``kind`` from a table with its own ``from_dict`` (or its fields); errors name
     the section."""
@@ -398,6 +405,7 @@ class AgentConfig:
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     drift: Any = None  # agent._drift.DriftConfig ([drift]); None: its defaults
     shadow: Any = None  # agent._shadow.ShadowConfig ([shadow]); None: its defaults
+    learning: Any = None  # agent._learning.LearningConfig ([learning]); None: off
     # keys the file has that the agent does not know: more keys are allowed (newer configs
     # on older agents), but a typo like [fallbak] must not pass silently, so they are logged
     ignored_keys: tuple[str, ...] = ()
@@ -430,6 +438,7 @@ class AgentConfig:
                    encryption=EncryptionConfig.from_dict(_section(d, "encryption"), base=base),
                    drift=_drift(_section(d, "drift")) if "drift" in d else None,
                    shadow=_shadow(_section(d, "shadow")) if "shadow" in d else None,
+                   learning=_learning(_section(d, "learning")) if "learning" in d else None,
                    ignored_keys=unknown_keys(d),
                    unknown_sections=tuple(sorted(k for k, v in d.items()
                                                  if isinstance(v, Mapping)
@@ -450,7 +459,7 @@ class AgentConfig:
 
         out = asdict(self)
         out["data_dir"], out["root_key"] = str(self.data_dir), str(self.root_key)
-        for name in ("drift", "shadow"):  # other modules' configs: their own view
+        for name in ("drift", "shadow", "learning"):  # other modules' configs: their own view
             value = getattr(self, name)
             out[name] = value.to_dict() if hasattr(value, "to_dict") else value
         return out
@@ -460,7 +469,8 @@ class AgentConfig:
 # keys on to the fallback layer, which checks them
 _KNOWN_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"device_id", "fleet", "data_dir", "root_key", "hardware", "broker", "model",
-                   "api", "fallback", "ota", "telemetry", "encryption", "drift", "shadow"}),
+                   "api", "fallback", "ota", "telemetry", "encryption", "drift", "shadow",
+                   "learning"}),
     "broker": frozenset({"url", "username", "password_file", "ca", "cert", "key", "keepalive_s"}),
     "model": frozenset({"name", "runtime", "threads", "initial"}),
     "api": frozenset({"listen", "max_request_bytes", "max_inflight_bytes", "max_connections",
@@ -471,12 +481,13 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
     "telemetry": frozenset({"interval_s", "queue_max_messages", "queue_max_bytes"}),
     "encryption": frozenset({"key_file", "key_env", "key_credential", "key_command",
                              "command_timeout_s", "require"}),
-    # [drift] and [shadow] are checked whole by their own config classes
+    # [drift], [shadow] and [learning] are checked whole by their own config classes
 }
 
 
 _OTHER_CONFIGS = {"drift": ("edgeship.agent._drift", "DriftConfig"),
-                  "shadow": ("edgeship.agent._shadow", "ShadowConfig")}
+                  "shadow": ("edgeship.agent._shadow", "ShadowConfig"),
+                  "learning": ("edgeship.agent._learning", "LearningConfig")}
 
 
 def unknown_keys(table: Mapping[str, Any]) -> tuple[str, ...]:

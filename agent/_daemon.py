@@ -143,6 +143,12 @@ class Agent:
         self.taps = Taps(self.service, self.metrics.registry, drift_config=config.drift,
                          shadow_config=config.shadow, log=log,
                          on_drift_change=lambda _: self._republish())
+        self.learning: Any | None = None  # [learning]: example capture, feedback, SuperNode
+        if config.learning is not None:
+            from edgeship.agent._learning import Learning
+
+            self.learning = Learning(config, self.service, self.metrics.registry,
+                                     self.device_key, self.taps, log)
         self._status: dict[str, Any] | None = None  # the core's last status (unmerged)
         b = config.broker
         self.edge = MqttEdge(b.url, client_id=f"edgeship-{config.fleet}-{config.device_id}",
@@ -216,6 +222,8 @@ class Agent:
         finally:
             log("stopping")
             self.taps.close()
+            if self.learning is not None:
+                self.learning.close()
             api.close()
             self.edge.stop()
             self.outbox.close()
@@ -422,6 +430,8 @@ class Agent:
             return ota.Loaded(slot.slot, False, f"{type(exc).__name__}: {exc}")
         self.service.swap(serving)
         self.taps.active_loaded(slot)
+        if self.learning is not None:
+            self.learning.active_loaded(slot, self.store.slot_file(slot.slot, slot.format))
         log("serving", slot=slot.slot, version=slot.version,
             encrypted=slot.encryption is not None)
         return ota.Loaded(slot.slot, True)

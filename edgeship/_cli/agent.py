@@ -70,3 +70,22 @@ def install(bundle: Path, config_path: Path, as_json: bool) -> None:
     else:
         click.echo(f"installed {result.version} (slot {result.slot}); it serves at the "
                    "agent's next start")
+
+
+
+@agent.command("wipe-examples")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="agent.toml of the device")
+def wipe_examples(config_path: Path) -> None:
+    """Remove every example [learning] kept on this device.
+
+    The agent may be running. Its recent answers kept in memory for feedback by id go
+    with DELETE /v2/models/<name>/examples instead."""
+    from edgeship.agent._config import load_config
+    from edgeship.agent._learning import LearningConfig
+    from edgeship.sdk.learning._store import ExampleStore
+
+    config = load_config(config_path)
+    directory = (config.learning or LearningConfig()).store_dir(config.data_dir)
+    removed = ExampleStore(directory).wipe() if directory.is_dir() else 0
+    click.echo(f"removed {removed} examples from {directory}")

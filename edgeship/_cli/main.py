@@ -21,6 +21,7 @@ from edgeship._cli._options import verbose_option
 _COMMANDS: dict[str, str] = {
     "convert": "edgeship._cli.convert:convert",
     "keys": "edgeship._cli.release:keys",
+    "learn": "edgeship._cli.learn:learn",
     "release": "edgeship._cli.release:release",
     "verify": "edgeship._cli.release:verify",
     "broker": "edgeship._cli.broker:broker",

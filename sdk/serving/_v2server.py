@@ -50,9 +50,11 @@ import contextlib
 import hmac
 import json
 import logging
+import secrets
 import ssl
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -88,6 +90,7 @@ __all__ = [
     "StatusError",
     "V2Server",
     "V2Service",
+    "current_request_id",
     "request_cost",
     "serve",
 ]
@@ -96,6 +99,17 @@ log = logging.getLogger("edgeship.v2")
 
 _TRIM_AFTER = 1 << 20  # a request or answer this large: the heaps are trimmed after it
 _ONE_WRITE = 64 * 1024  # a body up to this size leaves with its headers in one write
+
+# the id of the infer request being answered on this thread (see V2Service.assign_ids)
+_REQUEST_ID: ContextVar[str | None] = ContextVar("edgeship_v2_request_id", default=None)
+
+
+def current_request_id() -> str | None:
+    """The id of the infer request this thread is answering (None outside one): what a
+    service's taps use to find an answer again by the id its client got."""
+    return _REQUEST_ID.get()
+
+
 _SOCKET_TIMEOUT_S = 30.0  # backstop for one read or write; the phase deadlines are in _v2conns
 _BUSY_BODY = b'{"error":"too many open connections"}'
 _BUSY = (
@@ -151,6 +165,9 @@ class V2Service:
 
     server_name = "edgeship"
     server_version = "0.1.0"
+    # give an answer whose request carried no "id" one (a client can then refer to it,
+    # e.g. to post a label for it); off: the answer has an id only when the request had one
+    assign_ids = False
 
     def live(self) -> bool:
         return True
@@ -260,7 +277,7 @@ class _Dispatcher:
         if target is None:
             raise StatusError(404, f"no route {path}")
         name, version, action = target
-        if (method == "POST") != (action == "infer"):
+        if method not in ("GET", "POST") or (method == "POST") != (action == "infer"):
             raise StatusError(405, f"{method} is not allowed on {path}")
         meta = self._metadata(name, version)
         if action == "metadata":
@@ -286,7 +303,13 @@ class _Dispatcher:
             max_bytes=self.max_request_bytes,
         )
         inputs = validate_inputs(request.inputs, meta.inputs) if meta.inputs else request.inputs
-        outputs, params = self.service.infer(meta.name, inputs)
+        if request.id is None and self.service.assign_ids:
+            request = replace(request, id=secrets.token_hex(16))
+        token = _REQUEST_ID.set(request.id)
+        try:
+            outputs, params = self.service.infer(meta.name, inputs)
+        finally:
+            _REQUEST_ID.reset(token)
         version = str(params.get("version") or (meta.versions[-1] if meta.versions else ""))
         payload, extra_headers = encode_response(
             outputs, request, model_name=meta.name, model_version=version, parameters=params
@@ -315,6 +338,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle()
 
     def do_POST(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:  # extra routes only (the v2 routes refuse it: 405)
         self._handle()
 
     def _handle(self) -> None:

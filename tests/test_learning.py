@@ -1,0 +1,150 @@
+"""Federated learning's pure parts (issue 18): the head, local training, the plan, the
+device's example store. Flower itself runs in test_learning_federated.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from edgeship.sdk.learning._features import model_features
+from edgeship.sdk.learning._head import HeadError, find_head, read_head, write_head
+from edgeship.sdk.learning._plan import LearningPlan, PlanError
+from edgeship.sdk.learning._store import Example, ExampleStore, StoreError, StoreLimits
+from edgeship.sdk.learning._train import TrainConfig, head_accuracy, train_head
+from onnx import helper
+
+FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+from make_models import digits_split  # noqa: E402
+
+
+def dim_camera(x: np.ndarray) -> np.ndarray:
+    """Low-contrast digits: what a device sees that the model was not trained on."""
+    return np.clip(x * 0.5 + 0.3, 0, 1).astype(np.float32)
+
+
+def test_the_head_of_each_fixture_is_its_last_gemm() -> None:
+    cnn = find_head(onnx.load(FIXTURES / "cnn.onnx"))
+    assert (cnn.features, cnn.n_features, cnn.n_classes, cnn.activation) == \
+        ("flatten_42", 128, 10, "softmax")
+    mlp = find_head(onnx.load(FIXTURES / "mlp.onnx"))
+    assert (mlp.n_classes, mlp.activation) == (1, "sigmoid")
+
+
+def test_a_model_without_a_gemm_head_is_refused_in_words() -> None:
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, [1, 4])],
+                              [helper.make_tensor_value_info("y", 1, [1, 4])])
+    with pytest.raises(HeadError, match="no head to train"):
+        find_head(helper.make_model(graph))
+
+
+def test_writing_a_head_changes_only_the_head() -> None:
+    model = onnx.load(FIXTURES / "cnn.onnx")
+    spec = find_head(model)
+    weight, bias = read_head(model, spec)
+    new = write_head(model, spec, weight * 2, bias + 1)
+    w2, b2 = read_head(new, spec)
+    np.testing.assert_array_equal(w2, weight * 2)
+    np.testing.assert_array_equal(b2, bias + 1)
+    untouched = [(a.name, a.raw_data) for a in model.graph.initializer
+                 if a.name not in (spec.weight, spec.bias)]
+    assert untouched == [(a.name, a.raw_data) for a in new.graph.initializer
+                         if a.name not in (spec.weight, spec.bias)]
+    with pytest.raises(HeadError, match="do not fit"):
+        write_head(model, spec, weight[:3], bias)
+
+
+@pytest.fixture(scope="module")
+def shifted_features() -> tuple[np.ndarray, ...]:
+    xtr, ytr, xte, yte = digits_split()
+    spec = find_head(onnx.load(FIXTURES / "cnn.onnx"))
+    train = model_features(FIXTURES / "cnn.onnx", spec, {"input": dim_camera(xtr[:300])})
+    test = model_features(FIXTURES / "cnn.onnx", spec, {"input": dim_camera(xte)})
+    return train, ytr[:300], test, yte
+
+
+def test_local_training_recovers_a_head_on_data_the_model_never_saw(
+        shifted_features: tuple[np.ndarray, ...]) -> None:
+    train, ytr, test, yte = shifted_features
+    weight, bias = read_head(onnx.load(FIXTURES / "cnn.onnx"),
+                             find_head(onnx.load(FIXTURES / "cnn.onnx")))
+    before = head_accuracy(weight, bias, test, yte)
+    update = train_head(weight, bias, train, ytr, TrainConfig(epochs=10))
+    after = head_accuracy(update.weight, update.bias, test, yte)
+    assert before < 30 and after > 85, (before, after)
+    assert update.samples == 300
+
+
+def test_fedprox_keeps_a_skewed_device_nearer_the_global_head(
+        shifted_features: tuple[np.ndarray, ...]) -> None:
+    train, ytr, _, _ = shifted_features
+    skewed = np.isin(ytr, [0, 1])
+    weight, bias = read_head(onnx.load(FIXTURES / "cnn.onnx"),
+                             find_head(onnx.load(FIXTURES / "cnn.onnx")))
+    plain = train_head(weight, bias, train[skewed], ytr[skewed], TrainConfig(epochs=10))
+    prox = train_head(weight, bias, train[skewed], ytr[skewed],
+                      TrainConfig(epochs=10, proximal_mu=1.0))
+    assert np.linalg.norm(prox.weight - weight) < 0.7 * np.linalg.norm(plain.weight - weight)
+
+
+def test_a_plan_is_checked_and_its_privacy_counted() -> None:
+    with pytest.raises(PlanError, match="strategy"):
+        LearningPlan(strategy="fedsgd")
+    with pytest.raises(PlanError, match="at least 2 devices"):
+        LearningPlan(min_devices=1)
+    assert LearningPlan().epsilon() is None
+    loose, tight = LearningPlan(noise_multiplier=0.5).epsilon(), LearningPlan(
+        noise_multiplier=2.0).epsilon()
+    assert loose is not None and tight is not None and tight < loose
+    assert LearningPlan.from_json(LearningPlan(rounds=7).to_json()).rounds == 7
+    with pytest.raises(PlanError, match="unknown fields"):
+        LearningPlan.from_json('{"rounds": 3, "secret": 1}')
+
+
+def _example(value: float, label: int | None = 1) -> Example:
+    return Example(inputs={"input": np.full((1, 1, 8, 8), value, np.float32)}, label=label,
+                   source="feedback")
+
+
+def test_the_store_keeps_the_newest_within_its_count_and_bytes(tmp_path: Path) -> None:
+    store = ExampleStore(tmp_path, StoreLimits(max_examples=3, max_bytes=1 << 20))
+    for i in range(5):
+        store.add(_example(float(i)))
+    kept = [float(e.inputs["input"].flat[0]) for e in store.examples()]
+    assert kept == [2.0, 3.0, 4.0]
+    one = len(next(tmp_path.glob("*.npz")).read_bytes())
+    small = ExampleStore(tmp_path / "small", StoreLimits(max_examples=100, max_bytes=2 * one))
+    for i in range(4):
+        small.add(_example(float(i)))
+    assert small.size()[0] == 2 and small.size()[1] <= 2 * one
+    assert [e.label for e in store.labelled()] == [1, 1, 1]
+    store.add(_example(9.0, label=None))
+    assert len(store.labelled()) == 2
+    assert store.wipe() == 3 and store.examples() == []
+
+
+def test_stored_examples_are_sealed_under_the_device_key(tmp_path: Path) -> None:
+    key = bytes(range(32))
+    store = ExampleStore(tmp_path, key=key)
+    pixels = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 1, 8, 8)
+    store.add(Example(inputs={"input": pixels}, label=7, source="cloud"))
+    raw = next(tmp_path.glob("*.npz")).read_bytes()
+    assert pixels.tobytes()[:32] not in raw
+    back = store.examples()
+    assert back[0].label == 7 and back[0].source == "cloud"
+    np.testing.assert_array_equal(back[0].inputs["input"], pixels)
+    assert ExampleStore(tmp_path, key=bytes(32)).examples() == []  # another key: dropped
+
+
+def test_a_damaged_example_is_dropped_and_a_bad_source_refused(tmp_path: Path) -> None:
+    store = ExampleStore(tmp_path)
+    store.add(_example(1.0))
+    path = store.add(_example(2.0))
+    path.write_bytes(path.read_bytes()[:40])
+    assert len(store.examples()) == 1 and not path.exists()
+    with pytest.raises(StoreError, match="unknown example source"):
+        store.add(Example(inputs={}, label=None, source="camera"))
