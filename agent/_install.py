@@ -52,15 +52,25 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
     import fcntl
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    path = data_dir / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
+            os.close(fd)
             raise ConfigError(f"an agent runs on {data_dir} (its lock is held): stop it "
                               "before installing a bundle") from exc
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its last holder removed that file after we opened it: take the new one
+    try:
         yield
     finally:
+        path.unlink(missing_ok=True)  # while still held: no lock file is left behind
         os.close(fd)
 
 

@@ -133,7 +133,8 @@ def test_shadow_ended_is_pure_and_only_for_completed_shadow_rollouts() -> None:
     assert not shadow_ended(replace(done, mode="active"), {"a": dropped, "b": dropped})
 
 
-def test_fleet_status_sees_every_device_of_a_large_fleet(mosquitto: Mosquitto) -> None:
+def test_fleet_status_sees_every_device_of_a_large_fleet(mosquitto: Mosquitto,
+                                                         tmp_path: Path) -> None:
     """With QoS 1 subscriptions a stock mosquitto (max_queued_messages 1000) delivered
     only ~1020 of the retained statuses: fleet status, and the device lists of push and
     promote, silently missed the rest of the fleet."""
@@ -163,7 +164,8 @@ def test_fleet_status_sees_every_device_of_a_large_fleet(mosquitto: Mosquitto) -
         edge.stop()
     out = subprocess.run([sys.executable, "-m", "edgeship", "fleet", "status", "--broker",
                           mosquitto.url, "--fleet", "t", "--json"], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120,  # no fleet database: the broker alone
+                         env={**os.environ, "XDG_STATE_HOME": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["summary"]["devices"] == n
@@ -413,7 +415,7 @@ def test_promote_skips_devices_whose_shadow_crashed(
     assert served_version(agent.url)[0] == "2.0.0"
 
 
-def test_fleet_status_prints_device_text_as_text(mosquitto: Mosquitto) -> None:
+def test_fleet_status_prints_device_text_as_text(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """A device's status text was read as rich markup: one error or version holding
     '[/]' made 'fleet status' fail for the whole fleet (internal error, exit 1)."""
     import json
@@ -437,7 +439,7 @@ def test_fleet_status_prints_device_text_as_text(mosquitto: Mosquitto) -> None:
         edge.stop()
     out = subprocess.run([sys.executable, "-m", "edgeship", "fleet", "status", "--broker",
                           mosquitto.url, "--fleet", "t"], capture_output=True, text=True,
-                         timeout=60)
+                         timeout=60, env={**os.environ, "XDG_STATE_HOME": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     assert "/data/[/x] unreadable" in out.stdout and "2.0.0[bold] 100.0% of 3" in out.stdout
     assert "versions  1.0.0: 1, 1.0.0[/]: 1" in out.stdout

@@ -16,9 +16,13 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from edgeship.sdk.fleet._fleetdb import FleetDB
 
 from edgeship._cli._options import (
     broker_options,
@@ -110,6 +114,7 @@ def push(reldir: str, broker_url: str, username: str, password_file: str | None,
     """
     _rollout(reldir, broker_url, username, password_file, fleet_name, devices, canary, waves,
              max_failure_rate, wave_timeout, wait, as_json, state_file or db_url,
+             db_named_by="--state" if state_file else "--db",
              mode="shadow" if shadow else "active", lease_s=lease_s, retry=retry_failed,
              ongoing=ongoing, max_concurrent=max_concurrent, install_window=install_window)
 
@@ -131,6 +136,7 @@ def promote(reldir: str, broker_url: str, username: str, password_file: str | No
 
     _rollout(reldir, broker_url, username, password_file, fleet_name, devices, canary, waves,
              max_failure_rate, wave_timeout, wait, as_json, state_file or db_url,
+             db_named_by="--state" if state_file else "--db",
              mode="active", choose=shadowing_devices, lease_s=lease_s,
              max_concurrent=max_concurrent)
 
@@ -139,6 +145,7 @@ def _rollout(reldir: str, broker_url: str, username: str, password_file: str | N
              fleet_name: str, devices: str | None, canary: str, waves: str,
              max_failure_rate: str | None, wave_timeout: float | None, wait: bool,
              as_json: bool, db_url: str | None, *, mode: str, choose: Any = None,
+             db_named_by: str = "--db",
              lease_s: float = 15.0, retry: bool = False, ongoing: bool = False,
              max_concurrent: int = 0, install_window: str = "") -> None:
     from edgeship.sdk.fleet._fleetdb import FleetDB
@@ -162,7 +169,7 @@ def _rollout(reldir: str, broker_url: str, username: str, password_file: str | N
         if not as_json:
             view.note(f"standing by: {holder} drives this rollout (lease {left:.0f}s left)")
 
-    with FleetDB(db_url) as db, view:
+    with FleetDB(db_url, option=db_named_by) as db, view:
         rollout = run_rollout(broker_url=broker_url, fleet=fleet_name, reldir=reldir, db=db,
                               policy=policy, devices=parse_devices(devices) or None,
                               max_failure_rate=rate, wave_timeout_s=wave_timeout, wait=wait,
@@ -311,23 +318,16 @@ def status(broker_url: str, username: str, password_file: str | None, fleet_name
     with a profile in their release). last seen = the newest heartbeat or status
     (heartbeats are recorded by `fleet record` and `fleet push`).
     """
-    from edgeship._errors import ConfigError, TransportError
-    from edgeship.sdk.fleet._fleetdb import FleetDB
+    from edgeship._errors import TransportError
     from edgeship.sdk.fleet._fleetstatus import collect_status, merge_recorded, summarize
 
-    try:
-        db: FleetDB | None = FleetDB(db_url)
-    except ConfigError as exc:
-        if db_url:  # named: the operator wants that database
-            raise
-        click.echo(f"warning: {exc}; the broker alone answers", err=True)
-        db = None
+    db = _status_db(db_url)
     try:
         try:
             live = collect_status(broker_url, fleet_name, username=username,
                                   password=read_password(password_file), timeout=timeout)
         except TransportError as exc:
-            if db is None:
+            if db is None or not db.devices(fleet_name):  # nothing else could answer
                 raise
             click.echo(f"warning: {exc}; answering from the fleet database", err=True)
             live = {}
@@ -368,6 +368,26 @@ def status(broker_url: str, username: str, password_file: str | None, fleet_name
                       markup=False)
     if summary["drift_alerts"]:
         console.print(f"drift     {summary['drift_alerts']} device(s) alerting", markup=False)
+
+
+def _status_db(db_url: str | None) -> FleetDB | None:
+    """The fleet database status reads and records into: the one named (--db or
+    $EDGESHIP_FLEET_DB), else the default one if it exists. A read-only look at a fleet
+    creates no database in the operator's home."""
+    from edgeship._errors import ConfigError
+    from edgeship.sdk.fleet._fleetdb import FleetDB
+    from edgeship.sdk.fleet._fleetsql import default_url
+
+    url = db_url or default_url()
+    if not db_url and url.startswith("sqlite://") and not Path(url[len("sqlite://"):]).exists():
+        return None
+    try:
+        return FleetDB(url)
+    except ConfigError as exc:
+        if db_url:  # named: the operator wants that database
+            raise
+        click.echo(f"warning: {exc}; the broker alone answers", err=True)
+        return None
 
 
 @click.command("discard")

@@ -65,10 +65,10 @@ class FleetDB:
     ``where`` is a URL (``sqlite:///path``, ``postgresql://...``) or a SQLite file path.
     """
 
-    def __init__(self, where: str | Path | None = None) -> None:
+    def __init__(self, where: str | Path | None = None, *, option: str = "--db") -> None:
         url = default_url() if where is None else str(where)
         self.url = url
-        self.db: Engine = connect(url)
+        self.db: Engine = connect(url, option=option)
         self.path = Path(self.db.where) if self.db.dialect == "sqlite" else None
         if self.path is not None:
             self._sweep_stale_locks()
@@ -145,6 +145,14 @@ class FleetDB:
         """Store ``rollout`` (and an event) in one transaction."""
         with self.db.transaction():
             self._write(rollout, event, detail)
+
+    def create(self, rollout: Rollout, detail: dict[str, Any]) -> None:
+        """Store a new rollout, in one transaction with forgetting the offers an earlier
+        rollout of the same key made (a shadow discarded, a cancelled rollout pushed
+        again): its devices are offered the release anew."""
+        with self.db.transaction() as db:
+            db.execute("DELETE FROM offers WHERE key = ?", (rollout.key,))
+            self._write(rollout, "created", detail)
 
     def _write(self, rollout: Rollout, event: str | None, detail: dict[str, Any] | None
                ) -> None:

@@ -164,16 +164,17 @@ def _is_db_error(exc: Exception) -> bool:
     return type(exc).__module__.startswith("psycopg")
 
 
-def connect(url: str) -> Engine:
+def connect(url: str, *, option: str = "--db") -> Engine:
     """Open (and create the tables of) the fleet database at ``url``:
-    ``sqlite:///path``, a plain path, or ``postgresql://user:pw@host:port/db``."""
+    ``sqlite:///path``, a plain path, or ``postgresql://user:pw@host:port/db``; ``option``
+    names where the user gave it, for the error."""
     scheme = urlsplit(url).scheme if "://" in url else ""
     if scheme in ("postgresql", "postgres"):
         engine = _connect_postgres(url)
     elif scheme in ("", "sqlite"):
         # sqlite:///abs/path (and sqlite:////abs/path, SQLAlchemy's spelling); or a plain path
         path = "/" + unquote(url[len("sqlite://"):]).lstrip("/") if scheme else url
-        engine = _connect_sqlite(Path(path))
+        engine = _connect_sqlite(Path(path), option)
     else:
         raise ConfigError(f"--db {describe(url)}: not a fleet database URL (use "
                           "sqlite:///path or postgresql://user@host:port/dbname)")
@@ -181,14 +182,14 @@ def connect(url: str) -> Engine:
     return engine
 
 
-def _connect_sqlite(path: Path) -> Engine:
+def _connect_sqlite(path: Path, option: str) -> Engine:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
     except (OSError, sqlite3.Error) as exc:
-        raise ConfigError(f"--db: cannot use {path} as a fleet database: {exc}") from exc
+        raise ConfigError(f"{option}: cannot use {path} as a fleet database: {exc}") from exc
     return Engine(conn, "sqlite", str(path))
 
 

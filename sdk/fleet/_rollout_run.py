@@ -285,8 +285,7 @@ def _load_or_start(db: FleetDB, watcher: FleetWatcher, ident: Ident, *,
                             reldir=ident.reldir, devices=targets, policy=policy, now=now,
                             release_id=ident.release_id, broker=ident.broker, mode=ident.mode,
                             ongoing=ongoing)
-    db.save(rollout, event="created", detail={"devices": len(targets),
-                                              "waves": [len(w.devices) for w in rollout.waves]})
+    db.create(rollout, {"devices": len(targets), "waves": [len(w.devices) for w in rollout.waves]})
     return rollout
 
 
