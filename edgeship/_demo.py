@@ -15,7 +15,6 @@ the work dir, temporary files included.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeship._demo_procs import Processes, exit_on_termination, free_port, wait_http
 from edgeship._errors import EdgeshipError, UpdateError
 
 __all__ = ["DemoResult", "run_demo"]
@@ -50,53 +50,6 @@ class DemoResult:
         return bool(self.checks) and all(self.checks.values())
 
 
-class _Processes:
-    """Child processes in their own sessions, all stopped on exit."""
-
-    def __init__(self, logs: Path, env: dict[str, str]) -> None:
-        self.logs, self.env = logs, env
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{name}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "edgeship", *args], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=self.env, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
-        self.procs.clear()
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-
-
-def _exit_on_termination() -> dict[int, Any]:
-    """Turn SIGTERM/SIGHUP into SystemExit so the ``finally`` that stops the children runs
-    (they live in their own sessions and would outlive a plain kill of the demo)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def leave(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    return {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
-
-
 def _prepare_workdir(workdir: Path) -> None:
     if workdir.exists() and any(workdir.iterdir()):
         if not (workdir / _MARKER).exists():
@@ -112,7 +65,7 @@ class _Demo:
     def __init__(self, workdir: Path, broker_url: str | None, say: Any) -> None:
         self.work, self.say, self.broker_url = workdir, say, broker_url
         self.env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "PYTHONUNBUFFERED": "1"}
-        self.procs = _Processes(workdir / "logs", self.env)
+        self.procs = Processes(workdir / "logs", self.env)
         self.result = DemoResult()
         self.data: Any = None
         self.stop_broker: Any = None
@@ -207,7 +160,7 @@ class _Demo:
             broker.start()
             self.stop_broker = broker.stop
             self.broker_url = broker.url
-        self.cloud_port, self.api_port = _free_port(), _free_port()
+        self.cloud_port, self.api_port = free_port(), free_port()
         self.procs.start("cloud", "cloud", "serve", str(self.work / "models" / "digits-v2.onnx"),
                          "--name", MODEL_NAME, "--port", str(self.cloud_port))
         releases = [str(self.work / "releases" / r) for r in ("v1", "v2", "bad", "forged")]
@@ -215,8 +168,8 @@ class _Demo:
                          "--releases", *releases)
         config = self.agent_config(self.api_port, self.cloud_port)
         self.procs.start("agent", "agent", "run", "--config", str(config))
-        _wait_http(f"http://127.0.0.1:{self.cloud_port}/v2/health/ready", 30)
-        _wait_http(f"http://127.0.0.1:{self.api_port}/v2/health/live", 30)
+        wait_http(f"http://127.0.0.1:{self.cloud_port}/v2/health/ready", 30)
+        wait_http(f"http://127.0.0.1:{self.api_port}/v2/health/live", 30)
         where = "a private mosquitto" if self.stop_broker else "the given broker"
         self.result.add("services", "ok", f"{where} at {self.broker_url}, release server, "
                         f"cloud model on :{self.cloud_port}, agent API on :{self.api_port}")
@@ -422,28 +375,6 @@ def _holds_any_window(data: bytes, plaintext: bytes, window: int = 64) -> bool:
     return any(run in data for run in runs if len(set(run)) >= step // 2)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_http(url: str, timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                raise EdgeshipError(f"{url} did not answer within {timeout:.0f}s ({exc})") from exc
-            time.sleep(0.1)
-
-
 def _digit(answer: Any) -> int:
     import numpy as np
 
@@ -500,7 +431,7 @@ def run_demo(workdir: Path, *, broker_url: str | None = None, say: Any = print) 
     _prepare_workdir(workdir)
     demo = _Demo(workdir, broker_url, say)
     saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(workdir / "tmp")
-    saved_handlers = _exit_on_termination()
+    saved_handlers = exit_on_termination()
     try:
         demo.run()
     finally:
