@@ -19,6 +19,7 @@ import pytest
 from conftest import free_port
 from test_agent_support import (
     AgentProc,
+    canned_cloud,
     http_json,
     make_keys,
     make_release,
@@ -36,25 +37,8 @@ def big_cloud() -> Iterator[int]:
     ).encode()
     assert len(body) > 7_000_000
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield int(server.server_address[1])
-    server.shutdown()
-    server.server_close()
+    with canned_cloud(body) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")

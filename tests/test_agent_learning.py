@@ -15,7 +15,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from test_agent_support import (
     IN,
     OUT,
     AgentProc,
+    canned_cloud,
     expected,
     gone,
     http_json,
@@ -53,25 +53,8 @@ def cloud() -> Iterator[int]:
     body = json.dumps({"model_name": "model", "model_version": "cloud", "outputs": [
         {"name": "y", "datatype": "FP32", "shape": [1, OUT], "data": scores}]}).encode()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield int(server.server_address[1])
-    server.shutdown()
-    server.server_close()
+    with canned_cloud(body) as port:
+        yield port
 
 
 def _agent(tmp: Path, world: dict[str, Path], learning: str, extra: str = "",

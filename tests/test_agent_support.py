@@ -293,6 +293,35 @@ def build_whole_release(tmp: Path, keys: Path, version: str, bias: float, *,
     return out
 
 
+@contextmanager
+def canned_cloud(body: bytes) -> Iterator[int]:
+    """A loopback HTTP server that answers every POST with ``body`` (a v2 answer): a cloud
+    model whose answer the test fixes. Yields its port."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def start_fleet_serve(broker_url: str, *reldirs: Path, fleet: str | None = None
                       ) -> subprocess.Popen[bytes]:
     """``edgeship fleet serve`` of ``reldirs`` as a subprocess (terminate it when done)."""
