@@ -202,7 +202,6 @@ def test_bounded_encrypted_store_and_cli_wipe(tmp_path: Path, world: dict[str, P
 
 def test_supernode_follows_the_active_model_and_dies_with_the_agent(
         tmp_path: Path, world: dict[str, Path]) -> None:
-    pytest.importorskip("flwr")
     superlink = f"127.0.0.1:{free_port()}"  # nobody there: the SuperNode keeps retrying
     agent = _agent(tmp_path, world, f'superlink = "{superlink}"\n')
     try:
@@ -254,7 +253,6 @@ def test_a_full_queue_drops_and_counts_and_drift_inputs_are_kept(tmp_path: Path)
 
 def test_an_encrypted_model_gets_no_supernode(tmp_path: Path, world: dict[str, Path]) -> None:
     """The SuperNode would need the model in the clear on disk: not started, said why."""
-    pytest.importorskip("flwr")
     from edgeship.sdk.release._crypt import write_key_pair
     from test_agent_encrypted import encrypted_release
 
@@ -274,7 +272,6 @@ def test_an_encrypted_model_gets_no_supernode(tmp_path: Path, world: dict[str, P
 def test_the_client_app_opens_a_sealed_store_with_the_key_the_agent_passes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The SuperNode's ClientApp gets the store key in its environment (KEY_ENV)."""
-    pytest.importorskip("flwr")
     from edgeship.agent._supernode import KEY_ENV
     from edgeship.sdk.learning._apps import HeadClient
     from edgeship.sdk.learning._store import Example, ExampleStore

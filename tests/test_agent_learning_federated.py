@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import Mosquitto, free_port
 from flower_federation import federation
@@ -17,31 +16,17 @@ from test_agent_support import AgentProc, http_json, start_fleet_serve, write_co
 from test_learning_federated import (
     DEVICES,
     FIXTURES,
-    digits_split,
-    dim_camera,
     edgeship,
+    release_digits,
     skewed_stores,
 )
-
-pytest.importorskip("flwr")
 
 AGENT_DEVICE = DEVICES - 1  # the agent takes this device's examples; the others simulate
 
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("learn-agent")
-    out = root / "out"
-    for args in (["convert", FIXTURES / "cnn.onnx", "--calib", FIXTURES / "cnn_calib.npz",
-                  "-o", out, "--format", "onnx"],
-                 ["keys", "init", root / "keys"],
-                 ["release", out / "model.int8.onnx", "--version", "1.0.0", "--keys",
-                  root / "keys", "-o", root / "rel-1.0.0", "--model-name", "model"]):
-        proc = edgeship(*args)
-        assert proc.returncode == 0, proc.stderr
-    _, _, xte, yte = digits_split()
-    np.savez(root / "heldout.npz", input=dim_camera(xte), label=yte)
-    return root
+    return release_digits(tmp_path_factory.mktemp("learn-agent"), "model")
 
 
 def _feed(agent: AgentProc, store: Path) -> int:

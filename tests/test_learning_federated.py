@@ -57,13 +57,18 @@ def skewed_stores(root: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("learn")
+    return release_digits(tmp_path_factory.mktemp("learn"), "digits")
+
+
+def release_digits(root: Path, model_name: str) -> Path:
+    """cnn.onnx converted, keys made, release 1.0.0 signed, and the server's held-out set
+    of low-contrast digits, all under ``root``."""
     out = root / "out"
     for args in (["convert", FIXTURES / "cnn.onnx", "--calib", FIXTURES / "cnn_calib.npz",
                   "-o", out, "--format", "onnx"],
                  ["keys", "init", root / "keys"],
                  ["release", out / "model.int8.onnx", "--version", "1.0.0", "--keys",
-                  root / "keys", "-o", root / "rel-1.0.0", "--model-name", "digits"]):
+                  root / "keys", "-o", root / "rel-1.0.0", "--model-name", model_name]):
         proc = edgeship(*args)
         assert proc.returncode == 0, proc.stderr
     _, _, xte, yte = digits_split()
