@@ -331,6 +331,25 @@ def start_fleet_serve(broker_url: str, *reldirs: Path, fleet: str | None = None
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@contextmanager
+def served_swarm(broker_url: str, fleet: str, rels: dict[str, Path], serve: list[Path],
+                 devices: list[str], chunk_size: int) -> Iterator[Any]:
+    """``fleet serve`` of ``serve`` plus a SwarmProc of ``devices`` on ``rels["v1"]`` (the
+    simulated devices ready); both stopped at the end."""
+    from simulator import SwarmProc
+
+    server = start_fleet_serve(broker_url, *serve, fleet=fleet)
+    sim = SwarmProc(broker_url=broker_url, fleet=fleet, root=rels["root"], initial=rels["v1"],
+                    devices=devices, chunk_size=chunk_size, request_timeout_s=1.0)
+    try:
+        assert sim.wait_ready() == len(devices)
+        yield sim
+    finally:
+        sim.stop()
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def served_version(url: str) -> tuple[str | None, np.ndarray | None]:
     """Which version answers, and its output for GOLDEN_X (None if nothing serves)."""
     status, doc = http_json(f"{url}/v2/models/model/infer", infer_body(GOLDEN_X))

@@ -22,7 +22,7 @@ from edgeship.sdk.fleet._fleetdb import FleetDB
 from edgeship.sdk.fleet._rollout import RolloutPolicy, start_rollout, step
 from edgeship.sdk.transport._mqtt import MqttEdge
 from simulator import SwarmProc
-from test_agent_support import make_keys, make_release, start_fleet_serve
+from test_agent_support import make_keys, make_release, served_swarm
 
 from edgeship._errors import ConfigError
 
@@ -197,17 +197,8 @@ class OfferCounter:
 
 @pytest.fixture
 def fleet_env(mosquitto: Mosquitto, rels: dict[str, Path]) -> Iterator[SwarmProc]:
-    server = start_fleet_serve(mosquitto.url, rels["v2"], fleet=FLEET)
-    sim = SwarmProc(broker_url=mosquitto.url, fleet=FLEET, root=rels["root"],
-                    initial=rels["v1"], devices=DEVICES, chunk_size=512,
-                    request_timeout_s=1.0)
-    try:
-        assert sim.wait_ready() == len(DEVICES)
+    with served_swarm(mosquitto.url, FLEET, rels, [rels["v2"]], DEVICES, 512) as sim:
         yield sim
-    finally:
-        sim.stop()
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def _push(url: str, rels: dict[str, Path], db: str, *extra: str) -> subprocess.Popen[str]:

@@ -33,6 +33,7 @@ from test_agent_support import (
     AgentProc,
     make_keys,
     make_release,
+    served_swarm,
     served_version,
     start_fleet_serve,
     write_config,
@@ -58,17 +59,9 @@ def edgeship(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
 
 @pytest.fixture
 def fleet(mosquitto: Mosquitto, rels: dict[str, Path]) -> Iterator[SwarmProc]:
-    server = start_fleet_serve(mosquitto.url, rels["v1"], rels["v2"], fleet=FLEET)
-    sim = SwarmProc(broker_url=mosquitto.url, fleet=FLEET, root=rels["root"],
-                    initial=rels["v1"], devices=DEVICES, chunk_size=2048,
-                    request_timeout_s=1.0)
-    try:
-        assert sim.wait_ready() == len(DEVICES)
+    with served_swarm(mosquitto.url, FLEET, rels, [rels["v1"], rels["v2"]], DEVICES,
+                      2048) as sim:
         yield sim
-    finally:
-        sim.stop()
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def status_json(mosquitto: Mosquitto) -> dict[str, Any]:
