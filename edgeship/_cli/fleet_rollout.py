@@ -16,7 +16,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -376,10 +375,11 @@ def _status_db(db_url: str | None) -> FleetDB | None:
     creates no database in the operator's home."""
     from edgeship._errors import ConfigError
     from edgeship.sdk.fleet._fleetdb import FleetDB
-    from edgeship.sdk.fleet._fleetsql import default_url
+    from edgeship.sdk.fleet._fleetsql import default_url, sqlite_path
 
     url = db_url or default_url()
-    if not db_url and url.startswith("sqlite://") and not Path(url[len("sqlite://"):]).exists():
+    path = sqlite_path(url)
+    if not db_url and path is not None and not path.exists():
         return None
     try:
         return FleetDB(url)

@@ -164,17 +164,25 @@ def _is_db_error(exc: Exception) -> bool:
     return type(exc).__module__.startswith("psycopg")
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite fleet database URL: ``sqlite:///abs/path`` (and
+    ``sqlite:////abs/path``, SQLAlchemy's spelling) or a plain path; None for other URLs."""
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme == "sqlite":
+        return Path("/" + unquote(url[len("sqlite://"):]).lstrip("/"))
+    return Path(url) if not scheme else None
+
+
 def connect(url: str, *, option: str = "--db") -> Engine:
     """Open (and create the tables of) the fleet database at ``url``:
     ``sqlite:///path``, a plain path, or ``postgresql://user:pw@host:port/db``; ``option``
     names where the user gave it, for the error."""
     scheme = urlsplit(url).scheme if "://" in url else ""
+    path = sqlite_path(url)
     if scheme in ("postgresql", "postgres"):
         engine = _connect_postgres(url)
-    elif scheme in ("", "sqlite"):
-        # sqlite:///abs/path (and sqlite:////abs/path, SQLAlchemy's spelling); or a plain path
-        path = "/" + unquote(url[len("sqlite://"):]).lstrip("/") if scheme else url
-        engine = _connect_sqlite(Path(path), option)
+    elif path is not None:
+        engine = _connect_sqlite(path, option)
     else:
         raise ConfigError(f"--db {describe(url)}: not a fleet database URL (use "
                           "sqlite:///path or postgresql://user@host:port/dbname)")
