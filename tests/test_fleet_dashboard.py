@@ -8,14 +8,19 @@ The tests share one fleet and one browser and run in file order (each builds on 
 fleet the one before left): the devices table, a rollout moving on the page without a
 reload, a failing canary shown halted with its reason, a drift alert on the real agent's
 row, and an action refused without the token and done with it.
+
+The screenshots land in docs/img/ only when ``EDGESHIP_UPDATE_SHOTS=1`` (refreshing the
+docs' pictures is a choice, not a side effect of every test run); otherwise in a temp dir.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,7 +39,8 @@ from test_agent_support import AgentProc, make_keys, make_release, start_fleet_s
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
-SHOTS = ROOT / "docs" / "img"
+SHOTS = (ROOT / "docs" / "img" if os.environ.get("EDGESHIP_UPDATE_SHOTS") == "1"
+         else Path(tempfile.mkdtemp(prefix="edgeship-shots-")))
 FLEET = "plant"
 SIMS = [f"dev-{i:04d}" for i in range(20)]
 BROKEN = "dev-0003"  # a faulty accelerator: every update fails its golden check
