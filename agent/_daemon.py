@@ -345,7 +345,7 @@ class Agent:
 
             return answer_locally(self.local_files, action)
         self._last_request = time.monotonic()
-        self.edge.publish(request_topic(self.config.fleet), encode_request(req),
+        self.edge.publish(request_topic(self.config.fleet, self.config.device_id), encode_request(req),
                           response_topic=self.topics.chunk,
                           correlation=action.correlation or ota.correlation(req))
         return None

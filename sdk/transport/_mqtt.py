@@ -30,7 +30,8 @@ from paho.mqtt.properties import Properties
 
 from edgeship._errors import ConfigError, TransportError
 
-__all__ = ["Message", "MqttEdge", "Topics", "parse_broker_url", "request_topic", "topics"]
+__all__ = ["Message", "MqttEdge", "Topics", "parse_broker_url", "request_topic", "requester",
+           "topics"]
 
 MAX_PAYLOAD = 4 * 1024 * 1024 + 64 * 1024  # an offer (<= 4 MiB, golden data inside) or a chunk
 
@@ -51,10 +52,26 @@ def topics(fleet: str, device: str) -> Topics:
                   status=f"{base}/status", telemetry=f"{base}/telemetry")
 
 
-def request_topic(fleet: str, *, share_group: str | None = None) -> str:
-    """``edgeship/<fleet>/ota/req``; with a group, the ``$share/`` form servers subscribe to."""
-    topic = f"edgeship/{fleet}/ota/req"
+def request_topic(fleet: str, device: str | None = None, *,
+                  share_group: str | None = None) -> str:
+    """Where a device asks for chunks: its own ``edgeship/<fleet>/<device>/ota/req`` (the
+    broker's ACL lets only that device publish there, so a server knows who asked), or
+    with no device the fleet-wide ``edgeship/<fleet>/ota/req`` older agents use. ``device``
+    may be ``+`` (a server's filter); with a group, the ``$share/`` form servers subscribe
+    to."""
+    topic = f"edgeship/{fleet}/{device}/ota/req" if device else f"edgeship/{fleet}/ota/req"
     return f"$share/{share_group}/{topic}" if share_group else topic
+
+
+def requester(topic: str) -> tuple[str, str | None] | None:
+    """``(fleet, device)`` of a chunk request's topic (device None: the fleet-wide topic
+    of older agents); None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) == 4 and parts[0] == "edgeship" and parts[2:] == ["ota", "req"]:
+        return parts[1], None
+    if len(parts) == 5 and parts[0] == "edgeship" and parts[3:] == ["ota", "req"]:
+        return parts[1], parts[2]
+    return None
 
 
 @dataclass(frozen=True)
