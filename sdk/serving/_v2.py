@@ -80,6 +80,7 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 _NAMES: dict[str, str] = {dt.str: name for name, dt in _DTYPES.items()}
+_NAMES_OF_DTYPES: dict[np.dtype[Any], str] = {dt: name for name, dt in _DTYPES.items()}
 
 
 def numpy_dtype(datatype: str) -> np.dtype[Any]:
@@ -94,6 +95,9 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
 
 def datatype_of(dtype: Any) -> str:
     """The v2 datatype name of a numpy dtype (or anything ``np.dtype`` accepts)."""
+    known = _NAMES_OF_DTYPES.get(dtype) if isinstance(dtype, np.dtype) else None
+    if known is not None:  # every answer asks twice per tensor: skip the byte-order dance
+        return known
     dt = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).kind in "iuf" else np.dtype(dtype)
     name = _NAMES.get(dt.str)
     if name is None:
