@@ -200,6 +200,7 @@ class Agent:
         self._do_Rejected(ota.Rejected(kind, "over the payload size limit", size))
 
     def _on_connect(self) -> None:
+        self.metrics.connected.set(1)  # subscribed (MqttEdge calls this after its SUBACKs)
         self.broker_health.connected()
         self.inbox.put(ota.Connected())
 
