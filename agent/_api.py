@@ -83,6 +83,7 @@ class Metrics:
         self.breaker = Gauge("edgeship_fallback_breaker_state",
                              "Cloud circuit breaker: 0 closed, 1 open, 2 half-open", registry=r)
         self.recent: deque[float] = deque(maxlen=2048)  # latencies (ms) for telemetry
+        self._children: dict[tuple[str, str], Any] = {}  # requests.labels(source, outcome)
         self._lock = threading.Lock()
 
     def set_phase(self, phase: str) -> None:
@@ -95,7 +96,11 @@ class Metrics:
             self.version.labels(version=version).set(1)
 
     def observe(self, source: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(source=source, outcome=outcome).inc()
+        child = self._children.get((source, outcome))
+        if child is None:  # labels() per request cost as much as the rest of observe
+            child = self._children.setdefault(
+                (source, outcome), self.requests.labels(source=source, outcome=outcome))
+        child.inc()
         if outcome == "ok":
             self.latency.observe(seconds)
             with self._lock:

@@ -92,6 +92,19 @@ def sd_notify(message: str) -> None:
         pass
 
 
+class _NoBroker:
+    """The MQTT session before it exists: offline (publishing returns None, as MqttEdge's
+    does while not connected)."""
+
+    connected = False
+
+    def publish(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def stop(self) -> None:
+        pass
+
+
 class Agent:
     """One device agent; :meth:`run` until :meth:`stop`."""
 
@@ -99,7 +112,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig, *, clock: Any = time.time) -> None:
         from edgeship.agent._api import AgentService, Metrics
-        from edgeship.sdk.transport._mqtt import MqttEdge, topics
+        from edgeship.sdk.transport._topics import parse_broker_url, topics
 
         self.config, self.clock = config, clock
         try:
@@ -150,15 +163,13 @@ class Agent:
             self.learning = Learning(config, self.service, self.metrics.registry,
                                      self.device_key, self.taps, log)
         self._status: dict[str, Any] | None = None  # the core's last status (unmerged)
-        b = config.broker
-        self.edge = MqttEdge(b.url, client_id=f"edgeship-{config.fleet}-{config.device_id}",
-                             subscriptions=[self.topics.offer, self.topics.chunk],
-                             on_message=self._on_message, on_connect=self._on_connect,
-                             on_connect_fail=lambda r: self.broker_health.connect_failed(r),
-                             on_oversize=self._on_oversize,
-                             on_disconnect=lambda r: self.broker_health.disconnected(r),
-                             username=b.username, password=read_secret(b.password_file),
-                             ca=b.ca, cert=b.cert, key=b.key, keepalive=b.keepalive_s)
+        _, _, tls = parse_broker_url(config.broker.url)  # a bad URL stops the start, and
+        self._broker_password = read_secret(config.broker.password_file)  # a bad password file
+        # the MQTT session (and paho's import) begins once the active model answers (see
+        # run); until then nothing is connected and statuses wait in the outbox, as they
+        # would while a connect is under way. TLS files are read (and checked) now.
+        self.edge: Any = _NoBroker()
+        self._tls_edge = self._make_edge() if tls else None
         self._stop = threading.Event()
         self.broker_health = BrokerHealth(config.broker.url, log)
         self._progress: tuple[Any, float] = (None, time.monotonic())  # last download step
@@ -189,6 +200,7 @@ class Agent:
         self._do_Rejected(ota.Rejected(kind, "over the payload size limit", size))
 
     def _on_connect(self) -> None:
+        self.metrics.connected.set(1)  # subscribed (MqttEdge calls this after its SUBACKs)
         self.broker_health.connected()
         self.inbox.put(ota.Connected())
 
@@ -213,10 +225,10 @@ class Agent:
                 message=self.config.section_hint(section))
         if self.config.ignored_keys:
             log("config_keys_ignored", level="warning", keys=list(self.config.ignored_keys))
-        self.edge.start()
         try:
             self._install_initial()
             self.dispatch(ota.Resume(download_size=self.store.download_size()))
+            self.edge = self._connect()  # after the first model answers (issue 16)
             sd_notify("READY=1")
             self._loop()
         finally:
@@ -227,6 +239,24 @@ class Agent:
             api.close()
             self.edge.stop()
             self.outbox.close()
+
+    def _connect(self) -> Any:
+        """The MQTT session, started."""
+        return (self._tls_edge or self._make_edge()).start()
+
+    def _make_edge(self) -> Any:
+        """The MQTT session (paho-mqtt is imported here)."""
+        from edgeship.sdk.transport._mqtt import MqttEdge
+
+        b, config = self.config.broker, self.config
+        return MqttEdge(b.url, client_id=f"edgeship-{config.fleet}-{config.device_id}",
+                        subscriptions=[self.topics.offer, self.topics.chunk],
+                        on_message=self._on_message, on_connect=self._on_connect,
+                        on_connect_fail=lambda r: self.broker_health.connect_failed(r),
+                        on_oversize=self._on_oversize,
+                        on_disconnect=lambda r: self.broker_health.disconnected(r),
+                        username=b.username, password=self._broker_password,
+                        ca=b.ca, cert=b.cert, key=b.key, keepalive=b.keepalive_s)
 
     def _loop(self) -> None:
         next_beat = next_dog = next_window = 0.0
@@ -345,7 +375,7 @@ class Agent:
 
             return answer_locally(self.local_files, action)
         self._last_request = time.monotonic()
-        self.edge.publish(request_topic(self.config.fleet), encode_request(req),
+        self.edge.publish(request_topic(self.config.fleet, self.config.device_id), encode_request(req),
                           response_topic=self.topics.chunk,
                           correlation=action.correlation or ota.correlation(req))
         return None

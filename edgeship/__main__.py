@@ -1,3 +1,3 @@
-from edgeship._cli.main import main
+from edgeship._cli.entry import main
 
 main()

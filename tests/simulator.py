@@ -209,7 +209,7 @@ class SimDevice:
     def _do_RequestChunk(self, action: ota.RequestChunk) -> None:
         req = action.request
         self.last_request = time.monotonic()
-        self._publish(request_topic(self.fleet), encode_request(req),
+        self._publish(request_topic(self.fleet, self.device), encode_request(req),
                       response_topic=self.topics.chunk,
                       correlation=action.correlation or ota.correlation(req))
 

@@ -171,8 +171,9 @@ def test_another_devices_requests_cannot_abort_an_update(tmp_path: Path, mosquit
                                       file=art.name, index=index, chunk_size=300)
                 for corr in (f"1.0.1/{art.name}/{index}".encode(),
                              f"1.0.1/{art.name}/{index}/256".encode()):
-                    watch.edge.publish("edgeship/t/ota/req", encode_request(forged),
-                                       response_topic=CHUNK, correlation=corr)
+                    for topic in ("edgeship/t/ota/req", "edgeship/t/dev-1/ota/req"):
+                        watch.edge.publish(topic, encode_request(forged),
+                                           response_topic=CHUNK, correlation=corr)
             time.sleep(0.05)
         final = [s for s in watch.history if s["state"] in ("committed", "failed")
                  and s["target"] == "1.0.1"]

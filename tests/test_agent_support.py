@@ -172,8 +172,20 @@ class AgentProc:
             self.log.append(line)
             self.lines.put(line)
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0, broker_s: float = 3.0) -> None:
+        """Ready to answer and, when its broker answers within ``broker_s``, subscribed:
+        the agent connects once its model answers (issue 16), so a test that publishes a
+        non-retained message right after this would otherwise race the subscription."""
         self.wait_live(timeout, what="ready")
+        deadline = time.monotonic() + broker_s
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/metrics", timeout=1) as r:
+                    if b"\nedgeship_broker_connected 1.0" in r.read():
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
 
     def wait_live(self, timeout: float = 30.0, what: str = "live") -> None:
         deadline = time.monotonic() + timeout

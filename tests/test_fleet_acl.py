@@ -61,8 +61,19 @@ class Probe:
     def subscribe(self, topic: str) -> int:
         return self._wait(self.client.subscribe(topic, qos=1)[1])
 
-    def publish(self, topic: str, payload: bytes = b"{}", *, retain: bool = False) -> int:
-        return self._wait(self.client.publish(topic, payload, qos=1, retain=retain).mid)
+    def publish(self, topic: str, payload: bytes = b"{}", *, retain: bool = False,
+                response_topic: str | None = None, correlation: bytes | None = None,
+                wait: bool = True) -> int:
+        props = None
+        if response_topic is not None:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = response_topic
+            props.CorrelationData = correlation or b""
+        mid = self.client.publish(topic, payload, qos=1, retain=retain, properties=props).mid
+        return self._wait(mid) if wait else 0
 
     def close(self) -> None:
         self.client.disconnect()
@@ -132,7 +143,11 @@ def test_device_is_refused_other_devices_topics(secure_broker: Mosquitto,
     assert b.subscribe(f"{base}/dev-b/ota/chunk") == 1
     assert a.publish(f"{base}/dev-a/status", retain=True) in (0, 0x10)
     assert a.publish(f"{base}/dev-a/telemetry") in (0, 0x10)
-    assert a.publish(f"{base}/ota/req") in (0, 0x10)
+    assert a.publish(f"{base}/dev-a/ota/req") in (0, 0x10)
+    # chunk requests only on its own request topic (a server answers on that device's
+    # chunk topic); the fleet-wide topic of older agents is closed to devices
+    assert a.publish(f"{base}/dev-b/ota/req") == NOT_AUTHORIZED
+    assert a.publish(f"{base}/ota/req") == NOT_AUTHORIZED
     # publishing as another device, or an offer, or a chunk: PUBACK "not authorized"
     assert a.publish(f"{base}/dev-b/status", retain=True) == NOT_AUTHORIZED
     assert a.publish(f"{base}/dev-b/telemetry") == NOT_AUTHORIZED
@@ -144,18 +159,18 @@ def test_device_is_refused_other_devices_topics(secure_broker: Mosquitto,
     got: dict[str, list[str]] = {"dev-a": [], "dev-b": []}
     a.client.on_message = lambda c, u, m: got["dev-a"].append(m.topic)
     b.client.on_message = lambda c, u, m: got["dev-b"].append(m.topic)
-    for topic in ("dev-b/ota/offer", "dev-b/ota/chunk", "+/ota/chunk", "+/status", "ota/req",
+    for topic in ("dev-b/ota/offer", "dev-b/ota/chunk", "+/ota/chunk", "+/status", "+/ota/req",
                   "#"):
         a.subscribe(f"{base}/{topic}")
     m = Probe(secure_broker, "edgeship-manager", s["edgeship-manager"])
     assert m.publish(f"{base}/dev-b/ota/offer", b"offer", retain=True) in (0, 0x10)
     assert m.publish(f"{base}/dev-b/ota/chunk") == NOT_AUTHORIZED  # only servers send chunks
     srv = Probe(secure_broker, "edgeship-server", s["edgeship-server"])
-    assert srv.subscribe(f"$share/g/{base}/ota/req") == 1
+    assert srv.subscribe(f"$share/g/{base}/+/ota/req") == 1
     assert srv.publish(f"{base}/dev-b/ota/chunk", b"chunk") in (0, 0x10)
     assert srv.publish(f"{base}/dev-c/ota/offer") == NOT_AUTHORIZED  # only the manager offers
     assert b.publish(f"{base}/dev-b/status", b"{}", retain=True) in (0, 0x10)
-    assert b.publish(f"{base}/ota/req", b"{}") in (0, 0x10)
+    assert b.publish(f"{base}/dev-b/ota/req", b"{}") in (0, 0x10)
     deadline = time.monotonic() + 5
     while len(got["dev-b"]) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -222,3 +237,87 @@ def _wait_status(broker: Mosquitto, auth: list[str], device: str, done: Any) -> 
         if done(status) or time.monotonic() > deadline:
             return status
         time.sleep(0.3)
+
+
+def test_a_device_cannot_make_the_server_answer_on_another_devices_topics(
+        secure_broker: Mosquitto, creds: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 16, defect 5 (the ACL half): under the generated ACL, dev-a keeps asking the
+    release server for dev-b's chunks with another chunk size, answered on dev-b's chunk
+    topic, on every request topic it can try. The broker refuses dev-b's and the fleet-wide
+    request topics; the server does not answer a request naming dev-b that came in on
+    dev-a's own topic. Nothing of it reaches dev-b's chunk topic, and dev-b (a real agent
+    under the ACL) commits its update."""
+    import struct
+
+    from conftest import free_port
+    from edgeship.sdk.release._release import Release
+    from edgeship.sdk.transport._transfer import ChunkRequest, encode_request
+    from test_agent_support import AgentProc, offer_bytes, write_config
+
+    keys = make_keys(tmp_path)
+    v1 = make_release(tmp_path, keys, "1.0.0")
+    v2 = make_release(tmp_path, keys, "1.1.0", base=v1, seed=1)
+    secrets = Path(creds["out"]) / "secrets"
+    base = f"edgeship/{FLEET}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "edgeship", "fleet", "serve", "--broker", secure_broker.url,
+         "--fleet", FLEET, "--username", "edgeship-server", "--password-file",
+         str(secrets / "edgeship-server.password"), "--releases", str(v1), str(v2)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=secure_broker.url, port=port, device="dev-b",
+                       fleet=FLEET, root_pub=keys / "root.pub", initial=v1, chunk_size=256)
+    cfg.write_text(cfg.read_text().replace(
+        f'url = "{secure_broker.url}"\n', f'url = "{secure_broker.url}"\nusername = "dev-b"\n'
+        f'password_file = "{secrets / "dev-b.password"}"\n'))
+    pause = tmp_path / "pause"
+    pause.write_text("chunk=0.05")
+    agent = AgentProc(cfg, port, env={"EDGESHIP_AGENT_PAUSE_FILE": str(pause)}).start()
+    s = creds["secrets"]
+    seen: list[tuple[bytes, int]] = []  # (correlation, chunk length) on dev-b's chunk topic
+    victim = Probe(secure_broker, "dev-b", s["dev-b"])
+    victim.client.on_message = lambda c, u, m: seen.append(
+        (getattr(m.properties, "CorrelationData", b""), struct.unpack(">I", m.payload[26:30])[0]))
+    assert victim.subscribe(f"{base}/dev-b/ota/chunk") == 1
+    states: list[dict[str, Any]] = []
+    manager = Probe(secure_broker, "edgeship-manager", s["edgeship-manager"])
+    manager.client.on_message = lambda c, u, m: states.append(json.loads(m.payload))
+    assert manager.subscribe(f"{base}/dev-b/status") == 1
+    attacker = Probe(secure_broker, "dev-a", s["dev-a"])
+    art = Release.load(v2).manifest.artifact
+    try:
+        agent.wait_ready()
+        assert manager.publish(f"{base}/dev-b/ota/offer", offer_bytes(v2), retain=True) in (0, 0x10)
+        victim_chunk = f"{base}/dev-b/ota/chunk"
+        for topic in (f"{base}/dev-b/ota/req", f"{base}/ota/req"):  # refused by the broker
+            forged = ChunkRequest(device="dev-b", model="model", version="1.1.0",
+                                  file=art.name, index=0, chunk_size=300)
+            assert attacker.publish(topic, encode_request(forged), response_topic=victim_chunk,
+                                    correlation=b"attack") == NOT_AUTHORIZED
+        deadline = time.monotonic() + 60
+        sent = 0
+        while time.monotonic() < deadline and not any(
+                st["state"] in ("committed", "failed") and st.get("target") == "1.1.0"
+                for st in states):
+            for index in range(art.size // 300):
+                forged = ChunkRequest(device="dev-b", model="model", version="1.1.0",
+                                      file=art.name, index=index, chunk_size=300)
+                attacker.publish(f"{base}/dev-a/ota/req", encode_request(forged),
+                                 response_topic=victim_chunk, correlation=b"attack", wait=False)
+                sent += 1
+            time.sleep(0.05)
+        final = [st for st in states if st["state"] in ("committed", "failed")
+                 and st.get("target") == "1.1.0"]
+        assert final and final[0]["state"] == "committed", final[:1]
+        assert final[0]["version"] == "1.1.0"
+        time.sleep(0.5)
+    finally:
+        for probe in (attacker, victim, manager):
+            probe.close()
+        agent.terminate()
+        server.terminate()
+        server.wait(timeout=10)
+    assert sent > 50
+    assert seen, "the victim's own chunks were not seen on its topic"
+    assert not [c for c, _ in seen if c == b"attack"]
+    assert max(length for _, length in seen) <= 256, seen[:5]  # the victim's chunk size

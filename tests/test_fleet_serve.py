@@ -44,8 +44,11 @@ class Device:
         self.edge.start()
         assert self.edge.wait_connected(10)
 
-    def ask(self, req: ChunkRequest, *, reply_to: str | None = None) -> Message | None:
-        self.edge.publish(request_topic("t"), encode_request(req),
+    def ask(self, req: ChunkRequest, *, reply_to: str | None = None,
+            legacy: bool = False) -> Message | None:
+        """Ask on this device's own request topic (``legacy``: the fleet-wide one)."""
+        topic = request_topic("t") if legacy else request_topic("t", self.name)
+        self.edge.publish(topic, encode_request(req),
                           response_topic=reply_to or self.topics.chunk, correlation=b"c")
         try:
             return self.inbox.get(timeout=2)
@@ -78,6 +81,10 @@ def test_two_servers_share_the_requests(mosquitto: Mosquitto, rel: Path) -> None
     assert sum(counts) == chunk_count(art.size, 256) and min(counts) > 0, counts
 
 
+def msg_size(rel: Path) -> int:
+    return Release.load(rel).manifest.artifact.size
+
+
 def test_answers_only_the_requesters_topic_and_refuses_unknown_files(
         mosquitto: Mosquitto, rel: Path) -> None:
     server = ReleaseServer(mosquitto.url, [rel]).start()
@@ -87,6 +94,16 @@ def test_answers_only_the_requesters_topic_and_refuses_unknown_files(
         req = ChunkRequest(device="dev-a", model="model", version="1.0.0", file="model.onnx",
                            index=0, chunk_size=256)
         assert device.ask(req, reply_to=other.topics.chunk) is None  # not dev-a's own topic
+        # a request naming dev-b on dev-a's request topic: not answered anywhere
+        forged = ChunkRequest(device="dev-b", model="model", version="1.0.0", file="model.onnx",
+                              index=0, chunk_size=300)
+        assert device.ask(forged, reply_to=other.topics.chunk) is None
+        assert device.ask(forged) is None
+        assert other.inbox.empty()
+        # an older agent asking on the fleet-wide topic is still answered on its own topic
+        msg = device.ask(req, legacy=True)
+        assert msg is not None and decode_chunk(msg.payload, index=0, chunk_size=256,
+                                                signed_size=msg_size(rel)).index == 0
         assert other.inbox.empty()
         bad = ChunkRequest(device="dev-a", model="model", version="1.0.0",
                            file="keyset.json", index=0, chunk_size=256)

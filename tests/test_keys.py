@@ -93,3 +93,61 @@ def test_expiry_is_enforced() -> None:
 
     with pytest.raises(ExpiredError):
         keyset.check_not_expired(NOW + timedelta(days=1))
+
+
+def test_signatures_are_checked_by_the_loaded_libcrypto_as_cryptography_checks_them() -> None:
+    """Issue 16 (the agent's RSS): public keys verify through the process's libcrypto
+    (no cryptography import); on every case it answers as cryptography does."""
+    import os
+    import subprocess
+    import sys
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from edgeship.sdk.release import _ed25519
+
+    assert _ed25519.backend() == "libcrypto"  # glibc Linux with OpenSSL 3 here
+    for size in (0, 1, 64, 100_000):
+        private = Ed25519PrivateKey.generate()
+        message = os.urandom(size)
+        signature = private.sign(message)
+        pem = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+        key = public_key_from_bytes(pem)
+        other = Ed25519PrivateKey.generate().sign(message)
+        flips = [bytes([b ^ (1 << (i % 8)) if j == i else b for j, b in enumerate(signature)])
+                 for i in (0, 31, 32, 63)]
+        cases = [(signature, message), (signature, message + b"x"), (other, message),
+                 (signature[:63], message), (signature + b"\0", message), (b"", message),
+                 *((flip, message) for flip in flips)]
+        for sig, msg in cases:
+            try:
+                private.public_key().verify(sig, msg)
+                expected = True
+            except InvalidSignature:
+                expected = False
+            assert key.verify(sig, msg) is expected, (size, sig.hex()[:16])
+        assert key.verify(signature, message)
+    # a key that is no valid curve point verifies nothing
+    assert not _ed25519.PublicKey(b"\xff" * 32).verify(signature, message)
+    # an agent-side check of a signature loads no cryptography at all
+    signature = private.sign(b"m")
+    code = ("import sys; from edgeship.sdk.release._keys import public_key_from_bytes;"
+            f"k = public_key_from_bytes({pem!r}); assert k.verify({signature!r}, b'm');"
+            "print('cryptography' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_public_key_files_other_than_ed25519_are_one_clear_error(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    x25519 = X25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(SignatureError, match="not an Ed25519 key"):
+        public_key_from_bytes(x25519)
+    with pytest.raises(SignatureError, match="cannot read public key"):
+        public_key_from_bytes(b"-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(SignatureError, match="cannot read public key"):
+        public_key_from_bytes(b"\x01" * 31)

@@ -474,3 +474,72 @@ def test_large_blocks_are_unmapped_when_freed_on_glibc() -> None:
 
     assert keep_large_blocks_mapped() and keep_large_blocks_mapped()  # glibc here; idempotent
     trim()  # callable at any time
+
+
+def _large(datatype: str = "FP32", n: int = 120_000, **extra: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    x = _sample(datatype, (n,))
+    doc = {"inputs": [{"name": "x", "datatype": datatype, "shape": [n // 4, 4],
+                       "data": x.tolist()}], **extra}
+    return x.reshape(n // 4, 4), doc
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64", "INT32", "UINT8"])
+def test_large_json_tensors_are_parsed_in_slices_exactly(datatype: str) -> None:
+    """Issue 16, bytes in flight: a large JSON "data" array is parsed a slice at a time
+    (see _v2json) to the same array the whole parse gives; responses too."""
+    from edgeship.sdk.serving import _v2json
+
+    n = 120_000 if datatype.startswith("FP") else 640_000  # > 2 slices either way
+    x, doc = _large(datatype, n, id="r1", parameters={"k": "v"})
+    body = json.dumps(doc).encode()
+    assert len(body) > 2 * _v2json.SLICE_BYTES
+    header, cut = _v2json.cut_arrays(body)
+    assert len(cut.spans) == 1 and len(header) < 300  # the numbers were cut out
+    request = decode_request(body, None, max_bytes=64 << 20)
+    np.testing.assert_array_equal(request.inputs["x"], x)
+    assert request.inputs["x"].dtype == x.dtype and request.id == "r1"
+    assert request.parameters == {"k": "v"}
+    answer, _ = encode_response({"y": x}, request, model_name="m", model_version="1")
+    np.testing.assert_array_equal(decode_response(answer, None, max_bytes=64 << 20).outputs["y"], x)
+
+
+def test_large_json_arrays_the_slices_cannot_take_go_to_the_plain_parser() -> None:
+    from edgeship.sdk.serving import _v2json
+
+    x, doc = _large()
+    nested = {"inputs": [{**doc["inputs"][0], "data": x.tolist()}]}  # [[..4..], ...]
+    body = json.dumps(nested).encode()
+    assert not _v2json.cut_arrays(body)[1].spans
+    np.testing.assert_array_equal(decode_request(body, None, max_bytes=64 << 20).inputs["x"], x)
+    with_nan = x.copy()
+    with_nan[7, 1] = np.nan
+    body, _ = encode_request({"x": with_nan}, binary=False)
+    assert not _v2json.cut_arrays(body)[1].spans
+    np.testing.assert_array_equal(decode_request(body, None, max_bytes=64 << 20).inputs["x"],
+                                  with_nan)
+    # '"data": [' inside a string is not a tensor's data
+    text = json.dumps({"note": '"data": [' + "1," * 600_000, "inputs": doc["inputs"]}).encode()
+    np.testing.assert_array_equal(decode_request(text, None, max_bytes=64 << 20).inputs["x"], x)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (lambda b: b.replace(b", 0.", b",, 0.", 1), "unexpected character"),
+    (lambda b: b.replace(b", 0.", b", 00.", 1), "leading zero"),
+    (lambda b: b.replace(b", 0.", b", 1" + b"0" * 400 + b".", 1), "infinity"),
+    (lambda b: b.replace(b", 0.", b", 0.5, 0.", 1), "more than 120000"),
+    (lambda b: b.replace(b'"shape": [30000, 4]', b'"shape": [30001, 4]'), "120000 data elements"),
+])
+def test_bad_large_json_arrays_are_one_input_error(change: Any, match: str) -> None:
+    x, doc = _large()
+    doc["inputs"][0]["data"] = np.abs(x).ravel().tolist()  # ", 0." follows every comma
+    body = change(json.dumps(doc).encode())
+    with pytest.raises(InputError, match=match) as caught:
+        decode_request(body, None, max_bytes=64 << 20)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_a_large_numeric_array_outside_the_tensors_is_refused() -> None:
+    _, doc = _large(n=40)
+    doc["parameters"] = {"data": list(range(300_000))}
+    with pytest.raises(InputError, match="outside the tensors"):
+        decode_request(json.dumps(doc).encode(), None, max_bytes=64 << 20)

@@ -3,7 +3,10 @@
 The ACL encodes who may do what on the design's topics:
 
 - a device reads only its own ``ota/offer`` and ``ota/chunk``, publishes only its own
-  ``status`` and ``telemetry`` and chunk requests on ``edgeship/<fleet>/ota/req``;
+  ``status``, ``telemetry`` and chunk requests (``edgeship/<fleet>/<device>/ota/req``: a
+  release server answers a request only on the chunk topic of the device whose request
+  topic it came in on, so no device can make it publish to another's topics; the
+  fleet-wide ``edgeship/<fleet>/ota/req`` of older agents is open to no device);
 - the fleet manager user alone publishes offers, and reads every status and telemetry;
 - the release server user reads the requests (through ``$share/``) and publishes chunks.
 
@@ -83,13 +86,13 @@ def acl_text(fleet: str, devices: Sequence[str], *, manager: str = MANAGER_USER,
              f"user {manager}", f"topic readwrite {base}/+/ota/offer",
              f"topic read {base}/+/status", f"topic read {base}/+/telemetry", "",
              "# release servers read chunk requests (via $share/) and answer on chunk topics",
-             f"user {server}", f"topic read {base}/ota/req", f"topic write {base}/+/ota/chunk",
+             f"user {server}", f"topic read {base}/+/ota/req", f"topic write {base}/+/ota/chunk",
              ""]
     for dev in devices:
         _check_name(dev, "device id")
         lines += [f"user {dev}", f"topic read {base}/{dev}/ota/offer",
                   f"topic read {base}/{dev}/ota/chunk", f"topic write {base}/{dev}/status",
-                  f"topic write {base}/{dev}/telemetry", f"topic write {base}/ota/req", ""]
+                  f"topic write {base}/{dev}/telemetry", f"topic write {base}/{dev}/ota/req", ""]
     return "\n".join(lines)
 
 

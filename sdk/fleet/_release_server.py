@@ -2,10 +2,15 @@
 
 :class:`ReleaseServer` answers chunk requests (:mod:`edgeship.sdk.transport._transfer`) for the
 files of the release directories it was given. It subscribes through
-``$share/<group>/edgeship/<fleet>/ota/req``, so several servers split the requests of a
-fleet between them and any one can die. It serves only files a manifest names (the
-artifact, its deltas and per-target variants), answers only on the requesting device's
-own chunk topic, and keeps counters of what it sent (for tests and benchmarks).
+``$share/<group>/edgeship/<fleet>/+/ota/req`` (each device's own request topic), so several
+servers split the requests of a fleet between them and any one can die. It serves only
+files a manifest names (the artifact, its deltas and per-target variants), and answers a
+request only on the chunk topic of the device whose request topic it came in on: the
+broker's ACL (:mod:`edgeship.sdk.fleet._acl`) lets only that device publish there, so one
+device cannot make the server publish to another's topics. The fleet-wide
+``edgeship/<fleet>/ota/req`` of older agents is still answered (a request naming the
+device whose chunk topic it asks for); the generated ACL lets no device publish there.
+It keeps counters of what it sent (for tests and benchmarks).
 
 :func:`push_offer` publishes a release's offer, retained, on each named device's offer
 topic; the staged rollout logic builds on it.
@@ -22,7 +27,7 @@ from pathlib import Path
 
 from edgeship.sdk.release._manifest import ArtifactInfo, DeltaInfo
 from edgeship.sdk.release._release import Release
-from edgeship.sdk.transport._mqtt import Message, MqttEdge, request_topic, topics
+from edgeship.sdk.transport._mqtt import Message, MqttEdge, request_topic, requester, topics
 from edgeship.sdk.transport._transfer import ChunkRequest, serve_request
 
 from edgeship._errors import InputError, TransportError
@@ -51,7 +56,8 @@ class ReleaseServer:
         for reldir in releases:
             self.add_release(reldir)
         self.edge = MqttEdge(broker_url, client_id=client_id or f"edgeship-serve-{os.getpid()}",
-                             subscriptions=[request_topic(fleet, share_group=group)],
+                             subscriptions=[request_topic(fleet, "+", share_group=group),
+                                            request_topic(fleet, share_group=group)],
                              on_message=self._on_request, username=username, password=password)
 
     def add_release(self, reldir: str | Path) -> Release:
@@ -89,9 +95,14 @@ class ReleaseServer:
         return served.size, read
 
     def _on_request(self, msg: Message) -> None:
+        asked = requester(msg.topic)
+        if asked is None:
+            return
+        fleet, device = asked
         request, answer = serve_request(msg.payload, self._lookup)
-        fleet = msg.topic.split("/")[1] if msg.topic.count("/") == 3 else ""
-        if request is None or msg.response_topic != topics(fleet, request.device).chunk:
+        if request is None or device not in (None, request.device):
+            return  # a request naming another device than the topic it came on
+        if msg.response_topic != topics(fleet, request.device).chunk:
             return  # answer only on the requester's own chunk topic
         try:
             info = self.edge.publish(msg.response_topic, answer, correlation=msg.correlation)

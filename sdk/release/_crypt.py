@@ -36,13 +36,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from edgeship.sdk._fileio import make_output_dir, read_head, write_atomic
 
 from edgeship._errors import DecryptionError, InputError, MalformedError
@@ -74,6 +69,15 @@ _HKDF_INFO = b"edgeship data key v1"
 _WRAP_NONCE = bytes(NONCE_SIZE)
 _KEYID = re.compile(r"^[0-9a-f]{64}\Z")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+# cryptography is imported where it is used: reading a manifest's ``encryption`` section
+# needs none of it, and a device serving an unencrypted release never maps it (+7.6 MB
+# of RSS; see _ed25519)
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -183,26 +187,37 @@ class Encryption:
 
 def generate_key() -> tuple[bytes, bytes]:
     """A new X25519 key pair as ``(private PEM PKCS#8, public PEM)``."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     key = X25519PrivateKey.generate()
     return _private_pem(key), _public_pem(key.public_key())
 
 
 def _private_pem(key: X25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def _public_pem(key: X25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.PEM,
                             serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _raw_public(key: X25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def load_private_key(data: bytes | str | X25519PrivateKey) -> X25519PrivateKey:
     """An X25519 private key from PEM PKCS#8 or 32 raw bytes (InputError otherwise)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     if isinstance(data, X25519PrivateKey):
         return data
     raw = data.encode() if isinstance(data, str) else bytes(data)
@@ -223,6 +238,9 @@ def load_private_key(data: bytes | str | X25519PrivateKey) -> X25519PrivateKey:
 
 def load_public_key(data: bytes | str | X25519PublicKey) -> X25519PublicKey:
     """An X25519 public key from PEM SubjectPublicKeyInfo or 32 raw bytes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
     if isinstance(data, X25519PublicKey):
         return data
     raw = data.encode() if isinstance(data, str) else bytes(data)
@@ -245,6 +263,8 @@ def load_public_key(data: bytes | str | X25519PublicKey) -> X25519PublicKey:
 def keyid_of_public(key: X25519PublicKey | X25519PrivateKey | bytes | str) -> str:
     """sha256 hex of the raw 32-byte public key (of a private key or private PEM: of its
     public half; 32 raw bytes are taken as a public key)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     if isinstance(key, (bytes, str)) and "PRIVATE KEY" in str(key[:40]):
         key = load_private_key(key)
     if isinstance(key, X25519PrivateKey):
@@ -283,12 +303,18 @@ def write_key_pair(directory: str | Path, name: str, *,
 # ---------------------------------------------------------------- wrap / unwrap
 
 def _kek(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=ephemeral + recipient,
                 info=_HKDF_INFO)
     return hkdf.derive(shared)
 
 
 def _wrap(data_key: bytes, public: X25519PublicKey) -> Recipient:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     eph = X25519PrivateKey.generate()
     eph_raw, rec_raw = _raw_public(eph.public_key()), _raw_public(public)
     keyid = hashlib.sha256(rec_raw).hexdigest()
@@ -298,6 +324,8 @@ def _wrap(data_key: bytes, public: X25519PublicKey) -> Recipient:
 
 
 def new_data_key() -> bytes:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     return AESGCM.generate_key(bit_length=256)
 
 
@@ -337,6 +365,10 @@ def unwrap_data_key(encryption: Encryption,
     DecryptionError when the key is not a recipient (the message lists who is) or its
     wrapped copy fails authentication.
     """
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     key = load_private_key(private_key)
     rec_raw = _raw_public(key.public_key())
     keyid = hashlib.sha256(rec_raw).hexdigest()
@@ -358,6 +390,8 @@ def unwrap_data_key(encryption: Encryption,
 
 def encrypt(plaintext: bytes, data_key: bytes, nonce: bytes) -> bytes:
     """``nonce || AES-256-GCM(plaintext)``; deterministic for a given key and nonce."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     if len(nonce) != NONCE_SIZE:
         raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
     try:
@@ -368,6 +402,9 @@ def encrypt(plaintext: bytes, data_key: bytes, nonce: bytes) -> bytes:
 
 def decrypt(file_bytes: bytes, data_key: bytes, *, what: str = "ciphertext") -> bytes:
     """The plaintext of an encrypted file; DecryptionError if it fails authentication."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     if len(file_bytes) < ENCRYPTION_OVERHEAD:
         raise DecryptionError(f"{what} fails authentication: truncated "
                               f"({len(file_bytes)} bytes)")

@@ -31,6 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from edgeship.sdk._fileio import make_output_dir, read_head, write_atomic
+from edgeship.sdk.release._ed25519 import PublicKey
 from edgeship.sdk.release._keys import (
     KeySet,
     format_time,
@@ -185,14 +186,14 @@ class KeyDir:
             raise MalformedError(f"{self.keyset_path}: not a signed key set envelope")
         return doc
 
-    def keyset(self, root: Ed25519PublicKey | None = None) -> KeySet:
+    def keyset(self, root: Ed25519PublicKey | PublicKey | None = None) -> KeySet:
         """The current key set, checked against ``root`` (default ``root.pub``) first:
         rotate/revoke have the root sign what this returns, so an edited keyset.json must
         never get that far. They pass the root private key's own public half, since
         whoever can edit keyset.json may have replaced root.pub as well."""
         envelope = self.keyset_envelope()
         try:
-            root = root or public_key_from_bytes(
+            root = root if root is not None else public_key_from_bytes(
                 read_head(self.root_pub, _MAX_KEY_FILE)[:_MAX_KEY_FILE])
         except OSError as exc:
             raise InputError(f"{self.root_pub}: {exc.strerror} (run 'edgeship keys init')") \

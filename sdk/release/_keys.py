@@ -19,6 +19,10 @@ part is::
 must never be trusted again (a device that sees one gets :class:`KeyRevokedError`).
 Devices trust only the root public key (``root.pub``, PEM or raw 32 bytes); the root
 never rotates in this design, release keys do.
+
+Public keys read here are :class:`~edgeship.sdk.release._ed25519.PublicKey` values, checked
+without loading ``cryptography`` (see _ed25519: the device agent's RSS); signing and
+private keys (the host) use ``cryptography``, imported where they are used.
 """
 
 from __future__ import annotations
@@ -29,14 +33,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from edgeship.sdk.release._ed25519 import PublicKey, raw_from_pem
 
 from edgeship._errors import (
     ExpiredError,
@@ -63,6 +62,12 @@ _MAX_SIGNATURES = 16
 _MAX_KEYS = 64  # release keys listed at once
 _MAX_REVOKED = 4096
 _KEYID = re.compile(r"^[0-9a-f]{64}\Z")
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 
 def canonical_bytes(obj: Any) -> bytes:
@@ -97,37 +102,60 @@ def parse_time(text: Any, what: str) -> datetime:
         raise MalformedError(f"{what}: bad time {text!r} (want YYYY-MM-DDTHH:MM:SSZ)") from exc
 
 
-def raw_public(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def raw_public(key: PublicKey | Ed25519PublicKey) -> bytes:
+    if isinstance(key, PublicKey):
+        return key.raw
+    from cryptography.hazmat.primitives import serialization
+
+    raw: bytes = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw
 
 
-def keyid_of(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
+def keyid_of(key: PublicKey | Ed25519PublicKey | Ed25519PrivateKey) -> str:
     """sha256 hex of the raw public key."""
-    if isinstance(key, Ed25519PrivateKey):
-        key = key.public_key()
+    if not isinstance(key, PublicKey):
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        if isinstance(key, Ed25519PrivateKey):  # (cryptography is loaded: it made ``key``)
+            key = key.public_key()
     return hashlib.sha256(raw_public(key)).hexdigest()
 
 
-def public_key_pem(key: Ed25519PublicKey) -> bytes:
+def public_key_pem(key: PublicKey | Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if isinstance(key, PublicKey):
+        key = Ed25519PublicKey.from_public_bytes(key.raw)
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
-def public_key_from_bytes(data: bytes) -> Ed25519PublicKey:
+def public_key_from_bytes(data: bytes) -> PublicKey:
     """Load a public key given as PEM, raw 32 bytes, or 64 hex characters."""
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
-            key = serialization.load_pem_public_key(data)
-            if not isinstance(key, Ed25519PublicKey):
-                raise SignatureError("public key is not an Ed25519 key")
-            return key
+            raw = raw_from_pem(data)
+            return PublicKey(raw) if raw is not None else _other_pem(data)
         stripped = data.strip()
         if len(stripped) == 64:
-            return Ed25519PublicKey.from_public_bytes(bytes.fromhex(stripped.decode("ascii")))
-        return Ed25519PublicKey.from_public_bytes(data)
+            return PublicKey(bytes.fromhex(stripped.decode("ascii")))
+        return PublicKey(bytes(data))
     except (ValueError, UnicodeDecodeError) as exc:
         raise SignatureError(f"cannot read public key: {exc}") from exc
+
+
+def _other_pem(data: bytes) -> PublicKey:
+    """A PEM key that is not plainly an Ed25519 SubjectPublicKeyInfo: what cryptography
+    reads it as (another key type, a damaged file -> one clear error)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    key = serialization.load_pem_public_key(data)
+    if not isinstance(key, Ed25519PublicKey):
+        raise SignatureError("public key is not an Ed25519 key")
+    return PublicKey(raw_public(key))
 
 
 def sign_envelope(signed: Mapping[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
@@ -161,7 +189,7 @@ def parse_envelope(obj: Any, what: str) -> tuple[dict[str, Any], list[tuple[str,
 
 def verify_envelope(
     obj: Any,
-    trusted: Mapping[str, Ed25519PublicKey],
+    trusted: Mapping[str, PublicKey | Ed25519PublicKey],
     what: str,
     *,
     revoked: frozenset[str] = frozenset(),
@@ -177,11 +205,10 @@ def verify_envelope(
         key = trusted.get(keyid)
         if key is None or keyid in revoked:
             continue
-        try:
-            key.verify(sig, message)
-        except InvalidSignature:
-            continue
-        return signed, keyid
+        if not isinstance(key, PublicKey):
+            key = PublicKey(raw_public(key))
+        if key.verify(sig, message):
+            return signed, keyid
     signers = [keyid for keyid, _ in pairs]
     if any(keyid in revoked for keyid in signers):
         raise KeyRevokedError(f"{what}: signed by revoked key {signers[0][:16]}")
@@ -252,7 +279,7 @@ class KeySet:
             "revoked": list(self.revoked),
         }
 
-    def public_keys(self) -> dict[str, Ed25519PublicKey]:
+    def public_keys(self) -> dict[str, PublicKey]:
         """The release public keys, by key id."""
         return {k: public_key_from_bytes(bytes.fromhex(v)) for k, v in self.keys.items()}
 

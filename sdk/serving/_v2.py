@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from edgeship.sdk.serving._v2json import MIN_ARRAY_BYTES, CutArrays, cut_arrays
 
 from edgeship._errors import InputError, TransportError
 
@@ -79,6 +80,7 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 _NAMES: dict[str, str] = {dt.str: name for name, dt in _DTYPES.items()}
+_NAMES_OF_DTYPES: dict[np.dtype[Any], str] = {dt: name for name, dt in _DTYPES.items()}
 
 
 def numpy_dtype(datatype: str) -> np.dtype[Any]:
@@ -93,6 +95,9 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
 
 def datatype_of(dtype: Any) -> str:
     """The v2 datatype name of a numpy dtype (or anything ``np.dtype`` accepts)."""
+    known = _NAMES_OF_DTYPES.get(dtype) if isinstance(dtype, np.dtype) else None
+    if known is not None:  # every answer asks twice per tensor: skip the byte-order dance
+        return known
     dt = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).kind in "iuf" else np.dtype(dtype)
     name = _NAMES.get(dt.str)
     if name is None:
@@ -195,12 +200,16 @@ class InferResponse:
 
 def _split(
     body: bytes, header_length: int | None, max_bytes: int, err: type[Exception]
-) -> tuple[Any, bytes]:
-    """Parse the JSON header of ``body`` and return it with the binary tail."""
+) -> tuple[Any, bytes, CutArrays | None]:
+    """Parse the JSON header of ``body`` and return it with the binary tail (and, for a
+    large all-JSON body, its large arrays cut out before parsing: see _v2json)."""
     if len(body) > max_bytes:
         raise err(f"body of {len(body)} bytes exceeds the limit of {max_bytes} bytes")
+    cut = None
     if header_length is None:
         header, tail = body, b""
+        if len(body) >= MIN_ARRAY_BYTES:
+            header, cut = cut_arrays(body)
     else:
         if not 0 < header_length <= len(body):
             raise err(f"{HEADER_LENGTH} {header_length} does not fit a body of {len(body)} bytes")
@@ -213,7 +222,7 @@ def _split(
         raise err(f"body is not valid JSON: {_one_line(exc)}") from None
     if not isinstance(doc, dict):
         raise err("body must be a JSON object")
-    return doc, tail
+    return doc, tail, cut
 
 
 def _loads(data: bytes) -> Any:
@@ -295,7 +304,8 @@ def _shape(value: Any, name: str, max_elements: int, err: type[Exception]) -> tu
 
 
 def _tensors(
-    entries: Any, tail: bytes, max_bytes: int, err: type[Exception], kind: str
+    entries: Any, tail: bytes, max_bytes: int, err: type[Exception], kind: str,
+    cut: CutArrays | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode a list of v2 tensors (JSON or binary) into named numpy arrays."""
     if not isinstance(entries, list) or not entries or len(entries) > _MAX_TENSORS:
@@ -319,9 +329,11 @@ def _tensors(
         if size is not None:
             arrays[name], offset = _binary_tensor(name, dtype, shape, size, tail, offset, err)
         else:
-            arrays[name] = _json_tensor(name, dtype, shape, entry.get("data"), err)
+            arrays[name] = _json_tensor(name, dtype, shape, entry.get("data"), err, cut)
     if offset != len(tail):
         raise err(f"{len(tail) - offset} bytes of binary data are not claimed by any tensor")
+    if cut is not None and cut.untaken():
+        raise err('a large numeric array outside the tensors\' "data"')
     return arrays
 
 
@@ -347,8 +359,15 @@ def _binary_tensor(
 
 
 def _json_tensor(
-    name: str, dtype: np.dtype[Any], shape: tuple[int, ...], data: Any, err: type[Exception]
+    name: str, dtype: np.dtype[Any], shape: tuple[int, ...], data: Any, err: type[Exception],
+    cut: CutArrays | None = None,
 ) -> np.ndarray:
+    if cut is not None and cut.is_marker(data):
+        try:
+            return cut.array(data, dtype, math.prod(shape), _loads).reshape(shape)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise err(f"tensor {name!r}: data do not match shape {list(shape)} of "
+                      f"{datatype_of(dtype)}: {_one_line(exc)}") from None
     if not isinstance(data, list):
         raise err(f'tensor {name!r}: needs "data" (a list) or a binary_data_size parameter')
     try:
@@ -418,8 +437,8 @@ def decode_request(
     body: bytes, header_length: int | None, *, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 ) -> InferRequest:
     """Decode an infer request body; :class:`InputError` (-> HTTP 400) if malformed."""
-    doc, tail = _split(body, header_length, max_bytes, InputError)
-    inputs = _tensors(doc.get("inputs"), tail, max_bytes, InputError, "inputs")
+    doc, tail, cut = _split(body, header_length, max_bytes, InputError)
+    inputs = _tensors(doc.get("inputs"), tail, max_bytes, InputError, "inputs", cut)
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise InputError('"parameters" must be an object')
@@ -483,10 +502,10 @@ def decode_response(
     body: bytes, header_length: int | None, *, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 ) -> InferResponse:
     """Decode an infer response body; :class:`TransportError` if the peer sent garbage."""
-    doc, tail = _split(body, header_length, max_bytes, TransportError)
+    doc, tail, cut = _split(body, header_length, max_bytes, TransportError)
     if "error" in doc and "outputs" not in doc:
         raise TransportError(f"server error: {str(doc['error'])[:300]}")
-    outputs = _tensors(doc.get("outputs"), tail, max_bytes, TransportError, "outputs")
+    outputs = _tensors(doc.get("outputs"), tail, max_bytes, TransportError, "outputs", cut)
     params = doc.get("parameters") or {}
     response_id = doc.get("id")
     return InferResponse(

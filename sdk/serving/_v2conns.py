@@ -132,8 +132,10 @@ class Connections:
 
 
 # what a request body costs in memory while it is decoded and answered, per body byte:
-# JSON numbers become Python floats in lists, then an array (a 16 MiB JSON body held ~200
-# MB); a binary tail is the body plus its array and the output
+# JSON numbers parsed whole become Python floats in lists, then an array (a 16 MiB JSON
+# body held ~200 MB before orjson, +56 MB with it); a large flat "data" array is parsed a
+# slice at a time (_v2json: body + array + a slice, ~1.8x), but nested lists or NaN still
+# go whole, so JSON is charged as the worse; a binary tail is the body, its array, output
 JSON_COST, BINARY_COST = 16, 3
 
 

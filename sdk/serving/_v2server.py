@@ -51,14 +51,14 @@ import hmac
 import json
 import logging
 import secrets
-import ssl
+import sys
 import threading
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
@@ -66,6 +66,7 @@ from edgeship.sdk.serving._memory import keep_large_blocks_mapped, trim
 from edgeship.sdk.serving._v2 import (
     DEFAULT_MAX_REQUEST_BYTES,
     HEADER_LENGTH,
+    InferRequest,
     ModelMetadata,
     decode_request,
     encode_response,
@@ -96,6 +97,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("edgeship.v2")
+
+if TYPE_CHECKING:  # ssl itself only with TLS: its import is ~5 % of the agent's start
+    import ssl
 
 _TRIM_AFTER = 1 << 20  # a request or answer this large: the heaps are trimmed after it
 _ONE_WRITE = 64 * 1024  # a body up to this size leaves with its headers in one write
@@ -303,8 +307,10 @@ class _Dispatcher:
             max_bytes=self.max_request_bytes,
         )
         inputs = validate_inputs(request.inputs, meta.inputs) if meta.inputs else request.inputs
-        if request.id is None and self.service.assign_ids:
-            request = replace(request, id=secrets.token_hex(16))
+        if request.id is None and self.service.assign_ids:  # (dataclasses.replace: 3x slower)
+            request = InferRequest(inputs=request.inputs, outputs=request.outputs,
+                                   binary_output=request.binary_output,
+                                   id=secrets.token_hex(16), parameters=request.parameters)
         token = _REQUEST_ID.set(request.id)
         try:
             outputs, params = self.service.infer(meta.name, inputs)
@@ -491,7 +497,9 @@ class V2Server:
 
     @property
     def url(self) -> str:
-        scheme = "https" if isinstance(self._httpd.socket, ssl.SSLSocket) else "http"
+        ssl = sys.modules.get("ssl")  # a TLS socket means ssl was imported
+        tls = ssl is not None and isinstance(self._httpd.socket, ssl.SSLSocket)
+        scheme = "https" if tls else "http"
         return f"{scheme}://{self.host}:{self.port}"
 
     def serve_forever(self) -> None:

@@ -19,66 +19,27 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
+from edgeship.sdk.transport._topics import (
+    Message,
+    Topics,
+    parse_broker_url,
+    request_topic,
+    requester,
+    topics,
+)
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeship._errors import ConfigError, TransportError
 
-__all__ = ["Message", "MqttEdge", "Topics", "parse_broker_url", "request_topic", "topics"]
+__all__ = ["Message", "MqttEdge", "Topics", "parse_broker_url", "request_topic", "requester",
+           "topics"]
 
 MAX_PAYLOAD = 4 * 1024 * 1024 + 64 * 1024  # an offer (<= 4 MiB, golden data inside) or a chunk
-
-
-@dataclass(frozen=True)
-class Topics:
-    """The per-device topics of the design."""
-
-    offer: str
-    chunk: str
-    status: str
-    telemetry: str
-
-
-def topics(fleet: str, device: str) -> Topics:
-    base = f"edgeship/{fleet}/{device}"
-    return Topics(offer=f"{base}/ota/offer", chunk=f"{base}/ota/chunk",
-                  status=f"{base}/status", telemetry=f"{base}/telemetry")
-
-
-def request_topic(fleet: str, *, share_group: str | None = None) -> str:
-    """``edgeship/<fleet>/ota/req``; with a group, the ``$share/`` form servers subscribe to."""
-    topic = f"edgeship/{fleet}/ota/req"
-    return f"$share/{share_group}/{topic}" if share_group else topic
-
-
-@dataclass(frozen=True)
-class Message:
-    """An incoming message with the MQTT 5 request/response properties."""
-
-    topic: str
-    payload: bytes
-    retain: bool = False
-    response_topic: str | None = None
-    correlation: bytes | None = None
-
-
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    """``mqtt://host[:1883]`` / ``mqtts://host[:8883]`` -> ``(host, port, tls)``."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"broker url {url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise ConfigError(f"broker url {url!r}: {exc}") from exc
-    return parts.hostname, port, tls
 
 
 class MqttEdge:

@@ -1,9 +1,10 @@
 """The chunk protocol between a device and a release server (pure: bytes in, bytes out).
 
 A device downloads one file of a release (the artifact or a delta) chunk by chunk.
-Each request is a small JSON object published on ``edgeship/<fleet>/ota/req`` with the
-MQTT 5 *response topic* (the device's ``.../ota/chunk``) and *correlation data*; the
-server answers there with one binary message::
+Each request is a small JSON object published on ``edgeship/<fleet>/<device>/ota/req``
+(the device's own request topic) with the MQTT 5 *response topic* (the device's
+``.../ota/chunk``) and *correlation data*; the server answers there with one binary
+message::
 
     header (62 bytes, big endian)            payload
     magic "ESCK" | ver u8 | status u8 | index u32 | offset u64 | total u64 |
