@@ -55,6 +55,7 @@ class LearningConfig:
     superlink: str = ""  # host:port of the fleet's Flower SuperLink; "" -> no SuperNode
     superlink_ca: str = ""  # CA bundle of the SuperLink's TLS; "" -> --insecure
     nice: int = 10  # the SuperNode's CPU priority
+    cpu_budget: float = 0.25  # fraction of one core a training step may use, on average
 
     def __post_init__(self) -> None:
         checks = (("max_examples", self.max_examples > 0, "> 0"),
@@ -64,7 +65,8 @@ class LearningConfig:
                   ("queue", 0 < self.queue <= 100_000, "in [1, 100000]"),
                   ("recent", 0 <= self.recent <= 100_000, "in [0, 100000]"),
                   ("recent_bytes", self.recent_bytes >= 0, ">= 0"),
-                  ("nice", 0 <= self.nice <= 19, "in [0, 19]"))
+                  ("nice", 0 <= self.nice <= 19, "in [0, 19]"),
+                  ("cpu_budget", 0.0 < self.cpu_budget <= 64.0, "in (0, 64]"))
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"learning.{name}: must be {rule}, got {getattr(self, name)}")

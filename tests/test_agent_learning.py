@@ -209,18 +209,42 @@ def test_supernode_follows_the_active_model_and_dies_with_the_agent(
         started = [e["pid"] for e in agent.log if e["event"] == "supernode_started"]
         assert len(started) == 1, agent.log  # loaded once, started once
         pid = started[0]
-        deadline = time.monotonic() + 20
-        cmdline = ""
-        while "flower-supernode" not in cmdline and time.monotonic() < deadline:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            time.sleep(0.1)
+        cmdline = _wait_cmdline(pid, "edgeship.sdk.learning._node")
         assert f"--superlink {superlink}" in cmdline and "--insecure" in cmdline
         model = tmp_path / "data-dev-1" / "slots"
         assert re.search(rf'store="{tmp_path}/data-dev-1/examples" model="{model}/[ab]/model'
-                         r'\.onnx"', cmdline), cmdline
+                         r'\.onnx" cpu-budget=0.25', cmdline), cmdline
+        # the node runs Flower's SuperNode, whose ClientApps it runs itself (warm, forked)
+        supernode = _wait_child(pid, "flower-supernode")
+        assert "--isolation process" in _cmdline(supernode)
     finally:
         agent.terminate()
-    assert gone(pid)
+    assert gone(pid) and gone(supernode)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _wait_cmdline(pid: int, part: str) -> str:
+    deadline = time.monotonic() + 20
+    while part not in (cmdline := _cmdline(pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return cmdline
+
+
+def _wait_child(pid: int, part: str) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            for child in task.read_text().split():
+                if part in _cmdline(int(child)):
+                    return int(child)
+        time.sleep(0.1)
+    raise AssertionError(f"no child {part!r} of {pid}")
 
 
 def test_a_full_queue_drops_and_counts_and_drift_inputs_are_kept(tmp_path: Path) -> None:
