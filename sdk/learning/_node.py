@@ -48,13 +48,29 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def _runtime_opened(port: int, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """True once the SuperNode listens on ``port``; False if it ended first (the port was
+    taken between our pick and its bind: another process on a busy host)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
+            return True
         time.sleep(0.1)
-    raise SystemExit(f"the SuperNode's Runtime API did not open on port {port}")
+    if proc.poll() is None:
+        raise SystemExit(f"the SuperNode's Runtime API did not open on port {port}")
+    return False
+
+
+def _started(args: argparse.Namespace, first: tuple[subprocess.Popen[bytes], int]
+             ) -> tuple[subprocess.Popen[bytes], int]:
+    """The SuperNode (``first`` already launched) once its Runtime API is open."""
+    node, port = first
+    for _ in range(5):
+        if _runtime_opened(port, node, timeout=120):
+            return node, port
+        port = _free_port()
+        node = _supernode(args, port)
+    raise SystemExit("the SuperNode could not start (see its output above)")
 
 
 def _supernode(args: argparse.Namespace, runtime_port: int) -> subprocess.Popen[bytes]:
@@ -89,20 +105,20 @@ def serve(args: argparse.Namespace) -> int:
     """Run the SuperNode and hand its tasks to forked children until it ends."""
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     _die_with_parent()
-    runtime_port = _free_port()
-    node = _supernode(args, runtime_port)
-    # the warm part: what every task needs, imported once
+    port = _free_port()
+    launched = _supernode(args, port), port
+    # the warm part, while the SuperNode starts: what every task needs, imported once
     import edgeship.sdk.learning._apps  # noqa: F401
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
     from flwr.supercore.runtime import RuntimeHttpClient
 
-    runtime = f"127.0.0.1:{runtime_port}"
+    node, port = _started(args, launched)
+    runtime = f"127.0.0.1:{port}"
     try:
-        _wait_for_port(runtime_port, node, timeout=120)
-        client = RuntimeHttpClient.from_server_address(server_address=runtime, insecure=True,
-                                                       root_certificates=None,
+        client = RuntimeHttpClient.from_server_address(
+            server_address=runtime, insecure=True, root_certificates=None,
             interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")])
         request = AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP)])
         tasks: set[int] = set()
