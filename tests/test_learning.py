@@ -204,3 +204,22 @@ def test_a_training_step_keeps_to_its_cpu_budget() -> None:
     assert abs(now["cpu"] / now["wall"] - 0.5) < 0.05 and paced.slept > 4.0, (now, paced.slept)
     with pytest.raises(ValueError, match="fraction of a core"):
         CpuBudget(0)
+
+
+def test_adaptive_clipping_grows_the_norm_when_devices_are_clipped_and_noises_with_its_own(
+        ) -> None:
+    """Andrew et al.'s rule on Flower's bit ("clipped"): most devices clipped -> a larger
+    norm next round, none clipped -> a smaller one; the round itself keeps the norm its
+    devices clipped to (its noise must match their sensitivity)."""
+    from types import SimpleNamespace
+
+    from edgeship.sdk.learning._apps import AdaptiveClipping
+    from flwr.server.strategy import FedAvg
+    from flwr.supercore.differential_privacy import KEY_NORM_BIT
+
+    for clipped, grows in ((True, True), (False, False)):
+        dp = AdaptiveClipping(FedAvg(), noise_multiplier=0.5, num_sampled_clients=10,
+                              initial_clipping_norm=1.0, clip_norm_lr=0.5)
+        dp._update_clip_norm([(None, SimpleNamespace(metrics={KEY_NORM_BIT: clipped}))] * 10)
+        assert dp.clipping_norm == 1.0  # this round's noise: the norm the devices used
+        assert (dp._next_norm > 1.2) if grows else (dp._next_norm < 0.85), dp._next_norm

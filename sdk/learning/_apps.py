@@ -10,6 +10,7 @@ only the sum of the devices' masked updates.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Message, MessageType, ndarrays_to_parameters
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
@@ -36,7 +39,7 @@ from flwr.server.strategy import (
     Strategy,
 )
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
 # ------------------------------------------------------------------ device side
 
@@ -131,7 +134,7 @@ def _strategy(plan: LearningPlan, workdir: Path) -> Strategy:
     strategy: Strategy = (FedProx(proximal_mu=plan.proximal_mu, **common)
                           if plan.strategy == "fedprox" else FedAvg(**common))
     if plan.private and plan.clipping == "adaptive":
-        strategy = DifferentialPrivacyClientSideAdaptiveClipping(
+        strategy = AdaptiveClipping(
             strategy, noise_multiplier=plan.noise_multiplier,
             num_sampled_clients=plan.min_devices, initial_clipping_norm=plan.clipping_norm,
             target_clipped_quantile=plan.clip_quantile,
@@ -141,6 +144,31 @@ def _strategy(plan: LearningPlan, workdir: Path) -> Strategy:
             strategy, noise_multiplier=plan.noise_multiplier,
             clipping_norm=plan.clipping_norm, num_sampled_clients=plan.min_devices)
     return strategy
+
+
+class AdaptiveClipping(DifferentialPrivacyClientSideAdaptiveClipping):
+    """Flower 1.42's client-side adaptive clipping with two corrections (Andrew et al. 2021).
+
+    - Direction: the devices' bit says "my update was clipped", and Flower then shrinks
+      the norm when most were clipped and grows it when none were (its geometric step
+      has the paper's sign for the *unclipped* bit). Here the norm grows when more than
+      ``target_clipped_quantile`` of the devices were clipped, and shrinks otherwise.
+    - Order: Flower moves the norm first and noises the round's sum with the new one; a
+      shrinking norm then adds less noise than the devices' clipping (the sensitivity)
+      needs, and the epsilon reported would be too low. Here a round is noised with the
+      norm its devices clipped to; the new norm goes to the next round.
+    """
+
+    def configure_fit(self, server_round: int, parameters: Any, client_manager: ClientManager
+                      ) -> list[tuple[ClientProxy, Any]]:
+        self.clipping_norm = getattr(self, "_next_norm", self.clipping_norm)
+        return super().configure_fit(server_round, parameters, client_manager)
+
+    def _update_clip_norm(self, results: list[tuple[ClientProxy, Any]]) -> None:
+        clipped = sum(1 for _, fit_res in results if fit_res.metrics[KEY_NORM_BIT])
+        noised = float(np.random.normal(clipped, self.clipped_count_stddev)) / len(results)
+        self._next_norm = self.clipping_norm * math.exp(
+            self.clip_norm_lr * (noised - self.target_clipped_quantile))
 
 
 def _held_out_evaluator(workdir: Path) -> Any:
