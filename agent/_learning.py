@@ -5,7 +5,10 @@ picks what is worth keeping: answers below a confidence threshold (read the way 
 fallback reads it, quantized INT8 outputs included), answers the cloud gave (its argmax is
 the teacher's label), inputs that arrive while the drift monitor's alert is raised, and
 labels the application posts (``POST /v2/models/<name>/feedback``, by the id an answer
-carried or with the inputs themselves). The answer path only picks and enqueues: the queue
+carried or with the inputs themselves). An input kept for low confidence or drift has a
+label when the cloud answered it (the teacher's); otherwise it is kept unlabelled, and
+feedback on its answer's id later labels that stored example in place (training uses
+labelled examples only). The answer path only picks and enqueues: the queue
 is bounded (a full one drops, counted), one writer thread writes to the
 :class:`~edgeship.sdk.learning._store.ExampleStore` (bounded in count and bytes, oldest
 out; AES-GCM under a key derived from the device key when ``[encryption]`` has one).
@@ -23,87 +26,26 @@ import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeship._errors import ConfigError
+from edgeship.agent._learning_config import LearningConfig, store_key
 
 __all__ = ["Learning", "LearningConfig", "LearningTap", "store_key"]
 
-_ACTIVATIONS = ("auto", "softmax", "sigmoid", "probs")
-_KEY_INFO = b"edgeship learning store v1"
+_Item = tuple[dict[str, Any], int | None, str, tuple[str, int] | None]  # a queued example
 
 
-@dataclass(frozen=True, kw_only=True)
-class LearningConfig:
-    """The ``[learning]`` table (its field names are its keys)."""
+@dataclass
+class _Recent:
+    """One answered request, kept for feedback by its id (rows are the request's)."""
 
-    store: str = ""  # the example store's directory; "" -> <data_dir>/examples
-    max_examples: int = 1000
-    max_bytes: int = 16 * 1024 * 1024
-    low_confidence: float = 0.0  # keep answers whose top probability is below this; 0: off
-    cloud: bool = True  # keep answers the cloud fallback gave, its argmax as the label
-    drift: bool = False  # keep inputs while the drift alert is raised ...
-    drift_sample: float = 0.1  # ... this fraction of them
-    feedback: bool = True  # POST /v2/models/<name>/feedback
-    output: str = ""  # which output is a class score (default: the model's first)
-    activation: str = "auto"  # how that output reads as a probability (as [fallback])
-    queue: int = 64  # examples waiting for the writer; more are dropped (counted)
-    recent: int = 256  # answered requests kept in memory by id, for feedback by id ...
-    recent_bytes: int = 16 * 1024 * 1024  # ... and the input bytes they may hold together
-    superlink: str = ""  # host:port of the fleet's Flower SuperLink; "" -> no SuperNode
-    superlink_ca: str = ""  # CA bundle of the SuperLink's TLS; "" -> --insecure
-    nice: int = 10  # the SuperNode's CPU priority
-
-    def __post_init__(self) -> None:
-        checks = (("max_examples", self.max_examples > 0, "> 0"),
-                  ("max_bytes", self.max_bytes > 0, "> 0"),
-                  ("low_confidence", 0.0 <= self.low_confidence <= 1.0, "in [0, 1]"),
-                  ("drift_sample", 0.0 <= self.drift_sample <= 1.0, "in [0, 1]"),
-                  ("queue", 0 < self.queue <= 100_000, "in [1, 100000]"),
-                  ("recent", 0 <= self.recent <= 100_000, "in [0, 100000]"),
-                  ("recent_bytes", self.recent_bytes >= 0, ">= 0"),
-                  ("nice", 0 <= self.nice <= 19, "in [0, 19]"))
-        for name, ok, rule in checks:
-            if not ok:
-                raise ConfigError(f"learning.{name}: must be {rule}, got {getattr(self, name)}")
-        if self.activation not in _ACTIVATIONS:
-            raise ConfigError(f"learning.activation: {self.activation!r} is not one of "
-                              f"{', '.join(_ACTIVATIONS)}")
-        host, sep, port = self.superlink.rpartition(":")
-        if self.superlink and (not sep or not host or not port.isdigit()):
-            raise ConfigError(f"learning.superlink: {self.superlink!r} is not HOST:PORT")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LearningConfig:
-        from edgeship.agent._config import _get
-
-        w, known = "learning", cls.__dataclass_fields__
-        kinds: dict[str, Any] = {"str": str, "int": int, "bool": bool, "float": (int, float)}
-        values = {k: _get(d, k, w, kinds[str(f.type)]) for k, f in known.items() if k in d}
-        typed: dict[str, Any] = {k: float(v) if str(known[k].type) == "float" else v
-                                 for k, v in values.items()}
-        return cls(**typed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def store_dir(self, data_dir: Path) -> Path:
-        """Where the examples live: ``store`` (relative: under data_dir), or data_dir/examples."""
-        return data_dir / (self.store or "examples")
-
-
-def store_key(device_key: Any | None) -> bytes | None:
-    """The store's 32-byte AES key, derived (HKDF-SHA256) from the device's X25519 key;
-    None without one. Derived at each start, never written anywhere."""
-    if device_key is None:
-        return None
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                info=_KEY_INFO).derive(device_key.private_bytes_raw())
+    inputs: dict[str, Any]
+    size: int
+    waiting: set[int] = field(default_factory=set)  # kept unlabelled, not yet written
+    stored: dict[int, Path] = field(default_factory=dict)  # kept unlabelled, written here
+    labels: dict[int, int] = field(default_factory=dict)  # given while still waiting
 
 
 class _Metrics:
@@ -119,6 +61,8 @@ class _Metrics:
                               "stored", registry=r)
         self.feedback = Counter("edgeship_learning_feedback", "Feedback requests by outcome",
                                 ["outcome"], registry=r)
+        self.labelled = Counter("edgeship_learning_labelled", "Kept unlabelled examples "
+                                "labelled afterwards by feedback on their answer", registry=r)
         self.wiped = Counter("edgeship_learning_wiped", "Examples removed on request",
                              registry=r)
         self.held = Gauge("edgeship_learning_store_examples", "Examples in the store",
@@ -136,9 +80,8 @@ class LearningTap:
         self.config, self.store, self.log = config, store, log
         self._serving, self._drift_alert = serving, drift_alert
         self.metrics = _Metrics(registry)
-        self._queue: queue.Queue[tuple[dict[str, Any], int | None, str] | None] = \
-            queue.Queue(maxsize=config.queue)
-        self._recent: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
+        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=config.queue)
+        self._recent: OrderedDict[str, _Recent] = OrderedDict()
         self._recent_held = 0  # input bytes the recent answers hold
         self._recent_lock = threading.Lock()
         self._store_lock = threading.Lock()  # the writer and the HTTP threads share the store
@@ -153,33 +96,57 @@ class LearningTap:
         from edgeship.sdk.serving._v2server import current_request_id
 
         request_id = current_request_id()
-        if self.config.feedback and self.config.recent and request_id is not None:
-            self._remember(request_id, inputs)
-        if source == "cloud" and self.config.cloud:
-            labels = self._argmax(outputs)
-            for row, label in enumerate(labels):
-                self._enqueue(_row(inputs, row), label, "cloud")
+        if not (self.config.feedback and self.config.recent and request_id is not None
+                and self._remember(request_id, inputs)):
+            request_id = None
+        teacher = self._argmax(outputs) if source == "cloud" else None  # the cloud's labels
+        if teacher is not None and (self.config.cloud or self.config.low_confidence > 0):
+            # every cloud answer was an escalation: the local model could not be trusted
+            kind = "cloud" if self.config.cloud else "low_confidence"
+            for row, label in enumerate(teacher):
+                self._enqueue(_row(inputs, row), label, kind)
             return
         if self.config.low_confidence > 0 and source in ("local", "local-degraded"):
-            for row, sure in enumerate(self._confidences(outputs)):
-                if sure < self.config.low_confidence:
-                    self._enqueue(_row(inputs, row), None, "low_confidence")
-            return
+            unsure = [row for row, sure in enumerate(self._confidences(outputs))
+                      if sure < self.config.low_confidence]
+            for row in unsure:
+                self._enqueue_unlabelled(inputs, row, "low_confidence", request_id)
+            if unsure:
+                return
         if self.config.drift and self._drift_alert() and random.random() < self.config.drift_sample:
             for row in range(_rows(inputs)):
-                self._enqueue(_row(inputs, row), None, "drift")
+                if teacher is not None:
+                    self._enqueue(_row(inputs, row), teacher[row], "drift")
+                else:
+                    self._enqueue_unlabelled(inputs, row, "drift", request_id)
 
-    def _remember(self, request_id: str, inputs: dict[str, Any]) -> None:
+    def _remember(self, request_id: str, inputs: dict[str, Any]) -> bool:
         size = sum(int(getattr(v, "nbytes", 0)) for v in inputs.values())
         if size > self.config.recent_bytes:
-            return
+            return False
         with self._recent_lock:
             old = self._recent.pop(request_id, None)
-            self._recent_held += size - (old[1] if old else 0)
-            self._recent[request_id] = (inputs, size)
+            self._recent_held += size - (old.size if old else 0)
+            self._recent[request_id] = _Recent(inputs=inputs, size=size)
             while self._recent and (len(self._recent) > self.config.recent
                                     or self._recent_held > self.config.recent_bytes):
-                self._recent_held -= self._recent.popitem(last=False)[1][1]
+                self._recent_held -= self._recent.popitem(last=False)[1].size
+        return True
+
+    def _enqueue_unlabelled(self, inputs: dict[str, Any], row: int, source: str,
+                            request_id: str | None) -> None:
+        """Keep a row with no label yet; feedback on ``request_id`` may label it later."""
+        ref = (request_id, row) if request_id is not None else None
+        if ref is not None:
+            with self._recent_lock:
+                entry = self._recent.get(ref[0])
+                if entry is not None:
+                    entry.waiting.add(row)
+        if not self._enqueue(_row(inputs, row), None, source, ref) and ref is not None:
+            with self._recent_lock:
+                entry = self._recent.get(ref[0])
+                if entry is not None:
+                    entry.waiting.discard(row)
 
     def _output(self, outputs: dict[str, Any]) -> str:
         return self.config.output or next(iter(outputs))
@@ -202,9 +169,10 @@ class LearningTap:
         rows = values.reshape(values.shape[0] if values.ndim > 1 else 1, -1)
         return [int(i) for i in rows.argmax(axis=1)]
 
-    def _enqueue(self, inputs: dict[str, Any], label: int | None, source: str) -> bool:
+    def _enqueue(self, inputs: dict[str, Any], label: int | None, source: str,
+                 ref: tuple[str, int] | None = None) -> bool:
         try:
-            self._queue.put_nowait((inputs, label, source))
+            self._queue.put_nowait((inputs, label, source, ref))
             return True
         except queue.Full:
             self.metrics.dropped.inc()
@@ -218,19 +186,49 @@ class LearningTap:
                 return
             self._write(*item)
 
-    def _write(self, inputs: dict[str, Any], label: int | None, source: str) -> bool:
+    def _write(self, inputs: dict[str, Any], label: int | None, source: str,
+               ref: tuple[str, int] | None = None) -> bool:
         from edgeship.sdk.learning._store import Example
 
+        if label is None and ref is not None:  # feedback may have come while it waited
+            label = self._given(ref, None)
         try:
             with self._store_lock:
-                self.store.add(Example(inputs=inputs, label=label, source=source))
+                path = self.store.add(Example(inputs=inputs, label=label, source=source))
         except Exception as exc:  # disk full, an example over the byte bound: never the agent
             self.metrics.errors.inc()
             self.log("learning_store_failed", "warning", source=source, error=str(exc)[:200])
+            self._given(ref, None)
             return False
         self.metrics.kept.labels(source=source).inc()
+        if ref is not None:
+            late = self._given(ref, path if label is None else None)
+            if late is not None and self._relabel(path, late):
+                self.metrics.labelled.inc()
         self._refresh_size()
         return True
+
+    def _given(self, ref: tuple[str, int] | None, stored: Path | None) -> int | None:
+        """The label feedback gave row ``ref`` while it waited (taken); with ``stored``,
+        the row is written unlabelled there and no longer waits."""
+        if ref is None:
+            return None
+        with self._recent_lock:
+            entry = self._recent.get(ref[0])
+            if entry is None:
+                return None
+            if stored is not None:
+                entry.waiting.discard(ref[1])
+                entry.stored[ref[1]] = stored
+            return entry.labels.pop(ref[1], None)
+
+    def _relabel(self, path: Path, label: int) -> bool:
+        try:
+            with self._store_lock:
+                return bool(self.store.relabel(path, label))
+        except Exception as exc:  # as _write: the store's trouble is never the agent's
+            self.log("learning_store_failed", "warning", source="feedback", error=str(exc)[:200])
+            return False
 
     def _refresh_size(self) -> None:
         try:
@@ -260,21 +258,50 @@ class LearningTap:
         from edgeship.sdk.serving._v2server import Response
 
         try:
-            inputs, labels = self._feedback_example(request)
+            inputs, labels, request_id = self._feedback_example(request)
         except _BadFeedback as exc:
             self.metrics.feedback.labels(outcome="refused").inc()
             return Response.json({"error": str(exc)}, exc.status)
-        stored = sum(self._write(_row(inputs, row), label, "feedback")
-                     for row, label in enumerate(labels))
-        if stored < len(labels):
+        relabelled, fresh = self._label_kept(request_id, labels)
+        stored = sum(self._write(_row(inputs, row), label, "feedback") for row, label in fresh)
+        if stored < len(fresh):
             self.metrics.feedback.labels(outcome="failed").inc()
             return Response.json({"error": "the example could not be stored (see the "
                                            "agent's log)"}, 507)
         self.metrics.feedback.labels(outcome="stored").inc()
-        return Response.json({"stored": stored})
+        body: dict[str, int] = {"stored": stored + relabelled}
+        if relabelled:
+            body["relabelled"] = relabelled
+        return Response.json(body)
 
-    def _feedback_example(self, request: Any) -> tuple[dict[str, Any], list[int]]:
-        """(inputs, one label per row) of a feedback body, or _BadFeedback in one line."""
+    def _label_kept(self, request_id: str | None, labels: list[int]
+                    ) -> tuple[int, list[tuple[int, int]]]:
+        """Label the rows of ``request_id`` this device already kept unlabelled (in the
+        store, or still queued); returns how many, and the (row, label)s left to store."""
+        if request_id is None:
+            return 0, list(enumerate(labels))
+        done, fresh, written = 0, [], []
+        with self._recent_lock:
+            entry = self._recent.get(request_id)
+            for row, label in enumerate(labels):
+                if entry is not None and row in entry.stored:
+                    written.append((row, label, entry.stored.pop(row)))
+                elif entry is not None and row in entry.waiting:
+                    entry.labels[row] = label  # the writer puts it on when it writes
+                    done += 1
+                else:
+                    fresh.append((row, label))
+        for row, label, path in written:
+            if self._relabel(path, label):
+                done += 1
+            else:  # evicted or wiped meanwhile: keep it as new feedback
+                fresh.append((row, label))
+        self.metrics.labelled.inc(done)
+        return done, fresh
+
+    def _feedback_example(self, request: Any) -> tuple[dict[str, Any], list[int], str | None]:
+        """(inputs, one label per row, the answer's id if given) of a feedback body, or
+        _BadFeedback in one line."""
         if not self.config.feedback:
             raise _BadFeedback("feedback is off on this device ([learning] feedback = false)",
                                403)
@@ -291,7 +318,7 @@ class LearningTap:
             if found is None:
                 raise _BadFeedback(f"no recent answer has id {str(doc['id'])[:80]!r} (this "
                                    f"device keeps the last {self.config.recent} answers)", 404)
-            inputs = found[0]
+            inputs = found.inputs
         else:
             inputs = self._decode_inputs(request.body)
         labels = _labels(doc.get("label"), _rows(inputs))
@@ -299,7 +326,7 @@ class LearningTap:
         if classes is not None and max(labels) >= classes:
             raise _BadFeedback(f'"label": {max(labels)} is not a class of this model '
                                f"(0..{classes - 1})")
-        return inputs, labels
+        return inputs, labels, (str(doc["id"]) if "id" in doc else None)
 
     def _classes(self) -> int | None:
         """How many classes the judged output has (its last dimension), when known."""

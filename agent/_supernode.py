@@ -1,8 +1,10 @@
 """The device's Flower SuperNode, run by the agent when ``[learning] superlink`` is set.
 
-A child process ``flower-supernode --superlink HOST:PORT --node-config 'store=".."
-model=".."'`` (Flower's own transport; the ClientApp it runs is
-``edgeship.sdk.learning._apps:client_app``, which trains the head on the example store).
+A child process ``python -m edgeship.sdk.learning._node --superlink HOST:PORT
+--node-config 'store=".." model=".." cpu-budget=F'``: Flower's ``flower-supernode`` (its
+own transport) with a warm executor beside it that runs the ClientApp
+(``edgeship.sdk.learning._apps:client_app``, which trains the head on the example store,
+within ``[learning] cpu_budget`` of one core) in a forked child per message.
 It follows the active model: restarted on every model change, stopped when there is no
 plaintext ONNX model to give it (an encrypted slot is not written out in the clear: not
 supported yet, logged). It runs in its own session at ``nice`` (training never competes
@@ -20,7 +22,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from typing import Any
 __all__ = ["KEY_ENV", "SuperNode"]
 
 KEY_ENV = "EDGESHIP_LEARNING_KEY"
-# the child: die with the agent, lower its priority, then become flower-supernode
+# the child: die with the agent, lower its priority, then become the device node
 _LAUNCHER = ("import os, sys; from edgeship.agent._child import die_with_parent; "
              "die_with_parent(); os.nice(int(sys.argv[1])); os.execv(sys.argv[2], sys.argv[2:])")
 
@@ -80,12 +81,13 @@ class SuperNode:
         self._start(model_file, slot.version)
 
     def _start(self, model_file: Path, version: str) -> None:
-        node_config = f'store="{self.store_dir}" model="{model_file}"'
+        node_config = (f'store="{self.store_dir}" model="{model_file}" '
+                       f'cpu-budget={float(self.config.cpu_budget)}')
         tls = (["--root-certificates", self.config.superlink_ca] if self.config.superlink_ca
                else ["--insecure"])
-        argv = [sys.executable, "-c", _LAUNCHER, str(self.config.nice), str(self.binary),
-                *tls, "--superlink", self.config.superlink, "--port", str(_free_port()),
-                "--node-config", node_config]
+        argv = [sys.executable, "-c", _LAUNCHER, str(self.config.nice), sys.executable,
+                "-m", "edgeship.sdk.learning._node", *tls,
+                "--superlink", self.config.superlink, "--node-config", node_config]
         from edgeship.agent._child import child_env
 
         env = child_env()
@@ -125,9 +127,3 @@ class SuperNode:
             os.killpg(proc.pid, signal.SIGKILL)
         self.log("supernode_stopped", pid=proc.pid, code=proc.poll())
 
-
-def _free_port() -> int:
-    """A loopback port for the SuperNode's own ClientApp API (several agents, one host)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

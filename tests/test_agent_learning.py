@@ -124,13 +124,16 @@ def test_capture_feedback_and_wipe(tmp_path: Path, world: dict[str, Path], cloud
         unsure = _input_with_confidence(0.3, 0.8)  # local answer, kept as low_confidence
         sure = _input_with_confidence(0.99, 1.0)  # local answer, not kept
         escalated = np.zeros((1, IN), np.float32)  # uniform: 1/16 < 0.2, the cloud answers
-        sources = []
+        sources, ids = [], []
         for x in (unsure, sure, escalated):
             status, answer = http_json(f"{agent.url}/v2/models/model/infer", infer_body(x))
             assert status == 200 and answer["id"]  # every answer carries an id
             sources.append(answer["parameters"]["source"])
+            ids.append(answer["id"])
         assert sources == ["local", "local", "cloud"]
         _stored(agent, 2)
+        assert [(e.source, e.label) for e in _store(agent).examples()] == [
+            ("low_confidence", None), ("cloud", TEACHER)]  # the unsure one: no label yet
 
         # feedback by the id of the sure answer, and with inputs (v2 style)
         url = f"{agent.url}/v2/models/model/feedback"
@@ -138,6 +141,9 @@ def test_capture_feedback_and_wipe(tmp_path: Path, world: dict[str, Path], cloud
                                    {**infer_body(sure), "id": "req-42"})
         assert answer["id"] == "req-42"
         assert http_json(url, {"id": "req-42", "label": 3}) == (200, {"stored": 1})
+        # feedback on the unsure answer labels the example kept for it, in place
+        assert http_json(url, {"id": ids[0], "label": 5}) == (200, {"stored": 1,
+                                                                    "relabelled": 1})
         other = np.full((1, IN), 0.25, np.float32)
         assert http_json(url, {**infer_body(other), "label": 2}) == (200, {"stored": 1})
         bad = [(b"not json", 400), (b'{"label": 2}', 400), (b'{"id": "nope", "label": 1}', 404),
@@ -152,13 +158,14 @@ def test_capture_feedback_and_wipe(tmp_path: Path, world: dict[str, Path], cloud
 
         kept = _store(agent).examples()
         assert [(e.source, e.label) for e in kept] == [
-            ("low_confidence", None), ("cloud", TEACHER), ("feedback", 3), ("feedback", 2)]
+            ("low_confidence", 5), ("cloud", TEACHER), ("feedback", 3), ("feedback", 2)]
         for example, x in zip(kept, (unsure, escalated, sure, other), strict=True):
             np.testing.assert_array_equal(example.inputs["x"], x)
         with urllib.request.urlopen(f"{agent.url}/metrics", timeout=5) as resp:
             metrics = resp.read().decode()
         for line in ('edgeship_learning_examples_total{source="cloud"} 1.0',
-                     'edgeship_learning_feedback_total{outcome="stored"} 2.0',
+                     'edgeship_learning_feedback_total{outcome="stored"} 3.0',
+                     "edgeship_learning_labelled_total 1.0",
                      'edgeship_learning_feedback_total{outcome="refused"} 6.0',
                      "edgeship_learning_store_examples 4.0"):
             assert line in metrics
@@ -209,18 +216,42 @@ def test_supernode_follows_the_active_model_and_dies_with_the_agent(
         started = [e["pid"] for e in agent.log if e["event"] == "supernode_started"]
         assert len(started) == 1, agent.log  # loaded once, started once
         pid = started[0]
-        deadline = time.monotonic() + 20
-        cmdline = ""
-        while "flower-supernode" not in cmdline and time.monotonic() < deadline:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            time.sleep(0.1)
+        cmdline = _wait_cmdline(pid, "edgeship.sdk.learning._node")
         assert f"--superlink {superlink}" in cmdline and "--insecure" in cmdline
         model = tmp_path / "data-dev-1" / "slots"
         assert re.search(rf'store="{tmp_path}/data-dev-1/examples" model="{model}/[ab]/model'
-                         r'\.onnx"', cmdline), cmdline
+                         r'\.onnx" cpu-budget=0.25', cmdline), cmdline
+        # the node runs Flower's SuperNode, whose ClientApps it runs itself (warm, forked)
+        supernode = _wait_child(pid, "flower-supernode")
+        assert "--isolation process" in _cmdline(supernode)
     finally:
         agent.terminate()
-    assert gone(pid)
+    assert gone(pid) and gone(supernode)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _wait_cmdline(pid: int, part: str) -> str:
+    deadline = time.monotonic() + 20
+    while part not in (cmdline := _cmdline(pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return cmdline
+
+
+def _wait_child(pid: int, part: str) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            for child in task.read_text().split():
+                if part in _cmdline(int(child)):
+                    return int(child)
+        time.sleep(0.1)
+    raise AssertionError(f"no child {part!r} of {pid}")
 
 
 def test_a_full_queue_drops_and_counts_and_drift_inputs_are_kept(tmp_path: Path) -> None:
@@ -286,3 +317,38 @@ def test_the_client_app_opens_a_sealed_store_with_the_key_the_agent_passes(
     monkeypatch.setenv(KEY_ENV, key.hex())
     client = HeadClient({"store": str(tmp_path / "examples"), "model": "unused.onnx"})
     assert [e.label for e in client._store.labelled()] == [4]
+
+
+def test_kept_inputs_get_the_teachers_label_or_the_feedback_that_comes_later(
+        tmp_path: Path) -> None:
+    """An escalated answer's input is kept with the cloud's label (low_confidence on,
+    cloud capture off); a drift input answered locally is kept unlabelled, and feedback
+    on its answer's id labels it, even when it comes while the example still waits for
+    the writer."""
+    from types import SimpleNamespace
+
+    from edgeship.agent._learning import LearningConfig, LearningTap
+    from edgeship.sdk.learning._store import ExampleStore
+    from edgeship.sdk.serving._v2server import _REQUEST_ID
+    from prometheus_client import CollectorRegistry
+
+    tap = LearningTap(LearningConfig(low_confidence=0.5, cloud=False, drift=True,
+                                     drift_sample=1.0),
+                      ExampleStore(tmp_path / "examples"), CollectorRegistry(),
+                      serving=lambda: None, drift_alert=lambda: True, log=lambda *a, **k: None)
+    x = np.ones((1, IN), np.float32)
+    sure = {"y": np.eye(OUT, dtype=np.float32)[5:6]}  # one-hot probabilities: sure
+    token = _REQUEST_ID.set("escalated")
+    tap.observe({"x": x}, sure, source="cloud", version="1", seconds=0.0)
+    _REQUEST_ID.reset(token)
+    with tap._store_lock:  # the writer is stuck on a slow disk
+        token = _REQUEST_ID.set("drifting")
+        tap.observe({"x": x * 2}, sure, source="local", version="1", seconds=0.0)
+        _REQUEST_ID.reset(token)
+        time.sleep(0.1)
+        reply = tap._feedback(SimpleNamespace(body=b'{"id": "drifting", "label": 3}'))
+        assert json.loads(reply.body) == {"stored": 1, "relabelled": 1}
+    tap.close()
+    kept = [(e.source, e.label, float(e.inputs["x"].flat[0])) for e in tap.store.examples()]
+    assert kept == [("low_confidence", 5, 1.0), ("drift", 3, 2.0)]
+    assert tap.metrics.labelled._value.get() == 1

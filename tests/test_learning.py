@@ -1,5 +1,5 @@
 """Federated learning's pure parts (issue 18): the head, local training, the plan, the
-device's example store. Flower itself runs in test_learning_federated.py."""
+device's example store. Flower itself runs in test_agent_learning_federated.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from edgeship.sdk.learning._features import model_features
-from edgeship.sdk.learning._head import HeadError, find_head, read_head, write_head
+from edgeship.sdk.learning._head import HeadError, HeadSpec, find_head, read_head, write_head
 from edgeship.sdk.learning._plan import LearningPlan, PlanError
 from edgeship.sdk.learning._store import Example, ExampleStore, StoreError, StoreLimits
 from edgeship.sdk.learning._train import TrainConfig, head_accuracy, train_head
@@ -97,9 +97,14 @@ def test_a_plan_is_checked_and_its_privacy_counted() -> None:
     with pytest.raises(PlanError, match="at least 2 devices"):
         LearningPlan(min_devices=1)
     assert LearningPlan().epsilon() is None
-    loose, tight = LearningPlan(noise_multiplier=0.5).epsilon(), LearningPlan(
-        noise_multiplier=2.0).epsilon()
+    loose, tight = LearningPlan(noise_multiplier=0.5, min_devices=10).epsilon(), LearningPlan(
+        noise_multiplier=2.0, clipping="fixed").epsilon()
     assert loose is not None and tight is not None and tight < loose
+    # adaptive clipping's norm count takes devices/20 of noise: too few devices for z
+    with pytest.raises(PlanError, match="noise multiplier below 1"):
+        LearningPlan(noise_multiplier=1.0, min_devices=10)
+    with pytest.raises(PlanError, match="clipping 'soft'"):
+        LearningPlan(clipping="soft")
     assert LearningPlan.from_json(LearningPlan(rounds=7).to_json()).rounds == 7
     with pytest.raises(PlanError, match="unknown fields"):
         LearningPlan.from_json('{"rounds": 3, "secret": 1}')
@@ -148,3 +153,73 @@ def test_a_damaged_example_is_dropped_and_a_bad_source_refused(tmp_path: Path) -
     assert len(store.examples()) == 1 and not path.exists()
     with pytest.raises(StoreError, match="unknown example source"):
         store.add(Example(inputs={}, label=None, source="camera"))
+
+
+def test_features_come_from_the_model_without_the_onnx_package(tmp_path: Path) -> None:
+    """The extra output appended to the model's bytes (no onnx parse) gives the same
+    features as the head's input computed by hand: the float model up to the head, and
+    the head applied to them gives the model's own answers."""
+    import onnxruntime as ort
+
+    spec = find_head(onnx.load(FIXTURES / "cnn.onnx"))
+    weight, bias = read_head(onnx.load(FIXTURES / "cnn.onnx"), spec)
+    _, _, xte, _ = digits_split()
+    features = model_features(FIXTURES / "cnn.onnx", spec, {"input": xte[:20]})
+    session = ort.InferenceSession(str(FIXTURES / "cnn.onnx"), providers=["CPUExecutionProvider"])
+    probs = np.concatenate([session.run(None, {"input": xte[i:i + 1]})[0] for i in range(20)])
+    logits = features @ weight.T + bias
+    assert np.array_equal(logits.argmax(1), probs.argmax(1))
+    # a model that has no such tensor: one error that says so
+    other = tmp_path / "other.onnx"
+    other.write_bytes((FIXTURES / "cnn.onnx").read_bytes())
+    wrong = HeadSpec.from_json(spec.to_json().replace(spec.features, "not_here"))
+    with pytest.raises(HeadError, match="not the one the learning run was planned for"):
+        model_features(other, wrong, {"input": xte[:1]})
+
+
+def test_a_training_step_keeps_to_its_cpu_budget() -> None:
+    """Real CPU work paced by the budget: a quarter of a core on average, the excess
+    slept away (the machine may be slower, never faster than the budget)."""
+    import time
+
+    from edgeship.sdk.learning._budget import CpuBudget
+
+    budget = CpuBudget(0.25)
+    wall0, cpu0 = time.monotonic(), time.process_time()
+    x = np.random.default_rng(0).random((200, 200))
+    while time.process_time() - cpu0 < 0.6:
+        x = np.tanh(x @ x.T / 200)
+        budget.pace()
+    wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+    assert cpu / wall < 0.25 * 1.25 + 0.25 / wall, (cpu, wall)  # + the 1 s burst
+    # the accounting, on a clock of its own (a loaded machine may never reach a budget):
+    # 0.1 s of CPU per 0.1 s of wall at half a core -> it sleeps the excess, step by step
+    now = {"wall": 0.0, "cpu": 0.0}
+    paced = CpuBudget(0.5, clock=lambda: now["wall"], cpu=lambda: now["cpu"],
+                      sleep=lambda s: now.__setitem__("wall", now["wall"] + s))
+    for _ in range(50):
+        now["wall"] += 0.1
+        now["cpu"] += 0.1
+        paced.pace()
+    assert abs(now["cpu"] / now["wall"] - 0.5) < 0.05 and paced.slept > 4.0, (now, paced.slept)
+    with pytest.raises(ValueError, match="fraction of a core"):
+        CpuBudget(0)
+
+
+def test_adaptive_clipping_grows_the_norm_when_devices_are_clipped_and_noises_with_its_own(
+        ) -> None:
+    """Andrew et al.'s rule on Flower's bit ("clipped"): most devices clipped -> a larger
+    norm next round, none clipped -> a smaller one; the round itself keeps the norm its
+    devices clipped to (its noise must match their sensitivity)."""
+    from types import SimpleNamespace
+
+    from edgeship.sdk.learning._apps import AdaptiveClipping
+    from flwr.server.strategy import FedAvg
+    from flwr.supercore.differential_privacy import KEY_NORM_BIT
+
+    for clipped, grows in ((True, True), (False, False)):
+        dp = AdaptiveClipping(FedAvg(), noise_multiplier=0.5, num_sampled_clients=10,
+                              initial_clipping_norm=1.0, clip_norm_lr=0.5)
+        dp._update_clip_norm([(None, SimpleNamespace(metrics={KEY_NORM_BIT: clipped}))] * 10)
+        assert dp.clipping_norm == 1.0  # this round's noise: the norm the devices used
+        assert (dp._next_norm > 1.2) if grows else (dp._next_norm < 0.85), dp._next_norm

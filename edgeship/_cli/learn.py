@@ -51,7 +51,11 @@ def learn() -> None:
               help="SecAgg+: the server sees only the sum of the devices' updates")
 @click.option("--noise-multiplier", type=float, default=0.0, show_default=True,
               help="differential privacy: Gaussian noise over clipped updates (0: off)")
-@click.option("--clipping-norm", type=float, default=1.0, show_default=True)
+@click.option("--clipping", type=click.Choice(["adaptive", "fixed"]), default="adaptive",
+              show_default=True, help="differential privacy: the clipping norm follows the "
+              "median of the devices' update norms (adaptive), or stays --clipping-norm")
+@click.option("--clipping-norm", type=float, default=1.0, show_default=True,
+              help="the clipping norm (adaptive: where it starts)")
 @click.option("--keys", "keydir", type=_DIR, required=True)
 @click.option("--version", required=True, help="semver of the new release")
 @click.option("-o", "--out", "workdir", type=click.Path(path_type=Path), required=True,
@@ -61,8 +65,8 @@ def learn() -> None:
 def serve(reldir: Path, fp32: Path, converted: Path, calib: Path, heldout: Path,
           superlink: str, root_certificates: Path | None, rounds: int, strategy: str,
           proximal_mu: float, min_devices: int, local_epochs: int, learning_rate: float,
-          secure_aggregation: bool, noise_multiplier: float, clipping_norm: float,
-          keydir: Path, version: str, workdir: Path, timeout: float) -> None:
+          secure_aggregation: bool, noise_multiplier: float, clipping: str,
+          clipping_norm: float, keydir: Path, version: str, workdir: Path, timeout: float) -> None:
     """Run federated rounds on the devices that opted in, then convert and release the
     result as a head-only delta from --release. Does not push."""
     from edgeship.sdk.learning._federation import prepare_run, read_result, submit_run
@@ -72,7 +76,8 @@ def serve(reldir: Path, fp32: Path, converted: Path, calib: Path, heldout: Path,
     plan = LearningPlan(rounds=rounds, strategy=strategy, proximal_mu=proximal_mu,
                         local_epochs=local_epochs, learning_rate=learning_rate,
                         min_devices=min_devices, secure_aggregation=secure_aggregation,
-                        noise_multiplier=noise_multiplier, clipping_norm=clipping_norm)
+                        noise_multiplier=noise_multiplier, clipping=clipping,
+                        clipping_norm=clipping_norm)
     base = Release.load(reldir)
     suffix = Path(base.manifest.artifact.name).suffix
     device_model = converted / "model.int8.onnx"

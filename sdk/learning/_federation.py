@@ -92,7 +92,7 @@ def submit_run(workdir: Path, superlink: str, *, timeout_s: float = 3600.0,
         raise FederationError("Flower is not installed: pip install 'edgeship[federated]'")
     with tempfile.TemporaryDirectory(prefix="edgeship-flwr-") as home:
         _write_connection(Path(home), superlink, root_certificates)
-        env = {**os.environ, "FLWR_HOME": home}
+        env = {**os.environ, "FLWR_HOME": home, "FLWR_TELEMETRY_ENABLED": "0"}
         try:
             proc = subprocess.run(
                 [flwr, "run", str(APP_DIR), "--stream", "--run-config",

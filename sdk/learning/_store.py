@@ -73,6 +73,26 @@ class ExampleStore:
         self._evict()
         return path
 
+    def relabel(self, path: Path, label: int) -> bool:
+        """Give the stored example at ``path`` (as :meth:`add` returned it) a label, in
+        place (same name, so its age is kept); False when it is gone (evicted, wiped)."""
+        try:
+            example = _decode(self._open(path.read_bytes()), _source_of(path))
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EdgeshipError):
+            path.unlink(missing_ok=True)
+            return False
+        data = self._seal(_encode(Example(inputs=example.inputs, label=label,
+                                          source=example.source)))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        if not path.exists():  # evicted meanwhile: do not bring it back
+            tmp.unlink(missing_ok=True)
+            return False
+        os.replace(tmp, path)
+        return True
+
     def examples(self) -> list[Example]:
         """Every readable example, oldest first; an unreadable file is skipped and removed."""
         found = []

@@ -8,6 +8,7 @@ global weights it started from.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +37,10 @@ class HeadUpdate:
 
 
 def train_head(weight: np.ndarray, bias: np.ndarray, features: np.ndarray,
-               labels: np.ndarray, config: TrainConfig) -> HeadUpdate:
-    """Minibatch gradient descent from ``(weight, bias)``; returns new arrays."""
+               labels: np.ndarray, config: TrainConfig,
+               pace: Callable[[], None] | None = None) -> HeadUpdate:
+    """Minibatch gradient descent from ``(weight, bias)``; returns new arrays.
+    ``pace`` (a CPU budget's) is called after every minibatch."""
     if len(features) == 0:
         return HeadUpdate(weight=weight.copy(), bias=bias.copy(), samples=0, loss=0.0)
     w, b = weight.astype(np.float64), bias.astype(np.float64)
@@ -57,6 +60,8 @@ def train_head(weight: np.ndarray, bias: np.ndarray, features: np.ndarray,
             w -= config.learning_rate * grad_w
             b -= config.learning_rate * grad_b
             losses.append(batch_loss)
+            if pace is not None:
+                pace()
         loss = float(np.mean(losses))
     return HeadUpdate(weight=w.astype(np.float32), bias=b.astype(np.float32),
                       samples=len(x), loss=loss)
