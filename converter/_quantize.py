@@ -47,7 +47,11 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   their own parameters has the output scale input scale / (1 + 1/(1024 n)), zero point
   unchanged: no average is then halfway between two steps, and the TFLite writer computes
   it as DEPTHWISE_CONV_2D with weights 1/n (``converter/_pool_ties.py``).
-- The scale shared by a GlobalAveragePool's input and output is a float32 for which
+- A GlobalAveragePool over an even count n whose output feeds ops with their own
+  parameters has the output scale input scale / (1 + 1/(256 n)): no average is halfway
+  between two steps (PP-OCRv4's 6x80 squeeze-excitation pools: one in 480 was, and the two
+  runtimes rounded it apart); the TFLite MEAN rescales into it (``converter/_pool_ties.py``).
+  Otherwise the scale shared by a GlobalAveragePool's input and output is a float32 for which
   onnxruntime's kernel rounds an average that is exactly halfway to even, like TFLite's
   MEAN (moved by a few float32 ulps from the calibrated one when needed; see
   ``exact_pool_scales``).

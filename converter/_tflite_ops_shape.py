@@ -115,7 +115,9 @@ def global_average_pool(ctx: Lowering, node: onnx.NodeProto) -> None:
         raise ctx.fail("GlobalAveragePool needs a 4-D input")
     out_q = ctx.out_q(node.output[0], x.q)
     mean_q = x.q  # requantized to out_q afterwards if the ONNX model has other parameters
-    if mean_q.zero_point % 2:
+    if out_q.zero_point == x.q.zero_point and 0.0 < x.q.scale / out_q.scale - 1.0 <= 1.0 / 512:
+        mean_q = out_q  # a tie-free output scale (converter/_pool_ties.py): MEAN rescales itself
+    elif mean_q.zero_point % 2:
         # XNNPACK's MEAN rounds (average + output zero point) to even: only an even zero
         # point leaves that equal to rounding the average itself (what onnxruntime does),
         # so average into zero point - 1 and shift back exactly (costs one int8 QUANTIZE,
