@@ -109,7 +109,8 @@ def global_average_pool(ctx: Lowering, node: onnx.NodeProto) -> None:
     between two int8 steps is then rounded to even by XNNPACK's int8 MEAN (LiteRT's
     default delegate), as onnxruntime does with the scale the converter picks
     (``exact_pool_scales``). AVERAGE_POOL_2D rounds it away from zero on the raw int8
-    values; LiteRT's own MEAN kernel (no XNNPACK) rounds it up."""
+    values; LiteRT's own MEAN kernel (no XNNPACK) rounds it up. With a tie-free output
+    scale (converter/_pool_ties.py) no average is halfway and MEAN rescales into it."""
     x = ctx.nhwc(ctx.get(node.input[0]))
     if len(x.shape) != 4:
         raise ctx.fail("GlobalAveragePool needs a 4-D input")
