@@ -27,15 +27,12 @@ from ._ir import Graph
 from ._plan import Plan, QParams
 
 MAX_WINDOW = 100  # larger windows: eps would near float32's rounding error
-MAX_GLOBAL = 4096  # GlobalAveragePool: up to 64x64 positions (eps >= 1e-6)
+MAX_GLOBAL = 1024  # GlobalAveragePool (lowered the same way): eps >= ~1e-6 relative
 
 
-def tie_free_eps(n: int, global_pool: bool = False) -> float:
-    """The relative scale change for a window of ``n`` values. A global pool's halves are
-    moved further (1 / (256 n)): onnxruntime may run it as float ReduceMean-like sums whose
-    rounding error grows with n; a non-half average of an even count is at least 1 / n
-    from a half, and moves by at most 128 eps = 1 / (2 n)."""
-    return 1.0 / ((256.0 if global_pool else 1024.0) * n)
+def tie_free_eps(n: int) -> float:
+    """The relative scale change for a window of ``n`` values."""
+    return 1.0 / (1024.0 * n)
 
 
 def tie_free_pool_scales(graph: Graph, plan: Plan) -> None:
@@ -55,8 +52,7 @@ def tie_free_pool_scales(graph: Graph, plan: Plan) -> None:
             continue
         src = plan.params[x]
         if plan.params[y] == src:  # not moved yet
-            eps = tie_free_eps(n, global_pool=node.op_type == "GlobalAveragePool")
-            moved = QParams(float(src.scale / (1.0 + eps)), src.zero_point)
+            moved = QParams(float(src.scale / (1.0 + tie_free_eps(n))), src.zero_point)
             _set_downstream(graph, plan, y, src, moved)
 
 
