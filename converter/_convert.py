@@ -18,6 +18,7 @@ from edgeship._errors import ConversionError, EdgeshipError, UnsupportedOpError
 
 from . import _accuracy, _calibrate, _evaluate, _layernorm
 from ._ir import Graph
+from ._layernorm_qdq import decompose_layernorms
 from ._load import InputSpec, LoadedModel, input_specs, load_arrays, read_model
 from ._mixed import TargetNotMet
 from ._optimize import optimize
@@ -330,6 +331,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
             out_model = _layernorm.attach(out_model, params)
         # the file gets onnxruntime's fast int8 kernels (same integers, converter/_ort_layout)
         written, ort_log[:] = for_onnxruntime(out_model)
+        written = decompose_layernorms(written)[0]  # the TFLite file's int8 LayerNorm steps
         return _Built(plan, qmodel, weights, tensor_map, written.SerializeToString(),
                       out_model.SerializeToString())
 
