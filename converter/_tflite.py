@@ -28,6 +28,7 @@ from edgeship.converter import (
     _tflite_ops_move,  # noqa: F401  (registers its rules)
     _tflite_ops_shape,  # noqa: F401  (registers its rules)
 )
+from edgeship.converter._bmm_rounding import recompose_matmuls
 from edgeship.converter._layernorm_qdq import recompose_layernorms
 from edgeship.converter._tflite_fb import FbGraph, serialize
 from edgeship.converter._tflite_float import FLOAT_ISLANDS, FLOAT_RULES, is_float_node
@@ -93,7 +94,8 @@ def build_tflite(model: onnx.ModelProto | str | os.PathLike[str], *, io: str = "
         # float islands are for the parts an INT8 model keeps float, not a whole float model
         raise ConversionError("the model is not quantized (no QuantizeLinear): convert it "
                               "with `edgeship convert` first")
-    proto = recompose_layernorms(proto)  # a written INT8 ONNX: its LayerNorm chains as one node
+    # a written INT8 ONNX: its LayerNorm chains as one node, its MatMul roundings as MatMul
+    proto = recompose_matmuls(recompose_layernorms(proto))
     lowering = Lowering(read_qdq(proto), io=io, npu_shuffle=npu_shuffle)
     lowering.lower_inputs()
     islands = FLOAT_ISLANDS | ({"LayerNormalization"} if float_layernorm else set())
