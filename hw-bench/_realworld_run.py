@@ -189,8 +189,7 @@ def interleaved_latency(fp32: Path, int8: Path, name: str, sample: np.ndarray, r
             medians[label].append(statistics.median(times))
     fp32_ms, int8_ms = min(medians["fp32"]), min(medians["int8"])
     paired = [i / f for i, f in zip(medians["int8"], medians["fp32"], strict=True)]
-    return Interleaved(round(fp32_ms, 3), round(int8_ms, 3), round(int8_ms / fp32_ms, 3),
-                       round(statistics.median(paired), 3))
+    return Interleaved(fp32_ms, int8_ms, round(int8_ms / fp32_ms, 3), round(statistics.median(paired), 3))
 
 
 def run_tflite(path: Path, inputs: np.ndarray, reference_shapes: Sequence[tuple[int, ...]],

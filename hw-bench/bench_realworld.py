@@ -158,7 +158,7 @@ def measure_int8(spec: Spec, row: dict[str, Any], out: Path, ref: dict[str, Any]
     row["metric"] = _round(task_metric(spec, ref["view"], view))
     timed = run.interleaved_latency(ref["path"], int8, spec.input_name, eval_x[0], opts.latency_rounds,
                                     opts.latency_runs)
-    row.update(int8_ms=timed.int8_ms, fp32_ms=timed.fp32_ms, latency_ratio=timed.ratio,
+    row.update(int8_ms=round(timed.int8_ms, 3), fp32_ms=round(timed.fp32_ms, 3), latency_ratio=timed.ratio,
                latency_ratio_median=timed.median_ratio)
     row["size_ratio"] = round(models.model_bytes(int8) / ref["fp32_bytes"], 3)
     tflite = out / "model.int8.tflite"
@@ -329,6 +329,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="issue 15's accuracy table: every tool incl. edgeship --max-drop 1, "
                         "the task metric of ONNX and TFLite against each target")
     parser.add_argument("--quick", action="store_true", help="16 calibration / 8 eval samples")
+    parser.add_argument("--eval-samples", type=int, default=None,
+                        help="eval samples per model [32; --quick 8]: with 32, LiteRT agreement "
+                        ">= 99 %% means no sample differs; more draw further crops/renders from "
+                        "the eval half of every source (still disjoint from calibration)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgeship-bench",
                         help="wheels and exported models (kept between runs)")
     parser.add_argument("--keep", action="store_true", help="keep each tool's output in the work dir")
@@ -349,6 +353,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--tools takes {','.join(TOOLS)}")
     opts.quick = opts.quick or quick()
     opts.calib, opts.eval, opts.latency_runs = (16, 8, 10) if opts.quick else (64, 32, 30)
+    if opts.eval_samples:
+        opts.eval = opts.eval_samples
     # INT8:fp32 latency: interleaved rounds of latency_runs // 3 runs (bench_int8_speed.py)
     opts.latency_rounds = 3 if opts.quick else 7
     opts.latency_runs = max(5, opts.latency_runs // 3)

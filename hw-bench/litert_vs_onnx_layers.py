@@ -52,6 +52,23 @@ class OnnxProbe:
                 for t, (out, scale, zero, shift) in self.params.items()}
 
 
+def _quantized_sources(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
+                       dq_source: dict[str, str], q_source: dict[str, str]) -> list[str]:
+    """The quantized tensors an op reads: each input traced back through DQ <- Q, or
+    through float ops (e.g. Sqrt before Reciprocal) to the quantized tensors they read."""
+    found, todo, seen = [], list(node.input), set()
+    while todo:
+        name = todo.pop()
+        if name in seen or not name:
+            continue
+        seen.add(name)
+        if name in dq_source:
+            found.append(q_source.get(dq_source[name], ""))
+        elif name in producer and producer[name].op_type != "QuantizeLinear":
+            todo.extend(producer[name].input)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
@@ -102,8 +119,7 @@ def main() -> None:
             seen[2] += float(steps.size)
         for tensor, bad in differs.items():
             node = producer.get(tensor)
-            # the real-valued inputs of the op, each traced back through DQ <- Q to its tensor
-            ins = [q_source.get(dq_source.get(i, ""), "") for i in (node.input if node else [])]
+            ins = _quantized_sources(node, producer, dq_source, q_source) if node else []
             if bad and not any(differs.get(i, False) for i in ins):
                 origins[tensor] = origins.get(tensor, 0) + 1
     shown = 0
