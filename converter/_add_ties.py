@@ -1,5 +1,5 @@
-"""Add output scales for which onnxruntime and LiteRT compute the same int8 sum for every
-pair of int8 inputs.
+"""Add (and Sub) output scales for which onnxruntime and LiteRT compute the same int8 sum
+for every pair of int8 inputs.
 
 The two runtimes compute ``(a - za) * sa / so + (b - zb) * sb / so + zo`` differently:
 onnxruntime's QLinearAdd (MLAS) in float32, rounding half to even; LiteRT's default
@@ -45,7 +45,7 @@ def tie_free_add_scales(graph: Graph, plan: Plan) -> int:
     moved."""
     moved = 0
     for node in graph.nodes:
-        if node.op_type != "Add" or not plan.is_quantized_node(node) or len(node.input) != 2:
+        if node.op_type not in ("Add", "Sub") or not plan.is_quantized_node(node) or len(node.input) != 2:
             continue
         y = node.output[0]
         if y in graph.output_names or y not in plan.params:
@@ -53,7 +53,8 @@ def tie_free_add_scales(graph: Graph, plan: Plan) -> int:
         if any(i not in plan.params for i in node.input):
             continue  # a constant operand: its parameters are the builder's
         a, b, out = plan.params[node.input[0]], plan.params[node.input[1]], plan.params[y]
-        scale = agreeing_scale(a.scale, a.zero_point, b.scale, b.zero_point, out.scale, out.zero_point)
+        scale = agreeing_scale(a.scale, a.zero_point, b.scale, b.zero_point, out.scale, out.zero_point,
+                               node.op_type)
         if scale is not None and scale != out.scale:
             _set_downstream(graph, plan, y, out, QParams(scale, out.zero_point))
             moved += 1
@@ -61,39 +62,42 @@ def tie_free_add_scales(graph: Graph, plan: Plan) -> int:
 
 
 @lru_cache(maxsize=4096)
-def agreeing_scale(sa: float, za: int, sb: float, zb: int, so: float, zo: int) -> float | None:
+def agreeing_scale(sa: float, za: int, sb: float, zb: int, so: float, zo: int, op: str = "Add") -> float | None:
     """The first float32 output scale ``so / (1 + k STEP)``, k = 0, 1, ..., for which
-    onnxruntime and XNNPACK agree on all 65 536 input pairs; None if none of MAX_TRIES."""
+    onnxruntime and XNNPACK agree on all 65 536 input pairs of ``op`` (Add or Sub); None
+    if none of MAX_TRIES does."""
     for start in range(0, MAX_TRIES, BATCH):
         candidates = [float(np.float32(so / (1.0 + k * STEP))) for k in range(start, start + BATCH)]
-        ort = onnxruntime_add(sa, za, sb, zb, candidates, zo)
+        ort = onnxruntime_add(sa, za, sb, zb, candidates, zo, op)
         for scale, got in zip(candidates, ort, strict=True):
-            if np.array_equal(got, xnnpack_add(GRID_A, GRID_B, sa, za, sb, zb, scale, zo)):
+            if np.array_equal(got, xnnpack_add(GRID_A, GRID_B, sa, za, sb, zb, scale, zo, subtract=op == "Sub")):
                 return scale
     return None
 
 
 def xnnpack_add(qa: np.ndarray, qb: np.ndarray, sa: float, za: int, sb: float, zb: int,
-                so: float, zo: int) -> np.ndarray:
-    """XNNPACK's int8 add (xnn_init_qs8_add_minmax params, qs8-vadd kernels), exactly:
-    float32 ratios, 20-bit multipliers, integer accumulation, a rounding shift."""
+                so: float, zo: int, *, subtract: bool = False) -> np.ndarray:
+    """XNNPACK's int8 add or subtract (xnn_init_qs8_add_minmax params, qs8-vadd kernels;
+    subtract negates b's multiplier), exactly: float32 ratios, 20-bit multipliers,
+    integer accumulation, a rounding shift."""
     ra = np.float32(np.float32(sa) / np.float32(so))
     rb = np.float32(np.float32(sb) / np.float32(so))
     exponent = int(np.array(max(ra, rb), np.float32).view(np.uint32) >> 23) - 127
     shift = 20 - exponent
     ma = int(np.rint(np.ldexp(np.float64(ra), shift)))
-    mb = int(np.rint(np.ldexp(np.float64(rb), shift)))
+    mb = int(np.rint(np.ldexp(np.float64(rb), shift))) * (-1 if subtract else 1)
     bias = (1 << (shift - 1)) - ma * za - mb * zb
     acc = bias + qa.astype(np.int64) * ma + qb.astype(np.int64) * mb
     return np.clip((acc >> shift) + zo, -128, 127)
 
 
-def onnxruntime_add(sa: float, za: int, sb: float, zb: int, scales: list[float], zo: int) -> list[np.ndarray]:
-    """onnxruntime's int8 result of DQ -> Add -> Q on every input pair, per output scale
-    (the operands stored as uint8 = int8 + 128, as the converter writes activations)."""
+def onnxruntime_add(sa: float, za: int, sb: float, zb: int, scales: list[float], zo: int,
+                    op: str = "Add") -> list[np.ndarray]:
+    """onnxruntime's int8 result of DQ -> Add (or Sub) -> Q on every input pair, per output
+    scale (the operands stored as uint8 = int8 + 128, as the converter writes activations)."""
     import onnxruntime as ort
 
-    model = _probe_model(sa, za, sb, zb, scales, zo)
+    model = _probe_model(sa, za, sb, zb, scales, zo, op)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
@@ -102,7 +106,8 @@ def onnxruntime_add(sa: float, za: int, sb: float, zb: int, scales: list[float],
     return [o.reshape(-1).astype(np.int64) - 128 for o in session.run(None, feed)]
 
 
-def _probe_model(sa: float, za: int, sb: float, zb: int, scales: list[float], zo: int) -> onnx.ModelProto:
+def _probe_model(sa: float, za: int, sb: float, zb: int, scales: list[float], zo: int,
+                 op: str) -> onnx.ModelProto:
     n = GRID_A.size
     inits = [_scalar("a_s", sa, np.float32), _scalar("a_z", za + 128, np.uint8),
              _scalar("b_s", sb, np.float32), _scalar("b_z", zb + 128, np.uint8),
@@ -112,7 +117,7 @@ def _probe_model(sa: float, za: int, sb: float, zb: int, scales: list[float], zo
         inits.append(_scalar(f"o_s{k}", scale, np.float32))
         nodes += [helper.make_node("DequantizeLinear", ["a", "a_s", "a_z"], [f"a{k}"]),
                   helper.make_node("DequantizeLinear", ["b", "b_s", "b_z"], [f"b{k}"]),
-                  helper.make_node("Add", [f"a{k}", f"b{k}"], [f"s{k}"], name=f"add{k}"),
+                  helper.make_node(op, [f"a{k}", f"b{k}"], [f"s{k}"], name=f"add{k}"),
                   helper.make_node("QuantizeLinear", [f"s{k}", f"o_s{k}", "o_z"], [f"y{k}"])]
         outputs.append(helper.make_tensor_value_info(f"y{k}", TensorProto.UINT8, [1, n]))
     graph = helper.make_graph(nodes, "add_ties",

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ._add_ties import agreeing_scale
 from ._ir import Graph
 from ._plan import Plan, params_from_range
 from ._rsqrt_ties import match_rstd
@@ -78,6 +79,12 @@ def layernorm_params(graph: Graph, plan: Plan, feeds: dict[str, np.ndarray]) -> 
                     hi[k] = max(hi.get(k, -np.inf), float(arr.max()))
     params = {n.name: {key: params_from_range(lo[(n.name, key)], hi[(n.name, key)]).to_list()
                        for key in INTERNALS} for n in nodes}
+    for n in nodes:  # SUB(x, mean): XNNPACK's fixed-point sum and onnxruntime's float one agree
+        x, mean, centered = plan.params[n.input[0]], params[n.name]["mean"], params[n.name]["centered"]
+        scale = agreeing_scale(x.scale, x.zero_point, float(mean[0]), int(mean[1]), float(centered[0]),
+                               int(centered[1]), "Sub")
+        if scale is not None:
+            params[n.name]["centered"] = [scale, centered[1]]
     return match_rstd(params)  # LiteRT's RSQRT and onnxruntime's 1/sqrt: the same integers
 
 

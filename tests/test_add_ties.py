@@ -2,7 +2,8 @@
 (converter/_add_ties.py). onnxruntime adds in float32, LiteRT's XNNPACK in integers with
 20-bit multipliers; a sum within ~1e-5 of a half came out one step apart (ddddocr's YOLOX
 detector: one value in 10^6 of its residual Adds, enough to move detections after its
-SiLU and Sigmoid layers)."""
+SiLU and Sigmoid layers). Sub the same (XNNPACK negates b's multiplier): a LayerNorm's
+``x - mean`` in PP-OCRv4's recognizer."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from edgeship.converter import ConvertOptions, convert
 from edgeship.converter._add_ties import GRID_A, GRID_B, onnxruntime_add, xnnpack_add
 from onnx import TensorProto, helper, numpy_helper
@@ -17,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 SHAPE = [1, 256, 256]
 
 
-def _add_model(path: Path) -> Path:
-    nodes = [helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+def _add_model(path: Path, op: str = "Add") -> Path:
+    nodes = [helper.make_node(op, ["a", "b"], ["s"], name="add"),
              helper.make_node("Flatten", ["s"], ["y"], name="flat")]
     graph = helper.make_graph(nodes, "add", [helper.make_tensor_value_info(n, TensorProto.FLOAT, SHAPE)
                                              for n in "ab"],
@@ -34,14 +36,15 @@ def _ints(path: Path, name: str) -> tuple[float, int]:
     return float(inits[f"{name}_s"]), int(inits[f"{name}_z"]) - 128  # stored as uint8
 
 
-def test_add_sums_alike_in_onnxruntime_and_litert_for_every_input_pair(tmp_path: Path) -> None:
+@pytest.mark.parametrize("op", ["Add", "Sub"])
+def test_add_sums_alike_in_onnxruntime_and_litert_for_every_input_pair(tmp_path: Path, op: str) -> None:
     import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter
 
     rng = np.random.default_rng(0)  # calibrated scales with two pairs apart before
     np.savez(tmp_path / "calib.npz", a=(rng.normal(size=(8, *SHAPE[1:])) * 2.1).astype(np.float32),
              b=(rng.normal(size=(8, *SHAPE[1:])) * 1.3 + 0.4).astype(np.float32))
-    convert(_add_model(tmp_path / "add.onnx"), tmp_path / "calib.npz", tmp_path / "out",
+    convert(_add_model(tmp_path / "add.onnx", op), tmp_path / "calib.npz", tmp_path / "out",
             ConvertOptions(formats=("onnx", "tflite")))
     int8 = tmp_path / "out" / "model.int8.onnx"
     (sa, za), (sb, zb), (ss, zs) = _ints(int8, "a"), _ints(int8, "b"), _ints(int8, "s")
@@ -56,5 +59,5 @@ def test_add_sums_alike_in_onnxruntime_and_litert_for_every_input_pair(tmp_path:
     got = interp.get_tensor(interp.get_output_details()[0]["index"])
     np.testing.assert_array_equal(got.reshape(-1), ref.reshape(-1))  # every pair, same integer
     # and the emulated XNNPACK sum is what LiteRT computed, on the chosen scale
-    sums = xnnpack_add(GRID_A, GRID_B, sa, za, sb, zb, ss, zs)
-    assert np.array_equal(sums, onnxruntime_add(sa, za, sb, zb, [ss], zs)[0])
+    sums = xnnpack_add(GRID_A, GRID_B, sa, za, sb, zb, ss, zs, subtract=op == "Sub")
+    assert np.array_equal(sums, onnxruntime_add(sa, za, sb, zb, [ss], zs, op)[0])
