@@ -88,7 +88,8 @@ def xnnpack_add(qa: np.ndarray, qb: np.ndarray, sa: float, za: int, sb: float, z
     mb = int(np.rint(np.ldexp(np.float64(rb), shift))) * (-1 if subtract else 1)
     bias = (1 << (shift - 1)) - ma * za - mb * zb
     acc = bias + qa.astype(np.int64) * ma + qb.astype(np.int64) * mb
-    return np.clip((acc >> shift) + zo, -128, 127)
+    result: np.ndarray = np.clip((acc >> shift) + zo, -128, 127)
+    return result
 
 
 def onnxruntime_add(sa: float, za: int, sb: float, zb: int, scales: list[float], zo: int,

@@ -22,6 +22,7 @@ TFLite writer puts the MatMul back when it reads the file (:func:`recompose_matm
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import onnx
@@ -50,7 +51,8 @@ def tflite_requantize(acc: np.ndarray, real: float, zero_point: int) -> np.ndarr
     right = max(-shift, 0)
     mask = (1 << right) - 1
     out = (t >> right) + ((t & mask) > (mask >> 1) + (t < 0))
-    return np.clip(out + zero_point, -128, 127)
+    result: np.ndarray = np.clip(out + zero_point, -128, 127)
+    return result
 
 
 def emulate_matmuls(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -121,7 +123,7 @@ def _chain(mm: onnx.NodeProto, a: onnx.NodeProto, b: onnx.NodeProto, q: onnx.Nod
         consts.append(numpy_helper.from_array(value, base + name))
         return base + name
 
-    def op(kind: str, inputs: list[str], step: str, **attrs: object) -> str:
+    def op(kind: str, inputs: list[str], step: str, **attrs: Any) -> str:
         nodes.append(helper.make_node(kind, inputs, [base + step], name=base + step, **attrs))
         return base + step
 
@@ -154,7 +156,7 @@ def recompose_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
     -> QuantizeLinear again (``model`` when it has no chain)."""
     if not any(SEP in n.name for n in model.graph.node):
         return model
-    out = onnx.ModelProto.FromString(model.SerializeToString())
+    out: onnx.ModelProto = onnx.ModelProto.FromString(model.SerializeToString())
     nodes: list[onnx.NodeProto] = []
     products: dict[str, str] = {}  # MatMul name -> its float output
     for node in out.graph.node:

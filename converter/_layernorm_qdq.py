@@ -157,7 +157,7 @@ def recompose_layernorms(model: onnx.ModelProto) -> onnx.ModelProto:
             chains.setdefault(head, {})[step] = node
     if not chains:
         return model
-    out = onnx.ModelProto.FromString(model.SerializeToString())
+    out: onnx.ModelProto = onnx.ModelProto.FromString(model.SerializeToString())
     inits = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
     nodes: list[onnx.NodeProto] = []
     for node in out.graph.node:

@@ -77,7 +77,7 @@ def _global_window(graph: Graph, node: onnx.NodeProto) -> int | None:
     shape = graph.shape(node.input[0])
     if not shape or len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
         return None
-    n = int(shape[2]) * int(shape[3])  # type: ignore[arg-type]
+    n = int(shape[2]) * int(shape[3])
     return n if n % 2 == 0 and 1 < n <= MAX_GLOBAL else None
 
 

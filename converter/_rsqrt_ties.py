@@ -61,7 +61,8 @@ def litert_rsqrt(s_in: float, z_in: int, s_out: float, z_out: int) -> np.ndarray
     interp.allocate_tensors()
     interp.set_tensor(interp.get_input_details()[0]["index"], CODES.astype(np.int8))
     interp.invoke()
-    return interp.get_tensor(interp.get_output_details()[0]["index"]).astype(np.int64)
+    codes: np.ndarray = interp.get_tensor(interp.get_output_details()[0]["index"]).astype(np.int64)
+    return codes
 
 
 def onnxruntime_rsqrt(s_in: float, z_in: int, scales: list[float], z_out: int) -> list[np.ndarray]:
