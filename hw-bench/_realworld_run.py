@@ -168,7 +168,8 @@ class Interleaved:
 def interleaved_latency(fp32: Path, int8: Path, name: str, sample: np.ndarray, rounds: int, runs: int,
                         threads: int = 1) -> Interleaved:
     """INT8 vs fp32 the way bench_int8_speed.py times them: both sessions open, ``rounds``
-    alternating rounds of ``runs`` single-sample runs each (after warm-ups), a round's
+    alternating rounds of ``runs`` single-sample runs each (more for a fast model, up to
+    ~1/4 s a round; after warm-ups), a round's
     median per model. The fastest round of each is the one least disturbed by other load
     on the machine; the paired per-round ratios show how much the load moved it."""
     import statistics
@@ -178,6 +179,11 @@ def interleaved_latency(fp32: Path, int8: Path, name: str, sample: np.ndarray, r
     for session in sessions.values():
         for _ in range(3):
             session.run(None, feed)
+    began = time.perf_counter()
+    sessions["fp32"].run(None, feed)
+    # a round of a fast model is lengthened to ~1/4 s (at most 100 runs): a round shorter
+    # than the scheduler's slices under load says more about the load than the model
+    runs = max(runs, min(100, int(0.25 / max(time.perf_counter() - began, 1e-6))))
     medians: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(rounds):
         for label, session in sessions.items():
