@@ -17,7 +17,9 @@ import onnx
 from edgeship._errors import ConversionError, EdgeshipError, UnsupportedOpError
 
 from . import _accuracy, _calibrate, _evaluate, _layernorm
+from ._bmm_rounding import emulate_matmuls
 from ._ir import Graph
+from ._layernorm_qdq import decompose_layernorms
 from ._load import InputSpec, LoadedModel, input_specs, load_arrays, read_model
 from ._mixed import TargetNotMet
 from ._optimize import optimize
@@ -330,6 +332,9 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
             out_model = _layernorm.attach(out_model, params)
         # the file gets onnxruntime's fast int8 kernels (same integers, converter/_ort_layout)
         written, ort_log[:] = for_onnxruntime(out_model)
+        written = decompose_layernorms(written)[0]  # the TFLite file's int8 LayerNorm steps
+        if "tflite" in opts.formats:  # and its BATCH_MATMUL roundings
+            written = emulate_matmuls(written)[0]
         return _Built(plan, qmodel, weights, tensor_map, written.SerializeToString(),
                       out_model.SerializeToString())
 

@@ -4,7 +4,7 @@ can lower one quantized LayerNormalization node to int8 builtins.
 The QDQ ONNX keeps LayerNormalization as one op (onnxruntime runs DQ -> LN -> Q in
 float). A fully-integer TFLite has no LAYER_NORM; it computes, over the last axis::
 
-    m = MEAN(x)            d = SUB(x, m)          sq = SQUARED_DIFFERENCE(x, m)
+    m = MEAN(x)            d = SUB(x, m)          sq = MUL(d, d)
     v = MEAN(sq)           ve = ADD(v, eps)       r = RSQRT(ve)
     n = MUL(d, r)          g = MUL(n, gamma)      y = ADD(g, beta)
 
@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ._add_ties import agreeing_scale
 from ._ir import Graph
 from ._plan import Plan, params_from_range
+from ._rsqrt_ties import match_rstd
 
 METADATA_KEY = "edgeship.layernorm"
 INTERNALS = ("mean", "centered", "squared", "variance", "variance_eps", "rstd", "normalized", "scaled")
@@ -75,8 +77,15 @@ def layernorm_params(graph: Graph, plan: Plan, feeds: dict[str, np.ndarray]) -> 
                     k = (node.name, key)
                     lo[k] = min(lo.get(k, np.inf), float(arr.min()))
                     hi[k] = max(hi.get(k, -np.inf), float(arr.max()))
-    return {n.name: {key: params_from_range(lo[(n.name, key)], hi[(n.name, key)]).to_list()
-                     for key in INTERNALS} for n in nodes}
+    params = {n.name: {key: params_from_range(lo[(n.name, key)], hi[(n.name, key)]).to_list()
+                       for key in INTERNALS} for n in nodes}
+    for n in nodes:  # SUB(x, mean): XNNPACK's fixed-point sum and onnxruntime's float one agree
+        x, mean, centered = plan.params[n.input[0]], params[n.name]["mean"], params[n.name]["centered"]
+        scale = agreeing_scale(x.scale, x.zero_point, float(mean[0]), int(mean[1]), float(centered[0]),
+                               int(centered[1]), "Sub")
+        if scale is not None:
+            params[n.name]["centered"] = [scale, centered[1]]
+    return match_rstd(params)  # LiteRT's RSQRT and onnxruntime's 1/sqrt: the same integers
 
 
 def _session(graph: Graph, fetch: list[str]) -> tuple[Any, list[str]]:

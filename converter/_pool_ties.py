@@ -27,6 +27,7 @@ from ._ir import Graph
 from ._plan import Plan, QParams
 
 MAX_WINDOW = 100  # larger windows: eps would near float32's rounding error
+MAX_GLOBAL = 1024  # GlobalAveragePool (lowered the same way): eps >= ~1e-6 relative
 
 
 def tie_free_eps(n: int) -> float:
@@ -41,7 +42,7 @@ def tie_free_pool_scales(graph: Graph, plan: Plan) -> None:
     requantizes the output back exactly: (q - z) / (1 + eps) rounds to q - z, as
     |q - z| eps < 1/2."""
     for node in graph.nodes:
-        n = _window(node)
+        n = _window(node) if node.op_type == "AveragePool" else _global_window(graph, node)
         if n is None or not plan.is_quantized_node(node):
             continue
         x, y = node.input[0], node.output[0]
@@ -61,11 +62,23 @@ def _set_downstream(graph: Graph, plan: Plan, t: str, old: QParams, new: QParams
     plan.params[t] = new
     for user in graph.consumers.get(t, []):
         rule = plan.rules.get(user.name)
-        if rule is None or rule.output != "same" or user.op_type == "AveragePool":
+        if rule is None or rule.output != "same" or user.op_type in ("AveragePool", "GlobalAveragePool"):
             continue
         for out in user.output:
             if plan.params.get(out) == old and out not in graph.output_names:
                 _set_downstream(graph, plan, out, old, new)
+
+
+def _global_window(graph: Graph, node: onnx.NodeProto) -> int | None:
+    """The count a GlobalAveragePool averages when it is even (an odd count has no
+    halfway average) and static, else None."""
+    if node.op_type != "GlobalAveragePool":
+        return None
+    shape = graph.shape(node.input[0])
+    if not shape or len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
+        return None
+    n = int(shape[2]) * int(shape[3])
+    return n if n % 2 == 0 and 1 < n <= MAX_GLOBAL else None
 
 
 def _window(node: onnx.NodeProto) -> int | None:

@@ -47,7 +47,12 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   their own parameters has the output scale input scale / (1 + 1/(1024 n)), zero point
   unchanged: no average is then halfway between two steps, and the TFLite writer computes
   it as DEPTHWISE_CONV_2D with weights 1/n (``converter/_pool_ties.py``).
-- The scale shared by a GlobalAveragePool's input and output is a float32 for which
+- A GlobalAveragePool over an even count n whose output feeds ops with their own
+  parameters has the output scale input scale / (1 + 1/(1024 n)): no average is halfway
+  between two steps (PP-OCRv4's 6x80 squeeze-excitation pools: one in 480 was, and the two
+  runtimes rounded it apart); TFLite computes it as DEPTHWISE_CONV_2D over the whole
+  window, like such an AveragePool (``converter/_pool_ties.py``).
+  Otherwise the scale shared by a GlobalAveragePool's input and output is a float32 for which
   onnxruntime's kernel rounds an average that is exactly halfway to even, like TFLite's
   MEAN (moved by a few float32 ulps from the calibrated one when needed; see
   ``exact_pool_scales``).
@@ -85,6 +90,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ._add_ties import tie_free_add_scales
 from ._bias_correct import bias_shift
 from ._ir import Graph
 from ._plan import Plan, QParams, fused_pre_tensors
@@ -394,6 +400,7 @@ def build_qdq(
     assert not (fused_pre_tensors(graph, plan.fused) & set(plan.params))
     exact_pool_scales(graph, plan)
     tie_free_pool_scales(graph, plan)
+    tie_free_add_scales(graph, plan)  # onnxruntime and LiteRT: the same int8 sums
     b = _Builder(graph, plan, policy or WeightPolicy(), io, input_means=input_means)
     b.build()
     q = Graph(

@@ -28,6 +28,8 @@ from edgeship.converter import (
     _tflite_ops_move,  # noqa: F401  (registers its rules)
     _tflite_ops_shape,  # noqa: F401  (registers its rules)
 )
+from edgeship.converter._bmm_rounding import recompose_matmuls
+from edgeship.converter._layernorm_qdq import recompose_layernorms
 from edgeship.converter._tflite_fb import FbGraph, serialize
 from edgeship.converter._tflite_float import FLOAT_ISLANDS, FLOAT_RULES, is_float_node
 from edgeship.converter._tflite_fold import fold_transposes
@@ -80,11 +82,10 @@ def build_tflite(model: onnx.ModelProto | str | os.PathLike[str], *, io: str = "
                  npu_shuffle: str = "") -> tuple[bytes, FbGraph, dict[str, int]]:
     """Lower a QDQ model to TFLite bytes; returns (bytes, graph, op versions). No file I/O
     except reading ``model`` when it is a path. ``float_layernorm``: each LayerNormalization
-    as a float island (DEQUANTIZE, float32 ops, QUANTIZE), which computes what onnxruntime
-    computes for the QDQ model's float LayerNormalization, instead of the fully-integer chain
-    of nine int8 ops (whose roundings differ from it: PP-OCRv4's recognizer, LiteRT vs INT8
-    ONNX string agreement 96.9 % int8, 100 % float). The Edge TPU then stops at the first
-    LayerNormalization. ``npu_shuffle``: how a channel shuffle is written for an NPU
+    as a float island (DEQUANTIZE, float32 ops, QUANTIZE) instead of the fully-integer chain
+    of nine int8 ops; the Edge TPU then stops at the first LayerNormalization. The INT8 ONNX
+    that ``edgeship convert`` writes computes the chain (converter/_layernorm_qdq.py), so
+    the default TFLite, not the float island, is the one that matches it. ``npu_shuffle``: how a channel shuffle is written for an NPU
     compiler (see Lowering.npu_shuffle), for a target's own TFLite."""
     if io not in IO_MODES:
         raise InputError(f"io must be one of {', '.join(IO_MODES)}, not {io!r}")
@@ -93,6 +94,8 @@ def build_tflite(model: onnx.ModelProto | str | os.PathLike[str], *, io: str = "
         # float islands are for the parts an INT8 model keeps float, not a whole float model
         raise ConversionError("the model is not quantized (no QuantizeLinear): convert it "
                               "with `edgeship convert` first")
+    # a written INT8 ONNX: its LayerNorm chains as one node, its MatMul roundings as MatMul
+    proto = recompose_matmuls(recompose_layernorms(proto))
     lowering = Lowering(read_qdq(proto), io=io, npu_shuffle=npu_shuffle)
     lowering.lower_inputs()
     islands = FLOAT_ISLANDS | ({"LayerNormalization"} if float_layernorm else set())

@@ -217,7 +217,7 @@ def _mul_version(a: QParams, b_scale: float, out: QParams) -> int | None:
 
 @register("LayerNormalization")
 def layer_norm(ctx: Lowering, node: onnx.NodeProto) -> None:
-    """MEAN, SUB, SQUARED_DIFFERENCE, MEAN, ADD(eps), RSQRT, MUL, MUL(gamma), ADD(beta)
+    """MEAN, SUB, MUL(centered, centered), MEAN, ADD(eps), RSQRT, MUL, MUL(gamma), ADD(beta)
     over the last axis, each int8 with the parameters calibrated for that intermediate
     (converter/_layernorm.py, carried in the QDQ model's metadata)."""
     params = _layernorm.read(ctx.qdq.model).get(node.name)
@@ -243,7 +243,12 @@ def layer_norm(ctx: Lowering, node: onnx.NodeProto) -> None:
     ctx.emit("MEAN", [x.index, axes], [mean.index], ("ReducerOptions", {"KeepDims": True}))
     ctx.emit("SUB", [x.index, mean.index], [centered.index],
              ("SubOptions", {"FusedActivationFunction": 0}), version=3 if rank > 4 else None)
-    ctx.emit("SQUARED_DIFFERENCE", [x.index, mean.index], [squared.index])
+    # MUL(centered, centered), not SQUARED_DIFFERENCE(x, mean): one product of two int8
+    # values rounded once in float32 (XNNPACK), as onnxruntime's QLinearMul does; the
+    # fixed-point SQUARED_DIFFERENCE rounded ~0.1 % of values the other way
+    ctx.emit("MUL", [centered.index, centered.index], [squared.index],
+             ("MulOptions", {"FusedActivationFunction": 0}),
+             version=_mul_version(centered.q, centered.q.scale, squared.q))
     variance, variance_eps, rstd = val("variance", reduced), val("variance_eps", reduced), val("rstd", reduced)
     ctx.emit("MEAN", [squared.index, axes], [variance.index], ("ReducerOptions", {"KeepDims": True}))
     eps = float(ctx.attr("epsilon", 1e-5))

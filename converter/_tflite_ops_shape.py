@@ -109,11 +109,19 @@ def global_average_pool(ctx: Lowering, node: onnx.NodeProto) -> None:
     between two int8 steps is then rounded to even by XNNPACK's int8 MEAN (LiteRT's
     default delegate), as onnxruntime does with the scale the converter picks
     (``exact_pool_scales``). AVERAGE_POOL_2D rounds it away from zero on the raw int8
-    values; LiteRT's own MEAN kernel (no XNNPACK) rounds it up."""
+    values; LiteRT's own MEAN kernel (no XNNPACK) rounds it up. With a tie-free output
+    scale (converter/_pool_ties.py) no average is halfway: DEPTHWISE_CONV_2D over the whole
+    H x W window, as for AveragePool."""
     x = ctx.nhwc(ctx.get(node.input[0]))
     if len(x.shape) != 4:
         raise ctx.fail("GlobalAveragePool needs a 4-D input")
     out_q = ctx.out_q(node.output[0], x.q)
+    if out_q.zero_point == x.q.zero_point and 0.0 < x.q.scale / out_q.scale - 1.0 <= 1.0 / 512:
+        # a tie-free output scale (converter/_pool_ties.py): one window over H x W, summed
+        # exactly in int32 and rounded once (LiteRT's MEAN computes that sum in float32
+        # with the zero points in it: ~1e-5 of error, more than a tie was moved)
+        _average_as_depthwise(ctx, node, x, [x.shape[2], x.shape[3]], [1, 1])
+        return
     mean_q = x.q  # requantized to out_q afterwards if the ONNX model has other parameters
     if mean_q.zero_point % 2:
         # XNNPACK's MEAN rounds (average + output zero point) to even: only an even zero

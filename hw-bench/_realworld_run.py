@@ -155,6 +155,49 @@ def latency_ms(path: Path, name: str, sample: np.ndarray, runs: int, threads: in
     return median_run_ms(ort_session(path, threads), feed, runs)
 
 
+@dataclass(frozen=True)
+class Interleaved:
+    """fp32 and INT8 timed in alternating rounds (same machine load for both)."""
+
+    fp32_ms: float  # the fastest round's median
+    int8_ms: float
+    ratio: float  # int8_ms / fp32_ms: fastest round against fastest round
+    median_ratio: float  # median over rounds of the paired per-round ratios
+
+
+def interleaved_latency(fp32: Path, int8: Path, name: str, sample: np.ndarray, rounds: int, runs: int,
+                        threads: int = 1) -> Interleaved:
+    """INT8 vs fp32 the way bench_int8_speed.py times them: both sessions open, ``rounds``
+    alternating rounds of ``runs`` single-sample runs each (more for a fast model, up to
+    ~1/4 s a round; after warm-ups), a round's
+    median per model. The fastest round of each is the one least disturbed by other load
+    on the machine; the paired per-round ratios show how much the load moved it."""
+    import statistics
+
+    feed = {name: sample[None] if sample.ndim == 3 else sample}
+    sessions = {"fp32": ort_session(fp32, threads), "int8": ort_session(int8, threads)}
+    for session in sessions.values():
+        for _ in range(3):
+            session.run(None, feed)
+    began = time.perf_counter()
+    sessions["fp32"].run(None, feed)
+    # a round of a fast model is lengthened to ~1/4 s (at most 100 runs): a round shorter
+    # than the scheduler's slices under load says more about the load than the model
+    runs = max(runs, min(100, int(0.25 / max(time.perf_counter() - began, 1e-6))))
+    medians: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for label, session in sessions.items():
+            times = []
+            for _ in range(runs):
+                began = time.perf_counter()
+                session.run(None, feed)
+                times.append((time.perf_counter() - began) * 1000.0)
+            medians[label].append(statistics.median(times))
+    fp32_ms, int8_ms = min(medians["fp32"]), min(medians["int8"])
+    paired = [i / f for i, f in zip(medians["int8"], medians["fp32"], strict=True)]
+    return Interleaved(fp32_ms, int8_ms, round(int8_ms / fp32_ms, 3), round(statistics.median(paired), 3))
+
+
 def run_tflite(path: Path, inputs: np.ndarray, reference_shapes: Sequence[tuple[int, ...]],
                threads: int = 1) -> list[list[np.ndarray]]:
     """LiteRT outputs per sample, laid out like the ONNX model's (NHWC put back to NCHW when

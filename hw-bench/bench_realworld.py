@@ -17,7 +17,9 @@ process (time, own peak RSS): ``edgeship convert`` (both formats, ``--input-shap
 input is dynamic), onnxruntime ``quantize_static`` (QDQ, per-channel, S8S8, MinMax) and
 ``nncf.quantize`` (ONNX backend). Then, on the eval set: output SQNR vs fp32, the task
 metric vs fp32 (top-1 agreement, CTC string match, recall of fp32 boxes at IoU 0.5 same
-class, text-map IoU at 0.3), INT8/fp32 latency in onnxruntime (1 thread, median), INT8/fp32
+class, text-map IoU at 0.3), INT8/fp32 latency in onnxruntime (1 thread; fp32 and INT8
+timed in alternating rounds, the fastest round's median of each; the paired per-round
+median ratio is in the JSON as latency_ratio_median), INT8/fp32
 size (external data counted), and for edgeship the agreement of LiteRT with its INT8 ONNX.
 A failure is one line (its error) and the bench goes on. Writes results/realworld.json
 (with --accuracy: results/realworld_accuracy.json and the issue-15 accuracy table, see
@@ -154,9 +156,10 @@ def measure_int8(spec: Spec, row: dict[str, Any], out: Path, ref: dict[str, Any]
     view = task_view(spec, outputs)
     row["sqnr_db"] = _round(metrics.sqnr_db([o[0] for o in ref["outputs"]], [o[0] for o in outputs]))
     row["metric"] = _round(task_metric(spec, ref["view"], view))
-    int8_ms = run.latency_ms(int8, spec.input_name, eval_x[0], opts.latency_runs)
-    row["int8_ms"] = round(int8_ms, 3)
-    row["latency_ratio"] = round(int8_ms / ref["fp32_ms"], 3)
+    timed = run.interleaved_latency(ref["path"], int8, spec.input_name, eval_x[0], opts.latency_rounds,
+                                    opts.latency_runs)
+    row.update(int8_ms=round(timed.int8_ms, 3), fp32_ms=round(timed.fp32_ms, 3), latency_ratio=timed.ratio,
+               latency_ratio_median=timed.median_ratio)
     row["size_ratio"] = round(models.model_bytes(int8) / ref["fp32_bytes"], 3)
     tflite = out / "model.int8.tflite"
     if tflite.exists():
@@ -244,7 +247,7 @@ def bench_model(spec: Spec, opts: argparse.Namespace, work: Path) -> tuple[dict[
 
         texts = text_lines(EVAL, opts.eval, spec.shape[2:])[1]
     info["fp32_note"] = fp32_note(spec, model, view, texts)
-    ref = {"outputs": outputs, "view": view, "fp32_bytes": info["fp32_bytes"],
+    ref = {"outputs": outputs, "view": view, "fp32_bytes": info["fp32_bytes"], "path": model,
            "fp32_ms": run.latency_ms(model, spec.input_name, eval_x[0], opts.latency_runs)}
     info["fp32_ms"] = round(ref["fp32_ms"], 3)
     rows = []
@@ -326,6 +329,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="issue 15's accuracy table: every tool incl. edgeship --max-drop 1, "
                         "the task metric of ONNX and TFLite against each target")
     parser.add_argument("--quick", action="store_true", help="16 calibration / 8 eval samples")
+    parser.add_argument("--eval-samples", type=int, default=None,
+                        help="eval samples per model [32; --quick 8]: with 32, LiteRT agreement "
+                        ">= 99 %% means no sample differs; more draw further crops/renders from "
+                        "the eval half of every source (still disjoint from calibration)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgeship-bench",
                         help="wheels and exported models (kept between runs)")
     parser.add_argument("--keep", action="store_true", help="keep each tool's output in the work dir")
@@ -346,6 +353,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--tools takes {','.join(TOOLS)}")
     opts.quick = opts.quick or quick()
     opts.calib, opts.eval, opts.latency_runs = (16, 8, 10) if opts.quick else (64, 32, 30)
+    if opts.eval_samples:
+        opts.eval = opts.eval_samples
+    # INT8:fp32 latency: interleaved rounds of latency_runs // 3 runs (bench_int8_speed.py)
+    opts.latency_rounds = 3 if opts.quick else 7
+    opts.latency_runs = max(5, opts.latency_runs // 3)
     return opts
 
 
@@ -399,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                     "rss": f"peak RSS < {TARGET_RSS_MB / 1024:.0f} GB and <= 2x onnxruntime's",
                     "litert": f"LiteRT agrees with edgeship's INT8 ONNX >= {TARGET_LITERT}%",
                     "speed": "INT8 ONNX latency <= fp32 latency (onnxruntime, 1 thread)"},
-        "samples": {"calib": opts.calib, "eval": opts.eval, "latency_runs": opts.latency_runs},
+        "samples": {"calib": opts.calib, "eval": opts.eval, "latency_runs": opts.latency_runs,
+                    "latency_rounds": opts.latency_rounds},
         "skipped": torch_why})
     return 0
 

@@ -52,6 +52,23 @@ class OnnxProbe:
                 for t, (out, scale, zero, shift) in self.params.items()}
 
 
+def _quantized_sources(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
+                       dq_source: dict[str, str], q_source: dict[str, str]) -> list[str]:
+    """The quantized tensors an op reads: each input traced back through DQ <- Q, or
+    through float ops (e.g. Sqrt before Reciprocal) to the quantized tensors they read."""
+    found, todo, seen = [], list(node.input), set()
+    while todo:
+        name = todo.pop()
+        if name in seen or not name:
+            continue
+        seen.add(name)
+        if name in dq_source:
+            found.append(q_source.get(dq_source[name], ""))
+        elif name in producer and producer[name].op_type != "QuantizeLinear":
+            todo.extend(producer[name].input)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
@@ -73,11 +90,16 @@ def main() -> None:
     probe = OnnxProbe(model)
     stats: dict[str, list[float]] = {}
     order: list[str] = []
+    producer = {o: n for n in model.graph.node for o in n.output}
+    dq_source = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    q_source = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    origins: dict[str, int] = {}  # tensor -> samples where it differs while its inputs agree
     for i in range(len(xs)):
         x = xs[i : i + 1]
         ref = probe.run({name: x})
         interp.set_tensor(inp["index"], x if tuple(inp["shape"]) == x.shape else x.transpose(0, 2, 3, 1))
         interp.invoke()
+        differs: dict[str, bool] = {}
         for tensor, (values, scale, zero) in ref.items():
             if tensor not in lite:
                 continue
@@ -92,17 +114,25 @@ def main() -> None:
             if tensor not in order:
                 order.append(tensor)
             seen[0] += float((steps > 0).sum())
+            differs[tensor] = bool((steps > 0).any())
             seen[1] = max(seen[1], float(steps.max()))
             seen[2] += float(steps.size)
-    producer = {o: n for n in model.graph.node for o in n.output}
+        for tensor, bad in differs.items():
+            node = producer.get(tensor)
+            ins = _quantized_sources(node, producer, dq_source, q_source) if node else []
+            if bad and not any(differs.get(i, False) for i in ins):
+                origins[tensor] = origins.get(tensor, 0) + 1
     shown = 0
     for tensor in order:
         differ, worst, total = stats[tensor]
         if differ and shown < args.show:
             node = producer.get(tensor)
+            where = f"  ORIGIN in {origins[tensor]} sample(s)" if tensor in origins else ""
             print(f"{tensor[:44]:44s} {node.op_type if node else '-':18s} {100 * differ / total:8.3f} % "
-                  f"values differ, max {worst:.0f} steps")
+                  f"values differ, max {worst:.0f} steps{where}")
             shown += 1
+    print("origins (differ while every input agrees): "
+          + ", ".join(f"{t} ({producer[t].op_type if t in producer else '-'})" for t in origins))
     print(f"{len(order)} tensors compared on {len(xs)} samples; {sum(1 for t in order if stats[t][0])} differ")
 
 

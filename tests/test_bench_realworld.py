@@ -132,6 +132,32 @@ def test_measured_reports_the_child_own_peak_rss_and_error_line() -> None:
     assert capped.peak_rss_mb > 200  # what the watcher saw before it stopped it
 
 
+def _matmuls(path: Path, count: int) -> Path:
+    """x [1, 256] through ``count`` 256x256 MatMuls: its run time grows with ``count``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.eye(256, dtype=np.float32), "w")
+    nodes = [helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]) for i in range(count)]
+    nodes[0].input[0], nodes[-1].output[0] = "x", "y"
+    graph = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_interleaved_latency_times_both_models_in_alternating_rounds(tmp_path: Path) -> None:
+    heavy, light = _matmuls(tmp_path / "heavy.onnx", 64), _matmuls(tmp_path / "light.onnx", 1)
+    x = np.ones((1, 256), np.float32)
+    timed = run.interleaved_latency(heavy, light, "x", x, rounds=3, runs=5)
+    assert timed.ratio == round(timed.int8_ms / timed.fp32_ms, 3)
+    assert timed.ratio < 0.5 and timed.median_ratio < 0.5  # one MatMul against 64, under any load
+    same = run.interleaved_latency(heavy, heavy, "x", x, rounds=3, runs=5)
+    assert 0.5 < same.ratio < 2.0
+
+
 def test_edgeship_targets_pass_and_fail() -> None:
     bench = _load("bench_realworld")
     ort_row = {"exit": 0, "peak_rss_mb": 900.0}

@@ -1,0 +1,133 @@
+"""Add (and Sub) output scales for which onnxruntime and LiteRT compute the same int8 sum
+for every pair of int8 inputs.
+
+The two runtimes compute ``(a - za) * sa / so + (b - zb) * sb / so + zo`` differently:
+onnxruntime's QLinearAdd (MLAS) in float32, rounding half to even; LiteRT's default
+delegate (XNNPACK's qs8 add) in integers, with each ratio ``s / so`` rounded to a 20-bit
+multiplier, ``acc = bias + a * ma + b * mb`` and a rounding shift (halves up). A sum that
+lies within ~1e-5 of a half (the multipliers' rounding) lands on different sides: one or
+two of the 65 536 input pairs for a typical set of scales, ~one value in 10^6 of a YOLOX
+detector's residual Adds (ddddocr), which its SiLU chains and Sigmoid heads turn into
+detections that differ.
+
+For each quantized Add of two int8 operands, the output scale is moved by at most
+``MAX_TRIES * STEP`` (relative, < 1e-3) to the first candidate for which every one of the
+65 536 pairs gives the same integer in both: onnxruntime is run (one small session per
+batch of candidates), XNNPACK's arithmetic is computed exactly (:func:`xnnpack_add`; the
+test checks it against LiteRT). Readers that keep the Add output's parameters follow it
+(as for the pools, converter/_pool_ties.py); a reader with its own group requantizes
+back exactly, since ``|q - z| * 1e-3 < 1/2``. The TFLite builtin kernel without XNNPACK
+(``left_shift`` 20, 31-bit multipliers) is not what this matches.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ._ir import Graph
+from ._plan import Plan, QParams
+from ._pool_ties import _set_downstream
+
+STEP = 2.0**-16  # relative move of the output scale between two candidates
+MAX_TRIES = 64  # 64 * STEP ~ 1e-3: a reader with its own parameters still requantizes exactly
+BATCH = 16  # candidates per onnxruntime session
+_Q = np.arange(-128, 128, dtype=np.int64)
+GRID_A, GRID_B = (g.ravel() for g in np.meshgrid(_Q, _Q))  # every pair of int8 inputs
+
+
+def tie_free_add_scales(graph: Graph, plan: Plan) -> int:
+    """Move each quantized two-activation Add's output scale to one both runtimes round
+    alike on every input pair (updates ``plan.params``; idempotent). Returns how many
+    moved."""
+    moved = 0
+    for node in graph.nodes:
+        if node.op_type not in ("Add", "Sub") or not plan.is_quantized_node(node) or len(node.input) != 2:
+            continue
+        y = node.output[0]
+        if y in graph.output_names or y not in plan.params:
+            continue
+        if any(i not in plan.params for i in node.input):
+            continue  # a constant operand: its parameters are the builder's
+        a, b, out = plan.params[node.input[0]], plan.params[node.input[1]], plan.params[y]
+        scale = agreeing_scale(a.scale, a.zero_point, b.scale, b.zero_point, out.scale, out.zero_point,
+                               node.op_type)
+        if scale is not None and scale != out.scale:
+            _set_downstream(graph, plan, y, out, QParams(scale, out.zero_point))
+            moved += 1
+    return moved
+
+
+@lru_cache(maxsize=4096)
+def agreeing_scale(sa: float, za: int, sb: float, zb: int, so: float, zo: int, op: str = "Add") -> float | None:
+    """The first float32 output scale ``so / (1 + k STEP)``, k = 0, 1, ..., for which
+    onnxruntime and XNNPACK agree on all 65 536 input pairs of ``op`` (Add or Sub); None
+    if none of MAX_TRIES does."""
+    for start in range(0, MAX_TRIES, BATCH):
+        candidates = [float(np.float32(so / (1.0 + k * STEP))) for k in range(start, start + BATCH)]
+        ort = onnxruntime_add(sa, za, sb, zb, candidates, zo, op)
+        for scale, got in zip(candidates, ort, strict=True):
+            if np.array_equal(got, xnnpack_add(GRID_A, GRID_B, sa, za, sb, zb, scale, zo, subtract=op == "Sub")):
+                return scale
+    return None
+
+
+def xnnpack_add(qa: np.ndarray, qb: np.ndarray, sa: float, za: int, sb: float, zb: int,
+                so: float, zo: int, *, subtract: bool = False) -> np.ndarray:
+    """XNNPACK's int8 add or subtract (xnn_init_qs8_add_minmax params, qs8-vadd kernels;
+    subtract negates b's multiplier), exactly: float32 ratios, 20-bit multipliers,
+    integer accumulation, a rounding shift."""
+    ra = np.float32(np.float32(sa) / np.float32(so))
+    rb = np.float32(np.float32(sb) / np.float32(so))
+    exponent = int(np.array(max(ra, rb), np.float32).view(np.uint32) >> 23) - 127
+    shift = 20 - exponent
+    ma = int(np.rint(np.ldexp(np.float64(ra), shift)))
+    mb = int(np.rint(np.ldexp(np.float64(rb), shift))) * (-1 if subtract else 1)
+    bias = (1 << (shift - 1)) - ma * za - mb * zb
+    acc = bias + qa.astype(np.int64) * ma + qb.astype(np.int64) * mb
+    result: np.ndarray = np.clip((acc >> shift) + zo, -128, 127)
+    return result
+
+
+def onnxruntime_add(sa: float, za: int, sb: float, zb: int, scales: list[float], zo: int,
+                    op: str = "Add") -> list[np.ndarray]:
+    """onnxruntime's int8 result of DQ -> Add (or Sub) -> Q on every input pair, per output
+    scale (the operands stored as uint8 = int8 + 128, as the converter writes activations)."""
+    import onnxruntime as ort
+
+    model = _probe_model(sa, za, sb, zb, scales, zo, op)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {"a": (GRID_A + 128).astype(np.uint8)[None], "b": (GRID_B + 128).astype(np.uint8)[None]}
+    return [o.reshape(-1).astype(np.int64) - 128 for o in session.run(None, feed)]
+
+
+def _probe_model(sa: float, za: int, sb: float, zb: int, scales: list[float], zo: int,
+                 op: str) -> onnx.ModelProto:
+    n = GRID_A.size
+    inits = [_scalar("a_s", sa, np.float32), _scalar("a_z", za + 128, np.uint8),
+             _scalar("b_s", sb, np.float32), _scalar("b_z", zb + 128, np.uint8),
+             _scalar("o_z", zo + 128, np.uint8)]
+    nodes, outputs = [], []
+    for k, scale in enumerate(scales):
+        inits.append(_scalar(f"o_s{k}", scale, np.float32))
+        nodes += [helper.make_node("DequantizeLinear", ["a", "a_s", "a_z"], [f"a{k}"]),
+                  helper.make_node("DequantizeLinear", ["b", "b_s", "b_z"], [f"b{k}"]),
+                  helper.make_node(op, [f"a{k}", f"b{k}"], [f"s{k}"], name=f"add{k}"),
+                  helper.make_node("QuantizeLinear", [f"s{k}", f"o_s{k}", "o_z"], [f"y{k}"])]
+        outputs.append(helper.make_tensor_value_info(f"y{k}", TensorProto.UINT8, [1, n]))
+    graph = helper.make_graph(nodes, "add_ties",
+                              [helper.make_tensor_value_info(x, TensorProto.UINT8, [1, n]) for x in "ab"],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def _scalar(name: str, value: float, dtype: type) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(value, dtype), name)
