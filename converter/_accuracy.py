@@ -198,23 +198,20 @@ def choose_ranges(
 
 def meet_target(inp: Any, q: Any, opts: Any) -> Any:
     """``--max-drop``: measure the drop, rank the layers, keep the most sensitive float
-    until the target holds (converter/_mixed.py); ``q`` ends up as the best attempt."""
+    until the target holds (converter/_mixed.py); ``q`` ends up as the best attempt.
+    With ``--eval`` labels the drop is accuracy points; without, a label-free task metric
+    against the fp32 model (converter/_proxy.py) on ``--eval`` or the held-out
+    calibration samples."""
     from . import _evaluate
-    from ._mixed import drop_points, rank_layers, search
-
-    feeds, labels = (inp.ev[0], inp.ev[1]) if inp.ev is not None else (inp.calib, None)
-    fp32_model = q.graph.to_model()
-    fp32 = _evaluate.session(fp32_model)
-
-    def drop_of_model(qmodel: Any) -> float:
-        p32, p8, _ = _evaluate.compare_outputs(fp32, _evaluate.session(qmodel), feeds)
-        return drop_points(p32, p8, labels)
+    from ._mixed import rank_layers, search
 
     assert opts.max_drop is not None
-    metric = "accuracy" if labels is not None else "agreement"
-    drop_int8 = drop_of_model(q.qmodel)
+    fp32_model = q.graph.to_model()
+    measure = _drop_measure(inp, fp32_model, opts.drop_metric)
+    drop_int8 = measure.drop_of(q.qmodel)
     ranked: list[dict[str, Any]] = []
     if drop_int8 > opts.max_drop:
+        feeds = measure.feeds
         n = _evaluate.layer_samples(opts.sqnr_samples, sum(q.tensor_bytes.values()))
         layer_db = _evaluate.layer_sqnr(
             fp32_model,
@@ -229,9 +226,56 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
     def drop_of(keep: dict[str, str]) -> float:
         built = q.rebuild(keep)
         builds[tuple(keep)] = built
-        return drop_of_model(built.qmodel)
+        return measure.drop_of(built.qmodel)
 
-    result, keep = search(opts.max_drop, ranked, drop_int8, drop_of, metric)
+    result, keep = search(opts.max_drop, ranked, drop_int8, drop_of, measure.metric)
+    result.measured_on = measure.where
+    result.metric_detail = measure.detail
     if keep:
         q.use(builds[tuple(keep)])
     return result
+
+
+class _DropMeasure:
+    """The drop of a QDQ model against the fp32 model on fixed samples, in points."""
+
+    def __init__(self, inp: Any, fp32_model: Any, requested: str) -> None:
+        from . import _evaluate, _proxy
+
+        if inp.ev is not None:
+            self.feeds, self.labels = inp.ev
+            self.where = f"--eval ({len(next(iter(self.feeds.values())))} samples)"
+        else:
+            held = getattr(inp, "holdout", None)
+            self.feeds, self.labels = (held if held is not None else inp.calib), None
+            count = len(next(iter(self.feeds.values())))
+            self.where = (f"{count} held-out calibration samples" if held is not None
+                          else f"the {count} calibration samples (too few to hold some out)")
+        self.fp32 = _evaluate.session(fp32_model)
+        if self.labels is not None:
+            self.metric, self.detail = "accuracy", _proxy.DESCRIBE["accuracy"]
+            return
+        outs = [self._first(self.fp32, f) for f in _evaluate.samples(self.feeds)]
+        first_input = next(iter(self.feeds.values()))
+        self.proxy = _proxy.choose(outs[0].shape, first_input.shape, outs[0], requested)
+        self.metric, self.detail = self.proxy.metric, self.proxy.describe()
+        self.refs = [_proxy.view(self.proxy, o) for o in outs]
+
+    @staticmethod
+    def _first(sess: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(sess.run([sess.get_outputs()[0].name], feed)[0], np.float32)
+
+    def drop_of(self, qmodel: Any) -> float:
+        from . import _evaluate, _proxy
+        from ._mixed import drop_points
+
+        s8 = _evaluate.session(qmodel)
+        if self.labels is not None:
+            p32, p8, _ = _evaluate.compare_outputs(self.fp32, s8, self.feeds)
+            return drop_points(p32, p8, self.labels)
+        views = [_proxy.view(self.proxy, self._first(s8, f)) for f in _evaluate.samples(self.feeds)]
+        return _proxy.drop(self.proxy, self.refs, views)
+
+
+def _drop_measure(inp: Any, fp32_model: Any, requested: str) -> _DropMeasure:
+    return _DropMeasure(inp, fp32_model, requested)

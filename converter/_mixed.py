@@ -2,8 +2,10 @@
 within X points of fp32, or say it cannot be done (exit 3).
 
 The drop is accuracy points on ``--eval`` when it has labels (fp32 accuracy minus INT8
-accuracy), else top-1 disagreement in points (100 - agreement) on ``--eval`` or, without
-it, on the calibration set.
+accuracy), else a label-free task metric against the fp32 model chosen from the output's
+shape (converter/_proxy.py: top-1 disagreement, CTC strings that differ, fp32 boxes
+missed, or relative output noise; ``--drop-metric`` overrides) on ``--eval`` or, without
+it, on calibration samples held out of calibration (:func:`split_holdout`).
 
 Sensitivity: each weight layer's own share of the output noise, read from the per-layer
 SQNR of the first INT8 model: the relative noise power of its output minus that of its
@@ -29,6 +31,21 @@ from ._ir import Graph
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 MAX_STEPS = 12  # rebuilds at most
+HOLDOUT_MIN_CALIB = 32  # fewer calibration samples: measured on all of them, none held out
+
+
+def split_holdout(
+    calib: dict[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """(calibration samples, held-out samples): the last quarter (at least 8) of a set of
+    ``HOLDOUT_MIN_CALIB`` or more is held out of calibration so that ``--max-drop`` without
+    ``--eval`` measures on samples the ranges were not fitted to; fewer: none held out."""
+    count = len(next(iter(calib.values())))
+    if count < HOLDOUT_MIN_CALIB:
+        return calib, None
+    held = max(8, count // 4)
+    return ({k: v[: count - held] for k, v in calib.items()},
+            {k: v[count - held :] for k, v in calib.items()})
 
 
 class TargetNotMet(ConversionError):
@@ -45,18 +62,22 @@ class TargetNotMet(ConversionError):
 @dataclass
 class MixedResult:
     target: float
-    metric: str  # "accuracy" | "agreement"
+    metric: str  # "accuracy" (--eval labels) | a converter/_proxy.py metric
     drop_int8: float  # the all-int8 model's drop
     drop: float  # the drop of the model kept
     met: bool
     ranking: list[dict[str, Any]]
     kept_float: list[str] = field(default_factory=list)
     tried: list[dict[str, Any]] = field(default_factory=list)
+    measured_on: str = ""  # which samples
+    metric_detail: str = ""  # what the metric counts
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
             "metric": self.metric,
+            "metric_detail": self.metric_detail,
+            "measured_on": self.measured_on,
             "drop_all_int8": round(self.drop_int8, 4),
             "drop": round(self.drop, 4),
             "met": self.met,

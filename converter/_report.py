@@ -344,8 +344,9 @@ def verdict_line(report: Report) -> str:
     if mixed:
         state = "met" if mixed["met"] else "NOT met"
         parts.append(
-            f"target --max-drop {mixed['target']:g} points of {mixed['metric']}: {state} at "
-            f"{mixed['drop']:.2f}, {len(mixed['kept_float'])} layer(s) kept float"
+            f"target --max-drop {mixed['target']:g} points of {mixed['metric']}"
+            + (f" on {mixed['measured_on']}" if mixed.get("measured_on") else "")
+            + f": {state} at {mixed['drop']:.2f}, {len(mixed['kept_float'])} layer(s) kept float"
         )
     else:
         parts.append("no --max-drop target")
@@ -401,7 +402,9 @@ def _steps_html(r: Report) -> str:
     if mixed:
         out.append(f"<h2>Mixed precision (--max-drop {mixed['target']:g})</h2>")
         out.append(
-            f"<p>{mixed['metric']} drop all-int8 {mixed['drop_all_int8']:.2f}, reached "
+            f"<p>{html.escape(mixed.get('metric_detail') or mixed['metric'])}, measured on "
+            f"{html.escape(mixed.get('measured_on') or '?')}: drop all-int8 "
+            f"{mixed['drop_all_int8']:.2f}, reached "
             f"{mixed['drop']:.2f}; kept float: {html.escape(', '.join(mixed['kept_float']) or 'none')}"
             "</p>"
         )

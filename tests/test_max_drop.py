@@ -147,7 +147,7 @@ def test_summary_ends_with_the_verdict(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("verdict: accuracy ")
-    assert "target --max-drop 0.5 points of accuracy: met at " in last
+    assert "target --max-drop 0.5 points of accuracy on --eval (400 samples): met at " in last
     # the guard measured equalization and kept the plain cnn (no gain on calibration samples)
     assert last.endswith("steps: minmax ranges")
     page = (tmp_path / "o" / "report.html").read_text()
