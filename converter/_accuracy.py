@@ -197,19 +197,22 @@ def choose_ranges(
 
 
 def meet_target(inp: Any, q: Any, opts: Any) -> Any:
-    """``--max-drop``: measure the drop, rank the layers, keep the most sensitive float
-    until the target holds (converter/_mixed.py); ``q`` ends up as the best attempt.
-    With ``--eval`` labels the drop is accuracy points; without, a label-free task metric
-    against the fp32 model (converter/_proxy.py) on ``--eval`` or the held-out
-    calibration samples."""
+    """``--max-drop``: measure the drop, rank the tensor groups by the noise they add, keep
+    the most sensitive in float until the target holds (converter/_mixed.py); ``q`` ends
+    up as the best attempt. With ``--eval`` labels the drop is accuracy points; without, a
+    label-free task metric against the fp32 model (converter/_proxy.py) on ``--eval`` or the
+    held-out calibration samples. With a TFLite to write, only ops with a float TFLite
+    lowering go float, and an attempt whose TFLite cannot be lowered drops the group that
+    blocked it (so both formats carry the same model)."""
     from . import _evaluate
-    from ._mixed import rank_layers, search
+    from ._mixed import rank_groups, search
 
     assert opts.max_drop is not None
     fp32_model = q.graph.to_model()
     measure = _drop_measure(inp, fp32_model, opts.drop_metric)
     drop_int8 = measure.drop_of(q.qmodel)
     ranked: list[dict[str, Any]] = []
+    tflite = "tflite" in opts.formats
     if drop_int8 > opts.max_drop:
         feeds = measure.feeds
         n = _evaluate.layer_samples(opts.sqnr_samples, sum(q.tensor_bytes.values()))
@@ -220,11 +223,18 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
             {k: v[:n] for k, v in feeds.items()},
             tensor_bytes=q.tensor_bytes,
         )
-        ranked = rank_layers(q.graph, q.plan.rules, q.plan.fused, layer_db)
+        ranked = rank_groups(q.graph, q.plan, layer_db, _floatable() if tflite else None)
     builds: dict[tuple[str, ...], Any] = {}
+    blocked: set[str] = set()  # nodes whose float TFLite lowering failed
 
     def drop_of(keep: dict[str, str]) -> float:
-        built = q.rebuild(keep)
+        while True:
+            usable = _without_blocked(keep, ranked, blocked)
+            built = q.rebuild(usable)
+            node = _tflite_blocker(built, opts) if tflite and usable else None
+            if node is None or node in blocked or node not in usable:
+                break
+            blocked.add(node)
         builds[tuple(keep)] = built
         return measure.drop_of(built.qmodel)
 
@@ -233,7 +243,49 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
     result.metric_detail = measure.detail
     if keep:
         q.use(builds[tuple(keep)])
+        marked = set(q.plan.float_nodes)
+        result.kept_float = [r["node"] for r in ranked if r["node"] in marked]
+    if blocked:
+        result.blocked = sorted(blocked)
     return result
+
+
+def _floatable() -> frozenset[str]:
+    from ._tflite_float import FLOAT_RULES
+
+    return frozenset(FLOAT_RULES)
+
+
+def _without_blocked(
+    keep: dict[str, str], ranked: list[dict[str, Any]], blocked: set[str]
+) -> dict[str, str]:
+    """``keep`` less every ranked group that holds a blocked node (a group goes float
+    whole or not at all)."""
+    if not blocked:
+        return keep
+    gone: set[str] = set()
+    for r in ranked:
+        members = {r["node"], *r.get("with", [])}
+        if members & blocked:
+            gone |= members
+    return {k: v for k, v in keep.items() if k not in gone}
+
+
+def _tflite_blocker(built: Any, opts: Any) -> str | None:
+    """The node whose float TFLite lowering fails for this attempt (None: it lowers)."""
+    import onnx
+
+    from edgeship._errors import UnsupportedOpError
+
+    from ._tflite import build_tflite
+
+    try:
+        build_tflite(onnx.ModelProto.FromString(built.tflite_source), io=opts.io, verify=False)
+    except UnsupportedOpError as exc:
+        return exc.node_name or None
+    except Exception:  # not this step's business: the write reports it
+        return None
+    return None
 
 
 class _DropMeasure:

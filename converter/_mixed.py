@@ -19,7 +19,7 @@ report's Edge TPU section names the cut.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,7 @@ class MixedResult:
     tried: list[dict[str, Any]] = field(default_factory=list)
     measured_on: str = ""  # which samples
     metric_detail: str = ""  # what the metric counts
+    blocked: list[str] = field(default_factory=list)  # nodes with no float TFLite lowering
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +85,7 @@ class MixedResult:
             "kept_float": self.kept_float,
             "ranking": self.ranking[:20],
             "tried": self.tried,
+            "no_float_tflite": self.blocked,
         }
 
 
@@ -117,6 +119,77 @@ def rank_layers(
         )
     ranked.sort(key=lambda r: -r["added_noise"])
     return ranked
+
+
+def rank_groups(
+    graph: Graph, plan: Any, layer_db: dict[str, float], floatable: Collection[str] | None = None
+) -> list[dict[str, Any]]:
+    """Quantized tensor groups (tensors that share one scale: a tensor and its reshapes,
+    transposes, slices), most noise added first. Keeping a group in higher precision keeps
+    every node that writes or reads it float, with the Relu/Clip fused into them, so the
+    group's tensors are not quantized at all (keeping one node float leaves its input and
+    output quantized: only its weights gain). ``floatable``: op types that may go float
+    (those with a float TFLite lowering, when a TFLite is written); a group touching
+    another op is not a candidate."""
+    by_name = {n.name: n for n in graph.nodes}
+    partners: dict[str, set[str]] = {}
+    for act, prod in plan.fused.items():
+        partners.setdefault(act, set()).add(prod)
+        partners.setdefault(prod, set()).add(act)
+    groups: dict[str, list[str]] = {}
+    for t in plan.quantized:
+        groups.setdefault(plan.group_of.get(t, t), []).append(t)
+    ranked: list[dict[str, Any]] = []
+    for root, tensors in groups.items():
+        nodes = _group_nodes(graph, plan, tensors, partners)
+        dbs = [layer_db[t] for t in tensors if t in layer_db]
+        if not nodes or not dbs:
+            continue
+        if floatable is not None and any(by_name[n].op_type not in floatable for n in nodes):
+            continue
+        added = max(10 ** (-d / 10) for d in dbs) - _input_noise(graph, plan, tensors, layer_db)
+        producer = graph.producer.get(tensors[0])
+        head = producer.name if producer is not None and producer.name in nodes else sorted(nodes)[0]
+        ranked.append(
+            {
+                "node": head,
+                "op": by_name[head].op_type,
+                "tensor": root,
+                "sqnr_db": round(min(dbs), 2),
+                "added_noise": float(added),
+                "with": sorted(nodes - {head}),
+            }
+        )
+    ranked.sort(key=lambda r: -r["added_noise"])
+    return ranked
+
+
+def _group_nodes(
+    graph: Graph, plan: Any, tensors: list[str], partners: dict[str, set[str]]
+) -> set[str]:
+    nodes: set[str] = set()
+    for t in tensors:
+        producer = graph.producer.get(t)
+        if producer is not None and producer.name in plan.rules:
+            nodes.add(producer.name)
+        nodes |= {c.name for c in graph.consumers.get(t, []) if c.name in plan.rules}
+    return nodes | {q for n in nodes for q in partners.get(n, ()) if q in plan.rules}
+
+
+def _input_noise(graph: Graph, plan: Any, tensors: list[str], layer_db: dict[str, float]) -> float:
+    """The largest relative noise power among the inputs of the group's producers (what
+    the group inherits rather than adds)."""
+    worst = 0.0
+    for t in tensors:
+        producer = graph.producer.get(t)
+        if producer is None:
+            continue
+        if producer.name in plan.fused:  # a fused Relu/Clip: its layer's inputs
+            producer = next((n for n in graph.nodes if n.name == plan.fused[producer.name]), producer)
+        for name in producer.input:
+            if name in layer_db and name not in tensors:
+                worst = max(worst, 10 ** (-layer_db[name] / 10))
+    return worst
 
 
 def steps(n: int) -> list[int]:

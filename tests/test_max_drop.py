@@ -66,8 +66,8 @@ def test_rank_by_the_noise_a_layer_adds_not_inherits() -> None:
     assert ranked[0]["with"] == ["relu"] and ranked[0]["added_noise"] > ranked[1]["added_noise"]
 
 
-def _convert(args: list[str]) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "edgeship", "convert", *args, "--format", "onnx", "-q"]
+def _convert(args: list[str], fmt: str = "onnx") -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "edgeship", "convert", *args, "--format", fmt, "-q"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -109,20 +109,20 @@ def test_max_drop_keeps_sensitive_layers_float(tmp_path: Path) -> None:
 
 
 def test_unreachable_target_exits_3_with_out_written(tmp_path: Path) -> None:
-    """No weight layer to keep float (an Add of near-tied logits): exit 3, one line, OUT/."""
-    c = numpy_helper.from_array(np.array([[0.0, 0.001, 0.002, 0.003]], np.float32), "c")
+    """Nothing that may go float (near-tied logits through a HardSwish, which has an int8
+    TFLite kernel but no float lowering, and a TFLite is asked for): exit 3, one line, OUT/."""
     graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "c"], ["y"], name="add")],
+        [helper.make_node("HardSwish", ["x"], ["y"], name="hswish")],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        [c],
+        [],
     )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     m.ir_version = 8
     onnx.save(m, tmp_path / "m.onnx")
     rng = np.random.default_rng(0)
-    x = (rng.normal(size=(64, 1)) * 50 + rng.normal(size=(64, 4)) * 0.01).astype(np.float32)
+    x = (rng.normal(size=(64, 1)) * 50 + 60 + rng.normal(size=(64, 4)) * 0.01).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=x)
     out = tmp_path / "out"
     done = _convert(
@@ -134,7 +134,8 @@ def test_unreachable_target_exits_3_with_out_written(tmp_path: Path) -> None:
             str(out),
             "--max-drop",
             "0.5",
-        ]
+        ],
+        fmt="onnx,tflite",
     )
     assert done.returncode == 3, (done.returncode, done.stderr)
     assert done.stderr.strip().count("\n") == 0 and "--max-drop 0.5" in done.stderr
