@@ -205,14 +205,14 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
     lowering go float, and an attempt whose TFLite cannot be lowered drops the group that
     blocked it (so both formats carry the same model)."""
     from . import _evaluate
-    from ._mixed import rank_groups, search
+    from ._mixed import rank_groups, rank_layers, search
 
     assert opts.max_drop is not None
     fp32_model = q.graph.to_model()
     measure = _drop_measure(inp, fp32_model, opts.drop_metric)
     drop_int8 = measure.drop_of(q.qmodel)
-    ranked: list[dict[str, Any]] = []
     tflite = "tflite" in opts.formats
+    rankings: list[tuple[str, list[dict[str, Any]]]] = [("tensor groups", [])]
     if drop_int8 > opts.max_drop:
         feeds = measure.feeds
         n = _evaluate.layer_samples(opts.sqnr_samples, sum(q.tensor_bytes.values()))
@@ -223,31 +223,53 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
             {k: v[:n] for k, v in feeds.items()},
             tensor_bytes=q.tensor_bytes,
         )
-        ranked = rank_groups(q.graph, q.plan, layer_db, _floatable() if tflite else None)
+        floatable = _floatable() if tflite else None
+        rankings = [
+            ("tensor groups", rank_groups(q.graph, q.plan, layer_db, floatable)),
+            ("layers", rank_layers(q.graph, q.plan.rules, q.plan.fused, layer_db, floatable)),
+        ]
     builds: dict[tuple[str, ...], Any] = {}
     blocked: set[str] = set()  # nodes whose float TFLite lowering failed
+    current: list[dict[str, Any]] = []  # the ranking being searched
 
     def drop_of(keep: dict[str, str]) -> float:
         while True:
-            usable = _without_blocked(keep, ranked, blocked)
+            usable = _without_blocked(keep, current, blocked)
             built = q.rebuild(usable)
             node = _tflite_blocker(built, opts) if tflite and usable else None
             if node is None or node in blocked or node not in usable:
                 break
             blocked.add(node)
         builds[tuple(keep)] = built
+        if not built.plan.quantized:  # every tensor float: no INT8 conversion at all
+            return float("inf")
         return measure.drop_of(built.qmodel)
 
-    result, keep = search(opts.max_drop, ranked, drop_int8, drop_of, measure.metric)
-    result.measured_on = measure.where
-    result.metric_detail = measure.detail
+    # tensor groups first (a group float leaves none of its tensors quantized); when
+    # they cannot meet the target, single layers (a layer float keeps its output
+    # quantized: the whole model but its last op can then be float)
+    best: Any = None
+    keep: dict[str, str] = {}
+    tried: list[dict[str, Any]] = []
+    for units, ranked in rankings:
+        current[:] = ranked
+        result, chosen = search(opts.max_drop, ranked, drop_int8, drop_of, measure.metric)
+        tried += [{"units": units, **t} for t in result.tried]
+        result.units = units
+        if best is None or (result.met, -result.drop) > (best.met, -best.drop):
+            best, keep = result, chosen
+        if result.met:
+            break
+    best.tried = tried
+    best.measured_on = measure.where
+    best.metric_detail = measure.detail
     if keep:
         q.use(builds[tuple(keep)])
         marked = set(q.plan.float_nodes)
-        result.kept_float = [r["node"] for r in ranked if r["node"] in marked]
+        best.kept_float = [r["node"] for r in best.ranking if r["node"] in marked]
     if blocked:
-        result.blocked = sorted(blocked)
-    return result
+        best.blocked = sorted(blocked)
+    return best
 
 
 def _floatable() -> frozenset[str]:

@@ -30,7 +30,8 @@ from edgeship._errors import ConversionError
 from ._ir import Graph
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-MAX_STEPS = 12  # rebuilds at most
+MAX_STEPS = 12  # rebuilds at most while growing the float part
+BISECT_STEPS = 4  # rebuilds at most while shrinking it again to the fewest groups
 HOLDOUT_MIN_CALIB = 32  # fewer calibration samples: measured on all of them, none held out
 
 
@@ -72,6 +73,7 @@ class MixedResult:
     measured_on: str = ""  # which samples
     metric_detail: str = ""  # what the metric counts
     blocked: list[str] = field(default_factory=list)  # nodes with no float TFLite lowering
+    units: str = "tensor groups"  # what the ranking holds: tensor groups | layers
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,13 +88,19 @@ class MixedResult:
             "ranking": self.ranking[:20],
             "tried": self.tried,
             "no_float_tflite": self.blocked,
+            "units": self.units,
         }
 
 
 def rank_layers(
-    graph: Graph, rules: dict[str, Any], fused: dict[str, str], layer_db: dict[str, float]
+    graph: Graph,
+    rules: dict[str, Any],
+    fused: dict[str, str],
+    layer_db: dict[str, float],
+    floatable: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Weight layers, most sensitive first: the noise each adds (relative power)."""
+    """Weight layers, most sensitive first: the noise each adds (relative power);
+    ``floatable``: op types that may go float (see :func:`rank_groups`)."""
     by_name = {n.name: n for n in graph.nodes}
     out_of = {prod: by_name[act].output[0] for act, prod in fused.items()}  # folded Relu/Clip
     ranked: list[dict[str, Any]] = []
@@ -100,6 +108,11 @@ def rank_layers(
         if node.name not in rules or node.op_type not in WEIGHT_OPS:
             continue
         if len(node.input) < 2 or not graph.is_const(node.input[1]):
+            continue
+        acts = [act for act, prod in fused.items() if prod == node.name]
+        if floatable is not None and any(
+            n.op_type not in floatable for n in graph.nodes if n.name in {node.name, *acts}
+        ):
             continue
         out_t = out_of.get(node.name, node.output[0])
         db_out, db_in = layer_db.get(out_t), layer_db.get(node.input[0])
@@ -209,27 +222,55 @@ def search(
     drop_of: Callable[[dict[str, str]], float],
     metric: str,
 ) -> tuple[MixedResult, dict[str, str]]:
-    """Keep the top k ranked layers float for growing k until ``drop_of(keep) <= target``.
-    Returns the result and the keep-float map of the best attempt (empty: all int8)."""
+    """Keep the top k ranked groups float for growing k (:func:`steps`) until
+    ``drop_of(keep) <= target``, then bisect down to the fewest that hold it (at most
+    ``BISECT_STEPS`` more rebuilds). ``drop_of`` returns inf for an attempt that is no
+    conversion (every tensor float); then the k below it is tried. Returns the result and
+    the keep-float map of the best attempt (empty: all int8): the fewest groups that
+    meet the target, else the lowest drop."""
     result = MixedResult(target, metric, drop_int8, drop_int8, drop_int8 <= target, ranked)
-    best_keep: dict[str, str] = {}
-    if result.met:
-        return result, best_keep
+    if result.met or not ranked:
+        return result, {}
+    drops: dict[int, float] = {}
+
+    def attempt(k: int) -> float:
+        if k not in drops:
+            drops[k] = drop_of(_keep_map(ranked, k, target))
+            result.tried.append({"float_layers": k, "drop": round(drops[k], 4)})
+        return drops[k]
+
+    low, high = 0, None  # low: most groups known to miss; high: fewest known to meet
     for k in steps(len(ranked)):
-        keep = {
-            name: f"kept float by --max-drop {target:g} (sensitivity rank {i + 1})"
-            for i, r in enumerate(ranked[:k])
-            for name in [r["node"], *r.get("with", [])]
-        }
-        drop = drop_of(keep)
-        result.tried.append({"float_layers": k, "drop": round(drop, 4)})
-        if drop < result.drop:
-            result.drop, best_keep = drop, keep
-        if drop <= target:
-            result.met = True
+        if attempt(k) <= target:
+            high = k
             break
-    result.kept_float = [r["node"] for r in ranked if r["node"] in best_keep]
-    return result, best_keep
+        low = k
+    n = len(ranked)
+    if high is None and drops.get(n) == float("inf") and n - 1 > low:
+        high = n - 1 if attempt(n - 1) <= target else None
+    for _ in range(BISECT_STEPS):
+        if high is None or high - low <= 1:
+            break
+        mid = (low + high) // 2
+        if attempt(mid) <= target:
+            high = mid
+        else:
+            low = mid
+    best = high if high is not None else min(drops, key=lambda k: (drops[k], k))
+    if drops[best] < drop_int8 or high is not None:
+        result.drop, result.met = drops[best], high is not None
+        keep = _keep_map(ranked, best, target)
+        result.kept_float = [r["node"] for r in ranked if r["node"] in keep]
+        return result, keep
+    return result, {}
+
+
+def _keep_map(ranked: list[dict[str, Any]], k: int, target: float) -> dict[str, str]:
+    return {
+        name: f"kept float by --max-drop {target:g} (sensitivity rank {i + 1})"
+        for i, r in enumerate(ranked[:k])
+        for name in [r["node"], *r.get("with", [])]
+    }
 
 
 def drop_points(p32: np.ndarray, p8: np.ndarray, labels: np.ndarray | None) -> float:
