@@ -210,8 +210,9 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
     assert opts.max_drop is not None
     fp32_model = q.graph.to_model()
     measure = _drop_measure(inp, fp32_model, opts.drop_metric)
-    drop_int8 = measure.drop_of(q.qmodel)
     tflite = "tflite" in opts.formats
+    lite_too = tflite and opts.io == "float"  # LiteRT measured too (float edges, as ONNX)
+    drop_int8 = measure.drop_of(q.qmodel, _tflite_bytes(q.tflite_source, opts) if lite_too else None)
     rankings: list[tuple[str, list[dict[str, Any]]]] = [("tensor groups", [])]
     if drop_int8 > opts.max_drop:
         feeds = measure.feeds
@@ -233,17 +234,20 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
     current: list[dict[str, Any]] = []  # the ranking being searched
 
     def drop_of(keep: dict[str, str]) -> float:
+        lite: bytes | None = None
         while True:
             usable = _without_blocked(keep, current, blocked)
             built = q.rebuild(usable)
-            node = _tflite_blocker(built, opts) if tflite and usable else None
+            if not tflite:
+                break
+            lite, node = _tflite_or_blocker(built.tflite_source, opts)
             if node is None or node in blocked or node not in usable:
                 break
             blocked.add(node)
         builds[tuple(keep)] = built
         if not built.plan.quantized:  # every tensor float: no INT8 conversion at all
             return float("inf")
-        return measure.drop_of(built.qmodel)
+        return measure.drop_of(built.qmodel, lite if lite_too else None)
 
     # tensor groups first (a group float leaves none of its tensors quantized); when
     # they cannot meet the target, single layers (a layer float keeps its output
@@ -261,7 +265,7 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
         if result.met:
             break
     best.tried = tried
-    best.measured_on = measure.where
+    best.measured_on = measure.where + (", ONNX and TFLite (the larger drop)" if lite_too else "")
     best.metric_detail = measure.detail
     if keep:
         q.use(builds[tuple(keep)])
@@ -293,8 +297,9 @@ def _without_blocked(
     return {k: v for k, v in keep.items() if k not in gone}
 
 
-def _tflite_blocker(built: Any, opts: Any) -> str | None:
-    """The node whose float TFLite lowering fails for this attempt (None: it lowers)."""
+def _tflite_or_blocker(source: bytes, opts: Any) -> tuple[bytes | None, str | None]:
+    """The TFLite of this attempt, or the node whose lowering fails (None, None: it
+    fails for another reason, which the write reports)."""
     import onnx
 
     from edgeship._errors import UnsupportedOpError
@@ -302,12 +307,16 @@ def _tflite_blocker(built: Any, opts: Any) -> str | None:
     from ._tflite import build_tflite
 
     try:
-        build_tflite(onnx.ModelProto.FromString(built.tflite_source), io=opts.io, verify=False)
+        data = build_tflite(onnx.ModelProto.FromString(source), io=opts.io, verify=False)[0]
     except UnsupportedOpError as exc:
-        return exc.node_name or None
+        return None, exc.node_name or None
     except Exception:  # not this step's business: the write reports it
-        return None
-    return None
+        return None, None
+    return data, None
+
+
+def _tflite_bytes(source: bytes, opts: Any) -> bytes | None:
+    return _tflite_or_blocker(source, opts)[0]
 
 
 class _DropMeasure:
@@ -356,16 +365,48 @@ class _DropMeasure:
 
         return [_proxy.view(self.proxy, self._first(sess, f)) for f in _evaluate.samples(feeds)]
 
-    def drop_of(self, qmodel: Any) -> float:
+    def drop_of(self, qmodel: Any, lite: bytes | None = None) -> float:
+        """The drop of the QDQ model, or of it and its TFLite (``lite``, run by LiteRT)
+        whichever is larger: both formats are to hold the target."""
         from . import _evaluate, _proxy
         from ._mixed import drop_points
 
         s8 = _evaluate.session(qmodel)
+        runners = [s8] if lite is None else [s8, _LiteSession(lite, self.fp32)]
         if self.labels is not None:
-            p32, p8, _ = _evaluate.compare_outputs(self.fp32, s8, self.feeds)
-            return drop_points(p32, p8, self.labels)
-        return max(_proxy.drop(self.proxy, ref, self._views(s8, feeds))
+            drops = []
+            for runner in runners:
+                p32, p8, _ = _evaluate.compare_outputs(self.fp32, runner, self.feeds)
+                drops.append(drop_points(p32, p8, self.labels))
+            return max(drops)
+        return max(_proxy.drop(self.proxy, ref, self._views(runner, feeds))
+                   for runner in runners
                    for ref, feeds in zip(self.refs, self.sets, strict=True))
+
+
+class _LiteSession:
+    """A LiteRT interpreter behind the two onnxruntime session calls the measurement
+    makes (``get_outputs()[0].name``, ``run([name], feed)``); tensors by ONNX name."""
+
+    def __init__(self, data: bytes, like: Any) -> None:
+        from edgeship.sdk._quiet import runtime_chatter_filtered
+        from edgeship.sdk.runtime._runtime_litert import interpreter_module
+
+        with runtime_chatter_filtered():
+            self.it = interpreter_module().Interpreter(model_content=data, num_threads=1)
+            self.it.allocate_tensors()
+        self.outputs = like.get_outputs()
+        self.inputs = {d["name"]: d["index"] for d in self.it.get_input_details()}
+        self.out_index = {d["name"]: d["index"] for d in self.it.get_output_details()}
+
+    def get_outputs(self) -> Any:
+        return self.outputs
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        for name, value in feed.items():
+            self.it.set_tensor(self.inputs[name], np.ascontiguousarray(value, np.float32))
+        self.it.invoke()
+        return [self.it.get_tensor(self.out_index[n]).copy() for n in names]
 
 
 def _count(feeds: dict[str, np.ndarray]) -> int:

@@ -85,19 +85,18 @@ def test_holdout_is_the_last_quarter_of_enough_samples() -> None:
 
 def test_cli_reports_the_label_free_metric(tmp_path: Path) -> None:
     """The cnn fixture (a classifier) without --eval: top-1 against fp32 on held-out
-    calibration samples, said in report.json."""
+    calibration samples, in both formats (LiteRT runs the TFLite), said in report.json."""
     calib = dict(np.load(FIX / "cnn_calib.npz"))
     count = len(next(iter(calib.values())))
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "edgeship", "convert", str(FIX / "cnn.onnx"), "--calib",
-           str(FIX / "cnn_calib.npz"), "-o", str(out), "--format", "onnx", "-q",
-           "--max-drop", "5"]
+           str(FIX / "cnn_calib.npz"), "-o", str(out), "-q", "--max-drop", "5"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode in (0, 3), done.stderr
     mixed = json.loads((out / "report.json").read_text())["mixed_precision"]
     assert mixed["metric"] == "top1" and "top-1" in mixed["metric_detail"]
     held = split_holdout(calib)[1]
     expect = f"{len(next(iter(held.values())))} held-out" if held else f"the {count} calibration"
-    assert expect in mixed["measured_on"]
+    assert expect in mixed["measured_on"] and "ONNX and TFLite" in mixed["measured_on"]
     done = subprocess.run([*cmd, "--drop-metric", "sqnr"], capture_output=True, text=True, timeout=300)
     assert json.loads((out / "report.json").read_text())["mixed_precision"]["metric"] == "sqnr"
