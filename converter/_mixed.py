@@ -244,7 +244,8 @@ def search(
         if attempt(k) <= target:
             high = k
             break
-        low = k
+        if drops[k] != float("inf"):
+            low = k
     n = len(ranked)
     if high is None and drops.get(n) == float("inf") and n - 1 > low:
         high = n - 1 if attempt(n - 1) <= target else None

@@ -3,14 +3,17 @@ the INT8 model's outputs stray from the fp32 model's on the same (held-out) inpu
 terms the model's task cares about, chosen from the first output's shape (``--drop-metric``
 overrides the choice):
 
-- ``top1``: classifiers ([1, C] or [1, C, 1, 1]): top-1 disagreement;
+- ``top1``: classifiers ([1, C] or [1, C, 1, 1]): samples whose top-1 class differs from
+  fp32's or whose fp32 margin (top-1 score minus the runner-up's) is more than half lost
+  (a near-tie that held by luck flips on the next image);
 - ``ctc``: CTC recognizers ([1, T, C] or [T, 1, C] with C > T, per-step scores): share of
   samples whose greedy CTC string (arg-max per step, repeats merged, blank 0 dropped)
   differs from fp32's;
 - ``boxes``: YOLO-family detectors whose layout is recognisable: YOLOv8 [1, 4 + K, N]
   (N anchors > 4 + K, boxes cx, cy, w, h in pixels), YOLOX [1, N, 5 + K] (N = the anchors
   of strides 8, 16, 32 over the input's height and width): 100 - recall of the fp32 boxes
-  (IoU >= 0.5, same class) after NMS;
+  (IoU >= 0.5, same class) after NMS, a box counting as found only when its score keeps
+  at least half of fp32's margin over the confidence threshold (the same at-risk rule);
 - ``sqnr``: anything else: relative noise power of every output in points,
   100 * 10^(-SQNR/10) (1 point = 20 dB SQNR, 0.1 point = 30 dB).
 
@@ -26,10 +29,11 @@ import numpy as np
 
 METRICS = ("auto", "top1", "ctc", "boxes", "sqnr")
 YOLOX_STRIDES = (8, 16, 32)
+BOX_CONF = {"yolov8": 0.25, "yolox": 0.1}  # the score threshold of each decoder
 DESCRIBE = {
-    "top1": "top-1 disagreement with fp32",
+    "top1": "top-1 disagreement with fp32 (or half the fp32 margin lost)",
     "ctc": "CTC strings that differ from fp32's",
-    "boxes": "fp32 boxes missed (IoU 0.5, same class)",
+    "boxes": "fp32 boxes missed (IoU 0.5, same class, half the score margin kept)",
     "sqnr": "relative output noise power, 100*10^(-SQNR/10)",
     "accuracy": "accuracy points lost on the --eval labels",
 }
@@ -105,13 +109,13 @@ def _boxes_in_rows(sample: np.ndarray | None, image_hw: tuple[int, int]) -> bool
 def view(proxy: Proxy, output: np.ndarray) -> object:
     """What the metric compares for one sample's first output."""
     if proxy.metric == "top1":
-        return int(np.argmax(np.asarray(output).reshape(-1)))
+        return np.asarray(output, np.float64).reshape(-1)
     if proxy.metric == "ctc":
         return ctc_greedy(np.asarray(output), proxy.layout)
     if proxy.metric == "boxes":
         if proxy.layout == "yolox":
-            return decode_yolox(np.asarray(output), proxy.image_hw)
-        return decode_yolov8(np.asarray(output))
+            return decode_yolox(np.asarray(output), proxy.image_hw, BOX_CONF["yolox"])
+        return decode_yolov8(np.asarray(output), BOX_CONF["yolov8"])
     return np.asarray(output, np.float64)
 
 
@@ -120,17 +124,31 @@ def drop(proxy: Proxy, reference: Sequence[object], test: Sequence[object]) -> f
     pairs = list(zip(reference, test, strict=True))
     if not pairs:
         return 0.0
-    if proxy.metric in ("top1", "ctc"):
+    if proxy.metric == "top1":
+        return 100.0 * float(np.mean([_top1_lost(np.asarray(r), np.asarray(t)) for r, t in pairs]))
+    if proxy.metric == "ctc":
         return 100.0 * float(np.mean([r != t for r, t in pairs]))
     if proxy.metric == "boxes":
         found = total = 0
         for r, t in pairs:
-            f, n = _matched(np.asarray(r), np.asarray(t))
+            f, n = _matched(np.asarray(r), np.asarray(t), BOX_CONF[proxy.layout])
             found, total = found + f, total + n
         return 0.0 if total == 0 else 100.0 * (1.0 - found / total)
     signal = sum(float(np.sum(np.asarray(r, np.float64) ** 2)) for r, _ in pairs)
     noise = sum(float(np.sum((np.asarray(r, np.float64) - np.asarray(t)) ** 2)) for r, t in pairs)
     return 100.0 * noise / max(signal, 1e-30)
+
+
+def _top1_lost(ref: np.ndarray, test: np.ndarray) -> bool:
+    """Top-1 changed, or fp32's margin over its runner-up more than half gone."""
+    top = int(np.argmax(ref))
+    if int(np.argmax(test)) != top:
+        return True
+    if ref.size < 2:
+        return False
+    second = int(np.argsort(ref)[-2])
+    margin = float(ref[top] - ref[second])
+    return bool(float(test[top] - test[second]) < margin / 2)
 
 
 # ----------------------------------------------------------------------------- CTC
@@ -201,14 +219,17 @@ def _nms(dets: np.ndarray, iou: float) -> np.ndarray:
     return np.stack(kept) if kept else np.zeros((0, 6))
 
 
-def _matched(ref: np.ndarray, test: np.ndarray, threshold: float = 0.5) -> tuple[int, int]:
+def _matched(ref: np.ndarray, test: np.ndarray, conf: float, threshold: float = 0.5) -> tuple[int, int]:
     """(fp32 boxes found in ``test``, fp32 boxes): greedy, best fp32 score first, each
-    test box used once, same class, IoU >= ``threshold``."""
+    test box used once, same class, IoU >= ``threshold``, and the test score keeping at
+    least half of the fp32 score's margin over ``conf``."""
     ref, test = ref.reshape(-1, 6), test.reshape(-1, 6)
     if not len(ref) or not len(test):
         return 0, len(ref)
     overlap = _iou(ref, test)
     overlap[ref[:, 5][:, None] != test[:, 5][None, :]] = 0.0
+    at_risk = test[None, :, 4] - conf < (ref[:, 4, None] - conf) / 2
+    overlap[at_risk] = 0.0
     used = np.zeros(len(test), bool)
     found = 0
     for i in np.argsort(-ref[:, 4], kind="stable"):

@@ -49,10 +49,14 @@ def test_metric_follows_the_output_shape() -> None:
 def test_drops_count_what_the_task_counts() -> None:
     rng = np.random.default_rng(1)
     top1 = _proxy.Proxy("top1")
-    ref = [_proxy.view(top1, np.eye(4)[i % 4]) for i in range(8)]
-    test = list(ref)
-    test[3] = (test[3] + 1) % 4
+    ref = [_proxy.view(top1, np.eye(4)[i % 4] * 2.0) for i in range(8)]  # margin 2
+    test = [r.copy() for r in ref]
+    test[3] = np.roll(test[3], 1)  # another class on top
     assert _proxy.drop(top1, ref, test) == 12.5
+    test[5] = test[5] * 0.6  # margin 1.2 of 2: kept
+    assert _proxy.drop(top1, ref, test) == 12.5
+    test[6] = test[6] * 0.4  # margin 0.8 of 2: more than half lost, a near-flip
+    assert _proxy.drop(top1, ref, test) == 25.0
     ctc = _proxy.Proxy("ctc", "btc")
     steps = np.zeros((1, 6, 5))
     steps[0, np.arange(6), [1, 1, 0, 2, 2, 3]] = 1.0  # "1 2 3" after merging and blanks
@@ -69,6 +73,11 @@ def test_drops_count_what_the_task_counts() -> None:
     ref_view = _proxy.view(box, two)
     assert len(ref_view) == 2 and _proxy.drop(box, [ref_view], [ref_view]) == 0.0
     assert _proxy.drop(box, [ref_view], [_proxy.view(box, shifted)]) == 50.0
+    weaker = two.copy()
+    weaker[0, 5, 1] = 0.6  # 0.8 -> 0.6: 0.35 of the 0.55 margin over 0.25 kept: found
+    assert _proxy.drop(box, [ref_view], [_proxy.view(box, weaker)]) == 0.0
+    weaker[0, 5, 1] = 0.45  # 0.2 of 0.55 kept: at risk, counted missed
+    assert _proxy.drop(box, [ref_view], [_proxy.view(box, weaker)]) == 50.0
     noise = _proxy.Proxy("sqnr")
     signal = rng.normal(size=1000)
     noisy = signal + rng.normal(size=1000) * 0.1  # ~20 dB: ~1 point

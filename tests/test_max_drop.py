@@ -41,6 +41,21 @@ def test_steps_and_search_stop_at_the_first_k_that_holds() -> None:
     assert already.met and keep == {} and already.tried == []
 
 
+def test_search_bisects_to_the_fewest_and_refuses_all_float() -> None:
+    ranked = [{"node": f"n{i}", "with": []} for i in range(20)]
+
+    def drop_of(keep: dict[str, str]) -> float:
+        k = len(keep)
+        return float("inf") if k == 20 else (0.5 if k >= 11 else 5.0)  # 20: every tensor float
+
+    result, keep = search(1.0, ranked, 9.0, drop_of, "ctc")
+    tried = [t["float_layers"] for t in result.tried]
+    assert tried[:6] == [1, 2, 3, 5, 8, 13] and 20 not in tried  # 13 met: bisect 8..13
+    assert result.met and len(keep) == 11 and result.drop == 0.5
+    worse, keep = search(1.0, ranked, 9.0, lambda k: float("inf") if len(k) == 20 else 3.0, "ctc")
+    assert not worse.met and worse.drop == 3.0 and 19 in [t["float_layers"] for t in worse.tried]
+
+
 def test_rank_by_the_noise_a_layer_adds_not_inherits() -> None:
     w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
     nodes = [
