@@ -7,6 +7,7 @@ evaluates each attempt)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -372,7 +373,11 @@ class _DropMeasure:
         from ._mixed import drop_points
 
         s8 = _evaluate.session(qmodel)
-        runners = [s8] if lite is None else [s8, _LiteSession(lite, self.fp32)]
+        runners: list[Any] = [s8]
+        if lite is not None:
+            # LiteRT cannot run it as named: the TFLite write says why
+            with contextlib.suppress(KeyError, ValueError, RuntimeError):
+                runners.append(_LiteSession(lite, self.fp32, self.feeds))
         if self.labels is not None:
             drops = []
             for runner in runners:
@@ -388,7 +393,7 @@ class _LiteSession:
     """A LiteRT interpreter behind the two onnxruntime session calls the measurement
     makes (``get_outputs()[0].name``, ``run([name], feed)``); tensors by ONNX name."""
 
-    def __init__(self, data: bytes, like: Any) -> None:
+    def __init__(self, data: bytes, like: Any, feeds: dict[str, np.ndarray]) -> None:
         from edgeship.sdk._quiet import runtime_chatter_filtered
         from edgeship.sdk.runtime._runtime_litert import interpreter_module
 
@@ -398,6 +403,9 @@ class _LiteSession:
         self.outputs = like.get_outputs()
         self.inputs = {d["name"]: d["index"] for d in self.it.get_input_details()}
         self.out_index = {d["name"]: d["index"] for d in self.it.get_output_details()}
+        missing = ({self.outputs[0].name} - set(self.out_index)) | (set(feeds) - set(self.inputs))
+        if missing:
+            raise KeyError(f"no TFLite tensor named {sorted(missing)}")
 
     def get_outputs(self) -> Any:
         return self.outputs
