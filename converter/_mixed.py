@@ -247,8 +247,20 @@ def search(
         if drops[k] != float("inf"):
             low = k
     n = len(ranked)
-    if high is None and drops.get(n) == float("inf") and n - 1 > low:
-        high = n - 1 if attempt(n - 1) <= target else None
+    if high is None and drops.get(n) == float("inf"):
+        # every group float is no conversion: look below it for the most that is one
+        top = n
+        for _ in range(BISECT_STEPS):
+            if top - low <= 1:
+                break
+            mid = (low + top + 1) // 2
+            if attempt(mid) == float("inf"):
+                top = mid
+            elif drops[mid] <= target:
+                high = mid
+                break
+            else:
+                low = mid
     for _ in range(BISECT_STEPS):
         if high is None or high - low <= 1:
             break

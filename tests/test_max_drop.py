@@ -53,7 +53,11 @@ def test_search_bisects_to_the_fewest_and_refuses_all_float() -> None:
     assert tried[:6] == [1, 2, 3, 5, 8, 13] and 20 not in tried  # 13 met: bisect 8..13
     assert result.met and len(keep) == 11 and result.drop == 0.5
     worse, keep = search(1.0, ranked, 9.0, lambda k: float("inf") if len(k) == 20 else 3.0, "ctc")
-    assert not worse.met and worse.drop == 3.0 and 19 in [t["float_layers"] for t in worse.tried]
+    assert not worse.met and worse.drop == 3.0 and 17 in [t["float_layers"] for t in worse.tried]
+    # above 16 every tensor is float; 15 and 16 meet the target: found below the top
+    late, keep = search(1.0, ranked, 9.0, lambda k: float("inf") if len(k) > 16 else
+                        (0.0 if len(k) >= 15 else 4.0), "ctc")
+    assert late.met and len(keep) == 15
 
 
 def test_rank_by_the_noise_a_layer_adds_not_inherits() -> None:
