@@ -272,6 +272,8 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
         q.use(builds[tuple(keep)])
         marked = set(q.plan.float_nodes)
         best.kept_float = [r["node"] for r in best.ranking if r["node"] in marked]
+    best.float_nodes = sum("--max-drop" in why for why in q.plan.float_nodes.values())
+    best.int8_nodes = len(q.plan.rules)
     if blocked:
         best.blocked = sorted(blocked)
     return best

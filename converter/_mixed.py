@@ -74,6 +74,8 @@ class MixedResult:
     metric_detail: str = ""  # what the metric counts
     blocked: list[str] = field(default_factory=list)  # nodes with no float TFLite lowering
     units: str = "tensor groups"  # what the ranking holds: tensor groups | layers
+    float_nodes: int = 0  # nodes --max-drop keeps float in the model written
+    int8_nodes: int = 0  # nodes left int8 in it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +91,8 @@ class MixedResult:
             "tried": self.tried,
             "no_float_tflite": self.blocked,
             "units": self.units,
+            "float_nodes": self.float_nodes,
+            "int8_nodes": self.int8_nodes,
         }
 
 

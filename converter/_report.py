@@ -346,7 +346,7 @@ def verdict_line(report: Report) -> str:
         parts.append(
             f"target --max-drop {mixed['target']:g} points of {mixed['metric']}"
             + (f" on {mixed['measured_on']}" if mixed.get("measured_on") else "")
-            + f": {state} at {mixed['drop']:.2f}, {len(mixed['kept_float'])} layer(s) kept float"
+            + f": {state} at {mixed['drop']:.2f}, {_kept(mixed)}"
         )
     else:
         parts.append("no --max-drop target")
@@ -366,6 +366,14 @@ def _fidelity(report: Report) -> str:
             f"(drop {drop:.2f} points), "
         )
     return text + f"agreement {e['agreement']:.2f}%, output SQNR {e['output_sqnr_db']:.1f} dB"
+
+
+def _kept(mixed: dict[str, Any]) -> str:
+    """How much of the model --max-drop kept float (nodes when the report counts them)."""
+    if "float_nodes" in mixed:
+        total = mixed["float_nodes"] + mixed.get("int8_nodes", 0)
+        return f"{mixed['float_nodes']} of {total} nodes kept float"
+    return f"{len(mixed['kept_float'])} layer(s) kept float"
 
 
 def steps_ran(report: Report) -> list[str]:

@@ -118,6 +118,7 @@ def test_max_drop_keeps_sensitive_layers_float(tmp_path: Path) -> None:
     )
     assert mixed["met"] and mixed["drop_all_int8"] > 30 and mixed["drop"] <= 1.0
     assert mixed["kept_float"] and mixed["ranking"][0]["node"] == mixed["kept_float"][0]
+    assert mixed["float_nodes"] >= len(mixed["kept_float"]) and mixed["int8_nodes"] >= 1
     assert report["eval"]["int8_accuracy"] >= report["eval"]["fp32_accuracy"] - 1.0
     floats = {f["node"] for f in report["float_ops"] if "--max-drop" in f["reason"]}
     assert set(mixed["kept_float"]) <= floats
@@ -168,6 +169,7 @@ def test_summary_ends_with_the_verdict(tmp_path: Path) -> None:
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("verdict: accuracy ")
     assert "target --max-drop 0.5 points of accuracy on --eval (400 samples): met at " in last
+    assert " of " in last and " nodes kept float" in last
     # the guard measured equalization and kept the plain cnn (no gain on calibration samples)
     assert last.endswith("steps: minmax ranges")
     page = (tmp_path / "o" / "report.html").read_text()
