@@ -7,6 +7,7 @@ evaluates each attempt)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -197,24 +198,25 @@ def choose_ranges(
 
 
 def meet_target(inp: Any, q: Any, opts: Any) -> Any:
-    """``--max-drop``: measure the drop, rank the layers, keep the most sensitive float
-    until the target holds (converter/_mixed.py); ``q`` ends up as the best attempt."""
+    """``--max-drop``: measure the drop, rank the tensor groups by the noise they add, keep
+    the most sensitive in float until the target holds (converter/_mixed.py); ``q`` ends
+    up as the best attempt. With ``--eval`` labels the drop is accuracy points; without, a
+    label-free task metric against the fp32 model (converter/_proxy.py) on ``--eval`` or the
+    held-out calibration samples. With a TFLite to write, only ops with a float TFLite
+    lowering go float, and an attempt whose TFLite cannot be lowered drops the group that
+    blocked it (so both formats carry the same model)."""
     from . import _evaluate
-    from ._mixed import drop_points, rank_layers, search
-
-    feeds, labels = (inp.ev[0], inp.ev[1]) if inp.ev is not None else (inp.calib, None)
-    fp32_model = q.graph.to_model()
-    fp32 = _evaluate.session(fp32_model)
-
-    def drop_of_model(qmodel: Any) -> float:
-        p32, p8, _ = _evaluate.compare_outputs(fp32, _evaluate.session(qmodel), feeds)
-        return drop_points(p32, p8, labels)
+    from ._mixed import rank_groups, rank_layers, search
 
     assert opts.max_drop is not None
-    metric = "accuracy" if labels is not None else "agreement"
-    drop_int8 = drop_of_model(q.qmodel)
-    ranked: list[dict[str, Any]] = []
+    fp32_model = q.graph.to_model()
+    measure = _drop_measure(inp, fp32_model, opts.drop_metric)
+    tflite = "tflite" in opts.formats
+    lite_too = tflite and opts.io == "float"  # LiteRT measured too (float edges, as ONNX)
+    drop_int8 = measure.drop_of(q.qmodel, _tflite_bytes(q.tflite_source, opts) if lite_too else None)
+    rankings: list[tuple[str, list[dict[str, Any]]]] = [("tensor groups", [])]
     if drop_int8 > opts.max_drop:
+        feeds = measure.feeds
         n = _evaluate.layer_samples(opts.sqnr_samples, sum(q.tensor_bytes.values()))
         layer_db = _evaluate.layer_sqnr(
             fp32_model,
@@ -223,15 +225,203 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
             {k: v[:n] for k, v in feeds.items()},
             tensor_bytes=q.tensor_bytes,
         )
-        ranked = rank_layers(q.graph, q.plan.rules, q.plan.fused, layer_db)
+        floatable = _floatable() if tflite else None
+        rankings = [
+            ("tensor groups", rank_groups(q.graph, q.plan, layer_db, floatable)),
+            ("layers", rank_layers(q.graph, q.plan.rules, q.plan.fused, layer_db, floatable)),
+        ]
     builds: dict[tuple[str, ...], Any] = {}
+    blocked: set[str] = set()  # nodes whose float TFLite lowering failed
+    current: list[dict[str, Any]] = []  # the ranking being searched
 
     def drop_of(keep: dict[str, str]) -> float:
-        built = q.rebuild(keep)
+        lite: bytes | None = None
+        while True:
+            usable = _without_blocked(keep, current, blocked)
+            built = q.rebuild(usable)
+            if not tflite:
+                break
+            lite, node = _tflite_or_blocker(built.tflite_source, opts)
+            if node is None or node in blocked or node not in usable:
+                break
+            blocked.add(node)
         builds[tuple(keep)] = built
-        return drop_of_model(built.qmodel)
+        if not built.plan.quantized:  # every tensor float: no INT8 conversion at all
+            return float("inf")
+        return measure.drop_of(built.qmodel, lite if lite_too else None)
 
-    result, keep = search(opts.max_drop, ranked, drop_int8, drop_of, metric)
+    # tensor groups first (a group float leaves none of its tensors quantized); when
+    # they cannot meet the target, single layers (a layer float keeps its output
+    # quantized: the whole model but its last op can then be float)
+    best: Any = None
+    keep: dict[str, str] = {}
+    tried: list[dict[str, Any]] = []
+    for units, ranked in rankings:
+        current[:] = ranked
+        result, chosen = search(opts.max_drop, ranked, drop_int8, drop_of, measure.metric)
+        tried += [{"units": units, **t} for t in result.tried]
+        result.units = units
+        if best is None or (result.met, -result.drop) > (best.met, -best.drop):
+            best, keep = result, chosen
+        if result.met:
+            break
+    best.tried = tried
+    best.measured_on = measure.where + (", ONNX and TFLite (the larger drop)" if lite_too else "")
+    best.metric_detail = measure.detail
     if keep:
         q.use(builds[tuple(keep)])
-    return result
+        marked = set(q.plan.float_nodes)
+        best.kept_float = [r["node"] for r in best.ranking if r["node"] in marked]
+    best.float_nodes = sum("--max-drop" in why for why in q.plan.float_nodes.values())
+    best.int8_nodes = len(q.plan.rules)
+    if blocked:
+        best.blocked = sorted(blocked)
+    return best
+
+
+def _floatable() -> frozenset[str]:
+    from ._tflite_float import FLOAT_RULES
+
+    return frozenset(FLOAT_RULES)
+
+
+def _without_blocked(
+    keep: dict[str, str], ranked: list[dict[str, Any]], blocked: set[str]
+) -> dict[str, str]:
+    """``keep`` less every ranked group that holds a blocked node (a group goes float
+    whole or not at all)."""
+    if not blocked:
+        return keep
+    gone: set[str] = set()
+    for r in ranked:
+        members = {r["node"], *r.get("with", [])}
+        if members & blocked:
+            gone |= members
+    return {k: v for k, v in keep.items() if k not in gone}
+
+
+def _tflite_or_blocker(source: bytes, opts: Any) -> tuple[bytes | None, str | None]:
+    """The TFLite of this attempt, or the node whose lowering fails (None, None: it
+    fails for another reason, which the write reports)."""
+    import onnx
+
+    from edgeship._errors import UnsupportedOpError
+
+    from ._tflite import build_tflite
+
+    try:
+        data = build_tflite(onnx.ModelProto.FromString(source), io=opts.io, verify=False)[0]
+    except UnsupportedOpError as exc:
+        return None, exc.node_name or None
+    except Exception:  # not this step's business: the write reports it
+        return None, None
+    return data, None
+
+
+def _tflite_bytes(source: bytes, opts: Any) -> bytes | None:
+    return _tflite_or_blocker(source, opts)[0]
+
+
+class _DropMeasure:
+    """The drop of a QDQ model against the fp32 model on fixed samples, in points.
+    Without ``--eval``: the larger of the drops on the held-out calibration samples and on
+    every calibration sample (held-out ones included): a detector's few boxes or a
+    classifier's few near-ties in 16 samples say little on their own."""
+
+    def __init__(self, inp: Any, fp32_model: Any, requested: str) -> None:
+        from . import _evaluate, _proxy
+
+        self.fp32 = _evaluate.session(fp32_model)
+        self.labels: np.ndarray | None = None
+        if inp.ev is not None:
+            self.feeds, self.labels = inp.ev
+            self.where = f"--eval ({_count(self.feeds)} samples)"
+            sets = [self.feeds]
+        else:
+            held = getattr(inp, "holdout", None)
+            if held is None:
+                self.feeds = inp.calib
+                self.where = f"the {_count(self.feeds)} calibration samples (too few to hold some out)"
+                sets = [self.feeds]
+            else:
+                every = {k: np.concatenate([v, held[k]]) for k, v in inp.calib.items()}
+                self.feeds = every
+                self.where = (f"{_count(held)} held-out calibration samples and all "
+                              f"{_count(every)} (the larger drop)")
+                sets = [held, every]
+        if self.labels is not None:
+            self.metric, self.detail = "accuracy", _proxy.DESCRIBE["accuracy"]
+            return
+        self.sets = sets
+        first = self._first(self.fp32, next(_evaluate.samples(sets[0])))
+        inputs = next(iter(sets[0].values()))
+        self.proxy = _proxy.choose(first.shape, inputs.shape, first, requested)
+        self.metric, self.detail = self.proxy.metric, self.proxy.describe()
+        self.refs = [self._views(self.fp32, f) for f in sets]
+
+    @staticmethod
+    def _first(sess: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(sess.run([sess.get_outputs()[0].name], feed)[0], np.float32)
+
+    def _views(self, sess: Any, feeds: dict[str, np.ndarray]) -> list[object]:
+        from . import _evaluate, _proxy
+
+        return [_proxy.view(self.proxy, self._first(sess, f)) for f in _evaluate.samples(feeds)]
+
+    def drop_of(self, qmodel: Any, lite: bytes | None = None) -> float:
+        """The drop of the QDQ model, or of it and its TFLite (``lite``, run by LiteRT)
+        whichever is larger: both formats are to hold the target."""
+        from . import _evaluate, _proxy
+        from ._mixed import drop_points
+
+        s8 = _evaluate.session(qmodel)
+        runners: list[Any] = [s8]
+        if lite is not None:
+            # LiteRT cannot run it as named: the TFLite write says why
+            with contextlib.suppress(KeyError, ValueError, RuntimeError):
+                runners.append(_LiteSession(lite, self.fp32, self.feeds))
+        if self.labels is not None:
+            drops = []
+            for runner in runners:
+                p32, p8, _ = _evaluate.compare_outputs(self.fp32, runner, self.feeds)
+                drops.append(drop_points(p32, p8, self.labels))
+            return max(drops)
+        return max(_proxy.drop(self.proxy, ref, self._views(runner, feeds))
+                   for runner in runners
+                   for ref, feeds in zip(self.refs, self.sets, strict=True))
+
+
+class _LiteSession:
+    """A LiteRT interpreter behind the two onnxruntime session calls the measurement
+    makes (``get_outputs()[0].name``, ``run([name], feed)``); tensors by ONNX name."""
+
+    def __init__(self, data: bytes, like: Any, feeds: dict[str, np.ndarray]) -> None:
+        from edgeship.sdk._quiet import runtime_chatter_filtered
+        from edgeship.sdk.runtime._runtime_litert import interpreter_module
+
+        with runtime_chatter_filtered():
+            self.it = interpreter_module().Interpreter(model_content=data, num_threads=1)
+            self.it.allocate_tensors()
+        self.outputs = like.get_outputs()
+        self.inputs = {d["name"]: d["index"] for d in self.it.get_input_details()}
+        self.out_index = {d["name"]: d["index"] for d in self.it.get_output_details()}
+        missing = ({self.outputs[0].name} - set(self.out_index)) | (set(feeds) - set(self.inputs))
+        if missing:
+            raise KeyError(f"no TFLite tensor named {sorted(missing)}")
+
+    def get_outputs(self) -> Any:
+        return self.outputs
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        for name, value in feed.items():
+            self.it.set_tensor(self.inputs[name], np.ascontiguousarray(value, np.float32))
+        self.it.invoke()
+        return [self.it.get_tensor(self.out_index[n]).copy() for n in names]
+
+
+def _count(feeds: dict[str, np.ndarray]) -> int:
+    return len(next(iter(feeds.values())))
+
+
+def _drop_measure(inp: Any, fp32_model: Any, requested: str) -> _DropMeasure:
+    return _DropMeasure(inp, fp32_model, requested)

@@ -43,6 +43,9 @@ class ConvertOptions:
     # --max-drop: points of accuracy (or agreement) the INT8 model may lose; the most
     # sensitive layers stay float until it holds (converter/_mixed.py); None: off
     max_drop: float | None = None
+    # what --max-drop measures without --eval labels (converter/_proxy.py): auto (from the
+    # output's shape), top1, ctc, boxes or sqnr
+    drop_metric: str = "auto"
     strict_formats: bool = True  # a format not written: raise FormatsNotWritten (OUT/ written)
     max_calib_samples: int = 512  # more samples are ignored (first ones kept)
     max_eval_samples: int = 10_000
@@ -80,6 +83,12 @@ class ConvertOptions:
             raise ConfigError("--base tolerances must be >= 0")
         if self.max_drop is not None and not 0.0 <= self.max_drop <= 100.0:
             raise ConfigError(f"--max-drop must be in [0, 100] points, got {self.max_drop}")
+        from ._proxy import METRICS
+
+        if self.drop_metric not in METRICS:
+            raise ConfigError(
+                f"--drop-metric must be one of {', '.join(METRICS)}, got {self.drop_metric!r}"
+            )
         _check_input_shapes(self.input_shapes)
         from ._targets import check_names
 

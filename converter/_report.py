@@ -344,8 +344,9 @@ def verdict_line(report: Report) -> str:
     if mixed:
         state = "met" if mixed["met"] else "NOT met"
         parts.append(
-            f"target --max-drop {mixed['target']:g} points of {mixed['metric']}: {state} at "
-            f"{mixed['drop']:.2f}, {len(mixed['kept_float'])} layer(s) kept float"
+            f"target --max-drop {mixed['target']:g} points of {mixed['metric']}"
+            + (f" on {mixed['measured_on']}" if mixed.get("measured_on") else "")
+            + f": {state} at {mixed['drop']:.2f}, {_kept(mixed)}"
         )
     else:
         parts.append("no --max-drop target")
@@ -365,6 +366,14 @@ def _fidelity(report: Report) -> str:
             f"(drop {drop:.2f} points), "
         )
     return text + f"agreement {e['agreement']:.2f}%, output SQNR {e['output_sqnr_db']:.1f} dB"
+
+
+def _kept(mixed: dict[str, Any]) -> str:
+    """How much of the model --max-drop kept float (nodes when the report counts them)."""
+    if "float_nodes" in mixed:
+        total = mixed["float_nodes"] + mixed.get("int8_nodes", 0)
+        return f"{mixed['float_nodes']} of {total} nodes kept float"
+    return f"{len(mixed['kept_float'])} layer(s) kept float"
 
 
 def steps_ran(report: Report) -> list[str]:
@@ -401,7 +410,9 @@ def _steps_html(r: Report) -> str:
     if mixed:
         out.append(f"<h2>Mixed precision (--max-drop {mixed['target']:g})</h2>")
         out.append(
-            f"<p>{mixed['metric']} drop all-int8 {mixed['drop_all_int8']:.2f}, reached "
+            f"<p>{html.escape(mixed.get('metric_detail') or mixed['metric'])}, measured on "
+            f"{html.escape(mixed.get('measured_on') or '?')}: drop all-int8 "
+            f"{mixed['drop_all_int8']:.2f}, reached "
             f"{mixed['drop']:.2f}; kept float: {html.escape(', '.join(mixed['kept_float']) or 'none')}"
             "</p>"
         )

@@ -23,6 +23,7 @@ from typing import Any
 import onnx
 from edgeship.converter import (
     _tflite_float_layers,  # noqa: F401  (registers its rules)
+    _tflite_float_more,  # noqa: F401  (registers its rules)
     _tflite_float_rnn,  # noqa: F401  (registers its rules)
     _tflite_ops_math,  # noqa: F401  (registers its rules)
     _tflite_ops_move,  # noqa: F401  (registers its rules)

@@ -8,9 +8,11 @@ fp32 reading for CTC recognizers (within 2 points of fp32: >= 98), no fixed targ
 DBNet text map. On top of its target, edgeship must reach onnxruntime's and NNCF's metric
 (where they produced a model), in both formats (ONNX through onnxruntime, TFLite through
 LiteRT). ``time_x_ort``: edgeship's conversion time over onnxruntime quantize_static's in
-the same run (target: <= 3 with the default steps). ``--max-drop`` without labels counts
-top-1 agreement on the calibration set, which is the task metric of a classifier only: the
-md1 columns are measured on classifiers ("-" elsewhere).
+the same run (target: <= 3 with the default steps). ``--max-drop`` without labels measures a
+task metric chosen from the output's shape against fp32 on calibration samples
+(converter/_proxy.py: top-1 for classifiers, CTC strings for recognizers, fp32-box recall
+for YOLOv8/YOLOX layouts, output noise for the DBNet map), so the md1 columns are measured
+on every model.
 """
 
 from __future__ import annotations

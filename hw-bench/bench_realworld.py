@@ -252,8 +252,6 @@ def bench_model(spec: Spec, opts: argparse.Namespace, work: Path) -> tuple[dict[
     info["fp32_ms"] = round(ref["fp32_ms"], 3)
     rows = []
     for tool in opts.tools:
-        if tool == "edgeship_md1" and spec.task != "classify":
-            continue  # without labels --max-drop counts top-1 agreement: a classifier's metric
         row, out = run_tool(tool, spec, model, calib, mwork, dynamic, opts)
         measure_int8(spec, row, out, ref, eval_x, opts)
         rows.append(row)

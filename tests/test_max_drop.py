@@ -41,6 +41,25 @@ def test_steps_and_search_stop_at_the_first_k_that_holds() -> None:
     assert already.met and keep == {} and already.tried == []
 
 
+def test_search_bisects_to_the_fewest_and_refuses_all_float() -> None:
+    ranked = [{"node": f"n{i}", "with": []} for i in range(20)]
+
+    def drop_of(keep: dict[str, str]) -> float:
+        k = len(keep)
+        return float("inf") if k == 20 else (0.5 if k >= 11 else 5.0)  # 20: every tensor float
+
+    result, keep = search(1.0, ranked, 9.0, drop_of, "ctc")
+    tried = [t["float_layers"] for t in result.tried]
+    assert tried[:6] == [1, 2, 3, 5, 8, 13] and 20 not in tried  # 13 met: bisect 8..13
+    assert result.met and len(keep) == 11 and result.drop == 0.5
+    worse, keep = search(1.0, ranked, 9.0, lambda k: float("inf") if len(k) == 20 else 3.0, "ctc")
+    assert not worse.met and worse.drop == 3.0 and 17 in [t["float_layers"] for t in worse.tried]
+    # above 16 every tensor is float; 15 and 16 meet the target: found below the top
+    late, keep = search(1.0, ranked, 9.0, lambda k: float("inf") if len(k) > 16 else
+                        (0.0 if len(k) >= 15 else 4.0), "ctc")
+    assert late.met and len(keep) == 15
+
+
 def test_rank_by_the_noise_a_layer_adds_not_inherits() -> None:
     w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
     nodes = [
@@ -66,8 +85,8 @@ def test_rank_by_the_noise_a_layer_adds_not_inherits() -> None:
     assert ranked[0]["with"] == ["relu"] and ranked[0]["added_noise"] > ranked[1]["added_noise"]
 
 
-def _convert(args: list[str]) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "edgeship", "convert", *args, "--format", "onnx", "-q"]
+def _convert(args: list[str], fmt: str = "onnx") -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "edgeship", "convert", *args, "--format", fmt, "-q"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -99,6 +118,7 @@ def test_max_drop_keeps_sensitive_layers_float(tmp_path: Path) -> None:
     )
     assert mixed["met"] and mixed["drop_all_int8"] > 30 and mixed["drop"] <= 1.0
     assert mixed["kept_float"] and mixed["ranking"][0]["node"] == mixed["kept_float"][0]
+    assert mixed["float_nodes"] >= len(mixed["kept_float"]) and mixed["int8_nodes"] >= 1
     assert report["eval"]["int8_accuracy"] >= report["eval"]["fp32_accuracy"] - 1.0
     floats = {f["node"] for f in report["float_ops"] if "--max-drop" in f["reason"]}
     assert set(mixed["kept_float"]) <= floats
@@ -109,20 +129,20 @@ def test_max_drop_keeps_sensitive_layers_float(tmp_path: Path) -> None:
 
 
 def test_unreachable_target_exits_3_with_out_written(tmp_path: Path) -> None:
-    """No weight layer to keep float (an Add of near-tied logits): exit 3, one line, OUT/."""
-    c = numpy_helper.from_array(np.array([[0.0, 0.001, 0.002, 0.003]], np.float32), "c")
+    """Nothing that may go float (near-tied logits through a HardSwish, which has an int8
+    TFLite kernel but no float lowering, and a TFLite is asked for): exit 3, one line, OUT/."""
     graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "c"], ["y"], name="add")],
+        [helper.make_node("HardSwish", ["x"], ["y"], name="hswish")],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        [c],
+        [],
     )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     m.ir_version = 8
     onnx.save(m, tmp_path / "m.onnx")
     rng = np.random.default_rng(0)
-    x = (rng.normal(size=(64, 1)) * 50 + rng.normal(size=(64, 4)) * 0.01).astype(np.float32)
+    x = (rng.normal(size=(64, 1)) * 50 + 60 + rng.normal(size=(64, 4)) * 0.01).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=x)
     out = tmp_path / "out"
     done = _convert(
@@ -134,7 +154,8 @@ def test_unreachable_target_exits_3_with_out_written(tmp_path: Path) -> None:
             str(out),
             "--max-drop",
             "0.5",
-        ]
+        ],
+        fmt="onnx,tflite",
     )
     assert done.returncode == 3, (done.returncode, done.stderr)
     assert done.stderr.strip().count("\n") == 0 and "--max-drop 0.5" in done.stderr
@@ -147,7 +168,8 @@ def test_summary_ends_with_the_verdict(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("verdict: accuracy ")
-    assert "target --max-drop 0.5 points of accuracy: met at " in last
+    assert "target --max-drop 0.5 points of accuracy on --eval (400 samples): met at " in last
+    assert " of " in last and " nodes kept float" in last
     # the guard measured equalization and kept the plain cnn (no gain on calibration samples)
     assert last.endswith("steps: minmax ranges")
     page = (tmp_path / "o" / "report.html").read_text()

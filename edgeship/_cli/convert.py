@@ -141,9 +141,20 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     "max_drop",
     type=float,
     default=None,
-    help="Largest accuracy drop in points (on --eval labels; else top-1 disagreement) the "
-    "INT8 model may have: the most sensitive layers stay float until it holds. Exit 3 "
-    "when it cannot be met (OUT/ holds the best attempt).",
+    help="Largest accuracy drop in points (on --eval labels; else the --drop-metric against "
+    "fp32 on held-out calibration samples) the INT8 model may have: the most sensitive layers "
+    "stay in higher precision until it holds. Exit 3 when it cannot be met (OUT/ holds the "
+    "best attempt).",
+)
+@click.option(
+    "--drop-metric",
+    "drop_metric",
+    type=click.Choice(["auto", "top1", "ctc", "boxes", "sqnr"]),
+    default="auto",
+    show_default=True,
+    help="What --max-drop counts without --eval labels: top-1 disagreement, CTC strings that "
+    "differ, fp32 boxes missed (YOLOv8/YOLOX layouts), or output noise (100*10^(-SQNR/10)); "
+    "auto chooses from the output's shape.",
 )
 @click.option(
     "--target",
@@ -180,6 +191,7 @@ def convert(
     bias_correction: bool | None,
     learned_rounding: bool,
     max_drop: float | None,
+    drop_metric: str,
     targets: tuple[str, ...],
     quiet: bool,
 ) -> None:
@@ -203,6 +215,7 @@ def convert(
         bias_correction=bias_correction,
         learned_rounding=learned_rounding,
         max_drop=max_drop,
+        drop_metric=drop_metric,
         targets=tuple(t.strip().lower() for t in targets),
     )
     try:

@@ -1,0 +1,240 @@
+"""The label-free task metric ``--max-drop`` measures when ``--eval`` has no labels: how far
+the INT8 model's outputs stray from the fp32 model's on the same (held-out) inputs, in the
+terms the model's task cares about, chosen from the first output's shape (``--drop-metric``
+overrides the choice):
+
+- ``top1``: classifiers ([1, C] or [1, C, 1, 1]): samples whose top-1 class differs from
+  fp32's or whose fp32 margin (top-1 score minus the runner-up's) is more than half lost
+  (a near-tie that held by luck flips on the next image);
+- ``ctc``: CTC recognizers ([1, T, C] or [T, 1, C] with C > T, per-step scores): share of
+  samples whose greedy CTC string (arg-max per step, repeats merged, blank 0 dropped)
+  differs from fp32's;
+- ``boxes``: YOLO-family detectors whose layout is recognisable: YOLOv8 [1, 4 + K, N]
+  (N anchors > 4 + K, boxes cx, cy, w, h in pixels), YOLOX [1, N, 5 + K] (N = the anchors
+  of strides 8, 16, 32 over the input's height and width): 100 - recall of the fp32 boxes
+  (IoU >= 0.5, same class) after NMS, a box counting as found only when its score keeps
+  at least half of fp32's margin over the confidence threshold (the same at-risk rule);
+- ``sqnr``: anything else: relative noise power of every output in points,
+  100 * 10^(-SQNR/10) (1 point = 20 dB SQNR, 0.1 point = 30 dB).
+
+Every metric is a drop in points (0 = the INT8 outputs read like fp32's). Pure numpy, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+METRICS = ("auto", "top1", "ctc", "boxes", "sqnr")
+YOLOX_STRIDES = (8, 16, 32)
+BOX_CONF = {"yolov8": 0.25, "yolox": 0.1}  # the score threshold of each decoder
+DESCRIBE = {
+    "top1": "top-1 disagreement with fp32 (or half the fp32 margin lost)",
+    "ctc": "CTC strings that differ from fp32's",
+    "boxes": "fp32 boxes missed (IoU 0.5, same class, half the score margin kept)",
+    "sqnr": "relative output noise power, 100*10^(-SQNR/10)",
+    "accuracy": "accuracy points lost on the --eval labels",
+}
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """Which metric, and how to read the first output for it."""
+
+    metric: str  # top1 | ctc | boxes | sqnr
+    layout: str = ""  # ctc: btc | tbc; boxes: yolov8 | yolox
+    image_hw: tuple[int, int] = (0, 0)  # boxes (yolox): the input's height and width
+
+    def describe(self) -> str:
+        what = DESCRIBE[self.metric]
+        return f"{self.metric} ({self.layout}): {what}" if self.layout else f"{self.metric}: {what}"
+
+
+def choose(
+    output_shape: Sequence[int], input_shape: Sequence[int], sample: np.ndarray | None = None,
+    requested: str = "auto",
+) -> Proxy:
+    """The metric for a model whose first output has ``output_shape`` (one sample) and
+    whose first input ``input_shape``; ``sample``: one fp32 output (a YOLOv8 layout is
+    recognised by its box rows); ``requested`` other than auto: that metric (its layout
+    still read from the shapes; a layout that does not fit falls back to sqnr)."""
+    shape = tuple(int(d) for d in output_shape)
+    image_hw = (int(input_shape[-2]), int(input_shape[-1])) if len(input_shape) == 4 else (0, 0)
+    found = _by_shape(shape, image_hw, sample)
+    if requested in ("auto", found.metric):
+        return found
+    if requested == "top1":
+        return Proxy("top1")
+    if requested == "ctc" and len(shape) == 3 and 1 in shape[:2]:
+        return Proxy("ctc", "btc" if shape[0] == 1 else "tbc")
+    if requested == "boxes" and found.metric != "boxes":
+        return Proxy("sqnr")
+    return Proxy(requested) if requested == "sqnr" else found
+
+
+def _by_shape(shape: tuple[int, ...], image_hw: tuple[int, int], sample: np.ndarray | None) -> Proxy:
+    squeezed = [d for d in shape[1:] if d != 1]
+    if shape and shape[0] == 1 and len(squeezed) == 1 and squeezed[0] >= 2 and len(shape) in (2, 4):
+        return Proxy("top1")
+    if len(shape) != 3:
+        return Proxy("sqnr")
+    if shape[0] == 1 and image_hw[0] and shape[1] == _yolox_anchors(image_hw) and shape[2] > 5:
+        return Proxy("boxes", "yolox", image_hw)
+    if shape[0] == 1 and 5 <= shape[1] < shape[2] and _boxes_in_rows(sample, image_hw):
+        return Proxy("boxes", "yolov8", image_hw)
+    if shape[0] == 1 and shape[1] >= 2 and shape[2] > shape[1]:
+        return Proxy("ctc", "btc")
+    if shape[1] == 1 and shape[0] >= 2 and shape[2] > shape[0]:
+        return Proxy("ctc", "tbc")
+    return Proxy("sqnr")
+
+
+def _yolox_anchors(image_hw: tuple[int, int]) -> int:
+    return sum((image_hw[0] // s) * (image_hw[1] // s) for s in YOLOX_STRIDES)
+
+
+def _boxes_in_rows(sample: np.ndarray | None, image_hw: tuple[int, int]) -> bool:
+    """YOLOv8's first four rows are cx, cy, w, h in input pixels: non-negative, within
+    about the image (a CTC score map's rows are not)."""
+    if sample is None or not image_hw[0]:
+        return False
+    rows = np.asarray(sample, np.float64).reshape(sample.shape[-2], -1)[:4]
+    limit = 1.5 * max(image_hw)
+    return bool(rows.min() >= -0.05 * limit and rows.max() <= limit and rows[2:].max() > 1.0)
+
+
+# ----------------------------------------------------------------------------- per sample
+def view(proxy: Proxy, output: np.ndarray) -> object:
+    """What the metric compares for one sample's first output."""
+    if proxy.metric == "top1":
+        return np.asarray(output, np.float64).reshape(-1)
+    if proxy.metric == "ctc":
+        return ctc_greedy(np.asarray(output), proxy.layout)
+    if proxy.metric == "boxes":
+        if proxy.layout == "yolox":
+            return decode_yolox(np.asarray(output), proxy.image_hw, BOX_CONF["yolox"])
+        return decode_yolov8(np.asarray(output), BOX_CONF["yolov8"])
+    return np.asarray(output, np.float64)
+
+
+def drop(proxy: Proxy, reference: Sequence[object], test: Sequence[object]) -> float:
+    """The drop in points of ``test`` views against ``reference`` views (same samples)."""
+    pairs = list(zip(reference, test, strict=True))
+    if not pairs:
+        return 0.0
+    if proxy.metric == "top1":
+        return 100.0 * float(np.mean([_top1_lost(np.asarray(r), np.asarray(t)) for r, t in pairs]))
+    if proxy.metric == "ctc":
+        return 100.0 * float(np.mean([r != t for r, t in pairs]))
+    if proxy.metric == "boxes":
+        found = total = 0
+        for r, t in pairs:
+            f, n = _matched(np.asarray(r), np.asarray(t), BOX_CONF[proxy.layout])
+            found, total = found + f, total + n
+        return 0.0 if total == 0 else 100.0 * (1.0 - found / total)
+    signal = sum(float(np.sum(np.asarray(r, np.float64) ** 2)) for r, _ in pairs)
+    noise = sum(float(np.sum((np.asarray(r, np.float64) - np.asarray(t)) ** 2)) for r, t in pairs)
+    return 100.0 * noise / max(signal, 1e-30)
+
+
+def _top1_lost(ref: np.ndarray, test: np.ndarray) -> bool:
+    """Top-1 changed, or fp32's margin over its runner-up more than half gone."""
+    top = int(np.argmax(ref))
+    if int(np.argmax(test)) != top:
+        return True
+    if ref.size < 2:
+        return False
+    second = int(np.argsort(ref)[-2])
+    margin = float(ref[top] - ref[second])
+    return bool(float(test[top] - test[second]) < margin / 2)
+
+
+# ----------------------------------------------------------------------------- CTC
+def ctc_greedy(output: np.ndarray, layout: str, blank: int = 0) -> list[int]:
+    steps = output[0] if layout == "btc" else output[:, 0]
+    ids = steps.argmax(-1).tolist()
+    decoded, previous = [], None
+    for token in ids:
+        if token != previous and token != blank:
+            decoded.append(int(token))
+        previous = token
+    return decoded
+
+
+# ----------------------------------------------------------------------------- boxes
+def decode_yolov8(output: np.ndarray, conf: float = 0.25, iou: float = 0.45) -> np.ndarray:
+    """[1, 4 + K, N], cx, cy, w, h rows then class scores -> (n, 6) x1 y1 x2 y2 score class."""
+    pred = np.asarray(output, np.float64).reshape(output.shape[-2], -1).T
+    return _best_class(pred[:, :4], pred[:, 4:], conf, iou)
+
+
+def decode_yolox(output: np.ndarray, image_hw: tuple[int, int], conf: float = 0.1,
+                 iou: float = 0.45) -> np.ndarray:
+    """[1, N, 5 + K]: grid offsets and log sizes per stride, objectness, class scores."""
+    pred = np.asarray(output, np.float64).reshape(-1, output.shape[-1]).copy()
+    grids, strides = [], []
+    for s in YOLOX_STRIDES:
+        h, w = image_hw[0] // s, image_hw[1] // s
+        xs, ys = np.meshgrid(np.arange(w), np.arange(h))
+        grids.append(np.stack((xs, ys), 2).reshape(-1, 2))
+        strides.append(np.full((h * w, 1), s))
+    grid, stride = np.concatenate(grids), np.concatenate(strides)
+    pred[:, :2] = (pred[:, :2] + grid) * stride
+    pred[:, 2:4] = np.exp(np.clip(pred[:, 2:4], -20, 20)) * stride
+    return _best_class(pred[:, :4], pred[:, 4:5] * pred[:, 5:], conf, iou)
+
+
+def _best_class(boxes: np.ndarray, scores: np.ndarray, conf: float, iou: float) -> np.ndarray:
+    cls = scores.argmax(1)
+    best = scores[np.arange(len(cls)), cls]
+    keep = best >= conf
+    cx, cy, w, h = boxes[keep].T
+    dets = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, best[keep],
+                     cls[keep].astype(np.float64)], axis=1)
+    return _nms(dets, iou)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _nms(dets: np.ndarray, iou: float) -> np.ndarray:
+    kept = []
+    for cls in np.unique(dets[:, 5]):
+        group = dets[dets[:, 5] == cls]
+        group = group[np.argsort(-group[:, 4], kind="stable")]
+        while len(group):
+            kept.append(group[0])
+            group = group[1:][_iou(group[:1], group[1:])[0] < iou]
+    return np.stack(kept) if kept else np.zeros((0, 6))
+
+
+def _matched(ref: np.ndarray, test: np.ndarray, conf: float, threshold: float = 0.5) -> tuple[int, int]:
+    """(fp32 boxes found in ``test``, fp32 boxes): greedy, best fp32 score first, each
+    test box used once, same class, IoU >= ``threshold``, and the test score keeping at
+    least half of the fp32 score's margin over ``conf``."""
+    ref, test = ref.reshape(-1, 6), test.reshape(-1, 6)
+    if not len(ref) or not len(test):
+        return 0, len(ref)
+    overlap = _iou(ref, test)
+    overlap[ref[:, 5][:, None] != test[:, 5][None, :]] = 0.0
+    at_risk = test[None, :, 4] - conf < (ref[:, 4, None] - conf) / 2
+    overlap[at_risk] = 0.0
+    used = np.zeros(len(test), bool)
+    found = 0
+    for i in np.argsort(-ref[:, 4], kind="stable"):
+        candidates = np.where(~used & (overlap[i] >= threshold))[0]
+        if len(candidates):
+            used[candidates[np.argmax(overlap[i, candidates])]] = True
+            found += 1
+    return found, len(ref)

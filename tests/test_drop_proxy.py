@@ -1,0 +1,111 @@
+"""``--max-drop`` without labels (converter/_proxy.py): the task metric is chosen from the
+output's shape, measured against fp32, and the held-out calibration samples are not
+calibrated on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from edgeship.converter import _proxy
+from edgeship.converter._mixed import split_holdout
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+def _yolov8_output(rng: np.random.Generator, boxes: list[tuple[float, ...]], n: int = 300) -> np.ndarray:
+    """[1, 4 + 3 classes, n]: low-score background anchors plus the given boxes."""
+    out = np.zeros((1, 7, n), np.float32)
+    out[0, 0:2] = rng.uniform(20, 300, size=(2, n))
+    out[0, 2:4] = rng.uniform(5, 40, size=(2, n))
+    out[0, 4:] = rng.uniform(0, 0.1, size=(3, n))
+    for i, (cx, cy, w, h, cls, score) in enumerate(boxes):
+        out[0, :4, i] = (cx, cy, w, h)
+        out[0, 4 + int(cls), i] = score
+    return out
+
+
+def test_metric_follows_the_output_shape() -> None:
+    rng = np.random.default_rng(0)
+    assert _proxy.choose((1, 1000), (1, 3, 224, 224)).metric == "top1"
+    assert _proxy.choose((1, 4, 1, 1), (1, 3, 224, 224)).metric == "top1"
+    assert _proxy.choose((1, 40, 6625), (1, 3, 48, 320), rng.random((1, 40, 6625))) == \
+        _proxy.Proxy("ctc", "btc")
+    assert _proxy.choose((16, 1, 300), (1, 1, 64, 256)) == _proxy.Proxy("ctc", "tbc")
+    boxes = _yolov8_output(rng, [(100, 100, 50, 50, 0, 0.9)])
+    assert _proxy.choose(boxes.shape, (1, 3, 320, 320), boxes) == \
+        _proxy.Proxy("boxes", "yolov8", (320, 320))
+    anchors = 52 * 52 + 26 * 26 + 13 * 13  # YOLOX at 416x416, strides 8/16/32
+    assert _proxy.choose((1, anchors, 6), (1, 3, 416, 416)).layout == "yolox"
+    assert _proxy.choose((1, 1, 320, 480), (1, 3, 320, 480)).metric == "sqnr"
+    # overridden: sqnr for a classifier; a box metric on a shape with no boxes is sqnr
+    assert _proxy.choose((1, 1000), (1, 3, 224, 224), requested="sqnr").metric == "sqnr"
+    assert _proxy.choose((1, 1, 320, 480), (1, 3, 320, 480), requested="boxes").metric == "sqnr"
+
+
+def test_drops_count_what_the_task_counts() -> None:
+    rng = np.random.default_rng(1)
+    top1 = _proxy.Proxy("top1")
+    ref = [_proxy.view(top1, np.eye(4)[i % 4] * 2.0) for i in range(8)]  # margin 2
+    test = [r.copy() for r in ref]
+    test[3] = np.roll(test[3], 1)  # another class on top
+    assert _proxy.drop(top1, ref, test) == 12.5
+    test[5] = test[5] * 0.6  # margin 1.2 of 2: kept
+    assert _proxy.drop(top1, ref, test) == 12.5
+    test[6] = test[6] * 0.4  # margin 0.8 of 2: more than half lost, a near-flip
+    assert _proxy.drop(top1, ref, test) == 25.0
+    ctc = _proxy.Proxy("ctc", "btc")
+    steps = np.zeros((1, 6, 5))
+    steps[0, np.arange(6), [1, 1, 0, 2, 2, 3]] = 1.0  # "1 2 3" after merging and blanks
+    assert _proxy.view(ctc, steps) == [1, 2, 3]
+    moved = steps.copy()
+    moved[0, 2] = np.eye(5)[1]  # the blank between the 1s and 2s is lost: still "1 2 3"
+    other = steps.copy()
+    other[0, 5] = np.eye(5)[4]
+    assert _proxy.drop(ctc, [[1, 2, 3]] * 2, [_proxy.view(ctc, moved), _proxy.view(ctc, other)]) == 50.0
+    box = _proxy.Proxy("boxes", "yolov8", (320, 320))
+    two = _yolov8_output(rng, [(100, 100, 50, 50, 0, 0.9), (200, 200, 40, 40, 1, 0.8)])
+    shifted = two.copy()
+    shifted[0, 0, 1] += 60  # the second box moved off its place: IoU < 0.5
+    ref_view = _proxy.view(box, two)
+    assert len(ref_view) == 2 and _proxy.drop(box, [ref_view], [ref_view]) == 0.0
+    assert _proxy.drop(box, [ref_view], [_proxy.view(box, shifted)]) == 50.0
+    weaker = two.copy()
+    weaker[0, 5, 1] = 0.6  # 0.8 -> 0.6: 0.35 of the 0.55 margin over 0.25 kept: found
+    assert _proxy.drop(box, [ref_view], [_proxy.view(box, weaker)]) == 0.0
+    weaker[0, 5, 1] = 0.45  # 0.2 of 0.55 kept: at risk, counted missed
+    assert _proxy.drop(box, [ref_view], [_proxy.view(box, weaker)]) == 50.0
+    noise = _proxy.Proxy("sqnr")
+    signal = rng.normal(size=1000)
+    noisy = signal + rng.normal(size=1000) * 0.1  # ~20 dB: ~1 point
+    assert 0.8 < _proxy.drop(noise, [signal], [noisy]) < 1.2
+
+
+def test_holdout_is_the_last_quarter_of_enough_samples() -> None:
+    calib = {"x": np.arange(64)[:, None].astype(np.float32)}
+    fit, held = split_holdout(calib)
+    assert held is not None and len(fit["x"]) == 48 and held["x"][0, 0] == 48
+    few = {"x": np.zeros((16, 1), np.float32)}
+    assert split_holdout(few) == (few, None)
+
+
+def test_cli_reports_the_label_free_metric(tmp_path: Path) -> None:
+    """The cnn fixture (a classifier) without --eval: top-1 against fp32 on held-out
+    calibration samples, in both formats (LiteRT runs the TFLite), said in report.json."""
+    calib = dict(np.load(FIX / "cnn_calib.npz"))
+    count = len(next(iter(calib.values())))
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "edgeship", "convert", str(FIX / "cnn.onnx"), "--calib",
+           str(FIX / "cnn_calib.npz"), "-o", str(out), "-q", "--max-drop", "5"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 3), done.stderr
+    mixed = json.loads((out / "report.json").read_text())["mixed_precision"]
+    assert mixed["metric"] == "top1" and "top-1" in mixed["metric_detail"]
+    held = split_holdout(calib)[1]
+    expect = f"{len(next(iter(held.values())))} held-out" if held else f"the {count} calibration"
+    assert expect in mixed["measured_on"] and "ONNX and TFLite" in mixed["measured_on"]
+    done = subprocess.run([*cmd, "--drop-metric", "sqnr"], capture_output=True, text=True, timeout=300)
+    assert json.loads((out / "report.json").read_text())["mixed_precision"]["metric"] == "sqnr"
