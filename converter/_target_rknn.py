@@ -56,6 +56,9 @@ from ._compat import advise
 from ._targets import Target, TargetInputs, TargetResult
 
 PYTHON_ENV = "EDGESHIP_RKNN_PYTHON"
+# a directory to keep the simulator's outputs in (``<target>.simulated.npz``: out0, out1
+# ... over the check samples), for hw-bench/bench_npu.py's detection metric
+KEEP_OUTPUTS_ENV = "EDGESHIP_RKNN_KEEP_OUTPUTS"
 TIMEOUT_S = 900
 MAX_OPSET = 19  # rknn-toolkit2 2.5: "Unsupport onnx opset 20, need <= 19"
 WORKER = Path(__file__).with_name("_rknn_worker.py")
@@ -134,6 +137,9 @@ def compile_rknn(target: Target, inputs: TargetInputs) -> RknnResult:
         (work / "job.json").write_text(json.dumps(job))
         log, summary = _run(python, work / "job.json", work)
         shutil.copyfile(work / artifact, inputs.out_dir / artifact)
+        keep = os.environ.get(KEEP_OUTPUTS_ENV)
+        if keep:  # the simulator's outputs for a task metric the converter cannot know
+            shutil.copyfile(work / "outputs.npz", Path(keep) / f"{target.name}.simulated.npz")
         with np.load(work / "outputs.npz") as npz:
             simulated = npz["out0"] if "out0" in npz.files else None
     agreement = _agreement(inputs.onnx, samples, simulated)
