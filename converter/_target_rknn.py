@@ -227,25 +227,37 @@ def toolkit_ready_onnx(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def constant_scales(onnx_path: Path) -> dict[str, list[float]]:
-    """The scale of every int8 weight and int32 bias, by its DequantizeLinear's output:
-    what the worker gives back to the toolkit's quantization table (it re-derives weight
-    scales from the dtype's range, see converter/_rknn_worker.py)."""
+def constant_scales(onnx_path: Path) -> dict[str, Any]:
+    """What the worker gives back to the toolkit's quantization table (it re-derives
+    scales, see converter/_rknn_worker.py): ``constants``, the scale of every int8
+    weight and int32 bias by its DequantizeLinear's output; ``activations``, [scale,
+    int8 zero point] of every quantized activation by each name the toolkit may use for
+    it (the float tensor, the Q's and the DQs' outputs)."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(onnx_path))
     inits = {i.name: i for i in model.graph.initializer}
-    scales: dict[str, list[float]] = {}
+    constants: dict[str, list[float]] = {}
+    activations: dict[str, list[float]] = {}
+    users: dict[str, list[Any]] = {}
     for node in model.graph.node:
-        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or node.input[1] not in inits:
             continue
-        if inits[node.input[0]].data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.INT32):
-            continue
-        if node.input[1] in inits:
-            value = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64).ravel()
-            scales[node.output[0]] = [float(v) for v in value]
-    return scales
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64).ravel()
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            if inits[node.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.INT32):
+                constants[node.output[0]] = [float(v) for v in scale]
+        elif node.op_type == "QuantizeLinear" and scale.size == 1 and len(node.input) > 2:
+            zero = numpy_helper.to_array(inits[node.input[2]])
+            point = int(zero.ravel()[0]) - (128 if zero.dtype == np.uint8 else 0)
+            names = [node.input[0], node.output[0], *(d.output[0] for d in users.get(node.output[0], [])
+                                                      if d.op_type == "DequantizeLinear")]
+            activations.update({name: [float(scale[0]), float(point)] for name in names})
+    return {"constants": constants, "activations": activations}
 
 
 def _keep_sigmoid_rounding(graph: Any, nodes: list[Any]) -> list[Any]:
