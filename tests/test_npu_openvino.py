@@ -133,14 +133,17 @@ def test_silu_blocks_are_written_for_openvinos_fusion(tmp_path: Path) -> None:
     res = run_cli(model, "--calib", model.with_suffix(".npz"), "-o", out, "--target", "openvino-cpu")
     assert res.returncode == 0, res.stderr
     result = json.loads((out / "report.json").read_text())["targets"]["openvino-cpu"]
-    assert result["artifact"] == "model.int8.openvino-cpu.onnx" and result["fused_blocks"] == 3
-    assert result["int8_path"] is True and result["top1_agreement"] is not None
+    assert result["fused_blocks"] == 3 and result["int8_path"] is True
+    # kept when it ran faster here (measured against the generic model at each convert)
+    kept = result["artifact"] == "model.int8.openvino-cpu.onnx"
+    assert kept == result["prepared_kept"] == (out / "model.int8.openvino-cpu.onnx").exists()
     generic = onnx.load(str(out / "model.int8.onnx"))
-    prepared = onnx.load(str(out / result["artifact"]))
+    prepared, _ = fused_for_openvino(generic)
+    onnx.save(prepared, str(tmp_path / "prepared.onnx"))
     count = [n.op_type for n in generic.graph.node].count("QuantizeLinear")
     assert [n.op_type for n in prepared.graph.node].count("QuantizeLinear") == count - 5
     assert fused_for_openvino(prepared)[1] == 0  # nothing left to rewrite
-    compiled = ov.Core().compile_model(str(out / result["artifact"]), "CPU")
+    compiled = ov.Core().compile_model(str(tmp_path / "prepared.onnx"), "CPU")
     fused = [op.get_rt_info()["originalLayersNames"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
              if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
     sigmoids = {n.output[0]: n.name for n in prepared.graph.node if n.op_type == "Sigmoid"}
