@@ -363,11 +363,13 @@ def gates_as_conv(model: onnx.ModelProto) -> onnx.ModelProto:
         s_q, s = float(graph.inits[q.input[1]]), float(graph.inits[_dq_of(graph, q).input[1]])
         alpha, s_x, channels = s / s_q, float(graph.inits[x_dq.input[1]]), shape[1]
         base = add.name or add.output[0]
-        w_scale = np.full(channels, alpha / 127.0, np.float32)
+        steps = _gate_weight_steps(c, s_x)
+        w_scale = np.full(channels, alpha / steps, np.float32)
         b_scale = (np.float32(s_x) * w_scale).astype(np.float32)
-        graph.inits[f"{base}_w_q"] = np.full((channels, 1, 1, 1), 127, np.int8)
+        graph.inits[f"{base}_w_q"] = np.full((channels, 1, 1, 1), steps, np.int8)
         graph.inits[f"{base}_w_s"] = w_scale
-        graph.inits[f"{base}_b_q"] = np.round(alpha * c / b_scale.astype(np.float64)).astype(np.int32)
+        bias = np.round(alpha * c / b_scale.astype(np.float64))
+        graph.inits[f"{base}_b_q"] = np.clip(bias, -_INT32_MAX, _INT32_MAX).astype(np.int32)
         graph.inits[f"{base}_b_s"] = b_scale
         q.input[1] = _dq_of(graph, q).input[1]
         at = next(i for i, n in enumerate(graph.nodes) if n is add)
@@ -381,6 +383,19 @@ def gates_as_conv(model: onnx.ModelProto) -> onnx.ModelProto:
     out = graph.to_model()
     out.metadata_props.extend(model.metadata_props)
     return out
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _gate_weight_steps(c: float, s_x: float) -> int:
+    """The gate's int8 weight (127 unless its int32 bias ``c * weight / s_x`` would
+    overflow: a tiny input scale, as in a network whose activations shrink): the weight
+    is ``weight * (alpha / weight)`` = alpha either way. Below 1 the gate cannot move
+    (x's whole range is far under c) and the bias is clipped."""
+    if c == 0.0 or s_x <= 0.0:
+        return 127
+    return int(np.clip(np.floor(_INT32_MAX * s_x / abs(c)), 1, 127))
 
 
 def _add_gate(graph: Graph, q: onnx.NodeProto, shapes: dict[str, list[int]]

@@ -147,7 +147,10 @@ def _rockchip(name: str, what: str) -> Target:
         name=name, compiles="onnx", extra="rknn", module="rknn", runner=f"{_RKNN}:compile_rknn",
         compiler="Rockchip's rknn-toolkit2 (in its own environment, EDGESHIP_RKNN_PYTHON)",
         summary=f"Rockchip {name.upper()} NPU, {what} (rknn-toolkit2)",
-        settings={"target_platform": name}, probe=f"{_RKNN}:toolkit_problem",
+        # optimization level 2: no conv + add + activation fusion, which skips the
+        # rounding of the conv's output that our INT8 ONNX (and the TFLite) does
+        settings={"target_platform": name, "optimization_level": "2"},
+        probe=f"{_RKNN}:toolkit_problem",
         hint="rknn-toolkit2 in its own venv, EDGESHIP_RKNN_PYTHON=<its python>",
     )
 

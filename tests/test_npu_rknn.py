@@ -94,7 +94,10 @@ def test_cnn_compiles_for_three_rockchip_npus_and_the_simulator_agrees(tmp_path:
         assert result["samples"] == 100  # the eval set, not the 8 latency samples
         assert result["top1_agreement"] >= 99.0
         assert result["top1_within_step"] >= result["top1_agreement"]
-        assert result["max_diff_steps"] is not None and result["max_diff_steps"] <= 8
+        # our weight scales given back to the toolkit and no fused roundings: the
+        # simulator computes our INT8 ONNX's numbers exactly (7 steps off before)
+        assert result["restored_scales"] > 0
+        assert result["max_diff_steps"] == 0.0
         assert result["macs_total"] > 0 and result["mac_share"] == 1.0
         artifact = out / f"model.{target}.rknn"
         assert result["artifact"] == artifact.name and artifact.read_bytes()[:4] == b"RKNN"

@@ -224,6 +224,60 @@ def test_agents_install_their_variant_or_the_generic_artifact(
             proc.terminate()
 
 
+def test_an_encrypted_release_carries_encrypted_variants(
+        files: dict[str, Path], tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """``--variant`` with ``--encrypt-for``: each variant is encrypted under the release's
+    data key with a nonce of its own; a real agent whose hardware matches and whose
+    [encryption] key is a recipient installs the variant, decrypts it in memory and serves
+    it with OpenVINO; no plaintext of it is left under its data dir."""
+    from edgeship.sdk.fleet._release_server import ReleaseServer, push_offer
+    from edgeship.sdk.release._crypt import decrypt, unwrap_data_key, write_key_pair
+    from edgeship.sdk.release._release import Release
+
+    keys = make_keys(tmp_path)
+    device_key, device_pub, _ = write_key_pair(tmp_path / "device-keys", "dev-ov")
+    rel = tmp_path / "rel"
+    Release.build(files["generic"], version="1.0.0", keydir=keys, out=rel, golden=files["golden"],
+                  model_name="model", encrypt_for=[device_pub],
+                  variants={"openvino-cpu": files["openvino-cpu"]})
+    manifest = Release.load(rel).manifest
+    stored = (rel / files["openvino-cpu"].name).read_bytes()
+    plain = files["openvino-cpu"].read_bytes()
+    assert plain not in stored and manifest.variants["openvino-cpu"].sha256 == hashlib.sha256(stored).hexdigest()
+    assert stored[:12] != (rel / "model.onnx").read_bytes()[:12]  # a nonce of its own
+    from edgeship.agent._config import EncryptionConfig
+    from edgeship.agent._device_key import load_device_key
+
+    key = load_device_key(EncryptionConfig(key_file=str(device_key)))
+    assert manifest.encryption is not None
+    assert decrypt(stored, unwrap_data_key(manifest.encryption, key)) == plain
+
+    server = ReleaseServer(mosquitto.url, [rel]).start()
+    watch = Watcher(mosquitto.url)
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port, root_pub=keys / "root.pub",
+                       device="ov", extra=f'\n[encryption]\nkey_file = "{device_key}"\n')
+    cfg.write_text(cfg.read_text().replace('fleet = "t"\n', 'fleet = "t"\nhardware = "openvino-cpu"\n'))
+    agent = AgentProc(cfg, port).start()
+    try:
+        push_offer(mosquitto.url, "t", rel, ["ov"])
+        done = watch.wait(lambda s: s["state"] in ("committed", "rolled-back", "failed"),
+                          device="ov", timeout=60)
+        assert done["state"] == "committed", done
+        version, y = served_version(agent.url)
+        assert version == "1.0.0"
+        np.testing.assert_allclose(y, expected(100.0, GOLDEN_X), rtol=1e-4, atol=1e-4)
+        slot = _active_slot(tmp_path / "data-ov")
+        assert slot["variant"] == "openvino-cpu" and slot["sha256"] == hashlib.sha256(stored).hexdigest()
+        assert http_json(f"{agent.url}/v2/models/model")[1]["platform"] == "openvino_onnx"
+        for path in (tmp_path / "data-ov").rglob("*"):
+            assert not path.is_file() or plain[64:192] not in path.read_bytes(), path
+    finally:
+        watch.close()
+        server.stop()
+        agent.terminate()
+
+
 def test_release_cli_takes_variants(files: dict[str, Path], tmp_path: Path) -> None:
     keys = make_keys(tmp_path)
     res = subprocess.run(

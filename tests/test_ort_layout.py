@@ -191,3 +191,18 @@ def test_convert_writes_the_tflite_from_the_unpadded_model(tmp_path: Path) -> No
     step = float(numpy_helper.to_array(next(i for i in written.graph.initializer if i.name == "y_s")))
     for got, ref in zip(_litert(tflite, xs, tmp_path), onnx_out, strict=True):
         assert np.abs(got - ref).max() <= 1.001 * step  # one int8 step at most
+
+
+def test_gate_weight_keeps_the_bias_in_int32() -> None:
+    """A network whose activations shrink (MobileNetV3 with random weights: input scales
+    of 1e-7) made the gate's int32 bias ``c * 127 / s_x`` overflow into garbage: the
+    weight's integer shrinks instead (weight x scale stays alpha) and below 1 the bias
+    saturates (the gate cannot move then)."""
+    from edgeship.converter._ort_layout import _INT32_MAX, _gate_weight_steps
+
+    assert _gate_weight_steps(3.0, 0.02) == 127
+    for s_x in (1e-7, 1e-8, 1e-12):
+        steps = _gate_weight_steps(3.0, s_x)
+        assert 1 <= steps < 127
+        assert steps == 1 or 3.0 * steps / s_x <= _INT32_MAX
+    assert _gate_weight_steps(0.0, 1e-12) == 127

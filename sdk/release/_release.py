@@ -192,9 +192,6 @@ class Release:
         # the golden check runs the artifact: a bad --golden must fail before --out is made
         golden_check = None if golden is None else load_golden(Path(golden), artifact)
         loaded = load_variants(variants or {})
-        if loaded and encrypt_for:
-            raise InputError("--variant with --encrypt-for: per-target artifacts are not "
-                             "encrypted yet; release them in the clear or without variants")
         if hardware and loaded:
             hardware = [*hardware, *(t for t, _, _ in loaded if t not in hardware)]
         if encrypt_for:  # before _Seal.new, which makes an archive key if there is none
@@ -218,7 +215,7 @@ class Release:
             keyid=keyid_of(signer),
             encryption=None if seal is None else seal.encryption,
             profile=profile,
-            variants=write_variants(out, loaded, taken),
+            variants=write_variants(out, loaded, taken, None if seal is None else seal.payload),
         )
         write_atomic(out / artifact.name, stored)
         write_atomic(out / "keyset.json", json.dumps(keyset_env, indent=1).encode())
@@ -266,6 +263,11 @@ class _Seal:
         return encrypt(plaintext, self.data_key, self.encryption.nonce)
 
     def delta(self, plaintext: bytes) -> bytes:
+        return self.payload(plaintext)
+
+    def payload(self, plaintext: bytes) -> bytes:
+        """A delta or a per-target artifact: the release's data key, a nonce of its own
+        (the file starts with it; a device decrypts a variant as it does the artifact)."""
         return encrypt(plaintext, self.data_key, new_nonce())
 
 
@@ -466,7 +468,11 @@ def verify_release(
     for base_dir in bases:
         _verify_base(manifest, release, Path(base_dir), private_key)
     for target in manifest.variants:  # what a device of that hardware downloads
-        check_payload(manifest.select(target), release.read_variant(target))
+        variant = check_payload(manifest.select(target), release.read_variant(target))
+        if manifest.encryption is not None:
+            _unique_nonce(nonces, variant[:12], manifest.variants[target].name)
+        if data_key is not None:
+            decrypt(variant, data_key, what=manifest.variants[target].name)
     plaintext = None if data_key is None else decrypt(artifact, data_key,
                                                        what=manifest.artifact.name)
     if golden and manifest.golden is not None and (manifest.encryption is None or plaintext):

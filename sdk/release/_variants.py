@@ -7,13 +7,15 @@ generic artifact (see :meth:`~edgeship.sdk.release._manifest.Manifest.select`).
 A variant cannot be run here (it needs its NPU), so it is checked up to that boundary:
 the target is one an accelerator runs (sdk/runtime/_accel.py), the file has that
 accelerator's format and structure (a TFLite with Vela's ``ethos-u`` op, an RKNN file, an
-ONNX that loads), and its signed size and sha256 are checked like the artifact's.
+ONNX that loads), and its signed size and sha256 are checked like the artifact's. In an
+encrypted release (``--encrypt-for``) each variant is encrypted under the release's data
+key with a nonce of its own, like a delta; a device decrypts it as it does the artifact.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from edgeship.sdk._fileio import write_atomic
@@ -79,16 +81,19 @@ def load_variants(variants: Mapping[str, Path | str]) -> list[tuple[str, Path, b
     return loaded
 
 
-def write_variants(out: Path, loaded: list[tuple[str, Path, bytes]],
-                   taken: set[str]) -> dict[str, ArtifactInfo]:
+def write_variants(out: Path, loaded: list[tuple[str, Path, bytes]], taken: set[str],
+                   seal: Callable[[bytes], bytes] | None = None) -> dict[str, ArtifactInfo]:
     """Write each checked variant into the release dir ``out`` (under its own name) and
-    return the manifest entries. ``taken``: file names the release already uses."""
+    return the manifest entries. ``taken``: file names the release already uses;
+    ``seal``: an encrypted release's encryption of a payload file (the entries then sign
+    the ciphertext, as for the artifact)."""
     entries: dict[str, ArtifactInfo] = {}
-    for target, path, data in loaded:
+    for target, path, plain in loaded:
         if path.name in taken:
             raise InputError(f"--variant {target}={path}: the release already has a file "
                              f"named {path.name}")
         taken.add(path.name)
+        data = plain if seal is None else seal(plain)
         write_atomic(out / path.name, data)
         entries[target] = ArtifactInfo(name=path.name, sha256=hashlib.sha256(data).hexdigest(),
                                        size=len(data), format=path.suffix.lstrip("."))

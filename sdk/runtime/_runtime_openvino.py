@@ -3,7 +3,8 @@
 when OpenVINO sees one). Imported only when asked for.
 
 One compiled model and one infer request behind a lock: ``predict`` may be called from
-many threads. int8 model edges (``io="int8"``) are float32 to the caller, as with
+many threads; each call sets the inputs as tensors over the callers' arrays, runs
+``infer()`` and copies the outputs out. int8 model edges (``io="int8"``) are float32 to the caller, as with
 onnxruntime (the same Q/DQ parameters, read from the ONNX graph).
 """
 
@@ -63,6 +64,8 @@ class OpenVinoBackend:
         self.inputs = tuple(self._caller(s) for s in raw_in)
         self.outputs = tuple(self._caller(s) for s in raw_out)
         self._request = self._compiled.create_infer_request()
+        self._tensor = ov.Tensor
+        self._storage = {spec.name: np.dtype(spec.dtype) for spec in raw_in}
         self._lock = threading.Lock()
 
     def _caller(self, spec: TensorSpec) -> TensorSpec:
@@ -71,10 +74,16 @@ class OpenVinoBackend:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {k: to_storage(self._quant[k], v) if k in self._quant else v for k, v in feeds.items()}
+        # inputs as tensors sharing the arrays' memory and infer(): infer(dict) builds a
+        # result dict per call (0.02 ms, a small model's whole inference)
+        arrays = {k: np.ascontiguousarray(v, dtype=self._storage.get(k)) for k, v in feeds.items()}
         try:
             with self._lock:
-                result = self._request.infer(feeds)
-                values = [np.array(result[port]) for port in self._compiled.outputs]
+                for name, value in arrays.items():
+                    self._request.set_tensor(name, self._tensor(value, shared_memory=True))
+                self._request.infer()
+                values = [np.array(self._request.get_output_tensor(i).data)
+                          for i in range(len(self._compiled.outputs))]
         except Exception as exc:
             raise InferenceError(f"OpenVINO failed: {_last_line(exc)}") from exc
         return {
