@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,28 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _prof(name: str) -> list[str]:
+    """``-m cProfile -o $BENCH_FLEET_PROFILE/<name>.prof`` when that variable names a dir."""
+    import os
+
+    where = os.environ.get("BENCH_FLEET_PROFILE")
+    return ["-m", "cProfile", "-o", f"{where}/{name}.prof"] if where else []
+
+
+def _spy(name: str, pid: int) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` (sampled, every thread) attached to ``pid`` when
+    ``$BENCH_FLEET_PYSPY`` names a dir (``pip install py-spy``); SIGINT ends it."""
+    import os
+
+    where = os.environ.get("BENCH_FLEET_PYSPY")
+    if not where:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen([spy, "record", "-r", "250", "-f", "raw", "-o",
+                             f"{where}/{name}.txt", "--pid", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run_size(n: int, rels: dict[str, Any], tmp: Path, procs: int, db: str = "sqlite"
              ) -> dict[str, Any]:
     import os
@@ -164,14 +187,15 @@ def run_size(n: int, rels: dict[str, Any], tmp: Path, procs: int, db: str = "sql
     db_url = db if "://" in db else f"sqlite:///{tmp / f'state-{n}-{time.monotonic_ns()}.sqlite'}"
     broker = Broker(tmp)
     servers = [subprocess.Popen(
-        [sys.executable, "-m", "edgeship", "fleet", "serve", "--broker", broker.url, "--fleet",
+        [sys.executable, *_prof(f"serve{i}"), "-m", "edgeship", "fleet", "serve", "--broker", broker.url, "--fleet",
          FLEET, "--releases", str(rels["v2"])], stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
     procs = max(1, min(procs, n // 50 or 1))
     per = -(-n // procs)
     sims = [SwarmProc(broker_url=broker.url, fleet=FLEET, root=rels["root"], initial=rels["v1"],
                       prefix="dev-", start=i * per, count=min(per, n - i * per),
-                      request_timeout_s=10.0) for i in range(procs)]
+                      request_timeout_s=10.0, python_args=_prof(f"sim{i}"))
+            for i in range(procs)]
     try:
         began = time.perf_counter()
         ready = sum(s.wait_ready(timeout=600) for s in sims)
@@ -182,9 +206,10 @@ def run_size(n: int, rels: dict[str, Any], tmp: Path, procs: int, db: str = "sql
         pids = {"broker": [broker.proc.pid], "serve": [s.pid for s in servers],
                 "simulators": [s.proc.pid for s in sims]}
         cpu0 = {k: sum(cpu_s(p) for p in v) for k, v in pids.items()}
+        spies = [_spy(f"serve{i}", s.pid) for i, s in enumerate(servers)]
         began = time.perf_counter()
         push = subprocess.Popen(
-            [sys.executable, "-m", "edgeship", "fleet", "push", str(rels["v2"]), "--broker",
+            [sys.executable, *_prof("push"), "-m", "edgeship", "fleet", "push", str(rels["v2"]), "--broker",
              broker.url, "--fleet", FLEET, "--devices", devices, "--wait", "--json",
              "--wave-timeout", "600", "--db", db_url],
             stdout=open(tmp / "push.out", "w"), stderr=open(tmp / "push.err", "w"),  # noqa: SIM115
@@ -194,6 +219,9 @@ def run_size(n: int, rels: dict[str, Any], tmp: Path, procs: int, db: str = "sql
         wall_s = time.perf_counter() - began
         cpu = {k: sum(cpu_s(p) for p in v) - cpu0[k] for k, v in pids.items()}
         cpu["push"] = usage.ru_utime + usage.ru_stime
+        for spy in filter(None, spies):
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=30)
         if push.returncode != 0:
             raise RuntimeError(f"fleet push failed: {(tmp / 'push.err').read_text().strip()}")
         rep = json.loads((tmp / "push.out").read_text())
