@@ -291,16 +291,20 @@ class Swarm:
         self._next_sweep = 0.0
         self.sweep_s = sweep_s
 
-    def connect(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        for dev in self.devices:
-            dev.edge.poll(0.0)  # TCP connect + CONNECT; the rest comes through the loop
-            self._register(dev)
-        while not all(d.edge.connected for d in self.devices):
-            if time.monotonic() > deadline:
-                missing = [d.device for d in self.devices if not d.edge.connected]
-                raise RuntimeError(f"{len(missing)} devices not connected: {missing[:5]}")
-            self.run_once(0.05)
+    def connect(self, timeout: float = 30.0, batch: int = 50) -> None:
+        """Connect every device, ``batch`` at a time (thousands of blocking connects at
+        once overflow the broker's listen backlog; each batch gets ``timeout`` s)."""
+        for start in range(0, len(self.devices), batch):
+            group = self.devices[start:start + batch]
+            for dev in group:
+                dev.edge.connect_now()  # TCP connect + CONNECT; the rest through the loop
+                self._register(dev)
+            deadline = time.monotonic() + timeout
+            while not all(d.edge.connected for d in group):
+                if time.monotonic() > deadline:
+                    missing = [d.device for d in group if not d.edge.connected]
+                    raise RuntimeError(f"{len(missing)} devices not connected: {missing[:5]}")
+                self.run_once(0.05)
 
     def run_once(self, timeout: float = 0.05) -> None:
         touched: list[SimDevice] = []
@@ -329,7 +333,7 @@ class Swarm:
             old = self._registered.pop(dev, None)
             if old is not None:
                 self._unregister_quiet(old[0])
-            dev.edge.poll(0.0)
+            dev.edge.connect_now()
             sock = dev.edge.socket()
             if sock is None:
                 return
@@ -433,7 +437,8 @@ def build_swarm(args: argparse.Namespace) -> Swarm:
                         password=creds.get(name, ""))
         dev.install_initial(offer, artifact)
         devices.append(dev)
-    return Swarm(devices)
+    # keepalives (60 s), reconnects and overdue requests need no faster sweep than this
+    return Swarm(devices, sweep_s=max(1.0, len(devices) / 1000))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -460,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     swarm = build_swarm(args)
-    swarm.connect(timeout=30.0 + 0.02 * len(swarm.devices))
+    swarm.connect()
     print(json.dumps({"ready": len(swarm.devices)}), flush=True)
     while not stop:
         swarm.run_once(0.05)
