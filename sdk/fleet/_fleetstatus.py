@@ -175,9 +175,9 @@ class FleetWatcher:
         self._lock = threading.Lock()
         self._statuses: dict[str, DeviceStatus] = {}
         self._seen: dict[str, float] = {}
-        # raw(): each device's dict, rebuilt only for devices that reported since
+        # raw(): each device's dict, built once per status; readers parse one at a time
         self._raw: dict[str, dict[str, Any]] = {}
-        self._stale: set[str] = set()
+        self._reading = threading.Lock()
         self._tracked: dict[str, set[str]] = {}  # name -> devices changed since take(name)
         # statuses not parsed yet: a device reports several phases between two looks,
         # only its newest is read
@@ -215,9 +215,10 @@ class FleetWatcher:
 
     def statuses(self) -> dict[str, DeviceStatus]:
         """The latest status of every device seen, by device id (last seen from telemetry too)."""
-        with self._lock:
+        with self._reading:
             self._parse_pending()
             out = dict(self._statuses)
+        with self._lock:
             seen = dict(self._seen)
         for dev, ts in seen.items():
             s = out.get(dev)
@@ -229,16 +230,10 @@ class FleetWatcher:
         """Status dicts as the devices sent them (what the rollout planner reads). Each
         device's dict is built once per status it sends (the planner looks at thousands
         of devices several times a second); treat them as read-only."""
-        with self._lock:
+        with self._reading:
             self._parse_pending()
-            for dev in self._stale:
-                status = self._statuses.get(dev)
-                if status is None:
-                    self._raw.pop(dev, None)
-                else:
-                    self._raw[dev] = status.to_dict()
-            self._stale.clear()
             out = dict(self._raw)
+        with self._lock:
             seen = dict(self._seen) if self._seen else {}
         for dev, ts in seen.items():
             s = out.get(dev)
@@ -248,14 +243,18 @@ class FleetWatcher:
         return out
 
     def _parse_pending(self) -> None:
-        """Read the statuses that came in since (under the lock)."""
-        for device, payload in self._pending.items():
+        """Read the statuses that came in since (one reader at a time: ``_reading``),
+        outside the lock the MQTT thread takes for every message."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for device, payload in pending.items():
             status = DeviceStatus.from_payload(device, payload)
             if status is None:
                 self._statuses.pop(device, None)  # a cleared retained status
+                self._raw.pop(device, None)
             else:
                 self._statuses[device] = status
-        self._pending.clear()
+                self._raw[device] = status.to_dict()
 
     def track(self, name: str) -> None:
         """Start collecting the devices that report, for :meth:`take` (``name``: one reader)."""
@@ -277,10 +276,9 @@ class FleetWatcher:
         self.last_message = time.monotonic()
         with self._lock:
             self.changes += 1
-            if device not in self._statuses and device not in self._pending and \
+            if device not in self._pending and device not in self._statuses and \
                     len(self._statuses) + len(self._pending) >= MAX_DEVICES:
                 return
-            self._stale.add(device)
             for changed in self._tracked.values():
                 changed.add(device)
             if kind == "status":

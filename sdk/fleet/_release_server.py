@@ -98,7 +98,7 @@ class ReleaseServer:
         view = self._mapped(served)
 
         def read(offset: int, length: int) -> bytes:
-            return view[offset:offset + length]
+            return bytes(view[offset:offset + length])
 
         return served.size, read
 

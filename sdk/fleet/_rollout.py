@@ -438,7 +438,7 @@ def _observe(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: f
     looked = offered_at.items() if only is None else \
         [(d, offered_at[d]) for d in only if d in offered_at]
     outcomes: dict[str, str] | None = None
-    errors = rollout.errors
+    errors: dict[str, str] = {}
     for dev, since in looked:
         outcome = rollout.outcomes[dev]
         if outcome == PENDING:

@@ -56,8 +56,11 @@ DeviceChooser = Callable[[Mapping[str, Mapping[str, Any]], str], list[str]]
 
 
 def publish_offers(edge: MqttEdge, fleet: str, payload: bytes, devices: Sequence[str], *,
-                   timeout: float = 30.0) -> None:
-    """Publish ``payload`` retained on each device's offer topic; wait for every PUBACK."""
+                   timeout: float | None = None) -> None:
+    """Publish ``payload`` retained on each device's offer topic; wait for every PUBACK
+    (``timeout``: 30 s plus 10 ms per device: the broker acknowledges a wave of ten
+    thousand while it delivers them)."""
+    timeout = 30.0 + 0.01 * len(devices) if timeout is None else timeout
     infos = []
     for dev in devices:
         info = edge.publish(topics(fleet, dev).offer, payload, retain=True)
@@ -84,9 +87,8 @@ def run_rollout(*, broker_url: str, fleet: str, reldir: str | Path, db: FleetDB,
     """Start or resume the rollout of ``reldir`` to ``fleet``; see the module docstring.
 
     ``policy`` shapes a new rollout; a recorded one keeps its waves and takes only a
-    given ``max_failure_rate`` / ``wave_timeout_s``. Without ``wait`` it goes as far as
-    it can without waiting for devices (offers the next wave if the last one is done)
-    and returns; with ``wait`` it returns once the rollout completed, halted or was
+    given ``max_failure_rate`` / ``wave_timeout_s``. Without ``wait`` it looks once
+    (takes in the verdicts, offers the next wave if the last one is done) and returns; with ``wait`` it returns once the rollout completed, halted or was
     cancelled (a paused one is waited out). ``choose(statuses, version)`` picks the
     devices of a new rollout when none are named (default: every device with a status).
 
@@ -208,7 +210,7 @@ class _Run:
         every ``record_s`` (a worker that takes over reads them again from the retained
         statuses), as do the devices' statuses."""
         n = max(1, len(rollout.outcomes))
-        record_s = max(2.0, n / 2000)  # one write of the whole record: seldom for big fleets
+        record_s = max(2.0, n / 1000)  # one write of the whole record: seldom for big fleets
         watcher.track("observe")
         watcher.track("record")
         view, decided = rollout, rollout  # what the statuses say / what the database holds
@@ -242,8 +244,8 @@ class _Run:
             if on_update is not None:
                 on_update(view)
             done = decided.status not in ("running", "paused")
-            if done or (not wait and not offer):
-                return decided
+            if done or not wait:  # without --wait: one look, one decision (devices
+                return decided  # that commit at once must not carry it past a pause)
             if not offer:
                 time.sleep(poll_s)
 
