@@ -190,6 +190,7 @@ def run_size(n: int, rels: dict[str, Any], tmp: Path, procs: int, db: str = "sql
         [sys.executable, *_prof(f"serve{i}"), "-m", "edgeship", "fleet", "serve", "--broker", broker.url, "--fleet",
          FLEET, "--releases", str(rels["v2"])], stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = procs or max(2, -(-n // 2500))  # auto: at most 2 500 devices per process
     procs = max(1, min(procs, n // 50 or 1))
     per = -(-n // procs)
     sims = [SwarmProc(broker_url=broker.url, fleet=FLEET, root=rels["root"], initial=rels["v1"],
@@ -211,9 +212,10 @@ def run_size(n: int, rels: dict[str, Any], tmp: Path, procs: int, db: str = "sql
         push = subprocess.Popen(
             [sys.executable, *_prof("push"), "-m", "edgeship", "fleet", "push", str(rels["v2"]), "--broker",
              broker.url, "--fleet", FLEET, "--devices", devices, "--wait", "--json",
-             "--wave-timeout", "600", "--db", db_url],
+             "--wave-timeout", "1800", "--db", db_url],
             stdout=open(tmp / "push.out", "w"), stderr=open(tmp / "push.err", "w"),  # noqa: SIM115
             stdin=subprocess.DEVNULL)
+        spies.append(_spy("push", push.pid))
         _, status, usage = os.wait4(push.pid, 0)
         push.returncode = os.waitstatus_to_exitcode(status)
         wall_s = time.perf_counter() - began
@@ -226,8 +228,14 @@ def run_size(n: int, rels: dict[str, Any], tmp: Path, procs: int, db: str = "sql
             raise RuntimeError(f"fleet push failed: {(tmp / 'push.err').read_text().strip()}")
         rep = json.loads((tmp / "push.out").read_text())
         after = broker.counters()
-    finally:
-        counters = [s.stop() for s in sims]
+    finally:  # every process stopped, whatever failed
+        counters = []
+        for sim in sims:
+            try:
+                counters.append(sim.stop())
+            except Exception as exc:  # stop the rest anyway
+                sim.proc.kill()
+                print(f"simulator: {exc}", file=sys.stderr)
         for srv in servers:
             srv.terminate()
             srv.wait(timeout=10)
@@ -273,16 +281,33 @@ def _row(n: int, rep: dict[str, Any], wall_s: float, devices_s: float | None, se
             "device_payload_kib_per_device": round(dev_bytes / n / 1024, 1)}
 
 
+def _raise_fd_limit(wanted: int) -> None:
+    """Each device is a socket in the broker and in a simulator: raise the soft limit of
+    open files (children inherit it) as far as the hard limit allows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    print(f"open files: soft limit {soft} -> {target} (hard {hard})", flush=True)
+    if target < wanted:
+        print(f"warning: {wanted} open files wanted, the hard limit is {hard}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="20,60" if quick() else "100,500,1000")
-    p.add_argument("--procs", type=int, default=2, help="simulator processes")
+    p.add_argument("--procs", type=int, default=0,
+                   help="simulator processes (0: one per 2 500 devices, at least 2)")
     p.add_argument("--db", default="sqlite", help="sqlite, postgres or both: sqlite,postgres")
     p.add_argument("-o", "--out", default=None, help="results directory")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     engines = [e.strip() for e in args.db.split(",") if e.strip()]
     print_machine()
+    _raise_fd_limit(max(sizes) + 1000)
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         rels = build_releases(tmp)
@@ -304,10 +329,20 @@ def main(argv: list[str] | None = None) -> int:
             if cluster is not None:
                 cluster.stop()
     print_table(rows, title="fleet update: N simulated devices, one mosquitto, ~1 MB model delta")
-    base = rows[0]
-    growth = [{"from": base["devices"], "to": r["devices"], "db": r["db"],
-               "devices_x": round(r["devices"] / base["devices"], 2),
-               "time_x": round(r["wall_s"] / base["wall_s"], 2)} for r in rows[1:]]
+    growth = []
+    for r in rows:  # each size against the smallest one on the same database
+        first = next(b for b in rows if b["db"] == r["db"])
+        if r is not first:
+            growth.append({
+                "from": first["devices"], "to": r["devices"], "db": r["db"],
+                "devices_x": round(r["devices"] / first["devices"], 2),
+                "time_x": round(r["wall_s"] / first["wall_s"], 2),
+                "host_cpu_per_device_x": round(r["host_cpu_ms_per_device"]
+                                               / first["host_cpu_ms_per_device"], 2),
+                "broker_cpu_per_device_x": round(r["cpu_ms_per_device_broker"]
+                                                 / first["cpu_ms_per_device_broker"], 2)})
+    if growth:
+        print_table(growth, title="growth against the smallest size (per database)")
     write_result("fleet", {"model_bytes": rels["model_bytes"], "delta_bytes": rels["delta_bytes"],
                            "rows": rows, "growth": growth,
                            "target": "500 devices < 60 s, time growing <= linearly; "
