@@ -174,6 +174,10 @@ class Agent:
         self.started = time.monotonic()
         self._last_state = self.state.phase
         self.local_files: dict[str, bytes] | None = None  # set by `agent install` (a bundle)
+        from edgeship.agent._bundle_dir import BundleDir
+
+        # [ota] bundle_dir: bundles dropped there are installed (agent/_bundle_dir.py)
+        self.bundles = BundleDir(config.ota.bundle_dir) if config.ota.bundle_dir else None
 
     # -- inputs from other threads ---------------------------------------------------------
     def _on_message(self, msg: Any) -> None:
@@ -229,7 +233,9 @@ class Agent:
             self.outbox.close()
 
     def _loop(self) -> None:
-        next_beat = next_dog = next_window = 0.0
+        from edgeship.agent._bundle_dir import BUSY_PHASES, CHECK_S
+
+        next_beat = next_dog = next_window = next_bundle = 0.0
         while not self._stop.is_set():
             event = self.inbox.get(timeout=0.2)
             if event is not None:
@@ -258,10 +264,40 @@ class Agent:
                 self._heartbeat()
                 if self.state.shadow is not None:  # fresh shadow figures every beat
                     self._republish()
+            if self.bundles is not None and now >= next_bundle \
+                    and self.state.phase not in BUSY_PHASES:
+                next_bundle = now + CHECK_S
+                for path in self.bundles.ready()[:1]:  # one install per look
+                    self._install_dropped(path)
             if now >= next_dog:  # the loop is alive; a wedged loop gets restarted by systemd
                 next_dog = now + 1.0
                 sd_notify("WATCHDOG=1")
             self._flush()
+
+    def _install_dropped(self, path: Any) -> None:
+        """A bundle dropped into ``[ota] bundle_dir``, through the OTA path exactly as
+        ``agent install`` takes it; then moved aside with one log line."""
+        from edgeship.agent._bundle_dir import Verdict, verdict
+        from edgeship.sdk.release._bundle import read_bundle
+
+        assert self.bundles is not None
+        version = None
+        try:
+            bundle = read_bundle(path, max_file_bytes=self.config.ota.max_artifact_bytes)
+        except EdgeshipError as exc:
+            result = Verdict("rejected", str(exc))
+        else:
+            version, before = bundle.version, self.state
+            self.local_files = bundle.files
+            try:
+                self.dispatch(ota.OfferReceived(bundle.offer))
+            finally:
+                self.local_files = None
+            result = verdict(before, self.state, bundle.version)
+        moved = self.bundles.settle(path, result)
+        log(f"bundle_{result.outcome}", level="warning" if result.outcome == "rejected"
+            else "info", file=path.name, version=version, reason=result.reason[:300],
+            moved_to=moved or None)
 
     def _overdue(self, now: float) -> bool:
         return (self.state.phase == "downloading" and self.edge.connected
