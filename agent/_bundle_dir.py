@@ -18,12 +18,16 @@ install ended.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgeship.agent import _ota as ota
 
-__all__ = ["BUSY_PHASES", "CHECK_S", "BundleDir", "Verdict", "verdict"]
+from edgeship._errors import EdgeshipError
+
+__all__ = ["BUSY_PHASES", "CHECK_S", "BundleDir", "Verdict", "install_dropped", "verdict"]
 
 CHECK_S = 2.0
 BUSY_PHASES = ("offered", "downloading", "downloaded", "verifying", "installing",
@@ -114,3 +118,28 @@ class BundleDir:
             self._done.add((path.name, st.st_size, st.st_mtime_ns))
             return ""
         return str(target)
+
+
+def install_dropped(agent: Any, path: Path, log: Callable[..., None]) -> Verdict:
+    """Install the bundle ``path`` on the running ``agent`` (the daemon's
+    :class:`~edgeship.agent._daemon.Agent`, in its loop's thread) exactly as ``agent
+    install`` does, move it aside and log one line."""
+    from edgeship.sdk.release._bundle import read_bundle
+
+    version = None
+    try:
+        bundle = read_bundle(path, max_file_bytes=agent.config.ota.max_artifact_bytes)
+    except EdgeshipError as exc:
+        result = Verdict("rejected", str(exc))
+    else:
+        version, before = bundle.version, agent.state
+        agent.local_files = bundle.files  # chunks answered from the bundle
+        try:
+            agent.dispatch(ota.OfferReceived(bundle.offer))
+        finally:
+            agent.local_files = None
+        result = verdict(before, agent.state, bundle.version)
+    moved = agent.bundles.settle(path, result)
+    log(f"bundle_{result.outcome}", level="warning" if result.outcome == "rejected" else "info",
+        file=path.name, version=version, reason=result.reason[:300], moved_to=moved or None)
+    return result

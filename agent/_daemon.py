@@ -233,7 +233,7 @@ class Agent:
             self.outbox.close()
 
     def _loop(self) -> None:
-        from edgeship.agent._bundle_dir import BUSY_PHASES, CHECK_S
+        from edgeship.agent._bundle_dir import BUSY_PHASES, CHECK_S, install_dropped
 
         next_beat = next_dog = next_window = next_bundle = 0.0
         while not self._stop.is_set():
@@ -268,36 +268,11 @@ class Agent:
                     and self.state.phase not in BUSY_PHASES:
                 next_bundle = now + CHECK_S
                 for path in self.bundles.ready()[:1]:  # one install per look
-                    self._install_dropped(path)
+                    install_dropped(self, path, log)
             if now >= next_dog:  # the loop is alive; a wedged loop gets restarted by systemd
                 next_dog = now + 1.0
                 sd_notify("WATCHDOG=1")
             self._flush()
-
-    def _install_dropped(self, path: Any) -> None:
-        """A bundle dropped into ``[ota] bundle_dir``, through the OTA path exactly as
-        ``agent install`` takes it; then moved aside with one log line."""
-        from edgeship.agent._bundle_dir import Verdict, verdict
-        from edgeship.sdk.release._bundle import read_bundle
-
-        assert self.bundles is not None
-        version = None
-        try:
-            bundle = read_bundle(path, max_file_bytes=self.config.ota.max_artifact_bytes)
-        except EdgeshipError as exc:
-            result = Verdict("rejected", str(exc))
-        else:
-            version, before = bundle.version, self.state
-            self.local_files = bundle.files
-            try:
-                self.dispatch(ota.OfferReceived(bundle.offer))
-            finally:
-                self.local_files = None
-            result = verdict(before, self.state, bundle.version)
-        moved = self.bundles.settle(path, result)
-        log(f"bundle_{result.outcome}", level="warning" if result.outcome == "rejected"
-            else "info", file=path.name, version=version, reason=result.reason[:300],
-            moved_to=moved or None)
 
     def _overdue(self, now: float) -> bool:
         return (self.state.phase == "downloading" and self.edge.connected
