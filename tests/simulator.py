@@ -290,12 +290,14 @@ class Swarm:
         self._registered: dict[SimDevice, tuple[Any, int]] = {}
         self._next_sweep = 0.0
         self.sweep_s = sweep_s
+        self._live = 0  # devices[:_live] were started (connect() starts them batch by batch)
 
-    def connect(self, timeout: float = 30.0, batch: int = 50) -> None:
+    def connect(self, timeout: float = 60.0, batch: int = 50) -> None:
         """Connect every device, ``batch`` at a time (thousands of blocking connects at
         once overflow the broker's listen backlog; each batch gets ``timeout`` s)."""
         for start in range(0, len(self.devices), batch):
             group = self.devices[start:start + batch]
+            self._live = start + len(group)  # a sweep must not connect the next batches
             for dev in group:
                 dev.edge.connect_now()  # TCP connect + CONNECT; the rest through the loop
                 self._register(dev)
@@ -318,9 +320,9 @@ class Swarm:
         now = time.monotonic()
         if now >= self._next_sweep:  # keepalives, reconnects, overdue chunk requests
             self._next_sweep = now + self.sweep_s
-            for dev in self.devices:
+            touched = self.devices[:self._live]
+            for dev in touched:
                 dev.edge.loop_misc()
-            touched = self.devices
         for dev in touched:
             dev.pump(now)
             if dev.edge.want_write():
