@@ -344,6 +344,10 @@ class Swarm:
         if old is None or old[0] is not sock:
             if old is not None:
                 self._unregister_quiet(old[0])
+            stale = self.sel.get_map().get(sock.fileno())
+            if stale is not None:  # another device's closed socket had this descriptor
+                self._registered.pop(stale.data, None)
+                self._unregister_quiet(stale.fileobj)
             self.sel.register(sock, events, dev)
         elif old[1] != events:
             self.sel.modify(sock, events, dev)
