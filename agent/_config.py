@@ -246,6 +246,9 @@ class OtaConfig:
     max_switch_attempts: int = 3
     install_window: str = ""  # "02:00-04:00" local time: install only then (download any time)
     max_rate_kbps: float = 0.0  # cap on the download rate (kilobits per second); 0 = none
+    # a folder watched for offline bundles (*.esb; a USB stick's mount point): each is
+    # installed like `agent install`, then moved into installed/ or rejected/ inside it
+    bundle_dir: Path | None = None
 
     def __post_init__(self) -> None:
         _positive(self.chunk_size, "ota.chunk_size", low=255, high=1024 * 1024)
@@ -266,9 +269,13 @@ class OtaConfig:
         _positive(self.max_switch_attempts, "ota.max_switch_attempts", high=100)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> OtaConfig:
+    def from_dict(cls, d: Mapping[str, Any], base: Path | None = None) -> OtaConfig:
         w = "ota"
-        return cls(chunk_size=_get(d, "chunk_size", w, int, 64 * 1024),
+        folder = _get(d, "bundle_dir", w, str, "")
+        bundle_dir = None if not folder else Path(folder) if Path(folder).is_absolute() \
+            or base is None else base / folder
+        return cls(bundle_dir=bundle_dir,
+                   chunk_size=_get(d, "chunk_size", w, int, 64 * 1024),
                    request_timeout_s=float(_get(d, "request_timeout_s", w, (int, float), 10.0)),
                    health_timeout_s=float(_get(d, "health_timeout_s", w, (int, float), 60.0)),
                    max_artifact_bytes=_get(d, "max_artifact_bytes", w, int, 256 * 1024 * 1024),
@@ -433,7 +440,7 @@ class AgentConfig:
                    model=ModelConfig.from_dict(_section(d, "model")),
                    api=ApiConfig.from_dict(_section(d, "api")),
                    fallback=FallbackConfig.from_dict(_section(d, "fallback")),
-                   ota=OtaConfig.from_dict(_section(d, "ota")),
+                   ota=OtaConfig.from_dict(_section(d, "ota"), base=base),
                    telemetry=TelemetryConfig.from_dict(_section(d, "telemetry")),
                    encryption=EncryptionConfig.from_dict(_section(d, "encryption"), base=base),
                    drift=_drift(_section(d, "drift")) if "drift" in d else None,
@@ -459,6 +466,8 @@ class AgentConfig:
 
         out = asdict(self)
         out["data_dir"], out["root_key"] = str(self.data_dir), str(self.root_key)
+        if self.ota.bundle_dir is not None:
+            out["ota"]["bundle_dir"] = str(self.ota.bundle_dir)
         for name in ("drift", "shadow", "learning"):  # other modules' configs: their own view
             value = getattr(self, name)
             out[name] = value.to_dict() if hasattr(value, "to_dict") else value
@@ -476,7 +485,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
     "api": frozenset({"listen", "max_request_bytes", "max_inflight_bytes", "max_connections",
                       "max_per_peer", "header_timeout_s", "body_timeout_s"}),
     "ota": frozenset({"chunk_size", "request_timeout_s", "health_timeout_s", "install_window",
-                      "max_rate_kbps",
+                      "max_rate_kbps", "bundle_dir",
                       "max_artifact_bytes", "max_switch_attempts"}),
     "telemetry": frozenset({"interval_s", "queue_max_messages", "queue_max_bytes"}),
     "encryption": frozenset({"key_file", "key_env", "key_credential", "key_command",

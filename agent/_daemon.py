@@ -185,6 +185,10 @@ class Agent:
         self.started = time.monotonic()
         self._last_state = self.state.phase
         self.local_files: dict[str, bytes] | None = None  # set by `agent install` (a bundle)
+        from edgeship.agent._bundle_dir import BundleDir
+
+        # [ota] bundle_dir: bundles dropped there are installed (agent/_bundle_dir.py)
+        self.bundles = BundleDir(config.ota.bundle_dir) if config.ota.bundle_dir else None
 
     # -- inputs from other threads ---------------------------------------------------------
     def _on_message(self, msg: Any) -> None:
@@ -259,7 +263,9 @@ class Agent:
                         ca=b.ca, cert=b.cert, key=b.key, keepalive=b.keepalive_s)
 
     def _loop(self) -> None:
-        next_beat = next_dog = next_window = 0.0
+        from edgeship.agent._bundle_dir import BUSY_PHASES, CHECK_S, install_dropped
+
+        next_beat = next_dog = next_window = next_bundle = 0.0
         while not self._stop.is_set():
             event = self.inbox.get(timeout=0.2)
             if event is not None:
@@ -288,6 +294,11 @@ class Agent:
                 self._heartbeat()
                 if self.state.shadow is not None:  # fresh shadow figures every beat
                     self._republish()
+            if self.bundles is not None and now >= next_bundle \
+                    and self.state.phase not in BUSY_PHASES:
+                next_bundle = now + CHECK_S
+                for path in self.bundles.ready()[:1]:  # one install per look
+                    install_dropped(self, path, log)
             if now >= next_dog:  # the loop is alive; a wedged loop gets restarted by systemd
                 next_dog = now + 1.0
                 sd_notify("WATCHDOG=1")

@@ -7,6 +7,7 @@ fleet simulator) can name events and actions without the logic.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,13 @@ class SlotInfo:
                    variant=d.get("variant"))
 
 
+@functools.lru_cache(maxsize=4)
+def _offer_manifest(offer: str) -> Manifest:
+    """The signed manifest of a stored offer, parsed once (every OTA step asks for it; a
+    frozen dataclass, so one parse serves them all)."""
+    return Manifest.from_dict(Offer.from_bytes(offer.encode()).manifest["signed"])
+
+
 @dataclass(frozen=True, kw_only=True)
 class Job:
     """The update in progress: which file is fetched, how far, and the accepted offer."""
@@ -123,7 +131,7 @@ class Job:
 
     def manifest(self) -> Manifest:
         """The offer's manifest as this job installs it (the variant as its artifact)."""
-        manifest = Manifest.from_dict(Offer.from_bytes(self.offer.encode()).manifest["signed"])
+        manifest = _offer_manifest(self.offer)
         return manifest.select(self.variant) if self.variant else manifest
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,10 +17,12 @@ at once. Measured:
 - ``--db``: the push's fleet database, ``sqlite`` (a file, the default) or ``postgres``
   (a throwaway PostgreSQL cluster started here, as the tests do).
 
-Target: 500 devices in under 60 s, time growing no faster than linearly.
-Usage: ``python hw-bench/bench_fleet.py [--sizes 100,500,1000] [--procs 2]
-[--db sqlite,postgres]``;
-writes ``fleet.json``.
+Targets: time and CPU per device growing no faster than linearly from 1 000 to 10 000
+devices; host CPU (push + serve) <= 0.8 ms per device. The simulators run one process per
+2 500 devices (``--procs``). ``$BENCH_FLEET_PROFILE=DIR`` profiles push, serve and the
+simulators with cProfile, ``$BENCH_FLEET_PYSPY=DIR`` samples serve and push with py-spy.
+Usage: ``python hw-bench/bench_fleet.py [--sizes 1000,5000,10000] [--procs N]
+[--db sqlite,postgres]``; writes ``fleet.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -157,6 +160,28 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _prof(name: str) -> list[str]:
+    """``-m cProfile -o $BENCH_FLEET_PROFILE/<name>.prof`` when that variable names a dir."""
+    import os
+
+    where = os.environ.get("BENCH_FLEET_PROFILE")
+    return ["-m", "cProfile", "-o", f"{where}/{name}.prof"] if where else []
+
+
+def _spy(name: str, pid: int) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` (sampled, every thread) attached to ``pid`` when
+    ``$BENCH_FLEET_PYSPY`` names a dir (``pip install py-spy``); SIGINT ends it."""
+    import os
+
+    where = os.environ.get("BENCH_FLEET_PYSPY")
+    if not where:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen([spy, "record", "-r", "250", "-f", "raw", "-o",
+                             f"{where}/{name}.txt", "--pid", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run_size(n: int, rels: dict[str, Any], tmp: Path, procs: int, db: str = "sqlite"
              ) -> dict[str, Any]:
     import os
@@ -164,14 +189,16 @@ def run_size(n: int, rels: dict[str, Any], tmp: Path, procs: int, db: str = "sql
     db_url = db if "://" in db else f"sqlite:///{tmp / f'state-{n}-{time.monotonic_ns()}.sqlite'}"
     broker = Broker(tmp)
     servers = [subprocess.Popen(
-        [sys.executable, "-m", "edgeship", "fleet", "serve", "--broker", broker.url, "--fleet",
+        [sys.executable, *_prof(f"serve{i}"), "-m", "edgeship", "fleet", "serve", "--broker", broker.url, "--fleet",
          FLEET, "--releases", str(rels["v2"])], stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = procs or max(2, -(-n // 2500))  # auto: at most 2 500 devices per process
     procs = max(1, min(procs, n // 50 or 1))
     per = -(-n // procs)
     sims = [SwarmProc(broker_url=broker.url, fleet=FLEET, root=rels["root"], initial=rels["v1"],
                       prefix="dev-", start=i * per, count=min(per, n - i * per),
-                      request_timeout_s=10.0) for i in range(procs)]
+                      request_timeout_s=10.0, python_args=_prof(f"sim{i}"))
+            for i in range(procs)]
     try:
         began = time.perf_counter()
         ready = sum(s.wait_ready(timeout=600) for s in sims)
@@ -182,24 +209,35 @@ def run_size(n: int, rels: dict[str, Any], tmp: Path, procs: int, db: str = "sql
         pids = {"broker": [broker.proc.pid], "serve": [s.pid for s in servers],
                 "simulators": [s.proc.pid for s in sims]}
         cpu0 = {k: sum(cpu_s(p) for p in v) for k, v in pids.items()}
+        spies = [_spy(f"serve{i}", s.pid) for i, s in enumerate(servers)]
         began = time.perf_counter()
         push = subprocess.Popen(
-            [sys.executable, "-m", "edgeship", "fleet", "push", str(rels["v2"]), "--broker",
+            [sys.executable, *_prof("push"), "-m", "edgeship", "fleet", "push", str(rels["v2"]), "--broker",
              broker.url, "--fleet", FLEET, "--devices", devices, "--wait", "--json",
-             "--wave-timeout", "600", "--db", db_url],
+             "--wave-timeout", "1800", "--db", db_url],
             stdout=open(tmp / "push.out", "w"), stderr=open(tmp / "push.err", "w"),  # noqa: SIM115
             stdin=subprocess.DEVNULL)
+        spies.append(_spy("push", push.pid))
         _, status, usage = os.wait4(push.pid, 0)
         push.returncode = os.waitstatus_to_exitcode(status)
         wall_s = time.perf_counter() - began
         cpu = {k: sum(cpu_s(p) for p in v) - cpu0[k] for k, v in pids.items()}
         cpu["push"] = usage.ru_utime + usage.ru_stime
+        for spy in filter(None, spies):
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=30)
         if push.returncode != 0:
             raise RuntimeError(f"fleet push failed: {(tmp / 'push.err').read_text().strip()}")
         rep = json.loads((tmp / "push.out").read_text())
         after = broker.counters()
-    finally:
-        counters = [s.stop() for s in sims]
+    finally:  # every process stopped, whatever failed
+        counters = []
+        for sim in sims:
+            try:
+                counters.append(sim.stop())
+            except Exception as exc:  # stop the rest anyway
+                sim.proc.kill()
+                print(f"simulator: {exc}", file=sys.stderr)
         for srv in servers:
             srv.terminate()
             srv.wait(timeout=10)
@@ -245,16 +283,33 @@ def _row(n: int, rep: dict[str, Any], wall_s: float, devices_s: float | None, se
             "device_payload_kib_per_device": round(dev_bytes / n / 1024, 1)}
 
 
+def _raise_fd_limit(wanted: int) -> None:
+    """Each device is a socket in the broker and in a simulator: raise the soft limit of
+    open files (children inherit it) as far as the hard limit allows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    print(f"open files: soft limit {soft} -> {target} (hard {hard})", flush=True)
+    if target < wanted:
+        print(f"warning: {wanted} open files wanted, the hard limit is {hard}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="20,60" if quick() else "100,500,1000")
-    p.add_argument("--procs", type=int, default=2, help="simulator processes")
+    p.add_argument("--procs", type=int, default=0,
+                   help="simulator processes (0: one per 2 500 devices, at least 2)")
     p.add_argument("--db", default="sqlite", help="sqlite, postgres or both: sqlite,postgres")
     p.add_argument("-o", "--out", default=None, help="results directory")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     engines = [e.strip() for e in args.db.split(",") if e.strip()]
     print_machine()
+    _raise_fd_limit(max(sizes) + 1000)
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         rels = build_releases(tmp)
@@ -276,14 +331,24 @@ def main(argv: list[str] | None = None) -> int:
             if cluster is not None:
                 cluster.stop()
     print_table(rows, title="fleet update: N simulated devices, one mosquitto, ~1 MB model delta")
-    base = rows[0]
-    growth = [{"from": base["devices"], "to": r["devices"], "db": r["db"],
-               "devices_x": round(r["devices"] / base["devices"], 2),
-               "time_x": round(r["wall_s"] / base["wall_s"], 2)} for r in rows[1:]]
+    growth = []
+    for r in rows:  # each size against the smallest one on the same database
+        first = next(b for b in rows if b["db"] == r["db"])
+        if r is not first:
+            growth.append({
+                "from": first["devices"], "to": r["devices"], "db": r["db"],
+                "devices_x": round(r["devices"] / first["devices"], 2),
+                "time_x": round(r["wall_s"] / first["wall_s"], 2),
+                "host_cpu_per_device_x": round(r["host_cpu_ms_per_device"]
+                                               / first["host_cpu_ms_per_device"], 2),
+                "broker_cpu_per_device_x": round(r["cpu_ms_per_device_broker"]
+                                                 / first["cpu_ms_per_device_broker"], 2)})
+    if growth:
+        print_table(growth, title="growth against the smallest size (per database)")
     write_result("fleet", {"model_bytes": rels["model_bytes"], "delta_bytes": rels["delta_bytes"],
                            "rows": rows, "growth": growth,
-                           "target": "500 devices < 60 s, time growing <= linearly; "
-                                     "host CPU (push + serve) per device halved from ~1.6 ms"},
+                           "target": "time and CPU per device <= linear from 1 000 to "
+                                     "10 000 devices; host CPU (push + serve) <= 0.8 ms/device"},
                  out_dir=Path(args.out) if args.out else None)
     return 0
 

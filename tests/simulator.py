@@ -35,6 +35,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +52,41 @@ class HealthLab:
         self.cache: dict[tuple[str, str, bool], str | None] = {}
         self.blobs: dict[str, bytes] = {}  # content-addressed: one copy of each artifact
         self.shadows: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self._digests: dict[int, str] = {}  # id() of a shared copy -> its sha256
+        self.patches: dict[tuple[str, str], bytes] = {}  # (base, delta) sha256 -> output
 
     def store(self, data: bytes) -> bytes:
         """The shared copy of ``data`` (a thousand devices need not hold a thousand)."""
-        return self.blobs.setdefault(hashlib.sha256(data).hexdigest(), data)
+        shared = self.blobs.setdefault(self.sha(data), data)
+        self._digests[id(shared)] = self.sha(data)
+        return shared
+
+    def sha(self, data: bytes) -> str:
+        """sha256 of ``data``; of a shared copy (held in ``blobs``, so its id() is never
+        reused) computed once: the simulator's own bookkeeping, not a device's check."""
+        known = self._digests.get(id(data))
+        if known is not None and self.blobs.get(known) is data:
+            return known
+        return hashlib.sha256(data).hexdigest()
+
+    def apply_delta(self, real: Any) -> Any:
+        """``real`` (sdk ``apply_delta``) applied once per distinct (base, delta) in the
+        process: a pure function whose output the device's OTA core still verifies
+        (sha256 against the signed manifest) every time. What it saves is the host CPU
+        that a thousand devices' own CPUs would spend (bz2 + bspatch, ~15 ms each)."""
+
+        def cached(base: bytes, delta: bytes, fmt: str, **kw: Any) -> bytes:
+            key = (self.sha(base), hashlib.sha256(delta).hexdigest())
+            if key not in self.patches:
+                self.patches[key] = self.store(real(base, delta, fmt, **kw))
+            return self.patches[key]
+
+        return cached
 
     def agreement(self, active: bytes, shadow: bytes, fmt: str, rows: int = 64
                   ) -> dict[str, Any]:
         """Shadow figures of ``shadow`` beside ``active`` on ``rows`` random requests."""
-        key = (hashlib.sha256(active).hexdigest(), hashlib.sha256(shadow).hexdigest(), rows)
+        key = (self.sha(active), self.sha(shadow), rows)
         if key not in self.shadows:
             self.shadows[key] = self._compare(active, shadow, fmt, rows)
         return self.shadows[key]
@@ -85,7 +112,7 @@ class HealthLab:
 
     def check(self, data: bytes, fmt: str, golden: dict[str, Any] | None, faulty: bool
               ) -> str | None:
-        key = (hashlib.sha256(data).hexdigest(), json.dumps(golden, sort_keys=True), faulty)
+        key = (self.sha(data), json.dumps(golden, sort_keys=True), faulty)
         if key not in self.cache:
             self.cache[key] = self._run(data, fmt, golden, faulty)
         return self.cache[key]
@@ -197,7 +224,7 @@ class SimDevice:
     def _do_LoadShadow(self, action: Any) -> None:
         slot, active = action.slot, self.state.active
         data = self.slots.get(slot.slot, b"")
-        if active is None or hashlib.sha256(data).hexdigest() != slot.sha256:
+        if active is None or self.lab.sha(data) != slot.sha256:
             self.shadow_stats = {"state": "crashed", "sampled": 0, "compared": 0,
                                  "agreement": None, "errors": 1}
             return
@@ -230,8 +257,7 @@ class SimDevice:
         return ota.Installed()
 
     def _faulty(self, data: bytes) -> bool:
-        return self.broken and bool(self.factory_sha) and \
-            hashlib.sha256(data).hexdigest() != self.factory_sha
+        return self.broken and bool(self.factory_sha) and self.lab.sha(data) != self.factory_sha
 
     def _do_RunHealthCheck(self, action: ota.RunHealthCheck) -> ota.Event:
         data = self.slots[action.slot]
@@ -241,7 +267,7 @@ class SimDevice:
     def _do_LoadActive(self, action: ota.LoadActive) -> ota.Event:
         slot = action.slot
         data = self.slots.get(slot.slot, b"")
-        if hashlib.sha256(data).hexdigest() != slot.sha256:
+        if self.lab.sha(data) != slot.sha256:
             return ota.Loaded(slot.slot, False, f"slot {slot.slot} does not hold {slot.version}")
         if action.golden is not None:
             reason = self.lab.check(data, slot.format, action.golden, self._faulty(data))
@@ -251,51 +277,65 @@ class SimDevice:
 
 
 class Swarm:
-    """Drives the MQTT sessions of many :class:`SimDevice` with one epoll loop."""
+    """Drives the MQTT sessions of many :class:`SimDevice` with one epoll loop.
 
-    def __init__(self, devices: list[SimDevice]) -> None:
+    A round touches only the devices whose socket was ready (and those whose chunk
+    request may be overdue, or who lost their connection, in a sweep over all every
+    ``sweep_s``): with thousands of devices per process a round costs what happened in
+    it, not the size of the swarm."""
+
+    def __init__(self, devices: list[SimDevice], sweep_s: float = 1.0) -> None:
         self.devices = devices
         self.sel = selectors.DefaultSelector()
         self._registered: dict[SimDevice, tuple[Any, int]] = {}
-        self._next_misc = 0.0
+        self._next_sweep = 0.0
+        self.sweep_s = sweep_s
+        self._live = 0  # devices[:_live] were started (connect() starts them batch by batch)
 
-    def connect(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        for dev in self.devices:
-            dev.edge.poll(0.0)  # TCP connect + CONNECT; the rest comes through the loop
-        while not all(d.edge.connected for d in self.devices):
-            if time.monotonic() > deadline:
-                missing = [d.device for d in self.devices if not d.edge.connected]
-                raise RuntimeError(f"{len(missing)} devices not connected: {missing[:5]}")
-            self.run_once(0.05)
+    def connect(self, timeout: float = 60.0, batch: int = 50) -> None:
+        """Connect every device, ``batch`` at a time (thousands of blocking connects at
+        once overflow the broker's listen backlog; each batch gets ``timeout`` s)."""
+        for start in range(0, len(self.devices), batch):
+            group = self.devices[start:start + batch]
+            self._live = start + len(group)  # a sweep must not connect the next batches
+            for dev in group:
+                dev.edge.connect_now()  # TCP connect + CONNECT; the rest through the loop
+                self._register(dev)
+            deadline = time.monotonic() + timeout
+            while not all(d.edge.connected for d in group):
+                if time.monotonic() > deadline:
+                    missing = [d.device for d in group if not d.edge.connected]
+                    raise RuntimeError(f"{len(missing)} devices not connected: {missing[:5]}")
+                self.run_once(0.05)
 
     def run_once(self, timeout: float = 0.05) -> None:
-        now = time.monotonic()
-        for dev in self.devices:
-            self._register(dev, now)
+        touched: list[SimDevice] = []
         for key, mask in self.sel.select(timeout):
             dev = key.data
             if mask & selectors.EVENT_READ:
                 dev.edge.loop_read()
             if mask & selectors.EVENT_WRITE:
                 dev.edge.loop_write()
-        if now >= self._next_misc:
-            self._next_misc = now + 0.5
-            for dev in self.devices:
-                dev.edge.loop_misc()
+            touched.append(dev)
         now = time.monotonic()
-        for dev in self.devices:
+        if now >= self._next_sweep:  # keepalives, reconnects, overdue chunk requests
+            self._next_sweep = now + self.sweep_s
+            touched = self.devices[:self._live]
+            for dev in touched:
+                dev.edge.loop_misc()
+        for dev in touched:
             dev.pump(now)
             if dev.edge.want_write():
                 dev.edge.loop_write()
+            self._register(dev)
 
-    def _register(self, dev: SimDevice, now: float) -> None:
+    def _register(self, dev: SimDevice) -> None:
         sock = dev.edge.socket()
         if sock is None:  # dropped: reconnect with the edge's own backoff
             old = self._registered.pop(dev, None)
             if old is not None:
                 self._unregister_quiet(old[0])
-            dev.edge.poll(0.0)
+            dev.edge.connect_now()
             sock = dev.edge.socket()
             if sock is None:
                 return
@@ -304,6 +344,10 @@ class Swarm:
         if old is None or old[0] is not sock:
             if old is not None:
                 self._unregister_quiet(old[0])
+            stale = self.sel.get_map().get(sock.fileno())
+            if stale is not None:  # another device's closed socket had this descriptor
+                self._registered.pop(stale.data, None)
+                self._unregister_quiet(stale.fileobj)
             self.sel.register(sock, events, dev)
         elif old[1] != events:
             self.sel.modify(sock, events, dev)
@@ -334,10 +378,11 @@ class SwarmProc:
     def __init__(self, *, broker_url: str, fleet: str, root: Path, initial: Path,
                  devices: list[str] | None = None, prefix: str = "dev-", start: int = 0,
                  count: int = 10, broken: list[str] | None = None, chunk_size: int = 64 * 1024,
-                 request_timeout_s: float = 2.0, credentials: Path | None = None) -> None:
+                 request_timeout_s: float = 2.0, credentials: Path | None = None,
+                 python_args: Sequence[str] = ()) -> None:
         import subprocess
 
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--broker", broker_url,
+        cmd = [sys.executable, *python_args, str(Path(__file__).resolve()), "--broker", broker_url,
                "--fleet", fleet, "--root", str(root), "--initial", str(initial),
                "--prefix", prefix, "--start", str(start), "--count", str(count),
                "--chunk-size", str(chunk_size), "--request-timeout", str(request_timeout_s)]
@@ -386,6 +431,9 @@ def build_swarm(args: argparse.Namespace) -> Swarm:
     offer, artifact = release.offer().to_bytes(), release.read_artifact()
     root = Path(args.root).read_bytes()
     lab = HealthLab()
+    from edgeship.sdk.release import _delta
+
+    _delta.apply_delta = lab.apply_delta(_delta.apply_delta)  # type: ignore[assignment]
     devices = []
     for name in names:
         dev = SimDevice(device=name, fleet=args.fleet, broker_url=args.broker, root_key=root,
@@ -395,7 +443,8 @@ def build_swarm(args: argparse.Namespace) -> Swarm:
                         password=creds.get(name, ""))
         dev.install_initial(offer, artifact)
         devices.append(dev)
-    return Swarm(devices)
+    # keepalives (60 s), reconnects and overdue requests need no faster sweep than this
+    return Swarm(devices, sweep_s=max(1.0, len(devices) / 1000))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import Mosquitto, free_port
+from edgeship.agent._bundle_dir import CHECK_S
 from test_agent_support import (
     GOLDEN_X,
     AgentProc,
@@ -147,3 +149,64 @@ def test_bundle_cli_errors(tmp_path: Path) -> None:
 @pytest.fixture(autouse=True)
 def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGESHIP_DEBUG", "")
+
+
+def test_bundle_dir_watched_by_a_running_agent(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """`[ota] bundle_dir`: a running agent installs a .esb dropped there through the same
+    checks as `agent install`; each attack is moved into rejected/ with one log line and
+    never tried again; the good one into installed/, and the daemon serves it."""
+    keys = make_keys(tmp_path)
+    v1 = make_release(tmp_path, keys, "1.0.0")
+    v2 = make_release(tmp_path, keys, "1.1.0", base=v1)
+    v3 = make_release(tmp_path, keys, "1.2.0", base=v2)
+    other = make_release(tmp_path / "o", keys, "2.0.0", name="other")
+    made = tmp_path / "made"
+    made.mkdir()
+    tampered = tamper(bundle(v3, made / "v3.esb"), made / "v3-tampered.esb")
+    older, wrong = bundle(v1, made / "v1.esb"), bundle(other, made / "other.esb")
+    good = bundle(v2, made / "v2.esb")
+    drop = tmp_path / "usb"
+    drop.mkdir()
+    port = free_port()
+    cfg = write_config(tmp_path, broker_url=mosquitto.url, port=port,
+                       root_pub=keys / "root.pub", initial=v1)
+    cfg.write_text(cfg.read_text().replace("[ota]\n", '[ota]\nbundle_dir = "usb"\n'))  # relative
+    agent = AgentProc(cfg, port).start(wait=False)
+
+    def dropped(src: Path, name: str) -> None:
+        (drop / f".{name}.part").write_bytes(src.read_bytes())  # copied in, then renamed
+        (drop / f".{name}.part").rename(drop / name)
+
+    def outcome(name: str) -> dict[str, object]:
+        return agent.wait_log(lambda ln: str(ln.get("event", "")).startswith("bundle_")
+                              and ln.get("file") == name, timeout=60)
+
+    try:
+        agent.wait_ready()
+        assert served_version(agent.url)[0] == "1.0.0"
+        (drop / "notes.txt").write_text("not a bundle")
+        dropped(good, "a-good.esb")
+        line = outcome("a-good.esb")
+        assert line["event"] == "bundle_installed" and line["version"] == "1.1.0", line
+        assert (drop / "installed" / "a-good.esb").is_file()
+        version, y = served_version(agent.url)
+        assert version == "1.1.0" and y is not None
+        assert np.allclose(y, expected(version_bias("1.1.0"), GOLDEN_X), atol=1e-2)
+        for src, name, why in ((tampered, "b-tampered.esb", "verification"),
+                               (older, "c-older.esb", "offer rejected"),
+                               (wrong, "d-other-model.esb", "other")):
+            dropped(src, name)
+            line = outcome(name)
+            assert line["event"] == "bundle_rejected" and why in str(line["reason"]), line
+            assert "1.1.0 stays active" in str(line["reason"])
+            assert line["moved_to"] == str(drop / "rejected" / name)
+            assert not (drop / name).exists() and (drop / "rejected" / name).is_file()
+            assert served_version(agent.url)[0] == "1.1.0"
+        time.sleep(3 * CHECK_S)  # a few more looks: nothing is tried again
+        bundle_lines = [ln for ln in agent.log if str(ln.get("event", "")).startswith("bundle_")]
+        assert [ln["file"] for ln in bundle_lines] == ["a-good.esb", "b-tampered.esb",
+                                                       "c-older.esb", "d-other-model.esb"]
+        assert (drop / "notes.txt").is_file()  # only *.esb files are taken
+    finally:
+        agent.terminate()
+    assert active_of(cfg) == "1.1.0"

@@ -175,6 +175,13 @@ class FleetWatcher:
         self._lock = threading.Lock()
         self._statuses: dict[str, DeviceStatus] = {}
         self._seen: dict[str, float] = {}
+        # raw(): each device's dict, built once per status; readers parse one at a time
+        self._raw: dict[str, dict[str, Any]] = {}
+        self._reading = threading.Lock()
+        self._tracked: dict[str, set[str]] = {}  # name -> devices changed since take(name)
+        # statuses not parsed yet: a device reports several phases between two looks,
+        # only its newest is read
+        self._pending: dict[str, bytes] = {}
         self.last_message = time.monotonic()
         self.changes = 0  # messages taken in so far (a reader skips work when unchanged)
         subs = [f"edgeship/{fleet}/+/status"]
@@ -183,7 +190,8 @@ class FleetWatcher:
         self.edge = MqttEdge(broker_url, client_id=client_id or f"edgeship-watch-{os.getpid()}"
                              f"-{id(self) & 0xffff:x}", subscriptions=subs,
                              on_message=self._on_message, username=username, password=password,
-                             subscribe_qos=0)  # QoS 1 would get only ~1000 retained statuses
+                             subscribe_qos=0,  # QoS 1: only ~1000 retained statuses
+                             mqtt311=True)  # reads and offers: no MQTT 5 property needed
 
     def start(self, timeout: float = 10.0) -> FleetWatcher:
         """Connect and subscribe; a broker not reached within ``timeout`` s is a TransportError."""
@@ -207,8 +215,10 @@ class FleetWatcher:
 
     def statuses(self) -> dict[str, DeviceStatus]:
         """The latest status of every device seen, by device id (last seen from telemetry too)."""
-        with self._lock:
+        with self._reading:
+            self._parse_pending()
             out = dict(self._statuses)
+        with self._lock:
             seen = dict(self._seen)
         for dev, ts in seen.items():
             s = out.get(dev)
@@ -217,8 +227,46 @@ class FleetWatcher:
         return out
 
     def raw(self) -> dict[str, dict[str, Any]]:
-        """Status dicts as the devices sent them (what the rollout planner reads)."""
-        return {d: s.to_dict() for d, s in self.statuses().items()}
+        """Status dicts as the devices sent them (what the rollout planner reads). Each
+        device's dict is built once per status it sends (the planner looks at thousands
+        of devices several times a second); treat them as read-only."""
+        with self._reading:
+            self._parse_pending()
+            out = dict(self._raw)
+        with self._lock:
+            seen = dict(self._seen) if self._seen else {}
+        for dev, ts in seen.items():
+            s = out.get(dev)
+            last = s.get("last_seen") if s is not None else None
+            if s is not None and (last is None or ts > last):
+                out[dev] = {**s, "last_seen": ts}
+        return out
+
+    def _parse_pending(self) -> None:
+        """Read the statuses that came in since (one reader at a time: ``_reading``),
+        outside the lock the MQTT thread takes for every message."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for device, payload in pending.items():
+            status = DeviceStatus.from_payload(device, payload)
+            if status is None:
+                self._statuses.pop(device, None)  # a cleared retained status
+                self._raw.pop(device, None)
+            else:
+                self._statuses[device] = status
+                self._raw[device] = status.to_dict()
+
+    def track(self, name: str) -> None:
+        """Start collecting the devices that report, for :meth:`take` (``name``: one reader)."""
+        with self._lock:
+            self._tracked.setdefault(name, set())
+
+    def take(self, name: str) -> set[str]:
+        """The devices whose status or telemetry came in since the last ``take(name)``."""
+        with self._lock:
+            out = self._tracked.get(name, set())
+            self._tracked[name] = set()
+        return out
 
     def _on_message(self, msg: Message) -> None:
         parts = msg.topic.split("/")
@@ -228,14 +276,13 @@ class FleetWatcher:
         self.last_message = time.monotonic()
         with self._lock:
             self.changes += 1
-            if device not in self._statuses and len(self._statuses) >= MAX_DEVICES:
+            if device not in self._pending and device not in self._statuses and \
+                    len(self._statuses) + len(self._pending) >= MAX_DEVICES:
                 return
+            for changed in self._tracked.values():
+                changed.add(device)
             if kind == "status":
-                status = DeviceStatus.from_payload(device, msg.payload)
-                if status is None:
-                    self._statuses.pop(device, None)  # a cleared retained status
-                else:
-                    self._statuses[device] = status
+                self._pending[device] = msg.payload
             elif kind == "telemetry":
                 ts = _telemetry_ts(msg.payload)
                 if ts is not None:

@@ -18,21 +18,31 @@ topic; the staged rollout logic builds on it.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgeship.sdk.release._manifest import ArtifactInfo, DeltaInfo
 from edgeship.sdk.release._release import Release
 from edgeship.sdk.transport._mqtt import Message, MqttEdge, request_topic, requester, topics
-from edgeship.sdk.transport._transfer import ChunkRequest, serve_request
+from edgeship.sdk.transport._transfer import (
+    ChunkRequest,
+    decode_request,
+    encode_chunk,
+    serve_request,
+)
 
 from edgeship._errors import InputError, TransportError
 
 __all__ = ["ReleaseServer", "ServedFile", "push_offer"]
+
+ANSWER_CACHE_BYTES = 64 * 1024 * 1024  # chunk answers kept (oldest dropped first)
+_OK = encode_chunk(0, 0, 0, b"")[:6]  # magic, version, status OK: a chunk, not a refusal
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,9 @@ class ReleaseServer:
         self.fleet = fleet
         self.files: dict[tuple[str, str, str], ServedFile] = {}
         self._lock = threading.Lock()
+        self._maps: dict[Path, Any] = {}
+        self._answers: dict[tuple[str, str, str, int, int], bytes] = {}
+        self._answer_bytes = 0
         self.requests = 0
         self.bytes_sent = 0
         self.sent: Counter[tuple[str, str, str, int]] = Counter()  # (device, version, file, index)
@@ -88,18 +101,52 @@ class ReleaseServer:
         if served is None:
             return None
 
+        view = self._mapped(served)
+
         def read(offset: int, length: int) -> bytes:
-            with served.path.open("rb") as handle:
-                return os.pread(handle.fileno(), length, offset)
+            return bytes(view[offset:offset + length])
 
         return served.size, read
+
+    def _mapped(self, served: ServedFile) -> Any:
+        """The file mapped read-only, once (thousands of devices ask for the same chunks:
+        the page cache serves them without an open and a read each)."""
+        with self._lock:
+            view = self._maps.get(served.path)
+            if view is None:
+                with served.path.open("rb") as handle:
+                    view = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) \
+                        if served.size else b""
+                self._maps[served.path] = view
+        return view
+
+    def _answer(self, raw: bytes) -> tuple[ChunkRequest | None, bytes]:
+        """The answer to one request; a chunk answer (header with its sha256 + bytes) is
+        built once and kept: thousands of devices ask for the same chunks of a release."""
+        try:
+            request = decode_request(raw)
+        except TransportError:
+            return serve_request(raw, self._lookup)
+        key = (request.model, request.version, request.file, request.chunk_size, request.index)
+        with self._lock:
+            answer = self._answers.get(key)
+        if answer is not None:
+            return request, answer
+        request_, answer = serve_request(raw, self._lookup)
+        if answer[:len(_OK)] == _OK:
+            with self._lock:
+                self._answers[key] = answer
+                self._answer_bytes += len(answer)
+                while self._answer_bytes > ANSWER_CACHE_BYTES and self._answers:
+                    self._answer_bytes -= len(self._answers.pop(next(iter(self._answers))))
+        return request_, answer
 
     def _on_request(self, msg: Message) -> None:
         asked = requester(msg.topic)
         if asked is None:
             return
         fleet, device = asked
-        request, answer = serve_request(msg.payload, self._lookup)
+        request, answer = self._answer(msg.payload)
         if request is None or device not in (None, request.device):
             return  # a request naming another device than the topic it came on
         if msg.response_topic != topics(fleet, request.device).chunk:

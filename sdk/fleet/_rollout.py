@@ -22,7 +22,8 @@ promoting the release afterwards (a normal rollout of it) starts a new record.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
@@ -206,8 +207,7 @@ class Rollout:
     def counts(self) -> dict[str, int]:
         """How many devices are in each outcome (pending, updating, committed, failed ...)."""
         out = {o: 0 for o in (PENDING, UPDATING, *DONE_OUTCOMES)}
-        for outcome in self.outcomes.values():
-            out[outcome] = out.get(outcome, 0) + 1
+        out.update(Counter(self.outcomes.values()))  # counted in C: thousands, often
         return out
 
     def failure_rate(self) -> float:
@@ -354,17 +354,20 @@ def discard_verdict(status: Mapping[str, Any] | None, version: str) -> str | Non
     return "no-shadow"
 
 
-def step(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float
-         ) -> tuple[Rollout, list[str]]:
+def step(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float, *,
+         only: Collection[str] | None = None) -> tuple[Rollout, list[str]]:
     """Take in the latest statuses; return the new rollout and the devices to offer now.
 
     A paused rollout still takes in verdicts (devices already offered go on) but opens,
-    times out and halts nothing."""
+    times out and halts nothing. ``only``: the devices whose status changed since the
+    step that made ``rollout`` (a watcher with thousands of devices looks several times
+    a second); the others' verdicts are not looked at again. Nothing changes without
+    something happening: the result is ``rollout`` itself then."""
     if rollout.status == "paused":
-        return _observe(rollout, statuses, now), []
+        return _observe(rollout, statuses, now, only), []
     if rollout.status != "running":
         return rollout, []
-    rollout = _observe(rollout, statuses, now)
+    rollout = _observe(rollout, statuses, now, only)
     rollout = _close_timed_out(rollout, now)
     if _over_threshold(rollout):
         return _halt(rollout, now), []
@@ -380,9 +383,12 @@ def step(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float
     rollout, more = _fill(rollout, i, now)
     if more:
         return rollout, more
-    if all(rollout.outcomes[d] in DONE_OUTCOMES for d in wave.devices):
+    # devices updating are all in the open wave (a wave closes once all are done), so
+    # while any is, it stays open: no need to walk thousands of devices to see it
+    if rollout.counts()[UPDATING] == 0 and \
+            all(rollout.outcomes[d] in DONE_OUTCOMES for d in wave.devices):
         rollout = _close(rollout, i, now)
-        return step(rollout, statuses, now)
+        return step(rollout, statuses, now, only=only)
     return rollout, []
 
 
@@ -407,27 +413,48 @@ def _joined(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: fl
     return replace(rollout, waves=waves, outcomes=outcomes, updated_at=now)
 
 
-def _observe(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float) -> Rollout:
-    outcomes, errors = dict(rollout.outcomes), dict(rollout.errors)
-    changed = False
-    offered_at: dict[str, float] = {}  # a device retried in a later wave: its latest offer
+_OFFERED: list[tuple[Any, Any, dict[str, float]]] = []  # the last _offered_at, by identity
+
+
+def _offered_at(rollout: Rollout) -> dict[str, float]:
+    """When each offered device was offered (a device retried in a later wave: its latest
+    offer). Built again only when the waves or offer times changed (same objects: same
+    answer; steps that only take in verdicts keep both)."""
+    for waves, times, found in _OFFERED:
+        if waves is rollout.waves and times is rollout.offer_times:
+            return found
+    offered_at: dict[str, float] = {}
     for wave in rollout.waves:
         if wave.offered_at is not None:
             offered_at.update(dict.fromkeys(wave.devices, wave.offered_at))
     offered_at.update({d: t for d, t in rollout.offer_times.items() if d in offered_at})
-    for dev, since in offered_at.items():
-        if outcomes[dev] == PENDING:
+    _OFFERED[:] = [(rollout.waves, rollout.offer_times, offered_at)]
+    return offered_at
+
+
+def _observe(rollout: Rollout, statuses: Mapping[str, Mapping[str, Any]], now: float,
+             only: Collection[str] | None = None) -> Rollout:
+    offered_at = _offered_at(rollout)
+    looked = offered_at.items() if only is None else \
+        [(d, offered_at[d]) for d in only if d in offered_at]
+    outcomes: dict[str, str] | None = None
+    errors: dict[str, str] = {}
+    for dev, since in looked:
+        outcome = rollout.outcomes[dev]
+        if outcome == PENDING:
             continue  # queued under --max-concurrent: not offered yet
         status = statuses.get(dev)
         verdict = classify(status, rollout.version, since, mode=rollout.mode)
-        if verdict is None or verdict == outcomes[dev]:
+        if verdict is None or verdict == outcome:
             continue
-        if outcomes[dev] in SUCCESS_OUTCOMES:
+        if outcome in SUCCESS_OUTCOMES:
             continue  # a device that succeeded stays counted as a success
-        outcomes[dev], changed = verdict, True
+        if outcomes is None:  # copied once, at the first verdict that changes
+            outcomes, errors = dict(rollout.outcomes), dict(rollout.errors)
+        outcomes[dev] = verdict
         if status and status.get("error"):
             errors[dev] = str(status["error"])[:500]
-    if not changed:
+    if outcomes is None:
         return rollout
     return replace(rollout, outcomes=outcomes, errors=errors, updated_at=now)
 
@@ -437,9 +464,9 @@ def _close_timed_out(rollout: Rollout, now: float) -> Rollout:
     if i == len(rollout.waves):
         return rollout
     wave = rollout.waves[i]
-    if wave.offered_at is None:
-        return rollout
     limit = rollout.policy.wave_timeout_s
+    if wave.offered_at is None or now - wave.offered_at < limit:
+        return rollout  # no device of it was offered before the wave opened
     late = [d for d in wave.devices if rollout.outcomes[d] == UPDATING
             and now - rollout.offer_times.get(d, wave.offered_at) >= limit]
     if not late:
@@ -461,6 +488,8 @@ def _over_threshold(rollout: Rollout) -> bool:
     limit = rollout.policy.max_failure_rate
     c = rollout.counts()
     failed = sum(c[o] for o in FAILED_OUTCOMES)
+    if failed == 0:
+        return False
     offered = sum(1 for w in rollout.waves if w.offered_at is not None for d in w.devices
                   if rollout.outcomes[d] != PENDING)
     decided = sum(c[o] for o in DONE_OUTCOMES)
@@ -492,6 +521,8 @@ def _fill(rollout: Rollout, i: int, now: float) -> tuple[Rollout, list[str]]:
     """Offer the open wave's queued devices, as many as ``max_concurrent`` leaves room
     for (devices offered and still without a verdict count against it)."""
     wave = rollout.waves[i]
+    if rollout.counts()[PENDING] == 0:
+        return rollout, []
     queued = [d for d in wave.devices if rollout.outcomes[d] == PENDING]
     if not queued:
         return rollout, []

@@ -56,8 +56,11 @@ DeviceChooser = Callable[[Mapping[str, Mapping[str, Any]], str], list[str]]
 
 
 def publish_offers(edge: MqttEdge, fleet: str, payload: bytes, devices: Sequence[str], *,
-                   timeout: float = 30.0) -> None:
-    """Publish ``payload`` retained on each device's offer topic; wait for every PUBACK."""
+                   timeout: float | None = None) -> None:
+    """Publish ``payload`` retained on each device's offer topic; wait for every PUBACK
+    (``timeout``: 30 s plus 10 ms per device: the broker acknowledges a wave of ten
+    thousand while it delivers them)."""
+    timeout = 30.0 + 0.01 * len(devices) if timeout is None else timeout
     infos = []
     for dev in devices:
         info = edge.publish(topics(fleet, dev).offer, payload, retain=True)
@@ -84,9 +87,8 @@ def run_rollout(*, broker_url: str, fleet: str, reldir: str | Path, db: FleetDB,
     """Start or resume the rollout of ``reldir`` to ``fleet``; see the module docstring.
 
     ``policy`` shapes a new rollout; a recorded one keeps its waves and takes only a
-    given ``max_failure_rate`` / ``wave_timeout_s``. Without ``wait`` it goes as far as
-    it can without waiting for devices (offers the next wave if the last one is done)
-    and returns; with ``wait`` it returns once the rollout completed, halted or was
+    given ``max_failure_rate`` / ``wave_timeout_s``. Without ``wait`` it looks once
+    (takes in the verdicts, offers the next wave if the last one is done) and returns; with ``wait`` it returns once the rollout completed, halted or was
     cancelled (a paused one is waited out). ``choose(statuses, version)`` picks the
     devices of a new rollout when none are named (default: every device with a status).
 
@@ -199,31 +201,51 @@ class _Run:
     def _drive(self, rollout: Rollout, watcher: FleetWatcher, *, wait: bool,
                on_update: Callable[[Rollout], None] | None, poll_s: float,
                clock: Callable[[], float]) -> Rollout:
-        recorded_every, next_record = 2.0, 0.0
-        recorded: dict[str, Any] = {}
-        seen, next_look = -1, 0.0
+        """Look at the fleet's statuses until the rollout is done.
+
+        A look takes in only the devices that reported since the last one (``step``'s
+        ``only``), so it costs what happened, not the fleet's size. What a look decides
+        (an offer, a wave closed, the rollout completed, halted, or paused or cancelled
+        by an operator) is one transaction at once; verdicts alone go into the database
+        every ``record_s`` (a worker that takes over reads them again from the retained
+        statuses), as do the devices' statuses."""
+        n = max(1, len(rollout.outcomes))
+        record_s = max(2.0, n / 1000)  # one write of the whole record: seldom for big fleets
+        watcher.track("observe")
+        watcher.track("record")
+        view, decided = rollout, rollout  # what the statuses say / what the database holds
+        seen, next_look, next_record, full, first = -1, 0.0, 0.0, True, True
         while True:
             self.lease.check()
             if watcher.changes == seen and time.monotonic() < next_look:
                 time.sleep(poll_s)  # no status came in: only timeouts and operators change
                 continue  # things, so a full look once a second is enough for those
             seen, next_look = watcher.changes, time.monotonic() + 1.0
-            statuses = watcher.raw()
-            if time.monotonic() >= next_record:  # the fleet's last status, in the database
-                next_record = time.monotonic() + recorded_every
-                self.db.record_devices(self.ident.fleet, {
-                    d: s for d, s in statuses.items() if recorded.get(d) != s})
-                recorded = dict(statuses)
+            recording = time.monotonic() >= next_record
+            changed = watcher.take("observe")  # before raw(): a status that comes in
+            to_record = watcher.take("record") if recording else set()  # between is seen
+            statuses = watcher.raw()  # now and looked at again next time
+            if recording and first:  # every device's status once, then what changed
+                to_record, first = set(statuses), False
             now = clock()
-            local, offer = step(rollout, statuses, now)
-            outside = self.db.status_of(self.key)
-            if local != rollout or offer or outside != rollout.status:
-                rollout, offer = self._decide(watcher, statuses, now)
+            local, offer = step(view, statuses, now, only=None if full else changed)
+            full = False
+            if recording:  # the fleet's last statuses, in the database
+                next_record = time.monotonic() + record_s
+                self.db.record_devices(self.ident.fleet, {
+                    d: statuses[d] for d in to_record if d in statuses})
+            moved = offer or local.status != view.status or local.current != view.current \
+                or self.db.status_of(self.key) != decided.status
+            if moved or (local is not decided and (recording or not wait)):
+                decided, offer = self._decide(watcher, statuses, now)
+                view, full = decided, True  # a fresh record: look at every device again
+            else:
+                view = local
             if on_update is not None:
-                on_update(rollout)
-            done = rollout.status not in ("running", "paused")
-            if done or (not wait and not offer):
-                return rollout
+                on_update(view)
+            done = decided.status not in ("running", "paused")
+            if done or not wait:  # without --wait: one look, one decision (devices
+                return decided  # that commit at once must not carry it past a pause)
             if not offer:
                 time.sleep(poll_s)
 
