@@ -153,7 +153,7 @@ class Agent:
         self.service = AgentService(config.model.name, self.metrics, fallback_of(config))
         from edgeship.agent._taps import Taps
 
-        self.taps = Taps(self.service, self.metrics.registry, drift_config=config.drift,
+        self.taps = Taps(self.service, lambda: self.metrics.registry, drift_config=config.drift,
                          shadow_config=config.shadow, log=log,
                          on_drift_change=lambda _: self._republish())
         self.learning: Any | None = None  # [learning]: example capture, feedback, SuperNode
@@ -228,6 +228,7 @@ class Agent:
         try:
             self._install_initial()
             self.dispatch(ota.Resume(download_size=self.store.download_size()))
+            self.metrics.bring_up()  # /metrics answers on its first ask either way
             self.edge = self._connect()  # after the first model answers (issue 16)
             sd_notify("READY=1")
             self._loop()
