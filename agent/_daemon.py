@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import sqlite3
@@ -132,7 +131,7 @@ class Agent:
                                 max_switch_attempts=config.ota.max_switch_attempts,
                                 private_key=self.device_key,
                                 require_encryption=config.encryption.require,
-                                nonce=lambda: secrets.token_hex(8),
+                                nonce=lambda: os.urandom(8).hex(),
                                 stall_after_s=3 * config.ota.request_timeout_s,
                                 install_window=config.ota.install_window,
                                 variants=usable_variants(config.hardware, log))

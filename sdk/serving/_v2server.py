@@ -50,7 +50,7 @@ import contextlib
 import hmac
 import json
 import logging
-import secrets
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -310,7 +310,7 @@ class _Dispatcher:
         if request.id is None and self.service.assign_ids:  # (dataclasses.replace: 3x slower)
             request = InferRequest(inputs=request.inputs, outputs=request.outputs,
                                    binary_output=request.binary_output,
-                                   id=secrets.token_hex(16), parameters=request.parameters)
+                                   id=os.urandom(16).hex(), parameters=request.parameters)
         token = _REQUEST_ID.set(request.id)
         try:
             outputs, params = self.service.infer(meta.name, inputs)
