@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import sys
 import threading
 import time
@@ -41,7 +40,7 @@ from edgeship.agent._loading import (
     runtime_for,
     usable_variants,
 )
-from edgeship.agent._queue import Outbox
+from edgeship.agent._queue import Outbox, storage_errors
 from edgeship.agent._ratelimit import Backoff, TokenBucket
 from edgeship.agent._startup import fallback_of, initial_offer, read_root, read_secret
 from edgeship.agent._store import Store
@@ -539,7 +538,7 @@ class Agent:
             return
         try:
             self.outbox.put(topic, payload, retain=retain, key=key)
-        except (OSError, sqlite3.Error) as exc:  # disk full: this message is lost, not the agent
+        except storage_errors() as exc:  # disk full: this message is lost, not the agent
             log("outbox_write_failed", level="error", topic=topic, error=str(exc)[:200])
 
     def _flush(self) -> None:

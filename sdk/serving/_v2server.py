@@ -47,7 +47,6 @@ With ``api_key`` set every route except ``/v2/health/*`` needs
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -234,6 +233,8 @@ class _Dispatcher:
             return True
         auth = headers.get("authorization", "")
         given = auth[7:] if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
+        import hmac
+
         return hmac.compare_digest(given.encode(), self.api_key.encode())
 
     def dispatch(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
