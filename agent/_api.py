@@ -24,8 +24,6 @@ from typing import Any, Protocol
 from edgeship.agent._ota import PHASES
 from edgeship.sdk.serving._v2 import ModelMetadata, TensorSpec
 from edgeship.sdk.serving._v2server import Request, Response, Route, StatusError, V2Service
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from edgeship._errors import ModelLoadError
 
@@ -58,10 +56,12 @@ def describe(name: str, model: Any, version: str) -> ModelMetadata:
                          outputs=tuple(TensorSpec.of(s) for s in model.outputs))
 
 
-class Metrics:
-    """Prometheus metrics of one agent (own registry, so tests can run several)."""
+class _Prometheus:
+    """The Prometheus objects of one agent (prometheus_client is imported here)."""
 
     def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         r = self.registry = CollectorRegistry()
         self.requests = Counter("edgeship_infer_requests", "Inference requests by source and"
                                 " outcome", ["source", "outcome"], registry=r)
@@ -82,27 +82,123 @@ class Metrics:
                                   " (drift, shadow); answers are unaffected", registry=r)
         self.breaker = Gauge("edgeship_fallback_breaker_state",
                              "Cloud circuit breaker: 0 closed, 1 open, 2 half-open", registry=r)
+
+
+class Metrics:
+    """Prometheus metrics of one agent (own registry, so tests can run several).
+
+    The registry is made on first use, or by :meth:`bring_up` (the daemon calls it once its
+    model can answer: prometheus_client is ~5 % of the start to the first answer). Answers,
+    the serving version and the phase before that are kept here and handed over then.
+    """
+
+    def __init__(self) -> None:
+        self._prom: _Prometheus | None = None
+        self._early: list[tuple[str, str, float]] = []  # (source, outcome, seconds)
+        self._early_version = ""
+        self._early_phase = ""
         self.recent: deque[float] = deque(maxlen=2048)  # latencies (ms) for telemetry
         self._children: dict[tuple[str, str], Any] = {}  # requests.labels(source, outcome)
         self._lock = threading.Lock()
 
+    def bring_up(self) -> _Prometheus:
+        """The Prometheus objects, made (and the early figures replayed) on the first call."""
+        prom = self._prom
+        if prom is not None:
+            return prom
+        with self._lock:
+            if self._prom is None:
+                prom = _Prometheus()
+                for source, outcome, seconds in self._early:
+                    prom.requests.labels(source=source, outcome=outcome).inc()
+                    if outcome == "ok":
+                        prom.latency.observe(seconds)
+                self._early.clear()
+                if self._early_version:
+                    prom.version.labels(version=self._early_version).set(1)
+                if self._early_phase:
+                    for p in PHASES:
+                        prom.phase.labels(phase=p).set(1 if p == self._early_phase else 0)
+                self._prom = prom
+            return self._prom
+
+    @property
+    def registry(self) -> Any:
+        return self.bring_up().registry
+
+    @property
+    def requests(self) -> Any:
+        return self.bring_up().requests
+
+    @property
+    def latency(self) -> Any:
+        return self.bring_up().latency
+
+    @property
+    def phase(self) -> Any:
+        return self.bring_up().phase
+
+    @property
+    def version(self) -> Any:
+        return self.bring_up().version
+
+    @property
+    def updates(self) -> Any:
+        return self.bring_up().updates
+
+    @property
+    def queue(self) -> Any:
+        return self.bring_up().queue
+
+    @property
+    def connected(self) -> Any:
+        return self.bring_up().connected
+
+    @property
+    def tap_errors(self) -> Any:
+        return self.bring_up().tap_errors
+
+    @property
+    def breaker(self) -> Any:
+        return self.bring_up().breaker
+
     def set_phase(self, phase: str) -> None:
+        if self._prom is None:
+            with self._lock:
+                if self._prom is None:
+                    self._early_phase = phase
+                    return
         for p in PHASES:
             self.phase.labels(phase=p).set(1 if p == phase else 0)
 
     def set_version(self, version: str) -> None:
+        if self._prom is None:
+            with self._lock:
+                if self._prom is None:
+                    self._early_version = version
+                    return
         self.version.clear()
         if version:
             self.version.labels(version=version).set(1)
 
     def observe(self, source: str, outcome: str, seconds: float) -> None:
+        prom = self._prom
+        if prom is None:
+            with self._lock:
+                prom = self._prom
+                if prom is None:  # before bring_up: kept (bounded) for the registry
+                    if len(self._early) < 100_000:
+                        self._early.append((source, outcome, seconds))
+                    if outcome == "ok":
+                        self.recent.append(seconds * 1000)
+                    return
         child = self._children.get((source, outcome))
         if child is None:  # labels() per request cost as much as the rest of observe
             child = self._children.setdefault(
-                (source, outcome), self.requests.labels(source=source, outcome=outcome))
+                (source, outcome), prom.requests.labels(source=source, outcome=outcome))
         child.inc()
         if outcome == "ok":
-            self.latency.observe(seconds)
+            prom.latency.observe(seconds)
             with self._lock:
                 self.recent.append(seconds * 1000)
 
@@ -185,5 +281,8 @@ class AgentService(V2Service):
             from edgeship.sdk.serving._fallback import STATE_CODES
 
             self.metrics.breaker.set(STATE_CODES.get(self.fallback.breaker.state, 0))
+        from prometheus_client import generate_latest
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
         return Response(body=generate_latest(self.metrics.registry),
                         content_type=CONTENT_TYPE_LATEST)

@@ -23,10 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
-import sqlite3
 import sys
 import threading
 import time
@@ -42,7 +40,7 @@ from edgeship.agent._loading import (
     runtime_for,
     usable_variants,
 )
-from edgeship.agent._queue import Outbox
+from edgeship.agent._queue import Outbox, storage_errors
 from edgeship.agent._ratelimit import Backoff, TokenBucket
 from edgeship.agent._startup import fallback_of, initial_offer, read_root, read_secret
 from edgeship.agent._store import Store
@@ -132,7 +130,7 @@ class Agent:
                                 max_switch_attempts=config.ota.max_switch_attempts,
                                 private_key=self.device_key,
                                 require_encryption=config.encryption.require,
-                                nonce=lambda: secrets.token_hex(8),
+                                nonce=lambda: os.urandom(8).hex(),
                                 stall_after_s=3 * config.ota.request_timeout_s,
                                 install_window=config.ota.install_window,
                                 variants=usable_variants(config.hardware, log))
@@ -153,7 +151,7 @@ class Agent:
         self.service = AgentService(config.model.name, self.metrics, fallback_of(config))
         from edgeship.agent._taps import Taps
 
-        self.taps = Taps(self.service, self.metrics.registry, drift_config=config.drift,
+        self.taps = Taps(self.service, lambda: self.metrics.registry, drift_config=config.drift,
                          shadow_config=config.shadow, log=log,
                          on_drift_change=lambda _: self._republish())
         self.learning: Any | None = None  # [learning]: example capture, feedback, SuperNode
@@ -232,6 +230,7 @@ class Agent:
         try:
             self._install_initial()
             self.dispatch(ota.Resume(download_size=self.store.download_size()))
+            self.metrics.bring_up()  # /metrics answers on its first ask either way
             self.edge = self._connect()  # after the first model answers (issue 16)
             sd_notify("READY=1")
             self._loop()
@@ -550,7 +549,7 @@ class Agent:
             return
         try:
             self.outbox.put(topic, payload, retain=retain, key=key)
-        except (OSError, sqlite3.Error) as exc:  # disk full: this message is lost, not the agent
+        except storage_errors() as exc:  # disk full: this message is lost, not the agent
             log("outbox_write_failed", level="error", topic=topic, error=str(exc)[:200])
 
     def _flush(self) -> None:

@@ -15,7 +15,6 @@ import os
 import resource
 import signal
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +122,8 @@ def _from_command(argv: tuple[str, ...], timeout: float) -> bytes:
     """The command's stdout. It runs in its own process group, so a timeout stops the
     helpers it started too (a wrapper script's hung secure-element tool, say), not only
     the command itself."""
+    import subprocess  # only with a key command: not on every agent's start
+
     what = "encryption.key_command"
     try:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

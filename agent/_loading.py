@@ -70,13 +70,14 @@ def load_serving(model: bytes, slot: SlotInfo, golden: dict[str, Any] | None,
     """The model loaded (with its accelerator's runtime for a variant) and golden-checked,
     as the API's ``Serving``."""
     from edgeship.agent._api import Serving, describe
-    from edgeship.agent._health import golden_check
     from edgeship.sdk.runtime._model import Model
 
     runtime, device = runtime_for(slot.variant, cfg)
     loaded = Model.load_bytes(model, format=slot.format, runtime=runtime, device=device,
                               threads=cfg.threads)
     if golden is not None:
+        from edgeship.agent._health import golden_check  # (it imports subprocess)
+
         reason = golden_check(loaded, golden)
         if reason:
             raise EdgeshipError(f"golden check in the agent: {reason}")

@@ -5,15 +5,27 @@ first when either is passed, and counted): a heartbeat with drift figures is ~10
 device offline for weeks must not fill its disk with them.
 A message with a ``key`` replaces the waiting one with the same key, so only the latest
 retained status waits, not every intermediate one. Used from one thread (the agent loop).
+The database is opened on first use: sqlite3 is not on the agent's path to its first answer.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["Outbox", "Queued"]
+if TYPE_CHECKING:
+    import sqlite3
+
+__all__ = ["Outbox", "Queued", "storage_errors"]
+
+
+def storage_errors() -> tuple[type[Exception], ...]:
+    """What a failed outbox write raises (an ``except`` evaluates this only when one
+    propagates, so sqlite3 is imported then at the latest)."""
+    import sqlite3
+
+    return (OSError, sqlite3.Error)
 
 
 @dataclass(frozen=True)
@@ -31,13 +43,23 @@ class Outbox:
                  max_bytes: int = 16 << 20) -> None:
         self.max_messages, self.max_bytes = max_messages, max_bytes
         self.dropped = 0
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL, key TEXT)"
-        )
+        self.path = path
+        self._opened: sqlite3.Connection | None = None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._opened is None:
+            import sqlite3
+
+            db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL, key TEXT)"
+            )
+            self._opened = db
+        return self._opened
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
@@ -84,4 +106,5 @@ class Outbox:
                 self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 
     def close(self) -> None:
-        self._db.close()
+        if self._opened is not None:
+            self._opened.close()

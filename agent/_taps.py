@@ -27,7 +27,8 @@ class Taps:
     def __init__(self, service: Any, registry: Any, *, drift_config: Any = None,
                  shadow_config: Any = None, log: Callable[..., None],
                  on_drift_change: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.service, self.registry, self.log = service, registry, log
+        # the registry, or a function that makes it (the agent's is made once it answers)
+        self.service, self._registry, self.log = service, registry, log
         self.drift_config, self.shadow_config = drift_config, shadow_config
         self.on_drift_change = on_drift_change
         self.drift: Any | None = None
@@ -35,6 +36,10 @@ class Taps:
         self.drift_status: dict[str, Any] | None = None  # last compact verdict
         self.shadow_error: str | None = None  # why the OTA state's shadow does not run
         self.failed_version = ""
+
+    @property
+    def registry(self) -> Any:
+        return self._registry() if callable(self._registry) else self._registry
 
     def _set(self, old: Any | None, new: Any | None) -> None:
         kept = tuple(t for t in self.service.taps if t is not old)
@@ -61,7 +66,7 @@ class Taps:
                 self.log("drift_unavailable", "warning", version=slot.version,
                          error=str(exc)[:300])
         drift_module = sys.modules.get("edgeship.agent._drift")
-        if self.drift is None and self.registry is not None and drift_module is not None:
+        if self.drift is None and self._registry is not None and drift_module is not None:
             # not the previous model's figures and alert; never imported: no gauges exist
             # (importing it for nothing cost every boot ~80 ms)
             drift_module.reset_gauges(self.registry)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import ctypes.util
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -110,7 +109,11 @@ def _libcrypto() -> Any | None:
 
 
 def _load_libcrypto() -> Any | None:
-    name = _mapped_libcrypto() or ctypes.util.find_library("crypto")
+    name = _mapped_libcrypto()
+    if name is None:  # ctypes.util imports subprocess: only when the mapping has none
+        from ctypes.util import find_library
+
+        name = find_library("crypto")
     if name is None:
         return None
     try:

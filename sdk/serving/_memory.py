@@ -15,7 +15,6 @@ Elsewhere (musl, macOS) both do nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 from typing import Any
 
@@ -31,8 +30,10 @@ def _libc() -> Any | None:
     try:  # glibc's own name first: find_library runs ldconfig in a child process
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
+        from ctypes.util import find_library  # it imports subprocess: only here
+
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c"))
+            libc = ctypes.CDLL(find_library("c"))
         except OSError:
             return None
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None

@@ -18,8 +18,8 @@ plain parser, and a marker found anywhere but in a tensor's ``data`` is refused.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +39,7 @@ class CutArrays:
     """The arrays cut out of one body: marker -> (start, end) of their numbers in it."""
 
     body: bytes
-    prefix: str = field(default_factory=lambda: f"\x00edgeship-array-{secrets.token_hex(8)}-")
+    prefix: str = field(default_factory=lambda: f"\x00edgeship-array-{os.urandom(8).hex()}-")
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)
     taken: set[str] = field(default_factory=set)
 
