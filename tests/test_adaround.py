@@ -125,3 +125,29 @@ def test_learned_rounding_generalizes_in_both_formats(tmp_path: Path) -> None:
         lite[on] = float(np.sum((np.array(ys) - ref) ** 2))
     assert errors[True] < 0.8 * errors[False]  # held-out data, weight error alone
     assert lite[True] < lite[False]  # and the whole int8 TFLite is closer to fp32
+
+
+def test_gram_of_grouped_rows_is_per_group_sum_of_outer_products() -> None:
+    from edgeship.converter._learned import gram
+
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(50, 4 * 9)).astype(np.float32)
+    per = rows.astype(np.float64).reshape(50, 4, 9)
+    want = np.einsum("pgk,pgl->gkl", per, per)
+    got = gram(rows, 4)
+    assert got.shape == (4, 9, 9) and got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gram(rows, 1)[0], rows.T.astype(np.float64) @ rows, rtol=1e-4)
+
+
+def test_h_rows_grow_with_the_inputs_of_one_output() -> None:
+    """A depthwise 3x3's 9 x 9 H needs far fewer im2col rows than a wide 1x1 Conv's."""
+    from edgeship.converter._adaround import MAX_POSITIONS
+    from edgeship.converter._learned import MIN_POSITIONS, _Layer, positions
+
+    def conv(group: int) -> _Layer:
+        return _Layer(onnx.helper.make_node("Conv", ["x", "w"], ["y"], group=group), group, False)
+
+    assert positions(conv(96), np.zeros((96, 1, 3, 3), np.float32)) == MIN_POSITIONS
+    assert positions(conv(1), np.zeros((16, 1152, 1, 1), np.float32)) == MAX_POSITIONS
+    assert MIN_POSITIONS < positions(conv(1), np.zeros((16, 96, 1, 1), np.float32)) < MAX_POSITIONS
