@@ -84,9 +84,11 @@ def gram(rows: np.ndarray, groups: int) -> np.ndarray:
     """``sum_p x_p x_p^T`` per group ([groups, K, K], float64) of input rows [P, groups * K]:
     BLAS products in float32 (a grouped Conv's groups as one batched product)."""
     if groups == 1:
-        return (rows.T @ rows)[None].astype(np.float64)
-    per = rows.reshape(len(rows), groups, -1).transpose(1, 0, 2)  # [G, P, K]
-    return np.matmul(per.transpose(0, 2, 1), per).astype(np.float64)
+        product: np.ndarray = (rows.T @ rows)[None]
+    else:
+        per = rows.reshape(len(rows), groups, -1).transpose(1, 0, 2)  # [G, P, K]
+        product = np.matmul(per.transpose(0, 2, 1), per)
+    return product.astype(np.float64)
 
 
 def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Layer]:

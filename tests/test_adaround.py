@@ -96,6 +96,7 @@ def _weight_error(out: Path, model: Path, x: np.ndarray) -> float:
 
 
 def test_learned_rounding_generalizes_in_both_formats(tmp_path: Path) -> None:
+    """On by default (None); --no-learned-rounding (False) rounds to nearest."""
     from ai_edge_litert.interpreter import Interpreter
 
     model = _conv_model(tmp_path / "m.onnx")
@@ -104,7 +105,7 @@ def test_learned_rounding_generalizes_in_both_formats(tmp_path: Path) -> None:
     errors, lite = {}, {}
     fp32 = ort.InferenceSession(str(model))
     ref = np.concatenate([fp32.run(None, {"x": s[None]})[0] for s in ev])
-    for on in (False, True):
+    for on in (False, None):
         out = tmp_path / str(on)
         report = convert(
             model,
@@ -112,7 +113,7 @@ def test_learned_rounding_generalizes_in_both_formats(tmp_path: Path) -> None:
             out,
             ConvertOptions(formats=("onnx", "tflite"), learned_rounding=on, equalize=False),
         )
-        assert any("learned rounding:" in line for line in report.optimizations) == on
+        assert any("learned rounding:" in line for line in report.optimizations) == (on is None)
         errors[on] = _weight_error(out, model, ev)
         it = Interpreter(model_path=str(out / "model.int8.tflite"))
         it.allocate_tensors()
@@ -123,8 +124,8 @@ def test_learned_rounding_generalizes_in_both_formats(tmp_path: Path) -> None:
             it.invoke()
             ys.append(it.get_tensor(o["index"])[0])
         lite[on] = float(np.sum((np.array(ys) - ref) ** 2))
-    assert errors[True] < 0.8 * errors[False]  # held-out data, weight error alone
-    assert lite[True] < lite[False]  # and the whole int8 TFLite is closer to fp32
+    assert errors[None] < 0.8 * errors[False]  # held-out data, weight error alone
+    assert lite[None] < lite[False]  # and the whole int8 TFLite is closer to fp32
 
 
 def test_gram_of_grouped_rows_is_per_group_sum_of_outer_products() -> None:
