@@ -96,7 +96,14 @@ def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Laye
     import onnxruntime as ort
 
     graph.reindex()
-    layers = _layers(graph)
+    # a layer whose H the rows cannot estimate (K > MAX_POSITIONS / MIN_ROWS_PER_INPUT)
+    # would be rounded to nearest anyway: its K^2 Gram is not built (yolov8n's 3x3 Convs)
+    layers = {
+        name: layer
+        for name, layer in _layers(graph).items()
+        if positions(layer, graph.inits[name])
+        >= MIN_ROWS_PER_INPUT * inputs_per_output(layer, graph.inits[name])
+    }
     inputs = sorted({ly.node.input[0] for ly in layers.values()})
     model = graph.to_model(extra_outputs=[t for t in inputs if t not in graph.output_names])
     opts = ort.SessionOptions()

@@ -152,3 +152,28 @@ def test_h_rows_grow_with_the_inputs_of_one_output() -> None:
     assert positions(conv(96), np.zeros((96, 1, 3, 3), np.float32)) == MIN_POSITIONS
     assert positions(conv(1), np.zeros((16, 1152, 1, 1), np.float32)) == MAX_POSITIONS
     assert MIN_POSITIONS < positions(conv(1), np.zeros((16, 96, 1, 1), np.float32)) < MAX_POSITIONS
+
+
+def test_no_gram_for_a_layer_too_wide_to_estimate(tmp_path: Path) -> None:
+    """K = 228 x 3 x 3 = 2052 inputs per output needs more rows than MAX_POSITIONS / 2:
+    that layer is rounded to nearest without building its 2052 x 2052 H; a narrow one is not."""
+    from edgeship.converter._ir import Graph
+    from edgeship.converter._learned import collect_grams
+
+    rng = np.random.default_rng(0)
+    wide = rng.normal(size=(4, 228, 3, 3)).astype(np.float32)
+    narrow = rng.normal(size=(4, 4, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "wide"], ["h"], pads=[1, 1, 1, 1]),
+            helper.make_node("Conv", ["h", "narrow"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 228, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [numpy_helper.from_array(wide, "wide"), numpy_helper.from_array(narrow, "narrow")],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    layers = collect_grams(Graph.from_model(m), {"x": rng.normal(size=(4, 228, 4, 4)).astype(np.float32)})
+    assert set(layers) == {"narrow"}
