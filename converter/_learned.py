@@ -104,6 +104,8 @@ def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Laye
         if positions(layer, graph.inits[name])
         >= MIN_ROWS_PER_INPUT * inputs_per_output(layer, graph.inits[name])
     }
+    if not layers:  # nothing to round (and run([]) would fetch every output)
+        return {}
     inputs = sorted({ly.node.input[0] for ly in layers.values()})
     model = graph.to_model(extra_outputs=[t for t in inputs if t not in graph.output_names])
     opts = ort.SessionOptions()

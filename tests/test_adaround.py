@@ -177,3 +177,21 @@ def test_no_gram_for_a_layer_too_wide_to_estimate(tmp_path: Path) -> None:
     m.ir_version = 8
     layers = collect_grams(Graph.from_model(m), {"x": rng.normal(size=(4, 228, 4, 4)).astype(np.float32)})
     assert set(layers) == {"narrow"}
+
+
+def test_a_model_without_weight_layers_has_no_grams() -> None:
+    """An Add-only graph (the learned-rounding default meets it): nothing collected, no error."""
+    from edgeship.converter._ir import Graph
+    from edgeship.converter._learned import collect_grams
+
+    c = numpy_helper.from_array(np.ones((1, 4), np.float32), "c")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [c],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    assert collect_grams(Graph.from_model(m), {"x": np.ones((3, 4), np.float32)}) == {}

@@ -149,6 +149,6 @@ def test_summary_ends_with_the_verdict(tmp_path: Path) -> None:
     assert last.startswith("verdict: accuracy ")
     assert "target --max-drop 0.5 points of accuracy: met at " in last
     # the guard measured equalization and kept the plain cnn (no gain on calibration samples)
-    assert last.endswith("steps: minmax ranges")
+    assert last.endswith("steps: learned rounding, minmax ranges")  # the default steps
     page = (tmp_path / "o" / "report.html").read_text()
     assert page.rstrip().endswith(f'<p id="verdict">{html.escape(last)}</p></body></html>')
