@@ -169,6 +169,12 @@ class _BasePolicy(WeightPolicy):
             return q
         same_scale = _bcast(scales == old_s, w, axis)
         steps = w.astype(np.float64) / _bcast(scales, w, axis).astype(np.float64)
+        if np.all(same_scale) and np.all(np.abs(steps - old_q) < 1.0):
+            # every old value is still one of its weight's two neighbours: a rounding as
+            # valid as nearest (learned rounding, the default, chose it by the layer's
+            # output error), so the whole tensor is kept and the delta stays empty
+            self.base.kept_values[name] = int(old_q.size)
+            return np.asarray(old_q, np.int8)
         near = (steps - q) ** 2
         cost = (steps - old_q) ** 2 - near  # extra squared error of keeping the old value
         candidate = same_scale & (q != old_q) & (np.abs(steps - old_q) <= self.base.weight_tol)

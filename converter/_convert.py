@@ -316,11 +316,11 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     )
     clock.lap("calibrate")
     policy = inp.base.policy() if inp.base else WeightPolicy()
-    if opts.learned_rounding and inp.base is None:
+    if opts.learned_rounding is not False and inp.base is None:
         from ._learned import LearnedRounding, collect_grams
 
         policy = LearnedRounding(layers=collect_grams(graph, inp.calib))
-    elif opts.learned_rounding:
+    elif opts.learned_rounding is not False:
         log.append("learned rounding skipped: --base keeps the previous int8 values")
     means = calib.means if steps.bias_correction else None
     ort_log: list[str] = []  # what the onnxruntime pass changed (the last build's)

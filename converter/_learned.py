@@ -17,6 +17,9 @@ from ._ir import Graph
 from ._oprules import attr
 from ._quantize import WeightPolicy
 
+# rows that estimate H: 16 per weight of one output, at least 1024 (a depthwise 3x3 H is 9 x 9)
+ROWS_PER_INPUT = 16
+MIN_POSITIONS = 1024
 MIN_ROWS_PER_INPUT = 2  # H of K inputs is estimated from at least 2K rows, else nearest
 
 
@@ -27,6 +30,21 @@ class _Layer:
     rows_last: bool  # the weight's output axis is 1 (Gemm transB=0, MatMul)
     gram: np.ndarray | None = None  # [groups, K, K]
     rows: int = 0  # input rows (patches, vectors) that went into it
+
+
+def inputs_per_output(layer: _Layer, w: np.ndarray) -> int:
+    """How many weights feed one output value (the size of the layer's ``H``)."""
+    if layer.node.op_type == "Conv":
+        return int(np.prod(w.shape[1:]))
+    return int(w.shape[0] if layer.rows_last else w.shape[1])
+
+
+def positions(layer: _Layer, w: np.ndarray) -> int:
+    """Input rows that estimate a layer's ``H``: ``ROWS_PER_INPUT`` per weight of one
+    output, within [``MIN_POSITIONS``, ``MAX_POSITIONS``] (a depthwise layer's 9 x 9 ``H``
+    needs far fewer than a 1x1 Conv's 1152 x 1152; im2col of every position is the cost)."""
+    wanted = ROWS_PER_INPUT * inputs_per_output(layer, w)
+    return int(min(MAX_POSITIONS, max(MIN_POSITIONS, wanted)))
 
 
 def _layers(graph: Graph) -> dict[str, _Layer]:
@@ -48,21 +66,29 @@ def _layers(graph: Graph) -> dict[str, _Layer]:
 
 
 def _sample_rows(
-    x: np.ndarray, layer: _Layer, w: np.ndarray, keep: int, rng: Any
+    x: np.ndarray, layer: _Layer, w: np.ndarray, keep: int, rng: Any, dtype: Any = np.float64
 ) -> np.ndarray | None:
     """The layer's input rows for one sample: im2col patches (Conv) or feature vectors."""
     if layer.node.op_type == "Conv":
         if x.ndim != 3:
             return None
-        return _as_float(patches(layer.node, x, (w.shape[2], w.shape[3]), keep, rng))
+        rows = patches(layer.node, x, (w.shape[2], w.shape[3]), keep, rng)
+        return None if rows is None else rows.astype(dtype, copy=False)
     rows = x.reshape(-1, x.shape[-1])
     if len(rows) > keep:
         rows = rows[np.sort(rng.choice(len(rows), keep, replace=False))]
-    return rows.astype(np.float64)
+    return rows.astype(dtype, copy=False)
 
 
-def _as_float(rows: np.ndarray | None) -> np.ndarray | None:
-    return None if rows is None else rows.astype(np.float64)
+def gram(rows: np.ndarray, groups: int) -> np.ndarray:
+    """``sum_p x_p x_p^T`` per group ([groups, K, K], float64) of input rows [P, groups * K]:
+    BLAS products in float32 (a grouped Conv's groups as one batched product)."""
+    if groups == 1:
+        product: np.ndarray = (rows.T @ rows)[None]
+    else:
+        per = rows.reshape(len(rows), groups, -1).transpose(1, 0, 2)  # [G, P, K]
+        product = np.matmul(per.transpose(0, 2, 1), per)
+    return product.astype(np.float64)
 
 
 def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Layer]:
@@ -70,7 +96,16 @@ def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Laye
     import onnxruntime as ort
 
     graph.reindex()
-    layers = _layers(graph)
+    # a layer whose H the rows cannot estimate (K > MAX_POSITIONS / MIN_ROWS_PER_INPUT)
+    # would be rounded to nearest anyway: its K^2 Gram is not built (yolov8n's 3x3 Convs)
+    layers = {
+        name: layer
+        for name, layer in _layers(graph).items()
+        if positions(layer, graph.inits[name])
+        >= MIN_ROWS_PER_INPUT * inputs_per_output(layer, graph.inits[name])
+    }
+    if not layers:  # nothing to round (and run([]) would fetch every output)
+        return {}
     inputs = sorted({ly.node.input[0] for ly in layers.values()})
     model = graph.to_model(extra_outputs=[t for t in inputs if t not in graph.output_names])
     opts = ort.SessionOptions()
@@ -78,7 +113,7 @@ def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Laye
     opts.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     count = len(next(iter(feeds.values())))
-    keep = max(1, math.ceil(MAX_POSITIONS / count))
+    keep = {n: max(1, math.ceil(positions(ly, graph.inits[n]) / count)) for n, ly in layers.items()}
     rng = np.random.default_rng(0)  # the same positions every run: the same bytes
     for i in range(count):
         values = dict(
@@ -86,14 +121,11 @@ def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Laye
         )
         for name, layer in layers.items():
             w = graph.inits[name]
-            rows = _sample_rows(np.asarray(values[layer.node.input[0]])[0], layer, w, keep, rng)
+            x = np.asarray(values[layer.node.input[0]])[0]
+            rows = _sample_rows(x, layer, w, keep[name], rng, dtype=np.float32)
             if rows is None:
                 continue
-            if layer.groups == 1:  # one BLAS product (einsum would not use BLAS here)
-                g = (rows.T @ rows)[None]
-            else:
-                per = rows.reshape(len(rows), layer.groups, -1)
-                g = np.einsum("pgk,pgl->gkl", per, per)
+            g = gram(rows, layer.groups)
             layer.gram = g if layer.gram is None else layer.gram + g
             layer.rows += len(rows)
     return {n: ly for n, ly in layers.items() if ly.gram is not None}

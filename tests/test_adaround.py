@@ -96,6 +96,7 @@ def _weight_error(out: Path, model: Path, x: np.ndarray) -> float:
 
 
 def test_learned_rounding_generalizes_in_both_formats(tmp_path: Path) -> None:
+    """On by default (None); --no-learned-rounding (False) rounds to nearest."""
     from ai_edge_litert.interpreter import Interpreter
 
     model = _conv_model(tmp_path / "m.onnx")
@@ -104,7 +105,7 @@ def test_learned_rounding_generalizes_in_both_formats(tmp_path: Path) -> None:
     errors, lite = {}, {}
     fp32 = ort.InferenceSession(str(model))
     ref = np.concatenate([fp32.run(None, {"x": s[None]})[0] for s in ev])
-    for on in (False, True):
+    for on in (False, None):
         out = tmp_path / str(on)
         report = convert(
             model,
@@ -112,7 +113,7 @@ def test_learned_rounding_generalizes_in_both_formats(tmp_path: Path) -> None:
             out,
             ConvertOptions(formats=("onnx", "tflite"), learned_rounding=on, equalize=False),
         )
-        assert any("learned rounding:" in line for line in report.optimizations) == on
+        assert any("learned rounding:" in line for line in report.optimizations) == (on is None)
         errors[on] = _weight_error(out, model, ev)
         it = Interpreter(model_path=str(out / "model.int8.tflite"))
         it.allocate_tensors()
@@ -123,5 +124,74 @@ def test_learned_rounding_generalizes_in_both_formats(tmp_path: Path) -> None:
             it.invoke()
             ys.append(it.get_tensor(o["index"])[0])
         lite[on] = float(np.sum((np.array(ys) - ref) ** 2))
-    assert errors[True] < 0.8 * errors[False]  # held-out data, weight error alone
-    assert lite[True] < lite[False]  # and the whole int8 TFLite is closer to fp32
+    assert errors[None] < 0.8 * errors[False]  # held-out data, weight error alone
+    assert lite[None] < lite[False]  # and the whole int8 TFLite is closer to fp32
+
+
+def test_gram_of_grouped_rows_is_per_group_sum_of_outer_products() -> None:
+    from edgeship.converter._learned import gram
+
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(50, 4 * 9)).astype(np.float32)
+    per = rows.astype(np.float64).reshape(50, 4, 9)
+    want = np.einsum("pgk,pgl->gkl", per, per)
+    got = gram(rows, 4)
+    assert got.shape == (4, 9, 9) and got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gram(rows, 1)[0], rows.T.astype(np.float64) @ rows, rtol=1e-4)
+
+
+def test_h_rows_grow_with_the_inputs_of_one_output() -> None:
+    """A depthwise 3x3's 9 x 9 H needs far fewer im2col rows than a wide 1x1 Conv's."""
+    from edgeship.converter._adaround import MAX_POSITIONS
+    from edgeship.converter._learned import MIN_POSITIONS, _Layer, positions
+
+    def conv(group: int) -> _Layer:
+        return _Layer(onnx.helper.make_node("Conv", ["x", "w"], ["y"], group=group), group, False)
+
+    assert positions(conv(96), np.zeros((96, 1, 3, 3), np.float32)) == MIN_POSITIONS
+    assert positions(conv(1), np.zeros((16, 1152, 1, 1), np.float32)) == MAX_POSITIONS
+    assert MIN_POSITIONS < positions(conv(1), np.zeros((16, 96, 1, 1), np.float32)) < MAX_POSITIONS
+
+
+def test_no_gram_for_a_layer_too_wide_to_estimate(tmp_path: Path) -> None:
+    """K = 228 x 3 x 3 = 2052 inputs per output needs more rows than MAX_POSITIONS / 2:
+    that layer is rounded to nearest without building its 2052 x 2052 H; a narrow one is not."""
+    from edgeship.converter._ir import Graph
+    from edgeship.converter._learned import collect_grams
+
+    rng = np.random.default_rng(0)
+    wide = rng.normal(size=(4, 228, 3, 3)).astype(np.float32)
+    narrow = rng.normal(size=(4, 4, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "wide"], ["h"], pads=[1, 1, 1, 1]),
+            helper.make_node("Conv", ["h", "narrow"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 228, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [numpy_helper.from_array(wide, "wide"), numpy_helper.from_array(narrow, "narrow")],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    layers = collect_grams(Graph.from_model(m), {"x": rng.normal(size=(4, 228, 4, 4)).astype(np.float32)})
+    assert set(layers) == {"narrow"}
+
+
+def test_a_model_without_weight_layers_has_no_grams() -> None:
+    """An Add-only graph (the learned-rounding default meets it): nothing collected, no error."""
+    from edgeship.converter._ir import Graph
+    from edgeship.converter._learned import collect_grams
+
+    c = numpy_helper.from_array(np.ones((1, 4), np.float32), "c")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [c],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    assert collect_grams(Graph.from_model(m), {"x": np.ones((3, 4), np.float32)}) == {}

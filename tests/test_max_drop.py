@@ -171,6 +171,6 @@ def test_summary_ends_with_the_verdict(tmp_path: Path) -> None:
     assert "target --max-drop 0.5 points of accuracy on --eval (400 samples): met at " in last
     assert " of " in last and " nodes kept float" in last
     # the guard measured equalization and kept the plain cnn (no gain on calibration samples)
-    assert last.endswith("steps: minmax ranges")
+    assert last.endswith("steps: learned rounding, minmax ranges")  # the default steps
     page = (tmp_path / "o" / "report.html").read_text()
     assert page.rstrip().endswith(f'<p id="verdict">{html.escape(last)}</p></body></html>')

@@ -141,3 +141,24 @@ def test_base_never_undoes_pruning(v1: Path, tmp_path: Path) -> None:
         q = new[w["name"] + "_q"]
         assert np.mean(q == 0) >= w["sparsity"]  # every pruned (float zero) weight is int8 zero
     assert r.pruning["achieved"] > 0.49
+
+
+def test_base_values_that_are_still_neighbours_are_kept_whole() -> None:
+    """A previous release's learned rounding (not nearest, each value one of its weight's
+    two neighbours) is kept as it was for an unchanged weight: no delta."""
+    from types import SimpleNamespace
+
+    from edgeship.converter._base import _BasePolicy
+
+    w = np.array([[0.26, -0.74, 1.0], [0.5, 0.1, -0.49]], np.float32)
+    scales = np.array([1.0 / 127, 0.5 / 127], np.float32)
+    steps = w / scales[:, None]
+    learned = np.where(np.arange(6).reshape(2, 3) % 2 == 0, np.floor(steps), np.ceil(steps))
+    assert np.any(learned != np.round(steps))
+    base = SimpleNamespace(
+        weight_values={"w": learned.astype(np.int8)}, weight_scales={"w": scales}, kept_values={}
+    )
+    policy = _BasePolicy(base)  # type: ignore[arg-type]
+    q = policy.round("w", w, scales, 0)
+    np.testing.assert_array_equal(q, learned.astype(np.int8))
+    assert base.kept_values["w"] == 6

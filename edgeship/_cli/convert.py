@@ -131,10 +131,11 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     "half of them shows it raises the output SQNR (see hw-bench/results).",
 )
 @click.option(
-    "--learned-rounding",
-    is_flag=True,
+    "--learned-rounding/--no-learned-rounding",
+    default=None,
     help="Round each Conv/Gemm/MatMul weight up or down by the layer's output error on the "
-    "calibration data (AdaRound-style; slower; not with --base).",
+    "calibration data (AdaRound-style). Default: on, except with --base (which keeps the "
+    "previous int8 values); --no-learned-rounding: round to nearest (faster).",
 )
 @click.option(
     "--max-drop",
@@ -189,7 +190,7 @@ def convert(
     input_shape: tuple[str, ...],
     equalize: bool | None,
     bias_correction: bool | None,
-    learned_rounding: bool,
+    learned_rounding: bool | None,
     max_drop: float | None,
     drop_metric: str,
     targets: tuple[str, ...],
