@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 from edgeship.converter import ConvertOptions, convert, write_tflite
 from edgeship.converter._bmm_rounding import tflite_requantize
 from edgeship.sdk import Model
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
+from onnx_graphs import save_one_io_model
 
 RNG = np.random.default_rng(11)
 SHAPE = [1, 4, 40, 24]
@@ -24,13 +24,7 @@ def _attention(path: Path) -> Path:
              helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 1, 3, 2]),
              helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
              helper.make_node("Relu", ["s"], ["y"], name="relu")]
-    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return save_one_io_model(path, nodes, inits, SHAPE, opset=17, name="attn")
 
 
 def test_requantize_matches_gemmlowp_double_rounding() -> None:

@@ -15,6 +15,7 @@ from edgeship.converter import ConvertOptions, convert
 from edgeship.converter._pool_ties import tie_free_eps
 from edgeship.sdk import Model
 from onnx import TensorProto, helper, numpy_helper
+from onnx_graphs import save_one_io_model
 
 RNG = np.random.default_rng(5)
 SHAPE = [1, 3, 6, 80]
@@ -29,13 +30,7 @@ def _squeeze_excite(path: Path) -> Path:
              helper.make_node("Conv", ["g", "w2", "b2"], ["e"], kernel_shape=[1, 1]),
              helper.make_node("Sigmoid", ["e"], ["s"]),
              helper.make_node("Mul", ["c", "s"], ["y"])]
-    graph = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return save_one_io_model(path, nodes, inits, SHAPE, opset=13, name="se")
 
 
 def test_global_average_pool_rounds_alike_in_onnxruntime_and_litert(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 from edgeship.converter import ConvertOptions, convert
 from edgeship.sdk import Model
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
+from onnx_graphs import save_one_io_model
 
 RNG = np.random.default_rng(7)
 SHAPE = [1, 40, 48]
@@ -24,13 +25,7 @@ def _ln_model(path: Path) -> Path:
              helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["n"], name="ln", axis=-1,
                               epsilon=1e-5),
              helper.make_node("MatMul", ["n", "w2"], ["y"])]
-    graph = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return save_one_io_model(path, nodes, inits, SHAPE, opset=17, name="ln")
 
 
 def test_layernorm_steps_are_the_same_in_onnxruntime_and_litert(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ import onnx
 from edgeship.converter import ConvertOptions, convert
 from edgeship.converter._pool_ties import tie_free_eps
 from edgeship.sdk import Model
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
+from onnx_graphs import save_one_io_model
 
 RNG = np.random.default_rng(3)
 SHAPE = [1, 4, 12, 16]
@@ -25,13 +26,7 @@ def _pool_model(path: Path) -> Path:
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
              helper.make_node("AveragePool", ["c"], ["p"], kernel_shape=[3, 2], strides=[3, 2]),
              helper.make_node("Conv", ["p", "w2", "b2"], ["y"], kernel_shape=[1, 1])]
-    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return save_one_io_model(path, nodes, inits, SHAPE, opset=13, name="pool")
 
 
 def test_average_pool_rounds_alike_in_onnxruntime_and_litert(tmp_path: Path) -> None:

@@ -21,21 +21,8 @@ from edgeship.converter._tflite import write_tflite
 FIX = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIX))
 from conftest import run_cli  # noqa: E402
+from onnx_graphs import litert_rows  # noqa: E402
 from rescaled_mlp import rescaled_mlp  # noqa: E402
-
-
-def _litert(path: Path, x: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(path), num_threads=1)
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    rows = []
-    for i in range(len(x)):
-        it.set_tensor(inp["index"], x[i : i + 1])
-        it.invoke()
-        rows.append(it.get_tensor(out["index"]).reshape(-1).copy())
-    return np.stack(rows)
 
 
 def test_float_convs_run_in_litert_and_agree_with_the_onnx(tmp_path: Path) -> None:
@@ -55,7 +42,7 @@ def test_float_convs_run_in_litert_and_agree_with_the_onnx(tmp_path: Path) -> No
     assert info.op_counts.get("CONV_2D", 0) >= 2 and "DEPTHWISE_CONV_2D" in info.op_counts
     x = np.load(FIX / "cnn_eval.npz")["input"][:40].astype(np.float32)
     ref = run_all(session(qmodel), {"input": x}, [qmodel.graph.output[0].name])[0].reshape(len(x), -1)
-    got = _litert(tmp_path / "m.tflite", x)
+    got = litert_rows(tmp_path / "m.tflite", x)
     assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.95
     step = float(np.max(np.abs(ref))) / 127
     assert np.max(np.abs(ref - got)) <= 3 * step  # within a few int8 steps of the output
@@ -77,6 +64,6 @@ def test_max_drop_writes_a_tflite_with_the_float_layers(tmp_path: Path) -> None:
     x = np.load(FIX / "mlp_eval.npz")["input"].astype(np.float32)
     q = onnx.load(out / "model.int8.onnx")
     ref = run_all(session(q), {"input": x}, [q.graph.output[0].name])[0].reshape(len(x), -1)
-    got = _litert(out / "model.int8.tflite", x)
+    got = litert_rows(out / "model.int8.tflite", x)
     assert np.mean((ref > 0.5) == (got > 0.5)) >= 0.99
     assert np.max(np.abs(ref - got)) <= 2.0 / 255

@@ -16,6 +16,7 @@ from edgeship.converter._plan import make_plan
 from edgeship.converter._quantize import build_qdq
 from edgeship.converter._tflite import write_tflite
 from onnx import TensorProto, helper, numpy_helper
+from onnx_graphs import litert_rows
 
 
 def _model() -> onnx.ModelProto:
@@ -51,19 +52,6 @@ def _model() -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(m)
 
 
-def _litert(path: Path, x: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(path), num_threads=1)
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    rows = []
-    for i in range(len(x)):
-        it.set_tensor(inp["index"], x[i : i + 1])
-        it.invoke()
-        rows.append(it.get_tensor(out["index"]).reshape(-1).copy())
-    return np.stack(rows)
-
 
 def test_float_island_ops_run_in_litert_and_agree_with_the_onnx(tmp_path: Path) -> None:
     graph = Graph.from_model(_model())
@@ -85,7 +73,7 @@ def test_float_island_ops_run_in_litert_and_agree_with_the_onnx(tmp_path: Path) 
     _assert_float_ops(tmp_path / "m.tflite", ("MAX_POOL_2D", "BATCH_MATMUL", "STRIDED_SLICE"))
     feeds = {"x": x[16:, 0]}
     ref = run_all(session(qmodel), feeds, [qmodel.graph.output[0].name])[0].reshape(8, -1)
-    got = _litert(tmp_path / "m.tflite", x[16:, 0])
+    got = litert_rows(tmp_path / "m.tflite", x[16:, 0])
     step = float(np.max(np.abs(ref))) / 127
     assert np.max(np.abs(ref - got)) <= 2 * step  # the same model, up to an output step
 
