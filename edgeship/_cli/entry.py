@@ -2,9 +2,9 @@
 
 ``edgeship agent run --config FILE`` is what a device runs at every boot: it starts the
 daemon here, without importing click and the command tree (issue 16: start to first
-answer), behind the same error boundary as :func:`edgeship._cli.main.main` (one line on
-stderr; exit 2 for an :class:`~edgeship.EdgeshipError`, 1 for anything else, 130 when
-interrupted). Every other command line, ``agent run`` with any other option included, goes
+answer). Both it and the click CLI run behind :func:`run_guarded`, the command's one error
+boundary (one line on stderr; exit 2 for an :class:`~edgeship.EdgeshipError`, 1 for
+anything else, 130 when interrupted). Every other command line, ``agent run`` with any other option included, goes
 to the click CLI unchanged.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["main"]
@@ -36,19 +37,18 @@ def main() -> None:
 
         cli_main()
         return
-    sys.exit(_run_agent(config))
+    sys.exit(run_guarded(lambda: _run_agent(config)))
 
 
-def _run_agent(config: Path) -> int:
+def run_guarded(work: Callable[[], int]) -> int:
+    """``work()``'s exit code behind the CLI's one error boundary (see the module
+    docstring); the click CLI and ``agent run`` both run behind it."""
     from edgeship import EdgeshipError
     from edgeship._cli import begin, end
 
     begin()
     try:
-        from edgeship.agent._config import load_config
-        from edgeship.agent._daemon import run_agent
-
-        return run_agent(load_config(config))
+        return work()
     except EdgeshipError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -62,3 +62,10 @@ def _run_agent(config: Path) -> int:
         return 1
     finally:
         end()
+
+
+def _run_agent(config: Path) -> int:
+    from edgeship.agent._config import load_config
+    from edgeship.agent._daemon import run_agent
+
+    return run_agent(load_config(config))

@@ -8,14 +8,13 @@ and exit code 2; anything else becomes one line and exit code 1, never a traceba
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import click
 
-from edgeship import EdgeshipError, __version__
-from edgeship._cli import begin, end
+from edgeship import __version__
 from edgeship._cli._options import verbose_option
+from edgeship._cli.entry import run_guarded
 
 # command name -> "module:attribute"; the module is imported only when the command runs.
 _COMMANDS: dict[str, str] = {
@@ -69,29 +68,20 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI with the one error boundary described in the module docstring."""
-    begin()
+    sys.exit(run_guarded(lambda: _run_click(argv)))
+
+
+def _run_click(argv: list[str] | None) -> int:
+    """The click tree's exit code; its own errors (usage, abort) as one line here."""
     try:
         exit_code = cli.main(args=argv, prog_name="edgeship", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
-        sys.exit(130)
+        return 130
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except EdgeshipError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # the boundary: one line, never a traceback
-        if os.environ.get("EDGESHIP_DEBUG"):
-            raise
-        click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(1)
-    finally:
-        end()
-    sys.exit(exit_code if isinstance(exit_code, int) else 0)
+        return exc.exit_code
+    return exit_code if isinstance(exit_code, int) else 0
 
 
 if __name__ == "__main__":
