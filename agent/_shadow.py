@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeship.agent._shadow_pipe import Worker, WorkerDied
+from edgeship.sdk._cpubucket import CpuBucket
 
 from edgeship._errors import ConfigError
 
@@ -142,22 +143,6 @@ def compare_outputs(active: Mapping[str, Any], shadow: Mapping[str, Any],
         else:
             agree = agree and diff <= atol
     return agree, worst
-
-
-class _Budget:
-    """Token bucket: ``fraction`` seconds of CPU per second of wall time, 1 s of burst."""
-
-    def __init__(self, fraction: float, now: float) -> None:
-        self.fraction = fraction
-        self.cap = fraction * 1.0
-        self.tokens = self.cap
-        self.last = now
-
-    def spend(self, cpu: float, now: float) -> float:
-        """Spend ``cpu`` seconds; the time from which new work fits the budget again."""
-        self.tokens = min(self.cap, self.tokens + (now - self.last) * self.fraction) - cpu
-        self.last = now
-        return now if self.tokens >= 0 else now + (-self.tokens) / self.fraction
 
 
 def _nbytes(arrays: Mapping[str, Any]) -> int:
@@ -297,7 +282,7 @@ class ShadowTap:
 
     def _feed(self, model: bytes, fmt: str, runtime: str, threads: int,
               stopping: threading.Event) -> None:
-        budget = _Budget(self.config.cpu_budget, self._clock())
+        budget = CpuBucket(self.config.cpu_budget, self._clock())
         restarts = 0
         while not stopping.is_set():
             self._ready_at = None
@@ -328,7 +313,7 @@ class ShadowTap:
                 break
 
     def _run_worker(self, model: bytes, fmt: str, runtime: str, threads: int,
-                    budget: _Budget, stopping: threading.Event) -> str:
+                    budget: CpuBucket, stopping: threading.Event) -> str:
         """Serve one child until it dies (the reason) or the tap stops ("")."""
         from edgeship.agent._shadow_worker import pack_frame
 
@@ -390,7 +375,7 @@ class ShadowTap:
         return None
 
     def _one(self, worker: Worker, item: tuple[Any, Any, float, int],
-             budget: _Budget) -> None:
+             budget: CpuBucket) -> None:
         from edgeship.agent._shadow_worker import encode_arrays, pack_frame
 
         inputs, outputs, seconds, _ = item

@@ -1,10 +1,10 @@
 """A CPU budget for a device's training step, kept by the step itself.
 
 The agent's shadow worker is held to ``cpu_budget`` cores of wall time by a token bucket
-(its feeder skips samples while over); a training step has no samples to skip, so it
-pauses instead: between two pieces of work (one example's features, one minibatch) it
-sleeps until the CPU it used fits ``fraction`` of one core since it started, with one
-second's worth of burst. ``nice`` still orders it behind the answers; the budget bounds
+(sdk/_cpubucket.py; its feeder skips samples while over); a training step uses the same
+bucket but has no samples to skip, so it pauses instead: between two pieces of work (one
+example's features, one minibatch) it sleeps until the CPU it used fits ``fraction`` of
+one core, with one second's worth of burst. ``nice`` still orders it behind the answers; the budget bounds
 how much of the device it takes even when the device is otherwise idle (heat, battery).
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+
+from edgeship.sdk._cpubucket import CpuBucket
 
 
 class CpuBudget:
@@ -24,20 +26,18 @@ class CpuBudget:
             raise ValueError(f"a CPU budget is a fraction of a core in (0, 64], not {fraction}")
         self.fraction = fraction
         self._clock, self._cpu, self._sleep = clock, cpu, sleep
-        self._tokens = fraction  # one second of burst
-        self._last, self._last_cpu = clock(), cpu()
+        self._bucket = CpuBucket(fraction, clock())
+        self._last_cpu = cpu()
         self.slept = 0.0  # seconds paused so far (reported with the round's metrics)
 
     def pace(self) -> None:
         """Account the CPU used since the last call; sleep while over the budget."""
         now, used = self._clock(), self._cpu()
-        self._tokens = min(self.fraction, self._tokens + (now - self._last) * self.fraction)
-        self._tokens -= used - self._last_cpu
-        self._last, self._last_cpu = now, used
-        if self._tokens < 0:
-            pause = -self._tokens / self.fraction
-            self._sleep(pause)
-            self.slept += pause
+        resume = self._bucket.spend(used - self._last_cpu, now)
+        self._last_cpu = used
+        if resume > now:
+            self._sleep(resume - now)
+            self.slept += resume - now
 
 
 def unlimited() -> None:
