@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ._ir import Graph
 from ._plan import Plan, QParams
 from ._pool_ties import _set_downstream
+from ._tie_search import first_agreeing_scale, run_probe
 
 STEP = 2.0**-16  # relative move of the output scale between two candidates
 MAX_TRIES = 64  # 64 * STEP ~ 1e-3: a reader with its own parameters still requantizes exactly
@@ -66,13 +67,11 @@ def agreeing_scale(sa: float, za: int, sb: float, zb: int, so: float, zo: int, o
     """The first float32 output scale ``so / (1 + k STEP)``, k = 0, 1, ..., for which
     onnxruntime and XNNPACK agree on all 65 536 input pairs of ``op`` (Add or Sub); None
     if none of MAX_TRIES does."""
-    for start in range(0, MAX_TRIES, BATCH):
-        candidates = [float(np.float32(so / (1.0 + k * STEP))) for k in range(start, start + BATCH)]
-        ort = onnxruntime_add(sa, za, sb, zb, candidates, zo, op)
-        for scale, got in zip(candidates, ort, strict=True):
-            if np.array_equal(got, xnnpack_add(GRID_A, GRID_B, sa, za, sb, zb, scale, zo, subtract=op == "Sub")):
-                return scale
-    return None
+    def agrees(scale: float, ort: np.ndarray) -> bool:
+        return np.array_equal(ort, xnnpack_add(GRID_A, GRID_B, sa, za, sb, zb, scale, zo, subtract=op == "Sub"))
+
+    return first_agreeing_scale(so, STEP, MAX_TRIES, BATCH,
+                                lambda scales: onnxruntime_add(sa, za, sb, zb, scales, zo, op), agrees)
 
 
 def xnnpack_add(qa: np.ndarray, qb: np.ndarray, sa: float, za: int, sb: float, zb: int,
@@ -96,19 +95,13 @@ def onnxruntime_add(sa: float, za: int, sb: float, zb: int, scales: list[float],
                     op: str = "Add") -> list[np.ndarray]:
     """onnxruntime's int8 result of DQ -> Add (or Sub) -> Q on every input pair, per output
     scale (the operands stored as uint8 = int8 + 128, as the converter writes activations)."""
-    import onnxruntime as ort
-
-    model = _probe_model(sa, za, sb, zb, scales, zo, op)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     feed = {"a": (GRID_A + 128).astype(np.uint8)[None], "b": (GRID_B + 128).astype(np.uint8)[None]}
-    return [o.reshape(-1).astype(np.int64) - 128 for o in session.run(None, feed)]
+    outputs = run_probe(_probe_graph(sa, za, sb, zb, scales, zo, op), feed)
+    return [o.reshape(-1).astype(np.int64) - 128 for o in outputs]
 
 
-def _probe_model(sa: float, za: int, sb: float, zb: int, scales: list[float], zo: int,
-                 op: str) -> onnx.ModelProto:
+def _probe_graph(sa: float, za: int, sb: float, zb: int, scales: list[float], zo: int,
+                 op: str) -> onnx.GraphProto:
     n = GRID_A.size
     inits = [_scalar("a_s", sa, np.float32), _scalar("a_z", za + 128, np.uint8),
              _scalar("b_s", sb, np.float32), _scalar("b_z", zb + 128, np.uint8),
@@ -121,12 +114,9 @@ def _probe_model(sa: float, za: int, sb: float, zb: int, scales: list[float], zo
                   helper.make_node(op, [f"a{k}", f"b{k}"], [f"s{k}"], name=f"add{k}"),
                   helper.make_node("QuantizeLinear", [f"s{k}", f"o_s{k}", "o_z"], [f"y{k}"])]
         outputs.append(helper.make_tensor_value_info(f"y{k}", TensorProto.UINT8, [1, n]))
-    graph = helper.make_graph(nodes, "add_ties",
-                              [helper.make_tensor_value_info(x, TensorProto.UINT8, [1, n]) for x in "ab"],
-                              outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
+    return helper.make_graph(nodes, "add_ties",
+                             [helper.make_tensor_value_info(x, TensorProto.UINT8, [1, n]) for x in "ab"],
+                             outputs, inits)
 
 
 def _scalar(name: str, value: float, dtype: type) -> onnx.TensorProto:

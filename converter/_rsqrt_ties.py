@@ -18,6 +18,8 @@ from functools import lru_cache
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from ._tie_search import first_agreeing_scale, run_probe
+
 STEP = 2.0**-12
 MAX_TRIES = 64
 BATCH = 16
@@ -39,12 +41,12 @@ def match_rstd(params: dict[str, dict[str, list[float]]]) -> dict[str, dict[str,
 @lru_cache(maxsize=256)
 def agreeing_rstd_scale(s_in: float, z_in: int, s_out: float, z_out: int) -> float | None:
     positive = z_in < CODES  # the codes of real values > 0 (a variance plus eps)
-    for start in range(0, MAX_TRIES, BATCH):
-        candidates = [float(np.float32(s_out / (1.0 + k * STEP))) for k in range(start, start + BATCH)]
-        for scale, ort in zip(candidates, onnxruntime_rsqrt(s_in, z_in, candidates, z_out), strict=True):
-            if np.array_equal(ort[positive], litert_rsqrt(s_in, z_in, scale, z_out)[positive]):
-                return scale
-    return None
+
+    def agrees(scale: float, ort: np.ndarray) -> bool:
+        return np.array_equal(ort[positive], litert_rsqrt(s_in, z_in, scale, z_out)[positive])
+
+    return first_agreeing_scale(s_out, STEP, MAX_TRIES, BATCH,
+                                lambda scales: onnxruntime_rsqrt(s_in, z_in, scales, z_out), agrees)
 
 
 def litert_rsqrt(s_in: float, z_in: int, s_out: float, z_out: int) -> np.ndarray:
@@ -68,8 +70,6 @@ def litert_rsqrt(s_in: float, z_in: int, s_out: float, z_out: int) -> np.ndarray
 def onnxruntime_rsqrt(s_in: float, z_in: int, scales: list[float], z_out: int) -> list[np.ndarray]:
     """onnxruntime's DQ -> Sqrt -> Reciprocal -> Q of every int8 code, per output scale
     (uint8 = int8 + 128, as the converter stores activations)."""
-    import onnxruntime as ort
-
     inits = [numpy_helper.from_array(np.array(s_in, np.float32), "x_s"),
              numpy_helper.from_array(np.array(z_in + 128, np.uint8), "x_z"),
              numpy_helper.from_array(np.array(z_out + 128, np.uint8), "y_z")]
@@ -83,9 +83,4 @@ def onnxruntime_rsqrt(s_in: float, z_in: int, scales: list[float], z_out: int) -
         outputs.append(helper.make_tensor_value_info(f"y{k}", TensorProto.UINT8, [256]))
     graph = helper.make_graph(nodes, "rsqrt", [helper.make_tensor_value_info("x", TensorProto.UINT8, [256])],
                               outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return [o.astype(np.int64) - 128 for o in session.run(None, {"x": (CODES + 128).astype(np.uint8)})]
+    return [o.astype(np.int64) - 128 for o in run_probe(graph, {"x": (CODES + 128).astype(np.uint8)})]
