@@ -3,14 +3,16 @@
 when OpenVINO sees one). Imported only when asked for.
 
 One compiled model and one infer request behind a lock: ``predict`` may be called from
-many threads; each call sets the inputs as tensors over the callers' arrays, runs
-``infer()`` and copies the outputs out. int8 model edges (``io="int8"``) are float32 to the caller, as with
+many threads; each call hands the inputs as tensors over the callers' arrays to one
+``infer`` call that returns copies of the outputs (:func:`infer_copies`). int8 model edges (``io="int8"``) are float32 to the caller, as with
 onnxruntime (the same Q/DQ parameters, read from the ONNX graph).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,7 +66,7 @@ class OpenVinoBackend:
         self.inputs = tuple(self._caller(s) for s in raw_in)
         self.outputs = tuple(self._caller(s) for s in raw_out)
         self._request = self._compiled.create_infer_request()
-        self._tensor = ov.Tensor
+        self._index = {spec.name: i for i, spec in enumerate(raw_in)}
         self._storage = {spec.name: np.dtype(spec.dtype) for spec in raw_in}
         self._lock = threading.Lock()
 
@@ -74,22 +76,42 @@ class OpenVinoBackend:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {k: to_storage(self._quant[k], v) if k in self._quant else v for k, v in feeds.items()}
-        # inputs as tensors sharing the arrays' memory and infer(): infer(dict) builds a
-        # result dict per call (0.02 ms, a small model's whole inference)
-        arrays = {k: np.ascontiguousarray(v, dtype=self._storage.get(k)) for k, v in feeds.items()}
+        arrays = {self._index[k]: np.ascontiguousarray(v, dtype=self._storage.get(k)) for k, v in feeds.items()}
         try:
             with self._lock:
-                for name, value in arrays.items():
-                    self._request.set_tensor(name, self._tensor(value, shared_memory=True))
-                self._request.infer()
-                values = [np.array(self._request.get_output_tensor(i).data)
-                          for i in range(len(self._compiled.outputs))]
+                values = infer_copies(self._request, arrays)
         except Exception as exc:
             raise InferenceError(f"OpenVINO failed: {_last_line(exc)}") from exc
         return {
             spec.name: from_storage(self._quant[spec.name], v) if spec.name in self._quant else v
             for spec, v in zip(self.outputs, values, strict=True)
         }
+
+
+def infer_copies(request: Any, arrays: dict[int, np.ndarray]) -> list[np.ndarray]:
+    """Run ``request`` (an OpenVINO InferRequest) on ``arrays`` (input index -> C-contiguous
+    array of the input's type, shared, not copied) and return copies of its outputs, in
+    the model's output order: one call into OpenVINO. The public ``InferRequest.infer``
+    wraps the same call in an input dispatcher and a result dict, and setting the
+    tensors, inferring and reading each output are a call each: measured on a 0.03 ms
+    model, 0.031 ms a call this way vs 0.036 ms (onnxruntime's ``run``: 0.032 ms)."""
+    tensor, infer = _binding()
+    return list(infer(request, {i: tensor(a, shared_memory=True) for i, a in arrays.items()}).values())
+
+
+@functools.cache
+def _binding() -> tuple[Any, Callable[[Any, dict[int, Any]], Any]]:
+    """(openvino.Tensor, infer(request, tensors) -> {output: copy}): the compiled
+    binding's ``infer`` that ``openvino.InferRequest.infer`` wraps, or that wrapper
+    where the binding moved (same results)."""
+    import openvino as ov
+
+    try:
+        from openvino._pyopenvino import InferRequest
+    except ImportError:
+        return ov.Tensor, lambda request, tensors: request.infer(tensors)
+    raw = InferRequest.infer
+    return ov.Tensor, lambda request, tensors: raw(request, tensors, False, True)
 
 
 def _last_line(exc: BaseException) -> str:
