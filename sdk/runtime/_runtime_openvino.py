@@ -68,6 +68,7 @@ class OpenVinoBackend:
         self._infer = OneCall(self._compiled.create_infer_request())
         self._index = {spec.name: i for i, spec in enumerate(raw_in)}
         self._storage = {spec.name: np.dtype(spec.dtype) for spec in raw_in}
+        self._output_names = [spec.name for spec in self.outputs]
         self._lock = threading.Lock()
 
     def _caller(self, spec: TensorSpec) -> TensorSpec:
@@ -75,13 +76,17 @@ class OpenVinoBackend:
             name=spec.name, shape=spec.shape, dtype="float32")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = {k: to_storage(self._quant[k], v) if k in self._quant else v for k, v in feeds.items()}
-        arrays = {self._index[k]: np.ascontiguousarray(v, dtype=self._storage.get(k)) for k, v in feeds.items()}
+        if self._quant:
+            feeds = {k: to_storage(self._quant[k], v) if k in self._quant else v for k, v in feeds.items()}
+        arrays = {self._index[k]: v if v.dtype == self._storage[k] and v.flags.c_contiguous
+                  else np.ascontiguousarray(v, dtype=self._storage[k]) for k, v in feeds.items()}
         try:
             with self._lock:
                 values = self._infer(arrays)
         except Exception as exc:
             raise InferenceError(f"OpenVINO failed: {_last_line(exc)}") from exc
+        if not self._quant:
+            return dict(zip(self._output_names, values, strict=True))
         return {
             spec.name: from_storage(self._quant[spec.name], v) if spec.name in self._quant else v
             for spec, v in zip(self.outputs, values, strict=True)
