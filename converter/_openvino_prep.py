@@ -9,6 +9,20 @@ Without the two inner Q/DQ pairs, ``Conv -> Sigmoid -> Mul -> Q`` is one int8
 convolution with a swish post-op. The same holds for a squeeze-excitation gate
 (``Conv -> Q/DQ -> Sigmoid``, the sigmoid then a post-op of the 1x1 conv).
 
+Whether it pays is measured at each convert (converter/_target_openvino.py), because it
+does not everywhere: on this machine's AMX CPU (both runtimes run their int8 convolutions
+on AMX; onnxruntime's MatMulInteger does 825 GMAC/s on one core) a swish post-op costs
+about as much as the convolution itself (a 16 -> 32 channel 3x3 conv at 320x320: 3.2 ms
+alone, 6.9 ms with swish). Summed per SiLU block over OpenVINO's layer counters
+(min of 25 runs): YOLOv8n's 57 blocks 9.1 ms as conv + separate subgraph, 12.6 ms fused.
+EfficientNet-B0 end to end (same run, vs onnxruntime): generic 0.64x, gates alone 0.69x,
+gates and SiLUs 0.86x.
+onnxruntime runs the same SiLU as two int8 kernels, its sigmoid a 256-entry table
+(QLinearSigmoid, QLinearMul: 2.4 ms of YOLOv8n's 9.6), where OpenVINO evaluates the
+sigmoid per element in float either way. Neither writing the SiLU as that table (a
+Gather: its layout reorders and i32 indices cost what it saved) nor keeping only the
+conv's output rounding made YOLOv8n faster.
+
 The numbers change by the two skipped roundings (the sigmoid and the conv's output
 stay float inside the fused op); the target reports top-1 agreement with onnxruntime
 on the generic INT8 ONNX, so the difference is measured, not assumed.

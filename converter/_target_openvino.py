@@ -8,9 +8,10 @@ that it takes the INT8 path and how fast it is here.
   executed graph: every ONNX compute node (Conv, Gemm, MatMul ...) is found in the layer
   it was fused into, whose ``runtimePrecision`` says the path taken (u8/i8 is INT8; f32,
   or a fused f32 "Subgraph", is not).
-  Latency (1 thread, median, calls interleaved) is measured against onnxruntime on the
-  same INT8 ONNX, and
-  the outputs of both on the same inputs are compared.
+  Latency (1 thread, median) is measured against onnxruntime on the same INT8 ONNX, each
+  runtime loaded and called as the agent's runtimes do (sdk/runtime), in alternating
+  blocks of calls (:func:`_latencies_ms`); the outputs of both on the same inputs are
+  compared.
 - ``openvino-npu``: the same on an Intel NPU; a machine without one (OpenVINO lists its
   devices) gets ``compiled=False`` and says so.
 """
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,31 +65,29 @@ def _compile(core: Any, source: Any, device: str) -> Any:
         raise ConversionError(f"OpenVINO cannot compile the INT8 ONNX for {device}: {detail[:300]}") from exc
 
 
-def _faster(prepared: Any, generic: Any, inputs: TargetInputs) -> bool:
-    """Whether the prepared model runs faster than the generic one (interleaved medians
-    on the first sample)."""
+def _faster(prepared: Path, generic: Path, device: str, inputs: TargetInputs) -> bool:
+    """Whether the prepared model runs faster than the generic one here (median ms, as
+    the agent runs them, in alternating blocks on the first sample)."""
     feeds = list(_evaluate.samples(inputs.samples))
     if not feeds:
         return True
-    runs = max(inputs.latency_runs // 2, 5)
     generic_ms, prepared_ms = _latencies_ms(
-        _Request(generic.create_infer_request()), feeds[0], prepared.create_infer_request(),
-        feeds[0], runs)
+        [_agent_call(generic, "openvino", device, feeds[0]),
+         _agent_call(prepared, "openvino", device, feeds[0])], max(inputs.latency_runs // 2, 20))
     return prepared_ms < generic_ms
 
 
-class _Request:
-    """An OpenVINO request with onnxruntime's ``run`` (for :func:`_latencies_ms`)."""
+def _agent_call(model: Path, runtime: str, device: str, feed: dict[str, np.ndarray]
+                ) -> Callable[[], object]:
+    """One inference of ``model`` on ``feed`` as the agent runs it: the SDK's runtime
+    backend (sdk/runtime: onnxruntime's default session options, OpenVINO's compile
+    config and its one-call infer path), 1 thread."""
+    from edgeship.sdk.runtime._runtime_openvino import OpenVinoBackend
+    from edgeship.sdk.runtime._runtime_ort import OrtBackend
 
-    def __init__(self, request: Any) -> None:
-        self.request = request
-
-    def run(self, _: Any, feed: dict[str, np.ndarray]) -> None:
-        import openvino as ov
-
-        for index, value in enumerate(feed.values()):
-            self.request.set_input_tensor(index, ov.Tensor(value, shared_memory=True))
-        self.request.infer()
+    backend = (OpenVinoBackend(str(model), device=device.lower(), threads=1) if runtime == "openvino"
+               else OrtBackend(str(model), device="cpu", threads=1))
+    return lambda: backend.run(feed)
 
 
 def _prepared(target: Target, inputs: TargetInputs) -> tuple[str | None, Any, int]:
@@ -113,11 +114,12 @@ def compile_openvino(target: Target, inputs: TargetInputs) -> OpenVinoResult:
         seen = ", ".join(core.available_devices) or "none"
         raise ConversionError(f"no {device} device on this machine (OpenVINO sees: {seen})")
     artifact, source, rewrites = _prepared(target, inputs)
-    compiled = _compile(core, source, device)
-    if artifact is not None and not _faster(compiled, _compile(core, inputs.onnx, device), inputs):
-        # measured, not assumed: YOLOv8n's SiLUs feed Split/Concat and ran slower fused
+    if artifact is not None and not _faster(source, inputs.onnx, device, inputs):
+        # measured, not assumed: YOLOv8n's SiLUs, fused, cost more inside its small AMX
+        # convolutions than as the separate subgraph
         (inputs.out_dir / artifact).unlink()
-        artifact, compiled = None, _compile(core, inputs.onnx, device)
+        artifact, source = None, inputs.onnx
+    compiled = _compile(core, source, device)
     nodes = _compute_nodes(inputs.onnx)
     layers = node_precisions(compiled.get_runtime_model(), [(n, op) for n, op, _ in nodes],
                              {w: n for n, _, w in nodes if w})
@@ -125,7 +127,7 @@ def compile_openvino(target: Target, inputs: TargetInputs) -> OpenVinoResult:
         {"op": op, "node": node, "reason": reason}
         for node, op, precision, reason in layers if precision not in INT8
     )
-    timing = _compare(compiled, inputs)
+    timing = _compare(compiled, Path(source), device, inputs)
     return OpenVinoResult(
         target=target.name, compiler=f"openvino {ov.get_version().split('-')[0]}", compiled=True,
         artifact=artifact, fused_blocks=rewrites, prepared_kept=artifact is not None,
@@ -205,8 +207,9 @@ def _text(info: Any, key: str) -> str:
     return info[key].astype(str) if key in info else ""
 
 
-def _compare(compiled: Any, inputs: TargetInputs) -> dict[str, Any]:
-    """Latency of both runtimes on the first sample, outputs of both on every sample."""
+def _compare(compiled: Any, source: Path, device: str, inputs: TargetInputs) -> dict[str, Any]:
+    """Outputs of both runtimes on every sample; latency of both on the first sample, each
+    as the agent runs it (OpenVINO on ``source``, onnxruntime on the generic INT8 ONNX)."""
     feeds = list(_evaluate.samples(inputs.samples))
     if not feeds:
         return {}
@@ -220,7 +223,8 @@ def _compare(compiled: Any, inputs: TargetInputs) -> dict[str, Any]:
         ov_out.append(np.array(result[compiled.output(0)], np.float32))
     a, b = np.concatenate(ort_out), np.concatenate(ov_out)
     agree = _evaluate.predictions(a) == _evaluate.predictions(b)
-    ort_ms, ov_ms = _latencies_ms(session, feeds[0], request, {name: feeds[0][name] for name in names},
+    ort_ms, ov_ms = _latencies_ms([_agent_call(inputs.onnx, "onnxruntime", device, feeds[0]),
+                                   _agent_call(source, "openvino", device, feeds[0])],
                                   inputs.latency_runs)
     return {
         "latency_ms": round(ov_ms, 4), "onnxruntime_latency_ms": round(ort_ms, 4),
@@ -230,31 +234,33 @@ def _compare(compiled: Any, inputs: TargetInputs) -> dict[str, Any]:
     }
 
 
-def _latencies_ms(session: Any, sample: dict[str, np.ndarray], request: Any,
-                  feed: dict[str, np.ndarray], runs: int) -> tuple[float, float]:
-    """Median ms of onnxruntime and of OpenVINO, calls interleaved (one of each per
-    round: a machine shared with other work slows both alike). OpenVINO is called as the
-    agent's runtime calls it (sdk/runtime/_runtime_openvino.py): inputs set as tensors
-    sharing the arrays' memory, ``infer()``, the outputs copied out (``infer(dict)``
-    builds a result dict per call: 0.02 ms, a small model's whole inference)."""
-    import openvino as ov
+BLOCK = 10  # calls of one runtime in a row; the first of each block is not counted
+MIN_TIMED_S = 0.2  # a fast model gets more rounds: each runtime timed about this long
 
-    def call() -> None:
-        for index, value in enumerate(feed.values()):
-            request.set_input_tensor(index, ov.Tensor(value, shared_memory=True))
-        request.infer()
-        for index in range(len(request.model_outputs)):
-            np.array(request.get_output_tensor(index).data)
 
-    for _ in range(3):
-        session.run(None, sample)
+def _latencies_ms(calls: Sequence[Callable[[], object]], runs: int) -> list[float]:
+    """Median ms of each call, in alternating blocks of :data:`BLOCK` calls, the order of
+    the callers reversed every round: a machine shared with other work slows each alike,
+    and each runs with its own weights in the caches, as on a device that runs one of
+    them. Calls interleaved one by one timed each runtime after the other had evicted its
+    weights (same run, same load: MobileNetV3-Small's OpenVINO 0.69x onnxruntime that
+    way, 0.96x in blocks; the first call after a switch is what that measured)."""
+    one_s = []
+    for call in calls:  # warm-up, and how long one call takes
         call()
-    ort_times, ov_times = [], []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, sample)
-        t1 = time.perf_counter()
+        began = time.perf_counter()
         call()
-        ov_times.append((time.perf_counter() - t1) * 1000.0)
-        ort_times.append((t1 - t0) * 1000.0)
-    return float(statistics.median(ort_times)), float(statistics.median(ov_times))
+        one_s.append(time.perf_counter() - began)
+    rounds = max(runs // (BLOCK - 1), 5, min(int(MIN_TIMED_S / (BLOCK * max(max(one_s), 1e-6))), 500))
+    times: list[list[float]] = [[] for _ in calls]
+    order = list(range(len(calls)))
+    for _ in range(rounds):
+        for index in order:
+            call = calls[index]
+            call()
+            for _ in range(BLOCK - 1):
+                began = time.perf_counter()
+                call()
+                times[index].append((time.perf_counter() - began) * 1000.0)
+        order.reverse()
+    return [float(statistics.median(t)) for t in times]

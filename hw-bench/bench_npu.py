@@ -9,7 +9,10 @@ For the repository's fixtures (tests/fixtures) and the real models of bench_real
 target: ops and MACs on the accelerator, what fell back to the CPU and why; for Ethos-U
 (Arm's Vela) the estimated cycles and inferences/s at the configuration's clock and the
 SRAM / flash use; for OpenVINO on this CPU, whether the INT8 path is taken and its
-latency vs onnxruntime on the same INT8 ONNX (1 thread, median). The Edge TPU row is
+latency vs onnxruntime on the same INT8 ONNX (1 thread, median; both loaded and called
+as the agent's runtimes do, in alternating warm blocks of calls: converter/_target_openvino.py
+_latencies_ms; ov_form says which ONNX OpenVINO ran, the generic one or the form written
+for it, converter/_openvino_prep.py). The Edge TPU row is
 Coral's rules (its compiler is not run). openvino-npu is left out unless asked for: it
 needs an Intel NPU (this bench says whether OpenVINO sees one). Rockchip (rk3588 by
 default; ``--targets`` adds rk3566, rv1106 ...) runs when ``EDGESHIP_RKNN_PYTHON`` names
@@ -54,7 +57,7 @@ TARGET_RKNN_AGREEMENT = 99.0  # % top-1, simulator vs our INT8 ONNX
 EVAL_SAMPLES = 100
 SKIP_REAL = {"ddddocr_old"}  # already quantized: edgeship refuses it on purpose
 COLUMNS = ["model", "target", "ops_on_acc", "macs_on_acc", "est_inf_s", "sram_kib", "flash_kib",
-           "ov_ms", "ort_ms", "ov_speedup", "int8_path", "sim_top1", "sim_det", "sim_tie1", "sim_steps", "sim_top1_ort",
+           "ov_ms", "ort_ms", "ov_speedup", "ov_form", "int8_path", "sim_top1", "sim_det", "sim_tie1", "sim_steps", "sim_top1_ort",
            "sim_det_ort", "ort_top1", "ort_det", "cpu_ops", "met"]
 
 
@@ -161,6 +164,7 @@ def rows_of(model: str, task: str, report: dict[str, Any]) -> list[dict[str, Any
         else:
             row.update(ov_ms=t["latency_ms"], ort_ms=t["onnxruntime_latency_ms"],
                        ov_speedup=t["speedup"], int8_path=t["int8_path"],
+                       ov_form=(f"fused {t.get('fused_blocks', 0)}" if t.get("prepared_kept") else "generic"),
                        agreement=t["top1_agreement"],
                        met="PASS" if t["int8_path"] and (t["speedup"] or 0) >= 1.0 else "FAIL")
         rows.append(row)

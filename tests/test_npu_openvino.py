@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import openvino as ov
@@ -151,3 +152,30 @@ def test_silu_blocks_are_written_for_openvinos_fusion(tmp_path: Path) -> None:
                                     if n.op_type == "Mul" and any(i in sigmoids for i in n.input))}
     # each SiLU (named by its Mul) and the gate (its Sigmoid) is inside an int8 convolution
     assert sum(any(b in names.split(",") for b in blocks) for names in fused) == 3
+
+
+def test_latency_is_taken_in_alternating_warm_blocks() -> None:
+    """Both runtimes are timed in blocks of BLOCK calls (the first of a block, right after
+    the other runtime ran, not counted), the order reversed each round; each median is
+    at least the work its call does (a ratio bound would be flaky on a loaded machine)."""
+    import time
+
+    from edgeship.converter._target_openvino import BLOCK, _latencies_ms
+
+    log: list[str] = []
+
+    def work(name: str, seconds: float) -> Callable[[], object]:
+        def call() -> None:
+            log.append(name)
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                pass
+        return call
+
+    slow_ms, fast_ms = _latencies_ms([work("a", 0.004), work("b", 0.002)], runs=50)
+    assert slow_ms >= 4.0 and fast_ms >= 2.0
+    assert log[:4] == ["a", "a", "b", "b"]  # warm-up: two calls each
+    blocks = [log[i:i + BLOCK] for i in range(4, len(log), BLOCK)]
+    assert len(blocks) >= 10 and all(len(set(b)) == 1 and len(b) == BLOCK for b in blocks)
+    firsts = [b[0] for b in blocks]
+    assert firsts[:4] == ["a", "b", "b", "a"]  # a round is a then b, the next b then a

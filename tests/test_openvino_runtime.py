@@ -90,3 +90,39 @@ def test_agent_serves_a_release_with_the_openvino_runtime(tmp_path: Path) -> Non
         assert status == 200 and meta["platform"] == "openvino_onnx"
     finally:
         assert proc.terminate() == 0
+
+
+@pytest.mark.parametrize("side", [8, 128])  # 256 B: copied into the bound tensor; 64 KiB: shared
+def test_one_call_path_returns_what_the_public_infer_does(tmp_path: Path, side: int) -> None:
+    """The SDK's one-call path (OneCall) on fresh inputs each call, in both of its input
+    modes (a small static input copied into the request's bound tensor, a large one
+    shared) and on a dynamic batch (always shared), gives exactly the outputs of
+    OpenVINO's public ``InferRequest.infer``; results are copies that the next call
+    does not overwrite."""
+    import openvino as ov
+    from edgeship.sdk.runtime._runtime_openvino import SMALL_INPUT, OneCall
+    from onnx import helper
+    from onnx_graphs import save_one_io_model
+
+    rng = np.random.default_rng(5)
+    path = save_one_io_model(tmp_path / "m.onnx", [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c"], ["y"])], {"w": rng.normal(size=(4, 1, 3, 3))},
+        ["N", 1, side, side])
+    core = ov.Core()
+    dynamic = core.compile_model(core.read_model(str(path)), "CPU")
+    static_model = core.read_model(str(path))
+    static_model.reshape([1, 1, side, side])
+    static = core.compile_model(static_model, "CPU")
+    reference = dynamic.create_infer_request()
+    cases = [(OneCall(static.create_infer_request()), (1, 1, 1)),
+             (OneCall(dynamic.create_infer_request()), (1, 2, 1))]
+    assert bool(cases[0][0]._views) == (side * side * 4 <= SMALL_INPUT) and not cases[1][0]._views
+    for one, batches in cases:
+        for batch in batches:
+            x = rng.normal(size=(batch, 1, side, side)).astype(np.float32)
+            first = one({0: x})[0]
+            again = one({0: -x})[0]
+            assert np.array_equal(first, reference.infer({0: x})[0])
+            assert np.array_equal(again, reference.infer({0: -x})[0])
+            assert not np.array_equal(first, again)
