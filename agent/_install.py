@@ -16,20 +16,17 @@ log lines go to ``<data_dir>/install.log``.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeship.agent import _ota as ota
+from edgeship.agent._store import LOCK_NAME, data_dir_lock
 
-from edgeship._errors import ConfigError, UpdateError
+from edgeship._errors import UpdateError
 
-__all__ = ["InstallResult", "answer_locally", "data_dir_lock", "install_bundle"]
-
-LOCK_NAME = "agent.lock"
-
+__all__ = ["LOCK_NAME", "InstallResult", "answer_locally", "data_dir_lock", "install_bundle"]
 
 @dataclass(frozen=True)
 class InstallResult:
@@ -44,34 +41,6 @@ class InstallResult:
     def to_json(self) -> dict[str, Any]:
         return {"version": self.version, "phase": self.phase, "active": self.active,
                 "slot": self.slot, "already": self.already}
-
-
-@contextlib.contextmanager
-def data_dir_lock(data_dir: Path) -> Iterator[None]:
-    """Hold ``data_dir``'s agent lock (one daemon or one install at a time)."""
-    import fcntl
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / LOCK_NAME
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise ConfigError(f"an agent runs on {data_dir} (its lock is held): stop it "
-                              "before installing a bundle") from exc
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # its last holder removed that file after we opened it: take the new one
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # while still held: no lock file is left behind
-        os.close(fd)
 
 
 @contextlib.contextmanager

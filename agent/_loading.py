@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgeship.agent._config import ModelConfig
-from edgeship.agent._ota import SlotInfo
+from edgeship.agent._ota_state import SlotInfo
 from edgeship.agent._store import Store
 
 from edgeship._errors import DecryptionError, EdgeshipError
