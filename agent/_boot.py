@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -37,6 +36,10 @@ from edgeship.agent._store import StateDamaged, Store, data_dir_lock
 __all__ = ["Boot", "log", "pause", "run_agent", "sd_notify"]
 
 _log_lock = threading.Lock()
+# a client already asking at boot gets its first answer before the OTA machinery is built
+# (that work on the device's other core slowed the first answer by ~7 % here); nobody
+# asking delays it by this much
+FIRST_ANSWER_WAIT_S = 0.2
 
 
 def log(event: str, level: str = "info", **fields: Any) -> None:
@@ -81,7 +84,6 @@ class Boot:
         from edgeship.agent._api import AgentService, Metrics
         from edgeship.agent._device_key import load_device_key
         from edgeship.agent._taps import Taps
-        from edgeship.sdk.transport._topics import parse_broker_url
 
         self.config = config
         try:
@@ -92,8 +94,7 @@ class Boot:
             raise ConfigError(f"data_dir: cannot use {config.data_dir}: {exc.strerror}") from exc
         self.device_key = load_device_key(config.encryption)
         self.root_key = read_root(config.root_key)
-        _, _, self.tls = parse_broker_url(config.broker.url)  # a bad URL stops the start, and
-        self.broker_password = read_secret(config.broker.password_file)  # a bad password file
+        self.broker_password = read_secret(config.broker.password_file)  # a bad one stops it
         self.metrics = Metrics()
         self.service = AgentService(config.model.name, self.metrics, fallback_of(config))
         self.taps = Taps(self.service, lambda: self.metrics.registry, drift_config=config.drift,
@@ -107,6 +108,7 @@ class Boot:
         self.api: Any | None = None
         self.state: OtaState | None = None  # read by serve(); None: not read, or damaged
         self._preloaded: tuple[SlotInfo, Any] | None = None  # (slot, Serving or the error)
+        self._answered = _Answered()
 
     def serve(self) -> None:
         """Start the API (once) and serve the active slot when the state allows it."""
@@ -146,8 +148,19 @@ class Boot:
         except Exception as exc:  # the daemon's LoadActive reports it (load_failed)
             self._preloaded = (slot, exc)
             return
+        self.service.taps = (*self.service.taps, self._answered)
         self.service.swap(serving)
         self._preloaded = (slot, serving)
+
+    def wait_first_answer(self, timeout: float) -> None:
+        """Until the preloaded model's first answer has gone out (or ``timeout``)."""
+        if self.api is None or self._answered not in self.service.taps:
+            return
+        deadline = time.monotonic() + timeout
+        if self._answered.event.wait(timeout):
+            while self.api.working() and time.monotonic() < deadline:
+                time.sleep(0.001)  # its answer is being sent
+        self.service.taps = tuple(t for t in self.service.taps if t is not self._answered)
 
     def take_preloaded(self, slot: SlotInfo) -> Any | None:
         """The model :meth:`serve` loaded, when it loaded exactly ``slot`` (once; its load
@@ -165,6 +178,17 @@ class Boot:
             self.learning.close()
         if self.api is not None:
             self.api.close()
+
+
+class _Answered:
+    """A request tap that notes the first answer (see :meth:`Boot.wait_first_answer`)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def observe(self, inputs: Any, outputs: Any, *, source: str, version: str,
+                seconds: float) -> None:
+        self.event.set()
 
 
 class _JsonFormatter(logging.Formatter):
@@ -185,6 +209,7 @@ def run_agent(config: AgentConfig) -> int:
         log("core_dumps_off", done=no_core_dumps())
     with data_dir_lock(config.data_dir):  # `agent install` of a bundle must not run beside
         boot.serve()  # answers from here on
+        boot.wait_first_answer(FIRST_ANSWER_WAIT_S)
         try:
             from edgeship.agent._daemon import Agent
 
@@ -192,6 +217,8 @@ def run_agent(config: AgentConfig) -> int:
         except BaseException:
             boot.close()
             raise
+        import signal
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: agent.stop())
         agent.run()

@@ -110,7 +110,7 @@ class Agent:
         # run); until then nothing is connected and statuses wait in the outbox, as they
         # would while a connect is under way. TLS files are read (and checked) now.
         self.edge: Any = _NoBroker()
-        self._tls_edge = self._make_edge() if boot.tls else None
+        self._tls_edge = self._make_edge() if config.broker.tls else None
         self._stop = threading.Event()
         self.broker_health = BrokerHealth(config.broker.url, log)
         self._progress: tuple[Any, float] = (None, time.monotonic())  # last download step

@@ -83,6 +83,15 @@ def test_the_first_answer_needs_no_ota_core(installed: tuple[Path, int]) -> None
         f"boot = Boot(load_config({str(cfg)!r}))\n"
         "boot.serve()\n"
         "assert boot.service.serving is not None and boot.service.serving.version == '1.0.0'\n"
+        "import json, threading, time, urllib.request\n"
+        "from test_agent_support import GOLDEN_X, infer_body\n"
+        "req = urllib.request.Request(boot.api.url + '/v2/models/model/infer', "
+        "data=json.dumps(infer_body(GOLDEN_X)).encode(), headers={'Content-Type': 'application/json'})\n"
+        "threading.Timer(0.5, lambda: urllib.request.urlopen(req, timeout=10).read()).start()\n"
+        "began = time.monotonic()\n"
+        "boot.wait_first_answer(30.0)  # the OTA machinery waits for the first answer\n"
+        "assert 0.4 < time.monotonic() - began < 10, time.monotonic() - began\n"
+        "assert boot._answered not in boot.service.taps\n"
         "print(','.join(m for m in ('edgeship.agent._ota', 'edgeship.agent._ota_types', "
         "'edgeship.agent._daemon', 'edgeship.sdk.release._manifest', "
         "'edgeship.sdk.release._trust', 'edgeship.sdk.transport._transfer', 'paho') "
@@ -90,6 +99,6 @@ def test_the_first_answer_needs_no_ota_core(installed: tuple[Path, int]) -> None
         "boot.close()\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
+                         timeout=60, cwd=Path(__file__).parent)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == ""

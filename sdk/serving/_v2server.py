@@ -50,6 +50,7 @@ import contextlib
 import json
 import logging
 import os
+import socketserver
 import sys
 import threading
 from collections.abc import Callable
@@ -452,6 +453,14 @@ class _Server(ThreadingHTTPServer):
     budget: ByteBudget  # memory of the requests in flight
     budget_wait_s: float = 10.0  # how long a request waits for room before a 503
 
+    def server_bind(self) -> None:
+        """Bind as http.server does, without its reverse DNS lookup of the listen address
+        (``socket.getfqdn``: a resolver call at every start, which waits for DNS timeouts
+        on a device whose network is down; its answer only names the server in CGI)."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
     def process_request(self, request: Any, client_address: Any) -> None:
         conn_id = self.conns.admit(request, str(client_address[0]))
         if conn_id is None:  # every connection is busy working: refuse, never queue forever
@@ -495,6 +504,10 @@ class V2Server:
     @property
     def port(self) -> int:
         return int(self._httpd.server_address[1])
+
+    def working(self) -> int:
+        """Requests being decoded, answered or sent right now."""
+        return self._httpd.conns.working()
 
     @property
     def url(self) -> str:
