@@ -446,7 +446,11 @@ def _reason(status: int) -> str:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 128  # listen backlog: a burst of connects is queued, not reset
+    # listen backlog: a burst of connects is queued, not reset. Deeper than max_connections:
+    # 200 slowloris peers that reconnect when evicted do so in bursts of ~140 connects; at
+    # 128 the kernel dropped SYNs in them (ListenOverflows), and a normal client caught in
+    # one waited for its 1 s SYN retry. Pending handshakes cost only kernel memory.
+    request_queue_size = 1024
     dispatcher: _Dispatcher
     conns: Connections  # open connections, their phases and deadlines (one thread each)
     _local: threading.local
