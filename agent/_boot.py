@@ -19,7 +19,6 @@ lines on stderr (:func:`log`).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import sys
@@ -33,7 +32,7 @@ from edgeship.agent._ota_state import OtaState, SlotInfo
 from edgeship.agent._startup import fallback_of, read_root, read_secret
 from edgeship.agent._store import StateDamaged, Store, data_dir_lock
 
-__all__ = ["Boot", "log", "pause", "run_agent", "sd_notify"]
+__all__ = ["Boot", "json_logging", "log", "pause", "run_agent", "sd_notify"]
 
 _log_lock = threading.Lock()
 # a client already asking at boot gets its first answer before the OTA machinery is built
@@ -191,17 +190,24 @@ class _Answered:
         self.event.set()
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"ts": round(record.created, 3), "level": record.levelname.lower(),
-                           "event": "log", "logger": record.name, "message": record.getMessage()})
+def json_logging() -> None:
+    """Python logging (paho, the v2 server's errors) as JSON lines on stderr, like
+    :func:`log`. Set up once the first answer went out: logging is not imported before."""
+    import logging
+
+    class JsonFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return json.dumps({"ts": round(record.created, 3),
+                               "level": record.levelname.lower(), "event": "log",
+                               "logger": record.name, "message": record.getMessage()})
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
 
 
 def run_agent(config: AgentConfig) -> int:
     """Run until SIGTERM / SIGINT; returns the exit code."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(_JsonFormatter())
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     boot = Boot(config)
     if boot.device_key is not None:  # no core file may hold the key or a decrypted model
         from edgeship.agent._device_key import no_core_dumps
@@ -210,6 +216,7 @@ def run_agent(config: AgentConfig) -> int:
     with data_dir_lock(config.data_dir):  # `agent install` of a bundle must not run beside
         boot.serve()  # answers from here on
         boot.wait_first_answer(FIRST_ANSWER_WAIT_S)
+        json_logging()
         try:
             from edgeship.agent._daemon import Agent
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import socketserver
 import sys
@@ -96,9 +95,25 @@ __all__ = [
     "serve",
 ]
 
-log = logging.getLogger("edgeship.v2")
+_LOGGER = "edgeship.v2"
+
+
+def _log() -> logging.Logger:
+    """The server's logger. logging is imported on first use, not with this module (it is
+    ~1 % of an agent's start to its first answer, which logs nothing here)."""
+    import logging
+
+    return logging.getLogger(_LOGGER)
+
+
+def _debug() -> bool:
+    """Whether debug lines are wanted (on every answer: no import, no lock when logging was
+    never imported, for then no one can have configured it)."""
+    logging = sys.modules.get("logging")
+    return logging is not None and logging.getLogger(_LOGGER).isEnabledFor(logging.DEBUG)
 
 if TYPE_CHECKING:  # ssl itself only with TLS: its import is ~5 % of the agent's start
+    import logging
     import ssl
 
 _TRIM_AFTER = 1 << 20  # a request or answer this large: the heaps are trimmed after it
@@ -258,7 +273,7 @@ class _Dispatcher:
         except Exception as exc:
             status = _status_of(exc)
             if status == 500:
-                log.error("internal error on %s %s: %r", method, url.path, exc)
+                _log().error("internal error on %s %s: %r", method, url.path, exc)
             return Response.json({"error": str(exc) or type(exc).__name__}, status)
 
     def _v2(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
@@ -415,7 +430,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Status line, headers and a small body in one write (one segment, one wake-up
         of the client; send_response + end_headers + write took two and formatted a log
         line per request even with logging off)."""
-        if log.isEnabledFor(logging.DEBUG):
+        if _debug():
             self.log_request(response.status, len(response.body))
         lines = [f"{self.protocol_version} {response.status} {_reason(response.status)}",
                  f"Server: {self.version_string()}", f"Date: {self.date_time_string()}",
@@ -433,8 +448,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(response.body)
 
     def log_message(self, format: str, *args: Any) -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s", self.address_string(), format % args)
+        if _debug():
+            _log().debug("%s %s", self.address_string(), format % args)
 
 
 def _reason(status: int) -> str:
@@ -491,7 +506,7 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client that vanished mid-answer is routine; never print a traceback
-        log.debug("connection from %s ended with an error", client_address, exc_info=True)
+        _log().debug("connection from %s ended with an error", client_address, exc_info=True)
 
 
 class V2Server:
