@@ -30,6 +30,7 @@ from edgeship.agent import _ota as ota
 from edgeship.agent._boot import Boot, log, pause, run_agent, sd_notify
 from edgeship.agent._config import AgentConfig
 from edgeship.agent._inbox import BrokerHealth, Inbox
+from edgeship.agent._install import install_initial
 from edgeship.agent._loading import (
     data_key,
     load_serving,
@@ -156,7 +157,7 @@ class Agent:
     def run(self) -> None:
         self.boot.serve()  # (run_agent's boot serves already: the API, the active slot)
         try:
-            self._install_initial()
+            install_initial(self, log)  # a device that never ran: its factory model
             self.dispatch(ota.Resume(download_size=self.store.download_size()))
             self.metrics.bring_up()  # /metrics answers on its first ask either way
             self.edge = self._connect()  # after the first model answers (issue 16)
@@ -426,32 +427,7 @@ class Agent:
     def _load(self, slot: ota.SlotInfo, golden: dict[str, Any] | None) -> Any:
         return load_serving(self._model_bytes(slot), slot, golden, self.config.model)
 
-    # -- first start, telemetry, outbox --------------------------------------------------------
-    def _install_initial(self) -> None:
-        initial = self.config.model.initial
-        if not initial or self.state.active is not None or self.state.trusted.version:
-            return
-        from edgeship.sdk.release._release import Release
-
-        try:
-            release = Release.load(initial)
-            _, variant = self.core.select(release.manifest)  # this device's file of it
-            event = ota.LocalRelease(offer=release.offer().to_bytes(),
-                                     artifact=release.read_variant(variant) if variant
-                                     else release.read_artifact())
-        except EdgeshipError as exc:
-            log("initial_release_unusable", level="error", path=initial, error=str(exc))
-            return
-        log("installing_initial", path=initial, version=release.manifest.version)
-        self.dispatch(event)
-        if self.state.active is None:  # refused (expired, wrong key...): say why it serves nothing
-            reason = self.state.error or "refused"
-            # the reason first: a client that reads the log line may ask at once
-            self.service.no_model_reason = (f"no model: the initial release {release.manifest.version}"
-                                            f" was refused ({reason}); waiting for an update")
-            log("initial_release_rejected", level="error", path=initial,
-                version=release.manifest.version, error=reason)
-
+    # -- telemetry, outbox ---------------------------------------------------------------------
     def _heartbeat(self) -> None:
         active = self.state.active
         beat: dict[str, Any] = {

@@ -16,7 +16,7 @@ log lines go to ``<data_dir>/install.log``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,10 @@ from typing import Any
 from edgeship.agent import _ota as ota
 from edgeship.agent._store import LOCK_NAME, data_dir_lock
 
-from edgeship._errors import UpdateError
+from edgeship._errors import EdgeshipError, UpdateError
 
-__all__ = ["LOCK_NAME", "InstallResult", "answer_locally", "data_dir_lock", "install_bundle"]
+__all__ = ["LOCK_NAME", "InstallResult", "answer_locally", "data_dir_lock", "install_bundle",
+           "install_initial"]
 
 @dataclass(frozen=True)
 class InstallResult:
@@ -70,10 +71,40 @@ def answer_locally(files: dict[str, bytes], action: ota.RequestChunk) -> ota.Eve
     return ota.Chunk(answer, correlation=action.correlation or ota.correlation(action.request))
 
 
+def install_initial(agent: Any, log: Callable[..., None]) -> None:
+    """``[model] initial`` on a device that never installed a release (no active slot, no
+    rollback floor): the release read from disk goes through the OTA core as an offer
+    with its artifact would (:class:`~edgeship.agent._daemon.Agent`'s own path)."""
+    initial = agent.config.model.initial
+    if not initial or agent.state.active is not None or agent.state.trusted.version:
+        return
+    from edgeship.sdk.release._release import Release
+
+    try:
+        release = Release.load(initial)
+        _, variant = agent.core.select(release.manifest)  # this device's file of it
+        event = ota.LocalRelease(offer=release.offer().to_bytes(),
+                                 artifact=release.read_variant(variant) if variant
+                                 else release.read_artifact())
+    except EdgeshipError as exc:
+        log("initial_release_unusable", level="error", path=initial, error=str(exc))
+        return
+    log("installing_initial", path=initial, version=release.manifest.version)
+    agent.dispatch(event)
+    if agent.state.active is None:  # refused (expired, wrong key...): say why it serves nothing
+        reason = agent.state.error or "refused"
+        # the reason first: a client that reads the log line may ask at once
+        agent.service.no_model_reason = (f"no model: the initial release "
+                                         f"{release.manifest.version} was refused ({reason});"
+                                         " waiting for an update")
+        log("initial_release_rejected", level="error", path=initial,
+            version=release.manifest.version, error=reason)
+
+
 def install_bundle(config: Any, path: str | Path) -> InstallResult:
     """Install the bundle at ``path`` on the device ``config`` describes; a refused or
     rolled-back install is an :class:`UpdateError` saying why."""
-    from edgeship.agent._daemon import Agent
+    from edgeship.agent._daemon import Agent, log
     from edgeship.sdk.release._bundle import read_bundle
 
     bundle = read_bundle(path, max_file_bytes=config.ota.max_artifact_bytes)
@@ -81,7 +112,7 @@ def install_bundle(config: Any, path: str | Path) -> InstallResult:
     with data_dir_lock(data_dir), _logs_to(data_dir / "install.log"):
         agent = Agent(config)
         try:
-            agent._install_initial()  # a device that never ran: its factory model first
+            install_initial(agent, log)  # a device that never ran: its factory model first
             agent.dispatch(ota.Resume(download_size=agent.store.download_size()))
             before = agent.state
             agent.local_files = bundle.files
