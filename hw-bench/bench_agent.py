@@ -393,8 +393,9 @@ def targets(serving: dict[str, Any] | None, attacks: list[dict[str, Any]] | None
         if agent_bin and floor:
             ratio = agent_bin["req_s"] / floor["req_s"]
             add("binary req/s c=1, agent / in-process", ratio, ">= 0.7", ratio >= 0.7)
-        errors = sum(r["conn_errors"] for r in rows if r["peer"] == "agent" and r["c"] == 64)
-        add("agent connection errors at c=64", errors, "0", errors == 0)
+        if rows:
+            errors = sum(r["conn_errors"] for r in rows if r["peer"] == "agent" and r["c"] == 64)
+            add("agent connection errors at c=64", errors, "0", errors == 0)
         first = serving.get("first_answer_ratio")
         if first is not None:
             add("start to first answer, agent / bare HTTP process", first, "<= 1.3", first <= 1.3)
