@@ -47,6 +47,7 @@ With ``api_key`` set every route except ``/v2/health/*`` needs
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socketserver
@@ -98,6 +99,7 @@ __all__ = [
 _LOGGER = "edgeship.v2"
 
 
+@functools.cache
 def _log() -> logging.Logger:
     """The server's logger. logging is imported on first use, not with this module (it is
     ~1 % of an agent's start to its first answer, which logs nothing here)."""
@@ -110,7 +112,7 @@ def _debug() -> bool:
     """Whether debug lines are wanted (on every answer: no import, no lock when logging was
     never imported, for then no one can have configured it)."""
     logging = sys.modules.get("logging")
-    return logging is not None and logging.getLogger(_LOGGER).isEnabledFor(logging.DEBUG)
+    return logging is not None and _log().isEnabledFor(logging.DEBUG)
 
 if TYPE_CHECKING:  # ssl itself only with TLS: its import is ~5 % of the agent's start
     import logging
