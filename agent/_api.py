@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edgeship.agent._ota import PHASES
+from edgeship.agent._ota_state import PHASES
 from edgeship.sdk.serving._v2 import ModelMetadata, TensorSpec
 from edgeship.sdk.serving._v2server import Request, Response, Route, StatusError, V2Service
 

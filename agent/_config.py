@@ -90,10 +90,18 @@ class BrokerConfig:
     key: str = ""
     keepalive_s: int = 30
 
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ConfigError(f"broker.url: {self.url!r} is not mqtt://HOST[:PORT] or mqtts://...")
+        try:
+            parts.port  # noqa: B018 (urllib checks the port when it is read)
+        except ValueError as exc:
+            raise ConfigError(f"broker.url: {self.url!r}: {exc}") from exc
         if bool(self.cert) != bool(self.key):
             raise ConfigError("broker.cert: cert and key must be given together")
         _positive(self.keepalive_s, "broker.keepalive_s", high=3600)

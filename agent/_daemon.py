@@ -21,18 +21,16 @@ those points so a test can kill the agent inside each window.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import signal
-import socket
-import sys
 import threading
 import time
 from typing import Any
 
 from edgeship.agent import _ota as ota
+from edgeship.agent._boot import Boot, log, pause, run_agent, sd_notify
 from edgeship.agent._config import AgentConfig
 from edgeship.agent._inbox import BrokerHealth, Inbox
+from edgeship.agent._install import install_initial
 from edgeship.agent._loading import (
     data_key,
     load_serving,
@@ -42,52 +40,15 @@ from edgeship.agent._loading import (
 )
 from edgeship.agent._queue import Outbox, storage_errors
 from edgeship.agent._ratelimit import Backoff, TokenBucket
-from edgeship.agent._startup import fallback_of, initial_offer, read_root, read_secret
-from edgeship.agent._store import Store
+from edgeship.agent._startup import initial_offer
 
 from edgeship._errors import EdgeshipError
 
-__all__ = ["Agent", "log", "pause"]
+__all__ = ["Agent", "log", "pause", "run_agent"]
 
 
-_log_lock = threading.Lock()
 WINDOW_CHECK_S = 15.0  # how often a downloaded update looks whether its install window opened
 REFUSAL_REPORT_S = 0.5  # a flood of refused offers rewrites the retained status this often
-
-
-def log(event: str, level: str = "info", **fields: Any) -> None:
-    """One JSON line on stderr (structured logs; journald keeps them as they are)."""
-    line = json.dumps({"ts": round(time.time(), 3), "level": level, "event": event, **fields},
-                      default=str)
-    with _log_lock:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-
-def pause(point: str) -> None:
-    """Sleep at ``point`` if the tests ask for it (see ``_health.pause_seconds``)."""
-    if "EDGESHIP_AGENT_PAUSE" not in os.environ and "EDGESHIP_AGENT_PAUSE_FILE" not in os.environ:
-        return
-    from edgeship.agent._health import pause_seconds
-
-    seconds = pause_seconds(point)
-    if seconds:
-        log("pause", point=point, seconds=seconds)
-        time.sleep(seconds)
-
-
-def sd_notify(message: str) -> None:
-    """systemd's notify protocol by hand (READY=1, WATCHDOG=1); no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(message.encode(), address)
-    except OSError:
-        pass
 
 
 class _NoBroker:
@@ -108,23 +69,20 @@ class Agent:
 
     _FINAL = ("committed", "rolled-back", "failed")
 
-    def __init__(self, config: AgentConfig, *, clock: Any = time.time) -> None:
-        from edgeship.agent._api import AgentService, Metrics
-        from edgeship.sdk.transport._topics import parse_broker_url, topics
+    def __init__(self, config: AgentConfig, *, clock: Any = time.time,
+                 boot: Boot | None = None) -> None:
+        from edgeship.sdk.transport._topics import topics
 
         self.config, self.clock = config, clock
-        try:
-            self.store = Store(config.data_dir)
-        except OSError as exc:
-            from edgeship._errors import ConfigError
-
-            raise ConfigError(f"data_dir: cannot use {config.data_dir}: {exc.strerror}") from exc
+        # what the API serves, and the start's checks (a `run_agent` boot already serves)
+        self.boot = boot = boot or Boot(config)
+        self.store, self.device_key = boot.store, boot.device_key
+        self.metrics, self.service = boot.metrics, boot.service
+        self.taps, self.learning = boot.taps, boot.learning
+        self.taps.on_drift_change = lambda _: self._republish()
         self.topics = topics(config.fleet, config.device_id)
-        from edgeship.agent._device_key import load_device_key
-
-        self.device_key = load_device_key(config.encryption)
         self.core = ota.OtaCore(device=config.device_id, model=config.model.name,
-                                root_key=read_root(config.root_key), hardware=config.hardware,
+                                root_key=boot.root_key, hardware=config.hardware,
                                 chunk_size=config.ota.chunk_size,
                                 max_artifact_bytes=config.ota.max_artifact_bytes,
                                 max_switch_attempts=config.ota.max_switch_attempts,
@@ -137,7 +95,7 @@ class Agent:
         from edgeship.agent._recover import OfferBackfill, load_or_recover
 
         self.state, _ = load_or_recover(self.store, self.core, log,  # damaged: recovered
-                                        known=lambda: initial_offer(config))
+                                        known=lambda: initial_offer(config), state=boot.state)
         self.backfill = OfferBackfill(self.store, self.core, log)  # an older agent's slot
         self.backfill.check(self.state.active)
         for raw in initial_offer(config) if self.backfill.slot else ():
@@ -147,27 +105,13 @@ class Agent:
         self.outbox = Outbox(config.data_dir / "queue.sqlite",
                              max_messages=config.telemetry.queue_max_messages,
                              max_bytes=config.telemetry.queue_max_bytes)
-        self.metrics = Metrics()
-        self.service = AgentService(config.model.name, self.metrics, fallback_of(config))
-        from edgeship.agent._taps import Taps
-
-        self.taps = Taps(self.service, lambda: self.metrics.registry, drift_config=config.drift,
-                         shadow_config=config.shadow, log=log,
-                         on_drift_change=lambda _: self._republish())
-        self.learning: Any | None = None  # [learning]: example capture, feedback, SuperNode
-        if config.learning is not None:
-            from edgeship.agent._learning import Learning
-
-            self.learning = Learning(config, self.service, self.metrics.registry,
-                                     self.device_key, self.taps, log)
         self._status: dict[str, Any] | None = None  # the core's last status (unmerged)
-        _, _, tls = parse_broker_url(config.broker.url)  # a bad URL stops the start, and
-        self._broker_password = read_secret(config.broker.password_file)  # a bad password file
+        self._broker_password = boot.broker_password
         # the MQTT session (and paho's import) begins once the active model answers (see
         # run); until then nothing is connected and statuses wait in the outbox, as they
         # would while a connect is under way. TLS files are read (and checked) now.
         self.edge: Any = _NoBroker()
-        self._tls_edge = self._make_edge() if tls else None
+        self._tls_edge = self._make_edge() if config.broker.tls else None
         self._stop = threading.Event()
         self.broker_health = BrokerHealth(config.broker.url, log)
         self._progress: tuple[Any, float] = (None, time.monotonic())  # last download step
@@ -211,24 +155,9 @@ class Agent:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
-        from edgeship.sdk.serving._v2conns import Limits
-        from edgeship.sdk.serving._v2server import serve
-
-        a = self.config.api
-        api = serve(self.service, host=a.host, port=a.port,
-                    max_request_bytes=a.max_request_bytes, max_inflight_bytes=a.max_inflight_bytes,
-                    max_connections=a.max_connections,
-                    limits=Limits(max_per_peer=a.max_per_peer, header_timeout_s=a.header_timeout_s,
-                                  body_timeout_s=a.body_timeout_s)).start()
-        log("started", device=self.config.device_id, api=api.url, broker=self.config.broker.url,
-            phase=self.state.phase, version=self.state.active and self.state.active.version)
-        for section in self.config.unknown_sections:  # a typo'd table runs on defaults
-            log("config_section_unknown", level="warning", section=section,
-                message=self.config.section_hint(section))
-        if self.config.ignored_keys:
-            log("config_keys_ignored", level="warning", keys=list(self.config.ignored_keys))
+        self.boot.serve()  # (run_agent's boot serves already: the API, the active slot)
         try:
-            self._install_initial()
+            install_initial(self, log)  # a device that never ran: its factory model
             self.dispatch(ota.Resume(download_size=self.store.download_size()))
             self.metrics.bring_up()  # /metrics answers on its first ask either way
             self.edge = self._connect()  # after the first model answers (issue 16)
@@ -236,10 +165,7 @@ class Agent:
             self._loop()
         finally:
             log("stopping")
-            self.taps.close()
-            if self.learning is not None:
-                self.learning.close()
-            api.close()
+            self.boot.close()  # the taps, [learning], the API
             self.edge.stop()
             self.outbox.close()
 
@@ -461,8 +387,9 @@ class Agent:
         if self.state.job is not None and self.state.job.switched:
             pause("switch")
         slot = action.slot
-        try:
-            serving = self._load(slot, action.golden)
+        try:  # the slot the boot loaded before the core existed is not loaded twice
+            preloaded = self.boot.take_preloaded(slot) if action.golden is None else None
+            serving = preloaded if preloaded is not None else self._load(slot, action.golden)
         except Exception as exc:  # a model that fails to load must not take the agent down
             log("load_failed", level="error", slot=slot.slot, version=slot.version, error=str(exc))
             if self.service.serving is None:
@@ -473,7 +400,7 @@ class Agent:
         if self.learning is not None:
             self.learning.active_loaded(slot, self.store.slot_file(slot.slot, slot.format))
         log("serving", slot=slot.slot, version=slot.version,
-            encrypted=slot.encryption is not None)
+            encrypted=slot.encryption is not None, loaded_at_start=preloaded is not None)
         return ota.Loaded(slot.slot, True)
 
     def _do_LoadShadow(self, action: ota.LoadShadow) -> None:
@@ -500,32 +427,7 @@ class Agent:
     def _load(self, slot: ota.SlotInfo, golden: dict[str, Any] | None) -> Any:
         return load_serving(self._model_bytes(slot), slot, golden, self.config.model)
 
-    # -- first start, telemetry, outbox --------------------------------------------------------
-    def _install_initial(self) -> None:
-        initial = self.config.model.initial
-        if not initial or self.state.active is not None or self.state.trusted.version:
-            return
-        from edgeship.sdk.release._release import Release
-
-        try:
-            release = Release.load(initial)
-            _, variant = self.core.select(release.manifest)  # this device's file of it
-            event = ota.LocalRelease(offer=release.offer().to_bytes(),
-                                     artifact=release.read_variant(variant) if variant
-                                     else release.read_artifact())
-        except EdgeshipError as exc:
-            log("initial_release_unusable", level="error", path=initial, error=str(exc))
-            return
-        log("installing_initial", path=initial, version=release.manifest.version)
-        self.dispatch(event)
-        if self.state.active is None:  # refused (expired, wrong key...): say why it serves nothing
-            reason = self.state.error or "refused"
-            # the reason first: a client that reads the log line may ask at once
-            self.service.no_model_reason = (f"no model: the initial release {release.manifest.version}"
-                                            f" was refused ({reason}); waiting for an update")
-            log("initial_release_rejected", level="error", path=initial,
-                version=release.manifest.version, error=reason)
-
+    # -- telemetry, outbox ---------------------------------------------------------------------
     def _heartbeat(self) -> None:
         active = self.state.active
         beat: dict[str, Any] = {
@@ -576,28 +478,3 @@ def _same_status(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _storage_failed(what: str, exc: OSError) -> ota.Event:
     log("storage_failed", level="error", what=what, error=str(exc))
     return ota.StorageFailed(f"cannot write the {what}: {exc.strerror or exc}")
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"ts": round(record.created, 3), "level": record.levelname.lower(),
-                           "event": "log", "logger": record.name, "message": record.getMessage()})
-
-
-def run_agent(config: AgentConfig) -> int:
-    """Run until SIGTERM / SIGINT; returns the exit code."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(_JsonFormatter())
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
-    agent = Agent(config)
-    if agent.device_key is not None:  # no core file may hold the key or a decrypted model
-        from edgeship.agent._device_key import no_core_dumps
-
-        log("core_dumps_off", done=no_core_dumps())
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: agent.stop())
-    from edgeship.agent._install import data_dir_lock
-
-    with data_dir_lock(config.data_dir):  # `agent install` of a bundle must not run beside
-        agent.run()
-    return 0

@@ -10,10 +10,7 @@ source, never the key.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import resource
-import signal
 import stat
 from pathlib import Path
 from typing import Any
@@ -122,6 +119,7 @@ def _from_command(argv: tuple[str, ...], timeout: float) -> bytes:
     """The command's stdout. It runs in its own process group, so a timeout stops the
     helpers it started too (a wrapper script's hung secure-element tool, say), not only
     the command itself."""
+    import signal
     import subprocess  # only with a key command: not on every agent's start
 
     what = "encryption.key_command"
@@ -158,6 +156,9 @@ def no_core_dumps() -> list[str]:
     one's memory through ptrace or /proc (it is reset at exec, so only for this process).
     Best effort: returns what was done. Swap is not covered (encrypt it, or turn it off).
     """
+    import ctypes
+    import resource
+
     done = []
     try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -90,7 +90,7 @@ def reset_gauges(registry: Any) -> None:
 
 
 def _default_log(event: str, level: str = "info", **fields: Any) -> None:
-    from edgeship.agent._daemon import log
+    from edgeship.agent._boot import log
 
     log(event, level, **fields)
 

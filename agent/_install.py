@@ -16,20 +16,18 @@ log lines go to ``<data_dir>/install.log``.
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeship.agent import _ota as ota
+from edgeship.agent._store import LOCK_NAME, data_dir_lock
 
-from edgeship._errors import ConfigError, UpdateError
+from edgeship._errors import EdgeshipError, UpdateError
 
-__all__ = ["InstallResult", "answer_locally", "data_dir_lock", "install_bundle"]
-
-LOCK_NAME = "agent.lock"
-
+__all__ = ["LOCK_NAME", "InstallResult", "answer_locally", "data_dir_lock", "install_bundle",
+           "install_initial"]
 
 @dataclass(frozen=True)
 class InstallResult:
@@ -44,34 +42,6 @@ class InstallResult:
     def to_json(self) -> dict[str, Any]:
         return {"version": self.version, "phase": self.phase, "active": self.active,
                 "slot": self.slot, "already": self.already}
-
-
-@contextlib.contextmanager
-def data_dir_lock(data_dir: Path) -> Iterator[None]:
-    """Hold ``data_dir``'s agent lock (one daemon or one install at a time)."""
-    import fcntl
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / LOCK_NAME
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise ConfigError(f"an agent runs on {data_dir} (its lock is held): stop it "
-                              "before installing a bundle") from exc
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # its last holder removed that file after we opened it: take the new one
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # while still held: no lock file is left behind
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -101,10 +71,40 @@ def answer_locally(files: dict[str, bytes], action: ota.RequestChunk) -> ota.Eve
     return ota.Chunk(answer, correlation=action.correlation or ota.correlation(action.request))
 
 
+def install_initial(agent: Any, log: Callable[..., None]) -> None:
+    """``[model] initial`` on a device that never installed a release (no active slot, no
+    rollback floor): the release read from disk goes through the OTA core as an offer
+    with its artifact would (:class:`~edgeship.agent._daemon.Agent`'s own path)."""
+    initial = agent.config.model.initial
+    if not initial or agent.state.active is not None or agent.state.trusted.version:
+        return
+    from edgeship.sdk.release._release import Release
+
+    try:
+        release = Release.load(initial)
+        _, variant = agent.core.select(release.manifest)  # this device's file of it
+        event = ota.LocalRelease(offer=release.offer().to_bytes(),
+                                 artifact=release.read_variant(variant) if variant
+                                 else release.read_artifact())
+    except EdgeshipError as exc:
+        log("initial_release_unusable", level="error", path=initial, error=str(exc))
+        return
+    log("installing_initial", path=initial, version=release.manifest.version)
+    agent.dispatch(event)
+    if agent.state.active is None:  # refused (expired, wrong key...): say why it serves nothing
+        reason = agent.state.error or "refused"
+        # the reason first: a client that reads the log line may ask at once
+        agent.service.no_model_reason = (f"no model: the initial release "
+                                         f"{release.manifest.version} was refused ({reason});"
+                                         " waiting for an update")
+        log("initial_release_rejected", level="error", path=initial,
+            version=release.manifest.version, error=reason)
+
+
 def install_bundle(config: Any, path: str | Path) -> InstallResult:
     """Install the bundle at ``path`` on the device ``config`` describes; a refused or
     rolled-back install is an :class:`UpdateError` saying why."""
-    from edgeship.agent._daemon import Agent
+    from edgeship.agent._daemon import Agent, log
     from edgeship.sdk.release._bundle import read_bundle
 
     bundle = read_bundle(path, max_file_bytes=config.ota.max_artifact_bytes)
@@ -112,7 +112,7 @@ def install_bundle(config: Any, path: str | Path) -> InstallResult:
     with data_dir_lock(data_dir), _logs_to(data_dir / "install.log"):
         agent = Agent(config)
         try:
-            agent._install_initial()  # a device that never ran: its factory model first
+            install_initial(agent, log)  # a device that never ran: its factory model first
             agent.dispatch(ota.Resume(download_size=agent.store.download_size()))
             before = agent.state
             agent.local_files = bundle.files

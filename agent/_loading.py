@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgeship.agent._config import ModelConfig
-from edgeship.agent._ota import SlotInfo
+from edgeship.agent._ota_state import SlotInfo
 from edgeship.agent._store import Store
 
 from edgeship._errors import DecryptionError, EdgeshipError
@@ -59,9 +59,11 @@ def usable_variants(hardware: str, log: Callable[..., None]) -> frozenset[str]:
 
 def runtime_for(variant: str | None, cfg: ModelConfig) -> tuple[str, str]:
     """(runtime, device) for a slot: a variant's accelerator, else ``[model] runtime``."""
+    if not variant:
+        return cfg.runtime, "cpu"
     from edgeship.sdk.runtime._accel import accelerator
 
-    acc = accelerator(variant) if variant else None
+    acc = accelerator(variant)
     return (acc.runtime, acc.device) if acc is not None else (cfg.runtime, "cpu")
 
 

@@ -148,9 +148,13 @@ def _holds(store: Store, slot: str, manifest: Manifest, core: OtaCore) -> SlotIn
 
 def load_or_recover(store: Store, core: OtaCore, log: Callable[..., None],
                     known: Callable[[], tuple[bytes, ...]] = tuple,
+                    state: OtaState | None = None,
                     ) -> tuple[OtaState, dict[str, Any] | None]:
     """The persisted state, or (when it is damaged) the recovered one and what happened;
-    ``known()`` gives offers to try for slots without a stored one (see verified_slots)."""
+    ``known()`` gives offers to try for slots without a stored one (see verified_slots).
+    ``state``: the persisted state as the caller already read it (not read again)."""
+    if state is not None:
+        return state, None
     try:
         return store.load_state(), None
     except StateDamaged as exc:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from edgeship.agent._ota_types import MODES, PHASES
-from edgeship.sdk.release._manifest import parse_version
+from edgeship.agent._ota_state import MODES, PHASES
+from edgeship.sdk.release._version import parse_version
 
 from edgeship._errors import EdgeshipError
 

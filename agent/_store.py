@@ -8,6 +8,7 @@ Layout of ``data_dir``::
     slots/a/offer.json      the signed offer of the release in slot A (to rebuild a lost state)
     download.part           the file being downloaded; only verified chunks, fsynced in order
     queue.sqlite            the offline message queue (see _queue.py)
+    agent.lock              held by the daemon, or by ``agent install`` (one at a time)
 
 The state file is the single source of truth for which slot serves, so switching slots
 is the one ``os.replace`` of ``state.json``.
@@ -19,15 +20,18 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from edgeship.agent._ota import OtaState, decode_state, encode_state
+from edgeship.agent._ota_state import OtaState, decode_state, encode_state
 from edgeship.agent._state_check import state_problem
 from edgeship.sdk._fileio import fsync_dir, read_head, write_atomic
 
-from edgeship._errors import EdgeshipError, UpdateError
+from edgeship._errors import ConfigError, EdgeshipError, UpdateError
 
-__all__ = ["StateDamaged", "Store", "fsync_dir", "write_atomic"]
+__all__ = ["LOCK_NAME", "StateDamaged", "Store", "data_dir_lock", "fsync_dir", "write_atomic"]
+
+LOCK_NAME = "agent.lock"
 
 MAX_STATE_BYTES = 8 * 1024 * 1024  # the state holds one offer (with its golden input)
 MAX_SLOT_OFFER_BYTES = 4 * 1024 * 1024  # an offer (sdk._trust.MAX_OFFER_SIZE)
@@ -179,3 +183,31 @@ class Store:
         if len(data) > max_bytes:
             raise UpdateError(f"{self.download_path} is larger than {max_bytes} bytes")
         return data
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold ``data_dir``'s agent lock (one daemon or one install at a time)."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise ConfigError(f"an agent runs on {data_dir} (its lock is held): stop it "
+                              "before installing a bundle") from exc
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its last holder removed that file after we opened it: take the new one
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held: no lock file is left behind
+        os.close(fd)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from edgeship.agent._ota_types import SlotInfo
+from edgeship.agent._ota_state import SlotInfo
 
 __all__ = ["Taps"]
 

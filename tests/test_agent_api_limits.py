@@ -128,31 +128,44 @@ def test_bytes_in_flight_bound_the_memory(tmp_path: Path, shared_mosquitto: Mosq
     assert grown < 64 * 2**20 / 1e6, grown  # within max_inflight_bytes; all at once: ~250 MB
 
 
+def _answer_times(port: int, seconds: float) -> tuple[list[float], list[int]]:
+    """A normal client's answers (a fresh connection each, 5 a second) for ``seconds``."""
+    body = _tensor(shape=[1, 64], data=[0.0] * 64)
+    took: list[float] = []
+    statuses: list[int] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        start = time.monotonic()
+        statuses.append(_post(port, body, timeout=5)[0])
+        took.append(time.monotonic() - start)
+        time.sleep(0.2)
+    return sorted(took), statuses
+
+
 def test_idle_and_slowloris_connections_do_not_starve_a_client(agent: AgentProc) -> None:
     """64 idle connections and 200 slowloris ones (a header byte a second, reconnecting
-    when closed) for ~8 s: a normal client still gets every answer, each in under 1 s
-    (the 100 ms target is measured in hw-bench)."""
+    when closed) for ~8 s: a normal client still gets every answer, none of them waiting
+    for the attackers' connections (a starved client waited up to 60 s; one whose SYN the
+    full listen backlog dropped, 1 s for its retry). The bound is 1 s above the slowest of
+    its answers without the attack, measured here first: what the machine's load costs is
+    the same in both (the 100 ms target is measured in hw-bench)."""
     port = agent.port
+    baseline, statuses = _answer_times(port, 2.0)
+    assert statuses == [200] * len(statuses), statuses
     idle = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(64)]
-    latencies: list[float] = []
-    statuses: list[int] = []
     try:
         with slowloris(port, 200):
-            body = _tensor(shape=[1, 64], data=[0.0] * 64)
-            deadline = time.monotonic() + 8
-            while time.monotonic() < deadline:
-                start = time.monotonic()
-                statuses.append(_post(port, body, timeout=5)[0])
-                latencies.append(time.monotonic() - start)
-                time.sleep(0.2)
+            latencies, statuses = _answer_times(port, 8.0)
     finally:
         for sock in idle:
             sock.close()
-    latencies.sort()
     print(f"normal client under 64 idle + 200 slowloris: {len(latencies)} answers, "
-          f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+          f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
+          f" (without: p50 {baseline[len(baseline) // 2] * 1000:.1f} ms, max "
+          f"{baseline[-1] * 1000:.1f} ms)")
     assert statuses == [200] * len(statuses), statuses
-    assert latencies[-1] < 1.0
+    assert latencies[len(latencies) // 2] < 0.25  # typically a few ms
+    assert latencies[-1] < 1.0 + baseline[-1]
 
 
 def test_a_burst_of_connects_is_queued_not_dropped(agent: AgentProc) -> None:

@@ -22,8 +22,8 @@ def agent() -> None:
 @verbose_option
 def run(config_path: Path) -> None:
     """Run the agent until SIGTERM / Ctrl-C."""
+    from edgeship.agent._boot import run_agent
     from edgeship.agent._config import load_config
-    from edgeship.agent._daemon import run_agent
 
     run_agent(load_config(config_path))
 

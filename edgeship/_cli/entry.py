@@ -65,7 +65,7 @@ def run_guarded(work: Callable[[], int]) -> int:
 
 
 def _run_agent(config: Path) -> int:
+    from edgeship.agent._boot import run_agent
     from edgeship.agent._config import load_config
-    from edgeship.agent._daemon import run_agent
 
     return run_agent(load_config(config))

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeship.sdk.release._crypt import Encryption
 from edgeship.sdk.release._keys import parse_time
+from edgeship.sdk.release._version import parse_version
 
 from edgeship._errors import ExpiredError, MalformedError, MismatchError
 
@@ -66,22 +67,13 @@ __all__ = [
 
 DELTA_FORMATS = ("bsdiff4", "edgeship-tensor")
 # \Z, not $ ($ also matches before a trailing newline), and [0-9], not \d (which matches
-# any Unicode digit): one version, name or digest has exactly one spelling
-_SEMVER = re.compile(r"^(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\Z")
+# any Unicode digit): one name or digest has exactly one spelling (versions: _version.py)
 _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
 _MAX_DELTAS = 64
 _MAX_VARIANTS = 16
 _MAX_SIZE = 1 << 40
-
-
-def parse_version(text: Any) -> tuple[int, int, int]:
-    """``"1.2.3"`` -> ``(1, 2, 3)``; MalformedError for anything that is not X.Y.Z."""
-    match = _SEMVER.match(text) if isinstance(text, str) else None
-    if match is None:
-        raise MalformedError(f"version {text!r} is not semver X.Y.Z")
-    return int(match[1]), int(match[2]), int(match[3])
 
 
 def _sha(value: Any, what: str) -> str:

@@ -106,6 +106,11 @@ class Connections:
         with self._lock:
             self._conns.pop(conn_id, None)
 
+    def working(self) -> int:
+        """Connections decoding, inferring or answering right now."""
+        with self._lock:
+            return sum(c.phase == "working" for c in self._conns.values())
+
     def close(self) -> None:
         self._closed.set()
 

@@ -47,9 +47,10 @@ With ``api_key`` set every route except ``/v2/health/*`` needs
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-import logging
 import os
+import socketserver
 import sys
 import threading
 from collections.abc import Callable
@@ -95,9 +96,26 @@ __all__ = [
     "serve",
 ]
 
-log = logging.getLogger("edgeship.v2")
+_LOGGER = "edgeship.v2"
+
+
+@functools.cache
+def _log() -> logging.Logger:
+    """The server's logger. logging is imported on first use, not with this module (it is
+    ~1 % of an agent's start to its first answer, which logs nothing here)."""
+    import logging
+
+    return logging.getLogger(_LOGGER)
+
+
+def _debug() -> bool:
+    """Whether debug lines are wanted (on every answer: no import, no lock when logging was
+    never imported, for then no one can have configured it)."""
+    logging = sys.modules.get("logging")
+    return logging is not None and _log().isEnabledFor(logging.DEBUG)
 
 if TYPE_CHECKING:  # ssl itself only with TLS: its import is ~5 % of the agent's start
+    import logging
     import ssl
 
 _TRIM_AFTER = 1 << 20  # a request or answer this large: the heaps are trimmed after it
@@ -257,7 +275,7 @@ class _Dispatcher:
         except Exception as exc:
             status = _status_of(exc)
             if status == 500:
-                log.error("internal error on %s %s: %r", method, url.path, exc)
+                _log().error("internal error on %s %s: %r", method, url.path, exc)
             return Response.json({"error": str(exc) or type(exc).__name__}, status)
 
     def _v2(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
@@ -414,7 +432,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Status line, headers and a small body in one write (one segment, one wake-up
         of the client; send_response + end_headers + write took two and formatted a log
         line per request even with logging off)."""
-        if log.isEnabledFor(logging.DEBUG):
+        if _debug():
             self.log_request(response.status, len(response.body))
         lines = [f"{self.protocol_version} {response.status} {_reason(response.status)}",
                  f"Server: {self.version_string()}", f"Date: {self.date_time_string()}",
@@ -432,8 +450,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(response.body)
 
     def log_message(self, format: str, *args: Any) -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s", self.address_string(), format % args)
+        if _debug():
+            _log().debug("%s %s", self.address_string(), format % args)
 
 
 def _reason(status: int) -> str:
@@ -445,12 +463,24 @@ def _reason(status: int) -> str:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 128  # listen backlog: a burst of connects is queued, not reset
+    # listen backlog: a burst of connects is queued, not reset. Deeper than max_connections:
+    # 200 slowloris peers that reconnect when evicted do so in bursts of ~140 connects; at
+    # 128 the kernel dropped SYNs in them (ListenOverflows), and a normal client caught in
+    # one waited for its 1 s SYN retry. Pending handshakes cost only kernel memory.
+    request_queue_size = 1024
     dispatcher: _Dispatcher
     conns: Connections  # open connections, their phases and deadlines (one thread each)
     _local: threading.local
     budget: ByteBudget  # memory of the requests in flight
     budget_wait_s: float = 10.0  # how long a request waits for room before a 503
+
+    def server_bind(self) -> None:
+        """Bind as http.server does, without its reverse DNS lookup of the listen address
+        (``socket.getfqdn``: a resolver call at every start, which waits for DNS timeouts
+        on a device whose network is down; its answer only names the server in CGI)."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         conn_id = self.conns.admit(request, str(client_address[0]))
@@ -478,7 +508,7 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client that vanished mid-answer is routine; never print a traceback
-        log.debug("connection from %s ended with an error", client_address, exc_info=True)
+        _log().debug("connection from %s ended with an error", client_address, exc_info=True)
 
 
 class V2Server:
@@ -495,6 +525,10 @@ class V2Server:
     @property
     def port(self) -> int:
         return int(self._httpd.server_address[1])
+
+    def working(self) -> int:
+        """Requests being decoded, answered or sent right now."""
+        return self._httpd.conns.working()
 
     @property
     def url(self) -> str:
