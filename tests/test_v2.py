@@ -362,10 +362,12 @@ class Blocker(Doubler):
     def __init__(self) -> None:
         super().__init__()
         self.release = threading.Event()
+        self.inside = threading.Semaphore(0)  # one release per call that entered infer
 
     def infer(
         self, name: str, inputs: dict[str, np.ndarray]
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        self.inside.release()
         self.release.wait(10)
         return super().infer(name, inputs)
 
@@ -390,7 +392,8 @@ def test_connection_limit_evicts_idle_then_refuses_instead_of_growing_threads() 
                                                        body)) for _ in range(2)]
         for t in workers:
             t.start()
-        time.sleep(0.5)  # both are inside infer now
+        for _ in workers:  # both are inside infer now (a fixed sleep was short under load)
+            assert service.inside.acquire(timeout=10)
         try:
             extra = socket.create_connection((srv.host, srv.port))
             extra.settimeout(5)
