@@ -31,6 +31,7 @@ from ._prune import overall_sparsity
 from ._prune_refit import prune_and_refit
 from ._quantize import WeightInfo, WeightPolicy, build_qdq
 from ._report import Report, not_written_line, to_html
+from ._runtime_hints import with_runtime_hints
 from ._shapes import dynamic_dims, format_shape
 from ._sizes import report_sizes, zstd_bytes
 from ._steps import Steps, fit_count, guarded_bias_correction, guarded_equalize
@@ -343,6 +344,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         written = decompose_layernorms(written)[0]  # the TFLite file's int8 LayerNorm steps
         if "tflite" in opts.formats:  # and its BATCH_MATMUL roundings
             written = emulate_matmuls(written)[0]
+        written = with_runtime_hints(written)  # so a device needs no onnx parse to serve it
         return _Built(plan, qmodel, weights, tensor_map, written.SerializeToString(),
                       out_model.SerializeToString())
 

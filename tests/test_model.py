@@ -171,6 +171,17 @@ def test_int8_edged_onnx_is_float_to_the_caller(tmp_path: Path) -> None:
     xq = np.clip(np.round(x / 0.1) - 5, -128, 127)
     yq = np.clip(np.round(np.maximum((xq + 5) * 0.1, 0) / 0.2) + 7, -128, 127)
     np.testing.assert_allclose(y, (yq - 7) * 0.2, atol=1e-6)
+    # the same parameters read from the metadata the converter writes (no graph parse)
+    import onnxruntime as ort
+    from edgeship.converter._runtime_hints import with_runtime_hints
+    from edgeship.sdk.runtime._quant_hints import hints_from_metadata
+
+    hinted = tmp_path / "io8_hints.onnx"
+    onnx.save(with_runtime_hints(onnx.load(path)), hinted)
+    metadata = ort.InferenceSession(str(hinted)).get_modelmeta().custom_metadata_map
+    hints = hints_from_metadata(metadata)
+    assert hints is not None and set(hints.edges) == {"x", "y"}
+    np.testing.assert_array_equal(Model.load(hinted).predict(x), y)
 
 
 def test_a_float_onnx_model_loads_without_importing_onnx(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 from edgeship.sdk.runtime._model import TensorSpec
-from edgeship.sdk.runtime._runtime_ort import _edge_quant
+from edgeship.sdk.runtime._quant_hints import QuantHints
+from edgeship.sdk.runtime._runtime_ort import edge_quant, source_hints
 from edgeship.sdk.runtime._runtime_quant import from_storage, to_storage
 
 from edgeship._errors import InferenceError, ModelLoadError
@@ -62,7 +63,8 @@ class OpenVinoBackend:
             raise ModelLoadError(f"OpenVINO cannot load the model: {_last_line(exc)}") from exc
         raw_in = [_spec(p) for p in self._compiled.inputs]
         raw_out = [_spec(p) for p in self._compiled.outputs]
-        self._quant = _edge_quant(source, raw_in, raw_out)
+        int_edges = any(s.dtype in ("int8", "uint8") for s in (*raw_in, *raw_out))
+        self._quant = edge_quant(source_hints(source) if int_edges else QuantHints(), raw_in, raw_out)
         self.inputs = tuple(self._caller(s) for s in raw_in)
         self.outputs = tuple(self._caller(s) for s in raw_out)
         self._infer = OneCall(self._compiled.create_infer_request())

@@ -14,6 +14,11 @@ from typing import Any
 import numpy as np
 from edgeship.sdk._quiet import ort_log_level
 from edgeship.sdk.runtime._model import TensorSpec
+from edgeship.sdk.runtime._quant_hints import (
+    QuantHints,
+    hints_from_metadata,
+    hints_from_model_bytes,
+)
 from edgeship.sdk.runtime._runtime_quant import EdgeQuant, from_storage, to_storage
 
 from edgeship._errors import InferenceError, ModelLoadError
@@ -61,13 +66,14 @@ class OrtBackend:
             raise ModelLoadError(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
         raw_in = [_spec(a) for a in self._session.get_inputs()]
         raw_out = [_spec(a) for a in self._session.get_outputs()]
-        self._quant = _edge_quant(source, raw_in, raw_out)
+        hints = _hints(self._session, source)
+        self._quant = edge_quant(hints, raw_in, raw_out)
         self.inputs = tuple(self._caller(s) for s in raw_in)
         self.outputs = tuple(self._caller(s) for s in raw_out)
-        self.output_steps = {n: q.scale for n, q in self._quant.items()
-                             if n in {s.name for s in raw_out}}
+        out_names = {s.name for s in raw_out}
+        self.output_steps = {n: q.scale for n, q in self._quant.items() if n in out_names}
         if not self.output_steps:  # a QDQ model's float outputs: made by DequantizeLinear
-            self.output_steps = _dequantized_steps(source, {s.name for s in raw_out})
+            self.output_steps = {n: step for n, step in hints.steps.items() if n in out_names}
 
     def _caller(self, spec: TensorSpec) -> TensorSpec:
         quant = self._quant.get(spec.name)
@@ -86,68 +92,37 @@ class OrtBackend:
         }
 
 
-def _edge_quant(source: str | bytes, inputs: list[TensorSpec],
-                outputs: list[TensorSpec]) -> dict[str, EdgeQuant]:
-    """Scale and zero point of int8/uint8 model edges (a model converted with io="int8":
-    an input feeding DequantizeLinear, an output made by QuantizeLinear). Needs the
-    ``onnx`` package to read the graph; without it such edges stay raw integers."""
-    edges_in = {s.name for s in inputs if s.dtype in ("int8", "uint8")}
-    edges_out = {s.name for s in outputs if s.dtype in ("int8", "uint8")}
-    if not edges_in and not edges_out:
-        return {}
+def _hints(session: Any, source: str | bytes) -> QuantHints:
+    """The model's edge parameters and output steps: from the metadata the converter
+    writes (no parse), else read from the graph."""
     try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError:
-        return {}
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    graph = onnx.load_model_from_string(data).graph
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    found: dict[str, EdgeQuant] = {}
-    for node in graph.node:
-        edge = None
-        if node.op_type == "DequantizeLinear" and node.input[0] in edges_in:
-            edge = node.input[0]
-        elif node.op_type == "QuantizeLinear" and node.output[0] in edges_out:
-            edge = node.output[0]
-        params = [inits.get(n) for n in node.input[1:3]] if edge else []
-        scale, zero = params if len(params) == 2 else (None, None)
-        if edge and scale is not None and zero is not None and scale.size == zero.size == 1:
-            found.setdefault(edge, EdgeQuant(storage=np.dtype(zero.dtype), scale=float(scale.ravel()[0]),
-                                             zero_point=int(zero.ravel()[0])))
-    return found
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+    except Exception:  # only a hint
+        metadata = {}
+    hints = hints_from_metadata(metadata)
+    return hints if hints is not None else source_hints(source)
 
 
-def _dequantized_steps(source: str | bytes, outputs: set[str]) -> dict[str, float]:
-    """The scale of each graph output made by a per-tensor DequantizeLinear (its values are
-    multiples of it: the confidence fallback reads an INT8 softmax by it). Empty without
-    the ``onnx`` package or for a model it cannot parse."""
+def source_hints(source: str | bytes) -> QuantHints:
+    """The hints of a model file or its bytes, by parsing it (see _quant_hints)."""
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
     except OSError:
-        return {}
-    if b"DequantizeLinear" not in data:  # the op's name is in every such node: no onnx
-        return {}  # import (~180 ms, ~15 MB) nor a second parse of a float model
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError:
-        return {}
-    try:
-        graph = onnx.load_model_from_string(data).graph
-    except Exception:  # onnxruntime loaded it; this is only a hint
-        return {}
-    producers = {n.output[0]: n for n in graph.node
-                 if n.op_type == "DequantizeLinear" and n.output and n.output[0] in outputs}
-    scales = {i.name: i for i in graph.initializer
-              if any(len(n.input) > 1 and n.input[1] == i.name for n in producers.values())}
-    steps = {}
-    for name, node in producers.items():
-        scale = scales.get(node.input[1])
-        value = numpy_helper.to_array(scale) if scale is not None else None
-        if value is not None and value.size == 1:
-            steps[name] = float(value.ravel()[0])
-    return steps
+        return QuantHints()
+    return hints_from_model_bytes(data)
+
+
+def edge_quant(hints: QuantHints, inputs: list[TensorSpec],
+               outputs: list[TensorSpec]) -> dict[str, EdgeQuant]:
+    """Scale and zero point of the int8/uint8 model edges among ``inputs`` / ``outputs`` (a
+    model converted with io="int8"); an edge the hints do not name stays raw integers."""
+    found: dict[str, EdgeQuant] = {}
+    for spec in (*inputs, *outputs):
+        edge = hints.edges.get(spec.name)
+        if spec.dtype in ("int8", "uint8") and edge is not None and edge.dtype == spec.dtype:
+            found[spec.name] = EdgeQuant(storage=np.dtype(edge.dtype), scale=edge.scale,
+                                         zero_point=edge.zero_point)
+    return found
 
 
 def _providers(ort: Any, device: str) -> list[str]:
