@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from ._quantize import WeightPolicy
 # rows that estimate H: 16 per weight of one output, at least 1024 (a depthwise 3x3 H is 9 x 9)
 ROWS_PER_INPUT = 16
 MIN_POSITIONS = 1024
+FLUSH_VALUES = 1 << 23  # input values (float32: 32 MiB) that wait for a Gram product
 MIN_ROWS_PER_INPUT = 2  # H of K inputs is estimated from at least 2K rows, else nearest
 
 
@@ -91,8 +93,14 @@ def gram(rows: np.ndarray, groups: int) -> np.ndarray:
     return product.astype(np.float64)
 
 
-def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Layer]:
-    """Run the float graph on the calibration samples; ``H`` per layer (per group)."""
+def collect_grams(
+    graph: Graph,
+    feeds: dict[str, np.ndarray],
+    also: dict[str, Callable[[np.ndarray], None]] | None = None,
+) -> dict[str, _Layer]:
+    """Run the float graph on the calibration samples; ``H`` per layer (per group).
+    ``also``: tensor -> a callback that sees its value on each sample (batch axis
+    dropped), for other statistics this same run can collect."""
     import onnxruntime as ort
 
     graph.reindex()
@@ -104,9 +112,10 @@ def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Laye
         if positions(layer, graph.inits[name])
         >= MIN_ROWS_PER_INPUT * inputs_per_output(layer, graph.inits[name])
     }
-    if not layers:  # nothing to round (and run([]) would fetch every output)
+    also = {t: f for t, f in (also or {}).items() if t not in graph.input_names}
+    if not layers and not also:  # nothing to see (and run([]) would fetch every output)
         return {}
-    inputs = sorted({ly.node.input[0] for ly in layers.values()})
+    inputs = sorted({ly.node.input[0] for ly in layers.values()} | set(also))
     model = graph.to_model(extra_outputs=[t for t in inputs if t not in graph.output_names])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -115,20 +124,42 @@ def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Laye
     count = len(next(iter(feeds.values())))
     keep = {n: max(1, math.ceil(positions(ly, graph.inits[n]) / count)) for n, ly in layers.items()}
     rng = np.random.default_rng(0)  # the same positions every run: the same bytes
+    # rows wait until many are stacked: one Gram product of a few thousand rows runs at
+    # BLAS speed, one per sample mostly writes its K x K result (ddddocr_ocr: 36 -> 8 s)
+    waiting: dict[str, list[np.ndarray]] = {}
+    held = 0  # float32 values waiting, over all layers
     for i in range(count):
         values = dict(
             zip(inputs, sess.run(inputs, {k: v[i : i + 1] for k, v in feeds.items()}), strict=True)
         )
+        for name, see in also.items():
+            see(np.asarray(values[name])[0])
         for name, layer in layers.items():
             w = graph.inits[name]
             x = np.asarray(values[layer.node.input[0]])[0]
             rows = _sample_rows(x, layer, w, keep[name], rng, dtype=np.float32)
             if rows is None:
                 continue
-            g = gram(rows, layer.groups)
-            layer.gram = g if layer.gram is None else layer.gram + g
-            layer.rows += len(rows)
+            waiting.setdefault(name, []).append(rows)
+            held += rows.size
+            if held >= FLUSH_VALUES:
+                _flush(layers, waiting)
+                held = 0
+    _flush(layers, waiting)
     return {n: ly for n, ly in layers.items() if ly.gram is not None}
+
+
+def _flush(layers: dict[str, _Layer], waiting: dict[str, list[np.ndarray]]) -> None:
+    """Add the stacked rows waiting per layer to its Gram (and empty the lists)."""
+    for name, pending in waiting.items():
+        if not pending:
+            continue
+        layer = layers[name]
+        rows = np.concatenate(pending)
+        g = gram(rows, layer.groups)
+        layer.gram = g if layer.gram is None else layer.gram + g
+        layer.rows += len(rows)
+        pending.clear()
 
 
 @dataclass
