@@ -21,7 +21,9 @@ from ._quantize import WeightPolicy
 # rows that estimate H: 16 per weight of one output, at least 1024 (a depthwise 3x3 H is 9 x 9)
 ROWS_PER_INPUT = 16
 MIN_POSITIONS = 1024
-FLUSH_VALUES = 1 << 23  # input values (float32: 32 MiB) that wait for a Gram product
+# input values (float32: 64 MiB) that wait for a Gram product, over all layers; past it
+# the layers with the most waiting rows are added first, until half of it is free
+FLUSH_VALUES = 1 << 24
 MIN_ROWS_PER_INPUT = 2  # H of K inputs is estimated from at least 2K rows, else nearest
 
 
@@ -143,15 +145,21 @@ def collect_grams(
             waiting.setdefault(name, []).append(rows)
             held += rows.size
             if held >= FLUSH_VALUES:
-                _flush(layers, waiting)
-                held = 0
-    _flush(layers, waiting)
+                held = _flush(layers, waiting, held - FLUSH_VALUES // 2)
+    _flush(layers, waiting, None)
     return {n: ly for n, ly in layers.items() if ly.gram is not None}
 
 
-def _flush(layers: dict[str, _Layer], waiting: dict[str, list[np.ndarray]]) -> None:
-    """Add the stacked rows waiting per layer to its Gram (and empty the lists)."""
-    for name, pending in waiting.items():
+def _flush(
+    layers: dict[str, _Layer], waiting: dict[str, list[np.ndarray]], free: int | None
+) -> int:
+    """Add the stacked rows waiting per layer to its Gram, the layers with the most rows
+    first, until ``free`` values are freed (None: all); returns the values still waiting."""
+    sizes = {name: sum(r.size for r in pending) for name, pending in waiting.items()}
+    for name in sorted(sizes, key=lambda n: -sizes[n]):
+        if free is not None and free <= 0:
+            break
+        pending = waiting[name]
         if not pending:
             continue
         layer = layers[name]
@@ -160,6 +168,10 @@ def _flush(layers: dict[str, _Layer], waiting: dict[str, list[np.ndarray]]) -> N
         layer.gram = g if layer.gram is None else layer.gram + g
         layer.rows += len(rows)
         pending.clear()
+        if free is not None:
+            free -= sizes[name]
+        sizes[name] = 0
+    return sum(sizes.values())
 
 
 @dataclass
