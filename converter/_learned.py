@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,14 +94,8 @@ def gram(rows: np.ndarray, groups: int) -> np.ndarray:
     return product.astype(np.float64)
 
 
-def collect_grams(
-    graph: Graph,
-    feeds: dict[str, np.ndarray],
-    also: dict[str, Callable[[np.ndarray], None]] | None = None,
-) -> dict[str, _Layer]:
-    """Run the float graph on the calibration samples; ``H`` per layer (per group).
-    ``also``: tensor -> a callback that sees its value on each sample (batch axis
-    dropped), for other statistics this same run can collect."""
+def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Layer]:
+    """Run the float graph on the calibration samples; ``H`` per layer (per group)."""
     import onnxruntime as ort
 
     graph.reindex()
@@ -114,10 +107,9 @@ def collect_grams(
         if positions(layer, graph.inits[name])
         >= MIN_ROWS_PER_INPUT * inputs_per_output(layer, graph.inits[name])
     }
-    also = {t: f for t, f in (also or {}).items() if t not in graph.input_names}
-    if not layers and not also:  # nothing to see (and run([]) would fetch every output)
+    if not layers:  # nothing to round (and run([]) would fetch every output)
         return {}
-    inputs = sorted({ly.node.input[0] for ly in layers.values()} | set(also))
+    inputs = sorted({ly.node.input[0] for ly in layers.values()})
     model = graph.to_model(extra_outputs=[t for t in inputs if t not in graph.output_names])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -134,8 +126,6 @@ def collect_grams(
         values = dict(
             zip(inputs, sess.run(inputs, {k: v[i : i + 1] for k, v in feeds.items()}), strict=True)
         )
-        for name, see in also.items():
-            see(np.asarray(values[name])[0])
         for name, layer in layers.items():
             w = graph.inits[name]
             x = np.asarray(values[layer.node.input[0]])[0]
