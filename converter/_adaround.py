@@ -102,4 +102,6 @@ def round_rows(w: np.ndarray, scales: np.ndarray, h: np.ndarray) -> np.ndarray:
 def output_error(w: np.ndarray, q: np.ndarray, scales: np.ndarray, h: np.ndarray) -> float:
     """``sum_o d_o^T H d_o``: the squared output error the rounding causes."""
     d = q.astype(np.float64) * scales.astype(np.float64).reshape(-1, 1) - w.astype(np.float64)
-    return float(np.einsum("ok,kl,ol->", d, h.astype(np.float64), d))
+    # as one BLAS product: einsum over the three operands loops O x K x K in C (seconds on
+    # a 1000 x 1280 classifier head)
+    return float(np.sum((d @ h.astype(np.float64)) * d))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from edgeship.converter import ConvertOptions, convert
 from edgeship.converter._adaround import output_error, patches, round_rows
 from onnx import TensorProto, helper, numpy_helper
@@ -195,3 +196,44 @@ def test_a_model_without_weight_layers_has_no_grams() -> None:
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
     assert collect_grams(Graph.from_model(m), {"x": np.ones((3, 4), np.float32)}) == {}
+
+
+def test_grams_are_the_same_whatever_the_rows_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows wait and are added to the Grams in stacks (converter/_learned.py _flush): with
+    a budget so small that some layer is flushed after every sample, each layer's H and
+    row count are those of one big stack (no row lost or counted twice), for a plain, a
+    grouped Conv and a Gemm."""
+    from edgeship.converter import _learned
+    from edgeship.converter._ir import Graph
+
+    rng = np.random.default_rng(3)
+    inits = {
+        "w1": rng.normal(size=(8, 4, 3, 3)).astype(np.float32),
+        "w2": rng.normal(size=(8, 1, 3, 3)).astype(np.float32),  # depthwise
+        "w3": rng.normal(size=(5, 8 * 6 * 6)).astype(np.float32),
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+            helper.make_node("Conv", ["a", "w2"], ["b"], pads=[1, 1, 1, 1], group=8),
+            helper.make_node("Flatten", ["b"], ["f"]),
+            helper.make_node("Gemm", ["f", "w3"], ["y"], transB=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    feeds = {"x": rng.normal(size=(12, 4, 6, 6)).astype(np.float32)}
+    monkeypatch.setattr(_learned, "FLUSH_VALUES", 1 << 30)
+    once = _learned.collect_grams(Graph.from_model(m), feeds)
+    monkeypatch.setattr(_learned, "FLUSH_VALUES", 64)
+    stacked = _learned.collect_grams(Graph.from_model(m), feeds)
+    assert set(once) == set(stacked) == {"w1", "w2", "w3"}
+    for name, layer in once.items():
+        assert layer.gram is not None and stacked[name].gram is not None
+        assert stacked[name].rows == layer.rows > 0
+        scale = float(np.abs(layer.gram).max())  # float32 products: summed in another order
+        np.testing.assert_allclose(stacked[name].gram, layer.gram, rtol=1e-5, atol=1e-5 * scale)
