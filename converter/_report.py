@@ -339,8 +339,9 @@ def to_html(r: Report) -> str:
 def _learned_line(lr: dict[str, Any] | None) -> str | None:
     if not lr:
         return None
-    return (f"{lr['seconds']:.2f} (Gram matrices {lr['gram_seconds']:.2f}, rounding "
-            f"{lr['rounding_seconds']:.2f}; {lr['weights']} weights)")
+    return (f"{lr['seconds']:.2f} (Gram matrices {lr['gram_seconds']:.2f} beside "
+            f"calibration, {lr.get('gram_wait_seconds', lr['gram_seconds']):.2f} waited for; "
+            f"rounding {lr['rounding_seconds']:.2f}; {lr['weights']} weights)")
 
 
 def verdict_line(report: Report) -> str:
