@@ -19,13 +19,15 @@ TFLite (LiteRT) against the fp32 model on the eval set (top-1 agreement, CTC str
 the MLP fixture: accuracy on its labels, fp32's in ``fp32``), the ONNX output SQNR, the
 conversion time (report.json, --eval excluded) and the part of it learned rounding took,
 and which steps ran. Real models get bench_realworld's inputs (64 calibration / 32 eval
-samples, disjoint). Writes results/ablation.json.
+samples, disjoint). Writes results/ablation.json after each row (``--append`` keeps the
+rows of earlier runs that this one does not measure again).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import tempfile
@@ -38,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _realworld_models as models
 import _realworld_run as run
-from _common import ROOT, print_machine, print_table, quick, write_result
+from _common import ROOT, print_machine, print_table, quick, results_dir, write_result
 from _realworld_inputs import CALIB, EVAL
 
 FIX = ROOT / "tests" / "fixtures"
@@ -164,6 +166,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calib", type=int, default=64, help="calibration samples (real models)")
     parser.add_argument("--eval", type=int, default=32, help="eval samples (real models)")
     parser.add_argument("--quick", action="store_true", help="16 calibration / 8 eval samples")
+    parser.add_argument("--append", action="store_true",
+                        help="keep results/ablation.json's other rows (a model and configuration "
+                        "measured again replaces its row)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgeship-bench")
     opts = parser.parse_args(argv)
     opts.models = [m for m in opts.models.split(",") if m]
@@ -183,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     print_machine()
     began = time.monotonic()
+    command = "python hw-bench/bench_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    kept, runs = previous(opts.append)
+    runs.append({"command": command.strip(), "samples": {"calib": opts.calib, "eval": opts.eval}})
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgeship-ablation-") as tmp:
         work = Path(tmp)
@@ -195,16 +203,37 @@ def main(argv: list[str] | None = None) -> int:
                 row = convert_one(case, config, work)
                 print({k: row.get(k) for k in COLUMNS if row.get(k) is not None}, flush=True)
                 rows.append(row)
+                save(kept, rows, runs, time.monotonic() - began)  # each row as it comes
+    rows = merged(kept, rows)
     print_table([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS),
                 title="accuracy steps on/off (issue 15): task metric vs fp32 (MLP: accuracy on "
                 "labels), ONNX and TFLite; conversion and learned-rounding seconds")
-    minutes = round((time.monotonic() - began) / 60.0, 1)
-    print(f"took {minutes} min", flush=True)
-    command = "python hw-bench/bench_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_result("ablation", {"command": command.strip(), "minutes": minutes, "rows": rows,
-                              "samples": {"calib": opts.calib, "eval": opts.eval},
-                              "configs": CONFIGS})
+    print(f"took {round((time.monotonic() - began) / 60.0, 1)} min", flush=True)
     return 0
+
+
+def previous(append: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """With --append: the rows and runs results/ablation.json already holds."""
+    path = results_dir() / "ablation.json"
+    if not append or not path.exists():
+        return [], []
+    data = json.loads(path.read_text())
+    return list(data.get("rows", [])), list(data.get("runs", []))
+
+
+def merged(kept: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``kept`` without the (model, config) pairs measured again, then ``rows``; in model
+    order, configurations in CONFIGS order."""
+    new = {(r["model"], r["config"]) for r in rows}
+    out = [r for r in kept if (r["model"], r["config"]) not in new] + rows
+    order = list(dict.fromkeys(r["model"] for r in out))
+    return sorted(out, key=lambda r: (order.index(r["model"]), list(CONFIGS).index(r["config"])))
+
+
+def save(kept: list[dict[str, Any]], rows: list[dict[str, Any]], runs: list[dict[str, Any]],
+         seconds: float) -> None:
+    write_result("ablation", {"rows": merged(kept, rows), "runs": runs,
+                              "minutes": round(seconds / 60.0, 1), "configs": CONFIGS})
 
 
 if __name__ == "__main__":
