@@ -277,6 +277,7 @@ def to_html(r: Report) -> str:
                 f"{r.profile['samples']} samples" if r.profile else None,
             ),
             ("conversion time (s)", r.conversion_seconds),
+            ("learned rounding time (s)", _learned_line(r.extra.get("learned_rounding"))),
         ]
     )
     layers = _table(
@@ -335,6 +336,14 @@ def to_html(r: Report) -> str:
 
 
 # ---------------------------------------------------------------- verdict
+def _learned_line(lr: dict[str, Any] | None) -> str | None:
+    if not lr:
+        return None
+    return (f"{lr['seconds']:.2f} (Gram matrices {lr['gram_seconds']:.2f} beside "
+            f"calibration, {lr.get('gram_wait_seconds', lr['gram_seconds']):.2f} waited for; "
+            f"rounding {lr['rounding_seconds']:.2f}; {lr['weights']} weights)")
+
+
 def verdict_line(report: Report) -> str:
     """One line: the fidelity reached, against the ``--max-drop`` target when one was set,
     and the accuracy steps that ran (as the guards of converter/_steps.py decided them);

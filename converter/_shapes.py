@@ -10,6 +10,7 @@ chains into constant ``Reshape`` shapes (what TFLite and the int8 plan need).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -21,6 +22,9 @@ from edgeship._errors import ConversionError
 from ._ir import Graph
 
 MAX_FOLD_ROUNDS = 8  # each round exposes one more level of Shape; real models need 2-3
+# float initializers up to this many elements go into shape inference as data (a Resize's
+# scales, a constant folded into a shape computation); larger ones are weights, typed only
+SHAPE_OPERAND_LIMIT = 64
 
 InputShapes = tuple[tuple[str, tuple[int, ...]], ...]
 
@@ -134,7 +138,14 @@ def fold_shapes(graph: Graph, log: list[str], fold: Callable[[Graph, list[str]],
 
 def infer_graph_shapes(graph: Graph) -> bool:
     """Refresh ``graph.value_info`` from onnx shape inference; False when it fails."""
-    model = graph.to_model()
+    # float weights larger than any shape operand go in as typed inputs, not data: the
+    # inferred shapes are the same, without copying a model's megabytes into and out of
+    # onnx's C++ side on every round (fold_shapes runs this up to MAX_FOLD_ROUNDS times)
+    weights = {
+        name for name, arr in graph.inits.items()
+        if arr.size > SHAPE_OPERAND_LIMIT and arr.dtype.kind == "f"
+    }
+    model = _typed_weights(graph, weights).to_model()
     del model.graph.value_info[:]  # from the inputs and constants only: a wrong declared
     for out in model.graph.output:  # shape (onnxruntime runs such models) folds nothing
         out.type.tensor_type.ClearField("shape")
@@ -143,8 +154,29 @@ def infer_graph_shapes(graph: Graph) -> bool:
     except Exception:  # an op onnx cannot infer: keep what we have, fold no further
         return False
     g = inferred.graph
-    graph.value_info = {v.name: v for v in [*g.value_info, *g.input, *g.output]}
+    graph.value_info = {
+        v.name: v for v in [*g.value_info, *g.input, *g.output] if v.name not in weights
+    }
     return True
+
+
+def _typed_weights(graph: Graph, names: set[str]) -> Graph:
+    """A view of ``graph`` whose initializers ``names`` are graph inputs of their type and
+    shape (nodes and other arrays shared; ``graph`` itself is not changed)."""
+    if not names:
+        return graph
+    typed = [
+        onnx.helper.make_tensor_value_info(
+            n, onnx.helper.np_dtype_to_tensor_dtype(graph.inits[n].dtype), graph.inits[n].shape
+        )
+        for n in graph.inits
+        if n in names
+    ]
+    return dataclasses.replace(
+        graph,
+        inits={k: v for k, v in graph.inits.items() if k not in names},
+        inputs=[*graph.inputs, *typed],
+    )
 
 
 def _shapes_to_constants(graph: Graph, log: list[str]) -> int:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -139,7 +140,17 @@ def run_tool(tool: str, spec: Spec, model: Path, calib: Path, work: Path, dynami
                 "peak_rss_mb": result.peak_rss_mb,
                 "error": result.error_line() or (note_line(result.output) if tool.startswith("edgeship")
                                                  and "tflite" not in formats else None)})
+    row["lr_s"] = learned_rounding_s(out) if tool.startswith("edgeship") else None
     return row, out
+
+
+def learned_rounding_s(out: Path) -> float | None:
+    """Seconds the conversion spent in learned rounding (report.json; None when it did not run)."""
+    try:
+        report = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return (report.get("learned_rounding") or {}).get("seconds")
 
 
 def measure_int8(spec: Spec, row: dict[str, Any], out: Path, ref: dict[str, Any],
@@ -266,6 +277,10 @@ def bench_model(spec: Spec, opts: argparse.Namespace, work: Path) -> tuple[dict[
             row.update(edgeship_targets(row, ort_row))
         if ort_row and ort_row.get("convert_s") and row["tool"].startswith("edgeship"):
             row["time_vs_ort"] = round(row["convert_s"] / ort_row["convert_s"], 2)
+            # issue 15: learned rounding "may take longer and is reported separately"
+            if row.get("lr_s") is not None:
+                row["time_vs_ort_no_lr"] = round(
+                    (row["convert_s"] - row["lr_s"]) / ort_row["convert_s"], 2)
     if not opts.keep:
         shutil.rmtree(mwork, ignore_errors=True)
     return info, rows
@@ -276,7 +291,7 @@ ROW_KEYS = ("model", "formats", "sqnr_db", "metric", "tflite_metric", "litert_ag
             "latency_ratio", "size_ratio", "convert_s", "time_vs_ort", "peak_rss_mb", "exit", "error",
             "tool")
 COLUMNS = ["tool", "exit", "formats", "sqnr_db", "metric", "tflite_metric", "litert_agreement",
-           "latency_ratio", "size_ratio", "convert_s", "time_vs_ort", "peak_rss_mb", "both_formats",
+           "latency_ratio", "size_ratio", "convert_s", "time_vs_ort", "lr_s", "time_vs_ort_no_lr", "peak_rss_mb", "both_formats",
            "rss", "litert", "speed", "refusal", "error"]
 
 

@@ -306,5 +306,10 @@ def _summary(report: Any, out: Path, wall_s: float) -> None:
     _targets_summary(report)
     # wall-clock from the command's start (start-up, imports, --eval and writing included);
     # the report's phase timings are in report.json
-    click.echo(f"  time      {wall_s:.2f} s; report: {out}/report.html")
+    lr = report.extra.get("learned_rounding")
+    lr_part = (f" (learned rounding {lr['seconds']:.1f} s of it: Gram matrices "
+               f"{lr['gram_seconds']:.1f} s beside calibration, "
+               f"{lr.get('gram_wait_seconds', lr['gram_seconds']):.1f} s waited for, "
+               f"rounding {lr['rounding_seconds']:.1f} s)" if lr else "")
+    click.echo(f"  time      {wall_s:.2f} s{lr_part}; report: {out}/report.html")
     click.echo(verdict_line(report))
