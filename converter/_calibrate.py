@@ -196,6 +196,9 @@ def collect(
             sess, first = batched, None
     starts = sorted({*range(0, count, batch), *([mean_split] if 0 < mean_split < count else [])})
     head: dict[str, np.ndarray] = {}
+    # rows summed per tensor: the samples, or more where axis 0 is not the batch (a Gemm
+    # input [T, K] of a batch-1 graph: its mean row is what bias correction needs)
+    rows: dict[str, int] = {}
     lo: dict[str, np.ndarray] = {}
     hi: dict[str, np.ndarray] = {}
     with _progress_bar(progress, count) as advance:
@@ -203,14 +206,14 @@ def collect(
             sample = {k: v[i:end] for k, v in feeds.items()}
             values = first if i == 0 and first is not None else _run(sess, fetch, sample, i)
             first = None
-            _accumulate(sums, mean_of, fetch, sample, values)
+            _accumulate(sums, mean_of, fetch, sample, values, rows)
             _channel_range(lo, hi, channels_of, fetch, values)
             _update(stats, fetch, sample, values)
             del values  # before the next run allocates its outputs
             if end == mean_split:
-                head = {k: (v / mean_split).astype(np.float32) for k, v in sums.items()}
+                head = {k: (v / rows[k]).astype(np.float32) for k, v in sums.items()}
             advance(end - i)
-    means = {k: (v / count).astype(np.float32) for k, v in sums.items()}
+    means = {k: (v / rows[k]).astype(np.float32) for k, v in sums.items()}
     return Collected(stats, batch, tensor_bytes, means, head or means, lo, hi)
 
 
@@ -239,8 +242,10 @@ def _accumulate(
     fetch: list[str],
     sample: dict[str, np.ndarray],
     values: list[Any],
+    rows: dict[str, int],
 ) -> None:
-    """Add this run's samples of the ``mean_of`` tensors to their running sums."""
+    """Add this run's samples of the ``mean_of`` tensors to their running sums (and the
+    rows summed to ``rows``)."""
     if not mean_of:
         return
     found = [(k, v) for k, v in sample.items() if k in mean_of]
@@ -251,8 +256,10 @@ def _accumulate(
         part = v.sum(axis=0, dtype=np.float64)
         if name in sums and sums[name].shape == part.shape:
             sums[name] += part
+            rows[name] += v.shape[0]
         elif name not in sums:
             sums[name] = part
+            rows[name] = v.shape[0]
 
 
 def _run(sess: Any, fetch: list[str], sample: dict[str, np.ndarray], i: int) -> list[Any]:
