@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edgeship.agent._ota_state import OtaState, decode_state, encode_state
 from edgeship.agent._state_check import state_problem
-from edgeship.sdk._fileio import fsync_dir, read_head, write_atomic
+from edgeship.sdk._fileio import fsync_dir, lock_file, read_head, write_atomic
 
 from edgeship._errors import ConfigError, EdgeshipError, UpdateError
 
@@ -188,24 +188,15 @@ class Store:
 @contextlib.contextmanager
 def data_dir_lock(data_dir: Path) -> Iterator[None]:
     """Hold ``data_dir``'s agent lock (one daemon or one install at a time)."""
-    import fcntl
-
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / LOCK_NAME
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise ConfigError(f"an agent runs on {data_dir} (its lock is held): stop it "
-                              "before installing a bundle") from exc
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # its last holder removed that file after we opened it: take the new one
+    try:
+        fd = lock_file(path)
+    except BlockingIOError as exc:
+        raise ConfigError(f"an agent runs on {data_dir} (its lock is held): stop it "
+                          "before installing a bundle") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot take the agent lock: {exc}") from exc
     try:
         yield
     finally:

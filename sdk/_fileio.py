@@ -76,3 +76,27 @@ def write_atomic(path: Path, data: bytes, *, mode: int | None = None,
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def lock_file(path: Path, *, tries: int = 100) -> int:
+    """An fd holding an exclusive flock on the file that ``path`` names right now
+    (created if missing). Raises BlockingIOError when another process holds it, and
+    OSError when the file keeps being replaced under us (a holder removes it as it
+    lets go: a file opened just before that is not the one the next taker locks)."""
+    import fcntl
+
+    for _ in range(tries):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:  # removed by the holder we waited for
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+    raise OSError(f"the lock file {path} keeps being replaced")

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeship.sdk._fileio import lock_file
 from edgeship.sdk.fleet._fleetsql import Engine, connect, default_url
 from edgeship.sdk.fleet._rollout import Rollout
 from edgeship.sdk.fleet._rollout_control import wave_attempt
@@ -336,21 +337,10 @@ class FleetDB:
 
 def _lock_file(path: Path, key: str) -> int:
     """An fd holding an exclusive flock on the file that ``path`` names right now."""
-    import fcntl
-
-    for _ in range(100):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise ConfigError(f"another `fleet push` is running this rollout ({key}); "
-                              f"lock {path}") from exc
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:  # removed by the holder we waited for
-            same = False
-        if same:
-            return fd
-        os.close(fd)
-    raise ConfigError(f"cannot take the rollout lock {path} (it keeps being replaced)")
+    try:
+        return lock_file(path)
+    except BlockingIOError as exc:
+        raise ConfigError(f"another `fleet push` is running this rollout ({key}); "
+                          f"lock {path}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot take the rollout lock {path}: {exc.strerror or exc}") from exc
