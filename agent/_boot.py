@@ -94,6 +94,10 @@ class Boot:
         self.device_key = load_device_key(config.encryption)
         self.root_key = read_root(config.root_key)
         self.broker_password = read_secret(config.broker.password_file)  # a bad one stops it
+        if config.broker.tls:  # read again by the MQTT session, which begins after serving
+            from edgeship.sdk.transport._tls import check_tls_files
+
+            check_tls_files(config.broker.ca, config.broker.cert, config.broker.key)
         self.metrics = Metrics()
         self.service = AgentService(config.model.name, self.metrics, fallback_of(config))
         self.taps = Taps(self.service, lambda: self.metrics.registry, drift_config=config.drift,

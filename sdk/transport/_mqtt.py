@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
+from edgeship.sdk.transport._tls import tls_files_error
 from edgeship.sdk.transport._topics import (
     Message,
     Topics,
@@ -34,7 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeship._errors import ConfigError, TransportError
+from edgeship._errors import TransportError
 
 __all__ = ["Message", "MqttEdge", "Topics", "parse_broker_url", "request_topic", "requester",
            "topics"]
@@ -84,8 +85,7 @@ class MqttEdge:
                 client.tls_set(ca_certs=ca or None, certfile=cert or None, keyfile=key or None,
                                cert_reqs=ssl.CERT_REQUIRED)
             except (OSError, ssl.SSLError) as exc:  # paho reads the files here
-                raise ConfigError(f"broker TLS files (ca {ca or '-'}, cert {cert or '-'}, key "
-                                  f"{key or '-'}): {exc.strerror or exc}") from exc
+                raise tls_files_error(ca, cert, key, exc) from exc
         if will is not None:
             client.will_set(will[0], will[1], qos=1, retain=will[2])
         client.reconnect_delay_set(max(1, int(min_backoff)), max(1, int(max_backoff)))
