@@ -14,6 +14,7 @@ a model without that entry (an older or foreign one) is parsed as before.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,7 @@ class QuantHints:
         from onnx import numpy_helper
 
         scalars = {i.name: numpy_helper.to_array(i) for i in graph.initializer
-                   if int(_size(i.dims)) == 1}
+                   if math.prod(i.dims) == 1}
         int_inputs = {v.name for v in graph.input if v.type.tensor_type.elem_type in _INT_TYPES}
         outputs = {v.name: v.type.tensor_type.elem_type for v in graph.output}
         edges: dict[str, EdgeParams] = {}
@@ -95,7 +96,7 @@ def hints_from_metadata(metadata: dict[str, str]) -> QuantHints | None:
 def hints_from_model_bytes(data: bytes) -> QuantHints:
     """Parse the model for its hints; empty without the ``onnx`` package, for a model that
     has no Q/DQ node at all (not even parsed) or one that ``onnx`` cannot read."""
-    if b"DequantizeLinear" not in data and b"QuantizeLinear" not in data:
+    if b"QuantizeLinear" not in data:  # also the tail of every DequantizeLinear
         return QuantHints()
     try:
         import onnx
@@ -114,9 +115,3 @@ def _int_type(name: Any) -> str:
         raise TypeError(f"edge type {name!r}")
     return str(name)
 
-
-def _size(dims: Any) -> int:
-    n = 1
-    for d in dims:
-        n *= int(d)
-    return n
