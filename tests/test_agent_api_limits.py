@@ -231,3 +231,26 @@ def test_choose_victim_per_peer_and_in_total() -> None:
     assert choose_victim([a2, Conn(4, "a", None, "working")], "a", limits) == REFUSE
     full = [a1, a2, b3, Conn(5, "c", None, "reading", since=0.0)]
     assert choose_victim(full, "d", limits) == 3  # the longest waiting of all
+
+
+def test_a_connection_waits_since_it_was_admitted_not_since_its_thread_started() -> None:
+    """Threads of two idle connections may start in either order: the first admitted stays
+    the longest waiting (CI evicted the second one when its thread ran first)."""
+    from edgeship.sdk.serving._v2conns import Connections, Limits
+
+    conns = Connections(Limits(max_connections=2, max_per_peer=2))
+    socks = [socket.socket() for _ in range(3)]
+    try:
+        first = conns.admit(socks[0], "p")
+        second = conns.admit(socks[1], "p")
+        assert first is not None and second is not None
+        time.sleep(0.01)
+        conns.phase(second, "waiting")  # the second's thread reached its read first
+        conns.phase(first, "waiting")
+        assert conns.admit(socks[2], "p") is not None
+        remaining = {c.id for c in conns._conns.values()}
+        assert first not in remaining and second in remaining
+    finally:
+        conns.close()
+        for sock in socks:
+            sock.close()

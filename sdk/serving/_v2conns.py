@@ -92,14 +92,17 @@ class Connections:
             if victim is not None:
                 self._close(self._conns.pop(victim))
             conn = Conn(id=next(self._ids), peer=peer, sock=sock)
-            self._conns[conn.id] = conn
             self._enter(conn, "waiting")
+            self._conns[conn.id] = conn
             return conn.id
 
     def phase(self, conn_id: int, phase: str) -> None:
         with self._lock:
             conn = self._conns.get(conn_id)
-            if conn is not None:
+            # staying in a phase keeps its start: a connection's thread enters "waiting"
+            # after admit() did, and restarting the clock there let a later connection look
+            # older than one its thread had not reached yet (the wrong one was evicted)
+            if conn is not None and conn.phase != phase:
                 self._enter(conn, phase)
 
     def leave(self, conn_id: int) -> None:
