@@ -79,6 +79,25 @@ def test_broker_outage_mid_download_resumes(tmp_path: Path, mosquitto: Mosquitto
     assert final["ota_bytes_received"] <= size + (chunks + 1) * 62 + CHUNK
 
 
+def _outbox_reaches(url: str, count: int, timeout_s: float) -> bool:
+    """Whether the agent's outbox gauge reaches ``count`` messages in time."""
+    import re
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+                metrics = resp.read().decode()
+        except OSError:  # not listening yet
+            metrics = ""
+        found = re.search(r"^edgeship_outbox_messages (\S+)$", metrics, re.M)
+        if found and float(found.group(1)) >= count:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def test_telemetry_waits_in_the_outbox_until_the_broker_is_back(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path)  # not started yet: the agent starts offline
     keys = make_keys(tmp_path)
@@ -87,14 +106,12 @@ def test_telemetry_waits_in_the_outbox_until_the_broker_is_back(tmp_path: Path) 
     agent = AgentProc(cfg, port).start()
     got: list[dict[str, Any]] = []
     try:
-        time.sleep(3.2)  # about three heartbeats and a status, all queued
-        offline_until = time.time()
         import json
-        import urllib.request
 
-        with urllib.request.urlopen(f"{agent.url}/metrics") as resp:
-            metrics = resp.read().decode()
-        assert "edgeship_outbox_messages" in metrics
+        # a status and three heartbeats queued (about 3 s idle; polled, as a loaded machine
+        # starts the agent late and a fixed sleep found nothing queued yet)
+        assert _outbox_reaches(agent.url, 4, timeout_s=60)
+        offline_until = time.time()
         broker.start()
         sub = MqttEdge(broker.url, client_id="tele-sub", subscriptions=[
             "edgeship/t/dev-1/telemetry", "edgeship/t/dev-1/status"],

@@ -27,6 +27,9 @@ import pytest
 from conftest import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# the module's fixture runs ~90 CLI processes (six at a time) before its first test: about
+# a minute on an idle machine, more than the suite's 300 s per test on a loaded one
+pytestmark = pytest.mark.timeout(1200)
 
 
 @dataclass(frozen=True, kw_only=True)
