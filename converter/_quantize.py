@@ -398,9 +398,7 @@ def build_qdq(
     on bias correction: each such layer's int32 bias absorbs the mean shift its rounded
     weights cause (converter/_bias_correct.py)."""
     assert not (fused_pre_tensors(graph, plan.fused) & set(plan.params))
-    exact_pool_scales(graph, plan)
-    tie_free_pool_scales(graph, plan)
-    tie_free_add_scales(graph, plan)  # onnxruntime and LiteRT: the same int8 sums
+    tie_free_plan(graph, plan)
     b = _Builder(graph, plan, policy or WeightPolicy(), io, input_means=input_means)
     b.build()
     q = Graph(
@@ -415,6 +413,15 @@ def build_qdq(
     )
     q.prune_unused()
     return q.to_model(), b.weights, b.tensor_map
+
+
+def tie_free_plan(graph: Graph, plan: Plan) -> int:
+    """The plan's scale moves that make onnxruntime and LiteRT round alike: pools, then
+    Adds/Subs of two activations (updates ``plan.params``; idempotent). Returns how many
+    Adds moved."""
+    exact_pool_scales(graph, plan)
+    tie_free_pool_scales(graph, plan)
+    return tie_free_add_scales(graph, plan)  # onnxruntime and LiteRT: the same int8 sums
 
 
 MAX_POOL_SCALE_ULPS = 64  # how far (float32 steps) a pooled scale may move; 4e-6 relative
