@@ -6,11 +6,16 @@ there, and agree on every input with the scale chosen now."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import onnx
+import pytest
 from edgeship.converter._tflite_fb import FbGraph, FbOp, FbQuant, FbTensor, serialize
 from edgeship.converter._tie_search import run_probe
 from edgeship.sdk.runtime._runtime_litert import interpreter_module
 from onnx import TensorProto, helper, numpy_helper
+from onnx_graphs import save_one_io_model
 
 WIDTH = 120  # the LayerNorm's channels
 X = (0.02977205067873001, -119)  # its input
@@ -107,3 +112,56 @@ def test_layernorm_output_add_of_beta_gets_a_scale_both_runtimes_round_alike() -
     chosen = agreeing_const_add_scale(SCALED[0], SCALED[1], BETA_CODES, BETA_SCALE, OUTPUT[0], OUTPUT[1])
     assert chosen is not None and chosen != OUTPUT[0] and abs(chosen / OUTPUT[0] - 1) < 1e-3
     assert np.array_equal(_litert_const_add(SCALED, codes, BETA_SCALE, (chosen, OUTPUT[1])), ort(chosen))
+
+
+def _ln_model(path: Path, width: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    inits = {"w1": rng.normal(size=(width, width)) * 0.3, "gamma": rng.uniform(0.5, 1.5, width),
+             "beta": rng.normal(size=width) * 0.2, "w2": rng.normal(size=(width, 16)) * 0.3}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]),
+             helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["n"], name="ln", axis=-1, epsilon=1e-5),
+             helper.make_node("MatMul", ["n", "w2"], ["y"])]
+    return save_one_io_model(path, nodes, inits, [1, 24, width], opset=17, name="ln")
+
+
+def _apart(written: Path) -> dict[str, int]:
+    """Per step of the written LayerNorm chain: on how many of all its possible inputs
+    LiteRT's kernel (the TFLite file's op, run alone) and onnxruntime's (the chain's nodes)
+    give different codes."""
+    model = onnx.load(written)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+    def qp(name: str) -> tuple[float, int]:
+        return float(inits[f"{name}_s"]), int(inits[f"{name}_z"]) - 128
+
+    width = int(inits["n/beta_q"].size)
+    apart = {}
+    for source, step in (("x", "mean"), ("squared", "variance")):  # x: the MatMul output "h"
+        src = qp("h") if source == "x" else qp(f"n/{source}")
+        lite, ort = _means(_every_sum(width, src[1]), src, qp(f"n/{step}"))
+        apart[step] = int((lite != ort).sum())
+    for step, source, const in (("n/variance_eps", "n/variance", "n/eps"), ("n", "n/scaled", "n/beta")):
+        codes = np.unique(inits[f"{const}_q"].astype(np.int64))
+        grid = np.repeat(np.arange(-128, 128)[:, None], codes.size, axis=1)
+        x, y, scale = qp(source), qp(step), float(inits[f"{const}_s"])
+        from edgeship.converter._layernorm_ties import _const_add_probe
+
+        probe = _const_add_probe(x[0], x[1], codes, scale, [y[0]], y[1])
+        ort_codes = run_probe(probe, {"x": (grid + 128).astype(np.uint8)})[0].astype(np.int64) - 128
+        apart[step] = int((_litert_const_add(x, codes, scale, y) != ort_codes).sum())
+    return apart
+
+
+@pytest.mark.parametrize("seed", [14, 27])  # before: the output Add 2 codes apart / the variance 1
+def test_converted_layernorm_steps_agree_on_every_input(tmp_path: Path, seed: int) -> None:
+    """A converted LayerNorm: each step the TFLite file computes gives onnxruntime's codes
+    for every input it can get. The two fixtures' calibrated scales put the output
+    Add(scaled, beta) (seed 14) and the variance MEAN (seed 27) on ties before."""
+    from edgeship.converter import ConvertOptions, convert
+
+    width = 120
+    x = (np.random.default_rng(seed).normal(size=(16, 24, width)) * 2).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    convert(_ln_model(tmp_path / "ln.onnx", width, seed), tmp_path / "calib.npz", tmp_path / "out",
+            ConvertOptions(formats=("onnx", "tflite")))
+    assert _apart(tmp_path / "out" / "model.int8.onnx") == {"mean": 0, "variance": 0, "n/variance_eps": 0, "n": 0}
