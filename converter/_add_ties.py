@@ -41,9 +41,9 @@ GRID_A, GRID_B = (g.ravel() for g in np.meshgrid(_Q, _Q))  # every pair of int8 
 
 
 def tie_free_add_scales(graph: Graph, plan: Plan) -> int:
-    """Move each quantized two-activation Add's output scale to one both runtimes round
-    alike on every input pair (updates ``plan.params``; idempotent). Returns how many
-    moved."""
+    """Move each quantized Add/Sub's output scale (of two activations, or of an activation
+    and a constant) to one both runtimes round alike on every input pair (updates
+    ``plan.params``; idempotent). Returns how many moved."""
     moved = 0
     for node in graph.nodes:
         if node.op_type not in ("Add", "Sub") or not plan.is_quantized_node(node) or len(node.input) != 2:
@@ -51,15 +51,84 @@ def tie_free_add_scales(graph: Graph, plan: Plan) -> int:
         y = node.output[0]
         if y in graph.output_names or y not in plan.params:
             continue
-        if any(i not in plan.params for i in node.input):
-            continue  # a constant operand: its parameters are the builder's
-        a, b, out = plan.params[node.input[0]], plan.params[node.input[1]], plan.params[y]
-        scale = agreeing_scale(a.scale, a.zero_point, b.scale, b.zero_point, out.scale, out.zero_point,
-                               node.op_type)
+        out = plan.params[y]
+        if all(i in plan.params for i in node.input):
+            a, b = plan.params[node.input[0]], plan.params[node.input[1]]
+            scale = agreeing_scale(a.scale, a.zero_point, b.scale, b.zero_point, out.scale, out.zero_point,
+                                   node.op_type)
+        else:
+            scale = _const_operand_scale(graph, plan, node, out)
         if scale is not None and scale != out.scale:
             _set_downstream(graph, plan, y, out, QParams(scale, out.zero_point))
             moved += 1
     return moved
+
+
+def _const_operand_scale(graph: Graph, plan: Plan, node: onnx.NodeProto, out: QParams) -> float | None:
+    """The agreeing output scale of an Add/Sub of one activation and one constant, the
+    constant quantized as the QDQ builder does (int8 per tensor, symmetric, stored uint8)."""
+    from ._quantize import symmetric_scales  # the builder's own rule (it imports this module)
+
+    consts = [graph.is_const(i) and i not in plan.params for i in node.input]
+    if consts.count(True) != 1 or any(i not in plan.params for i, c in zip(node.input, consts, strict=True) if not c):
+        return None
+    const_at = consts.index(True)
+    x = plan.params[node.input[1 - const_at]]
+    c = graph.inits[node.input[const_at]].astype(np.float32)
+    if not c.size:
+        return None
+    scale = float(symmetric_scales(c, None)[0])
+    codes = np.unique(np.clip(np.round(c / scale), -127, 127).astype(np.int64))
+    return agreeing_const_scale(x.scale, x.zero_point, tuple(int(v) for v in codes), scale, out.scale,
+                                out.zero_point, node.op_type, const_first=const_at == 0)
+
+
+@lru_cache(maxsize=1024)
+def agreeing_const_scale(sx: float, zx: int, codes: tuple[int, ...], sc: float, so: float, zo: int,
+                         op: str = "Add", *, const_first: bool = False, const_int8: bool = False) -> float | None:
+    """The first float32 output scale ``so / (1 + k STEP)`` on which onnxruntime and XNNPACK
+    give the same code for ``x op c`` (``c op x`` with ``const_first``) for every int8 x and
+    every constant code in ``codes`` (zero point 0, scale ``sc``); None if none of
+    MAX_TRIES does. onnxruntime runs the form the file has: the constant stored as uint8 =
+    int8 + 128 (the QDQ builder's constant operands) or int8 (``const_int8``: the
+    LayerNorm chain's gamma/beta/eps, converter/_layernorm_qdq.py)."""
+    const = np.array(codes, np.int64)
+    grid_x = np.repeat(_Q[:, None], const.size, axis=1)
+    grid_c = np.broadcast_to(const[None, :], grid_x.shape)
+    a, b = (grid_c, grid_x) if const_first else (grid_x, grid_c)
+    (sa, za), (sb, zb) = ((sc, 0), (sx, zx)) if const_first else ((sx, zx), (sc, 0))
+
+    def agrees(scale: float, ort: np.ndarray) -> bool:
+        return np.array_equal(ort, xnnpack_add(a, b, sa, za, sb, zb, scale, zo, subtract=op == "Sub"))
+
+    def onnxruntime_codes(scales: list[float]) -> list[np.ndarray]:
+        probe = const_probe(sx, zx, const, sc, scales, zo, op, const_first=const_first, const_int8=const_int8)
+        return [o.astype(np.int64) - 128 for o in run_probe(probe, {"x": (grid_x + 128).astype(np.uint8)})]
+
+    return first_agreeing_scale(so, STEP, MAX_TRIES, BATCH, onnxruntime_codes, agrees)
+
+
+def const_probe(sx: float, zx: int, const: np.ndarray, sc: float, scales: list[float], zo: int,
+                op: str = "Add", *, const_first: bool = False, const_int8: bool = False) -> onnx.GraphProto:
+    """DQ(x uint8 [256, K]) op DQ(constant [K]) -> Q(uint8), one DQ pair per output scale
+    (as each node of the file has its own)."""
+    shape = [256, int(const.size)]
+    stored = (const.astype(np.int8), np.array(0, np.int8)) if const_int8 else \
+        ((const + 128).astype(np.uint8), np.array(128, np.uint8))
+    inits = [_scalar("x_s", sx, np.float32), _scalar("x_z", zx + 128, np.uint8),
+             numpy_helper.from_array(stored[0], "c_q"), _scalar("c_s", sc, np.float32),
+             numpy_helper.from_array(stored[1], "c_z"), _scalar("y_z", zo + 128, np.uint8)]
+    nodes, outputs = [], []
+    for k, scale in enumerate(scales):
+        inits.append(_scalar(f"y_s{k}", scale, np.float32))
+        operands = [f"c{k}", f"x{k}"] if const_first else [f"x{k}", f"c{k}"]
+        nodes += [helper.make_node("DequantizeLinear", ["x", "x_s", "x_z"], [f"x{k}"]),
+                  helper.make_node("DequantizeLinear", ["c_q", "c_s", "c_z"], [f"c{k}"]),
+                  helper.make_node(op, operands, [f"s{k}"]),
+                  helper.make_node("QuantizeLinear", [f"s{k}", f"y_s{k}", "y_z"], [f"y{k}"])]
+        outputs.append(helper.make_tensor_value_info(f"y{k}", TensorProto.UINT8, shape))
+    return helper.make_graph(nodes, "const_add_ties", [helper.make_tensor_value_info("x", TensorProto.UINT8, shape)],
+                             outputs, inits)
 
 
 @lru_cache(maxsize=4096)

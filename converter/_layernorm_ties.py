@@ -22,22 +22,17 @@ variance) one value each in 2 lines. Per step:
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
-from ._add_ties import BATCH, MAX_TRIES, STEP, agreeing_scale, xnnpack_add
+from ._add_ties import agreeing_const_scale, agreeing_scale
 from ._ir import Graph
 from ._mean_ties import tie_free_mean_scale
 from ._plan import Plan, QParams
 from ._pool_ties import _set_downstream
 from ._rsqrt_ties import match_rstd
-from ._tie_search import first_agreeing_scale, run_probe
 
 Steps = dict[str, list[float]]  # step -> [scale, zero point], as converter/_layernorm.py keeps them
-_CODES = np.arange(-128, 128, dtype=np.int64)
 
 
 def int8_vector(values: np.ndarray) -> tuple[np.ndarray, float]:
@@ -83,8 +78,8 @@ def _mean(s_in: float, z_in: int, n: int, step: list[float]) -> list[float]:
 
 def _const_add(x: list[float], values: np.ndarray, step: list[float]) -> list[float]:
     codes, scale = int8_vector(values.reshape(-1))
-    chosen = agreeing_const_add_scale(float(x[0]), int(x[1]), tuple(int(c) for c in np.unique(codes)), scale,
-                                      float(step[0]), int(step[1]))
+    chosen = agreeing_const_scale(float(x[0]), int(x[1]), tuple(int(c) for c in np.unique(codes)), scale,
+                                  float(step[0]), int(step[1]), const_int8=True)
     return [chosen if chosen is not None else step[0], step[1]]
 
 
@@ -100,47 +95,3 @@ def _move_output(graph: Graph, plan: Plan, node: onnx.NodeProto, steps: Steps) -
     chosen = _const_add(steps["scaled"], values, [old.scale, old.zero_point])[0]
     if chosen != old.scale:
         _set_downstream(graph, plan, y, old, QParams(float(chosen), old.zero_point))
-
-
-@lru_cache(maxsize=1024)
-def agreeing_const_add_scale(sx: float, zx: int, codes: tuple[int, ...], sc: float, so: float,
-                             zo: int) -> float | None:
-    """The first float32 output scale ``so / (1 + k STEP)`` on which onnxruntime's DQ(x) +
-    DQ(int8 constant) -> Q and XNNPACK's add give the same code for every int8 ``x`` and
-    every constant code in ``codes`` (zero point 0, scale ``sc``); None if none of
-    MAX_TRIES does."""
-    const = np.array(codes, np.int64)
-    grid_x = np.repeat(_CODES[:, None], const.size, axis=1)
-
-    def agrees(scale: float, ort: np.ndarray) -> bool:
-        return np.array_equal(ort, xnnpack_add(grid_x, const[None, :], sx, zx, sc, 0, scale, zo))
-
-    def onnxruntime_codes(scales: list[float]) -> list[np.ndarray]:
-        feed = {"x": (grid_x + 128).astype(np.uint8)}
-        graph = _const_add_probe(sx, zx, const, sc, scales, zo)
-        return [o.astype(np.int64) - 128 for o in run_probe(graph, feed)]
-
-    return first_agreeing_scale(so, STEP, MAX_TRIES, BATCH, onnxruntime_codes, agrees)
-
-
-def _const_add_probe(sx: float, zx: int, const: np.ndarray, sc: float, scales: list[float],
-                     zo: int) -> onnx.GraphProto:
-    """DQ(x uint8) + DQ(constant int8, zero point int8 0) -> Q(uint8) per scale: the
-    chain's form (converter/_layernorm_qdq.py), which onnxruntime runs as it runs the chain."""
-    shape = [256, int(const.size)]
-    inits = [numpy_helper.from_array(np.array(sx, np.float32), "x_s"),
-             numpy_helper.from_array(np.array(zx + 128, np.uint8), "x_z"),
-             numpy_helper.from_array(const.astype(np.int8), "c_q"),
-             numpy_helper.from_array(np.array(sc, np.float32), "c_s"),
-             numpy_helper.from_array(np.array(0, np.int8), "c_z"),
-             numpy_helper.from_array(np.array(zo + 128, np.uint8), "y_z")]
-    nodes, outputs = [], []
-    for k, scale in enumerate(scales):  # a DQ pair per candidate, as the chain has one per Add
-        inits.append(numpy_helper.from_array(np.array(scale, np.float32), f"y_s{k}"))
-        nodes += [helper.make_node("DequantizeLinear", ["x", "x_s", "x_z"], [f"x{k}"]),
-                  helper.make_node("DequantizeLinear", ["c_q", "c_s", "c_z"], [f"c{k}"]),
-                  helper.make_node("Add", [f"x{k}", f"c{k}"], [f"s{k}"]),
-                  helper.make_node("QuantizeLinear", [f"s{k}", f"y_s{k}", "y_z"], [f"y{k}"])]
-        outputs.append(helper.make_tensor_value_info(f"y{k}", TensorProto.UINT8, shape))
-    return helper.make_graph(nodes, "const_add_ties", [helper.make_tensor_value_info("x", TensorProto.UINT8, shape)],
-                             outputs, inits)

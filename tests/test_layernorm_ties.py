@@ -98,18 +98,19 @@ def _litert_const_add(x: tuple[float, int], codes: np.ndarray, scale: float, y: 
 
 
 def test_layernorm_output_add_of_beta_gets_a_scale_both_runtimes_round_alike() -> None:
-    from edgeship.converter._layernorm_ties import _const_add_probe, agreeing_const_add_scale
+    from edgeship.converter._add_ties import agreeing_const_scale, const_probe
 
     codes = np.array(BETA_CODES)
     grid = np.repeat(np.arange(-128, 128)[:, None], codes.size, axis=1)
 
     def ort(scale: float) -> np.ndarray:
-        probe = _const_add_probe(SCALED[0], SCALED[1], codes, BETA_SCALE, [scale], OUTPUT[1])
+        probe = const_probe(SCALED[0], SCALED[1], codes, BETA_SCALE, [scale], OUTPUT[1], const_int8=True)
         return run_probe(probe, {"x": (grid + 128).astype(np.uint8)})[0].astype(np.int64) - 128
 
     before = _litert_const_add(SCALED, codes, BETA_SCALE, OUTPUT) != ort(OUTPUT[0])
     assert before.sum() >= 1
-    chosen = agreeing_const_add_scale(SCALED[0], SCALED[1], BETA_CODES, BETA_SCALE, OUTPUT[0], OUTPUT[1])
+    chosen = agreeing_const_scale(SCALED[0], SCALED[1], BETA_CODES, BETA_SCALE, OUTPUT[0], OUTPUT[1],
+                                  const_int8=True)
     assert chosen is not None and chosen != OUTPUT[0] and abs(chosen / OUTPUT[0] - 1) < 1e-3
     assert np.array_equal(_litert_const_add(SCALED, codes, BETA_SCALE, (chosen, OUTPUT[1])), ort(chosen))
 
@@ -144,9 +145,9 @@ def _apart(written: Path) -> dict[str, int]:
         codes = np.unique(inits[f"{const}_q"].astype(np.int64))
         grid = np.repeat(np.arange(-128, 128)[:, None], codes.size, axis=1)
         x, y, scale = qp(source), qp(step), float(inits[f"{const}_s"])
-        from edgeship.converter._layernorm_ties import _const_add_probe
+        from edgeship.converter._add_ties import const_probe
 
-        probe = _const_add_probe(x[0], x[1], codes, scale, [y[0]], y[1])
+        probe = const_probe(x[0], x[1], codes, scale, [y[0]], y[1], const_int8=True)
         ort_codes = run_probe(probe, {"x": (grid + 128).astype(np.uint8)})[0].astype(np.int64) - 128
         apart[step] = int((_litert_const_add(x, codes, scale, y) != ort_codes).sum())
     return apart
