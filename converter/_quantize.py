@@ -56,6 +56,12 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   onnxruntime's kernel rounds an average that is exactly halfway to even, like TFLite's
   MEAN (moved by a few float32 ulps from the calibrated one when needed; see
   ``exact_pool_scales``).
+- An Add or Sub of two activations, or of an activation and a constant, has its output
+  scale moved (by < 1e-3) to the first on which onnxruntime's kernel and LiteRT's
+  XNNPACK add give the same code for every pair of int8 inputs (every code of the
+  constant), ``converter/_add_ties.py``. When a TFLite is written, a LayerNormalization's
+  output scale is moved the same way for its final Add of beta, and its internal steps get
+  tie-free scales (``converter/_layernorm_ties.py``); readers follow a moved output.
 - A Relu or Clip(0, x) folded into its producer (Conv, ConvTranspose, Gemm, MatMul with
   constant weights, Add) is removed from the graph and made exact by the producer output's range:
   zero point -128 with range [0, hi] (hi <= x for Clip). Relu/Clip not folded stay as
