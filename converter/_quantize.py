@@ -56,10 +56,10 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   onnxruntime's kernel rounds an average that is exactly halfway to even, like TFLite's
   MEAN (moved by a few float32 ulps from the calibrated one when needed; see
   ``exact_pool_scales``).
-- An Add or Sub of two activations, or of an activation and a constant, has its output
-  scale moved (by < 1e-3) to the first on which onnxruntime's kernel and LiteRT's
-  XNNPACK add give the same code for every pair of int8 inputs (every code of the
-  constant), ``converter/_add_ties.py``. When a TFLite is written, a LayerNormalization's
+- An Add or Sub of two activations has its output scale moved (by < 1e-3) to the first
+  on which onnxruntime's kernel and LiteRT's XNNPACK add give the same code for every
+  pair of int8 inputs, ``converter/_add_ties.py`` (with a constant operand it keeps its
+  calibrated scale). When a TFLite is written, a LayerNormalization's
   output scale is moved the same way for its final Add of beta, and its internal steps get
   tie-free scales (``converter/_layernorm_ties.py``); readers follow a moved output.
 - A Relu or Clip(0, x) folded into its producer (Conv, ConvTranspose, Gemm, MatMul with
