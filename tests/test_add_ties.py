@@ -61,4 +61,3 @@ def test_add_sums_alike_in_onnxruntime_and_litert_for_every_input_pair(tmp_path:
     # and the emulated XNNPACK sum is what LiteRT computed, on the chosen scale
     sums = xnnpack_add(GRID_A, GRID_B, sa, za, sb, zb, ss, zs, subtract=op == "Sub")
     assert np.array_equal(sums, onnxruntime_add(sa, za, sb, zb, [ss], zs, op)[0])
-
