@@ -335,6 +335,9 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
 
     def build(keep_float: dict[str, str]) -> _Built:
         plan = make_plan(graph, ranges, pin=inp.base, keep_float=keep_float)
+        # LayerNorm internals, for the TFLite writer only; may move a LayerNorm's output
+        # scale in the plan (converter/_layernorm_ties.py), so before the QDQ build
+        ln_params = _layernorm.layernorm_params(graph, plan, inp.calib) if "tflite" in opts.formats else {}
         qmodel, weights, tensor_map = build_qdq(
             graph, plan, policy=policy, io="float", input_means=means
         )
@@ -343,9 +346,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
             if opts.io == "float"
             else build_qdq(graph, plan, policy=policy, io=opts.io, input_means=means)[0]
         )
-        if "tflite" in opts.formats:  # LayerNorm internals, for the TFLite writer only
-            params = _layernorm.layernorm_params(graph, plan, inp.calib)
-            out_model = _layernorm.attach(out_model, params)
+        out_model = _layernorm.attach(out_model, ln_params)
         # the file gets onnxruntime's fast int8 kernels (same integers, converter/_ort_layout)
         written, ort_log[:] = for_onnxruntime(out_model)
         written = decompose_layernorms(written)[0]  # the TFLite file's int8 LayerNorm steps

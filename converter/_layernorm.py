@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ._add_ties import agreeing_scale
 from ._ir import Graph
+from ._layernorm_ties import tie_free_layernorms
 from ._plan import Plan, params_from_range
-from ._rsqrt_ties import match_rstd
+from ._quantize import tie_free_plan
 
 METADATA_KEY = "edgeship.layernorm"
 INTERNALS = ("mean", "centered", "squared", "variance", "variance_eps", "rstd", "normalized", "scaled")
@@ -79,13 +79,21 @@ def layernorm_params(graph: Graph, plan: Plan, feeds: dict[str, np.ndarray]) -> 
                     hi[k] = max(hi.get(k, -np.inf), float(arr.max()))
     params = {n.name: {key: params_from_range(lo[(n.name, key)], hi[(n.name, key)]).to_list()
                        for key in INTERNALS} for n in nodes}
-    for n in nodes:  # SUB(x, mean): XNNPACK's fixed-point sum and onnxruntime's float one agree
-        x, mean, centered = plan.params[n.input[0]], params[n.name]["mean"], params[n.name]["centered"]
-        scale = agreeing_scale(x.scale, x.zero_point, float(mean[0]), int(mean[1]), float(centered[0]),
-                               int(centered[1]), "Sub")
-        if scale is not None:
-            params[n.name]["centered"] = [scale, centered[1]]
-    return match_rstd(params)  # LiteRT's RSQRT and onnxruntime's 1/sqrt: the same integers
+    return tie_free(graph, plan, params)
+
+
+def tie_free(graph: Graph, plan: Plan, params: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
+    """``params`` with the steps' scales moved to ones both runtimes round alike
+    (converter/_layernorm_ties.py), after the plan's own tie-free moves, which it applies
+    first (the LayerNorm inputs are often residual Adds). Moving a LayerNorm's output can
+    move an Add after it, which may feed another LayerNorm: repeated until nothing moves."""
+    for _ in range(4):
+        tie_free_plan(graph, plan)
+        before = dict(plan.params)
+        chosen = tie_free_layernorms(graph, plan, params)
+        if tie_free_plan(graph, plan) == 0 and plan.params == before:
+            break
+    return chosen
 
 
 def _session(graph: Graph, fetch: list[str]) -> tuple[Any, list[str]]:

@@ -56,6 +56,12 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   onnxruntime's kernel rounds an average that is exactly halfway to even, like TFLite's
   MEAN (moved by a few float32 ulps from the calibrated one when needed; see
   ``exact_pool_scales``).
+- An Add or Sub of two activations has its output scale moved (by < 1e-3) to the first
+  on which onnxruntime's kernel and LiteRT's XNNPACK add give the same code for every
+  pair of int8 inputs, ``converter/_add_ties.py`` (with a constant operand it keeps its
+  calibrated scale). When a TFLite is written, a LayerNormalization's
+  output scale is moved the same way for its final Add of beta, and its internal steps get
+  tie-free scales (``converter/_layernorm_ties.py``); readers follow a moved output.
 - A Relu or Clip(0, x) folded into its producer (Conv, ConvTranspose, Gemm, MatMul with
   constant weights, Add) is removed from the graph and made exact by the producer output's range:
   zero point -128 with range [0, hi] (hi <= x for Clip). Relu/Clip not folded stay as
@@ -398,9 +404,7 @@ def build_qdq(
     on bias correction: each such layer's int32 bias absorbs the mean shift its rounded
     weights cause (converter/_bias_correct.py)."""
     assert not (fused_pre_tensors(graph, plan.fused) & set(plan.params))
-    exact_pool_scales(graph, plan)
-    tie_free_pool_scales(graph, plan)
-    tie_free_add_scales(graph, plan)  # onnxruntime and LiteRT: the same int8 sums
+    tie_free_plan(graph, plan)
     b = _Builder(graph, plan, policy or WeightPolicy(), io, input_means=input_means)
     b.build()
     q = Graph(
@@ -415,6 +419,15 @@ def build_qdq(
     )
     q.prune_unused()
     return q.to_model(), b.weights, b.tensor_map
+
+
+def tie_free_plan(graph: Graph, plan: Plan) -> int:
+    """The plan's scale moves that make onnxruntime and LiteRT round alike: pools, then
+    Adds/Subs of two activations (updates ``plan.params``; idempotent). Returns how many
+    Adds moved."""
+    exact_pool_scales(graph, plan)
+    tie_free_pool_scales(graph, plan)
+    return tie_free_add_scales(graph, plan)  # onnxruntime and LiteRT: the same int8 sums
 
 
 MAX_POOL_SCALE_ULPS = 64  # how far (float32 steps) a pooled scale may move; 4e-6 relative

@@ -29,7 +29,8 @@ class OnnxProbe:
     def __init__(self, model: onnx.ModelProto) -> None:
         inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         readers = {n.input[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
-        quants = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.output[0] in readers]
+        # a QuantizeLinear, or the Cast that ends an emulated BATCH_MATMUL (converter/_bmm_rounding.py)
+        quants = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "Cast") and n.output[0] in readers]
         probe = onnx.ModelProto.FromString(model.SerializeToString())
         have = {o.name for o in probe.graph.output}
         self.params: dict[str, tuple[str, float, int, int]] = {}  # tensor -> (output, scale, zp, shift)
@@ -37,7 +38,7 @@ class OnnxProbe:
             dq = readers[q.output[0]]  # its scale is the one the graph reads the tensor with
             zero = inits[dq.input[2]]
             shift = 128 if zero.dtype == np.uint8 else 0
-            self.params[q.input[0]] = (q.output[0], float(inits[dq.input[1]]), int(zero) - shift, shift)
+            self.params[_tensor(q)] = (q.output[0], float(inits[dq.input[1]]), int(zero) - shift, shift)
             if q.output[0] not in have:
                 kind = onnx.TensorProto.UINT8 if shift else onnx.TensorProto.INT8
                 probe.graph.output.append(helper.make_tensor_value_info(q.output[0], kind, None))
@@ -52,6 +53,14 @@ class OnnxProbe:
                 for t, (out, scale, zero, shift) in self.params.items()}
 
 
+def _tensor(quantize: onnx.NodeProto) -> str:
+    """The tensor a QuantizeLinear quantizes; for an emulated BATCH_MATMUL's Cast, the
+    MatMul's output (its ``<name>_q``)."""
+    if quantize.op_type == "Cast":
+        return quantize.output[0].removesuffix("_q")
+    return quantize.input[0]
+
+
 def _quantized_sources(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
                        dq_source: dict[str, str], q_source: dict[str, str]) -> list[str]:
     """The quantized tensors an op reads: each input traced back through DQ <- Q, or
@@ -64,6 +73,8 @@ def _quantized_sources(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto]
         seen.add(name)
         if name in dq_source:
             found.append(q_source.get(dq_source[name], ""))
+        elif name in q_source:  # read as integers (the MatMulInteger of an emulated BATCH_MATMUL)
+            found.append(q_source[name])
         elif name in producer and producer[name].op_type != "QuantizeLinear":
             todo.extend(producer[name].input)
     return found
@@ -92,7 +103,12 @@ def main() -> None:
     order: list[str] = []
     producer = {o: n for n in model.graph.node for o in n.output}
     dq_source = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    q_source = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    dequantized = set(dq_source.values())
+    q_source = {n.output[0]: _tensor(n) for n in model.graph.node
+                if n.op_type == "QuantizeLinear" or (n.op_type == "Cast" and n.output[0] in dequantized)}
+    for n in model.graph.node:  # an emulated BATCH_MATMUL's output: produced by its Cast
+        if n.op_type == "Cast" and n.output[0] in dequantized:
+            producer.setdefault(_tensor(n), n)
     origins: dict[str, int] = {}  # tensor -> samples where it differs while its inputs agree
     for i in range(len(xs)):
         x = xs[i : i + 1]
@@ -104,7 +120,10 @@ def main() -> None:
             if tensor not in lite:
                 continue
             t_scale, t_zero = lite[tensor]["quantization"]
-            other = (interp.get_tensor(lite[tensor]["index"]).astype(np.float64) - t_zero) * t_scale
+            try:
+                other = (interp.get_tensor(lite[tensor]["index"]).astype(np.float64) - t_zero) * t_scale
+            except ValueError:  # a tensor the delegate did not keep (its data is null)
+                continue
             if other.shape != values.shape and other.ndim == 4:
                 other = other.transpose(0, 3, 1, 2)
             if other.size != values.size:
