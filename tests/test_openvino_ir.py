@@ -1,0 +1,68 @@
+"""The OpenVINO IR the openvino-cpu target writes (converter/_openvino_ir.py): its compile
+choices reach OpenVINO's CPU plugin (kernels without AMX by the layers'
+PrimitivesPriority; snippets off by the IR's runtime_options, passed by the SDK's
+runtime), and the target writes the fastest one as OUT/model.int8.openvino-cpu.xml/.bin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edgeship.converter import ConvertOptions, convert
+from edgeship.converter._openvino_ir import IrChoice, candidates, has_amx, write_ir
+from edgeship.sdk import Model
+
+ov = pytest.importorskip("openvino")
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def int8(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ir")
+    for name in ("cnn", "mlp"):
+        convert(FIX / f"{name}.onnx", FIX / f"{name}_calib.npz", root / name, ConvertOptions(formats=("onnx",)))
+    return {name: root / name / "model.int8.onnx" for name in ("cnn", "mlp")}
+
+
+def _kernels(model: Model | str | Path) -> list[tuple[str, str]]:
+    compiled = model._backend._compiled if isinstance(model, Model) else ov.Core().compile_model(str(model), "CPU")
+    infos = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
+    return [(i["layerType"].astype(str), i["primitiveType"].astype(str)) for i in infos]
+
+
+def test_candidates_are_only_the_choices_that_can_differ() -> None:
+    assert candidates(False, False, False) == [IrChoice(fused=False, amx=True)]
+    labels = [c.label for c in candidates(True, True, True)]
+    assert labels == ["default", "no-amx", "fused", "fused-no-amx", "no-snippets", "no-amx-no-snippets",
+                      "fused-no-snippets", "fused-no-amx-no-snippets"]
+
+
+def test_no_amx_reaches_the_cpu_plugin_and_keeps_the_outputs(int8: dict[str, Path], tmp_path: Path) -> None:
+    if not has_amx(ov.Core()):
+        pytest.skip("no AMX on this CPU: nothing to turn off")  # counted as a skip, not a pass
+    xml = write_ir(int8["cnn"], tmp_path / "m.xml", IrChoice(fused=False, amx=False))
+    assert (tmp_path / "m.bin").stat().st_size > 0 and 'PrimitivesPriority="cpu:' in xml.read_text()
+    default = [k for k in _kernels(int8["cnn"]) if k[0] == "Convolution"]
+    plain = [k for k in _kernels(xml) if k[0] == "Convolution"]
+    assert any("amx" in kind for _, kind in default)  # the plugin's own choice here
+    assert len(plain) == len(default) and not any("amx" in kind for _, kind in plain)
+    x = np.load(FIX / "cnn_eval.npz")["input"][:4]
+    a = Model.load(int8["cnn"], runtime="openvino", threads=1)
+    b = Model.load(xml, runtime="openvino", threads=1)
+    for i in range(len(x)):  # the same int8 arithmetic in other kernels
+        np.testing.assert_allclose(a.predict(x[i:i + 1]), b.predict(x[i:i + 1]), atol=1.0 / 256 + 1e-6)
+
+
+def test_snippets_off_in_the_ir_gives_int8_layers_through_the_sdk(int8: dict[str, Path], tmp_path: Path) -> None:
+    """One thread: OpenVINO fuses the whole mlp fixture into one f32 snippets subgraph;
+    the IR's runtime_options turn that off when the SDK's runtime compiles it."""
+    xml = write_ir(int8["mlp"], tmp_path / "m.xml", IrChoice(fused=False, amx=True, snippets=False))
+    assert "SNIPPETS_MODE" in xml.read_text()
+    before = Model.load(int8["mlp"], runtime="openvino", threads=1)
+    after = Model.load(xml, runtime="openvino", threads=1)
+    assert [t for t, _ in _kernels(before) if t in ("Subgraph", "FullyConnected")] == ["Subgraph"]
+    assert [t for t, _ in _kernels(after)].count("FullyConnected") == 3
+    x = np.load(FIX / "mlp_eval.npz")["input"][:4]
+    for i in range(len(x)):
+        assert before.predict(x[i:i + 1]).argmax() == after.predict(x[i:i + 1]).argmax()
