@@ -37,6 +37,9 @@ from ._targets import Target, TargetInputs, TargetResult
 # the ONNX ops that hold the MACs: each must land in an int8 layer of the executed graph
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul"})
 INT8 = frozenset({"u8", "i8"})
+# layers that move data: a compute node's name or weights seen in one (a weight's
+# Transpose) is not where its MACs run (PP-OCR rec's MatMuls were reported i8 by theirs)
+MOVES = frozenset({"Transpose", "Reorder", "Reshape", "Convert", "Concatenation", "Split", "Gather"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,9 +205,9 @@ def node_precisions(
     for op in runtime_model.get_ordered_ops():
         info = op.get_rt_info()
         kind = _text(info, "layerType")
-        if kind in ("Const", "Input", "Output"):
+        if kind in ("Const", "Input", "Output") or kind in MOVES:
             continue
-        precision = _text(info, "runtimePrecision").lower() or "?"
+        precision = _kernel_precision(_text(info, "primitiveType")) or _text(info, "runtimePrecision").lower() or "?"
         for original in _text(info, "originalLayersNames").split(","):
             node = _node_of(original, wanted)
             if node is not None:
@@ -224,6 +227,15 @@ def node_precisions(
             why = f"{kind} runs in {precision}, not int8"
         rows.append((name, op_type, precision, why))
     return rows
+
+
+def _kernel_precision(primitive: str) -> str:
+    """The arithmetic of a layer's kernel from its name (``brgemm_avx512_amx_I8``: i8,
+    ``brgemm_avx512_f32``: f32), "" when the name does not say. ``runtimePrecision`` is
+    its input's: a MatMul with uint8 zero-pointed weights reads u8 activations and
+    multiplies in f32 (its weights decompressed)."""
+    suffix = primitive.rpartition("_")[2].lower()
+    return "i8" if suffix == "i8" else suffix if suffix in ("f32", "bf16", "f16") else ""
 
 
 def _node_of(original: str, wanted: set[str]) -> str | None:
