@@ -1,8 +1,11 @@
 """OpenVINO targets (pip ``openvino``, extra ``openvino``): OpenVINO reads the QDQ ONNX
-itself; where OpenVINO runs it faster with fewer Q/DQ pairs (SiLU blocks, sigmoid gates:
-converter/_openvino_prep.py) that form is written as ``OUT/model.int8.<target>.onnx``
-(a release variant for openvino-* devices) and compiled instead. What is checked is
-that it takes the INT8 path and how fast it is here.
+itself; where OpenVINO runs it faster with fewer Q/DQ pairs (SiLU blocks, sigmoid gates,
+uint8 weights as int8: converter/_openvino_prep.py) that form is written as
+``OUT/model.int8.<target>.onnx`` (a release variant for openvino-* devices). The model
+OpenVINO compiles is ``OUT/model.int8.<target>.xml/.bin`` (OpenVINO IR): of the generic
+and that form, with and without AMX kernels, with and without snippets, the one that ran
+fastest here among those that keep every compute layer int8 (converter/_openvino_ir.py).
+What is checked is that it takes the INT8 path and how fast it is here.
 
 - ``openvino-cpu``: compile for this machine's CPU and read the compiled model's
   executed graph: every ONNX compute node (Conv, Gemm, MatMul ...) is found in the layer
