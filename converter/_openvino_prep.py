@@ -37,7 +37,8 @@ __all__ = ["fused_for_openvino"]
 
 def fused_for_openvino(model: Any) -> tuple[Any, int]:
     """A copy of the QDQ ``model`` (onnx.ModelProto) with the inner Q/DQ pairs of SiLU
-    blocks and of sigmoid gates on a conv's output removed; and how many were."""
+    blocks and of sigmoid gates on a conv's output removed, and uint8 weights with zero
+    point 128 written as int8 (:func:`_signed_weights`); and how many rewrites."""
     import onnx
 
     out = onnx.ModelProto.FromString(model.SerializeToString())
@@ -73,7 +74,47 @@ def fused_for_openvino(model: Any) -> tuple[Any, int]:
         kept = [n for n in graph.node if id(n) not in dropped]
         del graph.node[:]
         graph.node.extend(kept)
-    return out, count
+    return out, count + _signed_weights(graph, users)
+
+
+WEIGHT_OF = {"MatMul": 1, "Gemm": 1, "Conv": 1}  # op -> its weight input
+
+
+def _signed_weights(graph: Any, users: dict[str, list[Any]]) -> int:
+    """uint8 weights with zero point 128 (every element) rewritten as int8 with zero point
+    0: ``s * (w - 128)`` is ``s * ((w - 128) as int8 - 0)`` exactly, the same numbers. OpenVINO's
+    int8 MatMul kernels take symmetric int8 weights only: with a uint8 zero point it
+    decompresses the weights and multiplies in f32 (PP-OCR rec's attention and head
+    MatMuls: "FullyConnectedCompressed", f32)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    count = 0
+    for dq in graph.node:
+        if dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
+            continue
+        weight, zero = inits.get(dq.input[0]), inits.get(dq.input[2])
+        readers = users.get(dq.output[0], [])
+        if weight is None or zero is None or not readers or not all(
+                WEIGHT_OF.get(r.op_type) is not None and len(r.input) > 1 and r.input[WEIGHT_OF[r.op_type]] == dq.output[0]
+                for r in readers):
+            continue
+        values, zeros = numpy_helper.to_array(weight), numpy_helper.to_array(zero)
+        if values.dtype != np.uint8 or zeros.dtype != np.uint8 or not np.all(zeros == 128):
+            continue
+        signed = (values.astype(np.int16) - 128).astype(np.int8)
+        name = f"{dq.input[0]}_s8"
+        graph.initializer.extend([numpy_helper.from_array(signed, name),
+                                  numpy_helper.from_array(np.zeros_like(zeros, np.int8), f"{name}_z")])
+        replaced = [dq.input[0], dq.input[2]]
+        dq.input[0], dq.input[2] = name, f"{name}_z"
+        count += 1
+        read = {i for n in graph.node for i in n.input}
+        for old in replaced:  # the uint8 originals, unless something else reads them
+            if old not in read and old in inits:
+                graph.initializer.remove(inits.pop(old))
+    return count
 
 
 def _qdq_pair(name: str, producer: dict[str, Any], users: dict[str, list[Any]]

@@ -1,8 +1,11 @@
 """OpenVINO targets (pip ``openvino``, extra ``openvino``): OpenVINO reads the QDQ ONNX
-itself; where OpenVINO runs it faster with fewer Q/DQ pairs (SiLU blocks, sigmoid gates:
-converter/_openvino_prep.py) that form is written as ``OUT/model.int8.<target>.onnx``
-(a release variant for openvino-* devices) and compiled instead. What is checked is
-that it takes the INT8 path and how fast it is here.
+itself; where OpenVINO runs it faster with fewer Q/DQ pairs (SiLU blocks, sigmoid gates,
+uint8 weights as int8: converter/_openvino_prep.py) that form is written as
+``OUT/model.int8.<target>.onnx`` (a release variant for openvino-* devices). The model
+OpenVINO compiles is ``OUT/model.int8.<target>.xml/.bin`` (OpenVINO IR): of the generic
+and that form, with and without AMX kernels, with and without snippets, the one that ran
+fastest here among those that keep every compute layer int8 (converter/_openvino_ir.py).
+What is checked is that it takes the INT8 path and how fast it is here.
 
 - ``openvino-cpu``: compile for this machine's CPU and read the compiled model's
   executed graph: every ONNX compute node (Conv, Gemm, MatMul ...) is found in the layer
@@ -31,11 +34,15 @@ from edgeship._errors import ConversionError
 
 from . import _evaluate
 from ._compat import advise
+from ._openvino_ir import IrChoice, candidates, has_amx, write_ir
 from ._targets import Target, TargetInputs, TargetResult
 
 # the ONNX ops that hold the MACs: each must land in an int8 layer of the executed graph
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul"})
 INT8 = frozenset({"u8", "i8"})
+# layers that move data: a compute node's name or weights seen in one (a weight's
+# Transpose) is not where its MACs run (PP-OCR rec's MatMuls were reported i8 by theirs)
+MOVES = frozenset({"Transpose", "Reorder", "Reshape", "Convert", "Concatenation", "Split", "Gather"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,30 +58,25 @@ class OpenVinoResult(TargetResult):
     samples: int = 0
     fused_blocks: int = 0  # SiLU blocks / sigmoid gates written for OpenVINO's fusion
     prepared_kept: bool = False  # that form ran faster here and is the artifact
+    ir: str | None = None  # OUT/ name of the OpenVINO IR (.xml, its .bin beside it) measured here
+    ir_choice: str = ""  # its compile choices (converter/_openvino_ir.py IrChoice.label)
+    choices_ms: dict[str, float] | None = None  # each candidate's median ms, as timed
 
 
 def _compile(core: Any, source: Any, device: str) -> Any:
     try:
+        from edgeship.sdk.runtime._runtime_openvino import runtime_options
+
         model = core.read_model(str(source))
         return core.compile_model(model, device, {
             "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
             "INFERENCE_PRECISION_HINT": "f32",  # float parts as in onnxruntime, not bf16
+            "ENABLE_CPU_PINNING": False,  # as the SDK's runtime (sdk/runtime/_runtime_openvino.py)
+            **runtime_options(model),  # the IR's own (converter/_openvino_ir.py)
         } if device == "CPU" else {"PERFORMANCE_HINT": "LATENCY"})
     except Exception as exc:  # OpenVINO's own message, one line
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         raise ConversionError(f"OpenVINO cannot compile the INT8 ONNX for {device}: {detail[:300]}") from exc
-
-
-def _faster(prepared: Path, generic: Path, device: str, inputs: TargetInputs) -> bool:
-    """Whether the prepared model runs faster than the generic one here (median ms, as
-    the agent runs them, in alternating blocks on the first sample)."""
-    feeds = list(_evaluate.samples(inputs.samples))
-    if not feeds:
-        return True
-    generic_ms, prepared_ms = _latencies_ms(
-        [_agent_call(generic, "openvino", device, feeds[0]),
-         _agent_call(prepared, "openvino", device, feeds[0])], max(inputs.latency_runs // 2, 20))
-    return prepared_ms < generic_ms
 
 
 def _agent_call(model: Path, runtime: str, device: str, feed: dict[str, np.ndarray]
@@ -113,24 +115,26 @@ def compile_openvino(target: Target, inputs: TargetInputs) -> OpenVinoResult:
     if device not in core.available_devices:
         seen = ", ".join(core.available_devices) or "none"
         raise ConversionError(f"no {device} device on this machine (OpenVINO sees: {seen})")
-    artifact, source, rewrites = _prepared(target, inputs)
-    if artifact is not None and not _faster(source, inputs.onnx, device, inputs):
+    artifact, prepared, rewrites = _prepared(target, inputs)
+    nodes = _compute_nodes(inputs.onnx)
+    choice, ir, choices_ms = _fastest_ir(core, target, device, inputs, prepared if artifact else None, nodes)
+    if artifact is not None and not choice.fused:
         # measured, not assumed: YOLOv8n's SiLUs, fused, cost more inside its small AMX
         # convolutions than as the separate subgraph
         (inputs.out_dir / artifact).unlink()
-        artifact, source = None, inputs.onnx
-    compiled = _compile(core, source, device)
-    nodes = _compute_nodes(inputs.onnx)
+        artifact = None
+    compiled = _compile(core, ir, device)
     layers = node_precisions(compiled.get_runtime_model(), [(n, op) for n, op, _ in nodes],
                              {w: n for n, _, w in nodes if w})
     float_rows = tuple(
         {"op": op, "node": node, "reason": reason}
         for node, op, precision, reason in layers if precision not in INT8
     )
-    timing = _compare(compiled, Path(source), device, inputs)
+    timing = _compare(compiled, ir, device, inputs)
     return OpenVinoResult(
         target=target.name, compiler=f"openvino {ov.get_version().split('-')[0]}", compiled=True,
         artifact=artifact, fused_blocks=rewrites, prepared_kept=artifact is not None,
+        ir=ir.name, ir_choice=choice.label, choices_ms=choices_ms,
         ops_total=len(layers), ops_on_npu=len(layers) - len(float_rows),
         cpu_ops=float_rows,
         advice=advise(target.name, float_rows, [], [], []) if float_rows else
@@ -138,6 +142,43 @@ def compile_openvino(target: Target, inputs: TargetInputs) -> OpenVinoResult:
         settings=dict(target.settings), device=device, openvino_version=ov.get_version(),
         int8_path=bool(layers) and not float_rows, **timing,
     )
+
+
+def _int8_path(core: Any, source: Path, device: str, nodes: list[tuple[str, str, str]]
+               ) -> tuple[bool, bool]:
+    """(every compute node in an int8 layer, some in a float snippets subgraph)."""
+    compiled = _compile(core, source, device)
+    rows = node_precisions(compiled.get_runtime_model(), [(n, op) for n, op, _ in nodes],
+                           {w: n for n, _, w in nodes if w})
+    return (bool(rows) and all(p in INT8 for _, _, p, _ in rows),
+            any(p not in INT8 and "subgraph" in why for _, _, p, why in rows))
+
+
+def _fastest_ir(core: Any, target: Target, device: str, inputs: TargetInputs, prepared: Path | None,
+                nodes: list[tuple[str, str, str]]) -> tuple[IrChoice, Path, dict[str, float]]:
+    """The compile choice (converter/_openvino_ir.py) that runs fastest here, as the agent
+    runs it, among those that keep every compute layer int8 (all of them when none
+    does), written as ``OUT/model.int8.<target>.xml/.bin``; and each one's median ms."""
+    import shutil
+    import tempfile
+
+    _, float_subgraphs = _int8_path(core, inputs.onnx, device, nodes)
+    on_cpu = device == "CPU"
+    choices = candidates(prepared is not None, on_cpu and has_amx(core), on_cpu and float_subgraphs)
+    feeds = list(_evaluate.samples(inputs.samples))
+    final = inputs.out_dir / f"model.int8.{target.name}.xml"
+    with tempfile.TemporaryDirectory(dir=inputs.out_dir, prefix=".openvino-") as tmp:
+        irs = [write_ir(prepared if c.fused and prepared else inputs.onnx, Path(tmp) / f"{i}.xml", c)
+               for i, c in enumerate(choices)]
+        int8 = [i for i, ir in enumerate(irs) if _int8_path(core, ir, device, nodes)[0]] if len(irs) > 1 else [0]
+        timed = int8 or list(range(len(irs)))
+        ms = (_latencies_ms([_agent_call(irs[i], "openvino", device, feeds[0]) for i in timed],
+                            max(inputs.latency_runs // 2, 20)) if len(timed) > 1 and feeds else [0.0])
+        best = timed[min(range(len(timed)), key=ms.__getitem__)]
+        shutil.move(str(irs[best]), final)
+        shutil.move(str(irs[best].with_suffix(".bin")), final.with_suffix(".bin"))
+    choices_ms = {choices[i].label: round(m, 4) for i, m in zip(timed, ms, strict=False)}
+    return choices[best], final, choices_ms
 
 
 def compute_nodes(onnx_path: Any) -> list[tuple[str, str]]:
@@ -167,9 +208,9 @@ def node_precisions(
     for op in runtime_model.get_ordered_ops():
         info = op.get_rt_info()
         kind = _text(info, "layerType")
-        if kind in ("Const", "Input", "Output"):
+        if kind in ("Const", "Input", "Output") or kind in MOVES:
             continue
-        precision = _text(info, "runtimePrecision").lower() or "?"
+        precision = _kernel_precision(_text(info, "primitiveType")) or _text(info, "runtimePrecision").lower() or "?"
         for original in _text(info, "originalLayersNames").split(","):
             node = _node_of(original, wanted)
             if node is not None:
@@ -189,6 +230,15 @@ def node_precisions(
             why = f"{kind} runs in {precision}, not int8"
         rows.append((name, op_type, precision, why))
     return rows
+
+
+def _kernel_precision(primitive: str) -> str:
+    """The arithmetic of a layer's kernel from its name (``brgemm_avx512_amx_I8``: i8,
+    ``brgemm_avx512_f32``: f32), "" when the name does not say. ``runtimePrecision`` is
+    its input's: a MatMul with uint8 zero-pointed weights reads u8 activations and
+    multiplies in f32 (its weights decompressed)."""
+    suffix = primitive.rpartition("_")[2].lower()
+    return "i8" if suffix == "i8" else suffix if suffix in ("f32", "bf16", "f16") else ""
 
 
 def _node_of(original: str, wanted: set[str]) -> str | None:

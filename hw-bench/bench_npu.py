@@ -135,6 +135,35 @@ def detection_agreement(work: Path, name: str, target: str) -> dict[str, Any]:
             "ort_det": box_recall(boxes, fused_boxes)[0], "sim_boxes": found}
 
 
+def call_floor_us(work: Path) -> dict[str, float]:
+    """Each runtime's cost of one call on a model that does nothing (a 16-float Relu), as
+    the agent calls it (SDK backends, 1 thread), timed as the models are
+    (converter/_target_openvino.py _latencies_ms): the part of a tiny model's latency that
+    no model change can move."""
+    import onnx
+    from edgeship.converter._target_openvino import _agent_call, _latencies_ms
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 16]) for n in ("x", "y")]
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "floor", io[:1], io[1:]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = work / "floor.onnx"
+    onnx.save(model, str(path))
+    feed = {"x": np.ones((1, 16), np.float32)}
+    ort_ms, ov_ms = _latencies_ms([_agent_call(path, "onnxruntime", "CPU", feed),
+                                   _agent_call(path, "openvino", "CPU", feed)], 2000)
+    return {"onnxruntime": round(ort_ms * 1000.0, 2), "openvino": round(ov_ms * 1000.0, 2)}
+
+
+def _ov_form(t: dict[str, Any]) -> str:
+    """Which ONNX OpenVINO ran (generic, or the form written for it) and the IR's compile
+    choices (converter/_openvino_ir.py): "fused 57, no-amx"."""
+    form = f"fused {t.get('fused_blocks', 0)}" if t.get("prepared_kept") else "generic"
+    choice = (t.get("ir_choice") or "").replace("fused", "").strip("-")
+    return form + (f", {choice}" if choice and choice != "default" else "")
+
+
 def rows_of(model: str, task: str, report: dict[str, Any]) -> list[dict[str, Any]]:
     from edgeship.converter._compat import edgetpu_row
 
@@ -164,7 +193,7 @@ def rows_of(model: str, task: str, report: dict[str, Any]) -> list[dict[str, Any
         else:
             row.update(ov_ms=t["latency_ms"], ort_ms=t["onnxruntime_latency_ms"],
                        ov_speedup=t["speedup"], int8_path=t["int8_path"],
-                       ov_form=(f"fused {t.get('fused_blocks', 0)}" if t.get("prepared_kept") else "generic"),
+                       ov_form=_ov_form(t),
                        agreement=t["top1_agreement"],
                        met="PASS" if t["int8_path"] and (t["speedup"] or 0) >= 1.0 else "FAIL")
         rows.append(row)
@@ -249,12 +278,16 @@ def main(argv: list[str] | None = None) -> int:
             models_info.append(info)
             print(f"=== {name}: exit {code}, {seconds} s" + (f" — {error}" if error else ""),
                   flush=True)
+        floor = call_floor_us(Path(tmp)) if "openvino-cpu" in opts.targets else None
     print_table(rows, COLUMNS, title="NPU targets: share on the accelerator, speed, memory")
+    if floor:
+        print(f"per-call floor (a Relu on 16 floats, SDK backends, 1 thread): onnxruntime "
+              f"{floor['onnxruntime']} us, OpenVINO {floor['openvino']} us")
     minutes = round((time.monotonic() - began) / 60.0, 1)
     command = "python hw-bench/bench_npu.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     write_result(opts.result, {
         "command": command, "minutes": minutes, "rows": rows, "models": models_info,
-        "openvino_devices": devices, "calib_samples": opts.samples,
+        "openvino_devices": devices, "calib_samples": opts.samples, "call_floor_us": floor,
         "targets": {"vela": f"MACs on the NPU >= {TARGET_MAC_SHARE:.0%} (every classifier and detector)",
                     "rknn": f"simulator top-1 agreement >= {TARGET_RKNN_AGREEMENT:.0f}% (detector: recall of"
                             f" our INT8 ONNX's boxes, IoU 0.5, same class, sim_det)",

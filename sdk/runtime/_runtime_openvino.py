@@ -55,10 +55,18 @@ class OpenVinoBackend:
             # float parts in f32: on CPUs with AMX/AVX512-BF16 OpenVINO would pick bf16,
             # which fails a golden check at 1e-3 (measured: 0.03 off on a linear model)
             config["INFERENCE_PRECISION_HINT"] = "f32"
+            # no pinning: OpenVINO pins its stream to one core, which then waits behind any
+            # other busy process on that core while onnxruntime's thread moves to a free
+            # one (2 shared cores, same run: the mobilenet fixture 3.98 ms pinned, 0.137 ms
+            # not, onnxruntime 0.229 ms)
+            config["ENABLE_CPU_PINNING"] = False
             if threads is not None:
                 config["INFERENCE_NUM_THREADS"] = threads
         try:
-            self._compiled = core.compile_model(core.read_model(source), target, config)
+            model = core.read_model(source)
+            if target == "CPU":
+                config.update(runtime_options(model))
+            self._compiled = core.compile_model(model, target, config)
         except Exception as exc:
             raise ModelLoadError(f"OpenVINO cannot load the model: {_last_line(exc)}") from exc
         raw_in = [_spec(p) for p in self._compiled.inputs]
@@ -68,8 +76,6 @@ class OpenVinoBackend:
         self.inputs = tuple(self._caller(s) for s in raw_in)
         self.outputs = tuple(self._caller(s) for s in raw_out)
         self._infer = OneCall(self._compiled.create_infer_request())
-        self._index = {spec.name: i for i, spec in enumerate(raw_in)}
-        self._storage = {spec.name: np.dtype(spec.dtype) for spec in raw_in}
         self._output_names = [spec.name for spec in self.outputs]
         self._lock = threading.Lock()
 
@@ -80,11 +86,9 @@ class OpenVinoBackend:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._quant:
             feeds = {k: to_storage(self._quant[k], v) if k in self._quant else v for k, v in feeds.items()}
-        arrays = {self._index[k]: v if v.dtype == self._storage[k] and v.flags.c_contiguous
-                  else np.ascontiguousarray(v, dtype=self._storage[k]) for k, v in feeds.items()}
         try:
             with self._lock:
-                values = self._infer(arrays)
+                values = self._infer(feeds)
         except Exception as exc:
             raise InferenceError(f"OpenVINO failed: {_last_line(exc)}") from exc
         if not self._quant:
@@ -97,59 +101,89 @@ class OpenVinoBackend:
 
 class OneCall:
     """An OpenVINO InferRequest run in one call into OpenVINO: ``call(arrays)`` takes
-    input index -> C-contiguous array of the input's type and returns copies of the
-    outputs in the model's output order.
+    input (index or name) -> array and returns copies of the outputs in the model's
+    output order; an array of another dtype or layout is converted to the input's.
 
     A small input (<= :data:`SMALL_INPUT` bytes, static shape) is copied into the
     request's own input tensor, bound once; a larger one is set as a tensor sharing the
     caller's memory (no copy), the array kept referenced until the next call (the request
     would read freed memory otherwise; setting it inside the binding's GIL-free infer
-    crashed). The public ``InferRequest.infer`` wraps the
-    same call in an input dispatcher and a result dict; setting tensors, inferring and
-    reading each output are a call each; and a new ``Tensor`` costs 2-3 us. Measured on a
-    0.02 ms model (the cnn fixture), 1 thread: 21.2 us a call this way, 26.7 us with a
-    tensor per call, 35 us through the public calls; onnxruntime's ``run`` 20.8 us."""
+    crashed). The public ``InferRequest.infer`` wraps the same call in an input
+    dispatcher and a result dict; setting tensors, inferring and reading each output are
+    a call each; and a new ``Tensor`` costs 2-3 us. Per call from Python on a 1-thread
+    model (the mlp fixture, same run): the binding's infer alone 7.3 us, through
+    :meth:`OpenVinoBackend.run` 8.3 us (10.2 us before this path kept its checks to
+    one dict look-up and two identity tests a call)."""
 
     def __init__(self, request: Any) -> None:
         self._tensor, self._infer = _binding()
         self._request = request
-        self._views: dict[int, np.ndarray] = {}
+        self._views: dict[int | str, np.ndarray] = {}
+        self._dtypes: dict[int | str, np.dtype[Any]] = {}
+        self._index: dict[int | str, int] = {}
         self._held: dict[int, np.ndarray] = {}
         for index, port in enumerate(request.model_inputs):
+            tensor = request.get_input_tensor(index)
+            dtype = np.dtype(_OV_DTYPES.get(tensor.element_type.get_type_name(), "float32"))
+            keys: list[int | str] = [index, *port.get_names()]
+            for key in keys:
+                self._index[key], self._dtypes[key] = index, dtype
             if port.get_partial_shape().is_static:
-                view = request.get_input_tensor(index).data
-                if view.nbytes <= SMALL_INPUT:
-                    self._views[index] = view
+                view = tensor.data
+                if view.nbytes <= SMALL_INPUT:  # with the dtype object the arrays carry
+                    for key in keys:
+                        self._views[key] = view.view(dtype)
 
-    def __call__(self, arrays: dict[int, np.ndarray]) -> list[np.ndarray]:
-        for index, value in arrays.items():
-            view = self._views.get(index)
-            if view is not None and view.shape == value.shape and view.dtype == value.dtype:
-                np.copyto(view, value)
-            else:  # shared with the caller (the bound tensor is replaced for good), set
-                # here with the GIL held: the request drops the tensor it replaces
-                self._views.pop(index, None)
-                self._request.set_input_tensor(index, self._tensor(value, shared_memory=True))
-                self._held[index] = value  # the request reads it until the next call
-        return list(self._infer(self._request, {}).values())
+    def __call__(self, arrays: dict[Any, np.ndarray]) -> list[np.ndarray]:
+        views = self._views
+        for key, value in arrays.items():
+            view = views.get(key)
+            if view is None or view.dtype is not value.dtype or view.shape != value.shape:
+                value = np.ascontiguousarray(value, dtype=self._dtypes[key])
+                if view is None or view.shape != value.shape:
+                    self._share(key, value)
+                    continue
+            np.copyto(view, value)
+        return list(self._infer(self._request, {}, False, True).values())
+
+    def _share(self, key: int | str, value: np.ndarray) -> None:
+        """Set ``value`` as the input's tensor, sharing its memory; the bound tensor is
+        replaced for good (set here with the GIL held: the request drops the tensor it
+        replaces)."""
+        index = self._index[key]
+        for other in [k for k, i in self._index.items() if i == index]:
+            self._views.pop(other, None)
+        self._request.set_input_tensor(index, self._tensor(value, shared_memory=True))
+        self._held[index] = value  # the request reads it until the next call
 
 
 SMALL_INPUT = 32 * 1024  # bytes: copying this many costs about what a new Tensor does
 
 
 @functools.cache
-def _binding() -> tuple[Any, Callable[[Any, dict[int, Any]], Any]]:
-    """(openvino.Tensor, infer(request, tensors) -> {output: copy}): the compiled
-    binding's ``infer`` that ``openvino.InferRequest.infer`` wraps, or that wrapper
-    where the binding moved (same results)."""
+def _binding() -> tuple[Any, Callable[[Any, dict[int, Any], bool, bool], Any]]:
+    """(openvino.Tensor, infer(request, tensors, share_outputs, decode_strings) ->
+    {output: array}): the compiled binding's ``infer`` that ``openvino.InferRequest.infer``
+    wraps, or that wrapper where the binding moved (same results)."""
     import openvino as ov
 
     try:
         from openvino._pyopenvino import InferRequest
     except ImportError:
-        return ov.Tensor, lambda request, tensors: request.infer(tensors)
-    raw = InferRequest.infer
-    return ov.Tensor, lambda request, tensors: raw(request, tensors, False, True)
+        return ov.Tensor, lambda request, tensors, share, decode: request.infer(tensors)
+    infer: Callable[[Any, dict[int, Any], bool, bool], Any] = InferRequest.infer
+    return ov.Tensor, infer
+
+
+def runtime_options(model: Any) -> dict[str, str]:
+    """The compile properties an OpenVINO IR names in its ``runtime_options`` (the
+    converter writes them for the openvino-cpu target: converter/_openvino_ir.py). The CPU
+    plugin applies some of these itself; ``SNIPPETS_MODE`` it does not, so they are passed
+    as properties."""
+    if not model.has_rt_info(["runtime_options"]):
+        return {}
+    options = model.get_rt_info(["runtime_options"]).astype(dict)
+    return {str(key): value.astype(str) for key, value in options.items()}
 
 
 def _last_line(exc: BaseException) -> str:
