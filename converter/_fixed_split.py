@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import onnx
+
 from ._ir import Graph
 from ._oprules import OpRule
 
@@ -74,7 +76,7 @@ def _conflicts(
     quantized: list[str],
     group_of: dict[str, str],
     ranges: dict[str, tuple[float, float]],
-) -> list[tuple[object, tuple[float, int]]]:
+) -> list[tuple[onnx.NodeProto, tuple[float, int]]]:
     fixed: dict[str, tuple[float, int]] = {}
     wide: set[str] = set()
     for t in quantized:
