@@ -165,6 +165,8 @@ class GramCollector:
             rows = _sample_rows(x, layer, w, self.keep[name], self.rng, dtype=np.float32)
             if rows is None:
                 continue
+            if rows.base is not None:  # a view of the run's output would keep the run's
+                rows = rows.copy()  # buffers (every tensor of calibration's run) alive
             self.waiting.setdefault(name, []).append(rows)
             self.held += rows.size
             if self.held >= FLUSH_VALUES:
