@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -163,6 +163,7 @@ def collect(
     mean_of: frozenset[str] = frozenset(),
     mean_split: int = 0,
     channels_of: frozenset[str] = frozenset(),
+    observer: SampleObserver | None = None,
 ) -> Collected:
     """Run the float graph on every sample; returns stats for every activation tensor.
 
@@ -176,7 +177,10 @@ def collect(
     samples is kept too (bias correction's inputs; float32 sums, one sample's size), and
     with ``mean_split`` also their mean over the first ``mean_split`` samples;
     ``channels_of``: tensors whose per-channel min / max is kept (axis 1 of a 4-D tensor,
-    else the last axis; the cross-layer equalization guard)."""
+    else the last axis; the cross-layer equalization guard). ``observer``: gets each
+    sample's values (batch 1) of its ``inputs`` as the run produces them, or is told
+    ``batched()`` when the samples go in batches (learned rounding's Grams, which then
+    run on their own)."""
     names = graph.activations()
     stats = {n: TensorStats(histogram=histograms) for n in names}
     sums: dict[str, np.ndarray] = {}
@@ -194,6 +198,9 @@ def collect(
             batch = 1
         else:  # every sample goes through the batched copy, the first one too
             sess, first = batched, None
+    if observer is not None and (batch > 1 or not set(observer.inputs) <= {*fetch, *feeds}):
+        observer.batched()  # it runs the samples itself
+        observer = None
     starts = sorted({*range(0, count, batch), *([mean_split] if 0 < mean_split < count else [])})
     head: dict[str, np.ndarray] = {}
     # rows summed per tensor: the samples, or more where axis 0 is not the batch (a Gemm
@@ -206,6 +213,8 @@ def collect(
             sample = {k: v[i:end] for k, v in feeds.items()}
             values = first if i == 0 and first is not None else _run(sess, fetch, sample, i)
             first = None
+            if observer is not None:
+                _observe(observer, fetch, sample, values)
             _accumulate(sums, mean_of, fetch, sample, values, rows)
             _channel_range(lo, hi, channels_of, fetch, values)
             _update(stats, fetch, sample, values)
@@ -215,6 +224,25 @@ def collect(
             advance(end - i)
     means = {k: (v / rows[k]).astype(np.float32) for k, v in sums.items()}
     return Collected(stats, batch, tensor_bytes, means, head or means, lo, hi)
+
+
+class SampleObserver(Protocol):
+    """Someone who reads calibration's float values as they are produced."""
+
+    inputs: list[str]  # the tensors it wants (graph inputs included)
+
+    def add(self, values: dict[str, Any]) -> None: ...
+
+    def batched(self) -> None: ...
+
+
+def _observe(
+    observer: SampleObserver, fetch: list[str], sample: dict[str, np.ndarray], values: list[Any]
+) -> None:
+    index = {name: j for j, name in enumerate(fetch)}
+    observer.add({
+        name: sample[name] if name in sample else values[index[name]] for name in observer.inputs
+    })
 
 
 def _channel_range(

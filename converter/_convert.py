@@ -27,7 +27,7 @@ from ._optimize import optimize
 from ._options import ConvertOptions
 from ._ort_layout import for_onnxruntime
 from ._outdir import atomic_dir, write_file
-from ._overlap import Background, same_weights, snapshot
+from ._overlap import Background, Grams, same_weights
 from ._plan import Plan, make_plan
 from ._prune import overall_sparsity
 from ._prune_refit import prune_and_refit
@@ -293,11 +293,12 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         calib = _calibrate.collect(
             graph, feeds, histograms=histograms, progress=progress, mean_of=mean_of,
             mean_split=fit_count(len(next(iter(feeds.values())))), channels_of=channels_of,
+            observer=grams.observer() if grams is not None and feeds is inp.calib else None,
         )
         return calib, _calibrate.ranges(calib.stats, method, opts.percentile)
 
     wants_lr = opts.learned_rounding is not False and inp.base is None
-    grams = _start_grams(graph, inp.calib) if wants_lr else None  # overlaps calibration
+    grams = Grams(graph, inp.calib) if wants_lr else None  # fed by the first calibration
     steps = Steps()
     equalized: dict[str, np.ndarray] = {}
     if opts.equalize is not False and (inp.base is not None or opts.equalize):
@@ -382,33 +383,23 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     )
 
 
-def _start_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> tuple[Graph, Background[Any]]:
-    """Learned rounding's Gram run, started on a worker thread over a snapshot of the
-    optimized graph (converter/_overlap.py)."""
-    from ._learned import collect_grams
-
-    copy = snapshot(graph)
-    return copy, Background(collect_grams, copy, feeds)
-
-
 def _learned_policy(
-    graph: Graph, feeds: dict[str, np.ndarray], started: tuple[Graph, Background[Any]]
+    graph: Graph, feeds: dict[str, np.ndarray], grams: Grams
 ) -> tuple[Any, tuple[float, float]]:
-    """The learned-rounding policy from the overlapped Gram run when the weights are still
-    the ones it read, else from a fresh run on the graph as it is now."""
+    """The learned-rounding policy from the Grams collected beside calibration when the
+    weights are still the ones they read, else from a fresh run on the graph as it is now."""
     from ._learned import LearnedRounding, collect_grams
 
-    copy, job = started
     began = time.perf_counter()
-    if same_weights(graph, copy):
-        layers = job.result()
-        own = job.seconds
+    inline = 0.0  # seconds the Grams took inside calibration's loop
+    if same_weights(graph, grams.copy):
+        layers, own, inline = grams.result()
     else:  # equalization changed the weights: the snapshot's Grams are not these layers'
-        job.wait()
+        grams.wait()
         rerun = time.perf_counter()
         layers = collect_grams(graph, feeds)
         own = time.perf_counter() - rerun
-    return LearnedRounding(layers=layers), (own, time.perf_counter() - began)
+    return LearnedRounding(layers=layers), (own, time.perf_counter() - began + inline)
 
 
 def _write_formats(
@@ -520,8 +511,9 @@ def _learned_rounding(q: _Quantized) -> dict[str, Any]:
     own, waited = q.gram_seconds
     rounding = float(getattr(q.policy, "seconds", 0.0))
     return {"learned_rounding": {
-        # what it added to the conversion's wall time: the wait for its Gram run once
-        # everything else was calibrated, and the rounding
+        # what it added to the conversion's wall time: its Gram work inside calibration's
+        # loop or the wait for its own Gram run once everything else was calibrated, and
+        # the rounding
         "seconds": round(waited + rounding, 3),
         "gram_seconds": round(own, 3),  # the Gram run's own wall time (overlapped)
         "gram_wait_seconds": round(waited, 3),

@@ -109,46 +109,75 @@ def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Laye
     """Run the float graph on the calibration samples; ``H`` per layer (per group)."""
     import onnxruntime as ort
 
-    graph.reindex()
-    # a layer whose H the rows cannot estimate (K > MAX_POSITIONS / MIN_ROWS_PER_INPUT)
-    # would be rounded to nearest anyway: its K^2 Gram is not built (yolov8n's 3x3 Convs)
-    layers = {
-        name: layer
-        for name, layer in _layers(graph).items()
-        if positions(layer, graph.inits[name])
-        >= MIN_ROWS_PER_INPUT * inputs_per_output(layer, graph.inits[name])
-    }
-    if not layers:  # nothing to round (and run([]) would fetch every output)
+    count = len(next(iter(feeds.values())))
+    collector = GramCollector(graph, count)
+    if not collector.layers:  # nothing to round (and run([]) would fetch every output)
         return {}
-    inputs = sorted({ly.node.input[0] for ly in layers.values()})
+    inputs = collector.inputs
     model = graph.to_model(extra_outputs=[t for t in inputs if t not in graph.output_names])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    count = len(next(iter(feeds.values())))
-    keep = {n: max(1, math.ceil(positions(ly, graph.inits[n]) / count)) for n, ly in layers.items()}
-    rng = np.random.default_rng(0)  # the same positions every run: the same bytes
-    # rows wait until many are stacked: one Gram product of a few thousand rows runs at
-    # BLAS speed, one per sample mostly writes its K x K result (ddddocr_ocr: 36 -> 8 s)
-    waiting: dict[str, list[np.ndarray]] = {}
-    held = 0  # float32 values waiting, over all layers
     for i in range(count):
-        values = dict(
-            zip(inputs, sess.run(inputs, {k: v[i : i + 1] for k, v in feeds.items()}), strict=True)
+        collector.add(
+            dict(zip(inputs, sess.run(inputs, {k: v[i : i + 1] for k, v in feeds.items()}), strict=True))
         )
-        for name, layer in layers.items():
-            w = graph.inits[name]
+    return collector.finish()
+
+
+class GramCollector:
+    """The Gram matrices of :func:`collect_grams`, fed one batch-1 sample's layer inputs at a
+    time by whoever runs the float graph: its own session, or calibration's run over the
+    same samples (converter/_calibrate.py ``collect(observer=...)``), which saves a second
+    float pass over the calibration set. Rows are drawn by the same seeded generator in
+    the same order either way: the same Grams for the same float values."""
+
+    def __init__(self, graph: Graph, count: int) -> None:
+        graph.reindex()
+        self.graph = graph
+        # a layer whose H the rows cannot estimate (K > MAX_POSITIONS / MIN_ROWS_PER_INPUT)
+        # would be rounded to nearest anyway: its K^2 Gram is not built (yolov8n's 3x3 Convs)
+        self.layers = {
+            name: layer
+            for name, layer in _layers(graph).items()
+            if positions(layer, graph.inits[name])
+            >= MIN_ROWS_PER_INPUT * inputs_per_output(layer, graph.inits[name])
+        }
+        self.inputs = sorted({ly.node.input[0] for ly in self.layers.values()})
+        self.keep = {
+            n: max(1, math.ceil(positions(ly, graph.inits[n]) / count))
+            for n, ly in self.layers.items()
+        }
+        self.rng = np.random.default_rng(0)  # the same positions every run: the same bytes
+        # rows wait until many are stacked: one Gram product of a few thousand rows runs at
+        # BLAS speed, one per sample mostly writes its K x K result (ddddocr_ocr: 36 -> 8 s)
+        self.waiting: dict[str, list[np.ndarray]] = {}
+        self.held = 0  # float32 values waiting, over all layers
+        self.seconds = 0.0  # time spent in add / finish
+
+    def add(self, values: dict[str, Any]) -> None:
+        """One sample's values (batch 1) of every tensor in :attr:`inputs`."""
+        began = time.perf_counter()
+        for name, layer in self.layers.items():
+            w = self.graph.inits[name]
             x = np.asarray(values[layer.node.input[0]])[0]
-            rows = _sample_rows(x, layer, w, keep[name], rng, dtype=np.float32)
+            rows = _sample_rows(x, layer, w, self.keep[name], self.rng, dtype=np.float32)
             if rows is None:
                 continue
-            waiting.setdefault(name, []).append(rows)
-            held += rows.size
-            if held >= FLUSH_VALUES:
-                held = _flush(layers, waiting, held - FLUSH_VALUES // 2)
-    _flush(layers, waiting, None)
-    return {n: ly for n, ly in layers.items() if ly.gram is not None}
+            if rows.base is not None:  # a view of the run's output would keep the run's
+                rows = rows.copy()  # buffers (every tensor of calibration's run) alive
+            self.waiting.setdefault(name, []).append(rows)
+            self.held += rows.size
+            if self.held >= FLUSH_VALUES:
+                self.held = _flush(self.layers, self.waiting, self.held - FLUSH_VALUES // 2)
+        self.seconds += time.perf_counter() - began
+
+    def finish(self) -> dict[str, _Layer]:
+        began = time.perf_counter()
+        _flush(self.layers, self.waiting, None)
+        self.seconds += time.perf_counter() - began
+        return {n: ly for n, ly in self.layers.items() if ly.gram is not None}
 
 
 def _flush(

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import onnx
 
+from ._fixed_split import Split, split_fixed_inputs
 from ._ir import Graph
 from ._oprules import OpRule, fusable_clamp, rule_for
 from ._tail import float_tails
@@ -85,7 +87,9 @@ def make_plan(
     fused = _find_fusions(graph, rules)
     while True:
         quantized = _quantized_tensors(graph, rules, fused)
-        group_of = _groups(graph, rules, fused, quantized)
+        _, group_of = split_fixed_inputs(  # a Sigmoid's output into a wider Concat
+            graph, rules, quantized, ranges, partial(_groups, graph, rules, fused, quantized)
+        )
         params, used = _group_params(graph, rules, quantized, group_of, ranges, pin)
         bad = _inexact_fusions(graph, fused, params)
         if not bad:
@@ -146,7 +150,11 @@ def _is_activation_input(node: onnx.NodeProto, rule: OpRule, name: str, graph: G
 
 
 def _groups(
-    graph: Graph, rules: dict[str, OpRule], fused: dict[str, str], quantized: list[str]
+    graph: Graph,
+    rules: dict[str, OpRule],
+    fused: dict[str, str],
+    quantized: list[str],
+    split: Split = frozenset(),
 ) -> dict[str, str]:
     parent = {t: t for t in quantized}
 
@@ -166,7 +174,7 @@ def _groups(
         rule = rules.get(node.name)
         if rule is None or rule.output not in ("same", "unify") or node.name in fused:
             continue
-        ins = [i for i in node.input if i in parent]
+        ins = [i for i in node.input if i in parent and (node.name, i) not in split]
         outs = [node.output[0]]
         if rule.output == "same":  # every output of a "same" op (Split has several)
             ins, outs = ins[:1], list(node.output)

@@ -27,7 +27,9 @@ parameters serve both formats; this is the TFLite INT8 quantization spec):
   (Split: every output, Slice, Transpose, Squeeze, Unsqueeze, Resize, Pad, ReduceMean,
   Gather, Expand, Tile): output parameters are exactly the input's. Concat: all inputs
   and the output share one set; a constant input is quantized with them (its range is
-  part of theirs).
+  part of theirs); an input with fixed parameters (Sigmoid...) whose range does not
+  hold the Concat's keeps its own, and the Concat requantizes it
+  (converter/_fixed_split.py).
 - HardSwish, HardSigmoid, LeakyRelu, Gelu, Sub, PRelu (constant slope, an int8 per-tensor
   constant operand like Add/Mul's), MatMul of two activations (both per-tensor int8):
   int8 input(s), own calibrated output parameters. Decomposed HardSwish / Gelu /

@@ -96,8 +96,8 @@ def test_scores_survive_next_to_pixel_boxes(tmp_path: Path) -> None:
 def test_without_the_tail_one_scale_drowns_the_scores(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The control: with the rule off, Concat shares one set of int8 parameters: the
-    Sigmoid's fixed 1/256 (TFLite spec) wins the group and every box is clipped to 1 px
-    (a range from the boxes would round every score to 0 instead)."""
+    boxes' range (the Sigmoid's scores are requantized into it, converter/_fixed_split.py)
+    rounds every score to 0 or one 320/255 step."""
     monkeypatch.setattr(_tail, "MAX_RANGE_RATIO", float("inf"))
     model = _head(tmp_path / "head.onnx")
     out, report, ev = _convert(tmp_path, model)
