@@ -41,6 +41,7 @@ from ._ir import Graph
 from ._mixed import WEIGHT_OPS, MixedResult, _group_nodes
 
 CHECKS = 3  # real conversions at most (the first check and the growth after a miss)
+FULL_RUNS = 3  # counts run on every sample when none holds (the best one is built)
 TRIM_TRIES = 10  # probe runs at most that hand kept groups back to int8 (see :func:`trim`)
 RANK_SAMPLES = 4  # samples per group for the sensitivity ranking, at most
 RANK_BUDGET_S = 45.0  # what the ranking may take: fewer samples for a large model
@@ -462,9 +463,12 @@ def search_probe(
         tried += [{"units": "probe: fewer float groups", "float_layers": c, "drop": round(d, 4)}
                   for c, d in trims]
     t_probe = time.perf_counter() - t0
-    if k is None:  # the probe finds no count: check the best it found
-        finite = {c: d for c, d in seen.items() if math.isfinite(d)}
-        k = min(finite, key=lambda c: (finite[c], c)) if finite else None
+    if k is None:  # no count holds; those runs stopped early: the largest counts in full
+        finite = sorted(c for c, d in seen.items() if math.isfinite(d))[-FULL_RUNS:]
+        full = {c: search.drop(keep_map(ranked[:c], target)) for c in finite}
+        tried += [{"units": "probe: float groups, every sample", "float_layers": c,
+                   "drop": round(d, 4)} for c, d in sorted(full.items())]
+        k = min(full, key=lambda c: (full[c], c)) if full else None
     real: dict[int, float] = {}
     counts = schedule(len(ranked))
     attempts: dict[int, list[dict[str, Any]]] = {}
