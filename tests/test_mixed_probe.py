@@ -122,3 +122,20 @@ def test_trim_hands_back_the_groups_the_target_does_not_need() -> None:
         groups, lambda gs: 0.0 if {"n1", "n6"} <= {g["head"] for g in gs} else 5.0, 1.0)
     assert [g["head"] for g in result] == ["n1", "n6"]
     assert len(tries) <= _mixed_probe.TRIM_TRIES and all(c < 8 for c, _ in tries)
+
+
+def test_fast_drop_is_the_measure_s_drop_and_stops_with_a_lower_bound() -> None:
+    """Run in full, the probe's drop is the measure's own on the same outputs (held-out
+    tail and all samples, the larger); stopped at a target, it is over the target and no
+    more than the full drop; the samples lost come first next time."""
+    inp, q = _quantized(FIX / "mobilenet.onnx", FIX / "mobilenet_calib.npz")
+    measure = _accuracy._drop_measure(inp, q.graph.to_model(), "sqnr")
+    probe = _mixed_probe.build_probe(q.graph, q.plan, q.qmodel)
+    sess = _evaluate.session(probe.model)
+    runner = _mixed_probe._Runner(sess, probe.feeds(q.plan))
+    fast = _mixed_probe.FastDrop(measure)
+    full, runs = fast.drop(runner)
+    assert runs == fast.n and full == pytest.approx(measure.drop_runner(runner), rel=1e-9)
+    assert full > 0 and set(fast.order) == set(range(fast.n))
+    bound, runs = fast.drop(runner, stop_above=full / 4)
+    assert full / 4 < bound <= full + 1e-9 and runs < fast.n
