@@ -250,8 +250,8 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
     best.metric_detail = measure.detail
     if keep:
         q.use(builds[tuple(keep)])
-        marked = set(q.plan.float_nodes)
-        best.kept_float = [r["node"] for r in best.ranking if r["node"] in marked]
+        marked = set(q.plan.float_nodes)  # a group whose TFLite lowering failed is not
+        best.kept_float = [n for n in best.kept_float if n in marked]
     by_name = {n.name: n.op_type for n in q.graph.nodes}
     kept = [n for n, why in q.plan.float_nodes.items() if "--max-drop" in why]
     best.float_nodes = len(kept)
