@@ -368,7 +368,7 @@ class _DropMeasure:
     def drop_of(self, qmodel: Any, lite: bytes | None = None) -> float:
         """The drop of the QDQ model, or of it and its TFLite (``lite``, run by LiteRT)
         whichever is larger: both formats are to hold the target."""
-        from . import _evaluate, _proxy
+        from . import _evaluate
         from ._mixed import drop_points
 
         s8 = _evaluate.session(qmodel)
@@ -383,23 +383,26 @@ class _DropMeasure:
                 p32, p8, _ = _evaluate.compare_outputs(self.fp32, runner, self.feeds)
                 drops.append(drop_points(p32, p8, self.labels))
             return max(drops)
-        return max(_proxy.drop(self.proxy, ref, self._views(runner, feeds))
-                   for runner in runners
-                   for ref, feeds in zip(self.refs, self.sets, strict=True))
+        return max(self._set_drops(runner) for runner in runners)
 
+    def _set_drops(self, runner: Any) -> float:
+        """The larger drop over the sets, the runner run once on every sample (each set
+        is a tail of them: the held-out calibration samples are the last)."""
+        from . import _proxy
+
+        views = self._views(runner, self.feeds)
+        return max(_proxy.drop(self.proxy, ref, views[len(views) - _count(feeds):])
+                   for ref, feeds in zip(self.refs, self.sets, strict=True))
 
     def drop_runner(self, runner: Any) -> float:
         """:meth:`drop_of` for a session-like ``runner`` (converter/_mixed_probe.py), run
         once on every sample: the held-out ones are the tail of all of them."""
-        from . import _proxy
         from ._mixed import drop_points
 
         if self.labels is not None:
             p32, p8, _ = _compare(self.fp32, runner, self.feeds)
             return drop_points(p32, p8, self.labels)
-        views = self._views(runner, self.feeds)
-        return max(_proxy.drop(self.proxy, ref, views[len(views) - _count(feeds):])
-                   for ref, feeds in zip(self.refs, self.sets, strict=True))
+        return self._set_drops(runner)
 
 
 def _compare(s32: Any, runner: Any, feeds: dict[str, np.ndarray]) -> Any:
