@@ -200,14 +200,14 @@ def choose_ranges(
 def meet_target(inp: Any, q: Any, opts: Any) -> Any:
     """``--max-drop``: measure the drop; when it misses, rank the quantized tensor groups
     by the output noise each causes alone and search the fewest kept float on one probe
-    session (converter/_mixed_probe.py), then build that conversion and measure it (both
+    session (converter/_mixed_probe.py, _mixed_search.py), then build that conversion and measure it (both
     formats) as before; ``q`` ends up as the best conversion built. With ``--eval`` labels
     the drop is accuracy points; without, a label-free task metric against the fp32 model
     (converter/_proxy.py) on ``--eval`` or the held-out calibration samples. With a TFLite
     to write, only ops with a float TFLite lowering go float, and a conversion whose TFLite
     cannot be lowered drops the group that blocked it (so both formats carry the same
     model)."""
-    from . import _mixed_probe
+    from . import _mixed_probe, _mixed_search
     from ._mixed import MixedResult
 
     assert opts.max_drop is not None
@@ -242,9 +242,9 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
     if not best.met:
         groups[:] = _mixed_probe.candidate_groups(q.graph, q.plan, _floatable() if tflite else None)
         probe = _mixed_probe.build_probe(q.graph, q.plan, q.qmodel)
-        search = _mixed_probe.ProbeSearch(
+        search = _mixed_search.ProbeSearch(
             probe, measure, lambda k: _planned(q.graph, q.plan_of(k)), q.plan)
-        best, keep = _mixed_probe.search_probe(
+        best, keep = _mixed_search.search_probe(
             opts.max_drop, search, groups, drop_int8, drop_of, measure.metric)
     best.measured_on = measure.where + (", ONNX and TFLite (the larger drop)" if lite_too else "")
     best.metric_detail = measure.detail

@@ -1,5 +1,6 @@
 """``--max-drop``'s probe (converter/_mixed_probe.py): one session that computes the INT8
-model of any set of float groups without a rebuild, and the search over it."""
+model of any set of float groups without a rebuild, and the search over it
+(converter/_mixed_search.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edgeship.converter import _accuracy, _convert, _evaluate, _mixed_probe
+from edgeship.converter import _accuracy, _convert, _evaluate, _mixed_probe, _mixed_search
 from edgeship.converter._options import ConvertOptions
 
 FIX = Path(__file__).parent / "fixtures"
@@ -43,7 +44,7 @@ def test_probe_computes_the_rebuilt_model_of_any_float_set(name: str) -> None:
     assert np.abs(int8 - fp32).max() > 10 * np.abs(on - int8).max()  # int8 noise is seen
     groups = _mixed_probe.candidate_groups(q.graph, q.plan, None)
     for k in (1, len(groups) // 2):
-        keep = _mixed_probe.keep_map(groups[:k], 1.0)
+        keep = _mixed_search.keep_map(groups[:k], 1.0)
         plan = _accuracy._planned(q.graph, q.plan_of(keep))
         rebuilt = _outputs(_evaluate.session(q.rebuild(keep).qmodel), feeds, {})
         np.testing.assert_allclose(_outputs(sess, feeds, probe.feeds(plan)), rebuilt,
@@ -60,32 +61,32 @@ def test_isolated_noise_ranks_the_rescaled_layers_first(tmp_path: Path) -> None:
     q = _convert._quantize(inp, opts, _convert._Clock(None), False)
     measure = _accuracy._drop_measure(inp, q.graph.to_model(), "sqnr")
     probe = _mixed_probe.build_probe(q.graph, q.plan, q.qmodel)
-    search = _mixed_probe.ProbeSearch(probe, measure, lambda k: _accuracy._planned(
+    search = _mixed_search.ProbeSearch(probe, measure, lambda k: _accuracy._planned(
         q.graph, q.plan_of(k)), q.plan)
     groups = _mixed_probe.candidate_groups(q.graph, q.plan, None)
-    ranked = _mixed_probe.rank(search, groups)
+    ranked = _mixed_search.rank(search, groups)
     assert [r["noise"] for r in ranked] == sorted((r["noise"] for r in ranked), reverse=True)
     assert ranked[0]["noise"] > 10 * ranked[-1]["noise"]
     # the top group float removes most of the output noise; all int8 is the worst
-    top = search.drop(_mixed_probe.keep_map(ranked[:1], 1.0))
+    top = search.drop(_mixed_search.keep_map(ranked[:1], 1.0))
     assert top < 0.6 * search.drop({})
     assert ranked[0]["op"] == "Gemm" or "Gemm" in {n.split("@")[0] for n in ranked[0]["nodes"]}
 
 
 def test_schedule_and_fewest_bisect_below_the_first_count_that_holds() -> None:
-    assert _mixed_probe.schedule(10) == [1, 2, 3, 5, 8, 10]
-    assert _mixed_probe.schedule(0) == []
+    assert _mixed_search.schedule(10) == [1, 2, 3, 5, 8, 10]
+    assert _mixed_search.schedule(0) == []
     calls: list[int] = []
 
     def drop_at(k: int) -> float:
         calls.append(k)
         return 0.5 if k >= 11 else 5.0
 
-    k, seen = _mixed_probe.fewest(drop_at, 20, 1.0)
+    k, seen = _mixed_search.fewest(drop_at, 20, 1.0)
     assert k == 11 and seen[11] == 0.5 and seen[8] == 5.0
     assert calls[:6] == [1, 2, 3, 5, 8, 12] and 20 not in calls
-    none, seen = _mixed_probe.fewest(lambda k: 3.0, 6, 1.0)
-    assert none is None and sorted(seen) == _mixed_probe.schedule(6)
+    none, seen = _mixed_search.fewest(lambda k: 3.0, 6, 1.0)
+    assert none is None and sorted(seen) == _mixed_search.schedule(6)
 
 
 def test_search_checks_the_probe_count_and_grows_on_a_miss(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,8 +108,8 @@ def test_search_checks_the_probe_count_and_grows_on_a_miss(monkeypatch: pytest.M
         built.append(len(keep) // 2)
         return 0.0 if len(keep) // 2 >= 5 else 2.0
 
-    monkeypatch.setattr(_mixed_probe, "rank", lambda search, g: g)  # in the given order
-    result, keep = _mixed_probe.search_probe(1.0, Fake(), groups, 9.0, real, "top1")  # type: ignore[arg-type]
+    monkeypatch.setattr(_mixed_search, "rank", lambda search, g: g)  # in the given order
+    result, keep = _mixed_search.search_probe(1.0, Fake(), groups, 9.0, real, "top1")  # type: ignore[arg-type]
     assert built == [3, 5] and result.met and result.drop == 0.0
     assert result.kept_float == ["n0", "n1", "n2", "n3", "n4"] and set(keep) >= {"n4", "r4"}
     assert "sensitivity rank 1" in keep["n0"] and "sensitivity rank 5" in keep["r4"]
@@ -118,10 +119,10 @@ def test_search_checks_the_probe_count_and_grows_on_a_miss(monkeypatch: pytest.M
 def test_trim_hands_back_the_groups_the_target_does_not_need() -> None:
     """Only groups 1 and 6 matter: the runs without them go back to int8."""
     groups = [{"head": f"n{i}", "nodes": [f"n{i}"]} for i in range(8)]
-    result, tries = _mixed_probe.trim(
+    result, tries = _mixed_search.trim(
         groups, lambda gs: 0.0 if {"n1", "n6"} <= {g["head"] for g in gs} else 5.0, 1.0)
     assert [g["head"] for g in result] == ["n1", "n6"]
-    assert len(tries) <= _mixed_probe.TRIM_TRIES and all(c < 8 for c, _ in tries)
+    assert len(tries) <= _mixed_search.TRIM_TRIES and all(c < 8 for c, _ in tries)
 
 
 def test_fast_drop_is_the_measure_s_drop_and_stops_with_a_lower_bound() -> None:
@@ -133,7 +134,7 @@ def test_fast_drop_is_the_measure_s_drop_and_stops_with_a_lower_bound() -> None:
     probe = _mixed_probe.build_probe(q.graph, q.plan, q.qmodel)
     sess = _evaluate.session(probe.model)
     runner = _mixed_probe._Runner(sess, probe.feeds(q.plan))
-    fast = _mixed_probe.FastDrop(measure)
+    fast = _mixed_search.FastDrop(measure)
     full, runs = fast.drop(runner)
     assert runs == fast.n and full == pytest.approx(measure.drop_runner(runner), rel=1e-9)
     assert full > 0 and set(fast.order) == set(range(fast.n))
