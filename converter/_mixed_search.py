@@ -221,20 +221,24 @@ def search_probe(
         tried += [{"units": "probe: float groups, every sample", "float_layers": c,
                    "drop": round(d, 4)} for c, d in sorted(full.items())]
         k = min(full, key=lambda c: (full[c], c)) if full else None
-    real: dict[int, float] = {}
-    counts = schedule(len(ranked))
+    # the conversions to check, in order: the trimmed set, the count that held, larger ones
+    queue: list[list[dict[str, Any]]] = [chosen] if chosen else []
+    if k is not None:
+        queue += [ranked[:c] for c in [k, *schedule(len(ranked))]
+                  if c >= k and seen.get(c, 0.0) != float("inf")]
     attempts: dict[int, list[dict[str, Any]]] = {}
-    if chosen:  # the trimmed set first (counted as its own size)
-        k = -len(chosen)
-        attempts[k] = chosen
-    while k is not None and len(real) < CHECKS:
-        groups_k = attempts.setdefault(k, ranked[:k])
-        real[k] = real_drop(keep_map(groups_k, target))
-        tried.append({"units": "rebuilt", "float_layers": len(groups_k), "drop": round(real[k], 4)})
-        if real[k] <= target:
+    real: dict[int, float] = {}
+    for groups_k in queue:
+        if len(real) == CHECKS:
             break
-        low = len(groups_k)
-        k = next((c for c in counts if c > low and seen.get(c, 0.0) != float("inf")), None)
+        if any(len(g) == len(groups_k) and g == groups_k for g in attempts.values()):
+            continue
+        i = len(attempts)
+        attempts[i] = groups_k
+        real[i] = real_drop(keep_map(groups_k, target))
+        tried.append({"units": "rebuilt", "float_layers": len(groups_k), "drop": round(real[i], 4)})
+        if real[i] <= target:
+            break
     result = MixedResult(target, metric, drop_int8, drop_int8, drop_int8 <= target, _rows(ranked))
     result.tried = tried
     result.units = "tensor groups"

@@ -140,3 +140,26 @@ def test_fast_drop_is_the_measure_s_drop_and_stops_with_a_lower_bound() -> None:
     assert full > 0 and set(fast.order) == set(range(fast.n))
     bound, runs = fast.drop(runner, stop_above=full / 4)
     assert full / 4 < bound <= full + 1e-9 and runs < fast.n
+
+
+def test_a_trimmed_set_that_misses_for_real_falls_back_to_the_count_that_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Fake:
+        seconds_per_sample = 0.0
+
+        def drop(self, keep: dict[str, str], stop_above: float | None = None) -> float:
+            return 0.0 if {"n0", "n2"} <= set(keep) else 4.0
+
+    groups = [{"head": f"n{i}", "nodes": [f"n{i}"], "root": f"t{i}", "op": "Conv", "noise": 1.0}
+              for i in range(10)]
+    built: list[list[str]] = []
+
+    def real(keep: dict[str, str]) -> float:
+        built.append(sorted(keep))
+        return 0.0 if len(keep) >= 3 else 2.0
+
+    monkeypatch.setattr(_mixed_search, "rank", lambda search, g: g)
+    result, keep = _mixed_search.search_probe(1.0, Fake(), groups, 9.0, real, "top1")  # type: ignore[arg-type]
+    assert built == [["n0", "n2"], ["n0", "n1", "n2"]] and result.met
+    assert result.kept_float == ["n0", "n1", "n2"] and set(keep) == {"n0", "n1", "n2"}
