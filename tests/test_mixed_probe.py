@@ -46,7 +46,10 @@ def test_probe_computes_the_rebuilt_model_of_any_float_set(name: str) -> None:
     for k in (1, len(groups) // 2):
         keep = _mixed_search.keep_map(groups[:k], 1.0)
         plan = _accuracy._planned(q.graph, q.plan_of(keep))
+        seconds = q.policy.seconds  # type: ignore[attr-defined]
         rebuilt = _outputs(_evaluate.session(q.rebuild(keep).qmodel), feeds, {})
+        # a rebuild reads the learned roundings the first build made (no second run)
+        assert q.policy.rounded and q.policy.seconds == seconds  # type: ignore[attr-defined]
         np.testing.assert_allclose(_outputs(sess, feeds, probe.feeds(plan)), rebuilt,
                                    rtol=1e-4, atol=1e-4)
         assert len(plan.quantized) < len(q.plan.quantized)
