@@ -251,7 +251,7 @@ def search_probe(
     if best is None or (not met and real[best] >= drop_int8):
         return result, {}
     result.drop, result.met = real[best], bool(met)
-    result.kept_float = [g["head"] for g in attempts[best]]
+    result.kept_float = list(dict.fromkeys(g["head"] for g in attempts[best]))  # heads repeat
     return result, keep_map(attempts[best], target)
 
 
