@@ -28,7 +28,7 @@ import numpy as np
 from ._mixed import MixedResult
 from ._mixed_probe import FloatProbe, _Runner
 
-CHECKS = 3  # real conversions at most (the first check and the growth after a miss)
+CHECKS = 5  # real conversions at most (the first check and the growth after a miss)
 FULL_RUNS = 3  # counts run on every sample when none holds (the best one is built)
 TRIM_TRIES = 10  # probe runs at most that hand kept groups back to int8 (see :func:`trim`)
 RANK_SAMPLES = 4  # samples per group for the sensitivity ranking, at most
