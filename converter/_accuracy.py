@@ -198,15 +198,17 @@ def choose_ranges(
 
 
 def meet_target(inp: Any, q: Any, opts: Any) -> Any:
-    """``--max-drop``: measure the drop, rank the tensor groups by the noise they add, keep
-    the most sensitive in float until the target holds (converter/_mixed.py); ``q`` ends
-    up as the best attempt. With ``--eval`` labels the drop is accuracy points; without, a
-    label-free task metric against the fp32 model (converter/_proxy.py) on ``--eval`` or the
-    held-out calibration samples. With a TFLite to write, only ops with a float TFLite
-    lowering go float, and an attempt whose TFLite cannot be lowered drops the group that
-    blocked it (so both formats carry the same model)."""
-    from . import _evaluate
-    from ._mixed import rank_groups, rank_layers, search
+    """``--max-drop``: measure the drop; when it misses, rank the quantized tensor groups
+    by the output noise each causes alone and search the fewest kept float on one probe
+    session (converter/_mixed_probe.py, _mixed_search.py), then build that conversion and measure it (both
+    formats) as before; ``q`` ends up as the best conversion built. With ``--eval`` labels
+    the drop is accuracy points; without, a label-free task metric against the fp32 model
+    (converter/_proxy.py) on ``--eval`` or the held-out calibration samples. With a TFLite
+    to write, only ops with a float TFLite lowering go float, and a conversion whose TFLite
+    cannot be lowered drops the group that blocked it (so both formats carry the same
+    model)."""
+    from . import _mixed_probe, _mixed_search
+    from ._mixed import MixedResult
 
     assert opts.max_drop is not None
     fp32_model = q.graph.to_model()
@@ -214,30 +216,14 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
     tflite = "tflite" in opts.formats
     lite_too = tflite and opts.io == "float"  # LiteRT measured too (float edges, as ONNX)
     drop_int8 = measure.drop_of(q.qmodel, _tflite_bytes(q.tflite_source, opts) if lite_too else None)
-    rankings: list[tuple[str, list[dict[str, Any]]]] = [("tensor groups", [])]
-    if drop_int8 > opts.max_drop:
-        feeds = measure.feeds
-        n = _evaluate.layer_samples(opts.sqnr_samples, sum(q.tensor_bytes.values()))
-        layer_db = _evaluate.layer_sqnr(
-            fp32_model,
-            q.qmodel,
-            q.tensor_map,
-            {k: v[:n] for k, v in feeds.items()},
-            tensor_bytes=q.tensor_bytes,
-        )
-        floatable = _floatable() if tflite else None
-        rankings = [
-            ("tensor groups", rank_groups(q.graph, q.plan, layer_db, floatable)),
-            ("layers", rank_layers(q.graph, q.plan.rules, q.plan.fused, layer_db, floatable)),
-        ]
     builds: dict[tuple[str, ...], Any] = {}
     blocked: set[str] = set()  # nodes whose float TFLite lowering failed
-    current: list[dict[str, Any]] = []  # the ranking being searched
+    groups: list[dict[str, Any]] = []
 
     def drop_of(keep: dict[str, str]) -> float:
         lite: bytes | None = None
         while True:
-            usable = _without_blocked(keep, current, blocked)
+            usable = _without_blocked(keep, groups, blocked)
             built = q.rebuild(usable)
             if not tflite:
                 break
@@ -250,33 +236,44 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
             return float("inf")
         return measure.drop_of(built.qmodel, lite if lite_too else None)
 
-    # tensor groups first (a group float leaves none of its tensors quantized); when
-    # they cannot meet the target, single layers (a layer float keeps its output
-    # quantized: the whole model but its last op can then be float)
-    best: Any = None
+    best = MixedResult(opts.max_drop, measure.metric, drop_int8, drop_int8,
+                       drop_int8 <= opts.max_drop, [])
     keep: dict[str, str] = {}
-    tried: list[dict[str, Any]] = []
-    for units, ranked in rankings:
-        current[:] = ranked
-        result, chosen = search(opts.max_drop, ranked, drop_int8, drop_of, measure.metric)
-        tried += [{"units": units, **t} for t in result.tried]
-        result.units = units
-        if best is None or (result.met, -result.drop) > (best.met, -best.drop):
-            best, keep = result, chosen
-        if result.met:
-            break
-    best.tried = tried
+    if not best.met:
+        groups[:] = _mixed_probe.candidate_groups(q.graph, q.plan, _floatable() if tflite else None)
+        probe = _mixed_probe.build_probe(q.graph, q.plan, q.qmodel)
+        search = _mixed_search.ProbeSearch(
+            probe, measure, lambda k: _planned(q.graph, q.plan_of(k)), q.plan)
+        best, keep = _mixed_search.search_probe(
+            opts.max_drop, search, groups, drop_int8, drop_of, measure.metric)
     best.measured_on = measure.where + (", ONNX and TFLite (the larger drop)" if lite_too else "")
     best.metric_detail = measure.detail
     if keep:
         q.use(builds[tuple(keep)])
-        marked = set(q.plan.float_nodes)
-        best.kept_float = [r["node"] for r in best.ranking if r["node"] in marked]
-    best.float_nodes = sum("--max-drop" in why for why in q.plan.float_nodes.values())
+        marked = set(q.plan.float_nodes)  # a group whose TFLite lowering failed is not
+        best.kept_float = [n for n in best.kept_float if n in marked]
+    by_name = {n.name: n.op_type for n in q.graph.nodes}
+    kept = [n for n, why in q.plan.float_nodes.items() if "--max-drop" in why]
+    best.float_nodes = len(kept)
+    best.kept_ops = {op: sum(by_name.get(n) == op for n in kept)
+                     for op in sorted({by_name.get(n, "?") for n in kept})}
     best.int8_nodes = len(q.plan.rules)
     if blocked:
         best.blocked = sorted(blocked)
     return best
+
+
+def _planned(graph: Graph, plan: Any) -> Any:
+    """``plan`` with the scale adjustments the QDQ writer makes (converter/_quantize.py
+    :func:`build_qdq`), so the probe reads the scales the conversion would write."""
+    from ._add_ties import tie_free_add_scales
+    from ._pool_ties import tie_free_pool_scales
+    from ._quantize import exact_pool_scales
+
+    exact_pool_scales(graph, plan)
+    tie_free_pool_scales(graph, plan)
+    tie_free_add_scales(graph, plan)
+    return plan
 
 
 def _floatable() -> frozenset[str]:
@@ -286,15 +283,15 @@ def _floatable() -> frozenset[str]:
 
 
 def _without_blocked(
-    keep: dict[str, str], ranked: list[dict[str, Any]], blocked: set[str]
+    keep: dict[str, str], groups: list[dict[str, Any]], blocked: set[str]
 ) -> dict[str, str]:
-    """``keep`` less every ranked group that holds a blocked node (a group goes float
-    whole or not at all)."""
+    """``keep`` less every group that holds a blocked node (a group goes float whole or
+    not at all)."""
     if not blocked:
         return keep
     gone: set[str] = set()
-    for r in ranked:
-        members = {r["node"], *r.get("with", [])}
+    for r in groups:
+        members = set(r["nodes"])
         if members & blocked:
             gone |= members
     return {k: v for k, v in keep.items() if k not in gone}
@@ -371,7 +368,7 @@ class _DropMeasure:
     def drop_of(self, qmodel: Any, lite: bytes | None = None) -> float:
         """The drop of the QDQ model, or of it and its TFLite (``lite``, run by LiteRT)
         whichever is larger: both formats are to hold the target."""
-        from . import _evaluate, _proxy
+        from . import _evaluate
         from ._mixed import drop_points
 
         s8 = _evaluate.session(qmodel)
@@ -386,9 +383,32 @@ class _DropMeasure:
                 p32, p8, _ = _evaluate.compare_outputs(self.fp32, runner, self.feeds)
                 drops.append(drop_points(p32, p8, self.labels))
             return max(drops)
-        return max(_proxy.drop(self.proxy, ref, self._views(runner, feeds))
-                   for runner in runners
+        return max(self._set_drops(runner) for runner in runners)
+
+    def _set_drops(self, runner: Any) -> float:
+        """The larger drop over the sets, the runner run once on every sample (each set
+        is a tail of them: the held-out calibration samples are the last)."""
+        from . import _proxy
+
+        views = self._views(runner, self.feeds)
+        return max(_proxy.drop(self.proxy, ref, views[len(views) - _count(feeds):])
                    for ref, feeds in zip(self.refs, self.sets, strict=True))
+
+    def drop_runner(self, runner: Any) -> float:
+        """:meth:`drop_of` for a session-like ``runner`` (converter/_mixed_probe.py), run
+        once on every sample: the held-out ones are the tail of all of them."""
+        from ._mixed import drop_points
+
+        if self.labels is not None:
+            p32, p8, _ = _compare(self.fp32, runner, self.feeds)
+            return drop_points(p32, p8, self.labels)
+        return self._set_drops(runner)
+
+
+def _compare(s32: Any, runner: Any, feeds: dict[str, np.ndarray]) -> Any:
+    from . import _evaluate
+
+    return _evaluate.compare_outputs(s32, runner, feeds)
 
 
 class _LiteSession:

@@ -129,6 +129,7 @@ class _Quantized:
     # learned rounding's float run for its Gram matrices: (its own wall time, the time the
     # conversion waited for it after calibration; it overlaps calibration, _overlap.py)
     gram_seconds: tuple[float, float] | None = None
+    plan_of: Any = None  # keep_float -> Plan: what rebuild would quantize (--max-drop's probe)
 
     def use(self, built: _Built) -> None:
         self.plan, self.qmodel, self.weights = built.plan, built.qmodel, built.weights
@@ -357,6 +358,9 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         return _Built(plan, qmodel, weights, tensor_map, written.SerializeToString(),
                       out_model.SerializeToString())
 
+    def plan_of(keep_float: dict[str, str]) -> Plan:
+        return make_plan(graph, ranges, pin=inp.base, keep_float=keep_float)
+
     built = build({})
     log += ort_log
     if hasattr(policy, "summary"):
@@ -380,6 +384,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         pruned_by.refit,
         policy,
         gram_seconds,
+        plan_of,
     )
 
 

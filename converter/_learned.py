@@ -211,8 +211,13 @@ class LearnedRounding(WeightPolicy):
     layers: dict[str, _Layer] = field(default_factory=dict)
     errors: dict[str, tuple[float, float]] = field(default_factory=dict)  # nearest, learned
     seconds: float = 0.0
+    # (weight, scales, axis) -> its int8 values: a --max-drop rebuild asks again
+    rounded: dict[tuple[str, bytes, int | None], np.ndarray] = field(default_factory=dict)
 
     def round(self, name: str, w: np.ndarray, scales: np.ndarray, axis: int | None) -> np.ndarray:
+        key = (name, np.asarray(scales).tobytes(), axis)
+        if key in self.rounded:
+            return self.rounded[key].copy()
         layer = self.layers.get(name)
         if (
             layer is None
@@ -239,7 +244,8 @@ class LearnedRounding(WeightPolicy):
         self.errors[name] = (near, learned)
         self.seconds += time.perf_counter() - t0
         shaped = q.reshape(rows.shape)
-        return shaped.T.copy() if layer.rows_last else shaped
+        self.rounded[key] = shaped.T.copy() if layer.rows_last else shaped
+        return self.rounded[key].copy()
 
     def summary(self) -> str:
         near = sum(e[0] for e in self.errors.values())

@@ -139,6 +139,30 @@ def drop(proxy: Proxy, reference: Sequence[object], test: Sequence[object]) -> f
     return 100.0 * noise / max(signal, 1e-30)
 
 
+def lost_part(proxy: Proxy, ref: object, test: object) -> tuple[float, float]:
+    """One sample's share of :func:`drop`: (what it lost, what it weighs); the drop over
+    samples is 100 * the sum of the first / the sum of the second (the weight is the
+    reference's own, so a partial sum of losses bounds the drop from below)."""
+    if proxy.metric == "top1":
+        return float(_top1_lost(np.asarray(ref), np.asarray(test))), 1.0
+    if proxy.metric == "ctc":
+        return float(ref != test), 1.0
+    if proxy.metric == "boxes":
+        found, total = _matched(np.asarray(ref), np.asarray(test), BOX_CONF[proxy.layout])
+        return float(total - found), float(total)
+    r = np.asarray(ref, np.float64)
+    return float(np.sum((r - np.asarray(test)) ** 2)), float(np.sum(r**2))
+
+
+def weight(proxy: Proxy, ref: object) -> float:
+    """A sample's weight in :func:`lost_part` from its reference alone."""
+    if proxy.metric in ("top1", "ctc"):
+        return 1.0
+    if proxy.metric == "boxes":
+        return float(len(np.asarray(ref).reshape(-1, 6)))
+    return float(np.sum(np.asarray(ref, np.float64) ** 2))
+
+
 def _top1_lost(ref: np.ndarray, test: np.ndarray) -> bool:
     """Top-1 changed, or fp32's margin over its runner-up more than half gone."""
     top = int(np.argmax(ref))

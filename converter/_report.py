@@ -424,12 +424,15 @@ def _steps_html(r: Report) -> str:
             f"{html.escape(mixed.get('measured_on') or '?')}: drop all-int8 "
             f"{mixed['drop_all_int8']:.2f}, reached "
             f"{mixed['drop']:.2f}; kept float: {html.escape(', '.join(mixed['kept_float']) or 'none')}"
-            "</p>"
+            + (f" ({html.escape(', '.join(f'{n} {op}' for op, n in mixed['kept_ops'].items()))})"
+               if mixed.get("kept_ops") else "")
+            + "</p>"
         )
         ranking = mixed.get("ranking") or []
         if ranking:
             out.append(_table(
-                ["rank", "node", "op", "SQNR dB", "noise it adds", "kept float"],
+                ["rank", "node", "op", "SQNR dB (only it int8)", "output noise (only it int8)",
+                 "kept float"],
                 [[i + 1, row["node"], row["op"], row["sqnr_db"], row["added_noise"],
                   "yes" if row["node"] in mixed["kept_float"] else ""]
                  for i, row in enumerate(ranking)],

@@ -1,5 +1,6 @@
-"""``--max-drop`` (converter/_mixed.py): layers ranked by the noise they add, the fewest
-most sensitive kept float until the drop holds; exit 3 with OUT/ written when it cannot."""
+"""``--max-drop`` (converter/_mixed.py, _mixed_probe.py): tensor groups ranked by the noise
+each causes, the fewest most sensitive kept float until the drop holds; exit 3 with OUT/
+written when it cannot."""
 
 from __future__ import annotations
 
@@ -11,78 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from edgeship.converter._ir import Graph
-from edgeship.converter._mixed import rank_layers, search, steps
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 FIX = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIX))
 from conftest import run_cli  # noqa: E402
 from rescaled_mlp import rescaled_mlp  # noqa: E402
-
-
-def test_steps_and_search_stop_at_the_first_k_that_holds() -> None:
-    assert steps(10) == [1, 2, 3, 5, 8, 10]
-    assert steps(0) == []
-    ranked = [{"node": f"n{i}", "with": [f"r{i}"] if i == 0 else []} for i in range(6)]
-    seen = []
-
-    def drop_of(keep: dict[str, str]) -> float:
-        seen.append(sorted(keep))
-        return {1: 5.0, 2: 3.0, 3: 0.5}.get(sum(k.startswith("n") for k in keep), 0.0)
-
-    result, keep = search(1.0, ranked, 9.0, drop_of, "accuracy")
-    assert result.met and result.drop == 0.5 and result.kept_float == ["n0", "n1", "n2"]
-    assert set(keep) == {"n0", "r0", "n1", "n2"}  # the folded Relu goes float with its layer
-    assert "sensitivity rank 1" in keep["n0"] and len(seen) == 3
-    result, keep = search(0.1, ranked, 9.0, lambda k: 2.0 + 0 * len(k), "agreement")
-    assert not result.met and result.drop == 2.0 and len(result.tried) == len(steps(6))
-    already, keep = search(5.0, ranked, 1.0, drop_of, "accuracy")
-    assert already.met and keep == {} and already.tried == []
-
-
-def test_search_bisects_to_the_fewest_and_refuses_all_float() -> None:
-    ranked = [{"node": f"n{i}", "with": []} for i in range(20)]
-
-    def drop_of(keep: dict[str, str]) -> float:
-        k = len(keep)
-        return float("inf") if k == 20 else (0.5 if k >= 11 else 5.0)  # 20: every tensor float
-
-    result, keep = search(1.0, ranked, 9.0, drop_of, "ctc")
-    tried = [t["float_layers"] for t in result.tried]
-    assert tried[:6] == [1, 2, 3, 5, 8, 13] and 20 not in tried  # 13 met: bisect 8..13
-    assert result.met and len(keep) == 11 and result.drop == 0.5
-    worse, keep = search(1.0, ranked, 9.0, lambda k: float("inf") if len(k) == 20 else 3.0, "ctc")
-    assert not worse.met and worse.drop == 3.0 and 17 in [t["float_layers"] for t in worse.tried]
-    # above 16 every tensor is float; 15 and 16 meet the target: found below the top
-    late, keep = search(1.0, ranked, 9.0, lambda k: float("inf") if len(k) > 16 else
-                        (0.0 if len(k) >= 15 else 4.0), "ctc")
-    assert late.met and len(keep) == 15
-
-
-def test_rank_by_the_noise_a_layer_adds_not_inherits() -> None:
-    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
-    nodes = [
-        helper.make_node("Gemm", ["x", "w"], ["a"], name="g1"),
-        helper.make_node("Relu", ["a"], ["r"], name="relu"),
-        helper.make_node("Gemm", ["r", "w"], ["y"], name="g2"),
-    ]
-    graph = Graph.from_model(
-        helper.make_model(
-            helper.make_graph(
-                nodes,
-                "g",
-                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-                [w],
-            )
-        )
-    )
-    rules = {"g1": object(), "g2": object(), "relu": object()}
-    # g1 takes the input from 50 dB to 20 dB; g2 from 20 dB to 19 dB: g1 is the culprit
-    ranked = rank_layers(graph, rules, {"relu": "g1"}, {"x": 50.0, "r": 20.0, "y": 19.0})
-    assert [r["node"] for r in ranked] == ["g1", "g2"]
-    assert ranked[0]["with"] == ["relu"] and ranked[0]["added_noise"] > ranked[1]["added_noise"]
 
 
 def _convert(args: list[str], fmt: str = "onnx") -> subprocess.CompletedProcess[str]:
