@@ -77,13 +77,8 @@ def _conflicts(
     group_of: dict[str, str],
     ranges: dict[str, tuple[float, float]],
 ) -> list[tuple[onnx.NodeProto, tuple[float, int]]]:
-    fixed: dict[str, tuple[float, int]] = {}
+    fixed = fixed_of_groups(graph, rules, quantized, group_of)
     wide: set[str] = set()
-    for t in quantized:
-        prod = graph.producer.get(t)
-        rule = rules.get(prod.name) if prod is not None else None
-        if rule is not None and rule.output == "fixed" and rule.fixed is not None:
-            fixed[group_of[t]] = rule.fixed
     for t in quantized:
         root = group_of[t]
         if root in fixed and not _covered(ranges.get(t), fixed[root]):
@@ -96,6 +91,19 @@ def _conflicts(
     ]
 
 
+def fixed_of_groups(
+    graph: Graph, rules: dict[str, OpRule], quantized: list[str], group_of: dict[str, str]
+) -> dict[str, tuple[float, int]]:
+    """The fixed (scale, zero point) of each group that holds an op's fixed output."""
+    fixed: dict[str, tuple[float, int]] = {}
+    for t in quantized:
+        prod = graph.producer.get(t)
+        rule = rules.get(prod.name) if prod is not None else None
+        if rule is not None and rule.output == "fixed" and rule.fixed is not None:
+            fixed[group_of[t]] = rule.fixed
+    return fixed
+
+
 def _covered(span: tuple[float, float] | None, fixed: tuple[float, int]) -> bool:
     """Whether the fixed parameters hold ``span`` (to within one step: a Sigmoid reaches
     1.0, one step above the grid's last value)."""
@@ -105,4 +113,4 @@ def _covered(span: tuple[float, float] | None, fixed: tuple[float, int]) -> bool
     return span[0] >= lo - fixed[0] and span[1] <= hi + fixed[0]
 
 
-__all__ = ["Split", "fixed_range", "split_fixed_inputs"]
+__all__ = ["Split", "fixed_of_groups", "fixed_range", "split_fixed_inputs"]

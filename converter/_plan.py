@@ -13,7 +13,7 @@ from functools import partial
 import numpy as np
 import onnx
 
-from ._fixed_split import Split, split_fixed_inputs
+from ._fixed_split import Split, fixed_of_groups, split_fixed_inputs
 from ._ir import Graph
 from ._oprules import OpRule, fusable_clamp, rule_for
 from ._tail import float_tails
@@ -193,14 +193,10 @@ def _group_params(
     ranges: dict[str, tuple[float, float]],
     pin: Pin | None,
 ) -> tuple[dict[str, QParams], dict[str, tuple[float, float]]]:
-    fixed: dict[str, tuple[float, int]] = {}
+    fixed = fixed_of_groups(graph, rules, quantized, group_of)
     span: dict[str, tuple[float, float]] = {}
     for t in quantized:
         root = group_of[t]
-        prod = graph.producer.get(t)
-        rule = rules.get(prod.name) if prod is not None else None
-        if rule is not None and rule.output == "fixed" and rule.fixed is not None:
-            fixed[root] = rule.fixed
         lo, hi = ranges.get(t, (0.0, 0.0))
         old = span.get(root, (lo, hi))
         span[root] = (min(old[0], lo), max(old[1], hi))

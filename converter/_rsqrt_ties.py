@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from ._tie_search import first_agreeing_scale, run_probe
+from ._tie_search import first_agreeing_scale, run_litert_int8, run_probe
 
 STEP = 2.0**-12
 MAX_TRIES = 64
@@ -51,20 +51,14 @@ def agreeing_rstd_scale(s_in: float, z_in: int, s_out: float, z_out: int) -> flo
 
 def litert_rsqrt(s_in: float, z_in: int, s_out: float, z_out: int) -> np.ndarray:
     """LiteRT's int8 RSQRT of every int8 code (a one-op model, default interpreter)."""
-    from edgeship.converter._tflite_fb import FbGraph, FbOp, FbQuant, FbTensor, serialize
-    from edgeship.sdk.runtime._runtime_litert import interpreter_module
+    from ._tflite_fb import FbGraph, FbOp, FbQuant, FbTensor
 
     graph = FbGraph()
     x = graph.add_tensor(FbTensor("x", (256,), "int8", quant=FbQuant([s_in], [z_in])))
     y = graph.add_tensor(FbTensor("y", (256,), "int8", quant=FbQuant([s_out], [z_out])))
     graph.add_op(FbOp("RSQRT", 2, [x], [y]))
     graph.inputs, graph.outputs = [x], [y]
-    interp = interpreter_module().Interpreter(model_content=serialize(graph), num_threads=1)
-    interp.allocate_tensors()
-    interp.set_tensor(interp.get_input_details()[0]["index"], CODES.astype(np.int8))
-    interp.invoke()
-    codes: np.ndarray = interp.get_tensor(interp.get_output_details()[0]["index"]).astype(np.int64)
-    return codes
+    return run_litert_int8(graph, CODES)
 
 
 def onnxruntime_rsqrt(s_in: float, z_in: int, scales: list[float], z_out: int) -> list[np.ndarray]:

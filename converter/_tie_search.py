@@ -9,6 +9,7 @@ once (one session per batch); the integer side is whatever the caller compares a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -31,6 +32,21 @@ def first_agreeing_scale(
             if agrees(candidate, codes):
                 return candidate
     return None
+
+
+def run_litert_int8(graph: Any, codes: np.ndarray) -> np.ndarray:
+    """The int8 output of a one-input, one-output LiteRT graph (an ``FbGraph``) fed
+    ``codes``, as int64 (the default interpreter, one thread: the kernels a device runs)."""
+    from edgeship.sdk.runtime._runtime_litert import interpreter_module
+
+    from ._tflite_fb import serialize
+
+    interp = interpreter_module().Interpreter(model_content=serialize(graph), num_threads=1)
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], codes.astype(np.int8))
+    interp.invoke()
+    out: np.ndarray = interp.get_tensor(interp.get_output_details()[0]["index"]).astype(np.int64)
+    return out
 
 
 def run_probe(graph: onnx.GraphProto, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from edgeship.converter._tflite_fb import FbGraph, FbOp, FbQuant, FbTensor, serialize
-from edgeship.converter._tie_search import run_probe
-from edgeship.sdk.runtime._runtime_litert import interpreter_module
+from edgeship.converter._tflite_fb import FbGraph, FbOp, FbQuant, FbTensor
+from edgeship.converter._tie_search import run_litert_int8, run_probe
 from onnx import TensorProto, helper, numpy_helper
 from onnx_graphs import save_one_io_model
 
@@ -29,15 +28,6 @@ BETA_CODES = (-127, -100, -99, -91, -85, -83, -73, -67, -65, -64, -60, -59, -56,
               12, 13, 14, 17, 18, 20, 21, 22, 23, 24, 25, 26, 29, 31, 32, 33, 34, 35, 38, 39, 41, 42, 43, 44,
               46, 47, 48, 49, 50, 55, 57, 60, 63, 64, 67, 71, 72, 79, 86, 87, 104)
 OUTPUT = (0.01882782205939293, -50)
-
-
-def _run_litert(graph: FbGraph, x: np.ndarray) -> np.ndarray:
-    interp = interpreter_module().Interpreter(model_content=serialize(graph), num_threads=1)
-    interp.allocate_tensors()
-    interp.set_tensor(interp.get_input_details()[0]["index"], x.astype(np.int8))
-    interp.invoke()
-    out: np.ndarray = interp.get_tensor(interp.get_output_details()[0]["index"]).astype(np.int64)
-    return out
 
 
 def _every_sum(n: int, zero: int) -> np.ndarray:
@@ -56,7 +46,7 @@ def _means(rows: np.ndarray, x: tuple[float, int], y: tuple[float, int]) -> tupl
     yt = graph.add_tensor(FbTensor("y", (*shape[:2], 1), "int8", quant=FbQuant([y[0]], [y[1]])))
     graph.add_op(FbOp("MEAN", 2, [xt, axes], [yt], ("ReducerOptions", {"KeepDims": True})))
     graph.inputs, graph.outputs = [xt], [yt]
-    lite = _run_litert(graph, rows[None]).reshape(-1)
+    lite = run_litert_int8(graph, rows[None]).reshape(-1)
     inits = [numpy_helper.from_array(np.array(x[0], np.float32), "x_s"),
              numpy_helper.from_array(np.array(x[1] + 128, np.uint8), "x_z"),
              numpy_helper.from_array(np.array(y[0], np.float32), "y_s"),
@@ -94,7 +84,7 @@ def _litert_const_add(x: tuple[float, int], codes: np.ndarray, scale: float, y: 
     graph.add_op(FbOp("ADD", 2, [xt, ct], [yt], ("AddOptions", {"FusedActivationFunction": 0})))
     graph.inputs, graph.outputs = [xt], [yt]
     grid = np.repeat(np.arange(-128, 128)[:, None], codes.size, axis=1)
-    return _run_litert(graph, grid[None]).reshape(256, codes.size)
+    return run_litert_int8(graph, grid[None]).reshape(256, codes.size)
 
 
 def test_layernorm_output_add_of_beta_gets_a_scale_both_runtimes_round_alike() -> None:
