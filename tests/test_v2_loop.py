@@ -186,3 +186,18 @@ def test_binary_tails_are_64_byte_aligned() -> None:
         tail = np.frombuffer(body, np.uint8)[header_length:]
         assert tail.ctypes.data % 64 == 0 and len(body) == header_length + 4000
     assert isinstance(body_buffer(100, None), bytearray)
+
+
+def test_a_body_that_arrives_after_the_linger_is_read_whole(server: Any) -> None:
+    """The next request's head and part of its body come with the first: the worker
+    that answered reads them while it lingers, then hands the connection back to the
+    loop mid-body; the rest, 50 ms later, completes that same request."""
+    first, second = _infer_request(1.0), _infer_request(2.0, binary=True)
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(first + second[:-10])
+        [(status, reply)] = _answers(sock, 1)
+        assert status == 200 and json.loads(reply)["outputs"][0]["data"] == [2.0] * 4
+        time.sleep(0.05)
+        sock.sendall(second[-10:])
+        [(status, reply)] = _answers(sock, 1)
+    assert status == 200 and reply.endswith(np.full(4, 4.0, np.float32).tobytes())

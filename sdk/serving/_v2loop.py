@@ -232,12 +232,12 @@ class Loop:
         """A connection back from a worker: its next request may be in already."""
         if conn.id not in self._open:
             return
-        if conn.head is not None:  # handed back parked by a lingering worker
+        if conn.head is not None and conn.body is None:  # a lingering worker parked it
             self._step(conn, _PARK)
-        elif conn.buf or (conn.tls and conn.sock.pending()):
-            self._step(conn, self._advance(conn))
-        else:
+        elif conn.head is None and not conn.buf and not (conn.tls and conn.sock.pending()):
             self._watch(conn, selectors.EVENT_READ)
+        else:  # the next request's head, or part of its body, is in already
+            self._step(conn, self._advance(conn))
 
     def _retry_parked(self) -> None:
         now = time.monotonic()
@@ -418,6 +418,9 @@ class Loop:
                 return
             self.conns.phase(conn.id, "waiting")
             outcome = self._linger(conn) if self._jobs.empty() else _MORE
+            if self._stop:
+                self._finish(conn)
+                return
             if outcome == _READY:
                 self.conns.phase(conn.id, "working")
                 continue
@@ -432,16 +435,12 @@ class Loop:
         """Wait up to LINGER_S for the next request on ``conn`` and read it (worker)."""
         deadline = time.monotonic() + LINGER_S
         first = True
+        poller = select.poll()
+        poller.register(conn.sock, select.POLLIN)
         while True:
             if not (first and (conn.buf or (conn.tls and conn.sock.pending()))):
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    return _MORE
-                try:
-                    ready, _, _ = select.select([conn.sock], [], [], left)
-                except (OSError, ValueError):
-                    return _MORE
-                if not ready:
+                if left <= 0 or not poller.poll(left * 1000):
                     return _MORE
             first = False
             outcome = self._advance(conn)
