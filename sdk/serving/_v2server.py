@@ -5,12 +5,21 @@ that owns every connection and a few worker threads that answer (:mod:`._v2loop`
 keep-alive, ``TCP_NODELAY``, a small strict head parser in :mod:`._v2http`), a fixed v2
 route table and a few extra routes (:mod:`._v2routes`), so start-up costs milliseconds and
 no web framework is imported. Until session 7 it was ``http.server`` with a thread per
-connection; the loop took a normal client's p99 under 200 slowloris connections and the
-per-request cost down (numbers in :mod:`._v2loop` and the closing note of issue 16).
+connection (a slowloris connection was a thread; 200 of them, 128 threads).
+
+Where a binary request's time went (session 7, mobilenet, c=1; CPU per request of the
+server process, measured under load 6-20, so ratios only): onnxruntime itself ~270-330 us
+(the in-process floor); the HTTP layer, v2 codec and dispatch ~80-100 us with a service
+that answers at once (old and new alike: many small Python steps, none over ~10 %; a
+C parser would take the head parse, ~3 %); ``Model.predict_all``'s general input checks
+~30 us (now skipped for an exact float input); glibc giving back and faulting in a
+request's buffers each time (the fixed mmap threshold, see ``_memory``) ~0.5 ms of a JSON
+request. A raw-socket server around the same session costs ~50 us over the floor.
 
 Why this and not uvicorn (issue 16, ``hw-bench/bench_http_stack.py``, results/
-http_stack.json: the agent's own service on mobilenet, 1 runtime thread, median of
-interleaved rounds on a 2-core machine shared with other jobs): against uvicorn + httptools
+http_stack.json, session 6, before the loop: the agent's own service on mobilenet, 1
+runtime thread, median of interleaved rounds on a 2-core machine shared with other jobs):
+against uvicorn + httptools
 with a raw ASGI app over the same dispatcher (inference on the loop / in the pool) it
 answered binary tensors at 1217 vs 934 / 829 req/s at concurrency 1, 1127 vs 692 / 996 at
 8, 1007 vs 880 / 949 at 64 (0 connection errors each); JSON tensors 136 vs 206 / 298 at 1
