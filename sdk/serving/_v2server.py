@@ -8,9 +8,9 @@ no web framework is imported. Until session 7 it was ``http.server`` with a thre
 connection (a slowloris connection was a thread; 200 of them, 128 threads).
 
 Where a binary request's time went (session 7, mobilenet, c=1; CPU per request of the
-server process, measured under load 6-20, so ratios only): onnxruntime itself ~270-330 us
+server process, the new server, under load 6-20, so ratios only): onnxruntime itself ~270-330 us
 (the in-process floor); the HTTP layer, v2 codec and dispatch ~80-100 us with a service
-that answers at once (old and new alike: many small Python steps, none over ~10 %; a
+that answers at once (many small Python steps, none over ~10 %; a
 C parser would take the head parse, ~3 %); ``Model.predict_all``'s general input checks
 ~30 us (now skipped for an exact float input); glibc giving back and faulting in a
 request's buffers each time (the fixed mmap threshold, see ``_memory``) ~0.5 ms of a JSON
