@@ -168,6 +168,21 @@ def test_idle_and_slowloris_connections_do_not_starve_a_client(agent: AgentProc)
     assert latencies[-1] < 1.0 + baseline[-1]
 
 
+def test_slowloris_connections_hold_no_thread_of_the_agent(agent: AgentProc) -> None:
+    """200 slowloris connections: the old server ran a thread for each (up to its 128
+    connections); the selector loop parks them all, so the agent's thread count stays."""
+    assert agent.proc is not None
+    tasks = Path(f"/proc/{agent.proc.pid}/task")
+    before = len(list(tasks.iterdir()))
+    with slowloris(agent.port, 200):
+        time.sleep(2.5)
+        during = len(list(tasks.iterdir()))
+        status, _ = _post(agent.port, _tensor(shape=[1, 64], data=[0.0] * 64))
+    print(f"agent threads: {before} before, {during} with 200 slowloris connections")
+    assert status == 200
+    assert during <= before + 3, (before, during)  # (a thread the daemon may start meanwhile)
+
+
 def test_a_burst_of_connects_is_queued_not_dropped(agent: AgentProc) -> None:
     """64 clients connecting at once (the listen backlog was 5: each waited ~1 s for a
     SYN retry): every one is answered, quickly."""

@@ -70,6 +70,7 @@ class OrtBackend:
         self._quant = edge_quant(hints, raw_in, raw_out)
         self.inputs = tuple(self._caller(s) for s in raw_in)
         self.outputs = tuple(self._caller(s) for s in raw_out)
+        self._output_names = [s.name for s in self.outputs]
         out_names = {s.name for s in raw_out}
         self.output_steps = {n: q.scale for n, q in self._quant.items() if n in out_names}
         if not self.output_steps:  # a QDQ model's float outputs: made by DequantizeLinear
@@ -80,6 +81,12 @@ class OrtBackend:
         return spec if quant is None else TensorSpec(name=spec.name, shape=spec.shape, dtype="float32")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self._quant:  # a float model: the arrays go and come as they are
+            try:
+                values = self._session.run(None, feeds)
+            except Exception as exc:
+                raise InferenceError(f"onnxruntime failed: {_first_line(exc)}") from exc
+            return dict(zip(self._output_names, values, strict=True))
         feeds = {k: to_storage(self._quant[k], v) if k in self._quant else v for k, v in feeds.items()}
         try:
             values = self._session.run(None, feeds)

@@ -1,15 +1,17 @@
 """Who may hold a connection of the v2 server, and for how long (starvation defence).
 
-The server runs one thread per connection, so connections are the scarce resource: 64
-idle TCP connections, or 200 "slowloris" peers sending a header byte a second, used to
-lock every other client out for up to 60 s. Here each connection is in one phase:
+Connections are a scarce resource: 64 idle TCP connections, or 200 "slowloris" peers
+sending a header byte a second, used to lock every other client out for up to 60 s (when
+the server ran a thread per connection; its selector loop, :mod:`._v2loop`, holds no
+thread for a waiting connection, but sockets and memory still count). Here each
+connection is in one phase:
 
 - ``waiting``: for (the rest of) a request line and headers; a deadline of
   ``header_timeout_s`` covers idle keep-alive and a slow header alike;
 - ``reading``: the body, with a deadline of ``body_timeout_s``;
 - ``working``: decoding, inference, the answer: no deadline, never evicted.
 
-A reaper closes connections past their deadline. When a new connection would go over
+A reaper shuts down connections past their deadline (the loop then sees end-of-file). When a new connection would go over
 ``max_connections``, or over ``max_per_peer`` for its address, the *waiting* connection
 that has waited longest (of that peer, for the per-peer bound) is closed to make room: a
 normal client whose request arrives at once is served, while connections that send
@@ -33,6 +35,7 @@ from typing import Any
 __all__ = ["ByteBudget", "Conn", "Connections", "Limits", "choose_victim", "request_cost"]
 
 REFUSE = -1
+_NEVER = float("inf")
 
 
 @dataclass(frozen=True)
@@ -119,10 +122,9 @@ class Connections:
 
     def _enter(self, conn: Conn, phase: str) -> None:
         now = time.monotonic()
-        timeout = {"waiting": self.limits.header_timeout_s,
-                   "reading": self.limits.body_timeout_s}.get(phase)
         conn.phase, conn.since = phase, now
-        conn.deadline = now + timeout if timeout is not None else float("inf")
+        conn.deadline = now + self.limits.header_timeout_s if phase == "waiting" else \
+            now + self.limits.body_timeout_s if phase == "reading" else _NEVER
 
     def _close(self, conn: Conn) -> None:
         """Wake the connection's thread: its blocked read returns end-of-file."""
@@ -166,7 +168,8 @@ class ByteBudget:
         """The cost held (capped at the limit), or None when it did not fit in time."""
         cost = min(cost, self.limit)
         with self._cond:
-            if not self._cond.wait_for(lambda: self.used + cost <= self.limit, timeout):
+            if self.used + cost > self.limit and (timeout <= 0 or not self._cond.wait_for(
+                    lambda: self.used + cost <= self.limit, timeout)):
                 return None
             self.used += cost
         return cost
@@ -174,4 +177,4 @@ class ByteBudget:
     def release(self, cost: int) -> None:
         with self._cond:
             self.used -= cost
-            self._cond.notify_all()
+            self._cond.notify_all()  # (the server's loop polls instead: it never waits here)

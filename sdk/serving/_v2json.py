@@ -38,7 +38,7 @@ _NUMBER_BYTES = b"0123456789eE+-., \t\r\n"  # what JSON numbers and their separa
 class CutArrays:
     """The arrays cut out of one body: marker -> (start, end) of their numbers in it."""
 
-    body: bytes
+    body: bytes | bytearray  # (the server reads bodies into a bytearray: not copied)
     prefix: str = field(default_factory=lambda: f"\x00edgeship-array-{os.urandom(8).hex()}-")
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)
     taken: set[str] = field(default_factory=set)
@@ -74,11 +74,11 @@ class CutArrays:
         return len(self.spans) - len(self.taken)
 
 
-def cut_arrays(body: bytes) -> tuple[bytes, CutArrays]:
+def cut_arrays(body: bytes | bytearray) -> tuple[bytes | bytearray, CutArrays]:
     """``body`` with each large flat numeric ``"data"`` array replaced by a marker string,
     and where those arrays are (the body is returned as is when it has none)."""
     cut = CutArrays(body)
-    pieces: list[bytes] = []
+    pieces: list[bytes | bytearray] = []
     last = 0
     for match in _DATA_KEY.finditer(body):
         start = match.end()
@@ -98,14 +98,14 @@ def cut_arrays(body: bytes) -> tuple[bytes, CutArrays]:
     return b"".join(pieces), cut
 
 
-def _only_numbers(body: bytes, start: int, end: int) -> bool:
+def _only_numbers(body: bytes | bytearray, start: int, end: int) -> bool:
     """Whether ``body[start:end]`` holds only number bytes (checked a slice at a time, so
     the check copies at most one slice)."""
     return not any(body[at:min(at + SLICE_BYTES, end)].translate(None, _NUMBER_BYTES)
                    for at in range(start, end, SLICE_BYTES))
 
 
-def _escaped(body: bytes, quote: int) -> bool:
+def _escaped(body: bytes | bytearray, quote: int) -> bool:
     """Whether the quote at ``quote`` is escaped (an odd run of backslashes before it)."""
     run = 0
     while quote - run - 1 >= 0 and body[quote - run - 1] == 0x5C:

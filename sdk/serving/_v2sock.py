@@ -1,0 +1,87 @@
+"""Socket helpers of the v2 server's loop and workers (non-blocking reads, blocking
+sends with a backstop timeout, closing, body buffers)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any
+
+__all__ = ["SOCKET_TIMEOUT_S", "Closed", "body_buffer", "recv", "recv_into", "send", "shut"]
+
+SOCKET_TIMEOUT_S = 30.0  # backstop for one blocking send; the phase deadlines are in _v2conns
+_ONE_WRITE = 64 * 1024  # a body up to this size leaves with its head in one send
+_READ = 65536
+_ALIGN = 64
+
+
+def body_buffer(length: int, header_length: int | None) -> bytearray | memoryview:
+    """Room for a body of ``length`` bytes. With a binary tail (after ``header_length``
+    bytes of JSON) the tail starts 64-byte aligned: its tensors are numpy views of it, and
+    an unaligned float32 input cost the runtime a copy (the old server copied every tail)."""
+    if header_length is None or not 0 < header_length < length:
+        return bytearray(length)
+    import numpy as np
+
+    raw = bytearray(length + _ALIGN)
+    address = np.frombuffer(raw, np.uint8).ctypes.data
+    shift = -(address + header_length) % _ALIGN
+    return memoryview(raw)[shift:shift + length]
+
+
+class Closed(Exception):
+    """The peer closed its side (or the socket failed): forget the connection."""
+
+
+def recv(sock: Any) -> bytes | None:
+    """What the socket has now (None: nothing yet); _Closed at end-of-file or an error."""
+    try:
+        data: bytes = sock.recv(_READ)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError as exc:
+        if _want(exc):
+            return None
+        raise Closed from exc
+    if not data:
+        raise Closed
+    return data
+
+
+def recv_into(sock: Any, view: memoryview) -> int | None:
+    try:
+        n: int = sock.recv_into(view)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError as exc:
+        if _want(exc):
+            return None
+        raise Closed from exc
+    if n == 0:
+        raise Closed
+    return n
+
+
+def _want(exc: OSError) -> bool:
+    """Whether a TLS socket only needs more bytes (SSLWantRead/WriteError)."""
+    return type(exc).__name__ in ("SSLWantReadError", "SSLWantWriteError")
+
+
+def send(sock: Any, head: bytes, body: bytes) -> None:
+    """Head and body, blocking up to SOCKET_TIMEOUT_S per send (worker thread)."""
+    sock.settimeout(SOCKET_TIMEOUT_S)
+    try:
+        if len(body) <= _ONE_WRITE:
+            sock.sendall(head + body)
+        else:  # a large body is not copied to join it
+            sock.sendall(head)
+            sock.sendall(body)
+    finally:
+        sock.settimeout(0.0)
+
+
+def shut(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_WR)  # the plain socket's, also under TLS
+    with contextlib.suppress(OSError):
+        sock.close()
