@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 __all__ = ["SOCKET_TIMEOUT_S", "Closed", "body_buffer", "recv", "recv_into", "send", "shut"]
 
@@ -13,6 +14,7 @@ SOCKET_TIMEOUT_S = 30.0  # backstop for one blocking send; the phase deadlines a
 _ONE_WRITE = 64 * 1024  # a body up to this size leaves with its head in one send
 _READ = 65536
 _ALIGN = 64
+_T = TypeVar("_T")
 
 
 def body_buffer(length: int, header_length: int | None) -> bytearray | memoryview:
@@ -34,32 +36,31 @@ class Closed(Exception):
 
 
 def recv(sock: Any) -> bytes | None:
-    """What the socket has now (None: nothing yet); _Closed at end-of-file or an error."""
-    try:
-        data: bytes = sock.recv(_READ)
-    except (BlockingIOError, InterruptedError):
-        return None
-    except OSError as exc:
-        if _want(exc):
-            return None
-        raise Closed from exc
-    if not data:
+    """What the socket has now (None: nothing yet); Closed at end-of-file or an error."""
+    data: bytes | None = _attempt(lambda: sock.recv(_READ))
+    if data is not None and not data:
         raise Closed
     return data
 
 
 def recv_into(sock: Any, view: memoryview) -> int | None:
+    """Bytes read into ``view`` now (None: nothing yet); Closed at end-of-file or an error."""
+    count: int | None = _attempt(lambda: sock.recv_into(view))
+    if count == 0:
+        raise Closed
+    return count
+
+
+def _attempt(read: Callable[[], _T]) -> _T | None:
+    """One non-blocking read: None when the socket has nothing yet."""
     try:
-        n: int = sock.recv_into(view)
+        return read()
     except (BlockingIOError, InterruptedError):
         return None
     except OSError as exc:
         if _want(exc):
             return None
         raise Closed from exc
-    if n == 0:
-        raise Closed
-    return n
 
 
 def _want(exc: OSError) -> bool:
