@@ -25,6 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from . import _layernorm
+from ._layernorm_ties import int8_vector
 
 SEP = "|"  # <LayerNormalization node name>|<step>: the chain's node names
 
@@ -127,11 +128,9 @@ class _Chain:
         return f"{t}_dq"
 
     def _const_vector(self, what: str, values: np.ndarray) -> str:
-        """``values`` as the TFLite writer stores them: int8 per tensor, symmetric
-        (``_const_vector`` / ``_scalar_const`` in converter/_tflite_ops_math.py)."""
-        peak = float(np.abs(values).max()) if values.size else 0.0
-        scale = peak / 127.0 if peak > 0 else 1.0
-        q = np.clip(np.round(values / scale), -127, 127).astype(np.int8)
+        """``values`` as the TFLite writer stores them (:func:`int8_vector`, as
+        ``_const_vector`` in converter/_tflite_ops_math.py)."""
+        q, scale = int8_vector(values)
         base = self._name(what)
         qn = self._init(f"{base}_q", q)
         s = self._init(f"{base}_s", np.array(scale, np.float32))

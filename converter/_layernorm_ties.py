@@ -36,8 +36,8 @@ Steps = dict[str, list[float]]  # step -> [scale, zero point], as converter/_lay
 
 
 def int8_vector(values: np.ndarray) -> tuple[np.ndarray, float]:
-    """A float vector as the chain and the TFLite file store it: int8 per tensor,
-    symmetric (``_const_vector`` in converter/_layernorm_qdq.py and _tflite_ops_math.py)."""
+    """A float vector as the QDQ chain and the TFLite file store it (both call this, so
+    the tie search sees their codes): int8 per tensor, symmetric (zero -> scale 1)."""
     peak = float(np.abs(values).max()) if values.size else 0.0
     scale = peak / 127.0 if peak > 0 else 1.0
     return np.clip(np.round(values / scale), -127, 127).astype(np.int8), scale

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from edgeship.converter import _layernorm
+from edgeship.converter._layernorm_ties import int8_vector
 from edgeship.converter._oprules_math import (
     NO_INT8_DIV,
     NO_INT8_ERF,
@@ -205,9 +206,7 @@ for _op, _reason in (("Div", NO_INT8_DIV), ("Sqrt", NO_INT8_SQRT), ("Reciprocal"
 # ---- LayerNormalization -----------------------------------------------------------------
 def _const_vector(ctx: Lowering, name: str, values: np.ndarray) -> int:
     """A float vector as an int8 per-tensor symmetric constant (zero -> scale 1)."""
-    peak = float(np.abs(values).max()) if values.size else 0.0
-    scale = peak / 127.0 if peak > 0 else 1.0
-    q = np.clip(np.round(values / scale), -127, 127).astype(np.int8)
+    q, scale = int8_vector(values)
     return ctx.const(name, q, FbQuant([scale], [0]))
 
 
