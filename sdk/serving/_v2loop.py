@@ -151,7 +151,7 @@ class Loop:
             work(conn)
         except Exception:
             _log().debug("connection ended with an error", exc_info=True)
-            self._forget(conn)
+            self._finish(conn)
 
     def stop(self, timeout: float = 5.0) -> None:
         """End :meth:`run` (from another thread) and the workers; close every connection."""
@@ -207,7 +207,7 @@ class Loop:
             conn.parked_at = time.monotonic()
             self._parked.append(conn)
         elif outcome == _GONE:
-            self._forget(conn)  # closed by the peer, or refused
+            self._finish(conn)  # closed by the peer, or refused
         else:
             self._watch(conn, selectors.EVENT_READ)
 
@@ -223,7 +223,7 @@ class Loop:
             self._watch(conn, selectors.EVENT_WRITE)
             return
         except (OSError, ValueError):  # includes SSLError: a bad or missing client cert
-            self._forget(conn)
+            self._finish(conn)
             return
         conn.handshaking = False
         self._step(conn, self._advance(conn))  # the request may be in with the handshake
@@ -250,7 +250,7 @@ class Loop:
                 self._parked.append(conn)
             elif outcome == _PARK:
                 self._refuse(conn, 503, "busy: too many request bytes in flight, retry later")
-                self._forget(conn)
+                self._finish(conn)
             else:
                 self._step(conn, self._advance(conn) if outcome == _MORE else outcome)
 
@@ -269,13 +269,10 @@ class Loop:
                 self.sel.unregister(conn.sock)
             conn.watched = 0
 
-    def _forget(self, conn: _Conn) -> None:
-        self._finish(conn)
-
     def _close_all(self) -> None:
         for conn in list(self._open.values()):
             if conn.watched or conn in self._parked:
-                self._forget(conn)
+                self._finish(conn)
         self._parked.clear()
         with contextlib.suppress(OSError):
             self.sel.close()
@@ -392,10 +389,14 @@ class Loop:
             self._unwatch(conn)
         self._open.pop(conn.id, None)
         self.conns.leave(conn.id)
+        self._release(conn)
+        shut(conn.sock)
+
+    def _release(self, conn: _Conn) -> None:
+        """Give back the budget ``conn``'s request holds."""
         if conn.held:
             self.budget.release(conn.held)
             conn.held = 0
-        shut(conn.sock)
 
     # -------------------------------------------------------------------- the workers
     def _work(self) -> None:
@@ -467,9 +468,7 @@ class Loop:
             send(conn.sock, out, response.body)
             del response
         finally:
-            if conn.held:
-                self.budget.release(conn.held)
-                conn.held = 0
+            self._release(conn)
         if large:  # what the heaps kept of a large request or answer goes back (issue 16)
             from edgeship.sdk.serving._memory import trim
 
