@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -114,7 +114,9 @@ def rank(search: ProbeSearch, groups: list[dict[str, Any]]) -> list[dict[str, An
     """Groups, most output noise first: the noise of the probe with only that group int8
     (its tensors, the weights of the layers writing them), everything else float, on the
     samples the all-int8 probe loses first (then the first ones)."""
-    every = list(_samples(search.measure.feeds))
+    from . import _evaluate
+
+    every = list(_evaluate.samples(search.measure.feeds))
     per_group = max(search.seconds_per_sample, 1e-4) * max(1, len(groups))
     n = int(min(RANK_SAMPLES, max(1, RANK_BUDGET_S // per_group)))
     feeds = [every[i] for i in search.fast.order[:n]]  # the lost ones first
@@ -295,7 +297,3 @@ def _rows(ranked: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _count(feeds: dict[str, np.ndarray]) -> int:
     return len(next(iter(feeds.values())))
 
-
-def _samples(feeds: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-    for i in range(_count(feeds)):
-        yield {k: v[i : i + 1] for k, v in feeds.items()}
