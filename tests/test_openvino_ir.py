@@ -118,3 +118,45 @@ def test_uint8_weights_become_int8_with_the_same_numbers(tmp_path: Path) -> None
                                {w: n for n, _, w in nodes})
         precision[p] = rows[0][2]
     assert precision == {generic: "f32", tmp_path / "p.onnx": "i8"}
+
+
+def test_a_packed_ir_runs_as_its_xml_does_from_file_or_memory(int8: dict[str, Path], tmp_path: Path) -> None:
+    """The .ovir a release ships (the IR's .xml and .bin as one file): read in memory, its
+    layers' kernel choice and its runtime_options reach the plugin as from the .xml; the
+    suffix (or the header) picks OpenVINO without runtime=."""
+    from edgeship.sdk.runtime._openvino_pack import pack_ir_files, unpack_ir
+
+    xml = write_ir(int8["mlp"], tmp_path / "m.xml", IrChoice(fused=False, amx=False, snippets=False))
+    packed = pack_ir_files(xml, 1 << 30)
+    assert unpack_ir(packed) == (xml.read_bytes(), (tmp_path / "m.bin").read_bytes())
+    (tmp_path / "m.ovir").write_bytes(packed)
+    from_xml = Model.load(xml, threads=1)  # auto: OpenVINO by the suffix
+    from_file = Model.load(tmp_path / "m.ovir", threads=1)
+    from_memory = Model.load_bytes(packed, format="ovir", runtime="openvino", threads=1)
+    assert from_xml.runtime == from_file.runtime == from_memory.runtime == "openvino"
+    assert _kernels(from_file) == _kernels(from_xml) == _kernels(from_memory)
+    assert [t for t, _ in _kernels(from_memory)].count("FullyConnected") == 3  # snippets off
+    x = np.load(FIX / "mlp_eval.npz")["input"][:4]
+    for i in range(len(x)):
+        want = from_xml.predict(x[i:i + 1])
+        assert np.array_equal(from_file.predict(x[i:i + 1]), want)
+        assert np.array_equal(from_memory.predict(x[i:i + 1]), want)
+
+
+def test_a_damaged_or_misrouted_pack_is_one_clear_error(int8: dict[str, Path], tmp_path: Path) -> None:
+    from edgeship.sdk.runtime._openvino_pack import pack_ir, pack_ir_files
+
+    from edgeship._errors import InputError, ModelLoadError
+
+    xml = write_ir(int8["mlp"], tmp_path / "m.xml", IrChoice(fused=False, amx=True))
+    packed = pack_ir_files(xml, 1 << 30)
+    for data, words in [(packed[:20], "truncated"), (pack_ir(b"x" * 64, b""), "no <net>"),
+                        (packed[:-64], "OpenVINO cannot load the model")]:
+        with pytest.raises(ModelLoadError, match=words) as caught:
+            Model.load_bytes(data, format="ovir", runtime="openvino")
+        assert "\n" not in str(caught.value)
+    with pytest.raises(ModelLoadError, match="runs with runtime 'openvino' only"):
+        Model.load_bytes(packed, format="ovir", runtime="onnxruntime")
+    (tmp_path / "m.bin").unlink()
+    with pytest.raises(InputError, match=r"cannot read the IR's weights \(.bin\) beside it"):
+        pack_ir_files(xml, 1 << 30)

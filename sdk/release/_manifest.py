@@ -19,7 +19,8 @@
                                     "sha256": "<hex>", "size": 524288,
                                     "format": "tflite"}}}   # optional
 
-``format`` of the artifact is its suffix without the dot (``tflite`` / ``onnx``).
+``format`` of the artifact is its suffix without the dot (``tflite`` / ``onnx``; a variant
+also ``rknn`` or ``ovir``, an OpenVINO IR packed as one file).
 ``golden`` may be ``null``; when present a device runs the model on ``inputs`` and
 requires ``|y - output| <= atol`` before committing the install (:meth:`Golden.arrays`
 decodes it; numpy is imported only then). ``encryption`` (an encrypted release: the

@@ -13,7 +13,9 @@ runtime is here; an agent that lacks it installs the generic artifact instead.
   to the NPU driver. Without it the file cannot run: its NPU part is a command stream.
 - ``rk3588``, ``rk3566``, ``rv1106`` ... (Rockchip, ``.rknn``): ``rknn-toolkit-lite2``
   (``rknnlite``, aarch64/armhf only) on the board's NPU driver.
-- ``openvino-cpu`` / ``-gpu`` / ``-npu``: the QDQ ONNX on OpenVINO's device.
+- ``openvino-cpu`` / ``-gpu`` / ``-npu``: the QDQ ONNX, or the OpenVINO IR the converter
+  picked packed as one ``.ovir`` (sdk/runtime/_openvino_pack.py), on OpenVINO's device. A
+  CPU agent whose ``[model] runtime`` is "openvino" takes the ``openvino-cpu`` one too.
 
 Pure table plus one small probe; imports nothing heavy.
 """

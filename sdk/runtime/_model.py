@@ -1,7 +1,8 @@
 """``Model``: one call to run an ONNX or TFLite model, float32 in and float32 out.
 
 The runtime is picked from the file suffix (``.onnx`` -> onnxruntime, ``.tflite`` ->
-LiteRT, else tflite-runtime); quantized TFLite edges are (de)quantized inside. Inputs
+LiteRT, else tflite-runtime; an OpenVINO IR, ``.xml`` or packed ``.ovir``, -> OpenVINO,
+``.rknn`` -> rknn-toolkit-lite2); quantized TFLite edges are (de)quantized inside. Inputs
 are checked against the model's own tensor specs before the runtime sees them, so a
 wrong shape or dtype is an :class:`InferenceError` that says what was expected.
 
@@ -26,7 +27,9 @@ __all__ = ["Model", "TensorSpec"]
 # openvino: ONNX only, asked for; rknn: a .rknn file on a Rockchip NPU (rknn-toolkit-lite2)
 RUNTIMES = ("auto", "onnxruntime", "litert", "openvino", "rknn")
 MAX_MODEL_BYTES = 1 << 30  # a model larger than 1 GiB is not an edge model
-_SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".tflite": "litert", ".rknn": "rknn"}
+# an OpenVINO IR: its .xml (the .bin beside it) or both packed as one .ovir (_openvino_pack)
+_SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".tflite": "litert", ".rknn": "rknn",
+                   ".xml": "openvino", ".ovir": "openvino"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +89,7 @@ class Model:
         threads: int | None = None,
         max_bytes: int = MAX_MODEL_BYTES,
     ) -> Model:
-        """Load ``path`` (.onnx or .tflite) on ``device`` ("cpu", "edgetpu" or an ORT EP)."""
+        """Load ``path`` (.onnx, .tflite, an IR's .xml/.ovir, .rknn) on ``device`` ("cpu", "edgetpu" or an ORT EP)."""
         file = Path(path)
         try:
             size = file.stat().st_size
@@ -108,7 +111,7 @@ class Model:
         threads: int | None = None,
         max_bytes: int = MAX_MODEL_BYTES,
     ) -> Model:
-        """Load a model held in memory; ``suffix`` (".onnx"/".tflite") picks the runtime."""
+        """Load a model held in memory; ``suffix`` (".onnx"/".tflite"/".ovir") picks the runtime."""
         if len(data) > max_bytes:
             raise ModelLoadError(f"model is {len(data)} bytes, over the limit of {max_bytes}")
         suffix = suffix if suffix.startswith(".") else f".{suffix}"
@@ -248,13 +251,17 @@ def _choose_runtime(runtime: str, suffix: str, head: bytes) -> str:
         raise ModelLoadError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     is_tflite = head[4:8] == b"TFL3"
     is_rknn = head[:4] == b"RKNN"
-    by_content = "litert" if is_tflite else "rknn" if is_rknn else "onnxruntime"
+    is_ir = head[:8] == b"ESOVIR1\0" or head[:5] == b"<?xml"  # _openvino_pack.MAGIC
+    by_content = ("litert" if is_tflite else "rknn" if is_rknn else "openvino" if is_ir
+                  else "onnxruntime")
     by_suffix = _SUFFIX_RUNTIME.get(suffix.lower(), by_content)
     chosen = by_suffix if runtime == "auto" else runtime
     if chosen == "litert" and not is_tflite:
         raise ModelLoadError("not a TFLite flatbuffer (no 'TFL3' identifier)")
     if chosen in ("onnxruntime", "openvino") and is_tflite:
         raise ModelLoadError(f"this is a TFLite model; {chosen} cannot run it here")
+    if is_ir and chosen != "openvino":
+        raise ModelLoadError("an OpenVINO IR runs with runtime 'openvino' only")
     if (chosen == "rknn") != is_rknn:
         raise ModelLoadError("an RKNN model runs with runtime 'rknn' only" if is_rknn
                              else "not an RKNN model (no 'RKNN' header)")

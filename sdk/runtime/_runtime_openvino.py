@@ -1,11 +1,13 @@
 """OpenVINO adapter for :class:`edgeship.sdk.Model` (``runtime="openvino"``, extra
-``openvino``): runs the INT8 QDQ ONNX on an Intel CPU (or ``device="npu"`` / ``"gpu"``
-when OpenVINO sees one). Imported only when asked for.
+``openvino``): runs the INT8 QDQ ONNX, or the OpenVINO IR the converter wrote for it
+(``.xml`` with its ``.bin``, or both packed as one ``.ovir``: _openvino_pack), on an Intel
+CPU (or ``device="npu"`` / ``"gpu"`` when OpenVINO sees one). Imported only when asked for.
 
 One compiled model and one infer request behind a lock: ``predict`` may be called from
 many threads; each call hands the inputs as tensors over the callers' arrays to one
-``infer`` call that returns copies of the outputs (:class:`OneCall`). int8 model edges (``io="int8"``) are float32 to the caller, as with
-onnxruntime (the same Q/DQ parameters, read from the ONNX graph).
+``infer`` call that returns copies of the outputs (:class:`OneCall`). int8 model edges
+(``io="int8"``) of an ONNX are float32 to the caller, as with onnxruntime (the same Q/DQ
+parameters, read from the ONNX graph); an IR's stay raw integers (it has no Q/DQ).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,7 +66,7 @@ class OpenVinoBackend:
             if threads is not None:
                 config["INFERENCE_NUM_THREADS"] = threads
         try:
-            model = core.read_model(source)
+            model = _read_model(core, source)
             if target == "CPU":
                 config.update(runtime_options(model))
             self._compiled = core.compile_model(model, target, config)
@@ -72,7 +75,8 @@ class OpenVinoBackend:
         raw_in = [_spec(p) for p in self._compiled.inputs]
         raw_out = [_spec(p) for p in self._compiled.outputs]
         int_edges = any(s.dtype in ("int8", "uint8") for s in (*raw_in, *raw_out))
-        self._quant = edge_quant(source_hints(source) if int_edges else QuantHints(), raw_in, raw_out)
+        onnx_source = int_edges and not _is_ir(source)
+        self._quant = edge_quant(source_hints(source) if onnx_source else QuantHints(), raw_in, raw_out)
         self.inputs = tuple(self._caller(s) for s in raw_in)
         self.outputs = tuple(self._caller(s) for s in raw_out)
         self._infer = OneCall(self._compiled.create_infer_request())
@@ -173,6 +177,28 @@ def _binding() -> tuple[Any, Callable[[Any, dict[int, Any], bool, bool], Any]]:
         return ov.Tensor, lambda request, tensors, share, decode: request.infer(tensors)
     infer: Callable[[Any, dict[int, Any], bool, bool], Any] = InferRequest.infer
     return ov.Tensor, infer
+
+
+def _read_model(core: Any, source: str | bytes) -> Any:
+    """OpenVINO's model of ``source``: an ONNX or IR file path (an IR's .bin beside it), a
+    packed IR (``.ovir``, sdk/runtime/_openvino_pack.py: file or bytes, read in memory)
+    or ONNX bytes."""
+    from edgeship.sdk.runtime._openvino_pack import SUFFIX, is_pack, unpack_ir
+
+    if isinstance(source, str) and source.lower().endswith(SUFFIX):
+        source = Path(source).read_bytes()
+    if isinstance(source, bytes) and is_pack(source):
+        xml, weights = unpack_ir(source)
+        return core.read_model(xml, weights)
+    return core.read_model(source)
+
+
+def _is_ir(source: str | bytes) -> bool:
+    from edgeship.sdk.runtime._openvino_pack import SUFFIX, is_pack
+
+    if isinstance(source, bytes):
+        return is_pack(source)
+    return source.lower().endswith((SUFFIX, ".xml"))
 
 
 def runtime_options(model: Any) -> dict[str, str]:
