@@ -91,7 +91,8 @@ class Agent:
                                 nonce=lambda: os.urandom(8).hex(),
                                 stall_after_s=3 * config.ota.request_timeout_s,
                                 install_window=config.ota.install_window,
-                                variants=usable_variants(config.hardware, log))
+                                variants=usable_variants(config.hardware, log,
+                                                         config.model.runtime))
         from edgeship.agent._recover import OfferBackfill, load_or_recover
 
         self.state, _ = load_or_recover(self.store, self.core, log,  # damaged: recovered

@@ -39,22 +39,27 @@ def data_key(encryption: dict[str, Any], device_key: Any | None) -> bytes:
     return unwrap_data_key(Encryption.from_dict(encryption), device_key)
 
 
-def usable_variants(hardware: str, log: Callable[..., None]) -> frozenset[str]:
+def usable_variants(hardware: str, log: Callable[..., None], runtime: str = "auto") -> frozenset[str]:
     """The hardware targets whose per-target artifacts this device installs: its own
-    ``hardware`` when that names an accelerator whose runtime is here. When the runtime
-    is missing, one log line says so: releases' variants for it are then passed over
-    and the generic artifact installed."""
+    ``hardware`` when that names an accelerator whose runtime is here; on a device whose
+    hardware names none, ``openvino-cpu`` when ``[model] runtime`` is "openvino" (the IR
+    or ONNX the converter picked for OpenVINO on a CPU). When the runtime is missing, one
+    log line says so: releases' variants for it are then passed over and the generic
+    artifact installed."""
     from edgeship.sdk.runtime._accel import accelerator, missing_runtime
 
+    target = hardware
     acc = accelerator(hardware)
+    if acc is None and runtime == "openvino":
+        target, acc = "openvino-cpu", accelerator("openvino-cpu")
     if acc is None:
         return frozenset()
     why = missing_runtime(acc)
     if why is not None:
-        log("variant_runtime_missing", level="warning", hardware=hardware, reason=why,
+        log("variant_runtime_missing", level="warning", hardware=target, reason=why,
             needs=acc.needs, installs="the generic artifact of each release")
         return frozenset()
-    return frozenset({hardware})
+    return frozenset({target})
 
 
 def runtime_for(variant: str | None, cfg: ModelConfig) -> tuple[str, str]:

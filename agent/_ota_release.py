@@ -74,10 +74,12 @@ def slot_info(job: Job, private_key: Any | None) -> SlotInfo:
 
 def select(manifest: Manifest, hardware: str | None, usable: frozenset[str]) -> tuple[Manifest, str]:
     """The manifest as this device installs it, and the variant's target ("" for the
-    generic artifact): the per-target artifact when the release has one for this
-    device's ``hardware`` and its runtime is here (``usable``), else the generic one."""
-    if hardware and hardware in usable and hardware in manifest.variants:
-        return manifest.select(hardware), hardware
+    generic artifact): the per-target artifact when the release has one for a target
+    whose runtime is here (``usable``: the device's ``hardware``, or openvino-cpu for a
+    CPU agent that runs OpenVINO), else the generic one."""
+    for target in (hardware, "openvino-cpu"):  # usable holds the latter only for such a CPU
+        if target and target in usable and target in manifest.variants:
+            return manifest.select(target), target
     return manifest, ""
 
 
