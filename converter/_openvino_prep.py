@@ -37,8 +37,9 @@ __all__ = ["fused_for_openvino"]
 
 def fused_for_openvino(model: Any) -> tuple[Any, int]:
     """A copy of the QDQ ``model`` (onnx.ModelProto) with the inner Q/DQ pairs of SiLU
-    blocks and of sigmoid gates on a conv's output removed, and uint8 weights with zero
-    point 128 written as int8 (:func:`_signed_weights`); and how many rewrites."""
+    blocks and of sigmoid gates on a conv's output removed, uint8 weights with zero
+    point 128 written as int8 (:func:`_signed_weights`) and chains of int8 elementwise
+    ops written as one table each (converter/_openvino_lut.py); and how many rewrites."""
     import onnx
 
     out = onnx.ModelProto.FromString(model.SerializeToString())
@@ -74,7 +75,10 @@ def fused_for_openvino(model: Any) -> tuple[Any, int]:
         kept = [n for n in graph.node if id(n) not in dropped]
         del graph.node[:]
         graph.node.extend(kept)
-    return out, count + _signed_weights(graph, users)
+    count += _signed_weights(graph, users)
+    from ._openvino_lut import int8_tables
+
+    return out, count + int8_tables(graph)  # last: it reads the graph as rewritten above
 
 
 WEIGHT_OF = {"MatMul": 1, "Gemm": 1, "Conv": 1}  # op -> its weight input
