@@ -60,12 +60,32 @@ def candidates(has_fused: bool, amx: bool, float_subgraphs: bool) -> list[IrChoi
     return found
 
 
+def _byte_indices(model: Any) -> int:
+    """Gathers indexed by an 8-bit tensor widened to int32 (ONNX's Gather takes no
+    narrower index; converter/_openvino_lut.py's tables) read the 8-bit tensor itself:
+    the same rows (a negative int8 index counts from the end either way), without an
+    int32 tensor to convert and reorder. How many."""
+    count = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Gather":
+            continue
+        widened = op.input_value(1).get_node()
+        if widened.get_type_name() != "Convert":
+            continue
+        narrow = widened.input_value(0)
+        if narrow.get_element_type().get_type_name() in ("u8", "i8"):
+            op.input(1).replace_source_output(narrow)
+            count += 1
+    return count
+
+
 def write_ir(onnx_path: Path, xml_path: Path, choice: IrChoice) -> Path:
     """``onnx_path`` read by OpenVINO and saved as IR at ``xml_path`` (weights in the
     ``.bin`` beside it, not compressed) with ``choice``'s kernels and properties."""
     import openvino as ov
 
     model = ov.Core().read_model(str(onnx_path))
+    _byte_indices(model)
     if not choice.amx:
         for op in model.get_ordered_ops():
             if op.get_type_name() in KERNEL_OPS:

@@ -37,6 +37,7 @@ def int8_tables(graph: Any) -> int:
     ``Gather(table, Cast(x))``; how many were replaced."""
     consts = _Consts(graph)
     outputs = {o.name for o in graph.output}
+    read_before = {i for n in graph.node for i in n.input}
     taken: set[int] = set()
     instead: dict[int, list[Any]] = {}  # a chain's first node -> the nodes that replace it
     for q in graph.node:
@@ -54,7 +55,25 @@ def int8_tables(graph: Any) -> int:
         nodes = [new for n in graph.node for new in instead.get(id(n), [n] if id(n) not in taken else [])]
         del graph.node[:]
         graph.node.extend(nodes)
+        _drop_unread(graph, read_before)
     return len(instead)
+
+
+def _drop_unread(graph: Any, before: set[str]) -> None:
+    """Remove the constants (and the nodes making them) that only the replaced chains
+    read; ``before``: what the graph read before."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type in ("Constant", "DequantizeLinear", "Cast")
+                and all(o in before and o not in read for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    read = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name in before and i.name not in read]:
+        graph.initializer.remove(init)
 
 
 class _Consts:
@@ -207,17 +226,17 @@ def _q_type(q: Any, consts: _Consts) -> int:
 
 
 def _lookup(graph: Any, source: str, end: str, table: Any, signed: bool) -> list[Any]:
-    """The nodes computing ``end`` as ``table[source]`` (initializers added to ``graph``)."""
+    """The nodes computing ``end`` as ``table[source]`` (the table added to ``graph``).
+    An int8 source indexes with its code as is: Gather counts a negative index from the
+    end, so the table is stored rotated (row ``c mod 256`` for code ``c``). The Cast is
+    what ONNX's Gather needs; the IR drops it (converter/_openvino_ir.py): OpenVINO's
+    Gather reads 8-bit indices, and an int32 index tensor cost PP-OCR rec a layout
+    reorder four times the size."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     name = f"{end}_table"
-    nodes = [helper.make_node("Cast", [source], [f"{name}_i"], name=f"{name}_i", to=TensorProto.INT32)]
-    at = f"{name}_i"
-    if signed:  # codes -128..127 -> rows 0..255
-        graph.initializer.append(numpy_helper.from_array(np.array(128, np.int32), f"{name}_off"))
-        nodes.append(helper.make_node("Add", [at, f"{name}_off"], [f"{name}_row"], name=f"{name}_row"))
-        at = f"{name}_row"
-    graph.initializer.append(numpy_helper.from_array(table, name))
-    nodes.append(helper.make_node("Gather", [name, at], [end], name=name, axis=0))
-    return nodes
+    rows = np.roll(table, 128) if signed else table
+    graph.initializer.append(numpy_helper.from_array(rows, name))
+    return [helper.make_node("Cast", [source], [f"{name}_i"], name=f"{name}_i", to=TensorProto.INT32),
+            helper.make_node("Gather", [name, f"{name}_i"], [end], name=name, axis=0)]
