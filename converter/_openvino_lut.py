@@ -183,7 +183,7 @@ def _table(graph: Any, source: str, chain: list[Any], consts: _Consts) -> tuple[
     import onnxruntime as ort
     from onnx import helper
 
-    eight_bit = {onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
+    eight_bit: dict[int, Any] = {int(onnx.TensorProto.UINT8): np.uint8, int(onnx.TensorProto.INT8): np.int8}
     dtype = eight_bit.get(_q_type(consts.producer[source], consts))
     out_elem = _q_type(chain[-1], consts)
     if dtype is None or out_elem not in eight_bit:
