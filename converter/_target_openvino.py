@@ -52,7 +52,7 @@ class OpenVinoResult(TargetResult):
     int8_path: bool = False  # every compute layer runs in u8/i8
     latency_ms: float | None = None  # OpenVINO, 1 thread, median
     onnxruntime_latency_ms: float | None = None  # same INT8 ONNX, same inputs, 1 thread
-    speedup: float | None = None  # onnxruntime / OpenVINO
+    speedup: float | None = None  # onnxruntime / OpenVINO: median over paired rounds
     max_abs_diff: float | None = None  # first output, OpenVINO vs onnxruntime INT8
     top1_agreement: float | None = None  # % of samples with the same argmax
     samples: int = 0
@@ -273,12 +273,15 @@ def _compare(compiled: Any, source: Path, device: str, inputs: TargetInputs) -> 
         ov_out.append(np.array(result[compiled.output(0)], np.float32))
     a, b = np.concatenate(ort_out), np.concatenate(ov_out)
     agree = _evaluate.predictions(a) == _evaluate.predictions(b)
-    ort_ms, ov_ms = _latencies_ms([_agent_call(inputs.onnx, "onnxruntime", device, feeds[0]),
-                                   _agent_call(source, "openvino", device, feeds[0])],
-                                  inputs.latency_runs)
+    ort_rounds, ov_rounds = _rounds_ms([_agent_call(inputs.onnx, "onnxruntime", device, feeds[0]),
+                                        _agent_call(source, "openvino", device, feeds[0])],
+                                       inputs.latency_runs)
+    ort_ms, ov_ms = (float(statistics.median(ms for block in r for ms in block))
+                     for r in (ort_rounds, ov_rounds))
     return {
         "latency_ms": round(ov_ms, 4), "onnxruntime_latency_ms": round(ort_ms, 4),
-        "speedup": round(ort_ms / ov_ms, 3) if ov_ms > 0 else None,
+        # paired per round (see paired_ratio), not ort_ms / ov_ms
+        "speedup": round(paired_ratio(ort_rounds, ov_rounds), 3) if ov_ms > 0 else None,
         "max_abs_diff": float(np.abs(a - b).max()) if a.shape == b.shape else None,
         "top1_agreement": round(100.0 * float(np.mean(agree)), 2), "samples": len(feeds),
     }
@@ -286,31 +289,51 @@ def _compare(compiled: Any, source: Path, device: str, inputs: TargetInputs) -> 
 
 BLOCK = 10  # calls of one runtime in a row; the first of each block is not counted
 MIN_TIMED_S = 0.2  # a fast model gets more rounds: each runtime timed about this long
+MIN_ROUNDS = 9  # a slow one at least this many: a paired ratio's median over rounds
 
 
 def _latencies_ms(calls: Sequence[Callable[[], object]], runs: int) -> list[float]:
-    """Median ms of each call, in alternating blocks of :data:`BLOCK` calls, the order of
-    the callers reversed every round: a machine shared with other work slows each alike,
-    and each runs with its own weights in the caches, as on a device that runs one of
-    them. Calls interleaved one by one timed each runtime after the other had evicted its
-    weights (same run, same load: MobileNetV3-Small's OpenVINO 0.69x onnxruntime that
-    way, 0.96x in blocks; the first call after a switch is what that measured)."""
+    """Median ms of each call over all its timed blocks (:func:`_rounds_ms`)."""
+    return [float(statistics.median(ms for block in blocks for ms in block))
+            for blocks in _rounds_ms(calls, runs)]
+
+
+def paired_ratio(first: list[list[float]], second: list[list[float]]) -> float:
+    """Median over rounds of (``first``'s block median / ``second``'s): each round's two
+    blocks ran back to back, so a load that comes and goes between rounds cancels out,
+    where the ratio of the two overall medians takes it whole (YOLOv8n under load ~13,
+    52 rounds: per-round ratios 0.85 to 1.18 at q10/q90, median 1.04)."""
+    return float(statistics.median(statistics.median(a) / statistics.median(b)
+                                   for a, b in zip(first, second, strict=True)))
+
+
+def _rounds_ms(calls: Sequence[Callable[[], object]], runs: int) -> list[list[list[float]]]:
+    """Per call, per round, the ms of its timed calls: alternating blocks of
+    :data:`BLOCK` calls, the order of the callers reversed every round: a machine shared
+    with other work slows each alike, and each runs with its own weights in the caches,
+    as on a device that runs one of them. Calls interleaved one by one timed each
+    runtime after the other had evicted its weights (same run, same load:
+    MobileNetV3-Small's OpenVINO 0.69x onnxruntime that way, 0.96x in blocks; the first
+    call after a switch is what that measured). At least :data:`MIN_ROUNDS` rounds."""
     one_s = []
     for call in calls:  # warm-up, and how long one call takes
         call()
         began = time.perf_counter()
         call()
         one_s.append(time.perf_counter() - began)
-    rounds = max(runs // (BLOCK - 1), 5, min(int(MIN_TIMED_S / (BLOCK * max(max(one_s), 1e-6))), 500))
-    times: list[list[float]] = [[] for _ in calls]
+    rounds = max(runs // (BLOCK - 1), MIN_ROUNDS,
+                 min(int(MIN_TIMED_S / (BLOCK * max(max(one_s), 1e-6))), 500))
+    times: list[list[list[float]]] = [[] for _ in calls]
     order = list(range(len(calls)))
     for _ in range(rounds):
         for index in order:
             call = calls[index]
             call()
+            block = []
             for _ in range(BLOCK - 1):
                 began = time.perf_counter()
                 call()
-                times[index].append((time.perf_counter() - began) * 1000.0)
+                block.append((time.perf_counter() - began) * 1000.0)
+            times[index].append(block)
         order.reverse()
-    return [float(statistics.median(t)) for t in times]
+    return times
