@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NO_AMX", "IrChoice", "candidates", "write_ir"]
+__all__ = ["IR_HINTS_KEY", "NO_AMX", "IrChoice", "candidates", "write_ir"]
+
+IR_HINTS_KEY = "edgeship_edge_quant"  # the IR's rt_info entry (sdk/runtime/_runtime_openvino.py)
 
 # the non-AMX int8 kernels, best first (OpenVINO CPU plugin names); a name this CPU lacks
 # is skipped by the plugin, which falls back to its own order
@@ -92,8 +94,20 @@ def write_ir(onnx_path: Path, xml_path: Path, choice: IrChoice) -> Path:
                 op.get_rt_info()["PrimitivesPriority"] = NO_AMX
     if not choice.snippets:
         model.set_rt_info("DISABLE", ["runtime_options", "SNIPPETS_MODE"])
+    hints = _edge_hints(onnx_path)
+    if hints:  # an IR has no Q/DQ at its int8 edges to read them from
+        model.set_rt_info(hints, [IR_HINTS_KEY])
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
     return xml_path
+
+
+def _edge_hints(onnx_path: Path) -> str:
+    """The ONNX's edge quantization hints (sdk/runtime/_quant_hints.py) as JSON, "" when
+    it has no int8 edge: what lets the SDK hand an io="int8" IR float32 as the ONNX."""
+    from edgeship.sdk.runtime._quant_hints import hints_from_model_bytes
+
+    hints = hints_from_model_bytes(onnx_path.read_bytes())
+    return hints.to_json() if hints.edges else ""
 
 
 def has_amx(core: Any) -> bool:

@@ -61,6 +61,26 @@ def test_openvino_model_agrees_with_onnxruntime(cnn_int8: dict[str, Path], io: s
     assert same >= len(x) - 2, same
 
 
+def test_an_io_int8_ir_is_float32_to_the_caller_as_its_onnx(cnn_int8: dict[str, Path],
+                                                             tmp_path: Path) -> None:
+    """The IR the openvino-cpu target writes for an --io int8 model carries its edges'
+    scales and zero points (an IR has no Q/DQ to read them from): loaded from the .xml or
+    packed in memory, it takes and gives float32 and the numbers of its ONNX."""
+    from edgeship.converter._openvino_ir import IrChoice, write_ir
+    from edgeship.sdk.runtime._openvino_pack import pack_ir_files
+
+    onnx_path = cnn_int8["int8"] / "model.int8.onnx"
+    xml = write_ir(onnx_path, tmp_path / "m.xml", IrChoice(fused=False, amx=True))
+    from_onnx = Model.load(onnx_path, runtime="openvino", threads=1)
+    for ir in (Model.load(xml, threads=1),
+               Model.load_bytes(pack_ir_files(xml, 1 << 30), format="ovir", runtime="openvino")):
+        assert [s.to_dict() for s in ir.inputs] == [s.to_dict() for s in from_onnx.inputs]
+        assert ir.inputs[0].dtype == "float32" and ir.outputs[0].dtype == "float32"
+        x = np.load(FIX / "cnn_eval.npz")["input"][:4]
+        for i in range(len(x)):
+            np.testing.assert_array_equal(ir.predict(x[i:i + 1]), from_onnx.predict(x[i:i + 1]))
+
+
 def test_openvino_refuses_what_it_cannot_run(cnn_int8: dict[str, Path]) -> None:
     with pytest.raises(ModelLoadError, match="TFLite model; openvino cannot run it"):
         Model.load(cnn_int8["float"] / "model.int8.tflite", runtime="openvino")

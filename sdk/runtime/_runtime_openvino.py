@@ -7,7 +7,7 @@ One compiled model and one infer request behind a lock: ``predict`` may be calle
 many threads; each call hands the inputs as tensors over the callers' arrays to one
 ``infer`` call that returns copies of the outputs (:class:`OneCall`). int8 model edges
 (``io="int8"``) of an ONNX are float32 to the caller, as with onnxruntime (the same Q/DQ
-parameters, read from the ONNX graph); an IR's stay raw integers (it has no Q/DQ).
+parameters, read from the ONNX graph; an IR carries them in its rt_info).
 """
 
 from __future__ import annotations
@@ -75,8 +75,10 @@ class OpenVinoBackend:
         raw_in = [_spec(p) for p in self._compiled.inputs]
         raw_out = [_spec(p) for p in self._compiled.outputs]
         int_edges = any(s.dtype in ("int8", "uint8") for s in (*raw_in, *raw_out))
-        onnx_source = int_edges and not _is_ir(source)
-        self._quant = edge_quant(source_hints(source) if onnx_source else QuantHints(), raw_in, raw_out)
+        hints = QuantHints()
+        if int_edges:
+            hints = ir_hints(model) if _is_ir(source) else source_hints(source)
+        self._quant = edge_quant(hints, raw_in, raw_out)
         self.inputs = tuple(self._caller(s) for s in raw_in)
         self.outputs = tuple(self._caller(s) for s in raw_out)
         self._infer = OneCall(self._compiled.create_infer_request())
@@ -208,6 +210,18 @@ def _is_ir(source: str | bytes) -> bool:
     if isinstance(source, bytes):
         return is_pack(source)
     return source.lower().endswith((SUFFIX, ".xml"))
+
+
+def ir_hints(model: Any) -> QuantHints:
+    """The int8 edges' scales and zero points an IR carries in its rt_info (the converter
+    writes them: converter/_openvino_ir.py), empty when it carries none."""
+    key = "edgeship_edge_quant"
+    if not model.has_rt_info([key]):
+        return QuantHints()
+    try:
+        return QuantHints.from_json(model.get_rt_info([key]).astype(str))
+    except ValueError:
+        return QuantHints()
 
 
 def runtime_options(model: Any) -> dict[str, str]:
