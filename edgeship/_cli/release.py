@@ -150,9 +150,9 @@ class _ReleaseCommand(click.Command):
 @click.option("--hardware", default="", help="comma-separated hardware targets (default: any)")
 @click.option("--variant", "variants", multiple=True, metavar="TARGET=FILE",
               help="the artifact compiled for a hardware target (e.g. ethos-u55-128="
-              "OUT/model.int8.ethos-u55-128.tflite; an OpenVINO IR's .xml, e.g. openvino-cpu="
-              "OUT/model.int8.openvino-cpu.xml, is packed with its .bin into one .ovir): "
-              "devices of that hardware install it, others ARTIFACT (repeatable)")
+              "OUT/model.int8.ethos-u55-128.tflite; for openvino-* an IR's .xml, packed with "
+              "the .bin beside it into one .ovir): devices of that hardware install it, "
+              "others ARTIFACT (repeatable)")
 @click.option("--encrypt-for", "encrypt_for", multiple=True, type=click.Path(path_type=Path),
               help="X25519 public key (keys fleet-key) to encrypt for (repeatable)")
 @click.option("--profile", "profile_file", type=click.Path(path_type=Path), default=None,
