@@ -103,17 +103,21 @@ def output_sqnr(
     *,
     means: dict[str, np.ndarray] | None = None,
     reference: Any = None,
+    recorded: list[np.ndarray] | None = None,
 ) -> float:
     """Output SQNR (dB) of the QDQ model of ``graph`` with these ranges against its float
     graph, over ``feeds`` (``means``: bias correction on; ``reference``: a session of the
-    float graph, when the caller already has one)."""
+    float graph, when the caller already has one; ``recorded``: the float graph's outputs
+    on ``feeds``, kept by calibration: then no float model runs)."""
     from ._plan import make_plan
     from ._quantize import build_qdq
 
     plan = make_plan(graph, ranges)
     qmodel = build_qdq(graph, plan, io="float", input_means=means)[0]
-    ref = reference if reference is not None else _evaluate.session(graph.to_model())
-    return float(_evaluate.compare_outputs(ref, _evaluate.session(qmodel), feeds)[2])
+    ref = None
+    if recorded is None:
+        ref = reference if reference is not None else _evaluate.session(graph.to_model())
+    return float(_evaluate.compare_outputs(ref, _evaluate.session(qmodel), feeds, recorded)[2])
 
 
 def _head(feeds: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
@@ -210,12 +214,13 @@ def guarded_equalize(
     graph.inits = dict(plain)
     n = len(next(iter(feeds.values())))
     judge = _head(feeds, 0, min(n, GUARD_SAMPLES))
-    reference = _evaluate.session(graph.to_model())
+    recorded = collected.recorded(0, min(n, GUARD_SAMPLES))  # the plain graph's outputs
+    reference = _evaluate.session(graph.to_model()) if recorded is None else None
     scores: dict[str, float] = {}
     for name, (inits, eq) in variants.items():
         graph.inits = dict(inits)
         trial = {**ranges, **pair_ranges(graph, pairs, low, high, eq.scales)}
-        scores[name] = output_sqnr(graph, trial, judge, reference=reference)
+        scores[name] = output_sqnr(graph, trial, judge, reference=reference, recorded=recorded)
     best = pick_equalization(scores)
     steps.equalize, steps.equalize_db = best, scores
     measured = ", ".join(f"{k} {v:.2f} dB" for k, v in scores.items())
@@ -245,10 +250,12 @@ def guarded_bias_correction(
     mean_of: frozenset[str],
     steps: Steps,
     fit_means: dict[str, np.ndarray],
+    recorded: Callable[[int, int], list[np.ndarray] | None] | None = None,
 ) -> bool:
     """Whether the default runs bias correction: enough samples, and a correction fitted on
     the first half of them (``fit_means``: the calibration's ``head_means``) raises the
-    output SQNR on held-out ones."""
+    output SQNR on held-out ones. ``recorded(start, stop)``: the float graph's outputs on
+    those calibration samples, when calibration kept them."""
     n = len(next(iter(feeds.values())))
     if not mean_of:
         steps.notes["bias_correction"] = "no Conv/Gemm with constant weights"
@@ -257,11 +264,19 @@ def guarded_bias_correction(
         steps.notes["bias_correction"] = f"{n} calibration samples < {BC_MIN_SAMPLES}"
         return False
     fit, judge = split(feeds)
-    reference = _evaluate.session(graph.to_model())
-    without = output_sqnr(graph, ranges, judge, reference=reference)
-    with_bc = output_sqnr(graph, ranges, judge, means=fit_means, reference=reference)
+    start = fit_count(n) if fit_count(n) < n else 0  # where split's judge starts
+    kept = None if recorded is None else recorded(start, start + _count(judge))
+    reference = _evaluate.session(graph.to_model()) if kept is None else None
+    without = output_sqnr(graph, ranges, judge, reference=reference, recorded=kept)
+    with_bc = output_sqnr(
+        graph, ranges, judge, means=fit_means, reference=reference, recorded=kept
+    )
     steps.notes["bias_correction"] = (
         f"fitted on {len(next(iter(fit.values())))} calibration samples, output SQNR on "
         f"{len(next(iter(judge.values())))} others {without:.2f} dB off, {with_bc:.2f} dB on"
     )
     return with_bc - without > BC_MIN_GAIN_DB
+
+
+def _count(feeds: dict[str, np.ndarray]) -> int:
+    return len(next(iter(feeds.values())))
