@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from edgeship.converter import ConvertOptions, _calibrate, _evaluate, convert
-from edgeship.converter._ir import Graph
 from edgeship.converter._convert import LAYER_SQNR_SAMPLES
+from edgeship.converter._ir import Graph
 from onnx import TensorProto, helper
 
 FIX = Path(__file__).parent / "fixtures"
