@@ -368,12 +368,14 @@ def _accumulate(
     for name, v in found:
         if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.ndim == 0:
             continue
-        part = v.sum(axis=0, dtype=np.float64)
+        # one row: the row itself (the same float64 values as its float64 sum, without
+        # numpy's buffered reduction over an axis of length 1)
+        part = v[0] if v.shape[0] == 1 else v.sum(axis=0, dtype=np.float64)
         if name in sums and sums[name].shape == part.shape:
-            sums[name] += part
+            sums[name] += part  # float32 rows are added as float64
             rows[name] += v.shape[0]
         elif name not in sums:
-            sums[name] = part
+            sums[name] = part.astype(np.float64)  # a copy: the run's buffer is not kept
             rows[name] = v.shape[0]
 
 
