@@ -123,7 +123,8 @@ def qdq_bytes(
     from ._quantize import build_qdq
 
     plan = make_plan(graph, ranges)
-    return build_qdq(graph, plan, io="float", input_means=means)[0].SerializeToString()
+    data: bytes = build_qdq(graph, plan, io="float", input_means=means)[0].SerializeToString()
+    return data
 
 
 def output_sqnrs(
