@@ -35,7 +35,7 @@ from onnx import numpy_helper
 from edgeship._errors import InputError
 
 from ._options import ConvertOptions
-from ._plan import QMAX, QMIN, Plan, QParams
+from ._plan import MIN_RANGE, QMAX, QMIN, Plan, QParams
 from ._quantize import WeightInfo, WeightPolicy, _bcast, symmetric_scales
 
 MAX_PARAMS_BYTES = 64 * 1024 * 1024
@@ -112,7 +112,7 @@ class BaseParams:
         slack = self.clip_tol * (old_hi - old_lo) + 1e-6 * old.scale
         if lo < old_lo - slack or hi > old_hi + slack:
             return None  # would clip the new range by more than the tolerance
-        fresh = max(hi - lo, 1e-8) / (QMAX - QMIN)
+        fresh = max(hi - lo, MIN_RANGE) / (QMAX - QMIN)
         if old.scale > fresh * (1.0 + self.scale_tol):
             return None  # would waste resolution
         if lo >= 0.0 and old.zero_point != QMIN:

@@ -109,7 +109,7 @@ def conv_shift(node: onnx.NodeProto, dw: np.ndarray, mean_x: np.ndarray) -> np.n
     taps = tap_means(node, mean_x, (kh, kw))
     if taps is None:
         return None
-    per_group = dw.astype(np.float64).reshape(group, out_c // group, cg, kh, kw)
+    per_group = np.asarray(dw, np.float64).reshape(group, out_c // group, cg, kh, kw)
     shift = np.einsum("gocij,gcij->go", per_group, taps.reshape(group, cg, kh, kw))
     return np.asarray(shift).reshape(out_c)
 
@@ -118,7 +118,8 @@ def gemm_shift(node: onnx.NodeProto, dw: np.ndarray, mean_x: np.ndarray) -> np.n
     """Per-output mean shift of a Gemm (``mean_x``: the mean input row, length K)."""
     if dw.ndim != 2:
         return None
-    mat = dw.astype(np.float64) if attr(node, "transB", 0) else dw.astype(np.float64).T
+    mat = np.asarray(dw, np.float64)  # no copy of a float64 error (large Gemm weights)
+    mat = mat if attr(node, "transB", 0) else mat.T
     if mat.shape[1] != mean_x.size:
         return None
     return mat @ mean_x.reshape(-1).astype(np.float64)
@@ -140,7 +141,7 @@ def bias_shift(
     layer this module corrects, or shapes it does not understand)."""
     if node.op_type not in CORRECTED_OPS:
         return None
-    dw = w_dq.astype(np.float64) - w.astype(np.float64)
+    dw = np.subtract(w_dq, w, dtype=np.float64)  # the float64 difference, no float64 copies
     mean_x = mean_for(node.op_type, per_sample_mean)
     if node.op_type == "Conv":
         return conv_shift(node, dw, mean_x)

@@ -26,8 +26,11 @@ methods stay available (``--calibration``) for models with real outliers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Protocol
 
 import numpy as np
@@ -38,6 +41,10 @@ from ._ir import Graph
 
 BINS = 8192
 BATCH_BYTES = 256 << 20  # activations of one calibration run (sum over fetched tensors)
+# runs started while one run's statistics are counted: each run is single-threaded (its
+# values do not depend on this), so two cores calibrate at once when memory allows
+AHEAD = 2
+RECORD_BYTES = 128 << 20  # the float output kept for the samples asked (``record``)
 CHUNK = 1 << 20  # elements per float64 slice when a large tensor is binned
 
 
@@ -138,6 +145,15 @@ class Collected:
     # per-channel minimum / maximum of the tensors asked for (``channels_of``)
     channel_lo: dict[str, np.ndarray] = field(default_factory=dict)
     channel_hi: dict[str, np.ndarray] = field(default_factory=dict)
+    # the graph's first output on the samples asked for (``record``), batch 1: later
+    # checks compare their INT8 models against it instead of running the float graph again
+    outputs: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def recorded(self, start: int, stop: int) -> list[np.ndarray] | None:
+        """The kept float outputs of samples ``start`` to ``stop`` (None: not all kept)."""
+        if not all(i in self.outputs for i in range(start, stop)):
+            return None
+        return [self.outputs[i] for i in range(start, stop)]
 
     @property
     def sample_bytes(self) -> int:
@@ -164,6 +180,7 @@ def collect(
     mean_split: int = 0,
     channels_of: frozenset[str] = frozenset(),
     observer: SampleObserver | None = None,
+    record: frozenset[int] = frozenset(),
 ) -> Collected:
     """Run the float graph on every sample; returns stats for every activation tensor.
 
@@ -180,7 +197,8 @@ def collect(
     else the last axis; the cross-layer equalization guard). ``observer``: gets each
     sample's values (batch 1) of its ``inputs`` as the run produces them, or is told
     ``batched()`` when the samples go in batches (learned rounding's Grams, which then
-    run on their own)."""
+    run on their own). ``record``: samples whose first graph output is kept (see
+    :attr:`Collected.outputs`; none when they would pass ``RECORD_BYTES``)."""
     names = graph.activations()
     stats = {n: TensorStats(histogram=histograms) for n in names}
     sums: dict[str, np.ndarray] = {}
@@ -202,17 +220,23 @@ def collect(
         observer.batched()  # it runs the samples itself
         observer = None
     starts = sorted({*range(0, count, batch), *([mean_split] if 0 < mean_split < count else [])})
+    chunks = list(zip(starts, [*starts[1:], count], strict=True))
+    ahead = AHEAD if (AHEAD + 1) * batch * sum(tensor_bytes.values()) <= batch_bytes else 0
+    kept: dict[int, np.ndarray] = {}
+    out_at = _record_index(graph, fetch, tensor_bytes, record, count)
     head: dict[str, np.ndarray] = {}
     # rows summed per tensor: the samples, or more where axis 0 is not the batch (a Gemm
     # input [T, K] of a batch-1 graph: its mean row is what bias correction needs)
     rows: dict[str, int] = {}
     lo: dict[str, np.ndarray] = {}
     hi: dict[str, np.ndarray] = {}
+    runs = _in_order(sess, fetch, feeds, chunks, first, ahead)
+    del first  # the generator holds it until handed over
     with _progress_bar(progress, count) as advance:
-        for i, end in zip(starts, [*starts[1:], count], strict=True):
+        for (i, end), values in zip(chunks, runs, strict=True):
             sample = {k: v[i:end] for k, v in feeds.items()}
-            values = first if i == 0 and first is not None else _run(sess, fetch, sample, i)
-            first = None
+            if out_at is not None:
+                _keep(kept, record, i, end, values[out_at], batched=batch > 1)
             if observer is not None:
                 _observe(observer, fetch, sample, values)
             _accumulate(sums, mean_of, fetch, sample, values, rows)
@@ -223,7 +247,70 @@ def collect(
                 head = {k: (v / rows[k]).astype(np.float32) for k, v in sums.items()}
             advance(end - i)
     means = {k: (v / rows[k]).astype(np.float32) for k, v in sums.items()}
-    return Collected(stats, batch, tensor_bytes, means, head or means, lo, hi)
+    return Collected(stats, batch, tensor_bytes, means, head or means, lo, hi, kept)
+
+
+def _in_order(
+    sess: Any,
+    fetch: list[str],
+    feeds: dict[str, np.ndarray],
+    chunks: list[tuple[int, int]],
+    first: list[Any] | None,
+    ahead: int,
+) -> Iterator[list[Any]]:
+    """Each chunk's outputs, in chunk order (``first``: chunk 0's, already run). With
+    ``ahead``, that many later chunks run on worker threads while the caller counts one
+    (onnxruntime releases the GIL; a session may run on several threads at once)."""
+    def run(chunk: tuple[int, int]) -> list[Any]:
+        i, end = chunk
+        return _run(sess, fetch, {k: v[i:end] for k, v in feeds.items()}, i)
+
+    todo = iter(chunks)
+    if first is not None:
+        next(todo)
+        yield first
+        first = None
+    if not ahead:
+        yield from map(run, todo)
+        return
+    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="calibrate")
+    try:
+        pending: deque[Future[list[Any]]] = deque(pool.submit(run, c) for c in islice(todo, ahead))
+        while pending:
+            values = pending.popleft().result()
+            pending.extend(pool.submit(run, c) for c in islice(todo, 1))
+            yield values
+            del values
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _record_index(
+    graph: Graph, fetch: list[str], tensor_bytes: dict[str, int], record: frozenset[int],
+    count: int,
+) -> int | None:
+    """Where the first graph output is in ``fetch``, when ``record`` asks for it and its
+    samples fit in ``RECORD_BYTES``."""
+    wanted = [i for i in record if 0 <= i < count]
+    if not wanted or not graph.output_names or graph.output_names[0] not in fetch:
+        return None
+    name = graph.output_names[0]
+    if tensor_bytes.get(name, 0) * len(wanted) > RECORD_BYTES:
+        return None
+    return fetch.index(name)
+
+
+def _keep(
+    kept: dict[int, np.ndarray], record: frozenset[int], i: int, end: int, value: Any,
+    *, batched: bool,
+) -> None:
+    """Copies of samples ``i..end``'s output rows asked for (axis 0 is the batch of a
+    batched run; a one-sample run's output is the sample's, whatever its layout)."""
+    if not isinstance(value, np.ndarray) or value.dtype != np.float32:
+        return
+    for s in range(i, end):
+        if s in record:
+            kept[s] = np.array(value[s - i : s - i + 1] if batched else value)
 
 
 class SampleObserver(Protocol):
@@ -281,12 +368,14 @@ def _accumulate(
     for name, v in found:
         if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.ndim == 0:
             continue
-        part = v.sum(axis=0, dtype=np.float64)
+        # one row: the row itself (the same float64 values as its float64 sum, without
+        # numpy's buffered reduction over an axis of length 1)
+        part = v[0] if v.shape[0] == 1 else v.sum(axis=0, dtype=np.float64)
         if name in sums and sums[name].shape == part.shape:
-            sums[name] += part
+            sums[name] += part  # float32 rows are added as float64
             rows[name] += v.shape[0]
         elif name not in sums:
-            sums[name] = part
+            sums[name] = part.astype(np.float64)  # a copy: the run's buffer is not kept
             rows[name] = v.shape[0]
 
 

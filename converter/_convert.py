@@ -36,7 +36,13 @@ from ._report import Report, not_written_line, to_html
 from ._runtime_hints import with_runtime_hints
 from ._shapes import dynamic_dims, format_shape
 from ._sizes import report_sizes, zstd_bytes
-from ._steps import Steps, fit_count, guarded_bias_correction, guarded_equalize
+from ._steps import (
+    GUARD_SAMPLES,
+    Steps,
+    fit_count,
+    guarded_bias_correction,
+    guarded_equalize,
+)
 from ._targets import TargetsNotCompiled, check_available, run_for_convert
 from ._tflite_macs import read_ops
 
@@ -44,6 +50,11 @@ MODEL_FILE = "model.int8.onnx"
 TFLITE_FILE = "model.int8.tflite"
 PARAMS_FILE = "quant_params.json"
 PROFILE_FILE = "profile.json"  # with --eval: the drift reference for `release --profile`
+# per-layer SQNR (the report's table) runs the float and the int8 model with every tensor
+# exposed, per sample: on 32 samples that was ~8 s of CPU of ddddocr_ocr's conversion
+# (21 MB of activations a sample), more than its calibration; 8 samples of thousands of
+# values per tensor rank the layers as well (the output SQNR keeps all sqnr_samples)
+LAYER_SQNR_SAMPLES = 8
 
 
 class FormatsNotWritten(ConversionError):
@@ -130,6 +141,9 @@ class _Quantized:
     # conversion waited for it after calibration; it overlaps calibration, _overlap.py)
     gram_seconds: tuple[float, float] | None = None
     plan_of: Any = None  # keep_float -> Plan: what rebuild would quantize (--max-drop's probe)
+    # (start, stop) -> the float graph's first output on those calibration samples, kept
+    # from calibration (None when not kept): the report's output SQNR runs no float model
+    recorded: Any = None
 
     def use(self, built: _Built) -> None:
         self.plan, self.qmodel, self.weights = built.plan, built.qmodel, built.weights
@@ -295,6 +309,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
             graph, feeds, histograms=histograms, progress=progress, mean_of=mean_of,
             mean_split=fit_count(len(next(iter(feeds.values())))), channels_of=channels_of,
             observer=grams.observer() if grams is not None and feeds is inp.calib else None,
+            record=_recorded_samples(len(next(iter(feeds.values()))), opts, inp.ev is None),
         )
         return calib, _calibrate.ranges(calib.stats, method, opts.percentile)
 
@@ -323,7 +338,9 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     steps.bias_correction = bool(opts.bias_correction) or bool(
         opts.bias_correction is None
         and wants_bc
-        and guarded_bias_correction(graph, inp.calib, ranges, mean_of, steps, calib.head_means)
+        and guarded_bias_correction(
+            graph, inp.calib, ranges, mean_of, steps, calib.head_means, calib.recorded
+        )
     )
     clock.lap("calibrate")
     policy = inp.base.policy() if inp.base else WeightPolicy()
@@ -385,6 +402,7 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
         policy,
         gram_seconds,
         plan_of,
+        calib.recorded,
     )
 
 
@@ -449,7 +467,12 @@ def _report(
     calib, ev, graph, plan = inp.calib, inp.ev, q.graph, q.plan
     sqnr_feeds = _head(ev[0] if ev else calib, opts.sqnr_samples)
     fp32_ref = graph.to_model()
-    layer_n = _evaluate.layer_samples(opts.sqnr_samples, sum(q.tensor_bytes.values()))
+    layer_n = _evaluate.layer_samples(
+        min(opts.sqnr_samples, LAYER_SQNR_SAMPLES), sum(q.tensor_bytes.values())
+    )
+    recorded = None if ev is not None or q.recorded is None else q.recorded(
+        0, len(next(iter(sqnr_feeds.values())))
+    )
     # both models as bytes before the worker reads the protos (no proto is read by two
     # threads at once); per-layer SQNR on the worker, output SQNR, sizes and the Edge TPU
     # check here: each session single-threaded, so every number is the sequential one
@@ -458,12 +481,15 @@ def _report(
         partial(_evaluate.layer_sqnr, tensor_bytes=q.tensor_bytes),
         fp32_ref, q.qmodel, q.tensor_map, _head(sqnr_feeds, layer_n),
     )
+    # zstd releases the GIL: the sizes compress beside the runs (ddddocr_ocr: 1.5 s)
+    sizes_job = Background(_sizes, inp, q.int8_bytes, written, plan, q.pruned, opts)
     try:
-        out_db = _output_sqnr(fp32_bytes, int8_bytes, sqnr_feeds)
-        sizes = _sizes(inp, q.int8_bytes, written, plan, q.pruned, opts)
+        out_db = _output_sqnr(fp32_bytes, int8_bytes, sqnr_feeds, recorded)
         edgetpu = _edgetpu_tflite(tmp) if written else _edgetpu_verdict(graph, plan)
     finally:
+        sizes_job.wait()
         layer_db = layers_job.result()
+    sizes = sizes_job.result()
     clock.lap("measure")
     conversion_seconds = round(sum(clock.phases.values()), 4)
     eval_result = _eval(inp, q, fp32_ref, opts) if ev is not None else None
@@ -589,10 +615,24 @@ def _head(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     return {k: v[:n] for k, v in feeds.items()}
 
 
-def _output_sqnr(fp32: bytes, int8: bytes, feeds: dict[str, np.ndarray]) -> float:
+def _output_sqnr(
+    fp32: bytes, int8: bytes, feeds: dict[str, np.ndarray], recorded: list[np.ndarray] | None
+) -> float:
     """The first output's SQNR in plain sessions (with the int8 model's tensors exposed,
-    as in :func:`_evaluate.layer_sqnr`, onnxruntime would not fuse its QDQ kernels)."""
-    return _evaluate.compare_outputs(_evaluate.session(fp32), _evaluate.session(int8), feeds)[2]
+    as in :func:`_evaluate.layer_sqnr`, onnxruntime would not fuse its QDQ kernels);
+    against ``recorded`` (calibration's float outputs on these samples) when kept."""
+    s32 = _evaluate.session(fp32) if recorded is None else None
+    return _evaluate.compare_outputs(s32, _evaluate.session(int8), feeds, recorded)[2]
+
+
+def _recorded_samples(count: int, opts: ConvertOptions, no_eval: bool) -> frozenset[int]:
+    """The calibration samples whose float output later checks compare against: the
+    equalization guard's and the bias-correction guard's judges (converter/_steps.py) and,
+    without --eval, the report's output SQNR samples."""
+    fit = fit_count(count)
+    judges = {*range(min(count, GUARD_SAMPLES))}
+    judges |= {*range(fit, min(count, fit + GUARD_SAMPLES))} if fit < count else set()
+    return frozenset(judges | ({*range(min(count, opts.sqnr_samples))} if no_eval else set()))
 
 
 def _pruned_accuracy(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -130,14 +130,22 @@ def latency_ms(sess: Any, sample: dict[str, np.ndarray], runs: int) -> float:
 
 
 def compare_outputs(
-    s32: Any, s8: Any, feeds: dict[str, np.ndarray]
+    s32: Any, s8: Any, feeds: dict[str, np.ndarray],
+    recorded: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Top-1 predictions of both sessions' first output and its SQNR, one sample at a
-    time (a detector's output over an eval set would not fit in memory)."""
-    n32, n8 = s32.get_outputs()[0].name, s8.get_outputs()[0].name
+    time (a detector's output over an eval set would not fit in memory). ``recorded``:
+    the float model's first output on each sample (batch 1), kept from an earlier run of
+    it (calibration's); then ``s32`` is not run and may be None."""
+    n8 = s8.get_outputs()[0].name
+    if recorded is None:
+        n32 = s32.get_outputs()[0].name
+        refs: Iterable[Any] = (s32.run([n32], feed)[0] for feed in samples(feeds))
+    else:
+        refs = recorded
     p32, p8, total = [], [], SqnrSum()
-    for feed in samples(feeds):
-        (y32,), (y8,) = s32.run([n32], feed), s8.run([n8], feed)
+    for feed, y32 in zip(samples(feeds), refs, strict=True):
+        (y8,) = s8.run([n8], feed)
         y32, y8 = np.asarray(y32, np.float32), np.asarray(y8, np.float32)
         p32.append(predictions(y32.reshape(1, -1)))
         p8.append(predictions(y8.reshape(1, -1)))

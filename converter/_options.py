@@ -53,7 +53,8 @@ class ConvertOptions:
     strict_formats: bool = True  # a format not written: raise FormatsNotWritten (OUT/ written)
     max_calib_samples: int = 512  # more samples are ignored (first ones kept)
     max_eval_samples: int = 10_000
-    sqnr_samples: int = 32  # samples used for per-layer SQNR
+    # samples of the report's output SQNR (per-layer SQNR: at most 8 of them, _convert.py)
+    sqnr_samples: int = 32
     latency_runs: int = 50
     max_model_bytes: int = 1 << 30  # 1 GiB
     max_data_bytes: int = 1 << 31  # 2 GiB, uncompressed, per npz file

@@ -19,6 +19,12 @@ from ._oprules import OpRule, fusable_clamp, rule_for
 from ._tail import float_tails
 
 QMIN, QMAX = -128, 127
+# The narrowest activation range given its own parameters: an all-zero tensor needs a
+# scale > 0, and runtimes multiply two scales in float32 (a bias scale, a Mul's
+# requantization), so a scale stays above sqrt(float32 tiny) ~ 1e-19. Not wider: a
+# random-weight EfficientNet-B0's blocks carry ranges of 1e-12 (its BN-scaled activations
+# shrink block by block), and the old 1e-8 floor rounded them all to zero (0 dB).
+MIN_RANGE = 1e-15
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,8 @@ class Plan:
 def params_from_range(lo: float, hi: float) -> QParams:
     """Asymmetric int8 parameters covering [lo, hi] and holding 0.0 exactly."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    if hi - lo < 1e-8:
-        hi = lo + 1e-8
+    if hi - lo < MIN_RANGE:
+        hi = lo + MIN_RANGE
     scale = float(np.float32((hi - lo) / (QMAX - QMIN)))
     zp = int(np.clip(round(QMIN - lo / scale), QMIN, QMAX))
     return QParams(scale, zp)

@@ -103,17 +103,51 @@ def output_sqnr(
     *,
     means: dict[str, np.ndarray] | None = None,
     reference: Any = None,
+    recorded: list[np.ndarray] | None = None,
 ) -> float:
     """Output SQNR (dB) of the QDQ model of ``graph`` with these ranges against its float
     graph, over ``feeds`` (``means``: bias correction on; ``reference``: a session of the
-    float graph, when the caller already has one)."""
+    float graph, when the caller already has one; ``recorded``: the float graph's outputs
+    on ``feeds``, kept by calibration: then no float model runs)."""
+    ref = None
+    if recorded is None:
+        ref = reference if reference is not None else _evaluate.session(graph.to_model())
+    return output_sqnrs([qdq_bytes(graph, ranges, means)], feeds, ref, recorded)[0]
+
+
+def qdq_bytes(
+    graph: Graph, ranges: Ranges, means: dict[str, np.ndarray] | None = None
+) -> bytes:
+    """The QDQ model (float io) of ``graph`` with these ranges, serialized."""
     from ._plan import make_plan
     from ._quantize import build_qdq
 
     plan = make_plan(graph, ranges)
-    qmodel = build_qdq(graph, plan, io="float", input_means=means)[0]
-    ref = reference if reference is not None else _evaluate.session(graph.to_model())
-    return float(_evaluate.compare_outputs(ref, _evaluate.session(qmodel), feeds)[2])
+    data: bytes = build_qdq(graph, plan, io="float", input_means=means)[0].SerializeToString()
+    return data
+
+
+def output_sqnrs(
+    models: list[bytes],
+    feeds: dict[str, np.ndarray],
+    reference: Any,
+    recorded: list[np.ndarray] | None,
+) -> list[float]:
+    """Output SQNR (dB) of each serialized model over ``feeds`` against ``reference`` (a
+    float session) or ``recorded`` (its outputs), two models at a time on worker threads:
+    onnxruntime releases the GIL and each session is single-threaded, so every number is
+    the one a sequential run gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def sqnr(model: bytes) -> float:
+        return float(
+            _evaluate.compare_outputs(reference, _evaluate.session(model), feeds, recorded)[2]
+        )
+
+    if len(models) == 1:
+        return [sqnr(models[0])]
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="guard") as pool:
+        return list(pool.map(sqnr, models))
 
 
 def _head(feeds: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
@@ -210,12 +244,14 @@ def guarded_equalize(
     graph.inits = dict(plain)
     n = len(next(iter(feeds.values())))
     judge = _head(feeds, 0, min(n, GUARD_SAMPLES))
-    reference = _evaluate.session(graph.to_model())
-    scores: dict[str, float] = {}
+    recorded = collected.recorded(0, min(n, GUARD_SAMPLES))  # the plain graph's outputs
+    reference = _evaluate.session(graph.to_model()) if recorded is None else None
+    models = {}
     for name, (inits, eq) in variants.items():
         graph.inits = dict(inits)
-        trial = {**ranges, **pair_ranges(graph, pairs, low, high, eq.scales)}
-        scores[name] = output_sqnr(graph, trial, judge, reference=reference)
+        models[name] = qdq_bytes(graph, {**ranges, **pair_ranges(graph, pairs, low, high, eq.scales)})
+    scores = dict(zip(models, output_sqnrs(list(models.values()), judge, reference, recorded),
+                      strict=True))
     best = pick_equalization(scores)
     steps.equalize, steps.equalize_db = best, scores
     measured = ", ".join(f"{k} {v:.2f} dB" for k, v in scores.items())
@@ -245,10 +281,12 @@ def guarded_bias_correction(
     mean_of: frozenset[str],
     steps: Steps,
     fit_means: dict[str, np.ndarray],
+    recorded: Callable[[int, int], list[np.ndarray] | None] | None = None,
 ) -> bool:
     """Whether the default runs bias correction: enough samples, and a correction fitted on
     the first half of them (``fit_means``: the calibration's ``head_means``) raises the
-    output SQNR on held-out ones."""
+    output SQNR on held-out ones. ``recorded(start, stop)``: the float graph's outputs on
+    those calibration samples, when calibration kept them."""
     n = len(next(iter(feeds.values())))
     if not mean_of:
         steps.notes["bias_correction"] = "no Conv/Gemm with constant weights"
@@ -257,11 +295,17 @@ def guarded_bias_correction(
         steps.notes["bias_correction"] = f"{n} calibration samples < {BC_MIN_SAMPLES}"
         return False
     fit, judge = split(feeds)
-    reference = _evaluate.session(graph.to_model())
-    without = output_sqnr(graph, ranges, judge, reference=reference)
-    with_bc = output_sqnr(graph, ranges, judge, means=fit_means, reference=reference)
+    start = fit_count(n) if fit_count(n) < n else 0  # where split's judge starts
+    kept = None if recorded is None else recorded(start, start + _count(judge))
+    reference = _evaluate.session(graph.to_model()) if kept is None else None
+    models = [qdq_bytes(graph, ranges), qdq_bytes(graph, ranges, fit_means)]
+    without, with_bc = output_sqnrs(models, judge, reference, kept)
     steps.notes["bias_correction"] = (
         f"fitted on {len(next(iter(fit.values())))} calibration samples, output SQNR on "
         f"{len(next(iter(judge.values())))} others {without:.2f} dB off, {with_bc:.2f} dB on"
     )
     return with_bc - without > BC_MIN_GAIN_DB
+
+
+def _count(feeds: dict[str, np.ndarray]) -> int:
+    return len(next(iter(feeds.values())))

@@ -202,9 +202,11 @@ def convert(
     from edgeship._cli._phases import PhaseSpinner
     from edgeship.converter import ConvertOptions, FormatsNotWritten, default_formats
     from edgeship.converter import convert as run
+    from edgeship.converter._malloc import reuse_freed_memory
     from edgeship.converter._mixed import TargetNotMet
     from edgeship.converter._targets import TargetsNotCompiled
 
+    reuse_freed_memory()  # a converting process: keep freed activation buffers
     options = ConvertOptions(
         formats=_formats(fmt) or default_formats(),
         prune=prune,
