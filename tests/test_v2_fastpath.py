@@ -97,7 +97,7 @@ def test_a_lone_worker_is_idle_again_once_its_client_left() -> None:
     head = ["POST /v2/models/m/infer HTTP/1.1", "Host: t", f"Content-Length: {len(body)}"]
     request = ("\r\n".join(head + [f"{k}: {v}" for k, v in headers.items()]) + "\r\n\r\n"
                ).encode() + body
-    with serve(Echo(), max_request_bytes=1 << 20).start() as srv:
+    with serve(Echo(), max_request_bytes=1 << 20, spin_s=0.0005).start() as srv:
         with socket.create_connection((srv.host, srv.port), timeout=30) as sock:
             for _ in range(20):  # keep-alive, one at a time: the worker lingers and spins
                 sock.sendall(request)

@@ -18,15 +18,15 @@ for ``LINGER_S`` itself and serves its next request directly: a keep-alive clien
 again at once (the common case at concurrency 1) then costs no hand-over to the loop and
 back (two thread switches and two ``epoll_ctl``: measured ~0.1 ms per request).
 
-For its first ``SPIN_S`` of that wait, a worker that is the only one answering polls the
-socket without sleeping (busy polling, as onnxruntime's own threads spin after their
-work). Sleeping costs more than the wait itself (session 8, this 2-core KVM guest, whose
-idle CPU halts at once): onnxruntime called right after a 50 us sleep took ~50 us longer
-than back to back (0.29 vs 0.24 ms, 0.32 ms after 300 us; spinning 300 us instead: 0.245),
-the caches and the halted CPU's wake-up are what the in-process floor never pays. The
-spin is bounded (at most SPIN_S of one core per answer, then the worker sleeps in poll as
-before) and skipped while other requests are in flight, so it only spends a core that
-would otherwise idle.
+For its first ``spin_s`` of that wait (``SPIN_S`` in the agent and ``cloud serve``), a
+worker that is the only one answering polls the socket without sleeping (busy polling, as
+onnxruntime's own threads spin after their work). Sleeping costs more than the wait
+itself (session 8, this 2-core KVM guest, whose idle CPU halts at once): onnxruntime
+called right after a 50 us sleep took ~50 us longer than back to back (0.29 vs 0.24 ms,
+0.32 ms after 300 us; spinning 300 us instead: 0.245), the caches and the halted CPU's
+wake-up are what the in-process floor never pays. The spin is bounded (at most
+``spin_s`` of one core per answer, then the worker sleeps in poll as before) and skipped
+while other requests are in flight, so it only spends a core that would otherwise idle.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ __all__ = ["Loop"]
 
 LINGER_S = 0.002  # how long a worker waits for the next request on the connection it answered
 SPIN_S = 0.0005  # of which it busy-polls this long when no other request is in flight
+# (the agent and `cloud serve`, processes of their own, ask for it; the default is 0: a
+# client thread in the same process would wait for the interpreter lock while it spins)
 _TRIM_AFTER = 1 << 20  # a request or answer this large: the heaps are trimmed after it
 _BUSY_BODY = b'{"error":"too many open connections"}'
 BUSY = (
@@ -119,10 +121,10 @@ class Loop:
                  handle: Callable[[Head, bytearray | memoryview], Response],
                  conns: Connections, budget: ByteBudget, budget_wait_s: float,
                  max_request_bytes: int, server: str, workers: int,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, spin_s: float = 0.0) -> None:
         self.listener, self.handle, self.conns, self.budget = listener, handle, conns, budget
         self.budget_wait_s, self.max_request_bytes = budget_wait_s, max_request_bytes
-        self.server, self.ssl_context = server, ssl_context
+        self.server, self.ssl_context, self.spin_s = server, ssl_context, spin_s
         listener.setblocking(False)
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, _LISTEN)
@@ -461,10 +463,10 @@ class Loop:
 
     def _linger(self, conn: _Conn) -> int:
         """Wait up to LINGER_S for the next request on ``conn`` and read it (worker); the
-        first SPIN_S without sleeping when no other request is in flight."""
+        first ``spin_s`` without sleeping when no other request is in flight."""
         now = time.monotonic()
         deadline = now + LINGER_S
-        spin_until = now + SPIN_S if self._busy == 1 and not self._parked else now
+        spin_until = now + self.spin_s if self._busy == 1 and not self._parked else now
         first = True
         poller = select.poll()
         poller.register(conn.sock, select.POLLIN)
