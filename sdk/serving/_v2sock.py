@@ -9,7 +9,8 @@ import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["SOCKET_TIMEOUT_S", "Closed", "body_buffer", "recv", "recv_into", "send", "shut"]
+__all__ = ["HEAD_READ", "SOCKET_TIMEOUT_S", "Closed", "body_buffer", "recv", "recv_into", "send",
+           "shut"]
 
 SOCKET_TIMEOUT_S = 30.0  # backstop for one blocking send; the phase deadlines are in _v2conns
 _ONE_WRITE = 64 * 1024  # a body up to this size leaves with its head in one send
