@@ -36,7 +36,7 @@ Session 8, the selector loop (busy polling as the agent runs it) against the sam
 481 / 710 req/s at 1 (p50 0.54 vs 0.80 / 0.96 ms), 1045 vs 829 / 983 at 8, 1407 vs 1015 /
 756 at 64; JSON 200 vs 110 / 268 at 1, 359 vs 110 / 428 at 8, 410 vs 160 / 261 at 64; 0
 connection errors each; import 71 vs 175 / 181 ms (144 vs 269 modules); p99 under 200
-slowloris connections 18.6 vs 22.9 / 31.9 ms. The loop stays: ahead in 7 of 9 cells
+slowloris connections 18.6 vs 22.9 / 31.9 ms. The loop stays: ahead in 4 of 6 cells
 plus start and defences (the pool's JSON at 1 and 8 is within this machine's swing).
 
 The contract. A server subclasses :class:`V2Service` and overrides:
