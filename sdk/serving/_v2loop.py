@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import queue
 import select
 import selectors
@@ -509,10 +510,16 @@ class Loop:
 
 def _ready(poller: select.poll, spin_until: float, deadline: float) -> bool:
     """Whether the polled socket became readable by ``deadline``: polled without sleeping
-    until ``spin_until``, then asleep in poll (see SPIN_S)."""
+    until ``spin_until``, then asleep in poll (see SPIN_S). Each turn of the spin yields the
+    CPU to whatever else is ready to run on it (the client on a one- or two-core device,
+    another process): the spin only takes time no one else wants."""
     while not poller.poll(0):
         now = time.monotonic()
         if now >= spin_until:
             left = deadline - now
             return left > 0 and bool(poller.poll(left * 1000))
+        _yield()
     return True
+
+
+_yield = getattr(os, "sched_yield", lambda: None)  # (not on Windows or macOS)
