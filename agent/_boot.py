@@ -118,7 +118,7 @@ class Boot:
         if self.api is not None:
             return
         from edgeship.sdk.serving._v2conns import Limits
-        from edgeship.sdk.serving._v2server import serve
+        from edgeship.sdk.serving._v2server import SPIN_S, serve
 
         config, a = self.config, self.config.api
         self.api = serve(self.service, host=a.host, port=a.port,
@@ -127,7 +127,8 @@ class Boot:
                          max_connections=a.max_connections,
                          limits=Limits(max_per_peer=a.max_per_peer,
                                        header_timeout_s=a.header_timeout_s,
-                                       body_timeout_s=a.body_timeout_s)).start()
+                                       body_timeout_s=a.body_timeout_s),
+                         spin_s=SPIN_S).start()  # a process of its own: see SPIN_S
         try:
             self.state = self.store.load_state()
         except StateDamaged:

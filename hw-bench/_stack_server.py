@@ -2,7 +2,8 @@
 Model.load, exactly the agent's answer path) served by a chosen HTTP stack.
 
 ``python _stack_server.py STACK MODEL PORT THREADS`` prints ``ready <seconds>`` once
-listening. STACK: ``socketserver`` (edgeship's server, sdk/serving/_v2server.py),
+listening. STACK: ``socketserver`` (edgeship's server, sdk/serving/_v2server.py, as the agent
+runs it; the name is session 6's, the selector loop of _v2loop.py replaced socketserver),
 ``uvicorn`` (uvicorn + httptools, a raw ASGI app over the same dispatcher, inference on
 the event loop) or ``uvicorn-pool`` (the same, inference in the default thread pool).
 The ASGI adapter carries none of the issue-16 defences; it measures the stack's speed,
@@ -56,9 +57,9 @@ def main() -> None:
     service.swap(Serving(model=model, version="1", sha256="",
                          metadata=describe("model", model, "1")))
     if stack == "socketserver":
-        from edgeship.sdk.serving._v2server import serve
+        from edgeship.sdk.serving._v2server import SPIN_S, serve
 
-        server = serve(service, port=port)
+        server = serve(service, port=port, spin_s=SPIN_S)  # as the agent serves
         print("ready", round(time.perf_counter() - BEGAN, 3), flush=True)
         server.serve_forever()
         return

@@ -69,6 +69,7 @@ def serve(
     """Serve MODEL.onnx (fp32, onnxruntime) over Open Inference Protocol v2."""
     from edgeship.sdk.serving._cloudserve import OnnxService, describe
     from edgeship.sdk.serving._fallback_config import read_api_key
+    from edgeship.sdk.serving._v2server import SPIN_S
     from edgeship.sdk.serving._v2server import serve as v2_serve
 
     api_key = read_api_key(api_key_file, where="--api-key-file") if api_key_file else None
@@ -77,7 +78,8 @@ def serve(
         model, name=name, version=model_version, max_batch=max_batch,
         batch_window_ms=batch_window_ms, threads=threads,
     )  # fmt: skip
-    server = v2_serve(service, host=host, port=port, api_key=api_key, ssl_context=context)
+    server = v2_serve(service, host=host, port=port, api_key=api_key, ssl_context=context,
+                      spin_s=SPIN_S)  # a process of its own: a lone worker may busy-poll
     click.echo(f"serving {describe(service)} on {server.url}", err=True)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:

@@ -75,6 +75,7 @@ class Model:
         self.outputs: tuple[TensorSpec, ...] = backend.outputs
         # output name -> quantization step of a quantized (INT8) output, dequantized here
         self.output_steps: dict[str, float] = dict(getattr(backend, "output_steps", {}))
+        self._exact_specs: tuple[tuple[TensorSpec, ...], list[Any]] | None = None
 
     def __repr__(self) -> str:
         return f"Model(path={str(self.path)!r}, runtime={self.runtime!r})"
@@ -171,11 +172,15 @@ class Model:
         The API's answer path: ~10 us less per request than the general checks."""
         if type(inputs) is not dict or len(inputs) != len(self.inputs):
             return None
-        for spec in self.inputs:
-            array: Any = inputs.get(spec.name)
-            if (type(array).__name__ != "ndarray" or array.shape != spec.shape
-                    or array.dtype.name != spec.dtype or not array.flags.c_contiguous
-                    or (array.dtype.kind == "f" and not _finite(array))):
+        exact = self._exact_specs
+        if exact is None or exact[0] is not self.inputs:
+            exact = self._exact_specs = _exact_specs(self.inputs)
+        for name, shape, dtype, floating in exact[1]:
+            array: Any = inputs.get(name)
+            # (dtype objects compared, not dtype.name: a Python property, ~2.6 us a call)
+            if (type(array).__name__ != "ndarray" or array.shape != shape
+                    or array.dtype != dtype or not array.flags.c_contiguous
+                    or (floating and not _finite(array))):
                 return None
         return inputs
 
@@ -203,6 +208,15 @@ class Model:
 
     def _names(self) -> str:
         return ", ".join(f"{s.name}{list(s.shape)}" for s in self.inputs)
+
+
+def _exact_specs(specs: tuple[TensorSpec, ...]) -> tuple[tuple[TensorSpec, ...], list[Any]]:
+    """``specs`` and, per input, what :meth:`Model._exact` compares (its numpy dtype made
+    once): (name, shape, dtype, floating)."""
+    import numpy as np
+
+    return specs, [(s.name, s.shape, np.dtype(s.dtype), np.dtype(s.dtype).kind == "f")
+                   for s in specs]
 
 
 def _finite(array: np.ndarray) -> bool:

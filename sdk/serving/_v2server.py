@@ -7,14 +7,17 @@ route table and a few extra routes (:mod:`._v2routes`), so start-up costs millis
 no web framework is imported. Until session 7 it was ``http.server`` with a thread per
 connection (a slowloris connection was a thread; 200 of them, 128 threads).
 
-Where a binary request's time went (session 7, mobilenet, c=1; CPU per request of the
-server process, the new server, under load 6-20, so ratios only): onnxruntime itself ~270-330 us
-(the in-process floor); the HTTP layer, v2 codec and dispatch ~80-100 us with a service
-that answers at once (many small Python steps, none over ~10 %; a
-C parser would take the head parse, ~3 %); ``Model.predict_all``'s general input checks
-~30 us (now skipped for an exact float input); glibc giving back and faulting in a
-request's buffers each time (the fixed mmap threshold, see ``_memory``) ~0.5 ms of a JSON
-request. A raw-socket server around the same session costs ~50 us over the floor.
+Where a binary request's time went (sessions 7-8, mobilenet, c=1, the bench's raw-socket
+keep-alive client; medians of CPU time, measured under load, so ratios only): onnxruntime
+0.24 ms in-process back to back, 0.31 ms inside the server; reading the 110 KB body ~0.07
+ms; the HTTP layer, v2 codec and dispatch ~0.05 ms with hot caches (parse 4 us, body buffer
+5, dispatch 34: decode 6, checks 7, encode 3, metrics 2, ...) and ~0.15 ms as served; the
+client ~0.06-0.07 ms of its own CPU per request (sending 110 KB over loopback included).
+The gap between the hot and the served figures is the idle CPU: this KVM guest halts a CPU
+the moment it idles (cpuidle haltpoll with guest_halt_poll_ns=0), and code that runs after
+a sleep runs slower (onnxruntime after a 50 us sleep +50 us, after 300 us +80 us; spinning
+300 us instead, +4 us). On the idle machine a request took longer than under load (p50
+0.68 vs 0.57 ms). Hence the worker's bounded busy poll (:mod:`._v2loop`, ``SPIN_S``).
 
 Why this and not uvicorn (issue 16, ``hw-bench/bench_http_stack.py``, results/
 http_stack.json, session 6, before the loop: the agent's own service on mobilenet, 1
@@ -28,6 +31,13 @@ here), 307 vs 147 / 254 at 8, 244 vs 116 / 281 at 64. It imports in 40-90 ms / 1
 modules vs 140-300 ms / 260, same RSS (82 MB). uvicorn's asyncio shrugs off slowloris by
 itself but has no header deadline, per-peer bound or bytes-in-flight budget; here those are
 _v2conns: a normal client under 200 slowloris connections got p99 59-84 ms.
+Session 8, the selector loop (busy polling as the agent runs it) against the same two,
+``bench_http_stack.py --only stacks --rounds 2 --seconds 1.5``, load ~8: binary 1182 vs
+481 / 710 req/s at 1 (p50 0.54 vs 0.80 / 0.96 ms), 1045 vs 829 / 983 at 8, 1407 vs 1015 /
+756 at 64; JSON 200 vs 110 / 268 at 1, 359 vs 110 / 428 at 8, 410 vs 160 / 261 at 64; 0
+connection errors each; import 71 vs 175 / 181 ms (144 vs 269 modules); p99 under 200
+slowloris connections 18.6 vs 22.9 / 31.9 ms. The loop stays: ahead in 4 of 6 cells
+plus start and defences (the pool's JSON at 1 and 8 is within this machine's swing).
 
 The contract. A server subclasses :class:`V2Service` and overrides:
 
@@ -69,7 +79,7 @@ from edgeship.sdk.serving._memory import keep_large_blocks_mapped
 from edgeship.sdk.serving._v2 import DEFAULT_MAX_REQUEST_BYTES
 from edgeship.sdk.serving._v2conns import ByteBudget, Connections, Limits, request_cost
 from edgeship.sdk.serving._v2http import Head
-from edgeship.sdk.serving._v2loop import Loop
+from edgeship.sdk.serving._v2loop import SPIN_S, Loop
 from edgeship.sdk.serving._v2routes import (
     _REQUEST_ID,
     Request,
@@ -87,6 +97,7 @@ if TYPE_CHECKING:  # ssl itself only with TLS: its import is ~5 % of the agent's
     import ssl
 
 __all__ = [
+    "SPIN_S",
     "ByteBudget",
     "Request",
     "Response",
@@ -182,6 +193,7 @@ def serve(
     max_inflight_bytes: int | None = None,
     limits: Limits | None = None,
     workers: int | None = None,
+    spin_s: float = 0.0,
 ) -> V2Server:
     """Bind a v2 server (port 0 = any free port); call ``start()`` or ``serve_forever()``.
 
@@ -190,6 +202,9 @@ def serve(
     that does not fit waits up to 10 s, then gets 503. ``limits`` (:class:`Limits`: per
     peer, header and body deadlines) defend the connections; ``max_connections`` is its
     total. ``workers``: threads answering requests (default :func:`default_workers`).
+    ``spin_s``: how long a worker that answered, alone, busy-polls its connection for the
+    next request before it sleeps (:data:`~._v2loop.SPIN_S` for a server that is a process
+    of its own, as the agent's; 0, the default, when clients may share its interpreter).
 
     With ``ssl_context`` (server side; ``verify_mode=CERT_REQUIRED`` for mutual TLS) the
     server speaks https; handshakes run in the loop without blocking it.
@@ -208,7 +223,7 @@ def serve(
     loop = Loop(listener, handle=handle, conns=conns, budget=budget, budget_wait_s=10.0,
                 max_request_bytes=max_request_bytes, workers=workers or default_workers(),
                 server=f"{service.server_name}/{service.server_version}",
-                ssl_context=ssl_context)
+                ssl_context=ssl_context, spin_s=spin_s)
     return V2Server(listener, loop, conns, tls=ssl_context is not None)
 
 
