@@ -45,13 +45,15 @@ class Device:
         assert self.edge.wait_connected(10)
 
     def ask(self, req: ChunkRequest, *, reply_to: str | None = None,
-            legacy: bool = False) -> Message | None:
-        """Ask on this device's own request topic (``legacy``: the fleet-wide one)."""
+            legacy: bool = False, timeout: float = 30.0) -> Message | None:
+        """Ask on this device's own request topic (``legacy``: the fleet-wide one); the
+        answer, or None after ``timeout`` s (the tests that expect none pass a short one:
+        an answer comes in milliseconds, or within seconds on a loaded machine)."""
         topic = request_topic("t") if legacy else request_topic("t", self.name)
         self.edge.publish(topic, encode_request(req),
                           response_topic=reply_to or self.topics.chunk, correlation=b"c")
         try:
-            return self.inbox.get(timeout=2)
+            return self.inbox.get(timeout=timeout)
         except queue.Empty:
             return None
 
@@ -93,12 +95,12 @@ def test_answers_only_the_requesters_topic_and_refuses_unknown_files(
     try:
         req = ChunkRequest(device="dev-a", model="model", version="1.0.0", file="model.onnx",
                            index=0, chunk_size=256)
-        assert device.ask(req, reply_to=other.topics.chunk) is None  # not dev-a's own topic
+        assert device.ask(req, reply_to=other.topics.chunk, timeout=2) is None  # not dev-a's own topic
         # a request naming dev-b on dev-a's request topic: not answered anywhere
         forged = ChunkRequest(device="dev-b", model="model", version="1.0.0", file="model.onnx",
                               index=0, chunk_size=300)
-        assert device.ask(forged, reply_to=other.topics.chunk) is None
-        assert device.ask(forged) is None
+        assert device.ask(forged, reply_to=other.topics.chunk, timeout=2) is None
+        assert device.ask(forged, timeout=2) is None
         assert other.inbox.empty()
         # an older agent asking on the fleet-wide topic is still answered on its own topic
         msg = device.ask(req, legacy=True)
