@@ -82,9 +82,13 @@ def test_run_warns_about_a_typod_section_and_an_unreachable_broker(
         warning = agent.wait_log(lambda line: line.get("event") == "config_section_unknown",
                                  timeout=60)
         assert warning["level"] == "warning" and "[broker]" in warning["message"]
-        start = time.monotonic()
-        agent.wait_log(lambda line: line.get("event") == "broker_unreachable", timeout=60)
-        assert time.monotonic() - start < 5
+        first = agent.wait_log(lambda line: line.get("event") == "broker_unreachable",
+                               timeout=60)
+        # tried at once when its model serves (it installs and health-checks the initial
+        # release first: seconds on a loaded machine), by the agent's own clock
+        before = agent.log[:agent.log.index(first)]
+        serving = [line for line in before if line.get("event") == "serving"]
+        assert serving and first["ts"] - serving[-1]["ts"] < 5, before[-3:]
         time.sleep(8)
         lines = [line for line in agent.log if line.get("event") == "broker_unreachable"]
         assert 2 <= len(lines) <= 5, lines  # 0, 1, 2, 4 s ...: not one a try, not silent
