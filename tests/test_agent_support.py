@@ -261,7 +261,7 @@ class Watcher:
                              subscriptions=[f"edgeship/{fleet}/+/status"],
                              on_message=self._on_message)
         self.edge.start()
-        assert self.edge.wait_connected(10)
+        assert self.edge.wait_connected(30)
 
     def _on_message(self, msg: Any) -> None:
         doc = json.loads(msg.payload)

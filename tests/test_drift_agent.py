@@ -248,7 +248,7 @@ class Telemetry:
                              subscriptions=[f"edgeship/{fleet}/{device}/telemetry"],
                              on_message=self._on_message)
         self.edge.start()
-        assert self.edge.wait_connected(10)
+        assert self.edge.wait_connected(30)
 
     def _on_message(self, msg: Any) -> None:
         with self._cond:

@@ -174,7 +174,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def publish(url: str, items: list[tuple[str, dict[str, Any], bool]]) -> None:
     edge = MqttEdge(url, client_id=f"test-pub-{time.monotonic_ns()}")
     edge.start()
-    assert edge.wait_connected(10)
+    assert edge.wait_connected(30)
     for topic, doc, retain in items:
         info = edge.publish(topic, json.dumps(doc).encode(), retain=retain)
         assert info is not None

@@ -59,7 +59,7 @@ def edgeship(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
 def publish(url: str, items: list[tuple[str, bytes, bool]]) -> None:
     edge = MqttEdge(url, client_id=f"test-pub-{time.monotonic_ns()}")
     edge.start()
-    assert edge.wait_connected(10)
+    assert edge.wait_connected(30)
     for topic, payload, retain in items:
         info = edge.publish(topic, payload, retain=retain)
         assert info is not None
@@ -289,7 +289,7 @@ def test_max_concurrent_caps_devices_updating_at_once(
                     subscriptions=[f"edgeship/{FLEET}/+/ota/offer", f"edgeship/{FLEET}/+/status"])
     edge.start()
     try:
-        assert edge.wait_connected(10)
+        assert edge.wait_connected(30)
         # every retained status from before (committed to 1.0.0) is in before it is forgotten
         _until(lambda: retained == set(DEVICES), lock)
         with lock:

@@ -187,7 +187,7 @@ class OfferCounter:
 
     def __enter__(self) -> OfferCounter:
         self.edge.start()
-        assert self.edge.wait_connected(10)
+        assert self.edge.wait_connected(30)
         time.sleep(0.3)
         return self
 
@@ -289,7 +289,7 @@ def test_a_takeover_publishes_only_offers_that_never_reached_the_broker(
         # rewind to "decided, half published": only two offers retained, all four 'due'
         edge = MqttEdge(mosquitto.url, client_id="test-clear")
         edge.start()
-        assert edge.wait_connected(10)
+        assert edge.wait_connected(30)
         for dev in devices[2:]:
             edge.publish(f"edgeship/{FLEET}/{dev}/ota/offer", b"", retain=True).wait_for_publish(5)
         edge.stop()

@@ -42,7 +42,7 @@ class Device:
         self.edge = MqttEdge(url, client_id=name, subscriptions=[self.topics.chunk],
                              on_message=self.inbox.put)
         self.edge.start()
-        assert self.edge.wait_connected(10)
+        assert self.edge.wait_connected(30)
 
     def ask(self, req: ChunkRequest, *, reply_to: str | None = None,
             legacy: bool = False, timeout: float = 30.0) -> Message | None:
@@ -62,7 +62,7 @@ def test_two_servers_share_the_requests(mosquitto: Mosquitto, rel: Path) -> None
     servers = [ReleaseServer(mosquitto.url, [rel], client_id=f"srv-{i}").start()
                for i in range(2)]
     for s in servers:
-        assert s.edge.wait_connected(10)
+        assert s.edge.wait_connected(30)
     device = Device(mosquitto.url, "dev-9")
     art = Release.load(rel).manifest.artifact
     data = bytearray()
@@ -90,7 +90,7 @@ def msg_size(rel: Path) -> int:
 def test_answers_only_the_requesters_topic_and_refuses_unknown_files(
         mosquitto: Mosquitto, rel: Path) -> None:
     server = ReleaseServer(mosquitto.url, [rel]).start()
-    assert server.edge.wait_connected(10)
+    assert server.edge.wait_connected(30)
     device, other = Device(mosquitto.url, "dev-a"), Device(mosquitto.url, "dev-b")
     try:
         req = ChunkRequest(device="dev-a", model="model", version="1.0.0", file="model.onnx",
@@ -142,7 +142,7 @@ def test_broker_command_runs_and_stops_mosquitto() -> None:
         got: list[Any] = []
         edge = MqttEdge(f"mqtt://127.0.0.1:{port}", client_id="probe", on_message=got.append)
         edge.start()
-        assert edge.wait_connected(10)
+        assert edge.wait_connected(30)
         edge.stop()
     finally:
         proc.send_signal(signal.SIGTERM)

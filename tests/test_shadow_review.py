@@ -146,7 +146,7 @@ def test_fleet_status_sees_every_device_of_a_large_fleet(mosquitto: Mosquitto,
     edge = MqttEdge(mosquitto.url, client_id="many-devices")
     edge.start()
     try:
-        assert edge.wait_connected(10)
+        assert edge.wait_connected(30)
         infos = []
         for i in range(n):
             status = {"device": f"d{i:04d}", "state": "shadowing", "version": "1.0.0",
@@ -431,7 +431,7 @@ def test_fleet_status_prints_device_text_as_text(mosquitto: Mosquitto, tmp_path:
     edge = MqttEdge(mosquitto.url, client_id="markup-statuses")
     edge.start()
     try:
-        assert edge.wait_connected(10)
+        assert edge.wait_connected(30)
         for dev, doc in docs.items():
             info = edge.publish(f"edgeship/t/{dev}/status", json.dumps(doc).encode(),
                                 retain=True)
@@ -468,7 +468,7 @@ def test_an_absurd_offer_version_cannot_hide_a_device(world: tuple[AgentProc, Wa
     edge = MqttEdge(mosquitto.url, client_id="huge-status")  # a device with a huge status
     edge.start()
     try:
-        assert edge.wait_connected(10)
+        assert edge.wait_connected(30)
         huge = {"device": "dev-huge", "state": "committed", "version": "1.0.0",
                 "error": "x" * 20000}
         info = edge.publish("edgeship/t/dev-huge/status", json.dumps(huge).encode(),

@@ -111,7 +111,7 @@ def test_mqtts_with_ca_client_certificate_and_password(tmp_path: Any) -> None:
         good = MqttEdge(url, client_id="dev-1", username="dev-1", password="s3cret", ca=ca_pem,
                         cert=dev_pem, key=dev_key)
         good.start()
-        assert good.wait_connected(10)
+        assert good.wait_connected(30)
         good.stop()
         no_cert = MqttEdge(url, client_id="dev-x", username="dev-1", password="s3cret", ca=ca_pem)
         no_cert.start()
