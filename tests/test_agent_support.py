@@ -172,7 +172,7 @@ class AgentProc:
             self.log.append(line)
             self.lines.put(line)
 
-    def wait_ready(self, timeout: float = 30.0, broker_s: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 60.0, broker_s: float = 30.0) -> None:
         """Ready to answer and, unless it said its broker is unreachable, subscribed: the
         agent connects once its model answers (issue 16), so a test that publishes a
         non-retained message right after this would otherwise race the subscription. (A
@@ -190,7 +190,7 @@ class AgentProc:
                 pass
             time.sleep(0.02)
 
-    def wait_live(self, timeout: float = 30.0, what: str = "live") -> None:
+    def wait_live(self, timeout: float = 60.0, what: str = "live") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
@@ -204,7 +204,7 @@ class AgentProc:
                 time.sleep(0.05)
         raise TimeoutError(f"agent not live after {timeout}s: {self.log[-5:]}")
 
-    def wait_log(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+    def wait_log(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 60.0
                  ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -271,7 +271,7 @@ class Watcher:
             self._cond.notify_all()
 
     def wait(self, pred: Callable[[dict[str, Any]], bool], device: str = "dev-1",
-             timeout: float = 30.0) -> dict[str, Any]:
+             timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
