@@ -53,7 +53,7 @@ class Probe:
         self.acks[mid] = [c.value for c in codes]
 
     def _wait(self, mid: int) -> int:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while mid not in self.acks and time.monotonic() < deadline:
             time.sleep(0.01)
         return self.acks[mid][0]
