@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgeship._cli.broker import LocalBroker
+from edgeship._errors import TransportError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -37,7 +38,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -55,6 +56,23 @@ class Mosquitto(LocalBroker):
     def __init__(self, workdir: Path, extra_config: str = "") -> None:
         del workdir  # the broker keeps its generated config in a temp dir of its own
         super().__init__(0, extra_config=extra_config)
+        self._started = False
+
+    def start(self, timeout: float = 30.0) -> Mosquitto:
+        """The first start takes another free port when the one picked was taken in the
+        meantime (pick-then-bind: another process may bind it first); a restart keeps
+        its port, as a broker back from an outage does."""
+        for attempt in range(5):
+            try:
+                super().start(timeout)
+            except TransportError:
+                if self._started or attempt == 4:
+                    raise
+                self.port = free_port()
+            else:
+                self._started = True
+                return self
+        raise AssertionError("unreachable")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -111,7 +111,7 @@ def dim_camera(x: np.ndarray) -> np.ndarray:
 
 def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     sys.path.insert(0, str(FIXTURES))
-    from make_models import digits_split
+    from digits import digits_split
 
     return digits_split()  # type: ignore[no-any-return]
 

@@ -80,11 +80,15 @@ def test_run_warns_about_a_typod_section_and_an_unreachable_broker(
     agent = AgentProc(cfg, port).start()
     try:
         warning = agent.wait_log(lambda line: line.get("event") == "config_section_unknown",
-                                 timeout=10)
+                                 timeout=60)
         assert warning["level"] == "warning" and "[broker]" in warning["message"]
-        start = time.monotonic()
-        agent.wait_log(lambda line: line.get("event") == "broker_unreachable", timeout=10)
-        assert time.monotonic() - start < 5
+        first = agent.wait_log(lambda line: line.get("event") == "broker_unreachable",
+                               timeout=60)
+        # tried at once when its model serves (it installs and health-checks the initial
+        # release first: seconds on a loaded machine), by the agent's own clock
+        before = agent.log[:agent.log.index(first)]
+        serving = [line for line in before if line.get("event") == "serving"]
+        assert serving and first["ts"] - serving[-1]["ts"] < 5, before[-3:]
         time.sleep(8)
         lines = [line for line in agent.log if line.get("event") == "broker_unreachable"]
         assert 2 <= len(lines) <= 5, lines  # 0, 1, 2, 4 s ...: not one a try, not silent
@@ -118,7 +122,7 @@ def test_expired_initial_release_is_said_in_status_logs_and_503(
     try:
         line = agent.wait_log(lambda x: x.get("event") == "initial_release_rejected")
         assert "Expired" in line["error"], line
-        status = watch.wait(lambda s: s["state"] == "failed", timeout=15)
+        status = watch.wait(lambda s: s["state"] == "failed", timeout=60)
         assert "initial release" in status["error"] and "Expired" in status["error"]
         code, doc = http_json(f"{agent.url}/v2/models/model/infer", infer_body(GOLDEN_X))
         assert code == 503 and "initial release 1.0.0 was refused" in doc["error"], doc

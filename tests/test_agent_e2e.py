@@ -67,7 +67,7 @@ def agent(tmp_path: Path, mosquitto: Mosquitto, rels: dict[str, Path]) -> Any:
 def push(mosquitto: Mosquitto, reldir: Path, devices: str = "dev-1") -> None:
     out = subprocess.run([sys.executable, "-m", "edgeship", "fleet", "push", str(reldir),
                           "--broker", mosquitto.url, "--fleet", "t", "--devices", devices],
-                         capture_output=True, text=True, timeout=30)
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
 
 

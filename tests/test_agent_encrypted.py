@@ -129,13 +129,15 @@ def test_encrypted_release_and_delta_serve_with_no_plaintext_on_disk(
         assert slot_a == Release.load(world["v1"]).read_artifact()  # the signed ciphertext
         assert plaintext_hits(data_dir, plain) == []
         # look while the download is complete on disk, and while the slot is half written
-        pause.write_text("downloaded=1.5,install=1.5")
+        # each pause long enough for this test to see its log line and look (seconds late
+        # on a loaded machine: at 1.5 s the install could be over before the look)
+        pause.write_text("downloaded=4,install=4")
         watch.publish("edgeship/t/dev-1/ota/offer", offer_bytes(world["v2"]), retain=True)
         for point in ("downloaded", "install"):
             agent.wait_log(lambda line, p=point: line.get("event") == "pause"
                            and line.get("point") == p)
             names = {p.name for p in data_dir.rglob("*")}
-            deadline = time.monotonic() + 1.0  # the install pauses half way through the write
+            deadline = time.monotonic() + 3.0  # the install pauses half way through the write
             while point == "install" and not any(n.endswith(".tmp") for n in names) \
                     and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -284,7 +286,7 @@ def test_key_from_env_credential_and_command(tmp_path: Path, world: dict[str, An
         load_device_key(EncryptionConfig(key_command=(sys.executable, "-c", hang, str(marker)),
                                          command_timeout_s=2))
     grandchild = int(marker.read_text())
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while _running(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _running(grandchild)

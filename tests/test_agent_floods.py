@@ -48,18 +48,18 @@ def test_rejected_messages_are_logged_rate_limited(tmp_path: Path, mosquitto: Mo
     try:
         agent.wait_ready()
         watch.publish(CHUNK, b"garbage on the chunk topic")
-        line = agent.wait_log(lambda x: x.get("event") == "message_rejected", timeout=10)
+        line = agent.wait_log(lambda x: x.get("event") == "message_rejected", timeout=60)
         assert line["topic"] == "chunk" and line["bytes"] == 26
         watch.publish(OFFER, b"{" + b" " * (4_500_000) + b"}")
-        line = agent.wait_log(lambda x: x.get("event") == "message_rejected", timeout=10)
+        line = agent.wait_log(lambda x: x.get("event") == "message_rejected", timeout=60)
         assert line["topic"] == "offer" and line["bytes"] > 4_000_000, line
         # a download that no server answers; a forged chunk 0 (its digest does not match)
         watch.publish(OFFER, offer_bytes(releases["v1"]))
-        watch.wait(lambda s: s["state"] == "downloading", timeout=10)
+        watch.wait(lambda s: s["state"] == "downloading", timeout=60)
         forged = bytearray(encode_chunk(0, 0, 4000, b"x" * 4000))
         forged[-1] ^= 1
         watch.publish(CHUNK, bytes(forged))
-        line = agent.wait_log(lambda x: x.get("event") == "message_rejected", timeout=10)
+        line = agent.wait_log(lambda x: x.get("event") == "message_rejected", timeout=60)
         # without the transfer's correlation (its nonce) it is not even decoded
         assert line["topic"] == "chunk" and line["reason"] == "answers another request", line
         # a flood of 500 garbage chunks: a bounded number of lines, the count kept
@@ -161,8 +161,8 @@ def test_another_devices_requests_cannot_abort_an_update(tmp_path: Path, mosquit
     try:
         agent.wait_ready()
         watch.publish(OFFER, offer, retain=True)
-        watch.wait(lambda s: s["state"] == "downloading", timeout=15)
-        stop = time.monotonic() + 60
+        watch.wait(lambda s: s["state"] == "downloading", timeout=60)
+        stop = time.monotonic() + 120  # ~30 s under load: 0.05 s a 256 B chunk
         while time.monotonic() < stop and not any(
                 s["state"] in ("committed", "failed") and s["target"] == "1.0.1"
                 for s in watch.history):
@@ -203,7 +203,7 @@ def test_a_stalled_download_is_reported_then_resumes(tmp_path: Path, mosquitto: 
         watch.publish(OFFER, offer_bytes(releases["v1"]), retain=True)
         status = watch.wait(lambda s: "stalled" in (s["error"] or ""), timeout=30)
         assert status["state"] == "downloading", status
-        agent.wait_log(lambda x: x.get("event") == "download_stalled", timeout=10)
+        agent.wait_log(lambda x: x.get("event") == "download_stalled", timeout=60)
         server = start_fleet_serve(mosquitto.url, releases["v1"])
         watch.wait(lambda s: s["version"] == "1.0.1" and s["state"] == "committed", timeout=60)
     finally:

@@ -85,7 +85,7 @@ def _input_with_confidence(low: float, high: float) -> np.ndarray:
 
 
 def _stored(agent: AgentProc, count: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # the agent's writer thread: late on a loaded machine
     while True:
         status, doc = http_json(f"{agent.url}/v2/models/model/examples")
         assert status == 200
@@ -97,7 +97,7 @@ def _stored(agent: AgentProc, count: int) -> dict[str, Any]:
 def _post(url: str, body: bytes) -> tuple[int, Any]:
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())

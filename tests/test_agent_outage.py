@@ -36,7 +36,7 @@ def _update_under_way(tmp_path: Path, mosquitto: Mosquitto, *, chunks_in: int
     agent = AgentProc(cfg, port, env={"EDGESHIP_AGENT_PAUSE": "chunk=0.1"}).start()
     try:
         agent.wait_ready()
-        assert server.edge.wait_connected(10)
+        assert server.edge.wait_connected(30)
         push_offer(mosquitto.url, "t", v2, ["dev-1"])
         for _ in range(chunks_in):
             agent.wait_log(lambda line: line.get("event") == "pause")
@@ -117,7 +117,7 @@ def test_telemetry_waits_in_the_outbox_until_the_broker_is_back(tmp_path: Path) 
             "edgeship/t/dev-1/telemetry", "edgeship/t/dev-1/status"],
             on_message=lambda m: got.append({"topic": m.topic, **json.loads(m.payload)}))
         sub.start()
-        assert sub.wait_connected(10)
+        assert sub.wait_connected(30)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             old = [g for g in got if g["topic"].endswith("telemetry") and g["ts"] < offline_until]

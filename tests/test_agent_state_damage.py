@@ -149,7 +149,7 @@ def test_damaged_state_serves_newest_verified_slot(variant: str, tmp_path: Path,
         assert version == "1.0.1", (variant, agent.log[-5:])
         np.testing.assert_allclose(y, expected(version_bias("1.0.1"), GOLDEN_X, seed=1),
                                    rtol=1e-5)
-        status = agent.wait_log(lambda line: line.get("event") == "status", timeout=10)
+        status = agent.wait_log(lambda line: line.get("event") == "status", timeout=60)
     finally:
         agent.terminate()
     notes = [line for line in agent.log if line.get("event") == "state_damaged"]

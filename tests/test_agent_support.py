@@ -172,13 +172,16 @@ class AgentProc:
             self.log.append(line)
             self.lines.put(line)
 
-    def wait_ready(self, timeout: float = 30.0, broker_s: float = 3.0) -> None:
-        """Ready to answer and, when its broker answers within ``broker_s``, subscribed:
-        the agent connects once its model answers (issue 16), so a test that publishes a
-        non-retained message right after this would otherwise race the subscription."""
+    def wait_ready(self, timeout: float = 60.0, broker_s: float = 30.0) -> None:
+        """Ready to answer and, unless it said its broker is unreachable, subscribed: the
+        agent connects once its model answers (issue 16), so a test that publishes a
+        non-retained message right after this would otherwise race the subscription. (A
+        fixed 3 s for the connection was short on a loaded machine.)"""
         self.wait_live(timeout, what="ready")
         deadline = time.monotonic() + broker_s
         while time.monotonic() < deadline:
+            if any(line.get("event") == "broker_unreachable" for line in list(self.log)):
+                return  # the broker is down (on purpose): nothing to wait for
             try:
                 with urllib.request.urlopen(f"{self.url}/metrics", timeout=1) as r:
                     if b"\nedgeship_broker_connected 1.0" in r.read():
@@ -187,7 +190,7 @@ class AgentProc:
                 pass
             time.sleep(0.02)
 
-    def wait_live(self, timeout: float = 30.0, what: str = "live") -> None:
+    def wait_live(self, timeout: float = 60.0, what: str = "live") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
@@ -201,7 +204,7 @@ class AgentProc:
                 time.sleep(0.05)
         raise TimeoutError(f"agent not live after {timeout}s: {self.log[-5:]}")
 
-    def wait_log(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+    def wait_log(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 60.0
                  ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -218,7 +221,7 @@ class AgentProc:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
-    def terminate(self, timeout: float = 10.0) -> int:
+    def terminate(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -230,7 +233,7 @@ class AgentProc:
         return self.proc.returncode
 
 
-def http_json(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+def http_json(url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
@@ -258,7 +261,7 @@ class Watcher:
                              subscriptions=[f"edgeship/{fleet}/+/status"],
                              on_message=self._on_message)
         self.edge.start()
-        assert self.edge.wait_connected(10)
+        assert self.edge.wait_connected(30)
 
     def _on_message(self, msg: Any) -> None:
         doc = json.loads(msg.payload)
@@ -268,7 +271,7 @@ class Watcher:
             self._cond.notify_all()
 
     def wait(self, pred: Callable[[dict[str, Any]], bool], device: str = "dev-1",
-             timeout: float = 30.0) -> dict[str, Any]:
+             timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:

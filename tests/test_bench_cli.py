@@ -172,7 +172,7 @@ def test_timeout_ends_the_benchmark_and_its_children(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "hang  timeout" in proc.stdout
     child = int((folder / "child.pid").read_text())
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while not _gone(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _gone(child), "the benchmark's child process outlived the timeout"

@@ -58,7 +58,7 @@ def start_cloud(
         stderr=subprocess.PIPE,
     )
     try:
-        wait_for_port(port, timeout=20)
+        wait_for_port(port, timeout=60)  # it loads the model first: slow on a loaded machine
     except TimeoutError:
         proc.kill()
         raise

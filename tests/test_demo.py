@@ -82,7 +82,7 @@ def test_demo_killed_with_sigterm_stops_its_children(tmp_path: Path) -> None:
     assert _processes_mentioning(str(workdir)), "the demo's services should be running now"
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # a loaded machine takes its time to end them
     while _processes_mentioning(str(workdir)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _processes_mentioning(str(workdir)) == []

@@ -248,7 +248,7 @@ class Telemetry:
                              subscriptions=[f"edgeship/{fleet}/{device}/telemetry"],
                              on_message=self._on_message)
         self.edge.start()
-        assert self.edge.wait_connected(10)
+        assert self.edge.wait_connected(30)
 
     def _on_message(self, msg: Any) -> None:
         with self._cond:
@@ -317,17 +317,17 @@ def test_agent_reports_drift_of_a_shifted_stream_over_mqtt(
         assert hot["alert"] is True and hot["worst"] == "input", hot
         by_name = {f["name"]: f for f in hot["features"]}
         assert by_name["input"]["psi"] > 1.0 and by_name["input"]["ks"] > 0.5
-        line = agent.wait_log(lambda e: e.get("event") == "drift_alert", timeout=10)
+        line = agent.wait_log(lambda e: e.get("event") == "drift_alert", timeout=60)
         assert line["level"] == "warning" and line["worst"] == "input"
-        flagged = status.wait(lambda s: (s.get("drift") or {}).get("alert") is True, timeout=10)
+        flagged = status.wait(lambda s: (s.get("drift") or {}).get("alert") is True, timeout=60)
         assert flagged["drift"]["worst"] == "input"
         assert _metric(agent.url, "edgeship_drift_alert") == 1
 
         sent = _send(agent.url, stream(500, seed=13))  # the window forgets the shift
         cleared = telemetry.next_drift(sent, lambda d: d["window"] >= 250)
         assert cleared["alert"] is False, cleared
-        agent.wait_log(lambda e: e.get("event") == "drift_cleared", timeout=10)
-        status.wait(lambda s: (s.get("drift") or {}).get("alert") is False, timeout=10)
+        agent.wait_log(lambda e: e.get("event") == "drift_cleared", timeout=60)
+        status.wait(lambda s: (s.get("drift") or {}).get("alert") is False, timeout=60)
     finally:
         agent.kill()
         telemetry.close()

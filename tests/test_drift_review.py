@@ -243,7 +243,7 @@ def test_a_calm_device_reports_its_first_verdict_and_a_restart_starts_a_new_wind
         agent.wait_log(lambda e: e.get("event") == "drift_watching")
         sent = _send(agent.url, stream(300, seed=21))
         telemetry.next_drift(sent, lambda d: d["window"] >= 250)
-        calm = status.wait(lambda s: isinstance(s.get("drift"), dict), timeout=10)
+        calm = status.wait(lambda s: isinstance(s.get("drift"), dict), timeout=60)
         assert calm["drift"]["alert"] is False and calm["drift"]["window"] >= 250, calm
         assert calm["drift"]["max_psi"] < 0.1
         assert not [e for e in agent.log if e.get("event") in ("drift_alert", "drift_cleared")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import free_port
@@ -52,11 +53,17 @@ def test_devices_behind_bridged_site_brokers_update(tmp_path: Path) -> None:
     try:
         for sim, devs in zip(swarms, (SITE_A, SITE_B), strict=True):
             assert sim.wait_ready() == len(devs)
-        # the central broker sees every device of both sites
-        out = edgeship("fleet", "status", "--broker", central.url, "--fleet", FLEET, "--json",
-                       "--db", f"sqlite:///{tmp_path / 'fleet.sqlite'}")
-        assert out.returncode == 0, out.stderr
-        seen = {d["device"]: d["version"] for d in json.loads(out.stdout)["devices"]}
+        # the central broker sees every device of both sites (once the bridges, which
+        # connect on their own schedule, have forwarded their statuses)
+        deadline = time.monotonic() + 60
+        while True:
+            out = edgeship("fleet", "status", "--broker", central.url, "--fleet", FLEET,
+                           "--json", "--db", f"sqlite:///{tmp_path / 'fleet.sqlite'}")
+            assert out.returncode == 0, out.stderr
+            seen = {d["device"]: d["version"] for d in json.loads(out.stdout)["devices"]}
+            if len(seen) == len(SITE_A + SITE_B) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert seen == dict.fromkeys(SITE_A + SITE_B, "1.0.0")
         out = edgeship("fleet", "push", str(v2), "--broker", central.url, "--fleet", FLEET,
                        "--db", f"sqlite:///{tmp_path / 'fleet.sqlite'}", "--canary", "10%",

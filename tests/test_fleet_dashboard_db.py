@@ -92,12 +92,13 @@ def test_pause_from_the_dashboard_holds_the_push_and_resume_lets_it_finish(
     url = f"sqlite:///{tmp_path / 'fleet.sqlite'}"
     dash = dashboard(shared_mosquitto, url)
     try:
+        # the pause must land within the wave's timeout: 3 s, not 1.5 (a loaded machine)
         thread, out = in_thread(lambda: push(shared_mosquitto, rels["2.0.0"], url, wait=True,
-                                             timeout=1.5))
+                                             timeout=3.0))
         key = wait_for("wave 1 offered", lambda: offered(url))
         assert dash.act("alice (ops)", {"action": "pause", "key": key}) == \
             "rollout of 2.0.0 paused"
-        time.sleep(2.5)  # past the wave timeout: running, ghost-1 would have timed out
+        time.sleep(3.5)  # past the wave timeout: running, ghost-1 would have timed out
         with FleetDB(url) as db:
             held = db.load(key)
         assert held is not None and held.status == "paused" and thread.is_alive()
@@ -106,7 +107,7 @@ def test_pause_from_the_dashboard_holds_the_push_and_resume_lets_it_finish(
         assert 'class="rollout paused"' in card and "paused by alice (ops)" in card
         assert 'data-action="resume"' in card and 'data-action="pause"' not in card
         dash.act("alice (ops)", {"action": "resume", "key": key})
-        thread.join(timeout=20)
+        thread.join(timeout=60)
     finally:
         dash.stop()
     assert out and out[0].status == "completed"
@@ -173,12 +174,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def publish(url: str, items: list[tuple[str, dict[str, Any], bool]]) -> None:
     edge = MqttEdge(url, client_id=f"test-pub-{time.monotonic_ns()}")
     edge.start()
-    assert edge.wait_connected(10)
+    assert edge.wait_connected(30)
     for topic, doc, retain in items:
         info = edge.publish(topic, json.dumps(doc).encode(), retain=retain)
         assert info is not None
         info.wait_for_publish(5)
     edge.stop()
+
+
+def page_of(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/?q=", timeout=30) as resp:
+        return str(resp.read().decode())
 
 
 def test_dashboard_db_url_keeps_history_and_devices(mosquitto: Mosquitto, db_url: str) -> None:
@@ -198,7 +204,11 @@ def test_dashboard_db_url_keeps_history_and_devices(mosquitto: Mosquitto, db_url
         now = time.time()
         publish(mosquitto.url, [
             (f"edgeship/{FLEET}/dev-1/status", {"state": "committed", "version": "1.0.0",
-                                                "ts": now - 5}, True),
+                                                "ts": now - 5}, True)])
+        # the page listens before the MQTT session has subscribed: the heartbeat (not
+        # retained) is sent once the retained status showed that it has
+        wait_for("dev-1 on the page", lambda: 'data-device="dev-1"' in page_of(port), 60)
+        publish(mosquitto.url, [
             (f"edgeship/{FLEET}/dev-1/telemetry", {"ts": now, "version": "1.0.0",
                                                    "latency": {"p50_ms": 2.5, "p99_ms": 7.0}},
              False)])
@@ -209,7 +219,7 @@ def test_dashboard_db_url_keeps_history_and_devices(mosquitto: Mosquitto, db_url
                 return samples and db.devices(FLEET).get("dev-1", {}).get("last_seen") \
                     and (samples, db.devices(FLEET))
 
-        samples, devices = wait_for("history and devices recorded", recorded)
+        samples, devices = wait_for("history and devices recorded", recorded, 60)
         assert [(s.p50_ms, s.p99_ms, s.version) for s in samples] == [(2.5, 7.0, "1.0.0")]
         assert devices["dev-1"]["version"] == "1.0.0"
         assert devices["dev-1"]["last_seen"] == pytest.approx(now)  # the heartbeat's

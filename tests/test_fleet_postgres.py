@@ -187,12 +187,19 @@ class OfferCounter:
 
     def __enter__(self) -> OfferCounter:
         self.edge.start()
-        assert self.edge.wait_connected(10)
+        assert self.edge.wait_connected(30)
         time.sleep(0.3)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.edge.stop()
+
+    def wait_for(self, total: int, timeout: float = 60) -> None:
+        """Until ``total`` offers came in (the broker forwards them a little later than
+        they were acknowledged to the publisher; a loaded machine, much later)."""
+        deadline = time.monotonic() + timeout
+        while sum(dict(self.counts).values()) < total and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -277,12 +284,12 @@ def test_a_takeover_publishes_only_offers_that_never_reached_the_broker(
                     policy=policy, devices=devices, wait=False, lease_s=2)
         (key, _, _), = db.list(FLEET)
         assert set(db.offered(key, 0).values()) == {"sent"}
-        time.sleep(0.5)
+        counter.wait_for(len(devices))
         assert dict(counter.counts) == dict.fromkeys(devices, 1)
         # rewind to "decided, half published": only two offers retained, all four 'due'
         edge = MqttEdge(mosquitto.url, client_id="test-clear")
         edge.start()
-        assert edge.wait_connected(10)
+        assert edge.wait_connected(30)
         for dev in devices[2:]:
             edge.publish(f"edgeship/{FLEET}/{dev}/ota/offer", b"", retain=True).wait_for_publish(5)
         edge.stop()
@@ -291,7 +298,7 @@ def test_a_takeover_publishes_only_offers_that_never_reached_the_broker(
         counter.counts.clear()
         run_rollout(broker_url=mosquitto.url, fleet=FLEET, reldir=rels["v2"], db=db,
                     policy=policy, wait=False, lease_s=2)
-        time.sleep(0.5)
+        counter.wait_for(len(devices[2:]))
         assert dict(counter.counts) == dict.fromkeys(devices[2:], 1)
         assert set(db.offered(key, 0).values()) == {"sent"}
     del publish_offers, payload

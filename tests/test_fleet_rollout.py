@@ -74,7 +74,7 @@ def retained_offers(mosquitto: Mosquitto) -> set[str]:
                     subscriptions=[f"edgeship/{FLEET}/+/ota/offer"],
                     on_message=lambda m: got.add(m.topic.split("/")[2]) if m.payload else None)
     edge.start()
-    assert edge.wait_connected(10)
+    assert edge.wait_connected(30)
     time.sleep(1.0)
     edge.stop()
     return got

@@ -55,6 +55,11 @@ def test_rollout_completes_when_a_release_server_dies(mosquitto: Mosquitto,
         assert push.returncode == 0, err
         rep = json.loads(out)
         assert rep["status"] == "completed" and rep["counts"]["committed"] == len(DEVICES)
+        # this watcher hears the statuses on its own session: maybe after the push did
+        deadline = time.monotonic() + 60
+        while not all((s := watcher.statuses().get(d)) is not None and s.version == "2.0.0"
+                      for d in DEVICES) and time.monotonic() < deadline:
+            time.sleep(0.05)
         final = watcher.statuses()
         assert all(final[d].version == "2.0.0" for d in DEVICES)
     finally:
@@ -63,7 +68,7 @@ def test_rollout_completes_when_a_release_server_dies(mosquitto: Mosquitto,
         served = 0
         for proc in servers[1:]:
             proc.terminate()
-            _, err = proc.communicate(timeout=10)
+            _, err = proc.communicate(timeout=30)
             found = re.search(r"served (\d+) chunks", err)
             served += int(found.group(1)) if found else 0
     # every device fetched all 64+ chunks; the two survivors sent only part of them, so

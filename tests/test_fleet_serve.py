@@ -42,16 +42,18 @@ class Device:
         self.edge = MqttEdge(url, client_id=name, subscriptions=[self.topics.chunk],
                              on_message=self.inbox.put)
         self.edge.start()
-        assert self.edge.wait_connected(10)
+        assert self.edge.wait_connected(30)
 
     def ask(self, req: ChunkRequest, *, reply_to: str | None = None,
-            legacy: bool = False) -> Message | None:
-        """Ask on this device's own request topic (``legacy``: the fleet-wide one)."""
+            legacy: bool = False, timeout: float = 30.0) -> Message | None:
+        """Ask on this device's own request topic (``legacy``: the fleet-wide one); the
+        answer, or None after ``timeout`` s (the tests that expect none pass a short one:
+        an answer comes in milliseconds, or within seconds on a loaded machine)."""
         topic = request_topic("t") if legacy else request_topic("t", self.name)
         self.edge.publish(topic, encode_request(req),
                           response_topic=reply_to or self.topics.chunk, correlation=b"c")
         try:
-            return self.inbox.get(timeout=2)
+            return self.inbox.get(timeout=timeout)
         except queue.Empty:
             return None
 
@@ -60,7 +62,7 @@ def test_two_servers_share_the_requests(mosquitto: Mosquitto, rel: Path) -> None
     servers = [ReleaseServer(mosquitto.url, [rel], client_id=f"srv-{i}").start()
                for i in range(2)]
     for s in servers:
-        assert s.edge.wait_connected(10)
+        assert s.edge.wait_connected(30)
     device = Device(mosquitto.url, "dev-9")
     art = Release.load(rel).manifest.artifact
     data = bytearray()
@@ -88,17 +90,17 @@ def msg_size(rel: Path) -> int:
 def test_answers_only_the_requesters_topic_and_refuses_unknown_files(
         mosquitto: Mosquitto, rel: Path) -> None:
     server = ReleaseServer(mosquitto.url, [rel]).start()
-    assert server.edge.wait_connected(10)
+    assert server.edge.wait_connected(30)
     device, other = Device(mosquitto.url, "dev-a"), Device(mosquitto.url, "dev-b")
     try:
         req = ChunkRequest(device="dev-a", model="model", version="1.0.0", file="model.onnx",
                            index=0, chunk_size=256)
-        assert device.ask(req, reply_to=other.topics.chunk) is None  # not dev-a's own topic
+        assert device.ask(req, reply_to=other.topics.chunk, timeout=2) is None  # not dev-a's own topic
         # a request naming dev-b on dev-a's request topic: not answered anywhere
         forged = ChunkRequest(device="dev-b", model="model", version="1.0.0", file="model.onnx",
                               index=0, chunk_size=300)
-        assert device.ask(forged, reply_to=other.topics.chunk) is None
-        assert device.ask(forged) is None
+        assert device.ask(forged, reply_to=other.topics.chunk, timeout=2) is None
+        assert device.ask(forged, timeout=2) is None
         assert other.inbox.empty()
         # an older agent asking on the fleet-wide topic is still answered on its own topic
         msg = device.ask(req, legacy=True)
@@ -140,7 +142,7 @@ def test_broker_command_runs_and_stops_mosquitto() -> None:
         got: list[Any] = []
         edge = MqttEdge(f"mqtt://127.0.0.1:{port}", client_id="probe", on_message=got.append)
         edge.start()
-        assert edge.wait_connected(10)
+        assert edge.wait_connected(30)
         edge.stop()
     finally:
         proc.send_signal(signal.SIGTERM)

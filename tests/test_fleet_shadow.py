@@ -196,7 +196,7 @@ def test_status_shows_shadow_and_drift_fields(mosquitto: Mosquitto) -> None:
     }
     edge = MqttEdge(mosquitto.url, client_id="test-statuses")
     edge.start()
-    assert edge.wait_connected(10)
+    assert edge.wait_connected(30)
     for dev, doc in docs.items():
         info = edge.publish(f"edgeship/{FLEET}/{dev}/status", json.dumps(doc).encode(),
                             retain=True)

@@ -18,7 +18,7 @@ from onnx import helper
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
-from make_models import digits_split  # noqa: E402
+from digits import digits_split  # noqa: E402
 
 
 def dim_camera(x: np.ndarray) -> np.ndarray:

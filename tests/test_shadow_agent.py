@@ -55,7 +55,7 @@ class Telemetry:
                              subscriptions=["edgeship/t/dev-1/telemetry"],
                              on_message=self._on)
         self.edge.start()
-        assert self.edge.wait_connected(10)
+        assert self.edge.wait_connected(30)
 
     def _on(self, msg: Any) -> None:
         with self._lock:

@@ -219,19 +219,29 @@ def test_a_model_that_never_loads_ends_crashed(taps: list[ShadowTap], rows: np.n
 def test_cpu_budget_limits_the_samples(service: AgentService, rows: np.ndarray,
                                        taps: list[ShadowTap]) -> None:
     counts = {}
-    for budget in (1.0, 0.0005):
+    for budget in (1.0, 0.00001):
         tap = new_tap(taps, MLP.read_bytes(), cpu_budget=budget, queue=4)
         assert tap.wait_ready(60)
         service.taps = (tap,)
         try:
+            if budget < 1.0:
+                # the budget is charged when a comparison ends: a loaded machine (the
+                # worker is niced) ended the first only after the whole run, so nothing
+                # was held back yet. First one comparison, until the budget says no.
+                deadline = time.monotonic() + 60
+                while tap.stats()["budget_skipped"] == 0:
+                    assert time.monotonic() < deadline, tap.stats()
+                    answers(service, rows[:1], pause=0.01)
+            before = tap.stats()
             answers(service, rows, pause=0.003)
         finally:
             service.taps = ()
-        counts[budget] = settle(tap)
+        after = settle(tap)
+        counts[budget] = {k: after[k] - before[k] for k in ("sampled", "budget_skipped")}
         tap.stop()
-    big, tiny = counts[1.0], counts[0.0005]
+    big, tiny = counts[1.0], counts[0.00001]
     assert big["sampled"] == len(rows) and big["budget_skipped"] == 0, big
-    # each shadow inference costs > 0.1 ms of CPU: at 0.05 % of a core that is > 0.2 s
+    # each shadow inference costs > 0.1 ms of CPU: at 0.001 % of a core that is > 10 s
     # of wall time before the next sample; the run lasts about half a second
     assert tiny["sampled"] < len(rows) / 4 and tiny["budget_skipped"] > len(rows) / 2, tiny
 
@@ -266,7 +276,9 @@ def test_config_from_the_shadow_table() -> None:
 def test_hung_worker_times_out_and_is_replaced(service: AgentService, rows: np.ndarray,
                                                taps: list[ShadowTap]) -> None:
     baseline = answers(service, rows[:30])
-    tap = new_tap(taps, MLP.read_bytes(), timeout_s=0.5, backoff_s=0.05)
+    # the replacement (niced, on a loaded machine) must answer within timeout_s, or it
+    # counts as hung too: 2 s, not 0.5
+    tap = new_tap(taps, MLP.read_bytes(), timeout_s=2.0, backoff_s=0.05)
     assert tap.wait_ready(60)
     hung = tap.worker_pid
     assert hung is not None
@@ -285,6 +297,6 @@ def test_hung_worker_times_out_and_is_replaced(service: AgentService, rows: np.n
     stats = tap.stats()
     assert stats["crashes"] == 1 and stats["state"] == "running" and tap.worker_pid != hung
     died = [f for e, f in tap.events if e == "shadow_worker_died"]  # type: ignore[attr-defined]
-    assert "did not answer in 0.5s" in died[0]["reason"]
+    assert "did not answer in 2s" in died[0]["reason"]
     with pytest.raises(ProcessLookupError):  # the hung child was killed and reaped
         os.kill(hung, 0)

@@ -11,7 +11,7 @@ from conftest import Mosquitto
 from edgeship.sdk.transport._mqtt import Message, MqttEdge
 
 
-def _drive(edges: list[MqttEdge], until: Any, timeout: float = 10.0) -> None:
+def _drive(edges: list[MqttEdge], until: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not until():
         assert time.monotonic() < deadline, "timed out"
@@ -40,7 +40,7 @@ def test_external_loop_request_response_and_reconnect(mosquitto: Mosquitto) -> N
     _drive(edges, lambda: not client.connected and not server.connected)
     assert client.publish("x/req", b"lost") is None  # offline: the caller decides
     mosquitto.start()
-    _drive(edges, lambda: client.connected and server.connected, timeout=15)
+    _drive(edges, lambda: client.connected and server.connected, timeout=60)
     assert client.connects == 2 and server.connects == 2  # re-subscribed by itself
     client.publish("x/req", b"again", response_topic="x/reply")
     _drive(edges, lambda: len(server_in) == 2)
@@ -111,7 +111,7 @@ def test_mqtts_with_ca_client_certificate_and_password(tmp_path: Any) -> None:
         good = MqttEdge(url, client_id="dev-1", username="dev-1", password="s3cret", ca=ca_pem,
                         cert=dev_pem, key=dev_key)
         good.start()
-        assert good.wait_connected(10)
+        assert good.wait_connected(30)
         good.stop()
         no_cert = MqttEdge(url, client_id="dev-x", username="dev-1", password="s3cret", ca=ca_pem)
         no_cert.start()
