@@ -97,7 +97,8 @@ class FastDrop:
                 if idx >= start:
                     part, _w = _proxy.lost_part(m.proxy, refs[idx - start], view)
                     lost[p] += part
-                    hit = hit or part > 0
+                    # a sample lost (a flip, a box), not one whose flip risk is slight
+                    hit = hit or part >= 0.5 or (m.proxy.metric == "sqnr" and part > 0)
             if hit:
                 newly.append(idx)
             if stop_above is not None and self._points(lost) > stop_above:
