@@ -31,7 +31,8 @@ from ._mixed_probe import FloatProbe, _Runner
 CHECKS = 5  # real conversions at most (the first check and the growth after a miss)
 FULL_RUNS = 3  # counts run on every sample when none holds (the best one is built)
 TRIM_TRIES = 10  # probe runs at most that hand kept groups back to int8 (see :func:`trim`)
-RANK_SAMPLES = 4  # samples per group for the sensitivity ranking, at most
+RANK_SAMPLES = 16  # samples per group for the sensitivity ranking, at most (4 let a few
+# samples' noise order a small model's groups; the budget below caps a large model's)
 RANK_BUDGET_S = 45.0  # what the ranking may take: fewer samples for a large model
 
 
@@ -158,8 +159,10 @@ def schedule(n: int) -> list[int]:
 
 def fewest(drop_at: Callable[[int], float], n: int, target: float) -> tuple[int | None, dict[int, float]]:
     """The first count of :func:`schedule` with ``drop_at(k) <= target``, refined by
-    bisection down to the count before it; None when none holds (every count's drop is
-    in the map returned)."""
+    bisection down to the count before it; when none holds short of every group float
+    (``n``: no INT8 left), ``n - 1`` is tried and, holding, bisected down the same way
+    (a target may need most of a model float); None when none holds (every count's drop
+    is in the map returned)."""
     seen: dict[int, float] = {}
 
     def at(k: int) -> float:
@@ -169,9 +172,11 @@ def fewest(drop_at: Callable[[int], float], n: int, target: float) -> tuple[int 
 
     counts = schedule(n)
     high = next((k for k in counts if at(k) <= target), None)
+    if high is None and n - 1 > max((k for k in counts if k < n), default=0) and at(n - 1) <= target:
+        high = n - 1
     if high is None:
         return None, seen
-    low = max([k for k in counts if k < high], default=0)
+    low = max([k for k in seen if k < high], default=0)  # every count below high missed
     while high - low > 1:
         mid = (low + high) // 2
         if at(mid) <= target:

@@ -92,7 +92,11 @@ def test_schedule_and_fewest_bisect_below_the_first_count_that_holds() -> None:
     assert k == 11 and seen[11] == 0.5 and seen[8] == 5.0
     assert calls[:6] == [1, 2, 3, 5, 8, 12] and 20 not in calls
     none, seen = _mixed_search.fewest(lambda k: 3.0, 6, 1.0)
-    assert none is None and sorted(seen) == _mixed_search.schedule(6)
+    assert none is None and sorted(seen) == _mixed_search.schedule(6)  # 5 = n - 1 in it
+    # only nearly every group float holds (30: none int8, no conversion): n - 1 is
+    # tried, then bisected down to 28 (27, in the schedule, missed)
+    k, seen = _mixed_search.fewest(lambda k: 0.5 if 28 <= k < 30 else 5.0, 30, 1.0)
+    assert k == 28 and seen[29] == 0.5 and seen[27] == 5.0 and seen[30] == 5.0
 
 
 def test_search_checks_the_probe_count_and_grows_on_a_miss(monkeypatch: pytest.MonkeyPatch) -> None:
