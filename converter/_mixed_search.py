@@ -159,10 +159,11 @@ def schedule(n: int) -> list[int]:
 
 def fewest(drop_at: Callable[[int], float], n: int, target: float) -> tuple[int | None, dict[int, float]]:
     """The first count of :func:`schedule` with ``drop_at(k) <= target``, refined by
-    bisection down to the count before it; when none holds short of every group float
-    (``n``: no INT8 left), ``n - 1`` is tried and, holding, bisected down the same way
-    (a target may need most of a model float); None when none holds (every count's drop
-    is in the map returned)."""
+    bisection down to the count before it. When none holds, the counts between the
+    largest that left INT8 (a finite drop) and the first that left none (inf: every
+    quantized tensor in some float group) are bisected for one that holds, then refined
+    the same way (a target may need most of a model float). None when none holds (every
+    count's drop is in the map returned)."""
     seen: dict[int, float] = {}
 
     def at(k: int) -> float:
@@ -172,8 +173,16 @@ def fewest(drop_at: Callable[[int], float], n: int, target: float) -> tuple[int 
 
     counts = schedule(n)
     high = next((k for k in counts if at(k) <= target), None)
-    if high is None and n - 1 > max((k for k in counts if k < n), default=0) and at(n - 1) <= target:
-        high = n - 1
+    ceiling = min((k for k, d in seen.items() if math.isinf(d)), default=n)
+    floor = max((k for k, d in seen.items() if k < ceiling), default=0)
+    while high is None and ceiling - floor > 1:
+        mid = (floor + ceiling) // 2
+        if math.isinf(at(mid)):
+            ceiling = mid
+        elif seen[mid] <= target:
+            high = mid
+        else:
+            floor = mid
     if high is None:
         return None, seen
     low = max([k for k in seen if k < high], default=0)  # every count below high missed

@@ -93,10 +93,11 @@ def test_schedule_and_fewest_bisect_below_the_first_count_that_holds() -> None:
     assert calls[:6] == [1, 2, 3, 5, 8, 12] and 20 not in calls
     none, seen = _mixed_search.fewest(lambda k: 3.0, 6, 1.0)
     assert none is None and sorted(seen) == _mixed_search.schedule(6)  # 5 = n - 1 in it
-    # only nearly every group float holds (30: none int8, no conversion): n - 1 is
-    # tried, then bisected down to 28 (27, in the schedule, missed)
-    k, seen = _mixed_search.fewest(lambda k: 0.5 if 28 <= k < 30 else 5.0, 30, 1.0)
-    assert k == 28 and seen[29] == 0.5 and seen[27] == 5.0 and seen[30] == 5.0
+    # only most groups float hold, and 36 or more leave no INT8 (inf): the counts between
+    # the schedule's 27 and 40 are bisected (33 holds), then refined down to 30
+    k, seen = _mixed_search.fewest(
+        lambda k: float("inf") if k >= 36 else 0.5 if k >= 30 else 5.0, 40, 1.0)
+    assert k == 30 and seen[33] == 0.5 and seen[29] == 5.0 and seen[27] == 5.0
 
 
 def test_search_checks_the_probe_count_and_grows_on_a_miss(monkeypatch: pytest.MonkeyPatch) -> None:
