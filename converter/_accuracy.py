@@ -203,7 +203,7 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
     session (converter/_mixed_probe.py, _mixed_search.py), then build that conversion and measure it (both
     formats) as before; ``q`` ends up as the best conversion built. With ``--eval`` labels
     the drop is accuracy points; without, a label-free task metric against the fp32 model
-    (converter/_proxy.py) on ``--eval`` or the held-out calibration samples. With a TFLite
+    (converter/_proxy.py) on ``--eval`` or every calibration sample. With a TFLite
     to write, only ops with a float TFLite lowering go float, and a conversion whose TFLite
     cannot be lowered drops the group that blocked it (so both formats carry the same
     model)."""
@@ -380,7 +380,7 @@ class _DropMeasure:
 
     def _set_drops(self, runner: Any) -> float:
         """The larger drop over the sets, the runner run once on every sample (each set
-        is a tail of them: the held-out calibration samples are the last)."""
+        is a tail of them)."""
         from . import _proxy
 
         views = self._views(runner, self.feeds)
