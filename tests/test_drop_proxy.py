@@ -110,8 +110,11 @@ def test_cli_reports_the_label_free_metric(tmp_path: Path) -> None:
            str(FIX / "cnn_calib.npz"), "-o", str(out), "-q", "--max-drop", "5"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode in (0, 3), done.stderr
-    mixed = json.loads((out / "report.json").read_text())["mixed_precision"]
+    report = json.loads((out / "report.json").read_text())
+    mixed = report["mixed_precision"]
     assert mixed["metric"] == "top1" and "top-1" in mixed["metric_detail"]
+    # the model written is calibrated on every sample, as without --max-drop
+    assert report["calibration"]["samples"] == count
     assert f"the {count} calibration samples" in mixed["measured_on"]
     assert "ONNX and TFLite" in mixed["measured_on"]
     done = subprocess.run([*cmd, "--drop-metric", "sqnr"], capture_output=True, text=True, timeout=300)
