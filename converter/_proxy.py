@@ -37,6 +37,9 @@ BOX_CONF = {"yolov8": 0.25, "yolox": 0.1}  # the score threshold of each decoder
 # the noise a kept margin is weighed against: this many times what the sample's margin
 # moved (another image's noise is not this one's; 2: a margin half lost is a 16 % risk)
 RISK_SPREAD = 2.0
+# a fp32 margin under one step of an int8 output (its range / 255) is a tie no INT8 model
+# can be held to (the output's own rounding decides it): not counted either way
+TIE_STEPS = 255
 DESCRIBE = {
     "top1": "top-1 disagreement with fp32 (a kept top-1 counts its flip risk)",
     "ctc": "CTC strings that differ from fp32's (a kept string counts its flip risk)",
@@ -179,14 +182,20 @@ def flip_risk(margin: float, moved: float) -> float:
     return 0.5 * math.erfc(margin / (RISK_SPREAD * moved) / math.sqrt(2.0))
 
 
+def _is_tie(ref: np.ndarray, top: int) -> bool:
+    """fp32's top-1 over its runner-up by less than one step of an int8 output."""
+    runner_up = float(np.max(np.delete(ref, top)))
+    return float(ref[top]) - runner_up < float(ref.max() - ref.min()) / TIE_STEPS
+
+
 def _top1_risk(ref: np.ndarray, test: np.ndarray) -> float:
     """1 when the top-1 changed, else the flip risk of the INT8 margin over its closest
     rival against how far the margin moved from fp32's over that rival."""
     top = int(np.argmax(ref))
+    if ref.size < 2 or _is_tie(ref, top):
+        return 0.0
     if int(np.argmax(test)) != top:
         return 1.0
-    if ref.size < 2:
-        return 0.0
     others = np.delete(np.arange(ref.size), top)
     rival = int(others[np.argmax(test[others])])
     margin = float(test[top] - test[rival])
@@ -207,6 +216,7 @@ class CtcRead(list[int]):
         self.scores: np.ndarray | None = steps
         self.critical: np.ndarray | None = None  # steps whose runner-up changes the string
         self.pair: np.ndarray | None = None  # fp32 side: [step, (arg-max, runner-up) score]
+        self.tie: np.ndarray | None = None  # fp32 side: steps within one int8 output step
 
     def compact(self) -> CtcRead:
         """The fp32 side: the scores of the arg-max and runner-up only, and which steps a
@@ -220,7 +230,9 @@ class CtcRead(list[int]):
             critical[t] = _merged(ids) != list(self)
             ids[t] = self.top[t]
         self.pair = np.stack([self.scores[steps, self.top], self.scores[steps, self.second]], 1)
-        self.critical, self.scores = critical, None
+        # a step whose runner-up is within one int8 output step: a tie (see TIE_STEPS)
+        self.tie = self.pair[:, 0] - self.pair[:, 1] < float(self.scores.max() - self.scores.min()) / TIE_STEPS
+        self.critical, self.scores = critical & ~self.tie, None
         return self
 
 
@@ -239,14 +251,21 @@ def reference(proxy: Proxy, seen: object) -> object:
 
 
 def _ctc_risk(ref: object, test: object) -> float:
-    """1 when the strings differ, else the chance that one of the steps where fp32's
-    runner-up would change the string flips (each step's :func:`flip_risk`)."""
+    """1 when the strings differ (0 when every step that differs is a fp32 tie, see
+    TIE_STEPS), else the chance that one of the steps where fp32's runner-up would
+    change the string flips (each step's :func:`flip_risk`; ties not counted)."""
+    full = isinstance(ref, CtcRead) and isinstance(test, CtcRead) and test.scores is not None
+    if full:
+        ref = reference(Proxy("ctc"), ref)
     if list(ref) != list(test):  # type: ignore[call-overload]
+        if full and isinstance(ref, CtcRead) and isinstance(test, CtcRead) and ref.tie is not None:
+            moved = test.top != ref.top
+            return 0.0 if moved.any() and bool(ref.tie[moved].all()) else 1.0
         return 1.0
-    if not isinstance(ref, CtcRead) or not isinstance(test, CtcRead) or test.scores is None:
+    if not full:
         return 0.0
-    ref = reference(Proxy("ctc"), ref)
-    assert isinstance(ref, CtcRead) and ref.critical is not None and ref.pair is not None
+    assert isinstance(ref, CtcRead) and isinstance(test, CtcRead) and test.scores is not None
+    assert ref.critical is not None and ref.pair is not None
     held = 1.0
     for t in np.flatnonzero(ref.critical):
         a, b = int(ref.top[t]), int(ref.second[t])

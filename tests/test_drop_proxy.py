@@ -82,6 +82,21 @@ def test_drops_count_what_the_task_counts() -> None:
     risk = _proxy.lost_part(ctc, ref_read, _proxy.view(ctc, near))[0]
     assert risk == pytest.approx(_proxy.flip_risk(0.3, 0.5)) and 0 < risk < 1
     assert _proxy.lost_part(ctc, ref_read, _proxy.view(ctc, steps))[0] == 0.0
+    # a fp32 tie (runner-up within one int8 output step) is held against no INT8 model:
+    # a string that differs only there, or a top-1 that flips there, loses nothing
+    tied = steps.copy()
+    tied[0, 5, 4] = 0.999  # step 5: class 3 over class 4 by 0.001 < 1/255
+    swapped = tied.copy()
+    swapped[0, 5, 3], swapped[0, 5, 4] = 0.999, 1.0
+    tied_ref = _proxy.reference(ctc, _proxy.view(ctc, tied))
+    assert _proxy.view(ctc, swapped) != tied_ref
+    assert _proxy.lost_part(ctc, tied_ref, _proxy.view(ctc, swapped))[0] == 0.0
+    far = tied.copy()
+    far[0, 0] = np.eye(5)[4]  # step 0 (no tie: 1 over 0.2) read as class 4
+    assert _proxy.lost_part(ctc, tied_ref, _proxy.view(ctc, far))[0] == 1.0
+    near_tie = np.array([1.0, 0.999, 0.0, 0.0])
+    assert _proxy.lost_part(top1, near_tie, near_tie[[1, 0, 2, 3]])[0] == 0.0
+    assert _proxy.lost_part(top1, ref[0], np.roll(ref[0], 1))[0] == 1.0
     box = _proxy.Proxy("boxes", "yolov8", (320, 320))
     two = _yolov8_output(rng, [(100, 100, 50, 50, 0, 0.9), (200, 200, 40, 40, 1, 0.8)])
     shifted = two.copy()
