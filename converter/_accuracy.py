@@ -203,7 +203,7 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
     session (converter/_mixed_probe.py, _mixed_search.py), then build that conversion and measure it (both
     formats) as before; ``q`` ends up as the best conversion built. With ``--eval`` labels
     the drop is accuracy points; without, a label-free task metric against the fp32 model
-    (converter/_proxy.py) on ``--eval`` or the held-out calibration samples. With a TFLite
+    (converter/_proxy.py) on ``--eval`` or every calibration sample. With a TFLite
     to write, only ops with a float TFLite lowering go float, and a conversion whose TFLite
     cannot be lowered drops the group that blocked it (so both formats carry the same
     model)."""
@@ -320,10 +320,10 @@ def _tflite_bytes(source: bytes, opts: Any) -> bytes | None:
 
 
 class _DropMeasure:
-    """The drop of a QDQ model against the fp32 model on fixed samples, in points.
-    Without ``--eval``: the larger of the drops on the held-out calibration samples and on
-    every calibration sample (held-out ones included): a detector's few boxes or a
-    classifier's few near-ties in 16 samples say little on their own."""
+    """The drop of a QDQ model against the fp32 model on fixed samples, in points: on
+    ``--eval``, else on every calibration sample (the model checked is the one written,
+    calibrated on all of them; a label-free metric counts each kept sample's flip risk,
+    converter/_proxy.py, so 64 samples resolve a fraction of a point)."""
 
     def __init__(self, inp: Any, fp32_model: Any, requested: str) -> None:
         from . import _evaluate, _proxy
@@ -335,17 +335,9 @@ class _DropMeasure:
             self.where = f"--eval ({_count(self.feeds)} samples)"
             sets = [self.feeds]
         else:
-            held = getattr(inp, "holdout", None)
-            if held is None:
-                self.feeds = inp.calib
-                self.where = f"the {_count(self.feeds)} calibration samples (too few to hold some out)"
-                sets = [self.feeds]
-            else:
-                every = {k: np.concatenate([v, held[k]]) for k, v in inp.calib.items()}
-                self.feeds = every
-                self.where = (f"{_count(held)} held-out calibration samples and all "
-                              f"{_count(every)} (the larger drop)")
-                sets = [held, every]
+            self.feeds = inp.calib
+            self.where = f"the {_count(self.feeds)} calibration samples"
+            sets = [self.feeds]
         if self.labels is not None:
             self.metric, self.detail = "accuracy", _proxy.DESCRIBE["accuracy"]
             return
@@ -354,7 +346,8 @@ class _DropMeasure:
         inputs = next(iter(sets[0].values()))
         self.proxy = _proxy.choose(first.shape, inputs.shape, first, requested)
         self.metric, self.detail = self.proxy.metric, self.proxy.describe()
-        self.refs = [self._views(self.fp32, f) for f in sets]
+        self.refs = [[_proxy.reference(self.proxy, v) for v in self._views(self.fp32, f)]
+                     for f in sets]
 
     @staticmethod
     def _first(sess: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -387,7 +380,7 @@ class _DropMeasure:
 
     def _set_drops(self, runner: Any) -> float:
         """The larger drop over the sets, the runner run once on every sample (each set
-        is a tail of them: the held-out calibration samples are the last)."""
+        is a tail of them)."""
         from . import _proxy
 
         views = self._views(runner, self.feeds)

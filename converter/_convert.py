@@ -113,8 +113,6 @@ class _Inputs:
     base: Any  # _base.BaseParams | None
     notes: tuple[str, ...] = ()  # what loading changed (opset upgrade, fixed shapes ...)
     external_files: tuple[Path, ...] = ()  # the model's external data files, as read
-    # --max-drop without --eval: calibration samples held out of calibration, to measure on
-    holdout: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -247,15 +245,9 @@ def _read_inputs(
     if "tflite" in opts.formats and opts.strict_formats:
         _require_static(model, specs, calib)  # fail now, not after calibration
     base = _load_base(Path(base_dir), opts) if base_dir is not None else None
-    holdout = None
-    if opts.max_drop is not None and ev is None:
-        from ._mixed import split_holdout
-
-        calib, holdout = split_holdout(calib)
     return _Inputs(
         model_path, model, loaded.model_bytes, calib, ev, base,
         notes=tuple(loaded.notes), external_files=tuple(loaded.external_files),
-        holdout=holdout,
     )
 
 

@@ -3,15 +3,17 @@ model is within X points of fp32, or say it cannot be done (exit 3).
 
 The drop is accuracy points on ``--eval`` when it has labels (fp32 accuracy minus INT8
 accuracy), else a label-free task metric against the fp32 model chosen from the output's
-shape (converter/_proxy.py: top-1 disagreement, CTC strings that differ, fp32 boxes
-missed, or relative output noise; ``--drop-metric`` overrides) on ``--eval`` or, without
-it, on calibration samples held out of calibration (:func:`split_holdout`).
+shape (converter/_proxy.py: top-1 disagreement, CTC strings that differ, each with the
+flip risk of the samples kept, fp32 boxes missed, or relative output noise;
+``--drop-metric`` overrides) on ``--eval`` or, without it, on every calibration sample:
+the model searched and checked is the one written, calibrated on all of them (a split
+calibrated the model written on fewer samples than the default's, so it could read worse).
 
 The ranking and the search run on one probe session (converter/_mixed_probe.py); the
 conversion kept is built and measured like any other. A group kept float runs as DQ ->
 float ops -> Q in the ONNX and as DEQUANTIZE -> float ops -> QUANTIZE in the TFLite
 (converter/_tflite_float*.py); on the Edge TPU that island runs on the CPU, and the
-report's Edge TPU section names the cut. Here: the result, the holdout split, the groups.
+report's Edge TPU section names the cut. Here: the result and the groups.
 """
 
 from __future__ import annotations
@@ -26,21 +28,6 @@ from edgeship._errors import ConversionError
 from ._ir import Graph
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-HOLDOUT_MIN_CALIB = 32  # fewer calibration samples: measured on all of them, none held out
-
-
-def split_holdout(
-    calib: dict[str, np.ndarray],
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
-    """(calibration samples, held-out samples): the last quarter (at least 8) of a set of
-    ``HOLDOUT_MIN_CALIB`` or more is held out of calibration so that ``--max-drop`` without
-    ``--eval`` measures on samples the ranges were not fitted to; fewer: none held out."""
-    count = len(next(iter(calib.values())))
-    if count < HOLDOUT_MIN_CALIB:
-        return calib, None
-    held = max(8, count // 4)
-    return ({k: v[: count - held] for k, v in calib.items()},
-            {k: v[count - held :] for k, v in calib.items()})
 
 
 class TargetNotMet(ConversionError):

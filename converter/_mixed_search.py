@@ -31,7 +31,8 @@ from ._mixed_probe import FloatProbe, _Runner
 CHECKS = 5  # real conversions at most (the first check and the growth after a miss)
 FULL_RUNS = 3  # counts run on every sample when none holds (the best one is built)
 TRIM_TRIES = 10  # probe runs at most that hand kept groups back to int8 (see :func:`trim`)
-RANK_SAMPLES = 4  # samples per group for the sensitivity ranking, at most
+RANK_SAMPLES = 16  # samples per group for the sensitivity ranking, at most (4 let a few
+# samples' noise order a small model's groups; the budget below caps a large model's)
 RANK_BUDGET_S = 45.0  # what the ranking may take: fewer samples for a large model
 
 
@@ -97,7 +98,8 @@ class FastDrop:
                 if idx >= start:
                     part, _w = _proxy.lost_part(m.proxy, refs[idx - start], view)
                     lost[p] += part
-                    hit = hit or part > 0
+                    # a sample lost (a flip, a box), not one whose flip risk is slight
+                    hit = hit or part >= 0.5 or (m.proxy.metric == "sqnr" and part > 0)
             if hit:
                 newly.append(idx)
             if stop_above is not None and self._points(lost) > stop_above:
@@ -157,8 +159,11 @@ def schedule(n: int) -> list[int]:
 
 def fewest(drop_at: Callable[[int], float], n: int, target: float) -> tuple[int | None, dict[int, float]]:
     """The first count of :func:`schedule` with ``drop_at(k) <= target``, refined by
-    bisection down to the count before it; None when none holds (every count's drop is
-    in the map returned)."""
+    bisection down to the count before it. When none holds, the counts between the
+    largest that left INT8 (a finite drop) and the first that left none (inf: every
+    quantized tensor in some float group) are bisected for one that holds, then refined
+    the same way (a target may need most of a model float). None when none holds (every
+    count's drop is in the map returned)."""
     seen: dict[int, float] = {}
 
     def at(k: int) -> float:
@@ -168,9 +173,19 @@ def fewest(drop_at: Callable[[int], float], n: int, target: float) -> tuple[int 
 
     counts = schedule(n)
     high = next((k for k in counts if at(k) <= target), None)
+    ceiling = min((k for k, d in seen.items() if math.isinf(d)), default=n)
+    floor = max((k for k, d in seen.items() if k < ceiling), default=0)
+    while high is None and ceiling - floor > 1:
+        mid = (floor + ceiling) // 2
+        if math.isinf(at(mid)):
+            ceiling = mid
+        elif seen[mid] <= target:
+            high = mid
+        else:
+            floor = mid
     if high is None:
         return None, seen
-    low = max([k for k in counts if k < high], default=0)
+    low = max([k for k in seen if k < high], default=0)  # every count below high missed
     while high - low > 1:
         mid = (low + high) // 2
         if at(mid) <= target:

@@ -1,6 +1,6 @@
 """``--max-drop`` without labels (converter/_proxy.py): the task metric is chosen from the
-output's shape, measured against fp32, and the held-out calibration samples are not
-calibrated on."""
+output's shape, measured against fp32 on every calibration sample, a kept top-1 or string
+counting its flip risk."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from edgeship.converter import _proxy
-from edgeship.converter._mixed import split_holdout
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -51,12 +51,18 @@ def test_drops_count_what_the_task_counts() -> None:
     top1 = _proxy.Proxy("top1")
     ref = [_proxy.view(top1, np.eye(4)[i % 4] * 2.0) for i in range(8)]  # margin 2
     test = [r.copy() for r in ref]
+    assert _proxy.drop(top1, ref, test) == 0.0  # nothing moved: no risk
     test[3] = np.roll(test[3], 1)  # another class on top
     assert _proxy.drop(top1, ref, test) == 12.5
-    test[5] = test[5] * 0.6  # margin 1.2 of 2: kept
-    assert _proxy.drop(top1, ref, test) == 12.5
-    test[6] = test[6] * 0.4  # margin 0.8 of 2: more than half lost, a near-flip
-    assert _proxy.drop(top1, ref, test) == 25.0
+    test[5] = test[5] * 0.9  # margin 1.8 of 2: moved 0.2, a risk of erfc(4.5/sqrt 2)/2
+    assert 12.5 < _proxy.drop(top1, ref, test) < 12.5 + 1e-3
+    test[6] = test[6] * 0.4  # margin 0.8 of 2, moved 1.2: a near-flip, over 1/3 of a sample
+    risk = _proxy.flip_risk(0.8, 1.2)
+    assert 0.3 < risk < 0.4
+    assert _proxy.drop(top1, ref, test) == pytest.approx(100 * (1 + risk) / 8, abs=1e-3)
+    # the risk falls as the margin kept grows against the move, and a tie is a coin
+    assert _proxy.flip_risk(1.0, 0.1) < _proxy.flip_risk(1.0, 0.5) < _proxy.flip_risk(0.5, 0.5)
+    assert _proxy.flip_risk(0.0, 0.0) == 0.5 and _proxy.flip_risk(1.0, 0.0) == 0.0
     ctc = _proxy.Proxy("ctc", "btc")
     steps = np.zeros((1, 6, 5))
     steps[0, np.arange(6), [1, 1, 0, 2, 2, 3]] = 1.0  # "1 2 3" after merging and blanks
@@ -66,6 +72,31 @@ def test_drops_count_what_the_task_counts() -> None:
     other = steps.copy()
     other[0, 5] = np.eye(5)[4]
     assert _proxy.drop(ctc, [[1, 2, 3]] * 2, [_proxy.view(ctc, moved), _proxy.view(ctc, other)]) == 50.0
+    # a string kept counts the risk of its steps whose runner-up changes it
+    steps[0, :, 4] = 0.2  # class 4 the runner-up everywhere: every step is critical
+    ref_read = _proxy.reference(ctc, _proxy.view(ctc, steps))
+    assert isinstance(ref_read, _proxy.CtcRead) and ref_read.critical is not None
+    assert ref_read.critical.all() and ref_read.scores is None
+    near = steps.copy()
+    near[0, 3, 4] = 0.7  # one step's margin 0.8 -> 0.3: kept, at risk
+    risk = _proxy.lost_part(ctc, ref_read, _proxy.view(ctc, near))[0]
+    assert risk == pytest.approx(_proxy.flip_risk(0.3, 0.5)) and 0 < risk < 1
+    assert _proxy.lost_part(ctc, ref_read, _proxy.view(ctc, steps))[0] == 0.0
+    # a fp32 tie (runner-up within one int8 output step) is held against no INT8 model:
+    # a string that differs only there, or a top-1 that flips there, loses nothing
+    tied = steps.copy()
+    tied[0, 5, 4] = 0.999  # step 5: class 3 over class 4 by 0.001 < 1/255
+    swapped = tied.copy()
+    swapped[0, 5, 3], swapped[0, 5, 4] = 0.999, 1.0
+    tied_ref = _proxy.reference(ctc, _proxy.view(ctc, tied))
+    assert _proxy.view(ctc, swapped) != tied_ref
+    assert _proxy.lost_part(ctc, tied_ref, _proxy.view(ctc, swapped))[0] == 0.0
+    far = tied.copy()
+    far[0, 0] = np.eye(5)[4]  # step 0 (no tie: 1 over 0.2) read as class 4
+    assert _proxy.lost_part(ctc, tied_ref, _proxy.view(ctc, far))[0] == 1.0
+    near_tie = np.array([1.0, 0.999, 0.0, 0.0])
+    assert _proxy.lost_part(top1, near_tie, near_tie[[1, 0, 2, 3]])[0] == 0.0
+    assert _proxy.lost_part(top1, ref[0], np.roll(ref[0], 1))[0] == 1.0
     box = _proxy.Proxy("boxes", "yolov8", (320, 320))
     two = _yolov8_output(rng, [(100, 100, 50, 50, 0, 0.9), (200, 200, 40, 40, 1, 0.8)])
     shifted = two.copy()
@@ -84,17 +115,9 @@ def test_drops_count_what_the_task_counts() -> None:
     assert 0.8 < _proxy.drop(noise, [signal], [noisy]) < 1.2
 
 
-def test_holdout_is_the_last_quarter_of_enough_samples() -> None:
-    calib = {"x": np.arange(64)[:, None].astype(np.float32)}
-    fit, held = split_holdout(calib)
-    assert held is not None and len(fit["x"]) == 48 and held["x"][0, 0] == 48
-    few = {"x": np.zeros((16, 1), np.float32)}
-    assert split_holdout(few) == (few, None)
-
-
 def test_cli_reports_the_label_free_metric(tmp_path: Path) -> None:
-    """The cnn fixture (a classifier) without --eval: top-1 against fp32 on held-out
-    calibration samples, in both formats (LiteRT runs the TFLite), said in report.json."""
+    """The cnn fixture (a classifier) without --eval: top-1 against fp32 on every
+    calibration sample, in both formats (LiteRT runs the TFLite), said in report.json."""
     calib = dict(np.load(FIX / "cnn_calib.npz"))
     count = len(next(iter(calib.values())))
     out = tmp_path / "o"
@@ -102,10 +125,12 @@ def test_cli_reports_the_label_free_metric(tmp_path: Path) -> None:
            str(FIX / "cnn_calib.npz"), "-o", str(out), "-q", "--max-drop", "5"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode in (0, 3), done.stderr
-    mixed = json.loads((out / "report.json").read_text())["mixed_precision"]
+    report = json.loads((out / "report.json").read_text())
+    mixed = report["mixed_precision"]
     assert mixed["metric"] == "top1" and "top-1" in mixed["metric_detail"]
-    held = split_holdout(calib)[1]
-    expect = f"{len(next(iter(held.values())))} held-out" if held else f"the {count} calibration"
-    assert expect in mixed["measured_on"] and "ONNX and TFLite" in mixed["measured_on"]
+    # the model written is calibrated on every sample, as without --max-drop
+    assert report["calibration"]["samples"] == count
+    assert f"the {count} calibration samples" in mixed["measured_on"]
+    assert "ONNX and TFLite" in mixed["measured_on"]
     done = subprocess.run([*cmd, "--drop-metric", "sqnr"], capture_output=True, text=True, timeout=300)
     assert json.loads((out / "report.json").read_text())["mixed_precision"]["metric"] == "sqnr"
