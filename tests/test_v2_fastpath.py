@@ -12,23 +12,11 @@ import time
 from typing import Any
 
 import numpy as np
-from edgeship.sdk.serving._v2 import ModelMetadata, TensorSpec, encode_request
+from edgeship.sdk.serving._v2 import encode_request
 from edgeship.sdk.serving._v2loop import _ready
-from edgeship.sdk.serving._v2server import V2Service, serve
+from edgeship.sdk.serving._v2server import serve
 from edgeship.sdk.serving._v2sock import send
-
-
-class Echo(V2Service):
-    """Doubles its input ``x`` [1, 4] FP32."""
-
-    def metadata(self, name: str) -> ModelMetadata | None:
-        spec = TensorSpec(name="x", datatype="FP32", shape=(1, 4))
-        return ModelMetadata(name=name, versions=("1",), platform="test", inputs=(spec,),
-                             outputs=())
-
-    def infer(self, name: str, inputs: dict[str, np.ndarray]
-              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        return {"y": inputs["x"] * 2}, {"source": "local", "version": "1"}
+from test_v2_loop import Echo  # doubles its input x [1, 4] FP32
 
 
 def _poller(sock: socket.socket) -> Any:
