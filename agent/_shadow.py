@@ -332,10 +332,10 @@ class ShadowTap:
             header, _ = worker.receive(cfg.load_timeout_s, 0)
             if header.get("op") != "ready":
                 return f"model did not load: {str(header.get('error', header))[:300]}"
-            self._log("shadow_ready", version=self.version, pid=worker.proc.pid)
-            with self._lock:
-                self._ready = True
+            with self._lock:  # ready before it is announced: a request sent on seeing
+                self._ready = True  # "shadow_ready" must be taken, not dropped
             self._ready_at = time.monotonic()
+            self._log("shadow_ready", version=self.version, pid=worker.proc.pid)
             while not stopping.is_set():
                 item = self._next()
                 if item is not None:

@@ -300,3 +300,27 @@ def test_hung_worker_times_out_and_is_replaced(service: AgentService, rows: np.n
     assert "did not answer in 2s" in died[0]["reason"]
     with pytest.raises(ProcessLookupError):  # the hung child was killed and reaped
         os.kill(hung, 0)
+
+
+def test_a_request_sent_on_shadow_ready_is_taken(rows: np.ndarray, taps: list[ShadowTap]
+                                                 ) -> None:
+    """"shadow_ready" is logged once the tap takes requests: one observed from inside that
+    log call (as a client that reads the log and asks at once) is queued, not dropped
+    (seen in CI under load: the log came first and a request fell in between)."""
+    seen: list[dict[str, int]] = []
+
+    def log(event: str, level: str = "info", **fields: Any) -> None:
+        if event == "shadow_ready":
+            x = rows[:1]
+            tap.observe({"input": x}, {"probs": x}, source="local", version="1.0.0",
+                        seconds=0.001)
+            seen.append(tap.stats())
+
+    tap = ShadowTap(ShadowConfig(sample=1.0, cpu_budget=1.0, queue=8), log=log)
+    taps.append(tap)
+    tap.start(MLP.read_bytes(), fmt="onnx", version="2.0.0", runtime="onnxruntime", threads=1)
+    deadline = time.monotonic() + 60
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seen, "the shadow never became ready"
+    assert seen[0]["sampled"] == 1 and seen[0]["dropped"] == 0
