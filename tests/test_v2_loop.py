@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from edgeship.sdk.serving._v2 import ModelMetadata, TensorSpec, encode_request
-from edgeship.sdk.serving._v2http import HttpError, head_end, parse_head
+from edgeship.sdk.serving._v2http import StatusError, head_end, parse_head
 from edgeship.sdk.serving._v2server import V2Service, serve
 from edgeship.sdk.serving._v2sock import body_buffer
 
@@ -95,7 +95,7 @@ def test_head_parser_reads_what_the_server_needs() -> None:
     (b"GET / HTTP/1.1\r\n" + b"".join(b"H%d: v\r\n" % i for i in range(101)) + b"\r\n", 431),
 ])
 def test_head_parser_refuses_with_the_right_status(raw: bytes, status: int) -> None:
-    with pytest.raises(HttpError) as caught:
+    with pytest.raises(StatusError) as caught:
         parse_head(raw)
     assert caught.value.status == status
 

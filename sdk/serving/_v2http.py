@@ -4,7 +4,7 @@ A small strict parser instead of ``http.server``'s (which parses every request's
 with the ``email`` package: ~50 us of the ~0.1 ms the old server spent per request).
 It reads only what the server needs: the request line, ``name: value`` header lines
 (names case-insensitive, values latin-1), and from them the body's length, keep-alive and
-``Expect: 100-continue``. Anything it cannot read is a :class:`HttpError` with the status
+``Expect: 100-continue``. Anything it cannot read is a :class:`StatusError` with the status
 to answer (400, 411, 431, 501, 505), after which the connection is closed.
 """
 
@@ -15,15 +15,18 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 
-__all__ = ["MAX_HEAD_BYTES", "Head", "HttpError", "head_end", "parse_head", "response_head"]
+from edgeship._errors import EdgeshipError
+
+__all__ = ["MAX_HEAD_BYTES", "Head", "StatusError", "head_end", "parse_head", "response_head"]
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers together (http.server: 64 KiB a line)
 MAX_HEADERS = 100  # as http.server
 METHODS = frozenset({"GET", "POST", "DELETE"})  # the v2 routes and the extra ones
 
 
-class HttpError(Exception):
-    """A request head the server cannot serve: answered with ``status``, then closed."""
+class StatusError(EdgeshipError):
+    """Answered with a given HTTP status (400, 404, 503 ...): raised by a service, and by
+    the head parser for a head it cannot serve (the connection is then closed)."""
 
     def __init__(self, status: int, message: str) -> None:
         self.status = status
@@ -57,32 +60,32 @@ def parse_head(raw: bytes) -> Head:
     lines = raw.decode("latin-1").replace("\r\n", "\n").split("\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[0] or not parts[1]:
-        raise HttpError(400, f"bad request line {lines[0][:80]!r}")
+        raise StatusError(400, f"bad request line {lines[0][:80]!r}")
     method, target, version = parts
     if not version.startswith("HTTP/") or version[5:] not in ("1.0", "1.1"):
         if version[5:6].isdigit() and version[5:6] >= "2":
-            raise HttpError(505, f"HTTP version {version[5:][:10]} is not supported")
-        raise HttpError(400, f"bad HTTP version {version[:20]!r}")
+            raise StatusError(505, f"HTTP version {version[5:][:10]} is not supported")
+        raise StatusError(400, f"bad HTTP version {version[:20]!r}")
     headers: dict[str, str] = {}
     lengths = set()
     for line in lines[1:]:
         if not line:
             continue
         if line[0] in " \t":
-            raise HttpError(400, "folded header lines are not supported")
+            raise StatusError(400, "folded header lines are not supported")
         name, colon, value = line.partition(":")
         if not colon or not name or " " in name or "\t" in name:
-            raise HttpError(400, f"bad header line {line[:80]!r}")
+            raise StatusError(400, f"bad header line {line[:80]!r}")
         key = name.lower()
         headers[key] = value.strip()
         if key == "content-length":
             lengths.add(value.strip())
     if len(headers) > MAX_HEADERS:
-        raise HttpError(431, f"more than {MAX_HEADERS} headers")
+        raise StatusError(431, f"more than {MAX_HEADERS} headers")
     if method not in METHODS:
-        raise HttpError(501, f"unsupported method {method[:20]!r}")
+        raise StatusError(501, f"unsupported method {method[:20]!r}")
     if "transfer-encoding" in headers:
-        raise HttpError(411, "chunked bodies are not supported: send Content-Length")
+        raise StatusError(411, "chunked bodies are not supported: send Content-Length")
     return Head(method=method, target=target, headers=headers, length=_length(lengths),
                 keep_alive=_keep_alive(version, headers.get("connection", "")),
                 expect_continue=headers.get("expect", "").lower() == "100-continue")
@@ -90,12 +93,12 @@ def parse_head(raw: bytes) -> Head:
 
 def _length(values: set[str]) -> int:
     if len(values) > 1:
-        raise HttpError(400, "conflicting Content-Length headers")
+        raise StatusError(400, "conflicting Content-Length headers")
     if not values:
         return 0
     (text,) = values
     if not text.isdigit() or not text.isascii():  # no sign, no spaces, no "1_000"
-        raise HttpError(400, "bad Content-Length")
+        raise StatusError(400, "bad Content-Length")
     return int(text)
 
 

@@ -47,7 +47,7 @@ from edgeship.sdk.serving._v2conns import ByteBudget, Connections, request_cost
 from edgeship.sdk.serving._v2http import (
     MAX_HEAD_BYTES,
     Head,
-    HttpError,
+    StatusError,
     head_end,
     parse_head,
     response_head,
@@ -337,7 +337,7 @@ class Loop:
             buf += data
         try:
             head = parse_head(bytes(buf[:end]))
-        except HttpError as exc:
+        except StatusError as exc:
             return self._refuse(conn, exc.status, str(exc))
         del buf[:end]
         conn.scanned = 0

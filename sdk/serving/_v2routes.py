@@ -27,9 +27,9 @@ from edgeship.sdk.serving._v2 import (
     parse_header_length,
     validate_inputs,
 )
+from edgeship.sdk.serving._v2http import StatusError
 
 from edgeship._errors import (
-    EdgeshipError,
     InferenceError,
     InputError,
     ModelLoadError,
@@ -74,14 +74,6 @@ def current_request_id() -> str | None:
     """The id of the infer request this thread is answering (None outside one): what a
     service's taps use to find an answer again by the id its client got."""
     return _REQUEST_ID.get()
-
-
-class StatusError(EdgeshipError):
-    """Raised by a service to answer with a given HTTP status (404, 503 ...)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        super().__init__(message)
 
 
 @dataclass(frozen=True, kw_only=True)
