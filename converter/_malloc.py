@@ -19,11 +19,10 @@ Elsewhere (musl, macOS) it does nothing.
 
 from __future__ import annotations
 
-import ctypes
+from edgeship.sdk._glibc import M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt
 
 __all__ = ["reuse_freed_memory"]
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # malloc.h
 _MMAP_THRESHOLD = 64 << 20
 _TRIM_THRESHOLD = 512 << 20
 
@@ -31,17 +30,5 @@ _TRIM_THRESHOLD = 512 << 20
 def reuse_freed_memory() -> bool:
     """Set the process's glibc malloc to keep freed large blocks (see the module
     docstring); False where there is no glibc ``mallopt``."""
-    try:  # glibc's own name: find_library would run ldconfig in a child process
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    if not hasattr(libc, "mallopt"):
-        return False
-    return all(
-        libc.mallopt(param, value) == 1
-        for param, value in (
-            (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD),
-            (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
-            (_M_ARENA_MAX, 1),
-        )
-    )
+    return mallopt((M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
+                   (M_ARENA_MAX, 1))

@@ -22,31 +22,16 @@ still hands everything back).
 
 from __future__ import annotations
 
-import ctypes
 import threading
-from typing import Any
+
+from edgeship.sdk._glibc import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, glibc, mallopt
 
 __all__ = ["keep_large_blocks_mapped", "trim"]
 
-_M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
-_M_TRIM_THRESHOLD = -1
 _THRESHOLD = 4 << 20
 _TRIM_THRESHOLD = 32 << 20
 _lock = threading.Lock()
 _mapped: bool | None = None  # None: not tried yet
-
-
-def _libc() -> Any | None:
-    try:  # glibc's own name first: find_library runs ldconfig in a child process
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        from ctypes.util import find_library  # it imports subprocess: only here
-
-        try:
-            libc = ctypes.CDLL(find_library("c"))
-        except OSError:
-            return None
-    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def keep_large_blocks_mapped() -> bool:
@@ -55,13 +40,11 @@ def keep_large_blocks_mapped() -> bool:
     global _mapped
     with _lock:
         if _mapped is None:
-            libc = _libc()
-            _mapped = bool(libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD) == 1
-                           and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1)
+            _mapped = mallopt((M_MMAP_THRESHOLD, _THRESHOLD), (M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
         return _mapped
 
 
 def trim() -> bool:
     """Return the free memory at the top of glibc's heaps to the system; False elsewhere."""
-    libc = _libc()
+    libc = glibc()
     return bool(libc is not None and libc.malloc_trim(0))
