@@ -17,6 +17,7 @@ from edgeship._errors import CalibrationError
 
 from . import _equalize
 from ._calibrate import TensorStats
+from ._evaluate import sample_count
 from ._ir import Graph
 
 MAXIMA_SAMPLES = 256  # calibration samples that bound a Clip pair's channels
@@ -39,7 +40,7 @@ def channel_maxima(
 ) -> dict[str, np.ndarray]:
     """Per-channel maximum of each tensor (axis 1 of a 4-D tensor, else the last axis)."""
     sess = _session(graph, tensors)
-    count = min(MAXIMA_SAMPLES, len(next(iter(feeds.values()))))
+    count = min(MAXIMA_SAMPLES, sample_count(feeds))
     result: dict[str, np.ndarray] = {}
     for i in range(count):
         try:
@@ -94,7 +95,7 @@ class RangeProbe:
         self.shape = _structure(plan)
         qmodel = build_qdq(graph, plan)[0]
         self.model = _with_scale_inputs(qmodel, plan.quantized)
-        n = min(PROBE_SAMPLES, len(next(iter(feeds.values()))))
+        n = min(PROBE_SAMPLES, sample_count(feeds))
         self.samples = [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(n)]
         self.sess = _plain_session(self.model)
         ref = _plain_session(graph.to_model())
@@ -332,11 +333,11 @@ class _DropMeasure:
         self.labels: np.ndarray | None = None
         if inp.ev is not None:
             self.feeds, self.labels = inp.ev
-            self.where = f"--eval ({_count(self.feeds)} samples)"
+            self.where = f"--eval ({sample_count(self.feeds)} samples)"
             sets = [self.feeds]
         else:
             self.feeds = inp.calib
-            self.where = f"the {_count(self.feeds)} calibration samples"
+            self.where = f"the {sample_count(self.feeds)} calibration samples"
             sets = [self.feeds]
         if self.labels is not None:
             self.metric, self.detail = "accuracy", _proxy.DESCRIBE["accuracy"]
@@ -384,7 +385,7 @@ class _DropMeasure:
         from . import _proxy
 
         views = self._views(runner, self.feeds)
-        return max(_proxy.drop(self.proxy, ref, views[len(views) - _count(feeds):])
+        return max(_proxy.drop(self.proxy, ref, views[len(views) - sample_count(feeds):])
                    for ref, feeds in zip(self.refs, self.sets, strict=True))
 
     def drop_runner(self, runner: Any) -> float:
@@ -430,10 +431,6 @@ class _LiteSession:
             self.it.set_tensor(self.inputs[name], np.ascontiguousarray(value, np.float32))
         self.it.invoke()
         return [self.it.get_tensor(self.out_index[n]).copy() for n in names]
-
-
-def _count(feeds: dict[str, np.ndarray]) -> int:
-    return len(next(iter(feeds.values())))
 
 
 def _drop_measure(inp: Any, fp32_model: Any, requested: str) -> _DropMeasure:

@@ -37,6 +37,7 @@ import numpy as np
 
 from edgeship._errors import CalibrationError
 
+from ._evaluate import sample_count
 from ._ir import Graph
 
 BINS = 8192
@@ -203,7 +204,7 @@ def collect(
     stats = {n: TensorStats(histogram=histograms) for n in names}
     sums: dict[str, np.ndarray] = {}
     sess, fetch = _session(graph, dynamic_batch=False)
-    count = len(next(iter(feeds.values())))
+    count = sample_count(feeds)
     first: list[Any] | None = _run(sess, fetch, {k: v[:1] for k, v in feeds.items()}, 0)
     tensor_bytes = {k: v[:1].nbytes for k, v in feeds.items()}
     tensor_bytes.update(

@@ -19,6 +19,7 @@ from edgeship._errors import ConversionError, EdgeshipError, UnsupportedOpError
 
 from . import _accuracy, _calibrate, _evaluate, _layernorm
 from ._bmm_rounding import emulate_matmuls
+from ._evaluate import sample_count
 from ._ir import Graph
 from ._layernorm_qdq import decompose_layernorms
 from ._load import InputSpec, LoadedModel, input_specs, load_arrays, read_model
@@ -299,9 +300,9 @@ def _quantize(inp: _Inputs, opts: ConvertOptions, clock: _Clock, progress: bool)
     ) -> tuple[Any, dict[str, tuple[float, float]]]:
         calib = _calibrate.collect(
             graph, feeds, histograms=histograms, progress=progress, mean_of=mean_of,
-            mean_split=fit_count(len(next(iter(feeds.values())))), channels_of=channels_of,
+            mean_split=fit_count(sample_count(feeds)), channels_of=channels_of,
             observer=grams.observer() if grams is not None and feeds is inp.calib else None,
-            record=_recorded_samples(len(next(iter(feeds.values()))), opts, inp.ev is None),
+            record=_recorded_samples(sample_count(feeds), opts, inp.ev is None),
         )
         return calib, _calibrate.ranges(calib.stats, method, opts.percentile)
 
@@ -463,7 +464,7 @@ def _report(
         min(opts.sqnr_samples, LAYER_SQNR_SAMPLES), sum(q.tensor_bytes.values())
     )
     recorded = None if ev is not None or q.recorded is None else q.recorded(
-        0, len(next(iter(sqnr_feeds.values())))
+        0, sample_count(sqnr_feeds)
     )
     # both models as bytes before the worker reads the protos (no proto is read by two
     # threads at once); per-layer SQNR on the worker, output SQNR, sizes and the Edge TPU
@@ -498,7 +499,7 @@ def _report(
         sizes=sizes,
         calibration={
             "method": opts.calibration,
-            "samples": len(next(iter(calib.values()))),
+            "samples": sample_count(calib),
             "batch": q.calib_batch,
         },
         pruning=_pruning(graph, q, opts),
@@ -519,7 +520,7 @@ def _report(
         profile=None if profile is None else _profile_summary(profile),
         formats=_formats(opts, tflite, not_written),
         extra={
-            "layer_sqnr_samples": min(layer_n, len(next(iter(sqnr_feeds.values())))),
+            "layer_sqnr_samples": min(layer_n, sample_count(sqnr_feeds)),
             **({"steps": q.steps.to_dict()} if q.steps is not None else {}),
             **_learned_rounding(q),
         },

@@ -67,10 +67,14 @@ def predictions(outputs: np.ndarray) -> np.ndarray:
     return np.asarray(flat.argmax(axis=1))
 
 
+def sample_count(feeds: Mapping[str, np.ndarray]) -> int:
+    """How many samples ``feeds`` holds (axis 0 of its inputs, which agree)."""
+    return len(next(iter(feeds.values())))
+
+
 def samples(feeds: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     """Each sample of ``feeds`` as a batch-1 feed (views, no copies)."""
-    count = len(next(iter(feeds.values())))
-    for i in range(count):
+    for i in range(sample_count(feeds)):
         yield {k: v[i : i + 1] for k, v in feeds.items()}
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ._evaluate import sample_count
 from ._ir import Graph
 from ._layernorm_ties import tie_free_layernorms
 from ._plan import Plan, params_from_range
@@ -64,7 +65,7 @@ def layernorm_params(graph: Graph, plan: Plan, feeds: dict[str, np.ndarray]) -> 
     sess, names = _session(graph, [n for n in wanted if n not in graph.input_names])
     lo: dict[tuple[str, str], float] = {}
     hi: dict[tuple[str, str], float] = {}
-    count = len(next(iter(feeds.values())))
+    count = sample_count(feeds)
     for start in range(0, count, BATCH):
         # the model may hard-code batch 1: run one sample at a time inside the batch
         for i in range(start, min(start + BATCH, count)):

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from ._adaround import MAX_POSITIONS, damped, output_error, patches, round_rows
+from ._evaluate import sample_count
 from ._ir import Graph
 from ._oprules import attr
 from ._quantize import WeightPolicy
@@ -109,7 +110,7 @@ def collect_grams(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, _Laye
     """Run the float graph on the calibration samples; ``H`` per layer (per group)."""
     import onnxruntime as ort
 
-    count = len(next(iter(feeds.values())))
+    count = sample_count(feeds)
     collector = GramCollector(graph, count)
     if not collector.layers:  # nothing to round (and run([]) would fetch every output)
         return {}

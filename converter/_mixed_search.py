@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ._evaluate import sample_count
 from ._mixed import MixedResult
 from ._mixed_probe import FloatProbe, _Runner
 
@@ -71,13 +72,13 @@ class FastDrop:
         from . import _proxy
 
         self.measure = measure
-        self.n = _count(measure.feeds)
+        self.n = sample_count(measure.feeds)
         self.order = list(range(self.n))
         self.parts: list[tuple[int, list[object], float]] = []
         if measure.labels is None:
             for refs, feeds in zip(measure.refs, measure.sets, strict=True):
                 total = sum(_proxy.weight(measure.proxy, r) for r in refs)
-                self.parts.append((self.n - _count(feeds), refs, total))  # a set is a tail
+                self.parts.append((self.n - sample_count(feeds), refs, total))  # a set is a tail
 
     def drop(self, runner: Any, stop_above: float | None = None) -> tuple[float, int]:
         """(drop in points, samples run)."""
@@ -307,8 +308,3 @@ def _rows(ranked: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "added_noise": float(g["noise"]),
              "with": [n for n in g["nodes"] if n != g["head"]]}
             for g in ranked]
-
-
-def _count(feeds: dict[str, np.ndarray]) -> int:
-    return len(next(iter(feeds.values())))
-

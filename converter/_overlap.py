@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from ._evaluate import sample_count
 from ._ir import Graph
 
 T = TypeVar("T")
@@ -93,7 +94,7 @@ class Grams:
 
         self.copy = snapshot(graph)
         self.feeds = feeds
-        self.collector = GramCollector(self.copy, len(next(iter(feeds.values()))))
+        self.collector = GramCollector(self.copy, sample_count(feeds))
         self.inputs = self.collector.inputs
         self.job: Background[Any] | None = None
         self.taken = False

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import _reconstruct
+from ._evaluate import sample_count
 from ._ir import Graph
 from ._learned import _Layer, _layers, _sample_rows
 from ._oprules import attr
@@ -239,7 +240,7 @@ def _gather(
 ) -> dict[str, _Stats]:
     """Each layer's statistics from the same sampled positions of both models."""
     inputs = sorted({ly.node.input[0] for ly in layers.values()})
-    count = len(next(iter(feeds.values())))
+    count = sample_count(feeds)
     keep = {
         n: max(1, math.ceil(_rows_target(_rows_of(dense[n], ly).shape[1]) / count))
         for n, ly in layers.items()
@@ -339,7 +340,7 @@ def measure(
     output SQNR, top-1 agreement and (with labels) accuracy."""
     from ._evaluate import compare_outputs, session
 
-    n = min(MEASURE_SAMPLES, len(next(iter(feeds.values()))))
+    n = min(MEASURE_SAMPLES, sample_count(feeds))
     head = {k: v[:n] for k, v in feeds.items()}
     out: dict[str, Any] = {"measured_on": n}
     for key, model in (("magnitude", magnitude), ("reconstructed", reconstructed)):

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from . import _equalize, _evaluate
+from ._evaluate import sample_count
 from ._ir import Graph
 
 GUARD_SAMPLES = 16  # calibration samples the output SQNR of each candidate is measured on
@@ -158,7 +159,7 @@ def split(feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str
     """(fit, judge): the first half of the calibration samples and up to ``GUARD_SAMPLES``
     of the rest (held out). Under ``2 * GUARD_SAMPLES`` samples there is no rest to spare:
     fit on all, judge on the first ones."""
-    n = len(next(iter(feeds.values())))
+    n = sample_count(feeds)
     half = fit_count(n)
     if half == n:
         return feeds, _head(feeds, 0, min(n, GUARD_SAMPLES))
@@ -242,7 +243,7 @@ def guarded_equalize(
         unclipped = _equalize.equalize(graph)  # Clip pairs need maxima: left alone
         variants["pairs not through Clip"] = (dict(graph.inits), unclipped)
     graph.inits = dict(plain)
-    n = len(next(iter(feeds.values())))
+    n = sample_count(feeds)
     judge = _head(feeds, 0, min(n, GUARD_SAMPLES))
     recorded = collected.recorded(0, min(n, GUARD_SAMPLES))  # the plain graph's outputs
     reference = _evaluate.session(graph.to_model()) if recorded is None else None
@@ -256,7 +257,7 @@ def guarded_equalize(
     steps.equalize, steps.equalize_db = best, scores
     measured = ", ".join(f"{k} {v:.2f} dB" for k, v in scores.items())
     steps.notes["equalize"] = (
-        f"output SQNR on {len(next(iter(judge.values())))} calibration samples: {measured}"
+        f"output SQNR on {sample_count(judge)} calibration samples: {measured}"
     )
     inits, eq = variants[best]
     graph.inits = dict(inits)
@@ -287,7 +288,7 @@ def guarded_bias_correction(
     the first half of them (``fit_means``: the calibration's ``head_means``) raises the
     output SQNR on held-out ones. ``recorded(start, stop)``: the float graph's outputs on
     those calibration samples, when calibration kept them."""
-    n = len(next(iter(feeds.values())))
+    n = sample_count(feeds)
     if not mean_of:
         steps.notes["bias_correction"] = "no Conv/Gemm with constant weights"
         return False
@@ -296,16 +297,12 @@ def guarded_bias_correction(
         return False
     fit, judge = split(feeds)
     start = fit_count(n) if fit_count(n) < n else 0  # where split's judge starts
-    kept = None if recorded is None else recorded(start, start + _count(judge))
+    kept = None if recorded is None else recorded(start, start + sample_count(judge))
     reference = _evaluate.session(graph.to_model()) if kept is None else None
     models = [qdq_bytes(graph, ranges), qdq_bytes(graph, ranges, fit_means)]
     without, with_bc = output_sqnrs(models, judge, reference, kept)
     steps.notes["bias_correction"] = (
-        f"fitted on {len(next(iter(fit.values())))} calibration samples, output SQNR on "
-        f"{len(next(iter(judge.values())))} others {without:.2f} dB off, {with_bc:.2f} dB on"
+        f"fitted on {sample_count(fit)} calibration samples, output SQNR on "
+        f"{sample_count(judge)} others {without:.2f} dB off, {with_bc:.2f} dB on"
     )
     return with_bc - without > BC_MIN_GAIN_DB
-
-
-def _count(feeds: dict[str, np.ndarray]) -> int:
-    return len(next(iter(feeds.values())))
