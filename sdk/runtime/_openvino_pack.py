@@ -16,6 +16,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from edgeship.sdk._fileio import read_head
+
 from edgeship._errors import InputError, ModelLoadError
 
 __all__ = ["MAGIC", "SUFFIX", "is_pack", "pack_ir", "pack_ir_files", "unpack_ir"]
@@ -57,12 +59,12 @@ def pack_ir_files(xml_path: Path, max_bytes: int) -> bytes:
     bin_path = xml_path.with_suffix(".bin")
     parts = []
     for path in (xml_path, bin_path):
-        try:
-            size = path.stat().st_size
-            if size > max_bytes:
-                raise InputError(f"{path} is {size} bytes, over the limit of {max_bytes}")
-            parts.append(path.read_bytes())
+        try:  # bounded: a huge file (or /dev/zero, whose size reads 0) is never read whole
+            data = read_head(path, max_bytes)
         except OSError as exc:
             what = "the IR's weights (.bin) beside it" if path == bin_path else "the IR"
             raise InputError(f"cannot read {what}: {path}: {exc.strerror}") from exc
+        if len(data) > max_bytes:
+            raise InputError(f"{path} is over the limit of {max_bytes} bytes")
+        parts.append(data)
     return pack_ir(parts[0], parts[1])
