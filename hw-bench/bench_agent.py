@@ -16,7 +16,9 @@
   thread count (``_peers.py``: a minimal FastAPI/uvicorn v2 endpoint, MLServer; JSON only)
   and in-process onnxruntime as the floor (c=1), in interleaved rounds (median); start to
   first answer (median of 7 interleaved starts each) and RSS against a bare runtime process answering
-  over HTTP.
+  over HTTP. Then the floor of any server here (``_floor.py``, ~7 s): a C server and a Python
+  one answering the agent's own answer bytes without inference, and Python + onnxruntime
+  without HTTP/v2 work, each as a ratio to the in-process floor (what the machine allows).
 - ``attacks`` (issue 16, on the mlp agent): a normal client's p50/p99 while 200 slowloris
   connections are open (target: p99 under 100 ms, no failure), and the agent's peak RSS
   growth under 8 concurrent ~15 MiB JSON requests (bounded by ``[api] max_inflight_bytes``).

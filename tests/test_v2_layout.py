@@ -107,3 +107,17 @@ def test_repeated_requests_are_answered_and_checked_against_new_metadata() -> No
         assert status == 400
         sock.settimeout(30)
         assert sock.recv(1) == b""
+
+
+def test_an_answer_id_is_given_only_to_a_request_without_one() -> None:
+    decoder = RequestDecoder(1 << 20)
+    x = np.ones((1, 4), np.float32)
+    body, headers = encode_request({"x": x}, binary=True)
+    header_length = int(headers[HEADER_LENGTH])
+    for new_id in ("first", "second"):  # in full, then from the layout
+        request, _ = decoder.decode(body, header_length, default_id=new_id)
+        assert request.id == new_id
+    own, headers = encode_request({"x": x}, binary=True, request_id="mine")
+    for _ in range(2):
+        request, layout = decoder.decode(own, int(headers[HEADER_LENGTH]), default_id="other")
+        assert request.id == "mine" and layout is not None

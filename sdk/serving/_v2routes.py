@@ -262,12 +262,9 @@ class _Dispatcher:
         if headers.get("content-encoding", "identity") != "identity":
             raise StatusError(415, "compressed request bodies are not supported")
         request, layout = self.decoder.decode(
-            body, parse_header_length(headers.get(HEADER_LENGTH.lower())))
+            body, parse_header_length(headers.get(HEADER_LENGTH.lower())),
+            default_id=os.urandom(16).hex() if self.service.assign_ids else None)
         inputs = self._validated(request, layout, meta)
-        if request.id is None and self.service.assign_ids:  # (dataclasses.replace: 3x slower)
-            request = InferRequest(inputs=request.inputs, outputs=request.outputs,
-                                   binary_output=request.binary_output,
-                                   id=os.urandom(16).hex(), parameters=request.parameters)
         token = _REQUEST_ID.set(request.id)
         try:
             outputs, params = self.service.infer(meta.name, inputs)
