@@ -16,7 +16,9 @@
   thread count (``_peers.py``: a minimal FastAPI/uvicorn v2 endpoint, MLServer; JSON only)
   and in-process onnxruntime as the floor (c=1), in interleaved rounds (median); start to
   first answer (median of 7 interleaved starts each) and RSS against a bare runtime process answering
-  over HTTP.
+  over HTTP. Then the floor of any server here (``_floor.py``, ~7 s): a C server and a Python
+  one answering the agent's own answer bytes without inference, and Python + onnxruntime
+  without HTTP/v2 work, each as a ratio to the in-process floor (what the machine allows).
 - ``attacks`` (issue 16, on the mlp agent): a normal client's p50/p99 while 200 slowloris
   connections are open (target: p99 under 100 ms, no failure), and the agent's peak RSS
   growth under 8 concurrent ~15 MiB JSON requests (bounded by ``[api] max_inflight_bytes``).
@@ -325,6 +327,7 @@ def serving_run(agent: Any, model: Path, rounds: int, seconds: float) -> dict[st
                             continue  # MLServer's REST API has no binary tensors
                         runs.setdefault((name, kind, c), []).append(
                             run_load(port, reqs[kind], concurrency=c, seconds=seconds))
+        floor = floor_run(agent.port, reqs["binary"], model, seconds, runs)
         bare = Peer("bare", model).start(reqs["binary"])  # more starts: main(), interleaved
         peers.append(bare)
         time.sleep(0.3)
@@ -334,9 +337,33 @@ def serving_run(agent: Any, model: Path, rounds: int, seconds: float) -> dict[st
     finally:
         for peer in peers:
             peer.close()
-    return {"rows": _median_rows(runs), "skipped": skipped, "bare_http": bare_row,
+    return {"rows": _median_rows(runs), "skipped": skipped, "bare_http": bare_row, "floor": floor,
             "peer_rss_mb": peer_rss, "agent_rss_mb": rss_mb(agent.proc.pid),
             "request": reqs["binary"]}
+
+
+def floor_run(port: int, request: bytes, model: Path, seconds: float,
+              runs: dict[tuple[str, str, int], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The floor of any server here (``_floor.py``), answering with the agent's own answer
+    bytes, each against this run's in-process floor; ``implied``: the C floor's round trip
+    plus the in-process call (< 10 s)."""
+    import statistics
+
+    from _floor import floor_rows, raw_answer
+
+    inprocess = statistics.median(r["req_s"] for r in runs[("in-process", "binary", 1)])
+    agent = statistics.median(r["req_s"] for r in runs[("agent", "binary", 1)])
+    rows = floor_rows(request, raw_answer(port, request), model, min(seconds, 1.5))
+    for row in rows:
+        row["x_inprocess"] = round(row["req_s"] / inprocess, 3)
+    c_floor = next((r for r in rows if r["peer"].startswith("floor: C")), None)
+    if c_floor is not None:
+        implied = 1 / (1 / c_floor["req_s"] + 1 / inprocess)
+        rows.append({"peer": "implied: C floor round trip + in-process call", "tensors": "binary",
+                     "c": 1, "req_s": round(implied, 1), "x_inprocess": round(implied / inprocess, 3)})
+    rows.append({"peer": "agent (this run)", "tensors": "binary", "c": 1, "req_s": agent,
+                 "x_inprocess": round(agent / inprocess, 3)})
+    return rows
 
 
 def startup_only(model: Path) -> dict[str, Any]:
@@ -523,6 +550,9 @@ def main() -> None:
         if serving["rows"]:
             print_table(serving["rows"], title=f"serving mobilenet, median of {args.rounds} "
                         "interleaved rounds (threads = 1 everywhere)")
+        if serving.get("floor"):
+            print_table(serving["floor"], title="the floor of any server here: c=1 binary, the "
+                        "same client, request and answer bytes (x_inprocess: / in-process req/s)")
         if serving["skipped"]:
             print(f"skipped peers: {serving['skipped']}")
         print_table([{"process": "agent", "first_answer_s": serving["agent_first_answer_s"],

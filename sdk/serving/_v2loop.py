@@ -138,6 +138,7 @@ class Loop:
         self._open: dict[int, _Conn] = {}  # every connection the loop knows
         self._jobs: queue.SimpleQueue[_Conn | None] = queue.SimpleQueue()
         self._busy = 0  # workers serving a connection (only one: its linger may spin)
+        self._last_head: tuple[bytes, Head] | None = None  # the last head parsed, as read
         self._busy_lock = threading.Lock()
         self._stop = self._running = False
         self._done = threading.Event()
@@ -335,10 +336,16 @@ class Loop:
             if data is None:
                 return _MORE
             buf += data
-        try:
-            head = parse_head(bytes(buf[:end]))
-        except StatusError as exc:
-            return self._refuse(conn, exc.status, str(exc))
+        raw = bytes(buf[:end])
+        last = self._last_head
+        if last is not None and last[0] == raw:  # a client asking again sends the same head
+            head = last[1]  # (a Head is immutable; parsing it again cost ~15 us as served)
+        else:
+            try:
+                head = parse_head(raw)
+            except StatusError as exc:
+                return self._refuse(conn, exc.status, str(exc))
+            self._last_head = (raw, head)
         del buf[:end]
         conn.scanned = 0
         conn.head = head

@@ -18,6 +18,13 @@ the moment it idles (cpuidle haltpoll with guest_halt_poll_ns=0), and code that 
 a sleep runs slower (onnxruntime after a 50 us sleep +50 us, after 300 us +80 us; spinning
 300 us instead, +4 us). On the idle machine a request took longer than under load (p50
 0.68 vs 0.57 ms). Hence the worker's bounded busy poll (:mod:`._v2loop`, ``SPIN_S``).
+Session 9 (``perf sched``): at concurrency 1 the kernel runs the client on the server's
+core (a socket wakes its reader "sync"), so client and worker take turns on one core and
+each starts with caches the other filled: every Python step then costs 3-5x its warm
+time. A C server answering the same bytes without inference turns around in ~0.02 ms, a
+Python one running the model with no HTTP/v2 work in ~0.33 ms (0.72x the in-process
+floor); the agent's head parse, decode and checks of a request like the one before are
+reused (:mod:`._v2layout`).
 
 Why this and not uvicorn (issue 16, ``hw-bench/bench_http_stack.py``, results/
 http_stack.json, session 6, before the loop: the agent's own service on mobilenet, 1
