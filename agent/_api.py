@@ -30,6 +30,14 @@ from edgeship._errors import ModelLoadError
 __all__ = ["AgentService", "Metrics", "Serving", "Tap"]
 
 _PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "litert": "tensorflow_lite", "openvino": "openvino_onnx"}
+_IR_FORMATS = ("xml", "ovir")  # OpenVINO's own IR, not the ONNX it also reads
+
+
+def platform_of(model: Any) -> str:
+    """The v2 ``platform`` of a loaded model: its runtime and what that runtime reads."""
+    if model.runtime == "openvino" and getattr(model, "format", "") in _IR_FORMATS:
+        return "openvino_ir"
+    return _PLATFORMS.get(model.runtime, model.runtime)
 
 
 class Tap(Protocol):
@@ -51,7 +59,7 @@ class Serving:
 
 def describe(name: str, model: Any, version: str) -> ModelMetadata:
     return ModelMetadata(name=name, versions=(version,),
-                         platform=_PLATFORMS.get(model.runtime, model.runtime),
+                         platform=platform_of(model),
                          inputs=tuple(TensorSpec.of(s) for s in model.inputs),
                          outputs=tuple(TensorSpec.of(s) for s in model.outputs))
 

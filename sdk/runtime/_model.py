@@ -67,10 +67,13 @@ class Model:
     """A loaded model. Build it with :meth:`load`, or from memory with :meth:`load_bytes`
     (:meth:`from_bytes` takes the suffix positionally)."""
 
-    def __init__(self, backend: _Backend, *, path: Path | None) -> None:
+    def __init__(self, backend: _Backend, *, path: Path | None, format: str = "") -> None:
         self._backend = backend
         self.path = path
         self.runtime: str = backend.runtime
+        # what the file is ("onnx", "tflite", "xml"/"ovir" for an OpenVINO IR, "rknn"):
+        # one runtime reads several formats (OpenVINO reads ONNX and its own IR)
+        self.format: str = format or (path.suffix.lstrip(".").lower() if path else "")
         self.inputs: tuple[TensorSpec, ...] = backend.inputs
         self.outputs: tuple[TensorSpec, ...] = backend.outputs
         # output name -> quantization step of a quantized (INT8) output, dequantized here
@@ -117,7 +120,8 @@ class Model:
             raise ModelLoadError(f"model is {len(data)} bytes, over the limit of {max_bytes}")
         suffix = suffix if suffix.startswith(".") else f".{suffix}"
         chosen = _choose_runtime(runtime, suffix, data[:8])
-        return cls(_backend(chosen, bytes(data), device, threads), path=None)
+        return cls(_backend(chosen, bytes(data), device, threads), path=None,
+                   format=suffix.lstrip(".").lower())
 
     @classmethod
     def load_bytes(
