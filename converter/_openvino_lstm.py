@@ -35,7 +35,7 @@ from typing import Any
 __all__ = ["MIN_HIDDEN", "unrolled_lstms"]
 
 MIN_HIDDEN = 256  # 4H x H floats = 1 MB per direction: below, R stays in L2 anyway
-MAX_STEPS = 256  # more steps: a graph of thousands of nodes to compile
+MAX_STEPS = 128  # more steps: a graph of thousands of nodes (~18 per step and direction) to compile
 GATES = ("i", "o", "f", "c")  # the ONNX LSTM's gate order in W, R and B
 _DEFAULT_ACTIVATIONS = (b"Sigmoid", b"Tanh", b"Tanh")
 
