@@ -100,15 +100,13 @@ def fused_for_openvino(model: Any) -> tuple[Any, int]:
         graph.node.extend(kept)
     count += _signed_weights(graph, users)
     from ._openvino_focus import focus_as_transpose
+    from ._openvino_hswish import hardswish_blocks
     from ._openvino_lstm import unrolled_lstms
     from ._openvino_lut import int8_tables
 
     count += focus_as_transpose(graph)  # YOLOX's strided-Slice stem as one Transpose
     count += unrolled_lstms(out)  # a wide float LSTM in steps that reuse L2
-
     count += int8_tables(graph)  # it reads the graph as rewritten above
-    from ._openvino_hswish import hardswish_blocks
-
     return out, count + hardswish_blocks(graph)  # after the tables: what they left
 
 
