@@ -35,6 +35,14 @@ Transpose -> Reshape, bit-identical (converter/_openvino_focus.py): OpenVINO ran
 Slices with a reference kernel (ddddocr_det: 3.7 ms of 51.7 in its layer counters; the
 Transpose 0.76 ms of 45.1).
 
+A wide float LSTM (ddddocr's recognizer: bidirectional, hidden 512) becomes per-gate
+MatMuls in steps whose weights stay partly in L2 (converter/_openvino_lstm.py), the same
+function within float rounding: ddddocr_ocr 0.93x -> 1.11x onnxruntime (same run).
+
+Hardswish blocks on a convolution's output (MobileNetV3's) that no table took become one
+HardSwish, a post-op of the int8 convolution (converter/_openvino_hswish.py): PP-OCR cls
+0.98x -> 1.22x onnxruntime (same run), two roundings skipped as for the SiLU blocks.
+
 The numbers change by the two skipped roundings (the sigmoid and the conv's output
 stay float inside the fused op); the target reports top-1 agreement with onnxruntime
 on the generic INT8 ONNX, so the difference is measured, not assumed.
@@ -52,7 +60,9 @@ def fused_for_openvino(model: Any) -> tuple[Any, int]:
     blocks and of sigmoid gates on a conv's output removed, uint8 weights with zero
     point 128 written as int8 (:func:`_signed_weights`), YOLOX's Focus stem as one
     Transpose (converter/_openvino_focus.py) and chains of int8 elementwise ops written as
-    one table each (converter/_openvino_lut.py); and how many rewrites."""
+    one table each (converter/_openvino_lut.py), wide float LSTMs in steps
+    (converter/_openvino_lstm.py), what hardswish blocks no table took as one HardSwish
+    (converter/_openvino_hswish.py); and how many rewrites."""
     import onnx
 
     out = onnx.ModelProto.FromString(model.SerializeToString())
@@ -90,11 +100,14 @@ def fused_for_openvino(model: Any) -> tuple[Any, int]:
         graph.node.extend(kept)
     count += _signed_weights(graph, users)
     from ._openvino_focus import focus_as_transpose
+    from ._openvino_hswish import hardswish_blocks
+    from ._openvino_lstm import unrolled_lstms
     from ._openvino_lut import int8_tables
 
     count += focus_as_transpose(graph)  # YOLOX's strided-Slice stem as one Transpose
-
-    return out, count + int8_tables(graph)  # last: it reads the graph as rewritten above
+    count += unrolled_lstms(out)  # a wide float LSTM in steps that reuse L2
+    count += int8_tables(graph)  # it reads the graph as rewritten above
+    return out, count + hardswish_blocks(graph)  # after the tables: what they left
 
 
 WEIGHT_OF = {"MatMul": 1, "Gemm": 1, "Conv": 1}  # op -> its weight input

@@ -1,6 +1,7 @@
 """OpenVINO targets (pip ``openvino``, extra ``openvino``): OpenVINO reads the QDQ ONNX
 itself; where OpenVINO runs it faster with fewer Q/DQ pairs (SiLU blocks, sigmoid gates,
-uint8 weights as int8, int8 tables, YOLOX's Focus stem:
+uint8 weights as int8, int8 tables, YOLOX's Focus stem, wide float LSTMs in steps,
+hardswish blocks:
 converter/_openvino_prep.py) that form is written as
 ``OUT/model.int8.<target>.onnx`` (a release variant for openvino-* devices). The model
 OpenVINO compiles is ``OUT/model.int8.<target>.xml/.bin`` (OpenVINO IR): of the generic

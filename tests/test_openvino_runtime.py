@@ -146,3 +146,58 @@ def test_one_call_path_returns_what_the_public_infer_does(tmp_path: Path, side: 
             assert np.array_equal(first, reference.infer({0: x})[0])
             assert np.array_equal(again, reference.infer({0: -x})[0])
             assert not np.array_equal(first, again)
+
+
+@pytest.mark.parametrize("inputs", [1, 2])
+def test_the_backends_call_gives_the_public_infers_outputs_on_every_path(tmp_path: Path, inputs: int) -> None:
+    """``OpenVinoBackend.run`` (the closure built per model: a single input looked up by
+    name, several in a loop) on arrays that fit the bound tensors, on float64 and
+    non-contiguous arrays (converted, not refused), from 8 threads at once: each result
+    is OpenVINO's public ``InferRequest.infer`` on that input, and is a copy the next
+    call does not overwrite."""
+    import threading
+
+    import onnx
+    import openvino as ov
+    from edgeship.sdk.runtime._runtime_openvino import OpenVinoBackend
+    from onnx import TensorProto, helper
+
+    names = ["a", "b"][:inputs]
+    nodes = [helper.make_node("Sigmoid", [names[0]], ["s"])]
+    nodes += [helper.make_node("Add", ["s", "b"], ["y"])] if inputs == 2 else [helper.make_node("Neg", ["s"], ["y"])]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 6]) for n in [*names, "y"]]
+    model = helper.make_model(helper.make_graph(nodes, "g", io[:-1], io[-1:]), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    backend = OpenVinoBackend(str(tmp_path / "m.onnx"), device="cpu", threads=1)
+    reference = ov.Core().compile_model(str(tmp_path / "m.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    rng = np.random.default_rng(3)
+
+    def feeds(k: int) -> dict[str, np.ndarray]:
+        values = rng.normal(size=(len(names), 1, 6)) * (k + 1)
+        return {n: v.astype(np.float32) for n, v in zip(names, values, strict=True)}
+
+    first, second = feeds(0), feeds(1)
+    got_first, got_second = backend.run(first)["y"], backend.run(second)["y"]
+    assert np.array_equal(got_first, reference.create_infer_request().infer(first)[0])  # not overwritten
+    assert np.array_equal(got_second, reference.create_infer_request().infer(second)[0])
+    odd = {n: np.asfortranarray(np.repeat(v.astype(np.float64), 2, axis=1)[:, ::2]) for n, v in first.items()}
+    assert np.array_equal(backend.run(odd)["y"], got_first)
+    assert np.array_equal(backend.run(second)["y"], got_second)  # the fast path again after a slow call
+    failures: list[str] = []
+
+    def worker(seed: int) -> None:
+        own = np.random.default_rng(seed)
+        for _ in range(200):
+            feed = {n: own.normal(size=(1, 6)).astype(np.float32) for n in names}
+            want = reference.create_infer_request().infer(feed)[0]
+            if not np.array_equal(backend.run(feed)["y"], want):
+                failures.append(f"thread {seed}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and failures == []

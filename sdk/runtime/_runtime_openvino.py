@@ -84,18 +84,21 @@ class OpenVinoBackend:
         self._infer = OneCall(self._compiled.create_infer_request())
         self._output_names = [spec.name for spec in self.outputs]
         self._lock = threading.Lock()
+        # float edges (no int8 edge to convert): the call that does only what a call needs
+        self.run = (self._infer.runner(self._output_names, self._lock, [spec.name for spec in self.inputs])
+                    if not self._quant else self._run_quant)
 
     def _caller(self, spec: TensorSpec) -> TensorSpec:
         return spec if spec.name not in self._quant else TensorSpec(
             name=spec.name, shape=spec.shape, dtype="float32")
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._quant:
-            feeds = {k: to_storage(self._quant[k], v) if k in self._quant else v for k, v in feeds.items()}
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # set per model in __init__
+
+    def _run_quant(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A model with int8 edges: float32 in and out as with onnxruntime."""
+        feeds = {k: to_storage(self._quant[k], v) if k in self._quant else v for k, v in feeds.items()}
         try:
             with self._lock:
-                if not self._quant:
-                    return self._infer.named(feeds, self._output_names)
                 values = self._infer(feeds)
         except Exception as exc:
             raise InferenceError(f"OpenVINO failed: {_last_line(exc)}") from exc
@@ -161,6 +164,75 @@ class OneCall:
             view[...] = value  # (np.copyto parses a keyword more per call)
         return dict(zip(names, self._infer(self._request, {}, False, True).values(), strict=True))
 
+    def runner(self, names: list[str], lock: threading.Lock, inputs: list[str]
+               ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """A call from names to arrays under ``lock``, the outputs keyed by ``names``
+        (``inputs``: the names callers give the inputs): what
+        :meth:`named` does, built as one closure so that a call whose arrays fit the
+        bound inputs (their dtype object and shape) costs a dict look-up, two tests and
+        a copy per input, the lock and the binding's infer; anything else takes
+        :meth:`named`. A single output is taken from the binding's result dict by
+        ``popitem`` (building a dict from a zip of its values cost ~0.4 us a call) and
+        the lock's bound methods are called directly (a ``with`` block cost ~0.1 us
+        more). Per call on a Relu of 16 floats (same run): 5.5 us this way, 6.7 us
+        through ``run`` -> ``named``, the binding's infer alone 4.7 us; onnxruntime's
+        backend 5.1 us, its ``session.run`` alone 4.4 us."""
+        request, infer, named = self._request, self._infer, self.named
+        bound = {key: (view, view.dtype, view.shape) for key, view in self._views.items()}
+        acquire, release = lock.acquire, lock.release
+        single = names[0] if len(names) == 1 else None
+        no_tensors: dict[int, Any] = {}  # the inputs are already in the bound tensors
+        if len(inputs) == 1 and inputs[0] in bound:
+            return self._one_input_runner(names, lock, inputs[0])
+
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            acquire()
+            try:
+                for key, value in feeds.items():
+                    view, dtype, shape = bound.get(key, _UNBOUND)
+                    if dtype is not value.dtype or shape != value.shape:
+                        return named(feeds, names)
+                    view[...] = value
+                result = infer(request, no_tensors, False, True)
+            except Exception as exc:
+                raise InferenceError(f"OpenVINO failed: {_last_line(exc)}") from exc
+            finally:
+                release()
+            if single is not None:
+                return {single: result.popitem()[1]}
+            return dict(zip(names, result.values(), strict=False))  # the model's own: same count
+
+        return run
+
+    def _one_input_runner(self, names: list[str], lock: threading.Lock, key: str
+                          ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """:meth:`runner` for a model of one bound input named ``key``: its array looked
+        up by name, no loop (~0.2 us less a call)."""
+        request, infer, named = self._request, self._infer, self.named
+        view = self._views[key]
+        dtype, shape = view.dtype, view.shape
+        acquire, release = lock.acquire, lock.release
+        single = names[0] if len(names) == 1 else None
+        no_tensors: dict[int, Any] = {}
+
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            value = feeds.get(key)
+            acquire()
+            try:
+                if value is None or len(feeds) != 1 or value.dtype is not dtype or value.shape != shape:
+                    return named(feeds, names)
+                view[...] = value
+                result = infer(request, no_tensors, False, True)
+            except Exception as exc:
+                raise InferenceError(f"OpenVINO failed: {_last_line(exc)}") from exc
+            finally:
+                release()
+            if single is not None:
+                return {single: result.popitem()[1]}
+            return dict(zip(names, result.values(), strict=False))
+
+        return run
+
     def _share(self, key: int | str, value: np.ndarray) -> None:
         """Set ``value`` as the input's tensor, sharing its memory; the bound tensor is
         replaced for good (set here with the GIL held: the request drops the tensor it
@@ -172,6 +244,7 @@ class OneCall:
         self._held[index] = value  # the request reads it until the next call
 
 
+_UNBOUND: tuple[Any, Any, Any] = (None, None, None)  # an input with no bound tensor: no dtype is None
 SMALL_INPUT = 32 * 1024  # bytes: copying this many costs about what a new Tensor does
 
 
