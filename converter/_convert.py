@@ -578,12 +578,13 @@ def _eval(
 
 def _profile(feeds: dict[str, np.ndarray], qmodel: onnx.ModelProto) -> Any:
     """Drift reference: the eval inputs and the INT8 model's (float) outputs on them."""
-    from edgeship.sdk.monitor._profile import build_profile
+    from edgeship.sdk.monitor._profile import batch_first, build_profile
 
     names = [o.name for o in qmodel.graph.output]
     outputs = _evaluate.run_all(_evaluate.session(qmodel), feeds, names)
     try:
-        return build_profile(feeds, dict(zip(names, outputs, strict=True)))
+        return build_profile(feeds, batch_first(dict(zip(names, outputs, strict=True)),
+                                                _evaluate.sample_count(feeds)))
     except EdgeshipError as exc:
         raise ConversionError(f"--eval: cannot build the drift profile: {exc}") from exc
 

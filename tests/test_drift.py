@@ -413,3 +413,30 @@ def test_a_list_of_batches_counts_like_one_batch(shape: tuple[int, ...]) -> None
     listed = DriftMonitor(profile, DriftConfig(window=1000, min_samples=1))
     listed.observe({"x": parts})
     assert listed.counts().tolist() == joined.counts().tolist() and listed.window == 14
+
+
+def test_a_time_major_output_is_left_out_of_the_profile_not_fatal(tmp_path: Path) -> None:
+    """A CTC recognizer's output is [T, 1, C] a sample: stacked it has T x N rows that
+    belong to no one sample (ddddocr's recognizer made `convert --eval` fail)."""
+    import onnx
+    from edgeship.converter import ConvertOptions, convert
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(16, 5)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("Transpose", ["h"], ["logits"], perm=[1, 0, 2])],
+        "time_major", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [8, 1, 5])], [weight])
+    model = tmp_path / "seq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(16, 1, 8, 16)).astype(np.float32)[:, 0])
+    np.savez(tmp_path / "eval.npz", x=rng.normal(size=(40, 8, 16)).astype(np.float32))
+    report = convert(model, tmp_path / "calib.npz", tmp_path / "out",
+                     ConvertOptions(formats=("onnx",)), eval_path=tmp_path / "eval.npz")
+    features = report.to_dict()["profile"]["features"]
+    assert features and all(f.startswith("x") for f in features)  # the input's only
+    assert profile_from_file(tmp_path / "out" / "profile.json").samples == 40
+    again = profile_from_file(tmp_path / "eval.npz", model)  # `edgeship drift profile` too
+    assert [f.name for f in again.features] == features and again.samples == 40

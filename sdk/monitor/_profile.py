@@ -47,6 +47,7 @@ __all__ = [
     "FeatureProfile",
     "Profile",
     "TensorLayout",
+    "batch_first",
     "build_profile",
     "check_model",
     "profile_from_file",
@@ -435,6 +436,16 @@ def build_profile(inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None =
     return profile
 
 
+def batch_first(outputs: Mapping[str, Any], samples: int) -> dict[str, Any]:
+    """The ``outputs`` (each stacked over ``samples`` samples on axis 0) that have one row
+    per sample. A sequence model's time-major output (``[T, 1, C]`` a sample, CTC
+    recognizers) stacks to ``T x samples`` rows that belong to no one sample: it is left
+    out of the profile (the monitor ignores tensors the profile lacks) rather than
+    making the whole profile fail."""
+    return {name: value for name, value in outputs.items()
+            if getattr(value, "ndim", 0) and len(value) == samples}
+
+
 def profile_from_file(path: str | Path, model_path: str | Path | None = None, *,
                       bins: int = DEFAULT_BINS, max_bytes: int = 1 << 30) -> Profile:
     """A ``profile.json`` as is, or a ``DATA.npz`` of inputs keyed by input name (a
@@ -466,7 +477,8 @@ def profile_from_file(path: str | Path, model_path: str | Path | None = None, *,
         if set(inputs) != names:
             raise InputError(f"{file}: arrays {sorted(inputs)} do not match the model's "
                              f"inputs {sorted(names)}")
-        outputs = model.predict_all(inputs)
+        first = next(iter(inputs.values()))
+        outputs = batch_first(model.predict_all(inputs), len(first) if first.ndim else 0)
     return build_profile(inputs, outputs, bins=bins)
 
 
