@@ -37,7 +37,7 @@ def platform_of(model: Any) -> str:
     """The v2 ``platform`` of a loaded model: its runtime and what that runtime reads."""
     if model.runtime == "openvino" and getattr(model, "format", "") in _IR_FORMATS:
         return "openvino_ir"
-    return _PLATFORMS.get(model.runtime, model.runtime)
+    return _PLATFORMS.get(model.runtime, str(model.runtime))
 
 
 class Tap(Protocol):
