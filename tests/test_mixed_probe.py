@@ -201,3 +201,30 @@ def test_the_ranking_s_sample_count_is_read_from_the_graph_not_a_clock() -> None
     slow = _mixed_search.RANK_BUDGET_S / 40 / 4  # a probe run 4x over the budget's share
     assert _mixed_search.rank_samples(slow, 40) == 4
     assert _mixed_search.rank_samples(100.0, 40) == 1
+
+
+def test_the_default_is_kept_when_no_conversion_built_reads_better(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--max-drop never writes a model that reads worse than the default on its own
+    measure: every conversion built misses and reads worse than all-int8, so the default
+    stays (no float node, the all-int8 drop reported)."""
+
+    class Fake:
+        seconds_per_sample = estimated_s = 0.0
+
+        def drop(self, keep: dict[str, str], stop_above: float | None = None) -> float:
+            return 0.0  # the probe says any float group holds
+
+    groups = [{"head": f"n{i}", "nodes": [f"n{i}"], "root": f"t{i}", "op": "Conv", "noise": 1.0}
+              for i in range(6)]
+    built: list[int] = []
+
+    def real(keep: dict[str, str]) -> float:
+        built.append(len(keep))
+        return 5.0  # worse than the default's 4.0
+
+    monkeypatch.setattr(_mixed_search, "rank", lambda search, g: g)
+    result, keep = _mixed_search.search_probe(1.0, Fake(), groups, 4.0, real, "top1")  # type: ignore[arg-type]
+    assert built and keep == {} and not result.met
+    assert result.drop == 4.0 and result.kept_float == []
