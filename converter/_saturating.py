@@ -8,7 +8,9 @@ one input element, or a max of some) passes its values on unchanged, so its rang
 nothing its readers outside the group do not see. And a member read only by Sigmoid
 cannot be told apart below ``-SATURATED`` or above it: the Sigmoid's int8 output (fixed
 scale 1/256) reads 0 or its top step there. So the group's span is the union of what the
-members it leaves through can tell apart.
+members it leaves through can tell apart. The saturation is used only in a group that
+other readers share (a lone Sigmoid input is left as it was: ppocr_rec's GELU-style
+Sigmoid inputs, clamped, read one string of 64 apart in LiteRT and onnxruntime).
 
 YOLOv8's head: ``Concat(box logits, class logits)`` per stride, reshaped and joined, then
 ``Split`` back into the box part (its DFL Softmax) and the class part (a Sigmoid). The
@@ -50,7 +52,11 @@ def read_ranges(
     outputs = set(graph.output_names)
     for group in members.values():
         seen = {t: _told_apart(graph, rules, t, group_of, outputs, ranges) for t in group}
-        kept = {t: r for t, r in seen.items() if r is not None}
+        kept = {t: r for t, (r, _) in seen.items() if r is not None}
+        # a Sigmoid's saturation narrows a group only where other readers share it (a
+        # lone Sigmoid input keeps its scale: LiteRT's LOGISTIC then rounds as before)
+        if all(sig for r, sig in seen.values() if r is not None):
+            kept = {t: ranges.get(t, (0.0, 0.0)) for t in kept}
         out.update(kept if kept else {t: ranges.get(t, (0.0, 0.0)) for t in group})
     return out
 
@@ -62,17 +68,19 @@ def _told_apart(
     group_of: dict[str, str],
     outputs: set[str],
     ranges: dict[str, tuple[float, float]],
-) -> tuple[float, float] | None:
+) -> tuple[tuple[float, float] | None, bool]:
+    """(what ``t``'s readers outside its group tell apart, None: none; whether only
+    Sigmoid reads it there)."""
     lo, hi = ranges.get(t, (0.0, 0.0))
     readers = graph.consumers.get(t, [])
     if t in outputs or not readers:
-        return lo, hi
+        return (lo, hi), False
     outside = [n for n in readers if not _moves_within(n, rules, t, group_of)]
     if not outside:
-        return None
+        return None, False
     if all(n.op_type == "Sigmoid" for n in outside):
-        return min(max(lo, -SATURATED), SATURATED), max(min(hi, SATURATED), -SATURATED)
-    return lo, hi
+        return (min(max(lo, -SATURATED), SATURATED), max(min(hi, SATURATED), -SATURATED)), True
+    return (lo, hi), False
 
 
 def _moves_within(node: object, rules: dict[str, OpRule], t: str, group_of: dict[str, str]) -> bool:
