@@ -245,6 +245,7 @@ def meet_target(inp: Any, q: Any, opts: Any) -> Any:
         probe = _mixed_probe.build_probe(q.graph, q.plan, q.qmodel)
         search = _mixed_search.ProbeSearch(
             probe, measure, lambda k: _planned(q.graph, q.plan_of(k)), q.plan)
+        search.estimated_s = _mixed_search.estimated_seconds(q.graph)
         best, keep = _mixed_search.search_probe(
             opts.max_drop, search, groups, drop_int8, drop_of, measure.metric)
     best.measured_on = measure.where + (", ONNX and TFLite (the larger drop)" if lite_too else "")
@@ -320,35 +321,55 @@ def _tflite_bytes(source: bytes, opts: Any) -> bytes | None:
     return _tflite_or_blocker(source, opts)[0]
 
 
+HOLD_OUT_MIN = 16  # samples per half: fewer, and search and check share every sample
+
+
 class _DropMeasure:
-    """The drop of a QDQ model against the fp32 model on fixed samples, in points: on
-    ``--eval``, else on every calibration sample (the model checked is the one written,
-    calibrated on all of them; a label-free metric counts each kept sample's flip risk,
-    converter/_proxy.py, so 64 samples resolve a fraction of a point)."""
+    """The drop of a QDQ model against the fp32 model on fixed samples, in points: with
+    ``--eval`` labels, the accuracy drop on all of them; else a label-free metric
+    (converter/_proxy.py, counting each kept sample's flip risk) on ``--eval`` or the
+    calibration samples (the model checked is the one written, calibrated on all of them),
+    top-1 split in two halves (every other sample): the search measures the first
+    (``search_*``), the check of a conversion built, :meth:`drop_of`, the other
+    (``check_*``). A search that tries many float sets and keeps the one that holds on its
+    samples fits their noise (ppocr_cls: the margins of the samples nearest a flip moved
+    half as much as on unseen ones), so the verdict is read on samples no choice was made
+    on. Other metrics search and check on every sample."""
 
     def __init__(self, inp: Any, fp32_model: Any, requested: str) -> None:
         from . import _evaluate, _proxy
 
         self.fp32 = _evaluate.session(fp32_model)
         self.labels: np.ndarray | None = None
+        source = "--eval" if inp.ev is not None else "calibration"
         if inp.ev is not None:
             self.feeds, self.labels = inp.ev
             self.where = f"--eval ({sample_count(self.feeds)} samples)"
-            sets = [self.feeds]
         else:
             self.feeds = inp.calib
             self.where = f"the {sample_count(self.feeds)} calibration samples"
-            sets = [self.feeds]
         if self.labels is not None:
             self.metric, self.detail = "accuracy", _proxy.DESCRIBE["accuracy"]
             return
-        self.sets = sets
-        first = self._first(self.fp32, next(_evaluate.samples(sets[0])))
-        inputs = next(iter(sets[0].values()))
+        first = self._first(self.fp32, next(_evaluate.samples(self.feeds)))
+        inputs = next(iter(self.feeds.values()))
         self.proxy = _proxy.choose(first.shape, inputs.shape, first, requested)
         self.metric, self.detail = self.proxy.metric, self.proxy.describe()
-        self.refs = [[_proxy.reference(self.proxy, v) for v in self._views(self.fp32, f)]
-                     for f in sets]
+        n = sample_count(self.feeds)
+        self.search_n, self.check_start = n, 0
+        # top-1 is decided by the few samples nearest a flip: the ones a search fits
+        if self.proxy.metric == "top1" and n >= 2 * HOLD_OUT_MIN:
+            order = np.r_[np.arange(0, n, 2), np.arange(1, n, 2)]  # the first stays first
+            self.feeds = {k: np.asarray(v)[order] for k, v in self.feeds.items()}
+            self.search_n = self.check_start = (n + 1) // 2
+            self.where = (f"{n - self.search_n} of the {n} {source} samples, held out from the "
+                          f"search (it chose on the other {self.search_n})")
+        refs = [_proxy.reference(self.proxy, v) for v in self._views(self.fp32, self.feeds)]
+        # top-1: how densely fp32's margins crowd a flip, on every sample (the fp32 model's)
+        self.density = _proxy.near_flip_density(refs) if self.proxy.metric == "top1" else 0.0
+        self.search_refs = refs[: self.search_n]
+        self.check_refs = refs[self.check_start :]
+        self.check_feeds = {k: v[self.check_start :] for k, v in self.feeds.items()}
 
     @staticmethod
     def _first(sess: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -377,26 +398,32 @@ class _DropMeasure:
                 p32, p8, _ = _evaluate.compare_outputs(self.fp32, runner, self.feeds)
                 drops.append(drop_points(p32, p8, self.labels))
             return max(drops)
-        return max(self._set_drops(runner) for runner in runners)
+        return max(self._check_drop(runner) for runner in runners)
 
-    def _set_drops(self, runner: Any) -> float:
-        """The larger drop over the sets, the runner run once on every sample (each set
-        is a tail of them)."""
+    def _check_drop(self, runner: Any) -> float:
+        """The drop on the samples held out from the search."""
+        return self.task_drop(self.check_refs, self._views(runner, self.check_feeds))
+
+    def task_drop(self, refs: list[object], views: list[object]) -> float:
+        """The metric's drop of ``views`` against ``refs``; top-1: also the expected drop
+        of the noise they show at the near-flip density of every sample (the larger)."""
         from . import _proxy
 
-        views = self._views(runner, self.feeds)
-        return max(_proxy.drop(self.proxy, ref, views[len(views) - sample_count(feeds):])
-                   for ref, feeds in zip(self.refs, self.sets, strict=True))
+        drop = _proxy.drop(self.proxy, refs, views)
+        if self.density > 0.0:
+            drop = max(drop, _proxy.noise_drop(self.density, refs, views))
+        return drop
 
     def drop_runner(self, runner: Any) -> float:
-        """:meth:`drop_of` for a session-like ``runner`` (converter/_mixed_probe.py), run
-        once on every sample: the held-out ones are the tail of all of them."""
+        """The search's drop for a session-like ``runner`` (converter/_mixed_probe.py):
+        with labels the accuracy drop, else the metric on the searched samples."""
         from ._mixed import drop_points
 
         if self.labels is not None:
             p32, p8, _ = _compare(self.fp32, runner, self.feeds)
             return drop_points(p32, p8, self.labels)
-        return self._set_drops(runner)
+        head = {k: v[: self.search_n] for k, v in self.feeds.items()}
+        return self.task_drop(self.search_refs, self._views(runner, head))
 
 
 def _compare(s32: Any, runner: Any, feeds: dict[str, np.ndarray]) -> Any:

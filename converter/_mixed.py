@@ -5,9 +5,14 @@ The drop is accuracy points on ``--eval`` when it has labels (fp32 accuracy minu
 accuracy), else a label-free task metric against the fp32 model chosen from the output's
 shape (converter/_proxy.py: top-1 disagreement, CTC strings that differ, each with the
 flip risk of the samples kept, fp32 boxes missed, or relative output noise;
-``--drop-metric`` overrides) on ``--eval`` or, without it, on every calibration sample:
+``--drop-metric`` overrides) on ``--eval`` or, without it, on the calibration samples:
 the model searched and checked is the one written, calibrated on all of them (a split
 calibrated the model written on fewer samples than the default's, so it could read worse).
+Top-1 is searched on every other sample and checked on the rest (a search fits the noise
+of the few samples nearest a flip it chooses on) and also counts the flips the noise it
+shows makes at the near-flip density of fp32's margins (converter/_proxy.py
+:func:`noise_drop`). The default conversion is kept whenever it meets the target on that
+measure, and a conversion that misses is kept only if it reads better than the default.
 
 The ranking and the search run on one probe session (converter/_mixed_probe.py); the
 conversion kept is built and measured like any other. A group kept float runs as DQ ->
@@ -59,6 +64,7 @@ class MixedResult:
     int8_nodes: int = 0  # nodes left int8 in it
     search_s: dict[str, float] = field(default_factory=dict)  # seconds: rank, probe, total
     kept_ops: dict[str, int] = field(default_factory=dict)  # op type -> nodes kept float
+    rank_samples: int = 0  # samples per group the ranking ran (from the graph, not a clock)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +84,7 @@ class MixedResult:
             "int8_nodes": self.int8_nodes,
             "kept_ops": self.kept_ops,
             "search_s": self.search_s,
+            "rank_samples": self.rank_samples,
         }
 
 

@@ -35,6 +35,15 @@ TRIM_TRIES = 10  # probe runs at most that hand kept groups back to int8 (see :f
 RANK_SAMPLES = 16  # samples per group for the sensitivity ranking, at most (4 let a few
 # samples' noise order a small model's groups; the budget below caps a large model's)
 RANK_BUDGET_S = 45.0  # what the ranking may take: fewer samples for a large model
+# a probe run's estimated seconds per sample, from the float graph alone (so the ranking's
+# sample count, and so the model written, is the same on a busy machine as on an idle
+# one): per activation element (each has its on/off Q/DQ), per weight (each layer reads
+# its int8 or float copy) and per multiply-accumulate of a weight layer; fitted on the
+# probe runs of ppocr_cls, efficientnet_lite0 and yolov8n on a shared 2-core machine
+# (within ~1.5x of each; the budget is a rough cap)
+PROBE_S_PER_ELEMENT = 4e-9
+PROBE_S_PER_WEIGHT = 2.5e-8
+PROBE_S_PER_MAC = 5e-11
 
 
 class ProbeSearch:
@@ -47,7 +56,8 @@ class ProbeSearch:
         self.probe, self.measure, self.plan_of, self.base = probe, measure, plan_of, base_plan
         self.sess = _evaluate.session(probe.model)
         self.fast = FastDrop(measure)
-        self.seconds_per_sample = 0.0
+        self.seconds_per_sample = 0.0  # a probe run's, measured (the log's; not the ranking's)
+        self.estimated_s = 0.0  # a probe run's seconds per sample from the graph (see rank)
 
     def drop(self, keep: dict[str, str], stop_above: float | None = None) -> float:
         """The task-metric drop with the nodes of ``keep`` float (inf: nothing int8);
@@ -62,23 +72,21 @@ class ProbeSearch:
 
 
 class FastDrop:
-    """The measure's drop (converter/_accuracy.py ``_DropMeasure``) of a probe run, one
-    sample at a time, the samples lost last time first, stopping once the drop is sure to
-    be over ``stop_above``: the losses summed so far over a set's whole weight bound its
-    drop from below (converter/_proxy.py :func:`lost_part`). With labels: the measure's
-    own drop (an accuracy drop is no sum of losses)."""
+    """The search's drop (converter/_accuracy.py ``_DropMeasure.drop_runner``) of a probe
+    run, one searched sample at a time, the samples lost last time first, stopping once
+    the drop is sure to be over ``stop_above``: the losses summed so far over the whole
+    weight bound the drop from below (converter/_proxy.py :func:`lost_part`). With
+    labels: the measure's own drop (an accuracy drop is no sum of losses)."""
 
     def __init__(self, measure: Any) -> None:
         from . import _proxy
 
         self.measure = measure
-        self.n = sample_count(measure.feeds)
+        self.n = sample_count(measure.feeds) if measure.labels is not None else measure.search_n
         self.order = list(range(self.n))
-        self.parts: list[tuple[int, list[object], float]] = []
+        self.total = 0.0
         if measure.labels is None:
-            for refs, feeds in zip(measure.refs, measure.sets, strict=True):
-                total = sum(_proxy.weight(measure.proxy, r) for r in refs)
-                self.parts.append((self.n - sample_count(feeds), refs, total))  # a set is a tail
+            self.total = sum(_proxy.weight(measure.proxy, r) for r in measure.search_refs)
 
     def drop(self, runner: Any, stop_above: float | None = None) -> tuple[float, int]:
         """(drop in points, samples run)."""
@@ -87,30 +95,29 @@ class FastDrop:
         m = self.measure
         if m.labels is not None:
             return float(m.drop_runner(runner)), self.n
-        lost = [0.0] * len(self.parts)
+        lost = 0.0
         newly: list[int] = []
+        views: dict[int, object] = {}
         runs = 0
         for idx in self.order:
             view = _proxy.view(m.proxy, m._first(runner, {k: v[idx : idx + 1]
                                                           for k, v in m.feeds.items()}))
+            views[idx] = view
             runs += 1
-            hit = False
-            for p, (start, refs, _) in enumerate(self.parts):
-                if idx >= start:
-                    part, _w = _proxy.lost_part(m.proxy, refs[idx - start], view)
-                    lost[p] += part
-                    # a sample lost (a flip, a box), not one whose flip risk is slight
-                    hit = hit or part >= 0.5 or (m.proxy.metric == "sqnr" and part > 0)
-            if hit:
+            part, _w = _proxy.lost_part(m.proxy, m.search_refs[idx], view)
+            lost += part
+            # a sample lost (a flip, a box), not one whose flip risk is slight
+            if part >= 0.5 or (m.proxy.metric == "sqnr" and part > 0):
                 newly.append(idx)
             if stop_above is not None and self._points(lost) > stop_above:
                 break
         self.order = newly + [i for i in self.order if i not in newly]
+        if runs == self.n:  # in full: the measure's own drop (top-1 adds the noise's)
+            return m.task_drop(m.search_refs, [views[i] for i in range(self.n)]), runs
         return self._points(lost), runs
 
-    def _points(self, lost: list[float]) -> float:
-        return max(100.0 * x / total if total > 0 else 0.0
-                   for x, (_, _, total) in zip(lost, self.parts, strict=True))
+    def _points(self, lost: float) -> float:
+        return 100.0 * lost / self.total if self.total > 0 else 0.0
 
 
 def rank(search: ProbeSearch, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -120,8 +127,7 @@ def rank(search: ProbeSearch, groups: list[dict[str, Any]]) -> list[dict[str, An
     from . import _evaluate
 
     every = list(_evaluate.samples(search.measure.feeds))
-    per_group = max(search.seconds_per_sample, 1e-4) * max(1, len(groups))
-    n = int(min(RANK_SAMPLES, max(1, RANK_BUDGET_S // per_group)))
+    n = rank_samples(search.estimated_s, len(groups))
     feeds = [every[i] for i in search.fast.order[:n]]  # the lost ones first
     names = [o.name for o in search.measure.fp32.get_outputs()]
     refs = [search.measure.fp32.run(names, f) for f in feeds]
@@ -133,6 +139,33 @@ def rank(search: ProbeSearch, groups: list[dict[str, Any]]) -> list[dict[str, An
         rows.append({**g, "noise": noise})
     rows.sort(key=lambda r: -r["noise"])
     return [{**r, "rank": i + 1} for i, r in enumerate(rows)]
+
+
+def rank_samples(seconds_per_sample: float, groups: int) -> int:
+    """Samples per group the ranking runs: ``RANK_SAMPLES``, fewer when the estimate of a
+    probe run says the ranking would pass ``RANK_BUDGET_S`` (at least 1)."""
+    per_group = max(seconds_per_sample, 1e-4) * max(1, groups)
+    return int(min(RANK_SAMPLES, max(1, RANK_BUDGET_S // per_group)))
+
+
+def estimated_seconds(graph: Any) -> float:
+    """A probe run's seconds per sample estimated from the float graph's shapes: its
+    activation elements, its constants' elements and the multiply-accumulates of its
+    Conv / Gemm / MatMul with constant weights (a tensor of unknown shape counts nothing)."""
+    elements = macs = 0
+    weights = sum(int(v.size) for v in graph.inits.values())
+    for node in graph.nodes:
+        for out in node.output:
+            dims = graph.shape(out) if out else None
+            if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+                continue
+            count = math.prod(int(d) for d in dims)
+            elements += count
+            weight = graph.shape(node.input[1]) if len(node.input) > 1 else None
+            if node.op_type in ("Conv", "Gemm", "MatMul") and weight and graph.is_const(node.input[1]):
+                per_output = math.prod(int(d) for d in weight[1:]) if node.op_type == "Conv" else int(weight[0])
+                macs += count * per_output
+    return elements * PROBE_S_PER_ELEMENT + weights * PROBE_S_PER_WEIGHT + macs * PROBE_S_PER_MAC
 
 
 def _noise(sess: Any, extra: dict[str, np.ndarray], feeds: list[dict[str, np.ndarray]],
@@ -261,7 +294,10 @@ def search_probe(
     result.tried = tried
     result.units = "tensor groups"
     result.search_s = {"rank": round(t_rank, 1), "probe": round(t_probe, 1),
-                       "total": round(time.perf_counter() - t0, 1)}
+                       "total": round(time.perf_counter() - t0, 1),
+                       "run_measured": round(search.seconds_per_sample, 4),
+                       "run_estimated": round(search.estimated_s, 4)}
+    result.rank_samples = rank_samples(search.estimated_s, len(groups))
     met = [c for c, d in real.items() if d <= target]
     size = {c: len(attempts[c]) for c in real}
     best = (min(met, key=lambda c: size[c]) if met

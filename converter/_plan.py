@@ -16,6 +16,7 @@ import onnx
 from ._fixed_split import Split, fixed_of_groups, split_fixed_inputs
 from ._ir import Graph
 from ._oprules import OpRule, fusable_clamp, rule_for
+from ._saturating import read_ranges
 from ._tail import float_tails
 
 QMIN, QMAX = -128, 127
@@ -200,10 +201,13 @@ def _group_params(
     pin: Pin | None,
 ) -> tuple[dict[str, QParams], dict[str, tuple[float, float]]]:
     fixed = fixed_of_groups(graph, rules, quantized, group_of)
+    read = read_ranges(graph, rules, quantized, group_of, ranges)  # what readers tell apart
     span: dict[str, tuple[float, float]] = {}
     for t in quantized:
         root = group_of[t]
-        lo, hi = ranges.get(t, (0.0, 0.0))
+        if t not in read:
+            continue
+        lo, hi = read[t]
         old = span.get(root, (lo, hi))
         span[root] = (min(old[0], lo), max(old[1], hi))
     for root, (lo, hi) in _constant_spans(graph, rules, group_of).items():

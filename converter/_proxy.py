@@ -37,6 +37,12 @@ BOX_CONF = {"yolov8": 0.25, "yolox": 0.1}  # the score threshold of each decoder
 # the noise a kept margin is weighed against: this many times what the sample's margin
 # moved (another image's noise is not this one's; 2: a margin half lost is a 16 % risk)
 RISK_SPREAD = 2.0
+# the near-flip density (:func:`near_flip_density`) counts this many of the smallest margins
+DENSITY_K = 8
+# a softmax's probabilities resolve a margin's move where the runner-up holds this much
+# (8 steps of an int8 output's 1/256); fewer samples than NOISE_MIN so resolved: no estimate
+RESOLVED_P = 8.0 / 256.0
+NOISE_MIN = 4
 # a fp32 margin under one step of an int8 output (its range / 255) is a tie no INT8 model
 # can be held to (the output's own rounding decides it): not counted either way
 TIE_STEPS = 255
@@ -200,6 +206,67 @@ def _top1_risk(ref: np.ndarray, test: np.ndarray) -> float:
     rival = int(others[np.argmax(test[others])])
     margin = float(test[top] - test[rival])
     return flip_risk(margin, abs(margin - float(ref[top] - ref[rival])))
+
+
+def near_flip_density(refs: Sequence[object]) -> float:
+    """How many fp32 top-1 margins lie near zero, per sample and per unit of margin (in
+    :func:`_margin_units`): ``DENSITY_K`` over the samples times the K-th smallest margin
+    (fp32 ties left out; 0 when there are too few). The fp32 model's alone, so no choice
+    of float layers can fit it; with :func:`noise_drop` it reads a flip rate that does not
+    hang on the few samples a set holds near a flip."""
+    margins = sorted(m for m, _ in (_pair_margin(np.asarray(r, np.float64).reshape(-1), None)
+                                    for r in refs) if m is not None)
+    k = min(DENSITY_K, len(refs) // 4)
+    if k < 1 or len(margins) < k or margins[k - 1] <= 0.0:  # fewer near a flip than that
+        return 0.0
+    return k / (len(refs) * margins[k - 1])
+
+
+def noise_drop(density: float, refs: Sequence[object], tests: Sequence[object]) -> float:
+    """The expected top-1 drop in points of samples whose fp32 margins lie ``density``
+    per unit near zero, under the noise these INT8 outputs put on fp32's margins (top-1
+    over its runner-up, same two classes): a symmetric normal noise of that root mean
+    square flips density * rms / sqrt(2 pi) of them. Moves are read where the units
+    resolve them (a softmax's probabilities: where fp32's runner-up holds at least
+    ``RESOLVED_P``); 0 when fewer than ``NOISE_MIN`` samples do."""
+    moves = []
+    for r, t in zip(refs, tests, strict=True):
+        ref, test = np.asarray(r, np.float64).reshape(-1), np.asarray(t, np.float64).reshape(-1)
+        margin, move = _pair_margin(ref, test)
+        if margin is not None and move is not None:
+            moves.append(move)
+    if len(moves) < NOISE_MIN:
+        return 0.0
+    rms = math.sqrt(sum(m * m for m in moves) / len(moves))
+    return 100.0 * density * rms / math.sqrt(2.0 * math.pi)
+
+
+def _pair_margin(ref: np.ndarray, test: np.ndarray | None) -> tuple[float | None, float | None]:
+    """fp32's margin of top-1 over its runner-up in :func:`_margin_units` and how far
+    ``test`` moved it (None: a tie, one class, or units that do not resolve it)."""
+    top = int(np.argmax(ref))
+    if ref.size < 2 or _is_tie(ref, top):
+        return None, None
+    rival = int(np.argmax(np.where(np.arange(ref.size) == top, -np.inf, ref)))
+    probs = _is_probabilities(ref)
+    if probs and ref[rival] < RESOLVED_P:
+        return None, None
+    a, b = _margin_units(ref[[top, rival]], probs)
+    margin = a - b
+    if test is None:
+        return margin, None
+    c, d = _margin_units(test[[top, rival]], probs)
+    return margin, (c - d) - margin
+
+
+def _is_probabilities(ref: np.ndarray) -> bool:
+    return bool(ref.min() >= 0.0 and abs(float(ref.sum()) - 1.0) < 1e-3)
+
+
+def _margin_units(values: np.ndarray, probs: bool) -> np.ndarray:
+    """Logits as they are; probabilities as log-probabilities (a difference of logits, so
+    a margin's noise reads the same near and far from a flip)."""
+    return np.log(np.maximum(values, RESOLVED_P / 16)) if probs else values
 
 
 # ----------------------------------------------------------------------------- CTC

@@ -134,3 +134,58 @@ def test_cli_reports_the_label_free_metric(tmp_path: Path) -> None:
     assert "ONNX and TFLite" in mixed["measured_on"]
     done = subprocess.run([*cmd, "--drop-metric", "sqnr"], capture_output=True, text=True, timeout=300)
     assert json.loads((out / "report.json").read_text())["mixed_precision"]["metric"] == "sqnr"
+
+
+def test_noise_drop_reads_the_flip_rate_of_the_noise_at_the_near_flip_density() -> None:
+    """Margins spread evenly over [0, 4] (16 per unit of 64 samples: 0.25 per sample and
+    unit) under a noise of rms 0.2: a normal noise flips density * rms / sqrt(2 pi) of
+    them, ~2 points, whichever samples the set holds nearest a flip; no noise, no drop;
+    the same logits as softmax probabilities read the same in log units, their saturated
+    samples (the runner-up under RESOLVED_P) left out of the noise."""
+    rng = np.random.default_rng(3)
+    n = 64
+    margins = np.linspace(4.0 / n, 4.0, n)
+    refs = [np.array([m, 0.0, -5.0]) for m in margins]
+    density = _proxy.near_flip_density(refs)
+    assert density == pytest.approx(_proxy.DENSITY_K / (n * margins[_proxy.DENSITY_K - 1]))
+    assert 0.2 < density < 0.3
+    noise = rng.normal(0.0, 0.2, n)
+    tests = [r + np.array([e, 0.0, 0.0]) for r, e in zip(refs, noise, strict=True)]
+    rms = float(np.sqrt(np.mean(noise**2)))
+    expected = 100 * density * rms / np.sqrt(2 * np.pi)
+    assert _proxy.noise_drop(density, refs, tests) == pytest.approx(expected, rel=1e-6)
+    assert 1.5 < expected < 2.5
+    assert _proxy.noise_drop(density, refs, refs) == 0.0
+    # the same logits as softmax probabilities: log-probability differences are logit
+    # differences, so the resolved samples read the same moves
+    softmax = [np.exp(v) / np.exp(v).sum() for v in refs]
+    soft_tests = [np.exp(v) / np.exp(v).sum() for v in tests]
+    resolved = [i for i, p in enumerate(softmax) if np.sort(p)[-2] >= _proxy.RESOLVED_P]
+    assert 8 <= len(resolved) < n  # the saturated ones are left out
+    sub_rms = float(np.sqrt(np.mean(noise[resolved] ** 2)))
+    assert _proxy.noise_drop(density, softmax, soft_tests) == pytest.approx(
+        100 * density * sub_rms / np.sqrt(2 * np.pi), rel=1e-6)
+    # ties and too few resolved samples: no estimate rather than a wild one
+    assert _proxy.noise_drop(density, softmax[-3:], soft_tests[-3:]) == 0.0
+    assert _proxy.near_flip_density([np.array([1.0, 1.0])] * 8) == 0.0
+
+
+def test_top1_drop_is_read_on_samples_the_search_did_not_choose_on() -> None:
+    """Without labels a top-1 measure searches on every other calibration sample and
+    checks a conversion on the rest; other metrics use every sample for both."""
+    from types import SimpleNamespace
+
+    import onnx
+    from edgeship.converter import _accuracy
+
+    model = onnx.load(str(FIX / "cnn.onnx"))
+    calib = dict(np.load(FIX / "cnn_calib.npz"))
+    (name, x), = calib.items()
+    measure = _accuracy._drop_measure(SimpleNamespace(ev=None, calib=calib), model, "auto")
+    assert measure.metric == "top1" and measure.search_n == measure.check_start == 100
+    np.testing.assert_array_equal(measure.feeds[name][:100], x[0::2])
+    np.testing.assert_array_equal(measure.check_feeds[name], x[1::2])
+    assert "100 of the 200 calibration samples, held out" in measure.where
+    assert measure.density == _proxy.near_flip_density(measure.search_refs + measure.check_refs)
+    sqnr = _accuracy._drop_measure(SimpleNamespace(ev=None, calib=calib), model, "sqnr")
+    assert sqnr.search_n == 200 and sqnr.check_start == 0 and sqnr.density == 0.0

@@ -106,7 +106,7 @@ def test_search_checks_the_probe_count_and_grows_on_a_miss(monkeypatch: pytest.M
 
     class Fake:
         def __init__(self) -> None:
-            self.seconds_per_sample = 0.0
+            self.seconds_per_sample = self.estimated_s = 0.0
 
         def drop(self, keep: dict[str, str], stop_above: float | None = None) -> float:
             return 0.0 if len({v for v in keep.values()}) >= 3 else 4.0
@@ -158,6 +158,7 @@ def test_a_trimmed_set_that_misses_for_real_falls_back_to_the_count_that_held(
 ) -> None:
     class Fake:
         seconds_per_sample = 0.0
+        estimated_s = 0.0
 
         def drop(self, keep: dict[str, str], stop_above: float | None = None) -> float:
             return 0.0 if {"n0", "n2"} <= set(keep) else 4.0
@@ -174,3 +175,56 @@ def test_a_trimmed_set_that_misses_for_real_falls_back_to_the_count_that_held(
     result, keep = _mixed_search.search_probe(1.0, Fake(), groups, 9.0, real, "top1")  # type: ignore[arg-type]
     assert built == [["n0", "n2"], ["n0", "n1", "n2"]] and result.met
     assert result.kept_float == ["n0", "n1", "n2"] and set(keep) == {"n0", "n1", "n2"}
+
+
+def test_the_ranking_s_sample_count_is_read_from_the_graph_not_a_clock() -> None:
+    """A Conv 3->8 (3x3) on 1x3x10x10 then a Relu: 800 + 800 output elements, 8 * 27
+    weights and 800 * 27 MACs; the count of samples the ranking runs follows that estimate alone (two runs,
+    a busy machine or an idle one, rank on the same samples and write the same file)."""
+    from edgeship.converter._ir import Graph
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 10, 10])], [w])
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph))
+    estimate = _mixed_search.estimated_seconds(Graph.from_model(model))
+    assert estimate == pytest.approx(1600 * _mixed_search.PROBE_S_PER_ELEMENT
+                                     + 8 * 27 * _mixed_search.PROBE_S_PER_WEIGHT
+                                     + 800 * 27 * _mixed_search.PROBE_S_PER_MAC)
+    assert _mixed_search.rank_samples(estimate, 40) == _mixed_search.RANK_SAMPLES
+    slow = _mixed_search.RANK_BUDGET_S / 40 / 4  # a probe run 4x over the budget's share
+    assert _mixed_search.rank_samples(slow, 40) == 4
+    assert _mixed_search.rank_samples(100.0, 40) == 1
+
+
+def test_the_default_is_kept_when_no_conversion_built_reads_better(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--max-drop never writes a model that reads worse than the default on its own
+    measure: every conversion built misses and reads worse than all-int8, so the default
+    stays (no float node, the all-int8 drop reported)."""
+
+    class Fake:
+        seconds_per_sample = estimated_s = 0.0
+
+        def drop(self, keep: dict[str, str], stop_above: float | None = None) -> float:
+            return 0.0  # the probe says any float group holds
+
+    groups = [{"head": f"n{i}", "nodes": [f"n{i}"], "root": f"t{i}", "op": "Conv", "noise": 1.0}
+              for i in range(6)]
+    built: list[int] = []
+
+    def real(keep: dict[str, str]) -> float:
+        built.append(len(keep))
+        return 5.0  # worse than the default's 4.0
+
+    monkeypatch.setattr(_mixed_search, "rank", lambda search, g: g)
+    result, keep = _mixed_search.search_probe(1.0, Fake(), groups, 4.0, real, "top1")  # type: ignore[arg-type]
+    assert built and keep == {} and not result.met
+    assert result.drop == 4.0 and result.kept_float == []
