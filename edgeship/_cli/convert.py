@@ -143,7 +143,8 @@ def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]],
     type=float,
     default=None,
     help="Largest accuracy drop in points (on --eval labels; else the --drop-metric against "
-    "fp32 on the calibration samples, near-ties by their flip risk) the INT8 model may have: "
+    "fp32 on the calibration samples, near-ties by their flip risk; top-1 is checked on half "
+    "of them held out from the search) the INT8 model may have: "
     "the most sensitive layers "
     "stay in higher precision until it holds. Exit 3 when it cannot be met (OUT/ holds the "
     "best attempt).",
