@@ -219,12 +219,25 @@ def toolkit_ready_onnx(src: Path, dst: Path) -> None:
             node.input.append(name)
         kept.append(node)
     del graph.node[:]
-    graph.node.extend(_keep_sigmoid_rounding(graph, kept))
+    graph.node.extend(_keep_sigmoid_rounding(graph, _without_default_layout(kept)))
     model.ir_version = min(model.ir_version, 10)  # the toolkit's onnx 1.18 reads up to 11
     for opset in model.opset_import:  # the toolkit reads opset <= 19 (torch exports 20):
         if opset.domain in ("", "ai.onnx"):  # the ops of an INT8 conv net read the same
             opset.version = min(opset.version, MAX_OPSET)
     onnx.save(model, str(dst))
+
+
+def _without_default_layout(nodes: list[Any]) -> list[Any]:
+    """``nodes`` with an LSTM/GRU/RNN ``layout = 0`` attribute dropped: 0 is the default
+    (sequence first), and the toolkit's checker knows no ``layout`` at all ("Unrecognized
+    attribute: layout for operator LSTM"); a batch-first layout (1) is kept, and refused."""
+    for node in nodes:
+        if node.op_type in ("LSTM", "GRU", "RNN"):
+            kept = [a for a in node.attribute if not (a.name == "layout" and a.i == 0)]
+            if len(kept) != len(node.attribute):
+                del node.attribute[:]
+                node.attribute.extend(kept)
+    return nodes
 
 
 def constant_scales(onnx_path: Path) -> dict[str, Any]:

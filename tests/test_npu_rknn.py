@@ -77,6 +77,28 @@ def test_the_toolkit_ready_onnx_computes_what_ours_does(tmp_path: Path) -> None:
                                       b.run(None, {"input": x[i:i + 1]})[0])
 
 
+def test_the_toolkit_ready_onnx_drops_only_a_default_rnn_layout(tmp_path: Path) -> None:
+    """rknn-toolkit2 2.5's checker knows no LSTM ``layout`` ("Unrecognized attribute:
+    layout for operator LSTM" on torch's CRNN export): 0, the default, goes; the rest stays."""
+    from edgeship.converter._target_rknn import toolkit_ready_onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(1, 16, 4)).astype(np.float32), "w")
+    r = numpy_helper.from_array(rng.normal(size=(1, 16, 4)).astype(np.float32), "r")
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "w", "r"], ["y"], hidden_size=4, layout=0,
+                          direction="forward")],
+        "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 1, 1, 4])], [w, r])
+    src = tmp_path / "lstm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), src)
+    toolkit_ready_onnx(src, tmp_path / "ready.onnx")
+    (lstm,) = onnx.load(str(tmp_path / "ready.onnx")).graph.node
+    assert {a.name: helper.get_attribute_value(a) for a in lstm.attribute} == {
+        "hidden_size": 4, "direction": b"forward"}
+
+
 @needs_toolkit
 def test_cnn_compiles_for_three_rockchip_npus_and_the_simulator_agrees(tmp_path: Path) -> None:
     from edgeship.sdk import Model
