@@ -109,12 +109,14 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100.0 * value:.1f}%"
 
 
-def detection_agreement(work: Path, name: str, target: str) -> dict[str, Any]:
-    """Recall (%) of our INT8 ONNX's YOLOv8 boxes among the RKNN simulator's on the same
-    eval samples (IoU >= 0.5, same class; hw-bench/_realworld_metrics.py): ours as its ops
-    define them (sim_det), as onnxruntime's fused kernels compute them (sim_det_ort), and
-    those fused kernels' own recall of the former (ort_det); how many boxes ours found."""
-    from _realworld_metrics import box_recall, decode_yolov8
+def detection_agreement(work: Path, name: str, target: str, task: str = "yolov8"
+                        ) -> dict[str, Any]:
+    """Recall (%) of our INT8 ONNX's boxes (a YOLOv8 or YOLOX head: ``task``) among the
+    RKNN simulator's on the same eval samples (IoU >= 0.5, same class;
+    hw-bench/_realworld_metrics.py): ours as its ops define them (sim_det), as
+    onnxruntime's fused kernels compute them (sim_det_ort), and those fused kernels' own
+    recall of the former (ort_det); how many boxes ours found."""
+    from _realworld_metrics import box_recall, decode_yolov8, decode_yolox
     from edgeship.converter._target_rknn import reference_outputs
 
     simulated = work / f"{target}.simulated.npz"
@@ -127,9 +129,14 @@ def detection_agreement(work: Path, name: str, target: str) -> dict[str, Any]:
     onnx_path = work / "out" / "model.int8.onnx"
     ours = reference_outputs(onnx_path, feeds)
     fused = reference_outputs(onnx_path, feeds, fused=True)
-    boxes = [decode_yolov8(o[None]) for o in ours]
-    fused_boxes = [decode_yolov8(o[None]) for o in fused]
-    sim_boxes = [decode_yolov8(t[None]) for t in theirs.reshape(ours.shape)]
+    size = next(iter(feeds.values())).shape[-2:]  # NCHW: the YOLOX grid follows the input
+
+    def decode(out: np.ndarray) -> Any:
+        return decode_yolox(out[None], size) if task == "yolox" else decode_yolov8(out[None])
+
+    boxes = [decode(o) for o in ours]
+    fused_boxes = [decode(o) for o in fused]
+    sim_boxes = [decode(t) for t in theirs.reshape(ours.shape)]
     recall, found = box_recall(boxes, sim_boxes)
     return {"sim_det": recall, "sim_det_ort": box_recall(fused_boxes, sim_boxes)[0],
             "ort_det": box_recall(boxes, fused_boxes)[0], "sim_boxes": found}
@@ -267,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                 found = rows_of(name, "", report)
                 task = opts.specs[name].task if name in opts.specs else "classify"
                 for row in found:  # a detector: box recall, not top-1 of a box tensor
-                    if task == "yolov8" and row["target"].startswith(("rk", "rv")) and row.get("sim_top1") is not None:
-                        det = {k: v if not isinstance(v, float) else round(v, 2)
-                               for k, v in detection_agreement(work, name, row["target"]).items()}
+                    if task in ("yolov8", "yolox") and row["target"].startswith(("rk", "rv")) \
+                            and row.get("sim_top1") is not None:
+                        det = {k: v if not isinstance(v, float) else round(v, 2) for k, v in
+                               detection_agreement(work, name, row["target"], task).items()}
                         recall = det.get("sim_det")
                         row.update(sim_top1=None, sim_top1_ort=None, ort_top1=None, **det,
                                    met="PASS" if recall is not None and recall >= TARGET_RKNN_AGREEMENT
